@@ -1,0 +1,319 @@
+//! `Array`: a dense host tensor with a concrete shape, used for constants,
+//! variable values, feeds, fetches and by the reference interpreter.
+
+use std::fmt;
+
+use crate::dtype::DType;
+
+/// Typed element storage of an [`Array`], row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    /// f32 elements.
+    F32(Vec<f32>),
+    /// f64 elements.
+    F64(Vec<f64>),
+    /// i32 elements.
+    I32(Vec<i32>),
+    /// i64 elements.
+    I64(Vec<i64>),
+    /// bool elements.
+    Bool(Vec<bool>),
+}
+
+impl Data {
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::F64(_) => DType::F64,
+            Data::I32(_) => DType::I32,
+            Data::I64(_) => DType::I64,
+            Data::Bool(_) => DType::Bool,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::F64(v) => v.len(),
+            Data::I32(v) => v.len(),
+            Data::I64(v) => v.len(),
+            Data::Bool(v) => v.len(),
+        }
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `n` zeros (false for bool).
+    pub fn zeros(dtype: DType, n: usize) -> Data {
+        match dtype {
+            DType::F32 => Data::F32(vec![0.0; n]),
+            DType::F64 => Data::F64(vec![0.0; n]),
+            DType::I32 => Data::I32(vec![0; n]),
+            DType::I64 => Data::I64(vec![0; n]),
+            DType::Bool => Data::Bool(vec![false; n]),
+        }
+    }
+
+    /// `n` copies of `v` converted to `dtype` (as [`Elem::from_f64`] does).
+    pub fn filled(dtype: DType, n: usize, v: f64) -> Data {
+        match dtype {
+            DType::F32 => Data::F32(vec![f32::from_f64(v); n]),
+            DType::F64 => Data::F64(vec![v; n]),
+            DType::I32 => Data::I32(vec![i32::from_f64(v); n]),
+            DType::I64 => Data::I64(vec![i64::from_f64(v); n]),
+            DType::Bool => Data::Bool(vec![bool::from_f64(v); n]),
+        }
+    }
+
+    /// Little-endian bytes of the elements (bool as 0/1 bytes).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
+        }
+    }
+
+    /// Reads little-endian elements; `None` when the length is not a whole
+    /// number of elements or a bool byte is not 0 or 1.
+    pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Option<Data> {
+        let w = dtype.size_bytes();
+        if bytes.len() % w != 0 {
+            return None;
+        }
+        Some(match dtype {
+            DType::F32 => Data::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::F64 => Data::F64(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::I32 => Data::I32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::I64 => Data::I64(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::Bool => {
+                if bytes.iter().any(|&b| b > 1) {
+                    return None;
+                }
+                Data::Bool(bytes.iter().map(|&b| b == 1).collect())
+            }
+        })
+    }
+}
+
+/// Runs `$body` with `$v` bound to the typed element vector of `$data`, for
+/// every dtype; `$body` must evaluate to a `Vec` of the same element type.
+#[macro_export]
+macro_rules! map_data {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            $crate::array::Data::F32($v) => $crate::array::Data::F32($body),
+            $crate::array::Data::F64($v) => $crate::array::Data::F64($body),
+            $crate::array::Data::I32($v) => $crate::array::Data::I32($body),
+            $crate::array::Data::I64($v) => $crate::array::Data::I64($body),
+            $crate::array::Data::Bool($v) => $crate::array::Data::Bool($body),
+        }
+    };
+}
+
+/// A Rust element type that can live in an [`Array`].
+pub trait Elem: Copy + PartialEq + PartialOrd + fmt::Debug + Send + Sync + 'static {
+    /// The matching dtype.
+    const DTYPE: DType;
+    /// Borrows the typed slice, when `data` holds this type.
+    fn slice(data: &Data) -> Option<&[Self]>;
+    /// Wraps a vector as [`Data`].
+    fn wrap(v: Vec<Self>) -> Data;
+    /// Converts to f64 (bool: 0 or 1).
+    fn to_f64(self) -> f64;
+    /// Converts from f64 with Rust `as` semantics (saturating, NaN to 0; bool: != 0).
+    fn from_f64(v: f64) -> Self;
+}
+
+macro_rules! impl_elem {
+    ($t:ty, $variant:ident, $dt:expr) => {
+        impl Elem for $t {
+            const DTYPE: DType = $dt;
+            fn slice(data: &Data) -> Option<&[Self]> {
+                match data {
+                    Data::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn wrap(v: Vec<Self>) -> Data {
+                Data::$variant(v)
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+        }
+    };
+}
+
+impl_elem!(f32, F32, DType::F32);
+impl_elem!(f64, F64, DType::F64);
+impl_elem!(i32, I32, DType::I32);
+impl_elem!(i64, I64, DType::I64);
+
+impl Elem for bool {
+    const DTYPE: DType = DType::Bool;
+    fn slice(data: &Data) -> Option<&[Self]> {
+        match data {
+            Data::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn wrap(v: Vec<Self>) -> Data {
+        Data::Bool(v)
+    }
+    fn to_f64(self) -> f64 {
+        self as u8 as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v != 0.0
+    }
+}
+
+/// A dense row-major host tensor.
+#[derive(Clone, PartialEq)]
+pub struct Array {
+    shape: Vec<usize>,
+    data: Data,
+}
+
+impl Array {
+    /// An array from a shape and data; `None` when the element count differs.
+    pub fn new(shape: impl Into<Vec<usize>>, data: Data) -> Option<Array> {
+        let shape = shape.into();
+        (checked_product(&shape) == Some(data.len())).then_some(Array { shape, data })
+    }
+
+    /// An array from a shape and a typed vector; `None` when the element count differs.
+    pub fn from_vec<T: Elem>(shape: impl Into<Vec<usize>>, v: Vec<T>) -> Option<Array> {
+        Array::new(shape, T::wrap(v))
+    }
+
+    /// A rank-0 array.
+    pub fn scalar<T: Elem>(v: T) -> Array {
+        Array {
+            shape: vec![],
+            data: T::wrap(vec![v]),
+        }
+    }
+
+    /// Zeros of a dtype and shape.
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Array {
+        Array {
+            shape: shape.to_vec(),
+            data: Data::zeros(dtype, shape.iter().product()),
+        }
+    }
+
+    /// An array filled with `v` converted to `dtype`.
+    pub fn filled(dtype: DType, shape: &[usize], v: f64) -> Array {
+        Array {
+            shape: shape.to_vec(),
+            data: Data::filled(dtype, shape.iter().product(), v),
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The dtype.
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
+    /// The element storage.
+    pub fn data(&self) -> &Data {
+        &self.data
+    }
+
+    /// Consumes the array, returning its storage.
+    pub fn into_data(self) -> Data {
+        self.data
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True when the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The same data with another shape of equal element count.
+    pub fn reshaped(self, shape: impl Into<Vec<usize>>) -> Option<Array> {
+        Array::new(shape, self.data)
+    }
+
+    /// Borrows the elements as `T`, when the dtype matches.
+    pub fn as_slice<T: Elem>(&self) -> Option<&[T]> {
+        T::slice(&self.data)
+    }
+
+    /// The elements converted to f64 (bool as 0/1).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::F64(v) => v.clone(),
+            Data::I32(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::I64(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::Bool(v) => v.iter().map(|x| x.to_f64()).collect(),
+        }
+    }
+
+    /// Size of the elements in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.len() * self.dtype().size_bytes()
+    }
+}
+
+/// The product of `dims`, or `None` on overflow.
+pub fn checked_product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+impl fmt::Debug for Array {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Array({}{:?}, ", self.dtype(), self.shape)?;
+        const SHOW: usize = 16;
+        let vals = self.to_f64_vec();
+        let shown: Vec<String> = vals.iter().take(SHOW).map(|v| format!("{v}")).collect();
+        write!(f, "[{}", shown.join(", "))?;
+        if vals.len() > SHOW {
+            write!(f, ", ... {} more", vals.len() - SHOW)?;
+        }
+        f.write_str("])")
+    }
+}

@@ -1,0 +1,444 @@
+//! The define-then-run builder: `GraphBuilder` adds nodes, `Tensor` is a
+//! cheap handle to one node's output. Every method checks types when it is
+//! called and reports mistakes at the caller's source line.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::array::{Array, Data};
+use crate::dtype::DType;
+use crate::error::{Error, Result, SourceLoc};
+use crate::graph::{Graph, NodeId};
+use crate::init::Init;
+use crate::op::Op;
+use crate::ops::format_types;
+use crate::shape::{Shape, TensorType};
+
+struct State {
+    graph: Graph,
+    scopes: Vec<String>,
+    counters: HashMap<String, usize>,
+    seed: u64,
+}
+
+/// Builds a [`Graph`] op by op. Methods take `&self`, so calls nest freely:
+/// `g.relu(g.matmul(x, w)?)`.
+pub struct GraphBuilder {
+    state: RefCell<State>,
+}
+
+impl Default for GraphBuilder {
+    fn default() -> Self {
+        GraphBuilder::new()
+    }
+}
+
+/// A handle to the output of one node of a [`GraphBuilder`]'s graph.
+#[derive(Clone, Copy)]
+pub struct Tensor<'g> {
+    pub(crate) b: &'g GraphBuilder,
+    pub(crate) id: NodeId,
+}
+
+impl std::fmt::Debug for Tensor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} '{}': {})", self.id, self.name(), self.ty())
+    }
+}
+
+/// Pops a name scope when dropped; see [`GraphBuilder::scope`].
+pub struct ScopeGuard<'g> {
+    b: &'g GraphBuilder,
+}
+
+impl Drop for ScopeGuard<'_> {
+    fn drop(&mut self) {
+        self.b.state.borrow_mut().scopes.pop();
+    }
+}
+
+impl GraphBuilder {
+    /// A builder for an empty graph; variable initializers use seed 0.
+    pub fn new() -> GraphBuilder {
+        GraphBuilder::with_seed(0)
+    }
+
+    /// A builder whose random variable initializers derive from `seed`.
+    pub fn with_seed(seed: u64) -> GraphBuilder {
+        GraphBuilder {
+            state: RefCell::new(State {
+                graph: Graph::new(),
+                scopes: Vec::new(),
+                counters: HashMap::new(),
+                seed,
+            }),
+        }
+    }
+
+    /// A copy of the graph built so far.
+    pub fn graph(&self) -> Graph {
+        self.state.borrow().graph.clone()
+    }
+
+    /// The finished graph.
+    pub fn into_graph(self) -> Graph {
+        self.state.into_inner().graph
+    }
+
+    /// Prefixes the names of nodes added while the guard lives with `name/`.
+    pub fn scope(&self, name: &str) -> ScopeGuard<'_> {
+        self.state.borrow_mut().scopes.push(name.to_string());
+        ScopeGuard { b: self }
+    }
+
+    /// `name` under the current scopes.
+    pub fn scoped_name(&self, name: &str) -> String {
+        let st = self.state.borrow();
+        let mut s = String::new();
+        for sc in &st.scopes {
+            s.push_str(sc);
+            s.push('/');
+        }
+        s.push_str(name);
+        s
+    }
+
+    /// The seed random initializers of variable `name` use.
+    pub fn seed_for(&self, name: &str) -> u64 {
+        crate::rng::splitmix64(self.state.borrow().seed ^ crate::rng::hash_str(name))
+    }
+
+    /// Declares `t` a graph output (fetched by default by `kiln run`).
+    pub fn output(&self, t: Tensor<'_>) -> Result<()> {
+        self.state.borrow_mut().graph.add_output(t.id)
+    }
+
+    /// The tensor handle of an existing node.
+    pub fn tensor(&self, id: NodeId) -> Result<Tensor<'_>> {
+        let st = self.state.borrow();
+        st.graph
+            .get(id)
+            .map(|_| Tensor { b: self, id })
+            .ok_or_else(|| Error::InvalidGraph(format!("{id} is not a node of this builder")))
+    }
+
+    /// The tensor handle of the node named `name`.
+    pub fn get(&self, name: &str) -> Result<Tensor<'_>> {
+        let id = self.state.borrow().graph.find(name)?;
+        Ok(Tensor { b: self, id })
+    }
+
+    /// Adds a node with an explicit name (scoped).
+    pub(crate) fn push_named(
+        &self,
+        name: &str,
+        op: Op,
+        inputs: &[Tensor<'_>],
+        loc: SourceLoc,
+    ) -> Result<Tensor<'_>> {
+        self.push_raw(&self.scoped_name(name), op, inputs, loc)
+    }
+
+    /// Adds a node named after its op and a counter (`matmul_3`).
+    pub(crate) fn push(&self, op: Op, inputs: &[Tensor<'_>], loc: SourceLoc) -> Result<Tensor<'_>> {
+        let base = self.scoped_name(op.name());
+        let name = {
+            let mut st = self.state.borrow_mut();
+            loop {
+                let n = st.counters.entry(base.clone()).or_insert(0);
+                let cand = format!("{base}_{n}");
+                *n += 1;
+                if !st.graph.has_name(&cand) {
+                    break cand;
+                }
+            }
+        };
+        self.push_raw(&name, op, inputs, loc)
+    }
+
+    fn push_raw(
+        &self,
+        name: &str,
+        op: Op,
+        inputs: &[Tensor<'_>],
+        loc: SourceLoc,
+    ) -> Result<Tensor<'_>> {
+        if let Some(t) = inputs.iter().find(|t| !std::ptr::eq(t.b, self)) {
+            return Err(Error::Type {
+                op: op.name().into(),
+                location: loc,
+                reason: format!(
+                    "operand '{}' belongs to a different graph builder",
+                    t.name()
+                ),
+                operands: String::new(),
+            });
+        }
+        let ids: Vec<NodeId> = inputs.iter().map(|t| t.id).collect();
+        let id = self
+            .state
+            .borrow_mut()
+            .graph
+            .add_node(name, op, &ids, loc)?;
+        Ok(Tensor { b: self, id })
+    }
+
+    /// A type error for `op` at `loc`, listing the operands.
+    pub(crate) fn type_error(
+        &self,
+        op: &str,
+        inputs: &[Tensor<'_>],
+        loc: SourceLoc,
+        reason: String,
+    ) -> Error {
+        let types: Vec<TensorType> = inputs.iter().map(|t| t.ty()).collect();
+        let refs: Vec<&TensorType> = types.iter().collect();
+        Error::Type {
+            op: op.into(),
+            location: loc,
+            reason,
+            operands: format_types(&refs),
+        }
+    }
+
+    // ---- sources ----
+
+    /// A placeholder fed at run time; `shape` may hold symbolic dims (`shape!["batch", 784]`).
+    #[track_caller]
+    pub fn placeholder(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: impl Into<Shape>,
+    ) -> Result<Tensor<'_>> {
+        self.push_named(
+            name,
+            Op::Placeholder {
+                dtype,
+                shape: shape.into(),
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// A constant tensor.
+    #[track_caller]
+    pub fn constant(&self, value: Array) -> Result<Tensor<'_>> {
+        self.push(
+            Op::Constant {
+                value: crate::op::Weight::new(value),
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// A rank-0 constant `v` of `dtype`.
+    #[track_caller]
+    pub fn scalar(&self, v: f64, dtype: DType) -> Result<Tensor<'_>> {
+        self.constant(Array::new(Vec::<usize>::new(), Data::filled(dtype, 1, v)).expect("scalar"))
+    }
+
+    /// A constant filled with `v`.
+    #[track_caller]
+    pub fn full(&self, v: f64, dtype: DType, shape: &[usize]) -> Result<Tensor<'_>> {
+        self.constant(Array::filled(dtype, shape, v))
+    }
+
+    /// A variable with the given initial value.
+    #[track_caller]
+    pub fn variable(&self, name: &str, init: Array) -> Result<Tensor<'_>> {
+        self.push_named(
+            name,
+            Op::Variable {
+                init: crate::op::Weight::new(init),
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// A variable whose initial value is drawn now from `init` (seeded by the
+    /// builder's seed and the variable's name, so rebuilding gives the same values).
+    #[track_caller]
+    pub fn variable_init(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        init: Init,
+    ) -> Result<Tensor<'_>> {
+        let loc = SourceLoc::caller();
+        let full = self.scoped_name(name);
+        let value = init
+            .sample(dtype, shape, self.seed_for(&full))
+            .map_err(|reason| Error::Type {
+                op: "variable".into(),
+                location: loc.clone(),
+                reason,
+                operands: "none".into(),
+            })?;
+        self.push_named(
+            name,
+            Op::Variable {
+                init: crate::op::Weight::new(value),
+            },
+            &[],
+            loc,
+        )
+    }
+
+    /// `out[i] = i[axis]`.
+    #[track_caller]
+    pub fn iota(&self, dtype: DType, shape: impl Into<Shape>, axis: usize) -> Result<Tensor<'_>> {
+        self.push(
+            Op::Iota {
+                dtype,
+                shape: shape.into(),
+                axis,
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Uniform samples in `[low, high)`; the same seed gives the same values on every run.
+    #[track_caller]
+    pub fn random_uniform(
+        &self,
+        dtype: DType,
+        shape: impl Into<Shape>,
+        seed: u64,
+        low: f64,
+        high: f64,
+    ) -> Result<Tensor<'_>> {
+        self.push(
+            Op::RandomUniform {
+                dtype,
+                shape: shape.into(),
+                seed,
+                low,
+                high,
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Normal samples; the same seed gives the same values on every run.
+    #[track_caller]
+    pub fn random_normal(
+        &self,
+        dtype: DType,
+        shape: impl Into<Shape>,
+        seed: u64,
+        mean: f64,
+        std: f64,
+    ) -> Result<Tensor<'_>> {
+        self.push(
+            Op::RandomNormal {
+                dtype,
+                shape: shape.into(),
+                seed,
+                mean,
+                std,
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// `cond ? a : b`, broadcasting all three.
+    #[track_caller]
+    pub fn select<'g>(
+        &'g self,
+        cond: Tensor<'g>,
+        a: Tensor<'g>,
+        b: Tensor<'g>,
+    ) -> Result<Tensor<'g>> {
+        self.push(Op::Select, &[cond, a, b], SourceLoc::caller())
+    }
+
+    /// Joins tensors along `axis` (negative counts from the end).
+    #[track_caller]
+    pub fn concat<'g>(&'g self, xs: &[Tensor<'g>], axis: i64) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let rank = xs.first().map(|t| t.rank()).unwrap_or(0);
+        let axis = crate::shape::normalize_axis(axis, rank)
+            .map_err(|r| self.type_error("concat", xs, loc.clone(), r))?;
+        self.push(Op::Concat { axis }, xs, loc)
+    }
+}
+
+impl<'g> Tensor<'g> {
+    /// The node id (stable in the built graph; use it or the name to fetch).
+    pub fn id(self) -> NodeId {
+        self.id
+    }
+
+    /// The builder this tensor belongs to.
+    pub fn builder(self) -> &'g GraphBuilder {
+        self.b
+    }
+
+    /// The node's name.
+    pub fn name(self) -> String {
+        self.b.state.borrow().graph.node(self.id).name.clone()
+    }
+
+    /// The static type.
+    pub fn ty(self) -> TensorType {
+        self.b.state.borrow().graph.node(self.id).ty.clone()
+    }
+
+    /// The static shape.
+    pub fn shape(self) -> Shape {
+        self.ty().shape
+    }
+
+    /// The dtype.
+    pub fn dtype(self) -> DType {
+        self.ty().dtype
+    }
+
+    /// The rank.
+    pub fn rank(self) -> usize {
+        self.ty().rank()
+    }
+
+    /// Renames the node (the name must be unused), e.g. to fetch it by name.
+    #[track_caller]
+    pub fn named(self, name: &str) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        self.b.state.borrow_mut().graph.rename(self.id, name, loc)?;
+        Ok(self)
+    }
+
+    /// Adds an op on this tensor and `others`.
+    pub(crate) fn op(self, op: Op, others: &[Tensor<'g>], loc: SourceLoc) -> Result<Tensor<'g>> {
+        let mut ins = Vec::with_capacity(1 + others.len());
+        ins.push(self);
+        ins.extend_from_slice(others);
+        self.b.push(op, &ins, loc)
+    }
+
+    /// A type error for `op` on this tensor (and `others`) at `loc`.
+    pub(crate) fn err(
+        self,
+        op: &str,
+        others: &[Tensor<'g>],
+        loc: SourceLoc,
+        reason: String,
+    ) -> Error {
+        let mut ins = vec![self];
+        ins.extend_from_slice(others);
+        self.b.type_error(op, &ins, loc, reason)
+    }
+
+    /// Normalises a possibly negative axis, or a type error naming `op`.
+    pub(crate) fn axis(self, op: &str, axis: i64, loc: &SourceLoc) -> Result<usize> {
+        crate::shape::normalize_axis(axis, self.rank())
+            .map_err(|r| self.err(op, &[], loc.clone(), r))
+    }
+}

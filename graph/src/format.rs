@@ -1,0 +1,376 @@
+//! The `.kiln` file: one safetensors file holding the graph and its weights.
+//!
+//! Layout: a standard safetensors file. Its `__metadata__` has exactly one
+//! key, `kiln`, whose value is the JSON [`FileHeader`] (format name, version,
+//! nodes in topological order with inputs as indices, outputs). Every
+//! constant and variable is a tensor named after its node, so any
+//! safetensors tool reads the weights. Loading executes nothing: it parses,
+//! checks every declared size against the file, re-infers every node's type
+//! and compares it with the stored one. Saving is deterministic, so
+//! save -> load -> save gives identical bytes, and atomic (temp file, fsync,
+//! rename), so a failed save never damages an existing file.
+
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+
+use crate::array::{Array, Data};
+use crate::dtype::DType;
+use crate::error::{Error, FileErrorKind, Result, SourceLoc};
+use crate::graph::{Graph, NodeId};
+use crate::op::{Op, Weight};
+use crate::shape::TensorType;
+
+/// The format name stored in every file.
+pub const FORMAT_NAME: &str = "kiln-graph";
+/// The newest format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// What every kiln file has right after the 8-byte safetensors header length.
+const MAGIC: &[u8] = br#"{"__metadata__":{"kiln":""#;
+
+/// The JSON document stored in the file's metadata.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct FileHeader {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// The format version.
+    pub version: u32,
+    /// The kiln that wrote the file.
+    pub producer: String,
+    /// Nodes in topological order.
+    pub nodes: Vec<FileNode>,
+    /// Indices of the graph's outputs.
+    pub outputs: Vec<usize>,
+}
+
+/// One node as stored in a file.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct FileNode {
+    /// Unique node name (also the tensor name of its weight, if any).
+    pub name: String,
+    /// The op and its attributes.
+    #[serde(flatten)]
+    pub op: Op,
+    /// Indices of the input nodes (each smaller than this node's index).
+    pub inputs: Vec<usize>,
+    /// The output type, re-checked on load.
+    #[serde(rename = "type")]
+    pub ty: TensorType,
+    /// Where the node was defined.
+    pub location: SourceLoc,
+}
+
+struct WeightView<'a>(&'a Array);
+
+impl View for WeightView<'_> {
+    fn dtype(&self) -> Dtype {
+        match self.0.dtype() {
+            DType::F32 => Dtype::F32,
+            DType::F64 => Dtype::F64,
+            DType::I32 => Dtype::I32,
+            DType::I64 => Dtype::I64,
+            DType::Bool => Dtype::BOOL,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        self.0.shape()
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.0.data().to_le_bytes())
+    }
+    fn data_len(&self) -> usize {
+        self.0.size_bytes()
+    }
+}
+
+fn from_st_dtype(d: Dtype) -> Option<DType> {
+    Some(match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F64 => DType::F64,
+        Dtype::I32 => DType::I32,
+        Dtype::I64 => DType::I64,
+        Dtype::BOOL => DType::Bool,
+        _ => return None,
+    })
+}
+
+impl Graph {
+    /// Serializes the graph and its weights to the bytes of a `.kiln` file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let order = self.topo_order();
+        let index: HashMap<NodeId, usize> =
+            order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let mut nodes = Vec::with_capacity(order.len());
+        let mut weights: Vec<(String, WeightView<'_>)> = Vec::new();
+        for &id in &order {
+            let n = self.node(id);
+            if let Op::Constant { value: w } | Op::Variable { init: w } = &n.op {
+                weights.push((n.name.clone(), WeightView(&w.0)));
+            }
+            nodes.push(FileNode {
+                name: n.name.clone(),
+                op: n.op.clone(),
+                inputs: self.inputs(id).iter().map(|i| index[i]).collect(),
+                ty: n.ty.clone(),
+                location: n.location.clone(),
+            });
+        }
+        let header = FileHeader {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
+            nodes,
+            outputs: self.outputs().iter().map(|o| index[o]).collect(),
+        };
+        let json = serde_json::to_string(&header)
+            .map_err(|e| Error::InvalidGraph(format!("serializing: {e}")))?;
+        let meta = HashMap::from([("kiln".to_string(), json)]);
+        safetensors::serialize(weights, Some(meta))
+            .map_err(|e| Error::InvalidGraph(format!("serializing: {e}")))
+    }
+
+    /// Writes the graph to `path` atomically (temp file, fsync, rename).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let bytes = self.to_bytes()?;
+        write_atomic(path.as_ref(), &bytes)
+    }
+
+    /// Reads a graph from `.kiln` bytes; `origin` names the source in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Graph> {
+        load(bytes, origin)
+    }
+
+    /// Reads a graph from a `.kiln` file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Graph> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        load(&bytes, &path.display().to_string())
+    }
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory,
+/// fsyncs it and renames it over `path`, so readers see the old or the new
+/// file, never a partial one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path has no file name",
+        ))
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
+    let fail = |kind: FileErrorKind, detail: String| Error::File {
+        path: origin.into(),
+        kind,
+        detail,
+    };
+    if bytes.len() < 8 {
+        return Err(fail(
+            FileErrorKind::Truncated,
+            format!(
+                "{} bytes; a kiln file has at least {}",
+                bytes.len(),
+                8 + MAGIC.len()
+            ),
+        ));
+    }
+    let after = &bytes[8..];
+    let k = after.len().min(MAGIC.len());
+    if after[..k] != MAGIC[..k] {
+        let what = if after.first() == Some(&b'{') {
+            "a safetensors file without a kiln graph"
+        } else {
+            "not a safetensors file"
+        };
+        return Err(fail(FileErrorKind::BadMagic, what.into()));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        let kind = match e {
+            SafeTensorError::HeaderTooSmall
+            | SafeTensorError::InvalidHeaderLength
+            | SafeTensorError::MetadataIncompleteBuffer => FileErrorKind::Truncated,
+            _ => FileErrorKind::Corrupt,
+        };
+        let detail = match kind {
+            FileErrorKind::Truncated => format!(
+                "the file ends before the data it declares ({e}; {} bytes)",
+                bytes.len()
+            ),
+            _ => format!("invalid safetensors layout: {e}"),
+        };
+        fail(kind, detail)
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| fail(FileErrorKind::Corrupt, e.to_string()))?;
+    let json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("kiln"))
+        .ok_or_else(|| {
+            fail(
+                FileErrorKind::BadMagic,
+                "no kiln graph in the metadata".into(),
+            )
+        })?;
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| fail(FileErrorKind::Corrupt, format!("graph JSON: {e}")))?;
+    if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
+        return Err(fail(
+            FileErrorKind::BadMagic,
+            format!("metadata does not declare format \"{FORMAT_NAME}\""),
+        ));
+    }
+    let version = value
+        .get("version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| fail(FileErrorKind::Corrupt, "no format version".into()))?;
+    if version > FORMAT_VERSION as u64 || version == 0 {
+        let producer = value
+            .get("producer")
+            .and_then(|p| p.as_str())
+            .unwrap_or("an unknown producer");
+        return Err(fail(
+            FileErrorKind::UnsupportedVersion,
+            format!("format version {version} (written by {producer}); this kiln reads versions 1 to {FORMAT_VERSION}"),
+        ));
+    }
+    let nodes = value
+        .get("nodes")
+        .and_then(|n| n.as_array())
+        .ok_or_else(|| fail(FileErrorKind::Corrupt, "no node list".into()))?;
+    let mut graph = Graph::new();
+    let mut ids: Vec<NodeId> = Vec::with_capacity(nodes.len());
+    let mut used_tensors = HashSet::new();
+    for (i, raw) in nodes.iter().enumerate() {
+        let label = || {
+            format!(
+                "node {i} '{}'",
+                raw.get("name").and_then(|n| n.as_str()).unwrap_or("?")
+            )
+        };
+        let node: FileNode = serde_json::from_value(raw.clone()).map_err(|e| {
+            let op = raw.get("op").and_then(|o| o.as_str()).unwrap_or("?");
+            if e.to_string().contains("unknown variant")
+                && serde_json::from_value::<Op>(serde_json::json!({"op": op}))
+                    .is_err_and(|e| e.to_string().contains("unknown variant"))
+            {
+                fail(
+                    FileErrorKind::Corrupt,
+                    format!(
+                        "{} has unknown op '{op}' (written by a newer kiln?)",
+                        label()
+                    ),
+                )
+            } else {
+                fail(FileErrorKind::Corrupt, format!("{}: {e}", label()))
+            }
+        })?;
+        let mut inputs = Vec::with_capacity(node.inputs.len());
+        for &k in &node.inputs {
+            if k >= i {
+                return Err(fail(
+                    FileErrorKind::Corrupt,
+                    format!("{} uses node {k}, which is not defined before it (a cycle or a dangling edge)", label()),
+                ));
+            }
+            inputs.push(ids[k]);
+        }
+        let mut op = node.op;
+        if let Op::Constant { value: w } | Op::Variable { init: w } = &mut op {
+            let t = st.tensor(&node.name).map_err(|_| {
+                fail(
+                    FileErrorKind::Corrupt,
+                    format!("{} has no weight tensor", label()),
+                )
+            })?;
+            let dtype = from_st_dtype(t.dtype()).ok_or_else(|| {
+                fail(
+                    FileErrorKind::Corrupt,
+                    format!("{}: unsupported tensor dtype {:?}", label(), t.dtype()),
+                )
+            })?;
+            let data = Data::from_le_bytes(dtype, t.data()).ok_or_else(|| {
+                fail(
+                    FileErrorKind::Corrupt,
+                    format!("{}: invalid {dtype} data", label()),
+                )
+            })?;
+            let arr = Array::new(t.shape().to_vec(), data).ok_or_else(|| {
+                fail(
+                    FileErrorKind::Corrupt,
+                    format!("{}: tensor size does not match its shape", label()),
+                )
+            })?;
+            *w = Weight::new(arr);
+            used_tensors.insert(node.name.clone());
+        }
+        let id = graph
+            .add_node(&node.name, op, &inputs, node.location)
+            .map_err(|e| fail(FileErrorKind::Corrupt, format!("{}: {e}", label())))?;
+        if graph.node(id).ty != node.ty {
+            return Err(fail(
+                FileErrorKind::Corrupt,
+                format!(
+                    "{}: stored type {} differs from the inferred type {}",
+                    label(),
+                    node.ty,
+                    graph.node(id).ty
+                ),
+            ));
+        }
+        ids.push(id);
+    }
+    if let Some(extra) = st.names().into_iter().find(|n| !used_tensors.contains(*n)) {
+        return Err(fail(
+            FileErrorKind::Corrupt,
+            format!("tensor '{extra}' belongs to no node"),
+        ));
+    }
+    let outputs = value
+        .get("outputs")
+        .and_then(|o| o.as_array())
+        .ok_or_else(|| fail(FileErrorKind::Corrupt, "no output list".into()))?;
+    for o in outputs {
+        let k = o
+            .as_u64()
+            .filter(|&k| (k as usize) < ids.len())
+            .ok_or_else(|| fail(FileErrorKind::Corrupt, format!("output {o} is not a node")))?;
+        graph.add_output(ids[k as usize])?;
+    }
+    Ok(graph)
+}

@@ -1,0 +1,343 @@
+//! `Graph`: the dataflow graph value. petgraph holds the nodes; each node
+//! carries its op, a unique name, its inferred output type and the user's
+//! source location. Edges carry the input slot they feed.
+
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::fmt;
+
+use crate::error::{Error, Result, SourceLoc};
+use crate::op::Op;
+use crate::ops::format_types;
+use crate::shape::TensorType;
+
+/// A typed index of a node in a [`Graph`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub NodeIndex<u32>);
+
+impl NodeId {
+    /// The raw index.
+    pub fn index(self) -> usize {
+        self.0.index()
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0.index())
+    }
+}
+
+/// A node: an op applied to the outputs of other nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Unique name within the graph (`fc1/weight`, `matmul_3`, ...).
+    pub name: String,
+    /// The op.
+    pub op: Op,
+    /// The inferred output type.
+    pub ty: TensorType,
+    /// Where the user added the node.
+    pub location: SourceLoc,
+}
+
+/// A dataflow graph. Cloning gives an independent value: a session compiled
+/// from one clone is unaffected by nodes later added to another.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    g: StableDiGraph<Node, u32>,
+    names: HashMap<String, NodeId>,
+    outputs: Vec<NodeId>,
+}
+
+/// Checks that a node name is usable: non-empty printable text without quotes.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > 512 {
+        return Err("is longer than 512 bytes".into());
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || c == '"' || c.is_whitespace())
+    {
+        return Err("contains whitespace, a quote or a control character".into());
+    }
+    if name.starts_with("__") {
+        return Err("starts with '__', which is reserved".into());
+    }
+    Ok(())
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    /// Adds a node after inferring its type from its inputs; the error names
+    /// the op, the operand types and `location`.
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        op: Op,
+        inputs: &[NodeId],
+        location: SourceLoc,
+    ) -> Result<NodeId> {
+        if let Err(reason) = check_name(name) {
+            return Err(Error::Name {
+                name: name.into(),
+                location,
+                reason,
+            });
+        }
+        if self.names.contains_key(name) {
+            return Err(Error::Name {
+                name: name.into(),
+                location,
+                reason: "is already used by another node".into(),
+            });
+        }
+        for i in inputs {
+            if !self.g.contains_node(i.0) {
+                return Err(Error::InvalidGraph(format!(
+                    "node '{name}' has input {i}, which is not in the graph"
+                )));
+            }
+        }
+        let types: Vec<&TensorType> = inputs.iter().map(|&i| &self.g[i.0].ty).collect();
+        let type_error = |reason: String| Error::Type {
+            op: op.name().into(),
+            location: location.clone(),
+            reason,
+            operands: format_types(&types),
+        };
+        let ty = op.infer(&types).map_err(type_error)?;
+        if matches!(op, Op::Assign) && !matches!(self.g[inputs[0].0].op, Op::Variable { .. }) {
+            return Err(type_error("the first operand must be a variable".into()));
+        }
+        let id = NodeId(self.g.add_node(Node {
+            name: name.into(),
+            op,
+            ty,
+            location,
+        }));
+        for (slot, &i) in inputs.iter().enumerate() {
+            self.g.add_edge(i.0, id.0, slot as u32);
+        }
+        self.names.insert(name.into(), id);
+        Ok(id)
+    }
+
+    /// The node `id`.
+    ///
+    /// Panics if `id` is not a node of this graph (ids come from this graph).
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.g[id.0]
+    }
+
+    /// The node `id`, if it exists.
+    pub fn get(&self, id: NodeId) -> Option<&Node> {
+        self.g.node_weight(id.0)
+    }
+
+    /// The inputs of `id`, in slot order.
+    pub fn inputs(&self, id: NodeId) -> Vec<NodeId> {
+        let mut e: Vec<(u32, NodeId)> = self
+            .g
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| (*e.weight(), NodeId(e.source())))
+            .collect();
+        e.sort();
+        e.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// The nodes that use `id` (each once, in index order).
+    pub fn users(&self, id: NodeId) -> Vec<NodeId> {
+        let set: BTreeSet<NodeId> = self
+            .g
+            .neighbors_directed(id.0, Direction::Outgoing)
+            .map(NodeId)
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Looks a node up by name.
+    pub fn find(&self, name: &str) -> Result<NodeId> {
+        self.names
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::UnknownNode { name: name.into() })
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.g.node_count()
+    }
+
+    /// True when the graph has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.g.node_count() == 0
+    }
+
+    /// All node ids in a deterministic topological order: among ready nodes the
+    /// lowest index goes first, so a graph built front to back keeps its order.
+    pub fn topo_order(&self) -> Vec<NodeId> {
+        let mut indeg: HashMap<NodeIndex<u32>, usize> = HashMap::new();
+        let mut ready = BinaryHeap::new();
+        for n in self.g.node_indices() {
+            let d = self.g.edges_directed(n, Direction::Incoming).count();
+            indeg.insert(n, d);
+            if d == 0 {
+                ready.push(std::cmp::Reverse(n));
+            }
+        }
+        let mut order = Vec::with_capacity(self.len());
+        while let Some(std::cmp::Reverse(n)) = ready.pop() {
+            order.push(NodeId(n));
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let d = indeg
+                    .get_mut(&e.target())
+                    .expect("every node has an in-degree");
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(std::cmp::Reverse(e.target()));
+                }
+            }
+        }
+        order
+    }
+
+    /// The nodes `roots` depend on (themselves included), in topological order.
+    pub fn ancestors(&self, roots: &[NodeId]) -> Vec<NodeId> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<NodeId> = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(
+                    self.g
+                        .neighbors_directed(n.0, Direction::Incoming)
+                        .map(NodeId),
+                );
+            }
+        }
+        self.topo_order()
+            .into_iter()
+            .filter(|n| seen.contains(n))
+            .collect()
+    }
+
+    /// The graph's declared outputs (what `kiln run` fetches by default).
+    pub fn outputs(&self) -> &[NodeId] {
+        &self.outputs
+    }
+
+    /// Declares `id` an output (once).
+    pub fn add_output(&mut self, id: NodeId) -> Result<()> {
+        if !self.g.contains_node(id.0) {
+            return Err(Error::InvalidGraph(format!(
+                "output {id} is not a node of the graph"
+            )));
+        }
+        if !self.outputs.contains(&id) {
+            self.outputs.push(id);
+        }
+        Ok(())
+    }
+
+    /// Renames a node; the new name must be valid and unused.
+    pub fn rename(&mut self, id: NodeId, name: &str, location: SourceLoc) -> Result<()> {
+        if self.g[id.0].name == name {
+            return Ok(());
+        }
+        if let Err(reason) = check_name(name) {
+            return Err(Error::Name {
+                name: name.into(),
+                location,
+                reason,
+            });
+        }
+        if self.names.contains_key(name) {
+            return Err(Error::Name {
+                name: name.into(),
+                location,
+                reason: "is already used by another node".into(),
+            });
+        }
+        let old = std::mem::replace(&mut self.g[id.0].name, name.into());
+        self.names.remove(&old);
+        self.names.insert(name.into(), id);
+        Ok(())
+    }
+
+    /// True when `name` is taken.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// Placeholders, in topological order.
+    pub fn placeholders(&self) -> Vec<NodeId> {
+        self.topo_order()
+            .into_iter()
+            .filter(|&n| matches!(self.node(n).op, Op::Placeholder { .. }))
+            .collect()
+    }
+
+    /// Variables, in topological order.
+    pub fn variables(&self) -> Vec<NodeId> {
+        self.topo_order()
+            .into_iter()
+            .filter(|&n| matches!(self.node(n).op, Op::Variable { .. }))
+            .collect()
+    }
+
+    /// Number of scalar parameters (elements of variables) and their bytes.
+    pub fn parameter_count(&self) -> (usize, usize) {
+        let mut count = 0;
+        let mut bytes = 0;
+        for v in self.variables() {
+            if let Op::Variable { init } = &self.node(v).op {
+                count += init.0.len();
+                bytes += init.0.size_bytes();
+            }
+        }
+        (count, bytes)
+    }
+
+    /// Elements and bytes held by constants.
+    pub fn constant_bytes(&self) -> usize {
+        self.g
+            .node_weights()
+            .map(|n| match &n.op {
+                Op::Constant { value } => value.0.size_bytes(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Mutable access to a node's op, for replacing a constant or variable
+    /// value of the same type (e.g. a checkpoint or a loader filling weights).
+    pub fn set_weight(&mut self, id: NodeId, value: crate::array::Array) -> Result<()> {
+        let node = &mut self.g[id.0];
+        let ty = TensorType::new(value.dtype(), value.shape().to_vec());
+        if ty != node.ty {
+            return Err(Error::InvalidGraph(format!(
+                "value of type {ty} does not fit node '{}' of type {}",
+                node.name, node.ty
+            )));
+        }
+        match &mut node.op {
+            Op::Constant { value: w } | Op::Variable { init: w } => {
+                *w = crate::op::Weight::new(value);
+                Ok(())
+            }
+            _ => Err(Error::InvalidGraph(format!(
+                "node '{}' is not a constant or variable",
+                node.name
+            ))),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The reference interpreter: evaluates a graph op by op on the host, simply
+//! and obviously correctly. It defines what every op means and is the oracle
+//! every pass and backend is checked against.
+//!
+//! Variable semantics: every read of a variable in one run sees its value at
+//! the start of the run; assignments take effect when the run ends. Two
+//! assignments to one variable in one run are an error.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::array::Array;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId};
+use crate::op::Op;
+use crate::shape::Bindings;
+
+/// What a run produced: the fetched values and the variable updates to commit.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// One value per fetch, in fetch order.
+    pub fetched: Vec<Array>,
+    /// New variable values, to apply when the run ends.
+    pub updates: Vec<(NodeId, Array)>,
+}
+
+/// Inputs of one run: fed placeholder values, current variable values and
+/// the sizes of symbolic dims.
+pub struct RunInputs<'a> {
+    /// Values of placeholders.
+    pub feeds: &'a HashMap<NodeId, Array>,
+    /// Current values of variables.
+    pub variables: &'a HashMap<NodeId, Array>,
+    /// Sizes of symbolic dims.
+    pub bindings: &'a Bindings,
+}
+
+/// Evaluates the nodes `fetches` depend on and returns the fetched values.
+pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<RunOutput> {
+    let order = graph.ancestors(fetches);
+    let mut values: HashMap<NodeId, Cow<'_, Array>> = HashMap::with_capacity(order.len());
+    let mut updates: Vec<(NodeId, Array)> = Vec::new();
+    for id in order {
+        let node = graph.node(id);
+        let eval_err = |reason: String| Error::Eval {
+            node: node.name.clone(),
+            op: node.op.name().into(),
+            reason,
+        };
+        let out_shape = node.ty.shape.resolve(inputs.bindings).map_err(|sym| {
+            eval_err(format!(
+                "symbolic dim '{sym}' of its shape {} is not bound by any feed",
+                node.ty.shape
+            ))
+        })?;
+        let value: Cow<'_, Array> = match &node.op {
+            Op::Placeholder { .. } => Cow::Borrowed(
+                inputs
+                    .feeds
+                    .get(&id)
+                    .ok_or_else(|| eval_err("placeholder was not fed".into()))?,
+            ),
+            Op::Variable { .. } => Cow::Borrowed(
+                inputs
+                    .variables
+                    .get(&id)
+                    .ok_or_else(|| eval_err("variable has no value in this session".into()))?,
+            ),
+            Op::Constant { value } => Cow::Borrowed(&*value.0),
+            op => {
+                let ins: Vec<NodeId> = graph.inputs(id);
+                let args: Vec<&Array> = ins.iter().map(|i| values[i].as_ref()).collect();
+                let v = op.eval(&args, &out_shape).map_err(eval_err)?;
+                if let Op::Assign = op {
+                    if updates.iter().any(|(var, _)| *var == ins[0]) {
+                        return Err(eval_err(format!(
+                            "variable '{}' is assigned more than once in one run",
+                            graph.node(ins[0]).name
+                        )));
+                    }
+                    updates.push((ins[0], v.clone()));
+                }
+                Cow::Owned(v)
+            }
+        };
+        if value.shape() != out_shape.as_slice() || value.dtype() != node.ty.dtype {
+            return Err(eval_err(format!(
+                "produced {}{:?} but its type is {} (resolved to {:?})",
+                value.dtype(),
+                value.shape(),
+                node.ty,
+                out_shape
+            )));
+        }
+        values.insert(id, value);
+    }
+    let fetched = fetches
+        .iter()
+        .map(|f| values[f].clone().into_owned())
+        .collect();
+    Ok(RunOutput { fetched, updates })
+}

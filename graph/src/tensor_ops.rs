@@ -1,0 +1,706 @@
+//! The primitive ops as methods on [`Tensor`], so model code chains:
+//! `x.matmul(w)?.add(b)?.relu()?`. Each method checks types at the call.
+
+use crate::array::{Array, Data};
+use crate::builder::Tensor;
+use crate::dtype::DType;
+use crate::error::{Result, SourceLoc};
+use crate::op::{ArgOp, BinaryOp, Op, ReduceOp, SliceAxis, UnaryOp, Window2d};
+use crate::shape::{Dim, Shape};
+
+/// Something usable as the second operand of a binary op: a tensor, or a
+/// number that becomes a scalar constant of the other operand's dtype.
+pub trait Operand<'g> {
+    /// The operand as a tensor, shaped after `like`'s dtype where it is a number.
+    #[track_caller]
+    fn into_tensor(self, like: Tensor<'g>) -> Result<Tensor<'g>>;
+}
+
+impl<'g> Operand<'g> for Tensor<'g> {
+    fn into_tensor(self, _like: Tensor<'g>) -> Result<Tensor<'g>> {
+        Ok(self)
+    }
+}
+
+macro_rules! number_operand {
+    ($($t:ty),*) => {$(
+        impl<'g> Operand<'g> for $t {
+            #[track_caller]
+            fn into_tensor(self, like: Tensor<'g>) -> Result<Tensor<'g>> {
+                let dtype = like.dtype();
+                let loc = SourceLoc::caller();
+                if dtype == DType::Bool {
+                    return Err(like.err("constant", &[], loc, format!("cannot combine the number {self} with a bool tensor")));
+                }
+                let a = Array::new(Vec::<usize>::new(), Data::filled(dtype, 1, self as f64)).expect("scalar");
+                like.b.push(Op::Constant { value: crate::op::Weight::new(a) }, &[], loc)
+            }
+        }
+    )*};
+}
+number_operand!(f64, f32, i32, i64);
+
+/// Options of a 2-D convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    /// Stride (h, w).
+    pub stride: [usize; 2],
+    /// Padding: top, left, bottom, right.
+    pub padding: [usize; 4],
+    /// Dilation (h, w).
+    pub dilation: [usize; 2],
+    /// Channel groups.
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: [1, 1],
+            padding: [0; 4],
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dOptions {
+    /// Stride `s` in both dims.
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = [s, s];
+        self
+    }
+    /// Padding `p` on every side.
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = [p; 4];
+        self
+    }
+    /// Dilation `d` in both dims.
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = [d, d];
+        self
+    }
+    /// Channel groups.
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+impl Window2d {
+    /// A `k`x`k` window with stride `s`, padding `p` on every side, no dilation, floor mode.
+    pub fn square(k: usize, s: usize, p: usize) -> Window2d {
+        Window2d {
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [p; 4],
+            dilation: [1, 1],
+            ceil_mode: false,
+        }
+    }
+}
+
+macro_rules! unary_methods {
+    ($($(#[$m:meta])* $name:ident => $f:ident),* $(,)?) => {$(
+        $(#[$m])*
+        #[track_caller]
+        pub fn $name(self) -> Result<Tensor<'g>> {
+            self.op(Op::Unary { f: UnaryOp::$f }, &[], SourceLoc::caller())
+        }
+    )*};
+}
+
+macro_rules! binary_methods {
+    ($($(#[$m:meta])* $name:ident => $f:ident),* $(,)?) => {$(
+        $(#[$m])*
+        #[track_caller]
+        pub fn $name(self, rhs: impl Operand<'g>) -> Result<Tensor<'g>> {
+            let loc = SourceLoc::caller();
+            let rhs = rhs.into_tensor(self)?;
+            self.op(Op::Binary { f: BinaryOp::$f }, &[rhs], loc)
+        }
+    )*};
+}
+
+impl<'g> Tensor<'g> {
+    unary_methods! {
+        /// `-x`.
+        neg => Neg,
+        /// `|x|`.
+        abs => Abs,
+        /// -1, 0 or 1 (NaN stays NaN).
+        sign => Sign,
+        /// `e^x`.
+        exp => Exp,
+        /// Natural logarithm.
+        log => Log,
+        /// Square root.
+        sqrt => Sqrt,
+        /// `1 / sqrt(x)`.
+        rsqrt => Rsqrt,
+        /// `1 / x`.
+        recip => Recip,
+        /// Sine.
+        sin => Sin,
+        /// Cosine.
+        cos => Cos,
+        /// Hyperbolic tangent.
+        tanh => Tanh,
+        /// `1 / (1 + e^-x)`.
+        sigmoid => Sigmoid,
+        /// The error function.
+        erf => Erf,
+        /// Round down.
+        floor => Floor,
+        /// Round up.
+        ceil => Ceil,
+        /// Round half to even.
+        round => Round,
+        /// Logical not.
+        not => Not,
+    }
+
+    binary_methods! {
+        /// `a + b`.
+        add => Add,
+        /// `a - b`.
+        sub => Sub,
+        /// `a * b`.
+        mul => Mul,
+        /// `a / b` (integers truncate; integer division by zero gives 0).
+        div => Div,
+        /// `a ^ b`.
+        pow => Pow,
+        /// Elementwise maximum (NaN propagates).
+        maximum => Max,
+        /// Elementwise minimum (NaN propagates).
+        minimum => Min,
+        /// `a == b`.
+        eq => Eq,
+        /// `a != b`.
+        ne => Ne,
+        /// `a < b`.
+        lt => Lt,
+        /// `a <= b`.
+        le => Le,
+        /// `a > b`.
+        gt => Gt,
+        /// `a >= b`.
+        ge => Ge,
+        /// Logical and.
+        and => And,
+        /// Logical or.
+        or => Or,
+        /// Logical xor.
+        xor => Xor,
+    }
+
+    /// Converts to `dtype`.
+    #[track_caller]
+    pub fn cast(self, dtype: DType) -> Result<Tensor<'g>> {
+        if self.dtype() == dtype {
+            return Ok(self);
+        }
+        self.op(Op::Cast { to: dtype }, &[], SourceLoc::caller())
+    }
+
+    fn reduce(
+        self,
+        f: ReduceOp,
+        name: &str,
+        axes: &[i64],
+        keepdims: bool,
+        loc: SourceLoc,
+    ) -> Result<Tensor<'g>> {
+        let mut ax = Vec::with_capacity(axes.len());
+        for &a in axes {
+            ax.push(self.axis(name, a, &loc)?);
+        }
+        ax.sort_unstable();
+        if ax.windows(2).any(|w| w[0] == w[1]) {
+            return Err(self.err(name, &[], loc, format!("axes {axes:?} repeat an axis")));
+        }
+        self.op(
+            Op::Reduce {
+                f,
+                axes: ax,
+                keepdims,
+            },
+            &[],
+            loc,
+        )
+    }
+
+    /// Sum over `axes` (negative axes count from the end).
+    #[track_caller]
+    pub fn sum(self, axes: &[i64], keepdims: bool) -> Result<Tensor<'g>> {
+        self.reduce(
+            ReduceOp::Sum,
+            "reduce_sum",
+            axes,
+            keepdims,
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Product over `axes`.
+    #[track_caller]
+    pub fn prod(self, axes: &[i64], keepdims: bool) -> Result<Tensor<'g>> {
+        self.reduce(
+            ReduceOp::Prod,
+            "reduce_prod",
+            axes,
+            keepdims,
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Maximum over `axes`.
+    #[track_caller]
+    pub fn max(self, axes: &[i64], keepdims: bool) -> Result<Tensor<'g>> {
+        self.reduce(
+            ReduceOp::Max,
+            "reduce_max",
+            axes,
+            keepdims,
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Minimum over `axes`.
+    #[track_caller]
+    pub fn min(self, axes: &[i64], keepdims: bool) -> Result<Tensor<'g>> {
+        self.reduce(
+            ReduceOp::Min,
+            "reduce_min",
+            axes,
+            keepdims,
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Sum over every axis, as a scalar.
+    #[track_caller]
+    pub fn sum_all(self) -> Result<Tensor<'g>> {
+        let axes: Vec<i64> = (0..self.rank() as i64).collect();
+        self.reduce(
+            ReduceOp::Sum,
+            "reduce_sum",
+            &axes,
+            false,
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Mean over `axes`: a sum times a constant. The reduced dims must be fixed.
+    #[track_caller]
+    pub fn mean(self, axes: &[i64], keepdims: bool) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let shape = self.shape();
+        let mut count = 1usize;
+        for &a in axes {
+            let i = self.axis("mean", a, &loc)?;
+            match &shape.0[i] {
+                Dim::Fixed(n) => count *= n,
+                Dim::Sym(s) => {
+                    return Err(self.err(
+                        "mean",
+                        &[],
+                        loc,
+                        format!("cannot average over the symbolic dim {s}"),
+                    ))
+                }
+            }
+        }
+        if !self.dtype().is_float() {
+            return Err(self.err(
+                "mean",
+                &[],
+                loc,
+                format!("mean needs f32 or f64, got {}", self.dtype()),
+            ));
+        }
+        let s = self.reduce(ReduceOp::Sum, "reduce_sum", axes, keepdims, loc.clone())?;
+        let inv = self.b.push(
+            Op::Constant {
+                value: crate::op::Weight::new(Array::filled(self.dtype(), &[], 1.0 / count as f64)),
+            },
+            &[],
+            loc.clone(),
+        )?;
+        s.op(Op::Binary { f: BinaryOp::Mul }, &[inv], loc)
+    }
+
+    /// Index of the maximum along `axis` (i64).
+    #[track_caller]
+    pub fn argmax(self, axis: i64, keepdims: bool) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let axis = self.axis("argmax", axis, &loc)?;
+        self.op(
+            Op::ArgReduce {
+                f: ArgOp::ArgMax,
+                axis,
+                keepdims,
+            },
+            &[],
+            loc,
+        )
+    }
+
+    /// Index of the minimum along `axis` (i64).
+    #[track_caller]
+    pub fn argmin(self, axis: i64, keepdims: bool) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let axis = self.axis("argmin", axis, &loc)?;
+        self.op(
+            Op::ArgReduce {
+                f: ArgOp::ArgMin,
+                axis,
+                keepdims,
+            },
+            &[],
+            loc,
+        )
+    }
+
+    /// Same elements in a new shape of equal element count.
+    #[track_caller]
+    pub fn reshape(self, shape: impl Into<Shape>) -> Result<Tensor<'g>> {
+        self.op(
+            Op::Reshape {
+                shape: shape.into(),
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Reshape with ONNX conventions: `0` copies the input dim at that position,
+    /// one `-1` is inferred from the element count (symbolic dims included).
+    #[track_caller]
+    pub fn reshape_to(self, dims: &[i64]) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let input = self.shape();
+        let mut out: Vec<Option<Dim>> = Vec::with_capacity(dims.len());
+        for (i, &d) in dims.iter().enumerate() {
+            out.push(match d {
+                -1 => None,
+                0 => Some(input.0.get(i).cloned().ok_or_else(|| {
+                    self.err(
+                        "reshape",
+                        &[],
+                        loc.clone(),
+                        format!(
+                            "dim {i} is 0 (copy) but the input has rank {}",
+                            input.rank()
+                        ),
+                    )
+                })?),
+                d if d > 0 => Some(Dim::Fixed(d as usize)),
+                d => {
+                    return Err(self.err(
+                        "reshape",
+                        &[],
+                        loc,
+                        format!("invalid target dim {d} in {dims:?}"),
+                    ))
+                }
+            });
+        }
+        let holes = out.iter().filter(|d| d.is_none()).count();
+        if holes > 1 {
+            return Err(self.err("reshape", &[], loc, format!("more than one -1 in {dims:?}")));
+        }
+        if holes == 1 {
+            let known = Shape(out.iter().flatten().cloned().collect());
+            let (n_in, mut s_in) = input.symbolic_size();
+            let (n_k, s_k) = known.symbolic_size();
+            for s in &s_k {
+                match s_in.iter().position(|x| x == s) {
+                    Some(p) => {
+                        s_in.remove(p);
+                    }
+                    None => {
+                        return Err(self.err(
+                            "reshape",
+                            &[],
+                            loc,
+                            format!("cannot infer -1 in {dims:?}"),
+                        ))
+                    }
+                }
+            }
+            let fill = match (n_k, s_in.len()) {
+                (k, 0) if k > 0 && n_in % k == 0 => Dim::Fixed(n_in / k),
+                (k, 1) if k > 0 && n_in == k => Dim::Sym(s_in[0].clone()),
+                _ => {
+                    return Err(self.err(
+                        "reshape",
+                        &[],
+                        loc,
+                        format!("cannot infer -1 in {dims:?} from {input}"),
+                    ))
+                }
+            };
+            for d in out.iter_mut() {
+                if d.is_none() {
+                    *d = Some(fill.clone());
+                }
+            }
+        }
+        self.op(
+            Op::Reshape {
+                shape: Shape(out.into_iter().flatten().collect()),
+            },
+            &[],
+            loc,
+        )
+    }
+
+    /// Reorders dims: output dim `i` is input dim `perm[i]`.
+    #[track_caller]
+    pub fn permute(self, perm: &[usize]) -> Result<Tensor<'g>> {
+        self.op(
+            Op::Permute {
+                perm: perm.to_vec(),
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Swaps the last two dims.
+    #[track_caller]
+    pub fn transpose(self) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let r = self.rank();
+        if r < 2 {
+            return Err(self.err("permute", &[], loc, "transpose needs rank >= 2".into()));
+        }
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        self.op(Op::Permute { perm }, &[], loc)
+    }
+
+    /// Broadcasts to `shape` by numpy's rule.
+    #[track_caller]
+    pub fn broadcast_to(self, shape: impl Into<Shape>) -> Result<Tensor<'g>> {
+        self.op(
+            Op::Broadcast {
+                shape: shape.into(),
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Strided slice, one range per dim.
+    #[track_caller]
+    pub fn slice(self, axes: &[SliceAxis]) -> Result<Tensor<'g>> {
+        self.op(
+            Op::Slice {
+                axes: axes.to_vec(),
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Slices one axis `start..end` by `step`, keeping the others whole.
+    #[track_caller]
+    pub fn slice_axis(self, axis: i64, start: i64, end: i64, step: i64) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let a = self.axis("slice", axis, &loc)?;
+        let mut axes = vec![SliceAxis::FULL; self.rank()];
+        axes[a] = SliceAxis { start, end, step };
+        self.op(Op::Slice { axes }, &[], loc)
+    }
+
+    /// Pads with `value`: `before[i]` and `after[i]` elements on dim `i`.
+    #[track_caller]
+    pub fn pad(self, before: &[usize], after: &[usize], value: f64) -> Result<Tensor<'g>> {
+        self.op(
+            Op::Pad {
+                before: before.to_vec(),
+                after: after.to_vec(),
+                value,
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Inserts a size-1 dim at `axis` (which may be `rank`).
+    #[track_caller]
+    pub fn unsqueeze(self, axis: i64) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let a = crate::shape::normalize_axis(axis, self.rank() + 1)
+            .map_err(|r| self.err("reshape", &[], loc.clone(), r))?;
+        let mut s = self.shape();
+        s.0.insert(a, Dim::Fixed(1));
+        self.op(Op::Reshape { shape: s }, &[], loc)
+    }
+
+    /// Removes the size-1 dim at `axis`.
+    #[track_caller]
+    pub fn squeeze(self, axis: i64) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let a = self.axis("reshape", axis, &loc)?;
+        let mut s = self.shape();
+        if s.0[a] != Dim::Fixed(1) {
+            return Err(self.err(
+                "reshape",
+                &[],
+                loc,
+                format!("cannot squeeze dim {a} of size {}", s.0[a]),
+            ));
+        }
+        s.0.remove(a);
+        self.op(Op::Reshape { shape: s }, &[], loc)
+    }
+
+    /// Matrix product; 1-D operands are treated as a row (lhs) or column (rhs)
+    /// vector and that dim is removed from the result, as numpy does.
+    #[track_caller]
+    pub fn matmul(self, rhs: Tensor<'g>) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        if self.rank() == 0 || rhs.rank() == 0 {
+            return Err(self.err("matmul", &[rhs], loc, "operands must have rank >= 1".into()));
+        }
+        let a = if self.rank() == 1 {
+            self.op(
+                Op::Reshape {
+                    shape: prepend1(self.shape()),
+                },
+                &[],
+                loc.clone(),
+            )?
+        } else {
+            self
+        };
+        let b = if rhs.rank() == 1 {
+            rhs.op(
+                Op::Reshape {
+                    shape: append1(rhs.shape()),
+                },
+                &[],
+                loc.clone(),
+            )?
+        } else {
+            rhs
+        };
+        let mut out =
+            a.b.push(Op::MatMul, &[a, b], loc.clone())
+                .map_err(|e| relabel(e, self, rhs))?;
+        if self.rank() == 1 {
+            out = out.squeeze_at(-2, &loc)?;
+        }
+        if rhs.rank() == 1 {
+            out = out.squeeze_at(-1, &loc)?;
+        }
+        Ok(out)
+    }
+
+    fn squeeze_at(self, axis: i64, loc: &SourceLoc) -> Result<Tensor<'g>> {
+        let a = self.axis("reshape", axis, loc)?;
+        let mut s = self.shape();
+        s.0.remove(a);
+        self.op(Op::Reshape { shape: s }, &[], loc.clone())
+    }
+
+    /// 2-D convolution of an NCHW input with an OIHW weight.
+    #[track_caller]
+    pub fn conv2d(self, weight: Tensor<'g>, opts: Conv2dOptions) -> Result<Tensor<'g>> {
+        let Conv2dOptions {
+            stride,
+            padding,
+            dilation,
+            groups,
+        } = opts;
+        self.op(
+            Op::Conv2d {
+                stride,
+                padding,
+                dilation,
+                groups,
+            },
+            &[weight],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Max pooling over windows of the last two dims.
+    #[track_caller]
+    pub fn max_pool2d(self, window: Window2d) -> Result<Tensor<'g>> {
+        self.op(Op::MaxPool2d { window }, &[], SourceLoc::caller())
+    }
+
+    /// Average pooling over windows of the last two dims.
+    #[track_caller]
+    pub fn avg_pool2d(self, window: Window2d, count_include_pad: bool) -> Result<Tensor<'g>> {
+        self.op(
+            Op::AvgPool2d {
+                window,
+                count_include_pad,
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// `out[pre, i, post] = self[pre, indices[i], post]` along `axis`.
+    #[track_caller]
+    pub fn gather(self, indices: Tensor<'g>, axis: i64) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let axis = self.axis("gather", axis, &loc)?;
+        self.op(Op::Gather { axis }, &[indices], loc)
+    }
+
+    /// `self` with `updates` added at `indices` along `axis` (the adjoint of gather).
+    #[track_caller]
+    pub fn scatter_add(
+        self,
+        indices: Tensor<'g>,
+        updates: Tensor<'g>,
+        axis: i64,
+    ) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let axis = self.axis("scatter_add", axis, &loc)?;
+        self.op(Op::ScatterAdd { axis }, &[indices, updates], loc)
+    }
+
+    /// Assigns `value` to this variable at the end of the run; yields `value`.
+    #[track_caller]
+    pub fn assign(self, value: Tensor<'g>) -> Result<Tensor<'g>> {
+        self.op(Op::Assign, &[value], SourceLoc::caller())
+    }
+}
+
+fn prepend1(s: Shape) -> Shape {
+    let mut v = vec![Dim::Fixed(1)];
+    v.extend(s.0);
+    Shape(v)
+}
+
+fn append1(mut s: Shape) -> Shape {
+    s.0.push(Dim::Fixed(1));
+    s
+}
+
+/// Reports a matmul error with the user's operand types, not the internal reshapes.
+fn relabel(e: crate::error::Error, a: Tensor<'_>, b: Tensor<'_>) -> crate::error::Error {
+    match e {
+        crate::error::Error::Type {
+            op,
+            location,
+            reason,
+            ..
+        } => crate::error::Error::Type {
+            op,
+            location,
+            reason,
+            operands: format!("{}, {}", a.ty(), b.ty()),
+        },
+        other => other,
+    }
+}
