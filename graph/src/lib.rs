@@ -20,6 +20,7 @@ pub mod ops;
 pub mod rng;
 pub mod shape;
 pub mod tensor_ops;
+pub mod text;
 
 pub use array::{Array, Data, Elem};
 pub use builder::{GraphBuilder, Tensor};

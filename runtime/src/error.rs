@@ -1,0 +1,62 @@
+//! The error type of the `kiln` crate: graph errors plus session, feed and
+//! file errors, each naming the culprit.
+
+/// Errors of sessions, feeds, fetches and array files.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error from the graph layer (type errors, evaluation, graph files).
+    #[error(transparent)]
+    Graph(#[from] kiln_graph::Error),
+    /// A feed does not match its placeholder, or is unknown or repeated.
+    #[error("feed '{name}': {reason}")]
+    Feed {
+        /// The feed's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A fetch names no node of the graph.
+    #[error("fetch '{name}': {reason}")]
+    Fetch {
+        /// The fetch's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A variable access names no variable or has the wrong type.
+    #[error("variable '{name}': {reason}")]
+    Variable {
+        /// The variable's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An `.npy` file is malformed or unsupported.
+    #[error("{path}: {reason}")]
+    Npy {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error on a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The requested device is not available here.
+    #[error("device {device}: {reason}")]
+    Device {
+        /// The device.
+        device: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,189 @@
+//! `Session`: runs a graph with feeds and fetches, and holds the state of
+//! its variables across runs.
+
+use std::collections::HashMap;
+
+use kiln_graph::interp::{self, RunInputs};
+use kiln_graph::{Array, Bindings, Dim, Graph, NodeId, Op};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+
+/// A graph prepared to run on a device, with its variables' state.
+///
+/// The session keeps its own copy of the graph: adding nodes to the builder
+/// afterwards cannot change what it runs. Variables are initialized when the
+/// session is created, so no run can see an uninitialized variable.
+pub struct Session {
+    graph: Graph,
+    device: Device,
+    variables: HashMap<NodeId, Array>,
+}
+
+impl Session {
+    /// Prepares `graph` to run on `device` and initializes its variables.
+    pub fn new(graph: &Graph, device: Device) -> Result<Session> {
+        let graph = graph.clone();
+        let mut variables = HashMap::new();
+        for v in graph.variables() {
+            if let Op::Variable { init } = &graph.node(v).op {
+                variables.insert(v, (*init.0).clone());
+            }
+        }
+        Ok(Session { graph, device, variables })
+    }
+
+    /// The graph this session runs.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Runs the part of the graph `fetches` need and returns their values, in
+    /// order. Feeds are `(placeholder name, value)`; each is checked against
+    /// its placeholder's dtype and shape, and symbolic dims are bound
+    /// consistently across feeds. Assignments take effect when the run ends.
+    pub fn run(&mut self, feeds: &[(&str, &Array)], fetches: &[&str]) -> Result<Vec<Array>> {
+        let fetch_ids = fetches
+            .iter()
+            .map(|&f| {
+                self.graph.find(f).map_err(|_| Error::Fetch { name: f.into(), reason: "no node has this name".into() })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (feed_map, bindings) = self.check_feeds(feeds)?;
+        self.check_needed_feeds(&fetch_ids, fetches, &feed_map)?;
+        let out = match self.device {
+            Device::Reference => interp::run(
+                &self.graph,
+                &RunInputs { feeds: &feed_map, variables: &self.variables, bindings: &bindings },
+                &fetch_ids,
+            )?,
+        };
+        for (var, value) in out.updates {
+            self.variables.insert(var, value);
+        }
+        Ok(out.fetched)
+    }
+
+    /// Runs and returns the graph's declared outputs.
+    pub fn run_outputs(&mut self, feeds: &[(&str, &Array)]) -> Result<Vec<(String, Array)>> {
+        let names: Vec<String> = self.graph.outputs().iter().map(|&o| self.graph.node(o).name.clone()).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let values = self.run(feeds, &refs)?;
+        Ok(names.into_iter().zip(values).collect())
+    }
+
+    fn check_feeds(&self, feeds: &[(&str, &Array)]) -> Result<(HashMap<NodeId, Array>, Bindings)> {
+        let mut map = HashMap::with_capacity(feeds.len());
+        let mut bindings = Bindings::new();
+        let mut bound_by: HashMap<String, String> = HashMap::new();
+        for &(name, value) in feeds {
+            let err = |reason: String| Error::Feed { name: name.into(), reason };
+            let id = self.graph.find(name).map_err(|_| err("no node has this name".into()))?;
+            let node = self.graph.node(id);
+            let Op::Placeholder { dtype, shape } = &node.op else {
+                return Err(err(format!("node is a {}, not a placeholder; only placeholders can be fed", node.op.name())));
+            };
+            if map.contains_key(&id) {
+                return Err(err("fed more than once".into()));
+            }
+            if value.dtype() != *dtype {
+                return Err(err(format!("expected {}, got {}{:?}", node.ty, value.dtype(), value.shape())));
+            }
+            if value.shape().len() != shape.rank() {
+                return Err(err(format!(
+                    "expected rank {} ({}), got shape {:?}",
+                    shape.rank(),
+                    node.ty,
+                    value.shape()
+                )));
+            }
+            for (i, (d, &n)) in shape.dims().iter().zip(value.shape()).enumerate() {
+                match d {
+                    Dim::Fixed(k) if *k != n => {
+                        return Err(err(format!("dim {i} must be {k} ({}), got shape {:?}", node.ty, value.shape())));
+                    }
+                    Dim::Sym(s) => match bindings.get(s) {
+                        Some(&b) if b != n => {
+                            return Err(err(format!(
+                                "dim {i} binds '{s}' to {n}, but feed '{}' bound it to {b}",
+                                bound_by[s]
+                            )));
+                        }
+                        Some(_) => {}
+                        None => {
+                            bindings.insert(s.clone(), n);
+                            bound_by.insert(s.clone(), name.to_string());
+                        }
+                    },
+                    Dim::Fixed(_) => {}
+                }
+            }
+            map.insert(id, value.clone());
+        }
+        Ok((map, bindings))
+    }
+
+    fn check_needed_feeds(&self, fetch_ids: &[NodeId], fetches: &[&str], feeds: &HashMap<NodeId, Array>) -> Result<()> {
+        for (&f, &fname) in fetch_ids.iter().zip(fetches) {
+            for n in self.graph.ancestors(&[f]) {
+                let node = self.graph.node(n);
+                if matches!(node.op, Op::Placeholder { .. }) && !feeds.contains_key(&n) {
+                    return Err(Error::Feed {
+                        name: node.name.clone(),
+                        reason: format!("placeholder ({}) is needed by fetch '{fname}' but was not fed", node.ty),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The current value of variable `name`.
+    pub fn variable(&self, name: &str) -> Result<&Array> {
+        let id = self.variable_id(name)?;
+        Ok(&self.variables[&id])
+    }
+
+    /// Sets variable `name`; the value must have the variable's type.
+    pub fn set_variable(&mut self, name: &str, value: Array) -> Result<()> {
+        let id = self.variable_id(name)?;
+        let ty = &self.graph.node(id).ty;
+        if value.dtype() != ty.dtype || Some(value.shape().to_vec()) != ty.shape.as_fixed() {
+            return Err(Error::Variable {
+                name: name.into(),
+                reason: format!("expected {ty}, got {}{:?}", value.dtype(), value.shape()),
+            });
+        }
+        self.variables.insert(id, value);
+        Ok(())
+    }
+
+    fn variable_id(&self, name: &str) -> Result<NodeId> {
+        let id = self
+            .graph
+            .find(name)
+            .map_err(|_| Error::Variable { name: name.into(), reason: "no node has this name".into() })?;
+        if !matches!(self.graph.node(id).op, Op::Variable { .. }) {
+            return Err(Error::Variable {
+                name: name.into(),
+                reason: format!("node is a {}, not a variable", self.graph.node(id).op.name()),
+            });
+        }
+        Ok(id)
+    }
+
+    /// The graph with every variable's initial value replaced by its current
+    /// value: what to save after training.
+    pub fn export_graph(&self) -> Result<Graph> {
+        let mut g = self.graph.clone();
+        for (&id, value) in &self.variables {
+            g.set_weight(id, value.clone())?;
+        }
+        Ok(g)
+    }
+}
