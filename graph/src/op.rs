@@ -291,6 +291,7 @@ pub enum Op {
 
     // ---- contractions ----
     /// `[..., m, k] x [..., k, n] -> [..., m, n]`, batch dims broadcast.
+    #[serde(rename = "matmul")]
     MatMul,
     /// 2-D convolution: input NCHW, weight `[out, in/groups, kh, kw]`.
     Conv2d {

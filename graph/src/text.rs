@@ -29,7 +29,11 @@ impl Graph {
                 attrs = format!("value={:?}", value.0.to_f64_vec());
             }
         }
-        let ins: Vec<String> = self.inputs(id).iter().map(|&i| self.node(i).name.clone()).collect();
+        let ins: Vec<String> = self
+            .inputs(id)
+            .iter()
+            .map(|&i| self.node(i).name.clone())
+            .collect();
         let mut s = format!("{} = {}", n.name, n.op.name());
         if !attrs.is_empty() {
             write!(s, "{{{attrs}}}").unwrap();

@@ -23,12 +23,16 @@ fn build() -> Result<Graph> {
 }
 
 fn main() -> Result<()> {
-    let model = std::env::args().nth(1).unwrap_or_else(|| "target/cnn.kiln".into());
+    let model = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/cnn.kiln".into());
     build()?.save(&model)?;
     let graph = Graph::load(&model)?;
     let mut sess = Session::new(&graph, Device::default())?;
     let n = 2 * 3 * 32 * 32;
-    let pixels: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let pixels: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
     let image = Array::from_vec(vec![2, 3, 32, 32], pixels).expect("image");
     let out = sess.run(&[("image", &image)], &["logits"])?;
     let (params, _) = graph.parameter_count();

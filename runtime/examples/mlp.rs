@@ -47,7 +47,10 @@ fn main() -> Result<()> {
     let mut sess = Session::new(&loaded, Device::default())?;
     let out = sess.run(&[("x", &digit_zero())], &["probs", "class"])?;
     let (params, bytes) = loaded.parameter_count();
-    println!("saved {model} ({} nodes, {params} parameters, {bytes} bytes) and {input}", loaded.len());
+    println!(
+        "saved {model} ({} nodes, {params} parameters, {bytes} bytes) and {input}",
+        loaded.len()
+    );
     println!("probs {:?}", out[0]);
     println!("class {:?}", out[1]);
     Ok(())

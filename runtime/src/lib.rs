@@ -38,7 +38,8 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::session::Session;
     pub use kiln_graph::{
-        one_hot, shape, softmax_cross_entropy, sparse_softmax_cross_entropy, Activation, Array, Conv2dOptions, DType,
-        Dim, Graph, GraphBuilder, Init, NodeId, Shape, SliceAxis, Tensor, TensorType, Window2d,
+        one_hot, shape, softmax_cross_entropy, sparse_softmax_cross_entropy, Activation, Array,
+        Conv2dOptions, DType, Dim, Graph, GraphBuilder, Init, NodeId, Shape, SliceAxis, Tensor,
+        TensorType, Window2d,
     };
 }

@@ -10,7 +10,11 @@ use kiln::graph::{Array, Graph, Op};
 use kiln::{npy, Device, Session};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "kiln: a static-graph compiler and runtime for deep learning")]
+#[command(
+    name = "kiln",
+    version,
+    about = "kiln: a static-graph compiler and runtime for deep learning"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,7 +52,13 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { model, inputs, output, fetches, device } => run(&model, &inputs, output.as_deref(), &fetches, &device),
+        Command::Run {
+            model,
+            inputs,
+            output,
+            fetches,
+            device,
+        } => run(&model, &inputs, output.as_deref(), &fetches, &device),
         Command::Show { model, dot } => show(&model, dot.as_deref()),
     };
     if let Err(e) = result {
@@ -61,20 +71,35 @@ fn load(model: &Path) -> Result<Graph> {
     Ok(Graph::load(model)?)
 }
 
-fn run(model: &Path, inputs: &[String], output: Option<&Path>, fetches: &[String], device: &str) -> Result<()> {
+fn run(
+    model: &Path,
+    inputs: &[String],
+    output: Option<&Path>,
+    fetches: &[String],
+    device: &str,
+) -> Result<()> {
     let device: Device = device.parse()?;
     let graph = load(model)?;
     let mut feeds: Vec<(String, Array)> = Vec::new();
     for spec in inputs {
-        let (name, file) = spec.split_once('=').with_context(|| format!("--input '{spec}' is not NAME=FILE.npy"))?;
+        let (name, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--input '{spec}' is not NAME=FILE.npy"))?;
         let a = npy::read(file)?;
         feeds.push((name.to_string(), a));
     }
     let fetch_names: Vec<String> = if fetches.is_empty() {
         if graph.outputs().is_empty() {
-            bail!("{} declares no outputs; name the nodes to fetch with --fetch", model.display());
+            bail!(
+                "{} declares no outputs; name the nodes to fetch with --fetch",
+                model.display()
+            );
         }
-        graph.outputs().iter().map(|&o| graph.node(o).name.clone()).collect()
+        graph
+            .outputs()
+            .iter()
+            .map(|&o| graph.node(o).name.clone())
+            .collect()
     } else {
         fetches.to_vec()
     };
@@ -87,7 +112,12 @@ fn run(model: &Path, inputs: &[String], output: Option<&Path>, fetches: &[String
     if let Some(dir) = output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    println!("{} on {device}: {} nodes, {:.3} ms", model.display(), graph.len(), elapsed.as_secs_f64() * 1e3);
+    println!(
+        "{} on {device}: {} nodes, {:.3} ms",
+        model.display(),
+        graph.len(),
+        elapsed.as_secs_f64() * 1e3
+    );
     for (name, v) in fetch_names.iter().zip(&values) {
         println!("  {name}: {}{:?} {}", v.dtype(), v.shape(), summary(v));
         if let Some(dir) = output {
@@ -102,8 +132,21 @@ fn run(model: &Path, inputs: &[String], output: Option<&Path>, fetches: &[String
 /// A one-line look at an array: its first values and, for several, min/mean/max.
 fn summary(a: &Array) -> String {
     let v = a.to_f64_vec();
-    let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:.6}").trim_end_matches('0').trim_end_matches('.').to_string()).collect();
-    let mut s = format!("[{}{}]", head.join(", "), if v.len() > 6 { ", ..." } else { "" });
+    let head: Vec<String> = v
+        .iter()
+        .take(6)
+        .map(|x| {
+            format!("{x:.6}")
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string()
+        })
+        .collect();
+    let mut s = format!(
+        "[{}{}]",
+        head.join(", "),
+        if v.len() > 6 { ", ..." } else { "" }
+    );
     if v.len() > 1 {
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
         let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -120,7 +163,8 @@ fn show(model: &Path, dot: Option<&Path>) -> Result<()> {
         if dot_path == Path::new("-") {
             print!("{text}");
         } else {
-            std::fs::write(dot_path, text).with_context(|| format!("writing {}", dot_path.display()))?;
+            std::fs::write(dot_path, text)
+                .with_context(|| format!("writing {}", dot_path.display()))?;
             println!("wrote {}", dot_path.display());
         }
         return Ok(());
@@ -132,17 +176,27 @@ fn show(model: &Path, dot: Option<&Path>) -> Result<()> {
     }
     println!();
     let names = |ids: &[kiln::graph::NodeId]| -> String {
-        ids.iter().map(|&i| format!("{} {}", graph.node(i).name, graph.node(i).ty)).collect::<Vec<_>>().join(", ")
+        ids.iter()
+            .map(|&i| format!("{} {}", graph.node(i).name, graph.node(i).ty))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     println!("inputs:  {}", names(&graph.placeholders()));
     println!("outputs: {}", names(graph.outputs()));
     let (params, bytes) = graph.parameter_count();
-    println!("parameters: {params} in {} variables ({})", graph.variables().len(), human_bytes(bytes));
+    println!(
+        "parameters: {params} in {} variables ({})",
+        graph.variables().len(),
+        human_bytes(bytes)
+    );
     println!("constants: {}", human_bytes(graph.constant_bytes()));
     let mut hist: BTreeMap<&str, usize> = BTreeMap::new();
     for id in graph.topo_order() {
         let op = &graph.node(id).op;
-        if !matches!(op, Op::Placeholder { .. } | Op::Variable { .. } | Op::Constant { .. }) {
+        if !matches!(
+            op,
+            Op::Placeholder { .. } | Op::Variable { .. } | Op::Constant { .. }
+        ) {
             *hist.entry(op.name()).or_default() += 1;
         }
     }

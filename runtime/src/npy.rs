@@ -24,7 +24,13 @@ pub fn to_bytes(a: &Array) -> Vec<u8> {
     let shape = match a.shape() {
         [] => "()".to_string(),
         [n] => format!("({n},)"),
-        dims => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // Pad so that magic + version + length + header is a multiple of 64, ending in '\n'.
@@ -43,19 +49,28 @@ pub fn to_bytes(a: &Array) -> Vec<u8> {
 /// Writes `a` to `path` as `.npy`.
 pub fn write(path: impl AsRef<Path>, a: &Array) -> Result<()> {
     let path = path.as_ref();
-    std::fs::write(path, to_bytes(a)).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
+    std::fs::write(path, to_bytes(a)).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })
 }
 
 /// Reads an `.npy` file.
 pub fn read(path: impl AsRef<Path>) -> Result<Array> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
     from_bytes(&bytes, &path.display().to_string())
 }
 
 /// Decodes `.npy` bytes; `origin` names the source in errors.
 pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Array> {
-    let fail = |reason: String| Error::Npy { path: origin.into(), reason };
+    let fail = |reason: String| Error::Npy {
+        path: origin.into(),
+        reason,
+    };
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(fail("not an .npy file (bad magic)".into()));
     }
@@ -65,17 +80,29 @@ pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Array> {
             if bytes.len() < 12 {
                 return Err(fail("truncated header".into()));
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(fail(format!("unsupported .npy version {v}.{}", bytes[7]))),
     };
-    let end = start.checked_add(hlen).filter(|&e| e <= bytes.len()).ok_or_else(|| fail("truncated header".into()))?;
-    let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| fail("header is not text".into()))?;
-    let descr = dict_value(header, "descr").ok_or_else(|| fail(format!("header has no 'descr': {header:?}")))?;
-    let fortran = dict_value(header, "fortran_order").ok_or_else(|| fail("header has no 'fortran_order'".into()))?;
-    let shape_txt = dict_value(header, "shape").ok_or_else(|| fail("header has no 'shape'".into()))?;
+    let end = start
+        .checked_add(hlen)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| fail("truncated header".into()))?;
+    let header =
+        std::str::from_utf8(&bytes[start..end]).map_err(|_| fail("header is not text".into()))?;
+    let descr = dict_value(header, "descr")
+        .ok_or_else(|| fail(format!("header has no 'descr': {header:?}")))?;
+    let fortran = dict_value(header, "fortran_order")
+        .ok_or_else(|| fail("header has no 'fortran_order'".into()))?;
+    let shape_txt =
+        dict_value(header, "shape").ok_or_else(|| fail("header has no 'shape'".into()))?;
     if fortran != "False" {
-        return Err(fail("Fortran-order arrays are not supported; save with np.ascontiguousarray".into()));
+        return Err(fail(
+            "Fortran-order arrays are not supported; save with np.ascontiguousarray".into(),
+        ));
     }
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
     let (big_endian, code) = match descr.as_bytes().first() {
@@ -89,11 +116,20 @@ pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Array> {
         "i4" => DType::I32,
         "i8" => DType::I64,
         "b1" | "?" => DType::Bool,
-        other => return Err(fail(format!("unsupported dtype '{other}' (kiln reads f4, f8, i4, i8, b1)"))),
+        other => {
+            return Err(fail(format!(
+                "unsupported dtype '{other}' (kiln reads f4, f8, i4, i8, b1)"
+            )))
+        }
     };
     let shape = parse_shape(shape_txt).ok_or_else(|| fail(format!("invalid shape {shape_txt}")))?;
-    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| fail("shape overflows".into()))?;
-    let need = count.checked_mul(dtype.size_bytes()).ok_or_else(|| fail("shape overflows".into()))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| fail("shape overflows".into()))?;
+    let need = count
+        .checked_mul(dtype.size_bytes())
+        .ok_or_else(|| fail("shape overflows".into()))?;
     let body = &bytes[end..];
     if body.len() != need {
         return Err(fail(format!(
@@ -103,7 +139,10 @@ pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Array> {
     }
     let data = if big_endian && dtype.size_bytes() > 1 {
         let w = dtype.size_bytes();
-        let swapped: Vec<u8> = body.chunks_exact(w).flat_map(|c| c.iter().rev().copied()).collect();
+        let swapped: Vec<u8> = body
+            .chunks_exact(w)
+            .flat_map(|c| c.iter().rev().copied())
+            .collect();
         Data::from_le_bytes(dtype, &swapped)
     } else {
         Data::from_le_bytes(dtype, body)
@@ -116,7 +155,10 @@ pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Array> {
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let pat_single = format!("'{key}'");
     let pat_double = format!("\"{key}\"");
-    let at = header.find(&pat_single).map(|i| i + pat_single.len()).or_else(|| header.find(&pat_double).map(|i| i + pat_double.len()))?;
+    let at = header
+        .find(&pat_single)
+        .map(|i| i + pat_single.len())
+        .or_else(|| header.find(&pat_double).map(|i| i + pat_double.len()))?;
     let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
     let end = if rest.starts_with('(') {
         rest.find(')')? + 1
@@ -130,7 +172,12 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 fn parse_shape(s: &str) -> Option<Vec<usize>> {
     let inner = s.strip_prefix('(')?.strip_suffix(')')?;
-    inner.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|p| p.trim_end_matches('L').parse().ok()).collect()
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.trim_end_matches('L').parse().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -149,7 +196,10 @@ mod tests {
         ];
         for a in arrays {
             let bytes = to_bytes(&a);
-            assert_eq!((MAGIC.len() + 4 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64, 0);
+            assert_eq!(
+                (MAGIC.len() + 4 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64,
+                0
+            );
             assert_eq!(from_bytes(&bytes, "mem").unwrap(), a);
         }
     }

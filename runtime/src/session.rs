@@ -30,7 +30,11 @@ impl Session {
                 variables.insert(v, (*init.0).clone());
             }
         }
-        Ok(Session { graph, device, variables })
+        Ok(Session {
+            graph,
+            device,
+            variables,
+        })
     }
 
     /// The graph this session runs.
@@ -51,7 +55,10 @@ impl Session {
         let fetch_ids = fetches
             .iter()
             .map(|&f| {
-                self.graph.find(f).map_err(|_| Error::Fetch { name: f.into(), reason: "no node has this name".into() })
+                self.graph.find(f).map_err(|_| Error::Fetch {
+                    name: f.into(),
+                    reason: "no node has this name".into(),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let (feed_map, bindings) = self.check_feeds(feeds)?;
@@ -59,7 +66,11 @@ impl Session {
         let out = match self.device {
             Device::Reference => interp::run(
                 &self.graph,
-                &RunInputs { feeds: &feed_map, variables: &self.variables, bindings: &bindings },
+                &RunInputs {
+                    feeds: &feed_map,
+                    variables: &self.variables,
+                    bindings: &bindings,
+                },
                 &fetch_ids,
             )?,
         };
@@ -71,7 +82,12 @@ impl Session {
 
     /// Runs and returns the graph's declared outputs.
     pub fn run_outputs(&mut self, feeds: &[(&str, &Array)]) -> Result<Vec<(String, Array)>> {
-        let names: Vec<String> = self.graph.outputs().iter().map(|&o| self.graph.node(o).name.clone()).collect();
+        let names: Vec<String> = self
+            .graph
+            .outputs()
+            .iter()
+            .map(|&o| self.graph.node(o).name.clone())
+            .collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let values = self.run(feeds, &refs)?;
         Ok(names.into_iter().zip(values).collect())
@@ -82,17 +98,31 @@ impl Session {
         let mut bindings = Bindings::new();
         let mut bound_by: HashMap<String, String> = HashMap::new();
         for &(name, value) in feeds {
-            let err = |reason: String| Error::Feed { name: name.into(), reason };
-            let id = self.graph.find(name).map_err(|_| err("no node has this name".into()))?;
+            let err = |reason: String| Error::Feed {
+                name: name.into(),
+                reason,
+            };
+            let id = self
+                .graph
+                .find(name)
+                .map_err(|_| err("no node has this name".into()))?;
             let node = self.graph.node(id);
             let Op::Placeholder { dtype, shape } = &node.op else {
-                return Err(err(format!("node is a {}, not a placeholder; only placeholders can be fed", node.op.name())));
+                return Err(err(format!(
+                    "node is a {}, not a placeholder; only placeholders can be fed",
+                    node.op.name()
+                )));
             };
             if map.contains_key(&id) {
                 return Err(err("fed more than once".into()));
             }
             if value.dtype() != *dtype {
-                return Err(err(format!("expected {}, got {}{:?}", node.ty, value.dtype(), value.shape())));
+                return Err(err(format!(
+                    "expected {}, got {}{:?}",
+                    node.ty,
+                    value.dtype(),
+                    value.shape()
+                )));
             }
             if value.shape().len() != shape.rank() {
                 return Err(err(format!(
@@ -105,7 +135,11 @@ impl Session {
             for (i, (d, &n)) in shape.dims().iter().zip(value.shape()).enumerate() {
                 match d {
                     Dim::Fixed(k) if *k != n => {
-                        return Err(err(format!("dim {i} must be {k} ({}), got shape {:?}", node.ty, value.shape())));
+                        return Err(err(format!(
+                            "dim {i} must be {k} ({}), got shape {:?}",
+                            node.ty,
+                            value.shape()
+                        )));
                     }
                     Dim::Sym(s) => match bindings.get(s) {
                         Some(&b) if b != n => {
@@ -128,14 +162,22 @@ impl Session {
         Ok((map, bindings))
     }
 
-    fn check_needed_feeds(&self, fetch_ids: &[NodeId], fetches: &[&str], feeds: &HashMap<NodeId, Array>) -> Result<()> {
+    fn check_needed_feeds(
+        &self,
+        fetch_ids: &[NodeId],
+        fetches: &[&str],
+        feeds: &HashMap<NodeId, Array>,
+    ) -> Result<()> {
         for (&f, &fname) in fetch_ids.iter().zip(fetches) {
             for n in self.graph.ancestors(&[f]) {
                 let node = self.graph.node(n);
                 if matches!(node.op, Op::Placeholder { .. }) && !feeds.contains_key(&n) {
                     return Err(Error::Feed {
                         name: node.name.clone(),
-                        reason: format!("placeholder ({}) is needed by fetch '{fname}' but was not fed", node.ty),
+                        reason: format!(
+                            "placeholder ({}) is needed by fetch '{fname}' but was not fed",
+                            node.ty
+                        ),
                     });
                 }
             }
@@ -164,14 +206,17 @@ impl Session {
     }
 
     fn variable_id(&self, name: &str) -> Result<NodeId> {
-        let id = self
-            .graph
-            .find(name)
-            .map_err(|_| Error::Variable { name: name.into(), reason: "no node has this name".into() })?;
+        let id = self.graph.find(name).map_err(|_| Error::Variable {
+            name: name.into(),
+            reason: "no node has this name".into(),
+        })?;
         if !matches!(self.graph.node(id).op, Op::Variable { .. }) {
             return Err(Error::Variable {
                 name: name.into(),
-                reason: format!("node is a {}, not a variable", self.graph.node(id).op.name()),
+                reason: format!(
+                    "node is a {}, not a variable",
+                    self.graph.node(id).op.name()
+                ),
             });
         }
         Ok(id)

@@ -1,0 +1,198 @@
+//! Tests of the `kiln` binary: the README's main command on the shipped
+//! example, `show`, and clear errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("kiln runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn run_shipped_example_and_write_outputs() {
+    let out_dir = temp_dir("run");
+    let o = kiln(&[
+        "run",
+        "examples/mlp.kiln",
+        "--input",
+        "x=examples/digit.npy",
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("probs: f32[1, 10]"), "{text}");
+    assert!(text.contains("class: i64[1]"), "{text}");
+    let probs = kiln::npy::read(out_dir.join("probs.npy")).unwrap();
+    let p = probs.as_slice::<f32>().unwrap();
+    assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    let class = kiln::npy::read(out_dir.join("class.npy")).unwrap();
+    let argmax = p
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, v)| if *v > p[best] { i } else { best });
+    assert_eq!(class.as_slice::<i64>().unwrap(), &[argmax as i64]);
+    std::fs::remove_dir_all(&out_dir).ok();
+}
+
+#[test]
+fn run_matches_the_library() {
+    let graph = kiln::graph::Graph::load(repo().join("examples/mlp.kiln")).unwrap();
+    let x = kiln::npy::read(repo().join("examples/digit.npy")).unwrap();
+    let mut s = kiln::Session::new(&graph, kiln::Device::Reference).unwrap();
+    let want = s.run(&[("x", &x)], &["probs"]).unwrap().remove(0);
+    let out_dir = temp_dir("lib");
+    let o = kiln(&[
+        "run",
+        "examples/mlp.kiln",
+        "-i",
+        "x=examples/digit.npy",
+        "-o",
+        out_dir.to_str().unwrap(),
+        "--fetch",
+        "probs",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(kiln::npy::read(out_dir.join("probs.npy")).unwrap(), want);
+    assert!(
+        !out_dir.join("class.npy").exists(),
+        "only the fetched node is written"
+    );
+    std::fs::remove_dir_all(&out_dir).ok();
+}
+
+#[test]
+fn show_lists_nodes_parameters_and_dot() {
+    let o = kiln(&["show", "examples/mlp.kiln"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("fc1/matmul_0 = matmul(mul_0, fc1/weight) : f32[batch,32]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("parameters: 2410 in 4 variables (9.4 KiB)"),
+        "{text}"
+    );
+    assert!(text.contains("inputs:  x f32[batch,64]"), "{text}");
+    let o = kiln(&["show", "examples/mlp.kiln", "--dot", "-"]);
+    let dot = stdout(&o);
+    assert!(
+        dot.starts_with("digraph kiln {") && dot.trim_end().ends_with('}'),
+        "{dot}"
+    );
+    assert!(dot.contains("->"));
+}
+
+#[test]
+fn bad_inputs_give_clear_errors_and_exit_1() {
+    let dir = temp_dir("bad");
+    let wrong = dir.join("wrong.npy");
+    let a = kiln::graph::Array::from_vec(vec![1, 63], vec![0f32; 63]).unwrap();
+    kiln::npy::write(&wrong, &a).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "run".into(),
+                "examples/mlp.kiln".into(),
+                "-i".into(),
+                format!("x={}", wrong.display()),
+            ],
+            "feed 'x': dim 1 must be 64",
+        ),
+        (
+            vec!["run".into(), "examples/mlp.kiln".into()],
+            "placeholder (f32[batch,64]) is needed by fetch 'probs' but was not fed",
+        ),
+        (
+            vec![
+                "run".into(),
+                "examples/mlp.kiln".into(),
+                "-i".into(),
+                "x".into(),
+            ],
+            "is not NAME=FILE.npy",
+        ),
+        (
+            vec![
+                "run".into(),
+                "examples/mlp.kiln".into(),
+                "-i".into(),
+                "y=examples/digit.npy".into(),
+            ],
+            "feed 'y': no node",
+        ),
+        (
+            vec!["run".into(), "examples/missing.kiln".into()],
+            "examples/missing.kiln",
+        ),
+        (
+            vec!["run".into(), "examples/digit.npy".into()],
+            "not a kiln graph file",
+        ),
+        (
+            vec![
+                "run".into(),
+                "examples/mlp.kiln".into(),
+                "-i".into(),
+                "x=examples/mlp.kiln".into(),
+            ],
+            "not an .npy file",
+        ),
+        (
+            vec![
+                "run".into(),
+                "examples/mlp.kiln".into(),
+                "--device".into(),
+                "tpu".into(),
+            ],
+            "device tpu: unknown device",
+        ),
+        (
+            vec![
+                "run".into(),
+                "examples/mlp.kiln".into(),
+                "-i".into(),
+                "x=examples/digit.npy".into(),
+                "--fetch".into(),
+                "nope".into(),
+            ],
+            "fetch 'nope'",
+        ),
+    ];
+    for (args, want) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = kiln(&refs);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.starts_with("kiln: error: "), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected '{want}' in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,326 @@
+//! Build-time type errors: every mistake is an `Err` from the call that made
+//! it, naming the op, the operand types and the caller's file:line.
+
+use kiln::graph::{Error, SliceAxis};
+use kiln::prelude::*;
+
+/// Evaluates a failing builder call and the line it is on (one line, so
+/// rustfmt cannot separate them).
+macro_rules! fails {
+    ($e:expr) => {
+        ($e.unwrap_err(), line!())
+    };
+}
+
+/// Asserts that `err` is a type error of `op` at this file's `line`, and that
+/// its message mentions every string in `mentions`.
+#[track_caller]
+fn assert_type_error(err: kiln::graph::Error, op: &str, line: u32, mentions: &[&str]) {
+    let msg = err.to_string();
+    match &err {
+        Error::Type {
+            op: o, location, ..
+        } => {
+            assert_eq!(o, op, "{msg}");
+            assert_eq!(location.file, file!(), "{msg}");
+            assert_eq!(location.line, line, "{msg}");
+        }
+        other => panic!("expected a type error of {op}, got {other:?}"),
+    }
+    assert!(
+        msg.contains(&format!("{}:{line}:", file!())),
+        "message lacks file:line: {msg}"
+    );
+    for m in mentions {
+        assert!(msg.contains(m), "message lacks '{m}': {msg}");
+    }
+}
+
+#[test]
+fn matmul_inner_dims() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::F32, [2, 3]).unwrap();
+    let b = g.placeholder("b", DType::F32, [4, 5]).unwrap();
+    let (e, line) = fails!(a.matmul(b));
+    assert_type_error(
+        e,
+        "matmul",
+        line,
+        &["f32[2,3]", "f32[4,5]", "inner dimensions differ: 3 vs 4"],
+    );
+}
+
+#[test]
+fn matmul_vector_keeps_user_shapes_in_message() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::F32, [3]).unwrap();
+    let b = g.placeholder("b", DType::F32, [4, 5]).unwrap();
+    let (e, line) = fails!(a.matmul(b));
+    assert_type_error(e, "matmul", line, &["f32[3], f32[4,5]"]);
+}
+
+#[test]
+fn mixed_dtypes() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::F32, [2]).unwrap();
+    let b = g.placeholder("b", DType::I64, [2]).unwrap();
+    let (e, line) = fails!(a.add(b));
+    assert_type_error(
+        e,
+        "add",
+        line,
+        &["f32[2]", "i64[2]", "dtypes differ: f32 vs i64"],
+    );
+}
+
+#[test]
+fn broadcast_mismatch() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::F32, shape!["batch", 3]).unwrap();
+    let b = g.placeholder("b", DType::F32, [4]).unwrap();
+    let (e, line) = fails!(a.mul(b));
+    assert_type_error(
+        e,
+        "mul",
+        line,
+        &["f32[batch,3]", "f32[4]", "do not broadcast"],
+    );
+}
+
+#[test]
+fn different_symbols_do_not_broadcast() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::F32, shape!["n"]).unwrap();
+    let b = g.placeholder("b", DType::F32, shape!["m"]).unwrap();
+    let (e, line) = fails!(a.sub(b));
+    assert_type_error(e, "sub", line, &["f32[n]", "f32[m]"]);
+}
+
+#[test]
+fn reshape_element_count() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::F32, [2, 3]).unwrap();
+    let (e, line) = fails!(a.reshape([4, 2]));
+    assert_type_error(
+        e,
+        "reshape",
+        line,
+        &["f32[2,3]", "cannot reshape [2,3] to [4,2]"],
+    );
+    let s = g
+        .placeholder("s", DType::F32, shape!["batch", 28, 28])
+        .unwrap();
+    let (e, line) = fails!(s.reshape([784]));
+    assert_type_error(e, "reshape", line, &["[batch,28,28]"]);
+    assert_eq!(
+        s.reshape_to(&[0, -1]).unwrap().shape(),
+        shape!["batch", 784]
+    );
+    assert_eq!(
+        s.reshape_to(&[-1, 784]).unwrap().shape(),
+        shape!["batch", 784]
+    );
+    let (e, line) = fails!(s.reshape_to(&[-1, 28]));
+    assert_type_error(
+        e,
+        "reshape",
+        line,
+        &["cannot infer -1 in [-1, 28] from [batch,28,28]"],
+    );
+}
+
+#[test]
+fn axis_out_of_range() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::F32, [2, 3]).unwrap();
+    let (e, line) = fails!(a.sum(&[2], false));
+    assert_type_error(
+        e,
+        "reduce_sum",
+        line,
+        &["f32[2,3]", "axis 2 is out of range for rank 2"],
+    );
+    let (e, line) = fails!(a.softmax(-3));
+    assert_type_error(e, "reduce_max", line, &["axis -3"]);
+    let (e, line) = fails!(a.sum(&[0, -2], true));
+    assert_type_error(e, "reduce_sum", line, &["repeat"]);
+}
+
+#[test]
+fn movement_errors() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::F32, shape!["n", 3]).unwrap();
+    let (e, line) = fails!(a.permute(&[0, 0]));
+    assert_type_error(e, "permute", line, &["not a permutation"]);
+    let (e, line) = fails!(a.broadcast_to([5, 3]));
+    assert_type_error(e, "broadcast", line, &["cannot broadcast"]);
+    let (e, line) = fails!(a.slice_axis(1, 0, 3, 0));
+    assert_type_error(e, "slice", line, &["step of dim 1 is 0"]);
+    let (e, line) = fails!(a.slice(&[
+        SliceAxis {
+            start: 1,
+            end: 3,
+            step: 1
+        },
+        SliceAxis::FULL
+    ]));
+    assert_type_error(e, "slice", line, &["symbolic (n)"]);
+    let (e, line) = fails!(a.pad(&[1, 0], &[0, 0], 0.0));
+    assert_type_error(e, "pad", line, &["cannot be padded"]);
+    let b = g.placeholder("b", DType::F32, shape!["n", 4]).unwrap();
+    let (e, line) = fails!(g.concat(&[a, b], 0));
+    assert_type_error(e, "concat", line, &["axis 0 of input 0 is symbolic (n)"]);
+    assert_eq!(g.concat(&[a, b], 1).unwrap().shape(), shape!["n", 7]);
+    let c = g.placeholder("c", DType::F32, shape!["m", 3]).unwrap();
+    let (e, line) = fails!(g.concat(&[a, c], -1));
+    assert_type_error(
+        e,
+        "concat",
+        line,
+        &["input 1 differs from input 0 in dim 0 (m vs n)"],
+    );
+    let (e, line) = fails!(a.squeeze(1));
+    assert_type_error(e, "reshape", line, &["cannot squeeze dim 1 of size 3"]);
+}
+
+#[test]
+fn float_only_and_bool_only_ops() {
+    let g = GraphBuilder::new();
+    let i = g.placeholder("i", DType::I32, [3]).unwrap();
+    let (e, line) = fails!(i.exp());
+    assert_type_error(e, "exp", line, &["i32[3]", "needs f32 or f64"]);
+    let (e, line) = fails!(i.not());
+    assert_type_error(e, "not", line, &["needs bool"]);
+    let (e, line) = fails!(i.and(i));
+    assert_type_error(e, "and", line, &["bool operands"]);
+    let b = g.placeholder("b", DType::Bool, [3]).unwrap();
+    let (e, line) = fails!(b.add(b));
+    assert_type_error(e, "add", line, &["numeric"]);
+    let (e, line) = fails!(b.mul(2.0));
+    assert_type_error(e, "constant", line, &["bool"]);
+    let f = g.placeholder("f", DType::F32, [3]).unwrap();
+    let (e, line) = fails!(g.select(f, f, f));
+    assert_type_error(e, "select", line, &["condition must be bool"]);
+}
+
+#[test]
+fn conv_and_pool_errors() {
+    let g = GraphBuilder::new();
+    let x = g
+        .placeholder("x", DType::F32, shape!["n", 3, 8, 8])
+        .unwrap();
+    let w = g.placeholder("w", DType::F32, [4, 2, 3, 3]).unwrap();
+    let (e, line) = fails!(x.conv2d(w, Conv2dOptions::default()));
+    assert_type_error(
+        e,
+        "conv2d",
+        line,
+        &[
+            "f32[n,3,8,8]",
+            "f32[4,2,3,3]",
+            "weight expects 2 channels per group, input has 3",
+        ],
+    );
+    let big = g.placeholder("big", DType::F32, [4, 3, 9, 9]).unwrap();
+    let (e, line) = fails!(x.conv2d(big, Conv2dOptions::default()));
+    assert_type_error(e, "conv2d", line, &["does not fit"]);
+    let (e, line) = fails!(x.max_pool2d(Window2d::square(3, 0, 0)));
+    assert_type_error(e, "max_pool2d", line, &["does not fit"]);
+    let (e, line) = fails!(x.avg_pool2d(Window2d::square(2, 2, 2), false));
+    assert_type_error(e, "avg_pool2d", line, &["padding"]);
+}
+
+#[test]
+fn gather_scatter_assign_errors() {
+    let g = GraphBuilder::new();
+    let d = g.placeholder("d", DType::F32, [5, 2]).unwrap();
+    let fi = g.placeholder("fi", DType::F32, [3]).unwrap();
+    let (e, line) = fails!(d.gather(fi, 0));
+    assert_type_error(e, "gather", line, &["indices must be i32 or i64, got f32"]);
+    let idx = g.placeholder("idx", DType::I64, [3]).unwrap();
+    let upd = g.placeholder("upd", DType::F32, [3, 3]).unwrap();
+    let (e, line) = fails!(d.scatter_add(idx, upd, 0));
+    assert_type_error(e, "scatter_add", line, &["updates must have shape [3,2]"]);
+    let (e, line) = fails!(d.assign(d));
+    assert_type_error(e, "assign", line, &["must be a variable"]);
+    let v = g.variable("v", Array::zeros(DType::F32, &[5, 2])).unwrap();
+    let (e, line) = fails!(v.assign(upd));
+    assert_type_error(e, "assign", line, &["does not match"]);
+}
+
+#[test]
+fn layer_errors_point_at_the_user_line() {
+    let g = GraphBuilder::new();
+    let x = g
+        .placeholder("x", DType::F32, shape!["batch", "features"])
+        .unwrap();
+    let (e, line) = fails!(g.dense("fc", x, 8, Activation::Relu));
+    assert_type_error(e, "dense", line, &["fixed size"]);
+    let i = g.placeholder("i", DType::I64, [2, 4]).unwrap();
+    let (e, line) = fails!(g.dense("fc_int", i, 8, Activation::Relu));
+    assert_type_error(e, "variable", line, &["float dtype"]);
+    let b = g.placeholder("b", DType::Bool, [2, 4]).unwrap();
+    let (e, line) = fails!(b.softmax(-1));
+    assert_type_error(e, "reduce_max", line, &["bool"]);
+    let s = g.placeholder("s", DType::F32, [2, 5, 6]).unwrap();
+    let (e, line) = fails!(g.multi_head_attention("attn", s, 4, false));
+    assert_type_error(e, "attention", line, &["not divisible by 4 heads"]);
+    let (e, line) = fails!(s.mean(&[0], false).and_then(|m| m.mean(&[5], false)));
+    assert_type_error(e, "mean", line, &["axis 5"]);
+}
+
+#[test]
+fn names_are_checked() {
+    let g = GraphBuilder::new();
+    g.placeholder("x", DType::F32, [1]).unwrap();
+    let (e, line) = fails!(g.placeholder("x", DType::F32, [1]));
+    match e {
+        Error::Name {
+            name,
+            location,
+            reason,
+        } => {
+            assert_eq!(name, "x");
+            assert_eq!(location.line, line);
+            assert!(reason.contains("already used"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        g.placeholder("has space", DType::F32, [1]),
+        Err(Error::Name { .. })
+    ));
+    assert!(matches!(
+        g.placeholder("", DType::F32, [1]),
+        Err(Error::Name { .. })
+    ));
+    assert!(matches!(
+        g.placeholder("__metadata__", DType::F32, [1]),
+        Err(Error::Name { .. })
+    ));
+    let y = g.placeholder("y", DType::F32, [1]).unwrap();
+    assert!(matches!(y.named("x"), Err(Error::Name { .. })));
+    assert_eq!(y.named("y2").unwrap().name(), "y2");
+    let _s = g.scope("block");
+    assert_eq!(y.exp().unwrap().name(), "block/exp_0");
+}
+
+#[test]
+fn tensors_of_another_builder_are_rejected() {
+    let g1 = GraphBuilder::new();
+    let g2 = GraphBuilder::new();
+    let a = g1.placeholder("a", DType::F32, [2]).unwrap();
+    let b = g2.placeholder("b", DType::F32, [2]).unwrap();
+    let (e, line) = fails!(a.add(b));
+    assert_type_error(e, "add", line, &["different graph builder"]);
+}
+
+#[test]
+fn a_failed_call_leaves_the_graph_unchanged() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::F32, [2, 3]).unwrap();
+    let before = g.graph().len();
+    assert!(a.matmul(a).is_err());
+    assert!(a.reshape([7]).is_err());
+    assert_eq!(g.graph().len(), before);
+}
