@@ -53,6 +53,13 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
                 node.ty.shape
             ))
         })?;
+        let bytes = crate::array::checked_product(&out_shape)
+            .and_then(|n| n.checked_mul(node.ty.dtype.size_bytes()));
+        if bytes.is_none_or(|b| b > isize::MAX as usize) {
+            return Err(eval_err(format!(
+                "its output {out_shape:?} is too large to allocate"
+            )));
+        }
         let value: Cow<'_, Array> = match &node.op {
             Op::Placeholder { .. } => Cow::Borrowed(
                 inputs

@@ -131,8 +131,10 @@ impl Shape {
     }
 
     /// Number of elements when every dim is fixed.
+    /// `None` when a dim is symbolic or the count overflows.
     pub fn num_elements(&self) -> Option<usize> {
-        self.as_fixed().map(|d| d.iter().product())
+        self.as_fixed()
+            .and_then(|d| crate::array::checked_product(&d))
     }
 
     /// The symbolic element count: a fixed factor times a sorted list of symbols.

@@ -165,7 +165,11 @@ pub fn infer_pad(x: &TensorType, before: &[usize], after: &[usize]) -> Result<Te
     let mut out = Vec::new();
     for (i, d) in x.shape.0.iter().enumerate() {
         out.push(match d {
-            Dim::Fixed(n) => Dim::Fixed(n + before[i] + after[i]),
+            Dim::Fixed(n) => Dim::Fixed(
+                n.checked_add(before[i])
+                    .and_then(|v| v.checked_add(after[i]))
+                    .ok_or_else(|| format!("padded dim {i} overflows"))?,
+            ),
             Dim::Sym(s) if before[i] == 0 && after[i] == 0 => Dim::Sym(s.clone()),
             Dim::Sym(s) => return Err(format!("dim {i} is symbolic ({s}) and cannot be padded")),
         });
@@ -232,7 +236,7 @@ pub fn infer_concat(xs: &[&TensorType], axis: usize) -> Result<TensorType, Strin
             }
         }
         match &x.shape.0[axis] {
-            Dim::Fixed(n) => total += n,
+            Dim::Fixed(n) => total = total.checked_add(*n).ok_or("the joined dim overflows")?,
             Dim::Sym(s) => {
                 return Err(format!("concat axis {axis} of input {k} is symbolic ({s})"))
             }
