@@ -199,6 +199,61 @@ impl Elem for bool {
     }
 }
 
+/// One element of any dtype.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scalar {
+    /// An f32.
+    F32(f32),
+    /// An f64.
+    F64(f64),
+    /// An i32.
+    I32(i32),
+    /// An i64.
+    I64(i64),
+    /// A bool.
+    Bool(bool),
+}
+
+impl Scalar {
+    /// The dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Scalar::F32(_) => DType::F32,
+            Scalar::F64(_) => DType::F64,
+            Scalar::I32(_) => DType::I32,
+            Scalar::I64(_) => DType::I64,
+            Scalar::Bool(_) => DType::Bool,
+        }
+    }
+
+    /// `v` as `dtype`, with [`Elem::from_f64`] semantics.
+    pub fn from_f64(dtype: DType, v: f64) -> Scalar {
+        match dtype {
+            DType::F32 => Scalar::F32(v as f32),
+            DType::F64 => Scalar::F64(v),
+            DType::I32 => Scalar::I32(v as i32),
+            DType::I64 => Scalar::I64(v as i64),
+            DType::Bool => Scalar::Bool(v != 0.0),
+        }
+    }
+
+    /// The value as f64 (bool as 0/1).
+    pub fn to_f64(self) -> f64 {
+        match self {
+            Scalar::F32(v) => v as f64,
+            Scalar::F64(v) => v,
+            Scalar::I32(v) => v as f64,
+            Scalar::I64(v) => v as f64,
+            Scalar::Bool(v) => v as u8 as f64,
+        }
+    }
+
+    /// True when the value is a bool `true`.
+    pub fn is_true(self) -> bool {
+        matches!(self, Scalar::Bool(true))
+    }
+}
+
 /// A dense row-major host tensor.
 #[derive(Clone, PartialEq)]
 pub struct Array {
@@ -291,6 +346,43 @@ impl Array {
             Data::I64(v) => v.iter().map(|x| x.to_f64()).collect(),
             Data::Bool(v) => v.iter().map(|x| x.to_f64()).collect(),
         }
+    }
+
+    /// Element `i` (row-major).
+    ///
+    /// Panics if `i` is out of range.
+    pub fn get(&self, i: usize) -> Scalar {
+        match &self.data {
+            Data::F32(v) => Scalar::F32(v[i]),
+            Data::F64(v) => Scalar::F64(v[i]),
+            Data::I32(v) => Scalar::I32(v[i]),
+            Data::I64(v) => Scalar::I64(v[i]),
+            Data::Bool(v) => Scalar::Bool(v[i]),
+        }
+    }
+
+    /// An array of `dtype` from scalars of that dtype; `None` when the count
+    /// does not match the shape or a scalar has another dtype.
+    pub fn from_scalars(shape: impl Into<Vec<usize>>, dtype: DType, v: &[Scalar]) -> Option<Array> {
+        macro_rules! collect {
+            ($variant:ident) => {
+                v.iter()
+                    .map(|s| match s {
+                        Scalar::$variant(x) => Some(*x),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .map(Data::$variant)
+            };
+        }
+        let data = match dtype {
+            DType::F32 => collect!(F32),
+            DType::F64 => collect!(F64),
+            DType::I32 => collect!(I32),
+            DType::I64 => collect!(I64),
+            DType::Bool => collect!(Bool),
+        }?;
+        Array::new(shape, data)
     }
 
     /// Size of the elements in bytes.

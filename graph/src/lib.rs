@@ -22,7 +22,7 @@ pub mod shape;
 pub mod tensor_ops;
 pub mod text;
 
-pub use array::{Array, Data, Elem};
+pub use array::{Array, Data, Elem, Scalar};
 pub use builder::{GraphBuilder, Tensor};
 pub use dtype::DType;
 pub use error::{Error, FileErrorKind, Result, SourceLoc};

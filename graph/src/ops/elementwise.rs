@@ -2,7 +2,7 @@
 //! broadcasting, select and cast.
 
 use super::{bstrides, walk};
-use crate::array::{Array, Data, Elem};
+use crate::array::{Array, Data, Elem, Scalar};
 use crate::dtype::DType;
 use crate::op::{BinaryOp, UnaryOp};
 use crate::shape::{broadcast_shapes, TensorType};
@@ -239,28 +239,80 @@ macro_rules! int_binary {
     }};
 }
 
-fn map_int_unary<T: Copy + Ord + Default>(v: &[T], f: impl Fn(T) -> T) -> Vec<T> {
-    v.iter().map(|&x| f(x)).collect()
+/// The scalar meaning of a unary op: the single definition that the array
+/// evaluation here and every kernel-level executor use.
+pub fn unary_scalar(f: UnaryOp, x: Scalar) -> Scalar {
+    match x {
+        Scalar::F32(a) => Scalar::F32(f32::apply(f, a)),
+        Scalar::F64(a) => Scalar::F64(f64::apply(f, a)),
+        Scalar::I32(a) => Scalar::I32(match f {
+            UnaryOp::Neg => a.wrapping_neg(),
+            UnaryOp::Abs => a.wrapping_abs(),
+            _ => a.signum(),
+        }),
+        Scalar::I64(a) => Scalar::I64(match f {
+            UnaryOp::Neg => a.wrapping_neg(),
+            UnaryOp::Abs => a.wrapping_abs(),
+            _ => a.signum(),
+        }),
+        Scalar::Bool(a) => Scalar::Bool(!a),
+    }
+}
+
+/// The scalar meaning of a binary op (operands of equal dtype, as the shape
+/// rule guarantees).
+pub fn binary_scalar(f: BinaryOp, a: Scalar, b: Scalar) -> Scalar {
+    match (a, b) {
+        (Scalar::F32(x), Scalar::F32(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::F64(x), Scalar::F64(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::I32(x), Scalar::I32(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::I64(x), Scalar::I64(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::Bool(x), Scalar::Bool(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::F32(x), Scalar::F32(y)) => Scalar::F32(f32::binary(f, x, y)),
+        (Scalar::F64(x), Scalar::F64(y)) => Scalar::F64(f64::binary(f, x, y)),
+        (Scalar::I32(x), Scalar::I32(y)) => Scalar::I32(int_binary!(i32, f, x, y)),
+        (Scalar::I64(x), Scalar::I64(y)) => Scalar::I64(int_binary!(i64, f, x, y)),
+        (Scalar::Bool(x), Scalar::Bool(y)) => Scalar::Bool(match f {
+            BinaryOp::And => x & y,
+            BinaryOp::Or => x | y,
+            _ => x ^ y,
+        }),
+        (x, y) => panic!(
+            "binary_scalar: dtypes differ ({} vs {}); the shape rule forbids this",
+            x.dtype(),
+            y.dtype()
+        ),
+    }
+}
+
+/// The scalar meaning of cast, with Rust `as` semantics: float to int
+/// truncates toward zero and saturates, NaN gives 0; int narrowing wraps; to
+/// bool is `!= 0`; bool is 0 or 1.
+pub fn cast_scalar(x: Scalar, to: DType) -> Scalar {
+    macro_rules! conv {
+        ($v:expr) => {
+            match to {
+                DType::F32 => Scalar::F32($v as f32),
+                DType::F64 => Scalar::F64($v as f64),
+                DType::I32 => Scalar::I32($v as i32),
+                DType::I64 => Scalar::I64($v as i64),
+                DType::Bool => Scalar::Bool(($v as f64) != 0.0),
+            }
+        };
+    }
+    match x {
+        Scalar::F32(v) => conv!(v),
+        Scalar::F64(v) => conv!(v),
+        Scalar::I32(v) => conv!(v),
+        Scalar::I64(v) => conv!(v),
+        Scalar::Bool(v) => conv!(v as u8),
+    }
 }
 
 /// Reference meaning of unary ops.
 pub fn eval_unary(f: UnaryOp, x: &Array) -> Result<Array, String> {
-    let data = match x.data() {
-        Data::F32(v) => Data::F32(v.iter().map(|&a| f32::apply(f, a)).collect()),
-        Data::F64(v) => Data::F64(v.iter().map(|&a| f64::apply(f, a)).collect()),
-        Data::I32(v) => Data::I32(map_int_unary(v, |a| match f {
-            UnaryOp::Neg => a.wrapping_neg(),
-            UnaryOp::Abs => a.wrapping_abs(),
-            _ => a.signum(),
-        })),
-        Data::I64(v) => Data::I64(map_int_unary(v, |a| match f {
-            UnaryOp::Neg => a.wrapping_neg(),
-            UnaryOp::Abs => a.wrapping_abs(),
-            _ => a.signum(),
-        })),
-        Data::Bool(v) => Data::Bool(v.iter().map(|&a| !a).collect()),
-    };
-    Ok(Array::new(x.shape().to_vec(), data).expect("same element count"))
+    let v: Vec<Scalar> = (0..x.len()).map(|i| unary_scalar(f, x.get(i))).collect();
+    Ok(Array::from_scalars(x.shape().to_vec(), x.dtype(), &v).expect("same element count"))
 }
 
 /// Combines two broadcast operands elementwise into a vector of shape `out`.
@@ -296,38 +348,20 @@ fn compare<T: PartialOrd>(f: BinaryOp, a: T, b: T) -> bool {
 
 /// Reference meaning of binary ops, broadcasting both operands to `out`.
 pub fn eval_binary(f: BinaryOp, a: &Array, b: &Array, out: &[usize]) -> Result<Array, String> {
-    let (ash, bsh) = (a.shape(), b.shape());
-    macro_rules! cmp {
-        ($x:expr, $y:expr) => {
-            Data::Bool(zip2($x, ash, $y, bsh, out, |p, q| compare(f, p, q)))
-        };
+    if a.dtype() != b.dtype() {
+        return Err(format!("dtypes differ: {} vs {}", a.dtype(), b.dtype()));
     }
-    let data = match (a.data(), b.data()) {
-        (Data::F32(x), Data::F32(y)) if f.is_comparison() => cmp!(x, y),
-        (Data::F64(x), Data::F64(y)) if f.is_comparison() => cmp!(x, y),
-        (Data::I32(x), Data::I32(y)) if f.is_comparison() => cmp!(x, y),
-        (Data::I64(x), Data::I64(y)) if f.is_comparison() => cmp!(x, y),
-        (Data::Bool(x), Data::Bool(y)) if f.is_comparison() => cmp!(x, y),
-        (Data::F32(x), Data::F32(y)) => {
-            Data::F32(zip2(x, ash, y, bsh, out, |p, q| f32::binary(f, p, q)))
-        }
-        (Data::F64(x), Data::F64(y)) => {
-            Data::F64(zip2(x, ash, y, bsh, out, |p, q| f64::binary(f, p, q)))
-        }
-        (Data::I32(x), Data::I32(y)) => {
-            Data::I32(zip2(x, ash, y, bsh, out, |p, q| int_binary!(i32, f, p, q)))
-        }
-        (Data::I64(x), Data::I64(y)) => {
-            Data::I64(zip2(x, ash, y, bsh, out, |p, q| int_binary!(i64, f, p, q)))
-        }
-        (Data::Bool(x), Data::Bool(y)) => Data::Bool(zip2(x, ash, y, bsh, out, |p, q| match f {
-            BinaryOp::And => p & q,
-            BinaryOp::Or => p | q,
-            _ => p ^ q,
-        })),
-        _ => return Err(format!("dtypes differ: {} vs {}", a.dtype(), b.dtype())),
+    let idx_a: Vec<usize> = (0..a.len()).collect();
+    let idx_b: Vec<usize> = (0..b.len()).collect();
+    let v = zip2(&idx_a, a.shape(), &idx_b, b.shape(), out, |i, j| {
+        binary_scalar(f, a.get(i), b.get(j))
+    });
+    let dtype = if f.is_comparison() {
+        DType::Bool
+    } else {
+        a.dtype()
     };
-    Ok(Array::new(out.to_vec(), data).expect("broadcast shape matches"))
+    Ok(Array::from_scalars(out.to_vec(), dtype, &v).expect("broadcast shape matches"))
 }
 
 /// Reference meaning of select: `c ? a : b`, all broadcast to `out`.
@@ -364,42 +398,8 @@ pub fn eval_select(c: &Array, a: &Array, b: &Array, out: &[usize]) -> Result<Arr
     Ok(Array::new(out.to_vec(), data).expect("broadcast shape matches"))
 }
 
-fn cast_vec<S: Copy, D>(v: &[S], f: impl Fn(S) -> D) -> Vec<D> {
-    v.iter().map(|&x| f(x)).collect()
-}
-
-/// Reference meaning of cast, with Rust `as` semantics: float to int truncates
-/// toward zero and saturates, NaN gives 0; int narrowing wraps; to bool is `!= 0`.
+/// Reference meaning of cast (see [`cast_scalar`]).
 pub fn eval_cast(x: &Array, to: DType) -> Array {
-    macro_rules! from {
-        ($v:expr) => {
-            match to {
-                DType::F32 => Data::F32(cast_vec($v, |a| a as f32)),
-                DType::F64 => Data::F64(cast_vec($v, |a| a as f64)),
-                DType::I32 => Data::I32(cast_vec($v, |a| a as i32)),
-                DType::I64 => Data::I64(cast_vec($v, |a| a as i64)),
-                DType::Bool => Data::Bool(cast_vec($v, |a| a as f64 != 0.0)),
-            }
-        };
-    }
-    let data = match x.data() {
-        Data::F32(v) => from!(v),
-        Data::F64(v) => from!(v),
-        Data::I32(v) => match to {
-            DType::Bool => Data::Bool(cast_vec(v, |a| a != 0)),
-            _ => from!(v),
-        },
-        Data::I64(v) => match to {
-            DType::Bool => Data::Bool(cast_vec(v, |a| a != 0)),
-            _ => from!(v),
-        },
-        Data::Bool(v) => {
-            let u: Vec<u8> = v.iter().map(|&b| b as u8).collect();
-            match to {
-                DType::Bool => Data::Bool(v.clone()),
-                _ => from!(&u),
-            }
-        }
-    };
-    Array::new(x.shape().to_vec(), data).expect("same element count")
+    let v: Vec<Scalar> = (0..x.len()).map(|i| cast_scalar(x.get(i), to)).collect();
+    Array::from_scalars(x.shape().to_vec(), to, &v).expect("same element count")
 }
