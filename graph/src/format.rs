@@ -365,12 +365,14 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
         .get("outputs")
         .and_then(|o| o.as_array())
         .ok_or_else(|| fail(FileErrorKind::Corrupt, "no output list".into()))?;
+    let mut out_ids = Vec::with_capacity(outputs.len());
     for o in outputs {
         let k = o
             .as_u64()
             .filter(|&k| (k as usize) < ids.len())
             .ok_or_else(|| fail(FileErrorKind::Corrupt, format!("output {o} is not a node")))?;
-        graph.add_output(ids[k as usize])?;
+        out_ids.push(ids[k as usize]);
     }
+    graph.set_outputs(out_ids)?;
     Ok(graph)
 }

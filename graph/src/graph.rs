@@ -248,6 +248,18 @@ impl Graph {
         Ok(())
     }
 
+    /// Replaces the output list. Positions matter and may repeat a node (two
+    /// fetches of one value), which passes rely on to keep fetches in place.
+    pub fn set_outputs(&mut self, outputs: Vec<NodeId>) -> Result<()> {
+        if let Some(o) = outputs.iter().find(|o| !self.g.contains_node(o.0)) {
+            return Err(Error::InvalidGraph(format!(
+                "output {o} is not a node of the graph"
+            )));
+        }
+        self.outputs = outputs;
+        Ok(())
+    }
+
     /// Renames a node; the new name must be valid and unused.
     pub fn rename(&mut self, id: NodeId, name: &str, location: SourceLoc) -> Result<()> {
         if self.g[id.0].name == name {

@@ -1,13 +1,22 @@
 //! kiln-optimizer: passes over the graph IR and the backend-neutral kernel
 //! program.
 //!
-//! Role (being built): simplification (constant folding, CSE, dead-code
-//! elimination, algebraic identities), fusion of ops into kernels,
-//! scheduling for low peak memory, and memory planning into one arena. The
-//! output, the kernel program, is what every backend in `kiln-codegen`
-//! consumes.
+//! Graph passes (`passes/`) simplify: constant folding, CSE, dead-code
+//! elimination, algebraic identities, folding scales (batch norm) into conv
+//! and matmul weights. They run in a [`pass::Pipeline`] that verifies the
+//! graph between passes. Fusion into a kernel program, scheduling and
+//! memory planning come next, and every backend in `kiln-codegen` consumes
+//! their output.
 //!
 //! Architecture invariant: this crate knows nothing of Cranelift, CUDA or
 //! any other backend, and its passes do no I/O.
+#![warn(missing_docs)]
 
+pub mod error;
+pub mod pass;
+pub mod passes;
+pub mod rewrite;
+
+pub use error::{Error, Result};
 pub use kiln_graph as graph;
+pub use pass::{verify, Pass, PassReport, Pipeline};

@@ -1,1 +1,175 @@
-//! Cross-crate integration tests live in tests/tests/.
+//! Shared support for kiln's cross-crate tests: the example models, feeds
+//! for any graph, and tolerance-aware comparison.
+
+use kiln::graph::{Array, DType, Graph, Scalar};
+use kiln::prelude::*;
+
+/// The example models every differential test runs: name and graph.
+pub fn example_models() -> Vec<(&'static str, Graph)> {
+    vec![
+        ("mlp_784_512_512_10", mlp(&[784, 512, 512, 10])),
+        ("mlp_small", mlp(&[12, 16, 5])),
+        ("cnn_block", cnn_block()),
+        ("attention_block", attention_block()),
+        ("layer_norm", layer_norm_only()),
+    ]
+}
+
+/// A ReLU MLP over `x: [batch, sizes[0]]` with outputs named `logits`.
+pub fn mlp(sizes: &[usize]) -> Graph {
+    let g = GraphBuilder::with_seed(5);
+    let mut h = g
+        .placeholder("x", DType::F32, shape!["batch", sizes[0]])
+        .unwrap();
+    let last = sizes.len() - 1;
+    for (i, &units) in sizes[1..].iter().enumerate() {
+        let act = if i + 1 == last {
+            Activation::Identity
+        } else {
+            Activation::Relu
+        };
+        h = g.dense(&format!("fc{}", i + 1), h, units, act).unwrap();
+    }
+    g.output(h.named("logits").unwrap()).unwrap();
+    g.into_graph()
+}
+
+/// conv3x3 + batch norm + ReLU, a residual conv block, pooling and a linear head.
+pub fn cnn_block() -> Graph {
+    let g = GraphBuilder::with_seed(6);
+    let x = g
+        .placeholder("image", DType::F32, shape!["batch", 3, 12, 12])
+        .unwrap();
+    let same = Conv2dOptions::default().padding(1);
+    let c = g
+        .conv2d_layer("stem", x, 8, 3, same, Activation::Identity)
+        .unwrap();
+    let c = g.batch_norm("stem_bn", c, 1e-5).unwrap().relu().unwrap();
+    let r = g
+        .conv2d_layer("res/conv1", c, 8, 3, same, Activation::Relu)
+        .unwrap();
+    let r = g
+        .conv2d_layer("res/conv2", r, 8, 3, same, Activation::Identity)
+        .unwrap();
+    let h = r.add(c).unwrap().relu().unwrap();
+    let p = g
+        .avg_pool2d(h, 2, 2, 0)
+        .unwrap()
+        .global_avg_pool()
+        .unwrap()
+        .flatten()
+        .unwrap();
+    g.output(g.linear("head", p, 4).unwrap().named("logits").unwrap())
+        .unwrap();
+    g.into_graph()
+}
+
+/// A pre-norm transformer encoder block (attention + GELU FFN).
+pub fn attention_block() -> Graph {
+    let g = GraphBuilder::with_seed(7);
+    let x = g
+        .placeholder("tokens", DType::F32, shape!["batch", 6, 16])
+        .unwrap();
+    let a = g
+        .multi_head_attention("attn", g.layer_norm("ln1", x, 1e-5).unwrap(), 4, false)
+        .unwrap();
+    let h = x.add(a).unwrap();
+    let f = g
+        .dense(
+            "ffn1",
+            g.layer_norm("ln2", h, 1e-5).unwrap(),
+            32,
+            Activation::Gelu,
+        )
+        .unwrap();
+    let y = h.add(g.linear("ffn2", f, 16).unwrap()).unwrap();
+    g.output(y.named("out").unwrap()).unwrap();
+    g.into_graph()
+}
+
+/// Layer norm then softmax over the last dim.
+pub fn layer_norm_only() -> Graph {
+    let g = GraphBuilder::with_seed(8);
+    let x = g.placeholder("x", DType::F32, shape!["batch", 10]).unwrap();
+    let y = g.layer_norm("ln", x, 1e-5).unwrap().softmax(-1).unwrap();
+    g.output(y.named("probs").unwrap()).unwrap();
+    g.into_graph()
+}
+
+/// Deterministic feeds for every placeholder of `graph`, binding each
+/// symbolic dim to `sym`.
+pub fn feeds_for(graph: &Graph, sym: usize, seed: u64) -> Vec<(String, Array)> {
+    graph
+        .placeholders()
+        .into_iter()
+        .map(|p| {
+            let n = graph.node(p);
+            let dims: Vec<usize> =
+                n.ty.shape
+                    .dims()
+                    .iter()
+                    .map(|d| d.fixed().unwrap_or(sym))
+                    .collect();
+            let count: usize = dims.iter().product();
+            let vals: Vec<f64> = (0..count as u64)
+                .map(|i| kiln::graph::rng::uniform_f64(seed ^ p.index() as u64, i) * 4.0 - 2.0)
+                .collect();
+            let scalars: Vec<Scalar> = vals
+                .iter()
+                .map(|&v| match n.ty.dtype {
+                    DType::I32 | DType::I64 => Scalar::from_f64(n.ty.dtype, (v * 3.0).floor()),
+                    DType::Bool => Scalar::Bool(v > 0.0),
+                    d => Scalar::from_f64(d, v),
+                })
+                .collect();
+            (
+                n.name.clone(),
+                Array::from_scalars(dims, n.ty.dtype, &scalars).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `graph`'s outputs on the reference interpreter.
+pub fn run_reference(graph: &Graph, feeds: &[(String, Array)]) -> Vec<Array> {
+    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let mut s = Session::new(graph, Device::Reference).unwrap();
+    s.run_outputs(&refs)
+        .unwrap()
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// Tolerance per dtype for comparing an optimized result with the reference.
+pub fn tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (1e-4, 1e-5),
+        DType::F64 => (1e-10, 1e-12),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// Checks `got` against `want` elementwise: `|g - w| <= atol + rtol * |w|`,
+/// NaN matching NaN, integers and bools exactly. Returns a description of
+/// the first mismatch.
+pub fn compare(want: &Array, got: &Array) -> Result<(), String> {
+    if want.dtype() != got.dtype() || want.shape() != got.shape() {
+        return Err(format!(
+            "type {}{:?} vs {}{:?}",
+            want.dtype(),
+            want.shape(),
+            got.dtype(),
+            got.shape()
+        ));
+    }
+    let (rtol, atol) = tolerance(want.dtype());
+    let (w, g) = (want.to_f64_vec(), got.to_f64_vec());
+    for (i, (a, b)) in w.iter().zip(&g).enumerate() {
+        let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * a.abs();
+        if !ok {
+            return Err(format!("element {i}: want {a}, got {b}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! The error type of `kiln-optimizer`.
+
+/// Errors of passes, lowering and the kernel-program executor.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A pass failed; wraps the cause with the pass's name.
+    #[error("pass {pass}: {source}")]
+    Pass {
+        /// The pass's name.
+        pass: String,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A node the optimizer cannot handle.
+    #[error("node '{node}' ({op}): {reason}")]
+    Unsupported {
+        /// The node's name.
+        node: String,
+        /// The op's name.
+        op: String,
+        /// Why.
+        reason: String,
+    },
+    /// The graph breaks an invariant after a pass (a bug in that pass).
+    #[error("verification failed: {0}")]
+    Verify(String),
+    /// An error from the graph layer.
+    #[error(transparent)]
+    Graph(#[from] kiln_graph::Error),
+    /// The kernel program could not be executed.
+    #[error("kernel {kernel}: {reason}")]
+    Exec {
+        /// The kernel's index.
+        kernel: usize,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,119 @@
+//! Graph passes never change a result: the pipeline, and each pass alone,
+//! against the reference interpreter on the unoptimized graph.
+
+use kiln::graph::Op;
+use kiln_optimizer::passes::{all_pass_names, default_pipeline};
+use kiln_tests::{compare, example_models, feeds_for, run_reference};
+
+#[test]
+fn pipeline_preserves_results_on_example_models() {
+    for freeze in [false, true] {
+        for (name, graph) in example_models() {
+            let feeds = feeds_for(&graph, 3, 1);
+            let want = run_reference(&graph, &feeds);
+            let (opt, reports) = default_pipeline(freeze)
+                .verify_always()
+                .run(&graph)
+                .unwrap();
+            let got = run_reference(&opt, &feeds);
+            for (w, g) in want.iter().zip(&got) {
+                compare(w, g)
+                    .unwrap_or_else(|e| panic!("{name} (freeze {freeze}): {e}\n{reports:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn each_pass_alone_preserves_results() {
+    for pass in all_pass_names() {
+        for (name, graph) in example_models() {
+            let feeds = feeds_for(&graph, 2, 9);
+            let want = run_reference(&graph, &feeds);
+            let mut p = default_pipeline(true);
+            p.only(pass).unwrap();
+            let (opt, _) = p.verify_always().run(&graph).unwrap();
+            for (w, g) in want.iter().zip(&run_reference(&opt, &feeds)) {
+                compare(w, g).unwrap_or_else(|e| panic!("{pass} on {name}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_norm_folds_into_the_conv_when_frozen() {
+    let graph = kiln_tests::cnn_block();
+    let (opt, reports) = default_pipeline(true).run(&graph).unwrap();
+    let count = |g: &kiln::graph::Graph, pred: &dyn Fn(&Op) -> bool| {
+        g.topo_order()
+            .into_iter()
+            .filter(|&i| pred(&g.node(i).op))
+            .count()
+    };
+    let is_rsqrt = |op: &Op| {
+        matches!(
+            op,
+            Op::Unary {
+                f: kiln::graph::UnaryOp::Rsqrt
+            }
+        )
+    };
+    assert_eq!(count(&graph, &is_rsqrt), 1);
+    assert_eq!(count(&opt, &is_rsqrt), 0, "{opt}");
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.pass == "fold_scale_into_contraction" && r.changed()),
+        "{reports:?}"
+    );
+    // What remains after the stem conv: a bias add (zero biases vanish) and the ReLU.
+    let image = opt.find("image").unwrap();
+    let stem = opt.users(image)[0];
+    assert!(matches!(opt.node(stem).op, Op::Conv2d { .. }), "{opt}");
+    let users = opt.users(stem);
+    assert_eq!(users.len(), 1);
+    use kiln::graph::BinaryOp::{Add, Max};
+    assert!(
+        matches!(opt.node(users[0]).op, Op::Binary { f: Add | Max }),
+        "{opt}"
+    );
+}
+
+#[test]
+fn identities_and_dead_code_disappear() {
+    use kiln::prelude::*;
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, shape!["n", 4]).unwrap();
+    let y = x
+        .mul(1.0)
+        .unwrap()
+        .add(0.0)
+        .unwrap()
+        .neg()
+        .unwrap()
+        .neg()
+        .unwrap();
+    let y = y
+        .transpose()
+        .unwrap()
+        .transpose()
+        .unwrap()
+        .reshape_to(&[0, 2, 2])
+        .unwrap()
+        .reshape_to(&[0, 4])
+        .unwrap();
+    let two = g.scalar(2.0, DType::F32).unwrap().add(3.0).unwrap();
+    let z = y.mul(two).unwrap().named("z").unwrap();
+    x.exp().unwrap().named("unused").unwrap();
+    g.output(z).unwrap();
+    let graph = g.into_graph();
+    let (opt, _) = default_pipeline(false).run(&graph).unwrap();
+    let lines: Vec<String> = opt
+        .topo_order()
+        .into_iter()
+        .map(|i| opt.node_line(i))
+        .collect();
+    assert_eq!(lines.len(), 3, "{opt}");
+    assert!(lines[2].starts_with("z = mul(x, "), "{opt}");
+    assert!(lines.iter().any(|l| l.contains("value=[5.0]")), "{opt}");
+}
