@@ -144,7 +144,9 @@ pub fn eval_slice(x: &Array, axes: &[SliceAxis]) -> Array {
         if len > 0 {
             base += start as isize * st[i];
         }
-        vs.push(step as isize * st[i]);
+        // A dim of length 0 or 1 never advances, so its (possibly huge) step is
+        // irrelevant; otherwise step * stride stays within the buffer.
+        vs.push(if len > 1 { step as isize * st[i] } else { 0 });
     }
     if out.contains(&0) {
         base = 0;

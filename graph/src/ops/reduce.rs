@@ -151,11 +151,22 @@ pub fn eval_reduce(f: ReduceOp, x: &Array, axes: &[usize], out: &[usize]) -> Res
     Ok(Array::new(out.to_vec(), data).expect("reduced shape matches"))
 }
 
-/// Reference meaning of argmax/argmin: the first index of the extreme value;
-/// a NaN counts as the extreme (as numpy does).
+/// Reference meaning of argmax/argmin: the first index of the extreme value,
+/// compared in the input's own type; a NaN counts as the extreme (as numpy does).
 pub fn eval_arg(f: ArgOp, x: &Array, axis: usize, out: &[usize]) -> Result<Array, String> {
-    let vals = x.to_f64_vec();
-    let shape = x.shape();
+    let res = match x.data() {
+        Data::F32(v) => arg_along(v, x.shape(), axis, f),
+        Data::F64(v) => arg_along(v, x.shape(), axis, f),
+        Data::I32(v) => arg_along(v, x.shape(), axis, f),
+        Data::I64(v) => arg_along(v, x.shape(), axis, f),
+        Data::Bool(_) => return Err("cannot take argmax/argmin of bool tensors".into()),
+    };
+    Ok(Array::new(out.to_vec(), Data::I64(res)).expect("arg shape matches"))
+}
+
+fn arg_along<T: PartialOrd + Copy>(vals: &[T], shape: &[usize], axis: usize, f: ArgOp) -> Vec<i64> {
+    #[allow(clippy::eq_op)]
+    let is_nan = |v: T| v != v;
     let len = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
     let outer: usize = shape[..axis].iter().product();
@@ -165,13 +176,13 @@ pub fn eval_arg(f: ArgOp, x: &Array, axis: usize, out: &[usize]) -> Result<Array
             let mut best = 0usize;
             let mut bv = vals[o * len * inner + i];
             for k in 1..len {
-                let v = vals[(o * len + k) * inner + i];
-                if bv.is_nan() {
+                if is_nan(bv) {
                     break;
                 }
+                let v = vals[(o * len + k) * inner + i];
                 let better = match f {
-                    ArgOp::ArgMax => v > bv || v.is_nan(),
-                    ArgOp::ArgMin => v < bv || v.is_nan(),
+                    ArgOp::ArgMax => v > bv || is_nan(v),
+                    ArgOp::ArgMin => v < bv || is_nan(v),
                 };
                 if better {
                     best = k;
@@ -181,5 +192,5 @@ pub fn eval_arg(f: ArgOp, x: &Array, axis: usize, out: &[usize]) -> Result<Array
             res.push(best as i64);
         }
     }
-    Ok(Array::new(out.to_vec(), Data::I64(res)).expect("arg shape matches"))
+    res
 }
