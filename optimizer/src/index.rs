@@ -32,12 +32,18 @@ pub type Extents = [usize];
 impl Index {
     /// The constant `c`.
     pub fn constant(c: i64) -> Index {
-        Index { terms: Vec::new(), constant: c }
+        Index {
+            terms: Vec::new(),
+            constant: c,
+        }
     }
 
     /// Loop variable `n`.
     pub fn var(n: usize) -> Index {
-        Index { terms: vec![(1, Atom::Var(n))], constant: 0 }
+        Index {
+            terms: vec![(1, Atom::Var(n))],
+            constant: 0,
+        }
     }
 
     fn normalize(mut self) -> Index {
@@ -58,12 +64,19 @@ impl Index {
     pub fn add(&self, other: &Index) -> Index {
         let mut terms = self.terms.clone();
         terms.extend(other.terms.iter().cloned());
-        Index { terms, constant: self.constant + other.constant }.normalize()
+        Index {
+            terms,
+            constant: self.constant + other.constant,
+        }
+        .normalize()
     }
 
     /// `self + c`.
     pub fn add_const(&self, c: i64) -> Index {
-        Index { terms: self.terms.clone(), constant: self.constant + c }
+        Index {
+            terms: self.terms.clone(),
+            constant: self.constant + c,
+        }
     }
 
     /// `self * k`.
@@ -71,7 +84,10 @@ impl Index {
         if k == 0 {
             return Index::constant(0);
         }
-        Index { terms: self.terms.iter().map(|(c, a)| (c * k, a.clone())).collect(), constant: self.constant * k }
+        Index {
+            terms: self.terms.iter().map(|(c, a)| (c * k, a.clone())).collect(),
+            constant: self.constant * k,
+        }
     }
 
     /// The inclusive range of values over the loop.
@@ -119,7 +135,10 @@ impl Index {
         if lo == hi {
             return Index::constant(lo.div_euclid(k));
         }
-        Index { terms: vec![(1, Atom::Div(Box::new(self.clone()), k))], constant: 0 }
+        Index {
+            terms: vec![(1, Atom::Div(Box::new(self.clone()), k))],
+            constant: 0,
+        }
     }
 
     /// `self mod k`, simplified when the remainder stays in `[0, k)`.
@@ -136,12 +155,20 @@ impl Index {
         if lo >= 0 && hi < k {
             return self.clone();
         }
-        Index { terms: vec![(1, Atom::Mod(Box::new(r), k))], constant: 0 }
+        Index {
+            terms: vec![(1, Atom::Mod(Box::new(r), k))],
+            constant: 0,
+        }
     }
 
     /// The value for concrete loop variables.
     pub fn eval(&self, vars: &[usize]) -> i64 {
-        self.constant + self.terms.iter().map(|(c, a)| c * a.eval(vars)).sum::<i64>()
+        self.constant
+            + self
+                .terms
+                .iter()
+                .map(|(c, a)| c * a.eval(vars))
+                .sum::<i64>()
     }
 
     /// The coefficient of each loop variable if the expression is affine.
@@ -229,7 +256,11 @@ mod tests {
     #[test]
     fn evaluation_matches_simplification() {
         let ext = [3usize, 5, 7];
-        let e = Index::var(0).mul(35).add(&Index::var(1).mul(7)).add(&Index::var(2)).add_const(3);
+        let e = Index::var(0)
+            .mul(35)
+            .add(&Index::var(1).mul(7))
+            .add(&Index::var(2))
+            .add_const(3);
         for k in [1, 2, 5, 7, 35, 36] {
             let (d, m) = (e.div(k, &ext), e.modulo(k, &ext));
             for a in 0..3 {

@@ -12,11 +12,21 @@
 //! any other backend, and its passes do no I/O.
 #![warn(missing_docs)]
 
+pub mod compile;
 pub mod error;
+pub mod exec;
+pub mod fuse;
+pub mod index;
+pub mod kernel;
+pub mod lower;
 pub mod pass;
 pub mod passes;
+pub mod plan;
 pub mod rewrite;
+pub mod text;
 
+pub use compile::{compile, CompileOptions, Compiled};
 pub use error::{Error, Result};
+pub use kernel::KernelProgram;
 pub use kiln_graph as graph;
 pub use pass::{verify, Pass, PassReport, Pipeline};

@@ -1,7 +1,7 @@
 //! Random sources: uniform and normal samples, a pure function of seed,
 //! shape and element index (see `rng.rs`).
 
-use crate::array::{Array, Data};
+use crate::array::{Array, Scalar};
 use crate::dtype::DType;
 use crate::rng;
 use crate::shape::{Shape, TensorType};
@@ -22,54 +22,56 @@ pub fn infer_random(
     Ok(TensorType::new(dtype, shape.clone()))
 }
 
-/// Reference meaning of uniform samples in `[low, high)`: `low + (high - low) * u`
+/// Element `i` of uniform samples in `[low, high)`: `low + (high - low) * u`
 /// in the dtype, computed in f64 when `high - low` overflows the dtype, and
 /// moved just below `high` where rounding reaches it (`low` when `low == high`).
-pub fn eval_uniform(dtype: DType, out: &[usize], seed: u64, low: f64, high: f64) -> Array {
-    let n = out.iter().product::<usize>() as u64;
-    let data = match dtype {
+pub fn uniform_element(dtype: DType, seed: u64, low: f64, high: f64, i: u64) -> Scalar {
+    match dtype {
         DType::F32 => {
             let (l, h) = (low as f32, high as f32);
-            let sample = |i: u64| {
-                let u = rng::uniform_f32(seed, i);
-                let v = if (h - l).is_finite() {
-                    l + (h - l) * u
-                } else {
-                    (low + (high - low) * u as f64) as f32
-                };
-                if v >= h && l < h {
-                    h.next_down()
-                } else {
-                    v
-                }
+            let u = rng::uniform_f32(seed, i);
+            let v = if (h - l).is_finite() {
+                l + (h - l) * u
+            } else {
+                (low + (high - low) * u as f64) as f32
             };
-            Data::F32((0..n).map(sample).collect())
+            Scalar::F32(if v >= h && l < h { h.next_down() } else { v })
         }
         _ => {
-            let sample = |i: u64| {
-                let u = rng::uniform_f64(seed, i);
-                let v = if (high - low).is_finite() {
-                    low + (high - low) * u
-                } else {
-                    low * (1.0 - u) + high * u
-                };
-                if v >= high && low < high {
-                    high.next_down()
-                } else {
-                    v
-                }
+            let u = rng::uniform_f64(seed, i);
+            let v = if (high - low).is_finite() {
+                low + (high - low) * u
+            } else {
+                low * (1.0 - u) + high * u
             };
-            Data::F64((0..n).map(sample).collect())
+            Scalar::F64(if v >= high && low < high {
+                high.next_down()
+            } else {
+                v
+            })
         }
-    };
-    Array::new(out.to_vec(), data).expect("random shape matches")
+    }
 }
 
-/// Reference meaning of normal samples.
+/// Element `i` of normal samples: `mean + std * z` computed in f64, then rounded.
+pub fn normal_element(dtype: DType, seed: u64, mean: f64, std: f64, i: u64) -> Scalar {
+    Scalar::from_f64(dtype, mean + std * rng::normal_f64(seed, i))
+}
+
+/// Reference meaning of uniform samples (see [`uniform_element`]).
+pub fn eval_uniform(dtype: DType, out: &[usize], seed: u64, low: f64, high: f64) -> Array {
+    let n = out.iter().product::<usize>() as u64;
+    let v: Vec<Scalar> = (0..n)
+        .map(|i| uniform_element(dtype, seed, low, high, i))
+        .collect();
+    Array::from_scalars(out.to_vec(), dtype, &v).expect("random shape matches")
+}
+
+/// Reference meaning of normal samples (see [`normal_element`]).
 pub fn eval_normal(dtype: DType, out: &[usize], seed: u64, mean: f64, std: f64) -> Array {
     let n = out.iter().product::<usize>() as u64;
-    let v: Vec<f64> = (0..n)
-        .map(|i| mean + std * rng::normal_f64(seed, i))
+    let v: Vec<Scalar> = (0..n)
+        .map(|i| normal_element(dtype, seed, mean, std, i))
         .collect();
-    super::linalg::float_array(dtype, out, v)
+    Array::from_scalars(out.to_vec(), dtype, &v).expect("random shape matches")
 }

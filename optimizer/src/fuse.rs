@@ -1,0 +1,188 @@
+//! Fusion: deciding which graph nodes share a kernel.
+//!
+//! Walking the graph from its outputs back (XLA's producer-consumer
+//! fusion), each node either joins the single kernel all its users are in
+//! or starts a kernel of its own, whose result is then materialized in a
+//! buffer:
+//!
+//! - Elementwise and movement ops (and iota, random) join their users'
+//!   kernel when every user is in one kernel; a value needed by two kernels
+//!   is computed once and stored, never recomputed.
+//! - A reduction whose users are all in one elementwise kernel over the
+//!   reduction's input shape becomes that kernel's anchor: the kernel reduces
+//!   each row and then maps over it (softmax and layer norm: two kernels).
+//!   Otherwise it ends its own kernel, absorbing its elementwise producers.
+//! - Matmul, conv, pooling, gather and scatter-add take their users'
+//!   elementwise kernel as an epilogue when it runs over their output shape.
+//! - Movement ops feeding a matmul join it as strided operand views (a
+//!   transpose costs nothing); anything else feeding a matmul, conv, pool,
+//!   gather or scatter is materialized.
+//!
+//! Deliberately not done: two reductions in one kernel, and fusing a
+//! producer into a consumer that broadcasts it when the producer is a
+//! reduction or contraction (that would recompute it).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use kiln_graph::{Graph, NodeId, Op};
+
+/// What anchors a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anchor {
+    /// A pure elementwise/movement kernel.
+    None,
+    /// A reduction (sum/prod/max/min/argmax/argmin).
+    Reduce(NodeId),
+    /// A matmul.
+    MatMul(NodeId),
+    /// Conv, pooling, gather or scatter-add.
+    Op(NodeId),
+}
+
+/// One kernel-to-be: its anchor, its root (whose value it stores) and members.
+#[derive(Clone, Debug)]
+pub struct Group {
+    /// The anchor.
+    pub anchor: Anchor,
+    /// The node whose value the kernel writes.
+    pub root: NodeId,
+    /// Every node computed inside the kernel (anchor and root included).
+    pub members: BTreeSet<NodeId>,
+}
+
+/// How a node takes part in fusion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Placeholder, variable or constant: a buffer or an inline constant.
+    Source,
+    /// Elementwise, iota or random.
+    Elementwise,
+    /// Reshape, permute, broadcast, slice, pad, concat.
+    Movement,
+    /// Reduce or argmax/argmin.
+    Reduce,
+    /// Matmul.
+    MatMul,
+    /// Conv, pooling, gather, scatter-add.
+    Opaque,
+    /// Assign (no kernel; its value is stored for the update).
+    Assign,
+}
+
+/// The class of an op.
+pub fn class(op: &Op) -> Class {
+    match op {
+        Op::Placeholder { .. } | Op::Variable { .. } | Op::Constant { .. } => Class::Source,
+        Op::Iota { .. } | Op::RandomUniform { .. } | Op::RandomNormal { .. } => Class::Elementwise,
+        Op::Unary { .. } | Op::Binary { .. } | Op::Select | Op::Cast { .. } => Class::Elementwise,
+        Op::Reshape { .. }
+        | Op::Permute { .. }
+        | Op::Broadcast { .. }
+        | Op::Slice { .. }
+        | Op::Pad { .. }
+        | Op::Concat { .. } => Class::Movement,
+        Op::Reduce { .. } | Op::ArgReduce { .. } => Class::Reduce,
+        Op::MatMul => Class::MatMul,
+        Op::Conv2d { .. }
+        | Op::MaxPool2d { .. }
+        | Op::AvgPool2d { .. }
+        | Op::Gather { .. }
+        | Op::ScatterAdd { .. } => Class::Opaque,
+        Op::Assign => Class::Assign,
+    }
+}
+
+/// Groups the nodes `needed` into kernels. `forced` nodes are always
+/// materialized (outputs, assigned values, operands of opaque ops, and what
+/// lowering found it could not fuse). `shapes` are the concrete shapes.
+pub fn group(
+    g: &Graph,
+    needed: &[NodeId],
+    forced: &HashSet<NodeId>,
+    shapes: &HashMap<NodeId, Vec<usize>>,
+) -> Vec<Group> {
+    let needed_set: HashSet<NodeId> = needed.iter().copied().collect();
+    let mut group_of: HashMap<NodeId, usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut shape_of_group: Vec<Vec<usize>> = Vec::new();
+    for &n in needed.iter().rev() {
+        let c = class(&g.node(n).op);
+        if matches!(c, Class::Source | Class::Assign) {
+            continue;
+        }
+        let users: Vec<NodeId> = g
+            .users(n)
+            .into_iter()
+            .filter(|u| needed_set.contains(u))
+            .collect();
+        let target: Option<usize> = if forced.contains(&n) || users.is_empty() {
+            None
+        } else {
+            let gs: BTreeSet<Option<usize>> =
+                users.iter().map(|u| group_of.get(u).copied()).collect();
+            match gs.into_iter().collect::<Vec<_>>().as_slice() {
+                [Some(k)] => Some(*k),
+                _ => None,
+            }
+        };
+        let joined = target.and_then(|k| {
+            let grp = &groups[k];
+            // Users for which `n` is an operand of the kernel's anchor.
+            let operand_of: Vec<Class> = users
+                .iter()
+                .filter(|u| grp.anchor == Anchor::MatMul(**u) || grp.anchor == Anchor::Op(**u))
+                .map(|u| class(&g.node(*u).op))
+                .collect();
+            match c {
+                // Elementwise values feeding an anchor as operands are stored;
+                // movement ops may feed a matmul as strided views.
+                Class::Elementwise => operand_of.is_empty().then_some(k),
+                Class::Movement => operand_of
+                    .iter()
+                    .all(|&uc| uc == Class::MatMul)
+                    .then_some(k),
+                Class::Reduce | Class::MatMul | Class::Opaque => {
+                    let over_input = match c {
+                        Class::Reduce => shapes[&g.inputs(n)[0]] == shape_of_group[k],
+                        _ => shapes[&n] == shape_of_group[k],
+                    };
+                    (grp.anchor == Anchor::None && over_input).then_some(k)
+                }
+                Class::Source | Class::Assign => None,
+            }
+        });
+        match joined {
+            Some(k) => {
+                let grp = &mut groups[k];
+                grp.members.insert(n);
+                match c {
+                    Class::Reduce => grp.anchor = Anchor::Reduce(n),
+                    Class::MatMul => grp.anchor = Anchor::MatMul(n),
+                    Class::Opaque => grp.anchor = Anchor::Op(n),
+                    _ => {}
+                }
+                group_of.insert(n, k);
+            }
+            None => {
+                let anchor = match c {
+                    Class::Reduce => Anchor::Reduce(n),
+                    Class::MatMul => Anchor::MatMul(n),
+                    Class::Opaque => Anchor::Op(n),
+                    _ => Anchor::None,
+                };
+                let loop_shape = match c {
+                    Class::Reduce => shapes[&g.inputs(n)[0]].clone(),
+                    _ => shapes[&n].clone(),
+                };
+                groups.push(Group {
+                    anchor,
+                    root: n,
+                    members: BTreeSet::from([n]),
+                });
+                shape_of_group.push(loop_shape);
+                group_of.insert(n, groups.len() - 1);
+            }
+        }
+    }
+    groups
+}

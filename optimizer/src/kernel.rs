@@ -1,0 +1,354 @@
+//! The kernel program: the backend-neutral output of the optimizer and the
+//! input of every backend. An ordered list of kernels over buffers; every
+//! temporary buffer has an offset in one planned arena.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use kiln_graph::op::Weight;
+use kiln_graph::{ArgOp, BinaryOp, DType, Op, ReduceOp, Scalar, UnaryOp};
+
+use crate::index::Index;
+
+/// A typed index of a buffer in a [`KernelProgram`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BufferId(pub usize);
+
+impl fmt::Display for BufferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "b{}", self.0)
+    }
+}
+
+/// Where a buffer lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Storage {
+    /// A fed placeholder.
+    Input {
+        /// The placeholder's name.
+        name: String,
+    },
+    /// A variable's state.
+    Variable {
+        /// The variable's name.
+        name: String,
+    },
+    /// Constant data (weights), kept by the program.
+    Constant {
+        /// The data (not serialized).
+        #[serde(skip)]
+        value: Weight,
+    },
+    /// A fetched result or a value assigned to a variable: its own memory,
+    /// apart from the arena.
+    Result,
+    /// A temporary at a byte offset in the arena.
+    Arena {
+        /// Byte offset, 64-byte aligned.
+        offset: usize,
+    },
+}
+
+/// A buffer: a dense row-major tensor somewhere in memory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Buffer {
+    /// Element type.
+    pub dtype: DType,
+    /// Concrete shape.
+    pub shape: Vec<usize>,
+    /// Where it lives.
+    pub storage: Storage,
+    /// The graph node whose value it holds (for dumps).
+    pub node: String,
+}
+
+impl Buffer {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when the buffer has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Size in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.len() * self.dtype.size_bytes()
+    }
+}
+
+/// A read of a buffer element at an index computed from the loop variables.
+/// Where a mask condition fails the access is not performed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Access {
+    /// The buffer.
+    pub buffer: BufferId,
+    /// Element offset (row-major) as a function of the loop variables.
+    pub offset: Index,
+    /// Conditions `lo <= expr < hi` under which the element is read.
+    pub mask: Vec<Cond>,
+}
+
+/// `lo <= expr < hi`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cond {
+    /// The expression.
+    pub expr: Index,
+    /// Inclusive lower bound.
+    pub lo: i64,
+    /// Exclusive upper bound.
+    pub hi: i64,
+}
+
+/// One instruction of an [`ElementProgram`]; operands refer to earlier instructions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Instr {
+    /// The value of access `n` of the kernel.
+    Load(usize),
+    /// A constant.
+    Const(#[serde(with = "scalar_serde")] Scalar),
+    /// A unary op.
+    Unary(UnaryOp, usize),
+    /// A binary op.
+    Binary(BinaryOp, usize, usize),
+    /// `c ? a : b`.
+    Select(usize, usize, usize),
+    /// A cast.
+    Cast(DType, usize),
+    /// The result of the kernel's contraction or reduction at this index.
+    Acc,
+    /// True when every condition holds.
+    InBounds(Vec<Cond>),
+    /// An index expression as a number of `dtype`.
+    IndexValue(Index, DType),
+    /// Element `index` of a random op's output (`kiln_graph::ops::random`).
+    Random {
+        /// Normal (`a` mean, `b` std) rather than uniform (`a` low, `b` high).
+        normal: bool,
+        /// Seed.
+        seed: u64,
+        /// First parameter.
+        a: f64,
+        /// Second parameter.
+        b: f64,
+        /// Element type.
+        dtype: DType,
+        /// The element's row-major index in the random op's output.
+        index: Index,
+    },
+}
+
+mod scalar_serde {
+    use kiln_graph::{DType, Scalar};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Scalar, ser: S) -> Result<S::Ok, S::Error> {
+        (s.dtype(), s.to_f64()).serialize(ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Scalar, D::Error> {
+        let (d, v) = <(DType, f64)>::deserialize(de)?;
+        Ok(Scalar::from_f64(d, v))
+    }
+}
+
+/// A straight-line program computing one element from loads and constants.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct ElementProgram {
+    /// Instructions in order.
+    pub instrs: Vec<Instr>,
+    /// The instruction whose value is the result.
+    pub result: usize,
+}
+
+/// What a reduction kernel reduces with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReduceKind {
+    /// Sum, product, max or min over the reduced axes.
+    Value(ReduceOp),
+    /// Index of the first extreme along the single reduced axis.
+    Arg(ArgOp),
+}
+
+/// An elementwise map applied to a contraction's or reduction's result while
+/// it is hot: `Acc` is that result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Epilogue {
+    /// Reads of other buffers, indexed by the output's loop variables.
+    pub inputs: Vec<Access>,
+    /// The map.
+    pub program: ElementProgram,
+}
+
+/// One kernel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Kernel {
+    /// `out[i] = program(i)` for every index `i` of `shape` (= out's shape).
+    Elementwise {
+        /// Output buffer.
+        out: BufferId,
+        /// Loop shape.
+        shape: Vec<usize>,
+        /// Reads.
+        inputs: Vec<Access>,
+        /// The element program.
+        program: ElementProgram,
+    },
+    /// A reduction over `axes` of a loop over `shape` (the unreduced input
+    /// shape) of `body`; optionally a map over the same loop using the
+    /// reduced value (`Acc`) of each element's row, written to `map_out`.
+    Reduce {
+        /// The reduced result (keepdims layout: reduced axes have size 1), if needed.
+        out: Option<BufferId>,
+        /// Loop shape (the reduction's input shape).
+        shape: Vec<usize>,
+        /// Reduced loop dims.
+        axes: Vec<usize>,
+        /// The reduction.
+        kind: ReduceKind,
+        /// Reads of the body and the map.
+        inputs: Vec<Access>,
+        /// The value reduced.
+        body: ElementProgram,
+        /// The map over the full loop and its output.
+        map: Option<(BufferId, ElementProgram)>,
+    },
+    /// Batched matrix product of strided operands with an epilogue.
+    MatMul {
+        /// Output buffer `[..batch, m, n]`.
+        out: BufferId,
+        /// Left operand `[..batch, m, k]`.
+        a: Operand,
+        /// Right operand `[..batch, k, n]`.
+        b: Operand,
+        /// Output batch dims.
+        batch: Vec<usize>,
+        /// Rows, columns, inner dim.
+        mnk: [usize; 3],
+        /// Applied to each output element.
+        epilogue: Epilogue,
+    },
+    /// A primitive op on whole buffers (conv2d, pooling, gather, scatter-add),
+    /// with an epilogue on its output.
+    Op {
+        /// The op (never a constant or variable, so it serializes whole).
+        op: Op,
+        /// Output buffer.
+        out: BufferId,
+        /// Input buffers, in the op's input order.
+        args: Vec<BufferId>,
+        /// Applied to each output element.
+        epilogue: Epilogue,
+    },
+}
+
+/// A strided view of a buffer as a matmul operand: element `[..batch, r, c]`
+/// is at `offset + sum(batch strides) + r * strides[-2] + c * strides[-1]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operand {
+    /// The buffer.
+    pub buffer: BufferId,
+    /// Element offset of the first element.
+    pub offset: i64,
+    /// One stride per output batch dim, then row and column strides.
+    pub strides: Vec<i64>,
+}
+
+impl Kernel {
+    /// The buffers the kernel writes.
+    pub fn outputs(&self) -> Vec<BufferId> {
+        match self {
+            Kernel::Elementwise { out, .. }
+            | Kernel::MatMul { out, .. }
+            | Kernel::Op { out, .. } => vec![*out],
+            Kernel::Reduce { out, map, .. } => {
+                out.iter().copied().chain(map.iter().map(|m| m.0)).collect()
+            }
+        }
+    }
+
+    /// The buffers the kernel reads.
+    pub fn reads(&self) -> Vec<BufferId> {
+        let mut v: Vec<BufferId> = match self {
+            Kernel::Elementwise { inputs, .. } | Kernel::Reduce { inputs, .. } => {
+                inputs.iter().map(|a| a.buffer).collect()
+            }
+            Kernel::MatMul { a, b, epilogue, .. } => {
+                let mut v = vec![a.buffer, b.buffer];
+                v.extend(epilogue.inputs.iter().map(|a| a.buffer));
+                v
+            }
+            Kernel::Op { args, epilogue, .. } => {
+                let mut v = args.clone();
+                v.extend(epilogue.inputs.iter().map(|a| a.buffer));
+                v
+            }
+        };
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// A short name for dumps: `elementwise`, `reduce_sum+map`, `matmul`, `conv2d`, ...
+    pub fn label(&self) -> String {
+        match self {
+            Kernel::Elementwise { .. } => "elementwise".into(),
+            Kernel::Reduce { kind, map, .. } => {
+                let k = match kind {
+                    ReduceKind::Value(ReduceOp::Sum) => "reduce_sum",
+                    ReduceKind::Value(ReduceOp::Prod) => "reduce_prod",
+                    ReduceKind::Value(ReduceOp::Max) => "reduce_max",
+                    ReduceKind::Value(ReduceOp::Min) => "reduce_min",
+                    ReduceKind::Arg(ArgOp::ArgMax) => "argmax",
+                    ReduceKind::Arg(ArgOp::ArgMin) => "argmin",
+                };
+                if map.is_some() {
+                    format!("{k}+map")
+                } else {
+                    k.into()
+                }
+            }
+            Kernel::MatMul { .. } => "matmul".into(),
+            Kernel::Op { op, .. } => op.name().into(),
+        }
+    }
+}
+
+/// Memory-planning figures, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStats {
+    /// The planned arena.
+    pub arena: usize,
+    /// The largest sum of live temporaries at any step (no plan can do better).
+    pub lower_bound: usize,
+    /// The sum of all temporaries (what no planning would use).
+    pub unplanned: usize,
+    /// Bytes of results (fetches and assigned values), kept apart.
+    pub results: usize,
+}
+
+/// The kernel program.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct KernelProgram {
+    /// Every buffer.
+    pub buffers: Vec<Buffer>,
+    /// Kernels in execution order.
+    pub kernels: Vec<Kernel>,
+    /// The fetched values, in fetch order.
+    pub outputs: Vec<BufferId>,
+    /// Variable updates committed after the last kernel: (variable, value).
+    pub updates: Vec<(BufferId, BufferId)>,
+    /// Memory figures of the plan.
+    pub memory: MemoryStats,
+    /// Per kernel, the graph nodes it computes (for dumps and DOT clusters).
+    pub kernel_nodes: Vec<Vec<String>>,
+}
+
+impl KernelProgram {
+    /// The buffer `id`.
+    pub fn buffer(&self, id: BufferId) -> &Buffer {
+        &self.buffers[id.0]
+    }
+}
