@@ -154,6 +154,12 @@ impl Gen<'_, '_> {
         }
     }
 
+    /// The value of elementwise operand `n` broadcast to the output mapping `m`.
+    fn broadcast_value(&mut self, n: NodeId, m: &Mapping) -> std::result::Result<usize, Materialize> {
+        let im = self.bcast(m, self.shape(n));
+        self.value(n, &im)
+    }
+
     fn value(&mut self, n: NodeId, m: &Mapping) -> std::result::Result<usize, Materialize> {
         if let Some(&i) = self.memo.get(&(n, m.clone())) {
             return Ok(i);
@@ -210,18 +216,18 @@ impl Gen<'_, '_> {
         let out = self.shape(n).to_vec();
         Ok(match &node.op {
             Op::Unary { f } => {
-                let a = self.value(ins[0], &self.bcast(m, &self.shape(ins[0]).to_vec()))?;
+                let a = self.broadcast_value(ins[0], m)?;
                 self.push(Instr::Unary(*f, a))
             }
             Op::Binary { f } => {
-                let a = self.value(ins[0], &self.bcast(m, &self.shape(ins[0]).to_vec()))?;
-                let b = self.value(ins[1], &self.bcast(m, &self.shape(ins[1]).to_vec()))?;
+                let a = self.broadcast_value(ins[0], m)?;
+                let b = self.broadcast_value(ins[1], m)?;
                 self.push(Instr::Binary(*f, a, b))
             }
             Op::Select => {
-                let c = self.value(ins[0], &self.bcast(m, &self.shape(ins[0]).to_vec()))?;
-                let a = self.value(ins[1], &self.bcast(m, &self.shape(ins[1]).to_vec()))?;
-                let b = self.value(ins[2], &self.bcast(m, &self.shape(ins[2]).to_vec()))?;
+                let c = self.broadcast_value(ins[0], m)?;
+                let a = self.broadcast_value(ins[1], m)?;
+                let b = self.broadcast_value(ins[2], m)?;
                 self.push(Instr::Select(c, a, b))
             }
             Op::Cast { to } => {
