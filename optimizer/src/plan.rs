@@ -120,7 +120,7 @@ pub fn plan_memory(p: &mut KernelProgram) {
     }
     // Alias classes: an in-place output shares its input's memory.
     let mut class: Vec<usize> = (0..nb).collect();
-    fn find(c: &mut Vec<usize>, x: usize) -> usize {
+    fn find(c: &mut [usize], x: usize) -> usize {
         let mut r = x;
         while c[r] != r {
             r = c[r];
