@@ -23,6 +23,7 @@ pub mod pass;
 pub mod passes;
 pub mod plan;
 pub mod rewrite;
+pub mod svg;
 pub mod text;
 
 pub use compile::{compile, CompileOptions, Compiled};

@@ -23,11 +23,27 @@ struct Mapping {
 }
 
 impl Mapping {
-    fn identity(rank: usize) -> Mapping {
+    /// The identity over a loop of extents `ext`. A dim of extent 1 is the
+    /// constant 0, so that mappings compare equal whenever they address the
+    /// same elements (a `[1, n]` operand read by a `[1, n]` loop, say).
+    fn identity(ext: &[usize]) -> Mapping {
         Mapping {
-            idx: (0..rank).map(Index::var).collect(),
+            idx: ext
+                .iter()
+                .enumerate()
+                .map(|(d, &e)| loop_var(d, e))
+                .collect(),
             mask: Vec::new(),
         }
+    }
+}
+
+/// Loop variable `d` of extent `e` (the constant 0 when `e == 1`).
+fn loop_var(d: usize, e: usize) -> Index {
+    if e == 1 {
+        Index::constant(0)
+    } else {
+        Index::var(d)
     }
 }
 
@@ -155,7 +171,11 @@ impl Gen<'_, '_> {
     }
 
     /// The value of elementwise operand `n` broadcast to the output mapping `m`.
-    fn broadcast_value(&mut self, n: NodeId, m: &Mapping) -> std::result::Result<usize, Materialize> {
+    fn broadcast_value(
+        &mut self,
+        n: NodeId,
+        m: &Mapping,
+    ) -> std::result::Result<usize, Materialize> {
         let im = self.bcast(m, self.shape(n));
         self.value(n, &im)
     }
@@ -387,20 +407,20 @@ fn view_input(op: &Op, m: &Mapping, out: &[usize], inp: &[usize], ext: &[usize])
 
 /// The mapping at which a reduction's consumers must read it for it to be
 /// the current row's value (`Acc`) inside the map loop.
-fn reduce_acc_mapping(op: &Op, loop_rank: usize) -> Mapping {
+fn reduce_acc_mapping(op: &Op, ext: &[usize]) -> Mapping {
     let (axes, keepdims) = match op {
         Op::Reduce { axes, keepdims, .. } => (axes.clone(), *keepdims),
         Op::ArgReduce { axis, keepdims, .. } => (vec![*axis], *keepdims),
         _ => unreachable!("not a reduction"),
     };
     let mut idx = Vec::new();
-    for d in 0..loop_rank {
+    for (d, &e) in ext.iter().enumerate() {
         if axes.contains(&d) {
             if keepdims {
                 idx.push(Index::constant(0));
             }
         } else {
-            idx.push(Index::var(d));
+            idx.push(loop_var(d, e));
         }
     }
     Mapping {
@@ -427,7 +447,7 @@ impl<'a> Lowering<'a> {
             memo: HashMap::new(),
             accesses,
         };
-        let result = gen.value(root, &Mapping::identity(ext.len()))?;
+        let result = gen.value(root, &Mapping::identity(&ext))?;
         Ok(ElementProgram {
             instrs: gen.instrs,
             result,
@@ -459,7 +479,7 @@ impl<'a> Lowering<'a> {
         let g = self.g;
         let shape = self.shapes[&n].clone();
         let ext = shape.clone();
-        let mut m = Mapping::identity(shape.len());
+        let mut m = Mapping::identity(&shape);
         let mut cur = n;
         while members.contains(&cur) {
             let op = &g.node(cur).op;
@@ -521,7 +541,7 @@ impl<'a> Lowering<'a> {
             });
         }
         let mut inputs = Vec::new();
-        let acc = Some((anchor, Mapping::identity(out.len())));
+        let acc = Some((anchor, Mapping::identity(&out)));
         let program = self.program(&grp.members, acc, grp.root, out, &mut inputs)?;
         Ok(Epilogue { inputs, program })
     }
@@ -556,7 +576,7 @@ impl<'a> Lowering<'a> {
                 let (out, map) = if grp.root == r {
                     (Some(out), None)
                 } else {
-                    let acc = Some((r, reduce_acc_mapping(&node.op, shape.len())));
+                    let acc = Some((r, reduce_acc_mapping(&node.op, &shape)));
                     let map =
                         self.program(&grp.members, acc, grp.root, shape.clone(), &mut inputs)?;
                     (None, Some((out, map)))

@@ -159,3 +159,47 @@ impl fmt::Display for KernelProgram {
         )
     }
 }
+
+/// Graphviz DOT of `graph` (the optimized graph `program` was lowered from)
+/// with the nodes of each kernel in one cluster.
+pub fn dot_with_kernels(graph: &kiln_graph::Graph, program: &KernelProgram) -> String {
+    let mut kernel_of = std::collections::HashMap::new();
+    for (k, names) in program.kernel_nodes.iter().enumerate() {
+        for n in names {
+            kernel_of.insert(n.as_str(), k);
+        }
+    }
+    let mut s = String::from(
+        "digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n",
+    );
+    let mut clusters: Vec<Vec<String>> = vec![Vec::new(); program.kernels.len()];
+    let order = graph.topo_order();
+    for &id in &order {
+        let n = graph.node(id);
+        let line = format!(
+            "n{} [label=\"{}\\n{}\\n{}\"];",
+            id.index(),
+            n.name.replace('"', "\\\""),
+            n.op.name(),
+            n.ty
+        );
+        match kernel_of.get(n.name.as_str()) {
+            Some(&k) => clusters[k].push(line),
+            None => writeln!(s, "  {line}").unwrap(),
+        }
+    }
+    for (k, lines) in clusters.iter().enumerate() {
+        writeln!(s, "  subgraph cluster_k{k} {{\n    label=\"k{k} {}\";\n    style=filled; fillcolor=\"#eef3fb\";", program.kernels[k].label()).unwrap();
+        for l in lines {
+            writeln!(s, "    {l}").unwrap();
+        }
+        s.push_str("  }\n");
+    }
+    for &id in &order {
+        for i in graph.inputs(id) {
+            writeln!(s, "  n{} -> n{};", i.index(), id.index()).unwrap();
+        }
+    }
+    s.push_str("}\n");
+    s
+}

@@ -43,10 +43,116 @@ enum Command {
     Show {
         /// The .kiln model file.
         model: PathBuf,
-        /// Write Graphviz DOT to FILE ('-' for standard output) instead.
+        /// Write Graphviz DOT to FILE ('-' for standard output) instead
+        /// (with --optimized: the ops of each kernel in one cluster).
         #[arg(long, value_name = "FILE")]
         dot: Option<PathBuf>,
+        /// Print the optimized kernel program instead.
+        #[arg(long)]
+        optimized: bool,
+        /// Print the graph after the named pass instead.
+        #[arg(long, value_name = "PASS")]
+        after: Option<String>,
+        #[command(flatten)]
+        compile: CompileArgs,
     },
+    /// Print the memory plan of the optimized program and draw it as SVG.
+    Plan {
+        /// The .kiln model file.
+        model: PathBuf,
+        /// Write the timeline (one bar per buffer: step on x, offset on y) here.
+        #[arg(long, value_name = "FILE", default_value = "plan.svg")]
+        svg: PathBuf,
+        #[command(flatten)]
+        compile: CompileArgs,
+    },
+    /// Run the graph passes and report what they changed.
+    Optimize {
+        /// The .kiln model file.
+        model: PathBuf,
+        /// Report, pass by pass, what changed, with counts.
+        #[arg(long)]
+        explain: bool,
+        /// Write the optimized graph here.
+        #[arg(short, long, value_name = "OUT.kiln")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        compile: CompileArgs,
+    },
+}
+
+/// How to compile a model for `show --optimized`, `plan` and `optimize`.
+#[derive(clap::Args, Clone)]
+struct CompileArgs {
+    /// The size of a symbolic dim, as NAME=N (repeatable; unnamed dims are 1).
+    #[arg(long = "dim", value_name = "NAME=N")]
+    dims: Vec<String>,
+    /// Treat variables nothing assigns as constants (inference), so batch
+    /// norm and other constant work fold away.
+    #[arg(long)]
+    freeze: bool,
+    /// Skip a pass by name (repeatable).
+    #[arg(long = "disable-pass", value_name = "PASS")]
+    disable: Vec<String>,
+}
+
+impl CompileArgs {
+    fn bindings(&self, graph: &Graph) -> Result<kiln::graph::Bindings> {
+        let mut symbols: Vec<String> = Vec::new();
+        for p in graph.placeholders() {
+            for s in graph.node(p).ty.shape.symbols() {
+                if !symbols.iter().any(|x| x == s) {
+                    symbols.push(s.to_string());
+                }
+            }
+        }
+        let mut b: kiln::graph::Bindings = symbols.iter().map(|s| (s.clone(), 1)).collect();
+        for spec in &self.dims {
+            let (name, n) = spec
+                .split_once('=')
+                .with_context(|| format!("--dim '{spec}' is not NAME=N"))?;
+            let n: usize = n
+                .parse()
+                .with_context(|| format!("--dim '{spec}': '{n}' is not a size"))?;
+            if !symbols.iter().any(|s| s == name) {
+                bail!(
+                    "--dim {name}: the model has no symbolic dim '{name}' (it has: {})",
+                    if symbols.is_empty() {
+                        "none".into()
+                    } else {
+                        symbols.join(", ")
+                    }
+                );
+            }
+            b.insert(name.to_string(), n);
+        }
+        Ok(b)
+    }
+
+    fn options(&self) -> kiln_optimizer::CompileOptions {
+        kiln_optimizer::CompileOptions {
+            freeze_variables: self.freeze,
+            disabled_passes: self.disable.clone(),
+            no_simplify: false,
+        }
+    }
+
+    fn compile(&self, graph: &Graph) -> Result<kiln_optimizer::Compiled> {
+        let fetches = default_fetches(graph)?;
+        Ok(kiln_optimizer::compile(
+            graph,
+            &fetches,
+            &self.bindings(graph)?,
+            &self.options(),
+        )?)
+    }
+}
+
+fn default_fetches(graph: &Graph) -> Result<Vec<kiln::graph::NodeId>> {
+    if graph.outputs().is_empty() {
+        bail!("the model declares no outputs");
+    }
+    Ok(graph.outputs().to_vec())
 }
 
 fn main() {
@@ -59,7 +165,32 @@ fn main() {
             fetches,
             device,
         } => run(&model, &inputs, output.as_deref(), &fetches, &device),
-        Command::Show { model, dot } => show(&model, dot.as_deref()),
+        Command::Show {
+            model,
+            dot,
+            optimized,
+            after,
+            compile,
+        } => {
+            if let Some(pass) = after {
+                show_after(&model, &pass, &compile)
+            } else if optimized {
+                show_optimized(&model, dot.as_deref(), &compile)
+            } else {
+                show(&model, dot.as_deref())
+            }
+        }
+        Command::Plan {
+            model,
+            svg,
+            compile,
+        } => plan(&model, &svg, &compile),
+        Command::Optimize {
+            model,
+            explain,
+            output,
+            compile,
+        } => optimize(&model, explain, output.as_deref(), &compile),
     };
     if let Err(e) = result {
         eprintln!("kiln: error: {e:#}");
@@ -202,6 +333,134 @@ fn show(model: &Path, dot: Option<&Path>) -> Result<()> {
     }
     let ops: Vec<String> = hist.iter().map(|(k, v)| format!("{k} x{v}")).collect();
     println!("ops: {}", ops.join(", "));
+    Ok(())
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    if path == Path::new("-") {
+        print!("{text}");
+    } else {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn show_optimized(model: &Path, dot: Option<&Path>, args: &CompileArgs) -> Result<()> {
+    let graph = load(model)?;
+    let c = args.compile(&graph)?;
+    if let Some(dot_path) = dot {
+        return write_text(
+            dot_path,
+            &kiln_optimizer::text::dot_with_kernels(&c.graph, &c.program),
+        );
+    }
+    println!(
+        "{}: {} nodes -> {} kernels",
+        model.display(),
+        graph.len(),
+        c.program.kernels.len()
+    );
+    print!("{}", c.program);
+    Ok(())
+}
+
+fn show_after(model: &Path, pass: &str, args: &CompileArgs) -> Result<()> {
+    let mut graph = load(model)?;
+    graph.set_outputs(default_fetches(&graph)?)?;
+    let mut pipeline = kiln_optimizer::passes::default_pipeline(args.freeze);
+    for p in &args.disable {
+        pipeline.disable(p)?;
+    }
+    if !pipeline.pass_names().contains(&pass) {
+        bail!(
+            "no pass named '{pass}' in the pipeline; passes: {}",
+            pipeline.pass_names().join(", ")
+        );
+    }
+    let mut snapshot = None;
+    pipeline.run_observed(&graph, |report, g| {
+        if report.pass == pass && snapshot.is_none() {
+            snapshot = Some((report.to_string(), g.clone()));
+        }
+    })?;
+    let (report, g) = snapshot.expect("the pass ran");
+    println!("after {report}");
+    println!("{} nodes", g.len());
+    for id in g.topo_order() {
+        println!("  {}", g.node_line(id));
+    }
+    Ok(())
+}
+
+fn plan(model: &Path, svg: &Path, args: &CompileArgs) -> Result<()> {
+    let graph = load(model)?;
+    let c = args.compile(&graph)?;
+    let p = &c.program;
+    println!("{}: {} kernels", model.display(), p.kernels.len());
+    println!(
+        "  {:>5}  {:>10}  {:>10}  {:>9}  node",
+        "buf", "offset", "bytes", "steps"
+    );
+    for (b, off, size, (s0, s1)) in kiln_optimizer::svg::arena_buffers(p) {
+        println!(
+            "  {:>5}  {:>10}  {:>10}  {:>4}..{:<3}  {}",
+            b.to_string(),
+            off,
+            size,
+            s0,
+            s1,
+            p.buffer(b).node
+        );
+    }
+    let m = p.memory;
+    let ratio = if m.lower_bound > 0 {
+        m.arena as f64 / m.lower_bound as f64
+    } else {
+        1.0
+    };
+    println!(
+        "arena (planned):        {:>10} B  ({ratio:.3}x the lower bound)",
+        m.arena
+    );
+    println!("liveness lower bound:   {:>10} B", m.lower_bound);
+    println!("no planning (sum):      {:>10} B", m.unplanned);
+    println!("results (kept apart):   {:>10} B", m.results);
+    let title = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write_text(svg, &kiln_optimizer::svg::plan_svg(p, &title))
+}
+
+fn optimize(model: &Path, explain: bool, output: Option<&Path>, args: &CompileArgs) -> Result<()> {
+    let graph = load(model)?;
+    let c = args.compile(&graph)?;
+    if explain {
+        let passes = kiln_optimizer::passes::default_pipeline(args.freeze)
+            .pass_names()
+            .len()
+            .max(1);
+        for (i, r) in c.reports.iter().enumerate() {
+            println!("round {} {r}", i / passes + 1);
+        }
+    }
+    println!(
+        "{}: {} nodes -> {} nodes -> {} kernels",
+        model.display(),
+        graph.len(),
+        c.graph.len(),
+        c.program.kernels.len()
+    );
+    let m = c.program.memory;
+    println!(
+        "arena {} B (liveness lower bound {} B, no planning {} B)",
+        m.arena, m.lower_bound, m.unplanned
+    );
+    if let Some(out) = output {
+        c.graph.save(out)?;
+        println!("wrote {}", out.display());
+    }
     Ok(())
 }
 
