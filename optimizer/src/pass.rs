@@ -20,6 +20,8 @@ pub struct PassReport {
     pub pass: String,
     /// Counts of each kind of change.
     pub changes: BTreeMap<String, usize>,
+    /// How long the pass took (set by the pipeline).
+    pub elapsed: std::time::Duration,
 }
 
 impl PassReport {
@@ -28,6 +30,7 @@ impl PassReport {
         PassReport {
             pass: pass.into(),
             changes: BTreeMap::new(),
+            elapsed: std::time::Duration::ZERO,
         }
     }
 
@@ -46,12 +49,16 @@ impl fmt::Display for PassReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:", self.pass)?;
         if !self.changed() {
-            return f.write_str(" no change");
+            f.write_str(" no change")?;
         }
-        for (k, v) in &self.changes {
-            write!(f, " {k} {v},")?;
-        }
-        Ok(())
+        let changes: Vec<String> = self
+            .changes
+            .iter()
+            .filter(|(_, &v)| v > 0)
+            .map(|(k, v)| format!(" {k} {v}"))
+            .collect();
+        f.write_str(&changes.join(","))?;
+        write!(f, " ({:.3} ms)", self.elapsed.as_secs_f64() * 1e3)
     }
 }
 
@@ -182,7 +189,9 @@ impl Pipeline {
                     pass: p.name().into(),
                     source: Box::new(e),
                 };
-                let (next, report) = p.run(&g).map_err(wrap)?;
+                let start = std::time::Instant::now();
+                let (next, mut report) = p.run(&g).map_err(wrap)?;
+                report.elapsed = start.elapsed();
                 if self.verify {
                     verify(&next).map_err(wrap)?;
                 }

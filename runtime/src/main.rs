@@ -53,6 +53,9 @@ enum Command {
         /// Print the graph after the named pass instead.
         #[arg(long, value_name = "PASS")]
         after: Option<String>,
+        /// With --optimized: print the kernel program as JSON.
+        #[arg(long, requires = "optimized")]
+        json: bool,
         #[command(flatten)]
         compile: CompileArgs,
     },
@@ -170,12 +173,13 @@ fn main() {
             dot,
             optimized,
             after,
+            json,
             compile,
         } => {
             if let Some(pass) = after {
                 show_after(&model, &pass, &compile)
             } else if optimized {
-                show_optimized(&model, dot.as_deref(), &compile)
+                show_optimized(&model, dot.as_deref(), json, &compile)
             } else {
                 show(&model, dot.as_deref())
             }
@@ -346,7 +350,7 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn show_optimized(model: &Path, dot: Option<&Path>, args: &CompileArgs) -> Result<()> {
+fn show_optimized(model: &Path, dot: Option<&Path>, json: bool, args: &CompileArgs) -> Result<()> {
     let graph = load(model)?;
     let c = args.compile(&graph)?;
     if let Some(dot_path) = dot {
@@ -354,6 +358,10 @@ fn show_optimized(model: &Path, dot: Option<&Path>, args: &CompileArgs) -> Resul
             dot_path,
             &kiln_optimizer::text::dot_with_kernels(&c.graph, &c.program),
         );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c.program)?);
+        return Ok(());
     }
     println!(
         "{}: {} nodes -> {} kernels",

@@ -205,34 +205,74 @@ fn optimizer_commands() {
     assert!(text.contains("round 1 fold_constants:"), "{text}");
     assert!(text.contains("19 nodes -> 19 nodes -> 6 kernels"), "{text}");
 
-    let o = kiln(&["show", "examples/mlp.kiln", "--optimized", "--dim", "batch=4"]);
+    let o = kiln(&[
+        "show",
+        "examples/mlp.kiln",
+        "--optimized",
+        "--dim",
+        "batch=4",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    assert!(text.contains("k1 matmul -> ") && text.contains("(fc1/matmul_0, fc1/add_0, fc1/maximum_0)"), "{text}");
+    assert!(
+        text.contains("k1 matmul -> ") && text.contains("(fc1/matmul_0, fc1/add_0, fc1/maximum_0)"),
+        "{text}"
+    );
     assert!(text.contains(" input f32[4, 64] 'x'"), "{text}");
 
     let o = kiln(&["show", "examples/mlp.kiln", "--optimized", "--dot", "-"]);
     assert!(stdout(&o).contains("subgraph cluster_k1"), "{}", stdout(&o));
 
-    let o = kiln(&["show", "examples/mlp.kiln", "--after", "eliminate_dead_code"]);
+    let o = kiln(&[
+        "show",
+        "examples/mlp.kiln",
+        "--after",
+        "eliminate_dead_code",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with("after eliminate_dead_code: no change"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("after eliminate_dead_code: no change"),
+        "{}",
+        stdout(&o)
+    );
 
     let dir = temp_dir("plan");
     let svg = dir.join("plan.svg");
-    let o = kiln(&["plan", "examples/mlp.kiln", "--dim", "batch=16", "--svg", svg.to_str().unwrap()]);
+    let o = kiln(&[
+        "plan",
+        "examples/mlp.kiln",
+        "--dim",
+        "batch=16",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    assert!(text.contains("liveness lower bound:") && text.contains("no planning (sum):"), "{text}");
+    assert!(
+        text.contains("liveness lower bound:") && text.contains("no planning (sum):"),
+        "{text}"
+    );
     let pic = std::fs::read_to_string(&svg).unwrap();
     assert!(pic.starts_with("<svg") && pic.contains("<rect") && pic.trim_end().ends_with("</svg>"));
     std::fs::remove_dir_all(&dir).ok();
 
     for (args, want) in [
-        (vec!["plan", "examples/mlp.kiln", "--dim", "seq=3"], "no symbolic dim 'seq' (it has: batch)"),
-        (vec!["plan", "examples/mlp.kiln", "--dim", "batch"], "is not NAME=N"),
-        (vec!["show", "examples/mlp.kiln", "--after", "nope"], "no pass named 'nope'"),
-        (vec!["optimize", "examples/mlp.kiln", "--disable-pass", "nope"], "no pass named 'nope'"),
+        (
+            vec!["plan", "examples/mlp.kiln", "--dim", "seq=3"],
+            "no symbolic dim 'seq' (it has: batch)",
+        ),
+        (
+            vec!["plan", "examples/mlp.kiln", "--dim", "batch"],
+            "is not NAME=N",
+        ),
+        (
+            vec!["show", "examples/mlp.kiln", "--after", "nope"],
+            "no pass named 'nope'",
+        ),
+        (
+            vec!["optimize", "examples/mlp.kiln", "--disable-pass", "nope"],
+            "no pass named 'nope'",
+        ),
     ] {
         let o = kiln(&args);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
