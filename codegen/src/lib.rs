@@ -1,11 +1,37 @@
 //! kiln-codegen: backends that turn the optimizer's kernel program into
-//! code — Cranelift JIT for the CPU, Cranelift object files for
-//! ahead-of-time binaries, CUDA C compiled by NVRTC for NVIDIA GPUs.
-//!
-//! Role (being built): each backend is a thin implementation of one trait
-//! over the kernel program. Until the first backend lands, sessions run on
-//! the reference interpreter in `kiln-graph`.
+//! code — today the Cranelift JIT for the CPU (`cpu`); Cranelift object
+//! files for ahead-of-time binaries and CUDA C through NVRTC follow the
+//! same shape: compile a [`KernelProgram`] once, then run it many times.
 //!
 //! Architecture invariant: backends know nothing of sessions, feeds or files.
+#![warn(missing_docs)]
 
+pub mod cpu;
+pub mod error;
+
+pub use error::{Error, Result};
 pub use kiln_optimizer as optimizer;
+
+use std::collections::HashMap;
+
+use kiln_graph::Array;
+use kiln_optimizer::KernelProgram;
+
+/// A backend: compiles a kernel program into something that runs it.
+pub trait Backend {
+    /// The compiled program.
+    type Executable: Executable;
+    /// Compiles `program`.
+    fn compile(&self, program: &KernelProgram) -> Result<Self::Executable>;
+}
+
+/// A compiled kernel program.
+pub trait Executable {
+    /// Runs with placeholder values and variable states by name; returns the
+    /// fetched values and commits assignments to `variables`.
+    fn run(
+        &mut self,
+        inputs: &HashMap<&str, &Array>,
+        variables: &mut HashMap<String, Array>,
+    ) -> Result<Vec<Array>>;
+}

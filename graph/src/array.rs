@@ -348,6 +348,31 @@ impl Array {
         }
     }
 
+    /// A pointer to the first element's bytes (for compiled code; the
+    /// elements are little-endian, bools one byte of 0 or 1).
+    pub fn as_ptr(&self) -> *const u8 {
+        match &self.data {
+            Data::F32(v) => v.as_ptr() as *const u8,
+            Data::F64(v) => v.as_ptr() as *const u8,
+            Data::I32(v) => v.as_ptr() as *const u8,
+            Data::I64(v) => v.as_ptr() as *const u8,
+            Data::Bool(v) => v.as_ptr() as *const u8,
+        }
+    }
+
+    /// A mutable pointer to the first element's bytes (see [`Array::as_ptr`]).
+    /// Compiled code may write any value of the dtype through it; bools must
+    /// be written as 0 or 1.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        match &mut self.data {
+            Data::F32(v) => v.as_mut_ptr() as *mut u8,
+            Data::F64(v) => v.as_mut_ptr() as *mut u8,
+            Data::I32(v) => v.as_mut_ptr() as *mut u8,
+            Data::I64(v) => v.as_mut_ptr() as *mut u8,
+            Data::Bool(v) => v.as_mut_ptr() as *mut u8,
+        }
+    }
+
     /// Element `i` (row-major).
     ///
     /// Panics if `i` is out of range.

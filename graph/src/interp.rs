@@ -27,10 +27,10 @@ pub struct RunOutput {
 /// Inputs of one run: fed placeholder values, current variable values and
 /// the sizes of symbolic dims.
 pub struct RunInputs<'a> {
-    /// Values of placeholders.
-    pub feeds: &'a HashMap<NodeId, Array>,
-    /// Current values of variables.
-    pub variables: &'a HashMap<NodeId, Array>,
+    /// Values of placeholders, by placeholder name.
+    pub feeds: &'a HashMap<&'a str, &'a Array>,
+    /// Current values of variables, by variable name.
+    pub variables: &'a HashMap<String, Array>,
     /// Sizes of symbolic dims.
     pub bindings: &'a Bindings,
 }
@@ -62,15 +62,15 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
         }
         let value: Cow<'_, Array> = match &node.op {
             Op::Placeholder { .. } => Cow::Borrowed(
-                inputs
+                *inputs
                     .feeds
-                    .get(&id)
+                    .get(node.name.as_str())
                     .ok_or_else(|| eval_err("placeholder was not fed".into()))?,
             ),
             Op::Variable { .. } => Cow::Borrowed(
                 inputs
                     .variables
-                    .get(&id)
+                    .get(&node.name)
                     .ok_or_else(|| eval_err("variable has no value in this session".into()))?,
             ),
             Op::Constant { value } => Cow::Borrowed(&*value.0),

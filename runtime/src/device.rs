@@ -5,21 +5,25 @@ use std::str::FromStr;
 
 /// Where a [`crate::Session`] executes its graph.
 ///
-/// Today every session runs on the reference interpreter; compiled backends
-/// (`Cpu` through Cranelift, `Cuda(n)` through cudarc) are added as variants
-/// here, and the session API stays the same.
+/// `Cpu` compiles the graph (optimizer passes, fusion, memory planning,
+/// Cranelift JIT) the first time each fetch set and feed shape is run;
+/// `Reference` interprets it op by op. `Cuda(n)` will join them, with the
+/// same session API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Device {
     /// The reference interpreter: slow, simple, the definition of every op.
-    #[default]
     Reference,
+    /// JIT-compiled machine code for the host CPU.
+    #[default]
+    Cpu,
 }
 
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Reference => f.write_str("reference"),
+            Device::Cpu => f.write_str("cpu"),
         }
     }
 }
@@ -29,9 +33,10 @@ impl FromStr for Device {
     fn from_str(s: &str) -> crate::Result<Device> {
         match s {
             "reference" | "ref" => Ok(Device::Reference),
+            "cpu" => Ok(Device::Cpu),
             other => Err(crate::Error::Device {
                 device: other.into(),
-                reason: "unknown device; available: reference".into(),
+                reason: "unknown device; available: cpu, reference".into(),
             }),
         }
     }

@@ -48,6 +48,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The optimizer could not compile the graph.
+    #[error(transparent)]
+    Optimizer(#[from] kiln_optimizer::Error),
+    /// A backend could not compile or run the program.
+    #[error(transparent)]
+    Backend(#[from] kiln_codegen::Error),
     /// The requested device is not available here.
     #[error("device {device}: {reason}")]
     Device {

@@ -36,7 +36,7 @@ enum Command {
         #[arg(short, long = "fetch", value_name = "NAME")]
         fetches: Vec<String>,
         /// Device to run on.
-        #[arg(long, default_value = "reference")]
+        #[arg(long, default_value = "cpu")]
         device: String,
     },
     /// Print a model's nodes, inputs, outputs and parameter count.

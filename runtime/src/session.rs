@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 
+use kiln_codegen::cpu::{CpuBackend, CpuExecutable};
+use kiln_codegen::{Backend, Executable};
 use kiln_graph::interp::{self, RunInputs};
 use kiln_graph::{Array, Bindings, Dim, Graph, NodeId, Op};
+use kiln_optimizer::CompileOptions;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -13,11 +16,14 @@ use crate::error::{Error, Result};
 ///
 /// The session keeps its own copy of the graph: adding nodes to the builder
 /// afterwards cannot change what it runs. Variables are initialized when the
-/// session is created, so no run can see an uninitialized variable.
+/// session is created, so no run can see an uninitialized variable. On a
+/// compiling device, the first run for each set of fetches and each
+/// concrete shape of the feeds compiles a program, which later runs reuse.
 pub struct Session {
     graph: Graph,
     device: Device,
-    variables: HashMap<NodeId, Array>,
+    variables: HashMap<String, Array>,
+    compiled: HashMap<(Vec<NodeId>, Bindings), CpuExecutable>,
 }
 
 impl Session {
@@ -27,13 +33,14 @@ impl Session {
         let mut variables = HashMap::new();
         for v in graph.variables() {
             if let Op::Variable { init } = &graph.node(v).op {
-                variables.insert(v, (*init.0).clone());
+                variables.insert(graph.node(v).name.clone(), (*init.0).clone());
             }
         }
         Ok(Session {
             graph,
             device,
             variables,
+            compiled: HashMap::new(),
         })
     }
 
@@ -45,6 +52,11 @@ impl Session {
     /// The device.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Number of programs compiled so far (one per fetch set and shape).
+    pub fn compiled_programs(&self) -> usize {
+        self.compiled.len()
     }
 
     /// Runs the part of the graph `fetches` need and returns their values, in
@@ -61,23 +73,42 @@ impl Session {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let (feed_map, bindings) = self.check_feeds(feeds)?;
-        self.check_needed_feeds(&fetch_ids, fetches, &feed_map)?;
-        let out = match self.device {
-            Device::Reference => interp::run(
-                &self.graph,
-                &RunInputs {
-                    feeds: &feed_map,
-                    variables: &self.variables,
-                    bindings: &bindings,
-                },
-                &fetch_ids,
-            )?,
-        };
-        for (var, value) in out.updates {
-            self.variables.insert(var, value);
+        let bindings = self.check_feeds(feeds)?;
+        self.check_needed_feeds(&fetch_ids, fetches, feeds)?;
+        let feed_map: HashMap<&str, &Array> = feeds.iter().copied().collect();
+        match self.device {
+            Device::Reference => {
+                let out = interp::run(
+                    &self.graph,
+                    &RunInputs {
+                        feeds: &feed_map,
+                        variables: &self.variables,
+                        bindings: &bindings,
+                    },
+                    &fetch_ids,
+                )?;
+                for (var, value) in out.updates {
+                    self.variables
+                        .insert(self.graph.node(var).name.clone(), value);
+                }
+                Ok(out.fetched)
+            }
+            Device::Cpu => {
+                let key = (fetch_ids, bindings);
+                if !self.compiled.contains_key(&key) {
+                    let compiled = kiln_optimizer::compile(
+                        &self.graph,
+                        &key.0,
+                        &key.1,
+                        &CompileOptions::default(),
+                    )?;
+                    let exe = CpuBackend.compile(&compiled.program)?;
+                    self.compiled.insert(key.clone(), exe);
+                }
+                let exe = self.compiled.get_mut(&key).expect("compiled above");
+                Ok(exe.run(&feed_map, &mut self.variables)?)
+            }
         }
-        Ok(out.fetched)
     }
 
     /// Runs and returns the graph's declared outputs.
@@ -93,8 +124,8 @@ impl Session {
         Ok(names.into_iter().zip(values).collect())
     }
 
-    fn check_feeds(&self, feeds: &[(&str, &Array)]) -> Result<(HashMap<NodeId, Array>, Bindings)> {
-        let mut map = HashMap::with_capacity(feeds.len());
+    fn check_feeds(&self, feeds: &[(&str, &Array)]) -> Result<Bindings> {
+        let mut seen: Vec<NodeId> = Vec::with_capacity(feeds.len());
         let mut bindings = Bindings::new();
         let mut bound_by: HashMap<String, String> = HashMap::new();
         for &(name, value) in feeds {
@@ -113,9 +144,10 @@ impl Session {
                     node.op.name()
                 )));
             };
-            if map.contains_key(&id) {
+            if seen.contains(&id) {
                 return Err(err("fed more than once".into()));
             }
+            seen.push(id);
             if value.dtype() != *dtype {
                 return Err(err(format!(
                     "expected {}, got {}{:?}",
@@ -157,21 +189,22 @@ impl Session {
                     Dim::Fixed(_) => {}
                 }
             }
-            map.insert(id, value.clone());
         }
-        Ok((map, bindings))
+        Ok(bindings)
     }
 
     fn check_needed_feeds(
         &self,
         fetch_ids: &[NodeId],
         fetches: &[&str],
-        feeds: &HashMap<NodeId, Array>,
+        feeds: &[(&str, &Array)],
     ) -> Result<()> {
         for (&f, &fname) in fetch_ids.iter().zip(fetches) {
             for n in self.graph.ancestors(&[f]) {
                 let node = self.graph.node(n);
-                if matches!(node.op, Op::Placeholder { .. }) && !feeds.contains_key(&n) {
+                if matches!(node.op, Op::Placeholder { .. })
+                    && !feeds.iter().any(|(name, _)| *name == node.name)
+                {
                     return Err(Error::Feed {
                         name: node.name.clone(),
                         reason: format!(
@@ -187,8 +220,8 @@ impl Session {
 
     /// The current value of variable `name`.
     pub fn variable(&self, name: &str) -> Result<&Array> {
-        let id = self.variable_id(name)?;
-        Ok(&self.variables[&id])
+        self.variable_id(name)?;
+        Ok(&self.variables[name])
     }
 
     /// Sets variable `name`; the value must have the variable's type.
@@ -201,7 +234,7 @@ impl Session {
                 reason: format!("expected {ty}, got {}{:?}", value.dtype(), value.shape()),
             });
         }
-        self.variables.insert(id, value);
+        self.variables.insert(name.into(), value);
         Ok(())
     }
 
@@ -226,8 +259,9 @@ impl Session {
     /// value: what to save after training.
     pub fn export_graph(&self) -> Result<Graph> {
         let mut g = self.graph.clone();
-        for (&id, value) in &self.variables {
-            g.set_weight(id, value.clone())?;
+        for v in g.variables() {
+            let name = g.node(v).name.clone();
+            g.set_weight(v, self.variables[&name].clone())?;
         }
         Ok(g)
     }

@@ -61,29 +61,43 @@ fn run_shipped_example_and_write_outputs() {
 }
 
 #[test]
-fn run_matches_the_library() {
+fn run_matches_the_library_on_each_device() {
     let graph = kiln::graph::Graph::load(repo().join("examples/mlp.kiln")).unwrap();
     let x = kiln::npy::read(repo().join("examples/digit.npy")).unwrap();
-    let mut s = kiln::Session::new(&graph, kiln::Device::Reference).unwrap();
-    let want = s.run(&[("x", &x)], &["probs"]).unwrap().remove(0);
-    let out_dir = temp_dir("lib");
-    let o = kiln(&[
-        "run",
-        "examples/mlp.kiln",
-        "-i",
-        "x=examples/digit.npy",
-        "-o",
-        out_dir.to_str().unwrap(),
-        "--fetch",
-        "probs",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(kiln::npy::read(out_dir.join("probs.npy")).unwrap(), want);
-    assert!(
-        !out_dir.join("class.npy").exists(),
-        "only the fetched node is written"
-    );
-    std::fs::remove_dir_all(&out_dir).ok();
+    for device in [kiln::Device::Cpu, kiln::Device::Reference] {
+        let mut s = kiln::Session::new(&graph, device).unwrap();
+        let want = s.run(&[("x", &x)], &["probs"]).unwrap().remove(0);
+        let out_dir = temp_dir(&format!("lib-{device}"));
+        let dev = device.to_string();
+        let o = kiln(&[
+            "run",
+            "examples/mlp.kiln",
+            "-i",
+            "x=examples/digit.npy",
+            "-o",
+            out_dir.to_str().unwrap(),
+            "--fetch",
+            "probs",
+            "--device",
+            &dev,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&format!("on {device}")),
+            "{}",
+            stdout(&o)
+        );
+        assert_eq!(
+            kiln::npy::read(out_dir.join("probs.npy")).unwrap(),
+            want,
+            "{device}"
+        );
+        assert!(
+            !out_dir.join("class.npy").exists(),
+            "only the fetched node is written"
+        );
+        std::fs::remove_dir_all(&out_dir).ok();
+    }
 }
 
 #[test]
@@ -171,7 +185,7 @@ fn bad_inputs_give_clear_errors_and_exit_1() {
                 "--device".into(),
                 "tpu".into(),
             ],
-            "device tpu: unknown device",
+            "device tpu: unknown device; available: cpu, reference",
         ),
         (
             vec![

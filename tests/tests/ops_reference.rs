@@ -117,7 +117,7 @@ fn parse_array(v: &Value) -> Array {
 // ---------------------------------------------------------------- running
 
 /// Runs one case; `Err` is a build or run error, as text.
-fn run_case(case: &Value, inputs: &[Array]) -> Result<Array, String> {
+fn run_case(case: &Value, inputs: &[Array], device: Device) -> Result<Array, String> {
     let feeds_names: Vec<String> = (0..inputs.len()).map(|i| format!("in{i}")).collect();
     let graph = if let Some(op_json) = case.get("op") {
         let op: Op = serde_json::from_value(op_json.clone())
@@ -145,7 +145,7 @@ fn run_case(case: &Value, inputs: &[Array]) -> Result<Array, String> {
     } else {
         build_layer(case, inputs).map_err(|e| format!("build: {e}"))?
     };
-    let mut sess = Session::new(&graph, Device::Reference).map_err(|e| e.to_string())?;
+    let mut sess = Session::new(&graph, device).map_err(|e| e.to_string())?;
     let feeds: Vec<(&str, &Array)> = feeds_names.iter().map(String::as_str).zip(inputs).collect();
     let mut out = sess
         .run(&feeds, &["out"])
@@ -263,7 +263,7 @@ fn first_diff<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
 }
 
 /// Runs and checks one case; `Err` describes the failure.
-fn check_case(case: &Value) -> Result<(), String> {
+fn check_case(case: &Value, device: Device) -> Result<(), String> {
     let inputs: Vec<Array> = case["inputs"]
         .as_array()
         .expect("inputs")
@@ -273,8 +273,8 @@ fn check_case(case: &Value) -> Result<(), String> {
     let want = parse_array(&case["expected"]);
     let rtol = case["rtol"].as_f64().expect("rtol");
     let atol = case["atol"].as_f64().expect("atol");
-    let got = run_case(case, &inputs)?;
-    compare(&got, &want, rtol, atol)
+    let got = run_case(case, &inputs, device)?;
+    compare(&got, &want, rtol, atol).map_err(|e| format!("on {device}: {e}"))
 }
 
 /// Runs every case of `family` and fails listing each failing case.
@@ -288,8 +288,13 @@ fn run_family(family: &str) {
     for case in cases().iter().filter(|c| c["family"] == family) {
         n += 1;
         let name = case_name(case);
-        let result = std::panic::catch_unwind(|| check_case(case))
-            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_text(&p))));
+        // Every case runs on the reference interpreter and on the CPU backend.
+        let result = [Device::Reference, Device::Cpu]
+            .into_iter()
+            .try_for_each(|d| {
+                std::panic::catch_unwind(|| check_case(case, d))
+                    .unwrap_or_else(|p| Err(format!("panicked on {d}: {}", panic_text(&p))))
+            });
         match (result, case.get("known_bug").and_then(Value::as_str)) {
             (Ok(()), None) => {}
             (Ok(()), Some(_)) => {

@@ -1,0 +1,895 @@
+//! Lowering element programs, reductions and epilogues to Cranelift IR.
+//!
+//! Every compiled kernel is `extern "C" fn(buffers: *const *mut u8)`: the
+//! table holds each buffer's base address, indexed by `BufferId`. Loop nests
+//! run over the kernel's loop shape in row-major order; index expressions
+//! become integer arithmetic; masked loads branch around the access.
+
+use std::collections::HashMap;
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, Function, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
+};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+
+use kiln_graph::{ArgOp, BinaryOp, DType, ReduceOp, Scalar, UnaryOp};
+use kiln_optimizer::index::{Atom, Index};
+use kiln_optimizer::kernel::{
+    Access, BufferId, Cond, ElementProgram, Instr, KernelProgram, ReduceKind,
+};
+
+use super::support;
+use crate::error::{Error, Result};
+
+/// A compiled kernel entry point.
+pub(crate) type KernelFn = unsafe extern "C" fn(*const *mut u8);
+
+fn cl(dtype: DType) -> Type {
+    match dtype {
+        DType::F32 => types::F32,
+        DType::F64 => types::F64,
+        DType::I32 => types::I32,
+        DType::I64 => types::I64,
+        DType::Bool => types::I8,
+    }
+}
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// The JIT module and the functions compiled into it.
+pub(crate) struct Jit {
+    module: JITModule,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    imports: HashMap<&'static str, FuncId>,
+    count: usize,
+}
+
+/// What a loop body needs to know to compute one element.
+pub(crate) enum Body<'a> {
+    /// `out[i] = program(i)` over `shape`; with `acc_from_out`, `Acc` is the
+    /// element already in `out` (an epilogue applied in place).
+    Elementwise {
+        out: BufferId,
+        shape: &'a [usize],
+        inputs: &'a [Access],
+        program: &'a ElementProgram,
+        acc_from_out: bool,
+    },
+    /// A reduction with an optional row map.
+    Reduce {
+        out: Option<BufferId>,
+        shape: &'a [usize],
+        axes: &'a [usize],
+        kind: ReduceKind,
+        inputs: &'a [Access],
+        body: &'a ElementProgram,
+        map: Option<(BufferId, &'a ElementProgram)>,
+    },
+}
+
+impl Jit {
+    pub(crate) fn new() -> Result<Jit> {
+        let host = |e: String| Error::Host(e);
+        let mut fb = settings::builder();
+        fb.set("opt_level", "speed")
+            .map_err(|e| host(e.to_string()))?;
+        fb.set("use_colocated_libcalls", "false")
+            .map_err(|e| host(e.to_string()))?;
+        fb.set("is_pic", "false").map_err(|e| host(e.to_string()))?;
+        let isa = cranelift_native::builder()
+            .map_err(|e| host(e.to_string()))?
+            .finish(settings::Flags::new(fb))
+            .map_err(|e| host(e.to_string()))?;
+        let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+        for (name, ptr) in support::symbols() {
+            jb.symbol(name, ptr);
+        }
+        let module = JITModule::new(jb);
+        let ctx = module.make_context();
+        Ok(Jit {
+            module,
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            imports: HashMap::new(),
+            count: 0,
+        })
+    }
+
+    fn import(&mut self, name: &'static str, params: &[Type], ret: Type) -> Result<FuncId> {
+        if let Some(&id) = self.imports.get(name) {
+            return Ok(id);
+        }
+        let mut sig = self.module.make_signature();
+        sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+        sig.returns.push(AbiParam::new(ret));
+        let id = self
+            .module
+            .declare_function(name, Linkage::Import, &sig)
+            .map_err(|e| Error::Codegen {
+                kernel: usize::MAX,
+                reason: e.to_string(),
+            })?;
+        self.imports.insert(name, id);
+        Ok(id)
+    }
+
+    /// Compiles one kernel body into a new function.
+    pub(crate) fn compile(
+        &mut self,
+        prog: &KernelProgram,
+        body: &Body<'_>,
+        kernel: usize,
+    ) -> Result<FuncId> {
+        let err = |e: String| Error::Codegen { kernel, reason: e };
+        // Support functions the body may call.
+        let mut funcs = HashMap::new();
+        for (name, params, ret) in [
+            ("kiln_unary_f32", vec![types::I32, types::F32], types::F32),
+            ("kiln_unary_f64", vec![types::I32, types::F64], types::F64),
+            ("kiln_pow_f32", vec![types::F32, types::F32], types::F32),
+            ("kiln_pow_f64", vec![types::F64, types::F64], types::F64),
+            ("kiln_pow_i32", vec![types::I32, types::I32], types::I32),
+            ("kiln_pow_i64", vec![types::I64, types::I64], types::I64),
+            (
+                "kiln_random_f32",
+                vec![types::I32, types::I64, types::F64, types::F64, types::I64],
+                types::F32,
+            ),
+            (
+                "kiln_random_f64",
+                vec![types::I32, types::I64, types::F64, types::F64, types::I64],
+                types::F64,
+            ),
+        ] {
+            funcs.insert(name, self.import(name, &params, ret)?);
+        }
+        let ptr = self.module.target_config().pointer_type();
+        let mut sig = self.module.make_signature();
+        sig.params.push(AbiParam::new(ptr));
+        let name = format!("kernel_{}", self.count);
+        self.count += 1;
+        let id = self
+            .module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(|e| err(e.to_string()))?;
+        self.ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let table = b.block_params(entry)[0];
+            let mut refs = HashMap::new();
+            for (name, fid) in &funcs {
+                refs.insert(*name, self.module.declare_func_in_func(*fid, b.func));
+            }
+            let mut e = Emitter {
+                b,
+                prog,
+                table,
+                ptr,
+                bases: HashMap::new(),
+                funcs: refs,
+                loop_vars: Vec::new(),
+            };
+            e.body(body)?;
+            e.b.ins().return_(&[]);
+            e.b.seal_all_blocks();
+            e.b.finalize(self.module.target_config());
+        }
+        self.module
+            .define_function(id, &mut self.ctx)
+            .map_err(|e| err(format!("{e:?}")))?;
+        self.module.clear_context(&mut self.ctx);
+        Ok(id)
+    }
+
+    /// Finishes compilation; afterwards [`Jit::function`] gives entry points.
+    pub(crate) fn finalize(&mut self) -> Result<()> {
+        self.module
+            .finalize_definitions()
+            .map_err(|e| Error::Codegen {
+                kernel: usize::MAX,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The entry point of a compiled kernel (after [`Jit::finalize`]).
+    pub(crate) fn function(&self, id: FuncId) -> KernelFn {
+        let p = self.module.get_finalized_function(id);
+        // SAFETY: every function compiled here has the signature `fn(*const *mut u8)`.
+        unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }
+    }
+}
+
+struct Emitter<'a, 'b> {
+    b: FunctionBuilder<'b>,
+    prog: &'a KernelProgram,
+    table: Value,
+    ptr: Type,
+    bases: HashMap<BufferId, Value>,
+    funcs: HashMap<&'static str, cranelift_codegen::ir::FuncRef>,
+    loop_vars: Vec<Variable>,
+}
+
+impl Emitter<'_, '_> {
+    fn err(&self, reason: String) -> Error {
+        Error::Codegen {
+            kernel: usize::MAX,
+            reason,
+        }
+    }
+
+    /// The base address of buffer `id`. Kernels load every base they use in
+    /// the entry block (see `preload_bases`), so later calls hit the cache.
+    fn base(&mut self, id: BufferId) -> Value {
+        if let Some(&v) = self.bases.get(&id) {
+            return v;
+        }
+        let v = self.b.ins().load(
+            self.ptr,
+            flags(),
+            self.table,
+            (id.0 * self.ptr.bytes() as usize) as i32,
+        );
+        self.bases.insert(id, v);
+        v
+    }
+
+    fn iconst(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(types::I64, v)
+    }
+
+    /// Evaluates an index expression as an i64.
+    fn index(&mut self, e: &Index, idx: &[Value]) -> Value {
+        let mut acc = self.iconst(e.constant);
+        for (c, a) in &e.terms {
+            let v = match a {
+                Atom::Var(d) => idx[*d],
+                Atom::Div(inner, k) => {
+                    let x = self.index(inner, idx);
+                    let (q, r) = (
+                        self.b.ins().sdiv_imm_s(x, *k),
+                        self.b.ins().srem_imm_s(x, *k),
+                    );
+                    let neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
+                    let one = self.b.ins().uextend(types::I64, neg);
+                    self.b.ins().isub(q, one)
+                }
+                Atom::Mod(inner, k) => {
+                    let x = self.index(inner, idx);
+                    let r = self.b.ins().srem_imm_s(x, *k);
+                    let neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
+                    let kk = self.iconst(*k);
+                    let zero = self.iconst(0);
+                    let add = self.b.ins().select(neg, kk, zero);
+                    self.b.ins().iadd(r, add)
+                }
+            };
+            let t = self.b.ins().imul_imm_s(v, *c);
+            acc = self.b.ins().iadd(acc, t);
+        }
+        acc
+    }
+
+    fn conds(&mut self, conds: &[Cond], idx: &[Value]) -> Value {
+        let mut ok = self.b.ins().iconst(types::I8, 1);
+        for c in conds {
+            let v = self.index(&c.expr, idx);
+            let lo = self
+                .b
+                .ins()
+                .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, v, c.lo);
+            let hi = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, v, c.hi);
+            let both = self.b.ins().band(lo, hi);
+            ok = self.b.ins().band(ok, both);
+        }
+        ok
+    }
+
+    fn address(&mut self, buf: BufferId, offset: Value) -> Value {
+        let size = self.prog.buffer(buf).dtype.size_bytes() as i64;
+        let base = self.base(buf);
+        let bytes = self.b.ins().imul_imm_s(offset, size);
+        self.b.ins().iadd(base, bytes)
+    }
+
+    fn zero(&mut self, dtype: DType) -> Value {
+        self.constant(Scalar::from_f64(dtype, 0.0))
+    }
+
+    fn constant(&mut self, s: Scalar) -> Value {
+        match s {
+            Scalar::F32(v) => self.b.ins().f32const(v),
+            Scalar::F64(v) => self.b.ins().f64const(v),
+            Scalar::I32(v) => self.b.ins().iconst(types::I32, v as i64),
+            Scalar::I64(v) => self.b.ins().iconst(types::I64, v),
+            Scalar::Bool(v) => self.b.ins().iconst(types::I8, v as i64),
+        }
+    }
+
+    fn load(&mut self, a: &Access, idx: &[Value]) -> Value {
+        let dtype = self.prog.buffer(a.buffer).dtype;
+        let ty = cl(dtype);
+        if a.mask.is_empty() {
+            let off = self.index(&a.offset, idx);
+            let addr = self.address(a.buffer, off);
+            return self.b.ins().load(ty, flags(), addr, 0);
+        }
+        let ok = self.conds(&a.mask, idx);
+        let var = self.b.declare_var(ty);
+        let z = self.zero(dtype);
+        self.b.def_var(var, z);
+        let (then, merge) = (self.b.create_block(), self.b.create_block());
+        self.b.ins().brif(ok, then, &[], merge, &[]);
+        self.b.switch_to_block(then);
+        let off = self.index(&a.offset, idx);
+        let addr = self.address(a.buffer, off);
+        let v = self.b.ins().load(ty, flags(), addr, 0);
+        self.b.def_var(var, v);
+        self.b.ins().jump(merge, &[]);
+        self.b.switch_to_block(merge);
+        self.b.use_var(var)
+    }
+
+    fn call(&mut self, name: &'static str, args: &[Value]) -> Value {
+        let f = self.funcs[name];
+        let inst = self.b.ins().call(f, args);
+        self.b.inst_results(inst)[0]
+    }
+
+    fn value_dtype(&self, ty: Type) -> DType {
+        match ty {
+            types::F32 => DType::F32,
+            types::F64 => DType::F64,
+            types::I32 => DType::I32,
+            types::I64 => DType::I64,
+            _ => DType::Bool,
+        }
+    }
+
+    fn unary(&mut self, f: UnaryOp, x: Value) -> Value {
+        let ty = self.b.func.dfg.value_type(x);
+        if ty.is_float() {
+            let one = if ty == types::F32 {
+                self.b.ins().f32const(1.0)
+            } else {
+                self.b.ins().f64const(1.0)
+            };
+            return match f {
+                UnaryOp::Neg => self.b.ins().fneg(x),
+                UnaryOp::Abs => self.b.ins().fabs(x),
+                UnaryOp::Sqrt => self.b.ins().sqrt(x),
+                UnaryOp::Recip => self.b.ins().fdiv(one, x),
+                UnaryOp::Floor => self.b.ins().floor(x),
+                UnaryOp::Ceil => self.b.ins().ceil(x),
+                UnaryOp::Round => self.b.ins().nearest(x),
+                UnaryOp::Sign => {
+                    let zero = if ty == types::F32 {
+                        self.b.ins().f32const(0.0)
+                    } else {
+                        self.b.ins().f64const(0.0)
+                    };
+                    let m1 = self.b.ins().fneg(one);
+                    let gt = self.b.ins().fcmp(FloatCC::GreaterThan, x, zero);
+                    let lt = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
+                    let neg_or_x = self.b.ins().select(lt, m1, x);
+                    self.b.ins().select(gt, one, neg_or_x)
+                }
+                _ => {
+                    let code = support::CALLED_UNARY
+                        .iter()
+                        .position(|&u| u == f)
+                        .expect("every other float unary op is called")
+                        as i64;
+                    let c = self.b.ins().iconst(types::I32, code);
+                    self.call(
+                        if ty == types::F32 {
+                            "kiln_unary_f32"
+                        } else {
+                            "kiln_unary_f64"
+                        },
+                        &[c, x],
+                    )
+                }
+            };
+        }
+        match f {
+            UnaryOp::Not => self.b.ins().bxor_imm_s(x, 1),
+            UnaryOp::Neg => self.b.ins().ineg(x),
+            UnaryOp::Abs => self.b.ins().iabs(x),
+            _ => {
+                let zero = self.b.ins().iconst(ty, 0);
+                let one = self.b.ins().iconst(ty, 1);
+                let m1 = self.b.ins().iconst(ty, -1);
+                let gt = self.b.ins().icmp(IntCC::SignedGreaterThan, x, zero);
+                let lt = self.b.ins().icmp(IntCC::SignedLessThan, x, zero);
+                let neg_or_zero = self.b.ins().select(lt, m1, zero);
+                self.b.ins().select(gt, one, neg_or_zero)
+            }
+        }
+    }
+
+    fn binary(&mut self, f: BinaryOp, a: Value, b: Value) -> Value {
+        let ty = self.b.func.dfg.value_type(a);
+        if f.is_comparison() {
+            if ty.is_float() {
+                let cc = match f {
+                    BinaryOp::Eq => FloatCC::Equal,
+                    BinaryOp::Ne => FloatCC::NotEqual,
+                    BinaryOp::Lt => FloatCC::LessThan,
+                    BinaryOp::Le => FloatCC::LessThanOrEqual,
+                    BinaryOp::Gt => FloatCC::GreaterThan,
+                    _ => FloatCC::GreaterThanOrEqual,
+                };
+                return self.b.ins().fcmp(cc, a, b);
+            }
+            // Bools compare as unsigned (false < true), integers as signed.
+            let signed = ty != types::I8;
+            let cc = match (f, signed) {
+                (BinaryOp::Eq, _) => IntCC::Equal,
+                (BinaryOp::Ne, _) => IntCC::NotEqual,
+                (BinaryOp::Lt, true) => IntCC::SignedLessThan,
+                (BinaryOp::Le, true) => IntCC::SignedLessThanOrEqual,
+                (BinaryOp::Gt, true) => IntCC::SignedGreaterThan,
+                (BinaryOp::Ge, true) => IntCC::SignedGreaterThanOrEqual,
+                (BinaryOp::Lt, false) => IntCC::UnsignedLessThan,
+                (BinaryOp::Le, false) => IntCC::UnsignedLessThanOrEqual,
+                (BinaryOp::Gt, false) => IntCC::UnsignedGreaterThan,
+                _ => IntCC::UnsignedGreaterThanOrEqual,
+            };
+            return self.b.ins().icmp(cc, a, b);
+        }
+        if ty.is_float() {
+            return match f {
+                BinaryOp::Add => self.b.ins().fadd(a, b),
+                BinaryOp::Sub => self.b.ins().fsub(a, b),
+                BinaryOp::Mul => self.b.ins().fmul(a, b),
+                BinaryOp::Div => self.b.ins().fdiv(a, b),
+                BinaryOp::Max => self.b.ins().fmax(a, b),
+                BinaryOp::Min => self.b.ins().fmin(a, b),
+                _ => self.call(
+                    if ty == types::F32 {
+                        "kiln_pow_f32"
+                    } else {
+                        "kiln_pow_f64"
+                    },
+                    &[a, b],
+                ),
+            };
+        }
+        match f {
+            BinaryOp::Add => self.b.ins().iadd(a, b),
+            BinaryOp::Sub => self.b.ins().isub(a, b),
+            BinaryOp::Mul => self.b.ins().imul(a, b),
+            BinaryOp::Max => self.b.ins().smax(a, b),
+            BinaryOp::Min => self.b.ins().smin(a, b),
+            BinaryOp::And => self.b.ins().band(a, b),
+            BinaryOp::Or => self.b.ins().bor(a, b),
+            BinaryOp::Xor => self.b.ins().bxor(a, b),
+            BinaryOp::Div => {
+                // x / 0 = 0 and MIN / -1 = MIN (wrapping), without trapping.
+                let zero = self.b.ins().iconst(ty, 0);
+                let one = self.b.ins().iconst(ty, 1);
+                let is0 = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+                let is_m1 = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
+                let special = self.b.ins().bor(is0, is_m1);
+                let safe = self.b.ins().select(special, one, b);
+                let q = self.b.ins().sdiv(a, safe);
+                let neg = self.b.ins().ineg(a);
+                let q = self.b.ins().select(is_m1, neg, q);
+                self.b.ins().select(is0, zero, q)
+            }
+            _ => self.call(
+                if ty == types::I32 {
+                    "kiln_pow_i32"
+                } else {
+                    "kiln_pow_i64"
+                },
+                &[a, b],
+            ),
+        }
+    }
+
+    fn cast(&mut self, to: DType, x: Value) -> Value {
+        let from = self.value_dtype(self.b.func.dfg.value_type(x));
+        let t = cl(to);
+        if from == to {
+            return x;
+        }
+        match (from, to) {
+            (DType::F32, DType::F64) => self.b.ins().fpromote(t, x),
+            (DType::F64, DType::F32) => self.b.ins().fdemote(t, x),
+            (f, DType::Bool) if f.is_float() => {
+                let z = self.zero(f);
+                self.b.ins().fcmp(FloatCC::NotEqual, x, z)
+            }
+            (_, DType::Bool) => self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0),
+            (f, _) if f.is_float() => self.b.ins().fcvt_to_sint_sat(t, x),
+            (DType::Bool, t2) if t2.is_float() => self.b.ins().fcvt_from_uint(t, x),
+            (DType::Bool, _) => self.b.ins().uextend(t, x),
+            (_, t2) if t2.is_float() => self.b.ins().fcvt_from_sint(t, x),
+            (DType::I32, DType::I64) => self.b.ins().sextend(t, x),
+            _ => self.b.ins().ireduce(t, x),
+        }
+    }
+
+    /// Emits an element program; returns its result.
+    fn program(
+        &mut self,
+        p: &ElementProgram,
+        inputs: &[Access],
+        idx: &[Value],
+        acc: Option<Value>,
+    ) -> Result<Value> {
+        let mut vals: Vec<Value> = Vec::with_capacity(p.instrs.len());
+        for ins in &p.instrs {
+            let v = match ins {
+                Instr::Load(a) => self.load(&inputs[*a], idx),
+                Instr::Const(c) => self.constant(*c),
+                Instr::Unary(f, a) => self.unary(*f, vals[*a]),
+                Instr::Binary(f, a, b) => self.binary(*f, vals[*a], vals[*b]),
+                Instr::Select(c, a, b) => self.b.ins().select(vals[*c], vals[*a], vals[*b]),
+                Instr::Cast(to, a) => self.cast(*to, vals[*a]),
+                Instr::Acc => acc.ok_or_else(|| self.err("Acc outside an epilogue".into()))?,
+                Instr::InBounds(conds) => self.conds(conds, idx),
+                Instr::IndexValue(e, dtype) => {
+                    let i = self.index(e, idx);
+                    self.cast_index(i, *dtype)
+                }
+                Instr::Random {
+                    normal,
+                    seed,
+                    a,
+                    b,
+                    dtype,
+                    index,
+                } => {
+                    let i = self.index(index, idx);
+                    let n = self.b.ins().iconst(types::I32, *normal as i64);
+                    let s = self.b.ins().iconst(types::I64, *seed as i64);
+                    let (fa, fb) = (self.b.ins().f64const(*a), self.b.ins().f64const(*b));
+                    let name = if *dtype == DType::F32 {
+                        "kiln_random_f32"
+                    } else {
+                        "kiln_random_f64"
+                    };
+                    self.call(name, &[n, s, fa, fb, i])
+                }
+            };
+            vals.push(v);
+        }
+        Ok(vals[p.result])
+    }
+
+    fn cast_index(&mut self, i: Value, dtype: DType) -> Value {
+        match dtype {
+            DType::I64 => i,
+            DType::I32 => self.b.ins().ireduce(types::I32, i),
+            DType::Bool => self.b.ins().icmp_imm_s(IntCC::NotEqual, i, 0),
+            d => self.b.ins().fcvt_from_sint(cl(d), i),
+        }
+    }
+
+    /// Emits loops over `dims` (pairs of loop variable and extent, outermost
+    /// first), calling `body` in the innermost block; continues after the nest.
+    fn loops(
+        &mut self,
+        dims: &[(usize, usize)],
+        body: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let Some((&(var, extent), rest)) = dims.split_first() else {
+            return body(self);
+        };
+        let v = self.loop_vars[var];
+        let zero = self.iconst(0);
+        self.b.def_var(v, zero);
+        let (header, inner, exit) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let i = self.b.use_var(v);
+        let c = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedLessThan, i, extent as i64);
+        self.b.ins().brif(c, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        self.loops(rest, body)?;
+        let i = self.b.use_var(v);
+        let next = self.b.ins().iadd_imm_s(i, 1);
+        self.b.def_var(v, next);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    fn idx(&mut self) -> Vec<Value> {
+        let vars = self.loop_vars.clone();
+        vars.into_iter().map(|v| self.b.use_var(v)).collect()
+    }
+
+    fn linear(&mut self, idx: &[Value], strides: &[usize]) -> Value {
+        let mut acc = self.iconst(0);
+        for (&i, &s) in idx.iter().zip(strides) {
+            let t = self.b.ins().imul_imm_s(i, s as i64);
+            acc = self.b.ins().iadd(acc, t);
+        }
+        acc
+    }
+
+    fn store(&mut self, buf: BufferId, offset: Value, v: Value) {
+        let addr = self.address(buf, offset);
+        self.b.ins().store(flags(), v, addr, 0);
+    }
+
+    fn preload_bases(&mut self, inputs: &[Access], extra: &[BufferId]) {
+        for a in inputs {
+            self.base(a.buffer);
+        }
+        for &b in extra {
+            self.base(b);
+        }
+    }
+
+    fn body(&mut self, body: &Body<'_>) -> Result<()> {
+        match *body {
+            Body::Elementwise {
+                out,
+                shape,
+                inputs,
+                program,
+                acc_from_out,
+            } => {
+                self.preload_bases(inputs, &[out]);
+                self.loop_vars = (0..shape.len())
+                    .map(|_| self.b.declare_var(types::I64))
+                    .collect();
+                let strides = kiln_graph::shape::strides(shape);
+                let dims: Vec<(usize, usize)> = shape.iter().copied().enumerate().collect();
+                let dtype = self.prog.buffer(out).dtype;
+                self.loops(&dims, &mut |e| {
+                    let idx = e.idx();
+                    let lin = e.linear(&idx, &strides);
+                    let acc = if acc_from_out {
+                        let addr = e.address(out, lin);
+                        Some(e.b.ins().load(cl(dtype), flags(), addr, 0))
+                    } else {
+                        None
+                    };
+                    let v = e.program(program, inputs, &idx, acc)?;
+                    e.store(out, lin, v);
+                    Ok(())
+                })
+            }
+            Body::Reduce {
+                out,
+                shape,
+                axes,
+                kind,
+                inputs,
+                body,
+                map,
+            } => {
+                let extra: Vec<BufferId> = out.iter().copied().chain(map.map(|m| m.0)).collect();
+                self.preload_bases(inputs, &extra);
+                self.loop_vars = (0..shape.len())
+                    .map(|_| self.b.declare_var(types::I64))
+                    .collect();
+                let kept: Vec<(usize, usize)> = shape
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .filter(|(d, _)| !axes.contains(d))
+                    .collect();
+                let reduced: Vec<(usize, usize)> = shape
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .filter(|(d, _)| axes.contains(d))
+                    .collect();
+                let full_strides = kiln_graph::shape::strides(shape);
+                let rshape: Vec<usize> = shape
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &n)| if axes.contains(&d) { 1 } else { n })
+                    .collect();
+                let rstrides: Vec<usize> = kiln_graph::shape::strides(&rshape)
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &s)| if axes.contains(&d) { 0 } else { s })
+                    .collect();
+                let in_dtype = body_dtype(self.prog, inputs, body);
+                let out_dtype = match kind {
+                    ReduceKind::Arg(_) => DType::I64,
+                    ReduceKind::Value(_) => in_dtype,
+                };
+                let acc_ty = match (kind, in_dtype.is_float()) {
+                    (ReduceKind::Value(_), true) => types::F64,
+                    _ => cl(in_dtype),
+                };
+                let acc_var = self.b.declare_var(acc_ty);
+                let idx_var = self.b.declare_var(types::I64);
+                let started = self.b.declare_var(types::I8);
+                self.loops(&kept, &mut |e| {
+                    // Initialise the accumulator for this output element.
+                    let init = match kind {
+                        ReduceKind::Value(f) => reduce_init(e, f, acc_ty),
+                        ReduceKind::Arg(_) => e.zero(in_dtype),
+                    };
+                    e.b.def_var(acc_var, init);
+                    let z = e.iconst(0);
+                    e.b.def_var(idx_var, z);
+                    let f = e.b.ins().iconst(types::I8, 0);
+                    e.b.def_var(started, f);
+                    e.loops(&reduced, &mut |e| {
+                        let idx = e.idx();
+                        let v = e.program(body, inputs, &idx, None)?;
+                        let acc = e.b.use_var(acc_var);
+                        match kind {
+                            ReduceKind::Value(f) => {
+                                let v = if acc_ty == types::F64 && in_dtype == DType::F32 {
+                                    e.b.ins().fpromote(types::F64, v)
+                                } else {
+                                    v
+                                };
+                                let next = reduce_step(e, f, acc, v, acc_ty);
+                                e.b.def_var(acc_var, next);
+                            }
+                            ReduceKind::Arg(f) => {
+                                // First index of the extreme; a NaN wins and stays.
+                                let k = idx[reduced[0].0];
+                                let st = e.b.use_var(started);
+                                let (acc_nan, v_nan) = if in_dtype.is_float() {
+                                    (
+                                        e.b.ins().fcmp(FloatCC::Unordered, acc, acc),
+                                        e.b.ins().fcmp(FloatCC::Unordered, v, v),
+                                    )
+                                } else {
+                                    let f0 = e.b.ins().iconst(types::I8, 0);
+                                    (f0, f0)
+                                };
+                                let better = match (f, in_dtype.is_float()) {
+                                    (ArgOp::ArgMax, true) => {
+                                        e.b.ins().fcmp(FloatCC::GreaterThan, v, acc)
+                                    }
+                                    (ArgOp::ArgMin, true) => {
+                                        e.b.ins().fcmp(FloatCC::LessThan, v, acc)
+                                    }
+                                    (ArgOp::ArgMax, false) => {
+                                        e.b.ins().icmp(IntCC::SignedGreaterThan, v, acc)
+                                    }
+                                    (ArgOp::ArgMin, false) => {
+                                        e.b.ins().icmp(IntCC::SignedLessThan, v, acc)
+                                    }
+                                };
+                                let better = e.b.ins().bor(better, v_nan);
+                                let not_nan = e.b.ins().bxor_imm_s(acc_nan, 1);
+                                let better = e.b.ins().band(better, not_nan);
+                                let first = e.b.ins().bxor_imm_s(st, 1);
+                                let upd = e.b.ins().bor(first, better);
+                                let nacc = e.b.ins().select(upd, v, acc);
+                                let cur = e.b.use_var(idx_var);
+                                let nidx = e.b.ins().select(upd, k, cur);
+                                e.b.def_var(acc_var, nacc);
+                                e.b.def_var(idx_var, nidx);
+                                let one = e.b.ins().iconst(types::I8, 1);
+                                e.b.def_var(started, one);
+                            }
+                        }
+                        Ok(())
+                    })?;
+                    let result = match kind {
+                        ReduceKind::Arg(_) => e.b.use_var(idx_var),
+                        ReduceKind::Value(_) => {
+                            let a = e.b.use_var(acc_var);
+                            if acc_ty == types::F64 && out_dtype == DType::F32 {
+                                e.b.ins().fdemote(types::F32, a)
+                            } else {
+                                a
+                            }
+                        }
+                    };
+                    if let Some(o) = out {
+                        let idx = e.idx();
+                        let lin = e.linear(&idx, &rstrides);
+                        e.store(o, lin, result);
+                    }
+                    if let Some((mo, mp)) = map {
+                        e.loops(&reduced, &mut |e| {
+                            let idx = e.idx();
+                            let v = e.program(mp, inputs, &idx, Some(result))?;
+                            let lin = e.linear(&idx, &full_strides);
+                            e.store(mo, lin, v);
+                            Ok(())
+                        })?;
+                    }
+                    Ok(())
+                })
+            }
+        }
+    }
+}
+
+fn body_dtype(prog: &KernelProgram, inputs: &[Access], p: &ElementProgram) -> DType {
+    // The dtype of the program's result, found by walking its instructions.
+    let mut dts: Vec<DType> = Vec::with_capacity(p.instrs.len());
+    for ins in &p.instrs {
+        let d = match ins {
+            Instr::Load(a) => prog.buffer(inputs[*a].buffer).dtype,
+            Instr::Const(c) => c.dtype(),
+            Instr::Unary(_, a) => dts[*a],
+            Instr::Binary(f, a, _) => {
+                if f.is_comparison() {
+                    DType::Bool
+                } else {
+                    dts[*a]
+                }
+            }
+            Instr::Select(_, a, _) => dts[*a],
+            Instr::Cast(t, _) => *t,
+            Instr::Acc => DType::F32,
+            Instr::InBounds(_) => DType::Bool,
+            Instr::IndexValue(_, t) => *t,
+            Instr::Random { dtype, .. } => *dtype,
+        };
+        dts.push(d);
+    }
+    dts[p.result]
+}
+
+fn reduce_init(e: &mut Emitter<'_, '_>, f: ReduceOp, ty: Type) -> Value {
+    if ty.is_float() {
+        let v = match f {
+            ReduceOp::Sum => 0.0,
+            ReduceOp::Prod => 1.0,
+            ReduceOp::Max => f64::NEG_INFINITY,
+            ReduceOp::Min => f64::INFINITY,
+        };
+        return if ty == types::F32 {
+            e.b.ins().f32const(v as f32)
+        } else {
+            e.b.ins().f64const(v)
+        };
+    }
+    let (min, max) = if ty == types::I32 {
+        (i32::MIN as i64, i32::MAX as i64)
+    } else {
+        (i64::MIN, i64::MAX)
+    };
+    let v = match f {
+        ReduceOp::Sum => 0,
+        ReduceOp::Prod => 1,
+        ReduceOp::Max => min,
+        ReduceOp::Min => max,
+    };
+    e.b.ins().iconst(ty, v)
+}
+
+fn reduce_step(e: &mut Emitter<'_, '_>, f: ReduceOp, acc: Value, v: Value, ty: Type) -> Value {
+    if ty.is_float() {
+        return match f {
+            ReduceOp::Sum => e.b.ins().fadd(acc, v),
+            ReduceOp::Prod => e.b.ins().fmul(acc, v),
+            ReduceOp::Max => e.b.ins().fmax(acc, v),
+            ReduceOp::Min => e.b.ins().fmin(acc, v),
+        };
+    }
+    match f {
+        ReduceOp::Sum => e.b.ins().iadd(acc, v),
+        ReduceOp::Prod => e.b.ins().imul(acc, v),
+        ReduceOp::Max => e.b.ins().smax(acc, v),
+        ReduceOp::Min => e.b.ins().smin(acc, v),
+    }
+}

@@ -1,0 +1,504 @@
+//! The CPU backend: kernel programs compiled to machine code by Cranelift.
+//!
+//! Elementwise and reduction kernels (and the epilogues of matmuls and
+//! opaque ops) become JIT-compiled loop nests; matmuls call the `gemm`
+//! crate with strided operands; conv, pooling, gather and scatter-add run
+//! their reference implementation on the stored operands. All temporaries
+//! live in one arena allocated at compile time.
+
+mod jit;
+mod support;
+
+use std::collections::HashMap;
+
+use kiln_graph::{Array, DType, Op};
+use kiln_optimizer::kernel::{BufferId, Epilogue, Kernel, KernelProgram, Operand, Storage};
+
+use crate::error::{Error, Result};
+use crate::{Backend, Executable};
+use jit::{Body, Jit, KernelFn};
+
+/// Compiles kernel programs for the host CPU.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+enum Step {
+    Jit(KernelFn),
+    MatMul {
+        out: BufferId,
+        a: Operand,
+        b: Operand,
+        batch: Vec<usize>,
+        mnk: [usize; 3],
+        epilogue: Option<KernelFn>,
+    },
+    Op {
+        op: Op,
+        out: BufferId,
+        args: Vec<BufferId>,
+        epilogue: Option<KernelFn>,
+    },
+}
+
+/// A kernel program compiled for the CPU.
+pub struct CpuExecutable {
+    _jit: Jit,
+    program: KernelProgram,
+    steps: Vec<Step>,
+    arena: Vec<u64>,
+    table: Vec<*mut u8>,
+}
+
+// SAFETY: the raw pointers in `table` are rewritten at the start of every run
+// and only dereferenced by this executable's kernels during `run`, which
+// takes `&mut self`.
+unsafe impl Send for CpuExecutable {}
+
+fn is_identity(e: &Epilogue) -> bool {
+    e.program.instrs.len() == 1 && e.inputs.is_empty()
+}
+
+impl Backend for CpuBackend {
+    type Executable = CpuExecutable;
+
+    fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
+        let mut jit = Jit::new()?;
+        enum Pending {
+            Jit(cranelift_module::FuncId),
+            MatMul(usize, Option<cranelift_module::FuncId>),
+            Op(usize, Option<cranelift_module::FuncId>),
+        }
+        let mut pending = Vec::new();
+        for (i, k) in program.kernels.iter().enumerate() {
+            let epilogue_fn = |jit: &mut Jit,
+                               out: BufferId,
+                               e: &Epilogue|
+             -> Result<Option<cranelift_module::FuncId>> {
+                if is_identity(e) {
+                    return Ok(None);
+                }
+                let shape = program.buffer(out).shape.clone();
+                let body = Body::Elementwise {
+                    out,
+                    shape: &shape,
+                    inputs: &e.inputs,
+                    program: &e.program,
+                    acc_from_out: true,
+                };
+                jit.compile(program, &body, i).map(Some)
+            };
+            pending.push(match k {
+                Kernel::Elementwise {
+                    out,
+                    shape,
+                    inputs,
+                    program: p,
+                } => {
+                    let body = Body::Elementwise {
+                        out: *out,
+                        shape,
+                        inputs,
+                        program: p,
+                        acc_from_out: false,
+                    };
+                    Pending::Jit(jit.compile(program, &body, i)?)
+                }
+                Kernel::Reduce {
+                    out,
+                    shape,
+                    axes,
+                    kind,
+                    inputs,
+                    body,
+                    map,
+                } => {
+                    let b = Body::Reduce {
+                        out: *out,
+                        shape,
+                        axes,
+                        kind: *kind,
+                        inputs,
+                        body,
+                        map: map.as_ref().map(|(o, p)| (*o, p)),
+                    };
+                    Pending::Jit(jit.compile(program, &b, i)?)
+                }
+                Kernel::MatMul { out, epilogue, .. } => {
+                    Pending::MatMul(i, epilogue_fn(&mut jit, *out, epilogue)?)
+                }
+                Kernel::Op { out, epilogue, .. } => {
+                    Pending::Op(i, epilogue_fn(&mut jit, *out, epilogue)?)
+                }
+            });
+        }
+        jit.finalize()?;
+        let steps = pending
+            .into_iter()
+            .map(|p| match p {
+                Pending::Jit(id) => Step::Jit(jit.function(id)),
+                Pending::MatMul(i, e) => match &program.kernels[i] {
+                    Kernel::MatMul {
+                        out,
+                        a,
+                        b,
+                        batch,
+                        mnk,
+                        ..
+                    } => Step::MatMul {
+                        out: *out,
+                        a: a.clone(),
+                        b: b.clone(),
+                        batch: batch.clone(),
+                        mnk: *mnk,
+                        epilogue: e.map(|id| jit.function(id)),
+                    },
+                    _ => unreachable!("pending matmul"),
+                },
+                Pending::Op(i, e) => match &program.kernels[i] {
+                    Kernel::Op { op, out, args, .. } => Step::Op {
+                        op: op.clone(),
+                        out: *out,
+                        args: args.clone(),
+                        epilogue: e.map(|id| jit.function(id)),
+                    },
+                    _ => unreachable!("pending op"),
+                },
+            })
+            .collect();
+        let arena = vec![0u64; program.memory.arena.div_ceil(8) + 8];
+        Ok(CpuExecutable {
+            _jit: jit,
+            program: program.clone(),
+            steps,
+            arena,
+            table: vec![std::ptr::null_mut(); program.buffers.len()],
+        })
+    }
+}
+
+impl CpuExecutable {
+    /// The program this executable runs.
+    pub fn program(&self) -> &KernelProgram {
+        &self.program
+    }
+
+    fn arena_base(&mut self) -> *mut u8 {
+        // 64-byte align the arena start.
+        let p = self.arena.as_mut_ptr() as *mut u8;
+        let pad = (64 - (p as usize) % 64) % 64;
+        // SAFETY: the arena has 64 spare bytes beyond the planned size.
+        unsafe { p.add(pad) }
+    }
+
+    /// Reads buffer `b` into an array (for opaque ops).
+    fn read(&self, b: BufferId) -> Array {
+        let buf = self.program.buffer(b);
+        let n = buf.size_bytes();
+        let mut bytes = vec![0u8; n];
+        // SAFETY: the table holds a valid pointer to `n` bytes for this buffer during a run.
+        unsafe { std::ptr::copy_nonoverlapping(self.table[b.0], bytes.as_mut_ptr(), n) };
+        let data =
+            kiln_graph::Data::from_le_bytes(buf.dtype, &bytes).expect("buffer bytes are valid");
+        Array::new(buf.shape.clone(), data).expect("buffer shape")
+    }
+
+    fn write(&self, b: BufferId, a: &Array) {
+        let n = self.program.buffer(b).size_bytes().min(a.size_bytes());
+        // SAFETY: as in `read`; the array has the buffer's type.
+        unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), self.table[b.0], n) };
+    }
+
+    fn matmul(
+        &self,
+        out: BufferId,
+        a: &Operand,
+        b: &Operand,
+        batch: &[usize],
+        mnk: [usize; 3],
+    ) -> Result<()> {
+        let [m, n, k] = mnk;
+        let dtype = self.program.buffer(out).dtype;
+        let nb: usize = batch.iter().product();
+        let bst = kiln_graph::shape::strides(batch);
+        for bi in 0..nb {
+            let (mut oa, mut ob) = (a.offset, b.offset);
+            for (d, &s) in bst.iter().enumerate() {
+                let i = ((bi / s) % batch[d]) as i64;
+                oa += i * a.strides[d];
+                ob += i * b.strides[d];
+            }
+            let oo = (bi * m * n) as isize;
+            let nbd = batch.len();
+            let (ars, acs, brs, bcs) = (
+                a.strides[nbd] as isize,
+                a.strides[nbd + 1] as isize,
+                b.strides[nbd] as isize,
+                b.strides[nbd + 1] as isize,
+            );
+            // SAFETY: operand views and the output stay inside their buffers (the
+            // lowering derives them from the buffers' shapes).
+            unsafe {
+                match dtype {
+                    DType::F32 => {
+                        let (d, l, r) = (
+                            self.table[out.0] as *mut f32,
+                            self.table[a.buffer.0] as *const f32,
+                            self.table[b.buffer.0] as *const f32,
+                        );
+                        gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            d.offset(oo),
+                            1,
+                            n as isize,
+                            false,
+                            l.offset(oa as isize),
+                            acs,
+                            ars,
+                            r.offset(ob as isize),
+                            bcs,
+                            brs,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                    DType::F64 => {
+                        let (d, l, r) = (
+                            self.table[out.0] as *mut f64,
+                            self.table[a.buffer.0] as *const f64,
+                            self.table[b.buffer.0] as *const f64,
+                        );
+                        gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            d.offset(oo),
+                            1,
+                            n as isize,
+                            false,
+                            l.offset(oa as isize),
+                            acs,
+                            ars,
+                            r.offset(ob as isize),
+                            bcs,
+                            brs,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                    DType::I32 => int_matmul::<i32>(
+                        self.table[out.0] as *mut i32,
+                        oo,
+                        self.table[a.buffer.0] as *const i32,
+                        oa as isize,
+                        ars,
+                        acs,
+                        self.table[b.buffer.0] as *const i32,
+                        ob as isize,
+                        brs,
+                        bcs,
+                        m,
+                        n,
+                        k,
+                    ),
+                    DType::I64 => int_matmul::<i64>(
+                        self.table[out.0] as *mut i64,
+                        oo,
+                        self.table[a.buffer.0] as *const i64,
+                        oa as isize,
+                        ars,
+                        acs,
+                        self.table[b.buffer.0] as *const i64,
+                        ob as isize,
+                        brs,
+                        bcs,
+                        m,
+                        n,
+                        k,
+                    ),
+                    DType::Bool => {
+                        return Err(Error::Run {
+                            kernel: usize::MAX,
+                            reason: "bool matmul".into(),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A wrapping integer matrix product of strided operands.
+#[allow(clippy::too_many_arguments)]
+unsafe fn int_matmul<T: Copy + WrappingMulAdd>(
+    d: *mut T,
+    od: isize,
+    a: *const T,
+    oa: isize,
+    ars: isize,
+    acs: isize,
+    b: *const T,
+    ob: isize,
+    brs: isize,
+    bcs: isize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    for i in 0..m as isize {
+        for j in 0..n as isize {
+            let mut s = T::ZERO;
+            for p in 0..k as isize {
+                // SAFETY: the caller guarantees the views are in bounds.
+                s = s.mul_add_wrapping(unsafe { *a.offset(oa + i * ars + p * acs) }, unsafe {
+                    *b.offset(ob + p * brs + j * bcs)
+                });
+            }
+            // SAFETY: as above.
+            unsafe { *d.offset(od + i * n as isize + j) = s };
+        }
+    }
+}
+
+trait WrappingMulAdd {
+    const ZERO: Self;
+    fn mul_add_wrapping(self, a: Self, b: Self) -> Self;
+}
+
+impl WrappingMulAdd for i32 {
+    const ZERO: i32 = 0;
+    fn mul_add_wrapping(self, a: i32, b: i32) -> i32 {
+        self.wrapping_add(a.wrapping_mul(b))
+    }
+}
+
+impl WrappingMulAdd for i64 {
+    const ZERO: i64 = 0;
+    fn mul_add_wrapping(self, a: i64, b: i64) -> i64 {
+        self.wrapping_add(a.wrapping_mul(b))
+    }
+}
+
+impl Executable for CpuExecutable {
+    fn run(
+        &mut self,
+        inputs: &HashMap<&str, &Array>,
+        variables: &mut HashMap<String, Array>,
+    ) -> Result<Vec<Array>> {
+        // Results are fresh arrays the kernels write into directly.
+        let mut results: HashMap<BufferId, Array> = HashMap::new();
+        let arena = self.arena_base();
+        for (i, b) in self.program.buffers.iter().enumerate() {
+            let check = |a: &Array, what: &str, name: &str| -> Result<()> {
+                if a.dtype() != b.dtype || a.shape() != b.shape.as_slice() {
+                    return Err(Error::Input(format!(
+                        "{what} '{name}' is {}{:?}, the program expects {}{:?}",
+                        a.dtype(),
+                        a.shape(),
+                        b.dtype,
+                        b.shape
+                    )));
+                }
+                Ok(())
+            };
+            self.table[i] = match &b.storage {
+                Storage::Input { name } => {
+                    let a = *inputs
+                        .get(name.as_str())
+                        .ok_or_else(|| Error::Input(format!("input '{name}' was not supplied")))?;
+                    check(a, "input", name)?;
+                    a.as_ptr() as *mut u8
+                }
+                Storage::Variable { name } => {
+                    let a = variables.get(name).ok_or_else(|| {
+                        Error::Input(format!("variable '{name}' was not supplied"))
+                    })?;
+                    check(a, "variable", name)?;
+                    a.as_ptr() as *mut u8
+                }
+                Storage::Constant { value } => value.0.as_ptr() as *mut u8,
+                Storage::Arena { offset } => {
+                    // SAFETY: offsets come from the plan, within the arena's size.
+                    unsafe { arena.add(*offset) }
+                }
+                Storage::Result => {
+                    let a = results
+                        .entry(BufferId(i))
+                        .or_insert_with(|| Array::zeros(b.dtype, &b.shape));
+                    a.as_mut_ptr()
+                }
+            };
+        }
+        let table = self.table.as_ptr() as *const *mut u8;
+        for (ki, step) in self.steps.iter().enumerate() {
+            match step {
+                // SAFETY: the table points at live buffers of the program's types.
+                Step::Jit(f) => unsafe { f(table) },
+                Step::MatMul {
+                    out,
+                    a,
+                    b,
+                    batch,
+                    mnk,
+                    epilogue,
+                } => {
+                    self.matmul(*out, a, b, batch, *mnk).map_err(|e| match e {
+                        Error::Run { reason, .. } => Error::Run { kernel: ki, reason },
+                        other => other,
+                    })?;
+                    if let Some(f) = epilogue {
+                        // SAFETY: as above.
+                        unsafe { f(table) }
+                    }
+                }
+                Step::Op {
+                    op,
+                    out,
+                    args,
+                    epilogue,
+                } => {
+                    let arrays: Vec<Array> = args.iter().map(|&b| self.read(b)).collect();
+                    let refs: Vec<&Array> = arrays.iter().collect();
+                    let shape = self.program.buffer(*out).shape.clone();
+                    let v = op
+                        .eval(&refs, &shape)
+                        .map_err(|reason| Error::Run { kernel: ki, reason })?;
+                    self.write(*out, &v);
+                    if let Some(f) = epilogue {
+                        // SAFETY: as above.
+                        unsafe { f(table) }
+                    }
+                }
+            }
+        }
+        let outputs = self
+            .program
+            .outputs
+            .iter()
+            .map(|&b| match results.get(&b) {
+                Some(a) => a.clone(),
+                None => self.read(b),
+            })
+            .collect();
+        for &(var, val) in &self.program.updates {
+            if let Storage::Variable { name } = &self.program.buffer(var).storage {
+                let v = match results.get(&val) {
+                    Some(a) => a.clone(),
+                    None => self.read(val),
+                };
+                variables.insert(name.clone(), v);
+            }
+        }
+        Ok(outputs)
+    }
+}

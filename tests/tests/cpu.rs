@@ -1,0 +1,75 @@
+//! The CPU backend (Cranelift JIT + gemm) against the reference interpreter
+//! on the example models, through the public `Session` API.
+
+use kiln::prelude::*;
+use kiln_tests::{compare, example_models, feeds_for};
+
+fn run(graph: &Graph, device: Device, feeds: &[(String, Array)]) -> Vec<Array> {
+    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let mut s = Session::new(graph, device).unwrap();
+    s.run_outputs(&refs)
+        .unwrap_or_else(|e| panic!("{device}: {e}"))
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
+}
+
+#[test]
+fn example_models_match_the_reference() {
+    for (name, graph) in example_models() {
+        for batch in [1, 3] {
+            let feeds = feeds_for(&graph, batch, 11);
+            let want = run(&graph, Device::Reference, &feeds);
+            let got = run(&graph, Device::Cpu, &feeds);
+            for (w, g) in want.iter().zip(&got) {
+                compare(w, g).unwrap_or_else(|e| panic!("{name} batch {batch}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn programs_are_cached_per_shape_and_fetch_set() {
+    let graph = kiln_tests::mlp(&[12, 16, 5]);
+    let mut s = Session::new(&graph, Device::Cpu).unwrap();
+    for batch in [2, 4, 2, 4, 2] {
+        let x = Array::from_vec(vec![batch, 12], vec![0.25f32; batch * 12]).unwrap();
+        assert_eq!(
+            s.run(&[("x", &x)], &["logits"]).unwrap()[0].shape(),
+            &[batch, 5]
+        );
+    }
+    assert_eq!(s.compiled_programs(), 2);
+}
+
+#[test]
+fn variables_update_on_the_cpu() {
+    let g = GraphBuilder::new();
+    let v = g
+        .variable(
+            "counter",
+            Array::from_vec(vec![2], vec![0.0f32, 10.0]).unwrap(),
+        )
+        .unwrap();
+    v.assign(v.add(1.0).unwrap())
+        .unwrap()
+        .named("step")
+        .unwrap();
+    v.mul(2.0).unwrap().named("twice").unwrap();
+    let mut s = Session::new(&g.into_graph(), Device::Cpu).unwrap();
+    for i in 1..=3 {
+        let out = s.run(&[], &["step", "twice"]).unwrap();
+        assert_eq!(
+            out[0].as_slice::<f32>().unwrap(),
+            &[i as f32, 10.0 + i as f32]
+        );
+        assert_eq!(
+            out[1].as_slice::<f32>().unwrap(),
+            &[2.0 * (i - 1) as f32, 2.0 * (10 + i - 1) as f32]
+        );
+    }
+    assert_eq!(
+        s.variable("counter").unwrap().as_slice::<f32>().unwrap(),
+        &[3.0, 13.0]
+    );
+}
