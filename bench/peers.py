@@ -1,0 +1,160 @@
+"""Times ONNX Runtime and PyTorch on kiln's benchmark workloads, in the same
+run as kiln (called by `cargo run --release -p kiln-bench -- --peers`).
+
+For each workload kiln wrote DIR/NAME/{model.kiln,input.npy,kiln_output.npy}.
+model.kiln is a safetensors file: this script reads kiln's weights from it,
+defines the same model in PyTorch, exports it to ONNX (DIR/NAME/model.onnx),
+checks that both peers compute kiln's output, and times them with 2 threads.
+It also measures the machine's floor: peak GEMM rate and memory bandwidth.
+
+usage: python bench/peers.py DIR RUNS
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import load_file
+
+THREADS = 2
+torch.set_num_threads(THREADS)
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = {k: torch.from_numpy(v) for k, v in w.items()}
+
+    def forward(self, x):
+        w = self.w
+        h = torch.relu(x @ w["fc1/weight"] + w["fc1/bias"])
+        h = torch.relu(h @ w["fc2/weight"] + w["fc2/bias"])
+        return h @ w["fc3/weight"] + w["fc3/bias"]
+
+
+class Cnn(torch.nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = {k: torch.from_numpy(v) for k, v in w.items()}
+
+    def conv_bn(self, name, x, stride, relu):
+        w = self.w
+        k = w[f"{name}/conv/weight"].shape[-1]
+        y = F.conv2d(x, w[f"{name}/conv/weight"], w[f"{name}/conv/bias"].reshape(-1), stride=stride, padding=k // 2)
+        g = w[f"{name}/bn/gamma"].reshape(-1)
+        b = w[f"{name}/bn/beta"].reshape(-1)
+        m = w[f"{name}/bn/mean"].reshape(-1)
+        v = w[f"{name}/bn/var"].reshape(-1)
+        y = F.batch_norm(y, m, v, g, b, training=False, eps=1e-5)
+        return torch.relu(y) if relu else y
+
+    def forward(self, x):
+        s = self.conv_bn("stem", x, 1, True)
+        r = self.conv_bn("b1/c1", s, 1, True)
+        r = self.conv_bn("b1/c2", r, 1, False)
+        s = torch.relu(r + s)
+        r = self.conv_bn("b2/c1", s, 2, True)
+        r = self.conv_bn("b2/c2", r, 1, False)
+        p = self.conv_bn("b2/proj", s, 2, False)
+        s = torch.relu(r + p)
+        pooled = s.mean(dim=(2, 3))
+        return pooled @ self.w["fc/weight"] + self.w["fc/bias"]
+
+
+class Xfmr(torch.nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = {k: torch.from_numpy(v) for k, v in w.items()}
+
+    def forward(self, x):
+        w = self.w
+        b, t, d = x.shape
+        h = 4
+        hd = d // h
+        y = F.layer_norm(x, (d,), w["ln1/gamma"], w["ln1/beta"], eps=1e-5)
+
+        def proj(n, z):
+            return z @ w[f"attn/{n}/weight"] + w[f"attn/{n}/bias"]
+
+        def split(z):
+            return z.reshape(b, t, h, hd).permute(0, 2, 1, 3)
+
+        q, k, v = split(proj("q", y)), split(proj("k", y)), split(proj("v", y))
+        s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
+        ctx = (torch.softmax(s, dim=-1) @ v).permute(0, 2, 1, 3).reshape(b, t, d)
+        x = x + proj("out", ctx)
+        y = F.layer_norm(x, (d,), w["ln2/gamma"], w["ln2/beta"], eps=1e-5)
+        f = F.gelu(y @ w["ffn1/weight"] + w["ffn1/bias"])
+        return x + f @ w["ffn2/weight"] + w["ffn2/bias"]
+
+
+class EwChain(torch.nn.Module):
+    def forward(self, x):
+        return F.gelu(x * 1.7 + 0.3) * torch.sigmoid(x) - torch.tanh(x)
+
+
+MODELS = {"mlp_b1": Mlp, "mlp_b128": Mlp, "cnn_b1": Cnn, "cnn_b32": Cnn, "xfmr_b1": Xfmr, "ew_chain": lambda w: EwChain()}
+
+
+def timed(fn, runs):
+    fn()
+    fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, round((len(times) - 1) * 0.9))]
+
+
+def floor_rates():
+    a = torch.randn(1024, 1024)
+    b = torch.randn(1024, 1024)
+    best = min(timed(lambda: a @ b, 10))
+    gflops = 2 * 1024**3 / best / 1e6
+    src = np.ones(64 << 20, dtype=np.float32)
+    dst = np.empty_like(src)
+    t = min(timed(lambda: np.copyto(dst, src), 5))
+    gbps = 2 * src.nbytes / t / 1e6
+    return gflops, gbps
+
+
+def main():
+    root, runs = sys.argv[1], int(sys.argv[2])
+    kiln = {r["name"]: r for r in json.load(open(os.path.join(root, "kiln.json")))}
+    gflops, gbps = floor_rates()
+    print(f"\nfloor: peak GEMM {gflops:.0f} GFLOP/s (torch, {THREADS} threads), copy bandwidth {gbps:.1f} GB/s")
+    header = f"{'workload':<10} {'kiln ms':>9} {'ORT ms':>9} {'torch ms':>9} {'floor ms':>9} {'ORT/kiln':>9} {'torch/kiln':>10} {'kiln/floor':>10} {'max|diff|':>10}"
+    print(header)
+    for name, r in kiln.items():
+        d = os.path.join(root, name)
+        weights = load_file(os.path.join(d, "model.kiln"))
+        x = np.load(os.path.join(d, "input.npy"))
+        want = np.load(os.path.join(d, "kiln_output.npy"))
+        model = MODELS[name](weights).eval()
+        xt = torch.from_numpy(x)
+        with torch.inference_mode():
+            got_torch = model(xt).numpy()
+            t_torch = timed(lambda: model(xt), runs)[0]
+        onnx_path = os.path.join(d, "model.onnx")
+        torch.onnx.export(model, (xt,), onnx_path, input_names=["x"], output_names=["y"], dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+        got_ort = sess.run(None, {"x": x})[0]
+        t_ort = timed(lambda: sess.run(None, {"x": x}), runs)[0]
+        diff = max(float(np.max(np.abs(got_torch - want))), float(np.max(np.abs(got_ort - want))))
+        floor = max(r["flops"] / (gflops * 1e6), r["bytes"] / (gbps * 1e6))
+        k = r["median_ms"]
+        print(f"{name:<10} {k:>9.4f} {t_ort:>9.4f} {t_torch:>9.4f} {floor:>9.4f} {t_ort / k:>9.2f} {t_torch / k:>10.2f} {k / floor:>10.2f} {diff:>10.2e}")
+
+
+if __name__ == "__main__":
+    main()

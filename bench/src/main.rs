@@ -1,0 +1,135 @@
+//! `cargo run --release -p kiln-bench [-- --peers] [--only NAME] [--runs N]`:
+//! times kiln on each workload (median and p90 latency, compile time, time
+//! to first result, process peak RSS) and, with `--peers`, ONNX Runtime and
+//! PyTorch on the same models and inputs in the same run, with ratios.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use kiln::prelude::*;
+
+#[derive(Parser)]
+struct Args {
+    /// Also time ONNX Runtime and PyTorch (needs bench/.venv or $KILN_BENCH_PYTHON).
+    #[arg(long)]
+    peers: bool,
+    /// Only this workload (repeatable).
+    #[arg(long)]
+    only: Vec<String>,
+    /// Timed runs per workload.
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Where to write the models, inputs and outputs for the peers.
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Timing {
+    median_ms: f64,
+    p90_ms: f64,
+    compile_ms: f64,
+    first_ms: f64,
+}
+
+fn time_kiln(w: &kiln_bench::Workload, runs: usize) -> Result<(Timing, Array)> {
+    let feeds = [(w.input.0.as_str(), &w.input.1)];
+    let fetch = [w.output.as_str()];
+    let t0 = Instant::now();
+    let mut s = Session::new(&w.graph, Device::Cpu)?;
+    let first = s.run(&feeds, &fetch)?.remove(0);
+    let first_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // A second run isolates compile time: first result minus a warm run.
+    let t1 = Instant::now();
+    s.run(&feeds, &fetch)?;
+    let warm_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        s.run(&feeds, &fetch)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok((
+        Timing {
+            median_ms: percentile(&times, 0.5),
+            p90_ms: percentile(&times, 0.9),
+            compile_ms: (first_ms - warm_ms).max(0.0),
+            first_ms,
+        },
+        first,
+    ))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let mut rows = Vec::new();
+    println!(
+        "{:<10} {:>10} {:>10} {:>11} {:>11} {:>10} {:>9}",
+        "workload", "median ms", "p90 ms", "compile ms", "first ms", "GFLOP/s", "GB/s"
+    );
+    for w in kiln_bench::all() {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == w.name) {
+            continue;
+        }
+        let (t, out) = time_kiln(&w, args.runs)?;
+        println!(
+            "{:<10} {:>10.4} {:>10.4} {:>11.2} {:>11.2} {:>10.1} {:>9.1}",
+            w.name,
+            t.median_ms,
+            t.p90_ms,
+            t.compile_ms,
+            t.first_ms,
+            w.flops / t.median_ms / 1e6,
+            w.bytes / t.median_ms / 1e6
+        );
+        if args.peers {
+            let d = args.dir.join(w.name);
+            std::fs::create_dir_all(&d)?;
+            w.graph.save(d.join("model.kiln"))?;
+            kiln::npy::write(d.join("input.npy"), &w.input.1)?;
+            kiln::npy::write(d.join("kiln_output.npy"), &out)?;
+        }
+        rows.push(serde_json::json!({"name": w.name, "median_ms": t.median_ms, "p90_ms": t.p90_ms, "compile_ms": t.compile_ms, "first_ms": t.first_ms, "flops": w.flops, "bytes": w.bytes}));
+    }
+    println!(
+        "kiln process peak RSS: {:.1} MiB",
+        peak_rss_kib() as f64 / 1024.0
+    );
+    std::fs::write(
+        args.dir.join("kiln.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    if args.peers {
+        let python =
+            std::env::var("KILN_BENCH_PYTHON").unwrap_or_else(|_| "bench/.venv/bin/python".into());
+        let status = std::process::Command::new(&python)
+            .arg("bench/peers.py")
+            .arg(&args.dir)
+            .arg(args.runs.to_string())
+            .status()
+            .with_context(|| {
+                format!("running {python} bench/peers.py (run bench/setup.sh first)")
+            })?;
+        anyhow::ensure!(status.success(), "bench/peers.py failed");
+    }
+    Ok(())
+}
