@@ -102,7 +102,7 @@ impl Session {
                         &key.1,
                         &CompileOptions::default(),
                     )?;
-                    let exe = CpuBackend.compile(&compiled.program)?;
+                    let exe = CpuBackend::default().compile(&compiled.program)?;
                     self.compiled.insert(key.clone(), exe);
                 }
                 let exe = self.compiled.get_mut(&key).expect("compiled above");

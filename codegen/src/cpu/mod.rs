@@ -6,6 +6,7 @@
 //! their reference implementation on the stored operands. All temporaries
 //! live in one arena allocated at compile time.
 
+mod conv;
 mod jit;
 mod support;
 
@@ -19,8 +20,39 @@ use crate::{Backend, Executable};
 use jit::{Body, Jit, KernelFn};
 
 /// Compiles kernel programs for the host CPU.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
+#[derive(Clone, Copy, Debug)]
+pub struct CpuBackend {
+    /// Threads large kernels may use (1: single-threaded).
+    pub threads: usize,
+}
+
+impl Default for CpuBackend {
+    /// Threads from `KILN_NUM_THREADS`, else every available core.
+    fn default() -> Self {
+        let threads = std::env::var("KILN_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+        CpuBackend {
+            threads: threads.max(1),
+        }
+    }
+}
+
+/// Work (multiply-adds) below which a GEMM stays on one thread.
+const PARALLEL_WORK: usize = 1 << 21;
+
+fn parallelism(threads: usize, work: usize) -> gemm::Parallelism {
+    if threads > 1 && work >= PARALLEL_WORK {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
 
 enum Step {
     Jit(KernelFn),
@@ -30,6 +62,13 @@ enum Step {
         b: Operand,
         batch: Vec<usize>,
         mnk: [usize; 3],
+        epilogue: Option<KernelFn>,
+    },
+    Conv {
+        conv: conv::Conv,
+        out: BufferId,
+        x: BufferId,
+        w: BufferId,
         epilogue: Option<KernelFn>,
     },
     Op {
@@ -47,6 +86,7 @@ pub struct CpuExecutable {
     steps: Vec<Step>,
     arena: Vec<u64>,
     table: Vec<*mut u8>,
+    threads: usize,
 }
 
 // SAFETY: the raw pointers in `table` are rewritten at the start of every run
@@ -155,6 +195,41 @@ impl Backend for CpuBackend {
                     _ => unreachable!("pending matmul"),
                 },
                 Pending::Op(i, e) => match &program.kernels[i] {
+                    Kernel::Op {
+                        op:
+                            Op::Conv2d {
+                                stride,
+                                padding,
+                                dilation,
+                                groups,
+                            },
+                        out,
+                        args,
+                        ..
+                    } if program.buffer(*out).dtype.is_float() => {
+                        let dims = |b: BufferId| -> [usize; 4] {
+                            let s = &program.buffer(b).shape;
+                            [s[0], s[1], s[2], s[3]]
+                        };
+                        let oshape = dims(*out);
+                        let conv = conv::Conv::new(
+                            program.buffer(*out).dtype,
+                            dims(args[0]),
+                            dims(args[1]),
+                            [oshape[2], oshape[3]],
+                            *stride,
+                            *padding,
+                            *dilation,
+                            *groups,
+                        );
+                        Step::Conv {
+                            conv,
+                            out: *out,
+                            x: args[0],
+                            w: args[1],
+                            epilogue: e.map(|id| jit.function(id)),
+                        }
+                    }
                     Kernel::Op { op, out, args, .. } => Step::Op {
                         op: op.clone(),
                         out: *out,
@@ -172,6 +247,7 @@ impl Backend for CpuBackend {
             steps,
             arena,
             table: vec![std::ptr::null_mut(); program.buffers.len()],
+            threads: self.threads,
         })
     }
 }
@@ -264,7 +340,7 @@ impl CpuExecutable {
                             false,
                             false,
                             false,
-                            gemm::Parallelism::None,
+                            parallelism(self.threads, m * n * k),
                         );
                     }
                     DType::F64 => {
@@ -292,7 +368,7 @@ impl CpuExecutable {
                             false,
                             false,
                             false,
-                            gemm::Parallelism::None,
+                            parallelism(self.threads, m * n * k),
                         );
                     }
                     DType::I32 => int_matmul::<i32>(
@@ -389,6 +465,79 @@ impl WrappingMulAdd for i64 {
     }
 }
 
+impl CpuExecutable {
+    fn run_steps(&self, steps: &mut [Step], table: *const *mut u8) -> Result<()> {
+        let at = |ki: usize| {
+            move |e: Error| match e {
+                Error::Run { reason, .. } => Error::Run { kernel: ki, reason },
+                other => other,
+            }
+        };
+        for (ki, step) in steps.iter_mut().enumerate() {
+            match step {
+                // SAFETY: the table points at live buffers of the program's types.
+                Step::Jit(f) => unsafe { f(table) },
+                Step::MatMul {
+                    out,
+                    a,
+                    b,
+                    batch,
+                    mnk,
+                    epilogue,
+                } => {
+                    self.matmul(*out, a, b, batch, *mnk).map_err(at(ki))?;
+                    if let Some(f) = epilogue {
+                        // SAFETY: as above.
+                        unsafe { f(table) }
+                    }
+                }
+                Step::Conv {
+                    conv,
+                    out,
+                    x,
+                    w,
+                    epilogue,
+                } => {
+                    let [o, cg, kh, kw] = conv.weight;
+                    let work = conv.input[0] * o * cg * kh * kw * conv.out_hw[0] * conv.out_hw[1];
+                    // SAFETY: the buffers have the shapes the convolution was built for.
+                    unsafe {
+                        conv.run(
+                            self.table[out.0],
+                            self.table[x.0],
+                            self.table[w.0],
+                            parallelism(self.threads, work),
+                        )
+                    };
+                    if let Some(f) = epilogue {
+                        // SAFETY: as above.
+                        unsafe { f(table) }
+                    }
+                }
+                Step::Op {
+                    op,
+                    out,
+                    args,
+                    epilogue,
+                } => {
+                    let arrays: Vec<Array> = args.iter().map(|&b| self.read(b)).collect();
+                    let refs: Vec<&Array> = arrays.iter().collect();
+                    let shape = self.program.buffer(*out).shape.clone();
+                    let v = op
+                        .eval(&refs, &shape)
+                        .map_err(|reason| Error::Run { kernel: ki, reason })?;
+                    self.write(*out, &v);
+                    if let Some(f) = epilogue {
+                        // SAFETY: as above.
+                        unsafe { f(table) }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Executable for CpuExecutable {
     fn run(
         &mut self,
@@ -440,47 +589,10 @@ impl Executable for CpuExecutable {
             };
         }
         let table = self.table.as_ptr() as *const *mut u8;
-        for (ki, step) in self.steps.iter().enumerate() {
-            match step {
-                // SAFETY: the table points at live buffers of the program's types.
-                Step::Jit(f) => unsafe { f(table) },
-                Step::MatMul {
-                    out,
-                    a,
-                    b,
-                    batch,
-                    mnk,
-                    epilogue,
-                } => {
-                    self.matmul(*out, a, b, batch, *mnk).map_err(|e| match e {
-                        Error::Run { reason, .. } => Error::Run { kernel: ki, reason },
-                        other => other,
-                    })?;
-                    if let Some(f) = epilogue {
-                        // SAFETY: as above.
-                        unsafe { f(table) }
-                    }
-                }
-                Step::Op {
-                    op,
-                    out,
-                    args,
-                    epilogue,
-                } => {
-                    let arrays: Vec<Array> = args.iter().map(|&b| self.read(b)).collect();
-                    let refs: Vec<&Array> = arrays.iter().collect();
-                    let shape = self.program.buffer(*out).shape.clone();
-                    let v = op
-                        .eval(&refs, &shape)
-                        .map_err(|reason| Error::Run { kernel: ki, reason })?;
-                    self.write(*out, &v);
-                    if let Some(f) = epilogue {
-                        // SAFETY: as above.
-                        unsafe { f(table) }
-                    }
-                }
-            }
-        }
+        let mut steps = std::mem::take(&mut self.steps);
+        let result = self.run_steps(&mut steps, table);
+        self.steps = steps;
+        result?;
         let outputs = self
             .program
             .outputs
