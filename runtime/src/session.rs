@@ -96,12 +96,15 @@ impl Session {
             Device::Cpu => {
                 let key = (fetch_ids, bindings);
                 if !self.compiled.contains_key(&key) {
-                    let compiled = kiln_optimizer::compile(
-                        &self.graph,
-                        &key.0,
-                        &key.1,
-                        &CompileOptions::default(),
-                    )?;
+                    // Variables nothing in the graph assigns are compiled as constants
+                    // with their current values (so batch norm folds away);
+                    // `set_variable` drops the compiled programs.
+                    let current = self.export_graph()?;
+                    let opts = CompileOptions {
+                        freeze_variables: true,
+                        ..Default::default()
+                    };
+                    let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
                     let exe = CpuBackend::default().compile(&compiled.program)?;
                     self.compiled.insert(key.clone(), exe);
                 }
@@ -235,6 +238,8 @@ impl Session {
             });
         }
         self.variables.insert(name.into(), value);
+        // Compiled programs may hold the old value as a constant.
+        self.compiled.clear();
         Ok(())
     }
 

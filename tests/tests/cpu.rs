@@ -73,3 +73,29 @@ fn variables_update_on_the_cpu() {
         &[3.0, 13.0]
     );
 }
+
+#[test]
+fn set_variable_reaches_compiled_programs() {
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, [2]).unwrap();
+    let w = g
+        .variable("w", Array::from_vec(vec![2], vec![1.0f32, 2.0]).unwrap())
+        .unwrap();
+    x.mul(w).unwrap().named("y").unwrap();
+    let mut s = Session::new(&g.into_graph(), Device::Cpu).unwrap();
+    let xv = Array::from_vec(vec![2], vec![3.0f32, 4.0]).unwrap();
+    assert_eq!(
+        s.run(&[("x", &xv)], &["y"]).unwrap()[0]
+            .as_slice::<f32>()
+            .unwrap(),
+        &[3.0, 8.0]
+    );
+    s.set_variable("w", Array::from_vec(vec![2], vec![-1.0f32, 0.5]).unwrap())
+        .unwrap();
+    assert_eq!(
+        s.run(&[("x", &xv)], &["y"]).unwrap()[0]
+            .as_slice::<f32>()
+            .unwrap(),
+        &[-3.0, 2.0]
+    );
+}
