@@ -105,16 +105,69 @@ impl Conv {
         w: *const T,
         par: gemm::Parallelism,
     ) {
-        let [n, c, h, wd] = self.input;
+        let n = self.input[0];
+        let threads = match par {
+            gemm::Parallelism::Rayon(t) if n >= 2 => t.min(n),
+            _ => 1,
+        };
+        let per = self.scratch_len();
+        if self.scratch.len() < per * threads {
+            self.scratch.resize(per * threads, 0.0);
+        }
+        let this = &*self;
+        let (out, x, w) = (SendPtr(out), SendPtr(x as *mut T), SendPtr(w as *mut T));
+        if threads == 1 {
+            let col = SendPtr(this.scratch.as_ptr() as *mut T);
+            // SAFETY: the caller's pointers are valid; the column buffer holds `per` slots.
+            unsafe { this.images(0..n, out, x, w, col, par) };
+            return;
+        }
+        // Images split across threads, each with its own column buffer and a
+        // single-threaded GEMM.
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (lo, hi) = (n * t / threads, n * (t + 1) / threads);
+                // SAFETY: thread t owns column slots [t*per, (t+1)*per) and output images lo..hi.
+                let col = SendPtr(unsafe { (this.scratch.as_ptr() as *mut T).add(t * per) });
+                s.spawn(move || unsafe {
+                    this.images(lo..hi, out, x, w, col, gemm::Parallelism::None)
+                });
+            }
+        });
+    }
+
+    fn scratch_len(&self) -> usize {
+        let [_, cg, kh, kw] = self.weight;
+        if Self::is_direct(self.weight, self.stride, self.padding, self.dilation) {
+            0
+        } else {
+            cg * kh * kw * self.out_hw[0] * self.out_hw[1]
+        }
+    }
+
+    /// Convolves images `range` into `out`, using `col` as the column buffer.
+    unsafe fn images<T: Float>(
+        &self,
+        range: std::ops::Range<usize>,
+        out: SendPtr<T>,
+        x: SendPtr<T>,
+        w: SendPtr<T>,
+        col: SendPtr<T>,
+        par: gemm::Parallelism,
+    ) {
+        let [_, c, h, wd] = self.input;
         let [o, cg, kh, kw] = self.weight;
         let [oh, ow] = self.out_hw;
         let og = o / self.groups;
         let (rows, cols) = (cg * kh * kw, oh * ow);
         let direct = Self::is_direct(self.weight, self.stride, self.padding, self.dilation);
-        let col = self.scratch.as_mut_ptr() as *mut T;
-        for b in 0..n {
+        let (out, x, w, col) = (out.0, x.0 as *const T, w.0 as *const T, col.0);
+        let [sy, sx] = self.stride;
+        let [dy, dx] = self.dilation;
+        let (py, px) = (self.padding[0] as isize, self.padding[1] as isize);
+        for b in range {
             for g in 0..self.groups {
-                // SAFETY: all offsets below stay inside the buffers (shapes checked by the shape rule).
+                // SAFETY: all offsets stay inside the buffers (shapes checked by the shape rule).
                 unsafe {
                     let xin = x.add((b * c + g * cg) * h * wd);
                     let src: *const T = if direct {
@@ -123,25 +176,41 @@ impl Conv {
                         for ci in 0..cg {
                             for ky in 0..kh {
                                 for kx in 0..kw {
-                                    let r = (ci * kh + ky) * kw + kx;
-                                    let row = col.add(r * cols);
+                                    let row = col.add(((ci * kh + ky) * kw + kx) * cols);
+                                    // Output columns whose tap lands inside the input row.
+                                    let off = (kx * dx) as isize - px;
+                                    let lo = if off >= 0 {
+                                        0
+                                    } else {
+                                        ((-off) as usize).div_ceil(sx)
+                                    };
+                                    let hi = if (wd as isize - off) <= 0 {
+                                        0
+                                    } else {
+                                        ((wd as isize - off) as usize).div_ceil(sx)
+                                    };
+                                    let (lo, hi) = (lo.min(ow), hi.min(ow).max(lo.min(ow)));
                                     for y in 0..oh {
-                                        let iy = (y * self.stride[0] + ky * self.dilation[0])
-                                            as isize
-                                            - self.padding[0] as isize;
-                                        for xo in 0..ow {
-                                            let ix = (xo * self.stride[1] + kx * self.dilation[1])
-                                                as isize
-                                                - self.padding[1] as isize;
-                                            *row.add(y * ow + xo) = if iy >= 0
-                                                && iy < h as isize
-                                                && ix >= 0
-                                                && ix < wd as isize
-                                            {
-                                                *xin.add((ci * h + iy as usize) * wd + ix as usize)
-                                            } else {
-                                                T::ZERO
-                                            };
+                                        let dst = row.add(y * ow);
+                                        let iy = (y * sy + ky * dy) as isize - py;
+                                        if iy < 0 || iy >= h as isize {
+                                            std::ptr::write_bytes(dst, 0, ow);
+                                            continue;
+                                        }
+                                        std::ptr::write_bytes(dst, 0, lo);
+                                        std::ptr::write_bytes(dst.add(hi), 0, ow - hi);
+                                        let line = xin.add((ci * h + iy as usize) * wd);
+                                        if sx == 1 {
+                                            std::ptr::copy_nonoverlapping(
+                                                line.offset(lo as isize + off),
+                                                dst.add(lo),
+                                                hi - lo,
+                                            );
+                                        } else {
+                                            for xo in lo..hi {
+                                                *dst.add(xo) =
+                                                    *line.offset((xo * sx) as isize + off);
+                                            }
                                         }
                                     }
                                 }
@@ -178,8 +247,16 @@ impl Conv {
     }
 }
 
+/// A raw pointer that may cross threads (each thread touches disjoint memory).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint regions of buffers to scoped threads.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}
+
 /// f32 or f64.
-pub(crate) trait Float: Copy + 'static {
+pub(crate) trait Float: Copy + Send + Sync + 'static {
     const ZERO: Self;
     const ONE: Self;
 }
