@@ -39,7 +39,7 @@ fn cl(dtype: DType) -> Type {
     }
 }
 
-fn flags() -> MemFlagsData {
+pub(super) fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
@@ -185,9 +185,16 @@ impl Jit {
             e.b.seal_all_blocks();
             e.b.finalize(self.module.target_config());
         }
-        self.module
-            .define_function(id, &mut self.ctx)
-            .map_err(|e| err(format!("{e:?}")))?;
+        // Debug knobs: KILN_DUMP_CLIF prints each kernel's Cranelift IR,
+        // KILN_DUMP_ASM its machine code.
+        if std::env::var_os("KILN_DUMP_CLIF").is_some() {
+            eprintln!("; kernel {kernel}\n{}", self.ctx.func.display());
+        }
+        self.ctx.set_disasm(std::env::var_os("KILN_DUMP_ASM").is_some());
+        self.module.define_function(id, &mut self.ctx).map_err(|e| err(format!("{e:?}")))?;
+        if let Some(text) = self.ctx.compiled_code().and_then(|c| c.vcode.as_ref()) {
+            eprintln!("; kernel {kernel}\n{text}");
+        }
         self.module.clear_context(&mut self.ctx);
         Ok(id)
     }
@@ -210,14 +217,14 @@ impl Jit {
     }
 }
 
-struct Emitter<'a, 'b> {
-    b: FunctionBuilder<'b>,
-    prog: &'a KernelProgram,
+pub(super) struct Emitter<'a, 'b> {
+    pub(super) b: FunctionBuilder<'b>,
+    pub(super) prog: &'a KernelProgram,
     table: Value,
     ptr: Type,
     bases: HashMap<BufferId, Value>,
     funcs: HashMap<&'static str, cranelift_codegen::ir::FuncRef>,
-    loop_vars: Vec<Variable>,
+    pub(super) loop_vars: Vec<Variable>,
 }
 
 impl Emitter<'_, '_> {
@@ -249,7 +256,7 @@ impl Emitter<'_, '_> {
     }
 
     /// Evaluates an index expression as an i64.
-    fn index(&mut self, e: &Index, idx: &[Value]) -> Value {
+    pub(super) fn index(&mut self, e: &Index, idx: &[Value]) -> Value {
         let mut acc = self.iconst(e.constant);
         for (c, a) in &e.terms {
             let v = match a {
@@ -295,7 +302,7 @@ impl Emitter<'_, '_> {
         ok
     }
 
-    fn address(&mut self, buf: BufferId, offset: Value) -> Value {
+    pub(super) fn address(&mut self, buf: BufferId, offset: Value) -> Value {
         let size = self.prog.buffer(buf).dtype.size_bytes() as i64;
         let base = self.base(buf);
         let bytes = self.b.ins().imul_imm_s(offset, size);
@@ -523,7 +530,7 @@ impl Emitter<'_, '_> {
     }
 
     /// Emits an element program; returns its result.
-    fn program(
+    pub(super) fn program(
         &mut self,
         p: &ElementProgram,
         inputs: &[Access],
@@ -581,7 +588,7 @@ impl Emitter<'_, '_> {
 
     /// Emits loops over `dims` (pairs of loop variable and extent, outermost
     /// first), calling `body` in the innermost block; continues after the nest.
-    fn loops(
+    pub(super) fn loops(
         &mut self,
         dims: &[(usize, usize)],
         body: &mut dyn FnMut(&mut Self) -> Result<()>,
@@ -615,12 +622,12 @@ impl Emitter<'_, '_> {
         Ok(())
     }
 
-    fn idx(&mut self) -> Vec<Value> {
+    pub(super) fn idx(&mut self) -> Vec<Value> {
         let vars = self.loop_vars.clone();
         vars.into_iter().map(|v| self.b.use_var(v)).collect()
     }
 
-    fn linear(&mut self, idx: &[Value], strides: &[usize]) -> Value {
+    pub(super) fn linear(&mut self, idx: &[Value], strides: &[usize]) -> Value {
         let mut acc = self.iconst(0);
         for (&i, &s) in idx.iter().zip(strides) {
             let t = self.b.ins().imul_imm_s(i, s as i64);
@@ -629,7 +636,7 @@ impl Emitter<'_, '_> {
         acc
     }
 
-    fn store(&mut self, buf: BufferId, offset: Value, v: Value) {
+    pub(super) fn store(&mut self, buf: BufferId, offset: Value, v: Value) {
         let addr = self.address(buf, offset);
         self.b.ins().store(flags(), v, addr, 0);
     }
@@ -659,6 +666,10 @@ impl Emitter<'_, '_> {
                 let strides = kiln_graph::shape::strides(shape);
                 let dims: Vec<(usize, usize)> = shape.iter().copied().enumerate().collect();
                 let dtype = self.prog.buffer(out).dtype;
+                if super::vector::vectorizable(self.prog, shape, inputs, program, out, acc_from_out) {
+                    let last = shape.len() - 1;
+                    return self.loops(&dims[..last], &mut |e| e.vector_row(out, shape, &strides, inputs, program, acc_from_out));
+                }
                 self.loops(&dims, &mut |e| {
                     let idx = e.idx();
                     let lin = e.linear(&idx, &strides);

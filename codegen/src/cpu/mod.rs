@@ -9,6 +9,7 @@
 mod conv;
 mod jit;
 mod support;
+mod vector;
 
 use std::collections::HashMap;
 
