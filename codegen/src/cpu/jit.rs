@@ -27,7 +27,9 @@ use super::support;
 use crate::error::{Error, Result};
 
 /// A compiled kernel entry point.
-pub(crate) type KernelFn = unsafe extern "C" fn(*const *mut u8);
+/// `(buffer table, lo, hi)`: a kernel whose outermost loop can be split
+/// runs that loop over `lo..hi` only (see [`Jit::compile`]).
+pub(crate) type KernelFn = unsafe extern "C" fn(*const *mut u8, i64, i64);
 
 fn cl(dtype: DType) -> Type {
     match dtype {
@@ -43,6 +45,17 @@ pub(super) fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+fn host_has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}
+
 /// The JIT module and the functions compiled into it.
 pub(crate) struct Jit {
     module: JITModule,
@@ -50,6 +63,7 @@ pub(crate) struct Jit {
     fctx: FunctionBuilderContext,
     imports: HashMap<&'static str, FuncId>,
     count: usize,
+    fma: bool,
 }
 
 /// What a loop body needs to know to compute one element.
@@ -100,6 +114,7 @@ impl Jit {
             fctx: FunctionBuilderContext::new(),
             imports: HashMap::new(),
             count: 0,
+            fma: host_has_fma(),
         })
     }
 
@@ -154,6 +169,8 @@ impl Jit {
         let ptr = self.module.target_config().pointer_type();
         let mut sig = self.module.make_signature();
         sig.params.push(AbiParam::new(ptr));
+        sig.params.push(AbiParam::new(types::I64));
+        sig.params.push(AbiParam::new(types::I64));
         let name = format!("kernel_{}", self.count);
         self.count += 1;
         let id = self
@@ -166,7 +183,11 @@ impl Jit {
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
-            let table = b.block_params(entry)[0];
+            let (table, lo, hi) = (
+                b.block_params(entry)[0],
+                b.block_params(entry)[1],
+                b.block_params(entry)[2],
+            );
             let mut refs = HashMap::new();
             for (name, fid) in &funcs {
                 refs.insert(*name, self.module.declare_func_in_func(*fid, b.func));
@@ -179,6 +200,8 @@ impl Jit {
                 bases: HashMap::new(),
                 funcs: refs,
                 loop_vars: Vec::new(),
+                range: (lo, hi),
+                fma: self.fma,
             };
             e.body(body)?;
             e.b.ins().return_(&[]);
@@ -190,8 +213,11 @@ impl Jit {
         if std::env::var_os("KILN_DUMP_CLIF").is_some() {
             eprintln!("; kernel {kernel}\n{}", self.ctx.func.display());
         }
-        self.ctx.set_disasm(std::env::var_os("KILN_DUMP_ASM").is_some());
-        self.module.define_function(id, &mut self.ctx).map_err(|e| err(format!("{e:?}")))?;
+        self.ctx
+            .set_disasm(std::env::var_os("KILN_DUMP_ASM").is_some());
+        self.module
+            .define_function(id, &mut self.ctx)
+            .map_err(|e| err(format!("{e:?}")))?;
         if let Some(text) = self.ctx.compiled_code().and_then(|c| c.vcode.as_ref()) {
             eprintln!("; kernel {kernel}\n{text}");
         }
@@ -225,6 +251,10 @@ pub(super) struct Emitter<'a, 'b> {
     bases: HashMap<BufferId, Value>,
     funcs: HashMap<&'static str, cranelift_codegen::ir::FuncRef>,
     pub(super) loop_vars: Vec<Variable>,
+    /// The `lo..hi` parameters: the range of loop variable 0 when it is split.
+    pub(super) range: (Value, Value),
+    /// The host has fused multiply-add.
+    pub(super) fma: bool,
 }
 
 impl Emitter<'_, '_> {
@@ -597,8 +627,14 @@ impl Emitter<'_, '_> {
             return body(self);
         };
         let v = self.loop_vars[var];
-        let zero = self.iconst(0);
-        self.b.def_var(v, zero);
+        // Loop variable 0 runs over the caller's `lo..hi` (the whole extent
+        // unless the runtime splits the kernel across threads).
+        let start = if var == 0 {
+            self.range.0
+        } else {
+            self.iconst(0)
+        };
+        self.b.def_var(v, start);
         let (header, inner, exit) = (
             self.b.create_block(),
             self.b.create_block(),
@@ -607,10 +643,13 @@ impl Emitter<'_, '_> {
         self.b.ins().jump(header, &[]);
         self.b.switch_to_block(header);
         let i = self.b.use_var(v);
-        let c = self
-            .b
-            .ins()
-            .icmp_imm_s(IntCC::SignedLessThan, i, extent as i64);
+        let c = if var == 0 {
+            self.b.ins().icmp(IntCC::SignedLessThan, i, self.range.1)
+        } else {
+            self.b
+                .ins()
+                .icmp_imm_s(IntCC::SignedLessThan, i, extent as i64)
+        };
         self.b.ins().brif(c, inner, &[], exit, &[]);
         self.b.switch_to_block(inner);
         self.loops(rest, body)?;
@@ -666,9 +705,12 @@ impl Emitter<'_, '_> {
                 let strides = kiln_graph::shape::strides(shape);
                 let dims: Vec<(usize, usize)> = shape.iter().copied().enumerate().collect();
                 let dtype = self.prog.buffer(out).dtype;
-                if super::vector::vectorizable(self.prog, shape, inputs, program, out, acc_from_out) {
+                if super::vector::vectorizable(self.prog, shape, inputs, program, out, acc_from_out)
+                {
                     let last = shape.len() - 1;
-                    return self.loops(&dims[..last], &mut |e| e.vector_row(out, shape, &strides, inputs, program, acc_from_out));
+                    return self.loops(&dims[..last], &mut |e| {
+                        e.vector_row(out, shape, &strides, inputs, program, acc_from_out)
+                    });
                 }
                 self.loops(&dims, &mut |e| {
                     let idx = e.idx();

@@ -55,28 +55,53 @@ fn parallelism(threads: usize, work: usize) -> gemm::Parallelism {
     }
 }
 
+/// A compiled loop nest and how it may be split across threads.
+struct Launch {
+    f: KernelFn,
+    /// Extent of loop variable 0 (1 for rank 0).
+    extent: i64,
+    /// Loop variable 0 may run in disjoint chunks on several threads.
+    split: bool,
+    /// Elements the kernel visits (to decide whether threads pay).
+    work: usize,
+}
+
+impl Launch {
+    fn new(f: KernelFn, shape: &[usize], split: bool) -> Launch {
+        Launch {
+            f,
+            extent: shape.first().copied().unwrap_or(1) as i64,
+            split: split && !shape.is_empty(),
+            work: shape.iter().product(),
+        }
+    }
+}
+
+/// Elements below which an elementwise or reduction kernel stays on one thread.
+const PARALLEL_ELEMENTS: usize = 1 << 16;
+
 enum Step {
-    Jit(KernelFn),
+    Jit(Launch),
     MatMul {
         out: BufferId,
         a: Operand,
         b: Operand,
         batch: Vec<usize>,
         mnk: [usize; 3],
-        epilogue: Option<KernelFn>,
+        epilogue: Option<Launch>,
     },
     Conv {
         conv: conv::Conv,
         out: BufferId,
         x: BufferId,
         w: BufferId,
-        epilogue: Option<KernelFn>,
+        epilogue: Option<Launch>,
     },
     Op {
         op: Op,
         out: BufferId,
         args: Vec<BufferId>,
-        epilogue: Option<KernelFn>,
+        epilogue: Option<Launch>,
     },
 }
 
@@ -88,6 +113,7 @@ pub struct CpuExecutable {
     arena: Vec<u64>,
     table: Vec<*mut u8>,
     threads: usize,
+    pool: Option<rayon::ThreadPool>,
 }
 
 // SAFETY: the raw pointers in `table` are rewritten at the start of every run
@@ -105,7 +131,7 @@ impl Backend for CpuBackend {
     fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
         let mut jit = Jit::new()?;
         enum Pending {
-            Jit(cranelift_module::FuncId),
+            Jit(cranelift_module::FuncId, Vec<usize>, bool),
             MatMul(usize, Option<cranelift_module::FuncId>),
             Op(usize, Option<cranelift_module::FuncId>),
         }
@@ -142,7 +168,7 @@ impl Backend for CpuBackend {
                         program: p,
                         acc_from_out: false,
                     };
-                    Pending::Jit(jit.compile(program, &body, i)?)
+                    Pending::Jit(jit.compile(program, &body, i)?, shape.clone(), true)
                 }
                 Kernel::Reduce {
                     out,
@@ -162,7 +188,12 @@ impl Backend for CpuBackend {
                         body,
                         map: map.as_ref().map(|(o, p)| (*o, p)),
                     };
-                    Pending::Jit(jit.compile(program, &b, i)?)
+                    // Splitting dim 0 across threads is safe when it is not reduced.
+                    Pending::Jit(
+                        jit.compile(program, &b, i)?,
+                        shape.clone(),
+                        !axes.contains(&0),
+                    )
                 }
                 Kernel::MatMul { out, epilogue, .. } => {
                     Pending::MatMul(i, epilogue_fn(&mut jit, *out, epilogue)?)
@@ -176,7 +207,9 @@ impl Backend for CpuBackend {
         let steps = pending
             .into_iter()
             .map(|p| match p {
-                Pending::Jit(id) => Step::Jit(jit.function(id)),
+                Pending::Jit(id, shape, split) => {
+                    Step::Jit(Launch::new(jit.function(id), &shape, split))
+                }
                 Pending::MatMul(i, e) => match &program.kernels[i] {
                     Kernel::MatMul {
                         out,
@@ -191,7 +224,9 @@ impl Backend for CpuBackend {
                         b: b.clone(),
                         batch: batch.clone(),
                         mnk: *mnk,
-                        epilogue: e.map(|id| jit.function(id)),
+                        epilogue: e.map(|id| {
+                            Launch::new(jit.function(id), &program.buffer(*out).shape, true)
+                        }),
                     },
                     _ => unreachable!("pending matmul"),
                 },
@@ -228,14 +263,18 @@ impl Backend for CpuBackend {
                             out: *out,
                             x: args[0],
                             w: args[1],
-                            epilogue: e.map(|id| jit.function(id)),
+                            epilogue: e.map(|id| {
+                                Launch::new(jit.function(id), &program.buffer(*out).shape, true)
+                            }),
                         }
                     }
                     Kernel::Op { op, out, args, .. } => Step::Op {
                         op: op.clone(),
                         out: *out,
                         args: args.clone(),
-                        epilogue: e.map(|id| jit.function(id)),
+                        epilogue: e.map(|id| {
+                            Launch::new(jit.function(id), &program.buffer(*out).shape, true)
+                        }),
                     },
                     _ => unreachable!("pending op"),
                 },
@@ -249,6 +288,14 @@ impl Backend for CpuBackend {
             arena,
             table: vec![std::ptr::null_mut(); program.buffers.len()],
             threads: self.threads,
+            pool: (self.threads > 1)
+                .then(|| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(self.threads)
+                        .build()
+                        .ok()
+                })
+                .flatten(),
         })
     }
 }
@@ -466,7 +513,43 @@ impl WrappingMulAdd for i64 {
     }
 }
 
+/// The buffer table, shared read-only by the threads of one kernel.
+#[derive(Clone, Copy)]
+struct Table(*const *mut u8);
+// SAFETY: during a launch the table is only read, and the chunks of a split
+// kernel write disjoint elements.
+unsafe impl Send for Table {}
+// SAFETY: as above.
+unsafe impl Sync for Table {}
+
+impl Table {
+    fn get(self) -> *const *mut u8 {
+        self.0
+    }
+}
+
 impl CpuExecutable {
+    /// Runs a compiled loop nest, split over loop variable 0 across the
+    /// threads when that pays.
+    fn launch(&self, l: &Launch, table: *const *mut u8) {
+        let t = Table(table);
+        match &self.pool {
+            Some(pool) if l.split && l.work >= PARALLEL_ELEMENTS && l.extent >= 2 => {
+                let n = (self.threads as i64).min(l.extent);
+                pool.scope(|s| {
+                    for c in 0..n {
+                        let (lo, hi) = (l.extent * c / n, l.extent * (c + 1) / n);
+                        let f = l.f;
+                        // SAFETY: chunks cover disjoint ranges of the outermost loop.
+                        s.spawn(move |_| unsafe { f(t.get(), lo, hi) });
+                    }
+                });
+            }
+            // SAFETY: the table points at live buffers of the program's types.
+            _ => unsafe { (l.f)(table, 0, l.extent) },
+        }
+    }
+
     fn run_steps(&self, steps: &mut [Step], table: *const *mut u8) -> Result<()> {
         let at = |ki: usize| {
             move |e: Error| match e {
@@ -477,7 +560,7 @@ impl CpuExecutable {
         for (ki, step) in steps.iter_mut().enumerate() {
             match step {
                 // SAFETY: the table points at live buffers of the program's types.
-                Step::Jit(f) => unsafe { f(table) },
+                Step::Jit(l) => self.launch(l, table),
                 Step::MatMul {
                     out,
                     a,
@@ -487,9 +570,8 @@ impl CpuExecutable {
                     epilogue,
                 } => {
                     self.matmul(*out, a, b, batch, *mnk).map_err(at(ki))?;
-                    if let Some(f) = epilogue {
-                        // SAFETY: as above.
-                        unsafe { f(table) }
+                    if let Some(l) = epilogue {
+                        self.launch(l, table);
                     }
                 }
                 Step::Conv {
@@ -510,9 +592,8 @@ impl CpuExecutable {
                             parallelism(self.threads, work),
                         )
                     };
-                    if let Some(f) = epilogue {
-                        // SAFETY: as above.
-                        unsafe { f(table) }
+                    if let Some(l) = epilogue {
+                        self.launch(l, table);
                     }
                 }
                 Step::Op {
@@ -528,9 +609,8 @@ impl CpuExecutable {
                         .eval(&refs, &shape)
                         .map_err(|reason| Error::Run { kernel: ki, reason })?;
                     self.write(*out, &v);
-                    if let Some(f) = epilogue {
-                        // SAFETY: as above.
-                        unsafe { f(table) }
+                    if let Some(l) = epilogue {
+                        self.launch(l, table);
                     }
                 }
             }
