@@ -30,13 +30,13 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use kiln_graph as graph;
 pub use kiln_graph::shape;
-pub use session::Session;
+pub use session::{ProfileEvent, Session, SessionOptions};
 
 /// What a model definition needs: `use kiln::prelude::*`.
 pub mod prelude {
     pub use crate::device::Device;
     pub use crate::error::{Error, Result};
-    pub use crate::session::Session;
+    pub use crate::session::{Session, SessionOptions};
     pub use kiln_graph::{
         one_hot, shape, softmax_cross_entropy, sparse_softmax_cross_entropy, Activation, Array,
         Conv2dOptions, DType, Dim, Graph, GraphBuilder, Init, NodeId, Shape, SliceAxis, Tensor,

@@ -38,6 +38,16 @@ enum Command {
         /// Device to run on.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Threads for the CPU backend (default: KILN_NUM_THREADS or every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// After a warm-up run, time one more run and print each kernel's time.
+        #[arg(long)]
+        profile: bool,
+        /// Like --profile, and write the kernel timeline as Chrome trace JSON
+        /// (open it in Perfetto or chrome://tracing).
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
     },
     /// Print a model's nodes, inputs, outputs and parameter count.
     Show {
@@ -167,7 +177,21 @@ fn main() {
             output,
             fetches,
             device,
-        } => run(&model, &inputs, output.as_deref(), &fetches, &device),
+            threads,
+            profile,
+            trace,
+        } => run(
+            &model,
+            &inputs,
+            output.as_deref(),
+            &fetches,
+            &device,
+            RunExtras {
+                threads,
+                profile,
+                trace,
+            },
+        ),
         Command::Show {
             model,
             dot,
@@ -206,12 +230,20 @@ fn load(model: &Path) -> Result<Graph> {
     Ok(Graph::load(model)?)
 }
 
+/// The optional parts of `kiln run`.
+struct RunExtras {
+    threads: Option<usize>,
+    profile: bool,
+    trace: Option<PathBuf>,
+}
+
 fn run(
     model: &Path,
     inputs: &[String],
     output: Option<&Path>,
     fetches: &[String],
     device: &str,
+    extras: RunExtras,
 ) -> Result<()> {
     let device: Device = device.parse()?;
     let graph = load(model)?;
@@ -239,7 +271,13 @@ fn run(
         fetches.to_vec()
     };
     let t0 = Instant::now();
-    let mut sess = Session::new(&graph, device)?;
+    let mut sess = Session::with_options(
+        &graph,
+        device,
+        kiln::SessionOptions {
+            threads: extras.threads,
+        },
+    )?;
     let feed_refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let fetch_refs: Vec<&str> = fetch_names.iter().map(String::as_str).collect();
     let values = sess.run(&feed_refs, &fetch_refs)?;
@@ -260,6 +298,74 @@ fn run(
             npy::write(&file, v)?;
             println!("    -> {}", file.display());
         }
+    }
+    if extras.profile || extras.trace.is_some() {
+        profile_run(&mut sess, &feed_refs, &fetch_refs, extras.trace.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Times one more (warm) run kernel by kernel; prints the table and writes a trace.
+fn profile_run(
+    sess: &mut Session,
+    feeds: &[(&str, &Array)],
+    fetches: &[&str],
+    trace: Option<&Path>,
+) -> Result<()> {
+    if sess.device() == Device::Reference {
+        bail!("--profile and --trace need a compiling device (--device cpu)");
+    }
+    sess.set_profiling(true);
+    let t = Instant::now();
+    sess.run(feeds, fetches)?;
+    let wall = t.elapsed().as_secs_f64() * 1e6;
+    let events = sess.take_profile();
+    let total: f64 = events.iter().map(|e| e.duration_us).sum();
+    println!(
+        "profile of one warm run: {:.1} us in {} kernels ({:.1} us wall)",
+        total,
+        events.len(),
+        wall
+    );
+    println!(
+        "  {:>4}  {:<16} {:>10} {:>6}  nodes",
+        "k", "kernel", "us", "%"
+    );
+    for e in &events {
+        let mut nodes = e.nodes.join(", ");
+        if nodes.len() > 60 {
+            nodes.truncate(57);
+            nodes.push_str("...");
+        }
+        println!(
+            "  {:>4}  {:<16} {:>10.1} {:>5.1}%  {nodes}",
+            e.kernel,
+            e.label,
+            e.duration_us,
+            100.0 * e.duration_us / total.max(1e-9)
+        );
+    }
+    if let Some(path) = trace {
+        let t0 = events.first().map(|e| e.start_us).unwrap_or(0.0);
+        let trace_events: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "name": format!("k{} {}", e.kernel, e.label),
+                    "cat": "kernel",
+                    "ph": "X",
+                    "ts": e.start_us - t0,
+                    "dur": e.duration_us,
+                    "pid": 1,
+                    "tid": 1,
+                    "args": {"nodes": e.nodes},
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({"traceEvents": trace_events, "displayTimeUnit": "ms"});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -22,13 +22,45 @@ use crate::error::{Error, Result};
 pub struct Session {
     graph: Graph,
     device: Device,
+    options: SessionOptions,
     variables: HashMap<String, Array>,
     compiled: HashMap<(Vec<NodeId>, Bindings), CpuExecutable>,
+    profiling: bool,
+    epoch: std::time::Instant,
+    needed: HashMap<NodeId, Vec<NodeId>>,
+}
+
+/// Options of a [`Session`].
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Threads the CPU backend may use; `None` takes `KILN_NUM_THREADS`, else
+    /// every available core. Small kernels stay on one thread regardless.
+    pub threads: Option<usize>,
+}
+
+/// One kernel execution recorded while profiling (see [`Session::set_profiling`]).
+#[derive(Clone, Debug)]
+pub struct ProfileEvent {
+    /// The kernel's index in its program.
+    pub kernel: usize,
+    /// What the kernel is (`matmul`, `reduce_sum+map`, `elementwise`, ...).
+    pub label: String,
+    /// The graph nodes the kernel computes.
+    pub nodes: Vec<String>,
+    /// Start, in microseconds since the session was created.
+    pub start_us: f64,
+    /// Duration in microseconds.
+    pub duration_us: f64,
 }
 
 impl Session {
     /// Prepares `graph` to run on `device` and initializes its variables.
     pub fn new(graph: &Graph, device: Device) -> Result<Session> {
+        Session::with_options(graph, device, SessionOptions::default())
+    }
+
+    /// Like [`Session::new`], with options.
+    pub fn with_options(graph: &Graph, device: Device, options: SessionOptions) -> Result<Session> {
         let graph = graph.clone();
         let mut variables = HashMap::new();
         for v in graph.variables() {
@@ -39,8 +71,12 @@ impl Session {
         Ok(Session {
             graph,
             device,
+            options,
             variables,
             compiled: HashMap::new(),
+            profiling: false,
+            epoch: std::time::Instant::now(),
+            needed: HashMap::new(),
         })
     }
 
@@ -105,13 +141,47 @@ impl Session {
                         ..Default::default()
                     };
                     let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
-                    let exe = CpuBackend::default().compile(&compiled.program)?;
+                    let mut backend = CpuBackend::default();
+                    if let Some(t) = self.options.threads {
+                        backend.threads = t.max(1);
+                    }
+                    let mut exe = backend.compile(&compiled.program)?;
+                    exe.set_profiling(self.profiling);
                     self.compiled.insert(key.clone(), exe);
                 }
                 let exe = self.compiled.get_mut(&key).expect("compiled above");
                 Ok(exe.run(&feed_map, &mut self.variables)?)
             }
         }
+    }
+
+    /// Records the time of every kernel of later runs on compiling devices
+    /// (`kiln run --profile`, `--trace`), or stops recording.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+        for exe in self.compiled.values_mut() {
+            exe.set_profiling(on);
+        }
+    }
+
+    /// The kernel executions recorded since the last call, in start order.
+    pub fn take_profile(&mut self) -> Vec<ProfileEvent> {
+        let mut events = Vec::new();
+        for exe in self.compiled.values_mut() {
+            let times = exe.take_profile();
+            let p = exe.program();
+            for t in times {
+                events.push(ProfileEvent {
+                    kernel: t.kernel,
+                    label: p.kernels[t.kernel].label(),
+                    nodes: p.kernel_nodes[t.kernel].clone(),
+                    start_us: t.start.duration_since(self.epoch).as_secs_f64() * 1e6,
+                    duration_us: t.duration.as_secs_f64() * 1e6,
+                });
+            }
+        }
+        events.sort_by(|a, b| a.start_us.total_cmp(&b.start_us));
+        events
     }
 
     /// Runs and returns the graph's declared outputs.
@@ -197,17 +267,25 @@ impl Session {
     }
 
     fn check_needed_feeds(
-        &self,
+        &mut self,
         fetch_ids: &[NodeId],
         fetches: &[&str],
         feeds: &[(&str, &Array)],
     ) -> Result<()> {
+        // The placeholders each fetch needs, found once per fetch.
         for (&f, &fname) in fetch_ids.iter().zip(fetches) {
-            for n in self.graph.ancestors(&[f]) {
+            if !self.needed.contains_key(&f) {
+                let graph = &self.graph;
+                let ph = graph
+                    .ancestors(&[f])
+                    .into_iter()
+                    .filter(|&n| matches!(graph.node(n).op, Op::Placeholder { .. }))
+                    .collect();
+                self.needed.insert(f, ph);
+            }
+            for &n in &self.needed[&f] {
                 let node = self.graph.node(n);
-                if matches!(node.op, Op::Placeholder { .. })
-                    && !feeds.iter().any(|(name, _)| *name == node.name)
-                {
+                if !feeds.iter().any(|(name, _)| *name == node.name) {
                     return Err(Error::Feed {
                         name: node.name.clone(),
                         reason: format!(

@@ -293,3 +293,53 @@ fn optimizer_commands() {
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn profile_and_trace() {
+    let dir = temp_dir("trace");
+    let trace = dir.join("trace.json");
+    let o = kiln(&[
+        "run",
+        "examples/mlp.kiln",
+        "-i",
+        "x=examples/digit.npy",
+        "--profile",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("profile of one warm run:") && text.contains("6 kernels"),
+        "{text}"
+    );
+    assert!(
+        text.contains("matmul") && text.contains("reduce_sum+map"),
+        "{text}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = doc["traceEvents"].as_array().unwrap();
+    assert_eq!(events.len(), 6);
+    assert!(events
+        .iter()
+        .all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0));
+    let o = kiln(&[
+        "run",
+        "examples/mlp.kiln",
+        "-i",
+        "x=examples/digit.npy",
+        "--profile",
+        "--device",
+        "reference",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("need a compiling device"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

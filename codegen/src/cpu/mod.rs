@@ -114,6 +114,18 @@ pub struct CpuExecutable {
     table: Vec<*mut u8>,
     threads: usize,
     pool: Option<rayon::ThreadPool>,
+    profile: Option<std::sync::Mutex<Vec<KernelTime>>>,
+}
+
+/// One timed execution of a kernel (see [`CpuExecutable::set_profiling`]).
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// The kernel's index in the program.
+    pub kernel: usize,
+    /// When it started.
+    pub start: std::time::Instant,
+    /// How long it ran.
+    pub duration: std::time::Duration,
 }
 
 // SAFETY: the raw pointers in `table` are rewritten at the start of every run
@@ -296,11 +308,25 @@ impl Backend for CpuBackend {
                         .ok()
                 })
                 .flatten(),
+            profile: None,
         })
     }
 }
 
 impl CpuExecutable {
+    /// Records the time of every kernel of later runs (or stops recording).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| std::sync::Mutex::new(Vec::new()));
+    }
+
+    /// The kernel times recorded since the last call.
+    pub fn take_profile(&mut self) -> Vec<KernelTime> {
+        self.profile
+            .as_mut()
+            .map(|m| std::mem::take(m.get_mut().expect("profile lock")))
+            .unwrap_or_default()
+    }
+
     /// The program this executable runs.
     pub fn program(&self) -> &KernelProgram {
         &self.program
@@ -558,6 +584,7 @@ impl CpuExecutable {
             }
         };
         for (ki, step) in steps.iter_mut().enumerate() {
+            let started = self.profile.as_ref().map(|_| std::time::Instant::now());
             match step {
                 // SAFETY: the table points at live buffers of the program's types.
                 Step::Jit(l) => self.launch(l, table),
@@ -613,6 +640,13 @@ impl CpuExecutable {
                         self.launch(l, table);
                     }
                 }
+            }
+            if let (Some(t), Some(log)) = (started, &self.profile) {
+                log.lock().expect("profile lock").push(KernelTime {
+                    kernel: ki,
+                    start: t,
+                    duration: t.elapsed(),
+                });
             }
         }
         Ok(())
