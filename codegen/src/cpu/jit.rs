@@ -24,6 +24,7 @@ use kiln_optimizer::kernel::{
 };
 
 use super::support;
+use super::vector::RowAcc;
 use crate::error::{Error, Result};
 
 /// A compiled kernel entry point.
@@ -421,6 +422,14 @@ impl Emitter<'_, '_> {
                     let neg_or_x = self.b.ins().select(lt, m1, x);
                     self.b.ins().select(gt, one, neg_or_x)
                 }
+                UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Erf
+                    if ty == types::F32 =>
+                {
+                    // The same approximation as the vector lanes, on lane 0.
+                    let v = self.b.ins().splat(types::F32X4, x);
+                    let r = self.vunary(f, v);
+                    self.b.ins().extractlane(r, 0)
+                }
                 _ => {
                     let code = support::CALLED_UNARY
                         .iter()
@@ -709,7 +718,18 @@ impl Emitter<'_, '_> {
                 {
                     let last = shape.len() - 1;
                     return self.loops(&dims[..last], &mut |e| {
-                        e.vector_row(out, shape, &strides, inputs, program, acc_from_out)
+                        e.vector_row(
+                            out,
+                            shape,
+                            &strides,
+                            inputs,
+                            program,
+                            if acc_from_out {
+                                RowAcc::FromOut
+                            } else {
+                                RowAcc::None
+                            },
+                        )
                     });
                 }
                 self.loops(&dims, &mut |e| {
@@ -768,8 +788,15 @@ impl Emitter<'_, '_> {
                     ReduceKind::Arg(_) => DType::I64,
                     ReduceKind::Value(_) => in_dtype,
                 };
+                // f32 rows whose last dim is reduced run in lanes, accumulating
+                // in f32; otherwise floats accumulate in f64 like the reference.
+                let lanes = in_dtype == DType::F32
+                    && matches!(kind, ReduceKind::Value(_))
+                    && super::vector::reduce_vectorizable(
+                        self.prog, shape, axes, inputs, body, map,
+                    );
                 let acc_ty = match (kind, in_dtype.is_float()) {
-                    (ReduceKind::Value(_), true) => types::F64,
+                    (ReduceKind::Value(_), true) if !lanes => types::F64,
                     _ => cl(in_dtype),
                 };
                 let acc_var = self.b.declare_var(acc_ty);
@@ -786,63 +813,72 @@ impl Emitter<'_, '_> {
                     e.b.def_var(idx_var, z);
                     let f = e.b.ins().iconst(types::I8, 0);
                     e.b.def_var(started, f);
-                    e.loops(&reduced, &mut |e| {
-                        let idx = e.idx();
-                        let v = e.program(body, inputs, &idx, None)?;
-                        let acc = e.b.use_var(acc_var);
-                        match kind {
-                            ReduceKind::Value(f) => {
-                                let v = if acc_ty == types::F64 && in_dtype == DType::F32 {
-                                    e.b.ins().fpromote(types::F64, v)
-                                } else {
-                                    v
-                                };
-                                let next = reduce_step(e, f, acc, v, acc_ty);
-                                e.b.def_var(acc_var, next);
+                    if let (true, ReduceKind::Value(f)) = (lanes, kind) {
+                        e.loops(&reduced[..reduced.len() - 1], &mut |e| {
+                            let a = e.b.use_var(acc_var);
+                            let r = e.vector_reduce(f, shape, inputs, body, a)?;
+                            e.b.def_var(acc_var, r);
+                            Ok(())
+                        })?;
+                    } else {
+                        e.loops(&reduced, &mut |e| {
+                            let idx = e.idx();
+                            let v = e.program(body, inputs, &idx, None)?;
+                            let acc = e.b.use_var(acc_var);
+                            match kind {
+                                ReduceKind::Value(f) => {
+                                    let v = if acc_ty == types::F64 && in_dtype == DType::F32 {
+                                        e.b.ins().fpromote(types::F64, v)
+                                    } else {
+                                        v
+                                    };
+                                    let next = reduce_step(e, f, acc, v, acc_ty);
+                                    e.b.def_var(acc_var, next);
+                                }
+                                ReduceKind::Arg(f) => {
+                                    // First index of the extreme; a NaN wins and stays.
+                                    let k = idx[reduced[0].0];
+                                    let st = e.b.use_var(started);
+                                    let (acc_nan, v_nan) = if in_dtype.is_float() {
+                                        (
+                                            e.b.ins().fcmp(FloatCC::Unordered, acc, acc),
+                                            e.b.ins().fcmp(FloatCC::Unordered, v, v),
+                                        )
+                                    } else {
+                                        let f0 = e.b.ins().iconst(types::I8, 0);
+                                        (f0, f0)
+                                    };
+                                    let better = match (f, in_dtype.is_float()) {
+                                        (ArgOp::ArgMax, true) => {
+                                            e.b.ins().fcmp(FloatCC::GreaterThan, v, acc)
+                                        }
+                                        (ArgOp::ArgMin, true) => {
+                                            e.b.ins().fcmp(FloatCC::LessThan, v, acc)
+                                        }
+                                        (ArgOp::ArgMax, false) => {
+                                            e.b.ins().icmp(IntCC::SignedGreaterThan, v, acc)
+                                        }
+                                        (ArgOp::ArgMin, false) => {
+                                            e.b.ins().icmp(IntCC::SignedLessThan, v, acc)
+                                        }
+                                    };
+                                    let better = e.b.ins().bor(better, v_nan);
+                                    let not_nan = e.b.ins().bxor_imm_s(acc_nan, 1);
+                                    let better = e.b.ins().band(better, not_nan);
+                                    let first = e.b.ins().bxor_imm_s(st, 1);
+                                    let upd = e.b.ins().bor(first, better);
+                                    let nacc = e.b.ins().select(upd, v, acc);
+                                    let cur = e.b.use_var(idx_var);
+                                    let nidx = e.b.ins().select(upd, k, cur);
+                                    e.b.def_var(acc_var, nacc);
+                                    e.b.def_var(idx_var, nidx);
+                                    let one = e.b.ins().iconst(types::I8, 1);
+                                    e.b.def_var(started, one);
+                                }
                             }
-                            ReduceKind::Arg(f) => {
-                                // First index of the extreme; a NaN wins and stays.
-                                let k = idx[reduced[0].0];
-                                let st = e.b.use_var(started);
-                                let (acc_nan, v_nan) = if in_dtype.is_float() {
-                                    (
-                                        e.b.ins().fcmp(FloatCC::Unordered, acc, acc),
-                                        e.b.ins().fcmp(FloatCC::Unordered, v, v),
-                                    )
-                                } else {
-                                    let f0 = e.b.ins().iconst(types::I8, 0);
-                                    (f0, f0)
-                                };
-                                let better = match (f, in_dtype.is_float()) {
-                                    (ArgOp::ArgMax, true) => {
-                                        e.b.ins().fcmp(FloatCC::GreaterThan, v, acc)
-                                    }
-                                    (ArgOp::ArgMin, true) => {
-                                        e.b.ins().fcmp(FloatCC::LessThan, v, acc)
-                                    }
-                                    (ArgOp::ArgMax, false) => {
-                                        e.b.ins().icmp(IntCC::SignedGreaterThan, v, acc)
-                                    }
-                                    (ArgOp::ArgMin, false) => {
-                                        e.b.ins().icmp(IntCC::SignedLessThan, v, acc)
-                                    }
-                                };
-                                let better = e.b.ins().bor(better, v_nan);
-                                let not_nan = e.b.ins().bxor_imm_s(acc_nan, 1);
-                                let better = e.b.ins().band(better, not_nan);
-                                let first = e.b.ins().bxor_imm_s(st, 1);
-                                let upd = e.b.ins().bor(first, better);
-                                let nacc = e.b.ins().select(upd, v, acc);
-                                let cur = e.b.use_var(idx_var);
-                                let nidx = e.b.ins().select(upd, k, cur);
-                                e.b.def_var(acc_var, nacc);
-                                e.b.def_var(idx_var, nidx);
-                                let one = e.b.ins().iconst(types::I8, 1);
-                                e.b.def_var(started, one);
-                            }
-                        }
-                        Ok(())
-                    })?;
+                            Ok(())
+                        })?;
+                    }
                     let result = match kind {
                         ReduceKind::Arg(_) => e.b.use_var(idx_var),
                         ReduceKind::Value(_) => {
@@ -859,7 +895,19 @@ impl Emitter<'_, '_> {
                         let lin = e.linear(&idx, &rstrides);
                         e.store(o, lin, result);
                     }
-                    if let Some((mo, mp)) = map {
+                    if let (true, Some((mo, mp))) = (lanes, map) {
+                        let last = reduced.len() - 1;
+                        e.loops(&reduced[..last], &mut |e| {
+                            e.vector_row(
+                                mo,
+                                shape,
+                                &full_strides,
+                                inputs,
+                                mp,
+                                RowAcc::Value(result),
+                            )
+                        })?;
+                    } else if let Some((mo, mp)) = map {
                         e.loops(&reduced, &mut |e| {
                             let idx = e.idx();
                             let v = e.program(mp, inputs, &idx, Some(result))?;

@@ -10,7 +10,7 @@
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
 
-use kiln_graph::{BinaryOp, DType, UnaryOp};
+use kiln_graph::{BinaryOp, DType, ReduceOp, UnaryOp};
 use kiln_optimizer::index::{Atom, Index};
 use kiln_optimizer::kernel::{Access, BufferId, ElementProgram, Instr, KernelProgram};
 
@@ -53,10 +53,21 @@ pub(crate) fn vectorizable(
     acc_from_out: bool,
 ) -> bool {
     let Some(&n) = shape.last() else { return false };
-    if n < 2 * LANES || prog.buffer(out).dtype != DType::F32 {
-        return false;
-    }
-    let last = shape.len() - 1;
+    n >= 2 * LANES
+        && prog.buffer(out).dtype == DType::F32
+        && program_vectorizable(prog, shape, inputs, p, acc_from_out) == Some(true)
+}
+
+/// `Some(true)` when a program's result is an f32 vector along the innermost
+/// loop variable (`Some(false)`: a lane mask; `None`: not vectorizable).
+fn program_vectorizable(
+    prog: &KernelProgram,
+    shape: &[usize],
+    inputs: &[Access],
+    p: &ElementProgram,
+    acc_ok: bool,
+) -> Option<bool> {
+    let last = shape.len().checked_sub(1)?;
     // true: an f32 vector; false: a lane mask.
     let mut kinds: Vec<bool> = Vec::with_capacity(p.instrs.len());
     for ins in &p.instrs {
@@ -64,7 +75,7 @@ pub(crate) fn vectorizable(
             Instr::Load(a) => {
                 let acc = &inputs[*a];
                 if prog.buffer(acc.buffer).dtype != DType::F32 || unit_stride(acc, last).is_none() {
-                    return false;
+                    return None;
                 }
                 true
             }
@@ -88,33 +99,33 @@ pub(crate) fn vectorizable(
                             | Erf
                     )
                 {
-                    return false;
+                    return None;
                 }
                 true
             }
             Instr::Binary(f, a, b) => {
                 use BinaryOp::*;
                 if !kinds[*a] || !kinds[*b] {
-                    return false;
+                    return None;
                 }
                 match f {
                     Add | Sub | Mul | Div | Max | Min => true,
                     Eq | Ne | Lt | Le | Gt | Ge => false,
-                    _ => return false,
+                    _ => return None,
                 }
             }
             Instr::Select(c, a, b) => {
                 if kinds[*c] || !kinds[*a] || !kinds[*b] {
-                    return false;
+                    return None;
                 }
                 true
             }
-            Instr::Acc if acc_from_out => true,
-            _ => return false,
+            Instr::Acc if acc_ok => true,
+            _ => return None,
         };
         kinds.push(k);
     }
-    kinds[p.result]
+    Some(kinds[p.result])
 }
 
 fn lanes() -> MemFlagsData {
@@ -339,7 +350,7 @@ impl Emitter<'_, '_> {
         self.copysign(r, x)
     }
 
-    fn vunary(&mut self, f: UnaryOp, x: Value) -> Value {
+    pub(super) fn vunary(&mut self, f: UnaryOp, x: Value) -> Value {
         match f {
             UnaryOp::Neg => self.b.ins().fneg(x),
             UnaryOp::Abs => self.b.ins().fabs(x),
@@ -417,30 +428,17 @@ impl Emitter<'_, '_> {
         vals[p.result]
     }
 
-    /// The innermost dim of an elementwise kernel: four lanes at a time, then
-    /// the remainder one element at a time.
-    pub(super) fn vector_row(
+    /// A loop of `var` over `start..end`: `vector` runs four iterations at a
+    /// time while four remain, then `scalar` one at a time.
+    pub(super) fn vector_loop(
         &mut self,
-        out: BufferId,
-        shape: &[usize],
-        strides: &[usize],
-        inputs: &[Access],
-        program: &ElementProgram,
-        acc_from_out: bool,
+        var: cranelift_frontend::Variable,
+        start: Value,
+        end: Value,
+        vector: &mut dyn FnMut(&mut Self) -> Result<()>,
+        scalar: &mut dyn FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
-        let last = shape.len() - 1;
-        let n = shape[last];
-        let var = self.loop_vars[last];
-        // A rank-1 kernel's only loop is the one the runtime may split: it
-        // runs over lo..hi; any other innermost loop over 0..n.
-        let (start, end) = if last == 0 {
-            self.range
-        } else {
-            (
-                self.b.ins().iconst(types::I64, 0),
-                self.b.ins().iconst(types::I64, n as i64),
-            )
-        };
+        use cranelift_codegen::ir::condcodes::IntCC;
         self.b.def_var(var, start);
         let (vh, vb, rh, rb, exit) = (
             self.b.create_block(),
@@ -453,39 +451,20 @@ impl Emitter<'_, '_> {
         self.b.switch_to_block(vh);
         let i = self.b.use_var(var);
         let i4 = self.b.ins().iadd_imm_s(i, LANES as i64);
-        let c = self.b.ins().icmp(
-            cranelift_codegen::ir::condcodes::IntCC::SignedLessThanOrEqual,
-            i4,
-            end,
-        );
+        let c = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, i4, end);
         self.b.ins().brif(c, vb, &[], rh, &[]);
         self.b.switch_to_block(vb);
-        let idx = self.idx();
-        let lin = self.linear(&idx, strides);
-        let addr = self.address(out, lin);
-        let acc = acc_from_out.then(|| self.b.ins().load(V, flags(), addr, 0));
-        let v = self.vprogram(program, inputs, &idx, acc);
-        self.b.ins().store(flags(), v, addr, 0);
+        vector(self)?;
         let i = self.b.use_var(var);
         let next = self.b.ins().iadd_imm_s(i, LANES as i64);
         self.b.def_var(var, next);
         self.b.ins().jump(vh, &[]);
-        // The remainder, scalar.
         self.b.switch_to_block(rh);
         let i = self.b.use_var(var);
-        let c = self.b.ins().icmp(
-            cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
-            i,
-            end,
-        );
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, end);
         self.b.ins().brif(c, rb, &[], exit, &[]);
         self.b.switch_to_block(rb);
-        let idx = self.idx();
-        let lin = self.linear(&idx, strides);
-        let addr = self.address(out, lin);
-        let acc = acc_from_out.then(|| self.b.ins().load(types::F32, flags(), addr, 0));
-        let v = self.program(program, inputs, &idx, acc)?;
-        self.store(out, lin, v);
+        scalar(self)?;
         let i = self.b.use_var(var);
         let next = self.b.ins().iadd_imm_s(i, 1);
         self.b.def_var(var, next);
@@ -493,4 +472,167 @@ impl Emitter<'_, '_> {
         self.b.switch_to_block(exit);
         Ok(())
     }
+
+    /// The innermost dim of an elementwise kernel (or of a reduction's row
+    /// map): four lanes at a time, then the remainder one element at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn vector_row(
+        &mut self,
+        out: BufferId,
+        shape: &[usize],
+        strides: &[usize],
+        inputs: &[Access],
+        program: &ElementProgram,
+        acc: RowAcc,
+    ) -> Result<()> {
+        let last = shape.len() - 1;
+        let n = shape[last];
+        let var = self.loop_vars[last];
+        // A rank-1 kernel's only loop is the one the runtime may split: it
+        // runs over lo..hi; any other innermost loop over 0..n.
+        let (start, end) = if last == 0 && matches!(acc, RowAcc::None | RowAcc::FromOut) {
+            self.range
+        } else {
+            (
+                self.b.ins().iconst(types::I64, 0),
+                self.b.ins().iconst(types::I64, n as i64),
+            )
+        };
+        let splat_acc = match acc {
+            RowAcc::Value(v) => Some(self.b.ins().splat(V, v)),
+            _ => None,
+        };
+        self.vector_loop(
+            var,
+            start,
+            end,
+            &mut |e| {
+                let idx = e.idx();
+                let lin = e.linear(&idx, strides);
+                let addr = e.address(out, lin);
+                let a = match acc {
+                    RowAcc::None => None,
+                    RowAcc::FromOut => Some(e.b.ins().load(V, flags(), addr, 0)),
+                    RowAcc::Value(_) => splat_acc,
+                };
+                let v = e.vprogram(program, inputs, &idx, a);
+                e.b.ins().store(flags(), v, addr, 0);
+                Ok(())
+            },
+            &mut |e| {
+                let idx = e.idx();
+                let lin = e.linear(&idx, strides);
+                let addr = e.address(out, lin);
+                let a = match acc {
+                    RowAcc::None => None,
+                    RowAcc::FromOut => Some(e.b.ins().load(types::F32, flags(), addr, 0)),
+                    RowAcc::Value(v) => Some(v),
+                };
+                let v = e.program(program, inputs, &idx, a)?;
+                e.store(out, lin, v);
+                Ok(())
+            },
+        )
+    }
+
+    /// The innermost reduced dim of an f32 reduction: four partial results in
+    /// lanes, the remainder in a scalar, combined at the end. Returns the
+    /// row's reduced value.
+    pub(super) fn vector_reduce(
+        &mut self,
+        f: ReduceOp,
+        shape: &[usize],
+        inputs: &[Access],
+        body: &ElementProgram,
+        acc: Value,
+    ) -> Result<Value> {
+        let last = shape.len() - 1;
+        let var = self.loop_vars[last];
+        let vacc = self.b.declare_var(V);
+        // Start the lanes from the identity and fold the incoming value in once.
+        let identity = match f {
+            ReduceOp::Sum => 0.0,
+            ReduceOp::Prod => 1.0,
+            ReduceOp::Max => f32::NEG_INFINITY,
+            ReduceOp::Min => f32::INFINITY,
+        };
+        let id = self.splat(identity);
+        self.b.def_var(vacc, id);
+        let sacc = self.b.declare_var(types::F32);
+        self.b.def_var(sacc, acc);
+        let start = self.b.ins().iconst(types::I64, 0);
+        let end = self.b.ins().iconst(types::I64, shape[last] as i64);
+        self.vector_loop(
+            var,
+            start,
+            end,
+            &mut |e| {
+                let idx = e.idx();
+                let v = e.vprogram(body, inputs, &idx, None);
+                let a = e.b.use_var(vacc);
+                let n = reduce_combine(e, f, a, v);
+                e.b.def_var(vacc, n);
+                Ok(())
+            },
+            &mut |e| {
+                let idx = e.idx();
+                let v = e.program(body, inputs, &idx, None)?;
+                let a = e.b.use_var(sacc);
+                let n = reduce_combine(e, f, a, v);
+                e.b.def_var(sacc, n);
+                Ok(())
+            },
+        )?;
+        let lanes = self.b.use_var(vacc);
+        let mut r = self.b.use_var(sacc);
+        for l in 0..LANES as u8 {
+            let x = self.b.ins().extractlane(lanes, l);
+            r = reduce_combine(self, f, r, x);
+        }
+        Ok(r)
+    }
+}
+
+/// Where the `Acc` of a vectorized row comes from.
+#[derive(Clone, Copy)]
+pub(super) enum RowAcc {
+    /// No `Acc`.
+    None,
+    /// The element already in the output (epilogues applied in place).
+    FromOut,
+    /// A scalar f32 (the reduced value of a reduction's row).
+    Value(Value),
+}
+
+fn reduce_combine(e: &mut Emitter<'_, '_>, f: ReduceOp, a: Value, v: Value) -> Value {
+    match f {
+        ReduceOp::Sum => e.b.ins().fadd(a, v),
+        ReduceOp::Prod => e.b.ins().fmul(a, v),
+        ReduceOp::Max => e.b.ins().fmax(a, v),
+        ReduceOp::Min => e.b.ins().fmin(a, v),
+    }
+}
+
+/// True when an f32 reduction's innermost loop can run in lanes: the last
+/// dim is reduced, the body is vectorizable along it, and so is the map.
+pub(crate) fn reduce_vectorizable(
+    prog: &KernelProgram,
+    shape: &[usize],
+    axes: &[usize],
+    inputs: &[Access],
+    body: &ElementProgram,
+    map: Option<(BufferId, &ElementProgram)>,
+) -> bool {
+    let Some(last) = shape.len().checked_sub(1) else {
+        return false;
+    };
+    if !axes.contains(&last) || shape[last] < 2 * LANES {
+        return false;
+    }
+    let ok_body = program_vectorizable(prog, shape, inputs, body, false) == Some(true);
+    let ok_map = map.is_none_or(|(o, m)| {
+        prog.buffer(o).dtype == DType::F32
+            && program_vectorizable(prog, shape, inputs, m, true) == Some(true)
+    });
+    ok_body && ok_map
 }
