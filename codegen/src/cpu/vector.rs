@@ -178,16 +178,21 @@ impl Emitter<'_, '_> {
     }
 
     fn vexp(&mut self, x: Value) -> Value {
-        let (hi, lo) = (self.splat(88.722_84), self.splat(-103.972_08));
+        // Clamp so that 2^n below stays representable; beyond +88.72 the final
+        // products overflow to +inf, below -103.97 they round to 0; NaN
+        // propagates through the polynomial.
+        let (hi, lo) = (self.splat(89.0), self.splat(-103.972_08));
         let xc = self.b.ins().fmax(x, lo);
         let xc = self.b.ins().fmin(xc, hi);
+        // n = round(x / ln 2) by the 1.5 * 2^23 trick: adding it rounds to an
+        // integer, and its low mantissa bits are n.
         let log2e = self.splat(std::f32::consts::LOG2_E);
-        let fx = self.b.ins().fmul(xc, log2e);
-        let fx = self.b.ins().nearest(fx);
-        let (c1, c2) = (self.splat(0.693_359_4), self.splat(-2.121_944_4e-4));
-        let (nc1, nc2) = (self.b.ins().fneg(c1), self.b.ins().fneg(c2));
-        let r = self.mul_add(fx, nc1, xc);
-        let r = self.mul_add(fx, nc2, r);
+        let magic = self.splat(12_582_912.0);
+        let t = self.mul_add(xc, log2e, magic);
+        let fx = self.b.ins().fsub(t, magic);
+        let (c1, c2) = (self.splat(-0.693_359_4), self.splat(2.121_944_4e-4));
+        let r = self.mul_add(fx, c1, xc);
+        let r = self.mul_add(fx, c2, r);
         let p = self.horner(
             r,
             &[
@@ -204,9 +209,10 @@ impl Emitter<'_, '_> {
         let one = self.splat(1.0);
         let mut y = self.b.ins().fadd(y, one);
         // y * 2^n as y * 2^(n/2) * 2^(n - n/2): both factors stay normal over
-        // the whole clamped range, so results near overflow and in the
-        // subnormal range come out right.
-        let n = self.b.ins().fcvt_to_sint_sat(types::I32X4, fx);
+        // the whole clamped range, so subnormal results come out right.
+        let tb = self.to_bits(t);
+        let mb = self.to_bits(magic);
+        let n = self.b.ins().isub(tb, mb);
         let n1 = self.b.ins().sshr_imm_s(n, 1);
         let n2 = self.b.ins().isub(n, n1);
         let bias = self.isplat(127);
@@ -216,13 +222,7 @@ impl Emitter<'_, '_> {
             let f = self.from_bits(e);
             y = self.b.ins().fmul(y, f);
         }
-        // Beyond the clamps: 0 below, infinity above (NaN stays NaN).
-        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
-        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
-        let zero = self.splat(0.0);
-        let inf = self.splat(f32::INFINITY);
-        let y = self.vselect(under, zero, y);
-        self.vselect(over, inf, y)
+        y
     }
 
     fn vlog(&mut self, x: Value) -> Value {
@@ -296,10 +296,14 @@ impl Emitter<'_, '_> {
         self.vselect(bad, nan, r)
     }
 
+    /// A non-negative `mag` with the sign of `sign_of`.
     fn copysign(&mut self, mag: Value, sign_of: Value) -> Value {
         let sm = self.isplat(i32::MIN);
-        let sm = self.from_bits(sm);
-        self.b.ins().bitselect(sm, sign_of, mag)
+        let sb = self.to_bits(sign_of);
+        let sign = self.b.ins().band(sb, sm);
+        let mb = self.to_bits(mag);
+        let r = self.b.ins().bor(mb, sign);
+        self.from_bits(r)
     }
 
     fn vtanh(&mut self, x: Value) -> Value {
