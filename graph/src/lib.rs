@@ -7,6 +7,7 @@
 #![allow(clippy::should_implement_trait)]
 
 pub mod array;
+pub mod autodiff;
 pub mod builder;
 pub mod dtype;
 pub mod error;

@@ -403,3 +403,115 @@ pub fn eval_cast(x: &Array, to: DType) -> Array {
     let v: Vec<Scalar> = (0..x.len()).map(|i| cast_scalar(x.get(i), to)).collect();
     Array::from_scalars(x.shape().to_vec(), to, &v).expect("same element count")
 }
+
+// ---- gradients ----
+
+use crate::autodiff::{unbroadcast, zeros_like};
+use crate::builder::Tensor;
+
+/// Gradient rule of unary ops: `g * f'(x)`, written with `y = f(x)` where cheaper.
+#[track_caller]
+pub(crate) fn grad_unary<'g>(
+    f: UnaryOp,
+    x: Tensor<'g>,
+    y: Tensor<'g>,
+    g: Tensor<'g>,
+) -> crate::error::Result<Option<Tensor<'g>>> {
+    use UnaryOp::*;
+    if !x.dtype().is_float() {
+        return Ok(None);
+    }
+    Ok(Some(match f {
+        Neg => g.neg()?,
+        Abs => g.mul(x.sign()?)?,
+        Sign | Floor | Ceil | Round | Not => return Ok(None),
+        Exp => g.mul(y)?,
+        Log => g.div(x)?,
+        Sqrt => g.mul(0.5)?.div(y)?,
+        // d/dx x^-1/2 = -1/2 x^-3/2 = -1/2 y^3
+        Rsqrt => g.mul(y.mul(y)?.mul(y)?.mul(-0.5)?)?,
+        Recip => g.mul(y.mul(y)?)?.neg()?,
+        Sin => g.mul(x.cos()?)?,
+        Cos => g.mul(x.sin()?)?.neg()?,
+        Tanh => g.mul(y.mul(y)?.neg()?.add(1.0)?)?,
+        Sigmoid => g.mul(y.mul(y.neg()?.add(1.0)?)?)?,
+        Erf => g.mul(
+            x.mul(x)?
+                .neg()?
+                .exp()?
+                .mul(std::f64::consts::FRAC_2_SQRT_PI)?,
+        )?,
+    }))
+}
+
+/// Gradient rule of binary ops (each input's gradient summed over the dims
+/// broadcasting added). Max and min send the gradient to the larger
+/// (smaller) operand, to the first one on ties.
+#[track_caller]
+pub(crate) fn grad_binary<'g>(
+    f: BinaryOp,
+    a: Tensor<'g>,
+    b: Tensor<'g>,
+    y: Tensor<'g>,
+    g: Tensor<'g>,
+) -> crate::error::Result<Vec<Option<Tensor<'g>>>> {
+    use BinaryOp::*;
+    if f.is_comparison() || f.is_logical() || !a.dtype().is_float() {
+        return Ok(vec![None, None]);
+    }
+    let (ga, gb) = match f {
+        Add => (g, g),
+        Sub => (g, g.neg()?),
+        Mul => (g.mul(b)?, g.mul(a)?),
+        Div => (g.div(b)?, g.mul(a)?.div(b.mul(b)?)?.neg()?),
+        Pow => {
+            // d/da a^b = b a^(b-1); d/db a^b = a^b ln a (zero where a == 0).
+            let da = g.mul(b)?.mul(a.pow(b.sub(1.0)?)?)?;
+            let safe = a.builder().select(a.gt(0.0)?, a, a.mul(0.0)?.add(1.0)?)?;
+            let db = g.mul(y)?.mul(safe.log()?)?;
+            (da, db)
+        }
+        Max | Min => {
+            let first = if f == Max { a.ge(b)? } else { a.le(b)? };
+            let zero = zeros_like(g)?;
+            let bld = a.builder();
+            (bld.select(first, g, zero)?, bld.select(first, zero, g)?)
+        }
+        _ => unreachable!("comparisons and logic return above"),
+    };
+    Ok(vec![
+        Some(unbroadcast(ga, &a.shape())?),
+        Some(unbroadcast(gb, &b.shape())?),
+    ])
+}
+
+/// Gradient rule of select: the gradient flows to the chosen branch.
+#[track_caller]
+pub(crate) fn grad_select<'g>(
+    c: Tensor<'g>,
+    a: Tensor<'g>,
+    b: Tensor<'g>,
+    g: Tensor<'g>,
+) -> crate::error::Result<Vec<Option<Tensor<'g>>>> {
+    if !a.dtype().is_float() {
+        return Ok(vec![None, None, None]);
+    }
+    let zero = zeros_like(g)?;
+    let bld = a.builder();
+    let ga = unbroadcast(bld.select(c, g, zero)?, &a.shape())?;
+    let gb = unbroadcast(bld.select(c, zero, g)?, &b.shape())?;
+    Ok(vec![None, Some(ga), Some(gb)])
+}
+
+/// Gradient rule of cast: between float types the gradient casts back.
+#[track_caller]
+pub(crate) fn grad_cast<'g>(
+    x: Tensor<'g>,
+    g: Tensor<'g>,
+) -> crate::error::Result<Option<Tensor<'g>>> {
+    if x.dtype().is_float() && g.dtype().is_float() {
+        Ok(Some(g.cast(x.dtype())?))
+    } else {
+        Ok(None)
+    }
+}

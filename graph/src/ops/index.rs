@@ -183,3 +183,19 @@ pub fn eval_scatter_add(
     };
     Ok(Array::new(data.shape().to_vec(), res).expect("scatter shape matches"))
 }
+
+// ---- gradients ----
+
+use crate::builder::Tensor;
+
+/// Gradient rule of gather: scatter-add the gradient back at the indices.
+#[track_caller]
+pub(crate) fn grad_gather<'g>(
+    data: Tensor<'g>,
+    indices: Tensor<'g>,
+    axis: usize,
+    g: Tensor<'g>,
+) -> crate::error::Result<Tensor<'g>> {
+    let zero = crate::autodiff::zeros_like(data)?;
+    zero.scatter_add(indices, g, axis as i64)
+}

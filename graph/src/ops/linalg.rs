@@ -254,3 +254,177 @@ pub(crate) fn float_array(dtype: crate::dtype::DType, shape: &[usize], v: Vec<f6
     };
     Array::new(shape.to_vec(), data).expect("float array shape matches")
 }
+
+// ---- gradients ----
+
+use crate::autodiff::unbroadcast;
+use crate::builder::Tensor;
+use crate::op::SliceAxis;
+use crate::ops::movement::spread;
+use crate::tensor_ops::Conv2dOptions;
+
+/// Gradient rule of matmul: `g @ b^T` and `a^T @ g`, summed over broadcast batch dims.
+#[track_caller]
+pub(crate) fn grad_matmul<'g>(
+    a: Tensor<'g>,
+    b: Tensor<'g>,
+    g: Tensor<'g>,
+) -> crate::error::Result<Vec<Option<Tensor<'g>>>> {
+    if !a.dtype().is_float() {
+        return Ok(vec![None, None]);
+    }
+    let ga = unbroadcast(g.matmul(b.transpose()?)?, &a.shape())?;
+    let gb = unbroadcast(a.transpose()?.matmul(g)?, &b.shape())?;
+    Ok(vec![Some(ga), Some(gb)])
+}
+
+/// Pads (`before >= 0`) or cuts (`before < 0`) the start of `axis`, then pads
+/// or cuts its end to length `len`.
+#[track_caller]
+fn fit<'g>(
+    t: Tensor<'g>,
+    axis: usize,
+    before: i64,
+    len: usize,
+) -> crate::error::Result<Tensor<'g>> {
+    let rank = t.rank();
+    let mut t = if before > 0 {
+        let mut b = vec![0; rank];
+        b[axis] = before as usize;
+        t.pad(&b, &vec![0; rank], 0.0)?
+    } else if before < 0 {
+        t.slice_axis(axis as i64, -before, i64::MAX, 1)?
+    } else {
+        t
+    };
+    let cur = t.shape().dims()[axis].fixed().unwrap_or(0);
+    if cur < len {
+        let mut a = vec![0; rank];
+        a[axis] = len - cur;
+        t = t.pad(&vec![0; rank], &a, 0.0)?;
+    } else if cur > len {
+        t = t.slice_axis(axis as i64, 0, len as i64, 1)?;
+    }
+    Ok(t)
+}
+
+/// Gradient rule of conv2d, built from convolutions: the input's gradient
+/// convolves the stride-spread output gradient with the flipped weights; the
+/// weights' gradient correlates the padded input with the output gradient
+/// (batch and channels swapped), one group at a time.
+#[track_caller]
+pub(crate) fn grad_conv2d<'g>(
+    x: Tensor<'g>,
+    w: Tensor<'g>,
+    stride: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+    g: Tensor<'g>,
+) -> crate::error::Result<Vec<Option<Tensor<'g>>>> {
+    let xs = x.shape();
+    let ws = w.shape();
+    let fixed = |s: &Shape, i: usize| s.dims()[i].fixed().unwrap_or(0);
+    let (c, h, wd) = (fixed(&xs, 1), fixed(&xs, 2), fixed(&xs, 3));
+    let (o, cg, kh, kw) = (fixed(&ws, 0), fixed(&ws, 1), fixed(&ws, 2), fixed(&ws, 3));
+    let gs = g.shape();
+    let (oh, ow) = (fixed(&gs, 2), fixed(&gs, 3));
+    let og = o / groups;
+    let k = [kh, kw];
+    let size = [h, wd];
+    let pad_before = [padding[0], padding[1]];
+    // Input gradient.
+    let mut gd = g;
+    for i in 0..2 {
+        let n = [oh, ow][i];
+        gd = spread(
+            gd,
+            2 + i,
+            0,
+            stride[i] as i64,
+            (n.max(1) - 1) * stride[i] + 1,
+        )?;
+        let reach = ((k[i] - 1) * dilation[i]) as i64;
+        gd = fit(
+            gd,
+            2 + i,
+            reach - pad_before[i] as i64,
+            size[i] + reach as usize,
+        )?;
+    }
+    let flipped = w.slice(&[
+        SliceAxis::FULL,
+        SliceAxis::FULL,
+        SliceAxis {
+            start: i64::MAX,
+            end: i64::MIN,
+            step: -1,
+        },
+        SliceAxis {
+            start: i64::MAX,
+            end: i64::MIN,
+            step: -1,
+        },
+    ])?;
+    let wt = flipped
+        .reshape([groups, og, cg, kh, kw])?
+        .permute(&[0, 2, 1, 3, 4])?
+        .reshape([c, og, kh, kw])?;
+    let opts = Conv2dOptions {
+        stride: [1, 1],
+        padding: [0; 4],
+        dilation,
+        groups,
+    };
+    let gx = gd.conv2d(wt, opts)?;
+    // Weight gradient, per group.
+    let xp = x.pad(
+        &[0, 0, padding[0], padding[1]],
+        &[0, 0, padding[2], padding[3]],
+        0.0,
+    )?;
+    let mut parts = Vec::with_capacity(groups);
+    for grp in 0..groups {
+        let xg = if groups == 1 {
+            xp
+        } else {
+            xp.slice_axis(1, (grp * cg) as i64, ((grp + 1) * cg) as i64, 1)?
+        };
+        let gg = if groups == 1 {
+            g
+        } else {
+            g.slice_axis(1, (grp * og) as i64, ((grp + 1) * og) as i64, 1)?
+        };
+        // [cg, n, hp, wp] correlated with [og, n, oh, ow]: taps oh apart by the stride.
+        let opts = Conv2dOptions {
+            stride: dilation,
+            padding: [0; 4],
+            dilation: stride,
+            groups: 1,
+        };
+        let dw = xg
+            .permute(&[1, 0, 2, 3])?
+            .conv2d(gg.permute(&[1, 0, 2, 3])?, opts)?;
+        let dw = dw.slice(&[
+            SliceAxis::FULL,
+            SliceAxis::FULL,
+            SliceAxis {
+                start: 0,
+                end: kh as i64,
+                step: 1,
+            },
+            SliceAxis {
+                start: 0,
+                end: kw as i64,
+                step: 1,
+            },
+        ])?;
+        parts.push(dw.permute(&[1, 0, 2, 3])?);
+    }
+    let gw = if parts.len() == 1 {
+        parts[0]
+    } else {
+        x.builder().concat(&parts, 0)?
+    };
+    Ok(vec![Some(gx), Some(gw)])
+}

@@ -260,3 +260,117 @@ pub fn eval_concat(xs: &[&Array], axis: usize, out: &[usize]) -> Array {
     }
     Array::new(out.to_vec(), res).expect("concat shape matches")
 }
+
+// ---- gradients ----
+
+use crate::autodiff::zeros_like;
+use crate::builder::Tensor;
+use crate::dtype::DType;
+
+/// Gradient rule of permute: the inverse permutation.
+#[track_caller]
+pub(crate) fn grad_permute<'g>(perm: &[usize], g: Tensor<'g>) -> crate::error::Result<Tensor<'g>> {
+    let mut inv = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    g.permute(&inv)
+}
+
+/// Places `g` (length `n` along `axis`) at positions `start + i * step` of a
+/// zero tensor whose `axis` has length `len`: the adjoint of a strided slice.
+#[track_caller]
+pub(crate) fn spread<'g>(
+    g: Tensor<'g>,
+    axis: usize,
+    start: i64,
+    step: i64,
+    len: usize,
+) -> crate::error::Result<Tensor<'g>> {
+    let n = g.shape().dims()[axis].fixed().unwrap_or(0);
+    let b = g.builder();
+    let idx = b.iota(DType::I64, [n], 0)?.mul(step)?.add(start)?;
+    let mut shape = g.shape();
+    shape.0[axis] = Dim::Fixed(len);
+    let zero = b.scalar(0.0, g.dtype())?.broadcast_to(shape)?;
+    zero.scatter_add(idx, g, axis as i64)
+}
+
+/// Gradient rule of slice: zeros around the slice, the gradient inside.
+#[track_caller]
+pub(crate) fn grad_slice<'g>(
+    x: Tensor<'g>,
+    axes: &[SliceAxis],
+    g: Tensor<'g>,
+) -> crate::error::Result<Tensor<'g>> {
+    let xs = x.shape();
+    let mut t = g;
+    for (i, ax) in axes.iter().enumerate() {
+        let Dim::Fixed(d) = xs.dims()[i] else {
+            continue;
+        };
+        let (start, len, step) = slice_range(d, *ax);
+        if len == d && step == 1 {
+            continue;
+        }
+        if step == 1 {
+            let mut before = vec![0; xs.rank()];
+            let mut after = vec![0; xs.rank()];
+            before[i] = start as usize;
+            after[i] = d - start as usize - len;
+            t = t.pad(&before, &after, 0.0)?;
+        } else {
+            t = spread(t, i, start, step, d)?;
+        }
+    }
+    if t.shape() != xs {
+        // Only an empty slice has nothing to place; its gradient is zero.
+        return zeros_like(x);
+    }
+    Ok(t)
+}
+
+/// Gradient rule of pad: the gradient of the original region.
+#[track_caller]
+pub(crate) fn grad_pad<'g>(
+    x: Tensor<'g>,
+    before: &[usize],
+    g: Tensor<'g>,
+) -> crate::error::Result<Tensor<'g>> {
+    let axes: Vec<SliceAxis> = x
+        .shape()
+        .dims()
+        .iter()
+        .zip(before)
+        .map(|(d, &b)| match d {
+            Dim::Fixed(n) => SliceAxis {
+                start: b as i64,
+                end: (b + n) as i64,
+                step: 1,
+            },
+            Dim::Sym(_) => SliceAxis::FULL,
+        })
+        .collect();
+    g.slice(&axes)
+}
+
+/// Gradient rule of concat: each input's part of the gradient.
+#[track_caller]
+pub(crate) fn grad_concat<'g>(
+    xs: &[Tensor<'g>],
+    axis: usize,
+    g: Tensor<'g>,
+) -> crate::error::Result<Vec<Option<Tensor<'g>>>> {
+    let mut start = 0i64;
+    let mut out = Vec::with_capacity(xs.len());
+    for x in xs {
+        let n = x.shape().dims()[axis].fixed().unwrap_or(0) as i64;
+        out.push(if x.dtype().is_float() {
+            Some(g.slice_axis(axis as i64, start, start + n, 1)?)
+        } else {
+            None
+        });
+        start += n;
+    }
+    Ok(out)
+}

@@ -122,3 +122,196 @@ pub fn eval_avg_pool(
     });
     Ok(float_array(x.dtype(), out, res))
 }
+
+// ---- gradients ----
+
+use crate::builder::Tensor;
+use crate::dtype::DType;
+use crate::op::SliceAxis;
+use crate::ops::movement::spread;
+
+/// The padding to add after the input so every window fits (ceil mode).
+fn tail(
+    size: usize,
+    pad_before: usize,
+    pad_after: usize,
+    out: usize,
+    k: usize,
+    s: usize,
+    d: usize,
+) -> usize {
+    let need = (out.max(1) - 1) * s + (k - 1) * d + 1;
+    need.saturating_sub(size + pad_before).max(pad_after)
+}
+
+/// For each window tap `(ky, kx)`: the strided slice of the padded input
+/// under that tap in every window, and a function placing a tensor of
+/// window values back at those positions.
+struct Taps {
+    dims: [usize; 4],
+    extra: [usize; 2],
+}
+
+impl Taps {
+    fn new(x: &Tensor<'_>, y: &Tensor<'_>, w: &Window2d) -> Taps {
+        let (xs, ys) = (x.shape(), y.shape());
+        let f = |s: &Shape, i: usize| s.dims()[i].fixed().unwrap_or(0);
+        let (h, wd, oh, ow) = (f(&xs, 2), f(&xs, 3), f(&ys, 2), f(&ys, 3));
+        let extra = [
+            tail(
+                h,
+                w.padding[0],
+                w.padding[2],
+                oh,
+                w.kernel[0],
+                w.stride[0],
+                w.dilation[0],
+            ),
+            tail(
+                wd,
+                w.padding[1],
+                w.padding[3],
+                ow,
+                w.kernel[1],
+                w.stride[1],
+                w.dilation[1],
+            ),
+        ];
+        Taps {
+            dims: [h, wd, oh, ow],
+            extra,
+        }
+    }
+
+    fn padded(&self, w: &Window2d) -> [usize; 2] {
+        [
+            self.dims[0] + w.padding[0] + self.extra[0],
+            self.dims[1] + w.padding[1] + self.extra[1],
+        ]
+    }
+
+    /// The input values under tap `(ky, kx)` of every window.
+    #[track_caller]
+    fn under<'g>(
+        &self,
+        xp: Tensor<'g>,
+        w: &Window2d,
+        ky: usize,
+        kx: usize,
+    ) -> crate::error::Result<Tensor<'g>> {
+        let [_, _, oh, ow] = self.dims;
+        let ax = |k: usize, i: usize, n: usize| {
+            let start = (k * w.dilation[i]) as i64;
+            SliceAxis {
+                start,
+                end: start + (n as i64 - 1) * w.stride[i] as i64 + 1,
+                step: w.stride[i] as i64,
+            }
+        };
+        xp.slice(&[
+            SliceAxis::FULL,
+            SliceAxis::FULL,
+            ax(ky, 0, oh),
+            ax(kx, 1, ow),
+        ])
+    }
+
+    /// Window values `v` placed back under tap `(ky, kx)`, in the padded input.
+    #[track_caller]
+    fn place<'g>(
+        &self,
+        v: Tensor<'g>,
+        w: &Window2d,
+        ky: usize,
+        kx: usize,
+    ) -> crate::error::Result<Tensor<'g>> {
+        let [hp, wp] = self.padded(w);
+        let t = spread(v, 2, (ky * w.dilation[0]) as i64, w.stride[0] as i64, hp)?;
+        spread(t, 3, (kx * w.dilation[1]) as i64, w.stride[1] as i64, wp)
+    }
+
+    /// Cuts the padding off a padded-input-shaped tensor.
+    #[track_caller]
+    fn unpad<'g>(&self, t: Tensor<'g>, w: &Window2d) -> crate::error::Result<Tensor<'g>> {
+        let [h, wd, _, _] = self.dims;
+        let ax = |p: usize, n: usize| SliceAxis {
+            start: p as i64,
+            end: (p + n) as i64,
+            step: 1,
+        };
+        t.slice(&[
+            SliceAxis::FULL,
+            SliceAxis::FULL,
+            ax(w.padding[0], h),
+            ax(w.padding[1], wd),
+        ])
+    }
+}
+
+/// Gradient rule of max pooling: each window's gradient goes to the first
+/// element (in window order) equal to the window's maximum.
+#[track_caller]
+pub(crate) fn grad_max_pool<'g>(
+    x: Tensor<'g>,
+    y: Tensor<'g>,
+    w: &Window2d,
+    g: Tensor<'g>,
+) -> crate::error::Result<Tensor<'g>> {
+    let taps = Taps::new(&x, &y, w);
+    let b = x.builder();
+    let xp = x.pad(
+        &[0, 0, w.padding[0], w.padding[1]],
+        &[0, 0, taps.extra[0], taps.extra[1]],
+        f64::NEG_INFINITY,
+    )?;
+    let zero = crate::autodiff::zeros_like(g)?;
+    let mut taken = b.scalar(0.0, DType::Bool)?.broadcast_to(y.shape())?;
+    let mut total: Option<Tensor<'g>> = None;
+    for ky in 0..w.kernel[0] {
+        for kx in 0..w.kernel[1] {
+            let hit = taps.under(xp, w, ky, kx)?.eq(y)?.and(taken.not()?)?;
+            taken = taken.or(hit)?;
+            let placed = taps.place(b.select(hit, g, zero)?, w, ky, kx)?;
+            total = Some(match total {
+                Some(t) => t.add(placed)?,
+                None => placed,
+            });
+        }
+    }
+    taps.unpad(total.expect("a window has taps"), w)
+}
+
+/// Gradient rule of average pooling: each window's gradient, divided by its
+/// divisor, spread over its taps.
+#[track_caller]
+pub(crate) fn grad_avg_pool<'g>(
+    x: Tensor<'g>,
+    w: &Window2d,
+    count_include_pad: bool,
+    g: Tensor<'g>,
+) -> crate::error::Result<Tensor<'g>> {
+    let y_like = g;
+    let taps = Taps::new(&x, &y_like, w);
+    let [h, wd, oh, ow] = taps.dims;
+    // The divisor of every window, as the reference computes it.
+    let probe = Array::zeros(x.dtype(), &[1, 1, h, wd]);
+    let mut div = vec![0f64; oh * ow];
+    for_windows(&probe, w, &[1, 1, oh, ow], |o, t, padded| {
+        let d = if count_include_pad { padded } else { t.len() };
+        div[o] = if d == 0 { 0.0 } else { 1.0 / d as f64 };
+    });
+    let b = x.builder();
+    let inv = b.constant(super::linalg::float_array(x.dtype(), &[oh, ow], div))?;
+    let share = g.mul(inv)?;
+    let mut total: Option<Tensor<'g>> = None;
+    for ky in 0..w.kernel[0] {
+        for kx in 0..w.kernel[1] {
+            let placed = taps.place(share, w, ky, kx)?;
+            total = Some(match total {
+                Some(t) => t.add(placed)?,
+                None => placed,
+            });
+        }
+    }
+    taps.unpad(total.expect("a window has taps"), w)
+}

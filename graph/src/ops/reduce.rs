@@ -194,3 +194,51 @@ fn arg_along<T: PartialOrd + Copy>(vals: &[T], shape: &[usize], axis: usize, f: 
     }
     res
 }
+
+// ---- gradients ----
+
+use crate::builder::Tensor;
+
+/// `t` (a reduction's output or its gradient) with the reduced axes kept as 1.
+#[track_caller]
+fn keep_dims<'g>(
+    t: Tensor<'g>,
+    x: &Shape,
+    axes: &[usize],
+    keepdims: bool,
+) -> crate::error::Result<Tensor<'g>> {
+    if keepdims {
+        return Ok(t);
+    }
+    t.reshape(reduced_shape(x, axes, true))
+}
+
+/// Gradient rule of reductions: sum broadcasts the gradient back; max and
+/// min share it evenly among the elements equal to the result; prod uses
+/// `y / x`.
+#[track_caller]
+pub(crate) fn grad_reduce<'g>(
+    f: ReduceOp,
+    x: Tensor<'g>,
+    y: Tensor<'g>,
+    axes: &[usize],
+    keepdims: bool,
+    g: Tensor<'g>,
+) -> crate::error::Result<Option<Tensor<'g>>> {
+    if !x.dtype().is_float() {
+        return Ok(None);
+    }
+    let xs = x.shape();
+    let gb = keep_dims(g, &xs, axes, keepdims)?.broadcast_to(xs.clone())?;
+    let yb = keep_dims(y, &xs, axes, keepdims)?.broadcast_to(xs.clone())?;
+    let ax: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+    Ok(Some(match f {
+        ReduceOp::Sum => gb,
+        ReduceOp::Prod => gb.mul(yb)?.div(x)?,
+        ReduceOp::Max | ReduceOp::Min => {
+            let mask = x.eq(yb)?.cast(x.dtype())?;
+            let count = mask.sum(&ax, true)?.broadcast_to(xs)?;
+            gb.mul(mask)?.div(count)?
+        }
+    }))
+}
