@@ -53,6 +53,11 @@ fn check(
     };
     let fetch: Vec<&str> = names.iter().map(String::as_str).collect();
     let analytic = run(&mut s, &inputs, &fetch);
+    // The compiled CPU backend computes the same gradients.
+    let mut cpu = Session::new(s.graph(), Device::Cpu).unwrap();
+    for (want, got) in analytic.iter().zip(run(&mut cpu, &inputs, &fetch)) {
+        kiln_tests::compare(want, &got).unwrap_or_else(|e| panic!("{name} on cpu: {e}"));
+    }
     let eps = 1e-6;
     for (i, a) in inputs.iter().enumerate() {
         let base = a.as_slice::<f64>().unwrap().to_vec();
