@@ -336,6 +336,9 @@ pub enum Op {
     /// Inputs `(variable, value)`: the variable takes `value` at the end of the run;
     /// the output is `value`.
     Assign,
+    /// Runs all its inputs (any types); the output is the bool `true`. Fetching
+    /// it runs a set of assignments, e.g. a training step.
+    Group,
 }
 
 impl Op {
@@ -375,6 +378,7 @@ impl Op {
             Op::Gather { .. } => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
             Op::Assign => "assign",
+            Op::Group => "group",
         }
     }
 
@@ -402,7 +406,7 @@ impl Op {
                 2
             }
             Op::Select | Op::ScatterAdd { .. } => 3,
-            Op::Concat { .. } => return None,
+            Op::Concat { .. } | Op::Group => return None,
         })
     }
 
@@ -496,6 +500,7 @@ impl Op {
                 ops::index::infer_scatter_add(inputs[0], inputs[1], inputs[2], *axis)
             }
             Op::Assign => ops::state::infer_assign(inputs[0], inputs[1]),
+            Op::Group => Ok(TensorType::new(DType::Bool, Shape::scalar())),
         }
     }
 
@@ -559,6 +564,7 @@ impl Op {
                 ops::index::eval_scatter_add(inputs[0], inputs[1], inputs[2], *axis)
             }
             Op::Assign => Ok(inputs[1].clone()),
+            Op::Group => Ok(Array::scalar(true)),
         }
     }
 }

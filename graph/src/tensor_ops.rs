@@ -298,18 +298,12 @@ impl<'g> Tensor<'g> {
         let loc = SourceLoc::caller();
         let shape = self.shape();
         let mut count = 1usize;
+        let mut symbolic = false;
         for &a in axes {
             let i = self.axis("mean", a, &loc)?;
             match &shape.0[i] {
                 Dim::Fixed(n) => count *= n,
-                Dim::Sym(s) => {
-                    return Err(self.err(
-                        "mean",
-                        &[],
-                        loc,
-                        format!("cannot average over the symbolic dim {s}"),
-                    ))
-                }
+                Dim::Sym(_) => symbolic = true,
             }
         }
         if !self.dtype().is_float() {
@@ -319,6 +313,26 @@ impl<'g> Tensor<'g> {
                 loc,
                 format!("mean needs f32 or f64, got {}", self.dtype()),
             ));
+        }
+        if symbolic {
+            // The count is only known at run time: sum ones of the same shape.
+            let s = self.reduce(ReduceOp::Sum, "reduce_sum", axes, keepdims, loc.clone())?;
+            let one = self.b.push(
+                Op::Constant {
+                    value: crate::op::Weight::new(Array::filled(self.dtype(), &[], 1.0)),
+                },
+                &[],
+                loc.clone(),
+            )?;
+            let ones = one.op(
+                Op::Broadcast {
+                    shape: shape.clone(),
+                },
+                &[],
+                loc.clone(),
+            )?;
+            let n = ones.reduce(ReduceOp::Sum, "reduce_sum", axes, keepdims, loc.clone())?;
+            return s.op(Op::Binary { f: BinaryOp::Div }, &[n], loc);
         }
         let s = self.reduce(ReduceOp::Sum, "reduce_sum", axes, keepdims, loc.clone())?;
         let inv = self.b.push(

@@ -89,6 +89,7 @@ pub fn class(op: &Op) -> Class {
         | Op::Gather { .. }
         | Op::ScatterAdd { .. } => Class::Opaque,
         Op::Assign => Class::Assign,
+        Op::Group => Class::Elementwise,
     }
 }
 
