@@ -102,6 +102,8 @@ pub fn verify(graph: &Graph) -> Result<()> {
 
 /// An ordered list of passes, run to a fixpoint.
 pub struct Pipeline {
+    /// Passes run once, in order, before the fixpoint loop.
+    prelude: Vec<Box<dyn Pass>>,
     passes: Vec<Box<dyn Pass>>,
     disabled: BTreeSet<String>,
     max_iterations: usize,
@@ -112,6 +114,7 @@ impl Pipeline {
     /// A pipeline of `passes`, verifying in debug builds, at most 8 rounds.
     pub fn new(passes: Vec<Box<dyn Pass>>) -> Pipeline {
         Pipeline {
+            prelude: Vec::new(),
             passes,
             disabled: BTreeSet::new(),
             max_iterations: 8,
@@ -119,9 +122,21 @@ impl Pipeline {
         }
     }
 
-    /// The names of the passes, in order.
+    /// Runs `passes` once before the fixpoint loop. Passes whose decision
+    /// depends on nodes later passes remove (freezing variables that nothing
+    /// assigns, before dead-code elimination drops the assignments) go here.
+    pub fn with_prelude(mut self, passes: Vec<Box<dyn Pass>>) -> Self {
+        self.prelude = passes;
+        self
+    }
+
+    /// The names of the passes, in order (prelude first).
     pub fn pass_names(&self) -> Vec<&'static str> {
-        self.passes.iter().map(|p| p.name()).collect()
+        self.prelude
+            .iter()
+            .chain(&self.passes)
+            .map(|p| p.name())
+            .collect()
     }
 
     /// Skips the pass `name` (a debug knob); unknown names are an error.
@@ -179,31 +194,46 @@ impl Pipeline {
     ) -> Result<(Graph, Vec<PassReport>)> {
         let mut g = graph.clone();
         let mut reports = Vec::new();
+        for p in &self.prelude {
+            self.step(p.as_ref(), &mut g, &mut reports, &mut observe)?;
+        }
         for _ in 0..self.max_iterations {
             let mut changed = false;
             for p in &self.passes {
-                if self.disabled.contains(p.name()) {
-                    continue;
-                }
-                let wrap = |e: Error| Error::Pass {
-                    pass: p.name().into(),
-                    source: Box::new(e),
-                };
-                let start = std::time::Instant::now();
-                let (next, mut report) = p.run(&g).map_err(wrap)?;
-                report.elapsed = start.elapsed();
-                if self.verify {
-                    verify(&next).map_err(wrap)?;
-                }
-                changed |= report.changed();
-                observe(&report, &next);
-                reports.push(report);
-                g = next;
+                changed |= self.step(p.as_ref(), &mut g, &mut reports, &mut observe)?;
             }
             if !changed {
                 break;
             }
         }
         Ok((g, reports))
+    }
+
+    /// Runs one pass (unless disabled), verifying and reporting; true if it changed the graph.
+    fn step(
+        &self,
+        p: &dyn Pass,
+        g: &mut Graph,
+        reports: &mut Vec<PassReport>,
+        observe: &mut impl FnMut(&PassReport, &Graph),
+    ) -> Result<bool> {
+        if self.disabled.contains(p.name()) {
+            return Ok(false);
+        }
+        let wrap = |e: Error| Error::Pass {
+            pass: p.name().into(),
+            source: Box::new(e),
+        };
+        let start = std::time::Instant::now();
+        let (next, mut report) = p.run(g).map_err(wrap)?;
+        report.elapsed = start.elapsed();
+        if self.verify {
+            verify(&next).map_err(wrap)?;
+        }
+        let changed = report.changed();
+        observe(&report, &next);
+        reports.push(report);
+        *g = next;
+        Ok(changed)
     }
 }

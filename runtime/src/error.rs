@@ -39,6 +39,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A dataset file is malformed.
+    #[error("{path}: {reason}")]
+    Dataset {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An I/O error on a file.
     #[error("{path}: {source}")]
     Io {

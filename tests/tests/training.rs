@@ -165,3 +165,62 @@ fn minimize_without_variables_is_an_error() {
         .to_string();
     assert!(e.contains("depends on no float variable"), "{e}");
 }
+
+#[test]
+fn trained_model_predicts_the_same_on_both_devices() {
+    let (pixels, labels) = kiln_tests::load_digits();
+    let m = model(Optimizer::adam(0.01));
+    let mut s = Session::new(&m.graph, Device::Cpu).unwrap();
+    for b in 0..30 {
+        let (x, y) = batch(&pixels, &labels, b * 50..(b + 1) * 50);
+        s.run(&[("x", &x), ("y", &y)], &["train"]).unwrap();
+    }
+    let trained = s.export_graph().unwrap();
+    for n in [297, 360, 1] {
+        let (x, _) = batch(&pixels, &labels, 0..n);
+        let mut r = Session::new(&trained, Device::Reference).unwrap();
+        let mut c = Session::new(&trained, Device::Cpu).unwrap();
+        let want = r.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
+        let got = c.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
+        let same = want
+            .as_slice::<i64>()
+            .unwrap()
+            .iter()
+            .zip(got.as_slice::<i64>().unwrap())
+            .filter(|(a, b)| a == b)
+            .count();
+        assert!(same >= n - 1, "batch {n}: {same} of {n} predictions agree");
+    }
+}
+
+#[test]
+fn evaluation_between_training_steps_sees_the_new_weights() {
+    // A compiled inference program must read trained variables, not freeze them.
+    let (pixels, labels) = kiln_tests::load_digits();
+    let m = model(Optimizer::adam(0.01));
+    let mut cpu = Session::new(&m.graph, Device::Cpu).unwrap();
+    let (x, _) = batch(&pixels, &labels, 0..40);
+    let before = cpu.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
+    for b in 0..20 {
+        let (bx, by) = batch(&pixels, &labels, b * 50..(b + 1) * 50);
+        cpu.run(&[("x", &bx), ("y", &by)], &["train"]).unwrap();
+    }
+    let after = cpu.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
+    assert_ne!(
+        before, after,
+        "predictions must change as the weights train"
+    );
+    let mut reference = Session::new(&cpu.export_graph().unwrap(), Device::Reference).unwrap();
+    let want = reference.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
+    let same = want
+        .as_slice::<i64>()
+        .unwrap()
+        .iter()
+        .zip(after.as_slice::<i64>().unwrap())
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(
+        same >= 39,
+        "{same} of 40 predictions agree with the reference"
+    );
+}

@@ -33,12 +33,14 @@ pub fn simplification_passes() -> Vec<Box<dyn Pass>> {
 /// The default pipeline: simplification to a fixpoint. With `freeze`,
 /// variables that nothing assigns first become constants (inference).
 pub fn default_pipeline(freeze: bool) -> Pipeline {
-    let mut passes: Vec<Box<dyn Pass>> = Vec::new();
-    if freeze {
-        passes.push(Box::new(FreezeVariables));
-    }
-    passes.extend(simplification_passes());
-    Pipeline::new(passes)
+    let prelude: Vec<Box<dyn Pass>> = if freeze {
+        vec![Box::new(FreezeVariables)]
+    } else {
+        Vec::new()
+    };
+    // Freezing runs once, first: after dead-code elimination the assignments
+    // that keep a variable a variable may be gone from the graph.
+    Pipeline::new(simplification_passes()).with_prelude(prelude)
 }
 
 /// Every pass by name (for `--after` and `--only` knobs).

@@ -1,0 +1,49 @@
+//! Small datasets for demos and tests.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Reads the UCI handwritten digits (`examples/data/digits/digits.csv.gz`):
+/// one image per line, 64 pixel values (0..16) then the label. Returns the
+/// pixels `[n * 64]` as f32 and the labels `[n]`.
+pub fn digits(path: &Path) -> Result<(Vec<f32>, Vec<i64>)> {
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).map_err(io)?)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |what: String| Error::Dataset {
+            path: path.display().to_string(),
+            reason: format!("line {}: {what}", i + 1),
+        };
+        let v: Vec<f32> = line
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse::<f32>()
+                    .map_err(|e| bad(format!("'{t}': {e}")))
+            })
+            .collect::<Result<_>>()?;
+        if v.len() != 65 {
+            return Err(bad(format!(
+                "{} values, expected 64 pixels and a label",
+                v.len()
+            )));
+        }
+        pixels.extend_from_slice(&v[..64]);
+        labels.push(v[64] as i64);
+    }
+    Ok((pixels, labels))
+}
