@@ -174,26 +174,9 @@ pub fn compare(want: &Array, got: &Array) -> Result<(), String> {
     Ok(())
 }
 
-/// The UCI digits shipped in `examples/data/digits`: images `[1797, 64]`
-/// (pixels 0..16 as f32) and labels `[1797]` (i64).
+/// The UCI digits shipped in `examples/data/digits` (see [`kiln::datasets::digits`]).
 pub fn load_digits() -> (Vec<f32>, Vec<i64>) {
-    use std::io::Read;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/data/digits/digits.csv.gz");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(&path).expect("digits data"))
-        .read_to_string(&mut text)
-        .expect("gzip");
-    let mut pixels = Vec::new();
-    let mut labels = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Vec<f32> = line
-            .split(',')
-            .map(|t| t.trim().parse().expect("a number"))
-            .collect();
-        assert_eq!(v.len(), 65, "64 pixels and a label");
-        pixels.extend_from_slice(&v[..64]);
-        labels.push(v[64] as i64);
-    }
-    (pixels, labels)
+    kiln::datasets::digits(&path).expect("digits data")
 }
