@@ -104,11 +104,11 @@ impl Graph {
         let index: HashMap<NodeId, usize> =
             order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let mut nodes = Vec::with_capacity(order.len());
-        let mut weights: Vec<(String, WeightView<'_>)> = Vec::new();
+        let mut weights: Vec<(&str, &Array)> = Vec::new();
         for &id in &order {
             let n = self.node(id);
             if let Op::Constant { value: w } | Op::Variable { init: w } = &n.op {
-                weights.push((n.name.clone(), WeightView(&w.0)));
+                weights.push((n.name.as_str(), &*w.0));
             }
             nodes.push(FileNode {
                 name: n.name.clone(),
@@ -127,9 +127,7 @@ impl Graph {
         };
         let json = serde_json::to_string(&header)
             .map_err(|e| Error::InvalidGraph(format!("serializing: {e}")))?;
-        let meta = HashMap::from([("kiln".to_string(), json)]);
-        safetensors::serialize(weights, Some(meta))
-            .map_err(|e| Error::InvalidGraph(format!("serializing: {e}")))
+        tensors_to_bytes(&weights, "kiln", &json)
     }
 
     /// Writes the graph to `path` atomically (temp file, fsync, rename).
@@ -152,6 +150,62 @@ impl Graph {
         })?;
         load(&bytes, &path.display().to_string())
     }
+}
+
+/// Serializes named arrays as a safetensors file whose metadata holds one
+/// entry, `key: value` (one entry, so the bytes are deterministic).
+pub fn tensors_to_bytes(tensors: &[(&str, &Array)], key: &str, value: &str) -> Result<Vec<u8>> {
+    let views: Vec<(&str, WeightView<'_>)> =
+        tensors.iter().map(|(n, a)| (*n, WeightView(a))).collect();
+    let meta = HashMap::from([(key.to_string(), value.to_string())]);
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::InvalidGraph(format!("serializing: {e}")))
+}
+
+/// Decodes one safetensors tensor into an array; `Err` says what is wrong.
+fn decode(t: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Array, String> {
+    let dtype = from_st_dtype(t.dtype())
+        .ok_or_else(|| format!("unsupported tensor dtype {:?}", t.dtype()))?;
+    let data =
+        Data::from_le_bytes(dtype, t.data()).ok_or_else(|| format!("invalid {dtype} data"))?;
+    Array::new(t.shape().to_vec(), data)
+        .ok_or_else(|| "tensor size does not match its shape".to_string())
+}
+
+/// Reads every tensor of a safetensors file and its metadata entry `key`
+/// (`None` when absent). Errors are file errors naming `origin`.
+pub fn tensors_from_bytes(
+    bytes: &[u8],
+    origin: &str,
+    key: &str,
+) -> Result<(std::collections::BTreeMap<String, Array>, Option<String>)> {
+    let fail = |kind: FileErrorKind, detail: String| Error::File {
+        path: origin.into(),
+        kind,
+        detail,
+    };
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        let kind = match e {
+            SafeTensorError::HeaderTooSmall
+            | SafeTensorError::InvalidHeaderLength
+            | SafeTensorError::MetadataIncompleteBuffer => FileErrorKind::Truncated,
+            SafeTensorError::HeaderTooLarge
+            | SafeTensorError::InvalidHeader(_)
+            | SafeTensorError::InvalidHeaderDeserialization(_) => FileErrorKind::BadMagic,
+            _ => FileErrorKind::Corrupt,
+        };
+        fail(kind, e.to_string())
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| fail(FileErrorKind::Corrupt, e.to_string()))?;
+    let value = meta.metadata().as_ref().and_then(|m| m.get(key)).cloned();
+    let mut out = std::collections::BTreeMap::new();
+    for (name, t) in st.tensors() {
+        let a = decode(&t)
+            .map_err(|e| fail(FileErrorKind::Corrupt, format!("tensor '{name}': {e}")))?;
+        out.insert(name, a);
+    }
+    Ok((out, value))
 }
 
 /// Writes `bytes` to `path` through a temp file in the same directory,
@@ -318,24 +372,8 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
                     format!("{} has no weight tensor", label()),
                 )
             })?;
-            let dtype = from_st_dtype(t.dtype()).ok_or_else(|| {
-                fail(
-                    FileErrorKind::Corrupt,
-                    format!("{}: unsupported tensor dtype {:?}", label(), t.dtype()),
-                )
-            })?;
-            let data = Data::from_le_bytes(dtype, t.data()).ok_or_else(|| {
-                fail(
-                    FileErrorKind::Corrupt,
-                    format!("{}: invalid {dtype} data", label()),
-                )
-            })?;
-            let arr = Array::new(t.shape().to_vec(), data).ok_or_else(|| {
-                fail(
-                    FileErrorKind::Corrupt,
-                    format!("{}: tensor size does not match its shape", label()),
-                )
-            })?;
+            let arr = decode(&t)
+                .map_err(|e| fail(FileErrorKind::Corrupt, format!("{}: {e}", label())))?;
             *w = Weight::new(arr);
             used_tensors.insert(node.name.clone());
         }

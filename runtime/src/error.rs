@@ -39,6 +39,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A checkpoint does not match the session's variables.
+    #[error("{path}: checkpoint does not match this graph: {}", problems.join("; "))]
+    Checkpoint {
+        /// The checkpoint file.
+        path: String,
+        /// Every difference found.
+        problems: Vec<String>,
+    },
     /// A dataset file is malformed.
     #[error("{path}: {reason}")]
     Dataset {

@@ -21,6 +21,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod datasets;
 pub mod device;
 pub mod error;

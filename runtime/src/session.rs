@@ -299,6 +299,14 @@ impl Session {
         Ok(())
     }
 
+    /// Every variable's current value, by name (sorted).
+    pub fn variables_by_name(&self) -> Vec<(String, &Array)> {
+        let mut v: Vec<(String, &Array)> =
+            self.variables.iter().map(|(n, a)| (n.clone(), a)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// The current value of variable `name`.
     pub fn variable(&self, name: &str) -> Result<&Array> {
         self.variable_id(name)?;
