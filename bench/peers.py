@@ -98,7 +98,31 @@ class EwChain(torch.nn.Module):
         return F.gelu(x * 1.7 + 0.3) * torch.sigmoid(x) - torch.tanh(x)
 
 
-MODELS = {"mlp_b1": Mlp, "mlp_b128": Mlp, "cnn_b1": Cnn, "cnn_b32": Cnn, "xfmr_b1": Xfmr, "ew_chain": lambda w: EwChain()}
+class MlpTrain(torch.nn.Module):
+    """One SGD step of MLP 784-256-10; returns the loss before the step."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w1 = torch.nn.Parameter(torch.from_numpy(w["fc1/weight"].copy()))
+        self.b1 = torch.nn.Parameter(torch.from_numpy(w["fc1/bias"].copy()))
+        self.w2 = torch.nn.Parameter(torch.from_numpy(w["fc2/weight"].copy()))
+        self.b2 = torch.nn.Parameter(torch.from_numpy(w["fc2/bias"].copy()))
+        self.opt = torch.optim.SGD(self.parameters(), lr=0.01)
+        self.y = torch.tensor([(i * 7) % 10 for i in range(64)])
+
+    def forward(self, x):
+        with torch.enable_grad():
+            h = torch.relu(x @ self.w1 + self.b1)
+            loss = F.cross_entropy(h @ self.w2 + self.b2, self.y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        return loss.detach()
+
+
+TRAINING = {"mlp_train"}
+
+MODELS = {"mlp_b1": Mlp, "mlp_b128": Mlp, "cnn_b1": Cnn, "cnn_b32": Cnn, "xfmr_b1": Xfmr, "ew_chain": lambda w: EwChain(), "mlp_train": MlpTrain}
 
 
 def timed(fn, runs):
@@ -139,6 +163,16 @@ def main():
         want = np.load(os.path.join(d, "kiln_output.npy"))
         model = MODELS[name](weights).eval()
         xt = torch.from_numpy(x)
+        if name in TRAINING:
+            # Training: torch only (ONNX Runtime's training API is a separate package);
+            # compare the first step's loss, then time steps.
+            got_torch = model(xt).numpy()
+            t_torch = timed(lambda: model(xt), runs)[0]
+            diff = float(np.max(np.abs(got_torch - want)))
+            k = r["median_ms"]
+            floor = max(r["flops"] / (gflops * 1e6), r["bytes"] / (gbps * 1e6))
+            print(f"{name:<10} {k:>9.4f} {'-':>9} {t_torch:>9.4f} {floor:>9.4f} {'-':>9} {t_torch / k:>10.2f} {k / floor:>10.2f} {diff:>10.2e}")
+            continue
         with torch.inference_mode():
             got_torch = model(xt).numpy()
             t_torch = timed(lambda: model(xt), runs)[0]

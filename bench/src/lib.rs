@@ -187,6 +187,46 @@ pub fn ew_chain(name: &'static str) -> Workload {
     }
 }
 
+/// One SGD step (forward, backward, update) of MLP 784-256-10 with ReLU and
+/// mean softmax cross-entropy, batch 64. The input is the images; the labels
+/// are a constant so the workload has one input like the others.
+pub fn mlp_train(name: &'static str) -> Workload {
+    let batch = 64;
+    let g = GraphBuilder::with_seed(9);
+    let x = g.placeholder("x", DType::F32, [batch, 784]).unwrap();
+    let labels: Vec<i64> = (0..batch as i64).map(|i| (i * 7) % 10).collect();
+    let y = g
+        .constant(Array::from_vec(vec![batch], labels).unwrap())
+        .unwrap();
+    let h = g.dense("fc1", x, 256, Activation::Relu).unwrap();
+    let logits = g.linear("fc2", h, 10).unwrap();
+    let loss = kiln::graph::sparse_softmax_cross_entropy(logits, y)
+        .unwrap()
+        .mean(&[0], false)
+        .unwrap()
+        .named("loss")
+        .unwrap();
+    let train = g.minimize(loss, kiln::graph::Optimizer::sgd(0.01)).unwrap();
+    let y = loss
+        .add(train.cast(DType::F32).unwrap().mul(0.0).unwrap())
+        .unwrap()
+        .named("y")
+        .unwrap();
+    g.output(y).unwrap();
+    let graph = g.into_graph();
+    let b = batch as f64;
+    let flops = 3.0 * 2.0 * b * (784.0 * 256.0 + 256.0 * 10.0);
+    let bytes = 3.0 * params_bytes(&graph) + 4.0 * b * 784.0;
+    Workload {
+        name,
+        graph,
+        input: ("x".into(), input(&[batch, 784], 10)),
+        output: "y".into(),
+        flops,
+        bytes,
+    }
+}
+
 /// Every workload, in the order the benchmark prints them.
 pub fn all() -> Vec<Workload> {
     vec![
@@ -196,5 +236,6 @@ pub fn all() -> Vec<Workload> {
         cnn(32, "cnn_b32"),
         xfmr("xfmr_b1"),
         ew_chain("ew_chain"),
+        mlp_train("mlp_train"),
     ]
 }

@@ -240,14 +240,15 @@ impl Memory<'_> {
                     vals.push(self.run_program(body, inputs, &vars, None)?);
                     next_index(&mut vars, shape);
                 }
-                let dtype = vals.first().map(|v| v.dtype()).unwrap_or_else(|| {
-                    let b = map
-                        .as_ref()
-                        .map(|m| m.0)
-                        .or(*out)
-                        .expect("a reduce writes something");
-                    self.prog.buffer(b).dtype
-                });
+                // An empty loop has no value to show the body's dtype (the
+                // map's output may have another one: `x < max(x)` is bool).
+                let dtype = match vals.first() {
+                    Some(v) => v.dtype(),
+                    None => result_dtype(self.prog, body, inputs).ok_or_else(|| Error::Exec {
+                        kernel: usize::MAX,
+                        reason: "the reduced body has no dtype".into(),
+                    })?,
+                };
                 let input = Array::from_scalars(shape.clone(), dtype, &vals).expect("body values");
                 let op = match kind {
                     ReduceKind::Value(f) => Op::Reduce {
@@ -330,6 +331,26 @@ impl Memory<'_> {
         }
         Ok(())
     }
+}
+
+/// The dtype of an element program's result, from its instructions.
+fn result_dtype(prog: &KernelProgram, p: &ElementProgram, inputs: &[Access]) -> Option<DType> {
+    let mut types: Vec<Option<DType>> = Vec::with_capacity(p.instrs.len());
+    for ins in &p.instrs {
+        let t = match ins {
+            Instr::Load(a) => Some(prog.buffer(inputs[*a].buffer).dtype),
+            Instr::Const(c) => Some(c.dtype()),
+            Instr::Unary(_, a) | Instr::Select(_, a, _) => types[*a],
+            Instr::Binary(f, _, _) if f.is_comparison() => Some(DType::Bool),
+            Instr::Binary(_, a, _) => types[*a],
+            Instr::Cast(to, _) => Some(*to),
+            Instr::Acc => None,
+            Instr::InBounds(_) => Some(DType::Bool),
+            Instr::IndexValue(_, dtype) | Instr::Random { dtype, .. } => Some(*dtype),
+        };
+        types.push(t);
+    }
+    types.get(p.result).copied().flatten()
 }
 
 /// Advances a row-major multi-index.

@@ -254,6 +254,8 @@ impl Gen<'_, '_> {
                 let a = self.value(ins[0], m)?;
                 self.push(Instr::Cast(*to, a))
             }
+            // A group's value is `true`; its inputs run for their assignments.
+            Op::Group => self.push(Instr::Const(Scalar::Bool(true))),
             Op::Iota { dtype, axis, .. } => {
                 self.push(Instr::IndexValue(m.idx[*axis].clone(), *dtype))
             }
@@ -351,6 +353,10 @@ impl Gen<'_, '_> {
 /// The mapping of a view op's input, given its output mapping.
 fn view_input(op: &Op, m: &Mapping, out: &[usize], inp: &[usize], ext: &[usize]) -> Mapping {
     let idx = match op {
+        // An empty input has no element to map to (and a dim of size 0 has
+        // no modulus): the output is empty too, so its reads lie in an empty
+        // loop or under a mask that never holds (pad, concat).
+        Op::Reshape { .. } if inp.contains(&0) => vec![Index::constant(0); inp.len()],
         Op::Reshape { .. } => {
             let lin = linear(&m.idx, out);
             let st = row_major(inp);

@@ -136,11 +136,15 @@ pub fn plan_memory(p: &mut KernelProgram) {
             continue;
         }
         for b in k.reads() {
-            let same_size =
-                aligned(p.buffer(b).size_bytes()) == aligned(p.buffer(*out).size_bytes());
+            // Element `i` of the output must take exactly the bytes of
+            // element `i` of the input: with another element size (a cast
+            // f32 -> f64) writing it would clobber inputs not yet read, even
+            // where the two buffers round to the same aligned size.
+            let same_elements = p.buffer(b).dtype.size_bytes() == p.buffer(*out).dtype.size_bytes()
+                && p.buffer(b).shape == p.buffer(*out).shape;
             if is_temp(p, b)
                 && last[b.0] == i
-                && same_size
+                && same_elements
                 && reads_in_place(p, k, b)
                 && find(&mut class, b.0) == b.0
             {

@@ -4,6 +4,8 @@
 use kiln::graph::{Array, DType, Graph, Scalar};
 use kiln::prelude::*;
 
+pub mod random_graph;
+
 /// The example models every differential test runs: name and graph.
 pub fn example_models() -> Vec<(&'static str, Graph)> {
     vec![

@@ -703,7 +703,7 @@ impl Executable for CpuExecutable {
                 }
             };
         }
-        let table = self.table.as_ptr() as *const *mut u8;
+        let table = self.table.as_ptr();
         let mut steps = std::mem::take(&mut self.steps);
         let result = self.run_steps(&mut steps, table);
         self.steps = steps;

@@ -143,17 +143,17 @@ impl Emitter<'_, '_> {
         self.b.ins().splat(types::I32X4, s)
     }
 
-    fn to_bits(&mut self, x: Value) -> Value {
+    fn bits_of(&mut self, x: Value) -> Value {
         self.b.ins().bitcast(types::I32X4, lanes(), x)
     }
 
-    fn from_bits(&mut self, x: Value) -> Value {
+    fn floats_of(&mut self, x: Value) -> Value {
         self.b.ins().bitcast(V, lanes(), x)
     }
 
     /// `mask ? a : b` for an `fcmp` lane mask.
     fn vselect(&mut self, mask: Value, a: Value, b: Value) -> Value {
-        let m = self.from_bits(mask);
+        let m = self.floats_of(mask);
         self.b.ins().bitselect(m, a, b)
     }
 
@@ -201,7 +201,7 @@ impl Emitter<'_, '_> {
                 8.333_452e-3,
                 4.166_579_6e-2,
                 1.666_666_5e-1,
-                5.000_000_1e-1,
+                0.5,
             ],
         );
         let z = self.b.ins().fmul(r, r);
@@ -210,8 +210,8 @@ impl Emitter<'_, '_> {
         let mut y = self.b.ins().fadd(y, one);
         // y * 2^n as y * 2^(n/2) * 2^(n - n/2): both factors stay normal over
         // the whole clamped range, so subnormal results come out right.
-        let tb = self.to_bits(t);
-        let mb = self.to_bits(magic);
+        let tb = self.bits_of(t);
+        let mb = self.bits_of(magic);
         let n = self.b.ins().isub(tb, mb);
         let n1 = self.b.ins().sshr_imm_s(n, 1);
         let n2 = self.b.ins().isub(n, n1);
@@ -219,7 +219,7 @@ impl Emitter<'_, '_> {
         for k in [n1, n2] {
             let e = self.b.ins().iadd(k, bias);
             let e = self.b.ins().ishl_imm_s(e, 23);
-            let f = self.from_bits(e);
+            let f = self.floats_of(e);
             y = self.b.ins().fmul(y, f);
         }
         y
@@ -232,7 +232,7 @@ impl Emitter<'_, '_> {
         let scale = self.splat(8_388_608.0);
         let xs = self.b.ins().fmul(x, scale);
         let xn = self.vselect(small, xs, x);
-        let bits = self.to_bits(xn);
+        let bits = self.bits_of(xn);
         let e = self.b.ins().sshr_imm_s(bits, 23);
         let e126 = self.isplat(126);
         let e = self.b.ins().isub(e, e126);
@@ -240,7 +240,7 @@ impl Emitter<'_, '_> {
         let m = self.b.ins().band(bits, mm);
         let half = self.isplat(0x3f00_0000);
         let m = self.b.ins().bor(m, half);
-        let m = self.from_bits(m);
+        let m = self.floats_of(m);
         let e = self.b.ins().fcvt_from_sint(V, e);
         // m in [0.5, 1): fold into [sqrt(1/2), sqrt(2)).
         let sqrth = self.splat(std::f32::consts::FRAC_1_SQRT_2);
@@ -263,7 +263,7 @@ impl Emitter<'_, '_> {
                 -1.666_805_8e-1,
                 2.000_071_4e-1,
                 -2.499_999_4e-1,
-                3.333_333_1e-1,
+                3.333_333e-1,
             ],
         );
         let y = self.b.ins().fmul(p, xr);
@@ -299,11 +299,11 @@ impl Emitter<'_, '_> {
     /// A non-negative `mag` with the sign of `sign_of`.
     fn copysign(&mut self, mag: Value, sign_of: Value) -> Value {
         let sm = self.isplat(i32::MIN);
-        let sb = self.to_bits(sign_of);
+        let sb = self.bits_of(sign_of);
         let sign = self.b.ins().band(sb, sm);
-        let mb = self.to_bits(mag);
+        let mb = self.bits_of(mag);
         let r = self.b.ins().bor(mb, sign);
-        self.from_bits(r)
+        self.floats_of(r)
     }
 
     fn vtanh(&mut self, x: Value) -> Value {

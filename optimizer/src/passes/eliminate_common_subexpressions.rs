@@ -27,9 +27,12 @@ fn key(g: &Graph, op: &Op, inputs: &[NodeId]) -> Option<String> {
             }
             Some(format!("const {} {:?} {h:x}", a.dtype(), a.shape()))
         }
+        // Debug, not JSON: JSON writes every non-finite float as `null`, which
+        // made pads with -inf, +inf and NaN one key. Debug keeps each f64
+        // attribute exact (shortest round-trip form, inf, -inf, NaN, -0.0).
         _ => {
             let _ = g;
-            Some(format!("{} {inputs:?}", serde_json::to_string(op).ok()?))
+            Some(format!("{op:?} {inputs:?}"))
         }
     }
 }
