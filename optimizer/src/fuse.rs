@@ -12,8 +12,9 @@
 //!   reduction's input shape becomes that kernel's anchor: the kernel reduces
 //!   each row and then maps over it (softmax and layer norm: two kernels).
 //!   Otherwise it ends its own kernel, absorbing its elementwise producers.
-//! - Matmul, conv, pooling, gather and scatter-add take their users'
-//!   elementwise kernel as an epilogue when it runs over their output shape.
+//! - Matmul, conv, pooling, gather and scatter-add take their users
+//!   elementwise kernel as an epilogue when it runs over their output shape
+//!   and keeps their dtype (an epilogue rewrites the result in place).
 //! - Movement ops feeding a matmul join it as strided operand views (a
 //!   transpose costs nothing); anything else feeding a matmul, conv, pool,
 //!   gather or scatter is materialized.
@@ -143,11 +144,16 @@ pub fn group(
                     .all(|&uc| uc == Class::MatMul)
                     .then_some(k),
                 Class::Reduce | Class::MatMul | Class::Opaque => {
-                    let over_input = match c {
+                    // An epilogue writes over the contraction's result in place, so
+                    // it must keep the result's dtype (a row map has no such limit).
+                    let fits = match c {
                         Class::Reduce => shapes[&g.inputs(n)[0]] == shape_of_group[k],
-                        _ => shapes[&n] == shape_of_group[k],
+                        _ => {
+                            shapes[&n] == shape_of_group[k]
+                                && g.node(grp.root).ty.dtype == g.node(n).ty.dtype
+                        }
                     };
-                    (grp.anchor == Anchor::None && over_input).then_some(k)
+                    (grp.anchor == Anchor::None && fits).then_some(k)
                 }
                 Class::Source | Class::Assign => None,
             }

@@ -650,6 +650,21 @@ pub fn lower(g: &Graph, bindings: &Bindings) -> Result<(KernelProgram, Vec<NodeI
                 op: node.op.name().into(),
                 reason: format!("symbolic dim '{sym}' has no size"),
             })?;
+        if let Op::ArgReduce { axis, .. } = node.op {
+            // Shapes of inputs come first in topological order.
+            if shapes
+                .get(&g.inputs(n)[0])
+                .is_some_and(|inp: &Vec<usize>| inp[axis] == 0)
+            {
+                return Err(Error::Unsupported {
+                    node: node.name.clone(),
+                    op: node.op.name().into(),
+                    reason: format!(
+                        "axis {axis} is empty (a symbolic dim bound to 0): no index to return"
+                    ),
+                });
+            }
+        }
         shapes.insert(n, s);
     }
     // Follow assignments to the values they store.

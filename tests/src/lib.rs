@@ -168,7 +168,10 @@ pub fn compare(want: &Array, got: &Array) -> Result<(), String> {
     let (rtol, atol) = tolerance(want.dtype());
     let (w, g) = (want.to_f64_vec(), got.to_f64_vec());
     for (i, (a, b)) in w.iter().zip(&g).enumerate() {
-        let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * a.abs();
+        // Infinities must match exactly (the tolerance is infinite there).
+        let ok = (a.is_nan() && b.is_nan())
+            || a == b
+            || (a.is_finite() && (a - b).abs() <= atol + rtol * a.abs());
         if !ok {
             return Err(format!("element {i}: want {a}, got {b}"));
         }

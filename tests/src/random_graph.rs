@@ -26,8 +26,8 @@
 
 use kiln::graph::rng::bits;
 use kiln::graph::{
-    one_hot, Array, BinaryOp, Conv2dOptions, DType, Dim, Graph, GraphBuilder, NodeId, Op, Scalar,
-    Shape, SliceAxis, Tensor, UnaryOp, Window2d,
+    one_hot, Array, BinaryOp, Conv2dOptions, DType, Dim, Graph, GraphBuilder, NodeId, Op, ReduceOp,
+    Scalar, Shape, SliceAxis, Tensor, UnaryOp, Window2d,
 };
 
 /// No value of a generated graph has more elements than this.
@@ -661,6 +661,26 @@ impl<'g> Gen<'g> {
                 continue;
             }
             let ins = g.inputs(n);
+            // The CPU backend rounds these differently from the reference:
+            // fast f32 approximations of transcendentals, f32 lanes in sums,
+            // and GEMM accumulation order in matmul and conv.
+            let f32_approx = node.ty.dtype == DType::F32
+                && matches!(
+                    node.op,
+                    Op::Unary {
+                        f: UnaryOp::Exp
+                            | UnaryOp::Log
+                            | UnaryOp::Tanh
+                            | UnaryOp::Sigmoid
+                            | UnaryOp::Erf
+                    } | Op::Reduce {
+                        f: ReduceOp::Sum | ReduceOp::Prod,
+                        ..
+                    }
+                );
+            if f32_approx || matches!(node.op, Op::MatMul | Op::Conv2d { .. }) {
+                return true;
+            }
             if scaled(n)
                 && ins.iter().any(|&i| {
                     let x = inner(i);

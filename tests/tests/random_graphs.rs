@@ -61,11 +61,20 @@ fn bindings_of(graph: &Graph, feeds: &[(String, Array)]) -> Bindings {
 
 /// The graph's outputs on the reference interpreter, through a session.
 fn reference(graph: &Graph, feeds: &[(String, Array)]) -> Result<RunResult, String> {
+    session_run(graph, feeds, Device::Reference)
+}
+
+/// The graph's outputs and final variables on `device`, through a session.
+fn session_run(
+    graph: &Graph,
+    feeds: &[(String, Array)],
+    device: Device,
+) -> Result<RunResult, String> {
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-    let mut s = Session::new(graph, Device::Reference).map_err(|e| e.to_string())?;
+    let mut s = Session::new(graph, device).map_err(|e| e.to_string())?;
     let outputs = s
         .run_outputs(&refs)
-        .map_err(|e| format!("reference run failed: {e}"))?
+        .map_err(|e| format!("{device} run failed: {e}"))?
         .into_iter()
         .map(|(_, a)| a)
         .collect();
@@ -144,6 +153,43 @@ fn compare_results(
     for (name, w) in &want.variables {
         let g = got.variables.get(name).unwrap_or(&initial[name]);
         compare_exact_infinities(w, g).map_err(|e| format!("variable {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The CPU backend's outputs against the reference. Its fast f32
+/// transcendentals are within ~4e-7 of libm (tests/tests/cpu_math.rs) and its
+/// GEMMs and f32 sums round in another order; the generated graphs feed
+/// such values through chains of `32 * tanh(..)`, matmuls and cancelling
+/// subtractions, which amplify those differences by up to ~1e3. So f32 is
+/// compared at rtol = atol = 2e-3 here (the fixed example models hold
+/// 1e-4/1e-5); f64, integers, bools, NaN and infinities as everywhere else.
+fn compare_cpu(want: &RunResult, got: &RunResult) -> Result<(), String> {
+    let vars = want
+        .variables
+        .iter()
+        .map(|(n, w)| (n.clone(), w, &got.variables[n]));
+    let outs = want
+        .outputs
+        .iter()
+        .zip(&got.outputs)
+        .enumerate()
+        .map(|(i, (w, g))| (format!("output {i}"), w, g));
+    for (i, w, g) in outs.chain(vars) {
+        if w.dtype() != kiln::graph::DType::F32 || w.shape() != g.shape() || g.dtype() != w.dtype()
+        {
+            compare_exact_infinities(w, g).map_err(|e| format!("{i}: {e}"))?;
+            continue;
+        }
+        let (wv, gv) = (w.to_f64_vec(), g.to_f64_vec());
+        for (j, (a, b)) in wv.iter().zip(&gv).enumerate() {
+            let ok = (a.is_nan() && b.is_nan())
+                || a == b
+                || (a.is_finite() && (a - b).abs() <= 2e-3 + 2e-3 * a.abs());
+            if !ok {
+                return Err(format!("{i}: element {j}: want {a}, got {b}"));
+            }
+        }
     }
     Ok(())
 }
@@ -309,6 +355,26 @@ fn check_graph(graph: &Graph, sym: usize, seed: u64, passes: bool) -> (usize, Ve
             failures.push(format!("{label}: {e}"));
         }
     }
+    // The CPU backend (Cranelift JIT) through the public session API, twice:
+    // within tolerance of the reference, and bit-identical run to run.
+    cases += 1;
+    let r = guarded(|| {
+        let a = session_run(graph, &feeds, Device::Cpu)?;
+        let b = session_run(graph, &feeds, Device::Cpu)?;
+        compare_cpu(&want, &a)?;
+        if !a
+            .outputs
+            .iter()
+            .map(bits_of)
+            .eq(b.outputs.iter().map(bits_of))
+        {
+            return Err("two CPU runs differ".into());
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        failures.push(format!("cpu: {e}"));
+    }
     if passes {
         for pass in all_pass_names() {
             cases += 1;
@@ -461,4 +527,26 @@ fn pads_with_different_infinities_stay_apart() {
     g.output(hi).unwrap();
     g.output(nan).unwrap();
     check(&g.into_graph(), 1);
+}
+
+/// Seed 1314 on the CPU backend: an int matmul whose users compare its
+/// result fused it as an epilogue with a bool output, and the GEMM wrote
+/// i32 results into the bool buffer. Epilogues now keep the anchor's dtype.
+#[test]
+fn epilogue_keeps_the_contractions_dtype() {
+    let g = GraphBuilder::new();
+    let a = g.placeholder("a", DType::I32, [4, 2]).unwrap();
+    let w = g
+        .constant(Array::from_vec(vec![2, 5], (0..10).collect::<Vec<i32>>()).unwrap())
+        .unwrap();
+    let m = a.matmul(w).unwrap();
+    g.output(m.ne(2).unwrap().named("out").unwrap()).unwrap();
+    let graph = g.into_graph();
+    let feeds = vec![(
+        "a".to_string(),
+        Array::from_vec(vec![4, 2], vec![1, -2, 3, 0, 0, 1, 2, 2]).unwrap(),
+    )];
+    let want = reference(&graph, &feeds).unwrap();
+    let got = session_run(&graph, &feeds, Device::Cpu).unwrap();
+    assert_eq!(want.outputs, got.outputs);
 }

@@ -289,3 +289,17 @@ fn nan_and_inf_inputs_propagate_without_errors() {
         .iter()
         .all(|p| p.is_nan()));
 }
+
+#[test]
+fn argmax_over_an_axis_bound_to_zero_is_an_error_on_every_device() {
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, shape![2, "n"]).unwrap();
+    x.argmax(1, false).unwrap().named("best").unwrap();
+    let graph = g.into_graph();
+    let empty = Array::from_vec(vec![2, 0], Vec::<f32>::new()).unwrap();
+    for device in [Device::Reference, Device::Cpu] {
+        let mut s = Session::new(&graph, device).unwrap();
+        let e = s.run(&[("x", &empty)], &["best"]).unwrap_err().to_string();
+        assert!(e.contains("best") && e.contains("empty"), "{device}: {e}");
+    }
+}

@@ -154,6 +154,11 @@ pub fn eval_reduce(f: ReduceOp, x: &Array, axes: &[usize], out: &[usize]) -> Res
 /// Reference meaning of argmax/argmin: the first index of the extreme value,
 /// compared in the input's own type; a NaN counts as the extreme (as numpy does).
 pub fn eval_arg(f: ArgOp, x: &Array, axis: usize, out: &[usize]) -> Result<Array, String> {
+    if x.shape()[axis] == 0 {
+        return Err(format!(
+            "axis {axis} is empty (a symbolic dim bound to 0): no index to return"
+        ));
+    }
     let res = match x.data() {
         Data::F32(v) => arg_along(v, x.shape(), axis, f),
         Data::F64(v) => arg_along(v, x.shape(), axis, f),
