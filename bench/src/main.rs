@@ -77,6 +77,58 @@ fn time_kiln(w: &kiln_bench::Workload, runs: usize) -> Result<(Timing, Array)> {
     ))
 }
 
+/// The machine's peak f32 GEMM rate (GFLOP/s, 1024^3 with the `gemm` crate
+/// on every core) and copy bandwidth (GB/s, 64 MiB read plus written).
+fn floor_rates() -> (f64, f64) {
+    let n = 1024;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        // SAFETY: three dense n x n row-major matrices.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let gflops = 2.0 * (n * n * n) as f64 / best / 1e9;
+    let src = vec![1u8; 64 << 20];
+    let mut dst = vec![0u8; 64 << 20];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    (gflops, 2.0 * src.len() as f64 / best / 1e9)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir)
@@ -114,9 +166,12 @@ fn main() -> Result<()> {
         "kiln process peak RSS: {:.1} MiB",
         peak_rss_kib() as f64 / 1024.0
     );
+    let (gflops, gbps) = floor_rates();
+    println!("floor (measured here): peak GEMM {gflops:.0} GFLOP/s, copy bandwidth {gbps:.1} GB/s");
+    let doc = serde_json::json!({"workloads": rows, "peak_gflops": gflops, "copy_gbps": gbps});
     std::fs::write(
         args.dir.join("kiln.json"),
-        serde_json::to_string_pretty(&rows)?,
+        serde_json::to_string_pretty(&doc)?,
     )?;
     if args.peers {
         let python =
