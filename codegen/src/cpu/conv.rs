@@ -197,8 +197,12 @@ impl Conv {
                                             std::ptr::write_bytes(dst, 0, ow);
                                             continue;
                                         }
-                                        std::ptr::write_bytes(dst, 0, lo);
-                                        std::ptr::write_bytes(dst.add(hi), 0, ow - hi);
+                                        for i in 0..lo {
+                                            *dst.add(i) = T::ZERO;
+                                        }
+                                        for i in hi..ow {
+                                            *dst.add(i) = T::ZERO;
+                                        }
                                         let line = xin.add((ci * h + iy as usize) * wd);
                                         if sx == 1 {
                                             std::ptr::copy_nonoverlapping(

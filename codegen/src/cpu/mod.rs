@@ -45,7 +45,7 @@ impl Default for CpuBackend {
 }
 
 /// Work (multiply-adds) below which a GEMM stays on one thread.
-const PARALLEL_WORK: usize = 1 << 21;
+const PARALLEL_WORK: usize = 1 << 23;
 
 fn parallelism(threads: usize, work: usize) -> gemm::Parallelism {
     if threads > 1 && work >= PARALLEL_WORK {
@@ -358,16 +358,19 @@ impl CpuExecutable {
         unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), self.table[b.0], n) };
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn matmul(
-        &self,
-        out: BufferId,
+        po: SendMut,
+        pa: SendMut,
+        pb: SendMut,
+        dtype: DType,
         a: &Operand,
         b: &Operand,
         batch: &[usize],
         mnk: [usize; 3],
+        threads: usize,
     ) -> Result<()> {
         let [m, n, k] = mnk;
-        let dtype = self.program.buffer(out).dtype;
         let nb: usize = batch.iter().product();
         let bst = kiln_graph::shape::strides(batch);
         for bi in 0..nb {
@@ -391,9 +394,9 @@ impl CpuExecutable {
                 match dtype {
                     DType::F32 => {
                         let (d, l, r) = (
-                            self.table[out.0] as *mut f32,
-                            self.table[a.buffer.0] as *const f32,
-                            self.table[b.buffer.0] as *const f32,
+                            po.get() as *mut f32,
+                            pa.get() as *const f32,
+                            pb.get() as *const f32,
                         );
                         gemm::gemm(
                             m,
@@ -414,14 +417,14 @@ impl CpuExecutable {
                             false,
                             false,
                             false,
-                            parallelism(self.threads, m * n * k),
+                            parallelism(threads, m * n * k),
                         );
                     }
                     DType::F64 => {
                         let (d, l, r) = (
-                            self.table[out.0] as *mut f64,
-                            self.table[a.buffer.0] as *const f64,
-                            self.table[b.buffer.0] as *const f64,
+                            po.get() as *mut f64,
+                            pa.get() as *const f64,
+                            pb.get() as *const f64,
                         );
                         gemm::gemm(
                             m,
@@ -442,17 +445,17 @@ impl CpuExecutable {
                             false,
                             false,
                             false,
-                            parallelism(self.threads, m * n * k),
+                            parallelism(threads, m * n * k),
                         );
                     }
                     DType::I32 => int_matmul::<i32>(
-                        self.table[out.0] as *mut i32,
+                        po.get() as *mut i32,
                         oo,
-                        self.table[a.buffer.0] as *const i32,
+                        pa.get() as *const i32,
                         oa as isize,
                         ars,
                         acs,
-                        self.table[b.buffer.0] as *const i32,
+                        pb.get() as *const i32,
                         ob as isize,
                         brs,
                         bcs,
@@ -461,13 +464,13 @@ impl CpuExecutable {
                         k,
                     ),
                     DType::I64 => int_matmul::<i64>(
-                        self.table[out.0] as *mut i64,
+                        po.get() as *mut i64,
                         oo,
-                        self.table[a.buffer.0] as *const i64,
+                        pa.get() as *const i64,
                         oa as isize,
                         ars,
                         acs,
-                        self.table[b.buffer.0] as *const i64,
+                        pb.get() as *const i64,
                         ob as isize,
                         brs,
                         bcs,
@@ -554,7 +557,30 @@ impl Table {
     }
 }
 
+/// A buffer pointer handed to the pool's threads (each touches its own part).
+#[derive(Clone, Copy)]
+struct SendMut(*mut u8);
+// SAFETY: see `Table`.
+unsafe impl Send for SendMut {}
+// SAFETY: see `Table`.
+unsafe impl Sync for SendMut {}
+
+impl SendMut {
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
 impl CpuExecutable {
+    /// Runs `f` inside this executable's thread pool when `parallel` (handing
+    /// work to the pool costs microseconds, so small kernels run here).
+    fn in_pool<R: Send>(&self, parallel: bool, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) if parallel => p.install(f),
+            _ => f(),
+        }
+    }
+
     /// Runs a compiled loop nest, split over loop variable 0 across the
     /// threads when that pays.
     fn launch(&self, l: &Launch, table: *const *mut u8) {
@@ -596,7 +622,20 @@ impl CpuExecutable {
                     mnk,
                     epilogue,
                 } => {
-                    self.matmul(*out, a, b, batch, *mnk).map_err(at(ki))?;
+                    // GEMM threads come from this executable's pool, not rayon's
+                    // global one, so kernels never oversubscribe the cores.
+                    let (po, pa, pb) = (
+                        SendMut(self.table[out.0]),
+                        SendMut(self.table[a.buffer.0]),
+                        SendMut(self.table[b.buffer.0]),
+                    );
+                    let (dtype, threads) = (self.program.buffer(*out).dtype, self.threads);
+                    let parallel = batch.iter().product::<usize>() * mnk.iter().product::<usize>()
+                        >= PARALLEL_WORK;
+                    self.in_pool(parallel, || {
+                        Self::matmul(po, pa, pb, dtype, a, b, batch, *mnk, threads)
+                    })
+                    .map_err(at(ki))?;
                     if let Some(l) = epilogue {
                         self.launch(l, table);
                     }
@@ -611,14 +650,16 @@ impl CpuExecutable {
                     let [o, cg, kh, kw] = conv.weight;
                     let work = conv.input[0] * o * cg * kh * kw * conv.out_hw[0] * conv.out_hw[1];
                     // SAFETY: the buffers have the shapes the convolution was built for.
-                    unsafe {
-                        conv.run(
-                            self.table[out.0],
-                            self.table[x.0],
-                            self.table[w.0],
-                            parallelism(self.threads, work),
-                        )
-                    };
+                    let (o_ptr, x_ptr, w_ptr) = (
+                        SendMut(self.table[out.0]),
+                        SendMut(self.table[x.0]),
+                        SendMut(self.table[w.0]),
+                    );
+                    let par = parallelism(self.threads, work);
+                    let parallel = matches!(par, gemm::Parallelism::Rayon(_));
+                    self.in_pool(parallel, || unsafe {
+                        conv.run(o_ptr.get(), x_ptr.get(), w_ptr.get(), par)
+                    });
                     if let Some(l) = epilogue {
                         self.launch(l, table);
                     }
