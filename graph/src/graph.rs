@@ -87,20 +87,7 @@ impl Graph {
         inputs: &[NodeId],
         location: SourceLoc,
     ) -> Result<NodeId> {
-        if let Err(reason) = check_name(name) {
-            return Err(Error::Name {
-                name: name.into(),
-                location,
-                reason,
-            });
-        }
-        if self.names.contains_key(name) {
-            return Err(Error::Name {
-                name: name.into(),
-                location,
-                reason: "is already used by another node".into(),
-            });
-        }
+        self.check_new_name(name, &location)?;
         for i in inputs {
             if !self.g.contains_node(i.0) {
                 return Err(Error::InvalidGraph(format!(
@@ -260,25 +247,26 @@ impl Graph {
         Ok(())
     }
 
+    /// A name error unless `name` is valid and unused.
+    fn check_new_name(&self, name: &str, location: &SourceLoc) -> Result<()> {
+        let reason = match check_name(name) {
+            Err(reason) => reason,
+            Ok(()) if self.names.contains_key(name) => "is already used by another node".into(),
+            Ok(()) => return Ok(()),
+        };
+        Err(Error::Name {
+            name: name.into(),
+            location: location.clone(),
+            reason,
+        })
+    }
+
     /// Renames a node; the new name must be valid and unused.
     pub fn rename(&mut self, id: NodeId, name: &str, location: SourceLoc) -> Result<()> {
         if self.g[id.0].name == name {
             return Ok(());
         }
-        if let Err(reason) = check_name(name) {
-            return Err(Error::Name {
-                name: name.into(),
-                location,
-                reason,
-            });
-        }
-        if self.names.contains_key(name) {
-            return Err(Error::Name {
-                name: name.into(),
-                location,
-                reason: "is already used by another node".into(),
-            });
-        }
+        self.check_new_name(name, &location)?;
         let old = std::mem::replace(&mut self.g[id.0].name, name.into());
         self.names.remove(&old);
         self.names.insert(name.into(), id);

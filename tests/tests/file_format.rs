@@ -87,28 +87,7 @@ fn models() -> Vec<(&'static str, Graph)> {
 }
 
 fn feeds_for(graph: &Graph) -> Vec<(String, Array)> {
-    graph
-        .placeholders()
-        .into_iter()
-        .map(|p| {
-            let n = graph.node(p);
-            let dims: Vec<usize> =
-                n.ty.shape
-                    .dims()
-                    .iter()
-                    .map(|d| d.fixed().unwrap_or(2))
-                    .collect();
-            let count: usize = dims.iter().product();
-            let a = match n.ty.dtype {
-                DType::F32 => {
-                    Array::from_vec(dims, (0..count).map(|i| (i as f32 * 0.37).sin()).collect())
-                }
-                DType::I32 => Array::from_vec(dims, (0..count as i32).collect()),
-                other => panic!("no feed for {other}"),
-            };
-            (n.name.clone(), a.unwrap())
-        })
-        .collect()
+    kiln_tests::feeds_for(graph, 2, 3)
 }
 
 fn run_all(graph: &Graph) -> Vec<Array> {

@@ -392,62 +392,24 @@ impl CpuExecutable {
             // lowering derives them from the buffers' shapes).
             unsafe {
                 match dtype {
-                    DType::F32 => {
-                        let (d, l, r) = (
-                            po.get() as *mut f32,
-                            pa.get() as *const f32,
-                            pb.get() as *const f32,
-                        );
-                        gemm::gemm(
-                            m,
-                            n,
-                            k,
-                            d.offset(oo),
-                            1,
-                            n as isize,
-                            false,
-                            l.offset(oa as isize),
-                            acs,
-                            ars,
-                            r.offset(ob as isize),
-                            bcs,
-                            brs,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            parallelism(threads, m * n * k),
-                        );
-                    }
-                    DType::F64 => {
-                        let (d, l, r) = (
-                            po.get() as *mut f64,
-                            pa.get() as *const f64,
-                            pb.get() as *const f64,
-                        );
-                        gemm::gemm(
-                            m,
-                            n,
-                            k,
-                            d.offset(oo),
-                            1,
-                            n as isize,
-                            false,
-                            l.offset(oa as isize),
-                            acs,
-                            ars,
-                            r.offset(ob as isize),
-                            bcs,
-                            brs,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            parallelism(threads, m * n * k),
-                        );
-                    }
+                    DType::F32 => float_gemm::<f32>(
+                        po,
+                        pa,
+                        pb,
+                        [oo, oa as isize, ob as isize],
+                        [ars, acs, brs, bcs],
+                        mnk,
+                        threads,
+                    ),
+                    DType::F64 => float_gemm::<f64>(
+                        po,
+                        pa,
+                        pb,
+                        [oo, oa as isize, ob as isize],
+                        [ars, acs, brs, bcs],
+                        mnk,
+                        threads,
+                    ),
                     DType::I32 => int_matmul::<i32>(
                         po.get() as *mut i32,
                         oo,
@@ -488,6 +450,53 @@ impl CpuExecutable {
             }
         }
         Ok(())
+    }
+}
+
+/// One float GEMM of strided operands: `out[oo..] = a[oa..] @ b[ob..]` with
+/// row/column strides `[a_row, a_col, b_row, b_col]`.
+///
+/// # Safety
+/// The views must lie inside the buffers the pointers point at.
+unsafe fn float_gemm<T: conv::Float>(
+    po: SendMut,
+    pa: SendMut,
+    pb: SendMut,
+    off: [isize; 3],
+    st: [isize; 4],
+    mnk: [usize; 3],
+    threads: usize,
+) {
+    let [m, n, k] = mnk;
+    let (d, l, r) = (
+        po.get() as *mut T,
+        pa.get() as *const T,
+        pb.get() as *const T,
+    );
+    let [ars, acs, brs, bcs] = st;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            d.offset(off[0]),
+            1,
+            n as isize,
+            false,
+            l.offset(off[1]),
+            acs,
+            ars,
+            r.offset(off[2]),
+            bcs,
+            brs,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism(threads, m * n * k),
+        );
     }
 }
 
