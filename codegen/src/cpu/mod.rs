@@ -7,6 +7,7 @@
 //! live in one arena allocated at compile time.
 
 mod conv;
+mod gemv;
 mod jit;
 mod support;
 mod vector;
@@ -43,6 +44,11 @@ impl Default for CpuBackend {
         }
     }
 }
+
+/// Weight elements above which a batch-1 matrix-vector product splits its
+/// columns across the threads (handing work to the pool costs more than a
+/// 1-2 MB product gains from a second core: measured on mlp_b1).
+const GEMV_SPLIT: usize = 1 << 20;
 
 /// Work (multiply-adds) below which a GEMM stays on one thread.
 const PARALLEL_WORK: usize = 1 << 23;
@@ -369,9 +375,55 @@ impl CpuExecutable {
         batch: &[usize],
         mnk: [usize; 3],
         threads: usize,
+        pool: Option<&rayon::ThreadPool>,
     ) -> Result<()> {
         let [m, n, k] = mnk;
         let nb: usize = batch.iter().product();
+        let nbd = batch.len();
+        // Batch-1 f32 dense layers: a matrix-vector product over contiguous rows.
+        if m == 1 && nb == 1 && dtype == DType::F32 && b.strides[nbd + 1] == 1 {
+            let (x, xs) = (
+                SendMut(unsafe { pa.get().add(a.offset as usize * 4) }),
+                a.strides[nbd + 1] as isize,
+            );
+            let w = SendMut(unsafe { pb.get().add(b.offset as usize * 4) });
+            let ws = b.strides[nbd] as isize;
+            let run = move |cols: std::ops::Range<usize>| {
+                // SAFETY: the operand views lie inside their buffers (see below).
+                unsafe {
+                    gemv::gemv_f32(
+                        x.get() as *const f32,
+                        xs,
+                        w.get() as *const f32,
+                        ws,
+                        po.get() as *mut f32,
+                        k,
+                        cols,
+                    )
+                }
+            };
+            match pool {
+                // Large weight matrices stream faster from two cores' caches.
+                Some(pool) if k * n >= GEMV_SPLIT && n >= 64 => {
+                    let parts = threads.min(n / 32).max(1);
+                    pool.scope(|s| {
+                        for p in 0..parts {
+                            let (lo, hi) = (
+                                n * p / parts / 16 * 16,
+                                if p + 1 == parts {
+                                    n
+                                } else {
+                                    n * (p + 1) / parts / 16 * 16
+                                },
+                            );
+                            s.spawn(move |_| run(lo..hi));
+                        }
+                    });
+                }
+                _ => run(0..n),
+            }
+            return Ok(());
+        }
         let bst = kiln_graph::shape::strides(batch);
         for bi in 0..nb {
             let (mut oa, mut ob) = (a.offset, b.offset);
@@ -381,7 +433,6 @@ impl CpuExecutable {
                 ob += i * b.strides[d];
             }
             let oo = (bi * m * n) as isize;
-            let nbd = batch.len();
             let (ars, acs, brs, bcs) = (
                 a.strides[nbd] as isize,
                 a.strides[nbd + 1] as isize,
@@ -641,8 +692,9 @@ impl CpuExecutable {
                     let (dtype, threads) = (self.program.buffer(*out).dtype, self.threads);
                     let parallel = batch.iter().product::<usize>() * mnk.iter().product::<usize>()
                         >= PARALLEL_WORK;
+                    let pool = self.pool.as_ref();
                     self.in_pool(parallel, || {
-                        Self::matmul(po, pa, pb, dtype, a, b, batch, *mnk, threads)
+                        Self::matmul(po, pa, pb, dtype, a, b, batch, *mnk, threads, pool)
                     })
                     .map_err(at(ki))?;
                     if let Some(l) = epilogue {

@@ -1,0 +1,93 @@
+//! Matrix-vector products `y = x @ W` for batch-1 dense layers, where a
+//! general GEMM is memory-bound and packs for nothing: AVX-512 with sixteen
+//! accumulators when the host has it, split by columns across threads.
+
+/// `y[0..n] = sum_k x[k * xs] * w[k * ws + j]` for `j` in `cols`.
+///
+/// # Safety
+/// `x` holds `k` elements at stride `xs`, `w` a `k x n` matrix with row stride
+/// `ws` and unit column stride, `y` `n` elements.
+pub(crate) unsafe fn gemv_f32(
+    x: *const f32,
+    xs: isize,
+    w: *const f32,
+    ws: isize,
+    y: *mut f32,
+    k: usize,
+    cols: std::ops::Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature is present; the caller guarantees the bounds.
+            return unsafe { avx512(x, xs, w, ws, y, k, cols) };
+        }
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { scalar(x, xs, w, ws, y, k, cols) }
+}
+
+unsafe fn scalar(
+    x: *const f32,
+    xs: isize,
+    w: *const f32,
+    ws: isize,
+    y: *mut f32,
+    k: usize,
+    cols: std::ops::Range<usize>,
+) {
+    for j in cols {
+        let mut s = 0f32;
+        for kk in 0..k as isize {
+            // SAFETY: within the caller's bounds.
+            s += unsafe { *x.offset(kk * xs) * *w.offset(kk * ws + j as isize) };
+        }
+        // SAFETY: as above.
+        unsafe { *y.add(j) = s };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512(
+    x: *const f32,
+    xs: isize,
+    w: *const f32,
+    ws: isize,
+    y: *mut f32,
+    k: usize,
+    cols: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    const LANES: usize = 16;
+    const BLOCK: usize = 16 * LANES;
+    let mut j = cols.start;
+    // SAFETY (whole body): loads and stores stay within `cols` of each row
+    // and of `y`, and `k` rows of `w` and elements of `x`.
+    unsafe {
+        while j + BLOCK <= cols.end {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for kk in 0..k as isize {
+                let xv = _mm512_set1_ps(*x.offset(kk * xs));
+                let row = w.offset(kk * ws + j as isize);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(xv, _mm512_loadu_ps(row.add(i * LANES)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(y.add(j + i * LANES), *a);
+            }
+            j += BLOCK;
+        }
+        while j + LANES <= cols.end {
+            let mut a = _mm512_setzero_ps();
+            for kk in 0..k as isize {
+                let xv = _mm512_set1_ps(*x.offset(kk * xs));
+                a = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w.offset(kk * ws + j as isize)), a);
+            }
+            _mm512_storeu_ps(y.add(j), a);
+            j += LANES;
+        }
+        scalar(x, xs, w, ws, y, k, j..cols.end);
+    }
+}
