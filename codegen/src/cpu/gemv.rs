@@ -91,3 +91,44 @@ unsafe fn avx512(
         scalar(x, xs, w, ws, y, k, j..cols.end);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_and_scalar_paths_agree() {
+        for (k, n) in [(1, 1), (7, 15), (33, 16), (64, 300), (5, 529)] {
+            let x: Vec<f32> = (0..k * 2).map(|i| (i as f32 * 0.37).sin()).collect();
+            let w: Vec<f32> = (0..k * (n + 3)).map(|i| (i as f32 * 0.11).cos()).collect();
+            let (mut fast, mut slow) = (vec![0f32; n], vec![0f32; n]);
+            // x at stride 2, w with row stride n + 3.
+            unsafe {
+                gemv_f32(
+                    x.as_ptr(),
+                    2,
+                    w.as_ptr(),
+                    (n + 3) as isize,
+                    fast.as_mut_ptr(),
+                    k,
+                    0..n,
+                );
+                scalar(
+                    x.as_ptr(),
+                    2,
+                    w.as_ptr(),
+                    (n + 3) as isize,
+                    slow.as_mut_ptr(),
+                    k,
+                    0..n,
+                );
+            }
+            for (a, b) in fast.iter().zip(&slow) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "k {k} n {n}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
