@@ -85,7 +85,7 @@ impl Data {
     /// number of elements or a bool byte is not 0 or 1.
     pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Option<Data> {
         let w = dtype.size_bytes();
-        if bytes.len() % w != 0 {
+        if !bytes.len().is_multiple_of(w) {
             return None;
         }
         Some(match dtype {
