@@ -180,5 +180,13 @@ fn input_gradients<'g>(
         }
         Op::Assign => vec![None, None],
         Op::Group => vec![None; ins.len()],
+        Op::Cond { .. } | Op::While { .. } => {
+            return Err(crate::error::Error::Type {
+                op: op.name().into(),
+                location: SourceLoc::caller(),
+                reason: "gradients through control flow are not supported yet".into(),
+                operands: String::new(),
+            })
+        }
     })
 }

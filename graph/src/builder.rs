@@ -75,6 +75,11 @@ impl GraphBuilder {
         }
     }
 
+    /// Adds a function for control-flow ops; returns its index.
+    pub(crate) fn add_function(&self, f: crate::graph::Function) -> usize {
+        self.state.borrow_mut().graph.add_function(f)
+    }
+
     /// A copy of the graph built so far.
     pub fn graph(&self) -> Graph {
         self.state.borrow().graph.clone()

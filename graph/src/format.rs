@@ -44,6 +44,73 @@ pub struct FileHeader {
     pub nodes: Vec<FileNode>,
     /// Indices of the graph's outputs.
     pub outputs: Vec<usize>,
+    /// Functions control-flow ops call (absent when there are none). Their
+    /// weights are tensors named `__fn{i}/{node}` (nested: `__fn{i}/__fn{j}/...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FileFunction>,
+}
+
+/// A function as stored in a file.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct FileFunction {
+    /// Nodes in topological order.
+    pub nodes: Vec<FileNode>,
+    /// Indices of the parameter placeholders.
+    pub params: Vec<usize>,
+    /// Indices of the results.
+    pub results: Vec<usize>,
+    /// Functions its own control-flow ops call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FileFunction>,
+}
+
+/// A graph's nodes in topological order as file nodes, with their indices;
+/// weights are collected under `prefix`.
+fn file_nodes<'a>(
+    g: &'a Graph,
+    prefix: &str,
+    weights: &mut Vec<(String, &'a Array)>,
+) -> (Vec<FileNode>, HashMap<NodeId, usize>) {
+    let order = g.topo_order();
+    let index: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut nodes = Vec::with_capacity(order.len());
+    for &id in &order {
+        let n = g.node(id);
+        if let Op::Constant { value: w } | Op::Variable { init: w } = &n.op {
+            weights.push((format!("{prefix}{}", n.name), &*w.0));
+        }
+        nodes.push(FileNode {
+            name: n.name.clone(),
+            op: n.op.clone(),
+            inputs: g.inputs(id).iter().map(|i| index[i]).collect(),
+            ty: n.ty.clone(),
+            location: n.location.clone(),
+        });
+    }
+    (nodes, index)
+}
+
+/// A graph's functions as file functions, recursively.
+fn file_functions<'a>(
+    g: &'a Graph,
+    prefix: &str,
+    weights: &mut Vec<(String, &'a Array)>,
+) -> Vec<FileFunction> {
+    g.functions()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let p = format!("{prefix}__fn{i}/");
+            let functions = file_functions(&f.graph, &p, weights);
+            let (nodes, index) = file_nodes(&f.graph, &p, weights);
+            FileFunction {
+                nodes,
+                params: f.params.iter().map(|n| index[n]).collect(),
+                results: f.results.iter().map(|n| index[n]).collect(),
+                functions,
+            }
+        })
+        .collect()
 }
 
 /// One node as stored in a file.
@@ -100,34 +167,21 @@ fn from_st_dtype(d: Dtype) -> Option<DType> {
 impl Graph {
     /// Serializes the graph and its weights to the bytes of a `.kiln` file.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let order = self.topo_order();
-        let index: HashMap<NodeId, usize> =
-            order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-        let mut nodes = Vec::with_capacity(order.len());
-        let mut weights: Vec<(&str, &Array)> = Vec::new();
-        for &id in &order {
-            let n = self.node(id);
-            if let Op::Constant { value: w } | Op::Variable { init: w } = &n.op {
-                weights.push((n.name.as_str(), &*w.0));
-            }
-            nodes.push(FileNode {
-                name: n.name.clone(),
-                op: n.op.clone(),
-                inputs: self.inputs(id).iter().map(|i| index[i]).collect(),
-                ty: n.ty.clone(),
-                location: n.location.clone(),
-            });
-        }
+        let mut weights: Vec<(String, &Array)> = Vec::new();
+        let functions = file_functions(self, "", &mut weights);
+        let (nodes, index) = file_nodes(self, "", &mut weights);
         let header = FileHeader {
             format: FORMAT_NAME.into(),
             version: FORMAT_VERSION,
             producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
             nodes,
             outputs: self.outputs().iter().map(|o| index[o]).collect(),
+            functions,
         };
         let json = serde_json::to_string(&header)
             .map_err(|e| Error::InvalidGraph(format!("serializing: {e}")))?;
-        tensors_to_bytes(&weights, "kiln", &json)
+        let refs: Vec<(&str, &Array)> = weights.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        tensors_to_bytes(&refs, "kiln", &json)
     }
 
     /// Writes the graph to `path` atomically (temp file, fsync, rename).
@@ -328,8 +382,41 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
         .and_then(|n| n.as_array())
         .ok_or_else(|| fail(FileErrorKind::Corrupt, "no node list".into()))?;
     let mut graph = Graph::new();
-    let mut ids: Vec<NodeId> = Vec::with_capacity(nodes.len());
     let mut used_tensors = HashSet::new();
+    load_functions(&mut graph, &value, &st, "", &mut used_tensors, &fail)?;
+    let ids = load_nodes(&mut graph, nodes, &st, "", &mut used_tensors, &fail)?;
+    if let Some(extra) = st.names().into_iter().find(|n| !used_tensors.contains(*n)) {
+        return Err(fail(
+            FileErrorKind::Corrupt,
+            format!("tensor '{extra}' belongs to no node"),
+        ));
+    }
+    let outputs = value
+        .get("outputs")
+        .and_then(|o| o.as_array())
+        .ok_or_else(|| fail(FileErrorKind::Corrupt, "no output list".into()))?;
+    let mut out_ids = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        let k = o
+            .as_u64()
+            .filter(|&k| (k as usize) < ids.len())
+            .ok_or_else(|| fail(FileErrorKind::Corrupt, format!("output {o} is not a node")))?;
+        out_ids.push(ids[k as usize]);
+    }
+    graph.set_outputs(out_ids)?;
+    Ok(graph)
+}
+
+/// Adds a graph's nodes from their file form; returns their ids in order.
+fn load_nodes(
+    graph: &mut Graph,
+    nodes: &[serde_json::Value],
+    st: &SafeTensors<'_>,
+    prefix: &str,
+    used_tensors: &mut HashSet<String>,
+    fail: &dyn Fn(FileErrorKind, String) -> Error,
+) -> Result<Vec<NodeId>> {
+    let mut ids: Vec<NodeId> = Vec::with_capacity(nodes.len());
     for (i, raw) in nodes.iter().enumerate() {
         let label = || {
             format!(
@@ -366,7 +453,7 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
         }
         let mut op = node.op;
         if let Op::Constant { value: w } | Op::Variable { init: w } = &mut op {
-            let t = st.tensor(&node.name).map_err(|_| {
+            let t = st.tensor(&format!("{prefix}{}", node.name)).map_err(|_| {
                 fail(
                     FileErrorKind::Corrupt,
                     format!("{} has no weight tensor", label()),
@@ -375,7 +462,7 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
             let arr = decode(&t)
                 .map_err(|e| fail(FileErrorKind::Corrupt, format!("{}: {e}", label())))?;
             *w = Weight::new(arr);
-            used_tensors.insert(node.name.clone());
+            used_tensors.insert(format!("{prefix}{}", node.name));
         }
         let id = graph
             .add_node(&node.name, op, &inputs, node.location)
@@ -393,24 +480,67 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
         }
         ids.push(id);
     }
-    if let Some(extra) = st.names().into_iter().find(|n| !used_tensors.contains(*n)) {
-        return Err(fail(
-            FileErrorKind::Corrupt,
-            format!("tensor '{extra}' belongs to no node"),
-        ));
+    Ok(ids)
+}
+
+/// Adds the functions listed under `value["functions"]` (recursively) to `graph`.
+fn load_functions(
+    graph: &mut Graph,
+    value: &serde_json::Value,
+    st: &SafeTensors<'_>,
+    prefix: &str,
+    used_tensors: &mut HashSet<String>,
+    fail: &dyn Fn(FileErrorKind, String) -> Error,
+) -> Result<()> {
+    let Some(list) = value.get("functions").and_then(|f| f.as_array()) else {
+        return Ok(());
+    };
+    for (i, fv) in list.iter().enumerate() {
+        let p = format!("{prefix}__fn{i}/");
+        let mut fg = Graph::new();
+        load_functions(&mut fg, fv, st, &p, used_tensors, fail)?;
+        let nodes = fv.get("nodes").and_then(|n| n.as_array()).ok_or_else(|| {
+            fail(
+                FileErrorKind::Corrupt,
+                format!("function {p}: no node list"),
+            )
+        })?;
+        let ids = load_nodes(&mut fg, nodes, st, &p, used_tensors, fail)?;
+        let pick = |key: &str| -> Result<Vec<NodeId>> {
+            fv.get(key)
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| fail(FileErrorKind::Corrupt, format!("function {p}: no {key}")))?
+                .iter()
+                .map(|k| {
+                    k.as_u64()
+                        .and_then(|k| ids.get(k as usize).copied())
+                        .ok_or_else(|| {
+                            fail(
+                                FileErrorKind::Corrupt,
+                                format!("function {p}: {key} {k} is not a node"),
+                            )
+                        })
+                })
+                .collect()
+        };
+        let (params, results) = (pick("params")?, pick("results")?);
+        if let Some(&bad) = params
+            .iter()
+            .find(|&&n| !matches!(fg.node(n).op, Op::Placeholder { .. }))
+        {
+            return Err(fail(
+                FileErrorKind::Corrupt,
+                format!(
+                    "function {p}: parameter '{}' is not a placeholder",
+                    fg.node(bad).name
+                ),
+            ));
+        }
+        graph.add_function(crate::graph::Function {
+            graph: fg,
+            params,
+            results,
+        });
     }
-    let outputs = value
-        .get("outputs")
-        .and_then(|o| o.as_array())
-        .ok_or_else(|| fail(FileErrorKind::Corrupt, "no output list".into()))?;
-    let mut out_ids = Vec::with_capacity(outputs.len());
-    for o in outputs {
-        let k = o
-            .as_u64()
-            .filter(|&k| (k as usize) < ids.len())
-            .ok_or_else(|| fail(FileErrorKind::Corrupt, format!("output {o} is not a node")))?;
-        out_ids.push(ids[k as usize]);
-    }
-    graph.set_outputs(out_ids)?;
-    Ok(graph)
+    Ok(())
 }

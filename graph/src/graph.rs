@@ -50,6 +50,39 @@ pub struct Graph {
     g: StableDiGraph<Node, u32>,
     names: HashMap<String, NodeId>,
     outputs: Vec<NodeId>,
+    /// Functions that control-flow ops (`cond`, `while`) call, by index.
+    functions: Vec<std::sync::Arc<Function>>,
+}
+
+/// A graph called by a control-flow op: its placeholders `params` take the
+/// call's arguments, in order; `results` are its values. A function holds
+/// no variables or assignments.
+#[derive(Clone, Debug)]
+pub struct Function {
+    /// The body.
+    pub graph: Graph,
+    /// The parameters (placeholders of `graph`), in argument order.
+    pub params: Vec<NodeId>,
+    /// The results, in order.
+    pub results: Vec<NodeId>,
+}
+
+impl Function {
+    /// The parameters' types.
+    pub fn param_types(&self) -> Vec<TensorType> {
+        self.params
+            .iter()
+            .map(|&p| self.graph.node(p).ty.clone())
+            .collect()
+    }
+
+    /// The results' types.
+    pub fn result_types(&self) -> Vec<TensorType> {
+        self.results
+            .iter()
+            .map(|&r| self.graph.node(r).ty.clone())
+            .collect()
+    }
 }
 
 /// Checks that a node name is usable: non-empty printable text without quotes.
@@ -73,6 +106,25 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
 }
 
 impl Graph {
+    /// Adds a function for control-flow ops to call; returns its index.
+    pub fn add_function(&mut self, f: Function) -> usize {
+        self.functions.push(std::sync::Arc::new(f));
+        self.functions.len() - 1
+    }
+
+    /// The functions control-flow ops call.
+    pub fn functions(&self) -> &[std::sync::Arc<Function>] {
+        &self.functions
+    }
+
+    /// An empty graph with this graph's functions (for passes that rebuild it).
+    pub fn empty_like(&self) -> Graph {
+        Graph {
+            functions: self.functions.clone(),
+            ..Graph::default()
+        }
+    }
+
     /// An empty graph.
     pub fn new() -> Graph {
         Graph::default()
@@ -103,6 +155,9 @@ impl Graph {
             operands: format_types(&types),
         };
         let ty = op.infer(&types).map_err(type_error)?;
+        if let Some(reason) = crate::ops::control::check(&op, &types, &self.functions) {
+            return Err(type_error(reason));
+        }
         if matches!(op, Op::Assign) && !matches!(self.g[inputs[0].0].op, Op::Variable { .. }) {
             return Err(type_error("the first operand must be a variable".into()));
         }

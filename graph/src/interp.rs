@@ -74,6 +74,13 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
                     .ok_or_else(|| eval_err("variable has no value in this session".into()))?,
             ),
             Op::Constant { value } => Cow::Borrowed(&*value.0),
+            op @ (Op::Cond { .. } | Op::While { .. }) => {
+                let ins: Vec<NodeId> = graph.inputs(id);
+                let args: Vec<&Array> = ins.iter().map(|i| values[i].as_ref()).collect();
+                let v = crate::ops::control::eval(op, graph.functions(), &args, inputs.bindings)
+                    .map_err(|e| eval_err(e.to_string()))?;
+                Cow::Owned(v)
+            }
             op => {
                 let ins: Vec<NodeId> = graph.inputs(id);
                 let args: Vec<&Array> = ins.iter().map(|i| values[i].as_ref()).collect();

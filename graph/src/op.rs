@@ -339,6 +339,36 @@ pub enum Op {
     /// Runs all its inputs (any types); the output is the bool `true`. Fetching
     /// it runs a set of assignments, e.g. a training step.
     Group,
+
+    // ---- control flow ----
+    /// `pred ? then_fn(args) : else_fn(args)` with inputs `(pred, args...)`;
+    /// only the chosen function runs. The output is result `index` (one node
+    /// per result; unused ones are dead code).
+    Cond {
+        /// The function run when `pred` is true (index into the graph's functions).
+        then_fn: usize,
+        /// The function run otherwise.
+        else_fn: usize,
+        /// Which result this node is.
+        index: usize,
+        /// Its type (checked against both functions when the node is added).
+        ty: TensorType,
+    },
+    /// `state = inputs[..vars]; while cond_fn(state, captured) { state =
+    /// body_fn(state, captured) }`, with `captured = inputs[vars..]`; the
+    /// output is the final `state[index]`.
+    While {
+        /// Returns a bool scalar: whether to run the body again.
+        cond_fn: usize,
+        /// Returns the next state.
+        body_fn: usize,
+        /// Number of loop variables (the rest of the inputs are captured).
+        vars: usize,
+        /// Which loop variable this node is.
+        index: usize,
+        /// Its type (checked against the functions when the node is added).
+        ty: TensorType,
+    },
 }
 
 impl Op {
@@ -379,6 +409,8 @@ impl Op {
             Op::ScatterAdd { .. } => "scatter_add",
             Op::Assign => "assign",
             Op::Group => "group",
+            Op::Cond { .. } => "cond",
+            Op::While { .. } => "while",
         }
     }
 
@@ -406,7 +438,7 @@ impl Op {
                 2
             }
             Op::Select | Op::ScatterAdd { .. } => 3,
-            Op::Concat { .. } | Op::Group => return None,
+            Op::Concat { .. } | Op::Group | Op::Cond { .. } | Op::While { .. } => return None,
         })
     }
 
@@ -501,6 +533,8 @@ impl Op {
             }
             Op::Assign => ops::state::infer_assign(inputs[0], inputs[1]),
             Op::Group => Ok(TensorType::new(DType::Bool, Shape::scalar())),
+            // Checked against the called functions by `Graph::add_node`.
+            Op::Cond { ty, .. } | Op::While { ty, .. } => Ok(ty.clone()),
         }
     }
 
@@ -565,6 +599,9 @@ impl Op {
             }
             Op::Assign => Ok(inputs[1].clone()),
             Op::Group => Ok(Array::scalar(true)),
+            Op::Cond { .. } | Op::While { .. } => {
+                Err("control flow needs the graph's functions: see ops::control::eval".into())
+            }
         }
     }
 }

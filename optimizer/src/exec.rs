@@ -322,10 +322,13 @@ impl Memory<'_> {
                     args.iter().map(|&b| self.array(b)).collect::<Result<_>>()?;
                 let refs: Vec<&Array> = arrays.iter().collect();
                 let oshape = self.prog.buffer(*out).shape.clone();
-                let acc = op.eval(&refs, &oshape).map_err(|r| Error::Exec {
-                    kernel: usize::MAX,
-                    reason: r,
-                })?;
+                let acc = self
+                    .prog
+                    .eval_op(op, &refs, &oshape)
+                    .map_err(|r| Error::Exec {
+                        kernel: usize::MAX,
+                        reason: r,
+                    })?;
                 self.epilogue(epilogue, &acc, *out)?;
             }
         }

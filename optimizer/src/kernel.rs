@@ -330,7 +330,7 @@ pub struct MemoryStats {
 }
 
 /// The kernel program.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct KernelProgram {
     /// Every buffer.
     pub buffers: Vec<Buffer>,
@@ -344,9 +344,31 @@ pub struct KernelProgram {
     pub memory: MemoryStats,
     /// Per kernel, the graph nodes it computes (for dumps and DOT clusters).
     pub kernel_nodes: Vec<Vec<String>>,
+    /// The functions `cond` and `while` kernels call (not serialized).
+    #[serde(skip)]
+    pub functions: Vec<std::sync::Arc<kiln_graph::graph::Function>>,
+    /// The sizes of symbolic dims the program was compiled for.
+    pub bindings: kiln_graph::Bindings,
 }
 
 impl KernelProgram {
+    /// Evaluates an `Op` kernel's op on whole arrays: its reference meaning,
+    /// or for control flow, the called functions on the reference interpreter.
+    pub fn eval_op(
+        &self,
+        op: &kiln_graph::Op,
+        args: &[&kiln_graph::Array],
+        out: &[usize],
+    ) -> Result<kiln_graph::Array, String> {
+        match op {
+            kiln_graph::Op::Cond { .. } | kiln_graph::Op::While { .. } => {
+                kiln_graph::ops::control::eval(op, &self.functions, args, &self.bindings)
+                    .map_err(|e| e.to_string())
+            }
+            _ => op.eval(args, out),
+        }
+    }
+
     /// The buffer `id`.
     pub fn buffer(&self, id: BufferId) -> &Buffer {
         &self.buffers[id.0]

@@ -752,6 +752,8 @@ pub fn lower(g: &Graph, bindings: &Bindings) -> Result<(KernelProgram, Vec<NodeI
         let mut prog = KernelProgram {
             kernels,
             kernel_nodes: names,
+            functions: g.functions().to_vec(),
+            bindings: bindings.clone(),
             ..Default::default()
         };
         let mut out_ids = Vec::new();

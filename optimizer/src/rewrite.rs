@@ -20,7 +20,7 @@ impl<'a> Rebuild<'a> {
     pub fn new(old: &'a Graph) -> Rebuild<'a> {
         Rebuild {
             old,
-            new: Graph::new(),
+            new: old.empty_like(),
             map: HashMap::new(),
         }
     }

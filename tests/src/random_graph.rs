@@ -144,7 +144,9 @@ fn is_sym(d: &Dim) -> bool {
 }
 
 fn divisors(n: usize) -> Vec<usize> {
-    (1..=n.max(1)).filter(|d| n.max(1).is_multiple_of(*d)).collect()
+    (1..=n.max(1))
+        .filter(|d| n.max(1).is_multiple_of(*d))
+        .collect()
 }
 
 /// Generates the graph of `seed`.

@@ -734,8 +734,10 @@ impl CpuExecutable {
                     let arrays: Vec<Array> = args.iter().map(|&b| self.read(b)).collect();
                     let refs: Vec<&Array> = arrays.iter().collect();
                     let shape = self.program.buffer(*out).shape.clone();
-                    let v = op
-                        .eval(&refs, &shape)
+                    // Pooling, gather, scatter and control flow run their reference meaning.
+                    let v = self
+                        .program
+                        .eval_op(op, &refs, &shape)
                         .map_err(|reason| Error::Run { kernel: ki, reason })?;
                     self.write(*out, &v);
                     if let Some(l) = epilogue {

@@ -2,6 +2,7 @@
 //! shape rules (`infer_*`) and reference meaning (`eval_*`) of its ops.
 //! Shared index arithmetic for strided views lives here.
 
+pub mod control;
 pub mod elementwise;
 pub mod index;
 pub mod linalg;
