@@ -55,20 +55,22 @@ impl GraphBuilder {
                 continue;
             }
             let out = self.tensor(n)?;
-            let input_grads = input_gradients(&node.op, &ins, out, g).map_err(|e| match e {
-                Error::Type {
-                    op,
-                    location,
-                    reason,
-                    operands,
-                } => Error::Type {
-                    op: format!("gradient of {op}"),
-                    location,
-                    reason: format!("{reason} (while differentiating node '{}')", node.name),
-                    operands,
+            let input_grads = input_gradients(&node.op, graph.functions(), &ins, out, g).map_err(
+                |e| match e {
+                    Error::Type {
+                        op,
+                        location,
+                        reason,
+                        operands,
+                    } => Error::Type {
+                        op: format!("gradient of {op}"),
+                        location,
+                        reason: format!("{reason} (while differentiating node '{}')", node.name),
+                        operands,
+                    },
+                    other => other,
                 },
-                other => other,
-            })?;
+            )?;
             for (x, gx) in ins.iter().zip(input_grads) {
                 let Some(gx) = gx else { continue };
                 if !reach.contains(&x.id) || !x.dtype().is_float() {
@@ -127,6 +129,7 @@ pub(crate) fn unbroadcast<'g>(g: Tensor<'g>, target: &Shape) -> Result<Tensor<'g
 #[track_caller]
 fn input_gradients<'g>(
     op: &Op,
+    functions: &[std::sync::Arc<crate::graph::Function>],
     ins: &[Tensor<'g>],
     out: Tensor<'g>,
     g: Tensor<'g>,
@@ -180,13 +183,8 @@ fn input_gradients<'g>(
         }
         Op::Assign => vec![None, None],
         Op::Group => vec![None; ins.len()],
-        Op::Cond { .. } | Op::While { .. } => {
-            return Err(crate::error::Error::Type {
-                op: op.name().into(),
-                location: SourceLoc::caller(),
-                reason: "gradients through control flow are not supported yet".into(),
-                operands: String::new(),
-            })
+        Op::Cond { .. } | Op::While { .. } | Op::WhileGrad { .. } => {
+            ops::control::grad(op, functions, ins, g)?
         }
     })
 }

@@ -74,7 +74,7 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
                     .ok_or_else(|| eval_err("variable has no value in this session".into()))?,
             ),
             Op::Constant { value } => Cow::Borrowed(&*value.0),
-            op @ (Op::Cond { .. } | Op::While { .. }) => {
+            op if op.is_control_flow() => {
                 let ins: Vec<NodeId> = graph.inputs(id);
                 let args: Vec<&Array> = ins.iter().map(|i| values[i].as_ref()).collect();
                 let v = crate::ops::control::eval(op, graph.functions(), &args, inputs.bindings)

@@ -369,9 +369,39 @@ pub enum Op {
         /// Its type (checked against the functions when the node is added).
         ty: TensorType,
     },
+    /// The gradient of a `while` loop's final `state[seed]` with respect to
+    /// the loop's input `index`, given that output's gradient. Inputs are
+    /// the loop's inputs followed by the gradient. It reruns the loop,
+    /// keeping each iteration's state, then runs `grad_fn` (the body's
+    /// vector-Jacobian product: `(state, captured, d_next_state) ->
+    /// (d_state, d_captured)`) from the last iteration back to the first.
+    WhileGrad {
+        /// The loop's condition.
+        cond_fn: usize,
+        /// The loop's body.
+        body_fn: usize,
+        /// The body's vector-Jacobian product.
+        grad_fn: usize,
+        /// Number of loop variables.
+        vars: usize,
+        /// Which final loop variable the incoming gradient belongs to.
+        seed: usize,
+        /// Which loop input this node is the gradient of.
+        index: usize,
+        /// Its type (that input's type).
+        ty: TensorType,
+    },
 }
 
 impl Op {
+    /// True for ops that call functions of the graph (`cond`, `while`).
+    pub fn is_control_flow(&self) -> bool {
+        matches!(
+            self,
+            Op::Cond { .. } | Op::While { .. } | Op::WhileGrad { .. }
+        )
+    }
+
     /// The op's name as used in messages, text dumps and files.
     pub fn name(&self) -> &'static str {
         match self {
@@ -411,6 +441,7 @@ impl Op {
             Op::Group => "group",
             Op::Cond { .. } => "cond",
             Op::While { .. } => "while",
+            Op::WhileGrad { .. } => "while_grad",
         }
     }
 
@@ -438,7 +469,11 @@ impl Op {
                 2
             }
             Op::Select | Op::ScatterAdd { .. } => 3,
-            Op::Concat { .. } | Op::Group | Op::Cond { .. } | Op::While { .. } => return None,
+            Op::Concat { .. }
+            | Op::Group
+            | Op::Cond { .. }
+            | Op::While { .. }
+            | Op::WhileGrad { .. } => return None,
         })
     }
 
@@ -534,7 +569,7 @@ impl Op {
             Op::Assign => ops::state::infer_assign(inputs[0], inputs[1]),
             Op::Group => Ok(TensorType::new(DType::Bool, Shape::scalar())),
             // Checked against the called functions by `Graph::add_node`.
-            Op::Cond { ty, .. } | Op::While { ty, .. } => Ok(ty.clone()),
+            Op::Cond { ty, .. } | Op::While { ty, .. } | Op::WhileGrad { ty, .. } => Ok(ty.clone()),
         }
     }
 
@@ -599,7 +634,7 @@ impl Op {
             }
             Op::Assign => Ok(inputs[1].clone()),
             Op::Group => Ok(Array::scalar(true)),
-            Op::Cond { .. } | Op::While { .. } => {
+            Op::Cond { .. } | Op::While { .. } | Op::WhileGrad { .. } => {
                 Err("control flow needs the graph's functions: see ops::control::eval".into())
             }
         }

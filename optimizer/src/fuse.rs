@@ -91,7 +91,7 @@ pub fn class(op: &Op) -> Class {
         | Op::ScatterAdd { .. } => Class::Opaque,
         Op::Assign => Class::Assign,
         Op::Group => Class::Elementwise,
-        Op::Cond { .. } | Op::While { .. } => Class::Opaque,
+        Op::Cond { .. } | Op::While { .. } | Op::WhileGrad { .. } => Class::Opaque,
     }
 }
 

@@ -361,7 +361,7 @@ impl KernelProgram {
         out: &[usize],
     ) -> Result<kiln_graph::Array, String> {
         match op {
-            kiln_graph::Op::Cond { .. } | kiln_graph::Op::While { .. } => {
+            op if op.is_control_flow() => {
                 kiln_graph::ops::control::eval(op, &self.functions, args, &self.bindings)
                     .map_err(|e| e.to_string())
             }

@@ -380,3 +380,70 @@ fn gradients_reject_non_float_outputs_and_reach_nothing_cleanly() {
     let out = s.run(&[("other", &o)], &[&name]);
     assert_eq!(out.unwrap()[0].as_slice::<f32>().unwrap(), &[0.0, 0.0]);
 }
+
+#[test]
+fn control_flow() {
+    // Both branches of a cond, each using the arguments differently; the
+    // predicate comes from the data, far from its switching point.
+    for (name, lo, hi) in [("cond/then", 0.5, 1.5), ("cond/else", -1.5, -0.5)] {
+        check(
+            name,
+            vec![values(&[2, 3], 21, lo, hi), values(&[3], 22, -1.0, 1.0)],
+            |g, p| {
+                let pred = p[0].sum_all().unwrap().gt(0.0).unwrap();
+                let r = g
+                    .cond(
+                        pred,
+                        &[p[0], p[1]],
+                        |_, a| Ok(vec![a[0].mul(a[1])?.exp()?, a[1]]),
+                        |_, a| Ok(vec![a[0].sub(a[1])?.tanh()?, a[1].mul(a[1])?]),
+                    )
+                    .unwrap();
+                r[0].add(r[1]).unwrap()
+            },
+        );
+    }
+    // An RNN-like loop with an integer counter, two float loop variables
+    // that feed each other, and captured weights and sequence; both final
+    // float variables reach the loss.
+    check(
+        "while",
+        vec![
+            values(&[2, 3], 23, -1.0, 1.0),
+            values(&[3, 3], 24, -0.7, 0.7),
+            values(&[4, 2, 3], 25, -1.0, 1.0),
+            values(&[2, 3], 26, -0.5, 0.5),
+        ],
+        |g, p| {
+            let t0 = g.scalar(0.0, DType::I64).unwrap();
+            let r = g
+                .while_loop(
+                    &[t0, p[0], p[3]],
+                    &[p[1], p[2]],
+                    |_, v| v[0].lt(4i64),
+                    |_, v| {
+                        let xt = v[4].gather(v[0].reshape([1])?, 0)?.squeeze(0)?;
+                        let h = v[1].matmul(v[3])?.add(xt)?.add(v[2])?.tanh()?;
+                        let c = v[2].mul(0.5)?.add(v[1].mul(v[1])?)?;
+                        Ok(vec![v[0].add(1i64)?, h, c])
+                    },
+                )
+                .unwrap();
+            r[1].add(r[2].mul(0.3).unwrap()).unwrap()
+        },
+    );
+    // A loop that never runs passes its gradient straight through.
+    check(
+        "while/zero-trip",
+        vec![values(&[3], 27, -1.0, 1.0)],
+        |g, p| {
+            g.while_loop(
+                &[p[0]],
+                &[],
+                |_, v| v[0].sum_all()?.gt(100.0),
+                |_, v| Ok(vec![v[0].exp()?]),
+            )
+            .unwrap()[0]
+        },
+    );
+}

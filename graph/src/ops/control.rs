@@ -69,43 +69,88 @@ pub fn check(op: &Op, inputs: &[&TensorType], functions: &[Arc<Function>]) -> Op
             index,
             ty,
         } => (|| {
-            let (c, b) = (get(*cond_fn)?, get(*body_fn)?);
-            if *vars == 0 || *vars > owned.len() || *index >= *vars {
-                return Err(format!(
-                    "{vars} loop variables (index {index}) for {} inputs",
-                    owned.len()
-                ));
-            }
-            for (name, f) in [("condition", c), ("body", b)] {
-                if f.param_types() != owned {
-                    return Err(format!(
-                        "the {name} takes ({}) but is given ({})",
-                        types(&f.param_types()),
-                        types(&owned)
-                    ));
-                }
-            }
-            if c.result_types() != [TensorType::new(DType::Bool, Shape::scalar())] {
-                return Err(format!(
-                    "the condition must return one bool scalar, not ({})",
-                    types(&c.result_types())
-                ));
-            }
-            if b.result_types() != owned[..*vars] {
-                return Err(format!(
-                    "the body returns ({}) but the loop variables are ({}); they must keep their types",
-                    types(&b.result_types()),
-                    types(&owned[..*vars])
-                ));
+            check_loop(get(*cond_fn)?, get(*body_fn)?, *vars, &owned)?;
+            if *index >= *vars {
+                return Err(format!("loop variable {index} of {vars}"));
             }
             if owned[*index] != *ty {
                 return Err(format!("loop variable {index} is not of type {ty}"));
             }
             Ok(())
         })(),
+        Op::WhileGrad {
+            cond_fn,
+            body_fn,
+            grad_fn,
+            vars,
+            seed,
+            index,
+            ty,
+        } => (|| {
+            let Some((g, loop_ins)) = owned.split_last() else {
+                return Err("takes the loop's inputs and a gradient".into());
+            };
+            check_loop(get(*cond_fn)?, get(*body_fn)?, *vars, loop_ins)?;
+            let gf = get(*grad_fn)?;
+            let mut want = loop_ins.to_vec();
+            want.extend_from_slice(&loop_ins[..*vars]);
+            if gf.param_types() != want || gf.result_types() != loop_ins {
+                return Err(format!(
+                    "the gradient function maps ({}) to ({}); expected ({}) to ({})",
+                    types(&gf.param_types()),
+                    types(&gf.result_types()),
+                    types(&want),
+                    types(loop_ins)
+                ));
+            }
+            if *seed >= *vars || loop_ins[*seed] != *g {
+                return Err(format!(
+                    "the gradient {g} does not match loop variable {seed}"
+                ));
+            }
+            match loop_ins.get(*index) {
+                Some(t) if t == ty => Ok(()),
+                _ => Err(format!("loop input {index} is not of type {ty}")),
+            }
+        })(),
         _ => Ok(()),
     };
     r.err()
+}
+
+/// Checks a loop's condition and body against its inputs `owned`.
+fn check_loop(
+    c: &Function,
+    b: &Function,
+    vars: usize,
+    owned: &[TensorType],
+) -> std::result::Result<(), String> {
+    if vars == 0 || vars > owned.len() {
+        return Err(format!("{vars} loop variables for {} inputs", owned.len()));
+    }
+    for (name, f) in [("condition", c), ("body", b)] {
+        if f.param_types() != owned {
+            return Err(format!(
+                "the {name} takes ({}) but is given ({})",
+                types(&f.param_types()),
+                types(owned)
+            ));
+        }
+    }
+    if c.result_types() != [TensorType::new(DType::Bool, Shape::scalar())] {
+        return Err(format!(
+            "the condition must return one bool scalar, not ({})",
+            types(&c.result_types())
+        ));
+    }
+    if b.result_types() != owned[..vars] {
+        return Err(format!(
+            "the body returns ({}) but the loop variables are ({}); they must keep their types",
+            types(&b.result_types()),
+            types(&owned[..vars])
+        ));
+    }
+    Ok(())
 }
 
 /// Runs function `f` on `args` with the reference interpreter.
@@ -149,23 +194,107 @@ pub fn eval(
             index,
             ..
         } => {
-            let (c, b) = (&functions[*cond_fn], &functions[*body_fn]);
-            let captured: Vec<Array> = inputs[*vars..].iter().map(|a| (*a).clone()).collect();
-            let mut state: Vec<Array> = inputs[..*vars].iter().map(|a| (*a).clone()).collect();
-            loop {
-                let args: Vec<&Array> = state.iter().chain(&captured).collect();
-                let go = call(c, &args, bindings)?.remove(0);
-                if !go.as_slice::<bool>().is_some_and(|v| v[0]) {
-                    break;
-                }
-                state = call(b, &args, bindings)?;
-            }
+            let mut state = run_loop(
+                &functions[*cond_fn],
+                &functions[*body_fn],
+                *vars,
+                inputs,
+                bindings,
+                |_| {},
+            )?;
             Ok(state.swap_remove(*index))
+        }
+        Op::WhileGrad {
+            cond_fn,
+            body_fn,
+            grad_fn,
+            vars,
+            seed,
+            index,
+            ..
+        } => {
+            let (g, loop_ins) = inputs.split_last().expect("checked arity");
+            let mut history: Vec<Vec<Array>> = Vec::new();
+            run_loop(
+                &functions[*cond_fn],
+                &functions[*body_fn],
+                *vars,
+                loop_ins,
+                bindings,
+                |s| history.push(s.to_vec()),
+            )?;
+            let captured = &loop_ins[*vars..];
+            let mut d_state: Vec<Array> = loop_ins[..*vars]
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    if i == *seed {
+                        (*g).clone()
+                    } else {
+                        Array::zeros(a.dtype(), a.shape())
+                    }
+                })
+                .collect();
+            let mut d_captured: Vec<Array> = captured
+                .iter()
+                .map(|a| Array::zeros(a.dtype(), a.shape()))
+                .collect();
+            let gf = &functions[*grad_fn];
+            for state in history.iter().rev() {
+                let args: Vec<&Array> = state
+                    .iter()
+                    .chain(captured.iter().copied())
+                    .chain(&d_state)
+                    .collect();
+                let mut d = call(gf, &args, bindings)?;
+                let d_cap = d.split_off(*vars);
+                d_state = d;
+                for (acc, x) in d_captured.iter_mut().zip(&d_cap) {
+                    if acc.dtype().is_float() {
+                        *acc = super::elementwise::eval_binary(
+                            crate::op::BinaryOp::Add,
+                            acc,
+                            x,
+                            x.shape(),
+                        )
+                        .map_err(Error::InvalidGraph)?;
+                    }
+                }
+            }
+            Ok(if *index < *vars {
+                d_state.swap_remove(*index)
+            } else {
+                d_captured.swap_remove(*index - *vars)
+            })
         }
         other => Err(Error::InvalidGraph(format!(
             "{} is not control flow",
             other.name()
         ))),
+    }
+}
+
+/// Runs a loop over `inputs` (loop variables, then captured values),
+/// calling `visit` with the state before each run of the body; returns the
+/// final state.
+fn run_loop(
+    c: &Function,
+    b: &Function,
+    vars: usize,
+    inputs: &[&Array],
+    bindings: &Bindings,
+    mut visit: impl FnMut(&[Array]),
+) -> Result<Vec<Array>> {
+    let captured = &inputs[vars..];
+    let mut state: Vec<Array> = inputs[..vars].iter().map(|a| (*a).clone()).collect();
+    loop {
+        let args: Vec<&Array> = state.iter().chain(captured.iter().copied()).collect();
+        let go = call(c, &args, bindings)?.remove(0);
+        if !go.as_slice::<bool>().is_some_and(|v| v[0]) {
+            return Ok(state);
+        }
+        visit(&state);
+        state = call(b, &args, bindings)?;
     }
 }
 
@@ -287,5 +416,162 @@ impl GraphBuilder {
                 )
             })
             .collect()
+    }
+}
+
+/// The vector-Jacobian product of `f` for its results `seeds`: a function
+/// `(params..., d_seeds...) -> (d_params...)` computing the gradients of
+/// `sum_k <f(params)[seeds[k]], d_seeds[k]>`. Non-float parameters get zeros.
+#[track_caller]
+fn vjp(f: &Function, seeds: &[usize]) -> Result<Function> {
+    let sub = GraphBuilder::new();
+    // A fresh builder: adding the callee's functions in order keeps their indices.
+    for nested in f.graph.functions() {
+        sub.add_function((**nested).clone());
+    }
+    let params: Vec<Tensor<'_>> = f
+        .params
+        .iter()
+        .map(|&p| {
+            let n = f.graph.node(p);
+            sub.placeholder(&n.name, n.ty.dtype, n.ty.shape.clone())
+        })
+        .collect::<Result<_>>()?;
+    let mut map: HashMap<NodeId, Tensor<'_>> = f
+        .params
+        .iter()
+        .copied()
+        .zip(params.iter().copied())
+        .collect();
+    for id in f.graph.topo_order() {
+        if map.contains_key(&id) {
+            continue;
+        }
+        let n = f.graph.node(id);
+        let ins: Vec<Tensor<'_>> = f.graph.inputs(id).iter().map(|i| map[i]).collect();
+        let t = sub.push_named(&n.name, n.op.clone(), &ins, n.location.clone())?;
+        map.insert(id, t);
+    }
+    let dys: Vec<Tensor<'_>> = seeds
+        .iter()
+        .enumerate()
+        .map(|(k, &r)| {
+            let ty = &f.graph.node(f.results[r]).ty;
+            let taken = sub.graph();
+            let name = (0..)
+                .map(|n| format!("vjp/d{k}_{n}"))
+                .find(|c| !taken.has_name(c))
+                .expect("a free name");
+            sub.placeholder(&name, ty.dtype, ty.shape.clone())
+        })
+        .collect::<Result<_>>()?;
+    let mut total: Option<Tensor<'_>> = None;
+    for (&r, &dy) in seeds.iter().zip(&dys) {
+        let y = map[&f.results[r]];
+        if !y.dtype().is_float() {
+            continue;
+        }
+        let term = y.mul(dy)?.sum_all()?;
+        total = Some(match total {
+            Some(t) => t.add(term)?,
+            None => term,
+        });
+    }
+    let grads = match total {
+        Some(t) => sub.gradients(t, &params)?,
+        None => params
+            .iter()
+            .map(|&p| crate::autodiff::zeros_like(p))
+            .collect::<Result<_>>()?,
+    };
+    let params_ids: Vec<NodeId> = params.iter().chain(&dys).map(|t| t.id()).collect();
+    let results: Vec<NodeId> = grads.iter().map(|t| t.id()).collect();
+    Ok(Function {
+        graph: sub.into_graph(),
+        params: params_ids,
+        results,
+    })
+}
+
+/// The gradients of a control-flow node's inputs given its output's
+/// gradient `g`: `cond` differentiates into a `cond` over the branches'
+/// vector-Jacobian products, `while` into `while_grad` nodes.
+#[track_caller]
+pub(crate) fn grad<'g>(
+    op: &Op,
+    functions: &[Arc<Function>],
+    ins: &[Tensor<'g>],
+    g: Tensor<'g>,
+) -> Result<Vec<Option<Tensor<'g>>>> {
+    let loc = SourceLoc::caller();
+    let b = g.builder();
+    let mut call_ins: Vec<Tensor<'g>> = ins.to_vec();
+    call_ins.push(g);
+    match op {
+        Op::Cond {
+            then_fn,
+            else_fn,
+            index,
+            ..
+        } => {
+            let ti = b.add_function(vjp(&functions[*then_fn], &[*index])?);
+            let ei = b.add_function(vjp(&functions[*else_fn], &[*index])?);
+            let mut out = vec![None];
+            for (j, x) in ins[1..].iter().enumerate() {
+                out.push(if x.dtype().is_float() {
+                    Some(b.push(
+                        Op::Cond {
+                            then_fn: ti,
+                            else_fn: ei,
+                            index: j,
+                            ty: x.ty(),
+                        },
+                        &call_ins,
+                        loc.clone(),
+                    )?)
+                } else {
+                    None
+                });
+            }
+            Ok(out)
+        }
+        Op::While {
+            cond_fn,
+            body_fn,
+            vars,
+            index,
+            ..
+        } => {
+            let seeds: Vec<usize> = (0..*vars).collect();
+            let gi = b.add_function(vjp(&functions[*body_fn], &seeds)?);
+            ins.iter()
+                .enumerate()
+                .map(|(j, x)| {
+                    if !x.dtype().is_float() {
+                        return Ok(None);
+                    }
+                    b.push(
+                        Op::WhileGrad {
+                            cond_fn: *cond_fn,
+                            body_fn: *body_fn,
+                            grad_fn: gi,
+                            vars: *vars,
+                            seed: *index,
+                            index: j,
+                            ty: x.ty(),
+                        },
+                        &call_ins,
+                        loc.clone(),
+                    )
+                    .map(Some)
+                })
+                .collect()
+        }
+        other => Err(Error::Type {
+            op: other.name().into(),
+            location: loc,
+            reason: "second derivatives through while loops are not supported".into(),
+            operands: String::new(),
+        }),
     }
 }
