@@ -194,6 +194,69 @@ impl GraphBuilder {
         x.matmul(w)?.add(b)?.activation(act)
     }
 
+    /// A simple recurrent layer (Elman RNN) over a `[time, batch, features]`
+    /// sequence: `h_t = act(x_t @ w_in + h_{t-1} @ w_rec + b)` from `h_0 = 0`,
+    /// returning the last state `[batch, units]`. The recurrence is a
+    /// `while_loop` in the graph (the input projection of every step is one
+    /// matmul before it); weights are `name/input_weight` (Glorot uniform),
+    /// `name/recurrent_weight` (uniform in half the Glorot range) and
+    /// `name/bias` (zeros).
+    #[track_caller]
+    pub fn simple_rnn<'g>(
+        &'g self,
+        name: &str,
+        xs: Tensor<'g>,
+        units: usize,
+        act: Activation,
+    ) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let shape = xs.shape();
+        let (steps, batch, features) = match shape.0.as_slice() {
+            [Dim::Fixed(t), b, Dim::Fixed(f)] => (*t, b.clone(), *f),
+            _ => {
+                return Err(xs.err(
+                    "simple_rnn",
+                    &[],
+                    loc,
+                    "the input must be [time, batch, features] with fixed time and features".into(),
+                ))
+            }
+        };
+        let dtype = xs.dtype();
+        let _s = self.scope(name);
+        let w_in = self.variable_init(
+            "input_weight",
+            dtype,
+            &[features, units],
+            Init::GlorotUniform,
+        )?;
+        // Half the Glorot range keeps the recurrence contractive at the start.
+        let a = 0.5 * (3.0 / units as f64).sqrt();
+        let w_rec = self.variable_init(
+            "recurrent_weight",
+            dtype,
+            &[units, units],
+            Init::Uniform(-a, a),
+        )?;
+        let bias = self.variable_init("bias", dtype, &[units], Init::Zeros)?;
+        let projected = xs.matmul(w_in)?.add(bias)?;
+        let h0 = self
+            .scalar(0.0, dtype)?
+            .broadcast_to(crate::shape::Shape(vec![batch, Dim::Fixed(units)]))?;
+        let t0 = self.scalar(0.0, DType::I64)?;
+        let out = self.while_loop(
+            &[t0, h0],
+            &[projected, w_rec],
+            move |_, v| v[0].lt(steps as i64),
+            move |_, v| {
+                let x_t = v[2].gather(v[0].reshape([1])?, 0)?.squeeze(0)?;
+                let h = x_t.add(v[1].matmul(v[3])?)?.activation(act)?;
+                Ok(vec![v[0].add(1i64)?, h])
+            },
+        )?;
+        Ok(out[1])
+    }
+
     /// A linear layer: [`GraphBuilder::dense`] without activation.
     #[track_caller]
     pub fn linear<'g>(&'g self, name: &str, x: Tensor<'g>, units: usize) -> Result<Tensor<'g>> {

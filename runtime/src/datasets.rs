@@ -47,3 +47,19 @@ pub fn digits(path: &Path) -> Result<(Vec<f32>, Vec<i64>)> {
     }
     Ok((pixels, labels))
 }
+
+/// The digit images `rows` (indices into `pixels` from [`digits`]) read as
+/// sequences of their pixel rows: `[8, rows.len(), 8]` (time, batch, pixels),
+/// scaled to `[0, 1]`, the input of a recurrent model.
+pub fn digit_sequences(pixels: &[f32], rows: &[usize]) -> kiln_graph::Array {
+    let n = rows.len();
+    let mut v = vec![0f32; 8 * n * 8];
+    for (b, &i) in rows.iter().enumerate() {
+        for t in 0..8 {
+            for f in 0..8 {
+                v[(t * n + b) * 8 + f] = pixels[i * 64 + t * 8 + f] / 16.0;
+            }
+        }
+    }
+    kiln_graph::Array::from_vec(vec![8, n, 8], v).expect("8 * n * 8 values")
+}

@@ -212,3 +212,43 @@ fn control_flow_survives_the_file_format() {
     );
     assert_eq!(out[0].as_slice::<f32>().unwrap(), &[3.0, 6.0]);
 }
+
+/// A trained RNN (a while loop, its gradient loop and the nested functions
+/// they call) saves and loads with its weights, and predicts the same.
+#[test]
+fn trained_rnn_survives_the_file_format() {
+    let g = GraphBuilder::with_seed(3);
+    let xs = g
+        .placeholder("xs", DType::F32, shape![5, "batch", 3])
+        .unwrap();
+    let h = g.simple_rnn("rnn", xs, 4, Activation::Tanh).unwrap();
+    let loss = h.mul(h).unwrap().sum_all().unwrap().named("loss").unwrap();
+    h.named("h").unwrap();
+    g.minimize(loss, kiln::graph::Optimizer::sgd(0.1))
+        .unwrap()
+        .named("train")
+        .unwrap();
+    let seq = f32s(
+        &[5, 2, 3],
+        (0..30).map(|i| (i as f32 * 0.7).cos()).collect(),
+    );
+    let mut s = Session::new(&g.into_graph(), Device::Cpu).unwrap();
+    let before = s.run(&[("xs", &seq)], &["loss"]).unwrap()[0].clone();
+    for _ in 0..3 {
+        s.run(&[("xs", &seq)], &["train"]).unwrap();
+    }
+    let want = s.run(&[("xs", &seq)], &["h", "loss"]).unwrap();
+    assert!(
+        want[1].as_slice::<f32>().unwrap()[0] < before.as_slice::<f32>().unwrap()[0],
+        "training lowers the loss"
+    );
+    let bytes = s.export_graph().unwrap().to_bytes().unwrap();
+    let loaded = Graph::from_bytes(&bytes, "rnn.kiln").unwrap();
+    assert_eq!(loaded.to_bytes().unwrap(), bytes);
+    for device in [Device::Reference, Device::Cpu] {
+        let got = run(&loaded, device, &[("xs", &seq)], &["h", "loss"]);
+        for (w, o) in want.iter().zip(&got) {
+            kiln_tests::compare(w, o).unwrap_or_else(|e| panic!("{device}: {e}"));
+        }
+    }
+}

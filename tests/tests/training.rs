@@ -224,3 +224,66 @@ fn evaluation_between_training_steps_sees_the_new_weights() {
         "{same} of 40 predictions agree with the reference"
     );
 }
+
+/// A recurrent model whose loop is a `while_loop` in the graph trains:
+/// digits read row by row through a tanh RNN reach 85% held-out accuracy
+/// in two epochs (94.7% after 20 with `examples/train_rnn`).
+#[test]
+fn rnn_with_a_while_loop_learns_digits() {
+    let (pixels, labels) = kiln_tests::load_digits();
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by_key(|&i| kiln::graph::rng::bits(7, i as u64));
+    let (train, test) = order.split_at(1500);
+    let g = GraphBuilder::with_seed(42);
+    let xs = g
+        .placeholder("xs", DType::F32, shape![8, "batch", 8])
+        .unwrap();
+    let y = g.placeholder("y", DType::I64, shape!["batch"]).unwrap();
+    let h = g.simple_rnn("rnn", xs, 64, Activation::Tanh).unwrap();
+    let logits = g.linear("out", h, 10).unwrap();
+    let loss = sparse_softmax_cross_entropy(logits, y)
+        .unwrap()
+        .mean(&[0], false)
+        .unwrap()
+        .named("loss")
+        .unwrap();
+    logits.argmax(-1, false).unwrap().named("pred").unwrap();
+    g.minimize(loss, Optimizer::adam(0.01))
+        .unwrap()
+        .named("train")
+        .unwrap();
+    let mut s = Session::new(&g.into_graph(), Device::Cpu).unwrap();
+    let targets = |r: &[usize]| {
+        Array::from_vec(
+            vec![r.len()],
+            r.iter().map(|&i| labels[i]).collect::<Vec<i64>>(),
+        )
+        .unwrap()
+    };
+    let mut losses = vec![];
+    for _epoch in 0..2 {
+        for rows in train.chunks(50) {
+            let x = kiln::datasets::digit_sequences(&pixels, rows);
+            let out = s
+                .run(&[("xs", &x), ("y", &targets(rows))], &["loss", "train"])
+                .unwrap();
+            losses.push(out[0].as_slice::<f32>().unwrap()[0]);
+        }
+    }
+    let x = kiln::datasets::digit_sequences(&pixels, test);
+    let pred = s.run(&[("xs", &x)], &["pred"]).unwrap().remove(0);
+    let want = targets(test);
+    let right = pred
+        .as_slice::<i64>()
+        .unwrap()
+        .iter()
+        .zip(want.as_slice::<i64>().unwrap())
+        .filter(|(a, b)| a == b)
+        .count();
+    let acc = right as f64 / test.len() as f64;
+    assert!(
+        losses[losses.len() - 1] < 0.5 * losses[0],
+        "loss {losses:?}"
+    );
+    assert!(acc >= 0.85, "held-out accuracy {acc}");
+}
