@@ -40,6 +40,8 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
     let order = graph.ancestors(fetches);
     let mut values: HashMap<NodeId, Cow<'_, Array>> = HashMap::with_capacity(order.len());
     let mut updates: Vec<(NodeId, Array)> = Vec::new();
+    // The nodes of one control-flow call (one per result) run it once.
+    let calls = crate::ops::control::CallCache::default();
     for id in order {
         let node = graph.node(id);
         let eval_err = |reason: String| Error::Eval {
@@ -77,8 +79,14 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
             op if op.is_control_flow() => {
                 let ins: Vec<NodeId> = graph.inputs(id);
                 let args: Vec<&Array> = ins.iter().map(|i| values[i].as_ref()).collect();
-                let v = crate::ops::control::eval(op, graph.functions(), &args, inputs.bindings)
-                    .map_err(|e| eval_err(e.to_string()))?;
+                let v = crate::ops::control::eval(
+                    op,
+                    graph.functions(),
+                    &args,
+                    inputs.bindings,
+                    &calls,
+                )
+                .map_err(|e| eval_err(e.to_string()))?;
                 Cow::Owned(v)
             }
             op => {

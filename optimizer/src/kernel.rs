@@ -347,6 +347,9 @@ pub struct KernelProgram {
     /// The functions `cond` and `while` kernels call (not serialized).
     #[serde(skip)]
     pub functions: Vec<std::sync::Arc<kiln_graph::graph::Function>>,
+    /// Recent control-flow calls, so the nodes of one call run it once.
+    #[serde(skip)]
+    pub calls: kiln_graph::ops::control::CallCache,
     /// The sizes of symbolic dims the program was compiled for.
     pub bindings: kiln_graph::Bindings,
 }
@@ -361,10 +364,14 @@ impl KernelProgram {
         out: &[usize],
     ) -> Result<kiln_graph::Array, String> {
         match op {
-            op if op.is_control_flow() => {
-                kiln_graph::ops::control::eval(op, &self.functions, args, &self.bindings)
-                    .map_err(|e| e.to_string())
-            }
+            op if op.is_control_flow() => kiln_graph::ops::control::eval(
+                op,
+                &self.functions,
+                args,
+                &self.bindings,
+                &self.calls,
+            )
+            .map_err(|e| e.to_string()),
             _ => op.eval(args, out),
         }
     }

@@ -169,48 +169,153 @@ pub fn call(f: &Function, args: &[&Array], bindings: &Bindings) -> Result<Vec<Ar
     Ok(crate::interp::run(&f.graph, &inputs, &f.results)?.fetched)
 }
 
-/// The meaning of `cond` and `while`: result `index` of the called functions.
-pub fn eval(
-    op: &Op,
-    functions: &[Arc<Function>],
-    inputs: &[&Array],
-    bindings: &Bindings,
-) -> Result<Array> {
-    match op {
+/// Which call a control-flow node makes: nodes that differ only in the
+/// result they take make the same call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CallKey {
+    Cond(usize, usize),
+    While(usize, usize, usize),
+    WhileGrad(usize, usize, usize, usize, usize),
+}
+
+fn call_key(op: &Op) -> Option<CallKey> {
+    Some(match *op {
         Op::Cond {
-            then_fn,
-            else_fn,
-            index,
-            ..
-        } => {
-            let pred = inputs[0].as_slice::<bool>().map(|v| v[0]).unwrap_or(false);
-            let f = &functions[if pred { *then_fn } else { *else_fn }];
-            Ok(call(f, &inputs[1..], bindings)?.swap_remove(*index))
-        }
+            then_fn, else_fn, ..
+        } => CallKey::Cond(then_fn, else_fn),
         Op::While {
             cond_fn,
             body_fn,
             vars,
-            index,
             ..
-        } => {
-            let mut state = run_loop(
-                &functions[*cond_fn],
-                &functions[*body_fn],
-                *vars,
-                inputs,
-                bindings,
-                |_| {},
-            )?;
-            Ok(state.swap_remove(*index))
-        }
+        } => CallKey::While(cond_fn, body_fn, vars),
         Op::WhileGrad {
             cond_fn,
             body_fn,
             grad_fn,
             vars,
             seed,
-            index,
+            ..
+        } => CallKey::WhileGrad(cond_fn, body_fn, grad_fn, vars, seed),
+        _ => return None,
+    })
+}
+
+/// The results of recent control-flow calls, so the nodes of one call (one
+/// per result, or one per input gradient of a loop) run it once. An entry
+/// is reused only when the call and its input values are the same, so a
+/// cache may live across runs; it keeps the last few calls.
+#[derive(Debug, Default)]
+pub struct CallCache(std::sync::Mutex<Vec<CachedCall>>);
+
+/// A call, its input values and its results.
+type CachedCall = (CallKey, Vec<Array>, Arc<Vec<Array>>);
+
+impl Clone for CallCache {
+    /// A new, empty cache.
+    fn clone(&self) -> Self {
+        CallCache::default()
+    }
+}
+
+impl CallCache {
+    const CAPACITY: usize = 8;
+
+    fn get_or_run(
+        &self,
+        key: CallKey,
+        inputs: &[&Array],
+        run: impl FnOnce() -> Result<Vec<Array>>,
+    ) -> Result<Arc<Vec<Array>>> {
+        let hit = {
+            let entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            entries
+                .iter()
+                .find(|(k, ins, _)| {
+                    *k == key
+                        && ins.len() == inputs.len()
+                        && ins.iter().zip(inputs).all(|(a, b)| a == *b)
+                })
+                .map(|(_, _, out)| out.clone())
+        };
+        if let Some(out) = hit {
+            return Ok(out);
+        }
+        let out = Arc::new(run()?);
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::CAPACITY {
+            entries.remove(0);
+        }
+        entries.push((
+            key,
+            inputs.iter().map(|a| (*a).clone()).collect(),
+            out.clone(),
+        ));
+        Ok(out)
+    }
+}
+
+/// The meaning of `cond` and `while`: result `index` of the called
+/// functions, from `cache` when the same call already ran.
+pub fn eval(
+    op: &Op,
+    functions: &[Arc<Function>],
+    inputs: &[&Array],
+    bindings: &Bindings,
+    cache: &CallCache,
+) -> Result<Array> {
+    let (Some(key), Some(index)) = (
+        call_key(op),
+        match op {
+            Op::Cond { index, .. } | Op::While { index, .. } | Op::WhileGrad { index, .. } => {
+                Some(*index)
+            }
+            _ => None,
+        },
+    ) else {
+        return Err(Error::InvalidGraph(format!(
+            "{} is not control flow",
+            op.name()
+        )));
+    };
+    let all = cache.get_or_run(key, inputs, || eval_all(op, functions, inputs, bindings))?;
+    Ok(all[index].clone())
+}
+
+/// All results of a control-flow call.
+fn eval_all(
+    op: &Op,
+    functions: &[Arc<Function>],
+    inputs: &[&Array],
+    bindings: &Bindings,
+) -> Result<Vec<Array>> {
+    match op {
+        Op::Cond {
+            then_fn, else_fn, ..
+        } => {
+            let pred = inputs[0].as_slice::<bool>().map(|v| v[0]).unwrap_or(false);
+            let f = &functions[if pred { *then_fn } else { *else_fn }];
+            call(f, &inputs[1..], bindings)
+        }
+        Op::While {
+            cond_fn,
+            body_fn,
+            vars,
+            ..
+        } => run_loop(
+            &functions[*cond_fn],
+            &functions[*body_fn],
+            *vars,
+            inputs,
+            bindings,
+            |_| {},
+        ),
+        Op::WhileGrad {
+            cond_fn,
+            body_fn,
+            grad_fn,
+            vars,
+            seed,
             ..
         } => {
             let (g, loop_ins) = inputs.split_last().expect("checked arity");
@@ -261,11 +366,8 @@ pub fn eval(
                     }
                 }
             }
-            Ok(if *index < *vars {
-                d_state.swap_remove(*index)
-            } else {
-                d_captured.swap_remove(*index - *vars)
-            })
+            d_state.extend(d_captured);
+            Ok(d_state)
         }
         other => Err(Error::InvalidGraph(format!(
             "{} is not control flow",
@@ -573,5 +675,35 @@ pub(crate) fn grad<'g>(
             reason: "second derivatives through while loops are not supported".into(),
             operands: String::new(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_cache_reuses_only_identical_calls() {
+        let cache = CallCache::default();
+        let (a, b) = (Array::scalar(1.0f32), Array::scalar(2.0f32));
+        let mut runs = 0;
+        let mut call = |key, x: &Array| {
+            cache
+                .get_or_run(key, &[x], || {
+                    runs += 1;
+                    Ok(vec![x.clone()])
+                })
+                .unwrap()
+        };
+        call(CallKey::Cond(0, 1), &a);
+        call(CallKey::Cond(0, 1), &a);
+        assert_eq!(call(CallKey::Cond(0, 1), &b)[0], b);
+        call(CallKey::Cond(1, 0), &a);
+        for i in 0..CallCache::CAPACITY {
+            call(CallKey::While(i, 0, 1), &a);
+        }
+        call(CallKey::Cond(0, 1), &a);
+        // 3 distinct calls, 8 loops, then the first call again once evicted.
+        assert_eq!(runs, 3 + CallCache::CAPACITY + 1);
     }
 }
