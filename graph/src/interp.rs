@@ -85,6 +85,7 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
                     &args,
                     inputs.bindings,
                     &calls,
+                    &crate::ops::control::Interpreted,
                 )
                 .map_err(|e| eval_err(e.to_string()))?;
                 Cow::Owned(v)

@@ -350,6 +350,9 @@ pub struct KernelProgram {
     /// Recent control-flow calls, so the nodes of one call run it once.
     #[serde(skip)]
     pub calls: kiln_graph::ops::control::CallCache,
+    /// Runs the functions (a backend's compiled code; the interpreter when unset).
+    #[serde(skip)]
+    pub runner: Option<std::sync::Arc<dyn kiln_graph::ops::control::FunctionRunner>>,
     /// The sizes of symbolic dims the program was compiled for.
     pub bindings: kiln_graph::Bindings,
 }
@@ -370,6 +373,9 @@ impl KernelProgram {
                 args,
                 &self.bindings,
                 &self.calls,
+                self.runner
+                    .as_deref()
+                    .unwrap_or(&kiln_graph::ops::control::Interpreted),
             )
             .map_err(|e| e.to_string()),
             _ => op.eval(args, out),

@@ -252,3 +252,47 @@ fn trained_rnn_survives_the_file_format() {
         }
     }
 }
+
+/// Functions may return their parameters, the same value twice, or
+/// constants; the CPU backend compiles them like whole graphs.
+#[test]
+fn functions_return_parameters_duplicates_and_constants() {
+    let g = GraphBuilder::new();
+    let p = g.placeholder("p", DType::Bool, shape![]).unwrap();
+    let x = g.placeholder("x", DType::F32, shape!["n"]).unwrap();
+    let y = g.placeholder("y", DType::F32, shape!["n"]).unwrap();
+    let r = g
+        .cond(
+            p,
+            &[x, y],
+            |_, a| Ok(vec![a[0], a[0], a[1].neg()?]),
+            |b, a| {
+                let c = b.scalar(7.0, DType::F32)?.broadcast_to(a[0].shape())?;
+                Ok(vec![a[1], c, a[0]])
+            },
+        )
+        .unwrap();
+    for (i, t) in r.iter().enumerate() {
+        t.named(&format!("r{i}")).unwrap();
+    }
+    let graph = g.into_graph();
+    let x = f32s(&[2], vec![1.0, 2.0]);
+    let y = f32s(&[2], vec![3.0, 4.0]);
+    for device in [Device::Reference, Device::Cpu] {
+        for (pv, want) in [
+            (true, [[1.0, 2.0], [1.0, 2.0], [-3.0, -4.0]]),
+            (false, [[3.0, 4.0], [7.0, 7.0], [1.0, 2.0]]),
+        ] {
+            let pa = Array::scalar(pv);
+            let out = run(
+                &graph,
+                device,
+                &[("p", &pa), ("x", &x), ("y", &y)],
+                &["r0", "r1", "r2"],
+            );
+            for (o, w) in out.iter().zip(want) {
+                assert_eq!(o.as_slice::<f32>().unwrap(), &w, "{device} p={pv}");
+            }
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //! live in one arena allocated at compile time.
 
 mod conv;
+mod functions;
 mod gemv;
 mod jit;
 mod support;
@@ -299,12 +300,20 @@ impl Backend for CpuBackend {
             })
             .collect();
         let arena = vec![0u64; program.memory.arena.div_ceil(8) + 8];
+        let table = vec![std::ptr::null_mut(); program.buffers.len()];
+        let mut program = program.clone();
+        if !program.functions.is_empty() {
+            // Control flow calls its functions as compiled code too.
+            program.runner = Some(std::sync::Arc::new(functions::CompiledFunctions::new(
+                self.threads,
+            )));
+        }
         Ok(CpuExecutable {
             _jit: jit,
-            program: program.clone(),
+            program,
             steps,
             arena,
-            table: vec![std::ptr::null_mut(); program.buffers.len()],
+            table,
             threads: self.threads,
             pool: (self.threads > 1)
                 .then(|| {

@@ -153,6 +153,35 @@ fn check_loop(
     Ok(())
 }
 
+/// Runs the functions control-flow ops call: the reference interpreter
+/// ([`Interpreted`]) or a backend that compiles each function.
+pub trait FunctionRunner: Send + Sync + std::fmt::Debug {
+    /// Runs function `index` (`f`) on `args`; returns its results.
+    fn call(
+        &self,
+        index: usize,
+        f: &Function,
+        args: &[&Array],
+        bindings: &Bindings,
+    ) -> Result<Vec<Array>>;
+}
+
+/// Runs functions on the reference interpreter.
+#[derive(Debug)]
+pub struct Interpreted;
+
+impl FunctionRunner for Interpreted {
+    fn call(
+        &self,
+        _index: usize,
+        f: &Function,
+        args: &[&Array],
+        bindings: &Bindings,
+    ) -> Result<Vec<Array>> {
+        call(f, args, bindings)
+    }
+}
+
 /// Runs function `f` on `args` with the reference interpreter.
 pub fn call(f: &Function, args: &[&Array], bindings: &Bindings) -> Result<Vec<Array>> {
     let feeds: HashMap<&str, &Array> = f
@@ -263,6 +292,7 @@ pub fn eval(
     inputs: &[&Array],
     bindings: &Bindings,
     cache: &CallCache,
+    runner: &dyn FunctionRunner,
 ) -> Result<Array> {
     let (Some(key), Some(index)) = (
         call_key(op),
@@ -278,7 +308,9 @@ pub fn eval(
             op.name()
         )));
     };
-    let all = cache.get_or_run(key, inputs, || eval_all(op, functions, inputs, bindings))?;
+    let all = cache.get_or_run(key, inputs, || {
+        eval_all(op, functions, inputs, bindings, runner)
+    })?;
     Ok(all[index].clone())
 }
 
@@ -288,28 +320,22 @@ fn eval_all(
     functions: &[Arc<Function>],
     inputs: &[&Array],
     bindings: &Bindings,
+    runner: &dyn FunctionRunner,
 ) -> Result<Vec<Array>> {
+    let run = |i: usize, args: &[&Array]| runner.call(i, &functions[i], args, bindings);
     match op {
         Op::Cond {
             then_fn, else_fn, ..
         } => {
             let pred = inputs[0].as_slice::<bool>().map(|v| v[0]).unwrap_or(false);
-            let f = &functions[if pred { *then_fn } else { *else_fn }];
-            call(f, &inputs[1..], bindings)
+            run(if pred { *then_fn } else { *else_fn }, &inputs[1..])
         }
         Op::While {
             cond_fn,
             body_fn,
             vars,
             ..
-        } => run_loop(
-            &functions[*cond_fn],
-            &functions[*body_fn],
-            *vars,
-            inputs,
-            bindings,
-            |_| {},
-        ),
+        } => run_loop(&run, *cond_fn, *body_fn, *vars, inputs, |_| {}),
         Op::WhileGrad {
             cond_fn,
             body_fn,
@@ -320,14 +346,9 @@ fn eval_all(
         } => {
             let (g, loop_ins) = inputs.split_last().expect("checked arity");
             let mut history: Vec<Vec<Array>> = Vec::new();
-            run_loop(
-                &functions[*cond_fn],
-                &functions[*body_fn],
-                *vars,
-                loop_ins,
-                bindings,
-                |s| history.push(s.to_vec()),
-            )?;
+            run_loop(&run, *cond_fn, *body_fn, *vars, loop_ins, |s| {
+                history.push(s.to_vec())
+            })?;
             let captured = &loop_ins[*vars..];
             let mut d_state: Vec<Array> = loop_ins[..*vars]
                 .iter()
@@ -344,14 +365,13 @@ fn eval_all(
                 .iter()
                 .map(|a| Array::zeros(a.dtype(), a.shape()))
                 .collect();
-            let gf = &functions[*grad_fn];
             for state in history.iter().rev() {
                 let args: Vec<&Array> = state
                     .iter()
                     .chain(captured.iter().copied())
                     .chain(&d_state)
                     .collect();
-                let mut d = call(gf, &args, bindings)?;
+                let mut d = run(*grad_fn, &args)?;
                 let d_cap = d.split_off(*vars);
                 d_state = d;
                 for (acc, x) in d_captured.iter_mut().zip(&d_cap) {
@@ -379,24 +399,24 @@ fn eval_all(
 /// Runs a loop over `inputs` (loop variables, then captured values),
 /// calling `visit` with the state before each run of the body; returns the
 /// final state.
-fn run_loop(
-    c: &Function,
-    b: &Function,
+fn run_loop<R: Fn(usize, &[&Array]) -> Result<Vec<Array>>>(
+    run: &R,
+    cond_fn: usize,
+    body_fn: usize,
     vars: usize,
     inputs: &[&Array],
-    bindings: &Bindings,
     mut visit: impl FnMut(&[Array]),
 ) -> Result<Vec<Array>> {
     let captured = &inputs[vars..];
     let mut state: Vec<Array> = inputs[..vars].iter().map(|a| (*a).clone()).collect();
     loop {
         let args: Vec<&Array> = state.iter().chain(captured.iter().copied()).collect();
-        let go = call(c, &args, bindings)?.remove(0);
+        let go = run(cond_fn, &args)?.remove(0);
         if !go.as_slice::<bool>().is_some_and(|v| v[0]) {
             return Ok(state);
         }
         visit(&state);
-        state = call(b, &args, bindings)?;
+        state = run(body_fn, &args)?;
     }
 }
 
