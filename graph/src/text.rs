@@ -45,6 +45,45 @@ impl Graph {
         s
     }
 
+    /// The functions control-flow ops call, each with its signature and
+    /// nodes (nested functions numbered `outer.inner`); empty when none.
+    pub fn functions_listing(&self) -> String {
+        let mut s = String::new();
+        self.list_functions("", 1, &mut s);
+        s
+    }
+
+    fn list_functions(&self, prefix: &str, depth: usize, s: &mut String) {
+        let pad = "  ".repeat(depth);
+        for (i, f) in self.functions().iter().enumerate() {
+            let sig = |ids: &[NodeId]| {
+                ids.iter()
+                    .map(|&n| format!("{}: {}", f.graph.node(n).name, f.graph.node(n).ty))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let results: Vec<&str> = f
+                .results
+                .iter()
+                .map(|&n| f.graph.node(n).name.as_str())
+                .collect();
+            write!(
+                s,
+                "\n{pad}function {prefix}{i}({}) -> ({}):\n",
+                sig(&f.params),
+                results.join(", ")
+            )
+            .unwrap();
+            for id in f.graph.topo_order() {
+                if !f.params.contains(&id) {
+                    writeln!(s, "{pad}  {}", f.graph.node_line(id)).unwrap();
+                }
+            }
+            f.graph
+                .list_functions(&format!("{prefix}{i}."), depth + 1, s);
+        }
+    }
+
     /// Graphviz DOT of the graph: one box per node (name, op, type).
     pub fn to_dot(&self) -> String {
         let mut s = String::from("digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n");
@@ -78,6 +117,6 @@ impl fmt::Display for Graph {
         for id in self.topo_order() {
             writeln!(f, "{}", self.node_line(id))?;
         }
-        Ok(())
+        write!(f, "{}", self.functions_listing())
     }
 }

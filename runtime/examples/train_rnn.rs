@@ -80,8 +80,10 @@ fn main() -> Result<()> {
         ));
     }
     bar.finish();
+    let out = "target/digits_rnn.kiln";
+    sess.export_graph()?.save(out)?;
     println!(
-        "held-out accuracy {:.2}% after {epochs} epochs",
+        "held-out accuracy {:.2}% after {epochs} epochs; saved {out}",
         100.0 * acc
     );
     Ok(())

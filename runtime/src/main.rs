@@ -169,6 +169,14 @@ fn default_fetches(graph: &Graph) -> Result<Vec<kiln::graph::NodeId>> {
 }
 
 fn main() {
+    // Output piped into `head` and closed early ends the process quietly,
+    // like other command-line tools, instead of a panic in `println!`.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE at startup,
+    // before any threads exist.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run {
@@ -415,6 +423,7 @@ fn show(model: &Path, dot: Option<&Path>) -> Result<()> {
     for id in graph.topo_order() {
         println!("  {}", graph.node_line(id));
     }
+    print!("{}", graph.functions_listing());
     println!();
     let names = |ids: &[kiln::graph::NodeId]| -> String {
         ids.iter()
@@ -504,6 +513,7 @@ fn show_after(model: &Path, pass: &str, args: &CompileArgs) -> Result<()> {
     for id in g.topo_order() {
         println!("  {}", g.node_line(id));
     }
+    print!("{}", g.functions_listing());
     Ok(())
 }
 

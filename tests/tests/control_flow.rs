@@ -202,6 +202,13 @@ fn control_flow_survives_the_file_format() {
     let bytes = graph.to_bytes().unwrap();
     let loaded = Graph::from_bytes(&bytes, "cf.kiln").unwrap();
     assert_eq!(loaded.to_bytes().unwrap(), bytes);
+    // The listing (`kiln show`) includes both branches.
+    let text = loaded.to_string();
+    assert!(
+        text.contains("function 0(arg0: f32[n], arg1: f32[n]) -> (add_0):")
+            && text.contains("function 1(arg0: f32[n], arg1: f32[n]) -> (sub_0):"),
+        "{text}"
+    );
     let x = f32s(&[2], vec![1.0, 2.0]);
     let t = Array::scalar(true);
     let out = run(
