@@ -432,6 +432,31 @@ fn control_flow() {
             r[1].add(r[2].mul(0.3).unwrap()).unwrap()
         },
     );
+    // Control flow nested in a loop body: a cond picks the update by the
+    // counter's parity.
+    check(
+        "while/nested-cond",
+        vec![values(&[3], 28, -1.0, 1.0), values(&[3], 29, 0.5, 1.5)],
+        |g, p| {
+            let t0 = g.scalar(0.0, DType::I64).unwrap();
+            g.while_loop(
+                &[t0, p[0]],
+                &[p[1]],
+                |_, v| v[0].lt(3i64),
+                |b, v| {
+                    let even = v[0].div(2i64)?.mul(2i64)?.eq(v[0])?;
+                    let x = b.cond(
+                        even,
+                        &[v[1], v[2]],
+                        |_, a| Ok(vec![a[0].mul(a[1])?.sin()?]),
+                        |_, a| Ok(vec![a[0].add(a[1])?.tanh()?]),
+                    )?;
+                    Ok(vec![v[0].add(1i64)?, x[0]])
+                },
+            )
+            .unwrap()[1]
+        },
+    );
     // A loop that never runs passes its gradient straight through.
     check(
         "while/zero-trip",
