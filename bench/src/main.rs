@@ -1,4 +1,4 @@
-//! `cargo run --release -p kiln-bench [-- --peers] [--only NAME] [--runs N]`:
+//! `cargo run --release -p kiln-bench [-- --peers] [--only NAME] [--runs N] [--profile]`:
 //! times kiln on each workload (median and p90 latency, compile time, time
 //! to first result, process peak RSS) and, with `--peers`, ONNX Runtime and
 //! PyTorch on the same models and inputs in the same run, with ratios.
@@ -24,6 +24,9 @@ struct Args {
     /// Where to write the models, inputs and outputs for the peers.
     #[arg(long, default_value = "target/bench")]
     dir: PathBuf,
+    /// Print each workload's kernels by mean time (profiled runs, after timing).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn peak_rss_kib() -> u64 {
@@ -46,6 +49,34 @@ struct Timing {
     p90_ms: f64,
     compile_ms: f64,
     first_ms: f64,
+}
+
+/// Mean time per kernel over `runs` profiled runs, slowest first.
+fn profile_kiln(w: &kiln_bench::Workload, runs: usize) -> Result<()> {
+    let feeds = [(w.input.0.as_str(), &w.input.1)];
+    let fetch = [w.output.as_str()];
+    let mut s = Session::new(&w.graph, Device::Cpu)?;
+    s.run(&feeds, &fetch)?;
+    s.set_profiling(true);
+    for _ in 0..runs {
+        s.run(&feeds, &fetch)?;
+    }
+    let mut total: std::collections::BTreeMap<usize, (String, String, f64)> = Default::default();
+    for e in s.take_profile() {
+        let t = total.entry(e.kernel).or_insert_with(|| {
+            let nodes = e.nodes.join(" ");
+            (e.label.clone(), nodes.chars().take(70).collect(), 0.0)
+        });
+        t.2 += e.duration_us / runs as f64;
+    }
+    let mut rows: Vec<_> = total.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .2.total_cmp(&a.1 .2));
+    let sum: f64 = rows.iter().map(|r| r.1 .2).sum();
+    println!("  {} kernels, {sum:.1} us in kernels per run:", rows.len());
+    for (k, (label, nodes, us)) in rows.iter().take(12) {
+        println!("  {us:9.1} us  #{k:<3} {label:<22} {nodes}");
+    }
+    Ok(())
 }
 
 fn time_kiln(w: &kiln_bench::Workload, runs: usize) -> Result<(Timing, Array)> {
@@ -153,6 +184,9 @@ fn main() -> Result<()> {
             w.flops / t.median_ms / 1e6,
             w.bytes / t.median_ms / 1e6
         );
+        if args.profile {
+            profile_kiln(&w, args.runs)?;
+        }
         if args.peers {
             let d = args.dir.join(w.name);
             std::fs::create_dir_all(&d)?;
