@@ -368,6 +368,9 @@ pub enum Op {
         index: usize,
         /// Its type (checked against the functions when the node is added).
         ty: TensorType,
+        /// Stop after this many runs of the body even if the condition holds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_iterations: Option<u64>,
     },
     /// The gradient of a `while` loop's final `state[seed]` with respect to
     /// the loop's input `index`, given that output's gradient. Inputs are
@@ -390,6 +393,9 @@ pub enum Op {
         index: usize,
         /// Its type (that input's type).
         ty: TensorType,
+        /// The loop's bound on runs of the body.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_iterations: Option<u64>,
     },
 }
 

@@ -303,3 +303,43 @@ fn functions_return_parameters_duplicates_and_constants() {
         }
     }
 }
+
+/// `while_loop_at_most` stops at its bound or at its condition, whichever
+/// comes first, on both devices and after a trip through the file format.
+#[test]
+fn bounded_loops_stop_at_the_bound_or_the_condition() {
+    let g = GraphBuilder::new();
+    let limit = g.placeholder("limit", DType::I64, shape![]).unwrap();
+    let zero = g.scalar(0.0, DType::I64).unwrap();
+    let forever = g
+        .while_loop_at_most(
+            5,
+            &[zero],
+            &[],
+            |b, _| b.constant(Array::scalar(true)),
+            |_, v| Ok(vec![v[0].add(1i64)?]),
+        )
+        .unwrap();
+    forever[0].named("forever").unwrap();
+    let early = g
+        .while_loop_at_most(
+            100,
+            &[zero],
+            &[limit],
+            |_, v| v[0].lt(v[1]),
+            |_, v| Ok(vec![v[0].add(1i64)?]),
+        )
+        .unwrap();
+    early[0].named("early").unwrap();
+    let graph = g.into_graph();
+    let loaded = Graph::from_bytes(&graph.to_bytes().unwrap(), "bounded.kiln").unwrap();
+    assert!(loaded.to_string().contains("max_iterations=5"), "{loaded}");
+    for device in [Device::Reference, Device::Cpu] {
+        for (lim, want_early) in [(3i64, 3i64), (1000, 100)] {
+            let l = Array::scalar(lim);
+            let out = run(&loaded, device, &[("limit", &l)], &["forever", "early"]);
+            assert_eq!(out[0].as_slice::<i64>().unwrap(), &[5], "{device}");
+            assert_eq!(out[1].as_slice::<i64>().unwrap(), &[want_early], "{device}");
+        }
+    }
+}

@@ -457,6 +457,21 @@ fn control_flow() {
             .unwrap()[1]
         },
     );
+    // A loop stopped by its bound, not its (always true) condition.
+    check(
+        "while/bounded",
+        vec![values(&[3], 30, -1.0, 1.0)],
+        |g, p| {
+            g.while_loop_at_most(
+                3,
+                &[p[0]],
+                &[],
+                |_, v| v[0].sum_all()?.gt(-1e9),
+                |_, v| Ok(vec![v[0].sin()?.mul(1.1)?.add(v[0].mul(v[0])?)?]),
+            )
+            .unwrap()[0]
+        },
+    );
     // A loop that never runs passes its gradient straight through.
     check(
         "while/zero-trip",

@@ -68,6 +68,7 @@ pub fn check(op: &Op, inputs: &[&TensorType], functions: &[Arc<Function>]) -> Op
             vars,
             index,
             ty,
+            ..
         } => (|| {
             check_loop(get(*cond_fn)?, get(*body_fn)?, *vars, &owned)?;
             if *index >= *vars {
@@ -86,6 +87,7 @@ pub fn check(op: &Op, inputs: &[&TensorType], functions: &[Arc<Function>]) -> Op
             seed,
             index,
             ty,
+            ..
         } => (|| {
             let Some((g, loop_ins)) = owned.split_last() else {
                 return Err("takes the loop's inputs and a gradient".into());
@@ -334,21 +336,37 @@ fn eval_all(
             cond_fn,
             body_fn,
             vars,
+            max_iterations,
             ..
-        } => run_loop(&run, *cond_fn, *body_fn, *vars, inputs, |_| {}),
+        } => run_loop(
+            &run,
+            *cond_fn,
+            *body_fn,
+            *vars,
+            *max_iterations,
+            inputs,
+            |_| {},
+        ),
         Op::WhileGrad {
             cond_fn,
             body_fn,
             grad_fn,
             vars,
             seed,
+            max_iterations,
             ..
         } => {
             let (g, loop_ins) = inputs.split_last().expect("checked arity");
             let mut history: Vec<Vec<Array>> = Vec::new();
-            run_loop(&run, *cond_fn, *body_fn, *vars, loop_ins, |s| {
-                history.push(s.to_vec())
-            })?;
+            run_loop(
+                &run,
+                *cond_fn,
+                *body_fn,
+                *vars,
+                *max_iterations,
+                loop_ins,
+                |s| history.push(s.to_vec()),
+            )?;
             let captured = &loop_ins[*vars..];
             let mut d_state: Vec<Array> = loop_ins[..*vars]
                 .iter()
@@ -404,12 +422,13 @@ fn run_loop<R: Fn(usize, &[&Array]) -> Result<Vec<Array>>>(
     cond_fn: usize,
     body_fn: usize,
     vars: usize,
+    max_iterations: Option<u64>,
     inputs: &[&Array],
     mut visit: impl FnMut(&[Array]),
 ) -> Result<Vec<Array>> {
     let captured = &inputs[vars..];
     let mut state: Vec<Array> = inputs[..vars].iter().map(|a| (*a).clone()).collect();
-    loop {
+    for _ in 0..max_iterations.unwrap_or(u64::MAX) {
         let args: Vec<&Array> = state.iter().chain(captured.iter().copied()).collect();
         let go = run(cond_fn, &args)?.remove(0);
         if !go.as_slice::<bool>().is_some_and(|v| v[0]) {
@@ -418,6 +437,7 @@ fn run_loop<R: Fn(usize, &[&Array]) -> Result<Vec<Array>>>(
         visit(&state);
         state = run(body_fn, &args)?;
     }
+    Ok(state)
 }
 
 /// Builds a function from a closure over parameters of `types`.
@@ -516,6 +536,34 @@ impl GraphBuilder {
         cond_fn: impl for<'s> FnOnce(&'s GraphBuilder, &[Tensor<'s>]) -> Result<Tensor<'s>>,
         body_fn: impl for<'s> FnOnce(&'s GraphBuilder, &[Tensor<'s>]) -> Result<Vec<Tensor<'s>>>,
     ) -> Result<Vec<Tensor<'g>>> {
+        self.while_loop_impl(vars, captured, None, cond_fn, body_fn)
+    }
+
+    /// [`GraphBuilder::while_loop`] that also stops after `max_iterations`
+    /// runs of the body (TensorFlow's `maximum_iterations`): a guard against
+    /// a condition that never turns false, and a fixed trip count with
+    /// a condition that is always true.
+    #[track_caller]
+    pub fn while_loop_at_most<'g>(
+        &'g self,
+        max_iterations: u64,
+        vars: &[Tensor<'g>],
+        captured: &[Tensor<'g>],
+        cond_fn: impl for<'s> FnOnce(&'s GraphBuilder, &[Tensor<'s>]) -> Result<Tensor<'s>>,
+        body_fn: impl for<'s> FnOnce(&'s GraphBuilder, &[Tensor<'s>]) -> Result<Vec<Tensor<'s>>>,
+    ) -> Result<Vec<Tensor<'g>>> {
+        self.while_loop_impl(vars, captured, Some(max_iterations), cond_fn, body_fn)
+    }
+
+    #[track_caller]
+    fn while_loop_impl<'g>(
+        &'g self,
+        vars: &[Tensor<'g>],
+        captured: &[Tensor<'g>],
+        max_iterations: Option<u64>,
+        cond_fn: impl for<'s> FnOnce(&'s GraphBuilder, &[Tensor<'s>]) -> Result<Tensor<'s>>,
+        body_fn: impl for<'s> FnOnce(&'s GraphBuilder, &[Tensor<'s>]) -> Result<Vec<Tensor<'s>>>,
+    ) -> Result<Vec<Tensor<'g>>> {
         let loc = SourceLoc::caller();
         let ins: Vec<Tensor<'g>> = vars.iter().chain(captured).copied().collect();
         let tys: Vec<TensorType> = ins.iter().map(|a| a.ty()).collect();
@@ -532,6 +580,7 @@ impl GraphBuilder {
                         vars: vars.len(),
                         index,
                         ty,
+                        max_iterations,
                     },
                     &ins,
                     loc.clone(),
@@ -662,6 +711,7 @@ pub(crate) fn grad<'g>(
             body_fn,
             vars,
             index,
+            max_iterations,
             ..
         } => {
             let seeds: Vec<usize> = (0..*vars).collect();
@@ -681,6 +731,7 @@ pub(crate) fn grad<'g>(
                             seed: *index,
                             index: j,
                             ty: x.ty(),
+                            max_iterations: *max_iterations,
                         },
                         &call_ins,
                         loc.clone(),
