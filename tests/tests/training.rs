@@ -2,7 +2,7 @@
 //! held-out accuracy with Adam, on the CPU backend; optimizers update their
 //! state; SGD matches a hand-computed step.
 
-use kiln::graph::{sparse_softmax_cross_entropy, Optimizer};
+use kiln::graph::{sparse_softmax_cross_entropy, Optimizer, Tensor};
 use kiln::prelude::*;
 
 struct Model {
@@ -16,7 +16,15 @@ fn model(opt: Optimizer) -> Model {
     let h = g
         .dense("fc1", x.mul(1.0 / 16.0).unwrap(), 64, Activation::Relu)
         .unwrap();
-    let logits = g.linear("fc2", h, 10).unwrap();
+    classify(&g, g.linear("fc2", h, 10).unwrap(), y, opt);
+    Model {
+        graph: g.into_graph(),
+    }
+}
+
+/// Adds the mean cross-entropy `loss` of `logits` against labels `y`, the
+/// predicted class `pred` and the train op `train`.
+fn classify<'g>(g: &'g GraphBuilder, logits: Tensor<'g>, y: Tensor<'g>, opt: Optimizer) {
     let loss = sparse_softmax_cross_entropy(logits, y)
         .unwrap()
         .mean(&[0], false)
@@ -25,9 +33,6 @@ fn model(opt: Optimizer) -> Model {
         .unwrap();
     logits.argmax(-1, false).unwrap().named("pred").unwrap();
     g.minimize(loss, opt).unwrap().named("train").unwrap();
-    Model {
-        graph: g.into_graph(),
-    }
 }
 
 fn batch(pixels: &[f32], labels: &[i64], rows: std::ops::Range<usize>) -> (Array, Array) {
@@ -240,18 +245,12 @@ fn rnn_with_a_while_loop_learns_digits() {
         .unwrap();
     let y = g.placeholder("y", DType::I64, shape!["batch"]).unwrap();
     let h = g.simple_rnn("rnn", xs, 64, Activation::Tanh).unwrap();
-    let logits = g.linear("out", h, 10).unwrap();
-    let loss = sparse_softmax_cross_entropy(logits, y)
-        .unwrap()
-        .mean(&[0], false)
-        .unwrap()
-        .named("loss")
-        .unwrap();
-    logits.argmax(-1, false).unwrap().named("pred").unwrap();
-    g.minimize(loss, Optimizer::adam(0.01))
-        .unwrap()
-        .named("train")
-        .unwrap();
+    classify(
+        &g,
+        g.linear("out", h, 10).unwrap(),
+        y,
+        Optimizer::adam(0.01),
+    );
     let mut s = Session::new(&g.into_graph(), Device::Cpu).unwrap();
     let targets = |r: &[usize]| {
         Array::from_vec(
