@@ -414,6 +414,20 @@ impl Array {
     pub fn size_bytes(&self) -> usize {
         self.len() * self.dtype().size_bytes()
     }
+
+    /// The elements' bytes (see [`Array::as_ptr`]).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `as_ptr` points at `size_bytes` initialized bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.size_bytes()) }
+    }
+
+    /// Same dtype, shape and bits (unlike `==`, NaN matches NaN and -0.0
+    /// differs from 0.0).
+    pub fn same_bits(&self, other: &Array) -> bool {
+        self.dtype() == other.dtype()
+            && self.shape() == other.shape()
+            && self.as_bytes() == other.as_bytes()
+    }
 }
 
 /// The product of `dims`, or `None` on overflow.

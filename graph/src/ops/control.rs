@@ -205,8 +205,8 @@ pub fn call(f: &Function, args: &[&Array], bindings: &Bindings) -> Result<Vec<Ar
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum CallKey {
     Cond(usize, usize),
-    While(usize, usize, usize),
-    WhileGrad(usize, usize, usize, usize, usize),
+    While(usize, usize, usize, Option<u64>),
+    WhileGrad(usize, usize, usize, usize, usize, Option<u64>),
 }
 
 fn call_key(op: &Op) -> Option<CallKey> {
@@ -218,16 +218,18 @@ fn call_key(op: &Op) -> Option<CallKey> {
             cond_fn,
             body_fn,
             vars,
+            max_iterations,
             ..
-        } => CallKey::While(cond_fn, body_fn, vars),
+        } => CallKey::While(cond_fn, body_fn, vars, max_iterations),
         Op::WhileGrad {
             cond_fn,
             body_fn,
             grad_fn,
             vars,
             seed,
+            max_iterations,
             ..
-        } => CallKey::WhileGrad(cond_fn, body_fn, grad_fn, vars, seed),
+        } => CallKey::WhileGrad(cond_fn, body_fn, grad_fn, vars, seed, max_iterations),
         _ => return None,
     })
 }
@@ -265,7 +267,7 @@ impl CallCache {
                 .find(|(k, ins, _)| {
                     *k == key
                         && ins.len() == inputs.len()
-                        && ins.iter().zip(inputs).all(|(a, b)| a == *b)
+                        && ins.iter().zip(inputs).all(|(a, b)| a.same_bits(b))
                 })
                 .map(|(_, _, out)| out.clone())
         };
@@ -771,7 +773,7 @@ mod tests {
         assert_eq!(call(CallKey::Cond(0, 1), &b)[0], b);
         call(CallKey::Cond(1, 0), &a);
         for i in 0..CallCache::CAPACITY {
-            call(CallKey::While(i, 0, 1), &a);
+            call(CallKey::While(i, 0, 1, None), &a);
         }
         call(CallKey::Cond(0, 1), &a);
         // 3 distinct calls, 8 loops, then the first call again once evicted.
