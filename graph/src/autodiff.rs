@@ -55,22 +55,22 @@ impl GraphBuilder {
                 continue;
             }
             let out = self.tensor(n)?;
-            let input_grads = input_gradients(&node.op, graph.functions(), &ins, out, g).map_err(
-                |e| match e {
-                    Error::Type {
-                        op,
-                        location,
-                        reason,
-                        operands,
-                    } => Error::Type {
-                        op: format!("gradient of {op}"),
-                        location,
-                        reason: format!("{reason} (while differentiating node '{}')", node.name),
-                        operands,
-                    },
-                    other => other,
+            let wanted: Vec<bool> = ins.iter().map(|i| reach.contains(&i.id)).collect();
+            let input_grads = input_gradients(&node.op, graph.functions(), &wanted, &ins, out, g)
+                .map_err(|e| match e {
+                Error::Type {
+                    op,
+                    location,
+                    reason,
+                    operands,
+                } => Error::Type {
+                    op: format!("gradient of {op}"),
+                    location,
+                    reason: format!("{reason} (while differentiating node '{}')", node.name),
+                    operands,
                 },
-            )?;
+                other => other,
+            })?;
             for (x, gx) in ins.iter().zip(input_grads) {
                 let Some(gx) = gx else { continue };
                 if !reach.contains(&x.id) || !x.dtype().is_float() {
@@ -125,11 +125,14 @@ pub(crate) fn unbroadcast<'g>(g: Tensor<'g>, target: &Shape) -> Result<Tensor<'g
     }
 }
 
-/// The gradients of an op's inputs given its output and the output's gradient.
+/// The gradients of an op's inputs given its output and the output's
+/// gradient (`wanted`: which inputs lead to the differentiated values; ops
+/// that build whole calls per input, like control flow, skip the others).
 #[track_caller]
 fn input_gradients<'g>(
     op: &Op,
     functions: &[std::sync::Arc<crate::graph::Function>],
+    wanted: &[bool],
     ins: &[Tensor<'g>],
     out: Tensor<'g>,
     g: Tensor<'g>,
@@ -184,7 +187,7 @@ fn input_gradients<'g>(
         Op::Assign => vec![None, None],
         Op::Group => vec![None; ins.len()],
         Op::Cond { .. } | Op::While { .. } | Op::WhileGrad { .. } => {
-            ops::control::grad(op, functions, ins, g)?
+            ops::control::grad(op, functions, wanted, ins, g)?
         }
     })
 }

@@ -668,11 +668,13 @@ fn vjp(f: &Function, seeds: &[usize]) -> Result<Function> {
 
 /// The gradients of a control-flow node's inputs given its output's
 /// gradient `g`: `cond` differentiates into a `cond` over the branches'
-/// vector-Jacobian products, `while` into `while_grad` nodes.
+/// vector-Jacobian products, `while` into `while_grad` nodes, one per
+/// `wanted` float input.
 #[track_caller]
 pub(crate) fn grad<'g>(
     op: &Op,
     functions: &[Arc<Function>],
+    wanted: &[bool],
     ins: &[Tensor<'g>],
     g: Tensor<'g>,
 ) -> Result<Vec<Option<Tensor<'g>>>> {
@@ -691,7 +693,7 @@ pub(crate) fn grad<'g>(
             let ei = b.add_function(vjp(&functions[*else_fn], &[*index])?);
             let mut out = vec![None];
             for (j, x) in ins[1..].iter().enumerate() {
-                out.push(if x.dtype().is_float() {
+                out.push(if wanted[1 + j] && x.dtype().is_float() {
                     Some(b.push(
                         Op::Cond {
                             then_fn: ti,
@@ -721,7 +723,7 @@ pub(crate) fn grad<'g>(
             ins.iter()
                 .enumerate()
                 .map(|(j, x)| {
-                    if !x.dtype().is_float() {
+                    if !wanted[j] || !x.dtype().is_float() {
                         return Ok(None);
                     }
                     b.push(
