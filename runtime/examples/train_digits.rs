@@ -67,13 +67,7 @@ fn main() -> Result<()> {
             bar.inc(1);
         }
         let p = sess.run(&[("x", &test_x)], &["pred"])?.remove(0);
-        let right = p
-            .as_slice::<i64>()
-            .expect("i64")
-            .iter()
-            .zip(test_y.as_slice::<i64>().expect("i64"))
-            .filter(|(a, b)| a == b)
-            .count();
+        let right = kiln::datasets::count_matches(&p, &test_y).expect("i64 labels");
         acc = right as f64 / test.len() as f64;
         bar.set_message(format!(
             "loss {:.4}  held-out accuracy {:.2}%",

@@ -63,3 +63,11 @@ pub fn digit_sequences(pixels: &[f32], rows: &[usize]) -> kiln_graph::Array {
     }
     kiln_graph::Array::from_vec(vec![8, n, 8], v).expect("8 * n * 8 values")
 }
+
+/// How many positions of two label arrays agree (predicted classes against
+/// labels, or two devices' predictions); `None` unless both are i64 with the
+/// same number of elements.
+pub fn count_matches(a: &kiln_graph::Array, b: &kiln_graph::Array) -> Option<usize> {
+    let (a, b) = (a.as_slice::<i64>()?, b.as_slice::<i64>()?);
+    (a.len() == b.len()).then(|| a.iter().zip(b).filter(|(x, y)| x == y).count())
+}

@@ -70,13 +70,7 @@ fn mlp_learns_digits_to_95_percent() {
     }
     let (x, y) = batch(&pixels, &labels, train..labels.len());
     let pred = s.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
-    let correct = pred
-        .as_slice::<i64>()
-        .unwrap()
-        .iter()
-        .zip(y.as_slice::<i64>().unwrap())
-        .filter(|(p, t)| p == t)
-        .count();
+    let correct = kiln::datasets::count_matches(&pred, &y).unwrap();
     let acc = correct as f64 / (labels.len() - train) as f64;
     println!(
         "loss {} -> {last_loss}, held-out accuracy {acc:.4}",
@@ -187,13 +181,7 @@ fn trained_model_predicts_the_same_on_both_devices() {
         let mut c = Session::new(&trained, Device::Cpu).unwrap();
         let want = r.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
         let got = c.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
-        let same = want
-            .as_slice::<i64>()
-            .unwrap()
-            .iter()
-            .zip(got.as_slice::<i64>().unwrap())
-            .filter(|(a, b)| a == b)
-            .count();
+        let same = kiln::datasets::count_matches(&want, &got).unwrap();
         assert!(same >= n - 1, "batch {n}: {same} of {n} predictions agree");
     }
 }
@@ -217,13 +205,7 @@ fn evaluation_between_training_steps_sees_the_new_weights() {
     );
     let mut reference = Session::new(&cpu.export_graph().unwrap(), Device::Reference).unwrap();
     let want = reference.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
-    let same = want
-        .as_slice::<i64>()
-        .unwrap()
-        .iter()
-        .zip(after.as_slice::<i64>().unwrap())
-        .filter(|(a, b)| a == b)
-        .count();
+    let same = kiln::datasets::count_matches(&want, &after).unwrap();
     assert!(
         same >= 39,
         "{same} of 40 predictions agree with the reference"
@@ -272,13 +254,7 @@ fn rnn_with_a_while_loop_learns_digits() {
     let x = kiln::datasets::digit_sequences(&pixels, test);
     let pred = s.run(&[("xs", &x)], &["pred"]).unwrap().remove(0);
     let want = targets(test);
-    let right = pred
-        .as_slice::<i64>()
-        .unwrap()
-        .iter()
-        .zip(want.as_slice::<i64>().unwrap())
-        .filter(|(a, b)| a == b)
-        .count();
+    let right = kiln::datasets::count_matches(&pred, &want).unwrap();
     let acc = right as f64 / test.len() as f64;
     assert!(
         losses[losses.len() - 1] < 0.5 * losses[0],
