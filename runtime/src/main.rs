@@ -284,6 +284,7 @@ fn run(
         device,
         kiln::SessionOptions {
             threads: extras.threads,
+            ..Default::default()
         },
     )?;
     let feed_refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();

@@ -36,6 +36,11 @@ pub struct SessionOptions {
     /// Threads the CPU backend may use; `None` takes `KILN_NUM_THREADS`, else
     /// every available core. Small kernels stay on one thread regardless.
     pub threads: Option<usize>,
+    /// Whether long f32 elementwise rows may run in AVX-512 on hosts that
+    /// have it; `None` takes `KILN_AVX512` (`0` turns it off), else yes.
+    /// Off, they run in 128-bit vectors (same algorithms and results up to
+    /// rounding order).
+    pub avx512: Option<bool>,
 }
 
 /// One kernel execution recorded while profiling (see [`Session::set_profiling`]).
@@ -171,6 +176,9 @@ impl Session {
                     let mut backend = CpuBackend::default();
                     if let Some(t) = self.options.threads {
                         backend.threads = t.max(1);
+                    }
+                    if let Some(w) = self.options.avx512 {
+                        backend.avx512 = w;
                     }
                     let mut exe = backend.compile(&compiled.program)?;
                     exe.set_profiling(self.profiling);

@@ -26,7 +26,7 @@ fn sweep(lo: f32, hi: f32, n: usize) -> Vec<f32> {
     v
 }
 
-fn apply(f: UnaryOp, x: &[f32], device: Device) -> Vec<f32> {
+fn apply(f: UnaryOp, x: &[f32], device: Device, avx512: bool) -> Vec<f32> {
     let g = GraphBuilder::new();
     let p = g.placeholder("x", DType::F32, shape!["n"]).unwrap();
     let y = match f {
@@ -37,7 +37,11 @@ fn apply(f: UnaryOp, x: &[f32], device: Device) -> Vec<f32> {
         _ => p.erf(),
     };
     y.unwrap().named("y").unwrap();
-    let mut s = Session::new(&g.into_graph(), device).unwrap();
+    let opts = SessionOptions {
+        avx512: Some(avx512),
+        ..Default::default()
+    };
+    let mut s = Session::with_options(&g.into_graph(), device, opts).unwrap();
     let a = Array::from_vec(vec![x.len()], x.to_vec()).unwrap();
     s.run(&[("x", &a)], &["y"])
         .unwrap()
@@ -47,13 +51,22 @@ fn apply(f: UnaryOp, x: &[f32], device: Device) -> Vec<f32> {
         .to_vec()
 }
 
-/// Largest error over the inputs: relative where `relative`, else absolute.
-/// Special values must agree exactly (NaN with NaN, infinities with infinities).
+/// Largest error over the inputs, of the 128-bit and (where the host has
+/// it) the AVX-512 code: relative where `relative`, else absolute. Special
+/// values must agree exactly (NaN with NaN, infinities with infinities).
 fn max_error(f: UnaryOp, x: &[f32], relative: bool) -> f64 {
-    let want = apply(f, x, Device::Reference);
-    let got = apply(f, x, Device::Cpu);
+    let want = apply(f, x, Device::Reference, false);
     let mut worst = 0f64;
-    for ((&xi, &w), &g) in x.iter().zip(&want).zip(&got) {
+    for wide in [false, true] {
+        let got = apply(f, x, Device::Cpu, wide);
+        worst = worst.max(errors(f, x, &want, &got, relative));
+    }
+    worst
+}
+
+fn errors(f: UnaryOp, x: &[f32], want: &[f32], got: &[f32], relative: bool) -> f64 {
+    let mut worst = 0f64;
+    for ((&xi, &w), &g) in x.iter().zip(want).zip(got) {
         if w.is_nan() || w.is_infinite() {
             assert!(
                 w.is_nan() && g.is_nan() || w == g,

@@ -19,15 +19,15 @@ type Compiled = Arc<Mutex<CpuExecutable>>;
 
 /// Runs functions as compiled CPU code, compiling each once per bindings.
 pub struct CompiledFunctions {
-    threads: usize,
+    backend: CpuBackend,
     compiled: Mutex<HashMap<(usize, Bindings), Compiled>>,
 }
 
 impl CompiledFunctions {
-    /// A runner whose functions may use `threads` threads.
-    pub fn new(threads: usize) -> CompiledFunctions {
+    /// A runner compiling its functions with `backend`'s settings.
+    pub fn new(backend: CpuBackend) -> CompiledFunctions {
         CompiledFunctions {
-            threads,
+            backend,
             compiled: Mutex::new(HashMap::new()),
         }
     }
@@ -46,11 +46,10 @@ impl CompiledFunctions {
         let compiled =
             kiln_optimizer::compile(&f.graph, &f.results, bindings, &CompileOptions::default())
                 .map_err(|e| format!("compiling it: {e}"))?;
-        let exe = CpuBackend {
-            threads: self.threads,
-        }
-        .compile(&compiled.program)
-        .map_err(|e| format!("compiling it: {e}"))?;
+        let exe = self
+            .backend
+            .compile(&compiled.program)
+            .map_err(|e| format!("compiling it: {e}"))?;
         let exe = Arc::new(Mutex::new(exe));
         map.insert(key, exe.clone());
         Ok(exe)
@@ -63,7 +62,7 @@ impl std::fmt::Debug for CompiledFunctions {
         write!(
             f,
             "CompiledFunctions({n} compiled, {} threads)",
-            self.threads
+            self.backend.threads
         )
     }
 }

@@ -65,6 +65,12 @@ pub(crate) struct Jit {
     imports: HashMap<&'static str, FuncId>,
     count: usize,
     fma: bool,
+    /// Long f32 rows run through `wide::kiln_row_f32` (AVX-512).
+    wide: bool,
+    /// The row programs compiled code points at (boxed: their addresses
+    /// are baked into the code, so they must not move).
+    #[allow(clippy::vec_box)]
+    rows: Vec<Box<super::wide::RowProgram>>,
 }
 
 /// What a loop body needs to know to compute one element.
@@ -91,7 +97,9 @@ pub(crate) enum Body<'a> {
 }
 
 impl Jit {
-    pub(crate) fn new() -> Result<Jit> {
+    /// A JIT for the host; `wide` lets long f32 rows use AVX-512 where the
+    /// host has it.
+    pub(crate) fn new(wide: bool) -> Result<Jit> {
         let host = |e: String| Error::Host(e);
         let mut fb = settings::builder();
         fb.set("opt_level", "speed")
@@ -116,16 +124,18 @@ impl Jit {
             imports: HashMap::new(),
             count: 0,
             fma: host_has_fma(),
+            wide: wide && super::wide::available(),
+            rows: Vec::new(),
         })
     }
 
-    fn import(&mut self, name: &'static str, params: &[Type], ret: Type) -> Result<FuncId> {
+    fn import(&mut self, name: &'static str, params: &[Type], ret: &[Type]) -> Result<FuncId> {
         if let Some(&id) = self.imports.get(name) {
             return Ok(id);
         }
         let mut sig = self.module.make_signature();
         sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
-        sig.returns.push(AbiParam::new(ret));
+        sig.returns.extend(ret.iter().map(|&t| AbiParam::new(t)));
         let id = self
             .module
             .declare_function(name, Linkage::Import, &sig)
@@ -146,6 +156,7 @@ impl Jit {
     ) -> Result<FuncId> {
         let err = |e: String| Error::Codegen { kernel, reason: e };
         // Support functions the body may call.
+        let ptr = self.module.target_config().pointer_type();
         let mut funcs = HashMap::new();
         for (name, params, ret) in [
             ("kiln_unary_f32", vec![types::I32, types::F32], types::F32),
@@ -165,9 +176,12 @@ impl Jit {
                 types::F64,
             ),
         ] {
-            funcs.insert(name, self.import(name, &params, ret)?);
+            funcs.insert(name, self.import(name, &params, &[ret])?);
         }
-        let ptr = self.module.target_config().pointer_type();
+        funcs.insert(
+            "kiln_row_f32",
+            self.import("kiln_row_f32", &[ptr, ptr, ptr, types::I64], &[])?,
+        );
         let mut sig = self.module.make_signature();
         sig.params.push(AbiParam::new(ptr));
         sig.params.push(AbiParam::new(types::I64));
@@ -203,8 +217,11 @@ impl Jit {
                 loop_vars: Vec::new(),
                 range: (lo, hi),
                 fma: self.fma,
+                wide: self.wide,
+                rows: Vec::new(),
             };
             e.body(body)?;
+            self.rows.append(&mut e.rows);
             e.b.ins().return_(&[]);
             e.b.seal_all_blocks();
             e.b.finalize(self.module.target_config());
@@ -256,6 +273,11 @@ pub(super) struct Emitter<'a, 'b> {
     pub(super) range: (Value, Value),
     /// The host has fused multiply-add.
     pub(super) fma: bool,
+    /// Long f32 rows may call `kiln_row_f32`.
+    pub(super) wide: bool,
+    /// Row programs this function's code points at.
+    #[allow(clippy::vec_box)]
+    pub(super) rows: Vec<Box<super::wide::RowProgram>>,
 }
 
 impl Emitter<'_, '_> {
@@ -376,6 +398,12 @@ impl Emitter<'_, '_> {
         self.b.ins().jump(merge, &[]);
         self.b.switch_to_block(merge);
         self.b.use_var(var)
+    }
+
+    /// Calls a support function that returns nothing.
+    pub(super) fn call_void(&mut self, name: &'static str, args: &[Value]) {
+        let f = self.funcs[name];
+        self.b.ins().call(f, args);
     }
 
     fn call(&mut self, name: &'static str, args: &[Value]) -> Value {

@@ -12,6 +12,7 @@ mod gemv;
 mod jit;
 mod support;
 mod vector;
+mod wide;
 
 use std::collections::HashMap;
 
@@ -27,10 +28,14 @@ use jit::{Body, Jit, KernelFn};
 pub struct CpuBackend {
     /// Threads large kernels may use (1: single-threaded).
     pub threads: usize,
+    /// Long f32 elementwise rows run in AVX-512 where the host has it
+    /// (otherwise, and when false, in Cranelift's four-lane vectors).
+    pub avx512: bool,
 }
 
 impl Default for CpuBackend {
-    /// Threads from `KILN_NUM_THREADS`, else every available core.
+    /// Threads from `KILN_NUM_THREADS`, else every available core; AVX-512
+    /// unless `KILN_AVX512=0`.
     fn default() -> Self {
         let threads = std::env::var("KILN_NUM_THREADS")
             .ok()
@@ -42,6 +47,7 @@ impl Default for CpuBackend {
             });
         CpuBackend {
             threads: threads.max(1),
+            avx512: std::env::var("KILN_AVX512").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -148,7 +154,7 @@ impl Backend for CpuBackend {
     type Executable = CpuExecutable;
 
     fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
-        let mut jit = Jit::new()?;
+        let mut jit = Jit::new(self.avx512)?;
         enum Pending {
             Jit(cranelift_module::FuncId, Vec<usize>, bool),
             MatMul(usize, Option<cranelift_module::FuncId>),
@@ -305,7 +311,7 @@ impl Backend for CpuBackend {
         if !program.functions.is_empty() {
             // Control flow calls its functions as compiled code too.
             program.runner = Some(std::sync::Arc::new(functions::CompiledFunctions::new(
-                self.threads,
+                *self,
             )));
         }
         Ok(CpuExecutable {

@@ -15,6 +15,7 @@ use kiln_optimizer::index::{Atom, Index};
 use kiln_optimizer::kernel::{Access, BufferId, ElementProgram, Instr, KernelProgram};
 
 use super::jit::{flags, Emitter};
+use super::wide::{RowAccess, RowProgram};
 use crate::error::Result;
 
 const LANES: usize = 4;
@@ -40,6 +41,32 @@ fn unit_stride(a: &Access, var: usize) -> Option<i64> {
         }
     }
     (a.mask.is_empty() && (c == 0 || c == 1)).then_some(c)
+}
+
+/// Row length from which a row runs in AVX-512 through a call rather than
+/// inline in four lanes: shorter for programs heavy in arithmetic.
+fn wide_threshold(p: &ElementProgram) -> usize {
+    let heavy = p.instrs.iter().any(|i| {
+        matches!(
+            i,
+            Instr::Unary(
+                UnaryOp::Exp
+                    | UnaryOp::Log
+                    | UnaryOp::Tanh
+                    | UnaryOp::Sigmoid
+                    | UnaryOp::Erf
+                    | UnaryOp::Sqrt
+                    | UnaryOp::Rsqrt
+                    | UnaryOp::Recip,
+                _
+            ) | Instr::Binary(BinaryOp::Div, ..)
+        )
+    });
+    if heavy {
+        64
+    } else {
+        128
+    }
 }
 
 /// True when every instruction of an f32 elementwise kernel has a vector
@@ -502,6 +529,17 @@ impl Emitter<'_, '_> {
                 self.b.ins().iconst(types::I64, n as i64),
             )
         };
+        if self.wide && n >= wide_threshold(program) {
+            let access = match acc {
+                RowAcc::None => RowAccess::None,
+                RowAcc::FromOut => RowAccess::Row,
+                RowAcc::Value(_) => RowAccess::Scalar,
+            };
+            let stride = |a: &Access| unit_stride(a, last);
+            if let Some(rp) = RowProgram::new(self.prog, inputs, program, &stride, access) {
+                return self.wide_row(Box::new(rp), var, (start, end), out, strides, inputs, acc);
+            }
+        }
         let splat_acc = match acc {
             RowAcc::Value(v) => Some(self.b.ins().splat(V, v)),
             _ => None,
@@ -537,6 +575,66 @@ impl Emitter<'_, '_> {
                 Ok(())
             },
         )
+    }
+
+    /// A row handed to `kiln_row_f32`: the address of its first element
+    /// in every input (and of its accumulator), then one call.
+    #[allow(clippy::too_many_arguments)]
+    fn wide_row(
+        &mut self,
+        rp: Box<RowProgram>,
+        var: cranelift_frontend::Variable,
+        (start, end): (Value, Value),
+        out: BufferId,
+        strides: &[usize],
+        inputs: &[Access],
+        acc: RowAcc,
+    ) -> Result<()> {
+        use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        self.b.def_var(var, start);
+        let idx = self.idx();
+        let count = inputs.len() + 1;
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (count * 8) as u32,
+            3,
+        ));
+        for (k, a) in inputs.iter().enumerate() {
+            let off = self.index(&a.offset, &idx);
+            let addr = self.address(a.buffer, off);
+            self.b
+                .ins()
+                .stack_store(types::I64, addr, slot, (k * 8) as i32);
+        }
+        let lin = self.linear(&idx, strides);
+        let out_addr = self.address(out, lin);
+        let acc_addr = match acc {
+            RowAcc::None => None,
+            RowAcc::FromOut => Some(out_addr),
+            RowAcc::Value(v) => {
+                let s = self.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    4,
+                    2,
+                ));
+                self.b.ins().stack_store(types::I64, v, s, 0);
+                Some(self.b.ins().stack_addr(types::I64, s, 0))
+            }
+        };
+        if let Some(a) = acc_addr {
+            self.b
+                .ins()
+                .stack_store(types::I64, a, slot, (inputs.len() * 8) as i32);
+        }
+        let table = self.b.ins().stack_addr(types::I64, slot, 0);
+        let n = self.b.ins().isub(end, start);
+        let prog = self
+            .b
+            .ins()
+            .iconst(types::I64, &*rp as *const RowProgram as i64);
+        self.call_void("kiln_row_f32", &[prog, table, out_addr, n]);
+        self.rows.push(rp);
+        Ok(())
     }
 
     /// The innermost reduced dim of an f32 reduction: four partial results in

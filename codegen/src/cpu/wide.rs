@@ -1,0 +1,691 @@
+//! Long f32 elementwise rows in AVX-512 (16 lanes), where the host has it.
+//!
+//! Cranelift's x86-64 vectors are 128 bits wide, a quarter of what an
+//! AVX-512 core computes per instruction, and elementwise chains of
+//! transcendentals (GELU, sigmoid, tanh) are bound by arithmetic, not
+//! memory. So a JIT-compiled kernel whose innermost row is long hands the row
+//! to [`kiln_row_f32`]: precompiled AVX-512 code that evaluates the row's
+//! [`ElementProgram`] block by block (`BLOCK` elements, in L1-resident
+//! slots), one instruction at a time over the whole block. Dispatch costs
+//! one branch per instruction per block; every instruction runs as a tight
+//! loop of 16-lane operations.
+//!
+//! The approximations are the same algorithms, constants and operation
+//! order as the 128-bit code in `vector.rs` (with FMA), so both paths give
+//! the same results and share the error bounds tested in
+//! `tests/tests/cpu_math.rs`.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use kiln_graph::{BinaryOp, DType, UnaryOp};
+use kiln_optimizer::kernel::{Access, ElementProgram, Instr, KernelProgram};
+
+/// Lanes per vector.
+const W: usize = 16;
+/// Elements per block: each slot holds one block.
+const BLOCK: usize = 256;
+/// Slots a program may use (the scratch lives on the stack: 32 KiB).
+const MAX_SLOTS: usize = 32;
+/// Row pointers a program may read (inputs plus the accumulator).
+const MAX_PTRS: usize = 64;
+
+/// True when this host runs AVX-512 (F and DQ) code.
+pub(crate) fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+}
+
+/// Where an operand of a step comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Src {
+    /// A scratch slot (one block).
+    Slot(u16),
+    /// Row pointer `k`, contiguous: the block starts at the block's offset.
+    Ptr(u16),
+}
+
+/// A slot filled once per row: it holds the same value in every lane.
+#[derive(Clone, Copy, Debug)]
+enum Fill {
+    Const(f32),
+    /// The scalar row pointer `k` points at.
+    Scalar(u16),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Unary(UnaryOp, Src),
+    Binary(BinaryOp, Src, Src),
+    Select(Src, Src, Src),
+    Copy(Src),
+}
+
+/// How an elementwise row reads its accumulator (`Instr::Acc`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum RowAccess {
+    /// The row has no accumulator.
+    None,
+    /// Row pointer `n` (after the inputs) is contiguous along the row.
+    Row,
+    /// Row pointer `n` points at one scalar for the whole row.
+    Scalar,
+}
+
+/// An elementwise program prepared for block evaluation. Row pointers are
+/// one per kernel input (the address of the row's first element), then the
+/// accumulator's where it has one.
+#[derive(Debug)]
+pub(crate) struct RowProgram {
+    fills: Vec<(u16, Fill)>,
+    /// Each step and its destination (`None`: the output row).
+    steps: Vec<(Step, Option<u16>)>,
+    /// Pointers that are contiguous along the row (staged for the tail).
+    rows: Vec<u16>,
+    ptrs: usize,
+}
+
+impl RowProgram {
+    /// Prepares `p` over `inputs` for a row along loop variable `last`, or
+    /// `None` where some instruction or access has no block form. `stride`
+    /// gives each input's coefficient of `last` (0 or 1; `None` rejects).
+    pub(crate) fn new(
+        prog: &KernelProgram,
+        inputs: &[Access],
+        p: &ElementProgram,
+        stride: &dyn Fn(&Access) -> Option<i64>,
+        acc: RowAccess,
+    ) -> Option<RowProgram> {
+        let n = inputs.len();
+        if n + 1 > MAX_PTRS {
+            return None;
+        }
+        // Which instructions the result needs.
+        let mut needed = vec![false; p.instrs.len()];
+        needed[p.result] = true;
+        for i in (0..p.instrs.len()).rev() {
+            if !needed[i] {
+                continue;
+            }
+            match p.instrs[i] {
+                Instr::Unary(_, a) => needed[a] = true,
+                Instr::Binary(_, a, b) => {
+                    needed[a] = true;
+                    needed[b] = true;
+                }
+                Instr::Select(c, a, b) => {
+                    needed[c] = true;
+                    needed[a] = true;
+                    needed[b] = true;
+                }
+                _ => {}
+            }
+        }
+        // Last step index that reads each instruction's value.
+        let mut last_use = vec![0usize; p.instrs.len()];
+        for (i, ins) in p.instrs.iter().enumerate().filter(|(i, _)| needed[*i]) {
+            let reads: &[usize] = match ins {
+                Instr::Unary(_, a) => &[*a],
+                Instr::Binary(_, a, b) => &[*a, *b],
+                Instr::Select(c, a, b) => &[*c, *a, *b],
+                _ => &[],
+            };
+            for &r in reads {
+                last_use[r] = i;
+            }
+        }
+        let mut b = Builder {
+            fills: Vec::new(),
+            steps: Vec::new(),
+            rows: Vec::new(),
+            free: Vec::new(),
+            slots: 0,
+        };
+        let mut vals: Vec<Option<Src>> = vec![None; p.instrs.len()];
+        // Step results own their slot until their last use.
+        let mut owned: Vec<Option<u16>> = vec![None; p.instrs.len()];
+        // f32 vectors (true) or lane masks (false).
+        let mut float = vec![true; p.instrs.len()];
+        for (i, ins) in p.instrs.iter().enumerate() {
+            if !needed[i] {
+                continue;
+            }
+            let (step, reads): (Step, Vec<usize>) = match *ins {
+                Instr::Load(a) => {
+                    let acc = &inputs[a];
+                    if prog.buffer(acc.buffer).dtype != DType::F32 || !acc.mask.is_empty() {
+                        return None;
+                    }
+                    vals[i] = Some(match stride(acc)? {
+                        1 => b.row(a as u16),
+                        0 => b.fill(Fill::Scalar(a as u16))?,
+                        _ => return None,
+                    });
+                    continue;
+                }
+                Instr::Const(c) if c.dtype() == DType::F32 => {
+                    vals[i] = Some(b.fill(Fill::Const(c.to_f64() as f32))?);
+                    continue;
+                }
+                Instr::Acc => {
+                    vals[i] = Some(match acc {
+                        RowAccess::None => return None,
+                        RowAccess::Row => b.row(n as u16),
+                        RowAccess::Scalar => b.fill(Fill::Scalar(n as u16))?,
+                    });
+                    continue;
+                }
+                Instr::Unary(f, a) => {
+                    use UnaryOp::*;
+                    let ok = matches!(
+                        f,
+                        Neg | Abs
+                            | Sqrt
+                            | Recip
+                            | Rsqrt
+                            | Floor
+                            | Ceil
+                            | Round
+                            | Exp
+                            | Log
+                            | Tanh
+                            | Sigmoid
+                            | Erf
+                    );
+                    if !ok || !float[a] {
+                        return None;
+                    }
+                    (Step::Unary(f, vals[a]?), vec![a])
+                }
+                Instr::Binary(f, a, c) => {
+                    use BinaryOp::*;
+                    if !float[a] || !float[c] {
+                        return None;
+                    }
+                    match f {
+                        Add | Sub | Mul | Div | Max | Min => {}
+                        Eq | Ne | Lt | Le | Gt | Ge => float[i] = false,
+                        _ => return None,
+                    }
+                    (Step::Binary(f, vals[a]?, vals[c]?), vec![a, c])
+                }
+                Instr::Select(c, x, y) => {
+                    if float[c] || !float[x] || !float[y] {
+                        return None;
+                    }
+                    (Step::Select(vals[c]?, vals[x]?, vals[y]?), vec![c, x, y])
+                }
+                _ => return None,
+            };
+            // Operands read for the last time free their slots first, so the
+            // result may overwrite one (steps go vector by vector).
+            for r in reads {
+                if last_use[r] == i {
+                    if let Some(s) = owned[r].take() {
+                        b.free.push(s);
+                    }
+                }
+            }
+            if i == p.result {
+                b.steps.push((step, None));
+            } else {
+                let s = b.fresh()?;
+                owned[i] = Some(s);
+                vals[i] = Some(Src::Slot(s));
+                b.steps.push((step, Some(s)));
+            }
+        }
+        if !float[p.result] {
+            return None;
+        }
+        if !matches!(
+            p.instrs[p.result],
+            Instr::Unary(..) | Instr::Binary(..) | Instr::Select(..)
+        ) {
+            b.steps.push((Step::Copy(vals[p.result]?), None));
+        }
+        let Builder {
+            fills, steps, rows, ..
+        } = b;
+        Some(RowProgram {
+            fills,
+            steps,
+            rows,
+            ptrs: n + usize::from(acc != RowAccess::None),
+        })
+    }
+}
+
+struct Builder {
+    fills: Vec<(u16, Fill)>,
+    steps: Vec<(Step, Option<u16>)>,
+    rows: Vec<u16>,
+    free: Vec<u16>,
+    slots: usize,
+}
+
+impl Builder {
+    fn fresh(&mut self) -> Option<u16> {
+        if let Some(s) = self.free.pop() {
+            return Some(s);
+        }
+        (self.slots < MAX_SLOTS).then(|| {
+            self.slots += 1;
+            (self.slots - 1) as u16
+        })
+    }
+
+    fn fill(&mut self, f: Fill) -> Option<Src> {
+        // A slot of its own: fills happen once per row, before any step, so
+        // a slot a step has used (and freed) would be overwritten per block.
+        if self.slots >= MAX_SLOTS {
+            return None;
+        }
+        self.slots += 1;
+        let s = (self.slots - 1) as u16;
+        self.fills.push((s, f));
+        Some(Src::Slot(s))
+    }
+
+    fn row(&mut self, k: u16) -> Src {
+        if !self.rows.contains(&k) {
+            self.rows.push(k);
+        }
+        Src::Ptr(k)
+    }
+}
+
+/// Evaluates a row: `out[j] = program(j)` for `j` in `0..n`.
+///
+/// # Safety
+/// `prog` must point at a live [`RowProgram`]; `ptrs` at its row pointers,
+/// each valid for `n` elements where the row reads it contiguously and for
+/// one where it reads a scalar; `out` valid for `n` elements; the host must
+/// have AVX-512 F and DQ.
+pub(crate) unsafe extern "C" fn kiln_row_f32(
+    prog: *const RowProgram,
+    ptrs: *const *const f32,
+    out: *mut f32,
+    n: i64,
+) {
+    if n <= 0 {
+        return;
+    }
+    // SAFETY: as the caller promises.
+    unsafe {
+        let p = &*prog;
+        let ptrs = std::slice::from_raw_parts(ptrs, p.ptrs);
+        p.run(ptrs, out, n as usize);
+    }
+}
+
+#[repr(C, align(64))]
+struct Scratch([f32; BLOCK * MAX_SLOTS]);
+
+#[repr(C, align(64))]
+struct Stage([[f32; W]; MAX_PTRS + 1]);
+
+impl RowProgram {
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn run(&self, ptrs: &[*const f32], out: *mut f32, n: usize) {
+        let mut scratch = MaybeUninit::<Scratch>::uninit();
+        let slots = scratch.as_mut_ptr() as *mut f32;
+        // SAFETY: fills write whole slots inside the scratch; scalar
+        // pointers are valid for one element.
+        unsafe {
+            for &(s, f) in &self.fills {
+                let v = match f {
+                    Fill::Const(c) => _mm512_set1_ps(c),
+                    Fill::Scalar(k) => _mm512_set1_ps(*ptrs[k as usize]),
+                };
+                let d = slots.add(s as usize * BLOCK);
+                for j in 0..BLOCK / W {
+                    _mm512_store_ps(d.add(j * W), v);
+                }
+            }
+        }
+        let whole = n / W * W;
+        let mut off = 0;
+        while off < whole {
+            let len = BLOCK.min(whole - off);
+            // SAFETY: rows are valid for n >= off + len elements.
+            unsafe { self.block(slots, ptrs, off, out.add(off), len / W) };
+            off += len;
+        }
+        if off < n {
+            // The last partial vector: staged through full vectors so every
+            // step reads and writes whole vectors.
+            let rest = n - off;
+            let mask: __mmask16 = ((1u32 << rest) - 1) as __mmask16;
+            let mut stage = MaybeUninit::<Stage>::uninit();
+            let st = stage.as_mut_ptr() as *mut f32;
+            let mut staged = [std::ptr::null::<f32>(); MAX_PTRS];
+            staged[..ptrs.len()].copy_from_slice(ptrs);
+            // SAFETY: each row has `rest` valid elements from `off`; the
+            // stage has a vector per pointer and one for the output.
+            unsafe {
+                for &k in &self.rows {
+                    let d = st.add(k as usize * W);
+                    let v = _mm512_maskz_loadu_ps(mask, ptrs[k as usize].add(off));
+                    _mm512_store_ps(d, v);
+                    staged[k as usize] = d.sub(off);
+                }
+                let o = st.add(MAX_PTRS * W);
+                self.block(slots, &staged[..ptrs.len()], off, o, 1);
+                _mm512_mask_storeu_ps(out.add(off), mask, _mm512_load_ps(o));
+            }
+        }
+    }
+
+    /// Runs every step over `nvec` vectors from element `off` of the rows,
+    /// writing the result at `out`.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn block(
+        &self,
+        slots: *mut f32,
+        ptrs: &[*const f32],
+        off: usize,
+        out: *mut f32,
+        nvec: usize,
+    ) {
+        let at = |s: Src| -> *const f32 {
+            match s {
+                Src::Slot(k) => slots.wrapping_add(k as usize * BLOCK),
+                Src::Ptr(k) => ptrs[k as usize].wrapping_add(off),
+            }
+        };
+        for &(step, dst) in &self.steps {
+            let d = match dst {
+                Some(k) => slots.wrapping_add(k as usize * BLOCK),
+                None => out,
+            };
+            // SAFETY: every source and the destination hold nvec vectors.
+            unsafe {
+                match step {
+                    Step::Unary(f, a) => unary(f, d, at(a), nvec),
+                    Step::Binary(f, a, b) => binary(f, d, at(a), at(b), nvec),
+                    Step::Select(c, a, b) => select(d, at(c), at(a), at(b), nvec),
+                    Step::Copy(a) => {
+                        let a = at(a);
+                        for j in 0..nvec {
+                            _mm512_storeu_ps(d.add(j * W), _mm512_loadu_ps(a.add(j * W)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+macro_rules! map1 {
+    ($d:expr, $a:expr, $n:expr, $f:expr) => {
+        for j in 0..$n {
+            let x = _mm512_loadu_ps($a.add(j * W));
+            _mm512_storeu_ps($d.add(j * W), $f(x));
+        }
+    };
+}
+
+macro_rules! map2 {
+    ($d:expr, $a:expr, $b:expr, $n:expr, $f:expr) => {
+        for j in 0..$n {
+            let x = _mm512_loadu_ps($a.add(j * W));
+            let y = _mm512_loadu_ps($b.add(j * W));
+            _mm512_storeu_ps($d.add(j * W), $f(x, y));
+        }
+    };
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn unary(f: UnaryOp, d: *mut f32, a: *const f32, n: usize) {
+    use UnaryOp::*;
+    // SAFETY: `a` and `d` hold n vectors.
+    unsafe {
+        match f {
+            Neg => map1!(d, a, n, neg),
+            Abs => map1!(d, a, n, _mm512_abs_ps),
+            Sqrt => map1!(d, a, n, _mm512_sqrt_ps),
+            Recip => map1!(d, a, n, recip),
+            Rsqrt => map1!(d, a, n, rsqrt),
+            Floor => map1!(d, a, n, _mm512_roundscale_ps::<0x09>),
+            Ceil => map1!(d, a, n, _mm512_roundscale_ps::<0x0a>),
+            Round => map1!(d, a, n, _mm512_roundscale_ps::<0x08>),
+            Exp => map1!(d, a, n, exp),
+            Log => map1!(d, a, n, log),
+            Tanh => map1!(d, a, n, tanh),
+            Sigmoid => map1!(d, a, n, sigmoid),
+            _ => map1!(d, a, n, erf),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn binary(f: BinaryOp, d: *mut f32, a: *const f32, b: *const f32, n: usize) {
+    use BinaryOp::*;
+    // SAFETY: `a`, `b` and `d` hold n vectors.
+    unsafe {
+        match f {
+            Add => map2!(d, a, b, n, _mm512_add_ps),
+            Sub => map2!(d, a, b, n, _mm512_sub_ps),
+            Mul => map2!(d, a, b, n, _mm512_mul_ps),
+            Div => map2!(d, a, b, n, _mm512_div_ps),
+            Max => map2!(d, a, b, n, max),
+            Min => map2!(d, a, b, n, min),
+            Eq => map2!(d, a, b, n, cmp::<_CMP_EQ_OQ>),
+            Ne => map2!(d, a, b, n, cmp::<_CMP_NEQ_UQ>),
+            Lt => map2!(d, a, b, n, cmp::<_CMP_LT_OQ>),
+            Le => map2!(d, a, b, n, cmp::<_CMP_LE_OQ>),
+            Gt => map2!(d, a, b, n, cmp::<_CMP_GT_OQ>),
+            _ => map2!(d, a, b, n, cmp::<_CMP_GE_OQ>),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn select(d: *mut f32, c: *const f32, a: *const f32, b: *const f32, n: usize) {
+    // SAFETY: every pointer holds n vectors.
+    unsafe {
+        for j in 0..n {
+            let m = _mm512_movepi32_mask(_mm512_castps_si512(_mm512_loadu_ps(c.add(j * W))));
+            let x = _mm512_loadu_ps(a.add(j * W));
+            let y = _mm512_loadu_ps(b.add(j * W));
+            _mm512_storeu_ps(d.add(j * W), _mm512_mask_blend_ps(m, y, x));
+        }
+    }
+}
+
+/// A lane mask as all-ones or all-zeros lanes.
+#[target_feature(enable = "avx512f,avx512dq")]
+fn cmp<const P: i32>(a: __m512, b: __m512) -> __m512 {
+    _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_cmp_ps_mask::<P>(a, b)))
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn splat(c: f32) -> __m512 {
+    _mm512_set1_ps(c)
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn neg(x: __m512) -> __m512 {
+    _mm512_castsi512_ps(_mm512_xor_si512(
+        _mm512_castps_si512(x),
+        _mm512_set1_epi32(i32::MIN),
+    ))
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn recip(x: __m512) -> __m512 {
+    _mm512_div_ps(splat(1.0), x)
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn rsqrt(x: __m512) -> __m512 {
+    _mm512_div_ps(splat(1.0), _mm512_sqrt_ps(x))
+}
+
+/// `max` that propagates NaN (the hardware returns its second operand).
+#[target_feature(enable = "avx512f,avx512dq")]
+fn max(a: __m512, b: __m512) -> __m512 {
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b);
+    _mm512_mask_blend_ps(nan, _mm512_max_ps(a, b), _mm512_add_ps(a, b))
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn min(a: __m512, b: __m512) -> __m512 {
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b);
+    _mm512_mask_blend_ps(nan, _mm512_min_ps(a, b), _mm512_add_ps(a, b))
+}
+
+/// `m ? a : b`.
+#[target_feature(enable = "avx512f,avx512dq")]
+fn blend(m: __mmask16, a: __m512, b: __m512) -> __m512 {
+    _mm512_mask_blend_ps(m, b, a)
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn horner(x: __m512, c: &[f32]) -> __m512 {
+    let mut acc = splat(c[0]);
+    for &k in &c[1..] {
+        acc = _mm512_fmadd_ps(acc, x, splat(k));
+    }
+    acc
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn bits(x: __m512) -> __m512i {
+    _mm512_castps_si512(x)
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn floats(x: __m512i) -> __m512 {
+    _mm512_castsi512_ps(x)
+}
+
+// The functions below follow `vector.rs` step for step.
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn exp(x: __m512) -> __m512 {
+    // max/min return their second operand for NaN: x's NaN goes through.
+    let xc = _mm512_max_ps(splat(-103.972_08), x);
+    let xc = _mm512_min_ps(splat(89.0), xc);
+    let magic = splat(12_582_912.0);
+    let t = _mm512_fmadd_ps(xc, splat(std::f32::consts::LOG2_E), magic);
+    let fx = _mm512_sub_ps(t, magic);
+    let r = _mm512_fmadd_ps(fx, splat(-0.693_359_4), xc);
+    let r = _mm512_fmadd_ps(fx, splat(2.121_944_4e-4), r);
+    let p = horner(
+        r,
+        &[
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ],
+    );
+    let z = _mm512_mul_ps(r, r);
+    let y = _mm512_fmadd_ps(p, z, r);
+    let mut y = _mm512_add_ps(y, splat(1.0));
+    let n = _mm512_sub_epi32(bits(t), bits(magic));
+    let n1 = _mm512_srai_epi32::<1>(n);
+    let n2 = _mm512_sub_epi32(n, n1);
+    let bias = _mm512_set1_epi32(127);
+    for k in [n1, n2] {
+        let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(k, bias));
+        y = _mm512_mul_ps(y, floats(e));
+    }
+    y
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn log(x: __m512) -> __m512 {
+    let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, splat(f32::MIN_POSITIVE));
+    let xn = blend(small, _mm512_mul_ps(x, splat(8_388_608.0)), x);
+    let b = bits(xn);
+    let e = _mm512_sub_epi32(_mm512_srai_epi32::<23>(b), _mm512_set1_epi32(126));
+    let m = _mm512_and_si512(b, _mm512_set1_epi32(0x007f_ffff));
+    let m = floats(_mm512_or_si512(m, _mm512_set1_epi32(0x3f00_0000)));
+    let e = _mm512_cvtepi32_ps(e);
+    let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(m, splat(std::f32::consts::FRAC_1_SQRT_2));
+    let one = splat(1.0);
+    let e = blend(lt, _mm512_sub_ps(e, one), e);
+    let m = blend(lt, _mm512_add_ps(m, m), m);
+    let xr = _mm512_sub_ps(m, one);
+    let z = _mm512_mul_ps(xr, xr);
+    let p = horner(
+        xr,
+        &[
+            7.037_683_6e-2,
+            -1.151_461e-1,
+            1.167_699_9e-1,
+            -1.242_014_1e-1,
+            1.424_932_3e-1,
+            -1.666_805_8e-1,
+            2.000_071_4e-1,
+            -2.499_999_4e-1,
+            3.333_333e-1,
+        ],
+    );
+    let y = _mm512_mul_ps(_mm512_mul_ps(p, xr), z);
+    let y = _mm512_add_ps(y, _mm512_mul_ps(e, splat(-2.121_944_4e-4)));
+    let y = _mm512_add_ps(y, _mm512_mul_ps(z, splat(-0.5)));
+    let r = _mm512_add_ps(xr, y);
+    let r = _mm512_add_ps(r, _mm512_mul_ps(e, splat(0.693_359_4)));
+    let rs = _mm512_sub_ps(r, splat(23.0 * std::f32::consts::LN_2));
+    let r = blend(small, rs, r);
+    let zero = splat(0.0);
+    let is0 = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, zero);
+    let isinf = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, splat(f32::INFINITY));
+    let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);
+    let isnan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+    let r = blend(is0, splat(f32::NEG_INFINITY), r);
+    let r = blend(isinf, splat(f32::INFINITY), r);
+    blend(neg | isnan, splat(f32::NAN), r)
+}
+
+/// A non-negative `mag` with the sign of `sign_of`.
+#[target_feature(enable = "avx512f,avx512dq")]
+fn copysign(mag: __m512, sign_of: __m512) -> __m512 {
+    let sign = _mm512_and_si512(bits(sign_of), _mm512_set1_epi32(i32::MIN));
+    floats(_mm512_or_si512(bits(mag), sign))
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn tanh(x: __m512) -> __m512 {
+    let t = exp(_mm512_mul_ps(_mm512_abs_ps(x), splat(-2.0)));
+    let one = splat(1.0);
+    let r = _mm512_div_ps(_mm512_sub_ps(one, t), _mm512_add_ps(one, t));
+    copysign(r, x)
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn sigmoid(x: __m512) -> __m512 {
+    let e = exp(neg(x));
+    let one = splat(1.0);
+    _mm512_div_ps(one, _mm512_add_ps(one, e))
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn erf(x: __m512) -> __m512 {
+    let ax = _mm512_abs_ps(x);
+    let one = splat(1.0);
+    let t = _mm512_fmadd_ps(splat(0.327_591_1), ax, one);
+    let t = _mm512_div_ps(one, t);
+    let q = horner(
+        t,
+        &[
+            1.061_405_4,
+            -1.453_152_1,
+            1.421_413_7,
+            -0.284_496_74,
+            0.254_829_6,
+        ],
+    );
+    let q = _mm512_mul_ps(q, t);
+    let ez = exp(neg(_mm512_mul_ps(x, x)));
+    let r = _mm512_sub_ps(one, _mm512_mul_ps(q, ez));
+    copysign(r, x)
+}
