@@ -1,8 +1,14 @@
-//! 2-D convolution as im2col + GEMM (the `gemm` crate), one image and group
-//! at a time, into a column buffer allocated once at compile time. A 1x1
-//! convolution with stride 1 and no padding multiplies the input directly.
+//! 2-D convolution. f32 convolutions of one channel group run the direct
+//! AVX-512 kernel of `conv_direct.rs` where the host has it; the rest run as
+//! im2col + GEMM (the `gemm` crate), one image and group at a time, into a
+//! column buffer allocated once at compile time. A 1x1 convolution with
+//! stride 1 and no padding multiplies the input directly.
 
 use kiln_graph::DType;
+
+#[cfg(target_arch = "x86_64")]
+#[path = "conv_direct.rs"]
+mod direct;
 
 /// A compiled convolution of f32 or f64 NCHW tensors.
 pub(crate) struct Conv {
@@ -19,6 +25,9 @@ pub(crate) struct Conv {
     pub groups: usize,
     /// The column matrix `[c/groups * kh * kw, oh * ow]`, as f64 slots.
     scratch: Vec<f64>,
+    /// The direct AVX-512 path, where it applies and measures faster.
+    #[cfg(target_arch = "x86_64")]
+    direct: Option<Box<direct::Direct>>,
 }
 
 impl Conv {
@@ -33,10 +42,20 @@ impl Conv {
         dilation: [usize; 2],
         groups: usize,
     ) -> Conv {
+        #[cfg(target_arch = "x86_64")]
+        let direct = if dtype == DType::F32 && groups == 1 && Self::direct_pays() {
+            direct::Direct::new(input, weight, out_hw, stride, padding, dilation).map(Box::new)
+        } else {
+            None
+        };
+        #[cfg(target_arch = "x86_64")]
+        let has_direct = direct.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        let has_direct = false;
         let rows = weight[1] * weight[2] * weight[3];
         let cols = out_hw[0] * out_hw[1];
-        let direct = Self::is_direct(weight, stride, padding, dilation);
-        let scratch = if direct {
+        let plain = Self::is_direct(weight, stride, padding, dilation);
+        let scratch = if plain || has_direct {
             Vec::new()
         } else {
             vec![0.0; rows * cols]
@@ -51,7 +70,14 @@ impl Conv {
             dilation,
             groups,
             scratch,
+            #[cfg(target_arch = "x86_64")]
+            direct,
         }
+    }
+
+    /// Whether the direct path may be used (`KILN_CONV=gemm` turns it off).
+    fn direct_pays() -> bool {
+        std::env::var("KILN_CONV").map_or(true, |v| v != "gemm")
     }
 
     fn is_direct(
@@ -78,6 +104,19 @@ impl Conv {
         w: *const u8,
         parallelism: gemm::Parallelism,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(d) = &mut self.direct {
+            // SAFETY: f32 buffers of the plan's shapes (the caller's contract).
+            unsafe {
+                d.run(
+                    out as *mut f32,
+                    x as *const f32,
+                    w as *const f32,
+                    parallelism,
+                )
+            };
+            return;
+        }
         match self.dtype {
             DType::F32 => unsafe {
                 self.run_typed::<f32>(

@@ -1,0 +1,424 @@
+//! Direct f32 convolution (one channel group) with an AVX-512 microkernel.
+//!
+//! Each image is first copied into a zero-padded scratch laid out so that
+//! every tap of the filter reads 16 consecutive output pixels from 16
+//! consecutive floats: channel planes of padded rows, each row split into
+//! `sx` phases (`padded column c` lives in phase `c % sx` at index `c / sx`),
+//! so a horizontal stride becomes unit stride. Output pixels are grouped in
+//! "pixel vectors" of up to 16 consecutive pixels of one output row; the
+//! microkernel keeps an `MR` output channels x `NV` pixel vectors tile of
+//! accumulators in registers and runs over every (input channel, ky, kx)
+//! tap, broadcasting one weight per output channel. Padding positions of the
+//! scratch are zeroed once and never written again.
+
+use std::arch::x86_64::*;
+
+use super::SendPtr;
+
+/// Output channels per register tile.
+const MR: usize = 8;
+/// Pixel vectors per register tile (`MR * NV` accumulators).
+const NV: usize = 3;
+
+/// One run of up to 16 consecutive output pixels of an output row.
+#[derive(Clone, Copy, Debug)]
+struct PixVec {
+    /// Offset of the first pixel's tap (0, 0) in a padded image.
+    x: u32,
+    /// Offset of the first pixel in an output channel plane.
+    out: u32,
+    /// Which of the 16 lanes are output pixels.
+    mask: u16,
+}
+
+/// A direct convolution plan for one shape.
+pub(crate) struct Direct {
+    /// Images, input channels, input rows and columns.
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    /// Output channels and taps per output channel (`c * kh * kw`).
+    o: usize,
+    k: usize,
+    /// Output plane size (`oh * ow`).
+    out_plane: usize,
+    sx: usize,
+    /// Top and left padding.
+    pt: usize,
+    pl: usize,
+    /// Padded phase length, row length (`sx * phase`) and channel plane.
+    phase: usize,
+    row: usize,
+    plane: usize,
+    /// Floats of one padded image, with slack for the tail lanes' reads.
+    padded: usize,
+    /// The input rows that some tap reads.
+    rows: Vec<usize>,
+    /// Offset of every tap `(ci, ky, kx)` in a padded image.
+    koff: Vec<u32>,
+    vecs: Vec<PixVec>,
+    /// Weights packed as `[o / MR][k][MR]` (zero rows past `o`).
+    packed: Vec<f32>,
+    /// Padded images, one per thread.
+    scratch: Vec<f32>,
+}
+
+impl Direct {
+    /// A plan, or `None` where this path does not apply (no AVX-512, or a
+    /// shape whose offsets overflow 32 bits).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        input: [usize; 4],
+        weight: [usize; 4],
+        out_hw: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 4],
+        dilation: [usize; 2],
+    ) -> Option<Direct> {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return None;
+        }
+        let [n, c, h, w] = input;
+        let [o, cw, kh, kw] = weight;
+        let [oh, ow] = out_hw;
+        let [sy, sx] = stride;
+        let [dy, dx] = dilation;
+        let [pt, pl, pb, pr] = padding;
+        if cw != c || sx == 0 || sy == 0 || oh == 0 || ow == 0 || o == 0 {
+            return None;
+        }
+        let ph = h + pt + pb;
+        // Long enough for every tap of every output column.
+        let pw = (w + pl + pr).max((ow - 1) * sx + (kw - 1) * dx + 1);
+        let phase = pw.div_ceil(sx);
+        let row = sx * phase;
+        let plane = ph.max((oh - 1) * sy + (kh - 1) * dy + 1) * row;
+        let padded = c * plane + 32;
+        if padded >= u32::MAX as usize / 2 || oh * ow >= u32::MAX as usize / 2 {
+            return None;
+        }
+        let mut koff = Vec::with_capacity(c * kh * kw);
+        for ci in 0..c {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let col = kx * dx;
+                    koff.push((ci * plane + ky * dy * row + (col % sx) * phase + col / sx) as u32);
+                }
+            }
+        }
+        let mut vecs = Vec::new();
+        for oy in 0..oh {
+            for ox in (0..ow).step_by(16) {
+                vecs.push(PixVec {
+                    x: (oy * sy * row + ox) as u32,
+                    out: (oy * ow + ox) as u32,
+                    mask: lanes(ow - ox),
+                });
+            }
+        }
+        // Input rows some tap reads (a 1x1 stride-2 convolution reads half).
+        let mut rows = vec![false; h];
+        for oy in 0..oh {
+            for ky in 0..kh {
+                if let Some(iy) = (oy * sy + ky * dy).checked_sub(pt) {
+                    if iy < h {
+                        rows[iy] = true;
+                    }
+                }
+            }
+        }
+        let rows = (0..h).filter(|&iy| rows[iy]).collect();
+        let k = c * kh * kw;
+        Some(Direct {
+            rows,
+            n,
+            c,
+            h,
+            w,
+            o,
+            k,
+            out_plane: oh * ow,
+            sx,
+            pt,
+            pl,
+            phase,
+            row,
+            plane,
+            padded,
+            koff,
+            vecs,
+            packed: vec![0.0; o.div_ceil(MR) * MR * k],
+            scratch: vec![0.0; padded],
+        })
+    }
+
+    /// Runs the convolution: `out[n, o, oh, ow]`, `x[n, c, h, w]`,
+    /// `w[o, c, kh, kw]`.
+    ///
+    /// # Safety
+    /// The pointers must address buffers of this plan's shapes.
+    pub(crate) unsafe fn run(
+        &mut self,
+        out: *mut f32,
+        x: *const f32,
+        w: *const f32,
+        par: gemm::Parallelism,
+    ) {
+        let threads = match par {
+            gemm::Parallelism::Rayon(t) if t > 1 => t.max(rayon::current_num_threads()),
+            _ => 1,
+        };
+        if self.scratch.len() < self.padded * threads {
+            self.scratch.resize(self.padded * threads, 0.0);
+        }
+        // SAFETY: `w` holds `o * k` floats.
+        unsafe { self.pack(w) };
+        let this = &*self;
+        let scratch = SendPtr(this.scratch.as_ptr() as *mut f32);
+        let (out, x) = (SendPtr(out), SendPtr(x as *mut f32));
+        if threads == 1 {
+            for b in 0..this.n {
+                // SAFETY: slot 0 of the scratch is this thread's; image b is in bounds.
+                unsafe { this.image(b, out, x, scratch, this.blocks()) };
+            }
+        } else if this.n >= threads {
+            use rayon::prelude::*;
+            (0..this.n).into_par_iter().for_each(|b| {
+                let (scratch, slot) = (scratch, rayon::current_thread_index().unwrap_or(0));
+                // SAFETY: each pool thread owns its scratch slot; images are disjoint.
+                let s = SendPtr(unsafe { scratch.0.add((slot % threads) * this.padded) });
+                unsafe { this.image(b, out, x, s, this.blocks()) };
+            });
+        } else {
+            use rayon::prelude::*;
+            // Fewer images than threads: pad each image once, then split its
+            // (output channel block, tile) work.
+            let tiles = this.vecs.len().div_ceil(NV);
+            for b in 0..this.n {
+                // SAFETY: slot 0 is written here before the parallel part reads it.
+                unsafe { this.pad(b, x, scratch) };
+                let chunk = tiles.div_ceil(threads.max(1)).max(1);
+                let parts = tiles.div_ceil(chunk);
+                (0..this.o.div_ceil(MR) * parts)
+                    .into_par_iter()
+                    .for_each(|i| {
+                        let (blk, part) = (i / parts, i % parts);
+                        let t0 = part * chunk;
+                        let t1 = (t0 + chunk).min(tiles);
+                        // SAFETY: tasks write disjoint (channel block, pixel) ranges.
+                        unsafe {
+                            this.tiles(
+                                b,
+                                out,
+                                scratch,
+                                blk,
+                                t0 * NV..(t1 * NV).min(this.vecs.len()),
+                            )
+                        };
+                    });
+            }
+        }
+    }
+
+    fn blocks(&self) -> std::ops::Range<usize> {
+        0..self.o.div_ceil(MR)
+    }
+
+    /// Packs `w[o][k]` into `[o / MR][k][MR]`.
+    unsafe fn pack(&mut self, w: *const f32) {
+        let (o, k) = (self.o, self.k);
+        for blk in 0..o.div_ceil(MR) {
+            for m in 0..MR {
+                let oc = blk * MR + m;
+                if oc >= o {
+                    continue;
+                }
+                for kk in 0..k {
+                    // SAFETY: oc < o and kk < k.
+                    self.packed[(blk * k + kk) * MR + m] = unsafe { *w.add(oc * k + kk) };
+                }
+            }
+        }
+    }
+
+    /// Pads image `b` into `scratch` and convolves output channel blocks `blocks`.
+    unsafe fn image(
+        &self,
+        b: usize,
+        out: SendPtr<f32>,
+        x: SendPtr<f32>,
+        scratch: SendPtr<f32>,
+        blocks: std::ops::Range<usize>,
+    ) {
+        unsafe {
+            self.pad(b, x, scratch);
+            for blk in blocks {
+                self.tiles(b, out, scratch, blk, 0..self.vecs.len());
+            }
+        }
+    }
+
+    /// Copies image `b` into the padded layout (padding positions stay zero).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pad(&self, b: usize, x: SendPtr<f32>, scratch: SendPtr<f32>) {
+        let (c, h, w) = (self.c, self.h, self.w);
+        unsafe {
+            let src = x.0.add(b * c * h * w) as *const f32;
+            for ci in 0..c {
+                for &iy in &self.rows {
+                    let line = src.add((ci * h + iy) * w);
+                    let dst = scratch.0.add(ci * self.plane + (iy + self.pt) * self.row);
+                    if self.sx == 1 {
+                        std::ptr::copy_nonoverlapping(line, dst.add(self.pl), w);
+                    } else if self.sx == 2 {
+                        deinterleave2(line, w, dst, self.pl, self.phase);
+                    } else {
+                        for ix in 0..w {
+                            let col = ix + self.pl;
+                            *dst.add((col % self.sx) * self.phase + col / self.sx) = *line.add(ix);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Output channel block `blk` of image `b` at pixel vectors `range`.
+    unsafe fn tiles(
+        &self,
+        b: usize,
+        out: SendPtr<f32>,
+        scratch: SendPtr<f32>,
+        blk: usize,
+        range: std::ops::Range<usize>,
+    ) {
+        let valid = (self.o - blk * MR).min(MR);
+        // SAFETY: offsets stay within the padded image, the packed weights and
+        // the output image (checked when the plan was built).
+        unsafe {
+            let dst = out.0.add((b * self.o + blk * MR) * self.out_plane);
+            let w = self.packed.as_ptr().add(blk * self.k * MR);
+            let args = Args {
+                x: scratch.0,
+                koff: self.koff.as_ptr(),
+                k: self.k,
+                w,
+                out: dst,
+                plane: self.out_plane,
+                valid,
+            };
+            let vecs = &self.vecs[range];
+            // Tiles of NV = 3 vectors; a last single vector (half speed:
+            // loads outnumber FMAs) is avoided by ending with 2 + 2.
+            let mut full = vecs.len() / NV;
+            let mut rest = vecs.len() % NV;
+            if rest == 1 && full > 0 {
+                full -= 1;
+                rest = 4;
+            }
+            let p = vecs.as_ptr();
+            for t in 0..full {
+                tile::<NV>(&args, p.add(t * NV));
+            }
+            let p = p.add(full * NV);
+            match rest {
+                0 => {}
+                1 => tile::<1>(&args, p),
+                2 => tile::<2>(&args, p),
+                4 => {
+                    tile::<2>(&args, p);
+                    tile::<2>(&args, p.add(2));
+                }
+                _ => unreachable!("NV is 3"),
+            }
+        }
+    }
+}
+
+/// What a microkernel call reads and writes, besides its pixel vectors.
+struct Args {
+    x: *const f32,
+    koff: *const u32,
+    k: usize,
+    w: *const f32,
+    out: *mut f32,
+    plane: usize,
+    valid: usize,
+}
+
+/// `MR` output channels x `V` pixel vectors: the sum over every tap of
+/// weight x input, stored (masked) into the output planes.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const V: usize>(a: &Args, vecs: *const PixVec) {
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        let mut base = [a.x; V];
+        for (v, b) in base.iter_mut().enumerate() {
+            *b = a.x.add((*vecs.add(v)).x as usize);
+        }
+        let mut w = a.w;
+        for kk in 0..a.k {
+            let off = *a.koff.add(kk) as usize;
+            let mut xv = [_mm512_setzero_ps(); V];
+            for v in 0..V {
+                xv[v] = _mm512_loadu_ps(base[v].add(off));
+            }
+            for (m, row) in acc.iter_mut().enumerate() {
+                let wb = _mm512_set1_ps(*w.add(m));
+                for v in 0..V {
+                    row[v] = _mm512_fmadd_ps(wb, xv[v], row[v]);
+                }
+            }
+            w = w.add(MR);
+        }
+        for v in 0..V {
+            let pv = *vecs.add(v);
+            let o = a.out.add(pv.out as usize);
+            for (m, row) in acc.iter().enumerate().take(a.valid) {
+                _mm512_mask_storeu_ps(o.add(m * a.plane), pv.mask, row[v]);
+            }
+        }
+    }
+}
+
+/// Copies `w` floats of `line` to padded columns `pl..pl + w` of a row split
+/// into two phases of length `phase` (even columns, then odd ones).
+#[target_feature(enable = "avx512f")]
+unsafe fn deinterleave2(line: *const f32, w: usize, dst: *mut f32, pl: usize, phase: usize) {
+    unsafe {
+        let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        // Source floats 2j land on phase `pe` (the parity of `pl`), 2j + 1 on
+        // the other one.
+        let (pe, po) = (pl % 2, 1 - pl % 2);
+        let mut ix = 0;
+        while ix < w {
+            let r = (w - ix).min(32);
+            let (ma, mb) = (lanes(r.min(16)), lanes(r.saturating_sub(16)));
+            let a = _mm512_maskz_loadu_ps(ma, line.add(ix));
+            let b = _mm512_maskz_loadu_ps(mb, line.add(ix + 16));
+            let (ce, co) = (ix + pl, ix + pl + 1);
+            _mm512_mask_storeu_ps(
+                dst.add(pe * phase + ce / 2),
+                lanes(r.div_ceil(2)),
+                _mm512_permutex2var_ps(a, ie, b),
+            );
+            _mm512_mask_storeu_ps(
+                dst.add(po * phase + co / 2),
+                lanes(r / 2),
+                _mm512_permutex2var_ps(a, io, b),
+            );
+            ix += 32;
+        }
+    }
+}
+
+/// A mask of the first `n <= 16` lanes.
+fn lanes(n: usize) -> u16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << n) - 1
+    }
+}

@@ -1,0 +1,209 @@
+//! 2-D convolution on the CPU backend (direct AVX-512 kernel where the host
+//! has it, im2col + GEMM otherwise) against the reference interpreter, over
+//! strides, paddings, kernel sizes, dilations, groups, batch sizes and
+//! channel counts and widths that are not multiples of 16, on one thread and
+//! on several (large shapes split across threads).
+//!
+//! Tolerance: every output element must satisfy
+//! `|cpu - reference| <= 1e-5 * M + 1e-6`, where `M` is the same convolution
+//! of `|x|` and `|w|` (so `M` bounds the magnitude of every partial sum). An
+//! f32 sum of `K` products reordered arbitrarily errs by at most about
+//! `K * 2^-24 * M`; the shapes here have `K <= 500`, so real rounding errors
+//! stay near `1.3e-6 * M` while a wrong tap or a missed channel is off by
+//! about a whole product.
+
+use kiln::prelude::*;
+
+struct Case {
+    n: usize,
+    c: usize,
+    o: usize,
+    hw: [usize; 2],
+    k: [usize; 2],
+    stride: [usize; 2],
+    /// top, left, bottom, right
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn case(n: usize, c: usize, o: usize, hw: usize, k: usize, stride: usize, pad: usize) -> Case {
+    Case {
+        n,
+        c,
+        o,
+        hw: [hw, hw],
+        k: [k, k],
+        stride: [stride, stride],
+        padding: [pad; 4],
+        dilation: [1, 1],
+        groups: 1,
+    }
+}
+
+fn values(shape: &[usize], seed: u64, dtype: DType) -> Array {
+    let count: usize = shape.iter().product();
+    let v: Vec<f64> = (0..count as u64)
+        .map(|i| kiln::graph::rng::uniform_f64(seed, i) * 2.0 - 1.0)
+        .collect();
+    match dtype {
+        DType::F32 => Array::from_vec(
+            shape.to_vec(),
+            v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+        )
+        .unwrap(),
+        _ => Array::from_vec(shape.to_vec(), v).unwrap(),
+    }
+}
+
+fn abs(a: &Array) -> Array {
+    let shape = a.shape().to_vec();
+    match a.dtype() {
+        DType::F32 => Array::from_vec(
+            shape,
+            a.as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.abs())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap(),
+        _ => Array::from_vec(
+            shape,
+            a.to_f64_vec().iter().map(|x| x.abs()).collect::<Vec<_>>(),
+        )
+        .unwrap(),
+    }
+}
+
+fn conv_graph(c: &Case, dtype: DType) -> Graph {
+    let g = GraphBuilder::with_seed(1);
+    let x = g
+        .placeholder("x", dtype, shape![c.n, c.c, c.hw[0], c.hw[1]])
+        .unwrap();
+    let w = g
+        .placeholder("w", dtype, shape![c.o, c.c / c.groups, c.k[0], c.k[1]])
+        .unwrap();
+    let opts = Conv2dOptions {
+        stride: c.stride,
+        padding: c.padding,
+        dilation: c.dilation,
+        groups: c.groups,
+    };
+    let y = x.conv2d(w, opts).unwrap().named("y").unwrap();
+    g.output(y).unwrap();
+    g.into_graph()
+}
+
+fn run(graph: &Graph, device: Device, threads: usize, x: &Array, w: &Array) -> Vec<f64> {
+    let options = SessionOptions {
+        threads: Some(threads),
+        ..Default::default()
+    };
+    let mut s = Session::with_options(graph, device, options).unwrap();
+    s.run(&[("x", x), ("w", w)], &["y"])
+        .unwrap_or_else(|e| panic!("{device}: {e}"))
+        .remove(0)
+        .to_f64_vec()
+}
+
+fn check(c: &Case, dtype: DType, seed: u64) {
+    let graph = conv_graph(c, dtype);
+    let x = values(&[c.n, c.c, c.hw[0], c.hw[1]], seed, dtype);
+    let w = values(&[c.o, c.c / c.groups, c.k[0], c.k[1]], seed + 1, dtype);
+    let want = run(&graph, Device::Reference, 1, &x, &w);
+    let bound = run(&graph, Device::Reference, 1, &abs(&x), &abs(&w));
+    for threads in [1, 2, 3] {
+        let got = run(&graph, Device::Cpu, threads, &x, &w);
+        assert_eq!(got.len(), want.len());
+        for (i, ((g, r), m)) in got.iter().zip(&want).zip(&bound).enumerate() {
+            let tol = 1e-5 * m + 1e-6;
+            assert!(
+                (g - r).abs() <= tol,
+                "n{} c{} o{} hw{:?} k{:?} s{:?} p{:?} d{:?} g{} {dtype} threads {threads}: \
+                 element {i}: reference {r}, cpu {g}",
+                c.n,
+                c.c,
+                c.o,
+                c.hw,
+                c.k,
+                c.stride,
+                c.padding,
+                c.dilation,
+                c.groups
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_shapes_match_the_reference() {
+    let mut cases = vec![
+        // The benchmark CNN's shapes.
+        case(2, 3, 16, 32, 3, 1, 1),
+        case(2, 16, 16, 32, 3, 1, 1),
+        case(2, 16, 32, 32, 3, 2, 1),
+        case(2, 32, 32, 16, 3, 1, 1),
+        case(2, 16, 32, 32, 1, 2, 0),
+        // 1x1, 3x3, 5x5; strides 1 and 2; paddings 0..2.
+        case(1, 5, 7, 9, 1, 1, 0),
+        case(3, 17, 19, 13, 1, 1, 0),
+        case(2, 9, 11, 20, 1, 2, 0),
+        case(1, 4, 9, 17, 3, 1, 0),
+        case(3, 7, 13, 15, 3, 1, 1),
+        case(2, 6, 10, 33, 3, 2, 1),
+        case(1, 3, 24, 31, 3, 2, 0),
+        case(2, 5, 17, 18, 5, 1, 2),
+        case(1, 8, 8, 21, 5, 2, 2),
+        case(2, 20, 5, 11, 5, 1, 0),
+        case(1, 1, 1, 1, 1, 1, 0),
+        case(1, 2, 3, 3, 3, 1, 1),
+        case(1, 3, 17, 47, 3, 1, 1),
+        case(2, 4, 9, 40, 3, 3, 1),
+        // Large enough to be split across threads: many images, and one.
+        case(5, 16, 16, 32, 3, 1, 1),
+        case(1, 32, 40, 32, 3, 1, 1),
+        case(1, 24, 36, 64, 3, 2, 1),
+    ];
+    // Asymmetric padding and stride, rectangular images, dilation, groups.
+    cases.push(Case {
+        n: 2,
+        c: 5,
+        o: 9,
+        hw: [12, 19],
+        k: [3, 2],
+        stride: [2, 1],
+        padding: [0, 2, 1, 0],
+        dilation: [1, 1],
+        groups: 1,
+    });
+    cases.push(Case {
+        n: 1,
+        c: 4,
+        o: 6,
+        hw: [15, 18],
+        k: [3, 3],
+        stride: [1, 2],
+        padding: [2, 1, 0, 3],
+        dilation: [2, 2],
+        groups: 1,
+    });
+    cases.push(Case {
+        n: 2,
+        c: 8,
+        o: 12,
+        hw: [10, 10],
+        k: [3, 3],
+        stride: [1, 1],
+        padding: [1; 4],
+        dilation: [1, 1],
+        groups: 4,
+    });
+    for (i, c) in cases.iter().enumerate() {
+        check(c, DType::F32, 10 + i as u64);
+    }
+    for c in &cases[..8] {
+        check(c, DType::F64, 3);
+    }
+}
