@@ -227,7 +227,8 @@ impl Jit {
             e.b.finalize(self.module.target_config());
         }
         // Debug knobs: KILN_DUMP_CLIF prints each kernel's Cranelift IR,
-        // KILN_DUMP_ASM its machine code.
+        // KILN_DUMP_ASM its machine code, KILN_DUMP_ROWS the AVX-512 row
+        // programs (wide.rs).
         if std::env::var_os("KILN_DUMP_CLIF").is_some() {
             eprintln!("; kernel {kernel}\n{}", self.ctx.func.display());
         }

@@ -827,22 +827,32 @@ impl Executable for CpuExecutable {
         let result = self.run_steps(&mut steps, table);
         self.steps = steps;
         result?;
+        // Results move out on their last use (a copy only where a buffer is
+        // fetched twice, or fetched and also a variable's new value).
+        let mut uses: HashMap<BufferId, usize> = HashMap::new();
+        let updates = self.program.updates.iter().map(|&(_, val)| val);
+        for b in self.program.outputs.iter().copied().chain(updates) {
+            *uses.entry(b).or_default() += 1;
+        }
+        let mut take = |b: BufferId, this: &Self| -> Array {
+            let left = uses.get_mut(&b).expect("counted above");
+            *left -= 1;
+            let found = if *left == 0 {
+                results.remove(&b)
+            } else {
+                results.get(&b).cloned()
+            };
+            found.unwrap_or_else(|| this.read(b))
+        };
         let outputs = self
             .program
             .outputs
             .iter()
-            .map(|&b| match results.get(&b) {
-                Some(a) => a.clone(),
-                None => self.read(b),
-            })
+            .map(|&b| take(b, self))
             .collect();
         for &(var, val) in &self.program.updates {
             if let Storage::Variable { name } = &self.program.buffer(var).storage {
-                let v = match results.get(&val) {
-                    Some(a) => a.clone(),
-                    None => self.read(val),
-                };
-                variables.insert(name.clone(), v);
+                variables.insert(name.clone(), take(val, self));
             }
         }
         Ok(outputs)

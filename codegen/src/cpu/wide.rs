@@ -10,10 +10,12 @@
 //! one branch per instruction per block; every instruction runs as a tight
 //! loop of 16-lane operations.
 //!
-//! The approximations are the same algorithms, constants and operation
-//! order as the 128-bit code in `vector.rs` (with FMA), so both paths give
-//! the same results and share the error bounds tested in
-//! `tests/tests/cpu_math.rs`.
+//! The approximations are the algorithms and constants of the 128-bit code
+//! in `vector.rs`, except that the reciprocals inside tanh, sigmoid and erf
+//! are a hardware estimate refined by a Newton step rather than a division,
+//! and that a product feeding only a sum or difference is one fused
+//! multiply-add; both paths are held to the same error bounds by
+//! `tests/tests/cpu_math.rs` and `tests/tests/cpu_wide.rs`.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -55,10 +57,19 @@ enum Fill {
     Scalar(u16),
 }
 
+/// Which fused multiply-add: `a * b + c`, `a * b - c` or `c - a * b`.
+#[derive(Clone, Copy, Debug)]
+enum MulAdd {
+    Add,
+    Sub,
+    SubFrom,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Step {
     Unary(UnaryOp, Src),
     Binary(BinaryOp, Src, Src),
+    MulAdd(MulAdd, Src, Src, Src),
     Select(Src, Src, Src),
     Copy(Src),
 }
@@ -123,17 +134,38 @@ impl RowProgram {
                 _ => {}
             }
         }
-        // Last step index that reads each instruction's value.
+        // Last step index that reads each instruction's value, and how many
+        // steps read it.
         let mut last_use = vec![0usize; p.instrs.len()];
+        let mut uses = vec![0usize; p.instrs.len()];
         for (i, ins) in p.instrs.iter().enumerate().filter(|(i, _)| needed[*i]) {
-            let reads: &[usize] = match ins {
-                Instr::Unary(_, a) => &[*a],
-                Instr::Binary(_, a, b) => &[*a, *b],
-                Instr::Select(c, a, b) => &[*c, *a, *b],
-                _ => &[],
-            };
-            for &r in reads {
+            for r in operands(ins) {
                 last_use[r] = i;
+                uses[r] += 1;
+            }
+        }
+        // A product read only by a sum or difference becomes one fused
+        // multiply-add there (one pass over the block instead of two).
+        let mut fused: Vec<Option<usize>> = vec![None; p.instrs.len()];
+        for (i, ins) in p.instrs.iter().enumerate().filter(|(i, _)| needed[*i]) {
+            if let Instr::Binary(BinaryOp::Add | BinaryOp::Sub, a, c) = *ins {
+                let product = |m: usize| {
+                    m != p.result
+                        && uses[m] == 1
+                        && matches!(p.instrs[m], Instr::Binary(BinaryOp::Mul, ..))
+                };
+                let m = if product(a) {
+                    a
+                } else if product(c) && c != a {
+                    c
+                } else {
+                    continue;
+                };
+                fused[m] = Some(i);
+                if let Instr::Binary(_, x, y) = p.instrs[m] {
+                    last_use[x] = last_use[x].max(i);
+                    last_use[y] = last_use[y].max(i);
+                }
             }
         }
         let mut b = Builder {
@@ -209,7 +241,30 @@ impl RowProgram {
                         Eq | Ne | Lt | Le | Gt | Ge => float[i] = false,
                         _ => return None,
                     }
-                    (Step::Binary(f, vals[a]?, vals[c]?), vec![a, c])
+                    if fused[i].is_some() {
+                        // Computed by the step that reads it.
+                        continue;
+                    }
+                    let product = |m: usize| match p.instrs[m] {
+                        Instr::Binary(Mul, x, y) if fused[m] == Some(i) => Some((x, y)),
+                        _ => None,
+                    };
+                    match (f, product(a), product(c)) {
+                        (Add, Some((x, y)), _) | (Add, None, Some((x, y))) => {
+                            let other = if product(a).is_some() { c } else { a };
+                            let step = Step::MulAdd(MulAdd::Add, vals[x]?, vals[y]?, vals[other]?);
+                            (step, vec![x, y, other])
+                        }
+                        (Sub, Some((x, y)), _) => {
+                            let step = Step::MulAdd(MulAdd::Sub, vals[x]?, vals[y]?, vals[c]?);
+                            (step, vec![x, y, c])
+                        }
+                        (Sub, None, Some((x, y))) => {
+                            let step = Step::MulAdd(MulAdd::SubFrom, vals[x]?, vals[y]?, vals[a]?);
+                            (step, vec![x, y, a])
+                        }
+                        _ => (Step::Binary(f, vals[a]?, vals[c]?), vec![a, c]),
+                    }
                 }
                 Instr::Select(c, x, y) => {
                     if float[c] || !float[x] || !float[y] {
@@ -249,12 +304,24 @@ impl RowProgram {
         let Builder {
             fills, steps, rows, ..
         } = b;
+        if std::env::var_os("KILN_DUMP_ROWS").is_some() {
+            eprintln!("row program: fills {fills:?}\n steps {steps:?}");
+        }
         Some(RowProgram {
             fills,
             steps,
             rows,
             ptrs: n + usize::from(acc != RowAccess::None),
         })
+    }
+}
+
+fn operands(ins: &Instr) -> Vec<usize> {
+    match *ins {
+        Instr::Unary(_, a) => vec![a],
+        Instr::Binary(_, a, b) => vec![a, b],
+        Instr::Select(c, a, b) => vec![c, a, b],
+        _ => Vec::new(),
     }
 }
 
@@ -407,6 +474,7 @@ impl RowProgram {
                     Step::Unary(f, a) => unary(f, d, at(a), nvec),
                     Step::Binary(f, a, b) => binary(f, d, at(a), at(b), nvec),
                     Step::Select(c, a, b) => select(d, at(c), at(a), at(b), nvec),
+                    Step::MulAdd(k, a, b, c) => mul_add(k, d, at(a), at(b), at(c), nvec),
                     Step::Copy(a) => {
                         let a = at(a);
                         for j in 0..nvec {
@@ -484,6 +552,24 @@ unsafe fn binary(f: BinaryOp, d: *mut f32, a: *const f32, b: *const f32, n: usiz
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn mul_add(k: MulAdd, d: *mut f32, a: *const f32, b: *const f32, c: *const f32, n: usize) {
+    // SAFETY: every pointer holds n vectors.
+    unsafe {
+        for j in 0..n {
+            let x = _mm512_loadu_ps(a.add(j * W));
+            let y = _mm512_loadu_ps(b.add(j * W));
+            let z = _mm512_loadu_ps(c.add(j * W));
+            let r = match k {
+                MulAdd::Add => _mm512_fmadd_ps(x, y, z),
+                MulAdd::Sub => _mm512_fmsub_ps(x, y, z),
+                MulAdd::SubFrom => _mm512_fnmadd_ps(x, y, z),
+            };
+            _mm512_storeu_ps(d.add(j * W), r);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
 unsafe fn select(d: *mut f32, c: *const f32, a: *const f32, b: *const f32, n: usize) {
     // SAFETY: every pointer holds n vectors.
     unsafe {
@@ -523,6 +609,19 @@ fn recip(x: __m512) -> __m512 {
 #[target_feature(enable = "avx512f,avx512dq")]
 fn rsqrt(x: __m512) -> __m512 {
     _mm512_div_ps(splat(1.0), _mm512_sqrt_ps(x))
+}
+
+/// `1 / d` for `d >= 1` (or +inf, or NaN) to within 1 ulp or so: the
+/// 14-bit hardware estimate and one Newton step, in place of a division
+/// (which costs several times more on every AVX-512 core).
+#[target_feature(enable = "avx512f,avx512dq")]
+fn recip_ge1(d: __m512) -> __m512 {
+    let r = _mm512_rcp14_ps(d);
+    let e = _mm512_fnmadd_ps(d, r, splat(1.0));
+    let nr = _mm512_fmadd_ps(r, e, r);
+    // 1/inf: the estimate is 0, the step would give NaN.
+    let inf = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(d, splat(f32::INFINITY));
+    _mm512_mask_blend_ps(inf, nr, r)
 }
 
 /// `max` that propagates NaN (the hardware returns its second operand).
@@ -657,15 +756,14 @@ fn copysign(mag: __m512, sign_of: __m512) -> __m512 {
 fn tanh(x: __m512) -> __m512 {
     let t = exp(_mm512_mul_ps(_mm512_abs_ps(x), splat(-2.0)));
     let one = splat(1.0);
-    let r = _mm512_div_ps(_mm512_sub_ps(one, t), _mm512_add_ps(one, t));
+    let r = _mm512_mul_ps(_mm512_sub_ps(one, t), recip_ge1(_mm512_add_ps(one, t)));
     copysign(r, x)
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
 fn sigmoid(x: __m512) -> __m512 {
     let e = exp(neg(x));
-    let one = splat(1.0);
-    _mm512_div_ps(one, _mm512_add_ps(one, e))
+    recip_ge1(_mm512_add_ps(splat(1.0), e))
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
@@ -673,7 +771,7 @@ fn erf(x: __m512) -> __m512 {
     let ax = _mm512_abs_ps(x);
     let one = splat(1.0);
     let t = _mm512_fmadd_ps(splat(0.327_591_1), ax, one);
-    let t = _mm512_div_ps(one, t);
+    let t = recip_ge1(t);
     let q = horner(
         t,
         &[
