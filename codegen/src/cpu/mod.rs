@@ -10,6 +10,7 @@ mod conv;
 mod functions;
 mod gemv;
 mod jit;
+mod sgemm;
 mod support;
 mod vector;
 mod wide;
@@ -102,6 +103,8 @@ enum Step {
         batch: Vec<usize>,
         mnk: [usize; 3],
         epilogue: Option<Launch>,
+        /// The right-hand side packed at compile time (f32, constant).
+        packed: Option<sgemm::PackedB>,
     },
     Conv {
         conv: conv::Conv,
@@ -148,6 +151,44 @@ unsafe impl Send for CpuExecutable {}
 
 fn is_identity(e: &Epilogue) -> bool {
     e.program.instrs.len() == 1 && e.inputs.is_empty()
+}
+
+impl CpuBackend {
+    /// The right-hand side of an f32 matrix product packed for
+    /// `sgemm`, where it is a constant, the product has one batch and more
+    /// than one row (one row is a matrix-vector product), and the host runs
+    /// AVX-512.
+    fn pack(
+        &self,
+        program: &KernelProgram,
+        b: &Operand,
+        batch: &[usize],
+        [m, n, k]: [usize; 3],
+    ) -> Option<sgemm::PackedB> {
+        let buf = program.buffer(b.buffer);
+        let Storage::Constant { value } = &buf.storage else {
+            return None;
+        };
+        if !self.avx512
+            || !sgemm::available()
+            || buf.dtype != DType::F32
+            || m < 2
+            || batch.iter().product::<usize>() != 1
+        {
+            return None;
+        }
+        let nbd = batch.len();
+        let (rs, cs) = (b.strides[nbd], b.strides[nbd + 1]);
+        if rs < 0 || cs < 0 || b.offset < 0 {
+            return None;
+        }
+        let data = value.0.as_slice::<f32>()?;
+        let view = data.get(b.offset as usize..)?;
+        if k == 0 || n == 0 || (k - 1) * rs as usize + (n - 1) * cs as usize >= view.len() {
+            return None;
+        }
+        Some(sgemm::PackedB::new(view, rs as usize, cs as usize, k, n))
+    }
 }
 
 impl Backend for CpuBackend {
@@ -245,6 +286,7 @@ impl Backend for CpuBackend {
                         ..
                     } => Step::MatMul {
                         out: *out,
+                        packed: self.pack(program, b, batch, *mnk),
                         a: a.clone(),
                         b: b.clone(),
                         batch: batch.clone(),
@@ -677,6 +719,31 @@ impl CpuExecutable {
         }
     }
 
+    /// A matrix product through the `gemm` crate (or the matrix-vector
+    /// path), on this executable's pool.
+    fn gemm_step(
+        &self,
+        out: &BufferId,
+        a: &Operand,
+        b: &Operand,
+        batch: &[usize],
+        mnk: [usize; 3],
+        parallel: bool,
+    ) -> Result<()> {
+        // GEMM threads come from this executable's pool, not rayon's
+        // global one, so kernels never oversubscribe the cores.
+        let (po, pa, pb) = (
+            SendMut(self.table[out.0]),
+            SendMut(self.table[a.buffer.0]),
+            SendMut(self.table[b.buffer.0]),
+        );
+        let (dtype, threads) = (self.program.buffer(*out).dtype, self.threads);
+        let pool = self.pool.as_ref();
+        self.in_pool(parallel, || {
+            Self::matmul(po, pa, pb, dtype, a, b, batch, mnk, threads, pool)
+        })
+    }
+
     fn run_steps(&self, steps: &mut [Step], table: *const *mut u8) -> Result<()> {
         let at = |ki: usize| {
             move |e: Error| match e {
@@ -696,22 +763,31 @@ impl CpuExecutable {
                     batch,
                     mnk,
                     epilogue,
+                    packed,
                 } => {
-                    // GEMM threads come from this executable's pool, not rayon's
-                    // global one, so kernels never oversubscribe the cores.
-                    let (po, pa, pb) = (
-                        SendMut(self.table[out.0]),
-                        SendMut(self.table[a.buffer.0]),
-                        SendMut(self.table[b.buffer.0]),
-                    );
-                    let (dtype, threads) = (self.program.buffer(*out).dtype, self.threads);
                     let parallel = batch.iter().product::<usize>() * mnk.iter().product::<usize>()
                         >= PARALLEL_WORK;
-                    let pool = self.pool.as_ref();
-                    self.in_pool(parallel, || {
-                        Self::matmul(po, pa, pb, dtype, a, b, batch, *mnk, threads, pool)
-                    })
-                    .map_err(at(ki))?;
+                    if let Some(pb) = packed {
+                        let nbd = batch.len();
+                        let lhs = sgemm::Lhs {
+                            // SAFETY: the view's offset lies inside its buffer.
+                            ptr: unsafe {
+                                (self.table[a.buffer.0] as *const f32).add(a.offset as usize)
+                            },
+                            rs: a.strides[nbd] as isize,
+                            cs: a.strides[nbd + 1] as isize,
+                            m: mnk[0],
+                        };
+                        let out = self.table[out.0] as *mut f32;
+                        // SAFETY: the operand view and output have the product's
+                        // shapes; `pack` checked the host.
+                        unsafe {
+                            sgemm::matmul(lhs, pb, out, self.threads, self.pool.as_ref(), parallel)
+                        };
+                    } else {
+                        self.gemm_step(out, a, b, batch, *mnk, parallel)
+                            .map_err(at(ki))?;
+                    }
                     if let Some(l) = epilogue {
                         self.launch(l, table);
                     }
