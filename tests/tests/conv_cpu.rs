@@ -1,5 +1,6 @@
 //! 2-D convolution on the CPU backend (direct AVX-512 kernel where the host
-//! has it, im2col + GEMM otherwise) against the reference interpreter, over
+//! has it and it pays, im2col + GEMM otherwise; each forced on every shape
+//! too) against the reference interpreter, over
 //! strides, paddings, kernel sizes, dilations, groups, batch sizes and
 //! channel counts and widths that are not multiples of 16, on one thread and
 //! on several (large shapes split across threads).
@@ -200,8 +201,19 @@ fn conv_shapes_match_the_reference() {
         dilation: [1, 1],
         groups: 4,
     });
-    for (i, c) in cases.iter().enumerate() {
-        check(c, DType::F32, 10 + i as u64);
+    // The backend picks the direct kernel or im2col + GEMM per shape;
+    // `KILN_CONV` (read when a convolution is compiled) forces each path on
+    // every shape. This is the only test in this binary, so nothing else
+    // reads the variable meanwhile.
+    for mode in ["direct", "gemm", ""] {
+        if mode.is_empty() {
+            std::env::remove_var("KILN_CONV");
+        } else {
+            std::env::set_var("KILN_CONV", mode);
+        }
+        for (i, c) in cases.iter().enumerate() {
+            check(c, DType::F32, 10 + i as u64);
+        }
     }
     for c in &cases[..8] {
         check(c, DType::F64, 3);

@@ -43,7 +43,10 @@ impl Conv {
         groups: usize,
     ) -> Conv {
         #[cfg(target_arch = "x86_64")]
-        let direct = if dtype == DType::F32 && groups == 1 && Self::direct_pays() {
+        let direct = if dtype == DType::F32
+            && groups == 1
+            && Self::direct_pays(weight, out_hw, stride, padding, dilation)
+        {
             direct::Direct::new(input, weight, out_hw, stride, padding, dilation).map(Box::new)
         } else {
             None
@@ -75,9 +78,33 @@ impl Conv {
         }
     }
 
-    /// Whether the direct path may be used (`KILN_CONV=gemm` turns it off).
-    fn direct_pays() -> bool {
-        std::env::var("KILN_CONV").map_or(true, |v| v != "gemm")
+    /// Whether the direct kernel beats im2col + GEMM for this shape.
+    ///
+    /// Measured one thread, Zen 5 (direct vs GEMM, us): 3x3 16->16 on 32x32
+    /// 19.4 vs 35.7, 16->32 stride 2 12.3 vs 21.1, 32->32 on 16x16 21.3 vs
+    /// 35.4, 64->64 on 14x14 72 vs 96, on 12x12 64 vs 70, but on 8x8 46 vs
+    /// 35 and 4x4 110 vs 50 (a pixel vector is one output row, so narrow
+    /// rows waste lanes); 256->256 on 14x14 equal, 512->512 on 16x16 6.5 ms
+    /// vs 5.2 ms (long reductions favour GEMM's blocking); 1x1 stride 1
+    /// unpadded (GEMM on the input itself) 35 vs 30. Hence: output rows of
+    /// at least 12, at most 2304 taps per output, and not a plain 1x1.
+    /// `KILN_CONV=gemm` or `KILN_CONV=direct` overrides the rule.
+    fn direct_pays(
+        weight: [usize; 4],
+        out_hw: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 4],
+        dilation: [usize; 2],
+    ) -> bool {
+        match std::env::var("KILN_CONV").as_deref() {
+            Ok("gemm") => false,
+            Ok("direct") => true,
+            _ => {
+                out_hw[1] >= 12
+                    && weight[1] * weight[2] * weight[3] <= 2304
+                    && !Self::is_direct(weight, stride, padding, dilation)
+            }
+        }
     }
 
     fn is_direct(

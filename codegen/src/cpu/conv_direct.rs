@@ -128,10 +128,9 @@ impl Direct {
                 }
             }
         }
-        let rows = (0..h).filter(|&iy| rows[iy]).collect();
+        let rows: Vec<usize> = (0..h).filter(|&iy| rows[iy]).collect();
         let k = c * kh * kw;
         Some(Direct {
-            rows,
             n,
             c,
             h,
@@ -146,6 +145,7 @@ impl Direct {
             row,
             plane,
             padded,
+            rows,
             koff,
             vecs,
             packed: vec![0.0; o.div_ceil(MR) * MR * k],
@@ -393,8 +393,22 @@ unsafe fn deinterleave2(line: *const f32, w: usize, dst: *mut f32, pl: usize, ph
         // the other one.
         let (pe, po) = (pl % 2, 1 - pl % 2);
         let mut ix = 0;
-        while ix < w {
-            let r = (w - ix).min(32);
+        while ix + 32 <= w {
+            let a = _mm512_loadu_ps(line.add(ix));
+            let b = _mm512_loadu_ps(line.add(ix + 16));
+            let (ce, co) = (ix + pl, ix + pl + 1);
+            _mm512_storeu_ps(
+                dst.add(pe * phase + ce / 2),
+                _mm512_permutex2var_ps(a, ie, b),
+            );
+            _mm512_storeu_ps(
+                dst.add(po * phase + co / 2),
+                _mm512_permutex2var_ps(a, io, b),
+            );
+            ix += 32;
+        }
+        if ix < w {
+            let r = w - ix;
             let (ma, mb) = (lanes(r.min(16)), lanes(r.saturating_sub(16)));
             let a = _mm512_maskz_loadu_ps(ma, line.add(ix));
             let b = _mm512_maskz_loadu_ps(mb, line.add(ix + 16));
@@ -409,7 +423,6 @@ unsafe fn deinterleave2(line: *const f32, w: usize, dst: *mut f32, pl: usize, ph
                 lanes(r / 2),
                 _mm512_permutex2var_ps(a, io, b),
             );
-            ix += 32;
         }
     }
 }
