@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::kernel::KernelProgram;
 use crate::pass::PassReport;
 use crate::passes::default_pipeline;
-use crate::{lower, plan};
+use crate::{loops, lower, plan};
 
 /// Options of [`compile`].
 #[derive(Clone, Debug, Default)]
@@ -49,6 +49,7 @@ pub fn compile(
         pipeline.run(&g)?
     };
     let (mut program, _) = lower::lower(&g, bindings)?;
+    loops::reshape_loops(&mut program);
     plan::schedule(&mut program);
     plan::plan_memory(&mut program);
     Ok(Compiled {

@@ -135,6 +135,10 @@ impl Index {
         if lo == hi {
             return Index::constant(lo.div_euclid(k));
         }
+        // floor((k*q + r) / k) = q + floor(r / k) for integral q.
+        if q != Index::default() {
+            return q.add(&r.div(k, ext));
+        }
         Index {
             terms: vec![(1, Atom::Div(Box::new(self.clone()), k))],
             constant: 0,

@@ -18,6 +18,7 @@ pub mod exec;
 pub mod fuse;
 pub mod index;
 pub mod kernel;
+pub mod loops;
 pub mod lower;
 pub mod pass;
 pub mod passes;

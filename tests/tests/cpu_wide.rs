@@ -136,3 +136,27 @@ fn broadcasts_epilogues_and_row_maps_over_long_rows() {
         });
     }
 }
+
+#[test]
+fn reductions_over_long_rows() {
+    for (rows, n) in SHAPES {
+        agree("sum", rows, n, |_, x, y| x.mul(y)?.sum(&[-1], true)?.add(x));
+        agree("max", rows, n, |_, x, y| x.add(y)?.max(&[-1], true)?.sub(y));
+        agree("min", rows, n, |_, x, _| x.exp()?.min(&[-1], true)?.mul(x));
+        agree("prod", rows, n, |_, x, _| {
+            x.mul(0.001)?.add(1.0)?.prod(&[-1], true)?.add(x)
+        });
+        // A NaN in a row wins its max and min.
+        agree("max nan", rows, n, |g, x, _| {
+            let nan = x.mul(0.0)?.add(f64::NAN)?;
+            let x = g.select(x.gt(3.9)?, nan, x)?;
+            x.max(&[-1], true)?.add(x.min(&[-1], true)?)
+        });
+        agree("layer norm", rows, n, |_, x, _| {
+            let m = x.mean(&[-1], true)?;
+            let d = x.sub(m)?;
+            let v = d.mul(d)?.mean(&[-1], true)?;
+            d.mul(v.add(1e-5)?.rsqrt()?)
+        });
+    }
+}

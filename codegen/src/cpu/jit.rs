@@ -182,6 +182,14 @@ impl Jit {
             "kiln_row_f32",
             self.import("kiln_row_f32", &[ptr, ptr, ptr, types::I64], &[])?,
         );
+        funcs.insert(
+            "kiln_reduce_row_f32",
+            self.import(
+                "kiln_reduce_row_f32",
+                &[ptr, ptr, types::I64, types::I32],
+                &[types::F32],
+            )?,
+        );
         let mut sig = self.module.make_signature();
         sig.params.push(AbiParam::new(ptr));
         sig.params.push(AbiParam::new(types::I64));
@@ -407,7 +415,7 @@ impl Emitter<'_, '_> {
         self.b.ins().call(f, args);
     }
 
-    fn call(&mut self, name: &'static str, args: &[Value]) -> Value {
+    pub(super) fn call(&mut self, name: &'static str, args: &[Value]) -> Value {
         let f = self.funcs[name];
         let inst = self.b.ins().call(f, args);
         self.b.inst_results(inst)[0]

@@ -96,5 +96,9 @@ pub(crate) fn symbols() -> Vec<(&'static str, *const u8)> {
         ("kiln_random_f32", random_f32 as *const u8),
         ("kiln_random_f64", random_f64 as *const u8),
         ("kiln_row_f32", super::wide::kiln_row_f32 as *const u8),
+        (
+            "kiln_reduce_row_f32",
+            super::wide::kiln_reduce_row_f32 as *const u8,
+        ),
     ]
 }

@@ -577,6 +577,31 @@ impl Emitter<'_, '_> {
         )
     }
 
+    /// A stack table of the addresses of every input's element at the
+    /// current loop indices, then `acc` (where given); returns its address.
+    fn row_pointers(&mut self, inputs: &[Access], acc: Option<Value>) -> Value {
+        use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        let idx = self.idx();
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            ((inputs.len() + 1) * 8) as u32,
+            3,
+        ));
+        for (k, a) in inputs.iter().enumerate() {
+            let off = self.index(&a.offset, &idx);
+            let addr = self.address(a.buffer, off);
+            self.b
+                .ins()
+                .stack_store(types::I64, addr, slot, (k * 8) as i32);
+        }
+        if let Some(a) = acc {
+            self.b
+                .ins()
+                .stack_store(types::I64, a, slot, (inputs.len() * 8) as i32);
+        }
+        self.b.ins().stack_addr(types::I64, slot, 0)
+    }
+
     /// A row handed to `kiln_row_f32`: the address of its first element
     /// in every input (and of its accumulator), then one call.
     #[allow(clippy::too_many_arguments)]
@@ -593,19 +618,6 @@ impl Emitter<'_, '_> {
         use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
         self.b.def_var(var, start);
         let idx = self.idx();
-        let count = inputs.len() + 1;
-        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
-            StackSlotKind::ExplicitSlot,
-            (count * 8) as u32,
-            3,
-        ));
-        for (k, a) in inputs.iter().enumerate() {
-            let off = self.index(&a.offset, &idx);
-            let addr = self.address(a.buffer, off);
-            self.b
-                .ins()
-                .stack_store(types::I64, addr, slot, (k * 8) as i32);
-        }
         let lin = self.linear(&idx, strides);
         let out_addr = self.address(out, lin);
         let acc_addr = match acc {
@@ -621,12 +633,7 @@ impl Emitter<'_, '_> {
                 Some(self.b.ins().stack_addr(types::I64, s, 0))
             }
         };
-        if let Some(a) = acc_addr {
-            self.b
-                .ins()
-                .stack_store(types::I64, a, slot, (inputs.len() * 8) as i32);
-        }
-        let table = self.b.ins().stack_addr(types::I64, slot, 0);
+        let table = self.row_pointers(inputs, acc_addr);
         let n = self.b.ins().isub(end, start);
         let prog = self
             .b
@@ -650,6 +657,27 @@ impl Emitter<'_, '_> {
     ) -> Result<Value> {
         let last = shape.len() - 1;
         let var = self.loop_vars[last];
+        if self.wide && shape[last] >= wide_threshold(body) {
+            let stride = |a: &Access| unit_stride(a, last);
+            if let Some(rp) = RowProgram::new(self.prog, inputs, body, &stride, RowAccess::None) {
+                let rp = Box::new(rp);
+                let start = self.b.ins().iconst(types::I64, 0);
+                self.b.def_var(var, start);
+                let table = self.row_pointers(inputs, None);
+                let n = self.b.ins().iconst(types::I64, shape[last] as i64);
+                let prog = self
+                    .b
+                    .ins()
+                    .iconst(types::I64, &*rp as *const RowProgram as i64);
+                let code = self
+                    .b
+                    .ins()
+                    .iconst(types::I32, super::wide::reduce_code(f) as i64);
+                self.rows.push(rp);
+                let r = self.call("kiln_reduce_row_f32", &[prog, table, n, code]);
+                return Ok(reduce_combine(self, f, acc, r));
+            }
+        }
         let vacc = self.b.declare_var(V);
         // Start the lanes from the identity and fold the incoming value in once.
         let identity = match f {

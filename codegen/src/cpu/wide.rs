@@ -22,7 +22,7 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use kiln_graph::{BinaryOp, DType, UnaryOp};
+use kiln_graph::{BinaryOp, DType, ReduceOp, UnaryOp};
 use kiln_optimizer::kernel::{Access, ElementProgram, Instr, KernelProgram};
 
 /// Lanes per vector.
@@ -394,11 +394,81 @@ struct Scratch([f32; BLOCK * MAX_SLOTS]);
 #[repr(C, align(64))]
 struct Stage([[f32; W]; MAX_PTRS + 1]);
 
+#[repr(C, align(64))]
+struct Block([f32; BLOCK]);
+
+fn identity(op: ReduceOp) -> f32 {
+    match op {
+        ReduceOp::Sum => 0.0,
+        ReduceOp::Prod => 1.0,
+        ReduceOp::Max => f32::NEG_INFINITY,
+        ReduceOp::Min => f32::INFINITY,
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+fn combine(op: ReduceOp, a: __m512, b: __m512) -> __m512 {
+    match op {
+        ReduceOp::Sum => _mm512_add_ps(a, b),
+        ReduceOp::Prod => _mm512_mul_ps(a, b),
+        ReduceOp::Max => max(a, b),
+        ReduceOp::Min => min(a, b),
+    }
+}
+
+/// The reference's meaning: NaN wins max and min.
+fn combine_scalar(op: ReduceOp, a: f32, b: f32) -> f32 {
+    match op {
+        ReduceOp::Sum => a + b,
+        ReduceOp::Prod => a * b,
+        _ if a.is_nan() || b.is_nan() => f32::NAN,
+        ReduceOp::Max => a.max(b),
+        ReduceOp::Min => a.min(b),
+    }
+}
+
+/// The reduction (`op`: 0 sum, 1 product, 2 max, 3 min) of a row's values:
+/// the row program's result over `0..n`.
+///
+/// # Safety
+/// As [`kiln_row_f32`], without the output.
+pub(crate) unsafe extern "C" fn kiln_reduce_row_f32(
+    prog: *const RowProgram,
+    ptrs: *const *const f32,
+    n: i64,
+    op: i32,
+) -> f32 {
+    let op = match op {
+        0 => ReduceOp::Sum,
+        1 => ReduceOp::Prod,
+        2 => ReduceOp::Max,
+        _ => ReduceOp::Min,
+    };
+    if n <= 0 {
+        return identity(op);
+    }
+    // SAFETY: as the caller promises.
+    unsafe {
+        let p = &*prog;
+        let ptrs = std::slice::from_raw_parts(ptrs, p.ptrs);
+        p.reduce(ptrs, n as usize, op)
+    }
+}
+
+/// The code `kiln_reduce_row_f32` takes for `op`.
+pub(crate) fn reduce_code(op: ReduceOp) -> i32 {
+    match op {
+        ReduceOp::Sum => 0,
+        ReduceOp::Prod => 1,
+        ReduceOp::Max => 2,
+        ReduceOp::Min => 3,
+    }
+}
+
 impl RowProgram {
+    /// Fills the row-invariant slots.
     #[target_feature(enable = "avx512f,avx512dq")]
-    unsafe fn run(&self, ptrs: &[*const f32], out: *mut f32, n: usize) {
-        let mut scratch = MaybeUninit::<Scratch>::uninit();
-        let slots = scratch.as_mut_ptr() as *mut f32;
+    unsafe fn fill(&self, slots: *mut f32, ptrs: &[*const f32]) {
         // SAFETY: fills write whole slots inside the scratch; scalar
         // pointers are valid for one element.
         unsafe {
@@ -413,37 +483,101 @@ impl RowProgram {
                 }
             }
         }
-        let whole = n / W * W;
-        let mut off = 0;
-        while off < whole {
-            let len = BLOCK.min(whole - off);
-            // SAFETY: rows are valid for n >= off + len elements.
-            unsafe { self.block(slots, ptrs, off, out.add(off), len / W) };
-            off += len;
+    }
+
+    /// Runs the last partial vector of a row (`rest` < 16 elements from
+    /// `off`) through whole vectors: the contiguous rows are copied into
+    /// `stage`, the result lands in `stage`'s last vector, returned.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn tail(
+        &self,
+        slots: *mut f32,
+        ptrs: &[*const f32],
+        off: usize,
+        rest: usize,
+        stage: &mut MaybeUninit<Stage>,
+    ) -> *mut f32 {
+        let mask: __mmask16 = ((1u32 << rest) - 1) as __mmask16;
+        let st = stage.as_mut_ptr() as *mut f32;
+        let mut staged = [std::ptr::null::<f32>(); MAX_PTRS];
+        staged[..ptrs.len()].copy_from_slice(ptrs);
+        // SAFETY: each row has `rest` valid elements from `off`; the stage
+        // has a vector per pointer and one for the result.
+        unsafe {
+            for &k in &self.rows {
+                let d = st.add(k as usize * W);
+                let v = _mm512_maskz_loadu_ps(mask, ptrs[k as usize].add(off));
+                _mm512_store_ps(d, v);
+                staged[k as usize] = d.wrapping_sub(off);
+            }
+            let o = st.add(MAX_PTRS * W);
+            self.block(slots, &staged[..ptrs.len()], off, o, 1);
+            o
         }
-        if off < n {
-            // The last partial vector: staged through full vectors so every
-            // step reads and writes whole vectors.
-            let rest = n - off;
-            let mask: __mmask16 = ((1u32 << rest) - 1) as __mmask16;
-            let mut stage = MaybeUninit::<Stage>::uninit();
-            let st = stage.as_mut_ptr() as *mut f32;
-            let mut staged = [std::ptr::null::<f32>(); MAX_PTRS];
-            staged[..ptrs.len()].copy_from_slice(ptrs);
-            // SAFETY: each row has `rest` valid elements from `off`; the
-            // stage has a vector per pointer and one for the output.
-            unsafe {
-                for &k in &self.rows {
-                    let d = st.add(k as usize * W);
-                    let v = _mm512_maskz_loadu_ps(mask, ptrs[k as usize].add(off));
-                    _mm512_store_ps(d, v);
-                    staged[k as usize] = d.sub(off);
-                }
-                let o = st.add(MAX_PTRS * W);
-                self.block(slots, &staged[..ptrs.len()], off, o, 1);
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn run(&self, ptrs: &[*const f32], out: *mut f32, n: usize) {
+        let mut scratch = MaybeUninit::<Scratch>::uninit();
+        let slots = scratch.as_mut_ptr() as *mut f32;
+        // SAFETY: the rows are valid for n elements, `out` too.
+        unsafe {
+            self.fill(slots, ptrs);
+            let whole = n / W * W;
+            let mut off = 0;
+            while off < whole {
+                let len = BLOCK.min(whole - off);
+                self.block(slots, ptrs, off, out.add(off), len / W);
+                off += len;
+            }
+            if off < n {
+                let mut stage = MaybeUninit::<Stage>::uninit();
+                let o = self.tail(slots, ptrs, off, n - off, &mut stage);
+                let mask: __mmask16 = ((1u32 << (n - off)) - 1) as __mmask16;
                 _mm512_mask_storeu_ps(out.add(off), mask, _mm512_load_ps(o));
             }
         }
+    }
+
+    /// The reduction `op` of the row's values.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn reduce(&self, ptrs: &[*const f32], n: usize, op: ReduceOp) -> f32 {
+        let mut scratch = MaybeUninit::<Scratch>::uninit();
+        let slots = scratch.as_mut_ptr() as *mut f32;
+        let mut block = MaybeUninit::<Block>::uninit();
+        let tmp = block.as_mut_ptr() as *mut f32;
+        let id = splat(identity(op));
+        // Four accumulators, so the combining chain's latency overlaps.
+        let mut acc = [id; 4];
+        // SAFETY: the rows are valid for n elements; `tmp` holds a block.
+        unsafe {
+            self.fill(slots, ptrs);
+            let whole = n / W * W;
+            let mut off = 0;
+            while off < whole {
+                let len = BLOCK.min(whole - off);
+                self.block(slots, ptrs, off, tmp, len / W);
+                for j in 0..len / W {
+                    let v = _mm512_load_ps(tmp.add(j * W));
+                    acc[j % 4] = combine(op, acc[j % 4], v);
+                }
+                off += len;
+            }
+            if off < n {
+                let mut stage = MaybeUninit::<Stage>::uninit();
+                let o = self.tail(slots, ptrs, off, n - off, &mut stage);
+                let mask: __mmask16 = ((1u32 << (n - off)) - 1) as __mmask16;
+                let v = _mm512_mask_blend_ps(mask, id, _mm512_load_ps(o));
+                acc[0] = combine(op, acc[0], v);
+            }
+        }
+        let v = combine(op, combine(op, acc[0], acc[1]), combine(op, acc[2], acc[3]));
+        let mut lanes = [0f32; W];
+        // SAFETY: 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+        lanes
+            .into_iter()
+            .fold(identity(op), |a, b| combine_scalar(op, a, b))
     }
 
     /// Runs every step over `nvec` vectors from element `off` of the rows,

@@ -1,0 +1,224 @@
+//! Loop shapes that backends run well: a last pass over the lowered
+//! program that changes how kernels loop, never what they compute (every
+//! output element keeps its row-major position).
+//!
+//! - Leading loop dims of extent 1 are dropped, so loop variable 0 (the
+//!   one a backend splits across threads) has real extent: attention over
+//!   `[1, heads, seq, seq]` splits over heads.
+//! - An elementwise kernel's last dim is split in two where that removes
+//!   floor divisions and modulos from its index expressions: the merge of
+//!   attention heads reads `x[64*i1 + i2%64 + 8192*(i2/64)]` over
+//!   `[128, 256]`; over `[128, 4, 64]` it reads `x[64*i1 + i3 + 8192*i2]`,
+//!   which is contiguous along the last dim and so vectorizes.
+//!
+//! Not done: merging dims, reordering loops, or splitting any dim but the
+//! last (a kernel whose divisions sit on an outer dim keeps them).
+
+use crate::index::{Atom, Index};
+use crate::kernel::{Access, Cond, ElementProgram, Instr, Kernel, KernelProgram};
+
+/// Reshapes the loops of every elementwise and reduction kernel.
+pub fn reshape_loops(program: &mut KernelProgram) {
+    for k in &mut program.kernels {
+        match k {
+            Kernel::Elementwise {
+                shape,
+                inputs,
+                program,
+                ..
+            } => {
+                drop_unit_dims(shape, inputs, &mut [program], None);
+                while split_last(shape, inputs, program) {}
+            }
+            Kernel::Reduce {
+                shape,
+                axes,
+                inputs,
+                body,
+                map,
+                ..
+            } => {
+                let mut programs: Vec<&mut ElementProgram> = vec![body];
+                if let Some((_, m)) = map {
+                    programs.push(m);
+                }
+                drop_unit_dims(shape, inputs, &mut programs, Some(axes));
+            }
+            Kernel::MatMul { .. } | Kernel::Op { .. } => {}
+        }
+    }
+}
+
+/// Rewrites every index expression of a kernel with `f`.
+fn rewrite(
+    inputs: &mut [Access],
+    programs: &mut [&mut ElementProgram],
+    f: &dyn Fn(&Index) -> Index,
+) {
+    let conds = |cs: &mut Vec<Cond>| {
+        for c in cs {
+            c.expr = f(&c.expr);
+        }
+    };
+    for a in inputs {
+        a.offset = f(&a.offset);
+        conds(&mut a.mask);
+    }
+    for p in programs {
+        for ins in &mut p.instrs {
+            match ins {
+                Instr::InBounds(cs) => conds(cs),
+                Instr::IndexValue(e, _) => *e = f(e),
+                Instr::Random { index, .. } => *index = f(index),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn drop_unit_dims(
+    shape: &mut Vec<usize>,
+    inputs: &mut [Access],
+    programs: &mut [&mut ElementProgram],
+    axes: Option<&mut Vec<usize>>,
+) {
+    let lead = shape.iter().take_while(|&&n| n == 1).count();
+    // Keep one dim; and a reduction over a dropped dim keeps its shape.
+    let lead = lead.min(shape.len().saturating_sub(1));
+    if lead == 0 || axes.as_ref().is_some_and(|a| a.iter().any(|&d| d < lead)) {
+        return;
+    }
+    let ext: Vec<usize> = shape[lead..].to_vec();
+    rewrite(inputs, programs, &|e| {
+        substitute(
+            e,
+            &|v| {
+                if v < lead {
+                    Index::constant(0)
+                } else {
+                    Index::var(v - lead)
+                }
+            },
+            &ext,
+        )
+    });
+    shape.drain(..lead);
+    if let Some(axes) = axes {
+        for d in axes.iter_mut() {
+            *d -= lead;
+        }
+    }
+}
+
+/// Splits the last dim `n` into `[n / k, k]` for the divisor `k` that most
+/// reduces the divisions and modulos of the kernel's index expressions.
+/// Returns whether it split.
+fn split_last(shape: &mut Vec<usize>, inputs: &mut [Access], program: &mut ElementProgram) -> bool {
+    let Some(last) = shape.len().checked_sub(1) else {
+        return false;
+    };
+    let n = shape[last];
+    let before = count_divisions(inputs, program);
+    if before == 0 {
+        return false;
+    }
+    let mut divisors = Vec::new();
+    for a in inputs.iter() {
+        collect_divisors(&a.offset, last, &mut divisors);
+    }
+    divisors.retain(|&k| k > 1 && (k as usize) < n && n.is_multiple_of(k as usize));
+    divisors.sort_unstable();
+    divisors.dedup();
+    let mut best: Option<(usize, i64, Vec<Access>, ElementProgram)> = None;
+    for k in divisors {
+        let mut ext = shape.clone();
+        ext[last] = n / k as usize;
+        ext.push(k as usize);
+        let (mut ins, mut prog) = (inputs.to_vec(), program.clone());
+        rewrite(&mut ins, &mut [&mut prog], &|e| {
+            substitute(
+                e,
+                &|v| {
+                    if v == last {
+                        Index::var(last).mul(k).add(&Index::var(last + 1))
+                    } else {
+                        Index::var(v)
+                    }
+                },
+                &ext,
+            )
+        });
+        let after = count_divisions(&ins, &prog);
+        if after < before && best.as_ref().is_none_or(|b| after < b.0) {
+            best = Some((after, k, ins, prog));
+        }
+    }
+    let Some((_, k, ins, prog)) = best else {
+        return false;
+    };
+    shape[last] = n / k as usize;
+    shape.push(k as usize);
+    inputs.clone_from_slice(&ins);
+    *program = prog;
+    true
+}
+
+/// `e` with loop variable `v` replaced by `f(v)`, simplified over `ext`.
+pub fn substitute(e: &Index, f: &dyn Fn(usize) -> Index, ext: &[usize]) -> Index {
+    let mut out = Index::constant(e.constant);
+    for (c, a) in &e.terms {
+        let t = match a {
+            Atom::Var(v) => f(*v),
+            Atom::Div(inner, k) => substitute(inner, f, ext).div(*k, ext),
+            Atom::Mod(inner, k) => substitute(inner, f, ext).modulo(*k, ext),
+        };
+        out = out.add(&t.mul(*c));
+    }
+    out
+}
+
+fn count_in(e: &Index) -> usize {
+    e.terms
+        .iter()
+        .map(|(_, a)| match a {
+            Atom::Var(_) => 0,
+            Atom::Div(i, _) | Atom::Mod(i, _) => 1 + count_in(i),
+        })
+        .sum()
+}
+
+fn count_divisions(inputs: &[Access], p: &ElementProgram) -> usize {
+    let mut n = 0;
+    for a in inputs {
+        n += count_in(&a.offset);
+        n += a.mask.iter().map(|c| count_in(&c.expr)).sum::<usize>();
+    }
+    for ins in &p.instrs {
+        n += match ins {
+            Instr::InBounds(cs) => cs.iter().map(|c| count_in(&c.expr)).sum(),
+            Instr::IndexValue(e, _) => count_in(e),
+            Instr::Random { index, .. } => count_in(index),
+            _ => 0,
+        };
+    }
+    n
+}
+
+fn mentions(e: &Index, var: usize) -> bool {
+    e.terms.iter().any(|(_, a)| match a {
+        Atom::Var(v) => *v == var,
+        Atom::Div(i, _) | Atom::Mod(i, _) => mentions(i, var),
+    })
+}
+
+/// Divisors of division and modulo atoms whose operand involves `var`.
+fn collect_divisors(e: &Index, var: usize, out: &mut Vec<i64>) {
+    for (_, a) in &e.terms {
+        if let Atom::Div(i, k) | Atom::Mod(i, k) = a {
+            if mentions(i, var) {
+                out.push(*k);
+            }
+            collect_divisors(i, var, out);
+        }
+    }
+}
