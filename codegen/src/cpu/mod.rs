@@ -12,6 +12,7 @@ mod gemv;
 mod jit;
 mod sgemm;
 mod support;
+mod team;
 mod vector;
 mod wide;
 
@@ -56,7 +57,7 @@ impl Default for CpuBackend {
 /// Weight elements above which a batch-1 matrix-vector product splits its
 /// columns across the threads (handing work to the pool costs more than a
 /// 1-2 MB product gains from a second core: measured on mlp_b1).
-const GEMV_SPLIT: usize = 1 << 20;
+const GEMV_SPLIT: usize = 1 << 18;
 
 /// Work (multiply-adds) below which a GEMM stays on one thread.
 const PARALLEL_WORK: usize = 1 << 23;
@@ -459,25 +460,21 @@ impl CpuExecutable {
                     )
                 }
             };
-            match pool {
-                // Large weight matrices stream faster from two cores' caches.
-                Some(pool) if k * n >= GEMV_SPLIT && n >= 64 => {
-                    let parts = threads.min(n / 32).max(1);
-                    pool.scope(|s| {
-                        for p in 0..parts {
-                            let (lo, hi) = (
-                                n * p / parts / 16 * 16,
-                                if p + 1 == parts {
-                                    n
-                                } else {
-                                    n * (p + 1) / parts / 16 * 16
-                                },
-                            );
-                            s.spawn(move |_| run(lo..hi));
-                        }
-                    });
-                }
-                _ => run(0..n),
+            let team = team::Team::global();
+            // Large weight matrices stream faster from two cores' caches.
+            if pool.is_some() && k * n >= GEMV_SPLIT && n >= 64 {
+                let parts = threads.min(team.size()).min(n / 32).max(1);
+                team.run(parts, &|p| {
+                    let lo = n * p / parts / 16 * 16;
+                    let hi = if p + 1 == parts {
+                        n
+                    } else {
+                        n * (p + 1) / parts / 16 * 16
+                    };
+                    run(lo..hi)
+                });
+            } else {
+                run(0..n)
             }
             return Ok(());
         }
@@ -702,20 +699,19 @@ impl CpuExecutable {
     /// threads when that pays.
     fn launch(&self, l: &Launch, table: *const *mut u8) {
         let t = Table(table);
-        match &self.pool {
-            Some(pool) if l.split && l.work >= PARALLEL_ELEMENTS && l.extent >= 2 => {
-                let n = (self.threads as i64).min(l.extent);
-                pool.scope(|s| {
-                    for c in 0..n {
-                        let (lo, hi) = (l.extent * c / n, l.extent * (c + 1) / n);
-                        let f = l.f;
-                        // SAFETY: chunks cover disjoint ranges of the outermost loop.
-                        s.spawn(move |_| unsafe { f(t.get(), lo, hi) });
-                    }
-                });
-            }
+        let team = team::Team::global();
+        let n = (self.threads.min(team.size()) as i64).min(l.extent);
+        if l.split && l.work >= PARALLEL_ELEMENTS && n >= 2 {
+            let f = l.f;
+            team.run(n as usize, &|c| {
+                let c = c as i64;
+                let (lo, hi) = (l.extent * c / n, l.extent * (c + 1) / n);
+                // SAFETY: chunks cover disjoint ranges of the outermost loop.
+                unsafe { f(t.get(), lo, hi) }
+            });
+        } else {
             // SAFETY: the table points at live buffers of the program's types.
-            _ => unsafe { (l.f)(table, 0, l.extent) },
+            unsafe { (l.f)(table, 0, l.extent) }
         }
     }
 
@@ -781,9 +777,7 @@ impl CpuExecutable {
                         let out = self.table[out.0] as *mut f32;
                         // SAFETY: the operand view and output have the product's
                         // shapes; `pack` checked the host.
-                        unsafe {
-                            sgemm::matmul(lhs, pb, out, self.threads, self.pool.as_ref(), parallel)
-                        };
+                        unsafe { sgemm::matmul(lhs, pb, out, self.threads, parallel) };
                     } else {
                         self.gemm_step(out, a, b, batch, *mnk, parallel)
                             .map_err(at(ki))?;

@@ -62,47 +62,39 @@ pub(crate) struct Lhs {
     pub m: usize,
 }
 
-/// `out[m, n] = a @ b` (`out` contiguous), over `threads` threads of
-/// `pool` where the product is large enough to pay for them.
+/// `out[m, n] = a @ b` (`out` contiguous), over up to `threads` threads of
+/// the team where `parallel` (the product is large enough to pay).
 ///
 /// # Safety
 /// `a` must describe a readable `[m, k]` view and `out` point at `m * n`
 /// writable floats; the host must have AVX-512 F and DQ.
-pub(crate) unsafe fn matmul(
-    a: Lhs,
-    b: &PackedB,
-    out: *mut f32,
-    threads: usize,
-    pool: Option<&rayon::ThreadPool>,
-    parallel: bool,
-) {
+pub(crate) unsafe fn matmul(a: Lhs, b: &PackedB, out: *mut f32, threads: usize, parallel: bool) {
     let blocks = a.m.div_ceil(MR);
     let panels = b.panels();
     let out = Out(out);
-    match pool {
-        Some(pool) if parallel && threads > 1 => {
-            // Rows when there are enough 12-row blocks to go round, else panels.
-            let by_rows = blocks >= 2 * threads;
-            let units = if by_rows { blocks } else { panels };
-            let parts = threads.min(units);
-            pool.scope(|s| {
-                for t in 0..parts {
-                    let (lo, hi) = (units * t / parts, units * (t + 1) / parts);
-                    let (rows, cols) = if by_rows {
-                        ((lo * MR, (hi * MR).min(a.m)), (0, panels))
-                    } else {
-                        ((0, a.m), (lo, hi))
-                    };
-                    s.spawn(move |_| {
-                        let o = out;
-                        // SAFETY: the parts write disjoint tiles of `out`.
-                        unsafe { part(a, b, o.0, rows, cols) }
-                    });
-                }
-            });
-        }
-        _ => unsafe { part(a, b, out.0, (0, a.m), (0, panels)) },
+    let team = super::team::Team::global();
+    let threads = threads.min(team.size());
+    if !parallel || threads < 2 {
+        // SAFETY: as the caller promises.
+        return unsafe { part(a, b, out.0, (0, a.m), (0, panels)) };
     }
+    // Rows (whole 12-row blocks) when there are enough to go round: each
+    // thread then packs only its own rows (measured faster than splitting
+    // the panels, even where the panels share out more evenly).
+    let by_rows = blocks >= 2 * threads;
+    let units = if by_rows { blocks } else { panels };
+    let parts = threads.min(units);
+    team.run(parts, &|t| {
+        let (lo, hi) = (units * t / parts, units * (t + 1) / parts);
+        let (rows, cols) = if by_rows {
+            ((lo * MR, (hi * MR).min(a.m)), (0, panels))
+        } else {
+            ((0, a.m), (lo, hi))
+        };
+        let o = out;
+        // SAFETY: the parts write disjoint tiles of `out`.
+        unsafe { part(a, b, o.0, rows, cols) }
+    });
 }
 
 #[derive(Clone, Copy)]
@@ -114,52 +106,60 @@ unsafe impl Sync for Out {}
 unsafe impl Send for Lhs {}
 unsafe impl Sync for Lhs {}
 
-/// Rows `rows.0..rows.1` by panels `cols.0..cols.1` of the product.
+/// Rows `rows.0..rows.1` by panels `cols.0..cols.1` of the product. Per
+/// depth block, the part's rows are packed first; then each panel's block
+/// stays in L1 while every row block passes over it.
 #[target_feature(enable = "avx512f,avx512dq")]
 unsafe fn part(a: Lhs, b: &PackedB, out: *mut f32, rows: (usize, usize), cols: (usize, usize)) {
     let k = b.k;
     let n = b.n;
-    let mut apack = [0.0f32; MR * KC];
+    let blocks = (rows.1 - rows.0).div_ceil(MR);
+    let mut apack = vec![0.0f32; blocks * MR * KC.min(k)];
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
-        let mut i0 = rows.0;
-        while i0 < rows.1 {
+        for bi in 0..blocks {
+            let i0 = rows.0 + bi * MR;
             let mr = MR.min(rows.1 - i0);
+            let dst = &mut apack[bi * MR * kc..(bi + 1) * MR * kc];
             // SAFETY: rows i0..i0+mr and columns k0..k0+kc lie in the view.
             unsafe {
                 for kk in 0..kc {
                     for r in 0..mr {
-                        apack[kk * MR + r] = *a
+                        dst[kk * MR + r] = *a
                             .ptr
                             .offset((i0 + r) as isize * a.rs + (k0 + kk) as isize * a.cs);
                     }
                 }
             }
-            for p in cols.0..cols.1 {
-                let bp = b.data[p * k * NR + k0 * NR..].as_ptr();
-                let width = NR.min(n - p * NR);
+        }
+        for p in cols.0..cols.1 {
+            let bp = b.data[p * k * NR + k0 * NR..].as_ptr();
+            let width = NR.min(n - p * NR);
+            let first = k0 == 0;
+            for bi in 0..blocks {
+                let i0 = rows.0 + bi * MR;
+                let mr = MR.min(rows.1 - i0);
+                let ap = apack[bi * MR * kc..].as_ptr();
                 // SAFETY: the tile lies inside `out` ([m, n], contiguous).
                 let c = unsafe { out.add(i0 * n + p * NR) };
-                let first = k0 == 0;
                 unsafe {
                     match mr {
-                        12 => tile::<12>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        11 => tile::<11>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        10 => tile::<10>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        9 => tile::<9>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        8 => tile::<8>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        7 => tile::<7>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        6 => tile::<6>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        5 => tile::<5>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        4 => tile::<4>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        3 => tile::<3>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        2 => tile::<2>(apack.as_ptr(), bp, kc, c, n, first, width),
-                        _ => tile::<1>(apack.as_ptr(), bp, kc, c, n, first, width),
+                        12 => tile::<12>(ap, bp, kc, c, n, first, width),
+                        11 => tile::<11>(ap, bp, kc, c, n, first, width),
+                        10 => tile::<10>(ap, bp, kc, c, n, first, width),
+                        9 => tile::<9>(ap, bp, kc, c, n, first, width),
+                        8 => tile::<8>(ap, bp, kc, c, n, first, width),
+                        7 => tile::<7>(ap, bp, kc, c, n, first, width),
+                        6 => tile::<6>(ap, bp, kc, c, n, first, width),
+                        5 => tile::<5>(ap, bp, kc, c, n, first, width),
+                        4 => tile::<4>(ap, bp, kc, c, n, first, width),
+                        3 => tile::<3>(ap, bp, kc, c, n, first, width),
+                        2 => tile::<2>(ap, bp, kc, c, n, first, width),
+                        _ => tile::<1>(ap, bp, kc, c, n, first, width),
                     }
                 }
             }
-            i0 += mr;
         }
         k0 += kc;
     }
