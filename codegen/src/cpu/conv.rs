@@ -120,6 +120,16 @@ impl Conv {
             && dilation == [1, 1]
     }
 
+    /// True when the run hands work to the `gemm` crate's own threads
+    /// (one image through im2col), which must then run in a rayon pool.
+    pub(crate) fn uses_rayon(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.direct.is_some() {
+            return false;
+        }
+        self.input[0] < 2
+    }
+
     /// Runs the convolution.
     ///
     /// # Safety
@@ -173,7 +183,9 @@ impl Conv {
     ) {
         let n = self.input[0];
         let threads = match par {
-            gemm::Parallelism::Rayon(t) if n >= 2 => t.min(n),
+            gemm::Parallelism::Rayon(t) if n >= 2 => {
+                t.min(n).min(super::team::Team::global().size())
+            }
             _ => 1,
         };
         let per = self.scratch_len();
@@ -190,15 +202,12 @@ impl Conv {
         }
         // Images split across threads, each with its own column buffer and a
         // single-threaded GEMM.
-        std::thread::scope(|s| {
-            for t in 0..threads {
-                let (lo, hi) = (n * t / threads, n * (t + 1) / threads);
-                // SAFETY: thread t owns column slots [t*per, (t+1)*per) and output images lo..hi.
-                let col = SendPtr(unsafe { (this.scratch.as_ptr() as *mut T).add(t * per) });
-                s.spawn(move || unsafe {
-                    this.images(lo..hi, out, x, w, col, gemm::Parallelism::None)
-                });
-            }
+        super::team::Team::global().run(threads, &|t| {
+            let (out, x, w) = (out, x, w);
+            let (lo, hi) = (n * t / threads, n * (t + 1) / threads);
+            // SAFETY: part t owns column slots [t*per, (t+1)*per) and output images lo..hi.
+            let col = SendPtr(unsafe { (this.scratch.as_ptr() as *mut T).add(t * per) });
+            unsafe { this.images(lo..hi, out, x, w, col, gemm::Parallelism::None) };
         });
     }
 

@@ -165,8 +165,9 @@ impl Direct {
         w: *const f32,
         par: gemm::Parallelism,
     ) {
+        let team = crate::cpu::team::Team::global();
         let threads = match par {
-            gemm::Parallelism::Rayon(t) if t > 1 => t.max(rayon::current_num_threads()),
+            gemm::Parallelism::Rayon(t) if t > 1 => t.min(team.size()),
             _ => 1,
         };
         if self.scratch.len() < self.padded * threads {
@@ -183,40 +184,32 @@ impl Direct {
                 unsafe { this.image(b, out, x, scratch, this.blocks()) };
             }
         } else if this.n >= threads {
-            use rayon::prelude::*;
-            (0..this.n).into_par_iter().for_each(|b| {
-                let (scratch, slot) = (scratch, rayon::current_thread_index().unwrap_or(0));
-                // SAFETY: each pool thread owns its scratch slot; images are disjoint.
-                let s = SendPtr(unsafe { scratch.0.add((slot % threads) * this.padded) });
-                unsafe { this.image(b, out, x, s, this.blocks()) };
+            team.run(threads, &|t| {
+                let base = scratch;
+                // SAFETY: part t owns scratch slot t and images lo..hi.
+                let s = SendPtr(unsafe { base.0.add(t * this.padded) });
+                for b in this.n * t / threads..this.n * (t + 1) / threads {
+                    unsafe { this.image(b, out, x, s, this.blocks()) };
+                }
             });
         } else {
-            use rayon::prelude::*;
             // Fewer images than threads: pad each image once, then split its
             // (output channel block, tile) work.
             let tiles = this.vecs.len().div_ceil(NV);
+            let blocks = this.o.div_ceil(MR);
             for b in 0..this.n {
                 // SAFETY: slot 0 is written here before the parallel part reads it.
                 unsafe { this.pad(b, x, scratch) };
-                let chunk = tiles.div_ceil(threads.max(1)).max(1);
-                let parts = tiles.div_ceil(chunk);
-                (0..this.o.div_ceil(MR) * parts)
-                    .into_par_iter()
-                    .for_each(|i| {
-                        let (blk, part) = (i / parts, i % parts);
-                        let t0 = part * chunk;
-                        let t1 = (t0 + chunk).min(tiles);
-                        // SAFETY: tasks write disjoint (channel block, pixel) ranges.
-                        unsafe {
-                            this.tiles(
-                                b,
-                                out,
-                                scratch,
-                                blk,
-                                t0 * NV..(t1 * NV).min(this.vecs.len()),
-                            )
-                        };
-                    });
+                let items = blocks * tiles;
+                team.run(threads, &|t| {
+                    for i in items * t / threads..items * (t + 1) / threads {
+                        let (blk, tile) = (i / tiles, i % tiles);
+                        let v0 = tile * NV;
+                        let v1 = (v0 + NV).min(this.vecs.len());
+                        // SAFETY: parts write disjoint (channel block, pixel) ranges.
+                        unsafe { this.tiles(b, out, scratch, blk, v0..v1) };
+                    }
+                });
             }
         }
     }

@@ -12,7 +12,7 @@ mod gemv;
 mod jit;
 mod sgemm;
 mod support;
-mod team;
+pub(crate) mod team;
 mod vector;
 mod wide;
 
@@ -59,8 +59,13 @@ impl Default for CpuBackend {
 /// 1-2 MB product gains from a second core: measured on mlp_b1).
 const GEMV_SPLIT: usize = 1 << 18;
 
-/// Work (multiply-adds) below which a GEMM stays on one thread.
+/// Work (multiply-adds) below which a GEMM through `gemm` (rayon) stays on
+/// one thread.
 const PARALLEL_WORK: usize = 1 << 23;
+
+/// Work (multiply-adds) below which a product or convolution split across
+/// the team (`team.rs`) stays on one thread.
+const TEAM_WORK: usize = 1 << 20;
 
 fn parallelism(threads: usize, work: usize) -> gemm::Parallelism {
     if threads > 1 && work >= PARALLEL_WORK {
@@ -93,7 +98,7 @@ impl Launch {
 }
 
 /// Elements below which an elementwise or reduction kernel stays on one thread.
-const PARALLEL_ELEMENTS: usize = 1 << 16;
+const PARALLEL_ELEMENTS: usize = 1 << 14;
 
 enum Step {
     Jit(Launch),
@@ -801,8 +806,16 @@ impl CpuExecutable {
                         SendMut(self.table[x.0]),
                         SendMut(self.table[w.0]),
                     );
-                    let par = parallelism(self.threads, work);
-                    let parallel = matches!(par, gemm::Parallelism::Rayon(_));
+                    // The direct kernel splits across the team from a smaller size
+                    // than a GEMM through rayon pays for.
+                    let par = if conv.uses_rayon() {
+                        parallelism(self.threads, work)
+                    } else if self.threads > 1 && work >= TEAM_WORK {
+                        gemm::Parallelism::Rayon(self.threads)
+                    } else {
+                        gemm::Parallelism::None
+                    };
+                    let parallel = conv.uses_rayon() && matches!(par, gemm::Parallelism::Rayon(_));
                     self.in_pool(parallel, || unsafe {
                         conv.run(o_ptr.get(), x_ptr.get(), w_ptr.get(), par)
                     });
