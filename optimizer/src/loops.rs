@@ -15,7 +15,7 @@
 //! last (a kernel whose divisions sit on an outer dim keeps them).
 
 use crate::index::{Atom, Index};
-use crate::kernel::{Access, Cond, ElementProgram, Instr, Kernel, KernelProgram};
+use crate::kernel::{Access, Cond, ElementProgram, Epilogue, Instr, Kernel, KernelProgram};
 
 /// Reshapes the loops of every elementwise and reduction kernel.
 pub fn reshape_loops(program: &mut KernelProgram) {
@@ -47,6 +47,15 @@ pub fn reshape_loops(program: &mut KernelProgram) {
             Kernel::MatMul { .. } | Kernel::Op { .. } => {}
         }
     }
+}
+
+/// The loop of an epilogue over its output's `shape` with the leading unit
+/// dims dropped (as [`reshape_loops`] does for kernels), and the epilogue
+/// rewritten for it; row-major positions are unchanged.
+pub fn epilogue_loop(shape: &[usize], e: &Epilogue) -> (Vec<usize>, Epilogue) {
+    let (mut shape, mut e) = (shape.to_vec(), e.clone());
+    drop_unit_dims(&mut shape, &mut e.inputs, &mut [&mut e.program], None);
+    (shape, e)
 }
 
 /// Rewrites every index expression of a kernel with `f`.

@@ -111,6 +111,9 @@ enum Step {
         epilogue: Option<Launch>,
         /// The right-hand side packed at compile time (f32, constant).
         packed: Option<sgemm::PackedB>,
+        /// Where the right-hand sides are packed at run time (f32 products
+        /// of computed operands, on AVX-512 hosts).
+        scratch: Option<Vec<f32>>,
     },
     Conv {
         conv: conv::Conv,
@@ -227,6 +230,18 @@ pub struct KernelTime {
 // takes `&mut self`.
 unsafe impl Send for CpuExecutable {}
 
+/// The loop shape epilogues of `out` are compiled for (see
+/// `kiln_optimizer::loops::epilogue_loop`).
+fn epilogue_shape(program: &KernelProgram, out: BufferId) -> Vec<usize> {
+    let s = &program.buffer(out).shape;
+    let lead = s
+        .iter()
+        .take_while(|&&n| n == 1)
+        .count()
+        .min(s.len().saturating_sub(1));
+    s[lead..].to_vec()
+}
+
 fn is_identity(e: &Epilogue) -> bool {
     e.program.instrs.len() == 1 && e.inputs.is_empty()
 }
@@ -288,7 +303,8 @@ impl Backend for CpuBackend {
                 if is_identity(e) {
                     return Ok(None);
                 }
-                let shape = program.buffer(out).shape.clone();
+                let (shape, e) =
+                    kiln_optimizer::loops::epilogue_loop(&program.buffer(out).shape, e);
                 let body = Body::Elementwise {
                     out,
                     shape: &shape,
@@ -365,12 +381,21 @@ impl Backend for CpuBackend {
                     } => Step::MatMul {
                         out: *out,
                         packed: self.pack(program, b, batch, *mnk),
+                        scratch: (self.avx512
+                            && sgemm::available()
+                            && program.buffer(*out).dtype == DType::F32
+                            && !matches!(
+                                program.buffer(b.buffer).storage,
+                                Storage::Constant { .. }
+                            )
+                            && mnk[0] >= 4)
+                            .then(Vec::new),
                         a: a.clone(),
                         b: b.clone(),
                         batch: batch.clone(),
                         mnk: *mnk,
                         epilogue: e.map(|id| {
-                            Launch::new(jit.function(id), &program.buffer(*out).shape, true)
+                            Launch::new(jit.function(id), &epilogue_shape(program, *out), true)
                         }),
                     },
                     _ => unreachable!("pending matmul"),
@@ -409,7 +434,7 @@ impl Backend for CpuBackend {
                             x: args[0],
                             w: args[1],
                             epilogue: e.map(|id| {
-                                Launch::new(jit.function(id), &program.buffer(*out).shape, true)
+                                Launch::new(jit.function(id), &epilogue_shape(program, *out), true)
                             }),
                         }
                     }
@@ -418,7 +443,7 @@ impl Backend for CpuBackend {
                         out: *out,
                         args: args.clone(),
                         epilogue: e.map(|id| {
-                            Launch::new(jit.function(id), &program.buffer(*out).shape, true)
+                            Launch::new(jit.function(id), &epilogue_shape(program, *out), true)
                         }),
                     },
                     _ => unreachable!("pending op"),
@@ -794,6 +819,45 @@ impl CpuExecutable {
         }
     }
 
+    /// Each product of a batched matmul as an `sgemm` item.
+    fn batch_items(
+        &self,
+        out: &BufferId,
+        a: &Operand,
+        b: &Operand,
+        batch: &[usize],
+        [m, n, _]: [usize; 3],
+    ) -> Vec<sgemm::Item> {
+        let nbd = batch.len();
+        let bst = kiln_graph::shape::strides(batch);
+        let nb: usize = batch.iter().product();
+        let (pa, pb, po) = (
+            self.table[a.buffer.0] as *const f32,
+            self.table[b.buffer.0] as *const f32,
+            self.table[out.0] as *mut f32,
+        );
+        (0..nb)
+            .map(|bi| {
+                let (mut oa, mut ob) = (a.offset, b.offset);
+                for (d, &s) in bst.iter().enumerate() {
+                    let i = ((bi / s) % batch[d]) as i64;
+                    oa += i * a.strides[d];
+                    ob += i * b.strides[d];
+                }
+                sgemm::Item {
+                    a: sgemm::Lhs {
+                        ptr: pa.wrapping_offset(oa as isize),
+                        rs: a.strides[nbd] as isize,
+                        cs: a.strides[nbd + 1] as isize,
+                        m,
+                    },
+                    b: pb.wrapping_offset(ob as isize),
+                    out: po.wrapping_add(bi * m * n),
+                }
+            })
+            .collect()
+    }
+
     /// A matrix product through the `gemm` crate (or the matrix-vector
     /// path), on this executable's pool.
     fn gemm_step(
@@ -842,8 +906,10 @@ impl CpuExecutable {
                     mnk,
                     epilogue,
                     packed,
+                    scratch,
                 } => {
                     let work = batch.iter().product::<usize>() * mnk.iter().product::<usize>();
+                    let mut done_epilogue = false;
                     if let Some(pb) = packed {
                         let nbd = batch.len();
                         let lhs = sgemm::Lhs {
@@ -859,12 +925,45 @@ impl CpuExecutable {
                         // SAFETY: the operand view and output have the product's
                         // shapes; `pack` checked the host.
                         let parallel = split && work >= TEAM_WORK;
-                        unsafe { sgemm::matmul(lhs, pb, out, self.threads, parallel) };
+                        // An epilogue over the rows runs on each part's rows as
+                        // it finishes them.
+                        let fused = epilogue.as_ref().filter(|l| l.extent as usize == mnk[0]);
+                        let t = Table(table);
+                        let rows = |lo: usize, hi: usize| {
+                            if let Some(l) = fused {
+                                // SAFETY: the epilogue covers rows lo..hi of the output.
+                                unsafe { (l.f)(t.get(), lo as i64, hi as i64) }
+                            }
+                        };
+                        let hook: Option<&(dyn Fn(usize, usize) + Sync)> =
+                            fused.map(|_| &rows as &(dyn Fn(usize, usize) + Sync));
+                        unsafe { sgemm::matmul(lhs, pb, out, self.threads, parallel, hook) };
+                        if fused.is_some() {
+                            done_epilogue = true;
+                        }
+                    } else if let Some(scratch) = scratch {
+                        let items = self.batch_items(out, a, b, batch, *mnk);
+                        let nbd = batch.len();
+                        let parallel = split && work >= TEAM_WORK;
+                        // SAFETY: the views and outputs lie in their buffers (the
+                        // lowering derives them from the buffers' shapes).
+                        unsafe {
+                            sgemm::batched(
+                                &items,
+                                b.strides[nbd] as isize,
+                                b.strides[nbd + 1] as isize,
+                                mnk[2],
+                                mnk[1],
+                                scratch,
+                                self.threads,
+                                parallel,
+                            )
+                        };
                     } else {
                         self.gemm_step(out, a, b, batch, *mnk, split)
                             .map_err(at(ki))?;
                     }
-                    if let Some(l) = epilogue {
+                    if let Some(l) = epilogue.as_ref().filter(|_| !done_epilogue) {
                         self.launch(l, table, split);
                     }
                 }

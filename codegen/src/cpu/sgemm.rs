@@ -1,7 +1,9 @@
-//! f32 matrix products against a right-hand side packed once: dense layers
-//! whose weights are constants of the compiled program.
+//! f32 matrix products against a packed right-hand side: dense layers whose
+//! weights are constants of the compiled program (packed once, at compile
+//! time), and products of computed operands such as attention's (packed at
+//! run time into a scratch buffer kept with the step).
 //!
-//! The weights `B[k, n]` are packed at compile time into panels of `NR` = 32
+//! The right-hand side `B[k, n]` is packed into panels of `NR` = 32
 //! columns (two AVX-512 vectors), each panel `k`-major and zero-padded to
 //! full width. A run packs `MR` = 12 rows of the activations at a time into
 //! a small `k`-major block, then a 12 x 32 register tile (24 accumulators)
@@ -32,22 +34,66 @@ pub(crate) struct PackedB {
     data: Vec<f32>,
 }
 
+/// Floats a packed `[k, n]` right-hand side takes.
+pub(crate) fn packed_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * k * NR
+}
+
+/// Packs `[k, n]` (element `[r, c]` at `b[r * rs + c * cs]`) into `dst`
+/// (`packed_len(k, n)` floats); the padding columns are left as they are
+/// (the tiles compute them but never store them).
+///
+/// # Safety
+/// `b` must address every element of the view.
+pub(crate) unsafe fn pack_into(
+    dst: &mut [f32],
+    b: *const f32,
+    rs: isize,
+    cs: isize,
+    k: usize,
+    n: usize,
+) {
+    for p in 0..n.div_ceil(NR) {
+        let panel = &mut dst[p * k * NR..(p + 1) * k * NR];
+        let width = NR.min(n - p * NR);
+        for r in 0..k {
+            let row = &mut panel[r * NR..r * NR + width];
+            for (j, v) in row.iter_mut().enumerate() {
+                // SAFETY: inside the view, as the caller promises.
+                *v = unsafe { *b.offset(r as isize * rs + (p * NR + j) as isize * cs) };
+            }
+        }
+    }
+}
+
 impl PackedB {
     /// Packs `b`, element `[r, c]` at `b[r * rs + c * cs]`.
     pub(crate) fn new(b: &[f32], rs: usize, cs: usize, k: usize, n: usize) -> PackedB {
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0.0f32; panels * k * NR];
-        for p in 0..panels {
-            let panel = &mut data[p * k * NR..(p + 1) * k * NR];
-            for r in 0..k {
-                for j in 0..NR.min(n - p * NR) {
-                    panel[r * NR + j] = b[r * rs + (p * NR + j) * cs];
-                }
-            }
-        }
+        assert!(k > 0 && n > 0 && (k - 1) * rs + (n - 1) * cs < b.len());
+        let mut data = vec![0.0f32; packed_len(k, n)];
+        // SAFETY: the assertion above keeps every read inside `b`.
+        unsafe { pack_into(&mut data, b.as_ptr(), rs as isize, cs as isize, k, n) };
         PackedB { k, n, data }
     }
 
+    fn view(&self) -> Packed<'_> {
+        Packed {
+            k: self.k,
+            n: self.n,
+            data: &self.data,
+        }
+    }
+}
+
+/// A packed right-hand side, borrowed.
+#[derive(Clone, Copy)]
+struct Packed<'a> {
+    k: usize,
+    n: usize,
+    data: &'a [f32],
+}
+
+impl Packed<'_> {
     fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
@@ -63,24 +109,40 @@ pub(crate) struct Lhs {
 }
 
 /// `out[m, n] = a @ b` (`out` contiguous), over up to `threads` threads of
-/// the team where `parallel` (the product is large enough to pay).
+/// the team where `parallel` (the product is large enough to pay); then
+/// `epilogue(lo, hi)` over row ranges covering `0..m` once.
 ///
 /// # Safety
 /// `a` must describe a readable `[m, k]` view and `out` point at `m * n`
 /// writable floats; the host must have AVX-512 F and DQ.
-pub(crate) unsafe fn matmul(a: Lhs, b: &PackedB, out: *mut f32, threads: usize, parallel: bool) {
+pub(crate) unsafe fn matmul(
+    a: Lhs,
+    b: &PackedB,
+    out: *mut f32,
+    threads: usize,
+    parallel: bool,
+    epilogue: Option<&(dyn Fn(usize, usize) + Sync)>,
+) {
+    let b = &b.view();
     let blocks = a.m.div_ceil(MR);
     let panels = b.panels();
     let out = Out(out);
     let team = super::team::Team::global();
     let threads = threads.min(team.size());
+    let finish = |lo: usize, hi: usize| {
+        if let Some(e) = epilogue {
+            e(lo, hi)
+        }
+    };
     if !parallel || threads < 2 {
         // SAFETY: as the caller promises.
-        return unsafe { part(a, b, out.0, (0, a.m), (0, panels)) };
+        unsafe { part(a, b, out.0, (0, a.m), (0, panels)) };
+        return finish(0, a.m);
     }
     // Rows (whole 12-row blocks) when there are enough to go round: each
     // thread then packs only its own rows (measured faster than splitting
-    // the panels, even where the panels share out more evenly).
+    // the panels, even where the panels share out more evenly), and applies
+    // the epilogue to its rows while they are in its cache.
     let by_rows = blocks >= 2 * threads;
     let units = if by_rows { blocks } else { panels };
     let parts = threads.min(units);
@@ -93,7 +155,78 @@ pub(crate) unsafe fn matmul(a: Lhs, b: &PackedB, out: *mut f32, threads: usize, 
         };
         let o = out;
         // SAFETY: the parts write disjoint tiles of `out`.
-        unsafe { part(a, b, o.0, rows, cols) }
+        unsafe { part(a, b, o.0, rows, cols) };
+        if by_rows {
+            finish(rows.0, rows.1);
+        }
+    });
+    if !by_rows {
+        finish(0, a.m);
+    }
+}
+
+/// One product of a batch: its left-hand side, right-hand side (`[k, n]`
+/// with the batch's strides) and contiguous `[m, n]` output.
+#[derive(Clone, Copy)]
+pub(crate) struct Item {
+    pub a: Lhs,
+    pub b: *const f32,
+    pub out: *mut f32,
+}
+
+/// Products whose right-hand sides are computed at run time: each packed
+/// into `scratch` first (a cost of `k * n` per product against `m * k * n`
+/// multiply-adds), then their row blocks shared out over the team.
+///
+/// # Safety
+/// As [`matmul`], for every item; `b` views with strides `rs`, `cs`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn batched(
+    items: &[Item],
+    rs: isize,
+    cs: isize,
+    k: usize,
+    n: usize,
+    scratch: &mut Vec<f32>,
+    threads: usize,
+    parallel: bool,
+) {
+    let len = packed_len(k, n);
+    if scratch.len() < len * items.len() {
+        scratch.resize(len * items.len(), 0.0);
+    }
+    for (i, it) in items.iter().enumerate() {
+        // SAFETY: as the caller promises.
+        unsafe { pack_into(&mut scratch[i * len..(i + 1) * len], it.b, rs, cs, k, n) };
+    }
+    let Some(m) = items.first().map(|it| it.a.m) else {
+        return;
+    };
+    let blocks = m.div_ceil(MR);
+    let panels = n.div_ceil(NR);
+    let scratch = &scratch[..];
+    let work = |lo: usize, hi: usize| {
+        for w in lo..hi {
+            let (i, bi) = (w / blocks, w % blocks);
+            let it = items[i];
+            let b = Packed {
+                k,
+                n,
+                data: &scratch[i * len..(i + 1) * len],
+            };
+            let rows = (bi * MR, ((bi + 1) * MR).min(m));
+            // SAFETY: items and row blocks write disjoint tiles.
+            unsafe { part(it.a, &b, it.out, rows, (0, panels)) };
+        }
+    };
+    let total = items.len() * blocks;
+    let team = super::team::Team::global();
+    let threads = threads.min(team.size()).min(total);
+    if !parallel || threads < 2 {
+        return work(0, total);
+    }
+    team.run(threads, &|t| {
+        work(total * t / threads, total * (t + 1) / threads)
     });
 }
 
@@ -105,12 +238,15 @@ unsafe impl Sync for Out {}
 // SAFETY: the left-hand side is only read.
 unsafe impl Send for Lhs {}
 unsafe impl Sync for Lhs {}
+// SAFETY: items read their operands and write disjoint outputs.
+unsafe impl Send for Item {}
+unsafe impl Sync for Item {}
 
 /// Rows `rows.0..rows.1` by panels `cols.0..cols.1` of the product. Per
 /// depth block, the part's rows are packed first; then each panel's block
 /// stays in L1 while every row block passes over it.
 #[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn part(a: Lhs, b: &PackedB, out: *mut f32, rows: (usize, usize), cols: (usize, usize)) {
+unsafe fn part(a: Lhs, b: &Packed<'_>, out: *mut f32, rows: (usize, usize), cols: (usize, usize)) {
     let k = b.k;
     let n = b.n;
     let blocks = (rows.1 - rows.0).div_ceil(MR);
