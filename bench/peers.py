@@ -192,6 +192,50 @@ def main():
         floor = max(r["flops"] / (gflops * 1e6), r["bytes"] / (gbps * 1e6))
         k = r["median_ms"]
         print(f"{name:<10} {k:>9.4f} {t_ort:>9.4f} {t_torch:>9.4f} {floor:>9.4f} {t_ort / k:>9.2f} {t_torch / k:>10.2f} {k / floor:>10.2f} {diff:>10.2e}")
+    rss_table(root, list(kiln))
+
+
+ORT_PROBE = """
+import resource, sys
+import numpy as np
+import onnxruntime as ort
+so = ort.SessionOptions()
+so.intra_op_num_threads = 2
+so.inter_op_num_threads = 1
+sess = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+x = np.load(sys.argv[2])
+for _ in range(int(sys.argv[3])):
+    sess.run(None, {"x": x})
+print([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")][0])
+"""
+
+
+def child_peak_rss_mib(cmd):
+    """Runs `cmd`, which prints its own peak resident set size (VmHWM, KiB)
+    last; returns it in MiB. (A child's rusage would count the memory of
+    this process, which it was forked from.)"""
+    import subprocess
+
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1]) / 1024.0
+
+
+def rss_table(root, names):
+    """Peak RSS of kiln and ONNX Runtime, each running one workload alone in
+    a process of its own (load, compile, 20 runs)."""
+    exe = os.environ.get("KILN_BENCH_EXE")
+    if not exe:
+        return
+    print(f"\npeak RSS, one process per workload (load, compile, 20 runs):")
+    print(f"{'workload':<10} {'kiln MiB':>9} {'ORT MiB':>9} {'kiln/ORT':>9}")
+    for name in names:
+        d = os.path.join(root, name)
+        onnx_path = os.path.join(d, "model.onnx")
+        if not os.path.exists(onnx_path):
+            continue
+        k = child_peak_rss_mib([exe, "--rss-probe", name, "--runs", "20"])
+        o = child_peak_rss_mib([sys.executable, "-c", ORT_PROBE, onnx_path, os.path.join(d, "input.npy"), "20"])
+        print(f"{name:<10} {k:>9.1f} {o:>9.1f} {k / o:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -229,13 +229,30 @@ pub fn mlp_train(name: &'static str) -> Workload {
 
 /// Every workload, in the order the benchmark prints them.
 pub fn all() -> Vec<Workload> {
-    vec![
-        mlp(1, "mlp_b1"),
-        mlp(128, "mlp_b128"),
-        cnn(1, "cnn_b1"),
-        cnn(32, "cnn_b32"),
-        xfmr("xfmr_b1"),
-        ew_chain("ew_chain"),
-        mlp_train("mlp_train"),
-    ]
+    NAMES.iter().filter_map(|n| by_name(n)).collect()
+}
+
+/// The workloads' names, in benchmark order.
+pub const NAMES: [&str; 7] = [
+    "mlp_b1",
+    "mlp_b128",
+    "cnn_b1",
+    "cnn_b32",
+    "xfmr_b1",
+    "ew_chain",
+    "mlp_train",
+];
+
+/// One workload, built alone.
+pub fn by_name(name: &str) -> Option<Workload> {
+    Some(match name {
+        "mlp_b1" => mlp(1, "mlp_b1"),
+        "mlp_b128" => mlp(128, "mlp_b128"),
+        "cnn_b1" => cnn(1, "cnn_b1"),
+        "cnn_b32" => cnn(32, "cnn_b32"),
+        "xfmr_b1" => xfmr("xfmr_b1"),
+        "ew_chain" => ew_chain("ew_chain"),
+        "mlp_train" => mlp_train("mlp_train"),
+        _ => return None,
+    })
 }

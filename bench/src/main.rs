@@ -27,6 +27,11 @@ struct Args {
     /// Print each workload's kernels by mean time (profiled runs, after timing).
     #[arg(long)]
     profile: bool,
+    /// Only build, compile and run this workload `--runs` times, then print
+    /// the process's peak RSS in KiB (what `bench/peers.py` compares with
+    /// ONNX Runtime, each in a process of its own).
+    #[arg(long, value_name = "WORKLOAD", hide = true)]
+    rss_probe: Option<String>,
 }
 
 fn peak_rss_kib() -> u64 {
@@ -162,6 +167,16 @@ fn floor_rates() -> (f64, f64) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(name) = &args.rss_probe {
+        let w = kiln_bench::by_name(name).with_context(|| format!("no workload '{name}'"))?;
+        let feeds = [(w.input.0.as_str(), &w.input.1)];
+        let mut s = Session::new(&w.graph, Device::Cpu)?;
+        for _ in 0..args.runs.max(1) {
+            s.run(&feeds, &[w.output.as_str()])?;
+        }
+        println!("{}", peak_rss_kib());
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let mut rows = Vec::new();
@@ -169,10 +184,11 @@ fn main() -> Result<()> {
         "{:<10} {:>10} {:>10} {:>11} {:>11} {:>10} {:>9}",
         "workload", "median ms", "p90 ms", "compile ms", "first ms", "GFLOP/s", "GB/s"
     );
-    for w in kiln_bench::all() {
-        if !args.only.is_empty() && !args.only.iter().any(|o| o == w.name) {
+    for name in kiln_bench::NAMES {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
             continue;
         }
+        let w = kiln_bench::by_name(name).expect("a listed workload");
         let (t, out) = time_kiln(&w, args.runs)?;
         println!(
             "{:<10} {:>10.4} {:>10.4} {:>11.2} {:>11.2} {:>10.1} {:>9.1}",
@@ -211,6 +227,7 @@ fn main() -> Result<()> {
         let python =
             std::env::var("KILN_BENCH_PYTHON").unwrap_or_else(|_| "bench/.venv/bin/python".into());
         let status = std::process::Command::new(&python)
+            .env("KILN_BENCH_EXE", std::env::current_exe()?)
             .arg("bench/peers.py")
             .arg(&args.dir)
             .arg(args.runs.to_string())
