@@ -219,3 +219,64 @@ fn conv_shapes_match_the_reference() {
         check(c, DType::F64, 3);
     }
 }
+
+/// A convolution with the epilogue of a residual block (per-channel bias,
+/// a residual input, ReLU), which the direct kernel applies per image and
+/// channel block as it finishes them: batch 1 and larger, channel counts
+/// with a partial 8-channel block, one and two threads, each way of
+/// splitting (the first runs of a session measure both).
+#[test]
+fn convolution_epilogues_match_the_reference() {
+    for (n, c, o, hw) in [
+        (1, 16, 16, 32),
+        (1, 8, 40, 20),
+        (3, 16, 24, 16),
+        (4, 3, 16, 12),
+    ] {
+        let g = GraphBuilder::new();
+        let x = g
+            .placeholder("x", DType::F32, shape![n, c, hw, hw])
+            .unwrap();
+        let w = g.constant(values(&[o, c, 3, 3], 2, DType::F32)).unwrap();
+        let bias = g.constant(values(&[1, o, 1, 1], 3, DType::F32)).unwrap();
+        let res = g
+            .placeholder("r", DType::F32, shape![n, o, hw, hw])
+            .unwrap();
+        let opts = Conv2dOptions::default().padding(1);
+        x.conv2d(w, opts)
+            .unwrap()
+            .add(bias)
+            .unwrap()
+            .add(res)
+            .unwrap()
+            .relu()
+            .unwrap()
+            .named("y")
+            .unwrap();
+        let graph = g.into_graph();
+        let xa = values(&[n, c, hw, hw], 4, DType::F32);
+        let ra = values(&[n, o, hw, hw], 5, DType::F32);
+        let feeds = [("x", &xa), ("r", &ra)];
+        let want = Session::new(&graph, Device::Reference)
+            .unwrap()
+            .run(&feeds, &["y"])
+            .unwrap()
+            .remove(0);
+        for threads in [1, 2] {
+            let options = SessionOptions {
+                threads: Some(threads),
+                ..Default::default()
+            };
+            let mut s = Session::with_options(&graph, Device::Cpu, options).unwrap();
+            // Enough runs to go both ways (split, then not).
+            for run in 0..20 {
+                let got = s.run(&feeds, &["y"]).unwrap().remove(0);
+                kiln_tests::compare(&want, &got).unwrap_or_else(|e| {
+                    panic!(
+                        "[{n}, {c}, {hw}, {hw}] -> {o} channels, {threads} threads, run {run}: {e}"
+                    )
+                });
+            }
+        }
+    }
+}

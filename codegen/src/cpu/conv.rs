@@ -10,6 +10,12 @@ use kiln_graph::DType;
 #[path = "conv_direct.rs"]
 mod direct;
 
+/// Called with an image and a range of its output channels once they are
+/// computed (each channel of each image exactly once, possibly from
+/// several threads): the convolution's epilogue, applied while the
+/// channels are in cache.
+pub(crate) type Epilogue<'a> = dyn Fn(usize, std::ops::Range<usize>) + Sync + 'a;
+
 /// A compiled convolution of f32 or f64 NCHW tensors.
 pub(crate) struct Conv {
     pub dtype: DType,
@@ -130,7 +136,8 @@ impl Conv {
         self.input[0] < 2
     }
 
-    /// Runs the convolution.
+    /// Runs the convolution; returns whether it applied `epilogue` (called
+    /// per image and output channel range as they are done) itself.
     ///
     /// # Safety
     /// `out`, `x` and `w` must point at buffers of this convolution's shapes and dtype.
@@ -140,20 +147,22 @@ impl Conv {
         x: *const u8,
         w: *const u8,
         parallelism: gemm::Parallelism,
-    ) {
+        epilogue: Option<&Epilogue<'_>>,
+    ) -> bool {
         #[cfg(target_arch = "x86_64")]
         if let Some(d) = &mut self.direct {
             // SAFETY: f32 buffers of the plan's shapes (the caller's contract).
-            unsafe {
+            return unsafe {
                 d.run(
                     out as *mut f32,
                     x as *const f32,
                     w as *const f32,
                     parallelism,
+                    epilogue,
                 )
             };
-            return;
         }
+        let _ = epilogue;
         match self.dtype {
             DType::F32 => unsafe {
                 self.run_typed::<f32>(
@@ -172,6 +181,7 @@ impl Conv {
                 )
             },
         }
+        false
     }
 
     unsafe fn run_typed<T: Float>(

@@ -164,7 +164,8 @@ impl Direct {
         x: *const f32,
         w: *const f32,
         par: gemm::Parallelism,
-    ) {
+        epilogue: Option<&super::Epilogue<'_>>,
+    ) -> bool {
         let team = crate::cpu::team::Team::global();
         let threads = match par {
             gemm::Parallelism::Rayon(t) if t > 1 => t.min(team.size()),
@@ -181,36 +182,37 @@ impl Direct {
         if threads == 1 {
             for b in 0..this.n {
                 // SAFETY: slot 0 of the scratch is this thread's; image b is in bounds.
-                unsafe { this.image(b, out, x, scratch, this.blocks()) };
+                unsafe { this.image(b, out, x, scratch, this.blocks(), epilogue) };
             }
+            epilogue.is_some()
         } else if this.n >= threads {
             team.run(threads, &|t| {
                 let base = scratch;
                 // SAFETY: part t owns scratch slot t and images lo..hi.
                 let s = SendPtr(unsafe { base.0.add(t * this.padded) });
                 for b in this.n * t / threads..this.n * (t + 1) / threads {
-                    unsafe { this.image(b, out, x, s, this.blocks()) };
+                    unsafe { this.image(b, out, x, s, this.blocks(), epilogue) };
                 }
             });
+            epilogue.is_some()
         } else {
-            // Fewer images than threads: pad each image once, then split its
-            // (output channel block, tile) work.
-            let tiles = this.vecs.len().div_ceil(NV);
+            // Fewer images than threads: each thread pads the image into its
+            // own scratch (so no thread reads what another just wrote; on
+            // vCPUs without a shared cache that costs more than the copy),
+            // computes its share of the output channel blocks and applies
+            // their epilogue.
             let blocks = this.o.div_ceil(MR);
+            let parts = threads.min(blocks);
             for b in 0..this.n {
-                // SAFETY: slot 0 is written here before the parallel part reads it.
-                unsafe { this.pad(b, x, scratch) };
-                let items = blocks * tiles;
-                team.run(threads, &|t| {
-                    for i in items * t / threads..items * (t + 1) / threads {
-                        let (blk, tile) = (i / tiles, i % tiles);
-                        let v0 = tile * NV;
-                        let v1 = (v0 + NV).min(this.vecs.len());
-                        // SAFETY: parts write disjoint (channel block, pixel) ranges.
-                        unsafe { this.tiles(b, out, scratch, blk, v0..v1) };
-                    }
+                team.run(parts, &|t| {
+                    let base = scratch;
+                    // SAFETY: part t owns scratch slot t and its channel blocks.
+                    let s = SendPtr(unsafe { base.0.add(t * this.padded) });
+                    let mine = blocks * t / parts..blocks * (t + 1) / parts;
+                    unsafe { this.image(b, out, x, s, mine, epilogue) };
                 });
             }
+            epilogue.is_some()
         }
     }
 
@@ -243,11 +245,17 @@ impl Direct {
         x: SendPtr<f32>,
         scratch: SendPtr<f32>,
         blocks: std::ops::Range<usize>,
+        epilogue: Option<&super::Epilogue<'_>>,
     ) {
         unsafe {
             self.pad(b, x, scratch);
             for blk in blocks {
                 self.tiles(b, out, scratch, blk, 0..self.vecs.len());
+                // The block's channels are done: their epilogue runs while
+                // they are in cache.
+                if let Some(e) = epilogue {
+                    e(b, blk * MR..((blk + 1) * MR).min(self.o));
+                }
             }
         }
     }

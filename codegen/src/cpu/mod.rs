@@ -994,10 +994,31 @@ impl CpuExecutable {
                         gemm::Parallelism::None
                     };
                     let parallel = conv.uses_rayon() && matches!(par, gemm::Parallelism::Rayon(_));
-                    self.in_pool(parallel, || unsafe {
-                        conv.run(o_ptr.get(), x_ptr.get(), w_ptr.get(), par)
+                    // The epilogue's loop runs over [n, o, oh, ow] without its
+                    // leading unit dims: per image, per channel range of a
+                    // single image, or whole.
+                    let (n, o) = (conv.input[0], conv.weight[0]);
+                    let t = Table(table);
+                    let hook = |b: usize, ch: std::ops::Range<usize>| {
+                        let Some(l) = epilogue.as_ref() else { return };
+                        let (lo, hi) = if n > 1 {
+                            (b, b + 1)
+                        } else if o > 1 {
+                            (ch.start, ch.end)
+                        } else {
+                            (0, l.extent as usize)
+                        };
+                        if n > 1 && ch.end != o {
+                            return;
+                        }
+                        // SAFETY: the epilogue covers those outputs, now computed.
+                        unsafe { (l.f)(t.get(), lo as i64, hi as i64) }
+                    };
+                    let hook: Option<&conv::Epilogue<'_>> = epilogue.as_ref().map(|_| &hook as _);
+                    let applied = self.in_pool(parallel, || unsafe {
+                        conv.run(o_ptr.get(), x_ptr.get(), w_ptr.get(), par, hook)
                     });
-                    if let Some(l) = epilogue {
+                    if let Some(l) = epilogue.as_ref().filter(|_| !applied) {
                         self.launch(l, table, split);
                     }
                 }
