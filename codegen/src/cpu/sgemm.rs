@@ -149,7 +149,10 @@ pub(crate) unsafe fn matmul(
     team.run(parts, &|t| {
         let (lo, hi) = (units * t / parts, units * (t + 1) / parts);
         let (rows, cols) = if by_rows {
-            ((lo * MR, (hi * MR).min(a.m)), (0, panels))
+            // Even shares of rows (in fours), not of 12-row blocks: 128 rows
+            // go 64 and 64 rather than 72 and 56.
+            let cut = |t: usize| (a.m * t / parts).next_multiple_of(4).min(a.m);
+            ((cut(t), cut(t + 1)), (0, panels))
         } else {
             ((0, a.m), (lo, hi))
         };
@@ -247,62 +250,98 @@ unsafe impl Sync for Item {}
 /// stays in L1 while every row block passes over it.
 #[target_feature(enable = "avx512f,avx512dq")]
 unsafe fn part(a: Lhs, b: &Packed<'_>, out: *mut f32, rows: (usize, usize), cols: (usize, usize)) {
+    thread_local! {
+        /// Packed rows, kept between calls (every float read is written first).
+        static APACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let k = b.k;
     let n = b.n;
     let blocks = (rows.1 - rows.0).div_ceil(MR);
-    let mut apack = vec![0.0f32; blocks * MR * KC.min(k)];
-    let mut k0 = 0;
-    while k0 < k {
-        let kc = KC.min(k - k0);
-        for bi in 0..blocks {
-            let i0 = rows.0 + bi * MR;
-            let mr = MR.min(rows.1 - i0);
-            let dst = &mut apack[bi * MR * kc..(bi + 1) * MR * kc];
-            // SAFETY: rows i0..i0+mr and columns k0..k0+kc lie in the view.
-            unsafe {
-                for kk in 0..kc {
-                    for r in 0..mr {
-                        dst[kk * MR + r] = *a
-                            .ptr
-                            .offset((i0 + r) as isize * a.rs + (k0 + kk) as isize * a.cs);
-                    }
-                }
-            }
+    let block_len = MR * KC.min(k).next_multiple_of(KU);
+    APACK.with_borrow_mut(|apack| {
+        if apack.len() < blocks * block_len {
+            apack.resize(blocks * block_len, 0.0);
         }
-        for p in cols.0..cols.1 {
-            let bp = b.data[p * k * NR + k0 * NR..].as_ptr();
-            let width = NR.min(n - p * NR);
-            let first = k0 == 0;
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
             for bi in 0..blocks {
                 let i0 = rows.0 + bi * MR;
                 let mr = MR.min(rows.1 - i0);
-                let ap = apack[bi * MR * kc..].as_ptr();
-                // SAFETY: the tile lies inside `out` ([m, n], contiguous).
-                let c = unsafe { out.add(i0 * n + p * NR) };
-                unsafe {
-                    match mr {
-                        12 => tile::<12>(ap, bp, kc, c, n, first, width),
-                        11 => tile::<11>(ap, bp, kc, c, n, first, width),
-                        10 => tile::<10>(ap, bp, kc, c, n, first, width),
-                        9 => tile::<9>(ap, bp, kc, c, n, first, width),
-                        8 => tile::<8>(ap, bp, kc, c, n, first, width),
-                        7 => tile::<7>(ap, bp, kc, c, n, first, width),
-                        6 => tile::<6>(ap, bp, kc, c, n, first, width),
-                        5 => tile::<5>(ap, bp, kc, c, n, first, width),
-                        4 => tile::<4>(ap, bp, kc, c, n, first, width),
-                        3 => tile::<3>(ap, bp, kc, c, n, first, width),
-                        2 => tile::<2>(ap, bp, kc, c, n, first, width),
-                        _ => tile::<1>(ap, bp, kc, c, n, first, width),
+                let dst = &mut apack[bi * block_len..(bi + 1) * block_len];
+                // SAFETY: rows i0..i0+mr and columns k0..k0+kc lie in the view.
+                unsafe { pack_rows(a, i0, mr, k0, kc, dst) };
+            }
+            for p in cols.0..cols.1 {
+                let bp = b.data[p * k * NR + k0 * NR..].as_ptr();
+                let width = NR.min(n - p * NR);
+                let first = k0 == 0;
+                for bi in 0..blocks {
+                    let i0 = rows.0 + bi * MR;
+                    let mr = MR.min(rows.1 - i0);
+                    let ap = apack[bi * block_len..].as_ptr();
+                    // SAFETY: the tile lies inside `out` ([m, n], contiguous).
+                    let c = unsafe { out.add(i0 * n + p * NR) };
+                    unsafe {
+                        match mr {
+                            12 => tile::<12>(ap, bp, kc, c, n, first, width),
+                            11 => tile::<11>(ap, bp, kc, c, n, first, width),
+                            10 => tile::<10>(ap, bp, kc, c, n, first, width),
+                            9 => tile::<9>(ap, bp, kc, c, n, first, width),
+                            8 => tile::<8>(ap, bp, kc, c, n, first, width),
+                            7 => tile::<7>(ap, bp, kc, c, n, first, width),
+                            6 => tile::<6>(ap, bp, kc, c, n, first, width),
+                            5 => tile::<5>(ap, bp, kc, c, n, first, width),
+                            4 => tile::<4>(ap, bp, kc, c, n, first, width),
+                            3 => tile::<3>(ap, bp, kc, c, n, first, width),
+                            2 => tile::<2>(ap, bp, kc, c, n, first, width),
+                            _ => tile::<1>(ap, bp, kc, c, n, first, width),
+                        }
+                    }
+                }
+            }
+            k0 += kc;
+        }
+    })
+}
+
+/// Depth values per chunk of a packed row block.
+const KU: usize = 16;
+
+/// Packs rows `i0..i0+mr`, depth `k0..k0+kc` of `a` into `dst` as chunks
+/// of `KU` depth values: chunk `c`, row `r`, depth `j` at
+/// `(c * MR + r) * KU + j`. Contiguous rows copy a vector per chunk.
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn pack_rows(a: Lhs, i0: usize, mr: usize, k0: usize, kc: usize, dst: &mut [f32]) {
+    let chunks = kc.div_ceil(KU);
+    debug_assert!(dst.len() >= chunks * MR * KU);
+    let d = dst.as_mut_ptr();
+    for r in 0..mr {
+        // SAFETY: the row's depth range lies in the view; `dst` holds every chunk.
+        unsafe {
+            let row = a.ptr.offset((i0 + r) as isize * a.rs + k0 as isize * a.cs);
+            for c in 0..chunks {
+                let o = d.add((c * MR + r) * KU);
+                let left = (kc - c * KU).min(KU);
+                if a.cs == 1 {
+                    let m: __mmask16 = if left == KU {
+                        0xffff
+                    } else {
+                        ((1u32 << left) - 1) as __mmask16
+                    };
+                    _mm512_storeu_ps(o, _mm512_maskz_loadu_ps(m, row.add(c * KU)));
+                } else {
+                    for j in 0..left {
+                        *o.add(j) = *row.offset((c * KU + j) as isize * a.cs);
                     }
                 }
             }
         }
-        k0 += kc;
     }
 }
 
 /// One `R` x 32 tile over depth `kc`: `c = (first ? 0 : c) + a @ b`, the
-/// tile's first `width` columns stored.
+/// tile's first `width` columns stored. `a` is packed by `pack_rows`.
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 unsafe fn tile<const R: usize>(
@@ -316,17 +355,27 @@ unsafe fn tile<const R: usize>(
 ) {
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
-    // SAFETY: `a` holds kc * MR floats, `b` kc * NR, `c` the tile.
+    // SAFETY: `a` holds the packed chunks, `b` kc * NR floats, `c` the tile.
     unsafe {
-        for kk in 0..kc {
+        let step = |lo: &mut [__m512; R], hi: &mut [__m512; R], kk: usize, ar: *const f32| {
             let b0 = _mm512_loadu_ps(b.add(kk * NR));
             let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
-            let ar = a.add(kk * MR);
             for r in 0..R {
-                let x = _mm512_set1_ps(*ar.add(r));
+                let x = _mm512_set1_ps(*ar.add(r * KU));
                 lo[r] = _mm512_fmadd_ps(x, b0, lo[r]);
                 hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
             }
+        };
+        let full = kc / KU;
+        for ch in 0..full {
+            let base = a.add(ch * MR * KU);
+            for j in 0..KU {
+                step(&mut lo, &mut hi, ch * KU + j, base.add(j));
+            }
+        }
+        let base = a.add(full * MR * KU);
+        for j in 0..kc % KU {
+            step(&mut lo, &mut hi, full * KU + j, base.add(j));
         }
         let m0: __mmask16 = if width >= 16 {
             0xffff
