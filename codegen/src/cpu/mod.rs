@@ -65,7 +65,7 @@ const PARALLEL_WORK: usize = 1 << 23;
 
 /// Work (multiply-adds) below which a product or convolution split across
 /// the team (`team.rs`) stays on one thread.
-const TEAM_WORK: usize = 1 << 20;
+const TEAM_WORK: usize = 1 << 18;
 
 fn parallelism(threads: usize, work: usize) -> gemm::Parallelism {
     if threads > 1 && work >= PARALLEL_WORK {
