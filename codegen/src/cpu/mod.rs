@@ -157,11 +157,15 @@ pub struct CpuExecutable {
 /// while the other vCPU's worker spun (as on two hyperthreads of one core).
 /// So the first runs after the first go split, the next unsplit (the
 /// worker then sleeps), each keeping its fastest whole-run time; later runs
-/// take the faster way, and the measuring repeats every `RETUNE` runs, as
-/// the host's placement can change. Programs with nothing to split skip it.
+/// take the faster way, and the measuring repeats after `FIRST_RETUNE` runs
+/// (a worker thread just started may share its parent's CPU until the
+/// scheduler moves it) and then every `RETUNE` runs, as the host's
+/// placement can change. Programs with nothing to split skip it.
 #[derive(Clone, Copy, Debug)]
 struct Tuner {
     runs: u32,
+    /// Measuring rounds finished.
+    rounds: u32,
     /// Fastest run (ns) unsplit and split.
     best: [u64; 2],
     /// `KILN_SPLIT=0` or `1` fixes the way.
@@ -172,11 +176,14 @@ struct Tuner {
 const TUNE_RUNS: u32 = 8;
 /// Runs after which the ways are measured again.
 const RETUNE: u32 = 5000;
+/// Runs after which the ways are measured a second time.
+const FIRST_RETUNE: u32 = 200;
 
 impl Default for Tuner {
     fn default() -> Self {
         Tuner {
             runs: 0,
+            rounds: 0,
             best: [u64::MAX; 2],
             forced: std::env::var("KILN_SPLIT").ok().map(|v| v != "0"),
         }
@@ -203,9 +210,15 @@ impl Tuner {
             *b = (*b).min(took.as_nanos() as u64);
         }
         self.runs += 1;
-        if self.runs >= RETUNE {
+        let period = if self.rounds == 0 {
+            FIRST_RETUNE
+        } else {
+            RETUNE
+        };
+        if self.runs >= period {
             self = Tuner {
                 runs: 1,
+                rounds: self.rounds + 1,
                 best: [u64::MAX; 2],
                 ..self
             };
@@ -288,6 +301,11 @@ impl Backend for CpuBackend {
     type Executable = CpuExecutable;
 
     fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
+        if self.threads > 1 {
+            // Start the workers now, so they are settled on their own CPUs
+            // before the first runs measure splitting.
+            team::Team::global();
+        }
         let mut jit = Jit::new(self.avx512)?;
         enum Pending {
             Jit(cranelift_module::FuncId, Vec<usize>, bool),
