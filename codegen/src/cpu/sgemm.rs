@@ -56,6 +56,17 @@ pub(crate) unsafe fn pack_into(
     for p in 0..n.div_ceil(NR) {
         let panel = &mut dst[p * k * NR..(p + 1) * k * NR];
         let width = NR.min(n - p * NR);
+        if rs == 1 && cs != 1 {
+            // A transposed view: read down its contiguous columns.
+            for j in 0..width {
+                let col = b.wrapping_offset((p * NR + j) as isize * cs);
+                for r in 0..k {
+                    // SAFETY: inside the view, as the caller promises.
+                    panel[r * NR + j] = unsafe { *col.add(r) };
+                }
+            }
+            continue;
+        }
         for r in 0..k {
             let row = &mut panel[r * NR..r * NR + width];
             for (j, v) in row.iter_mut().enumerate() {
@@ -198,13 +209,32 @@ pub(crate) unsafe fn batched(
     if scratch.len() < len * items.len() {
         scratch.resize(len * items.len(), 0.0);
     }
-    for (i, it) in items.iter().enumerate() {
-        // SAFETY: as the caller promises.
-        unsafe { pack_into(&mut scratch[i * len..(i + 1) * len], it.b, rs, cs, k, n) };
-    }
     let Some(m) = items.first().map(|it| it.a.m) else {
         return;
     };
+    let team = super::team::Team::global();
+    let threads = threads.min(team.size());
+    {
+        // Pack on every thread when there is work to share.
+        let packs = Out(scratch.as_mut_ptr());
+        let pack = |i: usize| {
+            let o = packs;
+            // SAFETY: item i's slice of the scratch is written by this call
+            // alone; its view is valid as the caller promises.
+            unsafe {
+                let dst = std::slice::from_raw_parts_mut(o.0.add(i * len), len);
+                pack_into(dst, items[i].b, rs, cs, k, n)
+            }
+        };
+        let parts = threads.min(items.len());
+        if parallel && parts > 1 {
+            team.run(parts, &|t| {
+                (items.len() * t / parts..items.len() * (t + 1) / parts).for_each(pack)
+            });
+        } else {
+            (0..items.len()).for_each(pack);
+        }
+    }
     let blocks = m.div_ceil(MR);
     let panels = n.div_ceil(NR);
     let scratch = &scratch[..];
@@ -223,8 +253,7 @@ pub(crate) unsafe fn batched(
         }
     };
     let total = items.len() * blocks;
-    let team = super::team::Team::global();
-    let threads = threads.min(team.size()).min(total);
+    let threads = threads.min(total);
     if !parallel || threads < 2 {
         return work(0, total);
     }
