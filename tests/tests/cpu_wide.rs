@@ -128,6 +128,13 @@ fn broadcasts_epilogues_and_row_maps_over_long_rows() {
         });
         // Softmax: reductions whose row maps run over the row.
         agree("softmax", rows, n, |_, x, _| x.softmax(-1));
+        // Maps that reuse the reduced values, over a temporary the map also
+        // reads (which the memory plan may place where the map writes).
+        agree("softmax of a temporary", rows, n, |_, x, _| {
+            let t = x.mul(2.0)?;
+            let e = t.sub(t.max(&[-1], true)?)?.exp()?;
+            e.mul(t)?.div(e.sum(&[-1], true)?)
+        });
         agree("log softmax", rows, n, |_, x, y| {
             let m = x.max(&[-1], true)?;
             let z = x.sub(m)?;

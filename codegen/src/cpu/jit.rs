@@ -186,7 +186,7 @@ impl Jit {
             "kiln_reduce_row_f32",
             self.import(
                 "kiln_reduce_row_f32",
-                &[ptr, ptr, types::I64, types::I32],
+                &[ptr, ptr, types::I64, types::I32, ptr],
                 &[types::F32],
             )?,
         );
@@ -832,6 +832,13 @@ impl Emitter<'_, '_> {
                     && super::vector::reduce_vectorizable(
                         self.prog, shape, axes, inputs, body, map,
                     );
+                // A map that recomputes the reduced values (softmax's exp)
+                // reads them back instead, where both run as AVX-512 rows.
+                let reuse = if lanes {
+                    self.map_reuse(shape, inputs, body, map, &full_strides)
+                } else {
+                    None
+                };
                 let acc_ty = match (kind, in_dtype.is_float()) {
                     (ReduceKind::Value(_), true) if !lanes => types::F64,
                     _ => cl(in_dtype),
@@ -853,7 +860,10 @@ impl Emitter<'_, '_> {
                     if let (true, ReduceKind::Value(f)) = (lanes, kind) {
                         e.loops(&reduced[..reduced.len() - 1], &mut |e| {
                             let a = e.b.use_var(acc_var);
-                            let r = e.vector_reduce(f, shape, inputs, body, a)?;
+                            let keep = reuse
+                                .as_ref()
+                                .map(|_| (map.expect("reuse has a map").0, &full_strides[..]));
+                            let r = e.vector_reduce(f, shape, inputs, body, a, keep)?;
                             e.b.def_var(acc_var, r);
                             Ok(())
                         })?;
@@ -934,15 +944,13 @@ impl Emitter<'_, '_> {
                     }
                     if let (true, Some((mo, mp))) = (lanes, map) {
                         let last = reduced.len() - 1;
+                        // The map reads back the values the reduction kept.
+                        let (ins, prog) = match &reuse {
+                            Some((i, p)) => (&i[..], p),
+                            None => (inputs, mp),
+                        };
                         e.loops(&reduced[..last], &mut |e| {
-                            e.vector_row(
-                                mo,
-                                shape,
-                                &full_strides,
-                                inputs,
-                                mp,
-                                RowAcc::Value(result),
-                            )
+                            e.vector_row(mo, shape, &full_strides, ins, prog, RowAcc::Value(result))
                         })?;
                     } else if let Some((mo, mp)) = map {
                         e.loops(&reduced, &mut |e| {

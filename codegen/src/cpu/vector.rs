@@ -12,7 +12,7 @@ use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value}
 
 use kiln_graph::{BinaryOp, DType, ReduceOp, UnaryOp};
 use kiln_optimizer::index::{Atom, Index};
-use kiln_optimizer::kernel::{Access, BufferId, ElementProgram, Instr, KernelProgram};
+use kiln_optimizer::kernel::{Access, BufferId, ElementProgram, Instr, KernelProgram, Storage};
 
 use super::jit::{flags, Emitter};
 use super::wide::{RowAccess, RowProgram};
@@ -577,6 +577,59 @@ impl Emitter<'_, '_> {
         )
     }
 
+    /// Where a reduction's row map starts by recomputing the reduced value
+    /// (its instructions up to the body's result are the body's), the map
+    /// rewritten to load that value from its own output instead, with the
+    /// extra input: the reduction then keeps each value there. Only where
+    /// the body and the map both run as AVX-512 rows (the reduction row's
+    /// call is what keeps the values).
+    pub(super) fn map_reuse(
+        &self,
+        shape: &[usize],
+        inputs: &[Access],
+        body: &ElementProgram,
+        map: Option<(BufferId, &ElementProgram)>,
+        strides: &[usize],
+    ) -> Option<(Vec<Access>, ElementProgram)> {
+        let (mo, mp) = map?;
+        let last = shape.len() - 1;
+        let rb = body.result;
+        // The kept values overwrite the map's output as the reduction goes;
+        // no input may live there.
+        let span = |b: BufferId| match self.prog.buffer(b).storage {
+            Storage::Arena { offset } => Some(offset..offset + self.prog.buffer(b).size_bytes()),
+            _ => None,
+        };
+        let overlaps = inputs.iter().any(|a| {
+            a.buffer == mo
+                || matches!((span(a.buffer), span(mo)), (Some(x), Some(y)) if x.start < y.end && y.start < x.end)
+        });
+        if overlaps
+            || !self.wide
+            || mp.instrs.len() <= rb
+            || mp.instrs[..=rb] != body.instrs[..=rb]
+            || shape[last] < wide_threshold(body).max(wide_threshold(mp))
+        {
+            return None;
+        }
+        let mut offset = Index::constant(0);
+        for (d, &s) in strides.iter().enumerate() {
+            offset = offset.add(&Index::var(d).mul(s as i64));
+        }
+        let mut ins = inputs.to_vec();
+        ins.push(Access {
+            buffer: mo,
+            offset,
+            mask: Vec::new(),
+        });
+        let mut prog = mp.clone();
+        prog.instrs[rb] = Instr::Load(inputs.len());
+        let stride = |a: &Access| unit_stride(a, last);
+        RowProgram::new(self.prog, inputs, body, &stride, RowAccess::None)?;
+        RowProgram::new(self.prog, &ins, &prog, &stride, RowAccess::Scalar)?;
+        Some((ins, prog))
+    }
+
     /// A stack table of the addresses of every input's element at the
     /// current loop indices, then `acc` (where given); returns its address.
     fn row_pointers(&mut self, inputs: &[Access], acc: Option<Value>) -> Value {
@@ -654,6 +707,7 @@ impl Emitter<'_, '_> {
         inputs: &[Access],
         body: &ElementProgram,
         acc: Value,
+        keep: Option<(BufferId, &[usize])>,
     ) -> Result<Value> {
         let last = shape.len() - 1;
         let var = self.loop_vars[last];
@@ -674,7 +728,15 @@ impl Emitter<'_, '_> {
                     .ins()
                     .iconst(types::I32, super::wide::reduce_code(f) as i64);
                 self.rows.push(rp);
-                let r = self.call("kiln_reduce_row_f32", &[prog, table, n, code]);
+                let store = match keep {
+                    Some((buf, strides)) => {
+                        let idx = self.idx();
+                        let lin = self.linear(&idx, strides);
+                        self.address(buf, lin)
+                    }
+                    None => self.b.ins().iconst(types::I64, 0),
+                };
+                let r = self.call("kiln_reduce_row_f32", &[prog, table, n, code, store]);
                 return Ok(reduce_combine(self, f, acc, r));
             }
         }

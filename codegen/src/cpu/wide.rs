@@ -429,15 +429,17 @@ fn combine_scalar(op: ReduceOp, a: f32, b: f32) -> f32 {
 }
 
 /// The reduction (`op`: 0 sum, 1 product, 2 max, 3 min) of a row's values:
-/// the row program's result over `0..n`.
+/// the row program's result over `0..n`, also written to `store` unless it
+/// is null (for a row map that reuses them).
 ///
 /// # Safety
-/// As [`kiln_row_f32`], without the output.
+/// As [`kiln_row_f32`], with `store` (if not null) valid for `n` elements.
 pub(crate) unsafe extern "C" fn kiln_reduce_row_f32(
     prog: *const RowProgram,
     ptrs: *const *const f32,
     n: i64,
     op: i32,
+    store: *mut f32,
 ) -> f32 {
     let op = match op {
         0 => ReduceOp::Sum,
@@ -452,7 +454,7 @@ pub(crate) unsafe extern "C" fn kiln_reduce_row_f32(
     unsafe {
         let p = &*prog;
         let ptrs = std::slice::from_raw_parts(ptrs, p.ptrs);
-        p.reduce(ptrs, n as usize, op)
+        p.reduce(ptrs, n as usize, op, store)
     }
 }
 
@@ -542,7 +544,7 @@ impl RowProgram {
 
     /// The reduction `op` of the row's values.
     #[target_feature(enable = "avx512f,avx512dq")]
-    unsafe fn reduce(&self, ptrs: &[*const f32], n: usize, op: ReduceOp) -> f32 {
+    unsafe fn reduce(&self, ptrs: &[*const f32], n: usize, op: ReduceOp, store: *mut f32) -> f32 {
         let mut scratch = MaybeUninit::<Scratch>::uninit();
         let slots = scratch.as_mut_ptr() as *mut f32;
         let mut block = MaybeUninit::<Block>::uninit();
@@ -557,9 +559,11 @@ impl RowProgram {
             let mut off = 0;
             while off < whole {
                 let len = BLOCK.min(whole - off);
-                self.block(slots, ptrs, off, tmp, len / W);
+                // The values land where they are kept, if anywhere.
+                let dst = if store.is_null() { tmp } else { store.add(off) };
+                self.block(slots, ptrs, off, dst, len / W);
                 for j in 0..len / W {
-                    let v = _mm512_load_ps(tmp.add(j * W));
+                    let v = _mm512_loadu_ps(dst.add(j * W));
                     acc[j % 4] = combine(op, acc[j % 4], v);
                 }
                 off += len;
@@ -568,6 +572,9 @@ impl RowProgram {
                 let mut stage = MaybeUninit::<Stage>::uninit();
                 let o = self.tail(slots, ptrs, off, n - off, &mut stage);
                 let mask: __mmask16 = ((1u32 << (n - off)) - 1) as __mmask16;
+                if !store.is_null() {
+                    _mm512_mask_storeu_ps(store.add(off), mask, _mm512_load_ps(o));
+                }
                 let v = _mm512_mask_blend_ps(mask, id, _mm512_load_ps(o));
                 acc[0] = combine(op, acc[0], v);
             }
