@@ -11,8 +11,11 @@
 //!   `[128, 256]`; over `[128, 4, 64]` it reads `x[64*i1 + i3 + 8192*i2]`,
 //!   which is contiguous along the last dim and so vectorizes.
 //!
-//! Not done: merging dims, reordering loops, or splitting any dim but the
-//! last (a kernel whose divisions sit on an outer dim keeps them).
+//! - Adjacent dims every index walks contiguously merge into one, so rows
+//!   get long enough for the wide vector code.
+//!
+//! Not done: reordering loops, or splitting any dim but the last (a kernel
+//! whose divisions sit on an outer dim keeps them).
 
 use crate::index::{Atom, Index};
 use crate::kernel::{Access, Cond, ElementProgram, Epilogue, Instr, Kernel, KernelProgram};
@@ -28,6 +31,7 @@ pub fn reshape_loops(program: &mut KernelProgram) {
                 ..
             } => {
                 drop_unit_dims(shape, inputs, &mut [program], None);
+                merge_dims(shape, inputs, &mut [program], None);
                 while split_last(shape, inputs, program) {}
             }
             Kernel::Reduce {
@@ -42,7 +46,8 @@ pub fn reshape_loops(program: &mut KernelProgram) {
                 if let Some((_, m)) = map {
                     programs.push(m);
                 }
-                drop_unit_dims(shape, inputs, &mut programs, Some(axes));
+                drop_unit_dims(shape, inputs, &mut programs, Some(&mut *axes));
+                merge_dims(shape, inputs, &mut programs, Some(axes));
             }
             Kernel::MatMul { .. } | Kernel::Op { .. } => {}
         }
@@ -115,6 +120,96 @@ fn drop_unit_dims(
     if let Some(axes) = axes {
         for d in axes.iter_mut() {
             *d -= lead;
+        }
+    }
+}
+
+/// Merges adjacent loop dims that every index walks contiguously (the
+/// outer one's coefficient is the inner one's times the inner extent, and
+/// neither sits inside a division): `x[256*i1 + 16*i2 + i3]` over
+/// `[.., 16, 16]` becomes `x[256*i1 + i2]` over `[.., 256]`. Rows get
+/// longer (a global average pool's 16 x 16 window becomes one row of 256)
+/// and loops fewer. A reduction merges only reduced with reduced and kept
+/// with kept dims.
+fn merge_dims(
+    shape: &mut Vec<usize>,
+    inputs: &mut [Access],
+    programs: &mut [&mut ElementProgram],
+    mut axes: Option<&mut Vec<usize>>,
+) {
+    let mut d = 0;
+    while d + 1 < shape.len() {
+        let inner = shape[d + 1] as i64;
+        let same_kind = axes
+            .as_ref()
+            .is_none_or(|a| a.contains(&d) == a.contains(&(d + 1)));
+        let mut ok = same_kind;
+        for_each_index(inputs, programs, &mut |e: &Index| {
+            ok &= contiguous(e, d, inner);
+        });
+        if !ok {
+            d += 1;
+            continue;
+        }
+        let mut ext = shape.clone();
+        ext[d] *= shape[d + 1];
+        ext.remove(d + 1);
+        rewrite(inputs, programs, &|e| {
+            substitute(
+                e,
+                &|v| match v {
+                    v if v == d => Index::constant(0),
+                    v if v == d + 1 => Index::var(d),
+                    v if v > d + 1 => Index::var(v - 1),
+                    v => Index::var(v),
+                },
+                &ext,
+            )
+        });
+        *shape = ext;
+        if let Some(a) = axes.as_mut() {
+            a.retain(|&x| x != d + 1);
+            for x in a.iter_mut() {
+                if *x > d + 1 {
+                    *x -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `e` walks dims `d` and `d + 1` (inner extent `inner`) as one.
+fn contiguous(e: &Index, d: usize, inner: i64) -> bool {
+    let (mut cd, mut cd1) = (0, 0);
+    for (c, a) in &e.terms {
+        match a {
+            Atom::Var(v) if *v == d => cd += c,
+            Atom::Var(v) if *v == d + 1 => cd1 += c,
+            Atom::Var(_) => {}
+            Atom::Div(i, _) | Atom::Mod(i, _) => {
+                if mentions(i, d) || mentions(i, d + 1) {
+                    return false;
+                }
+            }
+        }
+    }
+    cd == cd1 * inner
+}
+
+/// Calls `f` on every index expression of a kernel.
+fn for_each_index(inputs: &[Access], programs: &[&mut ElementProgram], f: &mut dyn FnMut(&Index)) {
+    for a in inputs {
+        f(&a.offset);
+        a.mask.iter().for_each(|c| f(&c.expr));
+    }
+    for p in programs {
+        for ins in &p.instrs {
+            match ins {
+                Instr::InBounds(cs) => cs.iter().for_each(|c| f(&c.expr)),
+                Instr::IndexValue(e, _) => f(e),
+                Instr::Random { index, .. } => f(index),
+                _ => {}
+            }
         }
     }
 }
