@@ -126,6 +126,18 @@ impl Conv {
             && dilation == [1, 1]
     }
 
+    /// Packs constant weights once, where the kernel packs them at all.
+    ///
+    /// # Safety
+    /// `w` must point at the weights, which must not change afterwards.
+    pub(crate) unsafe fn prepack(&mut self, w: *const u8) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(d) = &mut self.direct {
+            unsafe { d.prepack(w as *const f32) };
+        }
+        let _ = w;
+    }
+
     /// True when the run hands work to the `gemm` crate's own threads
     /// (one image through im2col), which must then run in a rayon pool.
     pub(crate) fn uses_rayon(&self) -> bool {

@@ -62,6 +62,8 @@ pub(crate) struct Direct {
     packed: Vec<f32>,
     /// Padded images, one per thread.
     scratch: Vec<f32>,
+    /// The weights were packed once (they are constants): runs skip it.
+    prepacked: bool,
 }
 
 impl Direct {
@@ -150,6 +152,7 @@ impl Direct {
             vecs,
             packed: vec![0.0; o.div_ceil(MR) * MR * k],
             scratch: vec![0.0; padded],
+            prepacked: false,
         })
     }
 
@@ -175,7 +178,9 @@ impl Direct {
             self.scratch.resize(self.padded * threads, 0.0);
         }
         // SAFETY: `w` holds `o * k` floats.
-        unsafe { self.pack(w) };
+        if !self.prepacked {
+            unsafe { self.pack(w) };
+        }
         let this = &*self;
         let scratch = SendPtr(this.scratch.as_ptr() as *mut f32);
         let (out, x) = (SendPtr(out), SendPtr(x as *mut f32));
@@ -221,6 +226,15 @@ impl Direct {
     }
 
     /// Packs `w[o][k]` into `[o / MR][k][MR]`.
+    /// Packs constant weights now, once, instead of on every run.
+    ///
+    /// # Safety
+    /// `w` must hold the `o * k` weights, and keep them for every run.
+    pub(crate) unsafe fn prepack(&mut self, w: *const f32) {
+        unsafe { self.pack(w) };
+        self.prepacked = true;
+    }
+
     unsafe fn pack(&mut self, w: *const f32) {
         let (o, k) = (self.o, self.k);
         for blk in 0..o.div_ceil(MR) {

@@ -436,7 +436,7 @@ impl Backend for CpuBackend {
                             [s[0], s[1], s[2], s[3]]
                         };
                         let oshape = dims(*out);
-                        let conv = conv::Conv::new(
+                        let mut conv = conv::Conv::new(
                             program.buffer(*out).dtype,
                             dims(args[0]),
                             dims(args[1]),
@@ -446,6 +446,11 @@ impl Backend for CpuBackend {
                             *dilation,
                             *groups,
                         );
+                        if let Storage::Constant { value } = &program.buffer(args[1]).storage {
+                            // SAFETY: the program keeps its constants for the
+                            // executable's life (this executable owns a copy).
+                            unsafe { conv.prepack(value.0.as_ptr()) };
+                        }
                         Step::Conv {
                             conv,
                             out: *out,
