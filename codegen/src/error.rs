@@ -14,6 +14,9 @@ pub enum Error {
     /// The host is not supported by the backend.
     #[error("unsupported host: {0}")]
     Host(String),
+    /// A CUDA library or device is missing or failed.
+    #[error("{0}")]
+    Cuda(String),
     /// A run was given inputs that do not match the program.
     #[error("{0}")]
     Input(String),

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 
 pub use error::{Error, Result};

@@ -7,8 +7,10 @@ use std::str::FromStr;
 ///
 /// `Cpu` compiles the graph (optimizer passes, fusion, memory planning,
 /// Cranelift JIT) the first time each fetch set and feed shape is run;
-/// `Reference` interprets it op by op. `Cuda(n)` will join them, with the
-/// same session API.
+/// `Reference` interprets it op by op. `Cuda(n)` is the n-th NVIDIA GPU:
+/// a session on it checks that the CUDA driver and the device exist and
+/// says which is missing; running programs on it is in progress (see
+/// `kiln_codegen::cuda`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Device {
@@ -17,6 +19,8 @@ pub enum Device {
     /// JIT-compiled machine code for the host CPU.
     #[default]
     Cpu,
+    /// The NVIDIA GPU with this ordinal.
+    Cuda(usize),
 }
 
 impl fmt::Display for Device {
@@ -24,6 +28,7 @@ impl fmt::Display for Device {
         match self {
             Device::Reference => f.write_str("reference"),
             Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
 }
@@ -34,10 +39,14 @@ impl FromStr for Device {
         match s {
             "reference" | "ref" => Ok(Device::Reference),
             "cpu" => Ok(Device::Cpu),
-            other => Err(crate::Error::Device {
-                device: other.into(),
-                reason: "unknown device; available: cpu, reference".into(),
-            }),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                _ => Err(crate::Error::Device {
+                    device: other.into(),
+                    reason: "unknown device; available: cpu, reference, cuda, cuda:N".into(),
+                }),
+            },
         }
     }
 }

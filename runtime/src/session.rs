@@ -93,6 +93,20 @@ impl Session {
         if device == Device::Cpu {
             tune_allocator();
         }
+        if let Device::Cuda(n) = device {
+            let gpu = kiln_codegen::cuda::CudaDevice::open(n).map_err(|e| Error::Device {
+                device: device.to_string(),
+                reason: e.to_string(),
+            })?;
+            return Err(Error::Device {
+                device: device.to_string(),
+                reason: format!(
+                    "found {} ({}), but the CUDA backend does not run programs yet:                      it compiles their kernels (NVRTC); use --device cpu",
+                    gpu.name().unwrap_or_else(|_| "a GPU".into()),
+                    gpu.arch().unwrap_or_default()
+                ),
+            });
+        }
         let graph = graph.clone();
         let mut variables = HashMap::new();
         for v in graph.variables() {
@@ -161,6 +175,10 @@ impl Session {
                 }
                 Ok(out.fetched)
             }
+            Device::Cuda(_) => Err(Error::Device {
+                device: self.device.to_string(),
+                reason: "the CUDA backend does not run programs yet".into(),
+            }),
             Device::Cpu => {
                 let key = (fetch_ids, bindings);
                 if !self.compiled.contains_key(&key) {

@@ -1,0 +1,162 @@
+//! The CUDA backend (in progress): kernel programs as CUDA C compiled by
+//! NVRTC, launched through cudarc. cudarc loads the CUDA libraries at run
+//! time (so kiln builds without a toolkit) and panics on first use when one
+//! is missing, so every entry point here checks for the library first and
+//! returns a clear error instead.
+//!
+//! What exists: the CUDA C of every elementwise and reduction kernel
+//! (`source.rs`), NVRTC compilation (which needs no GPU, only libnvrtc),
+//! and the checks that make `Device::Cuda(n)` fail with a message saying
+//! which library or device is missing. What does not yet: the device
+//! executable (arena, uploads, launches, cuBLAS, CUDA graphs).
+
+pub mod source;
+
+use std::sync::OnceLock;
+
+use kiln_optimizer::kernel::KernelProgram;
+
+use crate::error::{Error, Result};
+
+/// Directories searched for libnvrtc when the loader does not find it:
+/// `KILN_NVRTC_DIR` first, then the toolkit's usual place. (The pip
+/// package `nvidia-cuda-nvrtc` puts it under `site-packages/nvidia/cu13/lib`;
+/// point `KILN_NVRTC_DIR` there.)
+fn nvrtc_dirs() -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("KILN_NVRTC_DIR") {
+        dirs.push(d.into());
+    }
+    dirs.push("/usr/local/cuda/lib64".into());
+    dirs
+}
+
+/// Loads the libraries in `dir` whose names start with one of `prefixes`
+/// (in that order), globally, so that a later load by soname finds them.
+fn preload(dir: &std::path::Path, prefixes: &[&str]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut names: Vec<std::path::PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    names.sort();
+    let mut loaded = false;
+    for prefix in prefixes {
+        for p in &names {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if n.starts_with(prefix) && n.contains(".so") {
+                let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+                    continue;
+                };
+                // SAFETY: dlopen of a shared library by path; the handle is
+                // kept for the process's life.
+                let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+                loaded |= !h.is_null();
+                break;
+            }
+        }
+    }
+    loaded
+}
+
+/// True when NVRTC can be loaded (looking in [`nvrtc_dirs`] too).
+pub fn nvrtc_available() -> bool {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        // SAFETY: only probes for the library.
+        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return true;
+        }
+        for dir in nvrtc_dirs() {
+            // The builtins first: libnvrtc loads them by name.
+            if preload(&dir, &["libnvrtc-builtins", "libnvrtc.so"])
+                // SAFETY: as above.
+                && unsafe { cudarc::nvrtc::sys::is_culib_present() }
+            {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+/// True when the CUDA driver library can be loaded.
+pub fn driver_available() -> bool {
+    // SAFETY: only probes for the library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// PTX for CUDA C `source`, compiled by NVRTC for `arch` (e.g. `sm_90`).
+pub fn compile(source: &str, arch: &'static str) -> Result<String> {
+    if !nvrtc_available() {
+        return Err(Error::Cuda(
+            "NVRTC not found: install the CUDA toolkit or the pip package \
+             nvidia-cuda-nvrtc and set KILN_NVRTC_DIR to its lib directory"
+                .into(),
+        ));
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(source, opts)
+        .map(|p| p.to_src())
+        .map_err(|e| Error::Codegen {
+            kernel: usize::MAX,
+            reason: format!("NVRTC: {e}"),
+        })
+}
+
+/// The CUDA C of every kernel of `program` that is emitted as source.
+pub fn sources(program: &KernelProgram) -> Result<Vec<source::KernelSource>> {
+    let mut out = Vec::new();
+    for k in 0..program.kernels.len() {
+        match source::emit(program, k) {
+            Ok(Some(s)) => out.push(s),
+            Ok(None) => {}
+            Err(source::Unsupported(reason)) => return Err(Error::Codegen { kernel: k, reason }),
+        }
+    }
+    Ok(out)
+}
+
+/// A CUDA device, checked: the driver library loads, the device exists.
+pub struct CudaDevice {
+    ctx: std::sync::Arc<cudarc::driver::CudaContext>,
+}
+
+impl CudaDevice {
+    /// Device `ordinal`, or an error saying what is missing.
+    pub fn open(ordinal: usize) -> Result<CudaDevice> {
+        if !driver_available() {
+            return Err(Error::Cuda(format!(
+                "no CUDA driver on this machine (libcuda.so.1 not found), so no cuda:{ordinal}"
+            )));
+        }
+        let count = cudarc::driver::CudaContext::device_count()
+            .map_err(|e| Error::Cuda(format!("CUDA driver: {e}")))?;
+        if ordinal as i64 >= count as i64 {
+            return Err(Error::Cuda(format!(
+                "no cuda:{ordinal}: this machine has {count} CUDA device(s)"
+            )));
+        }
+        let ctx = cudarc::driver::CudaContext::new(ordinal)
+            .map_err(|e| Error::Cuda(format!("opening cuda:{ordinal}: {e}")))?;
+        Ok(CudaDevice { ctx })
+    }
+
+    /// `sm_XY` for the device's compute capability.
+    pub fn arch(&self) -> Result<String> {
+        let (major, minor) = self
+            .ctx
+            .compute_capability()
+            .map_err(|e| Error::Cuda(format!("CUDA driver: {e}")))?;
+        Ok(format!("sm_{major}{minor}"))
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> Result<String> {
+        self.ctx
+            .name()
+            .map_err(|e| Error::Cuda(format!("CUDA driver: {e}")))
+    }
+}

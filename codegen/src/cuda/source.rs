@@ -1,0 +1,576 @@
+//! CUDA C for the elementwise and reduction kernels of a kernel program.
+//!
+//! Each kernel becomes one `extern "C" __global__` function whose
+//! parameters are the device pointers of the buffers it touches (the
+//! program's memory plan fixes them, so a launch, or a CUDA graph, binds
+//! them once). An elementwise kernel runs a grid-stride loop over its
+//! output's linear index and recovers the loop variables by division; a
+//! reduction runs one thread per kept element, looping over the reduced
+//! ones, then its row map. Every scalar op means what `kiln-graph` says:
+//! integer arithmetic wraps (done in unsigned), integer division by zero
+//! gives 0, max and min propagate NaN, round is half to even, casts from
+//! floats to integers saturate (NaN to 0) like Rust's `as`.
+//!
+//! Matrix products (cuBLAS) and primitive ops (`Kernel::Op`) get only their
+//! epilogue, applied in place to their output.
+//! Random ops are refused for now (their counter-based generator is not yet
+//! written in CUDA C).
+
+use std::fmt::Write;
+
+use kiln_graph::{ArgOp, BinaryOp, DType, ReduceOp, Scalar, UnaryOp};
+use kiln_optimizer::index::{Atom, Index};
+use kiln_optimizer::kernel::{
+    Access, BufferId, Cond, ElementProgram, Instr, Kernel, KernelProgram, ReduceKind,
+};
+
+/// One kernel's CUDA C: its entry point and the buffers its parameters
+/// point at, in order.
+#[derive(Clone, Debug)]
+pub struct KernelSource {
+    /// The function's name.
+    pub name: String,
+    /// The whole translation unit (prelude included).
+    pub source: String,
+    /// Parameter `i` is the device pointer of `params[i]`; then one
+    /// `long long` (elements or rows to cover).
+    pub params: Vec<BufferId>,
+    /// What the trailing count covers.
+    pub count: usize,
+}
+
+/// Helpers every kernel may use.
+const PRELUDE: &str = r#"
+typedef long long i64;
+typedef unsigned long long u64;
+__device__ __forceinline__ i64 kfloordiv(i64 a, i64 k) { i64 q = a / k; return (a % k < 0) ? q - 1 : q; }
+__device__ __forceinline__ i64 kmod(i64 a, i64 k) { i64 r = a % k; return r < 0 ? r + k : r; }
+__device__ __forceinline__ float kmaxf(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
+__device__ __forceinline__ float kminf(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
+__device__ __forceinline__ double kmax(double a, double b) { return (a != a || b != b) ? __longlong_as_double(0x7ff8000000000000LL) : fmax(a, b); }
+__device__ __forceinline__ double kmin(double a, double b) { return (a != a || b != b) ? __longlong_as_double(0x7ff8000000000000LL) : fmin(a, b); }
+__device__ __forceinline__ int kdiv32(int a, int b) { return b == 0 ? 0 : (b == -1 ? (int)(0u - (unsigned)a) : a / b); }
+__device__ __forceinline__ i64 kdiv64(i64 a, i64 b) { return b == 0 ? 0 : (b == -1 ? (i64)(0ull - (u64)a) : a / b); }
+__device__ __forceinline__ int kf2i32(double x) { return x != x ? 0 : (x >= 2147483647.0 ? 2147483647 : (x <= -2147483648.0 ? (-2147483647 - 1) : (int)x)); }
+__device__ __forceinline__ i64 kf2i64(double x) { return x != x ? 0 : (x >= 9223372036854775807.0 ? 9223372036854775807LL : (x <= -9223372036854775808.0 ? (-9223372036854775807LL - 1) : (i64)x)); }
+__device__ __forceinline__ int kpow32(int a, int b) { if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0); unsigned r = 1, x = (unsigned)a; while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; } return (int)r; }
+__device__ __forceinline__ i64 kpow64(i64 a, i64 b) { if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0); u64 r = 1, x = (u64)a; while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; } return (i64)r; }
+"#;
+
+/// The CUDA C type of `d`.
+pub fn ctype(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float",
+        DType::F64 => "double",
+        DType::I32 => "int",
+        DType::I64 => "i64",
+        DType::Bool => "bool",
+    }
+}
+
+/// Why a kernel has no CUDA C.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsupported(pub String);
+
+/// The CUDA C of kernel `k` of `program`: the kernel itself for
+/// elementwise and reduction kernels, the epilogue (applied in place to
+/// the output) for matrix products and primitive ops, or `None` where
+/// there is nothing to emit (an identity epilogue).
+pub fn emit(program: &KernelProgram, k: usize) -> Result<Option<KernelSource>, Unsupported> {
+    let name = format!("kiln_k{k}");
+    match &program.kernels[k] {
+        Kernel::Elementwise {
+            out,
+            shape,
+            inputs,
+            program: p,
+        } => Emitter::new(program, inputs)
+            .elementwise(name, *out, shape, p, false)
+            .map(Some),
+        Kernel::Reduce {
+            out,
+            shape,
+            axes,
+            kind,
+            inputs,
+            body,
+            map,
+        } => Emitter::new(program, inputs)
+            .reduce(name, *out, shape, axes, *kind, body, map.as_ref())
+            .map(Some),
+        Kernel::MatMul { out, epilogue, .. } | Kernel::Op { out, epilogue, .. } => {
+            if epilogue.program.instrs.len() == 1 && epilogue.inputs.is_empty() {
+                return Ok(None);
+            }
+            let shape = program.buffer(*out).shape.clone();
+            Emitter::new(program, &epilogue.inputs)
+                .elementwise(
+                    format!("{name}_epilogue"),
+                    *out,
+                    &shape,
+                    &epilogue.program,
+                    true,
+                )
+                .map(Some)
+        }
+    }
+}
+
+struct Emitter<'a> {
+    prog: &'a KernelProgram,
+    inputs: &'a [Access],
+    params: Vec<BufferId>,
+    body: String,
+    next: usize,
+}
+
+fn literal(s: Scalar) -> String {
+    match s {
+        Scalar::F32(v) => format!("__int_as_float({:#x})", v.to_bits() as i32),
+        Scalar::F64(v) => format!("__longlong_as_double({:#x}LL)", v.to_bits() as i64),
+        Scalar::I32(v) => format!("({v})"),
+        Scalar::I64(v) if v == i64::MIN => "(-9223372036854775807LL - 1)".into(),
+        Scalar::I64(v) => format!("({v}LL)"),
+        Scalar::Bool(v) => (if v { "true" } else { "false" }).into(),
+    }
+}
+
+impl<'a> Emitter<'a> {
+    fn new(prog: &'a KernelProgram, inputs: &'a [Access]) -> Emitter<'a> {
+        Emitter {
+            prog,
+            inputs,
+            params: Vec::new(),
+            body: String::new(),
+            next: 0,
+        }
+    }
+
+    fn param(&mut self, b: BufferId) -> String {
+        let i = match self.params.iter().position(|&p| p == b) {
+            Some(i) => i,
+            None => {
+                self.params.push(b);
+                self.params.len() - 1
+            }
+        };
+        format!("p{i}")
+    }
+
+    fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("v{}", self.next)
+    }
+
+    fn line(&mut self, indent: usize, s: &str) {
+        for _ in 0..indent {
+            self.body.push_str("    ");
+        }
+        self.body.push_str(s);
+        self.body.push('\n');
+    }
+
+    fn index(e: &Index) -> String {
+        let mut s = format!("({}LL", e.constant);
+        for (c, a) in &e.terms {
+            let atom = match a {
+                Atom::Var(v) => format!("i{v}"),
+                Atom::Div(inner, k) => format!("kfloordiv({}, {k}LL)", Self::index(inner)),
+                Atom::Mod(inner, k) => format!("kmod({}, {k}LL)", Self::index(inner)),
+            };
+            let _ = write!(s, " + {c}LL * {atom}");
+        }
+        s.push(')');
+        s
+    }
+
+    fn conds(cs: &[Cond]) -> String {
+        if cs.is_empty() {
+            return "true".into();
+        }
+        cs.iter()
+            .map(|c| {
+                let e = Self::index(&c.expr);
+                format!("({e} >= {}LL && {e} < {}LL)", c.lo, c.hi)
+            })
+            .collect::<Vec<_>>()
+            .join(" && ")
+    }
+
+    fn dtype_of(&self, b: BufferId) -> DType {
+        self.prog.buffer(b).dtype
+    }
+
+    /// Emits `p`'s instructions at `indent`; returns the result's variable
+    /// and type. `acc` is what `Instr::Acc` reads.
+    fn program(
+        &mut self,
+        p: &ElementProgram,
+        indent: usize,
+        acc: Option<(&str, DType)>,
+    ) -> Result<(String, DType), Unsupported> {
+        let mut vals: Vec<(String, DType)> = Vec::with_capacity(p.instrs.len());
+        for ins in &p.instrs {
+            let (expr, t) = match ins {
+                Instr::Load(a) => {
+                    let acc = &self.inputs[*a];
+                    let t = self.dtype_of(acc.buffer);
+                    let ptr = self.param(acc.buffer);
+                    let load =
+                        format!("(({} const*){ptr})[{}]", ctype(t), Self::index(&acc.offset));
+                    if acc.mask.is_empty() {
+                        (load, t)
+                    } else {
+                        let zero = literal(Scalar::from_f64(t, 0.0));
+                        (format!("({} ? {load} : {zero})", Self::conds(&acc.mask)), t)
+                    }
+                }
+                Instr::Const(c) => (literal(*c), c.dtype()),
+                Instr::Unary(f, a) => {
+                    let (x, t) = vals[*a].clone();
+                    (unary(*f, &x, t)?, t)
+                }
+                Instr::Binary(f, a, b) => {
+                    let (x, t) = vals[*a].clone();
+                    let (y, _) = vals[*b].clone();
+                    let r = binary(*f, &x, &y, t)?;
+                    (r, if f.is_comparison() { DType::Bool } else { t })
+                }
+                Instr::Select(c, a, b) => {
+                    let t = vals[*a].1;
+                    (
+                        format!("({} ? {} : {})", vals[*c].0, vals[*a].0, vals[*b].0),
+                        t,
+                    )
+                }
+                Instr::Cast(to, a) => {
+                    let (x, from) = vals[*a].clone();
+                    (cast(&x, from, *to), *to)
+                }
+                Instr::Acc => match acc {
+                    Some((v, t)) => (v.to_string(), t),
+                    None => return Err(Unsupported("acc outside a reduction".into())),
+                },
+                Instr::InBounds(cs) => (Self::conds(cs), DType::Bool),
+                Instr::IndexValue(e, t) => (cast(&Self::index(e), DType::I64, *t), *t),
+                Instr::Random { .. } => {
+                    return Err(Unsupported(
+                        "random ops are not yet generated for CUDA".into(),
+                    ))
+                }
+            };
+            let v = self.fresh();
+            self.line(indent, &format!("const {} {v} = {expr};", ctype(t)));
+            vals.push((v, t));
+        }
+        Ok(vals[p.result].clone())
+    }
+
+    /// Declares `i0..` from the linear index `lin` over `shape`.
+    fn unravel(&mut self, indent: usize, lin: &str, shape: &[usize], vars: &[usize]) {
+        let mut stride: usize = vars.iter().map(|&d| shape[d]).product();
+        for &d in vars {
+            stride /= shape[d].max(1);
+            self.line(
+                indent,
+                &format!(
+                    "const i64 i{d} = ({lin} / {stride}LL) % {}LL;",
+                    shape[d].max(1)
+                ),
+            );
+        }
+    }
+
+    fn finish(self, name: String, count: usize) -> KernelSource {
+        let mut sig = Vec::new();
+        for (i, _) in self.params.iter().enumerate() {
+            sig.push(format!("void* __restrict__ p{i}"));
+        }
+        sig.push("const i64 count".into());
+        let source = format!(
+            "{PRELUDE}\nextern \"C\" __global__ void {name}({}) {{\n{}}}\n",
+            sig.join(", "),
+            self.body
+        );
+        KernelSource {
+            name,
+            source,
+            params: self.params,
+            count,
+        }
+    }
+
+    fn elementwise(
+        mut self,
+        name: String,
+        out: BufferId,
+        shape: &[usize],
+        p: &ElementProgram,
+        acc_from_out: bool,
+    ) -> Result<KernelSource, Unsupported> {
+        let count: usize = shape.iter().product();
+        let o = self.param(out);
+        let ot = self.dtype_of(out);
+        self.line(
+            1,
+            "for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {",
+        );
+        let vars: Vec<usize> = (0..shape.len()).collect();
+        self.unravel(2, "t", shape, &vars);
+        if acc_from_out {
+            self.line(
+                2,
+                &format!("const {} acc = (({} const*){o})[t];", ctype(ot), ctype(ot)),
+            );
+        }
+        let acc = acc_from_out.then_some(("acc", ot));
+        let (v, t) = self.program(p, 2, acc)?;
+        let v = if t == ot { v } else { cast(&v, t, ot) };
+        self.line(2, &format!("(({}*){o})[t] = {v};", ctype(ot)));
+        self.line(1, "}");
+        Ok(self.finish(name, count))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reduce(
+        mut self,
+        name: String,
+        out: Option<BufferId>,
+        shape: &[usize],
+        axes: &[usize],
+        kind: ReduceKind,
+        body: &ElementProgram,
+        map: Option<&(BufferId, ElementProgram)>,
+    ) -> Result<KernelSource, Unsupported> {
+        let kept: Vec<usize> = (0..shape.len()).filter(|d| !axes.contains(d)).collect();
+        let count: usize = kept.iter().map(|&d| shape[d]).product();
+        let reduced_n: usize = axes.iter().map(|&d| shape[d]).product();
+        // The body's type, found by emitting it once into a scratch emitter.
+        let in_t = {
+            let mut probe = Emitter::new(self.prog, self.inputs);
+            for &d in axes {
+                probe.line(0, &format!("i64 i{d} = 0;"));
+            }
+            probe.program(body, 0, None)?.1
+        };
+        let (acc_t, init) = match kind {
+            // Floats accumulate in double, as the reference does.
+            ReduceKind::Value(f) => {
+                let t = if in_t.is_float() { DType::F64 } else { in_t };
+                let init = match (f, t) {
+                    (ReduceOp::Sum, _) => literal(Scalar::from_f64(t, 0.0)),
+                    (ReduceOp::Prod, _) => literal(Scalar::from_f64(t, 1.0)),
+                    (ReduceOp::Max, DType::F64) => "(-1.0/0.0)".into(),
+                    (ReduceOp::Min, DType::F64) => "(1.0/0.0)".into(),
+                    (ReduceOp::Max, DType::I32) => "(-2147483647 - 1)".into(),
+                    (ReduceOp::Min, DType::I32) => "2147483647".into(),
+                    (ReduceOp::Max, _) => "(-9223372036854775807LL - 1)".into(),
+                    (ReduceOp::Min, _) => "9223372036854775807LL".into(),
+                };
+                (t, init)
+            }
+            ReduceKind::Arg(_) => (in_t, literal(Scalar::from_f64(in_t, 0.0))),
+        };
+        self.line(
+            1,
+            "for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {",
+        );
+        self.unravel(2, "t", shape, &kept);
+        self.line(2, &format!("{} acc = {init};", ctype(acc_t)));
+        self.line(2, "i64 best = 0; bool started = false;");
+        self.line(2, &format!("for (i64 r = 0; r < {reduced_n}LL; ++r) {{"));
+        self.unravel(3, "r", shape, axes);
+        let (v, _) = self.program(body, 3, None)?;
+        match kind {
+            ReduceKind::Value(f) => {
+                let x = cast(&v, in_t, acc_t);
+                let step = match (f, acc_t.is_float()) {
+                    (ReduceOp::Sum, true) => format!("acc + {x}"),
+                    (ReduceOp::Prod, true) => format!("acc * {x}"),
+                    (ReduceOp::Max, true) => format!("kmax(acc, {x})"),
+                    (ReduceOp::Min, true) => format!("kmin(acc, {x})"),
+                    (ReduceOp::Sum, false) => format!("({})((u64)acc + (u64){x})", ctype(acc_t)),
+                    (ReduceOp::Prod, false) => format!("({})((u64)acc * (u64){x})", ctype(acc_t)),
+                    (ReduceOp::Max, false) => format!("(acc > {x} ? acc : {x})"),
+                    (ReduceOp::Min, false) => format!("(acc < {x} ? acc : {x})"),
+                };
+                self.line(3, &format!("acc = {step};"));
+            }
+            ReduceKind::Arg(f) => {
+                let (better, nan) = match (f, in_t.is_float()) {
+                    (ArgOp::ArgMax, true) => (format!("{v} > acc"), format!("({v} != {v})")),
+                    (ArgOp::ArgMin, true) => (format!("{v} < acc"), format!("({v} != {v})")),
+                    (ArgOp::ArgMax, false) => (format!("{v} > acc"), "false".into()),
+                    (ArgOp::ArgMin, false) => (format!("{v} < acc"), "false".into()),
+                };
+                let acc_nan = if in_t.is_float() {
+                    "(acc != acc)"
+                } else {
+                    "false"
+                };
+                // First index of the extreme; a NaN wins and stays.
+                self.line(
+                    3,
+                    &format!("if (!started || (!{acc_nan} && (({better}) || {nan}))) {{ acc = {v}; best = r; started = true; }}"),
+                );
+            }
+        }
+        self.line(2, "}");
+        let out_t = match kind {
+            ReduceKind::Arg(_) => DType::I64,
+            ReduceKind::Value(_) => in_t,
+        };
+        let result = match kind {
+            ReduceKind::Arg(_) => "best".to_string(),
+            ReduceKind::Value(_) => cast("acc", acc_t, out_t),
+        };
+        self.line(2, &format!("const {} result = {result};", ctype(out_t)));
+        if let Some(o) = out {
+            let p = self.param(o);
+            let ot = self.dtype_of(o);
+            self.line(
+                2,
+                &format!("(({}*){p})[t] = {};", ctype(ot), cast("result", out_t, ot)),
+            );
+        }
+        if let Some((mo, mp)) = map {
+            let strides = kiln_graph::shape::strides(shape);
+            self.line(2, &format!("for (i64 r = 0; r < {reduced_n}LL; ++r) {{"));
+            self.unravel(3, "r", shape, axes);
+            let (v, t) = self.program(mp, 3, Some(("result", out_t)))?;
+            let p = self.param(*mo);
+            let mt = self.dtype_of(*mo);
+            let lin = (0..shape.len())
+                .map(|d| format!("{}LL * i{d}", strides[d]))
+                .collect::<Vec<_>>()
+                .join(" + ");
+            self.line(
+                3,
+                &format!("(({}*){p})[{lin}] = {};", ctype(mt), cast(&v, t, mt)),
+            );
+            self.line(2, "}");
+        }
+        self.line(1, "}");
+        Ok(self.finish(name, count))
+    }
+}
+
+fn unary(f: UnaryOp, x: &str, t: DType) -> Result<String, Unsupported> {
+    use UnaryOp::*;
+    let s = match (t, f) {
+        (DType::F32, _) => match f {
+            Neg => format!("(-{x})"),
+            Abs => format!("fabsf({x})"),
+            Sign => format!("({x} > 0.0f ? 1.0f : ({x} < 0.0f ? -1.0f : {x}))"),
+            Exp => format!("expf({x})"),
+            Log => format!("logf({x})"),
+            Sqrt => format!("sqrtf({x})"),
+            Rsqrt => format!("(1.0f / sqrtf({x}))"),
+            Recip => format!("(1.0f / {x})"),
+            Sin => format!("sinf({x})"),
+            Cos => format!("cosf({x})"),
+            Tanh => format!("tanhf({x})"),
+            Sigmoid => format!("(1.0f / (1.0f + expf(-{x})))"),
+            Erf => format!("erff({x})"),
+            Floor => format!("floorf({x})"),
+            Ceil => format!("ceilf({x})"),
+            Round => format!("rintf({x})"),
+            Not => return Err(Unsupported("not on f32".into())),
+        },
+        (DType::F64, _) => match f {
+            Neg => format!("(-{x})"),
+            Abs => format!("fabs({x})"),
+            Sign => format!("({x} > 0.0 ? 1.0 : ({x} < 0.0 ? -1.0 : {x}))"),
+            Exp => format!("exp({x})"),
+            Log => format!("log({x})"),
+            Sqrt => format!("sqrt({x})"),
+            Rsqrt => format!("(1.0 / sqrt({x}))"),
+            Recip => format!("(1.0 / {x})"),
+            Sin => format!("sin({x})"),
+            Cos => format!("cos({x})"),
+            Tanh => format!("tanh({x})"),
+            Sigmoid => format!("(1.0 / (1.0 + exp(-{x})))"),
+            Erf => format!("erf({x})"),
+            Floor => format!("floor({x})"),
+            Ceil => format!("ceil({x})"),
+            Round => format!("rint({x})"),
+            Not => return Err(Unsupported("not on f64".into())),
+        },
+        (DType::Bool, Not) => format!("(!{x})"),
+        (DType::I32 | DType::I64, Neg) => format!("({})(0ull - (u64){x})", ctype(t)),
+        (DType::I32 | DType::I64, Abs) => {
+            format!("({x} < 0 ? ({})(0ull - (u64){x}) : {x})", ctype(t))
+        }
+        (DType::I32 | DType::I64, Sign) => format!("({})(({x} > 0) - ({x} < 0))", ctype(t)),
+        _ => {
+            return Err(Unsupported(format!(
+                "{f:?} on {t} has no CUDA form (the reference refuses it too)"
+            )))
+        }
+    };
+    Ok(s)
+}
+
+fn binary(f: BinaryOp, a: &str, b: &str, t: DType) -> Result<String, Unsupported> {
+    use BinaryOp::*;
+    let int = matches!(t, DType::I32 | DType::I64);
+    let c = ctype(t);
+    let s = match f {
+        Add | Sub | Mul if int => {
+            let op = match f {
+                Add => "+",
+                Sub => "-",
+                _ => "*",
+            };
+            format!("({c})((u64){a} {op} (u64){b})")
+        }
+        Add => format!("({a} + {b})"),
+        Sub => format!("({a} - {b})"),
+        Mul => format!("({a} * {b})"),
+        Div => match t {
+            DType::I32 => format!("kdiv32({a}, {b})"),
+            DType::I64 => format!("kdiv64({a}, {b})"),
+            _ => format!("({a} / {b})"),
+        },
+        Pow => match t {
+            DType::F32 => format!("powf({a}, {b})"),
+            DType::F64 => format!("pow({a}, {b})"),
+            DType::I32 => format!("kpow32({a}, {b})"),
+            DType::I64 => format!("kpow64({a}, {b})"),
+            DType::Bool => return Err(Unsupported("pow on bool".into())),
+        },
+        Max => match t {
+            DType::F32 => format!("kmaxf({a}, {b})"),
+            DType::F64 => format!("kmax({a}, {b})"),
+            _ => format!("({a} > {b} ? {a} : {b})"),
+        },
+        Min => match t {
+            DType::F32 => format!("kminf({a}, {b})"),
+            DType::F64 => format!("kmin({a}, {b})"),
+            _ => format!("({a} < {b} ? {a} : {b})"),
+        },
+        Eq => format!("({a} == {b})"),
+        Ne => format!("({a} != {b})"),
+        Lt => format!("({a} < {b})"),
+        Le => format!("({a} <= {b})"),
+        Gt => format!("({a} > {b})"),
+        Ge => format!("({a} >= {b})"),
+        And => format!("({a} && {b})"),
+        Or => format!("({a} || {b})"),
+        Xor => format!("({a} != {b})"),
+    };
+    Ok(s)
+}
+
+/// `x` of type `from` as `to`, with Rust's `as` semantics.
+fn cast(x: &str, from: DType, to: DType) -> String {
+    if from == to {
+        return x.to_string();
+    }
+    match (from.is_float(), to) {
+        (true, DType::I32) => format!("kf2i32((double){x})"),
+        (true, DType::I64) => format!("kf2i64((double){x})"),
+        (_, DType::Bool) => format!("((double){x} != 0.0)"),
+        _ => format!("(({}){x})", ctype(to)),
+    }
+}
