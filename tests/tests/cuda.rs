@@ -232,16 +232,33 @@ static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i
         let mut unit = String::from(SHIMS);
         let mut calls = Vec::new();
         for k in 0..program.kernels.len() {
-            let s = source::emit(program, k).ok()??;
-            unit.push_str(&format!("namespace ns{k} {{\n{}\n}}\n", s.source));
-            let args: Vec<String> = (0..s.params.len()).map(|i| format!("p[{i}]")).collect();
-            unit.push_str(&format!(
-                "extern \"C\" void call_{k}(void** p, long long count) {{ ns{k}::{}({}{}count); }}\n",
-                s.name,
-                args.join(", "),
-                if args.is_empty() { "" } else { ", " }
-            ));
-            calls.push((k, s));
+            let matmul = source::emit_matmul(program, k);
+            let is_op = matches!(
+                program.kernels[k],
+                kiln_optimizer::kernel::Kernel::Op { .. }
+            );
+            if is_op
+                || (matmul.is_none()
+                    && matches!(
+                        program.kernels[k],
+                        kiln_optimizer::kernel::Kernel::MatMul { .. }
+                    ))
+            {
+                return None;
+            }
+            let main = source::emit(program, k).ok()?;
+            for s in matmul.into_iter().chain(main) {
+                let id = calls.len();
+                unit.push_str(&format!("namespace ns{id} {{\n{}\n}}\n", s.source));
+                let args: Vec<String> = (0..s.params.len()).map(|i| format!("p[{i}]")).collect();
+                unit.push_str(&format!(
+                    "extern \"C\" void call_{id}(void** p, long long count) {{ ns{id}::{}({}{}count); }}\n",
+                    s.name,
+                    args.join(", "),
+                    if args.is_empty() { "" } else { ", " }
+                ));
+                calls.push((id, s));
+            }
         }
         let dir = std::env::temp_dir().join(format!("kiln-cuda-host-{}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
@@ -386,6 +403,31 @@ fn emitted_kernels_compute_what_the_reference_does() {
             .run(&refs, &fetch)
             .unwrap();
         for ((w, g), f) in want.iter().zip(&got).zip(&fetch) {
+            kiln_tests::compare(w, g).unwrap_or_else(|e| panic!("{name}, {f}: {e}"));
+        }
+        ran += 1;
+    }
+    for (name, graph) in kiln_tests::example_models() {
+        let bindings: Bindings = [("batch".to_string(), 3usize)].into_iter().collect();
+        let opts = CompileOptions {
+            freeze_variables: true,
+            ..Default::default()
+        };
+        let program = compile(&graph, graph.outputs(), &bindings, &opts)
+            .unwrap()
+            .program;
+        let feeds_v = kiln_tests::feeds_for(&graph, 3, 5);
+        let feeds: std::collections::HashMap<String, Array> = feeds_v.iter().cloned().collect();
+        let Some(got) = host::run(&program, &feeds) else {
+            eprintln!("{name}: has primitive ops (conv, pooling, ...), not run on the host");
+            continue;
+        };
+        let refs: Vec<(&str, &Array)> = feeds_v.iter().map(|(n, a)| (n.as_str(), a)).collect();
+        let want = Session::new(&graph, Device::Reference)
+            .unwrap()
+            .run_outputs(&refs)
+            .unwrap();
+        for ((f, w), g) in want.iter().zip(&got) {
             kiln_tests::compare(w, g).unwrap_or_else(|e| panic!("{name}, {f}: {e}"));
         }
         ran += 1;

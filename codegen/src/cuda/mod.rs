@@ -106,10 +106,12 @@ pub fn compile(source: &str, arch: &'static str) -> Result<String> {
         })
 }
 
-/// The CUDA C of every kernel of `program` that is emitted as source.
+/// The CUDA C of every kernel of `program` that is emitted as source, in
+/// launch order (a matrix product, then its epilogue).
 pub fn sources(program: &KernelProgram) -> Result<Vec<source::KernelSource>> {
     let mut out = Vec::new();
     for k in 0..program.kernels.len() {
+        out.extend(source::emit_matmul(program, k));
         match source::emit(program, k) {
             Ok(Some(s)) => out.push(s),
             Ok(None) => {}

@@ -116,6 +116,73 @@ pub fn emit(program: &KernelProgram, k: usize) -> Result<Option<KernelSource>, U
     }
 }
 
+/// A matrix product of kernel `k` (`Kernel::MatMul`) as CUDA C: one thread
+/// per output element over the batch, any operand strides, f32 summed in
+/// double like the reference, integers wrapping. (cuBLAS will take the
+/// f32 and f64 products that fit its layouts; this is the general form.)
+/// Its epilogue, if any, is the separate kernel [`emit`] gives.
+pub fn emit_matmul(program: &KernelProgram, k: usize) -> Option<KernelSource> {
+    let Kernel::MatMul {
+        out,
+        a,
+        b,
+        batch,
+        mnk: [m, n, kk],
+        ..
+    } = &program.kernels[k]
+    else {
+        return None;
+    };
+    let t = program.buffer(*out).dtype;
+    let c = ctype(t);
+    let (acc_t, mac) = match t {
+        DType::F32 => ("double", "acc + (double)x * (double)y"),
+        DType::F64 => ("double", "acc + x * y"),
+        DType::Bool => return None,
+        _ => (c, "(TYPE)((u64)acc + (u64)x * (u64)y)"),
+    };
+    let mac = mac.replace("TYPE", c);
+    let nb: usize = batch.iter().product();
+    let nbd = batch.len();
+    let bst = kiln_graph::shape::strides(batch);
+    let mut offsets = String::new();
+    for d in 0..nbd {
+        let _ = writeln!(
+            offsets,
+            "        {{ const i64 q = (bi / {}LL) % {}LL; oa += q * {}LL; ob += q * {}LL; }}",
+            bst[d], batch[d], a.strides[d], b.strides[d]
+        );
+    }
+    let name = format!("kiln_k{k}_matmul");
+    let body = format!(
+        "    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {{\n\
+         const i64 j = t % {n}LL, i = (t / {n}LL) % {m}LL, bi = t / {mn}LL;\n\
+         i64 oa = {ao}LL, ob = {bo}LL;\n{offsets}\
+         const {c}* A = ({c} const*)p1 + oa + i * {ars}LL;\n\
+         const {c}* B = ({c} const*)p2 + ob + j * {bcs}LL;\n\
+         {acc_t} acc = 0;\n\
+         for (i64 r = 0; r < {kk}LL; ++r) {{ const {c} x = A[r * {acs}LL]; const {c} y = B[r * {brs}LL]; acc = {mac}; }}\n\
+         (({c}*)p0)[t] = ({c})acc;\n\
+         }}\n",
+        mn = m * n,
+        ao = a.offset,
+        bo = b.offset,
+        ars = a.strides[nbd],
+        acs = a.strides[nbd + 1],
+        brs = b.strides[nbd],
+        bcs = b.strides[nbd + 1],
+    );
+    let source = format!(
+        "{PRELUDE}\nextern \"C\" __global__ void {name}(void* __restrict__ p0, void* __restrict__ p1, void* __restrict__ p2, const i64 count) {{\n{body}}}\n"
+    );
+    Some(KernelSource {
+        name,
+        source,
+        params: vec![*out, a.buffer, b.buffer],
+        count: nb * m * n,
+    })
+}
+
 struct Emitter<'a> {
     prog: &'a KernelProgram,
     inputs: &'a [Access],
