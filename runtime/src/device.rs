@@ -8,9 +8,9 @@ use std::str::FromStr;
 /// `Cpu` compiles the graph (optimizer passes, fusion, memory planning,
 /// Cranelift JIT) the first time each fetch set and feed shape is run;
 /// `Reference` interprets it op by op. `Cuda(n)` is the n-th NVIDIA GPU:
-/// a session on it checks that the CUDA driver and the device exist and
-/// says which is missing; running programs on it is in progress (see
-/// `kiln_codegen::cuda`).
+/// a session on it checks that the CUDA driver and the device exist (and
+/// says which is missing), then compiles each program's kernels to CUDA C
+/// with NVRTC (see `kiln_codegen::cuda`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Device {

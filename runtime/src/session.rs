@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use kiln_codegen::cpu::{CpuBackend, CpuExecutable};
+use kiln_codegen::cuda::exec::{CudaGpu, DeviceExecutable};
 use kiln_codegen::{Backend, Executable};
 use kiln_graph::interp::{self, RunInputs};
 use kiln_graph::{Array, Bindings, Dim, Graph, NodeId, Op};
@@ -25,9 +26,17 @@ pub struct Session {
     options: SessionOptions,
     variables: HashMap<String, Array>,
     compiled: HashMap<(Vec<NodeId>, Bindings), CpuExecutable>,
+    /// The GPU of a `Device::Cuda` session and its compiled programs.
+    gpu: Option<Gpu>,
     profiling: bool,
     epoch: std::time::Instant,
     needed: HashMap<NodeId, Vec<NodeId>>,
+}
+
+/// A CUDA session's device and the programs compiled for it.
+struct Gpu {
+    device: kiln_codegen::cuda::CudaDevice,
+    compiled: HashMap<(Vec<NodeId>, Bindings), DeviceExecutable<CudaGpu>>,
 }
 
 /// Options of a [`Session`].
@@ -93,20 +102,16 @@ impl Session {
         if device == Device::Cpu {
             tune_allocator();
         }
-        if let Device::Cuda(n) = device {
-            let gpu = kiln_codegen::cuda::CudaDevice::open(n).map_err(|e| Error::Device {
-                device: device.to_string(),
-                reason: e.to_string(),
-            })?;
-            return Err(Error::Device {
-                device: device.to_string(),
-                reason: format!(
-                    "found {} ({}), but the CUDA backend does not run programs yet:                      it compiles their kernels (NVRTC); use --device cpu",
-                    gpu.name().unwrap_or_else(|_| "a GPU".into()),
-                    gpu.arch().unwrap_or_default()
-                ),
-            });
-        }
+        let gpu = match device {
+            Device::Cuda(n) => Some(Gpu {
+                device: kiln_codegen::cuda::CudaDevice::open(n).map_err(|e| Error::Device {
+                    device: device.to_string(),
+                    reason: e.to_string(),
+                })?,
+                compiled: HashMap::new(),
+            }),
+            _ => None,
+        };
         let graph = graph.clone();
         let mut variables = HashMap::new();
         for v in graph.variables() {
@@ -120,6 +125,7 @@ impl Session {
             options,
             variables,
             compiled: HashMap::new(),
+            gpu,
             profiling: false,
             epoch: std::time::Instant::now(),
             needed: HashMap::new(),
@@ -175,10 +181,28 @@ impl Session {
                 }
                 Ok(out.fetched)
             }
-            Device::Cuda(_) => Err(Error::Device {
-                device: self.device.to_string(),
-                reason: "the CUDA backend does not run programs yet".into(),
-            }),
+            Device::Cuda(_) => {
+                let key = (fetch_ids, bindings);
+                let compile_now = !self
+                    .gpu
+                    .as_ref()
+                    .is_some_and(|g| g.compiled.contains_key(&key));
+                if compile_now {
+                    let current = self.export_graph()?;
+                    let opts = CompileOptions {
+                        freeze_variables: true,
+                        ..Default::default()
+                    };
+                    let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
+                    let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
+                    let backend = CudaGpu::new(&gpu.device)?;
+                    let exe = DeviceExecutable::new(backend, &compiled.program)?;
+                    gpu.compiled.insert(key.clone(), exe);
+                }
+                let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
+                let exe = gpu.compiled.get_mut(&key).expect("compiled above");
+                Ok(exe.run(&feed_map, &mut self.variables)?)
+            }
             Device::Cpu => {
                 let key = (fetch_ids, bindings);
                 if !self.compiled.contains_key(&key) {

@@ -1,15 +1,17 @@
-//! The CUDA backend (in progress): kernel programs as CUDA C compiled by
+//! The CUDA backend (first version): kernel programs as CUDA C compiled by
 //! NVRTC, launched through cudarc. cudarc loads the CUDA libraries at run
 //! time (so kiln builds without a toolkit) and panics on first use when one
 //! is missing, so every entry point here checks for the library first and
 //! returns a clear error instead.
 //!
-//! What exists: the CUDA C of every elementwise and reduction kernel
-//! (`source.rs`), NVRTC compilation (which needs no GPU, only libnvrtc),
-//! and the checks that make `Device::Cuda(n)` fail with a message saying
-//! which library or device is missing. What does not yet: the device
-//! executable (arena, uploads, launches, cuBLAS, CUDA graphs).
+//! What exists: the CUDA C of every elementwise, reduction and matmul
+//! kernel and epilogue (`source.rs`), NVRTC compilation (which needs no
+//! GPU, only libnvrtc), the checks that make `Device::Cuda(n)` fail with a
+//! message saying which library or device is missing, and the executable
+//! (`exec.rs`). What does not yet: cuBLAS, convolution and the other
+//! primitive ops on the device, CUDA graphs, f16/bf16, fast reductions.
 
+pub mod exec;
 pub mod source;
 
 use std::sync::OnceLock;
