@@ -195,6 +195,9 @@ fn op_graphs() -> Vec<(String, Graph)> {
 
 #[test]
 fn every_kernel_has_cuda_c_that_nvrtc_compiles() {
+    let cache = std::env::temp_dir().join(format!("kiln-ptx-cache-{}", std::process::id()));
+    // Only this test compiles through the cache.
+    std::env::set_var("KILN_CACHE_DIR", &cache);
     let nvrtc = cuda::nvrtc_available();
     if !nvrtc {
         eprintln!(
@@ -220,16 +223,34 @@ fn every_kernel_has_cuda_c_that_nvrtc_compiles() {
         let sources = cuda::sources(&program).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!sources.is_empty(), "{name}: no kernels emitted");
         if nvrtc {
+            // Each kernel alone (a failure names it), then the program's
+            // whole unit through the cache.
             for s in &sources {
                 cuda::compile(&s.source, "sm_90")
                     .unwrap_or_else(|e| panic!("{name}, {}: {e}\n{}", s.name, s.source));
                 compiled += 1;
             }
+            let unit = cuda::source::unit(&sources);
+            let ptx = cuda::compile_cached(&unit, "sm_90").unwrap();
+            for s in &sources {
+                assert!(
+                    ptx.contains(&s.name),
+                    "{name}: {} missing from the unit's PTX",
+                    s.name
+                );
+            }
+            assert_eq!(cuda::compile_cached(&unit, "sm_90").unwrap(), ptx);
+            let cached = std::fs::read_dir(cache.join("ptx"))
+                .unwrap()
+                .flatten()
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|p| p == ptx));
+            assert!(cached, "{name}: the unit's PTX is not in the disk cache");
         }
     }
     if nvrtc {
         eprintln!("compiled {compiled} kernels with NVRTC for sm_90");
     }
+    let _ = std::fs::remove_dir_all(&cache);
 }
 
 /// A host stand-in for a GPU: the generated CUDA C compiled as C++ (a few

@@ -307,12 +307,16 @@ impl Gpu for CudaGpu {
     }
 
     fn load(&mut self, kernels: &[KernelSource]) -> Result<()> {
+        if kernels.is_empty() {
+            return Ok(());
+        }
+        // One unit, one NVRTC call (or a cache hit), one module.
+        let ptx = super::compile_cached(&source::unit(kernels), self.arch)?;
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(cuda_err)?;
         for k in kernels {
-            let ptx = super::compile(&k.source, self.arch)?;
-            let module = self
-                .ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                .map_err(cuda_err)?;
             self.functions
                 .push(module.load_function(&k.name).map_err(cuda_err)?);
         }

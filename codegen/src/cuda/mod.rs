@@ -108,6 +108,62 @@ pub fn compile(source: &str, arch: &'static str) -> Result<String> {
         })
 }
 
+/// PTX for `source`, from the cache when this source was compiled for
+/// `arch` before: in memory for the process, and on disk in
+/// `$KILN_CACHE_DIR` (default `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`),
+/// under `ptx/`, named by a hash of source and arch. A cache that cannot be
+/// read or written is skipped, never an error.
+pub fn compile_cached(source: &str, arch: &'static str) -> Result<String> {
+    use std::collections::HashMap;
+    use std::hash::{Hash, Hasher};
+    use std::sync::Mutex;
+    static MEMORY: OnceLock<Mutex<HashMap<u64, String>>> = OnceLock::new();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (source, arch, "kiln-ptx-1").hash(&mut h);
+    let key = h.finish();
+    let memory = MEMORY.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(p) = memory.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(p.clone());
+    }
+    let file = cache_dir().map(|d| d.join("ptx").join(format!("{key:016x}-{arch}.ptx")));
+    let ptx = match file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        Some(p) => p,
+        None => {
+            let p = compile(source, arch)?;
+            if let Some(f) = &file {
+                // Written whole then renamed, so a reader never sees half.
+                let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+                let written = f
+                    .parent()
+                    .map(std::fs::create_dir_all)
+                    .transpose()
+                    .and_then(|_| std::fs::write(&tmp, &p))
+                    .and_then(|_| std::fs::rename(&tmp, f));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+            p
+        }
+    };
+    memory
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, ptx.clone());
+    Ok(ptx)
+}
+
+/// Where compiled kernels are kept between processes.
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(d) = std::env::var_os("KILN_CACHE_DIR") {
+        return Some(d.into());
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(std::path::PathBuf::from(d).join("kiln"));
+    }
+    std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache").join("kiln"))
+}
+
 /// The CUDA C of every kernel of `program` that is emitted as source, in
 /// launch order (a matrix product, then its epilogue).
 pub fn sources(program: &KernelProgram) -> Result<Vec<source::KernelSource>> {

@@ -32,6 +32,8 @@ pub struct KernelSource {
     pub name: String,
     /// The whole translation unit (prelude included).
     pub source: String,
+    /// The kernel's function alone (see [`unit`]).
+    pub function: String,
     /// Parameter `i` is the device pointer of `params[i]`; then one
     /// `long long` (elements or rows to cover).
     pub params: Vec<BufferId>,
@@ -56,6 +58,17 @@ __device__ __forceinline__ i64 kf2i64(double x) { return x != x ? 0 : (x >= 9223
 __device__ __forceinline__ int kpow32(int a, int b) { if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0); unsigned r = 1, x = (unsigned)a; while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; } return (int)r; }
 __device__ __forceinline__ i64 kpow64(i64 a, i64 b) { if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0); u64 r = 1, x = (u64)a; while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; } return (i64)r; }
 "#;
+
+/// One translation unit holding every kernel of `kernels` (the prelude
+/// once): a program compiles with one NVRTC call and loads as one module.
+pub fn unit(kernels: &[KernelSource]) -> String {
+    let mut s = String::from(PRELUDE);
+    for k in kernels {
+        s.push('\n');
+        s.push_str(&k.function);
+    }
+    s
+}
 
 /// The CUDA C type of `d`.
 pub fn ctype(d: DType) -> &'static str {
@@ -172,12 +185,13 @@ pub fn emit_matmul(program: &KernelProgram, k: usize) -> Option<KernelSource> {
         brs = b.strides[nbd],
         bcs = b.strides[nbd + 1],
     );
-    let source = format!(
-        "{PRELUDE}\nextern \"C\" __global__ void {name}(void* __restrict__ p0, void* __restrict__ p1, void* __restrict__ p2, const i64 count) {{\n{body}}}\n"
+    let function = format!(
+        "extern \"C\" __global__ void {name}(void* __restrict__ p0, void* __restrict__ p1, void* __restrict__ p2, const i64 count) {{\n{body}}}\n"
     );
     Some(KernelSource {
         name,
-        source,
+        source: format!("{PRELUDE}\n{function}"),
+        function,
         params: vec![*out, a.buffer, b.buffer],
         count: nb * m * n,
     })
@@ -354,14 +368,15 @@ impl<'a> Emitter<'a> {
             sig.push(format!("void* __restrict__ p{i}"));
         }
         sig.push("const i64 count".into());
-        let source = format!(
-            "{PRELUDE}\nextern \"C\" __global__ void {name}({}) {{\n{}}}\n",
+        let function = format!(
+            "extern \"C\" __global__ void {name}({}) {{\n{}}}\n",
             sig.join(", "),
             self.body
         );
         KernelSource {
             name,
-            source,
+            source: format!("{PRELUDE}\n{function}"),
+            function,
             params: self.params,
             count,
         }
