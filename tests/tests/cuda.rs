@@ -451,8 +451,87 @@ fn emitted_kernels_compute_what_the_reference_does() {
         agree_on_host(&name, &graph, &Bindings::default(), &feeds);
         ran += 1;
     }
-    // The example models: matrix products, epilogues, and (the CNN) convolution
-    // and pooling run on the host between device kernels.
+    // Convolutions and pooling as generated kernels, over their options.
+    for dtype in [DType::F32, DType::F64] {
+        let g = GraphBuilder::new();
+        let x = g.placeholder("x", dtype, shape![2, 4, 9, 11]).unwrap();
+        let w1 = g.placeholder("w1", dtype, shape![6, 2, 3, 2]).unwrap();
+        let conv = x
+            .conv2d(
+                w1,
+                Conv2dOptions {
+                    stride: [2, 1],
+                    padding: [1, 0, 2, 1],
+                    dilation: [1, 2],
+                    groups: 2,
+                },
+            )
+            .unwrap();
+        conv.named("conv").unwrap();
+        let win = |k: usize, s: usize, p: [usize; 4], ceil: bool| Window2d {
+            kernel: [k, k],
+            stride: [s, s],
+            padding: p,
+            dilation: [1, 1],
+            ceil_mode: ceil,
+        };
+        x.max_pool2d(win(3, 2, [1, 1, 1, 1], true))
+            .unwrap()
+            .named("max")
+            .unwrap();
+        x.avg_pool2d(win(2, 2, [1, 0, 1, 1], false), true)
+            .unwrap()
+            .named("avg_pad")
+            .unwrap();
+        x.avg_pool2d(win(3, 1, [1, 1, 1, 1], true), false)
+            .unwrap()
+            .named("avg")
+            .unwrap();
+        let mut graph = g.into_graph();
+        let outs = ["conv", "max", "avg_pad", "avg"]
+            .iter()
+            .map(|n| graph.find(n).unwrap())
+            .collect();
+        graph.set_outputs(outs).unwrap();
+        let vals = |n: usize, seed: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| {
+                    if i % 29 == 3 {
+                        f64::NAN
+                    } else {
+                        ((i * 31 + seed) % 17) as f64 / 5.0 - 1.6
+                    }
+                })
+                .collect()
+        };
+        let arr = |shape: Vec<usize>, v: Vec<f64>| {
+            match dtype {
+                DType::F32 => {
+                    Array::from_vec(shape, v.iter().map(|&x| x as f32).collect::<Vec<_>>())
+                }
+                _ => Array::from_vec(shape, v),
+            }
+            .unwrap()
+        };
+        let feeds = vec![
+            (
+                "x".to_string(),
+                arr(vec![2, 4, 9, 11], vals(2 * 4 * 9 * 11, 1)),
+            ),
+            (
+                "w1".to_string(),
+                arr(vec![6, 2, 3, 2], vals(6 * 2 * 3 * 2, 2)),
+            ),
+        ];
+        agree_on_host(
+            &format!("conv and pooling {dtype}"),
+            &graph,
+            &Bindings::default(),
+            &feeds,
+        );
+        ran += 1;
+    }
+    // The example models: matrix products, epilogues, convolutions.
     for (name, graph) in kiln_tests::example_models() {
         let bindings: Bindings = [("batch".to_string(), 3usize)].into_iter().collect();
         let feeds = kiln_tests::feeds_for(&graph, 3, 5);

@@ -109,7 +109,10 @@ impl<G: Gpu> DeviceExecutable<G> {
                         })
                     }
                 },
-                Kernel::Op { .. } => steps.push(Step::Host(k)),
+                Kernel::Op { .. } => match source::emit_op(program, k) {
+                    Some(s) => emitted.push(s),
+                    None => steps.push(Step::Host(k)),
+                },
                 _ => {}
             }
             let main = source::emit(program, k)

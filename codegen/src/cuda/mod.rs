@@ -170,6 +170,7 @@ pub fn sources(program: &KernelProgram) -> Result<Vec<source::KernelSource>> {
     let mut out = Vec::new();
     for k in 0..program.kernels.len() {
         out.extend(source::emit_matmul(program, k));
+        out.extend(source::emit_op(program, k));
         match source::emit(program, k) {
             Ok(Some(s)) => out.push(s),
             Ok(None) => {}

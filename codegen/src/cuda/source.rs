@@ -197,6 +197,146 @@ pub fn emit_matmul(program: &KernelProgram, k: usize) -> Option<KernelSource> {
     })
 }
 
+/// A primitive op of kernel `k` (`Kernel::Op`) as CUDA C where it has
+/// one: 2-D convolution and max/average pooling of f32 or f64, one thread
+/// per output element, summing in double like the reference. `None` for
+/// the others (gather, scatter, control flow), which run on the host.
+/// Its epilogue, if any, is the separate kernel [`emit`] gives.
+pub fn emit_op(program: &KernelProgram, k: usize) -> Option<KernelSource> {
+    use kiln_graph::Op;
+    let Kernel::Op { op, out, args, .. } = &program.kernels[k] else {
+        return None;
+    };
+    let t = program.buffer(*out).dtype;
+    if !t.is_float() {
+        return None;
+    }
+    let c = ctype(t);
+    let dims = |b: BufferId| program.buffer(b).shape.clone();
+    let o = dims(*out);
+    let xs = dims(args[0]);
+    if o.len() != 4 || xs.len() != 4 || program.buffer(args[0]).dtype != t {
+        return None;
+    }
+    let [n, ch, h, w] = [xs[0], xs[1], xs[2], xs[3]];
+    let [oc, oh, ow] = [o[1], o[2], o[3]];
+    let count = n * oc * oh * ow;
+    let head = format!(
+        "    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {{\n\
+         const i64 xo = t % {ow}LL, y = (t / {ow}LL) % {oh}LL, oc = (t / {ohw}LL) % {oc}LL, b = t / {cohw}LL;\n",
+        ohw = oh * ow,
+        cohw = oc * oh * ow,
+    );
+    let (body, params) = match op {
+        Op::Conv2d {
+            stride,
+            padding,
+            dilation,
+            groups,
+        } => {
+            let ws = dims(args[1]);
+            if ws.len() != 4 || program.buffer(args[1]).dtype != t {
+                return None;
+            }
+            let [cg, kh, kw] = [ws[1], ws[2], ws[3]];
+            let og = oc / groups.max(&1);
+            let body = format!(
+                "{head}\
+                 const i64 g = oc / {og}LL;\n\
+                 double s = 0.0;\n\
+                 for (i64 ic = 0; ic < {cg}LL; ++ic) {{\n\
+                 const i64 cin = g * {cg}LL + ic;\n\
+                 for (i64 ky = 0; ky < {kh}LL; ++ky) {{\n\
+                 const i64 iy = y * {sy}LL + ky * {dy}LL - {py}LL;\n\
+                 if (iy < 0 || iy >= {h}LL) continue;\n\
+                 for (i64 kx = 0; kx < {kw}LL; ++kx) {{\n\
+                 const i64 ix = xo * {sx}LL + kx * {dx}LL - {px}LL;\n\
+                 if (ix < 0 || ix >= {w}LL) continue;\n\
+                 s += (double)(({c} const*)p1)[((b * {ch}LL + cin) * {h}LL + iy) * {w}LL + ix]\
+                  * (double)(({c} const*)p2)[((oc * {cg}LL + ic) * {kh}LL + ky) * {kw}LL + kx];\n\
+                 }} }} }}\n\
+                 (({c}*)p0)[t] = ({c})s;\n\
+                 }}\n",
+                sy = stride[0],
+                sx = stride[1],
+                dy = dilation[0],
+                dx = dilation[1],
+                py = padding[0],
+                px = padding[1],
+            );
+            (body, vec![*out, args[0], args[1]])
+        }
+        Op::MaxPool2d { window } | Op::AvgPool2d { window, .. } => {
+            let avg = match op {
+                Op::AvgPool2d {
+                    count_include_pad, ..
+                } => Some(*count_include_pad),
+                _ => None,
+            };
+            let [kh, kw] = window.kernel;
+            let (init, step, fin) = match avg {
+                None => (
+                    "double m = -1.0 / 0.0;",
+                    "m = (v != v || m != m) ? __longlong_as_double(0x7ff8000000000000LL) : (v > m ? v : m);",
+                    "m".to_string(),
+                ),
+                Some(include) => (
+                    "double m = 0.0;",
+                    "m += v; ++taps;",
+                    format!(
+                        "({d} == 0 ? __longlong_as_double(0x7ff8000000000000LL) : m / (double){d})",
+                        d = if include { "padded" } else { "taps" }
+                    ),
+                ),
+            };
+            let body = format!(
+                "{head}\
+                 {init} i64 taps = 0, padded = 0;\n\
+                 const i64 plane = b * {ch}LL + oc;\n\
+                 for (i64 ky = 0; ky < {kh}LL; ++ky) {{\n\
+                 const i64 iy = y * {sy}LL + ky * {dy}LL - {py}LL;\n\
+                 const bool in_pad_y = iy < {hpad}LL;\n\
+                 for (i64 kx = 0; kx < {kw}LL; ++kx) {{\n\
+                 const i64 ix = xo * {sx}LL + kx * {dx}LL - {px}LL;\n\
+                 if (in_pad_y && ix < {wpad}LL) ++padded;\n\
+                 if (iy < 0 || iy >= {h}LL || ix < 0 || ix >= {w}LL) continue;\n\
+                 const double v = (double)(({c} const*)p1)[(plane * {h}LL + iy) * {w}LL + ix];\n\
+                 {step}\n\
+                 }} }}\n\
+                 (void)taps; (void)padded;\n\
+                 (({c}*)p0)[t] = ({c})({fin});\n\
+                 }}\n",
+                sy = window.stride[0],
+                sx = window.stride[1],
+                dy = window.dilation[0],
+                dx = window.dilation[1],
+                py = window.padding[0],
+                px = window.padding[1],
+                hpad = h + window.padding[2],
+                wpad = w + window.padding[3],
+            );
+            (body, vec![*out, args[0]])
+        }
+        _ => return None,
+    };
+    let name = format!("kiln_k{k}_op");
+    let sig: Vec<String> = (0..params.len())
+        .map(|i| format!("void* __restrict__ p{i}"))
+        .chain(["const i64 count".to_string()])
+        .collect();
+    let function = format!(
+        "extern \"C\" __global__ void {name}({}) {{\n{body}}}\n",
+        sig.join(", ")
+    );
+    Some(KernelSource {
+        name,
+        source: format!("{PRELUDE}\n{function}"),
+        function,
+        params,
+        count,
+    })
+}
+
 struct Emitter<'a> {
     prog: &'a KernelProgram,
     inputs: &'a [Access],
