@@ -7,7 +7,7 @@ defines the same model in PyTorch, exports it to ONNX (DIR/NAME/model.onnx),
 checks that both peers compute kiln's output, and times them with 2 threads.
 It also measures the machine's floor: peak GEMM rate and memory bandwidth.
 
-usage: python bench/peers.py DIR RUNS
+usage: python bench/peers.py DIR RUNS [gpu]
 """
 import json
 import math
@@ -122,7 +122,7 @@ class MlpTrain(torch.nn.Module):
 
 TRAINING = {"mlp_train"}
 
-MODELS = {"mlp_b1": Mlp, "mlp_b128": Mlp, "cnn_b1": Cnn, "cnn_b32": Cnn, "xfmr_b1": Xfmr, "ew_chain": lambda w: EwChain(), "mlp_train": MlpTrain}
+MODELS = {"mlp_b1": Mlp, "mlp_b128": Mlp, "cnn_b1": Cnn, "cnn_b32": Cnn, "xfmr_b1": Xfmr, "ew_chain": lambda w: EwChain(), "ew_chain_64m": lambda w: EwChain(), "mlp_train": MlpTrain}
 
 
 def timed(fn, runs):
@@ -149,7 +149,68 @@ def floor_rates():
     return gflops, gbps
 
 
+def cuda_timed(fn, runs):
+    """Median ms of `fn` on the GPU, timed with CUDA events."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def gpu_main(root, runs):
+    """The GPU mode: PyTorch eager and torch.compile (default and
+    reduce-overhead) on the same GPU, strict FP32 (TF32 off), against kiln's
+    `--device cuda` figures, plus the device-to-device copy bandwidth."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device("cuda")
+    doc = json.load(open(os.path.join(root, "kiln.json")))
+    src = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    copy_ms = cuda_timed(lambda: dst.copy_(src), 20)
+    copy_gbps = 2 * src.numel() / copy_ms / 1e6
+    print(f"\nGPU: {torch.cuda.get_device_name()}; device-to-device copy {copy_gbps:.0f} GB/s")
+    print(f"{'workload':<13} {'kiln ms':>9} {'eager ms':>9} {'compile':>9} {'c-r-o':>9} {'best/kiln':>10} {'max|diff|':>10}")
+    for r in doc["workloads"]:
+        name = r["name"]
+        d = os.path.join(root, name)
+        weights = load_file(os.path.join(d, "model.kiln"))
+        x = torch.from_numpy(np.load(os.path.join(d, "input.npy"))).to(dev)
+        want = np.load(os.path.join(d, "kiln_output.npy"))
+        model = MODELS[name](weights).eval()
+        if hasattr(model, "w"):
+            model.w = {k: v.to(dev) for k, v in model.w.items()}
+        with torch.inference_mode():
+            got = model(x).cpu().numpy()
+            eager = cuda_timed(lambda: model(x), runs)
+            timings = [eager]
+            for mode in ["default", "reduce-overhead"]:
+                try:
+                    c = torch.compile(model, mode=mode)
+                    timings.append(cuda_timed(lambda: c(x), runs))
+                except Exception as e:  # a compile failure is reported, not fatal
+                    print(f"  {name}: torch.compile({mode}) failed: {e}")
+                    timings.append(float("nan"))
+        k = r["median_ms"]
+        best = min(t for t in timings if t == t)
+        diff = float(np.max(np.abs(got - want)))
+        print(f"{name:<13} {k:>9.4f} {timings[0]:>9.4f} {timings[1]:>9.4f} {timings[2]:>9.4f} {best / k:>10.2f} {diff:>10.2e}")
+        if name.startswith("ew_chain"):
+            print(f"  {name}: kiln at {r['bytes'] / k / 1e6 / copy_gbps * 100:.0f}% of the copy bandwidth")
+
+
 def main():
+    if len(sys.argv) > 3 and sys.argv[3] == "gpu":
+        return gpu_main(sys.argv[1], int(sys.argv[2]))
     root, runs = sys.argv[1], int(sys.argv[2])
     doc = json.load(open(os.path.join(root, "kiln.json")))
     kiln = {r["name"]: r for r in doc["workloads"]}

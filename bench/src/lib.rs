@@ -161,7 +161,11 @@ pub fn xfmr(name: &'static str) -> Workload {
 
 /// `gelu(x * 1.7 + 0.3) * sigmoid(x) - tanh(x)` over 4M f32 (exact GELU).
 pub fn ew_chain(name: &'static str) -> Workload {
-    let n = 4 << 20;
+    ew_chain_of(name, 4 << 20)
+}
+
+/// ew_chain over `n` floats.
+pub fn ew_chain_of(name: &'static str, n: usize) -> Workload {
     let g = GraphBuilder::new();
     let x = g.placeholder("x", DType::F32, shape!["n"]).unwrap();
     let y = x
@@ -180,7 +184,7 @@ pub fn ew_chain(name: &'static str) -> Workload {
     Workload {
         name,
         graph: g.into_graph(),
-        input: ("x".into(), input(&[4 << 20], 8)),
+        input: ("x".into(), input(&[n as usize], 8)),
         output: "y".into(),
         flops: 30.0 * n,
         bytes: 8.0 * n,
@@ -232,6 +236,9 @@ pub fn all() -> Vec<Workload> {
     NAMES.iter().filter_map(|n| by_name(n)).collect()
 }
 
+/// The GPU benchmark's workloads (issue: ew_chain at 64M elements).
+pub const GPU_NAMES: [&str; 5] = ["mlp_b1", "mlp_b128", "xfmr_b1", "cnn_b32", "ew_chain_64m"];
+
 /// The workloads' names, in benchmark order.
 pub const NAMES: [&str; 7] = [
     "mlp_b1",
@@ -252,6 +259,7 @@ pub fn by_name(name: &str) -> Option<Workload> {
         "cnn_b32" => cnn(32, "cnn_b32"),
         "xfmr_b1" => xfmr("xfmr_b1"),
         "ew_chain" => ew_chain("ew_chain"),
+        "ew_chain_64m" => ew_chain_of("ew_chain_64m", 64 << 20),
         "mlp_train" => mlp_train("mlp_train"),
         _ => return None,
     })

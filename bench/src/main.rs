@@ -24,6 +24,10 @@ struct Args {
     /// Where to write the models, inputs and outputs for the peers.
     #[arg(long, default_value = "target/bench")]
     dir: PathBuf,
+    /// Run kiln on this device: `cpu` (default) or `cuda` (the GPU mode:
+    /// its own workloads, and with `--peers` PyTorch on the same GPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Print each workload's kernels by mean time (profiled runs, after timing).
     #[arg(long)]
     profile: bool,
@@ -84,11 +88,11 @@ fn profile_kiln(w: &kiln_bench::Workload, runs: usize) -> Result<()> {
     Ok(())
 }
 
-fn time_kiln(w: &kiln_bench::Workload, runs: usize) -> Result<(Timing, Array)> {
+fn time_kiln(w: &kiln_bench::Workload, runs: usize, device: Device) -> Result<(Timing, Array)> {
     let feeds = [(w.input.0.as_str(), &w.input.1)];
     let fetch = [w.output.as_str()];
     let t0 = Instant::now();
-    let mut s = Session::new(&w.graph, Device::Cpu)?;
+    let mut s = Session::new(&w.graph, device)?;
     let first = s.run(&feeds, &fetch)?.remove(0);
     let first_ms = t0.elapsed().as_secs_f64() * 1e3;
     // A second run isolates compile time: first result minus a warm run.
@@ -179,17 +183,24 @@ fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
+    let device: Device = args.device.parse()?;
+    let gpu = matches!(device, Device::Cuda(_));
+    let names: &[&str] = if gpu {
+        &kiln_bench::GPU_NAMES
+    } else {
+        &kiln_bench::NAMES
+    };
     let mut rows = Vec::new();
     println!(
         "{:<10} {:>10} {:>10} {:>11} {:>11} {:>10} {:>9}",
         "workload", "median ms", "p90 ms", "compile ms", "first ms", "GFLOP/s", "GB/s"
     );
-    for name in kiln_bench::NAMES {
+    for &name in names {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
             continue;
         }
         let w = kiln_bench::by_name(name).expect("a listed workload");
-        let (t, out) = time_kiln(&w, args.runs)?;
+        let (t, out) = time_kiln(&w, args.runs, device)?;
         println!(
             "{:<10} {:>10.4} {:>10.4} {:>11.2} {:>11.2} {:>10.1} {:>9.1}",
             w.name,
@@ -200,7 +211,7 @@ fn main() -> Result<()> {
             w.flops / t.median_ms / 1e6,
             w.bytes / t.median_ms / 1e6
         );
-        if args.profile {
+        if args.profile && !gpu {
             profile_kiln(&w, args.runs)?;
         }
         if args.peers {
@@ -216,8 +227,13 @@ fn main() -> Result<()> {
         "kiln process peak RSS: {:.1} MiB",
         peak_rss_kib() as f64 / 1024.0
     );
-    let (gflops, gbps) = floor_rates();
-    println!("floor (measured here): peak GEMM {gflops:.0} GFLOP/s, copy bandwidth {gbps:.1} GB/s");
+    // The CPU's floor; the GPU mode's floor comes from torch on the GPU.
+    let (gflops, gbps) = if gpu { (0.0, 0.0) } else { floor_rates() };
+    if !gpu {
+        println!(
+            "floor (measured here): peak GEMM {gflops:.0} GFLOP/s, copy bandwidth {gbps:.1} GB/s"
+        );
+    }
     let doc = serde_json::json!({"workloads": rows, "peak_gflops": gflops, "copy_gbps": gbps});
     std::fs::write(
         args.dir.join("kiln.json"),
@@ -231,6 +247,7 @@ fn main() -> Result<()> {
             .arg("bench/peers.py")
             .arg(&args.dir)
             .arg(args.runs.to_string())
+            .args(gpu.then_some("gpu"))
             .status()
             .with_context(|| {
                 format!("running {python} bench/peers.py (run bench/setup.sh first)")
