@@ -69,6 +69,16 @@ fn wide_threshold(p: &ElementProgram) -> usize {
     }
 }
 
+/// True for the f32 unary ops the vector paths (four lanes here, sixteen
+/// in `wide.rs`) compute.
+pub(crate) fn has_vector_form(f: UnaryOp) -> bool {
+    use UnaryOp::*;
+    matches!(
+        f,
+        Neg | Abs | Sqrt | Recip | Rsqrt | Floor | Ceil | Round | Exp | Log | Tanh | Sigmoid | Erf
+    )
+}
+
 /// True when every instruction of an f32 elementwise kernel has a vector
 /// form and every load is contiguous or constant along the innermost dim.
 pub(crate) fn vectorizable(
@@ -108,24 +118,7 @@ fn program_vectorizable(
             }
             Instr::Const(c) if c.dtype() == DType::F32 => true,
             Instr::Unary(f, a) => {
-                use UnaryOp::*;
-                if !kinds[*a]
-                    || !matches!(
-                        f,
-                        Neg | Abs
-                            | Sqrt
-                            | Recip
-                            | Rsqrt
-                            | Floor
-                            | Ceil
-                            | Round
-                            | Exp
-                            | Log
-                            | Tanh
-                            | Sigmoid
-                            | Erf
-                    )
-                {
+                if !kinds[*a] || !has_vector_form(*f) {
                     return None;
                 }
                 true

@@ -211,23 +211,7 @@ impl RowProgram {
                     continue;
                 }
                 Instr::Unary(f, a) => {
-                    use UnaryOp::*;
-                    let ok = matches!(
-                        f,
-                        Neg | Abs
-                            | Sqrt
-                            | Recip
-                            | Rsqrt
-                            | Floor
-                            | Ceil
-                            | Round
-                            | Exp
-                            | Log
-                            | Tanh
-                            | Sigmoid
-                            | Erf
-                    );
-                    if !ok || !float[a] {
+                    if !super::vector::has_vector_form(f) || !float[a] {
                         return None;
                     }
                     (Step::Unary(f, vals[a]?), vec![a])
