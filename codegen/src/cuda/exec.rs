@@ -8,6 +8,9 @@
 //! runs primitive ops (`Kernel::Op`) on the host between them, and copies
 //! the fetches and the variables' new values out.
 //!
+//! A program with no host steps records its launches once as a CUDA graph
+//! and replays it on later runs (`KILN_CUDA_GRAPHS=0` turns that off).
+//!
 //! The device is the [`Gpu`] trait: [`CudaGpu`] on NVIDIA GPUs through
 //! cudarc, and in the tests a host stand-in that compiles the same CUDA C
 //! as C++ (`tests/tests/cuda.rs`), which is how this logic is checked on
@@ -39,6 +42,27 @@ pub trait Gpu {
     fn launch(&self, k: usize, params: &[u64], count: usize) -> Result<()>;
     /// Waits for everything launched.
     fn synchronize(&self) -> Result<()>;
+    /// Records the launches `launches` makes into a graph this device can
+    /// replay (they do not run now); `false` where it has no graphs.
+    fn record(&mut self, launches: &dyn Fn(&Self) -> Result<()>) -> Result<bool> {
+        let _ = launches;
+        Ok(false)
+    }
+    /// Runs the recorded graph.
+    fn replay(&self) -> Result<()> {
+        Err(Error::Cuda("no recorded graph".into()))
+    }
+}
+
+/// Whether a run's launches are recorded once and replayed.
+#[derive(Clone, Copy, PartialEq)]
+enum Graph {
+    /// Not tried yet.
+    Untried,
+    Recorded,
+    /// The device has no graphs, a step runs on the host, or
+    /// `KILN_CUDA_GRAPHS=0`.
+    Off,
 }
 
 enum Step {
@@ -69,6 +93,29 @@ pub struct DeviceExecutable<G: Gpu> {
     own: Vec<G::Mem>,
     places: Vec<Place>,
     steps: Vec<Step>,
+    graph: Graph,
+}
+
+/// Launches every kernel step (a program without host steps).
+fn launch_all<G: Gpu>(gpu: &G, steps: &[Step]) -> Result<()> {
+    for step in steps {
+        if let Step::Launch {
+            kernel,
+            params,
+            count,
+            of,
+        } = step
+        {
+            if *count > 0 {
+                gpu.launch(*kernel, params, *count)
+                    .map_err(|e| Error::Run {
+                        kernel: *of,
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl<G: Gpu> DeviceExecutable<G> {
@@ -133,6 +180,15 @@ impl<G: Gpu> DeviceExecutable<G> {
             }
         }
         gpu.load(&sources)?;
+        // A run is one graph of launches when nothing runs on the host
+        // between them: recorded on the first run, replayed after.
+        let graph = if steps.iter().any(|s| matches!(s, Step::Host(_)))
+            || std::env::var("KILN_CUDA_GRAPHS").is_ok_and(|v| v == "0")
+        {
+            Graph::Off
+        } else {
+            Graph::Untried
+        };
         Ok(DeviceExecutable {
             gpu,
             program: program.clone(),
@@ -140,6 +196,7 @@ impl<G: Gpu> DeviceExecutable<G> {
             own,
             places,
             steps,
+            graph,
         })
     }
 
@@ -204,7 +261,21 @@ impl<G: Gpu> DeviceExecutable<G> {
             let value = value.clone();
             self.write(BufferId(i), &value)?;
         }
-        for s in 0..self.steps.len() {
+        if self.graph == Graph::Untried {
+            let steps = &self.steps;
+            self.graph = if self.gpu.record(&|g| launch_all(g, steps))? {
+                Graph::Recorded
+            } else {
+                Graph::Off
+            };
+        }
+        let steps = if self.graph == Graph::Recorded {
+            self.gpu.replay()?;
+            0
+        } else {
+            self.steps.len()
+        };
+        for s in 0..steps {
             match &self.steps[s] {
                 Step::Launch {
                     kernel,
@@ -265,6 +336,7 @@ pub struct CudaGpu {
     stream: std::sync::Arc<cudarc::driver::CudaStream>,
     arch: &'static str,
     functions: Vec<cudarc::driver::CudaFunction>,
+    graph: Option<cudarc::driver::CudaGraph>,
 }
 
 fn cuda_err(e: impl std::fmt::Display) -> Error {
@@ -282,6 +354,7 @@ impl CudaGpu {
             stream,
             arch,
             functions: Vec::new(),
+            graph: None,
         })
     }
 }
@@ -348,5 +421,27 @@ impl Gpu for CudaGpu {
 
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(cuda_err)
+    }
+
+    fn record(&mut self, launches: &dyn Fn(&Self) -> Result<()>) -> Result<bool> {
+        use cudarc::driver::sys;
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(cuda_err)?;
+        let launched = launches(self);
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(cuda_err)?;
+        launched?;
+        self.graph = graph;
+        Ok(self.graph.is_some())
+    }
+
+    fn replay(&self) -> Result<()> {
+        match &self.graph {
+            Some(g) => g.launch().map_err(cuda_err),
+            None => Err(Error::Cuda("no recorded graph".into())),
+        }
     }
 }
