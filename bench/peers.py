@@ -16,13 +16,31 @@ import sys
 import time
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
-from safetensors.numpy import load_file
+
+try:
+    from safetensors.numpy import load_file
+except ImportError:  # e.g. a GPU machine with torch but not safetensors
+
+    def load_file(path):
+        """Reads a safetensors file (kiln's .kiln) into numpy arrays."""
+        dtypes = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64, "BOOL": np.bool_}
+        with open(path, "rb") as f:
+            raw = f.read()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + n])
+        base = 8 + n
+        out = {}
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            a, b = t["data_offsets"]
+            out[name] = np.frombuffer(raw[base + a : base + b], dtype=dtypes[t["dtype"]]).reshape(t["shape"]).copy()
+        return out
+
 
 THREADS = 2
-torch.set_num_threads(THREADS)
 
 
 class Mlp(torch.nn.Module):
@@ -211,6 +229,10 @@ def gpu_main(root, runs):
 def main():
     if len(sys.argv) > 3 and sys.argv[3] == "gpu":
         return gpu_main(sys.argv[1], int(sys.argv[2]))
+    global ort
+    import onnxruntime as ort
+
+    torch.set_num_threads(THREADS)
     root, runs = sys.argv[1], int(sys.argv[2])
     doc = json.load(open(os.path.join(root, "kiln.json")))
     kiln = {r["name"]: r for r in doc["workloads"]}
