@@ -155,9 +155,9 @@ pub struct CpuExecutable {
 /// ran in 0.073 ms split and 0.089 ms on one thread at one time, and in
 /// 0.157 ms split at another, when even its unsplit kernels ran 40% slower
 /// while the other vCPU's worker spun (as on two hyperthreads of one core).
-/// So the first runs after the first go split, the next unsplit (the
-/// worker then sleeps), each keeping its fastest whole-run time; later runs
-/// take the faster way, and the measuring repeats after `FIRST_RETUNE` runs
+/// So the first runs go split and unsplit in alternating blocks of four,
+/// each way keeping its fastest whole-run time; later runs take the faster
+/// way, and the measuring repeats after `FIRST_RETUNE` runs
 /// (a worker thread just started may share its parent's CPU until the
 /// scheduler moves it) and then every `RETUNE` runs, as the host's
 /// placement can change. Programs with nothing to split skip it.
@@ -172,8 +172,10 @@ struct Tuner {
     forced: Option<bool>,
 }
 
-/// Runs measured each way; the first of each way is a warm-up.
+/// Runs measured each way (the first of each block is a warm-up).
 const TUNE_RUNS: u32 = 8;
+/// Runs in a block of one way.
+const BLOCK: u32 = 4;
 /// Runs after which the ways are measured again.
 const RETUNE: u32 = 5000;
 /// Runs after which the ways are measured a second time.
@@ -197,15 +199,19 @@ impl Tuner {
             return f;
         }
         match self.runs {
-            r if r <= TUNE_RUNS => true,
-            r if r <= 2 * TUNE_RUNS => false,
+            // Blocks of `BLOCK` runs, split and unsplit in turn, so that a
+            // disturbance early on (a worker not yet on its own CPU) spoils
+            // one block of one way, not the whole measure of it.
+            0 => true,
+            r if r <= 2 * TUNE_RUNS => ((r - 1) / BLOCK).is_multiple_of(2),
             _ => self.best[1] <= self.best[0],
         }
     }
 
     fn record(mut self, split: bool, took: std::time::Duration) -> Tuner {
         let r = self.runs;
-        if (2..=2 * TUNE_RUNS).contains(&r) && r != TUNE_RUNS + 1 {
+        // The first run of each block warms that way up and is not kept.
+        if (1..=2 * TUNE_RUNS).contains(&r) && !(r - 1).is_multiple_of(BLOCK) {
             let b = &mut self.best[split as usize];
             *b = (*b).min(took.as_nanos() as u64);
         }
