@@ -611,14 +611,7 @@ impl CpuExecutable {
             }
             return Ok(());
         }
-        let bst = kiln_graph::shape::strides(batch);
-        for bi in 0..nb {
-            let (mut oa, mut ob) = (a.offset, b.offset);
-            for (d, &s) in bst.iter().enumerate() {
-                let i = ((bi / s) % batch[d]) as i64;
-                oa += i * a.strides[d];
-                ob += i * b.strides[d];
-            }
+        for (bi, (oa, ob)) in batch_offsets(a, b, batch).enumerate() {
             let oo = (bi * m * n) as isize;
             let (ars, acs, brs, bcs) = (
                 a.strides[nbd] as isize,
@@ -689,6 +682,26 @@ impl CpuExecutable {
         }
         Ok(())
     }
+}
+
+/// The element offsets of `a`'s and `b`'s views for each product of a
+/// batched matmul, in row-major batch order.
+fn batch_offsets<'a>(
+    a: &'a Operand,
+    b: &'a Operand,
+    batch: &'a [usize],
+) -> impl Iterator<Item = (i64, i64)> + 'a {
+    let bst = kiln_graph::shape::strides(batch);
+    let nb: usize = batch.iter().product();
+    (0..nb).map(move |bi| {
+        let (mut oa, mut ob) = (a.offset, b.offset);
+        for (d, &s) in bst.iter().enumerate() {
+            let i = ((bi / s) % batch[d]) as i64;
+            oa += i * a.strides[d];
+            ob += i * b.strides[d];
+        }
+        (oa, ob)
+    })
 }
 
 /// One float GEMM of strided operands: `out[oo..] = a[oa..] @ b[ob..]` with
@@ -858,31 +871,22 @@ impl CpuExecutable {
         [m, n, _]: [usize; 3],
     ) -> Vec<sgemm::Item> {
         let nbd = batch.len();
-        let bst = kiln_graph::shape::strides(batch);
-        let nb: usize = batch.iter().product();
         let (pa, pb, po) = (
             self.table[a.buffer.0] as *const f32,
             self.table[b.buffer.0] as *const f32,
             self.table[out.0] as *mut f32,
         );
-        (0..nb)
-            .map(|bi| {
-                let (mut oa, mut ob) = (a.offset, b.offset);
-                for (d, &s) in bst.iter().enumerate() {
-                    let i = ((bi / s) % batch[d]) as i64;
-                    oa += i * a.strides[d];
-                    ob += i * b.strides[d];
-                }
-                sgemm::Item {
-                    a: sgemm::Lhs {
-                        ptr: pa.wrapping_offset(oa as isize),
-                        rs: a.strides[nbd] as isize,
-                        cs: a.strides[nbd + 1] as isize,
-                        m,
-                    },
-                    b: pb.wrapping_offset(ob as isize),
-                    out: po.wrapping_add(bi * m * n),
-                }
+        batch_offsets(a, b, batch)
+            .enumerate()
+            .map(|(bi, (oa, ob))| sgemm::Item {
+                a: sgemm::Lhs {
+                    ptr: pa.wrapping_offset(oa as isize),
+                    rs: a.strides[nbd] as isize,
+                    cs: a.strides[nbd + 1] as isize,
+                    m,
+                },
+                b: pb.wrapping_offset(ob as isize),
+                out: po.wrapping_add(bi * m * n),
             })
             .collect()
     }
