@@ -452,13 +452,13 @@ impl Emitter<'_, '_> {
         vals[p.result]
     }
 
-    /// A loop of `var` over `start..end`: `vector` runs four iterations at a
-    /// time while four remain, then `scalar` one at a time.
+    /// A loop of `var` over `start..end`: `vector` runs `step` iterations at
+    /// a time while that many remain, then `scalar` one at a time.
     pub(super) fn vector_loop(
         &mut self,
         var: cranelift_frontend::Variable,
-        start: Value,
-        end: Value,
+        (start, end): (Value, Value),
+        step: usize,
         vector: &mut dyn FnMut(&mut Self) -> Result<()>,
         scalar: &mut dyn FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
@@ -474,13 +474,13 @@ impl Emitter<'_, '_> {
         self.b.ins().jump(vh, &[]);
         self.b.switch_to_block(vh);
         let i = self.b.use_var(var);
-        let i4 = self.b.ins().iadd_imm_s(i, LANES as i64);
+        let i4 = self.b.ins().iadd_imm_s(i, step as i64);
         let c = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, i4, end);
         self.b.ins().brif(c, vb, &[], rh, &[]);
         self.b.switch_to_block(vb);
         vector(self)?;
         let i = self.b.use_var(var);
-        let next = self.b.ins().iadd_imm_s(i, LANES as i64);
+        let next = self.b.ins().iadd_imm_s(i, step as i64);
         self.b.def_var(var, next);
         self.b.ins().jump(vh, &[]);
         self.b.switch_to_block(rh);
@@ -539,8 +539,8 @@ impl Emitter<'_, '_> {
         };
         self.vector_loop(
             var,
-            start,
-            end,
+            (start, end),
+            LANES,
             &mut |e| {
                 let idx = e.idx();
                 let lin = e.linear(&idx, strides);
@@ -733,8 +733,10 @@ impl Emitter<'_, '_> {
                 return Ok(reduce_combine(self, f, acc, r));
             }
         }
-        let vacc = self.b.declare_var(V);
-        // Start the lanes from the identity and fold the incoming value in once.
+        // Two vectors of lanes, each started from the identity, so that
+        // consecutive combines do not wait on each other (a NaN-aware f32x4
+        // max is several instructions deep); the incoming value folds in once.
+        let vaccs = [self.b.declare_var(V), self.b.declare_var(V)];
         let identity = match f {
             ReduceOp::Sum => 0.0,
             ReduceOp::Prod => 1.0,
@@ -742,21 +744,29 @@ impl Emitter<'_, '_> {
             ReduceOp::Min => f32::INFINITY,
         };
         let id = self.splat(identity);
-        self.b.def_var(vacc, id);
+        for v in vaccs {
+            self.b.def_var(v, id);
+        }
         let sacc = self.b.declare_var(types::F32);
         self.b.def_var(sacc, acc);
         let start = self.b.ins().iconst(types::I64, 0);
         let end = self.b.ins().iconst(types::I64, shape[last] as i64);
         self.vector_loop(
             var,
-            start,
-            end,
+            (start, end),
+            2 * LANES,
             &mut |e| {
-                let idx = e.idx();
-                let v = e.vprogram(body, inputs, &idx, None);
-                let a = e.b.use_var(vacc);
-                let n = reduce_combine(e, f, a, v);
-                e.b.def_var(vacc, n);
+                let i = e.b.use_var(var);
+                for (k, vacc) in vaccs.into_iter().enumerate() {
+                    let at = e.b.ins().iadd_imm_s(i, (k * LANES) as i64);
+                    e.b.def_var(var, at);
+                    let idx = e.idx();
+                    let v = e.vprogram(body, inputs, &idx, None);
+                    let a = e.b.use_var(vacc);
+                    let n = reduce_combine(e, f, a, v);
+                    e.b.def_var(vacc, n);
+                }
+                e.b.def_var(var, i);
                 Ok(())
             },
             &mut |e| {
@@ -768,7 +778,8 @@ impl Emitter<'_, '_> {
                 Ok(())
             },
         )?;
-        let lanes = self.b.use_var(vacc);
+        let (a0, a1) = (self.b.use_var(vaccs[0]), self.b.use_var(vaccs[1]));
+        let lanes = reduce_combine(self, f, a0, a1);
         let mut r = self.b.use_var(sacc);
         for l in 0..LANES as u8 {
             let x = self.b.ins().extractlane(lanes, l);
