@@ -156,8 +156,8 @@ pub struct CpuExecutable {
 /// 0.157 ms split at another, when even its unsplit kernels ran 40% slower
 /// while the other vCPU's worker spun (as on two hyperthreads of one core).
 /// So the first runs go split and unsplit in alternating blocks of four,
-/// each way keeping its fastest whole-run time; later runs take the faster
-/// way, and the measuring repeats after `FIRST_RETUNE` runs
+/// each way keeping its fastest whole-run time; later runs split unless
+/// that measured more than 1/8 slower, and the measuring repeats after `FIRST_RETUNE` runs
 /// (a worker thread just started may share its parent's CPU until the
 /// scheduler moves it) and then every `RETUNE` runs, as the host's
 /// placement can change. Programs with nothing to split skip it.
@@ -204,7 +204,9 @@ impl Tuner {
             // one block of one way, not the whole measure of it.
             0 => true,
             r if r <= 2 * TUNE_RUNS => ((r - 1) / BLOCK).is_multiple_of(2),
-            _ => self.best[1] <= self.best[0],
+            // Splitting is the default unless it measured clearly slower
+            // (one disturbed block must not turn a program single-threaded).
+            _ => self.best[1] <= self.best[0].saturating_add(self.best[0] / 8),
         }
     }
 
