@@ -170,6 +170,10 @@ fn op_graphs() -> Vec<(String, Graph)> {
             r.unwrap().named(&format!("reduce{k}")).unwrap();
         }
         m.softmax(-1).unwrap().named("softmax").unwrap();
+        let idx = g
+            .constant(Array::from_vec(vec![3], vec![0i64, -1, 5]).unwrap())
+            .unwrap();
+        m.gather(idx, 1).unwrap().named("gathered").unwrap();
         m.argmax(1, false).unwrap().named("argmax").unwrap();
         j.sum(&[1], false).unwrap().named("int_sum").unwrap();
         let mut graph = g.into_graph();
@@ -181,6 +185,7 @@ fn op_graphs() -> Vec<(String, Graph)> {
                 "reduce2",
                 "reduce3",
                 "softmax",
+                "gathered",
                 "argmax",
                 "int_sum",
             ]
@@ -335,9 +340,8 @@ static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i
             let mut unit = String::from(SHIMS);
             for (id, s) in kernels.iter().enumerate() {
                 unit.push_str(&format!("namespace ns{id} {{\n{}\n}}\n", s.source));
-                let args: Vec<String> = (0..s.params.len())
-                    .map(|i| format!("(void*)p[{i}]"))
-                    .collect();
+                let n = s.params.len() + usize::from(s.error_word);
+                let args: Vec<String> = (0..n).map(|i| format!("(void*)p[{i}]")).collect();
                 unit.push_str(&format!(
                     "extern \"C\" void call_{id}(const unsigned long long* p, long long count) {{ ns{id}::{}({}{}count); }}\n",
                     s.name,
@@ -558,6 +562,54 @@ fn emitted_kernels_compute_what_the_reference_does() {
             &feeds,
         );
         ran += 1;
+    }
+    // Gather along each axis, with negative indices; then one out of range.
+    for axis in [0usize, 1] {
+        let g = GraphBuilder::new();
+        let x = g.placeholder("x", DType::F32, shape![5, 7]).unwrap();
+        let i = g.placeholder("i", DType::I64, shape![2, 2]).unwrap();
+        x.gather(i, axis as i64)
+            .unwrap()
+            .mul(2.0)
+            .unwrap()
+            .named("y")
+            .unwrap();
+        let mut graph = g.into_graph();
+        let y = graph.find("y").unwrap();
+        graph.set_outputs(vec![y]).unwrap();
+        let xa = Array::from_vec(
+            vec![5, 7],
+            (0..35).map(|v| v as f32 * 0.5).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let ok = Array::from_vec(vec![2, 2], vec![0i64, -1, 3, 1]).unwrap();
+        let feeds = vec![("x".to_string(), xa.clone()), ("i".to_string(), ok)];
+        agree_on_host(
+            &format!("gather axis {axis}"),
+            &graph,
+            &Bindings::default(),
+            &feeds,
+        );
+        ran += 1;
+        let program = compile(
+            &graph,
+            graph.outputs(),
+            &Bindings::default(),
+            &CompileOptions::default(),
+        )
+        .unwrap()
+        .program;
+        let mut exe =
+            cuda::exec::DeviceExecutable::new(host::HostGpu::default(), &program).unwrap();
+        let bad = Array::from_vec(vec![2, 2], vec![0i64, 9, 1, 1]).unwrap();
+        let inputs: std::collections::HashMap<&str, &Array> =
+            [("x", &xa), ("i", &bad)].into_iter().collect();
+        let err = exe
+            .run(&inputs, &mut Default::default())
+            .err()
+            .expect("an index out of range is an error")
+            .to_string();
+        assert!(err.contains("out of range"), "{err}");
     }
     // The example models: matrix products, epilogues, convolutions.
     for (name, graph) in kiln_tests::example_models() {

@@ -94,6 +94,9 @@ pub struct DeviceExecutable<G: Gpu> {
     places: Vec<Place>,
     steps: Vec<Step>,
     graph: Graph,
+    /// Set by kernels that find an input out of range
+    /// (`source::KernelSource::error_word`).
+    error: Option<G::Mem>,
 }
 
 /// Launches every kernel step (a program without host steps).
@@ -144,6 +147,7 @@ impl<G: Gpu> DeviceExecutable<G> {
         };
         let mut sources = Vec::new();
         let mut steps = Vec::new();
+        let mut error: Option<G::Mem> = None;
         for (k, kernel) in program.kernels.iter().enumerate() {
             let mut emitted: Vec<KernelSource> = Vec::new();
             match kernel {
@@ -166,13 +170,20 @@ impl<G: Gpu> DeviceExecutable<G> {
                 .map_err(|source::Unsupported(reason)| Error::Codegen { kernel: k, reason })?;
             emitted.extend(main);
             for s in emitted {
+                let mut params: Vec<u64> = s
+                    .params
+                    .iter()
+                    .map(|&b| addr(b, &gpu, &own, &arena))
+                    .collect();
+                if s.error_word {
+                    if error.is_none() {
+                        error = Some(gpu.alloc(8)?);
+                    }
+                    params.push(gpu.address(error.as_ref().expect("allocated above")));
+                }
                 steps.push(Step::Launch {
                     kernel: sources.len(),
-                    params: s
-                        .params
-                        .iter()
-                        .map(|&b| addr(b, &gpu, &own, &arena))
-                        .collect(),
+                    params,
                     count: s.count,
                     of: k,
                 });
@@ -197,6 +208,7 @@ impl<G: Gpu> DeviceExecutable<G> {
             places,
             steps,
             graph,
+            error,
         })
     }
 
@@ -313,6 +325,27 @@ impl<G: Gpu> DeviceExecutable<G> {
             }
         }
         self.gpu.synchronize()?;
+        if let Some(e) = self.error.as_mut() {
+            let mut word = [0u8; 4];
+            self.gpu.download(e, 0, &mut word)?;
+            let code = i32::from_le_bytes(word);
+            if code != 0 {
+                self.gpu.upload(e, 0, &[0u8; 4])?;
+                let k = (code - 1) as usize;
+                let len = match self.program.kernels.get(k) {
+                    Some(Kernel::Op {
+                        args,
+                        op: kiln_graph::Op::Gather { axis },
+                        ..
+                    }) => self.program.buffer(args[0]).shape[*axis].to_string(),
+                    _ => "?".into(),
+                };
+                return Err(Error::Run {
+                    kernel: k,
+                    reason: format!("an index is out of range for an axis of size {len}"),
+                });
+            }
+        }
         let outputs = self
             .program
             .outputs

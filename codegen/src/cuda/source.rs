@@ -39,6 +39,10 @@ pub struct KernelSource {
     pub params: Vec<BufferId>,
     /// What the trailing count covers.
     pub count: usize,
+    /// The kernel also takes, before the count, the address of an `int`
+    /// error word, which it sets to its program kernel's index plus one
+    /// when an input is out of range (an index of a gather).
+    pub error_word: bool,
 }
 
 /// Helpers every kernel may use.
@@ -194,7 +198,46 @@ pub fn emit_matmul(program: &KernelProgram, k: usize) -> Option<KernelSource> {
         function,
         params: vec![*out, a.buffer, b.buffer],
         count: nb * m * n,
+        error_word: false,
     })
+}
+
+/// `out[o, i, p] = data[o, indices[i], p]` (numpy `take` along `axis`),
+/// negative indices counting from the end; an index out of range sets the
+/// error word and writes 0.
+fn gather(
+    program: &KernelProgram,
+    k: usize,
+    out: BufferId,
+    args: &[BufferId],
+    axis: usize,
+) -> Option<KernelSource> {
+    let data = program.buffer(args[0]);
+    let idx = program.buffer(args[1]);
+    if !matches!(idx.dtype, DType::I32 | DType::I64) || axis >= data.shape.len() {
+        return None;
+    }
+    let c = ctype(data.dtype);
+    let it = ctype(idx.dtype);
+    let len = data.shape[axis];
+    let inner: usize = data.shape[axis + 1..].iter().product();
+    let nidx: usize = idx.shape.iter().product();
+    let outer: usize = data.shape[..axis].iter().product();
+    let count = outer * nidx * inner;
+    let body = format!(
+        "    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {{\n\
+         const i64 q = t % {inner}LL, i = (t / {inner}LL) % {nidx}LL, o = t / {ni}LL;\n\
+         i64 j = (i64)(({it} const*)p2)[i];\n\
+         if (j < 0) j += {len}LL;\n\
+         if (j < 0 || j >= {len}LL) {{ *(int*)err = {code}; (({c}*)p0)[t] = ({c})0; continue; }}\n\
+         (({c}*)p0)[t] = (({c} const*)p1)[(o * {len}LL + j) * {inner}LL + q];\n\
+         }}\n",
+        inner = inner.max(1),
+        nidx = nidx.max(1),
+        ni = (inner * nidx).max(1),
+        code = k + 1,
+    );
+    op_source(k, body, vec![out, args[0], args[1]], count, true)
 }
 
 /// A primitive op of kernel `k` (`Kernel::Op`) as CUDA C where it has
@@ -208,6 +251,9 @@ pub fn emit_op(program: &KernelProgram, k: usize) -> Option<KernelSource> {
         return None;
     };
     let t = program.buffer(*out).dtype;
+    if let Op::Gather { axis } = op {
+        return gather(program, k, *out, args, *axis);
+    }
     if !t.is_float() {
         return None;
     }
@@ -319,9 +365,21 @@ pub fn emit_op(program: &KernelProgram, k: usize) -> Option<KernelSource> {
         }
         _ => return None,
     };
+    let error_word = false;
+    op_source(k, body, params, count, error_word)
+}
+
+fn op_source(
+    k: usize,
+    body: String,
+    params: Vec<BufferId>,
+    count: usize,
+    error_word: bool,
+) -> Option<KernelSource> {
     let name = format!("kiln_k{k}_op");
     let sig: Vec<String> = (0..params.len())
         .map(|i| format!("void* __restrict__ p{i}"))
+        .chain(error_word.then(|| "void* __restrict__ err".to_string()))
         .chain(["const i64 count".to_string()])
         .collect();
     let function = format!(
@@ -334,6 +392,7 @@ pub fn emit_op(program: &KernelProgram, k: usize) -> Option<KernelSource> {
         function,
         params,
         count,
+        error_word,
     })
 }
 
@@ -519,6 +578,7 @@ impl<'a> Emitter<'a> {
             function,
             params: self.params,
             count,
+            error_word: false,
         }
     }
 
