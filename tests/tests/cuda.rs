@@ -606,8 +606,7 @@ fn emitted_kernels_compute_what_the_reference_does() {
             [("x", &xa), ("i", &bad)].into_iter().collect();
         let err = exe
             .run(&inputs, &mut Default::default())
-            .err()
-            .expect("an index out of range is an error")
+            .expect_err("an index out of range is an error")
             .to_string();
         assert!(err.contains("out of range"), "{err}");
     }
