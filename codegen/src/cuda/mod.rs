@@ -5,11 +5,11 @@
 //! returns a clear error instead.
 //!
 //! What exists: the CUDA C of every elementwise, reduction, matmul,
-//! convolution and pooling kernel and epilogue (`source.rs`), NVRTC
+//! convolution, pooling and gather kernel and epilogue (`source.rs`), NVRTC
 //! compilation with a PTX cache (which needs no GPU, only libnvrtc), the
 //! checks that make `Device::Cuda(n)` fail with a message saying which
 //! library or device is missing, and the executable (`exec.rs`). What does
-//! not yet: cuBLAS, gather/scatter/control flow on the device, CUDA graphs,
+//! not yet: cuBLAS, scatter-add and control flow on the device, CUDA graphs,
 //! f16/bf16, fast (block-parallel) reductions and GEMM.
 
 pub mod exec;
