@@ -173,7 +173,12 @@ fn op_graphs() -> Vec<(String, Graph)> {
         let idx = g
             .constant(Array::from_vec(vec![3], vec![0i64, -1, 5]).unwrap())
             .unwrap();
-        m.gather(idx, 1).unwrap().named("gathered").unwrap();
+        let gathered = m.gather(idx, 1).unwrap();
+        gathered.named("gathered").unwrap();
+        x.scatter_add(idx, gathered, 1)
+            .unwrap()
+            .named("scattered")
+            .unwrap();
         m.argmax(1, false).unwrap().named("argmax").unwrap();
         j.sum(&[1], false).unwrap().named("int_sum").unwrap();
         let mut graph = g.into_graph();
@@ -186,6 +191,7 @@ fn op_graphs() -> Vec<(String, Graph)> {
                 "reduce3",
                 "softmax",
                 "gathered",
+                "scattered",
                 "argmax",
                 "int_sum",
             ]
@@ -282,6 +288,8 @@ struct KDim { unsigned x; };
 static KDim blockIdx = {0}, blockDim = {1}, threadIdx = {0}, gridDim = {1};
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
+template <typename T> static inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
+static inline int atomicAdd(int* p, int v) { unsigned o = (unsigned)*p; *p = (int)(o + (unsigned)v); return (int)o; }
 "#;
 
     type Call = extern "C" fn(*const u64, i64);
@@ -609,6 +617,47 @@ fn emitted_kernels_compute_what_the_reference_does() {
             .expect_err("an index out of range is an error")
             .to_string();
         assert!(err.contains("out of range"), "{err}");
+    }
+    // Scatter-add with repeated and negative indices, f32 and i64.
+    for dtype in [DType::F32, DType::I64] {
+        let g = GraphBuilder::new();
+        let d = g.placeholder("d", dtype, shape![5, 3]).unwrap();
+        let i = g.placeholder("i", DType::I32, shape![4]).unwrap();
+        let u = g.placeholder("u", dtype, shape![4, 3]).unwrap();
+        d.scatter_add(i, u, 0).unwrap().named("s").unwrap();
+        let mut graph = g.into_graph();
+        let out = graph.find("s").unwrap();
+        graph.set_outputs(vec![out]).unwrap();
+        let arr = |shape: Vec<usize>, v: Vec<f64>| {
+            match dtype {
+                DType::F32 => {
+                    Array::from_vec(shape, v.iter().map(|&x| x as f32).collect::<Vec<_>>())
+                }
+                _ => Array::from_vec(shape, v.iter().map(|&x| x as i64).collect::<Vec<_>>()),
+            }
+            .unwrap()
+        };
+        let feeds = vec![
+            (
+                "d".to_string(),
+                arr(vec![5, 3], (0..15).map(|v| v as f64 * 1.5).collect()),
+            ),
+            (
+                "i".to_string(),
+                Array::from_vec(vec![4], vec![1i32, -1, 1, 0]).unwrap(),
+            ),
+            (
+                "u".to_string(),
+                arr(vec![4, 3], (0..12).map(|v| 10.0 + v as f64).collect()),
+            ),
+        ];
+        agree_on_host(
+            &format!("scatter_add {dtype}"),
+            &graph,
+            &Bindings::default(),
+            &feeds,
+        );
+        ran += 1;
     }
     // The example models: matrix products, epilogues, convolutions.
     for (name, graph) in kiln_tests::example_models() {

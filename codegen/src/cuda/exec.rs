@@ -160,10 +160,15 @@ impl<G: Gpu> DeviceExecutable<G> {
                         })
                     }
                 },
-                Kernel::Op { .. } => match source::emit_op(program, k) {
-                    Some(s) => emitted.push(s),
-                    None => steps.push(Step::Host(k)),
-                },
+                Kernel::Op { .. } => {
+                    if let Some(pair) = source::emit_scatter_add(program, k) {
+                        emitted.extend(pair);
+                    } else if let Some(s) = source::emit_op(program, k) {
+                        emitted.push(s);
+                    } else {
+                        steps.push(Step::Host(k));
+                    }
+                }
                 _ => {}
             }
             let main = source::emit(program, k)
@@ -335,7 +340,7 @@ impl<G: Gpu> DeviceExecutable<G> {
                 let len = match self.program.kernels.get(k) {
                     Some(Kernel::Op {
                         args,
-                        op: kiln_graph::Op::Gather { axis },
+                        op: kiln_graph::Op::Gather { axis } | kiln_graph::Op::ScatterAdd { axis },
                         ..
                     }) => self.program.buffer(args[0]).shape[*axis].to_string(),
                     _ => "?".into(),

@@ -5,12 +5,11 @@
 //! returns a clear error instead.
 //!
 //! What exists: the CUDA C of every elementwise, reduction, matmul,
-//! convolution, pooling and gather kernel and epilogue (`source.rs`), NVRTC
+//! convolution, pooling, gather and scatter-add kernel and epilogue (`source.rs`), NVRTC
 //! compilation with a PTX cache (which needs no GPU, only libnvrtc), the
 //! checks that make `Device::Cuda(n)` fail with a message saying which
 //! library or device is missing, and the executable (`exec.rs`, with CUDA
-//! graph replay). What does not yet: cuBLAS, scatter-add and control flow
-//! on the device, f16/bf16, fast (block-parallel) reductions and GEMM. None
+//! graph replay). What does not yet: cuBLAS, control flow on the device, f16/bf16, fast (block-parallel) reductions and GEMM. None
 //! of it has yet run on a GPU (see `scripts/gpu-check.sh`).
 
 pub mod exec;
@@ -172,6 +171,7 @@ pub fn sources(program: &KernelProgram) -> Result<Vec<source::KernelSource>> {
     let mut out = Vec::new();
     for k in 0..program.kernels.len() {
         out.extend(source::emit_matmul(program, k));
+        out.extend(source::emit_scatter_add(program, k).into_iter().flatten());
         out.extend(source::emit_op(program, k));
         match source::emit(program, k) {
             Ok(Some(s)) => out.push(s),

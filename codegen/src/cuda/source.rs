@@ -240,6 +240,86 @@ fn gather(
     op_source(k, body, vec![out, args[0], args[1]], count, true)
 }
 
+/// Scatter-add of kernel `k` as two kernels: the data copied to the
+/// output, then every update added at its index with an atomic add (so
+/// repeated indices sum, in an order the hardware picks: floats may differ
+/// from the reference's order in the last bits). `None` for other
+/// kernels, bool data, or when the output shares memory with the updates
+/// or indices (the copy would overwrite them first).
+pub fn emit_scatter_add(program: &KernelProgram, k: usize) -> Option<[KernelSource; 2]> {
+    use kiln_graph::Op;
+    let Kernel::Op {
+        op: Op::ScatterAdd { axis },
+        out,
+        args,
+        ..
+    } = &program.kernels[k]
+    else {
+        return None;
+    };
+    let (data, idx, upd) = (
+        program.buffer(args[0]),
+        program.buffer(args[1]),
+        program.buffer(args[2]),
+    );
+    if data.dtype == DType::Bool || !matches!(idx.dtype, DType::I32 | DType::I64) {
+        return None;
+    }
+    let span = |b: BufferId| match program.buffer(b).storage {
+        kiln_optimizer::kernel::Storage::Arena { offset } => {
+            Some(offset..offset + program.buffer(b).size_bytes())
+        }
+        _ => None,
+    };
+    let overlaps = |b: BufferId| {
+        b == *out
+            || matches!((span(b), span(*out)), (Some(x), Some(y)) if x.start < y.end && y.start < x.end)
+    };
+    if overlaps(args[1]) || overlaps(args[2]) {
+        return None;
+    }
+    let c = ctype(data.dtype);
+    let it = ctype(idx.dtype);
+    let n: usize = data.shape.iter().product();
+    let copy = format!(
+        "    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {{\n\
+         (({c}*)p0)[t] = (({c} const*)p1)[t];\n\
+         }}\n"
+    );
+    let len = data.shape[*axis];
+    let inner: usize = data.shape[axis + 1..].iter().product();
+    let nidx: usize = idx.shape.iter().product();
+    let count: usize = upd.shape.iter().product();
+    let add = match data.dtype {
+        DType::F32 | DType::F64 => format!("atomicAdd(&(({c}*)p0)[at], v)"),
+        DType::I32 => "atomicAdd(&((int*)p0)[at], v)".to_string(),
+        _ => "atomicAdd((unsigned long long*)&((i64*)p0)[at], (unsigned long long)v)".to_string(),
+    };
+    let scatter = format!(
+        "    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {{\n\
+         const i64 q = t % {inner}LL, i = (t / {inner}LL) % {nidx}LL, o = t / {ni}LL;\n\
+         i64 j = (i64)(({it} const*)p2)[i];\n\
+         if (j < 0) j += {len}LL;\n\
+         if (j < 0 || j >= {len}LL) {{ *(int*)err = {code}; continue; }}\n\
+         const i64 at = (o * {len}LL + j) * {inner}LL + q;\n\
+         const {c} v = (({c} const*)p1)[t];\n\
+         {add};\n\
+         }}\n",
+        inner = inner.max(1),
+        nidx = nidx.max(1),
+        ni = (inner * nidx).max(1),
+        code = k + 1,
+    );
+    let mut first = op_source(k, copy, vec![*out, args[0]], n, false)?;
+    first.name = format!("kiln_k{k}_copy");
+    first.function = first
+        .function
+        .replace(&format!("kiln_k{k}_op"), &first.name);
+    first.source = first.source.replace(&format!("kiln_k{k}_op"), &first.name);
+    let second = op_source(k, scatter, vec![*out, args[2], args[1]], count, true)?;
+    Some([first, second])
+}
+
 /// A primitive op of kernel `k` (`Kernel::Op`) as CUDA C where it has
 /// one: 2-D convolution and max/average pooling of f32 or f64, one thread
 /// per output element, summing in double like the reference. `None` for
