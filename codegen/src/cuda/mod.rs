@@ -5,12 +5,13 @@
 //! returns a clear error instead.
 //!
 //! What exists: the CUDA C of every elementwise, reduction, matmul,
-//! convolution, pooling, gather and scatter-add kernel and epilogue (`source.rs`), NVRTC
-//! compilation with a PTX cache (which needs no GPU, only libnvrtc), the
-//! checks that make `Device::Cuda(n)` fail with a message saying which
-//! library or device is missing, and the executable (`exec.rs`, with CUDA
-//! graph replay). What does not yet: cuBLAS, control flow on the device, f16/bf16, fast (block-parallel) reductions and GEMM. None
-//! of it has yet run on a GPU (see `scripts/gpu-check.sh`).
+//! convolution, pooling, gather and scatter-add kernel and epilogue
+//! (`source.rs`), NVRTC compilation with a PTX cache (which needs no GPU,
+//! only libnvrtc), the checks that make `Device::Cuda(n)` fail with a
+//! message saying which library or device is missing, and the executable
+//! (`exec.rs`, with CUDA graph replay). What does not yet: cuBLAS, control
+//! flow on the device, f16/bf16, fast (block-parallel) reductions and GEMM.
+//! None of it has yet run on a GPU (see `scripts/gpu-check.sh`).
 
 pub mod exec;
 pub mod source;
