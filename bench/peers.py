@@ -212,6 +212,9 @@ def gpu_main(root, runs):
             eager = cuda_timed(lambda: model(x), runs)
             timings = [eager]
             for mode in ["default", "reduce-overhead"]:
+                if os.environ.get("KILN_BENCH_TORCH_COMPILE") == "0":
+                    timings.append(float("nan"))
+                    continue
                 try:
                     c = torch.compile(model, mode=mode)
                     timings.append(cuda_timed(lambda: c(x), runs))

@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
 # The GPU checks in one call, for a machine with an NVIDIA GPU but no cargo
-# (the lent device machine). Build here first, then carry the two binaries:
+# (the lent device machine). Build here first, then carry the binaries:
 #
-#   cargo test --release -p kiln-tests --test cuda --no-run   # prints the test binary's path
+#   cargo test --release -p kiln-tests --test cuda --test random_graphs --test training --no-run
 #   cargo build --release -p kiln-bench
-#   scripts/gpu-check.sh prepare      # copies both into target/gpu-check/
+#   scripts/gpu-check.sh prepare      # copies them into target/gpu-check/
 #
 # and on the GPU machine (carry target/gpu-check):
 #
 #   scripts/gpu-check.sh run          # results under $OUT (or target/gpu-check/out)
 #
 # `run` prints the GPU, runs the CUDA tests (the differential suite on
-# Device::Cuda(0) included) and the GPU benchmark with PyTorch peers.
+# Device::Cuda(0): example models, op graphs, KILN_GPU_RANDOM random graphs
+# (default 300), GPU training) and the GPU benchmark with PyTorch peers
+# (KILN_BENCH_TORCH_COMPILE=0 skips torch.compile). Each step has a time
+# limit, so one that hangs does not take the others' results with it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dir=target/gpu-check
+tests=(cuda random_graphs training)
 case "${1:-}" in
 prepare)
     mkdir -p "$dir"
-    test_bin=$(ls -t target/release/deps/cuda-* 2>/dev/null | grep -v '\.d$' | head -1)
-    if [ -z "$test_bin" ]; then
-        echo "no CUDA test binary: run cargo test --release -p kiln-tests --test cuda --no-run" >&2
-        exit 1
-    fi
-    cp "$test_bin" "$dir/cuda-tests"
+    for t in "${tests[@]}"; do
+        bin=$(ls -t target/release/deps/"$t"-* 2>/dev/null | grep -v '\.d$' | head -1)
+        if [ -z "$bin" ]; then
+            echo "no $t test binary: run cargo test --release -p kiln-tests --test $t --no-run" >&2
+            exit 1
+        fi
+        cp "$bin" "$dir/$t-tests"
+    done
     cp target/release/kiln-bench "$dir/kiln-bench"
     ls -la "$dir"
     ;;
@@ -31,12 +37,21 @@ run)
     out="${OUT:-$dir/out}"
     mkdir -p "$out"
     nvidia-smi -L 2>&1 | tee "$out/gpu.txt"
-    # The pip or toolkit NVRTC; the toolkit's lib64 is searched by default.
-    export RUST_BACKTRACE=1
-    "$dir/cuda-tests" --nocapture --test-threads 1 2>&1 | tee "$out/cuda-tests.txt"
+    export RUST_BACKTRACE=1 KILN_CACHE_DIR=/tmp/kiln-cache
+    step() { # name, seconds, command...
+        local name=$1 secs=$2
+        shift 2
+        local t0=$SECONDS
+        timeout "$secs" "$@" 2>&1 | tee "$out/$name.txt"
+        echo "== $name: exit ${PIPESTATUS[0]} in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+    }
+    step cuda-tests 120 "$dir/cuda-tests" --nocapture --test-threads 1
+    step training 120 "$dir/training-tests" --nocapture
+    KILN_RANDOM_DEVICE=cuda KILN_RANDOM_GRAPHS="${KILN_GPU_RANDOM:-300}" \
+        step random-graphs 150 "$dir/random_graphs-tests" --nocapture --exact random_graphs_match_the_reference
     KILN_BENCH_PYTHON="${KILN_BENCH_PYTHON:-python3}" \
-        "$dir/kiln-bench" --device cuda --runs 100 --peers --dir "$out/bench" 2>&1 \
-        | tee "$out/bench.txt"
+        step bench "${KILN_BENCH_SECONDS:-300}" "$dir/kiln-bench" --device cuda --runs 100 --peers --dir /tmp/kiln-bench
+    cat "$out/summary.txt"
     ;;
 *)
     echo "usage: scripts/gpu-check.sh prepare|run" >&2

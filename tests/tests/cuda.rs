@@ -34,38 +34,65 @@ fn a_cuda_session_says_what_is_missing() {
     assert!(err.contains("cuda:99"), "{err}");
 }
 
-/// The differential suite on a GPU (where one is lent): the example models
-/// and the op graphs on `Device::Cuda(0)` against the reference.
+/// The differential suite on a GPU (where one is lent): every case of
+/// [`device_cases`] on `Device::Cuda(0)` against the reference, twice (the
+/// second run replays the recorded CUDA graph), then an index out of range.
+/// Every failing case is listed, not just the first.
 #[test]
 fn gpu_runs_match_the_reference() {
     if cuda::CudaDevice::open(0).is_err() {
         eprintln!("SKIPPED: no CUDA GPU on this machine");
         return;
     }
-    type Case = (String, Graph, Vec<(String, Array)>);
-    let mut graphs: Vec<Case> = Vec::new();
-    for (name, graph) in kiln_tests::example_models() {
-        for batch in [1, 3] {
-            let feeds = kiln_tests::feeds_for(&graph, batch, 7);
-            graphs.push((format!("{name} batch {batch}"), graph.clone(), feeds));
-        }
-    }
-    for (name, graph, feeds) in graphs {
-        let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-        let want = Session::new(&graph, Device::Reference)
-            .unwrap()
-            .run_outputs(&refs)
-            .unwrap();
-        let mut s = Session::new(&graph, Device::Cuda(0)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        for run in 0..2 {
-            let got = s
-                .run_outputs(&refs)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            for ((f, w), (_, g)) in want.iter().zip(&got) {
-                kiln_tests::compare(w, g).unwrap_or_else(|e| panic!("{name}, {f}, run {run}: {e}"));
+    let cases = device_cases();
+    let mut failures = Vec::new();
+    for (name, graph, _, feeds) in &cases {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
+            let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+            let want = Session::new(graph, Device::Reference)
+                .and_then(|mut s| s.run_outputs(&refs))
+                .map_err(|e| format!("reference: {e}"))?;
+            let mut s = Session::new(graph, Device::Cuda(0)).map_err(|e| e.to_string())?;
+            for run in 0..2 {
+                let got = s
+                    .run_outputs(&refs)
+                    .map_err(|e| format!("run {run}: {e}"))?;
+                for ((f, w), (_, g)) in want.iter().zip(&got) {
+                    kiln_tests::compare(w, g).map_err(|e| format!("{f}, run {run}: {e}"))?;
+                }
             }
+            Ok(())
+        }));
+        match r {
+            Ok(Ok(())) => eprintln!("ok   {name}"),
+            Ok(Err(e)) => failures.push(format!("{name}: {e}")),
+            Err(_) => failures.push(format!("{name}: panicked")),
         }
     }
+    for axis in [0usize, 1] {
+        let (graph, xa, bad) = gather_graph(axis);
+        let mut s = Session::new(&graph, Device::Cuda(0)).unwrap();
+        match s.run_outputs(&[("x", &xa), ("i", &bad)]) {
+            Err(e) if e.to_string().contains("out of range") => {}
+            other => failures.push(format!(
+                "gather axis {axis} out of range: {:?}",
+                other.map(|_| "no error")
+            )),
+        }
+    }
+    eprintln!(
+        "{} of {} cases on {} agree with the reference",
+        cases.len() + 2 - failures.len(),
+        cases.len() + 2,
+        cuda::CudaDevice::open(0)
+            .and_then(|d| d.name())
+            .unwrap_or_default()
+    );
+    assert!(
+        failures.is_empty(),
+        "failing on the GPU:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -461,13 +488,14 @@ fn agree_on_host(name: &str, graph: &Graph, bindings: &Bindings, feeds: &[(Strin
     }
 }
 
-#[test]
-fn emitted_kernels_compute_what_the_reference_does() {
-    if !have_cxx() {
-        eprintln!("no C++ compiler: skipping the host run of the emitted CUDA C");
-        return;
-    }
-    let mut ran = 0;
+/// One differential case: a name, a graph, its bindings and feeds.
+type Case = (String, Graph, Bindings, Vec<(String, Array)>);
+
+/// The programs both the host stand-in and a GPU run against the
+/// reference: every elementwise op and reduction, convolutions and pooling
+/// over their options, gather, scatter-add, and the example models.
+fn device_cases() -> Vec<Case> {
+    let mut cases: Vec<Case> = Vec::new();
     for (name, graph) in op_graphs() {
         let feeds: Vec<(String, Array)> = ["x", "y"]
             .iter()
@@ -488,8 +516,7 @@ fn emitted_kernels_compute_what_the_reference_does() {
                 (n.to_string(), a.unwrap())
             })
             .collect();
-        agree_on_host(&name, &graph, &Bindings::default(), &feeds);
-        ran += 1;
+        cases.push((name, graph, Bindings::default(), feeds));
     }
     // Convolutions and pooling as generated kernels, over their options.
     for dtype in [DType::F32, DType::F64] {
@@ -563,60 +590,24 @@ fn emitted_kernels_compute_what_the_reference_does() {
                 arr(vec![6, 2, 3, 2], vals(6 * 2 * 3 * 2, 2)),
             ),
         ];
-        agree_on_host(
-            &format!("conv and pooling {dtype}"),
-            &graph,
-            &Bindings::default(),
-            &feeds,
-        );
-        ran += 1;
+        cases.push((
+            format!("conv and pooling {dtype}"),
+            graph,
+            Bindings::default(),
+            feeds,
+        ));
     }
-    // Gather along each axis, with negative indices; then one out of range.
+    // Gather along each axis, with negative indices.
     for axis in [0usize, 1] {
-        let g = GraphBuilder::new();
-        let x = g.placeholder("x", DType::F32, shape![5, 7]).unwrap();
-        let i = g.placeholder("i", DType::I64, shape![2, 2]).unwrap();
-        x.gather(i, axis as i64)
-            .unwrap()
-            .mul(2.0)
-            .unwrap()
-            .named("y")
-            .unwrap();
-        let mut graph = g.into_graph();
-        let y = graph.find("y").unwrap();
-        graph.set_outputs(vec![y]).unwrap();
-        let xa = Array::from_vec(
-            vec![5, 7],
-            (0..35).map(|v| v as f32 * 0.5).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let (graph, x, _) = gather_graph(axis);
         let ok = Array::from_vec(vec![2, 2], vec![0i64, -1, 3, 1]).unwrap();
-        let feeds = vec![("x".to_string(), xa.clone()), ("i".to_string(), ok)];
-        agree_on_host(
-            &format!("gather axis {axis}"),
-            &graph,
-            &Bindings::default(),
-            &feeds,
-        );
-        ran += 1;
-        let program = compile(
-            &graph,
-            graph.outputs(),
-            &Bindings::default(),
-            &CompileOptions::default(),
-        )
-        .unwrap()
-        .program;
-        let mut exe =
-            cuda::exec::DeviceExecutable::new(host::HostGpu::default(), &program).unwrap();
-        let bad = Array::from_vec(vec![2, 2], vec![0i64, 9, 1, 1]).unwrap();
-        let inputs: std::collections::HashMap<&str, &Array> =
-            [("x", &xa), ("i", &bad)].into_iter().collect();
-        let err = exe
-            .run(&inputs, &mut Default::default())
-            .expect_err("an index out of range is an error")
-            .to_string();
-        assert!(err.contains("out of range"), "{err}");
+        let feeds = vec![("x".to_string(), x), ("i".to_string(), ok)];
+        cases.push((
+            format!("gather axis {axis}"),
+            graph,
+            Bindings::default(),
+            feeds,
+        ));
     }
     // Scatter-add with repeated and negative indices, f32 and i64.
     for dtype in [DType::F32, DType::I64] {
@@ -651,20 +642,86 @@ fn emitted_kernels_compute_what_the_reference_does() {
                 arr(vec![4, 3], (0..12).map(|v| 10.0 + v as f64).collect()),
             ),
         ];
-        agree_on_host(
-            &format!("scatter_add {dtype}"),
-            &graph,
-            &Bindings::default(),
-            &feeds,
-        );
-        ran += 1;
+        cases.push((
+            format!("scatter_add {dtype}"),
+            graph,
+            Bindings::default(),
+            feeds,
+        ));
     }
     // The example models: matrix products, epilogues, convolutions.
     for (name, graph) in kiln_tests::example_models() {
-        let bindings: Bindings = [("batch".to_string(), 3usize)].into_iter().collect();
-        let feeds = kiln_tests::feeds_for(&graph, 3, 5);
-        agree_on_host(name, &graph, &bindings, &feeds);
-        ran += 1;
+        for batch in [1usize, 3] {
+            let bindings: Bindings = [("batch".to_string(), batch)].into_iter().collect();
+            let feeds = kiln_tests::feeds_for(&graph, batch, 5);
+            cases.push((
+                format!("{name} batch {batch}"),
+                graph.clone(),
+                bindings,
+                feeds,
+            ));
+        }
     }
-    eprintln!("ran {ran} programs through DeviceExecutable on the host stand-in");
+    cases
+}
+
+/// `x[5, 7]` gathered by `i[2, 2]` along `axis`, times 2; with `x`'s
+/// values and indices out of range.
+fn gather_graph(axis: usize) -> (Graph, Array, Array) {
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, shape![5, 7]).unwrap();
+    let i = g.placeholder("i", DType::I64, shape![2, 2]).unwrap();
+    x.gather(i, axis as i64)
+        .unwrap()
+        .mul(2.0)
+        .unwrap()
+        .named("y")
+        .unwrap();
+    let mut graph = g.into_graph();
+    let y = graph.find("y").unwrap();
+    graph.set_outputs(vec![y]).unwrap();
+    let xa = Array::from_vec(
+        vec![5, 7],
+        (0..35).map(|v| v as f32 * 0.5).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let bad = Array::from_vec(vec![2, 2], vec![0i64, 9, 1, 1]).unwrap();
+    (graph, xa, bad)
+}
+
+#[test]
+fn emitted_kernels_compute_what_the_reference_does() {
+    if !have_cxx() {
+        eprintln!("no C++ compiler: skipping the host run of the emitted CUDA C");
+        return;
+    }
+    let cases = device_cases();
+    for (name, graph, bindings, feeds) in &cases {
+        agree_on_host(name, graph, bindings, feeds);
+    }
+    // An index out of range is an error, not a wild read.
+    for axis in [0usize, 1] {
+        let (graph, xa, bad) = gather_graph(axis);
+        let program = compile(
+            &graph,
+            graph.outputs(),
+            &Bindings::default(),
+            &CompileOptions::default(),
+        )
+        .unwrap()
+        .program;
+        let mut exe =
+            cuda::exec::DeviceExecutable::new(host::HostGpu::default(), &program).unwrap();
+        let inputs: std::collections::HashMap<&str, &Array> =
+            [("x", &xa), ("i", &bad)].into_iter().collect();
+        let err = exe
+            .run(&inputs, &mut Default::default())
+            .expect_err("an index out of range is an error")
+            .to_string();
+        assert!(err.contains("out of range"), "{err}");
+    }
+    eprintln!(
+        "ran {} programs through DeviceExecutable on the host stand-in",
+        cases.len()
+    );
 }

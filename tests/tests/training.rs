@@ -35,6 +35,15 @@ fn classify<'g>(g: &'g GraphBuilder, logits: Tensor<'g>, y: Tensor<'g>, opt: Opt
     g.minimize(loss, opt).unwrap().named("train").unwrap();
 }
 
+/// The reference, the CPU backend, and a GPU where one is lent.
+fn devices() -> Vec<Device> {
+    let mut d = vec![Device::Reference, Device::Cpu];
+    if kiln_codegen::cuda::CudaDevice::open(0).is_ok() {
+        d.push(Device::Cuda(0));
+    }
+    d
+}
+
 fn batch(pixels: &[f32], labels: &[i64], rows: std::ops::Range<usize>) -> (Array, Array) {
     let n = rows.len();
     (
@@ -45,6 +54,21 @@ fn batch(pixels: &[f32], labels: &[i64], rows: std::ops::Range<usize>) -> (Array
 
 #[test]
 fn mlp_learns_digits_to_95_percent() {
+    learn_digits(Device::Cpu);
+}
+
+/// The same training on a GPU, where one is lent: gradient graphs are
+/// ordinary graphs there too.
+#[test]
+fn mlp_learns_digits_on_the_gpu() {
+    if kiln_codegen::cuda::CudaDevice::open(0).is_err() {
+        eprintln!("SKIPPED: no CUDA GPU on this machine");
+        return;
+    }
+    learn_digits(Device::Cuda(0));
+}
+
+fn learn_digits(device: Device) {
     let (pixels, labels) = kiln_tests::load_digits();
     assert_eq!(labels.len(), 1797);
     // A fixed shuffle, so the held-out rows come from every writer.
@@ -56,7 +80,7 @@ fn mlp_learns_digits_to_95_percent() {
         .collect();
     let labels: Vec<i64> = order.iter().map(|&i| labels[i]).collect();
     let m = model(Optimizer::adam(0.01));
-    let mut s = Session::new(&m.graph, Device::Cpu).unwrap();
+    let mut s = Session::new(&m.graph, device).unwrap();
     let (train, bs) = (1500, 50);
     let mut first_loss = None;
     let mut last_loss = 0.0;
@@ -73,7 +97,7 @@ fn mlp_learns_digits_to_95_percent() {
     let correct = kiln::datasets::count_matches(&pred, &y).unwrap();
     let acc = correct as f64 / (labels.len() - train) as f64;
     println!(
-        "loss {} -> {last_loss}, held-out accuracy {acc:.4}",
+        "{device}: loss {} -> {last_loss}, held-out accuracy {acc:.4}",
         first_loss.unwrap()
     );
     assert!(
@@ -103,7 +127,7 @@ fn sgd_step_matches_hand_computation() {
         .named("train")
         .unwrap();
     let graph = g.into_graph();
-    for device in [Device::Reference, Device::Cpu] {
+    for device in devices() {
         let mut s = Session::new(&graph, device).unwrap();
         s.run(&[], &["train"]).unwrap();
         // w - 0.1 * 2 x (w x - t) = [1 - 0.4 * 1, -1 - 0.6 * -4]
@@ -132,7 +156,7 @@ fn momentum_and_adam_keep_their_state_in_variables() {
         let graph = g.into_graph();
         let mut losses = Vec::new();
         let mut per_device = Vec::new();
-        for device in [Device::Reference, Device::Cpu] {
+        for device in devices() {
             let mut s = Session::new(&graph, device).unwrap();
             for _ in 0..20 {
                 losses.push(
@@ -144,8 +168,10 @@ fn momentum_and_adam_keep_their_state_in_variables() {
             per_device.push(s.variable("w").unwrap().clone());
         }
         assert!(losses[19] < losses[0] * 0.5, "{opt:?}: {losses:?}");
-        kiln_tests::compare(&per_device[0], &per_device[1])
-            .unwrap_or_else(|e| panic!("{opt:?}: {e}"));
+        for (device, w) in devices().iter().zip(&per_device).skip(1) {
+            kiln_tests::compare(&per_device[0], w)
+                .unwrap_or_else(|e| panic!("{opt:?} on {device}: {e}"));
+        }
         if let Optimizer::Adam { .. } = opt {
             assert!(
                 graph.find("optimizer/w/adam_m").is_ok() && graph.find("optimizer/step").is_ok()
