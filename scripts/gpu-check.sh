@@ -12,8 +12,9 @@
 #
 # `run` prints the GPU, runs the CUDA tests (the differential suite on
 # Device::Cuda(0): example models, op graphs, KILN_GPU_RANDOM random graphs
-# (default 300), GPU training) and the GPU benchmark with PyTorch peers
-# (KILN_BENCH_TORCH_COMPILE=0 skips torch.compile). Each step has a time
+# (default 120), GPU training) and the GPU benchmark with PyTorch peers
+# (KILN_BENCH_TORCH_COMPILE=0 skips torch.compile), then kiln's kernels by
+# device time (KILN_GPU_PROFILE=0 skips that). Each step has a time
 # limit, so one that hangs does not take the others' results with it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,12 +46,15 @@ run)
         timeout "$secs" "$@" 2>&1 | tee "$out/$name.txt"
         echo "== $name: exit ${PIPESTATUS[0]} in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
     }
-    step cuda-tests 120 "$dir/cuda-tests" --nocapture --test-threads 1
+    step cuda-tests 150 "$dir/cuda-tests" --nocapture --test-threads 1
     step training 120 "$dir/training-tests" --nocapture
-    KILN_RANDOM_DEVICE=cuda KILN_RANDOM_GRAPHS="${KILN_GPU_RANDOM:-300}" \
-        step random-graphs 150 "$dir/random_graphs-tests" --nocapture --exact random_graphs_match_the_reference
+    KILN_RANDOM_DEVICE=cuda KILN_RANDOM_GRAPHS="${KILN_GPU_RANDOM:-120}" \
+        step random-graphs 120 "$dir/random_graphs-tests" --nocapture --exact random_graphs_match_the_reference
     KILN_BENCH_PYTHON="${KILN_BENCH_PYTHON:-python3}" \
-        step bench "${KILN_BENCH_SECONDS:-300}" "$dir/kiln-bench" --device cuda --runs 100 --peers --dir /tmp/kiln-bench
+        step bench "${KILN_BENCH_SECONDS:-300}" "$dir/kiln-bench" --device cuda --runs 200 --peers --dir /tmp/kiln-bench
+    if [ "${KILN_GPU_PROFILE:-1}" = 1 ]; then
+        step profile 60 "$dir/kiln-bench" --device cuda --runs 20 --profile --dir /tmp/kiln-bench-profile
+    fi
     cat "$out/summary.txt"
     ;;
 *)

@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 
 use kiln_codegen::cpu::{CpuBackend, CpuExecutable};
-use kiln_codegen::cuda::exec::{CudaGpu, DeviceExecutable};
+use kiln_codegen::cuda::exec::{CudaGpu, DeviceExecutable, DeviceRef};
+pub use kiln_codegen::cuda::DeviceTensor;
 use kiln_codegen::{Backend, Executable};
 use kiln_graph::interp::{self, RunInputs};
-use kiln_graph::{Array, Bindings, Dim, Graph, NodeId, Op};
+use kiln_graph::{Array, Bindings, DType, Dim, Graph, NodeId, Op};
 use kiln_optimizer::CompileOptions;
 
 use crate::device::Device;
@@ -33,10 +34,36 @@ pub struct Session {
     needed: HashMap<NodeId, Vec<NodeId>>,
 }
 
-/// A CUDA session's device and the programs compiled for it.
+/// A CUDA session's device and the programs compiled for it, with the
+/// tensors each leaves its results in on device runs.
 struct Gpu {
     device: kiln_codegen::cuda::CudaDevice,
     compiled: HashMap<(Vec<NodeId>, Bindings), DeviceExecutable<CudaGpu>>,
+    results: HashMap<(Vec<NodeId>, Bindings), Vec<DeviceTensor>>,
+}
+
+/// What a feed is checked by: a host array or a device tensor.
+trait FeedValue {
+    fn dtype(&self) -> DType;
+    fn shape(&self) -> &[usize];
+}
+
+impl FeedValue for Array {
+    fn dtype(&self) -> DType {
+        Array::dtype(self)
+    }
+    fn shape(&self) -> &[usize] {
+        Array::shape(self)
+    }
+}
+
+impl FeedValue for DeviceTensor {
+    fn dtype(&self) -> DType {
+        DeviceTensor::dtype(self)
+    }
+    fn shape(&self) -> &[usize] {
+        DeviceTensor::shape(self)
+    }
 }
 
 /// Options of a [`Session`].
@@ -109,6 +136,7 @@ impl Session {
                     reason: e.to_string(),
                 })?,
                 compiled: HashMap::new(),
+                results: HashMap::new(),
             }),
             _ => None,
         };
@@ -144,7 +172,7 @@ impl Session {
 
     /// Number of programs compiled so far (one per fetch set and shape).
     pub fn compiled_programs(&self) -> usize {
-        self.compiled.len()
+        self.compiled.len() + self.gpu.as_ref().map_or(0, |g| g.compiled.len())
     }
 
     /// Runs the part of the graph `fetches` need and returns their values, in
@@ -152,15 +180,7 @@ impl Session {
     /// its placeholder's dtype and shape, and symbolic dims are bound
     /// consistently across feeds. Assignments take effect when the run ends.
     pub fn run(&mut self, feeds: &[(&str, &Array)], fetches: &[&str]) -> Result<Vec<Array>> {
-        let fetch_ids = fetches
-            .iter()
-            .map(|&f| {
-                self.graph.find(f).map_err(|_| Error::Fetch {
-                    name: f.into(),
-                    reason: "no node has this name".into(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let fetch_ids = self.fetch_ids(fetches)?;
         let bindings = self.check_feeds(feeds)?;
         self.check_needed_feeds(&fetch_ids, fetches, feeds)?;
         let feed_map: HashMap<&str, &Array> = feeds.iter().copied().collect();
@@ -183,22 +203,7 @@ impl Session {
             }
             Device::Cuda(_) => {
                 let key = (fetch_ids, bindings);
-                let compile_now = !self
-                    .gpu
-                    .as_ref()
-                    .is_some_and(|g| g.compiled.contains_key(&key));
-                if compile_now {
-                    let current = self.export_graph()?;
-                    let opts = CompileOptions {
-                        freeze_variables: true,
-                        ..Default::default()
-                    };
-                    let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
-                    let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
-                    let backend = CudaGpu::new(&gpu.device)?;
-                    let exe = DeviceExecutable::new(backend, &compiled.program)?;
-                    gpu.compiled.insert(key.clone(), exe);
-                }
+                self.compile_for_gpu(&key)?;
                 let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
                 let exe = gpu.compiled.get_mut(&key).expect("compiled above");
                 Ok(exe.run(&feed_map, &mut self.variables)?)
@@ -232,6 +237,111 @@ impl Session {
         }
     }
 
+    /// Compiles the program for `key` on the GPU unless it is compiled.
+    fn compile_for_gpu(&mut self, key: &(Vec<NodeId>, Bindings)) -> Result<()> {
+        if self
+            .gpu
+            .as_ref()
+            .is_some_and(|g| g.compiled.contains_key(key))
+        {
+            return Ok(());
+        }
+        let current = self.export_graph()?;
+        let opts = CompileOptions {
+            freeze_variables: true,
+            ..Default::default()
+        };
+        let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
+        let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
+        let backend = CudaGpu::new(&gpu.device)?;
+        let mut exe = DeviceExecutable::new(backend, &compiled.program)?;
+        exe.set_profiling(self.profiling);
+        gpu.compiled.insert(key.clone(), exe);
+        Ok(())
+    }
+
+    fn cuda_device(&self, what: &str) -> Result<&kiln_codegen::cuda::CudaDevice> {
+        self.gpu
+            .as_ref()
+            .map(|g| &g.device)
+            .ok_or_else(|| Error::Device {
+                device: self.device.to_string(),
+                reason: format!("{what} needs a CUDA session"),
+            })
+    }
+
+    /// A copy of `a` in this CUDA session's GPU memory, to feed
+    /// [`Session::run_on_device`] without copying it each run.
+    pub fn to_device(&self, a: &Array) -> Result<DeviceTensor> {
+        Ok(self.cuda_device("to_device")?.tensor(a)?)
+    }
+
+    /// Like [`Session::run`] on a CUDA session, with feeds and results in
+    /// GPU memory: nothing crosses the bus but the variables training
+    /// assigns. Feeds are read where they lie and results written into
+    /// tensors the session keeps for this fetch set and shape, returned
+    /// here and overwritten by the next device run of the same program
+    /// (copy one with [`DeviceTensor::to_host`] to keep it). Returns when
+    /// the results are written.
+    pub fn run_on_device(
+        &mut self,
+        feeds: &[(&str, &DeviceTensor)],
+        fetches: &[&str],
+    ) -> Result<&[DeviceTensor]> {
+        let ordinal = self.cuda_device("run_on_device")?.ordinal();
+        for (name, t) in feeds {
+            if t.ordinal() != ordinal {
+                return Err(Error::Feed {
+                    name: name.to_string(),
+                    reason: format!(
+                        "a tensor on cuda:{}, fed to a session on {}",
+                        t.ordinal(),
+                        self.device
+                    ),
+                });
+            }
+        }
+        let fetch_ids = self.fetch_ids(fetches)?;
+        let bindings = self.check_feeds(feeds)?;
+        self.check_needed_feeds(&fetch_ids, fetches, feeds)?;
+        let key = (fetch_ids, bindings);
+        self.compile_for_gpu(&key)?;
+        let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
+        let exe = gpu.compiled.get_mut(&key).expect("compiled above");
+        if !gpu.results.contains_key(&key) {
+            let p = exe.program();
+            let tensors = p
+                .outputs
+                .iter()
+                .map(|&o| gpu.device.zeros(p.buffer(o).dtype, &p.buffer(o).shape))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            gpu.results.insert(key.clone(), tensors);
+        }
+        let results = &gpu.results[&key];
+        let inputs: HashMap<&str, DeviceRef> =
+            feeds.iter().map(|(n, t)| (*n, t.device_ref())).collect();
+        let outputs: Vec<DeviceRef> = results.iter().map(DeviceTensor::device_ref).collect();
+        // SAFETY: the feeds are live tensors on this session's device
+        // (checked above), borrowed for the call; the results are this
+        // session's own tensors, allocated with the program's output types,
+        // distinct from each other and from any feed (a feed cannot borrow
+        // them while this call borrows the session mutably).
+        unsafe { exe.run_device(&inputs, &outputs, &mut self.variables)? };
+        Ok(results)
+    }
+
+    fn fetch_ids(&self, fetches: &[&str]) -> Result<Vec<NodeId>> {
+        fetches
+            .iter()
+            .map(|&f| {
+                self.graph.find(f).map_err(|_| Error::Fetch {
+                    name: f.into(),
+                    reason: "no node has this name".into(),
+                })
+            })
+            .collect()
+    }
+
     /// Records the time of every kernel of later runs on compiling devices
     /// (`kiln run --profile`, `--trace`), or stops recording.
     pub fn set_profiling(&mut self, on: bool) {
@@ -239,14 +349,29 @@ impl Session {
         for exe in self.compiled.values_mut() {
             exe.set_profiling(on);
         }
+        if let Some(gpu) = &mut self.gpu {
+            for exe in gpu.compiled.values_mut() {
+                exe.set_profiling(on);
+            }
+        }
     }
 
     /// The kernel executions recorded since the last call, in start order.
     pub fn take_profile(&mut self) -> Vec<ProfileEvent> {
         let mut events = Vec::new();
+        let mut taken: Vec<(
+            Vec<kiln_codegen::cpu::KernelTime>,
+            &kiln_optimizer::kernel::KernelProgram,
+        )> = Vec::new();
         for exe in self.compiled.values_mut() {
-            let times = exe.take_profile();
-            let p = exe.program();
+            taken.push((exe.take_profile(), exe.program()));
+        }
+        if let Some(gpu) = &mut self.gpu {
+            for exe in gpu.compiled.values_mut() {
+                taken.push((exe.take_profile(), exe.program()));
+            }
+        }
+        for (times, p) in taken {
             for t in times {
                 events.push(ProfileEvent {
                     kernel: t.kernel,
@@ -274,7 +399,7 @@ impl Session {
         Ok(names.into_iter().zip(values).collect())
     }
 
-    fn check_feeds(&self, feeds: &[(&str, &Array)]) -> Result<Bindings> {
+    fn check_feeds<T: FeedValue>(&self, feeds: &[(&str, &T)]) -> Result<Bindings> {
         let mut seen: Vec<NodeId> = Vec::with_capacity(feeds.len());
         let mut bindings = Bindings::new();
         let mut bound_by: HashMap<String, String> = HashMap::new();
@@ -343,11 +468,11 @@ impl Session {
         Ok(bindings)
     }
 
-    fn check_needed_feeds(
+    fn check_needed_feeds<T>(
         &mut self,
         fetch_ids: &[NodeId],
         fetches: &[&str],
-        feeds: &[(&str, &Array)],
+        feeds: &[(&str, &T)],
     ) -> Result<()> {
         // The placeholders each fetch needs, found once per fetch.
         for (&f, &fname) in fetch_ids.iter().zip(fetches) {
@@ -403,6 +528,10 @@ impl Session {
         self.variables.insert(name.into(), value);
         // Compiled programs may hold the old value as a constant.
         self.compiled.clear();
+        if let Some(gpu) = &mut self.gpu {
+            gpu.compiled.clear();
+            gpu.results.clear();
+        }
         Ok(())
     }
 

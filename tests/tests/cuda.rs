@@ -61,6 +61,32 @@ fn gpu_runs_match_the_reference() {
                     kiln_tests::compare(w, g).map_err(|e| format!("{f}, run {run}: {e}"))?;
                 }
             }
+            // Feeds and results in device memory, twice (recorded, then
+            // replayed), then a host run again.
+            let dev: Vec<(String, kiln::DeviceTensor)> = feeds
+                .iter()
+                .map(|(n, a)| Ok((n.clone(), s.to_device(a)?)))
+                .collect::<Result<_, kiln::Error>>()
+                .map_err(|e| e.to_string())?;
+            let drefs: Vec<(&str, &kiln::DeviceTensor)> =
+                dev.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let names: Vec<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
+            for run in 0..2 {
+                let got = s
+                    .run_on_device(&drefs, &names)
+                    .map_err(|e| format!("device run {run}: {e}"))?;
+                for ((f, w), g) in want.iter().zip(got) {
+                    let g = g.to_host().map_err(|e| e.to_string())?;
+                    kiln_tests::compare(w, &g)
+                        .map_err(|e| format!("{f}, device run {run}: {e}"))?;
+                }
+            }
+            let got = s
+                .run_outputs(&refs)
+                .map_err(|e| format!("host run after: {e}"))?;
+            for ((f, w), (_, g)) in want.iter().zip(&got) {
+                kiln_tests::compare(w, g).map_err(|e| format!("{f}, host run after: {e}"))?;
+            }
             Ok(())
         }));
         match r {
@@ -300,11 +326,12 @@ fn every_kernel_has_cuda_c_that_nvrtc_compiles() {
 mod host {
     use std::ffi::CString;
 
-    use kiln_codegen::cuda::exec::Gpu;
+    use kiln::graph::DType;
+    use kiln_codegen::cuda::exec::{GemmCall, Gpu};
     use kiln_codegen::cuda::source::KernelSource;
     use kiln_codegen::Result;
 
-    const SHIMS: &str = r#"
+    pub const SHIMS: &str = r#"
 #include <math.h>
 #include <string.h>
 #define __global__
@@ -312,25 +339,170 @@ mod host {
 #define __forceinline__ inline
 #define __restrict__ __restrict
 struct KDim { unsigned x; };
-static KDim blockIdx = {0}, blockDim = {1}, threadIdx = {0}, gridDim = {1};
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
+#ifndef KILN_BLOCKS
+// One thread, one block of one thread: a warp of one lane, whose shuffles
+// read its own value.
+static KDim blockIdx = {0}, blockDim = {1}, threadIdx = {0}, gridDim = {1};
 template <typename T> static inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
 static inline int atomicAdd(int* p, int v) { unsigned o = (unsigned)*p; *p = (int)(o + (unsigned)v); return (int)o; }
+template <typename T> static inline T __shfl_xor_sync(unsigned, T v, int) { return v; }
+template <typename T> static inline T __shfl_sync(unsigned, T v, int) { return v; }
+static inline void __syncwarp(unsigned = 0xffffffffu) {}
+#else
+// KILN_BLOCKS blocks of one warp each, a thread per lane (see `krun`).
+// Warp-wide calls meet at a barrier; lanes that do not all reach it (a
+// divergent shuffle, UB on a GPU) abort after a few seconds.
+#include <stdio.h>
+#include <stdlib.h>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+static thread_local KDim blockIdx = {0}, threadIdx = {0};
+static KDim blockDim = {32}, gridDim = {KILN_BLOCKS};
+struct KWarp { std::mutex m; std::condition_variable cv; unsigned arrived = 0, gen = 0; unsigned long long slot[32]; };
+static KWarp kwarps[KILN_BLOCKS];
+static std::mutex katomic;
+static inline void kwarp_meet() {
+    KWarp& w = kwarps[blockIdx.x];
+    std::unique_lock<std::mutex> l(w.m);
+    const unsigned g = w.gen;
+    if (++w.arrived == 32) { w.arrived = 0; ++w.gen; w.cv.notify_all(); return; }
+    if (!w.cv.wait_for(l, std::chrono::seconds(20), [&] { return w.gen != g; })) {
+        fprintf(stderr, "block %u lane %u: lanes of a warp diverged at a warp-wide call\n", blockIdx.x, threadIdx.x);
+        abort();
+    }
+}
+template <typename T> static inline T kshfl(unsigned mask, T v, int src) {
+    if (mask != 0xffffffffu) { fprintf(stderr, "partial shuffle mask %x\n", mask); abort(); }
+    static_assert(sizeof(T) <= 8, "a shuffle of at most 8 bytes");
+    KWarp& w = kwarps[blockIdx.x];
+    unsigned long long b = 0;
+    memcpy(&b, &v, sizeof(T));
+    w.slot[threadIdx.x] = b;
+    kwarp_meet();
+    b = w.slot[src & 31];
+    kwarp_meet();
+    memcpy(&v, &b, sizeof(T));
+    return v;
+}
+template <typename T> static inline T __shfl_xor_sync(unsigned m, T v, int o) { return kshfl(m, v, (int)threadIdx.x ^ o); }
+template <typename T> static inline T __shfl_sync(unsigned m, T v, int s) { return kshfl(m, v, s); }
+static inline void __syncwarp(unsigned = 0xffffffffu) { kwarp_meet(); }
+template <typename T> static inline T atomicAdd(T* p, T v) { std::lock_guard<std::mutex> g(katomic); T old = *p; *p = old + v; return old; }
+static inline int atomicAdd(int* p, int v) { std::lock_guard<std::mutex> g(katomic); unsigned o = (unsigned)*p; *p = (int)(o + (unsigned)v); return (int)o; }
+// Runs `f` (a kernel launch) on every thread of the grid.
+template <typename F> static void krun(F f) {
+    std::vector<std::thread> ts;
+    for (unsigned b = 0; b < KILN_BLOCKS; ++b)
+        for (unsigned l = 0; l < 32; ++l)
+            ts.emplace_back([=] { blockIdx.x = b; threadIdx.x = l; f(); });
+    for (auto& t : ts) t.join();
+}
+#endif
 "#;
 
     type Call = extern "C" fn(*const u64, i64);
 
-    type Launch = (usize, Vec<u64>, usize);
+    /// A launch or a matrix product.
+    enum Work {
+        Launch(usize, Vec<u64>, usize),
+        Gemm(GemmCall),
+    }
 
     /// Launches made while recording are kept, not run, and `replay` runs
-    /// them: the executable's graph path, as on a GPU.
-    #[derive(Default)]
+    /// them: the executable's graph path, as on a GPU. Matrix products go
+    /// through a plain column-major GEMM in cuBLAS's terms (checking the
+    /// layouts `gemm_of` derives) unless made with [`HostGpu::without_gemm`].
     pub struct HostGpu {
         calls: Vec<Call>,
         handle: Option<usize>,
-        recording: std::cell::RefCell<Option<Vec<Launch>>>,
-        recorded: Vec<Launch>,
+        recording: std::cell::RefCell<Option<Vec<Work>>>,
+        recorded: Vec<Work>,
+        gemm: bool,
+    }
+
+    impl Default for HostGpu {
+        fn default() -> HostGpu {
+            HostGpu {
+                calls: Vec::new(),
+                handle: None,
+                recording: Default::default(),
+                recorded: Vec::new(),
+                gemm: true,
+            }
+        }
+    }
+
+    impl HostGpu {
+        /// Matrix products as generated kernels.
+        pub fn without_gemm() -> HostGpu {
+            let mut g = HostGpu::default();
+            g.gemm = false;
+            g
+        }
+
+        fn run(&self, w: &Work) {
+            match w {
+                Work::Launch(k, params, count) => (self.calls[*k])(params.as_ptr(), *count as i64),
+                Work::Gemm(g) => match g.dtype {
+                    DType::F32 => host_gemm::<f32>(g),
+                    _ => host_gemm::<f64>(g),
+                },
+            }
+        }
+    }
+
+    /// `C = op(A) op(B)` per batch, column-major, summed in f64.
+    fn host_gemm<T: Copy + Into<f64> + FromF64>(g: &GemmCall) {
+        let (a, b, c) = (g.a as *const T, g.b as *const T, g.c as *mut T);
+        for q in 0..g.batch as isize {
+            for j in 0..g.n {
+                for i in 0..g.m {
+                    let mut acc = 0f64;
+                    for l in 0..g.k {
+                        let ai = if g.trans_a {
+                            l + i * g.lda
+                        } else {
+                            i + l * g.lda
+                        };
+                        let bi = if g.trans_b {
+                            j + l * g.ldb
+                        } else {
+                            l + j * g.ldb
+                        };
+                        // SAFETY: the call addresses the executable's buffers.
+                        unsafe {
+                            let x: f64 = (*a.offset(q * g.stride_a as isize + ai as isize)).into();
+                            let y: f64 = (*b.offset(q * g.stride_b as isize + bi as isize)).into();
+                            acc += x * y;
+                        }
+                    }
+                    // SAFETY: as above.
+                    unsafe {
+                        *c.offset(q * g.stride_c as isize + (i + j * g.ldc) as isize) =
+                            T::from_f64(acc)
+                    };
+                }
+            }
+        }
+    }
+
+    trait FromF64 {
+        fn from_f64(v: f64) -> Self;
+    }
+    impl FromF64 for f32 {
+        fn from_f64(v: f64) -> f32 {
+            v as f32
+        }
+    }
+    impl FromF64 for f64 {
+        fn from_f64(v: f64) -> f64 {
+            v
+        }
     }
 
     impl Drop for HostGpu {
@@ -353,20 +525,32 @@ static inline int atomicAdd(int* p, int v) { unsigned o = (unsigned)*p; *p = (in
             m.as_ptr() as u64
         }
 
-        fn upload(&self, m: &mut Vec<u64>, offset: usize, bytes: &[u8]) -> Result<()> {
-            // SAFETY: callers stay inside the allocation.
-            unsafe {
-                let dst = (m.as_mut_ptr() as *mut u8).add(offset);
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
-            }
+        fn upload(&self, dst: u64, bytes: &[u8]) -> Result<()> {
+            // SAFETY: callers stay inside an allocation.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst as *mut u8, bytes.len()) };
             Ok(())
         }
 
-        fn download(&self, m: &Vec<u64>, offset: usize, out: &mut [u8]) -> Result<()> {
+        fn download(&self, src: u64, out: &mut [u8]) -> Result<()> {
             // SAFETY: as above.
-            unsafe {
-                let src = (m.as_ptr() as *const u8).add(offset);
-                std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len());
+            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, out.as_mut_ptr(), out.len()) };
+            Ok(())
+        }
+
+        fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+            // SAFETY: as above.
+            unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+            Ok(())
+        }
+
+        fn has_gemm(&self) -> bool {
+            self.gemm
+        }
+
+        fn gemm(&self, call: &GemmCall) -> Result<()> {
+            match self.recording.borrow_mut().as_mut() {
+                Some(r) => r.push(Work::Gemm(*call)),
+                None => self.run(&Work::Gemm(*call)),
             }
             Ok(())
         }
@@ -421,11 +605,11 @@ static inline int atomicAdd(int* p, int v) { unsigned o = (unsigned)*p; *p = (in
         }
 
         fn launch(&self, k: usize, params: &[u64], count: usize) -> Result<()> {
-            if let Some(r) = self.recording.borrow_mut().as_mut() {
-                r.push((k, params.to_vec(), count));
-                return Ok(());
+            let w = Work::Launch(k, params.to_vec(), count);
+            match self.recording.borrow_mut().as_mut() {
+                Some(r) => r.push(w),
+                None => self.run(&w),
             }
-            (self.calls[k])(params.as_ptr(), count as i64);
             Ok(())
         }
 
@@ -441,8 +625,8 @@ static inline int atomicAdd(int* p, int v) { unsigned o = (unsigned)*p; *p = (in
         }
 
         fn replay(&self) -> Result<()> {
-            for (k, params, count) in &self.recorded {
-                (self.calls[*k])(params.as_ptr(), *count as i64);
+            for w in &self.recorded {
+                self.run(w);
             }
             Ok(())
         }
@@ -458,7 +642,13 @@ fn have_cxx() -> bool {
 
 /// Runs `graph` through `DeviceExecutable` on the host stand-in and
 /// against the reference, with `feeds`.
-fn agree_on_host(name: &str, graph: &Graph, bindings: &Bindings, feeds: &[(String, Array)]) {
+fn agree_on_host(
+    name: &str,
+    graph: &Graph,
+    bindings: &Bindings,
+    feeds: &[(String, Array)],
+    gpu: host::HostGpu,
+) {
     let opts = CompileOptions {
         freeze_variables: true,
         ..Default::default()
@@ -466,8 +656,8 @@ fn agree_on_host(name: &str, graph: &Graph, bindings: &Bindings, feeds: &[(Strin
     let program = compile(graph, graph.outputs(), bindings, &opts)
         .unwrap_or_else(|e| panic!("{name}: {e}"))
         .program;
-    let mut exe = cuda::exec::DeviceExecutable::new(host::HostGpu::default(), &program)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut exe =
+        cuda::exec::DeviceExecutable::new(gpu, &program).unwrap_or_else(|e| panic!("{name}: {e}"));
     let inputs: std::collections::HashMap<&str, &Array> =
         feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let mut variables = std::collections::HashMap::new();
@@ -486,6 +676,78 @@ fn agree_on_host(name: &str, graph: &Graph, bindings: &Bindings, feeds: &[(Strin
             kiln_tests::compare(w, g).unwrap_or_else(|e| panic!("{name}, {f}, run {run}: {e}"));
         }
     }
+    // Feeds and results in "device" memory, bound where they lie: twice
+    // with the same addresses (recorded, then replayed), once with new
+    // result addresses (recorded again), then a host run (unbound).
+    let block = |bytes: &[u8]| -> Vec<u64> {
+        let mut v = vec![0u64; bytes.len().div_ceil(8) + 1];
+        // SAFETY: `v` holds at least `bytes.len()` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len())
+        };
+        v
+    };
+    let fed: Vec<(String, Vec<u64>, &Array)> = feeds
+        .iter()
+        .map(|(n, a)| (n.clone(), block(a.as_bytes()), a))
+        .collect();
+    let inputs: std::collections::HashMap<&str, cuda::exec::DeviceRef> = fed
+        .iter()
+        .map(|(n, v, a)| {
+            (
+                n.as_str(),
+                cuda::exec::DeviceRef {
+                    address: v.as_ptr() as u64,
+                    dtype: a.dtype(),
+                    shape: a.shape().to_vec(),
+                },
+            )
+        })
+        .collect();
+    for round in 0..3 {
+        let mut outs: Vec<Vec<u64>> = program
+            .outputs
+            .iter()
+            .map(|&o| block(&vec![0u8; program.buffer(o).size_bytes()]))
+            .collect();
+        let refs: Vec<cuda::exec::DeviceRef> = program
+            .outputs
+            .iter()
+            .zip(&outs)
+            .map(|(&o, v)| cuda::exec::DeviceRef {
+                address: v.as_ptr() as u64,
+                dtype: program.buffer(o).dtype,
+                shape: program.buffer(o).shape.clone(),
+            })
+            .collect();
+        for run in 0..if round == 0 { 2 } else { 1 } {
+            // SAFETY: every address is a live block of the right size.
+            unsafe { exe.run_device(&inputs, &refs, &mut variables) }
+                .unwrap_or_else(|e| panic!("{name}, device run: {e}"));
+            for (((f, w), &o), v) in want.iter().zip(&program.outputs).zip(&mut outs) {
+                let b = program.buffer(o);
+                // SAFETY: the block holds the buffer's bytes.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, b.size_bytes()) };
+                let g = Array::new(
+                    b.shape.clone(),
+                    kiln::graph::Data::from_le_bytes(b.dtype, bytes).unwrap(),
+                )
+                .unwrap();
+                kiln_tests::compare(w, &g)
+                    .unwrap_or_else(|e| panic!("{name}, {f}, device round {round} run {run}: {e}"));
+            }
+        }
+    }
+    let got = exe.run(&inputs_host(feeds), &mut variables).unwrap();
+    for ((f, w), g) in want.iter().zip(&got) {
+        kiln_tests::compare(w, g)
+            .unwrap_or_else(|e| panic!("{name}, {f}, host run after device runs: {e}"));
+    }
+}
+
+fn inputs_host(feeds: &[(String, Array)]) -> std::collections::HashMap<&str, &Array> {
+    feeds.iter().map(|(n, a)| (n.as_str(), a)).collect()
 }
 
 /// One differential case: a name, a graph, its bindings and feeds.
@@ -518,6 +780,7 @@ fn device_cases() -> Vec<Case> {
             .collect();
         cases.push((name, graph, Bindings::default(), feeds));
     }
+    cases.extend(long_row_cases());
     // Convolutions and pooling as generated kernels, over their options.
     for dtype in [DType::F32, DType::F64] {
         let g = GraphBuilder::new();
@@ -592,6 +855,38 @@ fn device_cases() -> Vec<Case> {
         ];
         cases.push((
             format!("conv and pooling {dtype}"),
+            graph,
+            Bindings::default(),
+            feeds,
+        ));
+    }
+    // Convolutions of one group (im2col + GEMM where cuBLAS is), with
+    // stride, asymmetric padding and dilation, and a strided 1x1.
+    for dtype in [DType::F32, DType::F64] {
+        let g = GraphBuilder::new();
+        let x = g.placeholder("x", dtype, shape![2, 3, 9, 11]).unwrap();
+        let w = g.placeholder("w", dtype, shape![5, 3, 3, 2]).unwrap();
+        let p = g.placeholder("p", dtype, shape![4, 3, 1, 1]).unwrap();
+        let opts = Conv2dOptions {
+            stride: [2, 1],
+            padding: [1, 0, 2, 1],
+            dilation: [1, 2],
+            groups: 1,
+        };
+        x.conv2d(w, opts).unwrap().relu().unwrap().named("conv").unwrap();
+        x.conv2d(p, Conv2dOptions::default().stride(2))
+            .unwrap()
+            .named("proj")
+            .unwrap();
+        let mut graph = g.into_graph();
+        let outs = ["conv", "proj"]
+            .iter()
+            .map(|n| graph.find(n).unwrap())
+            .collect();
+        graph.set_outputs(outs).unwrap();
+        let feeds = kiln_tests::feeds_for(&graph, 1, 11);
+        cases.push((
+            format!("conv one group {dtype}"),
             graph,
             Bindings::default(),
             feeds,
@@ -697,7 +992,13 @@ fn emitted_kernels_compute_what_the_reference_does() {
     }
     let cases = device_cases();
     for (name, graph, bindings, feeds) in &cases {
-        agree_on_host(name, graph, bindings, feeds);
+        agree_on_host(name, graph, bindings, feeds, host::HostGpu::default());
+    }
+    // Matrix products as generated kernels too (where cuBLAS is missing).
+    for (name, graph, bindings, feeds) in &cases {
+        if name.contains("batch 3") {
+            agree_on_host(name, graph, bindings, feeds, host::HostGpu::without_gemm());
+        }
     }
     // An index out of range is an error, not a wild read.
     for axis in [0usize, 1] {
@@ -723,5 +1024,307 @@ fn emitted_kernels_compute_what_the_reference_does() {
     eprintln!(
         "ran {} programs through DeviceExecutable on the host stand-in",
         cases.len()
+    );
+}
+
+/// Reductions over rows long enough for a warp per kept element (100 and
+/// 257 wide, not multiples of 32, and 33 in `op_graphs`): sums, products,
+/// max and min, arg reductions with ties and NaNs, softmax and layer norm
+/// over the last axis, reductions over leading and middle axes, a whole
+/// tensor; integers wrapping.
+fn long_row_cases() -> Vec<Case> {
+    let mut cases: Vec<Case> = Vec::new();
+    for dtype in [DType::F32, DType::F64] {
+        let g = GraphBuilder::new();
+        let x = g.placeholder("x", dtype, shape![6, 257]).unwrap();
+        let z = g.placeholder("z", dtype, shape![3, 100, 5]).unwrap();
+        let outs: Vec<(&str, Tensor<'_>)> = vec![
+            ("sum", x.sum(&[1], false).unwrap()),
+            ("max", x.max(&[1], false).unwrap()),
+            ("min", x.min(&[1], true).unwrap()),
+            (
+                "prod",
+                x.mul(0.1)
+                    .unwrap()
+                    .add(1.0)
+                    .unwrap()
+                    .prod(&[1], false)
+                    .unwrap(),
+            ),
+            ("mean", x.mean(&[-1], false).unwrap()),
+            ("argmax", x.argmax(1, false).unwrap()),
+            ("argmin", x.argmin(1, true).unwrap()),
+            ("softmax", x.softmax(-1).unwrap()),
+            ("log_softmax", x.log_softmax(-1).unwrap()),
+            ("layer_norm", g.layer_norm("ln", x, 1e-5).unwrap()),
+            ("all", x.sum(&[0, 1], false).unwrap()),
+            ("middle_sum", z.sum(&[1], false).unwrap()),
+            ("middle_argmin", z.argmin(1, false).unwrap()),
+            ("leading_max", z.max(&[0, 1], false).unwrap()),
+            ("middle_softmax", z.softmax(1).unwrap()),
+        ];
+        let names: Vec<&str> = outs.iter().map(|(n, _)| *n).collect();
+        for (n, t) in outs {
+            t.named(n).unwrap();
+        }
+        let mut graph = g.into_graph();
+        let ids = names.iter().map(|n| graph.find(n).unwrap()).collect();
+        graph.set_outputs(ids).unwrap();
+        // Few distinct values (ties everywhere); row 0 constant; NaNs in
+        // rows 2 (two, the later one first in lane order) and 3 (last
+        // element only); infinities in row 4.
+        let xv: Vec<f64> = (0..6 * 257)
+            .map(|i| {
+                let (r, c) = (i / 257, i % 257);
+                match (r, c) {
+                    (0, _) => 0.25,
+                    (2, 150) | (2, 90) | (3, 256) => f64::NAN,
+                    (4, 7) => f64::INFINITY,
+                    (4, 200) => f64::NEG_INFINITY,
+                    _ => ((i * 37 + r * 11) % 23) as f64 / 7.0 - 1.5,
+                }
+            })
+            .collect();
+        let zv: Vec<f64> = (0..3 * 100 * 5)
+            .map(|i| ((i * 13) % 29) as f64 / 9.0 - 1.2)
+            .collect();
+        let arr = |shape: Vec<usize>, v: &[f64]| {
+            match dtype {
+                DType::F32 => {
+                    Array::from_vec(shape, v.iter().map(|&x| x as f32).collect::<Vec<_>>())
+                }
+                _ => Array::from_vec(shape, v.to_vec()),
+            }
+            .unwrap()
+        };
+        let feeds = vec![
+            ("x".to_string(), arr(vec![6, 257], &xv)),
+            ("z".to_string(), arr(vec![3, 100, 5], &zv)),
+        ];
+        cases.push((
+            format!("long rows {dtype}"),
+            graph,
+            Bindings::default(),
+            feeds,
+        ));
+    }
+    for dtype in [DType::I32, DType::I64] {
+        let g = GraphBuilder::new();
+        let x = g.placeholder("x", dtype, shape![5, 100]).unwrap();
+        let outs: Vec<(&str, Tensor<'_>)> = vec![
+            ("sum", x.sum(&[1], false).unwrap()),
+            ("prod", x.prod(&[1], false).unwrap()),
+            ("max", x.max(&[1], false).unwrap()),
+            ("min", x.min(&[1], false).unwrap()),
+            ("argmax", x.argmax(1, false).unwrap()),
+            ("argmin", x.argmin(1, false).unwrap()),
+            ("column_sum", x.sum(&[0], false).unwrap()),
+            ("all_prod", x.prod(&[0, 1], false).unwrap()),
+        ];
+        let names: Vec<&str> = outs.iter().map(|(n, _)| *n).collect();
+        for (n, t) in outs {
+            t.named(n).unwrap();
+        }
+        let mut graph = g.into_graph();
+        let ids = names.iter().map(|n| graph.find(n).unwrap()).collect();
+        graph.set_outputs(ids).unwrap();
+        // Large odd values, so sums and products wrap; row 0 constant.
+        let v: Vec<i64> = (0..500i64)
+            .map(|i| {
+                if i < 100 {
+                    -3
+                } else {
+                    ((i * 2_654_435_761 % 4_000_000_007) - 2_000_000_003) | 1
+                }
+            })
+            .collect();
+        let a = match dtype {
+            DType::I32 => Array::from_vec(vec![5, 100], v.iter().map(|&x| x as i32).collect()),
+            _ => Array::from_vec(vec![5, 100], v),
+        }
+        .unwrap();
+        cases.push((
+            format!("long rows {dtype}"),
+            graph,
+            Bindings::default(),
+            vec![("x".to_string(), a)],
+        ));
+    }
+    cases
+}
+
+/// Runs `graph`'s program with every kernel's CUDA C compiled as C++
+/// under the shims' threaded form: `blocks` blocks of one 32-lane warp,
+/// a thread per lane, shuffles exchanging through memory between
+/// barriers, so the lanes of a warp really combine their parts (the
+/// stand-in of `host`, one thread, runs a warp of one lane). Only programs
+/// of elementwise and reduction kernels; `false` for others.
+fn agree_on_threaded_host(
+    name: &str,
+    graph: &Graph,
+    bindings: &Bindings,
+    feeds: &[(String, Array)],
+    blocks: usize,
+) -> bool {
+    use kiln_optimizer::kernel::{Kernel, Storage};
+    let opts = CompileOptions {
+        freeze_variables: true,
+        ..Default::default()
+    };
+    let program = compile(graph, graph.outputs(), bindings, &opts)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .program;
+    if program
+        .kernels
+        .iter()
+        .any(|k| !matches!(k, Kernel::Elementwise { .. } | Kernel::Reduce { .. }))
+    {
+        return false;
+    }
+    let sources = cuda::sources(&program).unwrap_or_else(|e| panic!("{name}: {e}"));
+    if blocks == 1 && cuda::nvrtc_available() {
+        for s in &sources {
+            cuda::compile(&s.source, "sm_90")
+                .unwrap_or_else(|e| panic!("{name}, {}: {e}\n{}", s.name, s.source));
+        }
+    }
+    let mut unit = format!("#define KILN_BLOCKS {blocks}\n{}", host::SHIMS);
+    for (id, s) in sources.iter().enumerate() {
+        unit.push_str(&format!("namespace ns{id} {{\n{}\n}}\n", s.source));
+        let n = s.params.len() + usize::from(s.error_word);
+        let args: Vec<String> = (0..n).map(|i| format!("(void*)p[{i}]")).collect();
+        unit.push_str(&format!(
+            "extern \"C\" void call_{id}(const unsigned long long* p, long long count) {{ krun([=] {{ ns{id}::{}({}{}count); }}); }}\n",
+            s.name,
+            args.join(", "),
+            if args.is_empty() { "" } else { ", " }
+        ));
+    }
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let b = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("kiln-cuda-warp-{}-{b}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, lib) = (dir.join("unit.cpp"), dir.join("unit.so"));
+    std::fs::write(&src, &unit).unwrap();
+    let status = std::process::Command::new("c++")
+        .args(["-O1", "-pthread", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{name}: C++ compile failed:\n{unit}");
+    let path = std::ffi::CString::new(lib.to_str().unwrap()).unwrap();
+    // SAFETY: loads the library just built.
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    assert!(!handle.is_null(), "{name}: dlopen failed");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Memory as the executable lays it out: one arena, the rest apart.
+    let arena_len = program
+        .buffers
+        .iter()
+        .filter_map(|b| match b.storage {
+            Storage::Arena { offset } => Some(offset + b.size_bytes()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let mut arena = vec![0u64; arena_len.div_ceil(8) + 1];
+    let mut own: Vec<Vec<u64>> = Vec::new();
+    let mut addr: Vec<u64> = Vec::new();
+    for buf in &program.buffers {
+        let bytes: Option<&[u8]> = match &buf.storage {
+            Storage::Input { name } => Some(
+                feeds
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .unwrap_or_else(|| panic!("{name}: no feed"))
+                    .1
+                    .as_bytes(),
+            ),
+            Storage::Constant { value } => Some(value.0.as_bytes()),
+            Storage::Variable { name: v } => panic!("{name}: variable {v} not frozen"),
+            Storage::Result | Storage::Arena { .. } => None,
+        };
+        if let Storage::Arena { offset } = buf.storage {
+            addr.push(arena.as_mut_ptr() as u64 + offset as u64);
+            continue;
+        }
+        let mut m = vec![0u64; buf.size_bytes().div_ceil(8) + 1];
+        if let Some(bytes) = bytes {
+            assert_eq!(bytes.len(), buf.size_bytes(), "{name}: feed size");
+            // SAFETY: `m` holds at least `bytes.len()` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    m.as_mut_ptr() as *mut u8,
+                    bytes.len(),
+                )
+            };
+        }
+        addr.push(m.as_mut_ptr() as u64);
+        own.push(m);
+    }
+    let mut error = 0i32;
+    type Call = extern "C" fn(*const u64, i64);
+    for (id, s) in sources.iter().enumerate() {
+        let sym = std::ffi::CString::new(format!("call_{id}")).unwrap();
+        // SAFETY: the symbol was defined above with this signature.
+        let f: Call = unsafe {
+            let p = libc::dlsym(handle, sym.as_ptr());
+            assert!(!p.is_null());
+            std::mem::transmute::<*mut libc::c_void, Call>(p)
+        };
+        let mut params: Vec<u64> = s.params.iter().map(|b| addr[b.0]).collect();
+        if s.error_word {
+            params.push(&mut error as *mut i32 as u64);
+        }
+        f(params.as_ptr(), s.count as i64);
+    }
+    assert_eq!(error, 0, "{name}: error word set");
+    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let want = Session::new(graph, Device::Reference)
+        .unwrap()
+        .run_outputs(&refs)
+        .unwrap();
+    assert_eq!(want.len(), program.outputs.len(), "{name}: outputs");
+    for ((f, w), o) in want.iter().zip(&program.outputs) {
+        let buf = program.buffer(*o);
+        // SAFETY: `addr[o]` points at the buffer's `size_bytes` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(addr[o.0] as *const u8, buf.size_bytes()) };
+        let data = kiln::graph::Data::from_le_bytes(buf.dtype, bytes).unwrap();
+        let got = Array::new(buf.shape.clone(), data).unwrap();
+        kiln_tests::compare(w, &got).unwrap_or_else(|e| panic!("{name}, {f}: {e}"));
+    }
+    // SAFETY: no function of the library is called after this.
+    unsafe { libc::dlclose(handle) };
+    drop(own);
+    true
+}
+
+/// The warp form of reductions with its lanes really running together:
+/// the long-row cases and the op graphs (33-wide rows) on the threaded
+/// shims, on one warp and on three (a grid-stride step of several warps).
+#[test]
+fn warp_reductions_combine_their_lanes() {
+    if !have_cxx() {
+        eprintln!("no C++ compiler: skipping the threaded host run");
+        return;
+    }
+    let mut ran = 0;
+    let mut cases = long_row_cases();
+    cases.extend(
+        device_cases()
+            .into_iter()
+            .filter(|(n, ..)| n.starts_with("ops")),
+    );
+    for (name, graph, bindings, feeds) in &cases {
+        for blocks in [1, 3] {
+            ran += usize::from(agree_on_threaded_host(name, graph, bindings, feeds, blocks));
+        }
+    }
+    eprintln!("ran {ran} programs with 32-lane warps on host threads");
+    assert!(
+        ran >= 8,
+        "too few programs of elementwise and reduction kernels"
     );
 }

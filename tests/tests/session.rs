@@ -303,3 +303,14 @@ fn argmax_over_an_axis_bound_to_zero_is_an_error_on_every_device() {
         assert!(e.contains("best") && e.contains("empty"), "{device}: {e}");
     }
 }
+
+#[test]
+fn device_tensors_need_a_cuda_session() {
+    let s = Session::new(&mlp(), Device::Cpu).unwrap();
+    let err = s.to_device(&arr(&[1, 4], vec![0.0; 4])).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("to_device needs a CUDA session") && msg.contains("cpu"),
+        "{msg}"
+    );
+}

@@ -9,10 +9,12 @@
 //! (`source.rs`), NVRTC compilation with a PTX cache (which needs no GPU,
 //! only libnvrtc), the checks that make `Device::Cuda(n)` fail with a
 //! message saying which library or device is missing, and the executable
-//! (`exec.rs`, with CUDA graph replay). What does not yet: cuBLAS, control
-//! flow on the device, f16/bf16, fast (block-parallel) reductions and GEMM.
-//! None of it has yet run on a GPU (see `scripts/gpu-check.sh`).
+//! (`exec.rs`, with CUDA graph replay), matrix products through cuBLAS
+//! (strict FP32: no TF32), and device-resident feeds and fetches. What does
+//! not yet: control flow on the device, f16/bf16, cuBLASLt epilogues.
+//! `scripts/gpu-check.sh` runs the GPU checks on a lent machine.
 
+pub mod conv;
 pub mod exec;
 pub mod source;
 
@@ -172,6 +174,7 @@ pub fn sources(program: &KernelProgram) -> Result<Vec<source::KernelSource>> {
     let mut out = Vec::new();
     for k in 0..program.kernels.len() {
         out.extend(source::emit_matmul(program, k));
+        out.extend(conv::im2col_gemm(program, k).map(|c| c.0));
         out.extend(source::emit_scatter_add(program, k).into_iter().flatten());
         out.extend(source::emit_op(program, k));
         match source::emit(program, k) {
@@ -184,9 +187,23 @@ pub fn sources(program: &KernelProgram) -> Result<Vec<source::KernelSource>> {
 }
 
 /// A CUDA device, checked: the driver library loads, the device exists.
+/// It holds the stream every program and device tensor of its session is
+/// ordered on, and (made on first use) the cuBLAS handle they share.
 pub struct CudaDevice {
     ctx: std::sync::Arc<cudarc::driver::CudaContext>,
+    stream: std::sync::Arc<cudarc::driver::CudaStream>,
+    blas: OnceLock<Option<std::sync::Arc<Blas>>>,
 }
+
+/// A cuBLAS handle on a session's stream, with the workspace it uses (one
+/// of its own, so that matrix products can be recorded in CUDA graphs).
+pub struct Blas {
+    handle: cudarc::cublas::CudaBlas,
+    _workspace: cudarc::driver::CudaSlice<u8>,
+}
+
+/// cuBLAS's workspace: 32 MiB, what NVIDIA advises for Hopper.
+const BLAS_WORKSPACE: usize = 32 << 20;
 
 impl CudaDevice {
     /// Device `ordinal`, or an error saying what is missing.
@@ -205,7 +222,14 @@ impl CudaDevice {
         }
         let ctx = cudarc::driver::CudaContext::new(ordinal)
             .map_err(|e| Error::Cuda(format!("opening cuda:{ordinal}: {e}")))?;
-        Ok(CudaDevice { ctx })
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| Error::Cuda(format!("a stream on cuda:{ordinal}: {e}")))?;
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            blas: OnceLock::new(),
+        })
     }
 
     /// `sm_XY` for the device's compute capability.
@@ -222,5 +246,175 @@ impl CudaDevice {
         self.ctx
             .name()
             .map_err(|e| Error::Cuda(format!("CUDA driver: {e}")))
+    }
+
+    /// The session's stream.
+    pub fn stream(&self) -> &std::sync::Arc<cudarc::driver::CudaStream> {
+        &self.stream
+    }
+
+    /// The shared cuBLAS handle, or `None` where libcublas is missing or
+    /// `KILN_CUBLAS=0` (matrix products are then generated kernels).
+    pub fn blas(&self) -> Result<Option<std::sync::Arc<Blas>>> {
+        if let Some(b) = self.blas.get() {
+            return Ok(b.clone());
+        }
+        let off = std::env::var("KILN_CUBLAS").is_ok_and(|v| v == "0");
+        // SAFETY: only probes for the library.
+        let blas = if off || !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            None
+        } else {
+            let err = |e: &dyn std::fmt::Display| Error::Cuda(format!("cuBLAS: {e}"));
+            let handle = cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| err(&e))?;
+            let workspace = self
+                .stream
+                .alloc_zeros::<u8>(BLAS_WORKSPACE)
+                .map_err(|e| err(&e))?;
+            {
+                use cudarc::driver::DevicePtr;
+                let (p, _sync) = workspace.device_ptr(&self.stream);
+                // SAFETY: the workspace lives as long as the handle (both
+                // in `Blas`) and is used only on this stream.
+                unsafe {
+                    cudarc::cublas::sys::cublasSetWorkspace_v2(
+                        *handle.handle(),
+                        p as *mut std::ffi::c_void,
+                        BLAS_WORKSPACE,
+                    )
+                }
+                .result()
+                .map_err(|e| err(&format!("{e:?}")))?;
+            }
+            Some(std::sync::Arc::new(Blas {
+                handle,
+                _workspace: workspace,
+            }))
+        };
+        Ok(self.blas.get_or_init(|| blas).clone())
+    }
+}
+
+/// A tensor in a GPU's memory: made by [`CudaDevice::tensor`] (a copy of
+/// a host array) or returned by a session's device run; copied back with
+/// [`DeviceTensor::to_host`].
+pub struct DeviceTensor {
+    dtype: kiln_graph::DType,
+    shape: Vec<usize>,
+    mem: cudarc::driver::CudaSlice<u8>,
+    stream: std::sync::Arc<cudarc::driver::CudaStream>,
+    ordinal: usize,
+}
+
+impl std::fmt::Debug for DeviceTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceTensor({}{:?} on cuda:{})",
+            self.dtype, self.shape, self.ordinal
+        )
+    }
+}
+
+impl DeviceTensor {
+    /// Element type.
+    pub fn dtype(&self) -> kiln_graph::DType {
+        self.dtype
+    }
+
+    /// Dims.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The GPU it is on (`cuda:N`'s N).
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Its address and type, for [`exec::DeviceExecutable::run_device`].
+    pub fn device_ref(&self) -> exec::DeviceRef {
+        use cudarc::driver::DevicePtr;
+        let (address, _sync) = self.mem.device_ptr(&self.stream);
+        exec::DeviceRef {
+            address,
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+        }
+    }
+
+    /// A copy in host memory (waits for the work that writes it).
+    pub fn to_host(&self) -> Result<kiln_graph::Array> {
+        let mut a = kiln_graph::Array::zeros(self.dtype, &self.shape);
+        let bytes = a.size_bytes();
+        if bytes > 0 {
+            // SAFETY: `a` owns `bytes` bytes of plain elements; the device
+            // holds valid elements of the same type (bools as 0 or 1).
+            let out = unsafe { std::slice::from_raw_parts_mut(a.as_mut_ptr(), bytes) };
+            self.stream
+                .memcpy_dtoh(&self.mem.slice(0..bytes), out)
+                .map_err(|e| Error::Cuda(format!("CUDA: {e}")))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| Error::Cuda(format!("CUDA: {e}")))?;
+        }
+        Ok(a)
+    }
+
+    /// Overwrites it with `a`, which must have its dtype and shape.
+    pub fn write(&mut self, a: &kiln_graph::Array) -> Result<()> {
+        if a.dtype() != self.dtype || a.shape() != self.shape.as_slice() {
+            return Err(Error::Input(format!(
+                "writing {}{:?} to a device tensor of {}{:?}",
+                a.dtype(),
+                a.shape(),
+                self.dtype,
+                self.shape
+            )));
+        }
+        let bytes = a.size_bytes();
+        if bytes > 0 {
+            let mut view = self.mem.slice_mut(0..bytes);
+            self.stream
+                .memcpy_htod(a.as_bytes(), &mut view)
+                .map_err(|e| Error::Cuda(format!("CUDA: {e}")))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| Error::Cuda(format!("CUDA: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl CudaDevice {
+    /// The device's ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    /// A zeroed tensor in this device's memory.
+    pub fn zeros(&self, dtype: kiln_graph::DType, shape: &[usize]) -> Result<DeviceTensor> {
+        let bytes = kiln_graph::array::checked_product(shape)
+            .and_then(|n| n.checked_mul(dtype.size_bytes()))
+            .ok_or_else(|| Error::Input(format!("a tensor of {shape:?} is too large")))?;
+        let mem = self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| {
+            Error::Cuda(format!(
+                "allocating {bytes} bytes on cuda:{}: {e}",
+                self.ordinal()
+            ))
+        })?;
+        Ok(DeviceTensor {
+            dtype,
+            shape: shape.to_vec(),
+            mem,
+            stream: self.stream.clone(),
+            ordinal: self.ordinal(),
+        })
+    }
+
+    /// A copy of `a` in this device's memory.
+    pub fn tensor(&self, a: &kiln_graph::Array) -> Result<DeviceTensor> {
+        let mut t = self.zeros(a.dtype(), a.shape())?;
+        t.write(a)?;
+        Ok(t)
     }
 }

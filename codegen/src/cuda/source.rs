@@ -5,7 +5,9 @@
 //! program's memory plan fixes them, so a launch, or a CUDA graph, binds
 //! them once). An elementwise kernel runs a grid-stride loop over its
 //! output's linear index and recovers the loop variables by division; a
-//! reduction runs one thread per kept element, looping over the reduced
+//! reduction runs a warp per kept element where at least 32 elements are
+//! reduced (lanes take strided parts, combine by shuffles, then split the
+//! row map), else one thread per kept element looping over the reduced
 //! ones, then its row map. Every scalar op means what `kiln-graph` says:
 //! integer arithmetic wraps (done in unsigned), integer division by zero
 //! gives 0, max and min propagate NaN, round is half to even, casts from
@@ -733,42 +735,54 @@ impl<'a> Emitter<'a> {
             }
             ReduceKind::Arg(_) => (in_t, literal(Scalar::from_f64(in_t, 0.0))),
         };
+        // A warp per kept element where rows are long enough to share:
+        // lane `l` takes the reduced elements `l, l + 32, ...`, the lanes
+        // combine by butterflies (every lane ends with the result), lane 0
+        // writes it and the lanes split the row map. `count` covers 32
+        // threads per kept element, so with a block size that is a
+        // multiple of 32 every warp holds one kept element and its lanes
+        // run the loop together (as full-mask shuffles need). Where the
+        // block size is not a multiple of 32 (the host stand-in's single
+        // thread), lane 0 alone does the whole row, as the serial form.
+        let warp = reduced_n >= WARP_MIN_ROW;
+        let (row, step) = if warp {
+            self.line(1, "const int lanes = (blockDim.x & 31u) ? 1 : 32;");
+            ("row", "lanes")
+        } else {
+            ("t", "1")
+        };
         self.line(
             1,
             "for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {",
         );
-        self.unravel(2, "t", shape, &kept);
+        if warp {
+            self.line(2, "const i64 row = t >> 5;");
+            self.line(2, "const int lane = (int)(t & 31);");
+            self.line(2, "if (lane >= lanes) continue;");
+        }
+        let first = if warp { "lane" } else { "0" };
+        self.unravel(2, row, shape, &kept);
         self.line(2, &format!("{} acc = {init};", ctype(acc_t)));
         self.line(2, "i64 best = 0; bool started = false;");
-        self.line(2, &format!("for (i64 r = 0; r < {reduced_n}LL; ++r) {{"));
+        self.line(
+            2,
+            &format!("for (i64 r = {first}; r < {reduced_n}LL; r += {step}) {{"),
+        );
         self.unravel(3, "r", shape, axes);
         let (v, _) = self.program(body, 3, None)?;
+        let in_float = in_t.is_float();
         match kind {
             ReduceKind::Value(f) => {
                 let x = cast(&v, in_t, acc_t);
-                let step = match (f, acc_t.is_float()) {
-                    (ReduceOp::Sum, true) => format!("acc + {x}"),
-                    (ReduceOp::Prod, true) => format!("acc * {x}"),
-                    (ReduceOp::Max, true) => format!("kmax(acc, {x})"),
-                    (ReduceOp::Min, true) => format!("kmin(acc, {x})"),
-                    (ReduceOp::Sum, false) => format!("({})((u64)acc + (u64){x})", ctype(acc_t)),
-                    (ReduceOp::Prod, false) => format!("({})((u64)acc * (u64){x})", ctype(acc_t)),
-                    (ReduceOp::Max, false) => format!("(acc > {x} ? acc : {x})"),
-                    (ReduceOp::Min, false) => format!("(acc < {x} ? acc : {x})"),
-                };
-                self.line(3, &format!("acc = {step};"));
+                let s = value_step(f, acc_t, "acc", &x);
+                self.line(3, &format!("acc = {s};"));
             }
             ReduceKind::Arg(f) => {
-                let (better, nan) = match (f, in_t.is_float()) {
-                    (ArgOp::ArgMax, true) => (format!("{v} > acc"), format!("({v} != {v})")),
-                    (ArgOp::ArgMin, true) => (format!("{v} < acc"), format!("({v} != {v})")),
-                    (ArgOp::ArgMax, false) => (format!("{v} > acc"), "false".into()),
-                    (ArgOp::ArgMin, false) => (format!("{v} < acc"), "false".into()),
-                };
-                let acc_nan = if in_t.is_float() {
-                    "(acc != acc)"
+                let better = arg_better(f, &v, "acc");
+                let (nan, acc_nan) = if in_float {
+                    (format!("({v} != {v})"), "(acc != acc)")
                 } else {
-                    "false"
+                    ("false".to_string(), "false")
                 };
                 // First index of the extreme; a NaN wins and stays.
                 self.line(
@@ -778,6 +792,40 @@ impl<'a> Emitter<'a> {
             }
         }
         self.line(2, "}");
+        if warp {
+            // Every lane has started (the row has at least 32 elements).
+            self.line(2, "if (lanes == 32) {");
+            self.line(3, "for (int o = 16; o > 0; o >>= 1) {");
+            let other = shuffle_xor(acc_t, "acc", "o");
+            self.line(4, &format!("const {} other = {other};", ctype(acc_t)));
+            match kind {
+                ReduceKind::Value(f) => {
+                    let s = value_step(f, acc_t, "acc", "other");
+                    self.line(4, &format!("acc = {s};"));
+                }
+                ReduceKind::Arg(f) => {
+                    self.line(
+                        4,
+                        "const i64 other_best = __shfl_xor_sync(0xffffffffu, best, o);",
+                    );
+                    // The pair that comes first in (NaN first, then the
+                    // extreme, then the smaller index): the same winner on
+                    // both lanes of a butterfly, since indices differ.
+                    let better = arg_better(f, "other", "acc");
+                    let take = if in_float {
+                        format!("(acc != acc) ? (other != other && other_best < best) : (other != other || {better} || (other == acc && other_best < best))")
+                    } else {
+                        format!("{better} || (other == acc && other_best < best)")
+                    };
+                    self.line(
+                        4,
+                        &format!("if ({take}) {{ acc = other; best = other_best; }}"),
+                    );
+                }
+            }
+            self.line(3, "}");
+            self.line(2, "}");
+        }
         let out_t = match kind {
             ReduceKind::Arg(_) => DType::I64,
             ReduceKind::Value(_) => in_t,
@@ -790,14 +838,23 @@ impl<'a> Emitter<'a> {
         if let Some(o) = out {
             let p = self.param(o);
             let ot = self.dtype_of(o);
-            self.line(
-                2,
-                &format!("(({}*){p})[t] = {};", ctype(ot), cast("result", out_t, ot)),
+            let store = format!(
+                "(({}*){p})[{row}] = {};",
+                ctype(ot),
+                cast("result", out_t, ot)
             );
+            if warp {
+                self.line(2, &format!("if (lane == 0) {store}"));
+            } else {
+                self.line(2, &store);
+            }
         }
         if let Some((mo, mp)) = map {
             let strides = kiln_graph::shape::strides(shape);
-            self.line(2, &format!("for (i64 r = 0; r < {reduced_n}LL; ++r) {{"));
+            self.line(
+                2,
+                &format!("for (i64 r = {first}; r < {reduced_n}LL; r += {step}) {{"),
+            );
             self.unravel(3, "r", shape, axes);
             let (v, t) = self.program(mp, 3, Some(("result", out_t)))?;
             let p = self.param(*mo);
@@ -813,7 +870,41 @@ impl<'a> Emitter<'a> {
             self.line(2, "}");
         }
         self.line(1, "}");
+        let count = if warp { count * 32 } else { count };
         Ok(self.finish(name, count))
+    }
+}
+
+/// Reduced extents from which a reduction runs a warp per kept element.
+const WARP_MIN_ROW: usize = 32;
+
+/// `acc` combined with `x` by `f`, in `acc_t` (double for floats).
+fn value_step(f: ReduceOp, acc_t: DType, acc: &str, x: &str) -> String {
+    match (f, acc_t.is_float()) {
+        (ReduceOp::Sum, true) => format!("{acc} + {x}"),
+        (ReduceOp::Prod, true) => format!("{acc} * {x}"),
+        (ReduceOp::Max, true) => format!("kmax({acc}, {x})"),
+        (ReduceOp::Min, true) => format!("kmin({acc}, {x})"),
+        (ReduceOp::Sum, false) => format!("({})((u64){acc} + (u64){x})", ctype(acc_t)),
+        (ReduceOp::Prod, false) => format!("({})((u64){acc} * (u64){x})", ctype(acc_t)),
+        (ReduceOp::Max, false) => format!("({acc} > {x} ? {acc} : {x})"),
+        (ReduceOp::Min, false) => format!("({acc} < {x} ? {acc} : {x})"),
+    }
+}
+
+/// Whether `v` is strictly more extreme than `acc` for `f`.
+fn arg_better(f: ArgOp, v: &str, acc: &str) -> String {
+    match f {
+        ArgOp::ArgMax => format!("({v} > {acc})"),
+        ArgOp::ArgMin => format!("({v} < {acc})"),
+    }
+}
+
+/// Lane `lane ^ o`'s `x` (of type `t`) in a full warp.
+fn shuffle_xor(t: DType, x: &str, o: &str) -> String {
+    match t {
+        DType::Bool => format!("(__shfl_xor_sync(0xffffffffu, (int){x}, {o}) != 0)"),
+        _ => format!("__shfl_xor_sync(0xffffffffu, {x}, {o})"),
     }
 }
 
