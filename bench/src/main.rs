@@ -28,6 +28,10 @@ struct Args {
     /// its own workloads, and with `--peers` PyTorch on the same GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// GPU mode: how f32 matrix products run (`highest`, the default strict
+    /// FP32, or `tf32`, `bf16`, `f16` on tensor cores with f32 accumulation).
+    #[arg(long, default_value = "highest")]
+    matmul_precision: kiln::MatmulPrecision,
     /// Print each workload's kernels by mean time (profiled runs, after timing).
     #[arg(long)]
     profile: bool,
@@ -64,10 +68,15 @@ struct Timing {
 }
 
 /// Mean time per kernel over `runs` profiled runs, slowest first.
-fn profile_kiln(w: &kiln_bench::Workload, runs: usize, device: Device) -> Result<()> {
+fn profile_kiln(
+    w: &kiln_bench::Workload,
+    runs: usize,
+    device: Device,
+    opts: &SessionOptions,
+) -> Result<()> {
     let feeds = [(w.input.0.as_str(), &w.input.1)];
     let fetch = [w.output.as_str()];
-    let mut s = Session::new(&w.graph, device)?;
+    let mut s = Session::with_options(&w.graph, device, opts.clone())?;
     s.run(&feeds, &fetch)?;
     s.set_profiling(true);
     for _ in 0..runs {
@@ -91,11 +100,16 @@ fn profile_kiln(w: &kiln_bench::Workload, runs: usize, device: Device) -> Result
     Ok(())
 }
 
-fn time_kiln(w: &kiln_bench::Workload, runs: usize, device: Device) -> Result<(Timing, Array)> {
+fn time_kiln(
+    w: &kiln_bench::Workload,
+    runs: usize,
+    device: Device,
+    opts: &SessionOptions,
+) -> Result<(Timing, Array)> {
     let feeds = [(w.input.0.as_str(), &w.input.1)];
     let fetch = [w.output.as_str()];
     let t0 = Instant::now();
-    let mut s = Session::new(&w.graph, device)?;
+    let mut s = Session::with_options(&w.graph, device, opts.clone())?;
     let first = s.run(&feeds, &fetch)?.remove(0);
     let first_ms = t0.elapsed().as_secs_f64() * 1e3;
     // A second run isolates compile time: first result minus a warm run.
@@ -216,6 +230,10 @@ fn main() -> Result<()> {
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let device: Device = args.device.parse()?;
     let gpu = matches!(device, Device::Cuda(_));
+    let opts = SessionOptions {
+        matmul_precision: Some(args.matmul_precision),
+        ..Default::default()
+    };
     let names: &[&str] = if gpu {
         &kiln_bench::GPU_NAMES
     } else {
@@ -231,7 +249,7 @@ fn main() -> Result<()> {
             continue;
         }
         let w = kiln_bench::by_name(name).expect("a listed workload");
-        let (t, out) = time_kiln(&w, args.runs, device)?;
+        let (t, out) = time_kiln(&w, args.runs, device, &opts)?;
         println!(
             "{:<10} {:>10.4} {:>10.4} {:>11.2} {:>11.2} {:>10.1} {:>9.1}",
             w.name,
@@ -246,7 +264,7 @@ fn main() -> Result<()> {
             println!("  (with the input and result crossing the bus: {h:.4} ms)");
         }
         if args.profile {
-            profile_kiln(&w, args.runs.min(50), device)?;
+            profile_kiln(&w, args.runs.min(50), device, &opts)?;
         }
         if args.peers {
             let d = args.dir.join(w.name);

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use kiln_codegen::cpu::{CpuBackend, CpuExecutable};
+pub use kiln_codegen::cuda::exec::MatmulPrecision;
 use kiln_codegen::cuda::exec::{CudaGpu, DeviceExecutable, DeviceRef};
 pub use kiln_codegen::cuda::DeviceTensor;
 use kiln_codegen::{Backend, Executable};
@@ -77,6 +78,10 @@ pub struct SessionOptions {
     /// Off, they run in 128-bit vectors (same algorithms and results up to
     /// rounding order).
     pub avx512: Option<bool>,
+    /// How f32 matrix products run on a GPU; `None` takes
+    /// `KILN_MATMUL_PRECISION` (`highest`, `tf32`, `bf16`, `f16`), else
+    /// strict FP32. See [`MatmulPrecision`].
+    pub matmul_precision: Option<MatmulPrecision>,
 }
 
 /// One kernel execution recorded while profiling (see [`Session::set_profiling`]).
@@ -253,7 +258,14 @@ impl Session {
         };
         let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
         let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
-        let backend = CudaGpu::new(&gpu.device)?;
+        let precision = match self.options.matmul_precision {
+            Some(p) => p,
+            None => match std::env::var("KILN_MATMUL_PRECISION") {
+                Ok(v) => v.parse()?,
+                Err(_) => MatmulPrecision::default(),
+            },
+        };
+        let backend = CudaGpu::new(&gpu.device, precision)?;
         let mut exe = DeviceExecutable::new(backend, &compiled.program)?;
         exe.set_profiling(self.profiling);
         gpu.compiled.insert(key.clone(), exe);

@@ -341,6 +341,10 @@ mod host {
 struct KDim { unsigned x; };
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
 #ifndef KILN_BLOCKS
 // One thread, one block of one thread: a warp of one lane, whose shuffles
 // read its own value.
@@ -660,7 +664,16 @@ fn agree_on_host(
         cuda::exec::DeviceExecutable::new(gpu, &program).unwrap_or_else(|e| panic!("{name}: {e}"));
     let inputs: std::collections::HashMap<&str, &Array> =
         feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-    let mut variables = std::collections::HashMap::new();
+    let initial: std::collections::HashMap<String, Array> = graph
+        .variables()
+        .into_iter()
+        .filter_map(|v| match &graph.node(v).op {
+            kiln::graph::Op::Variable { init } => {
+                Some((graph.node(v).name.clone(), (*init.0).clone()))
+            }
+            _ => None,
+        })
+        .collect();
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let want = Session::new(graph, Device::Reference)
         .unwrap()
@@ -669,6 +682,7 @@ fn agree_on_host(
     // Twice: the first run records the launches (where nothing runs on the
     // host), the second replays them.
     for run in 0..2 {
+        let mut variables = initial.clone();
         let got = exe
             .run(&inputs, &mut variables)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -722,6 +736,7 @@ fn agree_on_host(
             .collect();
         for run in 0..if round == 0 { 2 } else { 1 } {
             // SAFETY: every address is a live block of the right size.
+            let mut variables = initial.clone();
             unsafe { exe.run_device(&inputs, &refs, &mut variables) }
                 .unwrap_or_else(|e| panic!("{name}, device run: {e}"));
             for (((f, w), &o), v) in want.iter().zip(&program.outputs).zip(&mut outs) {
@@ -739,7 +754,7 @@ fn agree_on_host(
             }
         }
     }
-    let got = exe.run(&inputs_host(feeds), &mut variables).unwrap();
+    let got = exe.run(&inputs_host(feeds), &mut initial.clone()).unwrap();
     for ((f, w), g) in want.iter().zip(&got) {
         kiln_tests::compare(w, g)
             .unwrap_or_else(|e| panic!("{name}, {f}, host run after device runs: {e}"));
@@ -873,7 +888,12 @@ fn device_cases() -> Vec<Case> {
             dilation: [1, 2],
             groups: 1,
         };
-        x.conv2d(w, opts).unwrap().relu().unwrap().named("conv").unwrap();
+        x.conv2d(w, opts)
+            .unwrap()
+            .relu()
+            .unwrap()
+            .named("conv")
+            .unwrap();
         x.conv2d(p, Conv2dOptions::default().stride(2))
             .unwrap()
             .named("proj")
@@ -1327,4 +1347,133 @@ fn warp_reductions_combine_their_lanes() {
         ran >= 8,
         "too few programs of elementwise and reduction kernels"
     );
+}
+
+/// f32 matrix products on tensor cores (TF32, BF16, F16 inputs, f32
+/// accumulation): within the inputs' precision of the reference, and not
+/// bit-identical to strict FP32 (so the mode took effect).
+#[test]
+fn gpu_matmul_precisions() {
+    if cuda::CudaDevice::open(0).is_err() {
+        eprintln!("SKIPPED: no CUDA GPU on this machine");
+        return;
+    }
+    let graph = kiln_tests::mlp(&[256, 512, 512, 64]);
+    let feeds = kiln_tests::feeds_for(&graph, 64, 3);
+    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let want = Session::new(&graph, Device::Reference)
+        .unwrap()
+        .run_outputs(&refs)
+        .unwrap();
+    let run = |p: kiln::MatmulPrecision| {
+        let opts = kiln::SessionOptions {
+            matmul_precision: Some(p),
+            ..Default::default()
+        };
+        let mut s = Session::with_options(&graph, Device::Cuda(0), opts).unwrap();
+        s.run_outputs(&refs).unwrap().remove(0).1
+    };
+    let strict = run(kiln::MatmulPrecision::Highest);
+    kiln_tests::compare(&want[0].1, &strict).unwrap();
+    for (p, tol) in [
+        (kiln::MatmulPrecision::Tf32, 5e-3),
+        (kiln::MatmulPrecision::Bf16, 5e-2),
+        (kiln::MatmulPrecision::F16, 5e-3),
+    ] {
+        let got = run(p);
+        let (w, g) = (want[0].1.to_f64_vec(), got.to_f64_vec());
+        let scale = w.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let err = w
+            .iter()
+            .zip(&g)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!("{p:?}: max |error| {err:.3e} of max |value| {scale:.3e}");
+        assert!(
+            err <= tol * scale,
+            "{p:?}: max error {err} over {tol} x {scale}"
+        );
+        assert!(!got.same_bits(&strict), "{p:?} gave strict FP32's bits");
+    }
+}
+
+/// Random graphs (`kiln_tests::random_graph`) through `DeviceExecutable`
+/// on the host stand-in against the reference: `KILN_HOST_RANDOM` of them
+/// (default 20; each compiles its CUDA C as C++, and with NVRTC where it
+/// is found). Graphs with a kernel that has no CUDA form would be counted
+/// and skipped.
+#[test]
+fn random_graphs_on_the_host_stand_in() {
+    if !have_cxx() {
+        eprintln!("no C++ compiler: skipping");
+        return;
+    }
+    let count: u64 = std::env::var("KILN_HOST_RANDOM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let (mut ran, mut skipped, mut failures) = (0, 0, Vec::new());
+    for seed in 0..count {
+        let rg = kiln_tests::random_graph::generate(seed);
+        let feeds = kiln_tests::feeds_for(&rg.graph, rg.sym, seed);
+        let mut bindings = Bindings::new();
+        for (name, a) in &feeds {
+            for (d, &n) in rg
+                .graph
+                .node(rg.graph.find(name).unwrap())
+                .ty
+                .shape
+                .dims()
+                .iter()
+                .zip(a.shape())
+            {
+                if let kiln::graph::Dim::Sym(s) = d {
+                    bindings.insert(s.clone(), n);
+                }
+            }
+        }
+        let opts = CompileOptions {
+            freeze_variables: true,
+            ..Default::default()
+        };
+        let program = match compile(&rg.graph, rg.graph.outputs(), &bindings, &opts) {
+            Ok(c) => c.program,
+            Err(e) => {
+                failures.push(format!("seed {seed}: compile: {e}"));
+                continue;
+            }
+        };
+        match cuda::sources(&program) {
+            Err(e) => {
+                eprintln!("seed {seed}: skipped ({e})");
+                skipped += 1;
+                continue;
+            }
+            // What a GPU would load: the program's unit through NVRTC.
+            Ok(sources) if cuda::nvrtc_available() && !sources.is_empty() => {
+                if let Err(e) = cuda::compile(&cuda::source::unit(&sources), "sm_90") {
+                    failures.push(format!("seed {seed}: {e}"));
+                    continue;
+                }
+            }
+            Ok(_) => {}
+        }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            agree_on_host(
+                &format!("seed {seed}"),
+                &rg.graph,
+                &bindings,
+                &feeds,
+                host::HostGpu::default(),
+            )
+        }));
+        match r {
+            Ok(()) => ran += 1,
+            Err(e) => failures.push(format!(
+                "seed {seed}: {}",
+                e.downcast_ref::<String>().cloned().unwrap_or_default()
+            )),
+        }
+    }
+    eprintln!("{ran} random graphs agree on the host stand-in, {skipped} skipped");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

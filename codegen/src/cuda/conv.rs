@@ -66,11 +66,17 @@ pub fn im2col_gemm(program: &KernelProgram, k: usize) -> Option<(KernelSource, u
     }
     let c = source::ctype(t);
     let name = format!("kiln_k{k}_im2col");
+    // 32-bit index arithmetic where it fits (64-bit division is slow).
+    let (u, sfx) = if n * kk * p <= i32::MAX as usize {
+        ("(unsigned)", "u")
+    } else {
+        ("", "LL")
+    };
     let function = format!(
         "extern \"C\" __global__ void {name}(void* __restrict__ p0, void* __restrict__ p1, const i64 count) {{\n\
          for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {{\n\
-         const i64 px = t % {ow}LL, py = (t / {ow}LL) % {oh}LL, tap = (t / {p}LL) % {kk}LL, b = t / {kp}LL;\n\
-         const i64 kx = tap % {kw}LL, ky = (tap / {kw}LL) % {kh}LL, ic = tap / {khw}LL;\n\
+         const i64 px = {u}t % {ow}{sfx}, py = ({u}t / {ow}{sfx}) % {oh}{sfx}, tap = ({u}t / {p}{sfx}) % {kk}{sfx}, b = {u}t / {kp}{sfx};\n\
+         const i64 kx = {u}tap % {kw}{sfx}, ky = ({u}tap / {kw}{sfx}) % {kh}{sfx}, ic = {u}tap / {khw}{sfx};\n\
          const i64 iy = py * {sy}LL + ky * {dy}LL - {pt}LL, ix = px * {sx}LL + kx * {dx}LL - {pl}LL;\n\
          (({c}*)p0)[t] = (iy < 0 || iy >= {h}LL || ix < 0 || ix >= {w}LL) ? ({c})0 : \
          (({c} const*)p1)[((b * {ch}LL + ic) * {h}LL + iy) * {w}LL + ix];\n\

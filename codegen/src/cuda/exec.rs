@@ -679,7 +679,9 @@ impl<G: Gpu> DeviceExecutable<G> {
         for (o, r) in outputs.iter().enumerate() {
             let b = self.program.outputs[o];
             self.check(b.0, r.dtype, &r.shape)?;
-            if self.bindable[b.0] {
+            // A fetched input is copied out of wherever it is bound.
+            let result = matches!(self.program.buffer(b).storage, Storage::Result);
+            if result && self.bindable[b.0] {
                 bound[b.0] = Some(r.address);
             } else {
                 copy_out.push((b, r.address));
@@ -805,6 +807,41 @@ impl<G: Gpu> DeviceExecutable<G> {
     }
 }
 
+/// How f32 matrix products run on the GPU. `Highest` is strict FP32 (the
+/// default, what the reference checks against); the others use tensor
+/// cores with f32 inputs, outputs and accumulation, rounding the inputs to
+/// TF32, BF16 or F16 on the fly (cuBLAS's `CUBLAS_COMPUTE_32F_FAST_*`):
+/// faster for matmul-heavy models, at that input precision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    /// FP32 throughout.
+    #[default]
+    Highest,
+    /// Inputs rounded to TF32 (10-bit mantissa).
+    Tf32,
+    /// Inputs rounded to BF16 (7-bit mantissa).
+    Bf16,
+    /// Inputs rounded to F16 (10-bit mantissa, 5-bit exponent).
+    F16,
+}
+
+impl std::str::FromStr for MatmulPrecision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<MatmulPrecision> {
+        Ok(match s {
+            "highest" | "f32" | "fp32" => MatmulPrecision::Highest,
+            "tf32" => MatmulPrecision::Tf32,
+            "bf16" => MatmulPrecision::Bf16,
+            "f16" | "fp16" => MatmulPrecision::F16,
+            other => {
+                return Err(Error::Input(format!(
+                    "unknown matmul precision '{other}': highest, tf32, bf16 or f16"
+                )))
+            }
+        })
+    }
+}
+
 /// An NVIDIA GPU through cudarc: the session's context and stream (so
 /// every program of a session, and its device tensors, are ordered on one
 /// stream), its modules, and cuBLAS where the library is present.
@@ -815,6 +852,7 @@ pub struct CudaGpu {
     functions: Vec<cudarc::driver::CudaFunction>,
     graph: Option<cudarc::driver::CudaGraph>,
     blas: Option<std::sync::Arc<super::Blas>>,
+    precision: MatmulPrecision,
 }
 
 fn cuda_err(e: impl std::fmt::Display) -> Error {
@@ -822,8 +860,9 @@ fn cuda_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl CudaGpu {
-    /// A GPU checked by [`super::CudaDevice::open`].
-    pub fn new(device: &super::CudaDevice) -> Result<CudaGpu> {
+    /// A GPU checked by [`super::CudaDevice::open`], its f32 matrix
+    /// products at `precision`.
+    pub fn new(device: &super::CudaDevice, precision: MatmulPrecision) -> Result<CudaGpu> {
         let arch: &'static str = Box::leak(device.arch()?.into_boxed_str());
         Ok(CudaGpu {
             ctx: device.ctx.clone(),
@@ -832,6 +871,7 @@ impl CudaGpu {
             functions: Vec::new(),
             graph: None,
             blas: device.blas()?,
+            precision,
         })
     }
 
@@ -950,11 +990,43 @@ impl Gpu for CudaGpu {
         let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
         let (lda, ldb, ldc, batch) = (g.lda as i32, g.ldb as i32, g.ldc as i32, g.batch as i32);
         self.bind()?;
+        let fast = match self.precision {
+            MatmulPrecision::Highest => None,
+            MatmulPrecision::Tf32 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
+            MatmulPrecision::Bf16 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF),
+            MatmulPrecision::F16 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16F),
+        };
         // SAFETY: `gemm_of` derived the call from the program's buffers,
         // which hold every element it reads and writes; the sizes fit i32.
         let r = unsafe {
-            match g.dtype {
-                DType::F32 => result::sgemm_strided_batched(
+            let f32t = sys::cudaDataType::CUDA_R_32F;
+            match (g.dtype, fast) {
+                (DType::F32, Some(compute)) => result::gemm_strided_batched_ex(
+                    h,
+                    op(g.trans_a),
+                    op(g.trans_b),
+                    m,
+                    n,
+                    k,
+                    (&1.0f32) as *const f32 as *const std::ffi::c_void,
+                    g.a as *const std::ffi::c_void,
+                    f32t,
+                    lda,
+                    g.stride_a,
+                    g.b as *const std::ffi::c_void,
+                    f32t,
+                    ldb,
+                    g.stride_b,
+                    (&0.0f32) as *const f32 as *const std::ffi::c_void,
+                    g.c as *mut std::ffi::c_void,
+                    f32t,
+                    ldc,
+                    g.stride_c,
+                    batch,
+                    compute,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                ),
+                (DType::F32, None) => result::sgemm_strided_batched(
                     h,
                     op(g.trans_a),
                     op(g.trans_b),
@@ -974,7 +1046,7 @@ impl Gpu for CudaGpu {
                     g.stride_c,
                     batch,
                 ),
-                DType::F64 => result::dgemm_strided_batched(
+                (DType::F64, _) => result::dgemm_strided_batched(
                     h,
                     op(g.trans_a),
                     op(g.trans_b),
@@ -994,7 +1066,7 @@ impl Gpu for CudaGpu {
                     g.stride_c,
                     batch,
                 ),
-                other => return Err(Error::Cuda(format!("no GEMM for {other}"))),
+                (other, _) => return Err(Error::Cuda(format!("no GEMM for {other}"))),
             }
         };
         r.map_err(|e| Error::Cuda(format!("cuBLAS: {e:?}")))

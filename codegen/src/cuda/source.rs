@@ -15,8 +15,9 @@
 //!
 //! Matrix products (cuBLAS) and primitive ops (`Kernel::Op`) get only their
 //! epilogue, applied in place to their output.
-//! Random ops are refused for now (their counter-based generator is not yet
-//! written in CUDA C).
+//! Random ops use kiln-graph's counter-based generator (splitmix64 of seed
+//! and element index), ported to CUDA C, so they give the reference's
+//! samples up to libm rounding.
 
 use std::fmt::Write;
 
@@ -62,6 +63,12 @@ __device__ __forceinline__ i64 kdiv64(i64 a, i64 b) { return b == 0 ? 0 : (b == 
 __device__ __forceinline__ int kf2i32(double x) { return x != x ? 0 : (x >= 2147483647.0 ? 2147483647 : (x <= -2147483648.0 ? (-2147483647 - 1) : (int)x)); }
 __device__ __forceinline__ i64 kf2i64(double x) { return x != x ? 0 : (x >= 9223372036854775807.0 ? 9223372036854775807LL : (x <= -9223372036854775808.0 ? (-9223372036854775807LL - 1) : (i64)x)); }
 __device__ __forceinline__ int kpow32(int a, int b) { if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0); unsigned r = 1, x = (unsigned)a; while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; } return (int)r; }
+__device__ __forceinline__ u64 ksplitmix(u64 z) { z += 0x9E3779B97F4A7C15ull; z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull; z = (z ^ (z >> 27)) * 0x94D049BB133111EBull; return z ^ (z >> 31); }
+__device__ __forceinline__ u64 kbits(u64 seed, u64 i) { return ksplitmix(ksplitmix(seed) ^ (i * 0xD2B74407B1CE6E93ull)); }
+__device__ __forceinline__ double kunit(u64 seed, u64 i) { return (double)(kbits(seed, i) >> 11) * (1.0 / 9007199254740992.0); }
+__device__ __forceinline__ double knormal(u64 seed, u64 i) { const double u1 = 1.0 - kunit(seed, 2 * i), u2 = kunit(seed, 2 * i + 1); return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2); }
+__device__ __forceinline__ float kuniformf(u64 seed, u64 i, double low, double high) { const float l = (float)low, h = (float)high, u = (float)(kbits(seed, i) >> 40) * (1.0f / 16777216.0f); const float d = h - l; float v = isfinite(d) ? __fadd_rn(l, __fmul_rn(d, u)) : (float)(low + (high - low) * (double)u); return (v >= h && l < h) ? nextafterf(h, -1.0f / 0.0f) : v; }
+__device__ __forceinline__ double kuniform(u64 seed, u64 i, double low, double high) { const double u = kunit(seed, i), d = high - low; double v = isfinite(d) ? __dadd_rn(low, __dmul_rn(d, u)) : __dadd_rn(__dmul_rn(low, 1.0 - u), __dmul_rn(high, u)); return (v >= high && low < high) ? nextafter(high, -1.0 / 0.0) : v; }
 __device__ __forceinline__ i64 kpow64(i64 a, i64 b) { if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0); u64 r = 1, x = (u64)a; while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; } return (i64)r; }
 "#;
 
@@ -349,9 +356,15 @@ pub fn emit_op(program: &KernelProgram, k: usize) -> Option<KernelSource> {
     let [n, ch, h, w] = [xs[0], xs[1], xs[2], xs[3]];
     let [oc, oh, ow] = [o[1], o[2], o[3]];
     let count = n * oc * oh * ow;
+    // 32-bit index arithmetic where it fits (64-bit division is slow).
+    let (u, sfx) = if count <= i32::MAX as usize {
+        ("(unsigned)", "u")
+    } else {
+        ("", "LL")
+    };
     let head = format!(
         "    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {{\n\
-         const i64 xo = t % {ow}LL, y = (t / {ow}LL) % {oh}LL, oc = (t / {ohw}LL) % {oc}LL, b = t / {cohw}LL;\n",
+         const i64 xo = {u}t % {ow}{sfx}, y = ({u}t / {ow}{sfx}) % {oh}{sfx}, oc = ({u}t / {ohw}{sfx}) % {oc}{sfx}, b = {u}t / {cohw}{sfx};\n",
         ohw = oh * ow,
         cohw = oc * oh * ow,
     );
@@ -615,10 +628,27 @@ impl<'a> Emitter<'a> {
                 },
                 Instr::InBounds(cs) => (Self::conds(cs), DType::Bool),
                 Instr::IndexValue(e, t) => (cast(&Self::index(e), DType::I64, *t), *t),
-                Instr::Random { .. } => {
-                    return Err(Unsupported(
-                        "random ops are not yet generated for CUDA".into(),
-                    ))
+                Instr::Random {
+                    normal,
+                    seed,
+                    a,
+                    b,
+                    dtype,
+                    index,
+                } => {
+                    let f = |v: f64| format!("__longlong_as_double({}LL)", v.to_bits() as i64);
+                    let (i, sd) = (Self::index(index), format!("{seed}ull"));
+                    let expr = match (normal, dtype) {
+                        (true, DType::F32) => {
+                            format!("(float)({} + {} * knormal({sd}, (u64)({i})))", f(*a), f(*b))
+                        }
+                        (true, _) => format!("({} + {} * knormal({sd}, (u64)({i})))", f(*a), f(*b)),
+                        (false, DType::F32) => {
+                            format!("kuniformf({sd}, (u64)({i}), {}, {})", f(*a), f(*b))
+                        }
+                        (false, _) => format!("kuniform({sd}, (u64)({i}), {}, {})", f(*a), f(*b)),
+                    };
+                    (expr, *dtype)
                 }
             };
             let v = self.fresh();
@@ -629,17 +659,34 @@ impl<'a> Emitter<'a> {
     }
 
     /// Declares `i0..` from the linear index `lin` over `shape`.
+    /// Declares `i{d}` for each dim of `vars` from `lin`, a linear index
+    /// over those dims (row-major) that every caller keeps below their
+    /// product: the outermost needs no remainder, a unit stride no
+    /// division, and below 2^31 the arithmetic is 32-bit unsigned (64-bit
+    /// division is a long call on GPUs; by a constant in 32 bits it is a
+    /// multiply and a shift).
     fn unravel(&mut self, indent: usize, lin: &str, shape: &[usize], vars: &[usize]) {
-        let mut stride: usize = vars.iter().map(|&d| shape[d]).product();
+        let total: usize = vars.iter().map(|&d| shape[d].max(1)).product();
+        let narrow = total <= i32::MAX as usize;
+        let (int, suffix, arg) = if narrow {
+            ("(i64)", "u", format!("(unsigned){lin}"))
+        } else {
+            ("", "LL", lin.to_string())
+        };
+        let (mut stride, mut outer) = (total, 1usize);
         for &d in vars {
-            stride /= shape[d].max(1);
-            self.line(
-                indent,
-                &format!(
-                    "const i64 i{d} = ({lin} / {stride}LL) % {}LL;",
-                    shape[d].max(1)
-                ),
-            );
+            let n = shape[d].max(1);
+            stride /= n;
+            let mut e = arg.clone();
+            if stride != 1 {
+                e = format!("({e} / {stride}{suffix})");
+            }
+            // Below the product, the outermost dims need no remainder.
+            if outer != 1 {
+                e = format!("({e} % {n}{suffix})");
+            }
+            outer *= n;
+            self.line(indent, &format!("const i64 i{d} = {int}{e};"));
         }
     }
 
