@@ -12,8 +12,9 @@
 #
 # `run` prints the GPU, runs the CUDA tests (the differential suite on
 # Device::Cuda(0): example models, op graphs, KILN_GPU_RANDOM random graphs
-# (default 120), GPU training) and the GPU benchmark with PyTorch peers
-# (KILN_BENCH_TORCH_COMPILE=0 skips torch.compile), then kiln's kernels by
+# (default 80), GPU training) and the GPU benchmark with PyTorch peers
+# (KILN_BENCH_TORCH_COMPILE=0 skips torch.compile), kiln with BF16 tensor-core
+# matrix products and with direct convolutions, then kiln's kernels by
 # device time (KILN_GPU_PROFILE=0 skips that). Each step has a time
 # limit, so one that hangs does not take the others' results with it.
 set -uo pipefail
@@ -37,7 +38,7 @@ prepare)
 run)
     out="${OUT:-$dir/out}"
     mkdir -p "$out"
-    nvidia-smi -L 2>&1 | tee "$out/gpu.txt"
+    nvidia-smi -L 2>&1 | tee "$out/summary.txt"
     export RUST_BACKTRACE=1 KILN_CACHE_DIR=/tmp/kiln-cache
     step() { # name, seconds, command...
         local name=$1 secs=$2
@@ -46,14 +47,18 @@ run)
         timeout "$secs" "$@" 2>&1 | tee "$out/$name.txt"
         echo "== $name: exit ${PIPESTATUS[0]} in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
     }
-    step cuda-tests 150 "$dir/cuda-tests" --nocapture --test-threads 1
-    step training 120 "$dir/training-tests" --nocapture
-    KILN_RANDOM_DEVICE=cuda KILN_RANDOM_GRAPHS="${KILN_GPU_RANDOM:-120}" \
-        step random-graphs 120 "$dir/random_graphs-tests" --nocapture --exact random_graphs_match_the_reference
-    KILN_BENCH_PYTHON="${KILN_BENCH_PYTHON:-python3}" \
-        step bench "${KILN_BENCH_SECONDS:-300}" "$dir/kiln-bench" --device cuda --runs 200 --peers --dir /tmp/kiln-bench
+    step cuda-tests 100 "$dir/cuda-tests" --nocapture --test-threads 1
+    step training 40 "$dir/training-tests" --nocapture
+    PYTHONUNBUFFERED=1 KILN_BENCH_PYTHON="${KILN_BENCH_PYTHON:-python3}" \
+        step bench "${KILN_BENCH_SECONDS:-200}" "$dir/kiln-bench" --device cuda --runs 200 --peers --dir /tmp/kiln-bench
+    step bench-bf16 30 "$dir/kiln-bench" --device cuda --runs 200 --matmul-precision bf16 \
+        --only mlp_b128 --only xfmr_b1 --only cnn_b32 --dir /tmp/kiln-bench-bf16
+    KILN_CUDA_CONV=direct step bench-direct-conv 30 "$dir/kiln-bench" --device cuda --runs 200 \
+        --only cnn_b32 --dir /tmp/kiln-bench-direct
+    KILN_RANDOM_DEVICE=cuda KILN_RANDOM_GRAPHS="${KILN_GPU_RANDOM:-80}" \
+        step random-graphs 60 "$dir/random_graphs-tests" --nocapture --exact random_graphs_match_the_reference
     if [ "${KILN_GPU_PROFILE:-1}" = 1 ]; then
-        step profile 60 "$dir/kiln-bench" --device cuda --runs 20 --profile --dir /tmp/kiln-bench-profile
+        step profile 30 "$dir/kiln-bench" --device cuda --runs 20 --profile --dir /tmp/kiln-bench-profile
     fi
     cat "$out/summary.txt"
     ;;
