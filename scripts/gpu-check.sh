@@ -14,7 +14,8 @@
 # Device::Cuda(0): example models, op graphs, KILN_GPU_RANDOM random graphs
 # (default 80), GPU training) and the GPU benchmark with PyTorch peers
 # (KILN_BENCH_TORCH_COMPILE=0 skips torch.compile), kiln with BF16 tensor-core
-# matrix products and with direct convolutions, then kiln's kernels by
+# matrix products, direct convolutions and one element per thread and step
+# (variants), then kiln's kernels by
 # device time (KILN_GPU_PROFILE=0 skips that). Each step has a time
 # limit, so one that hangs does not take the others' results with it.
 set -uo pipefail
@@ -51,10 +52,13 @@ run)
     step training 40 "$dir/training-tests" --nocapture
     PYTHONUNBUFFERED=1 KILN_BENCH_PYTHON="${KILN_BENCH_PYTHON:-python3}" \
         step bench "${KILN_BENCH_SECONDS:-200}" "$dir/kiln-bench" --device cuda --runs 200 --peers --dir /tmp/kiln-bench
-    step bench-bf16 30 "$dir/kiln-bench" --device cuda --runs 200 --matmul-precision bf16 \
-        --only mlp_b128 --only xfmr_b1 --only cnn_b32 --dir /tmp/kiln-bench-bf16
-    KILN_CUDA_CONV=direct step bench-direct-conv 30 "$dir/kiln-bench" --device cuda --runs 200 \
-        --only cnn_b32 --dir /tmp/kiln-bench-direct
+    # Variants: BF16 tensor-core matrix products, direct convolutions
+    # instead of im2col + GEMM, one element per thread and step.
+    step bench-variants 60 bash -c "
+        $dir/kiln-bench --device cuda --runs 200 --matmul-precision bf16 \
+            --only mlp_b128 --only xfmr_b1 --only cnn_b32 --dir /tmp/kiln-bench-bf16
+        KILN_CUDA_CONV=direct $dir/kiln-bench --device cuda --runs 200 --only cnn_b32 --dir /tmp/kiln-bench-direct
+        KILN_CUDA_ILP=1 $dir/kiln-bench --device cuda --runs 200 --only ew_chain_64m --dir /tmp/kiln-bench-ilp1"
     KILN_RANDOM_DEVICE=cuda KILN_RANDOM_GRAPHS="${KILN_GPU_RANDOM:-80}" \
         step random-graphs 60 "$dir/random_graphs-tests" --nocapture --exact random_graphs_match_the_reference
     if [ "${KILN_GPU_PROFILE:-1}" = 1 ]; then

@@ -912,6 +912,32 @@ fn device_cases() -> Vec<Case> {
             feeds,
         ));
     }
+    // A large elementwise kernel (several elements per thread and step),
+    // its count no multiple of the step.
+    {
+        let g = GraphBuilder::new();
+        let x = g
+            .placeholder("x", DType::F32, shape![(1 << 20) + 3])
+            .unwrap();
+        x.mul(1.7)
+            .unwrap()
+            .add(0.3)
+            .unwrap()
+            .tanh()
+            .unwrap()
+            .named("y")
+            .unwrap();
+        let mut graph = g.into_graph();
+        let y = graph.find("y").unwrap();
+        graph.set_outputs(vec![y]).unwrap();
+        let feeds = kiln_tests::feeds_for(&graph, 1, 13);
+        cases.push((
+            "large elementwise".to_string(),
+            graph,
+            Bindings::default(),
+            feeds,
+        ));
+    }
     // Gather along each axis, with negative indices.
     for axis in [0usize, 1] {
         let (graph, x, _) = gather_graph(axis);
@@ -1013,6 +1039,17 @@ fn emitted_kernels_compute_what_the_reference_does() {
     let cases = device_cases();
     for (name, graph, bindings, feeds) in &cases {
         agree_on_host(name, graph, bindings, feeds, host::HostGpu::default());
+        if cuda::nvrtc_available() {
+            let opts = CompileOptions {
+                freeze_variables: true,
+                ..Default::default()
+            };
+            let program = compile(graph, graph.outputs(), bindings, &opts)
+                .unwrap()
+                .program;
+            let unit = cuda::source::unit(&cuda::sources(&program).unwrap());
+            cuda::compile(&unit, "sm_90").unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
     // Matrix products as generated kernels too (where cuBLAS is missing).
     for (name, graph, bindings, feeds) in &cases {

@@ -461,6 +461,14 @@ fn random_graphs_match_the_reference() {
             *op_counts.entry(k).or_default() += 1;
         }
         let (n, fails) = check_graph(&rg.graph, rg.sym, seed, seed % 5 == 0);
+        if device_under_test().is_some() {
+            // Progress as it goes: a device run may be cut off by a time limit.
+            eprintln!(
+                "seed {seed}: {} ({:.1?})",
+                if fails.is_empty() { "ok" } else { "FAILED" },
+                start.elapsed()
+            );
+        }
         cases += n;
         for f in fails {
             failures.push((seed, f, rg.graph.to_string()));

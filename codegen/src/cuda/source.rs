@@ -48,6 +48,19 @@ pub struct KernelSource {
     pub error_word: bool,
 }
 
+/// Elementwise kernels of at least this many elements take several per
+/// thread and step (see [`elementwise_ilp`]).
+const ILP_MIN_ELEMENTS: usize = 1 << 20;
+
+/// Elements per thread and step of large elementwise kernels:
+/// `KILN_CUDA_ILP` (1 to 8), default 4.
+fn elementwise_ilp() -> usize {
+    std::env::var("KILN_CUDA_ILP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(4, |v: usize| v.clamp(1, 8))
+}
+
 /// Helpers every kernel may use.
 const PRELUDE: &str = r#"
 typedef long long i64;
@@ -722,22 +735,47 @@ impl<'a> Emitter<'a> {
         let count: usize = shape.iter().product();
         let o = self.param(out);
         let ot = self.dtype_of(out);
-        self.line(
-            1,
-            "for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {",
-        );
+        // Large kernels give each thread `ilp` elements a block apart per
+        // step (still coalesced), so their loads are in flight together.
+        let ilp = if count >= ILP_MIN_ELEMENTS {
+            elementwise_ilp()
+        } else {
+            1
+        };
+        let ind = if ilp > 1 {
+            self.line(
+                1,
+                &format!(
+                    "for (i64 base = (i64)blockIdx.x * blockDim.x * {ilp} + threadIdx.x; base < count; base += (i64)gridDim.x * blockDim.x * {ilp}) {{"
+                ),
+            );
+            self.line(2, "#pragma unroll");
+            self.line(2, &format!("for (int u = 0; u < {ilp}; ++u) {{"));
+            self.line(3, "const i64 t = base + (i64)u * blockDim.x;");
+            self.line(3, "if (t >= count) break;");
+            3
+        } else {
+            self.line(
+                1,
+                "for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {",
+            );
+            2
+        };
         let vars: Vec<usize> = (0..shape.len()).collect();
-        self.unravel(2, "t", shape, &vars);
+        self.unravel(ind, "t", shape, &vars);
         if acc_from_out {
             self.line(
-                2,
+                ind,
                 &format!("const {} acc = (({} const*){o})[t];", ctype(ot), ctype(ot)),
             );
         }
         let acc = acc_from_out.then_some(("acc", ot));
-        let (v, t) = self.program(p, 2, acc)?;
+        let (v, t) = self.program(p, ind, acc)?;
         let v = if t == ot { v } else { cast(&v, t, ot) };
-        self.line(2, &format!("(({}*){o})[t] = {v};", ctype(ot)));
+        self.line(ind, &format!("(({}*){o})[t] = {v};", ctype(ot)));
+        if ilp > 1 {
+            self.line(2, "}");
+        }
         self.line(1, "}");
         Ok(self.finish(name, count))
     }
