@@ -18,7 +18,7 @@ const VERSION: &str = "1";
 impl Session {
     /// Saves every variable's current value to `path`, atomically.
     pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
-        let vars = self.variables_by_name();
+        let vars = self.variables_by_name()?;
         let refs: Vec<(&str, &Array)> = vars.iter().map(|(n, a)| (n.as_str(), *a)).collect();
         let bytes = tensors_to_bytes(&refs, KEY, VERSION)?;
         Ok(write_atomic(path.as_ref(), &bytes)?)
@@ -42,7 +42,7 @@ impl Session {
             });
         }
         let mut problems = Vec::new();
-        let ours = self.variables_by_name();
+        let ours = self.variables_by_name()?;
         for (name, current) in &ours {
             match tensors.get(name) {
                 None => problems.push(format!(

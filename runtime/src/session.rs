@@ -36,11 +36,55 @@ pub struct Session {
 }
 
 /// A CUDA session's device and the programs compiled for it, with the
-/// tensors each leaves its results in on device runs.
+/// tensors each leaves its results in on device runs, and the variables'
+/// state in device memory.
 struct Gpu {
     device: kiln_codegen::cuda::CudaDevice,
     compiled: HashMap<(Vec<NodeId>, Bindings), DeviceExecutable<CudaGpu>>,
     results: HashMap<(Vec<NodeId>, Bindings), Vec<DeviceTensor>>,
+    /// Each variable's state, uploaded on its first GPU run and updated
+    /// there by training steps: the weights stay on the device.
+    vars: HashMap<String, DeviceTensor>,
+    /// Variables a GPU run assigned: the session's host copy is out of
+    /// date, and the current value is downloaded when asked for.
+    stale: HashMap<String, std::cell::OnceCell<Array>>,
+}
+
+/// The device tensors' addresses, by name.
+fn refs(tensors: &HashMap<String, DeviceTensor>) -> HashMap<&str, DeviceRef> {
+    tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.device_ref()))
+        .collect()
+}
+
+impl Gpu {
+    /// Uploads the variables that have no device copy yet.
+    fn upload_variables(&mut self, host: &HashMap<String, Array>) -> Result<()> {
+        for (name, value) in host {
+            if !self.vars.contains_key(name) {
+                let t = self.device.tensor(value)?;
+                self.vars.insert(name.clone(), t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks what the program of `key` assigns as changed on the device.
+    fn mark_assigned(&mut self, key: &(Vec<NodeId>, Bindings)) {
+        let p = self.compiled[key].program();
+        let names: Vec<String> = p
+            .updates
+            .iter()
+            .filter_map(|(var, _)| match &p.buffer(*var).storage {
+                kiln_optimizer::kernel::Storage::Variable { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        for n in names {
+            self.stale.insert(n, std::cell::OnceCell::new());
+        }
+    }
 }
 
 /// What a feed is checked by: a host array or a device tensor.
@@ -142,6 +186,8 @@ impl Session {
                 })?,
                 compiled: HashMap::new(),
                 results: HashMap::new(),
+                vars: HashMap::new(),
+                stale: HashMap::new(),
             }),
             _ => None,
         };
@@ -210,8 +256,14 @@ impl Session {
                 let key = (fetch_ids, bindings);
                 self.compile_for_gpu(&key)?;
                 let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
+                gpu.upload_variables(&self.variables)?;
+                let vars = refs(&gpu.vars);
                 let exe = gpu.compiled.get_mut(&key).expect("compiled above");
-                Ok(exe.run(&feed_map, &mut self.variables)?)
+                // SAFETY: the variables are the session's own device
+                // tensors, one allocation each.
+                let out = unsafe { exe.run(&feed_map, &vars)? };
+                gpu.mark_assigned(&key);
+                Ok(out)
             }
             Device::Cpu => {
                 let key = (fetch_ids, bindings);
@@ -319,9 +371,8 @@ impl Session {
         let key = (fetch_ids, bindings);
         self.compile_for_gpu(&key)?;
         let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
-        let exe = gpu.compiled.get_mut(&key).expect("compiled above");
         if !gpu.results.contains_key(&key) {
-            let p = exe.program();
+            let p = gpu.compiled[&key].program();
             let tensors = p
                 .outputs
                 .iter()
@@ -329,17 +380,23 @@ impl Session {
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             gpu.results.insert(key.clone(), tensors);
         }
-        let results = &gpu.results[&key];
+        gpu.upload_variables(&self.variables)?;
+        let vars = refs(&gpu.vars);
         let inputs: HashMap<&str, DeviceRef> =
             feeds.iter().map(|(n, t)| (*n, t.device_ref())).collect();
-        let outputs: Vec<DeviceRef> = results.iter().map(DeviceTensor::device_ref).collect();
+        let outputs: Vec<DeviceRef> = gpu.results[&key]
+            .iter()
+            .map(DeviceTensor::device_ref)
+            .collect();
+        let exe = gpu.compiled.get_mut(&key).expect("compiled above");
         // SAFETY: the feeds are live tensors on this session's device
-        // (checked above), borrowed for the call; the results are this
-        // session's own tensors, allocated with the program's output types,
+        // (checked above), borrowed for the call; the results and variables
+        // are this session's own tensors, allocated with their types,
         // distinct from each other and from any feed (a feed cannot borrow
         // them while this call borrows the session mutably).
-        unsafe { exe.run_device(&inputs, &outputs, &mut self.variables)? };
-        Ok(results)
+        unsafe { exe.run_device(&inputs, &outputs, &vars)? };
+        gpu.mark_assigned(&key);
+        Ok(&gpu.results[&key])
     }
 
     fn fetch_ids(&self, fetches: &[&str]) -> Result<Vec<NodeId>> {
@@ -514,16 +571,32 @@ impl Session {
     }
 
     /// Every variable's current value, by name (sorted).
-    pub fn variables_by_name(&self) -> Vec<(String, &Array)> {
-        let mut v: Vec<(String, &Array)> =
-            self.variables.iter().map(|(n, a)| (n.clone(), a)).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+    pub fn variables_by_name(&self) -> Result<Vec<(String, &Array)>> {
+        let mut names: Vec<&String> = self.variables.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| Ok((n.clone(), self.current(n)?)))
+            .collect()
     }
 
     /// The current value of variable `name`.
     pub fn variable(&self, name: &str) -> Result<&Array> {
         self.variable_id(name)?;
+        self.current(name)
+    }
+
+    /// Variable `name`'s value: the host copy, or on a CUDA session whose
+    /// runs assigned it, the device state (downloaded once per change).
+    fn current(&self, name: &str) -> Result<&Array> {
+        if let Some(cell) = self.gpu.as_ref().and_then(|g| g.stale.get(name)) {
+            if let Some(a) = cell.get() {
+                return Ok(a);
+            }
+            let gpu = self.gpu.as_ref().expect("checked above");
+            let a = gpu.vars[name].to_host()?;
+            return Ok(cell.get_or_init(|| a));
+        }
         Ok(&self.variables[name])
     }
 
@@ -541,6 +614,8 @@ impl Session {
         // Compiled programs may hold the old value as a constant.
         self.compiled.clear();
         if let Some(gpu) = &mut self.gpu {
+            gpu.stale.remove(name);
+            gpu.vars.remove(name);
             gpu.compiled.clear();
             gpu.results.clear();
         }
@@ -570,7 +645,7 @@ impl Session {
         let mut g = self.graph.clone();
         for v in g.variables() {
             let name = g.node(v).name.clone();
-            g.set_weight(v, self.variables[&name].clone())?;
+            g.set_weight(v, self.current(&name)?.clone())?;
         }
         Ok(g)
     }

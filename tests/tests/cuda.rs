@@ -653,6 +653,8 @@ fn agree_on_host(
     feeds: &[(String, Array)],
     gpu: host::HostGpu,
 ) {
+    use cuda::exec::DeviceRef;
+    use std::collections::HashMap;
     let opts = CompileOptions {
         freeze_variables: true,
         ..Default::default()
@@ -662,37 +664,31 @@ fn agree_on_host(
         .program;
     let mut exe =
         cuda::exec::DeviceExecutable::new(gpu, &program).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let inputs: std::collections::HashMap<&str, &Array> =
-        feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-    let initial: std::collections::HashMap<String, Array> = graph
+    let inputs: HashMap<&str, &Array> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let mut reference = Session::new(graph, Device::Reference).unwrap();
+    let want = reference.run_outputs(&refs).unwrap();
+    let mut names: Vec<String> = graph
         .variables()
-        .into_iter()
-        .filter_map(|v| match &graph.node(v).op {
-            kiln::graph::Op::Variable { init } => {
-                Some((graph.node(v).name.clone(), (*init.0).clone()))
-            }
-            _ => None,
+        .iter()
+        .map(|&v| graph.node(v).name.clone())
+        .collect();
+    names.sort();
+    let initial: Vec<Array> = names
+        .iter()
+        .map(|n| {
+            Session::new(graph, Device::Reference)
+                .unwrap()
+                .variable(n)
+                .unwrap()
+                .clone()
         })
         .collect();
-    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-    let want = Session::new(graph, Device::Reference)
-        .unwrap()
-        .run_outputs(&refs)
-        .unwrap();
-    // Twice: the first run records the launches (where nothing runs on the
-    // host), the second replays them.
-    for run in 0..2 {
-        let mut variables = initial.clone();
-        let got = exe
-            .run(&inputs, &mut variables)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        for ((f, w), g) in want.iter().zip(&got) {
-            kiln_tests::compare(w, g).unwrap_or_else(|e| panic!("{name}, {f}, run {run}: {e}"));
-        }
-    }
-    // Feeds and results in "device" memory, bound where they lie: twice
-    // with the same addresses (recorded, then replayed), once with new
-    // result addresses (recorded again), then a host run (unbound).
+    let want_vars: Vec<Array> = names
+        .iter()
+        .map(|n| reference.variable(n).unwrap().clone())
+        .collect();
+    // "Device" memory: host blocks, addressed by pointer.
     let block = |bytes: &[u8]| -> Vec<u64> {
         let mut v = vec![0u64; bytes.len().div_ceil(8) + 1];
         // SAFETY: `v` holds at least `bytes.len()` bytes.
@@ -701,16 +697,77 @@ fn agree_on_host(
         };
         v
     };
+    let to_array = |v: &[u64], dtype, shape: &[usize]| {
+        let n: usize = shape.iter().product::<usize>() * kiln::graph::DType::size_bytes(dtype);
+        // SAFETY: the block holds at least `n` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, n) };
+        Array::new(
+            shape.to_vec(),
+            kiln::graph::Data::from_le_bytes(dtype, bytes).unwrap(),
+        )
+        .unwrap()
+    };
+    // The variables' state, reset to the initial values before each run and
+    // compared with the reference's after it.
+    let mut var_blocks: Vec<Vec<u64>> = initial.iter().map(|a| block(a.as_bytes())).collect();
+    let var_refs: HashMap<&str, DeviceRef> = names
+        .iter()
+        .zip(&var_blocks)
+        .zip(&initial)
+        .map(|((n, v), a)| {
+            (
+                n.as_str(),
+                DeviceRef {
+                    address: v.as_ptr() as u64,
+                    dtype: a.dtype(),
+                    shape: a.shape().to_vec(),
+                },
+            )
+        })
+        .collect();
+    let reset = |blocks: &mut Vec<Vec<u64>>| {
+        for (v, a) in blocks.iter_mut().zip(&initial) {
+            // SAFETY: each block holds its variable's bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    a.as_bytes().as_ptr(),
+                    v.as_mut_ptr() as *mut u8,
+                    a.size_bytes(),
+                )
+            };
+        }
+    };
+    let check_vars = |blocks: &Vec<Vec<u64>>, when: &str| {
+        for ((n, v), w) in names.iter().zip(blocks).zip(&want_vars) {
+            let g = to_array(v, w.dtype(), w.shape());
+            kiln_tests::compare(w, &g)
+                .unwrap_or_else(|e| panic!("{name}, variable {n}, {when}: {e}"));
+        }
+    };
+    // Twice: the first run records the launches (where nothing runs on the
+    // host), the second replays them.
+    for run in 0..2 {
+        reset(&mut var_blocks);
+        // SAFETY: every variable's block is live and of its size.
+        let got = unsafe { exe.run(&inputs, &var_refs) }.unwrap_or_else(|e| panic!("{name}: {e}"));
+        for ((f, w), g) in want.iter().zip(&got) {
+            kiln_tests::compare(w, g).unwrap_or_else(|e| panic!("{name}, {f}, run {run}: {e}"));
+        }
+        check_vars(&var_blocks, &format!("run {run}"));
+    }
+    // Feeds and results in device memory, bound where they lie: twice
+    // with the same addresses (recorded, then replayed), once with new
+    // result addresses (recorded again), then a host run (unbound).
     let fed: Vec<(String, Vec<u64>, &Array)> = feeds
         .iter()
         .map(|(n, a)| (n.clone(), block(a.as_bytes()), a))
         .collect();
-    let inputs: std::collections::HashMap<&str, cuda::exec::DeviceRef> = fed
+    let dinputs: HashMap<&str, DeviceRef> = fed
         .iter()
         .map(|(n, v, a)| {
             (
                 n.as_str(),
-                cuda::exec::DeviceRef {
+                DeviceRef {
                     address: v.as_ptr() as u64,
                     dtype: a.dtype(),
                     shape: a.shape().to_vec(),
@@ -719,46 +776,43 @@ fn agree_on_host(
         })
         .collect();
     for round in 0..3 {
-        let mut outs: Vec<Vec<u64>> = program
+        let outs: Vec<Vec<u64>> = program
             .outputs
             .iter()
             .map(|&o| block(&vec![0u8; program.buffer(o).size_bytes()]))
             .collect();
-        let refs: Vec<cuda::exec::DeviceRef> = program
+        let orefs: Vec<DeviceRef> = program
             .outputs
             .iter()
             .zip(&outs)
-            .map(|(&o, v)| cuda::exec::DeviceRef {
+            .map(|(&o, v)| DeviceRef {
                 address: v.as_ptr() as u64,
                 dtype: program.buffer(o).dtype,
                 shape: program.buffer(o).shape.clone(),
             })
             .collect();
         for run in 0..if round == 0 { 2 } else { 1 } {
+            reset(&mut var_blocks);
             // SAFETY: every address is a live block of the right size.
-            let mut variables = initial.clone();
-            unsafe { exe.run_device(&inputs, &refs, &mut variables) }
+            unsafe { exe.run_device(&dinputs, &orefs, &var_refs) }
                 .unwrap_or_else(|e| panic!("{name}, device run: {e}"));
-            for (((f, w), &o), v) in want.iter().zip(&program.outputs).zip(&mut outs) {
+            for (((f, w), &o), v) in want.iter().zip(&program.outputs).zip(&outs) {
                 let b = program.buffer(o);
-                // SAFETY: the block holds the buffer's bytes.
-                let bytes =
-                    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, b.size_bytes()) };
-                let g = Array::new(
-                    b.shape.clone(),
-                    kiln::graph::Data::from_le_bytes(b.dtype, bytes).unwrap(),
-                )
-                .unwrap();
+                let g = to_array(v, b.dtype, &b.shape);
                 kiln_tests::compare(w, &g)
                     .unwrap_or_else(|e| panic!("{name}, {f}, device round {round} run {run}: {e}"));
             }
+            check_vars(&var_blocks, &format!("device round {round} run {run}"));
         }
     }
-    let got = exe.run(&inputs_host(feeds), &mut initial.clone()).unwrap();
+    reset(&mut var_blocks);
+    // SAFETY: as above.
+    let got = unsafe { exe.run(&inputs_host(feeds), &var_refs) }.unwrap();
     for ((f, w), g) in want.iter().zip(&got) {
         kiln_tests::compare(w, g)
             .unwrap_or_else(|e| panic!("{name}, {f}, host run after device runs: {e}"));
     }
+    check_vars(&var_blocks, "host run after device runs");
 }
 
 fn inputs_host(feeds: &[(String, Array)]) -> std::collections::HashMap<&str, &Array> {
@@ -1072,8 +1126,8 @@ fn emitted_kernels_compute_what_the_reference_does() {
             cuda::exec::DeviceExecutable::new(host::HostGpu::default(), &program).unwrap();
         let inputs: std::collections::HashMap<&str, &Array> =
             [("x", &xa), ("i", &bad)].into_iter().collect();
-        let err = exe
-            .run(&inputs, &mut Default::default())
+        // SAFETY: the program has no variables.
+        let err = unsafe { exe.run(&inputs, &Default::default()) }
             .expect_err("an index out of range is an error")
             .to_string();
         assert!(err.contains("out of range"), "{err}");

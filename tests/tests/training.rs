@@ -214,10 +214,46 @@ fn trained_model_predicts_the_same_on_both_devices() {
 
 #[test]
 fn evaluation_between_training_steps_sees_the_new_weights() {
+    evaluation_sees_new_weights(Device::Cpu);
+}
+
+/// On a GPU the weights live in device memory between steps: inference
+/// reads them there, `export_graph` and checkpoints download them, and
+/// `set_variable` and a restore replace them.
+#[test]
+fn evaluation_between_training_steps_sees_the_new_weights_on_the_gpu() {
+    if kiln_codegen::cuda::CudaDevice::open(0).is_err() {
+        eprintln!("SKIPPED: no CUDA GPU on this machine");
+        return;
+    }
+    let s = evaluation_sees_new_weights(Device::Cuda(0));
+    let (pixels, labels) = kiln_tests::load_digits();
+    let (x, _) = batch(&pixels, &labels, 0..40);
+    let mut s = s;
+    let want = s.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
+    let path =
+        std::env::temp_dir().join(format!("kiln-gpu-ckpt-{}.safetensors", std::process::id()));
+    s.save_checkpoint(&path).unwrap();
+    let m = model(Optimizer::adam(0.01));
+    let mut fresh = Session::new(&m.graph, Device::Cuda(0)).unwrap();
+    fresh.run(&[("x", &x)], &["pred"]).unwrap();
+    fresh.restore_checkpoint(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(fresh.run(&[("x", &x)], &["pred"]).unwrap().remove(0), want);
+    let w = fresh.variable("fc1/weight").unwrap().clone();
+    fresh
+        .set_variable("fc1/weight", Array::zeros(w.dtype(), w.shape()))
+        .unwrap();
+    assert_ne!(fresh.run(&[("x", &x)], &["pred"]).unwrap().remove(0), want);
+    fresh.set_variable("fc1/weight", w).unwrap();
+    assert_eq!(fresh.run(&[("x", &x)], &["pred"]).unwrap().remove(0), want);
+}
+
+fn evaluation_sees_new_weights(device: Device) -> Session {
     // A compiled inference program must read trained variables, not freeze them.
     let (pixels, labels) = kiln_tests::load_digits();
     let m = model(Optimizer::adam(0.01));
-    let mut cpu = Session::new(&m.graph, Device::Cpu).unwrap();
+    let mut cpu = Session::new(&m.graph, device).unwrap();
     let (x, _) = batch(&pixels, &labels, 0..40);
     let before = cpu.run(&[("x", &x)], &["pred"]).unwrap().remove(0);
     for b in 0..20 {
@@ -236,6 +272,7 @@ fn evaluation_between_training_steps_sees_the_new_weights() {
         same >= 39,
         "{same} of 40 predictions agree with the reference"
     );
+    cpu
 }
 
 /// A recurrent model whose loop is a `while_loop` in the graph trains:

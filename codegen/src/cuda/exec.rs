@@ -475,7 +475,7 @@ impl<G: Gpu> DeviceExecutable<G> {
             .iter()
             .enumerate()
             .map(|(i, b)| match b.storage {
-                Storage::Input { .. } => !written.contains(&BufferId(i)),
+                Storage::Input { .. } | Storage::Variable { .. } => !written.contains(&BufferId(i)),
                 Storage::Result => {
                     uses.get(&BufferId(i)) == Some(&1)
                         && !program.updates.iter().any(|u| u.1 == BufferId(i))
@@ -609,14 +609,22 @@ impl<G: Gpu> DeviceExecutable<G> {
         Ok(())
     }
 
-    /// Runs with placeholder values and variable states by name; returns
-    /// the program's outputs and writes assigned variables back.
-    pub fn run(
+    /// Runs with placeholder values in host memory and the variables'
+    /// states in device memory (by name); returns the program's outputs
+    /// and leaves assigned variables' new values in their device memory.
+    ///
+    /// # Safety
+    ///
+    /// Every variable's address must be that of live device memory of this
+    /// device's context holding at least its dtype and shape's bytes, apart
+    /// from every other variable's.
+    pub unsafe fn run(
         &mut self,
         inputs: &HashMap<&str, &Array>,
-        variables: &mut HashMap<String, Array>,
+        variables: &HashMap<&str, DeviceRef>,
     ) -> Result<Vec<Array>> {
-        self.rebind(vec![None; self.program.buffers.len()]);
+        // SAFETY: as this function's contract.
+        unsafe { self.prepare(None, None, variables)? };
         for i in 0..self.program.buffers.len() {
             if let Storage::Input { name } = &self.program.buffers[i].storage {
                 let value = inputs
@@ -627,56 +635,93 @@ impl<G: Gpu> DeviceExecutable<G> {
                 self.write(BufferId(i), value)?;
             }
         }
-        self.execute(variables)?;
-        self.program
+        self.execute()?;
+        let outputs = self
+            .program
             .outputs
             .iter()
             .map(|&b| self.read(b))
-            .collect::<Result<Vec<_>>>()
+            .collect::<Result<Vec<_>>>()?;
+        self.commit(variables)?;
+        Ok(outputs)
     }
 
     /// Runs with placeholder values already in device memory, writing the
-    /// program's outputs to `outputs` (one each, in order), and assigned
-    /// variables back to `variables`. Inputs no kernel writes and results
-    /// are bound where they lie (no copy); the graph of launches is
-    /// recorded again only when those addresses change. Returns once the
-    /// results are written.
+    /// program's outputs to `outputs` (one each, in order); variables as
+    /// for [`DeviceExecutable::run`]. Inputs and variables no kernel writes,
+    /// and results, are bound where they lie (no copy); the graph of
+    /// launches is recorded again only when those addresses change. Returns
+    /// once the results are written.
     ///
     /// # Safety
     ///
     /// Every address must be that of live device memory of this device's
     /// context holding at least its dtype and shape's bytes, and no output
-    /// may overlap another output or an input.
+    /// or variable may overlap another output, variable or input.
     pub unsafe fn run_device(
         &mut self,
         inputs: &HashMap<&str, DeviceRef>,
         outputs: &[DeviceRef],
-        variables: &mut HashMap<String, Array>,
+        variables: &HashMap<&str, DeviceRef>,
     ) -> Result<()> {
-        if outputs.len() != self.program.outputs.len() {
-            return Err(Error::Input(format!(
-                "{} outputs given for a program of {}",
-                outputs.len(),
-                self.program.outputs.len()
-            )));
+        // SAFETY: as this function's contract.
+        let copy_out = unsafe { self.prepare(Some(inputs), Some(outputs), variables)? };
+        self.execute()?;
+        for (b, dst) in copy_out {
+            let bytes = self.program.buffer(b).size_bytes();
+            self.gpu.copy(dst, self.address(b), bytes)?;
+        }
+        self.commit(variables)?;
+        self.gpu.synchronize()
+    }
+
+    /// Binds a run's device memory: the inputs (when given in device
+    /// memory), the outputs (when given) and the variables, each where it
+    /// lies if its buffer can be bound, else copied in now (inputs,
+    /// variables) or listed to copy out after the run (outputs).
+    ///
+    /// # Safety
+    ///
+    /// As [`DeviceExecutable::run_device`].
+    unsafe fn prepare(
+        &mut self,
+        inputs: Option<&HashMap<&str, DeviceRef>>,
+        outputs: Option<&[DeviceRef]>,
+        variables: &HashMap<&str, DeviceRef>,
+    ) -> Result<Vec<(BufferId, u64)>> {
+        if let Some(outputs) = outputs {
+            if outputs.len() != self.program.outputs.len() {
+                return Err(Error::Input(format!(
+                    "{} outputs given for a program of {}",
+                    outputs.len(),
+                    self.program.outputs.len()
+                )));
+            }
         }
         let mut bound = vec![None; self.program.buffers.len()];
         let mut copy_in = Vec::new();
         for (i, slot) in bound.iter_mut().enumerate() {
-            if let Storage::Input { name } = &self.program.buffers[i].storage {
-                let r = inputs
+            let r = match &self.program.buffers[i].storage {
+                Storage::Input { name } => match inputs {
+                    Some(inputs) => inputs
+                        .get(name.as_str())
+                        .ok_or_else(|| Error::Input(format!("input '{name}' was not supplied")))?,
+                    None => continue,
+                },
+                Storage::Variable { name } => variables
                     .get(name.as_str())
-                    .ok_or_else(|| Error::Input(format!("input '{name}' was not supplied")))?;
-                self.check(i, r.dtype, &r.shape)?;
-                if self.bindable[i] {
-                    *slot = Some(r.address);
-                } else {
-                    copy_in.push((i, r.address));
-                }
+                    .ok_or_else(|| Error::Input(format!("variable '{name}' was not supplied")))?,
+                _ => continue,
+            };
+            self.check(i, r.dtype, &r.shape)?;
+            if self.bindable[i] {
+                *slot = Some(r.address);
+            } else {
+                copy_in.push((i, r.address));
             }
         }
         let mut copy_out = Vec::new();
-        for (o, r) in outputs.iter().enumerate() {
+        for (o, r) in outputs.unwrap_or_default().iter().enumerate() {
             let b = self.program.outputs[o];
             self.check(b.0, r.dtype, &r.shape)?;
             // A fetched input is copied out of wherever it is bound.
@@ -692,26 +737,11 @@ impl<G: Gpu> DeviceExecutable<G> {
             let bytes = self.program.buffers[i].size_bytes();
             self.gpu.copy(self.address(BufferId(i)), src, bytes)?;
         }
-        self.execute(variables)?;
-        for (b, dst) in copy_out {
-            let bytes = self.program.buffer(b).size_bytes();
-            self.gpu.copy(dst, self.address(b), bytes)?;
-        }
-        self.gpu.synchronize()
+        Ok(copy_out)
     }
 
-    /// Uploads the variables, runs every step, checks the error word and
-    /// reads assigned variables back.
-    fn execute(&mut self, variables: &mut HashMap<String, Array>) -> Result<()> {
-        for i in 0..self.program.buffers.len() {
-            if let Storage::Variable { name } = &self.program.buffers[i].storage {
-                let value = variables
-                    .get(name)
-                    .ok_or_else(|| Error::Input(format!("variable '{name}' was not supplied")))?;
-                self.check(i, value.dtype(), value.shape())?;
-                self.write(BufferId(i), value)?;
-            }
-        }
+    /// Runs every step and checks the error word.
+    fn execute(&mut self) -> Result<()> {
         if self.profiling {
             for s in 0..self.steps.len() {
                 let start = Instant::now();
@@ -778,12 +808,43 @@ impl<G: Gpu> DeviceExecutable<G> {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Writes assigned variables' new values to their device memory, once
+    /// the outputs are taken (a fetched variable is its value before the
+    /// run); staged where a new value is another variable's state, so that
+    /// swaps hold.
+    fn commit(&mut self, variables: &HashMap<&str, DeviceRef>) -> Result<()> {
+        let mut copies = Vec::new();
         for (var, val) in self.program.updates.clone() {
-            if let Storage::Variable { name } = &self.program.buffer(var).storage {
-                let name = name.clone();
-                let v = self.read(val)?;
-                variables.insert(name, v);
+            let Storage::Variable { name } = &self.program.buffer(var).storage else {
+                continue;
+            };
+            let dst = variables
+                .get(name.as_str())
+                .ok_or_else(|| Error::Input(format!("variable '{name}' was not supplied")))?
+                .address;
+            let bytes = self.program.buffer(val).size_bytes();
+            let src = self.address(val);
+            if src == dst {
+                continue;
             }
+            if matches!(self.program.buffer(val).storage, Storage::Variable { .. }) {
+                let stage = self.gpu.alloc(bytes.max(1))?;
+                let at = self.gpu.address(&stage);
+                self.gpu.copy(at, src, bytes)?;
+                copies.push((dst, at, bytes, Some(stage)));
+            } else {
+                copies.push((dst, src, bytes, None));
+            }
+        }
+        for (dst, src, bytes, _stage) in &copies {
+            self.gpu.copy(*dst, *src, *bytes)?;
+        }
+        if copies.iter().any(|c| c.3.is_some()) {
+            // The staging blocks are freed when dropped: wait for the copies.
+            self.gpu.synchronize()?;
         }
         Ok(())
     }
