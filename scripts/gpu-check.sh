@@ -3,7 +3,7 @@
 # (the lent device machine). Build here first, then carry the binaries:
 #
 #   cargo test --release -p kiln-tests --test cuda --test random_graphs --test training --no-run
-#   cargo build --release -p kiln-bench
+#   cargo build --release -p kiln-bench -p kiln
 #   scripts/gpu-check.sh prepare      # copies them into target/gpu-check/
 #
 # and on the GPU machine (carry target/gpu-check):
@@ -34,6 +34,7 @@ prepare)
         cp "$bin" "$dir/$t-tests"
     done
     cp target/release/kiln-bench "$dir/kiln-bench"
+    cp target/release/kiln "$dir/kiln"
     ls -la "$dir"
     ;;
 run)
@@ -48,21 +49,22 @@ run)
         timeout "$secs" "$@" 2>&1 | tee "$out/$name.txt"
         echo "== $name: exit ${PIPESTATUS[0]} in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
     }
-    step cuda-tests 100 "$dir/cuda-tests" --nocapture --test-threads 1
-    step training 40 "$dir/training-tests" --nocapture
+    step cuda-tests 90 "$dir/cuda-tests" --nocapture --test-threads 1
+    step training 30 bash -c "$dir/training-tests --nocapture &&
+        $dir/kiln run examples/mlp.kiln --input x=examples/digit.npy --device cuda --profile"
     PYTHONUNBUFFERED=1 KILN_BENCH_PYTHON="${KILN_BENCH_PYTHON:-python3}" \
-        step bench "${KILN_BENCH_SECONDS:-200}" "$dir/kiln-bench" --device cuda --runs 200 --peers --dir /tmp/kiln-bench
+        step bench "${KILN_BENCH_SECONDS:-170}" "$dir/kiln-bench" --device cuda --runs 200 --peers --dir /tmp/kiln-bench
     # Variants: BF16 tensor-core matrix products, direct convolutions
     # instead of im2col + GEMM, one element per thread and step.
-    step bench-variants 60 bash -c "
+    step bench-variants 45 bash -c "
         $dir/kiln-bench --device cuda --runs 200 --matmul-precision bf16 \
             --only mlp_b128 --only xfmr_b1 --only cnn_b32 --dir /tmp/kiln-bench-bf16
         KILN_CUDA_CONV=direct $dir/kiln-bench --device cuda --runs 200 --only cnn_b32 --dir /tmp/kiln-bench-direct
         KILN_CUDA_ILP=1 $dir/kiln-bench --device cuda --runs 200 --only ew_chain_64m --dir /tmp/kiln-bench-ilp1"
     KILN_RANDOM_DEVICE=cuda KILN_RANDOM_GRAPHS="${KILN_GPU_RANDOM:-80}" \
-        step random-graphs 60 "$dir/random_graphs-tests" --nocapture --exact random_graphs_match_the_reference
+        step random-graphs 45 "$dir/random_graphs-tests" --nocapture --exact random_graphs_match_the_reference
     if [ "${KILN_GPU_PROFILE:-1}" = 1 ]; then
-        step profile 30 "$dir/kiln-bench" --device cuda --runs 20 --profile --dir /tmp/kiln-bench-profile
+        step profile 25 "$dir/kiln-bench" --device cuda --runs 20 --profile --dir /tmp/kiln-bench-profile
     fi
     cat "$out/summary.txt"
     ;;
