@@ -427,6 +427,10 @@ template <typename F> static void krun(F f) {
         recording: std::cell::RefCell<Option<Vec<Work>>>,
         recorded: Vec<Work>,
         gemm: bool,
+        /// Recordings still to fail (as one spoiled from outside would).
+        pub spoil: std::cell::Cell<usize>,
+        /// Recordings made.
+        pub records: std::cell::Cell<usize>,
     }
 
     impl Default for HostGpu {
@@ -437,6 +441,8 @@ template <typename F> static void krun(F f) {
                 recording: Default::default(),
                 recorded: Vec::new(),
                 gemm: true,
+                spoil: Default::default(),
+                records: Default::default(),
             }
         }
     }
@@ -622,6 +628,11 @@ template <typename F> static void krun(F f) {
         }
 
         fn record(&mut self, launches: &dyn Fn(&Self) -> Result<()>) -> Result<bool> {
+            if self.spoil.get() > 0 {
+                self.spoil.set(self.spoil.get() - 1);
+                return Err(kiln_codegen::Error::Cuda("capture invalidated".into()));
+            }
+            self.records.set(self.records.get() + 1);
             *self.recording.borrow_mut() = Some(Vec::new());
             let r = launches(self);
             self.recorded = self.recording.borrow_mut().take().unwrap_or_default();
@@ -1567,4 +1578,43 @@ fn random_graphs_on_the_host_stand_in() {
     }
     eprintln!("{ran} random graphs agree on the host stand-in, {skipped} skipped");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A recording spoiled from outside (another thread synchronizing the
+/// device) costs the run nothing: its steps run directly, and a later run
+/// records again.
+#[test]
+fn a_spoiled_recording_runs_the_steps_directly() {
+    if !have_cxx() {
+        eprintln!("no C++ compiler: skipping");
+        return;
+    }
+    let graph = kiln_tests::mlp(&[8, 16, 4]);
+    let feeds = kiln_tests::feeds_for(&graph, 3, 1);
+    let bindings: Bindings = [("batch".to_string(), 3usize)].into_iter().collect();
+    let opts = CompileOptions {
+        freeze_variables: true,
+        ..Default::default()
+    };
+    let program = compile(&graph, graph.outputs(), &bindings, &opts)
+        .unwrap()
+        .program;
+    let gpu = host::HostGpu::default();
+    gpu.spoil.set(2);
+    let mut exe = cuda::exec::DeviceExecutable::new(gpu, &program).unwrap();
+    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let want = Session::new(&graph, Device::Reference)
+        .unwrap()
+        .run_outputs(&refs)
+        .unwrap();
+    for run in 0..4 {
+        // SAFETY: the program has no variables.
+        let got = unsafe { exe.run(&inputs_host(&feeds), &Default::default()) }.unwrap();
+        kiln_tests::compare(&want[0].1, &got[0]).unwrap_or_else(|e| panic!("run {run}: {e}"));
+    }
+    assert_eq!(
+        exe.gpu().records.get(),
+        1,
+        "recorded once the spoiling stopped"
+    );
 }

@@ -207,6 +207,8 @@ pub struct DeviceExecutable<G: Gpu> {
     error: Option<G::Mem>,
     profiling: bool,
     profile: Vec<KernelTime>,
+    /// Recordings that failed (see `execute`).
+    record_failures: usize,
 }
 
 /// Runs one step's device work (a launch or a matrix product).
@@ -497,6 +499,7 @@ impl<G: Gpu> DeviceExecutable<G> {
             error,
             profiling: false,
             profile: Vec::new(),
+            record_failures: 0,
         };
         exe.bind();
         Ok(exe)
@@ -765,11 +768,20 @@ impl<G: Gpu> DeviceExecutable<G> {
         } else {
             if self.graph == Graph::Untried {
                 let steps = &self.steps;
-                self.graph = if self.gpu.record(&|g| launch_all(g, steps))? {
-                    Graph::Recorded
-                } else {
-                    Graph::Off
-                };
+                match self.gpu.record(&|g| launch_all(g, steps)) {
+                    Ok(true) => self.graph = Graph::Recorded,
+                    Ok(false) => self.graph = Graph::Off,
+                    // Something outside can spoil a recording (a device-wide
+                    // synchronization from another thread): the steps run
+                    // directly this time, and later runs record again, up
+                    // to a few tries.
+                    Err(_) => {
+                        self.record_failures += 1;
+                        if self.record_failures >= 3 {
+                            self.graph = Graph::Off;
+                        }
+                    }
+                }
             }
             if self.graph == Graph::Recorded {
                 self.gpu.replay()?;
@@ -941,6 +953,15 @@ impl CudaGpu {
     }
 }
 
+impl Drop for CudaGpu {
+    fn drop(&mut self) {
+        // Unloading modules may synchronize the device (see `serial`).
+        let _serial = super::serial();
+        self.graph = None;
+        self.functions.clear();
+    }
+}
+
 impl Gpu for CudaGpu {
     type Mem = cudarc::driver::CudaSlice<u8>;
 
@@ -1000,6 +1021,7 @@ impl Gpu for CudaGpu {
         }
         // One unit, one NVRTC call (or a cache hit), one module.
         let ptx = super::compile_cached(&source::unit(kernels), self.arch)?;
+        let _serial = super::serial();
         let module = self
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
@@ -1139,6 +1161,9 @@ impl Gpu for CudaGpu {
 
     fn record(&mut self, launches: &dyn Fn(&Self) -> Result<()>) -> Result<bool> {
         use cudarc::driver::sys;
+        // No module load or stream creation of another kiln session (each
+        // may synchronize the device) while this stream records.
+        let _serial = super::serial();
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(cuda_err)?;

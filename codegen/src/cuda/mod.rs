@@ -186,6 +186,15 @@ pub fn sources(program: &KernelProgram) -> Result<Vec<source::KernelSource>> {
     Ok(out)
 }
 
+/// Held while a stream records a CUDA graph, and around the operations of
+/// kiln that may synchronize the whole device (loading a module, making a
+/// stream): such a synchronization from another thread would spoil the
+/// recording.
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A CUDA device, checked: the driver library loads, the device exists.
 /// It holds the stream every program and device tensor of its session is
 /// ordered on, and (made on first use) the cuBLAS handle they share.
@@ -220,6 +229,7 @@ impl CudaDevice {
                 "no cuda:{ordinal}: this machine has {count} CUDA device(s)"
             )));
         }
+        let _serial = serial();
         let ctx = cudarc::driver::CudaContext::new(ordinal)
             .map_err(|e| Error::Cuda(format!("opening cuda:{ordinal}: {e}")))?;
         let stream = ctx
@@ -265,6 +275,7 @@ impl CudaDevice {
             None
         } else {
             let err = |e: &dyn std::fmt::Display| Error::Cuda(format!("cuBLAS: {e}"));
+            let _serial = serial();
             let handle = cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| err(&e))?;
             let workspace = self
                 .stream
