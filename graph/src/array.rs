@@ -18,6 +18,10 @@ pub enum Data {
     I64(Vec<i64>),
     /// bool elements.
     Bool(Vec<bool>),
+    /// f16 elements.
+    F16(Vec<half::f16>),
+    /// bf16 elements.
+    BF16(Vec<half::bf16>),
 }
 
 impl Data {
@@ -29,6 +33,8 @@ impl Data {
             Data::I32(_) => DType::I32,
             Data::I64(_) => DType::I64,
             Data::Bool(_) => DType::Bool,
+            Data::F16(_) => DType::F16,
+            Data::BF16(_) => DType::BF16,
         }
     }
 
@@ -40,6 +46,8 @@ impl Data {
             Data::I32(v) => v.len(),
             Data::I64(v) => v.len(),
             Data::Bool(v) => v.len(),
+            Data::F16(v) => v.len(),
+            Data::BF16(v) => v.len(),
         }
     }
 
@@ -56,6 +64,8 @@ impl Data {
             DType::I32 => Data::I32(vec![0; n]),
             DType::I64 => Data::I64(vec![0; n]),
             DType::Bool => Data::Bool(vec![false; n]),
+            DType::F16 => Data::F16(vec![half::f16::ZERO; n]),
+            DType::BF16 => Data::BF16(vec![half::bf16::ZERO; n]),
         }
     }
 
@@ -67,6 +77,8 @@ impl Data {
             DType::I32 => Data::I32(vec![i32::from_f64(v); n]),
             DType::I64 => Data::I64(vec![i64::from_f64(v); n]),
             DType::Bool => Data::Bool(vec![bool::from_f64(v); n]),
+            DType::F16 => Data::F16(vec![half::f16::from_f64(v); n]),
+            DType::BF16 => Data::BF16(vec![half::bf16::from_f64(v); n]),
         }
     }
 
@@ -78,6 +90,8 @@ impl Data {
             Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
+            Data::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }
 
@@ -119,6 +133,18 @@ impl Data {
                 }
                 Data::Bool(bytes.iter().map(|&b| b == 1).collect())
             }
+            DType::F16 => Data::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::BF16 => Data::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
         })
     }
 }
@@ -134,6 +160,8 @@ macro_rules! map_data {
             $crate::array::Data::I32($v) => $crate::array::Data::I32($body),
             $crate::array::Data::I64($v) => $crate::array::Data::I64($body),
             $crate::array::Data::Bool($v) => $crate::array::Data::Bool($body),
+            $crate::array::Data::F16($v) => $crate::array::Data::F16($body),
+            $crate::array::Data::BF16($v) => $crate::array::Data::BF16($body),
         }
     };
 }
@@ -180,6 +208,32 @@ impl_elem!(f64, F64, DType::F64);
 impl_elem!(i32, I32, DType::I32);
 impl_elem!(i64, I64, DType::I64);
 
+macro_rules! impl_half_elem {
+    ($t:ty, $variant:ident, $dt:expr) => {
+        impl Elem for $t {
+            const DTYPE: DType = $dt;
+            fn slice(data: &Data) -> Option<&[Self]> {
+                match data {
+                    Data::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn wrap(v: Vec<Self>) -> Data {
+                Data::$variant(v)
+            }
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            fn from_f64(v: f64) -> Self {
+                <$t>::from_f64(v)
+            }
+        }
+    };
+}
+
+impl_half_elem!(half::f16, F16, DType::F16);
+impl_half_elem!(half::bf16, BF16, DType::BF16);
+
 impl Elem for bool {
     const DTYPE: DType = DType::Bool;
     fn slice(data: &Data) -> Option<&[Self]> {
@@ -212,6 +266,10 @@ pub enum Scalar {
     I64(i64),
     /// A bool.
     Bool(bool),
+    /// An f16.
+    F16(half::f16),
+    /// A bf16.
+    BF16(half::bf16),
 }
 
 impl Scalar {
@@ -223,6 +281,8 @@ impl Scalar {
             Scalar::I32(_) => DType::I32,
             Scalar::I64(_) => DType::I64,
             Scalar::Bool(_) => DType::Bool,
+            Scalar::F16(_) => DType::F16,
+            Scalar::BF16(_) => DType::BF16,
         }
     }
 
@@ -234,6 +294,8 @@ impl Scalar {
             DType::I32 => Scalar::I32(v as i32),
             DType::I64 => Scalar::I64(v as i64),
             DType::Bool => Scalar::Bool(v != 0.0),
+            DType::F16 => Scalar::F16(half::f16::from_f64(v)),
+            DType::BF16 => Scalar::BF16(half::bf16::from_f64(v)),
         }
     }
 
@@ -245,6 +307,8 @@ impl Scalar {
             Scalar::I32(v) => v as f64,
             Scalar::I64(v) => v as f64,
             Scalar::Bool(v) => v as u8 as f64,
+            Scalar::F16(v) => v.to_f64(),
+            Scalar::BF16(v) => v.to_f64(),
         }
     }
 
@@ -345,6 +409,8 @@ impl Array {
             Data::I32(v) => v.iter().map(|x| x.to_f64()).collect(),
             Data::I64(v) => v.iter().map(|x| x.to_f64()).collect(),
             Data::Bool(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
         }
     }
 
@@ -357,6 +423,8 @@ impl Array {
             Data::I32(v) => v.as_ptr() as *const u8,
             Data::I64(v) => v.as_ptr() as *const u8,
             Data::Bool(v) => v.as_ptr() as *const u8,
+            Data::F16(v) => v.as_ptr() as *const u8,
+            Data::BF16(v) => v.as_ptr() as *const u8,
         }
     }
 
@@ -370,6 +438,8 @@ impl Array {
             Data::I32(v) => v.as_mut_ptr() as *mut u8,
             Data::I64(v) => v.as_mut_ptr() as *mut u8,
             Data::Bool(v) => v.as_mut_ptr() as *mut u8,
+            Data::F16(v) => v.as_mut_ptr() as *mut u8,
+            Data::BF16(v) => v.as_mut_ptr() as *mut u8,
         }
     }
 
@@ -383,6 +453,8 @@ impl Array {
             Data::I32(v) => Scalar::I32(v[i]),
             Data::I64(v) => Scalar::I64(v[i]),
             Data::Bool(v) => Scalar::Bool(v[i]),
+            Data::F16(v) => Scalar::F16(v[i]),
+            Data::BF16(v) => Scalar::BF16(v[i]),
         }
     }
 
@@ -406,6 +478,8 @@ impl Array {
             DType::I32 => collect!(I32),
             DType::I64 => collect!(I64),
             DType::Bool => collect!(Bool),
+            DType::F16 => collect!(F16),
+            DType::BF16 => collect!(BF16),
         }?;
         Array::new(shape, data)
     }

@@ -5,8 +5,9 @@ use std::fmt;
 
 /// The element type of a tensor.
 ///
-/// `f16` and `bf16` are reserved for later; adding them is a new variant here and
-/// a storage variant in [`crate::array::Data`].
+/// `f16` (IEEE binary16) and `bf16` (bfloat16) are storage types: every op
+/// on them computes in f32 and rounds its result to the half type (see
+/// `interp`), as a GPU's half-precision units with f32 accumulation do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
@@ -20,11 +21,23 @@ pub enum DType {
     I64,
     /// Boolean (one byte per element in memory and in files).
     Bool,
+    /// 16-bit IEEE float (binary16).
+    F16,
+    /// bfloat16: f32's exponent, 8 bits of significand.
+    BF16,
 }
 
 impl DType {
     /// Every dtype, in a fixed order.
-    pub const ALL: [DType; 5] = [DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool];
+    pub const ALL: [DType; 7] = [
+        DType::F32,
+        DType::F64,
+        DType::I32,
+        DType::I64,
+        DType::Bool,
+        DType::F16,
+        DType::BF16,
+    ];
 
     /// Size of one element in bytes.
     pub fn size_bytes(self) -> usize {
@@ -32,12 +45,19 @@ impl DType {
             DType::F32 | DType::I32 => 4,
             DType::F64 | DType::I64 => 8,
             DType::Bool => 1,
+            DType::F16 | DType::BF16 => 2,
         }
     }
 
     /// True for floating-point dtypes.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F64)
+        matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+    }
+
+    /// True for the half-precision storage types (`f16`, `bf16`), which
+    /// compute in f32.
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16)
     }
 
     /// True for signed integer dtypes.
@@ -58,6 +78,8 @@ impl DType {
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::Bool => "bool",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
         }
     }
 

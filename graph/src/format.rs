@@ -140,6 +140,8 @@ impl View for WeightView<'_> {
             DType::I32 => Dtype::I32,
             DType::I64 => Dtype::I64,
             DType::Bool => Dtype::BOOL,
+            DType::F16 => Dtype::F16,
+            DType::BF16 => Dtype::BF16,
         }
     }
     fn shape(&self) -> &[usize] {
@@ -157,6 +159,8 @@ fn from_st_dtype(d: Dtype) -> Option<DType> {
     Some(match d {
         Dtype::F32 => DType::F32,
         Dtype::F64 => DType::F64,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
         Dtype::I32 => DType::I32,
         Dtype::I64 => DType::I64,
         Dtype::BOOL => DType::Bool,

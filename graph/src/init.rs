@@ -82,6 +82,8 @@ impl Init {
         };
         let data = match dtype {
             DType::F32 => Data::F32(vals.into_iter().map(|v| v as f32).collect()),
+            DType::F16 => Data::F16(vals.into_iter().map(half::f16::from_f64).collect()),
+            DType::BF16 => Data::BF16(vals.into_iter().map(half::bf16::from_f64).collect()),
             _ => Data::F64(vals),
         };
         Ok(Array::new(shape.to_vec(), data).expect("initializer shape matches"))

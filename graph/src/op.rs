@@ -583,7 +583,58 @@ impl Op {
     ///
     /// `out` is the node's output shape with symbolic dims resolved. Placeholders
     /// and variables are not evaluated here: the interpreter supplies their values.
+    ///
+    /// Half types (`f16`, `bf16`) compute in f32: an op with a half input, or
+    /// a half dtype of its own (iota, random), runs on the inputs widened to
+    /// f32 (exactly) and rounds its f32 result to that half type once. Casts
+    /// and constants are themselves.
     pub fn eval(&self, inputs: &[&Array], out: &[usize]) -> Result<Array, String> {
+        let own = match self {
+            Op::Iota { dtype, .. }
+            | Op::RandomUniform { dtype, .. }
+            | Op::RandomNormal { dtype, .. } => Some(*dtype),
+            _ => None,
+        };
+        let half = own
+            .into_iter()
+            .chain(inputs.iter().map(|a| a.dtype()))
+            .find(|d| d.is_half());
+        let passes = matches!(
+            self,
+            Op::Cast { .. } | Op::Constant { .. } | Op::Placeholder { .. } | Op::Variable { .. }
+        );
+        let Some(half) = half.filter(|_| !passes) else {
+            return self.eval_native(inputs, out);
+        };
+        let wide: Vec<Array> = inputs
+            .iter()
+            .map(|a| {
+                if a.dtype().is_half() {
+                    ops::elementwise::eval_cast(a, DType::F32)
+                } else {
+                    (*a).clone()
+                }
+            })
+            .collect();
+        let refs: Vec<&Array> = wide.iter().collect();
+        let mut op = self.clone();
+        if let Op::Iota { dtype, .. }
+        | Op::RandomUniform { dtype, .. }
+        | Op::RandomNormal { dtype, .. } = &mut op
+        {
+            if dtype.is_half() {
+                *dtype = DType::F32;
+            }
+        }
+        let r = op.eval_native(&refs, out)?;
+        Ok(if r.dtype() == DType::F32 {
+            ops::elementwise::eval_cast(&r, half)
+        } else {
+            r
+        })
+    }
+
+    fn eval_native(&self, inputs: &[&Array], out: &[usize]) -> Result<Array, String> {
         match self {
             Op::Placeholder { .. } | Op::Variable { .. } => {
                 Err("placeholders and variables take their value from the session".into())

@@ -36,6 +36,8 @@ fn read_scalar(bytes: &[u8], dtype: DType, i: usize) -> Option<Scalar> {
         DType::I32 => Scalar::I32(i32::from_le_bytes(b.try_into().ok()?)),
         DType::I64 => Scalar::I64(i64::from_le_bytes(b.try_into().ok()?)),
         DType::Bool => Scalar::Bool(b[0] != 0),
+        DType::F16 => Scalar::F16(half::f16::from_le_bytes(b.try_into().ok()?)),
+        DType::BF16 => Scalar::BF16(half::bf16::from_le_bytes(b.try_into().ok()?)),
     })
 }
 
@@ -46,6 +48,8 @@ fn scalar_bytes(s: Scalar) -> Vec<u8> {
         Scalar::I32(v) => v.to_le_bytes().to_vec(),
         Scalar::I64(v) => v.to_le_bytes().to_vec(),
         Scalar::Bool(v) => vec![v as u8],
+        Scalar::F16(v) => v.to_le_bytes().to_vec(),
+        Scalar::BF16(v) => v.to_le_bytes().to_vec(),
     }
 }
 

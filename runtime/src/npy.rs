@@ -12,14 +12,20 @@ use crate::error::{Error, Result};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
-/// Encodes an array as `.npy` bytes (version 1.0, little-endian).
+/// Encodes an array as `.npy` bytes (version 1.0, little-endian). NumPy
+/// has no bfloat16, so bf16 arrays are written widened to f32 (exactly).
 pub fn to_bytes(a: &Array) -> Vec<u8> {
+    if a.dtype() == DType::BF16 {
+        return to_bytes(&kiln_graph::ops::elementwise::eval_cast(a, DType::F32));
+    }
     let descr = match a.dtype() {
         DType::F32 => "<f4",
         DType::F64 => "<f8",
         DType::I32 => "<i4",
         DType::I64 => "<i8",
         DType::Bool => "|b1",
+        DType::F16 => "<f2",
+        DType::BF16 => unreachable!("widened above"),
     };
     let shape = match a.shape() {
         [] => "()".to_string(),
@@ -113,12 +119,13 @@ pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Array> {
     let dtype = match code {
         "f4" => DType::F32,
         "f8" => DType::F64,
+        "f2" => DType::F16,
         "i4" => DType::I32,
         "i8" => DType::I64,
         "b1" | "?" => DType::Bool,
         other => {
             return Err(fail(format!(
-                "unsupported dtype '{other}' (kiln reads f4, f8, i4, i8, b1)"
+                "unsupported dtype '{other}' (kiln reads f2, f4, f8, i4, i8, b1)"
             )))
         }
     };

@@ -39,6 +39,9 @@ fn cl(dtype: DType) -> Type {
         DType::I32 => types::I32,
         DType::I64 => types::I64,
         DType::Bool => types::I8,
+        // Storage only: programs with half buffers are refused up front
+        // (`half_refused`).
+        DType::F16 | DType::BF16 => types::I16,
     }
 }
 
@@ -382,6 +385,8 @@ impl Emitter<'_, '_> {
             Scalar::I32(v) => self.b.ins().iconst(types::I32, v as i64),
             Scalar::I64(v) => self.b.ins().iconst(types::I64, v),
             Scalar::Bool(v) => self.b.ins().iconst(types::I8, v as i64),
+            Scalar::F16(v) => self.b.ins().iconst(types::I16, v.to_bits() as i64),
+            Scalar::BF16(v) => self.b.ins().iconst(types::I16, v.to_bits() as i64),
         }
     }
 

@@ -309,6 +309,7 @@ impl Backend for CpuBackend {
     type Executable = CpuExecutable;
 
     fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
+        crate::half_refused(program, "the CPU backend")?;
         if self.threads > 1 {
             // Start the workers now, so they are settled on their own CPUs
             // before the first runs measure splitting.
@@ -673,10 +674,10 @@ impl CpuExecutable {
                         n,
                         k,
                     ),
-                    DType::Bool => {
+                    DType::Bool | DType::F16 | DType::BF16 => {
                         return Err(Error::Run {
                             kernel: usize::MAX,
-                            reason: "bool matmul".into(),
+                            reason: format!("{dtype} matmul"),
                         })
                     }
                 }

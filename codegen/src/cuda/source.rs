@@ -104,6 +104,8 @@ pub fn ctype(d: DType) -> &'static str {
         DType::I32 => "int",
         DType::I64 => "i64",
         DType::Bool => "bool",
+        // Storage only: programs with half buffers are refused up front.
+        DType::F16 | DType::BF16 => "unsigned short",
     }
 }
 
@@ -520,6 +522,8 @@ fn literal(s: Scalar) -> String {
         Scalar::I64(v) if v == i64::MIN => "(-9223372036854775807LL - 1)".into(),
         Scalar::I64(v) => format!("({v}LL)"),
         Scalar::Bool(v) => (if v { "true" } else { "false" }).into(),
+        Scalar::F16(v) => format!("((unsigned short){})", v.to_bits()),
+        Scalar::BF16(v) => format!("((unsigned short){})", v.to_bits()),
     }
 }
 
@@ -1075,7 +1079,9 @@ fn binary(f: BinaryOp, a: &str, b: &str, t: DType) -> Result<String, Unsupported
             DType::F64 => format!("pow({a}, {b})"),
             DType::I32 => format!("kpow32({a}, {b})"),
             DType::I64 => format!("kpow64({a}, {b})"),
-            DType::Bool => return Err(Unsupported("pow on bool".into())),
+            DType::Bool | DType::F16 | DType::BF16 => {
+                return Err(Unsupported(format!("pow on {t}")))
+            }
         },
         Max => match t {
             DType::F32 => format!("kmaxf({a}, {b})"),

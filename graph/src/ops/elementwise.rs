@@ -256,6 +256,9 @@ pub fn unary_scalar(f: UnaryOp, x: Scalar) -> Scalar {
             _ => a.signum(),
         }),
         Scalar::Bool(a) => Scalar::Bool(!a),
+        // Half types compute in f32, then round.
+        Scalar::F16(a) => Scalar::F16(half::f16::from_f32(f32::apply(f, a.to_f32()))),
+        Scalar::BF16(a) => Scalar::BF16(half::bf16::from_f32(f32::apply(f, a.to_f32()))),
     }
 }
 
@@ -268,6 +271,19 @@ pub fn binary_scalar(f: BinaryOp, a: Scalar, b: Scalar) -> Scalar {
         (Scalar::I32(x), Scalar::I32(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
         (Scalar::I64(x), Scalar::I64(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
         (Scalar::Bool(x), Scalar::Bool(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::F16(x), Scalar::F16(y)) if f.is_comparison() => {
+            Scalar::Bool(compare(f, x.to_f32(), y.to_f32()))
+        }
+        (Scalar::BF16(x), Scalar::BF16(y)) if f.is_comparison() => {
+            Scalar::Bool(compare(f, x.to_f32(), y.to_f32()))
+        }
+        // Half types compute in f32, then round.
+        (Scalar::F16(x), Scalar::F16(y)) => {
+            Scalar::F16(half::f16::from_f32(f32::binary(f, x.to_f32(), y.to_f32())))
+        }
+        (Scalar::BF16(x), Scalar::BF16(y)) => {
+            Scalar::BF16(half::bf16::from_f32(f32::binary(f, x.to_f32(), y.to_f32())))
+        }
         (Scalar::F32(x), Scalar::F32(y)) => Scalar::F32(f32::binary(f, x, y)),
         (Scalar::F64(x), Scalar::F64(y)) => Scalar::F64(f64::binary(f, x, y)),
         (Scalar::I32(x), Scalar::I32(y)) => Scalar::I32(int_binary!(i32, f, x, y)),
@@ -297,6 +313,9 @@ pub fn cast_scalar(x: Scalar, to: DType) -> Scalar {
                 DType::I32 => Scalar::I32($v as i32),
                 DType::I64 => Scalar::I64($v as i64),
                 DType::Bool => Scalar::Bool(($v as f64) != 0.0),
+                // One rounding, from the exact value.
+                DType::F16 => Scalar::F16(half::f16::from_f64($v as f64)),
+                DType::BF16 => Scalar::BF16(half::bf16::from_f64($v as f64)),
             }
         };
     }
@@ -306,6 +325,9 @@ pub fn cast_scalar(x: Scalar, to: DType) -> Scalar {
         Scalar::I32(v) => conv!(v),
         Scalar::I64(v) => conv!(v),
         Scalar::Bool(v) => conv!(v as u8),
+        // Exactly representable in f32, so as an f32.
+        Scalar::F16(v) => conv!(v.to_f32()),
+        Scalar::BF16(v) => conv!(v.to_f32()),
     }
 }
 

@@ -29,6 +29,8 @@ pub fn eval_iota(dtype: DType, out: &[usize], axis: usize) -> Array {
         DType::F64 => Data::F64(idx.collect()),
         DType::I32 => Data::I32(idx.map(|v| v as i32).collect()),
         DType::I64 => Data::I64(idx.map(|v| v as i64).collect()),
+        DType::F16 => Data::F16(idx.map(half::f16::from_f64).collect()),
+        DType::BF16 => Data::BF16(idx.map(half::bf16::from_f64).collect()),
         DType::Bool => unreachable!("checked by infer_iota"),
     };
     Array::new(out.to_vec(), data).expect("iota shape matches")

@@ -250,6 +250,8 @@ pub fn eval_conv2d(
 pub(crate) fn float_array(dtype: crate::dtype::DType, shape: &[usize], v: Vec<f64>) -> Array {
     let data = match dtype {
         crate::dtype::DType::F32 => Data::F32(v.into_iter().map(|a| a as f32).collect()),
+        crate::dtype::DType::F16 => Data::F16(v.into_iter().map(half::f16::from_f64).collect()),
+        crate::dtype::DType::BF16 => Data::BF16(v.into_iter().map(half::bf16::from_f64).collect()),
         _ => Data::F64(v),
     };
     Array::new(shape.to_vec(), data).expect("float array shape matches")

@@ -146,6 +146,17 @@ pub fn eval_reduce(f: ReduceOp, x: &Array, axes: &[usize], out: &[usize]) -> Res
         Data::F64(v) => Data::F64(float_reduce!(v, f64)),
         Data::I32(v) => Data::I32(int_reduce!(v, i32)),
         Data::I64(v) => Data::I64(int_reduce!(v, i64)),
+        // Half types reduce as f32, then round.
+        Data::F16(v) => {
+            let v: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
+            let r: Vec<f32> = float_reduce!(&v, f32);
+            Data::F16(r.into_iter().map(half::f16::from_f32).collect())
+        }
+        Data::BF16(v) => {
+            let v: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
+            let r: Vec<f32> = float_reduce!(&v, f32);
+            Data::BF16(r.into_iter().map(half::bf16::from_f32).collect())
+        }
         Data::Bool(_) => return Err("cannot reduce bool tensors".into()),
     };
     Ok(Array::new(out.to_vec(), data).expect("reduced shape matches"))
@@ -164,6 +175,8 @@ pub fn eval_arg(f: ArgOp, x: &Array, axis: usize, out: &[usize]) -> Result<Array
         Data::F64(v) => arg_along(v, x.shape(), axis, f),
         Data::I32(v) => arg_along(v, x.shape(), axis, f),
         Data::I64(v) => arg_along(v, x.shape(), axis, f),
+        Data::F16(v) => arg_along(v, x.shape(), axis, f),
+        Data::BF16(v) => arg_along(v, x.shape(), axis, f),
         Data::Bool(_) => return Err("cannot take argmax/argmin of bool tensors".into()),
     };
     Ok(Array::new(out.to_vec(), Data::I64(res)).expect("arg shape matches"))
