@@ -36,22 +36,3 @@ pub trait Executable {
         variables: &mut HashMap<String, Array>,
     ) -> Result<Vec<Array>>;
 }
-
-/// The error for a program with f16 or bf16 buffers, which the compiled
-/// backends do not run yet (the reference does: they compute in f32).
-pub(crate) fn half_refused(
-    program: &kiln_optimizer::kernel::KernelProgram,
-    backend: &str,
-) -> Result<()> {
-    match program.buffers.iter().find(|b| b.dtype.is_half()) {
-        Some(b) => Err(Error::Codegen {
-            kernel: usize::MAX,
-            reason: format!(
-                "{backend} does not run {} tensors yet (a buffer of {:?}); \
-                 run the graph on Device::Reference, or cast to f32",
-                b.dtype, b.shape
-            ),
-        }),
-        None => Ok(()),
-    }
-}

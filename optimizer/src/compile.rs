@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::kernel::KernelProgram;
 use crate::pass::PassReport;
 use crate::passes::default_pipeline;
-use crate::{loops, lower, plan};
+use crate::{loops, lower, plan, widen};
 
 /// Options of [`compile`].
 #[derive(Clone, Debug, Default)]
@@ -39,6 +39,8 @@ pub fn compile(
 ) -> Result<Compiled> {
     let mut g = graph.clone();
     g.set_outputs(fetches.to_vec())?;
+    // Half types compute in f32: explicit before anything else sees them.
+    let g = widen::widen_half(&g)?;
     let (g, reports) = if opts.no_simplify {
         (g, Vec::new())
     } else {

@@ -26,6 +26,7 @@ pub mod plan;
 pub mod rewrite;
 pub mod svg;
 pub mod text;
+pub mod widen;
 
 pub use compile::{compile, CompileOptions, Compiled};
 pub use error::{Error, Result};

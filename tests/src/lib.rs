@@ -148,6 +148,9 @@ pub fn tolerance(dtype: DType) -> (f64, f64) {
     match dtype {
         DType::F32 => (1e-4, 1e-5),
         DType::F64 => (1e-10, 1e-12),
+        // One rounding apart at most: f16 has 11 significant bits, bf16 8.
+        DType::F16 => (1e-3, 1e-6),
+        DType::BF16 => (8e-3, 1e-6),
         _ => (0.0, 0.0),
     }
 }

@@ -340,6 +340,7 @@ mod host {
 #define __restrict__ __restrict
 struct KDim { unsigned x; };
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
@@ -1002,6 +1003,57 @@ fn device_cases() -> Vec<Case> {
             Bindings::default(),
             feeds,
         ));
+    }
+    // Half types (stored in 16 bits, computed in f32): elementwise chains,
+    // casts between every float type and integers, a reduction, softmax,
+    // a matrix product and a convolution.
+    {
+        let g = GraphBuilder::new();
+        let x = g.placeholder("x", DType::F16, shape![4, 40]).unwrap();
+        let y = g.placeholder("y", DType::BF16, shape![4, 40]).unwrap();
+        let w = g.placeholder("w", DType::F16, shape![40, 5]).unwrap();
+        let img = g
+            .placeholder("img", DType::BF16, shape![1, 2, 6, 6])
+            .unwrap();
+        let k = g.placeholder("k", DType::BF16, shape![3, 2, 3, 3]).unwrap();
+        let e = x.mul(1.5).unwrap().add(0.25).unwrap().tanh().unwrap();
+        e.named("chain").unwrap();
+        y.cast(DType::F16)
+            .unwrap()
+            .add(x)
+            .unwrap()
+            .named("mixed")
+            .unwrap();
+        x.cast(DType::I32).unwrap().named("ints").unwrap();
+        x.mul(1000.0)
+            .unwrap()
+            .cast(DType::I64)
+            .unwrap()
+            .cast(DType::BF16)
+            .unwrap()
+            .cast(DType::F64)
+            .unwrap()
+            .named("back")
+            .unwrap();
+        y.sum(&[1], false).unwrap().named("rowsum").unwrap();
+        x.softmax(-1).unwrap().named("softmax").unwrap();
+        x.matmul(w).unwrap().named("mm").unwrap();
+        img.conv2d(k, Conv2dOptions::default().padding(1))
+            .unwrap()
+            .relu()
+            .unwrap()
+            .named("conv")
+            .unwrap();
+        x.gt(0.5).unwrap().named("gt").unwrap();
+        x.mul(300.0).unwrap().named("overflow").unwrap();
+        let mut graph = g.into_graph();
+        let names = [
+            "chain", "mixed", "ints", "back", "rowsum", "softmax", "mm", "conv", "gt", "overflow",
+        ];
+        let outs = names.iter().map(|n| graph.find(n).unwrap()).collect();
+        graph.set_outputs(outs).unwrap();
+        let feeds = kiln_tests::feeds_for(&graph, 1, 19);
+        cases.push(("half types".to_string(), graph, Bindings::default(), feeds));
     }
     // Gather along each axis, with negative indices.
     for axis in [0usize, 1] {

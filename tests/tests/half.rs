@@ -1,7 +1,6 @@
 //! Half-precision storage types (`f16`, `bf16`) on the reference: every op
 //! computes in f32 and rounds its result once; sums and products accumulate
-//! wide; files and `.npy` keep them; the compiled backends refuse them with
-//! a clear error for now.
+//! wide; files and `.npy` keep them; the CPU backend computes the same.
 
 use half::{bf16, f16};
 use kiln::graph::Graph;
@@ -187,20 +186,62 @@ fn gradients_flow_through_half_tensors() {
     assert_eq!(f32s(s.variable("w").unwrap()), vec![0.0, 1.5]);
 }
 
-#[test]
-fn compiled_backends_refuse_half_tensors_clearly() {
+/// A graph mixing both half types with f32: elementwise chains, casts
+/// between all float types and integers, a reduction, softmax, a matrix
+/// product and a convolution; fed deterministic values.
+fn mixed_graph() -> (Graph, Vec<(String, Array)>) {
     let g = GraphBuilder::new();
-    let x = g.placeholder("x", DType::BF16, [2]).unwrap();
-    g.output(x.add(1.0).unwrap().named("y").unwrap()).unwrap();
-    let graph = g.into_graph();
-    let xs = b(&[1.0, 2.0]);
-    let err = Session::new(&graph, Device::Cpu)
+    let x = g.placeholder("x", DType::F16, [4, 8]).unwrap();
+    let y = g.placeholder("y", DType::BF16, [4, 8]).unwrap();
+    let w = g.placeholder("w", DType::F16, [8, 5]).unwrap();
+    let img = g.placeholder("img", DType::BF16, [1, 2, 6, 6]).unwrap();
+    let k = g.placeholder("k", DType::BF16, [3, 2, 3, 3]).unwrap();
+    let e = x.mul(1.5).unwrap().add(0.25).unwrap().tanh().unwrap();
+    g.output(e.named("chain").unwrap()).unwrap();
+    let yx = y.cast(DType::F16).unwrap().add(x).unwrap();
+    g.output(yx.named("mixed").unwrap()).unwrap();
+    g.output(x.cast(DType::I32).unwrap().named("ints").unwrap())
+        .unwrap();
+    let back = x
+        .cast(DType::I64)
         .unwrap()
-        .run(&[("x", &xs)], &["y"])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("does not run bf16 tensors yet") && err.contains("Device::Reference"),
-        "{err}"
-    );
+        .cast(DType::BF16)
+        .unwrap()
+        .cast(DType::F64)
+        .unwrap();
+    g.output(back.named("back").unwrap()).unwrap();
+    g.output(y.sum(&[1], false).unwrap().named("rowsum").unwrap())
+        .unwrap();
+    g.output(x.softmax(-1).unwrap().named("softmax").unwrap())
+        .unwrap();
+    g.output(x.matmul(w).unwrap().named("mm").unwrap()).unwrap();
+    let opts = Conv2dOptions::default().padding(1);
+    g.output(
+        img.conv2d(k, opts)
+            .unwrap()
+            .relu()
+            .unwrap()
+            .named("conv")
+            .unwrap(),
+    )
+    .unwrap();
+    g.output(x.gt(0.5).unwrap().named("gt").unwrap()).unwrap();
+    let graph = g.into_graph();
+    let feeds = kiln_tests::feeds_for(&graph, 1, 17);
+    (graph, feeds)
+}
+
+#[test]
+fn the_cpu_backend_computes_what_the_reference_does() {
+    let (graph, feeds) = mixed_graph();
+    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let want = reference(&graph, &refs);
+    let got = Session::new(&graph, Device::Cpu)
+        .unwrap()
+        .run_outputs(&refs)
+        .unwrap();
+    for (w, (name, g)) in want.iter().zip(&got) {
+        assert_eq!(w.dtype(), g.dtype(), "{name}");
+        kiln_tests::compare(w, g).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }

@@ -39,9 +39,10 @@ fn cl(dtype: DType) -> Type {
         DType::I32 => types::I32,
         DType::I64 => types::I64,
         DType::Bool => types::I8,
-        // Storage only: programs with half buffers are refused up front
-        // (`half_refused`).
-        DType::F16 | DType::BF16 => types::I16,
+        // Half values live in f32 registers (exactly: every f16 and bf16
+        // is an f32) and in 16 bits in memory (`Emitter::load_elem`,
+        // `Emitter::store`).
+        DType::F16 | DType::BF16 => types::F32,
     }
 }
 
@@ -181,6 +182,22 @@ impl Jit {
         ] {
             funcs.insert(name, self.import(name, &params, &[ret])?);
         }
+        funcs.insert(
+            "kiln_half_to_f32",
+            self.import("kiln_half_to_f32", &[types::I32, types::I32], &[types::F32])?,
+        );
+        funcs.insert(
+            "kiln_f32_to_half",
+            self.import("kiln_f32_to_half", &[types::F32, types::I32], &[types::I32])?,
+        );
+        funcs.insert(
+            "kiln_round_half_f64",
+            self.import(
+                "kiln_round_half_f64",
+                &[types::F64, types::I32],
+                &[types::F32],
+            )?,
+        );
         funcs.insert(
             "kiln_row_f32",
             self.import("kiln_row_f32", &[ptr, ptr, ptr, types::I64], &[])?,
@@ -385,9 +402,24 @@ impl Emitter<'_, '_> {
             Scalar::I32(v) => self.b.ins().iconst(types::I32, v as i64),
             Scalar::I64(v) => self.b.ins().iconst(types::I64, v),
             Scalar::Bool(v) => self.b.ins().iconst(types::I8, v as i64),
-            Scalar::F16(v) => self.b.ins().iconst(types::I16, v.to_bits() as i64),
-            Scalar::BF16(v) => self.b.ins().iconst(types::I16, v.to_bits() as i64),
+            Scalar::F16(v) => self.b.ins().f32const(v.to_f32()),
+            Scalar::BF16(v) => self.b.ins().f32const(v.to_f32()),
         }
+    }
+
+    /// Loads the element of buffer `buf` at `addr` into its register type
+    /// (a half value widened to f32).
+    fn load_elem(&mut self, buf: BufferId, addr: Value) -> Value {
+        let dtype = self.prog.buffer(buf).dtype;
+        if dtype.is_half() {
+            let bits = self.b.ins().uload16(types::I32, flags(), addr, 0);
+            let bf = self
+                .b
+                .ins()
+                .iconst(types::I32, (dtype == DType::BF16) as i64);
+            return self.call("kiln_half_to_f32", &[bits, bf]);
+        }
+        self.b.ins().load(cl(dtype), flags(), addr, 0)
     }
 
     fn load(&mut self, a: &Access, idx: &[Value]) -> Value {
@@ -396,7 +428,7 @@ impl Emitter<'_, '_> {
         if a.mask.is_empty() {
             let off = self.index(&a.offset, idx);
             let addr = self.address(a.buffer, off);
-            return self.b.ins().load(ty, flags(), addr, 0);
+            return self.load_elem(a.buffer, addr);
         }
         let ok = self.conds(&a.mask, idx);
         let var = self.b.declare_var(ty);
@@ -407,7 +439,7 @@ impl Emitter<'_, '_> {
         self.b.switch_to_block(then);
         let off = self.index(&a.offset, idx);
         let addr = self.address(a.buffer, off);
-        let v = self.b.ins().load(ty, flags(), addr, 0);
+        let v = self.load_elem(a.buffer, addr);
         self.b.def_var(var, v);
         self.b.ins().jump(merge, &[]);
         self.b.switch_to_block(merge);
@@ -589,6 +621,18 @@ impl Emitter<'_, '_> {
 
     fn cast(&mut self, to: DType, x: Value) -> Value {
         let from = self.value_dtype(self.b.func.dfg.value_type(x));
+        if to.is_half() {
+            // From f32 or f64 only (`widen_half` routes the rest through
+            // f64): one rounding, kept in an f32 register. A half value
+            // (already in f32) rounds to itself.
+            let wide = if from == DType::F64 {
+                x
+            } else {
+                self.b.ins().fpromote(types::F64, x)
+            };
+            let bf = self.b.ins().iconst(types::I32, (to == DType::BF16) as i64);
+            return self.call("kiln_round_half_f64", &[wide, bf]);
+        }
         let t = cl(to);
         if from == to {
             return x;
@@ -728,6 +772,16 @@ impl Emitter<'_, '_> {
 
     pub(super) fn store(&mut self, buf: BufferId, offset: Value, v: Value) {
         let addr = self.address(buf, offset);
+        let dtype = self.prog.buffer(buf).dtype;
+        if dtype.is_half() {
+            let bf = self
+                .b
+                .ins()
+                .iconst(types::I32, (dtype == DType::BF16) as i64);
+            let bits = self.call("kiln_f32_to_half", &[v, bf]);
+            self.b.ins().istore16(flags(), bits, addr, 0);
+            return;
+        }
         self.b.ins().store(flags(), v, addr, 0);
     }
 
@@ -755,7 +809,7 @@ impl Emitter<'_, '_> {
                     .collect();
                 let strides = kiln_graph::shape::strides(shape);
                 let dims: Vec<(usize, usize)> = shape.iter().copied().enumerate().collect();
-                let dtype = self.prog.buffer(out).dtype;
+
                 if super::vector::vectorizable(self.prog, shape, inputs, program, out, acc_from_out)
                 {
                     let last = shape.len() - 1;
@@ -779,7 +833,7 @@ impl Emitter<'_, '_> {
                     let lin = e.linear(&idx, &strides);
                     let acc = if acc_from_out {
                         let addr = e.address(out, lin);
-                        Some(e.b.ins().load(cl(dtype), flags(), addr, 0))
+                        Some(e.load_elem(out, addr))
                     } else {
                         None
                     };

@@ -309,7 +309,6 @@ impl Backend for CpuBackend {
     type Executable = CpuExecutable;
 
     fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
-        crate::half_refused(program, "the CPU backend")?;
         if self.threads > 1 {
             // Start the workers now, so they are settled on their own CPUs
             // before the first runs measure splitting.

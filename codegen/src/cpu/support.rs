@@ -84,6 +84,33 @@ extern "C" fn random_f64(normal: u32, seed: u64, a: f64, b: f64, index: u64) -> 
     }
 }
 
+/// A half value's bits (`bf`: bf16, else f16) as the f32 it is exactly.
+extern "C" fn half_to_f32(bits: u32, bf: u32) -> f32 {
+    if bf != 0 {
+        f32::from_bits(bits << 16)
+    } else {
+        half::f16::from_bits(bits as u16).to_f32()
+    }
+}
+
+/// The half bits (`bf`: bf16, else f16) nearest `x` (ties to even).
+extern "C" fn f32_to_half(x: f32, bf: u32) -> u32 {
+    if bf != 0 {
+        half::bf16::from_f32(x).to_bits() as u32
+    } else {
+        half::f16::from_f32(x).to_bits() as u32
+    }
+}
+
+/// `x` rounded once to the half type (`bf`: bf16, else f16), as an f32.
+extern "C" fn round_half_f64(x: f64, bf: u32) -> f32 {
+    if bf != 0 {
+        half::bf16::from_f64(x).to_f32()
+    } else {
+        half::f16::from_f64(x).to_f32()
+    }
+}
+
 /// Names and addresses of the support functions, for the JIT's symbol table.
 pub(crate) fn symbols() -> Vec<(&'static str, *const u8)> {
     vec![
@@ -95,6 +122,9 @@ pub(crate) fn symbols() -> Vec<(&'static str, *const u8)> {
         ("kiln_pow_i64", pow_i64 as *const u8),
         ("kiln_random_f32", random_f32 as *const u8),
         ("kiln_random_f64", random_f64 as *const u8),
+        ("kiln_half_to_f32", half_to_f32 as *const u8),
+        ("kiln_f32_to_half", f32_to_half as *const u8),
+        ("kiln_round_half_f64", round_half_f64 as *const u8),
         ("kiln_row_f32", super::wide::kiln_row_f32 as *const u8),
         (
             "kiln_reduce_row_f32",

@@ -348,7 +348,6 @@ impl<G: Gpu> DeviceExecutable<G> {
     /// Emits, compiles and loads `program`'s kernels on `gpu` and gives its
     /// buffers device memory.
     pub fn new(mut gpu: G, program: &KernelProgram) -> Result<DeviceExecutable<G>> {
-        crate::half_refused(program, "the CUDA backend")?;
         let arena = gpu.alloc(program.memory.arena.max(64))?;
         let mut own = Vec::new();
         let mut places = Vec::with_capacity(program.buffers.len());

@@ -82,6 +82,9 @@ __device__ __forceinline__ double kunit(u64 seed, u64 i) { return (double)(kbits
 __device__ __forceinline__ double knormal(u64 seed, u64 i) { const double u1 = 1.0 - kunit(seed, 2 * i), u2 = kunit(seed, 2 * i + 1); return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2); }
 __device__ __forceinline__ float kuniformf(u64 seed, u64 i, double low, double high) { const float l = (float)low, h = (float)high, u = (float)(kbits(seed, i) >> 40) * (1.0f / 16777216.0f); const float d = h - l; float v = isfinite(d) ? __fadd_rn(l, __fmul_rn(d, u)) : (float)(low + (high - low) * (double)u); return (v >= h && l < h) ? nextafterf(h, -1.0f / 0.0f) : v; }
 __device__ __forceinline__ double kuniform(u64 seed, u64 i, double low, double high) { const double u = kunit(seed, i), d = high - low; double v = isfinite(d) ? __dadd_rn(low, __dmul_rn(d, u)) : __dadd_rn(__dmul_rn(low, 1.0 - u), __dmul_rn(high, u)); return (v >= high && low < high) ? nextafter(high, -1.0 / 0.0) : v; }
+__device__ __forceinline__ float khalf2f(unsigned short h, int bf) { if (bf) return __int_as_float(((unsigned)h) << 16); const unsigned s = ((unsigned)h & 0x8000u) << 16, e = ((unsigned)h >> 10) & 0x1fu, m = (unsigned)h & 0x3ffu; if (e == 0x1fu) return __int_as_float((int)(s | 0x7f800000u | (m << 13))); if (e == 0u) return (s ? -1.0f : 1.0f) * (float)m * 5.9604644775390625e-8f; return __int_as_float((int)(s | ((e + 112u) << 23) | (m << 13))); }
+__device__ __forceinline__ float kround_half(double x, int bf) { if (x != x) return __int_as_float(0x7fc00000); const double a = fabs(x); if (a == 0.0 || isinf(a)) return (float)x; int e; frexp(a, &e); const int emin = bf ? -126 : -14; const int lead = e - 1 < emin ? emin : e - 1; const double q = ldexp(1.0, lead - (bf ? 7 : 10)); double r = rint(a / q) * q; if (r > (bf ? 3.3895313892515355e38 : 65504.0)) r = 1.0 / 0.0; return (float)(x < 0 ? -r : r); }
+__device__ __forceinline__ unsigned short kf2half(float v, int bf) { const float r = kround_half((double)v, bf); const unsigned u = (unsigned)__float_as_int(r); if (bf) return (unsigned short)(u >> 16); const unsigned s = (u >> 16) & 0x8000u, e = (u >> 23) & 0xffu, m = u & 0x7fffffu; if (e == 0xffu) return (unsigned short)(s | 0x7c00u | (m ? 0x200u : 0u)); if (e == 0u && m == 0u) return (unsigned short)s; const int E = (int)e - 127; if (E < -14) return (unsigned short)(s | (unsigned)(fabsf(r) * 16777216.0f)); return (unsigned short)(s | ((unsigned)(E + 15) << 10) | (m >> 13)); }
 __device__ __forceinline__ i64 kpow64(i64 a, i64 b) { if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0); u64 r = 1, x = (u64)a; while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; } return (i64)r; }
 "#;
 
@@ -104,9 +107,28 @@ pub fn ctype(d: DType) -> &'static str {
         DType::I32 => "int",
         DType::I64 => "i64",
         DType::Bool => "bool",
-        // Storage only: programs with half buffers are refused up front.
-        DType::F16 | DType::BF16 => "unsigned short",
+        // Half values live in float registers (exactly) and in 16 bits in
+        // memory (`load_expr`, `store_expr`).
+        DType::F16 | DType::BF16 => "float",
     }
+}
+
+/// Element `idx` of the buffer at `ptr`, of dtype `t`, as its register type.
+fn load_expr(ptr: &str, idx: &str, t: DType) -> String {
+    if t.is_half() {
+        let bf = (t == DType::BF16) as u8;
+        return format!("khalf2f(((unsigned short const*){ptr})[{idx}], {bf})");
+    }
+    format!("(({} const*){ptr})[{idx}]", ctype(t))
+}
+
+/// A statement storing `v` as element `idx` of the buffer at `ptr`.
+fn store_expr(ptr: &str, idx: &str, v: &str, t: DType) -> String {
+    if t.is_half() {
+        let bf = (t == DType::BF16) as u8;
+        return format!("((unsigned short*){ptr})[{idx}] = kf2half({v}, {bf});");
+    }
+    format!("(({}*){ptr})[{idx}] = {v};", ctype(t))
 }
 
 /// Why a kernel has no CUDA C.
@@ -522,8 +544,8 @@ fn literal(s: Scalar) -> String {
         Scalar::I64(v) if v == i64::MIN => "(-9223372036854775807LL - 1)".into(),
         Scalar::I64(v) => format!("({v}LL)"),
         Scalar::Bool(v) => (if v { "true" } else { "false" }).into(),
-        Scalar::F16(v) => format!("((unsigned short){})", v.to_bits()),
-        Scalar::BF16(v) => format!("((unsigned short){})", v.to_bits()),
+        Scalar::F16(v) => format!("__int_as_float({:#x})", v.to_f32().to_bits() as i32),
+        Scalar::BF16(v) => format!("__int_as_float({:#x})", v.to_f32().to_bits() as i32),
     }
 }
 
@@ -608,8 +630,7 @@ impl<'a> Emitter<'a> {
                     let acc = &self.inputs[*a];
                     let t = self.dtype_of(acc.buffer);
                     let ptr = self.param(acc.buffer);
-                    let load =
-                        format!("(({} const*){ptr})[{}]", ctype(t), Self::index(&acc.offset));
+                    let load = load_expr(&ptr, &Self::index(&acc.offset), t);
                     if acc.mask.is_empty() {
                         (load, t)
                     } else {
@@ -770,13 +791,13 @@ impl<'a> Emitter<'a> {
         if acc_from_out {
             self.line(
                 ind,
-                &format!("const {} acc = (({} const*){o})[t];", ctype(ot), ctype(ot)),
+                &format!("const {} acc = {};", ctype(ot), load_expr(&o, "t", ot)),
             );
         }
         let acc = acc_from_out.then_some(("acc", ot));
         let (v, t) = self.program(p, ind, acc)?;
         let v = if t == ot { v } else { cast(&v, t, ot) };
-        self.line(ind, &format!("(({}*){o})[t] = {v};", ctype(ot)));
+        self.line(ind, &store_expr(&o, "t", &v, ot));
         if ilp > 1 {
             self.line(2, "}");
         }
@@ -927,11 +948,7 @@ impl<'a> Emitter<'a> {
         if let Some(o) = out {
             let p = self.param(o);
             let ot = self.dtype_of(o);
-            let store = format!(
-                "(({}*){p})[{row}] = {};",
-                ctype(ot),
-                cast("result", out_t, ot)
-            );
+            let store = store_expr(&p, row, &cast("result", out_t, ot), ot);
             if warp {
                 self.line(2, &format!("if (lane == 0) {store}"));
             } else {
@@ -952,10 +969,7 @@ impl<'a> Emitter<'a> {
                 .map(|d| format!("{}LL * i{d}", strides[d]))
                 .collect::<Vec<_>>()
                 .join(" + ");
-            self.line(
-                3,
-                &format!("(({}*){p})[{lin}] = {};", ctype(mt), cast(&v, t, mt)),
-            );
+            self.line(3, &store_expr(&p, &lin, &cast(&v, t, mt), mt));
             self.line(2, "}");
         }
         self.line(1, "}");
@@ -1108,6 +1122,16 @@ fn binary(f: BinaryOp, a: &str, b: &str, t: DType) -> Result<String, Unsupported
 
 /// `x` of type `from` as `to`, with Rust's `as` semantics.
 fn cast(x: &str, from: DType, to: DType) -> String {
+    if from == to {
+        return x.to_string();
+    }
+    if to.is_half() {
+        // One rounding from the exact value (`widen_half` brings only f32,
+        // f64 and half values here), kept in a float.
+        return format!("kround_half((double){x}, {})", (to == DType::BF16) as u8);
+    }
+    // A half value is an exact float.
+    let from = if from.is_half() { DType::F32 } else { from };
     if from == to {
         return x.to_string();
     }
