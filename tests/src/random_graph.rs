@@ -411,7 +411,7 @@ impl<'g> Gen<'g> {
     /// One random op on the pool; `None` when it did not apply.
     fn step(&mut self) -> Option<()> {
         let assign = if self.vars.is_empty() { 0 } else { 2 };
-        let kinds: [(&'static str, u32); 29] = [
+        let kinds: [(&'static str, u32); 30] = [
             ("unary", 14),
             ("binary", 20),
             ("select", 7),
@@ -441,6 +441,7 @@ impl<'g> Gen<'g> {
             ("const_expr", 3),
             ("movement_chain", 4),
             ("assign", assign),
+            ("half", 3),
         ];
         let ws: Vec<u32> = kinds.iter().map(|k| k.1).collect();
         let k = kinds[self.rng.weighted(&ws)].0;
@@ -450,6 +451,7 @@ impl<'g> Gen<'g> {
             "select" => self.op_select(),
             "logical" => self.op_logical(),
             "cast" => self.op_cast(),
+            "half" => self.op_half(),
             "reduce" => self.op_reduce(),
             "argreduce" => self.op_argreduce(),
             "reshape" => self.op_reshape(),
@@ -1275,6 +1277,52 @@ impl<'g> Gen<'g> {
             return None;
         }
         self.cast_to(v, to)
+    }
+
+    /// A float value through a half type (f16 or bf16) and a short chain
+    /// of ops every backend computes identically (scaling by 1.5, adding
+    /// 0.75, ReLU, negation, a sum over the last axis, accumulated wide),
+    /// then back to f32 (sometimes also an output in the half type).
+    fn op_half(&mut self) -> Option<Val<'g>> {
+        let v = self.pick(|_, v| v.t.dtype().is_float() && v.mag <= 1e3)?;
+        let h = if self.rng.chance(0.5) {
+            DType::F16
+        } else {
+            DType::BF16
+        };
+        let mut t = v.t.cast(h).ok()?;
+        let mut mag = v.mag;
+        for _ in 0..self.rng.between(1, 3) {
+            t = match self.rng.below(5) {
+                0 => {
+                    mag *= 1.5;
+                    t.mul(1.5).ok()?
+                }
+                1 => {
+                    mag += 0.75;
+                    t.add(0.75).ok()?
+                }
+                2 => t.relu().ok()?,
+                3 => t.neg().ok()?,
+                _ => {
+                    let r = t.rank();
+                    if r == 0 {
+                        t
+                    } else {
+                        let n = dims(t)[r - 1].fixed().unwrap_or(self.sym.max(1));
+                        mag *= n as f64;
+                        t.sum(&[r as i64 - 1], false).ok()?
+                    }
+                }
+            };
+        }
+        if self.rng.chance(0.3) {
+            self.outputs.push(t.id());
+        }
+        Some(Val {
+            t: t.cast(DType::F32).ok()?,
+            mag,
+        })
     }
 
     fn op_reduce(&mut self) -> Option<Val<'g>> {

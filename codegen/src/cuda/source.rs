@@ -967,6 +967,7 @@ impl<'a> Emitter<'a> {
             let mt = self.dtype_of(*mo);
             let lin = (0..shape.len())
                 .map(|d| format!("{}LL * i{d}", strides[d]))
+                .chain(std::iter::once("0LL".to_string()))
                 .collect::<Vec<_>>()
                 .join(" + ");
             self.line(3, &store_expr(&p, &lin, &cast(&v, t, mt), mt));

@@ -126,6 +126,7 @@ impl FoldScaleIntoContraction {
             _ => false,
         };
         let single = g.users(c).len() == 1 && !g.outputs().contains(&c);
-        (ok && single && cn.ty == g.node(id).ty && cn.ty.dtype.is_float()).then_some((c, k))
+        (ok && single && cn.ty == g.node(id).ty && cn.ty.dtype.is_float() && !cn.ty.dtype.is_half())
+            .then_some((c, k))
     }
 }

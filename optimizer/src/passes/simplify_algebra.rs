@@ -11,7 +11,9 @@
 //!   `(mm + c1) * c2 = mm * c2 + c1 * c2`, so the scale can fold into the
 //!   weights (see `fold_scale_into_contraction`) and batch norm disappears.
 //!
-//! Deliberately not done: any rewrite that changes the node's type (`x + 0`
+//! Deliberately not done: reassociation on half types (each of their ops
+//! rounds to a coarse type; compiled programs compute them in f32 after
+//! `widen_half`, where these rules apply), any rewrite that changes the node's type (`x + 0`
 //! where the zero broadcasts `x` to a larger shape stays), `x * 0` (wrong for
 //! NaN and infinity), and reassociation of non-constant operands.
 
@@ -231,6 +233,11 @@ impl SimplifyAlgebra {
                 };
                 let node_ty = cx.rb.old().node(id).ty.clone();
                 let dtype = node_ty.dtype;
+                // Each op on a half type rounds to it: regrouping constants
+                // moves results by up to a half-type ulp (2^-8 for bf16).
+                if dtype.is_half() {
+                    return Ok(None);
+                }
                 // (y op c1) op c2 -> y op (c1 op c2)
                 if let Some((y, c1)) = cx.binary_const(outer_x, f) {
                     let fits = cx
