@@ -92,6 +92,29 @@ enum Command {
         #[command(flatten)]
         compile: CompileArgs,
     },
+    /// Compile a model ahead of time into an object file and a C header
+    /// (`NAME.o`, `NAME.h` in DIR) that run it without kiln: link with
+    /// `cc main.c NAME.o -lm` and call `NAME_run(inputs, outputs)`.
+    /// Variables are frozen; every symbolic dim must be given with --dim.
+    /// (First version: programs of elementwise ops and reductions; matrix
+    /// products, convolutions and transcendental functions need the
+    /// runtime library that comes next, and are refused.)
+    Compile {
+        /// The .kiln model file.
+        model: PathBuf,
+        /// Where to write NAME.o and NAME.h.
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        /// The C name prefix (default: the model file's stem).
+        #[arg(long)]
+        name: Option<String>,
+        /// The CPU to compile for: native (this machine), x86-64-v3 or x86-64-v4.
+        #[arg(long, default_value = "native")]
+        target: String,
+        /// The size of a symbolic dim, as NAME=N (repeatable; every one is needed).
+        #[arg(long = "dim", value_name = "NAME=N")]
+        dims: Vec<String>,
+    },
 }
 
 /// How to compile a model for `show --optimized`, `plan` and `optimize`.
@@ -227,6 +250,13 @@ fn main() {
             output,
             compile,
         } => optimize(&model, explain, output.as_deref(), &compile),
+        Command::Compile {
+            model,
+            output,
+            name,
+            target,
+            dims,
+        } => compile_aot(&model, &output, name, &target, dims),
     };
     if let Err(e) = result {
         eprintln!("kiln: error: {e:#}");
@@ -463,6 +493,71 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+fn compile_aot(
+    model: &Path,
+    dir: &Path,
+    name: Option<String>,
+    target: &str,
+    dims: Vec<String>,
+) -> Result<()> {
+    let target: kiln_codegen::cpu::Target = target.parse()?;
+    let graph = load(model)?;
+    let name = name.unwrap_or_else(|| {
+        let stem = model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut n: String = stem
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if n.is_empty() || n.starts_with(|c: char| c.is_ascii_digit()) {
+            n.insert_str(0, "model_");
+        }
+        n
+    });
+    let args = CompileArgs {
+        dims,
+        freeze: true,
+        disable: Vec::new(),
+    };
+    let bindings = args.bindings(&graph)?;
+    for s in bindings.keys() {
+        if !args
+            .dims
+            .iter()
+            .any(|d| d.split_once('=').is_some_and(|(n, _)| n == s))
+        {
+            bail!("symbolic dim '{s}' must be bound: add --dim {s}=N");
+        }
+    }
+    let c = args.compile(&graph)?;
+    let code = kiln_codegen::cpu::aot::compile_object(&c.program, &name, target)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let obj = dir.join(format!("{name}.o"));
+    let hdr = dir.join(format!("{name}.h"));
+    std::fs::write(&obj, &code.bytes).with_context(|| format!("writing {}", obj.display()))?;
+    let mut header = kiln_codegen::cpu::aot::header(&c.program, &code, &name);
+    let names: Vec<String> = default_fetches(&graph)?
+        .iter()
+        .map(|&o| graph.node(o).name.clone())
+        .collect();
+    header.push_str(&format!(
+        "\n/* outputs, in order: {} */\n",
+        names.join(", ")
+    ));
+    std::fs::write(&hdr, header).with_context(|| format!("writing {}", hdr.display()))?;
+    println!(
+        "{}: {} kernel(s), {} bytes of object code and weights -> {}, {}",
+        model.display(),
+        code.kernels.len(),
+        code.bytes.len(),
+        obj.display(),
+        hdr.display()
+    );
     Ok(())
 }
 

@@ -343,3 +343,61 @@ fn profile_and_trace() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn compile_writes_an_object_and_a_header() {
+    let dir = temp_dir("aot");
+    // A model of elementwise ops and a reduction, with a symbolic batch.
+    let g = kiln::graph::GraphBuilder::new();
+    let x = g
+        .placeholder("x", kiln::graph::DType::F32, kiln::shape!["batch", 6])
+        .unwrap();
+    let y = x
+        .mul(2.0)
+        .unwrap()
+        .relu()
+        .unwrap()
+        .sum(&[1], false)
+        .unwrap()
+        .named("y")
+        .unwrap();
+    g.output(y).unwrap();
+    let model = dir.join("tiny.kiln");
+    g.into_graph().save(&model).unwrap();
+    let m = model.to_str().unwrap();
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    let r = kiln(&["compile", m, "-o", o]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("--dim batch=N"), "{}", stderr(&r));
+    let r = kiln(&["compile", m, "-o", o, "--dim", "batch=4"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stdout(&r).contains("tiny.o"), "{}", stdout(&r));
+    let h = std::fs::read_to_string(out.join("tiny.h")).unwrap();
+    assert!(
+        h.contains("void tiny_run(const void *const *inputs, void *const *outputs);")
+            && h.contains("#define TINY_INPUT_X_ELEMENTS 24")
+            && h.contains("#define TINY_OUTPUT_0_ELEMENTS 4"),
+        "{h}"
+    );
+    assert!(std::fs::metadata(out.join("tiny.o")).unwrap().len() > 0);
+    // The shipped MLP has matrix products: refused, with the reason.
+    let mlp = repo().join("examples/mlp.kiln");
+    let r = kiln(&[
+        "compile",
+        mlp.to_str().unwrap(),
+        "-o",
+        o,
+        "--dim",
+        "batch=1",
+    ]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("runtime library"), "{}", stderr(&r));
+    let r = kiln(&["compile", m, "-o", o, "--dim", "batch=4", "--target", "arm"]);
+    assert!(
+        stderr(&r).contains("unknown target CPU 'arm'"),
+        "{}",
+        stderr(&r)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

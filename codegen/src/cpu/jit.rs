@@ -20,7 +20,7 @@ use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use kiln_graph::{ArgOp, BinaryOp, DType, ReduceOp, Scalar, UnaryOp};
 use kiln_optimizer::index::{Atom, Index};
 use kiln_optimizer::kernel::{
-    Access, BufferId, Cond, ElementProgram, Instr, KernelProgram, ReduceKind,
+    Access, BufferId, Cond, ElementProgram, Instr, KernelProgram, ReduceKind, Storage,
 };
 
 use super::support;
@@ -61,9 +61,11 @@ fn host_has_fma() -> bool {
     }
 }
 
-/// The JIT module and the functions compiled into it.
-pub(crate) struct Jit {
-    module: JITModule,
+/// The module kernels are compiled into and the functions in it: a
+/// [`JITModule`] (machine code in memory, for sessions) or an
+/// `ObjectModule` (an object file, for ahead-of-time binaries).
+pub(crate) struct Jit<M: Module = JITModule> {
+    module: M,
     ctx: Context,
     fctx: FunctionBuilderContext,
     imports: HashMap<&'static str, FuncId>,
@@ -75,6 +77,9 @@ pub(crate) struct Jit {
     /// are baked into the code, so they must not move).
     #[allow(clippy::vec_box)]
     rows: Vec<Box<super::wide::RowProgram>>,
+    /// Linkage and name prefix of kernel functions: local `kernel_N` in a
+    /// JIT, exported `{prefix}_kN` in an object.
+    export: Option<String>,
 }
 
 /// What a loop body needs to know to compute one element.
@@ -100,20 +105,275 @@ pub(crate) enum Body<'a> {
     },
 }
 
+/// Cranelift flags shared by JIT and object code.
+fn flag_builder(pic: bool) -> Result<settings::Builder> {
+    let host = |e: String| Error::Host(e);
+    let mut fb = settings::builder();
+    fb.set("opt_level", "speed")
+        .map_err(|e| host(e.to_string()))?;
+    fb.set("use_colocated_libcalls", "false")
+        .map_err(|e| host(e.to_string()))?;
+    fb.set("is_pic", if pic { "true" } else { "false" })
+        .map_err(|e| host(e.to_string()))?;
+    Ok(fb)
+}
+
+/// What an ahead-of-time object is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The machine compiling it (every feature it has).
+    Host,
+    /// x86-64 with AVX2 and FMA (Haswell and later).
+    X86_64V3,
+    /// x86-64-v3 plus AVX-512 F/BW/CD/DQ/VL.
+    X86_64V4,
+}
+
+impl std::str::FromStr for Target {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Target> {
+        match s {
+            "native" | "host" => Ok(Target::Host),
+            "x86-64-v3" => Ok(Target::X86_64V3),
+            "x86-64-v4" => Ok(Target::X86_64V4),
+            other => Err(Error::Host(format!(
+                "unknown target CPU '{other}': native, x86-64-v3 or x86-64-v4"
+            ))),
+        }
+    }
+}
+
+impl Jit<cranelift_object::ObjectModule> {
+    /// An object-file module for `target`, its kernels exported as
+    /// `{prefix}_kN` (PIC, so the object links into position-independent
+    /// executables).
+    pub(crate) fn object(prefix: &str, target: Target) -> Result<Self> {
+        let host = |e: String| Error::Host(e);
+        let flags = settings::Flags::new(flag_builder(true)?);
+        let isa = match target {
+            Target::Host => cranelift_native::builder()
+                .map_err(|e| host(e.to_string()))?
+                .finish(flags),
+            Target::X86_64V3 | Target::X86_64V4 => {
+                let mut b = cranelift_codegen::isa::lookup_by_name("x86_64")
+                    .map_err(|e| host(e.to_string()))?;
+                let mut feats = vec![
+                    "has_sse3",
+                    "has_ssse3",
+                    "has_sse41",
+                    "has_sse42",
+                    "has_popcnt",
+                    "has_avx",
+                    "has_avx2",
+                    "has_fma",
+                    "has_bmi1",
+                    "has_bmi2",
+                    "has_lzcnt",
+                ];
+                if target == Target::X86_64V4 {
+                    // The v4 level is AVX-512 F, BW, CD, DQ and VL; of
+                    // Cranelift's AVX-512 settings, these (not BITALG or
+                    // VBMI, which later CPUs add).
+                    feats.extend(["has_avx512f", "has_avx512dq", "has_avx512vl"]);
+                }
+                for f in feats {
+                    b.enable(f).map_err(|e| host(format!("{f}: {e}")))?;
+                }
+                b.finish(flags)
+            }
+        }
+        .map_err(|e| host(e.to_string()))?;
+        let builder = cranelift_object::ObjectBuilder::new(
+            isa,
+            prefix.as_bytes().to_vec(),
+            default_libcall_names(),
+        )
+        .map_err(|e| host(e.to_string()))?;
+        let module = cranelift_object::ObjectModule::new(builder);
+        let ctx = module.make_context();
+        Ok(Jit {
+            module,
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            imports: HashMap::new(),
+            count: 0,
+            fma: target != Target::Host || host_has_fma(),
+            // Row programs are addresses baked into JIT code: not in objects.
+            wide: false,
+            rows: Vec::new(),
+            export: Some(prefix.to_string()),
+        })
+    }
+
+    /// Defines the program's entry point, exported as `{prefix}_run`:
+    /// `void f(const void *const *inputs, void *const *outputs)`, inputs in
+    /// the program's input buffer order, outputs in its output order. The
+    /// arena is a zeroed static block and the constants read-only data in
+    /// the object; the function builds the buffer table on its stack, calls
+    /// `kernels` (function and outermost extent) in order, then copies any
+    /// output that is not a result of its own (a fetched input or constant,
+    /// or a result fetched twice).
+    pub(crate) fn entry(
+        &mut self,
+        program: &KernelProgram,
+        kernels: &[(FuncId, usize)],
+    ) -> Result<()> {
+        use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        use cranelift_module::DataDescription;
+        let prefix = self.export.clone().expect("an object module exports");
+        let err = |e: String| Error::Codegen {
+            kernel: usize::MAX,
+            reason: e,
+        };
+        let ptr = self.module.target_config().pointer_type();
+        let pb = ptr.bytes() as usize;
+        // The arena and the constants as data.
+        let arena = self
+            .module
+            .declare_data(&format!("{prefix}_arena"), Linkage::Local, true, false)
+            .map_err(|e| err(e.to_string()))?;
+        let mut d = DataDescription::new();
+        d.define_zeroinit(program.memory.arena.max(64));
+        d.set_align(64);
+        self.module
+            .define_data(arena, &d)
+            .map_err(|e| err(e.to_string()))?;
+        let mut data = HashMap::new();
+        for (i, b) in program.buffers.iter().enumerate() {
+            let (bytes, writable): (Box<[u8]>, bool) = match &b.storage {
+                Storage::Constant { value } => (value.0.as_bytes().to_vec().into(), false),
+                // A result nothing fetches (none in frozen programs; kept
+                // for safety): scratch of its own.
+                Storage::Result if !program.outputs.contains(&BufferId(i)) => {
+                    (vec![0u8; b.size_bytes().max(1)].into(), true)
+                }
+                _ => continue,
+            };
+            let id = self
+                .module
+                .declare_data(&format!("{prefix}_b{i}"), Linkage::Local, writable, false)
+                .map_err(|e| err(e.to_string()))?;
+            let mut d = DataDescription::new();
+            d.define(if bytes.is_empty() {
+                vec![0u8].into()
+            } else {
+                bytes
+            });
+            d.set_align(64);
+            self.module
+                .define_data(id, &d)
+                .map_err(|e| err(e.to_string()))?;
+            data.insert(i, id);
+        }
+        let memcpy = {
+            let mut sig = self.module.make_signature();
+            sig.params.extend([AbiParam::new(ptr); 3]);
+            sig.returns.push(AbiParam::new(ptr));
+            self.module
+                .declare_function("memcpy", Linkage::Import, &sig)
+                .map_err(|e| err(e.to_string()))?
+        };
+        let mut sig = self.module.make_signature();
+        sig.params.extend([AbiParam::new(ptr); 2]);
+        let run = self
+            .module
+            .declare_function(&format!("{prefix}_run"), Linkage::Export, &sig)
+            .map_err(|e| err(e.to_string()))?;
+        self.ctx.func = Function::with_name_signature(UserFuncName::user(0, run.as_u32()), sig);
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let (inputs, outputs) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+            let n = program.buffers.len().max(1);
+            let slot = b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                (n * pb) as u32,
+                3,
+            ));
+            let arena_gv = self.module.declare_data_in_func(arena, b.func);
+            let arena_addr = b.ins().symbol_value(ptr, arena_gv);
+            let mut addrs = Vec::with_capacity(program.buffers.len());
+            let mut next_input = 0i32;
+            for (i, buf) in program.buffers.iter().enumerate() {
+                let a = match &buf.storage {
+                    Storage::Arena { offset } => b.ins().iadd_imm_u(arena_addr, *offset as i64),
+                    Storage::Input { .. } => {
+                        let a = b.ins().load(ptr, flags(), inputs, next_input * pb as i32);
+                        next_input += 1;
+                        a
+                    }
+                    Storage::Result if !data.contains_key(&i) => {
+                        let o = program
+                            .outputs
+                            .iter()
+                            .position(|&x| x.0 == i)
+                            .expect("results without data are outputs");
+                        b.ins().load(ptr, flags(), outputs, (o * pb) as i32)
+                    }
+                    Storage::Variable { name } => {
+                        return Err(err(format!(
+                            "variable '{name}' is assigned by the graph (training): \
+                             ahead-of-time code takes frozen graphs"
+                        )))
+                    }
+                    _ => {
+                        let gv = self.module.declare_data_in_func(data[&i], b.func);
+                        b.ins().symbol_value(ptr, gv)
+                    }
+                };
+                b.ins().stack_store(ptr, a, slot, (i * pb) as i32);
+                addrs.push(a);
+            }
+            let table = b.ins().stack_addr(ptr, slot, 0);
+            for &(f, extent) in kernels {
+                let fr = self.module.declare_func_in_func(f, b.func);
+                let lo = b.ins().iconst(types::I64, 0);
+                let hi = b.ins().iconst(types::I64, extent as i64);
+                b.ins().call(fr, &[table, lo, hi]);
+            }
+            let mc = self.module.declare_func_in_func(memcpy, b.func);
+            for (o, out) in program.outputs.iter().enumerate() {
+                let own = matches!(program.buffer(*out).storage, Storage::Result)
+                    && program.outputs.iter().position(|x| x == out) == Some(o);
+                if own {
+                    continue;
+                }
+                let dst = b.ins().load(ptr, flags(), outputs, (o * pb) as i32);
+                let len = b
+                    .ins()
+                    .iconst(ptr, program.buffer(*out).size_bytes() as i64);
+                b.ins().call(mc, &[dst, addrs[out.0], len]);
+            }
+            b.ins().return_(&[]);
+            b.seal_all_blocks();
+            b.finalize(self.module.target_config());
+        }
+        self.module
+            .define_function(run, &mut self.ctx)
+            .map_err(|e| err(format!("{e:?}")))?;
+        self.module.clear_context(&mut self.ctx);
+        Ok(())
+    }
+
+    /// The object file's bytes.
+    pub(crate) fn emit(self) -> Result<Vec<u8>> {
+        self.module.finish().emit().map_err(|e| Error::Codegen {
+            kernel: usize::MAX,
+            reason: format!("writing the object file: {e}"),
+        })
+    }
+}
+
 impl Jit {
     /// A JIT for the host; `wide` lets long f32 rows use AVX-512 where the
     /// host has it.
     pub(crate) fn new(wide: bool) -> Result<Jit> {
         let host = |e: String| Error::Host(e);
-        let mut fb = settings::builder();
-        fb.set("opt_level", "speed")
-            .map_err(|e| host(e.to_string()))?;
-        fb.set("use_colocated_libcalls", "false")
-            .map_err(|e| host(e.to_string()))?;
-        fb.set("is_pic", "false").map_err(|e| host(e.to_string()))?;
         let isa = cranelift_native::builder()
             .map_err(|e| host(e.to_string()))?
-            .finish(settings::Flags::new(fb))
+            .finish(settings::Flags::new(flag_builder(false)?))
             .map_err(|e| host(e.to_string()))?;
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
         for (name, ptr) in support::symbols() {
@@ -130,9 +390,29 @@ impl Jit {
             fma: host_has_fma(),
             wide: wide && super::wide::available(),
             rows: Vec::new(),
+            export: None,
         })
     }
 
+    /// Finishes compilation; afterwards [`Jit::function`] gives entry points.
+    pub(crate) fn finalize(&mut self) -> Result<()> {
+        self.module
+            .finalize_definitions()
+            .map_err(|e| Error::Codegen {
+                kernel: usize::MAX,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The entry point of a compiled kernel (after [`Jit::finalize`]).
+    pub(crate) fn function(&self, id: FuncId) -> KernelFn {
+        let p = self.module.get_finalized_function(id);
+        // SAFETY: every function compiled here has the signature `fn(*const *mut u8)`.
+        unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }
+    }
+}
+
+impl<M: Module> Jit<M> {
     fn import(&mut self, name: &'static str, params: &[Type], ret: &[Type]) -> Result<FuncId> {
         if let Some(&id) = self.imports.get(name) {
             return Ok(id);
@@ -214,11 +494,14 @@ impl Jit {
         sig.params.push(AbiParam::new(ptr));
         sig.params.push(AbiParam::new(types::I64));
         sig.params.push(AbiParam::new(types::I64));
-        let name = format!("kernel_{}", self.count);
+        let (name, linkage) = match &self.export {
+            Some(prefix) => (format!("{prefix}_k{}", self.count), Linkage::Export),
+            None => (format!("kernel_{}", self.count), Linkage::Local),
+        };
         self.count += 1;
         let id = self
             .module
-            .declare_function(&name, Linkage::Local, &sig)
+            .declare_function(&name, linkage, &sig)
             .map_err(|e| err(e.to_string()))?;
         self.ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
         {
@@ -272,21 +555,13 @@ impl Jit {
         Ok(id)
     }
 
-    /// Finishes compilation; afterwards [`Jit::function`] gives entry points.
-    pub(crate) fn finalize(&mut self) -> Result<()> {
+    /// The symbol of kernel function `id` (exported in an object).
+    pub(crate) fn symbol(&self, id: FuncId) -> String {
         self.module
-            .finalize_definitions()
-            .map_err(|e| Error::Codegen {
-                kernel: usize::MAX,
-                reason: e.to_string(),
-            })
-    }
-
-    /// The entry point of a compiled kernel (after [`Jit::finalize`]).
-    pub(crate) fn function(&self, id: FuncId) -> KernelFn {
-        let p = self.module.get_finalized_function(id);
-        // SAFETY: every function compiled here has the signature `fn(*const *mut u8)`.
-        unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }
+            .declarations()
+            .get_function_decl(id)
+            .linkage_name(id)
+            .into_owned()
     }
 }
 

@@ -6,10 +6,12 @@
 //! their reference implementation on the stored operands. All temporaries
 //! live in one arena allocated at compile time.
 
+pub mod aot;
 mod conv;
 mod functions;
 mod gemv;
 mod jit;
+pub use jit::Target;
 mod sgemm;
 mod support;
 pub(crate) mod team;
@@ -305,6 +307,90 @@ impl CpuBackend {
     }
 }
 
+/// A kernel's compiled functions, before their addresses are known: a loop
+/// nest (its loop shape and whether dim 0 may split across threads), or a
+/// matrix product or op (by kernel index) with its epilogue, if any.
+pub(crate) enum Pending {
+    Jit(cranelift_module::FuncId, Vec<usize>, bool),
+    MatMul(usize, Option<cranelift_module::FuncId>),
+    Op(usize, Option<cranelift_module::FuncId>),
+}
+
+/// Compiles every loop nest and epilogue of `program` into `jit`, in
+/// kernel order.
+pub(crate) fn compile_kernels<M: cranelift_module::Module>(
+    jit: &mut Jit<M>,
+    program: &KernelProgram,
+) -> Result<Vec<Pending>> {
+    let mut pending = Vec::new();
+    for (i, k) in program.kernels.iter().enumerate() {
+        let epilogue_fn = |jit: &mut Jit<M>,
+                           out: BufferId,
+                           e: &Epilogue|
+         -> Result<Option<cranelift_module::FuncId>> {
+            if is_identity(e) {
+                return Ok(None);
+            }
+            let (shape, e) = kiln_optimizer::loops::epilogue_loop(&program.buffer(out).shape, e);
+            let body = Body::Elementwise {
+                out,
+                shape: &shape,
+                inputs: &e.inputs,
+                program: &e.program,
+                acc_from_out: true,
+            };
+            jit.compile(program, &body, i).map(Some)
+        };
+        pending.push(match k {
+            Kernel::Elementwise {
+                out,
+                shape,
+                inputs,
+                program: p,
+            } => {
+                let body = Body::Elementwise {
+                    out: *out,
+                    shape,
+                    inputs,
+                    program: p,
+                    acc_from_out: false,
+                };
+                Pending::Jit(jit.compile(program, &body, i)?, shape.clone(), true)
+            }
+            Kernel::Reduce {
+                out,
+                shape,
+                axes,
+                kind,
+                inputs,
+                body,
+                map,
+            } => {
+                let b = Body::Reduce {
+                    out: *out,
+                    shape,
+                    axes,
+                    kind: *kind,
+                    inputs,
+                    body,
+                    map: map.as_ref().map(|(o, p)| (*o, p)),
+                };
+                // Splitting dim 0 across threads is safe when it is not reduced.
+                Pending::Jit(
+                    jit.compile(program, &b, i)?,
+                    shape.clone(),
+                    !axes.contains(&0),
+                )
+            }
+            Kernel::MatMul { out, epilogue, .. } => {
+                Pending::MatMul(i, epilogue_fn(jit, *out, epilogue)?)
+            }
+            Kernel::Op { out, epilogue, .. } => Pending::Op(i, epilogue_fn(jit, *out, epilogue)?),
+        });
+    }
+    Ok(pending)
+}
+
 impl Backend for CpuBackend {
     type Executable = CpuExecutable;
 
@@ -315,80 +401,7 @@ impl Backend for CpuBackend {
             team::Team::global();
         }
         let mut jit = Jit::new(self.avx512)?;
-        enum Pending {
-            Jit(cranelift_module::FuncId, Vec<usize>, bool),
-            MatMul(usize, Option<cranelift_module::FuncId>),
-            Op(usize, Option<cranelift_module::FuncId>),
-        }
-        let mut pending = Vec::new();
-        for (i, k) in program.kernels.iter().enumerate() {
-            let epilogue_fn = |jit: &mut Jit,
-                               out: BufferId,
-                               e: &Epilogue|
-             -> Result<Option<cranelift_module::FuncId>> {
-                if is_identity(e) {
-                    return Ok(None);
-                }
-                let (shape, e) =
-                    kiln_optimizer::loops::epilogue_loop(&program.buffer(out).shape, e);
-                let body = Body::Elementwise {
-                    out,
-                    shape: &shape,
-                    inputs: &e.inputs,
-                    program: &e.program,
-                    acc_from_out: true,
-                };
-                jit.compile(program, &body, i).map(Some)
-            };
-            pending.push(match k {
-                Kernel::Elementwise {
-                    out,
-                    shape,
-                    inputs,
-                    program: p,
-                } => {
-                    let body = Body::Elementwise {
-                        out: *out,
-                        shape,
-                        inputs,
-                        program: p,
-                        acc_from_out: false,
-                    };
-                    Pending::Jit(jit.compile(program, &body, i)?, shape.clone(), true)
-                }
-                Kernel::Reduce {
-                    out,
-                    shape,
-                    axes,
-                    kind,
-                    inputs,
-                    body,
-                    map,
-                } => {
-                    let b = Body::Reduce {
-                        out: *out,
-                        shape,
-                        axes,
-                        kind: *kind,
-                        inputs,
-                        body,
-                        map: map.as_ref().map(|(o, p)| (*o, p)),
-                    };
-                    // Splitting dim 0 across threads is safe when it is not reduced.
-                    Pending::Jit(
-                        jit.compile(program, &b, i)?,
-                        shape.clone(),
-                        !axes.contains(&0),
-                    )
-                }
-                Kernel::MatMul { out, epilogue, .. } => {
-                    Pending::MatMul(i, epilogue_fn(&mut jit, *out, epilogue)?)
-                }
-                Kernel::Op { out, epilogue, .. } => {
-                    Pending::Op(i, epilogue_fn(&mut jit, *out, epilogue)?)
-                }
-            });
-        }
+        let pending = compile_kernels(&mut jit, program)?;
         jit.finalize()?;
         let steps: Vec<Step> = pending
             .into_iter()
