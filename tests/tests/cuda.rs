@@ -410,7 +410,7 @@ template <typename F> static void krun(F f) {
 #endif
 "#;
 
-    type Call = extern "C" fn(*const u64, i64);
+    pub type Call = extern "C" fn(*const u64, i64);
 
     /// A launch or a matrix product.
     enum Work {
@@ -516,6 +516,69 @@ template <typename F> static void krun(F f) {
         }
     }
 
+    /// Compiles `kernels` (CUDA C) after `prelude` as one C++ shared
+    /// library and loads it: kernel `i` is called through `call_i(params,
+    /// count)`, whose body `wrap` makes from the plain call. Returns the
+    /// library's handle (kept open) and the calls.
+    pub fn build_library(
+        prelude: &str,
+        kernels: &[KernelSource],
+        tag: &str,
+        flags: &[&str],
+        wrap: &dyn Fn(&str) -> String,
+    ) -> (usize, Vec<Call>) {
+        let mut unit = String::from(prelude);
+        for (id, s) in kernels.iter().enumerate() {
+            unit.push_str(&format!("namespace ns{id} {{\n{}\n}}\n", s.source));
+            let n = s.params.len() + usize::from(s.error_word);
+            let args: Vec<String> = (0..n).map(|i| format!("(void*)p[{i}]")).collect();
+            let call = format!(
+                "ns{id}::{}({}{}count);",
+                s.name,
+                args.join(", "),
+                if args.is_empty() { "" } else { ", " }
+            );
+            unit.push_str(&format!(
+                "extern \"C\" void call_{id}(const unsigned long long* p, long long count) {{ {} }}\n",
+                wrap(&call)
+            ));
+        }
+        static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kiln-cuda-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, lib) = (dir.join("unit.cpp"), dir.join("unit.so"));
+        std::fs::write(&src, &unit).unwrap();
+        let status = std::process::Command::new("c++")
+            .args(flags)
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "C++ compile of the emitted kernels failed:\n{unit}"
+        );
+        let path = CString::new(lib.to_str().unwrap()).unwrap();
+        // SAFETY: loads the library just built.
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        assert!(!handle.is_null(), "dlopen of the emitted kernels failed");
+        let _ = std::fs::remove_dir_all(&dir);
+        let calls = (0..kernels.len())
+            .map(|id| {
+                let name = CString::new(format!("call_{id}")).unwrap();
+                // SAFETY: the symbol was defined above with this signature.
+                unsafe {
+                    let sym = libc::dlsym(handle, name.as_ptr());
+                    assert!(!sym.is_null());
+                    std::mem::transmute::<*mut libc::c_void, Call>(sym)
+                }
+            })
+            .collect();
+        (handle as usize, calls)
+    }
+
     impl Drop for HostGpu {
         fn drop(&mut self) {
             if let Some(h) = self.handle {
@@ -567,51 +630,10 @@ template <typename F> static void krun(F f) {
         }
 
         fn load(&mut self, kernels: &[KernelSource]) -> Result<()> {
-            let mut unit = String::from(SHIMS);
-            for (id, s) in kernels.iter().enumerate() {
-                unit.push_str(&format!("namespace ns{id} {{\n{}\n}}\n", s.source));
-                let n = s.params.len() + usize::from(s.error_word);
-                let args: Vec<String> = (0..n).map(|i| format!("(void*)p[{i}]")).collect();
-                unit.push_str(&format!(
-                    "extern \"C\" void call_{id}(const unsigned long long* p, long long count) {{ ns{id}::{}({}{}count); }}\n",
-                    s.name,
-                    args.join(", "),
-                    if args.is_empty() { "" } else { ", " }
-                ));
-            }
-            static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("kiln-cuda-host-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let (src, lib) = (dir.join("unit.cpp"), dir.join("unit.so"));
-            std::fs::write(&src, &unit).unwrap();
-            let status = std::process::Command::new("c++")
-                .args(["-O1", "-shared", "-fPIC", "-o"])
-                .arg(&lib)
-                .arg(&src)
-                .status()
-                .unwrap();
-            assert!(
-                status.success(),
-                "C++ compile of the emitted kernels failed:\n{unit}"
-            );
-            let path = CString::new(lib.to_str().unwrap()).unwrap();
-            // SAFETY: loads the library just built.
-            let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-            assert!(!handle.is_null(), "dlopen of the emitted kernels failed");
-            let _ = std::fs::remove_dir_all(&dir);
-            self.handle = Some(handle as usize);
-            for id in 0..kernels.len() {
-                let name = CString::new(format!("call_{id}")).unwrap();
-                // SAFETY: the symbol was defined above with this signature.
-                let f: Call = unsafe {
-                    let sym = libc::dlsym(handle, name.as_ptr());
-                    assert!(!sym.is_null());
-                    std::mem::transmute::<*mut libc::c_void, Call>(sym)
-                };
-                self.calls.push(f);
-            }
+            let (handle, calls) =
+                build_library(SHIMS, kernels, "host", &["-O1"], &|call| call.to_string());
+            self.handle = Some(handle);
+            self.calls.extend(calls);
             Ok(())
         }
 
@@ -1362,36 +1384,11 @@ fn agree_on_threaded_host(
                 .unwrap_or_else(|e| panic!("{name}, {}: {e}\n{}", s.name, s.source));
         }
     }
-    let mut unit = format!("#define KILN_BLOCKS {blocks}\n{}", host::SHIMS);
-    for (id, s) in sources.iter().enumerate() {
-        unit.push_str(&format!("namespace ns{id} {{\n{}\n}}\n", s.source));
-        let n = s.params.len() + usize::from(s.error_word);
-        let args: Vec<String> = (0..n).map(|i| format!("(void*)p[{i}]")).collect();
-        unit.push_str(&format!(
-            "extern \"C\" void call_{id}(const unsigned long long* p, long long count) {{ krun([=] {{ ns{id}::{}({}{}count); }}); }}\n",
-            s.name,
-            args.join(", "),
-            if args.is_empty() { "" } else { ", " }
-        ));
-    }
-    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let b = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("kiln-cuda-warp-{}-{b}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (src, lib) = (dir.join("unit.cpp"), dir.join("unit.so"));
-    std::fs::write(&src, &unit).unwrap();
-    let status = std::process::Command::new("c++")
-        .args(["-O1", "-pthread", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(status.success(), "{name}: C++ compile failed:\n{unit}");
-    let path = std::ffi::CString::new(lib.to_str().unwrap()).unwrap();
-    // SAFETY: loads the library just built.
-    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    assert!(!handle.is_null(), "{name}: dlopen failed");
-    let _ = std::fs::remove_dir_all(&dir);
+    let prelude = format!("#define KILN_BLOCKS {blocks}\n{}", host::SHIMS);
+    let (handle, calls) =
+        host::build_library(&prelude, &sources, "warp", &["-O1", "-pthread"], &|call| {
+            format!("krun([=] {{ {call} }});")
+        });
     // Memory as the executable lays it out: one arena, the rest apart.
     let arena_len = program
         .buffers
@@ -1439,15 +1436,7 @@ fn agree_on_threaded_host(
         own.push(m);
     }
     let mut error = 0i32;
-    type Call = extern "C" fn(*const u64, i64);
-    for (id, s) in sources.iter().enumerate() {
-        let sym = std::ffi::CString::new(format!("call_{id}")).unwrap();
-        // SAFETY: the symbol was defined above with this signature.
-        let f: Call = unsafe {
-            let p = libc::dlsym(handle, sym.as_ptr());
-            assert!(!p.is_null());
-            std::mem::transmute::<*mut libc::c_void, Call>(p)
-        };
+    for (s, f) in sources.iter().zip(&calls) {
         let mut params: Vec<u64> = s.params.iter().map(|b| addr[b.0]).collect();
         if s.error_word {
             params.push(&mut error as *mut i32 as u64);
@@ -1470,7 +1459,7 @@ fn agree_on_threaded_host(
         kiln_tests::compare(w, &got).unwrap_or_else(|e| panic!("{name}, {f}: {e}"));
     }
     // SAFETY: no function of the library is called after this.
-    unsafe { libc::dlclose(handle) };
+    unsafe { libc::dlclose(handle as *mut libc::c_void) };
     drop(own);
     true
 }

@@ -1079,6 +1079,31 @@ impl Gpu for CudaGpu {
             MatmulPrecision::Bf16 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF),
             MatmulPrecision::F16 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16F),
         };
+        // One plain strided batched product of element type `$t`.
+        macro_rules! strided {
+            ($f:ident, $t:ty) => {
+                result::$f(
+                    h,
+                    op(g.trans_a),
+                    op(g.trans_b),
+                    m,
+                    n,
+                    k,
+                    &(1.0 as $t),
+                    g.a as *const $t,
+                    lda,
+                    g.stride_a,
+                    g.b as *const $t,
+                    ldb,
+                    g.stride_b,
+                    &(0.0 as $t),
+                    g.c as *mut $t,
+                    ldc,
+                    g.stride_c,
+                    batch,
+                )
+            };
+        }
         // SAFETY: `gemm_of` derived the call from the program's buffers,
         // which hold every element it reads and writes; the sizes fit i32.
         let r = unsafe {
@@ -1109,46 +1134,8 @@ impl Gpu for CudaGpu {
                     compute,
                     sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                 ),
-                (DType::F32, None) => result::sgemm_strided_batched(
-                    h,
-                    op(g.trans_a),
-                    op(g.trans_b),
-                    m,
-                    n,
-                    k,
-                    &1.0f32,
-                    g.a as *const f32,
-                    lda,
-                    g.stride_a,
-                    g.b as *const f32,
-                    ldb,
-                    g.stride_b,
-                    &0.0f32,
-                    g.c as *mut f32,
-                    ldc,
-                    g.stride_c,
-                    batch,
-                ),
-                (DType::F64, _) => result::dgemm_strided_batched(
-                    h,
-                    op(g.trans_a),
-                    op(g.trans_b),
-                    m,
-                    n,
-                    k,
-                    &1.0f64,
-                    g.a as *const f64,
-                    lda,
-                    g.stride_a,
-                    g.b as *const f64,
-                    ldb,
-                    g.stride_b,
-                    &0.0f64,
-                    g.c as *mut f64,
-                    ldc,
-                    g.stride_c,
-                    batch,
-                ),
+                (DType::F32, None) => strided!(sgemm_strided_batched, f32),
+                (DType::F64, _) => strided!(dgemm_strided_batched, f64),
                 (other, _) => return Err(Error::Cuda(format!("no GEMM for {other}"))),
             }
         };
