@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 /// One exported kernel function.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectKernel {
-    /// The program kernel it computes.
+    /// Its position in run order (the program kernel it computes: every
+    /// kernel of a program taken here is one loop nest).
     pub kernel: usize,
     /// Its symbol: `{prefix}_kN`.
     pub symbol: String,
@@ -82,9 +83,6 @@ pub fn compile_object(program: &KernelProgram, prefix: &str, target: Target) -> 
                 })
             }
         }
-    }
-    for (i, k) in kernels.iter_mut().enumerate() {
-        k.kernel = i;
     }
     jit.entry(program, &calls)?;
     Ok(ObjectCode {
