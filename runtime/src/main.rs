@@ -114,6 +114,11 @@ enum Command {
         /// The size of a symbolic dim, as NAME=N (repeatable; every one is needed).
         #[arg(long = "dim", value_name = "NAME=N")]
         dims: Vec<String>,
+        /// Also build DIR/NAME, a standalone program (with `cc`) that runs
+        /// the model on NAME=FILE.npy inputs and writes its outputs as .npy
+        /// files (`-o OUTDIR`).
+        #[arg(long)]
+        exe: bool,
     },
 }
 
@@ -256,7 +261,8 @@ fn main() {
             name,
             target,
             dims,
-        } => compile_aot(&model, &output, name, &target, dims),
+            exe,
+        } => compile_aot(&model, &output, name, &target, dims, exe),
     };
     if let Err(e) = result {
         eprintln!("kiln: error: {e:#}");
@@ -502,6 +508,7 @@ fn compile_aot(
     name: Option<String>,
     target: &str,
     dims: Vec<String>,
+    exe: bool,
 ) -> Result<()> {
     let target: kiln_codegen::cpu::Target = target.parse()?;
     let graph = load(model)?;
@@ -541,9 +548,10 @@ fn compile_aot(
     let hdr = dir.join(format!("{name}.h"));
     std::fs::write(&obj, &code.bytes).with_context(|| format!("writing {}", obj.display()))?;
     let mut header = kiln_codegen::cpu::aot::header(&c.program, &code, &name);
+    // Output names as file names ('/' in a scoped name becomes '_').
     let names: Vec<String> = default_fetches(&graph)?
         .iter()
-        .map(|&o| graph.node(o).name.clone())
+        .map(|&o| graph.node(o).name.replace(['/', '\\'], "_"))
         .collect();
     header.push_str(&format!(
         "\n/* outputs, in order: {} */\n",
@@ -558,6 +566,33 @@ fn compile_aot(
         obj.display(),
         hdr.display()
     );
+    if exe {
+        let main_c = dir.join(format!("{name}_main.c"));
+        let bin = dir.join(&name);
+        std::fs::write(
+            &main_c,
+            kiln_codegen::cpu::aot::standalone_main(&c.program, &name, &names),
+        )
+        .with_context(|| format!("writing {}", main_c.display()))?;
+        let out = std::process::Command::new("cc")
+            .arg("-O2")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&main_c)
+            .arg(&obj)
+            .arg("-lm")
+            .output()
+            .context("--exe needs a C compiler: 'cc' did not run")?;
+        if !out.status.success() {
+            bail!(
+                "cc could not build {}:\n{}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+        println!("standalone program: {} ({size} bytes)", bin.display());
+    }
     Ok(())
 }
 

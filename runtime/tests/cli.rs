@@ -401,3 +401,102 @@ fn compile_writes_an_object_and_a_header() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn compile_exe_runs_the_model_on_npy_files() {
+    if !Command::new("cc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("SKIPPED: no C compiler (cc)");
+        return;
+    }
+    let dir = temp_dir("exe");
+    let g = kiln::graph::GraphBuilder::new();
+    let x = g
+        .placeholder("x", kiln::graph::DType::F32, kiln::shape!["batch", 5])
+        .unwrap();
+    let m = x.max(&[1], true).unwrap();
+    let y = x
+        .sub(m)
+        .unwrap()
+        .mul(0.5)
+        .unwrap()
+        .named("scores/y")
+        .unwrap();
+    g.output(y).unwrap();
+    g.output(x.gt(0.0).unwrap().named("positive").unwrap())
+        .unwrap();
+    let graph = g.into_graph();
+    let model = dir.join("tiny.kiln");
+    graph.save(&model).unwrap();
+    let out = dir.join("build");
+    let r = kiln(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--dim",
+        "batch=3",
+        "--exe",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stdout(&r).contains("standalone program"), "{}", stdout(&r));
+    let xs = kiln::graph::Array::from_vec(
+        vec![3, 5],
+        (0..15).map(|i| (i as f32 * 0.7).sin()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let input = dir.join("x.npy");
+    kiln::npy::write(&input, &xs).unwrap();
+    let res = dir.join("res");
+    std::fs::create_dir_all(&res).unwrap();
+    let exe = out.join("tiny");
+    let run = Command::new(&exe)
+        .arg(format!("x={}", input.display()))
+        .arg("-o")
+        .arg(&res)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let want = kiln::Session::new(&graph, kiln::Device::Cpu)
+        .unwrap()
+        .run(&[("x", &xs)], &["scores/y", "positive"])
+        .unwrap();
+    let y = kiln::npy::read(res.join("scores_y.npy")).unwrap();
+    let p = kiln::npy::read(res.join("positive.npy")).unwrap();
+    assert!(y.same_bits(&want[0]), "{y:?} vs {:?}", want[0]);
+    assert!(p.same_bits(&want[1]), "{p:?} vs {:?}", want[1]);
+    // A wrong shape, a wrong dtype and a missing input: clear errors.
+    let bad = kiln::graph::Array::from_vec(vec![2, 5], vec![0f32; 10]).unwrap();
+    kiln::npy::write(&input, &bad).unwrap();
+    let r = Command::new(&exe)
+        .arg(format!("x={}", input.display()))
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(
+        stderr(&r).contains("has shape (2, 5), the model takes (3, 5)"),
+        "{}",
+        stderr(&r)
+    );
+    let bad = kiln::graph::Array::from_vec(vec![3, 5], vec![0f64; 15]).unwrap();
+    kiln::npy::write(&input, &bad).unwrap();
+    let r = Command::new(&exe)
+        .arg(format!("x={}", input.display()))
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&r).contains("holds '<f8' elements, the model takes '<f4'"),
+        "{}",
+        stderr(&r)
+    );
+    let r = Command::new(&exe).output().unwrap();
+    assert!(
+        stderr(&r).contains("input 'x' was not given"),
+        "{}",
+        stderr(&r)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
