@@ -5,9 +5,10 @@
 //! gives every buffer device memory (temporaries at their offsets in one
 //! arena, the rest their own, constants uploaded once), binds each
 //! generated kernel and matrix product to its buffers' addresses, and per
-//! run copies the feeds and variables in, launches the kernels in order,
-//! runs primitive ops (`Kernel::Op`) without device code on the host
-//! between them, and copies the fetches and the variables' new values out.
+//! run copies the feeds in, launches the kernels in order, runs primitive
+//! ops (`Kernel::Op`) without device code on the host between them, and
+//! copies the fetches out. Variables are the caller's device memory,
+//! bound where they lie and assigned there after the outputs are taken.
 //! [`DeviceExecutable::run_device`] instead takes feeds already in device
 //! memory and leaves the results there: inputs and results are read and
 //! written where they lie, with no copy, by binding their addresses.
