@@ -51,8 +51,8 @@ run)
     }
     step cuda-tests 90 "$dir/cuda-tests" --nocapture --test-threads 1
     step training 30 bash -c "$dir/training-tests --nocapture; t=\$?;
-        $dir/kiln run examples/mlp.kiln --input x=examples/digit.npy --device cuda --profile;
-        [ \$t = 0 ] && [ \$? = 0 ]"
+        $dir/kiln run examples/mlp.kiln --input x=examples/digit.npy --device cuda --profile; k=\$?;
+        [ \$t = 0 ] && [ \$k = 0 ]"
     PYTHONUNBUFFERED=1 KILN_BENCH_PYTHON="${KILN_BENCH_PYTHON:-python3}" \
         step bench "${KILN_BENCH_SECONDS:-170}" "$dir/kiln-bench" --device cuda --runs 200 --peers --dir /tmp/kiln-bench
     # Variants: BF16 tensor-core matrix products, direct convolutions
