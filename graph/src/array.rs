@@ -181,7 +181,7 @@ pub trait Elem: Copy + PartialEq + PartialOrd + fmt::Debug + Send + Sync + 'stat
 }
 
 macro_rules! impl_elem {
-    ($t:ty, $variant:ident, $dt:expr) => {
+    ($t:ty, $variant:ident, $dt:expr, |$x:ident| $to:expr, |$v:ident| $from:expr) => {
         impl Elem for $t {
             const DTYPE: DType = $dt;
             fn slice(data: &Data) -> Option<&[Self]> {
@@ -194,64 +194,27 @@ macro_rules! impl_elem {
                 Data::$variant(v)
             }
             fn to_f64(self) -> f64 {
-                self as f64
+                let $x = self;
+                $to
             }
-            fn from_f64(v: f64) -> Self {
-                v as $t
-            }
-        }
-    };
-}
-
-impl_elem!(f32, F32, DType::F32);
-impl_elem!(f64, F64, DType::F64);
-impl_elem!(i32, I32, DType::I32);
-impl_elem!(i64, I64, DType::I64);
-
-macro_rules! impl_half_elem {
-    ($t:ty, $variant:ident, $dt:expr) => {
-        impl Elem for $t {
-            const DTYPE: DType = $dt;
-            fn slice(data: &Data) -> Option<&[Self]> {
-                match data {
-                    Data::$variant(v) => Some(v),
-                    _ => None,
-                }
-            }
-            fn wrap(v: Vec<Self>) -> Data {
-                Data::$variant(v)
-            }
-            fn to_f64(self) -> f64 {
-                <$t>::to_f64(self)
-            }
-            fn from_f64(v: f64) -> Self {
-                <$t>::from_f64(v)
+            fn from_f64($v: f64) -> Self {
+                $from
             }
         }
     };
 }
 
-impl_half_elem!(half::f16, F16, DType::F16);
-impl_half_elem!(half::bf16, BF16, DType::BF16);
-
-impl Elem for bool {
-    const DTYPE: DType = DType::Bool;
-    fn slice(data: &Data) -> Option<&[Self]> {
-        match data {
-            Data::Bool(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(v: Vec<Self>) -> Data {
-        Data::Bool(v)
-    }
-    fn to_f64(self) -> f64 {
-        self as u8 as f64
-    }
-    fn from_f64(v: f64) -> Self {
-        v != 0.0
-    }
-}
+impl_elem!(f32, F32, DType::F32, |x| x as f64, |v| v as f32);
+impl_elem!(f64, F64, DType::F64, |x| x, |v| v);
+impl_elem!(i32, I32, DType::I32, |x| x as f64, |v| v as i32);
+impl_elem!(i64, I64, DType::I64, |x| x as f64, |v| v as i64);
+impl_elem!(half::f16, F16, DType::F16, |x| x.to_f64(), |v| {
+    half::f16::from_f64(v)
+});
+impl_elem!(half::bf16, BF16, DType::BF16, |x| x.to_f64(), |v| {
+    half::bf16::from_f64(v)
+});
+impl_elem!(bool, Bool, DType::Bool, |x| x as u8 as f64, |v| v != 0.0);
 
 /// One element of any dtype.
 #[derive(Clone, Copy, Debug, PartialEq)]

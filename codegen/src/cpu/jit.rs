@@ -189,20 +189,13 @@ impl Jit<cranelift_object::ObjectModule> {
             default_libcall_names(),
         )
         .map_err(|e| host(e.to_string()))?;
-        let module = cranelift_object::ObjectModule::new(builder);
-        let ctx = module.make_context();
-        Ok(Jit {
-            module,
-            ctx,
-            fctx: FunctionBuilderContext::new(),
-            imports: HashMap::new(),
-            count: 0,
-            fma: target != Target::Host || host_has_fma(),
-            // Row programs are addresses baked into JIT code: not in objects.
-            wide: false,
-            rows: Vec::new(),
-            export: Some(prefix.to_string()),
-        })
+        // Row programs are addresses baked into JIT code: not in objects.
+        Ok(Jit::with_module(
+            cranelift_object::ObjectModule::new(builder),
+            target != Target::Host || host_has_fma(),
+            false,
+            Some(prefix.to_string()),
+        ))
     }
 
     /// Defines the program's entry point, exported as `{prefix}_run`:
@@ -379,19 +372,12 @@ impl Jit {
         for (name, ptr) in support::symbols() {
             jb.symbol(name, ptr);
         }
-        let module = JITModule::new(jb);
-        let ctx = module.make_context();
-        Ok(Jit {
-            module,
-            ctx,
-            fctx: FunctionBuilderContext::new(),
-            imports: HashMap::new(),
-            count: 0,
-            fma: host_has_fma(),
-            wide: wide && super::wide::available(),
-            rows: Vec::new(),
-            export: None,
-        })
+        Ok(Jit::with_module(
+            JITModule::new(jb),
+            host_has_fma(),
+            wide && super::wide::available(),
+            None,
+        ))
     }
 
     /// Finishes compilation; afterwards [`Jit::function`] gives entry points.
@@ -413,6 +399,21 @@ impl Jit {
 }
 
 impl<M: Module> Jit<M> {
+    fn with_module(module: M, fma: bool, wide: bool, export: Option<String>) -> Jit<M> {
+        let ctx = module.make_context();
+        Jit {
+            module,
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            imports: HashMap::new(),
+            count: 0,
+            fma,
+            wide,
+            rows: Vec::new(),
+            export,
+        }
+    }
+
     fn import(&mut self, name: &'static str, params: &[Type], ret: &[Type]) -> Result<FuncId> {
         if let Some(&id) = self.imports.get(name) {
             return Ok(id);
