@@ -78,6 +78,14 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A model could not be compiled ahead of time.
+    #[error("{model}: {reason}")]
+    Aot {
+        /// The model file.
+        model: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// `Result` with [`Error`].

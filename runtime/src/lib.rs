@@ -1,6 +1,6 @@
 //! kiln: a static-graph compiler and runtime for deep learning.
 //!
-//! Define a model once as a graph with [`GraphBuilder`]; shape and dtype
+//! Define a model once as a graph with [`GraphBuilder`](crate::prelude::GraphBuilder); shape and dtype
 //! mistakes are reported when each op is added, at your source line. Run it
 //! in a [`Session`] with feeds and fetches, save it as a `.kiln` file, and
 //! load it back without executing anything.
@@ -21,6 +21,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod aot;
 pub mod checkpoint;
 pub mod datasets;
 pub mod device;

@@ -1,0 +1,261 @@
+//! Ahead-of-time models in Rust programs: a build script compiles a
+//! `.kiln` file into an object and a Rust module, and the program calls the
+//! model without the JIT (or any of kiln) at run time.
+//!
+//! In `build.rs`'s `main`:
+//!
+//! ```no_run
+//! let out = std::env::var("OUT_DIR").unwrap();
+//! kiln::aot::Build::new("model.kiln", "model")
+//!     .dim("batch", 8)
+//!     .write(out.as_ref())
+//!     .unwrap();
+//! println!("cargo:rerun-if-changed=model.kiln");
+//! ```
+//!
+//! and in the crate: `include!(concat!(env!("OUT_DIR"), "/model.rs"));`,
+//! then `let (y,) = model::run(&x).unwrap();`.
+//!
+//! `write` prints `cargo:rustc-link-arg=OUT_DIR/model.o`, so the object
+//! links into the crate. Same limits as `kiln compile` (first version:
+//! models of elementwise ops and reductions).
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use kiln_codegen::cpu::Target;
+use kiln_graph::{DType, Graph};
+use kiln_optimizer::kernel::Storage;
+
+use crate::error::{Error, Result};
+
+/// A model to compile for a Rust program (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Build {
+    model: PathBuf,
+    name: String,
+    dims: Vec<(String, usize)>,
+    target: Target,
+    link: bool,
+}
+
+fn rust_type(d: DType) -> Option<&'static str> {
+    Some(match d {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::I32 => "i32",
+        DType::I64 => "i64",
+        DType::Bool => "bool",
+        DType::F16 | DType::BF16 => return None,
+    })
+}
+
+fn snake(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
+}
+
+impl Build {
+    /// The model at `model`, its Rust module and C symbols named `name`.
+    pub fn new(model: impl Into<PathBuf>, name: &str) -> Build {
+        Build {
+            model: model.into(),
+            name: name.to_string(),
+            dims: Vec::new(),
+            target: Target::Host,
+            link: true,
+        }
+    }
+
+    /// Binds symbolic dim `name` to `n` (every symbolic dim needs one).
+    pub fn dim(mut self, name: &str, n: usize) -> Build {
+        self.dims.push((name.to_string(), n));
+        self
+    }
+
+    /// The CPU to compile for (default: the building machine).
+    pub fn target(mut self, target: Target) -> Build {
+        self.target = target;
+        self
+    }
+
+    /// Whether `write` prints the `cargo:rustc-link-arg` line (on by
+    /// default; off outside build scripts).
+    pub fn cargo_link(mut self, on: bool) -> Build {
+        self.link = on;
+        self
+    }
+
+    /// Writes `dir/NAME.o` and `dir/NAME.rs` (a module `NAME` with `run`,
+    /// taking one slice per input in the model's input order and returning
+    /// one `Vec` per output in output order, and the shapes as constants).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let invalid = |reason: String| Error::Aot {
+            model: self.model.display().to_string(),
+            reason,
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || self.name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(invalid(format!("'{}' is not an identifier", self.name)));
+        }
+        let graph = Graph::load(&self.model)?;
+        let mut bindings = kiln_graph::Bindings::new();
+        for p in graph.placeholders() {
+            for s in graph.node(p).ty.shape.symbols() {
+                let n = self
+                    .dims
+                    .iter()
+                    .find(|(d, _)| d == s)
+                    .map(|(_, n)| *n)
+                    .ok_or_else(|| invalid(format!("symbolic dim '{s}' needs .dim(\"{s}\", N)")))?;
+                bindings.insert(s.to_string(), n);
+            }
+        }
+        let fetches = graph.outputs().to_vec();
+        if fetches.is_empty() {
+            return Err(invalid("the model declares no outputs".into()));
+        }
+        let opts = kiln_optimizer::CompileOptions {
+            freeze_variables: true,
+            ..Default::default()
+        };
+        let program = kiln_optimizer::compile(&graph, &fetches, &bindings, &opts)?.program;
+        let code = kiln_codegen::cpu::aot::compile_object(&program, &self.name, self.target)?;
+        std::fs::create_dir_all(dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+        let obj = dir.join(format!("{}.o", self.name));
+        std::fs::write(&obj, &code.bytes)
+            .map_err(|e| invalid(format!("writing {}: {e}", obj.display())))?;
+        let inputs: Vec<(String, DType, Vec<usize>)> = program
+            .buffers
+            .iter()
+            .filter_map(|b| match &b.storage {
+                Storage::Input { name } => Some((name.clone(), b.dtype, b.shape.clone())),
+                _ => None,
+            })
+            .collect();
+        let outputs: Vec<(String, DType, Vec<usize>)> = program
+            .outputs
+            .iter()
+            .zip(&fetches)
+            .map(|(b, &f)| {
+                let buf = program.buffer(*b);
+                (graph.node(f).name.clone(), buf.dtype, buf.shape.clone())
+            })
+            .collect();
+        let ty = |d: DType, what: &str| {
+            rust_type(d)
+                .ok_or_else(|| invalid(format!("{what} is {d}, which Rust has no type for")))
+        };
+        let name = &self.name;
+        let mut m = format!(
+            "/// The model {model}, compiled ahead of time by kiln.\n\
+             #[allow(dead_code, clippy::all)]\npub mod {name} {{\n\
+             extern \"C\" {{\n    fn {name}_run(inputs: *const *const u8, outputs: *const *mut u8);\n}}\n\n\
+             static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());\n\n",
+            model = self.model.display()
+        );
+        for (n, d, s) in inputs.iter().chain(&outputs) {
+            let _ = writeln!(
+                m,
+                "/// `{n}`: {d} {s:?}.\npub const {}_SHAPE: [usize; {}] = {s:?};",
+                snake(n).to_ascii_uppercase(),
+                s.len()
+            );
+        }
+        let args: Vec<String> = inputs
+            .iter()
+            .map(|(n, d, _)| {
+                Ok(format!(
+                    "{}: &[{}]",
+                    snake(n),
+                    ty(*d, &format!("input '{n}'"))?
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let rets: Vec<String> = outputs
+            .iter()
+            .map(|(n, d, _)| Ok(format!("Vec<{}>", ty(*d, &format!("output '{n}'"))?)))
+            .collect::<Result<_>>()?;
+        let _ = write!(
+            m,
+            "\n/// Runs the model: one slice per input (row-major, of the length\n\
+             /// its shape gives), one `Vec` per output. Calls are serialized\n\
+             /// (the model's working memory is one static block).\n\
+             pub fn run({}) -> Result<({},), String> {{\n",
+            args.join(", "),
+            rets.join(", ")
+        );
+        for (n, _, s) in &inputs {
+            let len: usize = s.iter().product();
+            let _ = writeln!(
+                m,
+                "    if {v}.len() != {len} {{ return Err(format!(\"input '{n}': {{}} elements, the model takes {len}\", {v}.len())); }}",
+                v = snake(n)
+            );
+        }
+        for (k, (_, d, s)) in outputs.iter().enumerate() {
+            let len: usize = s.iter().product();
+            let zero = if *d == DType::Bool { "false" } else { "0 as _" };
+            let _ = writeln!(m, "    let mut o{k} = vec![{zero}; {len}];");
+        }
+        let _ = writeln!(
+            m,
+            "    let inputs: [*const u8; {}] = [{}];",
+            inputs.len().max(1),
+            if inputs.is_empty() {
+                "std::ptr::null()".to_string()
+            } else {
+                inputs
+                    .iter()
+                    .map(|(n, _, _)| format!("{}.as_ptr() as *const u8", snake(n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        let _ = writeln!(
+            m,
+            "    let outputs: [*mut u8; {}] = [{}];",
+            outputs.len(),
+            (0..outputs.len())
+                .map(|k| format!("o{k}.as_mut_ptr() as *mut u8"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = write!(
+            m,
+            "    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());\n\
+             \x20   // SAFETY: every input slice and output vector has the length\n\
+             \x20   // the compiled model reads or writes (checked above); bools are\n\
+             \x20   // written as 0 or 1.\n\
+             \x20   unsafe {{ {name}_run(inputs.as_ptr(), outputs.as_ptr()) }};\n\
+             \x20   Ok(({},))\n}}\n}}\n",
+            (0..outputs.len())
+                .map(|k| format!("o{k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rs = dir.join(format!("{name}.rs"));
+        std::fs::write(&rs, m).map_err(|e| invalid(format!("writing {}: {e}", rs.display())))?;
+        if self.link {
+            println!("cargo:rustc-link-arg={}", obj.display());
+        }
+        Ok(())
+    }
+}
