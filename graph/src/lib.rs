@@ -19,7 +19,7 @@ pub mod layers;
 pub mod op;
 pub mod ops;
 pub mod optim;
-pub mod rng;
+pub use kiln_rt::rng;
 pub mod shape;
 pub mod tensor_ops;
 pub mod text;

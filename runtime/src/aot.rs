@@ -16,9 +16,13 @@
 //! and in the crate: `include!(concat!(env!("OUT_DIR"), "/model.rs"));`,
 //! then `let (y,) = model::run(&x).unwrap();`.
 //!
-//! `write` prints `cargo:rustc-link-arg=OUT_DIR/model.o`, so the object
-//! links into the crate. Same limits as `kiln compile` (first version:
-//! models of elementwise ops and reductions).
+//! `write` also writes `libkiln_rt.a` (kiln's run-time library: the
+//! executor, GEMM, convolutions and support functions, with no other kiln
+//! code) and prints `cargo:rustc-link-arg` lines for the object and the
+//! library, so both link into the crate. Same limits as `kiln compile`:
+//! every op but pooling, gather, scatter-add and control flow; frozen
+//! graphs. (A program that also links the `kiln-rt` crate itself should
+//! not link the library too: their C symbols would clash.)
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,36 @@ use kiln_graph::{DType, Graph};
 use kiln_optimizer::kernel::Storage;
 
 use crate::error::{Error, Result};
+
+/// The run-time library `libkiln_rt.a` this kiln was built with (see
+/// `runtime/build.rs`), or an error saying why it is missing.
+pub fn runtime_library() -> Result<&'static [u8]> {
+    static LIB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libkiln_rt.a"));
+    if LIB.is_empty() {
+        return Err(Error::Aot {
+            model: "libkiln_rt.a".into(),
+            reason: "this kiln was built without its run-time library libkiln_rt.a \
+                     (see the warning its build printed; rebuild with cargo and the \
+                     registry's crates available)"
+                .into(),
+        });
+    }
+    Ok(LIB)
+}
+
+/// Writes `dir/libkiln_rt.a` (see [`runtime_library`]) and returns its path.
+pub fn write_runtime_library(dir: &Path) -> Result<PathBuf> {
+    let lib = runtime_library()?;
+    let path = dir.join("libkiln_rt.a");
+    std::fs::write(&path, lib).map_err(|e| Error::Aot {
+        model: "libkiln_rt.a".into(),
+        reason: format!("writing {}: {e}", path.display()),
+    })?;
+    Ok(path)
+}
+
+/// The libraries a C program linking `libkiln_rt.a` needs besides libc.
+pub const SYSTEM_LIBS: [&str; 3] = ["-lm", "-lpthread", "-ldl"];
 
 /// A model to compile for a Rust program (see the module docs).
 #[derive(Clone, Debug)]
@@ -98,7 +132,7 @@ impl Build {
         self
     }
 
-    /// Writes `dir/NAME.o` and `dir/NAME.rs` (a module `NAME` with `run`,
+    /// Writes `dir/NAME.o`, `dir/libkiln_rt.a` and `dir/NAME.rs` (a module `NAME` with `run`,
     /// taking one slice per input in the model's input order and returning
     /// one `Vec` per output in output order, and the shapes as constants).
     pub fn write(&self, dir: &Path) -> Result<()> {
@@ -139,6 +173,7 @@ impl Build {
         let program = kiln_optimizer::compile(&graph, &fetches, &bindings, &opts)?.program;
         let code = kiln_codegen::cpu::aot::compile_object(&program, &self.name, self.target)?;
         std::fs::create_dir_all(dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+        let lib = write_runtime_library(dir)?;
         let obj = dir.join(format!("{}.o", self.name));
         std::fs::write(&obj, &code.bytes)
             .map_err(|e| invalid(format!("writing {}: {e}", obj.display())))?;
@@ -167,7 +202,8 @@ impl Build {
         let mut m = format!(
             "/// The model {model}, compiled ahead of time by kiln.\n\
              #[allow(dead_code, clippy::all)]\npub mod {name} {{\n\
-             extern \"C\" {{\n    fn {name}_run(inputs: *const *const u8, outputs: *const *mut u8);\n}}\n\n\
+             extern \"C\" {{\n    fn {name}_run(inputs: *const *const u8, outputs: *const *mut u8) -> i32;\n    \
+             fn kiln_rt_last_error() -> *const std::ffi::c_char;\n}}\n\n\
              static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());\n\n",
             model = self.model.display()
         );
@@ -244,7 +280,11 @@ impl Build {
              \x20   // SAFETY: every input slice and output vector has the length\n\
              \x20   // the compiled model reads or writes (checked above); bools are\n\
              \x20   // written as 0 or 1.\n\
-             \x20   unsafe {{ {name}_run(inputs.as_ptr(), outputs.as_ptr()) }};\n\
+             \x20   if unsafe {{ {name}_run(inputs.as_ptr(), outputs.as_ptr()) }} != 0 {{\n\
+             \x20       // SAFETY: the library keeps the message until the next failure.\n\
+             \x20       let why = unsafe {{ std::ffi::CStr::from_ptr(kiln_rt_last_error()) }};\n\
+             \x20       return Err(why.to_string_lossy().into_owned());\n\
+             \x20   }}\n\
              \x20   Ok(({},))\n}}\n}}\n",
             (0..outputs.len())
                 .map(|k| format!("o{k}"))
@@ -255,6 +295,10 @@ impl Build {
         std::fs::write(&rs, m).map_err(|e| invalid(format!("writing {}: {e}", rs.display())))?;
         if self.link {
             println!("cargo:rustc-link-arg={}", obj.display());
+            println!("cargo:rustc-link-arg={}", lib.display());
+            for l in SYSTEM_LIBS {
+                println!("cargo:rustc-link-arg={l}");
+            }
         }
         Ok(())
     }

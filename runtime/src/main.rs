@@ -547,6 +547,7 @@ fn compile_aot(
     let obj = dir.join(format!("{name}.o"));
     let hdr = dir.join(format!("{name}.h"));
     std::fs::write(&obj, &code.bytes).with_context(|| format!("writing {}", obj.display()))?;
+    let lib = kiln::aot::write_runtime_library(dir)?;
     let mut header = kiln_codegen::cpu::aot::header(&c.program, &code, &name);
     // Output names as file names ('/' in a scoped name becomes '_').
     let names: Vec<String> = default_fetches(&graph)?
@@ -559,12 +560,14 @@ fn compile_aot(
     ));
     std::fs::write(&hdr, header).with_context(|| format!("writing {}", hdr.display()))?;
     println!(
-        "{}: {} kernel(s), {} bytes of object code and weights -> {}, {}",
+        "{}: {} step(s), {} function(s), {} bytes of object code and weights -> {}, {}, {}",
         model.display(),
-        code.kernels.len(),
+        code.steps,
+        code.functions.len(),
         code.bytes.len(),
         obj.display(),
-        hdr.display()
+        hdr.display(),
+        lib.display()
     );
     if exe {
         let main_c = dir.join(format!("{name}_main.c"));
@@ -580,7 +583,8 @@ fn compile_aot(
             .arg(&bin)
             .arg(&main_c)
             .arg(&obj)
-            .arg("-lm")
+            .arg(&lib)
+            .args(kiln::aot::SYSTEM_LIBS)
             .output()
             .context("--exe needs a C compiler: 'cc' did not run")?;
         if !out.status.success() {

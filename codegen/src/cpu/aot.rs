@@ -1,49 +1,41 @@
-//! Ahead-of-time code (first part of issue 7): a kernel program compiled by
-//! the same emitter as the JIT into an object file (`cranelift-object`,
-//! position-independent) with its constants as read-only data, its arena as
-//! a zeroed static block, and one entry point, `{prefix}_run(inputs,
-//! outputs)`; plus a C header declaring it with the inputs' and outputs'
-//! types and shapes. `cc main.c model.o -lm` links a program that runs the
-//! model (tests/tests/aot.rs compares it with the JIT session).
+//! Ahead-of-time code: a kernel program compiled by the same emitter as the
+//! JIT into an object file (`cranelift-object`, position-independent) with
+//! its constants as read-only data, its arena as a zeroed static block, its
+//! steps as a `kiln_rt::blob` list, and one entry point, `{prefix}_run(inputs,
+//! outputs)`, which hands them to `kiln-rt`'s executor (`kiln_rt_run`): the
+//! JIT session's own executor, so matrix products, convolutions and thread
+//! splits run the same code. Plus a C header declaring it with the inputs'
+//! and outputs' types and shapes, and a standalone `.npy` program.
+//! `cc main.c model.o libkiln_rt.a -lm -lpthread -ldl` links a program that
+//! runs the model (tests/tests/aot.rs compares it with the JIT session).
 //!
-//! What is here compiles programs made of loop nests (elementwise kernels
-//! and reductions) whose operations are inline code. Matrix products,
-//! convolutions and ops, which the JIT's executor runs through its own
-//! support code, and the transcendental functions JIT code calls need the
-//! static runtime library that comes next; they are refused with an error.
+//! Ops the executor has no code for (pooling, gather, scatter-add, control
+//! flow: the JIT runs them through kiln's interpreter) are refused with an
+//! error naming them.
 
 use kiln_graph::DType;
-use kiln_optimizer::kernel::{KernelProgram, Storage};
+use kiln_optimizer::kernel::{Kernel, KernelProgram, Storage};
 
 use super::jit::{Jit, Target};
-use super::{compile_kernels, Pending};
+use super::{compile_kernels, write_steps};
 use crate::error::{Error, Result};
-
-/// One exported kernel function.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ObjectKernel {
-    /// Its position in run order (the program kernel it computes: every
-    /// kernel of a program taken here is one loop nest).
-    pub kernel: usize,
-    /// Its symbol: `{prefix}_kN`.
-    pub symbol: String,
-    /// Extent of its outermost loop (the `hi` of a whole call).
-    pub extent: usize,
-}
 
 /// A program compiled ahead of time.
 #[derive(Clone, Debug)]
 pub struct ObjectCode {
     /// The object file (ELF on Linux).
     pub bytes: Vec<u8>,
-    /// Its kernel functions in run order, each
+    /// Its loop-nest functions (kernels and epilogues), in the order the
+    /// step list names them, each
     /// `void f(void *const *buffers, int64_t lo, int64_t hi)`.
-    pub kernels: Vec<ObjectKernel>,
+    pub functions: Vec<String>,
+    /// Steps in the step list (loop nests, products, convolutions).
+    pub steps: usize,
 }
 
-/// Compiles `program`'s kernels for `target` into an object file whose
-/// functions are named `{prefix}_kN`. Errors for a program with a matrix
-/// product, convolution or other op (they need the runtime library).
+/// Compiles `program` for `target` into an object file whose functions are
+/// named `{prefix}_...`. Errors for a program with an op the run-time
+/// library has no code for, or with variables it assigns (training).
 pub fn compile_object(program: &KernelProgram, prefix: &str, target: Target) -> Result<ObjectCode> {
     if prefix.is_empty()
         || !prefix
@@ -56,81 +48,31 @@ pub fn compile_object(program: &KernelProgram, prefix: &str, target: Target) -> 
             reason: format!("'{prefix}' is not a C identifier"),
         });
     }
-    needs_no_runtime(program)?;
     let mut jit = Jit::object(prefix, target)?;
     let pending = compile_kernels(&mut jit, program)?;
-    let mut kernels = Vec::new();
-    let mut calls = Vec::new();
-    for p in pending {
-        match p {
-            Pending::Jit(id, shape, _) => {
-                let extent = shape.first().copied().unwrap_or(1);
-                calls.push((id, extent));
-                kernels.push(ObjectKernel {
-                    kernel: kernels.len(),
-                    symbol: jit.symbol(id),
-                    extent,
-                })
+    let steps = write_steps(program, &pending)?;
+    if let Some(&k) = steps.host.values().min() {
+        let what = match &program.kernels[k] {
+            Kernel::Op { op, out, .. } => {
+                format!("a {} op ({})", op.name(), program.buffer(*out).dtype)
             }
-            Pending::MatMul(k, _) | Pending::Op(k, _) => {
-                return Err(Error::Codegen {
-                    kernel: k,
-                    reason: format!(
-                        "a {} kernel needs kiln's runtime library, which ahead-of-time \
-                         binaries do not have yet",
-                        program.kernels[k].label()
-                    ),
-                })
-            }
-        }
-    }
-    jit.entry(program, &calls)?;
-    Ok(ObjectCode {
-        bytes: jit.emit()?,
-        kernels,
-    })
-}
-
-/// An error for a program whose code would call kiln's support functions
-/// (transcendentals, pow, random samples, half conversions), which the
-/// runtime library will provide.
-fn needs_no_runtime(program: &KernelProgram) -> Result<()> {
-    use kiln_graph::BinaryOp;
-    use kiln_optimizer::kernel::{Instr, Kernel};
-    let refuse = |k: usize, what: String| {
-        Err(Error::Codegen {
+            other => other.label().to_string(),
+        };
+        return Err(Error::Codegen {
             kernel: k,
             reason: format!(
-                "{what} needs kiln's runtime library, which ahead-of-time binaries \
-                 do not have yet"
+                "{what} has no code in kiln's runtime library (the JIT runs it through \
+                 the interpreter), so ahead-of-time binaries cannot take it yet"
             ),
-        })
-    };
-    if let Some(b) = program.buffers.iter().find(|b| b.dtype.is_half()) {
-        return refuse(usize::MAX, format!("a {} tensor", b.dtype));
+        });
     }
-    for (k, kernel) in program.kernels.iter().enumerate() {
-        let programs: Vec<&kiln_optimizer::kernel::ElementProgram> = match kernel {
-            Kernel::Elementwise { program: p, .. } => vec![p],
-            Kernel::Reduce { body, map, .. } => std::iter::once(body)
-                .chain(map.iter().map(|m| &m.1))
-                .collect(),
-            _ => Vec::new(),
-        };
-        for p in programs {
-            for ins in &p.instrs {
-                match ins {
-                    Instr::Unary(f, _) if super::support::CALLED_UNARY.contains(f) => {
-                        return refuse(k, format!("{f:?}"));
-                    }
-                    Instr::Binary(BinaryOp::Pow, _, _) => return refuse(k, "pow".into()),
-                    Instr::Random { .. } => return refuse(k, "a random op".into()),
-                    _ => {}
-                }
-            }
-        }
-    }
-    Ok(())
+    let functions = steps.functions.iter().map(|&id| jit.symbol(id)).collect();
+    jit.entry(program, &steps.functions, &steps.words)?;
+    Ok(ObjectCode {
+        bytes: jit.emit()?,
+        functions,
+        steps: pending.len(),
+    })
 }
 
 fn c_type(d: DType) -> &'static str {
@@ -173,11 +115,15 @@ pub fn header(program: &KernelProgram, code: &ObjectCode, prefix: &str) -> Strin
         })
         .collect();
     let mut h = format!(
-        "/* Generated by kiln. Not reentrant: the arena is one static block. */\n\
+        "/* Generated by kiln. Link with libkiln_rt.a (and -lm -lpthread -ldl).\n   \
+         Calls are serialized: the arena is one static block. */\n\
          #ifndef {up}_H\n#define {up}_H\n#include <stdint.h>\n\n\
          /* Runs the model: inputs[i] and outputs[j] point at dense row-major\n   \
-         arrays of the types and sizes below. */\n\
-         void {prefix}_run(const void *const *inputs, void *const *outputs);\n\n\
+         arrays of the types and sizes below. Returns 0, or nonzero with\n   \
+         kiln_rt_last_error() saying why. The first call also packs the\n   \
+         weights (once). Threads: KILN_NUM_THREADS, else every core. */\n\
+         int {prefix}_run(const void *const *inputs, void *const *outputs);\n\
+         const char *kiln_rt_last_error(void);\n\n\
          #define {up}_INPUTS {}\n#define {up}_OUTPUTS {}\n#define {up}_ARENA_BYTES {}\n\n",
         inputs.len(),
         program.outputs.len(),
@@ -219,10 +165,9 @@ pub fn header(program: &KernelProgram, code: &ObjectCode, prefix: &str) -> Strin
         ));
     }
     h.push('\n');
-    for k in &code.kernels {
+    for f in &code.functions {
         h.push_str(&format!(
-            "void {}(void *const *buffers, int64_t lo, int64_t hi); /* hi = {} */\n",
-            k.symbol, k.extent
+            "void {f}(void *const *buffers, int64_t lo, int64_t hi);\n"
         ));
     }
     h.push_str(&format!("\n#endif /* {up}_H */\n"));
@@ -430,7 +375,9 @@ int main(int argc, char **argv) {{
             program.buffer(*b).size_bytes().max(1)
         ));
     }
-    c.push_str(&format!("    {prefix}_run(inputs, outputs);\n"));
+    c.push_str(&format!(
+        "    if ({prefix}_run(inputs, outputs) != 0) die(\"%s\", kiln_rt_last_error());\n"
+    ));
     for (o, b) in program.outputs.iter().enumerate() {
         let buf = program.buffer(*b);
         let name = outputs

@@ -199,17 +199,20 @@ impl Jit<cranelift_object::ObjectModule> {
     }
 
     /// Defines the program's entry point, exported as `{prefix}_run`:
-    /// `void f(const void *const *inputs, void *const *outputs)`, inputs in
+    /// `int f(const void *const *inputs, void *const *outputs)`, inputs in
     /// the program's input buffer order, outputs in its output order. The
     /// arena is a zeroed static block and the constants read-only data in
-    /// the object; the function builds the buffer table on its stack, calls
-    /// `kernels` (function and outermost extent) in order, then copies any
-    /// output that is not a result of its own (a fetched input or constant,
-    /// or a result fetched twice).
+    /// the object; the function builds the buffer table and the table of
+    /// `functions` on its stack and hands them, with the step list `words`
+    /// (read-only data) and a state word of the model's, to `kiln-rt`'s
+    /// `kiln_rt_run`; then it copies any output that is not a result of its
+    /// own (a fetched input or constant, or a result fetched twice) and
+    /// returns `kiln_rt_run`'s status (0, or 1 with `kiln_rt_last_error`).
     pub(crate) fn entry(
         &mut self,
         program: &KernelProgram,
-        kernels: &[(FuncId, usize)],
+        functions: &[FuncId],
+        words: &[i64],
     ) -> Result<()> {
         use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
         use cranelift_module::DataDescription;
@@ -258,16 +261,48 @@ impl Jit<cranelift_object::ObjectModule> {
                 .map_err(|e| err(e.to_string()))?;
             data.insert(i, id);
         }
-        let memcpy = {
-            let mut sig = self.module.make_signature();
-            sig.params.extend([AbiParam::new(ptr); 3]);
-            sig.returns.push(AbiParam::new(ptr));
+        // The step list, and the word where the run-time library keeps the
+        // model's executor.
+        let mut data_of = |name: &str, bytes: Vec<u8>, writable: bool| -> Result<_> {
+            let id = self
+                .module
+                .declare_data(&format!("{prefix}_{name}"), Linkage::Local, writable, false)
+                .map_err(|e| err(e.to_string()))?;
+            let mut d = DataDescription::new();
+            d.define(bytes.into());
+            d.set_align(8);
             self.module
-                .declare_function("memcpy", Linkage::Import, &sig)
-                .map_err(|e| err(e.to_string()))?
+                .define_data(id, &d)
+                .map_err(|e| err(e.to_string()))?;
+            Ok(id)
         };
+        let steps = data_of(
+            "steps",
+            words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+            false,
+        )?;
+        let state = data_of("state", vec![0u8; pb], true)?;
+        let import = |module: &mut cranelift_object::ObjectModule,
+                      name: &str,
+                      params: &[Type],
+                      ret: Type| {
+            let mut sig = module.make_signature();
+            sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+            sig.returns.push(AbiParam::new(ret));
+            module
+                .declare_function(name, Linkage::Import, &sig)
+                .map_err(|e| err(e.to_string()))
+        };
+        let memcpy = import(&mut self.module, "memcpy", &[ptr; 3], ptr)?;
+        let rt_run = import(
+            &mut self.module,
+            "kiln_rt_run",
+            &[ptr, ptr, types::I64, ptr, types::I64, ptr, types::I64],
+            types::I32,
+        )?;
         let mut sig = self.module.make_signature();
         sig.params.extend([AbiParam::new(ptr); 2]);
+        sig.returns.push(AbiParam::new(types::I32));
         let run = self
             .module
             .declare_function(&format!("{prefix}_run"), Linkage::Export, &sig)
@@ -320,12 +355,30 @@ impl Jit<cranelift_object::ObjectModule> {
                 addrs.push(a);
             }
             let table = b.ins().stack_addr(ptr, slot, 0);
-            for &(f, extent) in kernels {
+            let fslot = b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                (functions.len().max(1) * pb) as u32,
+                3,
+            ));
+            for (i, &f) in functions.iter().enumerate() {
                 let fr = self.module.declare_func_in_func(f, b.func);
-                let lo = b.ins().iconst(types::I64, 0);
-                let hi = b.ins().iconst(types::I64, extent as i64);
-                b.ins().call(fr, &[table, lo, hi]);
+                let a = b.ins().func_addr(ptr, fr);
+                b.ins().stack_store(ptr, a, fslot, (i * pb) as i32);
             }
+            let fns = b.ins().stack_addr(ptr, fslot, 0);
+            let gv = self.module.declare_data_in_func(state, b.func);
+            let state_addr = b.ins().symbol_value(ptr, gv);
+            let gv = self.module.declare_data_in_func(steps, b.func);
+            let steps_addr = b.ins().symbol_value(ptr, gv);
+            let nwords = b.ins().iconst(types::I64, words.len() as i64);
+            let nfns = b.ins().iconst(types::I64, functions.len() as i64);
+            let nbuf = b.ins().iconst(types::I64, program.buffers.len() as i64);
+            let fr = self.module.declare_func_in_func(rt_run, b.func);
+            let call = b.ins().call(
+                fr,
+                &[state_addr, steps_addr, nwords, fns, nfns, table, nbuf],
+            );
+            let status = b.inst_results(call)[0];
             let mc = self.module.declare_func_in_func(memcpy, b.func);
             for (o, out) in program.outputs.iter().enumerate() {
                 let own = matches!(program.buffer(*out).storage, Storage::Result)
@@ -339,7 +392,7 @@ impl Jit<cranelift_object::ObjectModule> {
                     .iconst(ptr, program.buffer(*out).size_bytes() as i64);
                 b.ins().call(mc, &[dst, addrs[out.0], len]);
             }
-            b.ins().return_(&[]);
+            b.ins().return_(&[status]);
             b.seal_all_blocks();
             b.finalize(self.module.target_config());
         }

@@ -205,33 +205,7 @@ macro_rules! int_binary {
                     a.wrapping_div(b)
                 }
             }
-            Pow => {
-                if b < 0 {
-                    match a {
-                        1 => 1,
-                        -1 => {
-                            if b % 2 == 0 {
-                                1
-                            } else {
-                                -1
-                            }
-                        }
-                        _ => 0,
-                    }
-                } else {
-                    let mut result: $t = 1;
-                    let mut base = a;
-                    let mut e = b;
-                    while e > 0 {
-                        if e & 1 == 1 {
-                            result = result.wrapping_mul(base);
-                        }
-                        base = base.wrapping_mul(base);
-                        e >>= 1;
-                    }
-                    result
-                }
-            }
+            Pow => kiln_rt::support::IntPow::pow_wrapping(a, b),
             Max => a.max(b),
             Min => a.min(b),
             _ => unreachable!("comparisons and logic are handled apart"),

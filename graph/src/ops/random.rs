@@ -27,35 +27,14 @@ pub fn infer_random(
 /// moved just below `high` where rounding reaches it (`low` when `low == high`).
 pub fn uniform_element(dtype: DType, seed: u64, low: f64, high: f64, i: u64) -> Scalar {
     match dtype {
-        DType::F32 => {
-            let (l, h) = (low as f32, high as f32);
-            let u = rng::uniform_f32(seed, i);
-            let v = if (h - l).is_finite() {
-                l + (h - l) * u
-            } else {
-                (low + (high - low) * u as f64) as f32
-            };
-            Scalar::F32(if v >= h && l < h { h.next_down() } else { v })
-        }
-        _ => {
-            let u = rng::uniform_f64(seed, i);
-            let v = if (high - low).is_finite() {
-                low + (high - low) * u
-            } else {
-                low * (1.0 - u) + high * u
-            };
-            Scalar::F64(if v >= high && low < high {
-                high.next_down()
-            } else {
-                v
-            })
-        }
+        DType::F32 => Scalar::F32(rng::uniform_sample_f32(seed, low, high, i)),
+        _ => Scalar::F64(rng::uniform_sample_f64(seed, low, high, i)),
     }
 }
 
 /// Element `i` of normal samples: `mean + std * z` computed in f64, then rounded.
 pub fn normal_element(dtype: DType, seed: u64, mean: f64, std: f64, i: u64) -> Scalar {
-    Scalar::from_f64(dtype, mean + std * rng::normal_f64(seed, i))
+    Scalar::from_f64(dtype, rng::normal_sample(seed, mean, std, i))
 }
 
 /// Reference meaning of uniform samples (see [`uniform_element`]).

@@ -7,7 +7,7 @@
 /// # Safety
 /// `x` holds `k` elements at stride `xs`, `w` a `k x n` matrix with row stride
 /// `ws` and unit column stride, `y` `n` elements.
-pub(crate) unsafe fn gemv_f32(
+pub unsafe fn gemv_f32(
     x: *const f32,
     xs: isize,
     w: *const f32,

@@ -23,19 +23,19 @@ const MR: usize = 12;
 const KC: usize = 256;
 
 /// True when this host runs the kernels here.
-pub(crate) fn available() -> bool {
-    super::wide::available()
+pub fn available() -> bool {
+    crate::avx512()
 }
 
 /// A right-hand side `[k, n]` packed into 32-column panels.
-pub(crate) struct PackedB {
+pub struct PackedB {
     k: usize,
     n: usize,
     data: Vec<f32>,
 }
 
 /// Floats a packed `[k, n]` right-hand side takes.
-pub(crate) fn packed_len(k: usize, n: usize) -> usize {
+pub fn packed_len(k: usize, n: usize) -> usize {
     n.div_ceil(NR) * k * NR
 }
 
@@ -45,14 +45,7 @@ pub(crate) fn packed_len(k: usize, n: usize) -> usize {
 ///
 /// # Safety
 /// `b` must address every element of the view.
-pub(crate) unsafe fn pack_into(
-    dst: &mut [f32],
-    b: *const f32,
-    rs: isize,
-    cs: isize,
-    k: usize,
-    n: usize,
-) {
+pub unsafe fn pack_into(dst: &mut [f32], b: *const f32, rs: isize, cs: isize, k: usize, n: usize) {
     for p in 0..n.div_ceil(NR) {
         let panel = &mut dst[p * k * NR..(p + 1) * k * NR];
         let width = NR.min(n - p * NR);
@@ -79,7 +72,7 @@ pub(crate) unsafe fn pack_into(
 
 impl PackedB {
     /// Packs `b`, element `[r, c]` at `b[r * rs + c * cs]`.
-    pub(crate) fn new(b: &[f32], rs: usize, cs: usize, k: usize, n: usize) -> PackedB {
+    pub fn new(b: &[f32], rs: usize, cs: usize, k: usize, n: usize) -> PackedB {
         assert!(k > 0 && n > 0 && (k - 1) * rs + (n - 1) * cs < b.len());
         let mut data = vec![0.0f32; packed_len(k, n)];
         // SAFETY: the assertion above keeps every read inside `b`.
@@ -112,7 +105,7 @@ impl Packed<'_> {
 
 /// The left-hand side: `[m, k]`, element `[r, c]` at `a[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
-pub(crate) struct Lhs {
+pub struct Lhs {
     pub ptr: *const f32,
     pub rs: isize,
     pub cs: isize,
@@ -126,7 +119,7 @@ pub(crate) struct Lhs {
 /// # Safety
 /// `a` must describe a readable `[m, k]` view and `out` point at `m * n`
 /// writable floats; the host must have AVX-512 F and DQ.
-pub(crate) unsafe fn matmul(
+pub unsafe fn matmul(
     a: Lhs,
     b: &PackedB,
     out: *mut f32,
@@ -182,7 +175,7 @@ pub(crate) unsafe fn matmul(
 /// One product of a batch: its left-hand side, right-hand side (`[k, n]`
 /// with the batch's strides) and contiguous `[m, n]` output.
 #[derive(Clone, Copy)]
-pub(crate) struct Item {
+pub struct Item {
     pub a: Lhs,
     pub b: *const f32,
     pub out: *mut f32,
@@ -195,7 +188,7 @@ pub(crate) struct Item {
 /// # Safety
 /// As [`matmul`], for every item; `b` views with strides `rs`, `cs`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn batched(
+pub unsafe fn batched(
     items: &[Item],
     rs: isize,
     cs: isize,

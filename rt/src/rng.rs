@@ -37,3 +37,41 @@ pub fn hash_str(s: &str) -> u64 {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
     })
 }
+
+/// Sample `i` of uniform f32 samples in `[low, high)`: `low + (high - low) * u`
+/// in f32, computed in f64 when `high - low` overflows f32, and moved just
+/// below `high` where rounding reaches it (`low` when `low == high`).
+pub fn uniform_sample_f32(seed: u64, low: f64, high: f64, i: u64) -> f32 {
+    let (l, h) = (low as f32, high as f32);
+    let u = uniform_f32(seed, i);
+    let v = if (h - l).is_finite() {
+        l + (h - l) * u
+    } else {
+        (low + (high - low) * u as f64) as f32
+    };
+    if v >= h && l < h {
+        h.next_down()
+    } else {
+        v
+    }
+}
+
+/// As [`uniform_sample_f32`], in f64.
+pub fn uniform_sample_f64(seed: u64, low: f64, high: f64, i: u64) -> f64 {
+    let u = uniform_f64(seed, i);
+    let v = if (high - low).is_finite() {
+        low + (high - low) * u
+    } else {
+        low * (1.0 - u) + high * u
+    };
+    if v >= high && low < high {
+        high.next_down()
+    } else {
+        v
+    }
+}
+
+/// Sample `i` of normal samples: `mean + std * z`, in f64.
+pub fn normal_sample(seed: u64, mean: f64, std: f64, i: u64) -> f64 {
+    mean + std * normal_f64(seed, i)
+}

@@ -40,7 +40,7 @@ unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
 /// Worker threads plus the caller; see the module docs.
-pub(crate) struct Team {
+pub struct Team {
     shared: Arc<Shared>,
     workers: usize,
     /// Held by the caller running a job.
@@ -77,7 +77,7 @@ impl Team {
     }
 
     /// The process's team: one worker fewer than the available cores.
-    pub(crate) fn global() -> &'static Team {
+    pub fn global() -> &'static Team {
         static TEAM: OnceLock<Team> = OnceLock::new();
         TEAM.get_or_init(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -86,14 +86,14 @@ impl Team {
     }
 
     /// Threads a job can use (workers plus the caller).
-    pub(crate) fn size(&self) -> usize {
+    pub fn size(&self) -> usize {
         self.workers + 1
     }
 
     /// Runs `f(0)`, ..., `f(parts - 1)`, part 0 on the calling thread and
     /// the others on workers, and returns when all are done. With more
     /// parts than threads, or the team busy, the caller runs the rest.
-    pub(crate) fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    pub fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         if parts <= 1 || self.workers == 0 {
             (0..parts).for_each(f);
             return;

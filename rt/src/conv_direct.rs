@@ -169,7 +169,7 @@ impl Direct {
         par: gemm::Parallelism,
         epilogue: Option<&super::Epilogue<'_>>,
     ) -> bool {
-        let team = crate::cpu::team::Team::global();
+        let team = crate::team::Team::global();
         let threads = match par {
             gemm::Parallelism::Rayon(t) if t > 1 => t.min(team.size()),
             _ => 1,

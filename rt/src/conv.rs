@@ -4,7 +4,7 @@
 //! column buffer allocated once at compile time. A 1x1 convolution with
 //! stride 1 and no padding multiplies the input directly.
 
-use kiln_graph::DType;
+use crate::Real;
 
 #[cfg(target_arch = "x86_64")]
 #[path = "conv_direct.rs"]
@@ -14,11 +14,11 @@ mod direct;
 /// computed (each channel of each image exactly once, possibly from
 /// several threads): the convolution's epilogue, applied while the
 /// channels are in cache.
-pub(crate) type Epilogue<'a> = dyn Fn(usize, std::ops::Range<usize>) + Sync + 'a;
+pub type Epilogue<'a> = dyn Fn(usize, std::ops::Range<usize>) + Sync + 'a;
 
 /// A compiled convolution of f32 or f64 NCHW tensors.
-pub(crate) struct Conv {
-    pub dtype: DType,
+pub struct Conv {
+    pub dtype: Real,
     /// Input dims `[n, c, h, w]`.
     pub input: [usize; 4],
     /// Weight dims `[o, c/groups, kh, kw]`.
@@ -38,8 +38,8 @@ pub(crate) struct Conv {
 
 impl Conv {
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        dtype: DType,
+    pub fn new(
+        dtype: Real,
         input: [usize; 4],
         weight: [usize; 4],
         out_hw: [usize; 2],
@@ -49,7 +49,7 @@ impl Conv {
         groups: usize,
     ) -> Conv {
         #[cfg(target_arch = "x86_64")]
-        let direct = if dtype == DType::F32
+        let direct = if dtype == Real::F32
             && groups == 1
             && Self::direct_pays(weight, out_hw, stride, padding, dilation)
         {
@@ -130,7 +130,7 @@ impl Conv {
     ///
     /// # Safety
     /// `w` must point at the weights, which must not change afterwards.
-    pub(crate) unsafe fn prepack(&mut self, w: *const u8) {
+    pub unsafe fn prepack(&mut self, w: *const u8) {
         #[cfg(target_arch = "x86_64")]
         if let Some(d) = &mut self.direct {
             unsafe { d.prepack(w as *const f32) };
@@ -140,7 +140,7 @@ impl Conv {
 
     /// True when the run hands work to the `gemm` crate's own threads
     /// (one image through im2col), which must then run in a rayon pool.
-    pub(crate) fn uses_rayon(&self) -> bool {
+    pub fn uses_rayon(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self.direct.is_some() {
             return false;
@@ -153,7 +153,7 @@ impl Conv {
     ///
     /// # Safety
     /// `out`, `x` and `w` must point at buffers of this convolution's shapes and dtype.
-    pub(crate) unsafe fn run(
+    pub unsafe fn run(
         &mut self,
         out: *mut u8,
         x: *const u8,
@@ -176,7 +176,7 @@ impl Conv {
         }
         let _ = epilogue;
         match self.dtype {
-            DType::F32 => unsafe {
+            Real::F32 => unsafe {
                 self.run_typed::<f32>(
                     out as *mut f32,
                     x as *const f32,
@@ -357,7 +357,7 @@ unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 /// f32 or f64.
-pub(crate) trait Float: Copy + Send + Sync + 'static {
+pub trait Float: Copy + Send + Sync + 'static {
     const ZERO: Self;
     const ONE: Self;
 }

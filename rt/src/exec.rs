@@ -1,0 +1,828 @@
+//! The CPU executor: a kernel program's steps in run order over a buffer
+//! table (one pointer per program buffer), each compiled loop nest split
+//! across the worker team when that pays, matrix products through the
+//! packed AVX-512 GEMM, the matrix-vector path or the `gemm` crate, and
+//! convolutions. The JIT session runs its programs here, and so does an
+//! ahead-of-time binary (through [`crate::abi`]), so both run the same code.
+
+use std::time::{Duration, Instant};
+
+use crate::conv::{self, Conv};
+use crate::{gemv, sgemm, team, Elem};
+
+/// A compiled loop nest: `f(table, lo, hi)` runs loop variable 0 over `lo..hi`.
+pub type KernelFn = unsafe extern "C" fn(*const *mut u8, i64, i64);
+
+/// Weight elements above which a batch-1 matrix-vector product splits its
+/// columns across the threads (handing work to the team costs more than a
+/// 1-2 MB product gains from a second core: measured on mlp_b1).
+const GEMV_SPLIT: usize = 1 << 18;
+
+/// Work (multiply-adds) below which a GEMM through `gemm` (rayon) stays on
+/// one thread.
+const PARALLEL_WORK: usize = 1 << 23;
+
+/// Work (multiply-adds) below which a product or convolution split across
+/// the team stays on one thread.
+const TEAM_WORK: usize = 1 << 18;
+
+/// Elements below which an elementwise or reduction kernel stays on one thread.
+const PARALLEL_ELEMENTS: usize = 1 << 14;
+
+fn parallelism(threads: usize, work: usize) -> gemm::Parallelism {
+    if threads > 1 && work >= PARALLEL_WORK {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// A compiled loop nest and how it may be split across threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch {
+    pub f: KernelFn,
+    /// Extent of loop variable 0 (1 for rank 0).
+    pub extent: i64,
+    /// Loop variable 0 may run in disjoint chunks on several threads.
+    pub split: bool,
+    /// Elements the kernel visits (to decide whether threads pay).
+    pub work: usize,
+}
+
+impl Launch {
+    /// A loop nest over `shape`; `split`: its dim 0 may be split.
+    pub fn new(f: KernelFn, shape: &[usize], split: bool) -> Launch {
+        Launch {
+            f,
+            extent: shape.first().copied().unwrap_or(1) as i64,
+            split: split && !shape.is_empty(),
+            work: shape.iter().product(),
+        }
+    }
+}
+
+/// A strided view of a matrix product's operand: element `[batch.., r, c]`
+/// at `offset + sum(index * stride)` of buffer `buffer`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Operand {
+    pub buffer: usize,
+    pub offset: i64,
+    /// One per batch dim, then row and column.
+    pub strides: Vec<i64>,
+}
+
+/// A matrix product step: `out[batch.., m, n] = a[batch.., m, k] @ b[batch.., k, n]`.
+pub struct MatMul {
+    pub dtype: Elem,
+    pub out: usize,
+    pub a: Operand,
+    pub b: Operand,
+    pub batch: Vec<usize>,
+    pub mnk: [usize; 3],
+    pub epilogue: Option<Launch>,
+    /// The right-hand side packed once (f32, constant).
+    packed: Option<sgemm::PackedB>,
+    /// Where the right-hand sides are packed at run time (f32 products of
+    /// computed operands, on AVX-512 hosts).
+    scratch: Option<Vec<f32>>,
+}
+
+impl MatMul {
+    /// A product step. `constant_b`: the whole right-hand buffer when it is a
+    /// constant (f32 constants are packed once here); `avx512`: the packed
+    /// GEMM may be used (where the host has it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dtype: Elem,
+        out: usize,
+        a: Operand,
+        b: Operand,
+        batch: Vec<usize>,
+        mnk: [usize; 3],
+        epilogue: Option<Launch>,
+        constant_b: Option<&[f32]>,
+        avx512: bool,
+    ) -> MatMul {
+        let fast = avx512 && sgemm::available() && dtype == Elem::F32;
+        let packed = constant_b
+            .filter(|_| fast)
+            .and_then(|data| Self::pack(data, &b, &batch, mnk));
+        let scratch = (fast && constant_b.is_none() && mnk[0] >= 4).then(Vec::new);
+        MatMul {
+            dtype,
+            out,
+            a,
+            b,
+            batch,
+            mnk,
+            epilogue,
+            packed,
+            scratch,
+        }
+    }
+
+    /// The constant right-hand side packed for `sgemm`, where the product
+    /// has one batch and more than one row (one row is a matrix-vector
+    /// product) and the view lies in the data.
+    fn pack(
+        data: &[f32],
+        b: &Operand,
+        batch: &[usize],
+        [m, n, k]: [usize; 3],
+    ) -> Option<sgemm::PackedB> {
+        if m < 2 || batch.iter().product::<usize>() != 1 {
+            return None;
+        }
+        let nbd = batch.len();
+        let (rs, cs) = (b.strides[nbd], b.strides[nbd + 1]);
+        if rs < 0 || cs < 0 || b.offset < 0 {
+            return None;
+        }
+        let view = data.get(b.offset as usize..)?;
+        if k == 0 || n == 0 || (k - 1) * rs as usize + (n - 1) * cs as usize >= view.len() {
+            return None;
+        }
+        Some(sgemm::PackedB::new(view, rs as usize, cs as usize, k, n))
+    }
+}
+
+/// One step of a program.
+pub enum Step {
+    /// A compiled loop nest.
+    Jit(Launch),
+    MatMul(MatMul),
+    /// A convolution of NCHW tensors, then its epilogue.
+    Conv {
+        conv: Conv,
+        out: usize,
+        x: usize,
+        w: usize,
+        epilogue: Option<Launch>,
+    },
+    /// Max or average pooling, then its epilogue.
+    Pool {
+        pool: crate::pool::Pool,
+        out: usize,
+        x: usize,
+        epilogue: Option<Launch>,
+    },
+    /// Work the caller does (an op with no code here), then its epilogue.
+    Host {
+        epilogue: Option<Launch>,
+    },
+}
+
+/// A step that failed: its index and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepError {
+    pub step: usize,
+    pub reason: String,
+}
+
+/// Runs a program both with and without splitting kernels across threads
+/// while it is new, then the faster way.
+///
+/// Whether kernels gain from a second thread depends on more than their
+/// size: on where the host places the virtual CPUs and what else runs
+/// there. Measured on this project's 2-vCPU machine, one batch-1 network
+/// ran in 0.073 ms split and 0.089 ms on one thread at one time, and in
+/// 0.157 ms split at another, when even its unsplit kernels ran 40% slower
+/// while the other vCPU's worker spun (as on two hyperthreads of one core).
+/// So the first runs go split and unsplit in alternating blocks of four,
+/// each way keeping its fastest whole-run time; later runs split unless
+/// that measured more than 1/8 slower, and the measuring repeats after `FIRST_RETUNE` runs
+/// (a worker thread just started may share its parent's CPU until the
+/// scheduler moves it) and then every `RETUNE` runs, as the host's
+/// placement can change. Programs with nothing to split skip it.
+#[derive(Clone, Copy, Debug)]
+struct Tuner {
+    runs: u32,
+    /// Measuring rounds finished.
+    rounds: u32,
+    /// Fastest run (ns) unsplit and split.
+    best: [u64; 2],
+    /// `KILN_SPLIT=0` or `1` fixes the way.
+    forced: Option<bool>,
+}
+
+/// Runs measured each way (the first of each block is a warm-up).
+const TUNE_RUNS: u32 = 8;
+/// Runs in a block of one way.
+const BLOCK: u32 = 4;
+/// Runs after which the ways are measured again.
+const RETUNE: u32 = 5000;
+/// Runs after which the ways are measured a second time.
+const FIRST_RETUNE: u32 = 200;
+
+impl Default for Tuner {
+    fn default() -> Self {
+        Tuner {
+            runs: 0,
+            rounds: 0,
+            best: [u64::MAX; 2],
+            forced: std::env::var("KILN_SPLIT").ok().map(|v| v != "0"),
+        }
+    }
+}
+
+impl Tuner {
+    /// Whether this run splits kernels (where the size rules allow it).
+    fn split(self) -> bool {
+        if let Some(f) = self.forced {
+            return f;
+        }
+        match self.runs {
+            // Blocks of `BLOCK` runs, split and unsplit in turn, so that a
+            // disturbance early on (a worker not yet on its own CPU) spoils
+            // one block of one way, not the whole measure of it.
+            0 => true,
+            r if r <= 2 * TUNE_RUNS => ((r - 1) / BLOCK).is_multiple_of(2),
+            // Splitting is the default unless it measured clearly slower
+            // (one disturbed block must not turn a program single-threaded).
+            _ => self.best[1] <= self.best[0].saturating_add(self.best[0] / 8),
+        }
+    }
+
+    fn record(mut self, split: bool, took: Duration) -> Tuner {
+        let r = self.runs;
+        // The first run of each block warms that way up and is not kept.
+        if (1..=2 * TUNE_RUNS).contains(&r) && !(r - 1).is_multiple_of(BLOCK) {
+            let b = &mut self.best[split as usize];
+            *b = (*b).min(took.as_nanos() as u64);
+        }
+        self.runs += 1;
+        let period = if self.rounds == 0 {
+            FIRST_RETUNE
+        } else {
+            RETUNE
+        };
+        if self.runs >= period {
+            self = Tuner {
+                runs: 1,
+                rounds: self.rounds + 1,
+                best: [u64::MAX; 2],
+                ..self
+            };
+        }
+        self
+    }
+}
+
+/// Threads from `KILN_NUM_THREADS`, else every available core.
+pub fn default_threads() -> usize {
+    std::env::var("KILN_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+/// A program's steps with the threads they may use.
+pub struct Exec {
+    steps: Vec<Step>,
+    threads: usize,
+    pool: Option<rayon::ThreadPool>,
+    /// Whether splitting kernels across threads pays, measured.
+    tuner: Tuner,
+}
+
+// SAFETY: the steps hold function pointers and owned data; the raw pointers
+// inside (sgemm operands) are built per run from the table.
+unsafe impl Send for Exec {}
+
+/// Called after each step with its index and start time (profiling).
+pub type StepHook<'a> = &'a mut dyn FnMut(usize, Instant);
+
+impl Exec {
+    /// Steps that may use `threads` threads (1: single-threaded).
+    pub fn new(steps: Vec<Step>, threads: usize) -> Exec {
+        let threads = threads.max(1);
+        if threads > 1 {
+            // Start the workers now, so they are settled on their own CPUs
+            // before the first runs measure splitting.
+            team::Team::global();
+        }
+        Exec {
+            steps,
+            threads,
+            pool: (threads > 1)
+                .then(|| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .ok()
+                })
+                .flatten(),
+            tuner: Tuner::default(),
+        }
+    }
+
+    /// The steps.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Runs every step over `table`; `host(i)` does the work of host step
+    /// `i`, and `after` (profiling) is called after each step.
+    ///
+    /// # Safety
+    /// `table` must hold a live buffer of the program's type for every
+    /// buffer the steps name, for the whole run.
+    pub unsafe fn run(
+        &mut self,
+        table: *const *mut u8,
+        host: &mut dyn FnMut(usize) -> Result<(), String>,
+        mut after: Option<StepHook<'_>>,
+    ) -> Result<(), StepError> {
+        let splittable = self.threads > 1;
+        let split = splittable && self.tuner.split();
+        let started = Instant::now();
+        let mut steps = std::mem::take(&mut self.steps);
+        let r = (|| {
+            for (i, step) in steps.iter_mut().enumerate() {
+                let t = Instant::now();
+                // SAFETY: the caller's contract.
+                unsafe { self.step(step, i, table, split, host) }
+                    .map_err(|reason| StepError { step: i, reason })?;
+                if let Some(a) = after.as_mut() {
+                    a(i, t);
+                }
+            }
+            Ok(())
+        })();
+        self.steps = steps;
+        if splittable {
+            self.tuner = self.tuner.record(split, started.elapsed());
+        }
+        r
+    }
+
+    /// Runs `f` inside this executable's thread pool when `parallel` (handing
+    /// work to the pool costs microseconds, so small kernels run here).
+    fn in_pool<R: Send>(&self, parallel: bool, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) if parallel => p.install(f),
+            _ => f(),
+        }
+    }
+
+    /// Runs a compiled loop nest, split over loop variable 0 across the
+    /// threads when that pays.
+    unsafe fn launch(&self, l: &Launch, table: *const *mut u8, split: bool) {
+        let t = Table(table);
+        let team = team::Team::global();
+        let n = (self.threads.min(team.size()) as i64).min(l.extent);
+        if split && l.split && l.work >= PARALLEL_ELEMENTS && n >= 2 {
+            let f = l.f;
+            team.run(n as usize, &|c| {
+                let c = c as i64;
+                let (lo, hi) = (l.extent * c / n, l.extent * (c + 1) / n);
+                // SAFETY: chunks cover disjoint ranges of the outermost loop.
+                unsafe { f(t.get(), lo, hi) }
+            });
+        } else {
+            // SAFETY: the table points at live buffers of the program's types.
+            unsafe { (l.f)(table, 0, l.extent) }
+        }
+    }
+
+    unsafe fn step(
+        &self,
+        step: &mut Step,
+        i: usize,
+        table: *const *mut u8,
+        split: bool,
+        host: &mut dyn FnMut(usize) -> Result<(), String>,
+    ) -> Result<(), String> {
+        // SAFETY (whole function): the caller guarantees the table.
+        let buf = |b: usize| unsafe { *table.add(b) };
+        match step {
+            Step::Jit(l) => unsafe { self.launch(l, table, split) },
+            Step::MatMul(mm) => {
+                let done = unsafe { self.matmul(mm, table, split) }?;
+                if let Some(l) = mm.epilogue.as_ref().filter(|_| !done) {
+                    unsafe { self.launch(l, table, split) };
+                }
+            }
+            Step::Conv {
+                conv,
+                out,
+                x,
+                w,
+                epilogue,
+            } => {
+                let [o, cg, kh, kw] = conv.weight;
+                let work = conv.input[0] * o * cg * kh * kw * conv.out_hw[0] * conv.out_hw[1];
+                let (o_ptr, x_ptr, w_ptr) =
+                    (SendMut(buf(*out)), SendMut(buf(*x)), SendMut(buf(*w)));
+                // The direct kernel splits across the team from a smaller size
+                // than a GEMM through rayon pays for.
+                let par = if !split {
+                    gemm::Parallelism::None
+                } else if conv.uses_rayon() {
+                    parallelism(self.threads, work)
+                } else if self.threads > 1 && work >= TEAM_WORK {
+                    gemm::Parallelism::Rayon(self.threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                let parallel = conv.uses_rayon() && matches!(par, gemm::Parallelism::Rayon(_));
+                // The epilogue's loop runs over [n, o, oh, ow] without its
+                // leading unit dims: per image, per channel range of a
+                // single image, or whole.
+                let (n, o) = (conv.input[0], conv.weight[0]);
+                let t = Table(table);
+                let hook = |b: usize, ch: std::ops::Range<usize>| {
+                    let Some(l) = epilogue.as_ref() else { return };
+                    let (lo, hi) = if n > 1 {
+                        (b, b + 1)
+                    } else if o > 1 {
+                        (ch.start, ch.end)
+                    } else {
+                        (0, l.extent as usize)
+                    };
+                    if n > 1 && ch.end != o {
+                        return;
+                    }
+                    // SAFETY: the epilogue covers those outputs, now computed.
+                    unsafe { (l.f)(t.get(), lo as i64, hi as i64) }
+                };
+                let hook: Option<&conv::Epilogue<'_>> = epilogue.as_ref().map(|_| &hook as _);
+                // SAFETY: the buffers have the shapes the convolution was built for.
+                let applied = self.in_pool(parallel, || unsafe {
+                    conv.run(o_ptr.get(), x_ptr.get(), w_ptr.get(), par, hook)
+                });
+                if let Some(l) = epilogue.as_ref().filter(|_| !applied) {
+                    unsafe { self.launch(l, table, split) };
+                }
+            }
+            Step::Pool {
+                pool,
+                out,
+                x,
+                epilogue,
+            } => {
+                // SAFETY: the buffers have the pooling's shapes and type.
+                unsafe { pool.run(buf(*out), buf(*x), self.threads, split) };
+                if let Some(l) = epilogue {
+                    unsafe { self.launch(l, table, split) };
+                }
+            }
+            Step::Host { epilogue } => {
+                host(i)?;
+                if let Some(l) = epilogue {
+                    unsafe { self.launch(l, table, split) };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a matrix product; returns whether it applied its epilogue itself.
+    unsafe fn matmul(
+        &self,
+        mm: &mut MatMul,
+        table: *const *mut u8,
+        split: bool,
+    ) -> Result<bool, String> {
+        let MatMul {
+            dtype,
+            out,
+            a,
+            b,
+            batch,
+            mnk,
+            epilogue,
+            packed,
+            scratch,
+        } = mm;
+        // SAFETY (whole function): the caller guarantees the table.
+        let buf = |b: usize| unsafe { *table.add(b) };
+        let work = batch.iter().product::<usize>() * mnk.iter().product::<usize>();
+        let nbd = batch.len();
+        if let Some(pb) = packed {
+            let lhs = sgemm::Lhs {
+                // SAFETY: the view's offset lies inside its buffer.
+                ptr: unsafe { (buf(a.buffer) as *const f32).add(a.offset as usize) },
+                rs: a.strides[nbd] as isize,
+                cs: a.strides[nbd + 1] as isize,
+                m: mnk[0],
+            };
+            let out = buf(*out) as *mut f32;
+            let parallel = split && work >= TEAM_WORK;
+            // An epilogue over the rows runs on each part's rows as it
+            // finishes them.
+            let fused = epilogue.as_ref().filter(|l| l.extent as usize == mnk[0]);
+            let t = Table(table);
+            let rows = |lo: usize, hi: usize| {
+                if let Some(l) = fused {
+                    // SAFETY: the epilogue covers rows lo..hi of the output.
+                    unsafe { (l.f)(t.get(), lo as i64, hi as i64) }
+                }
+            };
+            let hook: Option<&(dyn Fn(usize, usize) + Sync)> =
+                fused.map(|_| &rows as &(dyn Fn(usize, usize) + Sync));
+            // SAFETY: the operand view and output have the product's shapes;
+            // `MatMul::new` checked the host.
+            unsafe { sgemm::matmul(lhs, pb, out, self.threads, parallel, hook) };
+            return Ok(fused.is_some());
+        }
+        if let Some(scratch) = scratch {
+            let [m, n, _] = *mnk;
+            let (pa, pb, po) = (
+                buf(a.buffer) as *const f32,
+                buf(b.buffer) as *const f32,
+                buf(*out) as *mut f32,
+            );
+            let items: Vec<sgemm::Item> = batch_offsets(a, b, batch)
+                .enumerate()
+                .map(|(bi, (oa, ob))| sgemm::Item {
+                    a: sgemm::Lhs {
+                        ptr: pa.wrapping_offset(oa as isize),
+                        rs: a.strides[nbd] as isize,
+                        cs: a.strides[nbd + 1] as isize,
+                        m,
+                    },
+                    b: pb.wrapping_offset(ob as isize),
+                    out: po.wrapping_add(bi * m * n),
+                })
+                .collect();
+            let parallel = split && work >= TEAM_WORK;
+            // SAFETY: the views and outputs lie in their buffers (the
+            // lowering derives them from the buffers' shapes).
+            unsafe {
+                sgemm::batched(
+                    &items,
+                    b.strides[nbd] as isize,
+                    b.strides[nbd + 1] as isize,
+                    mnk[2],
+                    mnk[1],
+                    scratch,
+                    self.threads,
+                    parallel,
+                )
+            };
+            return Ok(false);
+        }
+        // Through the `gemm` crate (or the matrix-vector path), with GEMM
+        // threads from this executable's pool, not rayon's global one, so
+        // kernels never oversubscribe the cores.
+        let parallel = split && work >= PARALLEL_WORK;
+        let (po, pa, pb) = (
+            SendMut(buf(*out)),
+            SendMut(buf(a.buffer)),
+            SendMut(buf(b.buffer)),
+        );
+        let threads = if split { self.threads } else { 1 };
+        let pool = self.pool.as_ref().filter(|_| split);
+        let (dtype, mnk) = (*dtype, *mnk);
+        let (a, b, batch) = (&*a, &*b, &**batch);
+        self.in_pool(parallel, || unsafe {
+            general_matmul(po, pa, pb, dtype, a, b, batch, mnk, threads, pool.is_some())
+        });
+        Ok(false)
+    }
+}
+
+/// A matrix product through the matrix-vector path (one f32 row) or the
+/// `gemm` crate (floats) or plain loops (integers, wrapping).
+///
+/// # Safety
+/// The operand views and the output must lie inside their buffers.
+#[allow(clippy::too_many_arguments)]
+unsafe fn general_matmul(
+    po: SendMut,
+    pa: SendMut,
+    pb: SendMut,
+    dtype: Elem,
+    a: &Operand,
+    b: &Operand,
+    batch: &[usize],
+    mnk: [usize; 3],
+    threads: usize,
+    pooled: bool,
+) {
+    let [m, n, k] = mnk;
+    let nb: usize = batch.iter().product();
+    let nbd = batch.len();
+    // Batch-1 f32 dense layers: a matrix-vector product over contiguous rows.
+    if m == 1 && nb == 1 && dtype == Elem::F32 && b.strides[nbd + 1] == 1 {
+        let (x, xs) = (
+            SendMut(unsafe { pa.get().add(a.offset as usize * 4) }),
+            a.strides[nbd + 1] as isize,
+        );
+        let w = SendMut(unsafe { pb.get().add(b.offset as usize * 4) });
+        let ws = b.strides[nbd] as isize;
+        let run = move |cols: std::ops::Range<usize>| {
+            // SAFETY: the operand views lie inside their buffers.
+            unsafe {
+                gemv::gemv_f32(
+                    x.get() as *const f32,
+                    xs,
+                    w.get() as *const f32,
+                    ws,
+                    po.get() as *mut f32,
+                    k,
+                    cols,
+                )
+            }
+        };
+        let team = team::Team::global();
+        // Large weight matrices stream faster from two cores' caches.
+        if pooled && k * n >= GEMV_SPLIT && n >= 64 {
+            let parts = threads.min(team.size()).min(n / 32).max(1);
+            team.run(parts, &|p| {
+                let lo = n * p / parts / 16 * 16;
+                let hi = if p + 1 == parts {
+                    n
+                } else {
+                    n * (p + 1) / parts / 16 * 16
+                };
+                run(lo..hi)
+            });
+        } else {
+            run(0..n)
+        }
+        return;
+    }
+    for (bi, (oa, ob)) in batch_offsets(a, b, batch).enumerate() {
+        let oo = (bi * m * n) as isize;
+        let st = [
+            a.strides[nbd] as isize,
+            a.strides[nbd + 1] as isize,
+            b.strides[nbd] as isize,
+            b.strides[nbd + 1] as isize,
+        ];
+        let off = [oo, oa as isize, ob as isize];
+        // SAFETY: operand views and the output stay inside their buffers (the
+        // lowering derives them from the buffers' shapes).
+        unsafe {
+            match dtype {
+                Elem::F32 => float_gemm::<f32>(po, pa, pb, off, st, mnk, threads),
+                Elem::F64 => float_gemm::<f64>(po, pa, pb, off, st, mnk, threads),
+                Elem::I32 => int_matmul::<i32>(
+                    po.get() as *mut i32,
+                    pa.get() as *const i32,
+                    pb.get() as *const i32,
+                    off,
+                    st,
+                    mnk,
+                ),
+                Elem::I64 => int_matmul::<i64>(
+                    po.get() as *mut i64,
+                    pa.get() as *const i64,
+                    pb.get() as *const i64,
+                    off,
+                    st,
+                    mnk,
+                ),
+            }
+        }
+    }
+}
+
+/// The element offsets of `a`'s and `b`'s views for each product of a
+/// batched matmul, in row-major batch order.
+fn batch_offsets<'a>(
+    a: &'a Operand,
+    b: &'a Operand,
+    batch: &'a [usize],
+) -> impl Iterator<Item = (i64, i64)> + 'a {
+    let nb: usize = batch.iter().product();
+    let mut bst = vec![1usize; batch.len()];
+    for d in (0..batch.len().saturating_sub(1)).rev() {
+        bst[d] = bst[d + 1] * batch[d + 1];
+    }
+    (0..nb).map(move |bi| {
+        let (mut oa, mut ob) = (a.offset, b.offset);
+        for (d, &s) in bst.iter().enumerate() {
+            let i = ((bi / s) % batch[d]) as i64;
+            oa += i * a.strides[d];
+            ob += i * b.strides[d];
+        }
+        (oa, ob)
+    })
+}
+
+/// One float GEMM of strided operands: `out[oo..] = a[oa..] @ b[ob..]` with
+/// row/column strides `[a_row, a_col, b_row, b_col]`.
+///
+/// # Safety
+/// The views must lie inside the buffers the pointers point at.
+unsafe fn float_gemm<T: conv::Float>(
+    po: SendMut,
+    pa: SendMut,
+    pb: SendMut,
+    off: [isize; 3],
+    st: [isize; 4],
+    mnk: [usize; 3],
+    threads: usize,
+) {
+    let [m, n, k] = mnk;
+    let (d, l, r) = (
+        po.get() as *mut T,
+        pa.get() as *const T,
+        pb.get() as *const T,
+    );
+    let [ars, acs, brs, bcs] = st;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            d.offset(off[0]),
+            1,
+            n as isize,
+            false,
+            l.offset(off[1]),
+            acs,
+            ars,
+            r.offset(off[2]),
+            bcs,
+            brs,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism(threads, m * n * k),
+        );
+    }
+}
+
+/// A wrapping integer matrix product of strided operands (offsets and
+/// strides as for [`float_gemm`]).
+///
+/// # Safety
+/// The views must lie inside the buffers the pointers point at.
+unsafe fn int_matmul<T: Copy + WrappingMulAdd>(
+    d: *mut T,
+    a: *const T,
+    b: *const T,
+    [od, oa, ob]: [isize; 3],
+    [ars, acs, brs, bcs]: [isize; 4],
+    [m, n, k]: [usize; 3],
+) {
+    for i in 0..m as isize {
+        for j in 0..n as isize {
+            let mut s = T::ZERO;
+            for p in 0..k as isize {
+                // SAFETY: the caller guarantees the views are in bounds.
+                s = s.mul_add_wrapping(unsafe { *a.offset(oa + i * ars + p * acs) }, unsafe {
+                    *b.offset(ob + p * brs + j * bcs)
+                });
+            }
+            // SAFETY: as above.
+            unsafe { *d.offset(od + i * n as isize + j) = s };
+        }
+    }
+}
+
+trait WrappingMulAdd {
+    const ZERO: Self;
+    fn mul_add_wrapping(self, a: Self, b: Self) -> Self;
+}
+
+impl WrappingMulAdd for i32 {
+    const ZERO: i32 = 0;
+    fn mul_add_wrapping(self, a: i32, b: i32) -> i32 {
+        self.wrapping_add(a.wrapping_mul(b))
+    }
+}
+
+impl WrappingMulAdd for i64 {
+    const ZERO: i64 = 0;
+    fn mul_add_wrapping(self, a: i64, b: i64) -> i64 {
+        self.wrapping_add(a.wrapping_mul(b))
+    }
+}
+
+/// The buffer table, shared read-only by the threads of one kernel.
+#[derive(Clone, Copy)]
+struct Table(*const *mut u8);
+// SAFETY: during a launch the table is only read, and the chunks of a split
+// kernel write disjoint elements.
+unsafe impl Send for Table {}
+// SAFETY: as above.
+unsafe impl Sync for Table {}
+
+impl Table {
+    fn get(self) -> *const *mut u8 {
+        self.0
+    }
+}
+
+/// A buffer pointer handed to the pool's threads (each touches its own part).
+#[derive(Clone, Copy)]
+struct SendMut(*mut u8);
+// SAFETY: see `Table`.
+unsafe impl Send for SendMut {}
+// SAFETY: see `Table`.
+unsafe impl Sync for SendMut {}
+
+impl SendMut {
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}

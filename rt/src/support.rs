@@ -1,0 +1,166 @@
+//! Functions compiled code calls: the scalar meaning of ops that have no
+//! instruction (transcendentals, powers, random samples) and the half
+//! conversions. They compute exactly what `kiln-graph`'s reference meaning
+//! computes (the same std and libm functions; `tests/tests/cpu_math.rs`
+//! compares them value by value), so JIT code, ahead-of-time binaries and
+//! the interpreter agree. Exported unmangled: ahead-of-time objects import
+//! them by these names from `libkiln_rt.a`.
+
+use crate::rng;
+
+/// The unary functions compiled code calls, by code (the `op` argument of
+/// [`kiln_unary_f32`] and [`kiln_unary_f64`]).
+pub const UNARY_NAMES: [&str; 8] = [
+    "exp", "log", "sin", "cos", "tanh", "erf", "sigmoid", "rsqrt",
+];
+
+macro_rules! unary {
+    ($name:ident, $t:ty, $erf:path) => {
+        /// Unary function `op` (see [`UNARY_NAMES`]) of `x`; NaN for an unknown code.
+        #[no_mangle]
+        pub extern "C" fn $name(op: u32, x: $t) -> $t {
+            match op {
+                0 => x.exp(),
+                1 => x.ln(),
+                2 => x.sin(),
+                3 => x.cos(),
+                4 => x.tanh(),
+                5 => $erf(x),
+                6 => 1.0 / (1.0 + (-x).exp()),
+                7 => 1.0 / x.sqrt(),
+                _ => <$t>::NAN,
+            }
+        }
+    };
+}
+
+unary!(kiln_unary_f32, f32, libm::erff);
+unary!(kiln_unary_f64, f64, libm::erf);
+
+/// `a` to the power `b`.
+#[no_mangle]
+pub extern "C" fn kiln_pow_f32(a: f32, b: f32) -> f32 {
+    a.powf(b)
+}
+
+/// `a` to the power `b`.
+#[no_mangle]
+pub extern "C" fn kiln_pow_f64(a: f64, b: f64) -> f64 {
+    a.powf(b)
+}
+
+/// Wrapping integer powers: `kiln-graph`'s meaning of pow on integers.
+pub trait IntPow: Sized {
+    /// `self` to the power `e`, wrapping; a negative exponent gives 0
+    /// except for bases 1 and -1 (whose powers stay in range).
+    fn pow_wrapping(self, e: Self) -> Self;
+}
+
+macro_rules! int_pow {
+    ($name:ident, $t:ty) => {
+        impl IntPow for $t {
+            fn pow_wrapping(self, b: $t) -> $t {
+                let a = self;
+                if b < 0 {
+                    return match a {
+                        1 => 1,
+                        -1 => {
+                            if b % 2 == 0 {
+                                1
+                            } else {
+                                -1
+                            }
+                        }
+                        _ => 0,
+                    };
+                }
+                let (mut result, mut base, mut e): ($t, $t, $t) = (1, a, b);
+                while e > 0 {
+                    if e & 1 == 1 {
+                        result = result.wrapping_mul(base);
+                    }
+                    base = base.wrapping_mul(base);
+                    e >>= 1;
+                }
+                result
+            }
+        }
+
+        /// See [`IntPow`].
+        #[no_mangle]
+        pub extern "C" fn $name(a: $t, b: $t) -> $t {
+            a.pow_wrapping(b)
+        }
+    };
+}
+
+int_pow!(kiln_pow_i32, i32);
+int_pow!(kiln_pow_i64, i64);
+
+/// Sample `index` of a uniform (`normal` = 0: in `[a, b)`) or normal
+/// (mean `a`, standard deviation `b`) stream as f32.
+#[no_mangle]
+pub extern "C" fn kiln_random_f32(normal: u32, seed: u64, a: f64, b: f64, index: u64) -> f32 {
+    if normal != 0 {
+        rng::normal_sample(seed, a, b, index) as f32
+    } else {
+        rng::uniform_sample_f32(seed, a, b, index)
+    }
+}
+
+/// As [`kiln_random_f32`], in f64.
+#[no_mangle]
+pub extern "C" fn kiln_random_f64(normal: u32, seed: u64, a: f64, b: f64, index: u64) -> f64 {
+    if normal != 0 {
+        rng::normal_sample(seed, a, b, index)
+    } else {
+        rng::uniform_sample_f64(seed, a, b, index)
+    }
+}
+
+/// A half value's bits (`bf`: bf16, else f16) as the f32 it is exactly.
+#[no_mangle]
+pub extern "C" fn kiln_half_to_f32(bits: u32, bf: u32) -> f32 {
+    if bf != 0 {
+        f32::from_bits(bits << 16)
+    } else {
+        half::f16::from_bits(bits as u16).to_f32()
+    }
+}
+
+/// The half bits (`bf`: bf16, else f16) nearest `x` (ties to even).
+#[no_mangle]
+pub extern "C" fn kiln_f32_to_half(x: f32, bf: u32) -> u32 {
+    if bf != 0 {
+        half::bf16::from_f32(x).to_bits() as u32
+    } else {
+        half::f16::from_f32(x).to_bits() as u32
+    }
+}
+
+/// `x` rounded once to the half type (`bf`: bf16, else f16), as an f32.
+#[no_mangle]
+pub extern "C" fn kiln_round_half_f64(x: f64, bf: u32) -> f32 {
+    if bf != 0 {
+        half::bf16::from_f64(x).to_f32()
+    } else {
+        half::f16::from_f64(x).to_f32()
+    }
+}
+
+/// Names and addresses of the support functions, for a JIT's symbol table.
+pub fn symbols() -> Vec<(&'static str, *const u8)> {
+    vec![
+        ("kiln_unary_f32", kiln_unary_f32 as *const u8),
+        ("kiln_unary_f64", kiln_unary_f64 as *const u8),
+        ("kiln_pow_f32", kiln_pow_f32 as *const u8),
+        ("kiln_pow_f64", kiln_pow_f64 as *const u8),
+        ("kiln_pow_i32", kiln_pow_i32 as *const u8),
+        ("kiln_pow_i64", kiln_pow_i64 as *const u8),
+        ("kiln_random_f32", kiln_random_f32 as *const u8),
+        ("kiln_random_f64", kiln_random_f64 as *const u8),
+        ("kiln_half_to_f32", kiln_half_to_f32 as *const u8),
+        ("kiln_f32_to_half", kiln_f32_to_half as *const u8),
+        ("kiln_round_half_f64", kiln_round_half_f64 as *const u8),
+    ]
+}
