@@ -70,7 +70,8 @@ fn main() {
 /// LLVM bitcode sections of Rust objects).
 fn quiet(program: &str) -> Command {
     let mut c = Command::new(program);
-    c.stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    c.stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
     c
 }
 
@@ -100,15 +101,25 @@ fn localize(lib: &Path, dir: &Path) -> Result<(), String> {
             Err(e) => Err(format!("{what}: {e}")),
         }
     };
-    ok(quiet("ar").current_dir(dir).arg("x").arg(lib).arg(&member), "ar x")?;
+    ok(
+        quiet("ar").current_dir(dir).arg("x").arg(lib).arg(&member),
+        "ar x",
+    )?;
     ok(
         quiet("objcopy")
             .current_dir(dir)
-            .args(["-w", "--keep-global-symbol=kiln_*", "--keep-global-symbol=DW.ref.*"])
+            .args([
+                "-w",
+                "--keep-global-symbol=kiln_*",
+                "--keep-global-symbol=DW.ref.*",
+            ])
             .arg(&member),
         "objcopy",
     )?;
-    ok(quiet("ar").current_dir(dir).arg("r").arg(lib).arg(&member), "ar r")?;
+    ok(
+        quiet("ar").current_dir(dir).arg("r").arg(lib).arg(&member),
+        "ar r",
+    )?;
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

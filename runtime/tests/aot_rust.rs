@@ -69,7 +69,10 @@ fn main() {
         .current_dir(&dir)
         .args(["--edition", "2021", "-O", "main.rs", "-o", "main", "-C"])
         .arg(format!("link-arg={}", dir.join("tiny.o").display()))
-        .args(["-C".to_string(), format!("link-arg={}", dir.join("libkiln_rt.a").display())])
+        .args([
+            "-C".to_string(),
+            format!("link-arg={}", dir.join("libkiln_rt.a").display()),
+        ])
         .args(kiln::aot::SYSTEM_LIBS.map(|l| format!("-Clink-arg={l}")))
         .output()
         .unwrap();

@@ -375,24 +375,28 @@ fn compile_writes_an_object_and_a_header() {
     assert!(stdout(&r).contains("tiny.o"), "{}", stdout(&r));
     let h = std::fs::read_to_string(out.join("tiny.h")).unwrap();
     assert!(
-        h.contains("void tiny_run(const void *const *inputs, void *const *outputs);")
+        h.contains("int tiny_run(const void *const *inputs, void *const *outputs);")
             && h.contains("#define TINY_INPUT_X_ELEMENTS 24")
             && h.contains("#define TINY_OUTPUT_0_ELEMENTS 4"),
         "{h}"
     );
     assert!(std::fs::metadata(out.join("tiny.o")).unwrap().len() > 0);
-    // The shipped MLP has matrix products: refused, with the reason.
-    let mlp = repo().join("examples/mlp.kiln");
-    let r = kiln(&[
-        "compile",
-        mlp.to_str().unwrap(),
-        "-o",
-        o,
-        "--dim",
-        "batch=1",
-    ]);
+    assert!(std::fs::metadata(out.join("libkiln_rt.a")).unwrap().len() > 0);
+    // An op the run-time library has no code for: refused, with the reason.
+    let g = kiln::graph::GraphBuilder::new();
+    let t = g.placeholder("t", kiln::graph::DType::F32, [5, 3]).unwrap();
+    let i = g.placeholder("i", kiln::graph::DType::I64, [2]).unwrap();
+    g.output(t.gather(i, 0).unwrap().named("rows").unwrap())
+        .unwrap();
+    let gathers = dir.join("gather.kiln");
+    g.into_graph().save(&gathers).unwrap();
+    let r = kiln(&["compile", gathers.to_str().unwrap(), "-o", o]);
     assert!(!r.status.success());
-    assert!(stderr(&r).contains("runtime library"), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("a gather op (f32) has no code in kiln's runtime library"),
+        "{}",
+        stderr(&r)
+    );
     let r = kiln(&["compile", m, "-o", o, "--dim", "batch=4", "--target", "arm"]);
     assert!(
         stderr(&r).contains("unknown target CPU 'arm'"),
@@ -468,6 +472,36 @@ fn compile_exe_runs_the_model_on_npy_files() {
     let p = kiln::npy::read(res.join("positive.npy")).unwrap();
     assert!(y.same_bits(&want[0]), "{y:?} vs {:?}", want[0]);
     assert!(p.same_bits(&want[1]), "{p:?} vs {:?}", want[1]);
+    // The shipped MLP (matrix products through the run-time library) as a
+    // standalone program gives the JIT session's probabilities.
+    let r = kiln(&[
+        "compile",
+        repo().join("examples/mlp.kiln").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--dim",
+        "batch=1",
+        "--exe",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let digit = repo().join("examples/digit.npy");
+    let run = Command::new(out.join("mlp"))
+        .arg(format!("x={}", digit.display()))
+        .arg("-o")
+        .arg(&res)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let graph = kiln::graph::Graph::load(repo().join("examples/mlp.kiln")).unwrap();
+    let x = kiln::npy::read(&digit).unwrap();
+    let want = kiln::Session::new(&graph, kiln::Device::Cpu)
+        .unwrap()
+        .run_outputs(&[("x", &x)])
+        .unwrap();
+    for (name, w) in &want {
+        let got = kiln::npy::read(res.join(format!("{}.npy", name.replace('/', "_")))).unwrap();
+        assert!(got.same_bits(w), "{name}: {got:?} vs {w:?}");
+    }
     // A wrong shape, a wrong dtype and a missing input: clear errors.
     let bad = kiln::graph::Array::from_vec(vec![2, 5], vec![0f32; 10]).unwrap();
     kiln::npy::write(&input, &bad).unwrap();
