@@ -1,7 +1,11 @@
-//! `cargo run --release -p kiln-bench [-- --peers] [--only NAME] [--runs N] [--profile]`:
+//! `cargo run --release -p kiln-bench [-- --peers] [--aot] [--only NAME] [--runs N] [--profile]`:
 //! times kiln on each workload (median and p90 latency, compile time, time
 //! to first result, process peak RSS) and, with `--peers`, ONNX Runtime and
-//! PyTorch on the same models and inputs in the same run, with ratios.
+//! PyTorch on the same models and inputs in the same run, with ratios; with
+//! `--aot`, each inference workload compiled ahead of time too (`aot.rs`),
+//! against the JIT session in the same run.
+
+mod aot;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,6 +36,11 @@ struct Args {
     /// FP32, or `tf32`, `bf16`, `f16` on tensor cores with f32 accumulation).
     #[arg(long, default_value = "highest")]
     matmul_precision: kiln::MatmulPrecision,
+    /// Also compile each inference workload ahead of time, link it into a C
+    /// harness with libkiln_rt.a, and time it against the JIT session
+    /// (alternating rounds; binary sizes).
+    #[arg(long)]
+    aot: bool,
     /// Print each workload's kernels by mean time (profiled runs, after timing).
     #[arg(long)]
     profile: bool,
@@ -162,6 +171,70 @@ fn time_kiln(
     Ok((timing, first))
 }
 
+/// Rounds of JIT and ahead-of-time timing, alternated so that drift on a
+/// shared machine touches both.
+const AOT_ROUNDS: usize = 3;
+
+/// `--aot`: each inference workload's JIT session against its
+/// ahead-of-time harness, in alternating rounds of `--runs` runs; prints the
+/// best round's median of each, their ratio, and the sizes.
+fn compare_aot(args: &Args) -> Result<Vec<serde_json::Value>> {
+    println!(
+        "\nahead of time (C harness + libkiln_rt.a) against the JIT session, best of {AOT_ROUNDS} alternating rounds:"
+    );
+    println!(
+        "{:<10} {:>11} {:>11} {:>9} {:>11} {:>12} {:>12}",
+        "workload", "JIT ms", "AOT ms", "AOT/JIT", "AOT first", "object B", "binary B"
+    );
+    let mut rows = Vec::new();
+    for &name in &kiln_bench::NAMES {
+        if name == "mlp_train" || (!args.only.is_empty() && !args.only.iter().any(|o| o == name)) {
+            continue;
+        }
+        let w = kiln_bench::by_name(name).expect("a listed workload");
+        let dir = args.dir.join("aot").join(name);
+        let (mut jit, mut best) = (f64::INFINITY, None::<aot::AotTiming>);
+        let mut jit_out = None;
+        for _ in 0..AOT_ROUNDS {
+            let (t, out) = time_kiln(&w, args.runs, Device::Cpu, &SessionOptions::default())?;
+            jit = jit.min(t.median_ms);
+            jit_out = Some(out);
+            let a = aot::time_aot(&w, args.runs, &dir)?;
+            if best
+                .as_ref()
+                .is_none_or(|b| percentile(&a.times, 0.5) < percentile(&b.times, 0.5))
+            {
+                best = Some(a);
+            }
+        }
+        let a = best.expect("rounds ran");
+        let jit_out = jit_out.expect("rounds ran");
+        let (rtol, atol) = (1e-4, 1e-5);
+        let (want, got) = (jit_out.to_f64_vec(), a.output.to_f64_vec());
+        anyhow::ensure!(
+            want.len() == got.len()
+                && want
+                    .iter()
+                    .zip(&got)
+                    .all(|(w, g)| (w - g).abs() <= atol + rtol * w.abs()),
+            "{name}: the ahead-of-time output differs from the JIT's"
+        );
+        let median = percentile(&a.times, 0.5);
+        println!(
+            "{:<10} {:>11.4} {:>11.4} {:>9.3} {:>11.2} {:>12} {:>12}",
+            name,
+            jit,
+            median,
+            median / jit,
+            a.first_ms,
+            a.object_bytes,
+            a.exe_bytes
+        );
+        rows.push(serde_json::json!({"name": name, "jit_median_ms": jit, "aot_median_ms": median, "aot_p90_ms": percentile(&a.times, 0.9), "aot_first_ms": a.first_ms, "object_bytes": a.object_bytes, "exe_bytes": a.exe_bytes}));
+    }
+    Ok(rows)
+}
+
 /// The machine's peak f32 GEMM rate (GFLOP/s, 1024^3 with the `gemm` crate
 /// on every core) and copy bandwidth (GB/s, 64 MiB read plus written).
 fn floor_rates() -> (f64, f64) {
@@ -286,7 +359,11 @@ fn main() -> Result<()> {
             "floor (measured here): peak GEMM {gflops:.0} GFLOP/s, copy bandwidth {gbps:.1} GB/s"
         );
     }
-    let doc = serde_json::json!({"workloads": rows, "peak_gflops": gflops, "copy_gbps": gbps});
+    let mut aot_rows = Vec::new();
+    if args.aot && !gpu {
+        aot_rows = compare_aot(&args)?;
+    }
+    let doc = serde_json::json!({"workloads": rows, "peak_gflops": gflops, "copy_gbps": gbps, "aot": aot_rows});
     std::fs::write(
         args.dir.join("kiln.json"),
         serde_json::to_string_pretty(&doc)?,

@@ -20,6 +20,8 @@ pub mod rng;
 pub mod sgemm;
 pub mod support;
 pub mod team;
+#[cfg(target_arch = "x86_64")]
+pub mod wide;
 
 /// A float element type of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -60,6 +60,54 @@ pub fn write_runtime_library(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A kernel program compiled for C programs (what `kiln compile` writes).
+#[derive(Clone, Debug)]
+pub struct CModel {
+    /// `DIR/NAME.o`: the kernels, weights, step list and `NAME_run`.
+    pub object: PathBuf,
+    /// `DIR/NAME.h`: the entry point, shapes and types.
+    pub header: PathBuf,
+    /// `DIR/libkiln_rt.a`.
+    pub library: PathBuf,
+    /// The compiled code.
+    pub code: kiln_codegen::cpu::aot::ObjectCode,
+}
+
+/// Compiles a frozen kernel program into `dir` as `NAME.o`, `NAME.h` (its
+/// outputs named `outputs` in a comment) and `libkiln_rt.a`:
+/// `cc main.c NAME.o libkiln_rt.a -lm -lpthread -ldl` links a program
+/// calling `NAME_run`.
+pub fn compile_c(
+    program: &kiln_optimizer::KernelProgram,
+    name: &str,
+    target: Target,
+    outputs: &[String],
+    dir: &Path,
+) -> Result<CModel> {
+    let io = |path: &Path, e: std::io::Error| Error::Aot {
+        model: name.to_string(),
+        reason: format!("writing {}: {e}", path.display()),
+    };
+    let code = kiln_codegen::cpu::aot::compile_object(program, name, target)?;
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let object = dir.join(format!("{name}.o"));
+    std::fs::write(&object, &code.bytes).map_err(|e| io(&object, e))?;
+    let mut h = kiln_codegen::cpu::aot::header(program, &code, name);
+    h.push_str(&format!(
+        "\n/* outputs, in order: {} */\n",
+        outputs.join(", ")
+    ));
+    let header = dir.join(format!("{name}.h"));
+    std::fs::write(&header, h).map_err(|e| io(&header, e))?;
+    let library = write_runtime_library(dir)?;
+    Ok(CModel {
+        object,
+        header,
+        library,
+        code,
+    })
+}
+
 /// The libraries a C program linking `libkiln_rt.a` needs besides libc.
 pub const SYSTEM_LIBS: [&str; 3] = ["-lm", "-lpthread", "-ldl"];
 

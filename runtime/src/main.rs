@@ -542,31 +542,21 @@ fn compile_aot(
         }
     }
     let c = args.compile(&graph)?;
-    let code = kiln_codegen::cpu::aot::compile_object(&c.program, &name, target)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let obj = dir.join(format!("{name}.o"));
-    let hdr = dir.join(format!("{name}.h"));
-    std::fs::write(&obj, &code.bytes).with_context(|| format!("writing {}", obj.display()))?;
-    let lib = kiln::aot::write_runtime_library(dir)?;
-    let mut header = kiln_codegen::cpu::aot::header(&c.program, &code, &name);
     // Output names as file names ('/' in a scoped name becomes '_').
     let names: Vec<String> = default_fetches(&graph)?
         .iter()
         .map(|&o| graph.node(o).name.replace(['/', '\\'], "_"))
         .collect();
-    header.push_str(&format!(
-        "\n/* outputs, in order: {} */\n",
-        names.join(", ")
-    ));
-    std::fs::write(&hdr, header).with_context(|| format!("writing {}", hdr.display()))?;
+    let m = kiln::aot::compile_c(&c.program, &name, target, &names, dir)?;
+    let (obj, lib) = (&m.object, &m.library);
     println!(
         "{}: {} step(s), {} function(s), {} bytes of object code and weights -> {}, {}, {}",
         model.display(),
-        code.steps,
-        code.functions.len(),
-        code.bytes.len(),
+        m.code.steps,
+        m.code.functions.len(),
+        m.code.bytes.len(),
         obj.display(),
-        hdr.display(),
+        m.header.display(),
         lib.display()
     );
     if exe {
@@ -582,8 +572,8 @@ fn compile_aot(
             .arg("-o")
             .arg(&bin)
             .arg(&main_c)
-            .arg(&obj)
-            .arg(&lib)
+            .arg(obj)
+            .arg(lib)
             .args(kiln::aot::SYSTEM_LIBS)
             .output()
             .context("--exe needs a C compiler: 'cc' did not run")?;

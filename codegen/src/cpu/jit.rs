@@ -80,6 +80,8 @@ pub(crate) struct Jit<M: Module = JITModule> {
     /// Linkage and name prefix of kernel functions: local `kernel_N` in a
     /// JIT, exported `{prefix}_kN` in an object.
     export: Option<String>,
+    /// Row programs placed as data in an object so far.
+    object_rows: usize,
 }
 
 /// What a loop body needs to know to compute one element.
@@ -189,11 +191,18 @@ impl Jit<cranelift_object::ObjectModule> {
             default_libcall_names(),
         )
         .map_err(|e| host(e.to_string()))?;
-        // Row programs are addresses baked into JIT code: not in objects.
+        // Long rows call the run-time library's AVX-512 row code (their
+        // row programs as read-only data) where the target has AVX-512: v4,
+        // or the host when it does.
+        let wide = match target {
+            Target::X86_64V4 => true,
+            Target::Host => super::wide::available(),
+            Target::X86_64V3 => false,
+        };
         Ok(Jit::with_module(
             cranelift_object::ObjectModule::new(builder),
             target != Target::Host || host_has_fma(),
-            false,
+            wide,
             Some(prefix.to_string()),
         ))
     }
@@ -464,6 +473,7 @@ impl<M: Module> Jit<M> {
             wide,
             rows: Vec::new(),
             export,
+            object_rows: 0,
         }
     }
 
@@ -544,6 +554,7 @@ impl<M: Module> Jit<M> {
                 &[types::F32],
             )?,
         );
+        let target_config = self.module.target_config();
         let mut sig = self.module.make_signature();
         sig.params.push(AbiParam::new(ptr));
         sig.params.push(AbiParam::new(types::I64));
@@ -572,7 +583,33 @@ impl<M: Module> Jit<M> {
             for (name, fid) in &funcs {
                 refs.insert(*name, self.module.declare_func_in_func(*fid, b.func));
             }
+            // In an object, each row program is read-only data of its own.
+            let module = &mut self.module;
+            let rows_out = &mut self.object_rows;
+            let prefix = self.export.clone();
+            let mut row_data = |rp: &super::wide::RowProgram,
+                                func: &mut Function|
+             -> Result<cranelift_codegen::ir::GlobalValue> {
+                let e = |e: cranelift_module::ModuleError| Error::Codegen {
+                    kernel,
+                    reason: e.to_string(),
+                };
+                let name = format!("{}_row{}", prefix.as_deref().unwrap_or("kiln"), *rows_out);
+                *rows_out += 1;
+                let id = module
+                    .declare_data(&name, Linkage::Local, false, false)
+                    .map_err(e)?;
+                let mut d = cranelift_module::DataDescription::new();
+                d.define(rp.as_bytes().to_vec().into());
+                d.set_align(8);
+                module.define_data(id, &d).map_err(e)?;
+                Ok(module.declare_data_in_func(id, func))
+            };
             let mut e = Emitter {
+                row_data: self
+                    .export
+                    .is_some()
+                    .then_some(&mut row_data as &mut RowData<'_>),
                 b,
                 prog,
                 table,
@@ -586,10 +623,11 @@ impl<M: Module> Jit<M> {
                 rows: Vec::new(),
             };
             e.body(body)?;
-            self.rows.append(&mut e.rows);
+            let mut rows = std::mem::take(&mut e.rows);
             e.b.ins().return_(&[]);
             e.b.seal_all_blocks();
-            e.b.finalize(self.module.target_config());
+            e.b.finalize(target_config);
+            self.rows.append(&mut rows);
         }
         // Debug knobs: KILN_DUMP_CLIF prints each kernel's Cranelift IR,
         // KILN_DUMP_ASM its machine code, KILN_DUMP_ROWS the AVX-512 row
@@ -619,8 +657,16 @@ impl<M: Module> Jit<M> {
     }
 }
 
+/// Places a row program as read-only data of an object and returns its
+/// global value in a function.
+pub(super) type RowData<'c> = dyn FnMut(&super::wide::RowProgram, &mut Function) -> Result<cranelift_codegen::ir::GlobalValue>
+    + 'c;
+
 pub(super) struct Emitter<'a, 'b> {
     pub(super) b: FunctionBuilder<'b>,
+    /// In an object: where row programs go (else they are boxed in `rows`
+    /// and their addresses baked into the code).
+    pub(super) row_data: Option<&'a mut RowData<'a>>,
     pub(super) prog: &'a KernelProgram,
     table: Value,
     ptr: Type,

@@ -21,10 +21,10 @@ pub(crate) const CALLED_UNARY: [UnaryOp; 8] = [
 /// Names and addresses of the support functions, for the JIT's symbol table.
 pub(crate) fn symbols() -> Vec<(&'static str, *const u8)> {
     let mut s = kiln_rt::support::symbols();
-    s.push(("kiln_row_f32", super::wide::kiln_row_f32 as *const u8));
+    s.push(("kiln_row_f32", kiln_rt::wide::kiln_row_f32 as *const u8));
     s.push((
         "kiln_reduce_row_f32",
-        super::wide::kiln_reduce_row_f32 as *const u8,
+        kiln_rt::wide::kiln_reduce_row_f32 as *const u8,
     ));
     s
 }

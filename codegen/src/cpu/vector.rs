@@ -15,7 +15,7 @@ use kiln_optimizer::index::{Atom, Index};
 use kiln_optimizer::kernel::{Access, BufferId, ElementProgram, Instr, KernelProgram, Storage};
 
 use super::jit::{flags, Emitter};
-use super::wide::{RowAccess, RowProgram};
+use super::wide::{FromElements, RowAccess, RowProgram};
 use crate::error::Result;
 
 const LANES: usize = 4;
@@ -529,7 +529,8 @@ impl Emitter<'_, '_> {
                 RowAcc::Value(_) => RowAccess::Scalar,
             };
             let stride = |a: &Access| unit_stride(a, last);
-            if let Some(rp) = RowProgram::new(self.prog, inputs, program, &stride, access) {
+            if let Some(rp) = RowProgram::from_elements(self.prog, inputs, program, &stride, access)
+            {
                 return self.wide_row(Box::new(rp), var, (start, end), out, strides, inputs, acc);
             }
         }
@@ -618,8 +619,8 @@ impl Emitter<'_, '_> {
         let mut prog = mp.clone();
         prog.instrs[rb] = Instr::Load(inputs.len());
         let stride = |a: &Access| unit_stride(a, last);
-        RowProgram::new(self.prog, inputs, body, &stride, RowAccess::None)?;
-        RowProgram::new(self.prog, &ins, &prog, &stride, RowAccess::Scalar)?;
+        RowProgram::from_elements(self.prog, inputs, body, &stride, RowAccess::None)?;
+        RowProgram::from_elements(self.prog, &ins, &prog, &stride, RowAccess::Scalar)?;
         Some((ins, prog))
     }
 
@@ -646,6 +647,21 @@ impl Emitter<'_, '_> {
                 .stack_store(types::I64, a, slot, (inputs.len() * 8) as i32);
         }
         self.b.ins().stack_addr(types::I64, slot, 0)
+    }
+
+    /// The address compiled code passes for row program `rp`: read-only
+    /// data of an object, or (JIT) the boxed program this function keeps.
+    fn row_address(&mut self, rp: Box<RowProgram>) -> Result<Value> {
+        if let Some(place) = self.row_data.as_mut() {
+            let gv = place(&rp, self.b.func)?;
+            return Ok(self.b.ins().symbol_value(types::I64, gv));
+        }
+        let a = self
+            .b
+            .ins()
+            .iconst(types::I64, &*rp as *const RowProgram as i64);
+        self.rows.push(rp);
+        Ok(a)
     }
 
     /// A row handed to `kiln_row_f32`: the address of its first element
@@ -681,12 +697,8 @@ impl Emitter<'_, '_> {
         };
         let table = self.row_pointers(inputs, acc_addr);
         let n = self.b.ins().isub(end, start);
-        let prog = self
-            .b
-            .ins()
-            .iconst(types::I64, &*rp as *const RowProgram as i64);
+        let prog = self.row_address(rp)?;
         self.call_void("kiln_row_f32", &[prog, table, out_addr, n]);
-        self.rows.push(rp);
         Ok(())
     }
 
@@ -706,21 +718,19 @@ impl Emitter<'_, '_> {
         let var = self.loop_vars[last];
         if self.wide && shape[last] >= wide_threshold(body) {
             let stride = |a: &Access| unit_stride(a, last);
-            if let Some(rp) = RowProgram::new(self.prog, inputs, body, &stride, RowAccess::None) {
+            if let Some(rp) =
+                RowProgram::from_elements(self.prog, inputs, body, &stride, RowAccess::None)
+            {
                 let rp = Box::new(rp);
                 let start = self.b.ins().iconst(types::I64, 0);
                 self.b.def_var(var, start);
                 let table = self.row_pointers(inputs, None);
                 let n = self.b.ins().iconst(types::I64, shape[last] as i64);
-                let prog = self
-                    .b
-                    .ins()
-                    .iconst(types::I64, &*rp as *const RowProgram as i64);
+                let prog = self.row_address(rp)?;
                 let code = self
                     .b
                     .ins()
                     .iconst(types::I32, super::wide::reduce_code(f) as i64);
-                self.rows.push(rp);
                 let store = match keep {
                     Some((buf, strides)) => {
                         let idx = self.idx();
