@@ -124,7 +124,7 @@ pub fn time_aot(w: &kiln_bench::Workload, runs: usize, dir: &Path) -> Result<Aot
         &program,
         "model",
         kiln_codegen::cpu::Target::Host,
-        &[w.output.clone()],
+        std::slice::from_ref(&w.output),
         dir,
     )?;
     let outputs: Vec<usize> = program
