@@ -1,0 +1,83 @@
+//! Import errors: each names the file, node, op type and opset involved.
+
+use std::fmt;
+
+/// A node the importer cannot convert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnsupportedNode {
+    /// The node's op type (with its domain when not the default).
+    pub op: String,
+    /// The node's name (or its first output's when it has none).
+    pub node: String,
+    /// The opset of the node's domain.
+    pub opset: i64,
+    /// What is missing.
+    pub reason: String,
+}
+
+impl fmt::Display for UnsupportedNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} node '{}' (opset {}): {}",
+            self.op, self.node, self.opset, self.reason
+        )
+    }
+}
+
+/// Why a model could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    /// The bytes are not an ONNX model.
+    #[error("not an ONNX model (protobuf decoding failed: {0})")]
+    Decode(String),
+    /// The model is malformed (a missing graph, an undefined value, ...).
+    #[error("invalid ONNX model: {0}")]
+    Invalid(String),
+    /// Ops, attributes or types kiln does not support: every such node.
+    #[error("{} unsupported node(s):\n  {}", .0.len(), .0.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Unsupported(Vec<UnsupportedNode>),
+    /// A node could not be converted.
+    #[error("{op} node '{node}' (opset {opset}): {reason}")]
+    Node {
+        op: String,
+        node: String,
+        opset: i64,
+        reason: String,
+    },
+    /// An error in a file (wraps the others).
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// This error, said of the file at `path`.
+    pub(crate) fn in_file(self, path: &std::path::Path) -> Error {
+        match self {
+            e @ (Error::Io { .. } | Error::File { .. }) => e,
+            e => Error::File {
+                path: path.display().to_string(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// The unsupported nodes, where that is the error.
+    pub fn unsupported(&self) -> Option<&[UnsupportedNode]> {
+        match self {
+            Error::Unsupported(v) => Some(v),
+            Error::File { source, .. } => source.unsupported(),
+            _ => None,
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

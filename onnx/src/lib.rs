@@ -1,0 +1,68 @@
+//! ONNX import: an ONNX model (opsets 7 to 22) as a kiln [`Graph`] of
+//! primitives. ONNX is wider than kiln's primitive set, so each ONNX op is
+//! expressed as a composition of primitives (`ops/`); nothing here adds an
+//! op to the graph IR.
+//!
+//! - Graph inputs that are not initializers become placeholders; `dim_param`
+//!   dims become symbolic dims of that name (an unnamed unknown dim gets a
+//!   name of its own).
+//! - Initializers become constants, or variables with
+//!   [`ImportOptions::initializers_as_variables`] (to train or fine-tune).
+//! - A node whose inputs are all constants is evaluated at import time (so
+//!   shape arithmetic — `Shape`, `Gather`, `Concat` feeding a `Reshape` —
+//!   becomes the static shapes kiln's ops take).
+//! - Graph outputs are kiln outputs named after the ONNX outputs.
+//! - Every node whose op (or domain, or opset) is not supported is listed
+//!   in one [`Error::Unsupported`] before anything is built.
+//!
+//! The protobuf messages (`proto`) are hand-written prost messages: no
+//! `protoc` is needed to build kiln.
+
+pub mod error;
+mod import;
+mod ops;
+pub mod proto;
+pub mod tensor;
+
+use std::path::Path;
+
+use kiln_graph::Graph;
+
+pub use error::{Error, Result, UnsupportedNode};
+
+/// How a model is imported.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Initializers become variables (trainable, saved in checkpoints)
+    /// instead of constants.
+    pub initializers_as_variables: bool,
+}
+
+/// Imports the ONNX model at `path`.
+pub fn import(path: impl AsRef<Path>) -> Result<Graph> {
+    import_with(path, &ImportOptions::default())
+}
+
+/// Imports the ONNX model at `path` with `options`.
+pub fn import_with(path: impl AsRef<Path>, options: &ImportOptions) -> Result<Graph> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    import_bytes(&bytes, options).map_err(|e| e.in_file(path))
+}
+
+/// Imports a serialized ONNX `ModelProto`.
+pub fn import_bytes(bytes: &[u8], options: &ImportOptions) -> Result<Graph> {
+    use prost::Message;
+    let model = proto::ModelProto::decode(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    import::import_model(&model, options)
+}
+
+/// The ONNX op types this importer converts (default domain), sorted.
+pub fn supported_ops() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = ops::TABLE.iter().map(|(n, _)| *n).collect();
+    v.sort_unstable();
+    v
+}

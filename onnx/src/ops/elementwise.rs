@@ -1,0 +1,304 @@
+//! Elementwise ONNX ops: math, activations, comparisons and logic, casts,
+//! `Where`, `Clip`, variadic `Sum`/`Mean`/`Max`/`Min`, `Constant`,
+//! `Identity` and inference-mode `Dropout`. Broadcasting is numpy's (ONNX
+//! opset 7 and later), which kiln's binary ops share.
+
+use kiln_graph::{Array, Tensor};
+
+use super::{Converter, Kiln, Node, R};
+
+/// The ops of this family.
+pub(crate) const OPS: &[(&str, Converter)] = &[
+    ("Abs", |n| unary(n, |x| x.abs())),
+    ("Neg", |n| unary(n, |x| x.neg())),
+    ("Exp", |n| unary(n, |x| x.exp())),
+    ("Log", |n| unary(n, |x| x.log())),
+    ("Sqrt", |n| unary(n, |x| x.sqrt())),
+    ("Reciprocal", |n| unary(n, |x| x.recip())),
+    ("Sin", |n| unary(n, |x| x.sin())),
+    ("Cos", |n| unary(n, |x| x.cos())),
+    ("Tan", |n| unary(n, |x| x.sin()?.div(x.cos()?))),
+    ("Tanh", |n| unary(n, |x| x.tanh())),
+    ("Sinh", |n| {
+        unary(n, |x| x.exp()?.sub(x.neg()?.exp()?)?.mul(0.5))
+    }),
+    ("Cosh", |n| {
+        unary(n, |x| x.exp()?.add(x.neg()?.exp()?)?.mul(0.5))
+    }),
+    ("Asinh", |n| {
+        unary(n, |x| x.add(x.mul(x)?.add(1.0)?.sqrt()?)?.log())
+    }),
+    ("Acosh", |n| {
+        unary(n, |x| x.add(x.mul(x)?.sub(1.0)?.sqrt()?)?.log())
+    }),
+    ("Atanh", |n| {
+        unary(n, |x| x.add(1.0)?.div(x.neg()?.add(1.0)?)?.log()?.mul(0.5))
+    }),
+    ("Sigmoid", |n| unary(n, |x| x.sigmoid())),
+    ("Erf", |n| unary(n, |x| x.erf())),
+    ("Floor", |n| unary(n, |x| x.floor())),
+    ("Ceil", |n| unary(n, |x| x.ceil())),
+    ("Round", |n| unary(n, |x| x.round())),
+    ("Sign", |n| unary(n, |x| x.sign())),
+    ("Not", |n| unary(n, |x| x.not())),
+    ("Relu", |n| unary(n, |x| x.relu())),
+    ("IsNaN", |n| unary(n, |x| x.ne(x))),
+    ("IsInf", is_inf),
+    ("LeakyRelu", |n| {
+        let a = n.float("alpha", 0.01) as f64;
+        unary(n, |x| x.builder().select(x.ge(0.0)?, x, x.mul(a)?))
+    }),
+    ("PRelu", |n| {
+        let (x, slope) = (n.input(0)?, n.input(1)?);
+        let slope = slope.cast(x.dtype()).k()?;
+        n.g.select(x.ge(0.0).k()?, x, x.mul(slope).k()?)
+            .k()
+            .map(one)
+    }),
+    ("Elu", |n| {
+        let a = n.float("alpha", 1.0) as f64;
+        unary(n, |x| {
+            let neg = x.exp()?.sub(1.0)?.mul(a)?;
+            x.builder().select(x.gt(0.0)?, x, neg)
+        })
+    }),
+    ("Celu", |n| {
+        let a = n.float("alpha", 1.0) as f64;
+        unary(n, |x| {
+            let neg = x.div(a)?.exp()?.sub(1.0)?.mul(a)?.minimum(0.0)?;
+            x.maximum(0.0)?.add(neg)
+        })
+    }),
+    ("Selu", |n| {
+        let a = n.float("alpha", 1.673_263_2) as f64;
+        let gamma = n.float("gamma", 1.050_701) as f64;
+        unary(n, |x| {
+            let neg = x.exp()?.mul(a)?.sub(a)?;
+            x.builder().select(x.gt(0.0)?, x, neg)?.mul(gamma)
+        })
+    }),
+    ("ThresholdedRelu", |n| {
+        let a = n.float("alpha", 1.0) as f64;
+        unary(n, |x| {
+            let zero = x.mul(0.0)?;
+            x.builder().select(x.gt(a)?, x, zero)
+        })
+    }),
+    ("HardSigmoid", |n| {
+        let (a, b) = (n.float("alpha", 0.2) as f64, n.float("beta", 0.5) as f64);
+        unary(n, |x| x.mul(a)?.add(b)?.maximum(0.0)?.minimum(1.0))
+    }),
+    ("HardSwish", |n| {
+        unary(n, |x| {
+            x.mul(x.mul(1.0 / 6.0)?.add(0.5)?.maximum(0.0)?.minimum(1.0)?)
+        })
+    }),
+    ("Softplus", |n| {
+        // log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow.
+        unary(n, |x| {
+            x.maximum(0.0)?.add(x.abs()?.neg()?.exp()?.add(1.0)?.log()?)
+        })
+    }),
+    ("Softsign", |n| unary(n, |x| x.div(x.abs()?.add(1.0)?))),
+    ("Mish", |n| {
+        unary(n, |x| {
+            let sp = x
+                .maximum(0.0)?
+                .add(x.abs()?.neg()?.exp()?.add(1.0)?.log()?)?;
+            x.mul(sp.tanh()?)
+        })
+    }),
+    ("Gelu", |n| {
+        let tanh = n.string("approximate").unwrap_or_default() == "tanh";
+        unary(n, |x| if tanh { x.gelu_tanh() } else { x.gelu() })
+    }),
+    ("Add", |n| binary(n, |a, b| a.add(b))),
+    ("Sub", |n| binary(n, |a, b| a.sub(b))),
+    ("Mul", |n| binary(n, |a, b| a.mul(b))),
+    ("Div", |n| binary(n, |a, b| a.div(b))),
+    ("Pow", pow),
+    ("Equal", |n| binary(n, |a, b| a.eq(b))),
+    ("Less", |n| binary(n, |a, b| a.lt(b))),
+    ("LessOrEqual", |n| binary(n, |a, b| a.le(b))),
+    ("Greater", |n| binary(n, |a, b| a.gt(b))),
+    ("GreaterOrEqual", |n| binary(n, |a, b| a.ge(b))),
+    ("And", |n| binary(n, |a, b| a.and(b))),
+    ("Or", |n| binary(n, |a, b| a.or(b))),
+    ("Xor", |n| binary(n, |a, b| a.xor(b))),
+    ("Mod", modulo),
+    ("Max", |n| variadic(n, |a, b| a.maximum(b))),
+    ("Min", |n| variadic(n, |a, b| a.minimum(b))),
+    ("Sum", |n| variadic(n, |a, b| a.add(b))),
+    ("Mean", |n| {
+        let k = n.all_inputs().len() as f64;
+        let s = variadic(n, |a, b| a.add(b))?.remove(0);
+        s.div(k).k().map(one)
+    }),
+    ("Where", |n| {
+        n.g.select(n.input(0)?, n.input(1)?, n.input(2)?)
+            .k()
+            .map(one)
+    }),
+    ("Clip", clip),
+    ("Cast", |n| {
+        let to = crate::tensor::dtype_of(n.int("to", 1) as i32)?;
+        n.input(0)?.cast(to).k().map(one)
+    }),
+    ("CastLike", |n| {
+        let to = n.input(1)?.dtype();
+        n.input(0)?.cast(to).k().map(one)
+    }),
+    ("Identity", |n| Ok(vec![n.input(0)?])),
+    ("Dropout", dropout),
+    ("Constant", constant),
+];
+
+fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
+    vec![t]
+}
+
+fn unary<'g>(
+    n: &Node<'_, 'g>,
+    f: impl Fn(Tensor<'g>) -> kiln_graph::Result<Tensor<'g>>,
+) -> R<Vec<Tensor<'g>>> {
+    f(n.input(0)?).k().map(one)
+}
+
+fn binary<'g>(
+    n: &Node<'_, 'g>,
+    f: impl Fn(Tensor<'g>, Tensor<'g>) -> kiln_graph::Result<Tensor<'g>>,
+) -> R<Vec<Tensor<'g>>> {
+    f(n.input(0)?, n.input(1)?).k().map(one)
+}
+
+/// A left fold over every input (numpy broadcasting throughout).
+fn variadic<'g>(
+    n: &Node<'_, 'g>,
+    f: impl Fn(Tensor<'g>, Tensor<'g>) -> kiln_graph::Result<Tensor<'g>>,
+) -> R<Vec<Tensor<'g>>> {
+    let ins = n.all_inputs();
+    let (first, rest) = ins.split_first().ok_or("needs at least one input")?;
+    let mut acc = *first;
+    for &t in rest {
+        acc = f(acc, t).k()?;
+    }
+    Ok(vec![acc])
+}
+
+fn is_inf<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let (pos, neg) = (
+        n.int("detect_positive", 1) != 0,
+        n.int("detect_negative", 1) != 0,
+    );
+    let inf = n.scalar(f64::INFINITY, x.dtype())?;
+    let ninf = n.scalar(f64::NEG_INFINITY, x.dtype())?;
+    let p = x.eq(inf).k()?;
+    let m = x.eq(ninf).k()?;
+    let r = match (pos, neg) {
+        (true, true) => p.or(m).k()?,
+        (true, false) => p,
+        (false, true) => m,
+        (false, false) => p.and(m).k()?,
+    };
+    Ok(vec![r])
+}
+
+fn pow<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (a, b) = (n.input(0)?, n.input(1)?);
+    // The exponent may be of another type (T1): computed in the base's.
+    let b = b.cast(a.dtype()).k()?;
+    a.pow(b).k().map(one)
+}
+
+/// `Mod`: the sign of the divisor for integers (`fmod = 0`, Python's %),
+/// of the dividend with `fmod = 1` (C's fmod).
+fn modulo<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (a, b) = (n.input(0)?, n.input(1)?);
+    let fmod = n.int("fmod", 0) != 0;
+    let float = a.dtype().is_float();
+    if float && !fmod {
+        return n.unsupported("Mod of floats needs fmod = 1");
+    }
+    // a - trunc(a / b) * b: kiln's integer division truncates; floats
+    // truncate through a cast-free formula.
+    let q = if float {
+        let q = a.div(b).k()?;
+        let t = n.g.select(q.ge(0.0).k()?, q.floor().k()?, q.ceil().k()?);
+        t.k()?
+    } else {
+        a.div(b).k()?
+    };
+    let r = a.sub(q.mul(b).k()?).k()?;
+    if fmod || float {
+        return Ok(vec![r]);
+    }
+    // Integers, sign of the divisor: add b where r and b differ in sign.
+    let zero = n.scalar(0.0, a.dtype())?;
+    let differ = r
+        .ne(zero)
+        .k()?
+        .and(r.lt(zero).k()?.xor(b.lt(zero).k()?).k()?)
+        .k()?;
+    let fixed = r.add(b).k()?;
+    n.g.select(differ, fixed, r).k().map(one)
+}
+
+fn clip<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let (lo, hi): (Option<Tensor<'g>>, Option<Tensor<'g>>) = if n.opset < 11 {
+        let lo = n.attr("min").map(|a| a.f as f64);
+        let hi = n.attr("max").map(|a| a.f as f64);
+        (
+            lo.map(|v| n.scalar(v, x.dtype())).transpose()?,
+            hi.map(|v| n.scalar(v, x.dtype())).transpose()?,
+        )
+    } else {
+        (n.opt(1), n.opt(2))
+    };
+    let mut y = x;
+    if let Some(lo) = lo {
+        y = y.maximum(lo).k()?;
+    }
+    if let Some(hi) = hi {
+        y = y.minimum(hi).k()?;
+    }
+    Ok(vec![y])
+}
+
+/// Inference-mode dropout: the input, and a mask of ones where asked.
+fn dropout<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    if let Some(t) = n.const_input(2)? {
+        if t.to_f64_vec().first().copied().unwrap_or(0.0) != 0.0 {
+            return n.unsupported("Dropout in training mode");
+        }
+    } else if n.opset >= 12 && n.inputs.get(2).is_some_and(|v| v.is_some()) {
+        return n.unsupported("Dropout with a training_mode computed at run time");
+    }
+    let mut out = vec![x];
+    if n.wants_output(1) {
+        let ones = x.eq(x).k()?.or(x.ne(x).k()?).k()?;
+        out.push(ones);
+    }
+    Ok(out)
+}
+
+fn constant<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let a = if let Some(t) = n.tensor("value")? {
+        t
+    } else if let Some(a) = n.attr("value_float") {
+        Array::from_vec(Vec::new(), vec![a.f]).ok_or("a bad value_float")?
+    } else if let Some(a) = n.attr("value_floats") {
+        Array::from_vec(vec![a.floats.len()], a.floats.clone()).ok_or("bad value_floats")?
+    } else if let Some(a) = n.attr("value_int") {
+        Array::from_vec(Vec::new(), vec![a.i]).ok_or("a bad value_int")?
+    } else if let Some(a) = n.attr("value_ints") {
+        Array::from_vec(vec![a.ints.len()], a.ints.clone()).ok_or("bad value_ints")?
+    } else if n.attr("sparse_value").is_some() {
+        return n.unsupported("sparse constants");
+    } else {
+        return n.unsupported("a Constant without a value kiln reads (strings?)");
+    };
+    n.constant(a).map(one)
+}

@@ -1,0 +1,250 @@
+//! ONNX ops as compositions of kiln primitives, one family per file. Each
+//! family lists its converters in `OPS`; a converter gets the node (its
+//! attributes, its inputs with their values where known at import time,
+//! its opset) and returns one tensor per output, or a reason it cannot.
+//!
+//! Converters are generic over the builder's lifetime: the importer also
+//! runs them on a scratch builder to evaluate nodes whose inputs are all
+//! constants.
+
+use std::rc::Rc;
+
+use kiln_graph::{Array, DType, GraphBuilder, Tensor};
+
+use crate::proto::{AttributeProto, NodeProto};
+
+mod elementwise;
+mod index;
+mod nn;
+mod reduce;
+mod shape;
+
+/// A converter's result: its outputs, or why it cannot convert the node.
+pub(crate) type R<T> = std::result::Result<T, String>;
+
+/// Converts one node.
+pub(crate) type Converter = for<'a, 'g> fn(&Node<'a, 'g>) -> R<Vec<Tensor<'g>>>;
+
+/// Every family's converters.
+const FAMILIES: [&[(&str, Converter)]; 5] = [
+    elementwise::OPS,
+    nn::OPS,
+    shape::OPS,
+    index::OPS,
+    reduce::OPS,
+];
+
+/// Every supported op type, with its converter.
+pub(crate) static TABLE: std::sync::LazyLock<Vec<(&'static str, Converter)>> =
+    std::sync::LazyLock::new(|| FAMILIES.iter().flat_map(|f| f.iter().copied()).collect());
+
+/// The converter of `op_type` (default domain).
+pub(crate) fn find(op_type: &str) -> Option<Converter> {
+    TABLE.iter().find(|(n, _)| *n == op_type).map(|(_, c)| *c)
+}
+
+/// An input of a node: its tensor, and its value where known.
+#[derive(Clone)]
+pub(crate) struct Input<'g> {
+    pub t: Tensor<'g>,
+    pub value: Option<Rc<Array>>,
+}
+
+/// A node being converted.
+pub(crate) struct Node<'a, 'g> {
+    /// The builder to add ops to.
+    pub g: &'g GraphBuilder,
+    pub proto: &'a NodeProto,
+    /// The opset of the default domain.
+    pub opset: i64,
+    /// One per ONNX input; `None` for an omitted optional input.
+    pub inputs: Vec<Option<Input<'g>>>,
+}
+
+fn err<T>(r: kiln_graph::Result<T>) -> R<T> {
+    r.map_err(|e| e.to_string())
+}
+
+/// Shorthand for kiln results inside converters.
+pub(crate) trait Kiln<T> {
+    /// The kiln error as a converter's reason.
+    fn k(self) -> R<T>;
+}
+
+impl<T> Kiln<T> for kiln_graph::Result<T> {
+    fn k(self) -> R<T> {
+        err(self)
+    }
+}
+
+impl<'a, 'g> Node<'a, 'g> {
+    pub(crate) fn new(
+        g: &'g GraphBuilder,
+        proto: &'a NodeProto,
+        opset: i64,
+        inputs: Vec<Option<Input<'g>>>,
+    ) -> Node<'a, 'g> {
+        Node {
+            g,
+            proto,
+            opset,
+            inputs,
+        }
+    }
+
+    /// The op type.
+    pub fn op(&self) -> &str {
+        &self.proto.op_type
+    }
+
+    /// Number of outputs the node declares.
+    pub fn outputs(&self) -> usize {
+        self.proto.output.len()
+    }
+
+    /// Whether output `i` is used (declared and named).
+    pub fn wants_output(&self, i: usize) -> bool {
+        self.proto.output.get(i).is_some_and(|o| !o.is_empty())
+    }
+
+    /// Required input `i`.
+    pub fn input(&self, i: usize) -> R<Tensor<'g>> {
+        self.inputs
+            .get(i)
+            .and_then(|v| v.as_ref())
+            .map(|v| v.t)
+            .ok_or_else(|| format!("input {i} is required"))
+    }
+
+    /// Optional input `i`.
+    pub fn opt(&self, i: usize) -> Option<Tensor<'g>> {
+        self.inputs.get(i).and_then(|v| v.as_ref()).map(|v| v.t)
+    }
+
+    /// Every present input, in order.
+    pub fn all_inputs(&self) -> Vec<Tensor<'g>> {
+        self.inputs.iter().flatten().map(|v| v.t).collect()
+    }
+
+    /// The value of input `i` where it is known at import time (`None`:
+    /// omitted; `Err`: present but computed at run time).
+    pub fn const_input(&self, i: usize) -> R<Option<Rc<Array>>> {
+        match self.inputs.get(i).and_then(|v| v.as_ref()) {
+            None => Ok(None),
+            Some(v) => v.value.clone().map(Some).ok_or_else(|| {
+                format!(
+                    "input {i} ('{}') must be known at import time (kiln's shapes are static)",
+                    self.proto.input[i]
+                )
+            }),
+        }
+    }
+
+    /// Input `i` as integers known at import time (`None` when omitted).
+    pub fn const_ints(&self, i: usize) -> R<Option<Vec<i64>>> {
+        Ok(match self.const_input(i)? {
+            None => None,
+            Some(a) => Some(ints_of(&a)?),
+        })
+    }
+
+    /// Input `i` as one float known at import time (`None` when omitted).
+    pub fn const_scalar(&self, i: usize) -> R<Option<f64>> {
+        Ok(match self.const_input(i)? {
+            None => None,
+            Some(a) => {
+                let v = a.to_f64_vec();
+                if v.len() != 1 {
+                    return Err(format!("input {i} must hold one value, has {}", v.len()));
+                }
+                Some(v[0])
+            }
+        })
+    }
+
+    /// Attribute `name`.
+    pub fn attr(&self, name: &str) -> Option<&'a AttributeProto> {
+        self.proto.attribute.iter().find(|a| a.name == name)
+    }
+
+    /// Integer attribute `name`, or `default`.
+    pub fn int(&self, name: &str, default: i64) -> i64 {
+        self.attr(name).map_or(default, |a| a.i)
+    }
+
+    /// Float attribute `name`, or `default`.
+    pub fn float(&self, name: &str, default: f32) -> f32 {
+        self.attr(name).map_or(default, |a| a.f)
+    }
+
+    /// Integer list attribute `name`.
+    pub fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.attr(name).map(|a| a.ints.clone())
+    }
+
+    /// Float list attribute `name`.
+    pub fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        self.attr(name).map(|a| a.floats.clone())
+    }
+
+    /// String attribute `name`.
+    pub fn string(&self, name: &str) -> Option<String> {
+        self.attr(name)
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+    }
+
+    /// Tensor attribute `name`.
+    pub fn tensor(&self, name: &str) -> R<Option<Array>> {
+        match self.attr(name).and_then(|a| a.t.as_ref()) {
+            None => Ok(None),
+            Some(t) => crate::tensor::to_array(t).map(Some),
+        }
+    }
+
+    /// An error for an attribute value kiln does not support.
+    pub fn unsupported<T>(&self, what: impl std::fmt::Display) -> R<T> {
+        Err(format!("unsupported: {what}"))
+    }
+
+    /// A constant tensor.
+    pub fn constant(&self, a: Array) -> R<Tensor<'g>> {
+        self.g.constant(a).k()
+    }
+
+    /// A scalar constant of `dtype`.
+    pub fn scalar(&self, v: f64, dtype: DType) -> R<Tensor<'g>> {
+        self.g.scalar(v, dtype).k()
+    }
+}
+
+/// An integer tensor's values.
+pub(crate) fn ints_of(a: &Array) -> R<Vec<i64>> {
+    if let Some(v) = a.as_slice::<i64>() {
+        return Ok(v.to_vec());
+    }
+    if let Some(v) = a.as_slice::<i32>() {
+        return Ok(v.iter().map(|&x| x as i64).collect());
+    }
+    Err(format!("expected an integer tensor, got {}", a.dtype()))
+}
+
+/// `axis` (possibly negative) of a rank-`rank` tensor.
+pub(crate) fn axis(axis: i64, rank: usize) -> R<usize> {
+    let r = rank as i64;
+    if axis < -r || axis >= r.max(1) {
+        return Err(format!("axis {axis} is out of range for rank {rank}"));
+    }
+    Ok(if axis < 0 { axis + r } else { axis } as usize)
+}
+
+/// The fixed dims of `t`, or why they are not all fixed.
+pub(crate) fn fixed_shape(t: Tensor<'_>) -> R<Vec<usize>> {
+    t.shape()
+        .0
+        .iter()
+        .map(|d| {
+            d.fixed()
+                .ok_or_else(|| format!("needs fixed dims, got {}", t.shape()))
+        })
+        .collect()
+}

@@ -1,0 +1,648 @@
+//! Conversion between ONNX [`TensorProto`]s and kiln [`Array`]s, and reading
+//! serialized `TensorProto` files (the `input_N.pb` / `output_N.pb` files of
+//! the ONNX backend test data).
+//!
+//! kiln has seven element types; ONNX's FLOAT, DOUBLE, INT32, INT64, BOOL,
+//! FLOAT16 and BFLOAT16 map onto them and every other ONNX element type is
+//! refused with a message naming it. Data is read from `raw_data`
+//! (little-endian, bools one byte each) when it is non-empty, and otherwise
+//! from the typed field ONNX assigns to the element type: `float_data`,
+//! `double_data`, `int64_data`, or `int32_data` (INT32, BOOL, and FLOAT16 /
+//! BFLOAT16 as 16-bit patterns). External data and segmented tensors are
+//! refused. The element count is checked against `dims` before anything is
+//! allocated, so a corrupt size cannot cause a huge allocation.
+
+use std::path::Path;
+
+use kiln_graph::array::checked_product;
+use kiln_graph::{Array, DType, Data};
+use prost::Message;
+
+use crate::proto::tensor_proto::{DataLocation, DataType};
+use crate::proto::TensorProto;
+
+/// The kiln dtype of an ONNX element type (`TensorProto.data_type`,
+/// `TypeProto.Tensor.elem_type`); an error naming the type when kiln has no
+/// such dtype.
+pub fn dtype_of(onnx_type: i32) -> Result<DType, String> {
+    match DataType::try_from(onnx_type) {
+        Ok(DataType::Float) => Ok(DType::F32),
+        Ok(DataType::Double) => Ok(DType::F64),
+        Ok(DataType::Int32) => Ok(DType::I32),
+        Ok(DataType::Int64) => Ok(DType::I64),
+        Ok(DataType::Bool) => Ok(DType::Bool),
+        Ok(DataType::Float16) => Ok(DType::F16),
+        Ok(DataType::Bfloat16) => Ok(DType::BF16),
+        Ok(DataType::Undefined) => Err("the element type is UNDEFINED (0)".to_string()),
+        _ => match onnx_type_name(onnx_type) {
+            "unknown" => Err(format!("unknown ONNX element type {onnx_type}")),
+            name => Err(format!(
+                "{name} tensors are not supported (kiln has f32, f64, i32, i64, bool, f16, bf16)"
+            )),
+        },
+    }
+}
+
+/// The ONNX element type (a [`DataType`] value) of a kiln dtype.
+pub fn onnx_type(dtype: DType) -> i32 {
+    let t = match dtype {
+        DType::F32 => DataType::Float,
+        DType::F64 => DataType::Double,
+        DType::I32 => DataType::Int32,
+        DType::I64 => DataType::Int64,
+        DType::Bool => DataType::Bool,
+        DType::F16 => DataType::Float16,
+        DType::BF16 => DataType::Bfloat16,
+    };
+    t as i32
+}
+
+/// The lowercase name of an ONNX element type (`"float"`, `"uint8"`,
+/// `"bfloat16"`, ...), `"unknown"` for a value ONNX does not define.
+pub fn onnx_type_name(t: i32) -> &'static str {
+    match t {
+        0 => "undefined",
+        1 => "float",
+        2 => "uint8",
+        3 => "int8",
+        4 => "uint16",
+        5 => "int16",
+        6 => "int32",
+        7 => "int64",
+        8 => "string",
+        9 => "bool",
+        10 => "float16",
+        11 => "double",
+        12 => "uint32",
+        13 => "uint64",
+        14 => "complex64",
+        15 => "complex128",
+        16 => "bfloat16",
+        17 => "float8e4m3fn",
+        18 => "float8e4m3fnuz",
+        19 => "float8e5m2",
+        20 => "float8e5m2fnuz",
+        21 => "uint4",
+        22 => "int4",
+        23 => "float4e2m1",
+        24 => "float8e8m0",
+        25 => "uint2",
+        26 => "int2",
+        // Added after ONNX 1.22 (IR version 14).
+        27 => "float6e2m3",
+        28 => "float6e3m2",
+        _ => "unknown",
+    }
+}
+
+/// How messages name a tensor.
+fn label(t: &TensorProto) -> String {
+    if t.name.is_empty() {
+        "unnamed tensor".to_string()
+    } else {
+        format!("tensor {:?}", t.name)
+    }
+}
+
+/// The shape of `t` and its element count, checked: no negative dims, no
+/// overflow.
+fn shape_of(t: &TensorProto) -> Result<(Vec<usize>, usize), String> {
+    let shape = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("dims {:?} has a negative dim", t.dims)))
+        .collect::<Result<Vec<usize>, String>>()?;
+    let n = checked_product(&shape)
+        .ok_or_else(|| format!("dims {:?} have more elements than fit in memory", t.dims))?;
+    Ok((shape, n))
+}
+
+/// Checks that a typed field holds exactly `n` elements.
+fn check_len(field: &str, len: usize, n: usize, t: &TensorProto) -> Result<(), String> {
+    if len == n {
+        return Ok(());
+    }
+    if len == 0 {
+        Err(format!(
+            "dims {:?} need {n} elements but the tensor has no data (raw_data and {field} are empty)",
+            t.dims
+        ))
+    } else {
+        Err(format!(
+            "dims {:?} need {n} elements but {field} has {len}",
+            t.dims
+        ))
+    }
+}
+
+/// 16-bit float patterns from `int32_data` entries (which hold them
+/// zero-extended; sign-extended values are accepted too).
+fn bits16(t: &TensorProto) -> Result<Vec<u16>, String> {
+    t.int32_data
+        .iter()
+        .map(|&v| {
+            if (i16::MIN as i32..=u16::MAX as i32).contains(&v) {
+                Ok(v as u16)
+            } else {
+                Err(format!(
+                    "int32_data entry {v} is not a 16-bit pattern of a {} element",
+                    onnx_type_name(t.data_type)
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Reads the elements from `raw_data`.
+fn from_raw(t: &TensorProto, dtype: DType, n: usize) -> Result<Data, String> {
+    let bytes = &t.raw_data;
+    let need = n
+        .checked_mul(dtype.size_bytes())
+        .ok_or_else(|| format!("dims {:?} have more bytes than fit in memory", t.dims))?;
+    if bytes.len() != need {
+        return Err(format!(
+            "raw_data has {} bytes but dims {:?} of {} need {need}",
+            bytes.len(),
+            t.dims,
+            onnx_type_name(t.data_type)
+        ));
+    }
+    if dtype == DType::Bool {
+        // One byte per element; any non-zero byte is true.
+        return Ok(Data::Bool(bytes.iter().map(|&b| b != 0).collect()));
+    }
+    Data::from_le_bytes(dtype, bytes).ok_or_else(|| "raw_data is malformed".to_string())
+}
+
+/// Reads the elements from the typed field of `dtype`.
+fn from_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<Data, String> {
+    Ok(match dtype {
+        DType::F32 => {
+            check_len("float_data", t.float_data.len(), n, t)?;
+            Data::F32(t.float_data.clone())
+        }
+        DType::F64 => {
+            check_len("double_data", t.double_data.len(), n, t)?;
+            Data::F64(t.double_data.clone())
+        }
+        DType::I64 => {
+            check_len("int64_data", t.int64_data.len(), n, t)?;
+            Data::I64(t.int64_data.clone())
+        }
+        DType::I32 => {
+            check_len("int32_data", t.int32_data.len(), n, t)?;
+            Data::I32(t.int32_data.clone())
+        }
+        DType::Bool => {
+            check_len("int32_data", t.int32_data.len(), n, t)?;
+            Data::Bool(t.int32_data.iter().map(|&v| v != 0).collect())
+        }
+        DType::F16 => {
+            check_len("int32_data", t.int32_data.len(), n, t)?;
+            Data::F16(bits16(t)?.into_iter().map(half::f16::from_bits).collect())
+        }
+        DType::BF16 => {
+            check_len("int32_data", t.int32_data.len(), n, t)?;
+            Data::BF16(bits16(t)?.into_iter().map(half::bf16::from_bits).collect())
+        }
+    })
+}
+
+/// The contents of a tensor as an [`Array`] (a scalar has `dims == []`).
+/// Errors name the tensor: unsupported element types, external data,
+/// segments, negative dims, and data whose size does not match `dims`.
+pub fn to_array(t: &TensorProto) -> Result<Array, String> {
+    let inner = || -> Result<Array, String> {
+        match DataLocation::try_from(t.data_location) {
+            Ok(DataLocation::Default) => {}
+            Ok(DataLocation::External) => {
+                let location = t
+                    .external_data
+                    .iter()
+                    .find(|e| e.key == "location")
+                    .map_or("?", |e| e.value.as_str());
+                return Err(format!(
+                    "its data is stored in an external file ({location:?}), which is not supported"
+                ));
+            }
+            Err(_) => return Err(format!("unknown data_location {}", t.data_location)),
+        }
+        if let Some(s) = &t.segment {
+            return Err(format!(
+                "it is a segment (elements {}..{}) of a larger tensor, which is not supported",
+                s.begin, s.end
+            ));
+        }
+        let dtype = dtype_of(t.data_type)?;
+        let (shape, n) = shape_of(t)?;
+        let data = if t.raw_data.is_empty() {
+            from_typed(t, dtype, n)?
+        } else {
+            from_raw(t, dtype, n)?
+        };
+        Array::new(shape, data).ok_or_else(|| "the data does not match dims".to_string())
+    };
+    inner().map_err(|e| format!("{}: {e}", label(t)))
+}
+
+/// A tensor named `name` holding `a`, with the data in `raw_data`.
+pub fn from_array(name: &str, a: &Array) -> TensorProto {
+    let raw_data = if cfg!(target_endian = "little") {
+        a.as_bytes().to_vec()
+    } else {
+        a.data().to_le_bytes()
+    };
+    TensorProto {
+        name: name.to_string(),
+        dims: a.shape().iter().map(|&d| d as i64).collect(),
+        data_type: onnx_type(a.dtype()),
+        raw_data,
+        ..TensorProto::default()
+    }
+}
+
+/// Reads a file holding one serialized `TensorProto` (such as the ONNX
+/// backend tests' `test_data_set_0/input_0.pb`); returns the tensor's name
+/// and contents. Errors name the file.
+pub fn read_tensor_file(path: &Path) -> Result<(String, Array), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let t = TensorProto::decode(bytes.as_slice())
+        .map_err(|e| format!("{}: not a serialized ONNX TensorProto: {e}", path.display()))?;
+    let a = to_array(&t).map_err(|e| {
+        // SequenceProto, OptionalProto and MapProto (onnx-data.proto) are
+        // wire-compatible enough to decode as a TensorProto; their nested
+        // values land in `segment` and their element type in `data_type`.
+        let hint = if t.segment.is_some() || t.data_type == 0 {
+            " (the file may hold a SequenceProto, OptionalProto or MapProto rather than a TensorProto)"
+        } else {
+            ""
+        };
+        format!("{}: {e}{hint}", path.display())
+    })?;
+    Ok((t.name, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::tensor_proto::Segment;
+    use crate::proto::StringStringEntryProto;
+    use half::{bf16, f16};
+
+    fn tensor(data_type: DataType, dims: &[i64]) -> TensorProto {
+        TensorProto {
+            name: "t".to_string(),
+            dims: dims.to_vec(),
+            data_type: data_type as i32,
+            ..TensorProto::default()
+        }
+    }
+
+    /// The same tensor via typed field and via raw_data.
+    fn both(typed: TensorProto, raw: Vec<u8>) -> (Array, Array) {
+        let mut r = typed.clone();
+        r.float_data.clear();
+        r.double_data.clear();
+        r.int32_data.clear();
+        r.int64_data.clear();
+        r.raw_data = raw;
+        (to_array(&typed).unwrap(), to_array(&r).unwrap())
+    }
+
+    #[test]
+    fn dtype_mapping() {
+        for d in DType::ALL {
+            assert_eq!(dtype_of(onnx_type(d)), Ok(d));
+        }
+        assert_eq!(
+            dtype_of(DataType::Uint8 as i32).unwrap_err(),
+            "uint8 tensors are not supported (kiln has f32, f64, i32, i64, bool, f16, bf16)"
+        );
+        assert!(dtype_of(DataType::String as i32)
+            .unwrap_err()
+            .contains("string"));
+        assert!(dtype_of(DataType::Float8e4m3fn as i32)
+            .unwrap_err()
+            .contains("float8e4m3fn"));
+        assert!(dtype_of(0).unwrap_err().contains("UNDEFINED"));
+        assert_eq!(dtype_of(99).unwrap_err(), "unknown ONNX element type 99");
+        assert_eq!(onnx_type_name(16), "bfloat16");
+        assert_eq!(onnx_type_name(26), "int2");
+        assert_eq!(onnx_type_name(-1), "unknown");
+        // Every enum value has a name.
+        for v in 0..=26 {
+            assert!(DataType::try_from(v).is_ok());
+            assert_ne!(onnx_type_name(v), "unknown");
+        }
+    }
+
+    #[test]
+    fn f32_raw_and_typed() {
+        let v = [1.5f32, -2.0, 0.0, f32::INFINITY, 3.25, -0.5];
+        let mut t = tensor(DataType::Float, &[2, 3]);
+        t.float_data = v.to_vec();
+        let (a, b) = both(t, v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        assert_eq!(a, Array::from_vec(vec![2, 3], v.to_vec()).unwrap());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn f64_raw_and_typed() {
+        let v = [1.0f64 / 3.0, -1e300, 2.0];
+        let mut t = tensor(DataType::Double, &[3]);
+        t.double_data = v.to_vec();
+        let (a, b) = both(t, v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        assert_eq!(a, Array::from_vec(vec![3], v.to_vec()).unwrap());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn i32_raw_and_typed() {
+        let v = [i32::MIN, -1, 0, 7, i32::MAX, 42];
+        let mut t = tensor(DataType::Int32, &[3, 2]);
+        t.int32_data = v.to_vec();
+        let (a, b) = both(t, v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        assert_eq!(a, Array::from_vec(vec![3, 2], v.to_vec()).unwrap());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn i64_raw_and_typed() {
+        let v = [i64::MIN, -1, 0, i64::MAX];
+        let mut t = tensor(DataType::Int64, &[2, 1, 2]);
+        t.int64_data = v.to_vec();
+        let (a, b) = both(t, v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        assert_eq!(a, Array::from_vec(vec![2, 1, 2], v.to_vec()).unwrap());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bool_raw_and_typed() {
+        let v = [true, false, false, true];
+        let mut t = tensor(DataType::Bool, &[4]);
+        t.int32_data = vec![1, 0, 0, 1];
+        let (a, b) = both(t, vec![1, 0, 0, 1]);
+        assert_eq!(a, Array::from_vec(vec![4], v.to_vec()).unwrap());
+        assert_eq!(a, b);
+        // Any non-zero byte or entry is true.
+        let mut t = tensor(DataType::Bool, &[2]);
+        t.raw_data = vec![0, 255];
+        assert_eq!(
+            to_array(&t).unwrap().as_slice::<bool>().unwrap(),
+            &[false, true]
+        );
+    }
+
+    #[test]
+    fn f16_bits_in_int32_data() {
+        let v = [
+            f16::from_f32(1.5),
+            f16::from_f32(-2.0),
+            f16::INFINITY,
+            f16::MIN_POSITIVE,
+        ];
+        let mut t = tensor(DataType::Float16, &[2, 2]);
+        // Zero-extended bit patterns, as onnx.helper writes them.
+        t.int32_data = v.iter().map(|x| x.to_bits() as i32).collect();
+        assert!(t.int32_data[1] > 0x7fff);
+        let (a, b) = both(t.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        assert_eq!(a, Array::from_vec(vec![2, 2], v.to_vec()).unwrap());
+        assert_eq!(a, b);
+        // Sign-extended patterns read the same.
+        t.int32_data[1] = v[1].to_bits() as i16 as i32;
+        assert!(t.int32_data[1] < 0);
+        assert_eq!(to_array(&t).unwrap(), a);
+        // Entries that are not 16-bit patterns are refused.
+        t.int32_data[1] = 0x10000;
+        let e = to_array(&t).unwrap_err();
+        assert!(e.contains("not a 16-bit pattern of a float16"), "{e}");
+    }
+
+    #[test]
+    fn bf16_bits_in_int32_data() {
+        let v = [bf16::from_f32(1.5), bf16::from_f32(-3.0), bf16::NAN];
+        let mut t = tensor(DataType::Bfloat16, &[3]);
+        t.int32_data = v.iter().map(|x| x.to_bits() as i32).collect();
+        let (a, b) = both(t, v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        assert_eq!(a.dtype(), DType::BF16);
+        let want = Array::from_vec(vec![3], v.to_vec()).unwrap();
+        assert!(a.same_bits(&want) && b.same_bits(&want));
+    }
+
+    #[test]
+    fn scalar() {
+        let mut t = tensor(DataType::Float, &[]);
+        t.float_data = vec![2.5];
+        let a = to_array(&t).unwrap();
+        assert_eq!(a, Array::scalar(2.5f32));
+        assert!(a.shape().is_empty());
+        let mut t = tensor(DataType::Int64, &[]);
+        t.raw_data = 7i64.to_le_bytes().to_vec();
+        assert_eq!(to_array(&t).unwrap(), Array::scalar(7i64));
+        // A scalar with no data is an error, not an empty array.
+        let e = to_array(&tensor(DataType::Float, &[])).unwrap_err();
+        assert!(e.contains("no data"), "{e}");
+    }
+
+    #[test]
+    fn zero_size() {
+        for dt in [
+            DataType::Float,
+            DataType::Int64,
+            DataType::Bool,
+            DataType::Float16,
+        ] {
+            let a = to_array(&tensor(dt, &[2, 0, 3])).unwrap();
+            assert_eq!(a.shape(), &[2, 0, 3]);
+            assert!(a.is_empty());
+        }
+        // A zero dim makes the count 0 even beside huge dims.
+        let a = to_array(&tensor(DataType::Double, &[0, i64::MAX])).unwrap();
+        assert_eq!(a.shape(), &[0, i64::MAX as usize]);
+    }
+
+    #[test]
+    fn count_mismatch() {
+        let mut t = tensor(DataType::Float, &[2, 3]);
+        t.float_data = vec![1.0; 5];
+        let e = to_array(&t).unwrap_err();
+        assert_eq!(
+            e,
+            "tensor \"t\": dims [2, 3] need 6 elements but float_data has 5"
+        );
+        // Data in another field than the type's.
+        let mut t = tensor(DataType::Int32, &[2]);
+        t.int64_data = vec![1, 2];
+        let e = to_array(&t).unwrap_err();
+        assert!(e.contains("no data") && e.contains("int32_data"), "{e}");
+        // Too much data.
+        let mut t = tensor(DataType::Int64, &[1]);
+        t.int64_data = vec![1, 2];
+        assert!(to_array(&t).unwrap_err().contains("int64_data has 2"));
+    }
+
+    #[test]
+    fn truncated_raw_data() {
+        let mut t = tensor(DataType::Float, &[4]);
+        t.raw_data = vec![0; 15];
+        let e = to_array(&t).unwrap_err();
+        assert_eq!(
+            e,
+            "tensor \"t\": raw_data has 15 bytes but dims [4] of float need 16"
+        );
+        // A huge declared size is refused before anything is allocated.
+        let mut t = tensor(DataType::Double, &[1 << 40, 1 << 20]);
+        t.raw_data = vec![0; 8];
+        assert!(to_array(&t).unwrap_err().contains("raw_data has 8 bytes"));
+        let mut t = tensor(DataType::Double, &[i64::MAX, i64::MAX]);
+        t.raw_data = vec![0; 8];
+        assert!(to_array(&t).unwrap_err().contains("more elements than fit"));
+        let mut t = tensor(DataType::Double, &[1 << 62]);
+        t.raw_data = vec![0; 8];
+        assert!(to_array(&t).unwrap_err().contains("more bytes than fit"));
+    }
+
+    #[test]
+    fn negative_dim() {
+        let mut t = tensor(DataType::Float, &[2, -1]);
+        t.float_data = vec![1.0, 2.0];
+        let e = to_array(&t).unwrap_err();
+        assert!(e.contains("negative dim"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_type_names_tensor() {
+        let mut t = tensor(DataType::Uint8, &[2]);
+        t.name = "w".to_string();
+        t.raw_data = vec![1, 2];
+        let e = to_array(&t).unwrap_err();
+        assert!(
+            e.starts_with("tensor \"w\": uint8 tensors are not supported"),
+            "{e}"
+        );
+        let mut t = tensor(DataType::Float, &[1]);
+        t.name.clear();
+        assert!(to_array(&t).unwrap_err().starts_with("unnamed tensor: "));
+    }
+
+    #[test]
+    fn external_data_refused() {
+        let mut t = tensor(DataType::Float, &[2]);
+        t.name = "weight".to_string();
+        t.data_location = DataLocation::External as i32;
+        t.external_data = vec![StringStringEntryProto {
+            key: "location".to_string(),
+            value: "weights.bin".to_string(),
+        }];
+        let e = to_array(&t).unwrap_err();
+        assert!(
+            e.starts_with("tensor \"weight\": ") && e.contains("external file (\"weights.bin\")"),
+            "{e}"
+        );
+        t.data_location = 5;
+        assert!(to_array(&t)
+            .unwrap_err()
+            .contains("unknown data_location 5"));
+    }
+
+    #[test]
+    fn segment_refused() {
+        let mut t = tensor(DataType::Float, &[2]);
+        t.float_data = vec![1.0, 2.0];
+        t.segment = Some(Segment { begin: 0, end: 2 });
+        let e = to_array(&t).unwrap_err();
+        assert!(e.starts_with("tensor \"t\": it is a segment"), "{e}");
+    }
+
+    #[test]
+    fn round_trip() {
+        let arrays = [
+            Array::from_vec(vec![2, 3], vec![1.0f32, -2.0, 3.5, 0.0, f32::MAX, -0.0]).unwrap(),
+            Array::from_vec(vec![2], vec![1e-300f64, -7.0]).unwrap(),
+            Array::from_vec(vec![1, 3], vec![-5i32, 0, 9]).unwrap(),
+            Array::from_vec(vec![2, 2], vec![i64::MIN, 1, 2, i64::MAX]).unwrap(),
+            Array::from_vec(vec![3], vec![true, false, true]).unwrap(),
+            Array::from_vec(vec![2], vec![f16::from_f32(0.5), f16::NEG_INFINITY]).unwrap(),
+            Array::from_vec(vec![1, 1, 2], vec![bf16::from_f32(3.0), bf16::MIN]).unwrap(),
+            Array::scalar(42i64),
+            Array::zeros(DType::F32, &[0, 4]),
+        ];
+        for a in arrays {
+            let t = from_array("x", &a);
+            let bytes = t.encode_to_vec();
+            let back = TensorProto::decode(bytes.as_slice()).unwrap();
+            assert_eq!(back, t);
+            assert_eq!(back.name, "x");
+            let b = to_array(&back).unwrap();
+            assert!(b.same_bits(&a), "{a:?} -> {b:?}");
+        }
+    }
+
+    #[test]
+    fn read_file() {
+        let dir = std::env::temp_dir().join(format!("kiln-onnx-tensor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = Array::from_vec(vec![2, 2], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        let path = dir.join("input_0.pb");
+        std::fs::write(&path, from_array("x", &a).encode_to_vec()).unwrap();
+        let (name, b) = read_tensor_file(&path).unwrap();
+        assert_eq!((name.as_str(), &b), ("x", &a));
+
+        let bad = dir.join("bad.pb");
+        std::fs::write(&bad, [0xff, 0xff, 0xff]).unwrap();
+        let e = read_tensor_file(&bad).unwrap_err();
+        assert!(
+            e.contains("bad.pb") && e.contains("not a serialized"),
+            "{e}"
+        );
+
+        let mut t = from_array("y", &a);
+        t.raw_data.pop();
+        let short = dir.join("short.pb");
+        std::fs::write(&short, t.encode_to_vec()).unwrap();
+        let e = read_tensor_file(&short).unwrap_err();
+        assert!(
+            e.contains("short.pb: tensor \"y\": raw_data has 15 bytes"),
+            "{e}"
+        );
+
+        // A SequenceProto (name = 1, elem_type = 2, tensor_values = 3)
+        // decodes as a TensorProto whose values are a `segment`.
+        let mut seq = vec![0x0a, 0x01, b's', 0x10, 0x01, 0x1a];
+        let inner = from_array("e", &a).encode_to_vec();
+        seq.push(inner.len() as u8);
+        seq.extend(inner);
+        let seq_path = dir.join("seq.pb");
+        std::fs::write(&seq_path, seq).unwrap();
+        let e = read_tensor_file(&seq_path).unwrap_err();
+        assert!(e.contains("segment") && e.contains("SequenceProto"), "{e}");
+
+        let e = read_tensor_file(&dir.join("missing.pb")).unwrap_err();
+        assert!(
+            e.starts_with("cannot read ") && e.contains("missing.pb"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unpacked_repeated_fields_decode() {
+        // proto2 writers may emit repeated scalars unpacked: tag 4 (float_data)
+        // as wire type 5 twice, tag 1 (dims) as varint.
+        let mut bytes = vec![0x08, 0x02]; // dims: 2 (unpacked)
+        bytes.extend([0x10, 0x01]); // data_type: FLOAT
+        for x in [1.5f32, -1.0] {
+            bytes.push(0x25); // field 4, wire type 5
+            bytes.extend(x.to_le_bytes());
+        }
+        let t = TensorProto::decode(bytes.as_slice()).unwrap();
+        assert_eq!(t.dims, [2]);
+        assert_eq!(
+            to_array(&t).unwrap().as_slice::<f32>().unwrap(),
+            &[1.5, -1.0]
+        );
+        // dims are written unpacked, as the reference writer does.
+        let enc = from_array("", &Array::from_vec(vec![3], vec![0i32; 3]).unwrap()).encode_to_vec();
+        assert_eq!(&enc[..2], &[0x08, 0x03]);
+    }
+}

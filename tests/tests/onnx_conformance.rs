@@ -1,0 +1,328 @@
+//! The ONNX conformance runner: every case of the ONNX backend test data
+//! (`scripts/onnx-test-data.sh` fetches it from the pinned onnx==1.22.0
+//! wheel; `KILN_ONNX_DATA` names the directory) imported with
+//! `kiln_onnx::import`, fed each `test_data_set_*/input_*.pb`, run on the
+//! reference interpreter and on `Device::Cpu`, and compared with
+//! `output_*.pb` at ONNX's tolerances (rtol 1e-3, atol 1e-7).
+//!
+//! Prints pass / fail / unsupported counts per op and overall, and checks
+//! `tests/onnx/expected-pass.txt`: every case listed there must pass (no
+//! regression). `KILN_ONNX_WRITE_EXPECTED=1` rewrites the list from this
+//! run; `KILN_ONNX_ONLY=substring` runs only matching cases;
+//! `KILN_ONNX_VERBOSE=1` prints each failure's reason.
+//!
+//! Without the data the test says so and passes, unless `KILN_ONNX_DATA`
+//! is set (as `.ci/run` does) and missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use kiln::graph::{Array, Graph};
+use kiln::prelude::*;
+
+const RTOL: f64 = 1e-3;
+const ATOL: f64 = 1e-7;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    Pass,
+    /// Imported, but a device failed or gave other values.
+    Fail(String),
+    /// The importer refused it (op, attribute or type).
+    Unsupported(String),
+}
+
+fn data_dir() -> Option<PathBuf> {
+    match std::env::var_os("KILN_ONNX_DATA") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            assert!(
+                d.join("node").is_dir(),
+                "KILN_ONNX_DATA={} has no node/ directory (run scripts/onnx-test-data.sh)",
+                d.display()
+            );
+            Some(d)
+        }
+        None => {
+            let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/onnx-test-data/onnx-1.22.0/onnx/backend/test/data");
+            d.join("node").is_dir().then_some(d)
+        }
+    }
+}
+
+/// Every case directory (one with `model.onnx`), as `kind/name`.
+fn cases(data: &Path) -> Vec<(String, PathBuf)> {
+    let mut v = Vec::new();
+    for kind in ["node", "pytorch-converted", "pytorch-operator", "simple"] {
+        let Ok(rd) = std::fs::read_dir(data.join(kind)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.join("model.onnx").is_file() {
+                v.push((format!("{kind}/{}", e.file_name().to_string_lossy()), p));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The ONNX op types of a model's main graph (for the per-op table).
+fn op_types(model: &Path) -> Vec<String> {
+    use prost::Message;
+    let Ok(bytes) = std::fs::read(model) else {
+        return Vec::new();
+    };
+    let Ok(m) = kiln_onnx::proto::ModelProto::decode(bytes.as_slice()) else {
+        return Vec::new();
+    };
+    let mut ops: Vec<String> = m
+        .graph
+        .map(|g| g.node.into_iter().map(|n| n.op_type).collect())
+        .unwrap_or_default();
+    ops.sort();
+    ops.dedup();
+    ops
+}
+
+fn close(want: &Array, got: &Array) -> Result<(), String> {
+    if want.shape() != got.shape() {
+        return Err(format!("shape {:?}, want {:?}", got.shape(), want.shape()));
+    }
+    if want.dtype() != got.dtype() {
+        return Err(format!("dtype {}, want {}", got.dtype(), want.dtype()));
+    }
+    for (i, (w, g)) in want.to_f64_vec().iter().zip(got.to_f64_vec()).enumerate() {
+        let ok = (w.is_nan() && g.is_nan()) || *w == g || (w - g).abs() <= ATOL + RTOL * w.abs();
+        if !ok {
+            return Err(format!("element {i}: {g}, want {w}"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs one case on both devices.
+fn run_case(dir: &Path) -> Outcome {
+    let graph = match kiln_onnx::import(dir.join("model.onnx")) {
+        Ok(g) => g,
+        Err(e) => return Outcome::Unsupported(e.to_string()),
+    };
+    let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    sets.sort();
+    if sets.is_empty() {
+        return Outcome::Fail("no test_data_set".into());
+    }
+    for set in sets {
+        if let Err(e) = run_set(&graph, &set) {
+            return Outcome::Fail(format!(
+                "{}: {e}",
+                set.file_name().unwrap_or_default().to_string_lossy()
+            ));
+        }
+    }
+    Outcome::Pass
+}
+
+fn read_numbered(set: &Path, prefix: &str) -> Result<Vec<(String, Array)>, String> {
+    let mut v = Vec::new();
+    for i in 0.. {
+        let p = set.join(format!("{prefix}_{i}.pb"));
+        if !p.is_file() {
+            break;
+        }
+        v.push(kiln_onnx::tensor::read_tensor_file(&p)?);
+    }
+    Ok(v)
+}
+
+fn run_set(graph: &Graph, set: &Path) -> Result<(), String> {
+    let inputs = read_numbered(set, "input")?;
+    let outputs = read_numbered(set, "output")?;
+    let placeholders = graph.placeholders();
+    if placeholders.len() != inputs.len() {
+        return Err(format!(
+            "{} inputs in the data, {} placeholders",
+            inputs.len(),
+            placeholders.len()
+        ));
+    }
+    // Inputs in the graph's input order (the data's names may be empty).
+    let names: Vec<String> = placeholders
+        .iter()
+        .map(|&p| graph.node(p).name.clone())
+        .collect();
+    let feeds: Vec<(&str, &Array)> = names
+        .iter()
+        .zip(&inputs)
+        .map(|(n, (_, a))| (n.as_str(), a))
+        .collect();
+    let fetch_names: Vec<String> = graph
+        .outputs()
+        .iter()
+        .map(|&o| graph.node(o).name.clone())
+        .collect();
+    if fetch_names.len() != outputs.len() {
+        return Err(format!(
+            "{} outputs in the data, {} in the graph",
+            outputs.len(),
+            fetch_names.len()
+        ));
+    }
+    let fetches: Vec<&str> = fetch_names.iter().map(|s| s.as_str()).collect();
+    for device in [Device::Reference, Device::Cpu] {
+        let mut s = Session::new(graph, device).map_err(|e| format!("{device:?}: {e}"))?;
+        let got = s
+            .run(&feeds, &fetches)
+            .map_err(|e| format!("{device:?}: {e}"))?;
+        for ((name, want), g) in outputs.iter().zip(&got) {
+            close(want, g).map_err(|e| format!("{device:?}, output '{name}': {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn expected_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx/expected-pass.txt")
+}
+
+#[test]
+fn onnx_backend_conformance() {
+    let Some(data) = data_dir() else {
+        eprintln!(
+            "SKIPPED: no ONNX test data (run scripts/onnx-test-data.sh, or set KILN_ONNX_DATA)"
+        );
+        return;
+    };
+    let only = std::env::var("KILN_ONNX_ONLY").ok();
+    let verbose = std::env::var_os("KILN_ONNX_VERBOSE").is_some();
+    let all = cases(&data);
+    let chosen: Vec<&(String, PathBuf)> = all
+        .iter()
+        .filter(|(n, _)| only.as_ref().is_none_or(|o| n.contains(o.as_str())))
+        .collect();
+    // Two workers: compiling dominates, and cases are independent.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((name, dir)) = chosen.get(i) else {
+                    break;
+                };
+                let outcome = std::panic::catch_unwind(|| run_case(dir))
+                    .unwrap_or_else(|_| Outcome::Fail("panicked".into()));
+                let ops = op_types(&dir.join("model.onnx"));
+                results.lock().unwrap().push((name.clone(), ops, outcome));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    // Per op: cases whose model uses exactly that one op type.
+    let mut per_op: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    let mut total = [0usize; 3];
+    let mut per_kind: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    for (name, ops, outcome) in &results {
+        let k = match outcome {
+            Outcome::Pass => 0,
+            Outcome::Fail(_) => 1,
+            Outcome::Unsupported(_) => 2,
+        };
+        total[k] += 1;
+        per_kind
+            .entry(name.split('/').next().unwrap_or("").to_string())
+            .or_default()[k] += 1;
+        let key = if ops.len() == 1 {
+            ops[0].clone()
+        } else {
+            "(several ops)".to_string()
+        };
+        per_op.entry(key).or_default()[k] += 1;
+        if verbose {
+            match outcome {
+                Outcome::Pass => {}
+                Outcome::Fail(why) => println!("FAIL {name}: {why}"),
+                Outcome::Unsupported(why) => {
+                    println!(
+                        "UNSUPPORTED {name}: {}",
+                        why.lines().take(3).collect::<Vec<_>>().join(" | ")
+                    )
+                }
+            }
+        }
+    }
+    println!(
+        "{:<28} {:>6} {:>6} {:>12}",
+        "op", "pass", "fail", "unsupported"
+    );
+    for (op, [p, f, u]) in &per_op {
+        println!("{op:<28} {p:>6} {f:>6} {u:>12}");
+    }
+    for (kind, [p, f, u]) in &per_kind {
+        println!("{kind:<28} {p:>6} {f:>6} {u:>12}");
+    }
+    let n = results.len().max(1);
+    println!(
+        "overall: {} pass, {} fail, {} unsupported of {} cases ({:.1}% pass)",
+        total[0],
+        total[1],
+        total[2],
+        results.len(),
+        100.0 * total[0] as f64 / n as f64
+    );
+    let passed: BTreeSet<&str> = results
+        .iter()
+        .filter(|r| r.2 == Outcome::Pass)
+        .map(|r| r.0.as_str())
+        .collect();
+    if std::env::var_os("KILN_ONNX_WRITE_EXPECTED").is_some() && only.is_none() {
+        let text: String = passed.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::create_dir_all(expected_path().parent().unwrap()).unwrap();
+        std::fs::write(expected_path(), text).unwrap();
+        println!(
+            "wrote {} cases to {}",
+            passed.len(),
+            expected_path().display()
+        );
+        return;
+    }
+    let expected = std::fs::read_to_string(expected_path()).unwrap_or_default();
+    let ran: BTreeSet<&str> = results.iter().map(|r| r.0.as_str()).collect();
+    let mut regressed = Vec::new();
+    for case in expected.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if ran.contains(case) && !passed.contains(case) {
+            let why = results
+                .iter()
+                .find(|r| r.0 == case)
+                .map(|r| format!("{:?}", r.2))
+                .unwrap_or_default();
+            regressed.push(format!("{case}: {why}"));
+        }
+    }
+    let new: Vec<&&str> = passed
+        .iter()
+        .filter(|c| !expected.lines().any(|l| l.trim() == **c))
+        .collect();
+    if !new.is_empty() {
+        println!(
+            "{} passing case(s) not in the expected list (KILN_ONNX_WRITE_EXPECTED=1 adds them)",
+            new.len()
+        );
+    }
+    assert!(
+        regressed.is_empty(),
+        "{} expected-pass case(s) no longer pass:\n{}",
+        regressed.len(),
+        regressed.join("\n")
+    );
+}
