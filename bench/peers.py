@@ -244,6 +244,7 @@ def main():
     gflops = max(torch_gflops, doc["peak_gflops"])
     gbps = max(torch_gbps, doc["copy_gbps"])
     print(f"\nfloor: peak GEMM {gflops:.0f} GFLOP/s, copy bandwidth {gbps:.1f} GB/s (best of kiln's and torch's measurements)")
+    imported = {}
     header = f"{'workload':<10} {'kiln ms':>9} {'ORT ms':>9} {'torch ms':>9} {'floor ms':>9} {'ORT/kiln':>9} {'torch/kiln':>10} {'kiln/floor':>10} {'max|diff|':>10}"
     print(header)
     for name, r in kiln.items():
@@ -274,11 +275,41 @@ def main():
         sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
         got_ort = sess.run(None, {"x": x})[0]
         t_ort = timed(lambda: sess.run(None, {"x": x}), runs)[0]
+        imported[name] = check_import(onnx_path, d, got_ort)
         diff = max(float(np.max(np.abs(got_torch - want))), float(np.max(np.abs(got_ort - want))))
         floor = max(r["flops"] / (gflops * 1e6), r["bytes"] / (gbps * 1e6))
         k = r["median_ms"]
         print(f"{name:<10} {k:>9.4f} {t_ort:>9.4f} {t_torch:>9.4f} {floor:>9.4f} {t_ort / k:>9.2f} {t_torch / k:>10.2f} {k / floor:>10.2f} {diff:>10.2e}")
+    print("\nthe exported ONNX files imported by kiln (kiln import, kiln run) against ONNX Runtime:")
+    for name, result in imported.items():
+        print(f"{name:<10} {result}")
     rss_table(root, list(kiln))
+
+
+def kiln_exe():
+    """The kiln CLI beside kiln-bench (same build)."""
+    bench = os.environ.get("KILN_BENCH_EXE", "target/release/kiln-bench")
+    return os.path.join(os.path.dirname(bench), "kiln")
+
+
+def check_import(onnx_path, d, want):
+    """Imports the exported ONNX file with `kiln import`, runs it with `kiln
+    run` on the same input and compares with ONNX Runtime's output."""
+    import subprocess
+    kiln = kiln_exe()
+    out = os.path.join(d, "imported")
+    r = subprocess.run([kiln, "import", onnx_path, "-o", os.path.join(d, "imported.kiln")], capture_output=True, text=True)
+    if r.returncode != 0:
+        return "import failed: " + r.stderr.strip().replace("\n", " | ")
+    r = subprocess.run([kiln, "run", os.path.join(d, "imported.kiln"), "--input", "x=" + os.path.join(d, "input.npy"), "--output", out], capture_output=True, text=True)
+    if r.returncode != 0:
+        return "run failed: " + r.stderr.strip().replace("\n", " | ")
+    got = np.load(os.path.join(out, "y.npy"))
+    if got.shape != want.shape:
+        return f"shape {got.shape}, ONNX Runtime {want.shape}"
+    diff = float(np.max(np.abs(got.astype(np.float64) - want)))
+    ok = np.allclose(got, want, rtol=1e-4, atol=1e-5)
+    return f"{'match' if ok else 'MISMATCH'} (max |diff| {diff:.2e})"
 
 
 ORT_PROBE = """

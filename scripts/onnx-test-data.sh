@@ -16,7 +16,15 @@ if [ -d "$data/node" ]; then
 fi
 mkdir -p "$dir/wheel"
 if ! ls "$dir"/wheel/onnx-"$version"-*.whl >/dev/null 2>&1; then
-    python3 -m pip download -q "onnx==$version" --no-deps --only-binary=:all: \
+    pip=(python3 -m pip)
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        # No pip beside this python: one in a virtual environment.
+        python3 -m venv "$dir/venv" >&2
+        pip=("$dir/venv/bin/python" -m pip)
+    fi
+    # Any wheel of the version carries the same data: pick one for
+    # CPython 3.11 on Linux, whatever runs this.
+    "${pip[@]}" download -q "onnx==$version" --no-deps --only-binary=:all: \
         --python-version 3.11 --platform manylinux_2_28_x86_64 -d "$dir/wheel" >&2
 fi
 wheel=$(ls "$dir"/wheel/onnx-"$version"-*.whl | head -1)

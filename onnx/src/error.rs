@@ -49,12 +49,8 @@ pub enum Error {
         reason: String,
     },
     /// An error in a file (wraps the others).
-    #[error("{path}: {source}")]
-    File {
-        path: String,
-        #[source]
-        source: Box<Error>,
-    },
+    #[error("{path}: {inner}")]
+    File { path: String, inner: Box<Error> },
 }
 
 impl Error {
@@ -64,7 +60,7 @@ impl Error {
             e @ (Error::Io { .. } | Error::File { .. }) => e,
             e => Error::File {
                 path: path.display().to_string(),
-                source: Box::new(e),
+                inner: Box::new(e),
             },
         }
     }
@@ -73,7 +69,7 @@ impl Error {
     pub fn unsupported(&self) -> Option<&[UnsupportedNode]> {
         match self {
             Error::Unsupported(v) => Some(v),
-            Error::File { source, .. } => source.unsupported(),
+            Error::File { inner, .. } => inner.unsupported(),
             _ => None,
         }
     }

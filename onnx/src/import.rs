@@ -13,8 +13,13 @@ use crate::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 use crate::tensor;
 use crate::ImportOptions;
 
-/// The opsets this importer is written for (of the default domain).
-pub(crate) const OPSETS: std::ops::RangeInclusive<i64> = 7..=22;
+/// The opsets this importer is written for (of the default domain): 7 to
+/// 22, and 6 as far as the converters know its older forms (binary ops'
+/// `broadcast`/`axis`, attributes that later became inputs): the
+/// pytorch-converted test models are opset 6. Newer ones are read with
+/// opset 22's meaning (later opsets added types and ops, which the op
+/// table covers or reports).
+pub(crate) const OPSETS: std::ops::RangeInclusive<i64> = 6..=22;
 
 /// A value of the ONNX graph: its tensor, and its value where it is known
 /// at import time.
@@ -139,15 +144,19 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
         .as_ref()
         .ok_or_else(|| Error::Invalid("the model has no graph".into()))?;
     let opset = default_opset(model)?;
+    if opset < *OPSETS.start() {
+        return Err(Error::Invalid(format!(
+            "opset {opset}: kiln imports opsets {} and later (upgrade the model with onnx.version_converter)",
+            OPSETS.start(),
+        )));
+    }
     let mut missing = Vec::new();
     unsupported(graph, opset, &mut missing);
     if !missing.is_empty() {
         return Err(Error::Unsupported(missing));
     }
     let g = GraphBuilder::new();
-    let mut values: HashMap<String, Value<'_>> = HashMap::new();
-    // Nodes that already stand for an ONNX value (and carry its name).
-    let mut owned: HashSet<NodeId> = HashSet::new();
+    let mut scope = Scope::default();
     for init in &graph.initializer {
         let a = tensor::to_array(init)
             .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
@@ -158,8 +167,8 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
             g.constant(a.clone()).and_then(|t| t.named(&name))
         }
         .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
-        owned.insert(t.id());
-        values.insert(
+        scope.owned.insert(t.id());
+        scope.values.insert(
             init.name.clone(),
             Value {
                 t,
@@ -169,22 +178,20 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
     }
     for input in &graph.input {
         // Before IR 4, initializers are listed as inputs too.
-        if values.contains_key(&input.name) {
+        if scope.values.contains_key(&input.name) {
             continue;
         }
         let (dtype, shape) = declared_type(input)?;
         let t = g
             .placeholder(&kiln_name(&input.name), dtype, shape)
             .map_err(|e| Error::Invalid(format!("input '{}': {e}", input.name)))?;
-        owned.insert(t.id());
-        values.insert(input.name.clone(), Value { t, constant: None });
+        scope.owned.insert(t.id());
+        scope.values.insert(input.name.clone(), Value { t, constant: None });
     }
-    for n in &graph.node {
-        convert_node(&g, n, opset, &mut values, &mut owned)?;
-    }
+    convert_nodes(&g, graph, opset, &mut scope)?;
     let mut fetched: HashSet<NodeId> = HashSet::new();
     for out in &graph.output {
-        let v = values.get(&out.name).ok_or_else(|| {
+        let v = scope.values.get(&out.name).ok_or_else(|| {
             Error::Invalid(format!(
                 "graph output '{}' is computed by no node",
                 out.name
@@ -208,13 +215,463 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
     Ok(g.into_graph())
 }
 
+/// The values of one graph (the main graph, or a subgraph with the values
+/// of its enclosing scopes it uses), and the nodes that stand for them.
+#[derive(Default)]
+pub(crate) struct Scope<'g> {
+    values: HashMap<String, Value<'g>>,
+    /// Nodes that already stand for an ONNX value (and carry its name).
+    owned: HashSet<NodeId>,
+}
+
+impl<'g> Scope<'g> {
+    /// Binds node `n`'s outputs to `outputs`.
+    fn bind(
+        &mut self,
+        n: &NodeProto,
+        outputs: Vec<Value<'g>>,
+        fail: &dyn Fn(String) -> Error,
+    ) -> Result<()> {
+        if outputs.len() < n.output.iter().filter(|o| !o.is_empty()).count() {
+            return Err(fail(format!(
+                "gave {} outputs, the node has {}",
+                outputs.len(),
+                n.output.len()
+            )));
+        }
+        for (name, v) in n.output.iter().zip(outputs) {
+            if name.is_empty() {
+                continue;
+            }
+            // Name a node this conversion made after its ONNX output (where
+            // the name is free); one standing for another value keeps its name.
+            if self.owned.insert(v.t.id()) {
+                let _ = v.t.named(&kiln_name(name));
+            }
+            self.values.insert(name.clone(), v);
+        }
+        Ok(())
+    }
+}
+
+/// Converts `graph`'s initializers and nodes into `scope`.
+fn convert_nodes<'g>(
+    g: &'g GraphBuilder,
+    graph: &GraphProto,
+    opset: i64,
+    scope: &mut Scope<'g>,
+) -> Result<()> {
+    for n in &graph.node {
+        convert_node(g, n, opset, scope)?;
+    }
+    Ok(())
+}
+
+/// The names `graph` (and its subgraphs) read from enclosing scopes, in
+/// first-use order.
+fn free_names(graph: &GraphProto) -> Vec<String> {
+    let mut defined: HashSet<&str> = graph
+        .input
+        .iter()
+        .map(|v| v.name.as_str())
+        .chain(graph.initializer.iter().map(|t| t.name.as_str()))
+        .collect();
+    let mut free: Vec<String> = Vec::new();
+    let use_name = |name: &str, defined: &HashSet<&str>, free: &mut Vec<String>| {
+        if !name.is_empty() && !defined.contains(name) && !free.iter().any(|f| f == name) {
+            free.push(name.to_string());
+        }
+    };
+    for n in &graph.node {
+        for i in &n.input {
+            use_name(i, &defined, &mut free);
+        }
+        for a in &n.attribute {
+            for sub in a.g.iter().chain(&a.graphs) {
+                for f in free_names(sub) {
+                    use_name(&f, &defined, &mut free);
+                }
+            }
+        }
+        for o in &n.output {
+            defined.insert(o);
+        }
+    }
+    for o in &graph.output {
+        use_name(&o.name, &defined, &mut free);
+    }
+    free
+}
+
+/// A subgraph attribute of `n`.
+fn subgraph<'a>(n: &'a NodeProto, name: &str) -> std::result::Result<&'a GraphProto, String> {
+    n.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .and_then(|a| a.g.as_ref())
+        .ok_or_else(|| format!("no '{name}' subgraph"))
+}
+
+/// Runs `sub` in a scope of its own on builder `b`: `outer` values it
+/// reads (constants re-made in `b`, the rest from `params`, in `captured`
+/// order), its inputs bound to `inputs`; returns its outputs.
+fn run_subgraph<'s>(
+    b: &'s GraphBuilder,
+    sub: &GraphProto,
+    opset: i64,
+    constants: &[(String, Rc<Array>)],
+    captured: &[String],
+    params: &[Tensor<'s>],
+    inputs: &[Value<'s>],
+) -> Result<Vec<Value<'s>>> {
+    let mut scope = Scope::default();
+    for (name, a) in constants {
+        let t = b
+            .constant((**a).clone())
+            .map_err(|e| Error::Invalid(format!("'{name}': {e}")))?;
+        scope.values.insert(
+            name.clone(),
+            Value {
+                t,
+                constant: Some(a.clone()),
+            },
+        );
+    }
+    for (name, &t) in captured.iter().zip(params) {
+        scope
+            .values
+            .insert(name.clone(), Value { t, constant: None });
+    }
+    for init in &sub.initializer {
+        let a = tensor::to_array(init)
+            .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
+        let t = b
+            .constant(a.clone())
+            .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
+        scope.values.insert(
+            init.name.clone(),
+            Value {
+                t,
+                constant: Some(Rc::new(a)),
+            },
+        );
+    }
+    if inputs.len() != sub.input.len() {
+        return Err(Error::Invalid(format!(
+            "subgraph '{}' takes {} inputs, is given {}",
+            sub.name,
+            sub.input.len(),
+            inputs.len()
+        )));
+    }
+    for (i, v) in sub.input.iter().zip(inputs) {
+        scope.values.insert(i.name.clone(), v.clone());
+    }
+    convert_nodes(b, sub, opset, &mut scope)?;
+    sub.output
+        .iter()
+        .map(|o| {
+            scope.values.get(&o.name).cloned().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "subgraph '{}': output '{}' is computed by no node",
+                    sub.name, o.name
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The outer values a subgraph reads: constants (re-made inside), and
+/// the rest (passed in), by name.
+#[allow(clippy::type_complexity)]
+fn captures<'g>(
+    scope: &Scope<'g>,
+    names: &[String],
+) -> std::result::Result<(Vec<(String, Rc<Array>)>, Vec<String>, Vec<Tensor<'g>>), String> {
+    let (mut constants, mut names_rt, mut tensors) = (Vec::new(), Vec::new(), Vec::new());
+    for name in names {
+        let v = scope
+            .values
+            .get(name)
+            .ok_or_else(|| format!("its subgraph reads '{name}', which no enclosing graph defines"))?;
+        match &v.constant {
+            Some(a) => constants.push((name.clone(), a.clone())),
+            None => {
+                names_rt.push(name.clone());
+                tensors.push(v.t);
+            }
+        }
+    }
+    Ok((constants, names_rt, tensors))
+}
+
+/// Keeps the first error a subgraph closure met (kiln's closures return
+/// kiln errors; the importer's is more precise).
+struct FirstError(std::cell::RefCell<Option<Error>>);
+
+impl FirstError {
+    fn keep<T>(&self, r: Result<T>) -> kiln_graph::Result<T> {
+        r.map_err(|e| {
+            let msg = e.to_string();
+            self.0.borrow_mut().get_or_insert(e);
+            kiln_graph::Error::InvalidGraph(msg)
+        })
+    }
+}
+
+/// `If`: an import-time condition inlines its branch; otherwise kiln's
+/// `cond` runs one branch (both must give results of the same types).
+fn control_if<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    opset: i64,
+    scope: &Scope<'g>,
+) -> Result<Vec<Value<'g>>> {
+    let fail = |reason: String| Error::Node {
+        op: op_label(n),
+        node: node_label(n),
+        opset,
+        reason,
+    };
+    let cond = n
+        .input
+        .first()
+        .and_then(|c| scope.values.get(c))
+        .ok_or_else(|| fail("no condition".into()))?;
+    let (then_g, else_g) = (
+        subgraph(n, "then_branch").map_err(fail)?,
+        subgraph(n, "else_branch").map_err(fail)?,
+    );
+    if let Some(c) = &cond.constant {
+        let branch = if c.to_f64_vec().first().is_some_and(|&v| v != 0.0) {
+            then_g
+        } else {
+            else_g
+        };
+        let names = free_names(branch);
+        let (constants, captured, params) = captures(scope, &names).map_err(fail)?;
+        return run_subgraph(g, branch, opset, &constants, &captured, &params, &[]);
+    }
+    let mut names = free_names(then_g);
+    for f in free_names(else_g) {
+        if !names.contains(&f) {
+            names.push(f);
+        }
+    }
+    let (constants, captured, params) = captures(scope, &names).map_err(fail)?;
+    let pred = cond
+        .t
+        .reshape(kiln_graph::Shape(Vec::new()))
+        .map_err(|e| fail(format!("the condition must hold one value: {e}")))?;
+    let first = FirstError(std::cell::RefCell::new(None));
+    let r = g.cond(
+        pred,
+        &params,
+        |b, p| branch_results(b, p, then_g, opset, &constants, &captured, &first),
+        |b, p| branch_results(b, p, else_g, opset, &constants, &captured, &first),
+    );
+    match (r, first.0.into_inner()) {
+        (Ok(ts), _) => Ok(ts
+            .into_iter()
+            .map(|t| Value { t, constant: None })
+            .collect()),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(fail(format!("its branches: {e}"))),
+    }
+}
+
+/// A branch of an `If` as kiln's `cond` calls it.
+fn branch_results<'s>(
+    b: &'s GraphBuilder,
+    p: &[Tensor<'s>],
+    sub: &GraphProto,
+    opset: i64,
+    constants: &[(String, Rc<Array>)],
+    captured: &[String],
+    first: &FirstError,
+) -> kiln_graph::Result<Vec<Tensor<'s>>> {
+    let outs = first.keep(run_subgraph(b, sub, opset, constants, captured, p, &[]))?;
+    Ok(outs.into_iter().map(|v| v.t).collect())
+}
+
+/// Trip counts up to which a `Loop` with scan outputs is unrolled.
+const MAX_UNROLL: i64 = 4096;
+
+/// `Loop`: with scan outputs (per-iteration values stacked), a constant
+/// trip count and a condition that stays true, the body is unrolled;
+/// otherwise kiln's `while_loop` carries (iteration, condition, values).
+fn control_loop<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    opset: i64,
+    scope: &Scope<'g>,
+) -> Result<Vec<Value<'g>>> {
+    let fail = |reason: String| Error::Node {
+        op: op_label(n),
+        node: node_label(n),
+        opset,
+        reason,
+    };
+    let body = subgraph(n, "body").map_err(fail)?;
+    let input = |i: usize| -> Option<&Value<'g>> {
+        n.input
+            .get(i)
+            .filter(|s| !s.is_empty())
+            .and_then(|s| scope.values.get(s))
+    };
+    let trip = input(0);
+    let cond = input(1);
+    let vars: Vec<Value<'g>> = (2..n.input.len())
+        .map(|i| input(i).cloned().ok_or_else(|| fail(format!("input {i} is missing"))))
+        .collect::<Result<_>>()?;
+    let nv = vars.len();
+    let scans = body
+        .output
+        .len()
+        .checked_sub(1 + nv)
+        .ok_or_else(|| fail("the body gives fewer outputs than loop values".into()))?;
+    let names = free_names(body);
+    let (constants, captured, params) = captures(scope, &names).map_err(fail)?;
+    let scalar = |v: f64, dtype| {
+        Array::new(Vec::new(), kiln_graph::Data::filled(dtype, 1, v))
+            .map(Rc::new)
+            .ok_or_else(|| fail("a scalar".into()))
+    };
+    let const_value = |a: Rc<Array>| -> Result<Value<'g>> {
+        let t = g
+            .constant((*a).clone())
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Value {
+            t,
+            constant: Some(a),
+        })
+    };
+    let trip_const = trip.and_then(|t| t.constant.as_ref()).map(|a| a.to_f64_vec()[0] as i64);
+    let cond_true = cond.is_none_or(|c| {
+        c.constant
+            .as_ref()
+            .is_some_and(|a| a.to_f64_vec().first().is_some_and(|&v| v != 0.0))
+    });
+    if let (Some(m), true) = (trip_const, cond_true) {
+        if m <= MAX_UNROLL && (scans > 0 || m <= 16) {
+            // Unrolled: each iteration the body with a constant iteration number.
+            let mut cur = vars;
+            let mut stacked: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); scans];
+            let params_v: Vec<Tensor<'g>> = params.clone();
+            for i in 0..m.max(0) {
+                let mut ins = vec![
+                    const_value(scalar(i as f64, kiln_graph::DType::I64)?)?,
+                    const_value(scalar(1.0, kiln_graph::DType::Bool)?)?,
+                ];
+                ins.extend(cur.iter().cloned());
+                let outs = run_subgraph(g, body, opset, &constants, &captured, &params_v, &ins)?;
+                let go = &outs[0];
+                if !go
+                    .constant
+                    .as_ref()
+                    .is_some_and(|a| a.to_f64_vec().first().is_some_and(|&v| v != 0.0))
+                {
+                    return Err(fail(
+                        "a loop whose condition may turn false inside an unrolled trip count"
+                            .into(),
+                    ));
+                }
+                cur = outs[1..1 + nv].to_vec();
+                for (k, s) in outs[1 + nv..].iter().enumerate() {
+                    stacked[k].push(s.t.unsqueeze(0).map_err(|e| fail(e.to_string()))?);
+                }
+            }
+            let mut out = cur;
+            for s in stacked {
+                if s.is_empty() {
+                    return Err(fail("scan outputs of a loop that runs no iteration".into()));
+                }
+                let t = g.concat(&s, 0).map_err(|e| fail(e.to_string()))?;
+                out.push(Value { t, constant: None });
+            }
+            return Ok(out);
+        }
+    }
+    if scans > 0 {
+        return Err(fail(
+            "scan outputs need a constant trip count (and no condition that can turn false)"
+                .into(),
+        ));
+    }
+    // while (i < M && cond) { (cond, vars) = body(i, cond, vars); i += 1 }
+    let i0 = g
+        .scalar(0.0, kiln_graph::DType::I64)
+        .map_err(|e| fail(e.to_string()))?;
+    let c0 = match cond {
+        Some(c) => c
+            .t
+            .reshape(kiln_graph::Shape(Vec::new()))
+            .map_err(|e| fail(e.to_string()))?,
+        None => g
+            .scalar(1.0, kiln_graph::DType::Bool)
+            .map_err(|e| fail(e.to_string()))?,
+    };
+    let mut state = vec![i0, c0];
+    state.extend(vars.iter().map(|v| v.t));
+    let mut captured_t = params.clone();
+    let has_trip = trip.is_some();
+    if let Some(m) = trip {
+        captured_t.push(
+            m.t.reshape(kiln_graph::Shape(Vec::new()))
+                .map_err(|e| fail(e.to_string()))?,
+        );
+    }
+    let first = FirstError(std::cell::RefCell::new(None));
+    let ns = state.len();
+    let ncap = captured.len();
+    let r = g.while_loop(
+        &state,
+        &captured_t,
+        |_b, p| {
+            let go = p[1];
+            if has_trip {
+                go.and(p[0].lt(p[ns + ncap])?)
+            } else {
+                Ok(go)
+            }
+        },
+        |b, p| {
+            let ins: Vec<Value<'_>> = p[..ns]
+                .iter()
+                .map(|&t| Value { t, constant: None })
+                .collect();
+            let outs = first.keep(run_subgraph(
+                b,
+                body,
+                opset,
+                &constants,
+                &captured,
+                &p[ns..ns + ncap],
+                &ins,
+            ))?;
+            let mut next = vec![p[0].add(1.0)?];
+            next.push(outs[0].t.reshape(kiln_graph::Shape(Vec::new()))?);
+            next.extend(outs[1..].iter().map(|v| v.t));
+            next.extend_from_slice(&p[ns..]);
+            Ok(next[..ns].to_vec())
+        },
+    );
+    match (r, first.0.into_inner()) {
+        (Ok(ts), _) => Ok(ts[2..]
+            .iter()
+            .map(|&t| Value { t, constant: None })
+            .collect()),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(fail(format!("its body: {e}"))),
+    }
+}
+
 /// Converts one node, folding it to constants when its inputs all are.
 fn convert_node<'g>(
     g: &'g GraphBuilder,
     n: &NodeProto,
     opset: i64,
-    values: &mut HashMap<String, Value<'g>>,
-    owned: &mut HashSet<NodeId>,
+    scope: &mut Scope<'g>,
 ) -> Result<()> {
     let fail = |reason: String| Error::Node {
         op: op_label(n),
@@ -222,6 +679,15 @@ fn convert_node<'g>(
         opset,
         reason,
     };
+    if n.op_type == "If" || n.op_type == "Loop" {
+        let outputs = if n.op_type == "If" {
+            control_if(g, n, opset, scope)?
+        } else {
+            control_loop(g, n, opset, scope)?
+        };
+        return scope.bind(n, outputs, &fail);
+    }
+    let values = &scope.values;
     let convert = ops::find(&n.op_type).ok_or_else(|| fail("no conversion".into()))?;
     let mut inputs = Vec::with_capacity(n.input.len());
     for name in &n.input {
@@ -296,23 +762,5 @@ fn convert_node<'g>(
             .map(|t| Value { t, constant: None })
             .collect()
     };
-    if outputs.len() < n.output.iter().filter(|o| !o.is_empty()).count() {
-        return Err(fail(format!(
-            "gave {} outputs, the node has {}",
-            outputs.len(),
-            n.output.len()
-        )));
-    }
-    for (name, v) in n.output.iter().zip(outputs) {
-        if name.is_empty() {
-            continue;
-        }
-        // Name a node this conversion made after its ONNX output (where
-        // the name is free); one standing for another value keeps its name.
-        if owned.insert(v.t.id()) {
-            let _ = v.t.named(&kiln_name(name));
-        }
-        values.insert(name.clone(), v);
-    }
-    Ok(())
+    scope.bind(n, outputs, &fail)
 }

@@ -78,6 +78,9 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// An ONNX model could not be imported.
+    #[error(transparent)]
+    Onnx(#[from] kiln_onnx::Error),
     /// A model could not be compiled ahead of time.
     #[error("{model}: {reason}")]
     Aot {

@@ -27,6 +27,7 @@ pub mod datasets;
 pub mod device;
 pub mod error;
 pub mod npy;
+pub mod onnx;
 pub mod session;
 
 pub use device::Device;
@@ -37,6 +38,7 @@ pub use session::{DeviceTensor, MatmulPrecision, ProfileEvent, Session, SessionO
 
 /// What a model definition needs: `use kiln::prelude::*`.
 pub mod prelude {
+    pub use crate::onnx::FromOnnx;
     pub use crate::device::Device;
     pub use crate::error::{Error, Result};
     pub use crate::session::{Session, SessionOptions};

@@ -92,13 +92,11 @@ enum Command {
         #[command(flatten)]
         compile: CompileArgs,
     },
-    /// Compile a model ahead of time into an object file and a C header
-    /// (`NAME.o`, `NAME.h` in DIR) that run it without kiln: link with
-    /// `cc main.c NAME.o -lm` and call `NAME_run(inputs, outputs)`.
-    /// Variables are frozen; every symbolic dim must be given with --dim.
-    /// (First version: programs of elementwise ops and reductions; matrix
-    /// products, convolutions and transcendental functions need the
-    /// runtime library that comes next, and are refused.)
+    /// Compile a model ahead of time into an object file, a C header and
+    /// kiln's run-time library (`NAME.o`, `NAME.h`, `libkiln_rt.a` in DIR)
+    /// that run it without kiln: link with `cc main.c NAME.o libkiln_rt.a
+    /// -lm -lpthread -ldl` and call `NAME_run(inputs, outputs)`. Variables
+    /// are frozen; every symbolic dim must be given with --dim.
     Compile {
         /// The .kiln model file.
         model: PathBuf,
@@ -119,6 +117,20 @@ enum Command {
         /// files (`-o OUTDIR`).
         #[arg(long)]
         exe: bool,
+    },
+    /// Import an ONNX model (opsets 7 to 22) as a .kiln file: ONNX ops as
+    /// kiln primitives, initializers as constants (or variables with
+    /// --trainable), dim_param dims as symbolic dims. Every unsupported
+    /// node is listed in one error.
+    Import {
+        /// The .onnx model file.
+        model: PathBuf,
+        /// The .kiln file to write.
+        #[arg(short, long, value_name = "OUT.kiln")]
+        output: PathBuf,
+        /// Import initializers as variables (to train or fine-tune).
+        #[arg(long)]
+        trainable: bool,
     },
 }
 
@@ -263,11 +275,45 @@ fn main() {
             dims,
             exe,
         } => compile_aot(&model, &output, name, &target, dims, exe),
+        Command::Import {
+            model,
+            output,
+            trainable,
+        } => import_onnx(&model, &output, trainable),
     };
     if let Err(e) = result {
         eprintln!("kiln: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn import_onnx(model: &Path, output: &Path, trainable: bool) -> Result<()> {
+    let options = kiln::onnx::ImportOptions {
+        initializers_as_variables: trainable,
+    };
+    let graph = kiln_onnx::import_with(model, &options)?;
+    graph
+        .save(output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    let inputs: Vec<String> = graph
+        .placeholders()
+        .iter()
+        .map(|&p| format!("{}: {}", graph.node(p).name, graph.node(p).ty))
+        .collect();
+    let outputs: Vec<String> = graph
+        .outputs()
+        .iter()
+        .map(|&o| format!("{}: {}", graph.node(o).name, graph.node(o).ty))
+        .collect();
+    println!(
+        "{} -> {}: {} nodes; inputs {}; outputs {}",
+        model.display(),
+        output.display(),
+        graph.len(),
+        inputs.join(", "),
+        outputs.join(", ")
+    );
+    Ok(())
 }
 
 fn load(model: &Path) -> Result<Graph> {

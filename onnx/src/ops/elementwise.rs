@@ -168,7 +168,28 @@ fn binary<'g>(
     n: &Node<'_, 'g>,
     f: impl Fn(Tensor<'g>, Tensor<'g>) -> kiln_graph::Result<Tensor<'g>>,
 ) -> R<Vec<Tensor<'g>>> {
-    f(n.input(0)?, n.input(1)?).k().map(one)
+    let (a, b) = (n.input(0)?, legacy_broadcast(n, n.input(0)?, n.input(1)?)?);
+    f(a, b).k().map(one)
+}
+
+/// Before opset 7, `broadcast = 1` with `axis` lines `b`'s dims up with
+/// `a`'s from `axis` (numpy aligns them at the end): `b` gets trailing
+/// unit dims.
+fn legacy_broadcast<'g>(n: &Node<'_, 'g>, a: Tensor<'g>, b: Tensor<'g>) -> R<Tensor<'g>> {
+    if n.opset >= 7 || n.int("broadcast", 0) == 0 || n.attr("axis").is_none() {
+        return Ok(b);
+    }
+    let axis = super::axis(n.int("axis", 0), a.rank())?;
+    let trailing = a.rank().checked_sub(axis + b.rank()).ok_or_else(|| {
+        format!(
+            "broadcast axis {axis}: {} does not fit in {}",
+            b.shape(),
+            a.shape()
+        )
+    })?;
+    let mut dims = b.shape().0;
+    dims.extend(std::iter::repeat_n(kiln_graph::Dim::Fixed(1), trailing));
+    b.reshape(kiln_graph::Shape(dims)).k()
 }
 
 /// A left fold over every input (numpy broadcasting throughout).

@@ -1,6 +1,365 @@
-//! ONNX ops of the index family.
+//! Indexing ONNX ops: `Gather`, `GatherElements`, `GatherND` (with
+//! `batch_dims`), `ScatterElements` (and the older `Scatter`), `ScatterND`,
+//! `OneHot`, and `NonZero` of an import-time constant.
+//!
+//! Everything is composed from kiln's `gather` (numpy `take` along one axis,
+//! negative indices wrapping) and `scatter_add`: the element-wise and N-d
+//! variants first turn their indices into one flat index into the data
+//! (negative indices wrapped per dim), then gather or scatter along axis 0
+//! of the data reshaped to `[rows, rest...]`.
+//!
+//! Deliberate limits:
+//! - the data and indices of `GatherElements`, `GatherND`, `ScatterND` and
+//!   `ScatterElements` need fixed shapes (the flat index uses their strides);
+//! - scatter reductions `mul`, `max` and `min` compare every update's flat
+//!   index with every row of the data (`O(updates x rows)` memory), since
+//!   kiln only scatters by adding; `none` and `add` are `scatter_add`s.
+//!   With reduction `none`, duplicate indices (undefined in ONNX) sum;
+//! - indices out of range are run-time errors of kiln's gather/scatter;
+//! - `NonZero`'s output shape depends on its input's values, so only a
+//!   constant input (folded at import time) is supported.
 
-use super::Converter;
+use kiln_graph::{Array, DType, Data, Tensor};
+
+use super::{axis, fixed_shape, Converter, Kiln, Node, R};
 
 /// The ops of this family.
-pub(crate) const OPS: &[(&str, Converter)] = &[];
+pub(crate) const OPS: &[(&str, Converter)] = &[
+    ("Gather", gather),
+    ("GatherElements", gather_elements),
+    ("GatherND", gather_nd),
+    ("ScatterElements", scatter_elements),
+    ("Scatter", scatter_elements),
+    ("ScatterND", scatter_nd),
+    ("OneHot", one_hot),
+    ("NonZero", non_zero),
+];
+
+fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
+    vec![t]
+}
+
+/// `Gather`: numpy `take` along `axis`, which is kiln's gather (negative
+/// indices wrap there too).
+fn gather<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (data, idx) = (n.input(0)?, n.input(1)?);
+    let a = axis(n.int("axis", 0), data.rank())?;
+    data.gather(idx, a as i64).k().map(one)
+}
+
+/// Indices (any integer type) as i64 with negative ones wrapped by `len`
+/// (a scalar or a tensor broadcasting against them).
+fn wrap<'g>(n: &Node<'_, 'g>, idx: Tensor<'g>, len: Tensor<'g>) -> R<Tensor<'g>> {
+    let idx = idx.cast(DType::I64).k()?;
+    let fixed = idx.add(len).k()?;
+    n.g.select(idx.lt(0i64).k()?, fixed, idx).k()
+}
+
+/// Row-major strides of `dims`.
+fn strides(dims: &[usize]) -> Vec<i64> {
+    let mut s = vec![1i64; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * dims[i + 1] as i64;
+    }
+    s
+}
+
+/// For element-wise indexing along `axis` (GatherElements,
+/// ScatterElements): the flat index into `data_shape` of each element of
+/// `idx` (its position, with `idx`'s value along `axis`).
+fn elementwise_flat<'g>(
+    n: &Node<'_, 'g>,
+    idx: Tensor<'g>,
+    data_shape: &[usize],
+    axis: usize,
+) -> R<Tensor<'g>> {
+    let ishape = fixed_shape(idx)?;
+    if ishape.len() != data_shape.len() {
+        return Err(format!(
+            "indices have rank {}, data rank {}",
+            ishape.len(),
+            data_shape.len()
+        ));
+    }
+    let st = strides(data_shape);
+    let len = n.scalar(data_shape[axis] as f64, DType::I64)?;
+    let mut flat = wrap(n, idx, len)?.mul(st[axis]).k()?;
+    for (d, &s) in st.iter().enumerate() {
+        if d == axis || ishape[d] == 1 {
+            continue;
+        }
+        let pos = n.g.iota(DType::I64, ishape.as_slice(), d).k()?;
+        flat = flat.add(pos.mul(s).k()?).k()?;
+    }
+    Ok(flat)
+}
+
+/// `GatherElements`: `out[i][j][k] = data[idx[i][j][k]][j][k]` (axis 0).
+fn gather_elements<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (data, idx) = (n.input(0)?, n.input(1)?);
+    let ds = fixed_shape(data)?;
+    let a = axis(n.int("axis", 0), ds.len())?;
+    let flat = elementwise_flat(n, idx, &ds, a)?;
+    let total: usize = ds.iter().product();
+    data.reshape([total]).k()?.gather(flat, 0).k().map(one)
+}
+
+/// The flat index into `dims` of each index tuple along `idx`'s last dim
+/// (negative entries wrapped per dim), of shape `idx.shape[..-1]`.
+fn tuple_flat<'g>(n: &Node<'_, 'g>, idx: Tensor<'g>, dims: &[usize]) -> R<Tensor<'g>> {
+    let k = dims.len();
+    let ishape = fixed_shape(idx)?;
+    let rank = ishape.len();
+    if k == 0 {
+        return n.g.full(0.0, DType::I64, &ishape[..rank - 1]).k();
+    }
+    let lens: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    let lens = n.constant(Array::from_vec([k], lens).ok_or("bad lengths")?)?;
+    let st = n.constant(Array::from_vec([k], strides(dims)).ok_or("bad strides")?)?;
+    wrap(n, idx, lens)?.mul(st).k()?.sum(&[-1], false).k()
+}
+
+/// `GatherND`: index tuples along the indices' last dim address the data's
+/// leading dims after `batch_dims` batch dims shared by data and indices.
+fn gather_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (data, idx) = (n.input(0)?, n.input(1)?);
+    let (ds, is) = (fixed_shape(data)?, fixed_shape(idx)?);
+    let b = n.int("batch_dims", 0);
+    if b < 0 {
+        return n.unsupported(format!("batch_dims {b}"));
+    }
+    let b = b as usize;
+    let q = is.len();
+    if q < 1 || q <= b {
+        return Err(format!("indices of shape {is:?} with batch_dims {b}"));
+    }
+    let k = is[q - 1];
+    if b + k > ds.len() || ds[..b] != is[..b] {
+        return Err(format!(
+            "indices of shape {is:?} cannot index data of shape {ds:?} with batch_dims {b}"
+        ));
+    }
+    // The flat index into data's first b + k dims: the batch position,
+    // then the tuple.
+    let mut flat = tuple_flat(n, idx, &ds[b..b + k])?;
+    let inner: usize = ds[b..b + k].iter().product();
+    let out_lead = &is[..q - 1];
+    for (d, &s) in strides(&ds[..b]).iter().enumerate() {
+        if ds[d] == 1 {
+            continue;
+        }
+        let pos = n.g.iota(DType::I64, out_lead, d).k()?;
+        flat = flat.add(pos.mul(s * inner as i64).k()?).k()?;
+    }
+    let rows: usize = ds[..b + k].iter().product();
+    let mut flat_shape = vec![rows];
+    flat_shape.extend_from_slice(&ds[b + k..]);
+    data.reshape(flat_shape).k()?.gather(flat, 0).k().map(one)
+}
+
+/// The scatter reduction attribute.
+#[derive(Clone, Copy, PartialEq)]
+enum Reduction {
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
+fn reduction(n: &Node<'_, '_>) -> R<Reduction> {
+    match n.string("reduction").as_deref() {
+        None | Some("none") => Ok(Reduction::None),
+        Some("add") => Ok(Reduction::Add),
+        Some("mul") => Ok(Reduction::Mul),
+        Some("max") => Ok(Reduction::Max),
+        Some("min") => Ok(Reduction::Min),
+        Some(r) => n.unsupported(format!("reduction '{r}'")),
+    }
+}
+
+/// Scatters `updates` (shape `flat.shape + rest`) into the rows `flat` of
+/// `data` (shape `[rows] + rest`), combining by `red`.
+fn scatter_rows<'g>(
+    n: &Node<'_, 'g>,
+    data: Tensor<'g>,
+    flat: Tensor<'g>,
+    updates: Tensor<'g>,
+    red: Reduction,
+) -> R<Tensor<'g>> {
+    let dt = data.dtype();
+    let updates = updates.cast(dt).k()?;
+    let ds = fixed_shape(data)?;
+    let rows = ds[0];
+    let rest = &ds[1..];
+    // One more dim of 1 per dim of `rest`, to broadcast a per-row value.
+    let per_row = |t: Tensor<'g>, lead: &[usize]| -> R<Tensor<'g>> {
+        let mut s = lead.to_vec();
+        s.extend(rest.iter().map(|_| 1));
+        t.reshape(s).k()
+    };
+    match red {
+        Reduction::Add if dt != DType::Bool => data.scatter_add(flat, updates, 0).k(),
+        Reduction::None | Reduction::Add => {
+            // Where any update lands, the scattered updates, else data.
+            let fs = fixed_shape(flat)?;
+            let ones = n.g.full(1.0, DType::I32, &fs).k()?;
+            let zeros = n.g.full(0.0, DType::I32, &[rows]).k()?;
+            let hit = zeros.scatter_add(flat, ones, 0).k()?.gt(0i32).k()?;
+            let hit = per_row(hit, &[rows])?;
+            if dt == DType::Bool {
+                // Bools: or-ing (add) or assigning through i32 counts.
+                let u = updates.cast(DType::I32).k()?;
+                let z = n.g.full(0.0, DType::I32, &ds).k()?;
+                let s = z.scatter_add(flat, u, 0).k()?.gt(0i32).k()?;
+                return if red == Reduction::Add {
+                    s.or(data).k()
+                } else {
+                    n.g.select(hit, s, data).k()
+                };
+            }
+            let z = n.g.full(0.0, dt, &ds).k()?;
+            let s = z.scatter_add(flat, updates, 0).k()?;
+            n.g.select(hit, s, data).k()
+        }
+        Reduction::Mul | Reduction::Max | Reduction::Min => {
+            if dt == DType::Bool {
+                return n.unsupported("scatter reductions mul/max/min of bools");
+            }
+            // mask[u, r]: update u lands on row r.
+            let fs = fixed_shape(flat)?;
+            let count: usize = fs.iter().product();
+            let f = flat.reshape([count, 1]).k()?;
+            let r = n.g.iota(DType::I64, [1, rows], 1).k()?;
+            let mask = per_row(f.eq(r).k()?, &[count, rows])?;
+            let mut us = vec![count, 1];
+            us.extend_from_slice(rest);
+            let u = updates.reshape(us).k()?;
+            let identity = match (red, dt.is_float()) {
+                (Reduction::Mul, _) => 1.0,
+                (Reduction::Max, true) => f64::NEG_INFINITY,
+                (Reduction::Min, true) => f64::INFINITY,
+                (Reduction::Max, false) => int_min(dt),
+                _ => int_max(dt),
+            };
+            let id = n.scalar(identity, dt)?;
+            let spread = n.g.select(mask, u, id).k()?;
+            match red {
+                Reduction::Mul => data.mul(spread.prod(&[0], false).k()?).k(),
+                Reduction::Max => data.maximum(spread.max(&[0], false).k()?).k(),
+                _ => data.minimum(spread.min(&[0], false).k()?).k(),
+            }
+        }
+    }
+}
+
+fn int_min(dt: DType) -> f64 {
+    if dt == DType::I32 {
+        i32::MIN as f64
+    } else {
+        i64::MIN as f64
+    }
+}
+
+fn int_max(dt: DType) -> f64 {
+    if dt == DType::I32 {
+        i32::MAX as f64
+    } else {
+        i64::MAX as f64
+    }
+}
+
+/// `ScatterElements` (and opset 9's `Scatter`): `out[idx[i][j]][j] =
+/// upd[i][j]` (axis 0), combined by `reduction`.
+fn scatter_elements<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (data, idx, upd) = (n.input(0)?, n.input(1)?, n.input(2)?);
+    let ds = fixed_shape(data)?;
+    let a = axis(n.int("axis", 0), ds.len())?;
+    if fixed_shape(upd)? != fixed_shape(idx)? {
+        return Err("updates and indices must have the same shape".into());
+    }
+    let flat = elementwise_flat(n, idx, &ds, a)?;
+    let total: usize = ds.iter().product();
+    let d = data.reshape([total]).k()?;
+    let out = scatter_rows(n, d, flat, upd, reduction(n)?)?;
+    out.reshape(ds).k().map(one)
+}
+
+/// `ScatterND`: updates of slices addressed by index tuples along the
+/// indices' last dim.
+fn scatter_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (data, idx, upd) = (n.input(0)?, n.input(1)?, n.input(2)?);
+    let (ds, is) = (fixed_shape(data)?, fixed_shape(idx)?);
+    let q = is.len();
+    let k = *is.last().ok_or("indices must have rank >= 1")?;
+    if k > ds.len() {
+        return Err(format!("index tuples of {k} for data of rank {}", ds.len()));
+    }
+    let mut want = is[..q - 1].to_vec();
+    want.extend_from_slice(&ds[k..]);
+    if fixed_shape(upd)? != want {
+        return Err(format!("updates must have shape {want:?}"));
+    }
+    let flat = tuple_flat(n, idx, &ds[..k])?;
+    let rows: usize = ds[..k].iter().product();
+    let mut rs = vec![rows];
+    rs.extend_from_slice(&ds[k..]);
+    let d = data.reshape(rs).k()?;
+    let out = scatter_rows(n, d, flat, upd, reduction(n)?)?;
+    out.reshape(ds).k().map(one)
+}
+
+/// `OneHot(indices, depth, values)`: `values[1]` where the new dim's
+/// position equals the index (negative ones wrapped by depth), else
+/// `values[0]`. Indices outside `[-depth, depth)` give all `values[0]`.
+fn one_hot<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (idx, values) = (n.input(0)?, n.input(2)?);
+    let depth = n
+        .const_scalar(1)?
+        .ok_or("depth is required")?
+        .trunc();
+    if depth < 1.0 {
+        return Err(format!("depth {depth} must be positive"));
+    }
+    let d = depth as usize;
+    let r = idx.rank();
+    let a = axis(n.int("axis", -1), r + 1)?;
+    let len = n.scalar(depth, DType::I64)?;
+    let idx = wrap(n, idx, len)?.unsqueeze(a as i64).k()?;
+    let mut ps = vec![1usize; r + 1];
+    ps[a] = d;
+    let pos = n.g.iota(DType::I64, ps, a).k()?;
+    let hot = idx.eq(pos).k()?;
+    if values.shape().num_elements() != Some(2) {
+        return Err("values must hold [off, on]".into());
+    }
+    let values = values.reshape([2]).k()?;
+    let off = values.slice_axis(0, 0, 1, 1).k()?.reshape([0usize; 0]).k()?;
+    let on = values.slice_axis(0, 1, 2, 1).k()?.reshape([0usize; 0]).k()?;
+    n.g.select(hot, on, off).k().map(one)
+}
+
+/// `NonZero` of an import-time constant: the `[rank, count]` i64
+/// coordinates of its nonzero elements, row-major.
+fn non_zero<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let Some(a) = n.const_input(0).ok().flatten() else {
+        return n.unsupported(
+            "NonZero of a tensor computed at run time (its output shape depends on the values)",
+        );
+    };
+    let shape = a.shape().to_vec();
+    let st = strides(&shape);
+    let nz: Vec<usize> = a
+        .to_f64_vec()
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v != 0.0)
+        .map(|(i, _)| i)
+        .collect();
+    let mut out = Vec::with_capacity(shape.len() * nz.len());
+    for (d, &s) in st.iter().enumerate() {
+        out.extend(nz.iter().map(|&i| (i as i64 / s) % shape[d] as i64));
+    }
+    let arr = Array::new(vec![shape.len(), nz.len()], Data::I64(out)).ok_or("bad shape")?;
+    n.constant(arr).map(one)
+}

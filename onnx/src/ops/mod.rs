@@ -25,13 +25,21 @@ pub(crate) type R<T> = std::result::Result<T, String>;
 /// Converts one node.
 pub(crate) type Converter = for<'a, 'g> fn(&Node<'a, 'g>) -> R<Vec<Tensor<'g>>>;
 
+/// Control flow: `If` and `Loop` convert their subgraphs recursively, so
+/// the importer (`import.rs`) handles them itself.
+const CONTROL: &[(&str, Converter)] = &[
+    ("If", |_| Err("handled by the importer".into())),
+    ("Loop", |_| Err("handled by the importer".into())),
+];
+
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 5] = [
+const FAMILIES: [&[(&str, Converter)]; 6] = [
     elementwise::OPS,
     nn::OPS,
     shape::OPS,
     index::OPS,
     reduce::OPS,
+    CONTROL,
 ];
 
 /// Every supported op type, with its converter.

@@ -1,6 +1,364 @@
-//! ONNX ops of the reduce family.
+//! Reducing ONNX ops: `ReduceSum`, `ReduceMean`, `ReduceMax`, `ReduceMin`,
+//! `ReduceProd`, `ReduceL1`, `ReduceL2`, `ReduceLogSum`, `ReduceLogSumExp`,
+//! `ReduceSumSquare`, `ArgMax`, `ArgMin`, `TopK` and `CumSum`.
+//!
+//! Reductions take their axes from the `axes` attribute, or from their
+//! second input from opset 13 (`ReduceSum`) or 18 (the others), which must
+//! then be known at import time. Empty axes reduce every axis, unless
+//! `noop_with_empty_axes` is set: then only the elementwise parts of the
+//! op's ONNX function body remain (`ReduceL1` gives `|x|`,
+//! `ReduceSumSquare` `x * x`, ...), as the function bodies define.
+//!
+//! Deliberate limits:
+//! - `ArgMax`/`ArgMin` with `select_last_index` and `TopK` need a fixed
+//!   dim along their axis; `TopK`'s `k` must be known at import time;
+//! - `TopK` always returns sorted results (allowed for `sorted = 0`), ties
+//!   lower index first; NaNs are not ordered (ONNX ranks them largest);
+//! - `CumSum`'s axis must be known at import time and its dim fixed; it
+//!   sums by doubling shifts (`log2 n` adds), so float results round like
+//!   a pairwise sum, not a sequential one;
+//! - integer `ReduceMean` truncates (a sum divided by the count);
+//!   `ReduceL2`, `ReduceLogSum` and `ReduceLogSumExp` of integers compute
+//!   in f64 and convert back.
 
-use super::Converter;
+use kiln_graph::{DType, Dim, Shape, Tensor};
+
+use super::{axis, Converter, Kiln, Node, R};
 
 /// The ops of this family.
-pub(crate) const OPS: &[(&str, Converter)] = &[];
+pub(crate) const OPS: &[(&str, Converter)] = &[
+    ("ReduceSum", |n| reduce(n, Kind::Sum)),
+    ("ReduceMean", |n| reduce(n, Kind::Mean)),
+    ("ReduceMax", |n| reduce(n, Kind::Max)),
+    ("ReduceMin", |n| reduce(n, Kind::Min)),
+    ("ReduceProd", |n| reduce(n, Kind::Prod)),
+    ("ReduceL1", |n| reduce(n, Kind::L1)),
+    ("ReduceL2", |n| reduce(n, Kind::L2)),
+    ("ReduceLogSum", |n| reduce(n, Kind::LogSum)),
+    ("ReduceLogSumExp", |n| reduce(n, Kind::LogSumExp)),
+    ("ReduceSumSquare", |n| reduce(n, Kind::SumSquare)),
+    ("ArgMax", |n| arg(n, true)),
+    ("ArgMin", |n| arg(n, false)),
+    ("TopK", top_k),
+    ("CumSum", cum_sum),
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    Prod,
+    L1,
+    L2,
+    LogSum,
+    LogSumExp,
+    SumSquare,
+}
+
+/// The axes to reduce (`None`: none, `noop_with_empty_axes` with no axes).
+fn reduce_axes(n: &Node<'_, '_>, rank: usize, input_from: i64) -> R<Option<Vec<i64>>> {
+    let axes = if n.opset >= input_from {
+        n.const_ints(1)?
+    } else {
+        n.ints("axes")
+    };
+    match axes {
+        Some(a) if !a.is_empty() => {
+            let mut v = a
+                .iter()
+                .map(|&x| axis(x, rank).map(|x| x as i64))
+                .collect::<R<Vec<_>>>()?;
+            v.sort_unstable();
+            v.dedup();
+            Ok(Some(v))
+        }
+        _ if n.int("noop_with_empty_axes", 0) != 0 => Ok(None),
+        _ => Ok(Some((0..rank as i64).collect())),
+    }
+}
+
+/// The shape of `x` reduced over `axes` with `keepdims`.
+fn reduced_shape(x: Tensor<'_>, axes: &[i64], keepdims: bool) -> Shape {
+    let mut out = Vec::new();
+    for (i, d) in x.shape().0.into_iter().enumerate() {
+        if axes.contains(&(i as i64)) {
+            if keepdims {
+                out.push(Dim::Fixed(1));
+            }
+        } else {
+            out.push(d);
+        }
+    }
+    Shape(out)
+}
+
+fn reduce<'g>(n: &Node<'_, 'g>, kind: Kind) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let input_from = if kind == Kind::Sum { 13 } else { 18 };
+    let axes = reduce_axes(n, x.rank(), input_from)?;
+    let keep = n.int("keepdims", 1) != 0;
+    let dt = x.dtype();
+    if dt == DType::Bool {
+        // Bools (ReduceMax/Min from opset 20) reduce as integers.
+        if !matches!(kind, Kind::Max | Kind::Min) {
+            return n.unsupported(format!("{} of bools", n.op()));
+        }
+        let r = reduce_num(n, kind, x.cast(DType::I32).k()?, axes, keep)?;
+        return Ok(vec![r.cast(DType::Bool).k()?]);
+    }
+    let float_only = matches!(kind, Kind::L2 | Kind::LogSum | Kind::LogSumExp);
+    if float_only && !dt.is_float() {
+        let r = reduce_num(n, kind, x.cast(DType::F64).k()?, axes, keep)?;
+        return Ok(vec![r.cast(dt).k()?]);
+    }
+    Ok(vec![reduce_num(n, kind, x, axes, keep)?])
+}
+
+/// A reduction of a numeric tensor (`axes` `None`: the elementwise parts
+/// only).
+fn reduce_num<'g>(
+    n: &Node<'_, 'g>,
+    kind: Kind,
+    x: Tensor<'g>,
+    axes: Option<Vec<i64>>,
+    keep: bool,
+) -> R<Tensor<'g>> {
+    let Some(ax) = axes else {
+        return match kind {
+            Kind::Sum | Kind::Mean | Kind::Max | Kind::Min | Kind::Prod | Kind::LogSumExp => Ok(x),
+            Kind::L1 => x.abs().k(),
+            Kind::L2 => x.mul(x).k()?.sqrt().k(),
+            Kind::LogSum => x.log().k(),
+            Kind::SumSquare => x.mul(x).k(),
+        };
+    };
+    let ax = ax.as_slice();
+    match kind {
+        Kind::Sum => x.sum(ax, keep).k(),
+        Kind::Mean if x.dtype().is_float() => x.mean(ax, keep).k(),
+        Kind::Mean => {
+            let count = ax
+                .iter()
+                .map(|&a| x.shape().0[a as usize].fixed())
+                .product::<Option<usize>>()
+                .ok_or("integer ReduceMean over a symbolic dim")?;
+            x.sum(ax, keep).k()?.div(count.max(1) as i64).k()
+        }
+        Kind::Max => x.max(ax, keep).k(),
+        Kind::Min => x.min(ax, keep).k(),
+        Kind::Prod => x.prod(ax, keep).k(),
+        Kind::L1 => x.abs().k()?.sum(ax, keep).k(),
+        Kind::L2 => x.mul(x).k()?.sum(ax, keep).k()?.sqrt().k(),
+        Kind::SumSquare => x.mul(x).k()?.sum(ax, keep).k(),
+        Kind::LogSum => x.sum(ax, keep).k()?.log().k(),
+        Kind::LogSumExp => {
+            // max + log(sum(exp(x - max))), with an infinite max (all -inf,
+            // or an empty reduction) shifted by 0 instead.
+            let m = x.max(ax, true).k()?;
+            let finite = m.abs().k()?.lt(f64::INFINITY).k()?;
+            let zero = n.scalar(0.0, x.dtype())?;
+            let m = n.g.select(finite, m, zero).k()?;
+            let s = x.sub(m).k()?.exp().k()?.sum(ax, keep).k()?.log().k()?;
+            let m = if keep {
+                m
+            } else {
+                m.reshape(reduced_shape(x, ax, false)).k()?
+            };
+            s.add(m).k()
+        }
+    }
+}
+
+/// The fixed size of `x`'s dim `a`, or why it must be.
+fn fixed_dim(n: &Node<'_, '_>, x: Tensor<'_>, a: usize) -> R<usize> {
+    x.shape().0[a]
+        .fixed()
+        .ok_or_else(|| format!("{} needs a fixed dim {a}, got {}", n.op(), x.shape()))
+}
+
+/// `ArgMax`/`ArgMin`; `select_last_index` takes the first index of the
+/// reversed axis.
+fn arg<'g>(n: &Node<'_, 'g>, max: bool) -> R<Vec<Tensor<'g>>> {
+    let mut x = n.input(0)?;
+    if x.dtype() == DType::Bool {
+        x = x.cast(DType::I32).k()?;
+    }
+    let a = axis(n.int("axis", 0), x.rank())?;
+    let keep = n.int("keepdims", 1) != 0;
+    let last = n.int("select_last_index", 0) != 0;
+    let f = |t: Tensor<'g>| if max { t.argmax(a as i64, keep) } else { t.argmin(a as i64, keep) };
+    if !last {
+        return f(x).k().map(|t| vec![t]);
+    }
+    let len = fixed_dim(n, x, a)?;
+    let rev = x.slice_axis(a as i64, -1, i64::MIN, -1).k()?;
+    let i = f(rev).k()?;
+    Ok(vec![i.neg().k()?.add(len as i64 - 1).k()?])
+}
+
+/// `TopK`: the `k` largest (or smallest) elements along `axis` and their
+/// indices, sorted, ties by lower index. Small `k` takes the extreme `k`
+/// times, masking what was taken; larger `k` ranks every element by
+/// counting the elements ahead of it (`n x n` comparisons per row).
+fn top_k<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let k = if n.opset < 10 {
+        n.int("k", -1)
+    } else {
+        let k = n.const_ints(1)?.ok_or("k is required")?;
+        *k.first().filter(|_| k.len() == 1).ok_or("k must hold one value")?
+    };
+    let a = axis(n.int("axis", -1), x.rank())?;
+    let largest = n.int("largest", 1) != 0;
+    let len = fixed_dim(n, x, a)?;
+    if k < 0 || k as usize > len {
+        return Err(format!("k = {k} is out of range for a dim of {len}"));
+    }
+    let k = k as usize;
+    if x.dtype() == DType::Bool {
+        return n.unsupported("TopK of bools");
+    }
+    let (values, indices) = if k <= 16 || len > 4096 {
+        top_k_iterative(n, x, a, k, largest)?
+    } else {
+        top_k_rank(n, x, a, k, largest)?
+    };
+    Ok(vec![values, indices])
+}
+
+/// `TopK` by `k` arg-reductions, each masking the elements taken before.
+fn top_k_iterative<'g>(
+    n: &Node<'_, 'g>,
+    x: Tensor<'g>,
+    a: usize,
+    k: usize,
+    largest: bool,
+) -> R<(Tensor<'g>, Tensor<'g>)> {
+    let dt = x.dtype();
+    let len = fixed_dim(n, x, a)?;
+    let mut ps = vec![1usize; x.rank()];
+    ps[a] = len;
+    let pos = n.g.iota(DType::I64, ps.as_slice(), a).k()?;
+    // The worst value: taken elements become it.
+    let worst = match (largest, dt) {
+        (true, DType::I32) => i32::MIN as f64,
+        (true, DType::I64) => i64::MIN as f64,
+        (false, DType::I32) => i32::MAX as f64,
+        (false, DType::I64) => i64::MAX as f64,
+        (true, _) => f64::NEG_INFINITY,
+        (false, _) => f64::INFINITY,
+    };
+    let worst = n.scalar(worst, dt)?;
+    let mut taken = pos.lt(0i64).k()?;
+    let (mut vals, mut idxs) = (Vec::with_capacity(k), Vec::with_capacity(k));
+    for _ in 0..k {
+        let cand = n.g.select(taken, worst, x).k()?;
+        let m = if largest {
+            cand.max(&[a as i64], true).k()?
+        } else {
+            cand.min(&[a as i64], true).k()?
+        };
+        // The first untaken element equal to the extreme.
+        let hit = x.eq(m).k()?.and(taken.not().k()?).k()?;
+        let i = hit.cast(DType::I32).k()?.argmax(a as i64, true).k()?;
+        taken = taken.or(pos.eq(i).k()?).k()?;
+        vals.push(m);
+        idxs.push(i);
+    }
+    let cat = |ts: &[Tensor<'g>]| -> R<Tensor<'g>> {
+        if ts.is_empty() {
+            let mut s = x.shape();
+            s.0[a] = Dim::Fixed(0);
+            return x.slice_axis(a as i64, 0, 0, 1).k()?.reshape(s).k();
+        }
+        n.g.concat(ts, a as i64).k()
+    };
+    let values = cat(&vals)?;
+    let indices = if k == 0 {
+        cat(&[])?.cast(DType::I64).k()?
+    } else {
+        n.g.concat(&idxs, a as i64).k()?
+    };
+    Ok((values, indices))
+}
+
+/// `TopK` by ranks: element `i`'s rank counts the elements `j` ahead of it
+/// (better, or equal with `j < i`); output `r` takes the element of rank `r`.
+fn top_k_rank<'g>(
+    n: &Node<'_, 'g>,
+    x: Tensor<'g>,
+    a: usize,
+    k: usize,
+    largest: bool,
+) -> R<(Tensor<'g>, Tensor<'g>)> {
+    let r = x.rank();
+    let len = fixed_dim(n, x, a)?;
+    // Move the axis last: [.., len].
+    let mut perm: Vec<usize> = (0..r).filter(|&d| d != a).collect();
+    perm.push(a);
+    let xp = x.permute(&perm).k()?;
+    let xi = xp.unsqueeze(-1).k()?; // [.., i, 1]
+    let xj = xp.unsqueeze(-2).k()?; // [.., 1, j]
+    let better = if largest { xj.gt(xi) } else { xj.lt(xi) }.k()?;
+    let i_pos = n.g.iota(DType::I64, [len, 1], 0).k()?;
+    let j_pos = n.g.iota(DType::I64, [1, len], 1).k()?;
+    let tie = xj.eq(xi).k()?.and(j_pos.lt(i_pos).k()?).k()?;
+    let ahead = better.or(tie).k()?.cast(DType::I64).k()?;
+    let rank = ahead.sum(&[-1], false).k()?; // [.., i]
+    // sel[.., r, i]: element i has rank r.
+    let out_pos = n.g.iota(DType::I64, [k, 1], 0).k()?;
+    let sel = rank.unsqueeze(-2).k()?.eq(out_pos).k()?;
+    let idx_row = n.g.iota(DType::I64, [1, len], 1).k()?;
+    let zero_i = n.scalar(0.0, DType::I64)?;
+    let indices = n.g.select(sel, idx_row, zero_i).k()?.sum(&[-1], false).k()?;
+    let zero = n.scalar(0.0, x.dtype())?;
+    let values = n
+        .g
+        .select(sel, xp.unsqueeze(-2).k()?, zero)
+        .k()?
+        .sum(&[-1], false)
+        .k()?;
+    // Move the axis back.
+    let mut inv = vec![0usize; r];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    Ok((values.permute(&inv).k()?, indices.permute(&inv).k()?))
+}
+
+/// `CumSum` by doubling shifts (Hillis-Steele): after adding the sums
+/// shifted by 1, 2, 4, ..., each element holds the sum of its prefix.
+fn cum_sum<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let ax = n.const_ints(1)?.ok_or("axis is required")?;
+    let ax = *ax.first().filter(|_| ax.len() == 1).ok_or("axis must hold one value")?;
+    let a = axis(ax, x.rank())?;
+    let len = fixed_dim(n, x, a)?;
+    let exclusive = n.int("exclusive", 0) != 0;
+    let reverse = n.int("reverse", 0) != 0;
+    let r = x.rank();
+    // Shifts toward the end (or the start when reversed) by s, filling 0.
+    let shift = |t: Tensor<'g>, s: usize| -> R<Tensor<'g>> {
+        let (mut before, mut after) = (vec![0usize; r], vec![0usize; r]);
+        let kept = if reverse {
+            after[a] = s;
+            t.slice_axis(a as i64, s as i64, len as i64, 1).k()?
+        } else {
+            before[a] = s;
+            t.slice_axis(a as i64, 0, (len - s) as i64, 1).k()?
+        };
+        kept.pad(&before, &after, 0.0).k()
+    };
+    let mut y = x;
+    let mut s = 1;
+    while s < len {
+        y = y.add(shift(y, s)?).k()?;
+        s *= 2;
+    }
+    if exclusive && len > 0 {
+        y = shift(y, 1)?;
+    }
+    Ok(vec![y])
+}
