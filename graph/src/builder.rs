@@ -392,6 +392,14 @@ impl<'g> Tensor<'g> {
         self.b.state.borrow().graph.node(self.id).name.clone()
     }
 
+    /// The value of a constant node (`None` for any other op).
+    pub fn constant_value(self) -> Option<std::sync::Arc<Array>> {
+        match &self.b.state.borrow().graph.node(self.id).op {
+            Op::Constant { value } => Some(value.0.clone()),
+            _ => None,
+        }
+    }
+
     /// The static type.
     pub fn ty(self) -> TensorType {
         self.b.state.borrow().graph.node(self.id).ty.clone()

@@ -756,10 +756,15 @@ fn convert_node<'g>(
             })
             .collect();
         let node = Node::new(g, n, opset, ins);
+        // An output that is a constant node (`Shape` of fixed dims, say) is
+        // known at import time too.
         convert(&node)
             .map_err(fail)?
             .into_iter()
-            .map(|t| Value { t, constant: None })
+            .map(|t| Value {
+                t,
+                constant: t.constant_value().map(|a| Rc::new((*a).clone())),
+            })
             .collect()
     };
     scope.bind(n, outputs, &fail)

@@ -13,8 +13,10 @@ use kiln_graph::{Array, DType, GraphBuilder, Tensor};
 
 use crate::proto::{AttributeProto, NodeProto};
 
+mod attention;
 mod elementwise;
 mod index;
+mod loss;
 mod nn;
 mod reduce;
 mod shape;
@@ -33,8 +35,10 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 6] = [
+const FAMILIES: [&[(&str, Converter)]; 8] = [
     elementwise::OPS,
+    attention::OPS,
+    loss::OPS,
     nn::OPS,
     shape::OPS,
     index::OPS,
