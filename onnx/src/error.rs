@@ -40,6 +40,19 @@ pub enum Error {
     /// Ops, attributes or types kiln does not support: every such node.
     #[error("{} unsupported node(s):\n  {}", .0.len(), .0.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("\n  "))]
     Unsupported(Vec<UnsupportedNode>),
+    /// A node needs the value of one of its inputs at import time (a shape,
+    /// sizes, axes, pads ...) and the value is computed at run time.
+    #[error(
+        "{op} node '{node}' (opset {opset}): input '{value}' must be known at import time \
+         (kiln's shapes are static): bind the graph input it comes from to a value \
+         (ImportOptions::constant_inputs, kiln import --constant NAME=FILE.npy)"
+    )]
+    NeedsValue {
+        op: String,
+        node: String,
+        opset: i64,
+        value: String,
+    },
     /// A node could not be converted.
     #[error("{op} node '{node}' (opset {opset}): {reason}")]
     Node {
@@ -62,6 +75,15 @@ impl Error {
                 path: path.display().to_string(),
                 inner: Box::new(e),
             },
+        }
+    }
+
+    /// The value a node needs at import time, where that is the error.
+    pub fn needed_value(&self) -> Option<&str> {
+        match self {
+            Error::NeedsValue { value, .. } => Some(value),
+            Error::File { inner, .. } => inner.needed_value(),
+            _ => None,
         }
     }
 

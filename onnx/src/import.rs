@@ -181,6 +181,38 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
         if scope.values.contains_key(&input.name) {
             continue;
         }
+        if let Some(a) = options.constant_inputs.get(&input.name) {
+            // Bound by the caller: a constant of the declared type.
+            let (dtype, shape) = declared_type(input)?;
+            let fits = a.dtype() == dtype
+                && a.shape().len() == shape.rank()
+                && shape
+                    .0
+                    .iter()
+                    .zip(a.shape())
+                    .all(|(d, &n)| d.fixed().is_none_or(|f| f == n));
+            if !fits {
+                return Err(Error::Invalid(format!(
+                    "input '{}' is bound to a {}{:?}, the model declares {dtype}{shape}",
+                    input.name,
+                    a.dtype(),
+                    a.shape()
+                )));
+            }
+            let t = g
+                .constant(a.clone())
+                .and_then(|t| t.named(&kiln_name(&input.name)))
+                .map_err(|e| Error::Invalid(format!("input '{}': {e}", input.name)))?;
+            scope.owned.insert(t.id());
+            scope.values.insert(
+                input.name.clone(),
+                Value {
+                    t,
+                    constant: Some(Rc::new(a.clone())),
+                },
+            );
+            continue;
+        }
         let (dtype, shape) = declared_type(input)?;
         let t = g
             .placeholder(&kiln_name(&input.name), dtype, shape)
@@ -673,11 +705,19 @@ fn convert_node<'g>(
     opset: i64,
     scope: &mut Scope<'g>,
 ) -> Result<()> {
-    let fail = |reason: String| Error::Node {
-        op: op_label(n),
-        node: node_label(n),
-        opset,
-        reason,
+    let fail = |reason: String| match reason.strip_prefix(ops::NEEDS_VALUE) {
+        Some(value) => Error::NeedsValue {
+            op: op_label(n),
+            node: node_label(n),
+            opset,
+            value: value.to_string(),
+        },
+        None => Error::Node {
+            op: op_label(n),
+            node: node_label(n),
+            opset,
+            reason,
+        },
     };
     if n.op_type == "If" || n.op_type == "Loop" {
         let outputs = if n.op_type == "If" {

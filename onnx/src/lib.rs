@@ -36,6 +36,11 @@ pub struct ImportOptions {
     /// Initializers become variables (trainable, saved in checkpoints)
     /// instead of constants.
     pub initializers_as_variables: bool,
+    /// Graph inputs bound to values at import time (they become constants,
+    /// not placeholders): inputs that decide shapes (a `Reshape`'s shape, a
+    /// `Resize`'s sizes), which kiln's static shapes need known.
+    /// [`Error::NeedsValue`] names the value a node needed.
+    pub constant_inputs: std::collections::HashMap<String, kiln_graph::Array>,
 }
 
 /// Imports the ONNX model at `path`.

@@ -131,6 +131,11 @@ enum Command {
         /// Import initializers as variables (to train or fine-tune).
         #[arg(long)]
         trainable: bool,
+        /// Bind a graph input to a value at import time, as NAME=FILE.npy
+        /// (repeatable): inputs that decide shapes (a Reshape's shape, a
+        /// Resize's sizes), which kiln needs known.
+        #[arg(long = "constant", value_name = "NAME=FILE.npy")]
+        constants: Vec<String>,
     },
 }
 
@@ -279,7 +284,8 @@ fn main() {
             model,
             output,
             trainable,
-        } => import_onnx(&model, &output, trainable),
+            constants,
+        } => import_onnx(&model, &output, trainable, &constants),
     };
     if let Err(e) = result {
         eprintln!("kiln: error: {e:#}");
@@ -287,10 +293,19 @@ fn main() {
     }
 }
 
-fn import_onnx(model: &Path, output: &Path, trainable: bool) -> Result<()> {
-    let options = kiln::onnx::ImportOptions {
+fn import_onnx(model: &Path, output: &Path, trainable: bool, constants: &[String]) -> Result<()> {
+    let mut options = kiln::onnx::ImportOptions {
         initializers_as_variables: trainable,
+        ..Default::default()
     };
+    for spec in constants {
+        let (name, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--constant '{spec}' is not NAME=FILE.npy"))?;
+        options
+            .constant_inputs
+            .insert(name.to_string(), npy::read(file)?);
+    }
     let graph = kiln_onnx::import_with(model, &options)?;
     graph
         .save(output)

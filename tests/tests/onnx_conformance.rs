@@ -1,7 +1,9 @@
 //! The ONNX conformance runner: every case of the ONNX backend test data
 //! (`scripts/onnx-test-data.sh` fetches it from the pinned onnx==1.22.0
 //! wheel; `KILN_ONNX_DATA` names the directory) imported with
-//! `kiln_onnx::import`, fed each `test_data_set_*/input_*.pb`, run on the
+//! `kiln_onnx::import`, fed each `test_data_set_*/input_*.pb` (inputs that
+//! decide shapes bound at import time, as the importer asks: see
+//! `run_case`), run on the
 //! reference interpreter and on `Device::Cpu`, and compared with
 //! `output_*.pb` at ONNX's tolerances (rtol 1e-3, atol 1e-7).
 //!
@@ -103,11 +105,30 @@ fn close(want: &Array, got: &Array) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one case on both devices.
+/// The names of a model's graph inputs that are not initializers, in order
+/// (the order of the test data's `input_N.pb`).
+fn input_names(model: &Path) -> Result<Vec<String>, String> {
+    use prost::Message;
+    let bytes = std::fs::read(model).map_err(|e| e.to_string())?;
+    let m = kiln_onnx::proto::ModelProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+    let g = m.graph.ok_or("no graph")?;
+    let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    Ok(g.input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .map(|i| i.name.clone())
+        .collect())
+}
+
+/// Runs one case on both devices. Graph inputs a node needs at import time
+/// (a Reshape's shape, a Resize's sizes: node tests feed them as inputs)
+/// are bound to the data set's values (`ImportOptions::constant_inputs`,
+/// what `kiln import --constant` does), one by one as the importer asks.
 fn run_case(dir: &Path) -> Outcome {
-    let graph = match kiln_onnx::import(dir.join("model.onnx")) {
-        Ok(g) => g,
-        Err(e) => return Outcome::Unsupported(e.to_string()),
+    let model = dir.join("model.onnx");
+    let names = match input_names(&model) {
+        Ok(n) => n,
+        Err(e) => return Outcome::Unsupported(e),
     };
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -122,11 +143,47 @@ fn run_case(dir: &Path) -> Outcome {
         return Outcome::Fail("no test_data_set".into());
     }
     for set in sets {
-        if let Err(e) = run_set(&graph, &set) {
+        let label = set.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let inputs = match read_numbered(&set, "input") {
+            Ok(i) => i,
+            Err(e) => return Outcome::Unsupported(format!("{label}: {e}")),
+        };
+        if inputs.len() != names.len() {
             return Outcome::Fail(format!(
-                "{}: {e}",
-                set.file_name().unwrap_or_default().to_string_lossy()
+                "{label}: {} inputs in the data, {} in the model",
+                inputs.len(),
+                names.len()
             ));
+        }
+        let mut options = kiln_onnx::ImportOptions::default();
+        let graph = loop {
+            match kiln_onnx::import_with(&model, &options) {
+                Ok(g) => break g,
+                Err(e) => {
+                    let bindable = e.needed_value().and_then(|v| {
+                        names.iter().position(|n| n == v).filter(|_| {
+                            !options.constant_inputs.contains_key(v)
+                        })
+                    });
+                    match bindable {
+                        Some(i) => {
+                            options
+                                .constant_inputs
+                                .insert(names[i].clone(), inputs[i].1.clone());
+                        }
+                        None => return Outcome::Unsupported(e.to_string()),
+                    }
+                }
+            }
+        };
+        let feeds: Vec<(String, Array)> = names
+            .iter()
+            .zip(&inputs)
+            .filter(|(n, _)| !options.constant_inputs.contains_key(*n))
+            .map(|(n, (_, a))| (n.clone(), a.clone()))
+            .collect();
+        if let Err(e) = run_set(&graph, &set, &feeds) {
+            return Outcome::Fail(format!("{label}: {e}"));
         }
     }
     Outcome::Pass
@@ -144,27 +201,25 @@ fn read_numbered(set: &Path, prefix: &str) -> Result<Vec<(String, Array)>, Strin
     Ok(v)
 }
 
-fn run_set(graph: &Graph, set: &Path) -> Result<(), String> {
-    let inputs = read_numbered(set, "input")?;
+/// Feeds `feeds` (ONNX input names) to `graph` on both devices and
+/// compares with the set's outputs.
+fn run_set(graph: &Graph, set: &Path, feeds: &[(String, Array)]) -> Result<(), String> {
     let outputs = read_numbered(set, "output")?;
     let placeholders = graph.placeholders();
-    if placeholders.len() != inputs.len() {
+    if placeholders.len() != feeds.len() {
         return Err(format!(
-            "{} inputs in the data, {} placeholders",
-            inputs.len(),
+            "{} inputs to feed, {} placeholders",
+            feeds.len(),
             placeholders.len()
         ));
     }
-    // Inputs in the graph's input order (the data's names may be empty).
-    let names: Vec<String> = placeholders
+    // Placeholders carry the ONNX input names (made fit for kiln).
+    let feeds: Vec<(String, &Array)> = placeholders
         .iter()
-        .map(|&p| graph.node(p).name.clone())
+        .zip(feeds)
+        .map(|(&p, (_, a))| (graph.node(p).name.clone(), a))
         .collect();
-    let feeds: Vec<(&str, &Array)> = names
-        .iter()
-        .zip(&inputs)
-        .map(|(n, (_, a))| (n.as_str(), a))
-        .collect();
+    let feeds: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), *a)).collect();
     let fetch_names: Vec<String> = graph
         .outputs()
         .iter()

@@ -19,7 +19,13 @@ mod index;
 mod loss;
 mod nn;
 mod reduce;
+mod resize;
 mod shape;
+
+/// How a converter's reason starts when it needs the import-time value of
+/// an input it was not given (the importer turns it into
+/// `Error::NeedsValue` naming the value).
+pub(crate) const NEEDS_VALUE: &str = "\u{1}needs the value of ";
 
 /// A converter's result: its outputs, or why it cannot convert the node.
 pub(crate) type R<T> = std::result::Result<T, String>;
@@ -35,8 +41,9 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 8] = [
+const FAMILIES: [&[(&str, Converter)]; 9] = [
     elementwise::OPS,
+    resize::OPS,
     attention::OPS,
     loss::OPS,
     nn::OPS,
@@ -143,12 +150,11 @@ impl<'a, 'g> Node<'a, 'g> {
     pub fn const_input(&self, i: usize) -> R<Option<Rc<Array>>> {
         match self.inputs.get(i).and_then(|v| v.as_ref()) {
             None => Ok(None),
-            Some(v) => v.value.clone().map(Some).ok_or_else(|| {
-                format!(
-                    "input {i} ('{}') must be known at import time (kiln's shapes are static)",
-                    self.proto.input[i]
-                )
-            }),
+            Some(v) => v
+                .value
+                .clone()
+                .map(Some)
+                .ok_or_else(|| format!("{NEEDS_VALUE}{}", self.proto.input[i])),
         }
     }
 
