@@ -35,6 +35,21 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
         unary(n, |x| x.add(1.0)?.div(x.neg()?.add(1.0)?)?.log()?.mul(0.5))
     }),
     ("Sigmoid", |n| unary(n, |x| x.sigmoid())),
+    ("Swish", |n| {
+        let a = n.float("alpha", 1.0) as f64;
+        unary(n, |x| x.mul(x.mul(a)?.sigmoid()?))
+    }),
+    ("Atan", |n| unary(n, atan)),
+    ("Asin", |n| {
+        // asin x = atan(x / sqrt(1 - x^2)).
+        unary(n, |x| atan(x.div(x.mul(x)?.neg()?.add(1.0)?.sqrt()?)?))
+    }),
+    ("Acos", |n| {
+        unary(n, |x| {
+            let asin = atan(x.div(x.mul(x)?.neg()?.add(1.0)?.sqrt()?)?)?;
+            asin.neg()?.add(std::f64::consts::FRAC_PI_2)
+        })
+    }),
     ("Erf", |n| unary(n, |x| x.erf())),
     ("Floor", |n| unary(n, |x| x.floor())),
     ("Ceil", |n| unary(n, |x| x.ceil())),
@@ -152,6 +167,38 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("Dropout", dropout),
     ("Constant", constant),
 ];
+
+/// `log(1 + e^x)` as `max(x, 0) + log1p(e^-|x|)` (no overflow), with
+/// `log1p(u)` by its series where `u` is small (`log(1 + u)` would lose
+/// `u`'s low bits to the rounding of `1 + u`).
+fn softplus(x: Tensor<'_>) -> kiln_graph::Result<Tensor<'_>> {
+    let u = x.abs()?.neg()?.exp()?;
+    let series = u.mul(u.mul(u.mul(1.0 / 3.0)?.sub(0.5)?)?.add(1.0)?)?;
+    let log1p = x.builder().select(u.lt(1e-2)?, series, u.add(1.0)?.log()?)?;
+    x.maximum(0.0)?.add(log1p)
+}
+
+/// `atan x`: on `[0, 1]` a minimax polynomial (Abramowitz and Stegun
+/// 4.4.49, error under 1e-5), `pi/2 - atan(1/|x|)` above, odd symmetry.
+fn atan(x: Tensor<'_>) -> kiln_graph::Result<Tensor<'_>> {
+    let b = x.builder();
+    let ax = x.abs()?;
+    let big = ax.gt(1.0)?;
+    let t = b.select(big, ax.recip()?, ax)?;
+    let t2 = t.mul(t)?;
+    let p = t2
+        .mul(0.020_835_1)?
+        .add(-0.085_133)?
+        .mul(t2)?
+        .add(0.180_141)?
+        .mul(t2)?
+        .add(-0.330_299_5)?
+        .mul(t2)?
+        .add(0.999_866)?
+        .mul(t)?;
+    let r = b.select(big, p.neg()?.add(std::f64::consts::FRAC_PI_2)?, p)?;
+    b.select(x.lt(0.0)?, r.neg()?, r)
+}
 
 fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
     vec![t]

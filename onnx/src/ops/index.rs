@@ -314,10 +314,7 @@ fn scatter_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 /// `values[0]`. Indices outside `[-depth, depth)` give all `values[0]`.
 fn one_hot<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (idx, values) = (n.input(0)?, n.input(2)?);
-    let depth = n
-        .const_scalar(1)?
-        .ok_or("depth is required")?
-        .trunc();
+    let depth = n.const_scalar(1)?.ok_or("depth is required")?.trunc();
     if depth < 1.0 {
         return Err(format!("depth {depth} must be positive"));
     }
@@ -334,8 +331,16 @@ fn one_hot<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         return Err("values must hold [off, on]".into());
     }
     let values = values.reshape([2]).k()?;
-    let off = values.slice_axis(0, 0, 1, 1).k()?.reshape([0usize; 0]).k()?;
-    let on = values.slice_axis(0, 1, 2, 1).k()?.reshape([0usize; 0]).k()?;
+    let off = values
+        .slice_axis(0, 0, 1, 1)
+        .k()?
+        .reshape([0usize; 0])
+        .k()?;
+    let on = values
+        .slice_axis(0, 1, 2, 1)
+        .k()?
+        .reshape([0usize; 0])
+        .k()?;
     n.g.select(hot, on, off).k().map(one)
 }
 

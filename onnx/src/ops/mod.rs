@@ -17,9 +17,11 @@ mod attention;
 mod elementwise;
 mod index;
 mod loss;
+mod misc;
 mod nn;
 mod reduce;
 mod resize;
+mod rnn;
 mod shape;
 
 /// How a converter's reason starts when it needs the import-time value of
@@ -41,8 +43,10 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 9] = [
+const FAMILIES: [&[(&str, Converter)]; 11] = [
     elementwise::OPS,
+    rnn::OPS,
+    misc::OPS,
     resize::OPS,
     attention::OPS,
     loss::OPS,

@@ -4,7 +4,8 @@
 //!
 //! Reductions take their axes from the `axes` attribute, or from their
 //! second input from opset 13 (`ReduceSum`) or 18 (the others), which must
-//! then be known at import time. Empty axes reduce every axis, unless
+//! then be known at import time (or hold none or as many axes as the rank:
+//! then their values do not matter). Empty axes reduce every axis, unless
 //! `noop_with_empty_axes` is set: then only the elementwise parts of the
 //! op's ONNX function body remain (`ReduceL1` gives `|x|`,
 //! `ReduceSumSquare` `x * x`, ...), as the function bodies define.
@@ -14,7 +15,8 @@
 //!   dim along their axis; `TopK`'s `k` must be known at import time;
 //! - `TopK` always returns sorted results (allowed for `sorted = 0`), ties
 //!   lower index first; NaNs are not ordered (ONNX ranks them largest);
-//! - `CumSum`'s axis must be known at import time and its dim fixed; it
+//! - `CumSum` needs a fixed dim along its axis (every dim when the axis is
+//!   computed at run time, then each axis is summed and one selected); it
 //!   sums by doubling shifts (`log2 n` adds), so float results round like
 //!   a pairwise sum, not a sequential one;
 //! - integer `ReduceMean` truncates (a sum divided by the count);
@@ -40,7 +42,8 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("ArgMax", |n| arg(n, true)),
     ("ArgMin", |n| arg(n, false)),
     ("TopK", top_k),
-    ("CumSum", cum_sum),
+    ("CumSum", |n| cumulative(n, false)),
+    ("CumProd", |n| cumulative(n, true)),
 ];
 
 #[derive(Clone, Copy, PartialEq)]
@@ -60,7 +63,10 @@ enum Kind {
 /// The axes to reduce (`None`: none, `noop_with_empty_axes` with no axes).
 fn reduce_axes(n: &Node<'_, '_>, rank: usize, input_from: i64) -> R<Option<Vec<i64>>> {
     let axes = if n.opset >= input_from {
-        n.const_ints(1)?
+        match n.const_ints(1) {
+            Ok(a) => a,
+            Err(e) => Some(runtime_axes(n, rank).ok_or(e)?),
+        }
     } else {
         n.ints("axes")
     };
@@ -76,6 +82,17 @@ fn reduce_axes(n: &Node<'_, '_>, rank: usize, input_from: i64) -> R<Option<Vec<i
         }
         _ if n.int("noop_with_empty_axes", 0) != 0 => Ok(None),
         _ => Ok(Some((0..rank as i64).collect())),
+    }
+}
+
+/// Axes computed at run time, where their count alone tells which they
+/// are: none, or every axis (ONNX forbids repeats).
+fn runtime_axes(n: &Node<'_, '_>, rank: usize) -> Option<Vec<i64>> {
+    let t = n.opt(1)?;
+    match t.shape().num_elements()? {
+        0 => Some(Vec::new()),
+        c if c == rank => Some((0..rank as i64).collect()),
+        _ => None,
     }
 }
 
@@ -188,7 +205,13 @@ fn arg<'g>(n: &Node<'_, 'g>, max: bool) -> R<Vec<Tensor<'g>>> {
     let a = axis(n.int("axis", 0), x.rank())?;
     let keep = n.int("keepdims", 1) != 0;
     let last = n.int("select_last_index", 0) != 0;
-    let f = |t: Tensor<'g>| if max { t.argmax(a as i64, keep) } else { t.argmin(a as i64, keep) };
+    let f = |t: Tensor<'g>| {
+        if max {
+            t.argmax(a as i64, keep)
+        } else {
+            t.argmin(a as i64, keep)
+        }
+    };
     if !last {
         return f(x).k().map(|t| vec![t]);
     }
@@ -208,7 +231,9 @@ fn top_k<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         n.int("k", -1)
     } else {
         let k = n.const_ints(1)?.ok_or("k is required")?;
-        *k.first().filter(|_| k.len() == 1).ok_or("k must hold one value")?
+        *k.first()
+            .filter(|_| k.len() == 1)
+            .ok_or("k must hold one value")?
     };
     let a = axis(n.int("axis", -1), x.rank())?;
     let largest = n.int("largest", 1) != 0;
@@ -307,19 +332,22 @@ fn top_k_rank<'g>(
     let tie = xj.eq(xi).k()?.and(j_pos.lt(i_pos).k()?).k()?;
     let ahead = better.or(tie).k()?.cast(DType::I64).k()?;
     let rank = ahead.sum(&[-1], false).k()?; // [.., i]
-    // sel[.., r, i]: element i has rank r.
+                                             // sel[.., r, i]: element i has rank r.
     let out_pos = n.g.iota(DType::I64, [k, 1], 0).k()?;
     let sel = rank.unsqueeze(-2).k()?.eq(out_pos).k()?;
     let idx_row = n.g.iota(DType::I64, [1, len], 1).k()?;
     let zero_i = n.scalar(0.0, DType::I64)?;
-    let indices = n.g.select(sel, idx_row, zero_i).k()?.sum(&[-1], false).k()?;
+    let indices =
+        n.g.select(sel, idx_row, zero_i)
+            .k()?
+            .sum(&[-1], false)
+            .k()?;
     let zero = n.scalar(0.0, x.dtype())?;
-    let values = n
-        .g
-        .select(sel, xp.unsqueeze(-2).k()?, zero)
-        .k()?
-        .sum(&[-1], false)
-        .k()?;
+    let values =
+        n.g.select(sel, xp.unsqueeze(-2).k()?, zero)
+            .k()?
+            .sum(&[-1], false)
+            .k()?;
     // Move the axis back.
     let mut inv = vec![0usize; r];
     for (i, &p) in perm.iter().enumerate() {
@@ -328,13 +356,43 @@ fn top_k_rank<'g>(
     Ok((values.permute(&inv).k()?, indices.permute(&inv).k()?))
 }
 
-/// `CumSum` by doubling shifts (Hillis-Steele): after adding the sums
+/// `CumSum` and `CumProd` by doubling shifts (Hillis-Steele): after adding the sums
 /// shifted by 1, 2, 4, ..., each element holds the sum of its prefix.
-fn cum_sum<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+///
+/// An axis computed at run time is supported too (the output's shape does
+/// not depend on it): the sums along every axis, selected by its value.
+fn cumulative<'g>(n: &Node<'_, 'g>, prod: bool) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
-    let ax = n.const_ints(1)?.ok_or("axis is required")?;
-    let ax = *ax.first().filter(|_| ax.len() == 1).ok_or("axis must hold one value")?;
-    let a = axis(ax, x.rank())?;
+    let r = x.rank();
+    let ax = match n.const_ints(1) {
+        Ok(ax) => ax.ok_or("axis is required")?,
+        Err(_) if r == 1 => vec![0],
+        Err(_) => {
+            let at = n.input(1)?;
+            if at.shape().num_elements() != Some(1) {
+                return Err("axis must hold one value".into());
+            }
+            let at = at.reshape([0usize; 0]).k()?.cast(DType::I64).k()?;
+            let wrapped = at.add(r as i64).k()?;
+            let at = n.g.select(at.lt(0i64).k()?, wrapped, at).k()?;
+            let mut y = cum_along(n, x, 0, prod)?;
+            for d in 1..r {
+                let yd = cum_along(n, x, d, prod)?;
+                y = n.g.select(at.eq(d as i64).k()?, yd, y).k()?;
+            }
+            return Ok(vec![y]);
+        }
+    };
+    let ax = *ax
+        .first()
+        .filter(|_| ax.len() == 1)
+        .ok_or("axis must hold one value")?;
+    Ok(vec![cum_along(n, x, axis(ax, r)?, prod)?])
+}
+
+/// `CumSum` (or, with `prod`, `CumProd`) of `x` along axis `a`.
+fn cum_along<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, a: usize, prod: bool) -> R<Tensor<'g>> {
+    let fill = if prod { 1.0 } else { 0.0 };
     let len = fixed_dim(n, x, a)?;
     let exclusive = n.int("exclusive", 0) != 0;
     let reverse = n.int("reverse", 0) != 0;
@@ -349,16 +407,20 @@ fn cum_sum<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             before[a] = s;
             t.slice_axis(a as i64, 0, (len - s) as i64, 1).k()?
         };
-        kept.pad(&before, &after, 0.0).k()
+        kept.pad(&before, &after, fill).k()
     };
     let mut y = x;
     let mut s = 1;
     while s < len {
-        y = y.add(shift(y, s)?).k()?;
+        y = if prod {
+            y.mul(shift(y, s)?).k()?
+        } else {
+            y.add(shift(y, s)?).k()?
+        };
         s *= 2;
     }
     if exclusive && len > 0 {
         y = shift(y, 1)?;
     }
-    Ok(vec![y])
+    Ok(y)
 }

@@ -1,6 +1,750 @@
-//! ONNX ops of the shape family.
+//! Shape and data-movement ONNX ops: `Reshape`, `Transpose`, `Concat`,
+//! `Split`, `Slice`, `Squeeze`, `Unsqueeze`, `Flatten`, `Expand`, `Tile`,
+//! `Pad`, `DepthToSpace`, `SpaceToDepth`, and the shape-producing `Shape`,
+//! `Size`, `ConstantOfShape`, `Range`, `Trilu`, `EyeLike`.
+//!
+//! kiln's shapes are static per compile, so every input that decides a
+//! shape (Reshape's shape, Slice's bounds and axes, Split's sizes, Pad's
+//! pads, Tile's repeats, Expand's shape, Squeeze/Unsqueeze's axes,
+//! ConstantOfShape's shape, Range's operands) must be known at import time;
+//! a value computed at run time there is an error reason.
+//!
+//! Symbolic dims (kiln's named sizes) pass through where the op keeps them
+//! whole: Reshape copying them with `0` or inferring them with `-1`,
+//! Transpose, Concat / Split / Slice / Pad / Tile on other axes, Slice of
+//! the whole axis (`0..INT_MAX`, step 1: an end of at least `i32::MAX` is
+//! taken as "to the end"), Flatten where a side holds one symbolic dim and
+//! fixed dims of product 1. Deliberate limits:
+//! - `Shape` of a symbolic dim is unsupported (kiln has no run-time shape
+//!   values); the dims it selects must be fixed, then it is a constant.
+//!   `Size` of a symbolic shape is computed at run time (a sum of ones).
+//! - Expand cannot broadcast a symbolic dim against a size other than 1.
+//! - Pad's non-constant modes (`reflect`, `edge`, `wrap`) become slices
+//!   (reversed where reflecting) joined with `Concat`, on fixed dims; the
+//!   pad value of `constant` mode must be known at import time.
+//! - DepthToSpace / SpaceToDepth take 4-D inputs with fixed C, H, W.
 
-use super::Converter;
+use kiln_graph::{Array, DType, Dim, Shape, SliceAxis, Tensor};
+
+use super::{axis, Converter, Kiln, Node, R};
 
 /// The ops of this family.
-pub(crate) const OPS: &[(&str, Converter)] = &[];
+pub(crate) const OPS: &[(&str, Converter)] = &[
+    ("Reshape", reshape),
+    ("Transpose", transpose),
+    ("Concat", concat),
+    ("Split", split),
+    ("Slice", slice),
+    ("Squeeze", squeeze),
+    ("Unsqueeze", unsqueeze),
+    ("Flatten", flatten),
+    ("Expand", expand),
+    ("Shape", shape),
+    ("Size", size),
+    ("ConstantOfShape", constant_of_shape),
+    ("Range", range),
+    ("Tile", tile),
+    ("Pad", pad),
+    ("DepthToSpace", depth_to_space),
+    ("SpaceToDepth", space_to_depth),
+    ("Trilu", trilu),
+    ("EyeLike", eye_like),
+];
+
+fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
+    vec![t]
+}
+
+/// Integers from input `i` where present (later opsets), else from the
+/// attribute `name` (earlier opsets).
+fn ints_input_or_attr(n: &Node<'_, '_>, i: usize, name: &str) -> R<Option<Vec<i64>>> {
+    Ok(match n.const_ints(i)? {
+        Some(v) => Some(v),
+        None => n.ints(name),
+    })
+}
+
+/// A fixed dim of `t`, or why it must be fixed.
+fn fixed_dim(t: Tensor<'_>, i: usize, what: &str) -> R<usize> {
+    t.shape().0[i].fixed().ok_or_else(|| {
+        format!(
+            "unsupported: {what} of symbolic dim {i} (shape {})",
+            t.shape()
+        )
+    })
+}
+
+/// A non-negative size from an ONNX integer.
+fn size_of(v: i64, what: &str) -> R<usize> {
+    usize::try_from(v).map_err(|_| format!("{what} {v} is negative"))
+}
+
+/// `Reshape`: `0` copies the input dim (unless `allowzero=1`, opset 14,
+/// where it is a zero dim), one `-1` is inferred; symbolic dims survive
+/// where they are copied or inferred.
+fn reshape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let dims = ints_input_or_attr(n, 1, "shape")?.ok_or("Reshape needs a shape")?;
+    if n.int("allowzero", 0) != 0 && dims.contains(&0) {
+        if dims.contains(&-1) {
+            return Err("allowzero=1 with both 0 and -1 in the shape is invalid".into());
+        }
+        let fixed = dims
+            .iter()
+            .map(|&d| size_of(d, "reshape dim"))
+            .collect::<R<Vec<_>>>()?;
+        return x.reshape(Shape::fixed(&fixed)).k().map(one);
+    }
+    x.reshape_to(&dims).k().map(one)
+}
+
+/// `Transpose`: `perm` defaults to reversing the dims.
+fn transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let r = x.rank();
+    let perm = match n.ints("perm") {
+        Some(p) => p.iter().map(|&a| axis(a, r)).collect::<R<Vec<_>>>()?,
+        None => (0..r).rev().collect(),
+    };
+    x.permute(&perm).k().map(one)
+}
+
+fn concat<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let xs = n.all_inputs();
+    let first = *xs.first().ok_or("Concat needs an input")?;
+    let a = axis(n.int("axis", 0), first.rank())?;
+    if xs.len() == 1 {
+        return Ok(vec![first]);
+    }
+    n.g.concat(&xs, a as i64).k().map(one)
+}
+
+/// `Split`: sizes from the `split` attribute (before opset 13) or input 1;
+/// otherwise `num_outputs` (opset 18) or the number of outputs equal
+/// parts, the last one smaller where the axis does not divide evenly (as
+/// ONNX's reference does).
+fn split<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let a = axis(n.int("axis", 0), x.rank())?;
+    let d = fixed_dim(x, a, "splitting")?;
+    let outs = n.outputs();
+    let sizes: Vec<usize> = match ints_input_or_attr(n, 1, "split")? {
+        Some(s) if !s.is_empty() => {
+            let s = s
+                .iter()
+                .map(|&v| size_of(v, "split size"))
+                .collect::<R<Vec<_>>>()?;
+            if s.iter().sum::<usize>() != d {
+                return Err(format!("split sizes {s:?} do not add up to dim {a} ({d})"));
+            }
+            if s.len() != outs {
+                return Err(format!("{} split sizes for {outs} outputs", s.len()));
+            }
+            s
+        }
+        _ => {
+            let k = size_of(n.int("num_outputs", outs as i64), "num_outputs")?;
+            if k == 0 {
+                return Err("Split into 0 parts".into());
+            }
+            let chunk = d.div_ceil(k);
+            let last = d
+                .checked_sub(chunk * (k - 1))
+                .ok_or_else(|| format!("dim {a} ({d}) cannot be split into {k} parts"))?;
+            let mut s = vec![chunk; k - 1];
+            s.push(last);
+            s
+        }
+    };
+    let mut start = 0usize;
+    let mut res = Vec::with_capacity(sizes.len());
+    for s in sizes {
+        res.push(
+            x.slice_axis(a as i64, start as i64, (start + s) as i64, 1)
+                .k()?,
+        );
+        start += s;
+    }
+    Ok(res)
+}
+
+/// Whether a slice of a symbolic dim takes all of it: step 1 from the
+/// start to an end of at least `i32::MAX` (exporters write INT64_MAX or
+/// INT32_MAX for "to the end").
+fn whole(s: SliceAxis) -> bool {
+    s.step == 1 && (s.start == 0 || s.start <= -(1 << 62)) && s.end >= i32::MAX as i64
+}
+
+/// `Slice`: `starts`/`ends`/`axes` attributes before opset 10, inputs
+/// (with `steps`) after. Negative bounds count from the end and clamp as
+/// numpy does (kiln's slice has that meaning, negative steps included).
+fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let r = x.rank();
+    let (starts, ends, axes, steps) = if n.opset < 10 {
+        (n.ints("starts"), n.ints("ends"), n.ints("axes"), None)
+    } else {
+        (
+            n.const_ints(1)?,
+            n.const_ints(2)?,
+            n.const_ints(3)?,
+            n.const_ints(4)?,
+        )
+    };
+    let starts = starts.ok_or("Slice needs starts")?;
+    let ends = ends.ok_or("Slice needs ends")?;
+    let k = starts.len();
+    let axes = axes.unwrap_or_else(|| (0..k as i64).collect());
+    let steps = steps.unwrap_or_else(|| vec![1; k]);
+    if ends.len() != k || axes.len() != k || steps.len() != k {
+        return Err(format!(
+            "starts, ends, axes and steps differ in length ({k}, {}, {}, {})",
+            ends.len(),
+            axes.len(),
+            steps.len()
+        ));
+    }
+    let shape = x.shape();
+    let mut ranges = vec![SliceAxis::FULL; r];
+    let mut seen = vec![false; r];
+    for i in 0..k {
+        let a = axis(axes[i], r)?;
+        if std::mem::replace(&mut seen[a], true) {
+            return Err(format!("axis {} is sliced twice", axes[i]));
+        }
+        if steps[i] == 0 {
+            return Err("a slice step is 0".into());
+        }
+        let s = SliceAxis {
+            start: starts[i],
+            end: ends[i],
+            step: steps[i],
+        };
+        ranges[a] = match &shape.0[a] {
+            Dim::Fixed(_) => s,
+            Dim::Sym(_) if whole(s) => SliceAxis::FULL,
+            Dim::Sym(sym) => {
+                return n.unsupported(format!(
+                    "slicing part of the symbolic dim {a} ({sym}): {}..{} step {}",
+                    s.start, s.end, s.step
+                ))
+            }
+        };
+    }
+    if ranges.iter().all(|s| *s == SliceAxis::FULL) {
+        return Ok(vec![x]);
+    }
+    x.slice(&ranges).k().map(one)
+}
+
+/// `Squeeze`: `axes` attribute before opset 13, input after; without axes
+/// every fixed dim of size 1 goes (symbolic dims stay).
+fn squeeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let r = x.rank();
+    let dims = x.shape().0;
+    let out: Vec<Dim> = match ints_input_or_attr(n, 1, "axes")? {
+        Some(axes) if !axes.is_empty() => {
+            let mut drop = vec![false; r];
+            for &a in &axes {
+                let i = axis(a, r)?;
+                if dims[i] != Dim::Fixed(1) {
+                    return Err(format!("cannot squeeze dim {i} of size {}", dims[i]));
+                }
+                drop[i] = true;
+            }
+            dims.into_iter()
+                .zip(drop)
+                .filter(|(_, d)| !d)
+                .map(|(d, _)| d)
+                .collect()
+        }
+        _ => dims.into_iter().filter(|d| *d != Dim::Fixed(1)).collect(),
+    };
+    x.reshape(Shape(out)).k().map(one)
+}
+
+/// `Unsqueeze`: `axes` (positions in the output) attribute before opset
+/// 13, input after.
+fn unsqueeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let axes = ints_input_or_attr(n, 1, "axes")?.ok_or("Unsqueeze needs axes")?;
+    let out_rank = x.rank() + axes.len();
+    let mut at = axes
+        .iter()
+        .map(|&a| axis(a, out_rank))
+        .collect::<R<Vec<_>>>()?;
+    at.sort_unstable();
+    if at.windows(2).any(|w| w[0] == w[1]) {
+        return Err(format!("axes {axes:?} repeat an axis"));
+    }
+    let mut dims = x.shape().0;
+    for a in at {
+        dims.insert(a, Dim::Fixed(1));
+    }
+    x.reshape(Shape(dims)).k().map(one)
+}
+
+/// The product of `dims` as one dim: fixed, or a single symbol with fixed
+/// dims of product 1.
+fn product(dims: &[Dim]) -> Option<Dim> {
+    let mut fixed = 1usize;
+    let mut sym = None;
+    for d in dims {
+        match d {
+            Dim::Fixed(v) => fixed *= v,
+            Dim::Sym(s) if sym.is_none() => sym = Some(s.clone()),
+            Dim::Sym(_) => return None,
+        }
+    }
+    match sym {
+        None => Some(Dim::Fixed(fixed)),
+        Some(s) if fixed == 1 => Some(Dim::Sym(s)),
+        Some(_) => None,
+    }
+}
+
+/// `Flatten`: dims before `axis` into one, the rest into another.
+fn flatten<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let r = x.rank() as i64;
+    let a = n.int("axis", 1);
+    if a < -r || a > r {
+        return Err(format!("axis {a} is out of range for rank {r}"));
+    }
+    let a = if a < 0 { a + r } else { a } as usize;
+    let dims = x.shape().0;
+    let (left, right) = dims.split_at(a);
+    match (product(left), product(right)) {
+        (Some(l), Some(rt)) => x.reshape(Shape(vec![l, rt])).k().map(one),
+        _ => n.unsupported(format!(
+            "flattening {} at axis {a}: symbolic dims multiplied with others",
+            x.shape()
+        )),
+    }
+}
+
+/// `Expand`: numpy broadcasting of the input and a constant shape (either
+/// may have the higher rank; a target dim of 1 keeps the input's dim).
+fn expand<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let target = n.const_ints(1)?.ok_or("Expand needs a shape")?;
+    let xs = x.shape().0;
+    let r = xs.len().max(target.len());
+    let mut out = Vec::with_capacity(r);
+    for i in 0..r {
+        let xd = (i + xs.len() >= r).then(|| xs[i + xs.len() - r].clone());
+        let td = (i + target.len() >= r).then(|| target[i + target.len() - r]);
+        out.push(match (xd, td) {
+            (Some(d), None) | (Some(d), Some(1)) => d,
+            (None, Some(t)) | (Some(Dim::Fixed(1)), Some(t)) => {
+                Dim::Fixed(size_of(t, "Expand dim")?)
+            }
+            (Some(Dim::Fixed(d)), Some(t)) if d as i64 == t => Dim::Fixed(d),
+            (Some(d), Some(t)) => {
+                return Err(format!(
+                    "cannot broadcast dim {i} ({d}) of {} to {t}",
+                    x.shape()
+                ))
+            }
+            (None, None) => unreachable!("i < r"),
+        });
+    }
+    let out = Shape(out);
+    if out == x.shape() {
+        return Ok(vec![x]);
+    }
+    x.broadcast_to(out).k().map(one)
+}
+
+/// `Shape` (with opset 15's `start`/`end`): a constant of the selected
+/// dims, which must be fixed.
+fn shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let dims = x.shape().0;
+    let r = dims.len() as i64;
+    let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let start = clamp(n.int("start", 0));
+    let end = clamp(n.int("end", r)).max(start);
+    let vals = dims[start..end]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            d.fixed().map(|v| v as i64).ok_or_else(|| {
+                format!(
+                    "unsupported: Shape of the symbolic dim {} ({d}) of {}: kiln has no run-time shape values",
+                    start + i,
+                    x.shape()
+                )
+            })
+        })
+        .collect::<R<Vec<i64>>>()?;
+    let len = vals.len();
+    n.constant(Array::from_vec(vec![len], vals).expect("1-D"))
+        .map(one)
+}
+
+/// `Size`: a constant where every dim is fixed, else counted at run time
+/// (the sum of ones over the symbolic dims, times the fixed ones).
+fn size<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let dims = x.shape().0;
+    let fixed: usize = dims.iter().filter_map(|d| d.fixed()).product();
+    let syms: Vec<Dim> = dims.into_iter().filter(|d| d.fixed().is_none()).collect();
+    if syms.is_empty() {
+        return n.constant(Array::scalar(fixed as i64)).map(one);
+    }
+    n.scalar(1.0, DType::I64)?
+        .broadcast_to(Shape(syms))
+        .k()?
+        .sum_all()
+        .k()?
+        .mul(fixed as i64)
+        .k()
+        .map(one)
+}
+
+/// `ConstantOfShape`: the one-element `value` (default f32 0) broadcast to
+/// the constant shape.
+fn constant_of_shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let dims = n.const_ints(0)?.ok_or("ConstantOfShape needs a shape")?;
+    let dims = dims
+        .iter()
+        .map(|&d| size_of(d, "ConstantOfShape dim"))
+        .collect::<R<Vec<_>>>()?;
+    let value = match n.tensor("value")? {
+        None => Array::scalar(0.0f32),
+        Some(a) if a.len() == 1 => a.reshaped(Vec::<usize>::new()).expect("one element"),
+        Some(a) => return Err(format!("value must hold one element, has {}", a.len())),
+    };
+    if dims.is_empty() {
+        return n.constant(value).map(one);
+    }
+    n.constant(value)?
+        .broadcast_to(Shape::fixed(&dims))
+        .k()
+        .map(one)
+}
+
+/// `Range`: `start + i * delta` for `i < max(ceil((limit - start) / delta), 0)`,
+/// with constant operands (integers computed exactly).
+fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let get = |i: usize, what: &str| -> R<std::rc::Rc<Array>> {
+        n.const_input(i)?
+            .ok_or_else(|| format!("Range needs {what}"))
+    };
+    let (s, l, d) = (get(0, "start")?, get(1, "limit")?, get(2, "delta")?);
+    for (a, what) in [(&s, "start"), (&l, "limit"), (&d, "delta")] {
+        if a.len() != 1 {
+            return Err(format!("{what} must hold one value, has {}", a.len()));
+        }
+    }
+    let dtype = s.dtype();
+    if dtype.is_int() {
+        let v = |a: &Array| super::ints_of(a).map(|v| v[0]);
+        let (s, l, d) = (v(&s)?, v(&l)?, v(&d)?);
+        if d == 0 {
+            return Err("Range delta is 0".into());
+        }
+        let span = l as i128 - s as i128;
+        let count = if (span > 0) == (d > 0) && span != 0 {
+            ((span.abs() + d.unsigned_abs() as i128 - 1) / d.unsigned_abs() as i128) as usize
+        } else {
+            0
+        };
+        let vals: Vec<i64> = (0..count as i64).map(|i| s + i * d).collect();
+        let a = Array::from_vec(vec![count], vals).expect("1-D");
+        return n.constant(a)?.cast(dtype).k().map(one);
+    }
+    let (s, l, d) = (s.to_f64_vec()[0], l.to_f64_vec()[0], d.to_f64_vec()[0]);
+    if d == 0.0 {
+        return Err("Range delta is 0".into());
+    }
+    let count = ((l - s) / d).ceil().max(0.0);
+    if !count.is_finite() {
+        return Err(format!("Range({s}, {l}, {d}) is not finite"));
+    }
+    let count = count as usize;
+    let vals: Vec<f64> = (0..count).map(|i| s + i as f64 * d).collect();
+    let a = Array::from_vec(vec![count], vals).expect("1-D");
+    n.constant(a)?.cast(dtype).k().map(one)
+}
+
+/// `Tile`: each tiled dim `d` becomes `[1, d]` broadcast to `[r, d]` and
+/// merged back (one reshape, broadcast, reshape).
+fn tile<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let repeats = n.const_ints(1)?.ok_or("Tile needs repeats")?;
+    if repeats.len() != x.rank() {
+        return Err(format!("{} repeats for rank {}", repeats.len(), x.rank()));
+    }
+    if repeats.iter().all(|&r| r == 1) {
+        return Ok(vec![x]);
+    }
+    let (mut split, mut big, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (d, &r)) in x.shape().0.into_iter().zip(&repeats).enumerate() {
+        let r = size_of(r, "repeat")?;
+        if r == 1 {
+            split.push(d.clone());
+            big.push(d.clone());
+            out.push(d);
+            continue;
+        }
+        let v = d
+            .fixed()
+            .ok_or_else(|| format!("unsupported: tiling the symbolic dim {i} ({d})"))?;
+        split.extend([Dim::Fixed(1), d.clone()]);
+        big.extend([Dim::Fixed(r), d]);
+        out.push(Dim::Fixed(r * v));
+    }
+    x.reshape(Shape(split))
+        .k()?
+        .broadcast_to(Shape(big))
+        .k()?
+        .reshape(Shape(out))
+        .k()
+        .map(one)
+}
+
+/// The source index of each position of an axis of size `d` padded by
+/// `before` and `after` (negative: cropped) in a non-constant `mode`.
+fn pad_indices(mode: &str, d: usize, before: i64, after: i64) -> Vec<i64> {
+    let d = d as i64;
+    (-before..d + after)
+        .map(|p| match mode {
+            "edge" => p.clamp(0, d - 1),
+            "wrap" => p.rem_euclid(d),
+            _ if d == 1 => 0,
+            // reflect: numpy's, periodic with period 2 (d - 1).
+            _ => {
+                let m = p.rem_euclid(2 * (d - 1));
+                if m < d {
+                    m
+                } else {
+                    2 * (d - 1) - m
+                }
+            }
+        })
+        .collect()
+}
+
+/// Gathers `idx` along axis `a` of `x` as slices: runs of consecutive
+/// indices (forward or backward) become slices, runs of one index a
+/// broadcast of a one-element slice; the parts are concatenated.
+fn take_runs<'g>(x: Tensor<'g>, a: usize, idx: &[i64]) -> R<Tensor<'g>> {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i + 1;
+        let step = match idx.get(j).map(|&v| v - idx[i]) {
+            Some(s @ -1..=1) => s,
+            _ => 1,
+        };
+        while j < idx.len() && idx[j] - idx[j - 1] == step {
+            j += 1;
+        }
+        let len = j - i;
+        let part = if step == 0 {
+            let one = x.slice_axis(a as i64, idx[i], idx[i] + 1, 1).k()?;
+            let mut s = one.shape();
+            s.0[a] = Dim::Fixed(len);
+            one.broadcast_to(s).k()?
+        } else {
+            let last = idx[j - 1];
+            // An end before index 0 must not read as "from the end".
+            let end = if last + step < 0 {
+                i64::MIN
+            } else {
+                last + step
+            };
+            x.slice_axis(a as i64, idx[i], end, step).k()?
+        };
+        parts.push(part);
+        i = j;
+    }
+    if parts.len() == 1 {
+        return Ok(parts[0]);
+    }
+    x.builder().concat(&parts, a as i64).k()
+}
+
+/// `Pad`: `pads` (and `value`) attributes before opset 11; inputs `pads`,
+/// `constant_value` and (opset 18) `axes` after. Negative pads crop.
+/// `constant` mode crops with a slice and pads with kiln's pad; `reflect`,
+/// `edge` and `wrap` take slices of the input per axis (see `take_runs`).
+fn pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let r = x.rank();
+    let mode = n.string("mode").unwrap_or_else(|| "constant".into());
+    if !["constant", "reflect", "edge", "wrap"].contains(&mode.as_str()) {
+        return n.unsupported(format!("pad mode '{mode}'"));
+    }
+    let (pads, value, axes) = if n.opset < 11 {
+        (n.ints("pads"), n.float("value", 0.0) as f64, None)
+    } else {
+        let value = match n.const_input(2)? {
+            Some(a) if !a.is_empty() => a.to_f64_vec()[0],
+            _ => 0.0,
+        };
+        (n.const_ints(1)?, value, n.const_ints(3)?)
+    };
+    let pads = pads.ok_or("Pad needs pads")?;
+    let axes = match axes {
+        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<R<Vec<_>>>()?,
+        None => (0..r).collect(),
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(format!(
+            "{} pads for {} axes (needs two per axis)",
+            pads.len(),
+            axes.len()
+        ));
+    }
+    let (mut before, mut after) = (vec![0i64; r], vec![0i64; r]);
+    for (i, &a) in axes.iter().enumerate() {
+        before[a] = pads[i];
+        after[a] = pads[i + axes.len()];
+    }
+    let mut t = x;
+    if mode == "constant" {
+        let mut crop = vec![SliceAxis::FULL; r];
+        for a in 0..r {
+            if before[a] < 0 || after[a] < 0 {
+                let d = fixed_dim(x, a, "cropping")? as i64;
+                crop[a] = SliceAxis {
+                    start: (-before[a]).max(0).min(d),
+                    end: (d + after[a].min(0)).max(0),
+                    step: 1,
+                };
+            }
+        }
+        if crop.iter().any(|c| *c != SliceAxis::FULL) {
+            t = t.slice(&crop).k()?;
+        }
+        if before.iter().chain(&after).any(|&p| p > 0) {
+            let b: Vec<usize> = before.iter().map(|&p| p.max(0) as usize).collect();
+            let e: Vec<usize> = after.iter().map(|&p| p.max(0) as usize).collect();
+            t = t.pad(&b, &e, value).k()?;
+        }
+        return Ok(vec![t]);
+    }
+    for a in 0..r {
+        if before[a] == 0 && after[a] == 0 {
+            continue;
+        }
+        let d = fixed_dim(x, a, &format!("{mode} padding"))?;
+        if d == 0 && before[a].max(0) + after[a].max(0) > 0 {
+            return Err(format!("cannot {mode}-pad the empty dim {a}"));
+        }
+        t = take_runs(t, a, &pad_indices(&mode, d, before[a], after[a]))?;
+    }
+    Ok(vec![t])
+}
+
+/// The fixed `[C, H, W]` of a 4-D NCHW input, and its batch dim.
+fn nchw(x: Tensor<'_>, what: &str) -> R<(Dim, [usize; 3])> {
+    if x.rank() != 4 {
+        return Err(format!("{what} needs a 4-D input, got {}", x.shape()));
+    }
+    let d = |i| fixed_dim(x, i, what);
+    Ok((x.shape().0[0].clone(), [d(1)?, d(2)?, d(3)?]))
+}
+
+/// `DepthToSpace`: DCR (default) reads the channels as
+/// `[block, block, C']`, CRD as `[C', block, block]`.
+fn depth_to_space<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let b = size_of(n.int("blocksize", 0), "blocksize")?;
+    let (batch, [c, h, w]) = nchw(x, "DepthToSpace")?;
+    if b == 0 || c % (b * b) != 0 {
+        return Err(format!("{c} channels do not split into blocks of {b}x{b}"));
+    }
+    let c2 = c / (b * b);
+    let f = Dim::Fixed;
+    let mode = n.string("mode").unwrap_or_else(|| "DCR".into());
+    let (split, perm) = match mode.as_str() {
+        "DCR" => (vec![f(b), f(b), f(c2)], [0, 3, 4, 1, 5, 2]),
+        "CRD" => (vec![f(c2), f(b), f(b)], [0, 1, 4, 2, 5, 3]),
+        m => return n.unsupported(format!("DepthToSpace mode '{m}'")),
+    };
+    let mut s = vec![batch.clone()];
+    s.extend(split);
+    s.extend([f(h), f(w)]);
+    x.reshape(Shape(s))
+        .k()?
+        .permute(&perm)
+        .k()?
+        .reshape(Shape(vec![batch, f(c2), f(h * b), f(w * b)]))
+        .k()
+        .map(one)
+}
+
+/// `SpaceToDepth`: `[N, C, H/b, b, W/b, b]` to `[N, b, b, C, H/b, W/b]`.
+fn space_to_depth<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let b = size_of(n.int("blocksize", 0), "blocksize")?;
+    let (batch, [c, h, w]) = nchw(x, "SpaceToDepth")?;
+    if b == 0 || h % b != 0 || w % b != 0 {
+        return Err(format!("{h}x{w} does not split into blocks of {b}x{b}"));
+    }
+    let f = Dim::Fixed;
+    let s = vec![batch.clone(), f(c), f(h / b), f(b), f(w / b), f(b)];
+    x.reshape(Shape(s))
+        .k()?
+        .permute(&[0, 3, 5, 1, 2, 4])
+        .k()?
+        .reshape(Shape(vec![batch, f(c * b * b), f(h / b), f(w / b)]))
+        .k()
+        .map(one)
+}
+
+/// `Trilu`: keeps the elements with `col - row >= k` (upper) or
+/// `col - row <= k` (lower), by iota comparisons and a select; `k` may be
+/// computed at run time.
+fn trilu<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let r = x.rank();
+    if r < 2 {
+        return Err(format!("Trilu needs rank >= 2, got {}", x.shape()));
+    }
+    let k = match n.opt(1) {
+        None => n.scalar(0.0, DType::I64)?,
+        Some(k) => k.reshape(Shape::scalar()).k()?.cast(DType::I64).k()?,
+    };
+    let dims = x.shape().0;
+    let mat = Shape(dims[r - 2..].to_vec());
+    let row = n.g.iota(DType::I64, mat.clone(), 0).k()?;
+    let col = n.g.iota(DType::I64, mat, 1).k()?;
+    let diff = col.sub(row).k()?;
+    let keep = if n.int("upper", 1) != 0 {
+        diff.ge(k)
+    } else {
+        diff.le(k)
+    }
+    .k()?;
+    let zero = n.scalar(0.0, x.dtype())?;
+    n.g.select(keep, x, zero).k().map(one)
+}
+
+/// `EyeLike`: ones where `col - row == k`, in `dtype` (default: the
+/// input's).
+fn eye_like<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    if x.rank() != 2 {
+        return Err(format!("EyeLike needs a 2-D input, got {}", x.shape()));
+    }
+    let dtype = match n.attr("dtype") {
+        Some(a) => crate::tensor::dtype_of(a.i as i32)?,
+        None => x.dtype(),
+    };
+    let s = x.shape();
+    let row = n.g.iota(DType::I64, s.clone(), 0).k()?;
+    let col = n.g.iota(DType::I64, s, 1).k()?;
+    col.sub(row)
+        .k()?
+        .eq(n.int("k", 0))
+        .k()?
+        .cast(dtype)
+        .k()
+        .map(one)
+}
