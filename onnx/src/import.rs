@@ -698,6 +698,114 @@ fn control_loop<'g>(
     }
 }
 
+/// `Scan` (opset 9 and later): the body unrolled over the scan axis (a
+/// fixed size), states carried from step to step, scan outputs stacked.
+fn control_scan<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    opset: i64,
+    scope: &Scope<'g>,
+) -> Result<Vec<Value<'g>>> {
+    let fail = |reason: String| Error::Node {
+        op: op_label(n),
+        node: node_label(n),
+        opset,
+        reason,
+    };
+    if opset < 9 {
+        return Err(fail("Scan before opset 9 (batched, with sequence_lens) is not supported".into()));
+    }
+    let body = subgraph(n, "body").map_err(fail)?;
+    let attr_ints = |name: &str| -> Vec<i64> {
+        n.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.ints.clone())
+            .unwrap_or_default()
+    };
+    let m = n
+        .attribute
+        .iter()
+        .find(|a| a.name == "num_scan_inputs")
+        .map(|a| a.i as usize)
+        .ok_or_else(|| fail("no num_scan_inputs".into()))?;
+    let ins: Vec<Value<'g>> = n
+        .input
+        .iter()
+        .map(|name| {
+            scope
+                .values
+                .get(name)
+                .cloned()
+                .ok_or_else(|| fail(format!("input '{name}' is computed by no earlier node")))
+        })
+        .collect::<Result<_>>()?;
+    let nstate = ins
+        .len()
+        .checked_sub(m)
+        .ok_or_else(|| fail("more scan inputs than inputs".into()))?;
+    let nscan_out = body
+        .output
+        .len()
+        .checked_sub(nstate)
+        .ok_or_else(|| fail("the body gives fewer outputs than states".into()))?;
+    let in_axes = attr_ints("scan_input_axes");
+    let in_dirs = attr_ints("scan_input_directions");
+    let out_axes = attr_ints("scan_output_axes");
+    let out_dirs = attr_ints("scan_output_directions");
+    let err = |e: kiln_graph::Error| fail(e.to_string());
+    let mut len = None;
+    let mut scans = Vec::new();
+    for (j, v) in ins[nstate..].iter().enumerate() {
+        let rank = v.t.rank() as i64;
+        let a = in_axes.get(j).copied().unwrap_or(0);
+        let a = if a < 0 { a + rank } else { a };
+        let l = v.t.shape().0[a as usize]
+            .fixed()
+            .ok_or_else(|| fail("the scan axis must be a fixed size".into()))?;
+        if len.is_some_and(|x| x != l) {
+            return Err(fail("scan inputs of different lengths".into()));
+        }
+        len = Some(l);
+        scans.push((v.t, a, in_dirs.get(j).copied().unwrap_or(0) != 0));
+    }
+    let len = len.ok_or_else(|| fail("no scan inputs".into()))?;
+    let names = free_names(body);
+    let (constants, captured, params) = captures(scope, &names).map_err(fail)?;
+    let mut states: Vec<Value<'g>> = ins[..nstate].to_vec();
+    let mut stacked: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); nscan_out];
+    for t in 0..len {
+        let mut step = states.clone();
+        for &(x, a, reverse) in &scans {
+            let i = if reverse { len - 1 - t } else { t } as i64;
+            let s = x.slice_axis(a, i, i + 1, 1).map_err(err)?.squeeze(a).map_err(err)?;
+            step.push(Value { t: s, constant: None });
+        }
+        let outs = run_subgraph(g, body, opset, &constants, &captured, &params, &step)?;
+        states = outs[..nstate].to_vec();
+        for (k, o) in outs[nstate..].iter().enumerate() {
+            stacked[k].push(o.t);
+        }
+    }
+    let mut out = states;
+    for (k, mut steps) in stacked.into_iter().enumerate() {
+        if out_dirs.get(k).copied().unwrap_or(0) != 0 {
+            steps.reverse();
+        }
+        let rank = steps[0].rank() as i64 + 1;
+        let a = out_axes.get(k).copied().unwrap_or(0);
+        let a = if a < 0 { a + rank } else { a };
+        let parts: Vec<Tensor<'g>> = steps
+            .iter()
+            .map(|s| s.unsqueeze(a))
+            .collect::<kiln_graph::Result<_>>()
+            .map_err(err)?;
+        let t = g.concat(&parts, a).map_err(err)?;
+        out.push(Value { t, constant: None });
+    }
+    Ok(out)
+}
+
 /// Converts one node, folding it to constants when its inputs all are.
 fn convert_node<'g>(
     g: &'g GraphBuilder,
@@ -719,11 +827,11 @@ fn convert_node<'g>(
             reason,
         },
     };
-    if n.op_type == "If" || n.op_type == "Loop" {
-        let outputs = if n.op_type == "If" {
-            control_if(g, n, opset, scope)?
-        } else {
-            control_loop(g, n, opset, scope)?
+    if matches!(n.op_type.as_str(), "If" | "Loop" | "Scan") {
+        let outputs = match n.op_type.as_str() {
+            "If" => control_if(g, n, opset, scope)?,
+            "Loop" => control_loop(g, n, opset, scope)?,
+            _ => control_scan(g, n, opset, scope)?,
         };
         return scope.bind(n, outputs, &fail);
     }

@@ -35,11 +35,12 @@ pub(crate) type R<T> = std::result::Result<T, String>;
 /// Converts one node.
 pub(crate) type Converter = for<'a, 'g> fn(&Node<'a, 'g>) -> R<Vec<Tensor<'g>>>;
 
-/// Control flow: `If` and `Loop` convert their subgraphs recursively, so
+/// Control flow: `If`, `Loop` and `Scan` convert their subgraphs recursively, so
 /// the importer (`import.rs`) handles them itself.
 const CONTROL: &[(&str, Converter)] = &[
     ("If", |_| Err("handled by the importer".into())),
     ("Loop", |_| Err("handled by the importer".into())),
+    ("Scan", |_| Err("handled by the importer".into())),
 ];
 
 /// Every family's converters.
