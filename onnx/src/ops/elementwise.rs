@@ -65,7 +65,13 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     }),
     ("PRelu", |n| {
         let (x, slope) = (n.input(0)?, n.input(1)?);
-        let slope = slope.cast(x.dtype()).k()?;
+        let mut slope = slope.cast(x.dtype()).k()?;
+        // Before opset 7 a slope of C values is per channel (axis 1).
+        if n.opset < 7 && slope.rank() == 1 && x.rank() > 2 {
+            let mut d = vec![kiln_graph::Dim::Fixed(1); x.rank() - 1];
+            d[0] = slope.shape().0[0].clone();
+            slope = slope.reshape(kiln_graph::Shape(d)).k()?;
+        }
         n.g.select(x.ge(0.0).k()?, x, x.mul(slope).k()?)
             .k()
             .map(one)
