@@ -80,22 +80,22 @@ unsafe fn avx512(
             j += BLOCK;
         }
         // The remaining columns sixteen at a time, the last group masked
-        // (a classifier's ten outputs included): four accumulators over
-        // `k`, so the chain of multiply-adds is a quarter as long.
+        // (a classifier's ten outputs included). Each column sums over `k`
+        // in order, one chain, as in the blocks above: equal columns give
+        // equal results wherever they fall (a softmax over huge equal
+        // logits amplifies any difference).
         while j < cols.end {
             let m: __mmask16 = if j + LANES <= cols.end {
                 0xffff
             } else {
                 ((1u32 << (cols.end - j)) - 1) as __mmask16
             };
-            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut sum = _mm512_setzero_ps();
             for kk in 0..k as isize {
                 let xv = _mm512_set1_ps(*x.offset(kk * xs));
                 let wv = _mm512_maskz_loadu_ps(m, w.offset(kk * ws + j as isize));
-                let a = &mut acc[kk as usize % 4];
-                *a = _mm512_fmadd_ps(xv, wv, *a);
+                sum = _mm512_fmadd_ps(xv, wv, sum);
             }
-            let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
             _mm512_mask_storeu_ps(y.add(j), m, sum);
             j += LANES;
         }

@@ -20,11 +20,11 @@
 //!   `Size` of a symbolic shape is computed at run time (a sum of ones).
 //! - Expand cannot broadcast a symbolic dim against a size other than 1.
 //! - Pad's non-constant modes (`reflect`, `edge`, `wrap`) become slices
-//!   (reversed where reflecting) joined with `Concat`, on fixed dims; the
-//!   pad value of `constant` mode must be known at import time.
+//!   (reversed where reflecting) joined with `Concat`, on fixed dims; a
+//!   `constant` pad value computed at run time is selected in by a mask.
 //! - DepthToSpace / SpaceToDepth take 4-D inputs with fixed C, H, W.
 
-use kiln_graph::{Array, DType, Dim, Shape, SliceAxis, Tensor};
+use kiln_graph::{Array, DType, Dim, Scalar, Shape, SliceAxis, Tensor};
 
 use super::{axis, Converter, Kiln, Node, R};
 
@@ -109,6 +109,7 @@ fn transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     x.permute(&perm).k().map(one)
 }
 
+/// `Concat` along `axis` (which must be fixed in every input).
 fn concat<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let xs = n.all_inputs();
     let first = *xs.first().ok_or("Concat needs an input")?;
@@ -536,10 +537,11 @@ fn take_runs<'g>(x: Tensor<'g>, a: usize, idx: &[i64]) -> R<Tensor<'g>> {
     let mut i = 0;
     while i < idx.len() {
         let mut j = i + 1;
-        let step = match idx.get(j).map(|&v| v - idx[i]) {
-            Some(s @ -1..=1) => s,
-            _ => 1,
-        };
+        let step = idx
+            .get(j)
+            .map(|&v| v - idx[i])
+            .filter(|s| (-1..=1).contains(s))
+            .unwrap_or(1);
         while j < idx.len() && idx[j] - idx[j - 1] == step {
             j += 1;
         }
@@ -579,12 +581,21 @@ fn pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if !["constant", "reflect", "edge", "wrap"].contains(&mode.as_str()) {
         return n.unsupported(format!("pad mode '{mode}'"));
     }
+    // The pad value: known now, or (`runtime`) a tensor computed at run time.
+    let mut runtime = None;
     let (pads, value, axes) = if n.opset < 11 {
         (n.ints("pads"), n.float("value", 0.0) as f64, None)
     } else {
-        let value = match n.const_input(2)? {
-            Some(a) if !a.is_empty() => a.to_f64_vec()[0],
-            _ => 0.0,
+        let value = match n.inputs.get(2).and_then(|v| v.as_ref()) {
+            None => 0.0,
+            Some(v) => match &v.value {
+                Some(a) if a.is_empty() => 0.0,
+                Some(a) => a.to_f64_vec()[0],
+                None => {
+                    runtime = Some(v.t);
+                    0.0
+                }
+            },
         };
         (n.const_ints(1)?, value, n.const_ints(3)?)
     };
@@ -624,7 +635,21 @@ fn pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         if before.iter().chain(&after).any(|&p| p > 0) {
             let b: Vec<usize> = before.iter().map(|&p| p.max(0) as usize).collect();
             let e: Vec<usize> = after.iter().map(|&p| p.max(0) as usize).collect();
-            t = t.pad(&b, &e, value).k()?;
+            let padded = t.pad(&b, &e, value).k()?;
+            t = match runtime {
+                None => padded,
+                Some(v) => {
+                    // Where the input was: a mask of ones padded with zeros.
+                    let inside = n
+                        .scalar(1.0, DType::Bool)?
+                        .broadcast_to(t.shape())
+                        .k()?
+                        .pad(&b, &e, 0.0)
+                        .k()?;
+                    let v = v.reshape(Shape::scalar()).k()?.cast(t.dtype()).k()?;
+                    n.g.select(inside, padded, v).k()?
+                }
+            };
         }
         return Ok(vec![t]);
     }
@@ -727,7 +752,7 @@ fn trilu<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 }
 
 /// `EyeLike`: ones where `col - row == k`, in `dtype` (default: the
-/// input's).
+/// input's); a constant where the input's dims are fixed.
 fn eye_like<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     if x.rank() != 2 {
@@ -737,14 +762,20 @@ fn eye_like<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         Some(a) => crate::tensor::dtype_of(a.i as i32)?,
         None => x.dtype(),
     };
+    let k = n.int("k", 0);
     let s = x.shape();
+    if let Some([rows, cols]) = s.as_fixed().as_deref().map(|d| [d[0], d[1]]) {
+        // A constant, so that import-time evaluation sees its value.
+        let vals: Vec<Scalar> = (0..rows * cols)
+            .map(|i| {
+                let on = (i % cols) as i64 - (i / cols) as i64 == k;
+                Scalar::from_f64(dtype, if on { 1.0 } else { 0.0 })
+            })
+            .collect();
+        let a = Array::from_scalars(vec![rows, cols], dtype, &vals).ok_or("EyeLike values")?;
+        return n.constant(a).map(one);
+    }
     let row = n.g.iota(DType::I64, s.clone(), 0).k()?;
     let col = n.g.iota(DType::I64, s, 1).k()?;
-    col.sub(row)
-        .k()?
-        .eq(n.int("k", 0))
-        .k()?
-        .cast(dtype)
-        .k()
-        .map(one)
+    col.sub(row).k()?.eq(k).k()?.cast(dtype).k().map(one)
 }
