@@ -44,14 +44,18 @@ pub enum Error {
     /// sizes, axes, pads ...) and the value is computed at run time.
     #[error(
         "{op} node '{node}' (opset {opset}): input '{value}' must be known at import time \
-         (kiln's shapes are static): bind the graph input it comes from to a value \
-         (ImportOptions::constant_inputs, kiln import --constant NAME=FILE.npy)"
+         (kiln's shapes are static): bind the graph input(s) it comes from ({}) to values \
+         (ImportOptions::constant_inputs, kiln import --constant NAME=FILE.npy)",
+        inputs.join(", ")
     )]
     NeedsValue {
         op: String,
         node: String,
         opset: i64,
         value: String,
+        /// The graph inputs the value is computed from (binding them makes
+        /// it known).
+        inputs: Vec<String>,
     },
     /// A node could not be converted.
     #[error("{op} node '{node}' (opset {opset}): {reason}")]
@@ -78,11 +82,12 @@ impl Error {
         }
     }
 
-    /// The value a node needs at import time, where that is the error.
-    pub fn needed_value(&self) -> Option<&str> {
+    /// The graph inputs whose values a node needs at import time, where
+    /// that is the error.
+    pub fn needed_inputs(&self) -> Option<&[String]> {
         match self {
-            Error::NeedsValue { value, .. } => Some(value),
-            Error::File { inner, .. } => inner.needed_value(),
+            Error::NeedsValue { inputs, .. } => Some(inputs),
+            Error::File { inner, .. } => inner.needed_inputs(),
             _ => None,
         }
     }

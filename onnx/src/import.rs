@@ -221,6 +221,7 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
             .placeholder(&kiln_name(&input.name), dtype, shape)
             .map_err(|e| Error::Invalid(format!("input '{}': {e}", input.name)))?;
         scope.owned.insert(t.id());
+        scope.fed.insert(input.name.clone());
         scope.values.insert(input.name.clone(), Value { t, constant: None });
     }
     convert_nodes(&g, graph, opset, &mut scope)?;
@@ -257,9 +258,30 @@ pub(crate) struct Scope<'g> {
     values: HashMap<String, Value<'g>>,
     /// Nodes that already stand for an ONNX value (and carry its name).
     owned: HashSet<NodeId>,
+    /// The inputs of the node computing each value.
+    deps: HashMap<String, Vec<String>>,
+    /// The graph's inputs fed at run time.
+    fed: HashSet<String>,
 }
 
 impl<'g> Scope<'g> {
+    /// The graph inputs fed at run time that `value` is computed from.
+    fn inputs_of(&self, value: &str) -> Vec<String> {
+        let (mut seen, mut stack, mut found) = (HashSet::new(), vec![value.to_string()], Vec::new());
+        while let Some(v) = stack.pop() {
+            if !seen.insert(v.clone()) {
+                continue;
+            }
+            if self.fed.contains(&v) {
+                found.push(v);
+            } else if let Some(d) = self.deps.get(&v) {
+                stack.extend(d.iter().filter(|s| !s.is_empty()).cloned());
+            }
+        }
+        found.sort();
+        found
+    }
+
     /// Binds node `n`'s outputs to `outputs`.
     fn bind(
         &mut self,
@@ -278,6 +300,7 @@ impl<'g> Scope<'g> {
             if name.is_empty() {
                 continue;
             }
+            self.deps.insert(name.clone(), n.input.clone());
             // Name a node this conversion made after its ONNX output (where
             // the name is free); one standing for another value keeps its name.
             if self.owned.insert(v.t.id()) {
@@ -809,8 +832,33 @@ fn control_scan<'g>(
     Ok(out)
 }
 
-/// Converts one node, folding it to constants when its inputs all are.
+/// Converts one node, folding it to constants when its inputs all are; a
+/// value it needs at import time is traced back to the graph inputs.
 fn convert_node<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    opset: i64,
+    scope: &mut Scope<'g>,
+) -> Result<()> {
+    convert_node_in(g, n, opset, scope).map_err(|e| match e {
+        Error::NeedsValue {
+            op,
+            node,
+            opset,
+            value,
+            ..
+        } => Error::NeedsValue {
+            inputs: scope.inputs_of(&value),
+            op,
+            node,
+            opset,
+            value,
+        },
+        e => e,
+    })
+}
+
+fn convert_node_in<'g>(
     g: &'g GraphBuilder,
     n: &NodeProto,
     opset: i64,
@@ -822,6 +870,7 @@ fn convert_node<'g>(
             node: node_label(n),
             opset,
             value: value.to_string(),
+            inputs: Vec::new(),
         },
         None => Error::Node {
             op: op_label(n),

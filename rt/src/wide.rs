@@ -805,7 +805,16 @@ fn tanh(x: __m512) -> __m512 {
     let t = exp(_mm512_mul_ps(_mm512_abs_ps(x), splat(-2.0)));
     let one = splat(1.0);
     let r = _mm512_mul_ps(_mm512_sub_ps(one, t), recip_ge1(_mm512_add_ps(one, t)));
-    copysign(r, x)
+    let r = copysign(r, x);
+    // Near 0, 1 - t cancels: the odd Taylor polynomial there (relative
+    // error under 3e-9 for |x| < 1/8).
+    let x2 = _mm512_mul_ps(x, x);
+    let p = _mm512_mul_ps(
+        horner(x2, &[-17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0]),
+        x,
+    );
+    let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(x), splat(0.125));
+    blend(small, p, r)
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]

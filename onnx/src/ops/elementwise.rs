@@ -114,21 +114,9 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
             x.mul(x.mul(1.0 / 6.0)?.add(0.5)?.maximum(0.0)?.minimum(1.0)?)
         })
     }),
-    ("Softplus", |n| {
-        // log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow.
-        unary(n, |x| {
-            x.maximum(0.0)?.add(x.abs()?.neg()?.exp()?.add(1.0)?.log()?)
-        })
-    }),
+    ("Softplus", |n| unary(n, softplus)),
     ("Softsign", |n| unary(n, |x| x.div(x.abs()?.add(1.0)?))),
-    ("Mish", |n| {
-        unary(n, |x| {
-            let sp = x
-                .maximum(0.0)?
-                .add(x.abs()?.neg()?.exp()?.add(1.0)?.log()?)?;
-            x.mul(sp.tanh()?)
-        })
-    }),
+    ("Mish", |n| unary(n, |x| x.mul(softplus(x)?.tanh()?))),
     ("Gelu", |n| {
         let tanh = n.string("approximate").unwrap_or_default() == "tanh";
         unary(n, |x| if tanh { x.gelu_tanh() } else { x.gelu() })

@@ -440,7 +440,8 @@ fn affine_grid<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 
 // ------------------------------------------------------- normalization, crop
 
-/// `LpNormalization`: `x / ||x||_p` along `axis` (p 1 or 2).
+/// `LpNormalization`: `x / ||x||_p` along `axis` (p 1 or 2; 0 where the
+/// norm is 0).
 fn lp_normalization<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let a = axis(n.int("axis", -1), x.rank())? as i64;
@@ -449,7 +450,9 @@ fn lp_normalization<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         2 => x.mul(x).k()?.sum(&[a], true).k()?.sqrt().k()?,
         p => return n.unsupported(format!("p = {p} (1 or 2)")),
     };
-    x.div(norm).k().map(one)
+    // A zero norm gives zeros (the test data's meaning), not NaN.
+    let safe = n.g.select(norm.eq(0.0).k()?, norm.add(1.0).k()?, norm).k()?;
+    x.div(safe).k().map(one)
 }
 
 /// `CenterCropPad`: each axis cropped (centered, the extra element at the

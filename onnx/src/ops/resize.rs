@@ -204,7 +204,7 @@ fn resize_axis<'g>(
     let rows = taps(s, input, output, scale, roi)?;
     let dtype = x.dtype();
     let one_hot = rows.iter().all(|(_, c, out)| {
-        !out && c.iter().filter(|&&v| v != 0.0).count() <= 1 && c.iter().any(|&v| v == 1.0)
+        !out && c.iter().filter(|&&v| v != 0.0).count() <= 1 && c.contains(&1.0)
     });
     if one_hot {
         let idx: Vec<i64> = rows
@@ -313,7 +313,7 @@ fn resize<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             .collect::<R<_>>()?,
         None => (0..rank).collect(),
     };
-    let roi_full = roi.filter(|r| r.len() > 0).map(|r| {
+    let roi_full = roi.filter(|r| !r.is_empty()).map(|r| {
         let v = floats(&r);
         if axes.len() == rank {
             v
@@ -329,7 +329,7 @@ fn resize<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     });
     let mut scale = vec![1.0; rank];
     let mut size = dims.clone();
-    match (sizes.filter(|s| s.len() > 0), scales.filter(|s| s.len() > 0)) {
+    match (sizes.filter(|s| !s.is_empty()), scales.filter(|s| !s.is_empty())) {
         (Some(sz), _) => {
             let sz = super::ints_of(&sz)?;
             if sz.len() != axes.len() {

@@ -121,23 +121,25 @@ impl Act {
     }
 
     fn apply<'g>(self, x: Tensor<'g>) -> R<Tensor<'g>> {
+        self.build(x).k()
+    }
+
+    fn build<'g>(self, x: Tensor<'g>) -> kiln_graph::Result<Tensor<'g>> {
         let g = x.builder();
-        let zero = || x.mul(0.0);
         match self {
             Act::Relu => x.relu(),
             Act::Tanh => x.tanh(),
             Act::Sigmoid => x.sigmoid(),
-            Act::Affine(a, b) => x.mul(a).and_then(|y| y.add(b)),
-            Act::LeakyRelu(a) => (|| g.select(x.ge(0.0)?, x, x.mul(a)?))(),
-            Act::ThresholdedRelu(a) => (|| g.select(x.gt(a)?, x, zero()?))(),
-            Act::ScaledTanh(a, b) => (|| x.mul(b)?.tanh()?.mul(a))(),
-            Act::HardSigmoid(a, b) => (|| x.mul(a)?.add(b)?.maximum(0.0)?.minimum(1.0))(),
-            Act::Elu(a) => (|| g.select(x.ge(0.0)?, x, x.exp()?.sub(1.0)?.mul(a)?))(),
-            Act::Softsign => (|| x.div(x.abs()?.add(1.0)?))(),
+            Act::Affine(a, b) => x.mul(a)?.add(b),
+            Act::LeakyRelu(a) => g.select(x.ge(0.0)?, x, x.mul(a)?),
+            Act::ThresholdedRelu(a) => g.select(x.gt(a)?, x, x.mul(0.0)?),
+            Act::ScaledTanh(a, b) => x.mul(b)?.tanh()?.mul(a),
+            Act::HardSigmoid(a, b) => x.mul(a)?.add(b)?.maximum(0.0)?.minimum(1.0),
+            Act::Elu(a) => g.select(x.ge(0.0)?, x, x.exp()?.sub(1.0)?.mul(a)?),
+            Act::Softsign => x.div(x.abs()?.add(1.0)?),
             // max(x, 0) + log(1 + e^-|x|): no overflow.
-            Act::Softplus => (|| x.maximum(0.0)?.add(x.abs()?.neg()?.exp()?.add(1.0)?.log()?))(),
+            Act::Softplus => x.maximum(0.0)?.add(x.abs()?.neg()?.exp()?.add(1.0)?.log()?),
         }
-        .k()
     }
 }
 
