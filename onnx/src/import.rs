@@ -147,7 +147,31 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
         .as_ref()
         .ok_or_else(|| Error::Invalid("the model has no graph".into()))?;
     let opset = default_opset(model)?;
-    if opset < *OPSETS.start() {
+    // Before opset 6, only models of ops whose meaning has not changed
+    // since (elementwise unary ops and logic) are taken.
+    const SAME_SINCE_1: [&str; 16] = [
+        "Not",
+        "And",
+        "Or",
+        "Xor",
+        "Identity",
+        "Abs",
+        "Neg",
+        "Ceil",
+        "Floor",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Reciprocal",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+    ];
+    let unchanged = graph
+        .node
+        .iter()
+        .all(|n| SAME_SINCE_1.contains(&n.op_type.as_str()));
+    if opset < *OPSETS.start() && !unchanged {
         return Err(Error::Invalid(format!(
             "opset {opset}: kiln imports opsets {} and later (upgrade the model with onnx.version_converter)",
             OPSETS.start(),
@@ -222,7 +246,9 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
             .map_err(|e| Error::Invalid(format!("input '{}': {e}", input.name)))?;
         scope.owned.insert(t.id());
         scope.fed.insert(input.name.clone());
-        scope.values.insert(input.name.clone(), Value { t, constant: None });
+        scope
+            .values
+            .insert(input.name.clone(), Value { t, constant: None });
     }
     convert_nodes(&g, graph, opset, &mut scope)?;
     let mut fetched: HashSet<NodeId> = HashSet::new();
@@ -267,7 +293,8 @@ pub(crate) struct Scope<'g> {
 impl<'g> Scope<'g> {
     /// The graph inputs fed at run time that `value` is computed from.
     fn inputs_of(&self, value: &str) -> Vec<String> {
-        let (mut seen, mut stack, mut found) = (HashSet::new(), vec![value.to_string()], Vec::new());
+        let (mut seen, mut stack, mut found) =
+            (HashSet::new(), vec![value.to_string()], Vec::new());
         while let Some(v) = stack.pop() {
             if !seen.insert(v.clone()) {
                 continue;
@@ -448,10 +475,9 @@ fn captures<'g>(
 ) -> std::result::Result<(Vec<(String, Rc<Array>)>, Vec<String>, Vec<Tensor<'g>>), String> {
     let (mut constants, mut names_rt, mut tensors) = (Vec::new(), Vec::new(), Vec::new());
     for name in names {
-        let v = scope
-            .values
-            .get(name)
-            .ok_or_else(|| format!("its subgraph reads '{name}', which no enclosing graph defines"))?;
+        let v = scope.values.get(name).ok_or_else(|| {
+            format!("its subgraph reads '{name}', which no enclosing graph defines")
+        })?;
         match &v.constant {
             Some(a) => constants.push((name.clone(), a.clone())),
             None => {
@@ -580,7 +606,11 @@ fn control_loop<'g>(
     let trip = input(0);
     let cond = input(1);
     let vars: Vec<Value<'g>> = (2..n.input.len())
-        .map(|i| input(i).cloned().ok_or_else(|| fail(format!("input {i} is missing"))))
+        .map(|i| {
+            input(i)
+                .cloned()
+                .ok_or_else(|| fail(format!("input {i} is missing")))
+        })
         .collect::<Result<_>>()?;
     let nv = vars.len();
     let scans = body
@@ -596,15 +626,15 @@ fn control_loop<'g>(
             .ok_or_else(|| fail("a scalar".into()))
     };
     let const_value = |a: Rc<Array>| -> Result<Value<'g>> {
-        let t = g
-            .constant((*a).clone())
-            .map_err(|e| fail(e.to_string()))?;
+        let t = g.constant((*a).clone()).map_err(|e| fail(e.to_string()))?;
         Ok(Value {
             t,
             constant: Some(a),
         })
     };
-    let trip_const = trip.and_then(|t| t.constant.as_ref()).map(|a| a.to_f64_vec()[0] as i64);
+    let trip_const = trip
+        .and_then(|t| t.constant.as_ref())
+        .map(|a| a.to_f64_vec()[0] as i64);
     let cond_true = cond.is_none_or(|c| {
         c.constant
             .as_ref()
@@ -652,8 +682,7 @@ fn control_loop<'g>(
     }
     if scans > 0 {
         return Err(fail(
-            "scan outputs need a constant trip count (and no condition that can turn false)"
-                .into(),
+            "scan outputs need a constant trip count (and no condition that can turn false)".into(),
         ));
     }
     // while (i < M && cond) { (cond, vars) = body(i, cond, vars); i += 1 }
@@ -661,10 +690,10 @@ fn control_loop<'g>(
         .scalar(0.0, kiln_graph::DType::I64)
         .map_err(|e| fail(e.to_string()))?;
     let c0 = match cond {
-        Some(c) => c
-            .t
-            .reshape(kiln_graph::Shape(Vec::new()))
-            .map_err(|e| fail(e.to_string()))?,
+        Some(c) => {
+            c.t.reshape(kiln_graph::Shape(Vec::new()))
+                .map_err(|e| fail(e.to_string()))?
+        }
         None => g
             .scalar(1.0, kiln_graph::DType::Bool)
             .map_err(|e| fail(e.to_string()))?,
@@ -739,7 +768,9 @@ fn control_scan<'g>(
         reason,
     };
     if opset < 9 {
-        return Err(fail("Scan before opset 9 (batched, with sequence_lens) is not supported".into()));
+        return Err(fail(
+            "Scan before opset 9 (batched, with sequence_lens) is not supported".into(),
+        ));
     }
     let body = subgraph(n, "body").map_err(fail)?;
     let attr_ints = |name: &str| -> Vec<i64> {
@@ -804,8 +835,15 @@ fn control_scan<'g>(
         let mut step = states.clone();
         for &(x, a, reverse) in &scans {
             let i = if reverse { len - 1 - t } else { t } as i64;
-            let s = x.slice_axis(a, i, i + 1, 1).map_err(err)?.squeeze(a).map_err(err)?;
-            step.push(Value { t: s, constant: None });
+            let s = x
+                .slice_axis(a, i, i + 1, 1)
+                .map_err(err)?
+                .squeeze(a)
+                .map_err(err)?;
+            step.push(Value {
+                t: s,
+                constant: None,
+            });
         }
         let outs = run_subgraph(g, body, opset, &constants, &captured, &params, &step)?;
         states = outs[..nstate].to_vec();

@@ -809,10 +809,7 @@ fn tanh(x: __m512) -> __m512 {
     // Near 0, 1 - t cancels: the odd Taylor polynomial there (relative
     // error under 3e-9 for |x| < 1/8).
     let x2 = _mm512_mul_ps(x, x);
-    let p = _mm512_mul_ps(
-        horner(x2, &[-17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0]),
-        x,
-    );
+    let p = _mm512_mul_ps(horner(x2, &[-17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0]), x);
     let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(x), splat(0.125));
     blend(small, p, r)
 }

@@ -38,9 +38,9 @@ pub use session::{DeviceTensor, MatmulPrecision, ProfileEvent, Session, SessionO
 
 /// What a model definition needs: `use kiln::prelude::*`.
 pub mod prelude {
-    pub use crate::onnx::FromOnnx;
     pub use crate::device::Device;
     pub use crate::error::{Error, Result};
+    pub use crate::onnx::FromOnnx;
     pub use crate::session::{Session, SessionOptions};
     pub use kiln_graph::{
         one_hot, shape, softmax_cross_entropy, sparse_softmax_cross_entropy, Activation, Array,

@@ -75,7 +75,11 @@ fn cases(data: &Path) -> Vec<(String, PathBuf)> {
         for e in rd.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "onnx") {
-                let stem = p.file_stem().unwrap_or_default().to_string_lossy().to_string();
+                let stem = p
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
                 v.push((format!("light/{stem}"), p));
             }
         }
@@ -112,8 +116,7 @@ fn run_light(model: &Path) -> Outcome {
     let feeds: Vec<(&str, &Array)> = zeros.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let out = graph.outputs()[0];
     let name = graph.node(out).name.clone();
-    let got = Session::new(&graph, Device::Cpu)
-        .and_then(|mut s| s.run(&feeds, &[name.as_str()]));
+    let got = Session::new(&graph, Device::Cpu).and_then(|mut s| s.run(&feeds, &[name.as_str()]));
     match got {
         Ok(g) => match close(&want, &g[0]) {
             Ok(()) => Outcome::Pass,
@@ -208,7 +211,11 @@ fn run_case(dir: &Path) -> Outcome {
         return Outcome::Fail("no test_data_set".into());
     }
     for set in sets {
-        let label = set.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let label = set
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let inputs = match read_numbered(&set, "input") {
             Ok(i) => i,
             Err(e) => return Outcome::Unsupported(format!("{label}: {e}")),
@@ -250,7 +257,9 @@ fn run_case(dir: &Path) -> Outcome {
             .filter(|(n, _)| !options.constant_inputs.contains_key(*n))
             .map(|(n, (_, a))| (n.clone(), a.clone()))
             .collect();
-        let random = op_types(&model).iter().any(|o| RANDOM_OPS.contains(&o.as_str()));
+        let random = op_types(&model)
+            .iter()
+            .any(|o| RANDOM_OPS.contains(&o.as_str()));
         if let Err(e) = run_set(&graph, &set, &feeds, random) {
             return Outcome::Fail(format!("{label}: {e}"));
         }

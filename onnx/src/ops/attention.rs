@@ -30,7 +30,9 @@ fn split_heads<'g>(x: Tensor<'g>, heads: usize) -> R<Tensor<'g>> {
     let d = dims(x);
     let hidden = fixed(&d[2], "the hidden size")?;
     if heads == 0 || hidden % heads != 0 {
-        return Err(format!("hidden size {hidden} does not split into {heads} heads"));
+        return Err(format!(
+            "hidden size {hidden} does not split into {heads} heads"
+        ));
     }
     let shape = Shape(vec![
         d[0].clone(),
@@ -90,7 +92,9 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let k_heads = fixed(&dims(kk)[1], "the key heads")?;
     if q_heads != k_heads {
         if k_heads == 0 || q_heads % k_heads != 0 {
-            return Err(format!("{q_heads} query heads do not group over {k_heads} key heads"));
+            return Err(format!(
+                "{q_heads} query heads do not group over {k_heads} key heads"
+            ));
         }
         let reps = q_heads / k_heads;
         let repeat = |t: Tensor<'g>| -> R<Tensor<'g>> {
@@ -102,8 +106,18 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
                 d[2].clone(),
                 d[3].clone(),
             ]);
-            let merged = Shape(vec![d[0].clone(), Dim::Fixed(q_heads), d[2].clone(), d[3].clone()]);
-            t.unsqueeze(2).k()?.broadcast_to(wide).k()?.reshape(merged).k()
+            let merged = Shape(vec![
+                d[0].clone(),
+                Dim::Fixed(q_heads),
+                d[2].clone(),
+                d[3].clone(),
+            ]);
+            t.unsqueeze(2)
+                .k()?
+                .broadcast_to(wide)
+                .k()?
+                .reshape(merged)
+                .k()
         };
         kk = repeat(kk)?;
         vv = repeat(vv)?;
@@ -156,14 +170,20 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if let Some(lens) = n.opt(6) {
         // Keys at or past each batch's non-padded length are masked.
         let b = dims(q)[0].clone();
-        let pos = n.g.iota(DType::I64, Shape(vec![b.clone(), Dim::Fixed(kvs)]), 1).k()?;
+        let pos =
+            n.g.iota(DType::I64, Shape(vec![b.clone(), Dim::Fixed(kvs)]), 1)
+                .k()?;
         let valid = pos.lt(lens.cast(DType::I64).k()?.unsqueeze(1).k()?).k()?;
-        let pad = n
-            .g
-            .select(valid, zero, neg_inf)
-            .k()?
-            .reshape(Shape(vec![b, Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(kvs)]))
-            .k()?;
+        let pad =
+            n.g.select(valid, zero, neg_inf)
+                .k()?
+                .reshape(Shape(vec![
+                    b,
+                    Dim::Fixed(1),
+                    Dim::Fixed(1),
+                    Dim::Fixed(kvs),
+                ]))
+                .k()?;
         bias = Some(match bias {
             Some(b) => b.add(pad).k()?,
             None => pad,
@@ -209,7 +229,11 @@ fn rms_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let axes: Vec<i64> = (a as i64..x.rank() as i64).collect();
     let dtype = x.dtype();
     // stash_type 1: statistics in f32 (f64 inputs keep f64).
-    let xs = if dtype == DType::F64 { x } else { x.cast(DType::F32).k()? };
+    let xs = if dtype == DType::F64 {
+        x
+    } else {
+        x.cast(DType::F32).k()?
+    };
     let ms = xs.mul(xs).k()?.mean(&axes, true).k()?;
     let y = xs.mul(ms.add(eps).k()?.rsqrt().k()?).k()?.cast(dtype).k()?;
     y.mul(scale.cast(dtype).k()?).k().map(|t| vec![t])
@@ -232,10 +256,17 @@ fn rotary<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         let hidden = fixed(&d[2], "the hidden size")?;
         let h = heads as usize;
         if hidden % h != 0 {
-            return Err(format!("hidden size {hidden} does not split into {h} heads"));
+            return Err(format!(
+                "hidden size {hidden} does not split into {h} heads"
+            ));
         }
-        x.reshape(Shape(vec![d[0].clone(), d[1].clone(), Dim::Fixed(h), Dim::Fixed(hidden / h)]))
-            .k()?
+        x.reshape(Shape(vec![
+            d[0].clone(),
+            d[1].clone(),
+            Dim::Fixed(h),
+            Dim::Fixed(hidden / h),
+        ]))
+        .k()?
     } else {
         return Err(format!("input must be 3-D or 4-D, got {}", x.shape()));
     };
@@ -269,10 +300,9 @@ fn rotary<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let real = cos.mul(x1).k()?.sub(sin.mul(x2).k()?).k()?;
     let imag = sin.mul(x1).k()?.add(cos.mul(x2).k()?).k()?;
     let rotated = if interleaved {
-        let pairs = n
-            .g
-            .concat(&[real.unsqueeze(-1).k()?, imag.unsqueeze(-1).k()?], -1)
-            .k()?;
+        let pairs =
+            n.g.concat(&[real.unsqueeze(-1).k()?, imag.unsqueeze(-1).k()?], -1)
+                .k()?;
         pairs.reshape(part.shape()).k()?
     } else {
         n.g.concat(&[real, imag], -1).k()?

@@ -168,7 +168,9 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
 fn softplus(x: Tensor<'_>) -> kiln_graph::Result<Tensor<'_>> {
     let u = x.abs()?.neg()?.exp()?;
     let series = u.mul(u.mul(u.mul(1.0 / 3.0)?.sub(0.5)?)?.add(1.0)?)?;
-    let log1p = x.builder().select(u.lt(1e-2)?, series, u.add(1.0)?.log()?)?;
+    let log1p = x
+        .builder()
+        .select(u.lt(1e-2)?, series, u.add(1.0)?.log()?)?;
     x.maximum(0.0)?.add(log1p)
 }
 

@@ -72,7 +72,9 @@ fn coeffs(s: &Spec, ratio: f64, scale: f64) -> R<Vec<f64>> {
             };
             let start = (-2.0 / scale).floor() as i64 + 1;
             let end = 2 - start;
-            let c: Vec<f64> = (start..end).map(|i| f(scale * (i as f64 - ratio))).collect();
+            let c: Vec<f64> = (start..end)
+                .map(|i| f(scale * (i as f64 - ratio)))
+                .collect();
             let sum: f64 = c.iter().sum();
             c.into_iter().map(|v| v / sum).collect()
         }
@@ -221,8 +223,7 @@ fn resize_axis<'g>(
             w[i * output + o] += v;
         }
     }
-    let wm = Array::from_vec(vec![input, output], w)
-        .ok_or("weights")?;
+    let wm = Array::from_vec(vec![input, output], w).ok_or("weights")?;
     let wm = n.constant(wm)?.cast(dtype).k()?;
     let rank = x.rank();
     let mut perm: Vec<usize> = (0..rank).filter(|&d| d != axis).collect();
@@ -231,13 +232,7 @@ fn resize_axis<'g>(
     for (i, &p) in perm.iter().enumerate() {
         back[p] = i;
     }
-    let mut y = x
-        .permute(&perm)
-        .k()?
-        .matmul(wm)
-        .k()?
-        .permute(&back)
-        .k()?;
+    let mut y = x.permute(&perm).k()?.matmul(wm).k()?.permute(&back).k()?;
     if rows.iter().any(|r| r.2) {
         let mask: Vec<bool> = rows.iter().map(|r| r.2).collect();
         let mut shape = vec![1usize; rank];
@@ -290,12 +285,24 @@ fn resize<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let dims: Vec<usize> = super::fixed_shape(x)?;
     let s = Spec {
         mode: n.string("mode").unwrap_or_else(|| "nearest".into()),
-        coord: n.string("coordinate_transformation_mode").unwrap_or_else(|| {
-            if n.opset < 11 { "asymmetric" } else { "half_pixel" }.into()
+        coord: n
+            .string("coordinate_transformation_mode")
+            .unwrap_or_else(|| {
+                if n.opset < 11 {
+                    "asymmetric"
+                } else {
+                    "half_pixel"
+                }
+                .into()
+            }),
+        nearest: n.string("nearest_mode").unwrap_or_else(|| {
+            if n.opset < 11 {
+                "floor"
+            } else {
+                "round_prefer_floor"
+            }
+            .into()
         }),
-        nearest: n
-            .string("nearest_mode")
-            .unwrap_or_else(|| if n.opset < 11 { "floor" } else { "round_prefer_floor" }.into()),
         cubic_a: n.float("cubic_coeff_a", -0.75) as f64,
         exclude_outside: n.int("exclude_outside", 0) != 0,
         antialias: n.int("antialias", 0) != 0,
@@ -307,10 +314,7 @@ fn resize<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         (n.const_input(1)?, n.const_input(2)?, n.const_input(3)?)
     };
     let axes: Vec<usize> = match n.ints("axes") {
-        Some(a) => a
-            .iter()
-            .map(|&v| super::axis(v, rank))
-            .collect::<R<_>>()?,
+        Some(a) => a.iter().map(|&v| super::axis(v, rank)).collect::<R<_>>()?,
         None => (0..rank).collect(),
     };
     let roi_full = roi.filter(|r| !r.is_empty()).map(|r| {
@@ -329,11 +333,18 @@ fn resize<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     });
     let mut scale = vec![1.0; rank];
     let mut size = dims.clone();
-    match (sizes.filter(|s| !s.is_empty()), scales.filter(|s| !s.is_empty())) {
+    match (
+        sizes.filter(|s| !s.is_empty()),
+        scales.filter(|s| !s.is_empty()),
+    ) {
         (Some(sz), _) => {
             let sz = super::ints_of(&sz)?;
             if sz.len() != axes.len() {
-                return Err(format!("sizes has {} values for {} axes", sz.len(), axes.len()));
+                return Err(format!(
+                    "sizes has {} values for {} axes",
+                    sz.len(),
+                    axes.len()
+                ));
             }
             for (&a, &v) in axes.iter().zip(&sz) {
                 size[a] = v.max(0) as usize;
@@ -358,7 +369,11 @@ fn resize<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         (None, Some(sc)) => {
             let sc = floats(&sc);
             if sc.len() != axes.len() {
-                return Err(format!("scales has {} values for {} axes", sc.len(), axes.len()));
+                return Err(format!(
+                    "scales has {} values for {} axes",
+                    sc.len(),
+                    axes.len()
+                ));
             }
             for (&a, &v) in axes.iter().zip(&sc) {
                 scale[a] = v;
@@ -387,7 +402,11 @@ fn upsample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let mode = n.string("mode").unwrap_or_else(|| "nearest".into());
     let s = Spec {
-        mode: if mode == "bilinear" { "linear".into() } else { mode },
+        mode: if mode == "bilinear" {
+            "linear".into()
+        } else {
+            mode
+        },
         coord: "asymmetric".into(),
         nearest: "floor".into(),
         cubic_a: -0.75,
