@@ -78,6 +78,19 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A program needs more of a resource than the session allows.
+    #[error(
+        "the compiled program's {what} needs {needed} bytes, over the session's limit of {limit} \
+         (SessionOptions::max_arena_bytes / KILN_MAX_ARENA_BYTES)"
+    )]
+    Resource {
+        /// What is limited (`arena`).
+        what: String,
+        /// Bytes the program needs.
+        needed: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// An ONNX model could not be imported.
     #[error(transparent)]
     Onnx(#[from] kiln_onnx::Error),

@@ -126,6 +126,12 @@ pub struct SessionOptions {
     /// `KILN_MATMUL_PRECISION` (`highest`, `tf32`, `bf16`, `f16`), else
     /// strict FP32. See [`MatmulPrecision`].
     pub matmul_precision: Option<MatmulPrecision>,
+    /// The most bytes one compiled program's arena (its planned
+    /// temporaries) may take; `None` takes `KILN_MAX_ARENA_BYTES`, else no
+    /// limit. A program over it is an [`Error::Resource`] when it is
+    /// compiled: at session creation for a graph whose declared outputs
+    /// have static shapes, else at the first run of a new shape.
+    pub max_arena_bytes: Option<usize>,
 }
 
 /// One kernel execution recorded while profiling (see [`Session::set_profiling`]).
@@ -198,7 +204,7 @@ impl Session {
                 variables.insert(graph.node(v).name.clone(), (*init.0).clone());
             }
         }
-        Ok(Session {
+        let mut session = Session {
             graph,
             device,
             options,
@@ -208,7 +214,49 @@ impl Session {
             profiling: false,
             epoch: std::time::Instant::now(),
             needed: HashMap::new(),
+        };
+        // With an arena limit, a graph of static shapes is planned now, so
+        // a program over the limit fails here rather than at its first run.
+        if session.arena_limit().is_some() && device != Device::Reference {
+            let outputs = session.graph.outputs().to_vec();
+            let fixed = session
+                .graph
+                .placeholders()
+                .iter()
+                .all(|&p| session.graph.node(p).ty.shape.symbols().is_empty());
+            if fixed && !outputs.is_empty() {
+                let current = session.export_graph()?;
+                let opts = CompileOptions {
+                    freeze_variables: true,
+                    ..Default::default()
+                };
+                let compiled =
+                    kiln_optimizer::compile(&current, &outputs, &Bindings::new(), &opts)?;
+                session.check_arena(&compiled.program)?;
+            }
+        }
+        Ok(session)
+    }
+
+    /// The arena limit: the option, else `KILN_MAX_ARENA_BYTES`.
+    fn arena_limit(&self) -> Option<usize> {
+        self.options.max_arena_bytes.or_else(|| {
+            std::env::var("KILN_MAX_ARENA_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
         })
+    }
+
+    /// An error when `program`'s arena exceeds the limit.
+    fn check_arena(&self, program: &kiln_optimizer::KernelProgram) -> Result<()> {
+        match self.arena_limit() {
+            Some(limit) if program.memory.arena > limit => Err(Error::Resource {
+                what: "arena".into(),
+                needed: program.memory.arena,
+                limit,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The graph this session runs.
@@ -277,6 +325,7 @@ impl Session {
                         ..Default::default()
                     };
                     let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
+                    self.check_arena(&compiled.program)?;
                     let mut backend = CpuBackend::default();
                     if let Some(t) = self.options.threads {
                         backend.threads = t.max(1);
@@ -309,6 +358,7 @@ impl Session {
             ..Default::default()
         };
         let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
+        self.check_arena(&compiled.program)?;
         let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
         let precision = match self.options.matmul_precision {
             Some(p) => p,

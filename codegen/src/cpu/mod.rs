@@ -388,11 +388,22 @@ impl Backend for CpuBackend {
                 *self,
             )));
         }
+        // The arena: an allocation failure is an error here, not an abort.
+        let words = program.memory.arena.div_ceil(8) + 8;
+        let mut arena: Vec<u64> = Vec::new();
+        arena.try_reserve_exact(words).map_err(|_| Error::Codegen {
+            kernel: usize::MAX,
+            reason: format!(
+                "the program's arena of {} bytes could not be allocated",
+                program.memory.arena
+            ),
+        })?;
+        arena.resize(words, 0);
         Ok(CpuExecutable {
             _jit: jit,
             exec: Exec::new(steps, self.threads),
             host,
-            arena: vec![0u64; program.memory.arena.div_ceil(8) + 8],
+            arena,
             table: vec![std::ptr::null_mut(); program.buffers.len()],
             program,
             profile: None,
