@@ -344,6 +344,15 @@ impl Exec {
                 // SAFETY: the caller's contract.
                 unsafe { self.step(step, i, table, split, host) }
                     .map_err(|reason| StepError { step: i, reason })?;
+                // A bounds-checked kernel's report (see `support`).
+                if let Some((b, index, len)) = crate::support::take_bounds_failure() {
+                    return Err(StepError {
+                        step: i,
+                        reason: format!(
+                            "out-of-bounds access: element {index} of buffer {b} ({len} elements)"
+                        ),
+                    });
+                }
                 if let Some(a) = after.as_mut() {
                     a(i, t);
                 }

@@ -148,6 +148,46 @@ pub extern "C" fn kiln_round_half_f64(x: f64, bf: u32) -> f32 {
     }
 }
 
+/// The first out-of-bounds access a bounds-checked kernel reported:
+/// buffer + 1 (0: none), index, length.
+static BOUNDS: [std::sync::atomic::AtomicI64; 3] = [
+    std::sync::atomic::AtomicI64::new(0),
+    std::sync::atomic::AtomicI64::new(0),
+    std::sync::atomic::AtomicI64::new(0),
+];
+
+/// Called by bounds-checked kernels (instead of the access) when element
+/// `index` of buffer `buffer` (`len` elements) is out of bounds; the
+/// executor turns it into an error after the step.
+#[no_mangle]
+pub extern "C" fn kiln_bounds_fail(buffer: i64, index: i64, len: i64) {
+    use std::sync::atomic::Ordering;
+    if BOUNDS[0]
+        .compare_exchange(0, buffer + 1, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+    {
+        BOUNDS[1].store(index, Ordering::Relaxed);
+        BOUNDS[2].store(len, Ordering::Release);
+    }
+}
+
+/// The out-of-bounds access reported since the last call, if any, as
+/// (buffer, index, length); clears it.
+pub fn take_bounds_failure() -> Option<(usize, i64, i64)> {
+    use std::sync::atomic::Ordering;
+    if BOUNDS[0].load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let b = BOUNDS[0].swap(0, Ordering::AcqRel);
+    (b != 0).then(|| {
+        (
+            (b - 1) as usize,
+            BOUNDS[1].load(Ordering::Relaxed),
+            BOUNDS[2].load(Ordering::Acquire),
+        )
+    })
+}
+
 /// Names and addresses of the support functions, for a JIT's symbol table.
 pub fn symbols() -> Vec<(&'static str, *const u8)> {
     vec![
@@ -162,5 +202,6 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("kiln_half_to_f32", kiln_half_to_f32 as *const u8),
         ("kiln_f32_to_half", kiln_f32_to_half as *const u8),
         ("kiln_round_half_f64", kiln_round_half_f64 as *const u8),
+        ("kiln_bounds_fail", kiln_bounds_fail as *const u8),
     ]
 }

@@ -132,6 +132,11 @@ pub struct SessionOptions {
     /// compiled: at session creation for a graph whose declared outputs
     /// have static shapes, else at the first run of a new shape.
     pub max_arena_bytes: Option<usize>,
+    /// Debug mode of the CPU backend: every load and store of compiled
+    /// code checks its index against its buffer (scalar code only, several
+    /// times slower), and an access outside is an error of the run; `None`
+    /// takes `KILN_CHECK_BOUNDS` (`1` turns it on).
+    pub bounds_checks: Option<bool>,
 }
 
 /// One kernel execution recorded while profiling (see [`Session::set_profiling`]).
@@ -204,7 +209,7 @@ impl Session {
                 variables.insert(graph.node(v).name.clone(), (*init.0).clone());
             }
         }
-        let mut session = Session {
+        let session = Session {
             graph,
             device,
             options,
@@ -332,6 +337,9 @@ impl Session {
                     }
                     if let Some(w) = self.options.avx512 {
                         backend.avx512 = w;
+                    }
+                    if let Some(c) = self.options.bounds_checks {
+                        backend.bounds_checks = c;
                     }
                     let mut exe = backend.compile(&compiled.program)?;
                     exe.set_profiling(self.profiling);

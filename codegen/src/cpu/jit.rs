@@ -82,6 +82,9 @@ pub(crate) struct Jit<M: Module = JITModule> {
     export: Option<String>,
     /// Row programs placed as data in an object so far.
     object_rows: usize,
+    /// Every load and store checks its index (scalar code only; see
+    /// `Emitter::address`).
+    checked: bool,
 }
 
 /// What a loop body needs to know to compute one element.
@@ -474,6 +477,7 @@ impl<M: Module> Jit<M> {
             rows: Vec::new(),
             export,
             object_rows: 0,
+            checked: false,
         }
     }
 
@@ -540,6 +544,14 @@ impl<M: Module> Jit<M> {
                 "kiln_round_half_f64",
                 &[types::F64, types::I32],
                 &[types::F32],
+            )?,
+        );
+        funcs.insert(
+            "kiln_bounds_fail",
+            self.import(
+                "kiln_bounds_fail",
+                &[types::I64, types::I64, types::I64],
+                &[],
             )?,
         );
         funcs.insert(
@@ -620,6 +632,7 @@ impl<M: Module> Jit<M> {
                 range: (lo, hi),
                 fma: self.fma,
                 wide: self.wide,
+                checked: self.checked,
                 rows: Vec::new(),
             };
             e.body(body)?;
@@ -645,6 +658,15 @@ impl<M: Module> Jit<M> {
         }
         self.module.clear_context(&mut self.ctx);
         Ok(id)
+    }
+
+    /// Makes later kernels bounds-check every load and store (and use
+    /// scalar code, so every access goes through one checked address).
+    pub(crate) fn set_checked(&mut self, on: bool) {
+        self.checked = on;
+        if on {
+            self.wide = false;
+        }
     }
 
     /// The symbol of kernel function `id` (exported in an object).
@@ -679,6 +701,8 @@ pub(super) struct Emitter<'a, 'b> {
     pub(super) fma: bool,
     /// Long f32 rows may call `kiln_row_f32`.
     pub(super) wide: bool,
+    /// Every load and store checks its index.
+    pub(super) checked: bool,
     /// Row programs this function's code points at.
     #[allow(clippy::vec_box)]
     pub(super) rows: Vec<Box<super::wide::RowProgram>>,
@@ -761,9 +785,37 @@ impl Emitter<'_, '_> {
 
     pub(super) fn address(&mut self, buf: BufferId, offset: Value) -> Value {
         let size = self.prog.buffer(buf).dtype.size_bytes() as i64;
+        let offset = if self.checked {
+            self.checked_index(buf, offset)
+        } else {
+            offset
+        };
         let base = self.base(buf);
         let bytes = self.b.ins().imul_imm_s(offset, size);
         self.b.ins().iadd(base, bytes)
+    }
+
+    /// `offset`, reported (`kiln_bounds_fail`) and replaced by 0 when it is
+    /// outside buffer `buf`: a checked kernel never touches memory outside
+    /// its buffers, and the executor turns the report into an error.
+    fn checked_index(&mut self, buf: BufferId, offset: Value) -> Value {
+        use cranelift_codegen::ir::condcodes::IntCC;
+        let len = self.prog.buffer(buf).shape.iter().product::<usize>() as i64;
+        let oob = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::UnsignedGreaterThanOrEqual, offset, len);
+        let fail = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.ins().brif(oob, fail, &[], cont, &[]);
+        self.b.switch_to_block(fail);
+        let id = self.b.ins().iconst(types::I64, buf.0 as i64);
+        let n = self.b.ins().iconst(types::I64, len);
+        self.call_void("kiln_bounds_fail", &[id, offset, n]);
+        self.b.ins().jump(cont, &[]);
+        self.b.switch_to_block(cont);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.ins().select(oob, zero, offset)
     }
 
     fn zero(&mut self, dtype: DType) -> Value {
@@ -1185,7 +1237,15 @@ impl Emitter<'_, '_> {
                 let strides = kiln_graph::shape::strides(shape);
                 let dims: Vec<(usize, usize)> = shape.iter().copied().enumerate().collect();
 
-                if super::vector::vectorizable(self.prog, shape, inputs, program, out, acc_from_out)
+                if !self.checked
+                    && super::vector::vectorizable(
+                        self.prog,
+                        shape,
+                        inputs,
+                        program,
+                        out,
+                        acc_from_out,
+                    )
                 {
                     let last = shape.len() - 1;
                     return self.loops(&dims[..last], &mut |e| {
@@ -1261,7 +1321,8 @@ impl Emitter<'_, '_> {
                 };
                 // f32 rows whose last dim is reduced run in lanes, accumulating
                 // in f32; otherwise floats accumulate in f64 like the reference.
-                let lanes = in_dtype == DType::F32
+                let lanes = !self.checked
+                    && in_dtype == DType::F32
                     && matches!(kind, ReduceKind::Value(_))
                     && super::vector::reduce_vectorizable(
                         self.prog, shape, axes, inputs, body, map,

@@ -37,11 +37,15 @@ pub struct CpuBackend {
     /// Long f32 elementwise rows run in AVX-512 where the host has it
     /// (otherwise, and when false, in Cranelift's four-lane vectors).
     pub avx512: bool,
+    /// Debug mode: every load and store of compiled code checks its index
+    /// against its buffer (scalar code only); an access outside is an
+    /// error of the run, not a stray read or write.
+    pub bounds_checks: bool,
 }
 
 impl Default for CpuBackend {
     /// Threads from `KILN_NUM_THREADS`, else every available core; AVX-512
-    /// unless `KILN_AVX512=0`.
+    /// unless `KILN_AVX512=0`; bounds checks with `KILN_CHECK_BOUNDS=1`.
     fn default() -> Self {
         let threads = std::env::var("KILN_NUM_THREADS")
             .ok()
@@ -54,6 +58,7 @@ impl Default for CpuBackend {
         CpuBackend {
             threads: threads.max(1),
             avx512: std::env::var("KILN_AVX512").map_or(true, |v| v != "0"),
+            bounds_checks: std::env::var("KILN_CHECK_BOUNDS").is_ok_and(|v| v != "0"),
         }
     }
 }
@@ -361,6 +366,7 @@ impl Backend for CpuBackend {
 
     fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
         let mut jit = Jit::new(self.avx512)?;
+        jit.set_checked(self.bounds_checks);
         let pending = compile_kernels(&mut jit, program)?;
         jit.finalize()?;
         let Steps {

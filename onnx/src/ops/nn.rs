@@ -88,7 +88,11 @@ fn spatial_axes(x: Tensor<'_>) -> R<Vec<i64>> {
 
 /// The fixed sizes of dims `from..` of `x`.
 fn fixed_from(x: Tensor<'_>, from: usize) -> R<Vec<usize>> {
-    x.shape().0[from..]
+    let shape = x.shape();
+    shape
+        .0
+        .get(from..)
+        .ok_or_else(|| format!("needs rank above {from}, got {}", x.shape()))?
         .iter()
         .map(|d| {
             d.fixed()
