@@ -243,6 +243,9 @@ pub fn tensors_from_bytes(
         detail,
     };
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        if let Some((kind, detail)) = layout_problem(bytes, &e) {
+            return fail(kind, detail);
+        }
         let kind = match e {
             SafeTensorError::HeaderTooSmall
             | SafeTensorError::InvalidHeaderLength
@@ -264,6 +267,72 @@ pub fn tensors_from_bytes(
         out.insert(name, a);
     }
     Ok((out, value))
+}
+
+/// A precise account of safetensors' complaint `e` about `bytes`, where
+/// its own message does not say which tensor or what is wrong: the tensor
+/// whose shape overflows or disagrees with its `data_offsets`, or bytes
+/// after the declared data (a damaged file, not a truncated one). `None`
+/// leaves the error as safetensors says it.
+fn layout_problem(bytes: &[u8], e: &SafeTensorError) -> Option<(FileErrorKind, String)> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(n)?)?;
+    let entries: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).ok()?;
+    let mut data_end = 0u64;
+    for (name, info) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
+        let dtype: Dtype = serde_json::from_value(info.get("dtype")?.clone()).ok()?;
+        let shape: Vec<u64> = serde_json::from_value(info.get("shape")?.clone()).ok()?;
+        let [start, end]: [u64; 2] =
+            serde_json::from_value(info.get("data_offsets")?.clone()).ok()?;
+        data_end = data_end.max(end);
+        if !matches!(
+            e,
+            SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow
+        ) {
+            continue;
+        }
+        let bits = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|count| count.checked_mul(dtype.bitsize() as u64))
+            .filter(|&b| b / 8 <= isize::MAX as u64);
+        let Some(bits) = bits else {
+            return Some((
+                FileErrorKind::Corrupt,
+                format!(
+                    "tensor '{name}': shape {shape:?} of {dtype:?} has more bytes than fit in memory"
+                ),
+            ));
+        };
+        // (Offsets that run backwards are `InvalidOffset`, which names the tensor.)
+        let held = end.saturating_sub(start);
+        if bits % 8 == 0 && held != bits / 8 {
+            return Some((
+                FileErrorKind::Corrupt,
+                format!(
+                    "tensor '{name}': shape {shape:?} of {dtype:?} needs {} bytes, \
+                     but its data_offsets [{start}, {end}] hold {held}",
+                    bits / 8,
+                ),
+            ));
+        }
+    }
+    if matches!(e, SafeTensorError::MetadataIncompleteBuffer) {
+        let declared = (8 + n as u64).checked_add(data_end)?;
+        if (bytes.len() as u64) > declared {
+            return Some((
+                FileErrorKind::Corrupt,
+                format!(
+                    "{} bytes after the end of the data the header declares \
+                     (the file has {} bytes, the data ends at byte {declared})",
+                    bytes.len() as u64 - declared,
+                    bytes.len()
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// Writes `bytes` to `path` through a temp file in the same directory,
@@ -332,6 +401,9 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
         return Err(fail(FileErrorKind::BadMagic, what.into()));
     }
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        if let Some((kind, detail)) = layout_problem(bytes, &e) {
+            return fail(kind, detail);
+        }
         let kind = match e {
             SafeTensorError::HeaderTooSmall
             | SafeTensorError::InvalidHeaderLength

@@ -155,6 +155,17 @@ impl Graph {
             operands: format_types(&types),
         };
         let ty = op.infer(&types).map_err(type_error)?;
+        // A value no run could allocate (a huge shape in a file, say) is
+        // refused here, before an executor computes its size.
+        if let Some(dims) = ty.shape.as_fixed() {
+            let bytes = crate::array::checked_product(&dims)
+                .and_then(|n| n.checked_mul(ty.dtype.size_bytes()));
+            if bytes.is_none_or(|b| b > isize::MAX as usize) {
+                return Err(type_error(format!(
+                    "its result {ty} has more bytes than fit in memory"
+                )));
+            }
+        }
         if let Some(reason) = crate::ops::control::check(&op, &types, &self.functions) {
             return Err(type_error(reason));
         }

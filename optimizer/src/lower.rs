@@ -650,6 +650,21 @@ pub fn lower(g: &Graph, bindings: &Bindings) -> Result<(KernelProgram, Vec<NodeI
                 op: node.op.name().into(),
                 reason: format!("symbolic dim '{sym}' has no size"),
             })?;
+        // Sizes bound at run time can make a shape too large to address.
+        let bytes = s
+            .iter()
+            .try_fold(node.ty.dtype.size_bytes(), |acc, &d| acc.checked_mul(d))
+            .filter(|&b| b <= isize::MAX as usize);
+        if bytes.is_none() {
+            return Err(Error::Unsupported {
+                node: node.name.clone(),
+                op: node.op.name().into(),
+                reason: format!(
+                    "its {} {s:?} is too large to allocate",
+                    node.ty.dtype
+                ),
+            });
+        }
         if let Op::ArgReduce { axis, .. } = node.op {
             // Shapes of inputs come first in topological order.
             if shapes

@@ -346,7 +346,26 @@ impl Session {
                     self.compiled.insert(key.clone(), exe);
                 }
                 let exe = self.compiled.get_mut(&key).expect("compiled above");
-                Ok(exe.run(&feed_map, &mut self.variables)?)
+                exe.run(&feed_map, &mut self.variables).map_err(|e| {
+                    // Name the graph nodes of the kernel that failed.
+                    match e {
+                        kiln_codegen::Error::Run { kernel, reason } => {
+                            let p = exe.program();
+                            let nodes = p.kernel_nodes.get(kernel).cloned().unwrap_or_default();
+                            let label = p.kernels.get(kernel).map(|k| k.label()).unwrap_or_default();
+                            kiln_codegen::Error::Run {
+                                kernel,
+                                reason: if nodes.is_empty() {
+                                    reason
+                                } else {
+                                    format!("{label} of node(s) {}: {reason}", nodes.join(", "))
+                                },
+                            }
+                            .into()
+                        }
+                        e => e.into(),
+                    }
+                })
             }
         }
     }

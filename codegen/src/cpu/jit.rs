@@ -801,10 +801,11 @@ impl Emitter<'_, '_> {
     fn checked_index(&mut self, buf: BufferId, offset: Value) -> Value {
         use cranelift_codegen::ir::condcodes::IntCC;
         let len = self.prog.buffer(buf).shape.iter().product::<usize>() as i64;
+        let limit = self.b.ins().iconst(types::I64, len);
         let oob = self
             .b
             .ins()
-            .icmp_imm(IntCC::UnsignedGreaterThanOrEqual, offset, len);
+            .icmp(IntCC::UnsignedGreaterThanOrEqual, offset, limit);
         let fail = self.b.create_block();
         let cont = self.b.create_block();
         self.b.ins().brif(oob, fail, &[], cont, &[]);
