@@ -1,6 +1,22 @@
 //! The graph walk: placeholders for inputs, constants (or variables) for
 //! initializers, each node through its converter in `ops/` (evaluated at
 //! import time when its inputs are all constants), outputs by name.
+//!
+//! Sequences and optionals exist at import time only: kiln has no such
+//! types, so a sequence is a list of tensors whose length is known while
+//! importing, and an optional is known to hold a value or none ([`Item`]).
+//! Sequence ops (`ops/sequence.rs`) rearrange those lists; `If`, `Loop` and
+//! `Identity` pass them through. At the graph's edges:
+//!
+//! - a sequence input `x` becomes one placeholder per element, named
+//!   `x/0`, `x/1`, ... (the element shapes, and so the length, come from
+//!   [`ImportOptions::sequence_inputs`]);
+//! - an optional input is a placeholder (or a sequence's placeholders) when
+//!   present, and holds none when listed in
+//!   [`ImportOptions::absent_inputs`];
+//! - a sequence output `y` becomes one kiln output per element, named
+//!   `y/0`, `y/1`, ...; an optional output is its value's output(s) when
+//!   present, and no output at all when none.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -8,8 +24,8 @@ use std::rc::Rc;
 use kiln_graph::{Array, Dim, Graph, GraphBuilder, NodeId, Shape, Tensor};
 
 use crate::error::{Error, Result, UnsupportedNode};
-use crate::ops::{self, Input, Node};
-use crate::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
+use crate::ops::{self, sequence, Input, Node};
+use crate::proto::{type_proto, GraphProto, ModelProto, NodeProto, TypeProto};
 use crate::tensor;
 use crate::ImportOptions;
 
@@ -27,6 +43,111 @@ pub(crate) const OPSETS: std::ops::RangeInclusive<i64> = 6..=22;
 pub(crate) struct Value<'g> {
     pub t: Tensor<'g>,
     pub constant: Option<Rc<Array>>,
+}
+
+impl<'g> Value<'g> {
+    /// A value computed at run time.
+    pub(crate) fn runtime(t: Tensor<'g>) -> Value<'g> {
+        Value { t, constant: None }
+    }
+}
+
+/// Any value of the ONNX graph: a tensor, a sequence of tensors (its length
+/// known at import time), or an optional (whether it holds a value is known
+/// at import time).
+#[derive(Clone)]
+pub(crate) enum Item<'g> {
+    Tensor(Value<'g>),
+    Sequence(Vec<Value<'g>>),
+    Optional(Option<Box<Item<'g>>>),
+}
+
+/// The structure of an [`Item`] without its tensors: what a kiln function
+/// (an `If` branch) returns is flattened to tensors and rebuilt by it.
+#[derive(Clone, Debug, PartialEq)]
+enum Form {
+    Tensor,
+    Sequence(usize),
+    Optional(Option<Box<Form>>),
+}
+
+impl<'g> Item<'g> {
+    /// What kind of value it is, for messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Item::Tensor(_) => "a tensor",
+            Item::Sequence(_) => "a sequence",
+            Item::Optional(_) => "an optional",
+        }
+    }
+
+    /// The tensors it holds, in order.
+    fn tensors(&self) -> Vec<&Value<'g>> {
+        match self {
+            Item::Tensor(v) => vec![v],
+            Item::Sequence(vs) => vs.iter().collect(),
+            Item::Optional(o) => o.as_deref().map_or_else(Vec::new, Item::tensors),
+        }
+    }
+
+    fn form(&self) -> Form {
+        match self {
+            Item::Tensor(_) => Form::Tensor,
+            Item::Sequence(vs) => Form::Sequence(vs.len()),
+            Item::Optional(o) => Form::Optional(o.as_deref().map(|i| Box::new(i.form()))),
+        }
+    }
+
+    /// The same structure with each tensor mapped by `f`.
+    fn map<'b>(&self, f: &mut dyn FnMut(&Value<'g>) -> Result<Value<'b>>) -> Result<Item<'b>> {
+        Ok(match self {
+            Item::Tensor(v) => Item::Tensor(f(v)?),
+            Item::Sequence(vs) => Item::Sequence(vs.iter().map(&mut *f).collect::<Result<_>>()?),
+            Item::Optional(None) => Item::Optional(None),
+            Item::Optional(Some(i)) => Item::Optional(Some(Box::new(i.map(f)?))),
+        })
+    }
+}
+
+impl Form {
+    /// The item of this structure holding the next tensors of `ts`.
+    fn build<'g>(&self, ts: &mut dyn Iterator<Item = Tensor<'g>>) -> Option<Item<'g>> {
+        Some(match self {
+            Form::Tensor => Item::Tensor(Value::runtime(ts.next()?)),
+            Form::Sequence(n) => Item::Sequence(
+                (0..*n)
+                    .map(|_| ts.next().map(Value::runtime))
+                    .collect::<Option<_>>()?,
+            ),
+            Form::Optional(None) => Item::Optional(None),
+            Form::Optional(Some(f)) => Item::Optional(Some(Box::new(f.build(ts)?))),
+        })
+    }
+}
+
+/// The error of converting node `n`: a reason, or (a reason starting with
+/// [`ops::NEEDS_VALUE`]) the value it needs at import time.
+pub(crate) fn node_error(n: &NodeProto, opset: i64, reason: String) -> Error {
+    match reason.strip_prefix(ops::NEEDS_VALUE) {
+        Some(value) => Error::NeedsValue {
+            op: op_label(n),
+            node: node_label(n),
+            opset,
+            value: value.to_string(),
+            inputs: Vec::new(),
+        },
+        None => Error::Node {
+            op: op_label(n),
+            node: node_label(n),
+            opset,
+            reason,
+        },
+    }
+}
+
+/// That node `n` needs the value of `value` at import time.
+fn needs_value(n: &NodeProto, opset: i64, value: &str) -> Error {
+    node_error(n, opset, format!("{}{value}", ops::NEEDS_VALUE))
 }
 
 /// A name made fit for a kiln node or symbol: whitespace, quotes and
@@ -109,35 +230,196 @@ fn unsupported(g: &GraphProto, opset: i64, out: &mut Vec<UnsupportedNode>) {
     }
 }
 
-/// The kiln shape of a value's declared type (`None` dims get a symbol of
-/// their own, named after the value and position).
-pub(crate) fn declared_type(v: &ValueInfoProto) -> Result<(kiln_graph::DType, Shape)> {
-    use crate::proto::type_proto::Value as T;
-    let bad = |why: String| Error::Invalid(format!("input '{}': {why}", v.name));
-    let tt = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(T::TensorType(tt)) => tt,
-        Some(_) => return Err(bad("only tensor inputs are supported".into())),
-        None => return Err(bad("no type".into())),
-    };
+/// The kiln dtype and shape of a declared tensor type (`None` dims get a
+/// symbol of their own, named after the value and position; `None` when
+/// the type has no shape).
+fn tensor_type(name: &str, tt: &type_proto::Tensor) -> Result<(kiln_graph::DType, Option<Shape>)> {
+    let bad = |why: String| Error::Invalid(format!("input '{name}': {why}"));
     let dtype = tensor::dtype_of(tt.elem_type).map_err(bad)?;
-    let shape = match &tt.shape {
-        None => return Err(bad("no shape (kiln needs each input's rank)".into())),
-        Some(s) => s
-            .dim
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                use crate::proto::tensor_shape_proto::dimension::Value as D;
-                match &d.value {
-                    Some(D::DimValue(n)) if *n >= 0 => Ok(Dim::Fixed(*n as usize)),
-                    Some(D::DimValue(n)) => Err(bad(format!("dim {i} is {n}"))),
-                    Some(D::DimParam(p)) if !p.is_empty() => Ok(Dim::sym(&kiln_name(p))),
-                    _ => Ok(Dim::sym(&kiln_name(&format!("{}_{i}", v.name)))),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?,
+    let Some(s) = &tt.shape else {
+        return Ok((dtype, None));
     };
-    Ok((dtype, Shape(shape)))
+    let dims = s
+        .dim
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            use crate::proto::tensor_shape_proto::dimension::Value as D;
+            match &d.value {
+                Some(D::DimValue(n)) if *n >= 0 => Ok(Dim::Fixed(*n as usize)),
+                Some(D::DimValue(n)) => Err(bad(format!("dim {i} is {n}"))),
+                Some(D::DimParam(p)) if !p.is_empty() => Ok(Dim::sym(&kiln_name(p))),
+                _ => Ok(Dim::sym(&kiln_name(&format!("{name}_{i}")))),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((dtype, Some(Shape(dims))))
+}
+
+/// The kiln value of graph input `name` of declared type `ty`: a
+/// placeholder (or a constant, when bound in `options`) for a tensor, one
+/// per element for a sequence, either or none for an optional.
+fn input_item<'g>(
+    g: &'g GraphBuilder,
+    name: &str,
+    ty: Option<&TypeProto>,
+    options: &ImportOptions,
+    linked: &HashSet<String>,
+    scope: &mut Scope<'g>,
+) -> Result<Item<'g>> {
+    use crate::proto::type_proto::Value as T;
+    let bad = |why: String| Error::Invalid(format!("input '{name}': {why}"));
+    let kiln = |e: kiln_graph::Error| bad(e.to_string());
+    match ty.and_then(|t| t.value.as_ref()) {
+        None => Err(bad("no type".into())),
+        Some(T::TensorType(tt)) => {
+            let (dtype, shape) = tensor_type(name, tt)?;
+            if let Some(a) = options.constant_inputs.get(name) {
+                // Bound by the caller: a constant of the declared type.
+                let fits = a.dtype() == dtype
+                    && shape.as_ref().is_none_or(|shape| {
+                        a.shape().len() == shape.rank()
+                            && shape
+                                .0
+                                .iter()
+                                .zip(a.shape())
+                                .all(|(d, &n)| d.fixed().is_none_or(|f| f == n))
+                    });
+                if !fits {
+                    let declared = shape.map_or("?".to_string(), |s| s.to_string());
+                    return Err(bad(format!(
+                        "bound to a {}{:?}, the model declares {dtype}{declared}",
+                        a.dtype(),
+                        a.shape()
+                    )));
+                }
+                let t = g
+                    .constant(a.clone())
+                    .and_then(|t| t.named(&kiln_name(name)))
+                    .map_err(kiln)?;
+                scope.owned.insert(t.id());
+                return Ok(Item::Tensor(Value {
+                    t,
+                    constant: Some(Rc::new(a.clone())),
+                }));
+            }
+            let shape =
+                shape.ok_or_else(|| bad("no shape (kiln needs each input's rank)".into()))?;
+            let t = g
+                .placeholder(&kiln_name(name), dtype, shape)
+                .map_err(kiln)?;
+            scope.owned.insert(t.id());
+            scope.fed.insert(name.to_string());
+            Ok(Item::Tensor(Value::runtime(t)))
+        }
+        Some(T::SequenceType(sq)) => {
+            let tt = match sq.elem_type.as_deref().and_then(|t| t.value.as_ref()) {
+                Some(T::TensorType(tt)) => tt,
+                _ => return Err(bad("only sequences of tensors are supported".into())),
+            };
+            let (dtype, declared) = tensor_type(name, tt)?;
+            let shapes = options.sequence_inputs.get(name).ok_or_else(|| {
+                bad("a sequence: its element shapes must be given \
+                     (ImportOptions::sequence_inputs)"
+                    .into())
+            })?;
+            // A dim named (`dim_param`) like a dim of a tensor input stays
+            // that symbol where every element is given the same size there
+            // (ONNX's meaning: one size for the name), so that the two
+            // agree; it is bound when they are fed.
+            let named = |k: usize| {
+                use crate::proto::tensor_shape_proto::dimension::Value as D;
+                let d = tt.shape.as_ref()?.dim.get(k)?;
+                match &d.value {
+                    Some(D::DimParam(p)) if linked.contains(p) => {
+                        let first = shapes.first()?.0.get(k)?;
+                        shapes
+                            .iter()
+                            .all(|s| s.0.get(k) == Some(first))
+                            .then(|| Dim::sym(&kiln_name(p)))
+                    }
+                    _ => None,
+                }
+            };
+            let mut elems = Vec::with_capacity(shapes.len());
+            for (i, shape) in shapes.iter().enumerate() {
+                let fits = declared.as_ref().is_none_or(|d| {
+                    d.rank() == shape.rank()
+                        && d.0
+                            .iter()
+                            .zip(&shape.0)
+                            .all(|(d, s)| d.fixed().is_none_or(|f| s.fixed() == Some(f)))
+                });
+                if !fits {
+                    return Err(bad(format!(
+                        "element {i} is given the shape {shape}, the model declares {}",
+                        declared.as_ref().map_or("?".to_string(), |s| s.to_string())
+                    )));
+                }
+                let shape = Shape(
+                    shape
+                        .0
+                        .iter()
+                        .enumerate()
+                        .map(|(k, d)| named(k).unwrap_or_else(|| d.clone()))
+                        .collect(),
+                );
+                let t = g
+                    .placeholder(&format!("{}/{i}", kiln_name(name)), dtype, shape)
+                    .map_err(kiln)?;
+                scope.owned.insert(t.id());
+                elems.push(Value::runtime(t));
+            }
+            scope.fed.insert(name.to_string());
+            Ok(Item::Sequence(elems))
+        }
+        Some(T::OptionalType(o)) => {
+            if options.absent_inputs.contains(name) {
+                return Ok(Item::Optional(None));
+            }
+            let inner = input_item(g, name, o.elem_type.as_deref(), options, linked, scope)?;
+            Ok(Item::Optional(Some(Box::new(inner))))
+        }
+        Some(T::MapType(_)) => Err(bad("map inputs are not supported".into())),
+        Some(T::SparseTensorType(_)) => Err(bad("sparse tensor inputs are not supported".into())),
+        Some(T::OpaqueType(_)) => Err(bad("opaque inputs are not supported".into())),
+    }
+}
+
+/// Makes `item` graph output(s) named `name`: a tensor one output, a
+/// sequence one per element (`name/i`), an optional its value's (none
+/// when it holds none).
+fn output_item(
+    g: &GraphBuilder,
+    name: &str,
+    item: &Item<'_>,
+    fetched: &mut HashSet<NodeId>,
+) -> Result<()> {
+    let bad = |e: kiln_graph::Error| Error::Invalid(format!("output '{name}': {e}"));
+    match item {
+        Item::Tensor(v) => {
+            let t = if v.t.name() == name && !fetched.contains(&v.t.id()) {
+                Ok(v.t)
+            } else {
+                // Named otherwise (an input, an initializer, an output
+                // twice): an identity node carries the output's name.
+                v.t.add(0)
+                    .or_else(|_| v.t.or(v.t))
+                    .and_then(|t| t.named(name))
+            };
+            let t = t.map_err(bad)?;
+            fetched.insert(t.id());
+            g.output(t).map_err(bad)
+        }
+        Item::Sequence(vs) => {
+            for (i, v) in vs.iter().enumerate() {
+                output_item(g, &format!("{name}/{i}"), &Item::Tensor(v.clone()), fetched)?;
+            }
+            Ok(())
+        }
+        Item::Optional(None) => Ok(()),
+        Item::Optional(Some(i)) => output_item(g, name, i, fetched),
+    }
 }
 
 /// Imports `model`.
@@ -197,82 +479,49 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
         scope.owned.insert(t.id());
         scope.values.insert(
             init.name.clone(),
-            Value {
+            Item::Tensor(Value {
                 t,
                 constant: (!options.initializers_as_variables).then(|| Rc::new(a)),
-            },
+            }),
         );
     }
+    // The dim names of tensor inputs (sequence elements' dims of those
+    // names stay symbolic).
+    let linked: HashSet<String> = graph
+        .input
+        .iter()
+        .filter_map(|i| match i.r#type.as_ref()?.value.as_ref()? {
+            type_proto::Value::TensorType(tt) => tt.shape.as_ref(),
+            _ => None,
+        })
+        .flat_map(|s| &s.dim)
+        .filter_map(|d| match &d.value {
+            Some(crate::proto::tensor_shape_proto::dimension::Value::DimParam(p)) => {
+                Some(p.clone())
+            }
+            _ => None,
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
     for input in &graph.input {
         // Before IR 4, initializers are listed as inputs too.
         if scope.values.contains_key(&input.name) {
             continue;
         }
-        if let Some(a) = options.constant_inputs.get(&input.name) {
-            // Bound by the caller: a constant of the declared type.
-            let (dtype, shape) = declared_type(input)?;
-            let fits = a.dtype() == dtype
-                && a.shape().len() == shape.rank()
-                && shape
-                    .0
-                    .iter()
-                    .zip(a.shape())
-                    .all(|(d, &n)| d.fixed().is_none_or(|f| f == n));
-            if !fits {
-                return Err(Error::Invalid(format!(
-                    "input '{}' is bound to a {}{:?}, the model declares {dtype}{shape}",
-                    input.name,
-                    a.dtype(),
-                    a.shape()
-                )));
-            }
-            let t = g
-                .constant(a.clone())
-                .and_then(|t| t.named(&kiln_name(&input.name)))
-                .map_err(|e| Error::Invalid(format!("input '{}': {e}", input.name)))?;
-            scope.owned.insert(t.id());
-            scope.values.insert(
-                input.name.clone(),
-                Value {
-                    t,
-                    constant: Some(Rc::new(a.clone())),
-                },
-            );
-            continue;
-        }
-        let (dtype, shape) = declared_type(input)?;
-        let t = g
-            .placeholder(&kiln_name(&input.name), dtype, shape)
-            .map_err(|e| Error::Invalid(format!("input '{}': {e}", input.name)))?;
-        scope.owned.insert(t.id());
-        scope.fed.insert(input.name.clone());
-        scope
-            .values
-            .insert(input.name.clone(), Value { t, constant: None });
+        let ty = input.r#type.as_ref();
+        let item = input_item(&g, &input.name, ty, options, &linked, &mut scope)?;
+        scope.values.insert(input.name.clone(), item);
     }
     convert_nodes(&g, graph, opset, &mut scope)?;
     let mut fetched: HashSet<NodeId> = HashSet::new();
     for out in &graph.output {
-        let v = scope.values.get(&out.name).ok_or_else(|| {
+        let item = scope.values.get(&out.name).ok_or_else(|| {
             Error::Invalid(format!(
                 "graph output '{}' is computed by no node",
                 out.name
             ))
         })?;
-        let name = kiln_name(&out.name);
-        let t = if v.t.name() == name && !fetched.contains(&v.t.id()) {
-            Ok(v.t)
-        } else {
-            // Named otherwise (an input, an initializer, an output twice):
-            // an identity node carries the output's name.
-            v.t.add(0)
-                .or_else(|_| v.t.or(v.t))
-                .and_then(|t| t.named(&name))
-        };
-        let t = t.map_err(|e| Error::Invalid(format!("output '{}': {e}", out.name)))?;
-        fetched.insert(t.id());
-        g.output(t)
-            .map_err(|e| Error::Invalid(format!("output '{}': {e}", out.name)))?;
+        output_item(&g, &kiln_name(&out.name), item, &mut fetched)?;
     }
     Ok(g.into_graph())
 }
@@ -281,7 +530,7 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
 /// of its enclosing scopes it uses), and the nodes that stand for them.
 #[derive(Default)]
 pub(crate) struct Scope<'g> {
-    values: HashMap<String, Value<'g>>,
+    values: HashMap<String, Item<'g>>,
     /// Nodes that already stand for an ONNX value (and carry its name).
     owned: HashSet<NodeId>,
     /// The inputs of the node computing each value.
@@ -309,11 +558,19 @@ impl<'g> Scope<'g> {
         found
     }
 
+    /// The tensor value `name`, where it is one.
+    fn tensor(&self, name: &str) -> Option<&Value<'g>> {
+        match self.values.get(name) {
+            Some(Item::Tensor(v)) => Some(v),
+            _ => None,
+        }
+    }
+
     /// Binds node `n`'s outputs to `outputs`.
     fn bind(
         &mut self,
         n: &NodeProto,
-        outputs: Vec<Value<'g>>,
+        outputs: Vec<Item<'g>>,
         fail: &dyn Fn(String) -> Error,
     ) -> Result<()> {
         if outputs.len() < n.output.iter().filter(|o| !o.is_empty()).count() {
@@ -323,17 +580,33 @@ impl<'g> Scope<'g> {
                 n.output.len()
             )));
         }
-        for (name, v) in n.output.iter().zip(outputs) {
+        for (name, item) in n.output.iter().zip(outputs) {
             if name.is_empty() {
                 continue;
             }
             self.deps.insert(name.clone(), n.input.clone());
             // Name a node this conversion made after its ONNX output (where
             // the name is free); one standing for another value keeps its name.
-            if self.owned.insert(v.t.id()) {
-                let _ = v.t.named(&kiln_name(name));
+            match &item {
+                Item::Tensor(v) => {
+                    if self.owned.insert(v.t.id()) {
+                        let _ = v.t.named(&kiln_name(name));
+                    }
+                }
+                Item::Sequence(vs) => {
+                    for (i, v) in vs.iter().enumerate() {
+                        if self.owned.insert(v.t.id()) {
+                            let _ = v.t.named(&format!("{}/{i}", kiln_name(name)));
+                        }
+                    }
+                }
+                Item::Optional(_) => {
+                    for v in item.tensors() {
+                        self.owned.insert(v.t.id());
+                    }
+                }
             }
-            self.values.insert(name.clone(), v);
+            self.values.insert(name.clone(), item);
         }
         Ok(())
     }
@@ -397,35 +670,22 @@ fn subgraph<'a>(n: &'a NodeProto, name: &str) -> std::result::Result<&'a GraphPr
         .ok_or_else(|| format!("no '{name}' subgraph"))
 }
 
-/// Runs `sub` in a scope of its own on builder `b`: `outer` values it
-/// reads (constants re-made in `b`, the rest from `params`, in `captured`
-/// order), its inputs bound to `inputs`; returns its outputs.
+/// Runs `sub` in a scope of its own on builder `b`: the `outer` values it
+/// reads (already on `b`), its inputs bound to `inputs`; returns its
+/// outputs.
 fn run_subgraph<'s>(
     b: &'s GraphBuilder,
     sub: &GraphProto,
     opset: i64,
-    constants: &[(String, Rc<Array>)],
-    captured: &[String],
-    params: &[Tensor<'s>],
-    inputs: &[Value<'s>],
-) -> Result<Vec<Value<'s>>> {
+    outer: &[(String, Item<'s>)],
+    inputs: &[Item<'s>],
+) -> Result<Vec<Item<'s>>> {
     let mut scope = Scope::default();
-    for (name, a) in constants {
-        let t = b
-            .constant((**a).clone())
-            .map_err(|e| Error::Invalid(format!("'{name}': {e}")))?;
-        scope.values.insert(
-            name.clone(),
-            Value {
-                t,
-                constant: Some(a.clone()),
-            },
-        );
-    }
-    for (name, &t) in captured.iter().zip(params) {
-        scope
-            .values
-            .insert(name.clone(), Value { t, constant: None });
+    for (name, item) in outer {
+        for v in item.tensors() {
+            scope.owned.insert(v.t.id());
+        }
+        scope.values.insert(name.clone(), item.clone());
     }
     for init in &sub.initializer {
         let a = tensor::to_array(init)
@@ -435,10 +695,10 @@ fn run_subgraph<'s>(
             .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
         scope.values.insert(
             init.name.clone(),
-            Value {
+            Item::Tensor(Value {
                 t,
                 constant: Some(Rc::new(a)),
-            },
+            }),
         );
     }
     if inputs.len() != sub.input.len() {
@@ -449,8 +709,11 @@ fn run_subgraph<'s>(
             inputs.len()
         )));
     }
-    for (i, v) in sub.input.iter().zip(inputs) {
-        scope.values.insert(i.name.clone(), v.clone());
+    for (i, item) in sub.input.iter().zip(inputs) {
+        for v in item.tensors() {
+            scope.owned.insert(v.t.id());
+        }
+        scope.values.insert(i.name.clone(), item.clone());
     }
     convert_nodes(b, sub, opset, &mut scope)?;
     sub.output
@@ -466,27 +729,78 @@ fn run_subgraph<'s>(
         .collect()
 }
 
-/// The outer values a subgraph reads: constants (re-made inside), and
-/// the rest (passed in), by name.
-#[allow(clippy::type_complexity)]
+/// Runs node `n`'s subgraph attribute `attr` on `g` with its inputs bound
+/// to `inputs` (the values of `scope` it reads taken as they are): a body
+/// applied once, such as `SequenceMap`'s per element.
+pub(crate) fn call_subgraph<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    attr: &str,
+    opset: i64,
+    scope: &Scope<'g>,
+    inputs: &[Item<'g>],
+) -> Result<Vec<Item<'g>>> {
+    let fail = |reason: String| node_error(n, opset, reason);
+    let sub = subgraph(n, attr).map_err(fail)?;
+    let outer = captures(scope, &free_names(sub)).map_err(fail)?;
+    run_subgraph(g, sub, opset, &outer, inputs)
+}
+
+/// The outer values a subgraph reads, by name.
 fn captures<'g>(
     scope: &Scope<'g>,
     names: &[String],
-) -> std::result::Result<(Vec<(String, Rc<Array>)>, Vec<String>, Vec<Tensor<'g>>), String> {
-    let (mut constants, mut names_rt, mut tensors) = (Vec::new(), Vec::new(), Vec::new());
-    for name in names {
-        let v = scope.values.get(name).ok_or_else(|| {
-            format!("its subgraph reads '{name}', which no enclosing graph defines")
-        })?;
-        match &v.constant {
-            Some(a) => constants.push((name.clone(), a.clone())),
-            None => {
-                names_rt.push(name.clone());
-                tensors.push(v.t);
+) -> std::result::Result<Vec<(String, Item<'g>)>, String> {
+    names
+        .iter()
+        .map(|name| {
+            let item = scope.values.get(name).ok_or_else(|| {
+                format!("its subgraph reads '{name}', which no enclosing graph defines")
+            })?;
+            Ok((name.clone(), item.clone()))
+        })
+        .collect()
+}
+
+/// The tensors of `outer` computed at run time: the parameters of a kiln
+/// function (an `If` branch, a loop body) that reads `outer`.
+fn runtime_params<'g>(outer: &[(String, Item<'g>)]) -> Vec<Tensor<'g>> {
+    outer
+        .iter()
+        .flat_map(|(_, item)| item.tensors())
+        .filter(|v| v.constant.is_none())
+        .map(|v| v.t)
+        .collect()
+}
+
+/// `outer` inside a kiln function on builder `b`: constants re-made, the
+/// rest its parameters `params` (in [`runtime_params`] order).
+fn remake<'s>(
+    b: &'s GraphBuilder,
+    outer: &[(String, Item<'_>)],
+    params: &[Tensor<'s>],
+) -> Result<Vec<(String, Item<'s>)>> {
+    let mut next = params.iter();
+    let mut out = Vec::with_capacity(outer.len());
+    for (name, item) in outer {
+        let item = item.map(&mut |v| match &v.constant {
+            Some(a) => {
+                let t = b
+                    .constant((**a).clone())
+                    .map_err(|e| Error::Invalid(format!("'{name}': {e}")))?;
+                Ok(Value {
+                    t,
+                    constant: Some(a.clone()),
+                })
             }
-        }
+            None => next
+                .next()
+                .map(|&t| Value::runtime(t))
+                .ok_or_else(|| Error::Invalid(format!("'{name}': a parameter is missing"))),
+        })?;
+        out.push((name.clone(), item));
     }
-    Ok((constants, names_rt, tensors))
+    Ok(out)
 }
 
 /// Keeps the first error a subgraph closure met (kiln's closures return
@@ -494,6 +808,10 @@ fn captures<'g>(
 struct FirstError(std::cell::RefCell<Option<Error>>);
 
 impl FirstError {
+    fn new() -> FirstError {
+        FirstError(std::cell::RefCell::new(None))
+    }
+
     fn keep<T>(&self, r: Result<T>) -> kiln_graph::Result<T> {
         r.map_err(|e| {
             let msg = e.to_string();
@@ -504,24 +822,21 @@ impl FirstError {
 }
 
 /// `If`: an import-time condition inlines its branch; otherwise kiln's
-/// `cond` runs one branch (both must give results of the same types).
+/// `cond` runs one branch. Branches whose results differ in structure
+/// (sequence lengths, optionals present or not) or types need the
+/// condition at import time (`Error::NeedsValue`).
 fn control_if<'g>(
     g: &'g GraphBuilder,
     n: &NodeProto,
     opset: i64,
     scope: &Scope<'g>,
-) -> Result<Vec<Value<'g>>> {
-    let fail = |reason: String| Error::Node {
-        op: op_label(n),
-        node: node_label(n),
-        opset,
-        reason,
-    };
+) -> Result<Vec<Item<'g>>> {
+    let fail = |reason: String| node_error(n, opset, reason);
     let cond = n
         .input
         .first()
-        .and_then(|c| scope.values.get(c))
-        .ok_or_else(|| fail("no condition".into()))?;
+        .and_then(|c| scope.tensor(c))
+        .ok_or_else(|| fail("no condition (a tensor)".into()))?;
     let (then_g, else_g) = (
         subgraph(n, "then_branch").map_err(fail)?,
         subgraph(n, "else_branch").map_err(fail)?,
@@ -532,9 +847,8 @@ fn control_if<'g>(
         } else {
             else_g
         };
-        let names = free_names(branch);
-        let (constants, captured, params) = captures(scope, &names).map_err(fail)?;
-        return run_subgraph(g, branch, opset, &constants, &captured, &params, &[]);
+        let outer = captures(scope, &free_names(branch)).map_err(fail)?;
+        return run_subgraph(g, branch, opset, &outer, &[]);
     }
     let mut names = free_names(then_g);
     for f in free_names(else_g) {
@@ -542,70 +856,94 @@ fn control_if<'g>(
             names.push(f);
         }
     }
-    let (constants, captured, params) = captures(scope, &names).map_err(fail)?;
+    let outer = captures(scope, &names).map_err(fail)?;
+    let params = runtime_params(&outer);
     let pred = cond
         .t
         .reshape(kiln_graph::Shape(Vec::new()))
         .map_err(|e| fail(format!("the condition must hold one value: {e}")))?;
-    let first = FirstError(std::cell::RefCell::new(None));
+    let first = FirstError::new();
+    let forms: [std::cell::RefCell<Option<Vec<Form>>>; 2] = Default::default();
     let r = g.cond(
         pred,
         &params,
-        |b, p| branch_results(b, p, then_g, opset, &constants, &captured, &first),
-        |b, p| branch_results(b, p, else_g, opset, &constants, &captured, &first),
+        |b, p| branch_results(b, p, then_g, opset, &outer, &first, &forms[0]),
+        |b, p| branch_results(b, p, else_g, opset, &outer, &first, &forms[1]),
     );
-    match (r, first.0.into_inner()) {
-        (Ok(ts), _) => Ok(ts
-            .into_iter()
-            .map(|t| Value { t, constant: None })
-            .collect()),
-        (Err(_), Some(e)) => Err(e),
-        (Err(e), None) => Err(fail(format!("its branches: {e}"))),
+    if let Some(e) = first.0.into_inner() {
+        return Err(e);
+    }
+    let [then_form, else_form] = forms.map(|f| f.into_inner());
+    match r {
+        Ok(ts) if then_form == else_form => {
+            let mut ts = ts.into_iter();
+            then_form
+                .unwrap_or_default()
+                .iter()
+                .map(|f| {
+                    f.build(&mut ts)
+                        .ok_or_else(|| fail("its branches gave too few results".into()))
+                })
+                .collect()
+        }
+        // The branches give values of other structures or types: kiln
+        // needs to know which one at import time.
+        _ => Err(needs_value(n, opset, &n.input[0])),
     }
 }
 
-/// A branch of an `If` as kiln's `cond` calls it.
+/// A branch of an `If` as kiln's `cond` calls it: its results flattened
+/// to tensors, their structure kept in `form`.
 fn branch_results<'s>(
     b: &'s GraphBuilder,
     p: &[Tensor<'s>],
     sub: &GraphProto,
     opset: i64,
-    constants: &[(String, Rc<Array>)],
-    captured: &[String],
+    outer: &[(String, Item<'_>)],
     first: &FirstError,
+    form: &std::cell::RefCell<Option<Vec<Form>>>,
 ) -> kiln_graph::Result<Vec<Tensor<'s>>> {
-    let outs = first.keep(run_subgraph(b, sub, opset, constants, captured, p, &[]))?;
-    Ok(outs.into_iter().map(|v| v.t).collect())
+    let outer = first.keep(remake(b, outer, p))?;
+    let outs = first.keep(run_subgraph(b, sub, opset, &outer, &[]))?;
+    *form.borrow_mut() = Some(outs.iter().map(Item::form).collect());
+    Ok(outs.iter().flat_map(Item::tensors).map(|v| v.t).collect())
 }
 
-/// Trip counts up to which a `Loop` with scan outputs is unrolled.
+/// Trip counts up to which a `Loop` is unrolled.
 const MAX_UNROLL: i64 = 4096;
 
-/// `Loop`: with scan outputs (per-iteration values stacked), a constant
-/// trip count and a condition that stays true, the body is unrolled;
-/// otherwise kiln's `while_loop` carries (iteration, condition, values).
+/// `Loop`. A loop with scan outputs (per-iteration values stacked) or
+/// loop-carried sequences or optionals is unrolled: its trip count and
+/// condition must be known at import time (`Error::NeedsValue` otherwise),
+/// and the condition the body computes too; each iteration runs the body
+/// with a constant iteration number, and stops where the condition turns
+/// false. A loop of tensors only with a small constant trip count (at most
+/// 16) is unrolled as well; otherwise kiln's `while_loop` carries
+/// (iteration, condition, values).
 fn control_loop<'g>(
     g: &'g GraphBuilder,
     n: &NodeProto,
     opset: i64,
     scope: &Scope<'g>,
-) -> Result<Vec<Value<'g>>> {
-    let fail = |reason: String| Error::Node {
-        op: op_label(n),
-        node: node_label(n),
-        opset,
-        reason,
-    };
+) -> Result<Vec<Item<'g>>> {
+    let fail = |reason: String| node_error(n, opset, reason);
     let body = subgraph(n, "body").map_err(fail)?;
-    let input = |i: usize| -> Option<&Value<'g>> {
+    let input = |i: usize| -> Option<&Item<'g>> {
         n.input
             .get(i)
             .filter(|s| !s.is_empty())
             .and_then(|s| scope.values.get(s))
     };
-    let trip = input(0);
-    let cond = input(1);
-    let vars: Vec<Value<'g>> = (2..n.input.len())
+    let tensor_input = |i: usize, what: &str| -> Result<Option<&Value<'g>>> {
+        match input(i) {
+            None => Ok(None),
+            Some(Item::Tensor(v)) => Ok(Some(v)),
+            Some(other) => Err(fail(format!("its {what} is {}", other.kind()))),
+        }
+    };
+    let trip = tensor_input(0, "trip count")?;
+    let cond = tensor_input(1, "condition")?;
+    let vars: Vec<Item<'g>> = (2..n.input.len())
         .map(|i| {
             input(i)
                 .cloned()
@@ -618,74 +956,120 @@ fn control_loop<'g>(
         .len()
         .checked_sub(1 + nv)
         .ok_or_else(|| fail("the body gives fewer outputs than loop values".into()))?;
-    let names = free_names(body);
-    let (constants, captured, params) = captures(scope, &names).map_err(fail)?;
-    let scalar = |v: f64, dtype| {
-        Array::new(Vec::new(), kiln_graph::Data::filled(dtype, 1, v))
-            .map(Rc::new)
-            .ok_or_else(|| fail("a scalar".into()))
-    };
-    let const_value = |a: Rc<Array>| -> Result<Value<'g>> {
-        let t = g.constant((*a).clone()).map_err(|e| fail(e.to_string()))?;
-        Ok(Value {
-            t,
-            constant: Some(a),
-        })
-    };
-    let trip_const = trip
-        .and_then(|t| t.constant.as_ref())
-        .map(|a| a.to_f64_vec()[0] as i64);
-    let cond_true = cond.is_none_or(|c| {
-        c.constant
+    let outer = captures(scope, &free_names(body)).map_err(fail)?;
+    let first_value = |v: &Value<'g>| {
+        v.constant
             .as_ref()
-            .is_some_and(|a| a.to_f64_vec().first().is_some_and(|&v| v != 0.0))
-    });
-    if let (Some(m), true) = (trip_const, cond_true) {
-        if m <= MAX_UNROLL && (scans > 0 || m <= 16) {
-            // Unrolled: each iteration the body with a constant iteration number.
-            let mut cur = vars;
-            let mut stacked: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); scans];
-            let params_v: Vec<Tensor<'g>> = params.clone();
-            for i in 0..m.max(0) {
-                let mut ins = vec![
-                    const_value(scalar(i as f64, kiln_graph::DType::I64)?)?,
-                    const_value(scalar(1.0, kiln_graph::DType::Bool)?)?,
-                ];
-                ins.extend(cur.iter().cloned());
-                let outs = run_subgraph(g, body, opset, &constants, &captured, &params_v, &ins)?;
-                let go = &outs[0];
-                if !go
-                    .constant
-                    .as_ref()
-                    .is_some_and(|a| a.to_f64_vec().first().is_some_and(|&v| v != 0.0))
-                {
-                    return Err(fail(
-                        "a loop whose condition may turn false inside an unrolled trip count"
-                            .into(),
-                    ));
-                }
-                cur = outs[1..1 + nv].to_vec();
-                for (k, s) in outs[1 + nv..].iter().enumerate() {
-                    stacked[k].push(s.t.unsqueeze(0).map_err(|e| fail(e.to_string()))?);
-                }
+            .and_then(|a| a.to_f64_vec().first().copied())
+    };
+    // Must the loop be unrolled (values kiln's while_loop cannot carry)?
+    let structured = scans > 0 || vars.iter().any(|v| !matches!(v, Item::Tensor(_)));
+    let trip_const = trip.map(first_value);
+    let cond_const = cond.map(first_value);
+    if structured {
+        if let Some(None) = trip_const {
+            return Err(needs_value(n, opset, &n.input[0]));
+        }
+        if let Some(None) = cond_const {
+            return Err(needs_value(n, opset, &n.input[1]));
+        }
+        if trip.is_none() && cond.is_none() {
+            return Err(fail(
+                "a loop without a trip count or condition never ends".into(),
+            ));
+        }
+    }
+    let known = !matches!(trip_const, Some(None)) && !matches!(cond_const, Some(None));
+    let max = trip_const.flatten().map(|m| m as i64);
+    if known && (structured || max.is_some_and(|m| m <= 16)) {
+        if max.is_some_and(|m| m > MAX_UNROLL) {
+            return Err(fail(format!(
+                "a trip count of {} (more than {MAX_UNROLL}) in a loop that must be unrolled",
+                max.unwrap_or_default()
+            )));
+        }
+        let scalar = |v: f64, dtype| -> Result<Item<'g>> {
+            let a = Array::new(Vec::new(), kiln_graph::Data::filled(dtype, 1, v))
+                .ok_or_else(|| fail("a scalar".into()))?;
+            let t = g.constant(a.clone()).map_err(|e| fail(e.to_string()))?;
+            Ok(Item::Tensor(Value {
+                t,
+                constant: Some(Rc::new(a)),
+            }))
+        };
+        let mut cur = vars.clone();
+        let mut stacked: Vec<Vec<Value<'g>>> = vec![Vec::new(); scans];
+        let mut go = cond_const.flatten().is_none_or(|c| c != 0.0);
+        let mut i = 0i64;
+        let mut unrolled = true;
+        while go && max.is_none_or(|m| i < m) {
+            if i == MAX_UNROLL {
+                return Err(fail(format!(
+                    "the loop runs more than {MAX_UNROLL} iterations (unrolled)"
+                )));
             }
+            let mut ins = vec![
+                scalar(i as f64, kiln_graph::DType::I64)?,
+                scalar(1.0, kiln_graph::DType::Bool)?,
+            ];
+            ins.extend(cur.iter().cloned());
+            let outs = run_subgraph(g, body, opset, &outer, &ins)?;
+            match &outs[0] {
+                Item::Tensor(c) => match first_value(c) {
+                    Some(c) => go = c != 0.0,
+                    None if structured => {
+                        return Err(fail(
+                            "the body's condition is computed at run time in a loop that must \
+                             be unrolled"
+                                .into(),
+                        ))
+                    }
+                    None => {
+                        // Carried by kiln's while_loop instead (what was
+                        // built is left unused).
+                        unrolled = false;
+                        break;
+                    }
+                },
+                other => return Err(fail(format!("the body's condition is {}", other.kind()))),
+            }
+            cur = outs[1..1 + nv].to_vec();
+            for (k, s) in outs[1 + nv..].iter().enumerate() {
+                let Item::Tensor(s) = s else {
+                    return Err(fail(format!("scan output {k} is {}", s.kind())));
+                };
+                stacked[k].push(s.clone());
+            }
+            i += 1;
+        }
+        if unrolled {
             let mut out = cur;
             for s in stacked {
                 if s.is_empty() {
                     return Err(fail("scan outputs of a loop that runs no iteration".into()));
                 }
-                let t = g.concat(&s, 0).map_err(|e| fail(e.to_string()))?;
-                out.push(Value { t, constant: None });
+                let t = build_or_fold(g, &s, &|b, ts| {
+                    let parts = ts
+                        .iter()
+                        .map(|t| t.unsqueeze(0))
+                        .collect::<kiln_graph::Result<Vec<_>>>()
+                        .map_err(|e| e.to_string())?;
+                    Ok(vec![b.concat(&parts, 0).map_err(|e| e.to_string())?])
+                })
+                .map_err(fail)?;
+                out.extend(t.into_iter().map(Item::Tensor));
             }
             return Ok(out);
         }
     }
-    if scans > 0 {
-        return Err(fail(
-            "scan outputs need a constant trip count (and no condition that can turn false)".into(),
-        ));
-    }
     // while (i < M && cond) { (cond, vars) = body(i, cond, vars); i += 1 }
+    let vars: Vec<Tensor<'g>> = vars
+        .iter()
+        .map(|v| match v {
+            Item::Tensor(v) => Ok(v.t),
+            other => Err(fail(format!("a loop value is {}", other.kind()))),
+        })
+        .collect::<Result<_>>()?;
     let i0 = g
         .scalar(0.0, kiln_graph::DType::I64)
         .map_err(|e| fail(e.to_string()))?;
@@ -699,7 +1083,8 @@ fn control_loop<'g>(
             .map_err(|e| fail(e.to_string()))?,
     };
     let mut state = vec![i0, c0];
-    state.extend(vars.iter().map(|v| v.t));
+    state.extend(vars);
+    let params = runtime_params(&outer);
     let mut captured_t = params.clone();
     let has_trip = trip.is_some();
     if let Some(m) = trip {
@@ -708,9 +1093,9 @@ fn control_loop<'g>(
                 .map_err(|e| fail(e.to_string()))?,
         );
     }
-    let first = FirstError(std::cell::RefCell::new(None));
+    let first = FirstError::new();
     let ns = state.len();
-    let ncap = captured.len();
+    let ncap = params.len();
     let r = g.while_loop(
         &state,
         &captured_t,
@@ -723,30 +1108,30 @@ fn control_loop<'g>(
             }
         },
         |b, p| {
-            let ins: Vec<Value<'_>> = p[..ns]
+            let ins: Vec<Item<'_>> = p[..ns]
                 .iter()
-                .map(|&t| Value { t, constant: None })
+                .map(|&t| Item::Tensor(Value::runtime(t)))
                 .collect();
-            let outs = first.keep(run_subgraph(
-                b,
-                body,
-                opset,
-                &constants,
-                &captured,
-                &p[ns..ns + ncap],
-                &ins,
-            ))?;
+            let outer = first.keep(remake(b, &outer, &p[ns..ns + ncap]))?;
+            let outs = first.keep(run_subgraph(b, body, opset, &outer, &ins))?;
             let mut next = vec![p[0].add(1.0)?];
-            next.push(outs[0].t.reshape(kiln_graph::Shape(Vec::new()))?);
-            next.extend(outs[1..].iter().map(|v| v.t));
-            next.extend_from_slice(&p[ns..]);
-            Ok(next[..ns].to_vec())
+            for (k, o) in outs.iter().take(ns - 1).enumerate() {
+                let Item::Tensor(v) = o else {
+                    return first.keep(Err(fail(format!("the body's output {k} is {}", o.kind()))));
+                };
+                next.push(if k == 0 {
+                    v.t.reshape(kiln_graph::Shape(Vec::new()))?
+                } else {
+                    v.t
+                });
+            }
+            Ok(next)
         },
     );
     match (r, first.0.into_inner()) {
         (Ok(ts), _) => Ok(ts[2..]
             .iter()
-            .map(|&t| Value { t, constant: None })
+            .map(|&t| Item::Tensor(Value::runtime(t)))
             .collect()),
         (Err(_), Some(e)) => Err(e),
         (Err(e), None) => Err(fail(format!("its body: {e}"))),
@@ -760,17 +1145,10 @@ fn control_scan<'g>(
     n: &NodeProto,
     opset: i64,
     scope: &Scope<'g>,
-) -> Result<Vec<Value<'g>>> {
-    let fail = |reason: String| Error::Node {
-        op: op_label(n),
-        node: node_label(n),
-        opset,
-        reason,
-    };
+) -> Result<Vec<Item<'g>>> {
+    let fail = |reason: String| node_error(n, opset, reason);
     if opset < 9 {
-        return Err(fail(
-            "Scan before opset 9 (batched, with sequence_lens) is not supported".into(),
-        ));
+        return control_scan8(g, n, opset, scope);
     }
     let body = subgraph(n, "body").map_err(fail)?;
     let attr_ints = |name: &str| -> Vec<i64> {
@@ -789,12 +1167,12 @@ fn control_scan<'g>(
     let ins: Vec<Value<'g>> = n
         .input
         .iter()
-        .map(|name| {
-            scope
-                .values
-                .get(name)
-                .cloned()
-                .ok_or_else(|| fail(format!("input '{name}' is computed by no earlier node")))
+        .map(|name| match scope.values.get(name) {
+            Some(Item::Tensor(v)) => Ok(v.clone()),
+            Some(other) => Err(fail(format!("input '{name}' is {}", other.kind()))),
+            None => Err(fail(format!(
+                "input '{name}' is computed by no earlier node"
+            ))),
         })
         .collect::<Result<_>>()?;
     let nstate = ins
@@ -827,9 +1205,8 @@ fn control_scan<'g>(
         scans.push((v.t, a, in_dirs.get(j).copied().unwrap_or(0) != 0));
     }
     let len = len.ok_or_else(|| fail("no scan inputs".into()))?;
-    let names = free_names(body);
-    let (constants, captured, params) = captures(scope, &names).map_err(fail)?;
-    let mut states: Vec<Value<'g>> = ins[..nstate].to_vec();
+    let outer = captures(scope, &free_names(body)).map_err(fail)?;
+    let mut states: Vec<Item<'g>> = ins[..nstate].iter().cloned().map(Item::Tensor).collect();
     let mut stacked: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); nscan_out];
     for t in 0..len {
         let mut step = states.clone();
@@ -840,14 +1217,14 @@ fn control_scan<'g>(
                 .map_err(err)?
                 .squeeze(a)
                 .map_err(err)?;
-            step.push(Value {
-                t: s,
-                constant: None,
-            });
+            step.push(Item::Tensor(Value::runtime(s)));
         }
-        let outs = run_subgraph(g, body, opset, &constants, &captured, &params, &step)?;
+        let outs = run_subgraph(g, body, opset, &outer, &step)?;
         states = outs[..nstate].to_vec();
         for (k, o) in outs[nstate..].iter().enumerate() {
+            let Item::Tensor(o) = o else {
+                return Err(fail(format!("scan output {k} is {}", o.kind())));
+            };
             stacked[k].push(o.t);
         }
     }
@@ -865,9 +1242,150 @@ fn control_scan<'g>(
             .collect::<kiln_graph::Result<_>>()
             .map_err(err)?;
         let t = g.concat(&parts, a).map_err(err)?;
-        out.push(Value { t, constant: None });
+        out.push(Item::Tensor(Value::runtime(t)));
     }
     Ok(out)
+}
+
+/// `Scan` of opset 8: batched (every input's dim 0 is the batch, the scan
+/// axis of scan inputs is dim 1), with optional `sequence_lens` (known at
+/// import time) and per-input `directions`. Each batch entry is unrolled
+/// over its own length; its scan outputs are padded with zeros to the
+/// longest.
+fn control_scan8<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    opset: i64,
+    scope: &Scope<'g>,
+) -> Result<Vec<Item<'g>>> {
+    let fail = |reason: String| node_error(n, opset, reason);
+    let err = |e: kiln_graph::Error| fail(e.to_string());
+    let body = subgraph(n, "body").map_err(fail)?;
+    let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
+    let m = attr("num_scan_inputs")
+        .map(|a| a.i as usize)
+        .ok_or_else(|| fail("no num_scan_inputs".into()))?;
+    let dirs = attr("directions")
+        .map(|a| a.ints.clone())
+        .unwrap_or_default();
+    let ins: Vec<Value<'g>> = n
+        .input
+        .iter()
+        .skip(1)
+        .map(|name| match scope.values.get(name) {
+            Some(Item::Tensor(v)) => Ok(v.clone()),
+            Some(other) => Err(fail(format!("input '{name}' is {}", other.kind()))),
+            None => Err(fail(format!(
+                "input '{name}' is computed by no earlier node"
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    let nstate = ins
+        .len()
+        .checked_sub(m)
+        .filter(|_| m > 0)
+        .ok_or_else(|| fail("no scan inputs, or more than inputs".into()))?;
+    let nscan_out = body
+        .output
+        .len()
+        .checked_sub(nstate)
+        .ok_or_else(|| fail("the body gives fewer outputs than states".into()))?;
+    let fixed = |v: &Value<'g>, d: usize| {
+        v.t.shape()
+            .0
+            .get(d)
+            .and_then(|d| d.fixed())
+            .ok_or_else(|| fail("the batch and scan dims must be fixed sizes".into()))
+    };
+    let batch = fixed(&ins[0], 0)?;
+    let max_len = fixed(&ins[nstate], 1)?;
+    for v in &ins[nstate..] {
+        if fixed(v, 0)? != batch || fixed(v, 1)? != max_len {
+            return Err(fail("scan inputs of different batch or lengths".into()));
+        }
+    }
+    let lens: Vec<usize> = match n.input.first().filter(|s| !s.is_empty()) {
+        None => vec![max_len; batch],
+        Some(name) => {
+            let v = scope
+                .tensor(name)
+                .ok_or_else(|| fail("sequence_lens is not a tensor".into()))?;
+            let a = v
+                .constant
+                .as_ref()
+                .ok_or_else(|| needs_value(n, opset, name))?;
+            let lens = ops::ints_of(a).map_err(fail)?;
+            if lens.len() != batch || lens.iter().any(|&l| l < 0 || l as usize > max_len) {
+                return Err(fail(format!(
+                    "sequence_lens {lens:?} for a batch of {batch} of length {max_len}"
+                )));
+            }
+            lens.into_iter().map(|l| l as usize).collect()
+        }
+    };
+    let outer = captures(scope, &free_names(body)).map_err(fail)?;
+    let entry = |v: &Value<'g>, b: usize| -> Result<Tensor<'g>> {
+        v.t.slice_axis(0, b as i64, b as i64 + 1, 1)
+            .and_then(|t| t.squeeze(0))
+            .map_err(err)
+    };
+    let mut state_out: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); nstate];
+    let mut scan_out: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); nscan_out];
+    for (b, &len) in lens.iter().enumerate() {
+        let mut states: Vec<Item<'g>> = ins[..nstate]
+            .iter()
+            .map(|v| Ok(Item::Tensor(Value::runtime(entry(v, b)?))))
+            .collect::<Result<_>>()?;
+        let xs: Vec<Tensor<'g>> = ins[nstate..]
+            .iter()
+            .map(|v| entry(v, b))
+            .collect::<Result<_>>()?;
+        let mut stacked: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); nscan_out];
+        for t in 0..len {
+            let mut step = states.clone();
+            for (j, x) in xs.iter().enumerate() {
+                let reverse = dirs.get(j).copied().unwrap_or(0) != 0;
+                let i = if reverse { len - 1 - t } else { t } as i64;
+                let s = x.slice_axis(0, i, i + 1, 1).and_then(|s| s.squeeze(0));
+                step.push(Item::Tensor(Value::runtime(s.map_err(err)?)));
+            }
+            let outs = run_subgraph(g, body, opset, &outer, &step)?;
+            states = outs[..nstate].to_vec();
+            for (k, o) in outs[nstate..].iter().enumerate() {
+                let Item::Tensor(o) = o else {
+                    return Err(fail(format!("scan output {k} is {}", o.kind())));
+                };
+                stacked[k].push(o.t.unsqueeze(0).map_err(err)?);
+            }
+        }
+        for (k, s) in states.iter().enumerate() {
+            let Item::Tensor(s) = s else {
+                return Err(fail(format!("state {k} is {}", s.kind())));
+            };
+            state_out[k].push(s.t.unsqueeze(0).map_err(err)?);
+        }
+        for (k, steps) in stacked.into_iter().enumerate() {
+            if steps.is_empty() {
+                return Err(fail("a sequence of length 0 in the batch".into()));
+            }
+            let mut t = g.concat(&steps, 0).map_err(err)?;
+            if len < max_len {
+                let before = vec![0; t.rank()];
+                let mut after = before.clone();
+                after[0] = max_len - len;
+                t = t.pad(&before, &after, 0.0).map_err(err)?;
+            }
+            scan_out[k].push(t.unsqueeze(0).map_err(err)?);
+        }
+    }
+    state_out
+        .into_iter()
+        .chain(scan_out)
+        .map(|parts| {
+            let t = g.concat(&parts, 0).map_err(err)?;
+            Ok(Item::Tensor(Value::runtime(t)))
+        })
+        .collect()
 }
 
 /// Converts one node, folding it to constants when its inputs all are; a
@@ -902,21 +1420,7 @@ fn convert_node_in<'g>(
     opset: i64,
     scope: &mut Scope<'g>,
 ) -> Result<()> {
-    let fail = |reason: String| match reason.strip_prefix(ops::NEEDS_VALUE) {
-        Some(value) => Error::NeedsValue {
-            op: op_label(n),
-            node: node_label(n),
-            opset,
-            value: value.to_string(),
-            inputs: Vec::new(),
-        },
-        None => Error::Node {
-            op: op_label(n),
-            node: node_label(n),
-            opset,
-            reason,
-        },
-    };
+    let fail = |reason: String| node_error(n, opset, reason);
     if matches!(n.op_type.as_str(), "If" | "Loop" | "Scan") {
         let outputs = match n.op_type.as_str() {
             "If" => control_if(g, n, opset, scope)?,
@@ -925,18 +1429,49 @@ fn convert_node_in<'g>(
         };
         return scope.bind(n, outputs, &fail);
     }
-    let values = &scope.values;
-    let convert = ops::find(&n.op_type).ok_or_else(|| fail("no conversion".into()))?;
-    let mut inputs = Vec::with_capacity(n.input.len());
+    let mut items = Vec::with_capacity(n.input.len());
     for name in &n.input {
         if name.is_empty() {
-            inputs.push(None);
+            items.push(None);
             continue;
         }
-        let v = values
+        let v = scope
+            .values
             .get(name)
             .ok_or_else(|| fail(format!("input '{name}' is computed by no earlier node")))?;
-        inputs.push(Some(v.clone()));
+        items.push(Some(v.clone()));
+    }
+    // Sequences and optionals: through `Identity` as they are, and the
+    // sequence and optional ops.
+    if n.op_type == "Identity" {
+        if let Some(Some(item @ (Item::Sequence(_) | Item::Optional(_)))) = items.first() {
+            let item = item.clone();
+            return scope.bind(n, vec![item], &fail);
+        }
+    }
+    if let Some(convert) = sequence::find(&n.op_type) {
+        let node = sequence::SeqNode {
+            g,
+            proto: n,
+            opset,
+            inputs: items,
+            scope,
+        };
+        let outputs = convert(&node)?;
+        return scope.bind(n, outputs, &fail);
+    }
+    let mut inputs = Vec::with_capacity(items.len());
+    for (name, item) in n.input.iter().zip(items) {
+        inputs.push(match item {
+            None => None,
+            Some(Item::Tensor(v)) => Some(v),
+            Some(other) => {
+                return Err(fail(format!(
+                    "input '{name}' is {}, not a tensor",
+                    other.kind()
+                )))
+            }
+        });
     }
     let foldable = inputs.iter().flatten().all(|v| v.constant.is_some())
         && !n
@@ -960,20 +1495,9 @@ fn convert_node_in<'g>(
             .collect::<kiln_graph::Result<Vec<_>>>()
             .map_err(|e| fail(e.to_string()))?;
         let node = Node::new(&scratch, n, opset, ins);
-        let outs = convert(&node).map_err(fail)?;
-        let ids: Vec<_> = outs.iter().map(|t| t.id()).collect();
-        let graph = scratch.graph();
-        let run = kiln_graph::interp::run(
-            &graph,
-            &kiln_graph::interp::RunInputs {
-                feeds: &HashMap::new(),
-                variables: &HashMap::new(),
-                bindings: &kiln_graph::Bindings::new(),
-            },
-            &ids,
-        )
-        .map_err(|e| fail(format!("evaluating its constant inputs: {e}")))?;
-        run.fetched
+        let outs = convert_tensor_node(&node).map_err(fail)?;
+        evaluate(&scratch, &outs)
+            .map_err(fail)?
             .into_iter()
             .map(|a| {
                 let t = g.constant(a.clone()).map_err(|e| fail(e.to_string()))?;
@@ -996,7 +1520,7 @@ fn convert_node_in<'g>(
         let node = Node::new(g, n, opset, ins);
         // An output that is a constant node (`Shape` of fixed dims, say) is
         // known at import time too.
-        convert(&node)
+        convert_tensor_node(&node)
             .map_err(fail)?
             .into_iter()
             .map(|t| Value {
@@ -1005,5 +1529,211 @@ fn convert_node_in<'g>(
             })
             .collect()
     };
-    scope.bind(n, outputs, &fail)
+    scope.bind(n, outputs.into_iter().map(Item::Tensor).collect(), &fail)
+}
+
+/// Runs the converter of a node of tensors.
+fn convert_tensor_node<'g>(node: &Node<'_, 'g>) -> ops::R<Vec<Tensor<'g>>> {
+    let convert = ops::find(node.op()).ok_or_else(|| "no conversion".to_string())?;
+    convert(node)
+}
+
+/// Evaluates `outs` of the scratch builder `scratch` (whose inputs are all
+/// constants).
+fn evaluate(scratch: &GraphBuilder, outs: &[Tensor<'_>]) -> ops::R<Vec<Array>> {
+    let ids: Vec<_> = outs.iter().map(|t| t.id()).collect();
+    let graph = scratch.graph();
+    let run = kiln_graph::interp::run(
+        &graph,
+        &kiln_graph::interp::RunInputs {
+            feeds: &HashMap::new(),
+            variables: &HashMap::new(),
+            bindings: &kiln_graph::Bindings::new(),
+        },
+        &ids,
+    )
+    .map_err(|e| format!("evaluating its constant inputs: {e}"))?;
+    Ok(run.fetched)
+}
+
+/// A computation on tensors, on any builder (`build_or_fold`).
+pub(crate) type Build<'f> =
+    &'f dyn for<'b> Fn(&'b GraphBuilder, &[Tensor<'b>]) -> ops::R<Vec<Tensor<'b>>>;
+
+/// `f` built on `g` over `inputs`, or evaluated at import time when every
+/// input is known then (its results are then constants).
+pub(crate) fn build_or_fold<'g>(
+    g: &'g GraphBuilder,
+    inputs: &[Value<'g>],
+    f: Build<'_>,
+) -> ops::R<Vec<Value<'g>>> {
+    let constants: Option<Vec<&Rc<Array>>> = inputs.iter().map(|v| v.constant.as_ref()).collect();
+    match constants {
+        Some(arrays) if !arrays.is_empty() => {
+            let scratch = GraphBuilder::new();
+            let ts = arrays
+                .iter()
+                .map(|a| scratch.constant((***a).clone()))
+                .collect::<kiln_graph::Result<Vec<_>>>()
+                .map_err(|e| e.to_string())?;
+            let outs = f(&scratch, &ts)?;
+            evaluate(&scratch, &outs)?
+                .into_iter()
+                .map(|a| {
+                    let t = g.constant(a.clone()).map_err(|e| e.to_string())?;
+                    Ok(Value {
+                        t,
+                        constant: Some(Rc::new(a)),
+                    })
+                })
+                .collect()
+        }
+        _ => {
+            let ts: Vec<Tensor<'g>> = inputs.iter().map(|v| v.t).collect();
+            Ok(f(g, &ts)?
+                .into_iter()
+                .map(|t| Value {
+                    t,
+                    constant: t.constant_value().map(|a| Rc::new((*a).clone())),
+                })
+                .collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::attribute_proto::AttributeType;
+    use crate::proto::tensor_proto::DataType;
+    use crate::proto::{
+        tensor_shape_proto, AttributeProto, OperatorSetIdProto, TensorShapeProto, ValueInfoProto,
+    };
+
+    fn tensor_ty(dims: &[i64]) -> TypeProto {
+        use tensor_shape_proto::{dimension::Value as D, Dimension};
+        TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(D::DimValue(d)),
+                            ..Dimension::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..TypeProto::default()
+        }
+    }
+
+    fn value(name: &str, ty: TypeProto) -> ValueInfoProto {
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(ty),
+            ..ValueInfoProto::default()
+        }
+    }
+
+    fn node(op: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            input: ins.iter().map(|s| s.to_string()).collect(),
+            output: outs.iter().map(|s| s.to_string()).collect(),
+            attribute: attrs,
+            ..NodeProto::default()
+        }
+    }
+
+    /// Sequence inputs become one placeholder per element, sequence
+    /// outputs one output per element; an absent optional holds none.
+    #[test]
+    fn sequences_and_optionals_at_the_edges() {
+        let seq = TypeProto {
+            value: Some(type_proto::Value::SequenceType(type_proto::Sequence {
+                elem_type: Some(Box::new(tensor_ty(&[2]))),
+            })),
+            ..TypeProto::default()
+        };
+        let opt = TypeProto {
+            value: Some(type_proto::Value::OptionalType(type_proto::Optional {
+                elem_type: Some(Box::new(tensor_ty(&[2]))),
+            })),
+            ..TypeProto::default()
+        };
+        let axis = AttributeProto {
+            name: "axis".into(),
+            r#type: AttributeType::Int as i32,
+            i: 0,
+            ..AttributeProto::default()
+        };
+        let graph = GraphProto {
+            input: vec![value("xs", seq.clone()), value("o", opt.clone())],
+            output: vec![
+                value("has", tensor_ty(&[])),
+                value("cat", tensor_ty(&[6])),
+                value("ys", seq),
+                value("o2", opt),
+                value("n", tensor_ty(&[])),
+            ],
+            node: vec![
+                node("OptionalHasElement", &["o"], &["has"], vec![]),
+                node("ConcatFromSequence", &["xs"], &["cat"], vec![axis]),
+                node("SequenceErase", &["xs"], &["ys"], vec![]),
+                node("Identity", &["o"], &["o2"], vec![]),
+                node("SequenceLength", &["ys"], &["n"], vec![]),
+            ],
+            ..GraphProto::default()
+        };
+        let model = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 18,
+            }],
+            graph: Some(graph),
+            ..ModelProto::default()
+        };
+        let mut options = ImportOptions::default();
+        let e = import_model(&model, &options).err().unwrap().to_string();
+        assert!(e.contains("sequence_inputs"), "{e}");
+        options
+            .sequence_inputs
+            .insert("xs".into(), vec![Shape::fixed(&[2]); 3]);
+        options.absent_inputs.insert("o".into());
+        let g = import_model(&model, &options).unwrap();
+        let names = |ids: Vec<NodeId>| -> Vec<String> {
+            ids.into_iter().map(|i| g.node(i).name.clone()).collect()
+        };
+        assert_eq!(names(g.placeholders()), ["xs/0", "xs/1", "xs/2"]);
+        assert_eq!(
+            names(g.outputs().to_vec()),
+            ["has", "cat", "ys/0", "ys/1", "n"]
+        );
+        let x: Vec<Array> = (0..3)
+            .map(|i| Array::from_vec(vec![2], vec![i as f32, 10.0 + i as f32]).unwrap())
+            .collect();
+        let feeds: HashMap<&str, &Array> = [("xs/0", &x[0]), ("xs/1", &x[1]), ("xs/2", &x[2])]
+            .into_iter()
+            .collect();
+        let run = kiln_graph::interp::run(
+            &g,
+            &kiln_graph::interp::RunInputs {
+                feeds: &feeds,
+                variables: &HashMap::new(),
+                bindings: &kiln_graph::Bindings::new(),
+            },
+            g.outputs(),
+        )
+        .unwrap();
+        assert_eq!(run.fetched[0].to_f64_vec(), [0.0]);
+        assert_eq!(
+            run.fetched[1].to_f64_vec(),
+            [0.0, 10.0, 1.0, 11.0, 2.0, 12.0]
+        );
+        assert_eq!(run.fetched[3].to_f64_vec(), [1.0, 11.0]);
+        assert_eq!(run.fetched[4].to_f64_vec(), [2.0]);
+    }
 }

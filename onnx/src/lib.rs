@@ -12,6 +12,15 @@
 //!   shape arithmetic — `Shape`, `Gather`, `Concat` feeding a `Reshape` —
 //!   becomes the static shapes kiln's ops take).
 //! - Graph outputs are kiln outputs named after the ONNX outputs.
+//! - Sequences and optionals are import-time structures (kiln has no such
+//!   types): a sequence is a list of tensors of a length known while
+//!   importing, an optional holds a value or none, known while importing.
+//!   A sequence input `x` becomes one placeholder per element, `x/0`,
+//!   `x/1`, ... (element shapes from [`ImportOptions::sequence_inputs`]);
+//!   an optional input is its value's placeholder(s), or none when listed
+//!   in [`ImportOptions::absent_inputs`]. A sequence output `y` becomes
+//!   one output per element, `y/0`, `y/1`, ...; an optional output its
+//!   value's output(s), or no output when it holds none.
 //! - Every node whose op (or domain, or opset) is not supported is listed
 //!   in one [`Error::Unsupported`] before anything is built.
 //!
@@ -41,6 +50,17 @@ pub struct ImportOptions {
     /// `Resize`'s sizes), which kiln's static shapes need known.
     /// [`Error::NeedsValue`] names the value a node needed.
     pub constant_inputs: std::collections::HashMap<String, kiln_graph::Array>,
+    /// Sequence-typed graph inputs (and optional inputs holding a
+    /// sequence): the shape of each element, by input name (so the
+    /// sequence's length). Element `i` of input `x` becomes a placeholder
+    /// named `x/i` of the declared element type. A shape must agree with
+    /// the declared element shape where that has fixed dims; a dim named
+    /// (`dim_param`) like a dim of a tensor input stays that symbol where
+    /// every element is given the same size (so that the two agree).
+    pub sequence_inputs: std::collections::HashMap<String, Vec<kiln_graph::Shape>>,
+    /// Optional-typed graph inputs that hold no value (the others hold
+    /// one: a placeholder, or a sequence's placeholders).
+    pub absent_inputs: std::collections::HashSet<String>,
 }
 
 /// Imports the ONNX model at `path`.

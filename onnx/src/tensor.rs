@@ -1,6 +1,8 @@
 //! Conversion between ONNX [`TensorProto`]s and kiln [`Array`]s, and reading
 //! serialized `TensorProto` files (the `input_N.pb` / `output_N.pb` files of
-//! the ONNX backend test data).
+//! the ONNX backend test data); sequence and optional values
+//! (`SequenceProto`, `OptionalProto` of `onnx-data.proto`) as
+//! [`DataValue`]s ([`read_value_file`] reads a file by its declared type).
 //!
 //! kiln has seven element types; ONNX's FLOAT, DOUBLE, INT32, INT64, BOOL,
 //! FLOAT16 and BFLOAT16 map onto them and every other ONNX element type is
@@ -19,7 +21,7 @@ use kiln_graph::{Array, DType, Data};
 use prost::Message;
 
 use crate::proto::tensor_proto::{DataLocation, DataType};
-use crate::proto::TensorProto;
+use crate::proto::{OptionalProto, SequenceProto, TensorProto, TypeProto};
 
 /// The kiln dtype of an ONNX element type (`TensorProto.data_type`,
 /// `TypeProto.Tensor.elem_type`); an error naming the type when kiln has no
@@ -280,6 +282,130 @@ pub fn read_tensor_file(path: &Path) -> Result<(String, Array), String> {
         format!("{}: {e}{hint}", path.display())
     })?;
     Ok((t.name, a))
+}
+
+/// A value of a non-tensor ONNX type as `onnx-data.proto` stores it (the
+/// backend test data's sequence and optional inputs and outputs): a
+/// tensor, a sequence of values, or an optional (none, or a value). Maps
+/// and sparse tensors are refused.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataValue {
+    /// A tensor.
+    Tensor(Array),
+    /// A sequence (its elements, in order).
+    Sequence(Vec<DataValue>),
+    /// An optional: `None` when it holds no value.
+    Optional(Option<Box<DataValue>>),
+}
+
+/// The elements of a `SequenceProto`.
+pub fn sequence_values(s: &SequenceProto) -> Result<Vec<DataValue>, String> {
+    use crate::proto::sequence_proto::DataType as K;
+    let label = || {
+        if s.name.is_empty() {
+            "unnamed sequence".to_string()
+        } else {
+            format!("sequence '{}'", s.name)
+        }
+    };
+    match K::try_from(s.elem_type) {
+        Ok(K::Tensor) => s
+            .tensor_values
+            .iter()
+            .map(|t| to_array(t).map(DataValue::Tensor))
+            .collect(),
+        Ok(K::Sequence) => s
+            .sequence_values
+            .iter()
+            .map(|q| sequence_values(q).map(DataValue::Sequence))
+            .collect(),
+        Ok(K::Optional) => s
+            .optional_values
+            .iter()
+            .map(|o| optional_value(o).map(|v| DataValue::Optional(v.map(Box::new))))
+            .collect(),
+        // An empty sequence may leave its element kind unset.
+        Ok(K::Undefined)
+            if s.tensor_values.is_empty()
+                && s.sequence_values.is_empty()
+                && s.optional_values.is_empty()
+                && s.map_values.is_empty()
+                && s.sparse_tensor_values.is_empty() =>
+        {
+            Ok(Vec::new())
+        }
+        Ok(k) => Err(format!(
+            "{}: sequences of {} are not supported",
+            label(),
+            k.as_str_name()
+        )),
+        Err(_) => Err(format!("{}: unknown elem_type {}", label(), s.elem_type)),
+    }
+}
+
+/// The value of an `OptionalProto` (`None`: it holds none).
+pub fn optional_value(o: &OptionalProto) -> Result<Option<DataValue>, String> {
+    use crate::proto::optional_proto::DataType as K;
+    let label = || {
+        if o.name.is_empty() {
+            "unnamed optional".to_string()
+        } else {
+            format!("optional '{}'", o.name)
+        }
+    };
+    match K::try_from(o.elem_type) {
+        Ok(K::Undefined) => Ok(None),
+        Ok(K::Tensor) => match &o.tensor_value {
+            Some(t) => to_array(t).map(|a| Some(DataValue::Tensor(a))),
+            None => Ok(None),
+        },
+        Ok(K::Sequence) => match &o.sequence_value {
+            Some(q) => sequence_values(q).map(|v| Some(DataValue::Sequence(v))),
+            None => Ok(None),
+        },
+        Ok(K::Optional) => match &o.optional_value {
+            Some(q) => optional_value(q).map(|v| Some(DataValue::Optional(v.map(Box::new)))),
+            None => Ok(None),
+        },
+        Ok(k) => Err(format!(
+            "{}: optionals of {} are not supported",
+            label(),
+            k.as_str_name()
+        )),
+        Err(_) => Err(format!("{}: unknown elem_type {}", label(), o.elem_type)),
+    }
+}
+
+/// Reads a file holding one serialized value of the ONNX type `ty` (a
+/// graph input's or output's declared type): a `TensorProto` for a tensor
+/// type, a `SequenceProto` for a sequence type, an `OptionalProto` for an
+/// optional type. Returns the value's name and the value. Errors name the
+/// file.
+pub fn read_value_file(path: &Path, ty: &TypeProto) -> Result<(String, DataValue), String> {
+    use crate::proto::type_proto::Value as T;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let at = |e: String| format!("{}: {e}", path.display());
+    match &ty.value {
+        Some(T::TensorType(_)) => {
+            read_tensor_file(path).map(|(name, a)| (name, DataValue::Tensor(a)))
+        }
+        Some(T::SequenceType(_)) => {
+            let s = SequenceProto::decode(bytes.as_slice())
+                .map_err(|e| at(format!("not a serialized ONNX SequenceProto: {e}")))?;
+            let v = sequence_values(&s).map_err(at)?;
+            Ok((s.name, DataValue::Sequence(v)))
+        }
+        Some(T::OptionalType(_)) => {
+            let o = OptionalProto::decode(bytes.as_slice())
+                .map_err(|e| at(format!("not a serialized ONNX OptionalProto: {e}")))?;
+            let v = optional_value(&o).map_err(at)?;
+            Ok((o.name, DataValue::Optional(v.map(Box::new))))
+        }
+        Some(T::MapType(_)) => Err(at("map values are not supported".into())),
+        Some(T::SparseTensorType(_)) => Err(at("sparse tensors are not supported".into())),
+        Some(T::OpaqueType(_)) => Err(at("opaque values are not supported".into())),
+        None => Err(at("the value has no declared type".into())),
+    }
 }
 
 #[cfg(test)]
@@ -616,6 +742,53 @@ mod tests {
         std::fs::write(&seq_path, seq).unwrap();
         let e = read_tensor_file(&seq_path).unwrap_err();
         assert!(e.contains("segment") && e.contains("SequenceProto"), "{e}");
+
+        // The same bytes as the sequence they are, by the declared type.
+        use crate::proto::type_proto::{Optional as OptionalType, Sequence, Value as T};
+        let seq_type = TypeProto {
+            value: Some(T::SequenceType(Sequence { elem_type: None })),
+            ..TypeProto::default()
+        };
+        let (name, v) = read_value_file(&seq_path, &seq_type).unwrap();
+        assert_eq!(
+            (name.as_str(), v),
+            ("s", DataValue::Sequence(vec![DataValue::Tensor(a.clone())]))
+        );
+        // An OptionalProto (name = 1, elem_type = 2, tensor_value = 3), and
+        // one holding none.
+        let mut opt = vec![0x0a, 0x01, b'o', 0x10, 0x01, 0x1a];
+        let inner = from_array("e", &a).encode_to_vec();
+        opt.push(inner.len() as u8);
+        opt.extend(inner);
+        let opt_path = dir.join("opt.pb");
+        std::fs::write(&opt_path, opt).unwrap();
+        let opt_type = TypeProto {
+            value: Some(T::OptionalType(OptionalType { elem_type: None })),
+            ..TypeProto::default()
+        };
+        let (_, v) = read_value_file(&opt_path, &opt_type).unwrap();
+        assert_eq!(
+            v,
+            DataValue::Optional(Some(Box::new(DataValue::Tensor(a.clone()))))
+        );
+        std::fs::write(&opt_path, [0x0a, 0x01, b'o']).unwrap();
+        let (_, v) = read_value_file(&opt_path, &opt_type).unwrap();
+        assert_eq!(v, DataValue::Optional(None));
+        // An optional sequence (sequence_value = 5) and a sequence of
+        // optionals (optional_values = 7).
+        let o = OptionalProto {
+            elem_type: crate::proto::optional_proto::DataType::Sequence as i32,
+            sequence_value: Some(SequenceProto {
+                elem_type: crate::proto::sequence_proto::DataType::Optional as i32,
+                optional_values: vec![OptionalProto::default()],
+                ..SequenceProto::default()
+            }),
+            ..OptionalProto::default()
+        };
+        assert_eq!(
+            optional_value(&o).unwrap(),
+            Some(DataValue::Sequence(vec![DataValue::Optional(None)]))
+        );
 
         let e = read_tensor_file(&dir.join("missing.pb")).unwrap_err();
         assert!(

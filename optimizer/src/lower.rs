@@ -659,10 +659,7 @@ pub fn lower(g: &Graph, bindings: &Bindings) -> Result<(KernelProgram, Vec<NodeI
             return Err(Error::Unsupported {
                 node: node.name.clone(),
                 op: node.op.name().into(),
-                reason: format!(
-                    "its {} {s:?} is too large to allocate",
-                    node.ty.dtype
-                ),
+                reason: format!("its {} {s:?} is too large to allocate", node.ty.dtype),
             });
         }
         if let Op::ArgReduce { axis, .. } = node.op {

@@ -352,7 +352,8 @@ impl Session {
                         kiln_codegen::Error::Run { kernel, reason } => {
                             let p = exe.program();
                             let nodes = p.kernel_nodes.get(kernel).cloned().unwrap_or_default();
-                            let label = p.kernels.get(kernel).map(|k| k.label()).unwrap_or_default();
+                            let label =
+                                p.kernels.get(kernel).map(|k| k.label()).unwrap_or_default();
                             kiln_codegen::Error::Run {
                                 kernel,
                                 reason: if nodes.is_empty() {

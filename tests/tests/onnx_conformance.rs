@@ -3,15 +3,18 @@
 //! wheel; `KILN_ONNX_DATA` names the directory) imported with
 //! `kiln_onnx::import`, fed each `test_data_set_*/input_*.pb` (inputs that
 //! decide shapes bound at import time, as the importer asks: see
-//! `run_case`), run on the
-//! reference interpreter and on `Device::Cpu`, and compared with
-//! `output_*.pb` at ONNX's tolerances (rtol 1e-3, atol 1e-7); cases with
-//! random ops (`RANDOM_OPS`) compare output shapes and types only.
+//! `run_case`), run on the reference interpreter and on `Device::Cpu`, and
+//! compared with `output_*.pb` at ONNX's tolerances (rtol 1e-3, atol 1e-7);
+//! cases with random ops (`RANDOM_OPS`, and `Dropout` in training mode
+//! with a nonzero ratio) compare output shapes and types only. Values of sequence and optional types (stored as `SequenceProto` /
+//! `OptionalProto`, read as the model declares them) are fed and compared
+//! element by element, as the importer makes them placeholders and outputs
+//! (`x/0`, `x/1`, ...).
 //!
 //! Prints pass / fail / unsupported counts per op and overall, and checks
 //! `tests/onnx/expected-pass.txt`: every case listed there must pass (no
 //! regression). `KILN_ONNX_WRITE_EXPECTED=1` rewrites the list from this
-//! run; `KILN_ONNX_ONLY=substring` runs only matching cases;
+//! run; `KILN_ONNX_ONLY=substring[,substring...]` runs only matching cases;
 //! `KILN_ONNX_VERBOSE=1` prints each failure's reason.
 //!
 //! Without the data the test says so and passes, unless `KILN_ONNX_DATA`
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use kiln::graph::{Array, Graph};
 use kiln::prelude::*;
+use kiln_onnx::tensor::DataValue;
 
 const RTOL: f64 = 1e-3;
 const ATOL: f64 = 1e-7;
@@ -154,6 +158,41 @@ const RANDOM_OPS: [&str; 5] = [
     "RandomNormalLike",
 ];
 
+/// Whether a model has a `Dropout` that draws a random mask: its
+/// `training_mode` is true (or unknown) and its ratio not a known 0. The
+/// values come from the data set's `inputs` (of the `declared` graph
+/// inputs) or the initializers.
+fn training_dropout(model: &Path, declared: &Declared, inputs: &[DataValue]) -> bool {
+    use prost::Message;
+    let Some(g) = std::fs::read(model)
+        .ok()
+        .and_then(|b| kiln_onnx::proto::ModelProto::decode(b.as_slice()).ok())
+        .and_then(|m| m.graph)
+    else {
+        return false;
+    };
+    let first = |name: &str| -> Option<f64> {
+        if let Some(i) = declared.iter().position(|(n, _)| n == name) {
+            return match &inputs[i] {
+                DataValue::Tensor(a) => a.to_f64_vec().first().copied(),
+                _ => None,
+            };
+        }
+        let t = g.initializer.iter().find(|t| t.name == name)?;
+        kiln_onnx::tensor::to_array(t)
+            .ok()?
+            .to_f64_vec()
+            .first()
+            .copied()
+    };
+    g.node.iter().any(|n| {
+        let on = |i: usize| n.input.get(i).filter(|s| !s.is_empty());
+        n.op_type == "Dropout"
+            && on(2).is_some_and(|t| first(t) != Some(0.0))
+            && on(1).is_none_or(|r| first(r) != Some(0.0))
+    })
+}
+
 fn close(want: &Array, got: &Array) -> Result<(), String> {
     if want.shape() != got.shape() {
         return Err(format!("shape {:?}, want {:?}", got.shape(), want.shape()));
@@ -170,32 +209,64 @@ fn close(want: &Array, got: &Array) -> Result<(), String> {
     Ok(())
 }
 
-/// The names of a model's graph inputs that are not initializers, in order
-/// (the order of the test data's `input_N.pb`).
-fn input_names(model: &Path) -> Result<Vec<String>, String> {
+/// A model's graph inputs that are not initializers (the order of the
+/// test data's `input_N.pb`) and its graph outputs (that of
+/// `output_N.pb`): names and declared types.
+type Declared = Vec<(String, kiln_onnx::proto::TypeProto)>;
+
+fn declared_values(model: &Path) -> Result<(Declared, Declared), String> {
     use prost::Message;
     let bytes = std::fs::read(model).map_err(|e| e.to_string())?;
     let m = kiln_onnx::proto::ModelProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
     let g = m.graph.ok_or("no graph")?;
     let inits: BTreeSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    Ok(g.input
+    let typed = |v: &kiln_onnx::proto::ValueInfoProto| {
+        (v.name.clone(), v.r#type.clone().unwrap_or_default())
+    };
+    let inputs = g
+        .input
         .iter()
         .filter(|i| !inits.contains(i.name.as_str()))
-        .map(|i| i.name.clone())
-        .collect())
+        .map(typed)
+        .collect();
+    let outputs = g.output.iter().map(typed).collect();
+    Ok((inputs, outputs))
+}
+
+/// The tensors of a value as the importer makes them graph inputs or
+/// outputs: a tensor itself, a sequence's elements (`name/i`), an
+/// optional's value (nothing when it holds none).
+fn flatten(name: &str, v: &DataValue, out: &mut Vec<(String, Array)>) -> Result<(), String> {
+    match v {
+        DataValue::Tensor(a) => out.push((name.to_string(), a.clone())),
+        DataValue::Sequence(vs) => {
+            for (i, e) in vs.iter().enumerate() {
+                match e {
+                    DataValue::Tensor(a) => out.push((format!("{name}/{i}"), a.clone())),
+                    _ => return Err(format!("'{name}': sequences of non-tensors")),
+                }
+            }
+        }
+        DataValue::Optional(None) => {}
+        DataValue::Optional(Some(v)) => flatten(name, v, out)?,
+    }
+    Ok(())
 }
 
 /// Runs one case on both devices. Graph inputs a node needs at import time
 /// (a Reshape's shape, a Resize's sizes: node tests feed them as inputs)
 /// are bound to the data set's values (`ImportOptions::constant_inputs`,
 /// what `kiln import --constant` does), one by one as the importer asks.
+/// Sequence inputs pass their element shapes
+/// (`ImportOptions::sequence_inputs`) and feed each element; optional
+/// inputs that hold none are listed in `ImportOptions::absent_inputs`.
 fn run_case(dir: &Path) -> Outcome {
     if dir.extension().is_some_and(|x| x == "onnx") {
         return run_light(dir);
     }
     let model = dir.join("model.onnx");
-    let names = match input_names(&model) {
-        Ok(n) => n,
+    let (declared_in, declared_out) = match declared_values(&model) {
+        Ok(d) => d,
         Err(e) => return Outcome::Unsupported(e),
     };
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -216,78 +287,133 @@ fn run_case(dir: &Path) -> Outcome {
             .unwrap_or_default()
             .to_string_lossy()
             .to_string();
-        let inputs = match read_numbered(&set, "input") {
+        let inputs = match read_numbered(&set, "input", &declared_in) {
             Ok(i) => i,
             Err(e) => return Outcome::Unsupported(format!("{label}: {e}")),
         };
-        if inputs.len() != names.len() {
-            return Outcome::Fail(format!(
-                "{label}: {} inputs in the data, {} in the model",
-                inputs.len(),
-                names.len()
-            ));
-        }
         let mut options = kiln_onnx::ImportOptions::default();
+        for ((name, _), v) in declared_in.iter().zip(&inputs) {
+            let v = match v {
+                DataValue::Optional(None) => {
+                    options.absent_inputs.insert(name.clone());
+                    continue;
+                }
+                DataValue::Optional(Some(v)) => v,
+                v => v,
+            };
+            if let DataValue::Sequence(elems) = v {
+                let shapes = elems
+                    .iter()
+                    .map(|e| match e {
+                        DataValue::Tensor(a) => Ok(kiln::graph::Shape::from(a.shape())),
+                        _ => Err("a sequence of non-tensors".to_string()),
+                    })
+                    .collect::<Result<Vec<_>, _>>();
+                match shapes {
+                    Ok(s) => options.sequence_inputs.insert(name.clone(), s),
+                    Err(e) => return Outcome::Unsupported(format!("{label}: '{name}': {e}")),
+                };
+            }
+        }
         let graph = loop {
             match kiln_onnx::import_with(&model, &options) {
                 Ok(g) => break g,
                 Err(e) => {
-                    // Bind the graph inputs the needed value comes from.
-                    let wanted: Vec<usize> = e
+                    // Bind the (tensor) graph inputs the needed value comes from.
+                    let wanted: Vec<(String, Array)> = e
                         .needed_inputs()
                         .unwrap_or_default()
                         .iter()
-                        .filter_map(|v| names.iter().position(|n| n == v))
-                        .filter(|&i| !options.constant_inputs.contains_key(&names[i]))
+                        .filter(|v| !options.constant_inputs.contains_key(*v))
+                        .filter_map(|v| {
+                            let i = declared_in.iter().position(|(n, _)| n == v)?;
+                            match &inputs[i] {
+                                DataValue::Tensor(a) => Some((v.clone(), a.clone())),
+                                DataValue::Optional(Some(t)) => match &**t {
+                                    DataValue::Tensor(a) => Some((v.clone(), a.clone())),
+                                    _ => None,
+                                },
+                                _ => None,
+                            }
+                        })
                         .collect();
                     if wanted.is_empty() {
                         return Outcome::Unsupported(e.to_string());
                     }
-                    for i in wanted {
-                        options
-                            .constant_inputs
-                            .insert(names[i].clone(), inputs[i].1.clone());
-                    }
+                    options.constant_inputs.extend(wanted);
                 }
             }
         };
-        let feeds: Vec<(String, Array)> = names
-            .iter()
-            .zip(&inputs)
-            .filter(|(n, _)| !options.constant_inputs.contains_key(*n))
-            .map(|(n, (_, a))| (n.clone(), a.clone()))
-            .collect();
+        let mut feeds = Vec::new();
+        for ((name, _), v) in declared_in.iter().zip(&inputs) {
+            if options.constant_inputs.contains_key(name) {
+                continue;
+            }
+            if let Err(e) = flatten(name, v, &mut feeds) {
+                return Outcome::Unsupported(format!("{label}: {e}"));
+            }
+        }
+        let outputs = match read_numbered(&set, "output", &declared_out) {
+            Ok(o) => o,
+            Err(e) => return Outcome::Unsupported(format!("{label}: {e}")),
+        };
+        let mut want = Vec::new();
+        for ((name, _), v) in declared_out.iter().zip(&outputs) {
+            if let Err(e) = flatten(name, v, &mut want) {
+                return Outcome::Unsupported(format!("{label}: {e}"));
+            }
+        }
         let random = op_types(&model)
             .iter()
-            .any(|o| RANDOM_OPS.contains(&o.as_str()));
-        if let Err(e) = run_set(&graph, &set, &feeds, random) {
+            .any(|o| RANDOM_OPS.contains(&o.as_str()))
+            || training_dropout(&model, &declared_in, &inputs);
+        if let Err(e) = run_set(&graph, &feeds, &want, random) {
             return Outcome::Fail(format!("{label}: {e}"));
         }
     }
     Outcome::Pass
 }
 
-fn read_numbered(set: &Path, prefix: &str) -> Result<Vec<(String, Array)>, String> {
+/// The set's `{prefix}_N.pb` files, read as the `declared` types say (a
+/// tensor, a sequence or an optional); there must be one per declared
+/// value.
+fn read_numbered(
+    set: &Path,
+    prefix: &str,
+    declared: &[(String, kiln_onnx::proto::TypeProto)],
+) -> Result<Vec<DataValue>, String> {
     let mut v = Vec::new();
-    for i in 0.. {
+    for (i, (name, ty)) in declared.iter().enumerate() {
         let p = set.join(format!("{prefix}_{i}.pb"));
         if !p.is_file() {
-            break;
+            return Err(format!(
+                "no {prefix}_{i}.pb ('{name}'): {i} {prefix}s in the data, {} in the model",
+                declared.len()
+            ));
         }
-        v.push(kiln_onnx::tensor::read_tensor_file(&p)?);
+        v.push(kiln_onnx::tensor::read_value_file(&p, ty)?.1);
+    }
+    if set
+        .join(format!("{prefix}_{}.pb", declared.len()))
+        .is_file()
+    {
+        return Err(format!(
+            "more {prefix}s in the data than the model's {}",
+            declared.len()
+        ));
     }
     Ok(v)
 }
 
-/// Feeds `feeds` (ONNX input names) to `graph` on both devices and
-/// compares with the set's outputs.
+/// Feeds `feeds` to `graph` on both devices and compares with `want`
+/// (ONNX names, sequence elements as `name/i`: the graph's placeholders and
+/// outputs in order).
 fn run_set(
     graph: &Graph,
-    set: &Path,
     feeds: &[(String, Array)],
+    want: &[(String, Array)],
     random: bool,
 ) -> Result<(), String> {
-    let outputs = read_numbered(set, "output")?;
     let placeholders = graph.placeholders();
     if placeholders.len() != feeds.len() {
         return Err(format!(
@@ -308,10 +434,10 @@ fn run_set(
         .iter()
         .map(|&o| graph.node(o).name.clone())
         .collect();
-    if fetch_names.len() != outputs.len() {
+    if fetch_names.len() != want.len() {
         return Err(format!(
             "{} outputs in the data, {} in the graph",
-            outputs.len(),
+            want.len(),
             fetch_names.len()
         ));
     }
@@ -321,7 +447,7 @@ fn run_set(
         let got = s
             .run(&feeds, &fetches)
             .map_err(|e| format!("{device:?}: {e}"))?;
-        for ((name, want), g) in outputs.iter().zip(&got) {
+        for ((name, want), g) in want.iter().zip(&got) {
             if random {
                 if want.shape() != g.shape() || want.dtype() != g.dtype() {
                     return Err(format!(
@@ -357,7 +483,10 @@ fn onnx_backend_conformance() {
     let all = cases(&data);
     let chosen: Vec<&(String, PathBuf)> = all
         .iter()
-        .filter(|(n, _)| only.as_ref().is_none_or(|o| n.contains(o.as_str())))
+        .filter(|(n, _)| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|o| n.contains(o)))
+        })
         .collect();
     // Two workers: compiling dominates, and cases are independent.
     let next = std::sync::atomic::AtomicUsize::new(0);

@@ -1,7 +1,8 @@
 //! Elementwise ONNX ops: math, activations, comparisons and logic, casts,
 //! `Where`, `Clip`, variadic `Sum`/`Mean`/`Max`/`Min`, `Constant`,
-//! `Identity` and inference-mode `Dropout`. Broadcasting is numpy's (ONNX
-//! opset 7 and later), which kiln's binary ops share.
+//! `Identity` and `Dropout` (training mode with kiln's random source).
+//! Broadcasting is numpy's (ONNX opset 7 and later), which kiln's binary
+//! ops share.
 
 use kiln_graph::{Array, Tensor};
 
@@ -330,20 +331,55 @@ fn clip<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     Ok(vec![y])
 }
 
-/// Inference-mode dropout: the input, and a mask of ones where asked.
+/// `Dropout`. Inference mode (before opset 12 always; from 12 without a
+/// true `training_mode`, which must be known at import time): the input,
+/// and a mask of ones where asked. Training mode: a mask drawn from kiln's
+/// uniform random source (`u >= ratio`, seeded by the `seed` attribute,
+/// else by the output's name) zeroes elements, the rest scaled by
+/// `1 / (1 - ratio)`; a ratio known to be 0 draws nothing.
 fn dropout<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
-    if let Some(t) = n.const_input(2)? {
-        if t.to_f64_vec().first().copied().unwrap_or(0.0) != 0.0 {
-            return n.unsupported("Dropout in training mode");
+    let training = match n.const_input(2)? {
+        Some(t) => t.to_f64_vec().first().copied().unwrap_or(0.0) != 0.0,
+        None => false,
+    };
+    let ratio = n.opt(1).filter(|_| n.opset >= 12);
+    let known_ratio = match ratio {
+        None => Some(0.5),
+        Some(_) => n.const_scalar(1).ok().flatten(),
+    };
+    if !training || known_ratio == Some(0.0) {
+        let mut out = vec![x];
+        if n.wants_output(1) {
+            let ones = x.eq(x).k()?.or(x.ne(x).k()?).k()?;
+            out.push(ones);
         }
-    } else if n.opset >= 12 && n.inputs.get(2).is_some_and(|v| v.is_some()) {
-        return n.unsupported("Dropout with a training_mode computed at run time");
+        return Ok(out);
     }
-    let mut out = vec![x];
+    if !x.dtype().is_float() {
+        return n.unsupported(format!("Dropout in training mode of {}", x.dtype()));
+    }
+    let seed = match n.attr("seed") {
+        Some(a) => a.i as u64,
+        None => {
+            n.g.seed_for(n.proto.output.first().map(String::as_str).unwrap_or(""))
+        }
+    };
+    let u =
+        n.g.random_uniform(x.dtype(), x.shape(), seed, 0.0, 1.0)
+            .k()?;
+    let (mask, kept) = match ratio {
+        Some(r) => {
+            let r = r.cast(x.dtype()).k()?;
+            let keep = r.neg().k()?.add(1.0).k()?;
+            (u.ge(r).k()?, x.div(keep).k()?)
+        }
+        None => (u.ge(0.5).k()?, x.mul(2.0).k()?),
+    };
+    let zero = n.scalar(0.0, x.dtype())?;
+    let mut out = vec![n.g.select(mask, kept, zero).k()?];
     if n.wants_output(1) {
-        let ones = x.eq(x).k()?.or(x.ne(x).k()?).k()?;
-        out.push(ones);
+        out.push(mask);
     }
     Ok(out)
 }

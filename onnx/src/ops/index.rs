@@ -1,6 +1,8 @@
 //! Indexing ONNX ops: `Gather`, `GatherElements`, `GatherND` (with
 //! `batch_dims`), `ScatterElements` (and the older `Scatter`), `ScatterND`,
-//! `OneHot`, and `NonZero` of an import-time constant.
+//! `OneHot`, `NonZero` of an import-time constant, and `TensorScatter`
+//! (opset 24: a KV-cache update, per batch entry a select of the update
+//! rows that land on each position).
 //!
 //! Everything is composed from kiln's `gather` (numpy `take` along one axis,
 //! negative indices wrapping) and `scatter_add`: the element-wise and N-d
@@ -33,6 +35,7 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("ScatterND", scatter_nd),
     ("OneHot", one_hot),
     ("NonZero", non_zero),
+    ("TensorScatter", tensor_scatter),
 ];
 
 fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
@@ -367,4 +370,64 @@ fn non_zero<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let arr = Array::new(vec![shape.len(), nz.len()], Data::I64(out)).ok_or("bad shape")?;
     n.constant(arr).map(one)
+}
+
+/// `TensorScatter(past_cache, update, write_indices?; axis = -2, mode)`:
+/// `update` written into `past_cache` along `axis` from position
+/// `write_indices[b]` of each batch entry `b` (dim 0), wrapping around the
+/// axis in mode `circular`. Per batch entry (a fixed count), each position
+/// `p` of the axis takes update row `p - write_indices[b]` where that is
+/// one (modulo the axis' size when circular), else keeps the cache's.
+fn tensor_scatter<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (past, upd) = (n.input(0)?, n.input(1)?);
+    let rank = past.rank();
+    let a = axis(n.int("axis", -2), rank)?;
+    if a == 0 {
+        return n.unsupported("axis 0 (the batch dim)");
+    }
+    let circular = match n.string("mode").as_deref() {
+        None | Some("linear") => false,
+        Some("circular") => true,
+        Some(m) => return n.unsupported(format!("mode '{m}'")),
+    };
+    let fixed = |t: Tensor<'g>, d: usize, what: &str| {
+        t.shape().0[d]
+            .fixed()
+            .ok_or_else(|| format!("the {what} must be a fixed size, got {}", t.shape()))
+    };
+    let batch = fixed(past, 0, "batch dim")?;
+    let len = fixed(past, a, "cache axis")? as i64;
+    let count = fixed(upd, a, "update axis")? as i64;
+    if upd.rank() != rank || count > len {
+        return Err(format!(
+            "the update {} does not fit the cache {} along axis {a}",
+            upd.shape(),
+            past.shape()
+        ));
+    }
+    let w = n.opt(2).map(|w| w.cast(DType::I64)).transpose().k()?;
+    let pos = n.g.iota(DType::I64, [len as usize], 0).k()?;
+    let mut vshape = vec![1usize; rank - 1];
+    vshape[a - 1] = len as usize;
+    let mut parts = Vec::with_capacity(batch);
+    for b in 0..batch as i64 {
+        let past_b = past.slice_axis(0, b, b + 1, 1).k()?;
+        let upd_b = upd.slice_axis(0, b, b + 1, 1).k()?.squeeze(0).k()?;
+        let mut src = match w {
+            Some(w) => pos.sub(w.slice_axis(0, b, b + 1, 1).k()?).k()?,
+            None => pos,
+        };
+        if circular {
+            // Truncating remainder, then made non-negative.
+            let r = src.sub(src.div(len).k()?.mul(len).k()?).k()?;
+            src = n.g.select(r.lt(0i64).k()?, r.add(len).k()?, r).k()?;
+        }
+        let valid = src.ge(0i64).k()?.and(src.lt(count).k()?).k()?;
+        let idx = src.maximum(0i64).k()?.minimum(count - 1).k()?;
+        let rows = upd_b.gather(idx, a as i64 - 1).k()?;
+        let valid = valid.reshape(vshape.clone()).k()?;
+        let out = n.g.select(valid, rows, past_b.squeeze(0).k()?).k()?;
+        parts.push(out.unsqueeze(0).k()?);
+    }
+    n.g.concat(&parts, 0).k().map(one)
 }

@@ -28,6 +28,11 @@
 //!   are a function of the seed (the `seed` attribute, else one derived from
 //!   the node's output name), the same on every run; they cannot reproduce
 //!   another runtime's samples.
+//! - `RoiAlign` (modes avg and max, `half_pixel` and `output_half_pixel`):
+//!   bilinear sampling as per-ROI interpolation matrices (rows of the
+//!   feature map, columns) multiplied around the gathered feature maps;
+//!   `sampling_ratio` 0 (a grid from each ROI's size) needs the ROIs at
+//!   import time.
 //! - `Compress` (an import-time condition: a gather), `Unique` and
 //!   `NonMaxSuppression` (output shapes depend on the values, so their
 //!   inputs must be known at import time: the node is folded to constants).
@@ -64,6 +69,7 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("Compress", compress),
     ("Unique", unique),
     ("NonMaxSuppression", non_max_suppression),
+    ("RoiAlign", roi_align),
 ];
 
 fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
@@ -1378,6 +1384,207 @@ fn non_max_suppression<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let k = out.len() / 3;
     int_constant(n, out, &[k, 3]).map(one)
+}
+
+/// `RoiAlign(X, rois, batch_indices)`: each ROI's `output_height x
+/// output_width` bins, each the mean (or max) of a grid of bilinear
+/// samples, as ONNX's reference computes them. Bilinear sampling separates
+/// into rows and columns: per ROI, a `[samples, H]` matrix of the rows'
+/// weights and a `[samples, W]` one of the columns' (a sample outside the
+/// map has zero weights) make `rows @ X[b] @ columns^T`. Max mode takes
+/// the largest of a sample's four weighted corners, one product per corner
+/// with one-hot matrices.
+fn roi_align<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let (x, rois, bi) = (n.input(0)?, n.input(1)?, n.input(2)?);
+    let xs = fixed_shape(x)?;
+    if xs.len() != 4 {
+        return Err(format!("X must be [N, C, H, W], got {:?}", xs));
+    }
+    let r = fixed_shape(rois)?;
+    if r.len() != 2 || r[1] != 4 {
+        return Err(format!("rois must be [num_rois, 4], got {r:?}"));
+    }
+    let (ph, pw) = (
+        n.int("output_height", 1).max(1) as usize,
+        n.int("output_width", 1).max(1) as usize,
+    );
+    let ratio = n.int("sampling_ratio", 0);
+    let scale = f64::from(n.float("spatial_scale", 1.0));
+    // Opset 10 has no coordinate_transformation_mode: it is
+    // output_half_pixel's (no offset).
+    let half_pixel = n.opset >= 16
+        && match n.string("coordinate_transformation_mode").as_deref() {
+            None | Some("half_pixel") => true,
+            Some("output_half_pixel") => false,
+            Some(m) => return n.unsupported(format!("coordinate_transformation_mode '{m}'")),
+        };
+    let max = match n.string("mode").as_deref() {
+        None | Some("avg") => false,
+        Some("max") => true,
+        Some(m) => return n.unsupported(format!("mode '{m}'")),
+    };
+    let xg = x.gather(bi.cast(DType::I64).k()?, 0).k()?;
+    let rois = rois.cast(DType::F64).k()?;
+    let geo = RoiGeometry {
+        size: [xs[2], xs[3]],
+        pooled: [ph, pw],
+        scale,
+        half_pixel,
+        max,
+    };
+    if ratio > 0 {
+        let g = ratio as usize;
+        return roi_bins(n, xg, rois, [g, g], &geo).map(one);
+    }
+    // A grid from each ROI's size: the ROIs must be known.
+    let a = n.const_input(1)?.ok_or("rois are required")?;
+    let v = a.to_f64_vec();
+    let off = if half_pixel { 0.5 } else { 0.0 };
+    let mut parts = Vec::with_capacity(r[0]);
+    for i in 0..r[0] {
+        let c = |k: usize| v[i * 4 + k] * scale - off;
+        let (mut rw, mut rh) = (c(2) - c(0), c(3) - c(1));
+        if !half_pixel {
+            rw = rw.max(1.0);
+            rh = rh.max(1.0);
+        }
+        let grid = [
+            (rh / ph as f64).ceil().max(0.0) as usize,
+            (rw / pw as f64).ceil().max(0.0) as usize,
+        ];
+        let xi = xg.slice_axis(0, i as i64, i as i64 + 1, 1).k()?;
+        let ri = rois.slice_axis(0, i as i64, i as i64 + 1, 1).k()?;
+        parts.push(if grid[0] == 0 || grid[1] == 0 {
+            // No samples: ONNX's reference gives zeros.
+            xi.slice_axis(2, 0, 1, 1)
+                .k()?
+                .slice_axis(3, 0, 1, 1)
+                .k()?
+                .mul(0.0)
+                .k()?
+                .broadcast_to([1, xs[1], ph, pw])
+                .k()?
+        } else {
+            roi_bins(n, xi, ri, grid, &geo)?
+        });
+    }
+    n.g.concat(&parts, 0).k().map(one)
+}
+
+/// What `RoiAlign` samples: the feature map's `[H, W]`, the bins per ROI,
+/// the ROIs' scale and coordinate mode, max or mean.
+struct RoiGeometry {
+    size: [usize; 2],
+    pooled: [usize; 2],
+    scale: f64,
+    half_pixel: bool,
+    max: bool,
+}
+
+/// The `[R, C, ph, pw]` bins of ROIs `rois` (`[R, 4]` f64) over their
+/// feature maps `xg` (`[R, C, H, W]`), with a `grid` of samples per bin.
+fn roi_bins<'g>(
+    n: &Node<'_, 'g>,
+    xg: Tensor<'g>,
+    rois: Tensor<'g>,
+    grid: [usize; 2],
+    geo: &RoiGeometry,
+) -> R<Tensor<'g>> {
+    let dtype = xg.dtype();
+    let off = if geo.half_pixel { 0.5 } else { 0.0 };
+    let col = |k: i64| -> R<Tensor<'g>> {
+        rois.slice_axis(1, k, k + 1, 1)
+            .k()?
+            .mul(geo.scale)
+            .k()?
+            .sub(off)
+            .k()
+    };
+    // Per axis (rows, then columns): the samples' one-hot corner matrices
+    // and weights.
+    let mut axes = Vec::with_capacity(2);
+    // A ROI is [x1, y1, x2, y2]: rows from columns 1 and 3, columns from
+    // 0 and 2.
+    for (d, (first, last)) in [(1, 3), (0, 2)].into_iter().enumerate() {
+        let start = col(first)?;
+        let mut extent = col(last)?.sub(start).k()?;
+        if !geo.half_pixel {
+            extent = extent.maximum(1.0).k()?;
+        }
+        let (bins, g, size) = (geo.pooled[d], grid[d], geo.size[d]);
+        let bin = extent.div(bins as f64).k()?;
+        let frac: Vec<f64> = (0..bins * g)
+            .map(|s| (s / g) as f64 + ((s % g) as f64 + 0.5) / g as f64)
+            .collect();
+        let frac = constant(n, &frac, &[1, bins * g], DType::F64)?;
+        let pos = start.add(bin.mul(frac).k()?).k()?;
+        let outside = pos.lt(-1.0).k()?.or(pos.gt(size as f64).k()?).k()?;
+        let last = (size - 1) as f64;
+        let p = pos.maximum(0.0).k()?.minimum(last).k()?;
+        let lo = p.floor().k()?;
+        let hi = lo.add(1.0).k()?.minimum(last).k()?;
+        let frac_hi = p.sub(lo).k()?;
+        let zero = n.scalar(0.0, DType::F64)?;
+        let w_hi = n.g.select(outside, zero, frac_hi).k()?;
+        let w_lo =
+            n.g.select(outside, zero, frac_hi.neg().k()?.add(1.0).k()?)
+                .k()?;
+        let at = n.g.iota(DType::F64, [1, 1, size], 2).k()?;
+        let hot =
+            |i: Tensor<'g>| -> R<Tensor<'g>> { i.unsqueeze(2).k()?.eq(at).k()?.cast(dtype).k() };
+        axes.push([(hot(lo)?, w_lo), (hot(hi)?, w_hi)]);
+    }
+    // rows [R, S, H] and columns [R, S, W] around the maps [R, C, H, W].
+    let around = |rows: Tensor<'g>, cols: Tensor<'g>| -> R<Tensor<'g>> {
+        let rows = rows.unsqueeze(1).k()?;
+        let cols = cols.permute(&[0, 2, 1]).k()?.unsqueeze(1).k()?;
+        rows.matmul(xg).k()?.matmul(cols).k()
+    };
+    let weights = |wr: Tensor<'g>, wc: Tensor<'g>| -> R<Tensor<'g>> {
+        // [R, 1, SY, 1] * [R, 1, 1, SX]
+        wr.unsqueeze(1)
+            .k()?
+            .unsqueeze(3)
+            .k()?
+            .mul(wc.unsqueeze(1).k()?.unsqueeze(2).k()?)
+            .k()?
+            .cast(dtype)
+            .k()
+    };
+    let [(rlo, wrlo), (rhi, wrhi)] = axes[0];
+    let [(clo, wclo), (chi, wchi)] = axes[1];
+    let r = xg.shape().0[0].fixed().ok_or("a fixed ROI count")?;
+    let c = xg.shape().0[1].fixed().ok_or("a fixed channel count")?;
+    let split = [r, c, geo.pooled[0], grid[0], geo.pooled[1], grid[1]];
+    let samples = if geo.max {
+        let mut best: Option<Tensor<'g>> = None;
+        for (rows, wr) in [(rlo, wrlo), (rhi, wrhi)] {
+            for (cols, wc) in [(clo, wclo), (chi, wchi)] {
+                let v = around(rows, cols)?.mul(weights(wr, wc)?).k()?;
+                best = Some(match best {
+                    None => v,
+                    Some(b) => b.maximum(v).k()?,
+                });
+            }
+        }
+        best.ok_or("no corners")?
+    } else {
+        let mix = |(lo, wlo): (Tensor<'g>, Tensor<'g>), (hi, whi): (Tensor<'g>, Tensor<'g>)| {
+            let wl = wlo.unsqueeze(2).k()?.cast(dtype).k()?;
+            let wh = whi.unsqueeze(2).k()?.cast(dtype).k()?;
+            lo.mul(wl).k()?.add(hi.mul(wh).k()?).k()
+        };
+        around(
+            mix((rlo, wrlo), (rhi, wrhi))?,
+            mix((clo, wclo), (chi, wchi))?,
+        )?
+    };
+    let binned = samples.reshape(split).k()?;
+    if geo.max {
+        binned.max(&[3, 5], false).k()
+    } else {
+        binned.mean(&[3, 5], false).k()
+    }
 }
 
 #[cfg(test)]

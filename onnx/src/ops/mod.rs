@@ -6,6 +6,10 @@
 //! Converters are generic over the builder's lifetime: the importer also
 //! runs them on a scratch builder to evaluate nodes whose inputs are all
 //! constants.
+//!
+//! Sequence and optional ops (`sequence.rs`) take and give values other
+//! than tensors: they have converters of their own (`sequence::find`),
+//! which the importer calls; their entries here only list them.
 
 use std::rc::Rc;
 
@@ -22,6 +26,7 @@ mod nn;
 mod reduce;
 mod resize;
 mod rnn;
+pub(crate) mod sequence;
 mod shape;
 
 /// How a converter's reason starts when it needs the import-time value of
@@ -44,7 +49,7 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 11] = [
+const FAMILIES: [&[(&str, Converter)]; 12] = [
     elementwise::OPS,
     rnn::OPS,
     misc::OPS,
@@ -55,6 +60,7 @@ const FAMILIES: [&[(&str, Converter)]; 11] = [
     shape::OPS,
     index::OPS,
     reduce::OPS,
+    sequence::OPS,
     CONTROL,
 ];
 
