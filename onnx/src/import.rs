@@ -1164,17 +1164,7 @@ fn control_scan<'g>(
         .find(|a| a.name == "num_scan_inputs")
         .map(|a| a.i as usize)
         .ok_or_else(|| fail("no num_scan_inputs".into()))?;
-    let ins: Vec<Value<'g>> = n
-        .input
-        .iter()
-        .map(|name| match scope.values.get(name) {
-            Some(Item::Tensor(v)) => Ok(v.clone()),
-            Some(other) => Err(fail(format!("input '{name}' is {}", other.kind()))),
-            None => Err(fail(format!(
-                "input '{name}' is computed by no earlier node"
-            ))),
-        })
-        .collect::<Result<_>>()?;
+    let ins = tensor_inputs(scope, &n.input, &fail)?;
     let nstate = ins
         .len()
         .checked_sub(m)
@@ -1268,18 +1258,7 @@ fn control_scan8<'g>(
     let dirs = attr("directions")
         .map(|a| a.ints.clone())
         .unwrap_or_default();
-    let ins: Vec<Value<'g>> = n
-        .input
-        .iter()
-        .skip(1)
-        .map(|name| match scope.values.get(name) {
-            Some(Item::Tensor(v)) => Ok(v.clone()),
-            Some(other) => Err(fail(format!("input '{name}' is {}", other.kind()))),
-            None => Err(fail(format!(
-                "input '{name}' is computed by no earlier node"
-            ))),
-        })
-        .collect::<Result<_>>()?;
+    let ins = tensor_inputs(scope, &n.input[1.min(n.input.len())..], &fail)?;
     let nstate = ins
         .len()
         .checked_sub(m)
@@ -1384,6 +1363,24 @@ fn control_scan8<'g>(
         .map(|parts| {
             let t = g.concat(&parts, 0).map_err(err)?;
             Ok(Item::Tensor(Value::runtime(t)))
+        })
+        .collect()
+}
+
+/// The tensors named `names` (each must be a tensor of an earlier node).
+fn tensor_inputs<'g>(
+    scope: &Scope<'g>,
+    names: &[String],
+    fail: &dyn Fn(String) -> Error,
+) -> Result<Vec<Value<'g>>> {
+    names
+        .iter()
+        .map(|name| match scope.values.get(name) {
+            Some(Item::Tensor(v)) => Ok(v.clone()),
+            Some(other) => Err(fail(format!("input '{name}' is {}", other.kind()))),
+            None => Err(fail(format!(
+                "input '{name}' is computed by no earlier node"
+            ))),
         })
         .collect()
 }
