@@ -23,6 +23,7 @@ mod index;
 mod loss;
 mod misc;
 mod nn;
+mod recent;
 mod reduce;
 mod resize;
 mod rnn;
@@ -49,8 +50,9 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 12] = [
+const FAMILIES: [&[(&str, Converter)]; 13] = [
     elementwise::OPS,
+    recent::OPS,
     rnn::OPS,
     misc::OPS,
     resize::OPS,

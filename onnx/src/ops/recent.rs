@@ -1,0 +1,6 @@
+//! ONNX ops of the newest opsets (24 and later).
+
+use super::Converter;
+
+/// The ops of this family.
+pub(crate) const OPS: &[(&str, Converter)] = &[];
