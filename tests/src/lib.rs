@@ -193,3 +193,34 @@ pub fn load_digits() -> (Vec<f32>, Vec<i64>) {
     }
     kiln::datasets::digits(&path).expect("digits data")
 }
+
+/// Asserts that `err` is a type error of `op` reported at `file:line` (the
+/// caller's `file!()` and line of the failing call), and that its message
+/// names that place and mentions every string in `mentions`.
+#[track_caller]
+pub fn assert_type_error(
+    err: kiln::graph::Error,
+    op: &str,
+    file: &str,
+    line: u32,
+    mentions: &[&str],
+) {
+    let msg = err.to_string();
+    match &err {
+        kiln::graph::Error::Type {
+            op: o, location, ..
+        } => {
+            assert_eq!(o, op, "{msg}");
+            assert_eq!(location.file, file, "{msg}");
+            assert_eq!(location.line, line, "{msg}");
+        }
+        other => panic!("expected a type error of {op}, got {other:?}"),
+    }
+    assert!(
+        msg.contains(&format!("{file}:{line}:")),
+        "message lacks file:line: {msg}"
+    );
+    for m in mentions {
+        assert!(msg.contains(m), "message lacks '{m}': {msg}");
+    }
+}

@@ -1610,19 +1610,7 @@ fn unknown_device_name() {
 /// Asserts a type error of `op` at this file's `line` mentioning `parts`.
 #[track_caller]
 fn type_error(e: GraphError, op: &str, line: u32, parts: &[&str]) {
-    let msg = e.to_string();
-    match &e {
-        GraphError::Type {
-            op: o, location, ..
-        } => {
-            assert_eq!(o, op, "{msg}");
-            assert_eq!(location.file, file!(), "{msg}");
-            assert_eq!(location.line, line, "{msg}");
-        }
-        other => panic!("expected a type error of {op}, got {other:?}"),
-    }
-    mentions(&msg, &[&format!("{}:{line}:", file!())]);
-    mentions(&msg, parts);
+    kiln_tests::assert_type_error(e, op, file!(), line, parts);
 }
 
 #[test]

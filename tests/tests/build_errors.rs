@@ -12,28 +12,10 @@ macro_rules! fails {
     };
 }
 
-/// Asserts that `err` is a type error of `op` at this file's `line`, and that
-/// its message mentions every string in `mentions`.
+/// `kiln_tests::assert_type_error` at this file.
 #[track_caller]
 fn assert_type_error(err: kiln::graph::Error, op: &str, line: u32, mentions: &[&str]) {
-    let msg = err.to_string();
-    match &err {
-        Error::Type {
-            op: o, location, ..
-        } => {
-            assert_eq!(o, op, "{msg}");
-            assert_eq!(location.file, file!(), "{msg}");
-            assert_eq!(location.line, line, "{msg}");
-        }
-        other => panic!("expected a type error of {op}, got {other:?}"),
-    }
-    assert!(
-        msg.contains(&format!("{}:{line}:", file!())),
-        "message lacks file:line: {msg}"
-    );
-    for m in mentions {
-        assert!(msg.contains(m), "message lacks '{m}': {msg}");
-    }
+    kiln_tests::assert_type_error(err, op, file!(), line, mentions);
 }
 
 #[test]
