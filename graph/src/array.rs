@@ -16,6 +16,18 @@ pub enum Data {
     I32(Vec<i32>),
     /// i64 elements.
     I64(Vec<i64>),
+    /// i8 elements.
+    I8(Vec<i8>),
+    /// i16 elements.
+    I16(Vec<i16>),
+    /// u8 elements.
+    U8(Vec<u8>),
+    /// u16 elements.
+    U16(Vec<u16>),
+    /// u32 elements.
+    U32(Vec<u32>),
+    /// u64 elements.
+    U64(Vec<u64>),
     /// bool elements.
     Bool(Vec<bool>),
     /// f16 elements.
@@ -32,6 +44,12 @@ impl Data {
             Data::F64(_) => DType::F64,
             Data::I32(_) => DType::I32,
             Data::I64(_) => DType::I64,
+            Data::I8(_) => DType::I8,
+            Data::I16(_) => DType::I16,
+            Data::U8(_) => DType::U8,
+            Data::U16(_) => DType::U16,
+            Data::U32(_) => DType::U32,
+            Data::U64(_) => DType::U64,
             Data::Bool(_) => DType::Bool,
             Data::F16(_) => DType::F16,
             Data::BF16(_) => DType::BF16,
@@ -45,6 +63,12 @@ impl Data {
             Data::F64(v) => v.len(),
             Data::I32(v) => v.len(),
             Data::I64(v) => v.len(),
+            Data::I8(v) => v.len(),
+            Data::I16(v) => v.len(),
+            Data::U8(v) => v.len(),
+            Data::U16(v) => v.len(),
+            Data::U32(v) => v.len(),
+            Data::U64(v) => v.len(),
             Data::Bool(v) => v.len(),
             Data::F16(v) => v.len(),
             Data::BF16(v) => v.len(),
@@ -63,6 +87,12 @@ impl Data {
             DType::F64 => Data::F64(vec![0.0; n]),
             DType::I32 => Data::I32(vec![0; n]),
             DType::I64 => Data::I64(vec![0; n]),
+            DType::I8 => Data::I8(vec![0; n]),
+            DType::I16 => Data::I16(vec![0; n]),
+            DType::U8 => Data::U8(vec![0; n]),
+            DType::U16 => Data::U16(vec![0; n]),
+            DType::U32 => Data::U32(vec![0; n]),
+            DType::U64 => Data::U64(vec![0; n]),
             DType::Bool => Data::Bool(vec![false; n]),
             DType::F16 => Data::F16(vec![half::f16::ZERO; n]),
             DType::BF16 => Data::BF16(vec![half::bf16::ZERO; n]),
@@ -76,6 +106,12 @@ impl Data {
             DType::F64 => Data::F64(vec![v; n]),
             DType::I32 => Data::I32(vec![i32::from_f64(v); n]),
             DType::I64 => Data::I64(vec![i64::from_f64(v); n]),
+            DType::I8 => Data::I8(vec![i8::from_f64(v); n]),
+            DType::I16 => Data::I16(vec![i16::from_f64(v); n]),
+            DType::U8 => Data::U8(vec![u8::from_f64(v); n]),
+            DType::U16 => Data::U16(vec![u16::from_f64(v); n]),
+            DType::U32 => Data::U32(vec![u32::from_f64(v); n]),
+            DType::U64 => Data::U64(vec![u64::from_f64(v); n]),
             DType::Bool => Data::Bool(vec![bool::from_f64(v); n]),
             DType::F16 => Data::F16(vec![half::f16::from_f64(v); n]),
             DType::BF16 => Data::BF16(vec![half::bf16::from_f64(v); n]),
@@ -89,6 +125,12 @@ impl Data {
             Data::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I8(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::U8(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::U16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::U64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
             Data::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -127,6 +169,42 @@ impl Data {
                     .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
                     .collect(),
             ),
+            DType::I8 => Data::I8(
+                bytes
+                    .chunks_exact(1)
+                    .map(|c| i8::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::I16 => Data::I16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| i16::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::U8 => Data::U8(
+                bytes
+                    .chunks_exact(1)
+                    .map(|c| u8::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::U16 => Data::U16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::U32 => Data::U32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::U64 => Data::U64(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
             DType::Bool => {
                 if bytes.iter().any(|&b| b > 1) {
                     return None;
@@ -159,6 +237,12 @@ macro_rules! map_data {
             $crate::array::Data::F64($v) => $crate::array::Data::F64($body),
             $crate::array::Data::I32($v) => $crate::array::Data::I32($body),
             $crate::array::Data::I64($v) => $crate::array::Data::I64($body),
+            $crate::array::Data::I8($v) => $crate::array::Data::I8($body),
+            $crate::array::Data::I16($v) => $crate::array::Data::I16($body),
+            $crate::array::Data::U8($v) => $crate::array::Data::U8($body),
+            $crate::array::Data::U16($v) => $crate::array::Data::U16($body),
+            $crate::array::Data::U32($v) => $crate::array::Data::U32($body),
+            $crate::array::Data::U64($v) => $crate::array::Data::U64($body),
             $crate::array::Data::Bool($v) => $crate::array::Data::Bool($body),
             $crate::array::Data::F16($v) => $crate::array::Data::F16($body),
             $crate::array::Data::BF16($v) => $crate::array::Data::BF16($body),
@@ -208,6 +292,12 @@ impl_elem!(f32, F32, DType::F32, |x| x as f64, |v| v as f32);
 impl_elem!(f64, F64, DType::F64, |x| x, |v| v);
 impl_elem!(i32, I32, DType::I32, |x| x as f64, |v| v as i32);
 impl_elem!(i64, I64, DType::I64, |x| x as f64, |v| v as i64);
+impl_elem!(i8, I8, DType::I8, |x| x as f64, |v| v as i8);
+impl_elem!(i16, I16, DType::I16, |x| x as f64, |v| v as i16);
+impl_elem!(u8, U8, DType::U8, |x| x as f64, |v| v as u8);
+impl_elem!(u16, U16, DType::U16, |x| x as f64, |v| v as u16);
+impl_elem!(u32, U32, DType::U32, |x| x as f64, |v| v as u32);
+impl_elem!(u64, U64, DType::U64, |x| x as f64, |v| v as u64);
 impl_elem!(half::f16, F16, DType::F16, |x| x.to_f64(), |v| {
     half::f16::from_f64(v)
 });
@@ -227,6 +317,18 @@ pub enum Scalar {
     I32(i32),
     /// An i64.
     I64(i64),
+    /// A i8.
+    I8(i8),
+    /// A i16.
+    I16(i16),
+    /// A u8.
+    U8(u8),
+    /// A u16.
+    U16(u16),
+    /// A u32.
+    U32(u32),
+    /// A u64.
+    U64(u64),
     /// A bool.
     Bool(bool),
     /// An f16.
@@ -243,6 +345,12 @@ impl Scalar {
             Scalar::F64(_) => DType::F64,
             Scalar::I32(_) => DType::I32,
             Scalar::I64(_) => DType::I64,
+            Scalar::I8(_) => DType::I8,
+            Scalar::I16(_) => DType::I16,
+            Scalar::U8(_) => DType::U8,
+            Scalar::U16(_) => DType::U16,
+            Scalar::U32(_) => DType::U32,
+            Scalar::U64(_) => DType::U64,
             Scalar::Bool(_) => DType::Bool,
             Scalar::F16(_) => DType::F16,
             Scalar::BF16(_) => DType::BF16,
@@ -256,6 +364,12 @@ impl Scalar {
             DType::F64 => Scalar::F64(v),
             DType::I32 => Scalar::I32(v as i32),
             DType::I64 => Scalar::I64(v as i64),
+            DType::I8 => Scalar::I8(v as i8),
+            DType::I16 => Scalar::I16(v as i16),
+            DType::U8 => Scalar::U8(v as u8),
+            DType::U16 => Scalar::U16(v as u16),
+            DType::U32 => Scalar::U32(v as u32),
+            DType::U64 => Scalar::U64(v as u64),
             DType::Bool => Scalar::Bool(v != 0.0),
             DType::F16 => Scalar::F16(half::f16::from_f64(v)),
             DType::BF16 => Scalar::BF16(half::bf16::from_f64(v)),
@@ -269,10 +383,46 @@ impl Scalar {
             Scalar::F64(v) => v,
             Scalar::I32(v) => v as f64,
             Scalar::I64(v) => v as f64,
+            Scalar::I8(v) => v as f64,
+            Scalar::I16(v) => v as f64,
+            Scalar::U8(v) => v as f64,
+            Scalar::U16(v) => v as f64,
+            Scalar::U32(v) => v as f64,
+            Scalar::U64(v) => v as f64,
             Scalar::Bool(v) => v as u8 as f64,
             Scalar::F16(v) => v.to_f64(),
             Scalar::BF16(v) => v.to_f64(),
         }
+    }
+
+    /// The least value of an integer dtype; `None` for other dtypes.
+    pub fn int_min(dtype: DType) -> Option<Scalar> {
+        Some(match dtype {
+            DType::I8 => Scalar::I8(i8::MIN),
+            DType::I16 => Scalar::I16(i16::MIN),
+            DType::I32 => Scalar::I32(i32::MIN),
+            DType::I64 => Scalar::I64(i64::MIN),
+            DType::U8 => Scalar::U8(0),
+            DType::U16 => Scalar::U16(0),
+            DType::U32 => Scalar::U32(0),
+            DType::U64 => Scalar::U64(0),
+            _ => return None,
+        })
+    }
+
+    /// The greatest value of an integer dtype; `None` for other dtypes.
+    pub fn int_max(dtype: DType) -> Option<Scalar> {
+        Some(match dtype {
+            DType::I8 => Scalar::I8(i8::MAX),
+            DType::I16 => Scalar::I16(i16::MAX),
+            DType::I32 => Scalar::I32(i32::MAX),
+            DType::I64 => Scalar::I64(i64::MAX),
+            DType::U8 => Scalar::U8(u8::MAX),
+            DType::U16 => Scalar::U16(u16::MAX),
+            DType::U32 => Scalar::U32(u32::MAX),
+            DType::U64 => Scalar::U64(u64::MAX),
+            _ => return None,
+        })
     }
 
     /// True when the value is a bool `true`.
@@ -371,6 +521,12 @@ impl Array {
             Data::F64(v) => v.clone(),
             Data::I32(v) => v.iter().map(|x| x.to_f64()).collect(),
             Data::I64(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::I8(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::I16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::U8(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::U16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::U32(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::U64(v) => v.iter().map(|x| x.to_f64()).collect(),
             Data::Bool(v) => v.iter().map(|x| x.to_f64()).collect(),
             Data::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
             Data::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
@@ -385,6 +541,12 @@ impl Array {
             Data::F64(v) => v.as_ptr() as *const u8,
             Data::I32(v) => v.as_ptr() as *const u8,
             Data::I64(v) => v.as_ptr() as *const u8,
+            Data::I8(v) => v.as_ptr() as *const u8,
+            Data::I16(v) => v.as_ptr() as *const u8,
+            Data::U8(v) => v.as_ptr(),
+            Data::U16(v) => v.as_ptr() as *const u8,
+            Data::U32(v) => v.as_ptr() as *const u8,
+            Data::U64(v) => v.as_ptr() as *const u8,
             Data::Bool(v) => v.as_ptr() as *const u8,
             Data::F16(v) => v.as_ptr() as *const u8,
             Data::BF16(v) => v.as_ptr() as *const u8,
@@ -400,6 +562,12 @@ impl Array {
             Data::F64(v) => v.as_mut_ptr() as *mut u8,
             Data::I32(v) => v.as_mut_ptr() as *mut u8,
             Data::I64(v) => v.as_mut_ptr() as *mut u8,
+            Data::I8(v) => v.as_mut_ptr() as *mut u8,
+            Data::I16(v) => v.as_mut_ptr() as *mut u8,
+            Data::U8(v) => v.as_mut_ptr(),
+            Data::U16(v) => v.as_mut_ptr() as *mut u8,
+            Data::U32(v) => v.as_mut_ptr() as *mut u8,
+            Data::U64(v) => v.as_mut_ptr() as *mut u8,
             Data::Bool(v) => v.as_mut_ptr() as *mut u8,
             Data::F16(v) => v.as_mut_ptr() as *mut u8,
             Data::BF16(v) => v.as_mut_ptr() as *mut u8,
@@ -415,6 +583,12 @@ impl Array {
             Data::F64(v) => Scalar::F64(v[i]),
             Data::I32(v) => Scalar::I32(v[i]),
             Data::I64(v) => Scalar::I64(v[i]),
+            Data::I8(v) => Scalar::I8(v[i]),
+            Data::I16(v) => Scalar::I16(v[i]),
+            Data::U8(v) => Scalar::U8(v[i]),
+            Data::U16(v) => Scalar::U16(v[i]),
+            Data::U32(v) => Scalar::U32(v[i]),
+            Data::U64(v) => Scalar::U64(v[i]),
             Data::Bool(v) => Scalar::Bool(v[i]),
             Data::F16(v) => Scalar::F16(v[i]),
             Data::BF16(v) => Scalar::BF16(v[i]),
@@ -440,6 +614,12 @@ impl Array {
             DType::F64 => collect!(F64),
             DType::I32 => collect!(I32),
             DType::I64 => collect!(I64),
+            DType::I8 => collect!(I8),
+            DType::I16 => collect!(I16),
+            DType::U8 => collect!(U8),
+            DType::U16 => collect!(U16),
+            DType::U32 => collect!(U32),
+            DType::U64 => collect!(U64),
             DType::Bool => collect!(Bool),
             DType::F16 => collect!(F16),
             DType::BF16 => collect!(BF16),

@@ -4,13 +4,15 @@
 //! (`SequenceProto`, `OptionalProto` of `onnx-data.proto`) as
 //! [`DataValue`]s ([`read_value_file`] reads a file by its declared type).
 //!
-//! kiln has seven element types; ONNX's FLOAT, DOUBLE, INT32, INT64, BOOL,
-//! FLOAT16 and BFLOAT16 map onto them and every other ONNX element type is
-//! refused with a message naming it. Data is read from `raw_data`
+//! ONNX's FLOAT, DOUBLE, FLOAT16, BFLOAT16, INT8/16/32/64, UINT8/16/32/64
+//! and BOOL map onto kiln's dtypes of the same names; every other ONNX
+//! element type (strings, complex, float8, 4- and 2-bit types) is refused
+//! with a message naming it. Data is read from `raw_data`
 //! (little-endian, bools one byte each) when it is non-empty, and otherwise
 //! from the typed field ONNX assigns to the element type: `float_data`,
-//! `double_data`, `int64_data`, or `int32_data` (INT32, BOOL, and FLOAT16 /
-//! BFLOAT16 as 16-bit patterns). External data and segmented tensors are
+//! `double_data`, `int64_data`, `uint64_data` (UINT32, UINT64) or
+//! `int32_data` (INT32, the narrower integers, BOOL, and FLOAT16 / BFLOAT16
+//! as 16-bit patterns). External data and segmented tensors are
 //! refused. The element count is checked against `dims` before anything is
 //! allocated, so a corrupt size cannot cause a huge allocation.
 
@@ -35,11 +37,17 @@ pub fn dtype_of(onnx_type: i32) -> Result<DType, String> {
         Ok(DataType::Bool) => Ok(DType::Bool),
         Ok(DataType::Float16) => Ok(DType::F16),
         Ok(DataType::Bfloat16) => Ok(DType::BF16),
+        Ok(DataType::Int8) => Ok(DType::I8),
+        Ok(DataType::Int16) => Ok(DType::I16),
+        Ok(DataType::Uint8) => Ok(DType::U8),
+        Ok(DataType::Uint16) => Ok(DType::U16),
+        Ok(DataType::Uint32) => Ok(DType::U32),
+        Ok(DataType::Uint64) => Ok(DType::U64),
         Ok(DataType::Undefined) => Err("the element type is UNDEFINED (0)".to_string()),
         _ => match onnx_type_name(onnx_type) {
             "unknown" => Err(format!("unknown ONNX element type {onnx_type}")),
             name => Err(format!(
-                "{name} tensors are not supported (kiln has f32, f64, i32, i64, bool, f16, bf16)"
+                "{name} tensors are not supported (kiln has f32, f64, f16, bf16, i8, i16, i32, i64, u8, u16, u32, u64, bool)"
             )),
         },
     }
@@ -55,6 +63,12 @@ pub fn onnx_type(dtype: DType) -> i32 {
         DType::Bool => DataType::Bool,
         DType::F16 => DataType::Float16,
         DType::BF16 => DataType::Bfloat16,
+        DType::I8 => DataType::Int8,
+        DType::I16 => DataType::Int16,
+        DType::U8 => DataType::Uint8,
+        DType::U16 => DataType::Uint16,
+        DType::U32 => DataType::Uint32,
+        DType::U64 => DataType::Uint64,
     };
     t as i32
 }
@@ -207,7 +221,42 @@ fn from_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<Data, String> {
             check_len("int32_data", t.int32_data.len(), n, t)?;
             Data::BF16(bits16(t)?.into_iter().map(half::bf16::from_bits).collect())
         }
+        DType::I8 => Data::I8(narrow(t, n)?),
+        DType::I16 => Data::I16(narrow(t, n)?),
+        DType::U8 => Data::U8(narrow(t, n)?),
+        DType::U16 => Data::U16(narrow(t, n)?),
+        DType::U32 => {
+            check_len("uint64_data", t.uint64_data.len(), n, t)?;
+            t.uint64_data
+                .iter()
+                .map(|&v| {
+                    u32::try_from(v)
+                        .map_err(|_| format!("uint64_data entry {v} is out of range for uint32"))
+                })
+                .collect::<Result<Vec<u32>, String>>()
+                .map(Data::U32)?
+        }
+        DType::U64 => {
+            check_len("uint64_data", t.uint64_data.len(), n, t)?;
+            Data::U64(t.uint64_data.clone())
+        }
     })
+}
+
+/// Elements of a narrow integer type from `int32_data`, range-checked.
+fn narrow<T: TryFrom<i32>>(t: &TensorProto, n: usize) -> Result<Vec<T>, String> {
+    check_len("int32_data", t.int32_data.len(), n, t)?;
+    t.int32_data
+        .iter()
+        .map(|&v| {
+            T::try_from(v).map_err(|_| {
+                format!(
+                    "int32_data entry {v} is out of range for {}",
+                    onnx_type_name(t.data_type)
+                )
+            })
+        })
+        .collect()
 }
 
 /// The contents of a tensor as an [`Array`] (a scalar has `dims == []`).
@@ -436,13 +485,57 @@ mod tests {
     }
 
     #[test]
+    fn narrow_integers_from_typed_fields() {
+        let mut t = tensor(DataType::Int8, &[3]);
+        t.int32_data = vec![-128, 0, 127];
+        assert_eq!(
+            to_array(&t).unwrap(),
+            Array::from_vec(vec![3], vec![-128i8, 0, 127]).unwrap()
+        );
+        t.int32_data = vec![-129, 0, 127];
+        let e = to_array(&t).unwrap_err();
+        assert!(
+            e.contains("int32_data entry -129 is out of range for int8"),
+            "{e}"
+        );
+        let mut t = tensor(DataType::Uint16, &[2]);
+        t.int32_data = vec![65535, 7];
+        assert_eq!(
+            to_array(&t).unwrap(),
+            Array::from_vec(vec![2], vec![65535u16, 7]).unwrap()
+        );
+        let mut t = tensor(DataType::Uint32, &[2]);
+        t.uint64_data = vec![u32::MAX as u64, 1];
+        assert_eq!(
+            to_array(&t).unwrap(),
+            Array::from_vec(vec![2], vec![u32::MAX, 1]).unwrap()
+        );
+        t.uint64_data = vec![1 << 32, 1];
+        assert!(to_array(&t)
+            .unwrap_err()
+            .contains("out of range for uint32"));
+        let mut t = tensor(DataType::Uint64, &[1]);
+        t.uint64_data = vec![u64::MAX];
+        assert_eq!(
+            to_array(&t).unwrap(),
+            Array::from_vec(vec![1], vec![u64::MAX]).unwrap()
+        );
+        let mut t = tensor(DataType::Uint8, &[2]);
+        t.raw_data = vec![255, 1];
+        assert_eq!(
+            to_array(&t).unwrap(),
+            Array::from_vec(vec![2], vec![255u8, 1]).unwrap()
+        );
+    }
+
+    #[test]
     fn dtype_mapping() {
         for d in DType::ALL {
             assert_eq!(dtype_of(onnx_type(d)), Ok(d));
         }
         assert_eq!(
-            dtype_of(DataType::Uint8 as i32).unwrap_err(),
-            "uint8 tensors are not supported (kiln has f32, f64, i32, i64, bool, f16, bf16)"
+            dtype_of(DataType::Complex64 as i32).unwrap_err(),
+            "complex64 tensors are not supported (kiln has f32, f64, f16, bf16, i8, i16, i32, i64, u8, u16, u32, u64, bool)"
         );
         assert!(dtype_of(DataType::String as i32)
             .unwrap_err()
@@ -638,12 +731,12 @@ mod tests {
 
     #[test]
     fn unsupported_type_names_tensor() {
-        let mut t = tensor(DataType::Uint8, &[2]);
+        let mut t = tensor(DataType::Complex64, &[1]);
         t.name = "w".to_string();
-        t.raw_data = vec![1, 2];
+        t.raw_data = vec![0; 8];
         let e = to_array(&t).unwrap_err();
         assert!(
-            e.starts_with("tensor \"w\": uint8 tensors are not supported"),
+            e.starts_with("tensor \"w\": complex64 tensors are not supported"),
             "{e}"
         );
         let mut t = tensor(DataType::Float, &[1]);

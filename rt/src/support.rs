@@ -97,6 +97,40 @@ macro_rules! int_pow {
 int_pow!(kiln_pow_i32, i32);
 int_pow!(kiln_pow_i64, i64);
 
+macro_rules! int_pow_narrow {
+    ($($t:ty),*) => {$(
+        impl IntPow for $t {
+            fn pow_wrapping(self, e: $t) -> $t {
+                // Powers are consistent modulo 2^width, so the i64 power of
+                // the (sign- or zero-extended) values, truncated, is exact.
+                (self as i64).pow_wrapping(e as i64) as $t
+            }
+        }
+    )*};
+}
+
+int_pow_narrow!(i8, i16, u8, u16, u32);
+
+impl IntPow for u64 {
+    fn pow_wrapping(self, b: u64) -> u64 {
+        let (mut result, mut base, mut e) = (1u64, self, b);
+        while e > 0 {
+            if e & 1 == 1 {
+                result = result.wrapping_mul(base);
+            }
+            base = base.wrapping_mul(base);
+            e >>= 1;
+        }
+        result
+    }
+}
+
+/// See [`IntPow`].
+#[no_mangle]
+pub extern "C" fn kiln_pow_u64(a: u64, b: u64) -> u64 {
+    a.pow_wrapping(b)
+}
+
 /// Sample `index` of a uniform (`normal` = 0: in `[a, b)`) or normal
 /// (mean `a`, standard deviation `b`) stream as f32.
 #[no_mangle]
@@ -197,6 +231,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("kiln_pow_f64", kiln_pow_f64 as *const u8),
         ("kiln_pow_i32", kiln_pow_i32 as *const u8),
         ("kiln_pow_i64", kiln_pow_i64 as *const u8),
+        ("kiln_pow_u64", kiln_pow_u64 as *const u8),
         ("kiln_random_f32", kiln_random_f32 as *const u8),
         ("kiln_random_f64", kiln_random_f64 as *const u8),
         ("kiln_half_to_f32", kiln_half_to_f32 as *const u8),

@@ -127,6 +127,12 @@ fn rust_type(d: DType) -> Option<&'static str> {
         DType::F64 => "f64",
         DType::I32 => "i32",
         DType::I64 => "i64",
+        DType::I8 => "i8",
+        DType::I16 => "i16",
+        DType::U8 => "u8",
+        DType::U16 => "u16",
+        DType::U32 => "u32",
+        DType::U64 => "u64",
         DType::Bool => "bool",
         DType::F16 | DType::BF16 => return None,
     })

@@ -1,7 +1,7 @@
 //! Reading and writing NumPy `.npy` files (format versions 1.0, 2.0, 3.0).
 //!
-//! Supported dtypes: `f4`, `f8`, `i4`, `i8` (either byte order) and `b1`,
-//! C order. Declared sizes are checked against the file before anything is
+//! Supported dtypes: `f2`, `f4`, `f8`, `i1`, `i2`, `i4`, `i8`, `u1`, `u2`,
+//! `u4`, `u8` (either byte order) and `b1`, C order. Declared sizes are checked against the file before anything is
 //! allocated.
 
 use std::path::Path;
@@ -23,6 +23,12 @@ pub fn to_bytes(a: &Array) -> Vec<u8> {
         DType::F64 => "<f8",
         DType::I32 => "<i4",
         DType::I64 => "<i8",
+        DType::I8 => "|i1",
+        DType::I16 => "<i2",
+        DType::U8 => "|u1",
+        DType::U16 => "<u2",
+        DType::U32 => "<u4",
+        DType::U64 => "<u8",
         DType::Bool => "|b1",
         DType::F16 => "<f2",
         DType::BF16 => unreachable!("widened above"),
@@ -122,10 +128,16 @@ pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Array> {
         "f2" => DType::F16,
         "i4" => DType::I32,
         "i8" => DType::I64,
+        "i1" => DType::I8,
+        "i2" => DType::I16,
+        "u1" => DType::U8,
+        "u2" => DType::U16,
+        "u4" => DType::U32,
+        "u8" => DType::U64,
         "b1" | "?" => DType::Bool,
         other => {
             return Err(fail(format!(
-                "unsupported dtype '{other}' (kiln reads f2, f4, f8, i4, i8, b1)"
+                "unsupported dtype '{other}' (kiln reads f2, f4, f8, i1, i2, i4, i8, u1, u2, u4, u8, b1)"
             )))
         }
     };
@@ -198,6 +210,12 @@ mod tests {
             Array::from_vec(vec![3], vec![1.5f64, -2.0, 1e300]).unwrap(),
             Array::from_vec(vec![2, 1], vec![7i32, -9]).unwrap(),
             Array::from_vec(Vec::<usize>::new(), vec![i64::MIN]).unwrap(),
+            Array::from_vec(vec![3], vec![-128i8, 0, 127]).unwrap(),
+            Array::from_vec(vec![2], vec![i16::MIN, 300i16]).unwrap(),
+            Array::from_vec(vec![3], vec![0u8, 7, 255]).unwrap(),
+            Array::from_vec(vec![1], vec![u16::MAX]).unwrap(),
+            Array::from_vec(vec![2], vec![u32::MAX, 1u32]).unwrap(),
+            Array::from_vec(vec![2], vec![u64::MAX, 2u64]).unwrap(),
             Array::from_vec(vec![0, 4], Vec::<f32>::new()).unwrap(),
             Array::from_vec(vec![3], vec![true, false, true]).unwrap(),
         ];

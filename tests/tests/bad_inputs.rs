@@ -599,11 +599,11 @@ fn kiln_file_with_a_tensor_that_belongs_to_no_node() {
 fn kiln_file_with_an_unsupported_tensor_dtype() {
     let t = RawTensor {
         name: "c",
-        dtype: "U8",
-        shape: vec![3],
-        data: vec![1, 2, 3],
+        dtype: "C64",
+        shape: vec![1],
+        data: vec![0; 8],
     };
-    let (kind, msg) = file_error(&kiln_file(&constant_json(f32_type(&[3])), &[t]), "u8.kiln");
+    let (kind, msg) = file_error(&kiln_file(&constant_json(f32_type(&[1])), &[t]), "c64.kiln");
     assert_eq!(kind, FileErrorKind::Corrupt);
     mentions(&msg, &["node 0 'c'", "unsupported tensor dtype"]);
 }

@@ -171,10 +171,14 @@ fn float_only_and_bool_only_ops() {
     let i = g.placeholder("i", DType::I32, [3]).unwrap();
     let (e, line) = fails!(i.exp());
     assert_type_error(e, "exp", line, &["i32[3]", "needs f32 or f64"]);
-    let (e, line) = fails!(i.not());
-    assert_type_error(e, "not", line, &["needs bool"]);
-    let (e, line) = fails!(i.and(i));
-    assert_type_error(e, "and", line, &["bool operands"]);
+    // Not, and, or, xor are logical on bools and bitwise on integers.
+    assert_eq!(i.not().unwrap().dtype(), DType::I32);
+    assert_eq!(i.and(i).unwrap().dtype(), DType::I32);
+    let x = g.placeholder("x", DType::F32, [3]).unwrap();
+    let (e, line) = fails!(x.not());
+    assert_type_error(e, "not", line, &["needs bool or an integer dtype"]);
+    let (e, line) = fails!(x.and(x));
+    assert_type_error(e, "and", line, &["bool or integer operands"]);
     let b = g.placeholder("b", DType::Bool, [3]).unwrap();
     let (e, line) = fails!(b.add(b));
     assert_type_error(e, "add", line, &["numeric"]);

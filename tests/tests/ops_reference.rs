@@ -110,6 +110,17 @@ fn parse_array(v: &Value) -> Array {
         DType::I64 => Data::I64(items.iter().map(int).collect()),
         DType::Bool => Data::Bool(items.iter().map(|x| x.as_bool().expect("a bool")).collect()),
         DType::F16 | DType::BF16 => panic!("the NumPy fixtures hold no {dtype} tensors"),
+        narrow => {
+            let v = Data::I64(items.iter().map(int).collect());
+            let a = Array::new(vec![v.len()], v).expect("a vector");
+            let c = kiln::graph::ops::elementwise::eval_cast(&a, narrow);
+            assert_eq!(
+                kiln::graph::ops::elementwise::eval_cast(&c, DType::I64),
+                a,
+                "fixture values do not fit {narrow}"
+            );
+            c.into_data()
+        }
     };
     Array::new(shape.clone(), data)
         .unwrap_or_else(|| panic!("data length does not match shape {shape:?}"))

@@ -36,9 +36,10 @@ fn cl(dtype: DType) -> Type {
     match dtype {
         DType::F32 => types::F32,
         DType::F64 => types::F64,
-        DType::I32 => types::I32,
-        DType::I64 => types::I64,
-        DType::Bool => types::I8,
+        DType::I32 | DType::U32 => types::I32,
+        DType::I64 | DType::U64 => types::I64,
+        DType::Bool | DType::I8 | DType::U8 => types::I8,
+        DType::I16 | DType::U16 => types::I16,
         // Half values live in f32 registers (exactly: every f16 and bf16
         // is an f32) and in 16 bits in memory (`Emitter::load_elem`,
         // `Emitter::store`).
@@ -517,6 +518,7 @@ impl<M: Module> Jit<M> {
             ("kiln_pow_f64", vec![types::F64, types::F64], types::F64),
             ("kiln_pow_i32", vec![types::I32, types::I32], types::I32),
             ("kiln_pow_i64", vec![types::I64, types::I64], types::I64),
+            ("kiln_pow_u64", vec![types::I64, types::I64], types::I64),
             (
                 "kiln_random_f32",
                 vec![types::I32, types::I64, types::F64, types::F64, types::I64],
@@ -827,9 +829,16 @@ impl Emitter<'_, '_> {
         match s {
             Scalar::F32(v) => self.b.ins().f32const(v),
             Scalar::F64(v) => self.b.ins().f64const(v),
-            Scalar::I32(v) => self.b.ins().iconst(types::I32, v as i64),
+            Scalar::I32(v) => self.b.ins().iconst(types::I32, v as u32 as i64),
             Scalar::I64(v) => self.b.ins().iconst(types::I64, v),
             Scalar::Bool(v) => self.b.ins().iconst(types::I8, v as i64),
+            // Narrow immediates are given zero-extended, as Cranelift wants.
+            Scalar::I8(v) => self.b.ins().iconst(types::I8, v as u8 as i64),
+            Scalar::U8(v) => self.b.ins().iconst(types::I8, v as i64),
+            Scalar::I16(v) => self.b.ins().iconst(types::I16, v as u16 as i64),
+            Scalar::U16(v) => self.b.ins().iconst(types::I16, v as i64),
+            Scalar::U32(v) => self.b.ins().iconst(types::I32, v as i64),
+            Scalar::U64(v) => self.b.ins().iconst(types::I64, v as i64),
             Scalar::F16(v) => self.b.ins().f32const(v.to_f32()),
             Scalar::BF16(v) => self.b.ins().f32const(v.to_f32()),
         }
@@ -886,17 +895,19 @@ impl Emitter<'_, '_> {
         self.b.inst_results(inst)[0]
     }
 
-    fn value_dtype(&self, ty: Type) -> DType {
-        match ty {
-            types::F32 => DType::F32,
-            types::F64 => DType::F64,
-            types::I32 => DType::I32,
-            types::I64 => DType::I64,
-            _ => DType::Bool,
+    /// `x` of integer dtype `from` widened to i64 (sign- or zero-extended).
+    fn widen_int(&mut self, from: DType, x: Value) -> Value {
+        if cl(from) == types::I64 {
+            x
+        } else if from.is_signed_int() {
+            self.b.ins().sextend(types::I64, x)
+        } else {
+            self.b.ins().uextend(types::I64, x)
         }
     }
 
-    fn unary(&mut self, f: UnaryOp, x: Value) -> Value {
+    /// Unary op `f` on `x` of dtype `dt`.
+    fn unary(&mut self, f: UnaryOp, x: Value, dt: DType) -> Value {
         let ty = self.b.func.dfg.value_type(x);
         if ty.is_float() {
             let one = if ty == types::F32 {
@@ -950,14 +961,27 @@ impl Emitter<'_, '_> {
                 }
             };
         }
+        let zero = self.b.ins().iconst(ty, 0);
         match f {
-            UnaryOp::Not => self.b.ins().bxor_imm_s(x, 1),
+            UnaryOp::Not if dt == DType::Bool => self.b.ins().bxor_imm_s(x, 1),
+            UnaryOp::Not => self.b.ins().bnot(x),
             UnaryOp::Neg => self.b.ins().ineg(x),
-            UnaryOp::Abs => self.b.ins().iabs(x),
+            UnaryOp::Abs if dt.is_unsigned() => x,
+            UnaryOp::Abs => {
+                let neg = self.b.ins().ineg(x);
+                let lt = self.b.ins().icmp(IntCC::SignedLessThan, x, zero);
+                self.b.ins().select(lt, neg, x)
+            }
             _ => {
-                let zero = self.b.ins().iconst(ty, 0);
                 let one = self.b.ins().iconst(ty, 1);
-                let m1 = self.b.ins().iconst(ty, -1);
+                if dt.is_unsigned() {
+                    let nz = self.b.ins().icmp(IntCC::NotEqual, x, zero);
+                    return self.b.ins().select(nz, one, zero);
+                }
+                let m1 = self
+                    .b
+                    .ins()
+                    .iconst(ty, (u64::MAX >> (64 - ty.bits())) as i64);
                 let gt = self.b.ins().icmp(IntCC::SignedGreaterThan, x, zero);
                 let lt = self.b.ins().icmp(IntCC::SignedLessThan, x, zero);
                 let neg_or_zero = self.b.ins().select(lt, m1, zero);
@@ -966,7 +990,8 @@ impl Emitter<'_, '_> {
         }
     }
 
-    fn binary(&mut self, f: BinaryOp, a: Value, b: Value) -> Value {
+    /// Binary op `f` on operands of dtype `dt`.
+    fn binary(&mut self, f: BinaryOp, a: Value, b: Value, dt: DType) -> Value {
         let ty = self.b.func.dfg.value_type(a);
         if f.is_comparison() {
             if ty.is_float() {
@@ -980,8 +1005,8 @@ impl Emitter<'_, '_> {
                 };
                 return self.b.ins().fcmp(cc, a, b);
             }
-            // Bools compare as unsigned (false < true), integers as signed.
-            let signed = ty != types::I8;
+            // Bools and unsigned integers compare as unsigned (false < true).
+            let signed = dt.is_signed_int();
             let cc = match (f, signed) {
                 (BinaryOp::Eq, _) => IntCC::Equal,
                 (BinaryOp::Ne, _) => IntCC::NotEqual,
@@ -1014,21 +1039,37 @@ impl Emitter<'_, '_> {
                 ),
             };
         }
+        let unsigned = dt.is_unsigned();
         match f {
             BinaryOp::Add => self.b.ins().iadd(a, b),
             BinaryOp::Sub => self.b.ins().isub(a, b),
             BinaryOp::Mul => self.b.ins().imul(a, b),
+            BinaryOp::Max if unsigned => self.b.ins().umax(a, b),
+            BinaryOp::Min if unsigned => self.b.ins().umin(a, b),
             BinaryOp::Max => self.b.ins().smax(a, b),
             BinaryOp::Min => self.b.ins().smin(a, b),
             BinaryOp::And => self.b.ins().band(a, b),
             BinaryOp::Or => self.b.ins().bor(a, b),
             BinaryOp::Xor => self.b.ins().bxor(a, b),
+            BinaryOp::Div if unsigned => {
+                // x / 0 = 0, without trapping.
+                let zero = self.b.ins().iconst(ty, 0);
+                let one = self.b.ins().iconst(ty, 1);
+                let is0 = self.b.ins().icmp(IntCC::Equal, b, zero);
+                let safe = self.b.ins().select(is0, one, b);
+                let q = self.b.ins().udiv(a, safe);
+                self.b.ins().select(is0, zero, q)
+            }
             BinaryOp::Div => {
                 // x / 0 = 0 and MIN / -1 = MIN (wrapping), without trapping.
                 let zero = self.b.ins().iconst(ty, 0);
                 let one = self.b.ins().iconst(ty, 1);
-                let is0 = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
-                let is_m1 = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
+                let m1 = self
+                    .b
+                    .ins()
+                    .iconst(ty, (u64::MAX >> (64 - ty.bits())) as i64);
+                let is0 = self.b.ins().icmp(IntCC::Equal, b, zero);
+                let is_m1 = self.b.ins().icmp(IntCC::Equal, b, m1);
                 let special = self.b.ins().bor(is0, is_m1);
                 let safe = self.b.ins().select(special, one, b);
                 let q = self.b.ins().sdiv(a, safe);
@@ -1036,19 +1077,25 @@ impl Emitter<'_, '_> {
                 let q = self.b.ins().select(is_m1, neg, q);
                 self.b.ins().select(is0, zero, q)
             }
-            _ => self.call(
-                if ty == types::I32 {
-                    "kiln_pow_i32"
+            _ if dt == DType::U64 => self.call("kiln_pow_u64", &[a, b]),
+            _ if ty == types::I32 && dt == DType::I32 => self.call("kiln_pow_i32", &[a, b]),
+            _ => {
+                // Powers are consistent modulo 2^width: the i64 power of
+                // the extended operands, truncated, is the narrow power.
+                let (wa, wb) = (self.widen_int(dt, a), self.widen_int(dt, b));
+                let p = self.call("kiln_pow_i64", &[wa, wb]);
+                if ty == types::I64 {
+                    p
                 } else {
-                    "kiln_pow_i64"
-                },
-                &[a, b],
-            ),
+                    self.b.ins().ireduce(ty, p)
+                }
+            }
         }
     }
 
-    fn cast(&mut self, to: DType, x: Value) -> Value {
-        let from = self.value_dtype(self.b.func.dfg.value_type(x));
+    /// Cast of `x` (of dtype `from`) to `to`, with Rust `as` semantics
+    /// (float to integer saturates, NaN gives 0; integers wrap or extend).
+    fn cast(&mut self, to: DType, x: Value, from: DType) -> Value {
         if to.is_half() {
             // From f32 or f64 only (`widen_half` routes the rest through
             // f64): one rounding, kept in an f32 register. A half value
@@ -1062,23 +1109,74 @@ impl Emitter<'_, '_> {
             return self.call("kiln_round_half_f64", &[wide, bf]);
         }
         let t = cl(to);
+        // A half value is an f32 in its register.
+        let from = if from.is_half() { DType::F32 } else { from };
         if from == to {
             return x;
         }
-        match (from, to) {
-            (DType::F32, DType::F64) => self.b.ins().fpromote(t, x),
-            (DType::F64, DType::F32) => self.b.ins().fdemote(t, x),
-            (f, DType::Bool) if f.is_float() => {
-                let z = self.zero(f);
-                self.b.ins().fcmp(FloatCC::NotEqual, x, z)
+        let from_float = from.is_float();
+        match to {
+            DType::F32 | DType::F64 => {
+                if from_float {
+                    return if t == types::F64 {
+                        self.b.ins().fpromote(t, x)
+                    } else {
+                        self.b.ins().fdemote(t, x)
+                    };
+                }
+                if from == DType::U64 {
+                    return self.b.ins().fcvt_from_uint(t, x);
+                }
+                // Bools and the other integers are exact in i64.
+                let w = if from == DType::Bool {
+                    self.b.ins().uextend(types::I64, x)
+                } else {
+                    self.widen_int(from, x)
+                };
+                self.b.ins().fcvt_from_sint(t, w)
             }
-            (_, DType::Bool) => self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0),
-            (f, _) if f.is_float() => self.b.ins().fcvt_to_sint_sat(t, x),
-            (DType::Bool, t2) if t2.is_float() => self.b.ins().fcvt_from_uint(t, x),
-            (DType::Bool, _) => self.b.ins().uextend(t, x),
-            (_, t2) if t2.is_float() => self.b.ins().fcvt_from_sint(t, x),
-            (DType::I32, DType::I64) => self.b.ins().sextend(t, x),
-            _ => self.b.ins().ireduce(t, x),
+            DType::Bool => {
+                if from_float {
+                    let z = self.zero(from);
+                    self.b.ins().fcmp(FloatCC::NotEqual, x, z)
+                } else {
+                    let z = self.zero(from);
+                    self.b.ins().icmp(IntCC::NotEqual, x, z)
+                }
+            }
+            _ if from_float => match to {
+                DType::I32 | DType::I64 => self.b.ins().fcvt_to_sint_sat(t, x),
+                DType::U32 | DType::U64 => self.b.ins().fcvt_to_uint_sat(t, x),
+                _ => {
+                    // Narrow targets: saturate in i32, clamp, truncate.
+                    let (lo, hi) = match to {
+                        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+                        DType::U8 => (0, u8::MAX as i64),
+                        DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+                        _ => (0, u16::MAX as i64),
+                    };
+                    let v = self.b.ins().fcvt_to_sint_sat(types::I32, x);
+                    let lo = self.b.ins().iconst(types::I32, lo as u32 as i64);
+                    let hi = self.b.ins().iconst(types::I32, hi);
+                    let v = self.b.ins().smax(v, lo);
+                    let v = self.b.ins().smin(v, hi);
+                    self.b.ins().ireduce(t, v)
+                }
+            },
+            _ => {
+                // Integer (or bool) to integer: truncate, or extend by the
+                // source's signedness (bools are 0 or 1).
+                let ft = cl(from);
+                if t.bits() < ft.bits() {
+                    self.b.ins().ireduce(t, x)
+                } else if t.bits() == ft.bits() {
+                    x
+                } else if from.is_signed_int() {
+                    self.b.ins().sextend(t, x)
+                } else {
+                    self.b.ins().uextend(t, x)
+                }
+            }
         }
     }
 
@@ -1088,18 +1186,22 @@ impl Emitter<'_, '_> {
         p: &ElementProgram,
         inputs: &[Access],
         idx: &[Value],
-        acc: Option<Value>,
+        acc: Option<(Value, DType)>,
     ) -> Result<Value> {
         let mut vals: Vec<Value> = Vec::with_capacity(p.instrs.len());
+        let dts = instr_dtypes(self.prog, inputs, p, acc.map(|a| a.1));
         for ins in &p.instrs {
             let v = match ins {
                 Instr::Load(a) => self.load(&inputs[*a], idx),
                 Instr::Const(c) => self.constant(*c),
-                Instr::Unary(f, a) => self.unary(*f, vals[*a]),
-                Instr::Binary(f, a, b) => self.binary(*f, vals[*a], vals[*b]),
+                Instr::Unary(f, a) => self.unary(*f, vals[*a], dts[*a]),
+                Instr::Binary(f, a, b) => self.binary(*f, vals[*a], vals[*b], dts[*a]),
                 Instr::Select(c, a, b) => self.b.ins().select(vals[*c], vals[*a], vals[*b]),
-                Instr::Cast(to, a) => self.cast(*to, vals[*a]),
-                Instr::Acc => acc.ok_or_else(|| self.err("Acc outside an epilogue".into()))?,
+                Instr::Cast(to, a) => self.cast(*to, vals[*a], dts[*a]),
+                Instr::Acc => {
+                    acc.ok_or_else(|| self.err("Acc outside an epilogue".into()))?
+                        .0
+                }
                 Instr::InBounds(conds) => self.conds(conds, idx),
                 Instr::IndexValue(e, dtype) => {
                     let i = self.index(e, idx);
@@ -1132,10 +1234,10 @@ impl Emitter<'_, '_> {
 
     fn cast_index(&mut self, i: Value, dtype: DType) -> Value {
         match dtype {
-            DType::I64 => i,
-            DType::I32 => self.b.ins().ireduce(types::I32, i),
             DType::Bool => self.b.ins().icmp_imm_s(IntCC::NotEqual, i, 0),
-            d => self.b.ins().fcvt_from_sint(cl(d), i),
+            d if d.is_float() => self.b.ins().fcvt_from_sint(cl(d), i),
+            d if cl(d) == types::I64 => i,
+            d => self.b.ins().ireduce(cl(d), i),
         }
     }
 
@@ -1269,7 +1371,7 @@ impl Emitter<'_, '_> {
                     let lin = e.linear(&idx, &strides);
                     let acc = if acc_from_out {
                         let addr = e.address(out, lin);
-                        Some(e.load_elem(out, addr))
+                        Some((e.load_elem(out, addr), e.prog.buffer(out).dtype))
                     } else {
                         None
                     };
@@ -1345,7 +1447,7 @@ impl Emitter<'_, '_> {
                 self.loops(&kept, &mut |e| {
                     // Initialise the accumulator for this output element.
                     let init = match kind {
-                        ReduceKind::Value(f) => reduce_init(e, f, acc_ty),
+                        ReduceKind::Value(f) => reduce_init(e, f, acc_ty, in_dtype),
                         ReduceKind::Arg(_) => e.zero(in_dtype),
                     };
                     e.b.def_var(acc_var, init);
@@ -1375,7 +1477,7 @@ impl Emitter<'_, '_> {
                                     } else {
                                         v
                                     };
-                                    let next = reduce_step(e, f, acc, v, acc_ty);
+                                    let next = reduce_step(e, f, acc, v, acc_ty, in_dtype);
                                     e.b.def_var(acc_var, next);
                                 }
                                 ReduceKind::Arg(f) => {
@@ -1399,10 +1501,20 @@ impl Emitter<'_, '_> {
                                             e.b.ins().fcmp(FloatCC::LessThan, v, acc)
                                         }
                                         (ArgOp::ArgMax, false) => {
-                                            e.b.ins().icmp(IntCC::SignedGreaterThan, v, acc)
+                                            let cc = if in_dtype.is_unsigned() {
+                                                IntCC::UnsignedGreaterThan
+                                            } else {
+                                                IntCC::SignedGreaterThan
+                                            };
+                                            e.b.ins().icmp(cc, v, acc)
                                         }
                                         (ArgOp::ArgMin, false) => {
-                                            e.b.ins().icmp(IntCC::SignedLessThan, v, acc)
+                                            let cc = if in_dtype.is_unsigned() {
+                                                IntCC::UnsignedLessThan
+                                            } else {
+                                                IntCC::SignedLessThan
+                                            };
+                                            e.b.ins().icmp(cc, v, acc)
                                         }
                                     };
                                     let better = e.b.ins().bor(better, v_nan);
@@ -1451,7 +1563,7 @@ impl Emitter<'_, '_> {
                     } else if let Some((mo, mp)) = map {
                         e.loops(&reduced, &mut |e| {
                             let idx = e.idx();
-                            let v = e.program(mp, inputs, &idx, Some(result))?;
+                            let v = e.program(mp, inputs, &idx, Some((result, out_dtype)))?;
                             let lin = e.linear(&idx, &full_strides);
                             e.store(mo, lin, v);
                             Ok(())
@@ -1465,7 +1577,17 @@ impl Emitter<'_, '_> {
 }
 
 fn body_dtype(prog: &KernelProgram, inputs: &[Access], p: &ElementProgram) -> DType {
-    // The dtype of the program's result, found by walking its instructions.
+    instr_dtypes(prog, inputs, p, None)[p.result]
+}
+
+/// The dtype of each instruction's value.
+/// `acc` is the dtype of `Acc` (the accumulator of an epilogue), when known.
+fn instr_dtypes(
+    prog: &KernelProgram,
+    inputs: &[Access],
+    p: &ElementProgram,
+    acc: Option<DType>,
+) -> Vec<DType> {
     let mut dts: Vec<DType> = Vec::with_capacity(p.instrs.len());
     for ins in &p.instrs {
         let d = match ins {
@@ -1481,17 +1603,17 @@ fn body_dtype(prog: &KernelProgram, inputs: &[Access], p: &ElementProgram) -> DT
             }
             Instr::Select(_, a, _) => dts[*a],
             Instr::Cast(t, _) => *t,
-            Instr::Acc => DType::F32,
+            Instr::Acc => acc.unwrap_or(DType::F32),
             Instr::InBounds(_) => DType::Bool,
             Instr::IndexValue(_, t) => *t,
             Instr::Random { dtype, .. } => *dtype,
         };
         dts.push(d);
     }
-    dts[p.result]
+    dts
 }
 
-fn reduce_init(e: &mut Emitter<'_, '_>, f: ReduceOp, ty: Type) -> Value {
+fn reduce_init(e: &mut Emitter<'_, '_>, f: ReduceOp, ty: Type, dtype: DType) -> Value {
     if ty.is_float() {
         let v = match f {
             ReduceOp::Sum => 0.0,
@@ -1505,10 +1627,13 @@ fn reduce_init(e: &mut Emitter<'_, '_>, f: ReduceOp, ty: Type) -> Value {
             e.b.ins().f64const(v)
         };
     }
-    let (min, max) = if ty == types::I32 {
-        (i32::MIN as i64, i32::MAX as i64)
+    // The extremes of the type, as zero-extended bit patterns.
+    let bits = ty.bits();
+    let mask = u64::MAX >> (64 - bits);
+    let (min, max) = if dtype.is_unsigned() {
+        (0, mask)
     } else {
-        (i64::MIN, i64::MAX)
+        (1u64 << (bits - 1), mask >> 1)
     };
     let v = match f {
         ReduceOp::Sum => 0,
@@ -1516,10 +1641,17 @@ fn reduce_init(e: &mut Emitter<'_, '_>, f: ReduceOp, ty: Type) -> Value {
         ReduceOp::Max => min,
         ReduceOp::Min => max,
     };
-    e.b.ins().iconst(ty, v)
+    e.b.ins().iconst(ty, v as i64)
 }
 
-fn reduce_step(e: &mut Emitter<'_, '_>, f: ReduceOp, acc: Value, v: Value, ty: Type) -> Value {
+fn reduce_step(
+    e: &mut Emitter<'_, '_>,
+    f: ReduceOp,
+    acc: Value,
+    v: Value,
+    ty: Type,
+    dtype: DType,
+) -> Value {
     if ty.is_float() {
         return match f {
             ReduceOp::Sum => e.b.ins().fadd(acc, v),
@@ -1531,6 +1663,8 @@ fn reduce_step(e: &mut Emitter<'_, '_>, f: ReduceOp, acc: Value, v: Value, ty: T
     match f {
         ReduceOp::Sum => e.b.ins().iadd(acc, v),
         ReduceOp::Prod => e.b.ins().imul(acc, v),
+        ReduceOp::Max if dtype.is_unsigned() => e.b.ins().umax(acc, v),
+        ReduceOp::Min if dtype.is_unsigned() => e.b.ins().umin(acc, v),
         ReduceOp::Max => e.b.ins().smax(acc, v),
         ReduceOp::Min => e.b.ins().smin(acc, v),
     }

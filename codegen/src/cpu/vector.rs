@@ -576,7 +576,7 @@ impl Emitter<'_, '_> {
                     RowAcc::FromOut => Some(e.b.ins().load(types::F32, flags(), addr, 0)),
                     RowAcc::Value(v) => Some(v),
                 };
-                let v = e.program(program, inputs, &idx, a)?;
+                let v = e.program(program, inputs, &idx, a.map(|a| (a, DType::F32)))?;
                 e.store(out, lin, v);
                 Ok(())
             },

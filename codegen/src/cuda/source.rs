@@ -85,6 +85,9 @@ __device__ __forceinline__ double kuniform(u64 seed, u64 i, double low, double h
 __device__ __forceinline__ float khalf2f(unsigned short h, int bf) { if (bf) return __int_as_float(((unsigned)h) << 16); const unsigned s = ((unsigned)h & 0x8000u) << 16, e = ((unsigned)h >> 10) & 0x1fu, m = (unsigned)h & 0x3ffu; if (e == 0x1fu) return __int_as_float((int)(s | 0x7f800000u | (m << 13))); if (e == 0u) return (s ? -1.0f : 1.0f) * (float)m * 5.9604644775390625e-8f; return __int_as_float((int)(s | ((e + 112u) << 23) | (m << 13))); }
 __device__ __forceinline__ float kround_half(double x, int bf) { if (x != x) return __int_as_float(0x7fc00000); const double a = fabs(x); if (a == 0.0 || isinf(a)) return (float)x; int e; frexp(a, &e); const int emin = bf ? -126 : -14; const int lead = e - 1 < emin ? emin : e - 1; const double q = ldexp(1.0, lead - (bf ? 7 : 10)); double r = rint(a / q) * q; if (r > (bf ? 3.3895313892515355e38 : 65504.0)) r = 1.0 / 0.0; return (float)(x < 0 ? -r : r); }
 __device__ __forceinline__ unsigned short kf2half(float v, int bf) { const float r = kround_half((double)v, bf); const unsigned u = (unsigned)__float_as_int(r); if (bf) return (unsigned short)(u >> 16); const unsigned s = (u >> 16) & 0x8000u, e = (u >> 23) & 0xffu, m = u & 0x7fffffu; if (e == 0xffu) return (unsigned short)(s | 0x7c00u | (m ? 0x200u : 0u)); if (e == 0u && m == 0u) return (unsigned short)s; const int E = (int)e - 127; if (E < -14) return (unsigned short)(s | (unsigned)(fabsf(r) * 16777216.0f)); return (unsigned short)(s | ((unsigned)(E + 15) << 10) | (m >> 13)); }
+__device__ __forceinline__ i64 kclamp64(i64 x, i64 lo, i64 hi) { return x < lo ? lo : (x > hi ? hi : x); }
+__device__ __forceinline__ u64 kf2u64(double x) { return x != x || x <= 0.0 ? 0ull : (x >= 18446744073709551615.0 ? 18446744073709551615ull : (u64)x); }
+__device__ __forceinline__ u64 kpowu64(u64 a, u64 b) { u64 r = 1; while (b > 0) { if (b & 1) r *= a; a *= a; b >>= 1; } return r; }
 __device__ __forceinline__ i64 kpow64(i64 a, i64 b) { if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0); u64 r = 1, x = (u64)a; while (b > 0) { if (b & 1) r *= x; x *= x; b >>= 1; } return (i64)r; }
 "#;
 
@@ -106,6 +109,12 @@ pub fn ctype(d: DType) -> &'static str {
         DType::F64 => "double",
         DType::I32 => "int",
         DType::I64 => "i64",
+        DType::I8 => "signed char",
+        DType::I16 => "short",
+        DType::U8 => "unsigned char",
+        DType::U16 => "unsigned short",
+        DType::U32 => "unsigned",
+        DType::U64 => "u64",
         DType::Bool => "bool",
         // Half values live in float registers (exactly) and in 16 bits in
         // memory (`load_expr`, `store_expr`).
@@ -308,7 +317,12 @@ pub fn emit_scatter_add(program: &KernelProgram, k: usize) -> Option<[KernelSour
         program.buffer(args[1]),
         program.buffer(args[2]),
     );
-    if data.dtype == DType::Bool || !matches!(idx.dtype, DType::I32 | DType::I64) {
+    // CUDA has no 8- and 16-bit atomic adds: narrow integers run elsewhere.
+    if !matches!(
+        data.dtype,
+        DType::F32 | DType::F64 | DType::I32 | DType::I64
+    ) || !matches!(idx.dtype, DType::I32 | DType::I64)
+    {
         return None;
     }
     let span = |b: BufferId| match program.buffer(b).storage {
@@ -544,6 +558,12 @@ fn literal(s: Scalar) -> String {
         Scalar::I64(v) if v == i64::MIN => "(-9223372036854775807LL - 1)".into(),
         Scalar::I64(v) => format!("({v}LL)"),
         Scalar::Bool(v) => (if v { "true" } else { "false" }).into(),
+        Scalar::I8(v) => format!("((signed char){v})"),
+        Scalar::I16(v) => format!("((short){v})"),
+        Scalar::U8(v) => format!("((unsigned char){v}u)"),
+        Scalar::U16(v) => format!("((unsigned short){v}u)"),
+        Scalar::U32(v) => format!("({v}u)"),
+        Scalar::U64(v) => format!("({v}ull)"),
         Scalar::F16(v) => format!("__int_as_float({:#x})", v.to_f32().to_bits() as i32),
         Scalar::BF16(v) => format!("__int_as_float({:#x})", v.to_f32().to_bits() as i32),
     }
@@ -836,10 +856,8 @@ impl<'a> Emitter<'a> {
                     (ReduceOp::Prod, _) => literal(Scalar::from_f64(t, 1.0)),
                     (ReduceOp::Max, DType::F64) => "(-1.0/0.0)".into(),
                     (ReduceOp::Min, DType::F64) => "(1.0/0.0)".into(),
-                    (ReduceOp::Max, DType::I32) => "(-2147483647 - 1)".into(),
-                    (ReduceOp::Min, DType::I32) => "2147483647".into(),
-                    (ReduceOp::Max, _) => "(-9223372036854775807LL - 1)".into(),
-                    (ReduceOp::Min, _) => "9223372036854775807LL".into(),
+                    (ReduceOp::Max, _) => literal(Scalar::int_min(t).expect("an integer")),
+                    (ReduceOp::Min, _) => literal(Scalar::int_max(t).expect("an integer")),
                 };
                 (t, init)
             }
@@ -1054,11 +1072,14 @@ fn unary(f: UnaryOp, x: &str, t: DType) -> Result<String, Unsupported> {
             Not => return Err(Unsupported("not on f64".into())),
         },
         (DType::Bool, Not) => format!("(!{x})"),
-        (DType::I32 | DType::I64, Neg) => format!("({})(0ull - (u64){x})", ctype(t)),
-        (DType::I32 | DType::I64, Abs) => {
+        (t, Neg) if t.is_int() => format!("({})(0ull - (u64){x})", ctype(t)),
+        (t, Abs) if t.is_unsigned() => x.to_string(),
+        (t, Abs) if t.is_int() => {
             format!("({x} < 0 ? ({})(0ull - (u64){x}) : {x})", ctype(t))
         }
-        (DType::I32 | DType::I64, Sign) => format!("({})(({x} > 0) - ({x} < 0))", ctype(t)),
+        (t, Sign) if t.is_unsigned() => format!("({})({x} != 0)", ctype(t)),
+        (t, Sign) if t.is_int() => format!("({})(({x} > 0) - ({x} < 0))", ctype(t)),
+        (t, Not) if t.is_int() => format!("({})(~{x})", ctype(t)),
         _ => {
             return Err(Unsupported(format!(
                 "{f:?} on {t} has no CUDA form (the reference refuses it too)"
@@ -1070,7 +1091,7 @@ fn unary(f: UnaryOp, x: &str, t: DType) -> Result<String, Unsupported> {
 
 fn binary(f: BinaryOp, a: &str, b: &str, t: DType) -> Result<String, Unsupported> {
     use BinaryOp::*;
-    let int = matches!(t, DType::I32 | DType::I64);
+    let int = t.is_int();
     let c = ctype(t);
     let s = match f {
         Add | Sub | Mul if int => {
@@ -1087,6 +1108,9 @@ fn binary(f: BinaryOp, a: &str, b: &str, t: DType) -> Result<String, Unsupported
         Div => match t {
             DType::I32 => format!("kdiv32({a}, {b})"),
             DType::I64 => format!("kdiv64({a}, {b})"),
+            // -128 / -1 is 128 in int, which wraps back to -128.
+            DType::I8 | DType::I16 => format!("({c})kdiv32((int){a}, (int){b})"),
+            _ if int => format!("({b} == 0 ? ({c})0 : ({c})({a} / {b}))"),
             _ => format!("({a} / {b})"),
         },
         Pow => match t {
@@ -1094,6 +1118,11 @@ fn binary(f: BinaryOp, a: &str, b: &str, t: DType) -> Result<String, Unsupported
             DType::F64 => format!("pow({a}, {b})"),
             DType::I32 => format!("kpow32({a}, {b})"),
             DType::I64 => format!("kpow64({a}, {b})"),
+            DType::U64 => format!("kpowu64({a}, {b})"),
+            // Powers are consistent modulo 2^width.
+            DType::I8 | DType::I16 | DType::U8 | DType::U16 | DType::U32 => {
+                format!("({c})kpow64((i64){a}, (i64){b})")
+            }
             DType::Bool | DType::F16 | DType::BF16 => {
                 return Err(Unsupported(format!("pow on {t}")))
             }
@@ -1114,6 +1143,9 @@ fn binary(f: BinaryOp, a: &str, b: &str, t: DType) -> Result<String, Unsupported
         Le => format!("({a} <= {b})"),
         Gt => format!("({a} > {b})"),
         Ge => format!("({a} >= {b})"),
+        And if int => format!("({c})({a} & {b})"),
+        Or if int => format!("({c})({a} | {b})"),
+        Xor if int => format!("({c})({a} ^ {b})"),
         And => format!("({a} && {b})"),
         Or => format!("({a} || {b})"),
         Xor => format!("({a} != {b})"),
@@ -1139,6 +1171,17 @@ fn cast(x: &str, from: DType, to: DType) -> String {
     match (from.is_float(), to) {
         (true, DType::I32) => format!("kf2i32((double){x})"),
         (true, DType::I64) => format!("kf2i64((double){x})"),
+        (true, DType::U64) => format!("kf2u64((double){x})"),
+        (true, t) if t.is_int() => {
+            let (lo, hi) = (
+                Scalar::int_min(t).expect("an integer").to_f64(),
+                Scalar::int_max(t).expect("an integer").to_f64(),
+            );
+            format!(
+                "(({})kclamp64(kf2i64((double){x}), {lo}LL, {hi}LL))",
+                ctype(t)
+            )
+        }
         (_, DType::Bool) => format!("((double){x} != 0.0)"),
         _ => format!("(({}){x})", ctype(to)),
     }

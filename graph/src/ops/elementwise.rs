@@ -58,13 +58,13 @@ pub fn binary_name(f: BinaryOp) -> &'static str {
 pub fn infer_unary(f: UnaryOp, x: &TensorType) -> Result<TensorType, String> {
     use UnaryOp::*;
     let ok = match f {
-        Not => x.dtype == DType::Bool,
+        Not => x.dtype == DType::Bool || x.dtype.is_int(),
         Neg | Abs | Sign => x.dtype.is_numeric(),
         _ => x.dtype.is_float(),
     };
     if !ok {
         let want = match f {
-            Not => "bool",
+            Not => "bool or an integer dtype",
             Neg | Abs | Sign => "a numeric dtype",
             _ => "f32 or f64",
         };
@@ -81,9 +81,9 @@ pub fn infer_binary(f: BinaryOp, a: &TensorType, b: &TensorType) -> Result<Tenso
             a.dtype, b.dtype
         ));
     }
-    if f.is_logical() && a.dtype != DType::Bool {
+    if f.is_logical() && a.dtype != DType::Bool && !a.dtype.is_int() {
         return Err(format!(
-            "{} needs bool operands, got {}",
+            "{} needs bool or integer operands, got {}",
             binary_name(f),
             a.dtype
         ));
@@ -190,27 +190,107 @@ macro_rules! impl_real {
 impl_real!(f32, libm::erff);
 impl_real!(f64, libm::erf);
 
-macro_rules! int_binary {
-    ($t:ty, $f:expr, $a:expr, $b:expr) => {{
-        use BinaryOp::*;
-        let (a, b): ($t, $t) = ($a, $b);
-        match $f {
-            Add => a.wrapping_add(b),
-            Sub => a.wrapping_sub(b),
-            Mul => a.wrapping_mul(b),
-            Div => {
-                if b == 0 {
-                    0
-                } else {
-                    a.wrapping_div(b)
+/// Integer functions, wrapping at the type's width (signed or unsigned).
+pub(crate) trait Int: Elem + Ord + Default {
+    fn unary(f: UnaryOp, x: Self) -> Self;
+    fn binary(f: BinaryOp, a: Self, b: Self) -> Self;
+}
+
+macro_rules! impl_int {
+    ($($t:ty),*) => {$(
+        impl Int for $t {
+            #[allow(unused_comparisons)]
+            fn unary(f: UnaryOp, a: $t) -> $t {
+                match f {
+                    UnaryOp::Neg => a.wrapping_neg(),
+                    UnaryOp::Abs => {
+                        if a < 0 {
+                            a.wrapping_neg()
+                        } else {
+                            a
+                        }
+                    }
+                    UnaryOp::Not => !a,
+                    _ => {
+                        if a > 0 {
+                            1
+                        } else if a == 0 {
+                            0
+                        } else {
+                            (0 as $t).wrapping_sub(1)
+                        }
+                    }
                 }
             }
-            Pow => kiln_rt::support::IntPow::pow_wrapping(a, b),
-            Max => a.max(b),
-            Min => a.min(b),
-            _ => unreachable!("comparisons and logic are handled apart"),
+            fn binary(f: BinaryOp, a: $t, b: $t) -> $t {
+                use BinaryOp::*;
+                match f {
+                    Add => a.wrapping_add(b),
+                    Sub => a.wrapping_sub(b),
+                    Mul => a.wrapping_mul(b),
+                    Div => {
+                        if b == 0 {
+                            0
+                        } else {
+                            a.wrapping_div(b)
+                        }
+                    }
+                    Pow => kiln_rt::support::IntPow::pow_wrapping(a, b),
+                    Max => a.max(b),
+                    Min => a.min(b),
+                    And => a & b,
+                    Or => a | b,
+                    Xor => a ^ b,
+                    _ => unreachable!("comparisons are handled apart"),
+                }
+            }
         }
-    }};
+    )*};
+}
+
+impl_int!(i8, i16, i32, i64);
+impl_int!(u8, u16, u32, u64);
+
+/// Runs `$body` with `$x` bound to the value of an integer [`Scalar`] and
+/// `$t` to its Rust type; `$other` for non-integer scalars.
+macro_rules! with_int {
+    ($s:expr, |$x:ident: $tt:ident| $body:expr, $other:expr) => {
+        match $s {
+            Scalar::I8($x) => {
+                type $tt = i8;
+                Scalar::I8($body)
+            }
+            Scalar::I16($x) => {
+                type $tt = i16;
+                Scalar::I16($body)
+            }
+            Scalar::I32($x) => {
+                type $tt = i32;
+                Scalar::I32($body)
+            }
+            Scalar::I64($x) => {
+                type $tt = i64;
+                Scalar::I64($body)
+            }
+            Scalar::U8($x) => {
+                type $tt = u8;
+                Scalar::U8($body)
+            }
+            Scalar::U16($x) => {
+                type $tt = u16;
+                Scalar::U16($body)
+            }
+            Scalar::U32($x) => {
+                type $tt = u32;
+                Scalar::U32($body)
+            }
+            Scalar::U64($x) => {
+                type $tt = u64;
+                Scalar::U64($body)
+            }
+            _ => $other,
+        }
+    };
 }
 
 /// The scalar meaning of a unary op: the single definition that the array
@@ -219,20 +299,15 @@ pub fn unary_scalar(f: UnaryOp, x: Scalar) -> Scalar {
     match x {
         Scalar::F32(a) => Scalar::F32(f32::apply(f, a)),
         Scalar::F64(a) => Scalar::F64(f64::apply(f, a)),
-        Scalar::I32(a) => Scalar::I32(match f {
-            UnaryOp::Neg => a.wrapping_neg(),
-            UnaryOp::Abs => a.wrapping_abs(),
-            _ => a.signum(),
-        }),
-        Scalar::I64(a) => Scalar::I64(match f {
-            UnaryOp::Neg => a.wrapping_neg(),
-            UnaryOp::Abs => a.wrapping_abs(),
-            _ => a.signum(),
-        }),
         Scalar::Bool(a) => Scalar::Bool(!a),
         // Half types compute in f32, then round.
         Scalar::F16(a) => Scalar::F16(half::f16::from_f32(f32::apply(f, a.to_f32()))),
         Scalar::BF16(a) => Scalar::BF16(half::bf16::from_f32(f32::apply(f, a.to_f32()))),
+        x => with_int!(
+            x,
+            |a: T| T::unary(f, a),
+            unreachable!("every dtype is matched")
+        ),
     }
 }
 
@@ -244,6 +319,12 @@ pub fn binary_scalar(f: BinaryOp, a: Scalar, b: Scalar) -> Scalar {
         (Scalar::F64(x), Scalar::F64(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
         (Scalar::I32(x), Scalar::I32(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
         (Scalar::I64(x), Scalar::I64(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::I8(x), Scalar::I8(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::I16(x), Scalar::I16(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::U8(x), Scalar::U8(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::U16(x), Scalar::U16(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::U32(x), Scalar::U32(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
+        (Scalar::U64(x), Scalar::U64(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
         (Scalar::Bool(x), Scalar::Bool(y)) if f.is_comparison() => Scalar::Bool(compare(f, x, y)),
         (Scalar::F16(x), Scalar::F16(y)) if f.is_comparison() => {
             Scalar::Bool(compare(f, x.to_f32(), y.to_f32()))
@@ -260,8 +341,14 @@ pub fn binary_scalar(f: BinaryOp, a: Scalar, b: Scalar) -> Scalar {
         }
         (Scalar::F32(x), Scalar::F32(y)) => Scalar::F32(f32::binary(f, x, y)),
         (Scalar::F64(x), Scalar::F64(y)) => Scalar::F64(f64::binary(f, x, y)),
-        (Scalar::I32(x), Scalar::I32(y)) => Scalar::I32(int_binary!(i32, f, x, y)),
-        (Scalar::I64(x), Scalar::I64(y)) => Scalar::I64(int_binary!(i64, f, x, y)),
+        (Scalar::I32(x), Scalar::I32(y)) => Scalar::I32(Int::binary(f, x, y)),
+        (Scalar::I64(x), Scalar::I64(y)) => Scalar::I64(Int::binary(f, x, y)),
+        (Scalar::I8(x), Scalar::I8(y)) => Scalar::I8(Int::binary(f, x, y)),
+        (Scalar::I16(x), Scalar::I16(y)) => Scalar::I16(Int::binary(f, x, y)),
+        (Scalar::U8(x), Scalar::U8(y)) => Scalar::U8(Int::binary(f, x, y)),
+        (Scalar::U16(x), Scalar::U16(y)) => Scalar::U16(Int::binary(f, x, y)),
+        (Scalar::U32(x), Scalar::U32(y)) => Scalar::U32(Int::binary(f, x, y)),
+        (Scalar::U64(x), Scalar::U64(y)) => Scalar::U64(Int::binary(f, x, y)),
         (Scalar::Bool(x), Scalar::Bool(y)) => Scalar::Bool(match f {
             BinaryOp::And => x & y,
             BinaryOp::Or => x | y,
@@ -286,6 +373,12 @@ pub fn cast_scalar(x: Scalar, to: DType) -> Scalar {
                 DType::F64 => Scalar::F64($v as f64),
                 DType::I32 => Scalar::I32($v as i32),
                 DType::I64 => Scalar::I64($v as i64),
+                DType::I8 => Scalar::I8($v as i8),
+                DType::I16 => Scalar::I16($v as i16),
+                DType::U8 => Scalar::U8($v as u8),
+                DType::U16 => Scalar::U16($v as u16),
+                DType::U32 => Scalar::U32($v as u32),
+                DType::U64 => Scalar::U64($v as u64),
                 DType::Bool => Scalar::Bool(($v as f64) != 0.0),
                 // One rounding, from the exact value.
                 DType::F16 => Scalar::F16(half::f16::from_f64($v as f64)),
@@ -298,6 +391,12 @@ pub fn cast_scalar(x: Scalar, to: DType) -> Scalar {
         Scalar::F64(v) => conv!(v),
         Scalar::I32(v) => conv!(v),
         Scalar::I64(v) => conv!(v),
+        Scalar::I8(v) => conv!(v),
+        Scalar::I16(v) => conv!(v),
+        Scalar::U8(v) => conv!(v),
+        Scalar::U16(v) => conv!(v),
+        Scalar::U32(v) => conv!(v),
+        Scalar::U64(v) => conv!(v),
         Scalar::Bool(v) => conv!(v as u8),
         // Exactly representable in f32, so as an f32.
         Scalar::F16(v) => conv!(v.to_f32()),
@@ -382,6 +481,14 @@ pub fn eval_select(c: &Array, a: &Array, b: &Array, out: &[usize]) -> Result<Arr
         (Data::F64(x), Data::F64(y)) => Data::F64(sel!(x, y)),
         (Data::I32(x), Data::I32(y)) => Data::I32(sel!(x, y)),
         (Data::I64(x), Data::I64(y)) => Data::I64(sel!(x, y)),
+        (Data::I8(x), Data::I8(y)) => Data::I8(sel!(x, y)),
+        (Data::I16(x), Data::I16(y)) => Data::I16(sel!(x, y)),
+        (Data::U8(x), Data::U8(y)) => Data::U8(sel!(x, y)),
+        (Data::U16(x), Data::U16(y)) => Data::U16(sel!(x, y)),
+        (Data::U32(x), Data::U32(y)) => Data::U32(sel!(x, y)),
+        (Data::U64(x), Data::U64(y)) => Data::U64(sel!(x, y)),
+        (Data::F16(x), Data::F16(y)) => Data::F16(sel!(x, y)),
+        (Data::BF16(x), Data::BF16(y)) => Data::BF16(sel!(x, y)),
         (Data::Bool(x), Data::Bool(y)) => Data::Bool(sel!(x, y)),
         _ => {
             return Err(format!(

@@ -29,6 +29,12 @@ pub fn eval_iota(dtype: DType, out: &[usize], axis: usize) -> Array {
         DType::F64 => Data::F64(idx.collect()),
         DType::I32 => Data::I32(idx.map(|v| v as i32).collect()),
         DType::I64 => Data::I64(idx.map(|v| v as i64).collect()),
+        DType::I8 => Data::I8(idx.map(|v| v as i64 as i8).collect()),
+        DType::I16 => Data::I16(idx.map(|v| v as i64 as i16).collect()),
+        DType::U8 => Data::U8(idx.map(|v| v as i64 as u8).collect()),
+        DType::U16 => Data::U16(idx.map(|v| v as i64 as u16).collect()),
+        DType::U32 => Data::U32(idx.map(|v| v as i64 as u32).collect()),
+        DType::U64 => Data::U64(idx.map(|v| v as i64 as u64).collect()),
         DType::F16 => Data::F16(idx.map(half::f16::from_f64).collect()),
         DType::BF16 => Data::BF16(idx.map(half::bf16::from_f64).collect()),
         DType::Bool => unreachable!("checked by infer_iota"),
@@ -37,7 +43,7 @@ pub fn eval_iota(dtype: DType, out: &[usize], axis: usize) -> Array {
 }
 
 fn gathered_shape(data: &TensorType, indices: &TensorType, axis: usize) -> Result<Shape, String> {
-    if !indices.dtype.is_int() {
+    if !matches!(indices.dtype, DType::I32 | DType::I64) {
         return Err(format!("indices must be i32 or i64, got {}", indices.dtype));
     }
     if axis >= data.rank() {
@@ -174,6 +180,20 @@ pub fn eval_scatter_add(
         }
         (Data::I64(d), Data::I64(u)) => {
             Data::I64(scatter!(d, u, |a: i64, b: i64| a.wrapping_add(b)))
+        }
+        (Data::I8(d), Data::I8(u)) => Data::I8(scatter!(d, u, |a: i8, b: i8| a.wrapping_add(b))),
+        (Data::I16(d), Data::I16(u)) => {
+            Data::I16(scatter!(d, u, |a: i16, b: i16| a.wrapping_add(b)))
+        }
+        (Data::U8(d), Data::U8(u)) => Data::U8(scatter!(d, u, |a: u8, b: u8| a.wrapping_add(b))),
+        (Data::U16(d), Data::U16(u)) => {
+            Data::U16(scatter!(d, u, |a: u16, b: u16| a.wrapping_add(b)))
+        }
+        (Data::U32(d), Data::U32(u)) => {
+            Data::U32(scatter!(d, u, |a: u32, b: u32| a.wrapping_add(b)))
+        }
+        (Data::U64(d), Data::U64(u)) => {
+            Data::U64(scatter!(d, u, |a: u64, b: u64| a.wrapping_add(b)))
         }
         _ => {
             return Err(format!(

@@ -94,6 +94,54 @@ pub fn eval_matmul(a: &Array, b: &Array, out: &[usize]) -> Result<Array, String>
             |s: i64, p: i64, q: i64| s.wrapping_add(p.wrapping_mul(q)),
             |s| s
         )),
+        (Data::I8(x), Data::I8(y)) => Data::I8(mm!(
+            x,
+            y,
+            i8,
+            0,
+            |s: i8, p: i8, q: i8| s.wrapping_add(p.wrapping_mul(q)),
+            |s| s
+        )),
+        (Data::I16(x), Data::I16(y)) => Data::I16(mm!(
+            x,
+            y,
+            i16,
+            0,
+            |s: i16, p: i16, q: i16| s.wrapping_add(p.wrapping_mul(q)),
+            |s| s
+        )),
+        (Data::U8(x), Data::U8(y)) => Data::U8(mm!(
+            x,
+            y,
+            u8,
+            0,
+            |s: u8, p: u8, q: u8| s.wrapping_add(p.wrapping_mul(q)),
+            |s| s
+        )),
+        (Data::U16(x), Data::U16(y)) => Data::U16(mm!(
+            x,
+            y,
+            u16,
+            0,
+            |s: u16, p: u16, q: u16| s.wrapping_add(p.wrapping_mul(q)),
+            |s| s
+        )),
+        (Data::U32(x), Data::U32(y)) => Data::U32(mm!(
+            x,
+            y,
+            u32,
+            0,
+            |s: u32, p: u32, q: u32| s.wrapping_add(p.wrapping_mul(q)),
+            |s| s
+        )),
+        (Data::U64(x), Data::U64(y)) => Data::U64(mm!(
+            x,
+            y,
+            u64,
+            0,
+            |s: u64, p: u64, q: u64| s.wrapping_add(p.wrapping_mul(q)),
+            |s| s
+        )),
         _ => return Err(format!("cannot multiply {} by {}", a.dtype(), b.dtype())),
     };
     Ok(Array::new(out.to_vec(), data).expect("matmul shape matches"))

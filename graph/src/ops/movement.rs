@@ -202,6 +202,14 @@ fn store_into(dst: &mut Data, src: &Array, base: isize, strides: &[isize]) {
         (Data::I32(d), Data::I32(s)) => strided_store(d, s, shape, base, strides),
         (Data::I64(d), Data::I64(s)) => strided_store(d, s, shape, base, strides),
         (Data::Bool(d), Data::Bool(s)) => strided_store(d, s, shape, base, strides),
+        (Data::F16(d), Data::F16(s)) => strided_store(d, s, shape, base, strides),
+        (Data::BF16(d), Data::BF16(s)) => strided_store(d, s, shape, base, strides),
+        (Data::I8(d), Data::I8(s)) => strided_store(d, s, shape, base, strides),
+        (Data::I16(d), Data::I16(s)) => strided_store(d, s, shape, base, strides),
+        (Data::U8(d), Data::U8(s)) => strided_store(d, s, shape, base, strides),
+        (Data::U16(d), Data::U16(s)) => strided_store(d, s, shape, base, strides),
+        (Data::U32(d), Data::U32(s)) => strided_store(d, s, shape, base, strides),
+        (Data::U64(d), Data::U64(s)) => strided_store(d, s, shape, base, strides),
         _ => unreachable!("dtypes were checked by the shape rule"),
     }
 }

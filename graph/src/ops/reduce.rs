@@ -146,6 +146,12 @@ pub fn eval_reduce(f: ReduceOp, x: &Array, axes: &[usize], out: &[usize]) -> Res
         Data::F64(v) => Data::F64(float_reduce!(v, f64)),
         Data::I32(v) => Data::I32(int_reduce!(v, i32)),
         Data::I64(v) => Data::I64(int_reduce!(v, i64)),
+        Data::I8(v) => Data::I8(int_reduce!(v, i8)),
+        Data::I16(v) => Data::I16(int_reduce!(v, i16)),
+        Data::U8(v) => Data::U8(int_reduce!(v, u8)),
+        Data::U16(v) => Data::U16(int_reduce!(v, u16)),
+        Data::U32(v) => Data::U32(int_reduce!(v, u32)),
+        Data::U64(v) => Data::U64(int_reduce!(v, u64)),
         // Half types reduce as f32, then round.
         Data::F16(v) => {
             let v: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
@@ -175,6 +181,12 @@ pub fn eval_arg(f: ArgOp, x: &Array, axis: usize, out: &[usize]) -> Result<Array
         Data::F64(v) => arg_along(v, x.shape(), axis, f),
         Data::I32(v) => arg_along(v, x.shape(), axis, f),
         Data::I64(v) => arg_along(v, x.shape(), axis, f),
+        Data::I8(v) => arg_along(v, x.shape(), axis, f),
+        Data::I16(v) => arg_along(v, x.shape(), axis, f),
+        Data::U8(v) => arg_along(v, x.shape(), axis, f),
+        Data::U16(v) => arg_along(v, x.shape(), axis, f),
+        Data::U32(v) => arg_along(v, x.shape(), axis, f),
+        Data::U64(v) => arg_along(v, x.shape(), axis, f),
         Data::F16(v) => arg_along(v, x.shape(), axis, f),
         Data::BF16(v) => arg_along(v, x.shape(), axis, f),
         Data::Bool(_) => return Err("cannot take argmax/argmin of bool tensors".into()),
