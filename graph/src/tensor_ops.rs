@@ -1,7 +1,7 @@
 //! The primitive ops as methods on [`Tensor`], so model code chains:
 //! `x.matmul(w)?.add(b)?.relu()?`. Each method checks types at the call.
 
-use crate::array::{Array, Data};
+use crate::array::Array;
 use crate::builder::Tensor;
 use crate::dtype::DType;
 use crate::error::{Result, SourceLoc};
@@ -32,13 +32,15 @@ macro_rules! number_operand {
                 if dtype == DType::Bool {
                     return Err(like.err("constant", &[], loc, format!("cannot combine the number {self} with a bool tensor")));
                 }
-                let a = Array::new(Vec::<usize>::new(), Data::filled(dtype, 1, self as f64)).expect("scalar");
+                // Converted from its own type with `as` semantics (exact for
+                // integers in range, so large u64 and i64 values survive).
+                let a = crate::ops::elementwise::eval_cast(&Array::scalar(self), dtype);
                 like.b.push(Op::Constant { value: crate::op::Weight::new(a) }, &[], loc)
             }
         }
     )*};
 }
-number_operand!(f64, f32, i32, i64);
+number_operand!(f64, f32, i8, i16, i32, i64, u8, u16, u32, u64);
 
 /// Options of a 2-D convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

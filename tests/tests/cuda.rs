@@ -884,6 +884,7 @@ fn device_cases() -> Vec<Case> {
         cases.push((name, graph, Bindings::default(), feeds));
     }
     cases.extend(long_row_cases());
+    cases.extend(narrow_int_cases());
     // Convolutions and pooling as generated kernels, over their options.
     for dtype in [DType::F32, DType::F64] {
         let g = GraphBuilder::new();
@@ -1221,6 +1222,105 @@ fn emitted_kernels_compute_what_the_reference_does() {
         "ran {} programs through DeviceExecutable on the host stand-in",
         cases.len()
     );
+}
+
+/// Every elementwise op and reduction on each narrow integer dtype (and
+/// u32, u64), with values that wrap around, divide by zero and by -1, and
+/// casts from floats beyond the type's range (which saturate).
+fn narrow_int_cases() -> Vec<Case> {
+    let mut cases: Vec<Case> = Vec::new();
+    for dtype in [
+        DType::I8,
+        DType::I16,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+    ] {
+        let g = GraphBuilder::new();
+        let x = g.placeholder("x", dtype, shape![4, 40]).unwrap();
+        let y = g.placeholder("y", dtype, shape![4, 40]).unwrap();
+        let f = g.placeholder("f", DType::F32, shape![4, 40]).unwrap();
+        let outs: Vec<(&str, Tensor<'_>)> = vec![
+            ("add", x.add(y).unwrap()),
+            ("sub", x.sub(y).unwrap()),
+            ("mul", x.mul(y).unwrap()),
+            ("div", x.div(y).unwrap()),
+            ("pow", x.pow(y.minimum(9i32).unwrap()).unwrap()),
+            ("max", x.maximum(y).unwrap()),
+            ("min", x.minimum(y).unwrap()),
+            ("neg", x.neg().unwrap()),
+            ("abs", x.abs().unwrap()),
+            ("sign", x.sign().unwrap()),
+            ("not", x.not().unwrap()),
+            ("and", x.and(y).unwrap()),
+            ("or", x.or(y).unwrap()),
+            ("xor", x.xor(y).unwrap()),
+            ("lt", x.lt(y).unwrap().and(x.ge(3i32).unwrap()).unwrap()),
+            ("sel", g.select(x.gt(y).unwrap(), x, y).unwrap()),
+            ("from_f32", f.mul(97.5).unwrap().cast(dtype).unwrap()),
+            ("to_f32", x.cast(DType::F32).unwrap()),
+            ("to_f64", x.cast(DType::F64).unwrap()),
+            ("to_i64", x.cast(DType::I64).unwrap()),
+            (
+                "from_i64",
+                x.cast(DType::I64)
+                    .unwrap()
+                    .mul(1000i64)
+                    .unwrap()
+                    .cast(dtype)
+                    .unwrap(),
+            ),
+            ("sum", x.sum(&[1], false).unwrap()),
+            ("prod", x.prod(&[0], false).unwrap()),
+            ("rmax", x.max(&[1], true).unwrap()),
+            ("rmin", x.min(&[0, 1], false).unwrap()),
+            ("argmax", x.argmax(1, false).unwrap()),
+            ("argmin", x.argmin(0, false).unwrap()),
+        ];
+        let names: Vec<&str> = outs.iter().map(|(n, _)| *n).collect();
+        for (n, t) in outs {
+            t.named(n).unwrap();
+        }
+        let mut graph = g.into_graph();
+        let ids = names.iter().map(|n| graph.find(n).unwrap()).collect();
+        graph.set_outputs(ids).unwrap();
+        // Values over the whole range of the type: extremes, zeros, -1.
+        let bits = dtype.size_bytes() * 8;
+        let pattern = |i: usize, s: usize| -> i64 {
+            let k = (i * 37 + s * 11) % 23;
+            match k {
+                0 => 0,
+                1 => -1,
+                2 => 1i64 << (bits - 1).min(62),
+                3 => (1i64 << (bits - 1).min(62)) - 1,
+                _ => (k as i64 - 11) * (i as i64 + 3),
+            }
+        };
+        let feed = |s: usize| {
+            let v = Array::from_vec(
+                vec![4, 40],
+                (0..160).map(|i| pattern(i, s)).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            kiln::graph::ops::elementwise::eval_cast(&v, dtype)
+        };
+        let fv: Vec<f32> = (0..160)
+            .map(|i| match i % 7 {
+                0 => f32::NAN,
+                1 => 1e30,
+                2 => -1e30,
+                _ => (i as f32 - 80.0) * 13.7,
+            })
+            .collect();
+        let feeds = vec![
+            ("x".to_string(), feed(0)),
+            ("y".to_string(), feed(1)),
+            ("f".to_string(), Array::from_vec(vec![4, 40], fv).unwrap()),
+        ];
+        cases.push((format!("ints {dtype}"), graph, Bindings::default(), feeds));
+    }
+    cases
 }
 
 /// Reductions over rows long enough for a warp per kept element (100 and
