@@ -120,6 +120,12 @@ pub fn feeds_for(graph: &Graph, sym: usize, seed: u64) -> Vec<(String, Array)> {
                 .iter()
                 .map(|&v| match n.ty.dtype {
                     DType::I32 | DType::I64 => Scalar::from_f64(n.ty.dtype, (v * 3.0).floor()),
+                    // Narrow integers over their whole range (negative
+                    // values wrap into the unsigned types' upper half).
+                    d if d.is_int() => kiln::graph::ops::elementwise::cast_scalar(
+                        Scalar::I64((v * 40.0).floor() as i64),
+                        d,
+                    ),
                     DType::Bool => Scalar::Bool(v > 0.0),
                     d => Scalar::from_f64(d, v),
                 })
@@ -167,6 +173,19 @@ pub fn compare(want: &Array, got: &Array) -> Result<(), String> {
             got.dtype(),
             got.shape()
         ));
+    }
+    if want.dtype().is_int() {
+        // Exactly, element by element (u64 and i64 do not fit an f64).
+        let w = want.dtype().size_bytes();
+        let (a, b) = (want.as_bytes(), got.as_bytes());
+        if let Some(i) = (0..want.len()).find(|&i| a[i * w..(i + 1) * w] != b[i * w..(i + 1) * w]) {
+            return Err(format!(
+                "element {i}: want {:?}, got {:?}",
+                want.get(i),
+                got.get(i)
+            ));
+        }
+        return Ok(());
     }
     let (rtol, atol) = tolerance(want.dtype());
     let (w, g) = (want.to_f64_vec(), got.to_f64_vec());

@@ -71,6 +71,39 @@ fn loop_nests() -> Graph {
             .unwrap(),
     )
     .unwrap();
+    // Narrow integers: wrapping arithmetic, unsigned division and
+    // comparison, saturating casts from floats, u64 powers (a support call).
+    let u8s = x.mul(60.0).unwrap().cast(DType::U8).unwrap();
+    let i8s = x.mul(-70.0).unwrap().cast(DType::I8).unwrap();
+    let wrapped = u8s
+        .mul(u8s)
+        .unwrap()
+        .add(200u8)
+        .unwrap()
+        .div(u8s.sub(7u8).unwrap())
+        .unwrap();
+    g.output(wrapped.named("y5").unwrap()).unwrap();
+    let i16s = i8s
+        .cast(DType::I16)
+        .unwrap()
+        .mul(300i16)
+        .unwrap()
+        .maximum(u8s.cast(DType::I16).unwrap().neg().unwrap())
+        .unwrap()
+        .xor(0x5a5ai16)
+        .unwrap();
+    g.output(i16s.sum(&[1], false).unwrap().named("y6").unwrap())
+        .unwrap();
+    let u64s = u8s
+        .cast(DType::U64)
+        .unwrap()
+        .pow(u8s.cast(DType::U64).unwrap().div(20u64).unwrap())
+        .unwrap()
+        .min(&[1], false)
+        .unwrap();
+    g.output(u64s.named("y7").unwrap()).unwrap();
+    g.output(i8s.argmin(1, false).unwrap().named("y8").unwrap())
+        .unwrap();
     g.into_graph()
 }
 
