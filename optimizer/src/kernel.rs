@@ -144,13 +144,38 @@ mod scalar_serde {
     use kiln_graph::{DType, Scalar};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+    /// The value: integers exactly (an f64 cannot hold every i64 or u64).
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+    }
+
     pub fn serialize<S: Serializer>(s: &Scalar, ser: S) -> Result<S::Ok, S::Error> {
-        (s.dtype(), s.to_f64()).serialize(ser)
+        let v = match *s {
+            Scalar::U8(x) => Value::Unsigned(x as u64),
+            Scalar::U16(x) => Value::Unsigned(x as u64),
+            Scalar::U32(x) => Value::Unsigned(x as u64),
+            Scalar::U64(x) => Value::Unsigned(x),
+            Scalar::I8(x) => Value::Signed(x as i64),
+            Scalar::I16(x) => Value::Signed(x as i64),
+            Scalar::I32(x) => Value::Signed(x as i64),
+            Scalar::I64(x) => Value::Signed(x),
+            other => Value::Float(other.to_f64()),
+        };
+        (s.dtype(), v).serialize(ser)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Scalar, D::Error> {
-        let (d, v) = <(DType, f64)>::deserialize(de)?;
-        Ok(Scalar::from_f64(d, v))
+        let (d, v) = <(DType, Value)>::deserialize(de)?;
+        let exact = |x: Scalar| kiln_graph::ops::elementwise::cast_scalar(x, d);
+        Ok(match v {
+            Value::Unsigned(x) => exact(Scalar::U64(x)),
+            Value::Signed(x) => exact(Scalar::I64(x)),
+            Value::Float(x) => Scalar::from_f64(d, x),
+        })
     }
 }
 
@@ -385,5 +410,30 @@ impl KernelProgram {
     /// The buffer `id`.
     pub fn buffer(&self, id: BufferId) -> &Buffer {
         &self.buffers[id.0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constants_round_trip_exactly() {
+        let values = [
+            Scalar::U64(u64::MAX),
+            Scalar::I64(i64::MIN),
+            Scalar::I64((1 << 53) + 1),
+            Scalar::U8(255),
+            Scalar::I8(-128),
+            Scalar::U32(u32::MAX),
+            Scalar::F32(0.1),
+            Scalar::F64(-2.5e300),
+            Scalar::Bool(true),
+        ];
+        for v in values {
+            let json = serde_json::to_string(&Instr::Const(v)).unwrap();
+            let back: Instr = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, Instr::Const(v), "{json}");
+        }
     }
 }
