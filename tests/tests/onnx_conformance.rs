@@ -13,7 +13,9 @@
 //!
 //! Prints pass / fail / unsupported counts per op and overall, and checks
 //! `tests/onnx/expected-pass.txt`: every case listed there must pass (no
-//! regression). `KILN_ONNX_WRITE_EXPECTED=1` rewrites the list from this
+//! regression). Every "core" case must pass too: a node case of a single
+//! op among `CORE_OPS` (the ops the issue names as common in CNN, MLP and
+//! transformer models) whose inputs and outputs are float32, int64 or bool. `KILN_ONNX_WRITE_EXPECTED=1` rewrites the list from this
 //! run; `KILN_ONNX_ONLY=substring[,substring...]` runs only matching cases;
 //! `KILN_ONNX_VERBOSE=1` prints each failure's reason.
 //!
@@ -131,22 +133,107 @@ fn run_light(model: &Path) -> Outcome {
 }
 
 /// The ONNX op types of a model's main graph (for the per-op table).
-fn op_types(model: &Path) -> Vec<String> {
+/// The op types of a model's main graph (sorted, once each), and whether
+/// every graph input and output is a float32, int64 or bool tensor.
+fn model_info(model: &Path) -> (Vec<String>, bool) {
+    use kiln_onnx::proto::{tensor_proto::DataType, type_proto};
     use prost::Message;
     let Ok(bytes) = std::fs::read(model) else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
     let Ok(m) = kiln_onnx::proto::ModelProto::decode(bytes.as_slice()) else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
-    let mut ops: Vec<String> = m
-        .graph
-        .map(|g| g.node.into_iter().map(|n| n.op_type).collect())
-        .unwrap_or_default();
+    let Some(g) = m.graph else {
+        return (Vec::new(), false);
+    };
+    let core_types = g.input.iter().chain(&g.output).all(|v| {
+        match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(type_proto::Value::TensorType(t)) => [
+                DataType::Float as i32,
+                DataType::Int64 as i32,
+                DataType::Bool as i32,
+            ]
+            .contains(&t.elem_type),
+            _ => false,
+        }
+    });
+    let mut ops: Vec<String> = g.node.into_iter().map(|n| n.op_type).collect();
     ops.sort();
     ops.dedup();
-    ops
+    (ops, core_types)
 }
+
+/// The ops the issue names as common in CNN, MLP and transformer models:
+/// every float32/int64/bool node case of one of them must pass.
+const CORE_OPS: &[&str] = &[
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Einsum",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "Sigmoid",
+    "Tanh",
+    "Gelu",
+    "Softmax",
+    "LogSoftmax",
+    "Erf",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Max",
+    "Min",
+    "Clip",
+    "Where",
+    "Equal",
+    "Less",
+    "Greater",
+    "Not",
+    "Cast",
+    "LayerNormalization",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Reshape",
+    "Transpose",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "ScatterND",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Expand",
+    "Shape",
+    "ConstantOfShape",
+    "Range",
+    "Tile",
+    "Pad",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ArgMax",
+    "TopK",
+    "CumSum",
+    "Trilu",
+    "Dropout",
+    "Identity",
+    "If",
+    "Loop",
+];
 
 /// Ops whose outputs are random samples: kiln's generator is not numpy's,
 /// so cases using them compare shapes and types only.
@@ -363,7 +450,8 @@ fn run_case(dir: &Path) -> Outcome {
                 return Outcome::Unsupported(format!("{label}: {e}"));
             }
         }
-        let random = op_types(&model)
+        let random = model_info(&model)
+            .0
             .iter()
             .any(|o| RANDOM_OPS.contains(&o.as_str()))
             || training_dropout(&model, &declared_in, &inputs);
@@ -505,8 +593,15 @@ fn onnx_backend_conformance() {
                 } else {
                     dir.join("model.onnx")
                 };
-                let ops = op_types(&model);
-                results.lock().unwrap().push((name.clone(), ops, outcome));
+                let (ops, core_types) = model_info(&model);
+                let core = name.starts_with("node/")
+                    && core_types
+                    && ops.len() == 1
+                    && CORE_OPS.contains(&ops[0].as_str());
+                results
+                    .lock()
+                    .unwrap()
+                    .push((name.clone(), ops, outcome, core));
             });
         }
     });
@@ -516,7 +611,9 @@ fn onnx_backend_conformance() {
     let mut per_op: BTreeMap<String, [usize; 3]> = BTreeMap::new();
     let mut total = [0usize; 3];
     let mut per_kind: BTreeMap<String, [usize; 3]> = BTreeMap::new();
-    for (name, ops, outcome) in &results {
+    let mut core = [0usize; 3];
+    let mut core_missed = Vec::new();
+    for (name, ops, outcome, is_core) in &results {
         let k = match outcome {
             Outcome::Pass => 0,
             Outcome::Fail(_) => 1,
@@ -532,6 +629,12 @@ fn onnx_backend_conformance() {
             "(several ops)".to_string()
         };
         per_op.entry(key).or_default()[k] += 1;
+        if *is_core {
+            core[k] += 1;
+            if k != 0 {
+                core_missed.push(format!("{name}: {outcome:?}"));
+            }
+        }
         if verbose {
             match outcome {
                 Outcome::Pass => {}
@@ -555,6 +658,10 @@ fn onnx_backend_conformance() {
     for (kind, [p, f, u]) in &per_kind {
         println!("{kind:<28} {p:>6} {f:>6} {u:>12}");
     }
+    println!(
+        "core (single-op node cases of the goal ops, float32/int64/bool): {} pass, {} fail, {} unsupported",
+        core[0], core[1], core[2]
+    );
     let n = results.len().max(1);
     println!(
         "overall: {} pass, {} fail, {} unsupported of {} cases ({:.1}% pass)",
@@ -608,5 +715,11 @@ fn onnx_backend_conformance() {
         "{} expected-pass case(s) no longer pass:\n{}",
         regressed.len(),
         regressed.join("\n")
+    );
+    assert!(
+        core_missed.is_empty(),
+        "{} float32/int64/bool case(s) of the goal ops do not pass:\n{}",
+        core_missed.len(),
+        core_missed.join("\n")
     );
 }
