@@ -192,6 +192,8 @@ pub(crate) fn node_label(n: &NodeProto) -> String {
     }
 }
 
+/// The op's name for messages and the converter table: its op type in the
+/// default domain, `domain.op_type` in others (`ai.onnx.ml.Binarizer`).
 fn op_label(n: &NodeProto) -> String {
     if n.domain.is_empty() || n.domain == "ai.onnx" {
         n.op_type.clone()
@@ -204,12 +206,12 @@ fn op_label(n: &NodeProto) -> String {
 fn unsupported(g: &GraphProto, opset: i64, out: &mut Vec<UnsupportedNode>) {
     for n in &g.node {
         let default = n.domain.is_empty() || n.domain == "ai.onnx";
-        let reason = if !default {
-            Some(format!("the '{}' domain is not supported", n.domain))
-        } else if ops::find(&n.op_type).is_none() {
-            Some("no conversion to kiln's primitives".to_string())
-        } else {
+        let reason = if ops::find(&op_label(n)).is_some() || op_label(n) == GRADIENT {
             None
+        } else if !default && !ops::knows_domain(&n.domain) {
+            Some(format!("the '{}' domain is not supported", n.domain))
+        } else {
+            Some("no conversion to kiln's primitives".to_string())
         };
         if let Some(reason) = reason {
             out.push(UnsupportedNode {
@@ -1411,6 +1413,41 @@ fn convert_node<'g>(
     })
 }
 
+/// `ai.onnx.preview.training.Gradient`: the gradients of the value named by
+/// its `y` attribute (of its sum, where not a scalar) with respect to the
+/// values named by `xs`, by kiln's symbolic differentiation. It reads
+/// values by name, so the importer converts it itself.
+const GRADIENT: &str = "ai.onnx.preview.training.Gradient";
+
+fn gradient<'g>(g: &'g GraphBuilder, n: &NodeProto, scope: &Scope<'g>) -> ops::R<Vec<Item<'g>>> {
+    let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
+    let value = |name: &str| {
+        scope
+            .tensor(name)
+            .map(|v| v.t)
+            .ok_or_else(|| format!("'{name}' is not a tensor computed before the node"))
+    };
+    let y = attr("y")
+        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        .ok_or("the 'y' attribute is required")?;
+    let xs = attr("xs")
+        .map(|a| {
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+        .ok_or("the 'xs' attribute is required")?;
+    let y = value(&y)?;
+    let xs = xs.iter().map(|x| value(x)).collect::<ops::R<Vec<_>>>()?;
+    let grads = g.gradients(y, &xs).map_err(|e| e.to_string())?;
+    Ok(grads
+        .into_iter()
+        .map(|t| Item::Tensor(Value::runtime(t)))
+        .collect())
+}
+
 fn convert_node_in<'g>(
     g: &'g GraphBuilder,
     n: &NodeProto,
@@ -1418,6 +1455,10 @@ fn convert_node_in<'g>(
     scope: &mut Scope<'g>,
 ) -> Result<()> {
     let fail = |reason: String| node_error(n, opset, reason);
+    if op_label(n) == GRADIENT {
+        let outputs = gradient(g, n, scope).map_err(fail)?;
+        return scope.bind(n, outputs, &fail);
+    }
     if matches!(n.op_type.as_str(), "If" | "Loop" | "Scan") {
         let outputs = match n.op_type.as_str() {
             "If" => control_if(g, n, opset, scope)?,
@@ -1531,7 +1572,7 @@ fn convert_node_in<'g>(
 
 /// Runs the converter of a node of tensors.
 fn convert_tensor_node<'g>(node: &Node<'_, 'g>) -> ops::R<Vec<Tensor<'g>>> {
-    let convert = ops::find(node.op()).ok_or_else(|| "no conversion".to_string())?;
+    let convert = ops::find(&op_label(node.proto)).ok_or_else(|| "no conversion".to_string())?;
     convert(node)
 }
 

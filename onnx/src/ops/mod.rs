@@ -18,17 +18,21 @@ use kiln_graph::{Array, DType, GraphBuilder, Tensor};
 use crate::proto::{AttributeProto, NodeProto};
 
 mod attention;
+mod deform;
 mod elementwise;
 mod index;
 mod loss;
 mod misc;
+mod ml;
 mod nn;
+mod quant;
 mod recent;
 mod reduce;
 mod resize;
 mod rnn;
 pub(crate) mod sequence;
 mod shape;
+mod training;
 
 /// How a converter's reason starts when it needs the import-time value of
 /// an input it was not given (the importer turns it into
@@ -50,8 +54,9 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 13] = [
+const FAMILIES: [&[(&str, Converter)]; 17] = [
     elementwise::OPS,
+    quant::OPS,
     recent::OPS,
     rnn::OPS,
     misc::OPS,
@@ -63,6 +68,9 @@ const FAMILIES: [&[(&str, Converter)]; 13] = [
     index::OPS,
     reduce::OPS,
     sequence::OPS,
+    training::OPS,
+    ml::OPS,
+    deform::OPS,
     CONTROL,
 ];
 
@@ -70,9 +78,16 @@ const FAMILIES: [&[(&str, Converter)]; 13] = [
 pub(crate) static TABLE: std::sync::LazyLock<Vec<(&'static str, Converter)>> =
     std::sync::LazyLock::new(|| FAMILIES.iter().flat_map(|f| f.iter().copied()).collect());
 
-/// The converter of `op_type` (default domain).
+/// The converter of `op_type` (default domain) or `domain.op_type` (others).
 pub(crate) fn find(op_type: &str) -> Option<Converter> {
     TABLE.iter().find(|(n, _)| *n == op_type).map(|(_, c)| *c)
+}
+
+/// Whether kiln converts any op of the non-default `domain`.
+pub(crate) fn knows_domain(domain: &str) -> bool {
+    TABLE
+        .iter()
+        .any(|(n, _)| n.strip_prefix(domain).is_some_and(|r| r.starts_with('.')))
 }
 
 /// An input of a node: its tensor, and its value where known.

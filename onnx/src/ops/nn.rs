@@ -10,8 +10,8 @@
 //!   2-D directly; 1-D as 2-D over a unit width; 3-D and up as a 2-D pool
 //!   over the last two dims, then a pool along each other dim (windows are
 //!   boxes and the padding counts are products, so max, average and sum
-//!   separate). `GlobalAveragePool`, `GlobalMaxPool`, `GlobalLpPool` as
-//!   reductions.
+//!   separate); `MaxPool` of integers (i8, u8) as the f64 pool cast back.
+//!   `GlobalAveragePool`, `GlobalMaxPool`, `GlobalLpPool` as reductions.
 //! - `Gemm`, `MatMul` (numpy semantics), `Einsum` (diagonals, sums, then
 //!   pairwise contractions as batched matmuls).
 //! - `BatchNormalization` (inference, and training mode's batch statistics
@@ -220,7 +220,14 @@ impl Spatial {
 /// `Conv`: `X [N, C, spatial...]`, `W [M, C/group, kernel...]`, optional
 /// bias `B [M]`.
 fn conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
-    let (x, w) = (n.input(0)?, n.input(1)?);
+    let y = conv_of(n, n.input(0)?, n.input(1)?)?;
+    add_bias(y, n.opt(2)).map(one)
+}
+
+/// The convolution of `x` by `w` with `n`'s window attributes
+/// (`kernel_shape`, `strides`, `dilations`, `pads` or `auto_pad`, `group`),
+/// as `Conv` reads them; no bias. Float inputs (kiln's conv is float only).
+pub(super) fn conv_of<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, w: Tensor<'g>) -> R<Tensor<'g>> {
     let sizes = fixed_from(x, 2)?;
     let wshape = fixed_shape(w)?;
     if wshape.len() != x.rank() || x.rank() < 3 {
@@ -240,8 +247,7 @@ fn conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let s = Spatial::of(n, &sizes, kernel)?;
     let groups = usize::try_from(n.int("group", 1)).map_err(|_| "negative group")?;
-    let y = conv_nd(x, w, &s, groups)?;
-    add_bias(y, n.opt(2)).map(one)
+    conv_nd(x, w, &s, groups)
 }
 
 /// `y + b` with `b [M]` along dim 1.
@@ -498,6 +504,21 @@ enum Pool {
 /// `dilations`, `pads` or `auto_pad`, `ceil_mode`.
 fn pool<'g>(n: &Node<'_, 'g>, kind: Pool) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
+    if matches!(kind, Pool::Max) && x.dtype().is_int() {
+        // kiln pools floats: an integer max pool (ONNX's are i8 and u8) is
+        // the f64 pool, exact for integers of up to 32 bits, cast back.
+        if matches!(x.dtype(), DType::I64 | DType::U64) {
+            return n.unsupported(format!("MaxPool of {} (not exact in f64)", x.dtype()));
+        }
+        let mut outs = pool_float(n, x.cast(DType::F64).k()?, kind)?;
+        outs[0] = outs[0].cast(x.dtype()).k()?;
+        return Ok(outs);
+    }
+    pool_float(n, x, kind)
+}
+
+/// [`pool`] of a float input.
+fn pool_float<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, kind: Pool) -> R<Vec<Tensor<'g>>> {
     let sizes = fixed_from(x, 2)?;
     if sizes.is_empty() {
         return Err(format!(
