@@ -150,6 +150,7 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
             .map(one)
     }),
     ("Clip", clip),
+    ("BitCast", bitcast),
     ("Cast", |n| {
         let to = crate::tensor::dtype_of(n.int("to", 1) as i32)?;
         n.input(0)?.cast(to).k().map(one)
@@ -401,4 +402,28 @@ fn constant<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         return n.unsupported("a Constant without a value kiln reads (strings?)");
     };
     n.constant(a).map(one)
+}
+
+/// `BitCast` (opset 26): the same bits as another type of the same width.
+/// Between integers (and from bool to a byte) that is a wrapping cast;
+/// between floats and integers it needs a bit reinterpretation, which
+/// kiln's primitives do not have.
+fn bitcast<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let to = crate::tensor::dtype_of(n.int("to", 0) as i32)?;
+    let from = x.dtype();
+    if from.size_bytes() != to.size_bytes() {
+        return Err(format!(
+            "{from} and {to} differ in width ({} vs {} bytes)",
+            from.size_bytes(),
+            to.size_bytes()
+        ));
+    }
+    let ints = |d: kiln_graph::DType| d.is_int() || d == kiln_graph::DType::Bool;
+    if from == to || (ints(from) && to.is_int()) {
+        return x.cast(to).k().map(one);
+    }
+    n.unsupported(format!(
+        "a bit cast from {from} to {to} (kiln reinterprets only between integer types)"
+    ))
 }
