@@ -206,7 +206,11 @@ fn op_label(n: &NodeProto) -> String {
 fn unsupported(g: &GraphProto, opset: i64, out: &mut Vec<UnsupportedNode>) {
     for n in &g.node {
         let default = n.domain.is_empty() || n.domain == "ai.onnx";
-        let reason = if ops::find(&op_label(n)).is_some() || op_label(n) == GRADIENT {
+        let label = op_label(n);
+        let reason = if ops::find(&label).is_some()
+            || label == GRADIENT
+            || label == ops::flex::FLEX_ATTENTION
+        {
             None
         } else if !default && !ops::knows_domain(&n.domain) {
             Some(format!("the '{}' domain is not supported", n.domain))
@@ -1457,6 +1461,22 @@ fn convert_node_in<'g>(
     let fail = |reason: String| node_error(n, opset, reason);
     if op_label(n) == GRADIENT {
         let outputs = gradient(g, n, scope).map_err(fail)?;
+        return scope.bind(n, outputs, &fail);
+    }
+    if op_label(n) == ops::flex::FLEX_ATTENTION {
+        let items =
+            n.input
+                .iter()
+                .map(|name| {
+                    if name.is_empty() {
+                        return Ok(None);
+                    }
+                    scope.values.get(name).cloned().map(Some).ok_or_else(|| {
+                        fail(format!("input '{name}' is computed by no earlier node"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+        let outputs = ops::flex::flex_attention(g, n, opset, scope, &items)?;
         return scope.bind(n, outputs, &fail);
     }
     if matches!(n.op_type.as_str(), "If" | "Loop" | "Scan") {

@@ -20,6 +20,7 @@ use crate::proto::{AttributeProto, NodeProto};
 mod attention;
 mod deform;
 mod elementwise;
+pub(crate) mod flex;
 mod index;
 mod loss;
 mod misc;
