@@ -136,6 +136,15 @@ enum Command {
         /// Resize's sizes), which kiln needs known.
         #[arg(long = "constant", value_name = "NAME=FILE.npy")]
         constants: Vec<String>,
+        /// The element shapes of a sequence-typed graph input, as
+        /// NAME=SHAPE,SHAPE,... with each SHAPE as dims joined by 'x'
+        /// (2x3; `scalar` for a rank-0 element): element i becomes the
+        /// placeholder NAME/i (repeatable).
+        #[arg(long = "sequence", value_name = "NAME=SHAPE,...")]
+        sequences: Vec<String>,
+        /// An optional-typed graph input that holds no value (repeatable).
+        #[arg(long = "absent", value_name = "NAME")]
+        absent: Vec<String>,
     },
 }
 
@@ -285,7 +294,9 @@ fn main() {
             output,
             trainable,
             constants,
-        } => import_onnx(&model, &output, trainable, &constants),
+            sequences,
+            absent,
+        } => import_onnx(&model, &output, trainable, &constants, &sequences, &absent),
     };
     if let Err(e) = result {
         eprintln!("kiln: error: {e:#}");
@@ -293,11 +304,51 @@ fn main() {
     }
 }
 
-fn import_onnx(model: &Path, output: &Path, trainable: bool, constants: &[String]) -> Result<()> {
+/// The element shapes of `--sequence NAME=SHAPE,...`.
+fn sequence_spec(spec: &str) -> Result<(String, Vec<kiln::graph::Shape>)> {
+    let (name, shapes) = spec
+        .split_once('=')
+        .with_context(|| format!("--sequence '{spec}' is not NAME=SHAPE,..."))?;
+    let shapes = shapes
+        .split(',')
+        .map(|s| {
+            let s = s.trim();
+            if s == "scalar" {
+                return Ok(kiln::graph::Shape::scalar());
+            }
+            let dims = s
+                .split('x')
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<std::result::Result<Vec<usize>, _>>()
+                .with_context(|| {
+                    format!(
+                        "--sequence '{spec}': element shape '{s}' is not dims joined by 'x' \
+                         (such as 2x3) or `scalar`"
+                    )
+                })?;
+            Ok(kiln::graph::Shape::from(dims))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((name.to_string(), shapes))
+}
+
+fn import_onnx(
+    model: &Path,
+    output: &Path,
+    trainable: bool,
+    constants: &[String],
+    sequences: &[String],
+    absent: &[String],
+) -> Result<()> {
     let mut options = kiln::onnx::ImportOptions {
         initializers_as_variables: trainable,
+        absent_inputs: absent.iter().cloned().collect(),
         ..Default::default()
     };
+    for spec in sequences {
+        let (name, shapes) = sequence_spec(spec)?;
+        options.sequence_inputs.insert(name, shapes);
+    }
     for spec in constants {
         let (name, file) = spec
             .split_once('=')

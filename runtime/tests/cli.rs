@@ -534,3 +534,104 @@ fn compile_exe_runs_the_model_on_npy_files() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The ONNX backend test data (`scripts/onnx-test-data.sh`), if fetched.
+fn onnx_node_data() -> Option<PathBuf> {
+    let dir = match std::env::var_os("KILN_ONNX_DATA") {
+        Some(d) => PathBuf::from(d),
+        None => repo().join("target/onnx-test-data/onnx-1.22.0/onnx/backend/test/data"),
+    };
+    let node = dir.join("node");
+    node.is_dir().then_some(node)
+}
+
+#[test]
+fn import_converts_onnx_models_and_they_run() {
+    let Some(node) = onnx_node_data() else {
+        eprintln!("SKIPPED: no ONNX test data (scripts/onnx-test-data.sh)");
+        return;
+    };
+    let dir = temp_dir("import");
+    let read = |p: PathBuf| kiln_onnx::tensor::read_tensor_file(&p).unwrap().1;
+
+    // A uint8 model: imported, run on .npy feeds, equal to ONNX's output.
+    let case = node.join("test_add_uint8");
+    let model = dir.join("add_u8.kiln");
+    let o = kiln(&[
+        "import",
+        case.join("model.onnx").to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("x: u8[3,4,5]"), "{}", stdout(&o));
+    let data = case.join("test_data_set_0");
+    for (i, name) in ["x", "y"].iter().enumerate() {
+        kiln::npy::write(
+            dir.join(format!("{name}.npy")),
+            &read(data.join(format!("input_{i}.pb"))),
+        )
+        .unwrap();
+    }
+    let out = dir.join("out");
+    let o = kiln(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        &format!("x={}", dir.join("x.npy").display()),
+        "--input",
+        &format!("y={}", dir.join("y.npy").display()),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = kiln::npy::read(out.join("sum.npy")).unwrap();
+    assert!(got.same_bits(&read(data.join("output_0.pb"))), "{got:?}");
+
+    // A sequence input needs its element shapes; an absent optional, its name.
+    let seq = node.join("test_sequence_map_identity_1_sequence/model.onnx");
+    let o = kiln(&[
+        "import",
+        seq.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("sequence"), "{}", stderr(&o));
+    let o = kiln(&[
+        "import",
+        seq.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+        "--sequence",
+        "x=3,5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("x/0: f32[3]") && text.contains("x/1: f32[5]"),
+        "{text}"
+    );
+    let o = kiln(&[
+        "import",
+        seq.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+        "--sequence",
+        "x=3,5y",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("element shape '5y'"), "{}", stderr(&o));
+    let opt = node.join("test_optional_has_element_empty_optional_input/model.onnx");
+    let o = kiln(&[
+        "import",
+        opt.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+        "--absent",
+        "optional_input",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("output: bool[]"), "{}", stdout(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
