@@ -685,6 +685,12 @@ unsafe fn general_matmul(
                     st,
                     mnk,
                 ),
+                Elem::I8 => narrow_matmul::<i8>(po, pa, pb, off, st, mnk),
+                Elem::I16 => narrow_matmul::<i16>(po, pa, pb, off, st, mnk),
+                Elem::U8 => narrow_matmul::<u8>(po, pa, pb, off, st, mnk),
+                Elem::U16 => narrow_matmul::<u16>(po, pa, pb, off, st, mnk),
+                Elem::U32 => narrow_matmul::<u32>(po, pa, pb, off, st, mnk),
+                Elem::U64 => narrow_matmul::<u64>(po, pa, pb, off, st, mnk),
             }
         }
     }
@@ -793,17 +799,42 @@ trait WrappingMulAdd {
     fn mul_add_wrapping(self, a: Self, b: Self) -> Self;
 }
 
-impl WrappingMulAdd for i32 {
-    const ZERO: i32 = 0;
-    fn mul_add_wrapping(self, a: i32, b: i32) -> i32 {
-        self.wrapping_add(a.wrapping_mul(b))
-    }
+macro_rules! wrapping_mul_add {
+    ($($t:ty),*) => {$(
+        impl WrappingMulAdd for $t {
+            const ZERO: $t = 0;
+            fn mul_add_wrapping(self, a: $t, b: $t) -> $t {
+                self.wrapping_add(a.wrapping_mul(b))
+            }
+        }
+    )*};
 }
 
-impl WrappingMulAdd for i64 {
-    const ZERO: i64 = 0;
-    fn mul_add_wrapping(self, a: i64, b: i64) -> i64 {
-        self.wrapping_add(a.wrapping_mul(b))
+wrapping_mul_add!(i8, i16, i32, i64, u8, u16, u32, u64);
+
+/// [`int_matmul`] on the buffers' bytes as `T` (the narrow and unsigned
+/// integers: products and sums wrap at `T`'s width).
+///
+/// # Safety
+/// As [`int_matmul`].
+unsafe fn narrow_matmul<T: Copy + WrappingMulAdd>(
+    po: SendMut,
+    pa: SendMut,
+    pb: SendMut,
+    off: [isize; 3],
+    st: [isize; 4],
+    mnk: [usize; 3],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        int_matmul::<T>(
+            po.get() as *mut T,
+            pa.get() as *const T,
+            pb.get() as *const T,
+            off,
+            st,
+            mnk,
+        )
     }
 }
 

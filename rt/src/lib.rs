@@ -37,6 +37,12 @@ pub enum Elem {
     F64,
     I32,
     I64,
+    I8,
+    I16,
+    U8,
+    U16,
+    U32,
+    U64,
 }
 
 impl Elem {
@@ -47,9 +53,20 @@ impl Elem {
 
     /// The element type of a blob code.
     pub fn from_code(c: i64) -> Option<Elem> {
-        [Elem::F32, Elem::F64, Elem::I32, Elem::I64]
-            .get(usize::try_from(c).ok()?)
-            .copied()
+        [
+            Elem::F32,
+            Elem::F64,
+            Elem::I32,
+            Elem::I64,
+            Elem::I8,
+            Elem::I16,
+            Elem::U8,
+            Elem::U16,
+            Elem::U32,
+            Elem::U64,
+        ]
+        .get(usize::try_from(c).ok()?)
+        .copied()
     }
 }
 

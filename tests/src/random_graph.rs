@@ -2,8 +2,9 @@
 //! of the optimizer against the reference interpreter.
 //!
 //! [`generate`] builds one graph from a seed with the builder API: one to
-//! three placeholders (f32 mostly, some f64/i32/i64/bool, some with the
-//! symbolic dim `n`), sometimes variables, then 4 to 20 random steps. Each
+//! three placeholders (f32 mostly, some f64/i32/i64/bool and a few of the
+//! narrow and unsigned integer dtypes, some with the symbolic dim `n`),
+//! sometimes variables, then 4 to 20 random steps. Each
 //! step takes its operands from a pool of the values made so far: one of the
 //! latest (so chains form), one nothing uses yet (so little is dead), or any
 //! (so values fan out to several consumers). Steps cover every primitive op
@@ -16,10 +17,21 @@
 //! expressions (folding) and movement chains. A graph's outputs are its last
 //! value, values nothing uses and sometimes intermediates.
 //!
+//! The narrow and unsigned integer dtypes (i8, i16, u8, u16, u32, u64) come
+//! in through placeholders, casts (from floats scaled so they saturate, and
+//! to floats unclamped and scaled back by a power of two), constants that
+//! hold their extremes, the sign bit and random bit patterns (so arithmetic
+//! wraps), and sources; on them run the integer unary ops (bitwise not
+//! included), arithmetic, comparisons, bitwise and/or/xor, reductions,
+//! argmax/argmin, select, gather/scatter-add and every movement op (pads
+//! with infinite or NaN fill saturate). Matmul is left out for them: the
+//! CPU backend cannot compile it (see [`narrow_int`]).
+//!
 //! Every op is valid by construction: operands are fitted to the shape an op
 //! needs with movement ops and reductions (`fit`), indices are clamped into
 //! range, log/sqrt/rsqrt/recip/div/pow take `|x| + c`, and float values stay
-//! bounded (`tame`) so the comparison tolerances hold where passes
+//! bounded (`tame`; a narrow integer counts at its dtype's full range, since
+//! its arithmetic wraps) so the comparison tolerances hold where passes
 //! reassociate arithmetic; f32 values that passes may round differently are
 //! never widened to f64 (`perturbable`). Every choice comes from one
 //! counter-based stream, so a seed always gives the same graph.
@@ -114,7 +126,8 @@ pub struct RandomGraph {
 #[derive(Clone, Copy)]
 struct Val<'g> {
     t: Tensor<'g>,
-    /// Upper bound on `|x|` (1 for bools; may be inf or loose for ints).
+    /// Upper bound on `|x|` (1 for bools; may be inf or loose for ints; the
+    /// dtype's whole range for narrow integers, which wrap).
     mag: f64,
 }
 
@@ -147,6 +160,38 @@ fn divisors(n: usize) -> Vec<usize> {
     (1..=n.max(1))
         .filter(|d| n.max(1).is_multiple_of(*d))
         .collect()
+}
+
+/// True for the integer dtypes other than i32 and i64 (narrow or unsigned).
+pub fn narrow_int(dt: DType) -> bool {
+    dt.is_int() && !matches!(dt, DType::I32 | DType::I64)
+}
+
+/// The narrow and unsigned integer dtypes.
+const NARROW_INTS: [DType; 6] = [
+    DType::I8,
+    DType::I16,
+    DType::U8,
+    DType::U16,
+    DType::U32,
+    DType::U64,
+];
+
+/// The largest magnitude an integer dtype holds (`|MIN|` for signed ones).
+fn int_range(dt: DType) -> f64 {
+    let lo = Scalar::int_min(dt).map_or(0.0, |s| s.to_f64().abs());
+    let hi = Scalar::int_max(dt).map_or(0.0, Scalar::to_f64);
+    lo.max(hi)
+}
+
+/// The bound `tame` and casts assume for `v`: its own, except that a
+/// narrow integer may hold anything its dtype does (its arithmetic wraps).
+fn bound(v: &Val<'_>) -> f64 {
+    if narrow_int(v.t.dtype()) {
+        int_range(v.t.dtype())
+    } else {
+        v.mag
+    }
 }
 
 /// Generates the graph of `seed`.
@@ -203,6 +248,10 @@ impl<'g> Gen<'g> {
     }
 
     fn push(&mut self, v: Val<'g>) -> Val<'g> {
+        let v = Val {
+            mag: bound(&v),
+            ..v
+        };
         self.pool.push(v);
         v
     }
@@ -300,8 +349,19 @@ impl<'g> Gen<'g> {
     }
 
     fn placeholder(&mut self, i: usize) {
-        let dtype = [DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool]
-            [self.rng.weighted(&[62, 12, 9, 7, 10])];
+        let dtype = [
+            DType::F32,
+            DType::F64,
+            DType::I32,
+            DType::I64,
+            DType::Bool,
+            DType::I8,
+            DType::I16,
+            DType::U8,
+            DType::U16,
+            DType::U32,
+            DType::U64,
+        ][self.rng.weighted(&[62, 12, 9, 7, 10, 2, 2, 3, 2, 2, 2])];
         let nchw = dtype.is_float() && self.rng.chance(0.2);
         let mut shape: Vec<Dim> = if nchw {
             let c = self.rng.between(1, 3) as usize;
@@ -343,6 +403,7 @@ impl<'g> Gen<'g> {
         let mag = match dtype {
             DType::Bool => 1.0,
             DType::I32 | DType::I64 => 6.0,
+            d if narrow_int(d) => int_range(d),
             _ => 2.0,
         };
         self.push(Val { t, mag });
@@ -351,8 +412,10 @@ impl<'g> Gen<'g> {
     fn variable(&mut self, i: usize) {
         let dtype = if self.rng.chance(0.8) {
             DType::F32
-        } else {
+        } else if self.rng.chance(0.7) {
             self.rng.pick(&[DType::F64, DType::I32])
+        } else {
+            self.rng.pick(&NARROW_INTS)
         };
         let rank = 1 + self.rng.below(3);
         let shape: Vec<usize> = (0..rank).map(|_| self.rng.between(1, 4) as usize).collect();
@@ -411,11 +474,12 @@ impl<'g> Gen<'g> {
     /// One random op on the pool; `None` when it did not apply.
     fn step(&mut self) -> Option<()> {
         let assign = if self.vars.is_empty() { 0 } else { 2 };
-        let kinds: [(&'static str, u32); 30] = [
+        let kinds: [(&'static str, u32); 31] = [
             ("unary", 14),
             ("binary", 20),
             ("select", 7),
             ("logical", 3),
+            ("bitwise", 3),
             ("cast", 5),
             ("reduce", 9),
             ("argreduce", 4),
@@ -450,6 +514,7 @@ impl<'g> Gen<'g> {
             "binary" => self.op_binary(),
             "select" => self.op_select(),
             "logical" => self.op_logical(),
+            "bitwise" => self.op_bitwise(),
             "cast" => self.op_cast(),
             "half" => self.op_half(),
             "reduce" => self.op_reduce(),
@@ -511,16 +576,47 @@ impl<'g> Gen<'g> {
                     DType::I32 | DType::I64 => {
                         Scalar::from_f64(dtype, self.rng.between(-5, 5) as f64)
                     }
+                    d if narrow_int(d) => self.narrow_value(d),
                     _ => Scalar::from_f64(dtype, self.float_value()),
                 };
                 mag = mag.max(s.to_f64().abs());
                 s
             })
             .collect();
+        let mag = match dtype {
+            DType::Bool => 1.0,
+            d if narrow_int(d) => int_range(d),
+            _ => mag,
+        };
         (
             Array::from_scalars(shape.to_vec(), dtype, &vals).expect("constant shape"),
-            if dtype == DType::Bool { 1.0 } else { mag },
+            mag,
         )
+    }
+
+    /// A value of the narrow integer dtype `dt` that makes arithmetic wrap
+    /// often: a small one (40%), an extreme, a neighbour of one, or the sign
+    /// bit and its neighbours (30%), or a random bit pattern (30%).
+    fn narrow_value(&mut self, dt: DType) -> Scalar {
+        let bits = dt.int_bits();
+        let mask = u64::MAX >> (64 - bits);
+        let sign = 1u64 << (bits - 1);
+        let pattern = match self.rng.weighted(&[4, 3, 3]) {
+            0 if dt.is_unsigned() => self.rng.between(0, 6) as u64,
+            0 => self.rng.between(-5, 5) as u64,
+            1 => self.rng.pick(&[
+                mask,
+                mask - 1,
+                sign,
+                sign + 1,
+                sign - 1,
+                sign - 2,
+                mask - 55,
+            ]),
+            _ => self.rng.next_u64(),
+        };
+        // Truncated to the dtype's width, as `as` does.
+        kiln::graph::ops::elementwise::cast_scalar(Scalar::U64(pattern & mask), dt)
     }
 
     /// A new tensor of exactly `shape`: a constant, a variable, a random or
@@ -592,7 +688,7 @@ impl<'g> Gen<'g> {
     /// Keeps a value's magnitude within `limit` (tanh or a clamp).
     fn tame(&mut self, v: Val<'g>, limit: f64) -> Val<'g> {
         let dt = v.t.dtype();
-        if !dt.is_numeric() || v.mag <= limit {
+        if !dt.is_numeric() || bound(&v) <= limit {
             return v;
         }
         let r = if dt.is_float() && self.rng.chance(0.4) {
@@ -1052,13 +1148,18 @@ impl<'g> Gen<'g> {
             });
         }
         if dt.is_int() {
-            let t = match self.rng.below(3) {
+            // `not` is bitwise on integers: !x == -x - 1 in two's complement.
+            let t = match self.rng.below(4) {
                 0 => v.t.neg(),
                 1 => v.t.abs(),
-                _ => v.t.sign(),
+                2 => v.t.sign(),
+                _ => v.t.not(),
             }
             .ok()?;
-            return Some(Val { t, mag: v.mag });
+            return Some(Val {
+                t,
+                mag: v.mag + 1.0,
+            });
         }
         let m = v.mag;
         let shifted = |v: Val<'g>, c: f64| v.t.abs().and_then(|t| t.add(c));
@@ -1269,12 +1370,86 @@ impl<'g> Gen<'g> {
         })
     }
 
+    /// Bitwise and, or, xor or not of an integer value (and a partner of
+    /// its dtype); sometimes of a value cast to an integer dtype first.
+    fn op_bitwise(&mut self) -> Option<Val<'g>> {
+        let a = match self.pick(|_, v| v.t.dtype().is_int()) {
+            Some(a) if self.rng.chance(0.7) => a,
+            _ => {
+                let v = self.pick(|_, v| v.t.dtype().is_numeric())?;
+                let to = self.rng.pick(&[
+                    DType::I8,
+                    DType::I16,
+                    DType::I32,
+                    DType::I64,
+                    DType::U8,
+                    DType::U16,
+                    DType::U32,
+                    DType::U64,
+                ]);
+                self.cast_to(v, to)?
+            }
+        };
+        let bound = int_range(a.t.dtype());
+        let t = match self.rng.below(4) {
+            3 => a.t.not().ok()?,
+            k => {
+                let p = self.partner(a)?;
+                let out =
+                    kiln::graph::shape::broadcast_shapes(&[&a.t.shape(), &p.t.shape()]).ok()?;
+                if !self.fits(&out.0) {
+                    return None;
+                }
+                match k {
+                    0 => a.t.and(p.t),
+                    1 => a.t.or(p.t),
+                    _ => a.t.xor(p.t),
+                }
+                .ok()?
+            }
+        };
+        Some(Val { t, mag: bound })
+    }
+
     fn op_cast(&mut self) -> Option<Val<'g>> {
         let v = self.pick(|_, _| true)?;
-        let to = [DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool]
-            [self.rng.weighted(&[4, 2, 3, 2, 2])];
-        if to == v.t.dtype() {
+        let to = [
+            DType::F32,
+            DType::F64,
+            DType::I32,
+            DType::I64,
+            DType::Bool,
+            DType::I8,
+            DType::I16,
+            DType::U8,
+            DType::U16,
+            DType::U32,
+            DType::U64,
+        ][self.rng.weighted(&[4, 2, 3, 2, 2, 1, 1, 2, 1, 1, 1])];
+        let from = v.t.dtype();
+        if to == from {
             return None;
+        }
+        if from.is_float() && to.is_int() && self.rng.chance(0.5) {
+            // Scaled past the integer range (|x| <= 32 times 2^(bits - 3)),
+            // so the cast saturates; negative values saturate at 0 unsigned.
+            let scale = 2f64.powi(to.int_bits() as i32 - 3);
+            let scaled = Val {
+                t: v.t.mul(scale).ok()?,
+                mag: v.mag * scale,
+            };
+            return self.cast_to(scaled, to);
+        }
+        if from.is_int() && to.is_float() && self.rng.chance(0.6) {
+            // The whole integer range, unclamped (u64 above 2^63 included),
+            // then scaled by a power of two (exact) to within FLOAT_LIMIT.
+            let range = int_range(from).min(bound(&v));
+            let scale = 2f64.powi(5 - range.log2().ceil().max(0.0) as i32);
+            let t = v.t.cast(to).ok()?.mul(scale).ok()?;
+            return Some(Val {
+                t,
+                mag: range * scale,
+            });
         }
         self.cast_to(v, to)
     }
@@ -1870,7 +2045,8 @@ impl<'g> Gen<'g> {
             1 => {
                 let v = self.pick(|_, v| v.t.dtype().is_int())?;
                 let v = self.fit(v, shape)?;
-                clamp(v.t).ok()
+                // Narrow and unsigned integers cast (wrapping) to the index dtype.
+                clamp(v.t.cast(dt).ok()?).ok()
             }
             2 => {
                 let v = self.pick(|g, v| {
@@ -2050,8 +2226,19 @@ impl<'g> Gen<'g> {
                 .map(|_| Dim::Fixed(self.rng.between(1, 4) as usize))
                 .collect();
         }
-        let dt = [DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool]
-            [self.rng.weighted(&[6, 1, 2, 1, 1])];
+        let dt = [
+            DType::F32,
+            DType::F64,
+            DType::I32,
+            DType::I64,
+            DType::Bool,
+            DType::I8,
+            DType::I16,
+            DType::U8,
+            DType::U16,
+            DType::U32,
+            DType::U64,
+        ][self.rng.weighted(&[12, 2, 4, 2, 2, 1, 1, 2, 1, 1, 1])];
         if dt == DType::Bool {
             let a = self.fresh(DType::F32, &s)?;
             return Some(Val {
@@ -2283,7 +2470,12 @@ impl<'g> Gen<'g> {
     /// passes reassociate, distribute and fold into contraction weights.
     fn op_const_chain(&mut self) -> Option<Val<'g>> {
         let v = self.pick(|_, v| v.t.dtype().is_numeric())?;
-        let v = self.tame(v, 4.0);
+        // Narrow integers wrap (exactly, on every backend): no taming.
+        let v = if narrow_int(v.t.dtype()) {
+            v
+        } else {
+            self.tame(v, 4.0)
+        };
         let dt = v.t.dtype();
         let d = dims(v.t);
         let mut cur = v;

@@ -4,16 +4,18 @@
 //! Each fixture case is one primitive op (its `Op` exactly as serde writes it)
 //! or one layer builder function, with its inputs, the expected output and a
 //! tolerance. Every case runs as a one-node graph (plus placeholders) in a
-//! `Session` on `Device::Reference`. There is one `#[test]` per op family, so
-//! a failure points at the family; its message names each failing case and the
-//! first mismatching element.
+//! `Session` on `Device::Reference`, then on `Device::Cpu`. There is one
+//! `#[test]` per op family, so a failure points at the family; its message
+//! names each failing case and the first mismatching element. Integers (every
+//! integer dtype, u64 above i64::MAX included) are read and compared exactly
+//! in their own dtype.
 //!
 //! Regenerate the fixtures with `python3 tests/fixtures/gen_ops.py`.
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
-use kiln::graph::{Array, DType, Data, Graph, GraphBuilder, Op, Shape, SourceLoc, Tensor};
+use kiln::graph::{Array, DType, Data, Graph, GraphBuilder, Op, Scalar, Shape, SourceLoc, Tensor};
 use kiln::{Device, Session};
 use serde_json::Value;
 
@@ -75,6 +77,19 @@ fn parse_float<T: std::str::FromStr>(
     }
 }
 
+/// A JSON integer as `T`: read as i64 or, above i64::MAX, as u64, and
+/// range-checked against `dtype` (`T`'s dtype); `what` names the item.
+fn parse_int<T: TryFrom<i64> + TryFrom<u64>>(x: &Value, dtype: DType, what: &str) -> T {
+    let fits = if let Some(i) = x.as_i64() {
+        T::try_from(i).ok()
+    } else if let Some(u) = x.as_u64() {
+        T::try_from(u).ok()
+    } else {
+        panic!("{what}: expected an integer, got {x}")
+    };
+    fits.unwrap_or_else(|| panic!("{what}: {x} is out of range for {dtype}"))
+}
+
 fn parse_array(v: &Value) -> Array {
     let dtype = parse_dtype(v["dtype"].as_str().expect("tensor dtype"));
     let shape: Vec<usize> = v["shape"]
@@ -84,10 +99,13 @@ fn parse_array(v: &Value) -> Array {
         .map(|d| d.as_u64().expect("dims are non-negative integers") as usize)
         .collect();
     let items = v["data"].as_array().expect("tensor data");
-    let int = |x: &Value| {
-        x.as_i64()
-            .unwrap_or_else(|| panic!("expected an integer, got {x}"))
-    };
+    fn ints<T: TryFrom<i64> + TryFrom<u64>>(items: &[Value], dtype: DType) -> Vec<T> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| parse_int(x, dtype, &format!("{dtype} tensor item {i}")))
+            .collect()
+    }
     let data = match dtype {
         DType::F32 => Data::F32(
             items
@@ -101,26 +119,16 @@ fn parse_array(v: &Value) -> Array {
                 .map(|x| parse_float(x, |f| f, f64::NAN, f64::INFINITY, f64::NEG_INFINITY))
                 .collect(),
         ),
-        DType::I32 => Data::I32(
-            items
-                .iter()
-                .map(|x| i32::try_from(int(x)).unwrap_or_else(|_| panic!("{x} does not fit i32")))
-                .collect(),
-        ),
-        DType::I64 => Data::I64(items.iter().map(int).collect()),
+        DType::I8 => Data::I8(ints(items, dtype)),
+        DType::I16 => Data::I16(ints(items, dtype)),
+        DType::I32 => Data::I32(ints(items, dtype)),
+        DType::I64 => Data::I64(ints(items, dtype)),
+        DType::U8 => Data::U8(ints(items, dtype)),
+        DType::U16 => Data::U16(ints(items, dtype)),
+        DType::U32 => Data::U32(ints(items, dtype)),
+        DType::U64 => Data::U64(ints(items, dtype)),
         DType::Bool => Data::Bool(items.iter().map(|x| x.as_bool().expect("a bool")).collect()),
         DType::F16 | DType::BF16 => panic!("the NumPy fixtures hold no {dtype} tensors"),
-        narrow => {
-            let v = Data::I64(items.iter().map(int).collect());
-            let a = Array::new(vec![v.len()], v).expect("a vector");
-            let c = kiln::graph::ops::elementwise::eval_cast(&a, narrow);
-            assert_eq!(
-                kiln::graph::ops::elementwise::eval_cast(&c, DType::I64),
-                a,
-                "fixture values do not fit {narrow}"
-            );
-            c.into_data()
-        }
     };
     Array::new(shape.clone(), data)
         .unwrap_or_else(|| panic!("data length does not match shape {shape:?}"))
@@ -231,47 +239,63 @@ fn compare(got: &Array, want: &Array, rtol: f64, atol: f64) -> Result<(), String
             multi_index(i, want.shape())
         )
     };
-    match (got.data(), want.data()) {
-        (Data::I32(g), Data::I32(w)) => first_diff(g, w).map_or(Ok(()), |i| {
-            Err(format!("{}: got {}, expected {}", at(i), g[i], w[i]))
-        }),
-        (Data::I64(g), Data::I64(w)) => first_diff(g, w).map_or(Ok(()), |i| {
-            Err(format!("{}: got {}, expected {}", at(i), g[i], w[i]))
-        }),
-        (Data::Bool(g), Data::Bool(w)) => first_diff(g, w).map_or(Ok(()), |i| {
-            Err(format!("{}: got {}, expected {}", at(i), g[i], w[i]))
-        }),
-        _ => {
-            let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
-            for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
-                let ok = if b.is_nan() {
-                    a.is_nan()
-                } else if b.is_infinite() || a.is_nan() || a.is_infinite() {
-                    a == b
-                } else {
-                    (a - b).abs() <= atol + rtol * b.abs()
-                };
-                if !ok {
-                    return Err(format!(
-                        "{}: got {a:e}, expected {b:e} (|diff| {:e}, allowed {:e}; {} of {} elements differ)",
-                        at(i),
-                        (a - b).abs(),
-                        atol + rtol * b.abs(),
-                        g.iter()
-                            .zip(&w)
-                            .filter(|(a, b)| !(a == b || (a.is_nan() && b.is_nan()) || (*a - *b).abs() <= atol + rtol * b.abs()))
-                            .count(),
-                        g.len()
-                    ));
-                }
-            }
-            Ok(())
+    // Integers and bools exactly, element by element in their own type (a
+    // u64 or i64 beyond 2^53 does not survive a trip through f64).
+    if want.dtype().is_int() || want.dtype() == DType::Bool {
+        return match (0..want.len()).find(|&i| got.get(i) != want.get(i)) {
+            None => Ok(()),
+            Some(i) => Err(format!(
+                "{}: got {}, expected {} ({} of {} elements differ)",
+                at(i),
+                scalar_text(got.get(i)),
+                scalar_text(want.get(i)),
+                (0..want.len())
+                    .filter(|&j| got.get(j) != want.get(j))
+                    .count(),
+                want.len()
+            )),
+        };
+    }
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
+        let ok = if b.is_nan() {
+            a.is_nan()
+        } else if b.is_infinite() || a.is_nan() || a.is_infinite() {
+            a == b
+        } else {
+            (a - b).abs() <= atol + rtol * b.abs()
+        };
+        if !ok {
+            return Err(format!(
+                "{}: got {a:e}, expected {b:e} (|diff| {:e}, allowed {:e}; {} of {} elements differ)",
+                at(i),
+                (a - b).abs(),
+                atol + rtol * b.abs(),
+                g.iter()
+                    .zip(&w)
+                    .filter(|(a, b)| !(a == b || (a.is_nan() && b.is_nan()) || (*a - *b).abs() <= atol + rtol * b.abs()))
+                    .count(),
+                g.len()
+            ));
         }
     }
+    Ok(())
 }
 
-fn first_diff<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x != y)
+/// An integer or bool element as plain text (`200`, not `U8(200)`).
+fn scalar_text(s: Scalar) -> String {
+    match s {
+        Scalar::I8(v) => v.to_string(),
+        Scalar::I16(v) => v.to_string(),
+        Scalar::I32(v) => v.to_string(),
+        Scalar::I64(v) => v.to_string(),
+        Scalar::U8(v) => v.to_string(),
+        Scalar::U16(v) => v.to_string(),
+        Scalar::U32(v) => v.to_string(),
+        Scalar::U64(v) => v.to_string(),
+        Scalar::Bool(v) => v.to_string(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Runs and checks one case; `Err` describes the failure.
@@ -517,5 +541,138 @@ fn fixtures_cover_every_op() {
         "sparse_softmax_cross_entropy",
     ] {
         assert!(layers.contains(l), "layer {l} has no fixture case");
+    }
+}
+
+/// The integer dtypes (the narrow and unsigned ones in every family that
+/// takes integers; bitwise not/and/or/xor on every integer dtype) and every
+/// cast between the integer dtypes, f32, f64 and bool have fixture cases.
+#[test]
+fn fixtures_cover_every_integer_dtype() {
+    let ints = [
+        DType::I8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+    ];
+    let mut seen = BTreeSet::new();
+    let mut casts = BTreeSet::new();
+    for case in cases() {
+        let Some(op_json) = case.get("op") else {
+            continue;
+        };
+        let op: Op = serde_json::from_value(op_json.clone()).expect("op deserializes");
+        let inputs = case["inputs"].as_array().expect("inputs");
+        // The data operand's dtype (a select's first branch, a source's output).
+        let data = match op {
+            Op::Select => inputs.get(1),
+            _ => inputs.first(),
+        };
+        let dtype = parse_dtype(
+            data.unwrap_or(&case["expected"])["dtype"]
+                .as_str()
+                .expect("dtype"),
+        );
+        if let Op::Cast { to } = op {
+            casts.insert((dtype, to));
+        }
+        seen.insert((op.name().to_string(), dtype));
+    }
+    let mut missing = Vec::new();
+    for &dt in &ints {
+        let narrow = !matches!(dt, DType::I32 | DType::I64);
+        let mut want = vec!["not", "and", "or", "xor"];
+        if narrow {
+            want.extend([
+                "neg",
+                "abs",
+                "sign",
+                "add",
+                "sub",
+                "mul",
+                "div",
+                "pow",
+                "maximum",
+                "minimum",
+                "equal",
+                "not_equal",
+                "less",
+                "less_equal",
+                "greater",
+                "greater_equal",
+                "select",
+                "reduce_sum",
+                "reduce_prod",
+                "reduce_max",
+                "reduce_min",
+                "argmax",
+                "argmin",
+                "matmul",
+                "iota",
+                "gather",
+                "scatter_add",
+                "reshape",
+                "permute",
+                "broadcast",
+                "slice",
+                "pad",
+                "concat",
+            ]);
+        }
+        for op in want {
+            if !seen.contains(&(op.to_string(), dt)) {
+                missing.push(format!("{op} on {dt}"));
+            }
+        }
+    }
+    let cast_dtypes: Vec<DType> = [DType::F32, DType::F64, DType::Bool]
+        .into_iter()
+        .chain(ints)
+        .collect();
+    for &from in &cast_dtypes {
+        for &to in &cast_dtypes {
+            if !casts.contains(&(from, to)) {
+                missing.push(format!("cast {from} -> {to}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "no fixture cases for: {missing:?}");
+}
+
+/// Fixture integers are read in their own dtype: u64 values above
+/// i64::MAX exactly, and a value out of the dtype's range is an error that
+/// names the value and the dtype.
+#[test]
+fn fixture_integers_parse_exactly_and_in_range() {
+    let a = parse_array(&serde_json::json!({
+        "dtype": "u64", "shape": [3], "data": [18446744073709551615u64, 9223372036854775809u64, 0]
+    }));
+    assert_eq!(
+        a,
+        Array::from_vec(vec![3], vec![u64::MAX, (1u64 << 63) + 1, 0]).unwrap()
+    );
+    let a = parse_array(&serde_json::json!({"dtype": "i8", "shape": [2], "data": [-128, 127]}));
+    assert_eq!(a, Array::from_vec(vec![2], vec![i8::MIN, i8::MAX]).unwrap());
+    for (dtype, bad) in [
+        ("u8", serde_json::json!(256)),
+        ("u8", serde_json::json!(-1)),
+        ("i8", serde_json::json!(-129)),
+        ("u16", serde_json::json!(65536)),
+        ("i16", serde_json::json!(32768)),
+        ("u32", serde_json::json!(-5)),
+        ("i32", serde_json::json!(2147483648u64)),
+        ("i64", serde_json::json!(9223372036854775808u64)),
+        ("u64", serde_json::json!(-1)),
+    ] {
+        let v = serde_json::json!({"dtype": dtype, "shape": [2], "data": [0, bad]});
+        let msg = std::panic::catch_unwind(|| parse_array(&v))
+            .map(|_| String::new())
+            .unwrap_or_else(|p| panic_text(&p));
+        let want = format!("{dtype} tensor item 1: {bad} is out of range for {dtype}");
+        assert_eq!(msg, want, "{v}");
     }
 }

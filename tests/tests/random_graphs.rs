@@ -124,9 +124,20 @@ fn interpret(
 }
 
 /// `kiln_tests::compare`, and infinities exactly: there `|g - w| <= atol +
-/// rtol * |w|` holds for any `g` when `w` is infinite.
+/// rtol * |w|` holds for any `g` when `w` is infinite; and integers exactly
+/// in their own dtype (compare goes through f64, where i64 and u64 values
+/// beyond 2^53 round together).
 fn compare_exact_infinities(want: &Array, got: &Array) -> Result<(), String> {
     compare(want, got)?;
+    if want.dtype().is_int() {
+        if let Some(i) = (0..want.len()).find(|&i| want.get(i) != got.get(i)) {
+            return Err(format!(
+                "element {i}: want {:?}, got {:?}",
+                want.get(i),
+                got.get(i)
+            ));
+        }
+    }
     for (i, (w, g)) in want.to_f64_vec().iter().zip(got.to_f64_vec()).enumerate() {
         if w.is_infinite() && *w != g {
             return Err(format!("element {i}: want {w}, got {g}"));
@@ -446,6 +457,7 @@ fn random_graphs_match_the_reference() {
     let start = Instant::now();
     let (mut graphs, mut cases, mut nodes) = (0usize, 0usize, 0usize);
     let mut op_counts: HashMap<&'static str, usize> = HashMap::new();
+    let mut dtype_counts: HashMap<DType, usize> = HashMap::new();
     let mut failures: Vec<(u64, String, String)> = Vec::new();
     for seed in first..first + count {
         let rg = match guarded(|| Ok(generate(seed))) {
@@ -459,6 +471,9 @@ fn random_graphs_match_the_reference() {
         nodes += rg.graph.len();
         for k in &rg.ops {
             *op_counts.entry(k).or_default() += 1;
+        }
+        for n in rg.graph.topo_order() {
+            *dtype_counts.entry(rg.graph.node(n).ty.dtype).or_default() += 1;
         }
         let (n, fails) = check_graph(&rg.graph, rg.sym, seed, seed % 5 == 0);
         if device_under_test().is_some() {
@@ -482,6 +497,9 @@ fn random_graphs_match_the_reference() {
         start.elapsed()
     );
     println!("generated op kinds: {ops:?}");
+    let mut dtypes: Vec<_> = dtype_counts.into_iter().collect();
+    dtypes.sort();
+    println!("nodes by dtype: {dtypes:?}");
     for (i, (seed, f, g)) in failures.iter().enumerate() {
         eprintln!("seed {seed}: {f}");
         if show || i < 3 {

@@ -198,6 +198,12 @@ fn elem(d: DType) -> Option<kiln_rt::Elem> {
         DType::F64 => kiln_rt::Elem::F64,
         DType::I32 => kiln_rt::Elem::I32,
         DType::I64 => kiln_rt::Elem::I64,
+        DType::I8 => kiln_rt::Elem::I8,
+        DType::I16 => kiln_rt::Elem::I16,
+        DType::U8 => kiln_rt::Elem::U8,
+        DType::U16 => kiln_rt::Elem::U16,
+        DType::U32 => kiln_rt::Elem::U32,
+        DType::U64 => kiln_rt::Elem::U64,
         _ => return None,
     })
 }
