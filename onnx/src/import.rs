@@ -472,6 +472,7 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
     }
     let g = GraphBuilder::new();
     let mut scope = Scope::default();
+    scope.declare(graph);
     for init in &graph.initializer {
         let a = tensor::to_array(init)
             .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
@@ -543,9 +544,70 @@ pub(crate) struct Scope<'g> {
     deps: HashMap<String, Vec<String>>,
     /// The graph's inputs fed at run time.
     fed: HashSet<String>,
+    /// ONNX element types of values, where declared or made by a cast (see
+    /// `Node::declared`).
+    declared: HashMap<String, i32>,
 }
 
 impl<'g> Scope<'g> {
+    /// Records the element types `graph` declares: inputs, outputs,
+    /// `value_info` and initializers.
+    fn declare(&mut self, graph: &GraphProto) {
+        for v in graph
+            .input
+            .iter()
+            .chain(&graph.output)
+            .chain(&graph.value_info)
+        {
+            if let Some(type_proto::Value::TensorType(t)) =
+                v.r#type.as_ref().and_then(|t| t.value.as_ref())
+            {
+                self.declared.insert(v.name.clone(), t.elem_type);
+            }
+        }
+        for init in &graph.initializer {
+            self.declared.insert(init.name.clone(), init.data_type);
+        }
+    }
+
+    /// The declared element types of `n`'s inputs.
+    fn declared_inputs(&self, n: &NodeProto) -> Vec<Option<i32>> {
+        n.input
+            .iter()
+            .map(|name| self.declared.get(name).copied())
+            .collect()
+    }
+
+    /// Records the sub-byte element type of `n`'s output where `n` makes
+    /// one (a cast to it, or quantization with such a zero point or
+    /// `output_dtype`), so later nodes tell it from a byte type.
+    fn note_sub_byte_output(&mut self, n: &NodeProto) {
+        let attr = |name: &str| {
+            n.attribute
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| a.i as i32)
+        };
+        let input_type = |i: usize| {
+            n.input
+                .get(i)
+                .and_then(|name| self.declared.get(name))
+                .copied()
+        };
+        let made = match n.op_type.as_str() {
+            "Cast" => attr("to"),
+            "CastLike" => input_type(1),
+            "QuantizeLinear" => input_type(2).or(attr("output_dtype")),
+            _ => None,
+        };
+        if let (Some(t), Some(out)) = (
+            made.filter(|&t| tensor::sub_byte(t).is_some()),
+            n.output.first(),
+        ) {
+            self.declared.insert(out.clone(), t);
+        }
+    }
+
     /// The graph inputs fed at run time that `value` is computed from.
     fn inputs_of(&self, value: &str) -> Vec<String> {
         let (mut seen, mut stack, mut found) =
@@ -687,6 +749,7 @@ fn run_subgraph<'s>(
     inputs: &[Item<'s>],
 ) -> Result<Vec<Item<'s>>> {
     let mut scope = Scope::default();
+    scope.declare(sub);
     for (name, item) in outer {
         for v in item.tensors() {
             scope.owned.insert(v.t.id());
@@ -1552,7 +1615,8 @@ fn convert_node_in<'g>(
             })
             .collect::<kiln_graph::Result<Vec<_>>>()
             .map_err(|e| fail(e.to_string()))?;
-        let node = Node::new(&scratch, n, opset, ins);
+        let mut node = Node::new(&scratch, n, opset, ins);
+        node.declared = scope.declared_inputs(n);
         let outs = convert_tensor_node(&node).map_err(fail)?;
         evaluate(&scratch, &outs)
             .map_err(fail)?
@@ -1575,7 +1639,8 @@ fn convert_node_in<'g>(
                 })
             })
             .collect();
-        let node = Node::new(g, n, opset, ins);
+        let mut node = Node::new(g, n, opset, ins);
+        node.declared = scope.declared_inputs(n);
         // An output that is a constant node (`Shape` of fixed dims, say) is
         // known at import time too.
         convert_tensor_node(&node)
@@ -1587,6 +1652,7 @@ fn convert_node_in<'g>(
             })
             .collect()
     };
+    scope.note_sub_byte_output(n);
     scope.bind(n, outputs.into_iter().map(Item::Tensor).collect(), &fail)
 }
 

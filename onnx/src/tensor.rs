@@ -5,9 +5,10 @@
 //! [`DataValue`]s ([`read_value_file`] reads a file by its declared type).
 //!
 //! ONNX's FLOAT, DOUBLE, FLOAT16, BFLOAT16, INT8/16/32/64, UINT8/16/32/64
-//! and BOOL map onto kiln's dtypes of the same names; every other ONNX
-//! element type (strings, complex, float8, 4- and 2-bit types) is refused
-//! with a message naming it. Data is read from `raw_data`
+//! and BOOL map onto kiln's dtypes of the same names; INT4/INT2 and
+//! UINT4/UINT2 are unpacked into i8 and u8 ([`sub_byte`]); every other
+//! ONNX element type (strings, complex, float8, float4) is refused with a
+//! message naming it. Data is read from `raw_data`
 //! (little-endian, bools one byte each) when it is non-empty, and otherwise
 //! from the typed field ONNX assigns to the element type: `float_data`,
 //! `double_data`, `int64_data`, `uint64_data` (UINT32, UINT64) or
@@ -29,6 +30,9 @@ use crate::proto::{OptionalProto, SequenceProto, TensorProto, TypeProto};
 /// `TypeProto.Tensor.elem_type`); an error naming the type when kiln has no
 /// such dtype.
 pub fn dtype_of(onnx_type: i32) -> Result<DType, String> {
+    if let Some((_, signed)) = sub_byte(onnx_type) {
+        return Ok(if signed { DType::I8 } else { DType::U8 });
+    }
     match DataType::try_from(onnx_type) {
         Ok(DataType::Float) => Ok(DType::F32),
         Ok(DataType::Double) => Ok(DType::F64),
@@ -51,6 +55,59 @@ pub fn dtype_of(onnx_type: i32) -> Result<DType, String> {
             )),
         },
     }
+}
+
+/// The width in bits and the signedness of ONNX's sub-byte integer types
+/// (UINT4 21, INT4 22, UINT2 25, INT2 26). kiln holds them unpacked, one
+/// value per byte, as i8 (signed) or u8; the ops that make them (`Cast`,
+/// `QuantizeLinear`) keep the values in their range.
+pub fn sub_byte(onnx_type: i32) -> Option<(u32, bool)> {
+    match onnx_type {
+        21 => Some((4, false)),
+        22 => Some((4, true)),
+        25 => Some((2, false)),
+        26 => Some((2, true)),
+        _ => None,
+    }
+}
+
+/// The values of a packed sub-byte tensor (`raw_data`, or `int32_data`
+/// holding one packed byte per entry), low bits first, sign-extended for
+/// the signed types.
+fn unpack_sub_byte(t: &TensorProto, n: usize, bits: u32, signed: bool) -> Result<Data, String> {
+    let per = (8 / bits) as usize;
+    let need = n.div_ceil(per);
+    let bytes: Vec<u8> = if !t.raw_data.is_empty() {
+        t.raw_data.clone()
+    } else {
+        t.int32_data
+            .iter()
+            .map(|&v| {
+                u8::try_from(v)
+                    .map_err(|_| format!("int32_data entry {v} is not a packed byte (0 to 255)"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if bytes.len() != need {
+        return Err(format!(
+            "dims {:?} of {} need {need} packed bytes, the tensor has {}",
+            t.dims,
+            onnx_type_name(t.data_type),
+            bytes.len()
+        ));
+    }
+    let mask = (1u8 << bits) - 1;
+    let field = |i: usize| (bytes[i / per] >> ((i % per) as u32 * bits)) & mask;
+    Ok(if signed {
+        let shift = 8 - bits;
+        Data::I8(
+            (0..n)
+                .map(|i| ((field(i) << shift) as i8) >> shift)
+                .collect(),
+        )
+    } else {
+        Data::U8((0..n).map(field).collect())
+    })
 }
 
 /// The ONNX element type (a [`DataType`] value) of a kiln dtype.
@@ -286,7 +343,9 @@ pub fn to_array(t: &TensorProto) -> Result<Array, String> {
         }
         let dtype = dtype_of(t.data_type)?;
         let (shape, n) = shape_of(t)?;
-        let data = if t.raw_data.is_empty() {
+        let data = if let Some((bits, signed)) = sub_byte(t.data_type) {
+            unpack_sub_byte(t, n, bits, signed)?
+        } else if t.raw_data.is_empty() {
             from_typed(t, dtype, n)?
         } else {
             from_raw(t, dtype, n)?
@@ -482,6 +541,41 @@ mod tests {
         r.int64_data.clear();
         r.raw_data = raw;
         (to_array(&typed).unwrap(), to_array(&r).unwrap())
+    }
+
+    #[test]
+    fn sub_byte_integers_unpack_low_bits_first() {
+        // INT4 [7, -8, -1] packed as 0x87, 0x0f (the last high nibble unused).
+        let mut t = tensor(DataType::Float, &[3]);
+        t.data_type = 22;
+        t.raw_data = vec![0x87, 0x0f];
+        assert_eq!(
+            to_array(&t).unwrap(),
+            Array::from_vec(vec![3], vec![7i8, -8, -1]).unwrap()
+        );
+        // The same bytes as UINT4, and in int32_data.
+        t.data_type = 21;
+        t.raw_data.clear();
+        t.int32_data = vec![0x87, 0x0f];
+        assert_eq!(
+            to_array(&t).unwrap(),
+            Array::from_vec(vec![3], vec![7u8, 8, 15]).unwrap()
+        );
+        // INT2: four per byte, 0b11_10_01_00 = [0, 1, -2, -1].
+        let mut t = tensor(DataType::Float, &[4]);
+        t.data_type = 26;
+        t.raw_data = vec![0b1110_0100];
+        assert_eq!(
+            to_array(&t).unwrap(),
+            Array::from_vec(vec![4], vec![0i8, 1, -2, -1]).unwrap()
+        );
+        t.raw_data = vec![0, 0];
+        let e = to_array(&t).unwrap_err();
+        assert!(e.contains("need 1 packed bytes, the tensor has 2"), "{e}");
+        let mut t = tensor(DataType::Float, &[2]);
+        t.data_type = 22;
+        t.int32_data = vec![256];
+        assert!(to_array(&t).unwrap_err().contains("not a packed byte"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Broadcasting is numpy's (ONNX opset 7 and later), which kiln's binary
 //! ops share.
 
-use kiln_graph::{Array, Tensor};
+use kiln_graph::{Array, DType, Tensor};
 
 use super::{Converter, Kiln, Node, R};
 
@@ -152,12 +152,17 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("Clip", clip),
     ("BitCast", bitcast),
     ("Cast", |n| {
-        let to = crate::tensor::dtype_of(n.int("to", 1) as i32)?;
-        n.input(0)?.cast(to).k().map(one)
+        cast_to(n.input(0)?, n.int("to", 1) as i32).map(one)
     }),
     ("CastLike", |n| {
-        let to = n.input(1)?.dtype();
-        n.input(0)?.cast(to).k().map(one)
+        let like = n.input(1)?;
+        match n
+            .declared(1)
+            .filter(|&t| crate::tensor::sub_byte(t).is_some())
+        {
+            Some(t) => cast_to(n.input(0)?, t).map(one),
+            None => n.input(0)?.cast(like.dtype()).k().map(one),
+        }
     }),
     ("Identity", |n| Ok(vec![n.input(0)?])),
     ("Dropout", dropout),
@@ -426,4 +431,23 @@ fn bitcast<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     n.unsupported(format!(
         "a bit cast from {from} to {to} (kiln reinterprets only between integer types)"
     ))
+}
+
+/// `x` cast to ONNX element type `to`. The sub-byte integers (held in i8 or
+/// u8) wrap as ONNX's reference does: the value truncated to an integer,
+/// then its low `bits` bits (sign-extended for INT4 and INT2).
+fn cast_to<'g>(x: Tensor<'g>, to: i32) -> R<Tensor<'g>> {
+    let dtype = crate::tensor::dtype_of(to)?;
+    let Some((bits, signed)) = crate::tensor::sub_byte(to) else {
+        return x.cast(dtype).k();
+    };
+    let mask = (1i64 << bits) - 1;
+    let v = x.cast(DType::I64).k()?;
+    let v = if signed {
+        let half = 1i64 << (bits - 1);
+        v.add(half).k()?.and(mask).k()?.sub(half).k()?
+    } else {
+        v.and(mask).k()?
+    };
+    v.cast(dtype).k()
 }

@@ -107,6 +107,11 @@ pub(crate) struct Node<'a, 'g> {
     pub opset: i64,
     /// One per ONNX input; `None` for an omitted optional input.
     pub inputs: Vec<Option<Input<'g>>>,
+    /// The ONNX element type of each input where the model declares it
+    /// (graph inputs, initializers, `value_info`) or a conversion made it
+    /// (casts and quantization to the sub-byte types): what tells an int4
+    /// value (held in i8) from an int8 one.
+    pub declared: Vec<Option<i32>>,
 }
 
 fn err<T>(r: kiln_graph::Result<T>) -> R<T> {
@@ -137,7 +142,18 @@ impl<'a, 'g> Node<'a, 'g> {
             proto,
             opset,
             inputs,
+            declared: Vec::new(),
         }
+    }
+
+    /// The declared ONNX element type of input `i`, where known.
+    pub fn declared(&self, i: usize) -> Option<i32> {
+        self.declared.get(i).copied().flatten()
+    }
+
+    /// The sub-byte type (bits, signed) input `i` holds, where it is one.
+    pub fn sub_byte_input(&self, i: usize) -> Option<(u32, bool)> {
+        self.declared(i).and_then(crate::tensor::sub_byte)
     }
 
     /// The op type.

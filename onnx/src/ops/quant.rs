@@ -272,7 +272,12 @@ fn single<'g>(p: Tensor<'g>, what: &str) -> R<Tensor<'g>> {
 /// Rounds `v` (float) half to even, saturates it to `to`'s range and
 /// casts it there.
 fn saturate<'g>(v: Tensor<'g>, to: DType) -> R<Tensor<'g>> {
-    let (lo, hi) = quant_range(to).ok_or_else(|| format!("{to} is not a quantized type"))?;
+    let range = quant_range(to).ok_or_else(|| format!("{to} is not a quantized type"))?;
+    saturate_in(v, to, range)
+}
+
+/// [`saturate`] to `lo..=hi` (a sub-byte type's range, held in `to`).
+fn saturate_in<'g>(v: Tensor<'g>, to: DType, (lo, hi): (f64, f64)) -> R<Tensor<'g>> {
     v.round()
         .k()?
         .maximum(lo)
@@ -331,7 +336,21 @@ fn quantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         let z = spread(z, x, axis, block, "y_zero_point")?;
         v = v.add(z.cast(DType::F64).k()?).k()?;
     }
-    saturate(v, to).map(one)
+    // INT4, UINT4, INT2 and UINT2 are held in i8 / u8 with their own range.
+    let sub = n
+        .sub_byte_input(2)
+        .or_else(|| crate::tensor::sub_byte(n.int("output_dtype", 0) as i32));
+    match sub {
+        Some((bits, signed)) => {
+            let (lo, hi) = if signed {
+                (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1)
+            } else {
+                (0, (1i64 << bits) - 1)
+            };
+            saturate_in(v, to, (lo as f64, hi as f64)).map(one)
+        }
+        None => saturate(v, to).map(one),
+    }
 }
 
 /// `DequantizeLinear`: `(x - x_zero_point) * x_scale`.
