@@ -600,10 +600,8 @@ impl<'g> Scope<'g> {
             "QuantizeLinear" => input_type(2).or(attr("output_dtype")),
             _ => None,
         };
-        if let (Some(t), Some(out)) = (
-            made.filter(|&t| tensor::sub_byte(t).is_some()),
-            n.output.first(),
-        ) {
+        let special = |t: i32| tensor::sub_byte(t).is_some() || tensor::minifloat(t).is_some();
+        if let (Some(t), Some(out)) = (made.filter(|&t| special(t)), n.output.first()) {
             self.declared.insert(out.clone(), t);
         }
     }

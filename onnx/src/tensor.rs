@@ -33,6 +33,9 @@ pub fn dtype_of(onnx_type: i32) -> Result<DType, String> {
     if let Some((_, signed)) = sub_byte(onnx_type) {
         return Ok(if signed { DType::I8 } else { DType::U8 });
     }
+    if minifloat(onnx_type).is_some() {
+        return Ok(DType::F16);
+    }
     match DataType::try_from(onnx_type) {
         Ok(DataType::Float) => Ok(DType::F32),
         Ok(DataType::Double) => Ok(DType::F64),
@@ -69,6 +72,147 @@ pub fn sub_byte(onnx_type: i32) -> Option<(u32, bool)> {
         26 => Some((2, true)),
         _ => None,
     }
+}
+
+/// What special values an 8- or 4-bit float type has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MiniKind {
+    /// IEEE-like: infinities and NaNs in the top exponent (FLOAT8E5M2).
+    Ieee,
+    /// No infinities; NaN is all exponent and mantissa bits set
+    /// (FLOAT8E4M3FN).
+    Fn,
+    /// No infinities and no negative zero; NaN is the code of -0 (the
+    /// `fnuz` types).
+    Fnuz,
+    /// Neither infinities nor NaNs (FLOAT4E2M1).
+    Finite,
+}
+
+/// An ONNX 8- or 4-bit float type. kiln holds its values in f16, which
+/// represents every one of them exactly; `Cast` and `QuantizeLinear` round
+/// to its grid (`ops::minifloat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MiniFloat {
+    /// Bits per value (8, or 4 packed two per byte).
+    pub bits: u32,
+    /// Exponent bits.
+    pub exp: u32,
+    /// Mantissa bits.
+    pub man: u32,
+    /// Exponent bias.
+    pub bias: i32,
+    /// Special values.
+    pub kind: MiniKind,
+}
+
+/// The layout of ONNX element type `t` where it is an 8- or 4-bit float
+/// (FLOAT8E4M3FN 17, FLOAT8E4M3FNUZ 18, FLOAT8E5M2 19, FLOAT8E5M2FNUZ 20,
+/// FLOAT4E2M1 23).
+pub fn minifloat(t: i32) -> Option<MiniFloat> {
+    let f = |bits, exp, man, bias, kind| MiniFloat {
+        bits,
+        exp,
+        man,
+        bias,
+        kind,
+    };
+    Some(match t {
+        17 => f(8, 4, 3, 7, MiniKind::Fn),
+        18 => f(8, 4, 3, 8, MiniKind::Fnuz),
+        19 => f(8, 5, 2, 15, MiniKind::Ieee),
+        20 => f(8, 5, 2, 16, MiniKind::Fnuz),
+        23 => f(4, 2, 1, 1, MiniKind::Finite),
+        _ => return None,
+    })
+}
+
+impl MiniFloat {
+    /// The exponent of the smallest normal value.
+    pub fn min_exp(self) -> i32 {
+        1 - self.bias
+    }
+
+    /// The exponent of the largest finite value.
+    pub fn max_exp(self) -> i32 {
+        let top = (1i32 << self.exp) - 1;
+        match self.kind {
+            MiniKind::Ieee => top - 1 - self.bias,
+            _ => top - self.bias,
+        }
+    }
+
+    /// The largest finite value.
+    pub fn max(self) -> f64 {
+        let all = (1u32 << self.man) - 1;
+        // FN's top code (all ones) is NaN, so its largest mantissa is one less.
+        let m = if self.kind == MiniKind::Fn {
+            all - 1
+        } else {
+            all
+        };
+        (1.0 + m as f64 / (1u32 << self.man) as f64) * 2f64.powi(self.max_exp())
+    }
+
+    /// The value of `code` (its low `bits` bits).
+    pub fn decode(self, code: u8) -> f32 {
+        let sign_bit = 1u8 << (self.bits - 1);
+        let emask = (1u8 << self.exp) - 1;
+        let mmask = (1u8 << self.man) - 1;
+        let (e, m) = ((code >> self.man) & emask, code & mmask);
+        match self.kind {
+            MiniKind::Fnuz if code == sign_bit => return f32::NAN,
+            MiniKind::Fn if e == emask && m == mmask => return f32::NAN,
+            MiniKind::Ieee if e == emask => {
+                return if m != 0 {
+                    f32::NAN
+                } else if code & sign_bit != 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    f32::INFINITY
+                };
+            }
+            _ => {}
+        }
+        let v = if e == 0 {
+            m as f64 * 2f64.powi(self.min_exp() - self.man as i32)
+        } else {
+            (1.0 + m as f64 / (1u32 << self.man) as f64) * 2f64.powi(e as i32 - self.bias)
+        };
+        (if code & sign_bit != 0 { -v } else { v }) as f32
+    }
+}
+
+/// The values of an 8- or 4-bit float tensor (`raw_data`, or `int32_data`
+/// holding one byte, packed for FLOAT4E2M1, per entry) as f16.
+fn decode_minifloat(t: &TensorProto, n: usize, f: MiniFloat) -> Result<Data, String> {
+    let per = (8 / f.bits) as usize;
+    let need = n.div_ceil(per);
+    let bytes: Vec<u8> = if !t.raw_data.is_empty() {
+        t.raw_data.clone()
+    } else {
+        t.int32_data
+            .iter()
+            .map(|&v| u8::try_from(v).map_err(|_| format!("int32_data entry {v} is not a byte")))
+            .collect::<Result<_, _>>()?
+    };
+    if bytes.len() != need {
+        return Err(format!(
+            "dims {:?} of {} need {need} bytes, the tensor has {}",
+            t.dims,
+            onnx_type_name(t.data_type),
+            bytes.len()
+        ));
+    }
+    let mask = ((1u16 << f.bits) - 1) as u8;
+    Ok(Data::F16(
+        (0..n)
+            .map(|i| {
+                let code = (bytes[i / per] >> ((i % per) as u32 * f.bits)) & mask;
+                half::f16::from_f32(f.decode(code))
+            })
+            .collect(),
+    ))
 }
 
 /// The values of a packed sub-byte tensor (`raw_data`, or `int32_data`
@@ -345,6 +489,8 @@ pub fn to_array(t: &TensorProto) -> Result<Array, String> {
         let (shape, n) = shape_of(t)?;
         let data = if let Some((bits, signed)) = sub_byte(t.data_type) {
             unpack_sub_byte(t, n, bits, signed)?
+        } else if let Some(f) = minifloat(t.data_type) {
+            decode_minifloat(t, n, f)?
         } else if t.raw_data.is_empty() {
             from_typed(t, dtype, n)?
         } else {
@@ -541,6 +687,41 @@ mod tests {
         r.int64_data.clear();
         r.raw_data = raw;
         (to_array(&typed).unwrap(), to_array(&r).unwrap())
+    }
+
+    #[test]
+    fn minifloat_layouts_and_codes() {
+        let f = |t| minifloat(t).unwrap();
+        assert_eq!(f(17).max(), 448.0);
+        assert_eq!(f(18).max(), 240.0);
+        assert_eq!(f(19).max(), 57344.0);
+        assert_eq!(f(20).max(), 57344.0);
+        assert_eq!(f(23).max(), 6.0);
+        // E4M3FN: 0x38 = 1.0, 0x01 = 2^-9, 0x7f NaN, 0xfe = -448.
+        assert_eq!(f(17).decode(0x38), 1.0);
+        assert_eq!(f(17).decode(0x01), 2f32.powi(-9));
+        assert!(f(17).decode(0x7f).is_nan());
+        assert_eq!(f(17).decode(0xfe), -448.0);
+        // FNUZ: 0x80 is the NaN, 0x40 = 1.0 (bias 8).
+        assert!(f(18).decode(0x80).is_nan());
+        assert_eq!(f(18).decode(0x40), 1.0);
+        // E5M2 is the top byte of an f16.
+        for code in 0..=255u8 {
+            let want = half::f16::from_bits((code as u16) << 8).to_f32();
+            let got = f(19).decode(code);
+            assert!(got == want || (got.is_nan() && want.is_nan()), "{code:#x}");
+        }
+        // FLOAT4E2M1: codes 0..7 are 0, 0.5, 1, 1.5, 2, 3, 4, 6.
+        let v: Vec<f32> = (0..8).map(|c| f(23).decode(c)).collect();
+        assert_eq!(v, [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]);
+        assert_eq!(f(23).decode(0xf), -6.0);
+        // Packed FLOAT4 in a tensor: [1.5, -6, 0.5].
+        let mut t = tensor(DataType::Float, &[3]);
+        t.data_type = 23;
+        t.raw_data = vec![0xf3, 0x01];
+        let a = to_array(&t).unwrap();
+        assert_eq!(a.to_f64_vec(), [1.5, -6.0, 0.5]);
+        assert_eq!(a.dtype(), DType::F16);
     }
 
     #[test]

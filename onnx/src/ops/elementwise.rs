@@ -152,15 +152,16 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("Clip", clip),
     ("BitCast", bitcast),
     ("Cast", |n| {
-        cast_to(n.input(0)?, n.int("to", 1) as i32).map(one)
+        let saturate = n.int("saturate", 1) != 0;
+        cast_to(n.input(0)?, n.int("to", 1) as i32, saturate).map(one)
     }),
     ("CastLike", |n| {
         let like = n.input(1)?;
-        match n
-            .declared(1)
-            .filter(|&t| crate::tensor::sub_byte(t).is_some())
-        {
-            Some(t) => cast_to(n.input(0)?, t).map(one),
+        let saturate = n.int("saturate", 1) != 0;
+        let special =
+            |t: i32| crate::tensor::sub_byte(t).is_some() || crate::tensor::minifloat(t).is_some();
+        match n.declared(1).filter(|&t| special(t)) {
+            Some(t) => cast_to(n.input(0)?, t, saturate).map(one),
             None => n.input(0)?.cast(like.dtype()).k().map(one),
         }
     }),
@@ -436,7 +437,12 @@ fn bitcast<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 /// `x` cast to ONNX element type `to`. The sub-byte integers (held in i8 or
 /// u8) wrap as ONNX's reference does: the value truncated to an integer,
 /// then its low `bits` bits (sign-extended for INT4 and INT2).
-fn cast_to<'g>(x: Tensor<'g>, to: i32) -> R<Tensor<'g>> {
+/// The 8- and 4-bit floats (held in f16) round to their grid
+/// (`minifloat::round_to`, with `saturate`).
+fn cast_to<'g>(x: Tensor<'g>, to: i32, saturate: bool) -> R<Tensor<'g>> {
+    if let Some(f) = crate::tensor::minifloat(to) {
+        return super::minifloat::round_to(x, f, saturate);
+    }
     let dtype = crate::tensor::dtype_of(to)?;
     let Some((bits, signed)) = crate::tensor::sub_byte(to) else {
         return x.cast(dtype).k();

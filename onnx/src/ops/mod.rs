@@ -23,6 +23,7 @@ mod elementwise;
 pub(crate) mod flex;
 mod index;
 mod loss;
+mod minifloat;
 mod misc;
 mod ml;
 mod nn;

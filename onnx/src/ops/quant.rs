@@ -296,6 +296,31 @@ fn quantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let zp = n.opt(2);
     let axis = n.int("axis", 1);
     let block = n.int("block_size", 0);
+    let mini = n
+        .declared(2)
+        .and_then(crate::tensor::minifloat)
+        .or_else(|| crate::tensor::minifloat(n.int("output_dtype", 0) as i32));
+    if let Some(f) = mini {
+        // To an 8- or 4-bit float: `x / y_scale + y_zero_point` rounded to
+        // its grid (no integer rounding first), saturating unless told not.
+        if !scale.dtype().is_float() {
+            return Err(format!(
+                "y_scale must be a float tensor, got {}",
+                scale.dtype()
+            ));
+        }
+        let compute = promote(x.dtype(), scale.dtype());
+        let s = spread(scale, x, axis, block, "y_scale")?
+            .cast(compute)
+            .k()?;
+        let mut v = x.cast(compute).k()?.div(s).k()?.cast(DType::F32).k()?;
+        if let Some(z) = zp {
+            let z = spread(z, x, axis, block, "y_zero_point")?;
+            v = v.add(z.cast(DType::F32).k()?).k()?;
+        }
+        let saturate = n.int("saturate", 1) != 0;
+        return super::minifloat::round_to(v, f, saturate).map(one);
+    }
     let to = match (zp, n.int("output_dtype", 0)) {
         (Some(z), 0) => z.dtype(),
         (Some(z), t) => {
@@ -356,7 +381,9 @@ fn quantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 /// `DequantizeLinear`: `(x - x_zero_point) * x_scale`.
 fn dequantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (x, scale) = (n.input(0)?, n.input(1)?);
-    if !x.dtype().is_int() {
+    // 8- and 4-bit floats are held in f16.
+    let mini = n.declared(0).and_then(crate::tensor::minifloat).is_some();
+    if !x.dtype().is_int() && !mini {
         return n.unsupported(format!(
             "DequantizeLinear of {} (kiln dequantizes integer types)",
             x.dtype()
