@@ -815,9 +815,12 @@ mod tests {
         assert!(dtype_of(DataType::String as i32)
             .unwrap_err()
             .contains("string"));
-        assert!(dtype_of(DataType::Float8e4m3fn as i32)
-            .unwrap_err()
-            .contains("float8e4m3fn"));
+        // 8- and 4-bit floats are held in f16, 4- and 2-bit integers in a byte.
+        assert_eq!(dtype_of(DataType::Float8e4m3fn as i32), Ok(DType::F16));
+        assert_eq!(dtype_of(23), Ok(DType::F16));
+        assert_eq!(dtype_of(22), Ok(DType::I8));
+        assert_eq!(dtype_of(25), Ok(DType::U8));
+        assert!(dtype_of(24).unwrap_err().contains("float8e8m0"));
         assert!(dtype_of(0).unwrap_err().contains("UNDEFINED"));
         assert_eq!(dtype_of(99).unwrap_err(), "unknown ONNX element type 99");
         assert_eq!(onnx_type_name(16), "bfloat16");
