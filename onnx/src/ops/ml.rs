@@ -1,8 +1,9 @@
-//! Ops of the `ai.onnx.ml` domain (opset 1) that are tensor arithmetic:
-//! `Binarizer` and `ArrayFeatureExtractor`. The tree ensembles, encoders
-//! and other classical-ML ops of the domain are not converted.
+//! Ops of the `ai.onnx.ml` domain that are tensor arithmetic:
+//! `Binarizer`, `ArrayFeatureExtractor` and `TreeEnsemble` (opset 5). The
+//! encoders, the older tree-ensemble classifiers and regressors and the
+//! other classical-ML ops of the domain are not converted.
 
-use kiln_graph::Tensor;
+use kiln_graph::{Array, DType, Tensor};
 
 use super::{Converter, Kiln, Node, R};
 
@@ -10,6 +11,7 @@ use super::{Converter, Kiln, Node, R};
 pub(crate) const OPS: &[(&str, Converter)] = &[
     ("ai.onnx.ml.Binarizer", binarizer),
     ("ai.onnx.ml.ArrayFeatureExtractor", array_feature_extractor),
+    ("ai.onnx.ml.TreeEnsemble", tree_ensemble),
 ];
 
 /// `Binarizer`: `X > threshold ? 1 : 0`, in X's type.
@@ -34,4 +36,389 @@ fn array_feature_extractor<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     } else {
         z
     }])
+}
+
+/// `TreeEnsemble` (ai.onnx.ml opset 5): each tree routes a row of X
+/// (`[N, F]`) from its root through branch nodes to one leaf, whose weight
+/// goes to its target; the trees' values are combined per target by
+/// `aggregate_function` (SUM, AVERAGE, MIN, MAX; as ONNX's reference, a
+/// target no tree reaches keeps MIN's or MAX's starting value, the
+/// type's largest or lowest number). `post_transform` must be NONE.
+///
+/// The structure is known at import time, so it becomes arithmetic: every
+/// branch node's test is one comparison over X's column (`MEMBER`: any of
+/// its set; a NaN goes the true way where `nodes_missing_value_tracks_true`
+/// says so), and a leaf is reached when all the tests on its path agree:
+/// per tree, `P @ A_true + (1 - P) @ A_false` counts the agreeing tests of
+/// each leaf (`P`: the tests as 0/1, `A_*`: which tests each leaf's path
+/// takes which way), equal to the path length only at the reached leaf.
+/// Membership sets are taken from `membership_values` (NaN-separated) in
+/// the order the reference visits `MEMBER` nodes: depth first, true branch
+/// first.
+fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let dtype = x.dtype();
+    if !dtype.is_float() {
+        return Err(format!("X must be floating point, got {dtype}"));
+    }
+    let xs = super::fixed_shape(x)?;
+    if xs.len() != 2 {
+        return Err(format!("X must have shape [N, F], got {xs:?}"));
+    }
+    let ints = |name: &str| -> R<Vec<i64>> {
+        n.ints(name)
+            .ok_or_else(|| format!("the '{name}' attribute is required"))
+    };
+    let floats =
+        |name: &str| -> R<Option<Vec<f64>>> { Ok(n.tensor(name)?.map(|a| a.to_f64_vec())) };
+    let feature = ints("nodes_featureids")?;
+    let (t_ids, f_ids) = (ints("nodes_truenodeids")?, ints("nodes_falsenodeids")?);
+    let (t_leaf, f_leaf) = (ints("nodes_trueleafs")?, ints("nodes_falseleafs")?);
+    let targets = ints("leaf_targetids")?;
+    let roots = ints("tree_roots")?;
+    let splits = floats("nodes_splits")?.ok_or("the 'nodes_splits' attribute is required")?;
+    let modes = floats("nodes_modes")?.ok_or("the 'nodes_modes' attribute is required")?;
+    let weights = floats("leaf_weights")?.ok_or("the 'leaf_weights' attribute is required")?;
+    let members = floats("membership_values")?.unwrap_or_default();
+    let missing = n
+        .ints("nodes_missing_value_tracks_true")
+        .unwrap_or_default();
+    let n_targets = n.int("n_targets", 0);
+    let nodes = feature.len();
+    if [&t_ids, &f_ids, &t_leaf, &f_leaf]
+        .iter()
+        .any(|v| v.len() != nodes)
+        || splits.len() != nodes
+        || modes.len() != nodes
+        || (!missing.is_empty() && missing.len() != nodes)
+    {
+        return Err(format!(
+            "the nodes_* attributes must all have {nodes} entries"
+        ));
+    }
+    if targets.len() != weights.len() {
+        return Err(format!(
+            "leaf_targetids has {} entries, leaf_weights {}",
+            targets.len(),
+            weights.len()
+        ));
+    }
+    if n_targets <= 0 || targets.iter().any(|&t| t < 0 || t >= n_targets) {
+        return Err(format!(
+            "n_targets ({n_targets}) must exceed every leaf target"
+        ));
+    }
+    if let Some(&f) = feature.iter().find(|&&f| f < 0 || f as usize >= xs[1]) {
+        return Err(format!("feature {f} is out of range for X of shape {xs:?}"));
+    }
+    let n_targets = n_targets as usize;
+    let leaves = weights.len();
+
+    // Depth-first walk of each tree: its branch nodes and leaves, each leaf
+    // with its path; MEMBER nodes take their sets as they are visited.
+    let mut sets = members.split(|v| v.is_nan()).map(|s| s.to_vec());
+    let mut member_set: Vec<Option<Vec<f64>>> = vec![None; nodes];
+    struct Tree {
+        nodes: Vec<usize>,
+        leaves: Vec<(usize, Vec<(usize, bool)>)>,
+    }
+    let mut trees = Vec::with_capacity(roots.len());
+    for &root in &roots {
+        let root = usize::try_from(root)
+            .ok()
+            .filter(|&r| r < nodes)
+            .ok_or_else(|| format!("tree root {root} is out of range"))?;
+        let mut tree = Tree {
+            nodes: Vec::new(),
+            leaves: Vec::new(),
+        };
+        // A root whose branches are one leaf is that leaf.
+        if t_leaf[root] != 0 && f_leaf[root] != 0 && t_ids[root] == f_ids[root] {
+            let l = usize::try_from(t_ids[root]).ok().filter(|&l| l < leaves);
+            tree.leaves
+                .push((l.ok_or("a leaf index is out of range")?, Vec::new()));
+            trees.push(tree);
+            continue;
+        }
+        let mut stack: Vec<(usize, Vec<(usize, bool)>)> = vec![(root, Vec::new())];
+        while let Some((node, path)) = stack.pop() {
+            if path.len() > nodes {
+                return Err("a tree's branches form a cycle".into());
+            }
+            if modes[node] == 6.0 {
+                let set = sets
+                    .next()
+                    .ok_or("membership_values has fewer sets than the MEMBER nodes")?;
+                member_set[node] = Some(set);
+            } else if !(0.0..=5.0).contains(&modes[node]) {
+                return Err(format!("node {node} has unknown mode {}", modes[node]));
+            }
+            tree.nodes.push(node);
+            // False branch pushed first, so the true branch is walked first.
+            for (to, is_leaf, way) in [
+                (f_ids[node], f_leaf[node], false),
+                (t_ids[node], t_leaf[node], true),
+            ] {
+                let mut p = path.clone();
+                p.push((node, way));
+                if is_leaf != 0 {
+                    let l = usize::try_from(to).ok().filter(|&l| l < leaves);
+                    tree.leaves
+                        .push((l.ok_or("a leaf index is out of range")?, p));
+                } else {
+                    let next = usize::try_from(to).ok().filter(|&i| i < nodes);
+                    stack.push((next.ok_or("a node index is out of range")?, p));
+                }
+            }
+        }
+        trees.push(tree);
+    }
+
+    // Each branch node's test, as 0/1 in X's type.
+    let g = n.g;
+    let mut test: Vec<Option<Tensor<'g>>> = vec![None; nodes];
+    for tree in &trees {
+        for &node in &tree.nodes {
+            if test[node].is_some() {
+                continue;
+            }
+            let col = x.slice_axis(1, feature[node], feature[node] + 1, 1).k()?;
+            let s = splits[node];
+            let mut t = match modes[node] as u8 {
+                0 => col.le(s).k()?,
+                1 => col.lt(s).k()?,
+                2 => col.ge(s).k()?,
+                3 => col.gt(s).k()?,
+                4 => col.eq(s).k()?,
+                5 => col.ne(s).k()?,
+                _ => {
+                    // In any of its set (an empty set holds nothing).
+                    let set = member_set[node].as_deref().unwrap_or(&[]);
+                    let mut any = col.lt(f64::NEG_INFINITY).k()?;
+                    for &v in set {
+                        any = any.or(col.eq(v).k()?).k()?;
+                    }
+                    any
+                }
+            };
+            if missing.get(node).is_some_and(|&m| m != 0) {
+                t = t.or(col.ne(col).k()?).k()?;
+            }
+            test[node] = Some(t.cast(dtype).k()?);
+        }
+    }
+
+    // Per tree: which leaf each row reaches ([N, leaves of the tree], 0/1).
+    let reached = |tree: &Tree| -> R<Tensor<'g>> {
+        let m = tree.nodes.len();
+        let l = tree.leaves.len();
+        if m == 0 {
+            return g.scalar(1.0, dtype).k()?.broadcast_to(vec![xs[0], 1]).k();
+        }
+        let cols: Vec<Tensor<'g>> = tree
+            .nodes
+            .iter()
+            .map(|&i| test[i].ok_or_else(|| "a node without its test".to_string()))
+            .collect::<R<_>>()?;
+        let p = g.concat(&cols, 1).k()?;
+        let (mut yes, mut no, mut depth) = (vec![0.0; m * l], vec![0.0; m * l], vec![0.0; l]);
+        for (j, (_, path)) in tree.leaves.iter().enumerate() {
+            depth[j] = path.len() as f64;
+            for &(node, way) in path {
+                let i = tree
+                    .nodes
+                    .iter()
+                    .position(|&k| k == node)
+                    .expect("on the walk");
+                if way {
+                    yes[i * l + j] = 1.0;
+                } else {
+                    no[i * l + j] = 1.0;
+                }
+            }
+        }
+        let mat = |v: Vec<f64>, shape: Vec<usize>| -> R<Tensor<'g>> {
+            let a = Array::from_vec(shape, v).ok_or("matrix shape")?;
+            n.constant(kiln_graph::ops::elementwise::eval_cast(&a, dtype))
+        };
+        let agree = p
+            .matmul(mat(yes, vec![m, l])?)
+            .k()?
+            .add(
+                p.neg()
+                    .k()?
+                    .add(1.0)
+                    .k()?
+                    .matmul(mat(no, vec![m, l])?)
+                    .k()?,
+            )
+            .k()?;
+        agree.eq(mat(depth, vec![l])?).k()?.cast(dtype).k()
+    };
+    // Per tree: [leaves of the tree, n_targets] weights and 0/1 targets.
+    let leaf_mats = |tree: &Tree| -> R<(Tensor<'g>, Tensor<'g>)> {
+        let l = tree.leaves.len();
+        let (mut w, mut hit) = (vec![0.0; l * n_targets], vec![0.0; l * n_targets]);
+        for (j, &(leaf, _)) in tree.leaves.iter().enumerate() {
+            let t = targets[leaf] as usize;
+            w[j * n_targets + t] += weights[leaf];
+            hit[j * n_targets + t] = 1.0;
+        }
+        let mat = |v: Vec<f64>| -> R<Tensor<'g>> {
+            let a = Array::from_vec(vec![l, n_targets], v).ok_or("matrix shape")?;
+            n.constant(kiln_graph::ops::elementwise::eval_cast(&a, dtype))
+        };
+        Ok((mat(w)?, mat(hit)?))
+    };
+    let aggregate = n.int("aggregate_function", 1);
+    let mut result: Option<Tensor<'g>> = None;
+    let (lowest, highest) = if dtype == DType::F64 {
+        (f64::MIN, f64::MAX)
+    } else {
+        (f32::MIN as f64, f32::MAX as f64)
+    };
+    for tree in &trees {
+        let r = reached(tree)?;
+        let (w, hit) = leaf_mats(tree)?;
+        let value = r.matmul(w).k()?;
+        result = Some(match aggregate {
+            0 | 1 => match result {
+                Some(acc) => acc.add(value).k()?,
+                None => value,
+            },
+            2 | 3 => {
+                let init = if aggregate == 2 { highest } else { lowest };
+                let hits = r.matmul(hit).k()?.gt(0.0).k()?;
+                let v = g.select(hits, value, g.scalar(init, dtype).k()?).k()?;
+                let acc = result.unwrap_or(g.scalar(init, dtype).k()?);
+                if aggregate == 2 {
+                    acc.minimum(v).k()?
+                } else {
+                    acc.maximum(v).k()?
+                }
+            }
+            a => return n.unsupported(format!("aggregate_function {a}")),
+        });
+    }
+    let mut y = result.ok_or("the ensemble has no trees (tree_roots is empty)")?;
+    if aggregate == 0 {
+        y = y.div(trees.len() as f64).k()?;
+    }
+    // The spec numbers SOFTMAX 1 and LOGISTIC 2, ONNX's reference ignores
+    // the attribute and ONNX Runtime reads 1 as LOGISTIC: with no agreed
+    // meaning, only NONE is converted.
+    if let p @ 1.. = n.int("post_transform", 0) {
+        return n.unsupported(format!(
+            "post_transform {p} (the spec, ONNX's reference and ONNX Runtime disagree on it; \
+             kiln converts NONE only)"
+        ));
+    }
+    Ok(vec![y.broadcast_to(vec![xs[0], n_targets]).k()?])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use kiln_graph::{Array, GraphBuilder};
+
+    use super::super::{find, Input, Node};
+    use crate::proto::{AttributeProto, NodeProto};
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            ints: v.to_vec(),
+            r#type: 7,
+            ..Default::default()
+        }
+    }
+
+    fn int(name: &str, i: i64) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            i,
+            r#type: 2,
+            ..Default::default()
+        }
+    }
+
+    fn tensor(name: &str, a: Array) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            t: Some(crate::tensor::from_array(name, &a)),
+            r#type: 4,
+            ..Default::default()
+        }
+    }
+
+    /// Two trees over x = [[0.5], [2.0], [NaN]]: tree A (x <= 1: leaf 0
+    /// (target 0, 10) else leaf 1 (target 1, 20)), tree B (x < 3, a NaN
+    /// going the true way: leaf 2 (target 0, 4) else leaf 3 (target 0, 6)).
+    fn ensemble(aggregate: i64) -> Result<Vec<f64>, String> {
+        let attrs = vec![
+            ints("nodes_featureids", &[0, 0]),
+            tensor(
+                "nodes_splits",
+                Array::from_vec(vec![2], vec![1.0f32, 3.0]).unwrap(),
+            ),
+            tensor(
+                "nodes_modes",
+                Array::from_vec(vec![2], vec![0u8, 1]).unwrap(),
+            ),
+            ints("nodes_truenodeids", &[0, 2]),
+            ints("nodes_falsenodeids", &[1, 3]),
+            ints("nodes_trueleafs", &[1, 1]),
+            ints("nodes_falseleafs", &[1, 1]),
+            ints("nodes_missing_value_tracks_true", &[0, 1]),
+            ints("leaf_targetids", &[0, 1, 0, 0]),
+            tensor(
+                "leaf_weights",
+                Array::from_vec(vec![4], vec![10.0f32, 20.0, 4.0, 6.0]).unwrap(),
+            ),
+            ints("tree_roots", &[0, 1]),
+            int("n_targets", 2),
+            int("aggregate_function", aggregate),
+        ];
+        let g = GraphBuilder::new();
+        let proto = NodeProto {
+            input: vec!["x".into()],
+            output: vec!["y".into()],
+            op_type: "TreeEnsemble".into(),
+            domain: "ai.onnx.ml".into(),
+            attribute: attrs,
+            ..Default::default()
+        };
+        let x = Array::from_vec(vec![3, 1], vec![0.5f32, 2.0, f32::NAN]).unwrap();
+        let ins = vec![Some(Input {
+            t: g.constant(x.clone()).unwrap(),
+            value: Some(std::rc::Rc::new(x)),
+        })];
+        let node = Node::new(&g, &proto, 22, ins);
+        let outs = find("ai.onnx.ml.TreeEnsemble").unwrap()(&node)?;
+        let graph = g.graph();
+        let run = kiln_graph::interp::run(
+            &graph,
+            &kiln_graph::interp::RunInputs {
+                feeds: &HashMap::new(),
+                variables: &HashMap::new(),
+                bindings: &kiln_graph::Bindings::new(),
+            },
+            &[outs[0].id()],
+        )
+        .unwrap();
+        Ok(run.fetched[0].to_f64_vec())
+    }
+
+    #[test]
+    fn tree_ensemble_aggregates_per_target() {
+        let big = f32::MAX as f64;
+        // Rows reach: 0.5 -> A leaf 0, B leaf 2; 2.0 -> A leaf 1, B leaf 2;
+        // NaN -> A leaf 1 (NaN <= 1 is false), B leaf 2 (tracks true).
+        assert_eq!(ensemble(1).unwrap(), [14.0, 0.0, 4.0, 20.0, 4.0, 20.0]);
+        assert_eq!(ensemble(0).unwrap(), [7.0, 0.0, 2.0, 10.0, 2.0, 10.0]);
+        assert_eq!(ensemble(2).unwrap(), [4.0, big, 4.0, 20.0, 4.0, 20.0]);
+        assert_eq!(ensemble(3).unwrap(), [10.0, -big, 4.0, 20.0, 4.0, 20.0]);
+        assert!(ensemble(7).unwrap_err().contains("aggregate_function 7"));
+    }
 }
