@@ -1,7 +1,9 @@
 //! Contractions: batched matmul with broadcast batch dims, and 2-D convolution.
 
 use super::bstrides;
+use super::elementwise::Int;
 use crate::array::{Array, Data};
+use crate::op::BinaryOp;
 use crate::shape::{broadcast_shapes, Dim, Shape, TensorType};
 
 /// Shape rule of matmul: `[..., m, k] x [..., k, n] -> [..., m, n]`.
@@ -78,73 +80,41 @@ pub fn eval_matmul(a: &Array, b: &Array, out: &[usize]) -> Result<Array, String>
             |s: f64, p: f64, q: f64| s + p * q,
             |s| s
         )),
-        (Data::I32(x), Data::I32(y)) => Data::I32(mm!(
-            x,
-            y,
-            i32,
-            0,
-            |s: i32, p: i32, q: i32| s.wrapping_add(p.wrapping_mul(q)),
-            |s| s
-        )),
-        (Data::I64(x), Data::I64(y)) => Data::I64(mm!(
-            x,
-            y,
-            i64,
-            0,
-            |s: i64, p: i64, q: i64| s.wrapping_add(p.wrapping_mul(q)),
-            |s| s
-        )),
-        (Data::I8(x), Data::I8(y)) => Data::I8(mm!(
-            x,
-            y,
-            i8,
-            0,
-            |s: i8, p: i8, q: i8| s.wrapping_add(p.wrapping_mul(q)),
-            |s| s
-        )),
-        (Data::I16(x), Data::I16(y)) => Data::I16(mm!(
-            x,
-            y,
-            i16,
-            0,
-            |s: i16, p: i16, q: i16| s.wrapping_add(p.wrapping_mul(q)),
-            |s| s
-        )),
-        (Data::U8(x), Data::U8(y)) => Data::U8(mm!(
-            x,
-            y,
-            u8,
-            0,
-            |s: u8, p: u8, q: u8| s.wrapping_add(p.wrapping_mul(q)),
-            |s| s
-        )),
-        (Data::U16(x), Data::U16(y)) => Data::U16(mm!(
-            x,
-            y,
-            u16,
-            0,
-            |s: u16, p: u16, q: u16| s.wrapping_add(p.wrapping_mul(q)),
-            |s| s
-        )),
-        (Data::U32(x), Data::U32(y)) => Data::U32(mm!(
-            x,
-            y,
-            u32,
-            0,
-            |s: u32, p: u32, q: u32| s.wrapping_add(p.wrapping_mul(q)),
-            |s| s
-        )),
-        (Data::U64(x), Data::U64(y)) => Data::U64(mm!(
-            x,
-            y,
-            u64,
-            0,
-            |s: u64, p: u64, q: u64| s.wrapping_add(p.wrapping_mul(q)),
-            |s| s
-        )),
+        (Data::I8(x), Data::I8(y)) => Data::I8(wrapping_mm(x, y, &offsets, [m, k, n])),
+        (Data::I16(x), Data::I16(y)) => Data::I16(wrapping_mm(x, y, &offsets, [m, k, n])),
+        (Data::I32(x), Data::I32(y)) => Data::I32(wrapping_mm(x, y, &offsets, [m, k, n])),
+        (Data::I64(x), Data::I64(y)) => Data::I64(wrapping_mm(x, y, &offsets, [m, k, n])),
+        (Data::U8(x), Data::U8(y)) => Data::U8(wrapping_mm(x, y, &offsets, [m, k, n])),
+        (Data::U16(x), Data::U16(y)) => Data::U16(wrapping_mm(x, y, &offsets, [m, k, n])),
+        (Data::U32(x), Data::U32(y)) => Data::U32(wrapping_mm(x, y, &offsets, [m, k, n])),
+        (Data::U64(x), Data::U64(y)) => Data::U64(wrapping_mm(x, y, &offsets, [m, k, n])),
         _ => return Err(format!("cannot multiply {} by {}", a.dtype(), b.dtype())),
     };
     Ok(Array::new(out.to_vec(), data).expect("matmul shape matches"))
+}
+
+/// Integer matrix products (one per `offsets` pair of `a` and `b` element
+/// offsets), wrapping at the type's width.
+fn wrapping_mm<T: Int>(
+    a: &[T],
+    b: &[T],
+    offsets: &[(usize, usize)],
+    [m, k, n]: [usize; 3],
+) -> Vec<T> {
+    let mut res = Vec::with_capacity(offsets.len() * m * n);
+    for &(oa, ob) in offsets {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = T::default();
+                for p in 0..k {
+                    let prod = T::binary(BinaryOp::Mul, a[oa + i * k + p], b[ob + p * n + j]);
+                    s = T::binary(BinaryOp::Add, s, prod);
+                }
+                res.push(s);
+            }
+        }
+    }
+    res
 }
 
 fn fixed(d: &Dim, what: &str) -> Result<usize, String> {

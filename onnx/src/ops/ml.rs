@@ -318,12 +318,10 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use kiln_graph::Array;
 
-    use kiln_graph::{Array, GraphBuilder};
-
-    use super::super::{find, Input, Node};
-    use crate::proto::{AttributeProto, NodeProto};
+    use super::super::test_support::run_node;
+    use crate::proto::AttributeProto;
 
     fn ints(name: &str, v: &[i64]) -> AttributeProto {
         AttributeProto {
@@ -380,34 +378,9 @@ mod tests {
             int("n_targets", 2),
             int("aggregate_function", aggregate),
         ];
-        let g = GraphBuilder::new();
-        let proto = NodeProto {
-            input: vec!["x".into()],
-            output: vec!["y".into()],
-            op_type: "TreeEnsemble".into(),
-            domain: "ai.onnx.ml".into(),
-            attribute: attrs,
-            ..Default::default()
-        };
         let x = Array::from_vec(vec![3, 1], vec![0.5f32, 2.0, f32::NAN]).unwrap();
-        let ins = vec![Some(Input {
-            t: g.constant(x.clone()).unwrap(),
-            value: Some(std::rc::Rc::new(x)),
-        })];
-        let node = Node::new(&g, &proto, 22, ins);
-        let outs = find("ai.onnx.ml.TreeEnsemble").unwrap()(&node)?;
-        let graph = g.graph();
-        let run = kiln_graph::interp::run(
-            &graph,
-            &kiln_graph::interp::RunInputs {
-                feeds: &HashMap::new(),
-                variables: &HashMap::new(),
-                bindings: &kiln_graph::Bindings::new(),
-            },
-            &[outs[0].id()],
-        )
-        .unwrap();
-        Ok(run.fetched[0].to_f64_vec())
+        let y = run_node("ai.onnx.ml.TreeEnsemble", 22, attrs, vec![Some(x)])?;
+        Ok(y[0].to_f64_vec())
     }
 
     #[test]

@@ -312,3 +312,59 @@ pub(crate) fn fixed_shape(t: Tensor<'_>) -> R<Vec<usize>> {
         })
         .collect()
 }
+
+/// Converting and evaluating one node, for the converters' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::HashMap;
+
+    use kiln_graph::{Array, GraphBuilder};
+
+    use super::{find, Input, Node};
+    use crate::proto::{AttributeProto, NodeProto};
+
+    /// Converts a node of op `key` (`op_type`, or `domain.op_type`) over
+    /// constant `inputs` (`None`: omitted) and evaluates its outputs on the
+    /// reference interpreter; `Err` is the converter's reason.
+    pub(crate) fn run_node(
+        key: &str,
+        opset: i64,
+        attrs: Vec<AttributeProto>,
+        inputs: Vec<Option<Array>>,
+    ) -> Result<Vec<Array>, String> {
+        let g = GraphBuilder::new();
+        let (domain, op) = key.rsplit_once('.').unwrap_or(("", key));
+        let proto = NodeProto {
+            input: (0..inputs.len()).map(|i| format!("in{i}")).collect(),
+            output: vec!["y".into()],
+            op_type: op.into(),
+            domain: domain.into(),
+            attribute: attrs,
+            ..Default::default()
+        };
+        let ins = inputs
+            .into_iter()
+            .map(|a| {
+                a.map(|a| Input {
+                    t: g.constant(a.clone()).unwrap(),
+                    value: Some(std::rc::Rc::new(a)),
+                })
+            })
+            .collect();
+        let node = Node::new(&g, &proto, opset, ins);
+        let outs = find(key).ok_or_else(|| format!("no converter for {key}"))?(&node)?;
+        let graph = g.graph();
+        let ids: Vec<_> = outs.iter().map(|t| t.id()).collect();
+        let run = kiln_graph::interp::run(
+            &graph,
+            &kiln_graph::interp::RunInputs {
+                feeds: &HashMap::new(),
+                variables: &HashMap::new(),
+                bindings: &kiln_graph::Bindings::new(),
+            },
+            &ids,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(run.fetched)
+    }
+}

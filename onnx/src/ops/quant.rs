@@ -588,12 +588,9 @@ fn qlinear_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use kiln_graph::{Array, DType};
 
-    use kiln_graph::{Array, DType, GraphBuilder};
-
-    use super::super::{find, Input, Node};
-    use crate::proto::{AttributeProto, NodeProto};
+    use crate::proto::AttributeProto;
 
     fn int_attr(name: &str, i: i64) -> AttributeProto {
         AttributeProto {
@@ -621,38 +618,7 @@ mod tests {
         attrs: Vec<AttributeProto>,
         inputs: Vec<Option<Array>>,
     ) -> Result<Vec<Array>, String> {
-        let g = GraphBuilder::new();
-        let proto = NodeProto {
-            input: (0..inputs.len()).map(|i| format!("in{i}")).collect(),
-            output: vec!["y".into()],
-            op_type: op.into(),
-            attribute: attrs,
-            ..Default::default()
-        };
-        let ins = inputs
-            .into_iter()
-            .map(|a| {
-                a.map(|a| Input {
-                    t: g.constant(a.clone()).unwrap(),
-                    value: Some(std::rc::Rc::new(a)),
-                })
-            })
-            .collect();
-        let node = Node::new(&g, &proto, opset, ins);
-        let outs = find(op).unwrap()(&node)?;
-        let graph = g.graph();
-        let ids: Vec<_> = outs.iter().map(|t| t.id()).collect();
-        let run = kiln_graph::interp::run(
-            &graph,
-            &kiln_graph::interp::RunInputs {
-                feeds: &HashMap::new(),
-                variables: &HashMap::new(),
-                bindings: &kiln_graph::Bindings::new(),
-            },
-            &ids,
-        )
-        .unwrap();
-        Ok(run.fetched)
+        super::super::test_support::run_node(op, opset, attrs, inputs)
     }
 
     fn arr<T: kiln_graph::array::Elem>(shape: &[usize], v: Vec<T>) -> Option<Array> {
