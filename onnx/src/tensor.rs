@@ -184,41 +184,10 @@ impl MiniFloat {
 }
 
 /// The values of an 8- or 4-bit float tensor (`raw_data`, or `int32_data`
-/// holding one byte, packed for FLOAT4E2M1, per entry) as f16.
-fn decode_minifloat(t: &TensorProto, n: usize, f: MiniFloat) -> Result<Data, String> {
-    let per = (8 / f.bits) as usize;
-    let need = n.div_ceil(per);
-    let bytes: Vec<u8> = if !t.raw_data.is_empty() {
-        t.raw_data.clone()
-    } else {
-        t.int32_data
-            .iter()
-            .map(|&v| u8::try_from(v).map_err(|_| format!("int32_data entry {v} is not a byte")))
-            .collect::<Result<_, _>>()?
-    };
-    if bytes.len() != need {
-        return Err(format!(
-            "dims {:?} of {} need {need} bytes, the tensor has {}",
-            t.dims,
-            onnx_type_name(t.data_type),
-            bytes.len()
-        ));
-    }
-    let mask = ((1u16 << f.bits) - 1) as u8;
-    Ok(Data::F16(
-        (0..n)
-            .map(|i| {
-                let code = (bytes[i / per] >> ((i % per) as u32 * f.bits)) & mask;
-                half::f16::from_f32(f.decode(code))
-            })
-            .collect(),
-    ))
-}
-
-/// The values of a packed sub-byte tensor (`raw_data`, or `int32_data`
-/// holding one packed byte per entry), low bits first, sign-extended for
-/// the signed types.
-fn unpack_sub_byte(t: &TensorProto, n: usize, bits: u32, signed: bool) -> Result<Data, String> {
+/// The `n` codes of `bits` bits each (8, 4 or 2) a tensor packs into bytes,
+/// low bits first: from `raw_data`, or `int32_data` holding one byte per
+/// entry.
+fn packed_codes(t: &TensorProto, n: usize, bits: u32) -> Result<Vec<u8>, String> {
     let per = (8 / bits) as usize;
     let need = n.div_ceil(per);
     let bytes: Vec<u8> = if !t.raw_data.is_empty() {
@@ -240,17 +209,37 @@ fn unpack_sub_byte(t: &TensorProto, n: usize, bits: u32, signed: bool) -> Result
             bytes.len()
         ));
     }
-    let mask = (1u8 << bits) - 1;
-    let field = |i: usize| (bytes[i / per] >> ((i % per) as u32 * bits)) & mask;
+    let mask = ((1u16 << bits) - 1) as u8;
+    Ok((0..n)
+        .map(|i| (bytes[i / per] >> ((i % per) as u32 * bits)) & mask)
+        .collect())
+}
+
+/// The values of an 8- or 4-bit float tensor as f16.
+fn decode_minifloat(t: &TensorProto, n: usize, f: MiniFloat) -> Result<Data, String> {
+    let codes = packed_codes(t, n, f.bits)?;
+    Ok(Data::F16(
+        codes
+            .into_iter()
+            .map(|c| half::f16::from_f32(f.decode(c)))
+            .collect(),
+    ))
+}
+
+/// The values of a sub-byte integer tensor, sign-extended for the signed
+/// types.
+fn unpack_sub_byte(t: &TensorProto, n: usize, bits: u32, signed: bool) -> Result<Data, String> {
+    let codes = packed_codes(t, n, bits)?;
     Ok(if signed {
         let shift = 8 - bits;
         Data::I8(
-            (0..n)
-                .map(|i| ((field(i) << shift) as i8) >> shift)
+            codes
+                .into_iter()
+                .map(|c| ((c << shift) as i8) >> shift)
                 .collect(),
         )
     } else {
-        Data::U8((0..n).map(field).collect())
+        Data::U8(codes)
     })
 }
 
