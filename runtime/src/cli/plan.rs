@@ -1,0 +1,64 @@
+//! `kiln plan`: the memory plan of the optimized program.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::common::{load, write_text, CompileArgs};
+
+/// Arguments of `kiln plan`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The .kiln model file.
+    pub model: PathBuf,
+    /// Write the timeline (one bar per buffer: step on x, offset on y) here.
+    #[arg(long, value_name = "FILE", default_value = "plan.svg")]
+    pub svg: PathBuf,
+    #[command(flatten)]
+    pub compile: CompileArgs,
+}
+
+/// Runs `kiln plan`.
+pub fn main(a: Args) -> Result<()> {
+    plan(&a.model, &a.svg, &a.compile)
+}
+
+fn plan(model: &Path, svg: &Path, args: &CompileArgs) -> Result<()> {
+    let graph = load(model)?;
+    let c = args.compile(&graph)?;
+    let p = &c.program;
+    println!("{}: {} kernels", model.display(), p.kernels.len());
+    println!(
+        "  {:>5}  {:>10}  {:>10}  {:>9}  node",
+        "buf", "offset", "bytes", "steps"
+    );
+    for (b, off, size, (s0, s1)) in kiln_optimizer::svg::arena_buffers(p) {
+        println!(
+            "  {:>5}  {:>10}  {:>10}  {:>4}..{:<3}  {}",
+            b.to_string(),
+            off,
+            size,
+            s0,
+            s1,
+            p.buffer(b).node
+        );
+    }
+    let m = p.memory;
+    let ratio = if m.lower_bound > 0 {
+        m.arena as f64 / m.lower_bound as f64
+    } else {
+        1.0
+    };
+    println!(
+        "arena (planned):        {:>10} B  ({ratio:.3}x the lower bound)",
+        m.arena
+    );
+    println!("liveness lower bound:   {:>10} B", m.lower_bound);
+    println!("no planning (sum):      {:>10} B", m.unplanned);
+    println!("results (kept apart):   {:>10} B", m.results);
+    let title = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write_text(svg, &kiln_optimizer::svg::plan_svg(p, &title))
+}
