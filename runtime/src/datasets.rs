@@ -71,3 +71,13 @@ pub fn count_matches(a: &kiln_graph::Array, b: &kiln_graph::Array) -> Option<usi
     let (a, b) = (a.as_slice::<i64>()?, b.as_slice::<i64>()?);
     (a.len() == b.len()).then(|| a.iter().zip(b).filter(|(x, y)| x == y).count())
 }
+
+/// The fixed split of the `n` digit images every digits demo and test
+/// uses: a seeded shuffle, the first 80% to train, the rest held out.
+/// Returns (train, held-out) row indices.
+pub fn digits_split(n: usize) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| kiln_graph::rng::bits(7, i as u64));
+    let held_out = order.split_off(n * 4 / 5);
+    (order, held_out)
+}

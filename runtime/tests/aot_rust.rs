@@ -8,16 +8,24 @@ use std::process::Command;
 use kiln::graph::{Array, DType, GraphBuilder};
 use kiln::prelude::*;
 
+/// The `rustc` of the toolchain that builds this test (beside its
+/// `cargo`), else the one on PATH; panics when neither runs.
+fn rustc() -> std::path::PathBuf {
+    let beside_cargo = std::path::Path::new(env!("CARGO")).with_file_name("rustc");
+    [beside_cargo, "rustc".into()]
+        .into_iter()
+        .find(|r| {
+            Command::new(r)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("no rustc runs (neither beside cargo nor on PATH): install a Rust toolchain")
+}
+
 #[test]
 fn a_rust_program_runs_an_embedded_model() {
-    if !Command::new("rustc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        eprintln!("SKIPPED: no rustc on PATH");
-        return;
-    }
+    let rustc = rustc();
     let dir = std::env::temp_dir().join(format!("kiln-aot-rust-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let g = GraphBuilder::new();
@@ -65,7 +73,7 @@ fn main() {
 "#,
     )
     .unwrap();
-    let out = Command::new("rustc")
+    let out = Command::new(&rustc)
         .current_dir(&dir)
         .args(["--edition", "2021", "-O", "main.rs", "-o", "main", "-C"])
         .arg(format!("link-arg={}", dir.join("tiny.o").display()))

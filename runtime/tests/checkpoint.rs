@@ -114,16 +114,15 @@ fn restoring_into_another_graph_lists_every_difference() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// The child half of the crash test: saves checkpoints in a loop until killed.
-/// A normal test run (without the variable) does nothing.
-#[test]
-fn crash_test_child_saver() {
-    let Some(path) = std::env::var_os("KILN_CKPT_CHILD") else {
-        return;
-    };
+/// The child half of the crash test (this test binary run again, on the
+/// crash test alone, with `KILN_CKPT_CHILD` set): saves checkpoints to
+/// `path` in a loop until killed.
+fn save_until_killed(path: &std::ffi::OsStr) -> ! {
     let big = 1 << 22;
     let mut s = Session::new(&counter_graph(big), Device::Reference).unwrap();
-    for i in 1.. {
+    let mut i = 0u32;
+    loop {
+        i += 1;
         s.set_variable("counter", Array::scalar(i as f32)).unwrap();
         s.set_variable("weights", Array::filled(DType::F32, &[big], i as f64))
             .unwrap();
@@ -133,6 +132,9 @@ fn crash_test_child_saver() {
 
 #[test]
 fn a_crash_mid_save_never_damages_the_previous_checkpoint() {
+    if let Some(path) = std::env::var_os("KILN_CKPT_CHILD") {
+        save_until_killed(&path);
+    }
     let dir = temp_dir("crash");
     let path = dir.join("state.ckpt");
     let graph = counter_graph(1 << 22);
@@ -140,7 +142,7 @@ fn a_crash_mid_save_never_damages_the_previous_checkpoint() {
     for round in 0..3 {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
-                "crash_test_child_saver",
+                "a_crash_mid_save_never_damages_the_previous_checkpoint",
                 "--exact",
                 "--nocapture",
                 "--test-threads=1",
