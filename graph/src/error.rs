@@ -15,10 +15,20 @@ pub struct SourceLoc {
     pub column: u32,
 }
 
+thread_local! {
+    /// The origin set by [`SourceLoc::set_origin`] on this thread.
+    static ORIGIN: std::cell::RefCell<Option<SourceLoc>> = const { std::cell::RefCell::new(None) };
+}
+
 impl SourceLoc {
-    /// The location of the caller of the `#[track_caller]` function that calls this.
+    /// The location of the caller of the `#[track_caller]` function that
+    /// calls this, or the origin a front end set on this thread
+    /// ([`SourceLoc::set_origin`]).
     #[track_caller]
     pub fn caller() -> SourceLoc {
+        if let Some(o) = ORIGIN.with(|o| o.borrow().clone()) {
+            return o;
+        }
         let l = std::panic::Location::caller();
         SourceLoc {
             file: l.file().to_string(),
@@ -26,12 +36,43 @@ impl SourceLoc {
             column: l.column(),
         }
     }
+
+    /// A place outside Rust source, as text (line and column 0): a node of
+    /// an imported model, `ONNX node 'Reshape_12' (Reshape)`.
+    pub fn origin(text: impl Into<String>) -> SourceLoc {
+        SourceLoc {
+            file: text.into(),
+            line: 0,
+            column: 0,
+        }
+    }
+
+    /// Until the guard drops, every location captured on this thread (the
+    /// nodes added, the errors raised) is `origin`: a front end (the ONNX
+    /// importer) converting a model's node into kiln ops reports that node
+    /// instead of its own source lines. Guards nest; dropping one restores
+    /// the origin before it.
+    pub fn set_origin(origin: SourceLoc) -> OriginGuard {
+        OriginGuard(ORIGIN.with(|o| o.borrow_mut().replace(origin)))
+    }
+}
+
+/// Restores the previous origin when dropped; see [`SourceLoc::set_origin`].
+pub struct OriginGuard(Option<SourceLoc>);
+
+impl Drop for OriginGuard {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        ORIGIN.with(|o| *o.borrow_mut() = previous);
+    }
 }
 
 impl fmt::Display for SourceLoc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.file.is_empty() {
             f.write_str("<unknown location>")
+        } else if self.line == 0 {
+            f.write_str(&self.file)
         } else {
             write!(f, "{}:{}:{}", self.file, self.line, self.column)
         }

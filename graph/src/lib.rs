@@ -27,7 +27,7 @@ pub mod text;
 pub use array::{Array, Data, Elem, Scalar};
 pub use builder::{GraphBuilder, Tensor};
 pub use dtype::DType;
-pub use error::{Error, FileErrorKind, Result, SourceLoc};
+pub use error::{Error, FileErrorKind, OriginGuard, Result, SourceLoc};
 pub use graph::{Graph, Node, NodeId};
 pub use init::Init;
 pub use layers::{one_hot, softmax_cross_entropy, sparse_softmax_cross_entropy, Activation};

@@ -9,6 +9,8 @@ pub struct UnsupportedNode {
     pub op: String,
     /// The node's name (or its first output's when it has none).
     pub node: String,
+    /// The node's index in its graph, where it has no name.
+    pub index: Option<usize>,
     /// The opset of the node's domain.
     pub opset: i64,
     /// What is missing.
@@ -17,11 +19,34 @@ pub struct UnsupportedNode {
 
 impl fmt::Display for UnsupportedNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let node = match self.index {
+            Some(i) => unnamed(i, &self.node),
+            None => self.node.clone(),
+        };
         write!(
             f,
-            "{} node '{}' (opset {}): {}",
-            self.op, self.node, self.opset, self.reason
+            "{} node {} (opset {}): {}",
+            self.op,
+            quoted(&node),
+            self.opset,
+            self.reason
         )
+    }
+}
+
+/// The label of node `index` of a graph, which has no name: its index and
+/// its first output (`#3 writing 'y'`).
+pub(crate) fn unnamed(index: usize, first_output: &str) -> String {
+    format!("#{index} writing '{first_output}'")
+}
+
+/// A node label for messages: a name quoted, an unnamed node's label
+/// ([`unnamed`]) as it is.
+pub(crate) fn quoted(node: &str) -> String {
+    if node.starts_with('#') {
+        node.to_string()
+    } else {
+        format!("'{node}'")
     }
 }
 
@@ -43,9 +68,10 @@ pub enum Error {
     /// A node needs the value of one of its inputs at import time (a shape,
     /// sizes, axes, pads ...) and the value is computed at run time.
     #[error(
-        "{op} node '{node}' (opset {opset}): input '{value}' must be known at import time \
+        "{op} node {} (opset {opset}): input '{value}' must be known at import time \
          (kiln's shapes are static): bind the graph input(s) it comes from ({}) to values \
          (ImportOptions::constant_inputs, kiln import --constant NAME=FILE.npy)",
+        quoted(node),
         inputs.join(", ")
     )]
     NeedsValue {
@@ -58,13 +84,17 @@ pub enum Error {
         inputs: Vec<String>,
     },
     /// A node could not be converted.
-    #[error("{op} node '{node}' (opset {opset}): {reason}")]
+    #[error("{op} node {} (opset {opset}): {reason}", quoted(node))]
     Node {
         op: String,
         node: String,
         opset: i64,
         reason: String,
     },
+    /// [`ImportOptions`](crate::ImportOptions) that do not fit the model (an
+    /// input or dim it does not have, ...): says which, and what it has.
+    #[error("{0}")]
+    Options(String),
     /// An error in a file (wraps the others).
     #[error("{path}: {inner}")]
     File { path: String, inner: Box<Error> },
@@ -79,6 +109,47 @@ impl Error {
                 path: path.display().to_string(),
                 inner: Box::new(e),
             },
+        }
+    }
+
+    /// This error, with the label of node `n` (number `index` of its
+    /// graph) made its index where the node has no name and the error is
+    /// said of it.
+    pub(crate) fn of_unnamed(self, n: &crate::proto::NodeProto, index: usize) -> Error {
+        let first = n.output.first().map_or("", String::as_str);
+        let label = |node: String| {
+            if n.name.is_empty() && node == first {
+                unnamed(index, first)
+            } else {
+                node
+            }
+        };
+        match self {
+            Error::Node {
+                op,
+                node,
+                opset,
+                reason,
+            } => Error::Node {
+                op,
+                node: label(node),
+                opset,
+                reason,
+            },
+            Error::NeedsValue {
+                op,
+                node,
+                opset,
+                value,
+                inputs,
+            } => Error::NeedsValue {
+                op,
+                node: label(node),
+                opset,
+                value,
+                inputs,
+            },
+            e => e,
         }
     }
 

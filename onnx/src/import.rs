@@ -21,13 +21,14 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use kiln_graph::{Array, Dim, Graph, GraphBuilder, NodeId, Shape, Tensor};
+use kiln_graph::{Array, Dim, Graph, GraphBuilder, NodeId, Shape, SourceLoc, Tensor};
 
-use crate::error::{Error, Result, UnsupportedNode};
+use crate::check;
+use crate::error::{unnamed, Error, Result, UnsupportedNode};
 use crate::ops::{self, sequence, Input, Node};
 use crate::proto::{type_proto, GraphProto, ModelProto, NodeProto, TypeProto};
 use crate::tensor;
-use crate::ImportOptions;
+use crate::{ImportOptions, Imported};
 
 /// The opsets this importer is written for (of the default domain): 7 to
 /// 22, and 6 as far as the converters know its older forms (binary ops'
@@ -170,19 +171,6 @@ pub(crate) fn kiln_name(name: &str) -> String {
     s
 }
 
-/// The default domain's opset of `model`.
-fn default_opset(model: &ModelProto) -> Result<i64> {
-    model
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        // A model of other domains' ops only: their nodes are listed as
-        // unsupported (the default domain's opset does not matter).
-        .or(Some(*OPSETS.end()))
-        .ok_or_else(|| Error::Invalid("no opset".into()))
-}
-
 /// The node's name for messages: its name, else its first output.
 pub(crate) fn node_label(n: &NodeProto) -> String {
     if !n.name.is_empty() {
@@ -204,7 +192,7 @@ fn op_label(n: &NodeProto) -> String {
 
 /// Every node of `g` (and of its subgraphs) whose op kiln cannot convert.
 fn unsupported(g: &GraphProto, opset: i64, out: &mut Vec<UnsupportedNode>) {
-    for n in &g.node {
+    for (index, n) in g.node.iter().enumerate() {
         let default = n.domain.is_empty() || n.domain == "ai.onnx";
         let label = op_label(n);
         let reason = if ops::find(&label).is_some()
@@ -221,6 +209,7 @@ fn unsupported(g: &GraphProto, opset: i64, out: &mut Vec<UnsupportedNode>) {
             out.push(UnsupportedNode {
                 op: op_label(n),
                 node: node_label(n),
+                index: n.name.is_empty().then_some(index),
                 opset,
                 reason,
             });
@@ -238,10 +227,30 @@ fn unsupported(g: &GraphProto, opset: i64, out: &mut Vec<UnsupportedNode>) {
 
 /// The kiln dtype and shape of a declared tensor type (`None` dims get a
 /// symbol of their own, named after the value and position; `None` when
-/// the type has no shape).
-fn tensor_type(name: &str, tt: &type_proto::Tensor) -> Result<(kiln_graph::DType, Option<Shape>)> {
+/// the type has no shape): the shape `options` gives the input instead
+/// where it does, symbols `options` fixes made fixed.
+fn tensor_type(
+    name: &str,
+    tt: &type_proto::Tensor,
+    options: &ImportOptions,
+) -> Result<(kiln_graph::DType, Option<Shape>)> {
     let bad = |why: String| Error::Invalid(format!("input '{name}': {why}"));
     let dtype = tensor::dtype_of(tt.elem_type).map_err(bad)?;
+    let fix = |symbol: String| match options.dims.get(&symbol) {
+        Some(&n) => Dim::Fixed(n),
+        None => Dim::sym(&kiln_name(&symbol)),
+    };
+    if let Some(given) = options.input_shapes.get(name) {
+        let dims = given
+            .0
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(_) => d.clone(),
+                _ => fix(d.to_string()),
+            })
+            .collect();
+        return Ok((dtype, Some(Shape(dims))));
+    }
     let Some(s) = &tt.shape else {
         return Ok((dtype, None));
     };
@@ -254,8 +263,8 @@ fn tensor_type(name: &str, tt: &type_proto::Tensor) -> Result<(kiln_graph::DType
             match &d.value {
                 Some(D::DimValue(n)) if *n >= 0 => Ok(Dim::Fixed(*n as usize)),
                 Some(D::DimValue(n)) => Err(bad(format!("dim {i} is {n}"))),
-                Some(D::DimParam(p)) if !p.is_empty() => Ok(Dim::sym(&kiln_name(p))),
-                _ => Ok(Dim::sym(&kiln_name(&format!("{name}_{i}")))),
+                Some(D::DimParam(p)) if !p.is_empty() => Ok(fix(p.clone())),
+                _ => Ok(fix(kiln_name(&format!("{name}_{i}")))),
             }
         })
         .collect::<Result<Vec<_>>>()?;
@@ -279,7 +288,7 @@ fn input_item<'g>(
     match ty.and_then(|t| t.value.as_ref()) {
         None => Err(bad("no type".into())),
         Some(T::TensorType(tt)) => {
-            let (dtype, shape) = tensor_type(name, tt)?;
+            let (dtype, shape) = tensor_type(name, tt, options)?;
             if let Some(a) = options.constant_inputs.get(name) {
                 // Bound by the caller: a constant of the declared type.
                 let fits = a.dtype() == dtype
@@ -323,7 +332,7 @@ fn input_item<'g>(
                 Some(T::TensorType(tt)) => tt,
                 _ => return Err(bad("only sequences of tensors are supported".into())),
             };
-            let (dtype, declared) = tensor_type(name, tt)?;
+            let (dtype, declared) = tensor_type(name, tt, options)?;
             let shapes = options.sequence_inputs.get(name).ok_or_else(|| {
                 bad("a sequence: its element shapes must be given \
                      (ImportOptions::sequence_inputs)"
@@ -429,42 +438,15 @@ fn output_item(
 }
 
 /// Imports `model`.
-pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Result<Graph> {
+pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Result<Imported> {
     let graph = model
         .graph
         .as_ref()
         .ok_or_else(|| Error::Invalid("the model has no graph".into()))?;
-    let opset = default_opset(model)?;
-    // Before opset 6, only models of ops whose meaning has not changed
-    // since (elementwise unary ops and logic) are taken.
-    const SAME_SINCE_1: [&str; 16] = [
-        "Not",
-        "And",
-        "Or",
-        "Xor",
-        "Identity",
-        "Abs",
-        "Neg",
-        "Ceil",
-        "Floor",
-        "Sqrt",
-        "Exp",
-        "Log",
-        "Reciprocal",
-        "Relu",
-        "Sigmoid",
-        "Tanh",
-    ];
-    let unchanged = graph
-        .node
-        .iter()
-        .all(|n| SAME_SINCE_1.contains(&n.op_type.as_str()));
-    if opset < *OPSETS.start() && !unchanged {
-        return Err(Error::Invalid(format!(
-            "opset {opset}: kiln imports opsets {} and later (upgrade the model with onnx.version_converter)",
-            OPSETS.start(),
-        )));
-    }
+    let (opset, warnings) = check::opset(model)?;
+    check::single_writers(graph)?;
+    check::options(graph, options)?;
+    let _limit = FoldLimit::set(options.fold_limit_bytes);
     let mut missing = Vec::new();
     unsupported(graph, opset, &mut missing);
     if !missing.is_empty() {
@@ -474,6 +456,10 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
     let mut scope = Scope::default();
     scope.declare(graph);
     for init in &graph.initializer {
+        let _origin = SourceLoc::set_origin(SourceLoc::origin(format!(
+            "ONNX initializer '{}'",
+            init.name
+        )));
         let a = tensor::to_array(init)
             .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
         let name = kiln_name(&init.name);
@@ -515,6 +501,10 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
         if scope.values.contains_key(&input.name) {
             continue;
         }
+        let _origin = SourceLoc::set_origin(SourceLoc::origin(format!(
+            "ONNX graph input '{}'",
+            input.name
+        )));
         let ty = input.r#type.as_ref();
         let item = input_item(&g, &input.name, ty, options, &linked, &mut scope)?;
         scope.values.insert(input.name.clone(), item);
@@ -528,9 +518,42 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
                 out.name
             ))
         })?;
+        let _origin = SourceLoc::set_origin(SourceLoc::origin(format!(
+            "ONNX graph output '{}'",
+            out.name
+        )));
         output_item(&g, &kiln_name(&out.name), item, &mut fetched)?;
     }
-    Ok(g.into_graph())
+    let graph = prune(g.into_graph())?;
+    Ok(Imported { graph, warnings })
+}
+
+/// `graph` without the nodes that neither its outputs nor its interface
+/// (placeholders, variables) need: values folded at import time into
+/// constants that later nodes read (shape arithmetic, say) are not written
+/// to the file, nor are the remains of conversions abandoned.
+fn prune(graph: Graph) -> Result<Graph> {
+    let mut roots: Vec<NodeId> = graph.outputs().to_vec();
+    roots.extend(graph.placeholders());
+    roots.extend(graph.variables());
+    let live = graph.ancestors(&roots);
+    if live.len() == graph.len() {
+        return Ok(graph);
+    }
+    let bad = |e: kiln_graph::Error| Error::Invalid(format!("removing unused nodes: {e}"));
+    let mut out = graph.empty_like();
+    let mut new_id: HashMap<NodeId, NodeId> = HashMap::with_capacity(live.len());
+    for id in live {
+        let n = graph.node(id);
+        let inputs: Vec<NodeId> = graph.inputs(id).iter().map(|i| new_id[i]).collect();
+        let nid = out
+            .add_node(&n.name, n.op.clone(), &inputs, n.location.clone())
+            .map_err(bad)?;
+        new_id.insert(id, nid);
+    }
+    out.set_outputs(graph.outputs().iter().map(|o| new_id[o]).collect())
+        .map_err(bad)?;
+    Ok(out)
 }
 
 /// The values of one graph (the main graph, or a subgraph with the values
@@ -685,8 +708,18 @@ fn convert_nodes<'g>(
     opset: i64,
     scope: &mut Scope<'g>,
 ) -> Result<()> {
-    for n in &graph.node {
-        convert_node(g, n, opset, scope)?;
+    for (index, n) in graph.node.iter().enumerate() {
+        // What kiln adds for the node, and its errors, are said of the node.
+        let node = if n.name.is_empty() {
+            unnamed(index, n.output.first().map_or("", String::as_str))
+        } else {
+            format!("'{}'", n.name)
+        };
+        let _origin = SourceLoc::set_origin(SourceLoc::origin(format!(
+            "ONNX node {node} ({})",
+            op_label(n)
+        )));
+        convert_node(g, n, opset, scope).map_err(|e| e.of_unnamed(n, index))?;
     }
     Ok(())
 }
@@ -1058,7 +1091,7 @@ fn control_loop<'g>(
         let scalar = |v: f64, dtype| -> Result<Item<'g>> {
             let a = Array::new(Vec::new(), kiln_graph::Data::filled(dtype, 1, v))
                 .ok_or_else(|| fail("a scalar".into()))?;
-            let t = g.constant(a.clone()).map_err(|e| fail(e.to_string()))?;
+            let t = g.constant(a.clone()).map_err(|e| fail(ops::reason(e)))?;
             Ok(Item::Tensor(Value {
                 t,
                 constant: Some(Rc::new(a)),
@@ -1139,15 +1172,15 @@ fn control_loop<'g>(
         .collect::<Result<_>>()?;
     let i0 = g
         .scalar(0.0, kiln_graph::DType::I64)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(ops::reason(e)))?;
     let c0 = match cond {
         Some(c) => {
             c.t.reshape(kiln_graph::Shape(Vec::new()))
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(ops::reason(e)))?
         }
         None => g
             .scalar(1.0, kiln_graph::DType::Bool)
-            .map_err(|e| fail(e.to_string()))?,
+            .map_err(|e| fail(ops::reason(e)))?,
     };
     let mut state = vec![i0, c0];
     state.extend(vars);
@@ -1157,7 +1190,7 @@ fn control_loop<'g>(
     if let Some(m) = trip {
         captured_t.push(
             m.t.reshape(kiln_graph::Shape(Vec::new()))
-                .map_err(|e| fail(e.to_string()))?,
+                .map_err(|e| fail(ops::reason(e)))?,
         );
     }
     let first = FirstError::new();
@@ -1245,7 +1278,7 @@ fn control_scan<'g>(
     let in_dirs = attr_ints("scan_input_directions");
     let out_axes = attr_ints("scan_output_axes");
     let out_dirs = attr_ints("scan_output_directions");
-    let err = |e: kiln_graph::Error| fail(e.to_string());
+    let err = |e: kiln_graph::Error| fail(ops::reason(e));
     let mut len = None;
     let mut scans = Vec::new();
     for (j, v) in ins[nstate..].iter().enumerate() {
@@ -1316,7 +1349,7 @@ fn control_scan8<'g>(
     scope: &Scope<'g>,
 ) -> Result<Vec<Item<'g>>> {
     let fail = |reason: String| node_error(n, opset, reason);
-    let err = |e: kiln_graph::Error| fail(e.to_string());
+    let err = |e: kiln_graph::Error| fail(ops::reason(e));
     let body = subgraph(n, "body").map_err(fail)?;
     let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
     let m = attr("num_scan_inputs")
@@ -1597,7 +1630,9 @@ fn convert_node_in<'g>(
             .attribute
             .iter()
             .any(|a| a.g.is_some() || !a.graphs.is_empty());
-    let outputs: Vec<Value<'g>> = if foldable {
+    // Evaluated at import time where its inputs are known then and its
+    // results are not too large (`fold_limit`).
+    let folded: Option<Vec<Value<'g>>> = if foldable {
         let scratch = GraphBuilder::new();
         let ins = inputs
             .iter()
@@ -1612,43 +1647,53 @@ fn convert_node_in<'g>(
                     .transpose()
             })
             .collect::<kiln_graph::Result<Vec<_>>>()
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(ops::reason(e)))?;
         let mut node = Node::new(&scratch, n, opset, ins);
         node.declared = scope.declared_inputs(n);
         let outs = convert_tensor_node(&node).map_err(fail)?;
         evaluate(&scratch, &outs)
             .map_err(fail)?
-            .into_iter()
-            .map(|a| {
-                let t = g.constant(a.clone()).map_err(|e| fail(e.to_string()))?;
-                Ok(Value {
-                    t,
-                    constant: Some(Rc::new(a)),
-                })
+            .map(|arrays| {
+                arrays
+                    .into_iter()
+                    .map(|a| {
+                        let t = g.constant(a.clone()).map_err(|e| fail(ops::reason(e)))?;
+                        Ok(Value {
+                            t,
+                            constant: Some(Rc::new(a)),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
             })
-            .collect::<Result<_>>()?
+            .transpose()?
     } else {
-        let ins = inputs
-            .into_iter()
-            .map(|v| {
-                v.map(|v| Input {
-                    t: v.t,
-                    value: v.constant,
+        None
+    };
+    let outputs: Vec<Value<'g>> = match folded {
+        Some(outputs) => outputs,
+        None => {
+            let ins = inputs
+                .into_iter()
+                .map(|v| {
+                    v.map(|v| Input {
+                        t: v.t,
+                        value: v.constant,
+                    })
                 })
-            })
-            .collect();
-        let mut node = Node::new(g, n, opset, ins);
-        node.declared = scope.declared_inputs(n);
-        // An output that is a constant node (`Shape` of fixed dims, say) is
-        // known at import time too.
-        convert_tensor_node(&node)
-            .map_err(fail)?
-            .into_iter()
-            .map(|t| Value {
-                t,
-                constant: t.constant_value().map(|a| Rc::new((*a).clone())),
-            })
-            .collect()
+                .collect();
+            let mut node = Node::new(g, n, opset, ins);
+            node.declared = scope.declared_inputs(n);
+            // An output that is a constant node (`Shape` of fixed dims, say)
+            // is known at import time too.
+            convert_tensor_node(&node)
+                .map_err(fail)?
+                .into_iter()
+                .map(|t| Value {
+                    t,
+                    constant: t.constant_value().map(|a| Rc::new((*a).clone())),
+                })
+                .collect()
+        }
     };
     scope.note_sub_byte_output(n);
     scope.bind(n, outputs.into_iter().map(Item::Tensor).collect(), &fail)
@@ -1660,11 +1705,65 @@ fn convert_tensor_node<'g>(node: &Node<'_, 'g>) -> ops::R<Vec<Tensor<'g>>> {
     convert(node)
 }
 
+thread_local! {
+    /// The fold limit of the import running on this thread
+    /// ([`ImportOptions::fold_limit_bytes`]): read where nodes are
+    /// evaluated, deep in the walk and in converters, where threading it
+    /// through every call would not pay.
+    static FOLD_LIMIT: std::cell::Cell<usize> =
+        const { std::cell::Cell::new(crate::DEFAULT_FOLD_LIMIT_BYTES) };
+}
+
+/// The most bytes one node may compute at import time (see
+/// [`ImportOptions::fold_limit_bytes`]); a converter computing a constant
+/// of its own (`Range`, `EyeLike`) builds a run-time op above it.
+pub(crate) fn fold_limit() -> usize {
+    FOLD_LIMIT.with(|l| l.get())
+}
+
+/// Sets the fold limit of this thread's import until dropped.
+struct FoldLimit(usize);
+
+impl FoldLimit {
+    fn set(bytes: usize) -> FoldLimit {
+        FoldLimit(FOLD_LIMIT.with(|l| l.replace(bytes)))
+    }
+}
+
+impl Drop for FoldLimit {
+    fn drop(&mut self) {
+        FOLD_LIMIT.with(|l| l.set(self.0));
+    }
+}
+
+/// The bytes a value of type `ty` holds (`None`: not a fixed shape, or
+/// more than a `usize` counts).
+pub(crate) fn value_bytes(ty: &kiln_graph::TensorType) -> Option<usize> {
+    ty.shape
+        .as_fixed()?
+        .iter()
+        .try_fold(ty.dtype.size_bytes(), |acc, &d| acc.checked_mul(d))
+}
+
 /// Evaluates `outs` of the scratch builder `scratch` (whose inputs are all
-/// constants).
-fn evaluate(scratch: &GraphBuilder, outs: &[Tensor<'_>]) -> ops::R<Vec<Array>> {
+/// constants); `None` where the values it would compute (every node but
+/// the constants) hold more than [`fold_limit`] bytes: the node then stays
+/// a graph op, computed at run time.
+fn evaluate(scratch: &GraphBuilder, outs: &[Tensor<'_>]) -> ops::R<Option<Vec<Array>>> {
     let ids: Vec<_> = outs.iter().map(|t| t.id()).collect();
     let graph = scratch.graph();
+    let limit = fold_limit();
+    let mut total = 0usize;
+    for id in graph.ancestors(&ids) {
+        let node = graph.node(id);
+        if matches!(node.op, kiln_graph::Op::Constant { .. }) {
+            continue;
+        }
+        total = match value_bytes(&node.ty).and_then(|b| total.checked_add(b)) {
+            Some(t) if t <= limit => t,
+            _ => return Ok(None),
+        };
+    }
     let run = kiln_graph::interp::run(
         &graph,
         &kiln_graph::interp::RunInputs {
@@ -1675,7 +1774,7 @@ fn evaluate(scratch: &GraphBuilder, outs: &[Tensor<'_>]) -> ops::R<Vec<Array>> {
         &ids,
     )
     .map_err(|e| format!("evaluating its constant inputs: {e}"))?;
-    Ok(run.fetched)
+    Ok(Some(run.fetched))
 }
 
 /// A computation on tensors, on any builder (`build_or_fold`).
@@ -1699,16 +1798,27 @@ pub(crate) fn build_or_fold<'g>(
                 .collect::<kiln_graph::Result<Vec<_>>>()
                 .map_err(|e| e.to_string())?;
             let outs = f(&scratch, &ts)?;
-            evaluate(&scratch, &outs)?
-                .into_iter()
-                .map(|a| {
-                    let t = g.constant(a.clone()).map_err(|e| e.to_string())?;
-                    Ok(Value {
-                        t,
-                        constant: Some(Rc::new(a)),
+            if let Some(arrays) = evaluate(&scratch, &outs)? {
+                return arrays
+                    .into_iter()
+                    .map(|a| {
+                        let t = g.constant(a.clone()).map_err(|e| e.to_string())?;
+                        Ok(Value {
+                            t,
+                            constant: Some(Rc::new(a)),
+                        })
                     })
+                    .collect();
+            }
+            // Too large to evaluate now: built like the rest.
+            let ts: Vec<Tensor<'g>> = inputs.iter().map(|v| v.t).collect();
+            Ok(f(g, &ts)?
+                .into_iter()
+                .map(|t| Value {
+                    t,
+                    constant: t.constant_value().map(|a| Rc::new((*a).clone())),
                 })
-                .collect()
+                .collect())
         }
         _ => {
             let ts: Vec<Tensor<'g>> = inputs.iter().map(|v| v.t).collect();

@@ -27,6 +27,7 @@
 //! The protobuf messages (`proto`) are hand-written prost messages: no
 //! `protoc` is needed to build kiln.
 
+mod check;
 pub mod error;
 mod import;
 mod ops;
@@ -39,8 +40,15 @@ use kiln_graph::Graph;
 
 pub use error::{Error, Result, UnsupportedNode};
 
+/// Import-time evaluation's default bound ([`ImportOptions::fold_limit_bytes`]):
+/// 64 MiB computed by one node.
+pub const DEFAULT_FOLD_LIMIT_BYTES: usize = 64 << 20;
+
+/// The largest model file read: protobuf's own limit on a message, 2 GiB.
+pub const MAX_MODEL_BYTES: u64 = 2 << 30;
+
 /// How a model is imported.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ImportOptions {
     /// Initializers become variables (trainable, saved in checkpoints)
     /// instead of constants.
@@ -61,6 +69,41 @@ pub struct ImportOptions {
     /// Optional-typed graph inputs that hold no value (the others hold
     /// one: a placeholder, or a sequence's placeholders).
     pub absent_inputs: std::collections::HashSet<String>,
+    /// Symbolic dims (an input's `dim_param`, or the name kiln gives an
+    /// unnamed unknown dim, `INPUT_AXIS`) fixed to a size at import time
+    /// (`kiln import --dim NAME=N`).
+    pub dims: std::collections::HashMap<String, usize>,
+    /// Tensor inputs whose declared shape is replaced (`kiln import
+    /// --input-shape NAME=2x3x224x224`); dims may be symbols.
+    pub input_shapes: std::collections::HashMap<String, kiln_graph::Shape>,
+    /// The most bytes one node evaluated at import time may compute (its
+    /// results and the intermediates of its conversion): a node whose inputs
+    /// are known at import time but whose results are larger stays a graph
+    /// op, computed at run time. Default [`DEFAULT_FOLD_LIMIT_BYTES`].
+    pub fold_limit_bytes: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> ImportOptions {
+        ImportOptions {
+            initializers_as_variables: false,
+            constant_inputs: Default::default(),
+            sequence_inputs: Default::default(),
+            absent_inputs: Default::default(),
+            dims: Default::default(),
+            input_shapes: Default::default(),
+            fold_limit_bytes: DEFAULT_FOLD_LIMIT_BYTES,
+        }
+    }
+}
+
+/// An imported model and what the importer has to say about it.
+#[derive(Debug)]
+pub struct Imported {
+    /// The kiln graph.
+    pub graph: Graph,
+    /// Warnings for a person (a newer opset read as an older one, ...).
+    pub warnings: Vec<String>,
 }
 
 /// Imports the ONNX model at `path`.
@@ -68,18 +111,66 @@ pub fn import(path: impl AsRef<Path>) -> Result<Graph> {
     import_with(path, &ImportOptions::default())
 }
 
-/// Imports the ONNX model at `path` with `options`.
+/// Imports the ONNX model at `path` with `options` (warnings dropped; see
+/// [`import_report`]).
 pub fn import_with(path: impl AsRef<Path>, options: &ImportOptions) -> Result<Graph> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    import_bytes(&bytes, options).map_err(|e| e.in_file(path))
+    Ok(import_report(path, options)?.graph)
 }
 
-/// Imports a serialized ONNX `ModelProto`.
+/// Imports the ONNX model at `path` with `options`, with its warnings.
+pub fn import_report(path: impl AsRef<Path>, options: &ImportOptions) -> Result<Imported> {
+    let path = path.as_ref();
+    let bytes = read_model(path)?;
+    import_bytes_report(&bytes, options).map_err(|e| e.in_file(path))
+}
+
+/// The bytes of the model file at `path`: a regular file (not a device, a
+/// pipe or a directory) of at most [`MAX_MODEL_BYTES`], read no further than
+/// the size it had when opened.
+fn read_model(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |reason: String| Error::Io {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| io(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| io(e.to_string()))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, pipe or socket)"
+        };
+        return Err(io(format!("{what}: an ONNX model must be a regular file")));
+    }
+    let len = meta.len();
+    if len > MAX_MODEL_BYTES {
+        return Err(io(format!(
+            "{len} bytes, more than an ONNX model can hold ({MAX_MODEL_BYTES}, protobuf's limit)"
+        )));
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(len as usize)
+        .map_err(|e| io(format!("cannot allocate {len} bytes to read it: {e}")))?;
+    file.take(len + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io(e.to_string()))?;
+    if bytes.len() as u64 > len {
+        return Err(io(format!(
+            "grew past its size of {len} bytes while being read"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Imports a serialized ONNX `ModelProto` (warnings dropped).
 pub fn import_bytes(bytes: &[u8], options: &ImportOptions) -> Result<Graph> {
+    Ok(import_bytes_report(bytes, options)?.graph)
+}
+
+/// Imports a serialized ONNX `ModelProto`, with its warnings.
+pub fn import_bytes_report(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
     use prost::Message;
     let model = proto::ModelProto::decode(bytes).map_err(|e| Error::Decode(e.to_string()))?;
     import::import_model(&model, options)

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use kiln_graph::Graph;
-pub use kiln_onnx::{ImportOptions, UnsupportedNode};
+pub use kiln_onnx::{ImportOptions, Imported, UnsupportedNode, DEFAULT_FOLD_LIMIT_BYTES};
 
 use crate::error::Result;
 

@@ -116,7 +116,29 @@ pub(crate) struct Node<'a, 'g> {
 }
 
 fn err<T>(r: kiln_graph::Result<T>) -> R<T> {
-    r.map_err(|e| e.to_string())
+    r.map_err(reason)
+}
+
+/// A kiln error as a converter's reason: the importer says which ONNX node
+/// it is about, so a build error's location (that node too, see
+/// `SourceLoc::set_origin`) is left out.
+pub(crate) fn reason(e: kiln_graph::Error) -> String {
+    match e {
+        kiln_graph::Error::Type {
+            op,
+            reason,
+            operands,
+            ..
+        } if operands.is_empty() => format!("kiln's {op}: {reason}"),
+        kiln_graph::Error::Type {
+            op,
+            reason,
+            operands,
+            ..
+        } => format!("kiln's {op}: {reason} (operands: {operands})"),
+        kiln_graph::Error::Name { name, reason, .. } => format!("node name '{name}' {reason}"),
+        e => e.to_string(),
+    }
 }
 
 /// Shorthand for kiln results inside converters.

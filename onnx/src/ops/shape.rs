@@ -427,6 +427,14 @@ fn constant_of_shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         .map(one)
 }
 
+/// Whether a constant of `len` values of `size` bytes is small enough to
+/// compute at import time (the import's fold limit); a larger one is built
+/// as run-time ops.
+fn small_constant(len: usize, size: usize) -> bool {
+    len.checked_mul(size)
+        .is_some_and(|b| b <= crate::import::fold_limit())
+}
+
 /// `Range`: `start + i * delta` for `i < max(ceil((limit - start) / delta), 0)`,
 /// with constant operands (integers computed exactly).
 fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
@@ -449,10 +457,24 @@ fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         }
         let span = l as i128 - s as i128;
         let count = if (span > 0) == (d > 0) && span != 0 {
-            ((span.abs() + d.unsigned_abs() as i128 - 1) / d.unsigned_abs() as i128) as usize
+            let c = (span.abs() + d.unsigned_abs() as i128 - 1) / d.unsigned_abs() as i128;
+            usize::try_from(c).map_err(|_| format!("Range({s}, {l}, {d}) has {c} values"))?
         } else {
             0
         };
+        if !small_constant(count, 8) {
+            // Too large to compute while importing: `start + i * delta`
+            // over an iota at run time.
+            let i = n.g.iota(DType::I64, Shape::fixed(&[count]), 0).k()?;
+            return i
+                .mul(d as f64)
+                .k()?
+                .add(s as f64)
+                .k()?
+                .cast(dtype)
+                .k()
+                .map(one);
+        }
         let vals: Vec<i64> = (0..count as i64).map(|i| s + i * d).collect();
         let a = Array::from_vec(vec![count], vals).expect("1-D");
         return n.constant(a)?.cast(dtype).k().map(one);
@@ -465,7 +487,14 @@ fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if !count.is_finite() {
         return Err(format!("Range({s}, {l}, {d}) is not finite"));
     }
+    if count > usize::MAX as f64 {
+        return Err(format!("Range({s}, {l}, {d}) has {count} values"));
+    }
     let count = count as usize;
+    if !small_constant(count, 8) {
+        let i = n.g.iota(DType::F64, Shape::fixed(&[count]), 0).k()?;
+        return i.mul(d).k()?.add(s).k()?.cast(dtype).k().map(one);
+    }
     let vals: Vec<f64> = (0..count).map(|i| s + i as f64 * d).collect();
     let a = Array::from_vec(vec![count], vals).expect("1-D");
     n.constant(a)?.cast(dtype).k().map(one)
@@ -764,7 +793,11 @@ fn eye_like<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     };
     let k = n.int("k", 0);
     let s = x.shape();
-    if let Some([rows, cols]) = s.as_fixed().as_deref().map(|d| [d[0], d[1]]) {
+    let fixed = s.as_fixed().as_deref().map(|d| [d[0], d[1]]);
+    if let Some([rows, cols]) = fixed.filter(|[r, c]| {
+        r.checked_mul(*c)
+            .is_some_and(|len| small_constant(len, dtype.size_bytes()))
+    }) {
         // A constant, so that import-time evaluation sees its value.
         let vals: Vec<Scalar> = (0..rows * cols)
             .map(|i| {

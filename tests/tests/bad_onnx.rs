@@ -1,0 +1,570 @@
+//! Bad ONNX input, one test per case (issue 16): models whose import-time
+//! evaluation would need unbounded memory, files that are not models,
+//! values written twice, opsets kiln does not read, import options naming
+//! what the model does not have, and errors that must name the ONNX node.
+//! Each checks the error's kind and that its message names the culprit, or
+//! that the import finishes quickly in bounded memory.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kiln::prelude::*;
+use kiln::Error;
+use kiln_onnx::proto::{
+    self, attribute_proto::AttributeType, tensor_proto::DataType,
+    tensor_shape_proto::dimension::Value as OnnxDim,
+};
+use kiln_onnx::ImportOptions;
+use prost::Message;
+
+// ---------------------------------------------------------------- helpers
+
+/// Asserts that `msg` contains every string of `parts`.
+#[track_caller]
+fn mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "message lacks '{p}': {msg}");
+    }
+}
+
+/// A fresh directory for this test's files.
+fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-bad-onnx-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `f` on another thread and fails the test if it takes longer than
+/// `secs` (a read that never ends, a computation far too large).
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("did not finish within {secs} s"))
+}
+
+fn dims(d: &[i64]) -> Vec<OnnxDim> {
+    d.iter().map(|&n| OnnxDim::DimValue(n)).collect()
+}
+
+fn input(name: &str, elem: DataType, dims: &[OnnxDim]) -> proto::ValueInfoProto {
+    proto::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(proto::TypeProto {
+            value: Some(proto::type_proto::Value::TensorType(
+                proto::type_proto::Tensor {
+                    elem_type: elem as i32,
+                    shape: Some(proto::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|d| proto::tensor_shape_proto::Dimension {
+                                value: Some(d.clone()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn output(name: &str) -> proto::ValueInfoProto {
+    proto::ValueInfoProto {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> proto::NodeProto {
+    proto::NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn int_attr(name: &str, v: i64) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[i64]) -> proto::TensorProto {
+    proto::TensorProto {
+        name: name.into(),
+        data_type: DataType::Int64 as i32,
+        dims: vec![v.len() as i64],
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn model(graph: proto::GraphProto, opset: i64) -> proto::ModelProto {
+    proto::ModelProto {
+        ir_version: 8,
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        producer_name: "bad_onnx".into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// `y = relu(x)` over `x: f32[2]`, at `opset`.
+fn relu_model(opset: i64) -> proto::ModelProto {
+    model(
+        proto::GraphProto {
+            name: "relu".into(),
+            node: vec![node("Relu", "relu", &["x"], &["y"])],
+            input: vec![input("x", DataType::Float, &dims(&[2]))],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        opset,
+    )
+}
+
+/// `y = ReduceSum(ConstantOfShape(shape))`: the sum of a tensor of ones of
+/// `shape`, every input known at import time (214 bytes of ONNX).
+fn sum_of_ones(shape: &[i64]) -> proto::ModelProto {
+    let mut fill = node("ConstantOfShape", "fill", &["shape"], &["ones"]);
+    fill.attribute.push(proto::AttributeProto {
+        name: "value".into(),
+        r#type: AttributeType::Tensor as i32,
+        t: Some(proto::TensorProto {
+            data_type: DataType::Float as i32,
+            dims: vec![1],
+            float_data: vec![1.0],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut sum = node("ReduceSum", "sum", &["ones"], &["y"]);
+    sum.attribute.push(int_attr("keepdims", 0));
+    model(
+        proto::GraphProto {
+            name: "sum_of_ones".into(),
+            node: vec![fill, sum],
+            initializer: vec![ints("shape", shape)],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    )
+}
+
+/// The value of node `id` where it is a constant.
+fn constant(g: &Graph, id: NodeId) -> Option<Vec<f64>> {
+    match &g.node(id).op {
+        kiln::graph::Op::Constant { value } => Some(value.0.to_f64_vec()),
+        _ => None,
+    }
+}
+
+#[track_caller]
+fn import(m: &proto::ModelProto, options: &ImportOptions) -> kiln_onnx::Result<Graph> {
+    kiln_onnx::import_bytes(&m.encode_to_vec(), options)
+}
+
+#[track_caller]
+fn import_error(m: &proto::ModelProto, options: &ImportOptions) -> kiln_onnx::Error {
+    import(m, options).unwrap_err()
+}
+
+// ------------------------------------------------- import-time evaluation
+
+/// `ConstantOfShape [100000,100000,10] -> ReduceSum` (400 GB of ones)
+/// imports in bounded time and memory: the fill stays a graph op, the file
+/// is small, and a CPU session says the program is too large instead of
+/// aborting.
+#[test]
+fn huge_constant_of_shape_is_not_evaluated_at_import() {
+    let m = sum_of_ones(&[100_000, 100_000, 10]);
+    let g = within(20, move || import(&m, &ImportOptions::default())).unwrap();
+    assert!(
+        g.constant_bytes() < 1024,
+        "{} constant bytes",
+        g.constant_bytes()
+    );
+    let dir = scratch("huge-fill");
+    let path = dir.join("sum.kiln");
+    g.save(&path).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < 64 * 1024, "the .kiln file has {size} bytes");
+    // At run time: a program within the arena limit (the compiler sums the
+    // fill as it makes it), or an error naming the memory it needs; never
+    // an abort. (Running it adds 10^11 ones: not done here.)
+    let opts = SessionOptions {
+        max_arena_bytes: Some(1 << 30),
+        ..Default::default()
+    };
+    if let Err(e) = Session::with_options(&g, Device::Cpu, opts) {
+        assert!(matches!(e, Error::Resource { .. }), "{e:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The 2.4 GB fill of the report (`[1000,1000,600]`) is not computed at
+/// import time either; a small one is (a constant result).
+#[test]
+fn import_time_evaluation_is_bounded_by_the_fold_limit() {
+    let m = sum_of_ones(&[1000, 1000, 600]);
+    let start = Instant::now();
+    let g = within(20, move || import(&m, &ImportOptions::default())).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(
+        g.constant_bytes() < 1024,
+        "{} constant bytes",
+        g.constant_bytes()
+    );
+    // Within the limit, folded to the constant sum.
+    let g = import(&sum_of_ones(&[10, 10]), &ImportOptions::default()).unwrap();
+    let y = g.node(g.outputs()[0]);
+    assert_eq!(
+        constant(&g, g.outputs()[0]),
+        Some(vec![100.0]),
+        "{}",
+        y.op.name()
+    );
+    // Over a limit set lower: computed at run time (and still right).
+    let options = ImportOptions {
+        fold_limit_bytes: 100,
+        ..Default::default()
+    };
+    let g = import(&sum_of_ones(&[10, 10]), &options).unwrap();
+    assert_eq!(constant(&g, g.outputs()[0]), None);
+    let mut s = Session::new(&g, Device::Reference).unwrap();
+    assert_eq!(s.run(&[], &["y"]).unwrap()[0].to_f64_vec(), [100.0]);
+}
+
+/// A `Range` of 10^12 values is an iota computed at run time, not a vector
+/// allocated while importing.
+#[test]
+fn huge_range_is_not_computed_at_import() {
+    let scalar = |name: &str, v: i64| proto::TensorProto {
+        name: name.into(),
+        data_type: DataType::Int64 as i32,
+        dims: vec![],
+        int64_data: vec![v],
+        ..Default::default()
+    };
+    let m = model(
+        proto::GraphProto {
+            name: "range".into(),
+            node: vec![node("Range", "range", &["s", "l", "d"], &["y"])],
+            initializer: vec![scalar("s", 0), scalar("l", 1 << 40), scalar("d", 1)],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    );
+    let g = within(20, move || import(&m, &ImportOptions::default())).unwrap();
+    assert!(
+        g.constant_bytes() < 1024,
+        "{} constant bytes",
+        g.constant_bytes()
+    );
+    assert_eq!(g.node(g.outputs()[0]).ty.to_string(), "i64[1099511627776]");
+}
+
+/// Constants folded at import time that no remaining node reads (a fill
+/// whose only use was its `Shape`) are not in the graph, so not written.
+#[test]
+fn dead_folded_constants_are_not_written() {
+    let mut fill = node("ConstantOfShape", "fill", &["dims"], &["big"]);
+    fill.attribute.push(proto::AttributeProto {
+        name: "value".into(),
+        r#type: AttributeType::Tensor as i32,
+        t: Some(proto::TensorProto {
+            data_type: DataType::Float as i32,
+            dims: vec![1],
+            float_data: vec![2.0],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let m = model(
+        proto::GraphProto {
+            name: "dead".into(),
+            node: vec![
+                fill,
+                node("Shape", "shape_of_big", &["big"], &["target"]),
+                node("Reshape", "reshape", &["x", "target"], &["y"]),
+            ],
+            input: vec![input("x", DataType::Float, &dims(&[65536]))],
+            initializer: vec![ints("dims", &[256, 256])],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    );
+    let g = import(&m, &ImportOptions::default()).unwrap();
+    assert!(
+        g.constant_bytes() < 1024,
+        "{} constant bytes written",
+        g.constant_bytes()
+    );
+    assert!(!g.has_name("big"), "the dead fill is in the graph");
+    assert_eq!(g.node(g.outputs()[0]).ty.to_string(), "f32[256,256]");
+}
+
+// ---------------------------------------------------------------- reading
+
+/// A device, a pipe's endless source or a directory is refused at once,
+/// before anything is read.
+#[test]
+fn model_paths_that_are_not_regular_files_are_refused() {
+    let dir = scratch("not-regular");
+    let d = dir.clone();
+    for path in ["/dev/urandom", "/dev/zero"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain([d])
+    {
+        if !path.exists() {
+            continue;
+        }
+        let p = path.clone();
+        let e = within(10, move || Graph::from_onnx(&p).map(|_| ())).unwrap_err();
+        assert!(
+            matches!(e, Error::Onnx(kiln_onnx::Error::Io { .. })),
+            "{path:?}: {e:?}"
+        );
+        mentions(
+            &e.to_string(),
+            &[&path.display().to_string(), "regular file"],
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ----------------------------------------------------- malformed graphs
+
+/// Two nodes writing one value: both are named.
+#[test]
+fn value_written_by_two_nodes() {
+    let m = model(
+        proto::GraphProto {
+            name: "twice".into(),
+            node: vec![
+                node("Relu", "first", &["x"], &["y"]),
+                node("Neg", "", &["x"], &["y"]),
+            ],
+            input: vec![input("x", DataType::Float, &dims(&[2]))],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    );
+    let e = import_error(&m, &ImportOptions::default());
+    assert!(matches!(e, kiln_onnx::Error::Invalid(_)), "{e:?}");
+    mentions(
+        &e.to_string(),
+        &["'y'", "written twice", "Relu node 'first'", "Neg node #1"],
+    );
+}
+
+/// A node writing a graph input's name.
+#[test]
+fn node_output_shadowing_a_graph_input() {
+    let m = model(
+        proto::GraphProto {
+            name: "shadow".into(),
+            node: vec![node("Relu", "relu", &["x"], &["x"])],
+            input: vec![input("x", DataType::Float, &dims(&[2]))],
+            output: vec![output("x")],
+            ..Default::default()
+        },
+        13,
+    );
+    let e = import_error(&m, &ImportOptions::default());
+    mentions(
+        &e.to_string(),
+        &[
+            "'x'",
+            "written twice",
+            "graph input 'x'",
+            "Relu node 'relu'",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------- opsets
+
+/// An opset below what kiln reads is an error where an op changed meaning
+/// since (opset 1's `Add`), a warning naming the opset it is read as where
+/// none did; 0 is no opset.
+#[test]
+fn opset_older_than_kiln_reads() {
+    let mut m = relu_model(1);
+    m.graph.as_mut().unwrap().node[0] = node("Add", "add", &["x", "x"], &["y"]);
+    let e = import_error(&m, &ImportOptions::default());
+    assert!(matches!(e, kiln_onnx::Error::Invalid(_)), "{e:?}");
+    mentions(&e.to_string(), &["opset 1", "Add", "6 to 22"]);
+    let r = kiln_onnx::import_bytes_report(&relu_model(1).encode_to_vec(), &Default::default())
+        .unwrap();
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    mentions(&r.warnings[0], &["opset 1", "read as opset 6"]);
+    let e = import_error(&relu_model(0), &ImportOptions::default());
+    mentions(&e.to_string(), &["opset 0"]);
+}
+
+/// A newer opset is read as the newest kiln knows, with a warning saying so;
+/// a supported one has no warning.
+#[test]
+fn opset_newer_than_kiln_reads_is_a_warning() {
+    let r = kiln_onnx::import_bytes_report(&relu_model(99).encode_to_vec(), &Default::default())
+        .unwrap();
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    mentions(&r.warnings[0], &["opset 99", "read as opset 22"]);
+    let r = kiln_onnx::import_bytes_report(&relu_model(13).encode_to_vec(), &Default::default())
+        .unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}
+
+// ------------------------------------------------------- import options
+
+/// `constant_inputs`, `absent_inputs`, `sequence_inputs`, `input_shapes`
+/// and `dims` naming what the model does not have: the mistake, and the
+/// model's inputs (or dims).
+#[test]
+fn options_naming_what_the_model_lacks() {
+    let m = relu_model(13);
+    let mut o = ImportOptions::default();
+    o.constant_inputs.insert(
+        "nosuch".into(),
+        Array::from_vec(vec![2], vec![1f32, 2.0]).unwrap(),
+    );
+    let e = import_error(&m, &o);
+    assert!(matches!(e, kiln_onnx::Error::Options(_)), "{e:?}");
+    mentions(
+        &e.to_string(),
+        &["--constant nosuch", "no input 'nosuch'", "'x' (tensor)"],
+    );
+
+    let mut o = ImportOptions::default();
+    o.absent_inputs.insert("nosuch".into());
+    mentions(
+        &import_error(&m, &o).to_string(),
+        &["--absent nosuch", "'x'"],
+    );
+    let mut o = ImportOptions::default();
+    o.absent_inputs.insert("x".into());
+    mentions(
+        &import_error(&m, &o).to_string(),
+        &["--absent x", "is tensor, not an optional"],
+    );
+
+    let mut o = ImportOptions::default();
+    o.sequence_inputs
+        .insert("x".into(), vec![Shape::fixed(&[2])]);
+    mentions(
+        &import_error(&m, &o).to_string(),
+        &["--sequence x", "not a sequence", "'x' (tensor)"],
+    );
+
+    let mut o = ImportOptions::default();
+    o.input_shapes.insert("nosuch".into(), Shape::fixed(&[2]));
+    mentions(
+        &import_error(&m, &o).to_string(),
+        &["--input-shape nosuch", "'x'"],
+    );
+
+    let mut o = ImportOptions::default();
+    o.dims.insert("batch".into(), 4);
+    mentions(
+        &import_error(&m, &o).to_string(),
+        &["--dim batch", "no symbolic dims"],
+    );
+}
+
+/// `dims` fixes a `dim_param` at import time; `input_shapes` replaces a
+/// declared shape (its dims sizes or symbols).
+#[test]
+fn dims_and_input_shapes_fix_what_the_model_leaves_open() {
+    let m = model(
+        proto::GraphProto {
+            name: "batched".into(),
+            node: vec![node("Relu", "relu", &["x"], &["y"])],
+            input: vec![input(
+                "x",
+                DataType::Float,
+                &[OnnxDim::DimParam("batch".into()), OnnxDim::DimValue(4)],
+            )],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    );
+    let placeholder = |g: &Graph| g.node(g.placeholders()[0]).ty.to_string();
+    let g = import(&m, &ImportOptions::default()).unwrap();
+    assert_eq!(placeholder(&g), "f32[batch,4]");
+    let mut o = ImportOptions::default();
+    o.dims.insert("batch".into(), 3);
+    let g = import(&m, &o).unwrap();
+    assert_eq!(placeholder(&g), "f32[3,4]");
+    assert_eq!(g.node(g.outputs()[0]).ty.to_string(), "f32[3,4]");
+    let mut o = ImportOptions::default();
+    o.input_shapes.insert("x".into(), Shape::fixed(&[5, 4]));
+    assert_eq!(placeholder(&import(&m, &o).unwrap()), "f32[5,4]");
+    o.input_shapes
+        .insert("x".into(), Shape(vec![Dim::sym("n"), Dim::Fixed(4)]));
+    assert_eq!(placeholder(&import(&m, &o).unwrap()), "f32[n,4]");
+    o.dims.insert("batch".into(), 2);
+    o.dims.insert("n".into(), 7);
+    // `n` is not a dim of the declared inputs: named as a mistake.
+    mentions(&import_error(&m, &o).to_string(), &["--dim n", "batch"]);
+}
+
+// ------------------------------------------------ errors name the node
+
+/// A node that kiln's builder refuses is named by its ONNX name and op
+/// type, never by a kiln source file; an unnamed one by its index.
+#[test]
+fn conversion_errors_name_the_onnx_node_not_kiln_source() {
+    let m = model(
+        proto::GraphProto {
+            name: "bad_reshape".into(),
+            node: vec![
+                node("Relu", "relu", &["x"], &["r"]),
+                node("Reshape", "Reshape_12", &["r", "target"], &["y"]),
+            ],
+            input: vec![input("x", DataType::Float, &dims(&[2, 4]))],
+            initializer: vec![ints("target", &[3, 3])],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    );
+    let e = import_error(&m, &ImportOptions::default()).to_string();
+    mentions(&e, &["Reshape node 'Reshape_12'"]);
+    assert!(!e.contains(".rs:"), "{e}");
+    let mut m = m;
+    m.graph.as_mut().unwrap().node[1].name.clear();
+    let e = import_error(&m, &ImportOptions::default()).to_string();
+    mentions(&e, &["Reshape node #1 writing 'y'"]);
+    assert!(!e.contains(".rs:"), "{e}");
+}
+
+/// The nodes an ONNX node became carry it as their location.
+#[test]
+fn imported_nodes_are_located_at_their_onnx_node() {
+    let g = import(&relu_model(13), &ImportOptions::default()).unwrap();
+    let y = g.node(g.outputs()[0]);
+    assert_eq!(y.location.to_string(), "ONNX node 'relu' (Relu)");
+    let x = g.node(g.placeholders()[0]);
+    assert_eq!(x.location.to_string(), "ONNX graph input 'x'");
+}
