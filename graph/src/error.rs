@@ -154,18 +154,31 @@ pub enum Error {
         /// Details for a person.
         detail: String,
     },
-    /// An I/O error on a file.
-    #[error("{path}: {source}")]
+    /// An I/O error on a file: `reading model.kiln: No such file or directory`.
+    #[error("{action} {path}: {error}")]
     Io {
+        /// What was being done: `reading`, `writing`.
+        action: &'static str,
         /// The file.
         path: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error. Its message is part of this one, so it is
+        /// deliberately not also a `source()` (chains would print it twice).
+        error: std::io::Error,
     },
     /// The graph violates an invariant (e.g. an edge to a missing node).
     #[error("invalid graph: {0}")]
     InvalidGraph(String),
+}
+
+impl Error {
+    /// An [`Error::Io`] while `action` (`reading`, `writing`) `path`.
+    pub fn io(action: &'static str, path: &std::path::Path, error: std::io::Error) -> Error {
+        Error::Io {
+            action,
+            path: path.display().to_string(),
+            error,
+        }
+    }
 }
 
 /// `Result` with [`Error`].

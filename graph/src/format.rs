@@ -2,19 +2,22 @@
 //!
 //! Layout: a standard safetensors file. Its `__metadata__` has exactly one
 //! key, `kiln`, whose value is the JSON [`FileHeader`] (format name, version,
-//! nodes in topological order with inputs as indices, outputs). Every
-//! constant and variable is a tensor named after its node, so any
-//! safetensors tool reads the weights. Loading executes nothing: it parses,
-//! checks every declared size against the file, re-infers every node's type
-//! and compares it with the stored one. Saving is deterministic, so
+//! nodes in topological order with inputs as indices, outputs, and the
+//! CRC-32C of every tensor's bytes). Every constant and variable is a
+//! tensor named after its node, so any safetensors tool reads the weights.
+//! Loading executes nothing: it reads regular files only, no more bytes
+//! than the file holds, parses, checks every declared size against the
+//! file and every tensor against its checksum (files written before
+//! checksums load unchecked), re-infers every node's type and compares it
+//! with the stored one. Saving is deterministic, so
 //! save -> load -> save gives identical bytes, and atomic (temp file, fsync,
 //! rename), so a failed save never damages an existing file.
 
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::array::{Array, Data};
@@ -23,6 +26,9 @@ use crate::error::{Error, FileErrorKind, Result, SourceLoc};
 use crate::graph::{Graph, NodeId};
 use crate::op::{Op, Weight};
 use crate::shape::TensorType;
+
+mod crc32c;
+pub use crc32c::crc32c;
 
 /// The format name stored in every file.
 pub const FORMAT_NAME: &str = "kiln-graph";
@@ -48,6 +54,11 @@ pub struct FileHeader {
     /// weights are tensors named `__fn{i}/{node}` (nested: `__fn{i}/__fn{j}/...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<FileFunction>,
+    /// The CRC-32C of each tensor's bytes, by tensor name, as 8 hex digits
+    /// (see [`checksums`]). Absent in files written before kiln kept them;
+    /// older readers ignore it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub crc32c: BTreeMap<String, String>,
 }
 
 /// A function as stored in a file.
@@ -186,6 +197,7 @@ impl Graph {
         let mut weights: Vec<(String, &Array)> = Vec::new();
         let functions = file_functions(self, "", &mut weights);
         let (nodes, index) = file_nodes(self, "", &mut weights);
+        let refs: Vec<(&str, &Array)> = weights.iter().map(|(n, a)| (n.as_str(), *a)).collect();
         let header = FileHeader {
             format: FORMAT_NAME.into(),
             version: FORMAT_VERSION,
@@ -193,10 +205,10 @@ impl Graph {
             nodes,
             outputs: self.outputs().iter().map(|o| index[o]).collect(),
             functions,
+            crc32c: checksums(&refs),
         };
         let json = serde_json::to_string(&header)
             .map_err(|e| Error::InvalidGraph(format!("serializing: {e}")))?;
-        let refs: Vec<(&str, &Array)> = weights.iter().map(|(n, a)| (n.as_str(), *a)).collect();
         tensors_to_bytes(&refs, "kiln", &json)
     }
 
@@ -211,15 +223,127 @@ impl Graph {
         load(bytes, origin)
     }
 
-    /// Reads a graph from a `.kiln` file.
+    /// Reads a graph from a `.kiln` file (a regular file: see [`read_regular_file`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Graph> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let bytes = read_regular_file(path).map_err(|e| Error::io("reading", path, e))?;
         load(&bytes, &path.display().to_string())
     }
+}
+
+/// Reads the whole of the file at `path`, refusing anything that is not a
+/// regular file — a directory, a device such as `/dev/zero` (endless), a
+/// FIFO (blocks) — and reading no more bytes than the file's size when it
+/// was opened, so a file that grows while being read cannot exhaust memory.
+/// The error says what the path is instead.
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    // Stat before opening: opening a FIFO would wait for a writer.
+    refuse_irregular(&std::fs::metadata(path)?)?;
+    let file = std::fs::File::open(path)?;
+    // What was opened may have been swapped for something else since.
+    let meta = file.metadata()?;
+    refuse_irregular(&meta)?;
+    let len = meta.len();
+    let too_big = || {
+        std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            format!("the file has {len} bytes, more than fit in memory"),
+        )
+    };
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(usize::try_from(len).map_err(|_| too_big())?)
+        .map_err(|_| too_big())?;
+    file.take(len).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// An error naming what `meta` describes unless it is a regular file.
+fn refuse_irregular(meta: &std::fs::Metadata) -> std::io::Result<()> {
+    let t = meta.file_type();
+    if t.is_file() {
+        return Ok(());
+    }
+    let what = if t.is_dir() {
+        "a directory"
+    } else {
+        irregular_kind(&t)
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file"),
+    ))
+}
+
+#[cfg(unix)]
+fn irregular_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn irregular_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+/// The CRC-32C of each tensor's little-endian bytes (as the file holds
+/// them), by name, as 8 lowercase hex digits.
+pub fn checksums(tensors: &[(&str, &Array)]) -> BTreeMap<String, String> {
+    tensors
+        .iter()
+        .map(|(n, a)| {
+            (
+                n.to_string(),
+                format!("{:08x}", crc32c(&a.data().to_le_bytes())),
+            )
+        })
+        .collect()
+}
+
+/// Checks the bytes of tensor `name` against `expected` (a [`checksums`]
+/// entry); the error detail names the tensor and both values.
+pub fn verify_checksum(name: &str, data: &[u8], expected: &str) -> std::result::Result<(), String> {
+    let got = crc32c(data);
+    match u32::from_str_radix(expected, 16) {
+        Ok(want) if expected.len() == 8 && want == got => Ok(()),
+        Ok(_) if expected.len() == 8 => Err(format!(
+            "tensor '{name}' is corrupt: its {} bytes have CRC-32C {got:08x}, the file records {expected}",
+            data.len()
+        )),
+        _ => Err(format!(
+            "tensor '{name}': checksum '{expected}' is not 8 hex digits"
+        )),
+    }
+}
+
+/// Reads a [`checksums`] map from JSON (`None` when absent); `Err` says
+/// what is malformed.
+pub fn checksums_from_json(
+    v: Option<&serde_json::Value>,
+) -> std::result::Result<Option<BTreeMap<String, String>>, String> {
+    let Some(v) = v else { return Ok(None) };
+    let map = v
+        .as_object()
+        .ok_or_else(|| format!("checksums: expected a map from tensor name to hex, got {v}"))?;
+    map.iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => Ok((k.clone(), s.to_string())),
+            None => Err(format!(
+                "checksum of tensor '{k}': expected hex digits, got {v}"
+            )),
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(Some)
 }
 
 /// Serializes named arrays as a safetensors file whose metadata holds one
@@ -243,7 +367,9 @@ fn decode(t: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Array,
 }
 
 /// Reads every tensor of a safetensors file and its metadata entry `key`
-/// (`None` when absent). Errors are file errors naming `origin`.
+/// (`None` when absent). When that entry is a JSON object with a `crc32c`
+/// map (see [`checksums`]), every tensor is checked against it. Errors are
+/// file errors naming `origin`.
 pub fn tensors_from_bytes(
     bytes: &[u8],
     origin: &str,
@@ -254,6 +380,9 @@ pub fn tensors_from_bytes(
         kind,
         detail,
     };
+    if let Some(detail) = header_overrun(bytes) {
+        return Err(fail(FileErrorKind::Truncated, detail));
+    }
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
         if let Some((kind, detail)) = layout_problem(bytes, &e) {
             return fail(kind, detail);
@@ -272,13 +401,46 @@ pub fn tensors_from_bytes(
     let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| fail(FileErrorKind::Corrupt, e.to_string()))?;
     let value = meta.metadata().as_ref().and_then(|m| m.get(key)).cloned();
+    let json = value
+        .as_deref()
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
+    let sums = checksums_from_json(json.as_ref().and_then(|j| j.get("crc32c")))
+        .map_err(|d| fail(FileErrorKind::Corrupt, d))?;
     let mut out = std::collections::BTreeMap::new();
     for (name, t) in st.tensors() {
+        if let Some(sums) = &sums {
+            let want = sums.get(&name).ok_or_else(|| {
+                fail(
+                    FileErrorKind::Corrupt,
+                    format!("tensor '{name}' has no checksum"),
+                )
+            })?;
+            verify_checksum(&name, t.data(), want).map_err(|d| fail(FileErrorKind::Corrupt, d))?;
+        }
         let a = decode(&t)
             .map_err(|e| fail(FileErrorKind::Corrupt, format!("tensor '{name}': {e}")))?;
         out.insert(name, a);
     }
+    if let Some(extra) = sums
+        .iter()
+        .flatten()
+        .map(|(n, _)| n)
+        .find(|n| !out.contains_key(*n))
+    {
+        return Err(fail(
+            FileErrorKind::Corrupt,
+            format!("the file records a checksum for tensor '{extra}', which it does not hold"),
+        ));
+    }
     Ok((out, value))
+}
+
+/// The complaint about a safetensors header whose declared length runs
+/// past the end of `bytes` (a cut file, or a length that is garbage).
+fn header_overrun(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let held = bytes.len() as u64 - 8;
+    (n > held).then(|| format!("the header declares {n} bytes, but only {held} follow its length"))
 }
 
 /// A precise account of safetensors' complaint `e` about `bytes`, where
@@ -292,12 +454,14 @@ fn layout_problem(bytes: &[u8], e: &SafeTensorError) -> Option<(FileErrorKind, S
     let entries: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(header).ok()?;
     let mut data_end = 0u64;
+    let mut spans: Vec<(u64, u64, &str)> = Vec::new();
     for (name, info) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
         let dtype: Dtype = serde_json::from_value(info.get("dtype")?.clone()).ok()?;
         let shape: Vec<u64> = serde_json::from_value(info.get("shape")?.clone()).ok()?;
         let [start, end]: [u64; 2] =
             serde_json::from_value(info.get("data_offsets")?.clone()).ok()?;
         data_end = data_end.max(end);
+        spans.push((start, end, name));
         if !matches!(
             e,
             SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow
@@ -330,6 +494,29 @@ fn layout_problem(bytes: &[u8], e: &SafeTensorError) -> Option<(FileErrorKind, S
             ));
         }
     }
+    if matches!(e, SafeTensorError::InvalidOffset(_)) {
+        // Data must be packed in offset order; name where it is not.
+        spans.sort_unstable();
+        let mut end = 0;
+        for (s, e, name) in spans {
+            if s > end {
+                return Some((
+                    FileErrorKind::Corrupt,
+                    format!(
+                        "bytes {end}..{s} of the data belong to no tensor (they come before \
+                         tensor '{name}'): was a tensor's entry removed from the header?"
+                    ),
+                ));
+            }
+            if s < end {
+                return Some((
+                    FileErrorKind::Corrupt,
+                    format!("tensor '{name}' at bytes {s}..{e} overlaps the tensor before it"),
+                ));
+            }
+            end = e;
+        }
+    }
     if matches!(e, SafeTensorError::MetadataIncompleteBuffer) {
         let declared = (8 + n as u64).checked_add(data_end)?;
         if (bytes.len() as u64) > declared {
@@ -351,10 +538,7 @@ fn layout_problem(bytes: &[u8], e: &SafeTensorError) -> Option<(FileErrorKind, S
 /// fsyncs it and renames it over `path`, so readers see the old or the new
 /// file, never a partial one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    };
+    let io = |e| Error::io("writing", path, e);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -412,7 +596,13 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
         };
         return Err(fail(FileErrorKind::BadMagic, what.into()));
     }
+    if let Some(detail) = header_overrun(bytes) {
+        return Err(fail(FileErrorKind::Truncated, detail));
+    }
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        if let Some(detail) = missing_weight(bytes) {
+            return fail(FileErrorKind::Corrupt, detail);
+        }
         if let Some((kind, detail)) = layout_problem(bytes, &e) {
             return fail(kind, detail);
         }
@@ -469,14 +659,31 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
         .get("nodes")
         .and_then(|n| n.as_array())
         .ok_or_else(|| fail(FileErrorKind::Corrupt, "no node list".into()))?;
+    let sums =
+        checksums_from_json(value.get("crc32c")).map_err(|d| fail(FileErrorKind::Corrupt, d))?;
+    let tensors = Tensors {
+        st: &st,
+        sums: sums.as_ref(),
+    };
     let mut graph = Graph::new();
     let mut used_tensors = HashSet::new();
-    load_functions(&mut graph, &value, &st, "", &mut used_tensors, &fail)?;
-    let ids = load_nodes(&mut graph, nodes, &st, "", &mut used_tensors, &fail)?;
+    load_functions(&mut graph, &value, &tensors, "", &mut used_tensors, &fail)?;
+    let ids = load_nodes(&mut graph, nodes, &tensors, "", &mut used_tensors, &fail)?;
     if let Some(extra) = st.names().into_iter().find(|n| !used_tensors.contains(*n)) {
         return Err(fail(
             FileErrorKind::Corrupt,
             format!("tensor '{extra}' belongs to no node"),
+        ));
+    }
+    if let Some(extra) = sums
+        .iter()
+        .flatten()
+        .map(|(n, _)| n)
+        .find(|n| !used_tensors.contains(*n))
+    {
+        return Err(fail(
+            FileErrorKind::Corrupt,
+            format!("the file records a checksum for tensor '{extra}', which it does not hold"),
         ));
     }
     let outputs = value
@@ -495,11 +702,62 @@ fn load(bytes: &[u8], origin: &str) -> Result<Graph> {
     Ok(graph)
 }
 
+/// The first weight tensor that the graph JSON in `bytes` needs and the
+/// safetensors header does not list (an entry removed by hand or by damage,
+/// which safetensors reports as a bad offset of the next tensor), as an
+/// error detail; `None` when every weight is listed or the file is too
+/// damaged to tell.
+fn missing_weight(bytes: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(n)?)?;
+    let entries: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).ok()?;
+    let graph: serde_json::Value =
+        serde_json::from_str(entries.get("__metadata__")?.get("kiln")?.as_str()?).ok()?;
+    fn weights(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        for (i, f) in v
+            .get("functions")
+            .and_then(|f| f.as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            weights(f, &format!("{prefix}__fn{i}/"), out);
+        }
+        for node in v
+            .get("nodes")
+            .and_then(|n| n.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let op = node.get("op").and_then(|o| o.as_str());
+            if let (Some("constant" | "variable"), Some(name)) =
+                (op, node.get("name").and_then(|n| n.as_str()))
+            {
+                out.push(format!("{prefix}{name}"));
+            }
+        }
+    }
+    let mut needed = Vec::new();
+    weights(&graph, "", &mut needed);
+    let missing = needed.into_iter().find(|w| !entries.contains_key(w))?;
+    Some(format!(
+        "tensor '{missing}' is missing from the safetensors header, but node '{missing}' needs it"
+    ))
+}
+
+/// The tensors of a file being loaded and their recorded checksums
+/// (`None` in files written before kiln kept them).
+struct Tensors<'a> {
+    st: &'a SafeTensors<'a>,
+    sums: Option<&'a BTreeMap<String, String>>,
+}
+
 /// Adds a graph's nodes from their file form; returns their ids in order.
 fn load_nodes(
     graph: &mut Graph,
     nodes: &[serde_json::Value],
-    st: &SafeTensors<'_>,
+    tensors: &Tensors<'_>,
     prefix: &str,
     used_tensors: &mut HashSet<String>,
     fail: &dyn Fn(FileErrorKind, String) -> Error,
@@ -541,16 +799,27 @@ fn load_nodes(
         }
         let mut op = node.op;
         if let Op::Constant { value: w } | Op::Variable { init: w } = &mut op {
-            let t = st.tensor(&format!("{prefix}{}", node.name)).map_err(|_| {
+            let tname = format!("{prefix}{}", node.name);
+            let t = tensors.st.tensor(&tname).map_err(|_| {
                 fail(
                     FileErrorKind::Corrupt,
-                    format!("{} has no weight tensor", label()),
+                    format!("{} has no weight tensor '{tname}'", label()),
                 )
             })?;
+            if let Some(sums) = tensors.sums {
+                let want = sums.get(&tname).ok_or_else(|| {
+                    fail(
+                        FileErrorKind::Corrupt,
+                        format!("tensor '{tname}' has no checksum"),
+                    )
+                })?;
+                verify_checksum(&tname, t.data(), want)
+                    .map_err(|d| fail(FileErrorKind::Corrupt, d))?;
+            }
             let arr = decode(&t)
                 .map_err(|e| fail(FileErrorKind::Corrupt, format!("{}: {e}", label())))?;
             *w = Weight::new(arr);
-            used_tensors.insert(format!("{prefix}{}", node.name));
+            used_tensors.insert(tname);
         }
         let id = graph
             .add_node(&node.name, op, &inputs, node.location)
@@ -575,7 +844,7 @@ fn load_nodes(
 fn load_functions(
     graph: &mut Graph,
     value: &serde_json::Value,
-    st: &SafeTensors<'_>,
+    tensors: &Tensors<'_>,
     prefix: &str,
     used_tensors: &mut HashSet<String>,
     fail: &dyn Fn(FileErrorKind, String) -> Error,
@@ -586,14 +855,14 @@ fn load_functions(
     for (i, fv) in list.iter().enumerate() {
         let p = format!("{prefix}__fn{i}/");
         let mut fg = Graph::new();
-        load_functions(&mut fg, fv, st, &p, used_tensors, fail)?;
+        load_functions(&mut fg, fv, tensors, &p, used_tensors, fail)?;
         let nodes = fv.get("nodes").and_then(|n| n.as_array()).ok_or_else(|| {
             fail(
                 FileErrorKind::Corrupt,
                 format!("function {p}: no node list"),
             )
         })?;
-        let ids = load_nodes(&mut fg, nodes, st, &p, used_tensors, fail)?;
+        let ids = load_nodes(&mut fg, nodes, tensors, &p, used_tensors, fail)?;
         let pick = |key: &str| -> Result<Vec<NodeId>> {
             fv.get(key)
                 .and_then(|v| v.as_array())

@@ -3,6 +3,7 @@
 
 use std::fmt::{self, Write};
 
+use crate::array::{Array, Scalar};
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
 
@@ -26,7 +27,7 @@ impl Graph {
         let mut attrs = op_attributes(&n.op);
         if let Op::Constant { value } = &n.op {
             if value.0.len() <= 4 {
-                attrs = format!("value={:?}", value.0.to_f64_vec());
+                attrs = format!("value={}", small_values(&value.0));
             }
         }
         let ins: Vec<String> = self
@@ -106,6 +107,30 @@ impl Graph {
         s.push_str("}\n");
         s
     }
+}
+
+/// The elements of a small array as written in its dtype: integers as
+/// integers (an i64 beyond 2^53 exactly), floats as the shortest decimal
+/// that reads back to the same value of their own width, bools as words.
+fn small_values(a: &Array) -> String {
+    let items: Vec<String> = (0..a.len())
+        .map(|i| match a.get(i) {
+            Scalar::F32(v) => format!("{v:?}"),
+            Scalar::F64(v) => format!("{v:?}"),
+            Scalar::F16(v) => format!("{:?}", v.to_f32()),
+            Scalar::BF16(v) => format!("{:?}", v.to_f32()),
+            Scalar::I32(v) => v.to_string(),
+            Scalar::I64(v) => v.to_string(),
+            Scalar::I8(v) => v.to_string(),
+            Scalar::I16(v) => v.to_string(),
+            Scalar::U8(v) => v.to_string(),
+            Scalar::U16(v) => v.to_string(),
+            Scalar::U32(v) => v.to_string(),
+            Scalar::U64(v) => v.to_string(),
+            Scalar::Bool(v) => v.to_string(),
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
 }
 
 fn escape(s: &str) -> String {

@@ -4,13 +4,21 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A pass failed; wraps the cause with the pass's name.
-    #[error("pass {pass}: {source}")]
+    #[error("pass {pass}: {error}")]
     Pass {
         /// The pass's name.
         pass: String,
-        /// What went wrong.
-        #[source]
-        source: Box<Error>,
+        /// What went wrong. Its message is part of this one, so it is
+        /// deliberately not also a `source()` (chains would print it twice).
+        error: Box<Error>,
+    },
+    /// A pass was named (to disable it or run only it) that the pipeline lacks.
+    #[error("there is no pass named '{name}'; the passes are: {}", passes.join(", "))]
+    UnknownPass {
+        /// The name given.
+        name: String,
+        /// The pipeline's passes, in order.
+        passes: Vec<String>,
     },
     /// A node the optimizer cannot handle.
     #[error("node '{node}' ({op}): {reason}")]

@@ -139,13 +139,18 @@ impl Pipeline {
             .collect()
     }
 
+    /// The error for a pass name this pipeline lacks, listing its passes.
+    fn unknown_pass(&self, name: &str) -> Error {
+        Error::UnknownPass {
+            name: name.into(),
+            passes: self.pass_names().iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
     /// Skips the pass `name` (a debug knob); unknown names are an error.
     pub fn disable(&mut self, name: &str) -> Result<()> {
         if !self.pass_names().contains(&name) {
-            return Err(Error::Verify(format!(
-                "no pass named '{name}'; passes: {}",
-                self.pass_names().join(", ")
-            )));
+            return Err(self.unknown_pass(name));
         }
         self.disabled.insert(name.into());
         Ok(())
@@ -160,10 +165,7 @@ impl Pipeline {
         }
         self.disabled.remove(name);
         if !self.pass_names().contains(&name) {
-            return Err(Error::Verify(format!(
-                "no pass named '{name}'; passes: {}",
-                self.pass_names().join(", ")
-            )));
+            return Err(self.unknown_pass(name));
         }
         Ok(())
     }
@@ -222,7 +224,7 @@ impl Pipeline {
         }
         let wrap = |e: Error| Error::Pass {
             pass: p.name().into(),
-            source: Box::new(e),
+            error: Box::new(e),
         };
         let start = std::time::Instant::now();
         let (next, mut report) = p.run(g).map_err(wrap)?;

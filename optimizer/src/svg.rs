@@ -1,5 +1,6 @@
 //! Buffer lifetimes of a planned program and an SVG picture of the plan:
-//! one bar per arena buffer, kernel step on x, arena offset on y.
+//! one bar per arena buffer, kernel step on x, arena offset on y, each bar
+//! named in place or in a legend, so the picture reads without hovering.
 
 use std::fmt::Write;
 
@@ -41,14 +42,92 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The memory plan as an SVG timeline.
+/// A byte count for people: B, KiB or MiB.
+fn human_bytes(b: usize) -> String {
+    match b {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// Width in pixels of `n` characters of the 11 px monospace font.
+fn text_width(n: usize) -> f64 {
+    n as f64 * 6.7
+}
+
+/// Most legend entries drawn; the rest are counted (each bar's tooltip
+/// still names its buffer).
+const LEGEND_MAX: usize = 240;
+
+/// The memory plan as an SVG timeline: one bar per arena buffer, kernel
+/// step on x, arena offset on y. Each bar is labelled with its node's name
+/// and size where that fits inside it, else with its buffer id, which a
+/// legend under the plot expands; axes are labelled in steps and bytes.
+/// Every bar also carries the whole description as a tooltip.
 pub fn plan_svg(p: &KernelProgram, title: &str) -> String {
-    let (w, h, left, top, bottom) = (900.0, 480.0, 70.0, 40.0, 40.0);
+    let buffers = arena_buffers(p);
+    let (w, left, top, plot_h) = (900.0, 86.0, 40.0, 400.0);
     let steps = p.kernels.len().max(1) as f64;
     let arena = p.memory.arena.max(1) as f64;
-    let (pw, ph) = (w - left - 20.0, h - top - bottom);
+    let pw = w - left - 20.0;
     let x = |s: f64| left + pw * s / steps;
-    let y = |o: f64| top + ph * o / arena;
+    let y = |o: f64| top + plot_h * o / arena;
+    let describe = |b: BufferId, off: usize, size: usize, s0: usize, s1: usize| {
+        format!(
+            "{b} {}: {} @ {off}, steps {s0}..={s1}",
+            p.buffer(b).node,
+            human_bytes(size)
+        )
+    };
+    // Bars, and the buffers whose name did not fit in their bar.
+    let mut bars = String::new();
+    let mut legend: Vec<String> = Vec::new();
+    let palette = [
+        "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+        "#9c755f", "#bab0ac",
+    ];
+    for (k, &(b, off, size, (s0, s1))) in buffers.iter().enumerate() {
+        let (x0, x1) = (x(s0 as f64), x(s1 as f64 + 1.0));
+        let (y0, y1) = (y(off as f64), y((off + size) as f64));
+        let (bw, bh) = ((x1 - x0).max(1.0), (y1 - y0).max(1.0));
+        let full = describe(b, off, size, s0, s1);
+        writeln!(
+            bars,
+            r##"<rect x="{x0:.1}" y="{y0:.1}" width="{bw:.1}" height="{bh:.1}" fill="{}" fill-opacity="0.75" stroke="#333"><title>{}</title></rect>"##,
+            palette[k % palette.len()],
+            escape(&full)
+        )
+        .unwrap();
+        let name = format!("{} {}", p.buffer(b).node, human_bytes(size));
+        let id = b.to_string();
+        let label = if text_width(name.chars().count()) + 4.0 <= bw {
+            Some(name)
+        } else {
+            legend.push(full);
+            (text_width(id.len()) + 4.0 <= bw).then_some(id)
+        };
+        if let Some(label) = label.filter(|_| bh >= 12.0) {
+            writeln!(
+                bars,
+                r#"<text x="{:.1}" y="{:.1}" pointer-events="none">{}</text>"#,
+                x0 + 2.0,
+                y0 + bh / 2.0 + 4.0,
+                escape(&label)
+            )
+            .unwrap();
+        }
+    }
+    let legend_rows =
+        legend.len().min(LEGEND_MAX).div_ceil(2) + usize::from(legend.len() > LEGEND_MAX);
+    let legend_top = top + plot_h + 56.0;
+    let h = legend_top
+        + if legend.is_empty() {
+            0.0
+        } else {
+            18.0 + 14.0 * legend_rows as f64
+        };
+
     let mut s = String::new();
     writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="monospace" font-size="11">"#).unwrap();
     writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##).unwrap();
@@ -64,34 +143,18 @@ pub fn plan_svg(p: &KernelProgram, title: &str) -> String {
     .unwrap();
     writeln!(
         s,
-        r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##
+        r##"<rect x="{left}" y="{top}" width="{pw}" height="{plot_h}" fill="none" stroke="#888"/>"##
     )
     .unwrap();
-    let palette = [
-        "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-        "#9c755f", "#bab0ac",
-    ];
-    for (k, (b, off, size, (s0, s1))) in arena_buffers(p).into_iter().enumerate() {
-        let (x0, x1) = (x(s0 as f64), x(s1 as f64 + 1.0));
-        let (y0, y1) = (y(off as f64), y((off + size) as f64));
-        let name = &p.buffer(b).node;
-        writeln!(
-            s,
-            r##"<rect x="{x0:.1}" y="{y0:.1}" width="{:.1}" height="{:.1}" fill="{}" fill-opacity="0.75" stroke="#333"><title>{b} {} {} B @ {off}, steps {s0}..={s1}</title></rect>"##,
-            (x1 - x0).max(1.0),
-            (y1 - y0).max(1.0),
-            palette[k % palette.len()],
-            escape(name),
-            size
-        )
-        .unwrap();
-    }
-    for i in 0..=p.kernels.len() {
+    s.push_str(&bars);
+    // x axis: kernel steps, thinned so that labels stay apart.
+    let every = (1..).find(|k| pw * *k as f64 / steps >= 28.0).unwrap_or(1);
+    for i in (0..=p.kernels.len()).filter(|i| i % every == 0 || *i == p.kernels.len()) {
         writeln!(
             s,
             r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#555">{i}</text>"##,
             x(i as f64),
-            h - bottom + 14.0
+            top + plot_h + 14.0
         )
         .unwrap();
     }
@@ -99,16 +162,55 @@ pub fn plan_svg(p: &KernelProgram, title: &str) -> String {
         s,
         r##"<text x="{}" y="{}" text-anchor="middle">kernel step</text>"##,
         left + pw / 2.0,
-        h - 8.0
+        top + plot_h + 32.0
     )
     .unwrap();
+    // y axis: arena offsets at quarters.
+    for q in 0..=4 {
+        let off = m.arena * q / 4;
+        writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555">{}</text>"##,
+            left - 4.0,
+            y(off as f64) + 4.0,
+            human_bytes(off)
+        )
+        .unwrap();
+    }
     writeln!(
         s,
-        r##"<text x="8" y="{top}">0 B</text><text x="8" y="{:.1}">{} B</text>"##,
-        top + ph,
-        m.arena
+        r#"<text x="14" y="{:.1}" text-anchor="middle" transform="rotate(-90 14 {:.1})">arena offset</text>"#,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
     )
     .unwrap();
+    if !legend.is_empty() {
+        writeln!(
+            s,
+            r#"<text x="{left}" y="{legend_top}">buffers too small to name in their bar:</text>"#
+        )
+        .unwrap();
+        let col = (w - left) / 2.0;
+        for (i, entry) in legend.iter().take(LEGEND_MAX).enumerate() {
+            writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
+                left + col * (i % 2) as f64,
+                legend_top + 16.0 + 14.0 * (i / 2) as f64,
+                escape(entry)
+            )
+            .unwrap();
+        }
+        if legend.len() > LEGEND_MAX {
+            writeln!(
+                s,
+                r##"<text x="{left}" y="{:.1}" fill="#333">... and {} more (each bar's tooltip names it)</text>"##,
+                legend_top + 16.0 + 14.0 * (LEGEND_MAX / 2) as f64,
+                legend.len() - LEGEND_MAX
+            )
+            .unwrap();
+        }
+    }
     s.push_str("</svg>\n");
     s
 }

@@ -9,10 +9,7 @@ use crate::error::{Error, Result};
 /// one image per line, 64 pixel values (0..16) then the label. Returns the
 /// pixels `[n * 64]` as f32 and the labels `[n]`.
 pub fn digits(path: &Path) -> Result<(Vec<f32>, Vec<i64>)> {
-    let io = |e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    };
+    let io = |e| Error::io("reading", path, e);
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(path).map_err(io)?)
         .read_to_string(&mut text)

@@ -61,19 +61,15 @@ pub fn to_bytes(a: &Array) -> Vec<u8> {
 /// Writes `a` to `path` as `.npy`.
 pub fn write(path: impl AsRef<Path>, a: &Array) -> Result<()> {
     let path = path.as_ref();
-    std::fs::write(path, to_bytes(a)).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    })
+    std::fs::write(path, to_bytes(a)).map_err(|e| Error::io("writing", path, e))
 }
 
-/// Reads an `.npy` file.
+/// Reads an `.npy` file. Only a regular file is read, and no more bytes
+/// than it holds: a directory, `/dev/zero` or a FIFO is an error at once.
 pub fn read(path: impl AsRef<Path>) -> Result<Array> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
+    let bytes =
+        kiln_graph::format::read_regular_file(path).map_err(|e| Error::io("reading", path, e))?;
     from_bytes(&bytes, &path.display().to_string())
 }
 

@@ -103,3 +103,29 @@ pub fn human_bytes(b: usize) -> String {
         b => format!("{b} B"),
     }
 }
+
+/// Refuses to write `output` when it is the model file itself (the same
+/// path, or another name for the same file): `show --dot` and `plan --svg`
+/// would replace the model with a picture of it.
+pub fn refuse_overwriting(model: &Path, output: &Path, flag: &str) -> Result<()> {
+    if output == Path::new("-") {
+        return Ok(());
+    }
+    let same = match (std::fs::metadata(model), std::fs::metadata(output)) {
+        #[cfg(unix)]
+        (Ok(a), Ok(b)) => {
+            use std::os::unix::fs::MetadataExt;
+            (a.dev(), a.ino()) == (b.dev(), b.ino())
+        }
+        #[cfg(not(unix))]
+        (Ok(_), Ok(_)) => std::fs::canonicalize(model).ok() == std::fs::canonicalize(output).ok(),
+        _ => false,
+    };
+    if same {
+        bail!(
+            "{flag} {} would overwrite the model it reads; name another file",
+            output.display()
+        );
+    }
+    Ok(())
+}

@@ -8,13 +8,19 @@ use super::common::{load, CompileArgs};
 
 /// Arguments of `kiln optimize`.
 #[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  kiln optimize examples/mlp.kiln --explain
+  kiln optimize examples/mlp.kiln --freeze -o mlp-frozen.kiln
+  kiln optimize examples/mlp.kiln --explain --disable-pass fold_constants")]
 pub struct Args {
     /// The .kiln model file.
     pub model: PathBuf,
     /// Report, pass by pass, what changed, with counts.
     #[arg(long)]
     pub explain: bool,
-    /// Write the optimized graph here.
+    /// Write the optimized graph here. It may be the model itself: the
+    /// model is read whole first and the file replaced atomically.
     #[arg(short, long, value_name = "OUT.kiln")]
     pub output: Option<PathBuf>,
     #[command(flatten)]
@@ -52,7 +58,12 @@ fn optimize(model: &Path, explain: bool, output: Option<&Path>, args: &CompileAr
     );
     if let Some(out) = output {
         c.graph.save(out)?;
-        println!("wrote {}", out.display());
+        let replaced = std::fs::canonicalize(model).ok() == std::fs::canonicalize(out).ok();
+        println!(
+            "{} {}",
+            if replaced { "replaced" } else { "wrote" },
+            out.display()
+        );
     }
     Ok(())
 }

@@ -4,26 +4,35 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::common::{load, write_text, CompileArgs};
+use super::common::{load, refuse_overwriting, write_text, CompileArgs};
 
 /// Arguments of `kiln plan`.
 #[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  kiln plan examples/mlp.kiln
+  kiln plan examples/mlp.kiln --dim batch=32 --svg mlp-plan.svg")]
 pub struct Args {
     /// The .kiln model file.
     pub model: PathBuf,
-    /// Write the timeline (one bar per buffer: step on x, offset on y) here.
-    #[arg(long, value_name = "FILE", default_value = "plan.svg")]
-    pub svg: PathBuf,
+    /// Also draw the plan as an SVG timeline in FILE ('-' for standard
+    /// output): one labelled bar per buffer, kernel step on x, arena offset
+    /// on y. Without it nothing is written.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
     #[command(flatten)]
     pub compile: CompileArgs,
 }
 
 /// Runs `kiln plan`.
 pub fn main(a: Args) -> Result<()> {
-    plan(&a.model, &a.svg, &a.compile)
+    if let Some(svg) = &a.svg {
+        refuse_overwriting(&a.model, svg, "--svg")?;
+    }
+    plan(&a.model, a.svg.as_deref(), &a.compile)
 }
 
-fn plan(model: &Path, svg: &Path, args: &CompileArgs) -> Result<()> {
+fn plan(model: &Path, svg: Option<&Path>, args: &CompileArgs) -> Result<()> {
     let graph = load(model)?;
     let c = args.compile(&graph)?;
     let p = &c.program;
@@ -56,6 +65,9 @@ fn plan(model: &Path, svg: &Path, args: &CompileArgs) -> Result<()> {
     println!("liveness lower bound:   {:>10} B", m.lower_bound);
     println!("no planning (sum):      {:>10} B", m.unplanned);
     println!("results (kept apart):   {:>10} B", m.results);
+    let Some(svg) = svg else {
+        return Ok(());
+    };
     let title = model
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

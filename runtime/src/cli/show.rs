@@ -3,18 +3,27 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use kiln::graph::Op;
 
-use super::common::{default_fetches, human_bytes, load, write_text, CompileArgs};
+use super::common::{
+    default_fetches, human_bytes, load, refuse_overwriting, write_text, CompileArgs,
+};
 
 /// Arguments of `kiln show`.
 #[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  kiln show examples/mlp.kiln
+  kiln show examples/mlp.kiln --dot mlp.dot && dot -Tsvg mlp.dot -o mlp-graph.svg
+  kiln show examples/mlp.kiln --optimized --dim batch=8
+  kiln show examples/mlp.kiln --after fold_constants")]
 pub struct Args {
     /// The .kiln model file.
     pub model: PathBuf,
     /// Write Graphviz DOT to FILE ('-' for standard output) instead
-    /// (with --optimized: the ops of each kernel in one cluster).
+    /// (with --optimized: the ops of each kernel in one cluster); never
+    /// the model file itself.
     #[arg(long, value_name = "FILE")]
     pub dot: Option<PathBuf>,
     /// Print the optimized kernel program instead.
@@ -32,6 +41,9 @@ pub struct Args {
 
 /// Runs `kiln show`.
 pub fn main(a: Args) -> Result<()> {
+    if let Some(dot) = &a.dot {
+        refuse_overwriting(&a.model, dot, "--dot")?;
+    }
     if let Some(pass) = a.after {
         show_after(&a.model, &pass, &a.compile)
     } else if a.optimized {
@@ -45,14 +57,7 @@ fn show(model: &Path, dot: Option<&Path>) -> Result<()> {
     let graph = load(model)?;
     if let Some(dot_path) = dot {
         let text = graph.to_dot();
-        if dot_path == Path::new("-") {
-            print!("{text}");
-        } else {
-            std::fs::write(dot_path, text)
-                .with_context(|| format!("writing {}", dot_path.display()))?;
-            println!("wrote {}", dot_path.display());
-        }
-        return Ok(());
+        return write_text(dot_path, &text);
     }
     println!("{}: {} nodes", model.display(), graph.len());
     println!();
@@ -123,7 +128,7 @@ fn show_after(model: &Path, pass: &str, args: &CompileArgs) -> Result<()> {
     }
     if !pipeline.pass_names().contains(&pass) {
         bail!(
-            "no pass named '{pass}' in the pipeline; passes: {}",
+            "there is no pass named '{pass}'; the passes are: {}",
             pipeline.pass_names().join(", ")
         );
     }
