@@ -69,14 +69,90 @@ pub struct CModel {
     pub header: PathBuf,
     /// `DIR/libkiln_rt.a`.
     pub library: PathBuf,
+    /// `DIR/NAME_main.c`, the standalone program's source (from
+    /// [`compile_standalone`]).
+    pub source: Option<PathBuf>,
+    /// `DIR/NAME`, the standalone program (from [`compile_standalone`]).
+    pub program: Option<PathBuf>,
+    /// The outermost directory created for `DIR`, where it was missing.
+    pub created: Option<PathBuf>,
     /// The compiled code.
     pub code: kiln_codegen::cpu::aot::ObjectCode,
 }
 
+/// A C compiler for standalone programs: a command line as `$CC` spells
+/// one (`cc`, `gcc -m64`, `ccache clang`).
+#[derive(Clone, Debug)]
+pub struct CCompiler {
+    words: Vec<String>,
+}
+
+impl CCompiler {
+    /// The compiler `spec` names (its words split at white space; `None` or
+    /// blank: `cc`), checked by running it with `--version`: an error says
+    /// it did not run and what to do.
+    pub fn find(spec: Option<&str>) -> Result<CCompiler> {
+        let mut words: Vec<String> = spec
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if words.is_empty() {
+            words.push("cc".into());
+        }
+        // A relative path names a file from here, wherever the compiler runs.
+        if words[0].contains('/') {
+            if let Ok(abs) = std::path::absolute(&words[0]) {
+                words[0] = abs.display().to_string();
+            }
+        }
+        let cc = CCompiler { words };
+        let fail = |why: String| Error::Aot {
+            model: format!("C compiler '{}'", cc.name()),
+            reason: format!(
+                "{why}; a standalone program needs one: install gcc or clang, or name \
+                 one with CC=..."
+            ),
+        };
+        match cc.command().arg("--version").output() {
+            Ok(out) if out.status.success() => Ok(cc.clone()),
+            Ok(out) => Err(fail(format!(
+                "'{} --version' failed ({}){}",
+                cc.name(),
+                out.status,
+                first_line(&out.stderr)
+            ))),
+            Err(e) => Err(fail(format!("it did not run ({e})"))),
+        }
+    }
+
+    /// The command line, as given.
+    pub fn name(&self) -> String {
+        self.words.join(" ")
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.words[0]);
+        c.args(&self.words[1..]);
+        c
+    }
+}
+
+/// `: ` and the first line of `text`, if it has one.
+fn first_line(text: &[u8]) -> String {
+    String::from_utf8_lossy(text)
+        .lines()
+        .next()
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default()
+}
+
 /// Compiles a frozen kernel program into `dir` as `NAME.o`, `NAME.h` (its
-/// outputs named `outputs` in a comment) and `libkiln_rt.a`:
+/// outputs named by `outputs`, in order) and `libkiln_rt.a`:
 /// `cc main.c NAME.o libkiln_rt.a -lm -lpthread -ldl` links a program
-/// calling `NAME_run`.
+/// calling `NAME_run`. `dir` is created if missing. Everything is made
+/// first and moved into `dir` only when all of it succeeded, so an error
+/// leaves `dir` as it was.
 pub fn compile_c(
     program: &kiln_optimizer::KernelProgram,
     name: &str,
@@ -84,28 +160,188 @@ pub fn compile_c(
     outputs: &[String],
     dir: &Path,
 ) -> Result<CModel> {
-    let io = |path: &Path, e: std::io::Error| Error::Aot {
+    write_c(program, name, target, outputs, dir, None)
+}
+
+/// [`compile_c`], and `NAME_main.c` and the standalone program `NAME` built
+/// from them with `cc` (see
+/// [`standalone_main`](kiln_codegen::cpu::aot::standalone_main)): a failed
+/// build, too, leaves `dir` as it was.
+pub fn compile_standalone(
+    program: &kiln_optimizer::KernelProgram,
+    name: &str,
+    target: Target,
+    outputs: &[String],
+    dir: &Path,
+    cc: &CCompiler,
+) -> Result<CModel> {
+    write_c(program, name, target, outputs, dir, Some(cc))
+}
+
+fn write_c(
+    program: &kiln_optimizer::KernelProgram,
+    name: &str,
+    target: Target,
+    outputs: &[String],
+    dir: &Path,
+    cc: Option<&CCompiler>,
+) -> Result<CModel> {
+    use kiln_codegen::cpu::aot;
+    let fail = |reason: String| Error::Aot {
         model: name.to_string(),
-        reason: format!("writing {}: {e}", path.display()),
+        reason,
     };
-    let code = kiln_codegen::cpu::aot::compile_object(program, name, target)?;
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let object = dir.join(format!("{name}.o"));
-    std::fs::write(&object, &code.bytes).map_err(|e| io(&object, e))?;
-    let mut h = kiln_codegen::cpu::aot::header(program, &code, name);
-    h.push_str(&format!(
-        "\n/* outputs, in order: {} */\n",
-        outputs.join(", ")
-    ));
-    let header = dir.join(format!("{name}.h"));
-    std::fs::write(&header, h).map_err(|e| io(&header, e))?;
-    let library = write_runtime_library(dir)?;
+    // Everything is made in memory first.
+    let code = aot::compile_object(program, name, target)?;
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        (format!("{name}.o"), code.bytes.clone()),
+        (
+            format!("{name}.h"),
+            aot::header_named(program, &code, name, outputs).into_bytes(),
+        ),
+        ("libkiln_rt.a".into(), runtime_library()?.to_vec()),
+    ];
+    if cc.is_some() {
+        files.push((
+            format!("{name}_main.c"),
+            aot::standalone_main(program, name, outputs).into_bytes(),
+        ));
+    }
+    let created = create_missing(dir).map_err(fail)?;
+    let staged = (|| -> Result<Vec<String>> {
+        let stage = Stage::new(dir, name).map_err(fail)?;
+        for (file, bytes) in &files {
+            stage.write(file, bytes).map_err(fail)?;
+        }
+        let mut names: Vec<String> = files.iter().map(|(f, _)| f.clone()).collect();
+        if let Some(cc) = cc {
+            let out = cc
+                .command()
+                .current_dir(&stage.path)
+                .arg("-O2")
+                .arg("-o")
+                .arg(name)
+                .arg(format!("{name}_main.c"))
+                .arg(format!("{name}.o"))
+                .arg("libkiln_rt.a")
+                .args(SYSTEM_LIBS)
+                .output()
+                .map_err(|e| fail(format!("'{}' did not run: {e}", cc.name())))?;
+            if !out.status.success() {
+                return Err(fail(format!(
+                    "'{}' could not build the standalone program ({}):\n{}",
+                    cc.name(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim_end()
+                )));
+            }
+            names.push(name.to_string());
+        }
+        stage.commit(dir, &names).map_err(fail)?;
+        Ok(names)
+    })();
+    if let Err(e) = staged {
+        if let Some(top) = &created {
+            remove_created(dir, top);
+        }
+        return Err(e);
+    }
     Ok(CModel {
-        object,
-        header,
-        library,
+        object: dir.join(format!("{name}.o")),
+        header: dir.join(format!("{name}.h")),
+        library: dir.join("libkiln_rt.a"),
+        source: cc.map(|_| dir.join(format!("{name}_main.c"))),
+        program: cc.map(|_| dir.join(name)),
+        created,
         code,
     })
+}
+
+/// Creates `dir` where it is missing, returning the outermost directory
+/// made (`None` when `dir` was there).
+fn create_missing(dir: &Path) -> std::result::Result<Option<PathBuf>, String> {
+    if dir.is_dir() {
+        return Ok(None);
+    }
+    if dir.exists() {
+        return Err(format!("{} is there and is not a directory", dir.display()));
+    }
+    let mut top = dir.to_path_buf();
+    while let Some(parent) = top.parent() {
+        if parent.as_os_str().is_empty() || parent.exists() {
+            break;
+        }
+        top = parent.to_path_buf();
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(Some(top))
+}
+
+/// Removes the directories [`create_missing`] made, from `dir` up to
+/// `top`, where they are still empty.
+fn remove_created(dir: &Path, top: &Path) {
+    let mut d = Some(dir);
+    while let Some(p) = d {
+        if std::fs::remove_dir(p).is_err() || p == top {
+            break;
+        }
+        d = p.parent();
+    }
+}
+
+/// A directory inside the output directory where files are made before
+/// they are moved into place; removed when dropped.
+struct Stage {
+    path: PathBuf,
+}
+
+impl Stage {
+    fn new(dir: &Path, name: &str) -> std::result::Result<Stage, String> {
+        let mut last = None;
+        for k in 0..100 {
+            let path = dir.join(format!(".kiln-{name}-{}-{k}", std::process::id()));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Stage { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(format!("creating a directory in {}: {e}", dir.display())),
+            }
+        }
+        Err(format!(
+            "creating a directory in {}: {}",
+            dir.display(),
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ))
+    }
+
+    fn write(&self, file: &str, bytes: &[u8]) -> std::result::Result<(), String> {
+        let path = self.path.join(file);
+        std::fs::write(&path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    /// Moves `files` into `dir`, replacing what is there.
+    fn commit(&self, dir: &Path, files: &[String]) -> std::result::Result<(), String> {
+        for (k, f) in files.iter().enumerate() {
+            let to = dir.join(f);
+            std::fs::rename(self.path.join(f), &to).map_err(|e| {
+                format!(
+                    "moving {f} into {}: {e}{}",
+                    dir.display(),
+                    if k > 0 {
+                        format!(" (after replacing {})", files[..k].join(", "))
+                    } else {
+                        String::new()
+                    }
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 /// The libraries a C program linking `libkiln_rt.a` needs besides libc.

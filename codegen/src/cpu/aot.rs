@@ -20,6 +20,10 @@ use super::jit::{Jit, Target};
 use super::{compile_kernels, write_steps};
 use crate::error::{Error, Result};
 
+mod standalone;
+
+pub use standalone::{output_files, standalone_main};
+
 /// A program compiled ahead of time.
 #[derive(Clone, Debug)]
 pub struct ObjectCode {
@@ -48,6 +52,7 @@ pub fn compile_object(program: &KernelProgram, prefix: &str, target: Target) -> 
             reason: format!("'{prefix}' is not a C identifier"),
         });
     }
+    check_sizes(program)?;
     let mut jit = Jit::object(prefix, target)?;
     let pending = compile_kernels(&mut jit, program)?;
     let steps = write_steps(program, &pending)?;
@@ -73,6 +78,97 @@ pub fn compile_object(program: &KernelProgram, prefix: &str, target: Target) -> 
         functions,
         steps: pending.len(),
     })
+}
+
+/// The most bytes of static data (the arena, the constants and scratch)
+/// an object may hold: x86-64 code reaches its data with 32-bit
+/// PC-relative offsets, so a program's code and data, the run-time library
+/// and libc included, must span less than 2 GiB; 16 MiB of that is left to
+/// code and the libraries.
+pub const MAX_STATIC_BYTES: usize = (1 << 31) - (1 << 24);
+
+/// A byte count for people: B, KiB, MiB, GiB or TiB.
+fn human_bytes(b: usize) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut x = b as f64 / 1024.0;
+    let mut unit = 0;
+    while x >= 1024.0 && unit + 1 < UNITS.len() {
+        x /= 1024.0;
+        unit += 1;
+    }
+    format!("{x:.1} {}", UNITS[unit])
+}
+
+/// Checks that `program` fits an object file before any code is made: each
+/// buffer's size is a byte count that fits `isize`, and the static data
+/// (the arena, the constants and scratch results) is at most
+/// [`MAX_STATIC_BYTES`]. Past that, the link would fail with relocation
+/// errors; the error here names the sizes and the bound dims instead.
+pub fn check_sizes(program: &KernelProgram) -> Result<()> {
+    let dims = if program.bindings.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " with {}",
+            program
+                .bindings
+                .iter()
+                .map(|(s, n)| format!("{s}={n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut weights = 0usize;
+    let mut scratch = 0usize;
+    for (i, b) in program.buffers.iter().enumerate() {
+        let bytes = b
+            .shape
+            .iter()
+            .try_fold(b.dtype.size_bytes(), |a, &d| a.checked_mul(d))
+            .filter(|&n| isize::try_from(n).is_ok())
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "buffer {i} ('{}', {} {:?}){dims} has more bytes than this machine can address",
+                    b.node, b.dtype, b.shape
+                ))
+            })?;
+        match &b.storage {
+            Storage::Constant { .. } => weights = weights.saturating_add(bytes),
+            Storage::Result
+                if !program
+                    .outputs
+                    .contains(&kiln_optimizer::kernel::BufferId(i)) =>
+            {
+                scratch = scratch.saturating_add(bytes)
+            }
+            _ => {}
+        }
+    }
+    let arena = program.memory.arena.max(64);
+    let total = arena.saturating_add(weights).saturating_add(scratch);
+    if total > MAX_STATIC_BYTES {
+        return Err(Error::Input(format!(
+            "the model{dims} needs a {} arena and {} of weights{}, more than an \
+             ahead-of-time object can hold (2 GiB less 16 MiB for code: x86-64 code \
+             reaches its data with 32-bit offsets){}",
+            human_bytes(arena),
+            human_bytes(weights),
+            if scratch > 0 {
+                format!(" and {} of scratch", human_bytes(scratch))
+            } else {
+                String::new()
+            },
+            if dims.is_empty() {
+                String::new()
+            } else {
+                "; bind smaller sizes".to_string()
+            }
+        )));
+    }
+    Ok(())
 }
 
 fn c_type(d: DType) -> &'static str {
@@ -108,8 +204,43 @@ fn c_name(name: &str) -> String {
 
 /// A C header for `code`: the entry point `{prefix}_run`, each input's and
 /// output's position, type, element count and shape as constants and
-/// comments, the kernel functions, and per buffer where it lives.
+/// comments, the kernel functions, and per buffer where it lives. Outputs
+/// are known by index (`{PREFIX}_OUTPUT_0_ELEMENTS`); [`header_named`] adds
+/// their names.
 pub fn header(program: &KernelProgram, code: &ObjectCode, prefix: &str) -> String {
+    header_named(program, code, prefix, &[])
+}
+
+/// Text that cannot end the C comment it is put in.
+fn comment(text: &str) -> String {
+    text.replace("*/", "* /")
+}
+
+/// The C names of `names` for macros, with `None` for each one whose C name
+/// another also has (`a/b` and `a_b`), or, where `indexed`, that is a
+/// number (it would clash with the indexed macros).
+fn macro_names(names: &[&str], indexed: bool) -> Vec<Option<String>> {
+    let c: Vec<String> = names.iter().map(|n| c_name(n)).collect();
+    c.iter()
+        .map(|n| {
+            let clash = c.iter().filter(|m| *m == n).count() > 1
+                || (indexed && !n.is_empty() && n.chars().all(|ch| ch.is_ascii_digit()));
+            (!clash).then(|| n.clone())
+        })
+        .collect()
+}
+
+/// [`header`], with the outputs also known by `outputs`, their names in
+/// output order: `{PREFIX}_OUTPUT_{NAME}` is the output's position and
+/// `{PREFIX}_OUTPUT_{NAME}_ELEMENTS` its element count (names as C
+/// identifiers: letters and digits upper-cased, the rest `_`; names whose
+/// C names clash get only the indexed macros).
+pub fn header_named(
+    program: &KernelProgram,
+    code: &ObjectCode,
+    prefix: &str,
+    outputs: &[String],
+) -> String {
     let up = prefix.to_ascii_uppercase();
     let inputs: Vec<(usize, &str)> = program
         .buffers
@@ -135,30 +266,65 @@ pub fn header(program: &KernelProgram, code: &ObjectCode, prefix: &str) -> Strin
         program.outputs.len(),
         program.memory.arena,
     );
-    for (k, (i, name)) in inputs.iter().enumerate() {
+    let input_names: Vec<&str> = inputs.iter().map(|(_, n)| *n).collect();
+    for (k, ((i, name), cn)) in inputs
+        .iter()
+        .zip(macro_names(&input_names, false))
+        .enumerate()
+    {
         let b = &program.buffers[*i];
         let n: usize = b.shape.iter().product();
-        let cn = c_name(name);
         h.push_str(&format!(
-            "/* input {k}: \"{name}\", {} {:?} */\n#define {up}_INPUT_{cn} {k}\n#define {up}_INPUT_{cn}_ELEMENTS {n}\n",
+            "/* input {k}: \"{}\", {} {:?} */\n",
+            comment(name),
             c_type(b.dtype),
             b.shape
         ));
+        match cn {
+            Some(cn) => h.push_str(&format!(
+                "#define {up}_INPUT_{cn} {k}\n#define {up}_INPUT_{cn}_ELEMENTS {n}\n"
+            )),
+            None => h.push_str("/* (no named macros: another input's C name is the same) */\n"),
+        }
     }
+    let output_names: Vec<&str> = outputs
+        .iter()
+        .take(program.outputs.len())
+        .map(String::as_str)
+        .collect();
+    let named = macro_names(&output_names, true);
     for (k, o) in program.outputs.iter().enumerate() {
         let b = program.buffer(*o);
         let n: usize = b.shape.iter().product();
-        h.push_str(&format!(
-            "/* output {k}: {} {:?} */\n#define {up}_OUTPUT_{k}_ELEMENTS {n}\n",
-            c_type(b.dtype),
-            b.shape
-        ));
+        match output_names.get(k) {
+            Some(name) => h.push_str(&format!(
+                "/* output {k}: \"{}\", {} {:?} */\n",
+                comment(name),
+                c_type(b.dtype),
+                b.shape
+            )),
+            None => h.push_str(&format!(
+                "/* output {k}: {} {:?} */\n",
+                c_type(b.dtype),
+                b.shape
+            )),
+        }
+        h.push_str(&format!("#define {up}_OUTPUT_{k}_ELEMENTS {n}\n"));
+        match named.get(k) {
+            Some(Some(cn)) => h.push_str(&format!(
+                "#define {up}_OUTPUT_{cn} {k}\n#define {up}_OUTPUT_{cn}_ELEMENTS {n}\n"
+            )),
+            Some(None) => {
+                h.push_str("/* (no named macros: its C name is another output's or a number) */\n")
+            }
+            None => {}
+        }
     }
     h.push('\n');
     for (i, b) in program.buffers.iter().enumerate() {
         let place = match &b.storage {
-            Storage::Input { name } => format!("input \"{name}\""),
-            Storage::Variable { name } => format!("variable \"{name}\""),
+            Storage::Input { name } => format!("input \"{}\"", comment(name)),
+            Storage::Variable { name } => format!("variable \"{}\"", comment(name)),
             Storage::Constant { .. } => "constant".into(),
             Storage::Result => "result".into(),
             Storage::Arena { offset } => format!("arena + {offset}"),
@@ -178,232 +344,4 @@ pub fn header(program: &KernelProgram, code: &ObjectCode, prefix: &str) -> Strin
     }
     h.push_str(&format!("\n#endif /* {up}_H */\n"));
     h
-}
-
-/// The `.npy` type code of `d` (little-endian).
-fn npy_descr(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "<f4",
-        DType::F64 => "<f8",
-        DType::I32 => "<i4",
-        DType::I64 => "<i8",
-        DType::I8 => "|i1",
-        DType::I16 => "<i2",
-        DType::U8 => "|u1",
-        DType::U16 => "<u2",
-        DType::U32 => "<u4",
-        DType::U64 => "<u8",
-        DType::Bool => "|b1",
-        DType::F16 => "<f2",
-        DType::BF16 => "<V2",
-    }
-}
-
-/// The C source of a standalone program around `{prefix}_run`: it takes
-/// `NAME=FILE.npy` for each input (by the model's input names) and `-o DIR`
-/// (default `.`), checks each file's type and shape against the model and
-/// says what is wrong and where, runs the model, and writes each output to
-/// `DIR/OUTPUT.npy` (`outputs` names them, in order).
-pub fn standalone_main(program: &KernelProgram, prefix: &str, outputs: &[String]) -> String {
-    let inputs: Vec<(String, DType, Vec<usize>)> = program
-        .buffers
-        .iter()
-        .filter_map(|b| match &b.storage {
-            Storage::Input { name } => Some((name.clone(), b.dtype, b.shape.clone())),
-            _ => None,
-        })
-        .collect();
-    let list = |dims: &[usize]| {
-        if dims.is_empty() {
-            "0".to_string()
-        } else {
-            dims.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    };
-    let mut c = format!(
-        r#"/* Generated by kiln: runs {prefix} on .npy files. */
-#include <errno.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include "{prefix}.h"
-
-static void die(const char *fmt, ...) {{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "{prefix}: error: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}}
-
-static char *shape_text(const long *shape, int rank, char *buf, size_t n) {{
-    size_t used = (size_t)snprintf(buf, n, "(");
-    for (int i = 0; i < rank && used < n; i++)
-        used += (size_t)snprintf(buf + used, n - used, "%ld%s", shape[i], rank == 1 ? "," : (i + 1 < rank ? ", " : ""));
-    if (used < n) snprintf(buf + used, n - used, ")");
-    return buf;
-}}
-
-/* The value of key `key` in an .npy header dict, copied into `out`. */
-static int header_value(const char *h, const char *key, char *out, size_t n) {{
-    char pat[32];
-    snprintf(pat, sizeof pat, "'%s'", key);
-    const char *p = strstr(h, pat);
-    if (!p) return 0;
-    p = strchr(p + strlen(pat), ':');
-    if (!p) return 0;
-    p++;
-    while (*p == ' ') p++;
-    size_t i = 0;
-    if (*p == '(') {{
-        while (*p && *p != ')' && i + 1 < n) out[i++] = *p++;
-        if (*p == ')' && i + 1 < n) out[i++] = *p;
-    }} else {{
-        while (*p && *p != ',' && *p != '}}' && i + 1 < n) out[i++] = *p++;
-    }}
-    out[i] = 0;
-    return 1;
-}}
-
-static void *read_npy(const char *path, const char *name, const char *descr, const long *shape, int rank, size_t bytes) {{
-    FILE *f = fopen(path, "rb");
-    if (!f) die("input '%s': cannot open %s: %s", name, path, strerror(errno));
-    unsigned char pre[10];
-    if (fread(pre, 1, 8, f) != 8 || memcmp(pre, "\x93NUMPY", 6) != 0)
-        die("input '%s': %s is not an .npy file", name, path);
-    size_t hlen;
-    if (pre[6] == 1) {{
-        if (fread(pre + 8, 1, 2, f) != 2) die("input '%s': %s is truncated", name, path);
-        hlen = pre[8] | (size_t)pre[9] << 8;
-    }} else if (pre[6] == 2 || pre[6] == 3) {{
-        unsigned char l[4];
-        if (fread(l, 1, 4, f) != 4) die("input '%s': %s is truncated", name, path);
-        hlen = l[0] | (size_t)l[1] << 8 | (size_t)l[2] << 16 | (size_t)l[3] << 24;
-    }} else die("input '%s': %s has unsupported .npy version %d", name, path, pre[6]);
-    if (hlen > 1 << 20) die("input '%s': %s has a header of %zu bytes", name, path, hlen);
-    char *h = malloc(hlen + 1);
-    if (!h || fread(h, 1, hlen, f) != hlen) die("input '%s': %s is truncated", name, path);
-    h[hlen] = 0;
-    char v[256], want[128], got[128];
-    if (!header_value(h, "descr", v, sizeof v)) die("input '%s': %s has no 'descr'", name, path);
-    char d[16] = {{0}};
-    sscanf(v, " '%15[^']'", d);
-    if (strcmp(d, descr) != 0 && !(d[0] == '=' && strcmp(d + 1, descr + 1) == 0))
-        die("input '%s': %s holds '%s' elements, the model takes '%s'", name, path, d, descr);
-    if (!header_value(h, "fortran_order", v, sizeof v) || strstr(v, "True"))
-        die("input '%s': %s is in Fortran order; write it C-ordered", name, path);
-    if (!header_value(h, "shape", v, sizeof v)) die("input '%s': %s has no 'shape'", name, path);
-    long fs[32];
-    int frank = 0;
-    for (char *p = v + 1; *p && *p != ')';) {{
-        char *end;
-        long x = strtol(p, &end, 10);
-        if (end == p) {{ p++; continue; }}
-        if (frank == 32) die("input '%s': %s has too many dims", name, path);
-        fs[frank++] = x;
-        p = end;
-    }}
-    int same = frank == rank;
-    for (int i = 0; same && i < rank; i++) same = fs[i] == shape[i];
-    if (!same)
-        die("input '%s': %s has shape %s, the model takes %s", name, path,
-            shape_text(fs, frank, got, sizeof got), shape_text(shape, rank, want, sizeof want));
-    free(h);
-    void *data = malloc(bytes ? bytes : 1);
-    if (!data || fread(data, 1, bytes, f) != bytes)
-        die("input '%s': %s has fewer data bytes than its shape needs (%zu)", name, path, bytes);
-    fclose(f);
-    return data;
-}}
-
-static void write_npy(const char *dir, const char *name, const char *descr, const long *shape, int rank, const void *data, size_t bytes) {{
-    char path[4096], s[128], h[256];
-    snprintf(path, sizeof path, "%s/%s.npy", dir, name);
-    int n = snprintf(h, sizeof h, "{{'descr': '%s', 'fortran_order': False, 'shape': %s, }}", descr, shape_text(shape, rank, s, sizeof s));
-    int total = 10 + n + 1;
-    int pad = (64 - total % 64) % 64;
-    FILE *f = fopen(path, "wb");
-    if (!f) die("output '%s': cannot write %s: %s", name, path, strerror(errno));
-    unsigned short hl = (unsigned short)(n + pad + 1);
-    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-    fputc(hl & 0xff, f);
-    fputc(hl >> 8, f);
-    fwrite(h, 1, (size_t)n, f);
-    for (int i = 0; i < pad; i++) fputc(' ', f);
-    fputc('\n', f);
-    if (fwrite(data, 1, bytes, f) != bytes || fclose(f) != 0) die("output '%s': writing %s failed", name, path);
-}}
-
-int main(int argc, char **argv) {{
-    const char *names[] = {{ {names} }};
-    const char *files[{ni}] = {{ 0 }};
-    const char *dir = ".";
-    for (int i = 1; i < argc; i++) {{
-        if (strcmp(argv[i], "-o") == 0 && i + 1 < argc) {{ dir = argv[++i]; continue; }}
-        const char *eq = strchr(argv[i], '=');
-        int k = -1;
-        for (int j = 0; eq && j < {ni}; j++)
-            if (strlen(names[j]) == (size_t)(eq - argv[i]) && strncmp(argv[i], names[j], (size_t)(eq - argv[i])) == 0) k = j;
-        if (k < 0) die("unknown argument '%s' (usage: %s{usage} [-o DIR])", argv[i], argv[0]);
-        files[k] = eq + 1;
-    }}
-    const void *inputs[{ni}];
-"#,
-        names = inputs
-            .iter()
-            .map(|(n, _, _)| format!("\"{n}\""))
-            .chain(std::iter::once("0".to_string()))
-            .collect::<Vec<_>>()
-            .join(", "),
-        ni = inputs.len().max(1),
-        usage = inputs
-            .iter()
-            .map(|(n, _, _)| format!(" {n}=FILE.npy"))
-            .collect::<String>(),
-    );
-    for (k, (name, dt, shape)) in inputs.iter().enumerate() {
-        let bytes = shape.iter().product::<usize>() * dt.size_bytes();
-        c.push_str(&format!(
-            "    {{\n        static const long shape[] = {{ {} }};\n        if (!files[{k}]) die(\"input '{name}' was not given (add {name}=FILE.npy)\");\n        inputs[{k}] = read_npy(files[{k}], \"{name}\", \"{}\", shape, {}, {bytes});\n    }}\n",
-            list(shape),
-            npy_descr(*dt),
-            shape.len()
-        ));
-    }
-    c.push_str(&format!(
-        "    void *outputs[{}];\n",
-        program.outputs.len().max(1)
-    ));
-    for (o, b) in program.outputs.iter().enumerate() {
-        c.push_str(&format!(
-            "    outputs[{o}] = malloc({});\n    if (!outputs[{o}]) die(\"out of memory\");\n",
-            program.buffer(*b).size_bytes().max(1)
-        ));
-    }
-    c.push_str(&format!(
-        "    if ({prefix}_run(inputs, outputs) != 0) die(\"%s\", kiln_rt_last_error());\n"
-    ));
-    for (o, b) in program.outputs.iter().enumerate() {
-        let buf = program.buffer(*b);
-        let name = outputs
-            .get(o)
-            .cloned()
-            .unwrap_or_else(|| format!("output{o}"));
-        c.push_str(&format!(
-            "    {{\n        static const long shape[] = {{ {} }};\n        write_npy(dir, \"{name}\", \"{}\", shape, {}, outputs[{o}], {});\n    }}\n",
-            list(&buf.shape),
-            npy_descr(buf.dtype),
-            buf.shape.len(),
-            buf.size_bytes()
-        ));
-    }
-    c.push_str("    return 0;\n}\n");
-    c
 }
