@@ -310,3 +310,99 @@ fn kind(ty: Option<&TypeProto>) -> &'static str {
         None => "untyped",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{
+        tensor_shape_proto::{dimension::Value as D, Dimension},
+        AttributeProto, TensorShapeProto, ValueInfoProto,
+    };
+
+    fn node(op: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            input: ins.iter().map(|s| s.to_string()).collect(),
+            output: outs.iter().map(|s| s.to_string()).collect(),
+            ..NodeProto::default()
+        }
+    }
+
+    /// A value written twice inside a subgraph is found, and named with
+    /// the subgraph; the same name in two sibling subgraphs is not a
+    /// second write.
+    #[test]
+    fn values_written_twice_in_subgraphs() {
+        let branch = |nodes: Vec<NodeProto>| GraphProto {
+            name: "then".into(),
+            node: nodes,
+            ..GraphProto::default()
+        };
+        let if_node = |then: GraphProto, other: GraphProto| {
+            let mut n = node("If", &["c"], &["y"]);
+            for (name, g) in [("then_branch", then), ("else_branch", other)] {
+                n.attribute.push(AttributeProto {
+                    name: name.into(),
+                    g: Some(g),
+                    ..AttributeProto::default()
+                });
+            }
+            n
+        };
+        let ok = GraphProto {
+            node: vec![if_node(
+                branch(vec![node("Neg", &["x"], &["b"])]),
+                branch(vec![node("Abs", &["x"], &["b"])]),
+            )],
+            ..GraphProto::default()
+        };
+        single_writers(&ok).unwrap();
+        let twice = GraphProto {
+            node: vec![if_node(
+                branch(vec![
+                    node("Neg", &["x"], &["b"]),
+                    node("Abs", &["x"], &["b"]),
+                ]),
+                branch(vec![]),
+            )],
+            ..GraphProto::default()
+        };
+        let e = single_writers(&twice).unwrap_err().to_string();
+        for part in ["'b'", "graph 'then'", "Neg node #0", "Abs node #1"] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+    }
+
+    /// The dims `ImportOptions::dims` can fix: `dim_param`s, and the names
+    /// kiln gives unknown dims, of inputs that are not initializers.
+    #[test]
+    fn symbolic_dims_of_the_inputs() {
+        let dim = |v: Option<D>| Dimension {
+            value: v,
+            ..Dimension::default()
+        };
+        let ty = TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto {
+                    dim: vec![
+                        dim(Some(D::DimParam("batch".into()))),
+                        dim(None),
+                        dim(Some(D::DimValue(3))),
+                    ],
+                }),
+            })),
+            ..TypeProto::default()
+        };
+        let g = GraphProto {
+            input: vec![ValueInfoProto {
+                name: "x".into(),
+                r#type: Some(ty),
+                ..ValueInfoProto::default()
+            }],
+            ..GraphProto::default()
+        };
+        let names: Vec<String> = dim_names(&g).into_iter().collect();
+        assert_eq!(names, ["batch", "x_1"]);
+    }
+}

@@ -1935,7 +1935,7 @@ mod tests {
             .sequence_inputs
             .insert("xs".into(), vec![Shape::fixed(&[2]); 3]);
         options.absent_inputs.insert("o".into());
-        let g = import_model(&model, &options).unwrap();
+        let g = import_model(&model, &options).unwrap().graph;
         let names = |ids: Vec<NodeId>| -> Vec<String> {
             ids.into_iter().map(|i| g.node(i).name.clone()).collect()
         };

@@ -568,3 +568,29 @@ fn imported_nodes_are_located_at_their_onnx_node() {
     let x = g.node(g.placeholders()[0]);
     assert_eq!(x.location.to_string(), "ONNX graph input 'x'");
 }
+
+/// A table a converter computes for itself (here a DFT matrix, sized by the
+/// declared signal length) beyond kiln's limit is the node's error, not an
+/// allocation of 320 GB.
+#[test]
+fn huge_conversion_table_is_an_error_naming_the_node() {
+    let m = model(
+        proto::GraphProto {
+            name: "dft".into(),
+            node: vec![node("DFT", "spectrum", &["x"], &["y"])],
+            input: vec![input("x", DataType::Float, &dims(&[1, 100_000, 1]))],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        17,
+    );
+    let e = within(20, move || {
+        import(&m, &ImportOptions::default()).map(|_| ())
+    })
+    .unwrap_err();
+    assert!(matches!(e, kiln_onnx::Error::Node { .. }), "{e:?}");
+    mentions(
+        &e.to_string(),
+        &["DFT node 'spectrum'", "DFT matrix", "limit"],
+    );
+}

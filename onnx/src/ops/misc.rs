@@ -742,7 +742,7 @@ fn mel_weight_matrix<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             (((dft_len + 1) as f64 * hz) / rate).floor() as i64
         })
         .collect();
-    let mut out = vec![0.0; bins * mels];
+    let mut out = vec![0.0; super::table_len("the mel weight matrix", &[bins, mels])?];
     let mut set = |j: i64, i: usize, v: f64| -> R<()> {
         let j = usize::try_from(j)
             .ok()
@@ -967,7 +967,7 @@ fn dft_along<'g>(
         (l.min(len), len)
     };
     let scale = if inverse { 1.0 / nf } else { 1.0 };
-    let mut rr = vec![0.0; l * k_out];
+    let mut rr = vec![0.0; super::table_len("the DFT matrix", &[l, k_out])?];
     let mut ir = vec![0.0; l * k_out];
     let mut ri = vec![0.0; l * k_out];
     let mut ii = vec![0.0; l * k_out];

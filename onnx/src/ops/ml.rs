@@ -221,7 +221,8 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             .map(|&i| test[i].ok_or_else(|| "a node without its test".to_string()))
             .collect::<R<_>>()?;
         let p = g.concat(&cols, 1).k()?;
-        let (mut yes, mut no, mut depth) = (vec![0.0; m * l], vec![0.0; m * l], vec![0.0; l]);
+        let ml = super::table_len("a tree's path tests", &[m, l])?;
+        let (mut yes, mut no, mut depth) = (vec![0.0; ml], vec![0.0; ml], vec![0.0; l]);
         for (j, (_, path)) in tree.leaves.iter().enumerate() {
             depth[j] = path.len() as f64;
             for &(node, way) in path {
@@ -258,7 +259,8 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     // Per tree: [leaves of the tree, n_targets] weights and 0/1 targets.
     let leaf_mats = |tree: &Tree| -> R<(Tensor<'g>, Tensor<'g>)> {
         let l = tree.leaves.len();
-        let (mut w, mut hit) = (vec![0.0; l * n_targets], vec![0.0; l * n_targets]);
+        let lt = super::table_len("a tree's leaf weights", &[l, n_targets])?;
+        let (mut w, mut hit) = (vec![0.0; lt], vec![0.0; lt]);
         for (j, &(leaf, _)) in tree.leaves.iter().enumerate() {
             let t = targets[leaf] as usize;
             w[j * n_targets + t] += weights[leaf];

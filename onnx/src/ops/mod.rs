@@ -115,6 +115,27 @@ pub(crate) struct Node<'a, 'g> {
     pub declared: Vec<Option<i32>>,
 }
 
+/// The most values a converter computes into a table of its own (a DFT or
+/// resize matrix, a tree ensemble's path tables, padding indices): 2^28
+/// (1 GiB of f32). Such tables are part of the conversion (they cannot wait
+/// for run time), so a larger one, sized by a file's dims or attributes, is
+/// the node's error instead of an allocation that could abort.
+pub(crate) const MAX_TABLE_VALUES: usize = 1 << 28;
+
+/// The number of values of a table `what` of `dims`, where within
+/// [`MAX_TABLE_VALUES`].
+pub(crate) fn table_len(what: &str, dims: &[usize]) -> R<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_TABLE_VALUES)
+        .ok_or_else(|| {
+            format!(
+                "{what} of {dims:?} would hold more than {MAX_TABLE_VALUES} values \
+                 (kiln's limit on a table computed while importing)"
+            )
+        })
+}
+
 fn err<T>(r: kiln_graph::Result<T>) -> R<T> {
     r.map_err(reason)
 }

@@ -284,7 +284,7 @@ fn tfidf_vectorizer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let mut freq: Option<Tensor<'g>> = None;
     for (&size, set) in &grams {
         let g = set.len();
-        let mut onehot = vec![0f32; g * out_size];
+        let mut onehot = vec![0f32; super::table_len("the n-gram table", &[g, out_size])?];
         for (j, &col) in set.values().enumerate() {
             onehot[j * out_size + col] = 1.0;
         }

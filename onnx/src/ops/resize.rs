@@ -105,6 +105,7 @@ fn taps(
     roi: Option<(f64, f64)>,
 ) -> R<Vec<(Vec<usize>, Vec<f64>, bool)>> {
     let out_w = scale * input as f64;
+    super::table_len("the resize taps", &[output])?;
     let mut rows = Vec::with_capacity(output);
     for y in 0..output {
         let yf = y as f64;
@@ -217,7 +218,7 @@ fn resize_axis<'g>(
         return x.gather(idx, axis as i64).k();
     }
     // The weights as an [in, out] matrix, applied along `axis`.
-    let mut w = vec![0f64; input * output];
+    let mut w = vec![0f64; super::table_len("the resize weights", &[input, output])?];
     for (o, (idx, c, _)) in rows.iter().enumerate() {
         for (&i, &v) in idx.iter().zip(c) {
             w[i * output + o] += v;

@@ -690,6 +690,11 @@ fn pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         if d == 0 && before[a].max(0) + after[a].max(0) > 0 {
             return Err(format!("cannot {mode}-pad the empty dim {a}"));
         }
+        let padded = (d as i128 + before[a] as i128 + after[a] as i128).max(0);
+        super::table_len(
+            &format!("the {mode} padding indices of dim {a}"),
+            &[usize::try_from(padded).unwrap_or(usize::MAX)],
+        )?;
         t = take_runs(t, a, &pad_indices(&mode, d, before[a], after[a]))?;
     }
     Ok(vec![t])

@@ -7,7 +7,7 @@ use kiln::npy;
 
 /// Arguments of `kiln import`.
 #[derive(clap::Args)]
-#[command(after_help = "Example:\n  \
+#[command(after_help = "Examples:\n  \
     kiln import resnet50.onnx -o resnet50.kiln --dim batch=1\n  \
     kiln import model.onnx -o model.kiln --input-shape pixels=1x3x224x224")]
 pub struct Args {
@@ -38,8 +38,8 @@ pub struct Args {
     #[arg(long = "dim", value_name = "NAME=N")]
     pub dims: Vec<String>,
     /// Replace a tensor input's declared shape, as NAME=DIMS with DIMS
-    /// joined by 'x', each a size or a symbol (batchx3x224x224; `scalar`
-    /// for rank 0) (repeatable).
+    /// joined by 'x' or ',', each a size or a symbol (batchx3x224x224,
+    /// max_len,512; `scalar` for rank 0) (repeatable).
     #[arg(long = "input-shape", value_name = "NAME=DIMS")]
     pub input_shapes: Vec<String>,
     /// Evaluate a node whose inputs are known at import time only if it
@@ -125,8 +125,11 @@ fn input_shape_spec(spec: &str) -> Result<(String, kiln::graph::Shape)> {
     if dims == "scalar" {
         return Ok((name.to_string(), kiln::graph::Shape::scalar()));
     }
+    // Joined by ',' where the dims hold one (so that a symbol may hold
+    // an 'x': max_len,3), else by 'x'.
+    let sep = if dims.contains(',') { ',' } else { 'x' };
     let dims = dims
-        .split('x')
+        .split(sep)
         .map(|d| {
             let d = d.trim();
             if let Ok(n) = d.parse::<usize>() {
@@ -138,7 +141,7 @@ fn input_shape_spec(spec: &str) -> Result<(String, kiln::graph::Shape)> {
             if !symbol {
                 bail!(
                     "--input-shape '{spec}': dim '{d}' is neither a size nor a symbol \
-                     (dims are joined by 'x': batchx3x224x224)"
+                     (dims are joined by 'x' or ',': batchx3x224x224, max_len,512)"
                 );
             }
             Ok(kiln::graph::Dim::sym(d))
@@ -199,8 +202,17 @@ fn import_onnx(model: &Path, output: &Path, options: &kiln::onnx::ImportOptions)
         model.display(),
         output.display(),
         graph.len(),
-        inputs.join(", "),
-        outputs.join(", ")
+        listed(&inputs),
+        listed(&outputs)
     );
     Ok(())
+}
+
+/// `items` joined by commas, or `none`.
+fn listed(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
 }
