@@ -443,3 +443,173 @@ fn the_standalone_program_behaves_like_kiln_run() {
     assert!(stderr(&r).contains("the file has more"), "{}", stderr(&r));
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// An `.npy` file of `version` with header dict `dict` and `data`.
+fn npy_file(version: u8, dict: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = dict.to_string();
+    let fixed = if version == 1 { 10 } else { 12 };
+    while (fixed + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut b = b"\x93NUMPY".to_vec();
+    b.extend_from_slice(&[version, 0]);
+    if version == 1 {
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    } else {
+        b.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    }
+    b.extend_from_slice(h.as_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+#[test]
+fn the_standalone_program_reads_what_kiln_run_reads() {
+    if !has_cc() {
+        return;
+    }
+    use kiln::graph::{Array, DType, GraphBuilder};
+    let tmp = temp_dir("npy");
+    // A bool input, an output named with "*/" (which ends a C comment), a scalar output
+    // and an input fetched as it is.
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, [3]).unwrap();
+    let flag = g.placeholder("flag", DType::Bool, [3]).unwrap();
+    let y = x
+        .mul(flag.cast(DType::F32).unwrap())
+        .unwrap()
+        .named("scores/y*/z")
+        .unwrap();
+    g.output(y).unwrap();
+    g.output(x.sum_all().unwrap().named("total").unwrap())
+        .unwrap();
+    g.output(flag).unwrap();
+    let graph = g.into_graph();
+    let model = tmp.join("odd.kiln");
+    graph.save(&model).unwrap();
+    let build = tmp.join("build");
+    let r = kiln(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        build.to_str().unwrap(),
+        "--exe",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let h = std::fs::read_to_string(build.join("odd.h")).unwrap();
+    assert!(
+        h.contains("#define ODD_OUTPUT_SCORES_Y__Z 0") && h.contains("#define ODD_OUTPUT_TOTAL 1"),
+        "{h}"
+    );
+    // x: big-endian, version 2, keys in double quotes; flag: '?' elements.
+    let xs = [1.5f32, -2.0, 4.25];
+    let x_be: Vec<u8> = xs.iter().flat_map(|v| v.to_be_bytes()).collect();
+    let x_file = tmp.join("x.npy");
+    std::fs::write(
+        &x_file,
+        npy_file(
+            2,
+            "{\"descr\": \">f4\", \"fortran_order\": False, \"shape\": (3,)}",
+            &x_be,
+        ),
+    )
+    .unwrap();
+    let flag_file = tmp.join("flag.npy");
+    std::fs::write(
+        &flag_file,
+        npy_file(
+            1,
+            "{'descr': '?', 'fortran_order': False, 'shape': (3,), }",
+            &[1, 0, 1],
+        ),
+    )
+    .unwrap();
+    let feeds = [
+        format!("x={}", x_file.display()),
+        format!("flag={}", flag_file.display()),
+    ];
+    let by_kiln = tmp.join("by-kiln");
+    let r = kiln(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        &feeds[0],
+        "--input",
+        &feeds[1],
+        "--output",
+        by_kiln.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let by_exe = tmp.join("by-exe");
+    let run = Command::new(build.join("odd"))
+        .args(&feeds)
+        .arg("-o")
+        .arg(&by_exe)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let said = stdout(&run);
+    assert!(said.contains("total.npy f32[]"), "{said}");
+    let want = kiln::Session::new(&graph, kiln::Device::Cpu)
+        .unwrap()
+        .run_outputs(&[
+            ("x", &Array::from_vec(vec![3], xs.to_vec()).unwrap()),
+            (
+                "flag",
+                &Array::from_vec(vec![3], vec![true, false, true]).unwrap(),
+            ),
+        ])
+        .unwrap();
+    for ((name, w), file) in want
+        .iter()
+        .zip(["scores_y*_z.npy", "total.npy", "flag.npy"])
+    {
+        let got = kiln::npy::read(by_exe.join(file)).unwrap();
+        assert!(got.same_bits(w), "{name}: {got:?} vs {w:?}");
+    }
+    for f in ["total.npy", "flag.npy"] {
+        assert_eq!(
+            std::fs::read(by_exe.join(f)).unwrap(),
+            std::fs::read(by_kiln.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // What kiln run refuses, the program refuses: Fortran order, a bool
+    // byte that is not 0 or 1.
+    let fortran = tmp.join("fortran.npy");
+    std::fs::write(
+        &fortran,
+        npy_file(
+            1,
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (3,), }",
+            &[0; 12],
+        ),
+    )
+    .unwrap();
+    let r = Command::new(build.join("odd"))
+        .arg(format!("x={}", fortran.display()))
+        .arg(&feeds[1])
+        .output()
+        .unwrap();
+    assert!(stderr(&r).contains("Fortran order"), "{}", stderr(&r));
+    std::fs::write(
+        &flag_file,
+        npy_file(
+            1,
+            "{'descr': '|b1', 'fortran_order': False, 'shape': (3,), }",
+            &[1, 2, 0],
+        ),
+    )
+    .unwrap();
+    let r = Command::new(build.join("odd"))
+        .args(&feeds)
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&r).contains("bool byte other than 0 and 1"),
+        "{}",
+        stderr(&r)
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
