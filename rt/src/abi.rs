@@ -77,7 +77,7 @@ pub unsafe extern "C" fn kiln_rt_run(
                 let avx512 = std::env::var("KILN_AVX512").map_or(true, |v| v != "0");
                 let steps = unsafe { crate::blob::decode(words, fns, nbuffers, &constant, avx512) }
                     .map_err(|e| format!("the model's step list is corrupt: {e}"))?;
-                exec = Box::into_raw(Box::new(Mutex::new(Exec::new(steps, default_threads()))));
+                exec = Box::into_raw(Box::new(Mutex::new(Exec::new(steps, default_threads()?))));
                 state.store(exec, Ordering::Release);
             }
         }

@@ -268,13 +268,49 @@ impl Tuner {
     }
 }
 
-/// Threads from `KILN_NUM_THREADS`, else every available core.
-pub fn default_threads() -> usize {
-    std::env::var("KILN_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1)
+/// The most threads a program may use. Each executable starts a thread
+/// pool of its thread count, so an unbounded count (`--threads 100000`)
+/// would spend minutes creating threads; 1024 is above any core count
+/// kiln runs on and starts in milliseconds.
+pub const MAX_THREADS: usize = 1024;
+
+/// A thread count written as text: a whole number from 1 to [`MAX_THREADS`].
+pub fn parse_threads(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        Ok(0) => Err("0 threads: at least 1 is needed".into()),
+        Ok(n) => Err(format!("{n} threads is over the limit of {MAX_THREADS}")),
+        Err(_) => Err(format!(
+            "'{text}' is not a thread count (a whole number from 1 to {MAX_THREADS})"
+        )),
+    }
+}
+
+/// `KILN_NUM_THREADS`, checked by [`parse_threads`]; `None` when unset.
+pub fn env_threads() -> Result<Option<usize>, String> {
+    match std::env::var("KILN_NUM_THREADS") {
+        Ok(v) => parse_threads(&v)
+            .map(Some)
+            .map_err(|e| format!("KILN_NUM_THREADS={v}: {e}")),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => Err(format!(
+            "KILN_NUM_THREADS={}: not a thread count",
+            v.to_string_lossy()
+        )),
+    }
+}
+
+/// Every available core (at most [`MAX_THREADS`]).
+pub fn core_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_THREADS)
+}
+
+/// Threads from `KILN_NUM_THREADS`, else every available core; an error
+/// when the variable is set to something other than a thread count.
+pub fn default_threads() -> Result<usize, String> {
+    Ok(env_threads()?.unwrap_or_else(core_threads))
 }
 
 /// A program's steps with the threads they may use.
@@ -295,8 +331,9 @@ pub type StepHook<'a> = &'a mut dyn FnMut(usize, Instant);
 
 impl Exec {
     /// Steps that may use `threads` threads (1: single-threaded).
+    /// Counts over [`MAX_THREADS`] are taken as [`MAX_THREADS`].
     pub fn new(steps: Vec<Step>, threads: usize) -> Exec {
-        let threads = threads.max(1);
+        let threads = threads.clamp(1, MAX_THREADS);
         if threads > 1 {
             // Start the workers now, so they are settled on their own CPUs
             // before the first runs measure splitting.

@@ -8,7 +8,12 @@ mod cli;
 #[command(
     name = "kiln",
     version,
-    about = "kiln: a static-graph compiler and runtime for deep learning"
+    about = "kiln: a static-graph compiler and runtime for deep learning",
+    after_help = "Models are .kiln files or .onnx files (imported in memory). \
+                  `kiln help COMMAND` explains a command.\n\n\
+                  Example:\n  \
+                  kiln run examples/mlp.kiln --input x=examples/digit.npy\n  \
+                  kiln bench examples/mlp.kiln --dim batch=32 --profile"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,6 +24,10 @@ struct Cli {
 enum Command {
     /// Run a model on .npy inputs and print (and optionally save) its outputs.
     Run(cli::run::Args),
+    /// Measure a model: compile time, time to first result, latency
+    /// (median, p90, min over many runs), peak memory, and with --profile
+    /// each kernel's mean time. Inputs not given are generated.
+    Bench(cli::bench::Args),
     /// Print a model's nodes, inputs, outputs and parameter count.
     Show(cli::show::Args),
     /// Print the memory plan of the optimized program and draw it as SVG.
@@ -50,6 +59,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cli::run::main(a),
+        Command::Bench(a) => cli::bench::main(a),
         Command::Show(a) => cli::show::main(a),
         Command::Plan(a) => cli::plan::main(a),
         Command::Optimize(a) => cli::optimize::main(a),

@@ -116,6 +116,9 @@ impl FeedValue for DeviceTensor {
 pub struct SessionOptions {
     /// Threads the CPU backend may use; `None` takes `KILN_NUM_THREADS`, else
     /// every available core. Small kernels stay on one thread regardless.
+    /// Either must be a whole number from 1 to
+    /// [`MAX_THREADS`](kiln_codegen::cpu::MAX_THREADS) (1024): anything
+    /// else is an [`Error::Device`] when a CPU session is created.
     pub threads: Option<usize>,
     /// Whether long f32 elementwise rows may run in AVX-512 on hosts that
     /// have it; `None` takes `KILN_AVX512` (`0` turns it off), else yes.
@@ -178,6 +181,79 @@ fn tune_allocator() {
     }
 }
 
+/// Checks a CPU session's thread count: the option, else `KILN_NUM_THREADS`.
+fn check_threads(threads: Option<usize>) -> Result<()> {
+    let reason = match threads {
+        Some(t) => kiln_codegen::cpu::parse_threads(&t.to_string())
+            .err()
+            .map(|e| format!("SessionOptions::threads: {e}")),
+        None => kiln_codegen::cpu::env_threads().err(),
+    };
+    match reason {
+        Some(reason) => Err(Error::Device {
+            device: Device::Cpu.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `name TYPE` of each node, joined by commas; `none` for no nodes.
+fn list_nodes(graph: &Graph, nodes: &[NodeId]) -> String {
+    if nodes.is_empty() {
+        return "none".into();
+    }
+    let items: Vec<String> = nodes
+        .iter()
+        .map(|&n| format!("{} {}", graph.node(n).name, graph.node(n).ty))
+        .collect();
+    items.join(", ")
+}
+
+/// `a` or `an`, for an op's name.
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// Up to five node names close to `name`: containing it or contained in it
+/// (ignoring case), or a couple of edits away.
+fn similar_names(graph: &Graph, name: &str) -> Vec<String> {
+    let lower = name.to_lowercase();
+    let mut found: Vec<(usize, String)> = graph
+        .topo_order()
+        .into_iter()
+        .map(|n| graph.node(n).name.clone())
+        .filter_map(|cand| {
+            let c = cand.to_lowercase();
+            let d = edit_distance(&c, &lower);
+            let close = d <= 2 || (lower.len() >= 2 && (c.contains(&lower) || lower.contains(&c)));
+            close.then_some((d, cand))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().take(5).map(|(_, n)| n).collect()
+}
+
+/// Levenshtein distance (names are short; quadratic is fine).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 impl Session {
     /// Prepares `graph` to run on `device` and initializes its variables.
     pub fn new(graph: &Graph, device: Device) -> Result<Session> {
@@ -187,6 +263,7 @@ impl Session {
     /// Like [`Session::new`], with options.
     pub fn with_options(graph: &Graph, device: Device, options: SessionOptions) -> Result<Session> {
         if device == Device::Cpu {
+            check_threads(options.threads)?;
             tune_allocator();
         }
         let gpu = match device {
@@ -481,9 +558,19 @@ impl Session {
         fetches
             .iter()
             .map(|&f| {
-                self.graph.find(f).map_err(|_| Error::Fetch {
-                    name: f.into(),
-                    reason: "no node has this name".into(),
+                self.graph.find(f).map_err(|_| {
+                    let mut reason = format!(
+                        "no node has this name; the model's outputs are: {}",
+                        list_nodes(&self.graph, self.graph.outputs())
+                    );
+                    let similar = similar_names(&self.graph, f);
+                    if !similar.is_empty() {
+                        reason.push_str(&format!("; similar names: {}", similar.join(", ")));
+                    }
+                    Error::Fetch {
+                        name: f.into(),
+                        reason,
+                    }
                 })
             })
             .collect()
@@ -555,15 +642,20 @@ impl Session {
                 name: name.into(),
                 reason,
             };
-            let id = self
-                .graph
-                .find(name)
-                .map_err(|_| err("no node has this name".into()))?;
+            let inputs = || list_nodes(&self.graph, &self.graph.placeholders());
+            let id = self.graph.find(name).map_err(|_| {
+                err(format!(
+                    "no node has this name; the model's inputs are: {}",
+                    inputs()
+                ))
+            })?;
             let node = self.graph.node(id);
             let Op::Placeholder { dtype, shape } = &node.op else {
+                let op = node.op.name();
                 return Err(err(format!(
-                    "node is a {}, not a placeholder; only placeholders can be fed",
-                    node.op.name()
+                    "it is {} {op} node, not an input; the model's inputs are: {}",
+                    article(op),
+                    inputs()
                 )));
             };
             if seen.contains(&id) {

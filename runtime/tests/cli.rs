@@ -312,7 +312,7 @@ fn profile_and_trace() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(
-        text.contains("profile of one warm run:") && text.contains("6 kernels"),
+        text.contains("profile over 10 runs:") && text.contains("6 kernels"),
         "{text}"
     );
     assert!(
@@ -322,7 +322,7 @@ fn profile_and_trace() {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     let events = doc["traceEvents"].as_array().unwrap();
-    assert_eq!(events.len(), 6);
+    assert_eq!(events.len(), 6 * 10, "six kernels, ten runs");
     assert!(events
         .iter()
         .all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0));

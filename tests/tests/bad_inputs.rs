@@ -278,7 +278,7 @@ fn feeding_a_variable_instead_of_a_placeholder() {
     let w = arr(&[4, 3], vec![0.0; 12]);
     let (name, msg) = feed_error(s.run(&[("x", &x), ("w", &w)], &["y"]));
     assert_eq!(name, "w");
-    mentions(&msg, &["feed 'w'", "variable", "not a placeholder"]);
+    mentions(&msg, &["feed 'w'", "a variable node, not an input"]);
 }
 
 #[test]

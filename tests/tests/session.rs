@@ -104,7 +104,7 @@ fn missing_unknown_duplicate_and_non_placeholder_feeds() {
     assert!(reason.contains("more than once"), "{reason}");
     let (name, reason) = feed_error(s.run(&[("fc1/weight", &x)], &["probs"]));
     assert_eq!(name, "fc1/weight");
-    assert!(reason.contains("variable, not a placeholder"), "{reason}");
+    assert!(reason.contains("variable node, not an input"), "{reason}");
     match s.run(&[("x", &x)], &["nope"]) {
         Err(Error::Fetch { name, .. }) => assert_eq!(name, "nope"),
         other => panic!("{other:?}"),

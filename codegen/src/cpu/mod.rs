@@ -14,6 +14,8 @@ pub mod aot;
 mod functions;
 mod jit;
 pub use jit::Target;
+/// The thread count's bound and checks (`kiln run --threads`, `KILN_NUM_THREADS`).
+pub use kiln_rt::exec::{core_threads, env_threads, parse_threads, MAX_THREADS};
 mod support;
 mod vector;
 mod wide;
@@ -44,19 +46,15 @@ pub struct CpuBackend {
 }
 
 impl Default for CpuBackend {
-    /// Threads from `KILN_NUM_THREADS`, else every available core; AVX-512
-    /// unless `KILN_AVX512=0`; bounds checks with `KILN_CHECK_BOUNDS=1`.
+    /// Threads from `KILN_NUM_THREADS`, else every available core (a
+    /// value that is not a thread count, which `Session` reports as an
+    /// error, is taken as unset here); AVX-512 unless `KILN_AVX512=0`;
+    /// bounds checks with `KILN_CHECK_BOUNDS=1`.
     fn default() -> Self {
-        let threads = std::env::var("KILN_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            });
+        let threads =
+            kiln_rt::exec::default_threads().unwrap_or_else(|_| kiln_rt::exec::core_threads());
         CpuBackend {
-            threads: threads.max(1),
+            threads,
             avx512: std::env::var("KILN_AVX512").map_or(true, |v| v != "0"),
             bounds_checks: std::env::var("KILN_CHECK_BOUNDS").is_ok_and(|v| v != "0"),
         }

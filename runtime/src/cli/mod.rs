@@ -1,5 +1,6 @@
 //! The subcommands of the `kiln` command line, one module each.
 
+pub mod bench;
 pub mod common;
 pub mod compile;
 pub mod import;

@@ -1,23 +1,37 @@
-//! `kiln run`: run a model on .npy inputs.
+//! `kiln run`: run a model on .npy inputs and print its outputs: a summary
+//! of each (NaN and infinities counted apart), the predicted class of an
+//! output that is a probability distribution, whole tensors (`--full`) or
+//! JSON (`--json`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use kiln::graph::Array;
+use anyhow::{bail, Result};
+use kiln::graph::{Array, DType, Graph, Scalar};
 use kiln::{npy, Device, Session};
 
-use super::common::load;
+use super::bench::ProfileTable;
+use super::common::{load, parse_threads, read_input, refuse_overwriting};
+
+/// The most runs `--profile` may time.
+const MAX_PROFILE_RUNS: usize = 100_000;
+
+/// Rows of a batch the probability read-out prints.
+const READOUT_ROWS: usize = 5;
 
 /// Arguments of `kiln run`.
 #[derive(clap::Args)]
+#[command(after_help = "Example:\n  \
+    kiln run examples/mlp.kiln --input x=examples/digit.npy\n  \
+    kiln run model.onnx -i pixels=cat.npy --top 5 -o out/\n  \
+    kiln run examples/mlp.kiln -i x=examples/digit.npy --profile --runs 50")]
 pub struct Args {
-    /// The .kiln model file.
+    /// The model: a .kiln file, or an .onnx file (imported in memory).
     pub model: PathBuf,
     /// An input as NAME=FILE.npy (repeatable).
     #[arg(short, long = "input", value_name = "NAME=FILE.npy")]
     pub inputs: Vec<String>,
-    /// Write each fetched tensor to DIR/NAME.npy.
+    /// Write each fetched tensor to DIR/NAME.npy (DIR is created if needed).
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Fetch these nodes instead of the model's declared outputs (repeatable).
@@ -26,80 +40,91 @@ pub struct Args {
     /// Device to run on.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Threads for the CPU backend (default: KILN_NUM_THREADS or every core).
-    #[arg(long)]
+    /// Threads for the CPU backend, 1 to 1024 (default: KILN_NUM_THREADS or
+    /// every core).
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
-    /// After a warm-up run, time one more run and print each kernel's time.
+    /// Print every value of each output, row by row.
+    #[arg(long, conflicts_with = "json")]
+    pub full: bool,
+    /// Print only JSON: each output's name, dtype, shape and values (nested
+    /// by shape; NaN and infinities as the strings "nan", "inf", "-inf").
     #[arg(long)]
+    pub json: bool,
+    /// For an output that is a probability distribution over its last axis,
+    /// list the K most likely classes of each row (default: the predicted
+    /// class and the next).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub top: Option<u64>,
+    /// Time each kernel over --runs warm runs and print its mean time.
+    #[arg(long, conflicts_with = "json")]
     pub profile: bool,
-    /// Like --profile, and write the kernel timeline as Chrome trace JSON
-    /// (open it in Perfetto or chrome://tracing).
-    #[arg(long, value_name = "FILE")]
+    /// Runs for --profile and --trace (after one warm-up run).
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_PROFILE_RUNS as u64))]
+    pub runs: u64,
+    /// Like --profile, and write the kernel timeline of those runs as
+    /// Chrome trace JSON (open it in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
     pub trace: Option<PathBuf>,
+}
+
+/// The names to fetch: `fetches`, else the model's declared outputs.
+pub fn fetch_names(graph: &Graph, model: &Path, fetches: &[String]) -> Result<Vec<String>> {
+    if !fetches.is_empty() {
+        return Ok(fetches.to_vec());
+    }
+    if graph.outputs().is_empty() {
+        bail!(
+            "{} declares no outputs; name the nodes to fetch with --fetch",
+            model.display()
+        );
+    }
+    Ok(graph
+        .outputs()
+        .iter()
+        .map(|&o| graph.node(o).name.clone())
+        .collect())
 }
 
 /// Runs `kiln run`.
 pub fn main(a: Args) -> Result<()> {
-    run(
-        &a.model,
-        &a.inputs,
-        a.output.as_deref(),
-        &a.fetches,
-        &a.device,
-        RunExtras {
-            threads: a.threads,
-            profile: a.profile,
-            trace: a.trace,
-        },
-    )
-}
-
-/// The optional parts of `kiln run`.
-struct RunExtras {
-    threads: Option<usize>,
-    profile: bool,
-    trace: Option<PathBuf>,
-}
-
-fn run(
-    model: &Path,
-    inputs: &[String],
-    output: Option<&Path>,
-    fetches: &[String],
-    device: &str,
-    extras: RunExtras,
-) -> Result<()> {
-    let device: Device = device.parse()?;
-    let graph = load(model)?;
-    let mut feeds: Vec<(String, Array)> = Vec::new();
-    for spec in inputs {
-        let (name, file) = spec
-            .split_once('=')
-            .with_context(|| format!("--input '{spec}' is not NAME=FILE.npy"))?;
-        let a = npy::read(file)?;
-        feeds.push((name.to_string(), a));
-    }
-    let fetch_names: Vec<String> = if fetches.is_empty() {
-        if graph.outputs().is_empty() {
+    let device: Device = a.device.parse()?;
+    if let Some(dir) = &a.output {
+        refuse_overwriting(&a.model, dir, "--output")?;
+        if dir.exists() && !dir.is_dir() {
             bail!(
-                "{} declares no outputs; name the nodes to fetch with --fetch",
-                model.display()
+                "--output {}: that path is a file, not a directory (the outputs are \
+                 written as DIR/NAME.npy)",
+                dir.display()
             );
         }
-        graph
-            .outputs()
-            .iter()
-            .map(|&o| graph.node(o).name.clone())
-            .collect()
-    } else {
-        fetches.to_vec()
-    };
+    }
+    if let Some(trace) = &a.trace {
+        refuse_overwriting(&a.model, trace, "--trace")?;
+        if trace.is_dir() {
+            bail!(
+                "--trace {}: that path is a directory, not a file",
+                trace.display()
+            );
+        }
+    }
+    if (a.profile || a.trace.is_some()) && device == Device::Reference {
+        bail!("--profile and --trace need a compiling device (--device cpu)");
+    }
+    let graph = load(&a.model)?;
+    let feeds = a
+        .inputs
+        .iter()
+        .map(|s| read_input(s))
+        .collect::<Result<Vec<_>>>()?;
+    let fetch_names = fetch_names(&graph, &a.model, &a.fetches)?;
     let t0 = Instant::now();
     let mut sess = Session::with_options(
         &graph,
         device,
         kiln::SessionOptions {
-            threads: extras.threads,
+            threads: a.threads,
             ..Default::default()
         },
     )?;
@@ -107,72 +132,102 @@ fn run(
     let fetch_refs: Vec<&str> = fetch_names.iter().map(String::as_str).collect();
     let values = sess.run(&feed_refs, &fetch_refs)?;
     let elapsed = t0.elapsed();
-    if let Some(dir) = output {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut files = Vec::new();
+    if let Some(dir) = &a.output {
+        std::fs::create_dir_all(dir).map_err(|e| kiln::Error::io("creating", dir, e))?;
+        for (name, v) in fetch_names.iter().zip(&values) {
+            let file = dir.join(format!("{}.npy", name.replace('/', "__")));
+            npy::write(&file, v)?;
+            files.push(file);
+        }
+    }
+    if a.json {
+        let outputs: Vec<serde_json::Value> = fetch_names
+            .iter()
+            .zip(&values)
+            .enumerate()
+            .map(|(i, (name, v))| {
+                let mut o = serde_json::json!({
+                    "name": name,
+                    "dtype": v.dtype().to_string(),
+                    "shape": v.shape(),
+                    "values": json_values(v),
+                });
+                if let Some(f) = files.get(i) {
+                    o["file"] = f.display().to_string().into();
+                }
+                o
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "device": device.to_string(),
+            "time_ms": elapsed.as_secs_f64() * 1e3,
+            "outputs": outputs,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
     }
     println!(
         "{} on {device}: {} nodes, {:.3} ms",
-        model.display(),
+        a.model.display(),
         graph.len(),
         elapsed.as_secs_f64() * 1e3
     );
-    for (name, v) in fetch_names.iter().zip(&values) {
+    for (i, (name, v)) in fetch_names.iter().zip(&values).enumerate() {
         println!("  {name}: {}{:?} {}", v.dtype(), v.shape(), summary(v));
-        if let Some(dir) = output {
-            let file = dir.join(format!("{}.npy", name.replace('/', "__")));
-            npy::write(&file, v)?;
-            println!("    -> {}", file.display());
+        for line in probability_readout(v, a.top.map(|k| k as usize)) {
+            println!("    {line}");
+        }
+        if a.full {
+            for line in format_full(v).lines() {
+                println!("    {line}");
+            }
+        }
+        if let Some(f) = files.get(i) {
+            println!("    -> {}", f.display());
         }
     }
-    if extras.profile || extras.trace.is_some() {
-        profile_run(&mut sess, &feed_refs, &fetch_refs, extras.trace.as_deref())?;
+    if a.profile || a.trace.is_some() {
+        profile_runs(
+            &mut sess,
+            &feed_refs,
+            &fetch_refs,
+            a.runs as usize,
+            a.trace.as_deref(),
+        )?;
     }
     Ok(())
 }
 
-/// Times one more (warm) run kernel by kernel; prints the table and writes a trace.
-fn profile_run(
+/// Times `runs` more (warm) runs kernel by kernel; prints each kernel's
+/// mean and writes the timeline as a Chrome trace.
+fn profile_runs(
     sess: &mut Session,
     feeds: &[(&str, &Array)],
     fetches: &[&str],
+    runs: usize,
     trace: Option<&Path>,
 ) -> Result<()> {
-    if sess.device() == Device::Reference {
-        bail!("--profile and --trace need a compiling device (--device cpu)");
-    }
     sess.set_profiling(true);
+    let mut table = ProfileTable::default();
+    let mut timeline = Vec::new();
     let t = Instant::now();
-    sess.run(feeds, fetches)?;
-    let wall = t.elapsed().as_secs_f64() * 1e6;
-    let events = sess.take_profile();
-    let total: f64 = events.iter().map(|e| e.duration_us).sum();
-    println!(
-        "profile of one warm run: {:.1} us in {} kernels ({:.1} us wall)",
-        total,
-        events.len(),
-        wall
-    );
-    println!(
-        "  {:>4}  {:<16} {:>10} {:>6}  nodes",
-        "k", "kernel", "us", "%"
-    );
-    for e in &events {
-        let mut nodes = e.nodes.join(", ");
-        if nodes.len() > 60 {
-            nodes.truncate(57);
-            nodes.push_str("...");
+    for _ in 0..runs {
+        sess.run(feeds, fetches)?;
+        let events = sess.take_profile();
+        table.add_run(&events);
+        if trace.is_some() {
+            timeline.extend(events);
         }
-        println!(
-            "  {:>4}  {:<16} {:>10.1} {:>5.1}%  {nodes}",
-            e.kernel,
-            e.label,
-            e.duration_us,
-            100.0 * e.duration_us / total.max(1e-9)
-        );
     }
+    sess.set_profiling(false);
+    let wall = t.elapsed().as_secs_f64() * 1e6 / runs.max(1) as f64;
+    println!("mean wall time of a profiled run: {wall:.1} us");
+    table.print();
     if let Some(path) = trace {
-        let t0 = events.first().map(|e| e.start_us).unwrap_or(0.0);
-        let trace_events: Vec<serde_json::Value> = events
+        let t0 = timeline.first().map(|e| e.start_us).unwrap_or(0.0);
+        let trace_events: Vec<serde_json::Value> = timeline
             .iter()
             .map(|e| {
                 serde_json::json!({
@@ -189,35 +244,265 @@ fn profile_run(
             .collect();
         let doc = serde_json::json!({"traceEvents": trace_events, "displayTimeUnit": "ms"});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+            .map_err(|e| kiln::Error::io("writing", path, e))?;
         println!("wrote {}", path.display());
     }
     Ok(())
 }
 
-/// A one-line look at an array: its first values and, for several, min/mean/max.
+/// A number for people: integers as they are, other values with up to six
+/// decimals, very large or small ones in exponent form; `nan`, `inf`, `-inf`.
+fn number(x: f64) -> String {
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    if x == 0.0 {
+        return "0".into();
+    }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        return format!("{x:.0}");
+    }
+    if x.abs() >= 1e6 || x.abs() < 1e-4 {
+        return format!("{x:.4e}");
+    }
+    format!("{x:.6}")
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_string()
+}
+
+/// One element as text: integers exactly, floats by [`number`], bools as
+/// `true`/`false`.
+fn element(s: Scalar) -> String {
+    match s {
+        Scalar::I64(v) => v.to_string(),
+        Scalar::U64(v) => v.to_string(),
+        Scalar::Bool(v) => v.to_string(),
+        s => number(s.to_f64()),
+    }
+}
+
+/// A one-line look at an array: its first values and, for several, the
+/// min, mean and max of its finite values and how many are NaN or infinite.
 fn summary(a: &Array) -> String {
-    let v = a.to_f64_vec();
-    let head: Vec<String> = v
-        .iter()
-        .take(6)
-        .map(|x| {
-            format!("{x:.6}")
-                .trim_end_matches('0')
-                .trim_end_matches('.')
-                .to_string()
-        })
-        .collect();
+    let head: Vec<String> = (0..a.len().min(6)).map(|i| element(a.get(i))).collect();
     let mut s = format!(
         "[{}{}]",
         head.join(", "),
-        if v.len() > 6 { ", ..." } else { "" }
+        if a.len() > 6 { ", ..." } else { "" }
     );
-    if v.len() > 1 {
-        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
+    if a.len() <= 1 || a.dtype() == DType::Bool {
+        return s;
+    }
+    let v = a.to_f64_vec();
+    let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if !finite.is_empty() {
+        let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mean = finite.iter().sum::<f64>() / finite.len() as f64;
         s.push_str(&format!(" min {min:.4} mean {mean:.4} max {max:.4}"));
     }
+    let nan = v.iter().filter(|x| x.is_nan()).count();
+    let pos = v.iter().filter(|&&x| x == f64::INFINITY).count();
+    let neg = v.iter().filter(|&&x| x == f64::NEG_INFINITY).count();
+    if nan + pos + neg > 0 {
+        let mut parts = Vec::new();
+        if finite.is_empty() {
+            parts.push("no finite values".to_string());
+        } else if finite.len() < v.len() {
+            s.push_str(" (of the finite values)");
+        }
+        for (n, what) in [(nan, "NaN"), (pos, "+inf"), (neg, "-inf")] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        s.push_str(&format!("; {}", parts.join(", ")));
+    }
     s
+}
+
+/// Whether `a` is a probability distribution over its last axis: floats,
+/// a last dim of at least 2, every value finite and non-negative, and each
+/// row summing to 1 (within 1e-3, or 1e-2 for the 16-bit floats).
+fn is_distribution(a: &Array) -> bool {
+    let Some(&classes) = a.shape().last() else {
+        return false;
+    };
+    if !a.dtype().is_float() || classes < 2 || a.is_empty() {
+        return false;
+    }
+    let tolerance = if a.dtype().is_half() { 1e-2 } else { 1e-3 };
+    let v = a.to_f64_vec();
+    v.iter().all(|x| x.is_finite() && *x >= 0.0)
+        && v.chunks(classes)
+            .all(|row| (row.iter().sum::<f64>() - 1.0).abs() <= tolerance)
+}
+
+/// A probability for people: at most three decimals, tiny ones in exponent form.
+fn probability(p: f64) -> String {
+    if p > 0.0 && p < 1e-3 {
+        return format!("{p:.1e}");
+    }
+    if (0.9995..1.0).contains(&p) {
+        return ">0.999".into();
+    }
+    let s = format!("{p:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() {
+        "0".into()
+    } else {
+        s.into()
+    }
+}
+
+/// For an output that is a probability distribution over its last axis,
+/// a line per row (the first few of a batch): the predicted class with its
+/// probability and the runner-up, or with `top`, the K most likely.
+fn probability_readout(a: &Array, top: Option<usize>) -> Vec<String> {
+    if !is_distribution(a) {
+        return Vec::new();
+    }
+    let shape = a.shape();
+    let classes = shape[shape.len() - 1];
+    let lead = &shape[..shape.len() - 1];
+    let v = a.to_f64_vec();
+    let rows = v.len() / classes;
+    let mut lines = Vec::new();
+    for (r, row) in v.chunks(classes).enumerate().take(READOUT_ROWS) {
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.sort_by(|&i, &j| row[j].total_cmp(&row[i]).then(i.cmp(&j)));
+        let text = match top {
+            None => format!(
+                "predicted class {} with probability {} (next: {} at {})",
+                order[0],
+                probability(row[order[0]]),
+                order[1],
+                probability(row[order[1]])
+            ),
+            Some(1) => format!(
+                "predicted class {} with probability {}",
+                order[0],
+                probability(row[order[0]])
+            ),
+            Some(k) => {
+                let items: Vec<String> = order
+                    .iter()
+                    .take(k)
+                    .map(|&c| format!("class {c} at {}", probability(row[c])))
+                    .collect();
+                format!("top {}: {}", k.min(classes), items.join(", "))
+            }
+        };
+        lines.push(if rows == 1 {
+            text
+        } else {
+            format!("row {}: {text}", row_index(lead, r))
+        });
+    }
+    if rows > READOUT_ROWS {
+        lines.push(format!("... and {} more rows", rows - READOUT_ROWS));
+    }
+    lines
+}
+
+/// Row `r` of leading dims `lead` as an index: `3`, or `[0, 3]`.
+fn row_index(lead: &[usize], mut r: usize) -> String {
+    if lead.len() == 1 {
+        return r.to_string();
+    }
+    let mut idx = vec![0; lead.len()];
+    for (i, &d) in lead.iter().enumerate().rev() {
+        idx[i] = r % d.max(1);
+        r /= d.max(1);
+    }
+    format!("{idx:?}")
+}
+
+/// Every value of `a`, numpy-style: nested brackets, one innermost row a
+/// line, columns aligned.
+fn format_full(a: &Array) -> String {
+    let cells: Vec<String> = (0..a.len()).map(|i| element(a.get(i))).collect();
+    let width = cells.iter().map(|c| c.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    nest(&cells, a.shape(), width, 0, &mut out);
+    out
+}
+
+fn nest(cells: &[String], shape: &[usize], width: usize, depth: usize, out: &mut String) {
+    match shape {
+        [] => out.push_str(&cells[0]),
+        [_] => {
+            out.push('[');
+            let row: Vec<String> = cells.iter().map(|c| format!("{c:>width$}")).collect();
+            out.push_str(&row.join(", "));
+            out.push(']');
+        }
+        [n, rest @ ..] => {
+            let chunk: usize = rest.iter().product();
+            out.push('[');
+            for i in 0..*n {
+                if i > 0 {
+                    out.push(',');
+                    out.push_str(&"\n".repeat(rest.len()));
+                    out.push_str(&" ".repeat(depth + 1));
+                }
+                nest(
+                    &cells[i * chunk..(i + 1) * chunk],
+                    rest,
+                    width,
+                    depth + 1,
+                    out,
+                );
+            }
+            out.push(']');
+        }
+    }
+}
+
+/// One element as JSON: integers exactly, floats as numbers (NaN and
+/// infinities as the strings `nan`, `inf`, `-inf`), bools as booleans.
+fn json_element(s: Scalar) -> serde_json::Value {
+    use serde_json::Value;
+    let float = |x: f64, text: String| -> Value {
+        if x.is_nan() {
+            "nan".into()
+        } else if x.is_infinite() {
+            if x > 0.0 { "inf" } else { "-inf" }.into()
+        } else {
+            // The shortest text that reads back as the same value of its
+            // own type (0.1f32 as 0.1, not 0.10000000149011612).
+            text.parse::<f64>().map_or(Value::Null, Value::from)
+        }
+    };
+    match s {
+        Scalar::F32(v) => float(v as f64, v.to_string()),
+        Scalar::F64(v) => float(v, v.to_string()),
+        Scalar::F16(v) => float(v.to_f64(), v.to_f32().to_string()),
+        Scalar::BF16(v) => float(v.to_f64(), v.to_f32().to_string()),
+        Scalar::I64(v) => v.into(),
+        Scalar::U64(v) => v.into(),
+        Scalar::Bool(v) => v.into(),
+        s => (s.to_f64() as i64).into(),
+    }
+}
+
+/// `a`'s values as JSON arrays nested by its shape (a rank-0 array is its value).
+fn json_values(a: &Array) -> serde_json::Value {
+    fn go(a: &Array, shape: &[usize], offset: usize) -> serde_json::Value {
+        match shape {
+            [] => json_element(a.get(offset)),
+            [n, rest @ ..] => {
+                let chunk: usize = rest.iter().product();
+                (0..*n)
+                    .map(|i| go(a, rest, offset + i * chunk))
+                    .collect::<Vec<_>>()
+                    .into()
+            }
+        }
+    }
+    go(a, a.shape(), 0)
 }
