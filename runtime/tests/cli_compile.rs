@@ -277,6 +277,35 @@ fn compile_creates_the_directory_and_lists_what_it_wrote() {
     ] {
         assert!(h.contains(line), "{line}:\n{h}");
     }
+    // An earlier --exe build's program is not rebuilt without --exe: said.
+    std::fs::write(dir.join("mlp_main.c"), "an earlier source").unwrap();
+    std::fs::write(dir.join("mlp"), "an earlier program").unwrap();
+    let o = dir.to_str().unwrap();
+    let r = kiln(&["compile", &mlp(), "-o", o, "--dim", "batch=2"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(
+        stdout(&r).contains("is from an earlier --exe build"),
+        "{}",
+        stdout(&r)
+    );
+    // A --name that is no C identifier: a clear error, nothing written.
+    let before = snapshot(&dir);
+    let r = kiln(&[
+        "compile",
+        &mlp(),
+        "-o",
+        o,
+        "--dim",
+        "batch=2",
+        "--name",
+        "9x",
+    ]);
+    assert!(
+        stderr(&r).contains("--name '9x' is not a C identifier"),
+        "{}",
+        stderr(&r)
+    );
+    assert_eq!(snapshot(&dir), before);
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

@@ -60,6 +60,17 @@ fn default_name(model: &Path) -> String {
 
 fn compile_aot(a: &Args, cc: Option<&str>) -> Result<()> {
     let target: kiln_codegen::cpu::Target = a.target.parse()?;
+    if let Some(n) = &a.name {
+        if n.is_empty()
+            || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || n.starts_with(|c: char| c.is_ascii_digit())
+        {
+            bail!(
+                "--name '{n}' is not a C identifier (letters, digits and _, not starting \
+                 with a digit)"
+            );
+        }
+    }
     // A standalone program needs a C compiler: found before anything else,
     // so that its absence changes nothing.
     let cc = if a.exe {
@@ -138,6 +149,14 @@ fn compile_aot(a: &Args, cc: Option<&str>) -> Result<()> {
             m.library.display(),
             kiln::aot::SYSTEM_LIBS.join(" ")
         );
+        let (src, bin) = (dir.join(format!("{name}_main.c")), dir.join(&name));
+        if src.is_file() && bin.is_file() {
+            println!(
+                "note: {} is from an earlier --exe build and still runs the old model; \
+                 add --exe to rebuild it",
+                bin.display()
+            );
+        }
     }
     Ok(())
 }
