@@ -10,7 +10,13 @@
 //!   [`ImportOptions::initializers_as_variables`] (to train or fine-tune).
 //! - A node whose inputs are all constants is evaluated at import time (so
 //!   shape arithmetic — `Shape`, `Gather`, `Concat` feeding a `Reshape` —
-//!   becomes the static shapes kiln's ops take).
+//!   becomes the static shapes kiln's ops take), unless it would compute
+//!   more than [`ImportOptions::fold_limit_bytes`]: then it stays a graph op.
+//!   Constants no remaining node reads are not kept.
+//! - The model is checked first: its opset (6 to 22; a newer one is read
+//!   as 22 with a warning, [`Imported::warnings`]), values written once, and
+//!   options naming inputs and dims it has. Errors of a node name the ONNX
+//!   node, and the kiln nodes it became carry it as their location.
 //! - Graph outputs are kiln outputs named after the ONNX outputs.
 //! - Sequences and optionals are import-time structures (kiln has no such
 //!   types): a sequence is a list of tensors of a length known while
