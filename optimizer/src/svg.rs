@@ -101,13 +101,15 @@ pub fn plan_svg(p: &KernelProgram, title: &str) -> String {
         .unwrap();
         let name = format!("{} {}", p.buffer(b).node, human_bytes(size));
         let id = b.to_string();
-        let label = if text_width(name.chars().count()) + 4.0 <= bw {
+        // A line of text needs 12 px of height and its width plus a margin.
+        let fits = |text: &str| bh >= 12.0 && text_width(text.chars().count()) + 4.0 <= bw;
+        let label = if fits(&name) {
             Some(name)
         } else {
             legend.push(full);
-            (text_width(id.len()) + 4.0 <= bw).then_some(id)
+            fits(&id).then_some(id)
         };
-        if let Some(label) = label.filter(|_| bh >= 12.0) {
+        if let Some(label) = label {
             writeln!(
                 bars,
                 r#"<text x="{:.1}" y="{:.1}" pointer-events="none">{}</text>"#,

@@ -151,6 +151,14 @@ fn plan_writes_an_svg_only_when_asked() {
     assert!(o.status.success(), "{}", stderr(&o));
     let svg = std::fs::read_to_string(dir.join("p.svg")).unwrap();
     assert!(svg.contains("kernel step") && svg.contains("arena offset"));
+    // '-': the picture alone on standard output.
+    let o = kiln_in(&dir, &["plan", model.to_str().unwrap(), "--svg", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("<svg") && out.trim_end().ends_with("</svg>"),
+        "{out}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -36,6 +36,11 @@ fn plan(model: &Path, svg: Option<&Path>, args: &CompileArgs) -> Result<()> {
     let graph = load(model)?;
     let c = args.compile(&graph)?;
     let p = &c.program;
+    if svg == Some(Path::new("-")) {
+        // The picture alone on standard output, so that it can be piped.
+        print!("{}", kiln_optimizer::svg::plan_svg(p, &title(model)));
+        return Ok(());
+    }
     println!("{}: {} kernels", model.display(), p.kernels.len());
     println!(
         "  {:>5}  {:>10}  {:>10}  {:>9}  node",
@@ -68,9 +73,13 @@ fn plan(model: &Path, svg: Option<&Path>, args: &CompileArgs) -> Result<()> {
     let Some(svg) = svg else {
         return Ok(());
     };
-    let title = model
+    write_text(svg, &kiln_optimizer::svg::plan_svg(p, &title(model)))
+}
+
+/// The picture's title: the model's file name.
+fn title(model: &Path) -> String {
+    model
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    write_text(svg, &kiln_optimizer::svg::plan_svg(p, &title))
+        .unwrap_or_default()
 }
