@@ -57,9 +57,10 @@ pub struct Args {
     /// run, at most 1000000).
     #[arg(long, value_name = "S")]
     pub time: Option<f64>,
-    /// Untimed runs after the first, before timing.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub warmup: usize,
+    /// Untimed runs after the first, before timing (at most 1000000).
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_RUNS as u64))]
+    pub warmup: u64,
     /// Seed of the generated inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -190,7 +191,7 @@ pub fn main(a: Args) -> Result<()> {
         load_ms: load_time.as_secs_f64() * 1e3,
         compile_ms,
         first_result_ms: first_result.as_secs_f64() * 1e3,
-        warmup: a.warmup,
+        warmup: a.warmup as usize,
         latency: stats,
         runs_per_s: times.len() as f64 / wall.max(1e-12),
         peak_rss: peak_rss_bytes(),
