@@ -322,7 +322,7 @@ fn compile_help_ends_with_an_example() {
     assert!(out.contains("created if missing"), "{out}");
 }
 
-/// `digit` (f32) as a big-endian `.npy` file.
+/// An f32 array as a big-endian `.npy` file.
 fn big_endian_npy(a: &kiln::graph::Array) -> Vec<u8> {
     let shape = a
         .shape()
@@ -330,18 +330,17 @@ fn big_endian_npy(a: &kiln::graph::Array) -> Vec<u8> {
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    let mut h = format!("{{'descr': '>f4', 'fortran_order': False, 'shape': ({shape}), }}");
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    b.extend_from_slice(h.as_bytes());
-    for v in a.as_slice::<f32>().unwrap() {
-        b.extend_from_slice(&v.to_be_bytes());
-    }
-    b
+    let data: Vec<u8> = a
+        .as_slice::<f32>()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        .collect();
+    npy_file(
+        1,
+        &format!("{{'descr': '>f4', 'fortran_order': False, 'shape': ({shape}), }}"),
+        &data,
+    )
 }
 
 #[test]
@@ -477,7 +476,7 @@ fn the_standalone_program_behaves_like_kiln_run() {
 fn npy_file(version: u8, dict: &str, data: &[u8]) -> Vec<u8> {
     let mut h = dict.to_string();
     let fixed = if version == 1 { 10 } else { 12 };
-    while (fixed + h.len() + 1) % 64 != 0 {
+    while !(fixed + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');
