@@ -40,6 +40,24 @@ pub(crate) fn unnamed(index: usize, first_output: &str) -> String {
     format!("#{index} writing '{first_output}'")
 }
 
+/// How a value computed at run time from graph `inputs` becomes known at
+/// import time.
+fn how_to_know(inputs: &[String]) -> String {
+    if inputs.is_empty() {
+        // From no graph input: from initializers imported as variables, or
+        // from constants through a node too large to evaluate at import.
+        return "it is computed from no graph input: from initializers imported as variables \
+                (import them as constants), or through a node whose result is larger than \
+                the fold limit (ImportOptions::fold_limit_bytes, kiln import --fold-limit)"
+            .into();
+    }
+    format!(
+        "bind the graph input(s) it comes from ({}) to values \
+         (ImportOptions::constant_inputs, kiln import --constant NAME=FILE.npy)",
+        inputs.join(", ")
+    )
+}
+
 /// A node label for messages: a name quoted, an unnamed node's label
 /// ([`unnamed`]) as it is.
 pub(crate) fn quoted(node: &str) -> String {
@@ -69,10 +87,9 @@ pub enum Error {
     /// sizes, axes, pads ...) and the value is computed at run time.
     #[error(
         "{op} node {} (opset {opset}): input '{value}' must be known at import time \
-         (kiln's shapes are static): bind the graph input(s) it comes from ({}) to values \
-         (ImportOptions::constant_inputs, kiln import --constant NAME=FILE.npy)",
+         (kiln's shapes are static): {}",
         quoted(node),
-        inputs.join(", ")
+        how_to_know(inputs)
     )]
     NeedsValue {
         op: String,

@@ -594,3 +594,36 @@ fn huge_conversion_table_is_an_error_naming_the_node() {
         &["DFT node 'spectrum'", "DFT matrix", "limit"],
     );
 }
+
+/// A shape computed from constants through a node over the fold limit is
+/// not known at import time: the error says so (there is no graph input to
+/// bind).
+#[test]
+fn value_needed_from_a_node_over_the_fold_limit() {
+    let m = model(
+        proto::GraphProto {
+            name: "folded_shape".into(),
+            node: vec![
+                node("Add", "twice", &["half", "half"], &["target"]),
+                node("Reshape", "reshape", &["x", "target"], &["y"]),
+            ],
+            input: vec![input("x", DataType::Float, &dims(&[2, 4]))],
+            initializer: vec![ints("half", &[2, 1])],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    );
+    let g = import(&m, &ImportOptions::default()).unwrap();
+    assert_eq!(g.node(g.outputs()[0]).ty.to_string(), "f32[4,2]");
+    let options = ImportOptions {
+        fold_limit_bytes: 0,
+        ..Default::default()
+    };
+    let e = import_error(&m, &options);
+    assert!(matches!(e, kiln_onnx::Error::NeedsValue { .. }), "{e:?}");
+    mentions(
+        &e.to_string(),
+        &["Reshape node 'reshape'", "'target'", "fold limit"],
+    );
+}
