@@ -2,7 +2,7 @@
 //! for each tensor, as iSCSI, ext4 and TensorFlow's checkpoints do.
 //!
 //! Table-driven, eight bytes a step ("slicing-by-8"): portable and free of
-//! `unsafe`, a few GB/s, so verifying a model on load costs little next to
+//! `unsafe`, about 1 GB/s, so verifying a model on load costs little next to
 //! reading it. What it deliberately does not do: use the SSE 4.2 or ARMv8
 //! CRC instructions.
 
