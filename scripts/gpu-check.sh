@@ -10,13 +10,15 @@
 #
 #   scripts/gpu-check.sh run          # results under $OUT (or target/gpu-check/out)
 #
-# `run` prints the GPU, runs the CUDA tests (the differential suite on
-# Device::Cuda(0): example models, op graphs, KILN_GPU_RANDOM random graphs
-# (default 80), GPU training) and the GPU benchmark with PyTorch peers
-# (KILN_BENCH_TORCH_COMPILE=0 skips torch.compile), kiln with BF16 tensor-core
-# matrix products, direct convolutions and one element per thread and step
-# (variants), then kiln's kernels by
-# device time (KILN_GPU_PROFILE=0 skips that). Each step has a time
+# `run` prints the GPU, runs the CUDA tests that `cargo test` ignores
+# without a GPU (`--ignored`: the differential suite on Device::Cuda(0),
+# example models and op graphs, and tensor-core precisions; the training
+# tests with `--include-ignored`, GPU training among them; see
+# tests/ignored.txt), KILN_GPU_RANDOM random graphs (default 80) and the
+# GPU benchmark with PyTorch peers (KILN_BENCH_TORCH_COMPILE=0 skips
+# torch.compile), kiln with BF16 tensor-core matrix products, direct
+# convolutions and one element per thread and step (variants), then
+# kiln's kernels by device time (KILN_GPU_PROFILE=0 skips that). Each step has a time
 # limit, so one that hangs does not take the others' results with it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,8 +51,8 @@ run)
         timeout "$secs" "$@" 2>&1 | tee "$out/$name.txt"
         echo "== $name: exit ${PIPESTATUS[0]} in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
     }
-    step cuda-tests 90 "$dir/cuda-tests" --nocapture --test-threads 1
-    step training 30 bash -c "$dir/training-tests --nocapture; t=\$?;
+    step cuda-tests 90 "$dir/cuda-tests" --ignored --nocapture --test-threads 1
+    step training 30 bash -c "$dir/training-tests --include-ignored --nocapture; t=\$?;
         $dir/kiln run examples/mlp.kiln --input x=examples/digit.npy --device cuda --profile; k=\$?;
         [ \$t = 0 ] && [ \$k = 0 ]"
     PYTHONUNBUFFERED=1 KILN_BENCH_PYTHON="${KILN_BENCH_PYTHON:-python3}" \

@@ -126,7 +126,7 @@ fn save_until_killed(path: &std::ffi::OsStr) -> ! {
         s.set_variable("counter", Array::scalar(i as f32)).unwrap();
         s.set_variable("weights", Array::filled(DType::F32, &[big], i as f64))
             .unwrap();
-        s.save_checkpoint(&path).unwrap();
+        s.save_checkpoint(path).unwrap();
     }
 }
 

@@ -106,11 +106,11 @@ fn show_lists_nodes_parameters_and_dot() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(
-        text.contains("fc1/matmul_0 = matmul(mul_0, fc1/weight) : f32[batch,32]"),
+        text.contains("fc1/matmul_0 = matmul(mul_0, fc1/weight) : f32[batch,128]"),
         "{text}"
     );
     assert!(
-        text.contains("parameters: 2410 in 4 variables (9.4 KiB)"),
+        text.contains("parameters: 9610 in 4 variables (37.5 KiB)"),
         "{text}"
     );
     assert!(text.contains("inputs:  x f32[batch,64]"), "{text}");
@@ -408,14 +408,14 @@ fn compile_writes_an_object_and_a_header() {
 
 #[test]
 fn compile_exe_runs_the_model_on_npy_files() {
-    if !Command::new("cc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        eprintln!("SKIPPED: no C compiler (cc)");
-        return;
-    }
+    assert!(
+        Command::new("cc")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "`kiln compile --exe` links with a C compiler and `cc --version` does not run: \
+         install one (Debian/Ubuntu: `apt-get install build-essential`) and put `cc` on PATH"
+    );
     let dir = temp_dir("exe");
     let g = kiln::graph::GraphBuilder::new();
     let x = g
@@ -535,22 +535,14 @@ fn compile_exe_runs_the_model_on_npy_files() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The ONNX backend test data (`scripts/onnx-test-data.sh`), if fetched.
-fn onnx_node_data() -> Option<PathBuf> {
-    let dir = match std::env::var_os("KILN_ONNX_DATA") {
-        Some(d) => PathBuf::from(d),
-        None => repo().join("target/onnx-test-data/onnx-1.22.0/onnx/backend/test/data"),
-    };
-    let node = dir.join("node");
-    node.is_dir().then_some(node)
-}
+/// The tests' own set-up (shared with `kiln-tests`, which this crate
+/// cannot depend on): the ONNX backend test data, fetched where missing.
+#[path = "../../tests/src/setup.rs"]
+mod setup;
 
 #[test]
 fn import_converts_onnx_models_and_they_run() {
-    let Some(node) = onnx_node_data() else {
-        eprintln!("SKIPPED: no ONNX test data (scripts/onnx-test-data.sh)");
-        return;
-    };
+    let node = setup::onnx_test_data().join("node");
     let dir = temp_dir("import");
     let read = |p: PathBuf| kiln_onnx::tensor::read_tensor_file(&p).unwrap().1;
 

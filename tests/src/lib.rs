@@ -5,6 +5,7 @@ use kiln::graph::{Array, DType, Graph, Scalar};
 use kiln::prelude::*;
 
 pub mod random_graph;
+pub mod setup;
 
 /// The example models every differential test runs: name and graph.
 pub fn example_models() -> Vec<(&'static str, Graph)> {
@@ -199,6 +200,83 @@ pub fn compare(want: &Array, got: &Array) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Makes NVRTC loadable for `kiln_codegen::cuda` (call before anything
+/// there probes for it, as the probe is cached): `KILN_NVRTC_DIR` when set,
+/// else the system's libnvrtc (the loader's path or
+/// `/usr/local/cuda/lib64`), else the pip package installed into
+/// `target/nvrtc-venv` by `scripts/nvrtc.sh`, whose directory is then put
+/// in `KILN_NVRTC_DIR`. Panics, saying what to run, when none loads.
+pub fn require_nvrtc() {
+    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if *ready {
+        return;
+    }
+    const HELP: &str = "The CUDA tests compile every kernel with NVRTC (no GPU needed). \
+        Run `scripts/nvrtc.sh target/nvrtc-venv` from the repository root (pip package \
+        nvidia-cuda-nvrtc; needs python3 with venv, and network once) and set \
+        KILN_NVRTC_DIR to the directory it prints, or install the CUDA toolkit.";
+    if std::env::var_os("KILN_NVRTC_DIR").is_none() && !system_nvrtc() {
+        let dir = setup::fetch("nvrtc.sh", "target/nvrtc-venv", HELP);
+        // Set before the first probe reads it (this lock orders the callers).
+        std::env::set_var("KILN_NVRTC_DIR", &dir);
+    }
+    assert!(
+        kiln_codegen::cuda::nvrtc_available(),
+        "NVRTC does not load (KILN_NVRTC_DIR={:?}).\n{HELP}",
+        std::env::var_os("KILN_NVRTC_DIR")
+    );
+    *ready = true;
+}
+
+/// Panics unless `Device::Cuda(0)` opens: the first line of every test
+/// marked `#[ignore = "needs a CUDA GPU: run scripts/gpu-check.sh"]` (the
+/// runner's summary counts those as ignored, and `scripts/gpu-check.sh`
+/// runs them on a GPU machine), so that one asked to run without a GPU fails instead of passing.
+pub fn require_gpu() {
+    require_nvrtc();
+    if let Err(e) = kiln_codegen::cuda::CudaDevice::open(0) {
+        panic!("this test needs a CUDA GPU, and cuda:0 does not open: {e}");
+    }
+}
+
+/// Panics, saying what to install, unless `compiler --version` runs
+/// (`cc` links ahead-of-time objects; `c++` builds the CUDA host stand-in).
+pub fn require_compiler(compiler: &str) {
+    let ok = std::process::Command::new(compiler)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "no C/C++ compiler: `{compiler} --version` does not run. Install one \
+         (Debian/Ubuntu: `apt-get install build-essential`; Fedora: \
+         `dnf install gcc gcc-c++`) and put `{compiler}` on PATH"
+    );
+}
+
+/// Whether the loader or the CUDA toolkit's usual place has libnvrtc.
+fn system_nvrtc() -> bool {
+    let in_toolkit = std::fs::read_dir("/usr/local/cuda/lib64").is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("libnvrtc.so"))
+    });
+    // Names cudarc tries too.
+    let names = [
+        "libnvrtc.so",
+        "libnvrtc.so.13",
+        "libnvrtc.so.12",
+        "libnvrtc.so.1",
+    ];
+    let on_loader_path = names.iter().any(|name| {
+        let c = std::ffi::CString::new(*name).expect("no NUL");
+        // SAFETY: dlopen of a library by name, only to see whether the
+        // loader finds it; a handle found stays open for the process.
+        !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_LAZY) }.is_null()
+    });
+    in_toolkit || on_loader_path
 }
 
 /// The UCI digits shipped in `examples/data/digits` (see [`kiln::datasets::digits`]).

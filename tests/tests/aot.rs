@@ -14,7 +14,8 @@
 //!
 //! and both within that tolerance of the reference interpreter; for the
 //! host and, where this machine runs them, the x86-64-v3/v4
-//! baselines (the loop-nest model). Skipped where no C compiler is installed.
+//! baselines (the loop-nest model). Without a C compiler (`cc`) these tests
+//! fail and say what to install.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -25,13 +26,6 @@ use kiln_codegen::cpu::aot::{compile_object, header};
 use kiln_codegen::cpu::Target;
 use kiln_optimizer::kernel::{KernelProgram, Storage};
 use kiln_optimizer::{compile, CompileOptions};
-
-fn have_cc() -> bool {
-    std::process::Command::new("cc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Elementwise chains, a broadcast, reductions (sum, max, a row map),
 /// integer casts and a comparison, with constants: only loop nests.
@@ -352,10 +346,7 @@ fn temp(what: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_linked_object_of_loop_nests_computes_what_the_jit_does() {
-    if !have_cc() {
-        eprintln!("SKIPPED: no C compiler (cc)");
-        return;
-    }
+    kiln_tests::require_compiler("cc");
     let dir = temp("loops");
     let g = loop_nests();
     aot_matches_jit("loops", &g, 5, Target::Host, &dir.join("host"));
@@ -374,10 +365,7 @@ fn a_linked_object_of_loop_nests_computes_what_the_jit_does() {
 
 #[test]
 fn linked_example_models_compute_what_the_jit_does() {
-    if !have_cc() {
-        eprintln!("SKIPPED: no C compiler (cc)");
-        return;
-    }
+    kiln_tests::require_compiler("cc");
     let dir = temp("examples");
     for (name, g) in kiln_tests::example_models() {
         for batch in [1, 5] {
@@ -395,10 +383,7 @@ fn linked_example_models_compute_what_the_jit_does() {
 
 #[test]
 fn support_functions_products_and_pooling_link_and_match() {
-    if !have_cc() {
-        eprintln!("SKIPPED: no C compiler (cc)");
-        return;
-    }
+    kiln_tests::require_compiler("cc");
     let dir = temp("support");
     aot_matches_jit("support", &support_and_products(), 3, Target::Host, &dir);
     let _ = std::fs::remove_dir_all(&dir);

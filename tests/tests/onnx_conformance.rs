@@ -19,8 +19,10 @@
 //! run; `KILN_ONNX_ONLY=substring[,substring...]` runs only matching cases;
 //! `KILN_ONNX_VERBOSE=1` prints each failure's reason.
 //!
-//! Without the data the test says so and passes, unless `KILN_ONNX_DATA`
-//! is set (as `.ci/run` does) and missing.
+//! Without `KILN_ONNX_DATA` the test fetches the data itself into
+//! `target/onnx-test-data` (`kiln_tests::setup::onnx_test_data`, once), and
+//! fails, saying what to run, where it cannot. Its one-line summary goes to
+//! the terminal even when the runner captures output.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -39,25 +41,6 @@ enum Outcome {
     Fail(String),
     /// The importer refused it (op, attribute or type).
     Unsupported(String),
-}
-
-fn data_dir() -> Option<PathBuf> {
-    match std::env::var_os("KILN_ONNX_DATA") {
-        Some(d) => {
-            let d = PathBuf::from(d);
-            assert!(
-                d.join("node").is_dir(),
-                "KILN_ONNX_DATA={} has no node/ directory (run scripts/onnx-test-data.sh)",
-                d.display()
-            );
-            Some(d)
-        }
-        None => {
-            let d = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/onnx-test-data/onnx-1.22.0/onnx/backend/test/data");
-            d.join("node").is_dir().then_some(d)
-        }
-    }
 }
 
 /// Every case directory (one with `model.onnx`), as `kind/name`.
@@ -560,12 +543,7 @@ fn expected_path() -> PathBuf {
 
 #[test]
 fn onnx_backend_conformance() {
-    let Some(data) = data_dir() else {
-        eprintln!(
-            "SKIPPED: no ONNX test data (run scripts/onnx-test-data.sh, or set KILN_ONNX_DATA)"
-        );
-        return;
-    };
+    let data = kiln_tests::setup::onnx_test_data();
     let only = std::env::var("KILN_ONNX_ONLY").ok();
     let verbose = std::env::var_os("KILN_ONNX_VERBOSE").is_some();
     let all = cases(&data);
@@ -576,6 +554,11 @@ fn onnx_backend_conformance() {
                 .is_none_or(|o| o.split(',').any(|o| n.contains(o)))
         })
         .collect();
+    assert!(
+        !chosen.is_empty(),
+        "no ONNX cases under {} (KILN_ONNX_ONLY={only:?})",
+        data.display()
+    );
     // Two workers: compiling dominates, and cases are independent.
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
@@ -663,14 +646,19 @@ fn onnx_backend_conformance() {
         core[0], core[1], core[2]
     );
     let n = results.len().max(1);
-    println!(
-        "overall: {} pass, {} fail, {} unsupported of {} cases ({:.1}% pass)",
+    let overall = format!(
+        "{} pass, {} fail, {} unsupported of {} cases ({:.1}% pass)",
         total[0],
         total[1],
         total[2],
         results.len(),
         100.0 * total[0] as f64 / n as f64
     );
+    println!("overall: {overall}");
+    // Past the runner's capture (which takes only print! and eprint!), so
+    // that `cargo test` shows how much of the suite ran and passed.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "ONNX backend conformance: {overall}");
     let passed: BTreeSet<&str> = results
         .iter()
         .filter(|r| r.2 == Outcome::Pass)

@@ -60,11 +60,9 @@ fn mlp_learns_digits_to_95_percent() {
 /// The same training on a GPU, where one is lent: gradient graphs are
 /// ordinary graphs there too.
 #[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-check.sh"]
 fn mlp_learns_digits_on_the_gpu() {
-    if kiln_codegen::cuda::CudaDevice::open(0).is_err() {
-        eprintln!("SKIPPED: no CUDA GPU on this machine");
-        return;
-    }
+    kiln_tests::require_gpu();
     learn_digits(Device::Cuda(0));
 }
 
@@ -221,11 +219,9 @@ fn evaluation_between_training_steps_sees_the_new_weights() {
 /// reads them there, `export_graph` and checkpoints download them, and
 /// `set_variable` and a restore replace them.
 #[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-check.sh"]
 fn evaluation_between_training_steps_sees_the_new_weights_on_the_gpu() {
-    if kiln_codegen::cuda::CudaDevice::open(0).is_err() {
-        eprintln!("SKIPPED: no CUDA GPU on this machine");
-        return;
-    }
+    kiln_tests::require_gpu();
     let s = evaluation_sees_new_weights(Device::Cuda(0));
     let (pixels, labels) = kiln_tests::load_digits();
     let (x, _) = batch(&pixels, &labels, 0..40);
