@@ -116,11 +116,11 @@ pub(crate) struct Node<'a, 'g> {
 }
 
 /// The most values a converter computes into a table of its own (a DFT or
-/// resize matrix, a tree ensemble's path tables, padding indices): 2^28
-/// (1 GiB of f32). Such tables are part of the conversion (they cannot wait
+/// resize matrix, a tree ensemble's path tables, padding indices): 2^26
+/// (512 MiB of f64; a DFT of length 8192). Such tables are part of the conversion (they cannot wait
 /// for run time), so a larger one, sized by a file's dims or attributes, is
 /// the node's error instead of an allocation that could abort.
-pub(crate) const MAX_TABLE_VALUES: usize = 1 << 28;
+pub(crate) const MAX_TABLE_VALUES: usize = 1 << 26;
 
 /// The number of values of a table `what` of `dims`, where within
 /// [`MAX_TABLE_VALUES`].

@@ -105,7 +105,8 @@ fn taps(
     roi: Option<(f64, f64)>,
 ) -> R<Vec<(Vec<usize>, Vec<f64>, bool)>> {
     let out_w = scale * input as f64;
-    super::table_len("the resize taps", &[output])?;
+    // Each row holds a few taps and weights: counted as 16 values.
+    super::table_len("the resize taps", &[output, 16])?;
     let mut rows = Vec::with_capacity(output);
     for y in 0..output {
         let yf = y as f64;
