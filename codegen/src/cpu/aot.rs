@@ -345,3 +345,25 @@ pub fn header_named(
     h.push_str(&format!("\n#endif /* {up}_H */\n"));
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_whose_c_names_clash_get_no_macros() {
+        assert_eq!(
+            macro_names(&["a/b", "a_b", "probs", "1"], true),
+            [None, None, Some("PROBS".to_string()), None]
+        );
+        assert_eq!(macro_names(&["1"], false), [Some("1".to_string())]);
+    }
+
+    #[test]
+    fn byte_counts_read_as_people_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_bytes(MAX_STATIC_BYTES), "2.0 GiB");
+        assert_eq!(human_bytes(5 << 40), "5.0 TiB");
+    }
+}

@@ -86,7 +86,8 @@ fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
 
 /// The file each output is written to: its name with `/` and `\` as `_`,
 /// plus `.npy`; a name that would repeat an earlier one's file gets `_K`
-/// (its output index) added, so no output overwrites another.
+/// added (its output index, or the next number free), so no output
+/// overwrites another.
 pub fn output_files(outputs: &[String]) -> Vec<String> {
     let mut files: Vec<String> = Vec::with_capacity(outputs.len());
     for (k, name) in outputs.iter().enumerate() {
@@ -95,8 +96,10 @@ pub fn output_files(outputs: &[String]) -> Vec<String> {
             stem = format!("output{k}");
         }
         let mut file = format!("{stem}.npy");
-        if files.contains(&file) {
-            file = format!("{stem}_{k}.npy");
+        let mut n = k;
+        while files.contains(&file) {
+            file = format!("{stem}_{n}.npy");
+            n += 1;
         }
         files.push(file);
     }
@@ -272,4 +275,55 @@ pub fn standalone_main(program: &KernelProgram, prefix: &str, outputs: &[String]
     ));
     c.push_str(include_str!("standalone.c"));
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_literals_escape_what_c_would_read_otherwise() {
+        assert_eq!(c_literal(b"probs"), "\"probs\"");
+        assert_eq!(
+            c_literal(b"a\"b\\c?\n\x93N"),
+            "\"a\\042b\\134c\\077\\012\\223N\""
+        );
+    }
+
+    #[test]
+    fn output_files_never_overwrite_each_other() {
+        let names: Vec<String> = [
+            "scores/y", "scores_y", "probs", "probs", "", "..", "a_7", "a", "a",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            output_files(&names),
+            [
+                "scores_y.npy",
+                "scores_y_1.npy",
+                "probs.npy",
+                "probs_3.npy",
+                "output4.npy",
+                "output5.npy",
+                "a_7.npy",
+                "a.npy",
+                "a_8.npy"
+            ]
+        );
+    }
+
+    #[test]
+    fn npy_headers_are_padded_to_64_bytes() {
+        for shape in [vec![], vec![7], vec![2, 3, 4]] {
+            let h = npy_header("<f4", &shape);
+            assert_eq!(h.len() % 64, 0, "{shape:?}");
+            assert_eq!(h.last(), Some(&b'\n'));
+            let text = String::from_utf8_lossy(&h[10..]);
+            assert!(text.contains(&numpy_shape(&shape)), "{text}");
+        }
+        assert_eq!(numpy_shape(&[7]), "(7,)");
+        assert_eq!(numpy_shape(&[]), "()");
+    }
 }
