@@ -229,8 +229,20 @@ fn similar_names(graph: &Graph, name: &str) -> Vec<String> {
         .map(|n| graph.node(n).name.clone())
         .filter_map(|cand| {
             let c = cand.to_lowercase();
-            let d = edit_distance(&c, &lower);
-            let close = d <= 2 || (lower.len() >= 2 && (c.contains(&lower) || lower.contains(&c)));
+            // Names of very different lengths are more than two edits
+            // apart; long ones are compared by containment only.
+            let near = c.len().abs_diff(lower.len()) <= 2 && c.len() <= 64;
+            let d = if near {
+                edit_distance(&c, &lower)
+            } else {
+                usize::MAX
+            };
+            let (short, long) = if c.len() < lower.len() {
+                (&c, &lower)
+            } else {
+                (&lower, &c)
+            };
+            let close = d <= 2 || (short.len() >= 3 && long.contains(short.as_str()));
             close.then_some((d, cand))
         })
         .collect();
@@ -238,7 +250,7 @@ fn similar_names(graph: &Graph, name: &str) -> Vec<String> {
     found.into_iter().take(5).map(|(_, n)| n).collect()
 }
 
-/// Levenshtein distance (names are short; quadratic is fine).
+/// Levenshtein distance (of names of at most 64 bytes: quadratic is fine).
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();

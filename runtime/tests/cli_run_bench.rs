@@ -86,15 +86,15 @@ fn two_input_model(dir: &Path) -> PathBuf {
     path
 }
 
-/// A model `y = x + 0` over f32[N]: what is fed comes back.
-fn identity_model(dir: &Path, n: usize) -> PathBuf {
+/// A model `y = x + 0` over f32 of `shape`: what is fed comes back.
+fn identity_model(dir: &Path, shape: &[usize]) -> PathBuf {
     let g = GraphBuilder::new();
     let x = g
-        .placeholder("x", DType::F32, kiln::graph::shape![n])
+        .placeholder("x", DType::F32, kiln::graph::Shape::fixed(shape))
         .unwrap();
     let y = x.add(0.0).unwrap().named("y").unwrap();
     g.output(y).unwrap();
-    let path = dir.join(format!("id{n}.kiln"));
+    let path = dir.join(format!("id{shape:?}.kiln"));
     g.into_graph().save(&path).unwrap();
     path
 }
@@ -350,7 +350,7 @@ fn onnx_models_run_and_bench_directly() {
 #[test]
 fn run_counts_nan_and_infinities_apart() {
     let dir = temp_dir("nan");
-    let model = identity_model(&dir, 6);
+    let model = identity_model(&dir, &[6]);
     let x = dir.join("x.npy");
     let v = vec![
         1.0f32,
@@ -433,8 +433,25 @@ fn run_prints_whole_tensors_and_json() {
         serde_json::json!([[6.0, 7.0], [0.0, 1.0], [2.0, 3.0]])
     );
 
+    // Rank 3: a blank line between the blocks, as numpy prints it.
+    let model = identity_model(&dir, &[2, 2, 2]);
+    let cube = dir.join("cube.npy");
+    let a = Array::from_vec(vec![2, 2, 2], (0..8).map(|i| i as f32).collect()).unwrap();
+    kiln::npy::write(&cube, &a).unwrap();
+    let text = ok(&kiln(&[
+        "run",
+        s(&model),
+        "-i",
+        &format!("x={}", s(&cube)),
+        "--full",
+    ]));
+    assert!(
+        text.contains("    [[[0, 1],\n      [2, 3]],\n\n     [[4, 5],\n      [6, 7]]]\n"),
+        "{text}"
+    );
+
     // NaN and infinities as strings.
-    let model = identity_model(&dir, 3);
+    let model = identity_model(&dir, &[3]);
     let v = dir.join("v.npy");
     let a = Array::from_vec(vec![3], vec![0.1f32, f32::NAN, f32::NEG_INFINITY]).unwrap();
     kiln::npy::write(&v, &a).unwrap();
@@ -504,7 +521,7 @@ fn run_reads_out_the_predicted_class() {
     assert!(text.contains("... and 2 more rows"), "{text}");
 
     // Values that are not a distribution get no read-out.
-    let model = identity_model(&dir, 4);
+    let model = identity_model(&dir, &[4]);
     let x = dir.join("x.npy");
     let not = Array::from_vec(vec![4], vec![0.5f32, 0.5, 0.5, 0.5]).unwrap();
     kiln::npy::write(&x, &not).unwrap();

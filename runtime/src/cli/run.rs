@@ -3,6 +3,7 @@
 //! output that is a probability distribution, whole tensors (`--full`) or
 //! JSON (`--json`).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +16,9 @@ use super::common::{load, parse_threads, read_input, refuse_overwriting};
 
 /// The most runs `--profile` may time.
 const MAX_PROFILE_RUNS: usize = 100_000;
+
+/// The most kernel executions `--trace` writes (later runs are left out).
+const MAX_TRACE_EVENTS: usize = 1_000_000;
 
 /// Rows of a batch the probability read-out prints.
 const READOUT_ROWS: usize = 5;
@@ -180,9 +184,9 @@ pub fn main(a: Args) -> Result<()> {
             println!("    {line}");
         }
         if a.full {
-            for line in format_full(v).lines() {
-                println!("    {line}");
-            }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            write_full(&mut out, v, "    ")?;
+            out.flush()?;
         }
         if let Some(f) = files.get(i) {
             println!("    -> {}", f.display());
@@ -212,13 +216,15 @@ fn profile_runs(
     sess.set_profiling(true);
     let mut table = ProfileTable::default();
     let mut timeline = Vec::new();
+    let mut traced_runs = 0;
     let t = Instant::now();
     for _ in 0..runs {
         sess.run(feeds, fetches)?;
         let events = sess.take_profile();
         table.add_run(&events);
-        if trace.is_some() {
+        if trace.is_some() && timeline.len() + events.len() <= MAX_TRACE_EVENTS {
             timeline.extend(events);
+            traced_runs += 1;
         }
     }
     sess.set_profiling(false);
@@ -245,7 +251,15 @@ fn profile_runs(
         let doc = serde_json::json!({"traceEvents": trace_events, "displayTimeUnit": "ms"});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .map_err(|e| kiln::Error::io("writing", path, e))?;
-        println!("wrote {}", path.display());
+        if traced_runs < runs {
+            println!(
+                "wrote {} (the first {traced_runs} runs: a trace holds at most \
+                 {MAX_TRACE_EVENTS} kernel executions)",
+                path.display()
+            );
+        } else {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
@@ -422,43 +436,61 @@ fn row_index(lead: &[usize], mut r: usize) -> String {
     format!("{idx:?}")
 }
 
-/// Every value of `a`, numpy-style: nested brackets, one innermost row a
-/// line, columns aligned.
-fn format_full(a: &Array) -> String {
-    let cells: Vec<String> = (0..a.len()).map(|i| element(a.get(i))).collect();
-    let width = cells.iter().map(|c| c.chars().count()).max().unwrap_or(0);
-    let mut out = String::new();
-    nest(&cells, a.shape(), width, 0, &mut out);
-    out
+/// Writes every value of `a` numpy-style, each line after `indent`:
+/// nested brackets, one innermost row a line, columns aligned. Streams, so
+/// a large tensor takes no more memory than a line.
+fn write_full(out: &mut impl Write, a: &Array, indent: &str) -> std::io::Result<()> {
+    let width = (0..a.len())
+        .map(|i| element(a.get(i)).chars().count())
+        .max()
+        .unwrap_or(0);
+    let full = Full { a, width, indent };
+    out.write_all(indent.as_bytes())?;
+    full.nest(out, a.shape(), 0, 0)?;
+    out.write_all(b"\n")
 }
 
-fn nest(cells: &[String], shape: &[usize], width: usize, depth: usize, out: &mut String) {
-    match shape {
-        [] => out.push_str(&cells[0]),
-        [_] => {
-            out.push('[');
-            let row: Vec<String> = cells.iter().map(|c| format!("{c:>width$}")).collect();
-            out.push_str(&row.join(", "));
-            out.push(']');
-        }
-        [n, rest @ ..] => {
-            let chunk: usize = rest.iter().product();
-            out.push('[');
-            for i in 0..*n {
-                if i > 0 {
-                    out.push(',');
-                    out.push_str(&"\n".repeat(rest.len()));
-                    out.push_str(&" ".repeat(depth + 1));
+/// An array being written by [`write_full`].
+struct Full<'a> {
+    a: &'a Array,
+    width: usize,
+    indent: &'a str,
+}
+
+impl Full<'_> {
+    /// Writes the block of `shape` at element `offset`, `depth` levels in.
+    fn nest(
+        &self,
+        out: &mut impl Write,
+        shape: &[usize],
+        offset: usize,
+        depth: usize,
+    ) -> std::io::Result<()> {
+        let width = self.width;
+        match shape {
+            [] => write!(out, "{}", element(self.a.get(offset))),
+            [n] => {
+                out.write_all(b"[")?;
+                for i in 0..*n {
+                    let sep = if i > 0 { ", " } else { "" };
+                    write!(out, "{sep}{:>width$}", element(self.a.get(offset + i)))?;
                 }
-                nest(
-                    &cells[i * chunk..(i + 1) * chunk],
-                    rest,
-                    width,
-                    depth + 1,
-                    out,
-                );
+                out.write_all(b"]")
             }
-            out.push(']');
+            [n, rest @ ..] => {
+                let chunk: usize = rest.iter().product();
+                out.write_all(b"[")?;
+                for i in 0..*n {
+                    if i > 0 {
+                        out.write_all(b",")?;
+                        // numpy's blank lines between blocks of rank 2 and up.
+                        out.write_all("\n".repeat(rest.len()).as_bytes())?;
+                        write!(out, "{}{:2$}", self.indent, "", depth + 1)?;
+                    }
+                    self.nest(out, rest, offset + i * chunk, depth + 1)?;
+                }
+                out.write_all(b"]")
+            }
         }
     }
 }
