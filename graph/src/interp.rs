@@ -62,6 +62,16 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
                 "its output {out_shape:?} is too large to allocate"
             )));
         }
+        // A large output (a shape from a file, say) is first asked of the
+        // allocator fallibly, so that memory it cannot give is an error of
+        // this node rather than an abort.
+        if let Some(b) = bytes.filter(|&b| b > 1 << 30) {
+            if Vec::<u8>::new().try_reserve_exact(b).is_err() {
+                return Err(eval_err(format!(
+                    "its output {out_shape:?} needs {b} bytes, more than can be allocated"
+                )));
+            }
+        }
         let value: Cow<'_, Array> = match &node.op {
             Op::Placeholder { .. } => Cow::Borrowed(
                 *inputs
