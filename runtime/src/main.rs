@@ -40,7 +40,8 @@ enum Command {
     /// -lm -lpthread -ldl` and call `NAME_run(inputs, outputs)`. Variables
     /// are frozen; every symbolic dim must be given with --dim.
     Compile(cli::compile::Args),
-    /// Import an ONNX model (opsets 7 to 22) as a .kiln file: ONNX ops as
+    /// Import an ONNX model (opsets 6 to 22; newer ones are read as 22, with a
+    /// warning) as a .kiln file: ONNX ops as
     /// kiln primitives, initializers as constants (or variables with
     /// --trainable), dim_param dims as symbolic dims. Every unsupported
     /// node is listed in one error.
