@@ -19,6 +19,9 @@ struct State {
     scopes: Vec<String>,
     counters: HashMap<String, usize>,
     seed: u64,
+    /// Update ops (assignments of statistics, like TensorFlow's
+    /// `UPDATE_OPS`), each with the layer output it belongs to.
+    updates: Vec<(NodeId, NodeId)>,
 }
 
 /// Builds a [`Graph`] op by op. Methods take `&self`, so calls nest freely:
@@ -71,6 +74,7 @@ impl GraphBuilder {
                 scopes: Vec::new(),
                 counters: HashMap::new(),
                 seed,
+                updates: Vec::new(),
             }),
         }
     }
@@ -251,17 +255,57 @@ impl GraphBuilder {
         self.constant(Array::filled(dtype, shape, v))
     }
 
-    /// A variable with the given initial value.
+    /// A variable with the given initial value, trainable (see
+    /// [`GraphBuilder::non_trainable_variable`] for statistics).
     #[track_caller]
     pub fn variable(&self, name: &str, init: Array) -> Result<Tensor<'_>> {
         self.push_named(
             name,
             Op::Variable {
                 init: crate::op::Weight::new(init),
+                trainable: true,
             },
             &[],
             SourceLoc::caller(),
         )
+    }
+
+    /// A variable that no optimizer updates (`trainable` false): a
+    /// statistic or a counter that assignments change, such as batch norm's
+    /// running mean. [`GraphBuilder::minimize`] skips it; checkpoints keep it.
+    #[track_caller]
+    pub fn non_trainable_variable(&self, name: &str, init: Array) -> Result<Tensor<'_>> {
+        self.push_named(
+            name,
+            Op::Variable {
+                init: crate::op::Weight::new(init),
+                trainable: false,
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
+    /// Registers `update` (usually an assignment of a statistic) as an
+    /// update op of the layer output `owner`: the train op of every loss
+    /// that depends on `owner` runs it (see [`GraphBuilder::updates_for`]).
+    pub fn add_update<'g>(&'g self, owner: Tensor<'g>, update: Tensor<'g>) {
+        self.state.borrow_mut().updates.push((owner.id, update.id));
+    }
+
+    /// The update ops registered for layer outputs that `loss` depends on,
+    /// in the order they were added: what [`GraphBuilder::minimize`] groups
+    /// with its train op, and what a training step built by hand from
+    /// [`GraphBuilder::gradients`] should fetch (or group) too.
+    pub fn updates_for<'g>(&'g self, loss: Tensor<'g>) -> Vec<Tensor<'g>> {
+        let st = self.state.borrow();
+        let needed: std::collections::HashSet<NodeId> =
+            st.graph.ancestors(&[loss.id]).into_iter().collect();
+        st.updates
+            .iter()
+            .filter(|(owner, _)| needed.contains(owner))
+            .map(|&(_, id)| Tensor { b: self, id })
+            .collect()
     }
 
     /// A variable whose initial value is drawn now from `init` (seeded by the
@@ -288,6 +332,7 @@ impl GraphBuilder {
             name,
             Op::Variable {
                 init: crate::op::Weight::new(value),
+                trainable: true,
             },
             &[],
             loc,
@@ -398,6 +443,18 @@ impl<'g> Tensor<'g> {
             Op::Constant { value } => Some(value.0.clone()),
             _ => None,
         }
+    }
+
+    /// True for a variable that optimizers may update (see
+    /// [`GraphBuilder::non_trainable_variable`]); false for any other node.
+    pub fn is_trainable(self) -> bool {
+        matches!(
+            self.b.state.borrow().graph.node(self.id).op,
+            Op::Variable {
+                trainable: true,
+                ..
+            }
+        )
     }
 
     /// The static type.

@@ -87,7 +87,7 @@ fn file_nodes<'a>(
     let mut nodes = Vec::with_capacity(order.len());
     for &id in &order {
         let n = g.node(id);
-        if let Op::Constant { value: w } | Op::Variable { init: w } = &n.op {
+        if let Op::Constant { value: w } | Op::Variable { init: w, .. } = &n.op {
             weights.push((format!("{prefix}{}", n.name), &*w.0));
         }
         nodes.push(FileNode {
@@ -798,7 +798,7 @@ fn load_nodes(
             inputs.push(ids[k]);
         }
         let mut op = node.op;
-        if let Op::Constant { value: w } | Op::Variable { init: w } = &mut op {
+        if let Op::Constant { value: w } | Op::Variable { init: w, .. } = &mut op {
             let tname = format!("{prefix}{}", node.name);
             let t = tensors.st.tensor(&tname).map_err(|_| {
                 fail(

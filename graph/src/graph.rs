@@ -365,7 +365,7 @@ impl Graph {
         let mut count = 0;
         let mut bytes = 0;
         for v in self.variables() {
-            if let Op::Variable { init } = &self.node(v).op {
+            if let Op::Variable { init, .. } = &self.node(v).op {
                 count += init.0.len();
                 bytes += init.0.size_bytes();
             }
@@ -396,7 +396,7 @@ impl Graph {
             )));
         }
         match &mut node.op {
-            Op::Constant { value: w } | Op::Variable { init: w } => {
+            Op::Constant { value: w } | Op::Variable { init: w, .. } => {
                 *w = crate::op::Weight::new(value);
                 Ok(())
             }

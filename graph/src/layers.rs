@@ -26,6 +26,27 @@ pub enum Activation {
     Tanh,
 }
 
+/// Options of [`GraphBuilder::batch_norm_with_training`], PyTorch's
+/// conventions and defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormOptions {
+    /// Added to the variance under the square root (default 1e-5).
+    pub eps: f64,
+    /// Weight of each training batch in the running averages:
+    /// `running = (1 - momentum) * running + momentum * batch` (default
+    /// 0.1, as PyTorch; Keras' and ONNX's `momentum` is one minus this).
+    pub momentum: f64,
+}
+
+impl Default for BatchNormOptions {
+    fn default() -> Self {
+        BatchNormOptions {
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+}
+
 impl<'g> Tensor<'g> {
     /// `max(x, 0)`.
     #[track_caller]
@@ -118,6 +139,79 @@ impl<'g> Tensor<'g> {
         let var = centered.mul(centered)?.mean(axes, true)?;
         centered.mul(var.add(eps)?.rsqrt()?)?.mul(gamma)?.add(beta)
     }
+}
+
+/// The shape of batch norm's per-channel variables for `x: [n, c, ...]`:
+/// `[c, 1, ...]` (broadcasting against `x`'s trailing dims).
+fn batch_norm_param_shape(x: Tensor<'_>, loc: &SourceLoc) -> Result<Vec<usize>> {
+    let shape = x.shape();
+    let c = match shape.0.get(1) {
+        Some(Dim::Fixed(c)) => *c,
+        _ => {
+            return Err(x.err(
+                "batch_norm",
+                &[],
+                loc.clone(),
+                "input must be [n, c, ...] with a fixed c".into(),
+            ))
+        }
+    };
+    let mut pshape = vec![c];
+    pshape.extend(std::iter::repeat_n(1, x.rank() - 2));
+    Ok(pshape)
+}
+
+/// Checks that `training` is a bool scalar; its value when it is a constant.
+fn training_mode(
+    x: Tensor<'_>,
+    training: Tensor<'_>,
+    op: &str,
+    loc: &SourceLoc,
+) -> Result<Option<bool>> {
+    if training.dtype() != DType::Bool || training.rank() != 0 {
+        return Err(x.err(
+            op,
+            &[training],
+            loc.clone(),
+            format!(
+                "the training flag must be a bool scalar, got {}",
+                training.ty()
+            ),
+        ));
+    }
+    Ok(training
+        .constant_value()
+        .map(|a| a.to_f64_vec().first() != Some(&0.0)))
+}
+
+/// 32 random bits (as u64) per element of `x`: Widynski's "Squares"
+/// counter-based generator (four rounds of squaring, adding and swapping
+/// halves), keyed by `seed`, of a counter that combines the element's
+/// index and the run-time `step` (a u64 scalar) with odd multipliers
+/// (distinct for distinct inputs in practice). It uses u64 multiplication
+/// and addition (wrapping) and division and multiplication by 2^32 for the
+/// shifts, so every device computes the same bits.
+fn hashed_bits<'g>(x: Tensor<'g>, seed: u64, step: Tensor<'g>) -> Result<Tensor<'g>> {
+    use crate::rng::splitmix64;
+    let b = x.builder();
+    let shape = x.shape();
+    let mut ctr = step
+        .mul(splitmix64(seed ^ 0x5354_4550) | 1)?
+        .broadcast_to(shape.clone())?;
+    for axis in 0..x.rank() {
+        let index = b.iota(DType::U64, shape.clone(), axis)?;
+        ctr = ctr.add(index.mul(splitmix64(seed.wrapping_add(axis as u64 + 1)) | 1)?)?;
+    }
+    let key = splitmix64(seed) | 1;
+    let y = ctr.mul(key)?;
+    let z = y.add(key)?;
+    // (x >> 32) | (x << 32): the two halves do not overlap, so `|` is `+`.
+    let swap = |t: Tensor<'g>| t.div(1u64 << 32)?.add(t.mul(1u64 << 32)?);
+    let square_add = |t: Tensor<'g>, c: Tensor<'g>| t.mul(t)?.add(c);
+    let t = swap(square_add(y, y)?)?;
+    let t = swap(square_add(t, z)?)?;
+    let t = swap(square_add(t, y)?)?;
+    square_add(t, z)?.div(1u64 << 32)
 }
 
 /// Per-example softmax cross-entropy of `logits` `[n, classes]` against
@@ -331,34 +425,193 @@ impl GraphBuilder {
 
     /// Batch normalisation, inference form, over dim 1 of `[n, c, ...]`:
     /// `(x - mean) / sqrt(var + eps) * gamma + beta`, with variables
-    /// `name/{gamma,beta,mean,var}` (ones, zeros, zeros, ones).
+    /// `name/{gamma,beta,mean,var}` (ones, zeros, zeros, ones). `mean` and
+    /// `var` are statistics, not weights: non-trainable, so `minimize` leaves
+    /// them alone (set them from a checkpoint or `Session::set_variable`).
+    /// To train a model with batch norm, use
+    /// [`GraphBuilder::batch_norm_with_training`].
     #[track_caller]
     pub fn batch_norm<'g>(&'g self, name: &str, x: Tensor<'g>, eps: f64) -> Result<Tensor<'g>> {
         let loc = SourceLoc::caller();
-        let shape = x.shape();
-        let c = match shape.0.get(1) {
-            Some(Dim::Fixed(c)) => *c,
-            _ => {
-                return Err(x.err(
-                    "batch_norm",
-                    &[],
-                    loc,
-                    "input must be [n, c, ...] with a fixed c".into(),
-                ))
-            }
-        };
-        let mut pshape = vec![c];
-        pshape.extend(std::iter::repeat_n(1, x.rank() - 2));
+        let pshape = batch_norm_param_shape(x, &loc)?;
         let _s = self.scope(name);
         let dt = x.dtype();
         let gamma = self.variable_init("gamma", dt, &pshape, Init::Ones)?;
         let beta = self.variable_init("beta", dt, &pshape, Init::Zeros)?;
-        let mean = self.variable_init("mean", dt, &pshape, Init::Zeros)?;
-        let var = self.variable_init("var", dt, &pshape, Init::Ones)?;
+        let mean = self.non_trainable_variable("mean", Array::filled(dt, &pshape, 0.0))?;
+        let var = self.non_trainable_variable("var", Array::filled(dt, &pshape, 1.0))?;
         x.sub(mean)?
             .mul(var.add(eps)?.rsqrt()?)?
             .mul(gamma)?
             .add(beta)
+    }
+
+    /// Batch normalisation with a training mode, over dim 1 of `[n, c, ...]`,
+    /// as PyTorch's `BatchNorm{1,2}d` and Keras' `BatchNormalization`.
+    /// `training` is a bool scalar, usually a placeholder fed `true` for
+    /// training steps and `false` for evaluation (or a constant, which
+    /// builds only that mode's graph). Variables are those of
+    /// [`GraphBuilder::batch_norm`]: `name/{gamma,beta}` (trainable) and the
+    /// running statistics `name/{mean,var}` (non-trainable).
+    ///
+    /// - Training: `(x - m) / sqrt(v + eps) * gamma + beta` with the batch's
+    ///   mean `m` and biased variance `v` over every dim but 1 (gradients flow
+    ///   through both), and the update ops `mean = (1 - momentum) * mean +
+    ///   momentum * m`, `var = (1 - momentum) * var + momentum * v * k/(k-1)`
+    ///   (the unbiased variance over the `k` values per channel).
+    /// - Inference: the same formula with the running `mean` and `var`; the
+    ///   update ops leave them unchanged.
+    ///
+    /// The updates are registered for the output ([`GraphBuilder::add_update`]),
+    /// so the train op of [`GraphBuilder::minimize`] runs them; fetching
+    /// only the output does not change the statistics.
+    #[track_caller]
+    pub fn batch_norm_with_training<'g>(
+        &'g self,
+        name: &str,
+        x: Tensor<'g>,
+        training: Tensor<'g>,
+        opts: BatchNormOptions,
+    ) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let pshape = batch_norm_param_shape(x, &loc)?;
+        let mode = training_mode(x, training, "batch_norm", &loc)?;
+        if !x.dtype().is_float() {
+            return Err(x.err(
+                "batch_norm",
+                &[],
+                loc,
+                format!("batch norm needs a float input, got {}", x.dtype()),
+            ));
+        }
+        if !(0.0..=1.0).contains(&opts.momentum) || opts.eps.is_nan() || opts.eps < 0.0 {
+            return Err(x.err(
+                "batch_norm",
+                &[],
+                loc,
+                format!(
+                    "momentum must be in [0, 1] and eps not negative, got {} and {}",
+                    opts.momentum, opts.eps
+                ),
+            ));
+        }
+        let _s = self.scope(name);
+        let dt = x.dtype();
+        let gamma = self.variable_init("gamma", dt, &pshape, Init::Ones)?;
+        let beta = self.variable_init("beta", dt, &pshape, Init::Zeros)?;
+        let running_mean = self.non_trainable_variable("mean", Array::filled(dt, &pshape, 0.0))?;
+        let running_var = self.non_trainable_variable("var", Array::filled(dt, &pshape, 1.0))?;
+        let normalize = |mean: Tensor<'g>, var: Tensor<'g>| -> Result<Tensor<'g>> {
+            x.sub(mean)?
+                .mul(var.add(opts.eps)?.rsqrt()?)?
+                .mul(gamma)?
+                .add(beta)
+        };
+        if mode == Some(false) {
+            return normalize(running_mean, running_var);
+        }
+        let axes: Vec<i64> = (0..x.rank() as i64).filter(|&a| a != 1).collect();
+        let batch_mean = x.mean(&axes, true)?;
+        let centered = x.sub(batch_mean)?;
+        let batch_var = centered.mul(centered)?.mean(&axes, true)?;
+        let batch_mean = batch_mean.reshape(pshape.clone())?;
+        let batch_var = batch_var.reshape(pshape.clone())?;
+        // k / (k - 1) turns the biased variance into the unbiased one; k is
+        // the count per channel (a tensor when the batch dim is symbolic).
+        let shape = x.shape();
+        let count = match axes
+            .iter()
+            .map(|&a| match shape.0[a as usize] {
+                Dim::Fixed(n) => Some(n),
+                Dim::Sym(_) => None,
+            })
+            .product::<Option<usize>>()
+        {
+            Some(k) => self.scalar(k as f64, dt)?,
+            None => self
+                .scalar(1.0, dt)?
+                .broadcast_to(shape)?
+                .sum(&axes, true)?
+                .reshape(pshape.clone())?,
+        };
+        let unbiased = batch_var.mul(count.div(count.sub(1.0)?.maximum(1.0)?)?)?;
+        let m = opts.momentum;
+        let mut new_mean = running_mean.mul(1.0 - m)?.add(batch_mean.mul(m)?)?;
+        let mut new_var = running_var.mul(1.0 - m)?.add(unbiased.mul(m)?)?;
+        let (mean, var) = if mode == Some(true) {
+            (batch_mean, batch_var)
+        } else {
+            new_mean = self.select(training, new_mean, running_mean)?;
+            new_var = self.select(training, new_var, running_var)?;
+            (
+                self.select(training, batch_mean, running_mean)?,
+                self.select(training, batch_var, running_var)?,
+            )
+        };
+        let y = normalize(mean, var)?;
+        self.add_update(y, running_mean.assign(new_mean)?);
+        self.add_update(y, running_var.assign(new_var)?);
+        Ok(y)
+    }
+
+    /// Dropout with a training mode, as PyTorch's `Dropout`: in training,
+    /// each element is zeroed with probability `rate` and the rest are
+    /// scaled by `1 / (1 - rate)`; in inference, `x` unchanged. `training`
+    /// is a bool scalar as for [`GraphBuilder::batch_norm_with_training`].
+    ///
+    /// The mask comes from a counter-based generator (Widynski's Squares)
+    /// of the layer's seed, its step and the element's index, built from
+    /// u64 ops so that every device draws the same mask (random ops take
+    /// their seed as an attribute, fixed across runs): the seed comes from
+    /// the builder's seed and `name`,
+    /// the step is the non-trainable u64 variable `name/step`, advanced by
+    /// an update op ([`GraphBuilder::add_update`]) that the train op of
+    /// [`GraphBuilder::minimize`] runs, so each training step draws a new
+    /// mask. Gradients flow through the kept elements, scaled alike.
+    #[track_caller]
+    pub fn dropout<'g>(
+        &'g self,
+        name: &str,
+        x: Tensor<'g>,
+        rate: f64,
+        training: Tensor<'g>,
+    ) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let mode = training_mode(x, training, "dropout", &loc)?;
+        if !x.dtype().is_float() || !(0.0..1.0).contains(&rate) {
+            return Err(x.err(
+                "dropout",
+                &[],
+                loc,
+                format!(
+                    "dropout needs a float input and a rate in [0, 1), got {} and {rate}",
+                    x.dtype()
+                ),
+            ));
+        }
+        if mode == Some(false) {
+            return Ok(x);
+        }
+        let _s = self.scope(name);
+        let step = self.non_trainable_variable("step", Array::scalar(0u64))?;
+        let seed = self.seed_for(&self.scoped_name("mask"));
+        let bits = hashed_bits(x, seed, step)?;
+        // Keep where the 32 bits are at least rate * 2^32: probability
+        // 1 - rate up to 2^-32.
+        let threshold = (rate * (1u64 << 32) as f64).ceil() as u64;
+        let keep = bits.ge(threshold)?;
+        let zero = self.scalar(0.0, x.dtype())?;
+        let dropped = self.select(keep, x.mul(1.0 / (1.0 - rate))?, zero)?;
+        let (y, next) = if mode == Some(true) {
+            (dropped, step.add(1u64)?)
+        } else {
+            (
+                self.select(training, dropped, x)?,
+                self.select(training, step.add(1u64)?, step)?,
+            )
+        };
+        self.add_update(y, step.assign(next)?);
+        Ok(y)
     }
 
     /// Multi-head self-attention over `x: [batch, seq, d_model]` with `heads`

@@ -30,7 +30,9 @@ pub use dtype::DType;
 pub use error::{Error, FileErrorKind, OriginGuard, Result, SourceLoc};
 pub use graph::{Graph, Node, NodeId};
 pub use init::Init;
-pub use layers::{one_hot, softmax_cross_entropy, sparse_softmax_cross_entropy, Activation};
+pub use layers::{
+    one_hot, softmax_cross_entropy, sparse_softmax_cross_entropy, Activation, BatchNormOptions,
+};
 pub use op::{ArgOp, BinaryOp, Op, ReduceOp, SliceAxis, UnaryOp, Window2d};
 pub use optim::Optimizer;
 pub use shape::{Bindings, Dim, Shape, TensorType};

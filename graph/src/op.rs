@@ -26,6 +26,16 @@ impl Default for Weight {
     }
 }
 
+/// A variable read from a file without the flag is trainable.
+fn trainable_default() -> bool {
+    true
+}
+
+/// Skips writing the flag in its default state.
+fn is_trainable(t: &bool) -> bool {
+    *t
+}
+
 impl Weight {
     /// Wraps an array.
     pub fn new(a: Array) -> Weight {
@@ -177,6 +187,12 @@ pub enum Op {
         /// The initial value.
         #[serde(skip)]
         init: Weight,
+        /// Whether optimizers may update it: true for weights, false for
+        /// statistics and counters (batch norm's running mean and variance,
+        /// a dropout step), which only assignments change. Written to files
+        /// only when false, so files from before the flag load as trainable.
+        #[serde(default = "trainable_default", skip_serializing_if = "is_trainable")]
+        trainable: bool,
     },
     /// `out[i] = i[axis]`: the index along `axis`, as `dtype`.
     Iota {
@@ -526,7 +542,9 @@ impl Op {
             Op::Constant { value } => {
                 Ok(TensorType::new(value.0.dtype(), value.0.shape().to_vec()))
             }
-            Op::Variable { init } => Ok(TensorType::new(init.0.dtype(), init.0.shape().to_vec())),
+            Op::Variable { init, .. } => {
+                Ok(TensorType::new(init.0.dtype(), init.0.shape().to_vec()))
+            }
             Op::Iota { dtype, shape, axis } => ops::index::infer_iota(*dtype, shape, *axis),
             Op::RandomUniform {
                 dtype,

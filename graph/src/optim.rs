@@ -1,6 +1,8 @@
 //! Optimizers as graph ops: `GraphBuilder::minimize` differentiates a loss
-//! with respect to every float variable it depends on and emits the update
-//! rule as assignments, grouped into one train op to fetch.
+//! with respect to every trainable float variable it depends on and emits
+//! the update rule as assignments, grouped into one train op to fetch
+//! together with the layers' update ops (batch norm's running statistics,
+//! dropout's step counter).
 
 use crate::array::Array;
 use crate::builder::{GraphBuilder, Tensor};
@@ -102,22 +104,34 @@ impl Optimizer {
 }
 
 impl GraphBuilder {
-    /// The float variables `loss` depends on (what [`GraphBuilder::minimize`] trains).
+    /// The trainable float variables `loss` depends on (what
+    /// [`GraphBuilder::minimize`] trains). Variables made with
+    /// [`GraphBuilder::non_trainable_variable`] (statistics, counters) are
+    /// left out; `gradients` still differentiates with respect to them when
+    /// asked by name.
     pub fn trainable_variables<'g>(&'g self, loss: Tensor<'g>) -> Result<Vec<Tensor<'g>>> {
         let graph = self.graph();
         graph
             .ancestors(&[loss.id()])
             .into_iter()
             .filter(|&n| {
-                matches!(graph.node(n).op, Op::Variable { .. }) && graph.node(n).ty.dtype.is_float()
+                matches!(
+                    graph.node(n).op,
+                    Op::Variable {
+                        trainable: true,
+                        ..
+                    }
+                ) && graph.node(n).ty.dtype.is_float()
             })
             .map(|n: NodeId| self.tensor(n))
             .collect()
     }
 
-    /// A train op: fetching it applies one step of `opt` to every float
-    /// variable `loss` depends on (optimizer state lives in new variables under
-    /// `optimizer/`). Reads in the same run see the values before the step.
+    /// A train op: fetching it applies one step of `opt` to every trainable
+    /// float variable `loss` depends on (optimizer state lives in new
+    /// non-trainable variables under `optimizer/`) and runs the update ops
+    /// of the layers `loss` depends on ([`GraphBuilder::updates_for`]).
+    /// Reads in the same run see the values before the step.
     #[track_caller]
     pub fn minimize<'g>(&'g self, loss: Tensor<'g>, opt: Optimizer) -> Result<Tensor<'g>> {
         let loc = SourceLoc::caller();
@@ -127,7 +141,7 @@ impl GraphBuilder {
                 "minimize",
                 &[],
                 loc,
-                "the loss depends on no float variable".into(),
+                "the loss depends on no float variable that is trainable".into(),
             ));
         }
         let grads = self.gradients(loss, &vars)?;
@@ -138,14 +152,14 @@ impl GraphBuilder {
                 .shape()
                 .as_fixed()
                 .ok_or_else(|| Error::InvalidGraph("variables have fixed shapes".into()))?;
-            self.variable(
+            self.non_trainable_variable(
                 &format!("{}/{what}", v.name()),
                 Array::zeros(v.dtype(), &shape),
             )
         };
         let step = match opt {
             Optimizer::Adam { .. } => {
-                let t = self.variable("step", Array::scalar(0.0f64))?;
+                let t = self.non_trainable_variable("step", Array::scalar(0.0f64))?;
                 let t1 = t.add(1.0)?;
                 updates.push(t.assign(t1)?);
                 Some(t1)
@@ -204,6 +218,7 @@ impl GraphBuilder {
             };
             updates.push(v.assign(new)?);
         }
+        updates.extend(self.updates_for(loss));
         self.group(&updates)
     }
 

@@ -294,7 +294,7 @@ impl Session {
         let graph = graph.clone();
         let mut variables = HashMap::new();
         for v in graph.variables() {
-            if let Op::Variable { init } = &graph.node(v).op {
+            if let Op::Variable { init, .. } = &graph.node(v).op {
                 variables.insert(graph.node(v).name.clone(), (*init.0).clone());
             }
         }

@@ -28,7 +28,9 @@ fn run_program(
         .variables()
         .into_iter()
         .map(|v| match &graph.node(v).op {
-            kiln::graph::Op::Variable { init } => (graph.node(v).name.clone(), (*init.0).clone()),
+            kiln::graph::Op::Variable { init, .. } => {
+                (graph.node(v).name.clone(), (*init.0).clone())
+            }
             _ => unreachable!(),
         })
         .collect();

@@ -41,7 +41,7 @@ fn initial_variables(graph: &Graph) -> HashMap<String, Array> {
         .variables()
         .into_iter()
         .map(|v| match &graph.node(v).op {
-            Op::Variable { init } => (graph.node(v).name.clone(), (*init.0).clone()),
+            Op::Variable { init, .. } => (graph.node(v).name.clone(), (*init.0).clone()),
             _ => unreachable!("variables() lists variables"),
         })
         .collect()

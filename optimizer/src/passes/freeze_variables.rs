@@ -32,7 +32,7 @@ impl Pass for FreezeVariables {
         let mut rb = Rebuild::new(g);
         for id in g.topo_order() {
             match &g.node(id).op {
-                Op::Variable { init } if !assigned.contains(&id) => {
+                Op::Variable { init, .. } if !assigned.contains(&id) => {
                     rb.replace(
                         id,
                         Op::Constant {
