@@ -455,6 +455,18 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
     let g = GraphBuilder::new();
     let mut scope = Scope::default();
     scope.declare(graph);
+    // A BatchNormalization's running mean and variance (inputs 3 and 4) are
+    // statistics, not weights: with `initializers_as_variables` they become
+    // variables no optimizer updates.
+    let statistics: HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| {
+            n.op_type == "BatchNormalization" && matches!(n.domain.as_str(), "" | "ai.onnx")
+        })
+        .flat_map(|n| n.input.iter().skip(3).take(2))
+        .map(String::as_str)
+        .collect();
     for init in &graph.initializer {
         let _origin = SourceLoc::set_origin(SourceLoc::origin(format!(
             "ONNX initializer '{}'",
@@ -464,7 +476,11 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
             .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
         let name = kiln_name(&init.name);
         let t = if options.initializers_as_variables {
-            g.variable(&name, a.clone())
+            if statistics.contains(init.name.as_str()) {
+                g.non_trainable_variable(&name, a.clone())
+            } else {
+                g.variable(&name, a.clone())
+            }
         } else {
             g.constant(a.clone()).and_then(|t| t.named(&name))
         }

@@ -636,3 +636,49 @@ fn value_needed_from_a_node_over_the_fold_limit() {
         &["Reshape node 'reshape'", "'target'", "fold limit"],
     );
 }
+
+/// With `--trainable`, a BatchNormalization's running mean and variance
+/// are imported as variables no optimizer updates; its scale and bias (and
+/// other initializers) train.
+#[test]
+fn batch_norm_statistics_import_as_non_trainable_variables() {
+    let vector = |name: &str, v: f32| proto::TensorProto {
+        name: name.into(),
+        data_type: DataType::Float as i32,
+        dims: vec![3],
+        float_data: vec![v; 3],
+        ..Default::default()
+    };
+    let m = model(
+        proto::GraphProto {
+            name: "bn".into(),
+            node: vec![node(
+                "BatchNormalization",
+                "bn",
+                &["x", "gamma", "beta", "mean", "var"],
+                &["y"],
+            )],
+            initializer: vec![
+                vector("gamma", 1.0),
+                vector("beta", 0.0),
+                vector("mean", 0.5),
+                vector("var", 2.0),
+            ],
+            input: vec![input("x", DataType::Float, &dims(&[2, 3, 4, 4]))],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        15,
+    );
+    let options = ImportOptions {
+        initializers_as_variables: true,
+        ..Default::default()
+    };
+    let g = import(&m, &options).unwrap();
+    let trainable = |name: &str| match &g.node(g.find(name).unwrap()).op {
+        kiln::graph::Op::Variable { trainable, .. } => *trainable,
+        other => panic!("'{name}' is a {} node, not a variable", other.name()),
+    };
+    assert!(trainable("gamma") && trainable("beta"));
+    assert!(!trainable("mean") && !trainable("var"));
+}
