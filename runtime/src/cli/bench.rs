@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 use kiln::graph::Array;
 use kiln::{Device, ProfileEvent, Session};
 
-use super::common::{complete_inputs, load, parse_threads, read_input, GENERATED_INPUTS};
+use super::common::{complete_inputs, load, read_input, Exec, GENERATED_INPUTS};
 
 /// The most timed runs (and profiled runs): their times are kept.
 pub const MAX_RUNS: usize = 1_000_000;
@@ -40,16 +40,8 @@ pub struct Args {
     /// (repeatable; default 1, or what a given input binds).
     #[arg(long = "dim", value_name = "NAME=N")]
     pub dims: Vec<String>,
-    /// Fetch these nodes instead of the model's declared outputs (repeatable).
-    #[arg(short, long = "fetch", value_name = "NAME")]
-    pub fetches: Vec<String>,
-    /// Device to run on.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Threads for the CPU backend, 1 to 1024 (default: KILN_NUM_THREADS or
-    /// every core).
-    #[arg(long, value_name = "N", value_parser = parse_threads)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub exec: Exec,
     /// Timed runs (default 100; at most 1000000).
     #[arg(long, value_name = "N", conflicts_with = "time")]
     pub runs: Option<usize>,
@@ -107,7 +99,7 @@ impl Budget {
 
 /// Runs `kiln bench`.
 pub fn main(a: Args) -> Result<()> {
-    let device: Device = a.device.parse()?;
+    let device: Device = a.exec.device.parse()?;
     let budget = Budget::from_args(a.runs, a.time)?;
     if a.profile && device == Device::Reference {
         bail!("--profile needs a compiling device (--device cpu)");
@@ -122,7 +114,7 @@ pub fn main(a: Args) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let given_names: Vec<String> = given.iter().map(|(n, _)| n.clone()).collect();
     let (feeds, generated) = complete_inputs(&graph, given, &a.dims, a.seed)?;
-    let fetch_names = super::run::fetch_names(&graph, &a.model, &a.fetches)?;
+    let fetch_names = super::run::fetch_names(&graph, &a.model, &a.exec.fetches)?;
     let feed_refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let fetch_refs: Vec<&str> = fetch_names.iter().map(String::as_str).collect();
 
@@ -131,7 +123,7 @@ pub fn main(a: Args) -> Result<()> {
         &graph,
         device,
         kiln::SessionOptions {
-            threads: a.threads,
+            threads: a.exec.threads,
             ..Default::default()
         },
     )?;
@@ -170,7 +162,7 @@ pub fn main(a: Args) -> Result<()> {
     };
 
     let threads = match device {
-        Device::Cpu => Some(match a.threads {
+        Device::Cpu => Some(match a.exec.threads {
             Some(t) => t,
             None => kiln_codegen::cpu::env_threads()
                 .map_err(anyhow::Error::msg)?

@@ -251,6 +251,22 @@ impl SplitMix64 {
     }
 }
 
+/// Where `run` and `bench` execute a model: the fetches, the device and
+/// the CPU threads.
+#[derive(clap::Args)]
+pub struct Exec {
+    /// Fetch these nodes instead of the model's declared outputs (repeatable).
+    #[arg(short, long = "fetch", value_name = "NAME")]
+    pub fetches: Vec<String>,
+    /// Device to run on.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Threads for the CPU backend, 1 to 1024 (default: KILN_NUM_THREADS or
+    /// every core).
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    pub threads: Option<usize>,
+}
+
 /// Parses a `--threads` value: a whole number from 1 to 1024.
 pub fn parse_threads(s: &str) -> std::result::Result<usize, String> {
     kiln_codegen::cpu::parse_threads(s)

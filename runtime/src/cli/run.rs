@@ -12,7 +12,7 @@ use kiln::graph::{Array, DType, Graph, Scalar};
 use kiln::{npy, Device, Session};
 
 use super::bench::ProfileTable;
-use super::common::{load, parse_threads, read_input, refuse_overwriting};
+use super::common::{load, read_input, refuse_overwriting, Exec};
 
 /// The most runs `--profile` may time.
 const MAX_PROFILE_RUNS: usize = 100_000;
@@ -38,16 +38,8 @@ pub struct Args {
     /// Write each fetched tensor to DIR/NAME.npy (DIR is created if needed).
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Fetch these nodes instead of the model's declared outputs (repeatable).
-    #[arg(short, long = "fetch", value_name = "NAME")]
-    pub fetches: Vec<String>,
-    /// Device to run on.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Threads for the CPU backend, 1 to 1024 (default: KILN_NUM_THREADS or
-    /// every core).
-    #[arg(long, value_name = "N", value_parser = parse_threads)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub exec: Exec,
     /// Print every value of each output, row by row.
     #[arg(long, conflicts_with = "json")]
     pub full: bool,
@@ -93,7 +85,7 @@ pub fn fetch_names(graph: &Graph, model: &Path, fetches: &[String]) -> Result<Ve
 
 /// Runs `kiln run`.
 pub fn main(a: Args) -> Result<()> {
-    let device: Device = a.device.parse()?;
+    let device: Device = a.exec.device.parse()?;
     if let Some(dir) = &a.output {
         refuse_overwriting(&a.model, dir, "--output")?;
         if dir.exists() && !dir.is_dir() {
@@ -122,13 +114,13 @@ pub fn main(a: Args) -> Result<()> {
         .iter()
         .map(|s| read_input(s))
         .collect::<Result<Vec<_>>>()?;
-    let fetch_names = fetch_names(&graph, &a.model, &a.fetches)?;
+    let fetch_names = fetch_names(&graph, &a.model, &a.exec.fetches)?;
     let t0 = Instant::now();
     let mut sess = Session::with_options(
         &graph,
         device,
         kiln::SessionOptions {
-            threads: a.threads,
+            threads: a.exec.threads,
             ..Default::default()
         },
     )?;
