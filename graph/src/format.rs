@@ -28,6 +28,7 @@ use crate::op::{Op, Weight};
 use crate::shape::TensorType;
 
 mod crc32c;
+pub(crate) mod float;
 pub use crc32c::crc32c;
 
 /// The format name stored in every file.

@@ -212,8 +212,10 @@ pub enum Op {
         /// Seed.
         seed: u64,
         /// Lower bound.
+        #[serde(with = "crate::format::float")]
         low: f64,
         /// Upper bound.
+        #[serde(with = "crate::format::float")]
         high: f64,
     },
     /// Normal samples, a pure function of seed, shape and index.
@@ -225,8 +227,10 @@ pub enum Op {
         /// Seed.
         seed: u64,
         /// Mean.
+        #[serde(with = "crate::format::float")]
         mean: f64,
         /// Standard deviation.
+        #[serde(with = "crate::format::float")]
         std: f64,
     },
 
@@ -297,6 +301,7 @@ pub enum Op {
         /// Elements after, per dim.
         after: Vec<usize>,
         /// Fill value (converted to the dtype).
+        #[serde(with = "crate::format::float")]
         value: f64,
     },
     /// Joins inputs along `axis`.
