@@ -78,11 +78,142 @@ fn models() -> Vec<(&'static str, Graph)> {
             .unwrap();
         g.into_graph()
     };
+    // Every dtype's extremes as constants, and every special float as a
+    // padding value (an attribute in the graph JSON, where JSON itself has
+    // no NaN or infinity): all must read back to the same bits.
+    let extremes = {
+        let g = GraphBuilder::new();
+        fn out(g: &GraphBuilder, a: Array, pads: &[f64]) {
+            let c = g.constant(a).unwrap();
+            g.output(c).unwrap();
+            for &v in pads {
+                g.output(c.pad(&[1], &[2], v).unwrap()).unwrap();
+            }
+        }
+        let floats = [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+            0.1,
+        ];
+        out(
+            &g,
+            Array::from_vec(
+                vec![7],
+                vec![
+                    f32::MAX,
+                    f32::MIN,
+                    f32::MIN_POSITIVE,
+                    1e-45,
+                    -0.0,
+                    f32::INFINITY,
+                    f32::NAN,
+                ],
+            )
+            .unwrap(),
+            &floats,
+        );
+        out(
+            &g,
+            Array::from_vec(
+                vec![6],
+                vec![
+                    f64::MAX,
+                    f64::MIN,
+                    5e-324,
+                    -0.0,
+                    f64::NEG_INFINITY,
+                    f64::NAN,
+                ],
+            )
+            .unwrap(),
+            &floats,
+        );
+        let h = |v: f32| half::f16::from_f32(v);
+        let hb = |v: f32| half::bf16::from_f32(v);
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            65504.0,
+            6e-8,
+        ];
+        out(
+            &g,
+            Array::from_vec(vec![6], specials.map(h).to_vec()).unwrap(),
+            &floats,
+        );
+        out(
+            &g,
+            Array::from_vec(vec![6], specials.map(hb).to_vec()).unwrap(),
+            &floats,
+        );
+        let ints = [i64::MIN as f64, i64::MAX as f64, u64::MAX as f64, -1.0, 0.0];
+        out(
+            &g,
+            Array::from_vec(vec![2], vec![i8::MIN, i8::MAX]).unwrap(),
+            &ints,
+        );
+        out(
+            &g,
+            Array::from_vec(vec![2], vec![i16::MIN, i16::MAX]).unwrap(),
+            &ints,
+        );
+        out(
+            &g,
+            Array::from_vec(vec![2], vec![i32::MIN, i32::MAX]).unwrap(),
+            &ints,
+        );
+        out(
+            &g,
+            Array::from_vec(vec![2], vec![i64::MIN, i64::MAX]).unwrap(),
+            &ints,
+        );
+        out(
+            &g,
+            Array::from_vec(vec![2], vec![0u8, u8::MAX]).unwrap(),
+            &ints,
+        );
+        out(
+            &g,
+            Array::from_vec(vec![2], vec![0u16, u16::MAX]).unwrap(),
+            &ints,
+        );
+        out(
+            &g,
+            Array::from_vec(vec![2], vec![0u32, u32::MAX]).unwrap(),
+            &ints,
+        );
+        out(
+            &g,
+            Array::from_vec(vec![2], vec![0u64, u64::MAX]).unwrap(),
+            &ints,
+        );
+        out(
+            &g,
+            Array::from_vec(vec![2], vec![false, true]).unwrap(),
+            &[0.0, 1.0],
+        );
+        g.output(
+            g.random_uniform(DType::F64, [3], 1, -f64::MAX, 1e308)
+                .unwrap(),
+        )
+        .unwrap();
+        g.output(g.random_normal(DType::F64, [3], 2, -1e300, 5e-324).unwrap())
+            .unwrap();
+        g.into_graph()
+    };
     vec![
         ("mlp", mlp),
         ("cnn", cnn),
         ("attention", attention),
         ("every_dtype", every_dtype),
+        ("extremes", extremes),
     ]
 }
 
