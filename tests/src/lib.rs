@@ -4,6 +4,7 @@
 use kiln::graph::{Array, DType, Graph, Scalar};
 use kiln::prelude::*;
 
+pub mod fuzz_case;
 pub mod random_graph;
 pub mod setup;
 
