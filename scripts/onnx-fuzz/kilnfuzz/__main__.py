@@ -98,7 +98,16 @@ def main(argv=None) -> int:
                    help="print DIVERGENCES.md (with --check: fail if the file differs)")
     p.add_argument("--check", action="store_true")
     p.add_argument("--write-regressions", metavar="DIR")
+    p.add_argument("--explain", metavar="CASE_DIR", nargs="+",
+                   help="re-check saved repro dirs (with kiln_output_<i>.npy) against the "
+                        "expected divergences and print what each predicate says")
     a = p.parse_args(argv)
+
+    if a.explain:
+        from .divergences import explain_dir
+        for d in a.explain:
+            print(explain_dir(d))
+        return 0
 
     if a.divergences_md:
         from .divergences import markdown

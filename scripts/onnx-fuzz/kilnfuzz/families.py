@@ -551,7 +551,7 @@ def norm(g: Gen) -> Case:
     elif opname == "InstanceNormalization":
         (y,) = b.node(opname, [x, b.weight("s", g.data([c], dt)), b.weight("b", g.data([c], dt))], epsilon=eps)
     elif opname == "MeanVarianceNormalization":
-        axes = g.choice([None, [0, 2, 3][: rank - 1] if rank > 2 else [0], [rank - 1], [1]])
+        axes = g.choice(([None] if rank == 4 else []) + [[0, 2, 3][: rank - 1], [rank - 1], [1]])
         (y,) = b.node(opname, [x], axes=axes)
     elif opname == "LayerNormalization":
         axis = g.int(-rank, rank - 1)

@@ -1,0 +1,146 @@
+"""Independent numpy implementations, written from the ONNX spec text, that
+the divergence predicates use to check that kiln is the one following the
+spec (so that a documented ORT deviation cannot hide a kiln bug). Each is a
+direct, slow transcription of the definition, for small fuzz shapes only."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+
+def spec_slice_indices(n: int, start: int, end: int, step: int) -> list[int]:
+    """The indices ONNX Slice takes along an axis of size n: negative start
+    and end get n added, then start is clamped to [0, n] and end to [0, n]
+    for positive steps, to [0, n-1] and [-1, n-1] for negative steps."""
+    start = start + n if start < 0 else start
+    end = end + n if end < 0 else end
+    if step > 0:
+        start, end = min(max(start, 0), n), min(max(end, 0), n)
+    else:
+        start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
+    return list(range(start, end, step))
+
+
+def slice_(x: np.ndarray, starts, ends, axes, steps) -> np.ndarray:
+    axes = list(range(len(starts))) if axes is None else [int(a) % x.ndim for a in axes]
+    steps = [1] * len(starts) if steps is None else list(steps)
+    out = x
+    for s, e, a, t in zip(starts, ends, axes, steps):
+        idx = spec_slice_indices(x.shape[a], int(s), int(e), int(t))
+        out = np.take(out, np.array(idx, np.int64), axis=a)
+    return out
+
+
+def pad_then_crop(x: np.ndarray, pads, mode: str, axes=None, value=None) -> np.ndarray:
+    """Pad with the positive pads (numpy's constant/edge/reflect/wrap), then
+    crop by the negative ones."""
+    r = x.ndim
+    axes = list(range(r)) if axes is None else [int(a) % r for a in axes]
+    k = len(axes)
+    before, after = [0] * r, [0] * r
+    for j, a in enumerate(axes):
+        before[a], after[a] = int(pads[j]), int(pads[j + k])
+    widths = [(max(0, b), max(0, e)) for b, e in zip(before, after)]
+    if mode == "constant":
+        y = np.pad(x, widths, mode="constant",
+                   constant_values=np.asarray(0 if value is None else value, x.dtype))
+    else:
+        y = np.pad(x, widths, mode=mode)
+    return y[tuple(slice(max(0, -b), y.shape[i] - max(0, -e)) for i, (b, e) in enumerate(zip(before, after)))]
+
+
+def same_pads(in_sizes, kernel, strides, dils, upper: bool) -> tuple[list[int], list[int]]:
+    """SAME_UPPER / SAME_LOWER pads of a conv or pool: output ceil(in/stride),
+    total padding (out-1)*stride + dilated kernel - in, the odd one at the end
+    (UPPER) or the beginning (LOWER)."""
+    b, e = [], []
+    for n, k, s, d in zip(in_sizes, kernel, strides, dils):
+        out = -(-n // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - n)
+        lo = total // 2 if upper else total - total // 2
+        b.append(lo)
+        e.append(total - lo)
+    return b, e
+
+
+def pool(x: np.ndarray, kind: str, kernel, strides, dils, pads_b, pads_e, ceil_mode: bool,
+         count_include_pad: bool = False, p: int = 2, same: bool = False) -> np.ndarray:
+    """MaxPool / AveragePool / LpPool by definition (float64). A window's
+    taps outside the input are skipped; AveragePool divides by the taps
+    inside the input, or with count_include_pad by those inside the padded
+    input. With ceil_mode the last window must start inside the input or
+    its left padding."""
+    nd = len(kernel)
+    sp = x.shape[2:]
+    outs = []
+    for i in range(nd):
+        ext = (kernel[i] - 1) * dils[i] + 1
+        if same:
+            o = -(-sp[i] // strides[i])
+        else:
+            num = sp[i] + pads_b[i] + pads_e[i] - ext
+            o = (math.ceil(num / strides[i]) if ceil_mode else num // strides[i]) + 1
+            if ceil_mode and (o - 1) * strides[i] >= sp[i] + pads_b[i]:
+                o -= 1
+        outs.append(o)
+    xf = x.astype(np.float64)
+    y = np.zeros(x.shape[:2] + tuple(outs))
+    for o in itertools.product(*[range(v) for v in outs]):
+        vals, padded = [], 0
+        for kk in itertools.product(*[range(v) for v in kernel]):
+            pos = [o[i] * strides[i] - pads_b[i] + kk[i] * dils[i] for i in range(nd)]
+            if all(-pads_b[i] <= pos[i] < sp[i] + pads_e[i] for i in range(nd)):
+                padded += 1
+            if all(0 <= pos[i] < sp[i] for i in range(nd)):
+                vals.append(xf[(slice(None), slice(None)) + tuple(pos)])
+        if not vals:
+            v = np.full(x.shape[:2], np.nan)
+        elif kind == "max":
+            v = np.max(vals, axis=0)
+        elif kind == "avg":
+            v = np.sum(vals, axis=0) / (padded if count_include_pad else len(vals))
+        else:
+            v = np.sum(np.abs(np.array(vals)) ** p, axis=0) ** (1.0 / p)
+        y[(slice(None), slice(None)) + o] = v
+    return y
+
+
+def conv_transpose(x, w, b, strides, dils, pads_b, pads_e, out_pad, group: int) -> np.ndarray:
+    """ConvTranspose by definition: every input element scatters
+    x * w into the full output ((in-1)*stride + dilated kernel + output_padding),
+    which is then cropped by the pads (a negative pad extends it with zeros)."""
+    nd = x.ndim - 2
+    n, cin = x.shape[:2]
+    cout_g = w.shape[1]
+    k = w.shape[2:]
+    full = [(x.shape[2 + i] - 1) * strides[i] + (k[i] - 1) * dils[i] + 1 + out_pad[i] for i in range(nd)]
+    y = np.zeros((n, cout_g * group) + tuple(full))
+    cin_g = cin // group
+    xf, wf = x.astype(np.float64), w.astype(np.float64)
+    for g in range(group):
+        for ci in range(cin_g):
+            c = g * cin_g + ci
+            for pos in itertools.product(*[range(v) for v in x.shape[2:]]):
+                xv = xf[(slice(None), c) + pos]
+                for kk in itertools.product(*[range(v) for v in k]):
+                    o = tuple(pos[i] * strides[i] + kk[i] * dils[i] for i in range(nd))
+                    for co in range(cout_g):
+                        y[(slice(None), g * cout_g + co) + o] += xv * wf[(c, co) + kk]
+    # crop (or extend, for negative pads)
+    ext = [(max(0, -pads_b[i]), max(0, -pads_e[i])) for i in range(nd)]
+    y = np.pad(y, [(0, 0), (0, 0)] + ext)
+    sl = tuple(slice(max(0, pads_b[i]), y.shape[2 + i] - max(0, pads_e[i])) for i in range(nd))
+    y = y[(slice(None), slice(None)) + sl]
+    if b is not None:
+        y += b.astype(np.float64).reshape((1, -1) + (1,) * nd)
+    return y
+
+
+def mvn(x: np.ndarray, axes) -> np.ndarray:
+    """MeanVarianceNormalization's function body: (x - mean) / (sqrt(var) + 1e-9)."""
+    xf = x.astype(np.float64)
+    mean = xf.mean(axis=tuple(axes), keepdims=True)
+    var = (xf * xf).mean(axis=tuple(axes), keepdims=True) - mean * mean
+    return (xf - mean) / (np.sqrt(np.maximum(var, 0)) + 1e-9)
