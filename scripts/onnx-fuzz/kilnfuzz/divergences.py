@@ -97,11 +97,14 @@ def _close(got: np.ndarray, want: np.ndarray, tol: float = 1e-4) -> bool:
     return why is None
 
 
-def _kiln_right_ort_wrong(ctx: Ctx, truth: np.ndarray, i: int = 0) -> bool:
-    """kiln's output i matches the independent truth and ORT's does not."""
+def _kiln_right_ort_wrong(ctx: Ctx, expected: np.ndarray, i: int = 0) -> bool:
+    """kiln's output i matches the independent float64 answer `expected`
+    (rounded to the output's type) and ORT's does not."""
     if ctx.kiln is None:
         return False
-    return _close(ctx.kiln[i], truth) and not _close(ctx.ort[i], truth)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = expected.astype(ctx.ort[i].dtype).astype(np.float64)
+    return _close(ctx.kiln[i], want) and not _close(ctx.ort[i], want)
 
 
 def _single(ctx: Ctx, *ops: str):
@@ -218,6 +221,25 @@ def _mvn_spec(ctx: Ctx) -> bool:
         return False
     x = _first_input(ctx)
     return _kiln_right_ort_wrong(ctx, truth.mvn(x, attr(n, "axes") or [0, 2, 3]))
+
+
+def _norm_spec(ctx: Ctx) -> bool:
+    n = _single(ctx, "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+                "GroupNormalization")
+    if n is None or (n.op_type == "GroupNormalization" and ctx.case.opset() < 21):
+        return False
+    vals = [ctx.case.value(i) if i else None for i in n.input]
+    attrs = {a.name: attr(n, a.name) for a in n.attribute}
+    want = truth.normalization(n.op_type, vals[0], vals[1:], attrs)
+    return _kiln_right_ort_wrong(ctx, want)
+
+
+def _prelu_spec(ctx: Ctx) -> bool:
+    n = _single(ctx, "PRelu")
+    if n is None:
+        return False
+    x, slope = (ctx.case.value(i) for i in n.input[:2])
+    return _kiln_right_ort_wrong(ctx, truth.prelu(x, slope))
 
 
 def _contraction_overflow(ctx: Ctx) -> bool:
@@ -431,6 +453,23 @@ DIVERGENCES: list[Divergence] = [
         "ORT evaluates var = E[x^2] - E[x]^2 in f32, which can come out negative for a constant "
         "slice, and sqrt gives NaN; the spec's value is 0. kiln follows the spec.",
         _mvn_spec),
+    Divergence(
+        "norm_spec", "BatchNormalization, InstanceNormalization, LayerNormalization, "
+        "GroupNormalization",
+        "A single normalization node whose output kiln computes as the definition (checked "
+        "against a two-pass float64 transcription) and ORT does not: huge inputs whose squares "
+        "overflow f32, one-element instances (variance exactly 0), non-finite values confined "
+        "to some instances.",
+        "ORT computes the variance as E[x^2] - E[x]^2 in f32, which overflows for |x| > 1e19 "
+        "and is not exactly 0 for a constant instance; kiln's result is the definition's.",
+        _norm_spec),
+    Divergence(
+        "prelu_spec", "PRelu",
+        "Non-finite input or slope, and kiln matches x if x >= 0 else slope * x (in float64) "
+        "while ORT does not.",
+        "ORT evaluates PRelu arithmetically over both branches, so inf or NaN in the unused "
+        "branch leaks into the result; kiln selects the branch, as the definition does.",
+        _prelu_spec),
     Divergence(
         "resize_reference", "Resize",
         "A single Resize on finite input where kiln matches onnx.reference and ORT does not.",

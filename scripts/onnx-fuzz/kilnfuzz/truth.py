@@ -144,3 +144,47 @@ def mvn(x: np.ndarray, axes) -> np.ndarray:
     mean = xf.mean(axis=tuple(axes), keepdims=True)
     var = (xf * xf).mean(axis=tuple(axes), keepdims=True) - mean * mean
     return (xf - mean) / (np.sqrt(np.maximum(var, 0)) + 1e-9)
+
+
+def normalization(op: str, x: np.ndarray, params: list, attrs: dict) -> np.ndarray:
+    """BatchNormalization (inference), InstanceNormalization,
+    LayerNormalization, GroupNormalization (opset 21: per-channel scale and
+    bias) by definition, in float64: (x - mean) / sqrt(var + epsilon) * scale + bias,
+    var the biased variance computed in two passes."""
+    xf = x.astype(np.float64)
+    eps = attrs.get("epsilon", 1e-5)
+    p = [None if v is None else v.astype(np.float64) for v in params]
+    r = x.ndim
+    chan = (1, -1) + (1,) * (r - 2)
+    with np.errstate(all="ignore"):
+        if op == "BatchNormalization":
+            s, b, m, v = p[:4]
+            return (xf - m.reshape(chan)) / np.sqrt(v.reshape(chan) + eps) * s.reshape(chan) + b.reshape(chan)
+        if op == "InstanceNormalization":
+            ax = tuple(range(2, r))
+            mean = xf.mean(axis=ax, keepdims=True)
+            var = ((xf - mean) ** 2).mean(axis=ax, keepdims=True)
+            return (xf - mean) / np.sqrt(var + eps) * p[0].reshape(chan) + p[1].reshape(chan)
+        if op == "LayerNormalization":
+            axis = attrs.get("axis", -1) % r
+            ax = tuple(range(axis, r))
+            mean = xf.mean(axis=ax, keepdims=True)
+            var = ((xf - mean) ** 2).mean(axis=ax, keepdims=True)
+            y = (xf - mean) / np.sqrt(var + eps) * p[0]
+            return y + p[1] if len(p) > 1 and p[1] is not None else y
+        if op == "GroupNormalization":
+            g = attrs["num_groups"]
+            n, c = x.shape[:2]
+            xg = xf.reshape(n, g, -1)
+            mean = xg.mean(axis=2, keepdims=True)
+            var = ((xg - mean) ** 2).mean(axis=2, keepdims=True)
+            y = ((xg - mean) / np.sqrt(var + eps)).reshape(x.shape)
+            return y * p[0].reshape(chan) + p[1].reshape(chan)
+    raise ValueError(op)
+
+
+def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """PRelu by definition: x where x >= 0 (NaN stays NaN), else slope * x."""
+    xf, sf = x.astype(np.float64), slope.astype(np.float64)
+    with np.errstate(all="ignore"):
+        return np.where(np.isnan(xf), np.nan, np.where(xf < 0, sf * xf, xf + 0 * np.zeros_like(sf)))
