@@ -58,6 +58,24 @@ pub enum UnaryOp {
     Recip,
     Sin,
     Cos,
+    /// Tangent.
+    Tan,
+    /// Arcsine (NaN outside [-1, 1]).
+    Asin,
+    /// Arccosine (NaN outside [-1, 1]).
+    Acos,
+    /// Arctangent.
+    Atan,
+    /// Hyperbolic sine.
+    Sinh,
+    /// Hyperbolic cosine.
+    Cosh,
+    /// Inverse hyperbolic sine.
+    Asinh,
+    /// Inverse hyperbolic cosine (NaN below 1).
+    Acosh,
+    /// Inverse hyperbolic tangent (NaN outside [-1, 1], ±inf at ±1).
+    Atanh,
     Tanh,
     Sigmoid,
     Erf,
@@ -80,6 +98,11 @@ pub enum BinaryOp {
     /// Integer division truncates toward zero; an integer division by zero gives 0.
     Div,
     Pow,
+    /// Truncated remainder `a - trunc(a / b) * b`, with the sign of `a`.
+    /// Floats: IEEE `fmod`, exact (NaN when `b` is 0 or `a` infinite).
+    /// Integers: with [`BinaryOp::Div`]'s `x / 0 = 0`, `x rem 0 = x`;
+    /// `MIN rem -1 = 0`.
+    Rem,
     Max,
     Min,
     Eq,

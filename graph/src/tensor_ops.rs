@@ -146,6 +146,24 @@ impl<'g> Tensor<'g> {
         sin => Sin,
         /// Cosine.
         cos => Cos,
+        /// Tangent.
+        tan => Tan,
+        /// Arcsine (NaN outside `[-1, 1]`).
+        asin => Asin,
+        /// Arccosine (NaN outside `[-1, 1]`).
+        acos => Acos,
+        /// Arctangent.
+        atan => Atan,
+        /// Hyperbolic sine.
+        sinh => Sinh,
+        /// Hyperbolic cosine.
+        cosh => Cosh,
+        /// Inverse hyperbolic sine.
+        asinh => Asinh,
+        /// Inverse hyperbolic cosine (NaN below 1).
+        acosh => Acosh,
+        /// Inverse hyperbolic tangent (NaN outside `[-1, 1]`).
+        atanh => Atanh,
         /// Hyperbolic tangent.
         tanh => Tanh,
         /// `1 / (1 + e^-x)`.
@@ -173,6 +191,9 @@ impl<'g> Tensor<'g> {
         div => Div,
         /// `a ^ b`.
         pow => Pow,
+        /// Truncated remainder `a - trunc(a / b) * b` (sign of `a`; floats:
+        /// IEEE fmod, exact; integers: `x rem 0 = x`).
+        rem => Rem,
         /// Elementwise maximum (NaN propagates).
         maximum => Max,
         /// Elementwise minimum (NaN propagates).

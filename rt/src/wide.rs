@@ -25,6 +25,8 @@
 #![allow(clippy::missing_safety_doc)]
 
 use std::arch::x86_64::*;
+
+use crate::support::{ERF_DEN, ERF_NUM, ERF_ONE};
 use std::mem::MaybeUninit;
 
 /// A reduction's combining op.
@@ -826,33 +828,21 @@ fn erf(x: __m512) -> __m512 {
     // 13, even denominator of degree 8, the form XLA and Eigen use), where
     // erf reaches +/-1 in f32: no exp, one reciprocal. About 20 operations
     // against the 128-bit path's exp-based 35.
+    let x0 = x;
     let x = _mm512_min_ps(splat(4.0), _mm512_max_ps(splat(-4.0), x));
     let x2 = _mm512_mul_ps(x, x);
-    let p = horner(
-        x2,
-        &[
-            -2.726_142_3e-10,
-            2.770_681_4e-8,
-            -2.101_024e-6,
-            -5.692_506_4e-5,
-            -7.349_906_3e-4,
-            -2.9546e-3,
-            -1.609_603_3e-2,
-        ],
-    );
-    let p = _mm512_mul_ps(x, p);
-    let q = horner(
-        x2,
-        &[
-            -1.456_607_2e-5,
-            -2.133_740_6e-4,
-            -1.682_827e-3,
-            -7.373_329e-3,
-            -1.426_474e-2,
-        ],
-    );
+    let p = horner(x2, &ERF_NUM);
+    let q = horner(x2, &ERF_DEN);
     // q is in [-0.29, -0.014]: the estimate and one Newton step.
     let r = _mm512_rcp14_ps(q);
     let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(q, r, splat(1.0)), r);
-    _mm512_mul_ps(p, r)
+    // Within [-1, 1] (max/min pass NaN through as their second operand),
+    // and exactly +/-1 from where f32 erf rounds to 1: the rational is a
+    // few ulps short of it there, which GELU of large negative x would
+    // turn into -x * 1e-7 instead of -0.
+    // x times P/Q (not xP / Q: xP of a tiny x is subnormal).
+    let y = _mm512_mul_ps(x, _mm512_mul_ps(p, r));
+    let y = _mm512_min_ps(splat(1.0), _mm512_max_ps(splat(-1.0), y));
+    let big = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(x0), splat(ERF_ONE));
+    blend(big, copysign(splat(1.0), x0), y)
 }

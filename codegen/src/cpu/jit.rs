@@ -516,6 +516,8 @@ impl<M: Module> Jit<M> {
             ("kiln_unary_f64", vec![types::I32, types::F64], types::F64),
             ("kiln_pow_f32", vec![types::F32, types::F32], types::F32),
             ("kiln_pow_f64", vec![types::F64, types::F64], types::F64),
+            ("kiln_rem_f32", vec![types::F32, types::F32], types::F32),
+            ("kiln_rem_f64", vec![types::F64, types::F64], types::F64),
             ("kiln_pow_i32", vec![types::I32, types::I32], types::I32),
             ("kiln_pow_i64", vec![types::I64, types::I64], types::I64),
             ("kiln_pow_u64", vec![types::I64, types::I64], types::I64),
@@ -1029,6 +1031,15 @@ impl Emitter<'_, '_> {
                 BinaryOp::Div => self.b.ins().fdiv(a, b),
                 BinaryOp::Max => self.b.ins().fmax(a, b),
                 BinaryOp::Min => self.b.ins().fmin(a, b),
+                // IEEE fmod, exact: no instruction computes it.
+                BinaryOp::Rem => self.call(
+                    if ty == types::F32 {
+                        "kiln_rem_f32"
+                    } else {
+                        "kiln_rem_f64"
+                    },
+                    &[a, b],
+                ),
                 _ => self.call(
                     if ty == types::F32 {
                         "kiln_pow_f32"
@@ -1076,6 +1087,13 @@ impl Emitter<'_, '_> {
                 let neg = self.b.ins().ineg(a);
                 let q = self.b.ins().select(is_m1, neg, q);
                 self.b.ins().select(is0, zero, q)
+            }
+            BinaryOp::Rem => {
+                // a - trunc(a / b) * b with Div's x / 0 = 0 and wrapping
+                // MIN / -1: x rem 0 = x, MIN rem -1 = 0.
+                let q = self.binary(BinaryOp::Div, a, b, dt);
+                let qb = self.b.ins().imul(q, b);
+                self.b.ins().isub(a, qb)
             }
             _ if dt == DType::U64 => self.call("kiln_pow_u64", &[a, b]),
             _ if ty == types::I32 && dt == DType::I32 => self.call("kiln_pow_i32", &[a, b]),

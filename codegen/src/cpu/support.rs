@@ -7,7 +7,7 @@ use kiln_graph::UnaryOp;
 
 /// The unary ops compiled code calls out for, by code: the order of
 /// `kiln_rt::support::UNARY_NAMES`.
-pub(crate) const CALLED_UNARY: [UnaryOp; 8] = [
+pub(crate) const CALLED_UNARY: [UnaryOp; 17] = [
     UnaryOp::Exp,
     UnaryOp::Log,
     UnaryOp::Sin,
@@ -16,6 +16,15 @@ pub(crate) const CALLED_UNARY: [UnaryOp; 8] = [
     UnaryOp::Erf,
     UnaryOp::Sigmoid,
     UnaryOp::Rsqrt,
+    UnaryOp::Tan,
+    UnaryOp::Asin,
+    UnaryOp::Acos,
+    UnaryOp::Atan,
+    UnaryOp::Sinh,
+    UnaryOp::Cosh,
+    UnaryOp::Asinh,
+    UnaryOp::Acosh,
+    UnaryOp::Atanh,
 ];
 
 /// Names and addresses of the support functions, for the JIT's symbol table.

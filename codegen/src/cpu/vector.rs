@@ -13,6 +13,7 @@ use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value}
 use kiln_graph::{BinaryOp, DType, ReduceOp, UnaryOp};
 use kiln_optimizer::index::{Atom, Index};
 use kiln_optimizer::kernel::{Access, BufferId, ElementProgram, Instr, KernelProgram, Storage};
+use kiln_rt::support::{ERF_DEN, ERF_NUM, ERF_ONE};
 
 use super::jit::{flags, Emitter};
 use super::wide::{FromElements, RowAccess, RowProgram};
@@ -360,30 +361,29 @@ impl Emitter<'_, '_> {
     }
 
     fn verf(&mut self, x: Value) -> Value {
-        // Abramowitz & Stegun 7.1.26 on |x|, with x's sign (absolute error
-        // 1.5e-7 before rounding).
-        let ax = self.b.ins().fabs(x);
-        let pc = self.splat(0.327_591_1);
+        // The rational approximation of the AVX-512 path (`kiln_rt::wide`)
+        // on x clamped to [-4, 4], with a division: relative accuracy near
+        // 0, no exp. Then clamped to [-1, 1] and exactly +/-1 from
+        // `ERF_ONE`, where f32 erf rounds to 1 (GELU of large negative x
+        // is then exactly -0). NaN goes through every step.
+        let (lo, hi) = (self.splat(-4.0), self.splat(4.0));
+        let xc = self.b.ins().fmax(x, lo);
+        let xc = self.b.ins().fmin(xc, hi);
+        let x2 = self.b.ins().fmul(xc, xc);
+        let p = self.horner(x2, &ERF_NUM);
+        let q = self.horner(x2, &ERF_DEN);
+        // x times P/Q (not xP / Q: xP of a tiny x is subnormal).
+        let r = self.b.ins().fdiv(p, q);
+        let r = self.b.ins().fmul(xc, r);
         let one = self.splat(1.0);
-        let t = self.mul_add(pc, ax, one);
-        let t = self.b.ins().fdiv(one, t);
-        let q = self.horner(
-            t,
-            &[
-                1.061_405_4,
-                -1.453_152_1,
-                1.421_413_7,
-                -0.284_496_74,
-                0.254_829_6,
-            ],
-        );
-        let q = self.b.ins().fmul(q, t);
-        let z = self.b.ins().fmul(x, x);
-        let nz = self.b.ins().fneg(z);
-        let ez = self.vexp(nz);
-        let q = self.b.ins().fmul(q, ez);
-        let r = self.b.ins().fsub(one, q);
-        self.copysign(r, x)
+        let m1 = self.splat(-1.0);
+        let r = self.b.ins().fmax(r, m1);
+        let r = self.b.ins().fmin(r, one);
+        let ax = self.b.ins().fabs(x);
+        let t = self.splat(ERF_ONE);
+        let big = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, ax, t);
+        let s1 = self.copysign(one, x);
+        self.vselect(big, s1, r)
     }
 
     pub(super) fn vunary(&mut self, f: UnaryOp, x: Value) -> Value {
@@ -407,7 +407,11 @@ impl Emitter<'_, '_> {
             UnaryOp::Log => self.vlog(x),
             UnaryOp::Tanh => self.vtanh(x),
             UnaryOp::Sigmoid => self.vsigmoid(x),
-            _ => self.verf(x),
+            UnaryOp::Erf => self.verf(x),
+            // Sign, Not, and the functions called through libm (sin, cos,
+            // tan, asin, ..., atanh) have no vector form: `has_vector_form`
+            // keeps them out of vector code and jit.rs calls them.
+            _ => unreachable!("{f:?} has no vector form (checked by has_vector_form)"),
         }
     }
 

@@ -1044,6 +1044,15 @@ fn unary(f: UnaryOp, x: &str, t: DType) -> Result<String, Unsupported> {
             Recip => format!("(1.0f / {x})"),
             Sin => format!("sinf({x})"),
             Cos => format!("cosf({x})"),
+            Tan => format!("tanf({x})"),
+            Asin => format!("asinf({x})"),
+            Acos => format!("acosf({x})"),
+            Atan => format!("atanf({x})"),
+            Sinh => format!("sinhf({x})"),
+            Cosh => format!("coshf({x})"),
+            Asinh => format!("asinhf({x})"),
+            Acosh => format!("acoshf({x})"),
+            Atanh => format!("atanhf({x})"),
             Tanh => format!("tanhf({x})"),
             Sigmoid => format!("(1.0f / (1.0f + expf(-{x})))"),
             Erf => format!("erff({x})"),
@@ -1063,6 +1072,15 @@ fn unary(f: UnaryOp, x: &str, t: DType) -> Result<String, Unsupported> {
             Recip => format!("(1.0 / {x})"),
             Sin => format!("sin({x})"),
             Cos => format!("cos({x})"),
+            Tan => format!("tan({x})"),
+            Asin => format!("asin({x})"),
+            Acos => format!("acos({x})"),
+            Atan => format!("atan({x})"),
+            Sinh => format!("sinh({x})"),
+            Cosh => format!("cosh({x})"),
+            Asinh => format!("asinh({x})"),
+            Acosh => format!("acosh({x})"),
+            Atanh => format!("atanh({x})"),
             Tanh => format!("tanh({x})"),
             Sigmoid => format!("(1.0 / (1.0 + exp(-{x})))"),
             Erf => format!("erf({x})"),
@@ -1125,6 +1143,19 @@ fn binary(f: BinaryOp, a: &str, b: &str, t: DType) -> Result<String, Unsupported
             }
             DType::Bool | DType::F16 | DType::BF16 => {
                 return Err(Unsupported(format!("pow on {t}")))
+            }
+        },
+        Rem => match t {
+            // IEEE fmod: exact in CUDA's math library too.
+            DType::F32 => format!("fmodf({a}, {b})"),
+            DType::F64 => format!("fmod({a}, {b})"),
+            DType::Bool | DType::F16 | DType::BF16 => {
+                return Err(Unsupported(format!("rem on {t}")))
+            }
+            // a - trunc(a / b) * b with Div's x / 0 = 0, modulo 2^64.
+            _ => {
+                let q = binary(Div, a, b, t)?;
+                format!("({c})((u64){a} - (u64){q} * (u64){b})")
             }
         },
         Max => match t {

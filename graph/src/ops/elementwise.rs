@@ -21,6 +21,15 @@ pub fn unary_name(f: UnaryOp) -> &'static str {
         Recip => "recip",
         Sin => "sin",
         Cos => "cos",
+        Tan => "tan",
+        Asin => "asin",
+        Acos => "acos",
+        Atan => "atan",
+        Sinh => "sinh",
+        Cosh => "cosh",
+        Asinh => "asinh",
+        Acosh => "acosh",
+        Atanh => "atanh",
         Tanh => "tanh",
         Sigmoid => "sigmoid",
         Erf => "erf",
@@ -40,6 +49,7 @@ pub fn binary_name(f: BinaryOp) -> &'static str {
         Mul => "mul",
         Div => "div",
         Pow => "pow",
+        Rem => "rem",
         Max => "maximum",
         Min => "minimum",
         Eq => "equal",
@@ -125,8 +135,12 @@ pub(crate) trait Real: Elem + std::ops::Neg<Output = Self> {
     fn binary(f: BinaryOp, a: Self, b: Self) -> Self;
 }
 
+/// The libm functions of one precision (the `libm` crate, so that the
+/// reference, JIT and ahead-of-time code compute the same bits on every
+/// host: `kiln_rt::support` calls the same functions).
 macro_rules! impl_real {
-    ($t:ty, $erf:path) => {
+    ($t:ty, $erf:path, $tan:path, $asin:path, $acos:path, $atan:path, $sinh:path,
+     $cosh:path, $asinh:path, $acosh:path, $atanh:path, $fmod:path) => {
         impl Real for $t {
             fn apply(f: UnaryOp, x: $t) -> $t {
                 use UnaryOp::*;
@@ -149,6 +163,15 @@ macro_rules! impl_real {
                     Recip => 1.0 / x,
                     Sin => x.sin(),
                     Cos => x.cos(),
+                    Tan => $tan(x),
+                    Asin => $asin(x),
+                    Acos => $acos(x),
+                    Atan => $atan(x),
+                    Sinh => $sinh(x),
+                    Cosh => $cosh(x),
+                    Asinh => $asinh(x),
+                    Acosh => $acosh(x),
+                    Atanh => $atanh(x),
                     Tanh => x.tanh(),
                     Sigmoid => 1.0 / (1.0 + (-x).exp()),
                     Erf => $erf(x),
@@ -166,6 +189,7 @@ macro_rules! impl_real {
                     Mul => a * b,
                     Div => a / b,
                     Pow => a.powf(b),
+                    Rem => $fmod(a, b),
                     Max => {
                         if a.is_nan() || b.is_nan() {
                             <$t>::NAN
@@ -187,8 +211,34 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f32, libm::erff);
-impl_real!(f64, libm::erf);
+impl_real!(
+    f32,
+    libm::erff,
+    libm::tanf,
+    libm::asinf,
+    libm::acosf,
+    libm::atanf,
+    libm::sinhf,
+    libm::coshf,
+    libm::asinhf,
+    kiln_rt::support::acosh_f32,
+    libm::atanhf,
+    libm::fmodf
+);
+impl_real!(
+    f64,
+    libm::erf,
+    libm::tan,
+    libm::asin,
+    libm::acos,
+    libm::atan,
+    libm::sinh,
+    libm::cosh,
+    libm::asinh,
+    kiln_rt::support::acosh_f64,
+    libm::atanh,
+    libm::fmod
+);
 
 /// Integer functions, wrapping at the type's width (signed or unsigned).
 pub(crate) trait Int: Elem + Ord + Default {
@@ -236,6 +286,14 @@ macro_rules! impl_int {
                         }
                     }
                     Pow => kiln_rt::support::IntPow::pow_wrapping(a, b),
+                    // a - trunc(a / b) * b with x / 0 = 0: x rem 0 = x.
+                    Rem => {
+                        if b == 0 {
+                            a
+                        } else {
+                            a.wrapping_rem(b)
+                        }
+                    }
                     Max => a.max(b),
                     Min => a.min(b),
                     And => a & b,
@@ -536,6 +594,20 @@ pub(crate) fn grad_unary<'g>(
         Recip => g.mul(y.mul(y)?)?.neg()?,
         Sin => g.mul(x.cos()?)?,
         Cos => g.mul(x.sin()?)?.neg()?,
+        // 1 / cos^2 x
+        Tan => g.div(x.cos()?.mul(x.cos()?)?)?,
+        // ±1 / sqrt(1 - x^2)
+        Asin => g.mul(x.mul(x)?.neg()?.add(1.0)?.rsqrt()?)?,
+        Acos => g.mul(x.mul(x)?.neg()?.add(1.0)?.rsqrt()?)?.neg()?,
+        // 1 / (1 + x^2)
+        Atan => g.div(x.mul(x)?.add(1.0)?)?,
+        Sinh => g.mul(x.cosh()?)?,
+        Cosh => g.mul(x.sinh()?)?,
+        // 1 / sqrt(x^2 + 1); 1 / sqrt(x^2 - 1) (x > 1)
+        Asinh => g.mul(x.mul(x)?.add(1.0)?.rsqrt()?)?,
+        Acosh => g.mul(x.mul(x)?.sub(1.0)?.rsqrt()?)?,
+        // 1 / (1 - x^2)
+        Atanh => g.div(x.mul(x)?.neg()?.add(1.0)?)?,
         Tanh => g.mul(y.mul(y)?.neg()?.add(1.0)?)?,
         Sigmoid => g.mul(y.mul(y.neg()?.add(1.0)?)?)?,
         Erf => g.mul(
@@ -567,6 +639,14 @@ pub(crate) fn grad_binary<'g>(
         Sub => (g, g.neg()?),
         Mul => (g.mul(b)?, g.mul(a)?),
         Div => (g.div(b)?, g.mul(a)?.div(b.mul(b)?)?.neg()?),
+        // a - trunc(a / b) * b: d/da = 1, d/db = -trunc(a / b) (the
+        // quotient is piecewise constant), with trunc as floor of |q|
+        // carrying q's sign.
+        Rem => {
+            let q = a.div(b)?;
+            let t = q.abs()?.floor()?.mul(q.sign()?)?;
+            (g, g.mul(t)?.neg()?)
+        }
         Pow => {
             // d/da a^b = b a^(b-1); d/db a^b = a^b ln a (zero where a == 0).
             let da = g.mul(b)?.mul(a.pow(b.sub(1.0)?)?)?;

@@ -18,39 +18,21 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("Reciprocal", |n| unary(n, |x| x.recip())),
     ("Sin", |n| unary(n, |x| x.sin())),
     ("Cos", |n| unary(n, |x| x.cos())),
-    ("Tan", |n| unary(n, |x| x.sin()?.div(x.cos()?))),
+    ("Tan", |n| unary(n, |x| x.tan())),
     ("Tanh", |n| unary(n, |x| x.tanh())),
-    ("Sinh", |n| {
-        unary(n, |x| x.exp()?.sub(x.neg()?.exp()?)?.mul(0.5))
-    }),
-    ("Cosh", |n| {
-        unary(n, |x| x.exp()?.add(x.neg()?.exp()?)?.mul(0.5))
-    }),
-    ("Asinh", |n| {
-        unary(n, |x| x.add(x.mul(x)?.add(1.0)?.sqrt()?)?.log())
-    }),
-    ("Acosh", |n| {
-        unary(n, |x| x.add(x.mul(x)?.sub(1.0)?.sqrt()?)?.log())
-    }),
-    ("Atanh", |n| {
-        unary(n, |x| x.add(1.0)?.div(x.neg()?.add(1.0)?)?.log()?.mul(0.5))
-    }),
+    ("Sinh", |n| unary(n, |x| x.sinh())),
+    ("Cosh", |n| unary(n, |x| x.cosh())),
+    ("Asinh", |n| unary(n, |x| x.asinh())),
+    ("Acosh", |n| unary(n, |x| x.acosh())),
+    ("Atanh", |n| unary(n, |x| x.atanh())),
     ("Sigmoid", |n| unary(n, |x| x.sigmoid())),
     ("Swish", |n| {
         let a = n.float("alpha", 1.0) as f64;
-        unary(n, |x| x.mul(x.mul(a)?.sigmoid()?))
+        unary(n, |x| zero_at_neg_inf(x, x.mul(x.mul(a)?.sigmoid()?)?))
     }),
-    ("Atan", |n| unary(n, atan)),
-    ("Asin", |n| {
-        // asin x = atan(x / sqrt(1 - x^2)).
-        unary(n, |x| atan(x.div(x.mul(x)?.neg()?.add(1.0)?.sqrt()?)?))
-    }),
-    ("Acos", |n| {
-        unary(n, |x| {
-            let asin = atan(x.div(x.mul(x)?.neg()?.add(1.0)?.sqrt()?)?)?;
-            asin.neg()?.add(std::f64::consts::FRAC_PI_2)
-        })
-    }),
+    ("Atan", |n| unary(n, |x| x.atan())),
+    ("Asin", |n| unary(n, |x| x.asin())),
+    ("Acos", |n| unary(n, |x| x.acos())),
     ("Erf", |n| unary(n, |x| x.erf())),
     ("Floor", |n| unary(n, |x| x.floor())),
     ("Ceil", |n| unary(n, |x| x.ceil())),
@@ -80,14 +62,14 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("Elu", |n| {
         let a = n.float("alpha", 1.0) as f64;
         unary(n, |x| {
-            let neg = x.exp()?.sub(1.0)?.mul(a)?;
+            let neg = expm1_neg(x)?.mul(a)?;
             x.builder().select(x.gt(0.0)?, x, neg)
         })
     }),
     ("Celu", |n| {
         let a = n.float("alpha", 1.0) as f64;
         unary(n, |x| {
-            let neg = x.div(a)?.exp()?.sub(1.0)?.mul(a)?.minimum(0.0)?;
+            let neg = expm1_neg(x.div(a)?)?.mul(a)?.minimum(0.0)?;
             x.maximum(0.0)?.add(neg)
         })
     }),
@@ -95,14 +77,15 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
         let a = n.float("alpha", 1.673_263_2) as f64;
         let gamma = n.float("gamma", 1.050_701) as f64;
         unary(n, |x| {
-            let neg = x.exp()?.mul(a)?.sub(a)?;
+            let neg = expm1_neg(x)?.mul(a)?;
             x.builder().select(x.gt(0.0)?, x, neg)?.mul(gamma)
         })
     }),
     ("ThresholdedRelu", |n| {
         let a = n.float("alpha", 1.0) as f64;
         unary(n, |x| {
-            let zero = x.mul(0.0)?;
+            // A constant 0 (x * 0 would be NaN at -inf).
+            let zero = x.builder().scalar(0.0, x.dtype())?;
             x.builder().select(x.gt(a)?, x, zero)
         })
     }),
@@ -111,13 +94,25 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
         unary(n, |x| x.mul(a)?.add(b)?.maximum(0.0)?.minimum(1.0))
     }),
     ("HardSwish", |n| {
+        // x * clamp(x / 6 + 1/2, 0, 1), with x floored at -3 (where the
+        // clamp is 0 already) so that -inf gives -0, not -inf * 0 = NaN.
         unary(n, |x| {
-            x.mul(x.mul(1.0 / 6.0)?.add(0.5)?.maximum(0.0)?.minimum(1.0)?)
+            let h = x.mul(1.0 / 6.0)?.add(0.5)?.maximum(0.0)?.minimum(1.0)?;
+            x.maximum(-3.0)?.mul(h)
         })
     }),
     ("Softplus", |n| unary(n, softplus)),
-    ("Softsign", |n| unary(n, |x| x.div(x.abs()?.add(1.0)?))),
-    ("Mish", |n| unary(n, |x| x.mul(softplus(x)?.tanh()?))),
+    ("Softsign", |n| {
+        // x / (1 + |x|), and sign(x) at +/-inf (not inf / inf = NaN).
+        unary(n, |x| {
+            let ax = x.abs()?;
+            let q = x.div(ax.add(1.0)?)?;
+            x.builder().select(ax.eq(f64::INFINITY)?, x.sign()?, q)
+        })
+    }),
+    ("Mish", |n| {
+        unary(n, |x| zero_at_neg_inf(x, x.mul(softplus(x)?.tanh()?)?))
+    }),
     ("Gelu", |n| {
         let tanh = n.string("approximate").unwrap_or_default() == "tanh";
         unary(n, |x| if tanh { x.gelu_tanh() } else { x.gelu() })
@@ -182,26 +177,21 @@ fn softplus(x: Tensor<'_>) -> kiln_graph::Result<Tensor<'_>> {
     x.maximum(0.0)?.add(log1p)
 }
 
-/// `atan x`: on `[0, 1]` a minimax polynomial (Abramowitz and Stegun
-/// 4.4.49, error under 1e-5), `pi/2 - atan(1/|x|)` above, odd symmetry.
-fn atan(x: Tensor<'_>) -> kiln_graph::Result<Tensor<'_>> {
+/// `e^x - 1` for `x <= 0` without the cancellation of `exp(x) - 1` near 0:
+/// `2t / (1 - t)` with `t = tanh(x / 2)` in `(-1, 0]`, so `1 - t` is in
+/// `[1, 2)` and the result keeps tanh's relative accuracy; -1 at -inf.
+/// (Positive `x` gives up to +inf: callers select or clamp it away.)
+fn expm1_neg(x: Tensor<'_>) -> kiln_graph::Result<Tensor<'_>> {
+    let t = x.mul(0.5)?.tanh()?;
+    t.mul(2.0)?.div(t.neg()?.add(1.0)?)
+}
+
+/// `y`, except 0 where `x` is -inf: the limit of activations of the form
+/// `x * f(x)` with `f(-inf) = 0` (Swish, Mish), which the formula would
+/// make `-inf * 0 = NaN`.
+fn zero_at_neg_inf<'g>(x: Tensor<'g>, y: Tensor<'g>) -> kiln_graph::Result<Tensor<'g>> {
     let b = x.builder();
-    let ax = x.abs()?;
-    let big = ax.gt(1.0)?;
-    let t = b.select(big, ax.recip()?, ax)?;
-    let t2 = t.mul(t)?;
-    let p = t2
-        .mul(0.020_835_1)?
-        .add(-0.085_133)?
-        .mul(t2)?
-        .add(0.180_141)?
-        .mul(t2)?
-        .add(-0.330_299_5)?
-        .mul(t2)?
-        .add(0.999_866)?
-        .mul(t)?;
-    let r = b.select(big, p.neg()?.add(std::f64::consts::FRAC_PI_2)?, p)?;
-    b.select(x.lt(0.0)?, r.neg()?, r)
+    b.select(x.eq(f64::NEG_INFINITY)?, b.scalar(0.0, x.dtype())?, y)
 }
 
 fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
@@ -283,26 +273,17 @@ fn pow<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     a.pow(b).k().map(one)
 }
 
-/// `Mod`: the sign of the divisor for integers (`fmod = 0`, Python's %),
-/// of the dividend with `fmod = 1` (C's fmod).
+/// `Mod`: the truncated remainder ([`Tensor::rem`]: the sign of the
+/// dividend, C's fmod, exact for floats) with `fmod = 1`; for integers with
+/// `fmod = 0` the sign of the divisor (Python's %). Floats need `fmod = 1`.
 fn modulo<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (a, b) = (n.input(0)?, n.input(1)?);
     let fmod = n.int("fmod", 0) != 0;
-    let float = a.dtype().is_float();
-    if float && !fmod {
+    if a.dtype().is_float() && !fmod {
         return n.unsupported("Mod of floats needs fmod = 1");
     }
-    // a - trunc(a / b) * b: kiln's integer division truncates; floats
-    // truncate through a cast-free formula.
-    let q = if float {
-        let q = a.div(b).k()?;
-        let t = n.g.select(q.ge(0.0).k()?, q.floor().k()?, q.ceil().k()?);
-        t.k()?
-    } else {
-        a.div(b).k()?
-    };
-    let r = a.sub(q.mul(b).k()?).k()?;
-    if fmod || float {
+    let r = a.rem(b).k()?;
+    if fmod {
         return Ok(vec![r]);
     }
     // Integers, sign of the divisor: add b where r and b differ in sign.
