@@ -1,11 +1,49 @@
 //! Pooling: max and average over 2-D windows of NCHW tensors.
 
-use super::linalg::{float_array, window_out};
+use super::linalg::float_array;
 use crate::array::Array;
 use crate::op::Window2d;
 use crate::shape::{Dim, Shape, TensorType};
 
-/// Shape rule of pooling: a float NCHW input; the window must fit.
+/// The number of pooling windows along one dim: ONNX's (and PyTorch's)
+/// rule, `floor((size + pads - span) / stride) + 1`, or with `ceil` the
+/// ceiling, less one where the last window would start in the trailing
+/// padding; `span = dilation * (kernel - 1) + 1`. In ceil mode the last
+/// window may run past the padded input (its taps there are ignored), so
+/// a window larger than the padded input still gives one output. `None`
+/// where the count is negative (no window at all fits), an attribute is 0,
+/// or a size overflows; `Some(0)` is an empty output.
+pub fn pool_out(
+    size: usize,
+    pad_begin: usize,
+    pad_end: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    ceil: bool,
+) -> Option<usize> {
+    if kernel == 0 || stride == 0 || dilation == 0 {
+        return None;
+    }
+    let i = |v: usize| i128::try_from(v).ok();
+    let span = i(dilation)? * (i(kernel)? - 1) + 1;
+    let lead = i(size)? + i(pad_begin)?;
+    let room = lead + i(pad_end)? - span;
+    let s = i(stride)?;
+    let mut out = if ceil {
+        -(-room).div_euclid(s) + 1
+    } else {
+        room.div_euclid(s) + 1
+    };
+    if ceil && out > 0 && (out - 1) * s >= lead {
+        out -= 1;
+    }
+    usize::try_from(out).ok()
+}
+
+/// Shape rule of pooling: a float NCHW input, padding smaller than the
+/// window, and a window count per dim that is not negative ([`pool_out`];
+/// 0 is an empty output).
 pub fn infer_pool(x: &TensorType, w: &Window2d) -> Result<TensorType, String> {
     super::require_float(x, "input")?;
     super::require_rank(x, 4, "input (NCHW)")?;
@@ -29,7 +67,7 @@ pub fn infer_pool(x: &TensorType, w: &Window2d) -> Result<TensorType, String> {
                 x.shape.0[2 + i]
             )
         })?;
-        let o = window_out(
+        let o = pool_out(
             size,
             w.padding[i],
             w.padding[i + 2],

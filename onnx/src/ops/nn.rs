@@ -6,11 +6,17 @@
 //!   `ConvTranspose`: zero insertion, padding (or cropping), and a conv
 //!   with the flipped, group-transposed weights; `output_shape`,
 //!   `output_padding` and `auto_pad` decide the padding.
-//! - `MaxPool` (with `Indices` in 1-D and 2-D), `AveragePool`, `LpPool`:
-//!   2-D directly; 1-D as 2-D over a unit width; 3-D and up as a 2-D pool
-//!   over the last two dims, then a pool along each other dim (windows are
-//!   boxes and the padding counts are products, so max, average and sum
-//!   separate); `MaxPool` of integers (i8, u8) as the f64 pool cast back.
+//! - `MaxPool` (with `Indices` in any spatial rank), `AveragePool`,
+//!   `LpPool`: 2-D directly; 1-D as 2-D over a unit width; 3-D and up as a
+//!   2-D pool over the last two dims, then a pool along each other dim
+//!   (windows are boxes and the padding counts are products, so max,
+//!   average and sum separate); `MaxPool` of integers (i8, u8) as the f64
+//!   pool cast back. The output size is ONNX's: with `ceil_mode` the last
+//!   window may run past the padded input (it must start inside the input
+//!   or the leading padding), even a window larger than the padded input;
+//!   taps past the padding are ignored, and `count_include_pad` counts the
+//!   taps inside the padded input only (as ONNX's reference and PyTorch
+//!   do). A count of 0 windows is an empty output.
 //!   `GlobalAveragePool`, `GlobalMaxPool`, `GlobalLpPool` as reductions.
 //! - `Gemm`, `MatMul` (numpy semantics), `Einsum` (diagonals, sums, then
 //!   pairwise contractions as batched matmuls).
@@ -25,11 +31,11 @@
 //! Deliberate limits: spatial dims must be fixed (as kiln's conv and
 //! pooling need), and so must channels where dims are merged (1-D
 //! transposed convs, 3-D and up); convolutions of 4 and more spatial dims
-//! and `MaxPool`'s `Indices` in 3-D and up are refused; `auto_pad` SAME
-//! with `ceil_mode` pads as without it; `LpPool` sums whole windows (zero
-//! padding included) also in ceil mode, as its definition says (ONNX's
-//! reference, like PyTorch, scales the clipped windows' mean instead).
+//! are refused; `auto_pad` SAME with `ceil_mode` pads as without it;
+//! `LpPool` sums the taps inside the input (padding adds zeros), also in
+//! ceil mode. `Hardmax` of an input with an empty dim is empty.
 
+use kiln_graph::ops::pool::pool_out;
 use kiln_graph::{Array, Conv2dOptions, DType, Dim, Shape, SliceAxis, Tensor, Window2d};
 
 use super::{axis, fixed_shape, Converter, Kiln, Node, R};
@@ -537,17 +543,30 @@ fn pool_float<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, kind: Pool) -> R<Vec<Tensor<'
         Pool::Max | Pool::Avg(_) => pool_nd(x, &s, ceil, kind)?,
         Pool::Lp(p) => {
             // A sum: the average counting padding, times the window size. In
-            // ceil mode, pad the end so every window lies in the padding.
+            // ceil mode, pad the end so every window lies in the padding (the
+            // taps past it hold zeros, as the ones past the input do).
             if ceil {
                 for (i, &size) in sizes.iter().enumerate() {
                     let span = (s.kernel[i] - 1) * s.dilations[i] + 1;
                     let padded = size + s.begin[i] + s.end[i];
-                    let room = padded.checked_sub(span).ok_or("the window does not fit")?;
-                    let mut out = room.div_ceil(s.strides[i]) + 1;
-                    if out > 1 && (out - 1) * s.strides[i] >= size + s.begin[i] {
-                        out -= 1;
+                    let out = pool_out(
+                        size,
+                        s.begin[i],
+                        s.end[i],
+                        s.kernel[i],
+                        s.strides[i],
+                        s.dilations[i],
+                        true,
+                    )
+                    .ok_or_else(|| {
+                        format!(
+                            "the window {:?} (strides {:?}, dilations {:?}) does not fit the padded input",
+                            s.kernel, s.strides, s.dilations
+                        )
+                    })?;
+                    if out > 0 {
+                        s.end[i] += ((out - 1) * s.strides[i] + span).saturating_sub(padded);
                     }
-                    s.end[i] += ((out - 1) * s.strides[i] + span).saturating_sub(padded);
                 }
             }
             let xp = pow_abs(x, p)?;
@@ -561,84 +580,87 @@ fn pool_float<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, kind: Pool) -> R<Vec<Tensor<'
     Ok(vec![y])
 }
 
-/// `MaxPool` with its `Indices` output (1-D and 2-D): each window's first
-/// maximum (in window order) as a flat index into the input, row-major or,
-/// with `storage_order`, column-major over the spatial dims. The taps are
-/// walked last to first, each overwriting the index where it equals the max.
+/// `MaxPool` with its `Indices` output, any spatial rank: each window's
+/// first maximum (in window order) as a flat index into the input over
+/// `N * C * spatial...`, the spatial part row-major or, with
+/// `storage_order`, column-major (the first spatial dim fastest). The
+/// taps are walked last to first, each overwriting the index where its
+/// value equals the max. The input is padded with NaN for this (NaN equals
+/// nothing), so a tap in the padding or past it is never chosen, even for
+/// a max of -inf.
 fn max_pool_indices<'g>(
     x: Tensor<'g>,
     s: &Spatial,
     ceil: bool,
     column_major: bool,
 ) -> R<Vec<Tensor<'g>>> {
-    let k = x.rank() - 2;
-    let (x4, win) = match k {
-        1 => (x.unsqueeze(3).k()?, s.window2d(Some(0), None, ceil)),
-        2 => (x, s.window2d(Some(0), Some(1), ceil)),
-        _ => return Err(format!("unsupported: MaxPool's Indices output in {k}-D")),
-    };
-    let y4 = x4.max_pool2d(win).k()?;
-    let [h, w] = <[usize; 2]>::try_from(fixed_from(x4, 2)?).map_err(|_| "rank")?;
-    let [oh, ow] = <[usize; 2]>::try_from(fixed_from(y4, 2)?).map_err(|_| "rank")?;
+    let y = pool_nd(x, s, ceil, Pool::Max)?;
+    let sizes = fixed_from(x, 2)?;
+    let outs = fixed_from(y, 2)?;
+    let k = sizes.len();
+    if outs.contains(&0) {
+        // No window: an empty index tensor.
+        let zero = x.builder().scalar(0.0, DType::I64).k()?;
+        return Ok(vec![y, zero.broadcast_to(y.shape()).k()?]);
+    }
     // Pad so every window's taps exist (ceil mode may reach past the padding).
-    let need =
-        |o: usize, i: usize| (o - 1) * win.stride[i] + (win.kernel[i] - 1) * win.dilation[i] + 1;
-    let extra = [
-        need(oh, 0).saturating_sub(h + win.padding[0] + win.padding[2]),
-        need(ow, 1).saturating_sub(w + win.padding[1] + win.padding[3]),
-    ];
-    let xp = x4
-        .pad(
-            &[0, 0, win.padding[0], win.padding[1]],
-            &[0, 0, win.padding[2] + extra[0], win.padding[3] + extra[1]],
-            f64::NEG_INFINITY,
-        )
-        .k()?;
+    let mut before = vec![0, 0];
+    let mut after = vec![0, 0];
+    for i in 0..k {
+        let need = (outs[i] - 1) * s.strides[i] + (s.kernel[i] - 1) * s.dilations[i] + 1;
+        let padded = sizes[i] + s.begin[i] + s.end[i];
+        before.push(s.begin[i]);
+        after.push(s.end[i] + need.saturating_sub(padded));
+    }
+    let xp = x.pad(&before, &after, f64::NAN).k()?;
+    // Each spatial dim's weight in the flat index.
+    let weight: Vec<i64> = (0..k)
+        .map(|i| {
+            let others = if column_major { 0..i } else { i + 1..k };
+            others.map(|m| sizes[m] as i64).product()
+        })
+        .collect();
     let b = x.builder();
     let mut idx = b.scalar(0.0, DType::I64).k()?;
-    for ky in (0..win.kernel[0]).rev() {
-        for kx in (0..win.kernel[1]).rev() {
-            let (y0, x0) = (ky * win.dilation[0], kx * win.dilation[1]);
-            let under = xp
-                .slice(&[
-                    SliceAxis::FULL,
-                    SliceAxis::FULL,
-                    SliceAxis {
-                        start: y0 as i64,
-                        end: (y0 + (oh - 1) * win.stride[0] + 1) as i64,
-                        step: win.stride[0] as i64,
-                    },
-                    SliceAxis {
-                        start: x0 as i64,
-                        end: (x0 + (ow - 1) * win.stride[1] + 1) as i64,
-                        step: win.stride[1] as i64,
-                    },
-                ])
-                .k()?;
-            let mut pos = Vec::with_capacity(oh * ow);
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let iy = (oy * win.stride[0] + y0) as i64 - win.padding[0] as i64;
-                    let ix = (ox * win.stride[1] + x0) as i64 - win.padding[1] as i64;
-                    pos.push(if column_major {
-                        ix * h as i64 + iy
-                    } else {
-                        iy * w as i64 + ix
-                    });
-                }
-            }
-            let pos = Array::from_vec(vec![oh, ow], pos).ok_or("index shape")?;
-            idx = b.select(under.eq(y4).k()?, b.constant(pos).k()?, idx).k()?;
+    let taps: usize = s.kernel.iter().product();
+    let count: usize = outs.iter().product();
+    for t in (0..taps).rev() {
+        // Tap `t` as a multi-index into the kernel (row-major).
+        let mut tap = vec![0; k];
+        let mut rest = t;
+        for i in (0..k).rev() {
+            tap[i] = rest % s.kernel[i];
+            rest /= s.kernel[i];
         }
+        let mut ranges = vec![SliceAxis::FULL; 2];
+        for i in 0..k {
+            let start = tap[i] * s.dilations[i];
+            ranges.push(SliceAxis {
+                start: start as i64,
+                end: (start + (outs[i] - 1) * s.strides[i] + 1) as i64,
+                step: s.strides[i] as i64,
+            });
+        }
+        let under = xp.slice(&ranges).k()?;
+        // The flat input position of this tap in every window.
+        let mut pos = vec![0i64; count];
+        for (o, p) in pos.iter_mut().enumerate() {
+            let mut rest = o;
+            for i in (0..k).rev() {
+                let oi = rest % outs[i];
+                rest /= outs[i];
+                let at = (oi * s.strides[i] + tap[i] * s.dilations[i]) as i64 - s.begin[i] as i64;
+                *p += at * weight[i];
+            }
+        }
+        let pos = Array::from_vec(outs.clone(), pos).ok_or("index shape")?;
+        idx = b.select(under.eq(y).k()?, b.constant(pos).k()?, idx).k()?;
     }
-    // Plus each plane's offset, (n * C + c) * H * W.
-    let xs = x4.shape().0;
-    let plane_shape = Shape(vec![
-        xs[0].clone(),
-        xs[1].clone(),
-        Dim::Fixed(1),
-        Dim::Fixed(1),
-    ]);
+    // Plus each plane's offset, (n * C + c) * prod(spatial).
+    let xs = x.shape().0;
+    let mut plane_dims = vec![xs[0].clone(), xs[1].clone()];
+    plane_dims.extend(std::iter::repeat_n(Dim::Fixed(1), k));
+    let plane_shape = Shape(plane_dims);
     let c = xs[1].fixed().ok_or("channels must be fixed")? as f64;
     let plane = b
         .iota(DType::I64, plane_shape.clone(), 0)
@@ -647,13 +669,9 @@ fn max_pool_indices<'g>(
         .k()?
         .add(b.iota(DType::I64, plane_shape, 1).k()?)
         .k()?
-        .mul((h * w) as f64)
+        .mul(sizes.iter().product::<usize>() as f64)
         .k()?;
-    let idx = idx.add(plane).k()?;
-    if k == 1 {
-        return Ok(vec![y4.squeeze(3).k()?, idx.squeeze(3).k()?]);
-    }
-    Ok(vec![y4, idx])
+    Ok(vec![y, idx.add(plane).k()?])
 }
 
 /// `|x|^p`.
@@ -1286,8 +1304,14 @@ fn softmax<'g>(n: &Node<'_, 'g>, kind: Soft) -> R<Vec<Tensor<'g>>> {
                 .map(one)
         }
         Soft::Hard => {
-            // Merge the dims from `a` on where there are several.
             let shape = x.shape().0;
+            if shape.iter().any(|d| d.fixed() == Some(0)) {
+                // No element (an empty axis, or another empty dim): an empty
+                // result of the input's shape.
+                let zero = n.scalar(0.0, x.dtype())?;
+                return zero.broadcast_to(x.shape()).k().map(one);
+            }
+            // Merge the dims from `a` on where there are several.
             let flat = if axes.len() > 1 {
                 let mut dims = shape[..a].to_vec();
                 dims.push(dim_product(&shape[a..])?);

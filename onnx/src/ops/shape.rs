@@ -176,9 +176,46 @@ fn whole(s: SliceAxis) -> bool {
     s.step == 1 && (s.start == 0 || s.start <= -(1 << 62)) && s.end >= i32::MAX as i64
 }
 
+/// One axis of an ONNX `Slice` over a dim of fixed size `d`, resolved as
+/// the spec says (opset 13 text): negative `start`/`end` get `d` added;
+/// then for a positive step both are clamped to `[0, d]`, for a negative
+/// step `start` to `[0, d-1]` and `end` to `[-1, d-1]` (an `end` of
+/// `INT_MAX` too: it is no special value). The whole axis is
+/// `SliceAxis::FULL`; otherwise the result is a kiln slice
+/// (numpy's meaning) taking the same elements: it differs from numpy where
+/// a negative step starts before the first element (ONNX starts at 0,
+/// numpy takes nothing), and an `end` of -1 ("before index 0") is written
+/// as `i64::MIN`, which kiln's slice does not count from the end.
+fn onnx_slice_axis(d: usize, start: i64, end: i64, step: i64) -> SliceAxis {
+    let d = i64::try_from(d).unwrap_or(i64::MAX);
+    let from_end = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+    let (start, end) = (from_end(start), from_end(end));
+    if step > 0 {
+        let (start, end) = (start.clamp(0, d), end.clamp(0, d));
+        if step == 1 && start == 0 && end == d {
+            return SliceAxis::FULL;
+        }
+        return SliceAxis { start, end, step };
+    }
+    if d == 0 {
+        // No element to take (the clamp range `[0, -1]` is empty).
+        return SliceAxis {
+            start: 0,
+            end: 0,
+            step: 1,
+        };
+    }
+    let end = end.clamp(-1, d - 1);
+    SliceAxis {
+        start: start.clamp(0, d - 1),
+        end: if end < 0 { i64::MIN } else { end },
+        step,
+    }
+}
+
 /// `Slice`: `starts`/`ends`/`axes` attributes before opset 10, inputs
-/// (with `steps`) after. Negative bounds count from the end and clamp as
-/// numpy does (kiln's slice has that meaning, negative steps included).
+/// (with `steps`) after. Bounds are resolved and clamped as the ONNX spec
+/// says (see [`onnx_slice_axis`]); a symbolic dim can only be taken whole.
 fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank();
@@ -222,7 +259,7 @@ fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             step: steps[i],
         };
         ranges[a] = match &shape.0[a] {
-            Dim::Fixed(_) => s,
+            Dim::Fixed(d) => onnx_slice_axis(*d, s.start, s.end, s.step),
             Dim::Sym(_) if whole(s) => SliceAxis::FULL,
             Dim::Sym(sym) => {
                 return n.unsupported(format!(
