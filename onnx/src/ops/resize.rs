@@ -1,11 +1,26 @@
 //! `Resize` (opsets 10 to 19) and `Upsample` (7 to 9). Resizing is
 //! separable, and every output position's source taps and weights depend
 //! only on the (static) sizes, so they are computed here, at import time,
-//! exactly as ONNX's reference computes them (coordinate transformation,
-//! nearest rounding, linear and cubic kernels, antialiasing, exclude_outside,
-//! tf_crop_and_resize's extrapolation), axis by axis: a gather where each
-//! output copies one input position (nearest), else a product with the
-//! constant `[in, out]` weight matrix along that axis.
+//! axis by axis, with the spec's coordinate transformations, nearest
+//! rounding, linear and cubic kernels, antialiasing, exclude_outside and
+//! tf_crop_and_resize's extrapolation.
+//!
+//! Each axis becomes, per tap slot, a gather along the axis (one constant
+//! input index per output position) times a constant weight per output
+//! position, summed over the slots (2 for linear, 4 for cubic, the stretched
+//! footprint when antialiasing; nearest is a single gather). Every output
+//! reads only its own taps, so a NaN or infinity in the input reaches only
+//! the outputs whose taps read it, and the cost is O(taps) per output.
+//!
+//! Which taps: linear and cubic read the samples ONNX Runtime reads, taps of
+//! weight zero included (so NaN and infinity land where they land there),
+//! from the coordinate computed in `f32` as ONNX Runtime computes it (and
+//! nearest rounds that coordinate); the antialiased kernels pick their taps
+//! as ONNX's reference evaluator does. Where those two disagree on values, the spec's text
+//! decides (pytorch_half_pixel and tf_crop_and_resize with one output
+//! position; tf_crop_and_resize dividing by the integer output length);
+//! align_corners divides by the fractional output width `scale * input`,
+//! as the reference and the ONNX conformance data do.
 
 use kiln_graph::{Array, Tensor};
 
@@ -93,103 +108,249 @@ fn coeffs(s: &Spec, ratio: f64, scale: f64) -> R<Vec<f64>> {
     })
 }
 
-/// For each output position along one axis: its taps (clamped input
-/// indices) and weights, and whether it lies outside the input
+/// One output position along an axis: its input taps (indices already in
+/// range) and their weights, or `None` where it lies outside the crop
 /// (tf_crop_and_resize: the extrapolation value).
-#[allow(clippy::type_complexity)]
-fn taps(
+type Row = Option<(Vec<usize>, Vec<f64>)>;
+
+/// The original coordinate of output position `y`, computed in `f32` in the
+/// order ONNX Runtime computes it (so that a position that lands exactly on
+/// an input sample there lands on it here too, and picks the same taps),
+/// with the spec's formulas. `align_corners` divides by the fractional
+/// output width `scale * input` as ONNX's reference and its conformance
+/// data do. Returns the coordinate and whether it lies outside the crop.
+fn coordinate_f32(
     s: &Spec,
+    y: usize,
     input: usize,
     output: usize,
     scale: f64,
     roi: Option<(f64, f64)>,
-) -> R<Vec<(Vec<usize>, Vec<f64>, bool)>> {
-    let out_w = scale * input as f64;
-    // Each row holds a few taps and weights: counted as 16 values.
-    super::table_len("the resize taps", &[output, 16])?;
+) -> R<(f64, bool)> {
+    let yf = y as f32;
+    let sc = scale as f32;
+    let len = input as f32;
+    let out = output as f32;
+    let x = match s.coord.as_str() {
+        "align_corners" => {
+            let out_w = sc * len;
+            if out_w == 1.0 {
+                0.0
+            } else {
+                yf * (len - 1.0) / (out_w - 1.0)
+            }
+        }
+        "asymmetric" => yf / sc,
+        "tf_crop_and_resize" => {
+            let (r0, r1) = roi.ok_or("tf_crop_and_resize needs roi")?;
+            let (r0, r1) = (r0 as f32, r1 as f32);
+            let x = if output > 1 {
+                r0 * (len - 1.0) + (yf * (r1 - r0) * (len - 1.0)) / (out - 1.0)
+            } else {
+                (0.5 * (r0 as f64 + r1 as f64) * (len as f64 - 1.0)) as f32
+            };
+            let outside = x < 0.0 || x > len - 1.0;
+            return Ok((x as f64, outside));
+        }
+        "pytorch_half_pixel" => {
+            if output > 1 {
+                (yf + 0.5) / sc - 0.5
+            } else {
+                0.0
+            }
+        }
+        "half_pixel" => (yf + 0.5) / sc - 0.5,
+        "half_pixel_symmetric" => {
+            let adjustment = out / (sc * len);
+            let offset = len / 2.0 * (1.0 - adjustment);
+            (offset as f64 + (yf as f64 + 0.5) / sc as f64 - 0.5) as f32
+        }
+        other => return Err(format!("unknown coordinate_transformation_mode '{other}'")),
+    };
+    Ok((x as f64, false))
+}
+
+/// The taps of a nearest, linear or cubic (not antialiased) output position
+/// at original coordinate `x`: nearest's one sample, rounded per
+/// `nearest_mode` and clamped into the input; else the taps ONNX Runtime reads, weights included
+/// that happen to be zero (a NaN or infinity there still reaches the
+/// output, as it does there). Linear clamps `x` into the input and reads
+/// `floor(x)` and the next sample (the last sample twice, halves, at the
+/// end); cubic reads `floor(x) - 1 ..= floor(x) + 2`, clamped into the
+/// input (with `exclude_outside`, those outside weigh zero and the rest are
+/// renormalized).
+fn interpolation_taps(s: &Spec, x: f64, input: usize) -> R<(Vec<usize>, Vec<f64>)> {
+    let last = input as f64 - 1.0;
+    if s.mode == "nearest" {
+        let i = match s.nearest.as_str() {
+            // Halfway rounds down, else to the nearest.
+            "round_prefer_floor" if x == x.trunc() + 0.5 => x.floor(),
+            "round_prefer_floor" | "round_prefer_ceil" => x.round(),
+            "floor" => x.floor(),
+            "ceil" => x.ceil(),
+            other => return Err(format!("unknown nearest_mode '{other}'")),
+        };
+        return Ok((vec![i.clamp(0.0, last) as usize], vec![1.0]));
+    }
+    if s.mode == "linear" {
+        let x = x.clamp(0.0, last);
+        let x1 = (x as usize).min(input - 1);
+        let x2 = (x1 + 1).min(input - 1);
+        if x1 == x2 {
+            return Ok((vec![x1, x1], vec![0.5, 0.5]));
+        }
+        return Ok((vec![x1, x2], vec![x2 as f64 - x, x - x1 as f64]));
+    }
+    let xi = x.floor();
+    let c = coeffs(s, x - xi, 1.0)?;
+    let first = xi as i64 - 1;
+    let taps = (0..c.len() as i64)
+        .map(|k| (first + k).clamp(0, input as i64 - 1) as usize)
+        .collect();
+    let mut weights = c;
+    if s.exclude_outside {
+        // Taps outside weigh zero (still read, clamped, as ONNX Runtime
+        // reads them: an infinity there gives NaN), the rest renormalized.
+        for (k, w) in weights.iter_mut().enumerate() {
+            let i = first + k as i64;
+            if i < 0 || i >= input as i64 {
+                *w = 0.0;
+            }
+        }
+        let sum: f64 = weights.iter().sum();
+        if sum != 0.0 {
+            weights.iter_mut().for_each(|w| *w /= sum);
+        }
+    }
+    Ok((taps, weights))
+}
+
+/// For each output position along one axis: its taps and weights (see
+/// [`Row`]).
+fn taps(s: &Spec, input: usize, output: usize, scale: f64, roi: Option<(f64, f64)>) -> R<Vec<Row>> {
+    let reference = s.antialias;
+    // The number of taps of a row, as the table's width: 2 (linear,
+    // nearest), 4 (cubic), more when antialiasing stretches the kernel.
+    let width = if reference {
+        coeffs(s, 0.5, scale)?.len()
+    } else {
+        4
+    };
+    super::table_len("the resize taps", &[output, width.max(16)])?;
     let mut rows = Vec::with_capacity(output);
     for y in 0..output {
-        let yf = y as f64;
-        let mut outside = false;
-        let x = match s.coord.as_str() {
-            "align_corners" => {
-                if out_w == 1.0 {
-                    0.0
-                } else {
-                    yf * (input as f64 - 1.0) / (out_w - 1.0)
-                }
-            }
-            "asymmetric" => yf / scale,
-            "tf_crop_and_resize" => {
-                let (r0, r1) = roi.ok_or("tf_crop_and_resize needs roi")?;
-                let mut x = if out_w == 1.0 {
-                    (r1 - r0) * (input as f64 - 1.0) / 2.0
-                } else {
-                    yf * (r1 - r0) * (input as f64 - 1.0) / (out_w - 1.0)
-                };
-                x += r0 * (input as f64 - 1.0);
-                outside = x < 0.0 || x > input as f64 - 1.0;
-                x
-            }
-            "pytorch_half_pixel" => {
-                if out_w == 1.0 {
-                    -0.5
-                } else {
-                    (yf + 0.5) / scale - 0.5
-                }
-            }
-            "half_pixel" => (yf + 0.5) / scale - 0.5,
-            "half_pixel_symmetric" => {
-                let adjustment = output as f64 / out_w;
-                let center = input as f64 / 2.0;
-                center * (1.0 - adjustment) + (yf + 0.5) / scale - 0.5
-            }
-            other => return Err(format!("unknown coordinate_transformation_mode '{other}'")),
-        };
-        let xi = x.floor();
-        let ratio = if x == xi { 1.0 } else { x - xi };
-        let mut c = coeffs(s, ratio, scale)?;
-        let n = c.len() as i64;
-        let pad = (n + 1) / 2;
-        let xp = x + pad as f64;
-        let p = xp.floor() as i64;
-        let frac = xp - p as f64;
-        let offset = if n % 2 == 0 {
-            if frac == 0.0 {
-                -(n / 2)
+        if !reference {
+            let (x, outside) = coordinate_f32(s, y, input, output, scale, roi)?;
+            rows.push(if outside {
+                None
             } else {
-                -(n / 2) + 1
-            }
-        } else {
-            let base = -((n - 1) / 2);
-            if frac <= 0.5 {
-                base
-            } else {
-                base + 1
-            }
-        };
-        let start = p + offset;
-        let idx: Vec<i64> = (0..n).map(|k| start + k - pad).collect();
-        if s.exclude_outside {
-            for (k, &i) in idx.iter().enumerate() {
-                if i < 0 || i >= input as i64 {
-                    c[k] = 0.0;
-                }
-            }
-            let sum: f64 = c.iter().sum();
-            let sum = if sum == 0.0 { 1.0 } else { sum };
-            c.iter_mut().for_each(|v| *v /= sum);
+                Some(interpolation_taps(s, x, input)?)
+            });
+            continue;
         }
-        let clamped = idx
-            .iter()
-            .map(|&i| i.clamp(0, input as i64 - 1) as usize)
-            .collect();
-        rows.push((clamped, c, outside));
+        rows.push(reference_taps(s, y, input, output, scale, roi)?);
     }
     Ok(rows)
 }
 
-/// Resizes `x` along `axis` to `output` positions.
+/// The taps of antialiased output position `y` as ONNX's reference picks
+/// them (in `f64`): the kernel's whole stretched footprint, clamped into
+/// the input or, with `exclude_outside`, those outside weighing zero.
+fn reference_taps(
+    s: &Spec,
+    y: usize,
+    input: usize,
+    output: usize,
+    scale: f64,
+    roi: Option<(f64, f64)>,
+) -> R<Row> {
+    let out_w = scale * input as f64;
+    let yf = y as f64;
+    let mut outside = false;
+    let x = match s.coord.as_str() {
+        "align_corners" => {
+            if out_w == 1.0 {
+                0.0
+            } else {
+                yf * (input as f64 - 1.0) / (out_w - 1.0)
+            }
+        }
+        "asymmetric" => yf / scale,
+        "tf_crop_and_resize" => {
+            let (r0, r1) = roi.ok_or("tf_crop_and_resize needs roi")?;
+            let mut x = if output == 1 {
+                (r1 - r0) * (input as f64 - 1.0) / 2.0
+            } else {
+                yf * (r1 - r0) * (input as f64 - 1.0) / (output as f64 - 1.0)
+            };
+            x += r0 * (input as f64 - 1.0);
+            outside = x < 0.0 || x > input as f64 - 1.0;
+            x
+        }
+        "pytorch_half_pixel" => {
+            if output > 1 {
+                (yf + 0.5) / scale - 0.5
+            } else {
+                0.0
+            }
+        }
+        "half_pixel" => (yf + 0.5) / scale - 0.5,
+        "half_pixel_symmetric" => {
+            let adjustment = output as f64 / out_w;
+            let center = input as f64 / 2.0;
+            center * (1.0 - adjustment) + (yf + 0.5) / scale - 0.5
+        }
+        other => return Err(format!("unknown coordinate_transformation_mode '{other}'")),
+    };
+    if outside {
+        return Ok(None);
+    }
+    let xi = x.floor();
+    let ratio = if x == xi { 1.0 } else { x - xi };
+    let mut c = coeffs(s, ratio, scale)?;
+    let n = c.len() as i64;
+    let pad = (n + 1) / 2;
+    let xp = x + pad as f64;
+    let p = xp.floor() as i64;
+    let frac = xp - p as f64;
+    let offset = if n % 2 == 0 {
+        if frac == 0.0 {
+            -(n / 2)
+        } else {
+            -(n / 2) + 1
+        }
+    } else {
+        let base = -((n - 1) / 2);
+        if frac <= 0.5 {
+            base
+        } else {
+            base + 1
+        }
+    };
+    let start = p + offset;
+    let idx: Vec<i64> = (0..n).map(|k| start + k - pad).collect();
+    if s.exclude_outside {
+        for (k, &i) in idx.iter().enumerate() {
+            if i < 0 || i >= input as i64 {
+                c[k] = 0.0;
+            }
+        }
+        let sum: f64 = c.iter().sum();
+        let sum = if sum == 0.0 { 1.0 } else { sum };
+        c.iter_mut().for_each(|v| *v /= sum);
+    }
+    let clamped = idx
+        .iter()
+        .map(|&i| i.clamp(0, input as i64 - 1) as usize)
+        .collect();
+    Ok(Some((clamped, c)))
+}
+
+/// Resizes `x` along `axis` to `output` positions: for each tap slot, a
+/// gather of the input along `axis` (a constant index per output position)
+/// times a constant weight per output position, summed over the slots.
+/// Each output reads only its own taps, so a NaN or infinity reaches only
+/// the outputs whose taps read it. Nearest is a single gather.
 fn resize_axis<'g>(
     n: &Node<'_, 'g>,
     x: Tensor<'g>,
@@ -207,38 +368,45 @@ fn resize_axis<'g>(
     }
     let rows = taps(s, input, output, scale, roi)?;
     let dtype = x.dtype();
-    let one_hot = rows.iter().all(|(_, c, out)| {
-        !out && c.iter().filter(|&&v| v != 0.0).count() <= 1 && c.contains(&1.0)
-    });
-    if one_hot {
+    let rank = x.rank();
+    let width = rows
+        .iter()
+        .flatten()
+        .map(|r| r.0.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    if rows.iter().flatten().any(|r| r.0.len() != width) {
+        return Err("resize rows of unequal tap counts".into());
+    }
+    let mut shape = vec![1usize; rank];
+    shape[axis] = output;
+    let mut y: Option<Tensor<'g>> = None;
+    for k in 0..width {
         let idx: Vec<i64> = rows
             .iter()
-            .map(|(i, c, _)| i[c.iter().position(|&v| v == 1.0).unwrap_or(0)] as i64)
+            .map(|r| r.as_ref().map_or(0, |(t, _)| t[k] as i64))
             .collect();
         let idx = n.constant(Array::from_vec(vec![output], idx).ok_or("indices")?)?;
-        return x.gather(idx, axis as i64).k();
-    }
-    // The weights as an [in, out] matrix, applied along `axis`.
-    let mut w = vec![0f64; super::table_len("the resize weights", &[input, output])?];
-    for (o, (idx, c, _)) in rows.iter().enumerate() {
-        for (&i, &v) in idx.iter().zip(c) {
-            w[i * output + o] += v;
+        let g = x.gather(idx, axis as i64).k()?;
+        if s.mode == "nearest" {
+            y = Some(g);
+            break;
         }
+        let w: Vec<f64> = rows
+            .iter()
+            .map(|r| r.as_ref().map_or(0.0, |(_, w)| w[k]))
+            .collect();
+        let w = Array::from_vec(shape.clone(), w).ok_or("weights")?;
+        let term = g.mul(n.constant(w)?.cast(dtype).k()?).k()?;
+        y = Some(match y {
+            None => term,
+            Some(acc) => acc.add(term).k()?,
+        });
     }
-    let wm = Array::from_vec(vec![input, output], w).ok_or("weights")?;
-    let wm = n.constant(wm)?.cast(dtype).k()?;
-    let rank = x.rank();
-    let mut perm: Vec<usize> = (0..rank).filter(|&d| d != axis).collect();
-    perm.push(axis);
-    let mut back = vec![0; rank];
-    for (i, &p) in perm.iter().enumerate() {
-        back[p] = i;
-    }
-    let mut y = x.permute(&perm).k()?.matmul(wm).k()?.permute(&back).k()?;
-    if rows.iter().any(|r| r.2) {
-        let mask: Vec<bool> = rows.iter().map(|r| r.2).collect();
-        let mut shape = vec![1usize; rank];
-        shape[axis] = output;
+    let mut y = y.ok_or("no resize taps")?;
+    if rows.iter().any(|r| r.is_none()) {
+        let mask: Vec<bool> = rows.iter().map(|r| r.is_none()).collect();
         let mask = n.constant(Array::from_vec(shape, mask).ok_or("mask")?)?;
         let e = n.scalar(s.extrapolation, dtype)?;
         y = n.g.select(mask, e, y).k()?;
@@ -248,6 +416,29 @@ fn resize_axis<'g>(
 
 fn floats(a: &Array) -> Vec<f64> {
     a.to_f64_vec()
+}
+
+/// The axes ONNX Runtime interpolates together for linear and cubic
+/// (bilinear over the last two axes of 2-D and 4-D NCHW input, or axes 1
+/// and 2 of 4-D NHWC; trilinear over the last three of 3-D and 5-D): it
+/// interpolates each of them, ones of scale 1 included, and a tap of weight
+/// zero still spreads a NaN or infinity along such an axis (as in ONNX's
+/// reference, which interpolates every axis). Resizing along them all,
+/// whenever one of the axes is resized, puts NaN where it puts it. Other
+/// axes of scale 1 are left alone.
+fn joint_axes(s: &Spec, rank: usize, scales: &[f64]) -> Vec<usize> {
+    if s.antialias || !(s.mode == "linear" || s.mode == "cubic") {
+        return Vec::new();
+    }
+    let one = |a: usize| (scales[a] - 1.0).abs() < 1e-12;
+    match rank {
+        2 => vec![0, 1],
+        4 if one(0) && one(1) => vec![2, 3],
+        4 if one(0) && one(3) => vec![1, 2],
+        3 if s.mode == "linear" => vec![0, 1, 2],
+        5 if s.mode == "linear" && one(0) && one(1) => vec![2, 3, 4],
+        _ => Vec::new(),
+    }
 }
 
 /// Resizes `x` to `sizes` (with `scales` as the coordinate scales).
@@ -260,16 +451,31 @@ fn apply<'g>(
     roi: Option<&[f64]>,
 ) -> R<Vec<Tensor<'g>>> {
     let rank = x.rank();
+    let identity: Vec<bool> = (0..rank)
+        .map(|axis| {
+            let r = roi.map(|r| (r[axis], r[axis + rank]));
+            x.shape().0[axis].fixed() == Some(sizes[axis])
+                && (scales[axis] - 1.0).abs() < 1e-12
+                && r.is_none_or(|(a, b)| a.abs() < 1e-12 && (b - 1.0).abs() < 1e-12)
+        })
+        .collect();
+    // An axis of length 1 kept at length 1 reads its one sample whatever
+    // the scale (all taps clamp to it, weights summing to 1): when every
+    // axis is such or an identity, the output is the input, as ONNX Runtime
+    // makes it (it copies when the output shape is the input's).
+    let copy = s.coord != "tf_crop_and_resize"
+        && (0..rank).all(|a| identity[a] || (x.shape().0[a].fixed() == Some(1) && sizes[a] == 1));
+    if copy {
+        return Ok(vec![x]);
+    }
+    let joint = joint_axes(s, rank, scales);
+    let any = identity.iter().any(|&i| !i);
     let mut y = x;
     for axis in 0..rank {
-        let input = x.shape().0[axis].fixed();
-        let r = roi.map(|r| (r[axis], r[axis + rank]));
-        let identity = input == Some(sizes[axis])
-            && (scales[axis] - 1.0).abs() < 1e-12
-            && r.is_none_or(|(a, b)| a.abs() < 1e-12 && (b - 1.0).abs() < 1e-12);
-        if identity {
+        if identity[axis] && !(any && joint.contains(&axis)) {
             continue;
         }
+        let r = roi.map(|r| (r[axis], r[axis + rank]));
         y = resize_axis(n, y, axis, sizes[axis], scales[axis], s, r)?;
     }
     if y.dtype() != x.dtype() {
