@@ -16,7 +16,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln::graph::{Array, Graph, Scalar};
+use kiln::graph::{Array, Dim, Graph, Scalar, Shape};
+use kiln::onnx::ImportOptions;
 use kiln::prelude::*;
 
 /// How an attempt to import and run a model ended.
@@ -111,13 +112,76 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// The names of an ONNX model's interface: its graph inputs that are not
-/// initializers (what a caller feeds), in graph-input order, and its graph
-/// outputs, in graph-output order.
+/// An ONNX model's interface: its graph inputs that are not initializers
+/// (what a caller feeds), in graph-input order, with their declared
+/// shapes, and its graph outputs, in graph-output order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OnnxInterface {
     pub inputs: Vec<String>,
+    /// The declared type of each of `inputs`.
+    pub declared: Vec<Declared>,
     pub outputs: Vec<String>,
+}
+
+/// What an ONNX graph input declares about its shape.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Declared {
+    /// Not a tensor (a sequence, an optional, ...), or no type at all.
+    NotTensor,
+    /// A tensor of unknown rank.
+    Unranked,
+    /// A tensor's dims: a size, or `None` for a symbolic (`dim_param`) or
+    /// unknown one.
+    Dims(Vec<Option<u64>>),
+}
+
+impl Declared {
+    /// Whether this is a tensor with a dim (or rank) not known from the
+    /// model alone.
+    pub fn is_symbolic(&self) -> bool {
+        match self {
+            Declared::NotTensor => false,
+            Declared::Unranked => true,
+            Declared::Dims(d) => d.iter().any(Option::is_none),
+        }
+    }
+
+    /// Whether an array of `shape` fits: the same rank (where known) and
+    /// the same sizes where the model fixes them.
+    pub fn fits(&self, shape: &[usize]) -> bool {
+        match self {
+            Declared::NotTensor => false,
+            Declared::Unranked => true,
+            Declared::Dims(d) => {
+                d.len() == shape.len()
+                    && d.iter()
+                        .zip(shape)
+                        .all(|(d, &n)| d.is_none_or(|d| d == n as u64))
+            }
+        }
+    }
+}
+
+/// The declared shape of an ONNX value.
+fn declared(info: &kiln_onnx::proto::ValueInfoProto) -> Declared {
+    use kiln_onnx::proto::tensor_shape_proto::dimension::Value as D;
+    use kiln_onnx::proto::type_proto::Value as T;
+    let Some(T::TensorType(t)) = info.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Declared::NotTensor;
+    };
+    let Some(shape) = &t.shape else {
+        return Declared::Unranked;
+    };
+    Declared::Dims(
+        shape
+            .dim
+            .iter()
+            .map(|d| match d.value {
+                Some(D::DimValue(n)) if n >= 0 => Some(n as u64),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// Reads the interface of the ONNX model at `path`.
@@ -129,13 +193,14 @@ pub fn onnx_interface(path: &Path) -> Result<OnnxInterface, String> {
     let graph = model.graph.unwrap_or_default();
     let initialized: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let fed: Vec<_> = graph
+        .input
+        .iter()
+        .filter(|i| !initialized.contains(i.name.as_str()))
+        .collect();
     Ok(OnnxInterface {
-        inputs: graph
-            .input
-            .iter()
-            .filter(|i| !initialized.contains(i.name.as_str()))
-            .map(|i| i.name.clone())
-            .collect(),
+        inputs: fed.iter().map(|i| i.name.clone()).collect(),
+        declared: fed.iter().map(|i| declared(i)).collect(),
         outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
     })
 }
@@ -182,19 +247,44 @@ fn feed_name(graph: &Graph, onnx: &str) -> String {
     }
 }
 
+/// The import options the runner uses for `inputs` of a model of
+/// `interface`: the defaults (`kiln import` without flags), plus, for each
+/// input whose declared shape has a symbolic or unknown dim (or no shape)
+/// and whose array fits it, that array's shape as its shape
+/// (`kiln import --input-shape NAME=DIMS`), so that shape arithmetic on
+/// it is known at import time, as it is to ONNX Runtime at run time.
+pub fn import_options(interface: &OnnxInterface, inputs: &[(String, Array)]) -> ImportOptions {
+    let mut options = ImportOptions::default();
+    for (name, a) in inputs {
+        let Some(k) = interface.inputs.iter().position(|n| n == name) else {
+            continue;
+        };
+        let d = &interface.declared[k];
+        if d.is_symbolic() && d.fits(a.shape()) {
+            let dims = a.shape().iter().map(|&n| Dim::Fixed(n)).collect();
+            options.input_shapes.insert(name.clone(), Shape(dims));
+        }
+    }
+    options
+}
+
 /// Imports the ONNX model at `model` as `kiln import` does with default
-/// options (`Graph::from_onnx`, the path `kiln run FILE.onnx` takes), then
-/// runs it on `device` as `kiln run` does (a [`Session`] with default
-/// options; symbolic dims are bound by the shapes of `inputs`), fetching
-/// every graph output. `inputs` are keyed by ONNX input name. Outputs are
+/// options, plus the shapes of `inputs` for inputs with symbolic dims (see
+/// [`import_options`]), then runs it on `device` as `kiln run` does (a
+/// [`Session`] with default options), fetching every graph output. `inputs` are keyed by ONNX input name. Outputs are
 /// keyed by ONNX output name where the graph has one output per ONNX
 /// output (tensor outputs; a sequence output has one per element, and then
 /// kiln's names are used). A panic anywhere in import or run becomes
 /// [`Outcome::Panic`].
 pub fn run_model(model: &Path, inputs: &[(String, Array)], device: Device) -> Outcome {
     let ran = guarded(|| {
+        let interface = onnx_interface(model).ok();
+        let options = interface
+            .as_ref()
+            .map(|i| import_options(i, inputs))
+            .unwrap_or_default();
         let t0 = Instant::now();
-        let graph = match Graph::from_onnx(model) {
+        let graph = match Graph::from_onnx_with(model, &options) {
             Ok(g) => g,
             Err(e) => return Outcome::ImportError(e.to_string()),
         };
@@ -212,7 +302,7 @@ pub fn run_model(model: &Path, inputs: &[(String, Array)], device: Device) -> Ou
             Ok(o) => o,
             Err(e) => return Outcome::RunError(e.to_string()),
         };
-        if let Ok(interface) = onnx_interface(model) {
+        if let Some(interface) = interface {
             if interface.outputs.len() == outputs.len() {
                 for ((name, _), onnx) in outputs.iter_mut().zip(interface.outputs) {
                     *name = onnx;

@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 
 use kiln::graph::{Array, DType};
 use kiln::Device;
-use kiln_onnx::proto::{self, tensor_proto::DataType};
+use kiln_onnx::proto::{
+    self, tensor_proto::DataType, tensor_shape_proto::dimension::Value as OnnxDim,
+};
 use kiln_tests::fuzz_case::{self, compare, Tolerance};
 use prost::Message;
 use serde_json::Value;
@@ -243,17 +245,25 @@ const RUNNER: &str = env!("CARGO_BIN_EXE_kiln-onnx-runner");
 
 /// A one-node model `y = op(x)` over `x: f32[2]`.
 fn one_node_model(op: &str) -> Vec<u8> {
-    let value = |name: &str| proto::ValueInfoProto {
-        name: name.into(),
+    model_over(op, &[OnnxDim::DimValue(2)])
+}
+
+/// A one-node model `y = op(x)` over `x: f32` of dims `dims` (`y` untyped).
+fn model_over(op: &str, dims: &[OnnxDim]) -> Vec<u8> {
+    let x = proto::ValueInfoProto {
+        name: "x".into(),
         r#type: Some(proto::TypeProto {
             value: Some(proto::type_proto::Value::TensorType(
                 proto::type_proto::Tensor {
                     elem_type: DataType::Float as i32,
                     shape: Some(proto::TensorShapeProto {
-                        dim: vec![proto::tensor_shape_proto::Dimension {
-                            value: Some(proto::tensor_shape_proto::dimension::Value::DimValue(2)),
-                            ..Default::default()
-                        }],
+                        dim: dims
+                            .iter()
+                            .map(|d| proto::tensor_shape_proto::Dimension {
+                                value: Some(d.clone()),
+                                ..Default::default()
+                            })
+                            .collect(),
                     }),
                 },
             )),
@@ -275,13 +285,64 @@ fn one_node_model(op: &str) -> Vec<u8> {
                 output: vec!["y".into()],
                 ..Default::default()
             }],
-            input: vec![value("x")],
-            output: vec![value("y")],
+            input: vec![x],
+            output: vec![proto::ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         }),
         ..Default::default()
     }
     .encode_to_vec()
+}
+
+/// An input with a symbolic dim is imported with the shape of the array
+/// fed for it, so shape arithmetic on it is known at import time (as it is
+/// to ONNX Runtime): `Shape(x)` of `x: f32[n, 3]` fed a `[5, 3]` array.
+/// An array that does not fit the declared shape is left to kiln to refuse.
+#[test]
+fn symbolic_input_dims_take_the_fed_shape_at_import() {
+    let dir = scratch("symbolic");
+    let model = dir.join("shape.onnx");
+    std::fs::write(
+        &model,
+        model_over(
+            "Shape",
+            &[OnnxDim::DimParam("n".into()), OnnxDim::DimValue(3)],
+        ),
+    )
+    .unwrap();
+    let x = vec![("x".to_string(), f32s(&[5, 3], &[0.5; 15]))];
+    for device in [Device::Reference, Device::Cpu] {
+        match fuzz_case::run_model(&model, &x, device) {
+            fuzz_case::Outcome::Ok { outputs, .. } => {
+                assert_eq!(outputs.len(), 1);
+                assert_eq!(outputs[0].0, "y");
+                let want = Array::from_vec(vec![2], vec![5i64, 3]).unwrap();
+                assert!(compare(&want, &outputs[0].1, TOL).ok, "{outputs:?}");
+            }
+            other => panic!("{device}: {other:?}"),
+        }
+    }
+    let interface = fuzz_case::onnx_interface(&model).unwrap();
+    assert_eq!(interface.inputs, ["x"]);
+    let options = fuzz_case::import_options(&interface, &x);
+    assert_eq!(options.input_shapes["x"].to_string(), "[5,3]");
+    // A fixed dim that disagrees, or another rank: no shape is given.
+    for bad in [f32s(&[5, 4], &[0.0; 20]), f32s(&[15], &[0.0; 15])] {
+        let feeds = vec![("x".to_string(), bad)];
+        let options = fuzz_case::import_options(&interface, &feeds);
+        assert!(options.input_shapes.is_empty(), "{options:?}");
+        let out = fuzz_case::run_model(&model, &feeds, Device::Reference);
+        assert!(
+            matches!(
+                out,
+                fuzz_case::Outcome::ImportError(_) | fuzz_case::Outcome::RunError(_)
+            ),
+            "{out:?}"
+        );
+    }
 }
 
 /// Sends `requests` (one a line) to a serving runner; its answers, parsed.
