@@ -7,7 +7,7 @@
 #
 #   scripts/onnx-fuzz.sh [--seed N] [--mutants N | --seconds S] [--families a,b]
 #                        [--jobs J] [--out DIR] [--only K|sS-mK]
-#   scripts/onnx-fuzz.sh --seed 1 --mutants 5000        (CI: about 3 minutes on 2 cores)
+#   scripts/onnx-fuzz.sh --seed 1 --mutants 40000       (CI: about 3 minutes on 2 cores)
 #   scripts/onnx-fuzz.sh --seed 7 --mutants 100000      (a long run)
 #
 # Uses the pinned virtual environment target/onnx-fuzz-venv (created if

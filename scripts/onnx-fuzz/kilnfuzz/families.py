@@ -140,7 +140,7 @@ def avgpool(g: Gen) -> Case:
     attrs["count_include_pad"] = g.choice([None, 0, 1])
     (y,) = b.node("AveragePool", [x], **attrs)
     b.output(y)
-    return b.case()
+    return b.case(CONTRACTION)
 
 
 @family("lppool")
@@ -153,7 +153,7 @@ def lppool(g: Gen) -> Case:
     attrs["p"] = g.choice([None, 1, 2, 3])
     (y,) = b.node("LpPool", [x], **attrs)
     b.output(y)
-    return b.case(Tolerance(1e-4, 1e-5))
+    return b.case(CONTRACTION)
 
 
 @family("global_pool")

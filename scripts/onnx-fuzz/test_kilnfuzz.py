@@ -1,0 +1,205 @@
+"""Unit tests of the fuzzer's own parts (no kiln needed):
+
+    PYTHONPATH=scripts/onnx-fuzz target/onnx-fuzz-venv/bin/python -m unittest \
+        discover -s scripts/onnx-fuzz -p 'test_*.py'
+
+the comparison rule, mutant reproducibility, that every family produces
+models ONNX Runtime runs, the independent spec transcriptions, the
+divergence predicates on hand-made disagreements, that DIVERGENCES.md is up
+to date, and that the committed regression cases are what --write-regressions
+writes.
+"""
+from __future__ import annotations
+
+import filecmp
+import os
+import tempfile
+import unittest
+
+import numpy as np
+from onnx import helper
+
+from kilnfuzz import truth
+from kilnfuzz.compare import Tolerance, compare, compare_outputs
+from kilnfuzz.divergences import DIVERGENCES, Ctx, explain, markdown
+from kilnfuzz.fuzz import family_names, generate
+from kilnfuzz.mutate import Builder, Gen
+from kilnfuzz.oracle import run_ort
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+class CompareRule(unittest.TestCase):
+    def test_nan_only_where_expected(self):
+        w = np.array([np.nan, 1.0], np.float32)
+        self.assertIsNone(compare(w.copy(), w, 1e-4, 1e-5))
+        self.assertIsNotNone(compare(np.array([0.0, 1.0], np.float32), w, 1e-4, 1e-5))
+        self.assertIsNotNone(compare(np.array([np.nan, np.nan], np.float32), w, 1e-4, 1e-5))
+
+    def test_infinities_exact(self):
+        w = np.array([np.inf, -1.0], np.float32)
+        self.assertIsNotNone(compare(np.array([3e38, -1.0], np.float32), w, 1e-4, 1e-5))
+        self.assertIsNotNone(compare(np.array([np.inf, -np.inf], np.float32), w, 1e-4, 1e-5))
+
+    def test_tolerance_bound(self):
+        w = np.array([100.0], np.float32)
+        self.assertIsNone(compare(np.array([100.0105], np.float32), w, 1e-4, 1e-3))
+        self.assertIsNotNone(compare(np.array([100.02], np.float32), w, 1e-4, 1e-3))
+
+    def test_ints_exact_and_dtype_shape(self):
+        self.assertIsNotNone(compare(np.array([1], np.int64), np.array([2], np.int64), 1, 1))
+        self.assertIsNotNone(compare(np.array([1], np.int32), np.array([1], np.int64), 0, 0))
+        self.assertIsNotNone(compare(np.zeros((2, 1)), np.zeros((1, 2)), 0, 0))
+
+    def test_scaled_tolerance(self):
+        w = [np.array([1000.0, 0.0], np.float32)]
+        g = [np.array([1000.0, 0.05], np.float32)]
+        self.assertIsNotNone(compare_outputs(g, w, Tolerance(1e-4, 1e-5)))
+        self.assertIsNone(compare_outputs(g, w, Tolerance(1e-4, 1e-5, scaled=True)))
+
+
+class Mutants(unittest.TestCase):
+    def test_reproducible_alone(self):
+        names = family_names(None)
+        for k in (0, 7, 123, 4567):
+            f1, a = generate(11, k, names)
+            f2, b = generate(11, k, names)
+            self.assertEqual(f1, f2)
+            self.assertEqual(a.model.SerializeToString(), b.model.SerializeToString())
+            for x, y in zip(a.inputs, b.inputs):
+                np.testing.assert_array_equal(x, y)
+
+    def test_every_family_runs_on_ort(self):
+        names = family_names(None)
+        for fam in names:
+            ran = 0
+            for k in range(12):
+                _, case = generate(5, k * len(names) + names.index(fam), names)
+                try:
+                    run_ort(case.model, case.inputs)
+                    ran += 1
+                except Exception:
+                    pass
+            self.assertGreater(ran, 4, f"{fam}: ORT runs only {ran} of 12 mutants")
+
+
+class Truth(unittest.TestCase):
+    def test_slice_issue_example(self):
+        x = np.array([1, 2, 3], np.float32)
+        np.testing.assert_array_equal(truth.slice_(x, [-4], [-5], [0], [-1]), [1])
+
+    def test_pool_ceil_past_input(self):
+        x = np.arange(10, dtype=np.float32).reshape(1, 1, 2, 5)
+        y = truth.pool(x, "max", [3, 3], [2, 2], [1, 1], [0, 0], [0, 0], True)
+        np.testing.assert_array_equal(y, [[[[7, 9]]]])
+
+    def test_conv_transpose_matches_ort(self):
+        g = Gen(3)
+        x, w = g.data([1, 2, 3, 3]), g.data([2, 2, 2, 2])
+        b = Builder(g, "t", 17)
+        (y,) = b.node("ConvTranspose", [b.input("x", x), b.const("w", w)], strides=[2, 1], pads=[1, 0, 0, 1])
+        b.output(y)
+        got = run_ort(b.case(sprinkle=False).model, [x])[0]
+        want = truth.conv_transpose(x, w, None, [2, 1], [1, 1], [1, 0], [0, 1], [0, 0], 1)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+class Divergences(unittest.TestCase):
+    def ctx(self, node, inputs, kiln, ort):
+        g = Gen(1)
+        b = Builder(g, "t", 18)
+        names = [b.input(f"x{i}", x) for i, x in enumerate(inputs)]
+        (y,) = b.node(node[0], names, **node[1])
+        b.output(y)
+        case = b.case(sprinkle=False)
+        return Ctx(case=case, ort=[np.asarray(ort)], kiln=[np.asarray(kiln)], kiln_status="ok")
+
+    def test_cast_only_out_of_range(self):
+        x = np.array([1.5, 1e10, np.nan], np.float32)
+        to = int(helper.np_dtype_to_tensor_dtype(np.dtype(np.int32)))
+        ok = self.ctx(("Cast", {"to": to}), [x], np.array([1, 2**31 - 1, 0], np.int32),
+                      np.array([1, -2**31, -2**31], np.int32))
+        self.assertEqual(explain(ok, "mismatch"), "cast_float_to_int_out_of_range")
+        bad = self.ctx(("Cast", {"to": to}), [x], np.array([2, 2**31 - 1, 0], np.int32),
+                       np.array([1, -2**31, -2**31], np.int32))
+        self.assertIsNone(explain(bad, "mismatch"))
+
+    def test_slice_spec_needs_kiln_right(self):
+        x = np.array([1, 2, 3], np.float32)
+        g = Gen(1)
+        b = Builder(g, "t", 13)
+        xi = b.input("x", x)
+        ins = [xi] + [b.const(n, np.array([v], np.int64)) for n, v in
+                      (("s", -4), ("e", -5), ("a", 0), ("t", -1))]
+        (y,) = b.node("Slice", ins)
+        b.output(y)
+        case = b.case(sprinkle=False)
+        right = Ctx(case=case, ort=[np.zeros(0, np.float32)], kiln=[np.array([1], np.float32)], kiln_status="ok")
+        self.assertEqual(explain(right, "mismatch"), "slice_spec")
+        wrong = Ctx(case=case, ort=[np.array([1], np.float32)], kiln=[np.zeros(0, np.float32)], kiln_status="ok")
+        self.assertIsNone(explain(wrong, "mismatch"))
+
+    def test_entries_documented_and_unique(self):
+        ids = [d.id for d in DIVERGENCES]
+        self.assertEqual(len(ids), len(set(ids)))
+        for d in DIVERGENCES:
+            self.assertTrue(d.condition and d.why and d.op, d.id)
+
+    def test_markdown_up_to_date(self):
+        with open(os.path.join(HERE, "DIVERGENCES.md")) as f:
+            self.assertEqual(f.read(), markdown(), "regenerate with python -m kilnfuzz --divergences-md")
+
+
+class RunnerProcess(unittest.TestCase):
+    """runner.Runner against stand-in programs that answer, die or hang."""
+
+    def runner(self, script: str, timeout: float = 2.0):
+        from kilnfuzz.runner import Runner
+        tmp = tempfile.mkdtemp()
+        exe = os.path.join(tmp, "fake-runner")
+        with open(exe, "w") as f:
+            f.write("#!/usr/bin/env python3\nimport sys, json, time\n" + script)
+        os.chmod(exe, 0o755)
+        return Runner(exe, os.path.join(tmp, "stderr"), timeout)
+
+    def test_answers_in_order(self):
+        r = self.runner("for line in sys.stdin:\n"
+                        "    q = json.loads(line)\n"
+                        "    print(json.dumps({'id': q['id'], 'status': 'ok', 'outputs': {}}), flush=True)\n")
+        self.assertEqual(r.request({"id": "a"})["status"], "ok")
+        self.assertEqual(r.request({"id": "b"})["id"], "b")
+        r.close()
+
+    def test_crash_then_restart(self):
+        r = self.runner("line = sys.stdin.readline()\nsys.stderr.write('boom\\n')\nsys.exit(134)\n")
+        a = r.request({"id": "a"})
+        self.assertEqual(a["status"], "crash")
+        self.assertIn("134", a["error"])
+        self.assertIn("boom", a["error"])
+        self.assertEqual(r.request({"id": "b"})["status"], "crash")  # a fresh process, dies again
+        self.assertEqual(r.restarts, 2)
+
+    def test_hang_is_killed(self):
+        r = self.runner("sys.stdin.readline()\ntime.sleep(60)\n", timeout=0.5)
+        a = r.request({"id": "a"})
+        self.assertEqual(a["status"], "hang")
+        self.assertEqual(r.restarts, 1)
+
+
+class Regressions(unittest.TestCase):
+    def test_committed_cases_are_current(self):
+        from kilnfuzz.regressions import write_all
+        committed = os.path.join(ROOT, "tests", "onnx", "fuzz-cases")
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in write_all(tmp):
+                name = os.path.basename(path)
+                for f in sorted(os.listdir(path)):
+                    if f == "case.json":
+                        continue  # holds the command with its relative path
+                    self.assertTrue(filecmp.cmp(os.path.join(path, f), os.path.join(committed, name, f),
+                                                shallow=False), f"{name}/{f} differs")
+
+
+if __name__ == "__main__":
+    unittest.main()
