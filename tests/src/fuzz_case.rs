@@ -1,6 +1,7 @@
 //! The model-level ONNX fuzzer's shared Rust side (issue 17): running an
-//! ONNX model the way `kiln run FILE.onnx` does (import with the default
-//! options, then a [`Session`] on a device) with panics caught, reading
+//! ONNX model the way `kiln import` and `kiln run` do (import with the
+//! default options, plus the fed arrays' shapes for inputs with symbolic
+//! dims, then a [`Session`] on a device) with panics caught, reading
 //! the saved regression cases (`tests/onnx/fuzz-cases/<name>/`: `model.onnx`,
 //! `input_<i>.npy`, `output_<i>.npy`, `case.json`), and the comparison rule
 //! both the Python fuzzer and kiln use (same dtype and shape; integers and

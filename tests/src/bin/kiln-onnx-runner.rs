@@ -14,9 +14,11 @@
 //! (compiling or running failed), `panic` (a Rust panic, caught; the
 //! process goes on serving) or `bad_request` (an unreadable request, model
 //! or input file, or an unwritable `out_dir`), the last four with `error`.
-//! The model is imported and run as `kiln run FILE.onnx` does (see
-//! [`kiln_tests::fuzz_case::run_model`]); `device` is `cpu` (the default)
-//! or `reference`. Standard output carries only answers: anything else
+//! The model is imported as `kiln import` does with default options (plus
+//! `--input-shape` from the fed arrays for inputs with symbolic dims) and
+//! run as `kiln run` does (see [`kiln_tests::fuzz_case::run_model`]);
+//! `device` is `cpu` (the default) or `reference`. Each output is written
+//! to `out_dir/output_<i>.npy`, keyed by its ONNX name, in graph-output order. Standard output carries only answers: anything else
 //! the process prints goes to standard error.
 //!
 //! Replay mode: `kiln-onnx-runner --replay DIR... [--device cpu|reference|both]`
