@@ -140,6 +140,16 @@ class Divergences(unittest.TestCase):
         wrong = Ctx(case=case, ort=[np.array([1], np.float32)], kiln=[np.zeros(0, np.float32)], kiln_status="ok")
         self.assertIsNone(explain(wrong, "mismatch"))
 
+    def test_activation_limit_only_at_inf(self):
+        x = np.array([np.inf, -np.inf, 1.0], np.float32)
+        ort = np.array([np.nan, np.nan, 0.5], np.float32)
+        ok = self.ctx(("Softsign", {}), [x], np.array([1.0, -1.0, 0.5], np.float32), ort)
+        self.assertEqual(explain(ok, "mismatch"), "activation_limit_at_inf")
+        off = self.ctx(("Softsign", {}), [x], np.array([0.9, -1.0, 0.5], np.float32), ort)
+        self.assertIsNone(explain(off, "mismatch"))
+        finite_too = self.ctx(("Softsign", {}), [x], np.array([1.0, -1.0, 0.4], np.float32), ort)
+        self.assertIsNone(explain(finite_too, "mismatch"))
+
     def test_entries_documented_and_unique(self):
         ids = [d.id for d in DIVERGENCES]
         self.assertEqual(len(ids), len(set(ids)))

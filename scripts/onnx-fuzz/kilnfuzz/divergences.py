@@ -261,6 +261,24 @@ def _prelu_spec(ctx: Ctx) -> bool:
     return _kiln_right_ort_wrong(ctx, truth.prelu(x, slope))
 
 
+#: The limits at -inf and +inf of the activations kiln evaluates as limits there.
+LIMITS = {"Softsign": (-1.0, 1.0), "Mish": (-0.0, np.inf), "HardSwish": (0.0, np.inf),
+          "ThresholdedRelu": (0.0, np.inf)}
+
+
+def _activation_limit(ctx: Ctx) -> bool:
+    n = _single(ctx, *LIMITS)
+    if n is None or ctx.kiln is None:
+        return False
+    x = _first_input(ctx)
+    m = ctx.diff_mask(0)
+    if m is None or not m.any() or (m & ~np.isinf(x)).any():
+        return False
+    lo, hi = LIMITS[n.op_type]
+    want = np.where(x > 0, hi, lo)
+    return bool(np.all(ctx.kiln[0][m].astype(np.float64) == want[m]))
+
+
 def _contraction_overflow(ctx: Ctx) -> bool:
     contractions = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}
     if not (ctx.case.ops() & contractions):
@@ -503,6 +521,13 @@ DIVERGENCES: list[Divergence] = [
         "ORT multiplies every tap, including zero-weight ones, so 0 * NaN spreads NaN; kiln "
         "lets a value reach only the outputs whose taps give it a non-zero weight.",
         _resize_nan_spread),
+    Divergence(
+        "activation_limit_at_inf", "Softsign, Mish, HardSwish, ThresholdedRelu",
+        "The input holds ±inf, the outputs differ only there, and kiln's values there are the "
+        "function's limits (Softsign ±1, Mish -0/inf, HardSwish 0/inf, ThresholdedRelu 0/inf).",
+        "Evaluating the defining formula at ±inf gives NaN (inf/inf, inf*0); the function's "
+        "value is its limit, which kiln returns. ORT returns NaN. (NaN input stays NaN in kiln.)",
+        _activation_limit),
     Divergence(
         "contraction_overflow", "Conv, ConvTranspose, Gemm, MatMul, Einsum (and chains with one)",
         "Inputs with |x| > 1e30 or non-finite values, and outputs differ only where both sides "
