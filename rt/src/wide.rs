@@ -20,7 +20,12 @@
 //! hardware estimate refined by a Newton step rather than a division, and
 //! that a product feeding only a sum or difference is one fused
 //! multiply-add; both paths are held to the same error bounds by
-//! `tests/tests/cpu_math.rs` and `tests/tests/cpu_wide.rs`.
+//! `tests/tests/cpu_math.rs`, `tests/tests/cpu_wide.rs` and, over the whole
+//! f32 range, `tests/tests/math_range.rs`. Measured bounds (ulps of the
+//! f32 result over the whole range; the table of kiln-codegen's
+//! `vector.rs` has every path): exp 0.96, log 0.81, tanh 2.76, sigmoid
+//! 2.21, erf 6.18 (exactly ±1 from |x| >= `ERF_ONE`); subnormal results
+//! within 2^-126 absolutely; NaN in, NaN out; exp is 0 from -104.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -717,7 +722,7 @@ fn floats(x: __m512i) -> __m512 {
 #[target_feature(enable = "avx512f,avx512dq")]
 fn exp(x: __m512) -> __m512 {
     // max/min return their second operand for NaN: x's NaN goes through.
-    let xc = _mm512_max_ps(splat(-103.972_08), x);
+    let xc = _mm512_max_ps(splat(-104.0), x);
     let xc = _mm512_min_ps(splat(89.0), xc);
     let magic = splat(12_582_912.0);
     let t = _mm512_fmadd_ps(xc, splat(std::f32::consts::LOG2_E), magic);

@@ -703,3 +703,269 @@ fn gelu_of_large_negative_inputs_is_minus_zero_on_every_path() {
     each_path(&x, |t| t[0].erf(), |_, y| y == 1.0);
     each_path(&x, |t| t[0].neg()?.erf(), |_, y| y == -1.0);
 }
+
+// ------------------------------------------------- ONNX activations
+
+mod onnx_activations {
+    //! The activations kiln's ONNX importer composes from primitives
+    //! (Softplus, Softsign, Elu, Selu, Celu, Mish, HardSwish,
+    //! ThresholdedRelu, Gelu) over the same whole-range sweep, against
+    //! their definitions in f64, on every path.
+
+    use super::{sweep, Path, PATHS};
+    use kiln::prelude::*;
+    use kiln_onnx::proto::{self, tensor_proto::DataType};
+    use kiln_onnx::ImportOptions;
+    use prost::Message;
+
+    fn value_info(name: &str, dims: &[i64]) -> proto::ValueInfoProto {
+        use proto::tensor_shape_proto::{dimension::Value, Dimension};
+        proto::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(proto::TypeProto {
+                value: Some(proto::type_proto::Value::TensorType(
+                    proto::type_proto::Tensor {
+                        elem_type: DataType::Float as i32,
+                        shape: Some(proto::TensorShapeProto {
+                            dim: dims
+                                .iter()
+                                .map(|&n| Dimension {
+                                    value: Some(Value::DimValue(n)),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        }),
+                    },
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// `op` (with its default attributes) of `x` on `path`.
+    fn run(op: &str, x: &[f32], path: Path) -> Vec<f32> {
+        let n = x.len();
+        let (device, avx512, rows, cols) = match path {
+            Path::Reference => (Device::Reference, None, 1, n),
+            Path::Scalar => (Device::Cpu, None, n.div_ceil(7), 7),
+            Path::Lanes4 => (Device::Cpu, Some(false), n.div_ceil(2048), 2048),
+            Path::Wide => (Device::Cpu, Some(true), n.div_ceil(2048), 2048),
+        };
+        let scalar = path == Path::Scalar;
+        let mut nodes = vec![proto::NodeProto {
+            op_type: op.into(),
+            input: vec!["x".into()],
+            output: vec![if scalar { "t" } else { "y" }.into()],
+            ..Default::default()
+        }];
+        let mut inputs = vec![value_info("x", &[rows as i64, cols as i64])];
+        if scalar {
+            // Times a per-row 1: keeps the rows of 7 from merging.
+            nodes.push(proto::NodeProto {
+                op_type: "Mul".into(),
+                input: vec!["t".into(), "ones".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            });
+            inputs.push(value_info("ones", &[rows as i64, 1]));
+        }
+        let m = proto::ModelProto {
+            ir_version: 8,
+            opset_import: vec![proto::OperatorSetIdProto {
+                domain: String::new(),
+                version: 22,
+            }],
+            graph: Some(proto::GraphProto {
+                name: "g".into(),
+                node: nodes,
+                input: inputs,
+                output: vec![value_info("y", &[rows as i64, cols as i64])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let graph = kiln_onnx::import_bytes(&m.encode_to_vec(), &ImportOptions::default())
+            .unwrap_or_else(|e| panic!("{op}: {e}"));
+        let opts = SessionOptions {
+            avx512,
+            ..Default::default()
+        };
+        let mut s = Session::with_options(&graph, device, opts).unwrap();
+        let mut data = x.to_vec();
+        data.resize(rows * cols, 0.0);
+        let xa = Array::from_vec(vec![rows, cols], data).unwrap();
+        let ones = Array::from_vec(vec![rows, 1], vec![1f32; rows]).unwrap();
+        let mut feeds = vec![("x", &xa)];
+        if scalar {
+            feeds.push(("ones", &ones));
+        }
+        let out = s.run(&feeds, &["y"]).unwrap().remove(0);
+        out.as_slice::<f32>().unwrap()[..n].to_vec()
+    }
+
+    fn softplus(x: f64) -> f64 {
+        x.max(0.0) + (-x.abs()).exp().ln_1p()
+    }
+
+    /// `op`'s definition, in f64 (its limit at ±inf).
+    fn truth(op: &str, x: f64) -> f64 {
+        let (alpha, gamma) = (1.673_263_192_176_818_8, 1.050_701_022_148_132_3);
+        if x.is_nan() {
+            // The spec's "x if x > alpha, else 0" (and ONNX Runtime's).
+            return if op == "ThresholdedRelu" { 0.0 } else { x };
+        }
+        match op {
+            "Softplus" => softplus(x),
+            "Softsign" if x.is_infinite() => x.signum(),
+            "Softsign" => x / (1.0 + x.abs()),
+            "Elu" if x > 0.0 => x,
+            "Elu" => x.exp_m1(),
+            // The attributes are f32: alpha and gamma as the f32 defaults.
+            "Selu" if x > 0.0 => gamma as f32 as f64 * x,
+            "Selu" => gamma as f32 as f64 * (alpha as f32 as f64 * x.exp_m1()),
+            "Celu" => x.max(0.0) + x.exp_m1().min(0.0),
+            "Mish" if x == f64::NEG_INFINITY => 0.0,
+            "Mish" => x * softplus(x).tanh(),
+            "HardSwish" if x == f64::NEG_INFINITY => 0.0,
+            "HardSwish" => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            "ThresholdedRelu" if x > 1.0 => x,
+            "ThresholdedRelu" => 0.0,
+            _ => unreachable!("{op}"),
+        }
+    }
+
+    #[test]
+    fn composed_activations_over_the_whole_range() {
+        let x = sweep();
+        // (op with its default attributes, bound in ulps where the true
+        // value is normal)
+        let cases: [(&str, f64); 8] = [
+            ("Softplus", 4.0),
+            ("Softsign", 1.5),
+            ("Elu", 6.0),
+            ("Selu", 8.0),
+            ("Celu", 6.0),
+            ("Mish", 6.0),
+            ("HardSwish", 2.0),
+            ("ThresholdedRelu", 0.5),
+        ];
+        for (op, ulps) in cases {
+            let mut line = format!("{op}:");
+            for path in PATHS {
+                let got = run(op, &x, path);
+                let mut worst = 0f64;
+                for (&xi, &g) in x.iter().zip(&got) {
+                    let t = truth(op, xi as f64);
+                    let what = || format!("{op}({xi:e}) on {path:?} = {g:e}, true {t:e}");
+                    if t.is_nan() || (t as f32).is_infinite() {
+                        assert!(g.is_nan() && t.is_nan() || g == t as f32, "{}", what());
+                        continue;
+                    }
+                    assert!(g.is_finite(), "{}", what());
+                    let err = (g as f64 - t).abs();
+                    // Mish below -80 multiplies x by e^x that is subnormal:
+                    // its results (under 2^-100) are exact only absolutely.
+                    if op == "Mish" && xi < -80.0 {
+                        assert!(t.abs() < 2f64.powi(-100), "{}", what());
+                        assert!(err <= f32::MIN_POSITIVE as f64, "{}", what());
+                        continue;
+                    }
+                    if t.abs() < f32::MIN_POSITIVE as f64 {
+                        assert!(err <= f32::MIN_POSITIVE as f64, "{}", what());
+                        continue;
+                    }
+                    let e = err / super::ulp32(t);
+                    assert!(e <= ulps, "{} ({e:.2} ulps, bound {ulps})", what());
+                    worst = worst.max(e);
+                }
+                line += &format!(" {path:?} {worst:.2} ulp");
+            }
+            println!("{line}");
+        }
+    }
+}
+
+/// The gradient of `sum(build(x))` (or of `sum(a rem b)`), in f64 on the
+/// reference interpreter.
+fn gradients_f64(
+    xs: &[&[f64]],
+    build: impl for<'g> Fn(&[Tensor<'g>]) -> kiln::graph::Result<Tensor<'g>>,
+) -> Vec<Vec<f64>> {
+    let g = GraphBuilder::new();
+    let n = xs[0].len();
+    let ps: Vec<Tensor<'_>> = (0..xs.len())
+        .map(|i| {
+            g.placeholder(&format!("x{i}"), DType::F64, shape![n])
+                .unwrap()
+        })
+        .collect();
+    let loss = build(&ps).unwrap().sum_all().unwrap();
+    let grads = g.gradients(loss, &ps).unwrap();
+    let names: Vec<String> = grads
+        .iter()
+        .enumerate()
+        .map(|(i, t)| t.named(&format!("g{i}")).unwrap().name())
+        .collect();
+    let mut s = Session::new(&g.into_graph(), Device::Reference).unwrap();
+    let arrays: Vec<Array> = xs
+        .iter()
+        .map(|x| Array::from_vec(vec![n], x.to_vec()).unwrap())
+        .collect();
+    let feeds: Vec<(String, &Array)> = arrays
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("x{i}"), a))
+        .collect();
+    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(k, a)| (k.as_str(), *a)).collect();
+    let fetch: Vec<&str> = names.iter().map(String::as_str).collect();
+    s.run(&refs, &fetch)
+        .unwrap()
+        .iter()
+        .map(|a| a.as_slice::<f64>().unwrap().to_vec())
+        .collect()
+}
+
+#[test]
+fn gradients_of_the_new_ops_are_the_standard_derivatives() {
+    use UnaryOp::*;
+    let wide: Vec<f64> = (0..41).map(|i| -4.0 + i as f64 * 0.2 + 0.01).collect();
+    let unit: Vec<f64> = (0..39).map(|i| -0.95 + i as f64 * 0.05).collect();
+    let above1: Vec<f64> = (0..40).map(|i| 1.05 + i as f64 * 0.25).collect();
+    type Derivative = fn(f64) -> f64;
+    let cases: [(UnaryOp, &[f64], Derivative); 9] = [
+        (Tan, &unit, |x| 1.0 / (x.cos() * x.cos())),
+        (Asin, &unit, |x| 1.0 / (1.0 - x * x).sqrt()),
+        (Acos, &unit, |x| -1.0 / (1.0 - x * x).sqrt()),
+        (Atan, &wide, |x| 1.0 / (1.0 + x * x)),
+        (Sinh, &wide, |x| x.cosh()),
+        (Cosh, &wide, |x| x.sinh()),
+        (Asinh, &wide, |x| 1.0 / (x * x + 1.0).sqrt()),
+        (Acosh, &above1, |x| 1.0 / (x * x - 1.0).sqrt()),
+        (Atanh, &unit, |x| 1.0 / (1.0 - x * x)),
+    ];
+    for (f, x, d) in cases {
+        let got = gradients_f64(&[x], |t| apply(f, t[0])).remove(0);
+        for (&xi, &gi) in x.iter().zip(&got) {
+            let want = d(xi);
+            assert!(
+                (gi - want).abs() <= 1e-12 * want.abs().max(1.0),
+                "d{f:?}({xi}) = {gi}, want {want}"
+            );
+        }
+    }
+    // d(a rem b)/da = 1, d/db = -trunc(a / b).
+    let a: Vec<f64> = vec![7.5, -7.5, 7.5, -7.5, 1e4, 0.3];
+    let b: Vec<f64> = vec![2.0, 2.0, -2.0, -2.0, 3.3, 0.7];
+    let g = gradients_f64(&[&a, &b], |t| t[0].rem(t[1]));
+    for i in 0..a.len() {
+        assert_eq!(g[0][i], 1.0);
+        assert_eq!(
+            g[1][i],
+            -(a[i] / b[i]).trunc(),
+            "d rem / db at {} rem {}",
+            a[i],
+            b[i]
+        );
+    }
+}

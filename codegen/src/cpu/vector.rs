@@ -2,10 +2,51 @@
 //! a time (Cranelift's 128-bit vectors on x86-64), with fast approximations
 //! of the transcendental functions, and a scalar loop for the remainder.
 //!
-//! Approximations (Cephes-style range reduction and polynomials); the error
-//! bounds are checked against the reference in `tests/tests/cpu_math.rs`:
-//! exp and sigmoid within 4e-7 relative (subnormal results absolutely), log within 4e-7 relative (positive
-//! inputs), tanh within 4e-7 absolute, erf within 8e-7 absolute.
+//! Approximations: exp and log are Cephes-style range reductions and
+//! polynomials, tanh and sigmoid are built on exp (tanh by its odd Taylor
+//! polynomial below 1/8), erf is a rational function in x^2 (the form XLA
+//! and Eigen use; the same coefficients as the AVX-512 code, from
+//! `kiln_rt::support::ERF_NUM`/`ERF_DEN`). The scalar JIT code computes
+//! these five with the same code on lane 0, so scalar, 4-lane and
+//! AVX-512 rows agree to an ulp or two. Error bounds, per function and
+//! path:
+//!
+//! | f32 function | reference | JIT scalar | 4-lane | AVX-512 | CUDA (its library) |
+//! |---|---|---|---|---|---|
+//! | exp | 0.50 | 0.96 | 0.96 | 0.96 | `expf` |
+//! | log | 0.73 | 0.81 | 0.81 | 0.81 | `logf` |
+//! | tanh | 1.93 | 2.36 | 2.36 | 2.76 | `tanhf` |
+//! | sigmoid | 1.97 | 2.21 | 2.21 | 2.21 | `1/(1+expf(-x))` |
+//! | erf | 0.78 | 5.50 | 5.50 | 6.18 | `erff` |
+//! | sin, cos | 0.56 | = ref | = ref | = ref | `sinf`, `cosf` |
+//! | tan, asin, acos, atan | 0.80, 0.65, 0.83, 0.73 | = ref | = ref | = ref | `tanf`, ... |
+//! | sinh, cosh | 1.64, 1.22 | = ref | = ref | = ref | `sinhf`, `coshf` |
+//! | asinh, acosh, atanh | 1.57, 1.47, 1.51 | = ref | = ref | = ref | `asinhf`, ... |
+//! | rsqrt (`1/sqrt x`) | 1.44 | 1.44 | 1.44 | 1.44 | `1.0f/sqrtf(x)` |
+//! | sqrt, recip, neg, abs, sign, floor, ceil, round | exact | exact | exact | exact | exact |
+//! | rem (fmod) | exact | exact | scalar | scalar | `fmodf` (exact) |
+//!
+//! Measured maximum errors in ulps of the f32 result against the true
+//! value (computed in f64), over the whole f32 range: 239,128 inputs in
+//! `tests/tests/math_range.rs` (every binade from 2^-149 to 2^127 at six
+//! mantissas, both signs, 200,000 bit patterns spread over all 2^32, dense
+//! samples around 0, ±1 and the overflow and underflow thresholds); that
+//! test holds each path to a bound above these (exp, log: 2; tanh,
+//! sigmoid: 4; erf: 8; libm functions: 2). "= ref": the same libm function
+//! (the `libm` crate: the interpreter, JIT and ahead-of-time code agree bit
+//! for bit); those ops have no vector form, so their rows run the scalar
+//! loop. Where the true result is subnormal the vector approximations
+//! (exp, sigmoid, tanh, erf) are exact only to 2^-126 absolutely (sigmoid
+//! of x < -87.3 may give 0). NaN in gives NaN; ±inf and the ends of the
+//! range give exactly the limit: exp is +inf exactly where e^x overflows
+//! f32 (x > 88.7228) and 0 from -104 (never the least subnormal),
+//! log(0) = -inf, log(x < 0) = NaN, log of subnormals is accurate,
+//! tanh(±large) = ±1, sigmoid(+large) = 1, erf is exactly ±1 from |x| >= 3.919206 (where f32 erf rounds to 1), so GELU of
+//! large negative x is exactly -0 on every path. f64 ops: exp, log, tanh,
+//! sigmoid, erf call std/libm in every path; the libm-called ops are within
+//! 2 f64 ulps of std's (measured; tested to 4). The CUDA column is
+//! NVIDIA's library, whose documented bounds (CUDA C Programming Guide,
+//! "Mathematical Functions") are 1 to 4 ulps; not measured here.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
@@ -204,9 +245,10 @@ impl Emitter<'_, '_> {
 
     fn vexp(&mut self, x: Value) -> Value {
         // Clamp so that 2^n below stays representable; beyond +88.72 the final
-        // products overflow to +inf, below -103.97 they round to 0; NaN
-        // propagates through the polynomial.
-        let (hi, lo) = (self.splat(89.0), self.splat(-103.972_08));
+        // products overflow to +inf; from -104 (where e^x < 2^-150, half the
+        // least subnormal) they round to 0, not to 2^-149; NaN propagates
+        // through the polynomial.
+        let (hi, lo) = (self.splat(89.0), self.splat(-104.0));
         let xc = self.b.ins().fmax(x, lo);
         let xc = self.b.ins().fmin(xc, hi);
         // n = round(x / ln 2) by the 1.5 * 2^23 trick: adding it rounds to an

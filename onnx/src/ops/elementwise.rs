@@ -94,10 +94,12 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
         unary(n, |x| x.mul(a)?.add(b)?.maximum(0.0)?.minimum(1.0))
     }),
     ("HardSwish", |n| {
-        // x * clamp(x / 6 + 1/2, 0, 1), with x floored at -3 (where the
-        // clamp is 0 already) so that -inf gives -0, not -inf * 0 = NaN.
+        // x * clamp(x / 6 + 1/2, 0, 1) with the clamped term as (x + 3) / 6
+        // (x + 3 is exact near -3, where x / 6 + 1/2 would cancel), and x
+        // floored at -3 (where the clamp is 0 already) so that -inf gives
+        // -0, not -inf * 0 = NaN.
         unary(n, |x| {
-            let h = x.mul(1.0 / 6.0)?.add(0.5)?.maximum(0.0)?.minimum(1.0)?;
+            let h = x.add(3.0)?.div(6.0)?.maximum(0.0)?.minimum(1.0)?;
             x.maximum(-3.0)?.mul(h)
         })
     }),
@@ -166,14 +168,14 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
 ];
 
 /// `log(1 + e^x)` as `max(x, 0) + log1p(e^-|x|)` (no overflow), with
-/// `log1p(u)` by its series where `u` is small (`log(1 + u)` would lose
-/// `u`'s low bits to the rounding of `1 + u`).
+/// `log1p(u) = log(w) * u / (w - 1)` for `w = 1 + u` rounded (Goldberg's
+/// correction: the rounding of `1 + u` cancels out, so no digits of a
+/// small `u` are lost), and `u` itself where `w` rounds to 1.
 fn softplus(x: Tensor<'_>) -> kiln_graph::Result<Tensor<'_>> {
     let u = x.abs()?.neg()?.exp()?;
-    let series = u.mul(u.mul(u.mul(1.0 / 3.0)?.sub(0.5)?)?.add(1.0)?)?;
-    let log1p = x
-        .builder()
-        .select(u.lt(1e-2)?, series, u.add(1.0)?.log()?)?;
+    let w = u.add(1.0)?;
+    let corrected = w.log()?.mul(u)?.div(w.sub(1.0)?)?;
+    let log1p = x.builder().select(w.eq(1.0)?, u, corrected)?;
     x.maximum(0.0)?.add(log1p)
 }
 
