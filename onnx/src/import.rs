@@ -167,7 +167,12 @@ pub(crate) fn kiln_name(name: &str) -> String {
     if s.is_empty() || s.starts_with("__") {
         s.insert_str(0, "onnx");
     }
-    s.truncate(400);
+    // At most 400 bytes, cut at a character boundary.
+    let mut end = s.len().min(400);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
     s
 }
 
@@ -1857,6 +1862,16 @@ mod tests {
     use crate::proto::{
         tensor_shape_proto, AttributeProto, OperatorSetIdProto, TensorShapeProto, ValueInfoProto,
     };
+
+    #[test]
+    fn long_names_are_cut_at_a_character_boundary() {
+        // 399 ASCII bytes then a two-byte character: byte 400 falls inside it.
+        let name = format!("{}é{}", "a".repeat(399), "b".repeat(10));
+        let k = kiln_name(&name);
+        assert_eq!(k, "a".repeat(399));
+        let k = kiln_name(&"é".repeat(300));
+        assert_eq!(k, "é".repeat(200));
+    }
 
     fn tensor_ty(dims: &[i64]) -> TypeProto {
         use tensor_shape_proto::{dimension::Value as D, Dimension};

@@ -271,8 +271,10 @@ pub fn import_options(interface: &OnnxInterface, inputs: &[(String, Array)]) -> 
 
 /// Imports the ONNX model at `model` as `kiln import` does with default
 /// options, plus the shapes of `inputs` for inputs with symbolic dims (see
-/// [`import_options`]), then runs it on `device` as `kiln run` does (a
-/// [`Session`] with default options), fetching every graph output. `inputs` are keyed by ONNX input name. Outputs are
+/// [`import_options`]), writes it to `.kiln` bytes and reads it back (a
+/// failure there is a run error starting `save/load:`), then runs it on
+/// `device` as `kiln run` does (a [`Session`] with default options),
+/// fetching every graph output. `inputs` are keyed by ONNX input name. Outputs are
 /// keyed by ONNX output name where the graph has one output per ONNX
 /// output (tensor outputs; a sequence output has one per element, and then
 /// kiln's names are used). A panic anywhere in import or run becomes
@@ -290,6 +292,15 @@ pub fn run_model(model: &Path, inputs: &[(String, Array)], device: Device) -> Ou
             Err(e) => return Outcome::ImportError(e.to_string()),
         };
         let import_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // As `kiln import` + `kiln run`: the graph goes through a `.kiln`
+        // file's bytes, so every case also checks that the file reads back.
+        let graph = match graph
+            .to_bytes()
+            .and_then(|b| Graph::from_bytes(&b, &model.display().to_string()))
+        {
+            Ok(g) => g,
+            Err(e) => return Outcome::RunError(format!("save/load: {e}")),
+        };
         let feeds: Vec<(String, &Array)> = inputs
             .iter()
             .map(|(name, a)| (feed_name(&graph, name), a))
