@@ -637,3 +637,16 @@ fn hardmax_over_an_empty_axis() {
         (vec![2, 3], vec![0., 1., 0., 1., 0., 0.])
     );
 }
+
+/// A NaN in a window makes kiln's max NaN (kiln's max propagates NaN), and
+/// the index then points at the window's first NaN (hand computation).
+/// ONNX Runtime 1.23.2 skips NaN instead (values `[1, 3, 3]`, indices
+/// `[0, 2, 2]`): NaN in Max is ground the spec leaves open.
+#[test]
+fn max_pool_indices_of_a_nan_max_point_at_the_nan() {
+    let x = array(&[1, 1, 4], &[1., f32::NAN, 3., 2.]);
+    let (y, i, shape) = max_pool_indices(&x, vec![ints("kernel_shape", &[2])]);
+    assert_eq!(shape, [1, 1, 3]);
+    assert!(y[0].is_nan() && y[1].is_nan() && y[2] == 3.0, "{y:?}");
+    assert_eq!(i, [1.0, 1.0, 2.0]);
+}

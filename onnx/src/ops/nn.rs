@@ -585,9 +585,9 @@ fn pool_float<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, kind: Pool) -> R<Vec<Tensor<'
 /// `N * C * spatial...`, the spatial part row-major or, with
 /// `storage_order`, column-major (the first spatial dim fastest). The
 /// taps are walked last to first, each overwriting the index where its
-/// value equals the max. The input is padded with NaN for this (NaN equals
-/// nothing), so a tap in the padding or past it is never chosen, even for
-/// a max of -inf.
+/// value equals the max (or, for a NaN max, is NaN: kiln's max propagates
+/// NaN, and its index is the first NaN's). Taps in the padding or past it
+/// are masked out, so they are never chosen, even for a max of -inf.
 fn max_pool_indices<'g>(
     x: Tensor<'g>,
     s: &Spatial,
@@ -612,7 +612,8 @@ fn max_pool_indices<'g>(
         before.push(s.begin[i]);
         after.push(s.end[i] + need.saturating_sub(padded));
     }
-    let xp = x.pad(&before, &after, f64::NAN).k()?;
+    let xp = x.pad(&before, &after, 0.0).k()?;
+    let y_nan = y.ne(y).k()?;
     // Each spatial dim's weight in the flat index.
     let weight: Vec<i64> = (0..k)
         .map(|i| {
@@ -642,19 +643,31 @@ fn max_pool_indices<'g>(
             });
         }
         let under = xp.slice(&ranges).k()?;
-        // The flat input position of this tap in every window.
+        // The flat input position of this tap in every window, and whether
+        // it lies inside the input.
         let mut pos = vec![0i64; count];
-        for (o, p) in pos.iter_mut().enumerate() {
+        let mut inside = vec![true; count];
+        for o in 0..count {
             let mut rest = o;
             for i in (0..k).rev() {
                 let oi = rest % outs[i];
                 rest /= outs[i];
                 let at = (oi * s.strides[i] + tap[i] * s.dilations[i]) as i64 - s.begin[i] as i64;
-                *p += at * weight[i];
+                inside[o] &= at >= 0 && at < sizes[i] as i64;
+                pos[o] += at * weight[i];
             }
         }
+        if !inside.contains(&true) {
+            continue;
+        }
+        let nan_hit = under.ne(under).k()?.and(y_nan).k()?;
+        let mut hit = under.eq(y).k()?.or(nan_hit).k()?;
+        if inside.contains(&false) {
+            let mask = Array::from_vec(outs.clone(), inside).ok_or("mask shape")?;
+            hit = hit.and(b.constant(mask).k()?).k()?;
+        }
         let pos = Array::from_vec(outs.clone(), pos).ok_or("index shape")?;
-        idx = b.select(under.eq(y).k()?, b.constant(pos).k()?, idx).k()?;
+        idx = b.select(hit, b.constant(pos).k()?, idx).k()?;
     }
     // Plus each plane's offset, (n * C + c) * prod(spatial).
     let xs = x.shape().0;
