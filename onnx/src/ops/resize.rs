@@ -379,6 +379,21 @@ fn resize_axis<'g>(
     if rows.iter().flatten().any(|r| r.0.len() != width) {
         return Err("resize rows of unequal tap counts".into());
     }
+    // Gathers along the last axis pick single elements; along another axis
+    // they copy whole rows, several times faster: interpolate the last
+    // axis as the one before it, between two transposes.
+    let swap: Vec<usize> = if axis + 1 == rank && rank >= 2 && s.mode != "nearest" {
+        let mut p: Vec<usize> = (0..rank).collect();
+        p.swap(rank - 2, rank - 1);
+        p
+    } else {
+        Vec::new()
+    };
+    let (x, axis) = if swap.is_empty() {
+        (x, axis)
+    } else {
+        (x.permute(&swap).k()?, rank - 2)
+    };
     let mut shape = vec![1usize; rank];
     shape[axis] = output;
     let mut y: Option<Tensor<'g>> = None;
@@ -410,6 +425,9 @@ fn resize_axis<'g>(
         let mask = n.constant(Array::from_vec(shape, mask).ok_or("mask")?)?;
         let e = n.scalar(s.extrapolation, dtype)?;
         y = n.g.select(mask, e, y).k()?;
+    }
+    if !swap.is_empty() {
+        y = y.permute(&swap).k()?;
     }
     Ok(y)
 }
@@ -470,11 +488,17 @@ fn apply<'g>(
     }
     let joint = joint_axes(s, rank, scales);
     let any = identity.iter().any(|&i| !i);
+    // Shrinking axes first and growing ones last keeps the intermediate
+    // tensors small; among equal ratios the last axis (the dearer one,
+    // between transposes) goes first. The order changes no NaN position:
+    // an output reads the product of its taps along every axis either way.
+    let mut order: Vec<usize> = (0..rank)
+        .filter(|&a| !identity[a] || (any && joint.contains(&a)))
+        .collect();
+    let ratio = |a: usize| sizes[a] as f64 / x.shape().0[a].fixed().unwrap_or(1).max(1) as f64;
+    order.sort_by(|&a, &b| ratio(a).total_cmp(&ratio(b)).then(b.cmp(&a)));
     let mut y = x;
-    for axis in 0..rank {
-        if identity[axis] && !(any && joint.contains(&axis)) {
-            continue;
-        }
+    for axis in order {
         let r = roi.map(|r| (r[axis], r[axis + rank]));
         y = resize_axis(n, y, axis, sizes[axis], scales[axis], s, r)?;
     }
