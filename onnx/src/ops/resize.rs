@@ -12,13 +12,16 @@
 //! reads only its own taps, so a NaN or infinity in the input reaches only
 //! the outputs whose taps read it, and the cost is O(taps) per output.
 //!
-//! Which taps: linear and cubic read the samples ONNX Runtime reads, taps of
-//! weight zero included (so NaN and infinity land where they land there),
-//! from the coordinate computed in `f32` as ONNX Runtime computes it (and
-//! nearest rounds that coordinate); the antialiased kernels pick their taps
-//! as ONNX's reference evaluator does. Where those two disagree on values, the spec's text
-//! decides (pytorch_half_pixel and tf_crop_and_resize with one output
-//! position; tf_crop_and_resize dividing by the integer output length);
+//! Which taps: those ONNX Runtime reads, taps of weight zero included (so
+//! NaN and infinity land where they land there), from the coordinate
+//! computed in `f32` as ONNX Runtime computes it: nearest rounds it; linear
+//! and cubic read 2 and 4 samples around it; antialiasing reads the
+//! stretched kernel's window of samples (as Pillow does). Along the axes
+//! ONNX Runtime interpolates together, an axis of scale 1 is interpolated
+//! too (its zero-weight taps spread NaN as there). Where ONNX Runtime and
+//! ONNX's reference disagree on values, the spec's text decides
+//! (pytorch_half_pixel and tf_crop_and_resize with one output position;
+//! tf_crop_and_resize dividing by the integer output length);
 //! align_corners divides by the fractional output width `scale * input`,
 //! as the reference and the ONNX conformance data do.
 
@@ -40,72 +43,16 @@ struct Spec {
     extrapolation: f64,
 }
 
-/// The kernel weights of a position `ratio` past its left neighbour.
-fn coeffs(s: &Spec, ratio: f64, scale: f64) -> R<Vec<f64>> {
-    Ok(match s.mode.as_str() {
-        "nearest" => {
-            if ratio.fract() == 0.0 {
-                return Ok(vec![0.0, 1.0]);
-            }
-            let right = match s.nearest.as_str() {
-                "round_prefer_floor" => ratio > 0.5,
-                "round_prefer_ceil" => ratio >= 0.5,
-                "floor" => false,
-                "ceil" => true,
-                other => return Err(format!("unknown nearest_mode '{other}'")),
-            };
-            if right {
-                vec![0.0, 1.0]
-            } else {
-                vec![1.0, 0.0]
-            }
-        }
-        "linear" if s.antialias => {
-            let scale = scale.min(1.0);
-            let start = (-1.0 / scale).floor() as i64 + 1;
-            let footprint = 2 - 2 * start;
-            let c: Vec<f64> = (start..start + footprint)
-                .map(|i| (1.0 - ((i as f64 - ratio) * scale).abs()).clamp(0.0, 1.0))
-                .collect();
-            let sum: f64 = c.iter().sum();
-            c.into_iter().map(|v| v / sum).collect()
-        }
-        "linear" => vec![1.0 - ratio, ratio],
-        "cubic" if s.antialias => {
-            let a = s.cubic_a;
-            let scale = scale.min(1.0);
-            let f = |x: f64| {
-                let x = x.abs();
-                let (x2, x3) = (x * x, x * x * x);
-                if x <= 1.0 {
-                    (a + 2.0) * x3 - (a + 3.0) * x2 + 1.0
-                } else if x < 2.0 {
-                    a * x3 - 5.0 * a * x2 + 8.0 * a * x - 4.0 * a
-                } else {
-                    0.0
-                }
-            };
-            let start = (-2.0 / scale).floor() as i64 + 1;
-            let end = 2 - start;
-            let c: Vec<f64> = (start..end)
-                .map(|i| f(scale * (i as f64 - ratio)))
-                .collect();
-            let sum: f64 = c.iter().sum();
-            c.into_iter().map(|v| v / sum).collect()
-        }
-        "cubic" => {
-            let a = s.cubic_a;
-            let r = ratio;
-            let q = 1.0 - r;
-            vec![
-                ((a * (r + 1.0) - 5.0 * a) * (r + 1.0) + 8.0 * a) * (r + 1.0) - 4.0 * a,
-                ((a + 2.0) * r - (a + 3.0)) * r * r + 1.0,
-                ((a + 2.0) * q - (a + 3.0)) * q * q + 1.0,
-                ((a * (q + 1.0) - 5.0 * a) * (q + 1.0) + 8.0 * a) * (q + 1.0) - 4.0 * a,
-            ]
-        }
-        other => return Err(format!("unknown mode '{other}'")),
-    })
+/// The cubic kernel's weights (coefficient `a`) of the four samples around
+/// a position `r` (in `[0, 1)`) past the second of them.
+fn cubic_coeffs(a: f64, r: f64) -> Vec<f64> {
+    let q = 1.0 - r;
+    vec![
+        ((a * (r + 1.0) - 5.0 * a) * (r + 1.0) + 8.0 * a) * (r + 1.0) - 4.0 * a,
+        ((a + 2.0) * r - (a + 3.0)) * r * r + 1.0,
+        ((a + 2.0) * q - (a + 3.0)) * q * q + 1.0,
+        ((a * (q + 1.0) - 5.0 * a) * (q + 1.0) + 8.0 * a) * (q + 1.0) - 4.0 * a,
+    ]
 }
 
 /// One output position along an axis: its input taps (indices already in
@@ -202,7 +149,7 @@ fn interpolation_taps(s: &Spec, x: f64, input: usize) -> R<(Vec<usize>, Vec<f64>
         return Ok((vec![x1, x2], vec![x2 as f64 - x, x - x1 as f64]));
     }
     let xi = x.floor();
-    let c = coeffs(s, x - xi, 1.0)?;
+    let c = cubic_coeffs(s.cubic_a, x - xi);
     let first = xi as i64 - 1;
     let taps = (0..c.len() as i64)
         .map(|k| (first + k).clamp(0, input as i64 - 1) as usize)
@@ -228,122 +175,116 @@ fn interpolation_taps(s: &Spec, x: f64, input: usize) -> R<(Vec<usize>, Vec<f64>
 /// For each output position along one axis: its taps and weights (see
 /// [`Row`]).
 fn taps(s: &Spec, input: usize, output: usize, scale: f64, roi: Option<(f64, f64)>) -> R<Vec<Row>> {
-    let reference = s.antialias;
-    // The number of taps of a row, as the table's width: 2 (linear,
-    // nearest), 4 (cubic), more when antialiasing stretches the kernel.
-    let width = if reference {
-        coeffs(s, 0.5, scale)?.len()
+    // The number of taps of a row, as the table's width: 1 (nearest), 2
+    // (linear), 4 (cubic), the stretched window when antialiasing.
+    if !matches!(s.mode.as_str(), "nearest" | "linear" | "cubic") {
+        return Err(format!("unknown mode '{}'", s.mode));
+    }
+    let width = if s.antialias {
+        antialias_support(s, scale).1
     } else {
         4
     };
     super::table_len("the resize taps", &[output, width.max(16)])?;
     let mut rows = Vec::with_capacity(output);
     for y in 0..output {
-        if !reference {
-            let (x, outside) = coordinate_f32(s, y, input, output, scale, roi)?;
-            rows.push(if outside {
-                None
-            } else {
-                Some(interpolation_taps(s, x, input)?)
-            });
-            continue;
-        }
-        rows.push(reference_taps(s, y, input, output, scale, roi)?);
+        let (x, outside) = coordinate_f32(s, y, input, output, scale, roi)?;
+        rows.push(if outside {
+            None
+        } else if s.antialias {
+            // ONNX Runtime centres an axis of scale 1 on the output index.
+            let x = if scale as f32 == 1.0 { y as f64 } else { x };
+            Some(antialias_taps(s, x, input, scale))
+        } else {
+            Some(interpolation_taps(s, x, input)?)
+        });
     }
     Ok(rows)
 }
 
-/// The taps of antialiased output position `y` as ONNX's reference picks
-/// them (in `f64`): the kernel's whole stretched footprint, clamped into
-/// the input or, with `exclude_outside`, those outside weighing zero.
-fn reference_taps(
-    s: &Spec,
-    y: usize,
-    input: usize,
-    output: usize,
-    scale: f64,
-    roi: Option<(f64, f64)>,
-) -> R<Row> {
-    let out_w = scale * input as f64;
-    let yf = y as f64;
-    let mut outside = false;
-    let x = match s.coord.as_str() {
-        "align_corners" => {
-            if out_w == 1.0 {
-                0.0
-            } else {
-                yf * (input as f64 - 1.0) / (out_w - 1.0)
-            }
-        }
-        "asymmetric" => yf / scale,
-        "tf_crop_and_resize" => {
-            let (r0, r1) = roi.ok_or("tf_crop_and_resize needs roi")?;
-            let mut x = if output == 1 {
-                (r1 - r0) * (input as f64 - 1.0) / 2.0
-            } else {
-                yf * (r1 - r0) * (input as f64 - 1.0) / (output as f64 - 1.0)
-            };
-            x += r0 * (input as f64 - 1.0);
-            outside = x < 0.0 || x > input as f64 - 1.0;
-            x
-        }
-        "pytorch_half_pixel" => {
-            if output > 1 {
-                (yf + 0.5) / scale - 0.5
+/// The antialiased kernel's half-width in input samples (the kernel is
+/// stretched by `1 / scale` when downsampling), and the most taps a row
+/// can have.
+fn antialias_support(s: &Spec, scale: f64) -> (f64, usize) {
+    let half = if s.mode == "cubic" { 2.0 } else { 1.0 };
+    let support = half / scale.min(1.0);
+    (support, support.ceil() as usize * 2 + 1)
+}
+
+/// The taps of an antialiased (linear or cubic) output position at original
+/// coordinate `x`, as ONNX Runtime and Pillow window them: every input
+/// sample within the stretched kernel's support around `x` (weights of
+/// zero at the window's ends included), weighted by the kernel at
+/// `(i - x) * min(scale, 1)` and normalized over the whole window; the
+/// weights of the window's samples outside the input fold onto the edge
+/// samples (their clamped values), or with `exclude_outside` are dropped.
+fn antialias_taps(s: &Spec, x: f64, input: usize, scale: f64) -> (Vec<usize>, Vec<f64>) {
+    let a = s.cubic_a;
+    let kernel = |t: f64| {
+        let t = t.abs();
+        if s.mode == "cubic" {
+            if t < 1.0 {
+                ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+            } else if t < 2.0 {
+                (((t - 5.0) * t + 8.0) * t - 4.0) * a
             } else {
                 0.0
             }
+        } else if t < 1.0 {
+            1.0 - t
+        } else {
+            0.0
         }
-        "half_pixel" => (yf + 0.5) / scale - 0.5,
-        "half_pixel_symmetric" => {
-            let adjustment = output as f64 / out_w;
-            let center = input as f64 / 2.0;
-            center * (1.0 - adjustment) + (yf + 0.5) / scale - 0.5
-        }
-        other => return Err(format!("unknown coordinate_transformation_mode '{other}'")),
     };
-    if outside {
-        return Ok(None);
+    let (support, window) = antialias_support(s, scale);
+    let inv = scale.min(1.0);
+    let center = x + 0.5;
+    let lo = (center - support + 0.5).floor() as i64;
+    let hi = lo + (((center + support + 0.5).floor() as i64) - lo).clamp(0, window as i64);
+    let (lo_in, hi_in) = (lo.clamp(0, input as i64), hi.clamp(0, input as i64));
+    let mut weights = vec![0.0; (hi_in - lo_in).max(0) as usize];
+    let mut total = 0.0;
+    for i in lo..hi {
+        let w = kernel((i as f64 - center + 0.5) * inv);
+        let inside = i >= 0 && i < input as i64;
+        if !inside && s.exclude_outside {
+            continue;
+        }
+        total += w;
+        if weights.is_empty() {
+            continue;
+        }
+        let j = i.clamp(lo_in, hi_in - 1) - lo_in;
+        weights[j as usize] += w;
     }
-    let xi = x.floor();
-    let ratio = if x == xi { 1.0 } else { x - xi };
-    let mut c = coeffs(s, ratio, scale)?;
-    let n = c.len() as i64;
-    let pad = (n + 1) / 2;
-    let xp = x + pad as f64;
-    let p = xp.floor() as i64;
-    let frac = xp - p as f64;
-    let offset = if n % 2 == 0 {
-        if frac == 0.0 {
-            -(n / 2)
-        } else {
-            -(n / 2) + 1
-        }
-    } else {
-        let base = -((n - 1) / 2);
-        if frac <= 0.5 {
-            base
-        } else {
-            base + 1
-        }
-    };
-    let start = p + offset;
-    let idx: Vec<i64> = (0..n).map(|k| start + k - pad).collect();
-    if s.exclude_outside {
-        for (k, &i) in idx.iter().enumerate() {
-            if i < 0 || i >= input as i64 {
-                c[k] = 0.0;
+    if total != 0.0 {
+        weights.iter_mut().for_each(|w| *w /= total);
+    }
+    let taps = (lo_in..hi_in).map(|i| i as usize).collect();
+    (taps, weights)
+}
+
+/// Pads a row to `n` taps without changing what it computes: the tap of
+/// largest weight is split in two halves (`w/2 * v + w/2 * v == w * v`),
+/// so no sample is read that the row did not read already. A row with no
+/// taps (an antialiasing window wholly outside the input) reads sample 0
+/// with weight 0.
+fn pad_row(taps: &mut Vec<usize>, weights: &mut Vec<f64>, n: usize) {
+    if taps.is_empty() {
+        taps.push(0);
+        weights.push(0.0);
+    }
+    while taps.len() < n {
+        let mut j = 0;
+        for k in 1..weights.len() {
+            if weights[k].abs() > weights[j].abs() {
+                j = k;
             }
         }
-        let sum: f64 = c.iter().sum();
-        let sum = if sum == 0.0 { 1.0 } else { sum };
-        c.iter_mut().for_each(|v| *v /= sum);
+        weights[j] /= 2.0;
+        taps.push(taps[j]);
+        weights.push(weights[j]);
     }
-    let clamped = idx
-        .iter()
-        .map(|&i| i.clamp(0, input as i64 - 1) as usize)
-        .collect();
-    Ok(Some((clamped, c)))
 }
 
 /// Resizes `x` along `axis` to `output` positions: for each tap slot, a
@@ -366,7 +307,7 @@ fn resize_axis<'g>(
     if input == 0 {
         return Err("resizing an empty dim".into());
     }
-    let rows = taps(s, input, output, scale, roi)?;
+    let mut rows = taps(s, input, output, scale, roi)?;
     let dtype = x.dtype();
     let rank = x.rank();
     let width = rows
@@ -376,8 +317,8 @@ fn resize_axis<'g>(
         .max()
         .unwrap_or(1)
         .max(1);
-    if rows.iter().flatten().any(|r| r.0.len() != width) {
-        return Err("resize rows of unequal tap counts".into());
+    for (t, w) in rows.iter_mut().flatten() {
+        pad_row(t, w, width);
     }
     // Gathers along the last axis pick single elements; along another axis
     // they copy whole rows, several times faster: interpolate the last
