@@ -650,3 +650,25 @@ fn max_pool_indices_of_a_nan_max_point_at_the_nan() {
     assert!(y[0].is_nan() && y[1].is_nan() && y[2] == 3.0, "{y:?}");
     assert_eq!(i, [1.0, 1.0, 2.0]);
 }
+
+/// LpPool in ceil mode where no window fits along one dim (spec size
+/// `ceil((2 + 1 - 7) / 3 + 1) = 0`): an empty output, as MaxPool and
+/// AveragePool give (kiln refused it: its LpPool is a sum over a padded
+/// input in floor mode, where that size is negative).
+#[test]
+fn lp_pool_ceil_mode_with_no_window() {
+    let x = iota(&[1, 1, 2]);
+    let a = || {
+        vec![
+            ints("kernel_shape", &[4]),
+            ints("strides", &[3]),
+            ints("dilations", &[2]),
+            ints("pads", &[1, 0]),
+            int("ceil_mode", 1),
+        ]
+    };
+    assert_eq!(pool_out("MaxPool", &x, a()), (vec![1, 1, 0], vec![]));
+    let mut lp = a();
+    lp.push(int("p", 2));
+    assert_eq!(pool_out("LpPool", &x, lp), (vec![1, 1, 0], vec![]));
+}

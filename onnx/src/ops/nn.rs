@@ -546,6 +546,7 @@ fn pool_float<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, kind: Pool) -> R<Vec<Tensor<'
             // ceil mode, pad the end so every window lies in the padding (the
             // taps past it hold zeros, as the ones past the input do).
             if ceil {
+                let mut outs = Vec::with_capacity(sizes.len());
                 for (i, &size) in sizes.iter().enumerate() {
                     let span = (s.kernel[i] - 1) * s.dilations[i] + 1;
                     let padded = size + s.begin[i] + s.end[i];
@@ -567,6 +568,15 @@ fn pool_float<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, kind: Pool) -> R<Vec<Tensor<'
                     if out > 0 {
                         s.end[i] += ((out - 1) * s.strides[i] + span).saturating_sub(padded);
                     }
+                    outs.push(Dim::Fixed(out));
+                }
+                if outs.contains(&Dim::Fixed(0)) {
+                    // No window along some dim: an empty output.
+                    let xs = x.shape().0;
+                    let mut dims = vec![xs[0].clone(), xs[1].clone()];
+                    dims.extend(outs);
+                    let zero = n.scalar(0.0, x.dtype())?;
+                    return Ok(vec![zero.broadcast_to(Shape(dims)).k()?]);
                 }
             }
             let xp = pow_abs(x, p)?;
