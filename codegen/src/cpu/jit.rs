@@ -456,6 +456,15 @@ impl Jit {
             })
     }
 
+    /// Frees the machine code of every function compiled here.
+    ///
+    /// # Safety
+    /// No function of this module may run, or be called, afterwards.
+    pub(crate) unsafe fn free(self) {
+        // SAFETY: the caller guarantees no compiled function is used again.
+        unsafe { self.module.free_memory() }
+    }
+
     /// The entry point of a compiled kernel (after [`Jit::finalize`]).
     pub(crate) fn function(&self, id: FuncId) -> KernelFn {
         let p = self.module.get_finalized_function(id);

@@ -63,7 +63,9 @@ impl Default for CpuBackend {
 
 /// A kernel program compiled for the CPU.
 pub struct CpuExecutable {
-    _jit: Jit,
+    /// The machine code, freed when the executable is dropped (a JIT
+    /// module's memory is not freed by dropping it).
+    jit: std::mem::ManuallyDrop<Jit>,
     program: KernelProgram,
     exec: Exec,
     /// The kernel of each host step (by step index).
@@ -82,6 +84,15 @@ pub struct KernelTime {
     pub start: std::time::Instant,
     /// How long it ran.
     pub duration: std::time::Duration,
+}
+
+impl Drop for CpuExecutable {
+    fn drop(&mut self) {
+        // SAFETY: `jit` is taken once, here, and never used again; the
+        // only callers of its code are this executable's steps, which
+        // cannot run once it is being dropped.
+        unsafe { std::mem::ManuallyDrop::take(&mut self.jit).free() }
+    }
 }
 
 // SAFETY: the raw pointers in `table` are rewritten at the start of every run
@@ -410,7 +421,7 @@ impl Backend for CpuBackend {
         })?;
         arena.resize(words, 0);
         Ok(CpuExecutable {
-            _jit: jit,
+            jit: std::mem::ManuallyDrop::new(jit),
             exec: Exec::new(steps, self.threads),
             host,
             arena,
