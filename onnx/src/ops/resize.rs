@@ -205,9 +205,12 @@ fn taps(s: &Spec, input: usize, output: usize, scale: f64, roi: Option<(f64, f64
 /// The antialiased kernel's half-width in input samples (the kernel is
 /// stretched by `1 / scale` when downsampling), and the most taps a row
 /// can have.
-fn antialias_support(s: &Spec, scale: f64) -> (f64, usize) {
-    let half = if s.mode == "cubic" { 2.0 } else { 1.0 };
-    let support = half / scale.min(1.0);
+/// In `f32`, as ONNX Runtime computes it (the window's ends are floors of
+/// `f32` sums there).
+fn antialias_support(s: &Spec, scale: f64) -> (f32, usize) {
+    let half: f32 = if s.mode == "cubic" { 2.0 } else { 1.0 };
+    let stretch = 1.0 / scale as f32;
+    let support = if stretch >= 1.0 { half * stretch } else { half };
     (support, support.ceil() as usize * 2 + 1)
 }
 
@@ -238,9 +241,10 @@ fn antialias_taps(s: &Spec, x: f64, input: usize, scale: f64) -> (Vec<usize>, Ve
     };
     let (support, window) = antialias_support(s, scale);
     let inv = scale.min(1.0);
-    let center = x + 0.5;
-    let lo = (center - support + 0.5).floor() as i64;
-    let hi = lo + (((center + support + 0.5).floor() as i64) - lo).clamp(0, window as i64);
+    let center32 = 0.5 + x as f32;
+    let lo = (center32 - support + 0.5).floor() as i64;
+    let hi = lo + (((center32 + support + 0.5).floor() as i64) - lo).clamp(0, window as i64);
+    let center = center32 as f64;
     let (lo_in, hi_in) = (lo.clamp(0, input as i64), hi.clamp(0, input as i64));
     let mut weights = vec![0.0; (hi_in - lo_in).max(0) as usize];
     let mut total = 0.0;
