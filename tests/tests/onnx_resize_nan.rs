@@ -323,6 +323,41 @@ fn align_corners_downsample_keeps_infinity_local() {
     check(&m, &x, &[1, 1, 3, 3], &expected);
 }
 
+/// Antialiased linear downsampling 8 -> 3: each output reads the stretched
+/// kernel's window (about 5 samples), so a NaN at 2 reaches the two
+/// outputs whose windows hold it and not the third.
+#[test]
+fn antialias_linear_nan_stays_in_its_windows() {
+    let m = resize_model(
+        &[1, 1, 1, 8],
+        &[Attr::Str("mode", "linear"), Attr::Int("antialias", 1)],
+        Target::Sizes(&[1, 1, 1, 3]),
+        &[],
+    );
+    let x = input(&[1, 1, 1, 8], &[(2, NAN)]);
+    // ONNX Runtime 1.23.2's output for this model and input.
+    let expected = [NAN, NAN, 4.011_627_7];
+    check(&m, &x, &[1, 1, 1, 3], &expected);
+}
+
+/// Antialiased cubic downsampling 8 -> 3 with +inf at the last sample: the
+/// middle output's window reaches it through the kernel's negative lobe
+/// (-inf), the last one through its positive centre (+inf), and the first
+/// window stops short of it.
+#[test]
+fn antialias_cubic_infinity_keeps_the_kernel_sign() {
+    let m = resize_model(
+        &[1, 1, 1, 8],
+        &[Attr::Str("mode", "cubic"), Attr::Int("antialias", 1)],
+        Target::Sizes(&[1, 1, 1, 3]),
+        &[],
+    );
+    let x = input(&[1, 1, 1, 8], &[(7, INF)]);
+    // ONNX Runtime 1.23.2's output for this model and input.
+    let expected = [1.394_029_1, -INF, INF];
+    check(&m, &x, &[1, 1, 1, 3], &expected);
+}
+
 /// The tap tables stay bounded at import: an output of 5,000,000 positions
 /// along one axis is refused with an error naming the tables and the node.
 #[test]
