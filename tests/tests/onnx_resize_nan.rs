@@ -1,7 +1,8 @@
 //! ONNX `Resize` with NaN and infinities in the input (issue 17, bug 4):
-//! each output reads only its own taps (2 per axis for linear, 4 for cubic,
-//! the stretched kernel's window when antialiasing, one for nearest), so a NaN or an infinity reaches only the outputs whose
-//! taps read it — taps of weight zero included, as ONNX Runtime reads them
+//! each output reads only its own taps (2 per axis for linear, 4 for
+//! cubic, the stretched kernel's window when antialiasing, one for
+//! nearest), so a NaN or an infinity reaches only the outputs whose taps
+//! read it — taps of weight zero included, as ONNX Runtime reads them
 //! (`0 * inf` is NaN there too). Each test builds a one-node model, imports
 //! it, runs it on the reference interpreter and on the CPU backend, and
 //! checks the exact NaN positions, the infinities and the values against
