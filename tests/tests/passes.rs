@@ -117,3 +117,26 @@ fn identities_and_dead_code_disappear() {
     assert!(lines[2].starts_with("z = mul(x, "), "{opt}");
     assert!(lines.iter().any(|l| l.contains("value=[5.0]")), "{opt}");
 }
+
+#[test]
+fn a_zero_scale_is_not_folded_into_the_weights() {
+    // (x @ w) * 0 is NaN where x @ w overflows; x @ (w * 0) would be 0.
+    use kiln::prelude::*;
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, [1, 2]).unwrap();
+    let w = g
+        .constant(Array::from_vec(vec![2, 2], vec![1e30f32, 1.0, 1e30, 1.0]).unwrap())
+        .unwrap();
+    let k = g
+        .constant(Array::from_vec(vec![2], vec![0.0f32, 2.0]).unwrap())
+        .unwrap();
+    g.output(x.matmul(w).unwrap().mul(k).unwrap()).unwrap();
+    let graph = g.into_graph();
+    let feed = Array::from_vec(vec![1, 2], vec![1e10f32, 1e10]).unwrap();
+    for device in [Device::Reference, Device::Cpu] {
+        let mut s = Session::new(&graph, device).unwrap();
+        let y = s.run_outputs(&[("x", &feed)]).unwrap().remove(0).1;
+        let y = y.to_f64_vec();
+        assert!(y[0].is_nan() && y[1] == 4e10, "{device:?}: {y:?}");
+    }
+}

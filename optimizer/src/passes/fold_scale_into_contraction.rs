@@ -5,7 +5,9 @@
 //! last dim. With `simplify_algebra`'s reassociation and distribution this
 //! folds inference batch norm into the preceding conv or matmul.
 //!
-//! Deliberately not done: scales that vary along other dims, weights that
+//! Deliberately not done: scales that hold a zero or a non-finite value
+//! (folding them would change where NaN appears: `(x @ w) * 0` is NaN
+//! where `x @ w` overflows, `x @ (w * 0)` is 0), scales that vary along other dims, weights that
 //! are not constants (run `freeze_variables` first for inference), and
 //! contractions with several users (the unscaled value is still needed).
 
@@ -65,6 +67,12 @@ impl Pass for FoldScaleIntoContraction {
                     rb.copy(id)?;
                     continue;
                 };
+                // A zero or non-finite scale stays: `(x @ w) * 0` is NaN
+                // where `x @ w` is infinite, `x @ (w * 0)` is not.
+                if kv.to_f64_vec().iter().any(|v| *v == 0.0 || !v.is_finite()) {
+                    rb.copy(id)?;
+                    continue;
+                }
                 let out_ty = &g.node(c).ty;
                 let (axis, w_axis) = match g.node(c).op {
                     Op::Conv2d { .. } => (1, 0),
