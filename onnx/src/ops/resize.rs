@@ -175,12 +175,14 @@ fn interpolation_taps(s: &Spec, x: f64, input: usize) -> R<(Vec<usize>, Vec<f64>
 /// For each output position along one axis: its taps and weights (see
 /// [`Row`]).
 fn taps(s: &Spec, input: usize, output: usize, scale: f64, roi: Option<(f64, f64)>) -> R<Vec<Row>> {
-    // The number of taps of a row, as the table's width: 1 (nearest), 2
-    // (linear), 4 (cubic), the stretched window when antialiasing.
     if !matches!(s.mode.as_str(), "nearest" | "linear" | "cubic") {
         return Err(format!("unknown mode '{}'", s.mode));
     }
-    let width = if s.antialias {
+    // Antialiasing stretches the linear and cubic kernels only.
+    let antialias = s.antialias && s.mode != "nearest";
+    // The number of taps of a row, as the table's width: 1 (nearest), 2
+    // (linear), 4 (cubic), the stretched window when antialiasing.
+    let width = if antialias {
         antialias_support(s, scale).1
     } else {
         4
@@ -191,7 +193,7 @@ fn taps(s: &Spec, input: usize, output: usize, scale: f64, roi: Option<(f64, f64
         let (x, outside) = coordinate_f32(s, y, input, output, scale, roi)?;
         rows.push(if outside {
             None
-        } else if s.antialias {
+        } else if antialias {
             // ONNX Runtime centres an axis of scale 1 on the output index.
             let x = if scale as f32 == 1.0 { y as f64 } else { x };
             Some(antialias_taps(s, x, input, scale))
