@@ -51,11 +51,15 @@ def worker(w: int, jobs: int, a: dict, names: list[str], queue) -> None:
             queue.put(None)
 
 
-def table(stats: dict, divs: dict) -> str:
-    cols = ["generated"] + list(OUTCOMES)
+def table(stats: dict, divs: dict, fam_divs: dict | None = None) -> str:
+    """The per-family table (every outcome, and `compared`: the mutants
+    both ORT and kiln ran), then the explained count of each expected
+    divergence, in total and per family."""
+    cols = ["generated"] + list(OUTCOMES[:2]) + ["compared"] + list(OUTCOMES[2:])
     short = {"generated": "gen", "checker_invalid": "invalid", "ort_rejected": "ort_rej",
-             "agree": "agree", "explained": "explnd", "mismatch": "mismatch", "refused": "refused",
-             "crash": "crash", "hang": "hang", "panic": "panic", "gen_error": "gen_err"}
+             "compared": "compared", "agree": "agree", "explained": "explnd",
+             "mismatch": "mismatch", "refused": "refused", "crash": "crash", "hang": "hang",
+             "panic": "panic", "gen_error": "gen_err"}
     w = max(len(f) for f in list(stats) + ["family"])
     lines = ["family".ljust(w) + "".join(short[c].rjust(9) for c in cols)]
     for fam, st in list(stats.items()):
@@ -64,7 +68,8 @@ def table(stats: dict, divs: dict) -> str:
         lines.append("")
         lines.append("explained, per expected divergence:")
         for d, n in sorted(divs.items()):
-            lines.append(f"  {d}: {n}")
+            per = ", ".join(f"{f} {fd[d]}" for f, fd in (fam_divs or {}).items() if fd.get(d))
+            lines.append(f"  {d}: {n}" + (f" ({per})" if per else ""))
     return "\n".join(lines)
 
 
@@ -199,7 +204,11 @@ def main(argv=None) -> int:
     totals["compared"] = sum(totals.get(c, 0) for c in ("agree", "explained", "mismatch"))
     shown = dict(stats)
     shown["TOTAL"] = totals
-    print(table({k: v for k, v in shown.items() if v["generated"] or k == "TOTAL"}, divs))
+    print(table({k: v for k, v in shown.items() if v["generated"] or k == "TOTAL"}, divs, fam_divs))
+    for fam, st in shown.items():
+        counted = sum(st.get(c, 0) for c in OUTCOMES)
+        if counted != st["generated"]:
+            print(f"WARNING: {fam}: outcomes add up to {counted}, {st['generated']} generated")
     rate = done / elapsed if elapsed else 0.0
     print(f"{done} mutants in {elapsed:.1f} s ({rate:.2f}/s, {jobs} jobs), seed {a.seed}")
     summary = {"seed": a.seed, "jobs": jobs, "mutants": done, "seconds": round(elapsed, 2),

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from . import truth
-from .compare import compare, compare_outputs
+from .compare import compare, compare_outputs, tolerance_for_dtype
 from .mutate import Case, attr
 
 
@@ -58,9 +58,10 @@ class Ctx:
         if w.dtype.kind != "f":
             return g != w
         g64, w64 = g.astype(np.float64), w.astype(np.float64)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
+            # infinities only equal themselves (|x - inf| <= 1e-4 * inf holds)
             same = (g64 == w64) | (np.isnan(g64) & np.isnan(w64)) | \
-                   (np.abs(g64 - w64) <= 1e-5 + 1e-4 * np.abs(w64))
+                   (np.isfinite(g64) & np.isfinite(w64) & (np.abs(g64 - w64) <= 1e-5 + 1e-4 * np.abs(w64)))
         return ~same
 
 
@@ -239,7 +240,20 @@ def _mvn_spec(ctx: Ctx) -> bool:
     if n is None:
         return False
     x = _first_input(ctx)
-    return _kiln_right_ort_wrong(ctx, truth.mvn(x, attr(n, "axes") or [0, 2, 3]))
+    want = truth.mvn(x, attr(n, "axes") or [0, 2, 3])
+    if _kiln_right_ort_wrong(ctx, want):
+        return True
+    # else: elementwise, where kiln and ORT differ (the rest may overflow
+    # for both alike, the f32 variance of |x| > 1e19 being inf)
+    m = ctx.diff_mask(0)
+    if m is None or not m.any():
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = want.astype(ctx.kiln[0].dtype)
+    tol = ctx.case.tol
+    k_ok = _elementwise_agree(ctx.kiln[0], want, tol.rtol, tol.atol)
+    o_ok = _elementwise_agree(ctx.ort[0], want, tol.rtol, tol.atol)
+    return not (m & ~(k_ok & ~o_ok)).any()
 
 
 def _norm_spec(ctx: Ctx) -> bool:
@@ -279,24 +293,54 @@ def _activation_limit(ctx: Ctx) -> bool:
     return bool(np.all(ctx.kiln[0][m].astype(np.float64) == want[m]))
 
 
-def _contraction_overflow(ctx: Ctx) -> bool:
-    contractions = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}
-    if not (ctx.case.ops() & contractions):
-        return False
-    huge = any((np.abs(v[np.isfinite(v)]) > 1e30).any() or not np.isfinite(v).all()
-               for v in ctx.case.float_values())
-    if not huge or ctx.kiln is None:
-        return False
+CONTRACTIONS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}
+
+
+def _kiln_is_float64(ctx: Ctx, both_nonfinite: bool, or_reference: bool = False) -> bool:
+    """kiln and ORT differ somewhere, and at every element where they do,
+    kiln's value is the model evaluated in float64 (oracle.run_float64),
+    rounded to the output type (with `both_nonfinite`, an element where
+    both sides are NaN or infinite passes too; with `or_reference`, one
+    where kiln is the reference evaluator's value)."""
+    from .oracle import run_float64
+    wide = None
+    any_diff = False
     for i, (k, o) in enumerate(zip(ctx.kiln, ctx.ort)):
         m = ctx.diff_mask(i)
         if m is None:
             return False
-        with np.errstate(invalid="ignore"):
-            kx = ~np.isfinite(k) | (np.abs(k.astype(np.float64)) > 1e37)
-            ox = ~np.isfinite(o) | (np.abs(o.astype(np.float64)) > 1e37)
-        if (m & ~(kx & ox)).any():
+        if not m.any():
+            continue
+        any_diff = True
+        if k.dtype.kind != "f":
             return False
-    return True
+        ok = ~np.isfinite(k) & ~np.isfinite(o) if both_nonfinite else np.zeros(k.shape, bool)
+        if or_reference and ctx.ref is not None and i < len(ctx.ref) and ctx.ref[i].shape == k.shape:
+            rtol, atol = tolerance_for_dtype(k.dtype, ctx.case.tol).for_output(ctx.ref[i])
+            ok |= _elementwise_agree(k, ctx.ref[i], rtol, atol)
+        if (m & ~ok).any():
+            if wide is None:
+                try:
+                    wide = run_float64(ctx.case.model, ctx.case.inputs)
+                except Exception:
+                    return False
+            with np.errstate(over="ignore", invalid="ignore"):
+                want = np.asarray(wide[i]).astype(k.dtype)
+            if want.shape != k.shape:
+                return False
+            rtol, atol = tolerance_for_dtype(k.dtype, ctx.case.tol).for_output(want)
+            ok |= _elementwise_agree(k, want, rtol, atol)
+            if (m & ~ok).any():
+                return False
+    return any_diff
+
+
+def _contraction_overflow(ctx: Ctx) -> bool:
+    """A model with a contraction over huge or non-finite values, kiln
+    being the float64 answer (or both sides non-finite) where it differs."""
+    if not (ctx.case.ops() & CONTRACTIONS) or ctx.kiln is None or not _huge_or_nonfinite(ctx):
+        return False
+    return _kiln_is_float64(ctx, both_nonfinite=True)
 
 
 def _nan_in_select(ctx: Ctx) -> bool:
@@ -362,17 +406,52 @@ def _rnn_hardsigmoid_default(ctx: Ctx) -> bool:
     return False
 
 
-def _rnn_nan(ctx: Ctx) -> bool:
-    """RNN/GRU/LSTM over NaN input: kiln propagates it; ORT's activation
-    kernels clamp their argument and can turn NaN into a number."""
+def _elementwise_agree(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    """Per element: `got` equals the float64 `want` under the compare rule
+    (NaN where NaN, the same infinity, else within atol + rtol*|want|)."""
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (np.isnan(g) & np.isnan(w)) | (g == w) | (
+            np.isfinite(g) & np.isfinite(w) & (np.abs(g - w) <= atol + rtol * np.abs(w)))
+
+
+def _huge_or_nonfinite(ctx: Ctx, limit: float = 1e30) -> bool:
+    """Some float input or initializer is non-finite or larger than `limit`."""
+    for v in ctx.case.float_values():
+        v = v.astype(np.float64)
+        if not np.isfinite(v).all() or (np.abs(v) > limit).any():
+            return True
+    return False
+
+
+def _rnn_ieee(ctx: Ctx) -> bool:
+    """RNN/GRU/LSTM over non-finite or huge values: at every element where
+    kiln and ORT differ, kiln's value is what the spec's cell equations give
+    evaluated with IEEE semantics (truth.recurrent) in float64, or in
+    float32 with each product rounded before the sum."""
     n = _single(ctx, "RNN", "GRU", "LSTM")
-    if n is None or not ctx.case.has_nan() or ctx.kiln is None:
+    if n is None or ctx.kiln is None or not _huge_or_nonfinite(ctx):
         return False
+    ins = list(n.input) + [""] * 8
+    if ins[4]:
+        return False  # sequence_lens: not transcribed
+    vals = [ctx.case.value(i) if i else None for i in ins[:8]]
+    attrs = {a.name: attr(n, a.name) for a in n.attribute}
+    truths = [truth.recurrent(n.op_type, vals[0], vals[1], vals[2], vals[3], vals[5], vals[6],
+                              vals[7], attrs, dt) for dt in (np.float64, np.float32)]
+    rtol, atol = ctx.case.tol.rtol, ctx.case.tol.atol
+    any_diff = False
     for i, k in enumerate(ctx.kiln):
         m = ctx.diff_mask(i)
-        if m is None or (m & ~np.isnan(k)).any():
+        if m is None or any(t[i].shape != k.shape for t in truths):
             return False
-    return True
+        ok = np.zeros(k.shape, bool)
+        for t in truths:
+            ok |= _elementwise_agree(k, t[i], rtol, atol)
+        if (m & ~ok).any():
+            return False
+        any_diff |= bool(m.any())
+    return any_diff
 
 
 def _resize_ort_off(ctx: Ctx) -> bool:
@@ -400,8 +479,30 @@ def _norm_overflow(ctx: Ctx) -> bool:
     x = _first_input(ctx).astype(np.float64)
     if not (np.abs(x[np.isfinite(x)]) > 1e18).any():
         return False
-    m = ctx.diff_mask(0)
-    return m is not None and not (m & ~(np.isnan(ctx.ort[0]) & np.isfinite(ctx.kiln[0]))).any()
+    for i, o in enumerate(ctx.ort):
+        m = ctx.diff_mask(i)
+        if m is None or o.dtype.kind != "f" or (m & ~np.isnan(o)).any():
+            return False
+    return _kiln_is_float64(ctx, both_nonfinite=False, or_reference=True)
+
+
+#: The reductions whose ONNX function body transforms the input before summing.
+TRANSFORMING_REDUCTIONS = ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
+                           "ReduceLogSumExp")
+
+
+def _reduce_noop_transform(ctx: Ctx) -> bool:
+    n = _single(ctx, *TRANSFORMING_REDUCTIONS)
+    if n is None or ctx.kiln is None or not attr(n, "noop_with_empty_axes", 0):
+        return False
+    if attr(n, "axes") is not None:
+        return False  # opset < 18 form: axes is an attribute
+    if len(n.input) > 1 and n.input[1]:
+        axes = ctx.case.value(n.input[1])
+        if axes is None or axes.size:
+            return False
+    x = _first_input(ctx)
+    return ctx.kiln_is_reference() and np.array_equal(ctx.ort[0], x, equal_nan=True)
 
 
 def _cast_out_of_range(ctx: Ctx) -> bool:
@@ -486,7 +587,8 @@ DIVERGENCES: list[Divergence] = [
     Divergence(
         "mvn_spec", "MeanVarianceNormalization",
         "kiln matches the function body (x - mean) / (sqrt(var) + 1e-9) computed in float64 and "
-        "ORT does not (typically a slice with zero variance: ORT NaN, the spec 0).",
+        "ORT does not (typically a slice with zero variance: ORT NaN, the spec 0), over the "
+        "whole output or at every element where the two differ.",
         "ORT evaluates var = E[x^2] - E[x]^2 in f32, which can come out negative for a constant "
         "slice, and sqrt gives NaN; the spec's value is 0. kiln follows the spec.",
         _mvn_spec),
@@ -530,19 +632,40 @@ DIVERGENCES: list[Divergence] = [
         _activation_limit),
     Divergence(
         "contraction_overflow", "Conv, ConvTranspose, Gemm, MatMul, Einsum (and chains with one)",
-        "Inputs with |x| > 1e30 or non-finite values, and outputs differ only where both sides "
-        "are non-finite or beyond 1e37 (say -inf against NaN, or -inf against -1.9e38).",
-        "The order of a float sum is unspecified: once a product overflows, inf - inf = NaN or "
-        "a finite result from fused multiply-adds depends on the blocking. Neither side is "
-        "wrong; kiln does not promise a summation order.",
+        "The model holds a contraction, its inputs or weights hold |x| > 1e30 or non-finite "
+        "values, and at every element where kiln and ORT differ, kiln's value is the model "
+        "evaluated in float64 (ORT on a float64 copy of the model, or the reference evaluator "
+        "where ORT has no double kernel), rounded to the output type, or both sides are "
+        "non-finite (say -inf against NaN).",
+        "kiln's optimizer folds constant scales into contraction weights ((x @ w) * c -> "
+        "x @ (w * c), batch norm into conv), so where ORT's unscaled f32 product overflows "
+        "kiln's scaled one may not, and kiln's reference interpreter accumulates in f64: "
+        "kiln's answer is then the float64 one. Once a product does overflow, inf - inf = NaN "
+        "or an infinity depends on the summation order and fused multiply-adds, which neither "
+        "side promises.",
         _contraction_overflow),
     Divergence(
         "norm_overflow", "LayerNormalization, InstanceNormalization, GroupNormalization, MVN",
-        "Input with a finite |x| > 1e18 (x*x overflows f32), and outputs differ only where ORT "
-        "is NaN and kiln finite.",
-        "The true normalized value is finite; ORT squares in f32 and overflows (inf - inf); "
-        "kiln's result is the finite one.",
+        "The model holds one of these normalizations, its input a finite |x| > 1e18 (x*x "
+        "overflows f32), and at every element where kiln and ORT differ, ORT's value is NaN and "
+        "kiln's is the model evaluated in float64 (ORT on a float64 copy of the model, else the "
+        "reference evaluator), rounded to the output type, or the reference evaluator's value.",
+        "ORT computes the variance as E[x^2] - E[x]^2 in f32, which overflows to inf - inf = "
+        "NaN. kiln computes the two-pass variance of the function body (LayerNormalization's "
+        "stash_type is float32): where (x - mean)^2 still overflows, the variance is inf and "
+        "the normalized value 0, exactly as the function body evaluated in f32 by the "
+        "reference evaluator gives; otherwise the float64 answer.",
         _norm_overflow),
+    Divergence(
+        "reduce_noop_function_body", "ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum, "
+        "ReduceLogSumExp",
+        "A single such reduction with noop_with_empty_axes=1 and no axes (absent or empty), "
+        "kiln's output is the reference evaluator's, and ORT's output equals the input.",
+        "The spec's prose says an empty axes list with noop_with_empty_axes makes the op an "
+        "identity; the ops' ONNX function bodies (and onnx.reference) still apply the "
+        "elementwise part (|x|, x*x, log, exp) and reduce over nothing, so ReduceL1 gives |x|. "
+        "kiln follows the function bodies and the reference evaluator; ORT returns the input.",
+        _reduce_noop_transform),
     Divergence(
         "cast_float_to_int_out_of_range", "Cast",
         "A float input element is NaN, infinite or outside the target integer type's range "
@@ -566,11 +689,19 @@ DIVERGENCES: list[Divergence] = [
         "0. kiln follows the spec.",
         _rnn_hardsigmoid_default),
     Divergence(
-        "rnn_nan", "RNN, GRU, LSTM",
-        "The inputs hold NaN and kiln's differing outputs are all NaN.",
-        "kiln propagates NaN through the gates (numpy semantics); ORT's activation kernels clamp "
-        "their argument and can turn NaN into a number.",
-        _rnn_nan),
+        "rnn_nonfinite", "RNN, GRU, LSTM",
+        "A single RNN/GRU/LSTM (no sequence_lens) whose inputs or weights hold non-finite values "
+        "or |x| > 1e30, and at every element where kiln and ORT differ, kiln's value is the one "
+        "the spec's cell equations give under IEEE arithmetic (a direct numpy transcription, "
+        "truth.recurrent), evaluated in float64 or in float32 with each product rounded before "
+        "the sum.",
+        "inf * 0 and inf - inf are NaN (IEEE), and kiln propagates NaN through the gates as "
+        "numpy does; ORT's activation kernels clamp their argument with min/max, which turns "
+        "NaN into a number. Where a float32 product overflows, whether the sum is NaN or "
+        "infinite depends on fused multiply-adds, which neither side promises. An omitted "
+        "initial_h/initial_c contributes an exact zero term (the spec's 'assumed to be 0'), in "
+        "kiln and in the transcription.",
+        _rnn_ieee),
     Divergence(
         "reduce_empty", "Reduce*",
         "The input has a zero-size dimension.",

@@ -188,3 +188,145 @@ def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     xf, sf = x.astype(np.float64), slope.astype(np.float64)
     with np.errstate(all="ignore"):
         return np.where(np.isnan(xf), np.nan, np.where(xf < 0, sf * xf, xf + 0 * np.zeros_like(sf)))
+
+
+def _rnn_act(name: str, alpha, beta):
+    """One activation of the recurrent ops, IEEE semantics (NaN propagates,
+    ±inf gives the formula's value)."""
+    name = name.lower()
+    if name == "relu":
+        return lambda x: np.maximum(x, 0)
+    if name == "tanh":
+        return np.tanh
+    if name == "sigmoid":
+        return lambda x: 1 / (1 + np.exp(-x))
+    if name == "affine":
+        return lambda x: alpha(1.0) * x + beta(0.0)
+    if name == "leakyrelu":
+        a = alpha(0.01)
+        return lambda x: np.where(x >= 0, x, a * x)
+    if name == "thresholdedrelu":
+        a = alpha(1.0)
+        return lambda x: np.where(x > a, x, x * 0)
+    if name == "scaledtanh":
+        a, b = alpha(1.0), beta(1.0)
+        return lambda x: a * np.tanh(b * x)
+    if name == "hardsigmoid":
+        a, b = alpha(0.2), beta(0.5)
+        return lambda x: np.minimum(np.maximum(a * x + b, 0), 1)
+    if name == "elu":
+        a = alpha(1.0)
+        return lambda x: np.where(x >= 0, x, a * (np.exp(x) - 1))
+    if name == "softsign":
+        return lambda x: x / (1 + np.abs(x))
+    if name == "softplus":
+        return lambda x: np.log(1 + np.exp(x))
+    raise ValueError(f"activation {name}")
+
+
+def _dot(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
+    """a @ bt.T with every product rounded to the dtype before the sum (no
+    fused multiply-add), so that f32 overflow of a product shows as inf."""
+    return (a[:, None, :] * bt[None, :, :]).sum(axis=-1)
+
+
+def recurrent(op: str, x, w, r, b=None, h0=None, c0=None, p=None, attrs=None,
+              dtype=np.float64) -> list[np.ndarray]:
+    """RNN / GRU / LSTM by the spec's cell equations (no sequence_lens),
+    evaluated elementwise-IEEE in `dtype` (NaN propagates through every
+    activation, inf * 0 is NaN): returns [Y, Y_h] (+ [Y_c] for LSTM).
+
+    Readings shared with kiln and ONNX Runtime, where the spec is loose:
+    an omitted initial_h / initial_c contributes an exact zero term (the
+    spec's "assumed to be 0"), `clip` bounds every gate's pre-activation,
+    activation_alpha/beta are consumed in order by the activations that
+    take parameters, and one activation list for a bidirectional node
+    serves both directions."""
+    attrs = attrs or {}
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[op]
+    layout = attrs.get("layout", 0) or 0
+    direction = attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else (direction or "forward")
+    nd = 2 if direction == "bidirectional" else 1
+    cast = (lambda v: None if v is None else np.asarray(v).astype(dtype))
+    x, w, r, b, h0, c0, p = map(cast, (x, w, r, b, h0, c0, p))
+    if layout == 1:
+        x = x.transpose(1, 0, 2)
+        h0 = None if h0 is None else h0.transpose(1, 0, 2)
+        c0 = None if c0 is None else c0.transpose(1, 0, 2)
+    seq, batch, _ = x.shape
+    hid = r.shape[2]
+    defaults = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}[op]
+    names = [a.decode() if isinstance(a, bytes) else a for a in (attrs.get("activations") or defaults)]
+    if len(names) == len(defaults) and nd == 2:
+        names = names + names
+    alphas = iter(attrs.get("activation_alpha") or [])
+    betas = iter(attrs.get("activation_beta") or [])
+    acts = [_rnn_act(n, lambda d: next(alphas, d), lambda d: next(betas, d)) for n in names]
+    clip = attrs.get("clip")
+    input_forget = bool(attrs.get("input_forget", 0))
+    lbr = bool(attrs.get("linear_before_reset", 0))
+    per = len(defaults)
+    ys, yhs, ycs = [], [], []
+    with np.errstate(all="ignore"):
+        def cl(v):
+            return v if clip is None else np.minimum(np.maximum(v, dtype(-clip)), dtype(clip))
+
+        for d in range(nd):
+            f = acts[d * per:(d + 1) * per]
+            wd, rd = w[d], r[d]
+            wb = b[d][:gates * hid] if b is not None else np.zeros(gates * hid, dtype)
+            rb = b[d][gates * hid:] if b is not None else np.zeros(gates * hid, dtype)
+            H = None if h0 is None else h0[d]
+            C = None if c0 is None else c0[d]
+            pd = None if p is None else p[d]
+            reverse = direction == "reverse" or d == 1
+            y = [None] * seq
+
+            def g(k):
+                return slice(k * hid, (k + 1) * hid)
+
+            for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
+                xt = x[t]
+                xw = _dot(xt, wd)  # [batch, gates*hid]
+                hr = None if H is None else _dot(H, rd)
+                if op == "RNN":
+                    pre = xw + wb + rb if hr is None else xw + hr + wb + rb
+                    H = f[0](cl(pre))
+                elif op == "LSTM":
+                    pre = xw + wb + rb if hr is None else xw + hr + wb + rb
+                    pi = pre[:, g(0)] if pd is None or C is None else pre[:, g(0)] + pd[g(0)] * C
+                    i = f[0](cl(pi))
+                    if input_forget:
+                        fg = 1 - i
+                    else:
+                        pf = pre[:, g(2)] if pd is None or C is None else pre[:, g(2)] + pd[g(2)] * C
+                        fg = f[0](cl(pf))
+                    cc = f[1](cl(pre[:, g(3)]))
+                    C = i * cc if C is None else fg * C + i * cc
+                    po = pre[:, g(1)] if pd is None else pre[:, g(1)] + pd[g(1)] * C
+                    o = f[0](cl(po))
+                    H = o * f[2](C)
+                else:
+                    z = f[0](cl(xw[:, g(0)] + wb[g(0)] + rb[g(0)] + (0 if hr is None else hr[:, g(0)])))
+                    rr = f[0](cl(xw[:, g(1)] + wb[g(1)] + rb[g(1)] + (0 if hr is None else hr[:, g(1)])))
+                    if lbr:
+                        inner = rb[g(2)] if hr is None else hr[:, g(2)] + rb[g(2)]
+                        pre = xw[:, g(2)] + wb[g(2)] + rr * inner
+                    else:
+                        rec = 0 if H is None else _dot(rr * H, rd[g(2)])
+                        pre = xw[:, g(2)] + wb[g(2)] + rb[g(2)] + rec
+                    hh = f[1](cl(pre))
+                    H = (1 - z) * hh if H is None else (1 - z) * hh + z * H
+                y[t] = H
+            ys.append(np.stack(y))
+            yhs.append(H)
+            ycs.append(C)
+    Y = np.stack(ys, axis=1)  # [seq, nd, batch, hid]
+    Yh = np.stack(yhs)
+    out = [Y, Yh]
+    if op == "LSTM":
+        out.append(np.stack(ycs))
+    if layout == 1:
+        out = [out[0].transpose(2, 0, 1, 3)] + [o.transpose(1, 0, 2) for o in out[1:]]
+    return out
