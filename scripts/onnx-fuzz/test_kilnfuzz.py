@@ -150,6 +150,98 @@ class Divergences(unittest.TestCase):
         finite_too = self.ctx(("Softsign", {}), [x], np.array([1.0, -1.0, 0.4], np.float32), ort)
         self.assertIsNone(explain(finite_too, "mismatch"))
 
+    def model_ctx(self, build, inputs, kiln, ort, opset=18):
+        """A Ctx of the graph `build(b, names)` makes over `inputs`."""
+        b = Builder(Gen(1), "t", opset)
+        names = [b.input(f"x{i}", x) for i, x in enumerate(inputs)]
+        for y in build(b, names):
+            b.output(y)
+        case = b.case(sprinkle=False)
+        return Ctx(case=case, ort=[np.asarray(o) for o in ort], kiln=[np.asarray(k) for k in kiln],
+                   kiln_status="ok")
+
+    def test_diff_mask_sees_finite_against_inf(self):
+        x = np.array([1.0, 2.0], np.float32)
+        c = self.ctx(("Relu", {}), [x], np.array([-3e38, 2.0], np.float32),
+                     np.array([-np.inf, 2.0], np.float32))
+        self.assertEqual(c.diff_mask(0).tolist(), [True, False])
+
+    def test_contraction_overflow_is_float64(self):
+        # (q @ k) * 0.5: q @ k overflows f32, kiln folds the scale into k
+        q = np.array([[3e38, 1.0]], np.float32)
+        k = np.array([[1.5, 1.0], [1.0, 1.0]], np.float32)
+
+        def build(b, names):
+            (t,) = b.node("MatMul", names)
+            return b.node("Mul", [t, b.const("s", np.array(0.5, np.float32))])
+        want = (q.astype(np.float64) @ k.astype(np.float64) * 0.5).astype(np.float32)  # 2.25e38, 1.5e38
+        ort = np.array([[np.inf, 1.5e38]], np.float32)
+        ok = self.model_ctx(build, [q, k], [want], [ort])
+        self.assertEqual(explain(ok, "mismatch"), "contraction_overflow")
+        off = self.model_ctx(build, [q, k], [np.array([[1e38, 1.5e38]], np.float32)], [ort])
+        self.assertIsNone(explain(off, "mismatch"))
+        finite = np.array([[3.0, 1.0]], np.float32)
+        small = self.model_ctx(build, [finite, k], [np.array([[9.0, 2.0]], np.float32)],
+                               [np.array([[2.75, 2.0]], np.float32)])
+        self.assertIsNone(explain(small, "mismatch"))
+
+    def test_rnn_transcription_matches_ort(self):
+        g = Gen(5)
+        for op, gates, attrs in (("RNN", 1, {}), ("GRU", 3, {"linear_before_reset": 1}),
+                                 ("GRU", 3, {"direction": "bidirectional"}),
+                                 ("LSTM", 4, {"direction": "reverse", "clip": 0.5}),
+                                 ("LSTM", 4, {"activations": ["Relu", "Sigmoid", "Tanh"]})):
+            nd = 2 if attrs.get("direction") == "bidirectional" else 1
+            x = g.data([3, 2, 3])
+            w, r = g.data([nd, gates * 2, 3], lo=-1, hi=1), g.data([nd, gates * 2, 2], lo=-1, hi=1)
+            bias, h0 = g.data([nd, 4 * gates], lo=-1, hi=1), g.data([nd, 2, 2], lo=-1, hi=1)
+            b = Builder(Gen(1), "t", 14)
+            ins = [b.input("x", x), b.const("w", w), b.const("r", r), b.const("b", bias), "",
+                   b.const("h0", h0)]
+            outs = b.node(op, ins, 2, hidden_size=2, **attrs)
+            for o in outs:
+                b.output(o)
+            got = run_ort(b.case(sprinkle=False).model, [x])
+            want = truth.recurrent(op, x, w, r, bias, h0, None, None,
+                                   {k: (v.encode() if isinstance(v, str) else v) for k, v in attrs.items()})
+            for a, e in zip(got, want):
+                np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5, err_msg=f"{op} {attrs}")
+
+    def test_rnn_nonfinite_needs_ieee_value(self):
+        # x W^T = inf * 0 = NaN in the first step; ORT clamps it into a number
+        x = np.array([[[np.inf]]], np.float32)
+        w = np.array([[[0.0]]], np.float32)
+        r = np.array([[[0.5]]], np.float32)
+
+        def build(b, names):
+            return b.node("RNN", names, 2, hidden_size=1)
+        nan = np.full((1, 1, 1, 1), np.nan, np.float32)
+        ort = [np.full((1, 1, 1, 1), 0.5, np.float32), np.full((1, 1, 1), 0.5, np.float32)]
+        ok = self.model_ctx(build, [x, w, r], [nan, nan[0]], ort)
+        self.assertEqual(explain(ok, "mismatch"), "rnn_nonfinite")
+        wrong = self.model_ctx(build, [x, w, r], [np.full((1, 1, 1, 1), 0.9, np.float32),
+                                                 np.full((1, 1, 1), 0.9, np.float32)], ort)
+        self.assertIsNone(explain(wrong, "mismatch"))
+
+    def test_reduce_noop_only_without_axes(self):
+        x = np.array([[-1.0, 2.0]], np.float32)
+
+        def noop(b, names):
+            return b.node("ReduceL1", [names[0], b.const("axes", np.zeros(0, np.int64))],
+                          noop_with_empty_axes=1)
+        c = self.model_ctx(noop, [x], [np.abs(x)], [x])
+        c.ref = [np.abs(x)]
+        self.assertEqual(explain(c, "mismatch"), "reduce_noop_function_body")
+        c.kiln = [np.array([[1.0, 3.0]], np.float32)]
+        self.assertIsNone(explain(c, "mismatch"))
+
+        def reduce_axis(b, names):
+            return b.node("ReduceL1", [names[0], b.const("axes", np.array([0], np.int64))],
+                          noop_with_empty_axes=1)
+        d = self.model_ctx(reduce_axis, [x], [np.abs(x)], [x])
+        d.ref = [np.abs(x)]
+        self.assertIsNone(explain(d, "mismatch"))
+
     def test_entries_documented_and_unique(self):
         ids = [d.id for d in DIVERGENCES]
         self.assertEqual(len(ids), len(set(ids)))

@@ -296,12 +296,14 @@ def _activation_limit(ctx: Ctx) -> bool:
 CONTRACTIONS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}
 
 
-def _kiln_is_float64(ctx: Ctx, both_nonfinite: bool, or_reference: bool = False) -> bool:
+def _kiln_is_float64(ctx: Ctx, both_nonfinite: bool, or_reference: bool = False,
+                     ort_wrong: bool = False) -> bool:
     """kiln and ORT differ somewhere, and at every element where they do,
     kiln's value is the model evaluated in float64 (oracle.run_float64),
     rounded to the output type (with `both_nonfinite`, an element where
     both sides are NaN or infinite passes too; with `or_reference`, one
-    where kiln is the reference evaluator's value)."""
+    where kiln is the reference evaluator's value). With `ort_wrong`, ORT's
+    value must also be off the float64 one at each of those elements.)"""
     from .oracle import run_float64
     wide = None
     any_diff = False
@@ -330,6 +332,11 @@ def _kiln_is_float64(ctx: Ctx, both_nonfinite: bool, or_reference: bool = False)
                 return False
             rtol, atol = tolerance_for_dtype(k.dtype, ctx.case.tol).for_output(want)
             ok |= _elementwise_agree(k, want, rtol, atol)
+            if ort_wrong:
+                # where the comparison fails, ORT must be off the float64 value
+                r2, a2 = tolerance_for_dtype(o.dtype, ctx.case.tol).for_output(o)
+                failing = ~_elementwise_agree(k, o, r2, a2)
+                ok &= ~failing | ~_elementwise_agree(o, want, rtol, atol)
             if (m & ~ok).any():
                 return False
     return any_diff
@@ -484,6 +491,123 @@ def _norm_overflow(ctx: Ctx) -> bool:
         if m is None or o.dtype.kind != "f" or (m & ~np.isnan(o)).any():
             return False
     return _kiln_is_float64(ctx, both_nonfinite=False, or_reference=True)
+
+
+NORMS = {"LayerNormalization", "InstanceNormalization", "GroupNormalization",
+         "BatchNormalization"}
+
+
+def _norm_float64(ctx: Ctx) -> bool:
+    """A model with a normalization: at every element where kiln and ORT
+    differ, kiln's value is the float64 evaluation of the model, and where
+    they differ beyond the comparison's tolerance ORT's is not."""
+    if not (ctx.case.ops() & NORMS) or ctx.kiln is None:
+        return False
+    return _kiln_is_float64(ctx, both_nonfinite=False, ort_wrong=True)
+
+
+def _softplus_large(ctx: Ctx) -> bool:
+    n = _single(ctx, "Softplus")
+    if n is None or ctx.kiln is None:
+        return False
+    x = _first_input(ctx)
+    m = ctx.diff_mask(0)
+    if m is None or not m.any():
+        return False
+    k, o = ctx.kiln[0], ctx.ort[0]
+    with np.errstate(over="ignore"):
+        want = np.logaddexp(0.0, x.astype(np.float64)).astype(x.dtype)
+    good = np.isfinite(x) & np.isposinf(o) & _elementwise_agree(k, want, ctx.case.tol.rtol, ctx.case.tol.atol)
+    return not (m & ~good).any()
+
+
+def _softmax_nan_row(ctx: Ctx) -> bool:
+    n = _single(ctx, "Softmax", "LogSoftmax")
+    if n is None or ctx.kiln is None or not ctx.case.has_nan() or not ctx.kiln_is_reference():
+        return False
+    m = ctx.diff_mask(0)
+    return m is not None and bool(m.any()) and not (m & ~np.isnan(ctx.kiln[0])).any()
+
+
+REDUCTIONS = ("ReduceProd", "ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2",
+              "ReduceL1", "ReduceLogSum", "ReduceLogSumExp")
+
+
+def _reduce_overflow(ctx: Ctx) -> bool:
+    n = _single(ctx, *REDUCTIONS)
+    if n is None or ctx.kiln is None or _first_input(ctx).dtype.kind != "f" \
+            or not _huge_or_nonfinite(ctx):
+        return False
+    return _kiln_is_float64(ctx, both_nonfinite=False)
+
+
+#: Reductions that sum signed values (their result depends on the order of the sum).
+SUMS = ("ReduceSum", "ReduceMean", "GlobalAveragePool")
+
+
+def _sum_order(ctx: Ctx) -> bool:
+    """A sum over values as large as 1e30 of both signs: kiln and ORT differ
+    only by less than the rounding bound of a float sum in any order,
+    2 n eps sum|x| (n terms), or where that sum of |x| overflows the type."""
+    n = _single(ctx, *SUMS)
+    if n is None or ctx.kiln is None:
+        return False
+    x = _first_input(ctx)
+    if x.dtype.kind != "f" or not x.size or not (np.abs(x[np.isfinite(x)]) > 1e30).any():
+        return False
+    if not np.isfinite(x).all():
+        return False
+    from .oracle import run_reference, to_float64
+    m64, ins = to_float64(ctx.case.model, [np.abs(x)] + list(ctx.case.inputs[1:]))
+    try:
+        s = run_reference(m64, ins)[0].astype(np.float64)  # sum (or mean) of |x| per output
+    except Exception:
+        return False
+    k, o = ctx.kiln[0], ctx.ort[0]
+    d = ctx.diff_mask(0)
+    if d is None or s.shape != k.shape or not d.any():
+        return False
+    terms = x.size // max(k.size, 1)
+    if n.op_type != "ReduceSum":
+        s = s * terms  # the mean's sum of |x|
+    eps = float(np.finfo(x.dtype).eps)
+    big = s > float(np.finfo(x.dtype).max)
+    with np.errstate(invalid="ignore", over="ignore"):
+        gap = np.abs(k.astype(np.float64) - o.astype(np.float64))
+        scale = 1.0 if n.op_type == "ReduceSum" else 1.0 / terms
+        near = np.isfinite(gap) & (gap <= 2 * terms * eps * s * scale)
+    return not (d & ~(near | big)).any()
+
+
+def _nan_through_max(ctx: Ctx) -> bool:
+    """A chain through a max-like selection over NaN: kiln's differing
+    outputs are NaN and depend on a NaN input element (ORT's outputs
+    change when the NaN elements are replaced by -1e4 and by 1e4)."""
+    sel = {"MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Max", "Min"}
+    if not (ctx.case.ops() & sel) or len(ctx.case.nodes()) < 2 or ctx.kiln is None:
+        return False
+    if not ctx.case.has_nan() or ctx.case.has_inf():
+        return False
+    from .oracle import run_ort
+
+    def subst(v):
+        return [np.where(np.isnan(x), v, x).astype(x.dtype) if x.dtype.kind == "f" else x
+                for x in ctx.case.inputs]
+    if any(np.isnan(numpy_helper_value).any() for numpy_helper_value in ctx.case.float_values()[len(ctx.case.inputs):]):
+        return False  # NaN in weights: not substituted
+    try:
+        lo, hi = run_ort(ctx.case.model, subst(-1e4)), run_ort(ctx.case.model, subst(1e4))
+    except Exception:
+        return False
+    for i, k in enumerate(ctx.kiln):
+        m = ctx.diff_mask(i)
+        if m is None or k.dtype.kind != "f":
+            return False
+        with np.errstate(invalid="ignore"):
+            dep = (lo[i] != hi[i]) | ~np.isfinite(lo[i]) | ~np.isfinite(hi[i])
+        if (m & ~(np.isnan(k) & dep)).any():
+            return False
+    return True
 
 
 #: The reductions whose ONNX function body transforms the input before summing.
@@ -656,6 +780,60 @@ DIVERGENCES: list[Divergence] = [
         "the normalized value 0, exactly as the function body evaluated in f32 by the "
         "reference evaluator gives; otherwise the float64 answer.",
         _norm_overflow),
+    Divergence(
+        "norm_float64", "LayerNormalization, InstanceNormalization, GroupNormalization, "
+        "BatchNormalization (and chains with one)",
+        "The model holds one of these normalizations, and at every element where kiln and ORT "
+        "differ, kiln's value is the model evaluated in float64 (rounded to the output type), "
+        "and ORT's is not where the two differ beyond the comparison's tolerance.",
+        "ORT computes the variance as E[x^2] - E[x]^2 in f32, which cancels catastrophically "
+        "when the variance is small against the mean (rows of nearly equal values); kiln "
+        "computes it in two passes, and its result is the float64 one.",
+        _norm_float64),
+    Divergence(
+        "softplus_large", "Softplus",
+        "Outputs differ only where x is finite, ORT gives +inf, and kiln gives log(1 + e^x) "
+        "computed without overflow (about x).",
+        "log(1 + e^x) is finite for every finite x; evaluating e^x first overflows for x > 709 "
+        "(f64), which ORT and the reference evaluator do. kiln computes max(x, 0) + "
+        "log1p(e^-|x|).",
+        _softplus_large),
+    Divergence(
+        "softmax_nan_row", "Softmax, LogSoftmax",
+        "The input holds NaN, kiln's output is the reference evaluator's, and kiln's differing "
+        "values are all NaN.",
+        "A NaN in a softmax row makes the row's normalizing sum NaN, so the whole row is NaN "
+        "(IEEE, numpy, the reference evaluator, kiln); ORT's float64 kernel takes the row max "
+        "with a comparison that skips NaN and gives numbers for the other entries.",
+        _softmax_nan_row),
+    Divergence(
+        "reduce_overflow", "ReduceProd, ReduceSum, ReduceMean, ReduceSumSquare, ReduceL1, "
+        "ReduceL2, ReduceLogSum, ReduceLogSumExp",
+        "A single such reduction over values with |x| > 1e30 or non-finite ones, and at every "
+        "element where kiln and ORT differ, kiln's value is the float64 reduction rounded to "
+        "the output type.",
+        "A partial product or sum can overflow f32 in one order and not in another ((-3e38 * "
+        "-2.3) * 0.5 is inf, -3e38 * (-2.3 * 0.5) is not); the order is unspecified. kiln's "
+        "value is the float64 one; ORT's intermediate overflowed.",
+        _reduce_overflow),
+    Divergence(
+        "sum_order", "ReduceSum, ReduceMean, GlobalAveragePool",
+        "A single such sum over finite inputs with |x| > 1e30, and at every element where kiln "
+        "and ORT differ, they are within the rounding bound of a float sum in any order, "
+        "2 n eps sum|x| (n the number of terms; divided by n for means), or that sum of |x| "
+        "exceeds the type's range (a partial sum may overflow).",
+        "The order of a float sum is unspecified; with terms of 3e38 of both signs, "
+        "cancellation leaves only rounding error, which depends on the order (ORT, numpy and "
+        "kiln all differ from the exact sum). Neither side is wrong.",
+        _sum_order),
+    Divergence(
+        "nan_through_max", "MaxPool, GlobalMaxPool, ReduceMax, ReduceMin, Max, Min in a chain",
+        "A model of several nodes with a max/min selection, NaN (and no inf) in its inputs, and "
+        "at every element where kiln and ORT differ, kiln's value is NaN and depends on a NaN "
+        "input element (ORT's value there changes when the NaN are replaced by -1e4 and by 1e4).",
+        "As nan_in_select: kiln's max/min propagate NaN (numpy's maximum); ORT's skip it, so a "
+        "NaN that kiln carries through the selection to the end of the chain ORT drops.",
+        _nan_through_max),
     Divergence(
         "reduce_noop_function_body", "ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum, "
         "ReduceLogSumExp",
