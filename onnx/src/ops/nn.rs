@@ -3,9 +3,16 @@
 //! - `Conv`: 2-D directly; 1-D as 2-D over a unit height; 3-D as 2-D convs
 //!   over the depth taps stacked into channels (output depths folded into
 //!   the batch, or one conv per depth where the batch is symbolic).
-//!   `ConvTranspose`: zero insertion, padding (or cropping), and a conv
-//!   with the flipped, group-transposed weights; `output_shape`,
-//!   `output_padding` and `auto_pad` decide the padding.
+//!   `ConvTranspose` with a constant, finite weight: zero insertion,
+//!   padding (or cropping), and a conv with the flipped, group-transposed
+//!   weights; otherwise (a weight computed at run time, or holding NaN or
+//!   infinities) by its definition, a matmul of input and weights whose
+//!   products a scatter-add places, so that no inserted or padded zero
+//!   meets a weight (`0 * inf` would be NaN where no input reaches).
+//!   `output_shape`, `output_padding` and `auto_pad` decide the padding;
+//!   SAME splits the total padding (the natural size less `in * stride`)
+//!   as ONNX's reference does (floor halves), a negative total extending
+//!   both ends.
 //! - `MaxPool` (with `Indices` in any spatial rank), `AveragePool`,
 //!   `LpPool`: 2-D directly; 1-D as 2-D over a unit width; 3-D and up as a
 //!   2-D pool over the last two dims, then a pool along each other dim
@@ -401,13 +408,18 @@ fn conv_transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
                 Some(o) => return Err(format!("output_shape {o:?} has fewer than {k} dims")),
                 None => (0..k).map(|i| (sizes[i] * strides[i]) as i64).collect(),
             };
+            let same = auto == "SAME_UPPER" || auto == "SAME_LOWER";
             (0..k)
                 .map(|i| {
                     let total = natural[i] - target[i];
-                    let half = total / 2;
-                    if total < 0 {
-                        // A larger output than the natural one: zeros at the
-                        // end (as ONNX's reference and onnxruntime place them).
+                    // The spec's `total / 2`, as ONNX's reference evaluator
+                    // reads it (floor): for a negative total (a stride
+                    // larger than the dilated kernel) both ends extend.
+                    let half = total.div_euclid(2);
+                    if total < 0 && !same {
+                        // An explicit output_shape larger than the natural
+                        // one without auto_pad: zeros at the end (as ONNX's
+                        // reference and onnxruntime place them).
                         (0, total)
                     } else if auto == "SAME_UPPER" {
                         (half, total - half)
@@ -429,70 +441,195 @@ fn conv_transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         } else {
             return n.unsupported(format!("auto_pad {auto}"));
         };
-    // Zero insertion: [N, C, d0, 1, d1, 1, ...] padded to [.., d, s, ..],
-    // merged to d * s (the trailing s - 1 zeros count as end padding).
-    let xs = x.shape().0;
-    let mut up = x;
-    if strides.iter().any(|&s| s > 1) {
-        let mut dims = vec![xs[0].clone(), xs[1].clone()];
-        let (mut after, mut merged) = (vec![0, 0], vec![xs[0].clone(), xs[1].clone()]);
-        for i in 0..k {
-            dims.extend([Dim::Fixed(sizes[i]), Dim::Fixed(1)]);
-            after.extend([0, strides[i] - 1]);
-            merged.push(Dim::Fixed(sizes[i] * strides[i]));
-        }
-        up = reshape(x, dims)?;
-        up = up.pad(&vec![0; 2 + 2 * k], &after, 0.0).k()?;
-        up = reshape(up, merged)?;
+    let out: Vec<i64> = (0..k).map(|i| natural[i] - begin[i] - end[i]).collect();
+    if let Some(i) = out.iter().position(|&o| o < 0) {
+        return Err(format!(
+            "pads {begin:?} and {end:?} crop spatial dim {i} ({} long) below zero",
+            natural[i]
+        ));
     }
-    // Conv padding per side; negative: crop the (upsampled) input.
-    let mut s = Spatial {
-        kernel: kernel.clone(),
-        strides: vec![1; k],
-        dilations: dil.clone(),
-        begin: vec![0; k],
-        end: vec![0; k],
+    // A constant weight without NaN or infinities: the zero-inserted
+    // input's conv (its inserted and padded zeros times finite weights are
+    // zeros). Otherwise a zero times a NaN or infinite weight would be NaN
+    // where no input reaches: the scatter form multiplies real pairs only.
+    let finite_w = n.inputs[1]
+        .as_ref()
+        .and_then(|v| v.value.as_ref())
+        .is_some_and(|a| a.to_f64_vec().iter().all(|v| v.is_finite()));
+    let t = Transposed {
+        groups,
+        c,
+        mg: ws[1],
+        kernel: &kernel,
+        sizes: &sizes,
+        strides: &strides,
+        dil: &dil,
+        begin: &begin,
+        out: &out,
     };
-    let mut crop = vec![SliceAxis::FULL; k + 2];
-    for i in 0..k {
-        let reach = ((kernel[i] - 1) * dil[i]) as i64;
-        let b = reach - begin[i];
-        let e = reach - end[i] + out_pad[i] as i64 - (strides[i] - 1) as i64;
-        if b < 0 || e < 0 {
-            let len = (sizes[i] * strides[i]) as i64;
-            crop[i + 2] = SliceAxis {
-                start: (-b).max(0),
-                end: len - (-e).max(0),
-                step: 1,
+    let y = if finite_w {
+        t.as_conv(x, w, &end, &out_pad)?
+    } else {
+        t.scatter(n, x, w)?
+    };
+    add_bias(y, n.opt(2)).map(one)
+}
+
+/// A `ConvTranspose`'s sizes: `groups`, input channels `c`, output channels
+/// per group `mg`, and per spatial dim the kernel, input size, stride,
+/// dilation, leading pad (negative: extension) and output size.
+struct Transposed<'a> {
+    groups: usize,
+    c: usize,
+    mg: usize,
+    kernel: &'a [usize],
+    sizes: &'a [usize],
+    strides: &'a [usize],
+    dil: &'a [usize],
+    begin: &'a [i64],
+    out: &'a [i64],
+}
+
+impl Transposed<'_> {
+    /// The transposed conv as a conv: the input gets `stride - 1` zeros
+    /// between elements; a stride-1 conv with the spatially flipped,
+    /// group-transposed weights and padding `dilation * (kernel - 1) - pad`
+    /// (negative: cropped; the end also gets `output_padding`).
+    fn as_conv<'g>(
+        &self,
+        x: Tensor<'g>,
+        w: Tensor<'g>,
+        end: &[i64],
+        out_pad: &[usize],
+    ) -> R<Tensor<'g>> {
+        let (k, sizes, strides, kernel) = (self.sizes.len(), self.sizes, self.strides, self.kernel);
+        let (dil, begin, groups) = (self.dil, self.begin, self.groups);
+        // Zero insertion: [N, C, d0, 1, d1, 1, ...] padded to [.., d, s, ..],
+        // merged to d * s (the trailing s - 1 zeros count as end padding).
+        let xs = x.shape().0;
+        let mut up = x;
+        if strides.iter().any(|&s| s > 1) {
+            let mut dims = vec![xs[0].clone(), xs[1].clone()];
+            let (mut after, mut merged) = (vec![0, 0], vec![xs[0].clone(), xs[1].clone()]);
+            for i in 0..k {
+                dims.extend([Dim::Fixed(sizes[i]), Dim::Fixed(1)]);
+                after.extend([0, strides[i] - 1]);
+                merged.push(Dim::Fixed(sizes[i] * strides[i]));
+            }
+            up = reshape(x, dims)?;
+            up = up.pad(&vec![0; 2 + 2 * k], &after, 0.0).k()?;
+            up = reshape(up, merged)?;
+        }
+        // Conv padding per side; negative: crop the (upsampled) input.
+        let mut s = Spatial {
+            kernel: kernel.to_vec(),
+            strides: vec![1; k],
+            dilations: dil.to_vec(),
+            begin: vec![0; k],
+            end: vec![0; k],
+        };
+        let mut crop = vec![SliceAxis::FULL; k + 2];
+        for i in 0..k {
+            let reach = ((kernel[i] - 1) * dil[i]) as i64;
+            let b = reach - begin[i];
+            let e = reach - end[i] + out_pad[i] as i64 - (strides[i] - 1) as i64;
+            if b < 0 || e < 0 {
+                let len = (sizes[i] * strides[i]) as i64;
+                crop[i + 2] = SliceAxis {
+                    start: (-b).max(0),
+                    end: len - (-e).max(0),
+                    step: 1,
+                };
+            }
+            s.begin[i] = b.max(0) as usize;
+            s.end[i] = e.max(0) as usize;
+        }
+        if crop.iter().any(|a| *a != SliceAxis::FULL) {
+            up = up.slice(&crop).k()?;
+        }
+        // W [C, M/g, k...] -> [g, C/g, M/g, k...] -> [g, M/g, C/g, k...] -> [M, C/g, k...], flipped.
+        let (cg, mg) = (self.c / groups, self.mg);
+        let mut wd = fixed(&[groups, cg, mg]);
+        wd.extend(fixed(kernel));
+        let mut perm = vec![0, 2, 1];
+        perm.extend(3..3 + k);
+        let wt = reshape(w, wd)?.permute(&perm).k()?;
+        let mut wd = fixed(&[groups * mg, cg]);
+        wd.extend(fixed(kernel));
+        let wt = reshape(wt, wd)?;
+        let mut flip = vec![SliceAxis::FULL; k + 2];
+        for f in &mut flip[2..] {
+            *f = SliceAxis {
+                start: -1,
+                end: i64::MIN,
+                step: -1,
             };
         }
-        s.begin[i] = b.max(0) as usize;
-        s.end[i] = e.max(0) as usize;
+        let wt = wt.slice(&flip).k()?;
+        conv_nd(up, wt, &s, groups)
     }
-    if crop.iter().any(|a| *a != SliceAxis::FULL) {
-        up = up.slice(&crop).k()?;
-    }
-    // W [C, M/g, k...] -> [g, C/g, M/g, k...] -> [g, M/g, C/g, k...] -> [M, C/g, k...], flipped.
-    let (cg, mg) = (c / groups, ws[1]);
-    let mut wd = fixed(&[groups, cg, mg]);
-    wd.extend(fixed(&kernel));
-    let mut perm = vec![0, 2, 1];
-    perm.extend(3..3 + k);
-    let wt = reshape(w, wd)?.permute(&perm).k()?;
-    let mut wd = fixed(&[groups * mg, cg]);
-    wd.extend(fixed(&kernel));
-    let wt = reshape(wt, wd)?;
-    let mut flip = vec![SliceAxis::FULL; k + 2];
-    for f in &mut flip[2..] {
-        *f = SliceAxis {
-            start: -1,
-            end: i64::MIN,
-            step: -1,
+
+    /// The transposed conv by its definition: every input element's
+    /// products with the weights (a matmul per group: `[M/g * K, C/g]` by
+    /// `[C/g, in]`), then added into the output by one scatter-add (col2im:
+    /// tap `j` of input position `p` lands at `p * stride + j * dilation -
+    /// begin` per dim; what lands outside the output goes to a spare slot
+    /// that is cut off). Only real input-weight pairs multiply.
+    fn scatter<'g>(&self, n: &Node<'_, 'g>, x: Tensor<'g>, w: Tensor<'g>) -> R<Tensor<'g>> {
+        let k = self.sizes.len();
+        let (g, cg, mg) = (self.groups, self.c / self.groups, self.mg);
+        let taps: usize = self.kernel.iter().product();
+        let inner: usize = self.sizes.iter().product();
+        let nb = x.shape().0[0].clone();
+        let dtype = x.dtype();
+        // kiln's scatter-add is f32/f64: half floats accumulate in f32.
+        let acc = match dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
         };
+        // W [C, M/g, K] as [g, M/g * K, C/g]; X as [N, g, C/g, in].
+        let wt = reshape(w.cast(acc).k()?, fixed(&[g, cg, mg * taps]))?
+            .permute(&[0, 2, 1])
+            .k()?;
+        let mut dims = vec![nb.clone()];
+        dims.extend(fixed(&[g, cg, inner]));
+        let cols = wt.matmul(reshape(x.cast(acc).k()?, dims)?).k()?;
+        // Where tap `kk` of input position `pp` lands: the output's flat
+        // index, or the spare slot `total` past the output.
+        let total = self.out.iter().product::<i64>();
+        super::table_len("the ConvTranspose scatter indices", &[taps, inner])?;
+        let mut idx = Vec::with_capacity(taps * inner);
+        for kk in 0..taps {
+            for pp in 0..inner {
+                let (mut kr, mut pr, mut flat, mut inside) = (kk, pp, 0i64, true);
+                let mut scale = 1i64;
+                for i in (0..k).rev() {
+                    let (j, p) = ((kr % self.kernel[i]) as i64, (pr % self.sizes[i]) as i64);
+                    kr /= self.kernel[i];
+                    pr /= self.sizes[i];
+                    let o = p * self.strides[i] as i64 + j * self.dil[i] as i64 - self.begin[i];
+                    inside &= (0..self.out[i]).contains(&o);
+                    flat += o * scale;
+                    scale *= self.out[i];
+                }
+                idx.push(if inside { flat } else { total });
+            }
+        }
+        // cols [N, g, M/g * K, in] as [N, M, K * in], added into [N, M, total + 1].
+        let mut dims = vec![nb.clone(), Dim::Fixed(g * mg), Dim::Fixed(taps * inner)];
+        let updates = reshape(cols, dims.clone())?;
+        dims[2] = Dim::Fixed(total as usize + 1);
+        let data = n.scalar(0.0, acc)?.broadcast_to(Shape(dims)).k()?;
+        let idx = n.constant(Array::from_vec(vec![idx.len()], idx).expect("1-D"))?;
+        let y = data
+            .scatter_add(idx, updates, 2)
+            .k()?
+            .slice_axis(2, 0, total, 1)
+            .k()?;
+        let mut dims = vec![nb, Dim::Fixed(g * mg)];
+        dims.extend(self.out.iter().map(|&o| Dim::Fixed(o as usize)));
+        reshape(y, dims)?.cast(dtype).k()
     }
-    let wt = wt.slice(&flip).k()?;
-    let y = conv_nd(up, wt, &s, groups)?;
-    add_bias(y, n.opt(2)).map(one)
 }
 
 // ---- pooling ----
@@ -1081,7 +1218,7 @@ fn per_channel<'g>(p: Tensor<'g>, rank: usize, dtype: DType) -> R<Tensor<'g>> {
 }
 
 /// The moments of `x` over `axes` (kept dims): `x - mean`, the mean and the
-/// (biased) variance.
+/// (biased) variance, two-pass (the mean of `(x - mean)^2`).
 fn moments<'g>(x: Tensor<'g>, axes: &[i64]) -> R<(Tensor<'g>, Tensor<'g>, Tensor<'g>)> {
     let mean = x.mean(axes, true).k()?;
     let centered = x.sub(mean).k()?;
@@ -1230,12 +1367,20 @@ fn group_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     y.mul(channel(scale)?).k()?.add(channel(bias)?).k().map(one)
 }
 
-/// `MeanVarianceNormalization`: `(x - mean) / (std + 1e-9)` over `axes`.
+/// `MeanVarianceNormalization`: `(x - mean) / (std + 1e-9)` over `axes`,
+/// the variance as the mean of `(x - mean)^2` (two passes; ONNX's function
+/// body writes `E[x^2] - E[x]^2`, which cancels, and onnxruntime's NaN for
+/// a constant slice comes from there). The rounded mean (its sum rounds,
+/// and kiln's mean multiplies it by `1 / count`) can miss a constant
+/// slice's value by an ulp, which the `1e-9` next to an ulp-sized std
+/// would blow up to about ±1: the mean of the residual, subtracted once
+/// more, makes a constant slice's centered values exactly 0 (its residual
+/// is one value, exact, whose mean is itself).
 fn mvn<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let axes = n.ints("axes").unwrap_or_else(|| vec![0, 2, 3]);
-    let mean = x.mean(&axes, true).k()?;
-    let centered = x.sub(mean).k()?;
+    let rough = x.sub(x.mean(&axes, true).k()?).k()?;
+    let centered = rough.sub(rough.mean(&axes, true).k()?).k()?;
     let std = centered
         .mul(centered)
         .k()?

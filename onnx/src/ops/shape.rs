@@ -597,8 +597,12 @@ fn pad_indices(mode: &str, d: usize, before: i64, after: i64) -> Vec<i64> {
 
 /// Gathers `idx` along axis `a` of `x` as slices: runs of consecutive
 /// indices (forward or backward) become slices, runs of one index a
-/// broadcast of a one-element slice; the parts are concatenated.
+/// broadcast of a one-element slice; the parts are concatenated. No
+/// indices (an axis cropped away by negative pads) give an empty slice.
 fn take_runs<'g>(x: Tensor<'g>, a: usize, idx: &[i64]) -> R<Tensor<'g>> {
+    if idx.is_empty() {
+        return x.slice_axis(a as i64, 0, 0, 1).k();
+    }
     let mut parts = Vec::new();
     let mut i = 0;
     while i < idx.len() {
