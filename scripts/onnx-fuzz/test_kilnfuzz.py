@@ -242,6 +242,32 @@ class Divergences(unittest.TestCase):
         d.ref = [np.abs(x)]
         self.assertIsNone(explain(d, "mismatch"))
 
+    def test_unary_nan_only_at_nan(self):
+        x = np.array([np.nan, 1.0], np.float32)
+        ok = self.ctx(("Erf", {}), [x], np.array([np.nan, 0.8427008], np.float32),
+                      np.array([1.0, 0.8427008], np.float32))
+        self.assertEqual(explain(ok, "mismatch"), "unary_nan")
+        other = self.ctx(("Erf", {}), [x], np.array([np.nan, 0.5], np.float32),
+                         np.array([1.0, 0.8427008], np.float32))
+        self.assertIsNone(explain(other, "mismatch"))
+
+    def test_softplus_large_needs_the_value(self):
+        x = np.array([1000.0, 1.0], np.float64)
+        ort = np.array([np.inf, np.log1p(np.e)], np.float64)
+        ok = self.ctx(("Softplus", {}), [x], np.array([1000.0, np.log1p(np.e)]), ort)
+        self.assertEqual(explain(ok, "mismatch"), "softplus_large")
+        off = self.ctx(("Softplus", {}), [x], np.array([999.0, np.log1p(np.e)]), ort)
+        self.assertIsNone(explain(off, "mismatch"))
+
+    def test_sum_order_within_bound(self):
+        x = np.array([3e38, -3e38, 1e4, 1.0], np.float32).reshape(1, 1, 1, 4)
+        want = np.array([2500.25], np.float32).reshape(1, 1, 1, 1)
+        ok = self.ctx(("GlobalAveragePool", {}), [x], np.zeros_like(want), want)
+        self.assertEqual(explain(ok, "mismatch"), "sum_order")
+        small = np.array([3.0, -3.0, 1e4, 1.0], np.float32).reshape(1, 1, 1, 4)
+        no = self.ctx(("GlobalAveragePool", {}), [small], np.zeros_like(want), want)
+        self.assertIsNone(explain(no, "mismatch"))
+
     def test_entries_documented_and_unique(self):
         ids = [d.id for d in DIVERGENCES]
         self.assertEqual(len(ids), len(set(ids)))

@@ -164,7 +164,8 @@ def _pool_spec(ctx: Ctx) -> bool:
             return False
         if attr(n, "storage_order", 0) == 0:
             flat = x.reshape(-1)
-            if ((idx < 0) | (idx >= flat.size)).any() or not np.array_equal(flat[idx], ctx.kiln[0]):
+            if ((idx < 0) | (idx >= flat.size)).any() or \
+                    not np.array_equal(flat[idx], ctx.kiln[0], equal_nan=True):
                 return False
     return True
 
@@ -296,6 +297,30 @@ def _activation_limit(ctx: Ctx) -> bool:
 CONTRACTIONS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}
 
 
+def _single_conv_truth(ctx: Ctx) -> list[np.ndarray] | None:
+    """A single Conv's float64 answer by definition (truth.conv; the
+    reference evaluator's Conv pads SAME_LOWER otherwise), else None."""
+    n = _single(ctx, "Conv")
+    if n is None:
+        return None
+    x = _first_input(ctx)
+    w = ctx.case.value(n.input[1])
+    b = ctx.case.value(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+    nd = x.ndim - 2
+    k = list(w.shape[2:])
+    s = attr(n, "strides") or [1] * nd
+    d = attr(n, "dilations") or [1] * nd
+    ap = attr(n, "auto_pad", b"NOTSET")
+    if ap in (b"SAME_UPPER", b"SAME_LOWER"):
+        pb, pe = truth.same_pads(x.shape[2:], k, s, d, ap == b"SAME_UPPER")
+    elif ap == b"VALID":
+        pb, pe = [0] * nd, [0] * nd
+    else:
+        p = attr(n, "pads") or [0] * (2 * nd)
+        pb, pe = list(p[:nd]), list(p[nd:])
+    return [truth.conv(x, w, b, s, d, pb, pe, attr(n, "group", 1))]
+
+
 def _kiln_is_float64(ctx: Ctx, both_nonfinite: bool, or_reference: bool = False,
                      ort_wrong: bool = False) -> bool:
     """kiln and ORT differ somewhere, and at every element where they do,
@@ -323,7 +348,7 @@ def _kiln_is_float64(ctx: Ctx, both_nonfinite: bool, or_reference: bool = False,
         if (m & ~ok).any():
             if wide is None:
                 try:
-                    wide = run_float64(ctx.case.model, ctx.case.inputs)
+                    wide = _single_conv_truth(ctx) or run_float64(ctx.case.model, ctx.case.inputs)
                 except Exception:
                     return False
             with np.errstate(over="ignore", invalid="ignore"):
@@ -479,6 +504,10 @@ def _resize_nan_spread(ctx: Ctx) -> bool:
 
 
 def _norm_overflow(ctx: Ctx) -> bool:
+    """Huge normalization input: at each element where kiln and ORT differ,
+    either ORT is NaN and kiln is the float64 answer, the reference
+    evaluator's, or (a single node) the float32 two-pass definition's; or
+    kiln is the float64 answer and ORT is off it."""
     norms = {"LayerNormalization", "InstanceNormalization", "GroupNormalization",
              "MeanVarianceNormalization"}
     if not (ctx.case.ops() & norms) or ctx.kiln is None:
@@ -486,11 +515,43 @@ def _norm_overflow(ctx: Ctx) -> bool:
     x = _first_input(ctx).astype(np.float64)
     if not (np.abs(x[np.isfinite(x)]) > 1e18).any():
         return False
-    for i, o in enumerate(ctx.ort):
+    from .oracle import run_float64
+    try:
+        wide = run_float64(ctx.case.model, ctx.case.inputs)
+    except Exception:
+        return False
+    f32 = None
+    n = _single(ctx, *(norms - {"MeanVarianceNormalization"}))
+    if n is not None and not (n.op_type == "GroupNormalization" and ctx.case.opset() < 21):
+        vals = [ctx.case.value(i) if i else None for i in n.input]
+        attrs = {a.name: attr(n, a.name) for a in n.attribute}
+        with np.errstate(all="ignore"):
+            f32 = truth.normalization(n.op_type, vals[0], vals[1:], attrs, np.float32)
+    any_diff = False
+    for i, (k, o) in enumerate(zip(ctx.kiln, ctx.ort)):
         m = ctx.diff_mask(i)
-        if m is None or o.dtype.kind != "f" or (m & ~np.isnan(o)).any():
+        if m is None or k.dtype.kind != "f":
             return False
-    return _kiln_is_float64(ctx, both_nonfinite=False, or_reference=True)
+        if not m.any():
+            continue
+        any_diff = True
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = np.asarray(wide[i]).astype(k.dtype)
+        if want.shape != k.shape:
+            return False
+        rtol, atol = tolerance_for_dtype(k.dtype, ctx.case.tol).for_output(want)
+        k64 = _elementwise_agree(k, want, rtol, atol)
+        alt = k64.copy()
+        for other in ([ctx.ref[i]] if ctx.ref is not None and i < len(ctx.ref) else []) + \
+                ([f32] if f32 is not None and i == 0 else []):
+            if other.shape == k.shape:
+                alt |= _elementwise_agree(k, other, rtol, atol)
+        r2, a2 = tolerance_for_dtype(o.dtype, ctx.case.tol).for_output(o)
+        failing = ~_elementwise_agree(k, o, r2, a2)
+        right = k64 & (~failing | ~_elementwise_agree(o, want, rtol, atol))
+        if (m & ~((np.isnan(o) & alt) | right)).any():
+            return False
+    return any_diff
 
 
 NORMS = {"LayerNormalization", "InstanceNormalization", "GroupNormalization",
@@ -523,10 +584,12 @@ def _softplus_large(ctx: Ctx) -> bool:
 
 def _softmax_nan_row(ctx: Ctx) -> bool:
     n = _single(ctx, "Softmax", "LogSoftmax")
-    if n is None or ctx.kiln is None or not ctx.case.has_nan() or not ctx.kiln_is_reference():
+    if n is None or ctx.kiln is None or not ctx.case.has_nonfinite() or ctx.ref is None:
         return False
     m = ctx.diff_mask(0)
-    return m is not None and bool(m.any()) and not (m & ~np.isnan(ctx.kiln[0])).any()
+    if m is None or not m.any() or ctx.ref[0].shape != m.shape:
+        return False
+    return not (m & ~(np.isnan(ctx.kiln[0]) & np.isnan(ctx.ref[0]))).any()
 
 
 REDUCTIONS = ("ReduceProd", "ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2",
@@ -582,11 +645,12 @@ def _sum_order(ctx: Ctx) -> bool:
 def _nan_through_max(ctx: Ctx) -> bool:
     """A chain through a max-like selection over NaN: kiln's differing
     outputs are NaN and depend on a NaN input element (ORT's outputs
-    change when the NaN elements are replaced by -1e4 and by 1e4)."""
+    change, or are NaN, when the NaN elements are replaced by -1e4 and by
+    1e4)."""
     sel = {"MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Max", "Min"}
     if not (ctx.case.ops() & sel) or len(ctx.case.nodes()) < 2 or ctx.kiln is None:
         return False
-    if not ctx.case.has_nan() or ctx.case.has_inf():
+    if not ctx.case.has_nan():
         return False
     from .oracle import run_ort
 
@@ -604,10 +668,35 @@ def _nan_through_max(ctx: Ctx) -> bool:
         if m is None or k.dtype.kind != "f":
             return False
         with np.errstate(invalid="ignore"):
-            dep = (lo[i] != hi[i]) | ~np.isfinite(lo[i]) | ~np.isfinite(hi[i])
+            dep = (lo[i] != hi[i]) | np.isnan(lo[i]) | np.isnan(hi[i])
+        # a change can be absorbed by a huge term (-3e38 * w + d == -3e38 * w):
+        # batch entries that hold a NaN count as depending on it too, where
+        # the model keeps the batch axis (output dim 0 = input dim 0)
+        x0 = ctx.case.inputs[0]
+        if k.ndim and x0.ndim and k.shape[0] == x0.shape[0] and x0.dtype.kind == "f":
+            nan_batches = np.isnan(x0).reshape(x0.shape[0], -1).any(axis=1)
+            dep |= nan_batches.reshape((-1,) + (1,) * (k.ndim - 1))
         if (m & ~(np.isnan(k) & dep)).any():
             return False
     return True
+
+
+#: Elementwise ops of one float input whose value at NaN is NaN.
+NAN_PRESERVING = {"Abs", "Neg", "Relu", "Asinh", "Acosh", "Atanh", "Sin", "Cos", "Tan", "Asin",
+                  "Acos", "Atan", "Sinh", "Cosh", "Erf", "Exp", "Log", "Sqrt", "Reciprocal",
+                  "Sigmoid", "Tanh", "Softplus", "Softsign", "Round", "Floor", "Ceil", "Sign",
+                  "Elu", "Celu", "Selu", "LeakyRelu", "HardSigmoid", "HardSwish", "Gelu", "Mish"}
+
+
+def _unary_nan(ctx: Ctx) -> bool:
+    n = _single(ctx, *NAN_PRESERVING)
+    if n is None or ctx.kiln is None:
+        return False
+    x = _first_input(ctx)
+    m = ctx.diff_mask(0)
+    if x.dtype.kind != "f" or m is None or m.shape != x.shape or not m.any():
+        return False
+    return not (m & ~(np.isnan(x) & np.isnan(ctx.kiln[0]))).any()
 
 
 #: The reductions whose ONNX function body transforms the input before summing.
@@ -771,15 +860,24 @@ DIVERGENCES: list[Divergence] = [
     Divergence(
         "norm_overflow", "LayerNormalization, InstanceNormalization, GroupNormalization, MVN",
         "The model holds one of these normalizations, its input a finite |x| > 1e18 (x*x "
-        "overflows f32), and at every element where kiln and ORT differ, ORT's value is NaN and "
-        "kiln's is the model evaluated in float64 (ORT on a float64 copy of the model, else the "
-        "reference evaluator), rounded to the output type, or the reference evaluator's value.",
+        "overflows f32), and at every element where kiln and ORT differ, either ORT's value is "
+        "NaN and kiln's is the model evaluated in float64 (ORT on a float64 copy of the model, "
+        "else the reference evaluator) rounded to the output type, or the reference "
+        "evaluator's value, or (a single node) its two-pass definition evaluated in float32; "
+        "or kiln's is the float64 value and ORT's is not (as norm_float64).",
         "ORT computes the variance as E[x^2] - E[x]^2 in f32, which overflows to inf - inf = "
         "NaN. kiln computes the two-pass variance of the function body (LayerNormalization's "
         "stash_type is float32): where (x - mean)^2 still overflows, the variance is inf and "
         "the normalized value 0, exactly as the function body evaluated in f32 by the "
         "reference evaluator gives; otherwise the float64 answer.",
         _norm_overflow),
+    Divergence(
+        "unary_nan", "Erf and the other elementwise functions of one input",
+        "A single elementwise op of one float input, and the outputs differ only where the "
+        "input is NaN and kiln's output is NaN.",
+        "IEEE and numpy: a function of NaN is NaN. ORT's Erf (and some other kernels) clamp "
+        "the argument first, which turns NaN into a number (Erf(NaN) = 1).",
+        _unary_nan),
     Divergence(
         "norm_float64", "LayerNormalization, InstanceNormalization, GroupNormalization, "
         "BatchNormalization (and chains with one)",
@@ -799,12 +897,13 @@ DIVERGENCES: list[Divergence] = [
         "log1p(e^-|x|).",
         _softplus_large),
     Divergence(
-        "softmax_nan_row", "Softmax, LogSoftmax",
-        "The input holds NaN, kiln's output is the reference evaluator's, and kiln's differing "
-        "values are all NaN.",
-        "A NaN in a softmax row makes the row's normalizing sum NaN, so the whole row is NaN "
-        "(IEEE, numpy, the reference evaluator, kiln); ORT's float64 kernel takes the row max "
-        "with a comparison that skips NaN and gives numbers for the other entries.",
+        "softmax_nonfinite_row", "Softmax, LogSoftmax",
+        "The input holds NaN or inf, and at every element where kiln and ORT differ, kiln's "
+        "value is NaN and so is the reference evaluator's.",
+        "A NaN in a softmax row makes the row's normalizing sum NaN, and +inf makes x - max(x) "
+        "= inf - inf = NaN, so the whole row is NaN (IEEE evaluation of the definition, as "
+        "numpy, the reference evaluator and kiln give); ORT's float64 kernel takes the row max "
+        "with a comparison that skips NaN and gives numbers or -inf for the other entries.",
         _softmax_nan_row),
     Divergence(
         "reduce_overflow", "ReduceProd, ReduceSum, ReduceMean, ReduceSumSquare, ReduceL1, "
@@ -828,9 +927,11 @@ DIVERGENCES: list[Divergence] = [
         _sum_order),
     Divergence(
         "nan_through_max", "MaxPool, GlobalMaxPool, ReduceMax, ReduceMin, Max, Min in a chain",
-        "A model of several nodes with a max/min selection, NaN (and no inf) in its inputs, and "
+        "A model of several nodes with a max/min selection, NaN in its inputs, and "
         "at every element where kiln and ORT differ, kiln's value is NaN and depends on a NaN "
-        "input element (ORT's value there changes when the NaN are replaced by -1e4 and by 1e4).",
+        "input element: ORT's value there changes (or is NaN) when the NaN are replaced by "
+        "-1e4 and by 1e4, or it belongs to a batch entry whose input holds the NaN (the model "
+        "keeping the batch axis; a change can be absorbed by a huge term).",
         "As nan_in_select: kiln's max/min propagate NaN (numpy's maximum); ORT's skip it, so a "
         "NaN that kiln carries through the selection to the end of the chain ORT drops.",
         _nan_through_max),

@@ -146,14 +146,16 @@ def mvn(x: np.ndarray, axes) -> np.ndarray:
     return (xf - mean) / (np.sqrt(np.maximum(var, 0)) + 1e-9)
 
 
-def normalization(op: str, x: np.ndarray, params: list, attrs: dict) -> np.ndarray:
+def normalization(op: str, x: np.ndarray, params: list, attrs: dict,
+                  dtype=np.float64) -> np.ndarray:
     """BatchNormalization (inference), InstanceNormalization,
     LayerNormalization, GroupNormalization (opset 21: per-channel scale and
-    bias) by definition, in float64: (x - mean) / sqrt(var + epsilon) * scale + bias,
+    bias) by definition, in float64 (or `dtype`: float32 is the function
+    bodies' stash type): (x - mean) / sqrt(var + epsilon) * scale + bias,
     var the biased variance computed in two passes."""
-    xf = x.astype(np.float64)
-    eps = attrs.get("epsilon", 1e-5)
-    p = [None if v is None else v.astype(np.float64) for v in params]
+    xf = x.astype(dtype)
+    eps = dtype(attrs.get("epsilon", 1e-5))
+    p = [None if v is None else v.astype(dtype) for v in params]
     r = x.ndim
     chan = (1, -1) + (1,) * (r - 2)
     with np.errstate(all="ignore"):
@@ -330,3 +332,30 @@ def recurrent(op: str, x, w, r, b=None, h0=None, c0=None, p=None, attrs=None,
     if layout == 1:
         out = [out[0].transpose(2, 0, 1, 3)] + [o.transpose(1, 0, 2) for o in out[1:]]
     return out
+
+
+def conv(x, w, b, strides, dils, pads_b, pads_e, group: int) -> np.ndarray:
+    """Conv by definition in float64 (cross-correlation over the zero-padded
+    input, `group` groups), for small fuzz shapes."""
+    nd = x.ndim - 2
+    xf = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(int(p), int(q)) for p, q in zip(pads_b, pads_e)])
+    wf = w.astype(np.float64)
+    n, cin = x.shape[:2]
+    cout, cin_g = wf.shape[:2]
+    k = wf.shape[2:]
+    outs = [(xf.shape[2 + i] - ((k[i] - 1) * dils[i] + 1)) // strides[i] + 1 for i in range(nd)]
+    y = np.zeros((n, cout) + tuple(max(o, 0) for o in outs))
+    cout_g = cout // group
+    with np.errstate(all="ignore"):
+        for o in itertools.product(*[range(max(v, 0)) for v in outs]):
+            for co in range(cout):
+                g = co // cout_g
+                acc = np.zeros(n)
+                for ci in range(cin_g):
+                    for kk in itertools.product(*[range(v) for v in k]):
+                        pos = tuple(o[i] * strides[i] + kk[i] * dils[i] for i in range(nd))
+                        acc = acc + xf[(slice(None), g * cin_g + ci) + pos] * wf[(co, ci) + kk]
+                y[(slice(None), co) + o] = acc
+        if b is not None:
+            y += b.astype(np.float64).reshape((1, -1) + (1,) * nd)
+    return y
