@@ -3,7 +3,10 @@
 //! `Slice` bounds clamped as the ONNX spec says (not as numpy does),
 //! `MaxPool` / `AveragePool` / `LpPool` in `ceil_mode` where the window
 //! runs past (or is larger than) the padded input, `MaxPool`'s `Indices`
-//! output in 1-D and 3-D, and `Hardmax` over an empty axis.
+//! output in 1-D and 3-D, `Hardmax` over an empty axis, `Pad` cropping an
+//! axis to nothing (and crops that eat the other end's padding),
+//! `ConvTranspose` with SAME padding of a negative total and with NaN or
+//! infinite weights, and `MeanVarianceNormalization` of constant slices.
 //!
 //! Each model is built here as a `ModelProto`, imported, and run on the
 //! reference interpreter and the CPU backend; the expected values are
@@ -671,4 +674,374 @@ fn lp_pool_ceil_mode_with_no_window() {
     let mut lp = a();
     lp.push(int("p", 2));
     assert_eq!(pool_out("LpPool", &x, lp), (vec![1, 1, 0], vec![]));
+}
+
+// ------------------------------------------------ Pad cropping to nothing
+
+/// `Pad` (opset 18) of the f32 `x` by the constant `pads` in `mode`.
+fn pad(x: &Array, pads: &[i64], mode: &str) -> (Vec<usize>, Vec<f64>) {
+    let dims: Vec<i64> = x.shape().iter().map(|&d| d as i64).collect();
+    let mode = proto::AttributeProto {
+        name: "mode".into(),
+        r#type: AttributeType::String as i32,
+        s: mode.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let m = model(
+        18,
+        &dims,
+        vec![node("Pad", &["x", "pads"], &["y"], vec![mode])],
+        vec![i64_tensor("pads", pads)],
+        &["y"],
+    );
+    run(&m, x, &["y"]).swap_remove(0)
+}
+
+/// Negative pads that crop an axis to size 0 give an empty tensor in
+/// every mode (ONNX Runtime 1.23.2 agrees); kiln refused `edge`, `reflect`
+/// and `wrap` ("kiln's concat: axis 0 is out of range for rank 0"), the
+/// fuzzer's cases s1-m806 (`[1]` by `[-1, 0]`) and s1-m3902 (`[2, 1, 3]` by
+/// `[0, 0, 1, 1, -1, 1]`).
+#[test]
+fn pad_cropping_an_axis_to_nothing_is_empty() {
+    for mode in ["constant", "edge", "reflect", "wrap"] {
+        assert_eq!(
+            pad(&array(&[1], &[7.]), &[-1, 0], mode),
+            (vec![0], vec![]),
+            "{mode}"
+        );
+        let x = iota(&[2, 1, 3]);
+        let (shape, v) = pad(&x, &[0, 0, 1, 1, -1, 1], mode);
+        assert_eq!((shape, v.len()), (vec![3, 0, 5], 0), "{mode}");
+        // Padded on one axis; on the other, a crop past the axis eats the
+        // padding at its other end (pad, then crop: 2 - 3 + 1 = 0 long).
+        let (shape, v) = pad(&iota(&[1, 2]), &[2, -3, 0, 1], mode);
+        assert_eq!((shape, v.len()), (vec![3, 0], 0), "{mode}");
+    }
+}
+
+/// Crops to part of an axis next to padding on its other end: positive
+/// pads first, then the crop (numpy's pad, then a slice). `constant` and
+/// `edge` from ONNX Runtime 1.23.2; `reflect` and `wrap` by hand (ONNX
+/// Runtime crops first, then pads the cropped axis: `[2, 3, 2, 3]` for
+/// wrap, and reflect reads past the input, `[2, 3, 2, nan]`).
+#[test]
+fn pad_crops_part_of_an_axis_and_pads_the_other_end() {
+    let x = iota(&[3]);
+    assert_eq!(pad(&x, &[-1, 2], "constant").1, [2., 3., 0., 0.]);
+    assert_eq!(pad(&x, &[-1, 2], "edge").1, [2., 3., 3., 3.]);
+    // [1, 2, 3] reflected by 2 at the end is [1, 2, 3, 2, 1]; less the first.
+    assert_eq!(pad(&x, &[-1, 2], "reflect").1, [2., 3., 2., 1.]);
+    // Wrapped: [1, 2, 3, 1, 2]; less the first.
+    assert_eq!(pad(&x, &[-1, 2], "wrap").1, [2., 3., 1., 2.]);
+    // A crop past the axis eats into the other end's padding: [1, 2, 0, 0]
+    // less 3 at the start (hand; kiln gave [0, 0]; ONNX Runtime refuses
+    // crops longer than the axis).
+    assert_eq!(pad(&iota(&[2]), &[-3, 2], "constant"), (vec![1], vec![0.]));
+    assert_eq!(pad(&iota(&[2]), &[-3, 2], "edge"), (vec![1], vec![2.]));
+    // Rank 0: no pads, the input itself (hand; ONNX Runtime refuses it).
+    for mode in ["constant", "edge", "reflect", "wrap"] {
+        assert_eq!(pad(&array(&[], &[5.]), &[], mode), (vec![], vec![5.]));
+    }
+}
+
+// ---------------------------------------------------------- ConvTranspose
+
+/// Runs `m` with `feeds` on the reference interpreter and the CPU backend;
+/// returns each device's outputs `fetch`, which must agree (NaN with NaN).
+#[track_caller]
+fn run_feeds(
+    m: &proto::ModelProto,
+    feeds: &[(&str, &Array)],
+    fetch: &[&str],
+) -> Vec<(Vec<usize>, Vec<f64>)> {
+    let g = import(m).unwrap_or_else(|e| panic!("import: {e}"));
+    let mut results = Vec::new();
+    for device in [Device::Reference, Device::Cpu] {
+        let mut s = Session::new(&g, device).unwrap_or_else(|e| panic!("{device}: {e}"));
+        let outs = s
+            .run(feeds, fetch)
+            .unwrap_or_else(|e| panic!("{device}: {e}"));
+        results.push(
+            outs.iter()
+                .map(|a| (a.shape().to_vec(), a.to_f64_vec()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    for (r, c) in results[0].iter().zip(&results[1]) {
+        assert_eq!(r.0, c.0, "shapes differ between devices");
+        for (a, b) in r.1.iter().zip(&c.1) {
+            assert!(
+                a.to_bits() == b.to_bits()
+                    || (a.is_nan() && b.is_nan())
+                    || (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                "reference {:?} vs cpu {:?}",
+                r.1,
+                c.1
+            );
+        }
+    }
+    results.swap_remove(0)
+}
+
+fn f32_tensor(name: &str, a: &Array) -> proto::TensorProto {
+    proto::TensorProto {
+        name: name.into(),
+        data_type: DataType::Float as i32,
+        dims: a.shape().iter().map(|&d| d as i64).collect(),
+        float_data: a.to_f64_vec().iter().map(|&v| v as f32).collect(),
+        ..Default::default()
+    }
+}
+
+fn string(name: &str, v: &str) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// `ConvTranspose` (opset 17) of `x` by `w` with `attrs`: `w` a constant
+/// (`const_w`) or a second graph input. Returns the output's shape and
+/// values.
+fn conv_transpose(
+    x: &Array,
+    w: &Array,
+    const_w: bool,
+    attrs: Vec<proto::AttributeProto>,
+) -> (Vec<usize>, Vec<f64>) {
+    let dims: Vec<i64> = x.shape().iter().map(|&d| d as i64).collect();
+    let inits = if const_w {
+        vec![f32_tensor("w", w)]
+    } else {
+        vec![]
+    };
+    let mut m = model(
+        17,
+        &dims,
+        vec![node("ConvTranspose", &["x", "w"], &["y"], attrs)],
+        inits,
+        &["y"],
+    );
+    let mut feeds = vec![("x", x)];
+    if !const_w {
+        let wd: Vec<i64> = w.shape().iter().map(|&d| d as i64).collect();
+        let g = m.graph.as_mut().unwrap();
+        g.input
+            .push(value_info("w", DataType::Float, Some(wd.as_slice())));
+        feeds.push(("w", w));
+    }
+    run_feeds(&m, &feeds, &["y"]).swap_remove(0)
+}
+
+/// NaN-aware equality of `got` and `want` within 1e-5 (relative).
+#[track_caller]
+fn same(got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "got {got:?}, want {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= 1e-5 * w.abs().max(1.0)
+        };
+        assert!(ok, "got {got:?}, want {want:?}");
+    }
+}
+
+/// SAME_UPPER / SAME_LOWER with a stride larger than the dilated kernel:
+/// the total padding `stride * (in - 1) + kernel - in * stride` is
+/// negative and the output (`in * stride` long, as the spec says) extends
+/// at both ends, split as ONNX's reference evaluator splits it (floor
+/// halves: -3 is -2 at the start and -1 at the end for SAME_UPPER). kiln
+/// put all the extension at the end. ONNX Runtime 1.23.2 clamps the total
+/// to 0 and gives the 5 natural outputs `[3, 0, 0, 0, 6]`, off the spec.
+/// Expected values: ONNX's reference evaluator (onnx 1.22), which agrees
+/// with a hand scatter. Both of kiln's forms (constant weight: a conv;
+/// weight given at run time: a scatter-add) are checked.
+#[test]
+fn conv_transpose_same_with_a_negative_total_padding() {
+    let x = array(&[1, 1, 2], &[1., 2.]);
+    let w = array(&[1, 1, 1], &[3.]);
+    for const_w in [true, false] {
+        let upper = conv_transpose(
+            &x,
+            &w,
+            const_w,
+            vec![string("auto_pad", "SAME_UPPER"), ints("strides", &[4])],
+        );
+        assert_eq!(upper.0, [1, 1, 8]);
+        same(&upper.1, &[0., 0., 3., 0., 0., 0., 6., 0.]);
+        let lower = conv_transpose(
+            &x,
+            &w,
+            const_w,
+            vec![string("auto_pad", "SAME_LOWER"), ints("strides", &[4])],
+        );
+        assert_eq!(lower.0, [1, 1, 8]);
+        same(&lower.1, &[0., 3., 0., 0., 0., 6., 0., 0.]);
+    }
+    // The fuzzer's s1-m1981: x [2, 2, 2], w [2, 1, 1], stride 3,
+    // SAME_LOWER: total -2, one zero at each end (ONNX's reference
+    // evaluator; ONNX Runtime gives 4 outputs per row).
+    let x = array(&[2, 2, 2], &[1., 2., 3., 4., 5., 6., 7., 8.]);
+    let w = array(&[2, 1, 1], &[2., -1.]);
+    let (shape, y) = conv_transpose(
+        &x,
+        &w,
+        true,
+        vec![string("auto_pad", "SAME_LOWER"), ints("strides", &[3])],
+    );
+    assert_eq!(shape, [2, 1, 6]);
+    // 2 * x[c0] - x[c1] at 1 and 4: (2 - 3, 4 - 4), (10 - 7, 12 - 8).
+    same(&y, &[0., -1., 0., 0., 0., 0., 0., 3., 0., 0., 4., 0.]);
+}
+
+/// A NaN or infinite weight reaches only the outputs its input elements
+/// reach: the inserted zeros of a stride and the padding are no input,
+/// so `0 * inf` must not appear there. Expected values from ONNX Runtime
+/// 1.23.2 (a hand scatter agrees); kiln gave NaN at every output a
+/// zero-inserted or padded position met the weight (the fuzzer's s1-m2161,
+/// s1-m3781, s1-m8713, s1-m12385).
+#[test]
+fn conv_transpose_non_finite_weights_reach_only_their_outputs() {
+    let x = array(&[1, 1, 2], &[1., 2.]);
+    let inf = f64::INFINITY;
+    let w_inf = array(&[1, 1, 2], &[1., f32::INFINITY]);
+    let w_nan = array(&[1, 1, 2], &[f32::NAN, 1.]);
+    for const_w in [false, true] {
+        let s2 = || vec![ints("strides", &[2])];
+        same(
+            &conv_transpose(&x, &w_inf, const_w, s2()).1,
+            &[1., inf, 2., inf],
+        );
+        same(
+            &conv_transpose(&x, &w_nan, const_w, s2()).1,
+            &[f64::NAN, 1., f64::NAN, 2.],
+        );
+        // Stride 3 and output_padding 1: positions 2 and 5 see no input.
+        let a = vec![ints("strides", &[3]), ints("output_padding", &[1])];
+        same(
+            &conv_transpose(&x, &w_inf, const_w, a).1,
+            &[1., inf, 0., 2., inf, 0.],
+        );
+        // Stride 1 with a pad at the start (a conv pads the other side).
+        let a = vec![ints("pads", &[1, 0])];
+        same(&conv_transpose(&x, &w_nan, const_w, a).1, &[f64::NAN, 2.]);
+    }
+    // An infinite input times a zero weight is NaN (IEEE, as ONNX Runtime
+    // gives), and reaches only its own outputs.
+    let x = array(&[1, 1, 2], &[f32::INFINITY, 1.]);
+    let w = array(&[1, 1, 2], &[1., 0.]);
+    for const_w in [false, true] {
+        let y = conv_transpose(&x, &w, const_w, vec![ints("strides", &[2])]).1;
+        same(&y, &[inf, f64::NAN, 1., 0.]);
+    }
+}
+
+/// The fuzzer's s1-m2161: a 3-D ConvTranspose (stride 2 and
+/// output_padding 1 on the depth) whose run-time weight holds one NaN:
+/// 8 of the 60 outputs are NaN, not 52 (ONNX Runtime 1.23.2 and ONNX's
+/// reference evaluator agree, values and NaN positions).
+#[test]
+fn conv_transpose_3d_nan_weight() {
+    let x = array(
+        &[1, 1, 4, 2, 1],
+        &[
+            0.0,
+            -0.2385848,
+            -0.17615922,
+            1.4952697,
+            -1.5114266,
+            1.8995475,
+            -2.4042091,
+            -2.9802709,
+        ],
+    );
+    let w = array(
+        &[1, 1, 3, 2, 2],
+        &[
+            -0.07791927,
+            -2.4228182,
+            2.5706391,
+            -1.6341423,
+            0.0,
+            1.9858783,
+            2.006391,
+            -0.47017708,
+            1e-40, // a subnormal (the case has 9.99995e-41)
+            1.6278901,
+            f32::NAN,
+            -1.7299434,
+        ],
+    );
+    let a = vec![
+        ints("strides", &[2, 1, 1]),
+        ints("output_padding", &[1, 0, 0]),
+    ];
+    let (shape, y) = conv_transpose(&x, &w, false, a);
+    assert_eq!(shape, [1, 1, 10, 3, 2]);
+    // The NaN tap (depth 2, row 1, column 0) of input (d, r, 0) lands at
+    // (2d + 2, r + 1, 0): 4 depths times 2 rows (ONNX Runtime's NaNs).
+    let nan_at: Vec<usize> = (0..y.len()).filter(|&i| y[i].is_nan()).collect();
+    assert_eq!(nan_at, [14, 16, 26, 28, 38, 40, 50, 52]);
+    // The first two depths (ONNX Runtime 1.23.2).
+    same(
+        &y[..12],
+        &[
+            0.0,
+            0.0,
+            0.018590353,
+            0.5780476,
+            -0.6133154,
+            0.38988152,
+            0.0,
+            0.0,
+            0.0,
+            -0.4738004,
+            -0.4786944,
+            0.1121771,
+        ],
+    );
+}
+
+// ------------------------------------------- MeanVarianceNormalization
+
+fn mvn(x: &Array) -> Vec<f64> {
+    let dims: Vec<i64> = x.shape().iter().map(|&d| d as i64).collect();
+    let m = model(
+        13,
+        &dims,
+        vec![node("MeanVarianceNormalization", &["x"], &["y"], vec![])],
+        vec![],
+        &["y"],
+    );
+    run(&m, x, &["y"]).swap_remove(0).1
+}
+
+/// A constant slice normalizes to 0: its variance is 0, and `0 / (0 +
+/// 1e-9)` is 0 (the spec's function, in exact arithmetic; ONNX's reference
+/// evaluator gives 0 for s1-m1136's 1.5). kiln gave -0.99 (its mean was an
+/// ulp off, and 1e-9 did not hide the ulp-sized std); ONNX Runtime 1.23.2
+/// gives NaN (its `E[x^2] - E[x]^2` goes negative), off the spec.
+#[test]
+fn mvn_of_a_constant_slice_is_zero() {
+    for v in [1.5f32, 0.1, -3.7, 1e-3, 12345.678, 7e-30] {
+        let y = mvn(&array(&[3, 1, 1, 5], &[v; 15]));
+        assert!(y.iter().all(|&y| y == 0.0), "{v}: {y:?}");
+        // Two channels, each constant (the default axes keep dim 1).
+        let mut two = vec![v; 8];
+        two[4..].fill(-2.0 * v);
+        let y = mvn(&array(&[1, 2, 2, 2], &two));
+        assert!(y.iter().all(|&y| y == 0.0), "{v}: {y:?}");
+    }
+    // A varying slice as before: (x - 2.5) / (sqrt(1.25) + 1e-9) (ONNX
+    // Runtime 1.23.2 agrees).
+    close(
+        &mvn(&array(&[1, 1, 1, 4], &[1., 2., 3., 4.])),
+        &[-1.3416407, -0.4472136, 0.4472136, 1.3416407],
+    );
 }

@@ -688,23 +688,30 @@ fn pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let mut t = x;
     if mode == "constant" {
+        // Output position p of an axis reads input p - before: the input
+        // where that is inside it, else the value (pad, then crop). A crop
+        // can eat into the other end's padding.
         let mut crop = vec![SliceAxis::FULL; r];
+        let mut b: Vec<usize> = before.iter().map(|&p| p.max(0) as usize).collect();
+        let mut e: Vec<usize> = after.iter().map(|&p| p.max(0) as usize).collect();
         for a in 0..r {
             if before[a] < 0 || after[a] < 0 {
                 let d = fixed_dim(x, a, "cropping")? as i64;
+                let (p, q) = (before[a], after[a]);
+                let lo = (-p).clamp(0, d);
                 crop[a] = SliceAxis {
-                    start: (-before[a]).max(0).min(d),
-                    end: (d + after[a].min(0)).max(0),
+                    start: lo,
+                    end: (d + q).clamp(lo, d),
                     step: 1,
                 };
+                b[a] = ((d + q).min(0) + p).max(0) as usize;
+                e[a] = (d + q - d.max(-p)).max(0) as usize;
             }
         }
         if crop.iter().any(|c| *c != SliceAxis::FULL) {
             t = t.slice(&crop).k()?;
         }
-        if before.iter().chain(&after).any(|&p| p > 0) {
-            let b: Vec<usize> = before.iter().map(|&p| p.max(0) as usize).collect();
-            let e: Vec<usize> = after.iter().map(|&p| p.max(0) as usize).collect();
+        if b.iter().chain(&e).any(|&p| p > 0) {
             let padded = t.pad(&b, &e, value).k()?;
             t = match runtime {
                 None => padded,
