@@ -642,39 +642,72 @@ def _sum_order(ctx: Ctx) -> bool:
     return not (d & ~(near | big)).any()
 
 
+def _selection_inputs(ctx: Ctx, sel: set) -> list[np.ndarray]:
+    """ORT's values of the first input of every `sel` node of the model
+    (the model run again with those exposed as outputs)."""
+    import onnx
+    from onnx import helper
+
+    from .oracle import run_ort
+    m = onnx.ModelProto()
+    m.CopyFrom(ctx.case.model)
+    names = [nd.input[0] for nd in m.graph.node if nd.op_type in sel]
+    elem = m.graph.input[0].type.tensor_type.elem_type
+    have = {o.name for o in m.graph.output}
+    extra = [nm for nm in dict.fromkeys(names) if nm not in have]
+    m.graph.output.extend([helper.make_tensor_value_info(nm, elem, None) for nm in extra])
+    outs = run_ort(m, ctx.case.inputs)
+    return outs[len(ctx.case.model.graph.output):]
+
+
 def _nan_through_max(ctx: Ctx) -> bool:
-    """A chain through a max-like selection over NaN: kiln's differing
-    outputs are NaN and depend on a NaN input element (ORT's outputs
-    change, or are NaN, when the NaN elements are replaced by -1e4 and by
-    1e4)."""
+    """A chain through a max-like selection over NaN (NaN in the inputs, or
+    made inside the model, by ORT too, before the selection): kiln's
+    differing outputs are NaN and depend on a NaN (ORT's outputs change, or
+    are NaN, when the NaN inputs are replaced by -1e4 and by 1e4; or the
+    batch entry holds the NaN)."""
     sel = {"MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Max", "Min"}
     if not (ctx.case.ops() & sel) or len(ctx.case.nodes()) < 2 or ctx.kiln is None:
         return False
-    if not ctx.case.has_nan():
-        return False
+    if any(np.isnan(v).any() for v in ctx.case.float_values()[len(ctx.case.inputs):]):
+        return False  # NaN in weights: not substituted
     from .oracle import run_ort
+    try:
+        mids = _selection_inputs(ctx, sel)
+    except Exception:
+        return False
+    input_nan = ctx.case.has_nan()
+    if not input_nan and not any(x.dtype.kind == "f" and np.isnan(x).any() for x in mids):
+        return False
 
     def subst(v):
         return [np.where(np.isnan(x), v, x).astype(x.dtype) if x.dtype.kind == "f" else x
                 for x in ctx.case.inputs]
-    if any(np.isnan(numpy_helper_value).any() for numpy_helper_value in ctx.case.float_values()[len(ctx.case.inputs):]):
-        return False  # NaN in weights: not substituted
-    try:
-        lo, hi = run_ort(ctx.case.model, subst(-1e4)), run_ort(ctx.case.model, subst(1e4))
-    except Exception:
-        return False
+    lo = hi = None
+    if input_nan:
+        try:
+            lo, hi = run_ort(ctx.case.model, subst(-1e4)), run_ort(ctx.case.model, subst(1e4))
+        except Exception:
+            return False
+    batch = ctx.case.inputs[0].shape[0] if ctx.case.inputs and ctx.case.inputs[0].ndim else None
+    nan_batches = None
+    if batch:
+        nan_batches = np.zeros(batch, bool)
+        for x in [ctx.case.inputs[0]] + mids:
+            if x.dtype.kind == "f" and x.ndim and x.shape[0] == batch:
+                nan_batches |= np.isnan(x).reshape(batch, -1).any(axis=1)
     for i, k in enumerate(ctx.kiln):
         m = ctx.diff_mask(i)
         if m is None or k.dtype.kind != "f":
             return False
-        with np.errstate(invalid="ignore"):
-            dep = (lo[i] != hi[i]) | np.isnan(lo[i]) | np.isnan(hi[i])
+        dep = np.zeros(k.shape, bool)
+        if lo is not None:
+            with np.errstate(invalid="ignore"):
+                dep |= (lo[i] != hi[i]) | np.isnan(lo[i]) | np.isnan(hi[i])
         # a change can be absorbed by a huge term (-3e38 * w + d == -3e38 * w):
         # batch entries that hold a NaN count as depending on it too, where
         # the model keeps the batch axis (output dim 0 = input dim 0)
-        x0 = ctx.case.inputs[0]
-        if k.ndim and x0.ndim and k.shape[0] == x0.shape[0] and x0.dtype.kind == "f":
-            nan_batches = np.isnan(x0).reshape(x0.shape[0], -1).any(axis=1)
+        if nan_batches is not None and k.ndim and k.shape[0] == batch:
             dep |= nan_batches.reshape((-1,) + (1,) * (k.ndim - 1))
         if (m & ~(np.isnan(k) & dep)).any():
             return False
@@ -697,6 +730,78 @@ def _unary_nan(ctx: Ctx) -> bool:
     if x.dtype.kind != "f" or m is None or m.shape != x.shape or not m.any():
         return False
     return not (m & ~(np.isnan(x) & np.isnan(ctx.kiln[0]))).any()
+
+
+def _stash_float32(ctx: Ctx) -> bool:
+    """LayerNormalization / GroupNormalization (opset 21) of a float64
+    input with stash_type 1 (the default): kiln's differing values are the
+    normalization computed in float32 (then scaled in float64)."""
+    n = _single(ctx, "LayerNormalization", "GroupNormalization")
+    if n is None or ctx.kiln is None or attr(n, "stash_type", 1) != 1:
+        return False
+    if n.op_type == "GroupNormalization" and ctx.case.opset() < 21:
+        return False
+    x = _first_input(ctx)
+    if x.dtype != np.float64:
+        return False
+    vals = [ctx.case.value(i) if i else None for i in n.input]
+    attrs = {a.name: attr(n, a.name) for a in n.attribute}
+    unit = [None if v is None else (np.ones_like(v) if j == 0 else np.zeros_like(v))
+            for j, v in enumerate(vals[1:])]
+    with np.errstate(all="ignore"):
+        normed = truth.normalization(n.op_type, x, unit, attrs, np.float32).astype(np.float64)
+        if n.op_type == "LayerNormalization":
+            want = normed * vals[1]
+            if len(vals) > 2 and vals[2] is not None:
+                want = want + vals[2]
+        else:
+            chan = (1, -1) + (1,) * (x.ndim - 2)
+            want = normed * vals[1].reshape(chan) + vals[2].reshape(chan)
+    m = ctx.diff_mask(0)
+    if m is None or want.shape != m.shape or not m.any():
+        return False
+    tol = ctx.case.tol
+    return not (m & ~_elementwise_agree(ctx.kiln[0], want, tol.rtol, tol.atol)).any()
+
+
+def _logsumexp_inf(ctx: Ctx) -> bool:
+    n = _single(ctx, "ReduceLogSumExp")
+    if n is None or ctx.kiln is None or ctx.ref is None or not ctx.case.has_inf():
+        return False
+    k, o, r = ctx.kiln[0], ctx.ort[0], ctx.ref[0]
+    m = ctx.diff_mask(0)
+    if m is None or r.shape != k.shape or not m.any():
+        return False
+    return not (m & ~(np.isnan(o) & np.isposinf(k) & np.isposinf(r))).any()
+
+
+def _scatter_mul_order(ctx: Ctx) -> bool:
+    """ScatterND with reduction mul: where kiln and ORT differ, ORT's value
+    is the spec's sequential product ((data * u0) * u1 ...) and kiln's is
+    data * (u0 * u1 ...), both in the data's float type."""
+    n = _single(ctx, "ScatterND")
+    if n is None or ctx.kiln is None or attr(n, "reduction", b"none") != b"mul":
+        return False
+    data, idx, upd = (ctx.case.value(i) for i in n.input[:3])
+    if data is None or idx is None or upd is None or data.dtype.kind != "f":
+        return False
+    seq = data.copy()
+    prods: dict = {}
+    with np.errstate(all="ignore"):
+        for j in np.ndindex(idx.shape[:-1]):
+            t = tuple(int(v) for v in idx[j])
+            seq[t] = seq[t] * upd[j]
+            prods[t] = prods[t] * upd[j] if t in prods else upd[j].copy()
+        first = data.copy()
+        for t, pr in prods.items():
+            first[t] = first[t] * pr
+    m = ctx.diff_mask(0)
+    if m is None or not m.any():
+        return False
+    tol = ctx.case.tol
+    ok = _elementwise_agree(ctx.kiln[0], first, tol.rtol, tol.atol) & \
+        _elementwise_agree(ctx.ort[0], seq, tol.rtol, tol.atol)
+    return not (m & ~ok).any()
 
 
 #: The reductions whose ONNX function body transforms the input before summing.
@@ -927,14 +1032,43 @@ DIVERGENCES: list[Divergence] = [
         _sum_order),
     Divergence(
         "nan_through_max", "MaxPool, GlobalMaxPool, ReduceMax, ReduceMin, Max, Min in a chain",
-        "A model of several nodes with a max/min selection, NaN in its inputs, and "
-        "at every element where kiln and ORT differ, kiln's value is NaN and depends on a NaN "
-        "input element: ORT's value there changes (or is NaN) when the NaN are replaced by "
-        "-1e4 and by 1e4, or it belongs to a batch entry whose input holds the NaN (the model "
+        "A model of several nodes with a max/min selection, NaN in its inputs or in ORT's own "
+        "value of a selection's input (say inf - inf in a Conv before a MaxPool), and at every "
+        "element where kiln and ORT differ, kiln's value is NaN and depends on a NaN: ORT's "
+        "value there changes (or is NaN) when the NaN inputs are replaced by -1e4 and by 1e4, "
+        "or it belongs to a batch entry whose input or selection input holds a NaN (the model "
         "keeping the batch axis; a change can be absorbed by a huge term).",
         "As nan_in_select: kiln's max/min propagate NaN (numpy's maximum); ORT's skip it, so a "
         "NaN that kiln carries through the selection to the end of the chain ORT drops.",
         _nan_through_max),
+    Divergence(
+        "stash_type_float32", "LayerNormalization, GroupNormalization (opset 21)",
+        "A single such node on float64 input with stash_type 1 (the default), and at every "
+        "element where kiln and ORT differ, kiln's value is the normalization computed in "
+        "float32 (then scaled and shifted in float64).",
+        "The spec: stash_type is the type of Mean and InvStdDev and 'specifies stage one's "
+        "computation precision' (default float32); the function body casts X to it. kiln "
+        "follows that; ORT (and the reference evaluator) compute a float64 input in float64, "
+        "so where the float32 variance overflows (|x| near 3e38) kiln's normalized value is 0.",
+        _stash_float32),
+    Divergence(
+        "logsumexp_inf", "ReduceLogSumExp",
+        "The input holds inf, and at every element where kiln and ORT differ ORT is NaN while "
+        "kiln and the reference evaluator give +inf.",
+        "log(sum(exp(x))) with a +inf term is +inf; ORT subtracts the maximum first and gets "
+        "inf - inf = NaN.",
+        _logsumexp_inf),
+    Divergence(
+        "scatter_mul_order", "ScatterND (reduction mul)",
+        "A single ScatterND with reduction mul, and at every element where kiln and ORT "
+        "differ, ORT's value is the data times each update in index order ((d * u0) * u1) and "
+        "kiln's is the data times the product of the updates (d * (u0 * u1)), both in the "
+        "data's type.",
+        "A float product is not associative: with duplicate indices one order overflows "
+        "where the other does not. The spec's pseudocode applies the updates one by one; kiln "
+        "multiplies the updates first (it scatters by gathering the updates per row). A "
+        "documented kiln choice; fixing it means folding the updates in index order.",
+        _scatter_mul_order),
     Divergence(
         "reduce_noop_function_body", "ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum, "
         "ReduceLogSumExp",
