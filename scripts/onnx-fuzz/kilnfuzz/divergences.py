@@ -172,7 +172,7 @@ def _pool_spec(ctx: Ctx) -> bool:
 
 def _convtranspose_spec(ctx: Ctx) -> bool:
     n = _single(ctx, "ConvTranspose")
-    if n is None or attr(n, "output_shape") is not None:
+    if n is None:
         return False
     x = _first_input(ctx)
     w = ctx.case.value(n.input[1])
@@ -185,7 +185,21 @@ def _convtranspose_spec(ctx: Ctx) -> bool:
     ap = attr(n, "auto_pad", b"NOTSET")
     k = w.shape[2:]
     splits = []
-    if ap in (b"SAME_UPPER", b"SAME_LOWER"):
+    out_shape = attr(n, "output_shape")
+    if out_shape is not None:
+        # the spec: total = stride * (in - 1) + output_padding + dilated kernel
+        # - output_shape; SAME_UPPER puts total/2 at the start, otherwise the
+        # start gets total - total/2
+        out_shape = list(out_shape)[-nd:]
+        total = [s[i] * (x.shape[2 + i] - 1) + op[i] + (k[i] - 1) * d[i] + 1 - out_shape[i]
+                 for i in range(nd)]
+        for half in (lambda t: int(t / 2), lambda t: t // 2):
+            if ap == b"SAME_UPPER":
+                pb = [half(t) for t in total]
+            else:
+                pb = [t - half(t) for t in total]
+            splits.append((pb, [t - q for t, q in zip(total, pb)]))
+    elif ap in (b"SAME_UPPER", b"SAME_LOWER"):
         total = [s[i] * (x.shape[2 + i] - 1) + op[i] + (k[i] - 1) * d[i] + 1 - x.shape[2 + i] * s[i]
                  for i in range(nd)]
         # the spec's total/2 read as truncation and as floor (they differ
@@ -879,12 +893,14 @@ DIVERGENCES: list[Divergence] = [
         _pool_spec),
     Divergence(
         "convtranspose_spec", "ConvTranspose",
-        "A single ConvTranspose without output_shape whose output kiln computes "
-        "as the spec's definition (checked against a direct scatter-add in float64) and ORT does "
-        "not: output_padding, SAME padding (output in*stride; a negative total padding extends "
-        "the output).",
-        "ORT mishandles output_padding with dilations and SAME with a negative total padding "
-        "(stride larger than the kernel); kiln follows the spec. For a negative total the "
+        "A single ConvTranspose whose output kiln computes as the spec's definition (checked "
+        "against a direct scatter-add in float64) and ORT does not: output_padding, SAME "
+        "padding (output in*stride; a negative total padding extends the output), output_shape "
+        "(total padding from it, split as the spec says: SAME_UPPER puts total/2 at the start, "
+        "otherwise the start gets total - total/2).",
+        "ORT mishandles output_padding with dilations, SAME with a negative total padding "
+        "(stride larger than the kernel), and output_shape with SAME_LOWER or a negative total "
+        "(it pads at the end only); kiln follows the spec. For a negative total the "
         "spec's total/2 is ambiguous (truncation or floor); both are accepted here.",
         _convtranspose_spec),
     Divergence(
