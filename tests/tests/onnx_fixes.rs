@@ -900,6 +900,31 @@ fn conv_transpose_same_with_a_negative_total_padding() {
     same(&y, &[0., -1., 0., 0., 0., 0., 0., 3., 0., 0., 4., 0.]);
 }
 
+/// An explicit `output_shape` larger than the natural output, without
+/// auto_pad: the spec generates the pads from the total padding (here
+/// `3 * 1 + 1 - 6 = -2`) with its "Else" split (start `total - total/2`,
+/// end `total/2`), so the output extends by one at each end (hand, from
+/// the spec text). kiln extended the end only; ONNX Runtime 1.23.2
+/// extends the end only too (`[3, 0, 0, 6, 0, 0]`), and ONNX's reference
+/// evaluator refuses the model. An odd total (-3, output_shape 7) splits
+/// with floor halves as for SAME: start -1, end -2.
+#[test]
+fn conv_transpose_output_shape_larger_than_natural_extends_both_ends() {
+    let x = array(&[1, 1, 2], &[1., 2.]);
+    let w = array(&[1, 1, 1], &[3.]);
+    for const_w in [true, false] {
+        let a = vec![ints("strides", &[3]), ints("output_shape", &[6])];
+        let (shape, y) = conv_transpose(&x, &w, const_w, a);
+        assert_eq!(shape, [1, 1, 6]);
+        same(&y, &[0., 3., 0., 0., 6., 0.]);
+        let a = vec![ints("strides", &[3]), ints("output_shape", &[7])];
+        same(
+            &conv_transpose(&x, &w, const_w, a).1,
+            &[0., 3., 0., 0., 6., 0., 0.],
+        );
+    }
+}
+
 /// A NaN or infinite weight reaches only the outputs its input elements
 /// reach: the inserted zeros of a stride and the padding are no input,
 /// so `0 * inf` must not appear there. Expected values from ONNX Runtime

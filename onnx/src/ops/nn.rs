@@ -9,10 +9,11 @@
 //!   infinities) by its definition, a matmul of input and weights whose
 //!   products a scatter-add places, so that no inserted or padded zero
 //!   meets a weight (`0 * inf` would be NaN where no input reaches).
-//!   `output_shape`, `output_padding` and `auto_pad` decide the padding;
-//!   SAME splits the total padding (the natural size less `in * stride`)
-//!   as ONNX's reference does (floor halves), a negative total extending
-//!   both ends.
+//!   `output_shape`, `output_padding` and `auto_pad` decide the padding:
+//!   the total padding is the natural size less `output_shape` (or, for
+//!   SAME, less `in * stride`), split as the spec says (SAME_UPPER: the
+//!   smaller half first; otherwise the larger), halves floored as ONNX's
+//!   reference does; a negative total extends both ends.
 //! - `MaxPool` (with `Indices` in any spatial rank), `AveragePool`,
 //!   `LpPool`: 2-D directly; 1-D as 2-D over a unit width; 3-D and up as a
 //!   2-D pool over the last two dims, then a pool along each other dim
@@ -408,20 +409,17 @@ fn conv_transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
                 Some(o) => return Err(format!("output_shape {o:?} has fewer than {k} dims")),
                 None => (0..k).map(|i| (sizes[i] * strides[i]) as i64).collect(),
             };
-            let same = auto == "SAME_UPPER" || auto == "SAME_LOWER";
             (0..k)
                 .map(|i| {
                     let total = natural[i] - target[i];
                     // The spec's `total / 2`, as ONNX's reference evaluator
                     // reads it (floor): for a negative total (a stride
-                    // larger than the dilated kernel) both ends extend.
+                    // larger than the dilated kernel, or an output_shape
+                    // larger than the natural size) both ends extend, also
+                    // without auto_pad (the spec's "Else" split; onnxruntime
+                    // extends one end, and ONNX's reference refuses).
                     let half = total.div_euclid(2);
-                    if total < 0 && !same {
-                        // An explicit output_shape larger than the natural
-                        // one without auto_pad: zeros at the end (as ONNX's
-                        // reference and onnxruntime place them).
-                        (0, total)
-                    } else if auto == "SAME_UPPER" {
+                    if auto == "SAME_UPPER" {
                         (half, total - half)
                     } else {
                         (total - half, half)
