@@ -513,6 +513,83 @@ def _resize_ort_off(ctx: Ctx) -> bool:
     return ctx.kiln_is_reference()
 
 
+def _resize_truths(ctx: Ctx):
+    """The spec's Resize of a single Resize node (truth.resize) under the
+    three tie readings, or None where the node is not transcribed."""
+    n = _single(ctx, "Resize")
+    if n is None or attr(n, "antialias", 0) or attr(n, "axes") is not None:
+        return None
+    x = _first_input(ctx)
+    ins = list(n.input) + [""] * 4
+    if ctx.case.opset() < 11:
+        roi, scales, sizes = None, ctx.case.value(ins[1]), None
+    else:
+        roi = ctx.case.value(ins[1]) if ins[1] else None
+        scales = ctx.case.value(ins[2]) if ins[2] else None
+        sizes = ctx.case.value(ins[3]) if ins[3] else None
+    if scales is not None and scales.size:
+        sc = [float(v) for v in scales]
+        out = [int(np.floor(d * v)) for d, v in zip(x.shape, sc)]
+    elif sizes is not None:
+        policy = attr(n, "keep_aspect_ratio_policy", b"stretch")
+        ratios = [sz / d for sz, d in zip(sizes, x.shape)]
+        if policy == b"stretch":
+            sc, out = ratios, [int(v) for v in sizes]
+        else:
+            r = min(ratios) if policy == b"not_larger" else max(ratios)
+            sc = [r] * x.ndim
+            out = [int(np.floor(r * d + 0.5)) for d in x.shape]
+    else:
+        return None
+    mode = attr(n, "mode", b"nearest").decode()
+    ctm = attr(n, "coordinate_transformation_mode", b"half_pixel").decode()
+    nm = attr(n, "nearest_mode", b"round_prefer_floor").decode()
+    roi_v = None if roi is None or not roi.size else [float(v) for v in roi]
+    if ctm == "tf_crop_and_resize" and roi_v is None:
+        return None
+    # align_corners' length_resized: the output length, or in * scale as the
+    # reference evaluator reads it
+    ctms = [ctm, "align_corners_scaled"] if ctm == "align_corners" else [ctm]
+    with np.errstate(invalid="ignore", over="ignore"):
+        return [truth.resize(x, mode, c, out, sc, roi_v, nm, attr(n, "cubic_coeff_a", -0.75),
+                             bool(attr(n, "exclude_outside", 0)), attr(n, "extrapolation_value", 0.0),
+                             tie, read_zero).astype(x.dtype)
+                for c in ctms for tie in ("spec", "low", "high") for read_zero in (False, True)]
+
+
+def _resize_spec(ctx: Ctx) -> bool:
+    if ctx.kiln is None:
+        return False
+    try:
+        wants = _resize_truths(ctx)
+    except Exception:
+        return False
+    if not wants:
+        return False
+    k, o = ctx.kiln[0], ctx.ort[0]
+    tol = ctx.case.tol
+
+    def close(got, want):
+        if got.shape != want.shape:
+            return False
+        r, a = tol.for_output(want)
+        return bool(_elementwise_agree(got, want, r, a).all())
+    if not _huge_or_nonfinite(ctx):
+        return any(close(k, w) for w in wants) and not any(close(o, w) for w in wants)
+    # non-finite input: at every element where kiln and ORT differ, kiln's
+    # value is the spec's (NaN/inf per IEEE, zero-weight taps read or not)
+    m = ctx.diff_mask(0)
+    if m is None or not m.any() or any(w.shape != k.shape for w in wants):
+        return False
+    ok = np.zeros(k.shape, bool)
+    for w in wants:
+        r, a = tol.for_output(w)
+        ok |= _elementwise_agree(k, w, r, a)
+        # a weighted sum of taps near f32's max: a partial sum may overflow
+        ok |= ~np.isfinite(k) & (np.abs(w.astype(np.float64)) > 1e38)
+    return not (m & ~ok).any()
+
+
 def _resize_nan_spread(ctx: Ctx) -> bool:
     n = _single(ctx, "Resize")
     if n is None or not ctx.case.has_nonfinite() or ctx.kiln is None:
@@ -957,6 +1034,24 @@ DIVERGENCES: list[Divergence] = [
         "size of 1, tf_crop_and_resize extrapolation, nearest rounding at the edge); kiln follows "
         "the spec's formulas as the reference evaluator does.",
         _resize_ort_off),
+    Divergence(
+        "resize_spec", "Resize",
+        "A single Resize (no antialias, no axes) whose output kiln computes as "
+        "the spec's formulas evaluated in float64 (truth.resize: output size floor(in * "
+        "scale), or the sizes with keep_aspect_ratio_policy; the coordinate transforms; "
+        "nearest rounding, linear and cubic taps clamped to the edge, exclude_outside "
+        "renormalizing; tf_crop_and_resize's extrapolation on every axis) and ORT does not. A "
+        "coordinate within 1e-5 of a rounding boundary may round either way; align_corners' "
+        "length_resized is read as the output length or as in * scale (the reference "
+        "evaluator's reading, kiln's). With NaN/inf or "
+        "|x| > 1e30 in the input: at every element where kiln and ORT differ, kiln's value is the spec's "
+        "(IEEE arithmetic, zero-weight taps read or skipped; the float64 value rounded to the "
+        "output type; kiln non-finite where that value exceeds 1e38, a partial sum of taps "
+        "overflowing).",
+        "ORT skips the roi of tf_crop_and_resize on axes with scale 1, computes align_corners "
+        "and other coordinates with other roundings, and differs in other corner cases; kiln "
+        "follows the spec's formulas.",
+        _resize_spec),
     Divergence(
         "resize_nan_spread", "Resize",
         "linear or cubic Resize of input with NaN or inf, where kiln's output differs from ORT's "

@@ -359,3 +359,108 @@ def conv(x, w, b, strides, dils, pads_b, pads_e, group: int) -> np.ndarray:
         if b is not None:
             y += b.astype(np.float64).reshape((1, -1) + (1,) * nd)
     return y
+
+
+def _resize_coord(ctm: str, x: np.ndarray, s: float, n_in: int, n_out: int, roi) -> np.ndarray:
+    """Resize's coordinate transform of output positions `x` along one axis
+    (the spec's formulas, float64)."""
+    if ctm == "half_pixel":
+        return (x + 0.5) / s - 0.5
+    if ctm == "half_pixel_symmetric":
+        adj = n_out / (s * n_in)
+        center = n_in / 2
+        return center * (1 - adj) + (x + 0.5) / s - 0.5
+    if ctm == "pytorch_half_pixel":
+        return (x + 0.5) / s - 0.5 if n_out > 1 else np.zeros_like(x)
+    if ctm == "align_corners":
+        return x * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros_like(x)
+    if ctm == "align_corners_scaled":  # length_resized read as in * scale
+        return x * (n_in - 1) / (n_in * s - 1) if n_in * s > 1 else np.zeros_like(x)
+    if ctm == "asymmetric":
+        return x / s
+    if ctm == "tf_crop_and_resize":
+        a, b = roi
+        if n_out > 1:
+            return a * (n_in - 1) + x * (b - a) * (n_in - 1) / (n_out - 1)
+        return np.full_like(x, 0.5 * (a + b) * (n_in - 1))
+    raise ValueError(ctm)
+
+
+def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
+    """The 4 cubic convolution weights for taps at offsets -1, 0, 1, 2 from floor."""
+    def w(d):
+        d = np.abs(d)
+        return np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                        np.where(d < 2, ((d - 5) * d + 8) * d * a - 4 * a, 0.0))
+    return np.stack([w(t + 1), w(t), w(1 - t), w(2 - t)], axis=-1)
+
+
+def resize(x: np.ndarray, mode: str, ctm: str, out_shape, scales, roi, nearest_mode: str,
+           cubic_a: float, exclude_outside: bool, extrapolation: float,
+           tie: str = "spec", read_zero: bool = False) -> np.ndarray:
+    """Resize by the spec's formulas in float64, one axis at a time (nearest,
+    linear, cubic; no antialias). `tie`: 'spec' rounds x.5 as nearest_mode
+    says; 'low'/'high' move a coordinate within 1e-5 of a rounding boundary
+    to its lower/upper side (float32 evaluations land on either). With
+    `read_zero`, taps of weight 0 are multiplied in too (0 * inf = NaN, as
+    ONNX Runtime reads them); else they are skipped."""
+    y = x.astype(np.float64)
+    extra = np.zeros(x.shape, bool)
+    for ax in range(x.ndim):
+        n_in, n_out, s = x.shape[ax], int(out_shape[ax]), float(scales[ax])
+        if n_in == n_out and s == 1.0 and ctm != "tf_crop_and_resize":
+            continue
+        pos = _resize_coord(ctm, np.arange(n_out, dtype=np.float64), s, n_in, n_out,
+                            (roi[ax], roi[ax + x.ndim]) if roi is not None else (0.0, 1.0))
+        outside = (pos < 0) | (pos > n_in - 1) if ctm == "tf_crop_and_resize" else np.zeros(n_out, bool)
+        yt = np.moveaxis(y, ax, -1)
+        if mode == "nearest":
+            p = pos
+            if tie != "spec":
+                near = np.round(p * 2) / 2 if nearest_mode.startswith("round") else np.round(p)
+                close = np.abs(p - near) < 1e-5
+                p = np.where(close, near + (-1e-9 if tie == "low" else 1e-9), p)
+            if nearest_mode == "round_prefer_floor":
+                idx = np.where(p - np.floor(p) == 0.5, np.floor(p), np.floor(p + 0.5))
+            elif nearest_mode == "round_prefer_ceil":
+                idx = np.floor(p + 0.5)
+            elif nearest_mode == "floor":
+                idx = np.floor(p)
+            else:
+                idx = np.ceil(p)
+            idx = np.clip(idx, 0, n_in - 1).astype(np.int64)
+            out = yt[..., idx]
+        elif mode == "linear":
+            f0 = np.floor(pos)
+            t = pos - f0
+            i0 = np.clip(f0, 0, n_in - 1).astype(np.int64)
+            i1 = np.clip(f0 + 1, 0, n_in - 1).astype(np.int64)
+            with np.errstate(invalid="ignore"):
+                out = yt[..., i0] * (1 - t) + yt[..., i1] * t
+                if not read_zero:  # a zero weight does not read its tap
+                    out = np.where(t == 0, yt[..., i0], out)
+        else:
+            f0 = np.floor(pos)
+            t = pos - f0
+            wts = _cubic_weights(t, cubic_a)  # [n_out, 4]
+            taps = f0[:, None] + np.arange(-1, 3)[None, :]
+            if exclude_outside:
+                inside = (taps >= 0) & (taps <= n_in - 1)
+                wts = np.where(inside, wts, 0.0)
+                wts = wts / wts.sum(axis=1, keepdims=True)
+            ti = np.clip(taps, 0, n_in - 1).astype(np.int64)
+            out = np.zeros(yt.shape[:-1] + (n_out,))
+            with np.errstate(invalid="ignore"):
+                for j in range(4):
+                    term = yt[..., ti[:, j]] * wts[:, j]
+                    if not read_zero:
+                        term = np.where(wts[:, j] == 0, 0.0, term)
+                    out = out + term
+        y = np.moveaxis(out, -1, ax)
+        ext = np.moveaxis(np.moveaxis(extra, ax, -1)[..., np.zeros(n_out, np.int64)], -1, ax)
+        shape = [1] * x.ndim
+        shape[ax] = n_out
+        extra = ext | outside.reshape(shape)
+    if ctm == "tf_crop_and_resize":
+        y = np.where(extra, extrapolation, y)
+    return y
