@@ -268,6 +268,21 @@ class Divergences(unittest.TestCase):
         no = self.ctx(("GlobalAveragePool", {}), [small], np.zeros_like(want), want)
         self.assertIsNone(explain(no, "mismatch"))
 
+    def test_resize_spec_roi_on_unscaled_axis(self):
+        x = np.arange(5, dtype=np.float32).reshape(1, 1, 1, 5)
+
+        def build(b, names):
+            roi = b.const("roi", np.array([0, 0, 0, 0.1, 1, 1, 1, 0.75], np.float32))
+            sc = b.const("scales", np.array([1, 1, 1, 1], np.float32))
+            return b.node("Resize", [names[0], roi, sc], mode="nearest", nearest_mode="floor",
+                          coordinate_transformation_mode="tf_crop_and_resize")
+        ort = x.copy()  # ORT skips the roi of an axis with scale 1
+        spec = np.array([0, 1, 1, 2, 3], np.float32).reshape(1, 1, 1, 5)
+        ok = self.model_ctx(build, [x], [spec], [ort], opset=13)
+        self.assertEqual(explain(ok, "mismatch"), "resize_spec")
+        off = self.model_ctx(build, [x], [np.zeros_like(spec)], [ort], opset=13)
+        self.assertIsNone(explain(off, "mismatch"))
+
     def test_entries_documented_and_unique(self):
         ids = [d.id for d in DIVERGENCES]
         self.assertEqual(len(ids), len(set(ids)))
