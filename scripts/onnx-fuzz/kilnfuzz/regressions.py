@@ -342,10 +342,52 @@ def hardmax_empty_axis():
                m, [x, x2], 0, 0), [np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32)], None
 
 
+def nan_inf_elementwise_spec():
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    xs = [np.array([np.nan, np.inf, -np.inf, 0.5, -3.0], np.float32),
+          np.array([1e4, 100.0, -1e4, np.nan, 3e38, 0.0], np.float32)]
+    return _unary_hand("nan_inf_elementwise_spec", ["Erf", "Softplus"], xs,
+                       [erf, lambda x: np.logaddexp(0.0, x)],
+                       "Erf(NaN) is NaN and Erf(+-inf) is +-1 (ORT gives Erf(NaN) = 1); Softplus "
+                       "of a large x is x, not inf (expected divergences unary_nan, "
+                       "softplus_large)", rtol=1e-6)
+
+
+def gru_inf_times_zero():
+    # the z gate's x W^T is inf * 0 = NaN (IEEE), so H is NaN from there on
+    from . import truth
+    x = np.array([[[np.inf, 1.0]], [[0.5, -0.5]]], np.float32)  # [seq 2, batch 1, input 2]
+    w = np.array([[[0.0, 0.5], [0.3, 0.2], [0.1, -0.4]]], np.float32)  # z, r, h rows
+    r = np.array([[[0.25], [0.5], [-0.75]]], np.float32)
+    nodes = [helper.make_node("GRU", ["x", "w", "r"], ["y", "yh"], hidden_size=1)]
+    m = model("gru_inf_times_zero", nodes, {"x": x}, {"y": (np.float32, [2, 1, 1, 1]),
+                                                      "yh": (np.float32, [1, 1, 1])},
+              {"w": w, "r": r}, opset=14)
+    want = [o.astype(np.float32) for o in truth.recurrent("GRU", x, w, r, attrs={"hidden_size": 1})]
+    assert np.isnan(want[1]).all()
+    return Reg("gru_inf_times_zero",
+               "GRU whose z-gate input projection is inf * 0: NaN by IEEE, carried through the "
+               "recurrence (the NaN semantics the expected divergence rnn_nonfinite checks "
+               "kiln against)", m, [x], 0, 0), want, HAND
+
+
+def reduce_logsumexp_inf():
+    x = np.array([-0.845688, -np.inf, np.inf], np.float32)
+    nodes = [helper.make_node("ReduceLogSumExp", ["x", "axes"], ["y"], keepdims=1)]
+    m = model("reduce_logsumexp_inf", nodes, {"x": x}, {"y": (np.float32, [1])},
+              {"axes": np.array([0], np.int64)}, opset=21)
+    with np.errstate(all="ignore"):
+        want = [np.log(np.exp(x.astype(np.float64)).sum(keepdims=True)).astype(np.float32)]
+    return Reg("reduce_logsumexp_inf",
+               "ReduceLogSumExp of values holding +inf is +inf (ORT: inf - inf = NaN; expected "
+               "divergence logsumexp_inf)", m, [x], 1e-6, 0), want, HAND
+
+
 CASES = [slice_negative_step_clamp, pad_inf_constant_roundtrip, maxpool_indices_neginf,
          mod_fmod_large_quotient, resize_linear_nan_taps, resize_cubic_nan_taps, asinh_acosh_large,
          atan_asin_small, cosh_sinh_near_overflow, gelu_large_negative_long_row,
-         pool_ceil_mode_window_past_input, maxpool_indices_3d, hardmax_empty_axis]
+         pool_ceil_mode_window_past_input, maxpool_indices_3d, hardmax_empty_axis,
+         nan_inf_elementwise_spec, gru_inf_times_zero, reduce_logsumexp_inf]
 
 
 def build(fn):
