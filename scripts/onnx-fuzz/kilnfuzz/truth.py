@@ -107,7 +107,8 @@ def pool(x: np.ndarray, kind: str, kernel, strides, dils, pads_b, pads_e, ceil_m
     return y
 
 
-def conv_transpose(x, w, b, strides, dils, pads_b, pads_e, out_pad, group: int) -> np.ndarray:
+def conv_transpose(x, w, b, strides, dils, pads_b, pads_e, out_pad, group: int,
+                   dtype=np.float64) -> np.ndarray:
     """ConvTranspose by definition: every input element scatters
     x * w into the full output ((in-1)*stride + dilated kernel + output_padding),
     which is then cropped by the pads (a negative pad extends it with zeros)."""
@@ -116,9 +117,9 @@ def conv_transpose(x, w, b, strides, dils, pads_b, pads_e, out_pad, group: int) 
     cout_g = w.shape[1]
     k = w.shape[2:]
     full = [(x.shape[2 + i] - 1) * strides[i] + (k[i] - 1) * dils[i] + 1 + out_pad[i] for i in range(nd)]
-    y = np.zeros((n, cout_g * group) + tuple(full))
+    y = np.zeros((n, cout_g * group) + tuple(full), dtype)
     cin_g = cin // group
-    xf, wf = x.astype(np.float64), w.astype(np.float64)
+    xf, wf = x.astype(dtype), w.astype(dtype)
     for g in range(group):
         for ci in range(cin_g):
             c = g * cin_g + ci
@@ -127,23 +128,26 @@ def conv_transpose(x, w, b, strides, dils, pads_b, pads_e, out_pad, group: int) 
                 for kk in itertools.product(*[range(v) for v in k]):
                     o = tuple(pos[i] * strides[i] + kk[i] * dils[i] for i in range(nd))
                     for co in range(cout_g):
-                        y[(slice(None), g * cout_g + co) + o] += xv * wf[(c, co) + kk]
+                        with np.errstate(all="ignore"):
+                            y[(slice(None), g * cout_g + co) + o] += xv * wf[(c, co) + kk]
     # crop (or extend, for negative pads)
     ext = [(max(0, -pads_b[i]), max(0, -pads_e[i])) for i in range(nd)]
     y = np.pad(y, [(0, 0), (0, 0)] + ext)
     sl = tuple(slice(max(0, pads_b[i]), y.shape[2 + i] - max(0, pads_e[i])) for i in range(nd))
     y = y[(slice(None), slice(None)) + sl]
     if b is not None:
-        y += b.astype(np.float64).reshape((1, -1) + (1,) * nd)
+        with np.errstate(all="ignore"):
+            y += b.astype(dtype).reshape((1, -1) + (1,) * nd)
     return y
 
 
 def mvn(x: np.ndarray, axes) -> np.ndarray:
     """MeanVarianceNormalization's function body: (x - mean) / (sqrt(var) + 1e-9)."""
     xf = x.astype(np.float64)
-    mean = xf.mean(axis=tuple(axes), keepdims=True)
-    var = (xf * xf).mean(axis=tuple(axes), keepdims=True) - mean * mean
-    return (xf - mean) / (np.sqrt(np.maximum(var, 0)) + 1e-9)
+    with np.errstate(all="ignore"):
+        mean = xf.mean(axis=tuple(axes), keepdims=True)
+        var = (xf * xf).mean(axis=tuple(axes), keepdims=True) - mean * mean
+        return (xf - mean) / (np.sqrt(np.maximum(var, 0)) + 1e-9)
 
 
 def normalization(op: str, x: np.ndarray, params: list, attrs: dict,
