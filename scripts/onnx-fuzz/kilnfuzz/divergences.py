@@ -160,6 +160,17 @@ def _pool_spec(ctx: Ctx) -> bool:
         with np.errstate(over="ignore", invalid="ignore"):
             want = np.where(np.abs(want) ** attr(n, "p", 2) > float(np.finfo(x.dtype).max),
                             np.inf, want)
+    if len(ctx.kiln) > 1 and attr(n, "storage_order", 0) == 0 and ctx.agree(ctx.kiln[:1], ctx.ort[:1]) \
+            and ctx.kiln[1].shape == ctx.ort[1].shape:
+        # the values agree, the Indices differ: kiln's point at its values
+        # (ties: -inf windows, equal maxima) and ORT's do not
+        flat = x.reshape(-1)
+        ki, oi = ctx.kiln[1], ctx.ort[1]
+        if ((ki < 0) | (ki >= flat.size)).any():
+            return False
+        k_ok = np.array_equal(flat[ki], ctx.kiln[0], equal_nan=True)
+        o_ok = not ((oi < 0) | (oi >= flat.size)).any() and np.array_equal(flat[oi], ctx.ort[0], equal_nan=True)
+        return k_ok and not o_ok
     if not _kiln_right_ort_wrong(ctx, want):
         return False
     if len(ctx.kiln) > 1:
@@ -901,17 +912,28 @@ def _scatter_mul_order(ctx: Ctx) -> bool:
     """ScatterND with reduction mul: where kiln and ORT differ, ORT's value
     is the spec's sequential product ((data * u0) * u1 ...) and kiln's is
     data * (u0 * u1 ...), both in the data's float type."""
-    n = _single(ctx, "ScatterND")
+    n = _single(ctx, "ScatterND", "ScatterElements")
     if n is None or ctx.kiln is None or attr(n, "reduction", b"none") != b"mul":
         return False
     data, idx, upd = (ctx.case.value(i) for i in n.input[:3])
     if data is None or idx is None or upd is None or data.dtype.kind != "f":
         return False
+    if n.op_type == "ScatterElements":
+        ax = attr(n, "axis", 0) % data.ndim
+
+        def targets():
+            for j in np.ndindex(idx.shape):
+                t = list(j)
+                t[ax] = int(idx[j]) % data.shape[ax]
+                yield j, tuple(t)
+    else:
+        def targets():
+            for j in np.ndindex(idx.shape[:-1]):
+                yield j, tuple(int(v) % d for v, d in zip(idx[j], data.shape))
     seq = data.copy()
     prods: dict = {}
     with np.errstate(all="ignore"):
-        for j in np.ndindex(idx.shape[:-1]):
-            t = tuple(int(v) for v in idx[j])
+        for j, t in targets():
             seq[t] = seq[t] * upd[j]
             prods[t] = prods[t] * upd[j] if t in prods else upd[j].copy()
         first = data.copy()
@@ -942,7 +964,18 @@ def _reduce_noop_transform(ctx: Ctx) -> bool:
         if axes is None or axes.size:
             return False
     x = _first_input(ctx)
-    return ctx.kiln_is_reference() and np.array_equal(ctx.ort[0], x, equal_nan=True)
+    k = ctx.kiln[0]
+    if k.shape != x.shape or k.dtype != x.dtype or not np.array_equal(ctx.ort[0], x, equal_nan=True):
+        return False
+    # the function body's elementwise part, in the input's type
+    with np.errstate(all="ignore"):
+        body = {"ReduceL1": np.abs, "ReduceL2": lambda v: np.sqrt(v * v) if v.dtype.kind == "f"
+                else np.abs(v), "ReduceSumSquare": lambda v: v * v, "ReduceLogSum": np.log,
+                "ReduceLogSumExp": lambda v: np.log(np.exp(v))}[n.op_type](x)
+    if x.dtype.kind != "f":
+        return np.array_equal(k, body.astype(x.dtype))
+    tol = ctx.case.tol
+    return bool(_elementwise_agree(k, body, tol.rtol, tol.atol).all())
 
 
 def _cast_out_of_range(ctx: Ctx) -> bool:
@@ -995,7 +1028,8 @@ DIVERGENCES: list[Divergence] = [
         "(checked against a direct float64 transcription: SAME pads from the dilated kernel, "
         "ceil_mode windows that start inside the input or its left padding, AveragePool's "
         "count_include_pad counting the taps inside the padded input; LpPool's sum of |x|^p "
-        "inf where it overflows the input's type) and ORT does not.",
+        "inf where it overflows the input's type) and ORT does not; or the values agree and "
+        "only MaxPool's Indices differ, kiln's pointing at the values they index and ORT's not.",
         "ORT computes SAME padding from the undilated kernel (a wrong output shape), and with "
         "ceil_mode and count_include_pad=1 divides by taps past the padded input. kiln follows "
         "the spec (and PyTorch for the ceil_mode overhang, which the spec does not discuss).",
@@ -1204,8 +1238,9 @@ DIVERGENCES: list[Divergence] = [
         "inf - inf = NaN.",
         _logsumexp_inf),
     Divergence(
-        "scatter_mul_order", "ScatterND (reduction mul)",
-        "A single ScatterND with reduction mul, and at every element where kiln and ORT "
+        "scatter_mul_order", "ScatterND, ScatterElements (reduction mul)",
+        "A single ScatterND or ScatterElements with reduction mul, and at every element where "
+        "kiln and ORT "
         "differ, ORT's value is the data times each update in index order ((d * u0) * u1) and "
         "kiln's is the data times the product of the updates (d * (u0 * u1)), both in the "
         "data's type.",
@@ -1218,7 +1253,8 @@ DIVERGENCES: list[Divergence] = [
         "reduce_noop_function_body", "ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum, "
         "ReduceLogSumExp",
         "A single such reduction with noop_with_empty_axes=1 and no axes (absent or empty), "
-        "kiln's output is the reference evaluator's, and ORT's output equals the input.",
+        "kiln's output is the function body's elementwise part (|x|, sqrt(x*x), x*x, log x, "
+        "log(exp x)) in the input's type, and ORT's output equals the input.",
         "The spec's prose says an empty axes list with noop_with_empty_axes makes the op an "
         "identity; the ops' ONNX function bodies (and onnx.reference) still apply the "
         "elementwise part (|x|, x*x, log, exp) and reduce over nothing, so ReduceL1 gives |x|. "
