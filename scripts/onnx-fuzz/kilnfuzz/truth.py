@@ -416,7 +416,11 @@ def resize(x: np.ndarray, mode: str, ctm: str, out_shape, scales, roi, nearest_m
             continue
         pos = _resize_coord(ctm, np.arange(n_out, dtype=np.float64), s, n_in, n_out,
                             (roi[ax], roi[ax + x.ndim]) if roi is not None else (0.0, 1.0))
-        outside = (pos < 0) | (pos > n_in - 1) if ctm == "tf_crop_and_resize" else np.zeros(n_out, bool)
+        # a coordinate within 1e-5 of the edge counts as inside for the tie readings
+        slack = 0.0 if tie == "spec" else 1e-5
+        outside = (pos < -slack) | (pos > n_in - 1 + slack) if ctm == "tf_crop_and_resize" \
+            else np.zeros(n_out, bool)
+        pos = np.clip(pos, 0, n_in - 1) if slack and ctm == "tf_crop_and_resize" else pos
         yt = np.moveaxis(y, ax, -1)
         if mode == "nearest":
             p = pos
