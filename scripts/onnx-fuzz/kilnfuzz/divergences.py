@@ -798,6 +798,53 @@ def _selection_inputs(ctx: Ctx, sel: set) -> list[np.ndarray]:
     return outs[len(ctx.case.model.graph.output):]
 
 
+def _contraction_overflow_chain(ctx: Ctx) -> bool:
+    """A chain whose contraction overflows f32 on ORT (non-finite where the
+    float64 evaluation of that node is finite): every element where kiln
+    and ORT differ belongs to a batch entry holding such an overflow."""
+    nodes = ctx.case.nodes()
+    if len(nodes) < 2 or ctx.kiln is None or not _huge_or_nonfinite(ctx):
+        return False
+    import onnx
+    from onnx import helper
+
+    from .oracle import run_float64, run_ort
+    names = [nd.output[0] for nd in nodes if nd.op_type in CONTRACTIONS]
+    if not names:
+        return False
+    m = onnx.ModelProto()
+    m.CopyFrom(ctx.case.model)
+    elem = m.graph.input[0].type.tensor_type.elem_type
+    have = {o.name for o in m.graph.output}
+    extra = [nm for nm in dict.fromkeys(names) if nm not in have]
+    m.graph.output.extend([helper.make_tensor_value_info(nm, elem, None) for nm in extra])
+    try:
+        got = run_ort(m, ctx.case.inputs)[len(ctx.case.model.graph.output):]
+        wide = run_float64(m, ctx.case.inputs)[len(ctx.case.model.graph.output):]
+    except Exception:
+        return False
+    x0 = ctx.case.inputs[0]
+    if not x0.ndim:
+        return False
+    batch = x0.shape[0]
+    hit = np.zeros(batch, bool)
+    for g, w in zip(got, wide):
+        g, w = np.asarray(g), np.asarray(w)
+        if g.shape != w.shape or not g.ndim or g.shape[0] != batch:
+            continue
+        over = ~np.isfinite(g) & np.isfinite(w)
+        hit |= over.reshape(batch, -1).any(axis=1)
+    if not hit.any():
+        return False
+    for i, k in enumerate(ctx.kiln):
+        d = ctx.diff_mask(i)
+        if d is None or not k.ndim or k.shape[0] != batch:
+            return False
+        if (d & ~hit.reshape((-1,) + (1,) * (k.ndim - 1))).any():
+            return False
+    return True
+
+
 def _nan_through_max(ctx: Ctx) -> bool:
     """A chain through a max-like selection over NaN (NaN in the inputs, or
     made inside the model, by ORT too, before the selection): kiln's
@@ -1146,6 +1193,19 @@ DIVERGENCES: list[Divergence] = [
         "or an infinity depends on the summation order and fused multiply-adds, which neither "
         "side promises.",
         _contraction_overflow),
+    Divergence(
+        "contraction_overflow_chain", "Conv, ConvTranspose, Gemm, MatMul, Einsum followed by "
+        "other nodes",
+        "A chain over huge or non-finite inputs where ORT's output of a contraction is "
+        "non-finite at elements whose float64 value is finite (an f32 overflow inside the "
+        "contraction), and every element where kiln's and ORT's final outputs differ belongs "
+        "to a batch entry holding such an overflow (the model keeping the batch axis).",
+        "Once a contraction's partial sum overflows f32, its value (NaN from inf - inf, or an "
+        "infinity of either sign with fused multiply-adds) depends on the summation order, "
+        "which neither side promises; the rest of the chain (Tanh, pooling, Gemm) then maps "
+        "those values to different finite or NaN results. Neither side is right: the exact "
+        "answer needs more than f32's range.",
+        _contraction_overflow_chain),
     Divergence(
         "norm_overflow", "LayerNormalization, InstanceNormalization, GroupNormalization, MVN",
         "The model holds one of these normalizations, its input a finite |x| > 1e18 (x*x "
