@@ -140,3 +140,42 @@ fn a_zero_scale_is_not_folded_into_the_weights() {
         assert!(y[0].is_nan() && y[1] == 4e10, "{device:?}: {y:?}");
     }
 }
+
+#[test]
+fn constants_that_would_overflow_together_are_not_reassociated() {
+    // (x * 3e38) * 1e10 is finite for a small x, but folding the two
+    // constants first would give x * inf (and 0 * inf = NaN); a batch norm
+    // with a huge scale, (x - mean) * rsqrt(var + eps) * scale, is the
+    // case the ONNX fuzzer found.
+    use kiln::prelude::*;
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, [2]).unwrap();
+    let y = x.mul(3e38).unwrap().mul(1e10).unwrap();
+    let z = x.mul(1e-10).unwrap().mul(3e38).unwrap().mul(3e38).unwrap();
+    g.output(y).unwrap();
+    g.output(z).unwrap();
+    let graph = g.into_graph();
+    let feed = Array::from_vec(vec![2], vec![1e-20f32, 0.0]).unwrap();
+    let mut want = None;
+    for device in [Device::Reference, Device::Cpu] {
+        let mut s = Session::new(&graph, device).unwrap();
+        let outs: Vec<Vec<f64>> = s
+            .run_outputs(&[("x", &feed)])
+            .unwrap()
+            .into_iter()
+            .map(|(_, a)| a.to_f64_vec())
+            .collect();
+        // 1e-20 * 3e38 * 1e10 = 3e28; 1e-20 * 1e-10 * 3e38 * 3e38 = 9e46
+        // overflows only at the last step; 0 stays 0 (not 0 * inf = NaN).
+        assert!(
+            (outs[0][0] / 3e28 - 1.0).abs() < 1e-6,
+            "{device:?}: {outs:?}"
+        );
+        assert_eq!(outs[0][1], 0.0, "{device:?}: {outs:?}");
+        assert_eq!(outs[1][1], 0.0, "{device:?}: {outs:?}");
+        match &want {
+            None => want = Some(outs),
+            Some(w) => assert_eq!(&outs, w, "{device:?} differs from the reference"),
+        }
+    }
+}

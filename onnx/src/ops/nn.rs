@@ -1259,14 +1259,20 @@ fn batch_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let [scale, bias, mean, var] =
         [1, 2, 3, 4].map(|i| n.input(i).and_then(|t| per_channel(t, r, dt)));
     let (scale, bias, mean, var) = (scale?, bias?, mean?, var?);
+    // `(x - mean) * rsqrt(var + eps)` first, then the scale, as the
+    // definition reads: a huge scale times the factor could overflow where
+    // the normalized value times the scale does not. (Inference graphs
+    // still fold the two constants into one, or into the conv's weights,
+    // wherever that does not overflow.)
     if !training {
-        let k = var.add(eps).k()?.rsqrt().k()?.mul(scale).k()?;
-        return Ok(vec![x.sub(mean).k()?.mul(k).k()?.add(bias).k()?]);
+        let inv = var.add(eps).k()?.rsqrt().k()?;
+        let y = x.sub(mean).k()?.mul(inv).k()?.mul(scale).k()?;
+        return Ok(vec![y.add(bias).k()?]);
     }
     let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
     let (centered, bmean, bvar) = moments(x, &axes)?;
-    let k = bvar.add(eps).k()?.rsqrt().k()?.mul(scale).k()?;
-    let y = centered.mul(k).k()?.add(bias).k()?;
+    let inv = bvar.add(eps).k()?.rsqrt().k()?;
+    let y = centered.mul(inv).k()?.mul(scale).k()?.add(bias).k()?;
     let m = n.float("momentum", 0.9) as f64;
     // Statistics come out shaped like the given mean ([C]).
     let stat_shape = n.input(3)?.shape();

@@ -91,6 +91,14 @@ impl Pass for FoldScaleIntoContraction {
                     let scaled = (Op::Binary { f: BinaryOp::Mul })
                         .eval(&[wv, &kr], wv.shape())
                         .expect("broadcast checked");
+                    // Finite weights times a finite scale that overflow stay
+                    // unfolded: the original order may not overflow.
+                    let finite =
+                        |a: &kiln_graph::Array| a.to_f64_vec().iter().all(|v| v.is_finite());
+                    if finite(wv) && !finite(&scaled) {
+                        rb.copy(id)?;
+                        continue;
+                    }
                     let loc = g.node(c).location.clone();
                     let wname = format!("{}/scaled", rb.new_graph().node(w).name);
                     let new_w = rb.add(

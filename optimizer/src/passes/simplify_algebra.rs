@@ -15,7 +15,9 @@
 //! rounds to a coarse type; compiled programs compute them in f32 after
 //! `widen_half`, where these rules apply), any rewrite that changes the node's type (`x + 0`
 //! where the zero broadcasts `x` to a larger shape stays), `x * 0` (wrong for
-//! NaN and infinity), and reassociation of non-constant operands.
+//! NaN and infinity), reassociation of non-constant operands, and
+//! combining finite constants into a non-finite one (an overflow the
+//! original order does not have).
 
 use std::collections::HashMap;
 
@@ -98,6 +100,15 @@ impl Ctx<'_, '_> {
         let Ok(v) = (Op::Binary { f }).eval(&[&x, &y], &out) else {
             return Ok(None);
         };
+        // Two finite constants whose combination overflows stay apart:
+        // `(y * 1e30) * 1e-30` is `y`, `y * (1e30 * 1e-30)` too, but
+        // `(y * 1e-30) * 1e30` must not become `y * inf`.
+        let finite = |a: &kiln_graph::Array| {
+            !a.dtype().is_float() || a.to_f64_vec().iter().all(|v| v.is_finite())
+        };
+        if finite(&x) && finite(&y) && !finite(&v) {
+            return Ok(None);
+        }
         let loc = self.g().node(a).location.clone();
         Ok(Some(self.rb.add(
             hint,
