@@ -631,16 +631,6 @@ def _resize_spec(ctx: Ctx) -> bool:
     return not (m & ~ok).any()
 
 
-def _resize_nan_spread(ctx: Ctx) -> bool:
-    n = _single(ctx, "Resize")
-    if n is None or not ctx.case.has_nonfinite() or ctx.kiln is None:
-        return False
-    if attr(n, "mode", b"nearest") not in (b"linear", b"cubic"):
-        return False
-    m = ctx.diff_mask(0)
-    return m is not None and not (m & ~(np.isnan(ctx.ort[0]) & np.isfinite(ctx.kiln[0]))).any()
-
-
 def _norm_overflow(ctx: Ctx) -> bool:
     """Huge normalization input: at each element where kiln and ORT differ,
     either ORT is NaN and kiln is the float64 answer, the reference
@@ -1177,13 +1167,6 @@ DIVERGENCES: list[Divergence] = [
         "and other coordinates with other roundings, and differs in other corner cases; kiln "
         "follows the spec's formulas.",
         _resize_spec),
-    Divergence(
-        "resize_nan_spread", "Resize",
-        "linear or cubic Resize of input with NaN or inf, where kiln's output differs from ORT's "
-        "only at elements ORT makes NaN and kiln keeps finite.",
-        "ORT multiplies every tap, including zero-weight ones, so 0 * NaN spreads NaN; kiln "
-        "lets a value reach only the outputs whose taps give it a non-zero weight.",
-        _resize_nan_spread),
     Divergence(
         "activation_limit_at_inf", "Softsign, Mish, HardSwish, ThresholdedRelu",
         "The input holds ±inf, the outputs differ only there, and kiln's values there are the "
