@@ -1218,10 +1218,32 @@ fn per_channel<'g>(p: Tensor<'g>, rank: usize, dtype: DType) -> R<Tensor<'g>> {
 /// The moments of `x` over `axes` (kept dims): `x - mean`, the mean and the
 /// (biased) variance, two-pass (the mean of `(x - mean)^2`).
 fn moments<'g>(x: Tensor<'g>, axes: &[i64]) -> R<(Tensor<'g>, Tensor<'g>, Tensor<'g>)> {
-    let mean = x.mean(axes, true).k()?;
+    let mean = exact_mean(x, axes)?;
     let centered = x.sub(mean).k()?;
-    let var = centered.mul(centered).k()?.mean(axes, true).k()?;
+    let var = exact_mean(centered.mul(centered).k()?, axes)?;
     Ok((centered, mean, var))
+}
+
+/// The mean over `axes` (kept) as the sum divided by the count, correctly
+/// rounded from the sum: a constant slice's mean is then its value
+/// exactly, so it centers to 0 (`sum * (1 / n)`, kiln's `mean`, can miss
+/// by an ulp, which a normalization's tiny variance then blows up). f32
+/// and f64 with a fixed count; others take `mean`.
+fn exact_mean<'g>(x: Tensor<'g>, axes: &[i64]) -> R<Tensor<'g>> {
+    let shape = x.shape();
+    let rank = x.rank() as i64;
+    let mut count = 1usize;
+    for &a in axes {
+        let i = if a < 0 { a + rank } else { a } as usize;
+        match shape.0.get(i) {
+            Some(Dim::Fixed(n)) => count *= n,
+            _ => return x.mean(axes, true).k(),
+        }
+    }
+    if !matches!(x.dtype(), DType::F32 | DType::F64) || count == 0 {
+        return x.mean(axes, true).k();
+    }
+    x.sum(axes, true).k()?.div(count as f64).k()
 }
 
 /// `(x - mean) / sqrt(var + eps)` over `axes`, with the mean and

@@ -16,19 +16,23 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue as queue_mod
 import re
 import sys
 import tempfile
 import time
 
-from .fuzz import FAILURES, OUTCOMES, family_names, run_mutant
+from .fuzz import FAILURES, OUTCOMES, family_names, mutant_id, run_mutant
 
 DEFAULT_RUNNER = "target/release/kiln-onnx-runner"
 
 
-def worker(w: int, jobs: int, a: dict, names: list[str], queue) -> None:
+def worker(w: int, jobs: int, a: dict, names: list[str], queue, first: int | None = None) -> None:
     """Worker w: mutants k with k % jobs == w (the result of a mutant does not
-    depend on which worker runs it)."""
+    depend on which worker runs it), from mutant `first` on when given (a
+    worker restarted after a crash of ONNX Runtime or onnx in its process).
+    Before each mutant it sends ("start", w, k), so that the parent knows
+    which mutant a worker that dies was running."""
     from .runner import Runner
     out = a["out"]
     runner = None if a["no_kiln"] else Runner(
@@ -39,16 +43,18 @@ def worker(w: int, jobs: int, a: dict, names: list[str], queue) -> None:
             if a["only"] is not None:
                 ks = iter([a["only"]] if w == 0 else [])
             else:
-                ks = iter(range(a["start"] + w, a["start"] + a["mutants"], jobs)) if a["mutants"] \
-                    else (a["start"] + w + jobs * i for i in range(1 << 62))
+                k0 = a["start"] + w if first is None else first
+                ks = iter(range(k0, a["start"] + a["mutants"], jobs)) if a["mutants"] \
+                    else (k0 + jobs * i for i in range(1 << 62))
             for k in ks:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                queue.put(("start", w, k))
                 queue.put(run_mutant(a["seed"], k, names, runner, work, out))
         finally:
             if runner is not None:
                 runner.close()
-            queue.put(None)
+            queue.put(("done", w))
 
 
 def table(stats: dict, divs: dict, fam_divs: dict | None = None) -> str:
@@ -161,16 +167,57 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     for pr in procs:
         pr.start()
+    started: dict[int, int] = {}
+    finished: set[int] = set()
+    oracle_aborts: list[str] = []
     stats = {n: {"generated": 0} for n in names}
     divs: dict[str, int] = {}
     fam_divs: dict[str, dict[str, int]] = {n: {} for n in names}
     failures = []
     done, running, last = 0, jobs, t0
     while running:
-        r = queue.get()
-        if r is None:
-            running -= 1
+        try:
+            r = queue.get(timeout=2.0)
+        except queue_mod.Empty:
+            # A worker killed by ONNX Runtime or onnx (a C++ assertion
+            # aborts the whole process): its mutant counts as refused by
+            # the oracle, and a new worker goes on from the next one.
+            for w, pr in enumerate(procs):
+                if w in finished or pr.is_alive():
+                    continue
+                if not queue.empty():
+                    break  # drain what it sent before looking again
+                k = started.get(w)
+                if k is None:
+                    finished.add(w)
+                    running -= 1
+                    continue
+                mid = mutant_id(a.seed, k)
+                oracle_aborts.append(mid)
+                print(f"NOTE {mid}: its worker died (exit {pr.exitcode}) outside kiln "
+                      "(ONNX Runtime or onnx aborted); counted as ort_rejected", flush=True)
+                r = {"id": mid, "family": names[k % len(names)], "outcome": "ort_rejected",
+                     "detail": f"the process running ONNX Runtime died (exit {pr.exitcode})"}
+                st = stats[r["family"]]
+                st["generated"] += 1
+                st["ort_rejected"] = st.get("ort_rejected", 0) + 1
+                done += 1
+                started.pop(w)
+                procs[w] = ctx.Process(target=worker, args=(w, jobs, cfg, names, queue, k + jobs),
+                                       daemon=True)
+                procs[w].start()
             continue
+        if isinstance(r, tuple):
+            if r[0] == "start":
+                started[r[1]] = r[2]
+            else:
+                finished.add(r[1])
+                started.pop(r[1], None)
+                running -= 1
+            continue
+        for w, k in list(started.items()):
+            if mutant_id(a.seed, k) == r["id"]:
+                del started[w]
         st = stats[r["family"]]
         st["generated"] += 1
         st[r["outcome"]] = st.get(r["outcome"], 0) + 1
@@ -213,7 +260,7 @@ def main(argv=None) -> int:
     print(f"{done} mutants in {elapsed:.1f} s ({rate:.2f}/s, {jobs} jobs), seed {a.seed}")
     summary = {"seed": a.seed, "jobs": jobs, "mutants": done, "seconds": round(elapsed, 2),
                "mutants_per_second": round(rate, 3), "families": stats, "totals": totals,
-               "explained": divs, "failures": failures}
+               "explained": divs, "failures": failures, "oracle_aborts": oracle_aborts}
     with open(os.path.join(a.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
