@@ -606,10 +606,15 @@ def _resize_truths(ctx: Ctx):
     # reference evaluator reads it
     ctms = [ctm, "align_corners_scaled"] if ctm == "align_corners" else [ctm]
     with np.errstate(invalid="ignore", over="ignore"):
+        # ONNX Runtime's joint axes (2-D and 4-D: the last two; 3-D and 5-D
+        # linear: the last three), whose scale-1 members read their taps too
+        joint = tuple(range(x.ndim - 2, x.ndim)) if x.ndim in (2, 4) else \
+            tuple(range(x.ndim - 3, x.ndim)) if x.ndim in (3, 5) and mode == "linear" else ()
+        readings = [(False, ()), (True, ())] + ([(True, joint)] if joint else [])
         return [truth.resize(x, mode, c, out, sc, roi_v, nm, attr(n, "cubic_coeff_a", -0.75),
                              bool(attr(n, "exclude_outside", 0)), attr(n, "extrapolation_value", 0.0),
-                             tie, read_zero).astype(x.dtype)
-                for c in ctms for tie in ("spec", "low", "high") for read_zero in (False, True)]
+                             tie, read_zero, units).astype(x.dtype)
+                for c in ctms for tie in ("spec", "low", "high") for read_zero, units in readings]
 
 
 def _resize_spec(ctx: Ctx) -> bool:

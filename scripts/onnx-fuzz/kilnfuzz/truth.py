@@ -401,18 +401,21 @@ def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
 
 def resize(x: np.ndarray, mode: str, ctm: str, out_shape, scales, roi, nearest_mode: str,
            cubic_a: float, exclude_outside: bool, extrapolation: float,
-           tie: str = "spec", read_zero: bool = False) -> np.ndarray:
+           tie: str = "spec", read_zero: bool = False, unit_axes=()) -> np.ndarray:
     """Resize by the spec's formulas in float64, one axis at a time (nearest,
     linear, cubic; no antialias). `tie`: 'spec' rounds x.5 as nearest_mode
     says; 'low'/'high' move a coordinate within 1e-5 of a rounding boundary
     to its lower/upper side (float32 evaluations land on either). With
     `read_zero`, taps of weight 0 are multiplied in too (0 * inf = NaN, as
-    ONNX Runtime reads them); else they are skipped."""
+    ONNX Runtime reads them); else they are skipped. `unit_axes`: axes
+    interpolated even where their scale is 1 (ONNX Runtime interpolates its
+    bilinear/bicubic/trilinear axes together, so a scale-1 one among them
+    reads its zero-weight taps too)."""
     y = x.astype(np.float64)
     extra = np.zeros(x.shape, bool)
     for ax in range(x.ndim):
         n_in, n_out, s = x.shape[ax], int(out_shape[ax]), float(scales[ax])
-        if n_in == n_out and s == 1.0 and ctm != "tf_crop_and_resize":
+        if n_in == n_out and s == 1.0 and ctm != "tf_crop_and_resize" and ax not in unit_axes:
             continue
         pos = _resize_coord(ctm, np.arange(n_out, dtype=np.float64), s, n_in, n_out,
                             (roi[ax], roi[ax + x.ndim]) if roi is not None else (0.0, 1.0))
