@@ -5,6 +5,7 @@ use kiln::graph::{Array, DType, Graph, Scalar};
 use kiln::prelude::*;
 
 pub mod fuzz_case;
+pub mod onnx_proto;
 pub mod random_graph;
 pub mod setup;
 

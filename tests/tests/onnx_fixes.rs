@@ -15,82 +15,14 @@
 //! is off the spec the test says so and follows the spec.
 
 use kiln::prelude::*;
-use kiln_onnx::proto::{
-    self, attribute_proto::AttributeType, tensor_proto::DataType,
-    tensor_shape_proto::dimension::Value as OnnxDim,
-};
+use kiln_onnx::proto::{self, attribute_proto::AttributeType, tensor_proto::DataType};
 use kiln_onnx::ImportOptions;
+use kiln_tests::onnx_proto::{
+    attr_int as int, attr_ints as ints, node, tensor_i64 as i64_tensor, value_info,
+};
 use prost::Message;
 
 // ---------------------------------------------------------------- helpers
-
-fn value_info(name: &str, elem: DataType, dims: Option<&[i64]>) -> proto::ValueInfoProto {
-    let shape = dims.map(|d| proto::TensorShapeProto {
-        dim: d
-            .iter()
-            .map(|&n| proto::tensor_shape_proto::Dimension {
-                value: Some(OnnxDim::DimValue(n)),
-                ..Default::default()
-            })
-            .collect(),
-    });
-    proto::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(proto::TypeProto {
-            value: Some(proto::type_proto::Value::TensorType(
-                proto::type_proto::Tensor {
-                    elem_type: elem as i32,
-                    shape,
-                },
-            )),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn node(
-    op: &str,
-    inputs: &[&str],
-    outputs: &[&str],
-    attrs: Vec<proto::AttributeProto>,
-) -> proto::NodeProto {
-    proto::NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        attribute: attrs,
-        ..Default::default()
-    }
-}
-
-fn int(name: &str, v: i64) -> proto::AttributeProto {
-    proto::AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn ints(name: &str, v: &[i64]) -> proto::AttributeProto {
-    proto::AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn i64_tensor(name: &str, v: &[i64]) -> proto::TensorProto {
-    proto::TensorProto {
-        name: name.into(),
-        data_type: DataType::Int64 as i32,
-        dims: vec![v.len() as i64],
-        int64_data: v.to_vec(),
-        ..Default::default()
-    }
-}
 
 /// A model of `nodes` over the f32 input `x` of shape `x_dims`, with
 /// `initializers` and the graph outputs `outputs`.

@@ -10,8 +10,11 @@
 //! bound on the tap tables.
 
 use kiln::prelude::*;
-use kiln_onnx::proto::{self, attribute_proto::AttributeType, tensor_proto::DataType};
+use kiln_onnx::proto::{self, tensor_proto::DataType};
 use kiln_onnx::ImportOptions;
+use kiln_tests::onnx_proto::{
+    attr_float, attr_int, attr_str, tensor_f32 as floats, tensor_i64 as ints, value_info,
+};
 use prost::Message;
 
 const NAN: f32 = f32::NAN;
@@ -28,44 +31,9 @@ enum Attr {
 
 fn attribute(a: &Attr) -> proto::AttributeProto {
     match *a {
-        Attr::Str(name, v) => proto::AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::String as i32,
-            s: v.as_bytes().to_vec(),
-            ..Default::default()
-        },
-        Attr::Int(name, v) => proto::AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Int as i32,
-            i: v,
-            ..Default::default()
-        },
-        Attr::Float(name, v) => proto::AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Float as i32,
-            f: v,
-            ..Default::default()
-        },
-    }
-}
-
-fn floats(name: &str, v: &[f32]) -> proto::TensorProto {
-    proto::TensorProto {
-        name: name.into(),
-        data_type: DataType::Float as i32,
-        dims: vec![v.len() as i64],
-        float_data: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn ints(name: &str, v: &[i64]) -> proto::TensorProto {
-    proto::TensorProto {
-        name: name.into(),
-        data_type: DataType::Int64 as i32,
-        dims: vec![v.len() as i64],
-        int64_data: v.to_vec(),
-        ..Default::default()
+        Attr::Str(name, v) => attr_str(name, v),
+        Attr::Int(name, v) => attr_int(name, v),
+        Attr::Float(name, v) => attr_float(name, v),
     }
 }
 
@@ -96,29 +64,7 @@ fn resize_model(shape: &[i64], attrs: &[Attr], target: Target, roi: &[f32]) -> p
         attribute: attrs.iter().map(attribute).collect(),
         ..Default::default()
     };
-    let x = proto::ValueInfoProto {
-        name: "x".into(),
-        r#type: Some(proto::TypeProto {
-            value: Some(proto::type_proto::Value::TensorType(
-                proto::type_proto::Tensor {
-                    elem_type: DataType::Float as i32,
-                    shape: Some(proto::TensorShapeProto {
-                        dim: shape
-                            .iter()
-                            .map(|&d| proto::tensor_shape_proto::Dimension {
-                                value: Some(proto::tensor_shape_proto::dimension::Value::DimValue(
-                                    d,
-                                )),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                },
-            )),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let x = value_info("x", DataType::Float, Some(shape));
     proto::ModelProto {
         ir_version: 8,
         opset_import: vec![proto::OperatorSetIdProto {
