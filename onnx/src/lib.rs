@@ -8,6 +8,12 @@
 //!   name of its own).
 //! - Initializers become constants, or variables with
 //!   [`ImportOptions::initializers_as_variables`] (to train or fine-tune).
+//!   A tensor stored as external data (in another file, as PyTorch exports
+//!   models over 2 GB) is read, memory-mapped, from its file relative to
+//!   the model file's folder ([`import`]); the file must lie inside that
+//!   folder (no absolute paths, no `..` or symbolic link leading out). A
+//!   model imported from bytes ([`import_bytes`]) has no folder: its
+//!   external tensors are errors.
 //! - A node whose inputs are all constants is evaluated at import time (so
 //!   shape arithmetic — `Shape`, `Gather`, `Concat` feeding a `Reshape` —
 //!   becomes the static shapes kiln's ops take), unless it would compute
@@ -35,6 +41,7 @@
 
 mod check;
 pub mod error;
+mod external;
 mod import;
 mod ops;
 pub mod proto;
@@ -50,7 +57,8 @@ pub use error::{Error, Result, UnsupportedNode};
 /// 64 MiB computed by one node.
 pub const DEFAULT_FOLD_LIMIT_BYTES: usize = 64 << 20;
 
-/// The largest model file read: protobuf's own limit on a message, 2 GiB.
+/// The largest model file read: protobuf's own limit on a message, 2 GiB
+/// (external data files, mapped rather than read, have no such limit).
 pub const MAX_MODEL_BYTES: u64 = 2 << 30;
 
 /// How a model is imported.
@@ -124,10 +132,12 @@ pub fn import_with(path: impl AsRef<Path>, options: &ImportOptions) -> Result<Gr
 }
 
 /// Imports the ONNX model at `path` with `options`, with its warnings.
+/// Tensors stored as external data are read from files relative to the
+/// model's folder.
 pub fn import_report(path: impl AsRef<Path>, options: &ImportOptions) -> Result<Imported> {
     let path = path.as_ref();
     let bytes = read_model(path)?;
-    import_bytes_report(&bytes, options).map_err(|e| e.in_file(path))
+    import_in(&bytes, options, path.parent()).map_err(|e| e.in_file(path))
 }
 
 /// The bytes of the model file at `path`: a regular file (not a device, a
@@ -170,15 +180,24 @@ fn read_model(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Imports a serialized ONNX `ModelProto` (warnings dropped).
+/// Imports a serialized ONNX `ModelProto` (warnings dropped). A tensor
+/// stored as external data is an error (no folder to find its file in: see
+/// [`import`]).
 pub fn import_bytes(bytes: &[u8], options: &ImportOptions) -> Result<Graph> {
     Ok(import_bytes_report(bytes, options)?.graph)
 }
 
 /// Imports a serialized ONNX `ModelProto`, with its warnings.
 pub fn import_bytes_report(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
+    import_in(bytes, options, None)
+}
+
+/// Imports a serialized ONNX `ModelProto`, its external data relative to
+/// `folder` (`None`: external data is an error).
+fn import_in(bytes: &[u8], options: &ImportOptions, folder: Option<&Path>) -> Result<Imported> {
     use prost::Message;
     let model = proto::ModelProto::decode(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    let _external = external::Scope::enter(folder);
     import::import_model(&model, options)
 }
 

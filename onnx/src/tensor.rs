@@ -13,9 +13,13 @@
 //! from the typed field ONNX assigns to the element type: `float_data`,
 //! `double_data`, `int64_data`, `uint64_data` (UINT32, UINT64) or
 //! `int32_data` (INT32, the narrower integers, BOOL, and FLOAT16 / BFLOAT16
-//! as 16-bit patterns). External data and segmented tensors are
-//! refused. The element count is checked against `dims` before anything is
-//! allocated, so a corrupt size cannot cause a huge allocation.
+//! as 16-bit patterns). External data (what `raw_data` would hold, in
+//! another file) is read, memory-mapped, while a model is imported from a
+//! file: relative to the model's folder, which the file must not leave
+//! (`external.rs`); importing from bytes, it is an error. Segmented
+//! tensors are refused. The element count (and an external tensor's byte
+//! count) is checked against `dims` before anything is allocated, so a
+//! corrupt size cannot cause a huge allocation.
 
 use std::path::Path;
 
@@ -183,23 +187,32 @@ impl MiniFloat {
     }
 }
 
-/// The values of an 8- or 4-bit float tensor (`raw_data`, or `int32_data`
 /// The `n` codes of `bits` bits each (8, 4 or 2) a tensor packs into bytes,
-/// low bits first: from `raw_data`, or `int32_data` holding one byte per
-/// entry.
-fn packed_codes(t: &TensorProto, n: usize, bits: u32) -> Result<Vec<u8>, String> {
+/// low bits first: from `raw` (its `raw_data` or external data, where it
+/// has them), or `int32_data` holding one byte per entry.
+fn packed_codes(
+    t: &TensorProto,
+    raw: Option<&[u8]>,
+    n: usize,
+    bits: u32,
+) -> Result<Vec<u8>, String> {
     let per = (8 / bits) as usize;
     let need = n.div_ceil(per);
-    let bytes: Vec<u8> = if !t.raw_data.is_empty() {
-        t.raw_data.clone()
-    } else {
-        t.int32_data
-            .iter()
-            .map(|&v| {
-                u8::try_from(v)
-                    .map_err(|_| format!("int32_data entry {v} is not a packed byte (0 to 255)"))
-            })
-            .collect::<Result<_, _>>()?
+    let owned: Vec<u8>;
+    let bytes: &[u8] = match raw {
+        Some(raw) => raw,
+        None => {
+            owned = t
+                .int32_data
+                .iter()
+                .map(|&v| {
+                    u8::try_from(v).map_err(|_| {
+                        format!("int32_data entry {v} is not a packed byte (0 to 255)")
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            &owned
+        }
     };
     if bytes.len() != need {
         return Err(format!(
@@ -216,8 +229,13 @@ fn packed_codes(t: &TensorProto, n: usize, bits: u32) -> Result<Vec<u8>, String>
 }
 
 /// The values of an 8- or 4-bit float tensor as f16.
-fn decode_minifloat(t: &TensorProto, n: usize, f: MiniFloat) -> Result<Data, String> {
-    let codes = packed_codes(t, n, f.bits)?;
+fn decode_minifloat(
+    t: &TensorProto,
+    raw: Option<&[u8]>,
+    n: usize,
+    f: MiniFloat,
+) -> Result<Data, String> {
+    let codes = packed_codes(t, raw, n, f.bits)?;
     Ok(Data::F16(
         codes
             .into_iter()
@@ -228,8 +246,14 @@ fn decode_minifloat(t: &TensorProto, n: usize, f: MiniFloat) -> Result<Data, Str
 
 /// The values of a sub-byte integer tensor, sign-extended for the signed
 /// types.
-fn unpack_sub_byte(t: &TensorProto, n: usize, bits: u32, signed: bool) -> Result<Data, String> {
-    let codes = packed_codes(t, n, bits)?;
+fn unpack_sub_byte(
+    t: &TensorProto,
+    raw: Option<&[u8]>,
+    n: usize,
+    bits: u32,
+    signed: bool,
+) -> Result<Data, String> {
+    let codes = packed_codes(t, raw, n, bits)?;
     Ok(if signed {
         let shift = 8 - bits;
         Data::I8(
@@ -359,12 +383,23 @@ fn bits16(t: &TensorProto) -> Result<Vec<u16>, String> {
         .collect()
 }
 
-/// Reads the elements from `raw_data`.
-fn from_raw(t: &TensorProto, dtype: DType, n: usize) -> Result<Data, String> {
-    let bytes = &t.raw_data;
-    let need = n
-        .checked_mul(dtype.size_bytes())
-        .ok_or_else(|| format!("dims {:?} have more bytes than fit in memory", t.dims))?;
+/// The bytes `n` elements of `t`'s element type (kiln dtype `dtype`) take
+/// in `raw_data` (or external data): packed for the sub-byte types.
+fn raw_bytes(t: &TensorProto, dtype: DType, n: usize) -> Result<usize, String> {
+    let bits = sub_byte(t.data_type)
+        .map(|(bits, _)| bits)
+        .or_else(|| minifloat(t.data_type).map(|f| f.bits));
+    match bits {
+        Some(bits) => Ok(n.div_ceil((8 / bits) as usize)),
+        None => n
+            .checked_mul(dtype.size_bytes())
+            .ok_or_else(|| format!("dims {:?} have more bytes than fit in memory", t.dims)),
+    }
+}
+
+/// Reads the elements from `bytes` (`raw_data`, or external data).
+fn from_raw(t: &TensorProto, bytes: &[u8], dtype: DType, n: usize) -> Result<Data, String> {
+    let need = raw_bytes(t, dtype, n)?;
     if bytes.len() != need {
         return Err(format!(
             "raw_data has {} bytes but dims {:?} of {} need {need}",
@@ -450,24 +485,19 @@ fn narrow<T: TryFrom<i32>>(t: &TensorProto, n: usize) -> Result<Vec<T>, String> 
 }
 
 /// The contents of a tensor as an [`Array`] (a scalar has `dims == []`).
-/// Errors name the tensor: unsupported element types, external data,
-/// segments, negative dims, and data whose size does not match `dims`.
+/// Errors name the tensor: unsupported element types, segments, negative
+/// dims, data whose size does not match `dims`, and external data that
+/// cannot be read. External data is read relative to the model's folder
+/// while a model is imported from a file ([`crate::import`]), and relative
+/// to the file's folder by [`read_tensor_file`] and [`read_value_file`];
+/// elsewhere it is an error.
 pub fn to_array(t: &TensorProto) -> Result<Array, String> {
     let inner = || -> Result<Array, String> {
-        match DataLocation::try_from(t.data_location) {
-            Ok(DataLocation::Default) => {}
-            Ok(DataLocation::External) => {
-                let location = t
-                    .external_data
-                    .iter()
-                    .find(|e| e.key == "location")
-                    .map_or("?", |e| e.value.as_str());
-                return Err(format!(
-                    "its data is stored in an external file ({location:?}), which is not supported"
-                ));
-            }
+        let external = match DataLocation::try_from(t.data_location) {
+            Ok(DataLocation::Default) => false,
+            Ok(DataLocation::External) => true,
             Err(_) => return Err(format!("unknown data_location {}", t.data_location)),
-        }
+        };
         if let Some(s) = &t.segment {
             return Err(format!(
                 "it is a segment (elements {}..{}) of a larger tensor, which is not supported",
@@ -476,14 +506,26 @@ pub fn to_array(t: &TensorProto) -> Result<Array, String> {
         }
         let dtype = dtype_of(t.data_type)?;
         let (shape, n) = shape_of(t)?;
-        let data = if let Some((bits, signed)) = sub_byte(t.data_type) {
-            unpack_sub_byte(t, n, bits, signed)?
-        } else if let Some(f) = minifloat(t.data_type) {
-            decode_minifloat(t, n, f)?
+        // The bytes of `raw_data` or of the external file, where the tensor
+        // has them (the external ones checked against the size dims need
+        // before anything is copied).
+        let mapped;
+        let raw: Option<&[u8]> = if external {
+            mapped = crate::external::read(t, raw_bytes(t, dtype, n)?)?;
+            Some(&mapped)
         } else if t.raw_data.is_empty() {
-            from_typed(t, dtype, n)?
+            None
         } else {
-            from_raw(t, dtype, n)?
+            Some(&t.raw_data)
+        };
+        let data = if let Some((bits, signed)) = sub_byte(t.data_type) {
+            unpack_sub_byte(t, raw, n, bits, signed)?
+        } else if let Some(f) = minifloat(t.data_type) {
+            decode_minifloat(t, raw, n, f)?
+        } else if let Some(raw) = raw {
+            from_raw(t, raw, dtype, n)?
+        } else {
+            from_typed(t, dtype, n)?
         };
         Array::new(shape, data).ok_or_else(|| "the data does not match dims".to_string())
     };
@@ -508,8 +550,10 @@ pub fn from_array(name: &str, a: &Array) -> TensorProto {
 
 /// Reads a file holding one serialized `TensorProto` (such as the ONNX
 /// backend tests' `test_data_set_0/input_0.pb`); returns the tensor's name
-/// and contents. Errors name the file.
+/// and contents (external data relative to the file's folder). Errors name
+/// the file.
 pub fn read_tensor_file(path: &Path) -> Result<(String, Array), String> {
+    let _external = crate::external::Scope::enter(path.parent());
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let t = TensorProto::decode(bytes.as_slice())
         .map_err(|e| format!("{}: not a serialized ONNX TensorProto: {e}", path.display()))?;
@@ -626,6 +670,7 @@ pub fn optional_value(o: &OptionalProto) -> Result<Option<DataValue>, String> {
 /// file.
 pub fn read_value_file(path: &Path, ty: &TypeProto) -> Result<(String, DataValue), String> {
     use crate::proto::type_proto::Value as T;
+    let _external = crate::external::Scope::enter(path.parent());
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let at = |e: String| format!("{}: {e}", path.display());
     match &ty.value {
@@ -1011,24 +1056,216 @@ mod tests {
         assert!(to_array(&t).unwrap_err().starts_with("unnamed tensor: "));
     }
 
+    /// An external tensor of `dims` and type `data_type`, in `location`
+    /// (with `offset` and `length` entries where given).
+    fn external(
+        data_type: i32,
+        dims: &[i64],
+        location: &str,
+        offset: Option<&str>,
+        length: Option<&str>,
+    ) -> TensorProto {
+        let entry = |key: &str, value: &str| StringStringEntryProto {
+            key: key.to_string(),
+            value: value.to_string(),
+        };
+        let mut external_data = vec![entry("location", location)];
+        external_data.extend(offset.map(|v| entry("offset", v)));
+        external_data.extend(length.map(|v| entry("length", v)));
+        TensorProto {
+            name: "weight".to_string(),
+            dims: dims.to_vec(),
+            data_type,
+            data_location: DataLocation::External as i32,
+            external_data,
+            ..TensorProto::default()
+        }
+    }
+
+    /// A fresh directory for a test's files.
+    fn scratch(test: &str) -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("kiln-onnx-external-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
     #[test]
-    fn external_data_refused() {
-        let mut t = tensor(DataType::Float, &[2]);
-        t.name = "weight".to_string();
-        t.data_location = DataLocation::External as i32;
-        t.external_data = vec![StringStringEntryProto {
-            key: "location".to_string(),
-            value: "weights.bin".to_string(),
-        }];
+    fn external_data_needs_the_model_folder() {
+        let t = external(DataType::Float as i32, &[2], "weights.bin", None, None);
         let e = to_array(&t).unwrap_err();
         assert!(
-            e.starts_with("tensor \"weight\": ") && e.contains("external file (\"weights.bin\")"),
+            e.starts_with("tensor \"weight\": ")
+                && e.contains("external file (\"weights.bin\")")
+                && e.contains("import the model from its file path"),
             "{e}"
         );
+        let mut t = t;
         t.data_location = 5;
         assert!(to_array(&t)
             .unwrap_err()
             .contains("unknown data_location 5"));
+    }
+
+    #[test]
+    fn external_data_is_read_from_the_mapped_file() {
+        let dir = scratch("read");
+        // 3 bytes of something else, then 4 f32 (unaligned), then 2 INT4
+        // packed in one byte, then 2 i64.
+        let v = [1.5f32, -2.0, 0.25, 8.0];
+        let mut bytes = vec![7u8, 7, 7];
+        bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        bytes.push(0x8f); // INT4 [-1, -8]
+        bytes.extend([5i64, -6].iter().flat_map(|x| x.to_le_bytes()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/w.bin"), &bytes).unwrap();
+        let _scope = crate::external::Scope::enter(Some(&dir));
+        let f = external(
+            DataType::Float as i32,
+            &[2, 2],
+            "sub/w.bin",
+            Some("3"),
+            Some("16"),
+        );
+        assert_eq!(
+            to_array(&f).unwrap(),
+            Array::from_vec(vec![2, 2], v.to_vec()).unwrap()
+        );
+        let q = external(22, &[2], "./sub/../sub/w.bin", Some("19"), Some("1"));
+        assert_eq!(
+            to_array(&q).unwrap(),
+            Array::from_vec(vec![2], vec![-1i8, -8]).unwrap()
+        );
+        // No length: the rest of the file.
+        let i = external(DataType::Int64 as i32, &[2], "sub/w.bin", Some("20"), None);
+        assert_eq!(
+            to_array(&i).unwrap(),
+            Array::from_vec(vec![2], vec![5i64, -6]).unwrap()
+        );
+        // The file was mapped once for the three tensors.
+        assert_eq!(crate::external::mapped_files(), 1);
+        // A zero-size tensor at the end of the file, and in an empty file.
+        let z = external(
+            DataType::Float as i32,
+            &[0],
+            "sub/w.bin",
+            Some("36"),
+            Some("0"),
+        );
+        assert!(to_array(&z).unwrap().is_empty());
+        std::fs::write(dir.join("empty.bin"), []).unwrap();
+        let z = external(DataType::Float as i32, &[0, 3], "empty.bin", None, None);
+        assert_eq!(to_array(&z).unwrap().shape(), &[0, 3]);
+        drop(_scope);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn external_data_errors_name_tensor_file_and_numbers() {
+        let dir = scratch("errors");
+        let model = dir.join("model");
+        std::fs::create_dir_all(model.join("folder.bin")).unwrap();
+        std::fs::write(model.join("w.bin"), [0u8; 16]).unwrap();
+        std::fs::write(dir.join("secret.bin"), [0u8; 16]).unwrap();
+        let _scope = crate::external::Scope::enter(Some(&model));
+        let float = DataType::Float as i32;
+        let err = |location: &str, offset: Option<&str>, length: Option<&str>| {
+            let e = to_array(&external(float, &[4], location, offset, length)).unwrap_err();
+            assert!(e.starts_with("tensor \"weight\": "), "{e}");
+            e
+        };
+        let has = |e: &str, parts: &[&str]| {
+            for p in parts {
+                assert!(e.contains(p), "lacks {p:?}: {e}");
+            }
+        };
+        // Paths out of the folder.
+        for location in ["../secret.bin", "a/../../secret.bin", "/etc/passwd"] {
+            let e = err(location, None, None);
+            has(
+                &e,
+                &[&format!("{location:?}"), "escapes the model's folder"],
+            );
+        }
+        let abs = dir.join("secret.bin").display().to_string();
+        has(&err(&abs, None, None), &["escapes the model's folder"]);
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.join("secret.bin"), model.join("link.bin")).unwrap();
+            let e = err("link.bin", None, None);
+            has(
+                &e,
+                &["\"link.bin\"", "escapes the model's folder", "secret.bin"],
+            );
+            // A link inside the folder is followed.
+            std::os::unix::fs::symlink(model.join("w.bin"), model.join("inside.bin")).unwrap();
+            assert_eq!(
+                to_array(&external(float, &[4], "inside.bin", None, None)).unwrap(),
+                Array::zeros(DType::F32, &[4])
+            );
+        }
+        // Missing, or not a regular file.
+        has(
+            &err("nope.bin", None, None),
+            &["\"nope.bin\"", "no such file"],
+        );
+        has(
+            &err("folder.bin", None, None),
+            &["\"folder.bin\"", "a directory"],
+        );
+        // Offsets and lengths past the end.
+        has(
+            &err("w.bin", Some("17"), None),
+            &["\"w.bin\"", "offset 17 is beyond the end", "16 bytes"],
+        );
+        has(
+            &err("w.bin", Some("8"), Some("16")),
+            &[
+                "\"w.bin\"",
+                "offset 8 of length 16 runs past the end",
+                "16 bytes",
+            ],
+        );
+        has(
+            &err("w.bin", Some("1"), Some(&u64::MAX.to_string())),
+            &["runs past the end"],
+        );
+        // Lengths that do not match the dims.
+        has(
+            &err("w.bin", Some("0"), Some("12")),
+            &[
+                "\"w.bin\"",
+                "12 bytes (length)",
+                "dims [4] of float need 16",
+            ],
+        );
+        has(
+            &err("w.bin", Some("4"), None),
+            &["12 bytes (the rest of the file)", "need 16"],
+        );
+        // Unparsable numbers, no location.
+        has(
+            &err("w.bin", Some("-4"), None),
+            &["offset \"-4\"", "\"w.bin\"", "not a byte count"],
+        );
+        has(&err("w.bin", None, Some("16 ")), &["length \"16 \""]);
+        let mut t = external(float, &[4], "w.bin", None, None);
+        t.external_data.clear();
+        assert!(to_array(&t).unwrap_err().contains("has no location"));
+        // A huge declared size is refused without allocating it.
+        let t = external(
+            DataType::Double as i32,
+            &[1 << 40, 1 << 20],
+            "w.bin",
+            None,
+            None,
+        );
+        has(
+            &to_array(&t).unwrap_err(),
+            &["16 bytes", "need 9223372036854775808"],
+        );
+        drop(_scope);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

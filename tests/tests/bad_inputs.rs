@@ -1467,6 +1467,8 @@ fn onnx_reshape_whose_shape_is_a_run_time_input() {
     );
 }
 
+/// From bytes, external data has no folder to be found in (from a file it
+/// is read: `bad_onnx.rs`).
 #[test]
 fn onnx_initializer_with_external_data() {
     let mut m = add_model();
@@ -1486,7 +1488,12 @@ fn onnx_initializer_with_external_data() {
     assert!(matches!(e, kiln_onnx::Error::Invalid(_)), "{e:?}");
     mentions(
         &e.to_string(),
-        &["initializer 'weights'", "external file", "weights.bin"],
+        &[
+            "initializer 'weights'",
+            "external file",
+            "weights.bin",
+            "import the model from its file path",
+        ],
     );
 }
 

@@ -1,8 +1,10 @@
 //! Bad ONNX input, one test per case (issue 16): models whose import-time
 //! evaluation would need unbounded memory, files that are not models,
 //! values written twice, opsets kiln does not read, import options naming
-//! what the model does not have, and errors that must name the ONNX node.
-//! Each checks the error's kind and that its message names the culprit, or
+//! what the model does not have, errors that must name the ONNX node, and
+//! external data (issue 18) that leaves the model's folder, is missing, or
+//! does not fit its file or its tensor (beside a model whose external data
+//! imports and runs). Each checks the error's kind and that its message names the culprit, or
 //! that the import finishes quickly in bounded memory.
 
 use std::path::PathBuf;
@@ -681,4 +683,253 @@ fn batch_norm_statistics_import_as_non_trainable_variables() {
     };
     assert!(trainable("gamma") && trainable("beta"));
     assert!(!trainable("mean") && !trainable("var"));
+}
+
+// ---------------------------------------------------------- external data
+
+/// An f32 tensor `name` of `dims` whose data is in the external file
+/// `location` (with `offset` and `length` entries where given).
+fn external_f32(
+    name: &str,
+    dims: &[i64],
+    location: &str,
+    offset: Option<u64>,
+    length: Option<u64>,
+) -> proto::TensorProto {
+    let entry = |key: &str, value: String| proto::StringStringEntryProto {
+        key: key.into(),
+        value,
+    };
+    let mut external_data = vec![entry("location", location.into())];
+    external_data.extend(offset.map(|v| entry("offset", v.to_string())));
+    external_data.extend(length.map(|v| entry("length", v.to_string())));
+    proto::TensorProto {
+        name: name.into(),
+        data_type: DataType::Float as i32,
+        dims: dims.to_vec(),
+        data_location: proto::tensor_proto::DataLocation::External as i32,
+        external_data,
+        ..Default::default()
+    }
+}
+
+/// `y = (x + w) * c` over `x: f32[4]`: `w` an initializer and `c` a
+/// `Constant` node's value, both given (as tensors that may be external).
+fn add_mul_model(w: proto::TensorProto, c: proto::TensorProto) -> proto::ModelProto {
+    let mut constant = node("Constant", "c", &[], &["c"]);
+    constant.attribute.push(proto::AttributeProto {
+        name: "value".into(),
+        r#type: AttributeType::Tensor as i32,
+        t: Some(c),
+        ..Default::default()
+    });
+    model(
+        proto::GraphProto {
+            name: "external".into(),
+            node: vec![
+                constant,
+                node("Add", "add", &["x", "w"], &["s"]),
+                node("Mul", "mul", &["s", "c"], &["y"]),
+            ],
+            initializer: vec![w],
+            input: vec![input("x", DataType::Float, &dims(&[4]))],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    )
+}
+
+/// Little-endian bytes of `v`.
+fn le(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes `m` as `dir/model.onnx` and imports it from there.
+fn import_file(dir: &std::path::Path, m: &proto::ModelProto) -> kiln_onnx::Result<Graph> {
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    kiln_onnx::import(&path)
+}
+
+/// `(x + w) * c` of the model above on both devices.
+#[track_caller]
+fn run_add_mul(g: &Graph, x: [f32; 4]) -> Vec<f64> {
+    let x = Array::from_vec(vec![4], x.to_vec()).unwrap();
+    let mut results = Vec::new();
+    for device in [Device::Reference, Device::Cpu] {
+        let mut s = Session::new(g, device).unwrap_or_else(|e| panic!("{device}: {e}"));
+        let y = s
+            .run(&[("x", &x)], &["y"])
+            .unwrap_or_else(|e| panic!("{device}: {e}"));
+        results.push(y[0].to_f64_vec());
+    }
+    assert_eq!(results[0], results[1], "reference and CPU differ");
+    results.pop().unwrap()
+}
+
+/// A model whose initializer and `Constant` value are external data (one
+/// file in a subfolder, at offsets, as `onnx.save(...,
+/// save_as_external_data=True)` writes them) imports from its file and
+/// runs; the same model from bytes is an error saying why.
+#[test]
+fn external_data_initializer_imports_and_runs() {
+    let dir = scratch("external-ok");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let mut file = vec![0xee; 4]; // 4 bytes of padding: w at offset 4
+    file.extend(le(&[1.0, 2.0, 3.0, 4.0]));
+    file.extend(le(&[0.5, -1.0, 2.0, 10.0])); // c at offset 20, to the end
+    std::fs::write(dir.join("data/weights.bin"), &file).unwrap();
+    let m = add_mul_model(
+        external_f32("w", &[4], "data/weights.bin", Some(4), Some(16)),
+        external_f32("c", &[4], "data/weights.bin", Some(20), None),
+    );
+    let g = import_file(&dir, &m).unwrap_or_else(|e| panic!("import: {e}"));
+    assert_eq!(
+        run_add_mul(&g, [1.0, 1.0, -3.0, 0.0]),
+        [1.0, -3.0, 0.0, 40.0]
+    );
+    // As trainable variables too.
+    let path = dir.join("model.onnx");
+    let options = ImportOptions {
+        initializers_as_variables: true,
+        ..Default::default()
+    };
+    let g = kiln_onnx::import_with(&path, &options).unwrap();
+    assert!(matches!(
+        g.node(g.find("w").unwrap()).op,
+        kiln::graph::Op::Variable { .. }
+    ));
+    assert_eq!(run_add_mul(&g, [0.0; 4]), [0.5, -2.0, 6.0, 40.0]);
+    // From bytes there is no folder to find the file in.
+    let e = import_error(&m, &ImportOptions::default());
+    assert!(matches!(e, kiln_onnx::Error::Invalid(_)), "{e:?}");
+    mentions(
+        &e.to_string(),
+        &[
+            "'w'",
+            "\"data/weights.bin\"",
+            "import the model from its file path",
+        ],
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// External data in a file over 2 GiB (the limit of the .onnx file itself)
+/// is mapped, not read: a sparse 3 GiB file with the weights near its end.
+#[test]
+fn external_data_file_over_2_gib_is_mapped() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = scratch("external-big");
+    let offset = (5u64 << 30) / 2; // 2.5 GiB
+    let mut f = std::fs::File::create(dir.join("big.bin")).unwrap();
+    f.set_len(3 << 30).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&le(&[1.0, 2.0, 3.0, 4.0, 2.0, 2.0, 2.0, 2.0]))
+        .unwrap();
+    drop(f);
+    let m = add_mul_model(
+        external_f32("w", &[4], "big.bin", Some(offset), Some(16)),
+        external_f32("c", &[4], "big.bin", Some(offset + 16), Some(16)),
+    );
+    let g = within(60, move || {
+        let g = import_file(&dir, &m);
+        std::fs::remove_dir_all(&dir).ok();
+        g
+    })
+    .unwrap();
+    assert_eq!(run_add_mul(&g, [1.0; 4]), [4.0, 6.0, 8.0, 10.0]);
+}
+
+/// External data files that are out of the model's folder, missing, too
+/// short, or of the wrong size: errors naming the tensor, the file and the
+/// numbers, never a panic or a large allocation.
+#[test]
+fn bad_external_data_is_an_error_naming_the_tensor_and_file() {
+    let dir = scratch("external-bad");
+    let folder = dir.join("model");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(dir.join("secret.bin"), le(&[9.0; 4])).unwrap();
+    std::fs::write(folder.join("w.bin"), le(&[1.0; 4])).unwrap();
+    let constant = proto::TensorProto {
+        name: "c".into(),
+        data_type: DataType::Float as i32,
+        dims: vec![4],
+        float_data: vec![1.0; 4],
+        ..Default::default()
+    };
+    let import_w = |location: &str, offset: Option<u64>, length: Option<u64>| {
+        let w = external_f32("w", &[4], location, offset, length);
+        import_file(&folder, &add_mul_model(w, constant.clone()))
+    };
+    let error = |location: &str, offset: Option<u64>, length: Option<u64>| {
+        let e = import_w(location, offset, length).unwrap_err();
+        assert!(matches!(e, kiln_onnx::Error::File { .. }), "{e:?}");
+        let msg = e.to_string();
+        mentions(&msg, &["model.onnx", "initializer 'w'", "tensor \"w\""]);
+        msg
+    };
+    // Out of the folder: `..`, an absolute path, a symbolic link.
+    let abs = dir.join("secret.bin").display().to_string();
+    for location in ["../secret.bin", "sub/../../secret.bin", abs.as_str()] {
+        let msg = error(location, None, None);
+        mentions(
+            &msg,
+            &[&format!("{location:?}"), "escapes the model's folder"],
+        );
+    }
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(dir.join("secret.bin"), folder.join("link.bin")).unwrap();
+        mentions(
+            &error("link.bin", None, None),
+            &["\"link.bin\"", "escapes the model's folder", "secret.bin"],
+        );
+    }
+    // Missing; a directory.
+    mentions(
+        &error("missing.bin", None, None),
+        &["\"missing.bin\"", "no such file"],
+    );
+    std::fs::create_dir_all(folder.join("dir.bin")).unwrap();
+    mentions(
+        &error("dir.bin", None, None),
+        &["\"dir.bin\"", "a directory"],
+    );
+    // Past the end of the 16-byte file.
+    mentions(
+        &error("w.bin", Some(32), Some(16)),
+        &["\"w.bin\"", "offset 32 is beyond the end", "16 bytes"],
+    );
+    mentions(
+        &error("w.bin", Some(4), Some(16)),
+        &[
+            "\"w.bin\"",
+            "offset 4 of length 16 runs past the end",
+            "16 bytes",
+        ],
+    );
+    mentions(
+        &error("w.bin", Some(4), Some(u64::MAX)),
+        &["runs past the end"],
+    );
+    // A length that is not what f32[4] takes.
+    mentions(
+        &error("w.bin", Some(0), Some(12)),
+        &["\"w.bin\"", "has 12 bytes", "dims [4] of float need 16"],
+    );
+    mentions(
+        &error("w.bin", Some(8), None),
+        &["has 8 bytes (the rest of the file)", "need 16"],
+    );
+    // A huge declared shape is a size mismatch, not an allocation.
+    let w = proto::TensorProto {
+        dims: vec![1 << 20, 1 << 20, 1 << 10],
+        ..external_f32("w", &[], "w.bin", None, None)
+    };
+    let e = import_file(&folder, &add_mul_model(w, constant.clone())).unwrap_err();
+    mentions(&e.to_string(), &["\"w.bin\"", "need 4503599627370496"]);
+    // The good file imports.
+    assert!(import_w("w.bin", None, None).is_ok());
+    std::fs::remove_dir_all(&dir).ok();
 }
