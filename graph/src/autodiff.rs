@@ -141,6 +141,7 @@ fn input_gradients<'g>(
         Op::Placeholder { .. }
         | Op::Constant { .. }
         | Op::Variable { .. }
+        | Op::SymbolicConstant { .. }
         | Op::Iota { .. }
         | Op::RandomUniform { .. }
         | Op::RandomNormal { .. } => vec![],
@@ -156,7 +157,9 @@ fn input_gradients<'g>(
         Op::Permute { perm } => vec![Some(ops::movement::grad_permute(perm, g)?)],
         Op::Broadcast { .. } => vec![Some(unbroadcast(g, &ins[0].shape())?)],
         Op::Slice { axes } => vec![Some(ops::movement::grad_slice(ins[0], axes, g)?)],
-        Op::Pad { before, .. } => vec![Some(ops::movement::grad_pad(ins[0], before, g)?)],
+        Op::Pad { before, after, .. } => {
+            vec![Some(ops::movement::grad_pad(ins[0], before, after, g)?)]
+        }
         Op::Concat { axis } => ops::movement::grad_concat(ins, *axis, g)?,
         Op::MatMul => ops::linalg::grad_matmul(ins[0], ins[1], g)?,
         Op::Conv2d {

@@ -6,13 +6,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::array::{Array, Data};
+use crate::dim_expr::DimExpr;
 use crate::dtype::DType;
 use crate::error::{Error, Result, SourceLoc};
 use crate::graph::{Graph, NodeId};
 use crate::init::Init;
 use crate::op::Op;
 use crate::ops::format_types;
-use crate::shape::{Shape, TensorType};
+use crate::shape::{Dim, Shape, TensorType};
 
 struct State {
     graph: Graph,
@@ -184,12 +185,53 @@ impl GraphBuilder {
             });
         }
         let ids: Vec<NodeId> = inputs.iter().map(|t| t.id).collect();
+        let (op, ids) = self.fold_symbolic(op, ids);
         let id = self
             .state
             .borrow_mut()
             .graph
             .add_node(name, op, &ids, loc)?;
         Ok(Tensor { b: self, id })
+    }
+
+    /// Adds size checks to the node of `t` ([`Graph::add_checks`]).
+    pub(crate) fn add_checks(&self, t: Tensor<'_>, checks: Vec<crate::shape::DimCheck>) {
+        self.state.borrow_mut().graph.add_checks(t.id, checks);
+    }
+
+    /// An op over shape values (one input a symbolic constant, the others
+    /// known too) evaluated on their expressions: it becomes a symbolic
+    /// constant, or a constant, with no inputs ([`crate::ops::symbolic`]).
+    fn fold_symbolic(&self, op: Op, ids: Vec<NodeId>) -> (Op, Vec<NodeId>) {
+        use crate::ops::symbolic;
+        let st = self.state.borrow();
+        let g = &st.graph;
+        if ids.is_empty()
+            || !ids
+                .iter()
+                .any(|&i| matches!(g.node(i).op, Op::SymbolicConstant { .. }))
+        {
+            return (op, ids);
+        }
+        let Some(ins) = ids
+            .iter()
+            .map(|&i| symbolic::known(&g.node(i).op))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return (op, ids);
+        };
+        let types: Vec<&crate::shape::TensorType> = ids.iter().map(|&i| &g.node(i).ty).collect();
+        crate::shape::take_deferred();
+        let out = op.infer(&types);
+        crate::shape::take_deferred();
+        match out
+            .ok()
+            .and_then(|ty| symbolic::fold(&op, &ins, &ty))
+            .and_then(symbolic::to_op)
+        {
+            Some(folded) => (folded, Vec::new()),
+            None => (op, ids),
+        }
     }
 
     /// A type error for `op` at `loc`, listing the operands.
@@ -339,6 +381,50 @@ impl GraphBuilder {
         )
     }
 
+    /// The shape of `x` as a 1-D i64 tensor whose values are its dims'
+    /// expressions: known while the graph is built, so ops over it fold
+    /// (`gather`, `mul`, `concat`, ...) and a tensor computed from it can
+    /// be a shape ([`Tensor::reshape_by`]). A constant when every dim is
+    /// fixed.
+    #[track_caller]
+    pub fn shape_of(&self, x: Tensor<'_>) -> Result<Tensor<'_>> {
+        let dims: Vec<DimExpr> = x.shape().0.iter().map(Dim::expr).collect();
+        self.sizes_value(&dims, &[dims.len()], SourceLoc::caller())
+    }
+
+    /// A scalar i64 tensor holding the size `e` (`batch*seq`): a symbolic
+    /// constant, or a constant when `e` is one.
+    #[track_caller]
+    pub fn size_value(&self, e: &DimExpr) -> Result<Tensor<'_>> {
+        self.sizes_value(std::slice::from_ref(e), &[], SourceLoc::caller())
+    }
+
+    /// An i64 tensor of shape `shape` holding the expressions `values`.
+    #[track_caller]
+    pub fn sizes(&self, values: &[DimExpr], shape: &[usize]) -> Result<Tensor<'_>> {
+        self.sizes_value(values, shape, SourceLoc::caller())
+    }
+
+    fn sizes_value(
+        &self,
+        values: &[DimExpr],
+        shape: &[usize],
+        loc: SourceLoc,
+    ) -> Result<Tensor<'_>> {
+        let t = crate::ops::symbolic::SymTensor {
+            dtype: DType::I64,
+            shape: shape.to_vec(),
+            values: values.to_vec(),
+        };
+        let op = crate::ops::symbolic::to_op(t).ok_or_else(|| Error::Type {
+            op: "symbolic_constant".into(),
+            location: loc.clone(),
+            reason: format!("{} values do not fill shape {shape:?}", values.len()),
+            operands: String::new(),
+        })?;
+        self.push(op, &[], loc)
+    }
+
     /// `out[i] = i[axis]`.
     #[track_caller]
     pub fn iota(&self, dtype: DType, shape: impl Into<Shape>, axis: usize) -> Result<Tensor<'_>> {
@@ -465,6 +551,20 @@ impl<'g> Tensor<'g> {
     /// The static shape.
     pub fn shape(self) -> Shape {
         self.ty().shape
+    }
+
+    /// Dim `i` of the shape: a size, a symbol or an expression (`batch*seq`).
+    ///
+    /// Panics if `i` is not below the rank.
+    pub fn dim(self, i: usize) -> Dim {
+        self.ty().shape.0[i].clone()
+    }
+
+    /// The values where they are known while building, as expressions: a
+    /// shape value ([`GraphBuilder::shape_of`] and what is computed from
+    /// it), or a small integer constant.
+    pub fn sym_values(self) -> Option<Vec<DimExpr>> {
+        crate::ops::symbolic::known(&self.b.state.borrow().graph.node(self.id).op).map(|t| t.values)
     }
 
     /// The dtype.

@@ -33,8 +33,30 @@ pub use crc32c::crc32c;
 
 /// The format name stored in every file.
 pub const FORMAT_NAME: &str = "kiln-graph";
-/// The newest format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build writes and reads. Version 2 added
+/// dims that are expressions (`{"expr": "batch*seq"}`) and symbolic
+/// constants; a graph without them is written as version 1, which every
+/// kiln reads.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest version that holds `g`: 2 where a type has an expression dim
+/// or a node is a symbolic constant (in `g` or its functions), else 1.
+fn version_needed(g: &Graph) -> u32 {
+    let newer = g.topo_order().into_iter().any(|id| {
+        let n = g.node(id);
+        matches!(n.op, crate::op::Op::SymbolicConstant { .. })
+            || n.ty
+                .shape
+                .dims()
+                .iter()
+                .any(|d| matches!(d, crate::shape::Dim::Expr(_)))
+    });
+    if newer || g.functions().iter().any(|f| version_needed(&f.graph) > 1) {
+        2
+    } else {
+        1
+    }
+}
 /// What every kiln file has right after the 8-byte safetensors header length.
 const MAGIC: &[u8] = br#"{"__metadata__":{"kiln":""#;
 
@@ -201,7 +223,7 @@ impl Graph {
         let refs: Vec<(&str, &Array)> = weights.iter().map(|(n, a)| (n.as_str(), *a)).collect();
         let header = FileHeader {
             format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
+            version: version_needed(self),
             producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
             nodes,
             outputs: self.outputs().iter().map(|o| index[o]).collect(),

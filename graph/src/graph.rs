@@ -41,6 +41,9 @@ pub struct Node {
     pub ty: TensorType,
     /// Where the user added the node.
     pub location: SourceLoc,
+    /// Conditions on symbolic sizes its type assumes that the build could
+    /// not decide (`seq` equals `n`), checked when the symbols are bound.
+    pub checks: Vec<crate::shape::DimCheck>,
 }
 
 /// A dataflow graph. Cloning gives an independent value: a session compiled
@@ -154,7 +157,10 @@ impl Graph {
             reason,
             operands: format_types(&types),
         };
-        let ty = op.infer(&types).map_err(type_error)?;
+        crate::shape::take_deferred();
+        let ty = op.infer(&types).map_err(type_error);
+        let checks = crate::shape::take_deferred();
+        let ty = ty?;
         // A value no run could allocate (a huge shape in a file, say) is
         // refused here, before an executor computes its size.
         if let Some(dims) = ty.shape.as_fixed() {
@@ -177,6 +183,7 @@ impl Graph {
             op,
             ty,
             location,
+            checks,
         }));
         for (slot, &i) in inputs.iter().enumerate() {
             self.g.add_edge(i.0, id.0, slot as u32);
@@ -405,5 +412,226 @@ impl Graph {
                 node.name
             ))),
         }
+    }
+}
+
+// ---- symbolic sizes: checks and specialization ----
+
+impl Graph {
+    /// Checks, under `bindings`, the size conditions that building left to
+    /// the binding (`seq` equals `n`; [`Node::checks`]), in this graph and
+    /// its functions. The error is the node's type error, as the build
+    /// would have given it: op, source line, operand types and both sizes.
+    pub fn check_bindings(&self, bindings: &crate::shape::Bindings) -> Result<()> {
+        let mut ids: Vec<NodeId> = self
+            .g
+            .node_indices()
+            .filter(|&i| !self.g[i].checks.is_empty())
+            .map(NodeId)
+            .collect();
+        ids.sort();
+        for id in ids {
+            self.check_node(id, bindings)?;
+        }
+        for f in &self.functions {
+            f.graph.check_bindings(bindings)?;
+        }
+        Ok(())
+    }
+
+    /// Adds size checks to node `id` (a builder method that decides sizes
+    /// before it adds the node that needs them).
+    pub(crate) fn add_checks(&mut self, id: NodeId, checks: Vec<crate::shape::DimCheck>) {
+        self.g[id.0].checks.extend(checks);
+    }
+
+    /// [`Graph::check_bindings`] for one node.
+    pub fn check_node(&self, id: NodeId, bindings: &crate::shape::Bindings) -> Result<()> {
+        let node = self.node(id);
+        for c in &node.checks {
+            let Some(why) = c.violation(bindings) else {
+                continue;
+            };
+            let ins = self.inputs(id);
+            let types: Vec<&TensorType> = ins.iter().map(|&i| &self.node(i).ty).collect();
+            let bound: Vec<String> = c
+                .found
+                .expr()
+                .symbols()
+                .into_iter()
+                .chain(c.expected.expr().symbols())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter_map(|s| bindings.get(&s).map(|v| format!("{s}={v}")))
+                .collect();
+            return Err(Error::Type {
+                op: node.op.name().into(),
+                location: node.location.clone(),
+                reason: format!("node '{}', with {}: {why}", node.name, bound.join(", ")),
+                operands: format_types(&types),
+            });
+        }
+        Ok(())
+    }
+
+    /// The graph with the bound symbols replaced by their sizes, in every
+    /// type, every shape an op holds and every symbolic constant (which
+    /// becomes a constant when all its symbols are bound), functions
+    /// included; the size checks are made first ([`Graph::check_bindings`]).
+    /// A compiled program is built from this, so the sizes are constants
+    /// in it.
+    pub fn specialize(&self, bindings: &crate::shape::Bindings) -> Result<Graph> {
+        if bindings.is_empty() {
+            return Ok(self.clone());
+        }
+        self.check_bindings(bindings)?;
+        let mut out = self.clone();
+        let ids: Vec<NodeIndex<u32>> = out.g.node_indices().collect();
+        for idx in ids {
+            let node = &mut out.g[idx];
+            let fail = |reason: String| Error::Type {
+                op: node.op.name().into(),
+                location: node.location.clone(),
+                reason: format!("node '{}': {reason}", node.name),
+                operands: String::new(),
+            };
+            let sub = |s: &crate::shape::Shape| s.substitute(bindings).map_err(&fail);
+            node.ty.shape = sub(&node.ty.shape)?;
+            node.checks.clear();
+            let op = match &node.op {
+                Op::Placeholder { dtype, shape } => Op::Placeholder {
+                    dtype: *dtype,
+                    shape: sub(shape)?,
+                },
+                Op::Iota { dtype, shape, axis } => Op::Iota {
+                    dtype: *dtype,
+                    shape: sub(shape)?,
+                    axis: *axis,
+                },
+                Op::RandomUniform {
+                    dtype,
+                    shape,
+                    seed,
+                    low,
+                    high,
+                } => Op::RandomUniform {
+                    dtype: *dtype,
+                    shape: sub(shape)?,
+                    seed: *seed,
+                    low: *low,
+                    high: *high,
+                },
+                Op::RandomNormal {
+                    dtype,
+                    shape,
+                    seed,
+                    mean,
+                    std,
+                } => Op::RandomNormal {
+                    dtype: *dtype,
+                    shape: sub(shape)?,
+                    seed: *seed,
+                    mean: *mean,
+                    std: *std,
+                },
+                Op::Reshape { shape } => Op::Reshape { shape: sub(shape)? },
+                Op::Broadcast { shape } => Op::Broadcast { shape: sub(shape)? },
+                Op::SymbolicConstant {
+                    dtype,
+                    shape,
+                    values,
+                } => {
+                    let values = values
+                        .iter()
+                        .map(|v| v.substitute(bindings))
+                        .collect::<std::result::Result<Vec<_>, String>>()
+                        .map_err(&fail)?;
+                    crate::ops::symbolic::to_op(crate::ops::symbolic::SymTensor {
+                        dtype: *dtype,
+                        shape: shape.clone(),
+                        values,
+                    })
+                    .ok_or_else(|| fail("its values do not fit its type".into()))?
+                }
+                Op::Cond {
+                    then_fn,
+                    else_fn,
+                    index,
+                    ty,
+                } => Op::Cond {
+                    then_fn: *then_fn,
+                    else_fn: *else_fn,
+                    index: *index,
+                    ty: TensorType::new(ty.dtype, sub(&ty.shape)?),
+                },
+                Op::While {
+                    cond_fn,
+                    body_fn,
+                    vars,
+                    index,
+                    ty,
+                    max_iterations,
+                } => Op::While {
+                    cond_fn: *cond_fn,
+                    body_fn: *body_fn,
+                    vars: *vars,
+                    index: *index,
+                    ty: TensorType::new(ty.dtype, sub(&ty.shape)?),
+                    max_iterations: *max_iterations,
+                },
+                Op::WhileGrad { ty, .. } => {
+                    let mut op = node.op.clone();
+                    if let Op::WhileGrad { ty: t, .. } = &mut op {
+                        *t = TensorType::new(ty.dtype, sub(&ty.shape)?);
+                    }
+                    op
+                }
+                _ => continue,
+            };
+            node.op = op;
+        }
+        // Every node's shape rule again, on the sizes: a size that does not
+        // fit in memory, or an op the sizes make invalid (an arg-max over
+        // an axis bound to 0), is an error naming the node and the sizes.
+        let given: Vec<String> = bindings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for id in out.topo_order() {
+            let node = out.node(id);
+            if node.op.is_control_flow() {
+                continue;
+            }
+            let ins = out.inputs(id);
+            let types: Vec<&TensorType> = ins.iter().map(|&i| &out.node(i).ty).collect();
+            let fail = |reason: String| Error::Type {
+                op: node.op.name().into(),
+                location: node.location.clone(),
+                reason: format!("node '{}', with {}: {reason}", node.name, given.join(", ")),
+                operands: format_types(&types),
+            };
+            crate::shape::take_deferred();
+            node.op.infer(&types).map_err(&fail)?;
+            crate::shape::take_deferred();
+            if let Some(dims) = node.ty.shape.as_fixed() {
+                let bytes = crate::array::checked_product(&dims)
+                    .and_then(|n| n.checked_mul(node.ty.dtype.size_bytes()));
+                if bytes.is_none_or(|b| b > isize::MAX as usize) {
+                    return Err(fail(format!(
+                        "its {} {dims:?} is too large to allocate",
+                        node.ty.dtype
+                    )));
+                }
+            }
+        }
+        out.functions = self
+            .functions
+            .iter()
+            .map(|f| {
+                Ok(std::sync::Arc::new(Function {
+                    graph: f.graph.specialize(bindings)?,
+                    params: f.params.clone(),
+                    results: f.results.clone(),
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(out)
     }
 }

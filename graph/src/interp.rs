@@ -49,9 +49,12 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
             op: node.op.name().into(),
             reason,
         };
-        let out_shape = node.ty.shape.resolve(inputs.bindings).map_err(|sym| {
+        if !node.checks.is_empty() {
+            graph.check_node(id, inputs.bindings)?;
+        }
+        let out_shape = node.ty.shape.resolve(inputs.bindings).map_err(|why| {
             eval_err(format!(
-                "symbolic dim '{sym}' of its shape {} is not bound by any feed",
+                "its shape {} has no size in this run: {why}",
                 node.ty.shape
             ))
         })?;
@@ -86,6 +89,14 @@ pub fn run(graph: &Graph, inputs: &RunInputs<'_>, fetches: &[NodeId]) -> Result<
                     .ok_or_else(|| eval_err("variable has no value in this session".into()))?,
             ),
             Op::Constant { value } => Cow::Borrowed(&*value.0),
+            Op::SymbolicConstant {
+                dtype,
+                shape,
+                values,
+            } => Cow::Owned(
+                crate::ops::symbolic::eval(*dtype, shape, values, inputs.bindings)
+                    .map_err(eval_err)?,
+            ),
             op if op.is_control_flow() => {
                 let ins: Vec<NodeId> = graph.inputs(id);
                 let args: Vec<&Array> = ins.iter().map(|i| values[i].as_ref()).collect();

@@ -521,10 +521,7 @@ impl GraphBuilder {
         let shape = x.shape();
         let count = match axes
             .iter()
-            .map(|&a| match shape.0[a as usize] {
-                Dim::Fixed(n) => Some(n),
-                Dim::Sym(_) => None,
-            })
+            .map(|&a| shape.0[a as usize].fixed())
             .product::<Option<usize>>()
         {
             Some(k) => self.scalar(k as f64, dt)?,

@@ -9,6 +9,7 @@
 pub mod array;
 pub mod autodiff;
 pub mod builder;
+pub mod dim_expr;
 pub mod dtype;
 pub mod error;
 pub mod format;
@@ -26,6 +27,7 @@ pub mod text;
 
 pub use array::{Array, Data, Elem, Scalar};
 pub use builder::{GraphBuilder, Tensor};
+pub use dim_expr::DimExpr;
 pub use dtype::DType;
 pub use error::{Error, FileErrorKind, OriginGuard, Result, SourceLoc};
 pub use graph::{Graph, Node, NodeId};

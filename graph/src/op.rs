@@ -217,6 +217,17 @@ pub enum Op {
         #[serde(default = "trainable_default", skip_serializing_if = "is_trainable")]
         trainable: bool,
     },
+    /// A small integer tensor whose values are expressions over the
+    /// symbolic dims (a tensor's shape, `batch*seq`, `seq-1`): known when
+    /// the graph is built, a constant of each compiled program.
+    SymbolicConstant {
+        /// Element type (an integer type or bool).
+        dtype: DType,
+        /// Shape (fixed).
+        shape: Vec<usize>,
+        /// The values, row-major.
+        values: Vec<crate::dim_expr::DimExpr>,
+    },
     /// `out[i] = i[axis]`: the index along `axis`, as `dtype`.
     Iota {
         /// Element type.
@@ -458,6 +469,7 @@ impl Op {
             Op::Placeholder { .. } => "placeholder",
             Op::Constant { .. } => "constant",
             Op::Variable { .. } => "variable",
+            Op::SymbolicConstant { .. } => "symbolic_constant",
             Op::Iota { .. } => "iota",
             Op::RandomUniform { .. } => "random_uniform",
             Op::RandomNormal { .. } => "random_normal",
@@ -501,6 +513,7 @@ impl Op {
             Op::Placeholder { .. }
             | Op::Constant { .. }
             | Op::Variable { .. }
+            | Op::SymbolicConstant { .. }
             | Op::Iota { .. }
             | Op::RandomUniform { .. }
             | Op::RandomNormal { .. } => 0,
@@ -573,6 +586,11 @@ impl Op {
             Op::Variable { init, .. } => {
                 Ok(TensorType::new(init.0.dtype(), init.0.shape().to_vec()))
             }
+            Op::SymbolicConstant {
+                dtype,
+                shape,
+                values,
+            } => ops::symbolic::infer(*dtype, shape, values),
             Op::Iota { dtype, shape, axis } => ops::index::infer_iota(*dtype, shape, *axis),
             Op::RandomUniform {
                 dtype,
@@ -686,6 +704,9 @@ impl Op {
                 Err("placeholders and variables take their value from the session".into())
             }
             Op::Constant { value } => Ok((*value.0).clone()),
+            Op::SymbolicConstant { .. } => {
+                Err("a symbolic constant takes its value from the sizes bound in a run".into())
+            }
             Op::Iota { dtype, axis, .. } => Ok(ops::index::eval_iota(*dtype, out, *axis)),
             Op::RandomUniform {
                 dtype,

@@ -3,6 +3,7 @@
 
 use crate::array::Array;
 use crate::builder::Tensor;
+use crate::dim_expr::DimExpr;
 use crate::dtype::DType;
 use crate::error::{Result, SourceLoc};
 use crate::op::{ArgOp, BinaryOp, Op, ReduceOp, SliceAxis, UnaryOp, Window2d};
@@ -326,7 +327,7 @@ impl<'g> Tensor<'g> {
             let i = self.axis("mean", a, &loc)?;
             match &shape.0[i] {
                 Dim::Fixed(n) => count *= n,
-                Dim::Sym(_) => symbolic = true,
+                _ => symbolic = true,
             }
         }
         if !self.dtype().is_float() {
@@ -416,69 +417,61 @@ impl<'g> Tensor<'g> {
     /// one `-1` is inferred from the element count (symbolic dims included).
     #[track_caller]
     pub fn reshape_to(self, dims: &[i64]) -> Result<Tensor<'g>> {
-        let loc = SourceLoc::caller();
+        let dims: Vec<DimExpr> = dims.iter().map(|&d| DimExpr::val(d)).collect();
+        self.reshape_like_onnx(&dims, SourceLoc::caller())
+    }
+
+    /// [`reshape_to`](Tensor::reshape_to) with sizes that are expressions
+    /// over symbols (a shape computed from other tensors' shapes): a
+    /// constant `0` copies the input dim, one constant `-1` is inferred as
+    /// the element count divided by the others (`batch*seq*768 / (batch*768)
+    /// = seq`).
+    #[track_caller]
+    pub fn reshape_dims(self, dims: &[DimExpr]) -> Result<Tensor<'g>> {
+        self.reshape_like_onnx(dims, SourceLoc::caller())
+    }
+
+    fn reshape_like_onnx(self, dims: &[DimExpr], loc: SourceLoc) -> Result<Tensor<'g>> {
         let input = self.shape();
+        let fail = |reason: String| self.err("reshape", &[], loc.clone(), reason);
+        let list = || {
+            let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            format!("[{}]", d.join(", "))
+        };
         let mut out: Vec<Option<Dim>> = Vec::with_capacity(dims.len());
-        for (i, &d) in dims.iter().enumerate() {
-            out.push(match d {
-                -1 => None,
-                0 => Some(input.0.get(i).cloned().ok_or_else(|| {
-                    self.err(
-                        "reshape",
-                        &[],
-                        loc.clone(),
-                        format!(
-                            "dim {i} is 0 (copy) but the input has rank {}",
-                            input.rank()
-                        ),
-                    )
-                })?),
-                d if d > 0 => Some(Dim::Fixed(d as usize)),
-                d => {
-                    return Err(self.err(
-                        "reshape",
-                        &[],
-                        loc,
-                        format!("invalid target dim {d} in {dims:?}"),
+        for (i, d) in dims.iter().enumerate() {
+            out.push(match d.as_const() {
+                Some(-1) => None,
+                Some(0) => Some(input.0.get(i).cloned().ok_or_else(|| {
+                    fail(format!(
+                        "dim {i} is 0 (copy) but the input has rank {}",
+                        input.rank()
                     ))
+                })?),
+                _ if d.is_nonneg() => {
+                    Some(Dim::from_expr(d.clone()).map_err(|e| fail(format!("dim {i}: {e}")))?)
                 }
+                _ => return Err(fail(format!("invalid target dim {d} in {}", list()))),
             });
         }
         let holes = out.iter().filter(|d| d.is_none()).count();
         if holes > 1 {
-            return Err(self.err("reshape", &[], loc, format!("more than one -1 in {dims:?}")));
+            return Err(fail(format!("more than one -1 in {}", list())));
         }
         if holes == 1 {
             let known = Shape(out.iter().flatten().cloned().collect());
-            let (n_in, mut s_in) = input.symbolic_size();
-            let (n_k, s_k) = known.symbolic_size();
-            for s in &s_k {
-                match s_in.iter().position(|x| x == s) {
-                    Some(p) => {
-                        s_in.remove(p);
-                    }
-                    None => {
-                        return Err(self.err(
-                            "reshape",
-                            &[],
-                            loc,
-                            format!("cannot infer -1 in {dims:?}"),
-                        ))
-                    }
-                }
+            let cannot =
+                |why: String| fail(format!("cannot infer -1 in {} from {input}: {why}", list()));
+            let total = input.size_expr().map_err(&cannot)?;
+            let part = known.size_expr().map_err(&cannot)?;
+            if part == DimExpr::val(0) {
+                return Err(cannot("the other dims hold no elements".into()));
             }
-            let fill = match (n_k, s_in.len()) {
-                (k, 0) if k > 0 && n_in % k == 0 => Dim::Fixed(n_in / k),
-                (k, 1) if k > 0 && n_in == k => Dim::Sym(s_in[0].clone()),
-                _ => {
-                    return Err(self.err(
-                        "reshape",
-                        &[],
-                        loc,
-                        format!("cannot infer -1 in {dims:?} from {input}"),
-                    ))
-                }
-            };
+            let fill = total.div_floor(&part).map_err(&cannot)?;
+            if fill.mul(&part).map_err(&cannot)? != total {
+                return Err(cannot(format!("{part} does not divide {total}")));
+            }
+            let fill = Dim::from_expr(fill).map_err(&cannot)?;
             for d in out.iter_mut() {
                 if d.is_none() {
                     *d = Some(fill.clone());
@@ -551,6 +544,89 @@ impl<'g> Tensor<'g> {
         let mut axes = vec![SliceAxis::FULL; self.rank()];
         axes[a] = SliceAxis { start, end, step };
         self.op(Op::Slice { axes }, &[], loc)
+    }
+
+    /// A slice of `axis` whose bounds may be expressions over the symbolic
+    /// dims (`x[:, :seq]`, `x[k-q:k]`), Python-style like
+    /// [`slice_axis`](Tensor::slice_axis): negative bounds count from the
+    /// end, so the sign of a symbolic bound must not depend on the binding.
+    /// Constant bounds give a slice; others a gather of `start + i*step`.
+    #[track_caller]
+    pub fn slice_dyn(
+        self,
+        axis: i64,
+        start: &DimExpr,
+        end: &DimExpr,
+        step: i64,
+    ) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let a = self.axis("slice", axis, &loc)?;
+        let fail = |reason: String| self.err("slice", &[], loc.clone(), reason);
+        if let (Some(s), Some(e)) = (start.as_const(), end.as_const()) {
+            let mut axes = vec![SliceAxis::FULL; self.rank()];
+            axes[a] = SliceAxis {
+                start: s,
+                end: e,
+                step,
+            };
+            return self.op(Op::Slice { axes }, &[], loc);
+        }
+        let d = self.dim(a).expr();
+        crate::shape::take_deferred();
+        let range = crate::ops::movement::slice_range_expr(&d, start, end, step);
+        let checks = crate::shape::take_deferred();
+        let (first, len) = range.map_err(|e| fail(format!("dim {a} ({d}): {e}")))?;
+        let len = Dim::from_expr(len).map_err(&fail)?;
+        let b = self.b;
+        let first = b.size_value(&first)?;
+        let idx = b
+            .iota(DType::I64, Shape(vec![len]), 0)?
+            .mul(step)?
+            .add(first)?;
+        let out = self.gather(idx, a as i64)?;
+        // The bounds' signs the build assumed are checked with the gather.
+        b.add_checks(out, checks);
+        Ok(out)
+    }
+
+    /// Reshape to the shape held by the i64 tensor `shape`, whose values must
+    /// be known while building (a shape value: [`GraphBuilder::shape_of`]
+    /// and what is computed from it), with [`reshape_to`](Tensor::reshape_to)'s
+    /// `0` and `-1`.
+    #[track_caller]
+    pub fn reshape_by(self, shape: Tensor<'g>) -> Result<Tensor<'g>> {
+        let loc = SourceLoc::caller();
+        let dims = self.shape_operand("reshape", shape, &loc)?;
+        self.reshape_like_onnx(&dims, loc)
+    }
+
+    /// The values of a 1-D tensor operand that holds a shape.
+    pub(crate) fn shape_operand(
+        self,
+        op: &str,
+        shape: Tensor<'g>,
+        loc: &SourceLoc,
+    ) -> Result<Vec<DimExpr>> {
+        if shape.rank() != 1 || !shape.dtype().is_int() {
+            return Err(self.err(
+                op,
+                &[shape],
+                loc.clone(),
+                format!("the shape must be a 1-D integer tensor, got {}", shape.ty()),
+            ));
+        }
+        shape.sym_values().ok_or_else(|| {
+            self.err(
+                op,
+                &[shape],
+                loc.clone(),
+                format!(
+                    "the shape '{}' is computed from tensor data at run time; it must be \
+                     known while building (a constant, or computed from shapes)",
+                    shape.name()
+                ),
+            )
+        })
     }
 
     /// Pads with `value`: `before[i]` and `after[i]` elements on dim `i`.

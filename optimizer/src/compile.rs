@@ -37,7 +37,9 @@ pub fn compile(
     bindings: &Bindings,
     opts: &CompileOptions,
 ) -> Result<Compiled> {
-    let mut g = graph.clone();
+    // The bound sizes become constants of the program: symbolic dims,
+    // shape values and the ops that take them are fixed from here on.
+    let mut g = graph.specialize(bindings)?;
     g.set_outputs(fetches.to_vec())?;
     // Half types compute in f32: explicit before anything else sees them.
     let g = widen::widen_half(&g)?;

@@ -73,7 +73,10 @@ pub enum Class {
 /// The class of an op.
 pub fn class(op: &Op) -> Class {
     match op {
-        Op::Placeholder { .. } | Op::Variable { .. } | Op::Constant { .. } => Class::Source,
+        Op::Placeholder { .. }
+        | Op::Variable { .. }
+        | Op::Constant { .. }
+        | Op::SymbolicConstant { .. } => Class::Source,
         Op::Iota { .. } | Op::RandomUniform { .. } | Op::RandomNormal { .. } => Class::Elementwise,
         Op::Unary { .. } | Op::Binary { .. } | Op::Select | Op::Cast { .. } => Class::Elementwise,
         Op::Reshape { .. }

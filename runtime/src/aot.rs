@@ -446,7 +446,7 @@ impl Build {
                 let n = self
                     .dims
                     .iter()
-                    .find(|(d, _)| d == s)
+                    .find(|(d, _)| *d == s)
                     .map(|(_, n)| *n)
                     .ok_or_else(|| invalid(format!("symbolic dim '{s}' needs .dim(\"{s}\", N)")))?;
                 bindings.insert(s.to_string(), n);

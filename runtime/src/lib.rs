@@ -44,7 +44,7 @@ pub mod prelude {
     pub use crate::session::{Session, SessionOptions};
     pub use kiln_graph::{
         one_hot, shape, softmax_cross_entropy, sparse_softmax_cross_entropy, Activation, Array,
-        Conv2dOptions, DType, Dim, Graph, GraphBuilder, Init, NodeId, Shape, SliceAxis, Tensor,
-        TensorType, Window2d,
+        Conv2dOptions, DType, Dim, DimExpr, Graph, GraphBuilder, Init, NodeId, Shape, SliceAxis,
+        Tensor, TensorType, Window2d,
     };
 }

@@ -649,6 +649,7 @@ impl Session {
         let mut seen: Vec<NodeId> = Vec::with_capacity(feeds.len());
         let mut bindings = Bindings::new();
         let mut bound_by: HashMap<String, String> = HashMap::new();
+        let mut exprs = Vec::new();
         for &(name, value) in feeds {
             let err = |reason: String| Error::Feed {
                 name: name.into(),
@@ -708,14 +709,36 @@ impl Session {
                         }
                         Some(_) => {}
                         None => {
+                            kiln_graph::dim_expr::check_binding(s, n)
+                                .map_err(|e| err(format!("dim {i}: {e}")))?;
                             bindings.insert(s.clone(), n);
                             bound_by.insert(s.clone(), name.to_string());
                         }
                     },
-                    Dim::Fixed(_) => {}
+                    Dim::Fixed(_) | Dim::Expr(_) => {}
+                }
+            }
+            exprs.push((name, node.ty.clone(), value.shape().to_vec()));
+        }
+        // Dims that are expressions (`2*seq`) must equal what the symbols
+        // that other dims bound make them.
+        for (name, ty, got) in exprs {
+            for (i, (d, &n)) in ty.shape.dims().iter().zip(&got).enumerate() {
+                let Dim::Expr(e) = d else { continue };
+                let want = d.eval(&bindings).map_err(|why| Error::Feed {
+                    name: name.into(),
+                    reason: format!("dim {i} is {e} ({ty}), which no feed's dims bind: {why}"),
+                })?;
+                if want != n {
+                    return Err(Error::Feed {
+                        name: name.into(),
+                        reason: format!("dim {i} must be {e} = {want} ({ty}), got shape {got:?}"),
+                    });
                 }
             }
         }
+        // The size conditions the build left to the binding.
+        self.graph.check_bindings(&bindings)?;
         Ok(bindings)
     }
 

@@ -153,7 +153,7 @@ fn dims(t: Tensor<'_>) -> Vec<Dim> {
 }
 
 fn is_sym(d: &Dim) -> bool {
-    matches!(d, Dim::Sym(_))
+    d.is_symbolic()
 }
 
 fn divisors(n: usize) -> Vec<usize> {
@@ -229,10 +229,14 @@ pub fn generate(seed: u64) -> RandomGraph {
 
 impl<'g> Gen<'g> {
     fn size(&self, d: &Dim) -> usize {
-        match d {
-            Dim::Fixed(n) => *n,
-            Dim::Sym(_) => self.sym,
-        }
+        // Every symbol takes the size `sym`.
+        let bindings: kiln::graph::Bindings = d
+            .expr()
+            .symbols()
+            .into_iter()
+            .map(|s| (s, self.sym))
+            .collect();
+        d.eval(&bindings).expect("sizes of the generator's dims")
     }
 
     fn count(&self, ds: &[Dim]) -> usize {
@@ -1547,8 +1551,19 @@ impl<'g> Gen<'g> {
     fn reshaped_dims(&mut self, d: &[Dim]) -> Vec<Dim> {
         let fixed: usize = d.iter().filter_map(|x| x.fixed()).product();
         let syms: Vec<Dim> = d.iter().filter(|x| is_sym(x)).cloned().collect();
-        let style = self.rng.below(4);
+        let style = self.rng.below(5);
         let mut out: Vec<Dim> = match style {
+            // Merge a symbolic dim with its neighbour: an expression (`3*n`).
+            4 if d.len() >= 2 => {
+                let i = self.rng.below(d.len() - 1);
+                if is_sym(&d[i]) || is_sym(&d[i + 1]) {
+                    let mut s = d[..i].to_vec();
+                    s.push(&d[i] * &d[i + 1]);
+                    s.extend(d[i + 2..].iter().cloned());
+                    return s;
+                }
+                Vec::new()
+            }
             // Merge two adjacent fixed dims.
             0 if d.len() >= 2 => {
                 let i = self.rng.below(d.len() - 1);

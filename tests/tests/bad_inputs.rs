@@ -446,13 +446,13 @@ fn kiln_file_with_an_output_that_is_not_a_node() {
 #[test]
 fn kiln_file_of_a_newer_format_version() {
     let mut j = chain_json(&[0], &[1]);
-    j["version"] = json!(2);
+    j["version"] = json!(3);
     j["producer"] = json!("kiln 9.0.0");
     let (kind, msg) = file_error(&kiln_file(&j, &[]), "new.kiln");
     assert_eq!(kind, FileErrorKind::UnsupportedVersion);
     mentions(
         &msg,
-        &["format version 2", "kiln 9.0.0", "reads versions 1 to 1"],
+        &["format version 3", "kiln 9.0.0", "reads versions 1 to 2"],
     );
 }
 

@@ -456,6 +456,7 @@ fn random_graphs_match_the_reference() {
     let show = std::env::var("KILN_RANDOM_SHOW").is_ok();
     let start = Instant::now();
     let (mut graphs, mut cases, mut nodes) = (0usize, 0usize, 0usize);
+    let (mut with_exprs, mut rebound) = (0usize, 0usize);
     let mut op_counts: HashMap<&'static str, usize> = HashMap::new();
     let mut dtype_counts: HashMap<DType, usize> = HashMap::new();
     let mut failures: Vec<(u64, String, String)> = Vec::new();
@@ -475,7 +476,32 @@ fn random_graphs_match_the_reference() {
         for n in rg.graph.topo_order() {
             *dtype_counts.entry(rg.graph.node(n).ty.dtype).or_default() += 1;
         }
-        let (n, fails) = check_graph(&rg.graph, rg.sym, seed, seed % 5 == 0);
+        let (mut n, mut fails) = check_graph(&rg.graph, rg.sym, seed, seed % 5 == 0);
+        // A graph with symbolic dims (and dims that are expressions over
+        // them) is checked at a second binding too: one graph, two sizes.
+        let symbolic = rg
+            .graph
+            .placeholders()
+            .iter()
+            .any(|&p| rg.graph.node(p).ty.shape.is_symbolic());
+        let exprs = rg.graph.topo_order().into_iter().any(|n| {
+            rg.graph
+                .node(n)
+                .ty
+                .shape
+                .dims()
+                .iter()
+                .any(|d| matches!(d, Dim::Expr(_)))
+        });
+        with_exprs += exprs as usize;
+        rebound += (symbolic && seed % 3 == 0) as usize;
+        if symbolic && seed % 3 == 0 {
+            // Larger: the generator's constant indices stay in range.
+            let other = rg.sym + 1 + (rg.sym == 0) as usize;
+            let (n2, f2) = check_graph(&rg.graph, other, seed, false);
+            n += n2;
+            fails.extend(f2.into_iter().map(|f| format!("with n = {other}: {f}")));
+        }
         if device_under_test().is_some() {
             // Progress as it goes: a device run may be cut off by a time limit.
             eprintln!(
@@ -497,6 +523,9 @@ fn random_graphs_match_the_reference() {
         start.elapsed()
     );
     println!("generated op kinds: {ops:?}");
+    println!(
+        "{with_exprs} graphs with dims that are expressions; {rebound} run at a second binding"
+    );
     let mut dtypes: Vec<_> = dtype_counts.into_iter().collect();
     dtypes.sort();
     println!("nodes by dtype: {dtypes:?}");

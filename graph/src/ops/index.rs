@@ -87,11 +87,13 @@ pub fn infer_scatter_add(
         ));
     }
     let want = gathered_shape(data, indices, axis)?;
-    if updates.shape != want {
-        return Err(format!(
-            "updates must have shape {want}, got {}",
-            updates.shape
-        ));
+    let differs = || format!("updates must have shape {want}, got {}", updates.shape);
+    if updates.rank() != want.rank() {
+        return Err(differs());
+    }
+    for (i, (u, w)) in updates.shape.0.iter().zip(&want.0).enumerate() {
+        crate::shape::unify_dims(u, w, &format!("dim {i} of the updates"))
+            .map_err(|_| differs())?;
     }
     Ok(data.clone())
 }

@@ -19,9 +19,8 @@ pub fn infer_matmul(a: &TensorType, b: &TensorType) -> Result<TensorType, String
     }
     let (ra, rb) = (a.rank(), b.rank());
     let (k1, k2) = (&a.shape.0[ra - 1], &b.shape.0[rb - 2]);
-    if k1 != k2 {
-        return Err(format!("inner dimensions differ: {k1} vs {k2}"));
-    }
+    crate::shape::unify_dims(k1, k2, "inner dimensions")
+        .map_err(|_| format!("inner dimensions differ: {k1} vs {k2}"))?;
     let batch_a = Shape(a.shape.0[..ra - 2].to_vec());
     let batch_b = Shape(b.shape.0[..rb - 2].to_vec());
     let mut out =
@@ -279,6 +278,7 @@ pub(crate) fn float_array(dtype: crate::dtype::DType, shape: &[usize], v: Vec<f6
 
 use crate::autodiff::unbroadcast;
 use crate::builder::Tensor;
+use crate::dim_expr::DimExpr;
 use crate::op::SliceAxis;
 use crate::ops::movement::spread;
 use crate::tensor_ops::Conv2dOptions;
@@ -360,9 +360,9 @@ pub(crate) fn grad_conv2d<'g>(
         gd = spread(
             gd,
             2 + i,
-            0,
+            &DimExpr::val(0),
             stride[i] as i64,
-            (n.max(1) - 1) * stride[i] + 1,
+            Dim::Fixed((n.max(1) - 1) * stride[i] + 1),
         )?;
         let reach = ((k[i] - 1) * dilation[i]) as i64;
         gd = fit(

@@ -11,6 +11,7 @@ pub mod pool;
 pub mod random;
 pub mod reduce;
 pub mod state;
+pub mod symbolic;
 
 use crate::array::Array;
 use crate::shape::TensorType;

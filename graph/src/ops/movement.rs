@@ -3,17 +3,27 @@
 
 use super::{bstrides, istrides, strided_store, view};
 use crate::array::{Array, Data};
+use crate::dim_expr::DimExpr;
 use crate::op::SliceAxis;
 use crate::shape::{Dim, Shape, TensorType};
 
-/// Shape rule of reshape: the element counts must match, symbols included.
+/// Shape rule of reshape: the element counts must match, symbols included
+/// (`[batch, seq, 768] -> [batch*seq, 768]`); counts that only some
+/// bindings make equal are checked when the symbols are bound.
 pub fn infer_reshape(x: &TensorType, shape: &Shape) -> Result<TensorType, String> {
-    if x.shape.symbolic_size() != shape.symbolic_size() {
-        return Err(format!(
-            "cannot reshape {} to {}: element counts differ",
+    let count = |s: &Shape| s.size_expr().and_then(Dim::from_expr);
+    let (a, b) = (count(&x.shape)?, count(shape)?);
+    crate::shape::unify_dims(
+        &a,
+        &b,
+        &format!("element counts of {} and {}", x.shape, shape),
+    )
+    .map_err(|_| {
+        format!(
+            "cannot reshape {} to {}: element counts differ ({a} vs {b})",
             x.shape, shape
-        ));
-    }
+        )
+    })?;
     Ok(TensorType::new(x.dtype, shape.clone()))
 }
 
@@ -64,12 +74,24 @@ pub fn infer_broadcast(x: &TensorType, shape: &Shape) -> Result<TensorType, Stri
         )
     })?;
     for (i, d) in x.shape.0.iter().enumerate() {
-        if d != &Dim::Fixed(1) && d != &shape.0[off + i] {
+        let t = &shape.0[off + i];
+        if d == &Dim::Fixed(1) || d == t {
+            continue;
+        }
+        // A symbolic size that may be 1 or may equal a symbolic target:
+        // checked when the symbols are bound.
+        if !(crate::shape::may_equal(d, t) || (t.is_symbolic() && crate::shape::may_be_one(d))) {
             return Err(format!(
                 "cannot broadcast {} to {}: dim {i} is {d}",
                 x.shape, shape
             ));
         }
+        crate::shape::defer_check(crate::shape::DimCheck {
+            what: format!("dim {i} of {} broadcast to {}", x.shape, shape),
+            found: d.clone(),
+            expected: t.clone(),
+            kind: crate::shape::CheckKind::EqualOrOne,
+        });
     }
     Ok(TensorType::new(x.dtype, shape.clone()))
 }
@@ -105,7 +127,55 @@ pub fn slice_range(dim: usize, ax: SliceAxis) -> (i64, usize, i64) {
     }
 }
 
-/// Shape rule of slice: one range per dim, nonzero steps; symbolic dims only whole.
+/// [`slice_range`] of an axis of size `dim` with bounds that may be
+/// expressions: `(first index, length)`. A bound whose sign the bounds do
+/// not decide (`k - q`: from the front, or from the end?) is taken to
+/// count from the front, and that it is not negative is checked when the
+/// symbols are bound.
+pub fn slice_range_expr(
+    dim: &DimExpr,
+    start: &DimExpr,
+    end: &DimExpr,
+    step: i64,
+) -> Result<(DimExpr, DimExpr), String> {
+    if step == 0 {
+        return Err("step 0".into());
+    }
+    let norm = |v: &DimExpr, lo: &DimExpr, hi: &DimExpr| -> Result<DimExpr, String> {
+        let (vlo, vhi) = v.bounds();
+        let v = if vlo >= 0 {
+            v.clone()
+        } else if vhi < 0 {
+            v.add(dim)?
+        } else {
+            crate::shape::defer_check(crate::shape::DimCheck {
+                what: format!("slice bound {v} (taken to count from the front)"),
+                found: Dim::from_expr(v.clone())?,
+                expected: Dim::Fixed(0),
+                kind: crate::shape::CheckKind::AtLeast,
+            });
+            v.clone()
+        };
+        v.max_with(lo)?.min_with(hi)
+    };
+    let zero = DimExpr::val(0);
+    let (s, len) = if step > 0 {
+        let s = norm(start, &zero, dim)?;
+        let e = norm(end, &zero, dim)?;
+        let span = e.sub(&s)?.add(&DimExpr::val(step - 1))?;
+        (s, span.div_floor(&DimExpr::val(step))?)
+    } else {
+        let last = dim.sub(&DimExpr::val(1))?;
+        let s = norm(start, &DimExpr::val(-1), &last)?;
+        let e = norm(end, &DimExpr::val(-1), &last)?;
+        let k = step.checked_neg().ok_or("step overflows")?;
+        let span = s.sub(&e)?.add(&DimExpr::val(k - 1))?;
+        (s, span.div_floor(&DimExpr::val(k))?)
+    };
+    Ok((s, len.max_with(&zero)?))
+}
+
+/// Shape rule of slice: one range per dim, nonzero steps.
 pub fn infer_slice(x: &TensorType, axes: &[SliceAxis]) -> Result<TensorType, String> {
     if axes.len() != x.rank() {
         return Err(format!(
@@ -121,11 +191,16 @@ pub fn infer_slice(x: &TensorType, axes: &[SliceAxis]) -> Result<TensorType, Str
         }
         out.push(match d {
             Dim::Fixed(n) => Dim::Fixed(slice_range(*n, *ax).1),
-            Dim::Sym(s) if *ax == SliceAxis::FULL => Dim::Sym(s.clone()),
-            Dim::Sym(s) => {
-                return Err(format!(
-                    "dim {i} is symbolic ({s}) and can only be taken whole"
-                ))
+            d if *ax == SliceAxis::FULL => d.clone(),
+            d => {
+                let (_, len) = slice_range_expr(
+                    &d.expr(),
+                    &DimExpr::val(ax.start),
+                    &DimExpr::val(ax.end),
+                    ax.step,
+                )
+                .map_err(|e| format!("dim {i} ({d}): {e}"))?;
+                Dim::from_expr(len)?
             }
         });
     }
@@ -154,7 +229,11 @@ pub fn eval_slice(x: &Array, axes: &[SliceAxis]) -> Array {
     view(x, &out, base, &vs)
 }
 
-/// Shape rule of pad: one count per dim before and after; symbolic dims unpadded.
+fn pad_i64(p: usize) -> Result<i64, String> {
+    i64::try_from(p).map_err(|_| format!("a pad of {p} overflows"))
+}
+
+/// Shape rule of pad: one count per dim before and after.
 pub fn infer_pad(x: &TensorType, before: &[usize], after: &[usize]) -> Result<TensorType, String> {
     if before.len() != x.rank() || after.len() != x.rank() {
         return Err(format!(
@@ -172,8 +251,11 @@ pub fn infer_pad(x: &TensorType, before: &[usize], after: &[usize]) -> Result<Te
                     .and_then(|v| v.checked_add(after[i]))
                     .ok_or_else(|| format!("padded dim {i} overflows"))?,
             ),
-            Dim::Sym(s) if before[i] == 0 && after[i] == 0 => Dim::Sym(s.clone()),
-            Dim::Sym(s) => return Err(format!("dim {i} is symbolic ({s}) and cannot be padded")),
+            d => Dim::from_expr(
+                d.expr()
+                    .add(&DimExpr::val(pad_i64(before[i])?))?
+                    .add(&DimExpr::val(pad_i64(after[i])?))?,
+            )?,
         });
     }
     Ok(TensorType::new(x.dtype, Shape(out)))
@@ -223,7 +305,7 @@ pub fn infer_concat(xs: &[&TensorType], axis: usize) -> Result<TensorType, Strin
             first.rank()
         ));
     }
-    let mut total = 0usize;
+    let mut total = DimExpr::val(0);
     for (k, x) in xs.iter().enumerate() {
         if x.dtype != first.dtype {
             return Err(format!(
@@ -239,21 +321,17 @@ pub fn infer_concat(xs: &[&TensorType], axis: usize) -> Result<TensorType, Strin
             ));
         }
         for (i, (a, b)) in x.shape.0.iter().zip(&first.shape.0).enumerate() {
-            if i != axis && a != b {
-                return Err(format!(
-                    "input {k} differs from input 0 in dim {i} ({a} vs {b})"
-                ));
+            if i != axis {
+                crate::shape::unify_dims(a, b, &format!("dim {i} of input {k} and of input 0"))
+                    .map_err(|_| {
+                        format!("input {k} differs from input 0 in dim {i} ({a} vs {b})")
+                    })?;
             }
         }
-        match &x.shape.0[axis] {
-            Dim::Fixed(n) => total = total.checked_add(*n).ok_or("the joined dim overflows")?,
-            Dim::Sym(s) => {
-                return Err(format!("concat axis {axis} of input {k} is symbolic ({s})"))
-            }
-        }
+        total = total.add(&x.shape.0[axis].expr())?;
     }
     let mut shape = first.shape.clone();
-    shape.0[axis] = Dim::Fixed(total);
+    shape.0[axis] = Dim::from_expr(total)?;
     Ok(TensorType::new(first.dtype, shape))
 }
 
@@ -291,15 +369,18 @@ pub(crate) fn grad_permute<'g>(perm: &[usize], g: Tensor<'g>) -> crate::error::R
 pub(crate) fn spread<'g>(
     g: Tensor<'g>,
     axis: usize,
-    start: i64,
+    start: &DimExpr,
     step: i64,
-    len: usize,
+    len: Dim,
 ) -> crate::error::Result<Tensor<'g>> {
-    let n = g.shape().dims()[axis].fixed().unwrap_or(0);
+    let n = g.dim(axis);
     let b = g.builder();
-    let idx = b.iota(DType::I64, [n], 0)?.mul(step)?.add(start)?;
+    let idx = b
+        .iota(DType::I64, Shape(vec![n]), 0)?
+        .mul(step)?
+        .add(b.size_value(start)?)?;
     let mut shape = g.shape();
-    shape.0[axis] = Dim::Fixed(len);
+    shape.0[axis] = len;
     let zero = b.scalar(0.0, g.dtype())?.broadcast_to(shape)?;
     zero.scatter_add(idx, g, axis as i64)
 }
@@ -315,6 +396,19 @@ pub(crate) fn grad_slice<'g>(
     let mut t = g;
     for (i, ax) in axes.iter().enumerate() {
         let Dim::Fixed(d) = xs.dims()[i] else {
+            if *ax == SliceAxis::FULL {
+                continue;
+            }
+            // A symbolic dim: the slice's elements placed by a scatter.
+            let dim = xs.dims()[i].clone();
+            let (start, _) = slice_range_expr(
+                &dim.expr(),
+                &DimExpr::val(ax.start),
+                &DimExpr::val(ax.end),
+                ax.step,
+            )
+            .map_err(|e| crate::error::Error::InvalidGraph(format!("slice gradient: {e}")))?;
+            t = spread(t, i, &start, ax.step, dim)?;
             continue;
         };
         let (start, len, step) = slice_range(d, *ax);
@@ -328,7 +422,7 @@ pub(crate) fn grad_slice<'g>(
             after[i] = d - start as usize - len;
             t = t.pad(&before, &after, 0.0)?;
         } else {
-            t = spread(t, i, start, step, d)?;
+            t = spread(t, i, &DimExpr::val(start), step, Dim::Fixed(d))?;
         }
     }
     if t.shape() != xs {
@@ -343,20 +437,26 @@ pub(crate) fn grad_slice<'g>(
 pub(crate) fn grad_pad<'g>(
     x: Tensor<'g>,
     before: &[usize],
+    after: &[usize],
     g: Tensor<'g>,
 ) -> crate::error::Result<Tensor<'g>> {
     let axes: Vec<SliceAxis> = x
         .shape()
         .dims()
         .iter()
-        .zip(before)
-        .map(|(d, &b)| match d {
+        .zip(before.iter().zip(after))
+        .map(|(d, (&b, &a))| match d {
             Dim::Fixed(n) => SliceAxis {
                 start: b as i64,
                 end: (b + n) as i64,
                 step: 1,
             },
-            Dim::Sym(_) => SliceAxis::FULL,
+            // The padded gradient's dim is `d + b + a`: all but `a` from the end.
+            _ => SliceAxis {
+                start: b as i64,
+                end: if a == 0 { i64::MAX } else { -(a as i64) },
+                step: 1,
+            },
         })
         .collect();
     g.slice(&axes)

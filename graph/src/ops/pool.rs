@@ -164,6 +164,7 @@ pub fn eval_avg_pool(
 // ---- gradients ----
 
 use crate::builder::Tensor;
+use crate::dim_expr::DimExpr;
 use crate::dtype::DType;
 use crate::op::SliceAxis;
 use crate::ops::movement::spread;
@@ -264,8 +265,21 @@ impl Taps {
         kx: usize,
     ) -> crate::error::Result<Tensor<'g>> {
         let [hp, wp] = self.padded(w);
-        let t = spread(v, 2, (ky * w.dilation[0]) as i64, w.stride[0] as i64, hp)?;
-        spread(t, 3, (kx * w.dilation[1]) as i64, w.stride[1] as i64, wp)
+        let at = |k: usize, d: usize| DimExpr::val((k * d) as i64);
+        let t = spread(
+            v,
+            2,
+            &at(ky, w.dilation[0]),
+            w.stride[0] as i64,
+            Dim::Fixed(hp),
+        )?;
+        spread(
+            t,
+            3,
+            &at(kx, w.dilation[1]),
+            w.stride[1] as i64,
+            Dim::Fixed(wp),
+        )
     }
 
     /// Cuts the padding off a padded-input-shaped tensor.

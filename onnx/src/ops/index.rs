@@ -21,7 +21,7 @@
 //! - `NonZero`'s output shape depends on its input's values, so only a
 //!   constant input (folded at import time) is supported.
 
-use kiln_graph::{Array, DType, Data, Tensor};
+use kiln_graph::{Array, DType, Data, Dim, DimExpr, Shape, Tensor};
 
 use super::{axis, fixed_shape, Converter, Kiln, Node, R};
 
@@ -67,32 +67,41 @@ fn strides(dims: &[usize]) -> Vec<i64> {
     s
 }
 
+/// Row-major strides of `dims`, as expressions.
+fn stride_exprs(dims: &[Dim]) -> R<Vec<DimExpr>> {
+    let mut s = vec![DimExpr::val(1); dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1].mul(&dims[i + 1].expr())?;
+    }
+    Ok(s)
+}
+
 /// For element-wise indexing along `axis` (GatherElements,
 /// ScatterElements): the flat index into `data_shape` of each element of
 /// `idx` (its position, with `idx`'s value along `axis`).
 fn elementwise_flat<'g>(
     n: &Node<'_, 'g>,
     idx: Tensor<'g>,
-    data_shape: &[usize],
+    data_shape: &[Dim],
     axis: usize,
 ) -> R<Tensor<'g>> {
-    let ishape = fixed_shape(idx)?;
-    if ishape.len() != data_shape.len() {
+    let ishape = idx.shape();
+    if ishape.rank() != data_shape.len() {
         return Err(format!(
             "indices have rank {}, data rank {}",
-            ishape.len(),
+            ishape.rank(),
             data_shape.len()
         ));
     }
-    let st = strides(data_shape);
-    let len = n.scalar(data_shape[axis] as f64, DType::I64)?;
-    let mut flat = wrap(n, idx, len)?.mul(st[axis]).k()?;
-    for (d, &s) in st.iter().enumerate() {
-        if d == axis || ishape[d] == 1 {
+    let st = stride_exprs(data_shape)?;
+    let len = n.g.size_value(&data_shape[axis].expr()).k()?;
+    let mut flat = wrap(n, idx, len)?.mul(n.g.size_value(&st[axis]).k()?).k()?;
+    for (d, s) in st.iter().enumerate() {
+        if d == axis || ishape.0[d] == Dim::Fixed(1) {
             continue;
         }
-        let pos = n.g.iota(DType::I64, ishape.as_slice(), d).k()?;
-        flat = flat.add(pos.mul(s).k()?).k()?;
+        let pos = n.g.iota(DType::I64, ishape.clone(), d).k()?;
+        flat = flat.add(pos.mul(n.g.size_value(s).k()?).k()?).k()?;
     }
     Ok(flat)
 }
@@ -100,25 +109,32 @@ fn elementwise_flat<'g>(
 /// `GatherElements`: `out[i][j][k] = data[idx[i][j][k]][j][k]` (axis 0).
 fn gather_elements<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (data, idx) = (n.input(0)?, n.input(1)?);
-    let ds = fixed_shape(data)?;
-    let a = axis(n.int("axis", 0), ds.len())?;
-    let flat = elementwise_flat(n, idx, &ds, a)?;
-    let total: usize = ds.iter().product();
-    data.reshape([total]).k()?.gather(flat, 0).k().map(one)
+    let ds = data.shape();
+    let a = axis(n.int("axis", 0), ds.rank())?;
+    let flat = elementwise_flat(n, idx, &ds.0, a)?;
+    let total = Dim::from_expr(ds.size_expr()?)?;
+    data.reshape(Shape(vec![total]))
+        .k()?
+        .gather(flat, 0)
+        .k()
+        .map(one)
 }
 
 /// The flat index into `dims` of each index tuple along `idx`'s last dim
 /// (negative entries wrapped per dim), of shape `idx.shape[..-1]`.
-fn tuple_flat<'g>(n: &Node<'_, 'g>, idx: Tensor<'g>, dims: &[usize]) -> R<Tensor<'g>> {
+fn tuple_flat<'g>(n: &Node<'_, 'g>, idx: Tensor<'g>, dims: &[Dim]) -> R<Tensor<'g>> {
     let k = dims.len();
-    let ishape = fixed_shape(idx)?;
-    let rank = ishape.len();
+    let ishape = idx.shape();
+    let rank = ishape.rank();
     if k == 0 {
-        return n.g.full(0.0, DType::I64, &ishape[..rank - 1]).k();
+        return n
+            .scalar(0.0, DType::I64)?
+            .broadcast_to(Shape(ishape.0[..rank - 1].to_vec()))
+            .k();
     }
-    let lens: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
-    let lens = n.constant(Array::from_vec([k], lens).ok_or("bad lengths")?)?;
-    let st = n.constant(Array::from_vec([k], strides(dims)).ok_or("bad strides")?)?;
+    let lens: Vec<DimExpr> = dims.iter().map(Dim::expr).collect();
+    let lens = n.g.sizes(&lens, &[k]).k()?;
+    let st = n.g.sizes(&stride_exprs(dims)?, &[k]).k()?;
     wrap(n, idx, lens)?.mul(st).k()?.sum(&[-1], false).k()
 }
 
@@ -126,7 +142,7 @@ fn tuple_flat<'g>(n: &Node<'_, 'g>, idx: Tensor<'g>, dims: &[usize]) -> R<Tensor
 /// leading dims after `batch_dims` batch dims shared by data and indices.
 fn gather_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (data, idx) = (n.input(0)?, n.input(1)?);
-    let (ds, is) = (fixed_shape(data)?, fixed_shape(idx)?);
+    let (ds, is) = (data.shape().0, idx.shape().0);
     let b = n.int("batch_dims", 0);
     if b < 0 {
         return n.unsupported(format!("batch_dims {b}"));
@@ -134,30 +150,42 @@ fn gather_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let b = b as usize;
     let q = is.len();
     if q < 1 || q <= b {
-        return Err(format!("indices of shape {is:?} with batch_dims {b}"));
+        return Err(format!(
+            "indices of shape {} with batch_dims {b}",
+            idx.shape()
+        ));
     }
-    let k = is[q - 1];
+    let k = is[q - 1]
+        .fixed()
+        .ok_or_else(|| format!("the index tuples' length {} must be fixed", is[q - 1]))?;
     if b + k > ds.len() || ds[..b] != is[..b] {
         return Err(format!(
-            "indices of shape {is:?} cannot index data of shape {ds:?} with batch_dims {b}"
+            "indices of shape {} cannot index data of shape {} with batch_dims {b}",
+            idx.shape(),
+            data.shape()
         ));
     }
     // The flat index into data's first b + k dims: the batch position,
     // then the tuple.
     let mut flat = tuple_flat(n, idx, &ds[b..b + k])?;
-    let inner: usize = ds[b..b + k].iter().product();
-    let out_lead = &is[..q - 1];
-    for (d, &s) in strides(&ds[..b]).iter().enumerate() {
-        if ds[d] == 1 {
+    let inner = Shape(ds[b..b + k].to_vec()).size_expr()?;
+    let out_lead = Shape(is[..q - 1].to_vec());
+    for (d, s) in stride_exprs(&ds[..b])?.iter().enumerate() {
+        if ds[d] == Dim::Fixed(1) {
             continue;
         }
-        let pos = n.g.iota(DType::I64, out_lead, d).k()?;
-        flat = flat.add(pos.mul(s * inner as i64).k()?).k()?;
+        let pos = n.g.iota(DType::I64, out_lead.clone(), d).k()?;
+        let step = n.g.size_value(&s.mul(&inner)?).k()?;
+        flat = flat.add(pos.mul(step).k()?).k()?;
     }
-    let rows: usize = ds[..b + k].iter().product();
+    let rows = Dim::from_expr(Shape(ds[..b + k].to_vec()).size_expr()?)?;
     let mut flat_shape = vec![rows];
     flat_shape.extend_from_slice(&ds[b + k..]);
-    data.reshape(flat_shape).k()?.gather(flat, 0).k().map(one)
+    data.reshape(Shape(flat_shape))
+        .k()?
+        .gather(flat, 0)
+        .k()
+        .map(one)
 }
 
 /// The scatter reduction attribute.
@@ -281,7 +309,7 @@ fn scatter_elements<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if fixed_shape(upd)? != fixed_shape(idx)? {
         return Err("updates and indices must have the same shape".into());
     }
-    let flat = elementwise_flat(n, idx, &ds, a)?;
+    let flat = elementwise_flat(n, idx, &Shape::fixed(&ds).0, a)?;
     let total: usize = ds.iter().product();
     let d = data.reshape([total]).k()?;
     let out = scatter_rows(n, d, flat, upd, reduction(n)?)?;
@@ -303,7 +331,7 @@ fn scatter_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if fixed_shape(upd)? != want {
         return Err(format!("updates must have shape {want:?}"));
     }
-    let flat = tuple_flat(n, idx, &ds[..k])?;
+    let flat = tuple_flat(n, idx, &Shape::fixed(&ds[..k]).0)?;
     let rows: usize = ds[..k].iter().product();
     let mut rs = vec![rows];
     rs.extend_from_slice(&ds[k..]);

@@ -255,6 +255,28 @@ impl<'a, 'g> Node<'a, 'g> {
         })
     }
 
+    /// Input `i` as integers known at import time, as expressions over the
+    /// symbolic dims where it is a shape value (`Shape` and what is
+    /// computed from it); `None` when omitted.
+    pub fn sym_ints(&self, i: usize) -> R<Option<Vec<kiln_graph::DimExpr>>> {
+        match self.inputs.get(i).and_then(|v| v.as_ref()) {
+            None => Ok(None),
+            Some(v) => {
+                if let Some(a) = &v.value {
+                    return Ok(Some(
+                        ints_of(a)?
+                            .into_iter()
+                            .map(kiln_graph::DimExpr::val)
+                            .collect(),
+                    ));
+                }
+                v.t.sym_values()
+                    .map(Some)
+                    .ok_or_else(|| format!("{NEEDS_VALUE}{}", self.proto.input[i]))
+            }
+        }
+    }
+
     /// Input `i` as one float known at import time (`None` when omitted).
     pub fn const_scalar(&self, i: usize) -> R<Option<f64>> {
         Ok(match self.const_input(i)? {

@@ -24,7 +24,7 @@
 //!   `constant` pad value computed at run time is selected in by a mask.
 //! - DepthToSpace / SpaceToDepth take 4-D inputs with fixed C, H, W.
 
-use kiln_graph::{Array, DType, Dim, Scalar, Shape, SliceAxis, Tensor};
+use kiln_graph::{Array, DType, Dim, DimExpr, Scalar, Shape, SliceAxis, Tensor};
 
 use super::{axis, Converter, Kiln, Node, R};
 
@@ -84,6 +84,14 @@ fn size_of(v: i64, what: &str) -> R<usize> {
 /// where they are copied or inferred.
 fn reshape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
+    if n.opset >= 5 {
+        if let Some(dims) = n.sym_ints(1)? {
+            if dims.iter().any(|d| d.as_const().is_none()) {
+                // A shape computed from the input's shape (`[batch*seq, 768]`).
+                return x.reshape_dims(&dims).k().map(one);
+            }
+        }
+    }
     let dims = ints_input_or_attr(n, 1, "shape")?.ok_or("Reshape needs a shape")?;
     if n.int("allowzero", 0) != 0 && dims.contains(&0) {
         if dims.contains(&-1) {
@@ -220,11 +228,17 @@ fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank();
     let (starts, ends, axes, steps) = if n.opset < 10 {
-        (n.ints("starts"), n.ints("ends"), n.ints("axes"), None)
+        let exprs = |v: Option<Vec<i64>>| v.map(|v| v.into_iter().map(DimExpr::val).collect());
+        (
+            exprs(n.ints("starts")),
+            exprs(n.ints("ends")),
+            n.ints("axes"),
+            None,
+        )
     } else {
         (
-            n.const_ints(1)?,
-            n.const_ints(2)?,
+            n.sym_ints(1)?,
+            n.sym_ints(2)?,
             n.const_ints(3)?,
             n.const_ints(4)?,
         )
@@ -245,6 +259,8 @@ fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let shape = x.shape();
     let mut ranges = vec![SliceAxis::FULL; r];
     let mut seen = vec![false; r];
+    // Axes with bounds that are expressions: gathers after the slice.
+    let mut dynamic = Vec::new();
     for i in 0..k {
         let a = axis(axes[i], r)?;
         if std::mem::replace(&mut seen[a], true) {
@@ -253,26 +269,39 @@ fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         if steps[i] == 0 {
             return Err("a slice step is 0".into());
         }
+        let (Some(start), Some(end)) = (starts[i].as_const(), ends[i].as_const()) else {
+            dynamic.push((a, i));
+            continue;
+        };
         let s = SliceAxis {
-            start: starts[i],
-            end: ends[i],
+            start,
+            end,
             step: steps[i],
         };
         ranges[a] = match &shape.0[a] {
             Dim::Fixed(d) => onnx_slice_axis(*d, s.start, s.end, s.step),
-            Dim::Sym(_) if whole(s) => SliceAxis::FULL,
-            Dim::Sym(sym) => {
-                return n.unsupported(format!(
-                    "slicing part of the symbolic dim {a} ({sym}): {}..{} step {}",
-                    s.start, s.end, s.step
-                ))
-            }
+            _ if whole(s) => SliceAxis::FULL,
+            // ONNX clamps as Python does, but for a backward start before
+            // the first element (kiln's slice then takes nothing). An end
+            // of at least i32::MAX is "to the end".
+            _ if s.end >= i32::MAX as i64 => SliceAxis { end: i64::MAX, ..s },
+            _ => s,
         };
     }
-    if ranges.iter().all(|s| *s == SliceAxis::FULL) {
-        return Ok(vec![x]);
+    let mut y = if ranges.iter().all(|s| *s == SliceAxis::FULL) {
+        x
+    } else {
+        x.slice(&ranges).k()?
+    };
+    for (a, i) in dynamic {
+        // An end of at least i32::MAX is "to the end", as for constants.
+        let end = match ends[i].as_const() {
+            Some(e) if e >= i32::MAX as i64 => y.dim(a).expr(),
+            _ => ends[i].clone(),
+        };
+        y = y.slice_dyn(a as i64, &starts[i], &end, steps[i]).k()?;
     }
-    x.slice(&ranges).k().map(one)
+    Ok(vec![y])
 }
 
 /// `Squeeze`: `axes` attribute before opset 13, input after; without axes
@@ -323,23 +352,9 @@ fn unsqueeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     x.reshape(Shape(dims)).k().map(one)
 }
 
-/// The product of `dims` as one dim: fixed, or a single symbol with fixed
-/// dims of product 1.
-fn product(dims: &[Dim]) -> Option<Dim> {
-    let mut fixed = 1usize;
-    let mut sym = None;
-    for d in dims {
-        match d {
-            Dim::Fixed(v) => fixed *= v,
-            Dim::Sym(s) if sym.is_none() => sym = Some(s.clone()),
-            Dim::Sym(_) => return None,
-        }
-    }
-    match sym {
-        None => Some(Dim::Fixed(fixed)),
-        Some(s) if fixed == 1 => Some(Dim::Sym(s)),
-        Some(_) => None,
-    }
+/// The product of `dims` as one dim (an expression where some are symbolic).
+fn product(dims: &[Dim]) -> R<Dim> {
+    Shape(dims.to_vec()).size_expr().and_then(Dim::from_expr)
 }
 
 /// `Flatten`: dims before `axis` into one, the rest into another.
@@ -353,38 +368,41 @@ fn flatten<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let a = if a < 0 { a + r } else { a } as usize;
     let dims = x.shape().0;
     let (left, right) = dims.split_at(a);
-    match (product(left), product(right)) {
-        (Some(l), Some(rt)) => x.reshape(Shape(vec![l, rt])).k().map(one),
-        _ => n.unsupported(format!(
-            "flattening {} at axis {a}: symbolic dims multiplied with others",
-            x.shape()
-        )),
-    }
+    x.reshape(Shape(vec![product(left)?, product(right)?]))
+        .k()
+        .map(one)
 }
 
 /// `Expand`: numpy broadcasting of the input and a constant shape (either
 /// may have the higher rank; a target dim of 1 keeps the input's dim).
 fn expand<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
-    let target = n.const_ints(1)?.ok_or("Expand needs a shape")?;
+    let target = n.sym_ints(1)?.ok_or("Expand needs a shape")?;
     let xs = x.shape().0;
     let r = xs.len().max(target.len());
     let mut out = Vec::with_capacity(r);
     for i in 0..r {
         let xd = (i + xs.len() >= r).then(|| xs[i + xs.len() - r].clone());
-        let td = (i + target.len() >= r).then(|| target[i + target.len() - r]);
+        let td = (i + target.len() >= r).then(|| target[i + target.len() - r].clone());
+        let dim = |t: DimExpr| Dim::from_expr(t).map_err(|e| format!("Expand dim {i}: {e}"));
         out.push(match (xd, td) {
-            (Some(d), None) | (Some(d), Some(1)) => d,
-            (None, Some(t)) | (Some(Dim::Fixed(1)), Some(t)) => {
-                Dim::Fixed(size_of(t, "Expand dim")?)
+            (Some(d), None) => d,
+            (Some(d), Some(t)) if t.as_const() == Some(1) => d,
+            (None, Some(t)) | (Some(Dim::Fixed(1)), Some(t)) => dim(t)?,
+            (Some(Dim::Fixed(d)), Some(t)) if t.as_const().is_some() => {
+                if t.as_const() != Some(d as i64) {
+                    return Err(format!(
+                        "cannot broadcast dim {i} ({d}) of {} to {t}",
+                        x.shape()
+                    ));
+                }
+                Dim::Fixed(d)
             }
-            (Some(Dim::Fixed(d)), Some(t)) if d as i64 == t => Dim::Fixed(d),
-            (Some(d), Some(t)) => {
-                return Err(format!(
-                    "cannot broadcast dim {i} ({d}) of {} to {t}",
-                    x.shape()
-                ))
-            }
+            // A fixed size against an expression: the expression is 1 or it.
+            (Some(d @ Dim::Fixed(_)), Some(_)) => d,
+            // An expression against another: the input's is 1 or equal
+            // (checked when bound).
+            (Some(_), Some(t)) => dim(t)?,
             (None, None) => unreachable!("i < r"),
         });
     }
@@ -395,8 +413,8 @@ fn expand<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     x.broadcast_to(out).k().map(one)
 }
 
-/// `Shape` (with opset 15's `start`/`end`): a constant of the selected
-/// dims, which must be fixed.
+/// `Shape` (with opset 15's `start`/`end`): the selected dims as a shape
+/// value (their expressions; a constant where they are fixed).
 fn shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let dims = x.shape().0;
@@ -404,51 +422,24 @@ fn shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
     let start = clamp(n.int("start", 0));
     let end = clamp(n.int("end", r)).max(start);
-    let vals = dims[start..end]
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            d.fixed().map(|v| v as i64).ok_or_else(|| {
-                format!(
-                    "unsupported: Shape of the symbolic dim {} ({d}) of {}: kiln has no run-time shape values",
-                    start + i,
-                    x.shape()
-                )
-            })
-        })
-        .collect::<R<Vec<i64>>>()?;
-    let len = vals.len();
-    n.constant(Array::from_vec(vec![len], vals).expect("1-D"))
-        .map(one)
+    let vals: Vec<DimExpr> = dims[start..end].iter().map(Dim::expr).collect();
+    n.g.sizes(&vals, &[vals.len()]).k().map(one)
 }
 
-/// `Size`: a constant where every dim is fixed, else counted at run time
-/// (the sum of ones over the symbolic dims, times the fixed ones).
+/// `Size`: the element count as a shape value.
 fn size<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
-    let dims = x.shape().0;
-    let fixed: usize = dims.iter().filter_map(|d| d.fixed()).product();
-    let syms: Vec<Dim> = dims.into_iter().filter(|d| d.fixed().is_none()).collect();
-    if syms.is_empty() {
-        return n.constant(Array::scalar(fixed as i64)).map(one);
-    }
-    n.scalar(1.0, DType::I64)?
-        .broadcast_to(Shape(syms))
-        .k()?
-        .sum_all()
-        .k()?
-        .mul(fixed as i64)
-        .k()
-        .map(one)
+    let count = x.shape().size_expr()?;
+    n.g.size_value(&count).k().map(one)
 }
 
 /// `ConstantOfShape`: the one-element `value` (default f32 0) broadcast to
 /// the constant shape.
 fn constant_of_shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
-    let dims = n.const_ints(0)?.ok_or("ConstantOfShape needs a shape")?;
+    let dims = n.sym_ints(0)?.ok_or("ConstantOfShape needs a shape")?;
     let dims = dims
-        .iter()
-        .map(|&d| size_of(d, "ConstantOfShape dim"))
+        .into_iter()
+        .map(|d| Dim::from_expr(d).map_err(|e| format!("ConstantOfShape dim: {e}")))
         .collect::<R<Vec<_>>>()?;
     let value = match n.tensor("value")? {
         None => Array::scalar(0.0f32),
@@ -458,10 +449,7 @@ fn constant_of_shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if dims.is_empty() {
         return n.constant(value).map(one);
     }
-    n.constant(value)?
-        .broadcast_to(Shape::fixed(&dims))
-        .k()
-        .map(one)
+    n.constant(value)?.broadcast_to(Shape(dims)).k().map(one)
 }
 
 /// Whether a constant of `len` values of `size` bytes is small enough to
@@ -475,6 +463,13 @@ fn small_constant(len: usize, size: usize) -> bool {
 /// `Range`: `start + i * delta` for `i < max(ceil((limit - start) / delta), 0)`,
 /// with constant operands (integers computed exactly).
 fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    // Operands computed from shapes (not all constants, all known as
+    // integer expressions): an iota of a symbolic length.
+    if (0..3).any(|i| n.const_input(i).is_err())
+        && (0..3).all(|i| n.opt(i).is_some_and(|t| t.sym_values().is_some()))
+    {
+        return symbolic_range(n);
+    }
     let get = |i: usize, what: &str| -> R<std::rc::Rc<Array>> {
         n.const_input(i)?
             .ok_or_else(|| format!("Range needs {what}"))
@@ -537,32 +532,73 @@ fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     n.constant(a)?.cast(dtype).k().map(one)
 }
 
+/// `Range` over integer shape values (`Range(0, seq, 1)`): an iota of
+/// `max(ceil((limit - start) / delta), 0)` elements (an expression), times
+/// `delta`, plus `start`. `delta` must be a constant.
+fn symbolic_range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let get = |i: usize, what: &str| -> R<DimExpr> {
+        match n.sym_ints(i)?.as_deref() {
+            Some([v]) => Ok(v.clone()),
+            Some(v) => Err(format!("{what} must hold one value, has {}", v.len())),
+            None => Err(format!("Range needs {what}")),
+        }
+    };
+    let (s, l, d) = (get(0, "start")?, get(1, "limit")?, get(2, "delta")?);
+    let dtype = n.input(0)?.dtype();
+    if !dtype.is_int() {
+        return n.unsupported(format!(
+            "a {dtype} Range with operands computed from shapes"
+        ));
+    }
+    let d = d
+        .as_const()
+        .ok_or_else(|| format!("unsupported: Range with the delta {d}, computed from shapes"))?;
+    if d == 0 {
+        return Err("Range delta is 0".into());
+    }
+    let span = if d > 0 { l.sub(&s)? } else { s.sub(&l)? };
+    let k = d.unsigned_abs() as i64;
+    let count = span
+        .add(&DimExpr::val(k - 1))?
+        .div_floor(&DimExpr::val(k))?
+        .max_with(&DimExpr::val(0))?;
+    let count = Dim::from_expr(count)?;
+    let start = n.g.size_value(&s).k()?;
+    n.g.iota(DType::I64, Shape(vec![count]), 0)
+        .k()?
+        .mul(d)
+        .k()?
+        .add(start)
+        .k()?
+        .cast(dtype)
+        .k()
+        .map(one)
+}
+
 /// `Tile`: each tiled dim `d` becomes `[1, d]` broadcast to `[r, d]` and
 /// merged back (one reshape, broadcast, reshape).
 fn tile<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
-    let repeats = n.const_ints(1)?.ok_or("Tile needs repeats")?;
+    let repeats = n.sym_ints(1)?.ok_or("Tile needs repeats")?;
     if repeats.len() != x.rank() {
         return Err(format!("{} repeats for rank {}", repeats.len(), x.rank()));
     }
-    if repeats.iter().all(|&r| r == 1) {
+    if repeats.iter().all(|r| r.as_const() == Some(1)) {
         return Ok(vec![x]);
     }
     let (mut split, mut big, mut out) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (d, &r)) in x.shape().0.into_iter().zip(&repeats).enumerate() {
-        let r = size_of(r, "repeat")?;
-        if r == 1 {
+    for (i, (d, r)) in x.shape().0.into_iter().zip(&repeats).enumerate() {
+        if r.as_const() == Some(1) {
             split.push(d.clone());
             big.push(d.clone());
             out.push(d);
             continue;
         }
-        let v = d
-            .fixed()
-            .ok_or_else(|| format!("unsupported: tiling the symbolic dim {i} ({d})"))?;
+        let r = Dim::from_expr(r.clone()).map_err(|e| format!("repeat {i}: {e}"))?;
+        let tiled = d.expr().mul(&r.expr()).and_then(Dim::from_expr)?;
         split.extend([Dim::Fixed(1), d.clone()]);
-        big.extend([Dim::Fixed(r), d]);
-        out.push(Dim::Fixed(r * v));
+        big.extend([r, d]);
+        out.push(tiled);
     }
     x.reshape(Shape(split))
         .k()?

@@ -27,8 +27,8 @@ impl CompileArgs {
         let mut symbols: Vec<String> = Vec::new();
         for p in graph.placeholders() {
             for s in graph.node(p).ty.shape.symbols() {
-                if !symbols.iter().any(|x| x == s) {
-                    symbols.push(s.to_string());
+                if !symbols.contains(&s) {
+                    symbols.push(s);
                 }
             }
         }
@@ -177,6 +177,7 @@ pub fn complete_inputs(
             .map(|d| match d {
                 Dim::Fixed(n) => *n,
                 Dim::Sym(s) => bindings.get(s).copied().unwrap_or(1),
+                Dim::Expr(_) => d.eval(&bindings).unwrap_or(1),
             })
             .collect();
         let dtype = node.ty.dtype;
