@@ -1,21 +1,21 @@
-"""Makes kiln's transformer ONNX fixtures (issue 18): tiny BERT, GPT-2 and
-ViT models with random weights (fixed seeds, configs built here: nothing is
-downloaded), each exported by both PyTorch exporters with dynamic batch and
-sequence dims, and run by ONNX Runtime at several (batch, seq) bindings.
+"""Makes kiln's transformer ONNX fixtures (issue 18): tiny BERT, GPT-2, ViT and
+DistilBERT models with random weights (fixed seeds, configs built here: nothing
+is downloaded), exported by PyTorch's exporters with dynamic batch and sequence
+dims (see PLAN), and run by ONNX Runtime at several (batch, seq) bindings.
 
     scripts/transformer-fixtures.sh               # everything (run through the pinned venv)
     scripts/transformer-fixtures.sh --shape-ops   # only SHAPE_OPS.md, from the .onnx files there
 
 Writes into tests/onnx/transformers/:
-  <model>-<exporter>.onnx                     self-contained model (no external data)
-  <model>-<exporter>/case<k>/<name>.npy       each case's inputs and ONNX Runtime's outputs
+  <fixture>.onnx                              self-contained model (no external data)
+  <fixture>/case<k>/<name>.npy                each case's inputs and ONNX Runtime's outputs
   manifest.json                               fixtures, their inputs/outputs/cases, versions
   SHAPE_OPS.md                                op histograms and the ops computing shapes
 
 The exporters: TorchScript (`dynamo=False`, opset 17, `dynamic_axes`) and
-dynamo (`dynamo=True`, opset 18, `dynamic_shapes` with `torch.export.Dim`).
-An export that fails is recorded in the manifest with its error text.
-tests/tests/onnx_transformers.rs reads the result.
+dynamo (`dynamo=True`, opset 18, `dynamic_shapes` with `torch.export.Dim`),
+and at other opsets (PLAN). An export that fails is recorded in the manifest
+with its error text. tests/tests/onnx_transformers.rs reads the result.
 """
 
 import argparse
@@ -51,7 +51,7 @@ SHAPE_DOC = "SHAPE_OPS.md"
 
 
 def build_models():
-    """The three tiny models, each as (name, module, input specs, output
+    """The four tiny models, each as (name, module, input specs, output
     names, attention implementation). Random weights from SEED."""
     import torch
     import transformers
@@ -147,7 +147,78 @@ def build_models():
             config=vit_cfg.to_diff_dict(),
         )
     )
+
+    torch.manual_seed(SEED + 3)
+    distilbert_cfg = transformers.DistilBertConfig(
+        vocab_size=VOCAB,
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=MAX_POS,
+        attn_implementation="sdpa",
+    )
+    distilbert = transformers.DistilBertModel(distilbert_cfg).eval()
+    models.append(
+        dict(
+            name="distilbert",
+            module=Text(distilbert).eval(),
+            inputs=["input_ids", "attention_mask"],
+            outputs=["last_hidden_state"],
+            attn=distilbert.config._attn_implementation,
+            config=distilbert_cfg.to_diff_dict(),
+        )
+    )
+
+    # BERT's weights with eager attention (matmuls and a softmax instead of
+    # aten::scaled_dot_product_attention), for TorchScript below opset 14.
+    bert_eager_cfg = transformers.BertConfig(**{**bert_cfg.to_dict(), "attn_implementation": "eager"})
+    bert_eager = transformers.BertModel(bert_eager_cfg, add_pooling_layer=False).eval()
+    bert_eager.load_state_dict(bert.state_dict())
+    models.append(
+        dict(
+            key="bert-eager",
+            name="bert",
+            module=Text(bert_eager).eval(),
+            inputs=["input_ids", "attention_mask"],
+            outputs=["last_hidden_state"],
+            attn=bert_eager.config._attn_implementation,
+            config=bert_eager_cfg.to_diff_dict(),
+        )
+    )
     return models
+
+
+# The fixtures, in the order they are made: (model, exporter, opsets to try,
+# named with the opset). A fixture is named `<model>-<exporter>` at the
+# exporters' default opsets (17, 18) and `<model>-<exporter>-opset<NN>` for
+# the opset variants: BERT through TorchScript at opset 13 and at the
+# exporter's highest, 20; GPT-2 through TorchScript at opset 14 and through
+# dynamo at the highest of 20, 21, 22 that works. For a variant, the highest
+# of its opsets that works is kept (tried highest first); an opset "works"
+# when the export succeeds, the file passes onnx's full check, declares that
+# opset, and ONNX Runtime loads it. Every opset tried is recorded in the
+# manifest entry's `opset_tries`. The first six come first and in their
+# original order, so that adding fixtures leaves those files byte-identical
+# (but see export_dynamo). Models are keys of build_models(); `bert-eager`
+# is BERT with the same weights and eager attention, for opset 13, where the
+# TorchScript exporter has no aten::scaled_dot_product_attention (it needs 14).
+PLAN = [
+    ("bert", "torchscript", [17], False),
+    ("bert", "dynamo", [18], False),
+    ("gpt2", "torchscript", [17], False),
+    ("gpt2", "dynamo", [18], False),
+    ("vit", "torchscript", [17], False),
+    ("vit", "dynamo", [18], False),
+    ("distilbert", "torchscript", [17], False),
+    ("distilbert", "dynamo", [18], False),
+    # TorchScript at an older opset and at its highest.
+    ("bert-eager", "torchscript", [13], True),
+    ("bert", "torchscript", [20, 19, 18], True),
+    ("gpt2", "torchscript", [14], True),
+    # The dynamo exporter's highest.
+    ("gpt2", "dynamo", [22, 21, 20], True),
+]
 
 
 def text_inputs(rng, batch, seq):
@@ -182,7 +253,7 @@ def example_inputs(model):
 # --------------------------------------------------------------- exporting
 
 
-def export_torchscript(model, path):
+def export_torchscript(model, path, opset):
     import torch
 
     args = tuple(torch.from_numpy(a) for a in example_inputs(model).values())
@@ -198,16 +269,19 @@ def export_torchscript(model, path):
             args,
             path,
             dynamo=False,
-            opset_version=17,
+            opset_version=opset,
             input_names=model["inputs"],
             output_names=model["outputs"],
             dynamic_axes=dyn,
             do_constant_folding=True,
         )
-    return 17
 
 
-def export_dynamo(model, path):
+def export_dynamo(model, path, opset):
+    # The dynamo exporter records each node's Python stack in its metadata
+    # (`pkg.torch.onnx.stack_trace`): this file's path and the lines of
+    # Text.forward / Image.forward in build_models. Moving those lines (or
+    # this checkout) changes the dynamo fixtures' bytes, not their graphs.
     import onnx
     import torch
     from torch.export import Dim
@@ -224,7 +298,7 @@ def export_dynamo(model, path):
             model["module"],
             args,
             dynamo=True,
-            opset_version=18,
+            opset_version=opset,
             input_names=model["inputs"],
             output_names=model["outputs"],
             dynamic_shapes=shapes,
@@ -235,7 +309,6 @@ def export_dynamo(model, path):
         program.save(scratch)
         m = onnx.load(scratch)  # loads external data, if any was written
     onnx.save(m, path, save_as_external_data=False)
-    return 18
 
 
 EXPORTERS = {"torchscript": export_torchscript, "dynamo": export_dynamo}
@@ -464,25 +537,64 @@ def versions():
     }
 
 
-def make_fixture(model, exporter):
+def model_opset(m):
+    """The default-domain opset a model declares."""
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return o.version
+    return None
+
+
+def try_export(model, exporter, opset, path):
+    """Exports `model` at `opset` to `path` and checks the result works (see
+    the module's doc); raises, with `path` removed, when it does not."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        EXPORTERS[exporter](model, path, opset)
+        onnx.checker.check_model(path, full_check=True)
+        got = model_opset(onnx.load(path))
+        if got != opset:
+            raise RuntimeError(f"asked for opset {opset}, the exported model declares opset {got}")
+        ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except BaseException:
+        if os.path.exists(path):
+            os.remove(path)
+        raise
+
+
+def make_fixture(model, exporter, opsets, named_by_opset):
     import onnx
     import onnxruntime as ort
     import torch
 
-    name = f"{model['name']}-{exporter}"
-    file = f"{name}.onnx"
-    path = os.path.join(OUT, file)
+    def name_at(opset):
+        base = f"{model['name']}-{exporter}"
+        return f"{base}-opset{opset}" if named_by_opset else base
+
+    tries = {}
+    for opset in opsets:
+        name = name_at(opset)
+        file = f"{name}.onnx"
+        path = os.path.join(OUT, file)
+        try:
+            try_export(model, exporter, opset, path)
+        except Exception:
+            tries[str(opset)] = traceback.format_exc()[-4000:]
+            print(f"{name}: export at opset {opset} FAILED:\n{tries[str(opset)]}", file=sys.stderr)
+            continue
+        tries[str(opset)] = "ok"
+        break
     entry = {"name": name, "model": model["name"], "exporter": exporter, "file": file,
              "attn_implementation": model["attn"]}
-    try:
-        entry["opset"] = EXPORTERS[exporter](model, path)
-        onnx.checker.check_model(path, full_check=True)
-    except Exception:
-        entry["error"] = traceback.format_exc()[-4000:]
-        print(f"{name}: export FAILED:\n{entry['error']}", file=sys.stderr)
-        if os.path.exists(path):
-            os.remove(path)
+    if len(opsets) > 1:
+        entry["opset_tries"] = tries
+    if tries[str(opset)] != "ok":
+        entry["error"] = tries[str(opset)] if len(opsets) == 1 else (
+            f"no opset of {opsets} worked; the last error:\n" + tries[str(opset)])
         return entry
+    entry["opset"] = opset
     m = onnx.load(path)
     entry["inputs"] = describe_values(m.graph.input)
     entry["outputs"] = describe_values(m.graph.output)
@@ -557,11 +669,12 @@ def main():
         "seed": SEED,
         "fixtures": [],
     }
-    for model in build_models():
-        for exporter in EXPORTERS:
-            entry = make_fixture(model, exporter)
-            entry["config"] = model["config"]
-            manifest["fixtures"].append(entry)
+    models = {m.get("key", m["name"]): m for m in build_models()}
+    for model_name, exporter, opsets, named_by_opset in PLAN:
+        model = models[model_name]
+        entry = make_fixture(model, exporter, opsets, named_by_opset)
+        entry["config"] = model["config"]
+        manifest["fixtures"].append(entry)
     with open(os.path.join(OUT, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=1)
         fh.write("\n")

@@ -1,9 +1,11 @@
 //! Transformer ONNX exports with dynamic batch and sequence dims (issue 18):
-//! tiny BERT, GPT-2 and ViT models with random weights, each exported by
-//! both PyTorch exporters (TorchScript, opset 17; dynamo, opset 18) with
-//! symbolic `batch` / `seq` dims, imported once and run at several
-//! (batch, seq) bindings on the reference interpreter and the CPU engine,
-//! against ONNX Runtime's outputs.
+//! tiny BERT, GPT-2, ViT and DistilBERT models with random weights, each
+//! exported by both PyTorch exporters (TorchScript, opset 17; dynamo, opset
+//! 18) with symbolic `batch` / `seq` dims, plus opset variants
+//! (`<model>-<exporter>-opset<NN>`: BERT through TorchScript at opsets 13 and
+//! 20, GPT-2 through TorchScript at opset 14 and through dynamo at its highest
+//! opset), imported once and run at several (batch, seq) bindings on the
+//! reference interpreter and the CPU engine, against ONNX Runtime's outputs.
 //!
 //! The fixtures live in `tests/onnx/transformers/` and are made by
 //! `scripts/transformer-fixtures.sh` (which pins torch, transformers, onnx
@@ -309,6 +311,10 @@ fn manifest_lists_every_fixture_and_its_files() {
         let dir = root();
         let file = dir.join(str_of(&e, "file", name));
         assert!(file.is_file(), "{name}: {} missing", file.display());
+        // `<model>-<exporter>-opset<NN>` was exported at opset NN.
+        if let Some((_, nn)) = name.rsplit_once("-opset") {
+            assert_eq!(e["opset"].to_string(), nn, "{name}: the manifest's opset");
+        }
         let mut seqs = BTreeSet::new();
         for case in e["cases"].as_array().expect("cases") {
             let case_dir = dir.join(str_of(case, "dir", name));
@@ -347,13 +353,19 @@ fn compare_names_the_worst_element() {
     assert!(compare(&shape, &want).is_err());
 }
 
-const FIXTURES: [&str; 6] = [
+const FIXTURES: [&str; 12] = [
     "bert-torchscript",
     "bert-dynamo",
     "gpt2-torchscript",
     "gpt2-dynamo",
     "vit-torchscript",
     "vit-dynamo",
+    "distilbert-torchscript",
+    "distilbert-dynamo",
+    "bert-torchscript-opset13",
+    "bert-torchscript-opset20",
+    "gpt2-torchscript-opset14",
+    "gpt2-dynamo-opset22",
 ];
 
 macro_rules! fixture_tests {
@@ -387,6 +399,12 @@ fixed_dims_tests! {
     gpt2_dynamo_fixed_dims: "gpt2-dynamo";
     vit_torchscript_fixed_dims: "vit-torchscript";
     vit_dynamo_fixed_dims: "vit-dynamo";
+    distilbert_torchscript_fixed_dims: "distilbert-torchscript";
+    distilbert_dynamo_fixed_dims: "distilbert-dynamo";
+    bert_torchscript_opset13_fixed_dims: "bert-torchscript-opset13";
+    bert_torchscript_opset20_fixed_dims: "bert-torchscript-opset20";
+    gpt2_torchscript_opset14_fixed_dims: "gpt2-torchscript-opset14";
+    gpt2_dynamo_opset22_fixed_dims: "gpt2-dynamo-opset22";
 }
 
 fixture_tests! {
@@ -402,4 +420,16 @@ fixture_tests! {
     vit_torchscript_cpu: "vit-torchscript", Device::Cpu;
     vit_dynamo_reference: "vit-dynamo", Device::Reference;
     vit_dynamo_cpu: "vit-dynamo", Device::Cpu;
+    distilbert_torchscript_reference: "distilbert-torchscript", Device::Reference;
+    distilbert_torchscript_cpu: "distilbert-torchscript", Device::Cpu;
+    distilbert_dynamo_reference: "distilbert-dynamo", Device::Reference;
+    distilbert_dynamo_cpu: "distilbert-dynamo", Device::Cpu;
+    bert_torchscript_opset13_reference: "bert-torchscript-opset13", Device::Reference;
+    bert_torchscript_opset13_cpu: "bert-torchscript-opset13", Device::Cpu;
+    bert_torchscript_opset20_reference: "bert-torchscript-opset20", Device::Reference;
+    bert_torchscript_opset20_cpu: "bert-torchscript-opset20", Device::Cpu;
+    gpt2_torchscript_opset14_reference: "gpt2-torchscript-opset14", Device::Reference;
+    gpt2_torchscript_opset14_cpu: "gpt2-torchscript-opset14", Device::Cpu;
+    gpt2_dynamo_opset22_reference: "gpt2-dynamo-opset22", Device::Reference;
+    gpt2_dynamo_opset22_cpu: "gpt2-dynamo-opset22", Device::Cpu;
 }
