@@ -87,7 +87,7 @@ pub enum Error {
     /// sizes, axes, pads ...) and the value is computed at run time.
     #[error(
         "{op} node {} (opset {opset}): input '{value}' must be known at import time \
-         (kiln's shapes are static): {}",
+         (a constant, or computed from shapes only; it is computed from tensor data): {}",
         quoted(node),
         how_to_know(inputs)
     )]

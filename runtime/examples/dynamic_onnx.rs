@@ -1,7 +1,10 @@
 //! Imports an ONNX model exported with dynamic dims once and runs it at
 //! several sizes, printing for each run whether it compiled a new program
 //! and how long the run took (the first run at a size includes compiling
-//! for it).
+//! for it), then the median of 20 more runs; and the same for the model
+//! imported with those sizes fixed (`ImportOptions::dims`, `kiln import
+//! --dim`), in the same process: a dynamic model should run as fast as a
+//! fixed one.
 //!
 //! ```text
 //! cargo run --release -p kiln --example dynamic_onnx -- \
@@ -66,8 +69,9 @@ fn main() -> anyhow::Result<()> {
         let out = session.run_outputs(&refs)?;
         let took = t.elapsed();
         let compiled = session.compiled_programs() > before;
+        let median = median_of_runs(&mut session, &refs)?;
         println!(
-            "  {spec}: {} in {took:.1?}; outputs {}",
+            "  {spec}: {} in {took:.1?}, then median {median:.2?}; outputs {}",
             if compiled {
                 "compiled and ran"
             } else {
@@ -78,6 +82,32 @@ fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let options = kiln::onnx::ImportOptions {
+            dims: bindings.clone().into_iter().collect(),
+            ..Default::default()
+        };
+        let fixed = Graph::from_onnx_with(&path, &options)?;
+        let mut fixed_session = Session::new(&fixed, Device::Cpu)?;
+        let t = Instant::now();
+        fixed_session.run_outputs(&refs)?;
+        let took = t.elapsed();
+        let median = median_of_runs(&mut fixed_session, &refs)?;
+        println!("    imported with these dims fixed: compiled and ran in {took:.1?}, then median {median:.2?}");
     }
     Ok(())
+}
+
+/// The median time of 20 runs.
+fn median_of_runs(
+    session: &mut Session,
+    feeds: &[(&str, &Array)],
+) -> anyhow::Result<std::time::Duration> {
+    let mut times = Vec::with_capacity(20);
+    for _ in 0..20 {
+        let t = Instant::now();
+        session.run_outputs(feeds)?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
 }

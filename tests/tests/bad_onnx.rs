@@ -933,3 +933,106 @@ fn bad_external_data_is_an_error_naming_the_tensor_and_file() {
     assert!(import_w("w.bin", None, None).is_ok());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A shape computed from the input's *data* (not its shape) cannot be known
+/// while importing, symbolic dims or not: the error names the value.
+#[test]
+fn shape_computed_from_tensor_data_is_named() {
+    let sym = |s: &str| OnnxDim::DimParam(s.into());
+    let m = model(
+        proto::GraphProto {
+            name: "data_shape".into(),
+            node: vec![
+                // `n` from the shape (known), `k` from the data (not).
+                node("Shape", "shape", &["x"], &["s"]),
+                node("Cast", "as_int", &["x"], &["xi"]),
+                node("ReduceMax", "biggest", &["xi"], &["k"]),
+                node("Concat", "target", &["s", "k"], &["t"]),
+                node("Reshape", "reshape", &["x", "t"], &["y"]),
+            ],
+            input: vec![input("x", DataType::Float, &[sym("n")])],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    );
+    let mut m = m;
+    m.graph.as_mut().unwrap().node[1]
+        .attribute
+        .push(int_attr("to", DataType::Int64 as i64));
+    m.graph.as_mut().unwrap().node[2]
+        .attribute
+        .push(int_attr("keepdims", 1));
+    m.graph.as_mut().unwrap().node[3]
+        .attribute
+        .push(int_attr("axis", 0));
+    let e = import_error(&m, &ImportOptions::default());
+    assert!(matches!(e, kiln_onnx::Error::NeedsValue { .. }), "{e:?}");
+    mentions(
+        &e.to_string(),
+        &["Reshape node 'reshape'", "'t'", "tensor data", "(x)"],
+    );
+}
+
+/// The same chain over the input's shape only imports once and runs at
+/// every size; a feed contradicting the dims is named.
+#[test]
+fn shape_computed_from_a_symbolic_shape_runs_at_any_size() {
+    let sym = |s: &str| OnnxDim::DimParam(s.into());
+    let mut m = model(
+        proto::GraphProto {
+            name: "sym_shape".into(),
+            node: vec![
+                // [batch, seq, 4] -> [batch*seq, 4] -> [batch, seq*4]
+                node("Shape", "shape", &["x"], &["s"]),
+                node("Gather", "batch", &["s", "zero"], &["b"]),
+                node("Gather", "seq", &["s", "one"], &["q"]),
+                node("Mul", "rows", &["b", "q"], &["bq"]),
+                node("Concat", "flat", &["bq", "four"], &["t1"]),
+                node("Reshape", "to_rows", &["x", "t1"], &["r"]),
+                node("Concat", "wide", &["b", "minus"], &["t2"]),
+                node("Reshape", "to_wide", &["r", "t2"], &["y"]),
+            ],
+            input: vec![input(
+                "x",
+                DataType::Float,
+                &[sym("batch"), sym("seq"), OnnxDim::DimValue(4)],
+            )],
+            initializer: vec![
+                ints("zero", &[0]),
+                ints("one", &[1]),
+                ints("four", &[4]),
+                ints("minus", &[-1]),
+            ],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        13,
+    );
+    for i in [4, 6] {
+        m.graph.as_mut().unwrap().node[i]
+            .attribute
+            .push(int_attr("axis", 0));
+    }
+    let g = import(&m, &ImportOptions::default()).unwrap();
+    assert_eq!(g.node(g.outputs()[0]).ty.to_string(), "f32[batch,4*seq]");
+    for device in [Device::Reference, Device::Cpu] {
+        let mut s = Session::new(&g, device).unwrap();
+        for (b, q) in [(1, 1), (2, 3), (3, 5)] {
+            let x = Array::from_vec(
+                vec![b, q, 4],
+                (0..b * q * 4).map(|i| i as f32).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let y = s.run(&[("x", &x)], &["y"]).unwrap();
+            assert_eq!(y[0].shape(), &[b, q * 4]);
+            assert_eq!(
+                y[0].as_slice::<f32>().unwrap(),
+                x.as_slice::<f32>().unwrap()
+            );
+        }
+        let bad = Array::from_vec(vec![2, 3, 5], vec![0f32; 30]).unwrap();
+        let e = s.run(&[("x", &bad)], &["y"]).unwrap_err().to_string();
+        mentions(&e, &["'x'", "dim 2 must be 4"]);
+    }
+}

@@ -33,7 +33,7 @@ fn heads_model() -> Graph {
         .placeholder("x", DType::F32, shape!["batch", "seq", 8])
         .unwrap();
     let (b, s) = (x.dim(0), x.dim(1));
-    let rows = x.reshape(Shape(vec![&b * &s, Dim::Fixed(8)])).unwrap();
+    let rows = x.reshape(shape![&b * &s, 8]).unwrap();
     assert_eq!(rows.shape().to_string(), "[batch*seq,8]");
     let w = g
         .constant(arr(&[8, 12], |i| ((i * 7) % 11) as f32 * 0.1 - 0.5))

@@ -351,7 +351,7 @@ fn newer_version_is_refused_with_both_versions_named() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("format version 7") && e.contains("reads versions 1 to 1"),
+        e.contains("format version 7") && e.contains("reads versions 1 to 2"),
         "{e}"
     );
 }

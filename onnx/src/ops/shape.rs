@@ -4,25 +4,26 @@
 //! `Size`, `ConstantOfShape`, `Range`, `Trilu`, `EyeLike`.
 //!
 //! kiln's shapes are static per compile, so every input that decides a
-//! shape (Reshape's shape, Slice's bounds and axes, Split's sizes, Pad's
-//! pads, Tile's repeats, Expand's shape, Squeeze/Unsqueeze's axes,
-//! ConstantOfShape's shape, Range's operands) must be known at import time;
-//! a value computed at run time there is an error reason.
+//! shape (Reshape's shape, Slice's bounds, Split's sizes, Pad's pads,
+//! Tile's repeats, Expand's shape, Squeeze/Unsqueeze's axes,
+//! ConstantOfShape's shape, Range's operands) must be known at import time:
+//! a constant, or a shape value — `Shape`/`Size` of symbolic dims and what
+//! is computed from them, whose values are dim expressions (`batch*seq`);
+//! see `kiln_graph::ops::symbolic`. A value computed from tensor data there
+//! is an error naming it.
 //!
-//! Symbolic dims (kiln's named sizes) pass through where the op keeps them
-//! whole: Reshape copying them with `0` or inferring them with `-1`,
-//! Transpose, Concat / Split / Slice / Pad / Tile on other axes, Slice of
-//! the whole axis (`0..INT_MAX`, step 1: an end of at least `i32::MAX` is
-//! taken as "to the end"), Flatten where a side holds one symbolic dim and
-//! fixed dims of product 1. Deliberate limits:
-//! - `Shape` of a symbolic dim is unsupported (kiln has no run-time shape
-//!   values); the dims it selects must be fixed, then it is a constant.
-//!   `Size` of a symbolic shape is computed at run time (a sum of ones).
-//! - Expand cannot broadcast a symbolic dim against a size other than 1.
-//! - Pad's non-constant modes (`reflect`, `edge`, `wrap`) become slices
-//!   (reversed where reflecting) joined with `Concat`, on fixed dims; a
-//!   `constant` pad value computed at run time is selected in by a mask.
-//! - DepthToSpace / SpaceToDepth take 4-D inputs with fixed C, H, W.
+//! Symbolic dims and expressions pass through every op here but these
+//! limits: Split, Pad's non-constant modes, DepthToSpace and SpaceToDepth
+//! need fixed sizes on the axes they cut; Slice's axes and steps, and
+//! Squeeze/Unsqueeze's axes, are constants; a symbolic Range has a
+//! constant integer delta. Slice bounds on a symbolic dim clamp as Python
+//! does (ONNX differs only for a backward start before the first element);
+//! an end of at least `i32::MAX` is "to the end". Expand of a fixed size
+//! against an expression keeps the fixed size (the expression must be 1
+//! or equal); of two expressions, takes the target's (checked when bound).
+//! Pad's non-constant modes become slices (reversed where reflecting)
+//! joined with `Concat`; a `constant` pad value computed at run time is
+//! selected in by a mask.
 
 use kiln_graph::{Array, DType, Dim, DimExpr, Scalar, Shape, SliceAxis, Tensor};
 
