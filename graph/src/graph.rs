@@ -503,11 +503,31 @@ impl Graph {
                     dtype: *dtype,
                     shape: sub(shape)?,
                 },
-                Op::Iota { dtype, shape, axis } => Op::Iota {
-                    dtype: *dtype,
-                    shape: sub(shape)?,
-                    axis: *axis,
-                },
+                Op::Iota { dtype, shape, axis } => {
+                    let fixed = sub(shape)?;
+                    match fixed.as_fixed() {
+                        // An iota of a symbolic length is shape arithmetic
+                        // (a range, a slice's positions): a constant once
+                        // bound, as a fixed-size import makes it, so what
+                        // uses it folds too.
+                        Some(dims)
+                            if shape.is_symbolic()
+                                && crate::array::checked_product(&dims)
+                                    .is_some_and(|n| n <= 1 << 16) =>
+                        {
+                            Op::Constant {
+                                value: crate::op::Weight::new(crate::ops::index::eval_iota(
+                                    *dtype, &dims, *axis,
+                                )),
+                            }
+                        }
+                        _ => Op::Iota {
+                            dtype: *dtype,
+                            shape: fixed,
+                            axis: *axis,
+                        },
+                    }
+                }
                 Op::RandomUniform {
                     dtype,
                     shape,
