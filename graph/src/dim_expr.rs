@@ -28,7 +28,7 @@ pub const SYMBOL_MAX: i64 = 1 << 40;
 pub fn check_binding(name: &str, value: usize) -> Result<(), String> {
     if value as u128 > SYMBOL_MAX as u128 {
         return Err(format!(
-            "'{name}' = {value} is larger than the {SYMBOL_MAX} kiln allows a symbolic dim"
+            "'{name}' = {value} is too large: a symbolic dim may be at most 2^40 = {SYMBOL_MAX}"
         ));
     }
     Ok(())

@@ -484,6 +484,9 @@ impl Graph {
         if bindings.is_empty() {
             return Ok(self.clone());
         }
+        for (name, &v) in bindings {
+            crate::dim_expr::check_binding(name, v).map_err(Error::InvalidGraph)?;
+        }
         self.check_bindings(bindings)?;
         let mut out = self.clone();
         let ids: Vec<NodeIndex<u32>> = out.g.node_indices().collect();

@@ -334,3 +334,64 @@ fn symbolic_slice_bounds_gather_the_right_rows() {
         assert_eq!(out[1].as_slice::<f32>().unwrap(), &[7.0, 8.0, 9.0]);
     }
 }
+
+#[test]
+fn control_flow_over_expression_dims() {
+    // A loop whose state is [batch*seq, 2], and a cond on it, at two sizes.
+    let g = GraphBuilder::new();
+    let x = g
+        .placeholder("x", DType::F32, shape!["batch", "seq", 2])
+        .unwrap();
+    let rows = x.reshape_to(&[-1, 2]).unwrap();
+    assert_eq!(rows.shape().to_string(), "[batch*seq,2]");
+    let zero = g.scalar(0.0, DType::I64).unwrap();
+    let out = g
+        .while_loop(
+            &[zero, rows],
+            &[],
+            |g, v| v[0].lt(g.scalar(3.0, DType::I64)?),
+            |g, v| Ok(vec![v[0].add(g.scalar(1.0, DType::I64)?)?, v[1].add(v[1])?]),
+        )
+        .unwrap();
+    let doubled = out[1];
+    let pred = g.placeholder("flip", DType::Bool, Shape::scalar()).unwrap();
+    let r = g
+        .cond(
+            pred,
+            &[doubled],
+            |_, v| Ok(vec![v[0].neg()?]),
+            |_, v| Ok(vec![v[0]]),
+        )
+        .unwrap()[0]
+        .named("r")
+        .unwrap();
+    assert_eq!(r.shape().to_string(), "[batch*seq,2]");
+    g.output(r).unwrap();
+    let graph = g.into_graph();
+    for device in [Device::Reference, Device::Cpu] {
+        let mut sess = Session::new(&graph, device).unwrap();
+        for (b, s) in [(1, 2), (3, 5)] {
+            let xv = arr(&[b, s, 2], |i| i as f32);
+            let flip = Array::from_vec(vec![], vec![true]).unwrap();
+            let y = sess.run(&[("x", &xv), ("flip", &flip)], &["r"]).unwrap();
+            let want = arr(&[b * s, 2], |i| -8.0 * i as f32);
+            close(&y[0], &want, 0.0);
+        }
+    }
+}
+
+#[test]
+fn a_binding_beyond_the_symbol_bound_is_refused() {
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, shape!["n"]).unwrap();
+    g.output(x.relu().unwrap()).unwrap();
+    let graph = g.into_graph();
+    let mut b = kiln::graph::Bindings::new();
+    b.insert("n".into(), (1usize << 40) + 1);
+    let fetch = graph.outputs().to_vec();
+    let e = kiln_optimizer::compile(&graph, &fetch, &b, &Default::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("too large") && e.contains("'n'"), "{e}");
+}
