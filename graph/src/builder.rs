@@ -405,7 +405,7 @@ impl GraphBuilder {
         self.sizes_value(values, shape, SourceLoc::caller())
     }
 
-    fn sizes_value(
+    pub(crate) fn sizes_value(
         &self,
         values: &[DimExpr],
         shape: &[usize],

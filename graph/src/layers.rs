@@ -8,7 +8,7 @@ use crate::dtype::DType;
 use crate::error::{Result, SourceLoc};
 use crate::init::Init;
 use crate::op::Window2d;
-use crate::shape::Dim;
+use crate::shape::{Dim, Shape};
 use crate::tensor_ops::Conv2dOptions;
 
 /// An activation applied after a dense or conv layer.
@@ -517,19 +517,14 @@ impl GraphBuilder {
         let batch_mean = batch_mean.reshape(pshape.clone())?;
         let batch_var = batch_var.reshape(pshape.clone())?;
         // k / (k - 1) turns the biased variance into the unbiased one; k is
-        // the count per channel (a tensor when the batch dim is symbolic).
+        // the count per channel (a shape value when the batch dim is symbolic).
         let shape = x.shape();
-        let count = match axes
-            .iter()
-            .map(|&a| shape.0[a as usize].fixed())
-            .product::<Option<usize>>()
-        {
+        let k = Shape(axes.iter().map(|&a| shape.0[a as usize].clone()).collect())
+            .size_expr()
+            .map_err(|e| crate::error::Error::InvalidGraph(format!("batch norm count: {e}")))?;
+        let count = match k.as_const() {
             Some(k) => self.scalar(k as f64, dt)?,
-            None => self
-                .scalar(1.0, dt)?
-                .broadcast_to(shape)?
-                .sum(&axes, true)?
-                .reshape(pshape.clone())?,
+            None => self.size_value(&k)?.cast(dt)?,
         };
         let unbiased = batch_var.mul(count.div(count.sub(1.0)?.maximum(1.0)?)?)?;
         let m = opts.momentum;

@@ -339,23 +339,21 @@ impl<'g> Tensor<'g> {
             ));
         }
         if symbolic {
-            // The count is only known at run time: sum ones of the same shape.
+            // The count is an expression (`batch*seq`): a shape value,
+            // a constant of each compiled program.
             let s = self.reduce(ReduceOp::Sum, "reduce_sum", axes, keepdims, loc.clone())?;
-            let one = self.b.push(
-                Op::Constant {
-                    value: crate::op::Weight::new(Array::filled(self.dtype(), &[], 1.0)),
-                },
+            let mut count = DimExpr::val(1);
+            for &a in axes {
+                let i = self.axis("mean", a, &loc)?;
+                count = count
+                    .mul(&shape.0[i].expr())
+                    .map_err(|e| self.err("mean", &[], loc.clone(), e))?;
+            }
+            let n = self.b.sizes_value(&[count], &[], loc.clone())?.op(
+                Op::Cast { to: self.dtype() },
                 &[],
                 loc.clone(),
             )?;
-            let ones = one.op(
-                Op::Broadcast {
-                    shape: shape.clone(),
-                },
-                &[],
-                loc.clone(),
-            )?;
-            let n = ones.reduce(ReduceOp::Sum, "reduce_sum", axes, keepdims, loc.clone())?;
             return s.op(Op::Binary { f: BinaryOp::Div }, &[n], loc);
         }
         let s = self.reduce(ReduceOp::Sum, "reduce_sum", axes, keepdims, loc.clone())?;
