@@ -501,64 +501,35 @@ impl Graph {
             let sub = |s: &crate::shape::Shape| s.substitute(bindings).map_err(&fail);
             node.ty.shape = sub(&node.ty.shape)?;
             node.checks.clear();
-            let op = match &node.op {
-                Op::Placeholder { dtype, shape } => Op::Placeholder {
-                    dtype: *dtype,
-                    shape: sub(shape)?,
-                },
+            let mut op = node.op.clone();
+            match &mut op {
+                Op::Placeholder { shape, .. }
+                | Op::RandomUniform { shape, .. }
+                | Op::RandomNormal { shape, .. }
+                | Op::Reshape { shape }
+                | Op::Broadcast { shape } => *shape = sub(shape)?,
+                Op::Cond { ty, .. } | Op::While { ty, .. } | Op::WhileGrad { ty, .. } => {
+                    ty.shape = sub(&ty.shape)?
+                }
                 Op::Iota { dtype, shape, axis } => {
                     let fixed = sub(shape)?;
-                    match fixed.as_fixed() {
+                    let small = fixed.as_fixed().filter(|dims| {
+                        crate::array::checked_product(dims).is_some_and(|n| n <= 1 << 16)
+                    });
+                    match small {
                         // An iota of a symbolic length is shape arithmetic
                         // (a range, a slice's positions): a constant once
                         // bound, as a fixed-size import makes it, so what
                         // uses it folds too.
-                        Some(dims)
-                            if shape.is_symbolic()
-                                && crate::array::checked_product(&dims)
-                                    .is_some_and(|n| n <= 1 << 16) =>
-                        {
-                            Op::Constant {
-                                value: crate::op::Weight::new(crate::ops::index::eval_iota(
-                                    *dtype, &dims, *axis,
-                                )),
-                            }
+                        Some(dims) if shape.is_symbolic() => {
+                            let value = crate::ops::index::eval_iota(*dtype, &dims, *axis);
+                            op = Op::Constant {
+                                value: crate::op::Weight::new(value),
+                            };
                         }
-                        _ => Op::Iota {
-                            dtype: *dtype,
-                            shape: fixed,
-                            axis: *axis,
-                        },
+                        _ => *shape = fixed,
                     }
                 }
-                Op::RandomUniform {
-                    dtype,
-                    shape,
-                    seed,
-                    low,
-                    high,
-                } => Op::RandomUniform {
-                    dtype: *dtype,
-                    shape: sub(shape)?,
-                    seed: *seed,
-                    low: *low,
-                    high: *high,
-                },
-                Op::RandomNormal {
-                    dtype,
-                    shape,
-                    seed,
-                    mean,
-                    std,
-                } => Op::RandomNormal {
-                    dtype: *dtype,
-                    shape: sub(shape)?,
-                    seed: *seed,
-                    mean: *mean,
-                    std: *std,
-                },
-                Op::Reshape { shape } => Op::Reshape { shape: sub(shape)? },
-                Op::Broadcast { shape } => Op::Broadcast { shape: sub(shape)? },
                 Op::SymbolicConstant {
                     dtype,
                     shape,
@@ -569,48 +540,15 @@ impl Graph {
                         .map(|v| v.substitute(bindings))
                         .collect::<std::result::Result<Vec<_>, String>>()
                         .map_err(&fail)?;
-                    crate::ops::symbolic::to_op(crate::ops::symbolic::SymTensor {
+                    op = crate::ops::symbolic::to_op(crate::ops::symbolic::SymTensor {
                         dtype: *dtype,
                         shape: shape.clone(),
                         values,
                     })
-                    .ok_or_else(|| fail("its values do not fit its type".into()))?
-                }
-                Op::Cond {
-                    then_fn,
-                    else_fn,
-                    index,
-                    ty,
-                } => Op::Cond {
-                    then_fn: *then_fn,
-                    else_fn: *else_fn,
-                    index: *index,
-                    ty: TensorType::new(ty.dtype, sub(&ty.shape)?),
-                },
-                Op::While {
-                    cond_fn,
-                    body_fn,
-                    vars,
-                    index,
-                    ty,
-                    max_iterations,
-                } => Op::While {
-                    cond_fn: *cond_fn,
-                    body_fn: *body_fn,
-                    vars: *vars,
-                    index: *index,
-                    ty: TensorType::new(ty.dtype, sub(&ty.shape)?),
-                    max_iterations: *max_iterations,
-                },
-                Op::WhileGrad { ty, .. } => {
-                    let mut op = node.op.clone();
-                    if let Op::WhileGrad { ty: t, .. } = &mut op {
-                        *t = TensorType::new(ty.dtype, sub(&ty.shape)?);
-                    }
-                    op
+                    .ok_or_else(|| fail("its values do not fit its type".into()))?;
                 }
                 _ => continue,
-            };
+            }
             node.op = op;
         }
         // Every node's shape rule again, on the sizes: a size that does not
