@@ -395,3 +395,35 @@ fn a_binding_beyond_the_symbol_bound_is_refused() {
         .to_string();
     assert!(e.contains("too large") && e.contains("'n'"), "{e}");
 }
+
+#[test]
+fn an_imported_dynamic_transformer_survives_a_kiln_file() {
+    // Shape values and expression dims of a real export (BERT, TorchScript
+    // exporter) through `.kiln` bytes: the loaded graph computes the same.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/onnx/transformers/bert-torchscript.onnx"
+    );
+    let graph = Graph::from_onnx(path).unwrap();
+    let bytes = graph.to_bytes().unwrap();
+    let loaded = Graph::from_bytes(&bytes, "bert.kiln").unwrap();
+    assert_eq!(loaded.to_bytes().unwrap(), bytes, "save, load, save is stable");
+    for (b, s) in [(1, 1), (2, 9)] {
+        let ids = Array::from_vec(
+            vec![b, s],
+            (0..b * s).map(|i| (i * 7 % 60) as i64).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let mask = Array::from_vec(vec![b, s], vec![1i64; b * s]).unwrap();
+        let feeds = [("input_ids", &ids), ("attention_mask", &mask)];
+        let want = Session::new(&graph, Device::Cpu)
+            .unwrap()
+            .run_outputs(&feeds)
+            .unwrap();
+        let got = Session::new(&loaded, Device::Cpu)
+            .unwrap()
+            .run_outputs(&feeds)
+            .unwrap();
+        assert_eq!(want, got);
+    }
+}
