@@ -4,10 +4,11 @@
 //!
 //! An expression is a sum of terms, each an integer coefficient times a
 //! product of atoms; an atom is a symbol, a floor division of an expression
-//! by a constant above 1, or a min/max of expressions. The canonical form:
+//! by a constant above 1, a remainder by one, or a min/max of expressions. The canonical form:
 //! atoms in each product sorted, terms sorted by their products and merged,
 //! no zero coefficient, constants folded, `floor((d*a + b)/d) = a +
-//! floor(b/d)`, nested divisions joined, remainders written as `x - d*(x/d)`.
+//! floor(b/d)`, nested divisions joined, remainders `x % d` with `x`'s
+//! coefficients reduced below `d` (so `(2*seq+3) % 2 = 1`).
 //! It is like tract's `TDim`; unlike it, every operation is checked (an
 //! overflow is an error, never a wrong size) and min/max decide by interval
 //! bounds (`min(seq, seq+1) = seq`).
@@ -53,6 +54,9 @@ enum Atom {
     Sym(String),
     /// `floor(e / d)`, `d > 1`, `e` not a constant.
     Div(Box<DimExpr>, i64),
+    /// `e mod d` (floor: in `0..d`), `d > 1`, `e`'s coefficients and
+    /// constant reduced below `d`, `e` not already in `0..d`.
+    Mod(Box<DimExpr>, i64),
     /// At least two expressions, sorted, none provably below another.
     Min(Vec<DimExpr>),
     Max(Vec<DimExpr>),
@@ -127,7 +131,7 @@ impl DimExpr {
                     Atom::Sym(s) => {
                         out.insert(s.clone());
                     }
-                    Atom::Div(e, _) => e.collect_symbols(out),
+                    Atom::Div(e, _) | Atom::Mod(e, _) => e.collect_symbols(out),
                     Atom::Min(es) | Atom::Max(es) => es.iter().for_each(|e| e.collect_symbols(out)),
                 }
             }
@@ -252,19 +256,44 @@ impl DimExpr {
             .ok_or_else(|| format!("{self} / {d} is not an exact division kiln can express"))
     }
 
-    /// `self mod d` with the sign of `d` (`self - d*floor(self/d)`).
+    /// `self mod d` with the sign of `d` (`self - d*floor(self/d)`); by an
+    /// expression only where it divides exactly (giving 0).
     pub fn rem_floor(&self, d: &DimExpr) -> Res {
-        if let (Some(a), Some(b)) = (self.as_const(), d.as_const()) {
-            if b == 0 {
-                return Err("remainder by zero in a dim expression".into());
+        let Some(k) = d.as_const() else {
+            return match self.div_exact(d) {
+                Some(_) => Ok(DimExpr::val(0)),
+                None => Err(format!("{self} % {d} is not a remainder kiln can express")),
+            };
+        };
+        match k.cmp(&0) {
+            Ordering::Equal => Err("remainder by zero in a dim expression".into()),
+            // x mod k (k < 0) = -((-x) mod -k): floor(x/k) = floor(-x/-k).
+            Ordering::Less => self
+                .neg()?
+                .rem_floor(&DimExpr::val(k.checked_neg().ok_or_else(overflow)?))?
+                .neg(),
+            Ordering::Greater if k == 1 => Ok(DimExpr::val(0)),
+            Ordering::Greater => {
+                // Whole multiples of k drop out: reduce every coefficient.
+                let e = DimExpr::from_terms(
+                    self.terms
+                        .iter()
+                        .map(|t| Term {
+                            atoms: t.atoms.clone(),
+                            coef: t.coef.rem_euclid(k),
+                        })
+                        .collect(),
+                )?;
+                if let Some(c) = e.as_const() {
+                    return Ok(DimExpr::val(c.rem_euclid(k)));
+                }
+                let (lo, hi) = e.bounds();
+                if lo >= 0 && hi < k as i128 {
+                    return Ok(e);
+                }
+                Ok(DimExpr::atom(Atom::Mod(Box::new(e), k)))
             }
-            return a
-                .checked_rem_euclid(b)
-                .map(|r| if r != 0 && b < 0 { r + b } else { r })
-                .map(DimExpr::val)
-                .ok_or_else(overflow);
         }
-        self.sub(&d.mul(&self.div_floor(d)?)?)
     }
 
     fn div_const(&self, k: i64) -> Res {
@@ -499,6 +528,7 @@ impl DimExpr {
                         None => DimExpr::sym(s),
                     },
                     Atom::Div(e, d) => e.substitute(bindings)?.div_const(*d)?,
+                    Atom::Mod(e, d) => e.substitute(bindings)?.rem_floor(&DimExpr::val(*d))?,
                     Atom::Min(es) | Atom::Max(es) => {
                         let is_min = matches!(a, Atom::Min(_));
                         let mut it = es.iter();
@@ -546,6 +576,7 @@ impl Atom {
                 let (lo, hi) = e.bounds_in(sym_lo);
                 (lo.div_euclid(*d as i128), hi.div_euclid(*d as i128))
             }
+            Atom::Mod(_, d) => (0, *d as i128 - 1),
             Atom::Min(es) => es
                 .iter()
                 .map(|e| e.bounds_in(sym_lo))
@@ -570,6 +601,7 @@ impl Atom {
                 i64::try_from(v).map_err(|_| overflow())
             }
             Atom::Div(e, d) => Ok(e.eval(bindings)?.div_euclid(*d)),
+            Atom::Mod(e, d) => Ok(e.eval(bindings)?.rem_euclid(*d)),
             Atom::Min(es) => es
                 .iter()
                 .map(|e| e.eval(bindings))
@@ -605,11 +637,16 @@ impl fmt::Display for Atom {
         match self {
             Atom::Sym(s) if is_ident(s) => f.write_str(s),
             Atom::Sym(s) => write!(f, "`{s}`"),
-            Atom::Div(e, d) => {
-                if e.terms.len() == 1 && e.terms[0].coef == 1 && e.terms[0].atoms.len() == 1 {
-                    write!(f, "{e}/{d}")
+            Atom::Div(e, d) | Atom::Mod(e, d) => {
+                let op = if matches!(self, Atom::Div(..)) {
+                    "/"
                 } else {
-                    write!(f, "({e})/{d}")
+                    "%"
+                };
+                if e.terms.len() == 1 && e.terms[0].coef == 1 && e.terms[0].atoms.len() == 1 {
+                    write!(f, "{e}{op}{d}")
+                } else {
+                    write!(f, "({e}){op}{d}")
                 }
             }
             Atom::Min(es) | Atom::Max(es) => {
@@ -663,7 +700,7 @@ impl fmt::Display for DimExpr {
                     f.write_str("*")?;
                 }
                 match atom {
-                    Atom::Div(..) if !alone => write!(f, "({atom})")?,
+                    Atom::Div(..) | Atom::Mod(..) if !alone => write!(f, "({atom})")?,
                     _ => write!(f, "{atom}")?,
                 }
             }
@@ -854,6 +891,10 @@ mod tests {
         assert_eq!(p("7%3"), DimExpr::val(1));
         assert_eq!(p("-7%3"), DimExpr::val(2));
         assert_eq!(p("(2*seq)%2"), DimExpr::val(0));
+        assert_eq!(p("(2*seq+3)%2"), DimExpr::val(1));
+        assert_eq!(p("(9*seq+10)%8"), p("(seq+2)%8"));
+        assert_eq!(p("seq%8").bounds(), (0, 7));
+        assert_eq!(p("(seq%8)%8"), p("seq%8"));
         assert_eq!(p("min(seq, seq+1)"), p("seq"));
         assert_eq!(p("max(seq, 0)"), p("seq"));
         assert_eq!(p("min(seq, 9223372036854775807)"), p("seq"));
@@ -874,6 +915,8 @@ mod tests {
             "-seq+3",
             "`batch size`*2",
             "seq/2*batch",
+            "(seq+7)%8*batch",
+            "(8-seq%8)%8",
         ] {
             let e = p(s);
             assert_eq!(p(&e.to_string()), e, "{s} -> {e}");

@@ -1036,3 +1036,57 @@ fn shape_computed_from_a_symbolic_shape_runs_at_any_size() {
         mentions(&e, &["'x'", "dim 2 must be 4"]);
     }
 }
+
+/// A pad computed from the shape (rounding `seq` up to a multiple of 8):
+/// constant mode joins blocks of the value of expression sizes.
+#[test]
+fn pad_by_amounts_computed_from_a_symbolic_shape() {
+    let sym = |s: &str| OnnxDim::DimParam(s.into());
+    let mut m = model(
+        proto::GraphProto {
+            name: "sym_pad".into(),
+            node: vec![
+                node("Shape", "shape", &["x"], &["s"]),
+                node("Gather", "seq", &["s", "zero"], &["q"]),
+                node("Mod", "rem", &["q", "eight"], &["m"]),
+                node("Sub", "gap", &["eight", "m"], &["d"]),
+                node("Mod", "round", &["d", "eight"], &["p"]),
+                node("Concat", "pads", &["zero", "zero", "p", "zero"], &["pads"]),
+                node("Pad", "pad", &["x", "pads", "fill"], &["y"]),
+            ],
+            input: vec![input(
+                "x",
+                DataType::Float,
+                &[sym("seq"), OnnxDim::DimValue(2)],
+            )],
+            initializer: vec![ints("zero", &[0]), ints("eight", &[8]), {
+                let mut t = ints("fill", &[0]);
+                t.data_type = DataType::Float as i32;
+                t.int64_data.clear();
+                t.float_data = vec![-1.0];
+                t.dims = vec![];
+                t
+            }],
+            output: vec![output("y")],
+            ..Default::default()
+        },
+        18,
+    );
+    m.graph.as_mut().unwrap().node[5]
+        .attribute
+        .push(int_attr("axis", 0));
+    let g = import(&m, &ImportOptions::default()).unwrap();
+    let y = g.node(g.outputs()[0]);
+    assert!(y.ty.shape.is_symbolic(), "{}", y.ty);
+    for device in [Device::Reference, Device::Cpu] {
+        let mut s = Session::new(&g, device).unwrap();
+        for (q, want) in [(3, 8), (8, 8), (9, 16)] {
+            let x = Array::from_vec(vec![q, 2], vec![1f32; q * 2]).unwrap();
+            let out = s.run(&[("x", &x)], &["y"]).unwrap();
+            assert_eq!(out[0].shape(), &[want, 2], "seq {q}");
+            let v = out[0].as_slice::<f32>().unwrap();
+            assert!(v[..q * 2].iter().all(|&e| e == 1.0));
+            assert!(v[q * 2..].iter().all(|&e| e == -1.0));
+        }
+    }
+}

@@ -407,7 +407,11 @@ fn an_imported_dynamic_transformer_survives_a_kiln_file() {
     let graph = Graph::from_onnx(path).unwrap();
     let bytes = graph.to_bytes().unwrap();
     let loaded = Graph::from_bytes(&bytes, "bert.kiln").unwrap();
-    assert_eq!(loaded.to_bytes().unwrap(), bytes, "save, load, save is stable");
+    assert_eq!(
+        loaded.to_bytes().unwrap(),
+        bytes,
+        "save, load, save is stable"
+    );
     for (b, s) in [(1, 1), (2, 9)] {
         let ids = Array::from_vec(
             vec![b, s],

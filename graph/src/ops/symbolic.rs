@@ -333,6 +333,13 @@ fn binary(f: BinaryOp, a: &DimExpr, b: &DimExpr, dtype: DType) -> Option<DimExpr
         BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
             decide(a, b, f)
         }
+        // `false and ?` is false, `true or ?` is true.
+        BinaryOp::And if bools && (a.as_const() == Some(0) || b.as_const() == Some(0)) => {
+            Some(bool_val(false))
+        }
+        BinaryOp::Or if bools && [a, b].iter().any(|v| v.as_const().is_some_and(|c| c != 0)) => {
+            Some(bool_val(true))
+        }
         BinaryOp::And | BinaryOp::Or | BinaryOp::Xor if bools => {
             let (x, y) = (a.as_const()? != 0, b.as_const()? != 0);
             Some(bool_val(match f {

@@ -288,6 +288,17 @@ fn modulo<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if fmod {
         return Ok(vec![r]);
     }
+    // Shape values with a dividend never negative and a divisor above 0
+    // (`seq % 8`): the remainder already has the divisor's sign.
+    let signs_known = match (a.sym_values(), b.sym_values()) {
+        (Some(x), Some(y)) => {
+            x.iter().all(|v| v.is_nonneg()) && y.iter().all(|v| v.bounds().0 >= 1)
+        }
+        _ => false,
+    };
+    if signs_known {
+        return Ok(vec![r]);
+    }
     // Integers, sign of the divisor: add b where r and b differ in sign.
     let zero = n.scalar(0.0, a.dtype())?;
     let differ = r

@@ -576,6 +576,76 @@ fn symbolic_range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         .map(one)
 }
 
+/// `Pad` by amounts computed from shapes (`seq % 8` to round up to a
+/// multiple, say): constant mode, amounts provably not negative; each
+/// padded axis joins blocks of the value (of expression sizes) around the
+/// input.
+fn symbolic_pad<'g>(n: &Node<'_, 'g>, mode: &str) -> R<Vec<Tensor<'g>>> {
+    let x = n.input(0)?;
+    let r = x.rank();
+    let pads = n.sym_ints(1)?.ok_or("Pad needs pads")?;
+    if mode != "constant" {
+        return n.unsupported(format!(
+            "pad mode '{mode}' with amounts computed from shapes"
+        ));
+    }
+    let axes = match n.const_ints(3)? {
+        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<R<Vec<_>>>()?,
+        None => (0..r).collect(),
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(format!(
+            "{} pads for {} axes (needs two per axis)",
+            pads.len(),
+            axes.len()
+        ));
+    }
+    // The value: a scalar of x's dtype (a run-time one is taken as it is).
+    let value = match n.opt(2) {
+        Some(v) if v.shape().num_elements() == Some(1) => {
+            v.reshape(Shape::scalar()).k()?.cast(x.dtype()).k()?
+        }
+        Some(v) if v.shape().num_elements() != Some(0) => {
+            return Err(format!(
+                "the pad value must hold one element, has shape {}",
+                v.shape()
+            ))
+        }
+        _ => n.scalar(0.0, x.dtype())?,
+    };
+    let mut t = x;
+    for (i, &a) in axes.iter().enumerate() {
+        let (before, after) = (&pads[i], &pads[i + axes.len()]);
+        let mut parts = Vec::with_capacity(3);
+        for (k, amount) in [before, after].into_iter().enumerate() {
+            if amount.as_const() == Some(0) {
+                continue;
+            }
+            if !amount.is_nonneg() {
+                return n.unsupported(format!(
+                    "a pad of {amount} on axis {a}, computed from shapes, that may be negative"
+                ));
+            }
+            let mut shape = t.shape();
+            shape.0[a] = Dim::from_expr(amount.clone())?;
+            let block = value.broadcast_to(shape).k()?;
+            if k == 0 {
+                parts.push(block);
+                parts.push(t);
+            } else {
+                if parts.is_empty() {
+                    parts.push(t);
+                }
+                parts.push(block);
+            }
+        }
+        if !parts.is_empty() {
+            t = n.g.concat(&parts, a as i64).k()?;
+        }
+    }
+    Ok(vec![t])
+}
+
 /// `Tile`: each tiled dim `d` becomes `[1, d]` broadcast to `[r, d]` and
 /// merged back (one reshape, broadcast, reshape).
 fn tile<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
@@ -687,6 +757,9 @@ fn pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let mode = n.string("mode").unwrap_or_else(|| "constant".into());
     if !["constant", "reflect", "edge", "wrap"].contains(&mode.as_str()) {
         return n.unsupported(format!("pad mode '{mode}'"));
+    }
+    if n.opset >= 11 && n.const_ints(1).is_err() {
+        return symbolic_pad(n, &mode);
     }
     // The pad value: known now, or (`runtime`) a tensor computed at run time.
     let mut runtime = None;
