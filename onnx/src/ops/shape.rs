@@ -23,7 +23,9 @@
 //! or equal); of two expressions, takes the target's (checked when bound).
 //! Pad's non-constant modes become slices (reversed where reflecting)
 //! joined with `Concat`; a `constant` pad value computed at run time is
-//! selected in by a mask.
+//! selected in by a mask; pads computed from shapes (constant mode, never
+//! negative) join blocks of the value around the input. Not yet taking
+//! shape values: Resize's sizes, OneHot's depth, TopK's k.
 
 use kiln_graph::{Array, DType, Dim, DimExpr, Scalar, Shape, SliceAxis, Tensor};
 
