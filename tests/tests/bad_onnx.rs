@@ -1090,3 +1090,54 @@ fn pad_by_amounts_computed_from_a_symbolic_shape() {
         }
     }
 }
+
+/// `CumSum` along a symbolic axis (RoBERTa's position ids: the cumulative
+/// sum of the attention mask), in all four directions.
+#[test]
+fn cum_sum_along_a_symbolic_axis() {
+    let sym = |s: &str| OnnxDim::DimParam(s.into());
+    for (exclusive, reverse) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+        let mut m = model(
+            proto::GraphProto {
+                name: "cumsum".into(),
+                node: vec![node("CumSum", "positions", &["mask", "one"], &["y"])],
+                input: vec![input("mask", DataType::Int64, &[sym("batch"), sym("seq")])],
+                initializer: vec![ints("one", &[1])],
+                output: vec![output("y")],
+                ..Default::default()
+            },
+            14,
+        );
+        let n = &mut m.graph.as_mut().unwrap().node[0];
+        n.attribute.push(int_attr("exclusive", exclusive));
+        n.attribute.push(int_attr("reverse", reverse));
+        let g = import(&m, &ImportOptions::default()).unwrap();
+        for device in [Device::Reference, Device::Cpu] {
+            let mut s = Session::new(&g, device).unwrap();
+            for (b, q) in [(1, 1), (2, 5)] {
+                let v: Vec<i64> = (0..b * q).map(|i| ((i * 3) % 4 != 0) as i64).collect();
+                let x = Array::from_vec(vec![b, q], v.clone()).unwrap();
+                let y = s.run(&[("mask", &x)], &["y"]).unwrap();
+                let mut want = vec![0i64; b * q];
+                for row in 0..b {
+                    for j in 0..q {
+                        want[row * q + j] = (0..q)
+                            .filter(|&i| match (exclusive, reverse) {
+                                (0, 0) => i <= j,
+                                (1, 0) => i < j,
+                                (0, _) => i >= j,
+                                _ => i > j,
+                            })
+                            .map(|i| v[row * q + i])
+                            .sum();
+                    }
+                }
+                assert_eq!(
+                    y[0].as_slice::<i64>().unwrap(),
+                    want.as_slice(),
+                    "{device} exclusive {exclusive} reverse {reverse} [{b},{q}]"
+                );
+            }
+        }
+    }
+}

@@ -390,12 +390,53 @@ fn cumulative<'g>(n: &Node<'_, 'g>, prod: bool) -> R<Vec<Tensor<'g>>> {
     Ok(vec![cum_along(n, x, axis(ax, r)?, prod)?])
 }
 
+/// `CumSum` along an axis of symbolic length `L` (position ids as the
+/// cumulative sum of a mask, as RoBERTa-style models export them): `x`
+/// times the `[L, L]` triangle of ones (`i <= j`; `<` when exclusive,
+/// mirrored when reversed), whose size is an expression. Quadratic in
+/// `L`, where the fixed-length scan is `L log L`.
+fn cum_sum_symbolic<'g>(
+    n: &Node<'_, 'g>,
+    x: Tensor<'g>,
+    a: usize,
+    exclusive: bool,
+    reverse: bool,
+) -> R<Tensor<'g>> {
+    let r = x.rank();
+    let len = x.shape().0[a].clone();
+    let square = Shape(vec![len.clone(), len]);
+    let i = n.g.iota(DType::I64, square.clone(), 0).k()?;
+    let j = n.g.iota(DType::I64, square, 1).k()?;
+    let keep = match (reverse, exclusive) {
+        (false, false) => i.le(j),
+        (false, true) => i.lt(j),
+        (true, false) => i.ge(j),
+        (true, true) => i.gt(j),
+    }
+    .k()?;
+    let tri = keep.cast(x.dtype()).k()?;
+    // The axis last, as a row vector of a matmul.
+    let mut perm: Vec<usize> = (0..r).filter(|&d| d != a).collect();
+    perm.push(a);
+    let moved = x.permute(&perm).k()?;
+    let row = moved.unsqueeze(r as i64 - 1).k()?;
+    let summed = row.matmul(tri).k()?.squeeze(r as i64 - 1).k()?;
+    let mut back = vec![0; r];
+    for (k, &d) in perm.iter().enumerate() {
+        back[d] = k;
+    }
+    summed.permute(&back).k()
+}
+
 /// `CumSum` (or, with `prod`, `CumProd`) of `x` along axis `a`.
 fn cum_along<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, a: usize, prod: bool) -> R<Tensor<'g>> {
     let fill = if prod { 1.0 } else { 0.0 };
-    let len = fixed_dim(n, x, a)?;
     let exclusive = n.int("exclusive", 0) != 0;
     let reverse = n.int("reverse", 0) != 0;
+    if !prod && x.shape().0[a].is_symbolic() {
+        return cum_sum_symbolic(n, x, a, exclusive, reverse);
+    }
+    let len = fixed_dim(n, x, a)?;
     let r = x.rank();
     // Shifts toward the end (or the start when reversed) by s, filling 0.
     let shift = |t: Tensor<'g>, s: usize| -> R<Tensor<'g>> {
