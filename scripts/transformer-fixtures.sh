@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes kiln's transformer ONNX fixtures, tests/onnx/transformers/ (issue 18):
-# tiny BERT, GPT-2, ViT and DistilBERT models with random weights exported
-# by PyTorch's TorchScript and dynamo exporters (at their default opsets, and
-# some at others) with dynamic batch/seq dims, with ONNX
+# tiny BERT, GPT-2, ViT, DistilBERT, RoBERTa and Llama models with random
+# weights exported by PyTorch's TorchScript and dynamo exporters (at their
+# default opsets, and some at others) with dynamic batch/seq dims, with ONNX
 # Runtime's outputs at several bindings (read by
 # tests/tests/onnx_transformers.rs). See scripts/transformer-fixtures/make.py.
 #

@@ -34,7 +34,9 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use kiln_graph as graph;
 pub use kiln_graph::shape;
-pub use session::{DeviceTensor, MatmulPrecision, ProfileEvent, Session, SessionOptions};
+pub use session::{
+    DeviceTensor, MatmulPrecision, ProfileEvent, Session, SessionOptions, DEFAULT_MAX_PROGRAMS,
+};
 
 /// What a model definition needs: `use kiln::prelude::*`.
 pub mod prelude {

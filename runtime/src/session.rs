@@ -28,6 +28,9 @@ pub struct Session {
     options: SessionOptions,
     variables: HashMap<String, Array>,
     compiled: HashMap<(Vec<NodeId>, Bindings), CpuExecutable>,
+    /// The keys of the compiled programs (CPU and GPU), least recently
+    /// run first.
+    recent: Vec<(Vec<NodeId>, Bindings)>,
     /// The GPU of a `Device::Cuda` session and its compiled programs.
     gpu: Option<Gpu>,
     profiling: bool,
@@ -140,7 +143,16 @@ pub struct SessionOptions {
     /// times slower), and an access outside is an error of the run; `None`
     /// takes `KILN_CHECK_BOUNDS` (`1` turns it on).
     pub bounds_checks: Option<bool>,
+    /// The most compiled programs the session keeps (one per set of
+    /// fetches and binding of the symbolic dims: a model served at every
+    /// sequence length would otherwise keep a program, and its packed
+    /// weights, per length); beyond it the least recently run is dropped,
+    /// and compiled again when needed. `None`: 32.
+    pub max_programs: Option<usize>,
 }
+
+/// Programs a session keeps when [`SessionOptions::max_programs`] is `None`.
+pub const DEFAULT_MAX_PROGRAMS: usize = 32;
 
 /// One kernel execution recorded while profiling (see [`Session::set_profiling`]).
 #[derive(Clone, Debug)]
@@ -304,6 +316,7 @@ impl Session {
             options,
             variables,
             compiled: HashMap::new(),
+            recent: Vec::new(),
             gpu,
             profiling: false,
             epoch: std::time::Instant::now(),
@@ -397,6 +410,7 @@ impl Session {
             Device::Cuda(_) => {
                 let key = (fetch_ids, bindings);
                 self.compile_for_gpu(&key)?;
+                self.touch(&key);
                 let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
                 gpu.upload_variables(&self.variables)?;
                 let vars = refs(&gpu.vars);
@@ -434,6 +448,7 @@ impl Session {
                     exe.set_profiling(self.profiling);
                     self.compiled.insert(key.clone(), exe);
                 }
+                self.touch(&key);
                 let exe = self.compiled.get_mut(&key).expect("compiled above");
                 exe.run(&feed_map, &mut self.variables).map_err(|e| {
                     // Name the graph nodes of the kernel that failed.
@@ -456,6 +471,30 @@ impl Session {
                         e => e.into(),
                     }
                 })
+            }
+        }
+    }
+
+    /// Marks the program of `key` as the most recently run, and drops the
+    /// least recently run programs beyond [`SessionOptions::max_programs`].
+    fn touch(&mut self, key: &(Vec<NodeId>, Bindings)) {
+        if let Some(i) = self.recent.iter().position(|k| k == key) {
+            let k = self.recent.remove(i);
+            self.recent.push(k);
+        } else {
+            self.recent.push(key.clone());
+        }
+        let max = self
+            .options
+            .max_programs
+            .unwrap_or(DEFAULT_MAX_PROGRAMS)
+            .max(1);
+        while self.recent.len() > max {
+            let old = self.recent.remove(0);
+            self.compiled.remove(&old);
+            if let Some(gpu) = self.gpu.as_mut() {
+                gpu.compiled.remove(&old);
+                gpu.results.remove(&old);
             }
         }
     }
@@ -537,6 +576,7 @@ impl Session {
         self.check_needed_feeds(&fetch_ids, fetches, feeds)?;
         let key = (fetch_ids, bindings);
         self.compile_for_gpu(&key)?;
+        self.touch(&key);
         let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
         if !gpu.results.contains_key(&key) {
             let p = gpu.compiled[&key].program();
@@ -818,6 +858,7 @@ impl Session {
         self.variables.insert(name.into(), value);
         // Compiled programs may hold the old value as a constant.
         self.compiled.clear();
+        self.recent.clear();
         if let Some(gpu) = &mut self.gpu {
             gpu.stale.remove(name);
             gpu.vars.remove(name);

@@ -1,7 +1,7 @@
-"""Makes kiln's transformer ONNX fixtures (issue 18): tiny BERT, GPT-2, ViT and
-DistilBERT models with random weights (fixed seeds, configs built here: nothing
-is downloaded), exported by PyTorch's exporters with dynamic batch and sequence
-dims (see PLAN), and run by ONNX Runtime at several (batch, seq) bindings.
+"""Makes kiln's transformer ONNX fixtures (issue 18): tiny BERT, GPT-2, ViT,
+DistilBERT, RoBERTa and Llama models with random weights (fixed seeds, configs
+built here: nothing is downloaded), exported by PyTorch's exporters with dynamic
+batch and sequence dims (see PLAN), run by ONNX Runtime at several bindings.
 
     scripts/transformer-fixtures.sh               # everything (run through the pinned venv)
     scripts/transformer-fixtures.sh --shape-ops   # only SHAPE_OPS.md, from the .onnx files there
@@ -51,8 +51,8 @@ SHAPE_DOC = "SHAPE_OPS.md"
 
 
 def build_models():
-    """The four tiny models, each as (name, module, input specs, output
-    names, attention implementation). Random weights from SEED."""
+    """The tiny models, each as (name, module, input specs, output names,
+    attention implementation). Random weights from SEED (+ k)."""
     import torch
     import transformers
 
@@ -186,7 +186,73 @@ def build_models():
             config=bert_eager_cfg.to_diff_dict(),
         )
     )
+
+    # RoBERTa: its position ids are padding_idx + the cumulative sum of
+    # (input_ids != padding_idx) along seq (CumSum over the symbolic axis),
+    # so positions reach seq + padding_idx: max_position_embeddings is
+    # MAX_POS + 2. The cases' masked tails hold the padding id (pad_id).
+    torch.manual_seed(SEED + 4)
+    roberta_cfg = transformers.RobertaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=MAX_POS + 2,
+        pad_token_id=ROBERTA_PAD,
+        bos_token_id=0,
+        eos_token_id=2,
+        attn_implementation="sdpa",
+    )
+    roberta = transformers.RobertaModel(roberta_cfg, add_pooling_layer=False).eval()
+    models.append(
+        dict(
+            name="roberta",
+            module=Text(roberta).eval(),
+            inputs=["input_ids", "attention_mask"],
+            outputs=["last_hidden_state"],
+            attn=roberta.config._attn_implementation,
+            config=roberta_cfg.to_diff_dict(),
+            pad_id=ROBERTA_PAD,
+        )
+    )
+
+    # Llama: RMSNorm, rotary position embeddings (default rope), SwiGLU,
+    # grouped-query attention (one key/value head for two query heads), a
+    # causal mask combined with the padding mask; no cache.
+    torch.manual_seed(SEED + 5)
+    llama_cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=LLAMA_KV_HEADS,
+        intermediate_size=64,
+        max_position_embeddings=MAX_POS,
+        use_cache=False,
+        pad_token_id=None,
+        bos_token_id=VOCAB - 2,
+        eos_token_id=VOCAB - 1,
+        attn_implementation="sdpa",
+    )
+    llama = transformers.LlamaModel(llama_cfg).eval()
+    models.append(
+        dict(
+            name="llama",
+            module=Text(llama).eval(),
+            inputs=["input_ids", "attention_mask"],
+            outputs=["last_hidden_state"],
+            attn=llama.config._attn_implementation,
+            config=llama_cfg.to_diff_dict(),
+        )
+    )
     return models
+
+
+# RoBERTa's padding id (its position ids count the other tokens).
+ROBERTA_PAD = 1
+# Llama's key/value heads (grouped-query attention: 2 query heads share 1).
+LLAMA_KV_HEADS = 1
 
 
 # The fixtures, in the order they are made: (model, exporter, opsets to try,
@@ -218,17 +284,27 @@ PLAN = [
     ("gpt2", "torchscript", [14], True),
     # The dynamo exporter's highest.
     ("gpt2", "dynamo", [22, 21, 20], True),
+    # Added later, after the others so that those stay byte-identical:
+    # RoBERTa (CumSum position ids) and Llama (rotary embeddings, GQA).
+    ("roberta", "torchscript", [17], False),
+    ("roberta", "dynamo", [18], False),
+    ("llama", "torchscript", [17], False),
+    ("llama", "dynamo", [18], False),
 ]
 
 
-def text_inputs(rng, batch, seq):
+def text_inputs(rng, batch, seq, pad_id=None):
     """input_ids in [0, VOCAB) and an attention mask whose rows after the
-    first end in zeros (right padding), each row keeping one 1 at least."""
-    ids = rng.integers(0, VOCAB, size=(batch, seq), dtype=np.int64)
+    first end in zeros (right padding), each row keeping one 1 at least.
+    With `pad_id`, the ids are in (pad_id, VOCAB) and pad_id where masked."""
+    low = 0 if pad_id is None else pad_id + 1
+    ids = rng.integers(low, VOCAB, size=(batch, seq), dtype=np.int64)
     mask = np.ones((batch, seq), dtype=np.int64)
     for r in range(1, batch):
         keep = max(1, seq - (r * seq) // (batch + 1) - r)
         mask[r, keep:] = 0
+    if pad_id is not None:
+        ids[mask == 0] = pad_id
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -240,14 +316,14 @@ def cases_for(model, rng):
     """Each case as (batch, seq, {input name: array})."""
     if model["name"] == "vit":
         return [(b, None, vit_inputs(rng, b)) for b in VIT_CASES]
-    return [(b, s, text_inputs(rng, b, s)) for b, s in TEXT_CASES]
+    return [(b, s, text_inputs(rng, b, s, model.get("pad_id"))) for b, s in TEXT_CASES]
 
 
 def example_inputs(model):
     rng = np.random.default_rng(SEED + 100)
     if model["name"] == "vit":
         return vit_inputs(rng, TRACE_BATCH)
-    return text_inputs(rng, TRACE_BATCH, TRACE_SEQ)
+    return text_inputs(rng, TRACE_BATCH, TRACE_SEQ, model.get("pad_id"))
 
 
 # --------------------------------------------------------------- exporting

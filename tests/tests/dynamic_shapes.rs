@@ -431,3 +431,22 @@ fn an_imported_dynamic_transformer_survives_a_kiln_file() {
         assert_eq!(want, got);
     }
 }
+
+#[test]
+fn a_session_keeps_a_bounded_number_of_programs() {
+    // Served at many sequence lengths, a session keeps the most recently
+    // run programs only (`SessionOptions::max_programs`).
+    let graph = heads_model();
+    let options = SessionOptions {
+        max_programs: Some(2),
+        ..Default::default()
+    };
+    let mut sess = Session::with_options(&graph, Device::Cpu, options).unwrap();
+    for s in [1, 2, 3, 4, 2, 1] {
+        let x = arr(&[1, s, 8], |i| i as f32 * 0.01);
+        let y = sess.run(&[("x", &x)], &["y"]).unwrap();
+        close(&y[0], &heads_expected(&x), 1e-5);
+        assert!(sess.compiled_programs() <= 2);
+    }
+    assert_eq!(sess.compiled_programs(), 2);
+}

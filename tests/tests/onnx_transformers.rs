@@ -1,11 +1,15 @@
 //! Transformer ONNX exports with dynamic batch and sequence dims (issue 18):
-//! tiny BERT, GPT-2, ViT and DistilBERT models with random weights, each
-//! exported by both PyTorch exporters (TorchScript, opset 17; dynamo, opset
-//! 18) with symbolic `batch` / `seq` dims, plus opset variants
+//! tiny BERT, GPT-2, ViT, DistilBERT, RoBERTa and Llama models with random
+//! weights, each exported by both PyTorch exporters (TorchScript, opset 17;
+//! dynamo, opset 18) with symbolic `batch` / `seq` dims, plus opset variants
 //! (`<model>-<exporter>-opset<NN>`: BERT through TorchScript at opsets 13 and
 //! 20, GPT-2 through TorchScript at opset 14 and through dynamo at its highest
 //! opset), imported once and run at several (batch, seq) bindings on the
 //! reference interpreter and the CPU engine, against ONNX Runtime's outputs.
+//! RoBERTa's position ids are a cumulative sum of its non-padding tokens
+//! along the symbolic seq axis (its cases pad with the padding id); Llama
+//! has rotary position embeddings, grouped-query attention and a causal mask
+//! joined with the padding mask.
 //!
 //! The fixtures live in `tests/onnx/transformers/` and are made by
 //! `scripts/transformer-fixtures.sh` (which pins torch, transformers, onnx
@@ -353,7 +357,7 @@ fn compare_names_the_worst_element() {
     assert!(compare(&shape, &want).is_err());
 }
 
-const FIXTURES: [&str; 12] = [
+const FIXTURES: [&str; 16] = [
     "bert-torchscript",
     "bert-dynamo",
     "gpt2-torchscript",
@@ -366,6 +370,10 @@ const FIXTURES: [&str; 12] = [
     "bert-torchscript-opset20",
     "gpt2-torchscript-opset14",
     "gpt2-dynamo-opset22",
+    "roberta-torchscript",
+    "roberta-dynamo",
+    "llama-torchscript",
+    "llama-dynamo",
 ];
 
 macro_rules! fixture_tests {
@@ -405,6 +413,10 @@ fixed_dims_tests! {
     bert_torchscript_opset20_fixed_dims: "bert-torchscript-opset20";
     gpt2_torchscript_opset14_fixed_dims: "gpt2-torchscript-opset14";
     gpt2_dynamo_opset22_fixed_dims: "gpt2-dynamo-opset22";
+    roberta_torchscript_fixed_dims: "roberta-torchscript";
+    roberta_dynamo_fixed_dims: "roberta-dynamo";
+    llama_torchscript_fixed_dims: "llama-torchscript";
+    llama_dynamo_fixed_dims: "llama-dynamo";
 }
 
 fixture_tests! {
@@ -432,4 +444,12 @@ fixture_tests! {
     gpt2_torchscript_opset14_cpu: "gpt2-torchscript-opset14", Device::Cpu;
     gpt2_dynamo_opset22_reference: "gpt2-dynamo-opset22", Device::Reference;
     gpt2_dynamo_opset22_cpu: "gpt2-dynamo-opset22", Device::Cpu;
+    roberta_torchscript_reference: "roberta-torchscript", Device::Reference;
+    roberta_torchscript_cpu: "roberta-torchscript", Device::Cpu;
+    roberta_dynamo_reference: "roberta-dynamo", Device::Reference;
+    roberta_dynamo_cpu: "roberta-dynamo", Device::Cpu;
+    llama_torchscript_reference: "llama-torchscript", Device::Reference;
+    llama_torchscript_cpu: "llama-torchscript", Device::Cpu;
+    llama_dynamo_reference: "llama-dynamo", Device::Reference;
+    llama_dynamo_cpu: "llama-dynamo", Device::Cpu;
 }
