@@ -179,3 +179,65 @@ fn constants_that_would_overflow_together_are_not_reassociated() {
         }
     }
 }
+
+/// Constant folding grows constants only for costly functions: a rotary
+/// table (`cos` of positions times frequencies) is computed once, while a
+/// broadcast that nothing costly reads stays a view.
+#[test]
+fn a_costly_function_of_grown_constants_is_folded() {
+    use kiln::prelude::*;
+    use kiln_optimizer::passes::FoldConstants;
+    use kiln_optimizer::Pass;
+    let g = GraphBuilder::new();
+    let pos = Array::from_vec(
+        vec![1, 48, 1],
+        (0..48).map(|i| i as f32).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let freq = Array::from_vec(
+        vec![8],
+        (0..8).map(|i| 1.0 / (i + 1) as f32).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let angles = g
+        .constant(pos)
+        .unwrap()
+        .mul(g.constant(freq).unwrap())
+        .unwrap();
+    let table = g
+        .concat(&[angles, angles], 2)
+        .unwrap()
+        .cos()
+        .unwrap()
+        .named("table")
+        .unwrap();
+    let wide = g
+        .scalar(2.0, DType::F32)
+        .unwrap()
+        .broadcast_to([64, 64])
+        .unwrap()
+        .named("wide")
+        .unwrap();
+    g.output(table).unwrap();
+    g.output(wide).unwrap();
+    let graph = g.into_graph();
+    let (folded, _) = FoldConstants::default().run(&graph).unwrap();
+    let t = folded.find("table").unwrap();
+    assert!(
+        matches!(folded.node(t).op, Op::Constant { .. }),
+        "{}",
+        folded.node(t).op.name()
+    );
+    let w = folded.find("wide").unwrap();
+    assert!(
+        matches!(folded.node(w).op, Op::Broadcast { .. }),
+        "{}",
+        folded.node(w).op.name()
+    );
+    // Same values as the reference computes.
+    let want = run_reference(&graph, &[]);
+    let got = run_reference(&folded, &[]);
+    for (w, g) in want.iter().zip(&got) {
+        compare(w, g).unwrap();
+    }
+}
