@@ -1,7 +1,9 @@
 //! kiln-codegen: backends that turn the optimizer's kernel program into
-//! code — today the Cranelift JIT for the CPU (`cpu`); Cranelift object
-//! files for ahead-of-time binaries and CUDA C through NVRTC follow the
-//! same shape: compile a [`KernelProgram`] once, then run it many times.
+//! code, each compiling a [`KernelProgram`] once to run it many times: the
+//! Cranelift JIT for the CPU (`cpu`, behind the `Backend`/`Executable`
+//! traits), Cranelift object files for ahead-of-time binaries
+//! (`cpu::aot`), and CUDA C through NVRTC with cuBLAS and CUDA graphs
+//! (`cuda`, its own `DeviceExecutable`).
 //!
 //! Architecture invariant: backends know nothing of sessions, feeds or files.
 #![warn(missing_docs)]

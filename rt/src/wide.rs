@@ -579,7 +579,7 @@ unsafe fn unary(f: Unary, d: *mut f32, a: *const f32, n: usize) {
             Log => map1!(d, a, n, log),
             Tanh => map1!(d, a, n, tanh),
             Sigmoid => map1!(d, a, n, sigmoid),
-            _ => map1!(d, a, n, erf),
+            Erf => map1!(d, a, n, erf),
         }
     }
 }

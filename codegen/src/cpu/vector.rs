@@ -470,7 +470,10 @@ impl Emitter<'_, '_> {
             BinaryOp::Lt => FloatCC::LessThan,
             BinaryOp::Le => FloatCC::LessThanOrEqual,
             BinaryOp::Gt => FloatCC::GreaterThan,
-            _ => FloatCC::GreaterThanOrEqual,
+            BinaryOp::Ge => FloatCC::GreaterThanOrEqual,
+            BinaryOp::Pow | BinaryOp::Rem | BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => {
+                unreachable!("{f:?} has no vector form (checked by vectorizable)")
+            }
         };
         self.b.ins().fcmp(cc, a, b)
     }
