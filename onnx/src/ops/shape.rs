@@ -578,6 +578,21 @@ fn symbolic_range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         .map(one)
 }
 
+/// Pad's axes (all by default) for `pads` amounts, two per axis.
+fn pad_axes(axes: Option<Vec<i64>>, r: usize, pads: usize) -> R<Vec<usize>> {
+    let axes = match axes {
+        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<R<Vec<_>>>()?,
+        None => (0..r).collect(),
+    };
+    if pads != 2 * axes.len() {
+        return Err(format!(
+            "{pads} pads for {} axes (needs two per axis)",
+            axes.len()
+        ));
+    }
+    Ok(axes)
+}
+
 /// `Pad` by amounts computed from shapes (`seq % 8` to round up to a
 /// multiple, say): constant mode, amounts provably not negative; each
 /// padded axis joins blocks of the value (of expression sizes) around the
@@ -591,17 +606,7 @@ fn symbolic_pad<'g>(n: &Node<'_, 'g>, mode: &str) -> R<Vec<Tensor<'g>>> {
             "pad mode '{mode}' with amounts computed from shapes"
         ));
     }
-    let axes = match n.const_ints(3)? {
-        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<R<Vec<_>>>()?,
-        None => (0..r).collect(),
-    };
-    if pads.len() != 2 * axes.len() {
-        return Err(format!(
-            "{} pads for {} axes (needs two per axis)",
-            pads.len(),
-            axes.len()
-        ));
-    }
+    let axes = pad_axes(n.const_ints(3)?, r, pads.len())?;
     // The value: a scalar of x's dtype (a run-time one is taken as it is).
     let value = match n.opt(2) {
         Some(v) if v.shape().num_elements() == Some(1) => {
@@ -782,17 +787,7 @@ fn pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         (n.const_ints(1)?, value, n.const_ints(3)?)
     };
     let pads = pads.ok_or("Pad needs pads")?;
-    let axes = match axes {
-        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<R<Vec<_>>>()?,
-        None => (0..r).collect(),
-    };
-    if pads.len() != 2 * axes.len() {
-        return Err(format!(
-            "{} pads for {} axes (needs two per axis)",
-            pads.len(),
-            axes.len()
-        ));
-    }
+    let axes = pad_axes(axes, r, pads.len())?;
     let (mut before, mut after) = (vec![0i64; r], vec![0i64; r]);
     for (i, &a) in axes.iter().enumerate() {
         before[a] = pads[i];
