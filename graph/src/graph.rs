@@ -423,15 +423,11 @@ impl Graph {
     /// its functions. The error is the node's type error, as the build
     /// would have given it: op, source line, operand types and both sizes.
     pub fn check_bindings(&self, bindings: &crate::shape::Bindings) -> Result<()> {
-        let mut ids: Vec<NodeId> = self
-            .g
-            .node_indices()
-            .filter(|&i| !self.g[i].checks.is_empty())
-            .map(NodeId)
-            .collect();
-        ids.sort();
-        for id in ids {
-            self.check_node(id, bindings)?;
+        // Every run binds: a scan in index order, nothing allocated.
+        for i in self.g.node_indices() {
+            if !self.g[i].checks.is_empty() {
+                self.check_node(NodeId(i), bindings)?;
+            }
         }
         for f in &self.functions {
             f.graph.check_bindings(bindings)?;
