@@ -292,7 +292,7 @@ fn main() -> Result<()> {
     if let Some(name) = &args.rss_probe {
         let w = kiln_bench::by_name(name).with_context(|| format!("no workload '{name}'"))?;
         let feeds = [(w.input.0.as_str(), &w.input.1)];
-        let mut s = Session::new(&w.graph, Device::Cpu)?;
+        let s = Session::new(&w.graph, Device::Cpu)?;
         for _ in 0..args.runs.max(1) {
             s.run(&feeds, &[w.output.as_str()])?;
         }

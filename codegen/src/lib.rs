@@ -10,6 +10,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod engine;
 pub mod error;
 
 pub use error::{Error, Result};
@@ -28,13 +29,28 @@ pub trait Backend {
     fn compile(&self, program: &KernelProgram) -> Result<Self::Executable>;
 }
 
-/// A compiled kernel program.
-pub trait Executable {
-    /// Runs with placeholder values and variable states by name; returns the
-    /// fetched values and commits assignments to `variables`.
+/// What one run of an [`Executable`] produces.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// The fetched values, in the program's output order.
+    pub fetched: Vec<Array>,
+    /// The new value of each variable the program assigns, by name, for
+    /// the caller to commit.
+    pub updates: Vec<(String, Array)>,
+}
+
+/// A compiled kernel program: immutable once compiled, and run by any
+/// number of threads at once.
+pub trait Executable: Send + Sync {
+    /// The program it runs.
+    fn program(&self) -> &KernelProgram;
+    /// Runs with placeholder values and variable states by name; returns
+    /// the fetched values and the variables' new values (committing them
+    /// is the caller's: one that assigns orders its runs, so that each
+    /// sees the last one's updates).
     fn run(
-        &mut self,
+        &self,
         inputs: &HashMap<&str, &Array>,
-        variables: &mut HashMap<String, Array>,
-    ) -> Result<Vec<Array>>;
+        variables: &HashMap<String, Array>,
+    ) -> Result<RunOutput>;
 }

@@ -1,9 +1,12 @@
-//! The C entry of ahead-of-time binaries. A model's `{name}_run` builds its
-//! buffer table and calls [`kiln_rt_run`] with its step list (see
-//! [`crate::blob`]), its loop nests and a state word of its own: the first
-//! call decodes the steps (packing constant weights once) into an executor
-//! kept in that word; every call runs them under the executor's lock (a
-//! model has one arena, so its runs are serialized).
+//! The C entry of ahead-of-time binaries. A model's `{name}_run` and
+//! `{name}_run_r` build its buffer table and call [`kiln_rt_run`] with its
+//! step list (see [`crate::blob`]), its loop nests and a state word of its
+//! own: the first call decodes the steps (packing constant weights once)
+//! into an executor kept in that word. `{name}_run` uses the model's one
+//! static arena, so its calls take the model's lock and run one at a time;
+//! `{name}_run_r` uses an arena the caller passes, and calls with
+//! different arenas run at the same time (the executor is shared: see
+//! `Exec`).
 
 use std::ffi::{c_char, CString};
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -16,6 +19,12 @@ static LAST_ERROR: Mutex<Option<CString>> = Mutex::new(None);
 
 /// Serializes first calls (decoding) across models.
 static INIT: Mutex<()> = Mutex::new(());
+
+/// A model's executor, and the lock of the calls that use its static arena.
+pub struct Model {
+    exec: Exec,
+    arena: Mutex<()>,
+}
 
 fn fail(what: String) -> i32 {
     let msg = CString::new(format!("kiln runtime: {what}")).unwrap_or_default();
@@ -39,7 +48,9 @@ pub extern "C" fn kiln_rt_last_error() -> *const c_char {
 }
 
 /// Runs a model's steps over `table` (one pointer per buffer of the
-/// program); returns 0, or 1 with [`kiln_rt_last_error`] set.
+/// program); returns 0, or 1 with [`kiln_rt_last_error`] set. With
+/// `exclusive` nonzero (the table addresses the model's static arena) the
+/// call holds the model's lock; otherwise it runs alongside other calls.
 ///
 /// # Safety
 /// `state` must point at a pointer-sized word of this model's, zero before
@@ -49,13 +60,14 @@ pub extern "C" fn kiln_rt_last_error() -> *const c_char {
 /// the same addresses on every call.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_rt_run(
-    state: *mut AtomicPtr<Mutex<Exec>>,
+    state: *mut AtomicPtr<Model>,
     words: *const i64,
     nwords: usize,
     fns: *const KernelFn,
     nfns: usize,
     table: *const *mut u8,
     nbuffers: usize,
+    exclusive: i64,
 ) -> i32 {
     let run = || -> Result<(), String> {
         // SAFETY: the caller's contract.
@@ -77,16 +89,20 @@ pub unsafe extern "C" fn kiln_rt_run(
                 let avx512 = std::env::var("KILN_AVX512").map_or(true, |v| v != "0");
                 let steps = unsafe { crate::blob::decode(words, fns, nbuffers, &constant, avx512) }
                     .map_err(|e| format!("the model's step list is corrupt: {e}"))?;
-                exec = Box::into_raw(Box::new(Mutex::new(Exec::new(steps, default_threads()?))));
+                exec = Box::into_raw(Box::new(Model {
+                    exec: Exec::new(steps, default_threads()?),
+                    arena: Mutex::new(()),
+                }));
                 state.store(exec, Ordering::Release);
             }
         }
         // SAFETY: set above, never freed (a model lives as long as its program).
-        let exec = unsafe { &*exec };
-        let mut exec = exec.lock().unwrap_or_else(|p| p.into_inner());
+        let model = unsafe { &*exec };
+        let _arena =
+            (exclusive != 0).then(|| model.arena.lock().unwrap_or_else(|p| p.into_inner()));
         let mut host = |i: usize| Err(format!("step {i} needs kiln's interpreter"));
         // SAFETY: the caller's contract.
-        unsafe { exec.run(table, &mut host, None) }
+        unsafe { model.exec.run(table, &mut host, None) }
             .map_err(|e| format!("step {}: {}", e.step, e.reason))
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {

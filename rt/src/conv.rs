@@ -57,18 +57,9 @@ impl Conv {
         } else {
             None
         };
-        #[cfg(target_arch = "x86_64")]
-        let has_direct = direct.is_some();
-        #[cfg(not(target_arch = "x86_64"))]
-        let has_direct = false;
-        let rows = weight[1] * weight[2] * weight[3];
-        let cols = out_hw[0] * out_hw[1];
-        let plain = Self::is_direct(weight, stride, padding, dilation);
-        let scratch = if plain || has_direct {
-            Vec::new()
-        } else {
-            vec![0.0; rows * cols]
-        };
+        // The column matrix is allocated on the first run, in each copy
+        // of the step that runs (see `fork`).
+        let scratch = Vec::new();
         Conv {
             dtype,
             input,
@@ -136,6 +127,24 @@ impl Conv {
             unsafe { d.prepack(w as *const f32) };
         }
         let _ = w;
+    }
+
+    /// A copy for another concurrent caller: the plan and any packed
+    /// weights are shared, the scratch is its own (allocated when it runs).
+    pub fn fork(&self) -> Conv {
+        Conv {
+            dtype: self.dtype,
+            input: self.input,
+            weight: self.weight,
+            out_hw: self.out_hw,
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+            scratch: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            direct: self.direct.as_ref().map(|d| Box::new(d.fork())),
+        }
     }
 
     /// True when the run hands work to the `gemm` crate's own threads

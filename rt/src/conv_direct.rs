@@ -58,8 +58,10 @@ pub(crate) struct Direct {
     /// Offset of every tap `(ci, ky, kx)` in a padded image.
     koff: Vec<u32>,
     vecs: Vec<PixVec>,
-    /// Weights packed as `[o / MR][k][MR]` (zero rows past `o`).
-    packed: Vec<f32>,
+    /// Weights packed as `[o / MR][k][MR]` (zero rows past `o`): shared by
+    /// every copy (`fork`) when packed once from constants, else each
+    /// copy's own, filled on every run.
+    packed: std::sync::Arc<Vec<f32>>,
     /// Padded images, one per thread.
     scratch: Vec<f32>,
     /// The weights were packed once (they are constants): runs skip it.
@@ -150,10 +152,27 @@ impl Direct {
             rows,
             koff,
             vecs,
-            packed: vec![0.0; o.div_ceil(MR) * MR * k],
-            scratch: vec![0.0; padded],
+            packed: std::sync::Arc::new(Vec::new()),
+            scratch: Vec::new(),
             prepacked: false,
         })
+    }
+
+    /// A copy for another concurrent caller: weights packed once are
+    /// shared; the padded images and per-run packing are its own.
+    pub(crate) fn fork(&self) -> Direct {
+        Direct {
+            rows: self.rows.clone(),
+            koff: self.koff.clone(),
+            vecs: self.vecs.clone(),
+            packed: if self.prepacked {
+                self.packed.clone()
+            } else {
+                std::sync::Arc::new(Vec::new())
+            },
+            scratch: Vec::new(),
+            ..*self
+        }
     }
 
     /// Runs the convolution: `out[n, o, oh, ow]`, `x[n, c, h, w]`,
@@ -237,6 +256,9 @@ impl Direct {
 
     unsafe fn pack(&mut self, w: *const f32) {
         let (o, k) = (self.o, self.k);
+        // Unshared here: a copy that packs on every run has its own buffer.
+        let packed = std::sync::Arc::make_mut(&mut self.packed);
+        packed.resize(o.div_ceil(MR) * MR * k, 0.0);
         for blk in 0..o.div_ceil(MR) {
             for m in 0..MR {
                 let oc = blk * MR + m;
@@ -245,7 +267,7 @@ impl Direct {
                 }
                 for kk in 0..k {
                     // SAFETY: oc < o and kk < k.
-                    self.packed[(blk * k + kk) * MR + m] = unsafe { *w.add(oc * k + kk) };
+                    packed[(blk * k + kk) * MR + m] = unsafe { *w.add(oc * k + kk) };
                 }
             }
         }

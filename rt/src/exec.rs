@@ -5,6 +5,7 @@
 //! convolutions. The JIT session runs its programs here, and so does an
 //! ahead-of-time binary (through [`crate::abi`]), so both run the same code.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::conv::{self, Conv};
@@ -80,8 +81,9 @@ pub struct MatMul {
     pub batch: Vec<usize>,
     pub mnk: [usize; 3],
     pub epilogue: Option<Launch>,
-    /// The right-hand side packed once (f32, constant).
-    packed: Option<sgemm::PackedB>,
+    /// The right-hand side packed once (f32, constant), shared by every
+    /// copy of the step.
+    packed: Option<std::sync::Arc<sgemm::PackedB>>,
     /// Where the right-hand sides are packed at run time (f32 products of
     /// computed operands, on AVX-512 hosts).
     scratch: Option<Vec<f32>>,
@@ -106,7 +108,8 @@ impl MatMul {
         let fast = avx512 && sgemm::available() && dtype == Elem::F32;
         let packed = constant_b
             .filter(|_| fast)
-            .and_then(|data| Self::pack(data, &b, &batch, mnk));
+            .and_then(|data| Self::pack(data, &b, &batch, mnk))
+            .map(std::sync::Arc::new);
         let scratch = (fast && constant_b.is_none() && mnk[0] >= 4).then(Vec::new);
         MatMul {
             dtype,
@@ -146,6 +149,24 @@ impl MatMul {
     }
 }
 
+impl MatMul {
+    /// A copy for another concurrent caller: the packed constant is
+    /// shared, the run-time packing buffer is its own.
+    fn fork(&self) -> MatMul {
+        MatMul {
+            dtype: self.dtype,
+            out: self.out,
+            a: self.a.clone(),
+            b: self.b.clone(),
+            batch: self.batch.clone(),
+            mnk: self.mnk,
+            epilogue: self.epilogue,
+            packed: self.packed.clone(),
+            scratch: self.scratch.as_ref().map(|_| Vec::new()),
+        }
+    }
+}
+
 /// One step of a program.
 pub enum Step {
     /// A compiled loop nest.
@@ -170,6 +191,45 @@ pub enum Step {
     Host {
         epilogue: Option<Launch>,
     },
+}
+
+impl Step {
+    /// A copy for another concurrent caller of the same program: what is
+    /// fixed (plans, packed constants) is shared or copied, the scratch
+    /// buffers a run writes are its own, allocated when it first runs.
+    pub fn fork(&self) -> Step {
+        match self {
+            Step::Jit(l) => Step::Jit(*l),
+            Step::MatMul(mm) => Step::MatMul(mm.fork()),
+            Step::Conv {
+                conv,
+                out,
+                x,
+                w,
+                epilogue,
+            } => Step::Conv {
+                conv: conv.fork(),
+                out: *out,
+                x: *x,
+                w: *w,
+                epilogue: *epilogue,
+            },
+            Step::Pool {
+                pool,
+                out,
+                x,
+                epilogue,
+            } => Step::Pool {
+                pool: pool.clone(),
+                out: *out,
+                x: *x,
+                epilogue: *epilogue,
+            },
+            Step::Host { epilogue } => Step::Host {
+                epilogue: *epilogue,
+            },
+        }
+    }
 }
 
 /// A step that failed: its index and why.
@@ -314,17 +374,28 @@ pub fn default_threads() -> Result<usize, String> {
 }
 
 /// A program's steps with the threads they may use.
+///
+/// Runs may come from several threads at once (`run` takes `&self`): each
+/// takes a copy of the steps from a pool ([`Step::fork`]), so the scratch
+/// buffers a run writes are its own while plans and packed constant
+/// weights exist once.
 pub struct Exec {
+    /// The steps as built: forked for each concurrent run, never run.
     steps: Vec<Step>,
+    /// Copies of the steps not in use by a run.
+    spare: Mutex<Vec<Vec<Step>>>,
     threads: usize,
     pool: Option<rayon::ThreadPool>,
     /// Whether splitting kernels across threads pays, measured.
-    tuner: Tuner,
+    tuner: Mutex<Tuner>,
 }
 
 // SAFETY: the steps hold function pointers and owned data; the raw pointers
-// inside (sgemm operands) are built per run from the table.
+// inside (sgemm operands) are built per run from the table. A run writes
+// only the copy of the steps it took from `spare`, and `tuner` and `spare`
+// are behind locks.
 unsafe impl Send for Exec {}
+unsafe impl Sync for Exec {}
 
 /// Called after each step with its index and start time (profiling).
 pub type StepHook<'a> = &'a mut dyn FnMut(usize, Instant);
@@ -341,6 +412,7 @@ impl Exec {
         }
         Exec {
             steps,
+            spare: Mutex::new(Vec::new()),
             threads,
             pool: (threads > 1)
                 .then(|| {
@@ -350,7 +422,7 @@ impl Exec {
                         .ok()
                 })
                 .flatten(),
-            tuner: Tuner::default(),
+            tuner: Mutex::new(Tuner::default()),
         }
     }
 
@@ -366,15 +438,17 @@ impl Exec {
     /// `table` must hold a live buffer of the program's type for every
     /// buffer the steps name, for the whole run.
     pub unsafe fn run(
-        &mut self,
+        &self,
         table: *const *mut u8,
         host: &mut dyn FnMut(usize) -> Result<(), String>,
         mut after: Option<StepHook<'_>>,
     ) -> Result<(), StepError> {
         let splittable = self.threads > 1;
-        let split = splittable && self.tuner.split();
+        let lock = |m: &Mutex<Tuner>| *m.lock().unwrap_or_else(|e| e.into_inner());
+        let split = splittable && lock(&self.tuner).split();
         let started = Instant::now();
-        let mut steps = std::mem::take(&mut self.steps);
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut steps = spare.unwrap_or_else(|| self.steps.iter().map(Step::fork).collect());
         let r = (|| {
             for (i, step) in steps.iter_mut().enumerate() {
                 let t = Instant::now();
@@ -396,9 +470,13 @@ impl Exec {
             }
             Ok(())
         })();
-        self.steps = steps;
+        self.spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(steps);
         if splittable {
-            self.tuner = self.tuner.record(split, started.elapsed());
+            let mut t = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+            *t = t.record(split, started.elapsed());
         }
         r
     }

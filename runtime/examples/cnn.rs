@@ -28,7 +28,7 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| "target/cnn.kiln".into());
     build()?.save(&model)?;
     let graph = Graph::load(&model)?;
-    let mut sess = Session::new(&graph, Device::default())?;
+    let sess = Session::new(&graph, Device::default())?;
     let n = 2 * 3 * 32 * 32;
     let pixels: Vec<f32> = (0..n)
         .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)

@@ -44,7 +44,7 @@ fn main() -> Result<()> {
     graph.save(&model)?;
     kiln::npy::write(&input, &digit_zero())?;
     let loaded = Graph::load(&model)?;
-    let mut sess = Session::new(&loaded, Device::default())?;
+    let sess = Session::new(&loaded, Device::default())?;
     let out = sess.run(&[("x", &digit_zero())], &["probs", "class"])?;
     let (params, bytes) = loaded.parameter_count();
     println!(

@@ -97,7 +97,7 @@ fn main() -> Result<()> {
         .named("loss")?;
     g.minimize(loss, Optimizer::adam(0.01))?.named("train")?;
     outputs(&g, logits_t)?;
-    let mut sess = Session::new(&g.into_graph(), Device::Reference)?;
+    let sess = Session::new(&g.into_graph(), Device::Reference)?;
 
     let steps = train.len() / BATCH;
     let bar = ProgressBar::new((opts.epochs * steps) as u64);

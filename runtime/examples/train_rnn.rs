@@ -41,7 +41,7 @@ fn main() -> Result<()> {
         .named("loss")?;
     logits.argmax(-1, false)?.named("pred")?;
     g.minimize(loss, Optimizer::adam(0.01))?.named("train")?;
-    let mut sess = Session::new(&g.into_graph(), Device::Cpu)?;
+    let sess = Session::new(&g.into_graph(), Device::Cpu)?;
 
     let bs = 50;
     let steps = train.len() / bs;

@@ -26,7 +26,7 @@ impl Session {
     /// Saves every variable's current value to `path`, atomically.
     pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
         let vars = self.variables_by_name()?;
-        let refs: Vec<(&str, &Array)> = vars.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        let refs: Vec<(&str, &Array)> = vars.iter().map(|(n, a)| (n.as_str(), a)).collect();
         let marker = serde_json::json!({"version": VERSION, "crc32c": checksums(&refs)});
         let bytes = tensors_to_bytes(&refs, KEY, &marker.to_string())?;
         Ok(write_atomic(path.as_ref(), &bytes)?)

@@ -2,6 +2,7 @@
 //! its variables across runs.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use kiln_codegen::cpu::{CpuBackend, CpuExecutable};
 pub use kiln_codegen::cuda::exec::MatmulPrecision;
@@ -10,7 +11,7 @@ pub use kiln_codegen::cuda::DeviceTensor;
 use kiln_codegen::{Backend, Executable};
 use kiln_graph::interp::{self, RunInputs};
 use kiln_graph::{Array, Bindings, DType, Dim, Graph, NodeId, Op};
-use kiln_optimizer::CompileOptions;
+use kiln_optimizer::{CompileOptions, KernelProgram};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -22,20 +23,75 @@ use crate::error::{Error, Result};
 /// session is created, so no run can see an uninitialized variable. On a
 /// compiling device, the first run for each set of fetches and each
 /// concrete shape of the feeds compiles a program, which later runs reuse.
+///
+/// A session is shared by the threads that run it (`run` takes `&self`;
+/// `Session` is `Send + Sync`): on the CPU, runs that assign no variable
+/// (inference) go at the same time, each on a scratch arena of its own,
+/// over one copy of the compiled code, constants and packed weights; runs
+/// that assign variables (training steps) take the variables exclusively,
+/// one at a time, each seeing the last one's updates. CUDA runs take the
+/// session's GPU state in turn.
 pub struct Session {
     graph: Graph,
     device: Device,
     options: SessionOptions,
-    variables: HashMap<String, Array>,
-    compiled: HashMap<(Vec<NodeId>, Bindings), CpuExecutable>,
-    /// The keys of the compiled programs (CPU and GPU), least recently
-    /// run first.
-    recent: Vec<(Vec<NodeId>, Bindings)>,
+    variables: RwLock<HashMap<String, Array>>,
+    /// The CPU's compiled programs.
+    compiled: Mutex<Programs<Arc<CpuExecutable>>>,
     /// The GPU of a `Device::Cuda` session and its compiled programs.
-    gpu: Option<Gpu>,
+    gpu: Option<Mutex<Gpu>>,
     profiling: bool,
     epoch: std::time::Instant,
-    needed: HashMap<NodeId, Vec<NodeId>>,
+    needed: Mutex<HashMap<NodeId, Vec<NodeId>>>,
+}
+
+/// A compiled program's key: its fetches and the sizes of its symbols.
+type Key = (Vec<NodeId>, Bindings);
+
+/// Compiled programs by key, with the least recently run first in `recent`.
+struct Programs<E> {
+    map: HashMap<Key, E>,
+    recent: Vec<Key>,
+}
+
+impl<E> Default for Programs<E> {
+    fn default() -> Self {
+        Programs {
+            map: HashMap::new(),
+            recent: Vec::new(),
+        }
+    }
+}
+
+impl<E> Programs<E> {
+    /// Marks `key` as the most recently run and drops the least recently
+    /// run programs beyond `max`; returns the keys dropped.
+    fn touch(&mut self, key: &Key, max: usize) -> Vec<Key> {
+        if let Some(i) = self.recent.iter().position(|k| k == key) {
+            let k = self.recent.remove(i);
+            self.recent.push(k);
+        } else {
+            self.recent.push(key.clone());
+        }
+        let mut dropped = Vec::new();
+        while self.recent.len() > max.max(1) {
+            let old = self.recent.remove(0);
+            self.map.remove(&old);
+            dropped.push(old);
+        }
+        dropped
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.recent.clear();
+    }
+}
+
+/// Locks `m`, taking the value of a lock a panicking run left behind (the
+/// maps it guards are consistent between statements).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A CUDA session's device and the programs compiled for it, with the
@@ -43,14 +99,15 @@ pub struct Session {
 /// state in device memory.
 struct Gpu {
     device: kiln_codegen::cuda::CudaDevice,
-    compiled: HashMap<(Vec<NodeId>, Bindings), DeviceExecutable<CudaGpu>>,
-    results: HashMap<(Vec<NodeId>, Bindings), Vec<DeviceTensor>>,
+    compiled: Programs<DeviceExecutable<CudaGpu>>,
+    results: HashMap<Key, Vec<DeviceTensor>>,
     /// Each variable's state, uploaded on its first GPU run and updated
     /// there by training steps: the weights stay on the device.
     vars: HashMap<String, DeviceTensor>,
     /// Variables a GPU run assigned: the session's host copy is out of
-    /// date, and the current value is downloaded when asked for.
-    stale: HashMap<String, std::cell::OnceCell<Array>>,
+    /// date, and the current value is downloaded when asked for (and kept
+    /// here until the next change).
+    stale: HashMap<String, Option<Array>>,
 }
 
 /// The device tensors' addresses, by name.
@@ -74,8 +131,8 @@ impl Gpu {
     }
 
     /// Marks what the program of `key` assigns as changed on the device.
-    fn mark_assigned(&mut self, key: &(Vec<NodeId>, Bindings)) {
-        let p = self.compiled[key].program();
+    fn mark_assigned(&mut self, key: &Key) {
+        let p = self.compiled.map[key].program();
         let names: Vec<String> = p
             .updates
             .iter()
@@ -85,8 +142,21 @@ impl Gpu {
             })
             .collect();
         for n in names {
-            self.stale.insert(n, std::cell::OnceCell::new());
+            self.stale.insert(n, None);
         }
+    }
+
+    /// Variable `name`'s device state, if a GPU run changed it.
+    fn current(&mut self, name: &str) -> Result<Option<Array>> {
+        let Some(cached) = self.stale.get(name) else {
+            return Ok(None);
+        };
+        if let Some(a) = cached {
+            return Ok(Some(a.clone()));
+        }
+        let a = self.vars[name].to_host()?;
+        self.stale.insert(name.to_string(), Some(a.clone()));
+        Ok(Some(a))
     }
 }
 
@@ -291,16 +361,16 @@ impl Session {
             tune_allocator();
         }
         let gpu = match device {
-            Device::Cuda(n) => Some(Gpu {
+            Device::Cuda(n) => Some(Mutex::new(Gpu {
                 device: kiln_codegen::cuda::CudaDevice::open(n).map_err(|e| Error::Device {
                     device: device.to_string(),
                     reason: e.to_string(),
                 })?,
-                compiled: HashMap::new(),
+                compiled: Programs::default(),
                 results: HashMap::new(),
                 vars: HashMap::new(),
                 stale: HashMap::new(),
-            }),
+            })),
             _ => None,
         };
         let graph = graph.clone();
@@ -314,13 +384,12 @@ impl Session {
             graph,
             device,
             options,
-            variables,
-            compiled: HashMap::new(),
-            recent: Vec::new(),
+            variables: RwLock::new(variables),
+            compiled: Mutex::new(Programs::default()),
             gpu,
             profiling: false,
             epoch: std::time::Instant::now(),
-            needed: HashMap::new(),
+            needed: Mutex::new(HashMap::new()),
         };
         // With an arena limit, a graph of static shapes is planned now, so
         // a program over the limit fails here rather than at its first run.
@@ -332,14 +401,7 @@ impl Session {
                 .iter()
                 .all(|&p| session.graph.node(p).ty.shape.symbols().is_empty());
             if fixed && !outputs.is_empty() {
-                let current = session.export_graph()?;
-                let opts = CompileOptions {
-                    freeze_variables: true,
-                    ..Default::default()
-                };
-                let compiled =
-                    kiln_optimizer::compile(&current, &outputs, &Bindings::new(), &opts)?;
-                session.check_arena(&compiled.program)?;
+                session.compile(&(outputs, Bindings::new()))?;
             }
         }
         Ok(session)
@@ -378,136 +440,22 @@ impl Session {
 
     /// Number of programs compiled so far (one per fetch set and shape).
     pub fn compiled_programs(&self) -> usize {
-        self.compiled.len() + self.gpu.as_ref().map_or(0, |g| g.compiled.len())
+        lock(&self.compiled).map.len() + self.gpu.as_ref().map_or(0, |g| lock(g).compiled.map.len())
     }
 
-    /// Runs the part of the graph `fetches` need and returns their values, in
-    /// order. Feeds are `(placeholder name, value)`; each is checked against
-    /// its placeholder's dtype and shape, and symbolic dims are bound
-    /// consistently across feeds. Assignments take effect when the run ends.
-    pub fn run(&mut self, feeds: &[(&str, &Array)], fetches: &[&str]) -> Result<Vec<Array>> {
-        let fetch_ids = self.fetch_ids(fetches)?;
-        let bindings = self.check_feeds(feeds)?;
-        self.check_needed_feeds(&fetch_ids, fetches, feeds)?;
-        let feed_map: HashMap<&str, &Array> = feeds.iter().copied().collect();
-        match self.device {
-            Device::Reference => {
-                let out = interp::run(
-                    &self.graph,
-                    &RunInputs {
-                        feeds: &feed_map,
-                        variables: &self.variables,
-                        bindings: &bindings,
-                    },
-                    &fetch_ids,
-                )?;
-                for (var, value) in out.updates {
-                    self.variables
-                        .insert(self.graph.node(var).name.clone(), value);
-                }
-                Ok(out.fetched)
-            }
-            Device::Cuda(_) => {
-                let key = (fetch_ids, bindings);
-                self.compile_for_gpu(&key)?;
-                self.touch(&key);
-                let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
-                gpu.upload_variables(&self.variables)?;
-                let vars = refs(&gpu.vars);
-                let exe = gpu.compiled.get_mut(&key).expect("compiled above");
-                // SAFETY: the variables are the session's own device
-                // tensors, one allocation each.
-                let out = unsafe { exe.run(&feed_map, &vars)? };
-                gpu.mark_assigned(&key);
-                Ok(out)
-            }
-            Device::Cpu => {
-                let key = (fetch_ids, bindings);
-                if !self.compiled.contains_key(&key) {
-                    // Variables nothing in the graph assigns are compiled as constants
-                    // with their current values (so batch norm folds away);
-                    // `set_variable` drops the compiled programs.
-                    let current = self.export_graph()?;
-                    let opts = CompileOptions {
-                        freeze_variables: true,
-                        ..Default::default()
-                    };
-                    let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
-                    self.check_arena(&compiled.program)?;
-                    let mut backend = CpuBackend::default();
-                    if let Some(t) = self.options.threads {
-                        backend.threads = t.max(1);
-                    }
-                    if let Some(w) = self.options.avx512 {
-                        backend.avx512 = w;
-                    }
-                    if let Some(c) = self.options.bounds_checks {
-                        backend.bounds_checks = c;
-                    }
-                    let mut exe = backend.compile(&compiled.program)?;
-                    exe.set_profiling(self.profiling);
-                    self.compiled.insert(key.clone(), exe);
-                }
-                self.touch(&key);
-                let exe = self.compiled.get_mut(&key).expect("compiled above");
-                exe.run(&feed_map, &mut self.variables).map_err(|e| {
-                    // Name the graph nodes of the kernel that failed.
-                    match e {
-                        kiln_codegen::Error::Run { kernel, reason } => {
-                            let p = exe.program();
-                            let nodes = p.kernel_nodes.get(kernel).cloned().unwrap_or_default();
-                            let label =
-                                p.kernels.get(kernel).map(|k| k.label()).unwrap_or_default();
-                            kiln_codegen::Error::Run {
-                                kernel,
-                                reason: if nodes.is_empty() {
-                                    reason
-                                } else {
-                                    format!("{label} of node(s) {}: {reason}", nodes.join(", "))
-                                },
-                            }
-                            .into()
-                        }
-                        e => e.into(),
-                    }
-                })
-            }
-        }
-    }
-
-    /// Marks the program of `key` as the most recently run, and drops the
-    /// least recently run programs beyond [`SessionOptions::max_programs`].
-    fn touch(&mut self, key: &(Vec<NodeId>, Bindings)) {
-        if let Some(i) = self.recent.iter().position(|k| k == key) {
-            let k = self.recent.remove(i);
-            self.recent.push(k);
-        } else {
-            self.recent.push(key.clone());
-        }
-        let max = self
-            .options
+    /// The most programs the session keeps.
+    fn max_programs(&self) -> usize {
+        self.options
             .max_programs
             .unwrap_or(DEFAULT_MAX_PROGRAMS)
-            .max(1);
-        while self.recent.len() > max {
-            let old = self.recent.remove(0);
-            self.compiled.remove(&old);
-            if let Some(gpu) = self.gpu.as_mut() {
-                gpu.compiled.remove(&old);
-                gpu.results.remove(&old);
-            }
-        }
+            .max(1)
     }
 
-    /// Compiles the program for `key` on the GPU unless it is compiled.
-    fn compile_for_gpu(&mut self, key: &(Vec<NodeId>, Bindings)) -> Result<()> {
-        if self
-            .gpu
-            .as_ref()
-            .is_some_and(|g| g.compiled.contains_key(key))
-        {
-            return Ok(());
-        }
+    /// The optimizer's program for `key`, within the arena limit. Variables
+    /// nothing in the graph assigns are compiled as constants with their
+    /// current values (so batch norm folds away); `set_variable` drops the
+    /// compiled programs.
+    fn compile(&self, key: &Key) -> Result<kiln_optimizer::Compiled> {
         let current = self.export_graph()?;
         let opts = CompileOptions {
             freeze_variables: true,
@@ -515,35 +463,156 @@ impl Session {
         };
         let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
         self.check_arena(&compiled.program)?;
-        let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
-        let precision = match self.options.matmul_precision {
-            Some(p) => p,
-            None => match std::env::var("KILN_MATMUL_PRECISION") {
-                Ok(v) => v.parse()?,
-                Err(_) => MatmulPrecision::default(),
-            },
-        };
-        let backend = CudaGpu::new(&gpu.device, precision)?;
-        let mut exe = DeviceExecutable::new(backend, &compiled.program)?;
+        Ok(compiled)
+    }
+
+    /// The CPU program for `key`, compiled on its first use. Two threads
+    /// that miss at once both compile (outside the lock); the first to
+    /// finish is kept.
+    fn cpu_program(&self, key: &Key) -> Result<Arc<CpuExecutable>> {
+        let max = self.max_programs();
+        {
+            let mut programs = lock(&self.compiled);
+            if let Some(exe) = programs.map.get(key).cloned() {
+                programs.touch(key, max);
+                return Ok(exe);
+            }
+        }
+        let compiled = self.compile(key)?;
+        let mut backend = CpuBackend::default();
+        if let Some(t) = self.options.threads {
+            backend.threads = t.max(1);
+        }
+        if let Some(w) = self.options.avx512 {
+            backend.avx512 = w;
+        }
+        if let Some(c) = self.options.bounds_checks {
+            backend.bounds_checks = c;
+        }
+        let exe = backend.compile(&compiled.program)?;
         exe.set_profiling(self.profiling);
-        gpu.compiled.insert(key.clone(), exe);
+        let mut programs = lock(&self.compiled);
+        let exe = programs
+            .map
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(exe))
+            .clone();
+        programs.touch(key, max);
+        Ok(exe)
+    }
+
+    /// Runs the part of the graph `fetches` need and returns their values, in
+    /// order. Feeds are `(placeholder name, value)`; each is checked against
+    /// its placeholder's dtype and shape, and symbolic dims are bound
+    /// consistently across feeds. Assignments take effect when the run ends.
+    ///
+    /// Any number of threads may call this at once (see [`Session`]).
+    pub fn run(&self, feeds: &[(&str, &Array)], fetches: &[&str]) -> Result<Vec<Array>> {
+        let fetch_ids = self.fetch_ids(fetches)?;
+        let bindings = self.check_feeds(feeds)?;
+        self.check_needed_feeds(&fetch_ids, fetches, feeds)?;
+        let feed_map: HashMap<&str, &Array> = feeds.iter().copied().collect();
+        let key = (fetch_ids, bindings);
+        match self.device {
+            Device::Reference => {
+                // The interpreter finds assignments as it goes: every run
+                // takes the variables exclusively.
+                let mut variables = self.variables.write().unwrap_or_else(|e| e.into_inner());
+                let out = interp::run(
+                    &self.graph,
+                    &RunInputs {
+                        feeds: &feed_map,
+                        variables: &variables,
+                        bindings: &key.1,
+                    },
+                    &key.0,
+                )?;
+                for (var, value) in out.updates {
+                    variables.insert(self.graph.node(var).name.clone(), value);
+                }
+                Ok(out.fetched)
+            }
+            Device::Cuda(_) => {
+                let gpu = self.gpu.as_ref().ok_or_else(|| self.no_gpu("run"))?;
+                let mut gpu = lock(gpu);
+                self.compile_for_gpu(&mut gpu, &key)?;
+                gpu.upload_variables(&self.variables.read().unwrap_or_else(|e| e.into_inner()))?;
+                let Gpu { compiled, vars, .. } = &mut *gpu;
+                let vars = refs(vars);
+                let exe = compiled.map.get_mut(&key).expect("compiled above");
+                // SAFETY: the variables are the session's own device
+                // tensors, one allocation each.
+                let out = unsafe { exe.run(&feed_map, &vars)? };
+                gpu.mark_assigned(&key);
+                Ok(out)
+            }
+            Device::Cpu => {
+                let exe = self.cpu_program(&key)?;
+                let out = if exe.program().updates.is_empty() {
+                    let variables = self.variables.read().unwrap_or_else(|e| e.into_inner());
+                    exe.run(&feed_map, &variables).map(|out| out.fetched)
+                } else {
+                    // A training step: the variables are this run's until
+                    // its updates are in.
+                    let mut variables = self.variables.write().unwrap_or_else(|e| e.into_inner());
+                    exe.run(&feed_map, &variables).map(|out| {
+                        variables.extend(out.updates);
+                        out.fetched
+                    })
+                };
+                match out {
+                    Ok(fetched) => Ok(fetched),
+                    Err(e) => Err(name_kernel(exe.program(), e)),
+                }
+            }
+        }
+    }
+
+    /// Compiles the program for `key` on the GPU unless it is compiled, and
+    /// marks it the most recently run.
+    fn compile_for_gpu(&self, gpu: &mut Gpu, key: &Key) -> Result<()> {
+        if !gpu.compiled.map.contains_key(key) {
+            let compiled = self.compile(key)?;
+            let precision = match self.options.matmul_precision {
+                Some(p) => p,
+                None => match std::env::var("KILN_MATMUL_PRECISION") {
+                    Ok(v) => v.parse()?,
+                    Err(_) => MatmulPrecision::default(),
+                },
+            };
+            let backend = CudaGpu::new(&gpu.device, precision)?;
+            let mut exe = DeviceExecutable::new(backend, &compiled.program)?;
+            exe.set_profiling(self.profiling);
+            gpu.compiled.map.insert(key.clone(), exe);
+        }
+        for old in gpu.compiled.touch(key, self.max_programs()) {
+            gpu.results.remove(&old);
+        }
         Ok(())
     }
 
-    fn cuda_device(&self, what: &str) -> Result<&kiln_codegen::cuda::CudaDevice> {
-        self.gpu
-            .as_ref()
-            .map(|g| &g.device)
-            .ok_or_else(|| Error::Device {
-                device: self.device.to_string(),
-                reason: format!("{what} needs a CUDA session"),
-            })
+    /// The error of a GPU call on a session without a GPU.
+    fn no_gpu(&self, what: &str) -> Error {
+        Error::Device {
+            device: self.device.to_string(),
+            reason: format!("{what} needs a CUDA session"),
+        }
+    }
+
+    /// `f` of this CUDA session's device; an error for `what` elsewhere.
+    fn with_cuda<R>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&kiln_codegen::cuda::CudaDevice) -> Result<R>,
+    ) -> Result<R> {
+        let gpu = self.gpu.as_ref().ok_or_else(|| self.no_gpu(what))?;
+        f(&lock(gpu).device)
     }
 
     /// A copy of `a` in this CUDA session's GPU memory, to feed
     /// [`Session::run_on_device`] without copying it each run.
     pub fn to_device(&self, a: &Array) -> Result<DeviceTensor> {
-        Ok(self.cuda_device("to_device")?.tensor(a)?)
+        self.with_cuda("to_device", |d| Ok(d.tensor(a)?))
     }
 
     /// Like [`Session::run`] on a CUDA session, with feeds and results in
@@ -558,7 +627,7 @@ impl Session {
         feeds: &[(&str, &DeviceTensor)],
         fetches: &[&str],
     ) -> Result<&[DeviceTensor]> {
-        let ordinal = self.cuda_device("run_on_device")?.ordinal();
+        let ordinal = self.with_cuda("run_on_device", |d| Ok(d.ordinal()))?;
         for (name, t) in feeds {
             if t.ordinal() != ordinal {
                 return Err(Error::Feed {
@@ -575,11 +644,31 @@ impl Session {
         let bindings = self.check_feeds(feeds)?;
         self.check_needed_feeds(&fetch_ids, fetches, feeds)?;
         let key = (fetch_ids, bindings);
-        self.compile_for_gpu(&key)?;
-        self.touch(&key);
-        let gpu = self.gpu.as_mut().expect("a CUDA session has its GPU");
-        if !gpu.results.contains_key(&key) {
-            let p = gpu.compiled[&key].program();
+        let mut slot = self
+            .gpu
+            .take()
+            .ok_or_else(|| self.no_gpu("run_on_device"))?;
+        let ran = self.run_on_gpu(
+            slot.get_mut().unwrap_or_else(|e| e.into_inner()),
+            feeds,
+            &key,
+        );
+        self.gpu = Some(slot);
+        ran?;
+        let gpu = self
+            .gpu
+            .as_mut()
+            .expect("put back above")
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(&gpu.results[&key])
+    }
+
+    /// The device run of [`Session::run_on_device`].
+    fn run_on_gpu(&self, gpu: &mut Gpu, feeds: &[(&str, &DeviceTensor)], key: &Key) -> Result<()> {
+        self.compile_for_gpu(gpu, key)?;
+        if !gpu.results.contains_key(key) {
+            let p = gpu.compiled.map[key].program();
             let tensors = p
                 .outputs
                 .iter()
@@ -587,23 +676,24 @@ impl Session {
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             gpu.results.insert(key.clone(), tensors);
         }
-        gpu.upload_variables(&self.variables)?;
+        gpu.upload_variables(&self.variables.read().unwrap_or_else(|e| e.into_inner()))?;
         let vars = refs(&gpu.vars);
         let inputs: HashMap<&str, DeviceRef> =
             feeds.iter().map(|(n, t)| (*n, t.device_ref())).collect();
-        let outputs: Vec<DeviceRef> = gpu.results[&key]
+        let outputs: Vec<DeviceRef> = gpu.results[key]
             .iter()
             .map(DeviceTensor::device_ref)
             .collect();
-        let exe = gpu.compiled.get_mut(&key).expect("compiled above");
+        let exe = gpu.compiled.map.get_mut(key).expect("compiled above");
         // SAFETY: the feeds are live tensors on this session's device
-        // (checked above), borrowed for the call; the results and variables
-        // are this session's own tensors, allocated with their types,
-        // distinct from each other and from any feed (a feed cannot borrow
-        // them while this call borrows the session mutably).
+        // (checked by the caller), borrowed for the call; the results and
+        // variables are this session's own tensors, allocated with their
+        // types, distinct from each other and from any feed (a feed cannot
+        // borrow them while the caller borrows the session mutably).
         unsafe { exe.run_device(&inputs, &outputs, &vars)? };
-        gpu.mark_assigned(&key);
-        Ok(&gpu.results[&key])
+        drop(vars);
+        gpu.mark_assigned(key);
+        Ok(())
     }
 
     fn fetch_ids(&self, fetches: &[&str]) -> Result<Vec<NodeId>> {
@@ -632,11 +722,11 @@ impl Session {
     /// (`kiln run --profile`, `--trace`), or stops recording.
     pub fn set_profiling(&mut self, on: bool) {
         self.profiling = on;
-        for exe in self.compiled.values_mut() {
+        for exe in lock(&self.compiled).map.values() {
             exe.set_profiling(on);
         }
-        if let Some(gpu) = &mut self.gpu {
-            for exe in gpu.compiled.values_mut() {
+        if let Some(gpu) = &self.gpu {
+            for exe in lock(gpu).compiled.map.values_mut() {
                 exe.set_profiling(on);
             }
         }
@@ -644,19 +734,16 @@ impl Session {
 
     /// The kernel executions recorded since the last call, in start order.
     pub fn take_profile(&mut self) -> Vec<ProfileEvent> {
-        let mut events = Vec::new();
-        let mut taken: Vec<(
-            Vec<kiln_codegen::cpu::KernelTime>,
-            &kiln_optimizer::kernel::KernelProgram,
-        )> = Vec::new();
-        for exe in self.compiled.values_mut() {
-            taken.push((exe.take_profile(), exe.program()));
+        let mut taken: Vec<(Vec<kiln_codegen::cpu::KernelTime>, Arc<KernelProgram>)> = Vec::new();
+        for exe in lock(&self.compiled).map.values() {
+            taken.push((exe.take_profile(), Arc::new(exe.program().clone())));
         }
-        if let Some(gpu) = &mut self.gpu {
-            for exe in gpu.compiled.values_mut() {
-                taken.push((exe.take_profile(), exe.program()));
+        if let Some(gpu) = &self.gpu {
+            for exe in lock(gpu).compiled.map.values_mut() {
+                taken.push((exe.take_profile(), Arc::new(exe.program().clone())));
             }
         }
+        let mut events = Vec::new();
         for (times, p) in taken {
             for t in times {
                 events.push(ProfileEvent {
@@ -673,7 +760,7 @@ impl Session {
     }
 
     /// Runs and returns the graph's declared outputs.
-    pub fn run_outputs(&mut self, feeds: &[(&str, &Array)]) -> Result<Vec<(String, Array)>> {
+    pub fn run_outputs(&self, feeds: &[(&str, &Array)]) -> Result<Vec<(String, Array)>> {
         let names: Vec<String> = self
             .graph
             .outputs()
@@ -783,23 +870,28 @@ impl Session {
     }
 
     fn check_needed_feeds<T>(
-        &mut self,
+        &self,
         fetch_ids: &[NodeId],
         fetches: &[&str],
         feeds: &[(&str, &T)],
     ) -> Result<()> {
-        // The placeholders each fetch needs, found once per fetch.
         for (&f, &fname) in fetch_ids.iter().zip(fetches) {
-            if !self.needed.contains_key(&f) {
-                let graph = &self.graph;
-                let ph = graph
-                    .ancestors(&[f])
-                    .into_iter()
-                    .filter(|&n| matches!(graph.node(n).op, Op::Placeholder { .. }))
-                    .collect();
-                self.needed.insert(f, ph);
-            }
-            for &n in &self.needed[&f] {
+            // The placeholders each fetch needs, found once per fetch.
+            let needed = {
+                let mut cache = lock(&self.needed);
+                cache
+                    .entry(f)
+                    .or_insert_with(|| {
+                        let graph = &self.graph;
+                        graph
+                            .ancestors(&[f])
+                            .into_iter()
+                            .filter(|&n| matches!(graph.node(n).op, Op::Placeholder { .. }))
+                            .collect()
+                    })
+                    .clone()
+            };
+            for n in needed {
                 let node = self.graph.node(n);
                 if !feeds.iter().any(|(name, _)| *name == node.name) {
                     return Err(Error::Feed {
@@ -816,33 +908,43 @@ impl Session {
     }
 
     /// Every variable's current value, by name (sorted).
-    pub fn variables_by_name(&self) -> Result<Vec<(String, &Array)>> {
-        let mut names: Vec<&String> = self.variables.keys().collect();
+    pub fn variables_by_name(&self) -> Result<Vec<(String, Array)>> {
+        let mut names: Vec<String> = self
+            .variables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         names.sort();
         names
             .into_iter()
-            .map(|n| Ok((n.clone(), self.current(n)?)))
+            .map(|n| {
+                let v = self.current(&n)?;
+                Ok((n, v))
+            })
             .collect()
     }
 
     /// The current value of variable `name`.
-    pub fn variable(&self, name: &str) -> Result<&Array> {
+    pub fn variable(&self, name: &str) -> Result<Array> {
         self.variable_id(name)?;
         self.current(name)
     }
 
     /// Variable `name`'s value: the host copy, or on a CUDA session whose
     /// runs assigned it, the device state (downloaded once per change).
-    fn current(&self, name: &str) -> Result<&Array> {
-        if let Some(cell) = self.gpu.as_ref().and_then(|g| g.stale.get(name)) {
-            if let Some(a) = cell.get() {
+    fn current(&self, name: &str) -> Result<Array> {
+        if let Some(gpu) = &self.gpu {
+            if let Some(a) = lock(gpu).current(name)? {
                 return Ok(a);
             }
-            let gpu = self.gpu.as_ref().expect("checked above");
-            let a = gpu.vars[name].to_host()?;
-            return Ok(cell.get_or_init(|| a));
         }
-        Ok(&self.variables[name])
+        let variables = self.variables.read().unwrap_or_else(|e| e.into_inner());
+        variables.get(name).cloned().ok_or_else(|| Error::Variable {
+            name: name.into(),
+            reason: "the session has no state for it".into(),
+        })
     }
 
     /// Sets variable `name`; the value must have the variable's type.
@@ -855,11 +957,14 @@ impl Session {
                 reason: format!("expected {ty}, got {}{:?}", value.dtype(), value.shape()),
             });
         }
-        self.variables.insert(name.into(), value);
+        self.variables
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.into(), value);
         // Compiled programs may hold the old value as a constant.
-        self.compiled.clear();
-        self.recent.clear();
-        if let Some(gpu) = &mut self.gpu {
+        lock(&self.compiled).clear();
+        if let Some(gpu) = &self.gpu {
+            let mut gpu = lock(gpu);
             gpu.stale.remove(name);
             gpu.vars.remove(name);
             gpu.compiled.clear();
@@ -891,8 +996,29 @@ impl Session {
         let mut g = self.graph.clone();
         for v in g.variables() {
             let name = g.node(v).name.clone();
-            g.set_weight(v, self.current(&name)?.clone())?;
+            g.set_weight(v, self.current(&name)?)?;
         }
         Ok(g)
+    }
+}
+
+/// A run error of a compiled program, naming the graph nodes of the kernel
+/// that failed.
+fn name_kernel(p: &KernelProgram, e: kiln_codegen::Error) -> Error {
+    match e {
+        kiln_codegen::Error::Run { kernel, reason } => {
+            let nodes = p.kernel_nodes.get(kernel).cloned().unwrap_or_default();
+            let label = p.kernels.get(kernel).map(|k| k.label()).unwrap_or_default();
+            kiln_codegen::Error::Run {
+                kernel,
+                reason: if nodes.is_empty() {
+                    reason
+                } else {
+                    format!("{label} of node(s) {}: {reason}", nodes.join(", "))
+                },
+            }
+            .into()
+        }
+        e => e.into(),
     }
 }

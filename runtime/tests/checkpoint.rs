@@ -99,7 +99,7 @@ fn restoring_into_another_graph_lists_every_difference() {
     );
     assert_eq!(
         other.variable("weights").unwrap(),
-        &before,
+        before,
         "a failed restore changes nothing"
     );
     // A model file is safetensors too, but not a checkpoint.
@@ -164,7 +164,8 @@ fn a_crash_mid_save_never_damages_the_previous_checkpoint() {
         s.restore_checkpoint(&path)
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let c = s.variable("counter").unwrap().as_slice::<f32>().unwrap()[0];
-        let w = s.variable("weights").unwrap().as_slice::<f32>().unwrap();
+        let weights = s.variable("weights").unwrap();
+        let w = weights.as_slice::<f32>().unwrap();
         assert!(
             c >= 1.0 && w.iter().all(|&v| v == c),
             "round {round}: torn checkpoint (counter {c})"

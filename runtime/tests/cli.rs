@@ -65,7 +65,7 @@ fn run_matches_the_library_on_each_device() {
     let graph = kiln::graph::Graph::load(repo().join("examples/mlp.kiln")).unwrap();
     let x = kiln::npy::read(repo().join("examples/digit.npy")).unwrap();
     for device in [kiln::Device::Cpu, kiln::Device::Reference] {
-        let mut s = kiln::Session::new(&graph, device).unwrap();
+        let s = kiln::Session::new(&graph, device).unwrap();
         let want = s.run(&[("x", &x)], &["probs"]).unwrap().remove(0);
         let out_dir = temp_dir(&format!("lib-{device}"));
         let dev = device.to_string();

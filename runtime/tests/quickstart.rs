@@ -49,7 +49,7 @@ fn the_example_model_is_an_inference_graph() {
 #[test]
 fn the_shipped_digit_is_a_confident_zero() {
     let digit = kiln::npy::read(repo("examples/digit.npy")).unwrap();
-    let mut s = Session::new(&model(), Device::Cpu).unwrap();
+    let s = Session::new(&model(), Device::Cpu).unwrap();
     let out = s.run(&[("x", &digit)], &["class", "probs"]).unwrap();
     assert_eq!(out[0].as_slice::<i64>().unwrap(), &[0], "predicted class");
     let probs = out[1].as_slice::<f32>().unwrap();
@@ -72,7 +72,7 @@ fn the_example_model_gets_the_held_out_digits_right() {
     let y: Vec<i64> = held_out.iter().map(|&i| labels[i]).collect();
     let x = Array::from_vec(vec![held_out.len(), 64], x).unwrap();
     let y = Array::from_vec(vec![held_out.len()], y).unwrap();
-    let mut s = Session::new(&model(), Device::Cpu).unwrap();
+    let s = Session::new(&model(), Device::Cpu).unwrap();
     let class = s.run(&[("x", &x)], &["class"]).unwrap().remove(0);
     let right = kiln::datasets::count_matches(&class, &y).unwrap();
     let acc = right as f64 / held_out.len() as f64;

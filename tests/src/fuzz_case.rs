@@ -308,7 +308,7 @@ pub fn run_model(model: &Path, inputs: &[(String, Array)], device: Device) -> Ou
         let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), *a)).collect();
         let t1 = Instant::now();
         let ran = Session::with_options(&graph, device, kiln::SessionOptions::default())
-            .and_then(|mut s| s.run_outputs(&refs));
+            .and_then(|s| s.run_outputs(&refs));
         let run_ms = t1.elapsed().as_secs_f64() * 1e3;
         let mut outputs = match ran {
             Ok(o) => o,

@@ -144,7 +144,7 @@ pub fn feeds_for(graph: &Graph, sym: usize, seed: u64) -> Vec<(String, Array)> {
 /// Runs `graph`'s outputs on the reference interpreter.
 pub fn run_reference(graph: &Graph, feeds: &[(String, Array)]) -> Vec<Array> {
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-    let mut s = Session::new(graph, Device::Reference).unwrap();
+    let s = Session::new(graph, Device::Reference).unwrap();
     s.run_outputs(&refs)
         .unwrap()
         .into_iter()

@@ -416,3 +416,121 @@ fn programs_with_ops_the_runtime_library_lacks_are_refused_clearly() {
         .to_string();
     assert!(err.contains("not a C identifier"), "{err}");
 }
+
+/// A C program that runs the model serially with `model_run`, then from 8
+/// threads at once with `model_run_r`, each on its own arena, 25 times
+/// each (while one more thread calls `model_run` on the static arena), and
+/// checks every threaded result byte for byte against the serial one.
+fn c_threaded_main(program: &KernelProgram, inputs: &[&Array]) -> String {
+    let mut c = c_main(program, inputs);
+    // Keep the embedded inputs; replace `main`.
+    c.truncate(c.find("\nint main(void) {").expect("c_main writes main"));
+    c.insert_str(
+        0,
+        "#include <pthread.h>\n#include <string.h>\n#define THREADS 8\n#define ROUNDS 25\n",
+    );
+    let sizes: Vec<usize> = program
+        .outputs
+        .iter()
+        .map(|b| program.buffer(*b).size_bytes().max(1))
+        .collect();
+    let _ = writeln!(
+        c,
+        "\nstatic const size_t sizes[MODEL_OUTPUTS] = {{ {} }};",
+        sizes.iter().map(|s| format!("{s},")).collect::<String>()
+    );
+    let _ = writeln!(
+        c,
+        "static const void *inputs[MODEL_INPUTS + 1] = {{ {} 0 }};",
+        (0..inputs.len())
+            .map(|i| format!("input{i} + 1,"))
+            .collect::<String>()
+    );
+    c.push_str(
+        r#"static void *want[MODEL_OUTPUTS];
+
+static int run_once(void *arena, int *differs) {
+    void *outputs[MODEL_OUTPUTS];
+    for (int o = 0; o < MODEL_OUTPUTS; o++) outputs[o] = malloc(sizes[o]);
+    int status = arena ? model_run_r(inputs, outputs, arena) : model_run(inputs, outputs);
+    for (int o = 0; o < MODEL_OUTPUTS; o++) {
+        if (status == 0 && memcmp(outputs[o], want[o], sizes[o]) != 0) *differs = 1;
+        free(outputs[o]);
+    }
+    return status;
+}
+
+static void *worker(void *arg) {
+    long t = (long)arg;
+    void *arena = t < THREADS ? aligned_alloc(64, (model_arena_bytes() + 63) / 64 * 64) : 0;
+    int differs = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        if (run_once(arena, &differs) != 0) return (void *)2;
+    }
+    free(arena);
+    return (void *)(long)differs;
+}
+
+int main(void) {
+    if (model_arena_bytes() != MODEL_ARENA_BYTES) { fprintf(stderr, "arena size differs\n"); return 3; }
+    void *outputs[MODEL_OUTPUTS];
+    for (int o = 0; o < MODEL_OUTPUTS; o++) outputs[o] = want[o] = malloc(sizes[o]);
+    if (model_run(inputs, outputs) != 0) { fprintf(stderr, "%s\n", kiln_rt_last_error()); return 2; }
+    pthread_t threads[THREADS + 1];
+    for (long t = 0; t <= THREADS; t++) pthread_create(&threads[t], 0, worker, (void *)t);
+    int bad = 0;
+    for (long t = 0; t <= THREADS; t++) {
+        void *r;
+        pthread_join(threads[t], &r);
+        if (r == (void *)2) { fprintf(stderr, "thread %ld: %s\n", t, kiln_rt_last_error()); return 2; }
+        if (r) { fprintf(stderr, "thread %ld: a result differs from the serial one\n", t); bad = 1; }
+    }
+    return bad;
+}
+"#,
+    );
+    c
+}
+
+#[test]
+fn the_reentrant_entry_runs_from_many_threads_on_their_own_arenas() {
+    kiln_tests::require_compiler("cc");
+    let dir = temp("threads");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Convolutions (per-run scratch), products and pooling.
+    let graph = kiln_tests::cnn_block();
+    let bindings: Bindings = [("batch".to_string(), 3)].into_iter().collect();
+    let opts = CompileOptions {
+        freeze_variables: true,
+        ..Default::default()
+    };
+    let program = compile(&graph, graph.outputs(), &bindings, &opts)
+        .unwrap()
+        .program;
+    let code = compile_object(&program, "model", Target::Host).unwrap();
+    std::fs::write(dir.join("model.o"), &code.bytes).unwrap();
+    std::fs::write(dir.join("model.h"), header(&program, &code, "model")).unwrap();
+    kiln::aot::write_runtime_library(&dir).unwrap();
+    let feeds = kiln_tests::feeds_for(&graph, 3, 4);
+    let inputs: Vec<&Array> = program
+        .buffers
+        .iter()
+        .filter_map(|b| match &b.storage {
+            Storage::Input { name } => Some(&feeds.iter().find(|(n, _)| n == name).unwrap().1),
+            _ => None,
+        })
+        .collect();
+    std::fs::write(dir.join("main.c"), c_threaded_main(&program, &inputs)).unwrap();
+    run(
+        std::process::Command::new("cc")
+            .current_dir(&dir)
+            .args(["-O1", "-o", "model", "main.c", "model.o", "libkiln_rt.a"])
+            .args(kiln::aot::SYSTEM_LIBS),
+        "cc main.c model.o libkiln_rt.a (threads)",
+    );
+    run(
+        std::process::Command::new(dir.join("model")).current_dir(&dir),
+        "the threaded program",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -221,7 +221,7 @@ fn file_error(bytes: &[u8], origin: &str) -> (FileErrorKind, String) {
 
 #[test]
 fn feed_with_a_wrong_fixed_dim() {
-    let mut s = Session::new(&small_model(), Device::Reference).unwrap();
+    let s = Session::new(&small_model(), Device::Reference).unwrap();
     let x = arr(&[2, 5], vec![0.0; 10]);
     let (name, msg) = feed_error(s.run(&[("x", &x)], &["y"]));
     assert_eq!(name, "x");
@@ -230,7 +230,7 @@ fn feed_with_a_wrong_fixed_dim() {
 
 #[test]
 fn feed_with_a_wrong_rank() {
-    let mut s = Session::new(&small_model(), Device::Cpu).unwrap();
+    let s = Session::new(&small_model(), Device::Cpu).unwrap();
     let x = arr(&[8], vec![0.0; 8]);
     let (name, msg) = feed_error(s.run(&[("x", &x)], &["y"]));
     assert_eq!(name, "x");
@@ -239,7 +239,7 @@ fn feed_with_a_wrong_rank() {
 
 #[test]
 fn feed_with_a_wrong_dtype() {
-    let mut s = Session::new(&small_model(), Device::Cpu).unwrap();
+    let s = Session::new(&small_model(), Device::Cpu).unwrap();
     let x = Array::from_vec(vec![2, 4], vec![1i32; 8]).unwrap();
     let (name, msg) = feed_error(s.run(&[("x", &x)], &["y"]));
     assert_eq!(name, "x");
@@ -248,7 +248,7 @@ fn feed_with_a_wrong_dtype() {
 
 #[test]
 fn missing_feed() {
-    let mut s = Session::new(&small_model(), Device::Cpu).unwrap();
+    let s = Session::new(&small_model(), Device::Cpu).unwrap();
     let (name, msg) = feed_error(s.run(&[], &["y"]));
     assert_eq!(name, "x");
     mentions(&msg, &["feed 'x'", "needed by fetch 'y'", "not fed"]);
@@ -256,7 +256,7 @@ fn missing_feed() {
 
 #[test]
 fn fetching_a_placeholder_without_feeding_it() {
-    let mut s = Session::new(&small_model(), Device::Reference).unwrap();
+    let s = Session::new(&small_model(), Device::Reference).unwrap();
     let (name, msg) = feed_error(s.run(&[], &["x"]));
     assert_eq!(name, "x");
     mentions(&msg, &["needed by fetch 'x'"]);
@@ -264,7 +264,7 @@ fn fetching_a_placeholder_without_feeding_it() {
 
 #[test]
 fn unknown_feed() {
-    let mut s = Session::new(&small_model(), Device::Cpu).unwrap();
+    let s = Session::new(&small_model(), Device::Cpu).unwrap();
     let x = arr(&[1, 4], vec![0.0; 4]);
     let (name, msg) = feed_error(s.run(&[("x", &x), ("extra_input", &x)], &["y"]));
     assert_eq!(name, "extra_input");
@@ -273,7 +273,7 @@ fn unknown_feed() {
 
 #[test]
 fn feeding_a_variable_instead_of_a_placeholder() {
-    let mut s = Session::new(&small_model(), Device::Cpu).unwrap();
+    let s = Session::new(&small_model(), Device::Cpu).unwrap();
     let x = arr(&[1, 4], vec![0.0; 4]);
     let w = arr(&[4, 3], vec![0.0; 12]);
     let (name, msg) = feed_error(s.run(&[("x", &x), ("w", &w)], &["y"]));
@@ -283,7 +283,7 @@ fn feeding_a_variable_instead_of_a_placeholder() {
 
 #[test]
 fn the_same_feed_twice() {
-    let mut s = Session::new(&small_model(), Device::Cpu).unwrap();
+    let s = Session::new(&small_model(), Device::Cpu).unwrap();
     let x = arr(&[1, 4], vec![0.0; 4]);
     let (name, msg) = feed_error(s.run(&[("x", &x), ("x", &x)], &["y"]));
     assert_eq!(name, "x");
@@ -292,7 +292,7 @@ fn the_same_feed_twice() {
 
 #[test]
 fn a_symbolic_dim_bound_inconsistently_by_two_feeds() {
-    for mut s in sessions(&two_feed_model()) {
+    for s in sessions(&two_feed_model()) {
         let a = arr(&[3, 2], vec![1.0; 6]);
         let b = arr(&[5, 2], vec![1.0; 10]);
         let (name, msg) = feed_error(s.run(&[("a", &a), ("b", &b)], &["z"]));
@@ -308,7 +308,7 @@ fn a_symbolic_dim_bound_inconsistently_by_two_feeds() {
 
 #[test]
 fn unknown_fetch() {
-    let mut s = Session::new(&small_model(), Device::Cpu).unwrap();
+    let s = Session::new(&small_model(), Device::Cpu).unwrap();
     let x = arr(&[1, 4], vec![0.0; 4]);
     let e = s.run(&[("x", &x)], &["y", "logits"]).unwrap_err();
     assert!(
@@ -321,7 +321,7 @@ fn unknown_fetch() {
 #[test]
 fn fetch_of_a_tensorflow_style_placeholder_name() {
     // "x:0" is TensorFlow's name for the placeholder x's output; kiln's is "x".
-    let mut s = Session::new(&small_model(), Device::Reference).unwrap();
+    let s = Session::new(&small_model(), Device::Reference).unwrap();
     let x = arr(&[1, 4], vec![0.0; 4]);
     let e = s.run(&[("x", &x)], &["x:0"]).unwrap_err();
     assert!(
@@ -335,7 +335,7 @@ fn fetch_of_a_tensorflow_style_placeholder_name() {
 fn an_unknown_fetch_is_reported_before_feed_problems() {
     // The fetch is checked first: a bad fetch name is not hidden behind a
     // complaint about the feeds it would have needed.
-    let mut s = Session::new(&small_model(), Device::Cpu).unwrap();
+    let s = Session::new(&small_model(), Device::Cpu).unwrap();
     let e = s.run(&[], &["nope"]).unwrap_err();
     assert!(
         matches!(&e, Error::Fetch { name, .. } if name == "nope"),
@@ -347,7 +347,7 @@ fn an_unknown_fetch_is_reported_before_feed_problems() {
 fn empty_fetch_list_runs_nothing() {
     // Not an error: nothing is asked for, nothing is computed, and the
     // feeds are still checked.
-    for mut s in sessions(&small_model()) {
+    for s in sessions(&small_model()) {
         let x = arr(&[1, 4], vec![0.0; 4]);
         let out = s.run(&[("x", &x)], &[]).unwrap();
         assert!(out.is_empty());
@@ -393,7 +393,7 @@ fn kiln_file_crafted_correctly_loads() {
     // and runs.
     let bytes = kiln_file(&chain_json(&[0], &[1]), &[]);
     let g = Graph::from_bytes(&bytes, "good.kiln").unwrap();
-    let mut s = Session::new(&g, Device::Reference).unwrap();
+    let s = Session::new(&g, Device::Reference).unwrap();
     let out = s.run(&[("x", &arr(&[3], vec![0.0; 3]))], &["y"]).unwrap();
     assert_eq!(out[0].as_slice::<f32>().unwrap(), &[-1.0, -1.0, -1.0]);
 }
@@ -715,7 +715,7 @@ fn nan_and_inf_inputs_propagate_without_errors() {
     let inf = f32::INFINITY;
     let x = arr(&[6], vec![f32::NAN, inf, -inf, 0.0, -1.0, 2.0]);
     let mut results = Vec::new();
-    for mut sess in sessions(&graph) {
+    for sess in sessions(&graph) {
         let out: Vec<Array> = sess
             .run_outputs(&[("x", &x)])
             .unwrap()
@@ -773,7 +773,7 @@ fn zero_sized_tensors_give_empty_results() {
     }
     let graph = g.into_graph();
     let x = Array::zeros(DType::F32, &[0, 4]);
-    for mut sess in sessions(&graph) {
+    for sess in sessions(&graph) {
         let dev = sess.device();
         let out = sess.run_outputs(&[("x", &x)]).unwrap();
         assert_eq!(out[0].1.shape(), &[0, 3], "{dev}");
@@ -793,7 +793,7 @@ fn matmul_with_an_empty_inner_dim_gives_zeros() {
     let graph = g.into_graph();
     let a = Array::zeros(DType::F32, &[2, 0]);
     let b = Array::zeros(DType::F32, &[0, 3]);
-    for mut sess in sessions(&graph) {
+    for sess in sessions(&graph) {
         let out = sess.run(&[("a", &a), ("b", &b)], &["c"]).unwrap();
         assert_eq!(out[0].shape(), &[2, 3]);
         assert_eq!(out[0].as_slice::<f32>().unwrap(), &[0.0; 6]);
@@ -815,7 +815,7 @@ fn integer_division_by_zero_is_zero() {
     let b = Array::from_vec(vec![4], vec![0i32, 2, -1, 0]).unwrap();
     let a64 = Array::from_vec(vec![2], vec![5i64, i64::MIN]).unwrap();
     let b64 = Array::from_vec(vec![2], vec![0i64, -1]).unwrap();
-    for mut s in sessions(&graph) {
+    for s in sessions(&graph) {
         let dev = s.device();
         let out = s
             .run(
@@ -846,7 +846,7 @@ fn gather_model() -> Graph {
 /// Runs `gather_model` on `device` with an index out of range; checks that
 /// the session still works afterwards and returns the error.
 fn gather_out_of_range(device: Device, bad_index: i32) -> Error {
-    let mut s = Session::new(&gather_model(), device).unwrap();
+    let s = Session::new(&gather_model(), device).unwrap();
     let table = arr(&[3, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     let bad = Array::from_vec(vec![2], vec![0i32, bad_index]).unwrap();
     let e = s
@@ -911,7 +911,7 @@ fn a_symbolic_dim_bound_by_no_feed() {
         .named("r")
         .unwrap();
     g.output(r).unwrap();
-    for mut s in sessions(&g.into_graph()) {
+    for s in sessions(&g.into_graph()) {
         let dev = s.device();
         let e = s.run(&[], &["r"]).unwrap_err();
         mentions(&e.to_string(), &["'r'", "iota", "symbolic dim 'm'"]);
@@ -942,7 +942,7 @@ fn broadcast_model() -> Graph {
 fn a_run_time_shape_too_large_to_allocate_on_the_reference() {
     // 65536^4 = 2^64 elements: the count overflows.
     let x = Array::zeros(DType::F32, &[65536]);
-    let mut s = Session::new(&broadcast_model(), Device::Reference).unwrap();
+    let s = Session::new(&broadcast_model(), Device::Reference).unwrap();
     let e = s.run(&[("x", &x)], &["big"]).unwrap_err();
     assert!(
         matches!(&e, Error::Graph(GraphError::Eval { node, .. }) if node == "big"),
@@ -954,7 +954,7 @@ fn a_run_time_shape_too_large_to_allocate_on_the_reference() {
 #[test]
 fn a_run_time_shape_too_large_to_allocate_on_the_cpu() {
     let x = Array::zeros(DType::F32, &[65536]);
-    let mut s = Session::new(&broadcast_model(), Device::Cpu).unwrap();
+    let s = Session::new(&broadcast_model(), Device::Cpu).unwrap();
     let e = s.run(&[("x", &x)], &["big"]).unwrap_err();
     mentions(&e.to_string(), &["big"]);
 }
@@ -1353,7 +1353,7 @@ fn onnx_import_error(model: &proto::ModelProto) -> kiln_onnx::Error {
 #[test]
 fn onnx_control_model_imports() {
     let g = kiln_onnx::import_bytes(&add_model().encode_to_vec(), &Default::default()).unwrap();
-    let mut s = Session::new(&g, Device::Reference).unwrap();
+    let s = Session::new(&g, Device::Reference).unwrap();
     let out = s.run(&[("x", &arr(&[2], vec![1.0, 2.0]))], &["y"]).unwrap();
     assert_eq!(out[0].as_slice::<f32>().unwrap(), &[2.0, 4.0]);
 }

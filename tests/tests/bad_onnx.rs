@@ -221,7 +221,7 @@ fn huge_constant_of_shape_is_not_evaluated_at_import() {
     // with `overcommit_memory` 1 it would promise it).
     let overcommit = std::fs::read_to_string("/proc/sys/vm/overcommit_memory");
     if overcommit.is_ok_and(|m| m.trim() != "1") {
-        let mut s = Session::new(&g, Device::Reference).unwrap();
+        let s = Session::new(&g, Device::Reference).unwrap();
         let e = s.run(&[], &["y"]).unwrap_err();
         mentions(&e.to_string(), &["'ones'", "400000000000 bytes"]);
     }
@@ -257,7 +257,7 @@ fn import_time_evaluation_is_bounded_by_the_fold_limit() {
     };
     let g = import(&sum_of_ones(&[10, 10]), &options).unwrap();
     assert_eq!(constant(&g, g.outputs()[0]), None);
-    let mut s = Session::new(&g, Device::Reference).unwrap();
+    let s = Session::new(&g, Device::Reference).unwrap();
     assert_eq!(s.run(&[], &["y"]).unwrap()[0].to_f64_vec(), [100.0]);
 }
 
@@ -758,7 +758,7 @@ fn run_add_mul(g: &Graph, x: [f32; 4]) -> Vec<f64> {
     let x = Array::from_vec(vec![4], x.to_vec()).unwrap();
     let mut results = Vec::new();
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(g, device).unwrap_or_else(|e| panic!("{device}: {e}"));
+        let s = Session::new(g, device).unwrap_or_else(|e| panic!("{device}: {e}"));
         let y = s
             .run(&[("x", &x)], &["y"])
             .unwrap_or_else(|e| panic!("{device}: {e}"));
@@ -1017,7 +1017,7 @@ fn shape_computed_from_a_symbolic_shape_runs_at_any_size() {
     let g = import(&m, &ImportOptions::default()).unwrap();
     assert_eq!(g.node(g.outputs()[0]).ty.to_string(), "f32[batch,4*seq]");
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(&g, device).unwrap();
+        let s = Session::new(&g, device).unwrap();
         for (b, q) in [(1, 1), (2, 3), (3, 5)] {
             let x = Array::from_vec(
                 vec![b, q, 4],
@@ -1079,7 +1079,7 @@ fn pad_by_amounts_computed_from_a_symbolic_shape() {
     let y = g.node(g.outputs()[0]);
     assert!(y.ty.shape.is_symbolic(), "{}", y.ty);
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(&g, device).unwrap();
+        let s = Session::new(&g, device).unwrap();
         for (q, want) in [(3, 8), (8, 8), (9, 16)] {
             let x = Array::from_vec(vec![q, 2], vec![1f32; q * 2]).unwrap();
             let out = s.run(&[("x", &x)], &["y"]).unwrap();
@@ -1113,7 +1113,7 @@ fn cum_sum_along_a_symbolic_axis() {
         n.attribute.push(int_attr("reverse", reverse));
         let g = import(&m, &ImportOptions::default()).unwrap();
         for device in [Device::Reference, Device::Cpu] {
-            let mut s = Session::new(&g, device).unwrap();
+            let s = Session::new(&g, device).unwrap();
             for (b, q) in [(1, 1), (2, 5)] {
                 let v: Vec<i64> = (0..b * q).map(|i| ((i * 3) % 4 != 0) as i64).collect();
                 let x = Array::from_vec(vec![b, q], v.clone()).unwrap();

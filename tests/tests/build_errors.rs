@@ -85,7 +85,7 @@ fn different_symbols_are_checked_when_bound() {
     assert_eq!(c.shape(), shape!["n"]);
     let name = c.name();
     let graph = g.into_graph();
-    let mut s = kiln::Session::new(&graph, kiln::Device::Reference).unwrap();
+    let s = kiln::Session::new(&graph, kiln::Device::Reference).unwrap();
     let x = |n: usize| Array::from_vec(vec![n], vec![0f32; n]).unwrap();
     let e = s
         .run(&[("a", &x(2)), ("b", &x(3))], &[name.as_str()])

@@ -9,7 +9,7 @@ fn f32s(shape: &[usize], v: Vec<f32>) -> Array {
 }
 
 fn run(graph: &Graph, device: Device, feeds: &[(&str, &Array)], fetch: &[&str]) -> Vec<Array> {
-    let mut s = Session::new(graph, device).unwrap();
+    let s = Session::new(graph, device).unwrap();
     s.run(feeds, fetch)
         .unwrap_or_else(|e| panic!("{device}: {e}"))
 }
@@ -52,7 +52,7 @@ fn cond_runs_only_the_chosen_branch() {
             "{device}"
         );
         let f = Array::scalar(false);
-        let mut s = Session::new(&graph, device).unwrap();
+        let s = Session::new(&graph, device).unwrap();
         let e = s
             .run(&[("p", &f), ("x", &x), ("y", &y)], &["out"])
             .unwrap_err()
@@ -239,7 +239,7 @@ fn trained_rnn_survives_the_file_format() {
         &[5, 2, 3],
         (0..30).map(|i| (i as f32 * 0.7).cos()).collect(),
     );
-    let mut s = Session::new(&g.into_graph(), Device::Cpu).unwrap();
+    let s = Session::new(&g.into_graph(), Device::Cpu).unwrap();
     let before = s.run(&[("xs", &seq)], &["loss"]).unwrap()[0].clone();
     for _ in 0..3 {
         s.run(&[("xs", &seq)], &["train"]).unwrap();

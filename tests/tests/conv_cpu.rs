@@ -102,7 +102,7 @@ fn run(graph: &Graph, device: Device, threads: usize, x: &Array, w: &Array) -> V
         threads: Some(threads),
         ..Default::default()
     };
-    let mut s = Session::with_options(graph, device, options).unwrap();
+    let s = Session::with_options(graph, device, options).unwrap();
     s.run(&[("x", x), ("w", w)], &["y"])
         .unwrap_or_else(|e| panic!("{device}: {e}"))
         .remove(0)
@@ -267,7 +267,7 @@ fn convolution_epilogues_match_the_reference() {
                 threads: Some(threads),
                 ..Default::default()
             };
-            let mut s = Session::with_options(&graph, Device::Cpu, options).unwrap();
+            let s = Session::with_options(&graph, Device::Cpu, options).unwrap();
             // Enough runs to go both ways (split, then not).
             for run in 0..20 {
                 let got = s.run(&feeds, &["y"]).unwrap().remove(0);

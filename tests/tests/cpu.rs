@@ -6,7 +6,7 @@ use kiln_tests::{compare, example_models, feeds_for};
 
 fn run(graph: &Graph, device: Device, feeds: &[(String, Array)]) -> Vec<Array> {
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-    let mut s = Session::new(graph, device).unwrap();
+    let s = Session::new(graph, device).unwrap();
     s.run_outputs(&refs)
         .unwrap_or_else(|e| panic!("{device}: {e}"))
         .into_iter()
@@ -31,7 +31,7 @@ fn example_models_match_the_reference() {
 #[test]
 fn programs_are_cached_per_shape_and_fetch_set() {
     let graph = kiln_tests::mlp(&[12, 16, 5]);
-    let mut s = Session::new(&graph, Device::Cpu).unwrap();
+    let s = Session::new(&graph, Device::Cpu).unwrap();
     for batch in [2, 4, 2, 4, 2] {
         let x = Array::from_vec(vec![batch, 12], vec![0.25f32; batch * 12]).unwrap();
         assert_eq!(
@@ -56,7 +56,7 @@ fn variables_update_on_the_cpu() {
         .named("step")
         .unwrap();
     v.mul(2.0).unwrap().named("twice").unwrap();
-    let mut s = Session::new(&g.into_graph(), Device::Cpu).unwrap();
+    let s = Session::new(&g.into_graph(), Device::Cpu).unwrap();
     for i in 1..=3 {
         let out = s.run(&[], &["step", "twice"]).unwrap();
         assert_eq!(

@@ -41,7 +41,7 @@ fn apply(f: UnaryOp, x: &[f32], device: Device, avx512: bool) -> Vec<f32> {
         avx512: Some(avx512),
         ..Default::default()
     };
-    let mut s = Session::with_options(&g.into_graph(), device, opts).unwrap();
+    let s = Session::with_options(&g.into_graph(), device, opts).unwrap();
     let a = Array::from_vec(vec![x.len()], x.to_vec()).unwrap();
     s.run(&[("x", &a)], &["y"])
         .unwrap()

@@ -36,7 +36,7 @@ fn agree(m: usize, k: usize, n: usize, transposed: bool) {
             threads: Some(threads),
             ..Default::default()
         };
-        let mut s = Session::with_options(&graph, device, opts).unwrap();
+        let s = Session::with_options(&graph, device, opts).unwrap();
         s.run(&[("x", &xa)], &["y", "z"]).unwrap()
     };
     let want = run(Device::Reference, 1);
@@ -114,7 +114,7 @@ fn products_of_computed_operands_match_the_reference() {
                     threads: Some(threads),
                     ..Default::default()
                 };
-                let mut s = Session::with_options(&graph, Device::Cpu, opts).unwrap();
+                let s = Session::with_options(&graph, Device::Cpu, opts).unwrap();
                 for run in 0..3 {
                     let got = s.run(&feeds, &["z"]).unwrap().remove(0);
                     compare(&want, &got).unwrap_or_else(|e| {

@@ -42,7 +42,7 @@ where
             avx512,
             ..Default::default()
         };
-        let mut s = Session::with_options(&graph, device, opts).unwrap();
+        let s = Session::with_options(&graph, device, opts).unwrap();
         s.run(&[("x", &xa), ("y", &ya)], &["out"])
             .unwrap()
             .remove(0)

@@ -52,7 +52,7 @@ fn gpu_runs_match_the_reference() {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
             let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
             let want = Session::new(graph, Device::Reference)
-                .and_then(|mut s| s.run_outputs(&refs))
+                .and_then(|s| s.run_outputs(&refs))
                 .map_err(|e| format!("reference: {e}"))?;
             let mut s = Session::new(graph, Device::Cuda(0)).map_err(|e| e.to_string())?;
             for run in 0..2 {
@@ -99,7 +99,7 @@ fn gpu_runs_match_the_reference() {
     }
     for axis in [0usize, 1] {
         let (graph, xa, bad) = gather_graph(axis);
-        let mut s = Session::new(&graph, Device::Cuda(0)).unwrap();
+        let s = Session::new(&graph, Device::Cuda(0)).unwrap();
         match s.run_outputs(&[("x", &xa), ("i", &bad)]) {
             Err(e) if e.to_string().contains("out of range") => {}
             other => failures.push(format!(
@@ -685,7 +685,7 @@ fn agree_on_host(
         cuda::exec::DeviceExecutable::new(gpu, &program).unwrap_or_else(|e| panic!("{name}: {e}"));
     let inputs: HashMap<&str, &Array> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-    let mut reference = Session::new(graph, Device::Reference).unwrap();
+    let reference = Session::new(graph, Device::Reference).unwrap();
     let want = reference.run_outputs(&refs).unwrap();
     let mut names: Vec<String> = graph
         .variables()
@@ -1590,7 +1590,7 @@ fn gpu_matmul_precisions() {
             matmul_precision: Some(p),
             ..Default::default()
         };
-        let mut s = Session::with_options(&graph, Device::Cuda(0), opts).unwrap();
+        let s = Session::with_options(&graph, Device::Cuda(0), opts).unwrap();
         s.run_outputs(&refs).unwrap().remove(0).1
     };
     let strict = run(kiln::MatmulPrecision::Highest);

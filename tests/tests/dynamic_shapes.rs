@@ -75,7 +75,7 @@ fn heads_expected(x: &Array) -> Array {
 fn one_graph_runs_at_several_sizes() {
     let graph = heads_model();
     for device in [Device::Reference, Device::Cpu] {
-        let mut sess = Session::new(&graph, device).unwrap();
+        let sess = Session::new(&graph, device).unwrap();
         let sizes = [(1, 1), (2, 7), (3, 16), (2, 7)];
         for (b, s) in sizes {
             let x = arr(&[b, s, 8], |i| (i % 13) as f32 * 0.25 - 1.0);
@@ -123,7 +123,7 @@ fn undecidable_checks_fail_at_the_first_run_with_the_users_line() {
     g.output(c).unwrap();
     let graph = g.into_graph();
     for device in [Device::Reference, Device::Cpu] {
-        let mut sess = Session::new(&graph, device).unwrap();
+        let sess = Session::new(&graph, device).unwrap();
         let ok = sess
             .run(
                 &[("a", &arr(&[3], |i| i as f32)), ("b", &arr(&[3], |_| 1.0))],
@@ -176,7 +176,7 @@ fn a_feed_contradicting_an_expression_is_named() {
         .named("z")
         .unwrap();
     g.output(z).unwrap();
-    let mut sess = Session::new(&g.into_graph(), Device::Cpu).unwrap();
+    let sess = Session::new(&g.into_graph(), Device::Cpu).unwrap();
     let ok = sess
         .run(
             &[("x", &arr(&[2], |i| i as f32)), ("y", &arr(&[4], |_| 1.0))],
@@ -221,7 +221,7 @@ fn expressions_and_shape_values_survive_a_kiln_file() {
     let y = loaded.find("y").unwrap();
     assert_eq!(loaded.node(y).ty.shape, shape!["batch", "seq", 12]);
     let x = arr(&[2, 5, 8], |i| (i % 7) as f32 * 0.5);
-    let mut sess = Session::new(&loaded, Device::Cpu).unwrap();
+    let sess = Session::new(&loaded, Device::Cpu).unwrap();
     close(
         &sess.run(&[("x", &x)], &["y"]).unwrap()[0],
         &heads_expected(&x),
@@ -285,7 +285,7 @@ fn gradients_through_symbolic_reshapes_and_slices() {
             }
         }
         for device in [Device::Reference, Device::Cpu] {
-            let mut sess = Session::new(&graph, device).unwrap();
+            let sess = Session::new(&graph, device).unwrap();
             let out = sess.run(&[("x", &xv)], &["gx", "gw"]).unwrap();
             close(
                 &out[0],
@@ -327,7 +327,7 @@ fn symbolic_slice_bounds_gather_the_right_rows() {
     g.output(last).unwrap();
     let graph = g.into_graph();
     for device in [Device::Reference, Device::Cpu] {
-        let mut sess = Session::new(&graph, device).unwrap();
+        let sess = Session::new(&graph, device).unwrap();
         let ids = Array::from_vec(vec![2, 3], vec![0i64; 6]).unwrap();
         let out = sess.run(&[("ids", &ids)], &["pos", "last"]).unwrap();
         assert_eq!(out[0].as_slice::<f32>().unwrap(), &[0.0, 1.0, 2.0]);
@@ -369,7 +369,7 @@ fn control_flow_over_expression_dims() {
     g.output(r).unwrap();
     let graph = g.into_graph();
     for device in [Device::Reference, Device::Cpu] {
-        let mut sess = Session::new(&graph, device).unwrap();
+        let sess = Session::new(&graph, device).unwrap();
         for (b, s) in [(1, 2), (3, 5)] {
             let xv = arr(&[b, s, 2], |i| i as f32);
             let flip = Array::from_vec(vec![], vec![true]).unwrap();
@@ -441,7 +441,7 @@ fn a_session_keeps_a_bounded_number_of_programs() {
         max_programs: Some(2),
         ..Default::default()
     };
-    let mut sess = Session::with_options(&graph, Device::Cpu, options).unwrap();
+    let sess = Session::with_options(&graph, Device::Cpu, options).unwrap();
     for s in [1, 2, 3, 4, 2, 1] {
         let x = arr(&[1, s, 8], |i| i as f32 * 0.01);
         let y = sess.run(&[("x", &x)], &["y"]).unwrap();

@@ -224,7 +224,7 @@ fn feeds_for(graph: &Graph) -> Vec<(String, Array)> {
 fn run_all(graph: &Graph) -> Vec<Array> {
     let feeds = feeds_for(graph);
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-    let mut s = Session::new(graph, Device::Reference).unwrap();
+    let s = Session::new(graph, Device::Reference).unwrap();
     s.run_outputs(&refs)
         .unwrap()
         .into_iter()

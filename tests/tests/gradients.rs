@@ -375,7 +375,7 @@ fn gradients_reject_non_float_outputs_and_reach_nothing_cleanly() {
     assert!(e.contains("cannot differentiate a i64 value"), "{e}");
     let y = x.exp().unwrap().sum_all().unwrap();
     let name = g.gradients(y, &[other]).unwrap()[0].name();
-    let mut s = Session::new(&g.into_graph(), Device::Reference).unwrap();
+    let s = Session::new(&g.into_graph(), Device::Reference).unwrap();
     let o = Array::from_vec(vec![2], vec![1.0f32, 2.0]).unwrap();
     let out = s.run(&[("other", &o)], &[&name]);
     assert_eq!(out.unwrap()[0].as_slice::<f32>().unwrap(), &[0.0, 0.0]);

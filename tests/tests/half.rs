@@ -178,12 +178,12 @@ fn gradients_flow_through_half_tensors() {
         .named("train")
         .unwrap();
     let graph = g.into_graph();
-    let mut s = Session::new(&graph, Device::Reference).unwrap();
+    let s = Session::new(&graph, Device::Reference).unwrap();
     let l = s.run(&[], &["loss", "train"]).unwrap().remove(0);
     assert_eq!(l.dtype(), DType::F16);
     assert_eq!(f32s(&l), vec![9.0 + 4.0]);
     // w - 0.125 * 2 x (w x) = [1.5 - 0.25 * 2 * 3, -0.5 - 0.25 * 4 * -2]
-    assert_eq!(f32s(s.variable("w").unwrap()), vec![0.0, 1.5]);
+    assert_eq!(f32s(&s.variable("w").unwrap()), vec![0.0, 1.5]);
 }
 
 /// A graph mixing both half types with f32: elementwise chains, casts

@@ -59,7 +59,7 @@ fn an_arena_over_the_limit_is_refused_at_session_creation() {
         max_arena_bytes: Some(64 << 20),
         ..Default::default()
     };
-    let mut s = Session::with_options(&graph, Device::Cpu, opts).unwrap();
+    let s = Session::with_options(&graph, Device::Cpu, opts).unwrap();
     let x = Array::from_vec(vec![64, 256], vec![0.01f32; 64 * 256]).unwrap();
     assert_eq!(s.run(&[("x", &x)], &["y"]).unwrap()[0].shape(), &[64]);
 }
@@ -71,7 +71,7 @@ fn an_arena_over_the_limit_with_symbolic_dims_is_refused_at_the_first_run() {
         max_arena_bytes: Some(200 << 10),
         ..Default::default()
     };
-    let mut s = Session::with_options(&graph, Device::Cpu, opts).unwrap();
+    let s = Session::with_options(&graph, Device::Cpu, opts).unwrap();
     // Batch 1 fits; batch 512 needs megabytes.
     let small = Array::from_vec(vec![1, 256], vec![0.01f32; 256]).unwrap();
     s.run(&[("x", &small)], &["y"]).unwrap();
@@ -100,7 +100,7 @@ fn outputs_are_bit_identical_run_to_run_and_session_to_session() {
                 threads,
                 ..Default::default()
             };
-            let mut s = Session::with_options(&graph, device, opts.clone()).unwrap();
+            let s = Session::with_options(&graph, device, opts.clone()).unwrap();
             let first = bits(
                 &s.run_outputs(&refs)
                     .unwrap()
@@ -122,7 +122,7 @@ fn outputs_are_bit_identical_run_to_run_and_session_to_session() {
                     "{name} on {device:?} ({threads:?} threads): run {run} differs"
                 );
             }
-            let mut fresh = Session::with_options(&graph, device, opts).unwrap();
+            let fresh = Session::with_options(&graph, device, opts).unwrap();
             let other = bits(
                 &fresh
                     .run_outputs(&refs)
@@ -209,11 +209,11 @@ fn an_out_of_bounds_access_is_an_error_with_bounds_checks() {
         threads: 1,
         ..Default::default()
     };
-    let mut exe = backend.compile(&program).unwrap();
+    let exe = backend.compile(&program).unwrap();
     let xs = Array::from_vec(vec![8], vec![1f32; 8]).unwrap();
     let inputs = std::collections::HashMap::from([("x", &xs)]);
     let err = exe
-        .run(&inputs, &mut std::collections::HashMap::new())
+        .run(&inputs, &std::collections::HashMap::new())
         .unwrap_err()
         .to_string();
     assert!(

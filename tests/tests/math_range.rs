@@ -280,7 +280,7 @@ fn run_elementwise<T: Copy + Default + kiln::graph::Elem>(
         avx512,
         ..Default::default()
     };
-    let mut s = Session::with_options(&graph, device, opts).unwrap();
+    let s = Session::with_options(&graph, device, opts).unwrap();
     let arrays: Vec<Array> = xs
         .iter()
         .map(|x| {
@@ -791,7 +791,7 @@ mod onnx_activations {
             avx512,
             ..Default::default()
         };
-        let mut s = Session::with_options(&graph, device, opts).unwrap();
+        let s = Session::with_options(&graph, device, opts).unwrap();
         let mut data = x.to_vec();
         data.resize(rows * cols, 0.0);
         let xa = Array::from_vec(vec![rows, cols], data).unwrap();
@@ -907,7 +907,7 @@ fn gradients_f64(
         .enumerate()
         .map(|(i, t)| t.named(&format!("g{i}")).unwrap().name())
         .collect();
-    let mut s = Session::new(&g.into_graph(), Device::Reference).unwrap();
+    let s = Session::new(&g.into_graph(), Device::Reference).unwrap();
     let arrays: Vec<Array> = xs
         .iter()
         .map(|x| Array::from_vec(vec![n], x.to_vec()).unwrap())

@@ -105,7 +105,7 @@ fn run_light(model: &Path) -> Outcome {
     let feeds: Vec<(&str, &Array)> = zeros.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let out = graph.outputs()[0];
     let name = graph.node(out).name.clone();
-    let got = Session::new(&graph, Device::Cpu).and_then(|mut s| s.run(&feeds, &[name.as_str()]));
+    let got = Session::new(&graph, Device::Cpu).and_then(|s| s.run(&feeds, &[name.as_str()]));
     match got {
         Ok(g) => match close(&want, &g[0]) {
             Ok(()) => Outcome::Pass,
@@ -514,7 +514,7 @@ fn run_set(
     }
     let fetches: Vec<&str> = fetch_names.iter().map(|s| s.as_str()).collect();
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(graph, device).map_err(|e| format!("{device:?}: {e}"))?;
+        let s = Session::new(graph, device).map_err(|e| format!("{device:?}: {e}"))?;
         let got = s
             .run(&feeds, &fetches)
             .map_err(|e| format!("{device:?}: {e}"))?;

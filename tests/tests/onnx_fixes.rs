@@ -67,7 +67,7 @@ fn run(m: &proto::ModelProto, x: &Array, fetch: &[&str]) -> Vec<(Vec<usize>, Vec
     let g = import(m).unwrap_or_else(|e| panic!("import: {e}"));
     let mut results = Vec::new();
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(&g, device).unwrap_or_else(|e| panic!("{device}: {e}"));
+        let s = Session::new(&g, device).unwrap_or_else(|e| panic!("{device}: {e}"));
         let outs = s
             .run(&[("x", x)], fetch)
             .unwrap_or_else(|e| panic!("{device}: {e}"));
@@ -690,7 +690,7 @@ fn run_feeds(
     let g = import(m).unwrap_or_else(|e| panic!("import: {e}"));
     let mut results = Vec::new();
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(&g, device).unwrap_or_else(|e| panic!("{device}: {e}"));
+        let s = Session::new(&g, device).unwrap_or_else(|e| panic!("{device}: {e}"));
         let outs = s
             .run(feeds, fetch)
             .unwrap_or_else(|e| panic!("{device}: {e}"));

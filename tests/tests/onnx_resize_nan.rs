@@ -107,7 +107,7 @@ fn input(shape: &[i64], specials: &[(usize, f32)]) -> Array {
 fn check(m: &proto::ModelProto, x: &Array, out: &[usize], expected: &[f32]) {
     let g = kiln_onnx::import_bytes(&m.encode_to_vec(), &ImportOptions::default()).unwrap();
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(&g, device).unwrap();
+        let s = Session::new(&g, device).unwrap();
         let y = s.run(&[("x", x)], &["y"]).unwrap().remove(0);
         assert_eq!(y.shape().to_vec(), out.to_vec(), "{device:?}");
         let got = y.to_f64_vec();

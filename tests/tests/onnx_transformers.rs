@@ -175,7 +175,7 @@ fn check(name: &str, device: Device) {
         "{name}: {} cases, want 3 or more",
         cases.len()
     );
-    let mut session =
+    let session =
         Session::new(&graph, device).unwrap_or_else(|err| panic!("{name} on {device}: {err}"));
 
     let mut bindings = BTreeSet::new();
@@ -279,7 +279,7 @@ fn check_fixed_dims(name: &str) {
         let feed_refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
         for device in [Device::Reference, Device::Cpu] {
             let got = Session::new(&graph, device)
-                .and_then(|mut s| s.run(&feed_refs, &fetches))
+                .and_then(|s| s.run(&feed_refs, &fetches))
                 .unwrap_or_else(|err| panic!("{what} on {device}: {err}"));
             for (out, g) in outputs.iter().zip(&got) {
                 let w = read_npy(&case_dir.join(format!("{out}.npy")));

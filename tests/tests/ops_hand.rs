@@ -26,7 +26,7 @@ fn try_run_named(name: &str, op: Op, inputs: &[Array]) -> Result<Array, Error> {
         ids.push(g.add_node(&format!("in{i}"), ph, &[], SourceLoc::default())?);
     }
     g.add_node(name, op, &ids, SourceLoc::default())?;
-    let mut sess = Session::new(&g, Device::Reference)?;
+    let sess = Session::new(&g, Device::Reference)?;
     let names: Vec<String> = (0..inputs.len()).map(|i| format!("in{i}")).collect();
     let feeds: Vec<(&str, &Array)> = names.iter().map(String::as_str).zip(inputs).collect();
     Ok(sess.run(&feeds, &[name])?.remove(0))
@@ -516,7 +516,7 @@ fn random_values(dtype: DType, n: usize, specs: &[(&str, u64, bool, f64, f64)]) 
         .unwrap();
         t.named(name).unwrap();
     }
-    let mut sess = Session::new(&g.into_graph(), Device::Reference).unwrap();
+    let sess = Session::new(&g.into_graph(), Device::Reference).unwrap();
     let names: Vec<&str> = specs.iter().map(|s| s.0).collect();
     let first = sess.run(&[], &names).unwrap();
     let second = sess.run(&[], &names).unwrap();
@@ -650,12 +650,12 @@ fn assign_updates_the_variable_when_the_run_ends() {
     let next = v.add(1.0).unwrap();
     v.assign(next).unwrap().named("step").unwrap();
     v.mul(10.0).unwrap().named("read").unwrap();
-    let mut sess = Session::new(&g.into_graph(), Device::Reference).unwrap();
+    let sess = Session::new(&g.into_graph(), Device::Reference).unwrap();
     // the read in the same run sees the value at the start of the run
     let out = sess.run(&[], &["step", "read"]).unwrap();
     assert_eq!(vals::<f32>(&out[0]), vec![2.0, 3.0]);
     assert_eq!(vals::<f32>(&out[1]), vec![10.0, 20.0]);
-    assert_eq!(vals::<f32>(sess.variable("v").unwrap()), vec![2.0, 3.0]);
+    assert_eq!(vals::<f32>(&sess.variable("v").unwrap()), vec![2.0, 3.0]);
     let out = sess.run(&[], &["step", "read"]).unwrap();
     assert_eq!(vals::<f32>(&out[0]), vec![3.0, 4.0]);
     assert_eq!(vals::<f32>(&out[1]), vec![20.0, 30.0]);

@@ -165,7 +165,7 @@ fn run_case(case: &Value, inputs: &[Array], device: Device) -> Result<Array, Str
     } else {
         build_layer(case, inputs).map_err(|e| format!("build: {e}"))?
     };
-    let mut sess = Session::new(&graph, device).map_err(|e| e.to_string())?;
+    let sess = Session::new(&graph, device).map_err(|e| e.to_string())?;
     let feeds: Vec<(&str, &Array)> = feeds_names.iter().map(String::as_str).zip(inputs).collect();
     let mut out = sess
         .run(&feeds, &["out"])

@@ -134,7 +134,7 @@ fn a_zero_scale_is_not_folded_into_the_weights() {
     let graph = g.into_graph();
     let feed = Array::from_vec(vec![1, 2], vec![1e10f32, 1e10]).unwrap();
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(&graph, device).unwrap();
+        let s = Session::new(&graph, device).unwrap();
         let y = s.run_outputs(&[("x", &feed)]).unwrap().remove(0).1;
         let y = y.to_f64_vec();
         assert!(y[0].is_nan() && y[1] == 4e10, "{device:?}: {y:?}");
@@ -158,7 +158,7 @@ fn constants_that_would_overflow_together_are_not_reassociated() {
     let feed = Array::from_vec(vec![2], vec![1e-20f32, 0.0]).unwrap();
     let mut want = None;
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(&graph, device).unwrap();
+        let s = Session::new(&graph, device).unwrap();
         let outs: Vec<Vec<f64>> = s
             .run_outputs(&[("x", &feed)])
             .unwrap()

@@ -73,7 +73,7 @@ fn session_run(
     device: Device,
 ) -> Result<RunResult, String> {
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
-    let mut s = Session::new(graph, device).map_err(|e| e.to_string())?;
+    let s = Session::new(graph, device).map_err(|e| e.to_string())?;
     let outputs = s
         .run_outputs(&refs)
         .map_err(|e| format!("{device} run failed: {e}"))?

@@ -32,7 +32,7 @@ fn feed_error(r: kiln::Result<Vec<Array>>) -> (String, String) {
 
 #[test]
 fn symbolic_batch_binds_per_run() {
-    let mut s = Session::new(&mlp(), Device::Reference).unwrap();
+    let s = Session::new(&mlp(), Device::Reference).unwrap();
     for batch in [1, 3, 8] {
         let x = arr(
             &[batch, 4],
@@ -53,7 +53,7 @@ fn symbolic_batch_binds_per_run() {
 
 #[test]
 fn wrong_dtype_rank_and_dims_are_named() {
-    let mut s = Session::new(&mlp(), Device::Reference).unwrap();
+    let s = Session::new(&mlp(), Device::Reference).unwrap();
     let xi = Array::from_vec(vec![2, 4], vec![1i64; 8]).unwrap();
     let (name, reason) = feed_error(s.run(&[("x", &xi)], &["probs"]));
     assert_eq!(name, "x");
@@ -73,7 +73,7 @@ fn symbolic_dims_must_agree_across_feeds() {
     let a = g.placeholder("a", DType::F32, shape!["n", 2]).unwrap();
     let b = g.placeholder("b", DType::F32, shape!["n", 2]).unwrap();
     a.add(b).unwrap().named("sum").unwrap();
-    let mut s = Session::new(&g.into_graph(), Device::Reference).unwrap();
+    let s = Session::new(&g.into_graph(), Device::Reference).unwrap();
     let a3 = arr(&[3, 2], vec![1.0; 6]);
     let b2 = arr(&[2, 2], vec![1.0; 4]);
     let (name, reason) = feed_error(s.run(&[("a", &a3), ("b", &b2)], &["sum"]));
@@ -89,7 +89,7 @@ fn symbolic_dims_must_agree_across_feeds() {
 
 #[test]
 fn missing_unknown_duplicate_and_non_placeholder_feeds() {
-    let mut s = Session::new(&mlp(), Device::Reference).unwrap();
+    let s = Session::new(&mlp(), Device::Reference).unwrap();
     let x = arr(&[1, 4], vec![0.0; 4]);
     let (name, reason) = feed_error(s.run(&[], &["probs"]));
     assert_eq!(name, "x");
@@ -123,7 +123,7 @@ fn only_what_the_fetches_need_runs() {
         .constant(Array::from_vec(vec![1], vec![7i64]).unwrap())
         .unwrap();
     other.gather(idx, 0).unwrap().named("bad").unwrap();
-    let mut s = Session::new(&g.into_graph(), Device::Reference).unwrap();
+    let s = Session::new(&g.into_graph(), Device::Reference).unwrap();
     let av = arr(&[2], vec![1.0, 2.0]);
     assert_eq!(
         s.run(&[("a", &av)], &["double"]).unwrap()[0]
@@ -149,7 +149,7 @@ fn variables_persist_and_assign_commits_at_end_of_run() {
     // Reads in the same run see the value at the start of the run.
     v.mul(10.0).unwrap().named("read_times_10").unwrap();
     let graph = g.into_graph();
-    let mut s = Session::new(&graph, Device::Reference).unwrap();
+    let s = Session::new(&graph, Device::Reference).unwrap();
     assert_eq!(
         s.variable("counter").unwrap().as_slice::<f32>().unwrap(),
         &[0.0]
@@ -170,7 +170,7 @@ fn variables_persist_and_assign_commits_at_end_of_run() {
         &[3.0]
     );
     // A fresh session starts from the initializer again.
-    let mut fresh = Session::new(&graph, Device::Reference).unwrap();
+    let fresh = Session::new(&graph, Device::Reference).unwrap();
     assert_eq!(
         fresh.run(&[], &["step"]).unwrap()[0]
             .as_slice::<f32>()
@@ -179,7 +179,7 @@ fn variables_persist_and_assign_commits_at_end_of_run() {
     );
     // The exported graph carries the trained value.
     let exported = s.export_graph().unwrap();
-    let mut again = Session::new(&exported, Device::Reference).unwrap();
+    let again = Session::new(&exported, Device::Reference).unwrap();
     assert_eq!(
         again
             .variable("counter")
@@ -202,7 +202,7 @@ fn two_assignments_to_one_variable_in_a_run_are_an_error() {
     let v = g.variable("v", Array::scalar(1.0f32)).unwrap();
     v.assign(v.add(1.0).unwrap()).unwrap().named("a1").unwrap();
     v.assign(v.add(2.0).unwrap()).unwrap().named("a2").unwrap();
-    let mut s = Session::new(&g.into_graph(), Device::Reference).unwrap();
+    let s = Session::new(&g.into_graph(), Device::Reference).unwrap();
     let e = s.run(&[], &["a1", "a2"]).unwrap_err().to_string();
     assert!(e.contains("'v' is assigned more than once"), "{e}");
     assert_eq!(
@@ -241,7 +241,7 @@ fn a_session_is_isolated_from_later_builder_changes() {
     let g = GraphBuilder::new();
     let x = g.placeholder("x", DType::F32, [2]).unwrap();
     x.exp().unwrap().named("y").unwrap();
-    let mut s = Session::new(&g.graph(), Device::Reference).unwrap();
+    let s = Session::new(&g.graph(), Device::Reference).unwrap();
     x.neg().unwrap().named("z").unwrap();
     let xv = arr(&[2], vec![0.0, 1.0]);
     assert!(s.run(&[("x", &xv)], &["y"]).is_ok());
@@ -258,7 +258,7 @@ fn unbound_symbolic_dims_are_reported() {
         .unwrap()
         .named("ramp")
         .unwrap();
-    let mut s = Session::new(&g.into_graph(), Device::Reference).unwrap();
+    let s = Session::new(&g.into_graph(), Device::Reference).unwrap();
     let e = s.run(&[], &["ramp"]).unwrap_err().to_string();
     assert!(
         e.contains("ramp") && e.contains("'n'") && e.contains("not bound"),
@@ -268,7 +268,7 @@ fn unbound_symbolic_dims_are_reported() {
 
 #[test]
 fn run_outputs_uses_declared_outputs() {
-    let mut s = Session::new(&mlp(), Device::Reference).unwrap();
+    let s = Session::new(&mlp(), Device::Reference).unwrap();
     let out = s
         .run_outputs(&[("x", &arr(&[2, 4], vec![0.5; 8]))])
         .unwrap();
@@ -279,7 +279,7 @@ fn run_outputs_uses_declared_outputs() {
 
 #[test]
 fn nan_and_inf_inputs_propagate_without_errors() {
-    let mut s = Session::new(&mlp(), Device::Reference).unwrap();
+    let s = Session::new(&mlp(), Device::Reference).unwrap();
     let x = arr(
         &[2, 4],
         vec![f32::NAN, 0.0, 0.0, 0.0, f32::INFINITY, 0.0, 0.0, 0.0],
@@ -298,7 +298,7 @@ fn argmax_over_an_axis_bound_to_zero_is_an_error_on_every_device() {
     let graph = g.into_graph();
     let empty = Array::from_vec(vec![2, 0], Vec::<f32>::new()).unwrap();
     for device in [Device::Reference, Device::Cpu] {
-        let mut s = Session::new(&graph, device).unwrap();
+        let s = Session::new(&graph, device).unwrap();
         let e = s.run(&[("x", &empty)], &["best"]).unwrap_err().to_string();
         assert!(e.contains("best") && e.contains("empty"), "{device}: {e}");
     }

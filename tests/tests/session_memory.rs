@@ -23,7 +23,7 @@ fn dropped_sessions_free_their_compiled_code() {
     let graph = g.into_graph();
     let x = Array::from_vec(vec![4, 8], vec![0.5f32; 32]).unwrap();
     let run = || {
-        let mut s = Session::new(&graph, Device::Cpu).unwrap();
+        let s = Session::new(&graph, Device::Cpu).unwrap();
         s.run_outputs(&[("x", &x)]).unwrap();
     };
     for _ in 0..200 {

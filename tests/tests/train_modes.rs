@@ -194,7 +194,7 @@ fn train(fx: &Fixture, graph: &Graph, dtype: DType, device: Device) -> Trained {
     if graph.find("training").is_ok() {
         feeds.push(("training", &on));
     }
-    let mut session = Session::new(graph, device).unwrap();
+    let session = Session::new(graph, device).unwrap();
     if graph.find("training").is_ok() {
         // Compile the eval-mode program before training: it must read the
         // statistics the train op assigns, not freeze their first values.
@@ -279,7 +279,7 @@ fn check_against_pytorch(fx: &Fixture, t: &mut Trained, dtype: DType, tol: Toler
     close("losses", &t.losses, &want, tol.curve, 0.0);
     let c = fx.usize("channels");
     for key in ["mean", "var"] {
-        let got = values(t.session.variable(&format!("bn/{key}")).unwrap());
+        let got = values(&t.session.variable(&format!("bn/{key}")).unwrap());
         assert_eq!(got.len(), c);
         let want = fx.floats(&format!("running_{key}"));
         close(&format!("running {key}"), &got, &want, tol.state, tol.state);
@@ -351,8 +351,8 @@ fn devices_train_the_cnn_alike() {
         for name in ["bn/mean", "bn/var", "bn/gamma", "conv/weight", "fc/weight"] {
             close(
                 name,
-                &values(t.session.variable(name).unwrap()),
-                &values(reference.session.variable(name).unwrap()),
+                &values(&t.session.variable(name).unwrap()),
+                &values(&reference.session.variable(name).unwrap()),
                 1e-3,
                 1e-5,
             );
@@ -383,10 +383,10 @@ fn running_statistics_move_only_with_the_train_op_in_training_mode() {
     let y = fx.labels();
     let (on, off) = (Array::scalar(true), Array::scalar(false));
     for device in devices() {
-        let mut s = Session::new(&graph, device).unwrap();
+        let s = Session::new(&graph, device).unwrap();
         let stats = |s: &Session| {
-            let mut v = values(s.variable("bn/mean").unwrap());
-            v.extend(values(s.variable("bn/var").unwrap()));
+            let mut v = values(&s.variable("bn/mean").unwrap());
+            v.extend(values(&s.variable("bn/var").unwrap()));
             v
         };
         let start = stats(&s);
@@ -402,7 +402,7 @@ fn running_statistics_move_only_with_the_train_op_in_training_mode() {
             .unwrap();
         assert_eq!(stats(&s), start, "{device}");
         assert_ne!(
-            values(s.variable("conv/weight").unwrap()),
+            values(&s.variable("conv/weight").unwrap()),
             fx.floats("conv_weight")
                 .iter()
                 .map(|&v| v as f32 as f64)
@@ -443,7 +443,7 @@ fn batch_norm_statistics_follow_pytorch_formulas() {
     let xs = Array::from_vec(vec![4, 2], vec![1.0, 5.0, 2.0, 5.0, 3.0, 5.0, 6.0, 5.0]).unwrap();
     let on = Array::scalar(true);
     for device in devices() {
-        let mut s = Session::new(&graph, device).unwrap();
+        let s = Session::new(&graph, device).unwrap();
         let out = s
             .run(&[("x", &xs), ("training", &on)], &["y", "update"])
             .unwrap();
@@ -458,14 +458,14 @@ fn batch_norm_statistics_follow_pytorch_formulas() {
         );
         close(
             &format!("{device}: running mean"),
-            &values(s.variable("bn/mean").unwrap()),
+            &values(&s.variable("bn/mean").unwrap()),
             &[0.3, 0.5],
             1e-12,
             1e-12,
         );
         close(
             &format!("{device}: running var"),
-            &values(s.variable("bn/var").unwrap()),
+            &values(&s.variable("bn/var").unwrap()),
             &[0.9 + 0.1 * 14.0 / 3.0, 0.9],
             1e-12,
             1e-12,
@@ -658,7 +658,7 @@ fn dropout_masks_and_scales_in_training_and_is_identity_in_inference() {
     let scale = (1.0 / (1.0 - rate)) as f32;
     let mut masks_by_device = Vec::new();
     for device in devices() {
-        let mut s = Session::new(&graph, device).unwrap();
+        let s = Session::new(&graph, device).unwrap();
         // Inference: exactly the input, and a gradient of exactly c.
         let out = s
             .run(&[("x", &x), ("training", &off)], &["y", "dx", "c"])

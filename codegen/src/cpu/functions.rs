@@ -15,7 +15,7 @@ use kiln_optimizer::CompileOptions;
 use super::{CpuBackend, CpuExecutable};
 use crate::{Backend, Executable};
 
-type Compiled = Arc<Mutex<CpuExecutable>>;
+type Compiled = Arc<CpuExecutable>;
 
 /// Runs functions as compiled CPU code, compiling each once per bindings.
 pub struct CompiledFunctions {
@@ -50,7 +50,7 @@ impl CompiledFunctions {
             .backend
             .compile(&compiled.program)
             .map_err(|e| format!("compiling it: {e}"))?;
-        let exe = Arc::new(Mutex::new(exe));
+        let exe = Arc::new(exe);
         map.insert(key, exe.clone());
         Ok(exe)
     }
@@ -87,8 +87,8 @@ impl FunctionRunner for CompiledFunctions {
             .zip(args)
             .map(|(&p, a)| (f.graph.node(p).name.as_str(), *a))
             .collect();
-        let mut exe = exe.lock().unwrap_or_else(|e| e.into_inner());
-        exe.run(&feeds, &mut HashMap::new())
+        exe.run(&feeds, &HashMap::new())
+            .map(|out| out.fetched)
             .map_err(|e| err(e.to_string()))
     }
 }

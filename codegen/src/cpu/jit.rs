@@ -149,6 +149,21 @@ impl std::str::FromStr for Target {
     }
 }
 
+/// The bytes an ahead-of-time model's arena takes (`{prefix}_arena_bytes`),
+/// and the offset in it of each result nothing fetches (none in frozen
+/// programs; kept for safety), placed after the planned temporaries.
+pub(crate) fn arena_layout(program: &KernelProgram) -> (usize, HashMap<usize, usize>) {
+    let mut bytes = program.memory.arena.next_multiple_of(64);
+    let mut extra = HashMap::new();
+    for (i, b) in program.buffers.iter().enumerate() {
+        if matches!(b.storage, Storage::Result) && !program.outputs.contains(&BufferId(i)) {
+            extra.insert(i, bytes);
+            bytes += b.size_bytes().max(1).next_multiple_of(64);
+        }
+    }
+    (bytes.max(64), extra)
+}
+
 impl Jit<cranelift_object::ObjectModule> {
     /// An object-file module for `target`, its kernels exported as
     /// `{prefix}_kN` (PIC, so the object links into position-independent
@@ -211,16 +226,20 @@ impl Jit<cranelift_object::ObjectModule> {
         ))
     }
 
-    /// Defines the program's entry point, exported as `{prefix}_run`:
+    /// Defines the program's entry points. `{prefix}_run`:
     /// `int f(const void *const *inputs, void *const *outputs)`, inputs in
-    /// the program's input buffer order, outputs in its output order. The
-    /// arena is a zeroed static block and the constants read-only data in
-    /// the object; the function builds the buffer table and the table of
-    /// `functions` on its stack and hands them, with the step list `words`
-    /// (read-only data) and a state word of the model's, to `kiln-rt`'s
-    /// `kiln_rt_run`; then it copies any output that is not a result of its
-    /// own (a fetched input or constant, or a result fetched twice) and
-    /// returns `kiln_rt_run`'s status (0, or 1 with `kiln_rt_last_error`).
+    /// the program's input buffer order, outputs in its output order, with
+    /// the arena a zeroed static block of the object (so its calls are
+    /// serialized by the run-time library); `{prefix}_run_r`: the same with
+    /// a third argument, an arena of `{prefix}_arena_bytes()` bytes, 64-byte
+    /// aligned, that the caller owns (calls with different arenas run at
+    /// the same time). The constants are read-only data in the object. Each
+    /// builds the buffer table and the table of `functions` on its stack and
+    /// hands them, with the step list `words` (read-only data) and a state
+    /// word of the model's, to `kiln-rt`'s `kiln_rt_run`; then it copies
+    /// any output that is not a result of its own (a fetched input or
+    /// constant, or a result fetched twice) and returns `kiln_rt_run`'s
+    /// status (0, or 1 with `kiln_rt_last_error`).
     pub(crate) fn entry(
         &mut self,
         program: &KernelProgram,
@@ -236,31 +255,27 @@ impl Jit<cranelift_object::ObjectModule> {
         };
         let ptr = self.module.target_config().pointer_type();
         let pb = ptr.bytes() as usize;
-        // The arena and the constants as data.
+        let (arena_bytes, extra) = arena_layout(program);
+        // The static arena and the constants as data.
         let arena = self
             .module
             .declare_data(&format!("{prefix}_arena"), Linkage::Local, true, false)
             .map_err(|e| err(e.to_string()))?;
         let mut d = DataDescription::new();
-        d.define_zeroinit(program.memory.arena.max(64));
+        d.define_zeroinit(arena_bytes);
         d.set_align(64);
         self.module
             .define_data(arena, &d)
             .map_err(|e| err(e.to_string()))?;
         let mut data = HashMap::new();
         for (i, b) in program.buffers.iter().enumerate() {
-            let (bytes, writable): (Box<[u8]>, bool) = match &b.storage {
-                Storage::Constant { value } => (value.0.as_bytes().to_vec().into(), false),
-                // A result nothing fetches (none in frozen programs; kept
-                // for safety): scratch of its own.
-                Storage::Result if !program.outputs.contains(&BufferId(i)) => {
-                    (vec![0u8; b.size_bytes().max(1)].into(), true)
-                }
-                _ => continue,
+            let Storage::Constant { value } = &b.storage else {
+                continue;
             };
+            let bytes: Box<[u8]> = value.0.as_bytes().to_vec().into();
             let id = self
                 .module
-                .declare_data(&format!("{prefix}_b{i}"), Linkage::Local, writable, false)
+                .declare_data(&format!("{prefix}_b{i}"), Linkage::Local, false, false)
                 .map_err(|e| err(e.to_string()))?;
             let mut d = DataDescription::new();
             d.define(if bytes.is_empty() {
@@ -310,18 +325,54 @@ impl Jit<cranelift_object::ObjectModule> {
         let rt_run = import(
             &mut self.module,
             "kiln_rt_run",
-            &[ptr, ptr, types::I64, ptr, types::I64, ptr, types::I64],
+            &[
+                ptr,
+                ptr,
+                types::I64,
+                ptr,
+                types::I64,
+                ptr,
+                types::I64,
+                types::I64,
+            ],
             types::I32,
         )?;
+        // `{prefix}_arena_bytes`: what `{prefix}_run_r`'s arena must hold.
         let mut sig = self.module.make_signature();
-        sig.params.extend([AbiParam::new(ptr); 2]);
-        sig.returns.push(AbiParam::new(types::I32));
-        let run = self
+        sig.returns.push(AbiParam::new(ptr));
+        let size_fn = self
             .module
-            .declare_function(&format!("{prefix}_run"), Linkage::Export, &sig)
+            .declare_function(&format!("{prefix}_arena_bytes"), Linkage::Export, &sig)
             .map_err(|e| err(e.to_string()))?;
-        self.ctx.func = Function::with_name_signature(UserFuncName::user(0, run.as_u32()), sig);
+        self.ctx.func = Function::with_name_signature(UserFuncName::user(0, size_fn.as_u32()), sig);
         {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let entry = b.create_block();
+            b.switch_to_block(entry);
+            let n = b.ins().iconst(ptr, arena_bytes as i64);
+            b.ins().return_(&[n]);
+            b.seal_all_blocks();
+            b.finalize(self.module.target_config());
+        }
+        self.module
+            .define_function(size_fn, &mut self.ctx)
+            .map_err(|e| err(format!("{e:?}")))?;
+        self.module.clear_context(&mut self.ctx);
+        for reentrant in [false, true] {
+            let mut sig = self.module.make_signature();
+            sig.params
+                .extend(vec![AbiParam::new(ptr); 2 + usize::from(reentrant)]);
+            sig.returns.push(AbiParam::new(types::I32));
+            let name = if reentrant {
+                format!("{prefix}_run_r")
+            } else {
+                format!("{prefix}_run")
+            };
+            let run = self
+                .module
+                .declare_function(&name, Linkage::Export, &sig)
+                .map_err(|e| err(e.to_string()))?;
+            self.ctx.func = Function::with_name_signature(UserFuncName::user(0, run.as_u32()), sig);
             let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
@@ -333,8 +384,12 @@ impl Jit<cranelift_object::ObjectModule> {
                 (n * pb) as u32,
                 3,
             ));
-            let arena_gv = self.module.declare_data_in_func(arena, b.func);
-            let arena_addr = b.ins().symbol_value(ptr, arena_gv);
+            let arena_addr = if reentrant {
+                b.block_params(entry)[2]
+            } else {
+                let arena_gv = self.module.declare_data_in_func(arena, b.func);
+                b.ins().symbol_value(ptr, arena_gv)
+            };
             let mut addrs = Vec::with_capacity(program.buffers.len());
             let mut next_input = 0i32;
             for (i, buf) in program.buffers.iter().enumerate() {
@@ -345,21 +400,24 @@ impl Jit<cranelift_object::ObjectModule> {
                         next_input += 1;
                         a
                     }
-                    Storage::Result if !data.contains_key(&i) => {
-                        let o = program
-                            .outputs
-                            .iter()
-                            .position(|&x| x.0 == i)
-                            .expect("results without data are outputs");
-                        b.ins().load(ptr, flags(), outputs, (o * pb) as i32)
-                    }
+                    Storage::Result => match extra.get(&i) {
+                        Some(&offset) => b.ins().iadd_imm_u(arena_addr, offset as i64),
+                        None => {
+                            let o = program
+                                .outputs
+                                .iter()
+                                .position(|&x| x.0 == i)
+                                .expect("results not in the arena are outputs");
+                            b.ins().load(ptr, flags(), outputs, (o * pb) as i32)
+                        }
+                    },
                     Storage::Variable { name } => {
                         return Err(err(format!(
                             "variable '{name}' is assigned by the graph (training): \
                              ahead-of-time code takes frozen graphs"
                         )))
                     }
-                    _ => {
+                    Storage::Constant { .. } => {
                         let gv = self.module.declare_data_in_func(data[&i], b.func);
                         b.ins().symbol_value(ptr, gv)
                     }
@@ -386,10 +444,13 @@ impl Jit<cranelift_object::ObjectModule> {
             let nwords = b.ins().iconst(types::I64, words.len() as i64);
             let nfns = b.ins().iconst(types::I64, functions.len() as i64);
             let nbuf = b.ins().iconst(types::I64, program.buffers.len() as i64);
+            let exclusive = b.ins().iconst(types::I64, i64::from(!reentrant));
             let fr = self.module.declare_func_in_func(rt_run, b.func);
             let call = b.ins().call(
                 fr,
-                &[state_addr, steps_addr, nwords, fns, nfns, table, nbuf],
+                &[
+                    state_addr, steps_addr, nwords, fns, nfns, table, nbuf, exclusive,
+                ],
             );
             let status = b.inst_results(call)[0];
             let mc = self.module.declare_func_in_func(memcpy, b.func);
@@ -408,11 +469,11 @@ impl Jit<cranelift_object::ObjectModule> {
             b.ins().return_(&[status]);
             b.seal_all_blocks();
             b.finalize(self.module.target_config());
+            self.module
+                .define_function(run, &mut self.ctx)
+                .map_err(|e| err(format!("{e:?}")))?;
+            self.module.clear_context(&mut self.ctx);
         }
-        self.module
-            .define_function(run, &mut self.ctx)
-            .map_err(|e| err(format!("{e:?}")))?;
-        self.module.clear_context(&mut self.ctx);
         Ok(())
     }
 

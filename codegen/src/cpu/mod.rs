@@ -28,7 +28,7 @@ use kiln_rt::blob::{self, ConvShape, Nest};
 use kiln_rt::exec::{Exec, KernelFn};
 
 use crate::error::{Error, Result};
-use crate::{Backend, Executable};
+use crate::{Backend, Executable, RunOutput};
 use jit::{Body, Jit};
 
 /// Compiles kernel programs for the host CPU.
@@ -62,6 +62,12 @@ impl Default for CpuBackend {
 }
 
 /// A kernel program compiled for the CPU.
+///
+/// Immutable once compiled and shared by every caller: runs may come from
+/// several threads at once (`run` takes `&self`). Each run takes a scratch
+/// (the arena of planned temporaries and the buffer table) from a pool, or
+/// allocates one when all are in use; the machine code, the constants and
+/// the packed weights exist once.
 pub struct CpuExecutable {
     /// The machine code, freed when the executable is dropped (a JIT
     /// module's memory is not freed by dropping it).
@@ -70,10 +76,51 @@ pub struct CpuExecutable {
     exec: Exec,
     /// The kernel of each host step (by step index).
     host: HashMap<usize, usize>,
+    /// Scratches not in use by a run.
+    scratch: std::sync::Mutex<Vec<Scratch>>,
+    /// The kernel times of runs while profiling is on (`None`: off).
+    profile: std::sync::Mutex<Option<Vec<KernelTime>>>,
+}
+
+/// What one run writes besides its results: the arena and the table of
+/// buffer addresses the kernels read.
+struct Scratch {
     arena: Vec<u64>,
     table: Vec<*mut u8>,
-    profile: Option<std::sync::Mutex<Vec<KernelTime>>>,
 }
+
+impl Scratch {
+    /// A zeroed arena for `program` (an allocation failure is an error,
+    /// not an abort) and an empty table.
+    fn new(program: &KernelProgram) -> Result<Scratch> {
+        let words = program.memory.arena.div_ceil(8) + 8;
+        let mut arena: Vec<u64> = Vec::new();
+        arena.try_reserve_exact(words).map_err(|_| Error::Codegen {
+            kernel: usize::MAX,
+            reason: format!(
+                "the program's arena of {} bytes could not be allocated",
+                program.memory.arena
+            ),
+        })?;
+        arena.resize(words, 0);
+        Ok(Scratch {
+            arena,
+            table: vec![std::ptr::null_mut(); program.buffers.len()],
+        })
+    }
+
+    fn arena_base(&mut self) -> *mut u8 {
+        // 64-byte align the arena start.
+        let p = self.arena.as_mut_ptr() as *mut u8;
+        let pad = (64 - (p as usize) % 64) % 64;
+        // SAFETY: the arena has 64 spare bytes beyond the planned size.
+        unsafe { p.add(pad) }
+    }
+}
+
+// SAFETY: the table's pointers are rewritten at the start of every run and
+// only dereferenced by the kernels of the run that holds the scratch.
+unsafe impl Send for Scratch {}
 
 /// One timed execution of a kernel (see [`CpuExecutable::set_profiling`]).
 #[derive(Clone, Debug)]
@@ -95,10 +142,11 @@ impl Drop for CpuExecutable {
     }
 }
 
-// SAFETY: the raw pointers in `table` are rewritten at the start of every run
-// and only dereferenced by this executable's kernels during `run`, which
-// takes `&mut self`.
+// SAFETY: the JIT's code is immutable after compilation; a run writes only
+// the scratch it took from the pool (behind a lock) and its own results;
+// `Exec` is `Sync` (see there); the profile is behind a lock.
 unsafe impl Send for CpuExecutable {}
+unsafe impl Sync for CpuExecutable {}
 
 /// The loop shape epilogues of `out` are compiled for (see
 /// `kiln_optimizer::loops::epilogue_loop`).
@@ -409,40 +457,33 @@ impl Backend for CpuBackend {
                 *self,
             )));
         }
-        // The arena: an allocation failure is an error here, not an abort.
-        let words = program.memory.arena.div_ceil(8) + 8;
-        let mut arena: Vec<u64> = Vec::new();
-        arena.try_reserve_exact(words).map_err(|_| Error::Codegen {
-            kernel: usize::MAX,
-            reason: format!(
-                "the program's arena of {} bytes could not be allocated",
-                program.memory.arena
-            ),
-        })?;
-        arena.resize(words, 0);
+        // The first scratch: a program whose arena cannot be allocated
+        // fails here, not at its first run.
+        let first = Scratch::new(&program)?;
         Ok(CpuExecutable {
             jit: std::mem::ManuallyDrop::new(jit),
             exec: Exec::new(steps, self.threads),
             host,
-            arena,
-            table: vec![std::ptr::null_mut(); program.buffers.len()],
+            scratch: std::sync::Mutex::new(vec![first]),
             program,
-            profile: None,
+            profile: std::sync::Mutex::new(None),
         })
     }
 }
 
 impl CpuExecutable {
     /// Records the time of every kernel of later runs (or stops recording).
-    pub fn set_profiling(&mut self, on: bool) {
-        self.profile = on.then(|| std::sync::Mutex::new(Vec::new()));
+    pub fn set_profiling(&self, on: bool) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
     }
 
     /// The kernel times recorded since the last call.
-    pub fn take_profile(&mut self) -> Vec<KernelTime> {
+    pub fn take_profile(&self) -> Vec<KernelTime> {
         self.profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .as_mut()
-            .map(|m| std::mem::take(m.get_mut().expect("profile lock")))
+            .map(std::mem::take)
             .unwrap_or_default()
     }
 
@@ -451,12 +492,21 @@ impl CpuExecutable {
         &self.program
     }
 
-    fn arena_base(&mut self) -> *mut u8 {
-        // 64-byte align the arena start.
-        let p = self.arena.as_mut_ptr() as *mut u8;
-        let pad = (64 - (p as usize) % 64) % 64;
-        // SAFETY: the arena has 64 spare bytes beyond the planned size.
-        unsafe { p.add(pad) }
+    /// The kernels that run on the host, by their reference meaning, in
+    /// step order (see `kiln_codegen::engine`).
+    pub fn host_kernels(&self) -> Vec<usize> {
+        let mut k: Vec<usize> = self.host.values().copied().collect();
+        k.sort_unstable();
+        k
+    }
+
+    /// A scratch for one run: a spare one, else a new one.
+    fn take_scratch(&self) -> Result<Scratch> {
+        let spare = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match spare {
+            Some(s) => Ok(s),
+            None => Scratch::new(&self.program),
+        }
     }
 }
 
@@ -492,14 +542,36 @@ fn read(program: &KernelProgram, table: &[*mut u8], b: BufferId) -> Array {
 }
 
 impl Executable for CpuExecutable {
+    fn program(&self) -> &KernelProgram {
+        &self.program
+    }
+
     fn run(
-        &mut self,
+        &self,
         inputs: &HashMap<&str, &Array>,
-        variables: &mut HashMap<String, Array>,
-    ) -> Result<Vec<Array>> {
+        variables: &HashMap<String, Array>,
+    ) -> Result<RunOutput> {
+        let mut scratch = self.take_scratch()?;
+        let out = self.run_in(&mut scratch, inputs, variables);
+        self.scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(scratch);
+        out
+    }
+}
+
+impl CpuExecutable {
+    /// One run, with `scratch` as its arena and table.
+    fn run_in(
+        &self,
+        scratch: &mut Scratch,
+        inputs: &HashMap<&str, &Array>,
+        variables: &HashMap<String, Array>,
+    ) -> Result<RunOutput> {
         // Results are fresh arrays the kernels write into directly.
         let mut results: HashMap<BufferId, Array> = HashMap::new();
-        let arena = self.arena_base();
+        let arena = scratch.arena_base();
         for (i, b) in self.program.buffers.iter().enumerate() {
             let check = |a: &Array, what: &str, name: &str| -> Result<()> {
                 if a.dtype() != b.dtype || a.shape() != b.shape.as_slice() {
@@ -513,7 +585,7 @@ impl Executable for CpuExecutable {
                 }
                 Ok(())
             };
-            self.table[i] = match &b.storage {
+            scratch.table[i] = match &b.storage {
                 Storage::Input { name } => {
                     let a = *inputs
                         .get(name.as_str())
@@ -541,16 +613,14 @@ impl Executable for CpuExecutable {
                 }
             };
         }
-        let table = self.table.as_ptr();
-        let CpuExecutable {
-            exec,
-            program,
-            host,
-            table: buffers,
-            profile,
-            ..
-        } = self;
-        let mut host = |i: usize| host_step(program, buffers, host[&i]);
+        let table = scratch.table.as_ptr();
+        let buffers = &scratch.table;
+        let mut host = |i: usize| host_step(&self.program, buffers, self.host[&i]);
+        let profiling = self
+            .profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
         let mut log = Vec::new();
         let mut record = |i: usize, t: std::time::Instant| {
             log.push(KernelTime {
@@ -560,18 +630,22 @@ impl Executable for CpuExecutable {
             })
         };
         // SAFETY: the table was filled above with live buffers of the
-        // program's types, which outlive the run.
+        // program's types, which outlive the run. Kernels only read the
+        // inputs, variables and constants: assignments come back as results.
         let result = unsafe {
-            exec.run(
+            self.exec.run(
                 table,
                 &mut host,
-                profile
-                    .is_some()
-                    .then_some(&mut record as &mut dyn FnMut(usize, std::time::Instant)),
+                profiling.then_some(&mut record as &mut dyn FnMut(usize, std::time::Instant)),
             )
         };
-        if let Some(p) = profile {
-            p.get_mut().expect("profile lock").extend(log);
+        if let Some(p) = self
+            .profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            p.extend(log);
         }
         result.map_err(|e| Error::Run {
             kernel: e.step,
@@ -584,7 +658,7 @@ impl Executable for CpuExecutable {
         for b in self.program.outputs.iter().copied().chain(updates) {
             *uses.entry(b).or_default() += 1;
         }
-        let mut take = |b: BufferId, this: &Self| -> Array {
+        let mut take = |b: BufferId| -> Array {
             let left = uses.get_mut(&b).expect("counted above");
             *left -= 1;
             let found = if *left == 0 {
@@ -592,19 +666,18 @@ impl Executable for CpuExecutable {
             } else {
                 results.get(&b).cloned()
             };
-            found.unwrap_or_else(|| read(&this.program, &this.table, b))
+            found.unwrap_or_else(|| read(&self.program, &scratch.table, b))
         };
-        let outputs = self
-            .program
-            .outputs
-            .iter()
-            .map(|&b| take(b, self))
-            .collect();
+        let fetched = self.program.outputs.iter().map(|&b| take(b)).collect();
+        let mut assigned = Vec::new();
         for &(var, val) in &self.program.updates {
             if let Storage::Variable { name } = &self.program.buffer(var).storage {
-                variables.insert(name.clone(), take(val, self));
+                assigned.push((name.clone(), take(val)));
             }
         }
-        Ok(outputs)
+        Ok(RunOutput {
+            fetched,
+            updates: assigned,
+        })
     }
 }

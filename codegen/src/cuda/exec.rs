@@ -929,6 +929,13 @@ pub struct CudaGpu {
     precision: MatmulPrecision,
 }
 
+// SAFETY: the one member that is not `Send`, the recorded CUDA graph, is
+// a driver handle that cudarc uses after binding its context to the
+// calling thread (launch and drop both do), and the CUDA driver API may be
+// called from any thread. A session keeps its GPU programs behind a lock,
+// so a graph is never launched from two threads at once.
+unsafe impl Send for CudaGpu {}
+
 fn cuda_err(e: impl std::fmt::Display) -> Error {
     Error::Cuda(format!("CUDA: {e}"))
 }
