@@ -43,49 +43,12 @@ impl Weight {
     }
 }
 
-/// Elementwise functions of one operand.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[allow(missing_docs)]
-pub enum UnaryOp {
-    Neg,
-    Abs,
-    Sign,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Recip,
-    Sin,
-    Cos,
-    /// Tangent.
-    Tan,
-    /// Arcsine (NaN outside [-1, 1]).
-    Asin,
-    /// Arccosine (NaN outside [-1, 1]).
-    Acos,
-    /// Arctangent.
-    Atan,
-    /// Hyperbolic sine.
-    Sinh,
-    /// Hyperbolic cosine.
-    Cosh,
-    /// Inverse hyperbolic sine.
-    Asinh,
-    /// Inverse hyperbolic cosine (NaN below 1).
-    Acosh,
-    /// Inverse hyperbolic tangent (NaN outside [-1, 1], ±inf at ±1).
-    Atanh,
-    Tanh,
-    Sigmoid,
-    Erf,
-    Floor,
-    Ceil,
-    /// Round half to even.
-    Round,
-    /// Logical not (bool only).
-    Not,
-}
+/// Elementwise functions of one operand: `kiln-rt`'s [`UnaryFn`], the one
+/// list every backend matches on (with each function's code, name and
+/// float meaning).
+///
+/// [`UnaryFn`]: kiln_rt::scalar::UnaryFn
+pub use kiln_rt::scalar::UnaryFn as UnaryOp;
 
 /// Elementwise functions of two operands, with numpy broadcasting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

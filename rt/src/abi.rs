@@ -12,7 +12,7 @@ use std::ffi::{c_char, CString};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
-use crate::exec::{default_threads, Exec, KernelFn};
+use crate::executor::{default_threads, Exec, KernelFn};
 
 /// The last error message, for [`kiln_rt_last_error`].
 static LAST_ERROR: Mutex<Option<CString>> = Mutex::new(None);

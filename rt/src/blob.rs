@@ -5,7 +5,7 @@
 //! time; buffers by their index in the program's buffer table.
 
 use crate::conv::Conv;
-use crate::exec::{KernelFn, Launch, MatMul, Operand, Step};
+use crate::executor::{KernelFn, Launch, MatMul, Operand, Step};
 use crate::pool::Pool;
 use crate::{Elem, Real};
 

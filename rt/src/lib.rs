@@ -1,27 +1,36 @@
 //! kiln's run-time library: the code compiled kernel programs run besides
-//! their own loop nests. The CPU backend's executor (`exec`: steps split
-//! across the worker team, matrix products, convolutions, the split tuner),
-//! the AVX-512 GEMM and GEMV, the convolutions, and the scalar functions
-//! generated code calls (`support`). The JIT links it as a Rust crate; an
-//! ahead-of-time binary links it as `libkiln_rt.a` and enters it through
+//! their own loop nests. The CPU backend's executor (`executor`: steps
+//! split across the worker team, matrix products, convolutions, the split
+//! tuner), the AVX-512 GEMM and GEMV, the convolutions, the AVX-512 row
+//! code (`avx512_rows`), and the functions generated code calls
+//! (`extern_fns`). The JIT links it as a Rust crate; an ahead-of-time
+//! binary links it as `libkiln_rt.a` and enters it through
 //! [`abi::kiln_rt_run`] with its steps encoded by [`blob`].
 //!
 //! It depends on no other kiln crate, so the static library stays small and
-//! builds quickly; the meaning it shares with `kiln-graph` (the random
-//! generator, the scalar functions) lives here and `kiln-graph` uses it.
+//! builds quickly; the meaning it shares with `kiln-graph` lives here and
+//! `kiln-graph` uses it: the random generator (`rng`), the unary functions
+//! and their float meaning (`scalar`: `kiln-graph`'s `UnaryOp` is
+//! [`scalar::UnaryFn`]), the wrapping integer powers
+//! ([`extern_fns::IntPow`]). The constants of the fast f32 approximations
+//! that the 128-bit and AVX-512 paths share are in `approx`. The `serde`
+//! feature (which `kiln-graph` turns on; the static library leaves it off)
+//! derives serde's traits for [`scalar::UnaryFn`].
 
 pub mod abi;
+pub mod approx;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_rows;
 pub mod blob;
 pub mod conv;
-pub mod exec;
+pub mod executor;
+pub mod extern_fns;
 pub mod gemv;
 pub mod pool;
 pub mod rng;
+pub mod scalar;
 pub mod sgemm;
-pub mod support;
 pub mod team;
-#[cfg(target_arch = "x86_64")]
-pub mod wide;
 
 /// A float element type of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! rows with AVX-512 on (sixteen lanes where the host has it), each result
 //! checked against the true value computed in f64 with Rust's std (erf, which
 //! std lacks, by a series and a continued fraction in f64) within the error
-//! bound the implementation states (`kiln_rt::wide`'s and kiln-codegen's
+//! bound the implementation states (`kiln_rt::avx512_rows`'s and kiln-codegen's
 //! `vector.rs` doc tables). NaN and infinities must come out exactly. f64
 //! graphs of the libm-called functions, integer remainders, and the issue's
 //! examples (fmod, asinh, acosh, atan, asin, cosh, GELU) are checked too.
@@ -317,7 +317,7 @@ struct Bound {
     flush: bool,
 }
 
-/// The bounds of the doc tables (`kiln_rt::wide`, kiln-codegen's
+/// The bounds of the doc tables (`kiln_rt::avx512_rows`, kiln-codegen's
 /// `vector.rs`), per op and path.
 fn bound(f: UnaryOp, path: Path) -> Bound {
     use UnaryOp::*;

@@ -1015,13 +1015,25 @@ impl Emitter<'_, '_> {
                     let r = self.vunary(f, v);
                     self.b.ins().extractlane(r, 0)
                 }
-                _ => {
-                    let code = support::CALLED_UNARY
-                        .iter()
-                        .position(|&u| u == f)
-                        .expect("every other float unary op is called")
-                        as i64;
-                    let c = self.b.ins().iconst(types::I32, code);
+                UnaryOp::Exp
+                | UnaryOp::Log
+                | UnaryOp::Tanh
+                | UnaryOp::Sigmoid
+                | UnaryOp::Erf
+                | UnaryOp::Rsqrt
+                | UnaryOp::Sin
+                | UnaryOp::Cos
+                | UnaryOp::Tan
+                | UnaryOp::Asin
+                | UnaryOp::Acos
+                | UnaryOp::Atan
+                | UnaryOp::Sinh
+                | UnaryOp::Cosh
+                | UnaryOp::Asinh
+                | UnaryOp::Acosh
+                | UnaryOp::Atanh
+                | UnaryOp::Not => {
+                    let c = self.b.ins().iconst(types::I32, i64::from(f.code()));
                     self.call(
                         if ty == types::F32 {
                             "kiln_unary_f32"

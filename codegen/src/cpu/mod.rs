@@ -15,7 +15,7 @@ mod functions;
 mod jit;
 pub use jit::Target;
 /// The thread count's bound and checks (`kiln run --threads`, `KILN_NUM_THREADS`).
-pub use kiln_rt::exec::{core_threads, env_threads, parse_threads, MAX_THREADS};
+pub use kiln_rt::executor::{core_threads, env_threads, parse_threads, MAX_THREADS};
 mod support;
 mod vector;
 mod wide;
@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use kiln_graph::{Array, DType, Op};
 use kiln_optimizer::kernel::{BufferId, Epilogue, Kernel, KernelProgram, Storage};
 use kiln_rt::blob::{self, ConvShape, Nest};
-use kiln_rt::exec::{Exec, KernelFn};
+use kiln_rt::executor::{Exec, KernelFn};
 
 use crate::error::{Error, Result};
 use crate::{Backend, Executable, RunOutput};
@@ -51,8 +51,8 @@ impl Default for CpuBackend {
     /// error, is taken as unset here); AVX-512 unless `KILN_AVX512=0`;
     /// bounds checks with `KILN_CHECK_BOUNDS=1`.
     fn default() -> Self {
-        let threads =
-            kiln_rt::exec::default_threads().unwrap_or_else(|_| kiln_rt::exec::core_threads());
+        let threads = kiln_rt::executor::default_threads()
+            .unwrap_or_else(|_| kiln_rt::executor::core_threads());
         CpuBackend {
             threads,
             avx512: std::env::var("KILN_AVX512").map_or(true, |v| v != "0"),
@@ -316,7 +316,7 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
                         reason: format!("{dtype} matmul (half products run widened to f32)"),
                     });
                 };
-                let operand = |o: &kiln_optimizer::kernel::Operand| kiln_rt::exec::Operand {
+                let operand = |o: &kiln_optimizer::kernel::Operand| kiln_rt::executor::Operand {
                     buffer: o.buffer.0,
                     offset: o.offset,
                     strides: o.strides.clone(),

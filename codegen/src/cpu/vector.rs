@@ -5,8 +5,8 @@
 //! Approximations: exp and log are Cephes-style range reductions and
 //! polynomials, tanh and sigmoid are built on exp (tanh by its odd Taylor
 //! polynomial below 1/8), erf is a rational function in x^2 (the form XLA
-//! and Eigen use; the same coefficients as the AVX-512 code, from
-//! `kiln_rt::support::ERF_NUM`/`ERF_DEN`). The scalar JIT code computes
+//! and Eigen use). Every constant is `kiln_rt::approx`'s, which the
+//! AVX-512 row code reads too. The scalar JIT code computes
 //! these five with the same code on lane 0, so scalar, 4-lane and
 //! AVX-512 rows agree to an ulp or two. Error bounds, per function and
 //! path:
@@ -54,7 +54,10 @@ use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value}
 use kiln_graph::{BinaryOp, DType, ReduceOp, UnaryOp};
 use kiln_optimizer::index::{Atom, Index};
 use kiln_optimizer::kernel::{Access, BufferId, ElementProgram, Instr, KernelProgram, Storage};
-use kiln_rt::support::{ERF_DEN, ERF_NUM, ERF_ONE};
+use kiln_rt::approx::{
+    ERF_CLAMP, ERF_DEN, ERF_NUM, ERF_ONE, EXP_HI, EXP_LO, EXP_POLY, EXP_ROUND, LN2_HI, LN2_LO,
+    LOG_POLY, LOG_SUBNORMAL_SCALE, LOG_SUBNORMAL_SHIFT, TANH_SMALL, TANH_SMALL_BELOW,
+};
 
 use super::jit::{flags, Emitter};
 use super::wide::{FromElements, RowAccess, RowProgram};
@@ -88,21 +91,12 @@ fn unit_stride(a: &Access, var: usize) -> Option<i64> {
 /// Row length from which a row runs in AVX-512 through a call rather than
 /// inline in four lanes: shorter for programs heavy in arithmetic.
 fn wide_threshold(p: &ElementProgram) -> usize {
-    let heavy = p.instrs.iter().any(|i| {
-        matches!(
-            i,
-            Instr::Unary(
-                UnaryOp::Exp
-                    | UnaryOp::Log
-                    | UnaryOp::Tanh
-                    | UnaryOp::Sigmoid
-                    | UnaryOp::Erf
-                    | UnaryOp::Sqrt
-                    | UnaryOp::Rsqrt
-                    | UnaryOp::Recip,
-                _
-            ) | Instr::Binary(BinaryOp::Div, ..)
-        )
+    let heavy = p.instrs.iter().any(|i| match i {
+        Instr::Unary(f, _) => {
+            f.approximated() || matches!(f, UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Recip)
+        }
+        Instr::Binary(f, ..) => *f == BinaryOp::Div,
+        _ => false,
     });
     if heavy {
         64
@@ -112,17 +106,17 @@ fn wide_threshold(p: &ElementProgram) -> usize {
 }
 
 /// True for the f32 unary ops the vector paths (four lanes here, sixteen
-/// in `wide.rs`) compute.
-/// `tanh x / x` for small `x` as a polynomial in `x^2` (Taylor, highest
-/// power first): `1 - x^2/3 + 2x^4/15 - 17x^6/315`.
-pub(crate) const TANH_SMALL: [f32; 4] = [-17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0];
-
+/// in `wide.rs`) compute; the others (libm's functions, sign, not) run the
+/// scalar loop.
 pub(crate) fn has_vector_form(f: UnaryOp) -> bool {
     use UnaryOp::*;
-    matches!(
-        f,
-        Neg | Abs | Sqrt | Recip | Rsqrt | Floor | Ceil | Round | Exp | Log | Tanh | Sigmoid | Erf
-    )
+    match f {
+        Neg | Abs | Sqrt | Recip | Rsqrt | Floor | Ceil | Round | Exp | Log | Tanh | Sigmoid
+        | Erf => true,
+        Sign | Sin | Cos | Tan | Asin | Acos | Atan | Sinh | Cosh | Asinh | Acosh | Atanh | Not => {
+            false
+        }
+    }
 }
 
 /// True when every instruction of an f32 elementwise kernel has a vector
@@ -248,29 +242,19 @@ impl Emitter<'_, '_> {
         // products overflow to +inf; from -104 (where e^x < 2^-150, half the
         // least subnormal) they round to 0, not to 2^-149; NaN propagates
         // through the polynomial.
-        let (hi, lo) = (self.splat(89.0), self.splat(-104.0));
+        let (hi, lo) = (self.splat(EXP_HI), self.splat(EXP_LO));
         let xc = self.b.ins().fmax(x, lo);
         let xc = self.b.ins().fmin(xc, hi);
         // n = round(x / ln 2) by the 1.5 * 2^23 trick: adding it rounds to an
         // integer, and its low mantissa bits are n.
         let log2e = self.splat(std::f32::consts::LOG2_E);
-        let magic = self.splat(12_582_912.0);
+        let magic = self.splat(EXP_ROUND);
         let t = self.mul_add(xc, log2e, magic);
         let fx = self.b.ins().fsub(t, magic);
-        let (c1, c2) = (self.splat(-0.693_359_4), self.splat(2.121_944_4e-4));
+        let (c1, c2) = (self.splat(-LN2_HI), self.splat(-LN2_LO));
         let r = self.mul_add(fx, c1, xc);
         let r = self.mul_add(fx, c2, r);
-        let p = self.horner(
-            r,
-            &[
-                1.987_569_1e-4,
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                0.5,
-            ],
-        );
+        let p = self.horner(r, &EXP_POLY);
         let z = self.b.ins().fmul(r, r);
         let y = self.mul_add(p, z, r);
         let one = self.splat(1.0);
@@ -296,7 +280,7 @@ impl Emitter<'_, '_> {
         // Denormals are scaled into the normal range first.
         let min = self.splat(f32::MIN_POSITIVE);
         let small = self.b.ins().fcmp(FloatCC::LessThan, x, min);
-        let scale = self.splat(8_388_608.0);
+        let scale = self.splat(LOG_SUBNORMAL_SCALE);
         let xs = self.b.ins().fmul(x, scale);
         let xn = self.vselect(small, xs, x);
         let bits = self.bits_of(xn);
@@ -319,33 +303,20 @@ impl Emitter<'_, '_> {
         let m = self.vselect(lt, m2, m);
         let xr = self.b.ins().fsub(m, one);
         let z = self.b.ins().fmul(xr, xr);
-        let p = self.horner(
-            xr,
-            &[
-                7.037_683_6e-2,
-                -1.151_461e-1,
-                1.167_699_9e-1,
-                -1.242_014_1e-1,
-                1.424_932_3e-1,
-                -1.666_805_8e-1,
-                2.000_071_4e-1,
-                -2.499_999_4e-1,
-                3.333_333e-1,
-            ],
-        );
+        let p = self.horner(xr, &LOG_POLY);
         let y = self.b.ins().fmul(p, xr);
         let y = self.b.ins().fmul(y, z);
-        let c2 = self.splat(-2.121_944_4e-4);
+        let c2 = self.splat(LN2_LO);
         let t = self.b.ins().fmul(e, c2);
         let y = self.b.ins().fadd(y, t);
         let mhalf = self.splat(-0.5);
         let t = self.b.ins().fmul(z, mhalf);
         let y = self.b.ins().fadd(y, t);
         let r = self.b.ins().fadd(xr, y);
-        let c1 = self.splat(0.693_359_4);
+        let c1 = self.splat(LN2_HI);
         let t = self.b.ins().fmul(e, c1);
         let r = self.b.ins().fadd(r, t);
-        let ln_scale = self.splat(23.0 * std::f32::consts::LN_2);
+        let ln_scale = self.splat(LOG_SUBNORMAL_SHIFT);
         let rs = self.b.ins().fsub(r, ln_scale);
         let r = self.vselect(small, rs, r);
         // log(0) = -inf, log(+inf) = +inf, log(<0) = NaN, NaN stays NaN.
@@ -389,7 +360,7 @@ impl Emitter<'_, '_> {
         let x2 = self.b.ins().fmul(x, x);
         let p = self.horner(x2, &TANH_SMALL);
         let p = self.b.ins().fmul(p, x);
-        let lim = self.splat(0.125);
+        let lim = self.splat(TANH_SMALL_BELOW);
         let small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
         self.vselect(small, p, r)
     }
@@ -403,12 +374,12 @@ impl Emitter<'_, '_> {
     }
 
     fn verf(&mut self, x: Value) -> Value {
-        // The rational approximation of the AVX-512 path (`kiln_rt::wide`)
+        // The rational approximation of the AVX-512 path (`kiln_rt::avx512_rows`)
         // on x clamped to [-4, 4], with a division: relative accuracy near
         // 0, no exp. Then clamped to [-1, 1] and exactly +/-1 from
         // `ERF_ONE`, where f32 erf rounds to 1 (GELU of large negative x
         // is then exactly -0). NaN goes through every step.
-        let (lo, hi) = (self.splat(-4.0), self.splat(4.0));
+        let (lo, hi) = (self.splat(-ERF_CLAMP), self.splat(ERF_CLAMP));
         let xc = self.b.ins().fmax(x, lo);
         let xc = self.b.ins().fmin(xc, hi);
         let x2 = self.b.ins().fmul(xc, xc);
@@ -428,6 +399,9 @@ impl Emitter<'_, '_> {
         self.vselect(big, s1, r)
     }
 
+    /// `f` of four lanes: inline for an `f` that [`has_vector_form`]; the
+    /// others (which `vectorizable` keeps out of vector code) lane by lane
+    /// through the call the scalar code makes.
     pub(super) fn vunary(&mut self, f: UnaryOp, x: Value) -> Value {
         match f {
             UnaryOp::Neg => self.b.ins().fneg(x),
@@ -450,10 +424,28 @@ impl Emitter<'_, '_> {
             UnaryOp::Tanh => self.vtanh(x),
             UnaryOp::Sigmoid => self.vsigmoid(x),
             UnaryOp::Erf => self.verf(x),
-            // Sign, Not, and the functions called through libm (sin, cos,
-            // tan, asin, ..., atanh) have no vector form: `has_vector_form`
-            // keeps them out of vector code and jit.rs calls them.
-            _ => unreachable!("{f:?} has no vector form (checked by has_vector_form)"),
+            UnaryOp::Sign
+            | UnaryOp::Sin
+            | UnaryOp::Cos
+            | UnaryOp::Tan
+            | UnaryOp::Asin
+            | UnaryOp::Acos
+            | UnaryOp::Atan
+            | UnaryOp::Sinh
+            | UnaryOp::Cosh
+            | UnaryOp::Asinh
+            | UnaryOp::Acosh
+            | UnaryOp::Atanh
+            | UnaryOp::Not => {
+                let code = self.b.ins().iconst(types::I32, i64::from(f.code()));
+                let mut r = x;
+                for lane in 0..LANES as u8 {
+                    let e = self.b.ins().extractlane(x, lane);
+                    let y = self.call("kiln_unary_f32", &[code, e]);
+                    r = self.b.ins().insertlane(r, y, lane);
+                }
+                r
+            }
         }
     }
 

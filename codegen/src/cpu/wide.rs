@@ -1,7 +1,7 @@
 //! Long f32 elementwise rows in AVX-512: an [`ElementProgram`] turned into
-//! `kiln_rt::wide`'s row program (slots, fills and block steps), which
+//! `kiln_rt::avx512_rows`'s row program (slots, fills and block steps), which
 //! compiled code hands to `kiln_row_f32` / `kiln_reduce_row_f32` row by
-//! row (see `kiln_rt::wide` for the evaluation).
+//! row (see `kiln_rt::avx512_rows` for the evaluation).
 //!
 //! The approximations are the algorithms and constants of the 128-bit code
 //! in `vector.rs`, except that erf is a rational function (no exp), that
@@ -13,8 +13,8 @@
 
 use kiln_graph::{BinaryOp, DType, ReduceOp, UnaryOp};
 use kiln_optimizer::kernel::{Access, ElementProgram, Instr, KernelProgram};
-pub(crate) use kiln_rt::wide::RowProgram;
-use kiln_rt::wide::{Binary, Fill, MulAdd, Src, Step, Unary, MAX_PTRS, MAX_SLOTS};
+pub(crate) use kiln_rt::avx512_rows::RowProgram;
+use kiln_rt::avx512_rows::{Binary, Fill, MulAdd, Src, Step, MAX_PTRS, MAX_SLOTS};
 
 /// True when this host runs AVX-512 (F and DQ) code.
 pub(crate) fn available() -> bool {
@@ -31,25 +31,11 @@ pub(crate) fn reduce_code(op: ReduceOp) -> i32 {
     }
 }
 
-/// The block form of a unary op.
-fn unary(f: UnaryOp) -> Option<Unary> {
-    use UnaryOp::*;
-    Some(match f {
-        Neg => Unary::Neg,
-        Abs => Unary::Abs,
-        Sqrt => Unary::Sqrt,
-        Recip => Unary::Recip,
-        Rsqrt => Unary::Rsqrt,
-        Floor => Unary::Floor,
-        Ceil => Unary::Ceil,
-        Round => Unary::Round,
-        Exp => Unary::Exp,
-        Log => Unary::Log,
-        Tanh => Unary::Tanh,
-        Sigmoid => Unary::Sigmoid,
-        Erf => Unary::Erf,
-        _ => return None,
-    })
+/// The block form of a unary op: the functions the 128-bit path computes
+/// in lanes ([`super::vector::has_vector_form`]); rows with others run the
+/// scalar loop.
+fn unary(f: UnaryOp) -> Option<UnaryOp> {
+    super::vector::has_vector_form(f).then_some(f)
 }
 
 /// The block form of a binary op.

@@ -1098,7 +1098,12 @@ fn unary(f: UnaryOp, x: &str, t: DType) -> Result<String, Unsupported> {
         (t, Sign) if t.is_unsigned() => format!("({})({x} != 0)", ctype(t)),
         (t, Sign) if t.is_int() => format!("({})(({x} > 0) - ({x} < 0))", ctype(t)),
         (t, Not) if t.is_int() => format!("({})(~{x})", ctype(t)),
-        _ => {
+        (
+            t,
+            Neg | Abs | Sign | Exp | Log | Sqrt | Rsqrt | Recip | Sin | Cos | Tan | Asin | Acos
+            | Atan | Sinh | Cosh | Asinh | Acosh | Atanh | Tanh | Sigmoid | Erf | Floor | Ceil
+            | Round | Not,
+        ) => {
             return Err(Unsupported(format!(
                 "{f:?} on {t} has no CUDA form (the reference refuses it too)"
             )))

@@ -6,38 +6,11 @@ use crate::array::{Array, Data, Elem, Scalar};
 use crate::dtype::DType;
 use crate::op::{BinaryOp, UnaryOp};
 use crate::shape::{broadcast_shapes, TensorType};
+use kiln_rt::scalar::Domain;
 
 /// The name of a unary op.
 pub fn unary_name(f: UnaryOp) -> &'static str {
-    use UnaryOp::*;
-    match f {
-        Neg => "neg",
-        Abs => "abs",
-        Sign => "sign",
-        Exp => "exp",
-        Log => "log",
-        Sqrt => "sqrt",
-        Rsqrt => "rsqrt",
-        Recip => "recip",
-        Sin => "sin",
-        Cos => "cos",
-        Tan => "tan",
-        Asin => "asin",
-        Acos => "acos",
-        Atan => "atan",
-        Sinh => "sinh",
-        Cosh => "cosh",
-        Asinh => "asinh",
-        Acosh => "acosh",
-        Atanh => "atanh",
-        Tanh => "tanh",
-        Sigmoid => "sigmoid",
-        Erf => "erf",
-        Floor => "floor",
-        Ceil => "ceil",
-        Round => "round",
-        Not => "not",
-    }
+    f.name()
 }
 
 /// The name of a binary op.
@@ -66,18 +39,15 @@ pub fn binary_name(f: BinaryOp) -> &'static str {
 
 /// Shape rule of unary ops: same type; float-only functions reject integers.
 pub fn infer_unary(f: UnaryOp, x: &TensorType) -> Result<TensorType, String> {
-    use UnaryOp::*;
-    let ok = match f {
-        Not => x.dtype == DType::Bool || x.dtype.is_int(),
-        Neg | Abs | Sign => x.dtype.is_numeric(),
-        _ => x.dtype.is_float(),
+    let (ok, want) = match f.domain() {
+        Domain::Logical => (
+            x.dtype == DType::Bool || x.dtype.is_int(),
+            "bool or an integer dtype",
+        ),
+        Domain::Numeric => (x.dtype.is_numeric(), "a numeric dtype"),
+        Domain::Float => (x.dtype.is_float(), "f32 or f64"),
     };
     if !ok {
-        let want = match f {
-            Not => "bool or an integer dtype",
-            Neg | Abs | Sign => "a numeric dtype",
-            _ => "f32 or f64",
-        };
         return Err(format!("{} needs {want}, got {}", unary_name(f), x.dtype));
     }
     Ok(x.clone())
@@ -135,51 +105,15 @@ pub(crate) trait Real: Elem + std::ops::Neg<Output = Self> {
     fn binary(f: BinaryOp, a: Self, b: Self) -> Self;
 }
 
-/// The libm functions of one precision (the `libm` crate, so that the
-/// reference, JIT and ahead-of-time code compute the same bits on every
-/// host: `kiln_rt::support` calls the same functions).
+/// The float functions of one precision: unary ones are `kiln_rt::scalar`'s
+/// (std and the `libm` crate, so that the reference, JIT and ahead-of-time
+/// code compute the same bits on every host: compiled code calls the same
+/// functions through `kiln_rt::extern_fns`), the remainder libm's fmod.
 macro_rules! impl_real {
-    ($t:ty, $erf:path, $tan:path, $asin:path, $acos:path, $atan:path, $sinh:path,
-     $cosh:path, $asinh:path, $acosh:path, $atanh:path, $fmod:path) => {
+    ($t:ty, $unary:path, $fmod:path) => {
         impl Real for $t {
             fn apply(f: UnaryOp, x: $t) -> $t {
-                use UnaryOp::*;
-                match f {
-                    Neg => -x,
-                    Abs => x.abs(),
-                    Sign => {
-                        if x > 0.0 {
-                            1.0
-                        } else if x < 0.0 {
-                            -1.0
-                        } else {
-                            x
-                        }
-                    }
-                    Exp => x.exp(),
-                    Log => x.ln(),
-                    Sqrt => x.sqrt(),
-                    Rsqrt => 1.0 / x.sqrt(),
-                    Recip => 1.0 / x,
-                    Sin => x.sin(),
-                    Cos => x.cos(),
-                    Tan => $tan(x),
-                    Asin => $asin(x),
-                    Acos => $acos(x),
-                    Atan => $atan(x),
-                    Sinh => $sinh(x),
-                    Cosh => $cosh(x),
-                    Asinh => $asinh(x),
-                    Acosh => $acosh(x),
-                    Atanh => $atanh(x),
-                    Tanh => x.tanh(),
-                    Sigmoid => 1.0 / (1.0 + (-x).exp()),
-                    Erf => $erf(x),
-                    Floor => x.floor(),
-                    Ceil => x.ceil(),
-                    Round => x.round_ties_even(),
-                    Not => unreachable!("not is bool-only (checked by infer_unary)"),
-                }
+                $unary(f, x)
             }
             fn binary(f: BinaryOp, a: $t, b: $t) -> $t {
                 use BinaryOp::*;
@@ -211,34 +145,8 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(
-    f32,
-    libm::erff,
-    libm::tanf,
-    libm::asinf,
-    libm::acosf,
-    libm::atanf,
-    libm::sinhf,
-    libm::coshf,
-    libm::asinhf,
-    kiln_rt::support::acosh_f32,
-    libm::atanhf,
-    libm::fmodf
-);
-impl_real!(
-    f64,
-    libm::erf,
-    libm::tan,
-    libm::asin,
-    libm::acos,
-    libm::atan,
-    libm::sinh,
-    libm::cosh,
-    libm::asinh,
-    kiln_rt::support::acosh_f64,
-    libm::atanh,
-    libm::fmod
-);
+impl_real!(f32, kiln_rt::scalar::unary_f32, libm::fmodf);
+impl_real!(f64, kiln_rt::scalar::unary_f64, libm::fmod);
 
 /// Integer functions, wrapping at the type's width (signed or unsigned).
 pub(crate) trait Int: Elem + Ord + Default {
@@ -285,7 +193,7 @@ macro_rules! impl_int {
                             a.wrapping_div(b)
                         }
                     }
-                    Pow => kiln_rt::support::IntPow::pow_wrapping(a, b),
+                    Pow => kiln_rt::extern_fns::IntPow::pow_wrapping(a, b),
                     // a - trunc(a / b) * b with x / 0 = 0: x rem 0 = x.
                     Rem => {
                         if b == 0 {

@@ -14,8 +14,9 @@
 //! data and passes their address, as the JIT passes a boxed one; the
 //! codegen crate builds them from element programs.
 //!
-//! The approximations are the algorithms and constants of the 128-bit code
-//! in kiln-codegen's `vector.rs`, except that erf is a rational function
+//! The approximations are the algorithms of the 128-bit code in
+//! kiln-codegen's `vector.rs`, with the same constants (both read
+//! [`crate::approx`]), except that erf is a rational function
 //! (no exp), that the reciprocals inside tanh, sigmoid and erf are a
 //! hardware estimate refined by a Newton step rather than a division, and
 //! that a product feeding only a sum or difference is one fused
@@ -31,7 +32,11 @@
 
 use std::arch::x86_64::*;
 
-use crate::support::{ERF_DEN, ERF_NUM, ERF_ONE};
+use crate::approx::{
+    ERF_CLAMP, ERF_DEN, ERF_NUM, ERF_ONE, EXP_HI, EXP_LO, EXP_POLY, EXP_ROUND, LN2_HI, LN2_LO,
+    LOG_POLY, LOG_SUBNORMAL_SCALE, LOG_SUBNORMAL_SHIFT, TANH_SMALL, TANH_SMALL_BELOW,
+};
+use crate::scalar::{self, UnaryFn};
 use std::mem::MaybeUninit;
 
 /// A reduction's combining op.
@@ -53,40 +58,6 @@ pub const MAX_SLOTS: usize = 32;
 pub const MAX_PTRS: usize = 64;
 /// Steps a program may have.
 pub const MAX_STEPS: usize = 128;
-
-/// A unary function with a block form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unary {
-    Neg,
-    Abs,
-    Sqrt,
-    Recip,
-    Rsqrt,
-    Floor,
-    Ceil,
-    Round,
-    Exp,
-    Log,
-    Tanh,
-    Sigmoid,
-    Erf,
-}
-
-const UNARY: [Unary; 13] = [
-    Unary::Neg,
-    Unary::Abs,
-    Unary::Sqrt,
-    Unary::Recip,
-    Unary::Rsqrt,
-    Unary::Floor,
-    Unary::Ceil,
-    Unary::Round,
-    Unary::Exp,
-    Unary::Log,
-    Unary::Tanh,
-    Unary::Sigmoid,
-    Unary::Erf,
-];
 
 /// A binary op with a block form (comparisons give lane masks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +119,10 @@ pub enum MulAdd {
 /// One step over a block.
 #[derive(Clone, Copy, Debug)]
 pub enum Step {
-    Unary(Unary, Src),
+    /// A unary function: the functions the 128-bit path also computes in
+    /// lanes run 16 lanes at a time, the others (libm's) one lane at a
+    /// time through [`scalar::unary_f32`].
+    Unary(UnaryFn, Src),
     Binary(Binary, Src, Src),
     MulAdd(MulAdd, Src, Src, Src),
     Select(Src, Src, Src),
@@ -248,7 +222,7 @@ impl RowProgram {
         p.rows[..rows.len()].copy_from_slice(rows);
         for (d, &(step, dst)) in p.steps.iter_mut().zip(steps) {
             let (kind, op, src) = match step {
-                Step::Unary(f, a) => (0, UNARY.iter().position(|&u| u == f)? as u8, [a, a, a]),
+                Step::Unary(f, a) => (0, f.code(), [a, a, a]),
                 Step::Binary(f, a, b) => (1, BINARY.iter().position(|&u| u == f)? as u8, [a, b, b]),
                 Step::MulAdd(k, a, b, c) => (2, k as u8, [a, b, c]),
                 Step::Select(c, a, b) => (3, 0, [c, a, b]),
@@ -520,7 +494,16 @@ impl RowProgram {
             // SAFETY: every source and the destination hold nvec vectors.
             unsafe {
                 match st.kind {
-                    0 => unary(UNARY[st.op as usize], d, a, nvec),
+                    0 => match UnaryFn::from_code(st.op as u32) {
+                        Some(f) => unary(f, d, a, nvec),
+                        // Not a function's code (`new` writes only codes):
+                        // the step writes NaN.
+                        None => {
+                            for j in 0..nvec {
+                                _mm512_storeu_ps(d.add(j * W), splat(f32::NAN));
+                            }
+                        }
+                    },
                     1 => binary(BINARY[st.op as usize], d, a, b, nvec),
                     2 => {
                         let k = match st.op {
@@ -562,8 +545,8 @@ macro_rules! map2 {
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn unary(f: Unary, d: *mut f32, a: *const f32, n: usize) {
-    use Unary::*;
+unsafe fn unary(f: UnaryFn, d: *mut f32, a: *const f32, n: usize) {
+    use UnaryFn::*;
     // SAFETY: `a` and `d` hold n vectors.
     unsafe {
         match f {
@@ -580,6 +563,12 @@ unsafe fn unary(f: Unary, d: *mut f32, a: *const f32, n: usize) {
             Tanh => map1!(d, a, n, tanh),
             Sigmoid => map1!(d, a, n, sigmoid),
             Erf => map1!(d, a, n, erf),
+            Sign | Sin | Cos | Tan | Asin | Acos | Atan | Sinh | Cosh | Asinh | Acosh | Atanh
+            | Not => {
+                for i in 0..n * W {
+                    *d.add(i) = scalar::unary_f32(f, *a.add(i));
+                }
+            }
         }
     }
 }
@@ -601,7 +590,7 @@ unsafe fn binary(f: Binary, d: *mut f32, a: *const f32, b: *const f32, n: usize)
             Lt => map2!(d, a, b, n, cmp::<_CMP_LT_OQ>),
             Le => map2!(d, a, b, n, cmp::<_CMP_LE_OQ>),
             Gt => map2!(d, a, b, n, cmp::<_CMP_GT_OQ>),
-            _ => map2!(d, a, b, n, cmp::<_CMP_GE_OQ>),
+            Ge => map2!(d, a, b, n, cmp::<_CMP_GE_OQ>),
         }
     }
 }
@@ -722,24 +711,14 @@ fn floats(x: __m512i) -> __m512 {
 #[target_feature(enable = "avx512f,avx512dq")]
 fn exp(x: __m512) -> __m512 {
     // max/min return their second operand for NaN: x's NaN goes through.
-    let xc = _mm512_max_ps(splat(-104.0), x);
-    let xc = _mm512_min_ps(splat(89.0), xc);
-    let magic = splat(12_582_912.0);
+    let xc = _mm512_max_ps(splat(EXP_LO), x);
+    let xc = _mm512_min_ps(splat(EXP_HI), xc);
+    let magic = splat(EXP_ROUND);
     let t = _mm512_fmadd_ps(xc, splat(std::f32::consts::LOG2_E), magic);
     let fx = _mm512_sub_ps(t, magic);
-    let r = _mm512_fmadd_ps(fx, splat(-0.693_359_4), xc);
-    let r = _mm512_fmadd_ps(fx, splat(2.121_944_4e-4), r);
-    let p = horner(
-        r,
-        &[
-            1.987_569_1e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ],
-    );
+    let r = _mm512_fmadd_ps(fx, splat(-LN2_HI), xc);
+    let r = _mm512_fmadd_ps(fx, splat(-LN2_LO), r);
+    let p = horner(r, &EXP_POLY);
     let z = _mm512_mul_ps(r, r);
     let y = _mm512_fmadd_ps(p, z, r);
     let mut y = _mm512_add_ps(y, splat(1.0));
@@ -757,7 +736,7 @@ fn exp(x: __m512) -> __m512 {
 #[target_feature(enable = "avx512f,avx512dq")]
 fn log(x: __m512) -> __m512 {
     let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, splat(f32::MIN_POSITIVE));
-    let xn = blend(small, _mm512_mul_ps(x, splat(8_388_608.0)), x);
+    let xn = blend(small, _mm512_mul_ps(x, splat(LOG_SUBNORMAL_SCALE)), x);
     let b = bits(xn);
     let e = _mm512_sub_epi32(_mm512_srai_epi32::<23>(b), _mm512_set1_epi32(126));
     let m = _mm512_and_si512(b, _mm512_set1_epi32(0x007f_ffff));
@@ -769,26 +748,13 @@ fn log(x: __m512) -> __m512 {
     let m = blend(lt, _mm512_add_ps(m, m), m);
     let xr = _mm512_sub_ps(m, one);
     let z = _mm512_mul_ps(xr, xr);
-    let p = horner(
-        xr,
-        &[
-            7.037_683_6e-2,
-            -1.151_461e-1,
-            1.167_699_9e-1,
-            -1.242_014_1e-1,
-            1.424_932_3e-1,
-            -1.666_805_8e-1,
-            2.000_071_4e-1,
-            -2.499_999_4e-1,
-            3.333_333e-1,
-        ],
-    );
+    let p = horner(xr, &LOG_POLY);
     let y = _mm512_mul_ps(_mm512_mul_ps(p, xr), z);
-    let y = _mm512_add_ps(y, _mm512_mul_ps(e, splat(-2.121_944_4e-4)));
+    let y = _mm512_add_ps(y, _mm512_mul_ps(e, splat(LN2_LO)));
     let y = _mm512_add_ps(y, _mm512_mul_ps(z, splat(-0.5)));
     let r = _mm512_add_ps(xr, y);
-    let r = _mm512_add_ps(r, _mm512_mul_ps(e, splat(0.693_359_4)));
-    let rs = _mm512_sub_ps(r, splat(23.0 * std::f32::consts::LN_2));
+    let r = _mm512_add_ps(r, _mm512_mul_ps(e, splat(LN2_HI)));
+    let rs = _mm512_sub_ps(r, splat(LOG_SUBNORMAL_SHIFT));
     let r = blend(small, rs, r);
     let zero = splat(0.0);
     let is0 = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, zero);
@@ -816,8 +782,8 @@ fn tanh(x: __m512) -> __m512 {
     // Near 0, 1 - t cancels: the odd Taylor polynomial there (relative
     // error under 3e-9 for |x| < 1/8).
     let x2 = _mm512_mul_ps(x, x);
-    let p = _mm512_mul_ps(horner(x2, &[-17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0]), x);
-    let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(x), splat(0.125));
+    let p = _mm512_mul_ps(horner(x2, &TANH_SMALL), x);
+    let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(x), splat(TANH_SMALL_BELOW));
     blend(small, p, r)
 }
 
@@ -834,7 +800,7 @@ fn erf(x: __m512) -> __m512 {
     // erf reaches +/-1 in f32: no exp, one reciprocal. About 20 operations
     // against the 128-bit path's exp-based 35.
     let x0 = x;
-    let x = _mm512_min_ps(splat(4.0), _mm512_max_ps(splat(-4.0), x));
+    let x = _mm512_min_ps(splat(ERF_CLAMP), _mm512_max_ps(splat(-ERF_CLAMP), x));
     let x2 = _mm512_mul_ps(x, x);
     let p = horner(x2, &ERF_NUM);
     let q = horner(x2, &ERF_DEN);

@@ -1,77 +1,27 @@
 //! Functions compiled code calls: the scalar meaning of ops that have no
-//! instruction (transcendentals, powers, random samples) and the half
-//! conversions. They compute exactly what `kiln-graph`'s reference meaning
-//! computes (the same std and libm functions; `tests/tests/cpu_math.rs`
-//! compares them value by value), so JIT code, ahead-of-time binaries and
-//! the interpreter agree. Exported unmangled: ahead-of-time objects import
+//! instruction (transcendentals, powers, random samples), the half
+//! conversions and the bounds-failure report. They compute exactly what
+//! `kiln-graph`'s reference meaning computes (the unary functions are
+//! [`crate::scalar`]'s, which the reference calls too; the powers are
+//! [`IntPow`] and std's; `tests/tests/cpu_math.rs` compares them value by
+//! value), so JIT code, ahead-of-time binaries and the interpreter agree. Exported unmangled: ahead-of-time objects import
 //! them by these names from `libkiln_rt.a`.
 
 use crate::rng;
+use crate::scalar::{self, UnaryFn};
 
-/// The unary functions compiled code calls, by code (the `op` argument of
-/// [`kiln_unary_f32`] and [`kiln_unary_f64`]).
-pub const UNARY_NAMES: [&str; 17] = [
-    "exp", "log", "sin", "cos", "tanh", "erf", "sigmoid", "rsqrt", "tan", "asin", "acos", "atan",
-    "sinh", "cosh", "asinh", "acosh", "atanh",
-];
-
-/// The functions of one precision: the `libm` crate's, as `kiln-graph`'s
-/// reference meaning computes them (bit for bit on every host).
-macro_rules! unary {
-    ($name:ident, $t:ty, $erf:path, [$($f:path),*]) => {
-        /// Unary function `op` (see [`UNARY_NAMES`]) of `x`; NaN for an unknown code.
-        #[no_mangle]
-        pub extern "C" fn $name(op: u32, x: $t) -> $t {
-            match op {
-                0 => x.exp(),
-                1 => x.ln(),
-                2 => x.sin(),
-                3 => x.cos(),
-                4 => x.tanh(),
-                5 => $erf(x),
-                6 => 1.0 / (1.0 + (-x).exp()),
-                7 => 1.0 / x.sqrt(),
-                _ => {
-                    let called: &[fn($t) -> $t] = &[$($f),*];
-                    called.get(op as usize - 8).map_or(<$t>::NAN, |f| f(x))
-                }
-            }
-        }
-    };
+/// Function `op` (a [`UnaryFn`] code) of `x`, as the reference computes
+/// it ([`scalar::unary_f32`]); NaN for an unknown code.
+#[no_mangle]
+pub extern "C" fn kiln_unary_f32(op: u32, x: f32) -> f32 {
+    UnaryFn::from_code(op).map_or(f32::NAN, |f| scalar::unary_f32(f, x))
 }
 
-unary!(
-    kiln_unary_f32,
-    f32,
-    libm::erff,
-    [
-        libm::tanf,
-        libm::asinf,
-        libm::acosf,
-        libm::atanf,
-        libm::sinhf,
-        libm::coshf,
-        libm::asinhf,
-        acosh_f32,
-        libm::atanhf
-    ]
-);
-unary!(
-    kiln_unary_f64,
-    f64,
-    libm::erf,
-    [
-        libm::tan,
-        libm::asin,
-        libm::acos,
-        libm::atan,
-        libm::sinh,
-        libm::cosh,
-        libm::asinh,
-        acosh_f64,
-        libm::atanh
-    ]
-);
+/// As [`kiln_unary_f32`], in f64 ([`scalar::unary_f64`]).
+#[no_mangle]
+pub extern "C" fn kiln_unary_f64(op: u32, x: f64) -> f64 {
+    UnaryFn::from_code(op).map_or(f64::NAN, |f| scalar::unary_f64(f, x))
+}
 
 /// `a` to the power `b`.
 #[no_mangle]
@@ -84,52 +34,6 @@ pub extern "C" fn kiln_pow_f32(a: f32, b: f32) -> f32 {
 pub extern "C" fn kiln_pow_f64(a: f64, b: f64) -> f64 {
     a.powf(b)
 }
-
-/// Inverse hyperbolic cosine: NaN below 1. (libm's `acosh`/`acoshf`
-/// reads only the magnitude's exponent, so x <= -2 gives a finite value:
-/// `acoshf(-8192)` is -23.6.)
-pub fn acosh_f32(x: f32) -> f32 {
-    if x < 1.0 {
-        f32::NAN
-    } else {
-        libm::acoshf(x)
-    }
-}
-
-/// As [`acosh_f32`], in f64.
-pub fn acosh_f64(x: f64) -> f64 {
-    if x < 1.0 {
-        f64::NAN
-    } else {
-        libm::acosh(x)
-    }
-}
-
-/// The least f32 whose erf rounds to 1 in f32 (erfc(x) < 2^-25 from here
-/// on): the vector erfs return exactly +/-1 from this magnitude.
-pub const ERF_ONE: f32 = 3.919_206;
-
-/// The vector erfs' rational approximation on `[-4, 4]` (the form XLA and
-/// Eigen use): `erf x ~ x * P(x^2) / Q(x^2)`, numerator coefficients
-/// highest power first ...
-pub const ERF_NUM: [f32; 7] = [
-    -2.726_142_3e-10,
-    2.770_681_4e-8,
-    -2.101_024e-6,
-    -5.692_506_4e-5,
-    -7.349_906_3e-4,
-    -2.9546e-3,
-    -1.609_603_3e-2,
-];
-
-/// ... and denominator coefficients (`Q` is in `[-0.29, -0.014]` there).
-pub const ERF_DEN: [f32; 5] = [
-    -1.456_607_2e-5,
-    -2.133_740_6e-4,
-    -1.682_827e-3,
-    -7.373_329e-3,
-    -1.426_474e-2,
-];
 
 /// The truncated remainder of `a / b` (IEEE fmod: exact, the sign of `a`).
 #[no_mangle]

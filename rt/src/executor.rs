@@ -455,8 +455,8 @@ impl Exec {
                 // SAFETY: the caller's contract.
                 unsafe { self.step(step, i, table, split, host) }
                     .map_err(|reason| StepError { step: i, reason })?;
-                // A bounds-checked kernel's report (see `support`).
-                if let Some((b, index, len)) = crate::support::take_bounds_failure() {
+                // A bounds-checked kernel's report (see `extern_fns`).
+                if let Some((b, index, len)) = crate::extern_fns::take_bounds_failure() {
                     return Err(StepError {
                         step: i,
                         reason: format!(
