@@ -12,7 +12,8 @@ use std::ffi::{c_char, CString};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
-use crate::executor::{default_threads, Exec, KernelFn};
+use crate::executor::{Exec, KernelFn};
+use crate::settings::{default_threads, Settings};
 
 /// The last error message, for [`kiln_rt_last_error`].
 static LAST_ERROR: Mutex<Option<CString>> = Mutex::new(None);
@@ -86,11 +87,13 @@ pub unsafe extern "C" fn kiln_rt_run(
                 };
                 // SAFETY: constants are at their table addresses for good.
                 let constant = |b: usize| unsafe { *table.add(b) as *const u8 };
-                let avx512 = std::env::var("KILN_AVX512").map_or(true, |v| v != "0");
-                let steps = unsafe { crate::blob::decode(words, fns, nbuffers, &constant, avx512) }
-                    .map_err(|e| format!("the model's step list is corrupt: {e}"))?;
+                // A binary's edge: its settings from the environment, once.
+                let settings = Settings::from_env()?;
+                let steps =
+                    unsafe { crate::blob::decode(words, fns, nbuffers, &constant, &settings) }
+                        .map_err(|e| format!("the model's step list is corrupt: {e}"))?;
                 exec = Box::into_raw(Box::new(Model {
-                    exec: Exec::new(steps, default_threads()?),
+                    exec: Exec::new(steps, default_threads()?, settings.split),
                     arena: Mutex::new(()),
                 }));
                 state.store(exec, Ordering::Release);

@@ -257,7 +257,8 @@ impl Reader<'_> {
 
 /// The steps `words` describe. `fns` are the loop nests by index, `buffers`
 /// the program's buffer count, `constant(b)` the address of constant buffer
-/// `b` (read to pack weights once); `avx512`: the packed GEMM may be used.
+/// `b` (read to pack weights once); `settings`: whether the packed GEMM
+/// may be used (`avx512`) and how convolutions choose their path.
 ///
 /// # Safety
 /// `constant(b)` must return the address of the live data of every buffer
@@ -267,8 +268,9 @@ pub unsafe fn decode(
     fns: &[KernelFn],
     buffers: usize,
     constant: &dyn Fn(usize) -> *const u8,
-    avx512: bool,
+    settings: &crate::settings::Settings,
 ) -> Result<Vec<Step>, String> {
+    let avx512 = settings.avx512;
     let mut r = Reader { words, at: 0 };
     if r.word()? != MAGIC {
         return Err("not a kiln step list of this version".into());
@@ -325,7 +327,15 @@ pub unsafe fn decode(
                     return Err(format!("convolution {s:?} is inconsistent"));
                 }
                 let mut conv = Conv::new(
-                    s.dtype, s.input, s.weight, s.out_hw, s.stride, s.padding, s.dilation, s.groups,
+                    s.dtype,
+                    s.input,
+                    s.weight,
+                    s.out_hw,
+                    s.stride,
+                    s.padding,
+                    s.dilation,
+                    s.groups,
+                    settings.conv,
                 );
                 if constant_w {
                     // SAFETY: the caller's contract for constants.

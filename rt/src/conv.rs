@@ -29,8 +29,6 @@ pub struct Conv {
     pub padding: [usize; 4],
     pub dilation: [usize; 2],
     pub groups: usize,
-    /// The column matrix `[c/groups * kh * kw, oh * ow]`, as f64 slots.
-    scratch: Vec<f64>,
     /// The direct AVX-512 path, where it applies and measures faster.
     #[cfg(target_arch = "x86_64")]
     direct: Option<Box<direct::Direct>>,
@@ -47,19 +45,17 @@ impl Conv {
         padding: [usize; 4],
         dilation: [usize; 2],
         groups: usize,
+        path: crate::settings::ConvPath,
     ) -> Conv {
         #[cfg(target_arch = "x86_64")]
         let direct = if dtype == Real::F32
             && groups == 1
-            && Self::direct_pays(weight, out_hw, stride, padding, dilation)
+            && Self::direct_pays(weight, out_hw, stride, padding, dilation, path)
         {
             direct::Direct::new(input, weight, out_hw, stride, padding, dilation).map(Box::new)
         } else {
             None
         };
-        // The column matrix is allocated on the first run, in each copy
-        // of the step that runs (see `fork`).
-        let scratch = Vec::new();
         Conv {
             dtype,
             input,
@@ -69,7 +65,6 @@ impl Conv {
             padding,
             dilation,
             groups,
-            scratch,
             #[cfg(target_arch = "x86_64")]
             direct,
         }
@@ -85,18 +80,20 @@ impl Conv {
     /// vs 5.2 ms (long reductions favour GEMM's blocking); 1x1 stride 1
     /// unpadded (GEMM on the input itself) 35 vs 30. Hence: output rows of
     /// at least 12, at most 2304 taps per output, and not a plain 1x1.
-    /// `KILN_CONV=gemm` or `KILN_CONV=direct` overrides the rule.
+    /// `path` (`KILN_CONV=gemm` or `direct`) overrides the rule.
     fn direct_pays(
         weight: [usize; 4],
         out_hw: [usize; 2],
         stride: [usize; 2],
         padding: [usize; 4],
         dilation: [usize; 2],
+        path: crate::settings::ConvPath,
     ) -> bool {
-        match std::env::var("KILN_CONV").as_deref() {
-            Ok("gemm") => false,
-            Ok("direct") => true,
-            _ => {
+        use crate::settings::ConvPath;
+        match path {
+            ConvPath::Gemm => false,
+            ConvPath::Direct => true,
+            ConvPath::Measured => {
                 out_hw[1] >= 12
                     && weight[1] * weight[2] * weight[3] <= 2304
                     && !Self::is_direct(weight, stride, padding, dilation)
@@ -130,7 +127,7 @@ impl Conv {
     }
 
     /// A copy for another concurrent caller: the plan and any packed
-    /// weights are shared, the scratch is its own (allocated when it runs).
+    /// weights are shared, the direct kernel's padded images its own.
     pub fn fork(&self) -> Conv {
         Conv {
             dtype: self.dtype,
@@ -141,7 +138,6 @@ impl Conv {
             padding: self.padding,
             dilation: self.dilation,
             groups: self.groups,
-            scratch: Vec::new(),
             #[cfg(target_arch = "x86_64")]
             direct: self.direct.as_ref().map(|d| Box::new(d.fork())),
         }
@@ -159,6 +155,9 @@ impl Conv {
 
     /// Runs the convolution; returns whether it applied `epilogue` (called
     /// per image and output channel range as they are done) itself.
+    /// `columns` holds im2col's column matrices (`[c/groups * kh * kw,
+    /// oh * ow]` per thread, as f64 slots), grown as needed: the run's
+    /// scratch, shared by its steps.
     ///
     /// # Safety
     /// `out`, `x` and `w` must point at buffers of this convolution's shapes and dtype.
@@ -169,6 +168,7 @@ impl Conv {
         w: *const u8,
         parallelism: gemm::Parallelism,
         epilogue: Option<&Epilogue<'_>>,
+        columns: &mut Vec<f64>,
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
         if let Some(d) = &mut self.direct {
@@ -191,6 +191,7 @@ impl Conv {
                     x as *const f32,
                     w as *const f32,
                     parallelism,
+                    columns,
                 )
             },
             _ => unsafe {
@@ -199,6 +200,7 @@ impl Conv {
                     x as *const f64,
                     w as *const f64,
                     parallelism,
+                    columns,
                 )
             },
         }
@@ -211,6 +213,7 @@ impl Conv {
         x: *const T,
         w: *const T,
         par: gemm::Parallelism,
+        columns: &mut Vec<f64>,
     ) {
         let n = self.input[0];
         let threads = match par {
@@ -220,13 +223,14 @@ impl Conv {
             _ => 1,
         };
         let per = self.scratch_len();
-        if self.scratch.len() < per * threads {
-            self.scratch.resize(per * threads, 0.0);
+        if columns.len() < per * threads {
+            columns.resize(per * threads, 0.0);
         }
+        let columns = &*columns;
         let this = &*self;
         let (out, x, w) = (SendPtr(out), SendPtr(x as *mut T), SendPtr(w as *mut T));
         if threads == 1 {
-            let col = SendPtr(this.scratch.as_ptr() as *mut T);
+            let col = SendPtr(columns.as_ptr() as *mut T);
             // SAFETY: the caller's pointers are valid; the column buffer holds `per` slots.
             unsafe { this.images(0..n, out, x, w, col, par) };
             return;
@@ -237,7 +241,7 @@ impl Conv {
             let (out, x, w) = (out, x, w);
             let (lo, hi) = (n * t / threads, n * (t + 1) / threads);
             // SAFETY: part t owns column slots [t*per, (t+1)*per) and output images lo..hi.
-            let col = SendPtr(unsafe { (this.scratch.as_ptr() as *mut T).add(t * per) });
+            let col = SendPtr(unsafe { (columns.as_ptr() as *mut T).add(t * per) });
             unsafe { this.images(lo..hi, out, x, w, col, gemm::Parallelism::None) };
         });
     }

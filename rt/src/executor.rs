@@ -84,9 +84,9 @@ pub struct MatMul {
     /// The right-hand side packed once (f32, constant), shared by every
     /// copy of the step.
     packed: Option<std::sync::Arc<sgemm::PackedB>>,
-    /// Where the right-hand sides are packed at run time (f32 products of
-    /// computed operands, on AVX-512 hosts).
-    scratch: Option<Vec<f32>>,
+    /// The right-hand sides are packed at run time, into the run's
+    /// scratch (f32 products of computed operands, on AVX-512 hosts).
+    packs_at_run: bool,
 }
 
 impl MatMul {
@@ -110,7 +110,7 @@ impl MatMul {
             .filter(|_| fast)
             .and_then(|data| Self::pack(data, &b, &batch, mnk))
             .map(std::sync::Arc::new);
-        let scratch = (fast && constant_b.is_none() && mnk[0] >= 4).then(Vec::new);
+        let packs_at_run = fast && constant_b.is_none() && mnk[0] >= 4;
         MatMul {
             dtype,
             out,
@@ -120,7 +120,7 @@ impl MatMul {
             mnk,
             epilogue,
             packed,
-            scratch,
+            packs_at_run,
         }
     }
 
@@ -151,7 +151,7 @@ impl MatMul {
 
 impl MatMul {
     /// A copy for another concurrent caller: the packed constant is
-    /// shared, the run-time packing buffer is its own.
+    /// shared.
     fn fork(&self) -> MatMul {
         MatMul {
             dtype: self.dtype,
@@ -162,7 +162,7 @@ impl MatMul {
             mnk: self.mnk,
             epilogue: self.epilogue,
             packed: self.packed.clone(),
-            scratch: self.scratch.as_ref().map(|_| Vec::new()),
+            packs_at_run: self.packs_at_run,
         }
     }
 }
@@ -232,6 +232,16 @@ impl Step {
     }
 }
 
+/// What one run writes besides the program's buffers, shared by its
+/// steps (which run one after another): im2col's column matrices and the
+/// right-hand sides of products packed at run time. Grown to the largest
+/// step's need, and kept with the copy of the steps for later runs.
+#[derive(Default)]
+pub struct RunScratch {
+    columns: Vec<f64>,
+    packing: Vec<f32>,
+}
+
 /// A step that failed: its index and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepError {
@@ -261,7 +271,7 @@ struct Tuner {
     rounds: u32,
     /// Fastest run (ns) unsplit and split.
     best: [u64; 2],
-    /// `KILN_SPLIT=0` or `1` fixes the way.
+    /// Fixed by the settings (`KILN_SPLIT`), else measured.
     forced: Option<bool>,
 }
 
@@ -274,13 +284,14 @@ const RETUNE: u32 = 5000;
 /// Runs after which the ways are measured a second time.
 const FIRST_RETUNE: u32 = 200;
 
-impl Default for Tuner {
-    fn default() -> Self {
+impl Tuner {
+    /// A tuner that measures, or that `forced` fixes.
+    fn new(forced: Option<bool>) -> Tuner {
         Tuner {
             runs: 0,
             rounds: 0,
             best: [u64::MAX; 2],
-            forced: std::env::var("KILN_SPLIT").ok().map(|v| v != "0"),
+            forced,
         }
     }
 }
@@ -346,31 +357,11 @@ pub fn parse_threads(text: &str) -> Result<usize, String> {
     }
 }
 
-/// `KILN_NUM_THREADS`, checked by [`parse_threads`]; `None` when unset.
-pub fn env_threads() -> Result<Option<usize>, String> {
-    match std::env::var("KILN_NUM_THREADS") {
-        Ok(v) => parse_threads(&v)
-            .map(Some)
-            .map_err(|e| format!("KILN_NUM_THREADS={v}: {e}")),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(v)) => Err(format!(
-            "KILN_NUM_THREADS={}: not a thread count",
-            v.to_string_lossy()
-        )),
-    }
-}
-
 /// Every available core (at most [`MAX_THREADS`]).
 pub fn core_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_THREADS)
-}
-
-/// Threads from `KILN_NUM_THREADS`, else every available core; an error
-/// when the variable is set to something other than a thread count.
-pub fn default_threads() -> Result<usize, String> {
-    Ok(env_threads()?.unwrap_or_else(core_threads))
 }
 
 /// A program's steps with the threads they may use.
@@ -382,8 +373,8 @@ pub fn default_threads() -> Result<usize, String> {
 pub struct Exec {
     /// The steps as built: forked for each concurrent run, never run.
     steps: Vec<Step>,
-    /// Copies of the steps not in use by a run.
-    spare: Mutex<Vec<Vec<Step>>>,
+    /// Copies of the steps, with their run's scratch, not in use by a run.
+    spare: Mutex<Vec<(Vec<Step>, RunScratch)>>,
     threads: usize,
     pool: Option<rayon::ThreadPool>,
     /// Whether splitting kernels across threads pays, measured.
@@ -403,7 +394,9 @@ pub type StepHook<'a> = &'a mut dyn FnMut(usize, Instant);
 impl Exec {
     /// Steps that may use `threads` threads (1: single-threaded).
     /// Counts over [`MAX_THREADS`] are taken as [`MAX_THREADS`].
-    pub fn new(steps: Vec<Step>, threads: usize) -> Exec {
+    /// `split` fixes whether kernels split across threads (`None`:
+    /// measured).
+    pub fn new(steps: Vec<Step>, threads: usize, split: Option<bool>) -> Exec {
         let threads = threads.clamp(1, MAX_THREADS);
         if threads > 1 {
             // Start the workers now, so they are settled on their own CPUs
@@ -422,7 +415,7 @@ impl Exec {
                         .ok()
                 })
                 .flatten(),
-            tuner: Mutex::new(Tuner::default()),
+            tuner: Mutex::new(Tuner::new(split)),
         }
     }
 
@@ -448,12 +441,17 @@ impl Exec {
         let split = splittable && lock(&self.tuner).split();
         let started = Instant::now();
         let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut steps = spare.unwrap_or_else(|| self.steps.iter().map(Step::fork).collect());
+        let (mut steps, mut scratch) = spare.unwrap_or_else(|| {
+            (
+                self.steps.iter().map(Step::fork).collect(),
+                RunScratch::default(),
+            )
+        });
         let r = (|| {
             for (i, step) in steps.iter_mut().enumerate() {
                 let t = Instant::now();
                 // SAFETY: the caller's contract.
-                unsafe { self.step(step, i, table, split, host) }
+                unsafe { self.step(step, &mut scratch, i, table, split, host) }
                     .map_err(|reason| StepError { step: i, reason })?;
                 // A bounds-checked kernel's report (see `extern_fns`).
                 if let Some((b, index, len)) = crate::extern_fns::take_bounds_failure() {
@@ -473,7 +471,7 @@ impl Exec {
         self.spare
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(steps);
+            .push((steps, scratch));
         if splittable {
             let mut t = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
             *t = t.record(split, started.elapsed());
@@ -513,6 +511,7 @@ impl Exec {
     unsafe fn step(
         &self,
         step: &mut Step,
+        scratch: &mut RunScratch,
         i: usize,
         table: *const *mut u8,
         split: bool,
@@ -523,7 +522,7 @@ impl Exec {
         match step {
             Step::Jit(l) => unsafe { self.launch(l, table, split) },
             Step::MatMul(mm) => {
-                let done = unsafe { self.matmul(mm, table, split) }?;
+                let done = unsafe { self.matmul(mm, &mut scratch.packing, table, split) }?;
                 if let Some(l) = mm.epilogue.as_ref().filter(|_| !done) {
                     unsafe { self.launch(l, table, split) };
                 }
@@ -574,7 +573,14 @@ impl Exec {
                 let hook: Option<&conv::Epilogue<'_>> = epilogue.as_ref().map(|_| &hook as _);
                 // SAFETY: the buffers have the shapes the convolution was built for.
                 let applied = self.in_pool(parallel, || unsafe {
-                    conv.run(o_ptr.get(), x_ptr.get(), w_ptr.get(), par, hook)
+                    conv.run(
+                        o_ptr.get(),
+                        x_ptr.get(),
+                        w_ptr.get(),
+                        par,
+                        hook,
+                        &mut scratch.columns,
+                    )
                 });
                 if let Some(l) = epilogue.as_ref().filter(|_| !applied) {
                     unsafe { self.launch(l, table, split) };
@@ -606,6 +612,7 @@ impl Exec {
     unsafe fn matmul(
         &self,
         mm: &mut MatMul,
+        packing: &mut Vec<f32>,
         table: *const *mut u8,
         split: bool,
     ) -> Result<bool, String> {
@@ -618,7 +625,7 @@ impl Exec {
             mnk,
             epilogue,
             packed,
-            scratch,
+            packs_at_run,
         } = mm;
         // SAFETY (whole function): the caller guarantees the table.
         let buf = |b: usize| unsafe { *table.add(b) };
@@ -651,7 +658,7 @@ impl Exec {
             unsafe { sgemm::matmul(lhs, pb, out, self.threads, parallel, hook) };
             return Ok(fused.is_some());
         }
-        if let Some(scratch) = scratch {
+        if *packs_at_run {
             let [m, n, _] = *mnk;
             let (pa, pb, po) = (
                 buf(a.buffer) as *const f32,
@@ -681,7 +688,7 @@ impl Exec {
                     b.strides[nbd + 1] as isize,
                     mnk[2],
                     mnk[1],
-                    scratch,
+                    packing,
                     self.threads,
                     parallel,
                 )

@@ -29,6 +29,7 @@ pub mod gemv;
 pub mod pool;
 pub mod rng;
 pub mod scalar;
+pub mod settings;
 pub mod sgemm;
 pub mod team;
 

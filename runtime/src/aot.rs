@@ -192,7 +192,7 @@ fn write_c(
         reason,
     };
     // Everything is made in memory first.
-    let code = aot::compile_object(program, name, target)?;
+    let code = aot::compile_object_with(program, name, target, crate::env::dumps())?;
     let mut files: Vec<(String, Vec<u8>)> = vec![
         (format!("{name}.o"), code.bytes.clone()),
         (
@@ -461,7 +461,12 @@ impl Build {
             ..Default::default()
         };
         let program = kiln_optimizer::compile(&graph, &fetches, &bindings, &opts)?.program;
-        let code = kiln_codegen::cpu::aot::compile_object(&program, &self.name, self.target)?;
+        let code = kiln_codegen::cpu::aot::compile_object_with(
+            &program,
+            &self.name,
+            self.target,
+            crate::env::dumps(),
+        )?;
         std::fs::create_dir_all(dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
         let lib = write_runtime_library(dir)?;
         let obj = dir.join(format!("{}.o", self.name));

@@ -25,6 +25,7 @@ pub mod aot;
 pub mod checkpoint;
 pub mod datasets;
 pub mod device;
+pub mod env;
 pub mod error;
 pub mod npy;
 pub mod onnx;

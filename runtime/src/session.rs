@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use kiln_codegen::cpu::{CpuBackend, CpuExecutable};
+use kiln_codegen::cpu::{ConvPath, CpuBackend, CpuExecutable, Dumps};
 pub use kiln_codegen::cuda::exec::MatmulPrecision;
 use kiln_codegen::cuda::exec::{CudaGpu, DeviceExecutable, DeviceRef};
+use kiln_codegen::cuda::CudaSettings;
 pub use kiln_codegen::cuda::DeviceTensor;
 use kiln_codegen::{Backend, Executable};
 use kiln_graph::interp::{self, RunInputs};
@@ -184,7 +185,10 @@ impl FeedValue for DeviceTensor {
     }
 }
 
-/// Options of a [`Session`].
+/// Options of a [`Session`]. Each one left `None` is taken from the
+/// environment once, when the session is created (`kiln::env` lists the
+/// variables; [`SessionOptions::from_env`] reads them all), else its
+/// default.
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
     /// Threads the CPU backend may use; `None` takes `KILN_NUM_THREADS`, else
@@ -219,6 +223,19 @@ pub struct SessionOptions {
     /// weights, per length); beyond it the least recently run is dropped,
     /// and compiled again when needed. `None`: 32.
     pub max_programs: Option<usize>,
+    /// Whether the CPU splits kernels across threads always (`true`),
+    /// never (`false`), or as measured on a program's first runs; `None`
+    /// takes `KILN_SPLIT`.
+    pub split: Option<bool>,
+    /// How CPU convolutions choose between the direct AVX-512 kernel and
+    /// im2col + GEMM; `None` takes `KILN_CONV`, else by the measured rule.
+    pub conv: Option<ConvPath>,
+    /// Generated code printed on stderr as it is compiled; `None` takes
+    /// `KILN_DUMP_CLIF`, `KILN_DUMP_ASM`, `KILN_DUMP_ROWS`.
+    pub dumps: Option<Dumps>,
+    /// How CUDA programs are made and run; `None` takes `KILN_CUDA_CONV`,
+    /// `KILN_CUDA_GRAPHS`, `KILN_CUDA_ILP` and `KILN_CUBLAS`.
+    pub cuda: Option<CudaSettings>,
 }
 
 /// Programs a session keeps when [`SessionOptions::max_programs`] is `None`.
@@ -251,7 +268,7 @@ fn tune_allocator() {
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            if std::env::var("KILN_TUNE_MALLOC").is_ok_and(|v| v == "0") {
+            if !crate::env::tune_malloc() {
                 return;
             }
             // SAFETY: mallopt only adjusts allocator parameters.
@@ -263,14 +280,14 @@ fn tune_allocator() {
     }
 }
 
-/// Checks a CPU session's thread count: the option, else `KILN_NUM_THREADS`.
+/// Checks a CPU session's thread count (`KILN_NUM_THREADS` was checked
+/// when read).
 fn check_threads(threads: Option<usize>) -> Result<()> {
-    let reason = match threads {
-        Some(t) => kiln_codegen::cpu::parse_threads(&t.to_string())
+    let reason = threads.and_then(|t| {
+        kiln_codegen::cpu::parse_threads(&t.to_string())
             .err()
-            .map(|e| format!("SessionOptions::threads: {e}")),
-        None => kiln_codegen::cpu::env_threads().err(),
-    };
+            .map(|e| format!("SessionOptions::threads: {e}"))
+    });
     match reason {
         Some(reason) => Err(Error::Device {
             device: Device::Cpu.to_string(),
@@ -358,11 +375,22 @@ impl Session {
     pub fn with_options(graph: &Graph, device: Device, options: SessionOptions) -> Result<Session> {
         if device == Device::Cpu {
             check_threads(options.threads)?;
+        }
+        // The environment, read once, here.
+        let options = options.with_env(Some(device))?;
+        if device == Device::Cpu {
             tune_allocator();
+        }
+        if matches!(device, Device::Cuda(_)) {
+            crate::env::init_cuda_paths();
         }
         let gpu = match device {
             Device::Cuda(n) => Some(Mutex::new(Gpu {
-                device: kiln_codegen::cuda::CudaDevice::open(n).map_err(|e| Error::Device {
+                device: kiln_codegen::cuda::CudaDevice::open_with(
+                    n,
+                    options.cuda.unwrap_or_default(),
+                )
+                .map_err(|e| Error::Device {
                     device: device.to_string(),
                     reason: e.to_string(),
                 })?,
@@ -409,11 +437,7 @@ impl Session {
 
     /// The arena limit: the option, else `KILN_MAX_ARENA_BYTES`.
     fn arena_limit(&self) -> Option<usize> {
-        self.options.max_arena_bytes.or_else(|| {
-            std::env::var("KILN_MAX_ARENA_BYTES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        })
+        self.options.max_arena_bytes
     }
 
     /// An error when `program`'s arena exceeds the limit.
@@ -479,16 +503,16 @@ impl Session {
             }
         }
         let compiled = self.compile(key)?;
-        let mut backend = CpuBackend::default();
-        if let Some(t) = self.options.threads {
-            backend.threads = t.max(1);
-        }
-        if let Some(w) = self.options.avx512 {
-            backend.avx512 = w;
-        }
-        if let Some(c) = self.options.bounds_checks {
-            backend.bounds_checks = c;
-        }
+        let o = &self.options;
+        let d = CpuBackend::default();
+        let backend = CpuBackend {
+            threads: o.threads.map_or(d.threads, |t| t.max(1)),
+            avx512: o.avx512.unwrap_or(d.avx512),
+            bounds_checks: o.bounds_checks.unwrap_or(d.bounds_checks),
+            split: o.split,
+            conv: o.conv.unwrap_or(d.conv),
+            dumps: o.dumps.unwrap_or(d.dumps),
+        };
         let exe = backend.compile(&compiled.program)?;
         exe.set_profiling(self.profiling);
         let mut programs = lock(&self.compiled);
@@ -573,13 +597,7 @@ impl Session {
     fn compile_for_gpu(&self, gpu: &mut Gpu, key: &Key) -> Result<()> {
         if !gpu.compiled.map.contains_key(key) {
             let compiled = self.compile(key)?;
-            let precision = match self.options.matmul_precision {
-                Some(p) => p,
-                None => match std::env::var("KILN_MATMUL_PRECISION") {
-                    Ok(v) => v.parse()?,
-                    Err(_) => MatmulPrecision::default(),
-                },
-            };
+            let precision = self.options.matmul_precision.unwrap_or_default();
             let backend = CudaGpu::new(&gpu.device, precision)?;
             let mut exe = DeviceExecutable::new(backend, &compiled.program)?;
             exe.set_profiling(self.profiling);

@@ -225,6 +225,9 @@ pub fn require_nvrtc() {
         // Set before the first probe reads it (this lock orders the callers).
         std::env::set_var("KILN_NVRTC_DIR", &dir);
     }
+    // The library reads no environment: the paths go down as a session's
+    // creation would pass them.
+    kiln_codegen::cuda::set_paths(kiln::env::cuda_paths());
     assert!(
         kiln_codegen::cuda::nvrtc_available(),
         "NVRTC does not load (KILN_NVRTC_DIR={:?}).\n{HELP}",

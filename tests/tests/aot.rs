@@ -22,7 +22,7 @@ use std::path::Path;
 
 use kiln::graph::{Bindings, Graph, Window2d};
 use kiln::prelude::*;
-use kiln_codegen::cpu::aot::{compile_object, header};
+use kiln_codegen::cpu::aot::{compile_object, header, ObjectCode};
 use kiln_codegen::cpu::Target;
 use kiln_optimizer::kernel::{KernelProgram, Storage};
 use kiln_optimizer::{compile, CompileOptions};
@@ -243,10 +243,18 @@ fn run(cmd: &mut std::process::Command, what: &str) {
     );
 }
 
-/// Compiles `graph` at `batch` for `target` into `dir`, links and runs it,
-/// and compares with the JIT session: bit for bit with AVX-512 off in both,
-/// within tolerance with the defaults.
-fn aot_matches_jit(name: &str, graph: &Graph, batch: usize, target: Target, dir: &Path) {
+/// Compiles `graph` at `batch` for `target` into `dir` (object, header,
+/// `libkiln_rt.a`), writes the C `main` that `c` makes for the program's
+/// inputs, links the program `model` there, and returns the kernel
+/// program and the feeds.
+fn link_model(
+    name: &str,
+    graph: &Graph,
+    batch: usize,
+    target: Target,
+    dir: &Path,
+    c: fn(&KernelProgram, &[&Array]) -> String,
+) -> (KernelProgram, Vec<(String, Array)>, ObjectCode) {
     let bindings: Bindings = graph
         .placeholders()
         .into_iter()
@@ -274,7 +282,7 @@ fn aot_matches_jit(name: &str, graph: &Graph, batch: usize, target: Target, dir:
             _ => None,
         })
         .collect();
-    std::fs::write(dir.join("main.c"), c_main(&program, &inputs)).unwrap();
+    std::fs::write(dir.join("main.c"), c(&program, &inputs)).unwrap();
     run(
         std::process::Command::new("cc")
             .current_dir(dir)
@@ -282,6 +290,14 @@ fn aot_matches_jit(name: &str, graph: &Graph, batch: usize, target: Target, dir:
             .args(kiln::aot::SYSTEM_LIBS),
         &format!("{name}: cc main.c model.o libkiln_rt.a"),
     );
+    (program, feeds, code)
+}
+
+/// Compiles `graph` at `batch` for `target` into `dir`, links and runs it,
+/// and compares with the JIT session: bit for bit with AVX-512 off in both,
+/// within tolerance with the defaults.
+fn aot_matches_jit(name: &str, graph: &Graph, batch: usize, target: Target, dir: &Path) {
+    let (program, feeds, code) = link_model(name, graph, batch, target, dir, c_main);
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let reference = kiln_tests::run_reference(graph, &feeds);
     // The object calls the AVX-512 row code where its target has AVX-512;
@@ -496,38 +512,9 @@ int main(void) {
 fn the_reentrant_entry_runs_from_many_threads_on_their_own_arenas() {
     kiln_tests::require_compiler("cc");
     let dir = temp("threads");
-    std::fs::create_dir_all(&dir).unwrap();
     // Convolutions (per-run scratch), products and pooling.
     let graph = kiln_tests::cnn_block();
-    let bindings: Bindings = [("batch".to_string(), 3)].into_iter().collect();
-    let opts = CompileOptions {
-        freeze_variables: true,
-        ..Default::default()
-    };
-    let program = compile(&graph, graph.outputs(), &bindings, &opts)
-        .unwrap()
-        .program;
-    let code = compile_object(&program, "model", Target::Host).unwrap();
-    std::fs::write(dir.join("model.o"), &code.bytes).unwrap();
-    std::fs::write(dir.join("model.h"), header(&program, &code, "model")).unwrap();
-    kiln::aot::write_runtime_library(&dir).unwrap();
-    let feeds = kiln_tests::feeds_for(&graph, 3, 4);
-    let inputs: Vec<&Array> = program
-        .buffers
-        .iter()
-        .filter_map(|b| match &b.storage {
-            Storage::Input { name } => Some(&feeds.iter().find(|(n, _)| n == name).unwrap().1),
-            _ => None,
-        })
-        .collect();
-    std::fs::write(dir.join("main.c"), c_threaded_main(&program, &inputs)).unwrap();
-    run(
-        std::process::Command::new("cc")
-            .current_dir(&dir)
-            .args(["-O1", "-o", "model", "main.c", "model.o", "libkiln_rt.a"])
-            .args(kiln::aot::SYSTEM_LIBS),
-        "cc main.c model.o libkiln_rt.a (threads)",
-    );
+    link_model("cnn_block", &graph, 3, Target::Host, &dir, c_threaded_main);
     run(
         std::process::Command::new(dir.join("model")).current_dir(&dir),
         "the threaded program",

@@ -265,6 +265,7 @@ fn every_kernel_has_cuda_c_that_nvrtc_compiles() {
     // Only this test compiles through the cache.
     std::env::set_var("KILN_CACHE_DIR", &cache);
     kiln_tests::require_nvrtc();
+    kiln_codegen::cuda::set_paths(kiln::env::cuda_paths());
     let mut graphs: Vec<(String, Graph)> = kiln_tests::example_models()
         .into_iter()
         .map(|(n, g)| (n.to_string(), g))

@@ -343,3 +343,77 @@ fn the_cpu_engines_place_ops_as_the_table_says() {
         exe.run(&inputs, &HashMap::new()).unwrap();
     }
 }
+
+#[test]
+fn the_add_an_op_checklist_names_every_exhaustive_match() {
+    // A file that names every variant of `Op` matches on all of them; a
+    // new op kind must be handled there, so the checklist must say so.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let arch = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let (begin, end) = ("<!-- op-checklist:begin -->", "<!-- op-checklist:end -->");
+    let a = arch.find(begin).expect("ARCHITECTURE.md has the checklist") + begin.len();
+    let b = arch.find(end).expect("ARCHITECTURE.md ends the checklist");
+    let checklist = &arch[a..b];
+    let kinds: Vec<String> = every_op_kind()
+        .iter()
+        .map(|(op, _)| {
+            let debug = format!("{op:?}");
+            let name: String = debug
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            format!("Op::{name}")
+        })
+        .collect();
+    let mut exhaustive = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            if path.is_dir() {
+                let top = rel.split('/').next().unwrap_or("");
+                if ["rt", "graph", "onnx", "optimizer", "codegen", "runtime"].contains(&top)
+                    || ["rt", "graph", "onnx", "optimizer", "codegen", "runtime"]
+                        .iter()
+                        .any(|c| rel.starts_with(&format!("{c}/")))
+                {
+                    stack.push(path);
+                }
+            } else if rel.ends_with(".rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let names_all = kinds.iter().all(|k| {
+                    text.match_indices(k.as_str()).any(|(i, _)| {
+                        !text[i + k.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+                    })
+                });
+                if names_all {
+                    exhaustive.push(rel);
+                }
+            }
+        }
+    }
+    exhaustive.sort();
+    assert!(
+        exhaustive.contains(&"graph/src/op.rs".to_string()),
+        "the scan finds the op enum's own matches: {exhaustive:?}"
+    );
+    for f in &exhaustive {
+        assert!(
+            checklist.contains(&format!("`{f}`")),
+            "{f} matches on every op kind but ARCHITECTURE.md's checklist does not name it"
+        );
+    }
+    for named in checklist.split('`').skip(1).step_by(2) {
+        if named.ends_with(".rs") && named.contains('/') {
+            assert!(
+                root.join(named).is_file(),
+                "the checklist names {named}, which does not exist"
+            );
+        }
+    }
+}

@@ -43,6 +43,16 @@ pub struct ObjectCode {
 /// named `{prefix}_...`. Errors for a program with an op the run-time
 /// library has no code for, or with variables it assigns (training).
 pub fn compile_object(program: &KernelProgram, prefix: &str, target: Target) -> Result<ObjectCode> {
+    compile_object_with(program, prefix, target, super::Dumps::default())
+}
+
+/// [`compile_object`], printing the generated code that `dumps` asks for.
+pub fn compile_object_with(
+    program: &KernelProgram,
+    prefix: &str,
+    target: Target,
+    dumps: super::Dumps,
+) -> Result<ObjectCode> {
     if prefix.is_empty()
         || !prefix
             .chars()
@@ -56,6 +66,7 @@ pub fn compile_object(program: &KernelProgram, prefix: &str, target: Target) -> 
     }
     check_sizes(program)?;
     let mut jit = Jit::object(prefix, target)?;
+    jit.set_dumps(dumps);
     let pending = compile_kernels(&mut jit, program)?;
     let steps = write_steps(program, &pending)?;
     if let Some(&k) = steps.host.values().min() {

@@ -86,6 +86,8 @@ pub(crate) struct Jit<M: Module = JITModule> {
     /// Every load and store checks its index (scalar code only; see
     /// `Emitter::address`).
     checked: bool,
+    /// Generated code printed as it is compiled.
+    dumps: super::Dumps,
 }
 
 /// What a loop body needs to know to compute one element.
@@ -549,6 +551,7 @@ impl<M: Module> Jit<M> {
             export,
             object_rows: 0,
             checked: false,
+            dumps: super::Dumps::default(),
         }
     }
 
@@ -578,6 +581,7 @@ impl<M: Module> Jit<M> {
         kernel: usize,
     ) -> Result<FuncId> {
         let err = |e: String| Error::Codegen { kernel, reason: e };
+        let rows_before = self.rows.len();
         // Support functions the body may call.
         let ptr = self.module.target_config().pointer_type();
         let mut funcs = HashMap::new();
@@ -673,9 +677,13 @@ impl<M: Module> Jit<M> {
             let module = &mut self.module;
             let rows_out = &mut self.object_rows;
             let prefix = self.export.clone();
+            let dump_rows = self.dumps.rows;
             let mut row_data = |rp: &super::wide::RowProgram,
                                 func: &mut Function|
              -> Result<cranelift_codegen::ir::GlobalValue> {
+                if dump_rows {
+                    eprintln!("; kernel {kernel}: row program {rp:?}");
+                }
                 let e = |e: cranelift_module::ModuleError| Error::Codegen {
                     kernel,
                     reason: e.to_string(),
@@ -716,14 +724,17 @@ impl<M: Module> Jit<M> {
             e.b.finalize(target_config);
             self.rows.append(&mut rows);
         }
-        // Debug knobs: KILN_DUMP_CLIF prints each kernel's Cranelift IR,
-        // KILN_DUMP_ASM its machine code, KILN_DUMP_ROWS the AVX-512 row
-        // programs (wide.rs).
-        if std::env::var_os("KILN_DUMP_CLIF").is_some() {
+        // Debug output: each kernel's Cranelift IR, its machine code, its
+        // AVX-512 row programs.
+        if self.dumps.clif {
             eprintln!("; kernel {kernel}\n{}", self.ctx.func.display());
         }
-        self.ctx
-            .set_disasm(std::env::var_os("KILN_DUMP_ASM").is_some());
+        if self.dumps.rows {
+            for rp in &self.rows[rows_before..] {
+                eprintln!("; kernel {kernel}: row program {rp:?}");
+            }
+        }
+        self.ctx.set_disasm(self.dumps.asm);
         self.module
             .define_function(id, &mut self.ctx)
             .map_err(|e| err(format!("{e:?}")))?;
@@ -741,6 +752,11 @@ impl<M: Module> Jit<M> {
         if on {
             self.wide = false;
         }
+    }
+
+    /// Prints generated code as it is compiled.
+    pub(crate) fn set_dumps(&mut self, dumps: super::Dumps) {
+        self.dumps = dumps;
     }
 
     /// The symbol of kernel function `id` (exported in an object).

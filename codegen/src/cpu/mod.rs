@@ -15,7 +15,8 @@ mod functions;
 mod jit;
 pub use jit::Target;
 /// The thread count's bound and checks (`kiln run --threads`, `KILN_NUM_THREADS`).
-pub use kiln_rt::executor::{core_threads, env_threads, parse_threads, MAX_THREADS};
+pub use kiln_rt::executor::{core_threads, parse_threads, MAX_THREADS};
+pub use kiln_rt::settings::{env_threads, ConvPath, Settings};
 mod support;
 mod vector;
 mod wide;
@@ -31,7 +32,9 @@ use crate::error::{Error, Result};
 use crate::{Backend, Executable, RunOutput};
 use jit::{Body, Jit};
 
-/// Compiles kernel programs for the host CPU.
+/// Compiles kernel programs for the host CPU. Its settings come from the
+/// edge (`kiln::SessionOptions`, the CLI); the defaults read nothing from
+/// the environment.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuBackend {
     /// Threads large kernels may use (1: single-threaded).
@@ -43,20 +46,48 @@ pub struct CpuBackend {
     /// against its buffer (scalar code only); an access outside is an
     /// error of the run, not a stray read or write.
     pub bounds_checks: bool,
+    /// Split kernels across threads always, never, or as measured (`None`).
+    pub split: Option<bool>,
+    /// How convolutions choose between the direct kernel and im2col + GEMM.
+    pub conv: ConvPath,
+    /// Generated code printed on stderr as it is compiled.
+    pub dumps: Dumps,
+}
+
+/// Debug output of compilation, on stderr (`KILN_DUMP_CLIF`,
+/// `KILN_DUMP_ASM`, `KILN_DUMP_ROWS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dumps {
+    /// Each kernel's Cranelift IR.
+    pub clif: bool,
+    /// Each kernel's machine code.
+    pub asm: bool,
+    /// The AVX-512 row programs.
+    pub rows: bool,
 }
 
 impl Default for CpuBackend {
-    /// Threads from `KILN_NUM_THREADS`, else every available core (a
-    /// value that is not a thread count, which `Session` reports as an
-    /// error, is taken as unset here); AVX-512 unless `KILN_AVX512=0`;
-    /// bounds checks with `KILN_CHECK_BOUNDS=1`.
+    /// Every available core, AVX-512 where the host has it, no bounds
+    /// checks, splitting and convolution paths as measured, no dumps.
     fn default() -> Self {
-        let threads = kiln_rt::executor::default_threads()
-            .unwrap_or_else(|_| kiln_rt::executor::core_threads());
         CpuBackend {
-            threads,
-            avx512: std::env::var("KILN_AVX512").map_or(true, |v| v != "0"),
-            bounds_checks: std::env::var("KILN_CHECK_BOUNDS").is_ok_and(|v| v != "0"),
+            threads: kiln_rt::executor::core_threads(),
+            avx512: true,
+            bounds_checks: false,
+            split: None,
+            conv: ConvPath::Measured,
+            dumps: Dumps::default(),
+        }
+    }
+}
+
+impl CpuBackend {
+    /// The run-time library's settings of this backend.
+    fn rt_settings(&self) -> Settings {
+        Settings {
+            avx512: self.avx512,
+            split: self.split,
+            conv: self.conv,
         }
     }
 }
@@ -430,6 +461,7 @@ impl Backend for CpuBackend {
     fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
         let mut jit = Jit::new(self.avx512)?;
         jit.set_checked(self.bounds_checks);
+        jit.set_dumps(self.dumps);
         let pending = compile_kernels(&mut jit, program)?;
         jit.finalize()?;
         let Steps {
@@ -445,12 +477,19 @@ impl Backend for CpuBackend {
         };
         // SAFETY: the constants are this executable's copy of the program's,
         // which it keeps unchanged for its life.
-        let steps =
-            unsafe { blob::decode(&words, &fns, program.buffers.len(), &constant, self.avx512) }
-                .map_err(|reason| Error::Codegen {
-                    kernel: usize::MAX,
-                    reason: format!("step list: {reason}"),
-                })?;
+        let steps = unsafe {
+            blob::decode(
+                &words,
+                &fns,
+                program.buffers.len(),
+                &constant,
+                &self.rt_settings(),
+            )
+        }
+        .map_err(|reason| Error::Codegen {
+            kernel: usize::MAX,
+            reason: format!("step list: {reason}"),
+        })?;
         if !program.functions.is_empty() {
             // Control flow calls its functions as compiled code too.
             program.runner = Some(std::sync::Arc::new(functions::CompiledFunctions::new(
@@ -462,7 +501,7 @@ impl Backend for CpuBackend {
         let first = Scratch::new(&program)?;
         Ok(CpuExecutable {
             jit: std::mem::ManuallyDrop::new(jit),
-            exec: Exec::new(steps, self.threads),
+            exec: Exec::new(steps, self.threads, self.split),
             host,
             scratch: std::sync::Mutex::new(vec![first]),
             program,

@@ -270,9 +270,6 @@ impl FromElements for RowProgram {
         let Builder {
             fills, steps, rows, ..
         } = b;
-        if std::env::var_os("KILN_DUMP_ROWS").is_some() {
-            eprintln!("row program: fills {fills:?}\n steps {steps:?}");
-        }
         RowProgram::new(
             n + usize::from(acc != RowAccess::None),
             &fills,

@@ -103,6 +103,10 @@ pub trait Gpu {
         let _ = call;
         Err(Error::Cuda("this device has no GEMM library".into()))
     }
+    /// How programs for this device are made and run.
+    fn settings(&self) -> super::CudaSettings {
+        super::CudaSettings::default()
+    }
     /// Waits for everything launched.
     fn synchronize(&self) -> Result<()>;
     /// Records the launches `launches` makes into a graph this device can
@@ -369,8 +373,8 @@ impl<G: Gpu> DeviceExecutable<G> {
         let mut steps = Vec::new();
         let mut scratch = Vec::new();
         let mut error: Option<G::Mem> = None;
-        let conv_gemm =
-            gpu.has_gemm() && std::env::var("KILN_CUDA_CONV").map_or(true, |v| v != "direct");
+        let settings = gpu.settings();
+        let conv_gemm = gpu.has_gemm() && settings.conv_gemm;
         let launch_with = |s: KernelSource,
                            args: Option<Vec<Arg>>,
                            k: usize,
@@ -438,7 +442,7 @@ impl<G: Gpu> DeviceExecutable<G> {
                 }
                 _ => {}
             }
-            let main = source::emit(program, k)
+            let main = source::emit(program, k, settings.ilp)
                 .map_err(|source::Unsupported(reason)| Error::Codegen { kernel: k, reason })?;
             if let Some(s) = main {
                 launch_with(s, None, k, &mut steps, &mut sources);
@@ -458,9 +462,7 @@ impl<G: Gpu> DeviceExecutable<G> {
         gpu.load(&sources)?;
         // A run is one graph of launches when nothing runs on the host
         // between them: recorded on the first run, replayed after.
-        let graph = if steps.iter().any(|s| matches!(s, Step::Host(_)))
-            || std::env::var("KILN_CUDA_GRAPHS").is_ok_and(|v| v == "0")
-        {
+        let graph = if steps.iter().any(|s| matches!(s, Step::Host(_))) || !settings.graphs {
             Graph::Off
         } else {
             Graph::Untried
@@ -927,6 +929,7 @@ pub struct CudaGpu {
     graph: Option<cudarc::driver::CudaGraph>,
     blas: Option<std::sync::Arc<super::Blas>>,
     precision: MatmulPrecision,
+    settings: super::CudaSettings,
 }
 
 // SAFETY: the one member that is not `Send`, the recorded CUDA graph, is
@@ -953,6 +956,7 @@ impl CudaGpu {
             graph: None,
             blas: device.blas()?,
             precision,
+            settings: device.settings(),
         })
     }
 
@@ -972,6 +976,10 @@ impl Drop for CudaGpu {
 
 impl Gpu for CudaGpu {
     type Mem = cudarc::driver::CudaSlice<u8>;
+
+    fn settings(&self) -> super::CudaSettings {
+        self.settings
+    }
 
     fn alloc(&self, bytes: usize) -> Result<Self::Mem> {
         self.stream.alloc_zeros::<u8>(bytes).map_err(cuda_err)

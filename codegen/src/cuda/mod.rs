@@ -24,14 +24,70 @@ use kiln_optimizer::kernel::KernelProgram;
 
 use crate::error::{Error, Result};
 
+/// How CUDA programs are made and run: from the edge (`kiln::SessionOptions`
+/// and the CLI read `KILN_CUDA_CONV`, `KILN_CUDA_GRAPHS`, `KILN_CUDA_ILP`
+/// and `KILN_CUBLAS`); nothing in this crate reads the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaSettings {
+    /// Convolutions as im2col + cuBLAS where cuBLAS is present (`false`:
+    /// direct kernels).
+    pub conv_gemm: bool,
+    /// Programs without host steps replay a recorded CUDA graph (`false`:
+    /// kernels are launched one by one).
+    pub graphs: bool,
+    /// Elements per thread and step of large elementwise kernels (1 to 8).
+    pub ilp: usize,
+    /// Matrix products through cuBLAS where it is present (`false`:
+    /// generated kernels).
+    pub cublas: bool,
+}
+
+impl Default for CudaSettings {
+    fn default() -> Self {
+        CudaSettings {
+            conv_gemm: true,
+            graphs: true,
+            ilp: 4,
+            cublas: true,
+        }
+    }
+}
+
+/// Where the CUDA libraries and the kernel cache are, for the process
+/// (set by the edge from `KILN_NVRTC_DIR` and `KILN_CACHE_DIR`, else the
+/// XDG cache; [`set_paths`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CudaPaths {
+    /// A directory with libnvrtc, searched when the loader does not find
+    /// it (the pip package `nvidia-cuda-nvrtc` puts it under
+    /// `site-packages/nvidia/cu13/lib`).
+    pub nvrtc_dir: Option<std::path::PathBuf>,
+    /// Where compiled kernels are kept between processes (`None`: in
+    /// memory only).
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+static PATHS: std::sync::RwLock<CudaPaths> = std::sync::RwLock::new(CudaPaths {
+    nvrtc_dir: None,
+    cache_dir: None,
+});
+
+/// Sets the process's CUDA paths (before the first NVRTC use for
+/// `nvrtc_dir` to count).
+pub fn set_paths(paths: CudaPaths) {
+    *PATHS.write().unwrap_or_else(|e| e.into_inner()) = paths;
+}
+
+fn paths() -> CudaPaths {
+    PATHS.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Directories searched for libnvrtc when the loader does not find it:
-/// `KILN_NVRTC_DIR` first, then the toolkit's usual place. (The pip
-/// package `nvidia-cuda-nvrtc` puts it under `site-packages/nvidia/cu13/lib`;
-/// point `KILN_NVRTC_DIR` there.)
+/// [`CudaPaths::nvrtc_dir`] first, then the toolkit's usual place.
 fn nvrtc_dirs() -> Vec<std::path::PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("KILN_NVRTC_DIR") {
-        dirs.push(d.into());
+    if let Some(d) = paths().nvrtc_dir {
+        dirs.push(d);
     }
     dirs.push("/usr/local/cuda/lib64".into());
     dirs
@@ -114,7 +170,8 @@ pub fn compile(source: &str, arch: &'static str) -> Result<String> {
 
 /// PTX for `source`, from the cache when this source was compiled for
 /// `arch` before: in memory for the process, and on disk in
-/// `$KILN_CACHE_DIR` (default `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`),
+/// [`cache_dir`] (`KILN_CACHE_DIR`, default `$XDG_CACHE_HOME/kiln` or
+/// `~/.cache/kiln`, as the edge sets it),
 /// under `ptx/`, named by a hash of source and arch. A cache that cannot be
 /// read or written is skipped, never an error.
 pub fn compile_cached(source: &str, arch: &'static str) -> Result<String> {
@@ -157,27 +214,29 @@ pub fn compile_cached(source: &str, arch: &'static str) -> Result<String> {
     Ok(ptx)
 }
 
-/// Where compiled kernels are kept between processes.
+/// Where compiled kernels are kept between processes ([`CudaPaths`]).
 pub fn cache_dir() -> Option<std::path::PathBuf> {
-    if let Some(d) = std::env::var_os("KILN_CACHE_DIR") {
-        return Some(d.into());
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(std::path::PathBuf::from(d).join("kiln"));
-    }
-    std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache").join("kiln"))
+    paths().cache_dir
 }
 
 /// The CUDA C of every kernel of `program` that is emitted as source, in
 /// launch order (a matrix product, then its epilogue).
 pub fn sources(program: &KernelProgram) -> Result<Vec<source::KernelSource>> {
+    sources_with(program, &CudaSettings::default())
+}
+
+/// [`sources`] with `settings` (the elementwise kernels' ILP).
+pub fn sources_with(
+    program: &KernelProgram,
+    settings: &CudaSettings,
+) -> Result<Vec<source::KernelSource>> {
     let mut out = Vec::new();
     for k in 0..program.kernels.len() {
         out.extend(source::emit_matmul(program, k));
         out.extend(conv::im2col_gemm(program, k).map(|c| c.0));
         out.extend(source::emit_scatter_add(program, k).into_iter().flatten());
         out.extend(source::emit_op(program, k));
-        match source::emit(program, k) {
+        match source::emit(program, k, settings.ilp) {
             Ok(Some(s)) => out.push(s),
             Ok(None) => {}
             Err(source::Unsupported(reason)) => return Err(Error::Codegen { kernel: k, reason }),
@@ -202,6 +261,7 @@ pub struct CudaDevice {
     ctx: std::sync::Arc<cudarc::driver::CudaContext>,
     stream: std::sync::Arc<cudarc::driver::CudaStream>,
     blas: OnceLock<Option<std::sync::Arc<Blas>>>,
+    settings: CudaSettings,
 }
 
 /// A cuBLAS handle on a session's stream, with the workspace it uses (one
@@ -217,6 +277,11 @@ const BLAS_WORKSPACE: usize = 32 << 20;
 impl CudaDevice {
     /// Device `ordinal`, or an error saying what is missing.
     pub fn open(ordinal: usize) -> Result<CudaDevice> {
+        CudaDevice::open_with(ordinal, CudaSettings::default())
+    }
+
+    /// [`CudaDevice::open`], its programs made and run with `settings`.
+    pub fn open_with(ordinal: usize, settings: CudaSettings) -> Result<CudaDevice> {
         if !driver_available() {
             return Err(Error::Cuda(format!(
                 "no CUDA driver on this machine (libcuda.so.1 not found), so no cuda:{ordinal}"
@@ -239,6 +304,7 @@ impl CudaDevice {
             ctx,
             stream,
             blas: OnceLock::new(),
+            settings,
         })
     }
 
@@ -258,18 +324,24 @@ impl CudaDevice {
             .map_err(|e| Error::Cuda(format!("CUDA driver: {e}")))
     }
 
+    /// How this device's programs are made and run.
+    pub fn settings(&self) -> CudaSettings {
+        self.settings
+    }
+
     /// The session's stream.
     pub fn stream(&self) -> &std::sync::Arc<cudarc::driver::CudaStream> {
         &self.stream
     }
 
     /// The shared cuBLAS handle, or `None` where libcublas is missing or
-    /// `KILN_CUBLAS=0` (matrix products are then generated kernels).
+    /// turned off in the settings (matrix products are then generated
+    /// kernels).
     pub fn blas(&self) -> Result<Option<std::sync::Arc<Blas>>> {
         if let Some(b) = self.blas.get() {
             return Ok(b.clone());
         }
-        let off = std::env::var("KILN_CUBLAS").is_ok_and(|v| v == "0");
+        let off = !self.settings.cublas;
         // SAFETY: only probes for the library.
         let blas = if off || !unsafe { cudarc::cublas::sys::is_culib_present() } {
             None

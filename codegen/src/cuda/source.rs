@@ -49,17 +49,8 @@ pub struct KernelSource {
 }
 
 /// Elementwise kernels of at least this many elements take several per
-/// thread and step (see [`elementwise_ilp`]).
+/// thread and step (`CudaSettings::ilp`).
 const ILP_MIN_ELEMENTS: usize = 1 << 20;
-
-/// Elements per thread and step of large elementwise kernels:
-/// `KILN_CUDA_ILP` (1 to 8), default 4.
-fn elementwise_ilp() -> usize {
-    std::env::var("KILN_CUDA_ILP")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(4, |v: usize| v.clamp(1, 8))
-}
 
 /// Helpers every kernel may use.
 const PRELUDE: &str = r#"
@@ -148,7 +139,14 @@ pub struct Unsupported(pub String);
 /// elementwise and reduction kernels, the epilogue (applied in place to
 /// the output) for matrix products and primitive ops, or `None` where
 /// there is nothing to emit (an identity epilogue).
-pub fn emit(program: &KernelProgram, k: usize) -> Result<Option<KernelSource>, Unsupported> {
+/// Large elementwise kernels take `ilp` elements per thread and step (1
+/// to 8; `CudaSettings::ilp`).
+pub fn emit(
+    program: &KernelProgram,
+    k: usize,
+    ilp: usize,
+) -> Result<Option<KernelSource>, Unsupported> {
+    let ilp = ilp.clamp(1, 8);
     let name = format!("kiln_k{k}");
     match &program.kernels[k] {
         Kernel::Elementwise {
@@ -157,6 +155,7 @@ pub fn emit(program: &KernelProgram, k: usize) -> Result<Option<KernelSource>, U
             inputs,
             program: p,
         } => Emitter::new(program, inputs)
+            .with_ilp(ilp)
             .elementwise(name, *out, shape, p, false)
             .map(Some),
         Kernel::Reduce {
@@ -176,6 +175,7 @@ pub fn emit(program: &KernelProgram, k: usize) -> Result<Option<KernelSource>, U
             }
             let shape = program.buffer(*out).shape.clone();
             Emitter::new(program, &epilogue.inputs)
+                .with_ilp(ilp)
                 .elementwise(
                     format!("{name}_epilogue"),
                     *out,
@@ -548,6 +548,8 @@ struct Emitter<'a> {
     params: Vec<BufferId>,
     body: String,
     next: usize,
+    /// Elements per thread and step of large elementwise kernels.
+    ilp: usize,
 }
 
 fn literal(s: Scalar) -> String {
@@ -577,7 +579,13 @@ impl<'a> Emitter<'a> {
             params: Vec::new(),
             body: String::new(),
             next: 0,
+            ilp: 1,
         }
+    }
+
+    fn with_ilp(mut self, ilp: usize) -> Self {
+        self.ilp = ilp;
+        self
     }
 
     fn param(&mut self, b: BufferId) -> String {
@@ -783,7 +791,7 @@ impl<'a> Emitter<'a> {
         // Large kernels give each thread `ilp` elements a block apart per
         // step (still coalesced), so their loads are in flight together.
         let ilp = if count >= ILP_MIN_ELEMENTS {
-            elementwise_ilp()
+            self.ilp
         } else {
             1
         };
