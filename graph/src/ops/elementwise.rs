@@ -169,7 +169,7 @@ macro_rules! impl_int {
                         }
                     }
                     UnaryOp::Not => !a,
-                    _ => {
+                    UnaryOp::Sign => {
                         if a > 0 {
                             1
                         } else if a == 0 {
@@ -177,6 +177,30 @@ macro_rules! impl_int {
                         } else {
                             (0 as $t).wrapping_sub(1)
                         }
+                    }
+                    UnaryOp::Exp
+                    | UnaryOp::Log
+                    | UnaryOp::Sqrt
+                    | UnaryOp::Rsqrt
+                    | UnaryOp::Recip
+                    | UnaryOp::Sin
+                    | UnaryOp::Cos
+                    | UnaryOp::Tan
+                    | UnaryOp::Asin
+                    | UnaryOp::Acos
+                    | UnaryOp::Atan
+                    | UnaryOp::Sinh
+                    | UnaryOp::Cosh
+                    | UnaryOp::Asinh
+                    | UnaryOp::Acosh
+                    | UnaryOp::Atanh
+                    | UnaryOp::Tanh
+                    | UnaryOp::Sigmoid
+                    | UnaryOp::Erf
+                    | UnaryOp::Floor
+                    | UnaryOp::Ceil
+                    | UnaryOp::Round => {
+                        unreachable!("{f:?} takes floats only (checked by infer_unary)")
                     }
                 }
             }
