@@ -630,3 +630,20 @@ pub(crate) fn grad_cast<'g>(
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::op::{Op, UnaryOp};
+
+    /// A graph file names a unary function as the rest of kiln does, and
+    /// reads it back.
+    #[test]
+    fn unary_functions_serialize_by_name() {
+        for &f in UnaryOp::ALL {
+            let j = serde_json::to_value(Op::Unary { f }).expect("serializes");
+            assert_eq!(j["f"], f.name(), "{f:?}");
+            let back: Op = serde_json::from_value(j).expect("deserializes");
+            assert_eq!(back, Op::Unary { f });
+        }
+    }
+}
