@@ -817,3 +817,39 @@ fn erf(x: __m512) -> __m512 {
     let big = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(x0), splat(ERF_ONE));
     blend(big, copysign(splat(1.0), x0), y)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every function through a one-step row program (two whole vectors
+    /// and a partial one) against its scalar meaning: the exact ones bit
+    /// for bit, the approximated ones closely.
+    #[test]
+    fn every_function_runs_in_rows() {
+        if !crate::avx512() {
+            return;
+        }
+        let x: Vec<f32> = (0..40).map(|i| -2.0 + i as f32 * 0.1).collect();
+        for &f in UnaryFn::ALL {
+            let steps = [(Step::Unary(f, Src::Ptr(0)), None)];
+            let p = RowProgram::new(1, &[], &steps, &[0]).expect("fits");
+            let mut out = vec![0f32; x.len()];
+            let ptrs = [x.as_ptr()];
+            // SAFETY: one contiguous row of x.len() elements, as many out;
+            // the host has AVX-512 (checked above).
+            unsafe { kiln_row_f32(&p, ptrs.as_ptr(), out.as_mut_ptr(), x.len() as i64) };
+            for (&xi, &got) in x.iter().zip(&out) {
+                let want = scalar::unary_f32(f, xi);
+                let ok = if f.approximated() {
+                    (got.is_nan() && want.is_nan())
+                        || got == want
+                        || (got - want).abs() <= 1e-5 * want.abs().max(1.0)
+                } else {
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan())
+                };
+                assert!(ok, "{f:?}({xi}) = {got}, want {want}");
+            }
+        }
+    }
+}

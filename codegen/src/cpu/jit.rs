@@ -1072,7 +1072,7 @@ impl Emitter<'_, '_> {
                 let lt = self.b.ins().icmp(IntCC::SignedLessThan, x, zero);
                 self.b.ins().select(lt, neg, x)
             }
-            _ => {
+            UnaryOp::Sign => {
                 let one = self.b.ins().iconst(ty, 1);
                 if dt.is_unsigned() {
                     let nz = self.b.ins().icmp(IntCC::NotEqual, x, zero);
@@ -1086,6 +1086,30 @@ impl Emitter<'_, '_> {
                 let lt = self.b.ins().icmp(IntCC::SignedLessThan, x, zero);
                 let neg_or_zero = self.b.ins().select(lt, m1, zero);
                 self.b.ins().select(gt, one, neg_or_zero)
+            }
+            UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Sqrt
+            | UnaryOp::Rsqrt
+            | UnaryOp::Recip
+            | UnaryOp::Sin
+            | UnaryOp::Cos
+            | UnaryOp::Tan
+            | UnaryOp::Asin
+            | UnaryOp::Acos
+            | UnaryOp::Atan
+            | UnaryOp::Sinh
+            | UnaryOp::Cosh
+            | UnaryOp::Asinh
+            | UnaryOp::Acosh
+            | UnaryOp::Atanh
+            | UnaryOp::Tanh
+            | UnaryOp::Sigmoid
+            | UnaryOp::Erf
+            | UnaryOp::Floor
+            | UnaryOp::Ceil
+            | UnaryOp::Round => {
+                unreachable!("{f:?} takes floats only (infer_unary refuses it on {dt})")
             }
         }
     }
