@@ -402,7 +402,7 @@ fn make_op(line: usize, name: &str, attrs: &str, ty: &TensorType) -> Res<Op> {
     }
     for (tag, f) in op_candidates(name) {
         let mut m = map.clone();
-        m.insert("op".into(), Value::String(tag.into()));
+        m.insert("op".into(), Value::String(tag));
         if let Some(f) = f {
             m.insert("f".into(), Value::String(f));
         }
