@@ -87,7 +87,11 @@ pub fn parse_graph(text: &str) -> Res<Graph> {
         if indent % 2 != 0 {
             return err(line, "indentation is not a multiple of two spaces");
         }
-        if let Some(header) = body.strip_prefix("function ") {
+        // A node named `function` is a node line: it has ` = `.
+        let header = body
+            .strip_prefix("function ")
+            .filter(|_| !body.contains(" = "));
+        if let Some(header) = header {
             let depth = indent / 2;
             if depth == 0 || depth > open.len() + 1 {
                 return err(line, "a function header at the wrong indentation");
@@ -701,6 +705,39 @@ mod tests {
         let text = graph.to_string();
         assert!(text.contains("value=splat(0.25)"), "{text}");
         assert!(text.contains("outputs: out"), "{text}");
+        round_trip(&graph);
+    }
+
+    #[test]
+    fn control_flow_and_nested_functions_round_trip() {
+        let g = GraphBuilder::new();
+        let x = g.placeholder("x", DType::F32, [3]).unwrap();
+        let p = g.placeholder("p", DType::Bool, [0usize; 0]).unwrap();
+        let r = g
+            .cond(
+                p,
+                &[x],
+                |b, a| {
+                    // A loop inside a branch: function 0 holds function 0.0 and 0.1.
+                    let n = b.scalar(0.0, DType::F32).unwrap();
+                    let out = b
+                        .while_loop_at_most(
+                            3,
+                            &[a[0], n],
+                            &[],
+                            |_, v| v[1].lt(2.0),
+                            |_, v| Ok(vec![v[0].exp()?, v[1].add(1.0)?]),
+                        )
+                        .unwrap();
+                    Ok(vec![out[0]])
+                },
+                |_, a| Ok(vec![a[0].neg()?]),
+            )
+            .unwrap();
+        g.output(r[0]).unwrap();
+        let graph = g.into_graph();
+        let text = graph.to_string();
+        assert!(text.contains("function 0.1("), "{text}");
         round_trip(&graph);
     }
 

@@ -333,11 +333,15 @@ pub fn verify_memory(p: &KernelProgram) -> Result<()> {
             temps.push((i, offset, end, def, last));
         }
     }
+    // By offset: each buffer meets only those that start before it ends.
+    temps.sort_by_key(|t| (t.1, t.0));
     for (x, &(a, a_lo, a_hi, a_def, a_last)) in temps.iter().enumerate() {
         for &(b, b_lo, b_hi, b_def, b_last) in &temps[x + 1..] {
-            let bytes_overlap = a_lo < b_hi && b_lo < a_hi;
+            if b_lo >= a_hi {
+                break;
+            }
             let live_together = a_def <= b_last && b_def <= a_last;
-            if !bytes_overlap || !live_together {
+            if !live_together {
                 continue;
             }
             // Lifetimes that only touch at one step where one buffer is
