@@ -18,10 +18,7 @@ Examples:
   kiln show examples/mlp.kiln --dot mlp.dot && dot -Tsvg mlp.dot -o mlp-graph.svg
   kiln show examples/mlp.kiln --optimized --dim batch=8
   kiln show examples/mlp.kiln --after fold_constants
-  kiln show examples/mlp.kiln --dump-after schedule --dim batch=8
-
-Steps for --dump-after, in order: specialize, widen_half, simplify (graphs),
-lower, reshape_loops, schedule, plan_memory (kernel programs).")]
+  kiln show examples/mlp.kiln --dump-after schedule --dim batch=8")]
 pub struct Args {
     /// The .kiln model file.
     pub model: PathBuf,
@@ -37,7 +34,8 @@ pub struct Args {
     #[arg(long, value_name = "PASS", conflicts_with = "dump_after")]
     pub after: Option<String>,
     /// Print the graph or kernel program right after the named compilation
-    /// step instead (see the steps below).
+    /// step instead. The steps, in order: specialize, widen_half, simplify
+    /// (graphs), lower, reshape_loops, schedule, plan_memory (kernel programs).
     #[arg(long, value_name = "STEP")]
     pub dump_after: Option<String>,
     /// With --optimized: print the kernel program as JSON.
