@@ -24,6 +24,7 @@ pub use kiln_rt::rng;
 pub mod shape;
 pub mod tensor_ops;
 pub mod text;
+pub mod text_parse;
 
 pub use array::{Array, Data, Elem, Scalar};
 pub use builder::{GraphBuilder, Tensor};

@@ -1,5 +1,11 @@
 //! Human-readable forms of a graph: a text listing (one node per line, in
-//! topological order) and Graphviz DOT.
+//! topological order, then `outputs: ...` and the functions) and Graphviz
+//! DOT. `text_parse.rs` reads the listing back.
+//!
+//! Constant values in the listing: a constant of at most 4 elements prints
+//! them all (`value=[1.0, 2.0]`); a larger one whose elements all print the
+//! same prints `value=splat(0.5)`; any other prints no value (weights would
+//! swamp the listing). Variables never print their initial value.
 
 use std::fmt::{self, Write};
 
@@ -28,6 +34,8 @@ impl Graph {
         if let Op::Constant { value } = &n.op {
             if value.0.len() <= 4 {
                 attrs = format!("value={}", small_values(&value.0));
+            } else if let Some(v) = splat_value(&value.0) {
+                attrs = format!("value=splat({v})");
             }
         }
         let ins: Vec<String> = self
@@ -113,24 +121,38 @@ impl Graph {
 /// integers (an i64 beyond 2^53 exactly), floats as the shortest decimal
 /// that reads back to the same value of their own width, bools as words.
 fn small_values(a: &Array) -> String {
-    let items: Vec<String> = (0..a.len())
-        .map(|i| match a.get(i) {
-            Scalar::F32(v) => format!("{v:?}"),
-            Scalar::F64(v) => format!("{v:?}"),
-            Scalar::F16(v) => format!("{:?}", v.to_f32()),
-            Scalar::BF16(v) => format!("{:?}", v.to_f32()),
-            Scalar::I32(v) => v.to_string(),
-            Scalar::I64(v) => v.to_string(),
-            Scalar::I8(v) => v.to_string(),
-            Scalar::I16(v) => v.to_string(),
-            Scalar::U8(v) => v.to_string(),
-            Scalar::U16(v) => v.to_string(),
-            Scalar::U32(v) => v.to_string(),
-            Scalar::U64(v) => v.to_string(),
-            Scalar::Bool(v) => v.to_string(),
-        })
-        .collect();
+    let items: Vec<String> = (0..a.len()).map(|i| scalar_text(a.get(i))).collect();
     format!("[{}]", items.join(", "))
+}
+
+/// The one element every element of `a` prints as, if there is one.
+fn splat_value(a: &Array) -> Option<String> {
+    if a.is_empty() {
+        return None;
+    }
+    let first = scalar_text(a.get(0));
+    (1..a.len())
+        .all(|i| scalar_text(a.get(i)) == first)
+        .then_some(first)
+}
+
+/// One element as the listing writes it (see [`small_values`]).
+pub(crate) fn scalar_text(v: Scalar) -> String {
+    match v {
+        Scalar::F32(v) => format!("{v:?}"),
+        Scalar::F64(v) => format!("{v:?}"),
+        Scalar::F16(v) => format!("{:?}", v.to_f32()),
+        Scalar::BF16(v) => format!("{:?}", v.to_f32()),
+        Scalar::I32(v) => v.to_string(),
+        Scalar::I64(v) => v.to_string(),
+        Scalar::I8(v) => v.to_string(),
+        Scalar::I16(v) => v.to_string(),
+        Scalar::U8(v) => v.to_string(),
+        Scalar::U16(v) => v.to_string(),
+        Scalar::U32(v) => v.to_string(),
+        Scalar::U64(v) => v.to_string(),
+        Scalar::Bool(v) => v.to_string(),
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -141,6 +163,14 @@ impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for id in self.topo_order() {
             writeln!(f, "{}", self.node_line(id))?;
+        }
+        if !self.outputs().is_empty() {
+            let names: Vec<&str> = self
+                .outputs()
+                .iter()
+                .map(|&o| self.node(o).name.as_str())
+                .collect();
+            writeln!(f, "outputs: {}", names.join(", "))?;
         }
         write!(f, "{}", self.functions_listing())
     }

@@ -12,6 +12,24 @@ pub enum Error {
         /// deliberately not also a `source()` (chains would print it twice).
         error: Box<Error>,
     },
+    /// A lowering step (`lower`, `reshape_loops`, `schedule`,
+    /// `plan_memory`, `widen_half`) failed, or the program broke an
+    /// invariant after it; wraps the cause with the step's name.
+    #[error("step {step}: {error}")]
+    Step {
+        /// The step's name.
+        step: String,
+        /// What went wrong (part of this message, so not a `source()`).
+        error: Box<Error>,
+    },
+    /// A step was named (to dump after it) that the compilation lacks.
+    #[error("there is no step named '{name}'; the steps are: {}", steps.join(", "))]
+    UnknownStep {
+        /// The name given.
+        name: String,
+        /// The steps, in order.
+        steps: Vec<String>,
+    },
     /// A pass was named (to disable it or run only it) that the pipeline lacks.
     #[error("there is no pass named '{name}'; the passes are: {}", passes.join(", "))]
     UnknownPass {

@@ -80,45 +80,6 @@ fn batch_norm_folds_into_the_conv_when_frozen() {
 }
 
 #[test]
-fn identities_and_dead_code_disappear() {
-    use kiln::prelude::*;
-    let g = GraphBuilder::new();
-    let x = g.placeholder("x", DType::F32, shape!["n", 4]).unwrap();
-    let y = x
-        .mul(1.0)
-        .unwrap()
-        .add(0.0)
-        .unwrap()
-        .neg()
-        .unwrap()
-        .neg()
-        .unwrap();
-    let y = y
-        .transpose()
-        .unwrap()
-        .transpose()
-        .unwrap()
-        .reshape_to(&[0, 2, 2])
-        .unwrap()
-        .reshape_to(&[0, 4])
-        .unwrap();
-    let two = g.scalar(2.0, DType::F32).unwrap().add(3.0).unwrap();
-    let z = y.mul(two).unwrap().named("z").unwrap();
-    x.exp().unwrap().named("unused").unwrap();
-    g.output(z).unwrap();
-    let graph = g.into_graph();
-    let (opt, _) = default_pipeline(false).run(&graph).unwrap();
-    let lines: Vec<String> = opt
-        .topo_order()
-        .into_iter()
-        .map(|i| opt.node_line(i))
-        .collect();
-    assert_eq!(lines.len(), 3, "{opt}");
-    assert!(lines[2].starts_with("z = mul(x, "), "{opt}");
-    assert!(lines.iter().any(|l| l.contains("value=[5.0]")), "{opt}");
-}
-
-#[test]
 fn a_zero_scale_is_not_folded_into_the_weights() {
     // (x @ w) * 0 is NaN where x @ w overflows; x @ (w * 0) would be 0.
     use kiln::prelude::*;

@@ -17,7 +17,8 @@ Examples:
   kiln show examples/mlp.kiln
   kiln show examples/mlp.kiln --dot mlp.dot && dot -Tsvg mlp.dot -o mlp-graph.svg
   kiln show examples/mlp.kiln --optimized --dim batch=8
-  kiln show examples/mlp.kiln --after fold_constants")]
+  kiln show examples/mlp.kiln --after fold_constants
+  kiln show examples/mlp.kiln --dump-after schedule --dim batch=8")]
 pub struct Args {
     /// The .kiln model file.
     pub model: PathBuf,
@@ -30,8 +31,13 @@ pub struct Args {
     #[arg(long)]
     pub optimized: bool,
     /// Print the graph after the named pass instead.
-    #[arg(long, value_name = "PASS")]
+    #[arg(long, value_name = "PASS", conflicts_with = "dump_after")]
     pub after: Option<String>,
+    /// Print the graph or kernel program right after the named compilation
+    /// step instead. The steps, in order: specialize, widen_half, simplify
+    /// (graphs), lower, reshape_loops, schedule, plan_memory (kernel programs).
+    #[arg(long, value_name = "STEP")]
+    pub dump_after: Option<String>,
     /// With --optimized: print the kernel program as JSON.
     #[arg(long, requires = "optimized")]
     pub json: bool,
@@ -46,6 +52,8 @@ pub fn main(a: Args) -> Result<()> {
     }
     if let Some(pass) = a.after {
         show_after(&a.model, &pass, &a.compile)
+    } else if let Some(step) = a.dump_after {
+        dump_after(&a.model, &step, &a.compile)
     } else if a.optimized {
         show_optimized(&a.model, a.dot.as_deref(), a.json, &a.compile)
     } else {
@@ -145,5 +153,31 @@ fn show_after(model: &Path, pass: &str, args: &CompileArgs) -> Result<()> {
         println!("  {}", g.node_line(id));
     }
     print!("{}", g.functions_listing());
+    Ok(())
+}
+
+fn dump_after(model: &Path, step: &str, args: &CompileArgs) -> Result<()> {
+    let graph = load(model)?;
+    let fetches = default_fetches(&graph)?;
+    let snapshot = kiln_optimizer::compile::compile_until(
+        &graph,
+        &fetches,
+        &args.bindings(&graph)?,
+        &args.options(),
+        step,
+    )?;
+    match snapshot {
+        kiln_optimizer::compile::Snapshot::Graph(g) => {
+            println!("after {step}: {} nodes", g.len());
+            for id in g.topo_order() {
+                println!("  {}", g.node_line(id));
+            }
+            print!("{}", g.functions_listing());
+        }
+        kiln_optimizer::compile::Snapshot::Program(p) => {
+            println!("after {step}: {} kernels", p.kernels.len());
+            print!("{p}");
+        }
+    }
     Ok(())
 }
