@@ -297,7 +297,7 @@ fn link_model(
 /// and compares with the JIT session: bit for bit with AVX-512 off in both,
 /// within tolerance with the defaults.
 fn aot_matches_jit(name: &str, graph: &Graph, batch: usize, target: Target, dir: &Path) {
-    let (program, feeds, code) = link_model(name, graph, batch, target, dir, c_main);
+    let (_, feeds, code) = link_model(name, graph, batch, target, dir, c_main);
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let reference = kiln_tests::run_reference(graph, &feeds);
     // The object calls the AVX-512 row code where its target has AVX-512;

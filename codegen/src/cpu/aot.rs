@@ -282,7 +282,7 @@ pub fn header_named(
          #define {up}_INPUTS {}\n#define {up}_OUTPUTS {}\n#define {up}_ARENA_BYTES {}\n\n",
         inputs.len(),
         program.outputs.len(),
-        super::jit::arena_layout(program).0,
+        super::object::arena_layout(program).0,
     );
     let input_names: Vec<&str> = inputs.iter().map(|(_, n)| *n).collect();
     for (k, ((i, name), cn)) in inputs

@@ -11,8 +11,11 @@
 //! compile time.
 
 pub mod aot;
+mod emit;
 mod functions;
 mod jit;
+mod object;
+mod scalar_ops;
 pub use jit::Target;
 /// The thread count's bound and checks (`kiln run --threads`, `KILN_NUM_THREADS`).
 pub use kiln_rt::executor::{core_threads, parse_threads, MAX_THREADS};

@@ -59,7 +59,8 @@ use kiln_rt::approx::{
     LOG_POLY, LOG_SUBNORMAL_SCALE, LOG_SUBNORMAL_SHIFT, TANH_SMALL, TANH_SMALL_BELOW,
 };
 
-use super::jit::{flags, Emitter};
+use super::emit::Emitter;
+use super::jit::flags;
 use super::wide::{FromElements, RowAccess, RowProgram};
 use crate::error::Result;
 

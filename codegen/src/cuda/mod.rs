@@ -15,7 +15,9 @@
 //! `scripts/gpu-check.sh` runs the GPU checks on a lent machine.
 
 pub mod conv;
+pub mod driver;
 pub mod exec;
+mod op_source;
 pub mod source;
 
 use std::sync::OnceLock;
