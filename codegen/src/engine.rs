@@ -11,6 +11,9 @@
 
 use kiln_graph::{DType, Op};
 use kiln_optimizer::fuse::{class, Class};
+use kiln_optimizer::kernel::{Kernel, KernelProgram};
+
+use crate::error::{Error, Result};
 
 /// How an engine runs an op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +111,34 @@ impl Placement {
                 _ => Support::Host("control flow runs on the host"),
             },
         }
+    }
+
+    /// [`Error::Unsupported`] naming the first kernel of `program` that
+    /// this engine refuses (its op, result type and graph nodes), else
+    /// `Ok`: the one error every engine gives for an op it lacks.
+    pub fn check(self, program: &KernelProgram) -> Result<()> {
+        for (k, kernel) in program.kernels.iter().enumerate() {
+            let (op, out) = match kernel {
+                Kernel::Op { op, out, .. } => (op, *out),
+                Kernel::MatMul { out, .. } => (&Op::MatMul, *out),
+                Kernel::Elementwise { .. } | Kernel::Reduce { .. } => continue,
+            };
+            let dtype = program.buffer(out).dtype;
+            if let Support::Refused(reason) = self.supports(op, dtype) {
+                return Err(Error::Unsupported {
+                    engine: self.name(),
+                    kernel: k,
+                    op: format!("a {} ({dtype})", op.name()),
+                    nodes: program
+                        .kernel_nodes
+                        .get(k)
+                        .map(|n| n.join(", "))
+                        .unwrap_or_default(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The CPU engines' opaque ops: the executor's kernels (convolution

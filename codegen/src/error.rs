@@ -20,6 +20,21 @@ pub enum Error {
     /// A run was given inputs that do not match the program.
     #[error("{0}")]
     Input(String),
+    /// The engine does not run an op of the program (see
+    /// `kiln_codegen::engine`).
+    #[error("the {engine} engine does not run kernel {kernel}, {op} of node(s) {nodes}: {reason}")]
+    Unsupported {
+        /// The engine's name.
+        engine: &'static str,
+        /// The kernel's index.
+        kernel: usize,
+        /// The op and its result type.
+        op: String,
+        /// The graph nodes the kernel computes.
+        nodes: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// A kernel failed at run time.
     #[error("kernel {kernel}: {reason}")]
     Run {

@@ -1,9 +1,9 @@
-//! kiln-codegen: backends that turn the optimizer's kernel program into
+//! kiln-codegen: engines that turn the optimizer's kernel program into
 //! code, each compiling a [`KernelProgram`] once to run it many times: the
-//! Cranelift JIT for the CPU (`cpu`, behind the `Backend`/`Executable`
-//! traits), Cranelift object files for ahead-of-time binaries
-//! (`cpu::aot`), and CUDA C through NVRTC with cuBLAS and CUDA graphs
-//! (`cuda`, its own `DeviceExecutable`).
+//! Cranelift JIT for the CPU (`cpu`, behind the [`Engine`]/[`Executable`]
+//! traits, like the plain-loop `reference` engine), Cranelift object files
+//! for ahead-of-time binaries (`cpu::aot`), and CUDA C through NVRTC with
+//! cuBLAS and CUDA graphs (`cuda`, its own `DeviceExecutable`).
 //!
 //! Architecture invariant: backends know nothing of sessions, feeds or files.
 #![warn(missing_docs)]
@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod engine;
 pub mod error;
+pub mod reference;
 
 pub use error::{Error, Result};
 pub use kiln_optimizer as optimizer;
@@ -21,12 +22,30 @@ use std::collections::HashMap;
 use kiln_graph::Array;
 use kiln_optimizer::KernelProgram;
 
-/// A backend: compiles a kernel program into something that runs it.
-pub trait Backend {
+/// An engine: compiles a kernel program into an [`Executable`] that runs
+/// it, and says which ops it runs natively, hands to the host or refuses
+/// ([`engine::Placement::supports`], the table in ARCHITECTURE.md).
+/// Implemented by the CPU JIT ([`cpu::CpuBackend`]) and the plain-loop
+/// executor ([`reference::ReferenceEngine`]); ahead-of-time objects
+/// ([`cpu::aot`]) are the CPU engine's code written to a file, and CUDA
+/// runs through `cuda::exec::DeviceExecutable`, whose variables and
+/// results stay in device memory.
+pub trait Engine: Send + Sync {
     /// The compiled program.
     type Executable: Executable;
+    /// Which engine this is.
+    fn placement(&self) -> engine::Placement;
     /// Compiles `program`.
     fn compile(&self, program: &KernelProgram) -> Result<Self::Executable>;
+    /// The engine's name.
+    fn name(&self) -> &'static str {
+        self.placement().name()
+    }
+    /// [`Error::Unsupported`] for the first kernel of `program` whose op
+    /// this engine refuses.
+    fn check(&self, program: &KernelProgram) -> Result<()> {
+        self.placement().check(program)
+    }
 }
 
 /// What one run of an [`Executable`] produces.

@@ -15,7 +15,7 @@ use kiln::graph::op::{ArgOp, BinaryOp, ReduceOp, SliceAxis, UnaryOp};
 use kiln::graph::{Array, DType, Graph, Op, TensorType, Window2d};
 use kiln::prelude::*;
 use kiln_codegen::engine::{Placement, Support};
-use kiln_codegen::{Backend, Executable};
+use kiln_codegen::{Engine, Executable};
 
 /// One value of every op kind, with the dtype its row is judged at.
 fn every_op_kind() -> Vec<(Op, DType)> {
@@ -415,5 +415,60 @@ fn the_add_an_op_checklist_names_every_exhaustive_match() {
                 "the checklist names {named}, which does not exist"
             );
         }
+    }
+}
+
+#[test]
+fn the_reference_engine_and_the_jit_run_the_same_programs_alike() {
+    use kiln_codegen::reference::ReferenceEngine;
+    for (name, graph) in kiln_tests::example_models() {
+        let bindings = [("batch".to_string(), 3usize)].into_iter().collect();
+        let opts = kiln_optimizer::CompileOptions {
+            freeze_variables: true,
+            ..Default::default()
+        };
+        let program = kiln_optimizer::compile(&graph, graph.outputs(), &bindings, &opts)
+            .unwrap()
+            .program;
+        let feeds = kiln_tests::feeds_for(&graph, 3, 2);
+        let inputs: HashMap<&str, &Array> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+        let plain = ReferenceEngine.compile(&program).unwrap();
+        let jit = kiln_codegen::cpu::CpuBackend::default()
+            .compile(&program)
+            .unwrap();
+        assert_eq!(
+            (ReferenceEngine.name(), jit.program().kernels.len()),
+            ("reference", program.kernels.len())
+        );
+        let want = plain.run(&inputs, &HashMap::new()).unwrap().fetched;
+        let got = jit.run(&inputs, &HashMap::new()).unwrap().fetched;
+        assert_eq!(want.len(), got.len(), "{name}");
+        for (w, g) in want.iter().zip(&got) {
+            kiln_tests::compare(w, g).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn an_engine_that_lacks_an_op_says_which_kernel_op_and_nodes() {
+    let (_, graph) = opaque_graphs().remove(0);
+    let program = kiln_optimizer::compile(
+        &graph,
+        graph.outputs(),
+        &Default::default(),
+        &kiln_optimizer::CompileOptions::default(),
+    )
+    .unwrap()
+    .program;
+    let e = Placement::Aot.check(&program).unwrap_err().to_string();
+    assert!(
+        e.starts_with("the aot engine does not run kernel ")
+            && e.contains("a gather (f32) of node(s) ")
+            && e.contains("no code in the runtime library"),
+        "{e}"
+    );
+    // The engines that run it say nothing.
+    for p in [Placement::Reference, Placement::Cpu, Placement::Cuda] {
+        p.check(&program).unwrap();
     }
 }

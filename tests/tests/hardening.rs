@@ -180,7 +180,7 @@ fn bounds_checked_code_agrees_with_the_reference() {
 /// running it is an error naming the access; nothing outside is touched.
 #[test]
 fn an_out_of_bounds_access_is_an_error_with_bounds_checks() {
-    use kiln_codegen::{Backend, Executable};
+    use kiln_codegen::{Engine, Executable};
     let g = GraphBuilder::new();
     let x = g.placeholder("x", DType::F32, [8]).unwrap();
     g.output(x.mul(2.0).unwrap().named("y").unwrap()).unwrap();

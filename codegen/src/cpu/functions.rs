@@ -13,7 +13,7 @@ use kiln_graph::{Array, Bindings};
 use kiln_optimizer::CompileOptions;
 
 use super::{CpuBackend, CpuExecutable};
-use crate::{Backend, Executable};
+use crate::{Engine, Executable};
 
 type Compiled = Arc<CpuExecutable>;
 

@@ -32,7 +32,7 @@ use kiln_rt::blob::{self, ConvShape, Nest};
 use kiln_rt::executor::{Exec, KernelFn};
 
 use crate::error::{Error, Result};
-use crate::{Backend, Executable, RunOutput};
+use crate::{Engine, Executable, RunOutput};
 use jit::{Body, Jit};
 
 /// Compiles kernel programs for the host CPU. Its settings come from the
@@ -458,10 +458,15 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
     })
 }
 
-impl Backend for CpuBackend {
+impl Engine for CpuBackend {
     type Executable = CpuExecutable;
 
+    fn placement(&self) -> crate::engine::Placement {
+        crate::engine::Placement::Cpu
+    }
+
     fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
+        self.check(program)?;
         let mut jit = Jit::new(self.avx512)?;
         jit.set_checked(self.bounds_checks);
         jit.set_dumps(self.dumps);
