@@ -25,7 +25,7 @@ use kiln_graph::{Array, Dim, Graph, GraphBuilder, NodeId, Shape, SourceLoc, Tens
 
 use crate::check;
 use crate::error::{unnamed, Error, Result, UnsupportedNode};
-use crate::ops::{self, sequence, Input, Node};
+use crate::ops::{self, sequence, ConvertError, Input, Node};
 use crate::proto::{type_proto, GraphProto, ModelProto, NodeProto, TypeProto};
 use crate::tensor;
 use crate::{ImportOptions, Imported};
@@ -126,29 +126,34 @@ impl Form {
     }
 }
 
-/// The error of converting node `n`: a reason, or (a reason starting with
-/// [`ops::NEEDS_VALUE`]) the value it needs at import time.
-pub(crate) fn node_error(n: &NodeProto, opset: i64, reason: String) -> Error {
-    match reason.strip_prefix(ops::NEEDS_VALUE) {
-        Some(value) => Error::NeedsValue {
+/// The error of converting node `n`, said of the node: its name (or first
+/// output), op type and opset, with the converter's reason (which names
+/// the input or attribute at fault where it knows). A kiln error's
+/// location is left out: it is this node (`SourceLoc::set_origin`), or a
+/// line of the importer's own source, which means nothing to its user.
+pub(crate) fn node_error(n: &NodeProto, opset: i64, e: impl Into<ConvertError>) -> Error {
+    match e.into() {
+        ConvertError::NeedsValue(value) => Error::NeedsValue {
             op: op_label(n),
             node: node_label(n),
             opset,
-            value: value.to_string(),
+            value,
             inputs: Vec::new(),
         },
-        None => Error::Node {
-            op: op_label(n),
-            node: node_label(n),
-            opset,
-            reason,
-        },
+        e @ (ConvertError::Unsupported(_) | ConvertError::Kiln(_) | ConvertError::Invalid(_)) => {
+            Error::Node {
+                op: op_label(n),
+                node: node_label(n),
+                opset,
+                reason: e.to_string(),
+            }
+        }
     }
 }
 
 /// That node `n` needs the value of `value` at import time.
 fn needs_value(n: &NodeProto, opset: i64, value: &str) -> Error {
-    node_error(n, opset, format!("{}{value}", ops::NEEDS_VALUE))
+    node_error(n, opset, ConvertError::NeedsValue(value.to_string()))
 }
 
 /// A name made fit for a kiln node or symbol: whitespace, quotes and
@@ -681,14 +686,17 @@ impl<'g> Scope<'g> {
         &mut self,
         n: &NodeProto,
         outputs: Vec<Item<'g>>,
-        fail: &dyn Fn(String) -> Error,
+        fail: &dyn Fn(ConvertError) -> Error,
     ) -> Result<()> {
         if outputs.len() < n.output.iter().filter(|o| !o.is_empty()).count() {
-            return Err(fail(format!(
-                "gave {} outputs, the node has {}",
-                outputs.len(),
-                n.output.len()
-            )));
+            return Err(fail(
+                format!(
+                    "gave {} outputs, the node has {}",
+                    outputs.len(),
+                    n.output.len()
+                )
+                .into(),
+            ));
         }
         for (name, item) in n.output.iter().zip(outputs) {
             if name.is_empty() {
@@ -782,12 +790,12 @@ fn free_names(graph: &GraphProto) -> Vec<String> {
 }
 
 /// A subgraph attribute of `n`.
-fn subgraph<'a>(n: &'a NodeProto, name: &str) -> std::result::Result<&'a GraphProto, String> {
+fn subgraph<'a>(n: &'a NodeProto, name: &str) -> ops::R<&'a GraphProto> {
     n.attribute
         .iter()
         .find(|a| a.name == name)
         .and_then(|a| a.g.as_ref())
-        .ok_or_else(|| format!("no '{name}' subgraph"))
+        .ok_or_else(|| ConvertError::Invalid(format!("no '{name}' subgraph")))
 }
 
 /// Runs `sub` in a scope of its own on builder `b`: the `outer` values it
@@ -861,17 +869,14 @@ pub(crate) fn call_subgraph<'g>(
     scope: &Scope<'g>,
     inputs: &[Item<'g>],
 ) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
+    let fail = |e: ConvertError| node_error(n, opset, e);
     let sub = subgraph(n, attr).map_err(fail)?;
     let outer = captures(scope, &free_names(sub)).map_err(fail)?;
     run_subgraph(g, sub, opset, &outer, inputs)
 }
 
 /// The outer values a subgraph reads, by name.
-fn captures<'g>(
-    scope: &Scope<'g>,
-    names: &[String],
-) -> std::result::Result<Vec<(String, Item<'g>)>, String> {
+fn captures<'g>(scope: &Scope<'g>, names: &[String]) -> ops::R<Vec<(String, Item<'g>)>> {
     names
         .iter()
         .map(|name| {
@@ -952,7 +957,7 @@ fn control_if<'g>(
     opset: i64,
     scope: &Scope<'g>,
 ) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
+    let fail = |e: ConvertError| node_error(n, opset, e);
     let cond = n
         .input
         .first()
@@ -982,7 +987,7 @@ fn control_if<'g>(
     let pred = cond
         .t
         .reshape(kiln_graph::Shape(Vec::new()))
-        .map_err(|e| fail(format!("the condition must hold one value: {e}")))?;
+        .map_err(|e| fail(format!("the condition must hold one value: {e}").into()))?;
     let first = FirstError::new();
     let forms: [std::cell::RefCell<Option<Vec<Form>>>; 2] = Default::default();
     let r = g.cond(
@@ -1047,7 +1052,7 @@ fn control_loop<'g>(
     opset: i64,
     scope: &Scope<'g>,
 ) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
+    let fail = |e: ConvertError| node_error(n, opset, e);
     let body = subgraph(n, "body").map_err(fail)?;
     let input = |i: usize| -> Option<&Item<'g>> {
         n.input
@@ -1059,7 +1064,7 @@ fn control_loop<'g>(
         match input(i) {
             None => Ok(None),
             Some(Item::Tensor(v)) => Ok(Some(v)),
-            Some(other) => Err(fail(format!("its {what} is {}", other.kind()))),
+            Some(other) => Err(fail(format!("its {what} is {}", other.kind()).into())),
         }
     };
     let trip = tensor_input(0, "trip count")?;
@@ -1068,7 +1073,7 @@ fn control_loop<'g>(
         .map(|i| {
             input(i)
                 .cloned()
-                .ok_or_else(|| fail(format!("input {i} is missing")))
+                .ok_or_else(|| fail(format!("input {i} is missing").into()))
         })
         .collect::<Result<_>>()?;
     let nv = vars.len();
@@ -1104,15 +1109,18 @@ fn control_loop<'g>(
     let max = trip_const.flatten().map(|m| m as i64);
     if known && (structured || max.is_some_and(|m| m <= 16)) {
         if max.is_some_and(|m| m > MAX_UNROLL) {
-            return Err(fail(format!(
-                "a trip count of {} (more than {MAX_UNROLL}) in a loop that must be unrolled",
-                max.unwrap_or_default()
-            )));
+            return Err(fail(
+                format!(
+                    "a trip count of {} (more than {MAX_UNROLL}) in a loop that must be unrolled",
+                    max.unwrap_or_default()
+                )
+                .into(),
+            ));
         }
         let scalar = |v: f64, dtype| -> Result<Item<'g>> {
             let a = Array::new(Vec::new(), kiln_graph::Data::filled(dtype, 1, v))
                 .ok_or_else(|| fail("a scalar".into()))?;
-            let t = g.constant(a.clone()).map_err(|e| fail(ops::reason(e)))?;
+            let t = g.constant(a.clone()).map_err(|e| fail(e.into()))?;
             Ok(Item::Tensor(Value {
                 t,
                 constant: Some(Rc::new(a)),
@@ -1125,9 +1133,9 @@ fn control_loop<'g>(
         let mut unrolled = true;
         while go && max.is_none_or(|m| i < m) {
             if i == MAX_UNROLL {
-                return Err(fail(format!(
-                    "the loop runs more than {MAX_UNROLL} iterations (unrolled)"
-                )));
+                return Err(fail(
+                    format!("the loop runs more than {MAX_UNROLL} iterations (unrolled)").into(),
+                ));
             }
             let mut ins = vec![
                 scalar(i as f64, kiln_graph::DType::I64)?,
@@ -1152,12 +1160,16 @@ fn control_loop<'g>(
                         break;
                     }
                 },
-                other => return Err(fail(format!("the body's condition is {}", other.kind()))),
+                other => {
+                    return Err(fail(
+                        format!("the body's condition is {}", other.kind()).into(),
+                    ))
+                }
             }
             cur = outs[1..1 + nv].to_vec();
             for (k, s) in outs[1 + nv..].iter().enumerate() {
                 let Item::Tensor(s) = s else {
-                    return Err(fail(format!("scan output {k} is {}", s.kind())));
+                    return Err(fail(format!("scan output {k} is {}", s.kind()).into()));
                 };
                 stacked[k].push(s.clone());
             }
@@ -1173,9 +1185,8 @@ fn control_loop<'g>(
                     let parts = ts
                         .iter()
                         .map(|t| t.unsqueeze(0))
-                        .collect::<kiln_graph::Result<Vec<_>>>()
-                        .map_err(|e| e.to_string())?;
-                    Ok(vec![b.concat(&parts, 0).map_err(|e| e.to_string())?])
+                        .collect::<kiln_graph::Result<Vec<_>>>()?;
+                    Ok(vec![b.concat(&parts, 0)?])
                 })
                 .map_err(fail)?;
                 out.extend(t.into_iter().map(Item::Tensor));
@@ -1188,20 +1199,20 @@ fn control_loop<'g>(
         .iter()
         .map(|v| match v {
             Item::Tensor(v) => Ok(v.t),
-            other => Err(fail(format!("a loop value is {}", other.kind()))),
+            other => Err(fail(format!("a loop value is {}", other.kind()).into())),
         })
         .collect::<Result<_>>()?;
     let i0 = g
         .scalar(0.0, kiln_graph::DType::I64)
-        .map_err(|e| fail(ops::reason(e)))?;
+        .map_err(|e| fail(e.into()))?;
     let c0 = match cond {
         Some(c) => {
             c.t.reshape(kiln_graph::Shape(Vec::new()))
-                .map_err(|e| fail(ops::reason(e)))?
+                .map_err(|e| fail(e.into()))?
         }
         None => g
             .scalar(1.0, kiln_graph::DType::Bool)
-            .map_err(|e| fail(ops::reason(e)))?,
+            .map_err(|e| fail(e.into()))?,
     };
     let mut state = vec![i0, c0];
     state.extend(vars);
@@ -1211,7 +1222,7 @@ fn control_loop<'g>(
     if let Some(m) = trip {
         captured_t.push(
             m.t.reshape(kiln_graph::Shape(Vec::new()))
-                .map_err(|e| fail(ops::reason(e)))?,
+                .map_err(|e| fail(e.into()))?,
         );
     }
     let first = FirstError::new();
@@ -1238,7 +1249,9 @@ fn control_loop<'g>(
             let mut next = vec![p[0].add(1.0)?];
             for (k, o) in outs.iter().take(ns - 1).enumerate() {
                 let Item::Tensor(v) = o else {
-                    return first.keep(Err(fail(format!("the body's output {k} is {}", o.kind()))));
+                    return first.keep(Err(fail(
+                        format!("the body's output {k} is {}", o.kind()).into(),
+                    )));
                 };
                 next.push(if k == 0 {
                     v.t.reshape(kiln_graph::Shape(Vec::new()))?
@@ -1255,7 +1268,7 @@ fn control_loop<'g>(
             .map(|&t| Item::Tensor(Value::runtime(t)))
             .collect()),
         (Err(_), Some(e)) => Err(e),
-        (Err(e), None) => Err(fail(format!("its body: {e}"))),
+        (Err(e), None) => Err(fail(format!("its body: {e}").into())),
     }
 }
 
@@ -1267,7 +1280,7 @@ fn control_scan<'g>(
     opset: i64,
     scope: &Scope<'g>,
 ) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
+    let fail = |e: ConvertError| node_error(n, opset, e);
     if opset < 9 {
         return control_scan8(g, n, opset, scope);
     }
@@ -1299,7 +1312,7 @@ fn control_scan<'g>(
     let in_dirs = attr_ints("scan_input_directions");
     let out_axes = attr_ints("scan_output_axes");
     let out_dirs = attr_ints("scan_output_directions");
-    let err = |e: kiln_graph::Error| fail(ops::reason(e));
+    let err = |e: kiln_graph::Error| fail(e.into());
     let mut len = None;
     let mut scans = Vec::new();
     for (j, v) in ins[nstate..].iter().enumerate() {
@@ -1334,7 +1347,7 @@ fn control_scan<'g>(
         states = outs[..nstate].to_vec();
         for (k, o) in outs[nstate..].iter().enumerate() {
             let Item::Tensor(o) = o else {
-                return Err(fail(format!("scan output {k} is {}", o.kind())));
+                return Err(fail(format!("scan output {k} is {}", o.kind()).into()));
             };
             stacked[k].push(o.t);
         }
@@ -1369,8 +1382,8 @@ fn control_scan8<'g>(
     opset: i64,
     scope: &Scope<'g>,
 ) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
-    let err = |e: kiln_graph::Error| fail(ops::reason(e));
+    let fail = |e: ConvertError| node_error(n, opset, e);
+    let err = |e: kiln_graph::Error| fail(e.into());
     let body = subgraph(n, "body").map_err(fail)?;
     let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
     let m = attr("num_scan_inputs")
@@ -1416,9 +1429,10 @@ fn control_scan8<'g>(
                 .ok_or_else(|| needs_value(n, opset, name))?;
             let lens = ops::ints_of(a).map_err(fail)?;
             if lens.len() != batch || lens.iter().any(|&l| l < 0 || l as usize > max_len) {
-                return Err(fail(format!(
-                    "sequence_lens {lens:?} for a batch of {batch} of length {max_len}"
-                )));
+                return Err(fail(
+                    format!("sequence_lens {lens:?} for a batch of {batch} of length {max_len}")
+                        .into(),
+                ));
             }
             lens.into_iter().map(|l| l as usize).collect()
         }
@@ -1453,14 +1467,14 @@ fn control_scan8<'g>(
             states = outs[..nstate].to_vec();
             for (k, o) in outs[nstate..].iter().enumerate() {
                 let Item::Tensor(o) = o else {
-                    return Err(fail(format!("scan output {k} is {}", o.kind())));
+                    return Err(fail(format!("scan output {k} is {}", o.kind()).into()));
                 };
                 stacked[k].push(o.t.unsqueeze(0).map_err(err)?);
             }
         }
         for (k, s) in states.iter().enumerate() {
             let Item::Tensor(s) = s else {
-                return Err(fail(format!("state {k} is {}", s.kind())));
+                return Err(fail(format!("state {k} is {}", s.kind()).into()));
             };
             state_out[k].push(s.t.unsqueeze(0).map_err(err)?);
         }
@@ -1492,16 +1506,16 @@ fn control_scan8<'g>(
 fn tensor_inputs<'g>(
     scope: &Scope<'g>,
     names: &[String],
-    fail: &dyn Fn(String) -> Error,
+    fail: &dyn Fn(ConvertError) -> Error,
 ) -> Result<Vec<Value<'g>>> {
     names
         .iter()
         .map(|name| match scope.values.get(name) {
             Some(Item::Tensor(v)) => Ok(v.clone()),
-            Some(other) => Err(fail(format!("input '{name}' is {}", other.kind()))),
-            None => Err(fail(format!(
-                "input '{name}' is computed by no earlier node"
-            ))),
+            Some(other) => Err(fail(format!("input '{name}' is {}", other.kind()).into())),
+            None => Err(fail(
+                format!("input '{name}' is computed by no earlier node").into(),
+            )),
         })
         .collect()
 }
@@ -1541,10 +1555,9 @@ const GRADIENT: &str = "ai.onnx.preview.training.Gradient";
 fn gradient<'g>(g: &'g GraphBuilder, n: &NodeProto, scope: &Scope<'g>) -> ops::R<Vec<Item<'g>>> {
     let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
     let value = |name: &str| {
-        scope
-            .tensor(name)
-            .map(|v| v.t)
-            .ok_or_else(|| format!("'{name}' is not a tensor computed before the node"))
+        scope.tensor(name).map(|v| v.t).ok_or_else(|| {
+            ConvertError::Invalid(format!("'{name}' is not a tensor computed before the node"))
+        })
     };
     let y = attr("y")
         .map(|a| String::from_utf8_lossy(&a.s).into_owned())
@@ -1560,7 +1573,7 @@ fn gradient<'g>(g: &'g GraphBuilder, n: &NodeProto, scope: &Scope<'g>) -> ops::R
         .ok_or("the 'xs' attribute is required")?;
     let y = value(&y)?;
     let xs = xs.iter().map(|x| value(x)).collect::<ops::R<Vec<_>>>()?;
-    let grads = g.gradients(y, &xs).map_err(|e| e.to_string())?;
+    let grads = g.gradients(y, &xs)?;
     Ok(grads
         .into_iter()
         .map(|t| Item::Tensor(Value::runtime(t)))
@@ -1573,24 +1586,24 @@ fn convert_node_in<'g>(
     opset: i64,
     scope: &mut Scope<'g>,
 ) -> Result<()> {
-    let fail = |reason: String| node_error(n, opset, reason);
+    let fail = |e: ConvertError| node_error(n, opset, e);
     if op_label(n) == GRADIENT {
         let outputs = gradient(g, n, scope).map_err(fail)?;
         return scope.bind(n, outputs, &fail);
     }
     if op_label(n) == ops::flex::FLEX_ATTENTION {
-        let items =
-            n.input
-                .iter()
-                .map(|name| {
-                    if name.is_empty() {
-                        return Ok(None);
-                    }
-                    scope.values.get(name).cloned().map(Some).ok_or_else(|| {
-                        fail(format!("input '{name}' is computed by no earlier node"))
-                    })
+        let items = n
+            .input
+            .iter()
+            .map(|name| {
+                if name.is_empty() {
+                    return Ok(None);
+                }
+                scope.values.get(name).cloned().map(Some).ok_or_else(|| {
+                    fail(format!("input '{name}' is computed by no earlier node").into())
                 })
-                .collect::<Result<Vec<_>>>()?;
+            })
+            .collect::<Result<Vec<_>>>()?;
         let outputs = ops::flex::flex_attention(g, n, opset, scope, &items)?;
         return scope.bind(n, outputs, &fail);
     }
@@ -1611,7 +1624,7 @@ fn convert_node_in<'g>(
         let v = scope
             .values
             .get(name)
-            .ok_or_else(|| fail(format!("input '{name}' is computed by no earlier node")))?;
+            .ok_or_else(|| fail(format!("input '{name}' is computed by no earlier node").into()))?;
         items.push(Some(v.clone()));
     }
     // Sequences and optionals: through `Identity` as they are, and the
@@ -1639,10 +1652,9 @@ fn convert_node_in<'g>(
             None => None,
             Some(Item::Tensor(v)) => Some(v),
             Some(other) => {
-                return Err(fail(format!(
-                    "input '{name}' is {}, not a tensor",
-                    other.kind()
-                )))
+                return Err(fail(
+                    format!("input '{name}' is {}, not a tensor", other.kind()).into(),
+                ))
             }
         });
     }
@@ -1668,7 +1680,7 @@ fn convert_node_in<'g>(
                     .transpose()
             })
             .collect::<kiln_graph::Result<Vec<_>>>()
-            .map_err(|e| fail(ops::reason(e)))?;
+            .map_err(|e| fail(e.into()))?;
         let mut node = Node::new(&scratch, n, opset, ins);
         node.declared = scope.declared_inputs(n);
         let outs = convert_tensor_node(&node).map_err(fail)?;
@@ -1678,7 +1690,7 @@ fn convert_node_in<'g>(
                 arrays
                     .into_iter()
                     .map(|a| {
-                        let t = g.constant(a.clone()).map_err(|e| fail(ops::reason(e)))?;
+                        let t = g.constant(a.clone()).map_err(|e| fail(e.into()))?;
                         Ok(Value {
                             t,
                             constant: Some(Rc::new(a)),
@@ -1816,14 +1828,13 @@ pub(crate) fn build_or_fold<'g>(
             let ts = arrays
                 .iter()
                 .map(|a| scratch.constant((***a).clone()))
-                .collect::<kiln_graph::Result<Vec<_>>>()
-                .map_err(|e| e.to_string())?;
+                .collect::<kiln_graph::Result<Vec<_>>>()?;
             let outs = f(&scratch, &ts)?;
             if let Some(arrays) = evaluate(&scratch, &outs)? {
                 return arrays
                     .into_iter()
                     .map(|a| {
-                        let t = g.constant(a.clone()).map_err(|e| e.to_string())?;
+                        let t = g.constant(a.clone())?;
                         Ok(Value {
                             t,
                             constant: Some(Rc::new(a)),

@@ -41,7 +41,7 @@ use std::collections::HashMap;
 
 use kiln_graph::{Array, DType, Scalar, Tensor};
 
-use super::{axis, fixed_shape, Converter, Kiln, Node, R};
+use super::{axis, fixed_shape, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -80,7 +80,7 @@ fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
 fn array_of(values: &[f64], shape: &[usize], dtype: DType) -> R<Array> {
     let s: Vec<Scalar> = values.iter().map(|&v| Scalar::from_f64(dtype, v)).collect();
     Array::from_scalars(shape.to_vec(), dtype, &s)
-        .ok_or_else(|| format!("{} values do not fill shape {shape:?}", values.len()))
+        .ok_or_else(|| format!("{} values do not fill shape {shape:?}", values.len()).into())
 }
 
 /// A constant tensor of `dtype` from f64 values.
@@ -97,7 +97,7 @@ fn int_constant<'g>(n: &Node<'_, 'g>, values: Vec<i64>, shape: &[usize]) -> R<Te
 
 /// The kiln dtype of an ONNX element type attribute.
 fn onnx_dtype(code: i64) -> R<DType> {
-    crate::tensor::dtype_of(code as i32)
+    Ok(crate::tensor::dtype_of(code as i32)?)
 }
 
 /// Row-major strides of `dims`.
@@ -141,26 +141,20 @@ fn reflect<'g>(v: Tensor<'g>, lo: f64, hi: f64) -> R<Tensor<'g>> {
     let g = v.builder();
     let span = hi - lo;
     if span <= 0.0 {
-        return v.mul(0.0).k()?.add(lo).k();
+        return Ok(v.mul(0.0)?.add(lo)?);
     }
-    let below = v.lt(lo).k()?;
-    let above = v.gt(hi).k()?;
-    let dx = g
-        .select(below, v.neg().k()?.add(lo).k()?, v.sub(hi).k()?)
-        .k()?;
-    let flips = dx.div(span).k()?.floor().k()?;
-    let r = dx.sub(flips.mul(span).k()?).k()?;
-    let odd = flips
-        .sub(flips.mul(0.5).k()?.floor().k()?.mul(2.0).k()?)
-        .k()?
-        .gt(0.5)
-        .k()?;
-    let from_lo = r.add(lo).k()?;
-    let from_hi = r.neg().k()?.add(hi).k()?;
-    let b = g.select(odd, from_hi, from_lo).k()?;
-    let a = g.select(odd, from_lo, from_hi).k()?;
-    let inner = g.select(above, a, v).k()?;
-    g.select(below, b, inner).k()
+    let below = v.lt(lo)?;
+    let above = v.gt(hi)?;
+    let dx = g.select(below, v.neg()?.add(lo)?, v.sub(hi)?)?;
+    let flips = dx.div(span)?.floor()?;
+    let r = dx.sub(flips.mul(span)?)?;
+    let odd = flips.sub(flips.mul(0.5)?.floor()?.mul(2.0)?)?.gt(0.5)?;
+    let from_lo = r.add(lo)?;
+    let from_hi = r.neg()?.add(hi)?;
+    let b = g.select(odd, from_hi, from_lo)?;
+    let a = g.select(odd, from_lo, from_hi)?;
+    let inner = g.select(above, a, v)?;
+    Ok(g.select(below, b, inner)?)
 }
 
 /// Keys' cubic convolution coefficients (alpha -0.75) of the four taps at
@@ -169,38 +163,23 @@ fn cubic_coeffs<'g>(t: Tensor<'g>) -> R<[Tensor<'g>; 4]> {
     const A: f64 = -0.75;
     // Outer taps (distance s in [1, 2)): ((A s - 5A) s + 8A) s - 4A.
     let outer = |s: Tensor<'g>| -> R<Tensor<'g>> {
-        s.mul(A)
-            .k()?
-            .sub(5.0 * A)
-            .k()?
-            .mul(s)
-            .k()?
-            .add(8.0 * A)
-            .k()?
-            .mul(s)
-            .k()?
-            .sub(4.0 * A)
-            .k()
+        Ok(s.mul(A)?
+            .sub(5.0 * A)?
+            .mul(s)?
+            .add(8.0 * A)?
+            .mul(s)?
+            .sub(4.0 * A)?)
     };
     // Inner taps (distance s in [0, 1]): ((A + 2) s - (A + 3)) s s + 1.
     let inner = |s: Tensor<'g>| -> R<Tensor<'g>> {
-        s.mul(A + 2.0)
-            .k()?
-            .sub(A + 3.0)
-            .k()?
-            .mul(s)
-            .k()?
-            .mul(s)
-            .k()?
-            .add(1.0)
-            .k()
+        Ok(s.mul(A + 2.0)?.sub(A + 3.0)?.mul(s)?.mul(s)?.add(1.0)?)
     };
-    let one_minus = t.neg().k()?.add(1.0).k()?;
+    let one_minus = t.neg()?.add(1.0)?;
     Ok([
-        outer(t.add(1.0).k()?)?,
+        outer(t.add(1.0)?)?,
         inner(t)?,
         inner(one_minus)?,
-        outer(t.neg().k()?.add(2.0).k()?)?,
+        outer(t.neg()?.add(2.0)?)?,
     ])
 }
 
@@ -231,13 +210,14 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let xs = fixed_shape(x)?;
     let gs = fixed_shape(grid)?;
     if xs.len() < 3 {
-        return Err(format!("X must have rank >= 3, has shape {xs:?}"));
+        return Err(format!("X must have rank >= 3, has shape {xs:?}").into());
     }
     let r = xs.len() - 2;
     if gs.len() != r + 2 || gs[r + 1] != r || gs[0] != xs[0] {
         return Err(format!(
             "grid shape {gs:?} does not fit X shape {xs:?} (want [N, out..., {r}])"
-        ));
+        )
+        .into());
     }
     if !x.dtype().is_float() || !grid.dtype().is_float() {
         return Err("X and grid must be floating point".into());
@@ -253,7 +233,7 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     } else {
         DType::F32
     };
-    let g = grid.cast(ft).k()?;
+    let g = grid.cast(ft)?;
 
     // Per spatial dim: its taps, as (flat offset, weight) pairs.
     type Tap<'g> = (Tensor<'g>, Option<Tensor<'g>>);
@@ -262,14 +242,12 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         let d = d as f64;
         // Spatial dim i reads grid component r - 1 - i (x is the last dim).
         let comp = g
-            .slice_axis(-1, (r - 1 - i) as i64, (r - i) as i64, 1)
-            .k()?
-            .squeeze(-1)
-            .k()?;
+            .slice_axis(-1, (r - 1 - i) as i64, (r - i) as i64, 1)?
+            .squeeze(-1)?;
         let mut v = if align {
-            comp.add(1.0).k()?.mul((d - 1.0) / 2.0).k()?
+            comp.add(1.0)?.mul((d - 1.0) / 2.0)?
         } else {
-            comp.add(1.0).k()?.mul(d).k()?.sub(1.0).k()?.mul(0.5).k()?
+            comp.add(1.0)?.mul(d)?.sub(1.0)?.mul(0.5)?
         };
         let (lo, hi) = if align {
             (0.0, d - 1.0)
@@ -279,36 +257,33 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         if mode == Interp::Nearest {
             // Half to even (nearbyint), for every rank: what the test data
             // holds (ONNX's reference once used std::round for 3-D).
-            v = v.round().k()?;
+            v = v.round()?;
         }
         match padding {
             Padding::Zeros => {}
             Padding::Border => {
-                let outside = v.lt(lo).k()?.or(v.gt(hi).k()?).k()?;
-                let clamped = v.maximum(0.0).k()?.minimum(d - 1.0).k()?;
-                v = n.g.select(outside, clamped, v).k()?;
+                let outside = v.lt(lo)?.or(v.gt(hi)?)?;
+                let clamped = v.maximum(0.0)?.minimum(d - 1.0)?;
+                v = n.g.select(outside, clamped, v)?;
             }
             Padding::Reflection => v = reflect(v, lo, hi)?,
         }
         let taps: Vec<(Tensor<'g>, Option<Tensor<'g>>)> = match mode {
             Interp::Nearest => vec![(v, None)],
             Interp::Linear => {
-                let f = v.floor().k()?;
-                let t = v.sub(f).k()?;
-                vec![
-                    (f, Some(t.neg().k()?.add(1.0).k()?)),
-                    (f.add(1.0).k()?, Some(t)),
-                ]
+                let f = v.floor()?;
+                let t = v.sub(f)?;
+                vec![(f, Some(t.neg()?.add(1.0)?)), (f.add(1.0)?, Some(t))]
             }
             Interp::Cubic => {
-                let f = v.floor().k()?;
-                let t = v.sub(f).k()?;
+                let f = v.floor()?;
+                let t = v.sub(f)?;
                 let [c0, c1, c2, c3] = cubic_coeffs(t)?;
                 vec![
-                    (f.sub(1.0).k()?, Some(c0)),
+                    (f.sub(1.0)?, Some(c0)),
                     (f, Some(c1)),
-                    (f.add(1.0).k()?, Some(c2)),
-                    (f.add(2.0).k()?, Some(c3)),
+                    (f.add(1.0)?, Some(c2)),
+                    (f.add(2.0)?, Some(c3)),
                 ]
             }
         };
@@ -316,9 +291,9 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         for (k, w) in taps {
             let (idx, w) = match padding {
                 Padding::Zeros => {
-                    let valid = k.ge(0.0).k()?.and(k.le(d - 1.0).k()?).k()?.cast(ft).k()?;
+                    let valid = k.ge(0.0)?.and(k.le(d - 1.0)?)?.cast(ft)?;
                     let w = match w {
-                        Some(w) => w.mul(valid).k()?,
+                        Some(w) => w.mul(valid)?,
                         None => valid,
                     };
                     (k, Some(w))
@@ -329,14 +304,10 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             // Truncation toward zero (as the reference's int()), then a
             // clamp so every gathered index is in range.
             let idx = idx
-                .cast(DType::I64)
-                .k()?
-                .maximum(0i64)
-                .k()?
-                .minimum(d as i64 - 1)
-                .k()?
-                .mul(stride as i64)
-                .k()?;
+                .cast(DType::I64)?
+                .maximum(0i64)?
+                .minimum(d as i64 - 1)?
+                .mul(stride as i64)?;
             list.push((idx, w));
         }
         per_dim.push(list);
@@ -346,57 +317,52 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let mut bshape = vec![nb];
     bshape.extend_from_slice(out);
     let batch =
-        n.g.iota(DType::I64, bshape.clone(), 0)
-            .k()?
-            .mul(spatial as i64)
-            .k()?;
+        n.g.iota(DType::I64, bshape.clone(), 0)?
+            .mul(spatial as i64)?;
     let mut combos: Vec<(Tensor<'g>, Option<Tensor<'g>>)> = vec![(batch, None)];
     for list in &per_dim {
         let mut next = Vec::with_capacity(combos.len() * list.len());
         for (ci, cw) in &combos {
             for (ti, tw) in list {
                 let w = match (cw, tw) {
-                    (Some(a), Some(b)) => Some(a.mul(*b).k()?),
+                    (Some(a), Some(b)) => Some(a.mul(*b)?),
                     (Some(a), None) => Some(*a),
                     (None, b) => *b,
                 };
-                next.push((ci.add(*ti).k()?, w));
+                next.push((ci.add(*ti)?, w));
             }
         }
         combos = next;
     }
     let idx: Vec<Tensor<'g>> = combos
         .iter()
-        .map(|(i, _)| i.unsqueeze(0).k())
+        .map(|(i, _)| Ok(i.unsqueeze(0)?))
         .collect::<R<_>>()?;
-    let idx = n.g.concat(&idx, 0).k()?;
+    let idx = n.g.concat(&idx, 0)?;
     // X as [N * spatial, C].
     let data = x
-        .reshape(vec![nb, c, spatial])
-        .k()?
-        .permute(&[0, 2, 1])
-        .k()?
-        .reshape(vec![nb * spatial, c])
-        .k()?;
+        .reshape(vec![nb, c, spatial])?
+        .permute(&[0, 2, 1])?
+        .reshape(vec![nb * spatial, c])?;
     // [taps, N, out..., C]
-    let gathered = data.gather(idx, 0).k()?;
+    let gathered = data.gather(idx, 0)?;
     let y = if combos.iter().all(|(_, w)| w.is_none()) {
-        gathered.squeeze(0).k()?
+        gathered.squeeze(0)?
     } else {
         let ws: Vec<Tensor<'g>> = combos
             .iter()
             .map(|(_, w)| {
                 let w = w.ok_or("mixed weighted and unweighted taps")?;
-                w.cast(x.dtype()).k()?.unsqueeze(0).k()?.unsqueeze(-1).k()
+                Ok(w.cast(x.dtype())?.unsqueeze(0)?.unsqueeze(-1)?)
             })
             .collect::<R<_>>()?;
-        let w = n.g.concat(&ws, 0).k()?;
-        gathered.mul(w).k()?.sum(&[0], false).k()?
+        let w = n.g.concat(&ws, 0)?;
+        gathered.mul(w)?.sum(&[0], false)?
     };
     // [N, out..., C] -> [N, C, out...]
     let mut perm = vec![0, r + 1];
     perm.extend(1..=r);
-    y.permute(&perm).k().map(one)
+    Ok(one(y.permute(&perm)?))
 }
 
 // ---------------------------------------------------------------- AffineGrid
@@ -413,14 +379,15 @@ fn affine_grid<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let r = size.len() - 2;
     let spatial: Vec<usize> = size[2..]
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| format!("bad size {size:?}")))
+        .map(|&d| usize::try_from(d).map_err(|_| format!("bad size {size:?}").into()))
         .collect::<R<_>>()?;
     let ts = fixed_shape(theta)?;
     if ts.len() != 3 || ts[1] != r || ts[2] != r + 1 || ts[0] as i64 != size[0] {
         return Err(format!(
             "theta shape {ts:?} does not fit size {size:?} (want [N, {r}, {}])",
             r + 1
-        ));
+        )
+        .into());
     }
     let coord = |i: usize, d: usize| -> f64 {
         if align {
@@ -445,11 +412,11 @@ fn affine_grid<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         base.push(1.0);
     }
     let base = constant(n, &base, &[p, r + 1], theta.dtype())?;
-    let grid = base.matmul(theta.permute(&[0, 2, 1]).k()?).k()?;
+    let grid = base.matmul(theta.permute(&[0, 2, 1])?)?;
     let mut shape = vec![ts[0]];
     shape.extend_from_slice(&spatial);
     shape.push(r);
-    grid.reshape(shape).k().map(one)
+    Ok(one(grid.reshape(shape)?))
 }
 
 // ------------------------------------------------------- normalization, crop
@@ -460,15 +427,13 @@ fn lp_normalization<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let a = axis(n.int("axis", -1), x.rank())? as i64;
     let norm = match n.int("p", 2) {
-        1 => x.abs().k()?.sum(&[a], true).k()?,
-        2 => x.mul(x).k()?.sum(&[a], true).k()?.sqrt().k()?,
+        1 => x.abs()?.sum(&[a], true)?,
+        2 => x.mul(x)?.sum(&[a], true)?.sqrt()?,
         p => return n.unsupported(format!("p = {p} (1 or 2)")),
     };
     // A zero norm gives zeros (the test data's meaning), not NaN.
-    let safe =
-        n.g.select(norm.eq(0.0).k()?, norm.add(1.0).k()?, norm)
-            .k()?;
-    x.div(safe).k().map(one)
+    let safe = n.g.select(norm.eq(0.0)?, norm.add(1.0)?, norm)?;
+    Ok(one(x.div(safe)?))
 }
 
 /// `CenterCropPad`: each axis cropped (centered, the extra element at the
@@ -482,11 +447,7 @@ fn center_crop_pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         None => (0..rank).collect(),
     };
     if axes.len() != shape.len() {
-        return Err(format!(
-            "shape has {} values for {} axes",
-            shape.len(),
-            axes.len()
-        ));
+        return Err(format!("shape has {} values for {} axes", shape.len(), axes.len()).into());
     }
     let dims = fixed_shape(x)?;
     let mut before = vec![0; rank];
@@ -496,16 +457,14 @@ fn center_crop_pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         let dim = dims[a];
         if want < dim {
             let start = (dim - want) / 2;
-            x = x
-                .slice_axis(a as i64, start as i64, (start + want) as i64, 1)
-                .k()?;
+            x = x.slice_axis(a as i64, start as i64, (start + want) as i64, 1)?;
         } else if want > dim {
             before[a] = (want - dim) / 2;
             after[a] = want - dim - before[a];
         }
     }
     if before.iter().chain(&after).any(|&p| p > 0) {
-        x = x.pad(&before, &after, 0.0).k()?;
+        x = x.pad(&before, &after, 0.0)?;
     }
     Ok(vec![x])
 }
@@ -521,13 +480,13 @@ fn col2im<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let block = n.const_ints(2)?.ok_or("input 'block_shape' is required")?;
     let r = image.len();
     if block.len() != r || r == 0 {
-        return Err(format!(
-            "image_shape {image:?} and block_shape {block:?} differ in length"
-        ));
+        return Err(
+            format!("image_shape {image:?} and block_shape {block:?} differ in length").into(),
+        );
     }
     let to_usize = |v: &[i64], what: &str| -> R<Vec<usize>> {
         v.iter()
-            .map(|&d| usize::try_from(d).map_err(|_| format!("bad {what} {v:?}")))
+            .map(|&d| usize::try_from(d).map_err(|_| format!("bad {what} {v:?}").into()))
             .collect()
     };
     let image = to_usize(&image, "image_shape")?;
@@ -541,9 +500,7 @@ fn col2im<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let xs = fixed_shape(x)?;
     let bsz: usize = block.iter().product();
     if xs.len() != 3 || bsz == 0 || xs[1] % bsz != 0 {
-        return Err(format!(
-            "input shape {xs:?} does not fit block_shape {block:?}"
-        ));
+        return Err(format!("input shape {xs:?} does not fit block_shape {block:?}").into());
     }
     let (nb, c) = (xs[0], xs[1] / bsz);
     let padded: Vec<usize> = (0..r).map(|i| image[i] + pads[i] + pads[r + i]).collect();
@@ -551,15 +508,13 @@ fn col2im<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     for i in 0..r {
         let span = dil[i] * (block[i] - 1) + 1;
         if padded[i] < span || st[i] == 0 {
-            return Err(format!(
-                "block {block:?} does not fit the padded image {padded:?}"
-            ));
+            return Err(format!("block {block:?} does not fit the padded image {padded:?}").into());
         }
         grid.push((padded[i] - span) / st[i] + 1);
     }
     let l: usize = grid.iter().product();
     if xs[2] != l {
-        return Err(format!("input has {} blocks, the image holds {l}", xs[2]));
+        return Err(format!("input has {} blocks, the image holds {l}", xs[2]).into());
     }
     let pst = strides(&padded);
     let mut idx = Vec::with_capacity(bsz * l);
@@ -575,22 +530,20 @@ fn col2im<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let total: usize = padded.iter().product();
     let idx = int_constant(n, idx, &[bsz * l])?;
-    let zeros = n.g.full(0.0, x.dtype(), &[nb, c, total]).k()?;
-    let updates = x.reshape(vec![nb, c, bsz * l]).k()?;
-    let mut y = zeros.scatter_add(idx, updates, 2).k()?;
+    let zeros = n.g.full(0.0, x.dtype(), &[nb, c, total])?;
+    let updates = x.reshape(vec![nb, c, bsz * l])?;
+    let mut y = zeros.scatter_add(idx, updates, 2)?;
     let mut shape = vec![nb, c];
     shape.extend_from_slice(&padded);
-    y = y.reshape(shape).k()?;
+    y = y.reshape(shape)?;
     for i in 0..r {
         if pads[i] > 0 || pads[r + i] > 0 {
-            y = y
-                .slice_axis(
-                    (i + 2) as i64,
-                    pads[i] as i64,
-                    (pads[i] + image[i]) as i64,
-                    1,
-                )
-                .k()?;
+            y = y.slice_axis(
+                (i + 2) as i64,
+                pads[i] as i64,
+                (pads[i] + image[i]) as i64,
+                1,
+            )?;
         }
     }
     Ok(vec![y])
@@ -607,9 +560,7 @@ fn max_unpool<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let kernel = n.ints("kernel_shape").ok_or("kernel_shape is required")?;
     let r = kernel.len();
     if xs.len() != r + 2 {
-        return Err(format!(
-            "X shape {xs:?} does not fit kernel_shape {kernel:?}"
-        ));
+        return Err(format!("X shape {xs:?} does not fit kernel_shape {kernel:?}").into());
     }
     let st = n.ints("strides").unwrap_or(vec![1; r]);
     let pads = n.ints("pads").unwrap_or(vec![0; 2 * r]);
@@ -626,7 +577,7 @@ fn max_unpool<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let mut after = vec![0; inferred.len()];
     if let Some(shape) = &output_shape {
         if shape.len() != inferred.len() {
-            return Err(format!("output_shape {shape:?} has the wrong rank"));
+            return Err(format!("output_shape {shape:?} has the wrong rank").into());
         }
         for (i, (&want, &have)) in shape.iter().zip(&inferred).enumerate() {
             match usize::try_from(want) {
@@ -641,15 +592,15 @@ fn max_unpool<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let total: usize = inferred.iter().product();
     let numel: usize = xs.iter().product();
-    let flat_i = idx.cast(DType::I64).k()?.reshape(vec![numel]).k()?;
-    let flat_x = x.reshape(vec![numel]).k()?;
-    let zeros = n.g.full(0.0, x.dtype(), &[total]).k()?;
-    let sum = zeros.scatter_add(flat_i, flat_x, 0).k()?;
-    let ones = n.g.full(1.0, x.dtype(), &[numel]).k()?;
-    let count = zeros.scatter_add(flat_i, ones, 0).k()?.maximum(1.0).k()?;
-    let mut y = sum.div(count).k()?.reshape(inferred).k()?;
+    let flat_i = idx.cast(DType::I64)?.reshape(vec![numel])?;
+    let flat_x = x.reshape(vec![numel])?;
+    let zeros = n.g.full(0.0, x.dtype(), &[total])?;
+    let sum = zeros.scatter_add(flat_i, flat_x, 0)?;
+    let ones = n.g.full(1.0, x.dtype(), &[numel])?;
+    let count = zeros.scatter_add(flat_i, ones, 0)?.maximum(1.0)?;
+    let mut y = sum.div(count)?.reshape(inferred)?;
     if after.iter().any(|&a| a > 0) {
-        y = y.pad(&vec![0; after.len()], &after, 0.0).k()?;
+        y = y.pad(&vec![0; after.len()], &after, 0.0)?;
     }
     Ok(vec![y])
 }
@@ -667,21 +618,21 @@ fn reverse_sequence<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (ba, ta) = (ba as usize, ta as usize);
     let (b, t) = (xs[ba], xs[ta]);
     let lead = vec![xs[0], xs[1]];
-    let tt = n.g.iota(DType::I64, lead.clone(), ta).k()?;
-    let bb = n.g.iota(DType::I64, lead.clone(), ba).k()?;
+    let tt = n.g.iota(DType::I64, lead.clone(), ta)?;
+    let bb = n.g.iota(DType::I64, lead.clone(), ba)?;
     let mut lshape = vec![1, 1];
     lshape[ba] = b;
-    let len = lens.cast(DType::I64).k()?.reshape(lshape).k()?;
-    let rev = len.sub(1i64).k()?.sub(tt).k()?;
-    let src = n.g.select(tt.lt(len).k()?, rev, tt).k()?;
+    let len = lens.cast(DType::I64)?.reshape(lshape)?;
+    let rev = len.sub(1i64)?.sub(tt)?;
+    let src = n.g.select(tt.lt(len)?, rev, tt)?;
     let flat = if ta == 0 {
-        src.mul(b as i64).k()?.add(bb).k()?
+        src.mul(b as i64)?.add(bb)?
     } else {
-        bb.mul(t as i64).k()?.add(src).k()?
+        bb.mul(t as i64)?.add(src)?
     };
     let mut merged = vec![xs[0] * xs[1]];
     merged.extend_from_slice(&xs[2..]);
-    x.reshape(merged).k()?.gather(flat, 0).k().map(one)
+    Ok(one(x.reshape(merged)?.gather(flat, 0)?))
 }
 
 // ---------------------------------------------------------------- windows
@@ -691,7 +642,7 @@ fn reverse_sequence<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 fn window<'g>(n: &Node<'_, 'g>, a: [f64; 3]) -> R<Vec<Tensor<'g>>> {
     let size = n.const_scalar(0)?.ok_or("input 'size' is required")?;
     if size < 0.0 || size.fract() != 0.0 {
-        return Err(format!("bad window size {size}"));
+        return Err(format!("bad window size {size}").into());
     }
     let size = size as usize;
     let periodic = n.int("periodic", 1) != 0;
@@ -719,7 +670,7 @@ fn window<'g>(n: &Node<'_, 'g>, a: [f64; 3]) -> R<Vec<Tensor<'g>>> {
 fn mel_weight_matrix<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let get = |i: usize, what: &str| -> R<f64> {
         n.const_scalar(i)?
-            .ok_or_else(|| format!("input '{what}' is required"))
+            .ok_or_else(|| format!("input '{what}' is required").into())
     };
     let mels = get(0, "num_mel_bins")?;
     let dft_len = get(1, "dft_length")?;
@@ -778,14 +729,14 @@ fn det<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let xs = fixed_shape(x)?;
     let r = xs.len();
     if r < 2 || xs[r - 1] != xs[r - 2] {
-        return Err(format!("Det needs [..., m, m], got {xs:?}"));
+        return Err(format!("Det needs [..., m, m], got {xs:?}").into());
     }
     if !x.dtype().is_float() {
-        return Err(format!("Det needs floating point input, got {}", x.dtype()));
+        return Err(format!("Det needs floating point input, got {}", x.dtype()).into());
     }
     let m = xs[r - 1];
     if m == 0 {
-        return n.g.full(1.0, x.dtype(), &xs[..r - 2]).k().map(one);
+        return Ok(one(n.g.full(1.0, x.dtype(), &xs[..r - 2])?));
     }
     if m <= 4 {
         return cofactor_det(x, m).map(one);
@@ -796,19 +747,10 @@ fn det<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 fn cofactor_det<'g>(x: Tensor<'g>, m: usize) -> R<Tensor<'g>> {
     let mut e = Vec::with_capacity(m);
     for i in 0..m {
-        let row = x
-            .slice_axis(-2, i as i64, i as i64 + 1, 1)
-            .k()?
-            .squeeze(-2)
-            .k()?;
+        let row = x.slice_axis(-2, i as i64, i as i64 + 1, 1)?.squeeze(-2)?;
         let mut cols = Vec::with_capacity(m);
         for j in 0..m {
-            cols.push(
-                row.slice_axis(-1, j as i64, j as i64 + 1, 1)
-                    .k()?
-                    .squeeze(-1)
-                    .k()?,
-            );
+            cols.push(row.slice_axis(-1, j as i64, j as i64 + 1, 1)?.squeeze(-1)?);
         }
         e.push(cols);
     }
@@ -831,12 +773,12 @@ fn cofactor_det<'g>(x: Tensor<'g>, m: usize) -> R<Tensor<'g>> {
         } else {
             let mut acc: Option<Tensor<'g>> = None;
             for (pos, &j) in cols.iter().enumerate() {
-                let term = e[row][j].mul(minor(e, mask & !(1 << j), memo)?).k()?;
+                let term = e[row][j].mul(minor(e, mask & !(1 << j), memo)?)?;
                 acc = Some(match acc {
                     None if pos % 2 == 0 => term,
-                    None => term.neg().k()?,
-                    Some(a) if pos % 2 == 0 => a.add(term).k()?,
-                    Some(a) => a.sub(term).k()?,
+                    None => term.neg()?,
+                    Some(a) if pos % 2 == 0 => a.add(term)?,
+                    Some(a) => a.sub(term)?,
                 });
             }
             acc.expect("k >= 2 columns")
@@ -851,16 +793,12 @@ fn elimination_det<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, xs: &[usize]) -> R<Tenso
     let r = xs.len();
     let m = xs[r - 1];
     let dt = x.dtype();
-    let rows = n.g.iota(DType::I64, vec![m], 0).k()?;
+    let rows = n.g.iota(DType::I64, vec![m], 0)?;
     let mut a = x;
     let mut det: Option<Tensor<'g>> = None;
     for k in 0..m {
         // Column k; rows above k are out of the running.
-        let col = a
-            .slice_axis(-1, k as i64, k as i64 + 1, 1)
-            .k()?
-            .squeeze(-1)
-            .k()?;
+        let col = a.slice_axis(-1, k as i64, k as i64 + 1, 1)?.squeeze(-1)?;
         let below = constant(
             n,
             &(0..m)
@@ -869,17 +807,13 @@ fn elimination_det<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, xs: &[usize]) -> R<Tenso
             &[m],
             dt,
         )?;
-        let avail = rows.ge(k as i64).k()?;
-        let score = n.g.select(avail, col.abs().k()?, below).k()?;
-        let p = score.argmax(-1, true).k()?; // [..., 1]
-        let onehot = rows.eq(p).k()?.cast(dt).k()?; // [..., m]
-        let oh = onehot.unsqueeze(-1).k()?; // [..., m, 1]
-        let row_p = a.mul(oh).k()?.sum(&[-2], false).k()?; // [..., m]
-        let row_k = a
-            .slice_axis(-2, k as i64, k as i64 + 1, 1)
-            .k()?
-            .squeeze(-2)
-            .k()?;
+        let avail = rows.ge(k as i64)?;
+        let score = n.g.select(avail, col.abs()?, below)?;
+        let p = score.argmax(-1, true)?; // [..., 1]
+        let onehot = rows.eq(p)?.cast(dt)?; // [..., m]
+        let oh = onehot.unsqueeze(-1)?; // [..., m, 1]
+        let row_p = a.mul(oh)?.sum(&[-2], false)?; // [..., m]
+        let row_k = a.slice_axis(-2, k as i64, k as i64 + 1, 1)?.squeeze(-2)?;
         let ek = constant(
             n,
             &(0..m)
@@ -889,43 +823,29 @@ fn elimination_det<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, xs: &[usize]) -> R<Tenso
             dt,
         )?;
         // Swap rows k and p (a no-op where p == k).
-        let diff = row_k.sub(row_p).k()?.unsqueeze(-2).k()?; // [..., 1, m]
-        a = a.add(oh.mul(diff).k()?).k()?.sub(ek.mul(diff).k()?).k()?;
-        let swapped = p.squeeze(-1).k()?.ne(k as i64).k()?;
+        let diff = row_k.sub(row_p)?.unsqueeze(-2)?; // [..., 1, m]
+        a = a.add(oh.mul(diff)?)?.sub(ek.mul(diff)?)?;
+        let swapped = p.squeeze(-1)?.ne(k as i64)?;
         let pivot = row_p
-            .slice_axis(-1, k as i64, k as i64 + 1, 1)
-            .k()?
-            .squeeze(-1)
-            .k()?;
-        let signed = n.g.select(swapped, pivot.neg().k()?, pivot).k()?;
+            .slice_axis(-1, k as i64, k as i64 + 1, 1)?
+            .squeeze(-1)?;
+        let signed = n.g.select(swapped, pivot.neg()?, pivot)?;
         det = Some(match det {
             None => signed,
-            Some(d) => d.mul(signed).k()?,
+            Some(d) => d.mul(signed)?,
         });
         if k + 1 < m {
             // Eliminate column k below row k (a zero pivot: det is 0, and
             // the factors are kept finite).
-            let zero = pivot.eq(0.0).k()?;
-            let safe = n.g.select(zero, pivot.add(1.0).k()?, pivot).k()?;
-            let col = a
-                .slice_axis(-1, k as i64, k as i64 + 1, 1)
-                .k()?
-                .squeeze(-1)
-                .k()?;
-            let lower = rows.gt(k as i64).k()?.cast(dt).k()?;
-            let factor = col.mul(lower).k()?.div(safe.unsqueeze(-1).k()?).k()?;
-            a = a
-                .sub(
-                    factor
-                        .unsqueeze(-1)
-                        .k()?
-                        .mul(row_p.unsqueeze(-2).k()?)
-                        .k()?,
-                )
-                .k()?;
+            let zero = pivot.eq(0.0)?;
+            let safe = n.g.select(zero, pivot.add(1.0)?, pivot)?;
+            let col = a.slice_axis(-1, k as i64, k as i64 + 1, 1)?.squeeze(-1)?;
+            let lower = rows.gt(k as i64)?.cast(dt)?;
+            let factor = col.mul(lower)?.div(safe.unsqueeze(-1)?)?;
+            a = a.sub(factor.unsqueeze(-1)?.mul(row_p.unsqueeze(-2)?)?)?;
         }
     }
-    det.ok_or_else(|| "empty matrix".to_string())
+    det.ok_or_else(|| "empty matrix".into())
 }
 
 // ---------------------------------------------------------------- DFT
@@ -949,8 +869,8 @@ fn dft_along<'g>(
     // with f32 twiddles the near-zero outputs miss by more than 1e-7.
     let out_dt = re.dtype();
     let dt = DType::F64;
-    let re = re.cast(dt).k()?;
-    let im = im.map(|t| t.cast(dt).k()).transpose()?;
+    let re = re.cast(dt)?;
+    let im = im.map(|t| t.cast(dt)).transpose()?;
     if len == 0 {
         return Err("dft_length must be positive".into());
     }
@@ -1002,22 +922,22 @@ fn dft_along<'g>(
     for (i, &p) in perm.iter().enumerate() {
         back[p] = i;
     }
-    let re_t = re.permute(&perm).k()?;
-    let im_t = im.map(|t| t.permute(&perm).k()).transpose()?;
+    let re_t = re.permute(&perm)?;
+    let im_t = im.map(|t| t.permute(&perm)).transpose()?;
     let mat = |v: &[f64]| constant(n, v, &[l, k_out], dt);
     let apply = |a: Tensor<'g>, m: &[f64], b: Option<Tensor<'g>>, mb: &[f64]| -> R<Tensor<'g>> {
-        let mut y = a.matmul(mat(m)?).k()?;
+        let mut y = a.matmul(mat(m)?)?;
         if let Some(b) = b {
-            y = y.add(b.matmul(mat(mb)?).k()?).k()?;
+            y = y.add(b.matmul(mat(mb)?)?)?;
         }
-        y.permute(&back).k()?.unsqueeze(-1).k()
+        Ok(y.permute(&back)?.unsqueeze(-1)?)
     };
     let yr = apply(re_t, &rr, im_t, &ir)?;
     if real_out {
-        return yr.cast(out_dt).k();
+        return Ok(yr.cast(out_dt)?);
     }
     let yi = apply(re_t, &ri, im_t, &ii)?;
-    n.g.concat(&[yr, yi], -1).k()?.cast(out_dt).k()
+    Ok(n.g.concat(&[yr, yi], -1)?.cast(out_dt)?)
 }
 
 /// Splits `[..., 1 or 2]` into its real and imaginary parts (without the
@@ -1025,14 +945,12 @@ fn dft_along<'g>(
 fn complex_parts<'g>(x: Tensor<'g>) -> R<(Tensor<'g>, Option<Tensor<'g>>)> {
     let xs = fixed_shape(x)?;
     match xs.last() {
-        Some(1) => Ok((x.squeeze(-1).k()?, None)),
+        Some(1) => Ok((x.squeeze(-1)?, None)),
         Some(2) => Ok((
-            x.slice_axis(-1, 0, 1, 1).k()?.squeeze(-1).k()?,
-            Some(x.slice_axis(-1, 1, 2, 1).k()?.squeeze(-1).k()?),
+            x.slice_axis(-1, 0, 1, 1)?.squeeze(-1)?,
+            Some(x.slice_axis(-1, 1, 2, 1)?.squeeze(-1)?),
         )),
-        _ => Err(format!(
-            "the last dim must be 1 (real) or 2 (complex), shape {xs:?}"
-        )),
+        _ => Err(format!("the last dim must be 1 (real) or 2 (complex), shape {xs:?}").into()),
     }
 }
 
@@ -1044,12 +962,12 @@ fn dft<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let rank = x.rank();
     if !x.dtype().is_float() {
-        return Err(format!("DFT needs floating point input, got {}", x.dtype()));
+        return Err(format!("DFT needs floating point input, got {}", x.dtype()).into());
     }
     let raw_axis = if n.opset >= 20 {
         match n.const_ints(2)? {
             Some(v) if v.len() == 1 => v[0],
-            Some(v) => return Err(format!("axis must be one value, got {v:?}")),
+            Some(v) => return Err(format!("axis must be one value, got {v:?}").into()),
             None => -2,
         }
     } else {
@@ -1057,14 +975,14 @@ fn dft<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     };
     let a = axis(raw_axis, rank)?;
     if a + 1 >= rank {
-        return Err(format!("axis {raw_axis} is the complex dim"));
+        return Err(format!("axis {raw_axis} is the complex dim").into());
     }
     let inverse = n.int("inverse", 0) != 0;
     let onesided = n.int("onesided", 0) != 0;
     let l = fixed_shape(x)?[a];
     let len = match n.const_ints(1)? {
         Some(v) if v.len() == 1 && v[0] > 0 => v[0] as usize,
-        Some(v) => return Err(format!("bad dft_length {v:?}")),
+        Some(v) => return Err(format!("bad dft_length {v:?}").into()),
         None if inverse && onesided => 2 * l.saturating_sub(1),
         None => l,
     };
@@ -1078,19 +996,17 @@ fn stft<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let xs = fixed_shape(x)?;
     if xs.len() != 3 {
-        return Err(format!(
-            "signal must be [batch, length, 1 or 2], got {xs:?}"
-        ));
+        return Err(format!("signal must be [batch, length, 1 or 2], got {xs:?}").into());
     }
     let step = n.const_ints(1)?.ok_or("input 'frame_step' is required")?;
     let step = match step.as_slice() {
         [s] if *s > 0 => *s as usize,
-        _ => return Err(format!("bad frame_step {step:?}")),
+        _ => return Err(format!("bad frame_step {step:?}").into()),
     };
     let window = n.opt(2);
     let frame = match n.const_ints(3)? {
         Some(v) if v.len() == 1 && v[0] > 0 => v[0] as usize,
-        Some(v) => return Err(format!("bad frame_length {v:?}")),
+        Some(v) => return Err(format!("bad frame_length {v:?}").into()),
         None => match window {
             Some(w) => fixed_shape(w)?
                 .first()
@@ -1100,23 +1016,20 @@ fn stft<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         },
     };
     if frame > xs[1] {
-        return Err(format!(
-            "frame_length {frame} exceeds the signal length {}",
-            xs[1]
-        ));
+        return Err(format!("frame_length {frame} exceeds the signal length {}", xs[1]).into());
     }
     let frames = 1 + (xs[1] - frame) / step;
     let idx: Vec<i64> = (0..frames)
         .flat_map(|f| (0..frame).map(move |j| (f * step + j) as i64))
         .collect();
     let idx = int_constant(n, idx, &[frames, frame])?;
-    let mut framed = x.gather(idx, 1).k()?; // [B, F, frame, c]
+    let mut framed = x.gather(idx, 1)?; // [B, F, frame, c]
     if let Some(w) = window {
         if fixed_shape(w)? != [frame] {
-            return Err(format!("window must have length {frame}"));
+            return Err(format!("window must have length {frame}").into());
         }
-        let w = w.cast(x.dtype()).k()?.reshape(vec![1, 1, frame, 1]).k()?;
-        framed = framed.mul(w).k()?;
+        let w = w.cast(x.dtype())?.reshape(vec![1, 1, frame, 1])?;
+        framed = framed.mul(w)?;
     }
     let onesided = n.int("onesided", 1) != 0;
     let (re, im) = complex_parts(framed)?;
@@ -1150,7 +1063,7 @@ fn random<'g>(n: &Node<'_, 'g>, normal: bool, like: bool) -> R<Vec<Tensor<'g>>> 
         let shape = n.ints("shape").ok_or("shape is required")?;
         let dims = shape
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| format!("bad shape {shape:?}")))
+            .map(|&d| usize::try_from(d).map_err(|_| format!("bad shape {shape:?}").into()))
             .collect::<R<Vec<_>>>()?;
         (
             kiln_graph::Shape::from(dims),
@@ -1163,10 +1076,10 @@ fn random<'g>(n: &Node<'_, 'g>, normal: bool, like: bool) -> R<Vec<Tensor<'g>>> 
     let seed = seed_of(n);
     let t = if normal {
         let (mean, scale) = (n.float("mean", 0.0) as f64, n.float("scale", 1.0) as f64);
-        n.g.random_normal(dtype, shape, seed, mean, scale).k()?
+        n.g.random_normal(dtype, shape, seed, mean, scale)?
     } else {
         let (low, high) = (n.float("low", 0.0) as f64, n.float("high", 1.0) as f64);
-        n.g.random_uniform(dtype, shape, seed, low, high).k()?
+        n.g.random_uniform(dtype, shape, seed, low, high)?
     };
     Ok(vec![t])
 }
@@ -1184,10 +1097,8 @@ fn bernoulli<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     } else {
         DType::F32
     };
-    let u =
-        n.g.random_uniform(ft, x.shape(), seed_of(n), 0.0, 1.0)
-            .k()?;
-    u.lt(x.cast(ft).k()?).k()?.cast(dtype).k().map(one)
+    let u = n.g.random_uniform(ft, x.shape(), seed_of(n), 0.0, 1.0)?;
+    Ok(one(u.lt(x.cast(ft)?)?.cast(dtype)?))
 }
 
 // ------------------------------------------------- value-dependent shapes
@@ -1202,24 +1113,19 @@ fn compress<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         Some(at) => (x, axis(at.i, x.rank())?),
         None => {
             let numel: usize = fixed_shape(x)?.iter().product();
-            (x.reshape(vec![numel]).k()?, 0)
+            (x.reshape(vec![numel])?, 0)
         }
     };
     let len = fixed_shape(data)?[a];
     if cond.len() > len {
-        return Err(format!(
-            "condition has {} values for an axis of {len}",
-            cond.len()
-        ));
+        return Err(format!("condition has {} values for an axis of {len}", cond.len()).into());
     }
     let idx: Vec<i64> = (0..cond.len())
         .filter(|&i| cond[i] != 0.0)
         .map(|i| i as i64)
         .collect();
     let k = idx.len();
-    data.gather(int_constant(n, idx, &[k])?, a as i64)
-        .k()
-        .map(one)
+    Ok(one(data.gather(int_constant(n, idx, &[k])?, a as i64)?))
 }
 
 /// Orders f64 values as numpy sorts them (NaN last, -0 == 0).
@@ -1240,7 +1146,7 @@ fn unique<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     // The slices compared: elements (no axis), or sub-tensors along axis.
     let (data, a, keys): (Tensor<'g>, usize, Vec<Vec<f64>>) = match n.attr("axis") {
         None => (
-            x.reshape(vec![vals.len()]).k()?,
+            x.reshape(vec![vals.len()])?,
             0,
             vals.iter().map(|&v| vec![v]).collect(),
         ),
@@ -1297,7 +1203,7 @@ fn unique<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         counts[rank[w]] += 1;
     }
     let idx_t = int_constant(n, indices.clone(), &[u])?;
-    let y = data.gather(idx_t, a as i64).k()?;
+    let y = data.gather(idx_t, a as i64)?;
     let m = inverse.len();
     Ok(vec![
         y,
@@ -1324,9 +1230,9 @@ fn non_max_suppression<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let center = n.int("center_point_box", 0) != 0;
     let (bs, ss) = (boxes.shape(), scores.shape());
     if bs.len() != 3 || bs[2] != 4 || ss.len() != 3 || ss[0] != bs[0] || ss[2] != bs[1] {
-        return Err(format!(
-            "boxes {bs:?} and scores {ss:?} must be [B, N, 4] and [B, C, N]"
-        ));
+        return Err(
+            format!("boxes {bs:?} and scores {ss:?} must be [B, N, 4] and [B, C, N]").into(),
+        );
     }
     let (nb, nc, nbox) = (bs[0], ss[1], bs[1]);
     let bv = boxes.to_f64_vec();
@@ -1398,11 +1304,11 @@ fn roi_align<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (x, rois, bi) = (n.input(0)?, n.input(1)?, n.input(2)?);
     let xs = fixed_shape(x)?;
     if xs.len() != 4 {
-        return Err(format!("X must be [N, C, H, W], got {:?}", xs));
+        return Err(format!("X must be [N, C, H, W], got {:?}", xs).into());
     }
     let r = fixed_shape(rois)?;
     if r.len() != 2 || r[1] != 4 {
-        return Err(format!("rois must be [num_rois, 4], got {r:?}"));
+        return Err(format!("rois must be [num_rois, 4], got {r:?}").into());
     }
     let (ph, pw) = (
         n.int("output_height", 1).max(1) as usize,
@@ -1423,8 +1329,8 @@ fn roi_align<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         Some("max") => true,
         Some(m) => return n.unsupported(format!("mode '{m}'")),
     };
-    let xg = x.gather(bi.cast(DType::I64).k()?, 0).k()?;
-    let rois = rois.cast(DType::F64).k()?;
+    let xg = x.gather(bi.cast(DType::I64)?, 0)?;
+    let rois = rois.cast(DType::F64)?;
     let geo = RoiGeometry {
         size: [xs[2], xs[3]],
         pooled: [ph, pw],
@@ -1452,23 +1358,19 @@ fn roi_align<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             (rh / ph as f64).ceil().max(0.0) as usize,
             (rw / pw as f64).ceil().max(0.0) as usize,
         ];
-        let xi = xg.slice_axis(0, i as i64, i as i64 + 1, 1).k()?;
-        let ri = rois.slice_axis(0, i as i64, i as i64 + 1, 1).k()?;
+        let xi = xg.slice_axis(0, i as i64, i as i64 + 1, 1)?;
+        let ri = rois.slice_axis(0, i as i64, i as i64 + 1, 1)?;
         parts.push(if grid[0] == 0 || grid[1] == 0 {
             // No samples: ONNX's reference gives zeros.
-            xi.slice_axis(2, 0, 1, 1)
-                .k()?
-                .slice_axis(3, 0, 1, 1)
-                .k()?
-                .mul(0.0)
-                .k()?
-                .broadcast_to([1, xs[1], ph, pw])
-                .k()?
+            xi.slice_axis(2, 0, 1, 1)?
+                .slice_axis(3, 0, 1, 1)?
+                .mul(0.0)?
+                .broadcast_to([1, xs[1], ph, pw])?
         } else {
             roi_bins(n, xi, ri, grid, &geo)?
         });
     }
-    n.g.concat(&parts, 0).k().map(one)
+    Ok(one(n.g.concat(&parts, 0)?))
 }
 
 /// What `RoiAlign` samples: the feature map's `[H, W]`, the bins per ROI,
@@ -1493,12 +1395,7 @@ fn roi_bins<'g>(
     let dtype = xg.dtype();
     let off = if geo.half_pixel { 0.5 } else { 0.0 };
     let col = |k: i64| -> R<Tensor<'g>> {
-        rois.slice_axis(1, k, k + 1, 1)
-            .k()?
-            .mul(geo.scale)
-            .k()?
-            .sub(off)
-            .k()
+        Ok(rois.slice_axis(1, k, k + 1, 1)?.mul(geo.scale)?.sub(off)?)
     };
     // Per axis (rows, then columns): the samples' one-hot corner matrices
     // and weights.
@@ -1507,49 +1404,43 @@ fn roi_bins<'g>(
     // 0 and 2.
     for (d, (first, last)) in [(1, 3), (0, 2)].into_iter().enumerate() {
         let start = col(first)?;
-        let mut extent = col(last)?.sub(start).k()?;
+        let mut extent = col(last)?.sub(start)?;
         if !geo.half_pixel {
-            extent = extent.maximum(1.0).k()?;
+            extent = extent.maximum(1.0)?;
         }
         let (bins, g, size) = (geo.pooled[d], grid[d], geo.size[d]);
-        let bin = extent.div(bins as f64).k()?;
+        let bin = extent.div(bins as f64)?;
         let frac: Vec<f64> = (0..bins * g)
             .map(|s| (s / g) as f64 + ((s % g) as f64 + 0.5) / g as f64)
             .collect();
         let frac = constant(n, &frac, &[1, bins * g], DType::F64)?;
-        let pos = start.add(bin.mul(frac).k()?).k()?;
-        let outside = pos.lt(-1.0).k()?.or(pos.gt(size as f64).k()?).k()?;
+        let pos = start.add(bin.mul(frac)?)?;
+        let outside = pos.lt(-1.0)?.or(pos.gt(size as f64)?)?;
         let last = (size - 1) as f64;
-        let p = pos.maximum(0.0).k()?.minimum(last).k()?;
-        let lo = p.floor().k()?;
-        let hi = lo.add(1.0).k()?.minimum(last).k()?;
-        let frac_hi = p.sub(lo).k()?;
+        let p = pos.maximum(0.0)?.minimum(last)?;
+        let lo = p.floor()?;
+        let hi = lo.add(1.0)?.minimum(last)?;
+        let frac_hi = p.sub(lo)?;
         let zero = n.scalar(0.0, DType::F64)?;
-        let w_hi = n.g.select(outside, zero, frac_hi).k()?;
-        let w_lo =
-            n.g.select(outside, zero, frac_hi.neg().k()?.add(1.0).k()?)
-                .k()?;
-        let at = n.g.iota(DType::F64, [1, 1, size], 2).k()?;
-        let hot =
-            |i: Tensor<'g>| -> R<Tensor<'g>> { i.unsqueeze(2).k()?.eq(at).k()?.cast(dtype).k() };
+        let w_hi = n.g.select(outside, zero, frac_hi)?;
+        let w_lo = n.g.select(outside, zero, frac_hi.neg()?.add(1.0)?)?;
+        let at = n.g.iota(DType::F64, [1, 1, size], 2)?;
+        let hot = |i: Tensor<'g>| -> R<Tensor<'g>> { Ok(i.unsqueeze(2)?.eq(at)?.cast(dtype)?) };
         axes.push([(hot(lo)?, w_lo), (hot(hi)?, w_hi)]);
     }
     // rows [R, S, H] and columns [R, S, W] around the maps [R, C, H, W].
     let around = |rows: Tensor<'g>, cols: Tensor<'g>| -> R<Tensor<'g>> {
-        let rows = rows.unsqueeze(1).k()?;
-        let cols = cols.permute(&[0, 2, 1]).k()?.unsqueeze(1).k()?;
-        rows.matmul(xg).k()?.matmul(cols).k()
+        let rows = rows.unsqueeze(1)?;
+        let cols = cols.permute(&[0, 2, 1])?.unsqueeze(1)?;
+        Ok(rows.matmul(xg)?.matmul(cols)?)
     };
     let weights = |wr: Tensor<'g>, wc: Tensor<'g>| -> R<Tensor<'g>> {
         // [R, 1, SY, 1] * [R, 1, 1, SX]
-        wr.unsqueeze(1)
-            .k()?
-            .unsqueeze(3)
-            .k()?
-            .mul(wc.unsqueeze(1).k()?.unsqueeze(2).k()?)
-            .k()?
-            .cast(dtype)
-            .k()
+        Ok(wr
+            .unsqueeze(1)?
+            .unsqueeze(3)?
+            .mul(wc.unsqueeze(1)?.unsqueeze(2)?)?
+            .cast(dtype)?)
     };
     let [(rlo, wrlo), (rhi, wrhi)] = axes[0];
     let [(clo, wclo), (chi, wchi)] = axes[1];
@@ -1560,30 +1451,32 @@ fn roi_bins<'g>(
         let mut best: Option<Tensor<'g>> = None;
         for (rows, wr) in [(rlo, wrlo), (rhi, wrhi)] {
             for (cols, wc) in [(clo, wclo), (chi, wchi)] {
-                let v = around(rows, cols)?.mul(weights(wr, wc)?).k()?;
+                let v = around(rows, cols)?.mul(weights(wr, wc)?)?;
                 best = Some(match best {
                     None => v,
-                    Some(b) => b.maximum(v).k()?,
+                    Some(b) => b.maximum(v)?,
                 });
             }
         }
         best.ok_or("no corners")?
     } else {
-        let mix = |(lo, wlo): (Tensor<'g>, Tensor<'g>), (hi, whi): (Tensor<'g>, Tensor<'g>)| {
-            let wl = wlo.unsqueeze(2).k()?.cast(dtype).k()?;
-            let wh = whi.unsqueeze(2).k()?.cast(dtype).k()?;
-            lo.mul(wl).k()?.add(hi.mul(wh).k()?).k()
+        let mix = |(lo, wlo): (Tensor<'g>, Tensor<'g>),
+                   (hi, whi): (Tensor<'g>, Tensor<'g>)|
+         -> R<Tensor<'g>> {
+            let wl = wlo.unsqueeze(2)?.cast(dtype)?;
+            let wh = whi.unsqueeze(2)?.cast(dtype)?;
+            Ok(lo.mul(wl)?.add(hi.mul(wh)?)?)
         };
         around(
             mix((rlo, wrlo), (rhi, wrhi))?,
             mix((clo, wclo), (chi, wchi))?,
         )?
     };
-    let binned = samples.reshape(split).k()?;
+    let binned = samples.reshape(split)?;
     if geo.max {
-        binned.max(&[3, 5], false).k()
+        Ok(binned.max(&[3, 5], false)?)
     } else {
-        binned.mean(&[3, 5], false).k()
+        Ok(binned.mean(&[3, 5], false)?)
     }
 }
 

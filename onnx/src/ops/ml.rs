@@ -5,7 +5,7 @@
 
 use kiln_graph::{Array, DType, Tensor};
 
-use super::{Converter, Kiln, Node, R};
+use super::{Converter, Node, R};
 
 /// The ops of this family (keyed by domain and op type).
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -18,10 +18,10 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
 fn binarizer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     if !x.dtype().is_numeric() {
-        return Err(format!("X must be numeric, got {}", x.dtype()));
+        return Err(format!("X must be numeric, got {}", x.dtype()).into());
     }
     let threshold = n.float("threshold", 0.0) as f64;
-    Ok(vec![x.gt(threshold).k()?.cast(x.dtype()).k()?])
+    Ok(vec![x.gt(threshold)?.cast(x.dtype())?])
 }
 
 /// `ArrayFeatureExtractor`: the elements of the last axis of X at the
@@ -29,13 +29,9 @@ fn binarizer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 fn array_feature_extractor<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let y = n.input(1)?;
-    let y = y.reshape_to(&[-1]).k()?;
-    let z = x.gather(y, -1).k()?;
-    Ok(vec![if x.rank() == 1 {
-        z.unsqueeze(0).k()?
-    } else {
-        z
-    }])
+    let y = y.reshape_to(&[-1])?;
+    let z = x.gather(y, -1)?;
+    Ok(vec![if x.rank() == 1 { z.unsqueeze(0)? } else { z }])
 }
 
 /// `TreeEnsemble` (ai.onnx.ml opset 5): each tree routes a row of X
@@ -59,15 +55,15 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let dtype = x.dtype();
     if !dtype.is_float() {
-        return Err(format!("X must be floating point, got {dtype}"));
+        return Err(format!("X must be floating point, got {dtype}").into());
     }
     let xs = super::fixed_shape(x)?;
     if xs.len() != 2 {
-        return Err(format!("X must have shape [N, F], got {xs:?}"));
+        return Err(format!("X must have shape [N, F], got {xs:?}").into());
     }
     let ints = |name: &str| -> R<Vec<i64>> {
         n.ints(name)
-            .ok_or_else(|| format!("the '{name}' attribute is required"))
+            .ok_or_else(|| format!("the '{name}' attribute is required").into())
     };
     let floats =
         |name: &str| -> R<Option<Vec<f64>>> { Ok(n.tensor(name)?.map(|a| a.to_f64_vec())) };
@@ -92,24 +88,21 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         || modes.len() != nodes
         || (!missing.is_empty() && missing.len() != nodes)
     {
-        return Err(format!(
-            "the nodes_* attributes must all have {nodes} entries"
-        ));
+        return Err(format!("the nodes_* attributes must all have {nodes} entries").into());
     }
     if targets.len() != weights.len() {
         return Err(format!(
             "leaf_targetids has {} entries, leaf_weights {}",
             targets.len(),
             weights.len()
-        ));
+        )
+        .into());
     }
     if n_targets <= 0 || targets.iter().any(|&t| t < 0 || t >= n_targets) {
-        return Err(format!(
-            "n_targets ({n_targets}) must exceed every leaf target"
-        ));
+        return Err(format!("n_targets ({n_targets}) must exceed every leaf target").into());
     }
     if let Some(&f) = feature.iter().find(|&&f| f < 0 || f as usize >= xs[1]) {
-        return Err(format!("feature {f} is out of range for X of shape {xs:?}"));
+        return Err(format!("feature {f} is out of range for X of shape {xs:?}").into());
     }
     let n_targets = n_targets as usize;
     let leaves = weights.len();
@@ -151,7 +144,7 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
                     .ok_or("membership_values has fewer sets than the MEMBER nodes")?;
                 member_set[node] = Some(set);
             } else if !(0.0..=5.0).contains(&modes[node]) {
-                return Err(format!("node {node} has unknown mode {}", modes[node]));
+                return Err(format!("node {node} has unknown mode {}", modes[node]).into());
             }
             tree.nodes.push(node);
             // False branch pushed first, so the true branch is walked first.
@@ -182,29 +175,29 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             if test[node].is_some() {
                 continue;
             }
-            let col = x.slice_axis(1, feature[node], feature[node] + 1, 1).k()?;
+            let col = x.slice_axis(1, feature[node], feature[node] + 1, 1)?;
             let s = splits[node];
             let mut t = match modes[node] as u8 {
-                0 => col.le(s).k()?,
-                1 => col.lt(s).k()?,
-                2 => col.ge(s).k()?,
-                3 => col.gt(s).k()?,
-                4 => col.eq(s).k()?,
-                5 => col.ne(s).k()?,
+                0 => col.le(s)?,
+                1 => col.lt(s)?,
+                2 => col.ge(s)?,
+                3 => col.gt(s)?,
+                4 => col.eq(s)?,
+                5 => col.ne(s)?,
                 _ => {
                     // In any of its set (an empty set holds nothing).
                     let set = member_set[node].as_deref().unwrap_or(&[]);
-                    let mut any = col.lt(f64::NEG_INFINITY).k()?;
+                    let mut any = col.lt(f64::NEG_INFINITY)?;
                     for &v in set {
-                        any = any.or(col.eq(v).k()?).k()?;
+                        any = any.or(col.eq(v)?)?;
                     }
                     any
                 }
             };
             if missing.get(node).is_some_and(|&m| m != 0) {
-                t = t.or(col.ne(col).k()?).k()?;
+                t = t.or(col.ne(col)?)?;
             }
-            test[node] = Some(t.cast(dtype).k()?);
+            test[node] = Some(t.cast(dtype)?);
         }
     }
 
@@ -213,14 +206,14 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         let m = tree.nodes.len();
         let l = tree.leaves.len();
         if m == 0 {
-            return g.scalar(1.0, dtype).k()?.broadcast_to(vec![xs[0], 1]).k();
+            return Ok(g.scalar(1.0, dtype)?.broadcast_to(vec![xs[0], 1])?);
         }
         let cols: Vec<Tensor<'g>> = tree
             .nodes
             .iter()
-            .map(|&i| test[i].ok_or_else(|| "a node without its test".to_string()))
+            .map(|&i| test[i].ok_or_else(|| "a node without its test".into()))
             .collect::<R<_>>()?;
-        let p = g.concat(&cols, 1).k()?;
+        let p = g.concat(&cols, 1)?;
         let ml = super::table_len("a tree's path tests", &[m, l])?;
         let (mut yes, mut no, mut depth) = (vec![0.0; ml], vec![0.0; ml], vec![0.0; l]);
         for (j, (_, path)) in tree.leaves.iter().enumerate() {
@@ -243,18 +236,9 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             n.constant(kiln_graph::ops::elementwise::eval_cast(&a, dtype))
         };
         let agree = p
-            .matmul(mat(yes, vec![m, l])?)
-            .k()?
-            .add(
-                p.neg()
-                    .k()?
-                    .add(1.0)
-                    .k()?
-                    .matmul(mat(no, vec![m, l])?)
-                    .k()?,
-            )
-            .k()?;
-        agree.eq(mat(depth, vec![l])?).k()?.cast(dtype).k()
+            .matmul(mat(yes, vec![m, l])?)?
+            .add(p.neg()?.add(1.0)?.matmul(mat(no, vec![m, l])?)?)?;
+        Ok(agree.eq(mat(depth, vec![l])?)?.cast(dtype)?)
     };
     // Per tree: [leaves of the tree, n_targets] weights and 0/1 targets.
     let leaf_mats = |tree: &Tree| -> R<(Tensor<'g>, Tensor<'g>)> {
@@ -282,21 +266,21 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     for tree in &trees {
         let r = reached(tree)?;
         let (w, hit) = leaf_mats(tree)?;
-        let value = r.matmul(w).k()?;
+        let value = r.matmul(w)?;
         result = Some(match aggregate {
             0 | 1 => match result {
-                Some(acc) => acc.add(value).k()?,
+                Some(acc) => acc.add(value)?,
                 None => value,
             },
             2 | 3 => {
                 let init = if aggregate == 2 { highest } else { lowest };
-                let hits = r.matmul(hit).k()?.gt(0.0).k()?;
-                let v = g.select(hits, value, g.scalar(init, dtype).k()?).k()?;
-                let acc = result.unwrap_or(g.scalar(init, dtype).k()?);
+                let hits = r.matmul(hit)?.gt(0.0)?;
+                let v = g.select(hits, value, g.scalar(init, dtype)?)?;
+                let acc = result.unwrap_or(g.scalar(init, dtype)?);
                 if aggregate == 2 {
-                    acc.minimum(v).k()?
+                    acc.minimum(v)?
                 } else {
-                    acc.maximum(v).k()?
+                    acc.maximum(v)?
                 }
             }
             a => return n.unsupported(format!("aggregate_function {a}")),
@@ -304,7 +288,7 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let mut y = result.ok_or("the ensemble has no trees (tree_roots is empty)")?;
     if aggregate == 0 {
-        y = y.div(trees.len() as f64).k()?;
+        y = y.div(trees.len() as f64)?;
     }
     // The spec numbers SOFTMAX 1 and LOGISTIC 2, ONNX's reference ignores
     // the attribute and ONNX Runtime reads 1 as LOGISTIC: with no agreed
@@ -315,7 +299,7 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
              kiln converts NONE only)"
         ));
     }
-    Ok(vec![y.broadcast_to(vec![xs[0], n_targets]).k()?])
+    Ok(vec![y.broadcast_to(vec![xs[0], n_targets])?])
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@
 use kiln_graph::ops::pool::pool_out;
 use kiln_graph::{Array, Conv2dOptions, DType, Dim, Shape, SliceAxis, Tensor, Window2d};
 
-use super::{axis, fixed_shape, Converter, Kiln, Node, R};
+use super::{axis, fixed_shape, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -60,18 +60,18 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("LpPool", |n| pool(n, Pool::Lp(n.int("p", 2)))),
     ("GlobalAveragePool", |n| {
         let x = n.input(0)?;
-        x.mean(&spatial_axes(x)?, true).k().map(one)
+        Ok(one(x.mean(&spatial_axes(x)?, true)?))
     }),
     ("GlobalMaxPool", |n| {
         let x = n.input(0)?;
-        x.max(&spatial_axes(x)?, true).k().map(one)
+        Ok(one(x.max(&spatial_axes(x)?, true)?))
     }),
     ("GlobalLpPool", |n| {
         let x = n.input(0)?;
         lp_sum(x, n.int("p", 2), &spatial_axes(x)?).map(one)
     }),
     ("Gemm", gemm),
-    ("MatMul", |n| n.input(0)?.matmul(n.input(1)?).k().map(one)),
+    ("MatMul", |n| Ok(one(n.input(0)?.matmul(n.input(1)?)?))),
     ("Einsum", einsum),
     ("BatchNormalization", batch_norm),
     ("InstanceNormalization", instance_norm),
@@ -92,10 +92,7 @@ fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
 /// The spatial axes `2..rank` of an `[N, C, ...]` tensor.
 fn spatial_axes(x: Tensor<'_>) -> R<Vec<i64>> {
     if x.rank() < 3 {
-        return Err(format!(
-            "needs an [N, C, spatial...] input, got {}",
-            x.shape()
-        ));
+        return Err(format!("needs an [N, C, spatial...] input, got {}", x.shape()).into());
     }
     Ok((2..x.rank() as i64).collect())
 }
@@ -109,8 +106,9 @@ fn fixed_from(x: Tensor<'_>, from: usize) -> R<Vec<usize>> {
         .ok_or_else(|| format!("needs rank above {from}, got {}", x.shape()))?
         .iter()
         .map(|d| {
-            d.fixed()
-                .ok_or_else(|| format!("dims from {from} on must be fixed, got {}", x.shape()))
+            d.fixed().ok_or_else(|| {
+                format!("dims from {from} on must be fixed, got {}", x.shape()).into()
+            })
         })
         .collect()
 }
@@ -125,7 +123,7 @@ fn dim_product(dims: &[Dim]) -> R<Dim> {
             .map(|d| d.fixed())
             .product::<Option<usize>>()
             .map(Dim::Fixed)
-            .ok_or_else(|| format!("cannot merge dims with symbolic sizes: {dims:?}")),
+            .ok_or_else(|| format!("cannot merge dims with symbolic sizes: {dims:?}").into()),
     }
 }
 
@@ -135,7 +133,7 @@ fn fixed(dims: &[usize]) -> Vec<Dim> {
 
 /// `x` reshaped to `dims`.
 fn reshape<'g>(x: Tensor<'g>, dims: Vec<Dim>) -> R<Tensor<'g>> {
-    x.reshape(Shape(dims)).k()
+    Ok(x.reshape(Shape(dims))?)
 }
 
 /// A non-negative integer attribute list, or `default` where absent.
@@ -143,10 +141,14 @@ fn usizes(n: &Node<'_, '_>, name: &str, len: usize, default: usize) -> R<Vec<usi
     match n.ints(name) {
         None => Ok(vec![default; len]),
         Some(v) if v.is_empty() => Ok(vec![default; len]),
-        Some(v) if v.len() != len => Err(format!("{name} has {} values, expected {len}", v.len())),
+        Some(v) if v.len() != len => {
+            Err(format!("{name} has {} values, expected {len}", v.len()).into())
+        }
         Some(v) => v
             .iter()
-            .map(|&x| usize::try_from(x).map_err(|_| format!("{name} has a negative value {x}")))
+            .map(|&x| {
+                usize::try_from(x).map_err(|_| format!("{name} has a negative value {x}").into())
+            })
             .collect(),
     }
 }
@@ -169,9 +171,9 @@ impl Spatial {
     fn of(n: &Node<'_, '_>, sizes: &[usize], kernel: Vec<usize>) -> R<Spatial> {
         let k = sizes.len();
         if kernel.len() != k {
-            return Err(format!(
-                "kernel_shape {kernel:?} does not match the {k} spatial dims"
-            ));
+            return Err(
+                format!("kernel_shape {kernel:?} does not match the {k} spatial dims").into(),
+            );
         }
         let strides = usizes(n, "strides", k, 1)?;
         let dilations = usizes(n, "dilations", k, 1)?;
@@ -249,14 +251,13 @@ pub(super) fn conv_of<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, w: Tensor<'g>) -> R<T
             "input {} and weight {} must be [N, C, spatial...] and [M, C/group, kernel...]",
             x.shape(),
             w.shape()
-        ));
+        )
+        .into());
     }
     let kernel = wshape[2..].to_vec();
     if let Some(ks) = n.ints("kernel_shape") {
         if ks.iter().map(|&k| k as usize).ne(kernel.iter().copied()) {
-            return Err(format!(
-                "kernel_shape {ks:?} differs from the weight's {kernel:?}"
-            ));
+            return Err(format!("kernel_shape {ks:?} differs from the weight's {kernel:?}").into());
         }
     }
     let s = Spatial::of(n, &sizes, kernel)?;
@@ -269,7 +270,7 @@ fn add_bias<'g>(y: Tensor<'g>, b: Option<Tensor<'g>>) -> R<Tensor<'g>> {
     let Some(b) = b else { return Ok(y) };
     let mut dims = vec![Dim::Fixed(1); y.rank() - 1];
     dims[0] = dim_product(&b.shape().0)?;
-    y.add(reshape(b, dims)?).k()
+    Ok(y.add(reshape(b, dims)?)?)
 }
 
 /// A convolution of any supported spatial rank (non-negative pads).
@@ -284,12 +285,12 @@ fn conv_nd<'g>(x: Tensor<'g>, w: Tensor<'g>, s: &Spatial, groups: usize) -> R<Te
         1 => {
             // [N, C, L] as [N, C, 1, L].
             let win = s.window2d(None, Some(0), false);
-            let y = x.unsqueeze(2).k()?.conv2d(w.unsqueeze(2).k()?, opts(win));
-            y.k()?.squeeze(2).k()
+            let y = x.unsqueeze(2)?.conv2d(w.unsqueeze(2)?, opts(win));
+            Ok(y?.squeeze(2)?)
         }
-        2 => x.conv2d(w, opts(s.window2d(Some(0), Some(1), false))).k(),
+        2 => Ok(x.conv2d(w, opts(s.window2d(Some(0), Some(1), false)))?),
         3 => conv3d(x, w, s, groups),
-        k => Err(format!("unsupported: {k}-D convolution")),
+        k => Err(format!("unsupported: {k}-D convolution").into()),
     }
 }
 
@@ -306,35 +307,35 @@ fn conv3d<'g>(x: Tensor<'g>, w: Tensor<'g>, s: &Spatial, groups: usize) -> R<Ten
         return Err(format!(
             "weight {} does not fit {c} input channels in {groups} groups",
             w.shape()
-        ));
+        )
+        .into());
     }
-    let xp = x
-        .pad(&[0, 0, s.begin[0], 0, 0], &[0, 0, s.end[0], 0, 0], 0.0)
-        .k()?;
+    let xp = x.pad(&[0, 0, s.begin[0], 0, 0], &[0, 0, s.end[0], 0, 0], 0.0)?;
     let span = (kd - 1) * s.dilations[0] + 1;
     let padded = d + s.begin[0] + s.end[0];
     if padded < span {
         return Err(format!(
             "kernel depth {kd} (dilation {}) does not fit the padded depth {padded}",
             s.dilations[0]
-        ));
+        )
+        .into());
     }
     let od = (padded - span) / s.strides[0] + 1;
     let mut taps = Vec::with_capacity(kd);
     for t in 0..kd {
         let start = (t * s.dilations[0]) as i64;
         let end = start + ((od - 1) * s.strides[0]) as i64 + 1;
-        let sl = xp.slice_axis(2, start, end, s.strides[0] as i64).k()?;
-        taps.push(sl.unsqueeze(1).k()?);
+        let sl = xp.slice_axis(2, start, end, s.strides[0] as i64)?;
+        taps.push(sl.unsqueeze(1)?);
     }
     // [N, KD, C, OD, H, W], channels as [group, KD, C/group].
     let b = x.builder();
-    let st = b.concat(&taps, 1).k()?;
+    let st = b.concat(&taps, 1)?;
     let mut dims = vec![nb.clone()];
     dims.extend(fixed(&[kd, groups, cg, od, h, wd]));
     let st = reshape(st, dims)?;
     // [M, C/group, KD, KH, KW] -> [M, KD * C/group, KH, KW].
-    let w2 = w.permute(&[0, 2, 1, 3, 4]).k()?;
+    let w2 = w.permute(&[0, 2, 1, 3, 4])?;
     let w2 = reshape(w2, fixed(&[m, kd * cg, ws[3], ws[4]]))?;
     let win = s.window2d(Some(1), Some(2), false);
     let opts = Conv2dOptions {
@@ -344,23 +345,23 @@ fn conv3d<'g>(x: Tensor<'g>, w: Tensor<'g>, s: &Spatial, groups: usize) -> R<Ten
         groups,
     };
     if let Some(batch) = nb.fixed() {
-        let st = st.permute(&[0, 4, 2, 1, 3, 5, 6]).k()?;
+        let st = st.permute(&[0, 4, 2, 1, 3, 5, 6])?;
         let st = reshape(st, fixed(&[batch * od, groups * kd * cg, h, wd]))?;
-        let y = st.conv2d(w2, opts).k()?;
+        let y = st.conv2d(w2, opts)?;
         let ys = fixed_shape(y)?;
         let y = reshape(y, fixed(&[batch, od, m, ys[2], ys[3]]))?;
-        return y.permute(&[0, 2, 1, 3, 4]).k();
+        return Ok(y.permute(&[0, 2, 1, 3, 4])?);
     }
     let mut outs = Vec::with_capacity(od);
     for o in 0..od {
-        let sl = st.slice_axis(4, o as i64, o as i64 + 1, 1).k()?;
-        let sl = sl.permute(&[0, 2, 1, 3, 4, 5, 6]).k()?;
+        let sl = st.slice_axis(4, o as i64, o as i64 + 1, 1)?;
+        let sl = sl.permute(&[0, 2, 1, 3, 4, 5, 6])?;
         let mut dims = vec![nb.clone()];
         dims.extend(fixed(&[groups * kd * cg, h, wd]));
-        let y = reshape(sl, dims)?.conv2d(w2, opts).k()?;
-        outs.push(y.unsqueeze(2).k()?);
+        let y = reshape(sl, dims)?.conv2d(w2, opts)?;
+        outs.push(y.unsqueeze(2)?);
     }
-    b.concat(&outs, 2).k()
+    Ok(b.concat(&outs, 2)?)
 }
 
 /// `ConvTranspose`: `X [N, C, in...]`, `W [C, M/group, kernel...]`. The
@@ -378,7 +379,8 @@ fn conv_transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             "input {} and weight {} must be [N, C, spatial...] and [C, M/group, kernel...]",
             x.shape(),
             w.shape()
-        ));
+        )
+        .into());
     }
     let kernel = ws[2..].to_vec();
     let groups = usize::try_from(n.int("group", 1)).map_err(|_| "negative group")?;
@@ -389,7 +391,8 @@ fn conv_transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         return Err(format!(
             "weight {} does not fit {c} input channels in {groups} groups",
             w.shape()
-        ));
+        )
+        .into());
     }
     let strides = usizes(n, "strides", k, 1)?;
     let dil = usizes(n, "dilations", k, 1)?;
@@ -406,7 +409,7 @@ fn conv_transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         if output_shape.is_some() || auto == "SAME_UPPER" || auto == "SAME_LOWER" {
             let target: Vec<i64> = match output_shape {
                 Some(o) if o.len() >= k => o[o.len() - k..].to_vec(),
-                Some(o) => return Err(format!("output_shape {o:?} has fewer than {k} dims")),
+                Some(o) => return Err(format!("output_shape {o:?} has fewer than {k} dims").into()),
                 None => (0..k).map(|i| (sizes[i] * strides[i]) as i64).collect(),
             };
             (0..k)
@@ -444,7 +447,8 @@ fn conv_transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         return Err(format!(
             "pads {begin:?} and {end:?} crop spatial dim {i} ({} long) below zero",
             natural[i]
-        ));
+        )
+        .into());
     }
     // A constant weight without NaN or infinities: the zero-inserted
     // input's conv (its inserted and padded zeros times finite weights are
@@ -515,7 +519,7 @@ impl Transposed<'_> {
                 merged.push(Dim::Fixed(sizes[i] * strides[i]));
             }
             up = reshape(x, dims)?;
-            up = up.pad(&vec![0; 2 + 2 * k], &after, 0.0).k()?;
+            up = up.pad(&vec![0; 2 + 2 * k], &after, 0.0)?;
             up = reshape(up, merged)?;
         }
         // Conv padding per side; negative: crop the (upsampled) input.
@@ -543,7 +547,7 @@ impl Transposed<'_> {
             s.end[i] = e.max(0) as usize;
         }
         if crop.iter().any(|a| *a != SliceAxis::FULL) {
-            up = up.slice(&crop).k()?;
+            up = up.slice(&crop)?;
         }
         // W [C, M/g, k...] -> [g, C/g, M/g, k...] -> [g, M/g, C/g, k...] -> [M, C/g, k...], flipped.
         let (cg, mg) = (self.c / groups, self.mg);
@@ -551,7 +555,7 @@ impl Transposed<'_> {
         wd.extend(fixed(kernel));
         let mut perm = vec![0, 2, 1];
         perm.extend(3..3 + k);
-        let wt = reshape(w, wd)?.permute(&perm).k()?;
+        let wt = reshape(w, wd)?.permute(&perm)?;
         let mut wd = fixed(&[groups * mg, cg]);
         wd.extend(fixed(kernel));
         let wt = reshape(wt, wd)?;
@@ -563,7 +567,7 @@ impl Transposed<'_> {
                 step: -1,
             };
         }
-        let wt = wt.slice(&flip).k()?;
+        let wt = wt.slice(&flip)?;
         conv_nd(up, wt, &s, groups)
     }
 
@@ -586,12 +590,10 @@ impl Transposed<'_> {
             d => d,
         };
         // W [C, M/g, K] as [g, M/g * K, C/g]; X as [N, g, C/g, in].
-        let wt = reshape(w.cast(acc).k()?, fixed(&[g, cg, mg * taps]))?
-            .permute(&[0, 2, 1])
-            .k()?;
+        let wt = reshape(w.cast(acc)?, fixed(&[g, cg, mg * taps]))?.permute(&[0, 2, 1])?;
         let mut dims = vec![nb.clone()];
         dims.extend(fixed(&[g, cg, inner]));
-        let cols = wt.matmul(reshape(x.cast(acc).k()?, dims)?).k()?;
+        let cols = wt.matmul(reshape(x.cast(acc)?, dims)?)?;
         // Where tap `kk` of input position `pp` lands: the output's flat
         // index, or the spare slot `total` past the output.
         let total = self.out.iter().product::<i64>();
@@ -617,16 +619,14 @@ impl Transposed<'_> {
         let mut dims = vec![nb.clone(), Dim::Fixed(g * mg), Dim::Fixed(taps * inner)];
         let updates = reshape(cols, dims.clone())?;
         dims[2] = Dim::Fixed(total as usize + 1);
-        let data = n.scalar(0.0, acc)?.broadcast_to(Shape(dims)).k()?;
+        let data = n.scalar(0.0, acc)?.broadcast_to(Shape(dims))?;
         let idx = n.constant(Array::from_vec(vec![idx.len()], idx).expect("1-D"))?;
         let y = data
-            .scatter_add(idx, updates, 2)
-            .k()?
-            .slice_axis(2, 0, total, 1)
-            .k()?;
+            .scatter_add(idx, updates, 2)?
+            .slice_axis(2, 0, total, 1)?;
         let mut dims = vec![nb, Dim::Fixed(g * mg)];
         dims.extend(self.out.iter().map(|&o| Dim::Fixed(o as usize)));
-        reshape(y, dims)?.cast(dtype).k()
+        Ok(reshape(y, dims)?.cast(dtype)?)
     }
 }
 
@@ -651,8 +651,8 @@ fn pool<'g>(n: &Node<'_, 'g>, kind: Pool) -> R<Vec<Tensor<'g>>> {
         if matches!(x.dtype(), DType::I64 | DType::U64) {
             return n.unsupported(format!("MaxPool of {} (not exact in f64)", x.dtype()));
         }
-        let mut outs = pool_float(n, x.cast(DType::F64).k()?, kind)?;
-        outs[0] = outs[0].cast(x.dtype()).k()?;
+        let mut outs = pool_float(n, x.cast(DType::F64)?, kind)?;
+        outs[0] = outs[0].cast(x.dtype())?;
         return Ok(outs);
     }
     pool_float(n, x, kind)
@@ -662,10 +662,7 @@ fn pool<'g>(n: &Node<'_, 'g>, kind: Pool) -> R<Vec<Tensor<'g>>> {
 fn pool_float<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, kind: Pool) -> R<Vec<Tensor<'g>>> {
     let sizes = fixed_from(x, 2)?;
     if sizes.is_empty() {
-        return Err(format!(
-            "needs an [N, C, spatial...] input, got {}",
-            x.shape()
-        ));
+        return Err(format!("needs an [N, C, spatial...] input, got {}", x.shape()).into());
     }
     let kernel = usizes(n, "kernel_shape", sizes.len(), 0)?;
     let mut s = Spatial::of(n, &sizes, kernel)?;
@@ -711,14 +708,12 @@ fn pool_float<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, kind: Pool) -> R<Vec<Tensor<'
                     let mut dims = vec![xs[0].clone(), xs[1].clone()];
                     dims.extend(outs);
                     let zero = n.scalar(0.0, x.dtype())?;
-                    return Ok(vec![zero.broadcast_to(Shape(dims)).k()?]);
+                    return Ok(vec![zero.broadcast_to(Shape(dims))?]);
                 }
             }
             let xp = pow_abs(x, p)?;
             let size: usize = s.kernel.iter().product();
-            let sum = pool_nd(xp, &s, false, Pool::Avg(true))?
-                .mul(size as f64)
-                .k()?;
+            let sum = pool_nd(xp, &s, false, Pool::Avg(true))?.mul(size as f64)?;
             root(sum, p)?
         }
     };
@@ -745,8 +740,8 @@ fn max_pool_indices<'g>(
     let k = sizes.len();
     if outs.contains(&0) {
         // No window: an empty index tensor.
-        let zero = x.builder().scalar(0.0, DType::I64).k()?;
-        return Ok(vec![y, zero.broadcast_to(y.shape()).k()?]);
+        let zero = x.builder().scalar(0.0, DType::I64)?;
+        return Ok(vec![y, zero.broadcast_to(y.shape())?]);
     }
     // Pad so every window's taps exist (ceil mode may reach past the padding).
     let mut before = vec![0, 0];
@@ -757,8 +752,8 @@ fn max_pool_indices<'g>(
         before.push(s.begin[i]);
         after.push(s.end[i] + need.saturating_sub(padded));
     }
-    let xp = x.pad(&before, &after, 0.0).k()?;
-    let y_nan = y.ne(y).k()?;
+    let xp = x.pad(&before, &after, 0.0)?;
+    let y_nan = y.ne(y)?;
     // Each spatial dim's weight in the flat index.
     let weight: Vec<i64> = (0..k)
         .map(|i| {
@@ -767,7 +762,7 @@ fn max_pool_indices<'g>(
         })
         .collect();
     let b = x.builder();
-    let mut idx = b.scalar(0.0, DType::I64).k()?;
+    let mut idx = b.scalar(0.0, DType::I64)?;
     let taps: usize = s.kernel.iter().product();
     let count: usize = outs.iter().product();
     for t in (0..taps).rev() {
@@ -787,7 +782,7 @@ fn max_pool_indices<'g>(
                 step: s.strides[i] as i64,
             });
         }
-        let under = xp.slice(&ranges).k()?;
+        let under = xp.slice(&ranges)?;
         // The flat input position of this tap in every window, and whether
         // it lies inside the input.
         let mut pos = vec![0i64; count];
@@ -805,14 +800,14 @@ fn max_pool_indices<'g>(
         if !inside.contains(&true) {
             continue;
         }
-        let nan_hit = under.ne(under).k()?.and(y_nan).k()?;
-        let mut hit = under.eq(y).k()?.or(nan_hit).k()?;
+        let nan_hit = under.ne(under)?.and(y_nan)?;
+        let mut hit = under.eq(y)?.or(nan_hit)?;
         if inside.contains(&false) {
             let mask = Array::from_vec(outs.clone(), inside).ok_or("mask shape")?;
-            hit = hit.and(b.constant(mask).k()?).k()?;
+            hit = hit.and(b.constant(mask)?)?;
         }
         let pos = Array::from_vec(outs.clone(), pos).ok_or("index shape")?;
-        idx = b.select(hit, b.constant(pos).k()?, idx).k()?;
+        idx = b.select(hit, b.constant(pos)?, idx)?;
     }
     // Plus each plane's offset, (n * C + c) * prod(spatial).
     let xs = x.shape().0;
@@ -821,23 +816,19 @@ fn max_pool_indices<'g>(
     let plane_shape = Shape(plane_dims);
     let c = xs[1].fixed().ok_or("channels must be fixed")? as f64;
     let plane = b
-        .iota(DType::I64, plane_shape.clone(), 0)
-        .k()?
-        .mul(c)
-        .k()?
-        .add(b.iota(DType::I64, plane_shape, 1).k()?)
-        .k()?
-        .mul(sizes.iter().product::<usize>() as f64)
-        .k()?;
-    Ok(vec![y, idx.add(plane).k()?])
+        .iota(DType::I64, plane_shape.clone(), 0)?
+        .mul(c)?
+        .add(b.iota(DType::I64, plane_shape, 1)?)?
+        .mul(sizes.iter().product::<usize>() as f64)?;
+    Ok(vec![y, idx.add(plane)?])
 }
 
 /// `|x|^p`.
 fn pow_abs<'g>(x: Tensor<'g>, p: i64) -> R<Tensor<'g>> {
     match p {
-        1 => x.abs().k(),
-        2 => x.mul(x).k(),
-        p => x.abs().k()?.pow(p as f64).k(),
+        1 => Ok(x.abs()?),
+        2 => Ok(x.mul(x)?),
+        p => Ok(x.abs()?.pow(p as f64)?),
     }
 }
 
@@ -845,22 +836,22 @@ fn pow_abs<'g>(x: Tensor<'g>, p: i64) -> R<Tensor<'g>> {
 fn root<'g>(s: Tensor<'g>, p: i64) -> R<Tensor<'g>> {
     match p {
         1 => Ok(s),
-        2 => s.sqrt().k(),
-        p => s.pow(1.0 / p as f64).k(),
+        2 => Ok(s.sqrt()?),
+        p => Ok(s.pow(1.0 / p as f64)?),
     }
 }
 
 /// `(sum |x|^p)^(1/p)` over `axes`, keeping them.
 fn lp_sum<'g>(x: Tensor<'g>, p: i64, axes: &[i64]) -> R<Tensor<'g>> {
-    root(pow_abs(x, p)?.sum(axes, true).k()?, p)
+    root(pow_abs(x, p)?.sum(axes, true)?, p)
 }
 
 /// Max or average pooling of any spatial rank.
 fn pool_nd<'g>(x: Tensor<'g>, s: &Spatial, ceil: bool, kind: Pool) -> R<Tensor<'g>> {
     let p2 = |t: Tensor<'g>, w: Window2d| -> R<Tensor<'g>> {
         match kind {
-            Pool::Max => t.max_pool2d(w).k(),
-            Pool::Avg(include) => t.avg_pool2d(w, include).k(),
+            Pool::Max => Ok(t.max_pool2d(w)?),
+            Pool::Avg(include) => Ok(t.avg_pool2d(w, include)?),
             Pool::Lp(_) => Err("an Lp pool is an average pool of powers".into()),
         }
     };
@@ -868,8 +859,8 @@ fn pool_nd<'g>(x: Tensor<'g>, s: &Spatial, ceil: bool, kind: Pool) -> R<Tensor<'
     match k {
         1 => {
             // [N, C, L] as [N, C, L, 1].
-            let y = p2(x.unsqueeze(3).k()?, s.window2d(Some(0), None, ceil))?;
-            y.squeeze(3).k()
+            let y = p2(x.unsqueeze(3)?, s.window2d(Some(0), None, ceil))?;
+            Ok(y.squeeze(3)?)
         }
         2 => p2(x, s.window2d(Some(0), Some(1), ceil)),
         _ => {
@@ -923,20 +914,20 @@ fn pool_nd<'g>(x: Tensor<'g>, s: &Spatial, ceil: bool, kind: Pool) -> R<Tensor<'
 fn gemm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (mut a, mut b) = (n.input(0)?, n.input(1)?);
     if n.int("transA", 0) != 0 {
-        a = a.transpose().k()?;
+        a = a.transpose()?;
     }
     if n.int("transB", 0) != 0 {
-        b = b.transpose().k()?;
+        b = b.transpose()?;
     }
     let (alpha, beta) = (n.float("alpha", 1.0) as f64, n.float("beta", 1.0) as f64);
-    let mut y = a.matmul(b).k()?;
+    let mut y = a.matmul(b)?;
     if alpha != 1.0 {
-        y = y.mul(alpha).k()?;
+        y = y.mul(alpha)?;
     }
     if let Some(c) = n.opt(2) {
         if beta != 0.0 {
-            let c = if beta != 1.0 { c.mul(beta).k()? } else { c };
-            y = y.add(c).k()?;
+            let c = if beta != 1.0 { c.mul(beta)? } else { c };
+            y = y.add(c)?;
         }
     }
     Ok(vec![y])
@@ -954,12 +945,12 @@ struct Term<'g> {
 fn parse_term(term: &str, ell: &[char], rank: Option<usize>) -> R<Vec<char>> {
     let letters = term.replace("...", "");
     if letters.chars().any(|c| !c.is_ascii_alphabetic()) {
-        return Err(format!("unsupported: einsum term '{term}'"));
+        return Err(format!("unsupported: einsum term '{term}'").into());
     }
     let letters: Vec<char> = letters.chars().collect();
     let Some(pos) = term.find("...") else {
         if rank.is_some_and(|r| r != letters.len()) {
-            return Err(format!("einsum term '{term}' does not match rank {rank:?}"));
+            return Err(format!("einsum term '{term}' does not match rank {rank:?}").into());
         }
         return Ok(letters);
     };
@@ -999,7 +990,8 @@ fn einsum<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             "equation '{eq}' has {} operands, the node {}",
             terms.len(),
             inputs.len()
-        ));
+        )
+        .into());
     }
     // Broadcast (ellipsis) labels: private-use characters.
     let mut e = 0;
@@ -1038,7 +1030,7 @@ fn einsum<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     };
     for &l in &out {
         if !ops.iter().any(|o| o.labels.contains(&l)) {
-            return Err(format!("output label '{l}' is in no operand of '{eq}'"));
+            return Err(format!("output label '{l}' is in no operand of '{eq}'").into());
         }
     }
     // Diagonals, then sums of labels only this operand has.
@@ -1072,7 +1064,7 @@ fn einsum<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let y = if perm.iter().enumerate().all(|(i, &p)| i == p) {
         acc.t
     } else {
-        acc.t.permute(&perm).k()?
+        acc.t.permute(&perm)?
     };
     Ok(vec![y])
 }
@@ -1095,8 +1087,8 @@ fn diagonals(o: &mut Term<'_>) -> R<()> {
         labels.push(o.labels[i]);
         perm.extend([i, j]);
         dims.push(Dim::Fixed(size * size));
-        let t = reshape(o.t.permute(&perm).k()?, dims)?;
-        o.t = t.slice_axis(-1, 0, i64::MAX, size as i64 + 1).k()?;
+        let t = reshape(o.t.permute(&perm)?, dims)?;
+        o.t = t.slice_axis(-1, 0, i64::MAX, size as i64 + 1)?;
         o.labels = labels;
     }
     Ok(())
@@ -1109,7 +1101,7 @@ fn sum_out(o: &mut Term<'_>, keep: impl Fn(char) -> bool) -> R<()> {
         .map(|d| d as i64)
         .collect();
     if !axes.is_empty() {
-        o.t = o.t.sum(&axes, false).k()?;
+        o.t = o.t.sum(&axes, false)?;
         o.labels.retain(|&l| keep(l));
     }
     Ok(())
@@ -1168,7 +1160,7 @@ fn contract<'g>(mut a: Term<'g>, b: &Term<'g>, keep: &[char]) -> R<Term<'g>> {
             .flat_map(|g| g.iter())
             .map(|l| o.labels.iter().position(|x| x == l).expect("own label"))
             .collect();
-        reshape(o.t.permute(&perm).k()?, dims)
+        reshape(o.t.permute(&perm)?, dims)
     };
     let mut da = label_dims(&a, &batch);
     da.extend(label_dims(&a, &a_lead));
@@ -1182,7 +1174,7 @@ fn contract<'g>(mut a: Term<'g>, b: &Term<'g>, keep: &[char]) -> R<Term<'g>> {
     db.push(dim_product(&label_dims(&b, &shared))?);
     db.push(dim_product(&label_dims(&b, &b_cols))?);
     let tb = arrange(&b, [&batch, &b_lead, &shared, &b_cols], db)?;
-    let y = ta.matmul(tb).k()?;
+    let y = ta.matmul(tb)?;
     let ys = y.shape().0;
     let mut dims = ys[..ys.len() - 2].to_vec();
     dims.extend(label_dims(&a, &a_rows));
@@ -1203,7 +1195,7 @@ fn contract<'g>(mut a: Term<'g>, b: &Term<'g>, keep: &[char]) -> R<Term<'g>> {
 /// `p` (of shape `[C]`) reshaped to broadcast along dim 1 of a rank-`rank`
 /// tensor, cast to `dtype`.
 fn per_channel<'g>(p: Tensor<'g>, rank: usize, dtype: DType) -> R<Tensor<'g>> {
-    let p = p.cast(dtype).k()?;
+    let p = p.cast(dtype)?;
     if p.rank() != 1 {
         return Ok(p);
     }
@@ -1219,8 +1211,8 @@ fn per_channel<'g>(p: Tensor<'g>, rank: usize, dtype: DType) -> R<Tensor<'g>> {
 /// (biased) variance, two-pass (the mean of `(x - mean)^2`).
 fn moments<'g>(x: Tensor<'g>, axes: &[i64]) -> R<(Tensor<'g>, Tensor<'g>, Tensor<'g>)> {
     let mean = exact_mean(x, axes)?;
-    let centered = x.sub(mean).k()?;
-    let var = exact_mean(centered.mul(centered).k()?, axes)?;
+    let centered = x.sub(mean)?;
+    let var = exact_mean(centered.mul(centered)?, axes)?;
     Ok((centered, mean, var))
 }
 
@@ -1237,13 +1229,13 @@ fn exact_mean<'g>(x: Tensor<'g>, axes: &[i64]) -> R<Tensor<'g>> {
         let i = if a < 0 { a + rank } else { a } as usize;
         match shape.0.get(i) {
             Some(Dim::Fixed(n)) => count *= n,
-            _ => return x.mean(axes, true).k(),
+            _ => return Ok(x.mean(axes, true)?),
         }
     }
     if !matches!(x.dtype(), DType::F32 | DType::F64) || count == 0 {
-        return x.mean(axes, true).k();
+        return Ok(x.mean(axes, true)?);
     }
-    x.sum(axes, true).k()?.div(count as f64).k()
+    Ok(x.sum(axes, true)?.div(count as f64)?)
 }
 
 /// `(x - mean) / sqrt(var + eps)` over `axes`, with the mean and
@@ -1254,8 +1246,8 @@ fn standardize<'g>(
     eps: f64,
 ) -> R<(Tensor<'g>, Tensor<'g>, Tensor<'g>)> {
     let (centered, mean, var) = moments(x, axes)?;
-    let inv = var.add(eps).k()?.rsqrt().k()?;
-    Ok((centered.mul(inv).k()?, mean, inv))
+    let inv = var.add(eps)?.rsqrt()?;
+    Ok((centered.mul(inv)?, mean, inv))
 }
 
 /// `BatchNormalization`. Inference: `(x - mean) / sqrt(var + eps) * scale
@@ -1287,20 +1279,19 @@ fn batch_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     // still fold the two constants into one, or into the conv's weights,
     // wherever that does not overflow.)
     if !training {
-        let inv = var.add(eps).k()?.rsqrt().k()?;
-        let y = x.sub(mean).k()?.mul(inv).k()?.mul(scale).k()?;
-        return Ok(vec![y.add(bias).k()?]);
+        let inv = var.add(eps)?.rsqrt()?;
+        let y = x.sub(mean)?.mul(inv)?.mul(scale)?;
+        return Ok(vec![y.add(bias)?]);
     }
     let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
     let (centered, bmean, bvar) = moments(x, &axes)?;
-    let inv = bvar.add(eps).k()?.rsqrt().k()?;
-    let y = centered.mul(inv).k()?.mul(scale).k()?.add(bias).k()?;
+    let inv = bvar.add(eps)?.rsqrt()?;
+    let y = centered.mul(inv)?.mul(scale)?.add(bias)?;
     let m = n.float("momentum", 0.9) as f64;
     // Statistics come out shaped like the given mean ([C]).
     let stat_shape = n.input(3)?.shape();
-    let flat = |t: Tensor<'g>| t.reshape(stat_shape.clone()).k();
-    let run =
-        |old: Tensor<'g>, new: Tensor<'g>| flat(old.mul(m).k()?.add(new.mul(1.0 - m).k()?).k()?);
+    let flat = |t: Tensor<'g>| -> R<Tensor<'g>> { Ok(t.reshape(stat_shape.clone())?) };
+    let run = |old: Tensor<'g>, new: Tensor<'g>| flat(old.mul(m)?.add(new.mul(1.0 - m)?)?);
     let mut outs = vec![y, run(mean, bmean)?, run(var, bvar)?];
     if n.opset < 14 {
         outs.push(flat(bmean)?);
@@ -1317,7 +1308,7 @@ fn instance_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (normed, _, _) = standardize(x, &spatial_axes(x)?, eps)?;
     let scale = per_channel(n.input(1)?, r, dt)?;
     let bias = per_channel(n.input(2)?, r, dt)?;
-    normed.mul(scale).k()?.add(bias).k().map(one)
+    Ok(one(normed.mul(scale)?.add(bias)?))
 }
 
 /// The computation type of `stash_type` (ONNX data type code) for `x`.
@@ -1328,7 +1319,7 @@ fn stash_dtype(n: &Node<'_, '_>, x: Tensor<'_>) -> R<DType> {
             DType::F16 | DType::BF16 => DType::F32,
             d => d,
         }),
-        _ => crate::tensor::dtype_of(n.int("stash_type", 1) as i32),
+        _ => Ok(crate::tensor::dtype_of(n.int("stash_type", 1) as i32)?),
     }
 }
 
@@ -1341,14 +1332,10 @@ fn layer_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let axes: Vec<i64> = (a as i64..r as i64).collect();
     let eps = n.float("epsilon", 1e-5) as f64;
     let st = stash_dtype(n, x)?;
-    let (normed, mean, inv) = standardize(x.cast(st).k()?, &axes, eps)?;
-    let mut y = normed
-        .cast(x.dtype())
-        .k()?
-        .mul(n.input(1)?.cast(x.dtype()).k()?)
-        .k()?;
+    let (normed, mean, inv) = standardize(x.cast(st)?, &axes, eps)?;
+    let mut y = normed.cast(x.dtype())?.mul(n.input(1)?.cast(x.dtype())?)?;
     if let Some(b) = n.opt(2) {
-        y = y.add(b.cast(x.dtype()).k()?).k()?;
+        y = y.add(b.cast(x.dtype())?)?;
     }
     Ok(vec![y, mean, inv])
 }
@@ -1366,15 +1353,15 @@ fn group_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let rest = fixed_from(x, 1)?;
     let c = rest[0];
     if c % g != 0 {
-        return Err(format!("{c} channels do not split into {g} groups"));
+        return Err(format!("{c} channels do not split into {g} groups").into());
     }
     let eps = n.float("epsilon", 1e-5) as f64;
     let st = stash_dtype(n, x)?;
     let per: usize = rest.iter().product::<usize>() / g;
     let nd = x.shape().0[0].clone();
-    let grouped = reshape(x.cast(st).k()?, vec![nd, Dim::Fixed(g), Dim::Fixed(per)])?;
+    let grouped = reshape(x.cast(st)?, vec![nd, Dim::Fixed(g), Dim::Fixed(per)])?;
     let (normed, _, _) = standardize(grouped, &[2], eps)?;
-    let y = reshape(normed.cast(x.dtype()).k()?, x.shape().0)?;
+    let y = reshape(normed.cast(x.dtype())?, x.shape().0)?;
     let channel = |p: Tensor<'g>| -> R<Tensor<'g>> {
         let len = fixed_shape(p)?.iter().product::<usize>();
         let p = if len == c || len == 1 {
@@ -1382,15 +1369,16 @@ fn group_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         } else if len == g {
             // One value per group: repeated over the group's channels.
             let t = reshape(p, fixed(&[g, 1]))?.broadcast_to(Shape::fixed(&[g, c / g]));
-            reshape(t.k()?, fixed(&[c]))?
+            reshape(t?, fixed(&[c]))?
         } else {
             return Err(format!(
                 "scale/bias of {len} values fit neither {c} channels nor {g} groups"
-            ));
+            )
+            .into());
         };
         per_channel(p, x.rank(), x.dtype())
     };
-    y.mul(channel(scale)?).k()?.add(channel(bias)?).k().map(one)
+    Ok(one(y.mul(channel(scale)?)?.add(channel(bias)?)?))
 }
 
 /// `MeanVarianceNormalization`: `(x - mean) / (std + 1e-9)` over `axes`,
@@ -1405,16 +1393,10 @@ fn group_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 fn mvn<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let axes = n.ints("axes").unwrap_or_else(|| vec![0, 2, 3]);
-    let rough = x.sub(x.mean(&axes, true).k()?).k()?;
-    let centered = rough.sub(rough.mean(&axes, true).k()?).k()?;
-    let std = centered
-        .mul(centered)
-        .k()?
-        .mean(&axes, true)
-        .k()?
-        .sqrt()
-        .k()?;
-    centered.div(std.add(1e-9).k()?).k().map(one)
+    let rough = x.sub(x.mean(&axes, true)?)?;
+    let centered = rough.sub(rough.mean(&axes, true)?)?;
+    let std = centered.mul(centered)?.mean(&axes, true)?.sqrt()?;
+    Ok(one(centered.div(std.add(1e-9)?)?))
 }
 
 /// `LRN`: `x / (bias + alpha / size * sum of x^2 over nearby channels)^beta`.
@@ -1437,29 +1419,23 @@ fn lrn<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         .ok_or("channels must be fixed")?;
     let lo = (size - 1) / 2;
     let hi = size - 1 - lo;
-    let sq = x.mul(x).k()?;
+    let sq = x.mul(x)?;
     let mut before = vec![0; x.rank()];
     let mut after = vec![0; x.rank()];
     before[1] = lo;
     after[1] = hi;
-    let padded = sq.pad(&before, &after, 0.0).k()?;
+    let padded = sq.pad(&before, &after, 0.0)?;
     let mut sum: Option<Tensor<'g>> = None;
     for j in 0..size {
-        let s = padded.slice_axis(1, j as i64, (j + c) as i64, 1).k()?;
+        let s = padded.slice_axis(1, j as i64, (j + c) as i64, 1)?;
         sum = Some(match sum {
             None => s,
-            Some(t) => t.add(s).k()?,
+            Some(t) => t.add(s)?,
         });
     }
     let sum = sum.expect("size >= 1");
-    let d = sum
-        .mul(alpha / size as f64)
-        .k()?
-        .add(bias)
-        .k()?
-        .pow(beta)
-        .k()?;
-    x.div(d).k().map(one)
+    let d = sum.mul(alpha / size as f64)?.add(bias)?.pow(beta)?;
+    Ok(one(x.div(d)?))
 }
 
 // ---- softmax family, Shrink ----
@@ -1488,14 +1464,12 @@ fn softmax<'g>(n: &Node<'_, 'g>, kind: Soft) -> R<Vec<Tensor<'g>>> {
     };
     match kind {
         Soft::Softmax => {
-            let e = x.sub(x.max(&axes, true).k()?).k()?.exp().k()?;
-            e.div(e.sum(&axes, true).k()?).k().map(one)
+            let e = x.sub(x.max(&axes, true)?)?.exp()?;
+            Ok(one(e.div(e.sum(&axes, true)?)?))
         }
         Soft::Log => {
-            let s = x.sub(x.max(&axes, true).k()?).k()?;
-            s.sub(s.exp().k()?.sum(&axes, true).k()?.log().k()?)
-                .k()
-                .map(one)
+            let s = x.sub(x.max(&axes, true)?)?;
+            Ok(one(s.sub(s.exp()?.sum(&axes, true)?.log()?)?))
         }
         Soft::Hard => {
             let shape = x.shape().0;
@@ -1503,7 +1477,7 @@ fn softmax<'g>(n: &Node<'_, 'g>, kind: Soft) -> R<Vec<Tensor<'g>>> {
                 // No element (an empty axis, or another empty dim): an empty
                 // result of the input's shape.
                 let zero = n.scalar(0.0, x.dtype())?;
-                return zero.broadcast_to(x.shape()).k().map(one);
+                return Ok(one(zero.broadcast_to(x.shape())?));
             }
             // Merge the dims from `a` on where there are several.
             let flat = if axes.len() > 1 {
@@ -1514,11 +1488,11 @@ fn softmax<'g>(n: &Node<'_, 'g>, kind: Soft) -> R<Vec<Tensor<'g>>> {
                 x
             };
             let len = flat.shape().0[a].clone();
-            let am = flat.argmax(a as i64, true).k()?;
+            let am = flat.argmax(a as i64, true)?;
             let mut idims = vec![Dim::Fixed(1); flat.rank()];
             idims[a] = len.clone();
-            let iota = x.builder().iota(DType::I64, Shape(vec![len]), 0).k()?;
-            let hot = am.eq(reshape(iota, idims)?).k()?.cast(x.dtype()).k()?;
+            let iota = x.builder().iota(DType::I64, Shape(vec![len]), 0)?;
+            let hot = am.eq(reshape(iota, idims)?)?.cast(x.dtype())?;
             reshape(hot, shape).map(one)
         }
     }
@@ -1529,8 +1503,6 @@ fn shrink<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let (lambd, bias) = (n.float("lambd", 0.5) as f64, n.float("bias", 0.0) as f64);
     let zero = n.scalar(0.0, x.dtype())?;
-    let hi = n.g.select(x.gt(lambd).k()?, x.sub(bias).k()?, zero).k()?;
-    n.g.select(x.lt(-lambd).k()?, x.add(bias).k()?, hi)
-        .k()
-        .map(one)
+    let hi = n.g.select(x.gt(lambd)?, x.sub(bias)?, zero)?;
+    Ok(one(n.g.select(x.lt(-lambd)?, x.add(bias)?, hi)?))
 }

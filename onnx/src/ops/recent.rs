@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use kiln_graph::{Array, DType, Tensor};
 
-use super::{fixed_shape, Converter, Kiln, Node, R};
+use super::{fixed_shape, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -48,12 +48,13 @@ fn linear_attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if hq <= 0 || hkv <= 0 || hq % hkv != 0 {
         return Err(format!(
             "q_num_heads ({hq}) must be a positive multiple of kv_num_heads ({hkv})"
-        ));
+        )
+        .into());
     }
     let (hq, hkv) = (hq as usize, hkv as usize);
     let group = hq / hkv;
     let out_dtype = n.input(0)?.dtype();
-    let f32 = |t: Tensor<'g>| t.cast(DType::F32).k();
+    let f32 = |t: Tensor<'g>| t.cast(DType::F32);
     let q = f32(n.input(0)?)?;
     let k = f32(n.input(1)?)?;
     let v = f32(n.input(2)?)?;
@@ -70,7 +71,7 @@ fn linear_attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let dk = qs[2] / hq;
     let dv = vs[2] / hkv;
     if ks[2] != hkv * dk {
-        return Err(format!("key hidden size {} is not {}", ks[2], hkv * dk));
+        return Err(format!("key hidden size {} is not {}", ks[2], hkv * dk).into());
     }
     let decay = match n.opt(4) {
         Some(d) => Some(f32(d)?),
@@ -81,10 +82,10 @@ fn linear_attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         None => None,
     };
     if gating != decay.is_some() {
-        return Err(format!("update_rule {rule} and the decay input disagree"));
+        return Err(format!("update_rule {rule} and the decay input disagree").into());
     }
     if delta != beta.is_some() {
-        return Err(format!("update_rule {rule} and the beta input disagree"));
+        return Err(format!("update_rule {rule} and the beta input disagree").into());
     }
     let last = |x: Tensor<'g>| -> R<usize> {
         let s = fixed_shape(x)?;
@@ -97,7 +98,7 @@ fn linear_attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         Some(d) => {
             let w = last(d)?;
             if w != hkv && w != hkv * dk {
-                return Err(format!("decay last dim {w} must be {hkv} or {}", hkv * dk));
+                return Err(format!("decay last dim {w} must be {hkv} or {}", hkv * dk).into());
             }
             w / hkv
         }
@@ -107,15 +108,15 @@ fn linear_attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         Some(x) => {
             let w = last(x)?;
             if w != hkv && w != 1 {
-                return Err(format!("beta last dim {w} must be {hkv} or 1"));
+                return Err(format!("beta last dim {w} must be {hkv} or 1").into());
             }
             w
         }
         None => 0,
     };
     let (state_dtype, mut state) = match n.opt(3) {
-        Some(p) => (p.dtype(), f32(p)?.reshape_to(&dims(&[b, hkv, dk, dv])).k()?),
-        None => (out_dtype, n.g.full(0.0, DType::F32, &[b, hkv, dk, dv]).k()?),
+        Some(p) => (p.dtype(), f32(p)?.reshape_to(&dims(&[b, hkv, dk, dv]))?),
+        None => (out_dtype, n.g.full(0.0, DType::F32, &[b, hkv, dk, dv])?),
     };
     let scale = match n.float("scale", 0.0) as f64 {
         0.0 => 1.0 / (dk as f64).sqrt(),
@@ -123,36 +124,34 @@ fn linear_attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     };
     // Step `i` of a `(B, T, X)` tensor, reshaped to `shape`.
     let step = |x: Tensor<'g>, i: usize, shape: &[usize]| -> R<Tensor<'g>> {
-        x.slice_axis(1, i as i64, i as i64 + 1, 1)
-            .k()?
-            .reshape_to(&dims(shape))
-            .k()
+        Ok(x.slice_axis(1, i as i64, i as i64 + 1, 1)?
+            .reshape_to(&dims(shape))?)
     };
     let mut outs = Vec::with_capacity(t);
     for i in 0..t {
         if let Some(d) = decay {
             let g = step(d, i, &[b, hkv, decay_w, 1])?;
-            state = state.mul(g.exp().k()?).k()?;
+            state = state.mul(g.exp()?)?;
         }
         let k_row = step(k, i, &[b, hkv, 1, dk])?;
         let k_col = step(k, i, &[b, hkv, dk, 1])?;
         let mut v_t = step(v, i, &[b, hkv, 1, dv])?;
         if let Some(be) = beta {
-            let retrieved = k_row.matmul(state).k()?;
+            let retrieved = k_row.matmul(state)?;
             let be = step(be, i, &[b, beta_h, 1, 1])?;
-            v_t = v_t.sub(retrieved).k()?.mul(be).k()?;
+            v_t = v_t.sub(retrieved)?.mul(be)?;
         }
-        state = state.add(k_col.mul(v_t).k()?).k()?;
+        state = state.add(k_col.mul(v_t)?)?;
         let q_t = step(q, i, &[b, hkv, group, dk])?;
-        let o = q_t.matmul(state).k()?.mul(scale).k()?;
-        outs.push(o.reshape_to(&dims(&[b, 1, hq * dv])).k()?);
+        let o = q_t.matmul(state)?.mul(scale)?;
+        outs.push(o.reshape_to(&dims(&[b, 1, hq * dv]))?);
     }
     let out = if outs.len() == 1 {
         outs[0]
     } else {
-        n.g.concat(&outs, 1).k()?
+        n.g.concat(&outs, 1)?
     };
-    Ok(vec![out.cast(out_dtype).k()?, state.cast(state_dtype).k()?])
+    Ok(vec![out.cast(out_dtype)?, state.cast(state_dtype)?])
 }
 
 /// `CausalConvWithState`: `padded = concat(past_state or zeros, input)`
@@ -176,44 +175,40 @@ fn causal_conv_with_state<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let (c, l, kk) = (xs[1], xs[2], ws[2]);
     if ws[0] != c || ws[1] != 1 || kk == 0 {
-        return Err(format!("weight shape {ws:?} is not ({c}, 1, k)"));
+        return Err(format!("weight shape {ws:?} is not ({c}, 1, k)").into());
     }
     let padded = match n.opt(3) {
-        Some(p) => n.g.concat(&[p, x], 2).k()?,
-        None if kk > 1 => x.pad(&[0, 0, kk - 1], &[0, 0, 0], 0.0).k()?,
+        Some(p) => n.g.concat(&[p, x], 2)?,
+        None if kk > 1 => x.pad(&[0, 0, kk - 1], &[0, 0, 0], 0.0)?,
         None => x,
     };
-    let pf = padded.cast(DType::F32).k()?;
-    let wf = w.cast(DType::F32).k()?;
+    let pf = padded.cast(DType::F32)?;
+    let wf = w.cast(DType::F32)?;
     let mut acc: Option<Tensor<'g>> = None;
     for j in 0..kk {
-        let tap = pf.slice_axis(2, j as i64, (j + l) as i64, 1).k()?;
+        let tap = pf.slice_axis(2, j as i64, (j + l) as i64, 1)?;
         let wj = wf
-            .slice_axis(2, j as i64, j as i64 + 1, 1)
-            .k()?
-            .reshape_to(&[c as i64, 1])
-            .k()?;
-        let term = tap.mul(wj).k()?;
+            .slice_axis(2, j as i64, j as i64 + 1, 1)?
+            .reshape_to(&[c as i64, 1])?;
+        let term = tap.mul(wj)?;
         acc = Some(match acc {
             None => term,
-            Some(a) => a.add(term).k()?,
+            Some(a) => a.add(term)?,
         });
     }
     let mut y = acc.ok_or("empty kernel")?;
     if let Some(bias) = n.opt(2) {
-        let bias = bias.cast(DType::F32).k()?.reshape_to(&[c as i64, 1]).k()?;
-        y = y.add(bias).k()?;
+        let bias = bias.cast(DType::F32)?.reshape_to(&[c as i64, 1])?;
+        y = y.add(bias)?;
     }
     if silu {
         // The reference rounds the convolution to the input dtype first.
-        y = y.cast(dtype).k()?.cast(DType::F32).k()?;
-        y = y.mul(y.sigmoid().k()?).k()?;
+        y = y.cast(dtype)?.cast(DType::F32)?;
+        y = y.mul(y.sigmoid()?)?;
     }
     let total = (l + kk - 1) as i64;
-    let state = padded
-        .slice_axis(2, total - (kk as i64 - 1), total, 1)
-        .k()?;
-    Ok(vec![y.cast(dtype).k()?, state])
+    let state = padded.slice_axis(2, total - (kk as i64 - 1), total, 1)?;
+    Ok(vec![y.cast(dtype)?, state])
 }
 
 /// `TfIdfVectorizer`: counts, per row, the windows `(x[i], x[i + s], ..,
@@ -245,10 +240,7 @@ fn tfidf_vectorizer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let out_size = out_size as usize;
     if !weights.is_empty() && weights.len() < out_size {
-        return Err(format!(
-            "weights has {} values, needs {out_size}",
-            weights.len()
-        ));
+        return Err(format!("weights has {} values, needs {out_size}", weights.len()).into());
     }
     let x = n.input(0)?;
     if !matches!(x.dtype(), DType::I32 | DType::I64) {
@@ -258,9 +250,9 @@ fn tfidf_vectorizer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (rows, c, batched) = match xs.as_slice() {
         [c] => (1, *c, false),
         [b, c] if *b > 0 => (*b, *c, true),
-        _ => return Err(format!("input shape {xs:?} is not [C] or [B, C]")),
+        _ => return Err(format!("input shape {xs:?} is not [C] or [B, C]").into()),
     };
-    let x2 = x.reshape_to(&[rows as i64, c as i64]).k()?;
+    let x2 = x.reshape_to(&[rows as i64, c as i64])?;
     // The grams of each size: tuple -> output column (the last one wins).
     let mut grams: BTreeMap<usize, BTreeMap<Vec<i64>, usize>> = BTreeMap::new();
     let mut gram_no = 0usize;
@@ -268,7 +260,7 @@ fn tfidf_vectorizer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         let size = i + 1;
         let end = counts.get(i + 1).copied().unwrap_or(pool.len() as i64);
         if start < 0 || end < start || end as usize > pool.len() {
-            return Err(format!("bad ngram_counts {counts:?}"));
+            return Err(format!("bad ngram_counts {counts:?}").into());
         }
         let items = &pool[start as usize..end as usize];
         for g in items.chunks_exact(size) {
@@ -301,43 +293,42 @@ fn tfidf_vectorizer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
                 let vals: Vec<i64> = set.keys().map(|t| t[k]).collect();
                 let vals = n
                     .constant(Array::from_vec([g], vals).ok_or("bad pool")?)?
-                    .cast(x.dtype())
-                    .k()?;
+                    .cast(x.dtype())?;
                 let off = (k * s) as i64;
-                let xk = x2.slice_axis(1, off, off + starts as i64, 1).k()?;
-                let eq = xk.unsqueeze(-1).k()?.eq(vals).k()?;
+                let xk = x2.slice_axis(1, off, off + starts as i64, 1)?;
+                let eq = xk.unsqueeze(-1)?.eq(vals)?;
                 hit = Some(match hit {
                     None => eq,
-                    Some(h) => h.and(eq).k()?,
+                    Some(h) => h.and(eq)?,
                 });
             }
             let hit = hit.ok_or("empty n-gram")?;
             // [rows, starts, g] -> [rows, g] counts -> [rows, out_size].
-            let cnt = hit.cast(DType::F32).k()?.sum(&[1], false).k()?;
-            let f = cnt.matmul(onehot).k()?;
+            let cnt = hit.cast(DType::F32)?.sum(&[1], false)?;
+            let f = cnt.matmul(onehot)?;
             freq = Some(match freq {
                 None => f,
-                Some(a) => a.add(f).k()?,
+                Some(a) => a.add(f)?,
             });
         }
     }
     let freq = match freq {
         Some(f) => f,
-        None => n.g.full(0.0, DType::F32, &[rows, out_size]).k()?,
+        None => n.g.full(0.0, DType::F32, &[rows, out_size])?,
     };
     let w = || -> R<Tensor<'g>> {
         n.constant(Array::from_vec([out_size], weights[..out_size].to_vec()).ok_or("bad weights")?)
     };
     let y = match (mode.as_str(), weights.is_empty()) {
         ("TF", _) | ("TFIDF", true) => freq,
-        ("IDF", true) => freq.gt(0.0).k()?.cast(DType::F32).k()?,
-        ("IDF", false) => freq.gt(0.0).k()?.cast(DType::F32).k()?.mul(w()?).k()?,
-        _ => freq.mul(w()?).k()?,
+        ("IDF", true) => freq.gt(0.0)?.cast(DType::F32)?,
+        ("IDF", false) => freq.gt(0.0)?.cast(DType::F32)?.mul(w()?)?,
+        _ => freq.mul(w()?)?,
     };
     Ok(vec![if batched {
         y
     } else {
-        y.reshape_to(&[out_size as i64]).k()?
+        y.reshape_to(&[out_size as i64])?
     }])
 }
 
