@@ -18,9 +18,10 @@
 use kiln_graph::{DType, GraphBuilder, Tensor};
 
 use super::{fixed_shape, ConvertError};
+use crate::control::call_subgraph;
 use crate::error::Result;
-use crate::import::{call_subgraph, node_error, Item, Scope, Value};
 use crate::proto::NodeProto;
+use crate::scope::{node_error, Item, Scope, Value};
 
 /// The op's key: domain and op type.
 pub(crate) const FLEX_ATTENTION: &str = "ai.onnx.preview.FlexAttention";

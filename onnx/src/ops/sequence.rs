@@ -24,9 +24,11 @@ use std::rc::Rc;
 use kiln_graph::{Array, DType, Data, GraphBuilder, Tensor};
 
 use super::{axis, ints_of, Converter, Node, R};
+use crate::control::call_subgraph;
 use crate::error::Result;
-use crate::import::{build_or_fold, call_subgraph, node_error, Item, Scope, Value};
+use crate::fold::build_or_fold;
 use crate::proto::NodeProto;
+use crate::scope::{node_error, Item, Scope, Value};
 
 /// A sequence or optional node being converted: its inputs are any values
 /// (tensors, sequences, optionals).

@@ -456,7 +456,7 @@ fn constant_of_shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 /// as run-time ops.
 fn small_constant(len: usize, size: usize) -> bool {
     len.checked_mul(size)
-        .is_some_and(|b| b <= crate::import::fold_limit())
+        .is_some_and(|b| b <= crate::fold::fold_limit())
 }
 
 /// `Range`: `start + i * delta` for `i < max(ceil((limit - start) / delta), 0)`,
