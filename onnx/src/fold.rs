@@ -44,7 +44,7 @@ impl Drop for FoldLimit {
 
 /// The bytes a value of type `ty` holds (`None`: not a fixed shape, or
 /// more than a `usize` counts).
-pub(crate) fn value_bytes(ty: &kiln_graph::TensorType) -> Option<usize> {
+fn value_bytes(ty: &kiln_graph::TensorType) -> Option<usize> {
     ty.shape
         .as_fixed()?
         .iter()
@@ -84,8 +84,7 @@ pub(crate) fn evaluate(scratch: &GraphBuilder, outs: &[Tensor<'_>]) -> ops::R<Op
 }
 
 /// A computation on tensors, on any builder (`build_or_fold`).
-pub(crate) type Build<'f> =
-    &'f dyn for<'b> Fn(&'b GraphBuilder, &[Tensor<'b>]) -> ops::R<Vec<Tensor<'b>>>;
+type Build<'f> = &'f dyn for<'b> Fn(&'b GraphBuilder, &[Tensor<'b>]) -> ops::R<Vec<Tensor<'b>>>;
 
 /// `f` built on `g` over `inputs`, or evaluated at import time when every
 /// input is known then (its results are then constants).

@@ -669,12 +669,12 @@ fn convert_tensor_node<'g>(node: &Node<'_, 'g>) -> ops::R<Vec<Tensor<'g>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_graph::Array;
     use crate::proto::attribute_proto::AttributeType;
     use crate::proto::tensor_proto::DataType;
     use crate::proto::{
         tensor_shape_proto, AttributeProto, OperatorSetIdProto, TensorShapeProto, ValueInfoProto,
     };
+    use kiln_graph::Array;
 
     #[test]
     fn long_names_are_cut_at_a_character_boundary() {

@@ -16,7 +16,7 @@ use crate::proto::NodeProto;
 use crate::scope::{needs_value, node_error, Item, Scope, Value};
 
 /// Trip counts up to which a `Loop` is unrolled.
-pub(crate) const MAX_UNROLL: i64 = 4096;
+const MAX_UNROLL: i64 = 4096;
 
 /// `Loop`. A loop with scan outputs (per-iteration values stacked) or
 /// loop-carried sequences or optionals is unrolled: its trip count and

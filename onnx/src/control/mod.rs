@@ -286,7 +286,7 @@ pub(crate) fn control_if<'g>(
 
 /// A branch of an `If` as kiln's `cond` calls it: its results flattened
 /// to tensors, their structure kept in `form`.
-pub(crate) fn branch_results<'s>(
+fn branch_results<'s>(
     b: &'s GraphBuilder,
     p: &[Tensor<'s>],
     sub: &GraphProto,

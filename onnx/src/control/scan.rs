@@ -113,7 +113,7 @@ pub(crate) fn control_scan<'g>(
 /// import time) and per-input `directions`. Each batch entry is unrolled
 /// over its own length; its scan outputs are padded with zeros to the
 /// longest.
-pub(crate) fn control_scan8<'g>(
+fn control_scan8<'g>(
     g: &'g GraphBuilder,
     n: &NodeProto,
     opset: i64,

@@ -23,19 +23,25 @@ mod elementwise;
 mod error;
 pub(crate) mod flex;
 mod index;
+mod linalg;
 mod loss;
 mod minifloat;
-mod misc;
 mod ml;
 mod nn;
 mod quant;
+mod random;
+mod rearrange;
 mod recent;
 mod reduce;
 mod resize;
 mod rnn;
+mod sampling;
 pub(crate) mod sequence;
 mod shape;
+mod spectral;
+mod tables;
 mod training;
+mod value_shaped;
 
 pub(crate) use error::{ConvertError, R};
 
@@ -57,12 +63,17 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 17] = [
+const FAMILIES: [&[(&str, Converter)]; 22] = [
     elementwise::OPS,
     quant::OPS,
     recent::OPS,
     rnn::OPS,
-    misc::OPS,
+    sampling::OPS,
+    linalg::OPS,
+    rearrange::OPS,
+    spectral::OPS,
+    random::OPS,
+    value_shaped::OPS,
     resize::OPS,
     attention::OPS,
     loss::OPS,
