@@ -18,6 +18,7 @@ use kiln_graph::{Array, DType, GraphBuilder, Tensor};
 use crate::proto::{AttributeProto, NodeProto};
 
 mod attention;
+mod conv;
 mod deform;
 mod elementwise;
 mod error;
@@ -25,9 +26,11 @@ pub(crate) mod flex;
 mod index;
 mod linalg;
 mod loss;
+mod matmul;
 mod minifloat;
 mod ml;
-mod nn;
+mod norm;
+mod pool;
 mod quant;
 mod random;
 mod rearrange;
@@ -63,7 +66,7 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 22] = [
+const FAMILIES: [&[(&str, Converter)]; 25] = [
     elementwise::OPS,
     quant::OPS,
     recent::OPS,
@@ -77,7 +80,10 @@ const FAMILIES: [&[(&str, Converter)]; 22] = [
     resize::OPS,
     attention::OPS,
     loss::OPS,
-    nn::OPS,
+    conv::OPS,
+    pool::OPS,
+    matmul::OPS,
+    norm::OPS,
     shape::OPS,
     index::OPS,
     reduce::OPS,

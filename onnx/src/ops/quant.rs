@@ -477,7 +477,7 @@ fn integer_conv<'g>(n: &Node<'_, 'g>, x: usize, zx: usize, w: usize, zw: usize) 
     })?;
     let xf = xi.cast(DType::F64)?;
     let wf = wi.cast(DType::F64)?;
-    Ok(super::nn::conv_of(n, xf, wf)?.cast(DType::I32)?)
+    Ok(super::conv::conv_of(n, xf, wf)?.cast(DType::I32)?)
 }
 
 /// `ConvInteger`: `(X - x_zero_point) * (W - w_zero_point)` in i32.
