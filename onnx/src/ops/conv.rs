@@ -16,6 +16,9 @@
 //!   SAME, less `in * stride`), split as the spec says (SAME_UPPER: the
 //!   smaller half first; otherwise the larger), halves floored as ONNX's
 //!   reference does; a negative total extends both ends.
+//! - `CausalConvWithState` (opset 27): a depthwise causal 1-D convolution
+//!   with a carried left context and optional fused SiLU, unrolled over the
+//!   kernel taps.
 //!
 //! Deliberate limits: spatial dims must be fixed (as kiln's conv needs),
 //! and so must channels where dims are merged (1-D transposed convs, 3-D
@@ -26,7 +29,11 @@ use kiln_graph::{Array, Conv2dOptions, DType, Dim, Shape, SliceAxis, Tensor, Win
 use super::{fixed_shape, Converter, Node, R};
 
 /// The ops of this family.
-pub(crate) const OPS: &[(&str, Converter)] = &[("Conv", conv), ("ConvTranspose", conv_transpose)];
+pub(crate) const OPS: &[(&str, Converter)] = &[
+    ("Conv", conv),
+    ("ConvTranspose", conv_transpose),
+    ("CausalConvWithState", causal_conv_with_state),
+];
 
 pub(crate) fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
     vec![t]
@@ -571,4 +578,61 @@ impl Transposed<'_> {
         dims.extend(self.out.iter().map(|&o| Dim::Fixed(o as usize)));
         Ok(reshape(y, dims)?.cast(dtype)?)
     }
+}
+
+/// `CausalConvWithState`: `padded = concat(past_state or zeros, input)`
+/// along time; output = depthwise valid conv of `padded` (plus bias,
+/// optionally SiLU), computed in float32 as a sum over the kernel taps;
+/// `present_state` = the last `k - 1` steps of `padded`.
+fn causal_conv_with_state<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+    let act = n.string("activation").unwrap_or_else(|| "none".into());
+    let silu = match act.as_str() {
+        "none" => false,
+        "silu" | "swish" => true,
+        a => return n.unsupported(format!("activation {a}")),
+    };
+    let x = n.input(0)?;
+    let w = n.input(1)?;
+    let dtype = x.dtype();
+    let xs = fixed_shape(x)?;
+    let ws = fixed_shape(w)?;
+    if xs.len() != 3 || ws.len() != 3 {
+        return Err("input and weight must have rank 3".into());
+    }
+    let (c, l, kk) = (xs[1], xs[2], ws[2]);
+    if ws[0] != c || ws[1] != 1 || kk == 0 {
+        return Err(format!("weight shape {ws:?} is not ({c}, 1, k)").into());
+    }
+    let padded = match n.opt(3) {
+        Some(p) => n.g.concat(&[p, x], 2)?,
+        None if kk > 1 => x.pad(&[0, 0, kk - 1], &[0, 0, 0], 0.0)?,
+        None => x,
+    };
+    let pf = padded.cast(DType::F32)?;
+    let wf = w.cast(DType::F32)?;
+    let mut acc: Option<Tensor<'g>> = None;
+    for j in 0..kk {
+        let tap = pf.slice_axis(2, j as i64, (j + l) as i64, 1)?;
+        let wj = wf
+            .slice_axis(2, j as i64, j as i64 + 1, 1)?
+            .reshape_to(&[c as i64, 1])?;
+        let term = tap.mul(wj)?;
+        acc = Some(match acc {
+            None => term,
+            Some(a) => a.add(term)?,
+        });
+    }
+    let mut y = acc.ok_or("empty kernel")?;
+    if let Some(bias) = n.opt(2) {
+        let bias = bias.cast(DType::F32)?.reshape_to(&[c as i64, 1])?;
+        y = y.add(bias)?;
+    }
+    if silu {
+        // The reference rounds the convolution to the input dtype first.
+        y = y.cast(dtype)?.cast(DType::F32)?;
+        y = y.mul(y.sigmoid()?)?;
+    }
+    let total = (l + kk - 1) as i64;
+    let state = padded.slice_axis(2, total - (kk as i64 - 1), total, 1)?;
+    Ok(vec![y.cast(dtype)?, state])
 }

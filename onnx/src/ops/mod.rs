@@ -25,6 +25,7 @@ mod error;
 pub(crate) mod flex;
 mod index;
 mod linalg;
+mod linear_attention;
 mod loss;
 mod matmul;
 mod minifloat;
@@ -34,7 +35,6 @@ mod pool;
 mod quant;
 mod random;
 mod rearrange;
-mod recent;
 mod reduce;
 mod resize;
 mod rnn;
@@ -43,6 +43,7 @@ pub(crate) mod sequence;
 mod shape;
 mod spectral;
 mod tables;
+mod text;
 mod training;
 mod value_shaped;
 
@@ -66,10 +67,11 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 25] = [
+const FAMILIES: [&[(&str, Converter)]; 26] = [
     elementwise::OPS,
     quant::OPS,
-    recent::OPS,
+    linear_attention::OPS,
+    text::OPS,
     rnn::OPS,
     sampling::OPS,
     linalg::OPS,
