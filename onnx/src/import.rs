@@ -29,7 +29,7 @@ use crate::control::loops::control_loop;
 use crate::control::scan::control_scan;
 use crate::error::{unnamed, Error, Result, UnsupportedNode};
 use crate::fold::{evaluate, FoldLimit};
-use crate::ops::{self, sequence, ConvertError, Input, Node};
+use crate::ops::{self, sequence, training, ConvertError, Input, Node};
 use crate::proto::{type_proto, GraphProto, ModelProto, NodeProto, TypeProto};
 use crate::scope::{kiln_name, node_error, node_label, op_label, Item, Scope, Value};
 use crate::tensor;
@@ -49,7 +49,7 @@ fn unsupported(g: &GraphProto, opset: i64, out: &mut Vec<UnsupportedNode>) {
         let default = n.domain.is_empty() || n.domain == "ai.onnx";
         let label = op_label(n);
         let reason = if ops::find(&label).is_some()
-            || label == GRADIENT
+            || label == training::GRADIENT
             || label == ops::flex::FLEX_ATTENTION
         {
             None
@@ -474,40 +474,6 @@ fn convert_node<'g>(
     })
 }
 
-/// `ai.onnx.preview.training.Gradient`: the gradients of the value named by
-/// its `y` attribute (of its sum, where not a scalar) with respect to the
-/// values named by `xs`, by kiln's symbolic differentiation. It reads
-/// values by name, so the importer converts it itself.
-const GRADIENT: &str = "ai.onnx.preview.training.Gradient";
-
-fn gradient<'g>(g: &'g GraphBuilder, n: &NodeProto, scope: &Scope<'g>) -> ops::R<Vec<Item<'g>>> {
-    let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
-    let value = |name: &str| {
-        scope.tensor(name).map(|v| v.t).ok_or_else(|| {
-            ConvertError::Invalid(format!("'{name}' is not a tensor computed before the node"))
-        })
-    };
-    let y = attr("y")
-        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
-        .ok_or("the 'y' attribute is required")?;
-    let xs = attr("xs")
-        .map(|a| {
-            a.strings
-                .iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>()
-        })
-        .filter(|v| !v.is_empty())
-        .ok_or("the 'xs' attribute is required")?;
-    let y = value(&y)?;
-    let xs = xs.iter().map(|x| value(x)).collect::<ops::R<Vec<_>>>()?;
-    let grads = g.gradients(y, &xs)?;
-    Ok(grads
-        .into_iter()
-        .map(|t| Item::Tensor(Value::runtime(t)))
-        .collect())
-}
-
 fn convert_node_in<'g>(
     g: &'g GraphBuilder,
     n: &NodeProto,
@@ -515,8 +481,8 @@ fn convert_node_in<'g>(
     scope: &mut Scope<'g>,
 ) -> Result<()> {
     let fail = |e: ConvertError| node_error(n, opset, e);
-    if op_label(n) == GRADIENT {
-        let outputs = gradient(g, n, scope).map_err(fail)?;
+    if op_label(n) == training::GRADIENT {
+        let outputs = training::gradient(g, n, scope).map_err(fail)?;
         return scope.bind(n, outputs, &fail);
     }
     if op_label(n) == ops::flex::FLEX_ATTENTION {
@@ -593,71 +559,88 @@ fn convert_node_in<'g>(
             .any(|a| a.g.is_some() || !a.graphs.is_empty());
     // Evaluated at import time where its inputs are known then and its
     // results are not too large (`fold_limit`).
-    let folded: Option<Vec<Value<'g>>> = if foldable {
-        let scratch = GraphBuilder::new();
-        let ins = inputs
-            .iter()
-            .map(|v| {
-                v.as_ref()
-                    .map(|v| {
-                        let a = v.constant.clone().expect("checked above");
-                        scratch
-                            .constant((*a).clone())
-                            .map(|t| Input { t, value: Some(a) })
-                    })
-                    .transpose()
-            })
-            .collect::<kiln_graph::Result<Vec<_>>>()
-            .map_err(|e| fail(e.into()))?;
-        let mut node = Node::new(&scratch, n, opset, ins);
-        node.declared = scope.declared_inputs(n);
-        let outs = convert_tensor_node(&node).map_err(fail)?;
-        evaluate(&scratch, &outs)
-            .map_err(fail)?
-            .map(|arrays| {
-                arrays
-                    .into_iter()
-                    .map(|a| {
-                        let t = g.constant(a.clone()).map_err(|e| fail(e.into()))?;
-                        Ok(Value {
-                            t,
-                            constant: Some(Rc::new(a)),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .transpose()?
+    let folded = if foldable {
+        fold_node(g, n, opset, scope, &inputs).map_err(fail)?
     } else {
         None
     };
-    let outputs: Vec<Value<'g>> = match folded {
+    let outputs = match folded {
         Some(outputs) => outputs,
-        None => {
-            let ins = inputs
-                .into_iter()
-                .map(|v| {
-                    v.map(|v| Input {
-                        t: v.t,
-                        value: v.constant,
-                    })
-                })
-                .collect();
-            let mut node = Node::new(g, n, opset, ins);
-            node.declared = scope.declared_inputs(n);
-            // An output that is a constant node (`Shape` of fixed dims, say)
-            // is known at import time too.
-            convert_tensor_node(&node)
-                .map_err(fail)?
-                .into_iter()
-                .map(|t| Value {
-                    t,
-                    constant: t.constant_value().map(|a| Rc::new((*a).clone())),
-                })
-                .collect()
-        }
+        None => build_node(g, n, opset, scope, inputs).map_err(fail)?,
     };
     scope.note_sub_byte_output(n);
     scope.bind(n, outputs.into_iter().map(Item::Tensor).collect(), &fail)
+}
+
+/// Node `n` over constant `inputs`, evaluated at import time; `None` where
+/// its results are too large to hold (`fold_limit`) or an input is not a
+/// constant.
+fn fold_node<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    opset: i64,
+    scope: &Scope<'g>,
+    inputs: &[Option<Value<'g>>],
+) -> ops::R<Option<Vec<Value<'g>>>> {
+    let scratch = GraphBuilder::new();
+    let mut ins = Vec::with_capacity(inputs.len());
+    for v in inputs {
+        ins.push(match v {
+            None => None,
+            Some(v) => {
+                // Not all constants: built like the rest (callers check).
+                let Some(a) = v.constant.clone() else {
+                    return Ok(None);
+                };
+                let t = scratch.constant((*a).clone())?;
+                Some(Input { t, value: Some(a) })
+            }
+        });
+    }
+    let mut node = Node::new(&scratch, n, opset, ins);
+    node.declared = scope.declared_inputs(n);
+    let outs = convert_tensor_node(&node)?;
+    let Some(arrays) = evaluate(&scratch, &outs)? else {
+        return Ok(None);
+    };
+    let mut values = Vec::with_capacity(arrays.len());
+    for a in arrays {
+        let t = g.constant(a.clone())?;
+        values.push(Value {
+            t,
+            constant: Some(Rc::new(a)),
+        });
+    }
+    Ok(Some(values))
+}
+
+/// Node `n` built on `g` over `inputs`; an output that is a constant node
+/// (`Shape` of fixed dims, say) is known at import time too.
+fn build_node<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    opset: i64,
+    scope: &Scope<'g>,
+    inputs: Vec<Option<Value<'g>>>,
+) -> ops::R<Vec<Value<'g>>> {
+    let ins = inputs
+        .into_iter()
+        .map(|v| {
+            v.map(|v| Input {
+                t: v.t,
+                value: v.constant,
+            })
+        })
+        .collect();
+    let mut node = Node::new(g, n, opset, ins);
+    node.declared = scope.declared_inputs(n);
+    Ok(convert_tensor_node(&node)?
+        .into_iter()
+        .map(|t| Value {
+            t,
+            constant: t.constant_value().map(|a| Rc::new((*a).clone())),
+        })
+        .collect())
 }
 
 /// Runs the converter of a node of tensors.

@@ -44,7 +44,7 @@ mod shape;
 mod spectral;
 mod tables;
 mod text;
-mod training;
+pub(crate) mod training;
 mod value_shaped;
 
 pub(crate) use error::{ConvertError, R};

@@ -2,11 +2,14 @@
 //! update rules `Adagrad`, `Adam` and `Momentum`, each as elementwise
 //! arithmetic on every (X, G, state...) group of its inputs. The learning
 //! rate `R` and step count `T` are scalars; `T` (int64) is cast to the
-//! tensors' float type. `Gradient` is not converted.
+//! tensors' float type. `Gradient` reads values by name: the importer
+//! converts it with [`gradient`].
 
-use kiln_graph::{DType, Tensor};
+use kiln_graph::{DType, GraphBuilder, Tensor};
 
-use super::{Converter, Node, R};
+use super::{ConvertError, Converter, Node, R};
+use crate::proto::NodeProto;
+use crate::scope::{Item, Scope, Value};
 
 /// The ops of this family (keyed by domain and op type).
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -171,4 +174,42 @@ fn momentum<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     xs.extend(vs);
     Ok(xs)
+}
+
+/// `ai.onnx.preview.training.Gradient`: the gradients of the value named by
+/// its `y` attribute (of its sum, where not a scalar) with respect to the
+/// values named by `xs`, by kiln's symbolic differentiation. It reads
+/// values by name, so the importer converts it itself.
+pub(crate) const GRADIENT: &str = "ai.onnx.preview.training.Gradient";
+
+pub(crate) fn gradient<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    scope: &Scope<'g>,
+) -> R<Vec<Item<'g>>> {
+    let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
+    let value = |name: &str| {
+        scope.tensor(name).map(|v| v.t).ok_or_else(|| {
+            ConvertError::Invalid(format!("'{name}' is not a tensor computed before the node"))
+        })
+    };
+    let y = attr("y")
+        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        .ok_or("the 'y' attribute is required")?;
+    let xs = attr("xs")
+        .map(|a| {
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+        .ok_or("the 'xs' attribute is required")?;
+    let y = value(&y)?;
+    let xs = xs.iter().map(|x| value(x)).collect::<R<Vec<_>>>()?;
+    let grads = g.gradients(y, &xs)?;
+    Ok(grads
+        .into_iter()
+        .map(|t| Item::Tensor(Value::runtime(t)))
+        .collect())
 }
