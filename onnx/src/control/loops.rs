@@ -9,10 +9,10 @@ use kiln_graph::{Array, GraphBuilder, Tensor};
 use crate::control::{
     captures, free_names, remake, run_subgraph, runtime_params, subgraph, FirstError,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fold::build_or_fold;
 use crate::ops::ConvertError;
-use crate::proto::NodeProto;
+use crate::proto::{GraphProto, NodeProto};
 use crate::scope::{needs_value, node_error, Item, Scope, Value};
 
 /// Trip counts up to which a `Loop` is unrolled.
@@ -63,11 +63,6 @@ pub(crate) fn control_loop<'g>(
         .checked_sub(1 + nv)
         .ok_or_else(|| fail("the body gives fewer outputs than loop values".into()))?;
     let outer = captures(scope, &free_names(body)).map_err(fail)?;
-    let first_value = |v: &Value<'g>| {
-        v.constant
-            .as_ref()
-            .and_then(|a| a.to_f64_vec().first().copied())
-    };
     // Must the loop be unrolled (values kiln's while_loop cannot carry)?
     let structured = scans > 0 || vars.iter().any(|v| !matches!(v, Item::Tensor(_)));
     let trip_const = trip.map(first_value);
@@ -85,6 +80,14 @@ pub(crate) fn control_loop<'g>(
             ));
         }
     }
+    let l = Loop {
+        g,
+        n,
+        opset,
+        body,
+        outer: &outer,
+        scans,
+    };
     let known = !matches!(trip_const, Some(None)) && !matches!(cond_const, Some(None));
     let max = trip_const.flatten().map(|m| m as i64);
     if known && (structured || max.is_some_and(|m| m <= 16)) {
@@ -97,84 +100,135 @@ pub(crate) fn control_loop<'g>(
                 .into(),
             ));
         }
-        let scalar = |v: f64, dtype| -> Result<Item<'g>> {
-            let a = Array::new(Vec::new(), kiln_graph::Data::filled(dtype, 1, v))
-                .ok_or_else(|| fail("a scalar".into()))?;
-            let t = g.constant(a.clone()).map_err(|e| fail(e.into()))?;
-            Ok(Item::Tensor(Value {
-                t,
-                constant: Some(Rc::new(a)),
-            }))
-        };
-        let mut cur = vars.clone();
-        let mut stacked: Vec<Vec<Value<'g>>> = vec![Vec::new(); scans];
-        let mut go = cond_const.flatten().is_none_or(|c| c != 0.0);
-        let mut i = 0i64;
-        let mut unrolled = true;
-        while go && max.is_none_or(|m| i < m) {
-            if i == MAX_UNROLL {
-                return Err(fail(
-                    format!("the loop runs more than {MAX_UNROLL} iterations (unrolled)").into(),
-                ));
-            }
-            let mut ins = vec![
-                scalar(i as f64, kiln_graph::DType::I64)?,
-                scalar(1.0, kiln_graph::DType::Bool)?,
-            ];
-            ins.extend(cur.iter().cloned());
-            let outs = run_subgraph(g, body, opset, &outer, &ins)?;
-            match &outs[0] {
-                Item::Tensor(c) => match first_value(c) {
-                    Some(c) => go = c != 0.0,
-                    None if structured => {
-                        return Err(fail(
-                            "the body's condition is computed at run time in a loop that must \
-                             be unrolled"
-                                .into(),
-                        ))
-                    }
-                    None => {
-                        // Carried by kiln's while_loop instead (what was
-                        // built is left unused).
-                        unrolled = false;
-                        break;
-                    }
-                },
-                other => {
-                    return Err(fail(
-                        format!("the body's condition is {}", other.kind()).into(),
-                    ))
-                }
-            }
-            cur = outs[1..1 + nv].to_vec();
-            for (k, s) in outs[1 + nv..].iter().enumerate() {
-                let Item::Tensor(s) = s else {
-                    return Err(fail(format!("scan output {k} is {}", s.kind()).into()));
-                };
-                stacked[k].push(s.clone());
-            }
-            i += 1;
-        }
-        if unrolled {
-            let mut out = cur;
-            for s in stacked {
-                if s.is_empty() {
-                    return Err(fail("scan outputs of a loop that runs no iteration".into()));
-                }
-                let t = build_or_fold(g, &s, &|b, ts| {
-                    let parts = ts
-                        .iter()
-                        .map(|t| t.unsqueeze(0))
-                        .collect::<kiln_graph::Result<Vec<_>>>()?;
-                    Ok(vec![b.concat(&parts, 0)?])
-                })
-                .map_err(fail)?;
-                out.extend(t.into_iter().map(Item::Tensor));
-            }
+        if let Some(out) = unroll(&l, vars.clone(), max, cond_const.flatten(), structured)? {
             return Ok(out);
         }
     }
-    // while (i < M && cond) { (cond, vars) = body(i, cond, vars); i += 1 }
+    while_loop(&l, &vars, trip, cond)
+}
+
+/// A `Loop` node being converted: its body, the outer values the body
+/// reads, and its number of scan outputs.
+struct Loop<'a, 'g> {
+    g: &'g GraphBuilder,
+    n: &'a NodeProto,
+    opset: i64,
+    body: &'a GraphProto,
+    outer: &'a [(String, Item<'g>)],
+    scans: usize,
+}
+
+impl Loop<'_, '_> {
+    /// `e`, said of the node.
+    fn fail(&self, e: ConvertError) -> Error {
+        node_error(self.n, self.opset, e)
+    }
+}
+
+/// The first value of `v` where known at import time.
+fn first_value(v: &Value<'_>) -> Option<f64> {
+    v.constant
+        .as_ref()
+        .and_then(|a| a.to_f64_vec().first().copied())
+}
+
+/// The loop unrolled from `vars`, at most `max` iterations while the
+/// condition (`cond`, then the body's) holds; `None` where the body's
+/// condition turns out to be computed at run time in a loop that need not
+/// be unrolled (kiln's `while_loop` carries it instead; what was built is
+/// left unused).
+fn unroll<'g>(
+    l: &Loop<'_, 'g>,
+    vars: Vec<Item<'g>>,
+    max: Option<i64>,
+    cond: Option<f64>,
+    structured: bool,
+) -> Result<Option<Vec<Item<'g>>>> {
+    let (g, opset, body, outer, scans) = (l.g, l.opset, l.body, l.outer, l.scans);
+    let fail = |e: ConvertError| l.fail(e);
+    let nv = vars.len();
+    let scalar = |v: f64, dtype| -> Result<Item<'g>> {
+        let a = Array::new(Vec::new(), kiln_graph::Data::filled(dtype, 1, v))
+            .ok_or_else(|| fail("a scalar".into()))?;
+        let t = g.constant(a.clone()).map_err(|e| fail(e.into()))?;
+        Ok(Item::Tensor(Value {
+            t,
+            constant: Some(Rc::new(a)),
+        }))
+    };
+    let mut cur = vars;
+    let mut stacked: Vec<Vec<Value<'g>>> = vec![Vec::new(); scans];
+    let mut go = cond.is_none_or(|c| c != 0.0);
+    let mut i = 0i64;
+    while go && max.is_none_or(|m| i < m) {
+        if i == MAX_UNROLL {
+            return Err(fail(
+                format!("the loop runs more than {MAX_UNROLL} iterations (unrolled)").into(),
+            ));
+        }
+        let mut ins = vec![
+            scalar(i as f64, kiln_graph::DType::I64)?,
+            scalar(1.0, kiln_graph::DType::Bool)?,
+        ];
+        ins.extend(cur.iter().cloned());
+        let outs = run_subgraph(g, body, opset, outer, &ins)?;
+        match &outs[0] {
+            Item::Tensor(c) => match first_value(c) {
+                Some(c) => go = c != 0.0,
+                None if structured => {
+                    return Err(fail(
+                        "the body's condition is computed at run time in a loop that must \
+                         be unrolled"
+                            .into(),
+                    ))
+                }
+                // Carried by kiln's while_loop instead (what was built is
+                // left unused).
+                None => return Ok(None),
+            },
+            other => {
+                return Err(fail(
+                    format!("the body's condition is {}", other.kind()).into(),
+                ))
+            }
+        }
+        cur = outs[1..1 + nv].to_vec();
+        for (k, s) in outs[1 + nv..].iter().enumerate() {
+            let Item::Tensor(s) = s else {
+                return Err(fail(format!("scan output {k} is {}", s.kind()).into()));
+            };
+            stacked[k].push(s.clone());
+        }
+        i += 1;
+    }
+    let mut out = cur;
+    for s in stacked {
+        if s.is_empty() {
+            return Err(fail("scan outputs of a loop that runs no iteration".into()));
+        }
+        let t = build_or_fold(g, &s, &|b, ts| {
+            let parts = ts
+                .iter()
+                .map(|t| t.unsqueeze(0))
+                .collect::<kiln_graph::Result<Vec<_>>>()?;
+            Ok(vec![b.concat(&parts, 0)?])
+        })
+        .map_err(fail)?;
+        out.extend(t.into_iter().map(Item::Tensor));
+    }
+    Ok(Some(out))
+}
+
+/// The loop as kiln's `while_loop` carrying (iteration, condition, values):
+/// `while (i < M && cond) { (cond, vars) = body(i, cond, vars); i += 1 }`.
+fn while_loop<'g>(
+    l: &Loop<'_, 'g>,
+    vars: &[Item<'g>],
+    trip: Option<&Value<'g>>,
+    cond: Option<&Value<'g>>,
+) -> Result<Vec<Item<'g>>> {
+    let (g, body, opset, outer) = (l.g, l.body, l.opset, l.outer);
+    let fail = |e: ConvertError| l.fail(e);
     let vars: Vec<Tensor<'g>> = vars
         .iter()
         .map(|v| match v {
@@ -196,7 +250,7 @@ pub(crate) fn control_loop<'g>(
     };
     let mut state = vec![i0, c0];
     state.extend(vars);
-    let params = runtime_params(&outer);
+    let params = runtime_params(outer);
     let mut captured_t = params.clone();
     let has_trip = trip.is_some();
     if let Some(m) = trip {
@@ -224,7 +278,7 @@ pub(crate) fn control_loop<'g>(
                 .iter()
                 .map(|&t| Item::Tensor(Value::runtime(t)))
                 .collect();
-            let outer = first.keep(remake(b, &outer, &p[ns..ns + ncap]))?;
+            let outer = first.keep(remake(b, outer, &p[ns..ns + ncap]))?;
             let outs = first.keep(run_subgraph(b, body, opset, &outer, &ins))?;
             let mut next = vec![p[0].add(1.0)?];
             for (k, o) in outs.iter().take(ns - 1).enumerate() {
