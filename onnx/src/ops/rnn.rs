@@ -473,73 +473,14 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
         .into());
     }
 
-    // Activations, one list per direction.
     let per = cell.default_activations().len();
-    let names: Vec<String> = match n.attr("activations") {
-        Some(a) if !a.strings.is_empty() => a
-            .strings
-            .iter()
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-        _ => cell
-            .default_activations()
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    };
-    let names: Vec<String> = if names.len() == per && nd == 2 {
-        names.iter().chain(names.iter()).cloned().collect()
-    } else {
-        names
-    };
-    if names.len() != per * nd {
-        return Err(format!(
-            "{} activations given, {} wanted ({per} per direction)",
-            names.len(),
-            per * nd
-        )
-        .into());
-    }
-    let mut alphas = n
-        .floats("activation_alpha")
-        .unwrap_or_default()
-        .into_iter()
-        .map(f64::from);
-    let mut betas = n
-        .floats("activation_beta")
-        .unwrap_or_default()
-        .into_iter()
-        .map(f64::from);
-    let acts = names
-        .iter()
-        .map(|s| Act::parse(s, &mut alphas, &mut betas))
-        .collect::<R<Vec<_>>>()?;
+    let acts = activations(n, cell, nd)?;
 
     let clip = n.attr("clip").map(|a| a.f as f64);
     let input_forget = cell == Cell::Lstm && n.int("input_forget", 0) != 0;
     let linear_before_reset = cell == Cell::Gru && n.int("linear_before_reset", 0) != 0;
 
-    // sequence_lens: known lengths give static masks (none at all when
-    // every length is full); run-time ones give run-time masks.
-    let lens = match n.inputs.get(4).and_then(|v| v.as_ref()) {
-        None => Lengths::Full,
-        Some(v) => match &v.value {
-            Some(a) => {
-                let l = super::ints_of(a)?;
-                if let Some(b) = batch.filter(|&b| b != l.len()) {
-                    return Err(
-                        format!("sequence_lens has {} entries, batch is {b}", l.len()).into(),
-                    );
-                }
-                if l.iter().all(|&l| l >= seq as i64) {
-                    Lengths::Full
-                } else {
-                    Lengths::Known(l)
-                }
-            }
-            None => Lengths::Runtime(v.t),
-        },
-    };
+    let lens = lengths(n, batch, seq)?;
 
     // Initial states, `[num_directions, batch, h]` (layout 1: batch first).
     let state = |i: usize| -> R<Option<Tensor<'g>>> {
@@ -619,6 +560,89 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
         }
     }
 
+    outputs(n, cell, layout, &ys, &yhs, &ycs)
+}
+
+/// The activations of each direction (`activations`, with
+/// `activation_alpha` and `activation_beta`; the cell's defaults where not
+/// given), `nd` lists one after the other.
+fn activations(n: &Node<'_, '_>, cell: Cell, nd: usize) -> R<Vec<Act>> {
+    let per = cell.default_activations().len();
+    let names: Vec<String> = match n.attr("activations") {
+        Some(a) if !a.strings.is_empty() => a
+            .strings
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+        _ => cell
+            .default_activations()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let names: Vec<String> = if names.len() == per && nd == 2 {
+        names.iter().chain(names.iter()).cloned().collect()
+    } else {
+        names
+    };
+    if names.len() != per * nd {
+        return Err(format!(
+            "{} activations given, {} wanted ({per} per direction)",
+            names.len(),
+            per * nd
+        )
+        .into());
+    }
+    let mut alphas = n
+        .floats("activation_alpha")
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from);
+    let mut betas = n
+        .floats("activation_beta")
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from);
+    names
+        .iter()
+        .map(|s| Act::parse(s, &mut alphas, &mut betas))
+        .collect()
+}
+
+/// `sequence_lens` (input 4): known lengths give static masks (none at all
+/// when every length is full); run-time ones give run-time masks.
+fn lengths<'g>(n: &Node<'_, 'g>, batch: Option<usize>, seq: usize) -> R<Lengths<'g>> {
+    Ok(match n.inputs.get(4).and_then(|v| v.as_ref()) {
+        None => Lengths::Full,
+        Some(v) => match &v.value {
+            Some(a) => {
+                let l = super::ints_of(a)?;
+                if let Some(b) = batch.filter(|&b| b != l.len()) {
+                    return Err(
+                        format!("sequence_lens has {} entries, batch is {b}", l.len()).into(),
+                    );
+                }
+                if l.iter().all(|&l| l >= seq as i64) {
+                    Lengths::Full
+                } else {
+                    Lengths::Known(l)
+                }
+            }
+            None => Lengths::Runtime(v.t),
+        },
+    })
+}
+
+/// The node's outputs from each direction's `Y` (`ys`, `[seq, 1, batch,
+/// h]`), final state `Y_h` (`yhs`) and, for LSTM, final cell `Y_c` (`ycs`).
+fn outputs<'g>(
+    n: &Node<'_, 'g>,
+    cell: Cell,
+    layout: i64,
+    ys: &[Tensor<'g>],
+    yhs: &[Tensor<'g>],
+    ycs: &[Tensor<'g>],
+) -> R<Vec<Tensor<'g>>> {
     let cat = |v: &[Tensor<'g>], axis: i64| -> R<Tensor<'g>> {
         if v.len() == 1 {
             Ok(v[0])
@@ -635,10 +659,10 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
             Ok(s)
         }
     };
-    let yh = fin(&yhs)?;
+    let yh = fin(yhs)?;
     // Y: [seq, num_directions, batch, h] (layout 1: [batch, seq, nd, h]).
     let y = if n.wants_output(0) {
-        let y = cat(&ys, 1)?;
+        let y = cat(ys, 1)?;
         if layout == 1 {
             y.permute(&[2, 0, 1, 3])?
         } else {
@@ -649,7 +673,7 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
     };
     let mut out = vec![y, yh];
     if cell == Cell::Lstm {
-        out.push(fin(&ycs)?);
+        out.push(fin(ycs)?);
     }
     out.truncate(n.outputs().max(1));
     Ok(out)
