@@ -142,7 +142,11 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let g = grid.cast(ft)?;
 
     // Per spatial dim: its taps, as (flat offset, weight) pairs.
-    type Tap<'g> = (Tensor<'g>, Option<Tensor<'g>>);
+    let sample = Sampling {
+        mode,
+        padding,
+        align,
+    };
     let mut per_dim: Vec<Vec<Tap<'g>>> = Vec::with_capacity(r);
     for (i, (&d, &stride)) in dims.iter().zip(&st).enumerate() {
         let d = d as f64;
@@ -150,73 +154,7 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         let comp = g
             .slice_axis(-1, (r - 1 - i) as i64, (r - i) as i64, 1)?
             .squeeze(-1)?;
-        let mut v = if align {
-            comp.add(1.0)?.mul((d - 1.0) / 2.0)?
-        } else {
-            comp.add(1.0)?.mul(d)?.sub(1.0)?.mul(0.5)?
-        };
-        let (lo, hi) = if align {
-            (0.0, d - 1.0)
-        } else {
-            (-0.5, d - 0.5)
-        };
-        if mode == Interp::Nearest {
-            // Half to even (nearbyint), for every rank: what the test data
-            // holds (ONNX's reference once used std::round for 3-D).
-            v = v.round()?;
-        }
-        match padding {
-            Padding::Zeros => {}
-            Padding::Border => {
-                let outside = v.lt(lo)?.or(v.gt(hi)?)?;
-                let clamped = v.maximum(0.0)?.minimum(d - 1.0)?;
-                v = n.g.select(outside, clamped, v)?;
-            }
-            Padding::Reflection => v = reflect(v, lo, hi)?,
-        }
-        let taps: Vec<(Tensor<'g>, Option<Tensor<'g>>)> = match mode {
-            Interp::Nearest => vec![(v, None)],
-            Interp::Linear => {
-                let f = v.floor()?;
-                let t = v.sub(f)?;
-                vec![(f, Some(t.neg()?.add(1.0)?)), (f.add(1.0)?, Some(t))]
-            }
-            Interp::Cubic => {
-                let f = v.floor()?;
-                let t = v.sub(f)?;
-                let [c0, c1, c2, c3] = cubic_coeffs(t)?;
-                vec![
-                    (f.sub(1.0)?, Some(c0)),
-                    (f, Some(c1)),
-                    (f.add(1.0)?, Some(c2)),
-                    (f.add(2.0)?, Some(c3)),
-                ]
-            }
-        };
-        let mut list = Vec::with_capacity(taps.len());
-        for (k, w) in taps {
-            let (idx, w) = match padding {
-                Padding::Zeros => {
-                    let valid = k.ge(0.0)?.and(k.le(d - 1.0)?)?.cast(ft)?;
-                    let w = match w {
-                        Some(w) => w.mul(valid)?,
-                        None => valid,
-                    };
-                    (k, Some(w))
-                }
-                Padding::Border => (k, w),
-                Padding::Reflection => (reflect(k, lo, hi)?, w),
-            };
-            // Truncation toward zero (as the reference's int()), then a
-            // clamp so every gathered index is in range.
-            let idx = idx
-                .cast(DType::I64)?
-                .maximum(0i64)?
-                .minimum(d as i64 - 1)?
-                .mul(stride as i64)?;
-            list.push((idx, w));
-        }
-        per_dim.push(list);
+        per_dim.push(dim_taps(n, comp, d, stride, &sample, ft)?);
     }
 
     // Every combination of taps: its flat index and weight.
@@ -225,7 +163,7 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let batch =
         n.g.iota(DType::I64, bshape.clone(), 0)?
             .mul(spatial as i64)?;
-    let mut combos: Vec<(Tensor<'g>, Option<Tensor<'g>>)> = vec![(batch, None)];
+    let mut combos: Vec<Tap<'g>> = vec![(batch, None)];
     for list in &per_dim {
         let mut next = Vec::with_capacity(combos.len() * list.len());
         for (ci, cw) in &combos {
@@ -269,6 +207,96 @@ fn grid_sample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let mut perm = vec![0, r + 1];
     perm.extend(1..=r);
     Ok(one(y.permute(&perm)?))
+}
+
+/// A tap of a sample: its flat offset, and its weight (`None`: 1).
+type Tap<'g> = (Tensor<'g>, Option<Tensor<'g>>);
+
+/// How `GridSample` samples.
+struct Sampling {
+    mode: Interp,
+    padding: Padding,
+    align: bool,
+}
+
+/// The taps along one spatial dim of size `d` (and flat stride `stride`)
+/// at the grid's component `comp` (in [-1, 1]), in float type `ft`.
+fn dim_taps<'g>(
+    n: &Node<'_, 'g>,
+    comp: Tensor<'g>,
+    d: f64,
+    stride: usize,
+    sample: &Sampling,
+    ft: DType,
+) -> R<Vec<Tap<'g>>> {
+    let (mode, padding, align) = (sample.mode, sample.padding, sample.align);
+    let mut v = if align {
+        comp.add(1.0)?.mul((d - 1.0) / 2.0)?
+    } else {
+        comp.add(1.0)?.mul(d)?.sub(1.0)?.mul(0.5)?
+    };
+    let (lo, hi) = if align {
+        (0.0, d - 1.0)
+    } else {
+        (-0.5, d - 0.5)
+    };
+    if mode == Interp::Nearest {
+        // Half to even (nearbyint), for every rank: what the test data
+        // holds (ONNX's reference once used std::round for 3-D).
+        v = v.round()?;
+    }
+    match padding {
+        Padding::Zeros => {}
+        Padding::Border => {
+            let outside = v.lt(lo)?.or(v.gt(hi)?)?;
+            let clamped = v.maximum(0.0)?.minimum(d - 1.0)?;
+            v = n.g.select(outside, clamped, v)?;
+        }
+        Padding::Reflection => v = reflect(v, lo, hi)?,
+    }
+    let taps: Vec<Tap<'g>> = match mode {
+        Interp::Nearest => vec![(v, None)],
+        Interp::Linear => {
+            let f = v.floor()?;
+            let t = v.sub(f)?;
+            vec![(f, Some(t.neg()?.add(1.0)?)), (f.add(1.0)?, Some(t))]
+        }
+        Interp::Cubic => {
+            let f = v.floor()?;
+            let t = v.sub(f)?;
+            let [c0, c1, c2, c3] = cubic_coeffs(t)?;
+            vec![
+                (f.sub(1.0)?, Some(c0)),
+                (f, Some(c1)),
+                (f.add(1.0)?, Some(c2)),
+                (f.add(2.0)?, Some(c3)),
+            ]
+        }
+    };
+    let mut list = Vec::with_capacity(taps.len());
+    for (k, w) in taps {
+        let (idx, w) = match padding {
+            Padding::Zeros => {
+                let valid = k.ge(0.0)?.and(k.le(d - 1.0)?)?.cast(ft)?;
+                let w = match w {
+                    Some(w) => w.mul(valid)?,
+                    None => valid,
+                };
+                (k, Some(w))
+            }
+            Padding::Border => (k, w),
+            Padding::Reflection => (reflect(k, lo, hi)?, w),
+        };
+        // Truncation toward zero (as the reference's int()), then a
+        // clamp so every gathered index is in range.
+        let idx = idx
+            .cast(DType::I64)?
+            .maximum(0i64)?
+            .minimum(d as i64 - 1)?
+            .mul(stride as i64)?;
+        list.push((idx, w));
+    }
+    Ok(list)
 }
 
 // ---------------------------------------------------------------- AffineGrid
