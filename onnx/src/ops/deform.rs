@@ -113,51 +113,23 @@ fn deform_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         DType::F32
     };
     let off = offset.cast(ft)?.reshape(vec![nb, og, k, 2, oh, ow])?;
-    let base = |axis: usize| -> R<Tensor<'g>> {
-        // The tap's un-offset position along `axis` (0: h, 1: w) per
-        // (tap, output position).
-        let mut v = Vec::with_capacity(k * oh * ow);
-        for ki in 0..kh {
-            for kj in 0..kw {
-                for i in 0..oh {
-                    for j in 0..ow {
-                        let p = if axis == 0 {
-                            -pads[0] + strides[0] * i as i64 + dilations[0] * ki as i64
-                        } else {
-                            -pads[1] + strides[1] * j as i64 + dilations[1] * kj as i64
-                        };
-                        v.push(p as f64);
-                    }
-                }
-            }
-        }
-        let a = kiln_graph::ops::elementwise::eval_cast(
-            &Array::from_vec(vec![k, oh, ow], v).ok_or("base positions")?,
-            ft,
-        );
-        n.constant(a)
+    let window = Window {
+        kernel: (kh, kw),
+        out: (oh, ow),
+        pads: [pads[0], pads[1]],
+        strides: [strides[0], strides[1]],
+        dilations: [dilations[0], dilations[1]],
     };
-    let ph = off.slice_axis(3, 0, 1, 1)?.squeeze(3)?.add(base(0)?)?;
-    let pw = off.slice_axis(3, 1, 2, 1)?.squeeze(3)?.add(base(1)?)?;
-    // Bilinear taps per dim: (index, weight), zero weight outside.
-    let taps = |p: Tensor<'g>, size: usize| -> R<[(Tensor<'g>, Tensor<'g>); 2]> {
-        let f = p.floor()?;
-        let t = p.sub(f)?;
-        let mut out = Vec::with_capacity(2);
-        for (idx, wgt) in [(f, t.neg()?.add(1.0)?), (f.add(1.0)?, t)] {
-            let inside = idx.ge(0.0)?.and(idx.le(size as f64 - 1.0)?)?.cast(ft)?;
-            let i = idx
-                .cast(DType::I64)?
-                .maximum(0i64)?
-                .minimum(size as i64 - 1)?;
-            out.push((i, wgt.mul(inside)?));
-        }
-        let [a, b]: [(Tensor<'g>, Tensor<'g>); 2] =
-            out.try_into().map_err(|_| "two taps".to_string())?;
-        Ok([a, b])
-    };
-    let th = taps(ph, ih)?;
-    let tw = taps(pw, iw)?;
+    let ph = off
+        .slice_axis(3, 0, 1, 1)?
+        .squeeze(3)?
+        .add(window.base(n, 0, ft)?)?;
+    let pw = off
+        .slice_axis(3, 1, 2, 1)?
+        .squeeze(3)?
+        .add(window.base(n, 1, ft)?)?;
+    let th = bilinear_taps(ph, ih, ft)?;
+    let tw = bilinear_taps(pw, iw, ft)?;
     // Flat row of each (n, group) block: ((n * og + g) * H * W).
     let block =
         n.g.iota(DType::I64, vec![nb, og, k, oh, ow], 0)?
@@ -205,4 +177,62 @@ fn deform_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         y = y.add(b.cast(dtype)?.reshape(vec![oc, 1, 1])?)?;
     }
     Ok(vec![y])
+}
+
+/// The kernel window of a deformable convolution: kernel and output sizes,
+/// and the leading pads, strides and dilations, per spatial dim (h, w).
+struct Window {
+    kernel: (usize, usize),
+    out: (usize, usize),
+    pads: [i64; 2],
+    strides: [i64; 2],
+    dilations: [i64; 2],
+}
+
+impl Window {
+    /// Each tap's un-offset position along `axis` (0: h, 1: w) per (tap,
+    /// output position): a constant `[K, oH, oW]` of type `ft`.
+    fn base<'g>(&self, n: &Node<'_, 'g>, axis: usize, ft: DType) -> R<Tensor<'g>> {
+        let ((kh, kw), (oh, ow)) = (self.kernel, self.out);
+        let (pads, strides, dilations) = (self.pads, self.strides, self.dilations);
+        let mut v = Vec::with_capacity(kh * kw * oh * ow);
+        for ki in 0..kh {
+            for kj in 0..kw {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let p = if axis == 0 {
+                            -pads[0] + strides[0] * i as i64 + dilations[0] * ki as i64
+                        } else {
+                            -pads[1] + strides[1] * j as i64 + dilations[1] * kj as i64
+                        };
+                        v.push(p as f64);
+                    }
+                }
+            }
+        }
+        let a = kiln_graph::ops::elementwise::eval_cast(
+            &Array::from_vec(vec![kh * kw, oh, ow], v).ok_or("base positions")?,
+            ft,
+        );
+        n.constant(a)
+    }
+}
+
+/// The two bilinear taps at positions `p` along a dim of `size`: (index,
+/// weight), the weight zero outside the dim.
+fn bilinear_taps<'g>(p: Tensor<'g>, size: usize, ft: DType) -> R<[(Tensor<'g>, Tensor<'g>); 2]> {
+    let f = p.floor()?;
+    let t = p.sub(f)?;
+    let mut out = Vec::with_capacity(2);
+    for (idx, wgt) in [(f, t.neg()?.add(1.0)?), (f.add(1.0)?, t)] {
+        let inside = idx.ge(0.0)?.and(idx.le(size as f64 - 1.0)?)?.cast(ft)?;
+        let i = idx
+            .cast(DType::I64)?
+            .maximum(0i64)?
+            .minimum(size as i64 - 1)?;
+        out.push((i, wgt.mul(inside)?));
+    }
+    let [a, b]: [(Tensor<'g>, Tensor<'g>); 2] =
+        out.try_into().map_err(|_| "two taps".to_string())?;
+    Ok([a, b])
 }
