@@ -95,25 +95,8 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             );
         }
         let reps = q_heads / k_heads;
-        let repeat = |t: Tensor<'g>| -> R<Tensor<'g>> {
-            let d = dims(t);
-            let wide = Shape(vec![
-                d[0].clone(),
-                d[1].clone(),
-                Dim::Fixed(reps),
-                d[2].clone(),
-                d[3].clone(),
-            ]);
-            let merged = Shape(vec![
-                d[0].clone(),
-                Dim::Fixed(q_heads),
-                d[2].clone(),
-                d[3].clone(),
-            ]);
-            Ok(t.unsqueeze(2)?.broadcast_to(wide)?.reshape(merged)?)
-        };
-        kk = repeat(kk)?;
-        vv = repeat(vv)?;
+        kk = repeat_heads(kk, reps, q_heads)?;
+        vv = repeat_heads(vv, reps, q_heads)?;
     }
     let kt = kk.permute(&[0, 1, 3, 2])?;
     let mut qk = q.mul(root)?.matmul(kt.mul(root)?)?;
@@ -128,8 +111,71 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if mode == 0 || mode == 1 {
         qk_out = Some(qk);
     }
-    // The additive bias: the mask (padded with "masked" to the key length),
-    // then the causal triangle.
+    let bias = additive_bias(n, q, mask, (qs, kvs), past, dtype)?;
+    if let Some(b) = bias {
+        qk = qk.add(b)?;
+    }
+    if mode == 2 {
+        qk_out = Some(qk);
+    }
+    let p = qk.softmax(-1)?;
+    if mode == 3 {
+        qk_out = Some(p);
+    }
+    let mut y = p.matmul(vv)?;
+    if three_d {
+        let d = dims(y);
+        let hidden = fixed(&d[1], "heads")? * fixed(&d[3], "the value head size")?;
+        y = y.permute(&[0, 2, 1, 3])?.reshape(Shape(vec![
+            d[0].clone(),
+            d[2].clone(),
+            Dim::Fixed(hidden),
+        ]))?;
+    }
+    let mut out = vec![y];
+    for (i, t) in [present_k, present_v].into_iter().enumerate() {
+        if n.outputs() > i + 1 {
+            out.push(t);
+        }
+    }
+    if n.outputs() > 3 {
+        out.push(qk_out.ok_or_else(|| format!("qk_matmul_output_mode {mode}"))?);
+    }
+    Ok(out)
+}
+
+/// `t` ([B, kv_heads, S, D]) with each head repeated `reps` times, head by
+/// head ([h0, h0, h1, h1, ...]): [B, q_heads, S, D].
+fn repeat_heads(t: Tensor<'_>, reps: usize, q_heads: usize) -> R<Tensor<'_>> {
+    let d = dims(t);
+    let wide = Shape(vec![
+        d[0].clone(),
+        d[1].clone(),
+        Dim::Fixed(reps),
+        d[2].clone(),
+        d[3].clone(),
+    ]);
+    let merged = Shape(vec![
+        d[0].clone(),
+        Dim::Fixed(q_heads),
+        d[2].clone(),
+        d[3].clone(),
+    ]);
+    Ok(t.unsqueeze(2)?.broadcast_to(wide)?.reshape(merged)?)
+}
+
+/// The additive bias of the attention scores (`None`: none): the mask
+/// (padded with "masked" to the key length), the causal triangle, and the
+/// keys past each batch's length (input 6); `(qs, kvs)` are the query and key
+/// lengths, `past` the past key length.
+fn additive_bias<'g>(
+    n: &Node<'_, 'g>,
+    q: Tensor<'g>,
+    mask: Option<Tensor<'g>>,
+    (qs, kvs): (usize, usize),
+    past: usize,
+    dtype: DType,
+) -> R<Option<Tensor<'g>>> {
     let neg_inf = n.scalar(f64::NEG_INFINITY, dtype)?;
     let zero = n.scalar(0.0, dtype)?;
     let mut bias: Option<Tensor<'g>> = None;
@@ -177,36 +223,7 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             None => pad,
         });
     }
-    if let Some(b) = bias {
-        qk = qk.add(b)?;
-    }
-    if mode == 2 {
-        qk_out = Some(qk);
-    }
-    let p = qk.softmax(-1)?;
-    if mode == 3 {
-        qk_out = Some(p);
-    }
-    let mut y = p.matmul(vv)?;
-    if three_d {
-        let d = dims(y);
-        let hidden = fixed(&d[1], "heads")? * fixed(&d[3], "the value head size")?;
-        y = y.permute(&[0, 2, 1, 3])?.reshape(Shape(vec![
-            d[0].clone(),
-            d[2].clone(),
-            Dim::Fixed(hidden),
-        ]))?;
-    }
-    let mut out = vec![y];
-    for (i, t) in [present_k, present_v].into_iter().enumerate() {
-        if n.outputs() > i + 1 {
-            out.push(t);
-        }
-    }
-    if n.outputs() > 3 {
-        out.push(qk_out.ok_or_else(|| format!("qk_matmul_output_mode {mode}"))?);
-    }
-    Ok(out)
+    Ok(bias)
 }
 
 /// `x / sqrt(mean(x^2 over axis..) + epsilon) * scale`.
