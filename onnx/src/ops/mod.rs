@@ -31,6 +31,7 @@ mod matmul;
 mod minifloat;
 mod ml;
 mod norm;
+mod pad;
 mod pool;
 mod quant;
 mod random;
@@ -67,7 +68,7 @@ const CONTROL: &[(&str, Converter)] = &[
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 26] = [
+const FAMILIES: [&[(&str, Converter)]; 27] = [
     elementwise::OPS,
     quant::OPS,
     linear_attention::OPS,
@@ -87,6 +88,7 @@ const FAMILIES: [&[(&str, Converter)]; 26] = [
     matmul::OPS,
     norm::OPS,
     shape::OPS,
+    pad::OPS,
     index::OPS,
     reduce::OPS,
     sequence::OPS,

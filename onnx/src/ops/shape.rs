@@ -1,6 +1,6 @@
 //! Shape and data-movement ONNX ops: `Reshape`, `Transpose`, `Concat`,
 //! `Split`, `Slice`, `Squeeze`, `Unsqueeze`, `Flatten`, `Expand`, `Tile`,
-//! `Pad`, `DepthToSpace`, `SpaceToDepth`, and the shape-producing `Shape`,
+//! `DepthToSpace`, `SpaceToDepth`, and the shape-producing `Shape`,
 //! `Size`, `ConstantOfShape`, `Range`, `Trilu`, `EyeLike`.
 //!
 //! kiln's shapes are static per compile, so every input that decides a
@@ -21,10 +21,7 @@
 //! an end of at least `i32::MAX` is "to the end". Expand of a fixed size
 //! against an expression keeps the fixed size (the expression must be 1
 //! or equal); of two expressions, takes the target's (checked when bound).
-//! Pad's non-constant modes become slices (reversed where reflecting)
-//! joined with `Concat`; a `constant` pad value computed at run time is
-//! selected in by a mask; pads computed from shapes (constant mode, never
-//! negative) join blocks of the value around the input. Not yet taking
+//! `Pad`, which follows the same rules, is in `pad.rs`. Not yet taking
 //! shape values: Resize's sizes, OneHot's depth, TopK's k.
 
 use kiln_graph::{Array, DType, Dim, DimExpr, Scalar, Shape, SliceAxis, Tensor};
@@ -47,14 +44,13 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("ConstantOfShape", constant_of_shape),
     ("Range", range),
     ("Tile", tile),
-    ("Pad", pad),
     ("DepthToSpace", depth_to_space),
     ("SpaceToDepth", space_to_depth),
     ("Trilu", trilu),
     ("EyeLike", eye_like),
 ];
 
-fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
+pub(crate) fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
     vec![t]
 }
 
@@ -68,7 +64,7 @@ fn ints_input_or_attr(n: &Node<'_, '_>, i: usize, name: &str) -> R<Option<Vec<i6
 }
 
 /// A fixed dim of `t`, or why it must be fixed.
-fn fixed_dim(t: Tensor<'_>, i: usize, what: &str) -> R<usize> {
+pub(crate) fn fixed_dim(t: Tensor<'_>, i: usize, what: &str) -> R<usize> {
     t.shape().0[i].fixed().ok_or_else(|| {
         format!(
             "unsupported: {what} of symbolic dim {i} (shape {})",
@@ -86,7 +82,7 @@ fn size_of(v: i64, what: &str) -> R<usize> {
 /// `Reshape`: `0` copies the input dim (unless `allowzero=1`, opset 14,
 /// where it is a zero dim), one `-1` is inferred; symbolic dims survive
 /// where they are copied or inferred.
-fn reshape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn reshape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     if n.opset >= 5 {
         if let Some(dims) = n.sym_ints(1)? {
@@ -111,7 +107,7 @@ fn reshape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 }
 
 /// `Transpose`: `perm` defaults to reversing the dims.
-fn transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank();
     let perm = match n.ints("perm") {
@@ -122,7 +118,7 @@ fn transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 }
 
 /// `Concat` along `axis` (which must be fixed in every input).
-fn concat<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn concat<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let xs = n.all_inputs();
     let first = *xs.first().ok_or("Concat needs an input")?;
     let a = axis(n.int("axis", 0), first.rank())?;
@@ -136,7 +132,7 @@ fn concat<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 /// otherwise `num_outputs` (opset 18) or the number of outputs equal
 /// parts, the last one smaller where the axis does not divide evenly (as
 /// ONNX's reference does).
-fn split<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn split<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let a = axis(n.int("axis", 0), x.rank())?;
     let d = fixed_dim(x, a, "splitting")?;
@@ -181,7 +177,7 @@ fn split<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 /// Whether a slice of a symbolic dim takes all of it: step 1 from the
 /// start to an end of at least `i32::MAX` (exporters write INT64_MAX or
 /// INT32_MAX for "to the end").
-fn whole(s: SliceAxis) -> bool {
+pub(crate) fn whole(s: SliceAxis) -> bool {
     s.step == 1 && (s.start == 0 || s.start <= -(1 << 62)) && s.end >= i32::MAX as i64
 }
 
@@ -225,7 +221,7 @@ fn onnx_slice_axis(d: usize, start: i64, end: i64, step: i64) -> SliceAxis {
 /// `Slice`: `starts`/`ends`/`axes` attributes before opset 10, inputs
 /// (with `steps`) after. Bounds are resolved and clamped as the ONNX spec
 /// says (see [`onnx_slice_axis`]); a symbolic dim can only be taken whole.
-fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank();
     let (starts, ends, axes, steps) = if n.opset < 10 {
@@ -308,7 +304,7 @@ fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 
 /// `Squeeze`: `axes` attribute before opset 13, input after; without axes
 /// every fixed dim of size 1 goes (symbolic dims stay).
-fn squeeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn squeeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank();
     let dims = x.shape().0;
@@ -335,7 +331,7 @@ fn squeeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 
 /// `Unsqueeze`: `axes` (positions in the output) attribute before opset
 /// 13, input after.
-fn unsqueeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn unsqueeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let axes = ints_input_or_attr(n, 1, "axes")?.ok_or("Unsqueeze needs axes")?;
     let out_rank = x.rank() + axes.len();
@@ -355,12 +351,12 @@ fn unsqueeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 }
 
 /// The product of `dims` as one dim (an expression where some are symbolic).
-fn product(dims: &[Dim]) -> R<Dim> {
+pub(crate) fn product(dims: &[Dim]) -> R<Dim> {
     Ok(Shape(dims.to_vec()).size_expr().and_then(Dim::from_expr)?)
 }
 
 /// `Flatten`: dims before `axis` into one, the rest into another.
-fn flatten<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn flatten<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank() as i64;
     let a = n.int("axis", 1);
@@ -414,7 +410,7 @@ fn expand<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 
 /// `Shape` (with opset 15's `start`/`end`): the selected dims as a shape
 /// value (their expressions; a constant where they are fixed).
-fn shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let dims = x.shape().0;
     let r = dims.len() as i64;
@@ -426,7 +422,7 @@ fn shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 }
 
 /// `Size`: the element count as a shape value.
-fn size<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn size<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let count = x.shape().size_expr()?;
     Ok(one(n.g.size_value(&count)?))
@@ -461,7 +457,7 @@ fn small_constant(len: usize, size: usize) -> bool {
 
 /// `Range`: `start + i * delta` for `i < max(ceil((limit - start) / delta), 0)`,
 /// with constant operands (integers computed exactly).
-fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     // Operands computed from shapes (not all constants, all known as
     // integer expressions): an iota of a symbolic length.
     if (0..3).any(|i| n.const_input(i).is_err())
@@ -564,79 +560,6 @@ fn symbolic_range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         .cast(dtype)?))
 }
 
-/// Pad's axes (all by default) for `pads` amounts, two per axis.
-fn pad_axes(axes: Option<Vec<i64>>, r: usize, pads: usize) -> R<Vec<usize>> {
-    let axes = match axes {
-        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<R<Vec<_>>>()?,
-        None => (0..r).collect(),
-    };
-    if pads != 2 * axes.len() {
-        return Err(format!("{pads} pads for {} axes (needs two per axis)", axes.len()).into());
-    }
-    Ok(axes)
-}
-
-/// `Pad` by amounts computed from shapes (`seq % 8` to round up to a
-/// multiple, say): constant mode, amounts provably not negative; each
-/// padded axis joins blocks of the value (of expression sizes) around the
-/// input.
-fn symbolic_pad<'g>(n: &Node<'_, 'g>, mode: &str) -> R<Vec<Tensor<'g>>> {
-    let x = n.input(0)?;
-    let r = x.rank();
-    let pads = n.sym_ints(1)?.ok_or("Pad needs pads")?;
-    if mode != "constant" {
-        return n.unsupported(format!(
-            "pad mode '{mode}' with amounts computed from shapes"
-        ));
-    }
-    let axes = pad_axes(n.const_ints(3)?, r, pads.len())?;
-    // The value: a scalar of x's dtype (a run-time one is taken as it is).
-    let value = match n.opt(2) {
-        Some(v) if v.shape().num_elements() == Some(1) => {
-            v.reshape(Shape::scalar())?.cast(x.dtype())?
-        }
-        Some(v) if v.shape().num_elements() != Some(0) => {
-            return Err(format!(
-                "the pad value must hold one element, has shape {}",
-                v.shape()
-            )
-            .into())
-        }
-        _ => n.scalar(0.0, x.dtype())?,
-    };
-    let mut t = x;
-    for (i, &a) in axes.iter().enumerate() {
-        let (before, after) = (&pads[i], &pads[i + axes.len()]);
-        let mut parts = Vec::with_capacity(3);
-        for (k, amount) in [before, after].into_iter().enumerate() {
-            if amount.as_const() == Some(0) {
-                continue;
-            }
-            if !amount.is_nonneg() {
-                return n.unsupported(format!(
-                    "a pad of {amount} on axis {a}, computed from shapes, that may be negative"
-                ));
-            }
-            let mut shape = t.shape();
-            shape.0[a] = Dim::from_expr(amount.clone())?;
-            let block = value.broadcast_to(shape)?;
-            if k == 0 {
-                parts.push(block);
-                parts.push(t);
-            } else {
-                if parts.is_empty() {
-                    parts.push(t);
-                }
-                parts.push(block);
-            }
-        }
-        if !parts.is_empty() {
-            t = n.g.concat(&parts, a as i64)?;
-        }
-    }
-    Ok(vec![t])
-}
-
 /// `Tile`: each tiled dim `d` becomes `[1, d]` broadcast to `[r, d]` and
 /// merged back (one reshape, broadcast, reshape).
 fn tile<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
@@ -666,172 +589,6 @@ fn tile<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         .reshape(Shape(split))?
         .broadcast_to(Shape(big))?
         .reshape(Shape(out))?))
-}
-
-/// The source index of each position of an axis of size `d` padded by
-/// `before` and `after` (negative: cropped) in a non-constant `mode`.
-fn pad_indices(mode: &str, d: usize, before: i64, after: i64) -> Vec<i64> {
-    let d = d as i64;
-    (-before..d + after)
-        .map(|p| match mode {
-            "edge" => p.clamp(0, d - 1),
-            "wrap" => p.rem_euclid(d),
-            _ if d == 1 => 0,
-            // reflect: numpy's, periodic with period 2 (d - 1).
-            _ => {
-                let m = p.rem_euclid(2 * (d - 1));
-                if m < d {
-                    m
-                } else {
-                    2 * (d - 1) - m
-                }
-            }
-        })
-        .collect()
-}
-
-/// Gathers `idx` along axis `a` of `x` as slices: runs of consecutive
-/// indices (forward or backward) become slices, runs of one index a
-/// broadcast of a one-element slice; the parts are concatenated. No
-/// indices (an axis cropped away by negative pads) give an empty slice.
-fn take_runs<'g>(x: Tensor<'g>, a: usize, idx: &[i64]) -> R<Tensor<'g>> {
-    if idx.is_empty() {
-        return Ok(x.slice_axis(a as i64, 0, 0, 1)?);
-    }
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i + 1;
-        let step = idx
-            .get(j)
-            .map(|&v| v - idx[i])
-            .filter(|s| (-1..=1).contains(s))
-            .unwrap_or(1);
-        while j < idx.len() && idx[j] - idx[j - 1] == step {
-            j += 1;
-        }
-        let len = j - i;
-        let part = if step == 0 {
-            let one = x.slice_axis(a as i64, idx[i], idx[i] + 1, 1)?;
-            let mut s = one.shape();
-            s.0[a] = Dim::Fixed(len);
-            one.broadcast_to(s)?
-        } else {
-            let last = idx[j - 1];
-            // An end before index 0 must not read as "from the end".
-            let end = if last + step < 0 {
-                i64::MIN
-            } else {
-                last + step
-            };
-            x.slice_axis(a as i64, idx[i], end, step)?
-        };
-        parts.push(part);
-        i = j;
-    }
-    if parts.len() == 1 {
-        return Ok(parts[0]);
-    }
-    Ok(x.builder().concat(&parts, a as i64)?)
-}
-
-/// `Pad`: `pads` (and `value`) attributes before opset 11; inputs `pads`,
-/// `constant_value` and (opset 18) `axes` after. Negative pads crop.
-/// `constant` mode crops with a slice and pads with kiln's pad; `reflect`,
-/// `edge` and `wrap` take slices of the input per axis (see `take_runs`).
-fn pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
-    let x = n.input(0)?;
-    let r = x.rank();
-    let mode = n.string("mode").unwrap_or_else(|| "constant".into());
-    if !["constant", "reflect", "edge", "wrap"].contains(&mode.as_str()) {
-        return n.unsupported(format!("pad mode '{mode}'"));
-    }
-    if n.opset >= 11 && n.const_ints(1).is_err() {
-        return symbolic_pad(n, &mode);
-    }
-    // The pad value: known now, or (`runtime`) a tensor computed at run time.
-    let mut runtime = None;
-    let (pads, value, axes) = if n.opset < 11 {
-        (n.ints("pads"), n.float("value", 0.0) as f64, None)
-    } else {
-        let value = match n.inputs.get(2).and_then(|v| v.as_ref()) {
-            None => 0.0,
-            Some(v) => match &v.value {
-                Some(a) if a.is_empty() => 0.0,
-                Some(a) => a.to_f64_vec()[0],
-                None => {
-                    runtime = Some(v.t);
-                    0.0
-                }
-            },
-        };
-        (n.const_ints(1)?, value, n.const_ints(3)?)
-    };
-    let pads = pads.ok_or("Pad needs pads")?;
-    let axes = pad_axes(axes, r, pads.len())?;
-    let (mut before, mut after) = (vec![0i64; r], vec![0i64; r]);
-    for (i, &a) in axes.iter().enumerate() {
-        before[a] = pads[i];
-        after[a] = pads[i + axes.len()];
-    }
-    let mut t = x;
-    if mode == "constant" {
-        // Output position p of an axis reads input p - before: the input
-        // where that is inside it, else the value (pad, then crop). A crop
-        // can eat into the other end's padding.
-        let mut crop = vec![SliceAxis::FULL; r];
-        let mut b: Vec<usize> = before.iter().map(|&p| p.max(0) as usize).collect();
-        let mut e: Vec<usize> = after.iter().map(|&p| p.max(0) as usize).collect();
-        for a in 0..r {
-            if before[a] < 0 || after[a] < 0 {
-                let d = fixed_dim(x, a, "cropping")? as i64;
-                let (p, q) = (before[a], after[a]);
-                let lo = (-p).clamp(0, d);
-                crop[a] = SliceAxis {
-                    start: lo,
-                    end: (d + q).clamp(lo, d),
-                    step: 1,
-                };
-                b[a] = ((d + q).min(0) + p).max(0) as usize;
-                e[a] = (d + q - d.max(-p)).max(0) as usize;
-            }
-        }
-        if crop.iter().any(|c| *c != SliceAxis::FULL) {
-            t = t.slice(&crop)?;
-        }
-        if b.iter().chain(&e).any(|&p| p > 0) {
-            let padded = t.pad(&b, &e, value)?;
-            t = match runtime {
-                None => padded,
-                Some(v) => {
-                    // Where the input was: a mask of ones padded with zeros.
-                    let inside = n
-                        .scalar(1.0, DType::Bool)?
-                        .broadcast_to(t.shape())?
-                        .pad(&b, &e, 0.0)?;
-                    let v = v.reshape(Shape::scalar())?.cast(t.dtype())?;
-                    n.g.select(inside, padded, v)?
-                }
-            };
-        }
-        return Ok(vec![t]);
-    }
-    for a in 0..r {
-        if before[a] == 0 && after[a] == 0 {
-            continue;
-        }
-        let d = fixed_dim(x, a, &format!("{mode} padding"))?;
-        if d == 0 && before[a].max(0) + after[a].max(0) > 0 {
-            return Err(format!("cannot {mode}-pad the empty dim {a}").into());
-        }
-        let padded = (d as i128 + before[a] as i128 + after[a] as i128).max(0);
-        super::table_len(
-            &format!("the {mode} padding indices of dim {a}"),
-            &[usize::try_from(padded).unwrap_or(usize::MAX)],
-        )?;
-        t = take_runs(t, a, &pad_indices(&mode, d, before[a], after[a]))?;
-    }
-    Ok(vec![t])
 }
 
 /// The fixed `[C, H, W]` of a 4-D NCHW input, and its batch dim.
