@@ -188,7 +188,7 @@ pub(crate) fn dim_names(graph: &GraphProto) -> BTreeSet<String> {
                     names.insert(p.clone());
                 }
                 _ => {
-                    names.insert(crate::import::kiln_name(&format!("{name}_{axis}")));
+                    names.insert(crate::scope::kiln_name(&format!("{name}_{axis}")));
                 }
             }
         }

@@ -21,12 +21,17 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use kiln_graph::{Array, Dim, Graph, GraphBuilder, NodeId, Shape, SourceLoc, Tensor};
+use kiln_graph::{Dim, Graph, GraphBuilder, NodeId, Shape, SourceLoc, Tensor};
 
 use crate::check;
+use crate::control::control_if;
+use crate::control::loops::control_loop;
+use crate::control::scan::control_scan;
 use crate::error::{unnamed, Error, Result, UnsupportedNode};
-use crate::ops::{self, sequence, Input, Node};
+use crate::fold::{evaluate, FoldLimit};
+use crate::ops::{self, sequence, training, ConvertError, Input, Node};
 use crate::proto::{type_proto, GraphProto, ModelProto, NodeProto, TypeProto};
+use crate::scope::{kiln_name, node_error, node_label, op_label, Item, Scope, Value};
 use crate::tensor;
 use crate::{ImportOptions, Imported};
 
@@ -38,170 +43,13 @@ use crate::{ImportOptions, Imported};
 /// table covers or reports).
 pub(crate) const OPSETS: std::ops::RangeInclusive<i64> = 6..=22;
 
-/// A value of the ONNX graph: its tensor, and its value where it is known
-/// at import time.
-#[derive(Clone)]
-pub(crate) struct Value<'g> {
-    pub t: Tensor<'g>,
-    pub constant: Option<Rc<Array>>,
-}
-
-impl<'g> Value<'g> {
-    /// A value computed at run time.
-    pub(crate) fn runtime(t: Tensor<'g>) -> Value<'g> {
-        Value { t, constant: None }
-    }
-}
-
-/// Any value of the ONNX graph: a tensor, a sequence of tensors (its length
-/// known at import time), or an optional (whether it holds a value is known
-/// at import time).
-#[derive(Clone)]
-pub(crate) enum Item<'g> {
-    Tensor(Value<'g>),
-    Sequence(Vec<Value<'g>>),
-    Optional(Option<Box<Item<'g>>>),
-}
-
-/// The structure of an [`Item`] without its tensors: what a kiln function
-/// (an `If` branch) returns is flattened to tensors and rebuilt by it.
-#[derive(Clone, Debug, PartialEq)]
-enum Form {
-    Tensor,
-    Sequence(usize),
-    Optional(Option<Box<Form>>),
-}
-
-impl<'g> Item<'g> {
-    /// What kind of value it is, for messages.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Item::Tensor(_) => "a tensor",
-            Item::Sequence(_) => "a sequence",
-            Item::Optional(_) => "an optional",
-        }
-    }
-
-    /// The tensors it holds, in order.
-    fn tensors(&self) -> Vec<&Value<'g>> {
-        match self {
-            Item::Tensor(v) => vec![v],
-            Item::Sequence(vs) => vs.iter().collect(),
-            Item::Optional(o) => o.as_deref().map_or_else(Vec::new, Item::tensors),
-        }
-    }
-
-    fn form(&self) -> Form {
-        match self {
-            Item::Tensor(_) => Form::Tensor,
-            Item::Sequence(vs) => Form::Sequence(vs.len()),
-            Item::Optional(o) => Form::Optional(o.as_deref().map(|i| Box::new(i.form()))),
-        }
-    }
-
-    /// The same structure with each tensor mapped by `f`.
-    fn map<'b>(&self, f: &mut dyn FnMut(&Value<'g>) -> Result<Value<'b>>) -> Result<Item<'b>> {
-        Ok(match self {
-            Item::Tensor(v) => Item::Tensor(f(v)?),
-            Item::Sequence(vs) => Item::Sequence(vs.iter().map(&mut *f).collect::<Result<_>>()?),
-            Item::Optional(None) => Item::Optional(None),
-            Item::Optional(Some(i)) => Item::Optional(Some(Box::new(i.map(f)?))),
-        })
-    }
-}
-
-impl Form {
-    /// The item of this structure holding the next tensors of `ts`.
-    fn build<'g>(&self, ts: &mut dyn Iterator<Item = Tensor<'g>>) -> Option<Item<'g>> {
-        Some(match self {
-            Form::Tensor => Item::Tensor(Value::runtime(ts.next()?)),
-            Form::Sequence(n) => Item::Sequence(
-                (0..*n)
-                    .map(|_| ts.next().map(Value::runtime))
-                    .collect::<Option<_>>()?,
-            ),
-            Form::Optional(None) => Item::Optional(None),
-            Form::Optional(Some(f)) => Item::Optional(Some(Box::new(f.build(ts)?))),
-        })
-    }
-}
-
-/// The error of converting node `n`: a reason, or (a reason starting with
-/// [`ops::NEEDS_VALUE`]) the value it needs at import time.
-pub(crate) fn node_error(n: &NodeProto, opset: i64, reason: String) -> Error {
-    match reason.strip_prefix(ops::NEEDS_VALUE) {
-        Some(value) => Error::NeedsValue {
-            op: op_label(n),
-            node: node_label(n),
-            opset,
-            value: value.to_string(),
-            inputs: Vec::new(),
-        },
-        None => Error::Node {
-            op: op_label(n),
-            node: node_label(n),
-            opset,
-            reason,
-        },
-    }
-}
-
-/// That node `n` needs the value of `value` at import time.
-fn needs_value(n: &NodeProto, opset: i64, value: &str) -> Error {
-    node_error(n, opset, format!("{}{value}", ops::NEEDS_VALUE))
-}
-
-/// A name made fit for a kiln node or symbol: whitespace, quotes and
-/// control characters become `_`; an empty or reserved name gets a prefix.
-pub(crate) fn kiln_name(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_control() || c == '"' || c.is_whitespace() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if s.is_empty() || s.starts_with("__") {
-        s.insert_str(0, "onnx");
-    }
-    // At most 400 bytes, cut at a character boundary.
-    let mut end = s.len().min(400);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    s
-}
-
-/// The node's name for messages: its name, else its first output.
-pub(crate) fn node_label(n: &NodeProto) -> String {
-    if !n.name.is_empty() {
-        n.name.clone()
-    } else {
-        n.output.first().cloned().unwrap_or_default()
-    }
-}
-
-/// The op's name for messages and the converter table: its op type in the
-/// default domain, `domain.op_type` in others (`ai.onnx.ml.Binarizer`).
-fn op_label(n: &NodeProto) -> String {
-    if n.domain.is_empty() || n.domain == "ai.onnx" {
-        n.op_type.clone()
-    } else {
-        format!("{}.{}", n.domain, n.op_type)
-    }
-}
-
 /// Every node of `g` (and of its subgraphs) whose op kiln cannot convert.
 fn unsupported(g: &GraphProto, opset: i64, out: &mut Vec<UnsupportedNode>) {
     for (index, n) in g.node.iter().enumerate() {
         let default = n.domain.is_empty() || n.domain == "ai.onnx";
         let label = op_label(n);
         let reason = if ops::find(&label).is_some()
-            || label == GRADIENT
+            || label == training::GRADIENT
             || label == ops::flex::FLEX_ATTENTION
         {
             None
@@ -577,153 +425,8 @@ fn prune(graph: Graph) -> Result<Graph> {
     Ok(out)
 }
 
-/// The values of one graph (the main graph, or a subgraph with the values
-/// of its enclosing scopes it uses), and the nodes that stand for them.
-#[derive(Default)]
-pub(crate) struct Scope<'g> {
-    values: HashMap<String, Item<'g>>,
-    /// Nodes that already stand for an ONNX value (and carry its name).
-    owned: HashSet<NodeId>,
-    /// The inputs of the node computing each value.
-    deps: HashMap<String, Vec<String>>,
-    /// The graph's inputs fed at run time.
-    fed: HashSet<String>,
-    /// ONNX element types of values, where declared or made by a cast (see
-    /// `Node::declared`).
-    declared: HashMap<String, i32>,
-}
-
-impl<'g> Scope<'g> {
-    /// Records the element types `graph` declares: inputs, outputs,
-    /// `value_info` and initializers.
-    fn declare(&mut self, graph: &GraphProto) {
-        for v in graph
-            .input
-            .iter()
-            .chain(&graph.output)
-            .chain(&graph.value_info)
-        {
-            if let Some(type_proto::Value::TensorType(t)) =
-                v.r#type.as_ref().and_then(|t| t.value.as_ref())
-            {
-                self.declared.insert(v.name.clone(), t.elem_type);
-            }
-        }
-        for init in &graph.initializer {
-            self.declared.insert(init.name.clone(), init.data_type);
-        }
-    }
-
-    /// The declared element types of `n`'s inputs.
-    fn declared_inputs(&self, n: &NodeProto) -> Vec<Option<i32>> {
-        n.input
-            .iter()
-            .map(|name| self.declared.get(name).copied())
-            .collect()
-    }
-
-    /// Records the sub-byte element type of `n`'s output where `n` makes
-    /// one (a cast to it, or quantization with such a zero point or
-    /// `output_dtype`), so later nodes tell it from a byte type.
-    fn note_sub_byte_output(&mut self, n: &NodeProto) {
-        let attr = |name: &str| {
-            n.attribute
-                .iter()
-                .find(|a| a.name == name)
-                .map(|a| a.i as i32)
-        };
-        let input_type = |i: usize| {
-            n.input
-                .get(i)
-                .and_then(|name| self.declared.get(name))
-                .copied()
-        };
-        let made = match n.op_type.as_str() {
-            "Cast" => attr("to"),
-            "CastLike" => input_type(1),
-            "QuantizeLinear" => input_type(2).or(attr("output_dtype")),
-            _ => None,
-        };
-        let special = |t: i32| tensor::sub_byte(t).is_some() || tensor::minifloat(t).is_some();
-        if let (Some(t), Some(out)) = (made.filter(|&t| special(t)), n.output.first()) {
-            self.declared.insert(out.clone(), t);
-        }
-    }
-
-    /// The graph inputs fed at run time that `value` is computed from.
-    fn inputs_of(&self, value: &str) -> Vec<String> {
-        let (mut seen, mut stack, mut found) =
-            (HashSet::new(), vec![value.to_string()], Vec::new());
-        while let Some(v) = stack.pop() {
-            if !seen.insert(v.clone()) {
-                continue;
-            }
-            if self.fed.contains(&v) {
-                found.push(v);
-            } else if let Some(d) = self.deps.get(&v) {
-                stack.extend(d.iter().filter(|s| !s.is_empty()).cloned());
-            }
-        }
-        found.sort();
-        found
-    }
-
-    /// The tensor value `name`, where it is one.
-    fn tensor(&self, name: &str) -> Option<&Value<'g>> {
-        match self.values.get(name) {
-            Some(Item::Tensor(v)) => Some(v),
-            _ => None,
-        }
-    }
-
-    /// Binds node `n`'s outputs to `outputs`.
-    fn bind(
-        &mut self,
-        n: &NodeProto,
-        outputs: Vec<Item<'g>>,
-        fail: &dyn Fn(String) -> Error,
-    ) -> Result<()> {
-        if outputs.len() < n.output.iter().filter(|o| !o.is_empty()).count() {
-            return Err(fail(format!(
-                "gave {} outputs, the node has {}",
-                outputs.len(),
-                n.output.len()
-            )));
-        }
-        for (name, item) in n.output.iter().zip(outputs) {
-            if name.is_empty() {
-                continue;
-            }
-            self.deps.insert(name.clone(), n.input.clone());
-            // Name a node this conversion made after its ONNX output (where
-            // the name is free); one standing for another value keeps its name.
-            match &item {
-                Item::Tensor(v) => {
-                    if self.owned.insert(v.t.id()) {
-                        let _ = v.t.named(&kiln_name(name));
-                    }
-                }
-                Item::Sequence(vs) => {
-                    for (i, v) in vs.iter().enumerate() {
-                        if self.owned.insert(v.t.id()) {
-                            let _ = v.t.named(&format!("{}/{i}", kiln_name(name)));
-                        }
-                    }
-                }
-                Item::Optional(_) => {
-                    for v in item.tensors() {
-                        self.owned.insert(v.t.id());
-                    }
-                }
-            }
-            self.values.insert(name.clone(), item);
-        }
-        Ok(())
-    }
-}
-
 /// Converts `graph`'s initializers and nodes into `scope`.
-fn convert_nodes<'g>(
+pub(crate) fn convert_nodes<'g>(
     g: &'g GraphBuilder,
     graph: &GraphProto,
     opset: i64,
@@ -743,767 +446,6 @@ fn convert_nodes<'g>(
         convert_node(g, n, opset, scope).map_err(|e| e.of_unnamed(n, index))?;
     }
     Ok(())
-}
-
-/// The names `graph` (and its subgraphs) read from enclosing scopes, in
-/// first-use order.
-fn free_names(graph: &GraphProto) -> Vec<String> {
-    let mut defined: HashSet<&str> = graph
-        .input
-        .iter()
-        .map(|v| v.name.as_str())
-        .chain(graph.initializer.iter().map(|t| t.name.as_str()))
-        .collect();
-    let mut free: Vec<String> = Vec::new();
-    let use_name = |name: &str, defined: &HashSet<&str>, free: &mut Vec<String>| {
-        if !name.is_empty() && !defined.contains(name) && !free.iter().any(|f| f == name) {
-            free.push(name.to_string());
-        }
-    };
-    for n in &graph.node {
-        for i in &n.input {
-            use_name(i, &defined, &mut free);
-        }
-        for a in &n.attribute {
-            for sub in a.g.iter().chain(&a.graphs) {
-                for f in free_names(sub) {
-                    use_name(&f, &defined, &mut free);
-                }
-            }
-        }
-        for o in &n.output {
-            defined.insert(o);
-        }
-    }
-    for o in &graph.output {
-        use_name(&o.name, &defined, &mut free);
-    }
-    free
-}
-
-/// A subgraph attribute of `n`.
-fn subgraph<'a>(n: &'a NodeProto, name: &str) -> std::result::Result<&'a GraphProto, String> {
-    n.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .and_then(|a| a.g.as_ref())
-        .ok_or_else(|| format!("no '{name}' subgraph"))
-}
-
-/// Runs `sub` in a scope of its own on builder `b`: the `outer` values it
-/// reads (already on `b`), its inputs bound to `inputs`; returns its
-/// outputs.
-fn run_subgraph<'s>(
-    b: &'s GraphBuilder,
-    sub: &GraphProto,
-    opset: i64,
-    outer: &[(String, Item<'s>)],
-    inputs: &[Item<'s>],
-) -> Result<Vec<Item<'s>>> {
-    let mut scope = Scope::default();
-    scope.declare(sub);
-    for (name, item) in outer {
-        for v in item.tensors() {
-            scope.owned.insert(v.t.id());
-        }
-        scope.values.insert(name.clone(), item.clone());
-    }
-    for init in &sub.initializer {
-        let a = tensor::to_array(init)
-            .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
-        let t = b
-            .constant(a.clone())
-            .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
-        scope.values.insert(
-            init.name.clone(),
-            Item::Tensor(Value {
-                t,
-                constant: Some(Rc::new(a)),
-            }),
-        );
-    }
-    if inputs.len() != sub.input.len() {
-        return Err(Error::Invalid(format!(
-            "subgraph '{}' takes {} inputs, is given {}",
-            sub.name,
-            sub.input.len(),
-            inputs.len()
-        )));
-    }
-    for (i, item) in sub.input.iter().zip(inputs) {
-        for v in item.tensors() {
-            scope.owned.insert(v.t.id());
-        }
-        scope.values.insert(i.name.clone(), item.clone());
-    }
-    convert_nodes(b, sub, opset, &mut scope)?;
-    sub.output
-        .iter()
-        .map(|o| {
-            scope.values.get(&o.name).cloned().ok_or_else(|| {
-                Error::Invalid(format!(
-                    "subgraph '{}': output '{}' is computed by no node",
-                    sub.name, o.name
-                ))
-            })
-        })
-        .collect()
-}
-
-/// Runs node `n`'s subgraph attribute `attr` on `g` with its inputs bound
-/// to `inputs` (the values of `scope` it reads taken as they are): a body
-/// applied once, such as `SequenceMap`'s per element.
-pub(crate) fn call_subgraph<'g>(
-    g: &'g GraphBuilder,
-    n: &NodeProto,
-    attr: &str,
-    opset: i64,
-    scope: &Scope<'g>,
-    inputs: &[Item<'g>],
-) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
-    let sub = subgraph(n, attr).map_err(fail)?;
-    let outer = captures(scope, &free_names(sub)).map_err(fail)?;
-    run_subgraph(g, sub, opset, &outer, inputs)
-}
-
-/// The outer values a subgraph reads, by name.
-fn captures<'g>(
-    scope: &Scope<'g>,
-    names: &[String],
-) -> std::result::Result<Vec<(String, Item<'g>)>, String> {
-    names
-        .iter()
-        .map(|name| {
-            let item = scope.values.get(name).ok_or_else(|| {
-                format!("its subgraph reads '{name}', which no enclosing graph defines")
-            })?;
-            Ok((name.clone(), item.clone()))
-        })
-        .collect()
-}
-
-/// The tensors of `outer` computed at run time: the parameters of a kiln
-/// function (an `If` branch, a loop body) that reads `outer`.
-fn runtime_params<'g>(outer: &[(String, Item<'g>)]) -> Vec<Tensor<'g>> {
-    outer
-        .iter()
-        .flat_map(|(_, item)| item.tensors())
-        .filter(|v| v.constant.is_none())
-        .map(|v| v.t)
-        .collect()
-}
-
-/// `outer` inside a kiln function on builder `b`: constants re-made, the
-/// rest its parameters `params` (in [`runtime_params`] order).
-fn remake<'s>(
-    b: &'s GraphBuilder,
-    outer: &[(String, Item<'_>)],
-    params: &[Tensor<'s>],
-) -> Result<Vec<(String, Item<'s>)>> {
-    let mut next = params.iter();
-    let mut out = Vec::with_capacity(outer.len());
-    for (name, item) in outer {
-        let item = item.map(&mut |v| match &v.constant {
-            Some(a) => {
-                let t = b
-                    .constant((**a).clone())
-                    .map_err(|e| Error::Invalid(format!("'{name}': {e}")))?;
-                Ok(Value {
-                    t,
-                    constant: Some(a.clone()),
-                })
-            }
-            None => next
-                .next()
-                .map(|&t| Value::runtime(t))
-                .ok_or_else(|| Error::Invalid(format!("'{name}': a parameter is missing"))),
-        })?;
-        out.push((name.clone(), item));
-    }
-    Ok(out)
-}
-
-/// Keeps the first error a subgraph closure met (kiln's closures return
-/// kiln errors; the importer's is more precise).
-struct FirstError(std::cell::RefCell<Option<Error>>);
-
-impl FirstError {
-    fn new() -> FirstError {
-        FirstError(std::cell::RefCell::new(None))
-    }
-
-    fn keep<T>(&self, r: Result<T>) -> kiln_graph::Result<T> {
-        r.map_err(|e| {
-            let msg = e.to_string();
-            self.0.borrow_mut().get_or_insert(e);
-            kiln_graph::Error::InvalidGraph(msg)
-        })
-    }
-}
-
-/// `If`: an import-time condition inlines its branch; otherwise kiln's
-/// `cond` runs one branch. Branches whose results differ in structure
-/// (sequence lengths, optionals present or not) or types need the
-/// condition at import time (`Error::NeedsValue`).
-fn control_if<'g>(
-    g: &'g GraphBuilder,
-    n: &NodeProto,
-    opset: i64,
-    scope: &Scope<'g>,
-) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
-    let cond = n
-        .input
-        .first()
-        .and_then(|c| scope.tensor(c))
-        .ok_or_else(|| fail("no condition (a tensor)".into()))?;
-    let (then_g, else_g) = (
-        subgraph(n, "then_branch").map_err(fail)?,
-        subgraph(n, "else_branch").map_err(fail)?,
-    );
-    if let Some(c) = &cond.constant {
-        let branch = if c.to_f64_vec().first().is_some_and(|&v| v != 0.0) {
-            then_g
-        } else {
-            else_g
-        };
-        let outer = captures(scope, &free_names(branch)).map_err(fail)?;
-        return run_subgraph(g, branch, opset, &outer, &[]);
-    }
-    let mut names = free_names(then_g);
-    for f in free_names(else_g) {
-        if !names.contains(&f) {
-            names.push(f);
-        }
-    }
-    let outer = captures(scope, &names).map_err(fail)?;
-    let params = runtime_params(&outer);
-    let pred = cond
-        .t
-        .reshape(kiln_graph::Shape(Vec::new()))
-        .map_err(|e| fail(format!("the condition must hold one value: {e}")))?;
-    let first = FirstError::new();
-    let forms: [std::cell::RefCell<Option<Vec<Form>>>; 2] = Default::default();
-    let r = g.cond(
-        pred,
-        &params,
-        |b, p| branch_results(b, p, then_g, opset, &outer, &first, &forms[0]),
-        |b, p| branch_results(b, p, else_g, opset, &outer, &first, &forms[1]),
-    );
-    if let Some(e) = first.0.into_inner() {
-        return Err(e);
-    }
-    let [then_form, else_form] = forms.map(|f| f.into_inner());
-    match r {
-        Ok(ts) if then_form == else_form => {
-            let mut ts = ts.into_iter();
-            then_form
-                .unwrap_or_default()
-                .iter()
-                .map(|f| {
-                    f.build(&mut ts)
-                        .ok_or_else(|| fail("its branches gave too few results".into()))
-                })
-                .collect()
-        }
-        // The branches give values of other structures or types: kiln
-        // needs to know which one at import time.
-        _ => Err(needs_value(n, opset, &n.input[0])),
-    }
-}
-
-/// A branch of an `If` as kiln's `cond` calls it: its results flattened
-/// to tensors, their structure kept in `form`.
-fn branch_results<'s>(
-    b: &'s GraphBuilder,
-    p: &[Tensor<'s>],
-    sub: &GraphProto,
-    opset: i64,
-    outer: &[(String, Item<'_>)],
-    first: &FirstError,
-    form: &std::cell::RefCell<Option<Vec<Form>>>,
-) -> kiln_graph::Result<Vec<Tensor<'s>>> {
-    let outer = first.keep(remake(b, outer, p))?;
-    let outs = first.keep(run_subgraph(b, sub, opset, &outer, &[]))?;
-    *form.borrow_mut() = Some(outs.iter().map(Item::form).collect());
-    Ok(outs.iter().flat_map(Item::tensors).map(|v| v.t).collect())
-}
-
-/// Trip counts up to which a `Loop` is unrolled.
-const MAX_UNROLL: i64 = 4096;
-
-/// `Loop`. A loop with scan outputs (per-iteration values stacked) or
-/// loop-carried sequences or optionals is unrolled: its trip count and
-/// condition must be known at import time (`Error::NeedsValue` otherwise),
-/// and the condition the body computes too; each iteration runs the body
-/// with a constant iteration number, and stops where the condition turns
-/// false. A loop of tensors only with a small constant trip count (at most
-/// 16) is unrolled as well; otherwise kiln's `while_loop` carries
-/// (iteration, condition, values).
-fn control_loop<'g>(
-    g: &'g GraphBuilder,
-    n: &NodeProto,
-    opset: i64,
-    scope: &Scope<'g>,
-) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
-    let body = subgraph(n, "body").map_err(fail)?;
-    let input = |i: usize| -> Option<&Item<'g>> {
-        n.input
-            .get(i)
-            .filter(|s| !s.is_empty())
-            .and_then(|s| scope.values.get(s))
-    };
-    let tensor_input = |i: usize, what: &str| -> Result<Option<&Value<'g>>> {
-        match input(i) {
-            None => Ok(None),
-            Some(Item::Tensor(v)) => Ok(Some(v)),
-            Some(other) => Err(fail(format!("its {what} is {}", other.kind()))),
-        }
-    };
-    let trip = tensor_input(0, "trip count")?;
-    let cond = tensor_input(1, "condition")?;
-    let vars: Vec<Item<'g>> = (2..n.input.len())
-        .map(|i| {
-            input(i)
-                .cloned()
-                .ok_or_else(|| fail(format!("input {i} is missing")))
-        })
-        .collect::<Result<_>>()?;
-    let nv = vars.len();
-    let scans = body
-        .output
-        .len()
-        .checked_sub(1 + nv)
-        .ok_or_else(|| fail("the body gives fewer outputs than loop values".into()))?;
-    let outer = captures(scope, &free_names(body)).map_err(fail)?;
-    let first_value = |v: &Value<'g>| {
-        v.constant
-            .as_ref()
-            .and_then(|a| a.to_f64_vec().first().copied())
-    };
-    // Must the loop be unrolled (values kiln's while_loop cannot carry)?
-    let structured = scans > 0 || vars.iter().any(|v| !matches!(v, Item::Tensor(_)));
-    let trip_const = trip.map(first_value);
-    let cond_const = cond.map(first_value);
-    if structured {
-        if let Some(None) = trip_const {
-            return Err(needs_value(n, opset, &n.input[0]));
-        }
-        if let Some(None) = cond_const {
-            return Err(needs_value(n, opset, &n.input[1]));
-        }
-        if trip.is_none() && cond.is_none() {
-            return Err(fail(
-                "a loop without a trip count or condition never ends".into(),
-            ));
-        }
-    }
-    let known = !matches!(trip_const, Some(None)) && !matches!(cond_const, Some(None));
-    let max = trip_const.flatten().map(|m| m as i64);
-    if known && (structured || max.is_some_and(|m| m <= 16)) {
-        if max.is_some_and(|m| m > MAX_UNROLL) {
-            return Err(fail(format!(
-                "a trip count of {} (more than {MAX_UNROLL}) in a loop that must be unrolled",
-                max.unwrap_or_default()
-            )));
-        }
-        let scalar = |v: f64, dtype| -> Result<Item<'g>> {
-            let a = Array::new(Vec::new(), kiln_graph::Data::filled(dtype, 1, v))
-                .ok_or_else(|| fail("a scalar".into()))?;
-            let t = g.constant(a.clone()).map_err(|e| fail(ops::reason(e)))?;
-            Ok(Item::Tensor(Value {
-                t,
-                constant: Some(Rc::new(a)),
-            }))
-        };
-        let mut cur = vars.clone();
-        let mut stacked: Vec<Vec<Value<'g>>> = vec![Vec::new(); scans];
-        let mut go = cond_const.flatten().is_none_or(|c| c != 0.0);
-        let mut i = 0i64;
-        let mut unrolled = true;
-        while go && max.is_none_or(|m| i < m) {
-            if i == MAX_UNROLL {
-                return Err(fail(format!(
-                    "the loop runs more than {MAX_UNROLL} iterations (unrolled)"
-                )));
-            }
-            let mut ins = vec![
-                scalar(i as f64, kiln_graph::DType::I64)?,
-                scalar(1.0, kiln_graph::DType::Bool)?,
-            ];
-            ins.extend(cur.iter().cloned());
-            let outs = run_subgraph(g, body, opset, &outer, &ins)?;
-            match &outs[0] {
-                Item::Tensor(c) => match first_value(c) {
-                    Some(c) => go = c != 0.0,
-                    None if structured => {
-                        return Err(fail(
-                            "the body's condition is computed at run time in a loop that must \
-                             be unrolled"
-                                .into(),
-                        ))
-                    }
-                    None => {
-                        // Carried by kiln's while_loop instead (what was
-                        // built is left unused).
-                        unrolled = false;
-                        break;
-                    }
-                },
-                other => return Err(fail(format!("the body's condition is {}", other.kind()))),
-            }
-            cur = outs[1..1 + nv].to_vec();
-            for (k, s) in outs[1 + nv..].iter().enumerate() {
-                let Item::Tensor(s) = s else {
-                    return Err(fail(format!("scan output {k} is {}", s.kind())));
-                };
-                stacked[k].push(s.clone());
-            }
-            i += 1;
-        }
-        if unrolled {
-            let mut out = cur;
-            for s in stacked {
-                if s.is_empty() {
-                    return Err(fail("scan outputs of a loop that runs no iteration".into()));
-                }
-                let t = build_or_fold(g, &s, &|b, ts| {
-                    let parts = ts
-                        .iter()
-                        .map(|t| t.unsqueeze(0))
-                        .collect::<kiln_graph::Result<Vec<_>>>()
-                        .map_err(|e| e.to_string())?;
-                    Ok(vec![b.concat(&parts, 0).map_err(|e| e.to_string())?])
-                })
-                .map_err(fail)?;
-                out.extend(t.into_iter().map(Item::Tensor));
-            }
-            return Ok(out);
-        }
-    }
-    // while (i < M && cond) { (cond, vars) = body(i, cond, vars); i += 1 }
-    let vars: Vec<Tensor<'g>> = vars
-        .iter()
-        .map(|v| match v {
-            Item::Tensor(v) => Ok(v.t),
-            other => Err(fail(format!("a loop value is {}", other.kind()))),
-        })
-        .collect::<Result<_>>()?;
-    let i0 = g
-        .scalar(0.0, kiln_graph::DType::I64)
-        .map_err(|e| fail(ops::reason(e)))?;
-    let c0 = match cond {
-        Some(c) => {
-            c.t.reshape(kiln_graph::Shape(Vec::new()))
-                .map_err(|e| fail(ops::reason(e)))?
-        }
-        None => g
-            .scalar(1.0, kiln_graph::DType::Bool)
-            .map_err(|e| fail(ops::reason(e)))?,
-    };
-    let mut state = vec![i0, c0];
-    state.extend(vars);
-    let params = runtime_params(&outer);
-    let mut captured_t = params.clone();
-    let has_trip = trip.is_some();
-    if let Some(m) = trip {
-        captured_t.push(
-            m.t.reshape(kiln_graph::Shape(Vec::new()))
-                .map_err(|e| fail(ops::reason(e)))?,
-        );
-    }
-    let first = FirstError::new();
-    let ns = state.len();
-    let ncap = params.len();
-    let r = g.while_loop(
-        &state,
-        &captured_t,
-        |_b, p| {
-            let go = p[1];
-            if has_trip {
-                go.and(p[0].lt(p[ns + ncap])?)
-            } else {
-                Ok(go)
-            }
-        },
-        |b, p| {
-            let ins: Vec<Item<'_>> = p[..ns]
-                .iter()
-                .map(|&t| Item::Tensor(Value::runtime(t)))
-                .collect();
-            let outer = first.keep(remake(b, &outer, &p[ns..ns + ncap]))?;
-            let outs = first.keep(run_subgraph(b, body, opset, &outer, &ins))?;
-            let mut next = vec![p[0].add(1.0)?];
-            for (k, o) in outs.iter().take(ns - 1).enumerate() {
-                let Item::Tensor(v) = o else {
-                    return first.keep(Err(fail(format!("the body's output {k} is {}", o.kind()))));
-                };
-                next.push(if k == 0 {
-                    v.t.reshape(kiln_graph::Shape(Vec::new()))?
-                } else {
-                    v.t
-                });
-            }
-            Ok(next)
-        },
-    );
-    match (r, first.0.into_inner()) {
-        (Ok(ts), _) => Ok(ts[2..]
-            .iter()
-            .map(|&t| Item::Tensor(Value::runtime(t)))
-            .collect()),
-        (Err(_), Some(e)) => Err(e),
-        (Err(e), None) => Err(fail(format!("its body: {e}"))),
-    }
-}
-
-/// `Scan` (opset 9 and later): the body unrolled over the scan axis (a
-/// fixed size), states carried from step to step, scan outputs stacked.
-fn control_scan<'g>(
-    g: &'g GraphBuilder,
-    n: &NodeProto,
-    opset: i64,
-    scope: &Scope<'g>,
-) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
-    if opset < 9 {
-        return control_scan8(g, n, opset, scope);
-    }
-    let body = subgraph(n, "body").map_err(fail)?;
-    let attr_ints = |name: &str| -> Vec<i64> {
-        n.attribute
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.ints.clone())
-            .unwrap_or_default()
-    };
-    let m = n
-        .attribute
-        .iter()
-        .find(|a| a.name == "num_scan_inputs")
-        .map(|a| a.i as usize)
-        .ok_or_else(|| fail("no num_scan_inputs".into()))?;
-    let ins = tensor_inputs(scope, &n.input, &fail)?;
-    let nstate = ins
-        .len()
-        .checked_sub(m)
-        .ok_or_else(|| fail("more scan inputs than inputs".into()))?;
-    let nscan_out = body
-        .output
-        .len()
-        .checked_sub(nstate)
-        .ok_or_else(|| fail("the body gives fewer outputs than states".into()))?;
-    let in_axes = attr_ints("scan_input_axes");
-    let in_dirs = attr_ints("scan_input_directions");
-    let out_axes = attr_ints("scan_output_axes");
-    let out_dirs = attr_ints("scan_output_directions");
-    let err = |e: kiln_graph::Error| fail(ops::reason(e));
-    let mut len = None;
-    let mut scans = Vec::new();
-    for (j, v) in ins[nstate..].iter().enumerate() {
-        let rank = v.t.rank() as i64;
-        let a = in_axes.get(j).copied().unwrap_or(0);
-        let a = if a < 0 { a + rank } else { a };
-        let l = v.t.shape().0[a as usize]
-            .fixed()
-            .ok_or_else(|| fail("the scan axis must be a fixed size".into()))?;
-        if len.is_some_and(|x| x != l) {
-            return Err(fail("scan inputs of different lengths".into()));
-        }
-        len = Some(l);
-        scans.push((v.t, a, in_dirs.get(j).copied().unwrap_or(0) != 0));
-    }
-    let len = len.ok_or_else(|| fail("no scan inputs".into()))?;
-    let outer = captures(scope, &free_names(body)).map_err(fail)?;
-    let mut states: Vec<Item<'g>> = ins[..nstate].iter().cloned().map(Item::Tensor).collect();
-    let mut stacked: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); nscan_out];
-    for t in 0..len {
-        let mut step = states.clone();
-        for &(x, a, reverse) in &scans {
-            let i = if reverse { len - 1 - t } else { t } as i64;
-            let s = x
-                .slice_axis(a, i, i + 1, 1)
-                .map_err(err)?
-                .squeeze(a)
-                .map_err(err)?;
-            step.push(Item::Tensor(Value::runtime(s)));
-        }
-        let outs = run_subgraph(g, body, opset, &outer, &step)?;
-        states = outs[..nstate].to_vec();
-        for (k, o) in outs[nstate..].iter().enumerate() {
-            let Item::Tensor(o) = o else {
-                return Err(fail(format!("scan output {k} is {}", o.kind())));
-            };
-            stacked[k].push(o.t);
-        }
-    }
-    let mut out = states;
-    for (k, mut steps) in stacked.into_iter().enumerate() {
-        if out_dirs.get(k).copied().unwrap_or(0) != 0 {
-            steps.reverse();
-        }
-        let rank = steps[0].rank() as i64 + 1;
-        let a = out_axes.get(k).copied().unwrap_or(0);
-        let a = if a < 0 { a + rank } else { a };
-        let parts: Vec<Tensor<'g>> = steps
-            .iter()
-            .map(|s| s.unsqueeze(a))
-            .collect::<kiln_graph::Result<_>>()
-            .map_err(err)?;
-        let t = g.concat(&parts, a).map_err(err)?;
-        out.push(Item::Tensor(Value::runtime(t)));
-    }
-    Ok(out)
-}
-
-/// `Scan` of opset 8: batched (every input's dim 0 is the batch, the scan
-/// axis of scan inputs is dim 1), with optional `sequence_lens` (known at
-/// import time) and per-input `directions`. Each batch entry is unrolled
-/// over its own length; its scan outputs are padded with zeros to the
-/// longest.
-fn control_scan8<'g>(
-    g: &'g GraphBuilder,
-    n: &NodeProto,
-    opset: i64,
-    scope: &Scope<'g>,
-) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
-    let err = |e: kiln_graph::Error| fail(ops::reason(e));
-    let body = subgraph(n, "body").map_err(fail)?;
-    let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
-    let m = attr("num_scan_inputs")
-        .map(|a| a.i as usize)
-        .ok_or_else(|| fail("no num_scan_inputs".into()))?;
-    let dirs = attr("directions")
-        .map(|a| a.ints.clone())
-        .unwrap_or_default();
-    let ins = tensor_inputs(scope, &n.input[1.min(n.input.len())..], &fail)?;
-    let nstate = ins
-        .len()
-        .checked_sub(m)
-        .filter(|_| m > 0)
-        .ok_or_else(|| fail("no scan inputs, or more than inputs".into()))?;
-    let nscan_out = body
-        .output
-        .len()
-        .checked_sub(nstate)
-        .ok_or_else(|| fail("the body gives fewer outputs than states".into()))?;
-    let fixed = |v: &Value<'g>, d: usize| {
-        v.t.shape()
-            .0
-            .get(d)
-            .and_then(|d| d.fixed())
-            .ok_or_else(|| fail("the batch and scan dims must be fixed sizes".into()))
-    };
-    let batch = fixed(&ins[0], 0)?;
-    let max_len = fixed(&ins[nstate], 1)?;
-    for v in &ins[nstate..] {
-        if fixed(v, 0)? != batch || fixed(v, 1)? != max_len {
-            return Err(fail("scan inputs of different batch or lengths".into()));
-        }
-    }
-    let lens: Vec<usize> = match n.input.first().filter(|s| !s.is_empty()) {
-        None => vec![max_len; batch],
-        Some(name) => {
-            let v = scope
-                .tensor(name)
-                .ok_or_else(|| fail("sequence_lens is not a tensor".into()))?;
-            let a = v
-                .constant
-                .as_ref()
-                .ok_or_else(|| needs_value(n, opset, name))?;
-            let lens = ops::ints_of(a).map_err(fail)?;
-            if lens.len() != batch || lens.iter().any(|&l| l < 0 || l as usize > max_len) {
-                return Err(fail(format!(
-                    "sequence_lens {lens:?} for a batch of {batch} of length {max_len}"
-                )));
-            }
-            lens.into_iter().map(|l| l as usize).collect()
-        }
-    };
-    let outer = captures(scope, &free_names(body)).map_err(fail)?;
-    let entry = |v: &Value<'g>, b: usize| -> Result<Tensor<'g>> {
-        v.t.slice_axis(0, b as i64, b as i64 + 1, 1)
-            .and_then(|t| t.squeeze(0))
-            .map_err(err)
-    };
-    let mut state_out: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); nstate];
-    let mut scan_out: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); nscan_out];
-    for (b, &len) in lens.iter().enumerate() {
-        let mut states: Vec<Item<'g>> = ins[..nstate]
-            .iter()
-            .map(|v| Ok(Item::Tensor(Value::runtime(entry(v, b)?))))
-            .collect::<Result<_>>()?;
-        let xs: Vec<Tensor<'g>> = ins[nstate..]
-            .iter()
-            .map(|v| entry(v, b))
-            .collect::<Result<_>>()?;
-        let mut stacked: Vec<Vec<Tensor<'g>>> = vec![Vec::new(); nscan_out];
-        for t in 0..len {
-            let mut step = states.clone();
-            for (j, x) in xs.iter().enumerate() {
-                let reverse = dirs.get(j).copied().unwrap_or(0) != 0;
-                let i = if reverse { len - 1 - t } else { t } as i64;
-                let s = x.slice_axis(0, i, i + 1, 1).and_then(|s| s.squeeze(0));
-                step.push(Item::Tensor(Value::runtime(s.map_err(err)?)));
-            }
-            let outs = run_subgraph(g, body, opset, &outer, &step)?;
-            states = outs[..nstate].to_vec();
-            for (k, o) in outs[nstate..].iter().enumerate() {
-                let Item::Tensor(o) = o else {
-                    return Err(fail(format!("scan output {k} is {}", o.kind())));
-                };
-                stacked[k].push(o.t.unsqueeze(0).map_err(err)?);
-            }
-        }
-        for (k, s) in states.iter().enumerate() {
-            let Item::Tensor(s) = s else {
-                return Err(fail(format!("state {k} is {}", s.kind())));
-            };
-            state_out[k].push(s.t.unsqueeze(0).map_err(err)?);
-        }
-        for (k, steps) in stacked.into_iter().enumerate() {
-            if steps.is_empty() {
-                return Err(fail("a sequence of length 0 in the batch".into()));
-            }
-            let mut t = g.concat(&steps, 0).map_err(err)?;
-            if len < max_len {
-                let before = vec![0; t.rank()];
-                let mut after = before.clone();
-                after[0] = max_len - len;
-                t = t.pad(&before, &after, 0.0).map_err(err)?;
-            }
-            scan_out[k].push(t.unsqueeze(0).map_err(err)?);
-        }
-    }
-    state_out
-        .into_iter()
-        .chain(scan_out)
-        .map(|parts| {
-            let t = g.concat(&parts, 0).map_err(err)?;
-            Ok(Item::Tensor(Value::runtime(t)))
-        })
-        .collect()
-}
-
-/// The tensors named `names` (each must be a tensor of an earlier node).
-fn tensor_inputs<'g>(
-    scope: &Scope<'g>,
-    names: &[String],
-    fail: &dyn Fn(String) -> Error,
-) -> Result<Vec<Value<'g>>> {
-    names
-        .iter()
-        .map(|name| match scope.values.get(name) {
-            Some(Item::Tensor(v)) => Ok(v.clone()),
-            Some(other) => Err(fail(format!("input '{name}' is {}", other.kind()))),
-            None => Err(fail(format!(
-                "input '{name}' is computed by no earlier node"
-            ))),
-        })
-        .collect()
 }
 
 /// Converts one node, folding it to constants when its inputs all are; a
@@ -1532,65 +474,30 @@ fn convert_node<'g>(
     })
 }
 
-/// `ai.onnx.preview.training.Gradient`: the gradients of the value named by
-/// its `y` attribute (of its sum, where not a scalar) with respect to the
-/// values named by `xs`, by kiln's symbolic differentiation. It reads
-/// values by name, so the importer converts it itself.
-const GRADIENT: &str = "ai.onnx.preview.training.Gradient";
-
-fn gradient<'g>(g: &'g GraphBuilder, n: &NodeProto, scope: &Scope<'g>) -> ops::R<Vec<Item<'g>>> {
-    let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
-    let value = |name: &str| {
-        scope
-            .tensor(name)
-            .map(|v| v.t)
-            .ok_or_else(|| format!("'{name}' is not a tensor computed before the node"))
-    };
-    let y = attr("y")
-        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
-        .ok_or("the 'y' attribute is required")?;
-    let xs = attr("xs")
-        .map(|a| {
-            a.strings
-                .iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>()
-        })
-        .filter(|v| !v.is_empty())
-        .ok_or("the 'xs' attribute is required")?;
-    let y = value(&y)?;
-    let xs = xs.iter().map(|x| value(x)).collect::<ops::R<Vec<_>>>()?;
-    let grads = g.gradients(y, &xs).map_err(|e| e.to_string())?;
-    Ok(grads
-        .into_iter()
-        .map(|t| Item::Tensor(Value::runtime(t)))
-        .collect())
-}
-
 fn convert_node_in<'g>(
     g: &'g GraphBuilder,
     n: &NodeProto,
     opset: i64,
     scope: &mut Scope<'g>,
 ) -> Result<()> {
-    let fail = |reason: String| node_error(n, opset, reason);
-    if op_label(n) == GRADIENT {
-        let outputs = gradient(g, n, scope).map_err(fail)?;
+    let fail = |e: ConvertError| node_error(n, opset, e);
+    if op_label(n) == training::GRADIENT {
+        let outputs = training::gradient(g, n, scope).map_err(fail)?;
         return scope.bind(n, outputs, &fail);
     }
     if op_label(n) == ops::flex::FLEX_ATTENTION {
-        let items =
-            n.input
-                .iter()
-                .map(|name| {
-                    if name.is_empty() {
-                        return Ok(None);
-                    }
-                    scope.values.get(name).cloned().map(Some).ok_or_else(|| {
-                        fail(format!("input '{name}' is computed by no earlier node"))
-                    })
+        let items = n
+            .input
+            .iter()
+            .map(|name| {
+                if name.is_empty() {
+                    return Ok(None);
+                }
+                scope.values.get(name).cloned().map(Some).ok_or_else(|| {
+                    fail(format!("input '{name}' is computed by no earlier node").into())
                 })
-                .collect::<Result<Vec<_>>>()?;
+            })
+            .collect::<Result<Vec<_>>>()?;
         let outputs = ops::flex::flex_attention(g, n, opset, scope, &items)?;
         return scope.bind(n, outputs, &fail);
     }
@@ -1611,7 +518,7 @@ fn convert_node_in<'g>(
         let v = scope
             .values
             .get(name)
-            .ok_or_else(|| fail(format!("input '{name}' is computed by no earlier node")))?;
+            .ok_or_else(|| fail(format!("input '{name}' is computed by no earlier node").into()))?;
         items.push(Some(v.clone()));
     }
     // Sequences and optionals: through `Identity` as they are, and the
@@ -1639,10 +546,9 @@ fn convert_node_in<'g>(
             None => None,
             Some(Item::Tensor(v)) => Some(v),
             Some(other) => {
-                return Err(fail(format!(
-                    "input '{name}' is {}, not a tensor",
-                    other.kind()
-                )))
+                return Err(fail(
+                    format!("input '{name}' is {}, not a tensor", other.kind()).into(),
+                ))
             }
         });
     }
@@ -1653,205 +559,94 @@ fn convert_node_in<'g>(
             .any(|a| a.g.is_some() || !a.graphs.is_empty());
     // Evaluated at import time where its inputs are known then and its
     // results are not too large (`fold_limit`).
-    let folded: Option<Vec<Value<'g>>> = if foldable {
-        let scratch = GraphBuilder::new();
-        let ins = inputs
-            .iter()
-            .map(|v| {
-                v.as_ref()
-                    .map(|v| {
-                        let a = v.constant.clone().expect("checked above");
-                        scratch
-                            .constant((*a).clone())
-                            .map(|t| Input { t, value: Some(a) })
-                    })
-                    .transpose()
-            })
-            .collect::<kiln_graph::Result<Vec<_>>>()
-            .map_err(|e| fail(ops::reason(e)))?;
-        let mut node = Node::new(&scratch, n, opset, ins);
-        node.declared = scope.declared_inputs(n);
-        let outs = convert_tensor_node(&node).map_err(fail)?;
-        evaluate(&scratch, &outs)
-            .map_err(fail)?
-            .map(|arrays| {
-                arrays
-                    .into_iter()
-                    .map(|a| {
-                        let t = g.constant(a.clone()).map_err(|e| fail(ops::reason(e)))?;
-                        Ok(Value {
-                            t,
-                            constant: Some(Rc::new(a)),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .transpose()?
+    let folded = if foldable {
+        fold_node(g, n, opset, scope, &inputs).map_err(fail)?
     } else {
         None
     };
-    let outputs: Vec<Value<'g>> = match folded {
+    let outputs = match folded {
         Some(outputs) => outputs,
-        None => {
-            let ins = inputs
-                .into_iter()
-                .map(|v| {
-                    v.map(|v| Input {
-                        t: v.t,
-                        value: v.constant,
-                    })
-                })
-                .collect();
-            let mut node = Node::new(g, n, opset, ins);
-            node.declared = scope.declared_inputs(n);
-            // An output that is a constant node (`Shape` of fixed dims, say)
-            // is known at import time too.
-            convert_tensor_node(&node)
-                .map_err(fail)?
-                .into_iter()
-                .map(|t| Value {
-                    t,
-                    constant: t.constant_value().map(|a| Rc::new((*a).clone())),
-                })
-                .collect()
-        }
+        None => build_node(g, n, opset, scope, inputs).map_err(fail)?,
     };
     scope.note_sub_byte_output(n);
     scope.bind(n, outputs.into_iter().map(Item::Tensor).collect(), &fail)
+}
+
+/// Node `n` over constant `inputs`, evaluated at import time; `None` where
+/// its results are too large to hold (`fold_limit`) or an input is not a
+/// constant.
+fn fold_node<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    opset: i64,
+    scope: &Scope<'g>,
+    inputs: &[Option<Value<'g>>],
+) -> ops::R<Option<Vec<Value<'g>>>> {
+    let scratch = GraphBuilder::new();
+    let mut ins = Vec::with_capacity(inputs.len());
+    for v in inputs {
+        ins.push(match v {
+            None => None,
+            Some(v) => {
+                // Not all constants: built like the rest (callers check).
+                let Some(a) = v.constant.clone() else {
+                    return Ok(None);
+                };
+                let t = scratch.constant((*a).clone())?;
+                Some(Input { t, value: Some(a) })
+            }
+        });
+    }
+    let mut node = Node::new(&scratch, n, opset, ins);
+    node.declared = scope.declared_inputs(n);
+    let outs = convert_tensor_node(&node)?;
+    let Some(arrays) = evaluate(&scratch, &outs)? else {
+        return Ok(None);
+    };
+    let mut values = Vec::with_capacity(arrays.len());
+    for a in arrays {
+        let t = g.constant(a.clone())?;
+        values.push(Value {
+            t,
+            constant: Some(Rc::new(a)),
+        });
+    }
+    Ok(Some(values))
+}
+
+/// Node `n` built on `g` over `inputs`; an output that is a constant node
+/// (`Shape` of fixed dims, say) is known at import time too.
+fn build_node<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    opset: i64,
+    scope: &Scope<'g>,
+    inputs: Vec<Option<Value<'g>>>,
+) -> ops::R<Vec<Value<'g>>> {
+    let ins = inputs
+        .into_iter()
+        .map(|v| {
+            v.map(|v| Input {
+                t: v.t,
+                value: v.constant,
+            })
+        })
+        .collect();
+    let mut node = Node::new(g, n, opset, ins);
+    node.declared = scope.declared_inputs(n);
+    Ok(convert_tensor_node(&node)?
+        .into_iter()
+        .map(|t| Value {
+            t,
+            constant: t.constant_value().map(|a| Rc::new((*a).clone())),
+        })
+        .collect())
 }
 
 /// Runs the converter of a node of tensors.
 fn convert_tensor_node<'g>(node: &Node<'_, 'g>) -> ops::R<Vec<Tensor<'g>>> {
     let convert = ops::find(&op_label(node.proto)).ok_or_else(|| "no conversion".to_string())?;
     convert(node)
-}
-
-thread_local! {
-    /// The fold limit of the import running on this thread
-    /// ([`ImportOptions::fold_limit_bytes`]): read where nodes are
-    /// evaluated, deep in the walk and in converters, where threading it
-    /// through every call would not pay.
-    static FOLD_LIMIT: std::cell::Cell<usize> =
-        const { std::cell::Cell::new(crate::DEFAULT_FOLD_LIMIT_BYTES) };
-}
-
-/// The most bytes one node may compute at import time (see
-/// [`ImportOptions::fold_limit_bytes`]); a converter computing a constant
-/// of its own (`Range`, `EyeLike`) builds a run-time op above it.
-pub(crate) fn fold_limit() -> usize {
-    FOLD_LIMIT.with(|l| l.get())
-}
-
-/// Sets the fold limit of this thread's import until dropped.
-struct FoldLimit(usize);
-
-impl FoldLimit {
-    fn set(bytes: usize) -> FoldLimit {
-        FoldLimit(FOLD_LIMIT.with(|l| l.replace(bytes)))
-    }
-}
-
-impl Drop for FoldLimit {
-    fn drop(&mut self) {
-        FOLD_LIMIT.with(|l| l.set(self.0));
-    }
-}
-
-/// The bytes a value of type `ty` holds (`None`: not a fixed shape, or
-/// more than a `usize` counts).
-pub(crate) fn value_bytes(ty: &kiln_graph::TensorType) -> Option<usize> {
-    ty.shape
-        .as_fixed()?
-        .iter()
-        .try_fold(ty.dtype.size_bytes(), |acc, &d| acc.checked_mul(d))
-}
-
-/// Evaluates `outs` of the scratch builder `scratch` (whose inputs are all
-/// constants); `None` where the values it would compute (every node but
-/// the constants) hold more than [`fold_limit`] bytes: the node then stays
-/// a graph op, computed at run time.
-fn evaluate(scratch: &GraphBuilder, outs: &[Tensor<'_>]) -> ops::R<Option<Vec<Array>>> {
-    let ids: Vec<_> = outs.iter().map(|t| t.id()).collect();
-    let graph = scratch.graph();
-    let limit = fold_limit();
-    let mut total = 0usize;
-    for id in graph.ancestors(&ids) {
-        let node = graph.node(id);
-        if matches!(node.op, kiln_graph::Op::Constant { .. }) {
-            continue;
-        }
-        total = match value_bytes(&node.ty).and_then(|b| total.checked_add(b)) {
-            Some(t) if t <= limit => t,
-            _ => return Ok(None),
-        };
-    }
-    let run = kiln_graph::interp::run(
-        &graph,
-        &kiln_graph::interp::RunInputs {
-            feeds: &HashMap::new(),
-            variables: &HashMap::new(),
-            bindings: &kiln_graph::Bindings::new(),
-        },
-        &ids,
-    )
-    .map_err(|e| format!("evaluating its constant inputs: {e}"))?;
-    Ok(Some(run.fetched))
-}
-
-/// A computation on tensors, on any builder (`build_or_fold`).
-pub(crate) type Build<'f> =
-    &'f dyn for<'b> Fn(&'b GraphBuilder, &[Tensor<'b>]) -> ops::R<Vec<Tensor<'b>>>;
-
-/// `f` built on `g` over `inputs`, or evaluated at import time when every
-/// input is known then (its results are then constants).
-pub(crate) fn build_or_fold<'g>(
-    g: &'g GraphBuilder,
-    inputs: &[Value<'g>],
-    f: Build<'_>,
-) -> ops::R<Vec<Value<'g>>> {
-    let constants: Option<Vec<&Rc<Array>>> = inputs.iter().map(|v| v.constant.as_ref()).collect();
-    match constants {
-        Some(arrays) if !arrays.is_empty() => {
-            let scratch = GraphBuilder::new();
-            let ts = arrays
-                .iter()
-                .map(|a| scratch.constant((***a).clone()))
-                .collect::<kiln_graph::Result<Vec<_>>>()
-                .map_err(|e| e.to_string())?;
-            let outs = f(&scratch, &ts)?;
-            if let Some(arrays) = evaluate(&scratch, &outs)? {
-                return arrays
-                    .into_iter()
-                    .map(|a| {
-                        let t = g.constant(a.clone()).map_err(|e| e.to_string())?;
-                        Ok(Value {
-                            t,
-                            constant: Some(Rc::new(a)),
-                        })
-                    })
-                    .collect();
-            }
-            // Too large to evaluate now: built like the rest.
-            let ts: Vec<Tensor<'g>> = inputs.iter().map(|v| v.t).collect();
-            Ok(f(g, &ts)?
-                .into_iter()
-                .map(|t| Value {
-                    t,
-                    constant: t.constant_value().map(|a| Rc::new((*a).clone())),
-                })
-                .collect())
-        }
-        _ => {
-            let ts: Vec<Tensor<'g>> = inputs.iter().map(|v| v.t).collect();
-            Ok(f(g, &ts)?
-                .into_iter()
-                .map(|t| Value {
-                    t,
-                    constant: t.constant_value().map(|a| Rc::new((*a).clone())),
-                })
-                .collect())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1862,6 +657,7 @@ mod tests {
     use crate::proto::{
         tensor_shape_proto, AttributeProto, OperatorSetIdProto, TensorShapeProto, ValueInfoProto,
     };
+    use kiln_graph::Array;
 
     #[test]
     fn long_names_are_cut_at_a_character_boundary() {

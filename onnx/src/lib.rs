@@ -40,11 +40,14 @@
 //! `protoc` is needed to build kiln.
 
 mod check;
+mod control;
 pub mod error;
 mod external;
+mod fold;
 mod import;
 mod ops;
 pub mod proto;
+mod scope;
 pub mod tensor;
 
 use std::path::Path;

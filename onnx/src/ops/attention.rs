@@ -7,7 +7,7 @@
 
 use kiln_graph::{DType, Dim, Shape, Tensor};
 
-use super::{axis, Converter, Kiln, Node, R};
+use super::{axis, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -22,7 +22,7 @@ fn dims(t: Tensor<'_>) -> Vec<Dim> {
 
 fn fixed(d: &Dim, what: &str) -> R<usize> {
     d.fixed()
-        .ok_or_else(|| format!("{what} must be a fixed size, got {d}"))
+        .ok_or_else(|| format!("{what} must be a fixed size, got {d}").into())
 }
 
 /// `[b, s, h * d]` as `[b, h, s, d]`.
@@ -30,9 +30,7 @@ fn split_heads<'g>(x: Tensor<'g>, heads: usize) -> R<Tensor<'g>> {
     let d = dims(x);
     let hidden = fixed(&d[2], "the hidden size")?;
     if heads == 0 || hidden % heads != 0 {
-        return Err(format!(
-            "hidden size {hidden} does not split into {heads} heads"
-        ));
+        return Err(format!("hidden size {hidden} does not split into {heads} heads").into());
     }
     let shape = Shape(vec![
         d[0].clone(),
@@ -40,7 +38,7 @@ fn split_heads<'g>(x: Tensor<'g>, heads: usize) -> R<Tensor<'g>> {
         Dim::Fixed(heads),
         Dim::Fixed(hidden / heads),
     ]);
-    x.reshape(shape).k()?.permute(&[0, 2, 1, 3]).k()
+    Ok(x.reshape(shape)?.permute(&[0, 2, 1, 3])?)
 }
 
 fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
@@ -62,7 +60,7 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         k = split_heads(k, kvh as usize)?;
         v = split_heads(v, kvh as usize)?;
     } else if q.rank() != 4 {
-        return Err(format!("Q must be 3-D or 4-D, got {}", q.shape()));
+        return Err(format!("Q must be 3-D or 4-D, got {}", q.shape()).into());
     }
     let dtype = q.dtype();
     let head = fixed(&dims(q)[3], "the head size")?;
@@ -72,11 +70,11 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     };
     let root = scale.sqrt();
     let present_k = match past_k {
-        Some(p) => n.g.concat(&[p, k], 2).k()?,
+        Some(p) => n.g.concat(&[p, k], 2)?,
         None => k,
     };
     let present_v = match past_v {
-        Some(p) => n.g.concat(&[p, v], 2).k()?,
+        Some(p) => n.g.concat(&[p, v], 2)?,
         None => v,
     };
     let (mut kk, mut vv) = (present_k, present_v);
@@ -92,122 +90,47 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let k_heads = fixed(&dims(kk)[1], "the key heads")?;
     if q_heads != k_heads {
         if k_heads == 0 || q_heads % k_heads != 0 {
-            return Err(format!(
-                "{q_heads} query heads do not group over {k_heads} key heads"
-            ));
+            return Err(
+                format!("{q_heads} query heads do not group over {k_heads} key heads").into(),
+            );
         }
         let reps = q_heads / k_heads;
-        let repeat = |t: Tensor<'g>| -> R<Tensor<'g>> {
-            let d = dims(t);
-            let wide = Shape(vec![
-                d[0].clone(),
-                d[1].clone(),
-                Dim::Fixed(reps),
-                d[2].clone(),
-                d[3].clone(),
-            ]);
-            let merged = Shape(vec![
-                d[0].clone(),
-                Dim::Fixed(q_heads),
-                d[2].clone(),
-                d[3].clone(),
-            ]);
-            t.unsqueeze(2)
-                .k()?
-                .broadcast_to(wide)
-                .k()?
-                .reshape(merged)
-                .k()
-        };
-        kk = repeat(kk)?;
-        vv = repeat(vv)?;
+        kk = repeat_heads(kk, reps, q_heads)?;
+        vv = repeat_heads(vv, reps, q_heads)?;
     }
-    let kt = kk.permute(&[0, 1, 3, 2]).k()?;
-    let mut qk = q.mul(root).k()?.matmul(kt.mul(root).k()?).k()?;
+    let kt = kk.permute(&[0, 1, 3, 2])?;
+    let mut qk = q.mul(root)?.matmul(kt.mul(root)?)?;
     let mut qk_out = None;
     if let Some(a) = n.attr("softcap") {
         let cap = a.f as f64;
         if cap > 0.0 {
-            qk = qk.div(cap).k()?.tanh().k()?.mul(cap).k()?;
+            qk = qk.div(cap)?.tanh()?.mul(cap)?;
         }
     }
     let mode = n.int("qk_matmul_output_mode", 0);
     if mode == 0 || mode == 1 {
         qk_out = Some(qk);
     }
-    // The additive bias: the mask (padded with "masked" to the key length),
-    // then the causal triangle.
-    let neg_inf = n.scalar(f64::NEG_INFINITY, dtype)?;
-    let zero = n.scalar(0.0, dtype)?;
-    let mut bias: Option<Tensor<'g>> = None;
-    if let Some(m) = mask {
-        let ml = fixed(dims(m).last().ok_or("a rank-0 mask")?, "the mask length")?;
-        let mut m = if m.dtype() == DType::Bool {
-            n.g.select(m, zero, neg_inf).k()?
-        } else {
-            m.cast(dtype).k()?
-        };
-        if ml < kvs {
-            let mut pd = dims(m);
-            let last = pd.len() - 1;
-            pd[last] = Dim::Fixed(kvs - ml);
-            let pad = neg_inf.broadcast_to(Shape(pd)).k()?;
-            m = n.g.concat(&[m, pad], -1).k()?;
-        }
-        bias = Some(m);
-    }
-    if n.int("is_causal", 0) != 0 {
-        // Masked where j - past > i.
-        let i = n.g.iota(DType::I64, Shape::fixed(&[qs, kvs]), 0).k()?;
-        let j = n.g.iota(DType::I64, Shape::fixed(&[qs, kvs]), 1).k()?;
-        let allowed = j.sub(past as f64).k()?.le(i).k()?;
-        let tri = n.g.select(allowed, zero, neg_inf).k()?;
-        bias = Some(match bias {
-            Some(b) => b.add(tri).k()?,
-            None => tri,
-        });
-    }
-    if let Some(lens) = n.opt(6) {
-        // Keys at or past each batch's non-padded length are masked.
-        let b = dims(q)[0].clone();
-        let pos =
-            n.g.iota(DType::I64, Shape(vec![b.clone(), Dim::Fixed(kvs)]), 1)
-                .k()?;
-        let valid = pos.lt(lens.cast(DType::I64).k()?.unsqueeze(1).k()?).k()?;
-        let pad =
-            n.g.select(valid, zero, neg_inf)
-                .k()?
-                .reshape(Shape(vec![
-                    b,
-                    Dim::Fixed(1),
-                    Dim::Fixed(1),
-                    Dim::Fixed(kvs),
-                ]))
-                .k()?;
-        bias = Some(match bias {
-            Some(b) => b.add(pad).k()?,
-            None => pad,
-        });
-    }
+    let bias = additive_bias(n, q, mask, (qs, kvs), past, dtype)?;
     if let Some(b) = bias {
-        qk = qk.add(b).k()?;
+        qk = qk.add(b)?;
     }
     if mode == 2 {
         qk_out = Some(qk);
     }
-    let p = qk.softmax(-1).k()?;
+    let p = qk.softmax(-1)?;
     if mode == 3 {
         qk_out = Some(p);
     }
-    let mut y = p.matmul(vv).k()?;
+    let mut y = p.matmul(vv)?;
     if three_d {
         let d = dims(y);
         let hidden = fixed(&d[1], "heads")? * fixed(&d[3], "the value head size")?;
-        y = y
-            .permute(&[0, 2, 1, 3])
-            .k()?
-            .reshape(Shape(vec![d[0].clone(), d[2].clone(), Dim::Fixed(hidden)]))
-            .k()?;
+        y = y.permute(&[0, 2, 1, 3])?.reshape(Shape(vec![
+            d[0].clone(),
+            d[2].clone(),
+            Dim::Fixed(hidden),
+        ]))?;
     }
     let mut out = vec![y];
     for (i, t) in [present_k, present_v].into_iter().enumerate() {
@@ -221,6 +144,88 @@ fn attention<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     Ok(out)
 }
 
+/// `t` ([B, kv_heads, S, D]) with each head repeated `reps` times, head by
+/// head ([h0, h0, h1, h1, ...]): [B, q_heads, S, D].
+fn repeat_heads(t: Tensor<'_>, reps: usize, q_heads: usize) -> R<Tensor<'_>> {
+    let d = dims(t);
+    let wide = Shape(vec![
+        d[0].clone(),
+        d[1].clone(),
+        Dim::Fixed(reps),
+        d[2].clone(),
+        d[3].clone(),
+    ]);
+    let merged = Shape(vec![
+        d[0].clone(),
+        Dim::Fixed(q_heads),
+        d[2].clone(),
+        d[3].clone(),
+    ]);
+    Ok(t.unsqueeze(2)?.broadcast_to(wide)?.reshape(merged)?)
+}
+
+/// The additive bias of the attention scores (`None`: none): the mask
+/// (padded with "masked" to the key length), the causal triangle, and the
+/// keys past each batch's length (input 6); `(qs, kvs)` are the query and key
+/// lengths, `past` the past key length.
+fn additive_bias<'g>(
+    n: &Node<'_, 'g>,
+    q: Tensor<'g>,
+    mask: Option<Tensor<'g>>,
+    (qs, kvs): (usize, usize),
+    past: usize,
+    dtype: DType,
+) -> R<Option<Tensor<'g>>> {
+    let neg_inf = n.scalar(f64::NEG_INFINITY, dtype)?;
+    let zero = n.scalar(0.0, dtype)?;
+    let mut bias: Option<Tensor<'g>> = None;
+    if let Some(m) = mask {
+        let ml = fixed(dims(m).last().ok_or("a rank-0 mask")?, "the mask length")?;
+        let mut m = if m.dtype() == DType::Bool {
+            n.g.select(m, zero, neg_inf)?
+        } else {
+            m.cast(dtype)?
+        };
+        if ml < kvs {
+            let mut pd = dims(m);
+            let last = pd.len() - 1;
+            pd[last] = Dim::Fixed(kvs - ml);
+            let pad = neg_inf.broadcast_to(Shape(pd))?;
+            m = n.g.concat(&[m, pad], -1)?;
+        }
+        bias = Some(m);
+    }
+    if n.int("is_causal", 0) != 0 {
+        // Masked where j - past > i.
+        let i = n.g.iota(DType::I64, Shape::fixed(&[qs, kvs]), 0)?;
+        let j = n.g.iota(DType::I64, Shape::fixed(&[qs, kvs]), 1)?;
+        let allowed = j.sub(past as f64)?.le(i)?;
+        let tri = n.g.select(allowed, zero, neg_inf)?;
+        bias = Some(match bias {
+            Some(b) => b.add(tri)?,
+            None => tri,
+        });
+    }
+    if let Some(lens) = n.opt(6) {
+        // Keys at or past each batch's non-padded length are masked.
+        let b = dims(q)[0].clone();
+        let pos =
+            n.g.iota(DType::I64, Shape(vec![b.clone(), Dim::Fixed(kvs)]), 1)?;
+        let valid = pos.lt(lens.cast(DType::I64)?.unsqueeze(1)?)?;
+        let pad = n.g.select(valid, zero, neg_inf)?.reshape(Shape(vec![
+            b,
+            Dim::Fixed(1),
+            Dim::Fixed(1),
+            Dim::Fixed(kvs),
+        ]))?;
+        bias = Some(match bias {
+            Some(b) => b.add(pad)?,
+            None => pad,
+        });
+    }
+    Ok(bias)
+}
+
 /// `x / sqrt(mean(x^2 over axis..) + epsilon) * scale`.
 fn rms_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (x, scale) = (n.input(0)?, n.input(1)?);
@@ -232,11 +237,11 @@ fn rms_norm<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let xs = if dtype == DType::F64 {
         x
     } else {
-        x.cast(DType::F32).k()?
+        x.cast(DType::F32)?
     };
-    let ms = xs.mul(xs).k()?.mean(&axes, true).k()?;
-    let y = xs.mul(ms.add(eps).k()?.rsqrt().k()?).k()?.cast(dtype).k()?;
-    y.mul(scale.cast(dtype).k()?).k().map(|t| vec![t])
+    let ms = xs.mul(xs)?.mean(&axes, true)?;
+    let y = xs.mul(ms.add(eps)?.rsqrt()?)?.cast(dtype)?;
+    Ok(y.mul(scale.cast(dtype)?)?).map(|t| vec![t])
 }
 
 /// Rotary position embedding over the first `rotary_embedding_dim` of
@@ -246,7 +251,7 @@ fn rotary<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let rank = x.rank();
     // [b, s, h, d]
     let x4 = if rank == 4 {
-        x.permute(&[0, 2, 1, 3]).k()?
+        x.permute(&[0, 2, 1, 3])?
     } else if rank == 3 {
         let heads = n.int("num_heads", 0);
         if heads <= 0 {
@@ -256,19 +261,16 @@ fn rotary<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         let hidden = fixed(&d[2], "the hidden size")?;
         let h = heads as usize;
         if hidden % h != 0 {
-            return Err(format!(
-                "hidden size {hidden} does not split into {h} heads"
-            ));
+            return Err(format!("hidden size {hidden} does not split into {h} heads").into());
         }
         x.reshape(Shape(vec![
             d[0].clone(),
             d[1].clone(),
             Dim::Fixed(h),
             Dim::Fixed(hidden / h),
-        ]))
-        .k()?
+        ]))?
     } else {
-        return Err(format!("input must be 3-D or 4-D, got {}", x.shape()));
+        return Err(format!("input must be 3-D or 4-D, got {}", x.shape()).into());
     };
     let head = fixed(&dims(x4)[3], "the head size")?;
     let rot = match n.int("rotary_embedding_dim", 0) {
@@ -276,47 +278,46 @@ fn rotary<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         r => r as usize,
     };
     if rot > head || rot % 2 != 0 {
-        return Err(format!("rotary_embedding_dim {rot} for heads of {head}"));
+        return Err(format!("rotary_embedding_dim {rot} for heads of {head}").into());
     }
     if let Some(pos) = n.opt(3) {
-        cos = cos.gather(pos, 0).k()?;
-        sin = sin.gather(pos, 0).k()?;
+        cos = cos.gather(pos, 0)?;
+        sin = sin.gather(pos, 0)?;
     }
-    let (cos, sin) = (cos.unsqueeze(2).k()?, sin.unsqueeze(2).k()?);
-    let part = x4.slice_axis(3, 0, rot as i64, 1).k()?;
+    let (cos, sin) = (cos.unsqueeze(2)?, sin.unsqueeze(2)?);
+    let part = x4.slice_axis(3, 0, rot as i64, 1)?;
     let interleaved = n.int("interleaved", 0) != 0;
     let half = rot as i64 / 2;
     let (x1, x2) = if interleaved {
         (
-            part.slice_axis(3, 0, rot as i64, 2).k()?,
-            part.slice_axis(3, 1, rot as i64, 2).k()?,
+            part.slice_axis(3, 0, rot as i64, 2)?,
+            part.slice_axis(3, 1, rot as i64, 2)?,
         )
     } else {
         (
-            part.slice_axis(3, 0, half, 1).k()?,
-            part.slice_axis(3, half, rot as i64, 1).k()?,
+            part.slice_axis(3, 0, half, 1)?,
+            part.slice_axis(3, half, rot as i64, 1)?,
         )
     };
-    let real = cos.mul(x1).k()?.sub(sin.mul(x2).k()?).k()?;
-    let imag = sin.mul(x1).k()?.add(cos.mul(x2).k()?).k()?;
+    let real = cos.mul(x1)?.sub(sin.mul(x2)?)?;
+    let imag = sin.mul(x1)?.add(cos.mul(x2)?)?;
     let rotated = if interleaved {
         let pairs =
-            n.g.concat(&[real.unsqueeze(-1).k()?, imag.unsqueeze(-1).k()?], -1)
-                .k()?;
-        pairs.reshape(part.shape()).k()?
+            n.g.concat(&[real.unsqueeze(-1)?, imag.unsqueeze(-1)?], -1)?;
+        pairs.reshape(part.shape())?
     } else {
-        n.g.concat(&[real, imag], -1).k()?
+        n.g.concat(&[real, imag], -1)?
     };
     let full = if rot < head {
-        let rest = x4.slice_axis(3, rot as i64, head as i64, 1).k()?;
-        n.g.concat(&[rotated, rest], -1).k()?
+        let rest = x4.slice_axis(3, rot as i64, head as i64, 1)?;
+        n.g.concat(&[rotated, rest], -1)?
     } else {
         rotated
     };
     let y = if rank == 4 {
-        full.permute(&[0, 2, 1, 3]).k()?
+        full.permute(&[0, 2, 1, 3])?
     } else {
-        full.reshape(x.shape()).k()?
+        full.reshape(x.shape())?
     };
     Ok(vec![y])
 }

@@ -13,7 +13,7 @@
 
 use kiln_graph::{Array, DType, Tensor};
 
-use super::{fixed_shape, Converter, Kiln, Node, R};
+use super::{fixed_shape, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[("DeformConv", deform_conv)];
@@ -23,8 +23,12 @@ fn pair(n: &Node<'_, '_>, name: &str, len: usize, default: i64) -> R<Vec<i64>> {
     match n.ints(name) {
         None => Ok(vec![default; len]),
         Some(v) if v.is_empty() => Ok(vec![default; len]),
-        Some(v) if v.len() != len => Err(format!("{name} has {} values, expected {len}", v.len())),
-        Some(v) if v.iter().any(|&x| x < 0) => Err(format!("{name} has a negative value: {v:?}")),
+        Some(v) if v.len() != len => {
+            Err(format!("{name} has {} values, expected {len}", v.len()).into())
+        }
+        Some(v) if v.iter().any(|&x| x < 0) => {
+            Err(format!("{name} has a negative value: {v:?}").into())
+        }
         Some(v) => Ok(v),
     }
 }
@@ -33,7 +37,7 @@ fn deform_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (x, w, offset) = (n.input(0)?, n.input(1)?, n.input(2)?);
     let dtype = x.dtype();
     if !dtype.is_float() {
-        return Err(format!("X must be floating point, got {dtype}"));
+        return Err(format!("X must be floating point, got {dtype}").into());
     }
     let xs = fixed_shape(x)?;
     let ws = fixed_shape(w)?;
@@ -44,9 +48,7 @@ fn deform_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         ));
     }
     if ws.len() != 4 || os.len() != 4 {
-        return Err(format!(
-            "W {ws:?} and offset {os:?} must have rank 4 like X {xs:?}"
-        ));
+        return Err(format!("W {ws:?} and offset {os:?} must have rank 4 like X {xs:?}").into());
     }
     let (nb, c, ih, iw) = (xs[0], xs[1], xs[2], xs[3]);
     let oc = ws[0];
@@ -60,7 +62,8 @@ fn deform_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         return Err(format!(
             "kernel_shape {kernel:?} differs from W's spatial dims {:?}",
             &ws[2..]
-        ));
+        )
+        .into());
     }
     let strides = pair(n, "strides", 2, 1)?;
     let dilations = pair(n, "dilations", 2, 1)?;
@@ -72,14 +75,10 @@ fn deform_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let (group, og) = (group as usize, og as usize);
     if c % group != 0 || ws[1] * group != c || oc % group != 0 {
-        return Err(format!(
-            "X's {c} channels, W {ws:?} and group {group} do not fit"
-        ));
+        return Err(format!("X's {c} channels, W {ws:?} and group {group} do not fit").into());
     }
     if c % og != 0 {
-        return Err(format!(
-            "X's {c} channels are not divisible by offset_group {og}"
-        ));
+        return Err(format!("X's {c} channels are not divisible by offset_group {og}").into());
     }
     let k = kh * kw;
     let (oh, ow) = (os[2], os[3]);
@@ -94,18 +93,16 @@ fn deform_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         return Err(format!(
             "offset shape {os:?} does not fit X {xs:?}, kernel {kh}x{kw}, strides {strides:?}, \
              dilations {dilations:?}, pads {pads:?} and offset_group {og}"
-        ));
+        )
+        .into());
     }
     let mask = match n.opt(4) {
         Some(m) => {
             let ms = fixed_shape(m)?;
             if ms != [nb, og * k, oh, ow] {
-                return Err(format!(
-                    "mask shape {ms:?} is not {:?}",
-                    [nb, og * k, oh, ow]
-                ));
+                return Err(format!("mask shape {ms:?} is not {:?}", [nb, og * k, oh, ow]).into());
             }
-            Some(m.cast(dtype).k()?.reshape(vec![nb, og, k, oh, ow]).k()?)
+            Some(m.cast(dtype)?.reshape(vec![nb, og, k, oh, ow])?)
         }
         None => None,
     };
@@ -115,15 +112,90 @@ fn deform_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     } else {
         DType::F32
     };
-    let off = offset
-        .cast(ft)
-        .k()?
-        .reshape(vec![nb, og, k, 2, oh, ow])
-        .k()?;
-    let base = |axis: usize| -> R<Tensor<'g>> {
-        // The tap's un-offset position along `axis` (0: h, 1: w) per
-        // (tap, output position).
-        let mut v = Vec::with_capacity(k * oh * ow);
+    let off = offset.cast(ft)?.reshape(vec![nb, og, k, 2, oh, ow])?;
+    let window = Window {
+        kernel: (kh, kw),
+        out: (oh, ow),
+        pads: [pads[0], pads[1]],
+        strides: [strides[0], strides[1]],
+        dilations: [dilations[0], dilations[1]],
+    };
+    let ph = off
+        .slice_axis(3, 0, 1, 1)?
+        .squeeze(3)?
+        .add(window.base(n, 0, ft)?)?;
+    let pw = off
+        .slice_axis(3, 1, 2, 1)?
+        .squeeze(3)?
+        .add(window.base(n, 1, ft)?)?;
+    let th = bilinear_taps(ph, ih, ft)?;
+    let tw = bilinear_taps(pw, iw, ft)?;
+    // Flat row of each (n, group) block: ((n * og + g) * H * W).
+    let block =
+        n.g.iota(DType::I64, vec![nb, og, k, oh, ow], 0)?
+            .mul(og as i64)?
+            .add(n.g.iota(DType::I64, vec![nb, og, k, oh, ow], 1)?)?
+            .mul((ih * iw) as i64)?;
+    let (mut idx, mut wts) = (Vec::new(), Vec::new());
+    for (hi, hw) in &th {
+        for (wi, ww) in &tw {
+            let flat = block.add(hi.mul(iw as i64)?)?.add(*wi)?;
+            idx.push(flat.unsqueeze(0)?);
+            wts.push(hw.mul(*ww)?.unsqueeze(0)?);
+        }
+    }
+    let idx = n.g.concat(&idx, 0)?;
+    let mut weight = n.g.concat(&wts, 0)?;
+    if let Some(m) = mask {
+        weight = weight.mul(m.cast(ft)?)?;
+    }
+    // X as [N * og * H * W, C / og].
+    let cpg = c / og;
+    let data = x
+        .reshape(vec![nb, og, cpg, ih * iw])?
+        .permute(&[0, 1, 3, 2])?
+        .reshape(vec![nb * og * ih * iw, cpg])?;
+    // [4, N, og, K, oH, oW, C/og], weighted and summed over the taps.
+    let sampled = data
+        .gather(idx, 0)?
+        .mul(weight.cast(dtype)?.unsqueeze(-1)?)?
+        .sum(&[0], false)?;
+    // Columns [N, group, C/group * K, oH * oW] (channel-major, then tap).
+    let cols =
+        sampled
+            .permute(&[0, 1, 5, 2, 3, 4])?
+            .reshape(vec![nb, group, (c / group) * k, oh * ow])?;
+    let wm = w
+        .cast(dtype)?
+        .reshape(vec![1, group, oc / group, (c / group) * k])?;
+    let mut y = wm.matmul(cols)?.reshape(vec![nb, oc, oh, ow])?;
+    if let Some(b) = n.opt(3) {
+        let bs = fixed_shape(b)?;
+        if bs != [oc] {
+            return Err(format!("B shape {bs:?} is not [{oc}]").into());
+        }
+        y = y.add(b.cast(dtype)?.reshape(vec![oc, 1, 1])?)?;
+    }
+    Ok(vec![y])
+}
+
+/// The kernel window of a deformable convolution: kernel and output sizes,
+/// and the leading pads, strides and dilations, per spatial dim (h, w).
+struct Window {
+    kernel: (usize, usize),
+    out: (usize, usize),
+    pads: [i64; 2],
+    strides: [i64; 2],
+    dilations: [i64; 2],
+}
+
+impl Window {
+    /// Each tap's un-offset position along `axis` (0: h, 1: w) per (tap,
+    /// output position): a constant `[K, oH, oW]` of type `ft`.
+    fn base<'g>(&self, n: &Node<'_, 'g>, axis: usize, ft: DType) -> R<Tensor<'g>> {
+        let ((kh, kw), (oh, ow)) = (self.kernel, self.out);
+        let (pads, strides, dilations) = (self.pads, self.strides, self.dilations);
+        let mut v = Vec::with_capacity(kh * kw * oh * ow);
         for ki in 0..kh {
             for kj in 0..kw {
                 for i in 0..oh {
@@ -139,111 +211,28 @@ fn deform_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             }
         }
         let a = kiln_graph::ops::elementwise::eval_cast(
-            &Array::from_vec(vec![k, oh, ow], v).ok_or("base positions")?,
+            &Array::from_vec(vec![kh * kw, oh, ow], v).ok_or("base positions")?,
             ft,
         );
         n.constant(a)
-    };
-    let ph = off
-        .slice_axis(3, 0, 1, 1)
-        .k()?
-        .squeeze(3)
-        .k()?
-        .add(base(0)?)
-        .k()?;
-    let pw = off
-        .slice_axis(3, 1, 2, 1)
-        .k()?
-        .squeeze(3)
-        .k()?
-        .add(base(1)?)
-        .k()?;
-    // Bilinear taps per dim: (index, weight), zero weight outside.
-    let taps = |p: Tensor<'g>, size: usize| -> R<[(Tensor<'g>, Tensor<'g>); 2]> {
-        let f = p.floor().k()?;
-        let t = p.sub(f).k()?;
-        let mut out = Vec::with_capacity(2);
-        for (idx, wgt) in [(f, t.neg().k()?.add(1.0).k()?), (f.add(1.0).k()?, t)] {
-            let inside = idx
-                .ge(0.0)
-                .k()?
-                .and(idx.le(size as f64 - 1.0).k()?)
-                .k()?
-                .cast(ft)
-                .k()?;
-            let i = idx
-                .cast(DType::I64)
-                .k()?
-                .maximum(0i64)
-                .k()?
-                .minimum(size as i64 - 1)
-                .k()?;
-            out.push((i, wgt.mul(inside).k()?));
-        }
-        let [a, b]: [(Tensor<'g>, Tensor<'g>); 2] =
-            out.try_into().map_err(|_| "two taps".to_string())?;
-        Ok([a, b])
-    };
-    let th = taps(ph, ih)?;
-    let tw = taps(pw, iw)?;
-    // Flat row of each (n, group) block: ((n * og + g) * H * W).
-    let block =
-        n.g.iota(DType::I64, vec![nb, og, k, oh, ow], 0)
-            .k()?
-            .mul(og as i64)
-            .k()?
-            .add(n.g.iota(DType::I64, vec![nb, og, k, oh, ow], 1).k()?)
-            .k()?
-            .mul((ih * iw) as i64)
-            .k()?;
-    let (mut idx, mut wts) = (Vec::new(), Vec::new());
-    for (hi, hw) in &th {
-        for (wi, ww) in &tw {
-            let flat = block.add(hi.mul(iw as i64).k()?).k()?.add(*wi).k()?;
-            idx.push(flat.unsqueeze(0).k()?);
-            wts.push(hw.mul(*ww).k()?.unsqueeze(0).k()?);
-        }
     }
-    let idx = n.g.concat(&idx, 0).k()?;
-    let mut weight = n.g.concat(&wts, 0).k()?;
-    if let Some(m) = mask {
-        weight = weight.mul(m.cast(ft).k()?).k()?;
+}
+
+/// The two bilinear taps at positions `p` along a dim of `size`: (index,
+/// weight), the weight zero outside the dim.
+fn bilinear_taps<'g>(p: Tensor<'g>, size: usize, ft: DType) -> R<[(Tensor<'g>, Tensor<'g>); 2]> {
+    let f = p.floor()?;
+    let t = p.sub(f)?;
+    let mut out = Vec::with_capacity(2);
+    for (idx, wgt) in [(f, t.neg()?.add(1.0)?), (f.add(1.0)?, t)] {
+        let inside = idx.ge(0.0)?.and(idx.le(size as f64 - 1.0)?)?.cast(ft)?;
+        let i = idx
+            .cast(DType::I64)?
+            .maximum(0i64)?
+            .minimum(size as i64 - 1)?;
+        out.push((i, wgt.mul(inside)?));
     }
-    // X as [N * og * H * W, C / og].
-    let cpg = c / og;
-    let data = x
-        .reshape(vec![nb, og, cpg, ih * iw])
-        .k()?
-        .permute(&[0, 1, 3, 2])
-        .k()?
-        .reshape(vec![nb * og * ih * iw, cpg])
-        .k()?;
-    // [4, N, og, K, oH, oW, C/og], weighted and summed over the taps.
-    let sampled = data
-        .gather(idx, 0)
-        .k()?
-        .mul(weight.cast(dtype).k()?.unsqueeze(-1).k()?)
-        .k()?
-        .sum(&[0], false)
-        .k()?;
-    // Columns [N, group, C/group * K, oH * oW] (channel-major, then tap).
-    let cols = sampled
-        .permute(&[0, 1, 5, 2, 3, 4])
-        .k()?
-        .reshape(vec![nb, group, (c / group) * k, oh * ow])
-        .k()?;
-    let wm = w
-        .cast(dtype)
-        .k()?
-        .reshape(vec![1, group, oc / group, (c / group) * k])
-        .k()?;
-    let mut y = wm.matmul(cols).k()?.reshape(vec![nb, oc, oh, ow]).k()?;
-    if let Some(b) = n.opt(3) {
-        let bs = fixed_shape(b)?;
-        if bs != [oc] {
-            return Err(format!("B shape {bs:?} is not [{oc}]"));
-        }
-        y = y.add(b.cast(dtype).k()?.reshape(vec![oc, 1, 1]).k()?).k()?;
-    }
-    Ok(vec![y])
+    let [a, b]: [(Tensor<'g>, Tensor<'g>); 2] =
+        out.try_into().map_err(|_| "two taps".to_string())?;
+    Ok([a, b])
 }

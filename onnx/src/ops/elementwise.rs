@@ -6,7 +6,7 @@
 
 use kiln_graph::{Array, DType, Tensor};
 
-use super::{Converter, Kiln, Node, R};
+use super::{Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -48,16 +48,14 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     }),
     ("PRelu", |n| {
         let (x, slope) = (n.input(0)?, n.input(1)?);
-        let mut slope = slope.cast(x.dtype()).k()?;
+        let mut slope = slope.cast(x.dtype())?;
         // Before opset 7 a slope of C values is per channel (axis 1).
         if n.opset < 7 && slope.rank() == 1 && x.rank() > 2 {
             let mut d = vec![kiln_graph::Dim::Fixed(1); x.rank() - 1];
             d[0] = slope.shape().0[0].clone();
-            slope = slope.reshape(kiln_graph::Shape(d)).k()?;
+            slope = slope.reshape(kiln_graph::Shape(d))?;
         }
-        n.g.select(x.ge(0.0).k()?, x, x.mul(slope).k()?)
-            .k()
-            .map(one)
+        Ok(one(n.g.select(x.ge(0.0)?, x, x.mul(slope)?)?))
     }),
     ("Elu", |n| {
         let a = n.float("alpha", 1.0) as f64;
@@ -139,12 +137,10 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("Mean", |n| {
         let k = n.all_inputs().len() as f64;
         let s = variadic(n, |a, b| a.add(b))?.remove(0);
-        s.div(k).k().map(one)
+        Ok(one(s.div(k)?))
     }),
     ("Where", |n| {
-        n.g.select(n.input(0)?, n.input(1)?, n.input(2)?)
-            .k()
-            .map(one)
+        Ok(one(n.g.select(n.input(0)?, n.input(1)?, n.input(2)?)?))
     }),
     ("Clip", clip),
     ("BitCast", bitcast),
@@ -159,7 +155,7 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
             |t: i32| crate::tensor::sub_byte(t).is_some() || crate::tensor::minifloat(t).is_some();
         match n.declared(1).filter(|&t| special(t)) {
             Some(t) => cast_to(n.input(0)?, t, saturate).map(one),
-            None => n.input(0)?.cast(like.dtype()).k().map(one),
+            None => Ok(one(n.input(0)?.cast(like.dtype())?)),
         }
     }),
     ("Identity", |n| Ok(vec![n.input(0)?])),
@@ -204,7 +200,7 @@ fn unary<'g>(
     n: &Node<'_, 'g>,
     f: impl Fn(Tensor<'g>) -> kiln_graph::Result<Tensor<'g>>,
 ) -> R<Vec<Tensor<'g>>> {
-    f(n.input(0)?).k().map(one)
+    Ok(one(f(n.input(0)?)?))
 }
 
 fn binary<'g>(
@@ -212,7 +208,7 @@ fn binary<'g>(
     f: impl Fn(Tensor<'g>, Tensor<'g>) -> kiln_graph::Result<Tensor<'g>>,
 ) -> R<Vec<Tensor<'g>>> {
     let (a, b) = (n.input(0)?, legacy_broadcast(n, n.input(0)?, n.input(1)?)?);
-    f(a, b).k().map(one)
+    Ok(one(f(a, b)?))
 }
 
 /// Before opset 7, `broadcast = 1` with `axis` lines `b`'s dims up with
@@ -232,7 +228,7 @@ fn legacy_broadcast<'g>(n: &Node<'_, 'g>, a: Tensor<'g>, b: Tensor<'g>) -> R<Ten
     })?;
     let mut dims = b.shape().0;
     dims.extend(std::iter::repeat_n(kiln_graph::Dim::Fixed(1), trailing));
-    b.reshape(kiln_graph::Shape(dims)).k()
+    Ok(b.reshape(kiln_graph::Shape(dims))?)
 }
 
 /// A left fold over every input (numpy broadcasting throughout).
@@ -244,7 +240,7 @@ fn variadic<'g>(
     let (first, rest) = ins.split_first().ok_or("needs at least one input")?;
     let mut acc = *first;
     for &t in rest {
-        acc = f(acc, t).k()?;
+        acc = f(acc, t)?;
     }
     Ok(vec![acc])
 }
@@ -257,13 +253,13 @@ fn is_inf<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     );
     let inf = n.scalar(f64::INFINITY, x.dtype())?;
     let ninf = n.scalar(f64::NEG_INFINITY, x.dtype())?;
-    let p = x.eq(inf).k()?;
-    let m = x.eq(ninf).k()?;
+    let p = x.eq(inf)?;
+    let m = x.eq(ninf)?;
     let r = match (pos, neg) {
-        (true, true) => p.or(m).k()?,
+        (true, true) => p.or(m)?,
         (true, false) => p,
         (false, true) => m,
-        (false, false) => p.and(m).k()?,
+        (false, false) => p.and(m)?,
     };
     Ok(vec![r])
 }
@@ -271,8 +267,8 @@ fn is_inf<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 fn pow<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (a, b) = (n.input(0)?, n.input(1)?);
     // The exponent may be of another type (T1): computed in the base's.
-    let b = b.cast(a.dtype()).k()?;
-    a.pow(b).k().map(one)
+    let b = b.cast(a.dtype())?;
+    Ok(one(a.pow(b)?))
 }
 
 /// `Mod`: the truncated remainder ([`Tensor::rem`]: the sign of the
@@ -284,7 +280,7 @@ fn modulo<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if a.dtype().is_float() && !fmod {
         return n.unsupported("Mod of floats needs fmod = 1");
     }
-    let r = a.rem(b).k()?;
+    let r = a.rem(b)?;
     if fmod {
         return Ok(vec![r]);
     }
@@ -301,13 +297,9 @@ fn modulo<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     // Integers, sign of the divisor: add b where r and b differ in sign.
     let zero = n.scalar(0.0, a.dtype())?;
-    let differ = r
-        .ne(zero)
-        .k()?
-        .and(r.lt(zero).k()?.xor(b.lt(zero).k()?).k()?)
-        .k()?;
-    let fixed = r.add(b).k()?;
-    n.g.select(differ, fixed, r).k().map(one)
+    let differ = r.ne(zero)?.and(r.lt(zero)?.xor(b.lt(zero)?)?)?;
+    let fixed = r.add(b)?;
+    Ok(one(n.g.select(differ, fixed, r)?))
 }
 
 fn clip<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
@@ -324,10 +316,10 @@ fn clip<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     };
     let mut y = x;
     if let Some(lo) = lo {
-        y = y.maximum(lo).k()?;
+        y = y.maximum(lo)?;
     }
     if let Some(hi) = hi {
-        y = y.minimum(hi).k()?;
+        y = y.minimum(hi)?;
     }
     Ok(vec![y])
 }
@@ -352,7 +344,7 @@ fn dropout<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if !training || known_ratio == Some(0.0) {
         let mut out = vec![x];
         if n.wants_output(1) {
-            let ones = x.eq(x).k()?.or(x.ne(x).k()?).k()?;
+            let ones = x.eq(x)?.or(x.ne(x)?)?;
             out.push(ones);
         }
         return Ok(out);
@@ -366,19 +358,17 @@ fn dropout<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             n.g.seed_for(n.proto.output.first().map(String::as_str).unwrap_or(""))
         }
     };
-    let u =
-        n.g.random_uniform(x.dtype(), x.shape(), seed, 0.0, 1.0)
-            .k()?;
+    let u = n.g.random_uniform(x.dtype(), x.shape(), seed, 0.0, 1.0)?;
     let (mask, kept) = match ratio {
         Some(r) => {
-            let r = r.cast(x.dtype()).k()?;
-            let keep = r.neg().k()?.add(1.0).k()?;
-            (u.ge(r).k()?, x.div(keep).k()?)
+            let r = r.cast(x.dtype())?;
+            let keep = r.neg()?.add(1.0)?;
+            (u.ge(r)?, x.div(keep)?)
         }
-        None => (u.ge(0.5).k()?, x.mul(2.0).k()?),
+        None => (u.ge(0.5)?, x.mul(2.0)?),
     };
     let zero = n.scalar(0.0, x.dtype())?;
-    let mut out = vec![n.g.select(mask, kept, zero).k()?];
+    let mut out = vec![n.g.select(mask, kept, zero)?];
     if n.wants_output(1) {
         out.push(mask);
     }
@@ -417,11 +407,12 @@ fn bitcast<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             "{from} and {to} differ in width ({} vs {} bytes)",
             from.size_bytes(),
             to.size_bytes()
-        ));
+        )
+        .into());
     }
     let ints = |d: kiln_graph::DType| d.is_int() || d == kiln_graph::DType::Bool;
     if from == to || (ints(from) && to.is_int()) {
-        return x.cast(to).k().map(one);
+        return Ok(one(x.cast(to)?));
     }
     n.unsupported(format!(
         "a bit cast from {from} to {to} (kiln reinterprets only between integer types)"
@@ -439,15 +430,15 @@ fn cast_to<'g>(x: Tensor<'g>, to: i32, saturate: bool) -> R<Tensor<'g>> {
     }
     let dtype = crate::tensor::dtype_of(to)?;
     let Some((bits, signed)) = crate::tensor::sub_byte(to) else {
-        return x.cast(dtype).k();
+        return Ok(x.cast(dtype)?);
     };
     let mask = (1i64 << bits) - 1;
-    let v = x.cast(DType::I64).k()?;
+    let v = x.cast(DType::I64)?;
     let v = if signed {
         let half = 1i64 << (bits - 1);
-        v.add(half).k()?.and(mask).k()?.sub(half).k()?
+        v.add(half)?.and(mask)?.sub(half)?
     } else {
-        v.and(mask).k()?
+        v.and(mask)?
     };
-    v.cast(dtype).k()
+    Ok(v.cast(dtype)?)
 }

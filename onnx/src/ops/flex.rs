@@ -17,10 +17,11 @@
 
 use kiln_graph::{DType, GraphBuilder, Tensor};
 
-use super::fixed_shape;
+use super::{fixed_shape, ConvertError};
+use crate::control::call_subgraph;
 use crate::error::Result;
-use crate::import::{call_subgraph, node_error, Item, Scope, Value};
 use crate::proto::NodeProto;
+use crate::scope::{node_error, Item, Scope, Value};
 
 /// The op's key: domain and op type.
 pub(crate) const FLEX_ATTENTION: &str = "ai.onnx.preview.FlexAttention";
@@ -32,13 +33,15 @@ pub(crate) fn flex_attention<'g>(
     scope: &Scope<'g>,
     inputs: &[Option<Item<'g>>],
 ) -> Result<Vec<Item<'g>>> {
-    let fail = |reason: String| node_error(n, opset, reason);
-    let k = |r: kiln_graph::Result<Tensor<'g>>| r.map_err(|e| fail(e.to_string()));
+    let fail = |e: ConvertError| node_error(n, opset, e);
+    let k = |r: kiln_graph::Result<Tensor<'g>>| r.map_err(|e| fail(e.into()));
     let input = |i: usize, what: &str| -> Result<Tensor<'g>> {
         match inputs.get(i) {
             Some(Some(Item::Tensor(v))) => Ok(v.t),
-            Some(Some(other)) => Err(fail(format!("{what} is a {}, not a tensor", other.kind()))),
-            _ => Err(fail(format!("input {i} ({what}) is required"))),
+            Some(Some(other)) => Err(fail(
+                format!("{what} is a {}, not a tensor", other.kind()).into(),
+            )),
+            _ => Err(fail(format!("input {i} ({what}) is required").into())),
         }
     };
     let (q, kt, v) = (input(0, "Q")?, input(1, "K")?, input(2, "V")?);
@@ -46,28 +49,30 @@ pub(crate) fn flex_attention<'g>(
     let ks = fixed_shape(kt).map_err(fail)?;
     let vs = fixed_shape(v).map_err(fail)?;
     if qs.len() != 4 || ks.len() != 4 || vs.len() != 4 {
-        return Err(fail(format!(
+        return Err(fail(
+            format!(
             "Q {qs:?}, K {ks:?} and V {vs:?} must have rank 4 (batch, heads, sequence, head size)"
-        )));
+        )
+            .into(),
+        ));
     }
     let (b, hq, e) = (qs[0], qs[1], qs[3]);
     let (hkv, s, ev) = (ks[1], ks[2], vs[3]);
     if ks[0] != b || vs[0] != b || vs[1] != hkv || vs[2] != s || ks[3] != e {
-        return Err(fail(format!(
-            "Q {qs:?}, K {ks:?} and V {vs:?} do not fit together"
-        )));
+        return Err(fail(
+            format!("Q {qs:?}, K {ks:?} and V {vs:?} do not fit together").into(),
+        ));
     }
     if hkv == 0 || hq % hkv != 0 {
-        return Err(fail(format!(
-            "Q's {hq} heads are not a multiple of K's {hkv}"
-        )));
+        return Err(fail(
+            format!("Q's {hq} heads are not a multiple of K's {hkv}").into(),
+        ));
     }
     for t in [q, kt, v] {
         if !t.dtype().is_float() {
-            return Err(fail(format!(
-                "Q, K and V must be floats, got {}",
-                t.dtype()
-            )));
+            return Err(fail(
+                format!("Q, K and V must be floats, got {}", t.dtype()).into(),
+            ));
         }
     }
     let in_t = q.dtype();
@@ -99,15 +104,13 @@ pub(crate) fn flex_attention<'g>(
         match out.as_slice() {
             [Item::Tensor(v)] => {
                 if v.t.shape() != t.shape() {
-                    return Err(fail(format!(
-                        "{attr} gives shape {}, want {}",
-                        v.t.shape(),
-                        t.shape()
-                    )));
+                    return Err(fail(
+                        format!("{attr} gives shape {}, want {}", v.t.shape(), t.shape()).into(),
+                    ));
                 }
                 k(v.t.cast(compute))
             }
-            _ => Err(fail(format!("{attr} must give one tensor"))),
+            _ => Err(fail(format!("{attr} must give one tensor").into())),
         }
     };
     scores = apply(scores, "score_mod")?;

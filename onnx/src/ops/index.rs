@@ -23,7 +23,7 @@
 
 use kiln_graph::{Array, DType, Data, Dim, DimExpr, Shape, Tensor};
 
-use super::{axis, fixed_shape, Converter, Kiln, Node, R};
+use super::{axis, fixed_shape, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -47,15 +47,15 @@ fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
 fn gather<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (data, idx) = (n.input(0)?, n.input(1)?);
     let a = axis(n.int("axis", 0), data.rank())?;
-    data.gather(idx, a as i64).k().map(one)
+    Ok(one(data.gather(idx, a as i64)?))
 }
 
 /// Indices (any integer type) as i64 with negative ones wrapped by `len`
 /// (a scalar or a tensor broadcasting against them).
 fn wrap<'g>(n: &Node<'_, 'g>, idx: Tensor<'g>, len: Tensor<'g>) -> R<Tensor<'g>> {
-    let idx = idx.cast(DType::I64).k()?;
-    let fixed = idx.add(len).k()?;
-    n.g.select(idx.lt(0i64).k()?, fixed, idx).k()
+    let idx = idx.cast(DType::I64)?;
+    let fixed = idx.add(len)?;
+    Ok(n.g.select(idx.lt(0i64)?, fixed, idx)?)
 }
 
 /// Row-major strides of `dims`.
@@ -91,17 +91,18 @@ fn elementwise_flat<'g>(
             "indices have rank {}, data rank {}",
             ishape.rank(),
             data_shape.len()
-        ));
+        )
+        .into());
     }
     let st = stride_exprs(data_shape)?;
-    let len = n.g.size_value(&data_shape[axis].expr()).k()?;
-    let mut flat = wrap(n, idx, len)?.mul(n.g.size_value(&st[axis]).k()?).k()?;
+    let len = n.g.size_value(&data_shape[axis].expr())?;
+    let mut flat = wrap(n, idx, len)?.mul(n.g.size_value(&st[axis])?)?;
     for (d, s) in st.iter().enumerate() {
         if d == axis || ishape.0[d] == Dim::Fixed(1) {
             continue;
         }
-        let pos = n.g.iota(DType::I64, ishape.clone(), d).k()?;
-        flat = flat.add(pos.mul(n.g.size_value(s).k()?).k()?).k()?;
+        let pos = n.g.iota(DType::I64, ishape.clone(), d)?;
+        flat = flat.add(pos.mul(n.g.size_value(s)?)?)?;
     }
     Ok(flat)
 }
@@ -113,11 +114,7 @@ fn gather_elements<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let a = axis(n.int("axis", 0), ds.rank())?;
     let flat = elementwise_flat(n, idx, &ds.0, a)?;
     let total = Dim::from_expr(ds.size_expr()?)?;
-    data.reshape(Shape(vec![total]))
-        .k()?
-        .gather(flat, 0)
-        .k()
-        .map(one)
+    Ok(one(data.reshape(Shape(vec![total]))?.gather(flat, 0)?))
 }
 
 /// The flat index into `dims` of each index tuple along `idx`'s last dim
@@ -127,15 +124,14 @@ fn tuple_flat<'g>(n: &Node<'_, 'g>, idx: Tensor<'g>, dims: &[Dim]) -> R<Tensor<'
     let ishape = idx.shape();
     let rank = ishape.rank();
     if k == 0 {
-        return n
+        return Ok(n
             .scalar(0.0, DType::I64)?
-            .broadcast_to(Shape(ishape.0[..rank - 1].to_vec()))
-            .k();
+            .broadcast_to(Shape(ishape.0[..rank - 1].to_vec()))?);
     }
     let lens: Vec<DimExpr> = dims.iter().map(Dim::expr).collect();
-    let lens = n.g.sizes(&lens, &[k]).k()?;
-    let st = n.g.sizes(&stride_exprs(dims)?, &[k]).k()?;
-    wrap(n, idx, lens)?.mul(st).k()?.sum(&[-1], false).k()
+    let lens = n.g.sizes(&lens, &[k])?;
+    let st = n.g.sizes(&stride_exprs(dims)?, &[k])?;
+    Ok(wrap(n, idx, lens)?.mul(st)?.sum(&[-1], false)?)
 }
 
 /// `GatherND`: index tuples along the indices' last dim address the data's
@@ -150,10 +146,7 @@ fn gather_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let b = b as usize;
     let q = is.len();
     if q < 1 || q <= b {
-        return Err(format!(
-            "indices of shape {} with batch_dims {b}",
-            idx.shape()
-        ));
+        return Err(format!("indices of shape {} with batch_dims {b}", idx.shape()).into());
     }
     let k = is[q - 1]
         .fixed()
@@ -163,7 +156,8 @@ fn gather_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             "indices of shape {} cannot index data of shape {} with batch_dims {b}",
             idx.shape(),
             data.shape()
-        ));
+        )
+        .into());
     }
     // The flat index into data's first b + k dims: the batch position,
     // then the tuple.
@@ -174,18 +168,14 @@ fn gather_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         if ds[d] == Dim::Fixed(1) {
             continue;
         }
-        let pos = n.g.iota(DType::I64, out_lead.clone(), d).k()?;
-        let step = n.g.size_value(&s.mul(&inner)?).k()?;
-        flat = flat.add(pos.mul(step).k()?).k()?;
+        let pos = n.g.iota(DType::I64, out_lead.clone(), d)?;
+        let step = n.g.size_value(&s.mul(&inner)?)?;
+        flat = flat.add(pos.mul(step)?)?;
     }
     let rows = Dim::from_expr(Shape(ds[..b + k].to_vec()).size_expr()?)?;
     let mut flat_shape = vec![rows];
     flat_shape.extend_from_slice(&ds[b + k..]);
-    data.reshape(Shape(flat_shape))
-        .k()?
-        .gather(flat, 0)
-        .k()
-        .map(one)
+    Ok(one(data.reshape(Shape(flat_shape))?.gather(flat, 0)?))
 }
 
 /// The scatter reduction attribute.
@@ -219,7 +209,7 @@ fn scatter_rows<'g>(
     red: Reduction,
 ) -> R<Tensor<'g>> {
     let dt = data.dtype();
-    let updates = updates.cast(dt).k()?;
+    let updates = updates.cast(dt)?;
     let ds = fixed_shape(data)?;
     let rows = ds[0];
     let rest = &ds[1..];
@@ -227,31 +217,31 @@ fn scatter_rows<'g>(
     let per_row = |t: Tensor<'g>, lead: &[usize]| -> R<Tensor<'g>> {
         let mut s = lead.to_vec();
         s.extend(rest.iter().map(|_| 1));
-        t.reshape(s).k()
+        Ok(t.reshape(s)?)
     };
     match red {
-        Reduction::Add if dt != DType::Bool => data.scatter_add(flat, updates, 0).k(),
+        Reduction::Add if dt != DType::Bool => Ok(data.scatter_add(flat, updates, 0)?),
         Reduction::None | Reduction::Add => {
             // Where any update lands, the scattered updates, else data.
             let fs = fixed_shape(flat)?;
-            let ones = n.g.full(1.0, DType::I32, &fs).k()?;
-            let zeros = n.g.full(0.0, DType::I32, &[rows]).k()?;
-            let hit = zeros.scatter_add(flat, ones, 0).k()?.gt(0i32).k()?;
+            let ones = n.g.full(1.0, DType::I32, &fs)?;
+            let zeros = n.g.full(0.0, DType::I32, &[rows])?;
+            let hit = zeros.scatter_add(flat, ones, 0)?.gt(0i32)?;
             let hit = per_row(hit, &[rows])?;
             if dt == DType::Bool {
                 // Bools: or-ing (add) or assigning through i32 counts.
-                let u = updates.cast(DType::I32).k()?;
-                let z = n.g.full(0.0, DType::I32, &ds).k()?;
-                let s = z.scatter_add(flat, u, 0).k()?.gt(0i32).k()?;
+                let u = updates.cast(DType::I32)?;
+                let z = n.g.full(0.0, DType::I32, &ds)?;
+                let s = z.scatter_add(flat, u, 0)?.gt(0i32)?;
                 return if red == Reduction::Add {
-                    s.or(data).k()
+                    Ok(s.or(data)?)
                 } else {
-                    n.g.select(hit, s, data).k()
+                    Ok(n.g.select(hit, s, data)?)
                 };
             }
-            let z = n.g.full(0.0, dt, &ds).k()?;
-            let s = z.scatter_add(flat, updates, 0).k()?;
-            n.g.select(hit, s, data).k()
+            let z = n.g.full(0.0, dt, &ds)?;
+            let s = z.scatter_add(flat, updates, 0)?;
+            Ok(n.g.select(hit, s, data)?)
         }
         Reduction::Mul | Reduction::Max | Reduction::Min => {
             if dt == DType::Bool {
@@ -260,12 +250,12 @@ fn scatter_rows<'g>(
             // mask[u, r]: update u lands on row r.
             let fs = fixed_shape(flat)?;
             let count: usize = fs.iter().product();
-            let f = flat.reshape([count, 1]).k()?;
-            let r = n.g.iota(DType::I64, [1, rows], 1).k()?;
-            let mask = per_row(f.eq(r).k()?, &[count, rows])?;
+            let f = flat.reshape([count, 1])?;
+            let r = n.g.iota(DType::I64, [1, rows], 1)?;
+            let mask = per_row(f.eq(r)?, &[count, rows])?;
             let mut us = vec![count, 1];
             us.extend_from_slice(rest);
-            let u = updates.reshape(us).k()?;
+            let u = updates.reshape(us)?;
             let identity = match (red, dt.is_float()) {
                 (Reduction::Mul, _) => 1.0,
                 (Reduction::Max, true) => f64::NEG_INFINITY,
@@ -274,11 +264,11 @@ fn scatter_rows<'g>(
                 _ => int_max(dt),
             };
             let id = n.scalar(identity, dt)?;
-            let spread = n.g.select(mask, u, id).k()?;
+            let spread = n.g.select(mask, u, id)?;
             match red {
-                Reduction::Mul => data.mul(spread.prod(&[0], false).k()?).k(),
-                Reduction::Max => data.maximum(spread.max(&[0], false).k()?).k(),
-                _ => data.minimum(spread.min(&[0], false).k()?).k(),
+                Reduction::Mul => Ok(data.mul(spread.prod(&[0], false)?)?),
+                Reduction::Max => Ok(data.maximum(spread.max(&[0], false)?)?),
+                _ => Ok(data.minimum(spread.min(&[0], false)?)?),
             }
         }
     }
@@ -311,9 +301,9 @@ fn scatter_elements<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let flat = elementwise_flat(n, idx, &Shape::fixed(&ds).0, a)?;
     let total: usize = ds.iter().product();
-    let d = data.reshape([total]).k()?;
+    let d = data.reshape([total])?;
     let out = scatter_rows(n, d, flat, upd, reduction(n)?)?;
-    out.reshape(ds).k().map(one)
+    Ok(one(out.reshape(ds)?))
 }
 
 /// `ScatterND`: updates of slices addressed by index tuples along the
@@ -324,20 +314,20 @@ fn scatter_nd<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let q = is.len();
     let k = *is.last().ok_or("indices must have rank >= 1")?;
     if k > ds.len() {
-        return Err(format!("index tuples of {k} for data of rank {}", ds.len()));
+        return Err(format!("index tuples of {k} for data of rank {}", ds.len()).into());
     }
     let mut want = is[..q - 1].to_vec();
     want.extend_from_slice(&ds[k..]);
     if fixed_shape(upd)? != want {
-        return Err(format!("updates must have shape {want:?}"));
+        return Err(format!("updates must have shape {want:?}").into());
     }
     let flat = tuple_flat(n, idx, &Shape::fixed(&ds[..k]).0)?;
     let rows: usize = ds[..k].iter().product();
     let mut rs = vec![rows];
     rs.extend_from_slice(&ds[k..]);
-    let d = data.reshape(rs).k()?;
+    let d = data.reshape(rs)?;
     let out = scatter_rows(n, d, flat, upd, reduction(n)?)?;
-    out.reshape(ds).k().map(one)
+    Ok(one(out.reshape(ds)?))
 }
 
 /// `OneHot(indices, depth, values)`: `values[1]` where the new dim's
@@ -347,32 +337,24 @@ fn one_hot<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let (idx, values) = (n.input(0)?, n.input(2)?);
     let depth = n.const_scalar(1)?.ok_or("depth is required")?.trunc();
     if depth < 1.0 {
-        return Err(format!("depth {depth} must be positive"));
+        return Err(format!("depth {depth} must be positive").into());
     }
     let d = depth as usize;
     let r = idx.rank();
     let a = axis(n.int("axis", -1), r + 1)?;
     let len = n.scalar(depth, DType::I64)?;
-    let idx = wrap(n, idx, len)?.unsqueeze(a as i64).k()?;
+    let idx = wrap(n, idx, len)?.unsqueeze(a as i64)?;
     let mut ps = vec![1usize; r + 1];
     ps[a] = d;
-    let pos = n.g.iota(DType::I64, ps, a).k()?;
-    let hot = idx.eq(pos).k()?;
+    let pos = n.g.iota(DType::I64, ps, a)?;
+    let hot = idx.eq(pos)?;
     if values.shape().num_elements() != Some(2) {
         return Err("values must hold [off, on]".into());
     }
-    let values = values.reshape([2]).k()?;
-    let off = values
-        .slice_axis(0, 0, 1, 1)
-        .k()?
-        .reshape([0usize; 0])
-        .k()?;
-    let on = values
-        .slice_axis(0, 1, 2, 1)
-        .k()?
-        .reshape([0usize; 0])
-        .k()?;
-    n.g.select(hot, on, off).k().map(one)
+    let values = values.reshape([2])?;
+    let off = values.slice_axis(0, 0, 1, 1)?.reshape([0usize; 0])?;
+    let on = values.slice_axis(0, 1, 2, 1)?.reshape([0usize; 0])?;
+    Ok(one(n.g.select(hot, on, off)?))
 }
 
 /// `NonZero` of an import-time constant: the `[rank, count]` i64
@@ -431,31 +413,32 @@ fn tensor_scatter<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             "the update {} does not fit the cache {} along axis {a}",
             upd.shape(),
             past.shape()
-        ));
+        )
+        .into());
     }
-    let w = n.opt(2).map(|w| w.cast(DType::I64)).transpose().k()?;
-    let pos = n.g.iota(DType::I64, [len as usize], 0).k()?;
+    let w = n.opt(2).map(|w| w.cast(DType::I64)).transpose()?;
+    let pos = n.g.iota(DType::I64, [len as usize], 0)?;
     let mut vshape = vec![1usize; rank - 1];
     vshape[a - 1] = len as usize;
     let mut parts = Vec::with_capacity(batch);
     for b in 0..batch as i64 {
-        let past_b = past.slice_axis(0, b, b + 1, 1).k()?;
-        let upd_b = upd.slice_axis(0, b, b + 1, 1).k()?.squeeze(0).k()?;
+        let past_b = past.slice_axis(0, b, b + 1, 1)?;
+        let upd_b = upd.slice_axis(0, b, b + 1, 1)?.squeeze(0)?;
         let mut src = match w {
-            Some(w) => pos.sub(w.slice_axis(0, b, b + 1, 1).k()?).k()?,
+            Some(w) => pos.sub(w.slice_axis(0, b, b + 1, 1)?)?,
             None => pos,
         };
         if circular {
             // Truncating remainder, then made non-negative.
-            let r = src.sub(src.div(len).k()?.mul(len).k()?).k()?;
-            src = n.g.select(r.lt(0i64).k()?, r.add(len).k()?, r).k()?;
+            let r = src.sub(src.div(len)?.mul(len)?)?;
+            src = n.g.select(r.lt(0i64)?, r.add(len)?, r)?;
         }
-        let valid = src.ge(0i64).k()?.and(src.lt(count).k()?).k()?;
-        let idx = src.maximum(0i64).k()?.minimum(count - 1).k()?;
-        let rows = upd_b.gather(idx, a as i64 - 1).k()?;
-        let valid = valid.reshape(vshape.clone()).k()?;
-        let out = n.g.select(valid, rows, past_b.squeeze(0).k()?).k()?;
-        parts.push(out.unsqueeze(0).k()?);
+        let valid = src.ge(0i64)?.and(src.lt(count)?)?;
+        let idx = src.maximum(0i64)?.minimum(count - 1)?;
+        let rows = upd_b.gather(idx, a as i64 - 1)?;
+        let valid = valid.reshape(vshape.clone())?;
+        let out = n.g.select(valid, rows, past_b.squeeze(0)?)?;
+        parts.push(out.unsqueeze(0)?);
     }
-    n.g.concat(&parts, 0).k().map(one)
+    Ok(one(n.g.concat(&parts, 0)?))
 }

@@ -6,7 +6,7 @@
 
 use kiln_graph::{Shape, Tensor};
 
-use super::{Converter, Kiln, Node, R};
+use super::{Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -16,7 +16,7 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     }),
     ("SoftmaxCrossEntropyLoss", |n| {
         let scores = n.input(0)?;
-        let log_prob = scores.log_softmax(1).k()?;
+        let log_prob = scores.log_softmax(1)?;
         let loss = nll(n, log_prob)?;
         let mut out = vec![loss];
         if n.wants_output(1) {
@@ -34,7 +34,7 @@ fn nll<'g>(n: &Node<'_, 'g>, input: Tensor<'g>) -> R<Tensor<'g>> {
     let reduction = n.string("reduction").unwrap_or_else(|| "mean".into());
     let rank = input.rank();
     if rank < 2 {
-        return Err(format!("input must be [N, C, ...], got {}", input.shape()));
+        return Err(format!("input must be [N, C, ...], got {}", input.shape()).into());
     }
     let c = input.shape().0[1]
         .fixed()
@@ -42,37 +42,35 @@ fn nll<'g>(n: &Node<'_, 'g>, input: Tensor<'g>) -> R<Tensor<'g>> {
     // One-hot of the target over the class axis: [N, C, d...].
     let mut dims = input.shape().0;
     dims[1] = kiln_graph::Dim::Fixed(c);
-    let classes = n.g.iota(target.dtype(), Shape(dims), 1).k()?;
-    let t1 = target.unsqueeze(1).k()?;
-    let mut hot = classes.eq(t1).k()?;
+    let classes = n.g.iota(target.dtype(), Shape(dims), 1)?;
+    let t1 = target.unsqueeze(1)?;
+    let mut hot = classes.eq(t1)?;
     if let Some(ii) = n.attr("ignore_index") {
         let keep = target
-            .ne(n.scalar(ii.i as f64, target.dtype())?)
-            .k()?
-            .unsqueeze(1)
-            .k()?;
-        hot = hot.and(keep).k()?;
+            .ne(n.scalar(ii.i as f64, target.dtype())?)?
+            .unsqueeze(1)?;
+        hot = hot.and(keep)?;
     }
     let dtype = input.dtype();
-    let hot = hot.cast(dtype).k()?;
+    let hot = hot.cast(dtype)?;
     // Each sample's weight: its class's, or 1 (0 where ignored).
     let w = match weight {
         Some(w) => {
             let mut wd = vec![kiln_graph::Dim::Fixed(1); rank];
             wd[1] = kiln_graph::Dim::Fixed(c);
-            let w = w.cast(dtype).k()?.reshape(Shape(wd)).k()?;
-            hot.mul(w).k()?
+            let w = w.cast(dtype)?.reshape(Shape(wd))?;
+            hot.mul(w)?
         }
         None => hot,
     };
-    let loss = input.mul(w).k()?.sum(&[1], false).k()?.neg().k()?;
+    let loss = input.mul(w)?.sum(&[1], false)?.neg()?;
     match reduction.as_str() {
         "none" => Ok(loss),
-        "sum" => loss.sum(&all_axes(rank - 1), false).k(),
+        "sum" => Ok(loss.sum(&all_axes(rank - 1), false)?),
         "mean" => {
             let axes = all_axes(rank - 1);
-            let total = w.sum(&[1], false).k()?.sum(&axes, false).k()?;
-            loss.sum(&axes, false).k()?.div(total).k()
+            let total = w.sum(&[1], false)?.sum(&axes, false)?;
+            Ok(loss.sum(&axes, false)?.div(total)?)
         }
         other => n.unsupported(format!("reduction '{other}'")),
     }

@@ -5,7 +5,7 @@
 
 use kiln_graph::{Array, DType, Tensor};
 
-use super::{Converter, Kiln, Node, R};
+use super::{Converter, Node, R};
 
 /// The ops of this family (keyed by domain and op type).
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -18,10 +18,10 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
 fn binarizer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     if !x.dtype().is_numeric() {
-        return Err(format!("X must be numeric, got {}", x.dtype()));
+        return Err(format!("X must be numeric, got {}", x.dtype()).into());
     }
     let threshold = n.float("threshold", 0.0) as f64;
-    Ok(vec![x.gt(threshold).k()?.cast(x.dtype()).k()?])
+    Ok(vec![x.gt(threshold)?.cast(x.dtype())?])
 }
 
 /// `ArrayFeatureExtractor`: the elements of the last axis of X at the
@@ -29,13 +29,9 @@ fn binarizer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 fn array_feature_extractor<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let y = n.input(1)?;
-    let y = y.reshape_to(&[-1]).k()?;
-    let z = x.gather(y, -1).k()?;
-    Ok(vec![if x.rank() == 1 {
-        z.unsqueeze(0).k()?
-    } else {
-        z
-    }])
+    let y = y.reshape_to(&[-1])?;
+    let z = x.gather(y, -1)?;
+    Ok(vec![if x.rank() == 1 { z.unsqueeze(0)? } else { z }])
 }
 
 /// `TreeEnsemble` (ai.onnx.ml opset 5): each tree routes a row of X
@@ -59,253 +55,16 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let dtype = x.dtype();
     if !dtype.is_float() {
-        return Err(format!("X must be floating point, got {dtype}"));
+        return Err(format!("X must be floating point, got {dtype}").into());
     }
     let xs = super::fixed_shape(x)?;
     if xs.len() != 2 {
-        return Err(format!("X must have shape [N, F], got {xs:?}"));
+        return Err(format!("X must have shape [N, F], got {xs:?}").into());
     }
-    let ints = |name: &str| -> R<Vec<i64>> {
-        n.ints(name)
-            .ok_or_else(|| format!("the '{name}' attribute is required"))
-    };
-    let floats =
-        |name: &str| -> R<Option<Vec<f64>>> { Ok(n.tensor(name)?.map(|a| a.to_f64_vec())) };
-    let feature = ints("nodes_featureids")?;
-    let (t_ids, f_ids) = (ints("nodes_truenodeids")?, ints("nodes_falsenodeids")?);
-    let (t_leaf, f_leaf) = (ints("nodes_trueleafs")?, ints("nodes_falseleafs")?);
-    let targets = ints("leaf_targetids")?;
-    let roots = ints("tree_roots")?;
-    let splits = floats("nodes_splits")?.ok_or("the 'nodes_splits' attribute is required")?;
-    let modes = floats("nodes_modes")?.ok_or("the 'nodes_modes' attribute is required")?;
-    let weights = floats("leaf_weights")?.ok_or("the 'leaf_weights' attribute is required")?;
-    let members = floats("membership_values")?.unwrap_or_default();
-    let missing = n
-        .ints("nodes_missing_value_tracks_true")
-        .unwrap_or_default();
-    let n_targets = n.int("n_targets", 0);
-    let nodes = feature.len();
-    if [&t_ids, &f_ids, &t_leaf, &f_leaf]
-        .iter()
-        .any(|v| v.len() != nodes)
-        || splits.len() != nodes
-        || modes.len() != nodes
-        || (!missing.is_empty() && missing.len() != nodes)
-    {
-        return Err(format!(
-            "the nodes_* attributes must all have {nodes} entries"
-        ));
-    }
-    if targets.len() != weights.len() {
-        return Err(format!(
-            "leaf_targetids has {} entries, leaf_weights {}",
-            targets.len(),
-            weights.len()
-        ));
-    }
-    if n_targets <= 0 || targets.iter().any(|&t| t < 0 || t >= n_targets) {
-        return Err(format!(
-            "n_targets ({n_targets}) must exceed every leaf target"
-        ));
-    }
-    if let Some(&f) = feature.iter().find(|&&f| f < 0 || f as usize >= xs[1]) {
-        return Err(format!("feature {f} is out of range for X of shape {xs:?}"));
-    }
-    let n_targets = n_targets as usize;
-    let leaves = weights.len();
-
-    // Depth-first walk of each tree: its branch nodes and leaves, each leaf
-    // with its path; MEMBER nodes take their sets as they are visited.
-    let mut sets = members.split(|v| v.is_nan()).map(|s| s.to_vec());
-    let mut member_set: Vec<Option<Vec<f64>>> = vec![None; nodes];
-    struct Tree {
-        nodes: Vec<usize>,
-        leaves: Vec<(usize, Vec<(usize, bool)>)>,
-    }
-    let mut trees = Vec::with_capacity(roots.len());
-    for &root in &roots {
-        let root = usize::try_from(root)
-            .ok()
-            .filter(|&r| r < nodes)
-            .ok_or_else(|| format!("tree root {root} is out of range"))?;
-        let mut tree = Tree {
-            nodes: Vec::new(),
-            leaves: Vec::new(),
-        };
-        // A root whose branches are one leaf is that leaf.
-        if t_leaf[root] != 0 && f_leaf[root] != 0 && t_ids[root] == f_ids[root] {
-            let l = usize::try_from(t_ids[root]).ok().filter(|&l| l < leaves);
-            tree.leaves
-                .push((l.ok_or("a leaf index is out of range")?, Vec::new()));
-            trees.push(tree);
-            continue;
-        }
-        let mut stack: Vec<(usize, Vec<(usize, bool)>)> = vec![(root, Vec::new())];
-        while let Some((node, path)) = stack.pop() {
-            if path.len() > nodes {
-                return Err("a tree's branches form a cycle".into());
-            }
-            if modes[node] == 6.0 {
-                let set = sets
-                    .next()
-                    .ok_or("membership_values has fewer sets than the MEMBER nodes")?;
-                member_set[node] = Some(set);
-            } else if !(0.0..=5.0).contains(&modes[node]) {
-                return Err(format!("node {node} has unknown mode {}", modes[node]));
-            }
-            tree.nodes.push(node);
-            // False branch pushed first, so the true branch is walked first.
-            for (to, is_leaf, way) in [
-                (f_ids[node], f_leaf[node], false),
-                (t_ids[node], t_leaf[node], true),
-            ] {
-                let mut p = path.clone();
-                p.push((node, way));
-                if is_leaf != 0 {
-                    let l = usize::try_from(to).ok().filter(|&l| l < leaves);
-                    tree.leaves
-                        .push((l.ok_or("a leaf index is out of range")?, p));
-                } else {
-                    let next = usize::try_from(to).ok().filter(|&i| i < nodes);
-                    stack.push((next.ok_or("a node index is out of range")?, p));
-                }
-            }
-        }
-        trees.push(tree);
-    }
-
-    // Each branch node's test, as 0/1 in X's type.
-    let g = n.g;
-    let mut test: Vec<Option<Tensor<'g>>> = vec![None; nodes];
-    for tree in &trees {
-        for &node in &tree.nodes {
-            if test[node].is_some() {
-                continue;
-            }
-            let col = x.slice_axis(1, feature[node], feature[node] + 1, 1).k()?;
-            let s = splits[node];
-            let mut t = match modes[node] as u8 {
-                0 => col.le(s).k()?,
-                1 => col.lt(s).k()?,
-                2 => col.ge(s).k()?,
-                3 => col.gt(s).k()?,
-                4 => col.eq(s).k()?,
-                5 => col.ne(s).k()?,
-                _ => {
-                    // In any of its set (an empty set holds nothing).
-                    let set = member_set[node].as_deref().unwrap_or(&[]);
-                    let mut any = col.lt(f64::NEG_INFINITY).k()?;
-                    for &v in set {
-                        any = any.or(col.eq(v).k()?).k()?;
-                    }
-                    any
-                }
-            };
-            if missing.get(node).is_some_and(|&m| m != 0) {
-                t = t.or(col.ne(col).k()?).k()?;
-            }
-            test[node] = Some(t.cast(dtype).k()?);
-        }
-    }
-
-    // Per tree: which leaf each row reaches ([N, leaves of the tree], 0/1).
-    let reached = |tree: &Tree| -> R<Tensor<'g>> {
-        let m = tree.nodes.len();
-        let l = tree.leaves.len();
-        if m == 0 {
-            return g.scalar(1.0, dtype).k()?.broadcast_to(vec![xs[0], 1]).k();
-        }
-        let cols: Vec<Tensor<'g>> = tree
-            .nodes
-            .iter()
-            .map(|&i| test[i].ok_or_else(|| "a node without its test".to_string()))
-            .collect::<R<_>>()?;
-        let p = g.concat(&cols, 1).k()?;
-        let ml = super::table_len("a tree's path tests", &[m, l])?;
-        let (mut yes, mut no, mut depth) = (vec![0.0; ml], vec![0.0; ml], vec![0.0; l]);
-        for (j, (_, path)) in tree.leaves.iter().enumerate() {
-            depth[j] = path.len() as f64;
-            for &(node, way) in path {
-                let i = tree
-                    .nodes
-                    .iter()
-                    .position(|&k| k == node)
-                    .expect("on the walk");
-                if way {
-                    yes[i * l + j] = 1.0;
-                } else {
-                    no[i * l + j] = 1.0;
-                }
-            }
-        }
-        let mat = |v: Vec<f64>, shape: Vec<usize>| -> R<Tensor<'g>> {
-            let a = Array::from_vec(shape, v).ok_or("matrix shape")?;
-            n.constant(kiln_graph::ops::elementwise::eval_cast(&a, dtype))
-        };
-        let agree = p
-            .matmul(mat(yes, vec![m, l])?)
-            .k()?
-            .add(
-                p.neg()
-                    .k()?
-                    .add(1.0)
-                    .k()?
-                    .matmul(mat(no, vec![m, l])?)
-                    .k()?,
-            )
-            .k()?;
-        agree.eq(mat(depth, vec![l])?).k()?.cast(dtype).k()
-    };
-    // Per tree: [leaves of the tree, n_targets] weights and 0/1 targets.
-    let leaf_mats = |tree: &Tree| -> R<(Tensor<'g>, Tensor<'g>)> {
-        let l = tree.leaves.len();
-        let lt = super::table_len("a tree's leaf weights", &[l, n_targets])?;
-        let (mut w, mut hit) = (vec![0.0; lt], vec![0.0; lt]);
-        for (j, &(leaf, _)) in tree.leaves.iter().enumerate() {
-            let t = targets[leaf] as usize;
-            w[j * n_targets + t] += weights[leaf];
-            hit[j * n_targets + t] = 1.0;
-        }
-        let mat = |v: Vec<f64>| -> R<Tensor<'g>> {
-            let a = Array::from_vec(vec![l, n_targets], v).ok_or("matrix shape")?;
-            n.constant(kiln_graph::ops::elementwise::eval_cast(&a, dtype))
-        };
-        Ok((mat(w)?, mat(hit)?))
-    };
-    let aggregate = n.int("aggregate_function", 1);
-    let mut result: Option<Tensor<'g>> = None;
-    let (lowest, highest) = if dtype == DType::F64 {
-        (f64::MIN, f64::MAX)
-    } else {
-        (f32::MIN as f64, f32::MAX as f64)
-    };
-    for tree in &trees {
-        let r = reached(tree)?;
-        let (w, hit) = leaf_mats(tree)?;
-        let value = r.matmul(w).k()?;
-        result = Some(match aggregate {
-            0 | 1 => match result {
-                Some(acc) => acc.add(value).k()?,
-                None => value,
-            },
-            2 | 3 => {
-                let init = if aggregate == 2 { highest } else { lowest };
-                let hits = r.matmul(hit).k()?.gt(0.0).k()?;
-                let v = g.select(hits, value, g.scalar(init, dtype).k()?).k()?;
-                let acc = result.unwrap_or(g.scalar(init, dtype).k()?);
-                if aggregate == 2 {
-                    acc.minimum(v).k()?
-                } else {
-                    acc.maximum(v).k()?
-                }
-            }
-            a => return n.unsupported(format!("aggregate_function {a}")),
-        });
-    }
-    let mut y = result.ok_or("the ensemble has no trees (tree_roots is empty)")?;
-    if aggregate == 0 {
-        y = y.div(trees.len() as f64).k()?;
-    }
+    let e = Ensemble::read(n, &xs)?;
+    let (trees, member_set) = e.walk()?;
+    let test = node_tests(x, &e, &trees, &member_set)?;
+    let y = aggregate(n, &e, &trees, &test, xs[0], dtype)?;
     // The spec numbers SOFTMAX 1 and LOGISTIC 2, ONNX's reference ignores
     // the attribute and ONNX Runtime reads 1 as LOGISTIC: with no agreed
     // meaning, only NONE is converted.
@@ -315,7 +74,333 @@ fn tree_ensemble<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
              kiln converts NONE only)"
         ));
     }
-    Ok(vec![y.broadcast_to(vec![xs[0], n_targets]).k()?])
+    Ok(vec![y.broadcast_to(vec![xs[0], e.n_targets])?])
+}
+
+/// A `TreeEnsemble`'s attributes, checked against each other and X.
+struct Ensemble {
+    feature: Vec<i64>,
+    t_ids: Vec<i64>,
+    f_ids: Vec<i64>,
+    t_leaf: Vec<i64>,
+    f_leaf: Vec<i64>,
+    targets: Vec<i64>,
+    roots: Vec<i64>,
+    splits: Vec<f64>,
+    modes: Vec<f64>,
+    weights: Vec<f64>,
+    members: Vec<f64>,
+    missing: Vec<i64>,
+    n_targets: usize,
+}
+
+impl Ensemble {
+    /// The attributes of node `n`, for an X of fixed shape `xs` ([N, F]).
+    fn read(n: &Node<'_, '_>, xs: &[usize]) -> R<Ensemble> {
+        let ints = |name: &str| -> R<Vec<i64>> {
+            n.ints(name)
+                .ok_or_else(|| format!("the '{name}' attribute is required").into())
+        };
+        let floats =
+            |name: &str| -> R<Option<Vec<f64>>> { Ok(n.tensor(name)?.map(|a| a.to_f64_vec())) };
+        let feature = ints("nodes_featureids")?;
+        let (t_ids, f_ids) = (ints("nodes_truenodeids")?, ints("nodes_falsenodeids")?);
+        let (t_leaf, f_leaf) = (ints("nodes_trueleafs")?, ints("nodes_falseleafs")?);
+        let targets = ints("leaf_targetids")?;
+        let roots = ints("tree_roots")?;
+        let splits = floats("nodes_splits")?.ok_or("the 'nodes_splits' attribute is required")?;
+        let modes = floats("nodes_modes")?.ok_or("the 'nodes_modes' attribute is required")?;
+        let weights = floats("leaf_weights")?.ok_or("the 'leaf_weights' attribute is required")?;
+        let members = floats("membership_values")?.unwrap_or_default();
+        let missing = n
+            .ints("nodes_missing_value_tracks_true")
+            .unwrap_or_default();
+        let n_targets = n.int("n_targets", 0);
+        let nodes = feature.len();
+        if [&t_ids, &f_ids, &t_leaf, &f_leaf]
+            .iter()
+            .any(|v| v.len() != nodes)
+            || splits.len() != nodes
+            || modes.len() != nodes
+            || (!missing.is_empty() && missing.len() != nodes)
+        {
+            return Err(format!("the nodes_* attributes must all have {nodes} entries").into());
+        }
+        if targets.len() != weights.len() {
+            return Err(format!(
+                "leaf_targetids has {} entries, leaf_weights {}",
+                targets.len(),
+                weights.len()
+            )
+            .into());
+        }
+        if n_targets <= 0 || targets.iter().any(|&t| t < 0 || t >= n_targets) {
+            return Err(format!("n_targets ({n_targets}) must exceed every leaf target").into());
+        }
+        if let Some(&f) = feature.iter().find(|&&f| f < 0 || f as usize >= xs[1]) {
+            return Err(format!("feature {f} is out of range for X of shape {xs:?}").into());
+        }
+        Ok(Ensemble {
+            feature,
+            t_ids,
+            f_ids,
+            t_leaf,
+            f_leaf,
+            targets,
+            roots,
+            splits,
+            modes,
+            weights,
+            members,
+            missing,
+            n_targets: n_targets as usize,
+        })
+    }
+
+    /// The number of nodes.
+    fn nodes(&self) -> usize {
+        self.feature.len()
+    }
+
+    /// Leaf index `to`, where in range.
+    fn leaf(&self, to: i64) -> R<usize> {
+        let l = usize::try_from(to).ok().filter(|&l| l < self.weights.len());
+        Ok(l.ok_or("a leaf index is out of range")?)
+    }
+
+    /// Depth-first walk of each tree: its branch nodes and leaves, each leaf
+    /// with its path; MEMBER nodes take their sets (of each node, returned
+    /// too) as they are visited.
+    fn walk(&self) -> R<(Vec<Tree>, MemberSets)> {
+        let nodes = self.nodes();
+        let mut sets = self.members.split(|v| v.is_nan()).map(|s| s.to_vec());
+        let mut member_set: MemberSets = vec![None; nodes];
+        let mut trees = Vec::with_capacity(self.roots.len());
+        for &root in &self.roots {
+            let root = usize::try_from(root)
+                .ok()
+                .filter(|&r| r < nodes)
+                .ok_or_else(|| format!("tree root {root} is out of range"))?;
+            let mut tree = Tree {
+                nodes: Vec::new(),
+                leaves: Vec::new(),
+            };
+            // A root whose branches are one leaf is that leaf.
+            if self.t_leaf[root] != 0
+                && self.f_leaf[root] != 0
+                && self.t_ids[root] == self.f_ids[root]
+            {
+                tree.leaves.push((self.leaf(self.t_ids[root])?, Vec::new()));
+                trees.push(tree);
+                continue;
+            }
+            let mut stack: Vec<(usize, Vec<(usize, bool)>)> = vec![(root, Vec::new())];
+            while let Some((node, path)) = stack.pop() {
+                if path.len() > nodes {
+                    return Err("a tree's branches form a cycle".into());
+                }
+                let mode = self.modes[node];
+                if mode == 6.0 {
+                    let set = sets
+                        .next()
+                        .ok_or("membership_values has fewer sets than the MEMBER nodes")?;
+                    member_set[node] = Some(set);
+                } else if !(0.0..=5.0).contains(&mode) {
+                    return Err(format!("node {node} has unknown mode {mode}").into());
+                }
+                tree.nodes.push(node);
+                // False branch pushed first, so the true branch is walked first.
+                for (to, is_leaf, way) in [
+                    (self.f_ids[node], self.f_leaf[node], false),
+                    (self.t_ids[node], self.t_leaf[node], true),
+                ] {
+                    let mut p = path.clone();
+                    p.push((node, way));
+                    if is_leaf != 0 {
+                        tree.leaves.push((self.leaf(to)?, p));
+                    } else {
+                        let next = usize::try_from(to).ok().filter(|&i| i < nodes);
+                        stack.push((next.ok_or("a node index is out of range")?, p));
+                    }
+                }
+            }
+            trees.push(tree);
+        }
+        Ok((trees, member_set))
+    }
+}
+
+/// The value set of each `MEMBER` node (`None` for the other nodes).
+type MemberSets = Vec<Option<Vec<f64>>>;
+
+/// One tree of an ensemble: its branch nodes (walk order) and its leaves,
+/// each with its path (node, way taken).
+struct Tree {
+    nodes: Vec<usize>,
+    leaves: Vec<(usize, Vec<(usize, bool)>)>,
+}
+
+/// Each branch node's test on `x`'s column, as 0/1 in X's type.
+fn node_tests<'g>(
+    x: Tensor<'g>,
+    e: &Ensemble,
+    trees: &[Tree],
+    member_set: &[Option<Vec<f64>>],
+) -> R<Vec<Option<Tensor<'g>>>> {
+    let mut test: Vec<Option<Tensor<'g>>> = vec![None; e.nodes()];
+    for &node in trees.iter().flat_map(|t| &t.nodes) {
+        if test[node].is_some() {
+            continue;
+        }
+        let col = x.slice_axis(1, e.feature[node], e.feature[node] + 1, 1)?;
+        let s = e.splits[node];
+        let mut t = match e.modes[node] as u8 {
+            0 => col.le(s)?,
+            1 => col.lt(s)?,
+            2 => col.ge(s)?,
+            3 => col.gt(s)?,
+            4 => col.eq(s)?,
+            5 => col.ne(s)?,
+            _ => {
+                // In any of its set (an empty set holds nothing).
+                let set = member_set[node].as_deref().unwrap_or(&[]);
+                let mut any = col.lt(f64::NEG_INFINITY)?;
+                for &v in set {
+                    any = any.or(col.eq(v)?)?;
+                }
+                any
+            }
+        };
+        if e.missing.get(node).is_some_and(|&m| m != 0) {
+            t = t.or(col.ne(col)?)?;
+        }
+        test[node] = Some(t.cast(x.dtype())?);
+    }
+    Ok(test)
+}
+
+/// A constant matrix of `dtype` from f64 values.
+fn matrix<'g>(n: &Node<'_, 'g>, v: Vec<f64>, shape: Vec<usize>, dtype: DType) -> R<Tensor<'g>> {
+    let a = Array::from_vec(shape, v).ok_or("matrix shape")?;
+    n.constant(kiln_graph::ops::elementwise::eval_cast(&a, dtype))
+}
+
+/// Which leaf of `tree` each of the `rows` rows reaches ([rows, leaves of
+/// the tree], 0/1), from the node tests `test`.
+fn reached<'g>(
+    n: &Node<'_, 'g>,
+    tree: &Tree,
+    test: &[Option<Tensor<'g>>],
+    rows: usize,
+    dtype: DType,
+) -> R<Tensor<'g>> {
+    let g = n.g;
+    let m = tree.nodes.len();
+    let l = tree.leaves.len();
+    if m == 0 {
+        return Ok(g.scalar(1.0, dtype)?.broadcast_to(vec![rows, 1])?);
+    }
+    let cols: Vec<Tensor<'g>> = tree
+        .nodes
+        .iter()
+        .map(|&i| test[i].ok_or_else(|| "a node without its test".into()))
+        .collect::<R<_>>()?;
+    let p = g.concat(&cols, 1)?;
+    let ml = super::table_len("a tree's path tests", &[m, l])?;
+    let (mut yes, mut no, mut depth) = (vec![0.0; ml], vec![0.0; ml], vec![0.0; l]);
+    for (j, (_, path)) in tree.leaves.iter().enumerate() {
+        depth[j] = path.len() as f64;
+        for &(node, way) in path {
+            let i = tree
+                .nodes
+                .iter()
+                .position(|&k| k == node)
+                .expect("on the walk");
+            if way {
+                yes[i * l + j] = 1.0;
+            } else {
+                no[i * l + j] = 1.0;
+            }
+        }
+    }
+    let agree =
+        p.matmul(matrix(n, yes, vec![m, l], dtype)?)?
+            .add(
+                p.neg()?
+                    .add(1.0)?
+                    .matmul(matrix(n, no, vec![m, l], dtype)?)?,
+            )?;
+    Ok(agree.eq(matrix(n, depth, vec![l], dtype)?)?.cast(dtype)?)
+}
+
+/// A tree's [leaves of the tree, n_targets] weights and 0/1 targets.
+fn leaf_mats<'g>(
+    n: &Node<'_, 'g>,
+    e: &Ensemble,
+    tree: &Tree,
+    dtype: DType,
+) -> R<(Tensor<'g>, Tensor<'g>)> {
+    let l = tree.leaves.len();
+    let nt = e.n_targets;
+    let lt = super::table_len("a tree's leaf weights", &[l, nt])?;
+    let (mut w, mut hit) = (vec![0.0; lt], vec![0.0; lt]);
+    for (j, &(leaf, _)) in tree.leaves.iter().enumerate() {
+        let t = e.targets[leaf] as usize;
+        w[j * nt + t] += e.weights[leaf];
+        hit[j * nt + t] = 1.0;
+    }
+    Ok((
+        matrix(n, w, vec![l, nt], dtype)?,
+        matrix(n, hit, vec![l, nt], dtype)?,
+    ))
+}
+
+/// The trees' values aggregated by `aggregate_function` ([N, n_targets]
+/// or broadcastable to it).
+fn aggregate<'g>(
+    n: &Node<'_, 'g>,
+    e: &Ensemble,
+    trees: &[Tree],
+    test: &[Option<Tensor<'g>>],
+    rows: usize,
+    dtype: DType,
+) -> R<Tensor<'g>> {
+    let g = n.g;
+    let aggregate = n.int("aggregate_function", 1);
+    let mut result: Option<Tensor<'g>> = None;
+    let (lowest, highest) = if dtype == DType::F64 {
+        (f64::MIN, f64::MAX)
+    } else {
+        (f32::MIN as f64, f32::MAX as f64)
+    };
+    for tree in trees {
+        let r = reached(n, tree, test, rows, dtype)?;
+        let (w, hit) = leaf_mats(n, e, tree, dtype)?;
+        let value = r.matmul(w)?;
+        result = Some(match aggregate {
+            0 | 1 => match result {
+                Some(acc) => acc.add(value)?,
+                None => value,
+            },
+            2 | 3 => {
+                let init = if aggregate == 2 { highest } else { lowest };
+                let hits = r.matmul(hit)?.gt(0.0)?;
+                let v = g.select(hits, value, g.scalar(init, dtype)?)?;
+                let acc = result.unwrap_or(g.scalar(init, dtype)?);
+                if aggregate == 2 {
+                    acc.minimum(v)?
+                } else {
+                    acc.maximum(v)?
+                }
+            }
+            a => return n.unsupported(format!("aggregate_function {a}")),
+        });
+    }
+    let y = result.ok_or("the ensemble has no trees (tree_roots is empty)")?;
+    if aggregate == 0 {
+        return Ok(y.div(trees.len() as f64)?);
+    }
+    Ok(y)
 }
 
 #[cfg(test)]

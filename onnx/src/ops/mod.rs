@@ -18,31 +18,37 @@ use kiln_graph::{Array, DType, GraphBuilder, Tensor};
 use crate::proto::{AttributeProto, NodeProto};
 
 mod attention;
+mod conv;
 mod deform;
 mod elementwise;
+mod error;
 pub(crate) mod flex;
 mod index;
+mod linalg;
+mod linear_attention;
 mod loss;
+mod matmul;
 mod minifloat;
-mod misc;
 mod ml;
-mod nn;
+mod norm;
+mod pad;
+mod pool;
 mod quant;
-mod recent;
+mod random;
+mod rearrange;
 mod reduce;
 mod resize;
 mod rnn;
+mod sampling;
 pub(crate) mod sequence;
 mod shape;
-mod training;
+mod spectral;
+mod tables;
+mod text;
+pub(crate) mod training;
+mod value_shaped;
 
-/// How a converter's reason starts when it needs the import-time value of
-/// an input it was not given (the importer turns it into
-/// `Error::NeedsValue` naming the value).
-pub(crate) const NEEDS_VALUE: &str = "\u{1}needs the value of ";
-
-/// A converter's result: its outputs, or why it cannot convert the node.
-pub(crate) type R<T> = std::result::Result<T, String>;
+pub(crate) use error::{ConvertError, R};
 
 /// Converts one node.
 pub(crate) type Converter = for<'a, 'g> fn(&Node<'a, 'g>) -> R<Vec<Tensor<'g>>>;
@@ -50,23 +56,39 @@ pub(crate) type Converter = for<'a, 'g> fn(&Node<'a, 'g>) -> R<Vec<Tensor<'g>>>;
 /// Control flow: `If`, `Loop` and `Scan` convert their subgraphs recursively, so
 /// the importer (`import.rs`) handles them itself.
 const CONTROL: &[(&str, Converter)] = &[
-    ("If", |_| Err("handled by the importer".into())),
-    ("Loop", |_| Err("handled by the importer".into())),
-    ("Scan", |_| Err("handled by the importer".into())),
+    ("If", |_| {
+        Err(ConvertError::Invalid("handled by the importer".into()))
+    }),
+    ("Loop", |_| {
+        Err(ConvertError::Invalid("handled by the importer".into()))
+    }),
+    ("Scan", |_| {
+        Err(ConvertError::Invalid("handled by the importer".into()))
+    }),
 ];
 
 /// Every family's converters.
-const FAMILIES: [&[(&str, Converter)]; 17] = [
+const FAMILIES: [&[(&str, Converter)]; 27] = [
     elementwise::OPS,
     quant::OPS,
-    recent::OPS,
+    linear_attention::OPS,
+    text::OPS,
     rnn::OPS,
-    misc::OPS,
+    sampling::OPS,
+    linalg::OPS,
+    rearrange::OPS,
+    spectral::OPS,
+    random::OPS,
+    value_shaped::OPS,
     resize::OPS,
     attention::OPS,
     loss::OPS,
-    nn::OPS,
+    conv::OPS,
+    pool::OPS,
+    matmul::OPS,
+    norm::OPS,
     shape::OPS,
+    pad::OPS,
     index::OPS,
     reduce::OPS,
     sequence::OPS,
@@ -129,49 +151,11 @@ pub(crate) fn table_len(what: &str, dims: &[usize]) -> R<usize> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n <= MAX_TABLE_VALUES)
         .ok_or_else(|| {
-            format!(
+            ConvertError::Invalid(format!(
                 "{what} of {dims:?} would hold more than {MAX_TABLE_VALUES} values \
                  (kiln's limit on a table computed while importing)"
-            )
+            ))
         })
-}
-
-fn err<T>(r: kiln_graph::Result<T>) -> R<T> {
-    r.map_err(reason)
-}
-
-/// A kiln error as a converter's reason: the importer says which ONNX node
-/// it is about, so a build error's location (that node too, see
-/// `SourceLoc::set_origin`) is left out.
-pub(crate) fn reason(e: kiln_graph::Error) -> String {
-    match e {
-        kiln_graph::Error::Type {
-            op,
-            reason,
-            operands,
-            ..
-        } if operands.is_empty() => format!("kiln's {op}: {reason}"),
-        kiln_graph::Error::Type {
-            op,
-            reason,
-            operands,
-            ..
-        } => format!("kiln's {op}: {reason} (operands: {operands})"),
-        kiln_graph::Error::Name { name, reason, .. } => format!("node name '{name}' {reason}"),
-        e => e.to_string(),
-    }
-}
-
-/// Shorthand for kiln results inside converters.
-pub(crate) trait Kiln<T> {
-    /// The kiln error as a converter's reason.
-    fn k(self) -> R<T>;
-}
-
-impl<T> Kiln<T> for kiln_graph::Result<T> {
-    fn k(self) -> R<T> {
-        err(self)
-    }
 }
 
 impl<'a, 'g> Node<'a, 'g> {
@@ -221,7 +205,7 @@ impl<'a, 'g> Node<'a, 'g> {
             .get(i)
             .and_then(|v| v.as_ref())
             .map(|v| v.t)
-            .ok_or_else(|| format!("input {i} is required"))
+            .ok_or_else(|| ConvertError::Invalid(format!("input {i} is required")))
     }
 
     /// Optional input `i`.
@@ -243,7 +227,7 @@ impl<'a, 'g> Node<'a, 'g> {
                 .value
                 .clone()
                 .map(Some)
-                .ok_or_else(|| format!("{NEEDS_VALUE}{}", self.proto.input[i])),
+                .ok_or_else(|| ConvertError::NeedsValue(self.proto.input[i].clone())),
         }
     }
 
@@ -272,7 +256,7 @@ impl<'a, 'g> Node<'a, 'g> {
                 }
                 v.t.sym_values()
                     .map(Some)
-                    .ok_or_else(|| format!("{NEEDS_VALUE}{}", self.proto.input[i]))
+                    .ok_or_else(|| ConvertError::NeedsValue(self.proto.input[i].clone()))
             }
         }
     }
@@ -284,7 +268,7 @@ impl<'a, 'g> Node<'a, 'g> {
             Some(a) => {
                 let v = a.to_f64_vec();
                 if v.len() != 1 {
-                    return Err(format!("input {i} must hold one value, has {}", v.len()));
+                    return Err(format!("input {i} must hold one value, has {}", v.len()).into());
                 }
                 Some(v[0])
             }
@@ -326,23 +310,25 @@ impl<'a, 'g> Node<'a, 'g> {
     pub fn tensor(&self, name: &str) -> R<Option<Array>> {
         match self.attr(name).and_then(|a| a.t.as_ref()) {
             None => Ok(None),
-            Some(t) => crate::tensor::to_array(t).map(Some),
+            Some(t) => Ok(Some(crate::tensor::to_array(t).map_err(|e| {
+                ConvertError::Invalid(format!("attribute '{name}': {e}"))
+            })?)),
         }
     }
 
     /// An error for an attribute value kiln does not support.
     pub fn unsupported<T>(&self, what: impl std::fmt::Display) -> R<T> {
-        Err(format!("unsupported: {what}"))
+        Err(ConvertError::Unsupported(what.to_string()))
     }
 
     /// A constant tensor.
     pub fn constant(&self, a: Array) -> R<Tensor<'g>> {
-        self.g.constant(a).k()
+        Ok(self.g.constant(a)?)
     }
 
     /// A scalar constant of `dtype`.
     pub fn scalar(&self, v: f64, dtype: DType) -> R<Tensor<'g>> {
-        self.g.scalar(v, dtype).k()
+        Ok(self.g.scalar(v, dtype)?)
     }
 }
 
@@ -354,14 +340,14 @@ pub(crate) fn ints_of(a: &Array) -> R<Vec<i64>> {
     if let Some(v) = a.as_slice::<i32>() {
         return Ok(v.iter().map(|&x| x as i64).collect());
     }
-    Err(format!("expected an integer tensor, got {}", a.dtype()))
+    Err(format!("expected an integer tensor, got {}", a.dtype()).into())
 }
 
 /// `axis` (possibly negative) of a rank-`rank` tensor.
 pub(crate) fn axis(axis: i64, rank: usize) -> R<usize> {
     let r = rank as i64;
     if axis < -r || axis >= r.max(1) {
-        return Err(format!("axis {axis} is out of range for rank {rank}"));
+        return Err(format!("axis {axis} is out of range for rank {rank}").into());
     }
     Ok(if axis < 0 { axis + r } else { axis } as usize)
 }
@@ -372,8 +358,9 @@ pub(crate) fn fixed_shape(t: Tensor<'_>) -> R<Vec<usize>> {
         .0
         .iter()
         .map(|d| {
-            d.fixed()
-                .ok_or_else(|| format!("needs fixed dims, got {}", t.shape()))
+            d.fixed().ok_or_else(|| {
+                ConvertError::Invalid(format!("needs fixed dims, got {}", t.shape()))
+            })
         })
         .collect()
 }
@@ -417,7 +404,8 @@ pub(crate) mod test_support {
             })
             .collect();
         let node = Node::new(&g, &proto, opset, ins);
-        let outs = find(key).ok_or_else(|| format!("no converter for {key}"))?(&node)?;
+        let outs = find(key).ok_or_else(|| format!("no converter for {key}"))?(&node)
+            .map_err(|e| e.to_string())?;
         let graph = g.graph();
         let ids: Vec<_> = outs.iter().map(|t| t.id()).collect();
         let run = kiln_graph::interp::run(

@@ -36,7 +36,7 @@
 
 use kiln_graph::{Array, DType, Dim, Shape, Tensor};
 
-use super::{fixed_shape, Converter, Kiln, Node, R};
+use super::{fixed_shape, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -46,7 +46,7 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("BitwiseXor", |n| bitwise(n, |a, b| a.xor(b))),
     ("BitwiseNot", |n| {
         let x = integer(n.input(0)?, "input")?;
-        x.not().k().map(one)
+        Ok(one(x.not()?))
     }),
     ("QuantizeLinear", quantize_linear),
     ("DequantizeLinear", dequantize_linear),
@@ -66,10 +66,7 @@ fn integer<'g>(t: Tensor<'g>, what: &str) -> R<Tensor<'g>> {
     if t.dtype().is_int() {
         Ok(t)
     } else {
-        Err(format!(
-            "{what} must be an integer tensor, got {}",
-            t.dtype()
-        ))
+        Err(format!("{what} must be an integer tensor, got {}", t.dtype()).into())
     }
 }
 
@@ -81,7 +78,7 @@ fn bitwise<'g>(
 ) -> R<Vec<Tensor<'g>>> {
     let a = integer(n.input(0)?, "input A")?;
     let b = integer(n.input(1)?, "input B")?;
-    f(a, b).k().map(one)
+    Ok(one(f(a, b)?))
 }
 
 /// `BitShift`: `direction` LEFT or RIGHT, unsigned integers.
@@ -92,17 +89,18 @@ fn bit_shift<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             "X and Y must be unsigned integers of one type, got {} and {}",
             x.dtype(),
             y.dtype()
-        ));
+        )
+        .into());
     }
     let direction = n.string("direction").unwrap_or_default();
     // 2^y wraps to 0 from the type's width on.
-    let pow2 = n.scalar(2.0, x.dtype())?.pow(y).k()?;
+    let pow2 = n.scalar(2.0, x.dtype())?.pow(y)?;
     let r = match direction.as_str() {
         "LEFT" => x.mul(pow2),
         "RIGHT" => x.div(pow2),
-        d => return Err(format!("direction must be LEFT or RIGHT, got '{d}'")),
+        d => return Err(format!("direction must be LEFT or RIGHT, got '{d}'").into()),
     };
-    r.k().map(one)
+    Ok(one(r?))
 }
 
 // ---- types ----
@@ -137,7 +135,7 @@ fn float_attr(n: &Node<'_, '_>, name: &str) -> R<Option<DType>> {
         t => {
             let d = crate::tensor::dtype_of(t as i32).map_err(|e| format!("{name}: {e}"))?;
             if !d.is_float() {
-                return Err(format!("{name} must be a float type, got {d}"));
+                return Err(format!("{name} must be a float type, got {d}").into());
             }
             Ok(Some(d))
         }
@@ -178,12 +176,12 @@ fn promote(a: DType, b: DType) -> DType {
 /// tensor of `x`'s rank whose dim `axis` has `ceil(d / block)` values,
 /// each repeated `block` times (the last block cut to `d`).
 fn spread<'g>(p: Tensor<'g>, x: Tensor<'g>, axis: i64, block: i64, what: &str) -> R<Tensor<'g>> {
-    let ps = fixed_shape(p).map_err(|e| format!("{what}: {e}"))?;
+    let ps = fixed_shape(p).map_err(|e| e.context(what))?;
     if ps.iter().product::<usize>() == 1 {
-        return p.reshape(Shape::fixed(&[])).k();
+        return Ok(p.reshape(Shape::fixed(&[]))?);
     }
     let rank = x.rank();
-    let ax = super::axis(axis, rank).map_err(|e| format!("{what}: {e}"))?;
+    let ax = super::axis(axis, rank).map_err(|e| e.context(what))?;
     let xs = x.shape().0;
     let fits = |i: usize, len: usize| xs[i].fixed().is_none_or(|d| d == len);
     if block == 0 {
@@ -192,11 +190,12 @@ fn spread<'g>(p: Tensor<'g>, x: Tensor<'g>, axis: i64, block: i64, what: &str) -
                 "{what} {} must be one value or one per element of axis {ax} of {}",
                 p.shape(),
                 x.shape()
-            ));
+            )
+            .into());
         }
         let mut dims = vec![Dim::Fixed(1); rank];
         dims[ax] = Dim::Fixed(ps[0]);
-        return p.reshape(Shape(dims)).k();
+        return Ok(p.reshape(Shape(dims))?);
     }
     let block = usize::try_from(block).map_err(|_| format!("block_size {block} is negative"))?;
     let d = xs[ax].fixed().ok_or_else(|| {
@@ -213,21 +212,22 @@ fn spread<'g>(p: Tensor<'g>, x: Tensor<'g>, axis: i64, block: i64, what: &str) -
             "{what} {} does not block {} by {block} along axis {ax}",
             p.shape(),
             x.shape()
-        ));
+        )
+        .into());
     }
     let idx: Vec<i64> = (0..d).map(|i| (i / block) as i64).collect();
     let idx = Array::from_vec(vec![d], idx).ok_or("block index shape")?;
-    let idx = x.builder().constant(idx).k()?;
-    p.gather(idx, ax as i64).k()
+    let idx = x.builder().constant(idx)?;
+    Ok(p.gather(idx, ax as i64)?)
 }
 
 /// One value as a scalar; a 1-D tensor of several as a column (`[len,
 /// 1]`: per row of a matrix); anything else as it is.
 fn per_row<'g>(p: Tensor<'g>, what: &str) -> R<Tensor<'g>> {
-    let ps = fixed_shape(p).map_err(|e| format!("{what}: {e}"))?;
+    let ps = fixed_shape(p).map_err(|e| e.context(what))?;
     match ps.as_slice() {
-        s if s.iter().product::<usize>() == 1 => p.reshape(Shape::fixed(&[])).k(),
-        [len] => p.reshape(Shape::fixed(&[*len, 1])).k(),
+        s if s.iter().product::<usize>() == 1 => Ok(p.reshape(Shape::fixed(&[]))?),
+        [len] => Ok(p.reshape(Shape::fixed(&[*len, 1]))?),
         _ => Ok(p),
     }
 }
@@ -235,9 +235,9 @@ fn per_row<'g>(p: Tensor<'g>, what: &str) -> R<Tensor<'g>> {
 /// One value as a scalar; anything else as it is (a 1-D tensor lines up
 /// with a matrix's columns).
 fn per_column<'g>(p: Tensor<'g>, what: &str) -> R<Tensor<'g>> {
-    let ps = fixed_shape(p).map_err(|e| format!("{what}: {e}"))?;
+    let ps = fixed_shape(p).map_err(|e| e.context(what))?;
     if ps.iter().product::<usize>() == 1 {
-        return p.reshape(Shape::fixed(&[])).k();
+        return Ok(p.reshape(Shape::fixed(&[]))?);
     }
     Ok(p)
 }
@@ -245,28 +245,25 @@ fn per_column<'g>(p: Tensor<'g>, what: &str) -> R<Tensor<'g>> {
 /// One value as a scalar; a 1-D tensor of several along dim `dim` of a
 /// rank-`rank` tensor (per channel).
 fn per_channel<'g>(p: Tensor<'g>, rank: usize, dim: usize, what: &str) -> R<Tensor<'g>> {
-    let ps = fixed_shape(p).map_err(|e| format!("{what}: {e}"))?;
+    let ps = fixed_shape(p).map_err(|e| e.context(what))?;
     match ps.as_slice() {
-        s if s.iter().product::<usize>() == 1 => p.reshape(Shape::fixed(&[])).k(),
+        s if s.iter().product::<usize>() == 1 => Ok(p.reshape(Shape::fixed(&[]))?),
         [len] => {
             let mut dims = vec![1; rank];
             dims[dim] = *len;
-            p.reshape(Shape::fixed(&dims)).k()
+            Ok(p.reshape(Shape::fixed(&dims))?)
         }
-        _ => Err(format!(
-            "{what} {} must be one value or one per channel",
-            p.shape()
-        )),
+        _ => Err(format!("{what} {} must be one value or one per channel", p.shape()).into()),
     }
 }
 
 /// One value, as a scalar; else an error naming `what`.
 fn single<'g>(p: Tensor<'g>, what: &str) -> R<Tensor<'g>> {
-    let ps = fixed_shape(p).map_err(|e| format!("{what}: {e}"))?;
+    let ps = fixed_shape(p).map_err(|e| e.context(what))?;
     if ps.iter().product::<usize>() != 1 {
-        return Err(format!("{what} must be one value, got {}", p.shape()));
+        return Err(format!("{what} must be one value, got {}", p.shape()).into());
     }
-    p.reshape(Shape::fixed(&[])).k()
+    Ok(p.reshape(Shape::fixed(&[]))?)
 }
 
 /// Rounds `v` (float) half to even, saturates it to `to`'s range and
@@ -278,14 +275,7 @@ fn saturate<'g>(v: Tensor<'g>, to: DType) -> R<Tensor<'g>> {
 
 /// [`saturate`] to `lo..=hi` (a sub-byte type's range, held in `to`).
 fn saturate_in<'g>(v: Tensor<'g>, to: DType, (lo, hi): (f64, f64)) -> R<Tensor<'g>> {
-    v.round()
-        .k()?
-        .maximum(lo)
-        .k()?
-        .minimum(hi)
-        .k()?
-        .cast(to)
-        .k()
+    Ok(v.round()?.maximum(lo)?.minimum(hi)?.cast(to)?)
 }
 
 // ---- QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear ----
@@ -304,19 +294,14 @@ fn quantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         // To an 8- or 4-bit float: `x / y_scale + y_zero_point` rounded to
         // its grid (no integer rounding first), saturating unless told not.
         if !scale.dtype().is_float() {
-            return Err(format!(
-                "y_scale must be a float tensor, got {}",
-                scale.dtype()
-            ));
+            return Err(format!("y_scale must be a float tensor, got {}", scale.dtype()).into());
         }
         let compute = promote(x.dtype(), scale.dtype());
-        let s = spread(scale, x, axis, block, "y_scale")?
-            .cast(compute)
-            .k()?;
-        let mut v = x.cast(compute).k()?.div(s).k()?.cast(DType::F32).k()?;
+        let s = spread(scale, x, axis, block, "y_scale")?.cast(compute)?;
+        let mut v = x.cast(compute)?.div(s)?.cast(DType::F32)?;
         if let Some(z) = zp {
             let z = spread(z, x, axis, block, "y_zero_point")?;
-            v = v.add(z.cast(DType::F32).k()?).k()?;
+            v = v.add(z.cast(DType::F32)?)?;
         }
         let saturate = n.int("saturate", 1) != 0;
         return super::minifloat::round_to(v, f, saturate).map(one);
@@ -329,7 +314,8 @@ fn quantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
                 return Err(format!(
                     "output_dtype {d} differs from the zero point's type {}",
                     z.dtype()
-                ));
+                )
+                .into());
             }
             d
         }
@@ -342,24 +328,19 @@ fn quantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         ));
     }
     if !scale.dtype().is_float() {
-        return Err(format!(
-            "y_scale must be a float tensor, got {}",
-            scale.dtype()
-        ));
+        return Err(format!("y_scale must be a float tensor, got {}", scale.dtype()).into());
     }
     let compute = match float_attr(n, "precision")? {
         Some(p) => p,
         None => promote(x.dtype(), scale.dtype()),
     };
-    let s = spread(scale, x, axis, block, "y_scale")?
-        .cast(compute)
-        .k()?;
-    let q = x.cast(compute).k()?.div(s).k()?.round().k()?;
+    let s = spread(scale, x, axis, block, "y_scale")?.cast(compute)?;
+    let q = x.cast(compute)?.div(s)?.round()?;
     // The zero point added in f64: exact, whatever the compute type.
-    let mut v = q.cast(DType::F64).k()?;
+    let mut v = q.cast(DType::F64)?;
     if let Some(z) = zp {
         let z = spread(z, x, axis, block, "y_zero_point")?;
-        v = v.add(z.cast(DType::F64).k()?).k()?;
+        v = v.add(z.cast(DType::F64)?)?;
     }
     // INT4, UINT4, INT2 and UINT2 are held in i8 / u8 with their own range.
     let sub = n
@@ -390,31 +371,24 @@ fn dequantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         ));
     }
     if !scale.dtype().is_float() {
-        return Err(format!(
-            "x_scale must be a float tensor, got {}",
-            scale.dtype()
-        ));
+        return Err(format!("x_scale must be a float tensor, got {}", scale.dtype()).into());
     }
     let axis = n.int("axis", 1);
     let block = n.int("block_size", 0);
-    let mut dx = x.cast(DType::F32).k()?;
+    let mut dx = x.cast(DType::F32)?;
     if let Some(z) = n.opt(2) {
         if z.dtype() != x.dtype() {
-            return Err(format!(
-                "x_zero_point is {} but x is {}",
-                z.dtype(),
-                x.dtype()
-            ));
+            return Err(format!("x_zero_point is {} but x is {}", z.dtype(), x.dtype()).into());
         }
         let t = promote(DType::F32, z.dtype());
-        let z = spread(z, x, axis, block, "x_zero_point")?.cast(t).k()?;
-        dx = dx.cast(t).k()?.sub(z).k()?;
+        let z = spread(z, x, axis, block, "x_zero_point")?.cast(t)?;
+        dx = dx.cast(t)?.sub(z)?;
     }
     let t = promote(dx.dtype(), scale.dtype());
-    let s = spread(scale, x, axis, block, "x_scale")?.cast(t).k()?;
-    let y = dx.cast(t).k()?.mul(s).k()?;
+    let s = spread(scale, x, axis, block, "x_scale")?.cast(t)?;
+    let y = dx.cast(t)?.mul(s)?;
     let out = float_attr(n, "output_dtype")?.unwrap_or(scale.dtype());
-    y.cast(out).k().map(one)
+    Ok(one(y.cast(out)?))
 }
 
 /// `DynamicQuantizeLinear`: `y_scale = (max(x, 0) - min(x, 0)) / 255` (1
@@ -423,31 +397,27 @@ fn dequantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 fn dynamic_quantize_linear<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     if !x.dtype().is_float() {
-        return Err(format!("x must be a float tensor, got {}", x.dtype()));
+        return Err(format!("x must be a float tensor, got {}", x.dtype()).into());
     }
-    let xf = x.cast(DType::F32).k()?;
+    let xf = x.cast(DType::F32)?;
     let axes: Vec<i64> = (0..x.rank() as i64).collect();
     let (hi, lo) = if axes.is_empty() {
         (xf, xf)
     } else {
-        (xf.max(&axes, false).k()?, xf.min(&axes, false).k()?)
+        (xf.max(&axes, false)?, xf.min(&axes, false)?)
     };
-    let (hi, lo) = (hi.maximum(0.0).k()?, lo.minimum(0.0).k()?);
+    let (hi, lo) = (hi.maximum(0.0)?, lo.minimum(0.0)?);
     let unit = n.scalar(1.0, DType::F32)?;
-    let range = n.g.select(hi.eq(lo).k()?, unit, hi.sub(lo).k()?).k()?;
-    let scale = range.div(255.0).k()?;
+    let range = n.g.select(hi.eq(lo)?, unit, hi.sub(lo)?)?;
+    let scale = range.div(255.0)?;
     let zero = n.scalar(0.0, DType::F32)?;
     let zp = zero
-        .sub(lo.div(scale).k()?)
-        .k()?
-        .maximum(0.0)
-        .k()?
-        .minimum(255.0)
-        .k()?
-        .round()
-        .k()?;
-    let y = saturate(xf.div(scale).k()?.round().k()?.add(zp).k()?, DType::U8)?;
-    Ok(vec![y, scale.cast(x.dtype()).k()?, zp.cast(DType::U8).k()?])
+        .sub(lo.div(scale)?)?
+        .maximum(0.0)?
+        .minimum(255.0)?
+        .round()?;
+    let y = saturate(xf.div(scale)?.round()?.add(zp)?, DType::U8)?;
+    Ok(vec![y, scale.cast(x.dtype())?, zp.cast(DType::U8)?])
 }
 
 // ---- integer products ----
@@ -460,17 +430,18 @@ fn less_zero_point<'g>(
     shape: impl Fn(Tensor<'g>) -> R<Tensor<'g>>,
 ) -> R<Tensor<'g>> {
     if !matches!(x.dtype(), DType::U8 | DType::I8) {
-        return Err(format!("{what} must be uint8 or int8, got {}", x.dtype()));
+        return Err(format!("{what} must be uint8 or int8, got {}", x.dtype()).into());
     }
-    let xi = x.cast(DType::I32).k()?;
+    let xi = x.cast(DType::I32)?;
     let Some(z) = zp else { return Ok(xi) };
     if !matches!(z.dtype(), DType::U8 | DType::I8) {
         return Err(format!(
             "{what}'s zero point must be uint8 or int8, got {}",
             z.dtype()
-        ));
+        )
+        .into());
     }
-    xi.sub(shape(z)?.cast(DType::I32).k()?).k()
+    Ok(xi.sub(shape(z)?.cast(DType::I32)?)?)
 }
 
 /// The i32 product `(A - a_zero_point) (B - b_zero_point)` of inputs
@@ -482,7 +453,7 @@ fn integer_matmul<'g>(n: &Node<'_, 'g>, a: usize, za: usize, b: usize, zb: usize
     let b = less_zero_point(n.input(b)?, n.opt(zb), "B", |z| {
         per_column(z, "B's zero point")
     })?;
-    a.matmul(b).k()
+    Ok(a.matmul(b)?)
 }
 
 /// `MatMulInteger`: `(A - a_zero_point) (B - b_zero_point)` in i32.
@@ -497,16 +468,16 @@ fn matmul_integer<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 fn integer_conv<'g>(n: &Node<'_, 'g>, x: usize, zx: usize, w: usize, zw: usize) -> R<Tensor<'g>> {
     let (xt, wt) = (n.input(x)?, n.input(w)?);
     if xt.rank() < 3 {
-        return Err(format!("X must be [N, C, spatial...], got {}", xt.shape()));
+        return Err(format!("X must be [N, C, spatial...], got {}", xt.shape()).into());
     }
     let xi = less_zero_point(xt, n.opt(zx), "X", |z| single(z, "X's zero point"))?;
     let rank = wt.rank();
     let wi = less_zero_point(wt, n.opt(zw), "W", |z| {
         per_channel(z, rank, 0, "W's zero point")
     })?;
-    let xf = xi.cast(DType::F64).k()?;
-    let wf = wi.cast(DType::F64).k()?;
-    super::nn::conv_of(n, xf, wf)?.cast(DType::I32).k()
+    let xf = xi.cast(DType::F64)?;
+    let wf = wi.cast(DType::F64)?;
+    Ok(super::conv::conv_of(n, xf, wf)?.cast(DType::I32)?)
 }
 
 /// `ConvInteger`: `(X - x_zero_point) * (W - w_zero_point)` in i32.
@@ -525,29 +496,23 @@ fn requantize<'g>(
 ) -> R<Tensor<'g>> {
     for s in [sa, sb, sy] {
         if !s.dtype().is_float() {
-            return Err(format!("scales must be float tensors, got {}", s.dtype()));
+            return Err(format!("scales must be float tensors, got {}", s.dtype()).into());
         }
     }
     let t = promote(promote(sa.dtype(), sb.dtype()), sy.dtype());
-    let m = sa
-        .cast(t)
-        .k()?
-        .mul(sb.cast(t).k()?)
-        .k()?
-        .div(sy.cast(t).k()?)
-        .k()?;
-    let mut v = acc.cast(DType::F64).k()?.mul(m.cast(DType::F64).k()?).k()?;
+    let m = sa.cast(t)?.mul(sb.cast(t)?)?.div(sy.cast(t)?)?;
+    let mut v = acc.cast(DType::F64)?.mul(m.cast(DType::F64)?)?;
     let to = match zy {
         Some(z) => {
-            v = v.add(z.cast(DType::F64).k()?).k()?;
+            v = v.add(z.cast(DType::F64)?)?;
             z.dtype()
         }
         None => fallback,
     };
     if quant_range(to).is_none() {
-        return Err(format!(
-            "the output type must be uint8, int8, uint16 or int16, got {to}"
-        ));
+        return Err(
+            format!("the output type must be uint8, int8, uint16 or int16, got {to}").into(),
+        );
     }
     saturate(v, to)
 }
@@ -575,9 +540,9 @@ fn qlinear_conv<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let rank = acc.rank();
     if let Some(b) = n.opt(8) {
         if b.dtype() != DType::I32 {
-            return Err(format!("the bias B must be int32, got {}", b.dtype()));
+            return Err(format!("the bias B must be int32, got {}", b.dtype()).into());
         }
-        acc = acc.add(per_channel(b, rank, 1, "B")?).k()?;
+        acc = acc.add(per_channel(b, rank, 1, "B")?)?;
     }
     let sx = single(n.input(1)?, "x_scale")?;
     let sw = per_channel(n.input(4)?, rank, 1, "w_scale")?;

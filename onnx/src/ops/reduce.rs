@@ -25,7 +25,7 @@
 
 use kiln_graph::{DType, Dim, Shape, Tensor};
 
-use super::{axis, Converter, Kiln, Node, R};
+use super::{axis, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -122,13 +122,13 @@ fn reduce<'g>(n: &Node<'_, 'g>, kind: Kind) -> R<Vec<Tensor<'g>>> {
         if !matches!(kind, Kind::Max | Kind::Min) {
             return n.unsupported(format!("{} of bools", n.op()));
         }
-        let r = reduce_num(n, kind, x.cast(DType::I32).k()?, axes, keep)?;
-        return Ok(vec![r.cast(DType::Bool).k()?]);
+        let r = reduce_num(n, kind, x.cast(DType::I32)?, axes, keep)?;
+        return Ok(vec![r.cast(DType::Bool)?]);
     }
     let float_only = matches!(kind, Kind::L2 | Kind::LogSum | Kind::LogSumExp);
     if float_only && !dt.is_float() {
-        let r = reduce_num(n, kind, x.cast(DType::F64).k()?, axes, keep)?;
-        return Ok(vec![r.cast(dt).k()?]);
+        let r = reduce_num(n, kind, x.cast(DType::F64)?, axes, keep)?;
+        return Ok(vec![r.cast(dt)?]);
     }
     Ok(vec![reduce_num(n, kind, x, axes, keep)?])
 }
@@ -145,45 +145,45 @@ fn reduce_num<'g>(
     let Some(ax) = axes else {
         return match kind {
             Kind::Sum | Kind::Mean | Kind::Max | Kind::Min | Kind::Prod | Kind::LogSumExp => Ok(x),
-            Kind::L1 => x.abs().k(),
-            Kind::L2 => x.mul(x).k()?.sqrt().k(),
-            Kind::LogSum => x.log().k(),
-            Kind::SumSquare => x.mul(x).k(),
+            Kind::L1 => Ok(x.abs()?),
+            Kind::L2 => Ok(x.mul(x)?.sqrt()?),
+            Kind::LogSum => Ok(x.log()?),
+            Kind::SumSquare => Ok(x.mul(x)?),
         };
     };
     let ax = ax.as_slice();
     match kind {
-        Kind::Sum => x.sum(ax, keep).k(),
-        Kind::Mean if x.dtype().is_float() => x.mean(ax, keep).k(),
+        Kind::Sum => Ok(x.sum(ax, keep)?),
+        Kind::Mean if x.dtype().is_float() => Ok(x.mean(ax, keep)?),
         Kind::Mean => {
             let count = ax
                 .iter()
                 .map(|&a| x.shape().0[a as usize].fixed())
                 .product::<Option<usize>>()
                 .ok_or("integer ReduceMean over a symbolic dim")?;
-            x.sum(ax, keep).k()?.div(count.max(1) as i64).k()
+            Ok(x.sum(ax, keep)?.div(count.max(1) as i64)?)
         }
-        Kind::Max => x.max(ax, keep).k(),
-        Kind::Min => x.min(ax, keep).k(),
-        Kind::Prod => x.prod(ax, keep).k(),
-        Kind::L1 => x.abs().k()?.sum(ax, keep).k(),
-        Kind::L2 => x.mul(x).k()?.sum(ax, keep).k()?.sqrt().k(),
-        Kind::SumSquare => x.mul(x).k()?.sum(ax, keep).k(),
-        Kind::LogSum => x.sum(ax, keep).k()?.log().k(),
+        Kind::Max => Ok(x.max(ax, keep)?),
+        Kind::Min => Ok(x.min(ax, keep)?),
+        Kind::Prod => Ok(x.prod(ax, keep)?),
+        Kind::L1 => Ok(x.abs()?.sum(ax, keep)?),
+        Kind::L2 => Ok(x.mul(x)?.sum(ax, keep)?.sqrt()?),
+        Kind::SumSquare => Ok(x.mul(x)?.sum(ax, keep)?),
+        Kind::LogSum => Ok(x.sum(ax, keep)?.log()?),
         Kind::LogSumExp => {
             // max + log(sum(exp(x - max))), with an infinite max (all -inf,
             // or an empty reduction) shifted by 0 instead.
-            let m = x.max(ax, true).k()?;
-            let finite = m.abs().k()?.lt(f64::INFINITY).k()?;
+            let m = x.max(ax, true)?;
+            let finite = m.abs()?.lt(f64::INFINITY)?;
             let zero = n.scalar(0.0, x.dtype())?;
-            let m = n.g.select(finite, m, zero).k()?;
-            let s = x.sub(m).k()?.exp().k()?.sum(ax, keep).k()?.log().k()?;
+            let m = n.g.select(finite, m, zero)?;
+            let s = x.sub(m)?.exp()?.sum(ax, keep)?.log()?;
             let m = if keep {
                 m
             } else {
-                m.reshape(reduced_shape(x, ax, false)).k()?
+                m.reshape(reduced_shape(x, ax, false))?
             };
-            s.add(m).k()
+            Ok(s.add(m)?)
         }
     }
 }
@@ -192,7 +192,7 @@ fn reduce_num<'g>(
 fn fixed_dim(n: &Node<'_, '_>, x: Tensor<'_>, a: usize) -> R<usize> {
     x.shape().0[a]
         .fixed()
-        .ok_or_else(|| format!("{} needs a fixed dim {a}, got {}", n.op(), x.shape()))
+        .ok_or_else(|| format!("{} needs a fixed dim {a}, got {}", n.op(), x.shape()).into())
 }
 
 /// `ArgMax`/`ArgMin`; `select_last_index` takes the first index of the
@@ -200,7 +200,7 @@ fn fixed_dim(n: &Node<'_, '_>, x: Tensor<'_>, a: usize) -> R<usize> {
 fn arg<'g>(n: &Node<'_, 'g>, max: bool) -> R<Vec<Tensor<'g>>> {
     let mut x = n.input(0)?;
     if x.dtype() == DType::Bool {
-        x = x.cast(DType::I32).k()?;
+        x = x.cast(DType::I32)?;
     }
     let a = axis(n.int("axis", 0), x.rank())?;
     let keep = n.int("keepdims", 1) != 0;
@@ -213,12 +213,12 @@ fn arg<'g>(n: &Node<'_, 'g>, max: bool) -> R<Vec<Tensor<'g>>> {
         }
     };
     if !last {
-        return f(x).k().map(|t| vec![t]);
+        return Ok(f(x)?).map(|t| vec![t]);
     }
     let len = fixed_dim(n, x, a)?;
-    let rev = x.slice_axis(a as i64, -1, i64::MIN, -1).k()?;
-    let i = f(rev).k()?;
-    Ok(vec![i.neg().k()?.add(len as i64 - 1).k()?])
+    let rev = x.slice_axis(a as i64, -1, i64::MIN, -1)?;
+    let i = f(rev)?;
+    Ok(vec![i.neg()?.add(len as i64 - 1)?])
 }
 
 /// `TopK`: the `k` largest (or smallest) elements along `axis` and their
@@ -239,7 +239,7 @@ fn top_k<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let largest = n.int("largest", 1) != 0;
     let len = fixed_dim(n, x, a)?;
     if k < 0 || k as usize > len {
-        return Err(format!("k = {k} is out of range for a dim of {len}"));
+        return Err(format!("k = {k} is out of range for a dim of {len}").into());
     }
     let k = k as usize;
     if x.dtype() == DType::Bool {
@@ -265,7 +265,7 @@ fn top_k_iterative<'g>(
     let len = fixed_dim(n, x, a)?;
     let mut ps = vec![1usize; x.rank()];
     ps[a] = len;
-    let pos = n.g.iota(DType::I64, ps.as_slice(), a).k()?;
+    let pos = n.g.iota(DType::I64, ps.as_slice(), a)?;
     // The worst value: taken elements become it.
     let worst = match (largest, dt) {
         (true, DType::I32) => i32::MIN as f64,
@@ -276,19 +276,19 @@ fn top_k_iterative<'g>(
         (false, _) => f64::INFINITY,
     };
     let worst = n.scalar(worst, dt)?;
-    let mut taken = pos.lt(0i64).k()?;
+    let mut taken = pos.lt(0i64)?;
     let (mut vals, mut idxs) = (Vec::with_capacity(k), Vec::with_capacity(k));
     for _ in 0..k {
-        let cand = n.g.select(taken, worst, x).k()?;
+        let cand = n.g.select(taken, worst, x)?;
         let m = if largest {
-            cand.max(&[a as i64], true).k()?
+            cand.max(&[a as i64], true)?
         } else {
-            cand.min(&[a as i64], true).k()?
+            cand.min(&[a as i64], true)?
         };
         // The first untaken element equal to the extreme.
-        let hit = x.eq(m).k()?.and(taken.not().k()?).k()?;
-        let i = hit.cast(DType::I32).k()?.argmax(a as i64, true).k()?;
-        taken = taken.or(pos.eq(i).k()?).k()?;
+        let hit = x.eq(m)?.and(taken.not()?)?;
+        let i = hit.cast(DType::I32)?.argmax(a as i64, true)?;
+        taken = taken.or(pos.eq(i)?)?;
         vals.push(m);
         idxs.push(i);
     }
@@ -296,15 +296,15 @@ fn top_k_iterative<'g>(
         if ts.is_empty() {
             let mut s = x.shape();
             s.0[a] = Dim::Fixed(0);
-            return x.slice_axis(a as i64, 0, 0, 1).k()?.reshape(s).k();
+            return Ok(x.slice_axis(a as i64, 0, 0, 1)?.reshape(s)?);
         }
-        n.g.concat(ts, a as i64).k()
+        Ok(n.g.concat(ts, a as i64)?)
     };
     let values = cat(&vals)?;
     let indices = if k == 0 {
-        cat(&[])?.cast(DType::I64).k()?
+        cat(&[])?.cast(DType::I64)?
     } else {
-        n.g.concat(&idxs, a as i64).k()?
+        n.g.concat(&idxs, a as i64)?
     };
     Ok((values, indices))
 }
@@ -323,37 +323,31 @@ fn top_k_rank<'g>(
     // Move the axis last: [.., len].
     let mut perm: Vec<usize> = (0..r).filter(|&d| d != a).collect();
     perm.push(a);
-    let xp = x.permute(&perm).k()?;
-    let xi = xp.unsqueeze(-1).k()?; // [.., i, 1]
-    let xj = xp.unsqueeze(-2).k()?; // [.., 1, j]
-    let better = if largest { xj.gt(xi) } else { xj.lt(xi) }.k()?;
-    let i_pos = n.g.iota(DType::I64, [len, 1], 0).k()?;
-    let j_pos = n.g.iota(DType::I64, [1, len], 1).k()?;
-    let tie = xj.eq(xi).k()?.and(j_pos.lt(i_pos).k()?).k()?;
-    let ahead = better.or(tie).k()?.cast(DType::I64).k()?;
-    let rank = ahead.sum(&[-1], false).k()?; // [.., i]
-                                             // sel[.., r, i]: element i has rank r.
-    let out_pos = n.g.iota(DType::I64, [k, 1], 0).k()?;
-    let sel = rank.unsqueeze(-2).k()?.eq(out_pos).k()?;
-    let idx_row = n.g.iota(DType::I64, [1, len], 1).k()?;
+    let xp = x.permute(&perm)?;
+    let xi = xp.unsqueeze(-1)?; // [.., i, 1]
+    let xj = xp.unsqueeze(-2)?; // [.., 1, j]
+    let better = if largest { xj.gt(xi) } else { xj.lt(xi) }?;
+    let i_pos = n.g.iota(DType::I64, [len, 1], 0)?;
+    let j_pos = n.g.iota(DType::I64, [1, len], 1)?;
+    let tie = xj.eq(xi)?.and(j_pos.lt(i_pos)?)?;
+    let ahead = better.or(tie)?.cast(DType::I64)?;
+    let rank = ahead.sum(&[-1], false)?; // [.., i]
+                                         // sel[.., r, i]: element i has rank r.
+    let out_pos = n.g.iota(DType::I64, [k, 1], 0)?;
+    let sel = rank.unsqueeze(-2)?.eq(out_pos)?;
+    let idx_row = n.g.iota(DType::I64, [1, len], 1)?;
     let zero_i = n.scalar(0.0, DType::I64)?;
-    let indices =
-        n.g.select(sel, idx_row, zero_i)
-            .k()?
-            .sum(&[-1], false)
-            .k()?;
+    let indices = n.g.select(sel, idx_row, zero_i)?.sum(&[-1], false)?;
     let zero = n.scalar(0.0, x.dtype())?;
     let values =
-        n.g.select(sel, xp.unsqueeze(-2).k()?, zero)
-            .k()?
-            .sum(&[-1], false)
-            .k()?;
+        n.g.select(sel, xp.unsqueeze(-2)?, zero)?
+            .sum(&[-1], false)?;
     // Move the axis back.
     let mut inv = vec![0usize; r];
     for (i, &p) in perm.iter().enumerate() {
         inv[p] = i;
     }
-    Ok((values.permute(&inv).k()?, indices.permute(&inv).k()?))
+    Ok((values.permute(&inv)?, indices.permute(&inv)?))
 }
 
 /// `CumSum` and `CumProd` by doubling shifts (Hillis-Steele): after adding the sums
@@ -372,13 +366,13 @@ fn cumulative<'g>(n: &Node<'_, 'g>, prod: bool) -> R<Vec<Tensor<'g>>> {
             if at.shape().num_elements() != Some(1) {
                 return Err("axis must hold one value".into());
             }
-            let at = at.reshape([0usize; 0]).k()?.cast(DType::I64).k()?;
-            let wrapped = at.add(r as i64).k()?;
-            let at = n.g.select(at.lt(0i64).k()?, wrapped, at).k()?;
+            let at = at.reshape([0usize; 0])?.cast(DType::I64)?;
+            let wrapped = at.add(r as i64)?;
+            let at = n.g.select(at.lt(0i64)?, wrapped, at)?;
             let mut y = cum_along(n, x, 0, prod)?;
             for d in 1..r {
                 let yd = cum_along(n, x, d, prod)?;
-                y = n.g.select(at.eq(d as i64).k()?, yd, y).k()?;
+                y = n.g.select(at.eq(d as i64)?, yd, y)?;
             }
             return Ok(vec![y]);
         }
@@ -405,27 +399,26 @@ fn cum_sum_symbolic<'g>(
     let r = x.rank();
     let len = x.shape().0[a].clone();
     let square = Shape(vec![len.clone(), len]);
-    let i = n.g.iota(DType::I64, square.clone(), 0).k()?;
-    let j = n.g.iota(DType::I64, square, 1).k()?;
+    let i = n.g.iota(DType::I64, square.clone(), 0)?;
+    let j = n.g.iota(DType::I64, square, 1)?;
     let keep = match (reverse, exclusive) {
         (false, false) => i.le(j),
         (false, true) => i.lt(j),
         (true, false) => i.ge(j),
         (true, true) => i.gt(j),
-    }
-    .k()?;
-    let tri = keep.cast(x.dtype()).k()?;
+    }?;
+    let tri = keep.cast(x.dtype())?;
     // The axis last, as a row vector of a matmul.
     let mut perm: Vec<usize> = (0..r).filter(|&d| d != a).collect();
     perm.push(a);
-    let moved = x.permute(&perm).k()?;
-    let row = moved.unsqueeze(r as i64 - 1).k()?;
-    let summed = row.matmul(tri).k()?.squeeze(r as i64 - 1).k()?;
+    let moved = x.permute(&perm)?;
+    let row = moved.unsqueeze(r as i64 - 1)?;
+    let summed = row.matmul(tri)?.squeeze(r as i64 - 1)?;
     let mut back = vec![0; r];
     for (k, &d) in perm.iter().enumerate() {
         back[d] = k;
     }
-    summed.permute(&back).k()
+    Ok(summed.permute(&back)?)
 }
 
 /// `CumSum` (or, with `prod`, `CumProd`) of `x` along axis `a`.
@@ -443,20 +436,20 @@ fn cum_along<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, a: usize, prod: bool) -> R<Ten
         let (mut before, mut after) = (vec![0usize; r], vec![0usize; r]);
         let kept = if reverse {
             after[a] = s;
-            t.slice_axis(a as i64, s as i64, len as i64, 1).k()?
+            t.slice_axis(a as i64, s as i64, len as i64, 1)?
         } else {
             before[a] = s;
-            t.slice_axis(a as i64, 0, (len - s) as i64, 1).k()?
+            t.slice_axis(a as i64, 0, (len - s) as i64, 1)?
         };
-        kept.pad(&before, &after, fill).k()
+        Ok(kept.pad(&before, &after, fill)?)
     };
     let mut y = x;
     let mut s = 1;
     while s < len {
         y = if prod {
-            y.mul(shift(y, s)?).k()?
+            y.mul(shift(y, s)?)?
         } else {
-            y.add(shift(y, s)?).k()?
+            y.add(shift(y, s)?)?
         };
         s *= 2;
     }

@@ -27,7 +27,7 @@
 
 use kiln_graph::{Array, Tensor};
 
-use super::{Converter, Kiln, Node, R};
+use super::{Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[("Resize", resize), ("Upsample", upsample)];
@@ -112,7 +112,7 @@ fn coordinate_f32(
             let offset = len / 2.0 * (1.0 - adjustment);
             (offset as f64 + (yf as f64 + 0.5) / sc as f64 - 0.5) as f32
         }
-        other => return Err(format!("unknown coordinate_transformation_mode '{other}'")),
+        other => return Err(format!("unknown coordinate_transformation_mode '{other}'").into()),
     };
     Ok((x as f64, false))
 }
@@ -135,7 +135,7 @@ fn interpolation_taps(s: &Spec, x: f64, input: usize) -> R<(Vec<usize>, Vec<f64>
             "round_prefer_floor" | "round_prefer_ceil" => x.round(),
             "floor" => x.floor(),
             "ceil" => x.ceil(),
-            other => return Err(format!("unknown nearest_mode '{other}'")),
+            other => return Err(format!("unknown nearest_mode '{other}'").into()),
         };
         return Ok((vec![i.clamp(0.0, last) as usize], vec![1.0]));
     }
@@ -176,7 +176,7 @@ fn interpolation_taps(s: &Spec, x: f64, input: usize) -> R<(Vec<usize>, Vec<f64>
 /// [`Row`]).
 fn taps(s: &Spec, input: usize, output: usize, scale: f64, roi: Option<(f64, f64)>) -> R<Vec<Row>> {
     if !matches!(s.mode.as_str(), "nearest" | "linear" | "cubic") {
-        return Err(format!("unknown mode '{}'", s.mode));
+        return Err(format!("unknown mode '{}'", s.mode).into());
     }
     // Antialiasing stretches the linear and cubic kernels only.
     let antialias = s.antialias && s.mode != "nearest";
@@ -339,7 +339,7 @@ fn resize_axis<'g>(
     let (x, axis) = if swap.is_empty() {
         (x, axis)
     } else {
-        (x.permute(&swap).k()?, rank - 2)
+        (x.permute(&swap)?, rank - 2)
     };
     let mut shape = vec![1usize; rank];
     shape[axis] = output;
@@ -350,7 +350,7 @@ fn resize_axis<'g>(
             .map(|r| r.as_ref().map_or(0, |(t, _)| t[k] as i64))
             .collect();
         let idx = n.constant(Array::from_vec(vec![output], idx).ok_or("indices")?)?;
-        let g = x.gather(idx, axis as i64).k()?;
+        let g = x.gather(idx, axis as i64)?;
         if s.mode == "nearest" {
             y = Some(g);
             break;
@@ -360,10 +360,10 @@ fn resize_axis<'g>(
             .map(|r| r.as_ref().map_or(0.0, |(_, w)| w[k]))
             .collect();
         let w = Array::from_vec(shape.clone(), w).ok_or("weights")?;
-        let term = g.mul(n.constant(w)?.cast(dtype).k()?).k()?;
+        let term = g.mul(n.constant(w)?.cast(dtype)?)?;
         y = Some(match y {
             None => term,
-            Some(acc) => acc.add(term).k()?,
+            Some(acc) => acc.add(term)?,
         });
     }
     let mut y = y.ok_or("no resize taps")?;
@@ -371,10 +371,10 @@ fn resize_axis<'g>(
         let mask: Vec<bool> = rows.iter().map(|r| r.is_none()).collect();
         let mask = n.constant(Array::from_vec(shape, mask).ok_or("mask")?)?;
         let e = n.scalar(s.extrapolation, dtype)?;
-        y = n.g.select(mask, e, y).k()?;
+        y = n.g.select(mask, e, y)?;
     }
     if !swap.is_empty() {
-        y = y.permute(&swap).k()?;
+        y = y.permute(&swap)?;
     }
     Ok(y)
 }
@@ -450,7 +450,7 @@ fn apply<'g>(
         y = resize_axis(n, y, axis, sizes[axis], scales[axis], s, r)?;
     }
     if y.dtype() != x.dtype() {
-        y = y.cast(x.dtype()).k()?;
+        y = y.cast(x.dtype())?;
     }
     Ok(vec![y])
 }
@@ -519,11 +519,9 @@ fn resize<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         (Some(sz), _) => {
             let sz = super::ints_of(&sz)?;
             if sz.len() != axes.len() {
-                return Err(format!(
-                    "sizes has {} values for {} axes",
-                    sz.len(),
-                    axes.len()
-                ));
+                return Err(
+                    format!("sizes has {} values for {} axes", sz.len(), axes.len()).into(),
+                );
             }
             for (&a, &v) in axes.iter().zip(&sz) {
                 size[a] = v.max(0) as usize;
@@ -537,7 +535,7 @@ fn resize<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
                 let s1 = match policy.as_str() {
                     "not_larger" => pick.fold(f64::INFINITY, f64::min),
                     "not_smaller" => pick.fold(f64::NEG_INFINITY, f64::max),
-                    other => return Err(format!("keep_aspect_ratio_policy '{other}'")),
+                    other => return Err(format!("keep_aspect_ratio_policy '{other}'").into()),
                 };
                 for &a in &axes {
                     scale[a] = s1;
@@ -548,11 +546,9 @@ fn resize<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         (None, Some(sc)) => {
             let sc = floats(&sc);
             if sc.len() != axes.len() {
-                return Err(format!(
-                    "scales has {} values for {} axes",
-                    sc.len(),
-                    axes.len()
-                ));
+                return Err(
+                    format!("scales has {} values for {} axes", sc.len(), axes.len()).into(),
+                );
             }
             for (&a, &v) in axes.iter().zip(&sc) {
                 scale[a] = v;
@@ -577,7 +573,7 @@ fn upsample<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         None => floats(&*n.const_input(1)?.ok_or("no scales")?),
     };
     if scales.len() != dims.len() {
-        return Err(format!("{} scales for rank {}", scales.len(), dims.len()));
+        return Err(format!("{} scales for rank {}", scales.len(), dims.len()).into());
     }
     let mode = n.string("mode").unwrap_or_else(|| "nearest".into());
     let s = Spec {

@@ -34,7 +34,7 @@
 
 use kiln_graph::{Array, Tensor};
 
-use super::{fixed_shape, Converter, Kiln, Node, R};
+use super::{fixed_shape, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -116,12 +116,12 @@ impl Act {
             "elu" => Act::Elu(a(1.0)),
             "softsign" => Act::Softsign,
             "softplus" => Act::Softplus,
-            _ => return Err(format!("unsupported: activation {name:?}")),
+            _ => return Err(format!("unsupported: activation {name:?}").into()),
         })
     }
 
     fn apply<'g>(self, x: Tensor<'g>) -> R<Tensor<'g>> {
-        self.build(x).k()
+        Ok(self.build(x)?)
     }
 
     fn build<'g>(self, x: Tensor<'g>) -> kiln_graph::Result<Tensor<'g>> {
@@ -180,7 +180,7 @@ impl<'g> Lengths<'g> {
                     Ok(StepMask::Some(n.constant(a)?))
                 }
             }
-            Lengths::Runtime(l) => Ok(StepMask::Some(l.gt(t as f64).k()?.unsqueeze(1).k()?)),
+            Lengths::Runtime(l) => Ok(StepMask::Some(l.gt(t as f64)?.unsqueeze(1)?)),
         }
     }
 
@@ -197,7 +197,7 @@ impl<'g> Lengths<'g> {
                 let a = Array::from_vec([lens.len(), 1], a).expect("mask shape");
                 n.constant(a).map(Some)
             }
-            Lengths::Runtime(l) => Ok(Some(l.gt(0.0).k()?.unsqueeze(1).k()?)),
+            Lengths::Runtime(l) => Ok(Some(l.gt(0.0)?.unsqueeze(1)?)),
         }
     }
 }
@@ -227,8 +227,7 @@ struct Direction<'g> {
 
 /// Gate `k` of a `[.., gates * h]` tensor.
 fn part(t: Tensor<'_>, k: usize, h: usize) -> R<Tensor<'_>> {
-    t.slice_axis(-1, (k * h) as i64, ((k + 1) * h) as i64, 1)
-        .k()
+    Ok(t.slice_axis(-1, (k * h) as i64, ((k + 1) * h) as i64, 1)?)
 }
 
 impl<'g> Direction<'g> {
@@ -236,7 +235,7 @@ impl<'g> Direction<'g> {
     fn clip(&self, x: Tensor<'g>) -> R<Tensor<'g>> {
         match self.clip {
             None => Ok(x),
-            Some(c) => x.maximum(-c).k()?.minimum(c).k(),
+            Some(c) => Ok(x.maximum(-c)?.minimum(c)?),
         }
     }
 
@@ -258,55 +257,55 @@ impl<'g> Direction<'g> {
         match self.cell {
             Cell::Rnn => {
                 let pre = match hp {
-                    Some(hp) => x.add(hp.matmul(self.rt).k()?).k()?,
+                    Some(hp) => x.add(hp.matmul(self.rt)?)?,
                     None => x,
                 };
                 Ok((self.act(0, pre)?, None))
             }
             Cell::Lstm => {
                 let gates = match hp {
-                    Some(hp) => x.add(hp.matmul(self.rt).k()?).k()?,
+                    Some(hp) => x.add(hp.matmul(self.rt)?)?,
                     None => x,
                 };
                 // With a peephole, `gate + p * C` (nothing where C is zero).
                 let peep = |g: Tensor<'g>, k: usize, c: Option<Tensor<'g>>| -> R<Tensor<'g>> {
                     match (&self.p, c) {
-                        (Some(p), Some(c)) => g.add(p[k].mul(c).k()?).k(),
+                        (Some(p), Some(c)) => Ok(g.add(p[k].mul(c)?)?),
                         _ => Ok(g),
                     }
                 };
                 let i = self.act(0, peep(part(gates, 0, h)?, 0, cp)?)?;
                 let f = if self.input_forget {
-                    i.neg().k()?.add(1.0).k()?
+                    i.neg()?.add(1.0)?
                 } else {
                     self.act(0, peep(part(gates, 2, h)?, 2, cp)?)?
                 };
                 let c = self.act(1, part(gates, 3, h)?)?;
-                let ic = i.mul(c).k()?;
+                let ic = i.mul(c)?;
                 let cn = match cp {
-                    Some(cp) => f.mul(cp).k()?.add(ic).k()?,
+                    Some(cp) => f.mul(cp)?.add(ic)?,
                     None => ic,
                 };
                 let o = self.act(0, peep(part(gates, 1, h)?, 1, Some(cn))?)?;
-                let hn = o.mul(self.acts[2].apply(cn)?).k()?;
+                let hn = o.mul(self.acts[2].apply(cn)?)?;
                 Ok((hn, Some(cn)))
             }
             Cell::Gru => {
-                let xzr = x.slice_axis(-1, 0, (2 * h) as i64, 1).k()?;
+                let xzr = x.slice_axis(-1, 0, (2 * h) as i64, 1)?;
                 let xh = part(x, 2, h)?;
                 // `H R^T` for the z and r gates (and h, before reset).
                 let hr = match hp {
                     None => None,
-                    Some(hp) if self.linear_before_reset => Some(hp.matmul(self.rt).k()?),
+                    Some(hp) if self.linear_before_reset => Some(hp.matmul(self.rt)?),
                     Some(hp) => {
-                        let rzr = self.rt.slice_axis(1, 0, (2 * h) as i64, 1).k()?;
-                        Some(hp.matmul(rzr).k()?)
+                        let rzr = self.rt.slice_axis(1, 0, (2 * h) as i64, 1)?;
+                        Some(hp.matmul(rzr)?)
                     }
                 };
                 let zr = match hr {
                     Some(hr) => {
-                        let hzr = hr.slice_axis(1, 0, (2 * h) as i64, 1).k()?;
-                        xzr.add(hzr).k()?
+                        let hzr = hr.slice_axis(1, 0, (2 * h) as i64, 1)?;
+                        xzr.add(hzr)?
                     }
                     None => xzr,
                 };
@@ -315,12 +314,12 @@ impl<'g> Direction<'g> {
                 let pre = if self.linear_before_reset {
                     // Xh + r * (H Rh^T + Rbh) (Wbh already in Xh).
                     let inner = match (hr, self.rbh) {
-                        (Some(hr), Some(b)) => Some(part(hr, 2, h)?.add(b).k()?),
+                        (Some(hr), Some(b)) => Some(part(hr, 2, h)?.add(b)?),
                         (Some(hr), None) => Some(part(hr, 2, h)?),
                         (None, b) => b,
                     };
                     match inner {
-                        Some(inner) => xh.add(r.mul(inner).k()?).k()?,
+                        Some(inner) => xh.add(r.mul(inner)?)?,
                         None => xh,
                     }
                 } else {
@@ -328,16 +327,16 @@ impl<'g> Direction<'g> {
                     match hp {
                         Some(hp) => {
                             let rh = part(self.rt, 2, h)?;
-                            xh.add(r.mul(hp).k()?.matmul(rh).k()?).k()?
+                            xh.add(r.mul(hp)?.matmul(rh)?)?
                         }
                         None => xh,
                     }
                 };
                 let hh = self.act(1, pre)?;
                 // (1 - z) * h + z * H.
-                let keep = z.neg().k()?.add(1.0).k()?.mul(hh).k()?;
+                let keep = z.neg()?.add(1.0)?.mul(hh)?;
                 let hn = match hp {
-                    Some(hp) => keep.add(z.mul(hp).k()?).k()?,
+                    Some(hp) => keep.add(z.mul(hp)?)?,
                     None => keep,
                 };
                 Ok((hn, None))
@@ -369,8 +368,8 @@ impl<'g> Direction<'g> {
             if let StepMask::Nothing = mask {
                 continue;
             }
-            let x = self.xw.slice_axis(0, t as i64, t as i64 + 1, 1).k()?;
-            let x = x.squeeze(0).k()?;
+            let x = self.xw.slice_axis(0, t as i64, t as i64 + 1, 1)?;
+            let x = x.squeeze(0)?;
             let (hn, cn) = self.step(x, hs, cs)?;
             match mask {
                 StepMask::All => {
@@ -380,10 +379,10 @@ impl<'g> Direction<'g> {
                 }
                 StepMask::Some(m) => {
                     // Entries past their length keep their state; Y is zero.
-                    let keep = |new: Tensor<'g>, old: Option<Tensor<'g>>| {
-                        n.g.select(m, new, old.unwrap_or(zero)).k()
+                    let keep = |new: Tensor<'g>, old: Option<Tensor<'g>>| -> R<Tensor<'g>> {
+                        Ok(n.g.select(m, new, old.unwrap_or(zero))?)
                     };
-                    ys[t] = Some(n.g.select(m, hn, zero).k()?);
+                    ys[t] = Some(n.g.select(m, hn, zero)?);
                     hs = Some(keep(hn, hs)?);
                     cs = match cn {
                         Some(cn) => Some(keep(cn, cs)?),
@@ -398,7 +397,7 @@ impl<'g> Direction<'g> {
             Lengths::Known(l) => l.len(),
             _ => 0,
         };
-        let zeros = || n.g.full(0.0, dtype, &[batch, self.h]).k();
+        let zeros = || Ok(n.g.full(0.0, dtype, &[batch, self.h])?);
         let ys = ys
             .into_iter()
             .map(|y| y.map_or_else(zeros, Ok))
@@ -407,7 +406,7 @@ impl<'g> Direction<'g> {
         if let Some(m) = lens.nonempty(n)? {
             let z = |s: Option<Tensor<'g>>| -> R<Option<Tensor<'g>>> {
                 match s {
-                    Some(s) => n.g.select(m, s, zero).k().map(Some),
+                    Some(s) => Ok(Some(n.g.select(m, s, zero)?)),
                     None => zeros().map(Some),
                 }
             };
@@ -430,10 +429,10 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
     let mut x = n.input(0)?;
     let (w, r) = (n.input(1)?, n.input(2)?);
     if x.rank() != 3 {
-        return Err(format!("X must have rank 3, has shape {}", x.shape()));
+        return Err(format!("X must have rank 3, has shape {}", x.shape()).into());
     }
     if layout == 1 {
-        x = x.permute(&[1, 0, 2]).k()?;
+        x = x.permute(&[1, 0, 2])?;
     }
     let seq = match x.shape().0[0].fixed() {
         Some(s) => s,
@@ -459,7 +458,7 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
     let nd = dirs.len();
     let (ws, rs) = (fixed_shape(w)?, fixed_shape(r)?);
     if ws.len() != 3 || rs.len() != 3 {
-        return Err(format!("W and R must have rank 3, have {ws:?} and {rs:?}"));
+        return Err(format!("W and R must have rank 3, have {ws:?} and {rs:?}").into());
     }
     let h = match n.attr("hidden_size") {
         Some(a) => a.i as usize,
@@ -470,82 +469,24 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
         return Err(format!(
             "W {ws:?} and R {rs:?} do not fit {nd} direction(s) of {} gate(s) of hidden size {h}",
             cell.gates()
-        ));
+        )
+        .into());
     }
 
-    // Activations, one list per direction.
     let per = cell.default_activations().len();
-    let names: Vec<String> = match n.attr("activations") {
-        Some(a) if !a.strings.is_empty() => a
-            .strings
-            .iter()
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-        _ => cell
-            .default_activations()
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    };
-    let names: Vec<String> = if names.len() == per && nd == 2 {
-        names.iter().chain(names.iter()).cloned().collect()
-    } else {
-        names
-    };
-    if names.len() != per * nd {
-        return Err(format!(
-            "{} activations given, {} wanted ({per} per direction)",
-            names.len(),
-            per * nd
-        ));
-    }
-    let mut alphas = n
-        .floats("activation_alpha")
-        .unwrap_or_default()
-        .into_iter()
-        .map(f64::from);
-    let mut betas = n
-        .floats("activation_beta")
-        .unwrap_or_default()
-        .into_iter()
-        .map(f64::from);
-    let acts = names
-        .iter()
-        .map(|s| Act::parse(s, &mut alphas, &mut betas))
-        .collect::<R<Vec<_>>>()?;
+    let acts = activations(n, cell, nd)?;
 
     let clip = n.attr("clip").map(|a| a.f as f64);
     let input_forget = cell == Cell::Lstm && n.int("input_forget", 0) != 0;
     let linear_before_reset = cell == Cell::Gru && n.int("linear_before_reset", 0) != 0;
 
-    // sequence_lens: known lengths give static masks (none at all when
-    // every length is full); run-time ones give run-time masks.
-    let lens = match n.inputs.get(4).and_then(|v| v.as_ref()) {
-        None => Lengths::Full,
-        Some(v) => match &v.value {
-            Some(a) => {
-                let l = super::ints_of(a)?;
-                if let Some(b) = batch.filter(|&b| b != l.len()) {
-                    return Err(format!(
-                        "sequence_lens has {} entries, batch is {b}",
-                        l.len()
-                    ));
-                }
-                if l.iter().all(|&l| l >= seq as i64) {
-                    Lengths::Full
-                } else {
-                    Lengths::Known(l)
-                }
-            }
-            None => Lengths::Runtime(v.t),
-        },
-    };
+    let lens = lengths(n, batch, seq)?;
 
     // Initial states, `[num_directions, batch, h]` (layout 1: batch first).
     let state = |i: usize| -> R<Option<Tensor<'g>>> {
         match n.opt(i) {
             None => Ok(None),
-            Some(s) if layout == 1 => s.permute(&[1, 0, 2]).k().map(Some),
+            Some(s) if layout == 1 => Ok(Some(s.permute(&[1, 0, 2])?)),
             Some(s) => Ok(Some(s)),
         }
     };
@@ -559,29 +500,26 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
     let mut ycs = Vec::with_capacity(nd);
     for (d, &reverse) in dirs.iter().enumerate() {
         let pick = |t: Tensor<'g>| -> R<Tensor<'g>> {
-            t.slice_axis(0, d as i64, d as i64 + 1, 1)
-                .k()?
-                .squeeze(0)
-                .k()
+            Ok(t.slice_axis(0, d as i64, d as i64 + 1, 1)?.squeeze(0)?)
         };
-        let wt = pick(w)?.transpose().k()?;
-        let rt = pick(r)?.transpose().k()?;
-        let mut xw = x.matmul(wt).k()?;
+        let wt = pick(w)?.transpose()?;
+        let rt = pick(r)?.transpose()?;
+        let mut xw = x.matmul(wt)?;
         let mut rbh = None;
         if let Some(b) = b {
             let bd = pick(b)?;
-            let wb = bd.slice_axis(0, 0, gh as i64, 1).k()?;
-            let rb = bd.slice_axis(0, gh as i64, 2 * gh as i64, 1).k()?;
+            let wb = bd.slice_axis(0, 0, gh as i64, 1)?;
+            let rb = bd.slice_axis(0, gh as i64, 2 * gh as i64, 1)?;
             let bias = if linear_before_reset {
                 // Rbh stays apart: the reset gate multiplies it.
                 rbh = Some(part(rb, 2, h)?);
-                let zr = wb.slice_axis(0, 0, 2 * h as i64, 1).k()?;
-                let zr = zr.add(rb.slice_axis(0, 0, 2 * h as i64, 1).k()?).k()?;
-                n.g.concat(&[zr, part(wb, 2, h)?], 0).k()?
+                let zr = wb.slice_axis(0, 0, 2 * h as i64, 1)?;
+                let zr = zr.add(rb.slice_axis(0, 0, 2 * h as i64, 1)?)?;
+                n.g.concat(&[zr, part(wb, 2, h)?], 0)?
             } else {
-                wb.add(rb).k()?
+                wb.add(rb)?
             };
-            xw = xw.add(bias).k()?;
+            xw = xw.add(bias)?;
         }
         let p = match p {
             Some(p) => {
@@ -609,41 +547,124 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
         if n.wants_output(0) {
             let y = y
                 .into_iter()
-                .map(|t| t.unsqueeze(0).k())
+                .map(|t| Ok(t.unsqueeze(0)?))
                 .collect::<R<Vec<_>>>()?;
             // [seq, 1, batch, h]
-            ys.push(n.g.concat(&y, 0).k()?.unsqueeze(1).k()?);
+            ys.push(n.g.concat(&y, 0)?.unsqueeze(1)?);
         }
         let yh = yh.ok_or("no step ran")?;
-        yhs.push(yh.unsqueeze(0).k()?);
+        yhs.push(yh.unsqueeze(0)?);
         if cell == Cell::Lstm {
             let yc = yc.ok_or("no step ran")?;
-            ycs.push(yc.unsqueeze(0).k()?);
+            ycs.push(yc.unsqueeze(0)?);
         }
     }
 
+    outputs(n, cell, layout, &ys, &yhs, &ycs)
+}
+
+/// The activations of each direction (`activations`, with
+/// `activation_alpha` and `activation_beta`; the cell's defaults where not
+/// given), `nd` lists one after the other.
+fn activations(n: &Node<'_, '_>, cell: Cell, nd: usize) -> R<Vec<Act>> {
+    let per = cell.default_activations().len();
+    let names: Vec<String> = match n.attr("activations") {
+        Some(a) if !a.strings.is_empty() => a
+            .strings
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+        _ => cell
+            .default_activations()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let names: Vec<String> = if names.len() == per && nd == 2 {
+        names.iter().chain(names.iter()).cloned().collect()
+    } else {
+        names
+    };
+    if names.len() != per * nd {
+        return Err(format!(
+            "{} activations given, {} wanted ({per} per direction)",
+            names.len(),
+            per * nd
+        )
+        .into());
+    }
+    let mut alphas = n
+        .floats("activation_alpha")
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from);
+    let mut betas = n
+        .floats("activation_beta")
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from);
+    names
+        .iter()
+        .map(|s| Act::parse(s, &mut alphas, &mut betas))
+        .collect()
+}
+
+/// `sequence_lens` (input 4): known lengths give static masks (none at all
+/// when every length is full); run-time ones give run-time masks.
+fn lengths<'g>(n: &Node<'_, 'g>, batch: Option<usize>, seq: usize) -> R<Lengths<'g>> {
+    Ok(match n.inputs.get(4).and_then(|v| v.as_ref()) {
+        None => Lengths::Full,
+        Some(v) => match &v.value {
+            Some(a) => {
+                let l = super::ints_of(a)?;
+                if let Some(b) = batch.filter(|&b| b != l.len()) {
+                    return Err(
+                        format!("sequence_lens has {} entries, batch is {b}", l.len()).into(),
+                    );
+                }
+                if l.iter().all(|&l| l >= seq as i64) {
+                    Lengths::Full
+                } else {
+                    Lengths::Known(l)
+                }
+            }
+            None => Lengths::Runtime(v.t),
+        },
+    })
+}
+
+/// The node's outputs from each direction's `Y` (`ys`, `[seq, 1, batch,
+/// h]`), final state `Y_h` (`yhs`) and, for LSTM, final cell `Y_c` (`ycs`).
+fn outputs<'g>(
+    n: &Node<'_, 'g>,
+    cell: Cell,
+    layout: i64,
+    ys: &[Tensor<'g>],
+    yhs: &[Tensor<'g>],
+    ycs: &[Tensor<'g>],
+) -> R<Vec<Tensor<'g>>> {
     let cat = |v: &[Tensor<'g>], axis: i64| -> R<Tensor<'g>> {
         if v.len() == 1 {
             Ok(v[0])
         } else {
-            n.g.concat(v, axis).k()
+            Ok(n.g.concat(v, axis)?)
         }
     };
     // The final states: [num_directions, batch, h] (layout 1: batch first).
     let fin = |v: &[Tensor<'g>]| -> R<Tensor<'g>> {
         let s = cat(v, 0)?;
         if layout == 1 {
-            s.permute(&[1, 0, 2]).k()
+            Ok(s.permute(&[1, 0, 2])?)
         } else {
             Ok(s)
         }
     };
-    let yh = fin(&yhs)?;
+    let yh = fin(yhs)?;
     // Y: [seq, num_directions, batch, h] (layout 1: [batch, seq, nd, h]).
     let y = if n.wants_output(0) {
-        let y = cat(&ys, 1)?;
+        let y = cat(ys, 1)?;
         if layout == 1 {
-            y.permute(&[2, 0, 1, 3]).k()?
+            y.permute(&[2, 0, 1, 3])?
         } else {
             y
         }
@@ -652,7 +673,7 @@ fn recurrent<'g>(n: &Node<'_, 'g>, cell: Cell) -> R<Vec<Tensor<'g>>> {
     };
     let mut out = vec![y, yh];
     if cell == Cell::Lstm {
-        out.push(fin(&ycs)?);
+        out.push(fin(ycs)?);
     }
     out.truncate(n.outputs().max(1));
     Ok(out)

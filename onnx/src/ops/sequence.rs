@@ -24,9 +24,11 @@ use std::rc::Rc;
 use kiln_graph::{Array, DType, Data, GraphBuilder, Tensor};
 
 use super::{axis, ints_of, Converter, Node, R};
+use crate::control::call_subgraph;
 use crate::error::Result;
-use crate::import::{build_or_fold, call_subgraph, node_error, Item, Scope, Value};
+use crate::fold::build_or_fold;
 use crate::proto::NodeProto;
+use crate::scope::{node_error, Item, Scope, Value};
 
 /// A sequence or optional node being converted: its inputs are any values
 /// (tensors, sequences, optionals).
@@ -91,7 +93,7 @@ pub(crate) fn find(op_type: &str) -> Option<SeqConverter> {
 
 impl<'a, 'g> SeqNode<'a, 'g> {
     /// The error of this node for `reason`.
-    fn fail(&self, reason: impl Into<String>) -> crate::Error {
+    fn fail(&self, reason: impl Into<super::ConvertError>) -> crate::Error {
         node_error(self.proto, self.opset, reason.into())
     }
 
@@ -130,7 +132,7 @@ impl<'a, 'g> SeqNode<'a, 'g> {
         };
         match &v.constant {
             Some(a) => ints_of(a).map(Some).map_err(|e| self.fail(e)),
-            None => Err(self.fail(format!("{}{}", super::NEEDS_VALUE, self.proto.input[i]))),
+            None => Err(self.fail(super::ConvertError::NeedsValue(self.proto.input[i].clone()))),
         }
     }
 
@@ -167,10 +169,7 @@ impl<'a, 'g> SeqNode<'a, 'g> {
     fn scalar(&self, v: f64, dtype: DType) -> Result<Item<'g>> {
         let a = Array::new(Vec::new(), Data::filled(dtype, 1, v))
             .ok_or_else(|| self.fail("a scalar"))?;
-        let t = self
-            .g
-            .constant(a.clone())
-            .map_err(|e| self.fail(e.to_string()))?;
+        let t = self.g.constant(a.clone()).map_err(|e| self.fail(e))?;
         Ok(Item::Tensor(Value {
             t,
             constant: Some(Rc::new(a)),
@@ -246,12 +245,11 @@ fn concat_from_sequence<'g>(n: &SeqNode<'_, 'g>) -> Result<Vec<Item<'g>>> {
         let parts = if new_axis {
             ts.iter()
                 .map(|t| t.unsqueeze(a))
-                .collect::<kiln_graph::Result<Vec<_>>>()
-                .map_err(|e| e.to_string())?
+                .collect::<kiln_graph::Result<Vec<_>>>()?
         } else {
             ts.to_vec()
         };
-        Ok(vec![b.concat(&parts, a).map_err(|e| e.to_string())?])
+        Ok(vec![b.concat(&parts, a)?])
     })
     .map_err(|e| n.fail(e))?;
     Ok(out.into_iter().map(Item::Tensor).collect())
@@ -273,7 +271,7 @@ fn split_to_sequence<'g>(n: &SeqNode<'_, 'g>) -> Result<Vec<Item<'g>>> {
     let Some(len) = x.t.shape().0[a].fixed() else {
         // kiln slices symbolic dims only whole: the input's shape must be
         // known.
-        return Err(n.fail(format!("{}{}", super::NEEDS_VALUE, n.proto.input[0])));
+        return Err(n.fail(super::ConvertError::NeedsValue(n.proto.input[0].clone())));
     };
     let (sizes, squeeze) = match split {
         None => (vec![1; len], n.int("keepdims", 1) == 0),
@@ -303,11 +301,9 @@ fn split_to_sequence<'g>(n: &SeqNode<'_, 'g>) -> Result<Vec<Item<'g>>> {
         let mut parts = Vec::with_capacity(sizes.len());
         for &s in &sizes {
             let end = start + s as i64;
-            let mut p = ts[0]
-                .slice_axis(a as i64, start, end, 1)
-                .map_err(|e| e.to_string())?;
+            let mut p = ts[0].slice_axis(a as i64, start, end, 1)?;
             if squeeze {
-                p = p.squeeze(a as i64).map_err(|e| e.to_string())?;
+                p = p.squeeze(a as i64)?;
             }
             parts.push(p);
             start = end;

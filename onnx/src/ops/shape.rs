@@ -1,6 +1,6 @@
 //! Shape and data-movement ONNX ops: `Reshape`, `Transpose`, `Concat`,
 //! `Split`, `Slice`, `Squeeze`, `Unsqueeze`, `Flatten`, `Expand`, `Tile`,
-//! `Pad`, `DepthToSpace`, `SpaceToDepth`, and the shape-producing `Shape`,
+//! `DepthToSpace`, `SpaceToDepth`, and the shape-producing `Shape`,
 //! `Size`, `ConstantOfShape`, `Range`, `Trilu`, `EyeLike`.
 //!
 //! kiln's shapes are static per compile, so every input that decides a
@@ -21,15 +21,12 @@
 //! an end of at least `i32::MAX` is "to the end". Expand of a fixed size
 //! against an expression keeps the fixed size (the expression must be 1
 //! or equal); of two expressions, takes the target's (checked when bound).
-//! Pad's non-constant modes become slices (reversed where reflecting)
-//! joined with `Concat`; a `constant` pad value computed at run time is
-//! selected in by a mask; pads computed from shapes (constant mode, never
-//! negative) join blocks of the value around the input. Not yet taking
+//! `Pad`, which follows the same rules, is in `pad.rs`. Not yet taking
 //! shape values: Resize's sizes, OneHot's depth, TopK's k.
 
 use kiln_graph::{Array, DType, Dim, DimExpr, Scalar, Shape, SliceAxis, Tensor};
 
-use super::{axis, Converter, Kiln, Node, R};
+use super::{axis, Converter, Node, R};
 
 /// The ops of this family.
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -47,14 +44,13 @@ pub(crate) const OPS: &[(&str, Converter)] = &[
     ("ConstantOfShape", constant_of_shape),
     ("Range", range),
     ("Tile", tile),
-    ("Pad", pad),
     ("DepthToSpace", depth_to_space),
     ("SpaceToDepth", space_to_depth),
     ("Trilu", trilu),
     ("EyeLike", eye_like),
 ];
 
-fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
+pub(crate) fn one(t: Tensor<'_>) -> Vec<Tensor<'_>> {
     vec![t]
 }
 
@@ -68,30 +64,31 @@ fn ints_input_or_attr(n: &Node<'_, '_>, i: usize, name: &str) -> R<Option<Vec<i6
 }
 
 /// A fixed dim of `t`, or why it must be fixed.
-fn fixed_dim(t: Tensor<'_>, i: usize, what: &str) -> R<usize> {
+pub(crate) fn fixed_dim(t: Tensor<'_>, i: usize, what: &str) -> R<usize> {
     t.shape().0[i].fixed().ok_or_else(|| {
         format!(
             "unsupported: {what} of symbolic dim {i} (shape {})",
             t.shape()
         )
+        .into()
     })
 }
 
 /// A non-negative size from an ONNX integer.
 fn size_of(v: i64, what: &str) -> R<usize> {
-    usize::try_from(v).map_err(|_| format!("{what} {v} is negative"))
+    usize::try_from(v).map_err(|_| format!("{what} {v} is negative").into())
 }
 
 /// `Reshape`: `0` copies the input dim (unless `allowzero=1`, opset 14,
 /// where it is a zero dim), one `-1` is inferred; symbolic dims survive
 /// where they are copied or inferred.
-fn reshape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn reshape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     if n.opset >= 5 {
         if let Some(dims) = n.sym_ints(1)? {
             if dims.iter().any(|d| d.as_const().is_none()) {
                 // A shape computed from the input's shape (`[batch*seq, 768]`).
-                return x.reshape_dims(&dims).k().map(one);
+                return Ok(one(x.reshape_dims(&dims)?));
             }
         }
     }
@@ -104,38 +101,38 @@ fn reshape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             .iter()
             .map(|&d| size_of(d, "reshape dim"))
             .collect::<R<Vec<_>>>()?;
-        return x.reshape(Shape::fixed(&fixed)).k().map(one);
+        return Ok(one(x.reshape(Shape::fixed(&fixed))?));
     }
-    x.reshape_to(&dims).k().map(one)
+    Ok(one(x.reshape_to(&dims)?))
 }
 
 /// `Transpose`: `perm` defaults to reversing the dims.
-fn transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn transpose<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank();
     let perm = match n.ints("perm") {
         Some(p) => p.iter().map(|&a| axis(a, r)).collect::<R<Vec<_>>>()?,
         None => (0..r).rev().collect(),
     };
-    x.permute(&perm).k().map(one)
+    Ok(one(x.permute(&perm)?))
 }
 
 /// `Concat` along `axis` (which must be fixed in every input).
-fn concat<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn concat<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let xs = n.all_inputs();
     let first = *xs.first().ok_or("Concat needs an input")?;
     let a = axis(n.int("axis", 0), first.rank())?;
     if xs.len() == 1 {
         return Ok(vec![first]);
     }
-    n.g.concat(&xs, a as i64).k().map(one)
+    Ok(one(n.g.concat(&xs, a as i64)?))
 }
 
 /// `Split`: sizes from the `split` attribute (before opset 13) or input 1;
 /// otherwise `num_outputs` (opset 18) or the number of outputs equal
 /// parts, the last one smaller where the axis does not divide evenly (as
 /// ONNX's reference does).
-fn split<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn split<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let a = axis(n.int("axis", 0), x.rank())?;
     let d = fixed_dim(x, a, "splitting")?;
@@ -147,10 +144,10 @@ fn split<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
                 .map(|&v| size_of(v, "split size"))
                 .collect::<R<Vec<_>>>()?;
             if s.iter().sum::<usize>() != d {
-                return Err(format!("split sizes {s:?} do not add up to dim {a} ({d})"));
+                return Err(format!("split sizes {s:?} do not add up to dim {a} ({d})").into());
             }
             if s.len() != outs {
-                return Err(format!("{} split sizes for {outs} outputs", s.len()));
+                return Err(format!("{} split sizes for {outs} outputs", s.len()).into());
             }
             s
         }
@@ -171,10 +168,7 @@ fn split<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let mut start = 0usize;
     let mut res = Vec::with_capacity(sizes.len());
     for s in sizes {
-        res.push(
-            x.slice_axis(a as i64, start as i64, (start + s) as i64, 1)
-                .k()?,
-        );
+        res.push(x.slice_axis(a as i64, start as i64, (start + s) as i64, 1)?);
         start += s;
     }
     Ok(res)
@@ -183,7 +177,7 @@ fn split<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 /// Whether a slice of a symbolic dim takes all of it: step 1 from the
 /// start to an end of at least `i32::MAX` (exporters write INT64_MAX or
 /// INT32_MAX for "to the end").
-fn whole(s: SliceAxis) -> bool {
+pub(crate) fn whole(s: SliceAxis) -> bool {
     s.step == 1 && (s.start == 0 || s.start <= -(1 << 62)) && s.end >= i32::MAX as i64
 }
 
@@ -227,7 +221,7 @@ fn onnx_slice_axis(d: usize, start: i64, end: i64, step: i64) -> SliceAxis {
 /// `Slice`: `starts`/`ends`/`axes` attributes before opset 10, inputs
 /// (with `steps`) after. Bounds are resolved and clamped as the ONNX spec
 /// says (see [`onnx_slice_axis`]); a symbolic dim can only be taken whole.
-fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank();
     let (starts, ends, axes, steps) = if n.opset < 10 {
@@ -257,7 +251,8 @@ fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             ends.len(),
             axes.len(),
             steps.len()
-        ));
+        )
+        .into());
     }
     let shape = x.shape();
     let mut ranges = vec![SliceAxis::FULL; r];
@@ -267,7 +262,7 @@ fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     for i in 0..k {
         let a = axis(axes[i], r)?;
         if std::mem::replace(&mut seen[a], true) {
-            return Err(format!("axis {} is sliced twice", axes[i]));
+            return Err(format!("axis {} is sliced twice", axes[i]).into());
         }
         if steps[i] == 0 {
             return Err("a slice step is 0".into());
@@ -294,7 +289,7 @@ fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let mut y = if ranges.iter().all(|s| *s == SliceAxis::FULL) {
         x
     } else {
-        x.slice(&ranges).k()?
+        x.slice(&ranges)?
     };
     for (a, i) in dynamic {
         // An end of at least i32::MAX is "to the end", as for constants.
@@ -302,14 +297,14 @@ fn slice<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             Some(e) if e >= i32::MAX as i64 => y.dim(a).expr(),
             _ => ends[i].clone(),
         };
-        y = y.slice_dyn(a as i64, &starts[i], &end, steps[i]).k()?;
+        y = y.slice_dyn(a as i64, &starts[i], &end, steps[i])?;
     }
     Ok(vec![y])
 }
 
 /// `Squeeze`: `axes` attribute before opset 13, input after; without axes
 /// every fixed dim of size 1 goes (symbolic dims stay).
-fn squeeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn squeeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank();
     let dims = x.shape().0;
@@ -319,7 +314,7 @@ fn squeeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             for &a in &axes {
                 let i = axis(a, r)?;
                 if dims[i] != Dim::Fixed(1) {
-                    return Err(format!("cannot squeeze dim {i} of size {}", dims[i]));
+                    return Err(format!("cannot squeeze dim {i} of size {}", dims[i]).into());
                 }
                 drop[i] = true;
             }
@@ -331,12 +326,12 @@ fn squeeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         }
         _ => dims.into_iter().filter(|d| *d != Dim::Fixed(1)).collect(),
     };
-    x.reshape(Shape(out)).k().map(one)
+    Ok(one(x.reshape(Shape(out))?))
 }
 
 /// `Unsqueeze`: `axes` (positions in the output) attribute before opset
 /// 13, input after.
-fn unsqueeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn unsqueeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let axes = ints_input_or_attr(n, 1, "axes")?.ok_or("Unsqueeze needs axes")?;
     let out_rank = x.rank() + axes.len();
@@ -346,34 +341,32 @@ fn unsqueeze<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         .collect::<R<Vec<_>>>()?;
     at.sort_unstable();
     if at.windows(2).any(|w| w[0] == w[1]) {
-        return Err(format!("axes {axes:?} repeat an axis"));
+        return Err(format!("axes {axes:?} repeat an axis").into());
     }
     let mut dims = x.shape().0;
     for a in at {
         dims.insert(a, Dim::Fixed(1));
     }
-    x.reshape(Shape(dims)).k().map(one)
+    Ok(one(x.reshape(Shape(dims))?))
 }
 
 /// The product of `dims` as one dim (an expression where some are symbolic).
-fn product(dims: &[Dim]) -> R<Dim> {
-    Shape(dims.to_vec()).size_expr().and_then(Dim::from_expr)
+pub(crate) fn product(dims: &[Dim]) -> R<Dim> {
+    Ok(Shape(dims.to_vec()).size_expr().and_then(Dim::from_expr)?)
 }
 
 /// `Flatten`: dims before `axis` into one, the rest into another.
-fn flatten<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn flatten<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank() as i64;
     let a = n.int("axis", 1);
     if a < -r || a > r {
-        return Err(format!("axis {a} is out of range for rank {r}"));
+        return Err(format!("axis {a} is out of range for rank {r}").into());
     }
     let a = if a < 0 { a + r } else { a } as usize;
     let dims = x.shape().0;
     let (left, right) = dims.split_at(a);
-    x.reshape(Shape(vec![product(left)?, product(right)?]))
-        .k()
-        .map(one)
+    Ok(one(x.reshape(Shape(vec![product(left)?, product(right)?]))?))
 }
 
 /// `Expand`: numpy broadcasting of the input and a constant shape (either
@@ -394,10 +387,9 @@ fn expand<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
             (None, Some(t)) | (Some(Dim::Fixed(1)), Some(t)) => dim(t)?,
             (Some(Dim::Fixed(d)), Some(t)) if t.as_const().is_some() => {
                 if t.as_const() != Some(d as i64) {
-                    return Err(format!(
-                        "cannot broadcast dim {i} ({d}) of {} to {t}",
-                        x.shape()
-                    ));
+                    return Err(
+                        format!("cannot broadcast dim {i} ({d}) of {} to {t}", x.shape()).into(),
+                    );
                 }
                 Dim::Fixed(d)
             }
@@ -413,12 +405,12 @@ fn expand<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     if out == x.shape() {
         return Ok(vec![x]);
     }
-    x.broadcast_to(out).k().map(one)
+    Ok(one(x.broadcast_to(out)?))
 }
 
 /// `Shape` (with opset 15's `start`/`end`): the selected dims as a shape
 /// value (their expressions; a constant where they are fixed).
-fn shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let dims = x.shape().0;
     let r = dims.len() as i64;
@@ -426,14 +418,14 @@ fn shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let start = clamp(n.int("start", 0));
     let end = clamp(n.int("end", r)).max(start);
     let vals: Vec<DimExpr> = dims[start..end].iter().map(Dim::expr).collect();
-    n.g.sizes(&vals, &[vals.len()]).k().map(one)
+    Ok(one(n.g.sizes(&vals, &[vals.len()])?))
 }
 
 /// `Size`: the element count as a shape value.
-fn size<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn size<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let count = x.shape().size_expr()?;
-    n.g.size_value(&count).k().map(one)
+    Ok(one(n.g.size_value(&count)?))
 }
 
 /// `ConstantOfShape`: the one-element `value` (default f32 0) broadcast to
@@ -442,17 +434,17 @@ fn constant_of_shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let dims = n.sym_ints(0)?.ok_or("ConstantOfShape needs a shape")?;
     let dims = dims
         .into_iter()
-        .map(|d| Dim::from_expr(d).map_err(|e| format!("ConstantOfShape dim: {e}")))
+        .map(|d| Dim::from_expr(d).map_err(|e| format!("ConstantOfShape dim: {e}").into()))
         .collect::<R<Vec<_>>>()?;
     let value = match n.tensor("value")? {
         None => Array::scalar(0.0f32),
         Some(a) if a.len() == 1 => a.reshaped(Vec::<usize>::new()).expect("one element"),
-        Some(a) => return Err(format!("value must hold one element, has {}", a.len())),
+        Some(a) => return Err(format!("value must hold one element, has {}", a.len()).into()),
     };
     if dims.is_empty() {
         return n.constant(value).map(one);
     }
-    n.constant(value)?.broadcast_to(Shape(dims)).k().map(one)
+    Ok(one(n.constant(value)?.broadcast_to(Shape(dims))?))
 }
 
 /// Whether a constant of `len` values of `size` bytes is small enough to
@@ -460,12 +452,12 @@ fn constant_of_shape<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 /// as run-time ops.
 fn small_constant(len: usize, size: usize) -> bool {
     len.checked_mul(size)
-        .is_some_and(|b| b <= crate::import::fold_limit())
+        .is_some_and(|b| b <= crate::fold::fold_limit())
 }
 
 /// `Range`: `start + i * delta` for `i < max(ceil((limit - start) / delta), 0)`,
 /// with constant operands (integers computed exactly).
-fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
+pub(crate) fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     // Operands computed from shapes (not all constants, all known as
     // integer expressions): an iota of a symbolic length.
     if (0..3).any(|i| n.const_input(i).is_err())
@@ -475,12 +467,12 @@ fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let get = |i: usize, what: &str| -> R<std::rc::Rc<Array>> {
         n.const_input(i)?
-            .ok_or_else(|| format!("Range needs {what}"))
+            .ok_or_else(|| format!("Range needs {what}").into())
     };
     let (s, l, d) = (get(0, "start")?, get(1, "limit")?, get(2, "delta")?);
     for (a, what) in [(&s, "start"), (&l, "limit"), (&d, "delta")] {
         if a.len() != 1 {
-            return Err(format!("{what} must hold one value, has {}", a.len()));
+            return Err(format!("{what} must hold one value, has {}", a.len()).into());
         }
     }
     let dtype = s.dtype();
@@ -500,19 +492,12 @@ fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         if !small_constant(count, 8) {
             // Too large to compute while importing: `start + i * delta`
             // over an iota at run time.
-            let i = n.g.iota(DType::I64, Shape::fixed(&[count]), 0).k()?;
-            return i
-                .mul(d as f64)
-                .k()?
-                .add(s as f64)
-                .k()?
-                .cast(dtype)
-                .k()
-                .map(one);
+            let i = n.g.iota(DType::I64, Shape::fixed(&[count]), 0)?;
+            return Ok(one(i.mul(d as f64)?.add(s as f64)?.cast(dtype)?));
         }
         let vals: Vec<i64> = (0..count as i64).map(|i| s + i * d).collect();
         let a = Array::from_vec(vec![count], vals).expect("1-D");
-        return n.constant(a)?.cast(dtype).k().map(one);
+        return Ok(one(n.constant(a)?.cast(dtype)?));
     }
     let (s, l, d) = (s.to_f64_vec()[0], l.to_f64_vec()[0], d.to_f64_vec()[0]);
     if d == 0.0 {
@@ -520,19 +505,19 @@ fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     }
     let count = ((l - s) / d).ceil().max(0.0);
     if !count.is_finite() {
-        return Err(format!("Range({s}, {l}, {d}) is not finite"));
+        return Err(format!("Range({s}, {l}, {d}) is not finite").into());
     }
     if count > usize::MAX as f64 {
-        return Err(format!("Range({s}, {l}, {d}) has {count} values"));
+        return Err(format!("Range({s}, {l}, {d}) has {count} values").into());
     }
     let count = count as usize;
     if !small_constant(count, 8) {
-        let i = n.g.iota(DType::F64, Shape::fixed(&[count]), 0).k()?;
-        return i.mul(d).k()?.add(s).k()?.cast(dtype).k().map(one);
+        let i = n.g.iota(DType::F64, Shape::fixed(&[count]), 0)?;
+        return Ok(one(i.mul(d)?.add(s)?.cast(dtype)?));
     }
     let vals: Vec<f64> = (0..count).map(|i| s + i as f64 * d).collect();
     let a = Array::from_vec(vec![count], vals).expect("1-D");
-    n.constant(a)?.cast(dtype).k().map(one)
+    Ok(one(n.constant(a)?.cast(dtype)?))
 }
 
 /// `Range` over integer shape values (`Range(0, seq, 1)`): an iota of
@@ -542,8 +527,8 @@ fn symbolic_range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let get = |i: usize, what: &str| -> R<DimExpr> {
         match n.sym_ints(i)?.as_deref() {
             Some([v]) => Ok(v.clone()),
-            Some(v) => Err(format!("{what} must hold one value, has {}", v.len())),
-            None => Err(format!("Range needs {what}")),
+            Some(v) => Err(format!("{what} must hold one value, has {}", v.len()).into()),
+            None => Err(format!("Range needs {what}").into()),
         }
     };
     let (s, l, d) = (get(0, "start")?, get(1, "limit")?, get(2, "delta")?);
@@ -566,91 +551,13 @@ fn symbolic_range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         .div_floor(&DimExpr::val(k))?
         .max_with(&DimExpr::val(0))?;
     let count = Dim::from_expr(count)?;
-    let start = n.g.size_value(&s).k()?;
-    n.g.iota(DType::I64, Shape(vec![count]), 0)
-        .k()?
-        .mul(d)
-        .k()?
-        .add(start)
-        .k()?
-        .cast(dtype)
-        .k()
-        .map(one)
-}
-
-/// Pad's axes (all by default) for `pads` amounts, two per axis.
-fn pad_axes(axes: Option<Vec<i64>>, r: usize, pads: usize) -> R<Vec<usize>> {
-    let axes = match axes {
-        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<R<Vec<_>>>()?,
-        None => (0..r).collect(),
-    };
-    if pads != 2 * axes.len() {
-        return Err(format!(
-            "{pads} pads for {} axes (needs two per axis)",
-            axes.len()
-        ));
-    }
-    Ok(axes)
-}
-
-/// `Pad` by amounts computed from shapes (`seq % 8` to round up to a
-/// multiple, say): constant mode, amounts provably not negative; each
-/// padded axis joins blocks of the value (of expression sizes) around the
-/// input.
-fn symbolic_pad<'g>(n: &Node<'_, 'g>, mode: &str) -> R<Vec<Tensor<'g>>> {
-    let x = n.input(0)?;
-    let r = x.rank();
-    let pads = n.sym_ints(1)?.ok_or("Pad needs pads")?;
-    if mode != "constant" {
-        return n.unsupported(format!(
-            "pad mode '{mode}' with amounts computed from shapes"
-        ));
-    }
-    let axes = pad_axes(n.const_ints(3)?, r, pads.len())?;
-    // The value: a scalar of x's dtype (a run-time one is taken as it is).
-    let value = match n.opt(2) {
-        Some(v) if v.shape().num_elements() == Some(1) => {
-            v.reshape(Shape::scalar()).k()?.cast(x.dtype()).k()?
-        }
-        Some(v) if v.shape().num_elements() != Some(0) => {
-            return Err(format!(
-                "the pad value must hold one element, has shape {}",
-                v.shape()
-            ))
-        }
-        _ => n.scalar(0.0, x.dtype())?,
-    };
-    let mut t = x;
-    for (i, &a) in axes.iter().enumerate() {
-        let (before, after) = (&pads[i], &pads[i + axes.len()]);
-        let mut parts = Vec::with_capacity(3);
-        for (k, amount) in [before, after].into_iter().enumerate() {
-            if amount.as_const() == Some(0) {
-                continue;
-            }
-            if !amount.is_nonneg() {
-                return n.unsupported(format!(
-                    "a pad of {amount} on axis {a}, computed from shapes, that may be negative"
-                ));
-            }
-            let mut shape = t.shape();
-            shape.0[a] = Dim::from_expr(amount.clone())?;
-            let block = value.broadcast_to(shape).k()?;
-            if k == 0 {
-                parts.push(block);
-                parts.push(t);
-            } else {
-                if parts.is_empty() {
-                    parts.push(t);
-                }
-                parts.push(block);
-            }
-        }
-        if !parts.is_empty() {
-            t = n.g.concat(&parts, a as i64).k()?;
-        }
-    }
-    Ok(vec![t])
+    let start = n.g.size_value(&s)?;
+    Ok(one(n
+        .g
+        .iota(DType::I64, Shape(vec![count]), 0)?
+        .mul(d)?
+        .add(start)?
+        .cast(dtype)?))
 }
 
 /// `Tile`: each tiled dim `d` becomes `[1, d]` broadcast to `[r, d]` and
@@ -659,7 +566,7 @@ fn tile<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let repeats = n.sym_ints(1)?.ok_or("Tile needs repeats")?;
     if repeats.len() != x.rank() {
-        return Err(format!("{} repeats for rank {}", repeats.len(), x.rank()));
+        return Err(format!("{} repeats for rank {}", repeats.len(), x.rank()).into());
     }
     if repeats.iter().all(|r| r.as_const() == Some(1)) {
         return Ok(vec![x]);
@@ -678,187 +585,16 @@ fn tile<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         big.extend([r, d]);
         out.push(tiled);
     }
-    x.reshape(Shape(split))
-        .k()?
-        .broadcast_to(Shape(big))
-        .k()?
-        .reshape(Shape(out))
-        .k()
-        .map(one)
-}
-
-/// The source index of each position of an axis of size `d` padded by
-/// `before` and `after` (negative: cropped) in a non-constant `mode`.
-fn pad_indices(mode: &str, d: usize, before: i64, after: i64) -> Vec<i64> {
-    let d = d as i64;
-    (-before..d + after)
-        .map(|p| match mode {
-            "edge" => p.clamp(0, d - 1),
-            "wrap" => p.rem_euclid(d),
-            _ if d == 1 => 0,
-            // reflect: numpy's, periodic with period 2 (d - 1).
-            _ => {
-                let m = p.rem_euclid(2 * (d - 1));
-                if m < d {
-                    m
-                } else {
-                    2 * (d - 1) - m
-                }
-            }
-        })
-        .collect()
-}
-
-/// Gathers `idx` along axis `a` of `x` as slices: runs of consecutive
-/// indices (forward or backward) become slices, runs of one index a
-/// broadcast of a one-element slice; the parts are concatenated. No
-/// indices (an axis cropped away by negative pads) give an empty slice.
-fn take_runs<'g>(x: Tensor<'g>, a: usize, idx: &[i64]) -> R<Tensor<'g>> {
-    if idx.is_empty() {
-        return x.slice_axis(a as i64, 0, 0, 1).k();
-    }
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i + 1;
-        let step = idx
-            .get(j)
-            .map(|&v| v - idx[i])
-            .filter(|s| (-1..=1).contains(s))
-            .unwrap_or(1);
-        while j < idx.len() && idx[j] - idx[j - 1] == step {
-            j += 1;
-        }
-        let len = j - i;
-        let part = if step == 0 {
-            let one = x.slice_axis(a as i64, idx[i], idx[i] + 1, 1).k()?;
-            let mut s = one.shape();
-            s.0[a] = Dim::Fixed(len);
-            one.broadcast_to(s).k()?
-        } else {
-            let last = idx[j - 1];
-            // An end before index 0 must not read as "from the end".
-            let end = if last + step < 0 {
-                i64::MIN
-            } else {
-                last + step
-            };
-            x.slice_axis(a as i64, idx[i], end, step).k()?
-        };
-        parts.push(part);
-        i = j;
-    }
-    if parts.len() == 1 {
-        return Ok(parts[0]);
-    }
-    x.builder().concat(&parts, a as i64).k()
-}
-
-/// `Pad`: `pads` (and `value`) attributes before opset 11; inputs `pads`,
-/// `constant_value` and (opset 18) `axes` after. Negative pads crop.
-/// `constant` mode crops with a slice and pads with kiln's pad; `reflect`,
-/// `edge` and `wrap` take slices of the input per axis (see `take_runs`).
-fn pad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
-    let x = n.input(0)?;
-    let r = x.rank();
-    let mode = n.string("mode").unwrap_or_else(|| "constant".into());
-    if !["constant", "reflect", "edge", "wrap"].contains(&mode.as_str()) {
-        return n.unsupported(format!("pad mode '{mode}'"));
-    }
-    if n.opset >= 11 && n.const_ints(1).is_err() {
-        return symbolic_pad(n, &mode);
-    }
-    // The pad value: known now, or (`runtime`) a tensor computed at run time.
-    let mut runtime = None;
-    let (pads, value, axes) = if n.opset < 11 {
-        (n.ints("pads"), n.float("value", 0.0) as f64, None)
-    } else {
-        let value = match n.inputs.get(2).and_then(|v| v.as_ref()) {
-            None => 0.0,
-            Some(v) => match &v.value {
-                Some(a) if a.is_empty() => 0.0,
-                Some(a) => a.to_f64_vec()[0],
-                None => {
-                    runtime = Some(v.t);
-                    0.0
-                }
-            },
-        };
-        (n.const_ints(1)?, value, n.const_ints(3)?)
-    };
-    let pads = pads.ok_or("Pad needs pads")?;
-    let axes = pad_axes(axes, r, pads.len())?;
-    let (mut before, mut after) = (vec![0i64; r], vec![0i64; r]);
-    for (i, &a) in axes.iter().enumerate() {
-        before[a] = pads[i];
-        after[a] = pads[i + axes.len()];
-    }
-    let mut t = x;
-    if mode == "constant" {
-        // Output position p of an axis reads input p - before: the input
-        // where that is inside it, else the value (pad, then crop). A crop
-        // can eat into the other end's padding.
-        let mut crop = vec![SliceAxis::FULL; r];
-        let mut b: Vec<usize> = before.iter().map(|&p| p.max(0) as usize).collect();
-        let mut e: Vec<usize> = after.iter().map(|&p| p.max(0) as usize).collect();
-        for a in 0..r {
-            if before[a] < 0 || after[a] < 0 {
-                let d = fixed_dim(x, a, "cropping")? as i64;
-                let (p, q) = (before[a], after[a]);
-                let lo = (-p).clamp(0, d);
-                crop[a] = SliceAxis {
-                    start: lo,
-                    end: (d + q).clamp(lo, d),
-                    step: 1,
-                };
-                b[a] = ((d + q).min(0) + p).max(0) as usize;
-                e[a] = (d + q - d.max(-p)).max(0) as usize;
-            }
-        }
-        if crop.iter().any(|c| *c != SliceAxis::FULL) {
-            t = t.slice(&crop).k()?;
-        }
-        if b.iter().chain(&e).any(|&p| p > 0) {
-            let padded = t.pad(&b, &e, value).k()?;
-            t = match runtime {
-                None => padded,
-                Some(v) => {
-                    // Where the input was: a mask of ones padded with zeros.
-                    let inside = n
-                        .scalar(1.0, DType::Bool)?
-                        .broadcast_to(t.shape())
-                        .k()?
-                        .pad(&b, &e, 0.0)
-                        .k()?;
-                    let v = v.reshape(Shape::scalar()).k()?.cast(t.dtype()).k()?;
-                    n.g.select(inside, padded, v).k()?
-                }
-            };
-        }
-        return Ok(vec![t]);
-    }
-    for a in 0..r {
-        if before[a] == 0 && after[a] == 0 {
-            continue;
-        }
-        let d = fixed_dim(x, a, &format!("{mode} padding"))?;
-        if d == 0 && before[a].max(0) + after[a].max(0) > 0 {
-            return Err(format!("cannot {mode}-pad the empty dim {a}"));
-        }
-        let padded = (d as i128 + before[a] as i128 + after[a] as i128).max(0);
-        super::table_len(
-            &format!("the {mode} padding indices of dim {a}"),
-            &[usize::try_from(padded).unwrap_or(usize::MAX)],
-        )?;
-        t = take_runs(t, a, &pad_indices(&mode, d, before[a], after[a]))?;
-    }
-    Ok(vec![t])
+    Ok(one(x
+        .reshape(Shape(split))?
+        .broadcast_to(Shape(big))?
+        .reshape(Shape(out))?))
 }
 
 /// The fixed `[C, H, W]` of a 4-D NCHW input, and its batch dim.
 fn nchw(x: Tensor<'_>, what: &str) -> R<(Dim, [usize; 3])> {
     if x.rank() != 4 {
-        return Err(format!("{what} needs a 4-D input, got {}", x.shape()));
+        return Err(format!("{what} needs a 4-D input, got {}", x.shape()).into());
     }
     let d = |i| fixed_dim(x, i, what);
     Ok((x.shape().0[0].clone(), [d(1)?, d(2)?, d(3)?]))
@@ -871,7 +607,7 @@ fn depth_to_space<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let b = size_of(n.int("blocksize", 0), "blocksize")?;
     let (batch, [c, h, w]) = nchw(x, "DepthToSpace")?;
     if b == 0 || c % (b * b) != 0 {
-        return Err(format!("{c} channels do not split into blocks of {b}x{b}"));
+        return Err(format!("{c} channels do not split into blocks of {b}x{b}").into());
     }
     let c2 = c / (b * b);
     let f = Dim::Fixed;
@@ -884,13 +620,10 @@ fn depth_to_space<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let mut s = vec![batch.clone()];
     s.extend(split);
     s.extend([f(h), f(w)]);
-    x.reshape(Shape(s))
-        .k()?
-        .permute(&perm)
-        .k()?
-        .reshape(Shape(vec![batch, f(c2), f(h * b), f(w * b)]))
-        .k()
-        .map(one)
+    Ok(one(x
+        .reshape(Shape(s))?
+        .permute(&perm)?
+        .reshape(Shape(vec![batch, f(c2), f(h * b), f(w * b)]))?))
 }
 
 /// `SpaceToDepth`: `[N, C, H/b, b, W/b, b]` to `[N, b, b, C, H/b, W/b]`.
@@ -899,17 +632,19 @@ fn space_to_depth<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let b = size_of(n.int("blocksize", 0), "blocksize")?;
     let (batch, [c, h, w]) = nchw(x, "SpaceToDepth")?;
     if b == 0 || h % b != 0 || w % b != 0 {
-        return Err(format!("{h}x{w} does not split into blocks of {b}x{b}"));
+        return Err(format!("{h}x{w} does not split into blocks of {b}x{b}").into());
     }
     let f = Dim::Fixed;
     let s = vec![batch.clone(), f(c), f(h / b), f(b), f(w / b), f(b)];
-    x.reshape(Shape(s))
-        .k()?
-        .permute(&[0, 3, 5, 1, 2, 4])
-        .k()?
-        .reshape(Shape(vec![batch, f(c * b * b), f(h / b), f(w / b)]))
-        .k()
-        .map(one)
+    Ok(one(x
+        .reshape(Shape(s))?
+        .permute(&[0, 3, 5, 1, 2, 4])?
+        .reshape(Shape(vec![
+            batch,
+            f(c * b * b),
+            f(h / b),
+            f(w / b),
+        ]))?))
 }
 
 /// `Trilu`: keeps the elements with `col - row >= k` (upper) or
@@ -919,25 +654,24 @@ fn trilu<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     let r = x.rank();
     if r < 2 {
-        return Err(format!("Trilu needs rank >= 2, got {}", x.shape()));
+        return Err(format!("Trilu needs rank >= 2, got {}", x.shape()).into());
     }
     let k = match n.opt(1) {
         None => n.scalar(0.0, DType::I64)?,
-        Some(k) => k.reshape(Shape::scalar()).k()?.cast(DType::I64).k()?,
+        Some(k) => k.reshape(Shape::scalar())?.cast(DType::I64)?,
     };
     let dims = x.shape().0;
     let mat = Shape(dims[r - 2..].to_vec());
-    let row = n.g.iota(DType::I64, mat.clone(), 0).k()?;
-    let col = n.g.iota(DType::I64, mat, 1).k()?;
-    let diff = col.sub(row).k()?;
+    let row = n.g.iota(DType::I64, mat.clone(), 0)?;
+    let col = n.g.iota(DType::I64, mat, 1)?;
+    let diff = col.sub(row)?;
     let keep = if n.int("upper", 1) != 0 {
         diff.ge(k)
     } else {
         diff.le(k)
-    }
-    .k()?;
+    }?;
     let zero = n.scalar(0.0, x.dtype())?;
-    n.g.select(keep, x, zero).k().map(one)
+    Ok(one(n.g.select(keep, x, zero)?))
 }
 
 /// `EyeLike`: ones where `col - row == k`, in `dtype` (default: the
@@ -945,7 +679,7 @@ fn trilu<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
 fn eye_like<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let x = n.input(0)?;
     if x.rank() != 2 {
-        return Err(format!("EyeLike needs a 2-D input, got {}", x.shape()));
+        return Err(format!("EyeLike needs a 2-D input, got {}", x.shape()).into());
     }
     let dtype = match n.attr("dtype") {
         Some(a) => crate::tensor::dtype_of(a.i as i32)?,
@@ -968,7 +702,7 @@ fn eye_like<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         let a = Array::from_scalars(vec![rows, cols], dtype, &vals).ok_or("EyeLike values")?;
         return n.constant(a).map(one);
     }
-    let row = n.g.iota(DType::I64, s.clone(), 0).k()?;
-    let col = n.g.iota(DType::I64, s, 1).k()?;
-    col.sub(row).k()?.eq(k).k()?.cast(dtype).k().map(one)
+    let row = n.g.iota(DType::I64, s.clone(), 0)?;
+    let col = n.g.iota(DType::I64, s, 1)?;
+    Ok(one(col.sub(row)?.eq(k)?.cast(dtype)?))
 }

@@ -2,11 +2,14 @@
 //! update rules `Adagrad`, `Adam` and `Momentum`, each as elementwise
 //! arithmetic on every (X, G, state...) group of its inputs. The learning
 //! rate `R` and step count `T` are scalars; `T` (int64) is cast to the
-//! tensors' float type. `Gradient` is not converted.
+//! tensors' float type. `Gradient` reads values by name: the importer
+//! converts it with [`gradient`].
 
-use kiln_graph::{DType, Tensor};
+use kiln_graph::{DType, GraphBuilder, Tensor};
 
-use super::{Converter, Kiln, Node, R};
+use super::{ConvertError, Converter, Node, R};
+use crate::proto::NodeProto;
+use crate::scope::{Item, Scope, Value};
 
 /// The ops of this family (keyed by domain and op type).
 pub(crate) const OPS: &[(&str, Converter)] = &[
@@ -31,20 +34,21 @@ fn update<'g>(n: &Node<'_, 'g>, groups: usize) -> R<Update<'g>> {
         return Err(format!(
             "expected R, T and {groups} equally long runs of tensors, got {} inputs",
             n.inputs.len()
-        ));
+        )
+        .into());
     }
     let k = rest / groups;
     let x0 = n.input(2)?;
     let dtype = x0.dtype();
     if !dtype.is_float() {
-        return Err(format!("the optimized tensors must be floats, got {dtype}"));
+        return Err(format!("the optimized tensors must be floats, got {dtype}").into());
     }
     let scalar = |i: usize, what: &str| -> R<Tensor<'g>> {
         let t = n.input(i)?;
         if t.shape().rank() > 1 || t.shape().dims().iter().any(|d| d.fixed() != Some(1)) {
-            return Err(format!("{what} must be a scalar, got shape {}", t.shape()));
+            return Err(format!("{what} must be a scalar, got shape {}", t.shape()).into());
         }
-        t.reshape(kiln_graph::Shape::scalar()).k()?.cast(dtype).k()
+        Ok(t.reshape(kiln_graph::Shape::scalar())?.cast(dtype)?)
     };
     let r = scalar(0, "R (the learning rate)")?;
     let t = scalar(1, "T (the update count)")?;
@@ -63,7 +67,8 @@ fn update<'g>(n: &Node<'_, 'g>, groups: usize) -> R<Update<'g>> {
                     x.shape(),
                     run[j].dtype(),
                     run[j].shape()
-                ));
+                )
+                .into());
             }
         }
     }
@@ -76,7 +81,7 @@ fn regularized<'g>(n: &Node<'_, 'g>, x: Tensor<'g>, g: Tensor<'g>) -> R<Tensor<'
     if c == 0.0 {
         return Ok(g);
     }
-    x.mul(c).k()?.add(g).k()
+    Ok(x.mul(c)?.add(g)?)
 }
 
 /// `Adagrad`: `r = R / (1 + T * decay_factor)`, `G' = norm * X + G`,
@@ -86,14 +91,14 @@ fn adagrad<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let u = update(n, 3)?;
     let decay = n.float("decay_factor", 0.0) as f64;
     let eps = n.float("epsilon", 1e-6) as f64;
-    let r = u.r.div(u.t.mul(decay).k()?.add(1.0).k()?).k()?;
+    let r = u.r.div(u.t.mul(decay)?.add(1.0)?)?;
     let (mut xs, mut hs) = (Vec::new(), Vec::new());
     for j in 0..u.runs[0].len() {
         let (x, g, h) = (u.runs[0][j], u.runs[1][j], u.runs[2][j]);
         let g = regularized(n, x, g)?;
-        let h_new = h.add(g.mul(g).k()?).k()?;
-        let step = r.mul(g).k()?.div(h_new.sqrt().k()?.add(eps).k()?).k()?;
-        xs.push(x.sub(step).k()?);
+        let h_new = h.add(g.mul(g)?)?;
+        let step = r.mul(g)?.div(h_new.sqrt()?.add(eps)?)?;
+        xs.push(x.sub(step)?);
         hs.push(h_new);
     }
     xs.extend(hs);
@@ -110,30 +115,24 @@ fn adam<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     let beta = n.float("beta", 0.999) as f64;
     let eps = n.float("epsilon", 1e-6) as f64;
     let post = n.float("norm_coefficient_post", 0.0) as f64;
-    let pow = |base: f64| -> R<Tensor<'g>> { n.scalar(base, u.dtype)?.pow(u.t).k() };
-    let one_minus = |t: Tensor<'g>| -> R<Tensor<'g>> { n.scalar(1.0, u.dtype)?.sub(t).k() };
+    let pow = |base: f64| -> R<Tensor<'g>> { Ok(n.scalar(base, u.dtype)?.pow(u.t)?) };
+    let one_minus = |t: Tensor<'g>| -> R<Tensor<'g>> { Ok(n.scalar(1.0, u.dtype)?.sub(t)?) };
     let adjusted =
-        u.r.mul(one_minus(pow(beta)?)?.sqrt().k()?)
-            .k()?
-            .div(one_minus(pow(alpha)?)?)
-            .k()?;
-    let r = n.g.select(u.t.gt(0.0).k()?, adjusted, u.r).k()?;
+        u.r.mul(one_minus(pow(beta)?)?.sqrt()?)?
+            .div(one_minus(pow(alpha)?)?)?;
+    let r = n.g.select(u.t.gt(0.0)?, adjusted, u.r)?;
     let (mut xs, mut vs, mut hs) = (Vec::new(), Vec::new(), Vec::new());
     for j in 0..u.runs[0].len() {
         let (x, g, v, h) = (u.runs[0][j], u.runs[1][j], u.runs[2][j], u.runs[3][j]);
         let g = regularized(n, x, g)?;
-        let v_new = v.mul(alpha).k()?.add(g.mul(1.0 - alpha).k()?).k()?;
-        let h_new = h
-            .mul(beta)
-            .k()?
-            .add(g.mul(g).k()?.mul(1.0 - beta).k()?)
-            .k()?;
-        let step = r.mul(v_new.div(h_new.sqrt().k()?.add(eps).k()?).k()?).k()?;
-        let x_new = x.sub(step).k()?;
+        let v_new = v.mul(alpha)?.add(g.mul(1.0 - alpha)?)?;
+        let h_new = h.mul(beta)?.add(g.mul(g)?.mul(1.0 - beta)?)?;
+        let step = r.mul(v_new.div(h_new.sqrt()?.add(eps)?)?)?;
+        let x_new = x.sub(step)?;
         xs.push(if post == 0.0 {
             x_new
         } else {
-            x_new.mul(1.0 - post).k()?
+            x_new.mul(1.0 - post)?
         });
         vs.push(v_new);
         hs.push(h_new);
@@ -155,26 +154,62 @@ fn momentum<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
         Some("nesterov") => true,
         Some(m) => return n.unsupported(format!("mode {m:?} (standard or nesterov)")),
     };
-    let beta_t =
-        n.g.select(
-            u.t.gt(0.0).k()?,
-            n.scalar(beta, u.dtype)?,
-            n.scalar(1.0, u.dtype)?,
-        )
-        .k()?;
+    let beta_t = n.g.select(
+        u.t.gt(0.0)?,
+        n.scalar(beta, u.dtype)?,
+        n.scalar(1.0, u.dtype)?,
+    )?;
     let (mut xs, mut vs) = (Vec::new(), Vec::new());
     for j in 0..u.runs[0].len() {
         let (x, g, v) = (u.runs[0][j], u.runs[1][j], u.runs[2][j]);
         let g = regularized(n, x, g)?;
-        let v_new = v.mul(alpha).k()?.add(beta_t.mul(g).k()?).k()?;
+        let v_new = v.mul(alpha)?.add(beta_t.mul(g)?)?;
         let dir = if nesterov {
-            g.add(v_new.mul(alpha).k()?).k()?
+            g.add(v_new.mul(alpha)?)?
         } else {
             v_new
         };
-        xs.push(x.sub(u.r.mul(dir).k()?).k()?);
+        xs.push(x.sub(u.r.mul(dir)?)?);
         vs.push(v_new);
     }
     xs.extend(vs);
     Ok(xs)
+}
+
+/// `ai.onnx.preview.training.Gradient`: the gradients of the value named by
+/// its `y` attribute (of its sum, where not a scalar) with respect to the
+/// values named by `xs`, by kiln's symbolic differentiation. It reads
+/// values by name, so the importer converts it itself.
+pub(crate) const GRADIENT: &str = "ai.onnx.preview.training.Gradient";
+
+pub(crate) fn gradient<'g>(
+    g: &'g GraphBuilder,
+    n: &NodeProto,
+    scope: &Scope<'g>,
+) -> R<Vec<Item<'g>>> {
+    let attr = |name: &str| n.attribute.iter().find(|a| a.name == name);
+    let value = |name: &str| {
+        scope.tensor(name).map(|v| v.t).ok_or_else(|| {
+            ConvertError::Invalid(format!("'{name}' is not a tensor computed before the node"))
+        })
+    };
+    let y = attr("y")
+        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        .ok_or("the 'y' attribute is required")?;
+    let xs = attr("xs")
+        .map(|a| {
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+        .ok_or("the 'xs' attribute is required")?;
+    let y = value(&y)?;
+    let xs = xs.iter().map(|x| value(x)).collect::<R<Vec<_>>>()?;
+    let grads = g.gradients(y, &xs)?;
+    Ok(grads
+        .into_iter()
+        .map(|t| Item::Tensor(Value::runtime(t)))
+        .collect())
 }
