@@ -1736,3 +1736,78 @@ fn a_spoiled_recording_runs_the_steps_directly() {
         "recorded once the spoiling stopped"
     );
 }
+
+/// The CUDA engine's `Executable` (`cuda::program::DeviceProgram`, host
+/// arrays in and out, variables uploaded per run and their new values
+/// downloaded) on the host stand-in: every device case, shared by two
+/// threads at once, against the reference's outputs and variables.
+#[test]
+fn device_programs_behind_the_engine_interface_match_the_reference() {
+    use kiln_codegen::cuda::program::DeviceProgram;
+    use kiln_codegen::Executable;
+    use std::collections::HashMap;
+    kiln_tests::require_compiler("c++");
+    kiln_tests::require_nvrtc();
+    fn shared<T: Send + Sync>() {}
+    shared::<DeviceProgram<cuda::exec::CudaGpu>>();
+    // A step that assigns a variable, so that updates come back too.
+    let g = GraphBuilder::new();
+    let w = g
+        .variable(
+            "w",
+            Array::from_vec(vec![4], vec![1.0f32, -2.0, 0.5, 3.0]).unwrap(),
+        )
+        .unwrap();
+    let x = g.placeholder("x", DType::F32, [4]).unwrap();
+    let loss = w.mul(x).unwrap().sum(&[0], false).unwrap();
+    let step = w.assign(w.sub(x.mul(0.1).unwrap()).unwrap()).unwrap();
+    g.output(loss.named("loss").unwrap()).unwrap();
+    g.output(step.named("step").unwrap()).unwrap();
+    let x = Array::from_vec(vec![4], vec![0.5f32, 1.0, -1.0, 2.0]).unwrap();
+    let mut cases = device_cases();
+    cases.push((
+        "assigning step".into(),
+        g.into_graph(),
+        Bindings::new(),
+        vec![("x".into(), x)],
+    ));
+    let mut assigned = 0;
+    for (name, graph, bindings, feeds) in cases {
+        let opts = CompileOptions {
+            freeze_variables: true,
+            ..Default::default()
+        };
+        let program = compile(&graph, graph.outputs(), &bindings, &opts)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .program;
+        let exe = DeviceProgram::new(host::HostGpu::default(), &program)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+        let reference = Session::new(&graph, Device::Reference).unwrap();
+        let initial: HashMap<String, Array> =
+            reference.variables_by_name().unwrap().into_iter().collect();
+        let want = reference.run_outputs(&refs).unwrap();
+        let inputs: HashMap<&str, &Array> = refs.iter().copied().collect();
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| exe.run(&inputs, &initial)))
+                .collect();
+            for r in runs {
+                let out = r
+                    .join()
+                    .expect("a run panicked")
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                for ((f, w), g) in want.iter().zip(&out.fetched) {
+                    kiln_tests::compare(w, g).unwrap_or_else(|e| panic!("{name}, {f}: {e}"));
+                }
+                assigned += out.updates.len();
+                for (var, value) in &out.updates {
+                    let w = reference.variable(var).unwrap();
+                    kiln_tests::compare(&w, value)
+                        .unwrap_or_else(|e| panic!("{name}, variable {var}: {e}"));
+                }
+            }
+        });
+    }
+    assert_eq!(assigned, 2, "the assigning step's two runs each return w");
+}

@@ -18,6 +18,7 @@ pub mod conv;
 pub mod driver;
 pub mod exec;
 mod op_source;
+pub mod program;
 pub mod source;
 
 use std::sync::OnceLock;
