@@ -40,7 +40,7 @@ pub struct Session {
     options: SessionOptions,
     variables: RwLock<HashMap<String, Array>>,
     /// The CPU's compiled programs.
-    compiled: Mutex<Programs<Arc<CpuExecutable>>>,
+    compiled: Mutex<Programs<Arc<Slot>>>,
     /// The GPU of a `Device::Cuda` session and its compiled programs.
     gpu: Option<Mutex<Gpu>>,
     profiling: bool,
@@ -50,6 +50,11 @@ pub struct Session {
 
 /// A compiled program's key: its fetches and the sizes of its symbols.
 type Key = (Vec<NodeId>, Bindings);
+
+/// A CPU program's place in the cache: empty until the first thread that
+/// needs it has compiled it (the others wait on the lock rather than
+/// compile it again).
+type Slot = Mutex<Option<Arc<CpuExecutable>>>;
 
 /// Compiled programs by key, with the least recently run first in `recent`.
 struct Programs<E> {
@@ -374,7 +379,13 @@ impl Session {
 
     /// Number of programs compiled so far (one per fetch set and shape).
     pub fn compiled_programs(&self) -> usize {
-        lock(&self.compiled).map.len() + self.gpu.as_ref().map_or(0, |g| lock(g).compiled.map.len())
+        let cpu = lock(&self.compiled)
+            .map
+            .values()
+            // A slot being compiled (its lock held) is not compiled yet.
+            .filter(|slot| slot.try_lock().is_ok_and(|s| s.is_some()))
+            .count();
+        cpu + self.gpu.as_ref().map_or(0, |g| lock(g).compiled.map.len())
     }
 
     /// The most programs the session keeps.
@@ -400,17 +411,20 @@ impl Session {
         Ok(compiled)
     }
 
-    /// The CPU program for `key`, compiled on its first use. Two threads
-    /// that miss at once both compile (outside the lock); the first to
-    /// finish is kept.
+    /// The CPU program for `key`, compiled on its first use: by one
+    /// thread, while others that need the same program wait for it (and
+    /// runs of other programs go on).
     fn cpu_program(&self, key: &Key) -> Result<Arc<CpuExecutable>> {
         let max = self.max_programs();
-        {
+        let slot = {
             let mut programs = lock(&self.compiled);
-            if let Some(exe) = programs.map.get(key).cloned() {
-                programs.touch(key, max);
-                return Ok(exe);
-            }
+            let slot = programs.map.entry(key.clone()).or_default().clone();
+            programs.touch(key, max);
+            slot
+        };
+        let mut slot = lock(&slot);
+        if let Some(exe) = slot.as_ref() {
+            return Ok(exe.clone());
         }
         let compiled = self.compile(key)?;
         let o = &self.options;
@@ -423,15 +437,9 @@ impl Session {
             conv: o.conv.unwrap_or(d.conv),
             dumps: o.dumps.unwrap_or(d.dumps),
         };
-        let exe = backend.compile(&compiled.program)?;
+        let exe = Arc::new(backend.compile(&compiled.program)?);
         exe.set_profiling(self.profiling);
-        let mut programs = lock(&self.compiled);
-        let exe = programs
-            .map
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(exe))
-            .clone();
-        programs.touch(key, max);
+        *slot = Some(exe.clone());
         Ok(exe)
     }
 
@@ -629,8 +637,10 @@ impl Session {
     /// (`kiln run --profile`, `--trace`), or stops recording.
     pub fn set_profiling(&mut self, on: bool) {
         self.profiling = on;
-        for exe in lock(&self.compiled).map.values() {
-            exe.set_profiling(on);
+        for slot in lock(&self.compiled).map.values() {
+            if let Some(exe) = lock(slot).as_ref() {
+                exe.set_profiling(on);
+            }
         }
         if let Some(gpu) = &self.gpu {
             for exe in lock(gpu).compiled.map.values_mut() {
@@ -641,17 +651,8 @@ impl Session {
 
     /// The kernel executions recorded since the last call, in start order.
     pub fn take_profile(&mut self) -> Vec<ProfileEvent> {
-        let mut taken: Vec<(Vec<kiln_codegen::cpu::KernelTime>, Arc<KernelProgram>)> = Vec::new();
-        for exe in lock(&self.compiled).map.values() {
-            taken.push((exe.take_profile(), Arc::new(exe.program().clone())));
-        }
-        if let Some(gpu) = &self.gpu {
-            for exe in lock(gpu).compiled.map.values_mut() {
-                taken.push((exe.take_profile(), Arc::new(exe.program().clone())));
-            }
-        }
         let mut events = Vec::new();
-        for (times, p) in taken {
+        let mut add = |times: Vec<kiln_codegen::cpu::KernelTime>, p: &KernelProgram| {
             for t in times {
                 events.push(ProfileEvent {
                     kernel: t.kernel,
@@ -660,6 +661,16 @@ impl Session {
                     start_us: t.start.duration_since(self.epoch).as_secs_f64() * 1e6,
                     duration_us: t.duration.as_secs_f64() * 1e6,
                 });
+            }
+        };
+        for slot in lock(&self.compiled).map.values() {
+            if let Some(exe) = lock(slot).as_ref() {
+                add(exe.take_profile(), exe.program());
+            }
+        }
+        if let Some(gpu) = &self.gpu {
+            for exe in lock(gpu).compiled.map.values_mut() {
+                add(exe.take_profile(), exe.program());
             }
         }
         events.sort_by(|a, b| a.start_us.total_cmp(&b.start_us));
