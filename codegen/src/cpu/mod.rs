@@ -112,8 +112,10 @@ pub struct CpuExecutable {
     host: HashMap<usize, usize>,
     /// Scratches not in use by a run.
     scratch: std::sync::Mutex<Vec<Scratch>>,
-    /// The kernel times of runs while profiling is on (`None`: off).
-    profile: std::sync::Mutex<Option<Vec<KernelTime>>>,
+    /// Whether runs record their kernel times (read without a lock).
+    profiling: std::sync::atomic::AtomicBool,
+    /// The kernel times recorded.
+    profile: std::sync::Mutex<Vec<KernelTime>>,
 }
 
 /// What one run writes besides its results: the arena and the table of
@@ -513,7 +515,8 @@ impl Engine for CpuBackend {
             host,
             scratch: std::sync::Mutex::new(vec![first]),
             program,
-            profile: std::sync::Mutex::new(None),
+            profiling: std::sync::atomic::AtomicBool::new(false),
+            profile: std::sync::Mutex::new(Vec::new()),
         })
     }
 }
@@ -521,17 +524,17 @@ impl Engine for CpuBackend {
 impl CpuExecutable {
     /// Records the time of every kernel of later runs (or stops recording).
     pub fn set_profiling(&self, on: bool) {
-        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+        self.profiling
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The kernel times recorded since the last call.
     pub fn take_profile(&self) -> Vec<KernelTime> {
-        self.profile
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+        std::mem::take(&mut *self.profile.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The program this executable runs.
@@ -663,11 +666,7 @@ impl CpuExecutable {
         let table = scratch.table.as_ptr();
         let buffers = &scratch.table;
         let mut host = |i: usize| host_step(&self.program, buffers, self.host[&i]);
-        let profiling = self
-            .profile
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
+        let profiling = self.profiling.load(std::sync::atomic::Ordering::Relaxed);
         let mut log = Vec::new();
         let mut record = |i: usize, t: std::time::Instant| {
             log.push(KernelTime {
@@ -686,13 +685,11 @@ impl CpuExecutable {
                 profiling.then_some(&mut record as &mut dyn FnMut(usize, std::time::Instant)),
             )
         };
-        if let Some(p) = self
-            .profile
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            p.extend(log);
+        if profiling {
+            self.profile
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(log);
         }
         result.map_err(|e| Error::Run {
             kernel: e.step,

@@ -229,23 +229,19 @@ impl Session {
         fetches: &[&str],
         feeds: &[(&str, &T)],
     ) -> Result<()> {
+        // The placeholders each fetch needs, found once per fetch; checked
+        // under the cache's lock (no copy per run).
+        let mut cache = lock(&self.needed);
         for (&f, &fname) in fetch_ids.iter().zip(fetches) {
-            // The placeholders each fetch needs, found once per fetch.
-            let needed = {
-                let mut cache = lock(&self.needed);
-                cache
-                    .entry(f)
-                    .or_insert_with(|| {
-                        let graph = &self.graph;
-                        graph
-                            .ancestors(&[f])
-                            .into_iter()
-                            .filter(|&n| matches!(graph.node(n).op, Op::Placeholder { .. }))
-                            .collect()
-                    })
-                    .clone()
-            };
-            for n in needed {
+            let needed = cache.entry(f).or_insert_with(|| {
+                let graph = &self.graph;
+                graph
+                    .ancestors(&[f])
+                    .into_iter()
+                    .filter(|&n| matches!(graph.node(n).op, Op::Placeholder { .. }))
+                    .collect()
+            });
+            for &n in needed.iter() {
                 let node = self.graph.node(n);
                 if !feeds.iter().any(|(name, _)| *name == node.name) {
                     return Err(Error::Feed {
