@@ -149,6 +149,7 @@ impl Placement {
         let native = match op {
             Op::Conv2d { .. } => Some("direct AVX-512 or im2col + GEMM"),
             Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => Some("pooling kernel"),
+            Op::Gather { .. } => Some("row copies"),
             _ => None,
         };
         match (native, self) {

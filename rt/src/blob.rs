@@ -17,6 +17,7 @@ const MATMUL: i64 = 1;
 const CONV: i64 = 2;
 const HOST: i64 = 3;
 const POOL: i64 = 4;
+const GATHER: i64 = 5;
 
 /// A compiled loop nest named by its function index, with its loop shape
 /// and whether dim 0 may be split across threads.
@@ -164,6 +165,30 @@ impl Writer {
         ] {
             self.words.extend(d.iter().map(|&x| x as i64));
         }
+        self.nest(epilogue);
+    }
+
+    /// A gather of rows.
+    pub fn gather(
+        &mut self,
+        g: &crate::gather::Gather,
+        out: usize,
+        data: usize,
+        indices: usize,
+        epilogue: Option<Nest<'_>>,
+    ) {
+        self.begin(GATHER);
+        self.words.extend([
+            g.elem_bytes as i64,
+            g.outer as i64,
+            g.len as i64,
+            g.inner as i64,
+            g.count as i64,
+            g.wide as i64,
+            out as i64,
+            data as i64,
+            indices as i64,
+        ]);
         self.nest(epilogue);
     }
 
@@ -369,6 +394,28 @@ pub unsafe fn decode(
                     pool,
                     out,
                     x,
+                    epilogue: r.nest(fns)?,
+                }
+            }
+            GATHER => {
+                let [elem_bytes, outer, len, inner, count] = r.sizes()?;
+                if !matches!(elem_bytes, 1 | 2 | 4 | 8) {
+                    return Err(format!("a gather of {elem_bytes}-byte elements"));
+                }
+                let wide = r.word()? != 0;
+                let gather = crate::gather::Gather {
+                    elem_bytes,
+                    outer,
+                    len,
+                    inner,
+                    count,
+                    wide,
+                };
+                Step::Gather {
+                    gather,
+                    out: r.buffer(buffers)?,
+                    data: r.buffer(buffers)?,
+                    indices: r.buffer(buffers)?,
                     epilogue: r.nest(fns)?,
                 }
             }

@@ -187,6 +187,14 @@ pub enum Step {
         x: usize,
         epilogue: Option<Launch>,
     },
+    /// Rows of `data` picked by `indices`, then the epilogue.
+    Gather {
+        gather: crate::gather::Gather,
+        out: usize,
+        data: usize,
+        indices: usize,
+        epilogue: Option<Launch>,
+    },
     /// Work the caller does (an op with no code here), then its epilogue.
     Host {
         epilogue: Option<Launch>,
@@ -223,6 +231,19 @@ impl Step {
                 pool: pool.clone(),
                 out: *out,
                 x: *x,
+                epilogue: *epilogue,
+            },
+            Step::Gather {
+                gather,
+                out,
+                data,
+                indices,
+                epilogue,
+            } => Step::Gather {
+                gather: gather.clone(),
+                out: *out,
+                data: *data,
+                indices: *indices,
                 epilogue: *epilogue,
             },
             Step::Host { epilogue } => Step::Host {
@@ -594,6 +615,19 @@ impl Exec {
             } => {
                 // SAFETY: the buffers have the pooling's shapes and type.
                 unsafe { pool.run(buf(*out), buf(*x), self.threads, split) };
+                if let Some(l) = epilogue {
+                    unsafe { self.launch(l, table, split) };
+                }
+            }
+            Step::Gather {
+                gather,
+                out,
+                data,
+                indices,
+                epilogue,
+            } => {
+                // SAFETY: the buffers have the gather's shapes and types.
+                unsafe { gather.run(buf(*out), buf(*data), buf(*indices)) }?;
                 if let Some(l) = epilogue {
                     unsafe { self.launch(l, table, split) };
                 }

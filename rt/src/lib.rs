@@ -25,6 +25,7 @@ pub mod blob;
 pub mod conv;
 pub mod executor;
 pub mod extern_fns;
+pub mod gather;
 pub mod gemv;
 pub mod pool;
 pub mod rng;

@@ -271,10 +271,18 @@ fn the_engine_table_in_architecture_md_is_current() {
     );
 }
 
-/// Graphs whose one kernel of interest is a gather, a pooling or a
+/// Graphs whose one kernel of interest is a scatter-add, a gather, a
+/// pooling or a
 /// convolution, with the op each shows.
 fn opaque_graphs() -> Vec<(&'static str, Graph)> {
     let mut out = Vec::new();
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, [4, 3]).unwrap();
+    let i = g.placeholder("i", DType::I64, [2]).unwrap();
+    let u = g.placeholder("u", DType::F32, [2, 3]).unwrap();
+    g.output(x.scatter_add(i, u, 0).unwrap().exp().unwrap())
+        .unwrap();
+    out.push(("scatter_add", g.into_graph()));
     let g = GraphBuilder::new();
     let x = g.placeholder("x", DType::F32, [4, 3]).unwrap();
     let i = g.placeholder("i", DType::I64, [2]).unwrap();
@@ -463,7 +471,7 @@ fn an_engine_that_lacks_an_op_says_which_kernel_op_and_nodes() {
     let e = Placement::Aot.check(&program).unwrap_err().to_string();
     assert!(
         e.starts_with("the aot engine does not run kernel ")
-            && e.contains("a gather (f32) of node(s) ")
+            && e.contains("a scatter_add (f32) of node(s) ")
             && e.contains("no code in the runtime library"),
         "{e}"
     );

@@ -445,6 +445,19 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
                         };
                         w.pool(&pool, out.0, args[0].0, e);
                     }
+                    Op::Gather { axis } => {
+                        let data = &program.buffer(args[0]).shape;
+                        let indices = program.buffer(args[1]);
+                        let g = kiln_rt::gather::Gather {
+                            elem_bytes: dtype.size_bytes(),
+                            outer: data[..*axis].iter().product(),
+                            len: data[*axis],
+                            inner: data[*axis + 1..].iter().product(),
+                            count: indices.shape.iter().product(),
+                            wide: indices.dtype == DType::I64,
+                        };
+                        w.gather(&g, out.0, args[0].0, args[1].0, e);
+                    }
                     _ => {
                         host.insert(step, *i);
                         w.host(e);
