@@ -11,9 +11,9 @@
 //! `cc main.c model.o libkiln_rt.a -lm -lpthread -ldl` links a program that
 //! runs the model (tests/tests/aot.rs compares it with the JIT session).
 //!
-//! Ops the executor has no code for (pooling, gather, scatter-add, control
-//! flow: the JIT runs them through kiln's interpreter) are refused with an
-//! error naming them.
+//! Ops the executor has no code for (scatter-add, control flow: the JIT
+//! runs them through kiln's interpreter) are refused with an error naming
+//! them.
 
 use kiln_graph::DType;
 use kiln_optimizer::kernel::{Kernel, KernelProgram, Storage};

@@ -5,9 +5,9 @@
 //! `kiln-rt`'s executor (the same code ahead-of-time binaries link): loop
 //! nests split across the worker team, matrix products through the packed
 //! AVX-512 GEMM, the matrix-vector path or the `gemm` crate, convolutions
-//! directly or as im2col + GEMM; pooling, gather, scatter-add and control
-//! flow run their reference implementation on the stored operands between
-//! them ("host steps"). All temporaries live in one arena allocated at
+//! directly or as im2col + GEMM, pooling, gathers as row copies;
+//! scatter-add and control flow run their reference implementation on the
+//! stored operands between them ("host steps"). All temporaries live in one arena allocated at
 //! compile time.
 
 pub mod aot;
