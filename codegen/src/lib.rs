@@ -48,6 +48,26 @@ pub trait Engine: Send + Sync {
     }
 }
 
+/// An error unless `a` has buffer `b`'s type: what a run is given for an
+/// input or variable (`what`, `name`) must match the program.
+pub(crate) fn check_operand(
+    a: &Array,
+    b: &kiln_optimizer::kernel::Buffer,
+    what: &str,
+    name: &str,
+) -> Result<()> {
+    if a.dtype() != b.dtype || a.shape() != b.shape.as_slice() {
+        return Err(Error::Input(format!(
+            "{what} '{name}' is {}{:?}, the program expects {}{:?}",
+            a.dtype(),
+            a.shape(),
+            b.dtype,
+            b.shape
+        )));
+    }
+    Ok(())
+}
+
 /// What one run of an [`Executable`] produces.
 #[derive(Debug)]
 pub struct RunOutput {

@@ -94,45 +94,33 @@ pub(crate) fn build_or_fold<'g>(
     f: Build<'_>,
 ) -> ops::R<Vec<Value<'g>>> {
     let constants: Option<Vec<&Rc<Array>>> = inputs.iter().map(|v| v.constant.as_ref()).collect();
-    match constants {
-        Some(arrays) if !arrays.is_empty() => {
-            let scratch = GraphBuilder::new();
-            let ts = arrays
-                .iter()
-                .map(|a| scratch.constant((***a).clone()))
-                .collect::<kiln_graph::Result<Vec<_>>>()?;
-            let outs = f(&scratch, &ts)?;
-            if let Some(arrays) = evaluate(&scratch, &outs)? {
-                return arrays
-                    .into_iter()
-                    .map(|a| {
-                        let t = g.constant(a.clone())?;
-                        Ok(Value {
-                            t,
-                            constant: Some(Rc::new(a)),
-                        })
+    if let Some(arrays) = constants.filter(|a| !a.is_empty()) {
+        let scratch = GraphBuilder::new();
+        let ts = arrays
+            .iter()
+            .map(|a| scratch.constant((***a).clone()))
+            .collect::<kiln_graph::Result<Vec<_>>>()?;
+        let outs = f(&scratch, &ts)?;
+        if let Some(arrays) = evaluate(&scratch, &outs)? {
+            return arrays
+                .into_iter()
+                .map(|a| {
+                    let t = g.constant(a.clone())?;
+                    Ok(Value {
+                        t,
+                        constant: Some(Rc::new(a)),
                     })
-                    .collect();
-            }
-            // Too large to evaluate now: built like the rest.
-            let ts: Vec<Tensor<'g>> = inputs.iter().map(|v| v.t).collect();
-            Ok(f(g, &ts)?
-                .into_iter()
-                .map(|t| Value {
-                    t,
-                    constant: t.constant_value().map(|a| Rc::new((*a).clone())),
                 })
-                .collect())
+                .collect();
         }
-        _ => {
-            let ts: Vec<Tensor<'g>> = inputs.iter().map(|v| v.t).collect();
-            Ok(f(g, &ts)?
-                .into_iter()
-                .map(|t| Value {
-                    t,
-                    constant: t.constant_value().map(|a| Rc::new((*a).clone())),
-                })
-                .collect())
-        }
+        // Too large to evaluate now: built like the rest.
     }
+    let ts: Vec<Tensor<'g>> = inputs.iter().map(|v| v.t).collect();
+    Ok(f(g, &ts)?
+        .into_iter()
+        .map(|t| Value {
+            t,
+            constant: t.constant_value().map(|a| Rc::new((*a).clone())),
+        })
+        .collect())
 }

@@ -636,18 +636,7 @@ impl CpuExecutable {
         let mut results: HashMap<BufferId, Array> = HashMap::new();
         let arena = scratch.arena_base();
         for (i, b) in self.program.buffers.iter().enumerate() {
-            let check = |a: &Array, what: &str, name: &str| -> Result<()> {
-                if a.dtype() != b.dtype || a.shape() != b.shape.as_slice() {
-                    return Err(Error::Input(format!(
-                        "{what} '{name}' is {}{:?}, the program expects {}{:?}",
-                        a.dtype(),
-                        a.shape(),
-                        b.dtype,
-                        b.shape
-                    )));
-                }
-                Ok(())
-            };
+            let check = |a: &Array, what: &str, name: &str| crate::check_operand(a, b, what, name);
             scratch.table[i] = match &b.storage {
                 Storage::Input { name } => {
                     let a = *inputs

@@ -89,15 +89,7 @@ where
             let value = variables
                 .get(name)
                 .ok_or_else(|| Error::Input(format!("variable '{name}' was not supplied")))?;
-            if value.dtype() != b.dtype || value.shape() != b.shape.as_slice() {
-                return Err(Error::Input(format!(
-                    "variable '{name}' is {}{:?}, the program expects {}{:?}",
-                    value.dtype(),
-                    value.shape(),
-                    b.dtype,
-                    b.shape
-                )));
-            }
+            crate::check_operand(value, b, "variable", name)?;
             let gpu = exe.gpu();
             let m = gpu.alloc(value.size_bytes().max(1))?;
             let address = gpu.address(&m);
