@@ -147,7 +147,7 @@ impl Placement {
     /// have no interpreter).
     fn cpu_opaque(self, op: &Op) -> Support {
         let native = match op {
-            Op::Conv2d { .. } => Some("direct AVX-512 or im2col + GEMM"),
+            Op::Conv2d { .. } => Some("direct AVX-512, direct grouped, or im2col + GEMM"),
             Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => Some("pooling kernel"),
             Op::Gather { .. } => Some("row copies"),
             _ => None,

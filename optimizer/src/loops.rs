@@ -31,7 +31,7 @@ pub fn reshape_loops(program: &mut KernelProgram) {
                 ..
             } => {
                 drop_unit_dims(shape, inputs, &mut [program], None);
-                merge_dims(shape, inputs, &mut [program], None);
+                merge_dims(shape, inputs, &mut [program], None, 0);
                 while split_last(shape, inputs, program) {}
             }
             Kernel::Reduce {
@@ -47,7 +47,7 @@ pub fn reshape_loops(program: &mut KernelProgram) {
                     programs.push(m);
                 }
                 drop_unit_dims(shape, inputs, &mut programs, Some(&mut *axes));
-                merge_dims(shape, inputs, &mut programs, Some(axes));
+                merge_dims(shape, inputs, &mut programs, Some(axes), 0);
             }
             Kernel::MatMul { .. } | Kernel::Op { .. } => {}
         }
@@ -55,11 +55,17 @@ pub fn reshape_loops(program: &mut KernelProgram) {
 }
 
 /// The loop of an epilogue over its output's `shape` with the leading unit
-/// dims dropped (as [`reshape_loops`] does for kernels), and the epilogue
-/// rewritten for it; row-major positions are unchanged.
+/// dims dropped (as [`reshape_loops`] does for kernels) and contiguous dims
+/// after the first merged, and the epilogue rewritten for it; row-major
+/// positions are unchanged. Dim 0 stays as it is: executors run an
+/// epilogue on ranges of it (a convolution's images or channels as they
+/// are done, a product's rows), and its extent is
+/// the output's first dim after the unit ones. A convolution's `[channels, 7, 7]` thus loops
+/// over rows of 49, long enough for the wide vector code.
 pub fn epilogue_loop(shape: &[usize], e: &Epilogue) -> (Vec<usize>, Epilogue) {
     let (mut shape, mut e) = (shape.to_vec(), e.clone());
     drop_unit_dims(&mut shape, &mut e.inputs, &mut [&mut e.program], None);
+    merge_dims(&mut shape, &mut e.inputs, &mut [&mut e.program], None, 1);
     (shape, e)
 }
 
@@ -130,14 +136,15 @@ fn drop_unit_dims(
 /// `[.., 16, 16]` becomes `x[256*i1 + i2]` over `[.., 256]`. Rows get
 /// longer (a global average pool's 16 x 16 window becomes one row of 256)
 /// and loops fewer. A reduction merges only reduced with reduced and kept
-/// with kept dims.
+/// with kept dims. Dims before `first` are left alone.
 fn merge_dims(
     shape: &mut Vec<usize>,
     inputs: &mut [Access],
     programs: &mut [&mut ElementProgram],
     mut axes: Option<&mut Vec<usize>>,
+    first: usize,
 ) {
-    let mut d = 0;
+    let mut d = first;
     while d + 1 < shape.len() {
         let inner = shape[d + 1] as i64;
         let same_kind = axes

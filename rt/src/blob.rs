@@ -352,15 +352,8 @@ pub unsafe fn decode(
                     return Err(format!("convolution {s:?} is inconsistent"));
                 }
                 let mut conv = Conv::new(
-                    s.dtype,
-                    s.input,
-                    s.weight,
-                    s.out_hw,
-                    s.stride,
-                    s.padding,
-                    s.dilation,
-                    s.groups,
-                    settings.conv,
+                    s.dtype, s.input, s.weight, s.out_hw, s.stride, s.padding, s.dilation,
+                    s.groups, *settings,
                 );
                 if constant_w {
                     // SAFETY: the caller's contract for constants.

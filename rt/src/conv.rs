@@ -1,5 +1,7 @@
 //! 2-D convolution. f32 convolutions of one channel group run the direct
-//! AVX-512 kernel of `conv_direct.rs` where the host has it; the rest run as
+//! AVX-512 kernel of `conv_direct.rs` where the host has it, grouped and
+//! depthwise ones with few channels per group the direct kernel of
+//! `conv_grouped.rs` (AVX-512, AVX2 or plain); the rest run as
 //! im2col + GEMM (the `gemm` crate), one image and group at a time, into a
 //! column buffer allocated once at compile time. A 1x1 convolution with
 //! stride 1 and no padding multiplies the input directly.
@@ -9,6 +11,8 @@ use crate::Real;
 #[cfg(target_arch = "x86_64")]
 #[path = "conv_direct.rs"]
 mod direct;
+#[path = "conv_grouped.rs"]
+mod grouped;
 
 /// Called with an image and a range of its output channels once they are
 /// computed (each channel of each image exactly once, possibly from
@@ -32,6 +36,8 @@ pub struct Conv {
     /// The direct AVX-512 path, where it applies and measures faster.
     #[cfg(target_arch = "x86_64")]
     direct: Option<Box<direct::Direct>>,
+    /// The direct grouped (depthwise) kernel, for f32 with groups.
+    grouped: Option<Box<grouped::Grouped>>,
 }
 
 impl Conv {
@@ -45,17 +51,34 @@ impl Conv {
         padding: [usize; 4],
         dilation: [usize; 2],
         groups: usize,
-        path: crate::settings::ConvPath,
+        settings: crate::settings::Settings,
     ) -> Conv {
         #[cfg(target_arch = "x86_64")]
         let direct = if dtype == Real::F32
             && groups == 1
-            && Self::direct_pays(weight, out_hw, stride, padding, dilation, path)
+            && settings.avx512
+            && Self::direct_pays(weight, out_hw, stride, padding, dilation, settings.conv)
         {
             direct::Direct::new(input, weight, out_hw, stride, padding, dilation).map(Box::new)
         } else {
             None
         };
+        let grouped =
+            if dtype == Real::F32 && groups > 1 && Self::grouped_pays(weight, settings.conv) {
+                grouped::Grouped::new(
+                    input,
+                    weight,
+                    out_hw,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    settings.avx512,
+                )
+                .map(Box::new)
+            } else {
+                None
+            };
         Conv {
             dtype,
             input,
@@ -67,6 +90,19 @@ impl Conv {
             groups,
             #[cfg(target_arch = "x86_64")]
             direct,
+            grouped,
+        }
+    }
+
+    /// Whether the direct grouped kernel beats one im2col + GEMM per group:
+    /// for few input channels per group (depthwise: one), where each
+    /// group's product is too small for GEMM blocking to pay.
+    fn grouped_pays(weight: [usize; 4], path: crate::settings::ConvPath) -> bool {
+        use crate::settings::ConvPath;
+        match path {
+            ConvPath::Gemm => false,
+            ConvPath::Direct => true,
+            ConvPath::Measured => weight[1] <= 16,
         }
     }
 
@@ -140,6 +176,7 @@ impl Conv {
             groups: self.groups,
             #[cfg(target_arch = "x86_64")]
             direct: self.direct.as_ref().map(|d| Box::new(d.fork())),
+            grouped: self.grouped.as_ref().map(|g| Box::new(g.fork())),
         }
     }
 
@@ -150,7 +187,7 @@ impl Conv {
         if self.direct.is_some() {
             return false;
         }
-        self.input[0] < 2
+        self.grouped.is_none() && self.input[0] < 2
     }
 
     /// Runs the convolution; returns whether it applied `epilogue` (called
@@ -183,7 +220,18 @@ impl Conv {
                 )
             };
         }
-        let _ = epilogue;
+        if let Some(g) = &mut self.grouped {
+            // SAFETY: f32 buffers of the plan's shapes (the caller's contract).
+            return unsafe {
+                g.run(
+                    out as *mut f32,
+                    x as *const f32,
+                    w as *const f32,
+                    parallelism,
+                    epilogue,
+                )
+            };
+        }
         match self.dtype {
             Real::F32 => unsafe {
                 self.run_typed::<f32>(

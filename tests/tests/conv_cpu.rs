@@ -201,6 +201,44 @@ fn conv_shapes_match_the_reference() {
         dilation: [1, 1],
         groups: 4,
     });
+    // Grouped and depthwise (MobileNet, EfficientNet, ResNeXt shapes): 3x3
+    // and 5x5, strides 1 and 2, planes narrower and wider than a vector,
+    // a channel multiplier, dilation, asymmetric padding, several
+    // channels per group, one image and several, split or not.
+    let grouped = |n, c, o, hw: usize, k: usize, stride: usize, groups| Case {
+        n,
+        c,
+        o,
+        hw: [hw, hw],
+        k: [k, k],
+        stride: [stride, stride],
+        padding: [k / 2; 4],
+        dilation: [1, 1],
+        groups,
+    };
+    cases.extend([
+        grouped(1, 16, 16, 7, 3, 1, 16),
+        grouped(1, 24, 24, 14, 5, 1, 24),
+        grouped(2, 8, 8, 15, 3, 2, 8),
+        grouped(1, 8, 8, 17, 5, 2, 8),
+        grouped(3, 6, 12, 9, 3, 1, 6),
+        grouped(2, 16, 16, 11, 3, 1, 4),
+        grouped(1, 64, 64, 56, 3, 1, 64),
+        grouped(1, 96, 96, 28, 5, 2, 96),
+        grouped(4, 32, 32, 14, 3, 1, 32),
+        grouped(1, 2, 2, 1, 3, 1, 2),
+    ]);
+    cases.push(Case {
+        n: 1,
+        c: 6,
+        o: 6,
+        hw: [13, 10],
+        k: [3, 5],
+        stride: [2, 1],
+        padding: [0, 2, 1, 3],
+        dilation: [2, 1],
+        groups: 6,
+    });
     // The backend picks the direct kernel or im2col + GEMM per shape;
     // `KILN_CONV` (read when a convolution is compiled) forces each path on
     // every shape. This is the only test in this binary, so nothing else
@@ -218,6 +256,13 @@ fn conv_shapes_match_the_reference() {
     for c in &cases[..8] {
         check(c, DType::F64, 3);
     }
+    // The grouped kernel's 8-lane (AVX2) and plain copies, forced where
+    // the host has AVX-512 by turning that off.
+    std::env::set_var("KILN_AVX512", "0");
+    for (i, c) in cases.iter().enumerate().filter(|(_, c)| c.groups > 1) {
+        check(c, DType::F32, 50 + i as u64);
+    }
+    std::env::remove_var("KILN_AVX512");
 }
 
 /// A convolution with the epilogue of a residual block (per-channel bias,
@@ -227,22 +272,29 @@ fn conv_shapes_match_the_reference() {
 /// splitting (the first runs of a session measure both).
 #[test]
 fn convolution_epilogues_match_the_reference() {
-    for (n, c, o, hw) in [
-        (1, 16, 16, 32),
-        (1, 8, 40, 20),
-        (3, 16, 24, 16),
-        (4, 3, 16, 12),
+    // (n, c, o, hw, groups): the last three depthwise (MobileNet's
+    // epilogue: bias and activation after each depthwise layer).
+    for (n, c, o, hw, groups) in [
+        (1, 16, 16, 32, 1),
+        (1, 8, 40, 20, 1),
+        (3, 16, 24, 16, 1),
+        (4, 3, 16, 12, 1),
+        (1, 64, 64, 40, 64),
+        (2, 32, 32, 14, 32),
+        (3, 48, 48, 30, 48),
     ] {
         let g = GraphBuilder::new();
         let x = g
             .placeholder("x", DType::F32, shape![n, c, hw, hw])
             .unwrap();
-        let w = g.constant(values(&[o, c, 3, 3], 2, DType::F32)).unwrap();
+        let w = g
+            .constant(values(&[o, c / groups, 3, 3], 2, DType::F32))
+            .unwrap();
         let bias = g.constant(values(&[1, o, 1, 1], 3, DType::F32)).unwrap();
         let res = g
             .placeholder("r", DType::F32, shape![n, o, hw, hw])
             .unwrap();
-        let opts = Conv2dOptions::default().padding(1);
+        let opts = Conv2dOptions::default().padding(1).groups(groups);
         x.conv2d(w, opts)
             .unwrap()
             .add(bias)
