@@ -319,12 +319,21 @@ impl Memory<'_> {
                 let mut bsh = batch.clone();
                 bsh.extend([kk, n]);
                 let (av, bv) = (self.operand(a, &ash)?, self.operand(b, &bsh)?);
+                // The product's own shape; the output buffer's may differ
+                // where batches were folded into rows (same layout).
+                let mut pshape = batch.clone();
+                pshape.extend([m, n]);
                 let oshape = self.prog.buffer(*out).shape.clone();
                 let acc = Op::MatMul
-                    .eval(&[&av, &bv], &oshape)
+                    .eval(&[&av, &bv], &pshape)
                     .map_err(|r| Error::Exec {
                         kernel: usize::MAX,
                         reason: r,
+                    })?
+                    .reshaped(oshape)
+                    .ok_or(Error::Exec {
+                        kernel: usize::MAX,
+                        reason: "a product's output buffer holds another number of elements".into(),
                     })?;
                 self.epilogue(epilogue, &acc, *out)?;
             }

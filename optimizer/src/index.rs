@@ -30,6 +30,15 @@ pub struct Index {
 pub type Extents = [usize];
 
 impl Index {
+    /// Whether loop variable `var` appears in the expression (also inside
+    /// a division or modulo).
+    pub fn mentions(&self, var: usize) -> bool {
+        self.terms.iter().any(|(_, a)| match a {
+            Atom::Var(v) => *v == var,
+            Atom::Div(i, _) | Atom::Mod(i, _) => i.mentions(var),
+        })
+    }
+
     /// The constant `c`.
     pub fn constant(c: i64) -> Index {
         Index {

@@ -188,6 +188,83 @@ pub struct ElementProgram {
     pub result: usize,
 }
 
+impl Instr {
+    /// The instructions this one reads.
+    pub fn operands(&self) -> Vec<usize> {
+        match *self {
+            Instr::Unary(_, a) | Instr::Cast(_, a) => vec![a],
+            Instr::Binary(_, a, b) => vec![a, b],
+            Instr::Select(c, a, b) => vec![c, a, b],
+            Instr::Load(_)
+            | Instr::Const(_)
+            | Instr::Acc
+            | Instr::InBounds(_)
+            | Instr::IndexValue(..)
+            | Instr::Random { .. } => vec![],
+        }
+    }
+
+    /// This instruction reading `f(operand)` for each operand.
+    fn renumbered(&self, f: impl Fn(usize) -> usize) -> Instr {
+        match self.clone() {
+            Instr::Unary(op, a) => Instr::Unary(op, f(a)),
+            Instr::Cast(t, a) => Instr::Cast(t, f(a)),
+            Instr::Binary(op, a, b) => Instr::Binary(op, f(a), f(b)),
+            Instr::Select(c, a, b) => Instr::Select(f(c), f(a), f(b)),
+            other => other,
+        }
+    }
+}
+
+impl ElementProgram {
+    /// The program computing instruction `root`'s value: the instructions
+    /// it depends on, in their order.
+    pub fn slice(&self, root: usize) -> ElementProgram {
+        let mut needed = vec![false; root + 1];
+        needed[root] = true;
+        for i in (0..=root).rev() {
+            if needed[i] {
+                for a in self.instrs[i].operands() {
+                    needed[a] = true;
+                }
+            }
+        }
+        let mut new_index = vec![usize::MAX; root + 1];
+        let mut instrs = Vec::new();
+        for i in (0..=root).filter(|&i| needed[i]) {
+            new_index[i] = instrs.len();
+            instrs.push(self.instrs[i].renumbered(|a| new_index[a]));
+        }
+        ElementProgram {
+            result: instrs.len() - 1,
+            instrs,
+        }
+    }
+
+    /// Index-set splitting: where the result is a select on bounds tests
+    /// that do not involve loop variable `var` (a concatenation or a pad
+    /// along an outer dim), every row along `var` takes one side whole.
+    /// Returns the tests, the program of the side taken when they hold,
+    /// and that of the other side; a backend branches once per row and
+    /// computes one side, instead of both in every lane (a recurrent
+    /// layer's output concatenates 100 time steps: 100 sides).
+    pub fn split_row_select(
+        &self,
+        var: usize,
+    ) -> Option<(Vec<Cond>, ElementProgram, ElementProgram)> {
+        let Instr::Select(c, a, b) = self.instrs[self.result] else {
+            return None;
+        };
+        let Instr::InBounds(conds) = &self.instrs[c] else {
+            return None;
+        };
+        if conds.iter().any(|c| c.expr.mentions(var)) {
+            return None;
+        }
+        Some((conds.clone(), self.slice(a), self.slice(b)))
+    }
+}
+
 /// What a reduction kernel reduces with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReduceKind {

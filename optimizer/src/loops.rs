@@ -14,11 +14,16 @@
 //! - Adjacent dims every index walks contiguously merge into one, so rows
 //!   get long enough for the wide vector code.
 //!
+//! - A batched matrix product with one right-hand matrix for every batch
+//!   becomes one product over all the batches' rows.
+//!
 //! Not done: reordering loops, or splitting any dim but the last (a kernel
 //! whose divisions sit on an outer dim keeps them).
 
 use crate::index::{Atom, Index};
-use crate::kernel::{Access, Cond, ElementProgram, Epilogue, Instr, Kernel, KernelProgram};
+use crate::kernel::{
+    Access, Cond, ElementProgram, Epilogue, Instr, Kernel, KernelProgram, Operand,
+};
 
 /// Reshapes the loops of every elementwise and reduction kernel.
 pub fn reshape_loops(program: &mut KernelProgram) {
@@ -49,9 +54,51 @@ pub fn reshape_loops(program: &mut KernelProgram) {
                 drop_unit_dims(shape, inputs, &mut programs, Some(&mut *axes));
                 merge_dims(shape, inputs, &mut programs, Some(axes), 0);
             }
-            Kernel::MatMul { .. } | Kernel::Op { .. } => {}
+            Kernel::MatMul {
+                a, b, batch, mnk, ..
+            } => fold_batch_into_rows(a, b, batch, mnk),
+            Kernel::Op { .. } => {}
         }
     }
+}
+
+/// A batched product whose right operand is the same matrix for every
+/// batch (strides 0: a layer's weights applied at every time step or
+/// position) and whose left operand's batch and row dims walk its rows
+/// evenly becomes one product of `batch * m` rows: a recurrent layer's
+/// input projection over 100 steps is one GEMM instead of 100 products
+/// of one row, each reading the whole weight matrix. The output is laid
+/// out the same either way (row-major `[..batch, m, n]`), so the epilogue,
+/// which loops over the output buffer's shape, is unchanged.
+fn fold_batch_into_rows(
+    a: &mut Operand,
+    b: &mut Operand,
+    batch: &mut Vec<usize>,
+    mnk: &mut [usize; 3],
+) {
+    let nb = batch.len();
+    if nb == 0 || b.strides[..nb].iter().any(|&s| s != 0) {
+        return;
+    }
+    // The batch dims and m, with their strides in `a`; dims of extent 1
+    // never move, so their strides do not matter.
+    let dims: Vec<(usize, i64)> = batch
+        .iter()
+        .copied()
+        .chain([mnk[0]])
+        .zip(a.strides[..=nb].iter().copied())
+        .filter(|&(n, _)| n != 1)
+        .collect();
+    let even = dims.windows(2).all(|w| w[0].1 == w[1].1 * w[1].0 as i64);
+    if !even {
+        return;
+    }
+    let row = dims.last().map_or(0, |&(_, s)| s);
+    let k_stride = a.strides[nb + 1];
+    a.strides = vec![row, k_stride];
+    b.strides.drain(..nb);
+    mnk[0] *= batch.iter().product::<usize>();
+    batch.clear();
 }
 
 /// The loop of an epilogue over its output's `shape` with the leading unit
@@ -194,7 +241,7 @@ fn contiguous(e: &Index, d: usize, inner: i64) -> bool {
             Atom::Var(v) if *v == d + 1 => cd1 += c,
             Atom::Var(_) => {}
             Atom::Div(i, _) | Atom::Mod(i, _) => {
-                if mentions(i, d) || mentions(i, d + 1) {
+                if i.mentions(d) || i.mentions(d + 1) {
                     return false;
                 }
             }
@@ -315,18 +362,11 @@ fn count_divisions(inputs: &[Access], p: &ElementProgram) -> usize {
     n
 }
 
-fn mentions(e: &Index, var: usize) -> bool {
-    e.terms.iter().any(|(_, a)| match a {
-        Atom::Var(v) => *v == var,
-        Atom::Div(i, _) | Atom::Mod(i, _) => mentions(i, var),
-    })
-}
-
 /// Divisors of division and modulo atoms whose operand involves `var`.
 fn collect_divisors(e: &Index, var: usize, out: &mut Vec<i64>) {
     for (_, a) in &e.terms {
         if let Atom::Div(i, k) | Atom::Mod(i, k) = a {
-            if mentions(i, var) {
+            if i.mentions(var) {
                 out.push(*k);
             }
             collect_divisors(i, var, out);

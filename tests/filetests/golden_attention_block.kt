@@ -65,13 +65,13 @@
 # |     %13 = load b17[i1]
 # |     %14 = add %12, %13  <- result
 # |   k2 matmul -> b12  (attn/q/matmul_0, attn/q/add_0)
-# |     batch [1] m=6 n=16 k=16; a b13+0 strides [0, 16, 1]; b b18+0 strides [0, 16, 1]
+# |     batch [] m=6 n=16 k=16; a b13+0 strides [16, 1]; b b18+0 strides [16, 1]
 # |     epilogue:
 # |     %0 = acc
 # |     %1 = load b19[i2]
 # |     %2 = add %0, %1  <- result
 # |   k3 matmul -> b11  (attn/k/matmul_0, attn/k/add_0)
-# |     batch [1] m=6 n=16 k=16; a b13+0 strides [0, 16, 1]; b b20+0 strides [0, 16, 1]
+# |     batch [] m=6 n=16 k=16; a b13+0 strides [16, 1]; b b20+0 strides [16, 1]
 # |     epilogue:
 # |     %0 = acc
 # |     %1 = load b21[i2]
@@ -83,7 +83,7 @@
 # |     %1 = const 0.5:f32
 # |     %2 = mul %0, %1  <- result
 # |   k5 matmul -> b10  (attn/v/matmul_0, attn/v/add_0)
-# |     batch [1] m=6 n=16 k=16; a b13+0 strides [0, 16, 1]; b b22+0 strides [0, 16, 1]
+# |     batch [] m=6 n=16 k=16; a b13+0 strides [16, 1]; b b22+0 strides [16, 1]
 # |     epilogue:
 # |     %0 = acc
 # |     %1 = load b23[i2]
@@ -110,7 +110,7 @@
 # |     loop [6, 4, 4]
 # |     %0 = load b6[4*i0 + 24*i1 + i2]  <- result
 # |   k10 matmul -> b4  (attn/out/matmul_0, attn/out/add_0, add_0)
-# |     batch [1] m=6 n=16 k=16; a b5+0 strides [0, 16, 1]; b b24+0 strides [0, 16, 1]
+# |     batch [] m=6 n=16 k=16; a b5+0 strides [16, 1]; b b24+0 strides [16, 1]
 # |     epilogue:
 # |     %0 = load b15[16*i1 + i2]
 # |     %1 = acc
@@ -145,7 +145,7 @@
 # |     %13 = load b27[i1]
 # |     %14 = add %12, %13  <- result
 # |   k13 matmul -> b1  (ffn1/matmul_0, ffn1/add_0, ffn1/mul_0, ffn1/erf_0, ffn1/add_1, ffn1/mul_1, ffn1/mul_2)
-# |     batch [1] m=6 n=32 k=16; a b2+0 strides [0, 16, 1]; b b28+0 strides [0, 32, 1]
+# |     batch [] m=6 n=32 k=16; a b2+0 strides [16, 1]; b b28+0 strides [32, 1]
 # |     epilogue:
 # |     %0 = acc
 # |     %1 = load b29[i2]
@@ -159,7 +159,7 @@
 # |     %9 = add %7, %8
 # |     %10 = mul %4, %9  <- result
 # |   k14 matmul -> b0  (ffn2/matmul_0, ffn2/add_0, out)
-# |     batch [1] m=6 n=16 k=32; a b1+0 strides [0, 32, 1]; b b30+0 strides [0, 16, 1]
+# |     batch [] m=6 n=16 k=32; a b1+0 strides [32, 1]; b b30+0 strides [16, 1]
 # |     epilogue:
 # |     %0 = load b4[16*i1 + i2]
 # |     %1 = acc

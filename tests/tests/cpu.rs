@@ -99,3 +99,47 @@ fn set_variable_reaches_compiled_programs() {
         &[-3.0, 2.0]
     );
 }
+
+/// Elementwise kernels that select along an outer dim (a concatenation of
+/// many slices, as a recurrent layer's output over its time steps; a
+/// nested concatenation; a pad of outer rows) branch once per row and
+/// compute one side, vectorized; the results match the reference, with
+/// rows long enough for the vector code and too short for it.
+#[test]
+fn row_selects_match_the_reference() {
+    for width in [5, 48] {
+        let g = GraphBuilder::new();
+        let x = g
+            .placeholder("x", DType::F32, shape![40, 2, width])
+            .unwrap();
+        let steps: Vec<_> = (0..40)
+            .map(|t| {
+                let s = x.slice_axis(0, t, t + 1, 1).unwrap();
+                s.tanh().unwrap().mul(s).unwrap()
+            })
+            .collect();
+        let time = g.concat(&steps, 0).unwrap();
+        let halves = [
+            time.slice_axis(1, 1, 2, 1).unwrap(),
+            time.slice_axis(1, 0, 1, 1).unwrap().sigmoid().unwrap(),
+        ];
+        let nested = g.concat(&halves, 1).unwrap();
+        nested
+            .pad(&[2, 0, 0], &[1, 0, 0], 0.5)
+            .unwrap()
+            .named("y")
+            .unwrap();
+        let graph = g.into_graph();
+        let feeds = feeds_for(&graph, 1, 3);
+        let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+        let fetch = |device| {
+            Session::new(&graph, device)
+                .unwrap()
+                .run(&refs, &["y"])
+                .unwrap()
+                .remove(0)
+        };
+        compare(&fetch(Device::Reference), &fetch(Device::Cpu))
+            .unwrap_or_else(|e| panic!("width {width}: {e}"));
+    }
+}

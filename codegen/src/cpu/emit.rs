@@ -333,6 +333,93 @@ impl Emitter<'_, '_> {
         Ok(())
     }
 
+    /// One element of an elementwise kernel at the current loop indices.
+    fn element(
+        &mut self,
+        out: BufferId,
+        strides: &[usize],
+        inputs: &[Access],
+        program: &ElementProgram,
+        acc_from_out: bool,
+    ) -> Result<()> {
+        let idx = self.idx();
+        let lin = self.linear(&idx, strides);
+        let acc = if acc_from_out {
+            let addr = self.address(out, lin);
+            Some((self.load_elem(out, addr), self.prog.buffer(out).dtype))
+        } else {
+            None
+        };
+        let v = self.program(program, inputs, &idx, acc)?;
+        self.store(out, lin, v);
+        Ok(())
+    }
+
+    /// One row (the innermost loop) of an elementwise kernel, inside its
+    /// outer loops, split at selects whose bounds tests are the same along
+    /// the row (`ElementProgram::split_row_select`): the tests are
+    /// evaluated once, and each side runs as a row of its own, vectorized
+    /// where it can be. On the side where the tests hold, reads masked by
+    /// exactly those tests are unmasked (the tests hold for the whole row).
+    fn split_row(
+        &mut self,
+        out: BufferId,
+        shape: &[usize],
+        strides: &[usize],
+        inputs: &[Access],
+        program: &ElementProgram,
+        acc_from_out: bool,
+    ) -> Result<()> {
+        let last = shape.len() - 1;
+        if let Some((conds, holds, fails)) = program.split_row_select(last) {
+            // The row variable is not defined yet; the tests do not read it.
+            let mut idx: Vec<Value> = self.loop_vars[..last]
+                .to_vec()
+                .into_iter()
+                .map(|v| self.b.use_var(v))
+                .collect();
+            idx.push(self.iconst(0));
+            let c = self.conds(&conds, &idx);
+            let (yes, no, done) = (
+                self.b.create_block(),
+                self.b.create_block(),
+                self.b.create_block(),
+            );
+            self.b.ins().brif(c, yes, &[], no, &[]);
+            self.b.switch_to_block(yes);
+            let unmasked: Vec<Access> = inputs
+                .iter()
+                .map(|a| Access {
+                    mask: a
+                        .mask
+                        .iter()
+                        .filter(|m| !conds.contains(m))
+                        .cloned()
+                        .collect(),
+                    ..a.clone()
+                })
+                .collect();
+            self.split_row(out, shape, strides, &unmasked, &holds, acc_from_out)?;
+            self.b.ins().jump(done, &[]);
+            self.b.switch_to_block(no);
+            self.split_row(out, shape, strides, inputs, &fails, acc_from_out)?;
+            self.b.ins().jump(done, &[]);
+            self.b.switch_to_block(done);
+            return Ok(());
+        }
+        if super::vector::vectorizable(self.prog, shape, inputs, program, out, acc_from_out) {
+            let acc = if acc_from_out {
+                RowAcc::FromOut
+            } else {
+                RowAcc::None
+            };
+            return self.vector_row(out, shape, strides, inputs, program, acc);
+        }
+        self.loops(&[(last, shape[last])], &mut |e| {
+            e.element(out, strides, inputs, program, acc_from_out)
+        })
+    }
+
     pub(super) fn idx(&mut self) -> Vec<Value> {
         let vars = self.loop_vars.clone();
         vars.into_iter().map(|v| self.b.use_var(v)).collect()
@@ -387,6 +474,12 @@ impl Emitter<'_, '_> {
                 let strides = kiln_graph::shape::strides(shape);
                 let dims: Vec<(usize, usize)> = shape.iter().copied().enumerate().collect();
 
+                let last = shape.len().saturating_sub(1);
+                if !self.checked && last > 0 && program.split_row_select(last).is_some() {
+                    return self.loops(&dims[..last], &mut |e| {
+                        e.split_row(out, shape, &strides, inputs, program, acc_from_out)
+                    });
+                }
                 if !self.checked
                     && super::vector::vectorizable(
                         self.prog,
@@ -414,17 +507,7 @@ impl Emitter<'_, '_> {
                     });
                 }
                 self.loops(&dims, &mut |e| {
-                    let idx = e.idx();
-                    let lin = e.linear(&idx, &strides);
-                    let acc = if acc_from_out {
-                        let addr = e.address(out, lin);
-                        Some((e.load_elem(out, addr), e.prog.buffer(out).dtype))
-                    } else {
-                        None
-                    };
-                    let v = e.program(program, inputs, &idx, acc)?;
-                    e.store(out, lin, v);
-                    Ok(())
+                    e.element(out, &strides, inputs, program, acc_from_out)
                 })
             }
             Body::Reduce {

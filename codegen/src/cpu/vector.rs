@@ -67,13 +67,6 @@ use crate::error::Result;
 const LANES: usize = 4;
 const V: types::Type = types::F32X4;
 
-fn mentions(e: &Index, var: usize) -> bool {
-    e.terms.iter().any(|(_, a)| match a {
-        Atom::Var(v) => *v == var,
-        Atom::Div(i, _) | Atom::Mod(i, _) => mentions(i, var),
-    })
-}
-
 /// The innermost-variable coefficient of an access, if it is 0 or 1 and the
 /// variable appears only linearly.
 fn unit_stride(a: &Access, var: usize) -> Option<i64> {
@@ -82,7 +75,7 @@ fn unit_stride(a: &Access, var: usize) -> Option<i64> {
         match atom {
             Atom::Var(v) if *v == var => c += k,
             Atom::Var(_) => {}
-            Atom::Div(i, _) | Atom::Mod(i, _) if mentions(i, var) => return None,
+            Atom::Div(i, _) | Atom::Mod(i, _) if i.mentions(var) => return None,
             _ => {}
         }
     }
