@@ -373,11 +373,8 @@ impl Emitter<'_, '_> {
         let last = shape.len() - 1;
         if let Some((conds, holds, fails)) = program.split_row_select(last) {
             // The row variable is not defined yet; the tests do not read it.
-            let mut idx: Vec<Value> = self.loop_vars[..last]
-                .to_vec()
-                .into_iter()
-                .map(|v| self.b.use_var(v))
-                .collect();
+            let vars = self.loop_vars.clone();
+            let mut idx: Vec<Value> = vars[..last].iter().map(|&v| self.b.use_var(v)).collect();
             idx.push(self.iconst(0));
             let c = self.conds(&conds, &idx);
             let (yes, no, done) = (
