@@ -317,6 +317,7 @@ pub fn run(o: &Options) -> Result<()> {
                     std::fs::remove_file(&p)?;
                 }
             }
+            let load_before = loadavg();
             let mut kcmd = Command::new(&exe);
             kcmd.arg("--zoo-probe")
                 .arg(&dir)
@@ -354,6 +355,7 @@ pub fn run(o: &Options) -> Result<()> {
                 "model": name, "batch": batch, "threads": t,
                 "exporter": meta["exporter"], "opset": meta["opset"],
                 "kiln": kiln, "ort": ort, "tract": tract,
+                "loadavg": [load_before, loadavg()],
             });
             if ok(&kiln) && ok(&ort) {
                 let n = kiln["outputs"].as_u64().unwrap_or(0) as usize;
@@ -424,6 +426,17 @@ pub fn run(o: &Options) -> Result<()> {
         zoo.join("results.md").display()
     );
     Ok(())
+}
+
+/// The machine's 1-minute load average (other processes slow the engines
+/// down on a shared machine; it goes to results.json and under the table).
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn cpu_name() -> String {
@@ -602,6 +615,23 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
             " tract: not installed."
         }
     );
+    let loads: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r["loadavg"].as_array())
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        loads.iter().copied().reduce(f64::min),
+        loads.iter().copied().reduce(f64::max),
+    ) {
+        let _ = writeln!(
+            s,
+            "\n{}: {} cores; 1-minute load average {lo:.2} to {hi:.2} during the run (the engine timed accounts for up to its thread count; the rest is other processes).",
+            cpu_name(),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+    }
     if !notes.is_empty() {
         let _ = writeln!(s);
         for (i, n) in notes.iter().enumerate() {
