@@ -527,10 +527,11 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
             if v.is_null() {
                 "-".to_string()
             } else if !ok(v) {
-                note(format!(
+                let n = note(format!(
                     "{name}-b{batch} t{t} {label}: {}",
                     v["error"].as_str().unwrap_or("")
-                )) + " error"
+                ));
+                format!("error {n}")
             } else if p90 {
                 format!("{} / {}", f(num(v, "median_ms"), 3), f(num(v, "p90_ms"), 3))
             } else {
@@ -545,10 +546,11 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
             None => "-".into(),
         };
         if let Some(e) = r.get("diff_error") {
-            d = note(format!(
+            let n = note(format!(
                 "{name}-b{batch} t{t}: outputs: {}",
                 e.as_str().unwrap_or("")
-            )) + " differ";
+            ));
+            d = format!("differ {n}");
         } else if r["wrong"] == true {
             d = format!(
                 "{d} {}",
@@ -635,7 +637,12 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
     if !notes.is_empty() {
         let _ = writeln!(s);
         for (i, n) in notes.iter().enumerate() {
-            let _ = writeln!(s, "[{}] {}", i + 1, n.replace('\n', " "));
+            // The first 400 characters, up to a backtrace (the whole
+            // message is in results.json).
+            let n = n.split("Stack backtrace").next().unwrap_or(n).trim();
+            let short: String = n.chars().take(400).collect();
+            let more = if short.len() < n.len() { " ..." } else { "" };
+            let _ = writeln!(s, "[{}] {}{more}", i + 1, short.replace('\n', " "));
         }
     }
     let g = geomeans(rows, o.threads);
@@ -653,4 +660,59 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, file: &str, shape: &[usize], v: Vec<f32>) {
+        let a = Array::from_vec(shape.to_vec(), v).expect("shape matches");
+        kiln::npy::write(dir.join(file), &a).unwrap();
+    }
+
+    #[test]
+    fn diff_is_relative_to_onnx_runtimes_largest_magnitude() {
+        let dir = std::env::temp_dir().join(format!("kiln-zoo-diff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write(&dir, "kiln_out_0.npy", &[2], vec![1.0, -4.0]);
+        write(&dir, "ort_out_0.npy", &[2], vec![1.0, -4.5]);
+        write(&dir, "kiln_out_1.npy", &[1], vec![f32::NAN]);
+        write(&dir, "ort_out_1.npy", &[1], vec![f32::NAN]);
+        assert_eq!(diff(&dir, 2).unwrap(), (0.5, 0.5 / 4.5));
+        // NaN on one side only: infinitely wrong.
+        write(&dir, "ort_out_1.npy", &[1], vec![2.0]);
+        let (d, rel) = diff(&dir, 2).unwrap();
+        assert!(d.is_infinite() && rel > MAX_REL_DIFF);
+        write(&dir, "ort_out_1.npy", &[1, 1], vec![f32::NAN]);
+        assert!(diff(&dir, 2).is_err(), "shapes differ");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn wrong_rows_and_failures_stay_out_of_the_means() {
+        let run = |ms: f64| json!({"ok": true, "median_ms": ms, "p90_ms": ms});
+        let rows = vec![
+            json!({"model": "a", "batch": 1, "threads": 1, "kiln": run(2.0), "ort": run(4.0), "tract": run(1.0), "wrong": false}),
+            json!({"model": "b", "batch": 1, "threads": 1, "kiln": run(2.0), "ort": run(1.0), "tract": Value::Null, "wrong": false}),
+            json!({"model": "c", "batch": 1, "threads": 1, "kiln": run(1.0), "ort": run(9.0), "tract": Value::Null, "wrong": true, "rel_diff": 0.5, "max_abs_diff": 1.0}),
+            json!({"model": "d", "batch": 1, "threads": 1, "kiln": {"ok": false, "error": "import: no op Foo"}, "ort": run(1.0), "tract": Value::Null}),
+        ];
+        let g = geomeans(&rows, &[1]);
+        assert_eq!(g["1 thread"]["ort_over_kiln"], 1.0);
+        assert_eq!(g["1 thread"]["n_ort"], 2);
+        assert_eq!(g["all"]["tract_over_kiln"], 0.5);
+        let o = Options {
+            only: &[],
+            threads: &[1],
+            batch: &[1],
+            seconds: 1.0,
+        };
+        let md = render(&rows, &o, true);
+        assert!(md.contains("[1] c-b1 t1: kiln's output is off"), "{md}");
+        assert!(
+            md.contains("error [2]") && md.contains("[2] d-b1 t1 kiln: import: no op Foo"),
+            "{md}"
+        );
+    }
 }
