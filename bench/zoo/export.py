@@ -4,7 +4,8 @@ Every model is built by pip's torch, torchvision or transformers with random
 weights (torch.manual_seed(0) before each; no hub downloads), in eval mode,
 and exported with fixed shapes, once per batch size, by the TorchScript
 exporter (torch.onnx.export(..., dynamo=False, opset_version=17)); where
-that fails, by the dynamo exporter, and meta.json says which. Inputs are
+that fails, by the dynamo exporter (at opset 18 where its conversion to 17
+gives an invalid model), and meta.json says which. Inputs are
 random, from numpy seeded per model (token ids in [0, vocab)).
 
 Two things keep the outputs informative (else the comparison of engines
@@ -14,6 +15,8 @@ statistics of batch norms are those of one forward pass in training mode
 over a fixed random batch of 8 (with the default mean 0 and variance 1,
 activations of the mobilenets and efficientnet shrink layer by layer to
 outputs of 1e-9 to 1e-14). Both are seeded, and the same at every batch.
+(The wav2vec2 encoder's convolutions are initialized as transformers does,
+for the same reason.)
 
     target/zoo/<model>-b<batch>/model.onnx
     target/zoo/<model>-b<batch>/input_<k>_<name>.npy   the inputs, in ONNX input order
