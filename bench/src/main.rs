@@ -3,9 +3,12 @@
 //! to first result, process peak RSS) and, with `--peers`, ONNX Runtime and
 //! PyTorch on the same models and inputs in the same run, with ratios; with
 //! `--aot`, each inference workload compiled ahead of time too (`aot.rs`),
-//! against the JIT session in the same run.
+//! against the JIT session in the same run; with `--zoo`, the model zoo
+//! (`zoo.rs`, `bench/zoo/`): exported PyTorch models, kiln against ONNX
+//! Runtime and tract.
 
 mod aot;
+mod zoo;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -49,6 +52,25 @@ struct Args {
     /// ONNX Runtime, each in a process of its own).
     #[arg(long, value_name = "WORKLOAD", hide = true)]
     rss_probe: Option<String>,
+    /// The model zoo instead of the workloads: runs bench/zoo/setup.sh
+    /// (a venv in target/zoo-venv, the models exported to target/zoo), then
+    /// kiln, ONNX Runtime and tract on each model, each in a process of its
+    /// own; `--only` picks models.
+    #[arg(long)]
+    zoo: bool,
+    /// Zoo: the thread counts (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
+    threads: Vec<usize>,
+    /// Zoo: the batch sizes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8])]
+    batch: Vec<usize>,
+    /// Zoo: seconds of timed runs per engine, model and thread count.
+    #[arg(long, default_value_t = 2.0)]
+    time: f64,
+    /// Zoo: time kiln alone on this exported model directory with the first
+    /// of `--threads` and print JSON (what `--zoo` runs in a process of its own).
+    #[arg(long, value_name = "DIR", hide = true)]
+    zoo_probe: Option<PathBuf>,
 }
 
 fn peak_rss_kib() -> u64 {
@@ -289,6 +311,17 @@ fn floor_rates() -> (f64, f64) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.zoo_probe {
+        return zoo::probe(dir, args.threads[0], args.time);
+    }
+    if args.zoo {
+        return zoo::run(&zoo::Options {
+            only: &args.only,
+            threads: &args.threads,
+            batch: &args.batch,
+            seconds: args.time,
+        });
+    }
     if let Some(name) = &args.rss_probe {
         let w = kiln_bench::by_name(name).with_context(|| format!("no workload '{name}'"))?;
         let feeds = [(w.input.0.as_str(), &w.input.1)];
