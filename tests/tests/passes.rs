@@ -202,3 +202,50 @@ fn a_costly_function_of_grown_constants_is_folded() {
         compare(w, g).unwrap();
     }
 }
+
+/// `x ^ 2` and `x ^ 3` become products (GELU's tanh form cubes its input;
+/// pow has no vector code): no pow is left in the kernel program, and the
+/// results keep pow's meaning at signed zeros, infinities and NaN, and
+/// within two ulps elsewhere.
+#[test]
+fn small_integer_powers_become_products() {
+    use kiln::prelude::*;
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, [8]).unwrap();
+    let two = g.scalar(2.0, DType::F32).unwrap();
+    let three = g.scalar(3.0, DType::F32).unwrap();
+    g.output(x.pow(two).unwrap()).unwrap();
+    g.output(x.pow(three).unwrap()).unwrap();
+    let graph = g.into_graph();
+    let compiled = kiln_optimizer::compile::compile(
+        &graph,
+        graph.outputs(),
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    let text = format!("{}", compiled.program);
+    assert!(!text.contains("= pow "), "{text}");
+    let xs = [
+        -0.0f32,
+        0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1.7,
+        -2.3e12,
+        3e-15,
+    ];
+    let feed = Array::from_vec(vec![8], xs.to_vec()).unwrap();
+    let s = Session::new(&graph, Device::Cpu).unwrap();
+    let outs = s.run_outputs(&[("x", &feed)]).unwrap();
+    for ((_, got), p) in outs.iter().zip([2, 3]) {
+        for (&v, &x) in got.as_slice::<f32>().unwrap().iter().zip(&xs) {
+            let want = x.powi(p);
+            let same = v.to_bits() == want.to_bits()
+                || (v.is_nan() && want.is_nan())
+                || (v - want).abs() <= 2.0 * f32::EPSILON * want.abs();
+            assert!(same, "{x} ^ {p}: {v}, pow gives {want}");
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! `simplify_algebra`: algebraic identities and movement chains.
 //!
 //! - `x + 0`, `x - 0`, `x * 1`, `x / 1`, `x ^ 1` become `x`; `neg(neg x)` is `x`;
-//!   a cast to the same dtype is `x`.
+//!   a cast to the same dtype is `x`; `x ^ 2` and `x ^ 3` become products
+//!   (floats but the half types).
 //! - `permute(permute x)` composes (and vanishes when the identity), a
 //!   reshape of a reshape is one reshape, and reshapes, broadcasts, slices,
 //!   pads and concats that change nothing vanish.
@@ -205,6 +206,32 @@ impl SimplifyAlgebra {
                         },
                         &[x],
                     )?));
+                }
+            }
+            // x ^ 2 -> x * x, x ^ 3 -> (x * x) * x: GELU's tanh form cubes
+            // its input, and pow has no vector code (a libm call per
+            // element). Exact for signed zeros, infinities and NaN alike;
+            // within an ulp or two of pow elsewhere. Half types keep pow
+            // (each multiply would round to them).
+            Op::Binary { f: BinaryOp::Pow } => {
+                let ty = cx.rb.old().node(id).ty.clone();
+                let power = [2.0, 3.0]
+                    .into_iter()
+                    .find(|&p| constant(cx.g(), ins[1]).is_some_and(|a| all_equal(a, p)));
+                if let Some(p) = power.filter(|_| {
+                    ty.dtype.is_float() && !ty.dtype.is_half() && cx.g().node(ins[0]).ty == ty
+                }) {
+                    let x = ins[0];
+                    report.count("small powers");
+                    let mul = Op::Binary { f: BinaryOp::Mul };
+                    if p == 2.0 {
+                        return Ok(Some(cx.rb.replace(id, mul, &[x, x])?));
+                    }
+                    let loc = cx.rb.old().node(id).location.clone();
+                    let hint = format!("{}/square", cx.rb.old().node(id).name);
+                    let sq = cx.rb.add(&hint, mul.clone(), &[x, x], loc)?;
+                    cx.users.insert(sq, 1);
+                    return Ok(Some(cx.rb.replace(id, mul, &[sq, x])?));
                 }
             }
             Op::Binary { f: BinaryOp::Sub }
