@@ -279,12 +279,16 @@ pub struct StepError {
 /// ran in 0.073 ms split and 0.089 ms on one thread at one time, and in
 /// 0.157 ms split at another, when even its unsplit kernels ran 40% slower
 /// while the other vCPU's worker spun (as on two hyperthreads of one core).
-/// So the first runs go split and unsplit in alternating blocks of four,
-/// each way keeping its fastest whole-run time; later runs split unless
-/// that measured more than 1/8 slower, and the measuring repeats after `FIRST_RETUNE` runs
-/// (a worker thread just started may share its parent's CPU until the
-/// scheduler moves it) and then every `RETUNE` runs, as the host's
-/// placement can change. Programs with nothing to split skip it.
+/// So the first runs go split and unsplit in alternating blocks of four
+/// (the first run of each a warm-up), each way keeping its fastest
+/// whole-run time; later runs split unless that measured more than 1/8
+/// slower, and the measuring repeats after `FIRST_RETUNE` runs (a worker
+/// thread just started may share its parent's CPU until the scheduler
+/// moves it) and then every `RETUNE` runs, as the host's placement can
+/// change. A slow program (its first run took `SLOW` or more: a ResNet-50
+/// at batch 8 takes 400 ms) measures in blocks of one run, two each way,
+/// so that it settles within a few runs rather than after seconds of runs
+/// half of which go the slow way. Programs with nothing to split skip it.
 #[derive(Clone, Copy, Debug)]
 struct Tuner {
     runs: u32,
@@ -292,6 +296,8 @@ struct Tuner {
     rounds: u32,
     /// Fastest run (ns) unsplit and split.
     best: [u64; 2],
+    /// The first run took `SLOW` or more.
+    slow: bool,
     /// Fixed by the settings (`KILN_SPLIT`), else measured.
     forced: Option<bool>,
 }
@@ -300,6 +306,10 @@ struct Tuner {
 const TUNE_RUNS: u32 = 8;
 /// Runs in a block of one way.
 const BLOCK: u32 = 4;
+/// A first run this long or longer makes a slow program.
+const SLOW: Duration = Duration::from_millis(20);
+/// Runs measured each way by a slow program (blocks of one, no warm-up).
+const SLOW_TUNE_RUNS: u32 = 2;
 /// Runs after which the ways are measured again.
 const RETUNE: u32 = 5000;
 /// Runs after which the ways are measured a second time.
@@ -312,23 +322,32 @@ impl Tuner {
             runs: 0,
             rounds: 0,
             best: [u64::MAX; 2],
+            slow: false,
             forced,
         }
     }
-}
 
-impl Tuner {
+    /// Runs of one way in a block, and measured runs in all.
+    fn plan(self) -> (u32, u32) {
+        if self.slow {
+            (1, 2 * SLOW_TUNE_RUNS)
+        } else {
+            (BLOCK, 2 * TUNE_RUNS)
+        }
+    }
+
     /// Whether this run splits kernels (where the size rules allow it).
     fn split(self) -> bool {
         if let Some(f) = self.forced {
             return f;
         }
+        let (block, measured) = self.plan();
         match self.runs {
-            // Blocks of `BLOCK` runs, split and unsplit in turn, so that a
+            // Blocks of runs, split and unsplit in turn, so that a
             // disturbance early on (a worker not yet on its own CPU) spoils
             // one block of one way, not the whole measure of it.
             0 => true,
-            r if r <= 2 * TUNE_RUNS => ((r - 1) / BLOCK).is_multiple_of(2),
+            r if r <= measured => ((r - 1) / block).is_multiple_of(2),
             // Splitting is the default unless it measured clearly slower
             // (one disturbed block must not turn a program single-threaded).
             _ => self.best[1] <= self.best[0].saturating_add(self.best[0] / 8),
@@ -337,8 +356,13 @@ impl Tuner {
 
     fn record(mut self, split: bool, took: Duration) -> Tuner {
         let r = self.runs;
-        // The first run of each block warms that way up and is not kept.
-        if (1..=2 * TUNE_RUNS).contains(&r) && !(r - 1).is_multiple_of(BLOCK) {
+        if r == 0 && self.rounds == 0 {
+            self.slow = took >= SLOW;
+        }
+        let (block, measured) = self.plan();
+        // The first run of each block of several warms that way up and is
+        // not kept.
+        if (1..=measured).contains(&r) && (block == 1 || !(r - 1).is_multiple_of(block)) {
             let b = &mut self.best[split as usize];
             *b = (*b).min(took.as_nanos() as u64);
         }
@@ -1020,5 +1044,54 @@ unsafe impl Sync for SendMut {}
 impl SendMut {
     fn get(self) -> *mut u8 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays `runs` runs whose time depends on the way: returns the ways
+    /// taken.
+    fn replay(tuner: &mut Tuner, runs: usize, time: impl Fn(bool) -> Duration) -> Vec<bool> {
+        (0..runs)
+            .map(|_| {
+                let split = tuner.split();
+                *tuner = tuner.record(split, time(split));
+                split
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slow_program_settles_within_five_runs() {
+        let mut t = Tuner::new(None);
+        // 400 ms split, 700 ms not.
+        let ways = replay(&mut t, 12, |s| {
+            Duration::from_millis(if s { 400 } else { 700 })
+        });
+        assert_eq!(&ways[..5], &[true, true, false, true, false]);
+        assert!(ways[5..].iter().all(|&s| s), "{ways:?}");
+        // And one where a second thread only hurts.
+        let mut t = Tuner::new(None);
+        let ways = replay(&mut t, 12, |s| {
+            Duration::from_millis(if s { 90 } else { 50 })
+        });
+        assert!(ways[5..].iter().all(|&s| !s), "{ways:?}");
+    }
+
+    #[test]
+    fn a_fast_program_measures_in_blocks_of_four() {
+        let mut t = Tuner::new(None);
+        let ways = replay(&mut t, 30, |s| {
+            Duration::from_micros(if s { 90 } else { 50 })
+        });
+        // The first run, then 16 in blocks of four, alternating.
+        assert_eq!(ways[1..17].iter().filter(|&&s| s).count(), 8);
+        assert!(ways[17..].iter().all(|&s| !s), "{ways:?}");
+        let mut t = Tuner::new(Some(true));
+        assert!(replay(&mut t, 20, |_| Duration::from_micros(5))
+            .iter()
+            .all(|&s| s));
     }
 }
