@@ -143,3 +143,60 @@ fn row_selects_match_the_reference() {
             .unwrap_or_else(|e| panic!("width {width}: {e}"));
     }
 }
+
+/// f32 max pooling (the vectorized path) against the reference, bit for
+/// bit: NaN wins wherever a window holds one, -inf inputs, padding never
+/// wins, a window all in padding gives -inf, strides 1 to 3, dilation,
+/// asymmetric padding, ceil mode.
+#[test]
+fn max_pooling_matches_the_reference_bit_for_bit() {
+    let windows = [
+        ([3, 3], [2, 2], [1, 1, 1, 1], [1, 1], false),
+        ([2, 2], [2, 2], [0, 0, 0, 0], [1, 1], true),
+        ([3, 2], [1, 3], [2, 0, 1, 1], [1, 2], false),
+        ([3, 3], [3, 3], [2, 2, 2, 2], [1, 1], true),
+    ];
+    for (kernel, stride, padding, dilation, ceil_mode) in windows {
+        let g = GraphBuilder::new();
+        let x = g
+            .placeholder("x", DType::F32, shape![2, 3, 11, 13])
+            .unwrap();
+        let window = kiln::graph::op::Window2d {
+            kernel,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+        };
+        x.max_pool2d(window).unwrap().named("y").unwrap();
+        let graph = g.into_graph();
+        let mut v: Vec<f32> = (0..2 * 3 * 11 * 13)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        for (i, special) in [
+            (5, f32::NAN),
+            (40, f32::NEG_INFINITY),
+            (300, f32::NAN),
+            (7, -0.0),
+        ] {
+            v[i] = special;
+        }
+        let xa = Array::from_vec(vec![2, 3, 11, 13], v).unwrap();
+        let fetch = |device| {
+            Session::new(&graph, device)
+                .unwrap()
+                .run(&[("x", &xa)], &["y"])
+                .unwrap()
+                .remove(0)
+        };
+        let (want, got) = (fetch(Device::Reference), fetch(Device::Cpu));
+        let bits = |a: &Array| -> Vec<u32> {
+            a.as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() })
+                .collect()
+        };
+        assert_eq!(bits(&want), bits(&got), "{kernel:?} {stride:?} {padding:?}");
+    }
+}
