@@ -187,7 +187,9 @@ impl Conv {
         if self.direct.is_some() {
             return false;
         }
-        self.grouped.is_none() && self.input[0] < 2
+        // One image of one group splits its output channels across the
+        // team (`run_typed`); with several groups, the `gemm` crate splits.
+        self.grouped.is_none() && self.input[0] < 2 && self.groups > 1
     }
 
     /// Runs the convolution; returns whether it applied `epilogue` (called
@@ -240,6 +242,7 @@ impl Conv {
                     w as *const f32,
                     parallelism,
                     columns,
+                    epilogue,
                 )
             },
             _ => unsafe {
@@ -249,10 +252,10 @@ impl Conv {
                     w as *const f64,
                     parallelism,
                     columns,
+                    epilogue,
                 )
             },
         }
-        false
     }
 
     unsafe fn run_typed<T: Float>(
@@ -262,8 +265,38 @@ impl Conv {
         w: *const T,
         par: gemm::Parallelism,
         columns: &mut Vec<f64>,
-    ) {
+        epilogue: Option<&Epilogue<'_>>,
+    ) -> bool {
         let n = self.input[0];
+        let team = super::team::Team::global();
+        let team_threads = match par {
+            gemm::Parallelism::Rayon(t) => t.min(team.size()),
+            _ => 1,
+        };
+        if n == 1 && self.groups == 1 && team_threads > 1 {
+            // One image: its columns once, then blocks of output channels
+            // across the team, each block's epilogue as soon as it is done.
+            let per = self.scratch_len();
+            if columns.len() < per {
+                columns.resize(per, 0.0);
+            }
+            let col = columns.as_ptr() as *mut T;
+            // SAFETY: the caller's pointers; the column buffer holds `per` slots.
+            let src = SendPtr(unsafe { self.columns(0, 0, x, col) } as *mut T);
+            let o = self.weight[0];
+            let parts = team_threads.min(o.div_ceil(8));
+            let (out, w) = (SendPtr(out), SendPtr(w as *mut T));
+            team.run(parts, &|t| {
+                let (out, w, src) = (out, w, src);
+                let (lo, hi) = (o * t / parts, o * (t + 1) / parts);
+                // SAFETY: part t owns output channels lo..hi.
+                unsafe { self.product(0, 0, lo..hi, out.0, w.0, src.0, gemm::Parallelism::None) };
+                if let Some(e) = epilogue {
+                    e(0, lo..hi);
+                }
+            });
+            return epilogue.is_some();
+        }
         let threads = match par {
             gemm::Parallelism::Rayon(t) if n >= 2 => {
                 t.min(n).min(super::team::Team::global().size())
@@ -281,7 +314,7 @@ impl Conv {
             let col = SendPtr(columns.as_ptr() as *mut T);
             // SAFETY: the caller's pointers are valid; the column buffer holds `per` slots.
             unsafe { this.images(0..n, out, x, w, col, par) };
-            return;
+            return false;
         }
         // Images split across threads, each with its own column buffer and a
         // single-threaded GEMM.
@@ -292,6 +325,7 @@ impl Conv {
             let col = SendPtr(unsafe { (columns.as_ptr() as *mut T).add(t * per) });
             unsafe { this.images(lo..hi, out, x, w, col, gemm::Parallelism::None) };
         });
+        false
     }
 
     fn scratch_len(&self) -> usize {
@@ -313,98 +347,132 @@ impl Conv {
         col: SendPtr<T>,
         par: gemm::Parallelism,
     ) {
+        let og = self.weight[0] / self.groups;
+        for b in range {
+            for g in 0..self.groups {
+                // SAFETY: the caller's buffers, of the plan's shapes.
+                unsafe {
+                    let src = self.columns(b, g, x.0, col.0);
+                    self.product(b, g, 0..og, out.0, w.0, src, par);
+                }
+            }
+        }
+    }
+
+    /// The right-hand side of image `b`, group `g`'s product: the input
+    /// itself for a plain 1x1 convolution, else its im2col columns,
+    /// written into `col`.
+    ///
+    /// # Safety
+    /// `x` holds the input; `col` the columns (`scratch_len` elements).
+    unsafe fn columns<T: Float>(&self, b: usize, g: usize, x: *const T, col: *mut T) -> *const T {
         let [_, c, h, wd] = self.input;
-        let [o, cg, kh, kw] = self.weight;
+        let [_, cg, kh, kw] = self.weight;
         let [oh, ow] = self.out_hw;
-        let og = o / self.groups;
-        let (rows, cols) = (cg * kh * kw, oh * ow);
-        let direct = Self::is_direct(self.weight, self.stride, self.padding, self.dilation);
-        let (out, x, w, col) = (out.0, x.0 as *const T, w.0 as *const T, col.0);
+        let cols = oh * ow;
+        // SAFETY (whole body): offsets stay inside the buffers (shapes
+        // checked by the shape rule).
+        let xin = unsafe { x.add((b * c + g * cg) * h * wd) };
+        if Self::is_direct(self.weight, self.stride, self.padding, self.dilation) {
+            return xin;
+        }
         let [sy, sx] = self.stride;
         let [dy, dx] = self.dilation;
         let (py, px) = (self.padding[0] as isize, self.padding[1] as isize);
-        for b in range {
-            for g in 0..self.groups {
-                // SAFETY: all offsets stay inside the buffers (shapes checked by the shape rule).
-                unsafe {
-                    let xin = x.add((b * c + g * cg) * h * wd);
-                    let src: *const T = if direct {
-                        xin
-                    } else {
-                        for ci in 0..cg {
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let row = col.add(((ci * kh + ky) * kw + kx) * cols);
-                                    // Output columns whose tap lands inside the input row.
-                                    let off = (kx * dx) as isize - px;
-                                    let lo = if off >= 0 {
-                                        0
-                                    } else {
-                                        ((-off) as usize).div_ceil(sx)
-                                    };
-                                    let hi = if (wd as isize - off) <= 0 {
-                                        0
-                                    } else {
-                                        ((wd as isize - off) as usize).div_ceil(sx)
-                                    };
-                                    let (lo, hi) = (lo.min(ow), hi.min(ow).max(lo.min(ow)));
-                                    for y in 0..oh {
-                                        let dst = row.add(y * ow);
-                                        let iy = (y * sy + ky * dy) as isize - py;
-                                        if iy < 0 || iy >= h as isize {
-                                            std::ptr::write_bytes(dst, 0, ow);
-                                            continue;
-                                        }
-                                        for i in 0..lo {
-                                            *dst.add(i) = T::ZERO;
-                                        }
-                                        for i in hi..ow {
-                                            *dst.add(i) = T::ZERO;
-                                        }
-                                        let line = xin.add((ci * h + iy as usize) * wd);
-                                        if sx == 1 {
-                                            std::ptr::copy_nonoverlapping(
-                                                line.offset(lo as isize + off),
-                                                dst.add(lo),
-                                                hi - lo,
-                                            );
-                                        } else {
-                                            for xo in lo..hi {
-                                                *dst.add(xo) =
-                                                    *line.offset((xo * sx) as isize + off);
-                                            }
-                                        }
-                                    }
+        unsafe {
+            for ci in 0..cg {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let row = col.add(((ci * kh + ky) * kw + kx) * cols);
+                        // Output columns whose tap lands inside the input row.
+                        let off = (kx * dx) as isize - px;
+                        let lo = if off >= 0 {
+                            0
+                        } else {
+                            ((-off) as usize).div_ceil(sx)
+                        };
+                        let hi = if (wd as isize - off) <= 0 {
+                            0
+                        } else {
+                            ((wd as isize - off) as usize).div_ceil(sx)
+                        };
+                        let (lo, hi) = (lo.min(ow), hi.min(ow).max(lo.min(ow)));
+                        for y in 0..oh {
+                            let dst = row.add(y * ow);
+                            let iy = (y * sy + ky * dy) as isize - py;
+                            if iy < 0 || iy >= h as isize {
+                                std::ptr::write_bytes(dst, 0, ow);
+                                continue;
+                            }
+                            for i in 0..lo {
+                                *dst.add(i) = T::ZERO;
+                            }
+                            for i in hi..ow {
+                                *dst.add(i) = T::ZERO;
+                            }
+                            let line = xin.add((ci * h + iy as usize) * wd);
+                            if sx == 1 {
+                                std::ptr::copy_nonoverlapping(
+                                    line.offset(lo as isize + off),
+                                    dst.add(lo),
+                                    hi - lo,
+                                );
+                            } else {
+                                for xo in lo..hi {
+                                    *dst.add(xo) = *line.offset((xo * sx) as isize + off);
                                 }
                             }
                         }
-                        col
-                    };
-                    let wg = w.add(g * og * rows);
-                    let dst = out.add((b * o + g * og) * cols);
-                    gemm::gemm(
-                        og,
-                        cols,
-                        rows,
-                        dst,
-                        1,
-                        cols as isize,
-                        false,
-                        wg,
-                        1,
-                        rows as isize,
-                        src,
-                        1,
-                        cols as isize,
-                        T::ZERO,
-                        T::ONE,
-                        false,
-                        false,
-                        false,
-                        par,
-                    );
+                    }
                 }
             }
+        }
+        col
+    }
+
+    /// Output channels `chans` (of group `g`, counted within it) of image
+    /// `b`: their weight rows times the group's columns `src`.
+    ///
+    /// # Safety
+    /// The buffers of the plan's shapes; `src` from [`Conv::columns`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product<T: Float>(
+        &self,
+        b: usize,
+        g: usize,
+        chans: std::ops::Range<usize>,
+        out: *mut T,
+        w: *const T,
+        src: *const T,
+        par: gemm::Parallelism,
+    ) {
+        let [o, cg, kh, kw] = self.weight;
+        let og = o / self.groups;
+        let (rows, cols) = (cg * kh * kw, self.out_hw[0] * self.out_hw[1]);
+        let first = g * og + chans.start;
+        // SAFETY: the caller's contract.
+        unsafe {
+            gemm::gemm(
+                chans.len(),
+                cols,
+                rows,
+                out.add((b * o + first) * cols),
+                1,
+                cols as isize,
+                false,
+                w.add(first * rows),
+                1,
+                rows as isize,
+                src,
+                1,
+                cols as isize,
+                T::ZERO,
+                T::ONE,
+                false,
+                false,
+                false,
+                par,
+            );
         }
     }
 }

@@ -274,27 +274,31 @@ fn conv_shapes_match_the_reference() {
 fn convolution_epilogues_match_the_reference() {
     // (n, c, o, hw, groups): the last three depthwise (MobileNet's
     // epilogue: bias and activation after each depthwise layer).
-    for (n, c, o, hw, groups) in [
-        (1, 16, 16, 32, 1),
-        (1, 8, 40, 20, 1),
-        (3, 16, 24, 16, 1),
-        (4, 3, 16, 12, 1),
-        (1, 64, 64, 40, 64),
-        (2, 32, 32, 14, 32),
-        (3, 48, 48, 30, 48),
+    // The last two: pointwise (1x1) convolutions, products on the input
+    // itself, whose output channels one image splits across the team.
+    for (n, c, o, hw, groups, k) in [
+        (1, 16, 16, 32, 1, 3),
+        (1, 8, 40, 20, 1, 3),
+        (3, 16, 24, 16, 1, 3),
+        (4, 3, 16, 12, 1, 3),
+        (1, 64, 64, 40, 64, 3),
+        (2, 32, 32, 14, 32, 3),
+        (3, 48, 48, 30, 48, 3),
+        (1, 96, 40, 56, 1, 1),
+        (2, 40, 96, 28, 1, 1),
     ] {
         let g = GraphBuilder::new();
         let x = g
             .placeholder("x", DType::F32, shape![n, c, hw, hw])
             .unwrap();
         let w = g
-            .constant(values(&[o, c / groups, 3, 3], 2, DType::F32))
+            .constant(values(&[o, c / groups, k, k], 2, DType::F32))
             .unwrap();
         let bias = g.constant(values(&[1, o, 1, 1], 3, DType::F32)).unwrap();
         let res = g
             .placeholder("r", DType::F32, shape![n, o, hw, hw])
             .unwrap();
-        let opts = Conv2dOptions::default().padding(1).groups(groups);
+        let opts = Conv2dOptions::default().padding(k / 2).groups(groups);
         x.conv2d(w, opts)
             .unwrap()
             .add(bias)
