@@ -269,10 +269,7 @@ impl Conv {
     ) -> bool {
         let n = self.input[0];
         let team = super::team::Team::global();
-        let team_threads = match par {
-            gemm::Parallelism::Rayon(t) => t.min(team.size()),
-            _ => 1,
-        };
+        let team_threads = team_threads(par);
         if n == 1 && self.groups == 1 && team_threads > 1 {
             // One image: its columns once, then blocks of output channels
             // across the team, each block's epilogue as soon as it is done.
@@ -297,12 +294,7 @@ impl Conv {
             });
             return epilogue.is_some();
         }
-        let threads = match par {
-            gemm::Parallelism::Rayon(t) if n >= 2 => {
-                t.min(n).min(super::team::Team::global().size())
-            }
-            _ => 1,
-        };
+        let threads = if n >= 2 { team_threads.min(n) } else { 1 };
         let per = self.scratch_len();
         if columns.len() < per * threads {
             columns.resize(per * threads, 0.0);
@@ -474,6 +466,14 @@ impl Conv {
                 par,
             );
         }
+    }
+}
+
+/// The team's threads a kernel may use under `par` (the executor's say).
+fn team_threads(par: gemm::Parallelism) -> usize {
+    match par {
+        gemm::Parallelism::Rayon(t) => t.min(super::team::Team::global().size()).max(1),
+        gemm::Parallelism::None => 1,
     }
 }
 

@@ -189,10 +189,7 @@ impl Direct {
         epilogue: Option<&super::Epilogue<'_>>,
     ) -> bool {
         let team = crate::team::Team::global();
-        let threads = match par {
-            gemm::Parallelism::Rayon(t) if t > 1 => t.min(team.size()),
-            _ => 1,
-        };
+        let threads = super::team_threads(par);
         if self.scratch.len() < self.padded * threads {
             self.scratch.resize(self.padded * threads, 0.0);
         }

@@ -176,10 +176,7 @@ impl Grouped {
         epilogue: Option<&super::Epilogue<'_>>,
     ) -> bool {
         let team = crate::team::Team::global();
-        let threads = match par {
-            gemm::Parallelism::Rayon(t) if t > 1 => t.min(team.size()),
-            _ => 1,
-        };
+        let threads = super::team_threads(par);
         let per = self.layout + self.wide;
         if self.scratch.len() < per * threads {
             self.scratch.resize(per * threads, 0.0);
