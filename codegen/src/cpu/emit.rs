@@ -371,7 +371,8 @@ impl Emitter<'_, '_> {
         acc_from_out: bool,
     ) -> Result<()> {
         let last = shape.len() - 1;
-        if let Some((conds, holds, fails)) = program.split_row_select(last) {
+        let split = (last > 0).then(|| program.split_row_select(last)).flatten();
+        if let Some((conds, holds, fails)) = split {
             // The row variable is not defined yet; the tests do not read it.
             let vars = self.loop_vars.clone();
             let mut idx: Vec<Value> = vars[..last].iter().map(|&v| self.b.use_var(v)).collect();
@@ -471,36 +472,11 @@ impl Emitter<'_, '_> {
                 let strides = kiln_graph::shape::strides(shape);
                 let dims: Vec<(usize, usize)> = shape.iter().copied().enumerate().collect();
 
-                let last = shape.len().saturating_sub(1);
-                if !self.checked && last > 0 && program.split_row_select(last).is_some() {
-                    return self.loops(&dims[..last], &mut |e| {
-                        e.split_row(out, shape, &strides, inputs, program, acc_from_out)
-                    });
-                }
-                if !self.checked
-                    && super::vector::vectorizable(
-                        self.prog,
-                        shape,
-                        inputs,
-                        program,
-                        out,
-                        acc_from_out,
-                    )
-                {
+                // Row by row: selects split, rows vectorized where they can be.
+                if !self.checked && !shape.is_empty() {
                     let last = shape.len() - 1;
                     return self.loops(&dims[..last], &mut |e| {
-                        e.vector_row(
-                            out,
-                            shape,
-                            &strides,
-                            inputs,
-                            program,
-                            if acc_from_out {
-                                RowAcc::FromOut
-                            } else {
-                                RowAcc::None
-                            },
-                        )
+                        e.split_row(out, shape, &strides, inputs, program, acc_from_out)
                     });
                 }
                 self.loops(&dims, &mut |e| {
