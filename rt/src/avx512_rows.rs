@@ -147,6 +147,9 @@ struct RawFill {
     /// `NONE` for a constant, else the scalar's row pointer.
     ptr: u16,
     value: f32,
+    /// In a segmented program: elements the scalar pointer advances from
+    /// one segment to the next.
+    step: i32,
 }
 
 const OUT: u16 = u16::MAX;
@@ -156,6 +159,14 @@ const PTR: u16 = 0x8000;
 /// A row program: fills, steps and the contiguous rows, in fixed-size
 /// arrays. Row pointers are one per kernel input (the address of the row's
 /// first element), then the accumulator's where it has one.
+///
+/// A *segmented* program (`seg > 0`) runs several short rows of a kernel
+/// as one long row: the contiguous rows continue from one short row into
+/// the next, and each scalar fill holds, per element, the scalar of the
+/// segment (short row) the element falls in: `ptr[s * step]` for segment
+/// `s = element / seg`. A per-channel bias and activation over 7x7 planes
+/// thus runs as one call over all the channels instead of a call (or a
+/// four-lane loop) per 49 elements.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RowProgram {
@@ -163,6 +174,8 @@ pub struct RowProgram {
     nfills: u32,
     nsteps: u32,
     nrows: u32,
+    /// Segment length (at least one vector), or 0.
+    seg: u32,
     fills: [RawFill; MAX_SLOTS],
     rows: [u16; MAX_PTRS],
     steps: [RawStep; MAX_STEPS],
@@ -170,7 +183,7 @@ pub struct RowProgram {
 
 // No padding: the bytes of a program are exactly its fields.
 const _: () = assert!(
-    std::mem::size_of::<RowProgram>() == 16 + MAX_SLOTS * 8 + MAX_PTRS * 2 + MAX_STEPS * 10
+    std::mem::size_of::<RowProgram>() == 20 + MAX_SLOTS * 12 + MAX_PTRS * 2 + MAX_STEPS * 10
 );
 
 fn raw_src(s: Src) -> u16 {
@@ -201,6 +214,7 @@ impl RowProgram {
             nfills: fills.len() as u32,
             nsteps: steps.len() as u32,
             nrows: rows.len() as u32,
+            seg: 0,
             fills: [RawFill::default(); MAX_SLOTS],
             rows: [0; MAX_PTRS],
             steps: [RawStep::default(); MAX_STEPS],
@@ -211,11 +225,13 @@ impl RowProgram {
                     slot,
                     ptr: NONE,
                     value,
+                    step: 0,
                 },
                 Fill::Scalar(k) => RawFill {
                     slot,
                     ptr: k,
                     value: 0.0,
+                    step: 0,
                 },
             };
         }
@@ -238,6 +254,23 @@ impl RowProgram {
         Some(p)
     }
 
+    /// This program as a segmented one: segments of `seg` elements (at
+    /// least 16: a vector spans at most two), the scalar that row pointer
+    /// `k` points at advancing `step(k)` elements per segment. `None` where
+    /// `seg` is shorter than a vector or a step passes 32 bits.
+    pub fn segmented(mut self, seg: usize, step: &dyn Fn(u16) -> i64) -> Option<RowProgram> {
+        if seg < W || seg > u32::MAX as usize {
+            return None;
+        }
+        self.seg = seg as u32;
+        for f in &mut self.fills[..self.nfills as usize] {
+            if f.ptr != NONE {
+                f.step = i32::try_from(step(f.ptr)).ok()?;
+            }
+        }
+        Some(self)
+    }
+
     /// Its bytes (what an object file embeds).
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: plain integers and floats without padding (asserted above).
@@ -255,8 +288,9 @@ impl RowProgram {
 /// # Safety
 /// `prog` must point at a live [`RowProgram`]; `ptrs` at its row pointers,
 /// each valid for `n` elements where the row reads it contiguously and for
-/// one where it reads a scalar; `out` valid for `n` elements; the host must
-/// have AVX-512 F and DQ.
+/// one where it reads a scalar (in a segmented program: for the element
+/// `s * step` of every segment `s` the row reaches); `out` valid for `n`
+/// elements; the host must have AVX-512 F and DQ.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_row_f32(
     prog: *const RowProgram,
@@ -355,11 +389,75 @@ impl RowProgram {
             for f in &self.fills[..self.nfills as usize] {
                 let v = if f.ptr == NONE {
                     _mm512_set1_ps(f.value)
+                } else if self.seg > 0 {
+                    // Per block, by `segments`.
+                    continue;
                 } else {
                     _mm512_set1_ps(*ptrs[f.ptr as usize])
                 };
                 let d = slots.add(f.slot as usize * BLOCK);
                 for j in 0..BLOCK / W {
+                    _mm512_store_ps(d.add(j * W), v);
+                }
+            }
+        }
+    }
+
+    /// A segmented program's scalar fills for the `nvec` vectors from
+    /// element `off` of a row of `n`: each lane gets its segment's scalar
+    /// (segments past the row's last are read as the last).
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn segments(
+        &self,
+        slots: *mut f32,
+        ptrs: &[*const f32],
+        off: usize,
+        nvec: usize,
+        n: usize,
+    ) {
+        if self.seg == 0 {
+            return;
+        }
+        let seg = self.seg as usize;
+        let last = (n - 1) / seg;
+        // Per vector: its first lane's segment, and the lanes from which
+        // the next segment's scalar applies.
+        let mut at = [(0usize, 0u16); BLOCK / W];
+        let mut s = off / seg;
+        let mut next = (s + 1) * seg;
+        for (j, a) in at[..nvec].iter_mut().enumerate() {
+            let p = off + j * W;
+            if p >= next {
+                s += 1;
+                next += seg;
+            }
+            let m = if p + W > next && s < last {
+                // Lanes next - p .. 16 belong to segment s + 1.
+                !((1u32 << (next - p)) - 1) as u16
+            } else {
+                0
+            };
+            *a = (s.min(last), m);
+        }
+        // SAFETY: fills write whole vectors of their slots; a scalar's row
+        // pointer is valid for every segment's element, as the caller
+        // promises.
+        unsafe {
+            for f in &self.fills[..self.nfills as usize] {
+                if f.ptr == NONE {
+                    continue;
+                }
+                let base = ptrs[f.ptr as usize];
+                let step = f.step as isize;
+                let value = |s: usize| *base.offset(s as isize * step);
+                let d = slots.add(f.slot as usize * BLOCK);
+                for (j, &(s, m)) in at[..nvec].iter().enumerate() {
+                    let v = _mm512_set1_ps(value(s));
+                    let v = if m != 0 {
+                        _mm512_mask_blend_ps(m, v, _mm512_set1_ps(value(s + 1)))
+                    } else {
+                        v
+                    };
                     _mm512_store_ps(d.add(j * W), v);
                 }
             }
@@ -408,10 +506,12 @@ impl RowProgram {
             let mut off = 0;
             while off < whole {
                 let len = BLOCK.min(whole - off);
+                self.segments(slots, ptrs, off, len / W, n);
                 self.block(slots, ptrs, off, out.add(off), len / W);
                 off += len;
             }
             if off < n {
+                self.segments(slots, ptrs, off, 1, n);
                 let mut stage = MaybeUninit::<Stage>::uninit();
                 let o = self.tail(slots, ptrs, off, n - off, &mut stage);
                 let mask: __mmask16 = ((1u32 << (n - off)) - 1) as __mmask16;
@@ -439,6 +539,7 @@ impl RowProgram {
                 let len = BLOCK.min(whole - off);
                 // The values land where they are kept, if anywhere.
                 let dst = if store.is_null() { tmp } else { store.add(off) };
+                self.segments(slots, ptrs, off, len / W, n);
                 self.block(slots, ptrs, off, dst, len / W);
                 for j in 0..len / W {
                     let v = _mm512_loadu_ps(dst.add(j * W));
@@ -447,6 +548,7 @@ impl RowProgram {
                 off += len;
             }
             if off < n {
+                self.segments(slots, ptrs, off, 1, n);
                 let mut stage = MaybeUninit::<Stage>::uninit();
                 let o = self.tail(slots, ptrs, off, n - off, &mut stage);
                 let mask: __mmask16 = ((1u32 << (n - off)) - 1) as __mmask16;
@@ -721,16 +823,10 @@ fn exp(x: __m512) -> __m512 {
     let p = horner(r, &EXP_POLY);
     let z = _mm512_mul_ps(r, r);
     let y = _mm512_fmadd_ps(p, z, r);
-    let mut y = _mm512_add_ps(y, splat(1.0));
-    let n = _mm512_sub_epi32(bits(t), bits(magic));
-    let n1 = _mm512_srai_epi32::<1>(n);
-    let n2 = _mm512_sub_epi32(n, n1);
-    let bias = _mm512_set1_epi32(127);
-    for k in [n1, n2] {
-        let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(k, bias));
-        y = _mm512_mul_ps(y, floats(e));
-    }
-    y
+    let y = _mm512_add_ps(y, splat(1.0));
+    // y * 2^fx in one instruction, rounded once: the same bits as the
+    // 128-bit path's two exact-then-rounding products by 2^(fx/2).
+    _mm512_scalef_ps(y, fx)
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]

@@ -24,6 +24,9 @@ use super::SendPtr;
 /// The output plane is computed in blocks of a multiple of this many lanes.
 const LANES: usize = 16;
 
+/// Output floats of one image whose epilogue runs in one call (16 KiB).
+const EPILOGUE_FLOATS: usize = 4096;
+
 /// Which compiled copy of the loop runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
@@ -185,11 +188,18 @@ impl Grouped {
         let slots = SendPtr(this.scratch.as_ptr() as *mut f32);
         let (out, x, w) = (SendPtr(out), SendPtr(x as *mut f32), SendPtr(w as *mut f32));
         let o = this.groups * this.og;
-        // Per image, when whole images are done; per group's channels when
-        // there is one image (the executor's hook takes either).
-        let group_done = |b: usize, g: usize| {
+        // Per image, when whole images are done; when there is one image,
+        // per run of groups `lo..=g` (of a part's `..hi`) whose outputs
+        // together still sit in L1 or L2 (the executor's hook takes
+        // either): a depthwise layer's 7x7 planes are a few dozen floats
+        // each, too short a row apiece.
+        let chunk = (EPILOGUE_FLOATS / (this.og * this.oh * this.ow).max(1)).max(1);
+        let group_done = |b: usize, lo: &mut usize, g: usize, hi: usize| {
             if let (Some(e), 1) = (epilogue, this.n) {
-                e(b, g * this.og..(g + 1) * this.og);
+                if g + 1 - *lo >= chunk || g + 1 == hi {
+                    e(b, *lo * this.og..(g + 1) * this.og);
+                    *lo = g + 1;
+                }
             }
         };
         let image_done = |b: usize| {
@@ -204,9 +214,10 @@ impl Grouped {
                 // SAFETY: part t owns scratch slot t and images lo..hi.
                 let s = unsafe { base.0.add(t * per) };
                 for b in this.n * t / parts..this.n * (t + 1) / parts {
+                    let mut pending = 0;
                     for g in 0..this.groups {
                         unsafe { this.group(b, g, out, x, w, s) };
-                        group_done(b, g);
+                        group_done(b, &mut pending, g, this.groups);
                     }
                     image_done(b);
                 }
@@ -221,10 +232,11 @@ impl Grouped {
                     let base = slots;
                     // SAFETY: part t owns scratch slot t and its groups.
                     let s = unsafe { base.0.add(t * per) };
-                    let lo = this.groups * t / parts;
-                    for g in lo..this.groups * (t + 1) / parts {
+                    let (lo, hi) = (this.groups * t / parts, this.groups * (t + 1) / parts);
+                    let mut pending = lo;
+                    for g in lo..hi {
                         unsafe { this.group(b, g, out, x, w, s) };
-                        group_done(b, g);
+                        group_done(b, &mut pending, g, hi);
                     }
                 });
             }

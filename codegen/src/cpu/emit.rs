@@ -474,6 +474,9 @@ impl Emitter<'_, '_> {
 
                 // Row by row: selects split, rows vectorized where they can be.
                 if !self.checked && !shape.is_empty() {
+                    if self.segmented_rows(out, shape, inputs, program, acc_from_out)? {
+                        return Ok(());
+                    }
                     let last = shape.len() - 1;
                     return self.loops(&dims[..last], &mut |e| {
                         e.split_row(out, shape, &strides, inputs, program, acc_from_out)

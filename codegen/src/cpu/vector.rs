@@ -70,16 +70,22 @@ const V: types::Type = types::F32X4;
 /// The innermost-variable coefficient of an access, if it is 0 or 1 and the
 /// variable appears only linearly.
 fn unit_stride(a: &Access, var: usize) -> Option<i64> {
+    coefficient(a, var).filter(|&c| a.mask.is_empty() && (c == 0 || c == 1))
+}
+
+/// The coefficient of loop variable `var` in an access's offset, or `None`
+/// where it appears inside a division or modulo.
+fn coefficient(a: &Access, var: usize) -> Option<i64> {
     let mut c = 0;
     for (k, atom) in &a.offset.terms {
         match atom {
             Atom::Var(v) if *v == var => c += k,
             Atom::Var(_) => {}
             Atom::Div(i, _) | Atom::Mod(i, _) if i.mentions(var) => return None,
-            _ => {}
+            Atom::Div(..) | Atom::Mod(..) => {}
         }
     }
-    (a.mask.is_empty() && (c == 0 || c == 1)).then_some(c)
+    Some(c)
 }
 
 /// Row length from which a row runs in AVX-512 through a call rather than
@@ -578,7 +584,16 @@ impl Emitter<'_, '_> {
             let stride = |a: &Access| unit_stride(a, last);
             if let Some(rp) = RowProgram::from_elements(self.prog, inputs, program, &stride, access)
             {
-                return self.wide_row(Box::new(rp), var, (start, end), out, strides, inputs, acc);
+                return self.wide_row(
+                    Box::new(rp),
+                    var,
+                    (start, end),
+                    out,
+                    strides,
+                    inputs,
+                    acc,
+                    false,
+                );
             }
         }
         let splat_acc = match acc {
@@ -711,8 +726,99 @@ impl Emitter<'_, '_> {
         Ok(a)
     }
 
+    /// An elementwise kernel whose innermost two dims run as one segmented
+    /// AVX-512 row per iteration of the other loops (see
+    /// `kiln_rt::avx512_rows::RowProgram::segmented`): where every input
+    /// read along the row continues contiguously into the next row (a
+    /// coefficient of `n` on the second-to-last variable) and every input
+    /// read as a scalar per row moves by a fixed step from row to row. A
+    /// convolution's per-channel bias and activation over small planes is
+    /// the case: one call instead of one short row per channel. Returns
+    /// `false` (nothing emitted) where the kernel does not have that form.
+    pub(super) fn segmented_rows(
+        &mut self,
+        out: BufferId,
+        shape: &[usize],
+        inputs: &[Access],
+        program: &ElementProgram,
+        acc_from_out: bool,
+    ) -> Result<bool> {
+        let Some(last) = shape.len().checked_sub(1).filter(|&l| l > 0) else {
+            return Ok(false);
+        };
+        let (outer, n) = (last - 1, shape[last]);
+        let flat = shape[outer] * n;
+        let fits = self.wide
+            && n >= LANES * 4
+            && flat >= wide_threshold(program)
+            && self.prog.buffer(out).dtype == DType::F32
+            && program.split_row_select(last).is_none()
+            && inputs.iter().all(|a| match unit_stride(a, last) {
+                Some(1) => coefficient(a, outer) == Some(n as i64),
+                Some(0) => coefficient(a, outer).is_some(),
+                _ => false,
+            });
+        if !fits {
+            return Ok(false);
+        }
+        let access = if acc_from_out {
+            RowAccess::Row
+        } else {
+            RowAccess::None
+        };
+        let stride = |a: &Access| unit_stride(a, last);
+        let Some(rp) = RowProgram::from_elements(self.prog, inputs, program, &stride, access)
+            .and_then(|rp| {
+                rp.segmented(n, &|k| {
+                    inputs
+                        .get(k as usize)
+                        .and_then(|a| coefficient(a, outer))
+                        .unwrap_or(0)
+                })
+            })
+        else {
+            return Ok(false);
+        };
+        let rp = Box::new(rp);
+        let dims: Vec<(usize, usize)> = shape[..outer].iter().copied().enumerate().collect();
+        let strides = kiln_graph::shape::strides(shape);
+        let (var, row) = (self.loop_vars[outer], self.loop_vars[last]);
+        self.loops(&dims, &mut |e| {
+            // Loop variable 0 is the one the runtime splits: lo..hi of it.
+            let (start, end) = if outer == 0 {
+                e.range
+            } else {
+                (
+                    e.b.ins().iconst(types::I64, 0),
+                    e.b.ins().iconst(types::I64, shape[outer] as i64),
+                )
+            };
+            let zero = e.b.ins().iconst(types::I64, 0);
+            e.b.def_var(row, zero);
+            let rows = e.b.ins().isub(end, start);
+            let len = e.b.ins().imul_imm_s(rows, n as i64);
+            let acc = if acc_from_out {
+                RowAcc::FromOut
+            } else {
+                RowAcc::None
+            };
+            e.wide_row(
+                rp.clone(),
+                var,
+                (start, len),
+                out,
+                &strides,
+                inputs,
+                acc,
+                true,
+            )
+        })?;
+        Ok(true)
+    }
+
     /// A row handed to `kiln_row_f32`: the address of its first element
-    /// in every input (and of its accumulator), then one call.
+    /// in every input (and of its accumulator), then one call. `length`:
+    /// the second value of the range is the row's length, not its end.
     #[allow(clippy::too_many_arguments)]
     fn wide_row(
         &mut self,
@@ -723,6 +829,7 @@ impl Emitter<'_, '_> {
         strides: &[usize],
         inputs: &[Access],
         acc: RowAcc,
+        length: bool,
     ) -> Result<()> {
         use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
         self.b.def_var(var, start);
@@ -743,7 +850,11 @@ impl Emitter<'_, '_> {
             }
         };
         let table = self.row_pointers(inputs, acc_addr);
-        let n = self.b.ins().isub(end, start);
+        let n = if length {
+            end
+        } else {
+            self.b.ins().isub(end, start)
+        };
         let prog = self.row_address(rp)?;
         self.call_void("kiln_row_f32", &[prog, table, out_addr, n]);
         Ok(())
