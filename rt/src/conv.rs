@@ -38,6 +38,36 @@ pub struct Conv {
     direct: Option<Box<direct::Direct>>,
     /// The direct grouped (depthwise) kernel, for f32 with groups.
     grouped: Option<Box<grouped::Grouped>>,
+    /// How constant weights are packed for kiln's own GEMM (`sgemm.rs`),
+    /// where that beats the `gemm` crate: f32, one group, not direct, on
+    /// AVX-512 hosts.
+    #[cfg(target_arch = "x86_64")]
+    packs: Option<Orient>,
+    /// Those weights, packed once (shared by forks).
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<Packed>,
+}
+
+/// Which way round a convolution's product runs on kiln's GEMM, whose
+/// 12 x 32 tile vectorises its 32 columns and computes only the rows there
+/// are.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Orient {
+    /// `out[o, pixels] = w[o, k] @ columns[k, pixels]`: pixels in lanes,
+    /// for planes that fill 32-lane panels (56x56: 98 panels exactly).
+    Channels,
+    /// `out^T[pixels, o] = columns^T @ w^T`: output channels in lanes, for
+    /// small planes that would waste lanes (7x7 is 49 of 64), then
+    /// transposed into place.
+    Pixels,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone)]
+enum Packed {
+    Channels(std::sync::Arc<crate::sgemm::PackedA>),
+    Pixels(std::sync::Arc<crate::sgemm::PackedB>),
 }
 
 impl Conv {
@@ -79,6 +109,15 @@ impl Conv {
             } else {
                 None
             };
+        #[cfg(target_arch = "x86_64")]
+        let packs = (dtype == Real::F32
+            && groups == 1
+            && direct.is_none()
+            && settings.avx512
+            && settings.conv != crate::settings::ConvPath::Direct
+            && crate::sgemm::available())
+        .then(|| Self::orient(weight[0], out_hw[0] * out_hw[1]))
+        .flatten();
         Conv {
             dtype,
             input,
@@ -91,6 +130,26 @@ impl Conv {
             #[cfg(target_arch = "x86_64")]
             direct,
             grouped,
+            #[cfg(target_arch = "x86_64")]
+            packs,
+            #[cfg(target_arch = "x86_64")]
+            packed: None,
+        }
+    }
+
+    /// The GEMM orientation for `o` output channels of `pixels` each, or
+    /// `None` where the `gemm` crate measures faster: the way round whose
+    /// 32-lane panels waste fewer lanes, if that is clearly fewer; else
+    /// pixels in lanes for large planes.
+    #[cfg(target_arch = "x86_64")]
+    fn orient(o: usize, pixels: usize) -> Option<Orient> {
+        let used = |n: usize| n as f64 / n.next_multiple_of(32) as f64;
+        if used(o) > used(pixels) + 0.15 {
+            Some(Orient::Pixels)
+        } else if pixels >= 1024 {
+            Some(Orient::Channels)
+        } else {
+            None
         }
     }
 
@@ -159,6 +218,30 @@ impl Conv {
         if let Some(d) = &mut self.direct {
             unsafe { d.prepack(w as *const f32) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(orient) = self.packs {
+            use std::sync::Arc;
+            let [o, cg, kh, kw] = self.weight;
+            let k = cg * kh * kw;
+            self.packed = Some(match orient {
+                Orient::Channels => {
+                    let a = crate::sgemm::Lhs {
+                        ptr: w as *const f32,
+                        rs: k as isize,
+                        cs: 1,
+                        m: o,
+                    };
+                    // SAFETY: the weights `[o, k]`, as the caller promises;
+                    // the host has AVX-512 (checked in `new`).
+                    Packed::Channels(Arc::new(unsafe { crate::sgemm::PackedA::new(a, k) }))
+                }
+                Orient::Pixels => {
+                    // SAFETY: as above.
+                    let w = unsafe { std::slice::from_raw_parts(w as *const f32, o * k) };
+                    Packed::Pixels(Arc::new(crate::sgemm::PackedB::new(w, 1, k, k, o)))
+                }
+            });
+        }
         let _ = w;
     }
 
@@ -177,6 +260,10 @@ impl Conv {
             #[cfg(target_arch = "x86_64")]
             direct: self.direct.as_ref().map(|d| Box::new(d.fork())),
             grouped: self.grouped.as_ref().map(|g| Box::new(g.fork())),
+            #[cfg(target_arch = "x86_64")]
+            packs: self.packs,
+            #[cfg(target_arch = "x86_64")]
+            packed: self.packed.clone(),
         }
     }
 
@@ -184,7 +271,7 @@ impl Conv {
     /// (one image through im2col), which must then run in a rayon pool.
     pub fn uses_rayon(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if self.direct.is_some() {
+        if self.direct.is_some() || self.packed.is_some() {
             return false;
         }
         // One image of one group splits its output channels across the
@@ -220,6 +307,19 @@ impl Conv {
                     parallelism,
                     epilogue,
                 )
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = self.packed.clone() {
+            let (out, x) = (out as *mut f32, x as *const f32);
+            // SAFETY: f32 buffers of the plan's shapes (the caller's contract).
+            return unsafe {
+                match &p {
+                    Packed::Channels(a) => {
+                        self.run_packed(a, out, x, parallelism, epilogue, columns)
+                    }
+                    Packed::Pixels(b) => self.run_pixels(b, out, x, parallelism, epilogue, columns),
+                }
             };
         }
         if let Some(g) = &mut self.grouped {
@@ -318,6 +418,168 @@ impl Conv {
             unsafe { this.images(lo..hi, out, x, w, col, gemm::Parallelism::None) };
         });
         false
+    }
+
+    /// The convolution as kiln's own GEMM against the weights packed once:
+    /// per image, its im2col columns (or the input itself, for a plain
+    /// 1x1) packed into 32-column panels, then 12-channel blocks of the
+    /// output. One image splits its channel blocks across the team (each
+    /// part's epilogue as soon as its channels are done); several images
+    /// split across the team whole, each image's epilogue once it is done.
+    ///
+    /// # Safety
+    /// The buffers of the plan's shapes; the host has AVX-512 F and DQ.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn run_packed(
+        &self,
+        a: &crate::sgemm::PackedA,
+        out: *mut f32,
+        x: *const f32,
+        par: gemm::Parallelism,
+        epilogue: Option<&Epilogue<'_>>,
+        columns: &mut Vec<f64>,
+    ) -> bool {
+        use crate::sgemm;
+        let n = self.input[0];
+        let o = self.weight[0];
+        let k = self.weight[1] * self.weight[2] * self.weight[3];
+        let cols = self.out_hw[0] * self.out_hw[1];
+        // Per thread: the columns, then the packed panels (f32 in f64 slots).
+        let (col_len, pack_len) = (self.scratch_len(), sgemm::packed_len(k, cols));
+        let per = (col_len + pack_len).div_ceil(2);
+        let threads = team_threads(par);
+        let slots = if n == 1 { 1 } else { threads.min(n) };
+        if columns.len() < per * slots {
+            columns.resize(per * slots, 0.0);
+        }
+        let base = SendPtr(columns.as_mut_ptr() as *mut f32);
+        let (out, x) = (SendPtr(out), SendPtr(x as *mut f32));
+        // Image b's panels, packed in scratch slot t.
+        let pack = |b: usize, t: usize| -> *const f32 {
+            let (scratch, x) = (base, x);
+            // SAFETY: slot t is this caller's; the input holds image b.
+            unsafe {
+                let col = scratch.0.add(t * per * 2);
+                let panels = col.add(col_len);
+                let src = self.columns(b, 0, x.0 as *const f32, col);
+                let dst = std::slice::from_raw_parts_mut(panels, pack_len);
+                sgemm::pack_into(dst, src, cols as isize, 1, k, cols);
+                panels
+            }
+        };
+        let team = super::team::Team::global();
+        if n == 1 {
+            let panels = SendPtr(pack(0, 0) as *mut f32);
+            let blocks = o.div_ceil(12);
+            let parts = threads.min(blocks);
+            team.run(parts, &|t| {
+                let (panels, out) = (panels, out);
+                let lo = (blocks * t / parts * 12).min(o);
+                let hi = (blocks * (t + 1) / parts * 12).min(o);
+                // SAFETY: part t writes output channels lo..hi.
+                unsafe { sgemm::packed_rows(a, lo..hi, panels.0, cols, out.0) };
+                if let Some(e) = epilogue {
+                    e(0, lo..hi);
+                }
+            });
+            return epilogue.is_some();
+        }
+        team.run(slots, &|t| {
+            let dst = out;
+            for b in n * t / slots..n * (t + 1) / slots {
+                let panels = pack(b, t);
+                // SAFETY: part t writes images n*t/slots..; slot t is its own.
+                unsafe { sgemm::packed_rows(a, 0..o, panels, cols, dst.0.add(b * o * cols)) };
+                if let Some(e) = epilogue {
+                    e(b, 0..o);
+                }
+            }
+        });
+        epilogue.is_some()
+    }
+
+    /// The convolution with pixels as the GEMM's rows (see
+    /// [`Orient::Pixels`]): per image, the product `[pixels, o]` of the
+    /// columns (read transposed) and the weights packed once, into scratch,
+    /// then transposed into the output by channel ranges, each range's
+    /// epilogue once it is in place. One image shares the product and the
+    /// transposition across the team; several images go whole to each
+    /// thread.
+    ///
+    /// # Safety
+    /// The buffers of the plan's shapes; the host has AVX-512 F and DQ.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn run_pixels(
+        &self,
+        w: &crate::sgemm::PackedB,
+        out: *mut f32,
+        x: *const f32,
+        par: gemm::Parallelism,
+        epilogue: Option<&Epilogue<'_>>,
+        columns: &mut Vec<f64>,
+    ) -> bool {
+        use crate::sgemm;
+        let n = self.input[0];
+        let o = self.weight[0];
+        let pixels = self.out_hw[0] * self.out_hw[1];
+        // Per thread: the columns, transposed, then the transposed product.
+        let col_len = self.scratch_len();
+        let k = self.weight[1] * self.weight[2] * self.weight[3];
+        let per = (col_len + pixels * k + pixels * o).div_ceil(2);
+        let threads = team_threads(par);
+        let slots = if n == 1 { 1 } else { threads.min(n) };
+        if columns.len() < per * slots {
+            columns.resize(per * slots, 0.0);
+        }
+        let base = SendPtr(columns.as_mut_ptr() as *mut f32);
+        let (out, x) = (SendPtr(out), SendPtr(x as *mut f32));
+        // Image b's product `[pixels, o]` in slot t, on up to `threads`.
+        let product = |b: usize, t: usize, threads: usize| -> *mut f32 {
+            let (scratch, x) = (base, x);
+            // SAFETY: slot t is this caller's; the input holds image b.
+            unsafe {
+                let col = scratch.0.add(t * per * 2);
+                let rows = col.add(col_len);
+                let prod = rows.add(pixels * k);
+                let src = self.columns(b, 0, x.0 as *const f32, col);
+                transpose_block(src, pixels, rows, k, k, pixels);
+                let a = sgemm::Lhs {
+                    ptr: rows,
+                    rs: k as isize,
+                    cs: 1,
+                    m: pixels,
+                };
+                sgemm::matmul(a, w, prod, threads, threads > 1, None);
+                prod
+            }
+        };
+        let team = super::team::Team::global();
+        if n == 1 {
+            let prod = SendPtr(product(0, 0, threads));
+            let parts = threads.min(o.div_ceil(16));
+            team.run(parts, &|t| {
+                let (prod, out) = (prod, out);
+                let (lo, hi) = (o * t / parts, o * (t + 1) / parts);
+                // SAFETY: part t writes output channels lo..hi.
+                unsafe { transpose(prod.0, out.0, pixels, o, lo..hi) };
+                if let Some(e) = epilogue {
+                    e(0, lo..hi);
+                }
+            });
+            return epilogue.is_some();
+        }
+        team.run(slots, &|t| {
+            let dst = out;
+            for b in n * t / slots..n * (t + 1) / slots {
+                let prod = product(b, t, 1);
+                // SAFETY: part t writes images n*t/slots..; slot t is its own.
+                unsafe { transpose(prod, dst.0.add(b * o * pixels), pixels, o, 0..o) };
+                if let Some(e) = epilogue {
+                    e(b, 0..o);
+                }
+            }
+        });
+        epilogue.is_some()
     }
 
     fn scratch_len(&self) -> usize {
@@ -469,6 +731,130 @@ impl Conv {
     }
 }
 
+/// `out[c, p] = t[p, c]` for channels `chans` of a `[rows, cols]` matrix
+/// `t` (its transpose `[cols, rows]` in `out`).
+///
+/// # Safety
+/// `t` holds `rows * cols` floats, `out` `cols * rows`; AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+unsafe fn transpose(
+    t: *const f32,
+    out: *mut f32,
+    rows: usize,
+    cols: usize,
+    chans: std::ops::Range<usize>,
+) {
+    // SAFETY: the block [0, rows) x chans of t, into out's rows chans.
+    unsafe {
+        transpose_block(
+            t.add(chans.start),
+            cols,
+            out.add(chans.start * rows),
+            rows,
+            rows,
+            chans.len(),
+        )
+    }
+}
+
+/// `dst[j * dst_rs + i] = src[i * src_rs + j]` for `i < rows`, `j < cols`:
+/// 16 x 16 blocks transposed in registers (masked at the edges).
+///
+/// # Safety
+/// Both views valid for those elements; AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose_block(
+    src: *const f32,
+    src_rs: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    rows: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    let mask = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as u16
+        }
+    };
+    let mut i0 = 0;
+    while i0 < rows {
+        let ni = (rows - i0).min(16);
+        let mut j0 = 0;
+        while j0 < cols {
+            let nj = (cols - j0).min(16);
+            let (mi, mj) = (mask(ni), mask(nj));
+            // SAFETY: rows i0..i0+ni, columns j0..j0+nj of both views.
+            unsafe {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (i, v) in r.iter_mut().enumerate().take(ni) {
+                    *v = _mm512_maskz_loadu_ps(mj, src.add((i0 + i) * src_rs + j0));
+                }
+                let c = transpose16(r);
+                for (j, v) in c.iter().enumerate().take(nj) {
+                    _mm512_mask_storeu_ps(dst.add((j0 + j) * dst_rs + i0), mi, *v);
+                }
+            }
+            j0 += 16;
+        }
+        i0 += 16;
+    }
+}
+
+/// The transpose of 16 rows of 16 floats: element `j` of result `i` is
+/// element `i` of row `j`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_ps(); 16];
+    // Pairs of rows interleaved by floats, then by pairs of floats: each
+    // 128-bit lane of u[4q + s] holds column 4l + s of rows 4q..4q+4.
+    for q in 0..8 {
+        t[2 * q] = _mm512_unpacklo_ps(r[2 * q], r[2 * q + 1]);
+        t[2 * q + 1] = _mm512_unpackhi_ps(r[2 * q], r[2 * q + 1]);
+    }
+    let mut u = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        let pd = |x: __m512| _mm512_castps_pd(x);
+        let (a, b, c, d) = (
+            pd(t[4 * q]),
+            pd(t[4 * q + 2]),
+            pd(t[4 * q + 1]),
+            pd(t[4 * q + 3]),
+        );
+        u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    // 128-bit lanes gathered across the four row groups.
+    let mut v = [_mm512_setzero_ps(); 16];
+    for s in 0..4 {
+        for h in 0..2 {
+            let (a, b) = (u[s], u[4 + s]);
+            let (c, d) = (u[8 + s], u[12 + s]);
+            let (ab, cd) = if h == 0 {
+                (
+                    _mm512_shuffle_f32x4::<0x88>(a, b),
+                    _mm512_shuffle_f32x4::<0x88>(c, d),
+                )
+            } else {
+                (
+                    _mm512_shuffle_f32x4::<0xdd>(a, b),
+                    _mm512_shuffle_f32x4::<0xdd>(c, d),
+                )
+            };
+            v[s + 4 * h] = _mm512_shuffle_f32x4::<0x88>(ab, cd);
+            v[s + 8 + 4 * h] = _mm512_shuffle_f32x4::<0xdd>(ab, cd);
+        }
+    }
+    v
+}
+
 /// The team's threads a kernel may use under `par` (the executor's say).
 fn team_threads(par: gemm::Parallelism) -> usize {
     match par {
@@ -499,4 +885,32 @@ impl Float for f32 {
 impl Float for f64 {
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    /// Blocks of every edge size transpose exactly.
+    #[test]
+    fn transposes_match_the_definition() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        for (rows, cols) in [(16, 16), (49, 192), (5, 37), (33, 17), (1, 1)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![-1f32; rows * cols];
+            // SAFETY: both buffers hold rows * cols floats; AVX-512 checked.
+            unsafe {
+                super::transpose_block(src.as_ptr(), cols, dst.as_mut_ptr(), rows, rows, cols)
+            };
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        dst[j * rows + i],
+                        src[i * cols + j],
+                        "{rows}x{cols} at {i},{j}"
+                    );
+                }
+            }
+        }
+    }
 }

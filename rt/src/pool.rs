@@ -106,6 +106,9 @@ impl Pool {
         unsafe { self.max_planes_body(out, x, planes) }
     }
 
+    /// Column strides 1 and 2 (a ResNet's stem pool) in 16-lane vectors, a
+    /// stride-2 tap's columns picked from two loads by one permute; other
+    /// strides as `max_planes_body`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn max_planes_avx512(
@@ -114,11 +117,79 @@ impl Pool {
         x: *const f32,
         planes: std::ops::Range<usize>,
     ) {
-        unsafe { self.max_planes_body(out, x, planes) }
+        use std::arch::x86_64::*;
+        let sx = self.stride[1];
+        if sx > 2 {
+            return unsafe { self.max_planes_body(out, x, planes) };
+        }
+        let mask = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xffff
+            } else {
+                ((1u32 << n) - 1) as u16
+            }
+        };
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        // out[j] = max(out[j], src[j * sx]) for j < n, NaN winning.
+        let tap = |dst: *mut f32, src: *const f32, n: usize| {
+            let mut j = 0;
+            while j < n {
+                let c = (n - j).min(16);
+                let m = mask(c);
+                // SAFETY: the tap's columns lie inside the input row (a
+                // stride-2 read reaches src[2(n - 1)] at most) and the
+                // output row holds n floats from dst.
+                unsafe {
+                    let v = if sx == 1 {
+                        _mm512_maskz_loadu_ps(m, src.add(j))
+                    } else {
+                        let left = 2 * c - 1;
+                        let a = _mm512_maskz_loadu_ps(mask(left), src.add(2 * j));
+                        let b = _mm512_maskz_loadu_ps(
+                            mask(left.saturating_sub(16)),
+                            src.add(2 * j + 16),
+                        );
+                        _mm512_permutex2var_ps(a, even, b)
+                    };
+                    let cur = _mm512_maskz_loadu_ps(m, dst.add(j));
+                    let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, cur)
+                        | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                    _mm512_mask_storeu_ps(dst.add(j), m, _mm512_mask_blend_ps(take, cur, v));
+                }
+                j += 16;
+            }
+        };
+        // SAFETY: the caller's contract.
+        unsafe { self.max_rows(out, x, planes, &tap) }
     }
 
     #[inline(always)]
     unsafe fn max_planes_body(&self, out: *mut f32, x: *const f32, planes: std::ops::Range<usize>) {
+        let sx = self.stride[1];
+        let tap = |dst: *mut f32, src: *const f32, n: usize| {
+            for j in 0..n {
+                // SAFETY: as in `max_rows`'s contract for `tap`.
+                unsafe {
+                    let (m, v) = (&mut *dst.add(j), *src.add(j * sx));
+                    // NaN wins: a NaN `m` stays, a NaN `v` replaces.
+                    *m = if v > *m || v.is_nan() { v } else { *m };
+                }
+            }
+        };
+        unsafe { self.max_rows(out, x, planes, &tap) }
+    }
+
+    /// The output rows of `planes`, each the maximum over its window's
+    /// taps: `tap(dst, src, n)` folds `src[j * stride]` into `dst[j]` for
+    /// `j < n`, the columns where the tap lands inside the input row.
+    #[inline(always)]
+    unsafe fn max_rows(
+        &self,
+        out: *mut f32,
+        x: *const f32,
+        planes: std::ops::Range<usize>,
+        tap: &dyn Fn(*mut f32, *const f32, usize),
+    ) {
         let [_, _, h, w] = self.input;
         let [oh, ow] = self.out_hw;
         let [sy, sx] = self.stride;
@@ -148,11 +219,7 @@ impl Pool {
                             continue;
                         }
                         let first = lo * sx + off - pl;
-                        let src = line[first..].iter().step_by(sx);
-                        for (m, &v) in row[lo..hi].iter_mut().zip(src) {
-                            // NaN wins: a NaN `m` stays, a NaN `v` replaces.
-                            *m = if v > *m || v.is_nan() { v } else { *m };
-                        }
+                        tap(row[lo..hi].as_mut_ptr(), line[first..].as_ptr(), hi - lo);
                     }
                 }
             }

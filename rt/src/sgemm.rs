@@ -62,6 +62,15 @@ pub unsafe fn pack_into(dst: &mut [f32], b: *const f32, rs: isize, cs: isize, k:
         }
         for r in 0..k {
             let row = &mut panel[r * NR..r * NR + width];
+            if cs == 1 {
+                // Contiguous rows (activations, im2col columns): a copy.
+                // SAFETY: inside the view, as the caller promises.
+                let src = unsafe {
+                    std::slice::from_raw_parts(b.offset(r as isize * rs + (p * NR) as isize), width)
+                };
+                row.copy_from_slice(src);
+                continue;
+            }
             for (j, v) in row.iter_mut().enumerate() {
                 // SAFETY: inside the view, as the caller promises.
                 *v = unsafe { *b.offset(r as isize * rs + (p * NR + j) as isize * cs) };
@@ -103,6 +112,103 @@ impl Packed<'_> {
     }
 }
 
+/// A left-hand side `[m, k]` packed once (a convolution's constant
+/// weights): per depth block of `KC`, every 12-row block's chunks as
+/// [`pack_rows`] writes them, so a product reads them as they are.
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    /// Packs `a` (`[a.m, k]`).
+    ///
+    /// # Safety
+    /// `a` must describe a readable `[m, k]` view; the host must have
+    /// AVX-512 F and DQ.
+    pub unsafe fn new(a: Lhs, k: usize) -> PackedA {
+        let blocks = a.m.div_ceil(MR);
+        let mut data = vec![0.0f32; blocks * MR * k.div_ceil(KC) * KC.next_multiple_of(KU)];
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            for bi in 0..blocks {
+                let (i0, len) = (bi * MR, Self::block_len(kc));
+                let off = Self::offset(blocks, k0, bi, kc);
+                // SAFETY: rows i0.. and depths k0..k0 + kc lie in the view.
+                unsafe { pack_rows(a, i0, MR.min(a.m - i0), k0, kc, &mut data[off..off + len]) };
+            }
+            k0 += kc;
+        }
+        PackedA { m: a.m, k, data }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Floats of one packed row block of depth `kc`.
+    fn block_len(kc: usize) -> usize {
+        MR * kc.next_multiple_of(KU)
+    }
+
+    /// Where row block `bi` of the depth block at `k0` starts (every depth
+    /// block before it is a whole `KC` deep).
+    fn offset(blocks: usize, k0: usize, bi: usize, kc: usize) -> usize {
+        k0 / KC * blocks * MR * KC + bi * Self::block_len(kc)
+    }
+
+    fn block(&self, k0: usize, bi: usize) -> *const f32 {
+        let kc = KC.min(self.k - k0);
+        self.data[Self::offset(self.m.div_ceil(MR), k0, bi, kc)..].as_ptr()
+    }
+}
+
+/// `out[rows, n] = a[rows, k] @ b`, on this thread: `rows` of a packed
+/// left-hand side (starting at a multiple of 12) against a right-hand side
+/// `[k, n]` that [`pack_into`] packed into `b`; `out` is `[m, n]`,
+/// contiguous.
+///
+/// # Safety
+/// `b` must hold `packed_len(k, n)` floats, `out` `m * n`; the host must
+/// have AVX-512 F and DQ.
+pub unsafe fn packed_rows(
+    a: &PackedA,
+    rows: std::ops::Range<usize>,
+    b: *const f32,
+    n: usize,
+    out: *mut f32,
+) {
+    debug_assert!(rows.start.is_multiple_of(MR) && rows.end <= a.m);
+    let b = Packed {
+        k: a.k,
+        n,
+        // SAFETY: as the caller promises.
+        data: unsafe { std::slice::from_raw_parts(b, packed_len(a.k, n)) },
+    };
+    let panels = b.panels();
+    // SAFETY: as the caller promises.
+    unsafe {
+        part(
+            Rows::Packed(a),
+            &b,
+            out,
+            (rows.start, rows.end),
+            (0, panels),
+        )
+    }
+}
+
+/// Rows of a product's left-hand side: a view packed as the product goes,
+/// or packed once.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    View(Lhs),
+    Packed(&'a PackedA),
+}
+
 /// The left-hand side: `[m, k]`, element `[r, c]` at `a[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
 pub struct Lhs {
@@ -140,7 +246,7 @@ pub unsafe fn matmul(
     };
     if !parallel || threads < 2 {
         // SAFETY: as the caller promises.
-        unsafe { part(a, b, out.0, (0, a.m), (0, panels)) };
+        unsafe { part(Rows::View(a), b, out.0, (0, a.m), (0, panels)) };
         return finish(0, a.m);
     }
     // Rows (whole 12-row blocks) when there are enough to go round: each
@@ -162,7 +268,7 @@ pub unsafe fn matmul(
         };
         let o = out;
         // SAFETY: the parts write disjoint tiles of `out`.
-        unsafe { part(a, b, o.0, rows, cols) };
+        unsafe { part(Rows::View(a), b, o.0, rows, cols) };
         if by_rows {
             finish(rows.0, rows.1);
         }
@@ -242,7 +348,7 @@ pub unsafe fn batched(
             };
             let rows = (bi * MR, ((bi + 1) * MR).min(m));
             // SAFETY: items and row blocks write disjoint tiles.
-            unsafe { part(it.a, &b, it.out, rows, (0, panels)) };
+            unsafe { part(Rows::View(it.a), &b, it.out, rows, (0, panels)) };
         }
     };
     let total = items.len() * blocks;
@@ -268,10 +374,17 @@ unsafe impl Send for Item {}
 unsafe impl Sync for Item {}
 
 /// Rows `rows.0..rows.1` by panels `cols.0..cols.1` of the product. Per
-/// depth block, the part's rows are packed first; then each panel's block
-/// stays in L1 while every row block passes over it.
+/// depth block, the part's rows are packed first (unless they were packed
+/// once); then each panel's block stays in L1 while every row block
+/// passes over it.
 #[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn part(a: Lhs, b: &Packed<'_>, out: *mut f32, rows: (usize, usize), cols: (usize, usize)) {
+unsafe fn part(
+    a: Rows<'_>,
+    b: &Packed<'_>,
+    out: *mut f32,
+    rows: (usize, usize),
+    cols: (usize, usize),
+) {
     thread_local! {
         /// Packed rows, kept between calls (every float read is written first).
         static APACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -281,18 +394,22 @@ unsafe fn part(a: Lhs, b: &Packed<'_>, out: *mut f32, rows: (usize, usize), cols
     let blocks = (rows.1 - rows.0).div_ceil(MR);
     let block_len = MR * KC.min(k).next_multiple_of(KU);
     APACK.with_borrow_mut(|apack| {
-        if apack.len() < blocks * block_len {
-            apack.resize(blocks * block_len, 0.0);
+        if let Rows::View(_) = a {
+            if apack.len() < blocks * block_len {
+                apack.resize(blocks * block_len, 0.0);
+            }
         }
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
-            for bi in 0..blocks {
-                let i0 = rows.0 + bi * MR;
-                let mr = MR.min(rows.1 - i0);
-                let dst = &mut apack[bi * block_len..(bi + 1) * block_len];
-                // SAFETY: rows i0..i0+mr and columns k0..k0+kc lie in the view.
-                unsafe { pack_rows(a, i0, mr, k0, kc, dst) };
+            if let Rows::View(a) = a {
+                for bi in 0..blocks {
+                    let i0 = rows.0 + bi * MR;
+                    let mr = MR.min(rows.1 - i0);
+                    let dst = &mut apack[bi * block_len..(bi + 1) * block_len];
+                    // SAFETY: rows i0..i0+mr and columns k0..k0+kc lie in the view.
+                    unsafe { pack_rows(a, i0, mr, k0, kc, dst) };
+                }
             }
             for p in cols.0..cols.1 {
                 let bp = b.data[p * k * NR + k0 * NR..].as_ptr();
@@ -301,7 +418,10 @@ unsafe fn part(a: Lhs, b: &Packed<'_>, out: *mut f32, rows: (usize, usize), cols
                 for bi in 0..blocks {
                     let i0 = rows.0 + bi * MR;
                     let mr = MR.min(rows.1 - i0);
-                    let ap = apack[bi * block_len..].as_ptr();
+                    let ap = match a {
+                        Rows::View(_) => apack[bi * block_len..].as_ptr(),
+                        Rows::Packed(p) => p.block(k0, rows.0 / MR + bi),
+                    };
                     // SAFETY: the tile lies inside `out` ([m, n], contiguous).
                     let c = unsafe { out.add(i0 * n + p * NR) };
                     unsafe {

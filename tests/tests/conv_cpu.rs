@@ -274,8 +274,8 @@ fn conv_shapes_match_the_reference() {
 fn convolution_epilogues_match_the_reference() {
     // (n, c, o, hw, groups): the last three depthwise (MobileNet's
     // epilogue: bias and activation after each depthwise layer).
-    // The last two: pointwise (1x1) convolutions, products on the input
-    // itself, whose output channels one image splits across the team.
+    // Then pointwise (1x1) convolutions, products on the input itself,
+    // whose output channels one image splits across the team.
     for (n, c, o, hw, groups, k) in [
         (1, 16, 16, 32, 1, 3),
         (1, 8, 40, 20, 1, 3),
@@ -286,6 +286,14 @@ fn convolution_epilogues_match_the_reference() {
         (3, 48, 48, 30, 48, 3),
         (1, 96, 40, 56, 1, 1),
         (2, 40, 96, 28, 1, 1),
+        // kiln's own GEMM against weights packed once: pixels in lanes
+        // (planes of 1024 and more), output channels in lanes (7x7
+        // planes: 3x3 through im2col, 1x1 on the input; a partial
+        // 32-channel panel), one image and several.
+        (2, 24, 48, 32, 1, 1),
+        (1, 64, 64, 7, 1, 3),
+        (3, 40, 96, 7, 1, 1),
+        (1, 24, 120, 7, 1, 1),
     ] {
         let g = GraphBuilder::new();
         let x = g
