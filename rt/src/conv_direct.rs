@@ -5,7 +5,13 @@
 //! consecutive floats: channel planes of padded rows, each row split into
 //! `sx` phases (`padded column c` lives in phase `c % sx` at index `c / sx`),
 //! so a horizontal stride becomes unit stride. Output pixels are grouped in
-//! "pixel vectors" of up to 16 consecutive pixels of one output row; the
+//! "pixel vectors" of 16 consecutive pixels of the padded layout: with a
+//! vertical stride of 1, consecutive output rows are one padded row apart
+//! there, so a vector runs on from one output row into the next (only the
+//! padded columns between them, `kw - 1` of each row, are lanes computed
+//! for nothing: 56-wide rows fill 203 vectors instead of 224), and its
+//! lanes are stored in up to three output rows by masked stores; with
+//! other strides a vector holds up to 16 pixels of one output row. The
 //! microkernel keeps an `MR` output channels x `NV` pixel vectors tile of
 //! accumulators in registers and runs over every (input channel, ky, kx)
 //! tap, broadcasting one weight per output channel. Padding positions of the
@@ -20,15 +26,16 @@ const MR: usize = 8;
 /// Pixel vectors per register tile (`MR * NV` accumulators).
 const NV: usize = 3;
 
-/// One run of up to 16 consecutive output pixels of an output row.
+/// Sixteen consecutive pixels of the padded layout, stored into up to
+/// three output rows.
 #[derive(Clone, Copy, Debug)]
 struct PixVec {
     /// Offset of the first pixel's tap (0, 0) in a padded image.
     x: u32,
-    /// Offset of the first pixel in an output channel plane.
-    out: u32,
-    /// Which of the 16 lanes are output pixels.
-    mask: u16,
+    /// Per output row the vector reaches: where lane 0 would land in an
+    /// output channel plane (lane `i` lands `i` further), and which lanes
+    /// are that row's pixels.
+    rows: [(i32, u16); 3],
 }
 
 /// A direct convolution plan for one shape.
@@ -112,13 +119,38 @@ impl Direct {
             }
         }
         let mut vecs = Vec::new();
-        for oy in 0..oh {
-            for ox in (0..ow).step_by(16) {
-                vecs.push(PixVec {
-                    x: (oy * sy * row + ox) as u32,
-                    out: (oy * ow + ox) as u32,
-                    mask: lanes(ow - ox),
-                });
+        if sy == 1 && row >= 8 {
+            // Lane i of the vector at q0 is padded pixel q = q0 + i, output
+            // row q / row, column q % row (a pixel where that is < ow).
+            let end = (oh - 1) * row + ow;
+            for q0 in (0..end).step_by(16) {
+                let mut rows = [(0i32, 0u16); 3];
+                let first = q0 / row;
+                for (j, r) in rows.iter_mut().enumerate() {
+                    let y = first + j;
+                    if y >= oh {
+                        break;
+                    }
+                    let mut mask = 0u16;
+                    for i in 0..16 {
+                        let q = q0 + i;
+                        if q / row == y && q % row < ow {
+                            mask |= 1 << i;
+                        }
+                    }
+                    *r = ((y * ow) as i32 - (y * row) as i32 + q0 as i32, mask);
+                }
+                vecs.push(PixVec { x: q0 as u32, rows });
+            }
+        } else {
+            for oy in 0..oh {
+                for ox in (0..ow).step_by(16) {
+                    let out = (oy * ow + ox) as i32;
+                    vecs.push(PixVec {
+                        x: (oy * sy * row + ox) as u32,
+                        rows: [(out, lanes(ow - ox)), (0, 0), (0, 0)],
+                    });
+                }
             }
         }
         // Input rows some tap reads (a 1x1 stride-2 convolution reads half).
@@ -408,9 +440,13 @@ unsafe fn tile<const V: usize>(a: &Args, vecs: *const PixVec) {
         }
         for v in 0..V {
             let pv = *vecs.add(v);
-            let o = a.out.add(pv.out as usize);
-            for (m, row) in acc.iter().enumerate().take(a.valid) {
-                _mm512_mask_storeu_ps(o.add(m * a.plane), pv.mask, row[v]);
+            for &(out, mask) in pv.rows.iter().filter(|r| r.1 != 0) {
+                // Lanes outside the mask are not written (the base may lie
+                // before the plane).
+                let o = a.out.wrapping_offset(out as isize);
+                for (m, row) in acc.iter().enumerate().take(a.valid) {
+                    _mm512_mask_storeu_ps(o.wrapping_add(m * a.plane), mask, row[v]);
+                }
             }
         }
     }
