@@ -414,12 +414,37 @@ impl RowProgram {
         off: usize,
         nvec: usize,
         n: usize,
+        uniform: &mut usize,
     ) {
         if self.seg == 0 {
             return;
         }
         let seg = self.seg as usize;
         let last = (n - 1) / seg;
+        // A block inside one segment (most of a long segment's blocks)
+        // fills whole slots with its scalar, which later blocks of the
+        // same segment reuse: `uniform` is the segment they hold.
+        let first = off / seg;
+        if first == ((off + nvec * W - 1) / seg).min(last) {
+            if *uniform != first {
+                // SAFETY: as below, for segment `first`.
+                unsafe {
+                    for f in self.fills[..self.nfills as usize]
+                        .iter()
+                        .filter(|f| f.ptr != NONE)
+                    {
+                        let v = *ptrs[f.ptr as usize].offset(first as isize * f.step as isize);
+                        let d = slots.add(f.slot as usize * BLOCK);
+                        for j in 0..BLOCK / W {
+                            _mm512_store_ps(d.add(j * W), _mm512_set1_ps(v));
+                        }
+                    }
+                }
+                *uniform = first;
+            }
+            return;
+        }
+        *uniform = usize::MAX;
         // Per vector: its first lane's segment, and the lanes from which
         // the next segment's scalar applies.
         let mut at = [(0usize, 0u16); BLOCK / W];
@@ -504,14 +529,15 @@ impl RowProgram {
             self.fill(slots, ptrs);
             let whole = n / W * W;
             let mut off = 0;
+            let mut uniform = usize::MAX;
             while off < whole {
                 let len = BLOCK.min(whole - off);
-                self.segments(slots, ptrs, off, len / W, n);
+                self.segments(slots, ptrs, off, len / W, n, &mut uniform);
                 self.block(slots, ptrs, off, out.add(off), len / W);
                 off += len;
             }
             if off < n {
-                self.segments(slots, ptrs, off, 1, n);
+                self.segments(slots, ptrs, off, 1, n, &mut uniform);
                 let mut stage = MaybeUninit::<Stage>::uninit();
                 let o = self.tail(slots, ptrs, off, n - off, &mut stage);
                 let mask: __mmask16 = ((1u32 << (n - off)) - 1) as __mmask16;
@@ -535,11 +561,12 @@ impl RowProgram {
             self.fill(slots, ptrs);
             let whole = n / W * W;
             let mut off = 0;
+            let mut uniform = usize::MAX;
             while off < whole {
                 let len = BLOCK.min(whole - off);
                 // The values land where they are kept, if anywhere.
                 let dst = if store.is_null() { tmp } else { store.add(off) };
-                self.segments(slots, ptrs, off, len / W, n);
+                self.segments(slots, ptrs, off, len / W, n, &mut uniform);
                 self.block(slots, ptrs, off, dst, len / W);
                 for j in 0..len / W {
                     let v = _mm512_loadu_ps(dst.add(j * W));
@@ -548,7 +575,7 @@ impl RowProgram {
                 off += len;
             }
             if off < n {
-                self.segments(slots, ptrs, off, 1, n);
+                self.segments(slots, ptrs, off, 1, n, &mut uniform);
                 let mut stage = MaybeUninit::<Stage>::uninit();
                 let o = self.tail(slots, ptrs, off, n - off, &mut stage);
                 let mask: __mmask16 = ((1u32 << (n - off)) - 1) as __mmask16;

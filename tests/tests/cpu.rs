@@ -203,13 +203,14 @@ fn max_pooling_matches_the_reference_bit_for_bit() {
 
 /// Short rows with a scalar per row (a per-channel bias and SiLU over
 /// small planes) run as one segmented AVX-512 row over the two innermost
-/// dims: rows of 16 to 100 elements (one vector, not a whole number of
-/// vectors, several per block), a per-row scalar moving by 1 and by 2
+/// dims: rows of 16 to 613 elements (one vector, not a whole number of
+/// vectors, several per block, blocks inside one row, rows of whole
+/// blocks), a per-row scalar moving by 1 and by 2
 /// elements per row, a leading dim looped outside the row, one and two
 /// threads (the split range), against the reference.
 #[test]
 fn segmented_rows_match_the_reference() {
-    for width in [16, 17, 31, 49, 100] {
+    for width in [16, 17, 31, 49, 100, 300, 512, 613] {
         let g = GraphBuilder::new();
         let x = g
             .placeholder("x", DType::F32, shape![3, 37, width])

@@ -126,7 +126,11 @@ pub(super) fn flag_builder(pic: bool) -> Result<settings::Builder> {
     // Cranelift checks every function it compiles unless told not to: a
     // cost at every compile (a 9,300-node GRU compiles 600 kernels) that
     // debug builds, which the tests run too, keep paying.
-    let verify = if cfg!(debug_assertions) { "true" } else { "false" };
+    let verify = if cfg!(debug_assertions) {
+        "true"
+    } else {
+        "false"
+    };
     fb.set("enable_verifier", verify)
         .map_err(|e| host(e.to_string()))?;
     Ok(fb)
