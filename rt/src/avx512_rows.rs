@@ -127,6 +127,9 @@ pub enum Step {
     MulAdd(MulAdd, Src, Src, Src),
     Select(Src, Src, Src),
     Copy(Src),
+    /// `x * sigmoid(x)` (SiLU, EfficientNet's activation): one pass over
+    /// the block where the product would be a second.
+    Swish(Src),
 }
 
 /// A step as stored: kind, op, destination slot (`OUT`: the output row),
@@ -243,6 +246,7 @@ impl RowProgram {
                 Step::MulAdd(k, a, b, c) => (2, k as u8, [a, b, c]),
                 Step::Select(c, a, b) => (3, 0, [c, a, b]),
                 Step::Copy(a) => (4, 0, [a, a, a]),
+                Step::Swish(a) => (5, 0, [a, a, a]),
             };
             *d = RawStep {
                 kind,
@@ -643,6 +647,7 @@ impl RowProgram {
                         mul_add(k, d, a, b, c, nvec)
                     }
                     3 => select(d, a, b, c, nvec),
+                    5 => swish(d, a, nvec),
                     _ => {
                         for j in 0..nvec {
                             _mm512_storeu_ps(d.add(j * W), _mm512_loadu_ps(a.add(j * W)));
@@ -700,6 +705,12 @@ unsafe fn unary(f: UnaryFn, d: *mut f32, a: *const f32, n: usize) {
             }
         }
     }
+}
+
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn swish(d: *mut f32, a: *const f32, n: usize) {
+    // SAFETY: `a` and `d` hold n vectors.
+    unsafe { map1!(d, a, n, |x| _mm512_mul_ps(x, sigmoid(x))) }
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]

@@ -126,6 +126,31 @@ impl FromElements for RowProgram {
                 uses[r] += 1;
             }
         }
+        // x * sigmoid(x), the sigmoid read only there: one swish step (the
+        // sigmoid is then not computed on its own).
+        let mut swish: Vec<Option<usize>> = vec![None; p.instrs.len()];
+        for (i, ins) in p.instrs.iter().enumerate() {
+            if !needed[i] {
+                continue;
+            }
+            if let Instr::Binary(BinaryOp::Mul, a, c) = *ins {
+                let sig = |s: usize, x: usize| {
+                    s != p.result
+                        && uses[s] == 1
+                        && matches!(p.instrs[s], Instr::Unary(UnaryOp::Sigmoid, y) if y == x)
+                };
+                if sig(c, a) {
+                    swish[i] = Some(a);
+                } else if sig(a, c) {
+                    swish[i] = Some(c);
+                }
+                if let Some(x) = swish[i] {
+                    let s = if x == a { c } else { a };
+                    needed[s] = false;
+                    last_use[x] = last_use[x].max(i);
+                }
+            }
+        }
         // A product read only by a sum or difference becomes one fused
         // multiply-add there (one pass over the block instead of two).
         let mut fused: Vec<Option<usize>> = vec![None; p.instrs.len()];
@@ -134,6 +159,7 @@ impl FromElements for RowProgram {
                 let product = |m: usize| {
                     m != p.result
                         && uses[m] == 1
+                        && swish[m].is_none()
                         && matches!(p.instrs[m], Instr::Binary(BinaryOp::Mul, ..))
                 };
                 let m = if product(a) {
@@ -196,6 +222,13 @@ impl FromElements for RowProgram {
                         return None;
                     }
                     (Step::Unary(unary(f)?, vals[a]?), vec![a])
+                }
+                Instr::Binary(_, ..) if swish[i].is_some() => {
+                    let x = swish[i]?;
+                    if !float[x] {
+                        return None;
+                    }
+                    (Step::Swish(vals[x]?), vec![x])
                 }
                 Instr::Binary(f, a, c) => {
                     use BinaryOp::*;
