@@ -223,7 +223,7 @@ impl FromElements for RowProgram {
                     }
                     (Step::Unary(unary(f)?, vals[a]?), vec![a])
                 }
-                Instr::Binary(_, ..) if swish[i].is_some() => {
+                Instr::Binary(..) if swish[i].is_some() => {
                     let x = swish[i]?;
                     if !float[x] {
                         return None;
