@@ -65,8 +65,46 @@ impl Index {
             }
         }
         out.retain(|(c, _)| *c != 0);
+        // k*b*floor(x / k) + b*(x mod k) = b*x: a reshape's row-major
+        // index taken apart and put back together.
+        for i in 0..out.len() {
+            let (a, Atom::Div(x, k)) = &out[i] else {
+                continue;
+            };
+            let found = out
+                .iter()
+                .position(|(b, m)| matches!(m, Atom::Mod(y, j) if y == x && j == k) && *a == b * k);
+            if let Some(j) = found {
+                let (b, x) = (out[j].0, (**x).clone());
+                let (hi, lo) = (i.max(j), i.min(j));
+                out.remove(hi);
+                out.remove(lo);
+                self.terms = out;
+                return self.add(&x.mul(b));
+            }
+        }
         self.terms = out;
         self
+    }
+
+    /// `self = c*x + y` with `0 <= y < c` over the loop, for a `c` that
+    /// divides `k` (the coefficient of an outer index of a reshape): then
+    /// `floor(self / k) = floor(x / (k/c))` and `self mod k = c*(x mod k/c)
+    /// + y`. `None` where no coefficient does.
+    fn factor(&self, k: i64, ext: &Extents) -> Option<(i64, Index, Index)> {
+        let mut cs: Vec<i64> = self
+            .terms
+            .iter()
+            .map(|(c, _)| c.abs())
+            .filter(|&c| c > 1 && c < k && k % c == 0)
+            .collect();
+        cs.sort_unstable();
+        cs.dedup();
+        cs.into_iter().rev().find_map(|c| {
+            let (x, y) = self.split(c);
+            let (lo, hi) = y.range(ext);
+            (lo >= 0 && hi < c).then_some((c, x, y))
+        })
     }
 
     /// `self + other`.
@@ -148,6 +186,9 @@ impl Index {
         if q != Index::default() {
             return q.add(&r.div(k, ext));
         }
+        if let Some((c, x, _)) = self.factor(k, ext) {
+            return x.div(k / c, ext);
+        }
         Index {
             terms: vec![(1, Atom::Div(Box::new(self.clone()), k))],
             constant: 0,
@@ -167,6 +208,9 @@ impl Index {
         let (lo, hi) = self.range(ext);
         if lo >= 0 && hi < k {
             return self.clone();
+        }
+        if let Some((c, x, y)) = r.factor(k, ext) {
+            return x.modulo(k / c, ext).mul(c).add(&y);
         }
         Index {
             terms: vec![(1, Atom::Mod(Box::new(r), k))],
@@ -267,14 +311,33 @@ mod tests {
     }
 
     #[test]
+    fn a_reshape_taken_apart_and_put_back_is_the_identity() {
+        // [512, 1024] as [8, 64, 1024] and back: i1 + 65536*(lin / 65536)
+        // + 1024*((lin / 1024) % 64) is lin itself.
+        let ext = [512usize, 1024];
+        let lin = Index::var(0).mul(1024).add(&Index::var(1));
+        let outer = lin.div(65536, &ext);
+        assert_eq!(outer.to_string(), "(i0)/64");
+        let mid = lin.div(1024, &ext).modulo(64, &ext);
+        let back = outer
+            .mul(65536)
+            .add(&mid.mul(1024))
+            .add(&lin.modulo(1024, &ext));
+        assert_eq!(back, lin);
+    }
+
+    #[test]
     fn evaluation_matches_simplification() {
         let ext = [3usize, 5, 7];
-        let e = Index::var(0)
+        let e0 = Index::var(0)
             .mul(35)
             .add(&Index::var(1).mul(7))
-            .add(&Index::var(2))
-            .add_const(3);
-        for k in [1, 2, 5, 7, 35, 36] {
+            .add(&Index::var(2));
+        // With and without a constant (without, 7 and 35 factor out).
+        for (e, k) in [e0.add_const(3), e0]
+            .iter()
+            .flat_map(|e| [1, 2, 5, 7, 14, 35, 36, 70, 105].map(|k| (e.clone(), k)))
+        {
             let (d, m) = (e.div(k, &ext), e.modulo(k, &ext));
             for a in 0..3 {
                 for b in 0..5 {
