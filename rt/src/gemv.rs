@@ -60,44 +60,55 @@ unsafe fn avx512(
 ) {
     use std::arch::x86_64::*;
     const LANES: usize = 16;
-    const BLOCK: usize = 16 * LANES;
-    let mut j = cols.start;
+    /// Rows of `w` folded into `y` per pass.
+    const ROWS: usize = 16;
+    // The weights stream row by row (each row's `cols` contiguous, read
+    // once, front to back: what the hardware prefetcher follows; a block
+    // of columns walking down every row touched a new page per row),
+    // while `y`, a few KiB, stays in L1 and takes sixteen rows per pass
+    // (measured: 4 rows 467 us, 8 rows 320 us, 16 rows 296 us for
+    // EfficientNet's 1280 x 1000 classifier; ORT 334 us).
+    // Each column sums over `k` in the same order wherever it falls
+    // (equal columns give equal results: a softmax over huge equal logits
+    // amplifies any difference).
+    let n = cols.len();
+    let mask = |j: usize| -> __mmask16 {
+        if j + LANES <= n {
+            0xffff
+        } else {
+            ((1u32 << (n - j)) - 1) as __mmask16
+        }
+    };
     // SAFETY (whole body): loads and stores stay within `cols` of each row
     // and of `y`, and `k` rows of `w` and elements of `x`.
     unsafe {
-        while j + BLOCK <= cols.end {
-            let mut acc = [_mm512_setzero_ps(); 16];
-            for kk in 0..k as isize {
-                let xv = _mm512_set1_ps(*x.offset(kk * xs));
-                let row = w.offset(kk * ws + j as isize);
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(xv, _mm512_loadu_ps(row.add(i * LANES)), *a);
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(y.add(j + i * LANES), *a);
-            }
-            j += BLOCK;
-        }
-        // The remaining columns sixteen at a time, the last group masked
-        // (a classifier's ten outputs included). Each column sums over `k`
-        // in order, one chain, as in the blocks above: equal columns give
-        // equal results wherever they fall (a softmax over huge equal
-        // logits amplifies any difference).
-        while j < cols.end {
-            let m: __mmask16 = if j + LANES <= cols.end {
-                0xffff
-            } else {
-                ((1u32 << (cols.end - j)) - 1) as __mmask16
-            };
-            let mut sum = _mm512_setzero_ps();
-            for kk in 0..k as isize {
-                let xv = _mm512_set1_ps(*x.offset(kk * xs));
-                let wv = _mm512_maskz_loadu_ps(m, w.offset(kk * ws + j as isize));
-                sum = _mm512_fmadd_ps(xv, wv, sum);
-            }
-            _mm512_mask_storeu_ps(y.add(j), m, sum);
+        let y = y.add(cols.start);
+        let w = w.add(cols.start);
+        let mut j = 0;
+        while j < n {
+            _mm512_mask_storeu_ps(y.add(j), mask(j), _mm512_setzero_ps());
             j += LANES;
+        }
+        let mut kk = 0;
+        while kk < k {
+            let rows = ROWS.min(k - kk);
+            let mut xv = [_mm512_setzero_ps(); ROWS];
+            let mut wr = [w; ROWS];
+            for r in 0..rows {
+                xv[r] = _mm512_set1_ps(*x.offset((kk + r) as isize * xs));
+                wr[r] = w.offset((kk + r) as isize * ws);
+            }
+            let mut j = 0;
+            while j < n {
+                let m = mask(j);
+                let mut acc = _mm512_maskz_loadu_ps(m, y.add(j));
+                for r in 0..rows {
+                    acc = _mm512_fmadd_ps(xv[r], _mm512_maskz_loadu_ps(m, wr[r].add(j)), acc);
+                }
+                _mm512_mask_storeu_ps(y.add(j), m, acc);
+                j += LANES;
+            }
+            kk += rows;
         }
     }
 }
