@@ -21,7 +21,12 @@
 //!
 //! Deliberately not done: two reductions in one kernel, and fusing a
 //! producer into a consumer that broadcasts it when the producer is a
-//! reduction or contraction (that would recompute it).
+//! reduction or contraction (that would recompute it), or a transcendental
+//! (exp, log, tanh, sigmoid, erf, square roots, reciprocals, division)
+//! broadcast eightfold or more: a squeeze-and-excitation block's sigmoid of
+//! one value per channel would be computed once per pixel of the scaled
+//! image (12,544 times per channel in EfficientNet's first block); stored,
+//! it runs once per channel, in its producer's epilogue.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -98,6 +103,37 @@ pub fn class(op: &Op) -> Class {
     }
 }
 
+/// Whether an elementwise op costs enough per element (a transcendental
+/// or a division) that recomputing it per broadcast element loses.
+fn costly(op: &Op) -> bool {
+    use kiln_graph::{BinaryOp, UnaryOp};
+    match op {
+        Op::Unary { f } => {
+            f.approximated() || matches!(f, UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Recip)
+        }
+        Op::Binary { f } => matches!(f, BinaryOp::Div | BinaryOp::Pow),
+        _ => false,
+    }
+}
+
+/// Whether `n` is computed (through a few elementwise or movement ops)
+/// from a reduction: a layer norm's reciprocal square root of the variance
+/// stays in the reduction's row map, where it costs no second pass over
+/// the rows.
+fn after_reduce(g: &Graph, n: NodeId) -> bool {
+    let mut todo = vec![(n, 0)];
+    while let Some((m, depth)) = todo.pop() {
+        for i in g.inputs(m) {
+            match class(&g.node(i).op) {
+                Class::Reduce => return true,
+                Class::Elementwise | Class::Movement if depth < 8 => todo.push((i, depth + 1)),
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
 /// Groups the nodes `needed` into kernels. `forced` nodes are always
 /// materialized (outputs, assigned values, operands of opaque ops, and what
 /// lowering found it could not fuse). `shapes` are the concrete shapes.
@@ -142,7 +178,12 @@ pub fn group(
             match c {
                 // Elementwise values feeding an anchor as operands are stored;
                 // movement ops may feed a matmul as strided views.
-                Class::Elementwise => operand_of.is_empty().then_some(k),
+                Class::Elementwise => {
+                    let numel = |s: &[usize]| s.iter().product::<usize>();
+                    let broadcast = numel(&shapes[&n]) * 8 <= numel(&shape_of_group[k]);
+                    let recompute = broadcast && costly(&g.node(n).op) && !after_reduce(g, n);
+                    (operand_of.is_empty() && !recompute).then_some(k)
+                }
                 Class::Movement => operand_of
                     .iter()
                     .all(|&uc| uc == Class::MatMul)

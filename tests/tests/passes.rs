@@ -249,3 +249,53 @@ fn small_integer_powers_become_products() {
         }
     }
 }
+
+/// A squeeze-and-excitation gate: the sigmoid of one value per channel,
+/// scaling a whole image, is computed once per channel (in its own
+/// kernel), not once per pixel of the product it feeds; a layer norm's
+/// reciprocal square root, computed from its reduction, stays in the
+/// reduction's row map. Both still match the reference.
+#[test]
+fn costly_values_are_not_recomputed_per_broadcast_element() {
+    use kiln::prelude::*;
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, [1, 8, 10, 10]).unwrap();
+    let s = g.placeholder("s", DType::F32, [1, 8, 1, 1]).unwrap();
+    let gate = s.sigmoid().unwrap();
+    g.output(x.mul(gate).unwrap()).unwrap();
+    let h = g.placeholder("h", DType::F32, [6, 32]).unwrap();
+    let mean = h.mean(&[1], true).unwrap();
+    let centered = h.sub(mean).unwrap();
+    let var = centered.mul(centered).unwrap().mean(&[1], true).unwrap();
+    let eps = g.scalar(1e-5, DType::F32).unwrap();
+    let inv = var.add(eps).unwrap().rsqrt().unwrap();
+    g.output(centered.mul(inv).unwrap()).unwrap();
+    let graph = g.into_graph();
+    let compiled = kiln_optimizer::compile::compile(
+        &graph,
+        graph.outputs(),
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    let text = format!("{}", compiled.program);
+    // The kernel over the image reads the gate and multiplies: no sigmoid.
+    let image = text
+        .split("\n  k")
+        .find(|k| k.contains("loop [8, 100]") || k.contains("loop [800]"))
+        .unwrap_or_else(|| panic!("no kernel over the image:\n{text}"));
+    assert!(!image.contains("sigmoid"), "{text}");
+    assert!(text.contains("sigmoid"), "{text}");
+    // The layer norm's rsqrt is in a row map (a reduction's kernel).
+    let rsqrt = text
+        .split("\n  k")
+        .find(|k| k.contains("rsqrt"))
+        .unwrap_or_else(|| panic!("no rsqrt:\n{text}"));
+    assert!(rsqrt.contains("map:"), "{text}");
+    let feeds = kiln_tests::feeds_for(&graph, 1, 7);
+    let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let run = |d| Session::new(&graph, d).unwrap().run_outputs(&refs).unwrap();
+    for ((_, w), (_, g)) in run(Device::Reference).iter().zip(&run(Device::Cpu)) {
+        kiln_tests::compare(w, g).unwrap();
+    }
+}
