@@ -15,7 +15,7 @@
 //!   `r`, column `c` holds input pixel `(r - top, c - left)` of every
 //!   channel of the block. Its padding is zeroed once, when the scratch is
 //!   allocated, and never written (the transposes write only input
-//!   pixels' slots), so no tap tests bounds;
+//!   pixels' slots; but see the rings below), so no tap tests bounds;
 //! - each output row is computed in tiles of up to [`Simd::TILE`] pixels
 //!   whose `L`-lane accumulators stay in registers across every tap
 //!   `(ky, kx)`: the tap's weight vector times the layout vector at padded
@@ -27,13 +27,23 @@
 //! - the `[pixel][L]` results are transposed back into the block's NCHW
 //!   output planes, again `L` flattened pixels at a time.
 //!
-//! Both transposes run row by row behind the computation, so a large plane
-//! (112x112) goes through cache a few rows at a time. The scratch starts
-//! at a cache line, and where planes are whole vectors long a first short
-//! run of pixels aligns the rest of the input's loads and the output's
-//! stores: the executor's buffers are 16-byte aligned, and 64-byte loads
-//! straddling two lines cost 5 to 12% of the whole on 28x28 to 112x112
-//! planes. The last block's missing channels are zero lanes, never stored.
+//! Both transposes run row by row with the computation, so the layout and
+//! the results need only hold a few rows: from 28x28 planes on (where
+//! either would pass 32 KiB) they are rings. The layout keeps the rows an
+//! output row reads plus the transposes' run-ahead (padded row `r` in
+//! ring row `r % ring`; a padding row's input columns are zeroed as it
+//! comes round, the side columns are still never written), the results
+//! two output rows. A whole 112x112 layout and results (1.6 MB for 16
+//! channels) fell out of cache between one inference and the next: in
+//! EfficientNet-B0 its 112x112x32 layer took 560 us, against 440 with
+//! rings (and 480 on the grouped kernel).
+//!
+//! The scratch starts at a cache line, and where planes are whole vectors
+//! long a first short run of pixels aligns the rest of the input's loads
+//! and the output's stores: the executor's buffers are 16-byte aligned,
+//! and 64-byte loads straddling two lines cost 5 to 12% of the whole on
+//! 28x28 to 112x112 planes. The last block's missing channels are zero
+//! lanes, never stored.
 //! Weights are transposed into `[block][tap][L]` once where they are
 //! constant (`prepack`), else on each run.
 //!
@@ -69,9 +79,17 @@ pub(crate) struct Depthwise {
     /// Top and left padding.
     top: usize,
     left: usize,
-    /// Columns of the padded layout (in pixels of `lanes` floats).
+    /// Rows of the padded input, and those the layout keeps at a time
+    /// (padded row `r` in ring row `r % ring`); columns of the layout (in
+    /// pixels of `lanes` floats).
+    rows: usize,
+    ring: usize,
     cols: usize,
-    /// Floats of the padded layout and of the `[oh * ow][lanes]` results.
+    /// Pixels the results keep at a time (pixel `p`, shifted, at ring
+    /// position `p % pixels`), a multiple of `lanes`.
+    pixels: usize,
+    /// Floats of the layout and of the results (with room past the ring
+    /// for a tile's overflow).
     layout: usize,
     results: usize,
     /// Channels per vector.
@@ -132,15 +150,36 @@ impl Depthwise {
         // has a slot.
         let rows = ((oh - 1) * sy + (kh - 1) * dy + 1).max(top + h);
         let cols = ((ow - 1) * sx + (kw - 1) * dx + 1).max(left + w);
-        let layout = rows.checked_mul(cols)?.checked_mul(lanes)?;
-        let results = (oh * ow).checked_mul(lanes)?;
-        if layout + results > 1 << 26 {
-            return None;
+        // Rings where a whole layout or results would pass 32 KiB (from
+        // 28x28 planes on); the whole otherwise, where a ring's wrapping
+        // cost 3 to 5% on 7x7 and 14x14 planes.
+        let small = |floats: usize| floats * lanes <= 8192;
+        // An output row reads `span` rows; the transposes run up to a
+        // vector of pixels (some rows of a narrow plane) ahead.
+        let span = (kh - 1) * dy + 1;
+        let ring = if small(rows * cols) {
+            rows
+        } else {
+            rows.min(span + lanes.div_ceil(w) + 1)
+        };
+        // The pixels not yet transposed back (fewer than a vector) and a
+        // row, twice over; or the whole plane.
+        let whole = oh * ow + lanes;
+        let pixels = if small(whole) {
+            whole
+        } else {
+            whole.min(2 * (ow + lanes))
         }
+        .next_multiple_of(lanes);
         let tile = match isa {
             Isa::Avx512 => x86::Avx512::TILE,
             Isa::Avx2 => x86::Avx2::TILE,
         };
+        let layout = ring.checked_mul(cols)?.checked_mul(lanes)?;
+        let results = (pixels + tile) * lanes;
+        if layout + results > 1 << 26 {
+            return None;
+        }
         // Tiles as even as can be: 14 columns as one tile, 28 as two.
         let count = ow.div_ceil(tile);
         let tiles = (0..count)
@@ -159,7 +198,10 @@ impl Depthwise {
             dilation,
             top,
             left,
+            rows,
+            ring,
             cols,
+            pixels,
             layout,
             results,
             lanes,
@@ -332,24 +374,17 @@ impl Depthwise {
         let [sy, sx] = self.stride;
         let [dy, dx] = self.dilation;
         let (plane, oplane) = (self.h * self.w, self.oh * self.ow);
-        let row = self.cols * l;
+        let (ring, pixels) = (self.ring, self.pixels);
+        let span = (self.kh - 1) * dy + 1;
         // SAFETY (whole body): offsets within the plan's shapes: input
-        // pixels land inside the layout (its rows and columns cover the
-        // padded input), taps read inside it, results and outputs are
-        // `oh * ow` pixels of channels below `c`.
+        // pixels land inside the layout (ring rows below `ring`, columns
+        // below `cols`), taps read inside it, results inside their ring and
+        // its overflow, outputs are `oh * ow` pixels of channels below `c`.
         unsafe {
             let (layout, results) = (s, s.add(self.layout));
             let wts = self.packed.as_ptr().add(blk * k * l);
             let src = x.add((b * self.c + c0) * plane);
             let dst = out.add((b * self.c + c0) * oplane);
-            // Input pixels transposed so far, the next one's column and
-            // slot (past the layout after the last), and the step from a
-            // row's end to the next's start.
-            let (mut done, mut ix) = (0, 0);
-            let mut slot = layout.add((self.top * self.cols + self.left) * l);
-            let wrap = (self.cols - self.w) * l;
-            // Output pixels transposed back so far.
-            let mut written = 0;
             // Where a plane is whole vectors long, every plane of the block
             // starts at the same offset in a vector's span of memory: a
             // first shorter run of pixels then aligns every later load of
@@ -364,11 +399,30 @@ impl Depthwise {
                 }
             };
             let (lead_in, lead_out) = (lead(src, plane), lead(dst, oplane));
+            // Results: pixel p at ring position (p + shift) % pixels, so
+            // that every run transposed back starts a vector of positions.
+            let shift = (l - lead_out) % l;
+            // A layout that wraps holds other rows where padding rows come
+            // round: their columns of input are zeroed as they do (the
+            // columns of side padding are never written).
+            let wraps = ring < self.rows;
+            let clear = |r: usize| {
+                let slot = layout.add((r % ring * self.cols + self.left) * l);
+                std::ptr::write_bytes(slot, 0, self.w * l);
+            };
+            if wraps {
+                (0..self.top.min(self.rows)).for_each(clear);
+            }
+            let mut bottom = self.top + self.h;
+            let slot = |rr: usize, ix: usize| layout.add((rr * self.cols + self.left + ix) * l);
+            // Input pixels transposed so far, and the next one's column and
+            // ring row.
+            let (mut done, mut ix, mut rr) = (0, 0, self.top % ring);
+            // Output pixels transposed back so far.
+            let mut written = 0;
             for y in 0..self.oh {
                 // Input rows this output row reads.
-                let need = (y * sy + (self.kh - 1) * dy + 1)
-                    .saturating_sub(self.top)
-                    .min(self.h);
+                let need = (y * sy + span).saturating_sub(self.top).min(self.h);
                 while done < need * self.w {
                     let len = if done == 0 && lead_in > 0 {
                         lead_in
@@ -376,49 +430,70 @@ impl Depthwise {
                         (plane - done).min(l)
                     };
                     let t = S::transpose_in(src.add(done), plane, nch, len);
-                    if len == l && ix + l < self.w {
+                    if len == l && ix + l <= self.w {
                         // Within one row.
+                        let first = slot(rr, ix);
                         for (j, v) in t.as_ref().iter().enumerate() {
-                            S::store(slot.add(j * l), *v);
+                            S::store(first.add(j * l), *v);
                         }
-                        slot = slot.wrapping_add(l * l);
                         ix += l;
                     } else if len == l {
                         // Across rows: each pixel's slot without a branch
                         // (and the vectors in registers).
                         for v in t.as_ref() {
-                            S::store(slot, *v);
+                            S::store(slot(rr, ix), *v);
                             ix += 1;
                             let end = ix == self.w;
-                            slot = slot.wrapping_add(l + if end { wrap } else { 0 });
                             ix = if end { 0 } else { ix };
+                            rr += end as usize;
+                            rr = if rr == ring { 0 } else { rr };
                         }
                     } else {
                         for v in t.as_ref().iter().take(len) {
-                            S::store(slot, *v);
-                            slot = slot.wrapping_add(l);
-                            ix += 1;
                             if ix == self.w {
                                 ix = 0;
-                                slot = slot.wrapping_add(wrap);
+                                rr = if rr + 1 == ring { 0 } else { rr + 1 };
                             }
+                            S::store(slot(rr, ix), *v);
+                            ix += 1;
                         }
+                    }
+                    if ix == self.w {
+                        ix = 0;
+                        rr = if rr + 1 == ring { 0 } else { rr + 1 };
                     }
                     done += len;
                 }
-                let first = layout.add(y * sy * row);
+                if wraps {
+                    while bottom < (y * sy + span).min(self.rows) {
+                        clear(bottom);
+                        bottom += 1;
+                    }
+                }
                 for &(x0, width) in &self.tiles {
                     let tap = Taps {
-                        src: first.add(x0 * sx * l),
+                        src: layout.add(x0 * sx * l),
+                        first: y * sy % ring,
+                        ring,
+                        row: self.cols * l,
+                        dy,
                         wts,
                         kh: self.kh,
                         kw: self.kw,
-                        ky: dy * row,
                         kx: dx * l,
                         step: sx * l,
                         reuse: if dx == 1 && sx <= 2 { sx } else { 0 },
                     };
-                    tile_any::<S>(&tap, width, results.add((y * self.ow + x0) * l));
+                    let q = (y * self.ow + x0 + shift) % pixels;
+                    tile_any::<S>(&tap, width, results.add(q * l));
+                    if q + width > pixels {
+                        // Past the ring: the overflow goes round.
+                        std::ptr::copy_nonoverlapping(
+                            results.add(pixels * l),
+                            results,
+                            (q + width - pixels) * l,
+                        );
+                    }
                 }
                 let ready = (y + 1) * self.ow;
                 while written < ready {
@@ -431,7 +506,8 @@ impl Depthwise {
                     if len < want && y + 1 < self.oh {
                         break;
                     }
-                    S::transpose_out(results.add(written * l), dst.add(written), oplane, nch, len);
+                    let q = (written + shift) % pixels;
+                    S::transpose_out(results.add(q * l), dst.add(written), oplane, nch, len);
                     written += len;
                 }
             }
@@ -442,21 +518,39 @@ impl Depthwise {
 /// One block's work: image, block, output, input, scratch.
 type BlockArgs = (usize, usize, *mut f32, *const f32, *mut f32);
 
-/// Where one tile's taps read: the layout at its first pixel's first tap,
-/// the block's `[tap][L]` weights, and the steps (in floats) between taps'
-/// rows, taps' columns and the tile's pixels.
+/// Where one tile's taps read: the layout at its first pixel's first tap
+/// column, the ring row of its first tap row, the ring's rows, the floats
+/// of a row, the rows between tap rows; the block's `[tap][L]` weights,
+/// and the steps (in floats) between taps' columns and the tile's pixels.
 #[derive(Clone, Copy)]
 struct Taps {
     src: *const f32,
+    first: usize,
+    ring: usize,
+    row: usize,
+    dy: usize,
     wts: *const f32,
     kh: usize,
     kw: usize,
-    ky: usize,
     kx: usize,
     step: usize,
     /// Stride of the columns (1 or 2) where the row's taps may share loads
     /// (no column dilation, 3 or 5 columns), else 0.
     reuse: usize,
+}
+
+impl Taps {
+    /// The ring row of the next tap row after ring row `r` (`dy` is below
+    /// the ring's rows wherever there is a next).
+    #[inline(always)]
+    fn next(&self, r: usize) -> usize {
+        let r = r + self.dy;
+        if r >= self.ring {
+            r - self.ring
+        } else {
+            r
+        }
+    }
 }
 
 /// A tile of `width` (at most [`Simd::TILE`]) pixels, each width its own
@@ -516,8 +610,9 @@ unsafe fn tile_any<S: Simd>(t: &Taps, width: usize, out: *mut f32) {
     }
 }
 
-/// `out[i] = sum over taps (ky, kx) of wts[ky * kw + kx] * src[ky * t.ky +
-/// kx * t.kx + i * t.step]` for the tile's `T` pixels `i`, `L` lanes each.
+/// `out[i] = sum over taps (ky, kx) of wts[ky * kw + kx] * src[row(ky) +
+/// kx * t.kx + i * t.step]` for the tile's `T` pixels `i`, `L` lanes each,
+/// `row(ky)` the floats before ring row `(first + ky * dy) % ring`.
 ///
 /// # Safety
 /// Every read lies in the layout and weights; `out` holds `T * L` floats.
@@ -527,8 +622,10 @@ unsafe fn tile<S: Simd, const T: usize>(t: &Taps, out: *mut f32) {
     unsafe {
         let mut acc = [S::zero(); T];
         let mut w = t.wts;
-        for ky in 0..t.kh {
-            let row = t.src.add(ky * t.ky);
+        let mut r = t.first;
+        for _ in 0..t.kh {
+            let row = t.src.add(r * t.row);
+            r = t.next(r);
             for kx in 0..t.kw {
                 let wv = S::load(w);
                 w = w.add(S::L);
@@ -562,8 +659,10 @@ unsafe fn tile_row<S: Simd, const T: usize, const KW: usize, const SX: usize>(
     unsafe {
         let mut acc = [S::zero(); T];
         let mut w = t.wts;
-        for ky in 0..t.kh {
-            let row = t.src.add(ky * t.ky);
+        let mut r = t.first;
+        for _ in 0..t.kh {
+            let row = t.src.add(r * t.row);
+            r = t.next(r);
             let mut wv = [S::zero(); KW];
             for (kx, v) in wv.iter_mut().enumerate() {
                 *v = S::load(w.add(kx * S::L));
