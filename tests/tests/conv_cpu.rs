@@ -239,6 +239,30 @@ fn conv_shapes_match_the_reference() {
         dilation: [2, 1],
         groups: 6,
     });
+    // Depthwise layers of the channel-vectorised kernel (16 channels a
+    // vector, 8 with AVX2): small planes, channel counts that leave a
+    // partial block, strides 2, asymmetric padding, dilation 2, a
+    // rectangular kernel and image, one image and three.
+    let depthwise = |n, c, hw: [usize; 2], k: [usize; 2], stride, padding, dilation| Case {
+        n,
+        c,
+        o: c,
+        hw,
+        k,
+        stride,
+        padding,
+        dilation,
+        groups: c,
+    };
+    cases.extend([
+        depthwise(1, 40, [7, 7], [5, 5], [1, 1], [2; 4], [1, 1]),
+        depthwise(3, 27, [14, 14], [3, 3], [2, 2], [1, 0, 0, 1], [1, 1]),
+        depthwise(1, 33, [14, 14], [3, 3], [1, 1], [2; 4], [2, 2]),
+        depthwise(1, 16, [7, 7], [3, 3], [2, 2], [0, 1, 2, 1], [1, 1]),
+        depthwise(3, 40, [7, 9], [3, 5], [1, 2], [1, 2, 1, 2], [2, 1]),
+        depthwise(2, 20, [14, 14], [5, 5], [1, 1], [2; 4], [1, 1]),
+        depthwise(1, 48, [28, 28], [5, 5], [2, 2], [2; 4], [1, 1]),
+    ]);
     // The backend picks the direct kernel or im2col + GEMM per shape;
     // `KILN_CONV` (read when a convolution is compiled) forces each path on
     // every shape. This is the only test in this binary, so nothing else
@@ -266,34 +290,40 @@ fn conv_shapes_match_the_reference() {
 }
 
 /// A convolution with the epilogue of a residual block (per-channel bias,
-/// a residual input, ReLU), which the direct kernel applies per image and
-/// channel block as it finishes them: batch 1 and larger, channel counts
-/// with a partial 8-channel block, one and two threads, each way of
-/// splitting (the first runs of a session measure both).
+/// a residual input, ReLU, or SiLU as EfficientNet's depthwise layers
+/// have), which the direct kernels apply per image and channel block as
+/// they finish them: batch 1 and larger, channel counts with a partial
+/// 8- or 16-channel block, one and two threads, each way of splitting
+/// (the first runs of a session measure both).
 #[test]
 fn convolution_epilogues_match_the_reference() {
-    // (n, c, o, hw, groups): the last three depthwise (MobileNet's
-    // epilogue: bias and activation after each depthwise layer).
+    // (n, c, o, hw, groups, k, silu): from the fifth depthwise
+    // (MobileNet's epilogue: bias and activation after each depthwise
+    // layer; the 7x7 and 14x14 ones on channel vectors).
     // Then pointwise (1x1) convolutions, products on the input itself,
     // whose output channels one image splits across the team.
-    for (n, c, o, hw, groups, k) in [
-        (1, 16, 16, 32, 1, 3),
-        (1, 8, 40, 20, 1, 3),
-        (3, 16, 24, 16, 1, 3),
-        (4, 3, 16, 12, 1, 3),
-        (1, 64, 64, 40, 64, 3),
-        (2, 32, 32, 14, 32, 3),
-        (3, 48, 48, 30, 48, 3),
-        (1, 96, 40, 56, 1, 1),
-        (2, 40, 96, 28, 1, 1),
+    for (n, c, o, hw, groups, k, silu) in [
+        (1, 16, 16, 32, 1, 3, false),
+        (1, 8, 40, 20, 1, 3, false),
+        (3, 16, 24, 16, 1, 3, false),
+        (4, 3, 16, 12, 1, 3, false),
+        (1, 64, 64, 40, 64, 3, false),
+        (2, 32, 32, 14, 32, 3, false),
+        (3, 48, 48, 30, 48, 3, false),
+        (1, 40, 40, 7, 40, 5, true),
+        (3, 40, 40, 14, 40, 3, true),
+        (1, 27, 27, 14, 27, 3, false),
+        (2, 24, 24, 7, 24, 5, true),
+        (1, 96, 40, 56, 1, 1, false),
+        (2, 40, 96, 28, 1, 1, false),
         // kiln's own GEMM against weights packed once: pixels in lanes
         // (planes of 1024 and more), output channels in lanes (7x7
         // planes: 3x3 through im2col, 1x1 on the input; a partial
         // 32-channel panel), one image and several.
-        (2, 24, 48, 32, 1, 1),
-        (1, 64, 64, 7, 1, 3),
-        (3, 40, 96, 7, 1, 1),
-        (1, 24, 120, 7, 1, 1),
+        (2, 24, 48, 32, 1, 1, false),
+        (1, 64, 64, 7, 1, 3, false),
+        (3, 40, 96, 7, 1, 1, true),
+        (1, 24, 120, 7, 1, 1, false),
     ] {
         let g = GraphBuilder::new();
         let x = g
@@ -307,16 +337,19 @@ fn convolution_epilogues_match_the_reference() {
             .placeholder("r", DType::F32, shape![n, o, hw, hw])
             .unwrap();
         let opts = Conv2dOptions::default().padding(k / 2).groups(groups);
-        x.conv2d(w, opts)
+        let t = x
+            .conv2d(w, opts)
             .unwrap()
             .add(bias)
             .unwrap()
             .add(res)
-            .unwrap()
-            .relu()
-            .unwrap()
-            .named("y")
             .unwrap();
+        let y = if silu {
+            t.mul(t.sigmoid().unwrap()).unwrap()
+        } else {
+            t.relu().unwrap()
+        };
+        y.named("y").unwrap();
         let graph = g.into_graph();
         let xa = values(&[n, c, hw, hw], 4, DType::F32);
         let ra = values(&[n, o, hw, hw], 5, DType::F32);
@@ -337,7 +370,7 @@ fn convolution_epilogues_match_the_reference() {
                 let got = s.run(&feeds, &["y"]).unwrap().remove(0);
                 kiln_tests::compare(&want, &got).unwrap_or_else(|e| {
                     panic!(
-                        "[{n}, {c}, {hw}, {hw}] -> {o} channels, {threads} threads, run {run}: {e}"
+                        "[{n}, {c}, {hw}, {hw}] -> {o} channels (silu {silu}), {threads} threads, run {run}: {e}"
                     )
                 });
             }
