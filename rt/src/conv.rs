@@ -191,15 +191,17 @@ impl Conv {
     /// vectorises over one channel's plane).
     ///
     /// Measured on a Zen 4 (AVX-512), single-layer models with their bias,
-    /// grouped vs depthwise kernel, one thread (us): 7x7x1152 5x5 144 vs
-    /// 54, stride 2 99 vs 26; 14x14x672 5x5 215 vs 133, 3x3 stride 2 78 vs
-    /// 38; 28x28x240 5x5 228 vs 150, 3x3 125 vs 98; 56x56x144 3x3 275 vs
-    /// 220, 5x5 stride 2 190 vs 132; 112x112x32 3x3 245 vs 199, stride 2
-    /// 107 vs 94; 112x112x96 5x5 1365 vs 975; 56x56x8 3x3 15.5 vs 11.7;
+    /// grouped vs depthwise kernel, one thread (us): 7x7x1152 5x5 139 vs
+    /// 55, stride 2 99 vs 28; 14x14x672 5x5 215 vs 135, 3x3 stride 2 77 vs
+    /// 39; 28x28x240 5x5 228 vs 151, 3x3 126 vs 98; 56x56x144 3x3 279 vs
+    /// 229, 5x5 stride 2 188 vs 135; 112x112x32 3x3 241 vs 196, stride 2
+    /// 108 vs 92; 112x112x96 5x5 1384 vs 951; 56x56x8 3x3 15.6 vs 12.8:
     /// faster on all 58 shapes tried (planes 7 to 112, kernels 3 and 5,
-    /// strides 1 and 2, 8 to 1152 channels) by 1.13x to 3.75x, and on two
-    /// threads where the second vCPU was free (7x7x1152 142 vs 43,
-    /// 14x14x672 163 vs 113, 56x56x144 271 vs 200, 112x112x32 190 vs 166).
+    /// strides 1 and 2, 8 to 1152 channels), by 1.15x to 3.5x (1.5x
+    /// geometric mean). Two threads, split forced: 7x7x1152 5x5 88 vs 30,
+    /// 14x14x672 5x5 118 vs 75, 28x28x240 5x5 121 vs 93, 56x56x144 3x3 165
+    /// vs 143, 112x112x32 3x3 192 vs 166 (one or three channel blocks of
+    /// a large plane go in bands of rows, and come out about even).
     /// Empty lanes of the last block cost their share: 24 channels in
     /// 16 lanes (a quarter empty) gave 112x112 stride 2 80 vs 94 and
     /// 56x56 45 vs 47, though still 28x28 13.2 vs 12.5 and 14x14 3.7 vs

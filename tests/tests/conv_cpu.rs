@@ -242,7 +242,8 @@ fn conv_shapes_match_the_reference() {
     // Depthwise layers of the channel-vectorised kernel (16 channels a
     // vector, 8 with AVX2): small planes, channel counts that leave a
     // partial block, strides 2, asymmetric padding, dilation 2, a
-    // rectangular kernel and image, one image and three.
+    // rectangular kernel and image, one image and three, large planes
+    // (their layout a ring of rows).
     let depthwise = |n, c, hw: [usize; 2], k: [usize; 2], stride, padding, dilation| Case {
         n,
         c,
@@ -262,6 +263,9 @@ fn conv_shapes_match_the_reference() {
         depthwise(3, 40, [7, 9], [3, 5], [1, 2], [1, 2, 1, 2], [2, 1]),
         depthwise(2, 20, [14, 14], [5, 5], [1, 1], [2; 4], [1, 1]),
         depthwise(1, 48, [28, 28], [5, 5], [2, 2], [2; 4], [1, 1]),
+        // Too few channel blocks to share: bands of rows per thread.
+        depthwise(1, 24, [56, 56], [3, 3], [1, 1], [1; 4], [1, 1]),
+        depthwise(1, 16, [56, 56], [5, 5], [1, 1], [2, 1, 2, 3], [1, 1]),
     ]);
     // The backend picks the direct kernel or im2col + GEMM per shape;
     // `KILN_CONV` (read when a convolution is compiled) forces each path on
@@ -314,6 +318,7 @@ fn convolution_epilogues_match_the_reference() {
         (3, 40, 40, 14, 40, 3, true),
         (1, 27, 27, 14, 27, 3, false),
         (2, 24, 24, 7, 24, 5, true),
+        (1, 24, 24, 56, 24, 3, true),
         (1, 96, 40, 56, 1, 1, false),
         (2, 40, 96, 28, 1, 1, false),
         // kiln's own GEMM against weights packed once: pixels in lanes
