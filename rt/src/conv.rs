@@ -516,9 +516,7 @@ impl Conv {
     /// The convolution as kiln's own GEMM against the weights packed once:
     /// per image, its im2col columns (or the input itself, for a plain
     /// 1x1) packed into 32-column panels, then 12-channel blocks of the
-    /// output. One image splits its channel blocks across the team (each
-    /// part's epilogue as soon as its channels are done); several images
-    /// split across the team whole, each image's epilogue once it is done.
+    /// output.
     ///
     /// # Safety
     /// The buffers of the plan's shapes; the host has AVX-512 F and DQ.
@@ -533,71 +531,35 @@ impl Conv {
         columns: &mut Vec<f64>,
     ) -> bool {
         use crate::sgemm;
-        let n = self.input[0];
-        let o = self.weight[0];
         let k = self.weight[1] * self.weight[2] * self.weight[3];
         let cols = self.out_hw[0] * self.out_hw[1];
-        // Per thread: the columns, then the packed panels (f32 in f64 slots).
-        let (col_len, pack_len) = (self.scratch_len(), sgemm::packed_len(k, cols));
-        let per = (col_len + pack_len).div_ceil(2);
-        let threads = team_threads(par);
-        let slots = if n == 1 { 1 } else { threads.min(n) };
-        if columns.len() < per * slots {
-            columns.resize(per * slots, 0.0);
-        }
-        let base = SendPtr(columns.as_mut_ptr() as *mut f32);
-        let (out, x) = (SendPtr(out), SendPtr(x as *mut f32));
-        // Image b's panels, packed in scratch slot t.
-        let pack = |b: usize, t: usize| -> *const f32 {
-            let (scratch, x) = (base, x);
-            // SAFETY: slot t is this caller's; the input holds image b.
+        let pack_len = sgemm::packed_len(k, cols);
+        let x = SendPtr(x as *mut f32);
+        // Image b's panels, after its columns in `col`.
+        let prepare = |b: usize, col: *mut f32, _threads: usize| -> *mut f32 {
+            let input = x;
+            // SAFETY: the slot holds the columns and the panels; the input
+            // holds image b.
             unsafe {
-                let col = scratch.0.add(t * per * 2);
-                let panels = col.add(col_len);
-                let src = self.columns(b, 0, x.0 as *const f32, col);
+                let panels = col.add(self.scratch_len());
+                let src = self.columns(b, 0, input.0 as *const f32, col);
                 let dst = std::slice::from_raw_parts_mut(panels, pack_len);
                 sgemm::pack_into(dst, src, cols as isize, 1, k, cols);
                 panels
             }
         };
-        let team = super::team::Team::global();
-        if n == 1 {
-            let panels = SendPtr(pack(0, 0) as *mut f32);
-            let blocks = o.div_ceil(12);
-            let parts = threads.min(blocks);
-            team.run(parts, &|t| {
-                let (panels, out) = (panels, out);
-                let lo = (blocks * t / parts * 12).min(o);
-                let hi = (blocks * (t + 1) / parts * 12).min(o);
-                // SAFETY: part t writes output channels lo..hi.
-                unsafe { sgemm::packed_rows(a, lo..hi, panels.0, cols, out.0) };
-                if let Some(e) = epilogue {
-                    e(0, lo..hi);
-                }
-            });
-            return epilogue.is_some();
-        }
-        team.run(slots, &|t| {
-            let dst = out;
-            for b in n * t / slots..n * (t + 1) / slots {
-                let panels = pack(b, t);
-                // SAFETY: part t writes images n*t/slots..; slot t is its own.
-                unsafe { sgemm::packed_rows(a, 0..o, panels, cols, dst.0.add(b * o * cols)) };
-                if let Some(e) = epilogue {
-                    e(b, 0..o);
-                }
-            }
-        });
-        epilogue.is_some()
+        // SAFETY: channels of one image's output, from its panels.
+        let finish = |panels: *mut f32, image: *mut f32, chans: std::ops::Range<usize>| unsafe {
+            sgemm::packed_rows(a, chans, panels, cols, image)
+        };
+        // SAFETY: the caller's contract.
+        unsafe { self.run_own(pack_len, 12, out, par, epilogue, columns, &prepare, &finish) }
     }
 
     /// The convolution with pixels as the GEMM's rows (see
     /// [`Orient::Pixels`]): per image, the product `[pixels, o]` of the
-    /// columns (read transposed) and the weights packed once, into scratch,
-    /// then transposed into the output by channel ranges, each range's
-    /// epilogue once it is in place. One image shares the product and the
-    /// transposition across the team; several images go whole to each
-    /// thread.
+    /// columns (transposed) and the weights packed once, then transposed
+    /// into the output by channel ranges.
     ///
     /// # Safety
     /// The buffers of the plan's shapes; the host has AVX-512 F and DQ.
@@ -612,29 +574,20 @@ impl Conv {
         columns: &mut Vec<f64>,
     ) -> bool {
         use crate::sgemm;
-        let n = self.input[0];
         let o = self.weight[0];
         let pixels = self.out_hw[0] * self.out_hw[1];
-        // Per thread: the columns, transposed, then the transposed product.
-        let col_len = self.scratch_len();
         let k = self.weight[1] * self.weight[2] * self.weight[3];
-        let per = (col_len + pixels * k + pixels * o).div_ceil(2);
-        let threads = team_threads(par);
-        let slots = if n == 1 { 1 } else { threads.min(n) };
-        if columns.len() < per * slots {
-            columns.resize(per * slots, 0.0);
-        }
-        let base = SendPtr(columns.as_mut_ptr() as *mut f32);
-        let (out, x) = (SendPtr(out), SendPtr(x as *mut f32));
-        // Image b's product `[pixels, o]` in slot t, on up to `threads`.
-        let product = |b: usize, t: usize, threads: usize| -> *mut f32 {
-            let (scratch, x) = (base, x);
-            // SAFETY: slot t is this caller's; the input holds image b.
+        let x = SendPtr(x as *mut f32);
+        // Image b's product `[pixels, o]` (on up to `threads`), after its
+        // columns and their transpose in `col`.
+        let prepare = |b: usize, col: *mut f32, threads: usize| -> *mut f32 {
+            let input = x;
+            // SAFETY: the slot holds the columns, their transpose and the
+            // product; the input holds image b.
             unsafe {
-                let col = scratch.0.add(t * per * 2);
-                let rows = col.add(col_len);
+                let rows = col.add(self.scratch_len());
                 let prod = rows.add(pixels * k);
-                let src = self.columns(b, 0, x.0 as *const f32, col);
+                let src = self.columns(b, 0, input.0 as *const f32, col);
                 transpose_block(src, pixels, rows, k, k, pixels);
                 let a = sgemm::Lhs {
                     ptr: rows,
@@ -646,15 +599,60 @@ impl Conv {
                 prod
             }
         };
+        // SAFETY: channels of one image's output, from its product.
+        let finish = |prod: *mut f32, image: *mut f32, chans: std::ops::Range<usize>| unsafe {
+            transpose(prod, image, pixels, o, chans)
+        };
+        let extra = pixels * k + pixels * o;
+        // SAFETY: the caller's contract.
+        unsafe { self.run_own(extra, 16, out, par, epilogue, columns, &prepare, &finish) }
+    }
+
+    /// What both ways round share: per image, `prepare(b, slot, threads)`
+    /// fills a scratch slot (the columns, then `extra` floats) and returns
+    /// what `finish(prepared, image, channels)` turns into output channels.
+    /// One image's channels (in blocks of `unit`) split across the team,
+    /// each part's epilogue as soon as its channels are done; several
+    /// images split across the team whole, each image's epilogue once it
+    /// is done.
+    ///
+    /// # Safety
+    /// The buffers of the plan's shapes; `prepare` and `finish` stay in
+    /// their slot and their image's channels.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_own(
+        &self,
+        extra: usize,
+        unit: usize,
+        out: *mut f32,
+        par: gemm::Parallelism,
+        epilogue: Option<&Epilogue<'_>>,
+        columns: &mut Vec<f64>,
+        prepare: &(dyn Fn(usize, *mut f32, usize) -> *mut f32 + Sync),
+        finish: &(dyn Fn(*mut f32, *mut f32, std::ops::Range<usize>) + Sync),
+    ) -> bool {
+        let (n, o) = (self.input[0], self.weight[0]);
+        let plane = self.out_hw[0] * self.out_hw[1];
+        // Per thread: f32 in f64 slots.
+        let per = (self.scratch_len() + extra).div_ceil(2);
+        let threads = team_threads(par);
+        let slots = if n == 1 { 1 } else { threads.min(n) };
+        if columns.len() < per * slots {
+            columns.resize(per * slots, 0.0);
+        }
+        let base = SendPtr(columns.as_mut_ptr() as *mut f32);
+        let out = SendPtr(out);
         let team = super::team::Team::global();
         if n == 1 {
-            let prod = SendPtr(product(0, 0, threads));
-            let parts = threads.min(o.div_ceil(16));
+            let prepared = SendPtr(prepare(0, base.0, threads));
+            let blocks = o.div_ceil(unit);
+            let parts = threads.min(blocks);
             team.run(parts, &|t| {
-                let (prod, out) = (prod, out);
-                let (lo, hi) = (o * t / parts, o * (t + 1) / parts);
-                // SAFETY: part t writes output channels lo..hi.
-                unsafe { transpose(prod.0, out.0, pixels, o, lo..hi) };
+                let (prepared, out) = (prepared, out);
+                let lo = (blocks * t / parts * unit).min(o);
+                let hi = (blocks * (t + 1) / parts * unit).min(o);
+                finish(prepared.0, out.0, lo..hi);
                 if let Some(e) = epilogue {
                     e(0, lo..hi);
                 }
@@ -662,11 +660,12 @@ impl Conv {
             return epilogue.is_some();
         }
         team.run(slots, &|t| {
-            let dst = out;
+            let (slot, dst) = (base, out);
             for b in n * t / slots..n * (t + 1) / slots {
-                let prod = product(b, t, 1);
-                // SAFETY: part t writes images n*t/slots..; slot t is its own.
-                unsafe { transpose(prod, dst.0.add(b * o * pixels), pixels, o, 0..o) };
+                // SAFETY: part t owns scratch slot t and images n*t/slots..
+                let image = unsafe { dst.0.add(b * o * plane) };
+                let prepared = prepare(b, unsafe { slot.0.add(t * per * 2) }, 1);
+                finish(prepared, image, 0..o);
                 if let Some(e) = epilogue {
                     e(b, 0..o);
                 }
@@ -886,7 +885,8 @@ pub(crate) unsafe fn transpose_block(
                 for (i, v) in r.iter_mut().enumerate().take(ni) {
                     *v = _mm512_maskz_loadu_ps(mj, src.add((i0 + i) * src_rs + j0));
                 }
-                let c = transpose16(r);
+                // (The depthwise kernel's 16 x 16 register transpose.)
+                let c = depthwise::x86::transpose16(r);
                 for (j, v) in c.iter().enumerate().take(nj) {
                     _mm512_mask_storeu_ps(dst.add((j0 + j) * dst_rs + i0), mi, *v);
                 }
@@ -895,57 +895,6 @@ pub(crate) unsafe fn transpose_block(
         }
         i0 += 16;
     }
-}
-
-/// The transpose of 16 rows of 16 floats: element `j` of result `i` is
-/// element `i` of row `j`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
-    use std::arch::x86_64::*;
-    let mut t = [_mm512_setzero_ps(); 16];
-    // Pairs of rows interleaved by floats, then by pairs of floats: each
-    // 128-bit lane of u[4q + s] holds column 4l + s of rows 4q..4q+4.
-    for q in 0..8 {
-        t[2 * q] = _mm512_unpacklo_ps(r[2 * q], r[2 * q + 1]);
-        t[2 * q + 1] = _mm512_unpackhi_ps(r[2 * q], r[2 * q + 1]);
-    }
-    let mut u = [_mm512_setzero_ps(); 16];
-    for q in 0..4 {
-        let pd = |x: __m512| _mm512_castps_pd(x);
-        let (a, b, c, d) = (
-            pd(t[4 * q]),
-            pd(t[4 * q + 2]),
-            pd(t[4 * q + 1]),
-            pd(t[4 * q + 3]),
-        );
-        u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-        u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-        u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-    }
-    // 128-bit lanes gathered across the four row groups.
-    let mut v = [_mm512_setzero_ps(); 16];
-    for s in 0..4 {
-        for h in 0..2 {
-            let (a, b) = (u[s], u[4 + s]);
-            let (c, d) = (u[8 + s], u[12 + s]);
-            let (ab, cd) = if h == 0 {
-                (
-                    _mm512_shuffle_f32x4::<0x88>(a, b),
-                    _mm512_shuffle_f32x4::<0x88>(c, d),
-                )
-            } else {
-                (
-                    _mm512_shuffle_f32x4::<0xdd>(a, b),
-                    _mm512_shuffle_f32x4::<0xdd>(c, d),
-                )
-            };
-            v[s + 4 * h] = _mm512_shuffle_f32x4::<0x88>(ab, cd);
-            v[s + 8 + 4 * h] = _mm512_shuffle_f32x4::<0xdd>(ab, cd);
-        }
-    }
-    v
 }
 
 /// The team's threads a kernel may use under `par` (the executor's say).

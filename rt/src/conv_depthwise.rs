@@ -770,7 +770,7 @@ trait Simd {
     unsafe fn transpose_out(src: *const f32, dst: *mut f32, stride: usize, nch: usize, len: usize);
 }
 
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     pub(super) struct Avx512;
@@ -785,7 +785,7 @@ mod x86 {
     /// 16 vectors of 16 floats transposed: unpacks pair rows' floats,
     /// shuffles pair their pairs, and two 128-bit lane shuffles finish.
     #[inline(always)]
-    unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    pub(in crate::conv) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
         // SAFETY: only inlined into `avx512f` functions.
         unsafe {
             let mut t = [_mm512_setzero_ps(); 16];
