@@ -2,6 +2,10 @@
 //! general GEMM is memory-bound and packs for nothing: AVX-512 with sixteen
 //! accumulators when the host has it, split by columns across threads.
 
+/// Weight floats from which the product streams them (1 MiB, this
+/// machine's L2).
+const STREAM_FLOATS: usize = 1 << 18;
+
 /// `y[0..n] = sum_k x[k * xs] * w[k * ws + j]` for `j` in `cols`.
 ///
 /// # Safety
@@ -19,8 +23,18 @@ pub unsafe fn gemv_f32(
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
+            // Weights beyond L2 (a classifier's megabytes) stream row by
+            // row; smaller ones (an LSTM's 128 x 512, 256 KiB) run faster
+            // with the accumulators in registers (measured 358 vs 276 us
+            // for a 2-layer LSTM over 32 steps).
             // SAFETY: the feature is present; the caller guarantees the bounds.
-            return unsafe { avx512(x, xs, w, ws, y, k, cols) };
+            return unsafe {
+                if k * cols.len() > STREAM_FLOATS {
+                    avx512(x, xs, w, ws, y, k, cols)
+                } else {
+                    avx512_blocked(x, xs, w, ws, y, k, cols)
+                }
+            };
         }
     }
     // SAFETY: guaranteed by the caller.
@@ -113,13 +127,79 @@ unsafe fn avx512(
     }
 }
 
+/// Weights that sit in L2 (a recurrent cell's): sixteen vectors of
+/// columns accumulate in registers down every row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_blocked(
+    x: *const f32,
+    xs: isize,
+    w: *const f32,
+    ws: isize,
+    y: *mut f32,
+    k: usize,
+    cols: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    const LANES: usize = 16;
+    const BLOCK: usize = 16 * LANES;
+    let mut j = cols.start;
+    // SAFETY (whole body): loads and stores stay within `cols` of each row
+    // and of `y`, and `k` rows of `w` and elements of `x`.
+    unsafe {
+        while j + BLOCK <= cols.end {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for kk in 0..k as isize {
+                let xv = _mm512_set1_ps(*x.offset(kk * xs));
+                let row = w.offset(kk * ws + j as isize);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(xv, _mm512_loadu_ps(row.add(i * LANES)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(y.add(j + i * LANES), *a);
+            }
+            j += BLOCK;
+        }
+        // The remaining columns sixteen at a time, the last group masked
+        // (a classifier's ten outputs included). Each column sums over `k`
+        // in order, one chain, as in the blocks above: equal columns give
+        // equal results wherever they fall (a softmax over huge equal
+        // logits amplifies any difference).
+        while j < cols.end {
+            let m: __mmask16 = if j + LANES <= cols.end {
+                0xffff
+            } else {
+                ((1u32 << (cols.end - j)) - 1) as __mmask16
+            };
+            let mut sum = _mm512_setzero_ps();
+            for kk in 0..k as isize {
+                let xv = _mm512_set1_ps(*x.offset(kk * xs));
+                let wv = _mm512_maskz_loadu_ps(m, w.offset(kk * ws + j as isize));
+                sum = _mm512_fmadd_ps(xv, wv, sum);
+            }
+            _mm512_mask_storeu_ps(y.add(j), m, sum);
+            j += LANES;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn vector_and_scalar_paths_agree() {
-        for (k, n) in [(1, 1), (7, 15), (33, 16), (64, 300), (5, 529)] {
+        // The last two stream the weights (more than STREAM_FLOATS).
+        for (k, n) in [
+            (1, 1),
+            (7, 15),
+            (33, 16),
+            (64, 300),
+            (5, 529),
+            (300, 1000),
+            (1283, 209),
+        ] {
             let x: Vec<f32> = (0..k * 2).map(|i| (i as f32 * 0.37).sin()).collect();
             let w: Vec<f32> = (0..k * (n + 3)).map(|i| (i as f32 * 0.11).cos()).collect();
             let (mut fast, mut slow) = (vec![0f32; n], vec![0f32; n]);
