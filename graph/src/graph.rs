@@ -108,6 +108,11 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Whether two function lists are the same functions (one list's clones).
+fn same_functions(a: &[std::sync::Arc<Function>], b: &[std::sync::Arc<Function>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| std::sync::Arc::ptr_eq(x, y))
+}
+
 impl Graph {
     /// Adds a function for control-flow ops to call; returns its index.
     pub fn add_function(&mut self, f: Function) -> usize {
@@ -190,6 +195,42 @@ impl Graph {
         }
         self.names.insert(name.into(), id);
         Ok(id)
+    }
+
+    /// Adds a copy of node `id` of `from` (a graph this one was started
+    /// from with [`Graph::empty_like`], so with the same functions) over
+    /// `inputs` of this graph, under its name. Where every input has the
+    /// type the original's input had, the copy keeps the original's type
+    /// and deferred checks without inferring them again: inference is a
+    /// function of the op and its operands' types, and the original passed
+    /// it. Otherwise (and for an assignment, whose check reads its target's
+    /// op) it is added as by [`Graph::add_node`].
+    pub fn add_copy(&mut self, from: &Graph, id: NodeId, inputs: &[NodeId]) -> Result<NodeId> {
+        let n = from.node(id);
+        let same = !matches!(n.op, Op::Assign)
+            && same_functions(&self.functions, &from.functions)
+            && from.inputs(id).len() == inputs.len()
+            && from
+                .inputs(id)
+                .iter()
+                .zip(inputs)
+                .all(|(&o, &i)| self.g.contains_node(i.0) && self.g[i.0].ty == from.g[o.0].ty);
+        if !same {
+            return self.add_node(&n.name, n.op.clone(), inputs, n.location.clone());
+        }
+        if self.names.contains_key(n.name.as_str()) {
+            return Err(Error::Name {
+                name: n.name.clone(),
+                location: n.location.clone(),
+                reason: "is already used by another node".into(),
+            });
+        }
+        let new = NodeId(self.g.add_node(n.clone()));
+        for (slot, &i) in inputs.iter().enumerate() {
+            self.g.add_edge(i.0, new.0, slot as u32);
+        }
+        self.names.insert(n.name.clone(), new);
+        Ok(new)
     }
 
     /// The node `id`.

@@ -47,11 +47,8 @@ impl<'a> Rebuild<'a> {
 
     /// Copies old node `id` unchanged (inputs remapped).
     pub fn copy(&mut self, id: NodeId) -> Result<NodeId> {
-        let n = self.old.node(id);
         let inputs = self.mapped_inputs(id);
-        let new = self
-            .new
-            .add_node(&n.name, n.op.clone(), &inputs, n.location.clone())?;
+        let new = self.new.add_copy(self.old, id, &inputs)?;
         self.map.insert(id, new);
         Ok(new)
     }

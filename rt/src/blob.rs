@@ -10,7 +10,7 @@ use crate::pool::Pool;
 use crate::{Elem, Real};
 
 /// The first word: "kiln" and the format's version.
-pub const MAGIC: i64 = 0x6b69_6c6e_0001;
+pub const MAGIC: i64 = 0x6b69_6c6e_0002;
 
 const JIT: i64 = 0;
 const MATMUL: i64 = 1;
@@ -20,12 +20,16 @@ const POOL: i64 = 4;
 const GATHER: i64 = 5;
 
 /// A compiled loop nest named by its function index, with its loop shape
-/// and whether dim 0 may be split across threads.
+/// and whether dim 0 may be split across threads. `slots`: where the
+/// function is shared by kernels that differ only in their buffers, the
+/// table it reads, as (buffer, byte offset) per entry; empty, the
+/// program's whole buffer table.
 #[derive(Clone, Copy, Debug)]
 pub struct Nest<'a> {
     pub function: usize,
     pub shape: &'a [usize],
     pub split: bool,
+    pub slots: &'a [(usize, i64)],
 }
 
 /// The geometry of a 2-D convolution of NCHW tensors.
@@ -66,6 +70,10 @@ impl Writer {
                 self.words.push(n.function as i64);
                 self.dims(n.shape);
                 self.words.push(n.split as i64);
+                self.words.push(n.slots.len() as i64);
+                for &(b, off) in n.slots {
+                    self.words.extend([b as i64, off]);
+                }
             }
         }
     }
@@ -265,7 +273,7 @@ impl Reader<'_> {
         Ok(b)
     }
 
-    fn nest(&mut self, fns: &[KernelFn]) -> Result<Option<Launch>, String> {
+    fn nest(&mut self, fns: &[KernelFn], buffers: usize) -> Result<Option<Launch>, String> {
         let f = self.word()?;
         if f == -1 {
             return Ok(None);
@@ -276,7 +284,19 @@ impl Reader<'_> {
             .ok_or_else(|| format!("function {f} of {}", fns.len()))?;
         let shape = self.dims()?;
         let split = self.word()? != 0;
-        Ok(Some(Launch::new(f, &shape, split)))
+        let n = self.size()?;
+        if n > buffers {
+            return Err(format!("{n} slots of {buffers} buffers"));
+        }
+        let mut slots = Vec::with_capacity(n);
+        for _ in 0..n {
+            let b = self.buffer(buffers)?;
+            let off = isize::try_from(self.word()?).map_err(|e| e.to_string())?;
+            slots.push((b, off));
+        }
+        let mut l = Launch::new(f, &shape, split);
+        l.slots = slots.into();
+        Ok(Some(l))
     }
 }
 
@@ -305,7 +325,10 @@ pub unsafe fn decode(
     for _ in 0..n {
         let tag = r.word()?;
         steps.push(match tag {
-            JIT => Step::Jit(r.nest(fns)?.ok_or("a loop nest step without a function")?),
+            JIT => Step::Jit(
+                r.nest(fns, buffers)?
+                    .ok_or("a loop nest step without a function")?,
+            ),
             MATMUL => {
                 let code = r.word()?;
                 let dtype = Elem::from_code(code).ok_or_else(|| format!("element code {code}"))?;
@@ -317,7 +340,7 @@ pub unsafe fn decode(
                 if a.strides.len() != batch.len() + 2 || b.strides.len() != batch.len() + 2 {
                     return Err("operand strides do not match the batch".into());
                 }
-                let epilogue = r.nest(fns)?;
+                let epilogue = r.nest(fns, buffers)?;
                 let len = r.word()?;
                 // SAFETY: the caller's contract for constants.
                 let data = (len >= 0 && dtype == Elem::F32).then(|| unsafe {
@@ -344,7 +367,7 @@ pub unsafe fn decode(
                     groups: r.size()?,
                 };
                 let constant_w = r.word()? != 0;
-                let epilogue = r.nest(fns)?;
+                let epilogue = r.nest(fns, buffers)?;
                 if s.groups == 0
                     || s.input[1] != s.weight[1] * s.groups
                     || !s.weight[0].is_multiple_of(s.groups)
@@ -387,7 +410,7 @@ pub unsafe fn decode(
                     pool,
                     out,
                     x,
-                    epilogue: r.nest(fns)?,
+                    epilogue: r.nest(fns, buffers)?,
                 }
             }
             GATHER => {
@@ -409,11 +432,11 @@ pub unsafe fn decode(
                     out: r.buffer(buffers)?,
                     data: r.buffer(buffers)?,
                     indices: r.buffer(buffers)?,
-                    epilogue: r.nest(fns)?,
+                    epilogue: r.nest(fns, buffers)?,
                 }
             }
             HOST => Step::Host {
-                epilogue: r.nest(fns)?,
+                epilogue: r.nest(fns, buffers)?,
             },
             t => return Err(format!("step kind {t}")),
         });

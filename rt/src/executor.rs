@@ -39,7 +39,7 @@ fn parallelism(threads: usize, work: usize) -> gemm::Parallelism {
 }
 
 /// A compiled loop nest and how it may be split across threads.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Launch {
     pub f: KernelFn,
     /// Extent of loop variable 0 (1 for rank 0).
@@ -48,9 +48,42 @@ pub struct Launch {
     pub split: bool,
     /// Elements the kernel visits (to decide whether threads pay).
     pub work: usize,
+    /// The function's own table, where it is shared by kernels that differ
+    /// only in their buffers: entry `i` is buffer `slots[i].0` of the
+    /// program's table plus `slots[i].1` bytes. Empty: the program's table.
+    pub slots: std::sync::Arc<[(usize, isize)]>,
 }
 
 impl Launch {
+    /// Runs the nest's loop variable 0 over `lo..hi`, over the program's
+    /// `table` (or the function's own, gathered from it: see `slots`).
+    ///
+    /// # Safety
+    /// `table` must point at live buffers of the program's types.
+    pub unsafe fn run(&self, table: *const *mut u8, lo: i64, hi: i64) {
+        const INLINE: usize = 16;
+        if self.slots.is_empty() {
+            // SAFETY: guaranteed by the caller.
+            return unsafe { (self.f)(table, lo, hi) };
+        }
+        let mut inline = [std::ptr::null_mut::<u8>(); INLINE];
+        let mut heap = Vec::new();
+        let own: &mut [*mut u8] = if self.slots.len() <= INLINE {
+            &mut inline[..self.slots.len()]
+        } else {
+            heap.resize(self.slots.len(), std::ptr::null_mut());
+            &mut heap
+        };
+        for (p, &(b, off)) in own.iter_mut().zip(self.slots.iter()) {
+            // SAFETY: the slots name buffers of the table (checked when
+            // decoded); the offset keeps the kernel's accesses in the
+            // buffer, as its unshared code would.
+            *p = unsafe { (*table.add(b)).wrapping_offset(off) };
+        }
+        // SAFETY: guaranteed by the caller; the own table lives to the end.
+        unsafe { (self.f)(own.as_ptr(), lo, hi) }
+    }
+
     /// A loop nest over `shape`; `split`: its dim 0 may be split.
     pub fn new(f: KernelFn, shape: &[usize], split: bool) -> Launch {
         Launch {
@@ -58,6 +91,7 @@ impl Launch {
             extent: shape.first().copied().unwrap_or(1) as i64,
             split: split && !shape.is_empty(),
             work: shape.iter().product(),
+            slots: std::sync::Arc::new([]),
         }
     }
 }
@@ -160,7 +194,7 @@ impl MatMul {
             b: self.b.clone(),
             batch: self.batch.clone(),
             mnk: self.mnk,
-            epilogue: self.epilogue,
+            epilogue: self.epilogue.clone(),
             packed: self.packed.clone(),
             packs_at_run: self.packs_at_run,
         }
@@ -207,7 +241,7 @@ impl Step {
     /// buffers a run writes are its own, allocated when it first runs.
     pub fn fork(&self) -> Step {
         match self {
-            Step::Jit(l) => Step::Jit(*l),
+            Step::Jit(l) => Step::Jit(l.clone()),
             Step::MatMul(mm) => Step::MatMul(mm.fork()),
             Step::Conv {
                 conv,
@@ -220,7 +254,7 @@ impl Step {
                 out: *out,
                 x: *x,
                 w: *w,
-                epilogue: *epilogue,
+                epilogue: epilogue.clone(),
             },
             Step::Pool {
                 pool,
@@ -231,7 +265,7 @@ impl Step {
                 pool: pool.clone(),
                 out: *out,
                 x: *x,
-                epilogue: *epilogue,
+                epilogue: epilogue.clone(),
             },
             Step::Gather {
                 gather,
@@ -244,10 +278,10 @@ impl Step {
                 out: *out,
                 data: *data,
                 indices: *indices,
-                epilogue: *epilogue,
+                epilogue: epilogue.clone(),
             },
             Step::Host { epilogue } => Step::Host {
-                epilogue: *epilogue,
+                epilogue: epilogue.clone(),
             },
         }
     }
@@ -540,16 +574,15 @@ impl Exec {
         let team = team::Team::global();
         let n = (self.threads.min(team.size()) as i64).min(l.extent);
         if split && l.split && l.work >= PARALLEL_ELEMENTS && n >= 2 {
-            let f = l.f;
             team.run(n as usize, &|c| {
                 let c = c as i64;
                 let (lo, hi) = (l.extent * c / n, l.extent * (c + 1) / n);
                 // SAFETY: chunks cover disjoint ranges of the outermost loop.
-                unsafe { f(t.get(), lo, hi) }
+                unsafe { l.run(t.get(), lo, hi) }
             });
         } else {
             // SAFETY: the table points at live buffers of the program's types.
-            unsafe { (l.f)(table, 0, l.extent) }
+            unsafe { l.run(table, 0, l.extent) }
         }
     }
 
@@ -613,7 +646,7 @@ impl Exec {
                         return;
                     }
                     // SAFETY: the epilogue covers those outputs, now computed.
-                    unsafe { (l.f)(t.get(), lo as i64, hi as i64) }
+                    unsafe { l.run(t.get(), lo as i64, hi as i64) }
                 };
                 let hook: Option<&conv::Epilogue<'_>> = epilogue.as_ref().map(|_| &hook as _);
                 // SAFETY: the buffers have the shapes the convolution was built for.
@@ -706,7 +739,7 @@ impl Exec {
             let rows = |lo: usize, hi: usize| {
                 if let Some(l) = fused {
                     // SAFETY: the epilogue covers rows lo..hi of the output.
-                    unsafe { (l.f)(t.get(), lo as i64, hi as i64) }
+                    unsafe { l.run(t.get(), lo as i64, hi as i64) }
                 }
             };
             let hook: Option<&(dyn Fn(usize, usize) + Sync)> =

@@ -250,3 +250,62 @@ fn segmented_rows_match_the_reference() {
         }
     }
 }
+
+/// An unrolled recurrence (each step reads the next row of one input and
+/// the previous step's state) compiles its identical steps to shared
+/// functions, over other buffers and other rows, with the reference's
+/// results: a product's epilogue (called by the product's own code) and a
+/// reduction with a map (a loop nest of its own).
+#[test]
+fn repeated_steps_share_compiled_code() {
+    use kiln_codegen::Engine;
+    let (steps, width) = (12usize, 40usize);
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, [steps, width]).unwrap();
+    let w = g
+        .constant(
+            Array::from_vec(
+                vec![width, width],
+                (0..width * width)
+                    .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.02)
+                    .collect(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let mut h = x.slice_axis(0, 0, 1, 1).unwrap().tanh().unwrap();
+    for t in 1..steps as i64 {
+        let row = x.slice_axis(0, t, t + 1, 1).unwrap();
+        let a = row.add(h.matmul(w).unwrap()).unwrap().tanh().unwrap();
+        // Centred: a reduction over the row and a map using it.
+        h = a.sub(a.mean(&[1], true).unwrap()).unwrap();
+    }
+    g.output(h).unwrap();
+    let graph = g.into_graph();
+    let program = kiln_optimizer::compile(
+        &graph,
+        graph.outputs(),
+        &Default::default(),
+        &kiln_optimizer::CompileOptions::default(),
+    )
+    .unwrap()
+    .program;
+    let exe = kiln_codegen::cpu::CpuBackend::default()
+        .compile(&program)
+        .unwrap();
+    assert!(
+        program.kernels.len() >= 2 * (steps - 1),
+        "two kernels per step: {} kernels",
+        program.kernels.len()
+    );
+    assert!(
+        exe.compiled_functions() <= 6,
+        "{} functions for {} kernels",
+        exe.compiled_functions(),
+        program.kernels.len()
+    );
+    let feeds = feeds_for(&graph, 1, 5);
+    let want = run(&graph, Device::Reference, &feeds);
+    let got = run(&graph, Device::Cpu, &feeds);
+    compare(&want[0], &got[0]).unwrap();
+}

@@ -88,6 +88,9 @@ pub(crate) struct Jit<M: Module = JITModule> {
     pub(super) checked: bool,
     /// Generated code printed as it is compiled.
     pub(super) dumps: super::Dumps,
+    /// Functions by the rewritten form of the nests they compute
+    /// (`super::shared`).
+    shared: HashMap<String, FuncId>,
 }
 
 /// What a loop body needs to know to compute one element.
@@ -225,7 +228,30 @@ impl<M: Module> Jit<M> {
             object_rows: 0,
             checked: false,
             dumps: super::Dumps::default(),
+            shared: HashMap::new(),
         }
+    }
+
+    /// Compiles a loop nest, or finds the function compiled for an earlier
+    /// nest that differs only in its buffers (`super::shared`); returns it
+    /// with the table it reads (empty: the program's own). Checked code
+    /// names its buffers in its reports, so it is never shared.
+    pub(crate) fn compile_nest(
+        &mut self,
+        prog: &KernelProgram,
+        body: &Body<'_>,
+        kernel: usize,
+    ) -> Result<(FuncId, Vec<(usize, i64)>)> {
+        if self.checked {
+            return Ok((self.compile(prog, body, kernel)?, Vec::new()));
+        }
+        let c = super::shared::canonical(prog, body);
+        if let Some(&id) = self.shared.get(&c.key) {
+            return Ok((id, c.slots));
+        }
+        let id = self.compile(&c.program, &c.body(body), kernel)?;
+        self.shared.insert(c.key, id);
+        Ok((id, c.slots))
     }
 
     fn import(&mut self, name: &'static str, params: &[Type], ret: &[Type]) -> Result<FuncId> {

@@ -16,6 +16,7 @@ mod functions;
 mod jit;
 mod object;
 mod scalar_ops;
+mod shared;
 pub use jit::Target;
 /// The thread count's bound and checks (`kiln run --threads`, `KILN_NUM_THREADS`).
 pub use kiln_rt::executor::{core_threads, parse_threads, MAX_THREADS};
@@ -116,6 +117,9 @@ pub struct CpuExecutable {
     profiling: std::sync::atomic::AtomicBool,
     /// The kernel times recorded.
     profile: std::sync::Mutex<Vec<KernelTime>>,
+    /// Distinct compiled functions (kernels that differ only in their
+    /// buffers share one: see `shared`).
+    functions: usize,
 }
 
 /// What one run writes besides its results: the arena and the table of
@@ -204,10 +208,14 @@ fn is_identity(e: &Epilogue) -> bool {
 /// nest (its loop shape and whether dim 0 may split across threads), or a
 /// matrix product or op (by kernel index) with its epilogue, if any.
 pub(crate) enum Pending {
-    Jit(cranelift_module::FuncId, Vec<usize>, bool),
-    MatMul(usize, Option<cranelift_module::FuncId>),
-    Op(usize, Option<cranelift_module::FuncId>),
+    Jit(Compiled, Vec<usize>, bool),
+    MatMul(usize, Option<Compiled>),
+    Op(usize, Option<Compiled>),
 }
+
+/// A compiled function and the table it reads: per entry, a buffer and a
+/// byte offset (empty: the program's whole table; see `shared`).
+pub(crate) type Compiled = (cranelift_module::FuncId, Vec<(usize, i64)>);
 
 /// Compiles every loop nest and epilogue of `program` into `jit`, in
 /// kernel order.
@@ -217,23 +225,22 @@ pub(crate) fn compile_kernels<M: cranelift_module::Module>(
 ) -> Result<Vec<Pending>> {
     let mut pending = Vec::new();
     for (i, k) in program.kernels.iter().enumerate() {
-        let epilogue_fn = |jit: &mut Jit<M>,
-                           out: BufferId,
-                           e: &Epilogue|
-         -> Result<Option<cranelift_module::FuncId>> {
-            if is_identity(e) {
-                return Ok(None);
-            }
-            let (shape, e) = kiln_optimizer::loops::epilogue_loop(&program.buffer(out).shape, e);
-            let body = Body::Elementwise {
-                out,
-                shape: &shape,
-                inputs: &e.inputs,
-                program: &e.program,
-                acc_from_out: true,
+        let epilogue_fn =
+            |jit: &mut Jit<M>, out: BufferId, e: &Epilogue| -> Result<Option<Compiled>> {
+                if is_identity(e) {
+                    return Ok(None);
+                }
+                let (shape, e) =
+                    kiln_optimizer::loops::epilogue_loop(&program.buffer(out).shape, e);
+                let body = Body::Elementwise {
+                    out,
+                    shape: &shape,
+                    inputs: &e.inputs,
+                    program: &e.program,
+                    acc_from_out: true,
+                };
+                jit.compile_nest(program, &body, i).map(Some)
             };
-            jit.compile(program, &body, i).map(Some)
-        };
         pending.push(match k {
             Kernel::Elementwise {
                 out,
@@ -248,7 +255,7 @@ pub(crate) fn compile_kernels<M: cranelift_module::Module>(
                     program: p,
                     acc_from_out: false,
                 };
-                Pending::Jit(jit.compile(program, &body, i)?, shape.clone(), true)
+                Pending::Jit(jit.compile_nest(program, &body, i)?, shape.clone(), true)
             }
             Kernel::Reduce {
                 out,
@@ -270,7 +277,7 @@ pub(crate) fn compile_kernels<M: cranelift_module::Module>(
                 };
                 // Splitting dim 0 across threads is safe when it is not reduced.
                 Pending::Jit(
-                    jit.compile(program, &b, i)?,
+                    jit.compile_nest(program, &b, i)?,
                     shape.clone(),
                     !axes.contains(&0),
                 )
@@ -317,20 +324,24 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
     let mut host = HashMap::new();
     for (step, p) in pending.iter().enumerate() {
         // An epilogue's function index and loop shape.
-        let mut epilogue = |e: &Option<cranelift_module::FuncId>, out: BufferId| {
-            e.map(|id| {
-                functions.push(id);
-                (functions.len() - 1, epilogue_shape(program, out))
+        let mut epilogue = |e: &Option<Compiled>, out: BufferId| {
+            e.as_ref().map(|(id, slots)| {
+                functions.push(*id);
+                (
+                    functions.len() - 1,
+                    epilogue_shape(program, out),
+                    slots.clone(),
+                )
             })
         };
-        let nest = |e: &Option<(usize, Vec<usize>)>| -> Option<(usize, Vec<usize>)> { e.clone() };
         match p {
-            Pending::Jit(id, shape, split) => {
+            Pending::Jit((id, slots), shape, split) => {
                 functions.push(*id);
                 w.jit(Nest {
                     function: functions.len() - 1,
                     shape,
                     split: *split,
+                    slots,
                 })
             }
             Pending::MatMul(i, e) => {
@@ -360,7 +371,7 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
                 let bbuf = program.buffer(b.buffer);
                 let constant_b = matches!(bbuf.storage, Storage::Constant { .. })
                     .then(|| bbuf.shape.iter().product::<usize>());
-                let e = nest(&epilogue(e, *out));
+                let e = epilogue(e, *out);
                 w.matmul(
                     el,
                     out.0,
@@ -368,10 +379,11 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
                     &operand(b),
                     batch,
                     *mnk,
-                    e.as_ref().map(|(f, s)| Nest {
+                    e.as_ref().map(|(f, s, slots)| Nest {
                         function: *f,
                         shape: s,
                         split: true,
+                        slots,
                     }),
                     constant_b,
                 );
@@ -381,10 +393,11 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
                     unreachable!("pending op")
                 };
                 let e = epilogue(e, *out);
-                let e = e.as_ref().map(|(f, s)| Nest {
+                let e = e.as_ref().map(|(f, s, slots)| Nest {
                     function: *f,
                     shape: s,
                     split: true,
+                    slots,
                 });
                 let dtype = program.buffer(*out).dtype;
                 match op {
@@ -530,6 +543,10 @@ impl Engine for CpuBackend {
             program,
             profiling: std::sync::atomic::AtomicBool::new(false),
             profile: std::sync::Mutex::new(Vec::new()),
+            functions: functions
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
         })
     }
 }
@@ -548,6 +565,12 @@ impl CpuExecutable {
     /// The kernel times recorded since the last call.
     pub fn take_profile(&self) -> Vec<KernelTime> {
         std::mem::take(&mut *self.profile.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many distinct functions of machine code the program's loop
+    /// nests and epilogues compiled to.
+    pub fn compiled_functions(&self) -> usize {
+        self.functions
     }
 
     /// The program this executable runs.
