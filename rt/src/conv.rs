@@ -49,7 +49,7 @@ pub struct Conv {
     /// where that beats the `gemm` crate: f32, one group, not direct, on
     /// AVX-512 hosts.
     #[cfg(target_arch = "x86_64")]
-    packs: Option<Orient>,
+    packs: Option<(Orient, crate::sgemm::Isa)>,
     /// Those weights, packed once (shared by forks).
     #[cfg(target_arch = "x86_64")]
     packed: Option<Packed>,
@@ -141,14 +141,19 @@ impl Conv {
             None
         };
         #[cfg(target_arch = "x86_64")]
-        let packs = (dtype == Real::F32
-            && groups == 1
-            && direct.is_none()
-            && settings.avx512
-            && settings.conv != crate::settings::ConvPath::Direct
-            && crate::sgemm::available())
-        .then(|| Self::orient(weight[0], out_hw[0] * out_hw[1]))
-        .flatten();
+        // AVX-512 only: on AVX2 (a Zen 1) the `gemm` crate measured faster
+        // through convolutions than kiln's 6 x 16 tiles with the whole
+        // image's columns packed first (ResNet-18's 56x56 3x3 layers 7.6
+        // vs 9.0 ms), while dense layers gain from weights packed once.
+        let packs = crate::sgemm::isa(settings.avx512)
+            .filter(|&isa| {
+                isa == crate::sgemm::Isa::Avx512
+                    && dtype == Real::F32
+                    && groups == 1
+                    && direct.is_none()
+                    && settings.conv != crate::settings::ConvPath::Direct
+            })
+            .and_then(|isa| Some((Self::orient(weight[0], out_hw[0] * out_hw[1])?, isa)));
         Conv {
             dtype,
             input,
@@ -293,7 +298,7 @@ impl Conv {
             unsafe { d.prepack(w as *const f32) };
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(orient) = self.packs {
+        if let Some((orient, isa)) = self.packs {
             use std::sync::Arc;
             let [o, cg, kh, kw] = self.weight;
             let k = cg * kh * kw;
@@ -305,14 +310,13 @@ impl Conv {
                         cs: 1,
                         m: o,
                     };
-                    // SAFETY: the weights `[o, k]`, as the caller promises;
-                    // the host has AVX-512 (checked in `new`).
-                    Packed::Channels(Arc::new(unsafe { crate::sgemm::PackedA::new(a, k) }))
+                    // SAFETY: the weights `[o, k]`, as the caller promises.
+                    Packed::Channels(Arc::new(unsafe { crate::sgemm::PackedA::new(a, k, isa) }))
                 }
                 Orient::Pixels => {
                     // SAFETY: as above.
                     let w = unsafe { std::slice::from_raw_parts(w as *const f32, o * k) };
-                    Packed::Pixels(Arc::new(crate::sgemm::PackedB::new(w, 1, k, k, o)))
+                    Packed::Pixels(Arc::new(crate::sgemm::PackedB::new(w, 1, k, k, o, isa)))
                 }
             });
         }
@@ -519,7 +523,7 @@ impl Conv {
     /// output.
     ///
     /// # Safety
-    /// The buffers of the plan's shapes; the host has AVX-512 F and DQ.
+    /// The buffers of the plan's shapes.
     #[cfg(target_arch = "x86_64")]
     unsafe fn run_packed(
         &self,
@@ -562,7 +566,7 @@ impl Conv {
     /// into the output by channel ranges.
     ///
     /// # Safety
-    /// The buffers of the plan's shapes; the host has AVX-512 F and DQ.
+    /// The buffers of the plan's shapes.
     #[cfg(target_arch = "x86_64")]
     unsafe fn run_pixels(
         &self,
@@ -827,7 +831,7 @@ impl Conv {
 /// `t` (its transpose `[cols, rows]` in `out`).
 ///
 /// # Safety
-/// `t` holds `rows * cols` floats, `out` `cols * rows`; AVX-512 F.
+/// `t` holds `rows * cols` floats, `out` `cols * rows`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn transpose(
     t: *const f32,
@@ -850,13 +854,45 @@ unsafe fn transpose(
 }
 
 /// `dst[j * dst_rs + i] = src[i * src_rs + j]` for `i < rows`, `j < cols`:
-/// 16 x 16 blocks transposed in registers (masked at the edges).
+/// in registers with AVX-512, else in 8 x 8 blocks (each block's rows and
+/// columns in L1).
+///
+/// # Safety
+/// Both views valid for those elements.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn transpose_block(
+    src: *const f32,
+    src_rs: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    rows: usize,
+    cols: usize,
+) {
+    if crate::avx512() {
+        // SAFETY: the caller's views; the host has AVX-512.
+        return unsafe { transpose_avx512(src, src_rs, dst, dst_rs, rows, cols) };
+    }
+    const B: usize = 8;
+    for i0 in (0..rows).step_by(B) {
+        for j0 in (0..cols).step_by(B) {
+            for j in j0..(j0 + B).min(cols) {
+                for i in i0..(i0 + B).min(rows) {
+                    // SAFETY: element (i, j) of both views.
+                    unsafe { *dst.add(j * dst_rs + i) = *src.add(i * src_rs + j) };
+                }
+            }
+        }
+    }
+}
+
+/// [`transpose_block`] as 16 x 16 blocks transposed in registers (masked
+/// at the edges).
 ///
 /// # Safety
 /// Both views valid for those elements; AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn transpose_block(
+unsafe fn transpose_avx512(
     src: *const f32,
     src_rs: usize,
     dst: *mut f32,

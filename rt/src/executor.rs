@@ -119,8 +119,9 @@ pub struct MatMul {
     /// copy of the step.
     packed: Option<std::sync::Arc<sgemm::PackedB>>,
     /// The right-hand sides are packed at run time, into the run's
-    /// scratch (f32 products of computed operands, on AVX-512 hosts).
-    packs_at_run: bool,
+    /// scratch, for kiln's GEMM on this ISA (f32 products of computed
+    /// operands, on AVX-512 or AVX2 hosts).
+    packs_at_run: Option<sgemm::Isa>,
 }
 
 impl MatMul {
@@ -139,12 +140,12 @@ impl MatMul {
         constant_b: Option<&[f32]>,
         avx512: bool,
     ) -> MatMul {
-        let fast = avx512 && sgemm::available() && dtype == Elem::F32;
-        let packed = constant_b
-            .filter(|_| fast)
-            .and_then(|data| Self::pack(data, &b, &batch, mnk))
+        let isa = sgemm::isa(avx512).filter(|_| dtype == Elem::F32);
+        let packed = isa
+            .zip(constant_b)
+            .and_then(|(isa, data)| Self::pack(data, &b, &batch, mnk, isa))
             .map(std::sync::Arc::new);
-        let packs_at_run = fast && constant_b.is_none() && mnk[0] >= 4;
+        let packs_at_run = isa.filter(|_| constant_b.is_none() && mnk[0] >= 4);
         MatMul {
             dtype,
             out,
@@ -166,6 +167,7 @@ impl MatMul {
         b: &Operand,
         batch: &[usize],
         [m, n, k]: [usize; 3],
+        isa: sgemm::Isa,
     ) -> Option<sgemm::PackedB> {
         if m < 2 || batch.iter().product::<usize>() != 1 {
             return None;
@@ -179,7 +181,14 @@ impl MatMul {
         if k == 0 || n == 0 || (k - 1) * rs as usize + (n - 1) * cs as usize >= view.len() {
             return None;
         }
-        Some(sgemm::PackedB::new(view, rs as usize, cs as usize, k, n))
+        Some(sgemm::PackedB::new(
+            view,
+            rs as usize,
+            cs as usize,
+            k,
+            n,
+            isa,
+        ))
     }
 }
 
@@ -749,7 +758,7 @@ impl Exec {
             unsafe { sgemm::matmul(lhs, pb, out, self.threads, parallel, hook) };
             return Ok(fused.is_some());
         }
-        if *packs_at_run {
+        if let Some(isa) = *packs_at_run {
             let [m, n, _] = *mnk;
             let (pa, pb, po) = (
                 buf(a.buffer) as *const f32,
@@ -774,6 +783,7 @@ impl Exec {
             // lowering derives them from the buffers' shapes).
             unsafe {
                 sgemm::batched(
+                    isa,
                     &items,
                     b.strides[nbd] as isize,
                     b.strides[nbd + 1] as isize,

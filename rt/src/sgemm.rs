@@ -12,8 +12,39 @@
 //! `KC` so a panel's block (32 KiB) stays in L1 while the rows sweep it.
 //! Threads split the rows (whole 12-row blocks) or, for few rows, the
 //! panels.
+//!
+//! Hosts with AVX2 and FMA but no AVX-512 run the same packed layouts
+//! with a smaller register tile: sixteen 256-bit registers hold a 6 x 16
+//! tile (12 accumulators, two weight vectors, one broadcast), so each
+//! 12 x 32 tile runs as four of them, each over the whole depth block
+//! while it sits in L1. Which code runs is an [`Isa`], fixed when the
+//! operands are packed.
 
 use std::arch::x86_64::*;
+
+/// The instruction set a product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 F and DQ: 12 x 32 tiles.
+    Avx512,
+    /// AVX2 and FMA: 6 x 16 tiles.
+    Avx2,
+}
+
+/// The kernels this host runs: AVX-512 where it has it and `avx512` allows
+/// (`KILN_AVX512=0` measures the AVX2 code on an AVX-512 host), else AVX2
+/// with FMA, else none.
+pub fn isa(avx512: bool) -> Option<Isa> {
+    if avx512 && crate::avx512() {
+        Some(Isa::Avx512)
+    } else if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        Some(Isa::Avx2)
+    } else {
+        None
+    }
+}
 
 /// Columns per panel.
 const NR: usize = 32;
@@ -22,16 +53,13 @@ const MR: usize = 12;
 /// Depth of one pass over a panel.
 const KC: usize = 256;
 
-/// True when this host runs the kernels here.
-pub fn available() -> bool {
-    crate::avx512()
-}
-
-/// A right-hand side `[k, n]` packed into 32-column panels.
+/// A right-hand side `[k, n]` packed into 32-column panels, for products
+/// on `isa`.
 pub struct PackedB {
     k: usize,
     n: usize,
     data: Vec<f32>,
+    isa: Isa,
 }
 
 /// Floats a packed `[k, n]` right-hand side takes.
@@ -80,13 +108,14 @@ pub unsafe fn pack_into(dst: &mut [f32], b: *const f32, rs: isize, cs: isize, k:
 }
 
 impl PackedB {
-    /// Packs `b`, element `[r, c]` at `b[r * rs + c * cs]`.
-    pub fn new(b: &[f32], rs: usize, cs: usize, k: usize, n: usize) -> PackedB {
+    /// Packs `b`, element `[r, c]` at `b[r * rs + c * cs]`, for products
+    /// on `isa` (one [`isa`] gave).
+    pub fn new(b: &[f32], rs: usize, cs: usize, k: usize, n: usize, isa: Isa) -> PackedB {
         assert!(k > 0 && n > 0 && (k - 1) * rs + (n - 1) * cs < b.len());
         let mut data = vec![0.0f32; packed_len(k, n)];
         // SAFETY: the assertion above keeps every read inside `b`.
         unsafe { pack_into(&mut data, b.as_ptr(), rs as isize, cs as isize, k, n) };
-        PackedB { k, n, data }
+        PackedB { k, n, data, isa }
     }
 
     fn view(&self) -> Packed<'_> {
@@ -119,15 +148,15 @@ pub struct PackedA {
     m: usize,
     k: usize,
     data: Vec<f32>,
+    isa: Isa,
 }
 
 impl PackedA {
-    /// Packs `a` (`[a.m, k]`).
+    /// Packs `a` (`[a.m, k]`) for products on `isa` (one [`isa`] gave).
     ///
     /// # Safety
-    /// `a` must describe a readable `[m, k]` view; the host must have
-    /// AVX-512 F and DQ.
-    pub unsafe fn new(a: Lhs, k: usize) -> PackedA {
+    /// `a` must describe a readable `[m, k]` view.
+    pub unsafe fn new(a: Lhs, k: usize, isa: Isa) -> PackedA {
         let blocks = a.m.div_ceil(MR);
         let mut data = vec![0.0f32; blocks * MR * k.div_ceil(KC) * KC.next_multiple_of(KU)];
         let mut k0 = 0;
@@ -141,7 +170,12 @@ impl PackedA {
             }
             k0 += kc;
         }
-        PackedA { m: a.m, k, data }
+        PackedA {
+            m: a.m,
+            k,
+            data,
+            isa,
+        }
     }
 
     /// Rows.
@@ -172,8 +206,7 @@ impl PackedA {
 /// contiguous.
 ///
 /// # Safety
-/// `b` must hold `packed_len(k, n)` floats, `out` `m * n`; the host must
-/// have AVX-512 F and DQ.
+/// `b` must hold `packed_len(k, n)` floats, `out` `m * n`.
 pub unsafe fn packed_rows(
     a: &PackedA,
     rows: std::ops::Range<usize>,
@@ -192,6 +225,7 @@ pub unsafe fn packed_rows(
     // SAFETY: as the caller promises.
     unsafe {
         part(
+            a.isa,
             Rows::Packed(a),
             &b,
             out,
@@ -224,7 +258,7 @@ pub struct Lhs {
 ///
 /// # Safety
 /// `a` must describe a readable `[m, k]` view and `out` point at `m * n`
-/// writable floats; the host must have AVX-512 F and DQ.
+/// writable floats.
 pub unsafe fn matmul(
     a: Lhs,
     b: &PackedB,
@@ -233,6 +267,7 @@ pub unsafe fn matmul(
     parallel: bool,
     epilogue: Option<&(dyn Fn(usize, usize) + Sync)>,
 ) {
+    let isa = b.isa;
     let b = &b.view();
     let blocks = a.m.div_ceil(MR);
     let panels = b.panels();
@@ -246,7 +281,7 @@ pub unsafe fn matmul(
     };
     if !parallel || threads < 2 {
         // SAFETY: as the caller promises.
-        unsafe { part(Rows::View(a), b, out.0, (0, a.m), (0, panels)) };
+        unsafe { part(isa, Rows::View(a), b, out.0, (0, a.m), (0, panels)) };
         return finish(0, a.m);
     }
     // Rows (whole 12-row blocks) when there are enough to go round: each
@@ -268,7 +303,7 @@ pub unsafe fn matmul(
         };
         let o = out;
         // SAFETY: the parts write disjoint tiles of `out`.
-        unsafe { part(Rows::View(a), b, o.0, rows, cols) };
+        unsafe { part(isa, Rows::View(a), b, o.0, rows, cols) };
         if by_rows {
             finish(rows.0, rows.1);
         }
@@ -292,9 +327,11 @@ pub struct Item {
 /// multiply-adds), then their row blocks shared out over the team.
 ///
 /// # Safety
-/// As [`matmul`], for every item; `b` views with strides `rs`, `cs`.
+/// As [`matmul`], for every item; `b` views with strides `rs`, `cs`;
+/// `isa` one [`isa`] gave.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn batched(
+    isa: Isa,
     items: &[Item],
     rs: isize,
     cs: isize,
@@ -348,7 +385,7 @@ pub unsafe fn batched(
             };
             let rows = (bi * MR, ((bi + 1) * MR).min(m));
             // SAFETY: items and row blocks write disjoint tiles.
-            unsafe { part(Rows::View(it.a), &b, it.out, rows, (0, panels)) };
+            unsafe { part(isa, Rows::View(it.a), &b, it.out, rows, (0, panels)) };
         }
     };
     let total = items.len() * blocks;
@@ -377,8 +414,8 @@ unsafe impl Sync for Item {}
 /// depth block, the part's rows are packed first (unless they were packed
 /// once); then each panel's block stays in L1 while every row block
 /// passes over it.
-#[target_feature(enable = "avx512f,avx512dq")]
 unsafe fn part(
+    isa: Isa,
     a: Rows<'_>,
     b: &Packed<'_>,
     out: *mut f32,
@@ -424,20 +461,11 @@ unsafe fn part(
                     };
                     // SAFETY: the tile lies inside `out` ([m, n], contiguous).
                     let c = unsafe { out.add(i0 * n + p * NR) };
+                    // SAFETY: as above; the host has the ISA (`isa` chose it).
                     unsafe {
-                        match mr {
-                            12 => tile::<12>(ap, bp, kc, c, n, first, width),
-                            11 => tile::<11>(ap, bp, kc, c, n, first, width),
-                            10 => tile::<10>(ap, bp, kc, c, n, first, width),
-                            9 => tile::<9>(ap, bp, kc, c, n, first, width),
-                            8 => tile::<8>(ap, bp, kc, c, n, first, width),
-                            7 => tile::<7>(ap, bp, kc, c, n, first, width),
-                            6 => tile::<6>(ap, bp, kc, c, n, first, width),
-                            5 => tile::<5>(ap, bp, kc, c, n, first, width),
-                            4 => tile::<4>(ap, bp, kc, c, n, first, width),
-                            3 => tile::<3>(ap, bp, kc, c, n, first, width),
-                            2 => tile::<2>(ap, bp, kc, c, n, first, width),
-                            _ => tile::<1>(ap, bp, kc, c, n, first, width),
+                        match isa {
+                            Isa::Avx512 => tile_avx512(mr, ap, bp, kc, c, n, first, width),
+                            Isa::Avx2 => tile_avx2(mr, ap, bp, kc, c, n, first, width),
                         }
                     }
                 }
@@ -452,8 +480,8 @@ const KU: usize = 16;
 
 /// Packs rows `i0..i0+mr`, depth `k0..k0+kc` of `a` into `dst` as chunks
 /// of `KU` depth values: chunk `c`, row `r`, depth `j` at
-/// `(c * MR + r) * KU + j`. Contiguous rows copy a vector per chunk.
-#[target_feature(enable = "avx512f,avx512dq")]
+/// `(c * MR + r) * KU + j`. Contiguous rows copy a chunk at a time, the
+/// last one zero-padded.
 unsafe fn pack_rows(a: Lhs, i0: usize, mr: usize, k0: usize, kc: usize, dst: &mut [f32]) {
     let chunks = kc.div_ceil(KU);
     debug_assert!(dst.len() >= chunks * MR * KU);
@@ -466,17 +494,167 @@ unsafe fn pack_rows(a: Lhs, i0: usize, mr: usize, k0: usize, kc: usize, dst: &mu
                 let o = d.add((c * MR + r) * KU);
                 let left = (kc - c * KU).min(KU);
                 if a.cs == 1 {
-                    let m: __mmask16 = if left == KU {
-                        0xffff
-                    } else {
-                        ((1u32 << left) - 1) as __mmask16
-                    };
-                    _mm512_storeu_ps(o, _mm512_maskz_loadu_ps(m, row.add(c * KU)));
+                    std::ptr::copy_nonoverlapping(row.add(c * KU), o, left);
+                    std::ptr::write_bytes(o.add(left), 0, KU - left);
                 } else {
                     for j in 0..left {
                         *o.add(j) = *row.offset((c * KU + j) as isize * a.cs);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// An `mr` x 32 tile (see [`tile`]) on AVX-512.
+#[target_feature(enable = "avx512f,avx512dq")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512(
+    mr: usize,
+    ap: *const f32,
+    bp: *const f32,
+    kc: usize,
+    c: *mut f32,
+    n: usize,
+    first: bool,
+    width: usize,
+) {
+    // SAFETY: the caller's contract, as `tile`'s.
+    unsafe {
+        match mr {
+            12 => tile::<12>(ap, bp, kc, c, n, first, width),
+            11 => tile::<11>(ap, bp, kc, c, n, first, width),
+            10 => tile::<10>(ap, bp, kc, c, n, first, width),
+            9 => tile::<9>(ap, bp, kc, c, n, first, width),
+            8 => tile::<8>(ap, bp, kc, c, n, first, width),
+            7 => tile::<7>(ap, bp, kc, c, n, first, width),
+            6 => tile::<6>(ap, bp, kc, c, n, first, width),
+            5 => tile::<5>(ap, bp, kc, c, n, first, width),
+            4 => tile::<4>(ap, bp, kc, c, n, first, width),
+            3 => tile::<3>(ap, bp, kc, c, n, first, width),
+            2 => tile::<2>(ap, bp, kc, c, n, first, width),
+            _ => tile::<1>(ap, bp, kc, c, n, first, width),
+        }
+    }
+}
+
+/// An `mr` x 32 tile on AVX2: up to four 6 x 16 tiles (row halves by
+/// column halves), those wholly past `width` skipped.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2(
+    mr: usize,
+    ap: *const f32,
+    bp: *const f32,
+    kc: usize,
+    c: *mut f32,
+    n: usize,
+    first: bool,
+    width: usize,
+) {
+    for r0 in (0..mr).step_by(6) {
+        let rows = (mr - r0).min(6);
+        for c0 in (0..width).step_by(16) {
+            let w = (width - c0).min(16);
+            // SAFETY: rows r0.. of the packed block, columns c0.. of the
+            // panel and the tile.
+            unsafe {
+                let (a, b, o) = (ap.add(r0 * KU), bp.add(c0), c.add(r0 * n + c0));
+                match rows {
+                    6 => tile8::<6>(a, b, kc, o, n, first, w),
+                    5 => tile8::<5>(a, b, kc, o, n, first, w),
+                    4 => tile8::<4>(a, b, kc, o, n, first, w),
+                    3 => tile8::<3>(a, b, kc, o, n, first, w),
+                    2 => tile8::<2>(a, b, kc, o, n, first, w),
+                    _ => tile8::<1>(a, b, kc, o, n, first, w),
+                }
+            }
+        }
+    }
+}
+
+/// One `R` x 16 tile in eight-lane vectors over depth `kc`: `c = (first ?
+/// 0 : c) + a @ b`, its first `width` columns stored; `a` is row 0 of the
+/// tile in a block `pack_rows` packed, `b` column 0 of the tile in a panel.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile8<const R: usize>(
+    a: *const f32,
+    b: *const f32,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    first: bool,
+    width: usize,
+) {
+    let mut lo = [_mm256_setzero_ps(); R];
+    let mut hi = [_mm256_setzero_ps(); R];
+    // SAFETY: `a` holds the packed chunks, `b` kc rows of the panel, `c`
+    // the tile's `width` columns of R rows.
+    unsafe {
+        let step = |lo: &mut [__m256; R], hi: &mut [__m256; R], kk: usize, ar: *const f32| {
+            let b0 = _mm256_loadu_ps(b.add(kk * NR));
+            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            for r in 0..R {
+                let x = _mm256_broadcast_ss(&*ar.add(r * KU));
+                lo[r] = _mm256_fmadd_ps(x, b0, lo[r]);
+                hi[r] = _mm256_fmadd_ps(x, b1, hi[r]);
+            }
+        };
+        let full = kc / KU;
+        for ch in 0..full {
+            let base = a.add(ch * MR * KU);
+            for j in 0..KU {
+                step(&mut lo, &mut hi, ch * KU + j, base.add(j));
+            }
+        }
+        let base = a.add(full * MR * KU);
+        for j in 0..kc % KU {
+            step(&mut lo, &mut hi, full * KU + j, base.add(j));
+        }
+        if width == 16 {
+            for r in 0..R {
+                let row = c.add(r * ldc);
+                let (mut x, mut y) = (lo[r], hi[r]);
+                if !first {
+                    x = _mm256_add_ps(x, _mm256_loadu_ps(row));
+                    y = _mm256_add_ps(y, _mm256_loadu_ps(row.add(8)));
+                }
+                _mm256_storeu_ps(row, x);
+                _mm256_storeu_ps(row.add(8), y);
+            }
+        } else {
+            // Lanes below `width` (of 0..16) stored.
+            let lane = |i: i32| if (i as usize) < width { -1 } else { 0 };
+            let m0 = _mm256_setr_epi32(
+                lane(0),
+                lane(1),
+                lane(2),
+                lane(3),
+                lane(4),
+                lane(5),
+                lane(6),
+                lane(7),
+            );
+            let m1 = _mm256_setr_epi32(
+                lane(8),
+                lane(9),
+                lane(10),
+                lane(11),
+                lane(12),
+                lane(13),
+                lane(14),
+                lane(15),
+            );
+            for r in 0..R {
+                let row = c.add(r * ldc);
+                let (mut x, mut y) = (lo[r], hi[r]);
+                if !first {
+                    x = _mm256_add_ps(x, _mm256_maskload_ps(row, m0));
+                    y = _mm256_add_ps(y, _mm256_maskload_ps(row.add(8), m1));
+                }
+                _mm256_maskstore_ps(row, m0, x);
+                _mm256_maskstore_ps(row.add(8), m1, y);
             }
         }
     }
@@ -540,6 +718,122 @@ unsafe fn tile<const R: usize>(
             }
             _mm512_mask_storeu_ps(row, m0, x);
             _mm512_mask_storeu_ps(row.add(16), m1, y);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ISAs the host runs (both, on an AVX-512 host).
+    fn isas() -> Vec<Isa> {
+        let mut v = Vec::new();
+        if crate::avx512() {
+            v.push(Isa::Avx512);
+        }
+        if isa(false) == Some(Isa::Avx2) {
+            v.push(Isa::Avx2);
+        }
+        v
+    }
+
+    fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for kk in 0..k {
+                for j in 0..n {
+                    c[i * n + j] += a[i * k + kk] as f64 * b[kk * n + j] as f64;
+                }
+            }
+        }
+        c.into_iter().map(|v| v as f32).collect()
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{what}: element {i}: {g} vs {w}"
+            );
+        }
+    }
+
+    /// Every tile height and edge width, one and two depth blocks, each
+    /// way of running a product (rows packed as they go or once, one
+    /// thread or the team, a batch packed at run time), on every ISA.
+    #[test]
+    fn products_match_the_definition() {
+        let isas = isas();
+        assert!(
+            !isas.is_empty() || !std::arch::is_x86_feature_detected!("avx2"),
+            "an AVX2 host runs kiln's GEMM"
+        );
+        for &isa in &isas {
+            for (m, k, n) in [
+                (1, 1, 1),
+                (5, 7, 3),
+                (12, 16, 32),
+                (13, 17, 33),
+                (7, 40, 16),
+                (25, 300, 70),
+                (6, 513, 9),
+                (30, 33, 100),
+            ] {
+                let a: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                    .collect();
+                let b: Vec<f32> = (0..k * n)
+                    .map(|i| ((i * 53 % 97) as f32 - 48.0) / 24.0)
+                    .collect();
+                let want = reference(&a, &b, m, k, n);
+                let what = format!("{isa:?} m {m} k {k} n {n}");
+                let lhs = Lhs {
+                    ptr: a.as_ptr(),
+                    rs: k as isize,
+                    cs: 1,
+                    m,
+                };
+                let pb = PackedB::new(&b, n, 1, k, n, isa);
+                for threads in [1, 2] {
+                    let mut out = vec![f32::NAN; m * n];
+                    unsafe { matmul(lhs, &pb, out.as_mut_ptr(), threads, threads > 1, None) };
+                    close(&out, &want, &format!("{what} matmul t{threads}"));
+                }
+                // Rows packed once, run by row blocks.
+                let pa = unsafe { PackedA::new(lhs, k, isa) };
+                let mut out = vec![f32::NAN; m * n];
+                for lo in (0..m).step_by(MR) {
+                    unsafe {
+                        packed_rows(
+                            &pa,
+                            lo..(lo + MR).min(m),
+                            pb.data.as_ptr(),
+                            n,
+                            out.as_mut_ptr(),
+                        )
+                    };
+                }
+                close(&out, &want, &format!("{what} packed rows"));
+                // A batch of two, the second the first's transpose-free twin.
+                let mut outs = vec![f32::NAN; 2 * m * n];
+                let items = [
+                    Item {
+                        a: lhs,
+                        b: b.as_ptr(),
+                        out: outs.as_mut_ptr(),
+                    },
+                    Item {
+                        a: lhs,
+                        b: b.as_ptr(),
+                        out: outs[m * n..].as_mut_ptr(),
+                    },
+                ];
+                let mut scratch = Vec::new();
+                unsafe { batched(isa, &items, n as isize, 1, k, n, &mut scratch, 2, true) };
+                close(&outs[..m * n], &want, &format!("{what} batched 0"));
+                close(&outs[m * n..], &want, &format!("{what} batched 1"));
+            }
         }
     }
 }
