@@ -467,6 +467,62 @@ impl Conv {
         let n = self.input[0];
         let team = super::team::Team::global();
         let team_threads = team_threads(par);
+        let [oh, ow] = self.out_hw;
+        let (o, k) = (self.weight[0], self.scratch_len() / (oh * ow).max(1));
+        if n == 1
+            && self.groups == 1
+            && team_threads > 1
+            && oh >= 2 * team_threads
+            && oh * ow > o
+            && k > 0
+        {
+            // One image whose columns outweigh its weights (a large plane):
+            // bands of output rows across the team, each thread writing
+            // its band's columns and multiplying all the weights by them,
+            // so the columns are written in parallel, each band while it
+            // is in cache. The epilogue is left to the caller (it runs by
+            // channels).
+            let per = self.scratch_len();
+            if columns.len() < per {
+                columns.resize(per, 0.0);
+            }
+            let col = SendPtr(columns.as_ptr() as *mut T);
+            let parts = team_threads.min(oh);
+            let (out, x, w) = (SendPtr(out), SendPtr(x as *mut T), SendPtr(w as *mut T));
+            team.run(parts, &|t| {
+                let (out, x, w, col) = (out, x, w, col);
+                let ys = oh * t / parts..oh * (t + 1) / parts;
+                // SAFETY: part t owns output rows `ys` of every channel and
+                // the columns' slots from `ys.start * ow * k` on.
+                unsafe {
+                    let band = col.0.add(ys.start * ow * k);
+                    let (src, rs) = self.columns_rows(0, 0, x.0, band, ys.clone());
+                    let pixels = ys.len() * ow;
+                    gemm::gemm(
+                        o,
+                        pixels,
+                        k,
+                        out.0.add(ys.start * ow),
+                        1,
+                        (oh * ow) as isize,
+                        false,
+                        w.0,
+                        1,
+                        k as isize,
+                        src,
+                        1,
+                        rs as isize,
+                        T::ZERO,
+                        T::ONE,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+            return false;
+        }
         if n == 1 && self.groups == 1 && team_threads > 1 {
             // One image: its columns once, then blocks of output channels
             // across the team, each block's epilogue as soon as it is done.
@@ -716,15 +772,33 @@ impl Conv {
     /// # Safety
     /// `x` holds the input; `col` the columns (`scratch_len` elements).
     unsafe fn columns<T: Float>(&self, b: usize, g: usize, x: *const T, col: *mut T) -> *const T {
+        // SAFETY: the caller's contract, for every output row.
+        unsafe { self.columns_rows(b, g, x, col, 0..self.out_hw[0]).0 }
+    }
+
+    /// The columns of output rows `ys` only (`[c/groups * kh * kw,
+    /// ys.len() * ow]`, into `col`), and their row stride: a band of the
+    /// input itself for a plain 1x1 convolution.
+    ///
+    /// # Safety
+    /// As [`Conv::columns`]; `col` holds the band's columns.
+    unsafe fn columns_rows<T: Float>(
+        &self,
+        b: usize,
+        g: usize,
+        x: *const T,
+        col: *mut T,
+        ys: std::ops::Range<usize>,
+    ) -> (*const T, usize) {
         let [_, c, h, wd] = self.input;
         let [_, cg, kh, kw] = self.weight;
-        let [oh, ow] = self.out_hw;
-        let cols = oh * ow;
+        let ow = self.out_hw[1];
+        let cols = ys.len() * ow;
         // SAFETY (whole body): offsets stay inside the buffers (shapes
         // checked by the shape rule).
         let xin = unsafe { x.add((b * c + g * cg) * h * wd) };
         if Self::is_direct(self.weight, self.stride, self.padding, self.dilation) {
-            return xin;
+            return (unsafe { xin.add(ys.start * ow) }, h * wd);
         }
         let [sy, sx] = self.stride;
         let [dy, dx] = self.dilation;
@@ -747,8 +821,8 @@ impl Conv {
                             ((wd as isize - off) as usize).div_ceil(sx)
                         };
                         let (lo, hi) = (lo.min(ow), hi.min(ow).max(lo.min(ow)));
-                        for y in 0..oh {
-                            let dst = row.add(y * ow);
+                        for y in ys.clone() {
+                            let dst = row.add((y - ys.start) * ow);
                             let iy = (y * sy + ky * dy) as isize - py;
                             if iy < 0 || iy >= h as isize {
                                 std::ptr::write_bytes(dst, 0, ow);
@@ -777,7 +851,7 @@ impl Conv {
                 }
             }
         }
-        col
+        (col, cols)
     }
 
     /// Output channels `chans` (of group `g`, counted within it) of image
