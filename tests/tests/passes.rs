@@ -299,3 +299,41 @@ fn costly_values_are_not_recomputed_per_broadcast_element() {
         kiln_tests::compare(w, g).unwrap();
     }
 }
+
+/// Large constants merge when their data is the same and stay apart when
+/// it differs anywhere, also between the bytes the pass's key samples.
+#[test]
+fn common_subexpressions_compare_whole_constants() {
+    use kiln::prelude::*;
+    use kiln_optimizer::pass::Pass;
+    use kiln_optimizer::passes::EliminateCommonSubexpressions;
+    let n = 10_007;
+    let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut other = data.clone();
+    // An element no sample reads: not in the first or last KiB, and off
+    // the stride of the spread sample (bytes / 2048 apart).
+    let step = n * 4 / 2048;
+    let e = (0..n)
+        .find(|&e| e * 4 > 1024 && (e * 4..e * 4 + 4).all(|b| b % step != 0))
+        .unwrap();
+    other[e] += 1.0;
+    let g = GraphBuilder::new();
+    let x = g.placeholder("x", DType::F32, [n]).unwrap();
+    let a = g
+        .constant(Array::from_vec(vec![n], data.clone()).unwrap())
+        .unwrap();
+    let b = g.constant(Array::from_vec(vec![n], data).unwrap()).unwrap();
+    let c = g
+        .constant(Array::from_vec(vec![n], other).unwrap())
+        .unwrap();
+    let y = x.add(a).unwrap().add(b).unwrap().add(c).unwrap();
+    g.output(y).unwrap();
+    let graph = g.into_graph();
+    let (out, report) = EliminateCommonSubexpressions.run(&graph).unwrap();
+    let constants = out
+        .topo_order()
+        .into_iter()
+        .filter(|&id| matches!(out.node(id).op, Op::Constant { .. }))
+        .count();
+    assert_eq!(constants, 2, "a and b merged, c kept: {report:?}");
+}
