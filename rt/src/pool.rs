@@ -103,7 +103,61 @@ impl Pool {
             // SAFETY: detected; the caller's contract.
             return unsafe { self.max_planes_avx512(out, x, planes) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: detected; the caller's contract.
+            return unsafe { self.max_planes_avx2(out, x, planes) };
+        }
         unsafe { self.max_planes_body(out, x, planes) }
+    }
+
+    /// [`Pool::max_planes_avx512`] in 8-lane vectors: a stride-2 tap's
+    /// columns picked from two loads by a shuffle and a lane permute; the
+    /// columns past the last whole vector one at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn max_planes_avx2(&self, out: *mut f32, x: *const f32, planes: std::ops::Range<usize>) {
+        use std::arch::x86_64::*;
+        let sx = self.stride[1];
+        if sx > 2 {
+            return unsafe { self.max_planes_body(out, x, planes) };
+        }
+        // out[j] = max(out[j], src[j * sx]) for j < n, NaN winning.
+        let tap = |dst: *mut f32, src: *const f32, n: usize| {
+            let mut j = 0;
+            // SAFETY: whole vectors only while their reads stay inside the
+            // tap's columns (a stride-2 pair of loads reads src[2j..2j+16),
+            // within src[..2(n - 1) + 1] while j + 9 <= n); the output row
+            // holds n floats from dst.
+            unsafe {
+                while j + 8 + (sx == 2) as usize <= n {
+                    let v = if sx == 1 {
+                        _mm256_loadu_ps(src.add(j))
+                    } else {
+                        let a = _mm256_loadu_ps(src.add(2 * j));
+                        let b = _mm256_loadu_ps(src.add(2 * j + 8));
+                        // [a0 a2 b0 b2 | a4 a6 b4 b6], then 64-bit lanes 0 2 1 3.
+                        let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                            e,
+                        )))
+                    };
+                    let cur = _mm256_loadu_ps(dst.add(j));
+                    let take = _mm256_or_ps(
+                        _mm256_cmp_ps::<_CMP_GT_OQ>(v, cur),
+                        _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+                    );
+                    _mm256_storeu_ps(dst.add(j), _mm256_blendv_ps(cur, v, take));
+                    j += 8;
+                }
+                for j in j..n {
+                    let (m, v) = (&mut *dst.add(j), *src.add(j * sx));
+                    *m = if v > *m || v.is_nan() { v } else { *m };
+                }
+            }
+        };
+        // SAFETY: the caller's contract.
+        unsafe { self.max_rows(out, x, planes, &tap) }
     }
 
     /// Column strides 1 and 2 (a ResNet's stem pool) in 16-lane vectors, a

@@ -155,11 +155,17 @@ fn max_pooling_matches_the_reference_bit_for_bit() {
         ([2, 2], [2, 2], [0, 0, 0, 0], [1, 1], true),
         ([3, 2], [1, 3], [2, 0, 1, 1], [1, 2], false),
         ([3, 3], [3, 3], [2, 2, 2, 2], [1, 1], true),
+        ([3, 3], [1, 1], [1, 1, 1, 1], [1, 1], false),
+        ([3, 3], [2, 1], [0, 1, 0, 1], [1, 2], false),
     ];
-    for (kernel, stride, padding, dilation, ceil_mode) in windows {
+    // Rows of 13 (shorter than a vector's worth of output columns) and 41
+    // (whole vectors and a rest, column strides 1 and 2).
+    for ((kernel, stride, padding, dilation, ceil_mode), wd) in
+        windows.into_iter().flat_map(|w| [(w, 13), (w, 41)])
+    {
         let g = GraphBuilder::new();
         let x = g
-            .placeholder("x", DType::F32, shape![2, 3, 11, 13])
+            .placeholder("x", DType::F32, shape![2, 3, 11, wd])
             .unwrap();
         let window = kiln::graph::op::Window2d {
             kernel,
@@ -170,7 +176,7 @@ fn max_pooling_matches_the_reference_bit_for_bit() {
         };
         x.max_pool2d(window).unwrap().named("y").unwrap();
         let graph = g.into_graph();
-        let mut v: Vec<f32> = (0..2 * 3 * 11 * 13)
+        let mut v: Vec<f32> = (0..2 * 3 * 11 * wd)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
             .collect();
         for (i, special) in [
@@ -178,10 +184,11 @@ fn max_pooling_matches_the_reference_bit_for_bit() {
             (40, f32::NEG_INFINITY),
             (300, f32::NAN),
             (7, -0.0),
+            (wd * 4 + 20, f32::NAN),
         ] {
             v[i] = special;
         }
-        let xa = Array::from_vec(vec![2, 3, 11, 13], v).unwrap();
+        let xa = Array::from_vec(vec![2, 3, 11, wd], v).unwrap();
         let fetch = |device| {
             Session::new(&graph, device)
                 .unwrap()
@@ -197,7 +204,11 @@ fn max_pooling_matches_the_reference_bit_for_bit() {
                 .map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() })
                 .collect()
         };
-        assert_eq!(bits(&want), bits(&got), "{kernel:?} {stride:?} {padding:?}");
+        assert_eq!(
+            bits(&want),
+            bits(&got),
+            "{kernel:?} {stride:?} {padding:?} width {wd}"
+        );
     }
 }
 
