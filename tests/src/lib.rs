@@ -157,7 +157,8 @@ pub fn run_reference(graph: &Graph, feeds: &[(String, Array)]) -> Vec<Array> {
 /// (AVX-512, else AVX2), the AVX2 row code with AVX-512 off (only on
 /// AVX-512 hosts: elsewhere it is the first), and Cranelift's 128-bit code
 /// (the row code off). On a host without AVX2 the first is the 128-bit code
-/// too.
+/// too; the AVX2 row code takes only rows with a transcendental (exp, log,
+/// tanh, sigmoid, erf), the rest stay in the 128-bit code there.
 pub fn row_paths() -> Vec<(&'static str, SessionOptions)> {
     let x86 = |f: &str| match f {
         #[cfg(target_arch = "x86_64")]

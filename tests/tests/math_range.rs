@@ -3,12 +3,14 @@
 //! signs, ±0, ±inf, NaN, and dense samples around 0, ±1 and the overflow
 //! thresholds, run on the reference interpreter and on the CPU backend in
 //! short rows (scalar code), long rows with the row code off (four lanes),
-//! long rows in the row code (sixteen lanes of AVX-512 where the host has
-//! it, else eight of AVX2) and, on AVX-512 hosts, long rows with AVX-512 off
-//! (the AVX2 row code), each result checked against the true value computed
-//! in f64 with Rust's std (erf, which std lacks, by a series and a continued
-//! fraction in f64) within the error bound the implementation states
-//! (`kiln_rt::rows`'s and kiln-codegen's `vector.rs` doc tables). NaN and infinities must come out exactly. f64
+//! long rows in the row code where the code generator hands them over
+//! (sixteen lanes of AVX-512 where the host has it, else eight of AVX2,
+//! which takes only the transcendentals) and, on AVX-512 hosts, long rows
+//! with AVX-512 off (the AVX2 row code), each result checked against the
+//! true value computed in f64 with Rust's std (erf, which std lacks, by a
+//! series and a continued fraction in f64) within the error bound the
+//! implementation states (`kiln_rt::rows`'s and kiln-codegen's `vector.rs`
+//! doc tables). NaN and infinities must come out exactly. f64
 //! graphs of the libm-called functions, integer remainders, and the issue's
 //! examples (fmod, asinh, acosh, atan, asin, cosh, GELU) are checked too.
 
@@ -238,8 +240,10 @@ enum Path {
     Scalar,
     /// Rows of 2048, the row code off: the four-lane loop.
     Lanes4,
-    /// Rows of 2048 in the row code: AVX-512 where the host has it, else
-    /// AVX2 where it has that (else the four-lane loop again).
+    /// Rows of 2048 in the row code where the code generator hands them
+    /// over: AVX-512 where the host has it, else AVX2 where it has that
+    /// (which takes only rows with a transcendental); else, and for the
+    /// rest, the four-lane loop again.
     Wide,
     /// Rows of 2048 with AVX-512 off: the AVX2 row code, on hosts with
     /// AVX-512 (elsewhere `Wide` is that code, and `paths` leaves it out).

@@ -64,7 +64,7 @@ use kiln_rt::approx::{
 
 use super::emit::Emitter;
 use super::jit::flags;
-use super::wide::{FromElements, RowAccess, RowProgram};
+use super::wide::{FromElements, Isa, RowAccess, RowProgram};
 use crate::error::Result;
 
 const LANES: usize = 4;
@@ -91,27 +91,47 @@ fn coefficient(a: &Access, var: usize) -> Option<i64> {
     Some(c)
 }
 
-/// Row length from which a row runs in the row code (AVX-512 or AVX2)
-/// through a call rather than inline in four lanes: shorter for programs
-/// heavy in arithmetic.
-fn wide_threshold(p: &ElementProgram) -> usize {
-    let heavy = p.instrs.iter().any(|i| match i {
-        Instr::Unary(f, _) => {
-            f.approximated() || matches!(f, UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Recip)
-        }
-        Instr::Binary(f, ..) => *f == BinaryOp::Div,
-        _ => false,
-    });
-    if heavy {
-        64
-    } else {
-        128
+/// Row length from which a row runs in the row code of `isa` through a
+/// call rather than inline in four lanes, or `None` where it stays inline
+/// at any length.
+///
+/// AVX-512: from 64 elements for programs heavy in arithmetic (a
+/// transcendental, square root or division), from 128 for the others.
+///
+/// AVX2: only programs with one of the approximated transcendentals (exp,
+/// log, tanh, sigmoid, erf), from 64. Measured on Zen 1 (whose 256-bit
+/// loads, stores, divisions and square roots are each two 128-bit halves)
+/// against the inline four-lane loop, single-threaded, 65,536 elements:
+/// erf 2.3x, GELU 1.7x, softmax 2.1x, exp 1.6x, sigmoid and SiLU 1.35x,
+/// tanh 1.3x, log 1.15x faster in the row code; but lighter programs
+/// mostly slower there (the block interpreter's extra passes through L1
+/// slots cost more than the width gains, and the 256-bit divider is
+/// slower than two 128-bit divisions): add and multiply-add 5-15%,
+/// square root 1.35x, division 1.7x, row sums 1.8x (3.4x in rows of 128,
+/// a call costing about 100 cycles), layer norm 1.3x slower; only relu
+/// gained (15%).
+fn wide_threshold(p: &ElementProgram, isa: Isa) -> Option<usize> {
+    let transcendental = p
+        .instrs
+        .iter()
+        .any(|i| matches!(i, Instr::Unary(f, _) if f.approximated()));
+    let heavy = transcendental
+        || p.instrs.iter().any(|i| match i {
+            Instr::Unary(f, _) => matches!(f, UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Recip),
+            Instr::Binary(f, ..) => *f == BinaryOp::Div,
+            _ => false,
+        });
+    match isa {
+        Isa::Avx512 if heavy => Some(64),
+        Isa::Avx512 => Some(128),
+        Isa::Avx2 if transcendental => Some(64),
+        Isa::Avx2 => None,
     }
 }
 
 /// True for the f32 unary ops the vector paths (four lanes here, eight or
-/// sixteen in the row code of `wide.rs`) compute; the others (libm's functions, sign, not) run the
-/// scalar loop.
+/// sixteen in the row code of `wide.rs`) compute; the others (libm's
+/// functions, sign, not) run the scalar loop.
 pub(crate) fn has_vector_form(f: UnaryOp) -> bool {
     use UnaryOp::*;
     match f {
@@ -200,7 +220,9 @@ impl Emitter<'_, '_> {
     /// Whether a row of `n` elements of `p` runs in the row code (see
     /// [`wide_threshold`]).
     fn row_code(&self, p: &ElementProgram, n: usize) -> bool {
-        self.wide.is_some() && n >= wide_threshold(p)
+        self.wide
+            .and_then(|isa| wide_threshold(p, isa))
+            .is_some_and(|t| n >= t)
     }
 
     fn splat(&mut self, c: f32) -> Value {
