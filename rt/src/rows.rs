@@ -1842,6 +1842,104 @@ mod tests {
         }
     }
 
+    /// Every binary step and every fused multiply-add in every ISA the
+    /// host runs, against their scalar meaning, with NaN, infinities and
+    /// ties among the operands: bit for bit (comparisons as all-ones or
+    /// all-zero lanes; max and min NaN where either operand is).
+    #[test]
+    fn every_binary_step_in_every_isa() {
+        let base = [
+            -3.5f32,
+            -1.0,
+            0.0,
+            0.25,
+            1.0,
+            2.0,
+            7.75,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1e-40,
+            -6e30,
+        ];
+        // All pairs, in a row of 144 (whole vectors and a tail in both ISAs).
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for &x in &base {
+            for &y in &base {
+                a.push(x);
+                b.push(y);
+            }
+        }
+        let c: Vec<f32> = a.iter().rev().copied().collect();
+        let n = a.len();
+        let mask = |t: bool| f32::from_bits(if t { u32::MAX } else { 0 });
+        let want = |f: Binary, x: f32, y: f32| match f {
+            Binary::Add => x + y,
+            Binary::Sub => x - y,
+            Binary::Mul => x * y,
+            Binary::Div => x / y,
+            Binary::Max | Binary::Min if x.is_nan() || y.is_nan() => f32::NAN,
+            Binary::Max => x.max(y),
+            Binary::Min => x.min(y),
+            Binary::Eq => mask(x == y),
+            Binary::Ne => mask(x != y),
+            Binary::Lt => mask(x < y),
+            Binary::Le => mask(x <= y),
+            Binary::Gt => mask(x > y),
+            Binary::Ge => mask(x >= y),
+        };
+        let same = |g: f32, w: f32| g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+        let ptrs = [a.as_ptr(), b.as_ptr(), c.as_ptr()];
+        for isa in isas() {
+            for f in BINARY {
+                let steps = [(Step::Binary(f, Src::Ptr(0), Src::Ptr(1)), None)];
+                let p = RowProgram::new(2, &[], &steps, &[0, 1]).expect("fits");
+                let mut out = vec![0f32; n];
+                // SAFETY: rows of n, as many out; the host runs `isa`.
+                unsafe { row(isa, &p, ptrs.as_ptr(), out.as_mut_ptr(), n as i64) };
+                for i in 0..n {
+                    let w = want(f, a[i], b[i]);
+                    // Comparisons are masks (exact bits); the rest values.
+                    let ok = if matches!(f, Binary::Max | Binary::Min) {
+                        out[i] == w || same(out[i], w)
+                    } else {
+                        same(out[i], w)
+                    };
+                    assert!(
+                        ok,
+                        "{isa:?}: {f:?}({}, {}) = {}, want {w}",
+                        a[i], b[i], out[i]
+                    );
+                }
+            }
+            for (k, fma) in [
+                (
+                    MulAdd::Add,
+                    (|x: f32, y: f32, z: f32| x.mul_add(y, z)) as fn(f32, f32, f32) -> f32,
+                ),
+                (MulAdd::Sub, |x, y, z| x.mul_add(y, -z)),
+                (MulAdd::SubFrom, |x, y, z| (-x).mul_add(y, z)),
+            ] {
+                let steps = [(Step::MulAdd(k, Src::Ptr(0), Src::Ptr(1), Src::Ptr(2)), None)];
+                let p = RowProgram::new(3, &[], &steps, &[0, 1, 2]).expect("fits");
+                let mut out = vec![0f32; n];
+                // SAFETY: rows of n, as many out; the host runs `isa`.
+                unsafe { row(isa, &p, ptrs.as_ptr(), out.as_mut_ptr(), n as i64) };
+                for i in 0..n {
+                    let w = fma(a[i], b[i], c[i]);
+                    assert!(
+                        same(out[i], w),
+                        "{isa:?}: {k:?}({}, {}, {}) = {}, want {w}",
+                        a[i],
+                        b[i],
+                        c[i],
+                        out[i]
+                    );
+                }
+            }
+        }
+    }
+
     /// exp, log, sigmoid, tanh and erf agree between the ISAs to the few
     /// ulps of their reciprocal estimates (exp and log bit for bit), over
     /// a sweep with special values.
