@@ -1,8 +1,8 @@
 //! The constants of the fast f32 approximations (exp, log, tanh, sigmoid,
 //! erf): range limits, range-reduction constants and polynomial
 //! coefficients. The 128-bit emitter (kiln-codegen's `cpu/vector.rs`) and
-//! the AVX-512 row code ([`crate::avx512_rows`]) both read them from here,
-//! so the two paths evaluate the same polynomials; the CUDA C generator
+//! the AVX-512 and AVX2 row code ([`crate::rows`]) both read them from here,
+//! so every path evaluates the same polynomials; the CUDA C generator
 //! calls NVIDIA's library and writes none. Sigmoid is built on exp and has
 //! no constants of its own. Polynomials are highest power first (Horner).
 

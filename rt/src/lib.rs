@@ -1,8 +1,8 @@
 //! kiln's run-time library: the code compiled kernel programs run besides
 //! their own loop nests. The CPU backend's executor (`executor`: steps
 //! split across the worker team, matrix products, convolutions, the split
-//! tuner), the AVX-512 GEMM and GEMV, the convolutions, the AVX-512 row
-//! code (`avx512_rows`), and the functions generated code calls
+//! tuner), the AVX-512 GEMM and GEMV, the convolutions, the AVX-512 and
+//! AVX2 row code (`rows`), and the functions generated code calls
 //! (`extern_fns`). The JIT links it as a Rust crate; an ahead-of-time
 //! binary links it as `libkiln_rt.a` and enters it through
 //! [`abi::kiln_rt_run`] with its steps encoded by [`blob`].
@@ -13,14 +13,12 @@
 //! and their float meaning (`scalar`: `kiln-graph`'s `UnaryOp` is
 //! [`scalar::UnaryFn`]), the wrapping integer powers
 //! ([`extern_fns::IntPow`]). The constants of the fast f32 approximations
-//! that the 128-bit and AVX-512 paths share are in `approx`. The `serde`
+//! that the 128-bit, AVX2 and AVX-512 paths share are in `approx`. The `serde`
 //! feature (which `kiln-graph` turns on; the static library leaves it off)
 //! derives serde's traits for [`scalar::UnaryFn`].
 
 pub mod abi;
 pub mod approx;
-#[cfg(target_arch = "x86_64")]
-pub mod avx512_rows;
 pub mod blob;
 pub mod conv;
 pub mod executor;
@@ -29,6 +27,8 @@ pub mod gather;
 pub mod gemv;
 pub mod pool;
 pub mod rng;
+#[cfg(target_arch = "x86_64")]
+pub mod rows;
 pub mod scalar;
 pub mod settings;
 pub mod sgemm;
@@ -87,6 +87,17 @@ pub fn avx512() -> bool {
     {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512dq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// True when this host runs the AVX2 row code: AVX2 and FMA (Haswell,
+/// Zen and later).
+pub fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

@@ -132,9 +132,9 @@ impl UnaryFn {
         }
     }
 
-    /// True for the functions whose f32 vector forms (128-bit and AVX-512)
-    /// are approximations with the constants of [`crate::approx`], not the
-    /// reference's libm result.
+    /// True for the functions whose f32 vector forms (128-bit, AVX2 and
+    /// AVX-512) are approximations with the constants of [`crate::approx`],
+    /// not the reference's libm result.
     pub fn approximated(self) -> bool {
         use UnaryFn::*;
         match self {

@@ -22,8 +22,10 @@ pub enum ConvPath {
 /// The executor's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Long f32 rows and products may use AVX-512 where the host has it
-    /// (`KILN_AVX512=0` turns it off).
+    /// Products and convolutions may use AVX-512 where the host has it,
+    /// and so may the long f32 rows of JIT code (`KILN_AVX512=0` turns it
+    /// off; those rows then take the AVX2 row code). An ahead-of-time
+    /// object's rows call the ISA its target chose when it was compiled.
     pub avx512: bool,
     /// Split kernels across threads always (`Some(true)`), never
     /// (`Some(false)`), or as measured (`KILN_SPLIT`).

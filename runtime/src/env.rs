@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `KILN_NUM_THREADS` | [`SessionOptions::threads`] |
 //! | `KILN_AVX512=0` | [`SessionOptions::avx512`] |
+//! | `KILN_WIDE_ROWS=0` | [`SessionOptions::wide_rows`] |
 //! | `KILN_SPLIT=0`/`1` | [`SessionOptions::split`] |
 //! | `KILN_CONV=gemm`/`direct` | [`SessionOptions::conv`] |
 //! | `KILN_CHECK_BOUNDS=1` | [`SessionOptions::bounds_checks`] |
@@ -106,6 +107,7 @@ impl SessionOptions {
         Ok(SessionOptions {
             threads,
             avx512: self.avx512.or(var("KILN_AVX512")?.map(|_| rt.avx512)),
+            wide_rows: self.wide_rows.or(var("KILN_WIDE_ROWS")?.map(|v| v != "0")),
             split: self.split.or(rt.split),
             conv: self
                 .conv

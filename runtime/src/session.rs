@@ -180,11 +180,18 @@ pub struct SessionOptions {
     /// [`MAX_THREADS`](kiln_codegen::cpu::MAX_THREADS) (1024): anything
     /// else is an [`Error::Device`] when a CPU session is created.
     pub threads: Option<usize>,
-    /// Whether long f32 elementwise rows may run in AVX-512 on hosts that
-    /// have it; `None` takes `KILN_AVX512` (`0` turns it off), else yes.
-    /// Off, they run in 128-bit vectors (same algorithms and results up to
-    /// rounding order).
+    /// Whether the CPU backend may use its AVX-512 kernels on hosts that
+    /// have them (long f32 elementwise rows, products, convolutions);
+    /// `None` takes `KILN_AVX512` (`0` turns it off), else yes. Off, long
+    /// rows run in the AVX2 row code where the host has AVX2 and FMA (same
+    /// algorithms, results within an ulp or two).
     pub avx512: Option<bool>,
+    /// Whether long f32 elementwise rows run in the precompiled row code
+    /// (AVX-512 or AVX2, see `avx512`) on hosts that have one; `None` takes
+    /// `KILN_WIDE_ROWS` (`0` turns it off), else yes. Off, they run in
+    /// Cranelift's 128-bit vectors (same algorithms and results up to
+    /// rounding order).
+    pub wide_rows: Option<bool>,
     /// How f32 matrix products run on a GPU; `None` takes
     /// `KILN_MATMUL_PRECISION` (`highest`, `tf32`, `bf16`, `f16`), else
     /// strict FP32. See [`MatmulPrecision`].
@@ -432,6 +439,7 @@ impl Session {
         let backend = CpuBackend {
             threads: o.threads.map_or(d.threads, |t| t.max(1)),
             avx512: o.avx512.unwrap_or(d.avx512),
+            wide_rows: o.wide_rows.unwrap_or(d.wide_rows),
             bounds_checks: o.bounds_checks.unwrap_or(d.bounds_checks),
             split: o.split,
             conv: o.conv.unwrap_or(d.conv),

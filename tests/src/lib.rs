@@ -152,6 +152,47 @@ pub fn run_reference(graph: &Graph, feeds: &[(String, Array)]) -> Vec<Array> {
         .collect()
 }
 
+/// The ways the CPU backend runs long f32 rows on this host, each with the
+/// session options that choose it: the row code in the host's widest ISA
+/// (AVX-512, else AVX2), the AVX2 row code with AVX-512 off (only on
+/// AVX-512 hosts: elsewhere it is the first), and Cranelift's 128-bit code
+/// (the row code off). On a host without AVX2 the first is the 128-bit code
+/// too; the AVX2 row code takes only rows with a transcendental (exp, log,
+/// tanh, sigmoid, erf), the rest stay in the 128-bit code there.
+pub fn row_paths() -> Vec<(&'static str, SessionOptions)> {
+    let x86 = |f: &str| match f {
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+        }
+        #[cfg(target_arch = "x86_64")]
+        "avx2" => {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        _ => false,
+    };
+    let opts = |avx512: bool, wide_rows: bool| SessionOptions {
+        avx512: Some(avx512),
+        wide_rows: Some(wide_rows),
+        ..Default::default()
+    };
+    let widest = if x86("avx512") {
+        "AVX-512 rows"
+    } else if x86("avx2") {
+        "AVX2 rows"
+    } else {
+        "128-bit rows (no AVX2 here)"
+    };
+    let mut v = vec![(widest, opts(true, true))];
+    if x86("avx512") {
+        v.push(("AVX2 rows (AVX-512 off)", opts(false, true)));
+    }
+    v.push(("128-bit rows", opts(true, false)));
+    v
+}
+
 /// Tolerance per dtype for comparing an optimized result with the reference.
 pub fn tolerance(dtype: DType) -> (f64, f64) {
     match dtype {

@@ -5,8 +5,9 @@
 //! attention block, layer norm), a model of loop nests, and one of
 //! transcendentals, powers, random ops, f16 storage, f64 and integer
 //! products and max pooling:
-//! - with the JIT session's AVX-512 switch set as the object was compiled
-//!   (AVX-512 row code where its target has AVX-512, the packed AVX-512
+//! - with the JIT session's AVX-512 switch set so that its long rows take
+//!   the row code the object's do (the AVX-512 row code on an AVX-512
+//!   target, else AVX2's where the target has AVX2; the packed AVX-512
 //!   GEMM unless `KILN_AVX512=0`) the binary matches it bit for bit: the
 //!   same kernels and the same executor;
 //! - with the other setting, within `kiln_tests::compare`'s tolerance (f32:
@@ -163,7 +164,7 @@ fn support_and_products() -> Graph {
         })
         .unwrap();
     g.output(pooled.named("pooled").unwrap()).unwrap();
-    // Long rows (the AVX-512 row code where the target has it): an
+    // Long rows (the row code where the target has AVX-512 or AVX2): an
     // elementwise chain of transcendentals and a softmax.
     let r = g
         .placeholder("rows", DType::F32, shape!["batch", 300])
@@ -294,28 +295,47 @@ fn link_model(
 }
 
 /// Compiles `graph` at `batch` for `target` into `dir`, links and runs it,
-/// and compares with the JIT session: bit for bit with AVX-512 off in both,
-/// within tolerance with the defaults.
+/// and compares with the JIT session, with AVX-512 off and on in both: bit
+/// for bit where the object's long rows and the session's take the same
+/// row code (or none), within tolerance otherwise.
 fn aot_matches_jit(name: &str, graph: &Graph, batch: usize, target: Target, dir: &Path) {
     let (_, feeds, code) = link_model(name, graph, batch, target, dir, c_main);
     let refs: Vec<(&str, &Array)> = feeds.iter().map(|(n, a)| (n.as_str(), a)).collect();
     let reference = kiln_tests::run_reference(graph, &feeds);
-    // The object calls the AVX-512 row code where its target has AVX-512;
-    // the JIT session does with `avx512` on. The run with the same choices
-    // in both must match bit for bit.
+    // The object calls the row code in its target's widest ISA (AVX-512 on
+    // v4, AVX2 on v3, the host's own on the host); the JIT session in the
+    // host's widest, AVX-512 only with `avx512` on. Runs whose rows take
+    // the same ISA (or none) in both must match bit for bit.
     let host512 = std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512dq");
-    let object_wide = target == Target::X86_64V4 || (target == Target::Host && host512);
+    let host2 =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let jit_rows = |avx512: bool| {
+        if avx512 && host512 {
+            Some("avx512")
+        } else if host2 {
+            Some("avx2")
+        } else {
+            None
+        }
+    };
+    let object_rows = match target {
+        Target::X86_64V4 => Some("avx512"),
+        Target::X86_64V3 => Some("avx2"),
+        Target::Host => jit_rows(true),
+    };
     if name == "support" {
-        // Its long rows went to the row code exactly when the target has AVX-512.
+        // Its long rows went to the row code exactly when the target has
+        // some ISA of it.
         let has_rows = code.bytes.windows(9).any(|w| w == b"model_row");
         assert_eq!(
-            has_rows, object_wide,
+            has_rows,
+            object_rows.is_some(),
             "{target:?}: row programs in the object"
         );
     }
     for avx512 in [false, true] {
-        let exact = avx512 == object_wide;
+        let exact = jit_rows(avx512) == object_rows;
         let mut cmd = std::process::Command::new("./model");
         cmd.current_dir(dir);
         if !avx512 {

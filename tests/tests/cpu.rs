@@ -213,7 +213,7 @@ fn max_pooling_matches_the_reference_bit_for_bit() {
 }
 
 /// Short rows with a scalar per row (a per-channel bias and SiLU over
-/// small planes) run as one segmented AVX-512 row over the two innermost
+/// small planes) run as one segmented row-code row over the two innermost
 /// dims: rows of 16 to 613 elements (one vector, not a whole number of
 /// vectors, several per block, blocks inside one row, rows of whole
 /// blocks), a per-row scalar moving by 1 and by 2

@@ -26,7 +26,7 @@ fn sweep(lo: f32, hi: f32, n: usize) -> Vec<f32> {
     v
 }
 
-fn apply(f: UnaryOp, x: &[f32], device: Device, avx512: bool) -> Vec<f32> {
+fn apply(f: UnaryOp, x: &[f32], device: Device, opts: SessionOptions) -> Vec<f32> {
     let g = GraphBuilder::new();
     let p = g.placeholder("x", DType::F32, shape!["n"]).unwrap();
     let y = match f {
@@ -37,10 +37,6 @@ fn apply(f: UnaryOp, x: &[f32], device: Device, avx512: bool) -> Vec<f32> {
         _ => p.erf(),
     };
     y.unwrap().named("y").unwrap();
-    let opts = SessionOptions {
-        avx512: Some(avx512),
-        ..Default::default()
-    };
     let s = Session::with_options(&g.into_graph(), device, opts).unwrap();
     let a = Array::from_vec(vec![x.len()], x.to_vec()).unwrap();
     s.run(&[("x", &a)], &["y"])
@@ -51,15 +47,19 @@ fn apply(f: UnaryOp, x: &[f32], device: Device, avx512: bool) -> Vec<f32> {
         .to_vec()
 }
 
-/// Largest error over the inputs, of the 128-bit and (where the host has
-/// it) the AVX-512 code: relative where `relative`, else absolute. Special
-/// values must agree exactly (NaN with NaN, infinities with infinities).
+/// Largest error over the inputs, of every row path of the host (the
+/// 128-bit code and the AVX-512 and AVX2 row code where the host has them,
+/// `kiln_tests::row_paths`): relative where `relative`, else absolute.
+/// Special values must agree exactly (NaN with NaN, infinities with
+/// infinities).
 fn max_error(f: UnaryOp, x: &[f32], relative: bool) -> f64 {
-    let want = apply(f, x, Device::Reference, false);
+    let want = apply(f, x, Device::Reference, SessionOptions::default());
     let mut worst = 0f64;
-    for wide in [false, true] {
-        let got = apply(f, x, Device::Cpu, wide);
-        worst = worst.max(errors(f, x, &want, &got, relative));
+    for (path, opts) in kiln_tests::row_paths() {
+        let got = apply(f, x, Device::Cpu, opts);
+        let e = errors(f, x, &want, &got, relative);
+        println!("{f:?} on {path}: {e:e}");
+        worst = worst.max(e);
     }
     worst
 }

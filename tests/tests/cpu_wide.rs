@@ -1,8 +1,10 @@
-//! Long f32 rows, which the CPU backend evaluates in AVX-512 blocks on hosts
-//! that have it, against the reference interpreter: every op with a block
-//! form, broadcast operands, masks and selects, in-place epilogues,
-//! reduction row maps, and row lengths around the vector and block sizes.
-//! Each graph also runs with AVX-512 turned off (the 128-bit path).
+//! Long f32 rows, which the CPU backend evaluates in the row code's blocks
+//! (AVX-512 on hosts that have it, else AVX2), against the reference
+//! interpreter: every op with a block form, broadcast operands, masks and
+//! selects, in-place epilogues, reduction row maps, and row lengths around
+//! the vector and block sizes. Each graph runs on every row path of the
+//! host (`kiln_tests::row_paths`: the widest row code, the AVX2 row code
+//! with AVX-512 off, and the 128-bit path with the row code off).
 
 use kiln::prelude::*;
 use kiln_tests::compare;
@@ -25,7 +27,7 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 }
 
 /// Builds `f(x, y)` for x, y of shape `[rows, n]`, runs it on the reference
-/// and on the CPU (with and without AVX-512), and compares.
+/// and on the CPU (on every row path), and compares.
 fn agree<F>(name: &str, rows: usize, n: usize, f: F)
 where
     F: for<'g> Fn(&'g GraphBuilder, Tensor<'g>, Tensor<'g>) -> kiln::graph::Result<Tensor<'g>>,
@@ -37,20 +39,16 @@ where
     let graph = g.into_graph();
     let xa = Array::from_vec(vec![rows, n], values(rows * n, 1)).unwrap();
     let ya = Array::from_vec(vec![rows, n], values(rows * n, 2)).unwrap();
-    let run = |device: Device, avx512: Option<bool>| {
-        let opts = SessionOptions {
-            avx512,
-            ..Default::default()
-        };
+    let run = |device: Device, opts: SessionOptions| {
         let s = Session::with_options(&graph, device, opts).unwrap();
         s.run(&[("x", &xa), ("y", &ya)], &["out"])
             .unwrap()
             .remove(0)
     };
-    let want = run(Device::Reference, None);
-    for wide in [true, false] {
-        let got = run(Device::Cpu, Some(wide));
-        compare(&want, &got).unwrap_or_else(|e| panic!("{name} [{rows}, {n}] avx512 {wide}: {e}"));
+    let want = run(Device::Reference, SessionOptions::default());
+    for (path, opts) in kiln_tests::row_paths() {
+        let got = run(Device::Cpu, opts);
+        compare(&want, &got).unwrap_or_else(|e| panic!("{name} [{rows}, {n}] {path}: {e}"));
     }
 }
 

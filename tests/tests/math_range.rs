@@ -2,12 +2,15 @@
 //! of every power of two from 2^-149 to 2^127 times a few mantissas, both
 //! signs, ±0, ±inf, NaN, and dense samples around 0, ±1 and the overflow
 //! thresholds, run on the reference interpreter and on the CPU backend in
-//! short rows (scalar code), long rows with AVX-512 off (four lanes) and long
-//! rows with AVX-512 on (sixteen lanes where the host has it), each result
-//! checked against the true value computed in f64 with Rust's std (erf, which
-//! std lacks, by a series and a continued fraction in f64) within the error
-//! bound the implementation states (`kiln_rt::avx512_rows`'s and kiln-codegen's
-//! `vector.rs` doc tables). NaN and infinities must come out exactly. f64
+//! short rows (scalar code), long rows with the row code off (four lanes),
+//! long rows in the row code where the code generator hands them over
+//! (sixteen lanes of AVX-512 where the host has it, else eight of AVX2,
+//! which takes only the transcendentals) and, on AVX-512 hosts, long rows
+//! with AVX-512 off (the AVX2 row code), each result checked against the
+//! true value computed in f64 with Rust's std (erf, which std lacks, by a
+//! series and a continued fraction in f64) within the error bound the
+//! implementation states (`kiln_rt::rows`'s and kiln-codegen's `vector.rs`
+//! doc tables). NaN and infinities must come out exactly. f64
 //! graphs of the libm-called functions, integer remainders, and the issue's
 //! examples (fmod, asinh, acosh, atan, asin, cosh, GELU) are checked too.
 
@@ -235,13 +238,57 @@ enum Path {
     Reference,
     /// Rows of 7 (under the 8 the vector loop needs): scalar code.
     Scalar,
-    /// Rows of 2048, AVX-512 off: the four-lane loop.
+    /// Rows of 2048, the row code off: the four-lane loop.
     Lanes4,
-    /// Rows of 2048, AVX-512 on where the host has it.
+    /// Rows of 2048 in the row code where the code generator hands them
+    /// over: AVX-512 where the host has it, else AVX2 where it has that
+    /// (which takes only rows with a transcendental); else, and for the
+    /// rest, the four-lane loop again.
     Wide,
+    /// Rows of 2048 with AVX-512 off: the AVX2 row code, on hosts with
+    /// AVX-512 (elsewhere `Wide` is that code, and `paths` leaves it out).
+    Avx2,
 }
 
-const PATHS: [Path; 4] = [Path::Reference, Path::Scalar, Path::Lanes4, Path::Wide];
+impl Path {
+    /// Its device and session options (each CPU setting that matters here
+    /// given, so the environment does not change the path).
+    fn options(self) -> (Device, SessionOptions) {
+        let rows = |avx512: bool, wide_rows: bool| SessionOptions {
+            avx512: Some(avx512),
+            wide_rows: Some(wide_rows),
+            ..Default::default()
+        };
+        match self {
+            Path::Reference => (Device::Reference, SessionOptions::default()),
+            Path::Scalar | Path::Wide => (Device::Cpu, rows(true, true)),
+            Path::Lanes4 => (Device::Cpu, rows(true, false)),
+            Path::Avx2 => (Device::Cpu, rows(false, true)),
+        }
+    }
+
+    /// Rows and columns of `n` elements on this path.
+    fn shape(self, n: usize) -> (usize, usize) {
+        match self {
+            Path::Reference => (1, n),
+            Path::Scalar => (n.div_ceil(7), 7),
+            Path::Lanes4 | Path::Wide | Path::Avx2 => (n.div_ceil(LONG), LONG),
+        }
+    }
+}
+
+/// Every path this host has: the AVX2 row code apart from `Wide` only
+/// where `Wide` is AVX-512's.
+fn paths() -> Vec<Path> {
+    let mut v = vec![Path::Reference, Path::Scalar, Path::Lanes4, Path::Wide];
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+    {
+        v.push(Path::Avx2);
+    }
+    v
+}
+
 const LONG: usize = 2048;
 
 /// `build` of the inputs `xs` (of equal lengths) elementwise on `path`, in
@@ -255,12 +302,8 @@ fn run_elementwise<T: Copy + Default + kiln::graph::Elem>(
 ) -> Vec<T> {
     let n = xs[0].len();
     let g = GraphBuilder::new();
-    let (device, avx512, rows, cols) = match path {
-        Path::Reference => (Device::Reference, None, 1, n),
-        Path::Scalar => (Device::Cpu, None, n.div_ceil(7), 7),
-        Path::Lanes4 => (Device::Cpu, Some(false), n.div_ceil(LONG), LONG),
-        Path::Wide => (Device::Cpu, Some(true), n.div_ceil(LONG), LONG),
-    };
+    let (device, opts) = path.options();
+    let (rows, cols) = path.shape(n);
     let names: Vec<String> = (0..xs.len()).map(|i| format!("x{i}")).collect();
     let ps: Vec<Tensor<'_>> = names
         .iter()
@@ -276,10 +319,6 @@ fn run_elementwise<T: Copy + Default + kiln::graph::Elem>(
     }
     y.named("y").unwrap();
     let graph = g.into_graph();
-    let opts = SessionOptions {
-        avx512,
-        ..Default::default()
-    };
     let s = Session::with_options(&graph, device, opts).unwrap();
     let arrays: Vec<Array> = xs
         .iter()
@@ -317,7 +356,7 @@ struct Bound {
     flush: bool,
 }
 
-/// The bounds of the doc tables (`kiln_rt::avx512_rows`, kiln-codegen's
+/// The bounds of the doc tables (`kiln_rt::rows`, kiln-codegen's
 /// `vector.rs`), per op and path.
 fn bound(f: UnaryOp, path: Path) -> Bound {
     use UnaryOp::*;
@@ -387,13 +426,14 @@ fn check32(f: UnaryOp, path: Path, x: &[f32], got: &[f32], b: Bound) -> f64 {
 fn every_float_unary_op_over_the_whole_f32_range() {
     let x = sweep();
     println!(
-        "{} inputs; avx512f on this host: {}",
+        "{} inputs; avx512f on this host: {}; avx2 and fma: {}",
         x.len(),
-        std::arch::is_x86_feature_detected!("avx512f")
+        std::arch::is_x86_feature_detected!("avx512f"),
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     );
     for f in FLOAT_OPS {
         let mut line = format!("{f:?}:");
-        for path in PATHS {
+        for path in paths() {
             let got = run_op(path, &x, DType::F32, 1.0, f);
             let e = check32(f, path, &x, &got, bound(f, path));
             line += &format!(" {path:?} {e:.2} ulp");
@@ -409,7 +449,7 @@ fn libm_ops_agree_bit_for_bit_on_every_path() {
     let x = sweep();
     for f in LIBM_OPS {
         let want = run_op(Path::Reference, &x, DType::F32, 1.0, f);
-        for path in [Path::Scalar, Path::Lanes4, Path::Wide] {
+        for path in paths().into_iter().skip(1) {
             let got = run_op(path, &x, DType::F32, 1.0, f);
             for ((xi, w), g) in x.iter().zip(&want).zip(&got) {
                 assert!(
@@ -512,7 +552,7 @@ fn rem_pairs() -> (Vec<f32>, Vec<f32>) {
 #[test]
 fn float_remainder_is_exact_over_the_range() {
     let (a, b) = rem_pairs();
-    for path in PATHS {
+    for path in paths() {
         let got = run_elementwise(path, &[&a, &b], DType::F32, 1.0, |t| t[0].rem(t[1]));
         for i in 0..a.len() {
             // f64's % is fmod, exact; the remainder of f32 values is an f32.
@@ -621,7 +661,7 @@ fn each_path(
     build: impl for<'g> Fn(&[Tensor<'g>]) -> kiln::graph::Result<Tensor<'g>> + Copy,
     ok: impl Fn(f32, f32) -> bool,
 ) {
-    for path in PATHS {
+    for path in paths() {
         let got = run_elementwise(path, &[x], DType::F32, 1.0, build);
         for (&xi, &gi) in x.iter().zip(&got) {
             assert!(ok(xi, gi), "{xi:e} on {path:?} gave {gi:e}");
@@ -636,7 +676,7 @@ fn rel_close(got: f32, want: f64, rel: f64) -> bool {
 #[test]
 fn the_fuzzers_examples() {
     // fmod(1e4, 3.3) and fmod(1e7, 3.3) (3.3 as an f32), exactly.
-    for path in PATHS {
+    for path in paths() {
         let got = run_elementwise(
             path,
             &[&[1e4f32, 1e7, -1e7], &[3.3f32, 3.3, 3.3]],
@@ -712,7 +752,7 @@ mod onnx_activations {
     //! ThresholdedRelu, Gelu) over the same whole-range sweep, against
     //! their definitions in f64, on every path.
 
-    use super::{sweep, Path, PATHS};
+    use super::{paths, sweep, Path};
     use kiln::prelude::*;
     use kiln_onnx::proto::{self, tensor_proto::DataType};
     use kiln_onnx::ImportOptions;
@@ -746,12 +786,8 @@ mod onnx_activations {
     /// `op` (with its default attributes) of `x` on `path`.
     fn run(op: &str, x: &[f32], path: Path) -> Vec<f32> {
         let n = x.len();
-        let (device, avx512, rows, cols) = match path {
-            Path::Reference => (Device::Reference, None, 1, n),
-            Path::Scalar => (Device::Cpu, None, n.div_ceil(7), 7),
-            Path::Lanes4 => (Device::Cpu, Some(false), n.div_ceil(2048), 2048),
-            Path::Wide => (Device::Cpu, Some(true), n.div_ceil(2048), 2048),
-        };
+        let (device, opts) = path.options();
+        let (rows, cols) = path.shape(n);
         let scalar = path == Path::Scalar;
         let mut nodes = vec![proto::NodeProto {
             op_type: op.into(),
@@ -787,10 +823,6 @@ mod onnx_activations {
         };
         let graph = kiln_onnx::import_bytes(&m.encode_to_vec(), &ImportOptions::default())
             .unwrap_or_else(|e| panic!("{op}: {e}"));
-        let opts = SessionOptions {
-            avx512,
-            ..Default::default()
-        };
         let s = Session::with_options(&graph, device, opts).unwrap();
         let mut data = x.to_vec();
         data.resize(rows * cols, 0.0);
@@ -852,7 +884,7 @@ mod onnx_activations {
         ];
         for (op, ulps) in cases {
             let mut line = format!("{op}:");
-            for path in PATHS {
+            for path in paths() {
                 let got = run(op, &x, path);
                 let mut worst = 0f64;
                 for (&xi, &g) in x.iter().zip(&got) {

@@ -2,8 +2,8 @@
 //! loop shape in row-major order, index expressions as integer arithmetic,
 //! masked and bounds-checked loads and stores, element programs,
 //! reductions and row maps. One element's arithmetic (unary and binary
-//! functions, casts) is in `scalar_ops.rs`; the f32x4 and AVX-512 row
-//! paths in `vector.rs` and `wide.rs`.
+//! functions, casts) is in `scalar_ops.rs`; the f32x4 path and the calls
+//! of the AVX-512 / AVX2 row code in `vector.rs` and `wide.rs`.
 
 use std::collections::HashMap;
 
@@ -42,8 +42,8 @@ pub(super) struct Emitter<'a, 'b> {
     pub(super) range: (Value, Value),
     /// The host has fused multiply-add.
     pub(super) fma: bool,
-    /// Long f32 rows may call `kiln_row_f32`.
-    pub(super) wide: bool,
+    /// Long f32 rows may call the row code of this ISA.
+    pub(super) wide: Option<super::wide::Isa>,
     /// Every load and store checks its index.
     pub(super) checked: bool,
     /// Row programs this function's code points at.
@@ -537,7 +537,7 @@ impl Emitter<'_, '_> {
                         self.prog, shape, axes, inputs, body, map,
                     );
                 // A map that recomputes the reduced values (softmax's exp)
-                // reads them back instead, where both run as AVX-512 rows.
+                // reads them back instead, where both run in the row code.
                 let reuse = if lanes {
                     self.map_reuse(shape, inputs, body, map, &full_strides)
                 } else {

@@ -23,6 +23,7 @@ use kiln_graph::DType;
 use kiln_optimizer::kernel::{Access, BufferId, ElementProgram, KernelProgram, ReduceKind};
 
 use super::support;
+use super::wide::Isa;
 use crate::error::{Error, Result};
 
 use super::emit::{Emitter, RowData};
@@ -72,8 +73,9 @@ pub(crate) struct Jit<M: Module = JITModule> {
     pub(super) imports: HashMap<&'static str, FuncId>,
     pub(super) count: usize,
     pub(super) fma: bool,
-    /// Long f32 rows run through `wide::kiln_row_f32` (AVX-512).
-    pub(super) wide: bool,
+    /// The ISA long f32 rows run in through the run-time library's row
+    /// code (`kiln_rt::rows`), if any.
+    pub(super) wide: Option<Isa>,
     /// The row programs compiled code points at (boxed: their addresses
     /// are baked into the code, so they must not move).
     #[allow(clippy::vec_box)]
@@ -165,9 +167,9 @@ impl std::str::FromStr for Target {
 }
 
 impl Jit {
-    /// A JIT for the host; `wide` lets long f32 rows use AVX-512 where the
-    /// host has it.
-    pub(crate) fn new(wide: bool) -> Result<Jit> {
+    /// A JIT for the host; long f32 rows run in the row code of ISA
+    /// `wide` (which the host must have), or all in Cranelift's code.
+    pub(crate) fn new(wide: Option<Isa>) -> Result<Jit> {
         let host = |e: String| Error::Host(e);
         let isa = cranelift_native::builder()
             .map_err(|e| host(e.to_string()))?
@@ -180,7 +182,7 @@ impl Jit {
         Ok(Jit::with_module(
             JITModule::new(jb),
             host_has_fma(),
-            wide && super::wide::available(),
+            wide.filter(|i| i.available()),
             None,
         ))
     }
@@ -213,7 +215,12 @@ impl Jit {
 }
 
 impl<M: Module> Jit<M> {
-    pub(super) fn with_module(module: M, fma: bool, wide: bool, export: Option<String>) -> Jit<M> {
+    pub(super) fn with_module(
+        module: M,
+        fma: bool,
+        wide: Option<Isa>,
+        export: Option<String>,
+    ) -> Jit<M> {
         let ctx = module.make_context();
         Jit {
             module,
@@ -331,18 +338,20 @@ impl<M: Module> Jit<M> {
                 &[],
             )?,
         );
-        funcs.insert(
-            "kiln_row_f32",
-            self.import("kiln_row_f32", &[ptr, ptr, ptr, types::I64], &[])?,
-        );
-        funcs.insert(
-            "kiln_reduce_row_f32",
-            self.import(
-                "kiln_reduce_row_f32",
-                &[ptr, ptr, types::I64, types::I32, ptr],
-                &[types::F32],
-            )?,
-        );
+        // The row code of the chosen ISA only (an object then names no
+        // symbol it does not call).
+        if let Some(isa) = self.wide {
+            let (row, reduce) = (isa.row_symbol(), isa.reduce_symbol());
+            funcs.insert(row, self.import(row, &[ptr, ptr, ptr, types::I64], &[])?);
+            funcs.insert(
+                reduce,
+                self.import(
+                    reduce,
+                    &[ptr, ptr, types::I64, types::I32, ptr],
+                    &[types::F32],
+                )?,
+            );
+        }
         let target_config = self.module.target_config();
         let mut sig = self.module.make_signature();
         sig.params.push(AbiParam::new(ptr));
@@ -424,7 +433,7 @@ impl<M: Module> Jit<M> {
             self.rows.append(&mut rows);
         }
         // Debug output: each kernel's Cranelift IR, its machine code, its
-        // AVX-512 row programs.
+        // row programs.
         if self.dumps.clif {
             eprintln!("; kernel {kernel}\n{}", self.ctx.func.display());
         }
@@ -449,7 +458,7 @@ impl<M: Module> Jit<M> {
     pub(crate) fn set_checked(&mut self, on: bool) {
         self.checked = on;
         if on {
-            self.wide = false;
+            self.wide = None;
         }
     }
 

@@ -43,9 +43,16 @@ use jit::{Body, Jit};
 pub struct CpuBackend {
     /// Threads large kernels may use (1: single-threaded).
     pub threads: usize,
-    /// Long f32 elementwise rows run in AVX-512 where the host has it
-    /// (otherwise, and when false, in Cranelift's four-lane vectors).
+    /// AVX-512 kernels where the host has them: long f32 elementwise rows
+    /// in the AVX-512 row code (when false, or on a host without AVX-512,
+    /// in the AVX2 row code where the host has AVX2 and FMA), and the
+    /// run-time library's AVX-512 products and convolutions.
     pub avx512: bool,
+    /// Long f32 elementwise rows run in the run-time library's row code
+    /// (AVX-512 or AVX2, see `avx512`) where the host has one; when false,
+    /// all rows stay in Cranelift's four-lane vectors (the path hosts
+    /// without AVX2 take, and what tests compare the row code with).
+    pub wide_rows: bool,
     /// Debug mode: every load and store of compiled code checks its index
     /// against its buffer (scalar code only); an access outside is an
     /// error of the run, not a stray read or write.
@@ -66,17 +73,19 @@ pub struct Dumps {
     pub clif: bool,
     /// Each kernel's machine code.
     pub asm: bool,
-    /// The AVX-512 row programs.
+    /// The row programs (AVX-512 or AVX2 row code).
     pub rows: bool,
 }
 
 impl Default for CpuBackend {
-    /// Every available core, AVX-512 where the host has it, no bounds
-    /// checks, splitting and convolution paths as measured, no dumps.
+    /// Every available core, AVX-512 (else AVX2) where the host has it, no
+    /// bounds checks, splitting and convolution paths as measured, no
+    /// dumps.
     fn default() -> Self {
         CpuBackend {
             threads: kiln_rt::executor::core_threads(),
             avx512: true,
+            wide_rows: true,
             bounds_checks: false,
             split: None,
             conv: ConvPath::Measured,
@@ -495,7 +504,12 @@ impl Engine for CpuBackend {
 
     fn compile(&self, program: &KernelProgram) -> Result<CpuExecutable> {
         self.check(program)?;
-        let mut jit = Jit::new(self.avx512)?;
+        let rows = if self.wide_rows {
+            wide::isa(self.avx512)
+        } else {
+            None
+        };
+        let mut jit = Jit::new(rows)?;
         jit.set_checked(self.bounds_checks);
         jit.set_dumps(self.dumps);
         let pending = compile_kernels(&mut jit, program)?;

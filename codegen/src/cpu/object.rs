@@ -15,6 +15,7 @@ use kiln_optimizer::kernel::{BufferId, KernelProgram, Storage};
 use crate::error::{Error, Result};
 
 use super::jit::{flag_builder, flags, host_has_fma, Jit, Target};
+use super::wide::Isa;
 
 /// The bytes an ahead-of-time model's arena takes (`{prefix}_arena_bytes`),
 /// and the offset in it of each result nothing fetches (none in frozen
@@ -77,13 +78,13 @@ impl Jit<cranelift_object::ObjectModule> {
             default_libcall_names(),
         )
         .map_err(|e| host(e.to_string()))?;
-        // Long rows call the run-time library's AVX-512 row code (their
-        // row programs as read-only data) where the target has AVX-512: v4,
-        // or the host when it does.
+        // Long rows call the run-time library's row code (their row
+        // programs as read-only data) in the target's widest ISA: AVX-512
+        // on v4, AVX2 on v3, the host's own on the host.
         let wide = match target {
-            Target::X86_64V4 => true,
-            Target::Host => super::wide::available(),
-            Target::X86_64V3 => false,
+            Target::X86_64V4 => Some(Isa::Avx512),
+            Target::X86_64V3 => Some(Isa::Avx2),
+            Target::Host => super::wide::isa(true),
         };
         Ok(Jit::with_module(
             cranelift_object::ObjectModule::new(builder),

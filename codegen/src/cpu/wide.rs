@@ -1,27 +1,34 @@
-//! Long f32 elementwise rows in AVX-512: an [`ElementProgram`] turned into
-//! `kiln_rt::avx512_rows`'s row program (slots, fills and block steps), which
-//! compiled code hands to `kiln_row_f32` / `kiln_reduce_row_f32` row by
-//! row (see `kiln_rt::avx512_rows` for the evaluation).
+//! Long f32 elementwise rows in AVX-512 or AVX2: an [`ElementProgram`]
+//! turned into `kiln_rt::rows`'s row program (slots, fills and block
+//! steps), which compiled code hands row by row to the row code of the
+//! chosen [`Isa`] (`kiln_row_f32` / `kiln_reduce_row_f32` for AVX-512,
+//! `kiln_row_f32_avx2` / `kiln_reduce_row_f32_avx2` for AVX2; see
+//! `kiln_rt::rows` for the evaluation). The program is the same bytes for
+//! both; [`isa`] picks: AVX-512 where the host has it and the setting
+//! allows, else AVX2 with FMA, else none (rows stay in `vector.rs`'s
+//! 128-bit code).
 //!
 //! The approximations are the algorithms and constants of the 128-bit code
 //! in `vector.rs`, except that erf is a rational function (no exp), that
 //! the reciprocals inside tanh, sigmoid and erf are a hardware estimate
-//! refined by a Newton step rather than a division, and that a product
-//! feeding only a sum or difference is one fused multiply-add; both paths
-//! are held to the same error bounds by `tests/tests/cpu_math.rs` and
-//! `tests/tests/cpu_wide.rs`.
+//! refined by Newton steps rather than a division, and that a product
+//! feeding only a sum or difference is one fused multiply-add; every path
+//! is held to the same error bounds by `tests/tests/cpu_math.rs`,
+//! `tests/tests/cpu_wide.rs` and `tests/tests/math_range.rs`.
 
 use kiln_graph::{BinaryOp, DType, ReduceOp, UnaryOp};
 use kiln_optimizer::kernel::{Access, ElementProgram, Instr, KernelProgram};
-pub(crate) use kiln_rt::avx512_rows::RowProgram;
-use kiln_rt::avx512_rows::{Binary, Fill, MulAdd, Src, Step, MAX_PTRS, MAX_SLOTS};
+use kiln_rt::rows::{Binary, Fill, MulAdd, Src, Step, MAX_PTRS, MAX_SLOTS};
+pub(crate) use kiln_rt::rows::{Isa, RowProgram};
 
-/// True when this host runs AVX-512 (F and DQ) code.
-pub(crate) fn available() -> bool {
-    kiln_rt::avx512()
+/// The ISA of the host's row code: AVX-512 where the host has it and
+/// `avx512` allows it, else AVX2 with FMA where the host has those; `None`
+/// on a host with neither.
+pub(crate) fn isa(avx512: bool) -> Option<Isa> {
+    Isa::host(avx512)
 }
 
-/// The code `kiln_reduce_row_f32` takes for `op`.
+/// The code `kiln_reduce_row_f32` (either ISA's) takes for `op`.
 pub(crate) fn reduce_code(op: ReduceOp) -> i32 {
     match op {
         ReduceOp::Sum => 0,
