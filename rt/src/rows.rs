@@ -690,6 +690,9 @@ trait Simd {
     /// rounding: where `y * 2^n` is subnormal, the same bits as the
     /// 128-bit path's two products by `2^(n/2)` (exact, then rounding).
     unsafe fn scale(y: Self::V, n: Self::V) -> Self::V;
+    /// `y * 2^n` where the product is normal and `n` in `[-126, 127]` was
+    /// rounded by adding `EXP_ROUND` (`fx` is `n`, `t` the sum): exact.
+    unsafe fn scale_normal(y: Self::V, fx: Self::V, t: Self::V) -> Self::V;
     /// The hardware's reciprocal estimate.
     unsafe fn rcp(x: Self::V) -> Self::V;
 
@@ -833,6 +836,10 @@ impl Simd for Avx512 {
         // y * 2^n in one instruction, rounded once: the same bits as the
         // 128-bit path's two exact-then-rounding products by 2^(n/2).
         unsafe { _mm512_scalef_ps(y, n) }
+    }
+    #[inline(always)]
+    unsafe fn scale_normal(y: __m512, fx: __m512, _t: __m512) -> __m512 {
+        unsafe { _mm512_scalef_ps(y, fx) }
     }
     #[inline(always)]
     unsafe fn rcp(x: __m512) -> __m512 {
@@ -998,6 +1005,16 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn scale_normal(y: __m256, _fx: __m256, t: __m256) -> __m256 {
+        // t's low bits hold n (EXP_ROUND's are 0 below bit 22): the 9 bits
+        // of n + 127 shifted into the exponent field, sign 0 as n + 127 is
+        // in [1, 254].
+        unsafe {
+            let e = _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127));
+            _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)))
+        }
+    }
+    #[inline(always)]
     unsafe fn rcp(x: __m256) -> __m256 {
         unsafe { _mm256_rcp_ps(x) }
     }
@@ -1021,6 +1038,177 @@ impl Simd for Avx2 {
     unsafe fn lanes_mask(v: __m256) -> __m256 {
         // blendv reads only the sign bits.
         v
+    }
+}
+
+/// Two vectors of `S` as one: every operation is done on both halves
+/// back to back, so a long dependent chain (exp, a reciprocal and its
+/// refinement) runs as two independent chains interleaved in program
+/// order. Zen 1 splits each 256-bit operation in two and schedules its
+/// floating point from a 36-entry queue, so one chain per loop iteration
+/// left it waiting on latency: swish measured 38 cycles per 8 lanes there
+/// (ONNX Runtime's 19). Only the maps of the transcendental steps use it
+/// (`map1_two!`); its lanes are never stored as a program's layout.
+#[derive(Clone, Copy)]
+struct Two<S>(std::marker::PhantomData<S>);
+
+/// Applies `S::$op` to both halves of each operand.
+macro_rules! halves {
+    ($S:ty, $op:ident $(::<$c:ident>)?, $($x:ident),+) => {
+        (<$S>::$op $(::<$c>)? ($($x.0),+), <$S>::$op $(::<$c>)? ($($x.1),+))
+    };
+}
+
+impl<S: Simd> Simd for Two<S> {
+    const W: usize = 2 * S::W;
+    const RCP_BITS: u32 = S::RCP_BITS;
+    type V = (S::V, S::V);
+    type M = (S::M, S::M);
+
+    unsafe fn block(
+        p: &RowProgram,
+        slots: *mut f32,
+        ptrs: &[*const f32],
+        off: usize,
+        out: *mut f32,
+        nvec: usize,
+    ) {
+        // SAFETY: the caller's; a block of `nvec` vectors of `S`.
+        unsafe { S::block(p, slots, ptrs, off, out, nvec * 2) }
+    }
+
+    // SAFETY (here and below): as `S`'s operations, on each half.
+    #[inline(always)]
+    unsafe fn splat(c: f32) -> Self::V {
+        unsafe { (S::splat(c), S::splat(c)) }
+    }
+    #[inline(always)]
+    unsafe fn splat_bits(b: u32) -> Self::V {
+        unsafe { (S::splat_bits(b), S::splat_bits(b)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        unsafe { (S::load(p), S::load(p.add(S::W))) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        unsafe {
+            S::store(p, v.0);
+            S::store(p.add(S::W), v.1)
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_first(p: *const f32, n: usize) -> Self::V {
+        let hi = n.saturating_sub(S::W);
+        unsafe { (S::load_first(p, n.min(S::W)), S::load_first(p.wrapping_add(S::W), hi)) }
+    }
+    #[inline(always)]
+    unsafe fn store_first(p: *mut f32, n: usize, v: Self::V) {
+        let hi = n.saturating_sub(S::W);
+        unsafe {
+            S::store_first(p, n.min(S::W), v.0);
+            S::store_first(p.wrapping_add(S::W), hi, v.1)
+        }
+    }
+    #[inline(always)]
+    unsafe fn first(n: usize) -> Self::M {
+        unsafe { (S::first(n.min(S::W)), S::first(n.saturating_sub(S::W))) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, add, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, sub, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, mul, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, div, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { halves!(S, fmadd, a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn fmsub(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { halves!(S, fmsub, a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { halves!(S, fnmadd, a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn sqrt(x: Self::V) -> Self::V {
+        unsafe { halves!(S, sqrt, x) }
+    }
+    #[inline(always)]
+    unsafe fn abs(x: Self::V) -> Self::V {
+        unsafe { halves!(S, abs, x) }
+    }
+    #[inline(always)]
+    unsafe fn round<const R: i32>(x: Self::V) -> Self::V {
+        unsafe { halves!(S, round::<R>, x) }
+    }
+    #[inline(always)]
+    unsafe fn max_raw(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, max_raw, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn min_raw(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, min_raw, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn and(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, and, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn or(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, or, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn xor(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, xor, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn exponent(x: Self::V) -> Self::V {
+        unsafe { halves!(S, exponent, x) }
+    }
+    #[inline(always)]
+    unsafe fn scale(y: Self::V, n: Self::V) -> Self::V {
+        unsafe { halves!(S, scale, y, n) }
+    }
+    #[inline(always)]
+    unsafe fn scale_normal(y: Self::V, fx: Self::V, t: Self::V) -> Self::V {
+        unsafe { halves!(S, scale_normal, y, fx, t) }
+    }
+    #[inline(always)]
+    unsafe fn rcp(x: Self::V) -> Self::V {
+        unsafe { halves!(S, rcp, x) }
+    }
+    #[inline(always)]
+    unsafe fn cmp<const P: i32>(a: Self::V, b: Self::V) -> Self::M {
+        unsafe { halves!(S, cmp::<P>, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mask_or(a: Self::M, b: Self::M) -> Self::M {
+        unsafe { halves!(S, mask_or, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn blend(m: Self::M, a: Self::V, b: Self::V) -> Self::V {
+        unsafe { halves!(S, blend, m, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mask_lanes(m: Self::M) -> Self::V {
+        unsafe { halves!(S, mask_lanes, m) }
+    }
+    #[inline(always)]
+    unsafe fn lanes_mask(v: Self::V) -> Self::M {
+        unsafe { halves!(S, lanes_mask, v) }
     }
 }
 
@@ -1383,6 +1571,18 @@ macro_rules! map1 {
     };
 }
 
+/// `d[j] = f(a[j])` over `n` vectors of `S`, two at a time as [`Two`]
+/// (for long chains of dependent operations), the odd one alone.
+macro_rules! map1_two {
+    ($S:ty, $d:expr, $a:expr, $n:expr, $f:ident) => {{
+        map1!(Two<$S>, $d, $a, $n / 2, $f::<Two<$S>>);
+        if $n % 2 == 1 {
+            let j = $n - 1;
+            map1!($S, $d.add(j * <$S>::W), $a.add(j * <$S>::W), 1, $f::<$S>);
+        }
+    }};
+}
+
 /// `d[j] = f(a[j], b[j])` over `n` vectors of `S`.
 macro_rules! map2 {
     ($S:ty, $d:expr, $a:expr, $b:expr, $n:expr, $f:expr) => {
@@ -1408,11 +1608,11 @@ unsafe fn unary<S: Simd>(f: UnaryFn, d: *mut f32, a: *const f32, n: usize) {
             Floor => map1!(S, d, a, n, S::round::<0x09>),
             Ceil => map1!(S, d, a, n, S::round::<0x0a>),
             Round => map1!(S, d, a, n, S::round::<0x08>),
-            Exp => map1!(S, d, a, n, exp::<S>),
-            Log => map1!(S, d, a, n, log::<S>),
-            Tanh => map1!(S, d, a, n, tanh::<S>),
-            Sigmoid => map1!(S, d, a, n, sigmoid::<S>),
-            Erf => map1!(S, d, a, n, erf::<S>),
+            Exp => map1_two!(S, d, a, n, exp),
+            Log => map1_two!(S, d, a, n, log),
+            Tanh => map1_two!(S, d, a, n, tanh),
+            Sigmoid => map1_two!(S, d, a, n, sigmoid),
+            Erf => map1_two!(S, d, a, n, erf),
             Sign | Sin | Cos | Tan | Asin | Acos | Atan | Sinh | Cosh | Asinh | Acosh | Atanh
             | Not => {
                 for i in 0..n * S::W {
@@ -1426,7 +1626,13 @@ unsafe fn unary<S: Simd>(f: UnaryFn, d: *mut f32, a: *const f32, n: usize) {
 #[inline(always)]
 unsafe fn swish<S: Simd>(d: *mut f32, a: *const f32, n: usize) {
     // SAFETY: `a` and `d` hold n vectors; S's code in S's functions.
-    unsafe { map1!(S, d, a, n, |x| S::mul(x, sigmoid::<S>(x))) }
+    unsafe { map1_two!(S, d, a, n, swish_of) }
+}
+
+#[inline(always)]
+unsafe fn swish_of<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: S's code in S's functions.
+    unsafe { S::mul(x, sigmoid::<S>(x)) }
 }
 
 #[inline(always)]
@@ -1548,18 +1754,6 @@ unsafe fn recip_est<S: Simd>(d: S::V) -> S::V {
     }
 }
 
-/// `1 / d` for `d >= 1` (or +inf, or NaN), as [`recip_est`].
-#[inline(always)]
-unsafe fn recip_ge1<S: Simd>(d: S::V) -> S::V {
-    // SAFETY: S's code in S's functions.
-    unsafe {
-        let r = recip_est::<S>(d);
-        // 1/inf: the estimate is 0, the steps would give NaN.
-        let inf = S::cmp::<_CMP_EQ_OQ>(d, S::splat(f32::INFINITY));
-        S::blend(inf, S::splat(0.0), r)
-    }
-}
-
 /// `max` that propagates NaN (the hardware returns its second operand).
 #[inline(always)]
 unsafe fn max<S: Simd>(a: S::V, b: S::V) -> S::V {
@@ -1600,6 +1794,36 @@ unsafe fn exp<S: Simd>(x: S::V) -> S::V {
         // max/min return their second operand for NaN: x's NaN goes through.
         let xc = S::max_raw(S::splat(EXP_LO), x);
         let xc = S::min_raw(S::splat(EXP_HI), xc);
+        let (y, fx, _) = exp_reduced::<S>(xc);
+        S::scale(y, fx)
+    }
+}
+
+/// Where exp's result is normal and its scaling exact: inputs that
+/// [`exp_normal`] takes.
+const NORMAL_LO: f32 = -87.0;
+/// See [`NORMAL_LO`].
+const NORMAL_HI: f32 = 88.0;
+
+/// exp for `x` in `[NORMAL_LO, NORMAL_HI]` (or NaN), the same bits as
+/// [`exp`], with the cheaper exact scaling there. Sigmoid and tanh clamp
+/// their arguments into this range, where beyond it their results are
+/// those of the bounds (or within the least normal of them).
+#[inline(always)]
+unsafe fn exp_normal<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: S's code in S's functions.
+    unsafe {
+        let (y, fx, t) = exp_reduced::<S>(x);
+        S::scale_normal(y, fx, t)
+    }
+}
+
+/// exp's steps before its scaling, for `x` already clamped: `(y, n, t)`
+/// where `e^x = y * 2^n` and `t` is `n + EXP_ROUND`.
+#[inline(always)]
+unsafe fn exp_reduced<S: Simd>(xc: S::V) -> (S::V, S::V, S::V) {
+    // SAFETY: S's code in S's functions.
+    unsafe {
         let magic = S::splat(EXP_ROUND);
         let t = S::fmadd(xc, S::splat(std::f32::consts::LOG2_E), magic);
         let fx = S::sub(t, magic);
@@ -1608,8 +1832,7 @@ unsafe fn exp<S: Simd>(x: S::V) -> S::V {
         let p = horner::<S>(r, &EXP_POLY);
         let z = S::mul(r, r);
         let y = S::fmadd(p, z, r);
-        let y = S::add(y, S::splat(1.0));
-        S::scale(y, fx)
+        (S::add(y, S::splat(1.0)), fx, t)
     }
 }
 
@@ -1659,9 +1882,13 @@ unsafe fn copysign<S: Simd>(mag: S::V, sign_of: S::V) -> S::V {
 unsafe fn tanh<S: Simd>(x: S::V) -> S::V {
     // SAFETY: S's code in S's functions.
     unsafe {
-        let t = exp::<S>(S::mul(S::abs(x), S::splat(-2.0)));
+        // From |x| = 43.5, t < 2^-125 leaves 1 - t and 1 + t at 1: the
+        // clamp changes no result. NaN passes max's second operand.
+        let a = S::mul(S::abs(x), S::splat(-2.0));
+        let t = exp_normal::<S>(S::max_raw(S::splat(NORMAL_LO), a));
         let one = S::splat(1.0);
-        let r = S::mul(S::sub(one, t), recip_ge1::<S>(S::add(one, t)));
+        // 1 + t is in [1, 2].
+        let r = S::mul(S::sub(one, t), recip_est::<S>(S::add(one, t)));
         let r = copysign::<S>(r, x);
         // Near 0, 1 - t cancels: the odd Taylor polynomial there (relative
         // error under 3e-9 for |x| < 1/8).
@@ -1676,8 +1903,13 @@ unsafe fn tanh<S: Simd>(x: S::V) -> S::V {
 unsafe fn sigmoid<S: Simd>(x: S::V) -> S::V {
     // SAFETY: S's code in S's functions.
     unsafe {
-        let e = exp::<S>(neg::<S>(x));
-        recip_ge1::<S>(S::add(S::splat(1.0), e))
+        // Clamped, e^-x is normal and finite: from x = 87 (e^-x < 2^-125)
+        // 1 + e^-x is 1 as before; below -88 the estimate of 1 / (1 + e^88)
+        // flushes to 0, where sigmoid is under the least normal (2^-126).
+        // NaN passes as max's and min's second operand.
+        let nx = S::max_raw(S::splat(NORMAL_LO), neg::<S>(x));
+        let e = exp_normal::<S>(S::min_raw(S::splat(NORMAL_HI), nx));
+        recip_est::<S>(S::add(S::splat(1.0), e))
     }
 }
 
