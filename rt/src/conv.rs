@@ -93,10 +93,26 @@ impl Conv {
         #[cfg(target_arch = "x86_64")]
         let direct = if dtype == Real::F32
             && groups == 1
-            && settings.avx512
-            && Self::direct_pays(weight, out_hw, stride, padding, dilation, settings.conv)
+            && Self::direct_pays(
+                weight,
+                out_hw,
+                stride,
+                padding,
+                dilation,
+                settings.conv,
+                crate::sgemm::isa(settings.avx512) == Some(crate::sgemm::Isa::Avx512),
+            )
         {
-            direct::Direct::new(input, weight, out_hw, stride, padding, dilation).map(Box::new)
+            direct::Direct::new(
+                input,
+                weight,
+                out_hw,
+                stride,
+                padding,
+                dilation,
+                settings.avx512,
+            )
+            .map(Box::new)
         } else {
             None
         };
@@ -254,6 +270,15 @@ impl Conv {
     /// vs 5.2 ms (long reductions favour GEMM's blocking); 1x1 stride 1
     /// unpadded (GEMM on the input itself) 35 vs 30. Hence: output rows of
     /// at least 12, at most 2304 taps per output, and not a plain 1x1.
+    ///
+    /// On AVX2 (Zen 1, one thread, ResNet-18's layers, direct vs GEMM, ms):
+    /// the 7x7 stride-2 stem 6.6 vs 8.0, 3x3 64->64 on 56x56 (576 taps)
+    /// 5.95 vs 7.2; but 128->128 on 28x28 (1152 taps) 6.0 vs 6.1, 256 on
+    /// 14x14 6.06 vs 5.99, 512 on 7x7 6.8 vs 6.8 (a block's weights, taps
+    /// x 6 channels, outgrow the 32 KiB L1 and stream from L2 for every two
+    /// pixel vectors), and stride 2 onto 28x28 4.4 vs 3.1, 1x1 stride 2
+    /// 1.09 vs 0.44 (rows of a few vectors, partly empty). Hence there: at
+    /// most 1152 taps, stride 1 or output rows of at least 56.
     /// `path` (`KILN_CONV=gemm` or `direct`) overrides the rule.
     fn direct_pays(
         weight: [usize; 4],
@@ -262,15 +287,21 @@ impl Conv {
         padding: [usize; 4],
         dilation: [usize; 2],
         path: crate::settings::ConvPath,
+        avx512: bool,
     ) -> bool {
         use crate::settings::ConvPath;
+        let taps = weight[1] * weight[2] * weight[3];
         match path {
             ConvPath::Gemm => false,
             ConvPath::Direct => true,
-            ConvPath::Measured => {
+            ConvPath::Measured if !avx512 => {
                 out_hw[1] >= 12
-                    && weight[1] * weight[2] * weight[3] <= 2304
+                    && taps <= 1152
+                    && (stride[1] == 1 || out_hw[1] >= 56)
                     && !Self::is_direct(weight, stride, padding, dilation)
+            }
+            ConvPath::Measured => {
+                out_hw[1] >= 12 && taps <= 2304 && !Self::is_direct(weight, stride, padding, dilation)
             }
         }
     }

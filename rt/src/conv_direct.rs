@@ -1,7 +1,9 @@
-//! Direct f32 convolution (one channel group) with an AVX-512 microkernel.
+//! Direct f32 convolution (one channel group) with an AVX-512 microkernel,
+//! or an AVX2 one where the host has no AVX-512.
 //!
 //! Each image is first copied into a zero-padded scratch laid out so that
-//! every tap of the filter reads 16 consecutive output pixels from 16
+//! every tap of the filter reads a vector of consecutive output pixels
+//! (16 on AVX-512, 8 on AVX2; below, the AVX-512 numbers) from as many
 //! consecutive floats: channel planes of padded rows, each row split into
 //! `sx` phases (`padded column c` lives in phase `c % sx` at index `c / sx`),
 //! so a horizontal stride becomes unit stride. Output pixels are grouped in
@@ -16,18 +18,25 @@
 //! accumulators in registers and runs over every (input channel, ky, kx)
 //! tap, broadcasting one weight per output channel. Padding positions of the
 //! scratch are zeroed once and never written again.
+//!
+//! AVX2 has sixteen 256-bit registers: its tile is `MR_AVX2` = 4 channels
+//! by the same 3 vectors (12 accumulators, 3 pixel vectors, 1 broadcast),
+//! and only the lanes of vectors that straddle an output row's end are
+//! stored masked (a masked store is microcoded on Zen 1).
 
 use std::arch::x86_64::*;
 
 use super::SendPtr;
 
-/// Output channels per register tile.
+/// Output channels per register tile, AVX-512.
 const MR: usize = 8;
+/// Output channels per register tile, AVX2.
+const MR_AVX2: usize = 6;
 /// Pixel vectors per register tile (`MR * NV` accumulators).
 const NV: usize = 3;
 
-/// Sixteen consecutive pixels of the padded layout, stored into up to
-/// three output rows.
+/// A vector of consecutive pixels of the padded layout (16 or 8), stored
+/// into up to three output rows.
 #[derive(Clone, Copy, Debug)]
 struct PixVec {
     /// Offset of the first pixel's tap (0, 0) in a padded image.
@@ -71,13 +80,17 @@ pub(crate) struct Direct {
     packed: std::sync::Arc<Vec<f32>>,
     /// Padded images, one per thread.
     scratch: Vec<f32>,
+    /// AVX-512 (16 lanes, `MR` channels per tile), else AVX2 (8 lanes,
+    /// `MR_AVX2`).
+    avx512: bool,
     /// The weights were packed once (they are constants): runs skip it.
     prepacked: bool,
 }
 
 impl Direct {
-    /// A plan, or `None` where this path does not apply (no AVX-512, or a
-    /// shape whose offsets overflow 32 bits).
+    /// A plan, or `None` where this path does not apply (neither AVX-512,
+    /// allowed by `avx512`, nor AVX2 with FMA; or a shape whose offsets
+    /// overflow 32 bits).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         input: [usize; 4],
@@ -86,10 +99,16 @@ impl Direct {
         stride: [usize; 2],
         padding: [usize; 4],
         dilation: [usize; 2],
+        avx512: bool,
     ) -> Option<Direct> {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+        let avx512 = avx512 && std::arch::is_x86_feature_detected!("avx512f");
+        if !avx512
+            && !(std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"))
+        {
             return None;
         }
+        let lanes = if avx512 { 16 } else { 8 };
         let [n, c, h, w] = input;
         let [o, cw, kh, kw] = weight;
         let [oh, ow] = out_hw;
@@ -123,7 +142,7 @@ impl Direct {
             // Lane i of the vector at q0 is padded pixel q = q0 + i, output
             // row q / row, column q % row (a pixel where that is < ow).
             let end = (oh - 1) * row + ow;
-            for q0 in (0..end).step_by(16) {
+            for q0 in (0..end).step_by(lanes) {
                 let mut rows = [(0i32, 0u16); 3];
                 let first = q0 / row;
                 for (j, r) in rows.iter_mut().enumerate() {
@@ -132,7 +151,7 @@ impl Direct {
                         break;
                     }
                     let mut mask = 0u16;
-                    for i in 0..16 {
+                    for i in 0..lanes {
                         let q = q0 + i;
                         if q / row == y && q % row < ow {
                             mask |= 1 << i;
@@ -144,11 +163,11 @@ impl Direct {
             }
         } else {
             for oy in 0..oh {
-                for ox in (0..ow).step_by(16) {
+                for ox in (0..ow).step_by(lanes) {
                     let out = (oy * ow + ox) as i32;
                     vecs.push(PixVec {
                         x: (oy * sy * row + ox) as u32,
-                        rows: [(out, lanes(ow - ox)), (0, 0), (0, 0)],
+                        rows: [(out, first_lanes((ow - ox).min(lanes))), (0, 0), (0, 0)],
                     });
                 }
             }
@@ -187,6 +206,7 @@ impl Direct {
             packed: std::sync::Arc::new(Vec::new()),
             scratch: Vec::new(),
             prepacked: false,
+            avx512,
         })
     }
 
@@ -254,7 +274,7 @@ impl Direct {
             // vCPUs without a shared cache that costs more than the copy),
             // computes its share of the output channel blocks and applies
             // their epilogue.
-            let blocks = this.o.div_ceil(MR);
+            let blocks = this.o.div_ceil(this.mr());
             let parts = threads.min(blocks);
             for b in 0..this.n {
                 team.run(parts, &|t| {
@@ -269,11 +289,15 @@ impl Direct {
         }
     }
 
-    fn blocks(&self) -> std::ops::Range<usize> {
-        0..self.o.div_ceil(MR)
+    /// Output channels per tile.
+    fn mr(&self) -> usize {
+        if self.avx512 { MR } else { MR_AVX2 }
     }
 
-    /// Packs `w[o][k]` into `[o / MR][k][MR]`.
+    fn blocks(&self) -> std::ops::Range<usize> {
+        0..self.o.div_ceil(self.mr())
+    }
+
     /// Packs constant weights now, once, instead of on every run.
     ///
     /// # Safety
@@ -283,20 +307,21 @@ impl Direct {
         self.prepacked = true;
     }
 
+    /// Packs `w[o][k]` into `[o / mr][k][mr]`.
     unsafe fn pack(&mut self, w: *const f32) {
-        let (o, k) = (self.o, self.k);
+        let (o, k, mr) = (self.o, self.k, self.mr());
         // Unshared here: a copy that packs on every run has its own buffer.
         let packed = std::sync::Arc::make_mut(&mut self.packed);
-        packed.resize(o.div_ceil(MR) * MR * k, 0.0);
-        for blk in 0..o.div_ceil(MR) {
-            for m in 0..MR {
-                let oc = blk * MR + m;
+        packed.resize(o.div_ceil(mr) * mr * k, 0.0);
+        for blk in 0..o.div_ceil(mr) {
+            for m in 0..mr {
+                let oc = blk * mr + m;
                 if oc >= o {
                     continue;
                 }
                 for kk in 0..k {
                     // SAFETY: oc < o and kk < k.
-                    packed[(blk * k + kk) * MR + m] = unsafe { *w.add(oc * k + kk) };
+                    packed[(blk * k + kk) * mr + m] = unsafe { *w.add(oc * k + kk) };
                 }
             }
         }
@@ -314,19 +339,19 @@ impl Direct {
     ) {
         unsafe {
             self.pad(b, x, scratch);
+            let mr = self.mr();
             for blk in blocks {
                 self.tiles(b, out, scratch, blk, 0..self.vecs.len());
                 // The block's channels are done: their epilogue runs while
                 // they are in cache.
                 if let Some(e) = epilogue {
-                    e(b, blk * MR..((blk + 1) * MR).min(self.o));
+                    e(b, blk * mr..((blk + 1) * mr).min(self.o));
                 }
             }
         }
     }
 
     /// Copies image `b` into the padded layout (padding positions stay zero).
-    #[target_feature(enable = "avx512f")]
     unsafe fn pad(&self, b: usize, x: SendPtr<f32>, scratch: SendPtr<f32>) {
         let (c, h, w) = (self.c, self.h, self.w);
         unsafe {
@@ -337,7 +362,7 @@ impl Direct {
                     let dst = scratch.0.add(ci * self.plane + (iy + self.pt) * self.row);
                     if self.sx == 1 {
                         std::ptr::copy_nonoverlapping(line, dst.add(self.pl), w);
-                    } else if self.sx == 2 {
+                    } else if self.sx == 2 && self.avx512 {
                         deinterleave2(line, w, dst, self.pl, self.phase);
                     } else {
                         for ix in 0..w {
@@ -359,12 +384,13 @@ impl Direct {
         blk: usize,
         range: std::ops::Range<usize>,
     ) {
-        let valid = (self.o - blk * MR).min(MR);
+        let mr = self.mr();
+        let valid = (self.o - blk * mr).min(mr);
         // SAFETY: offsets stay within the padded image, the packed weights and
         // the output image (checked when the plan was built).
         unsafe {
-            let dst = out.0.add((b * self.o + blk * MR) * self.out_plane);
-            let w = self.packed.as_ptr().add(blk * self.k * MR);
+            let dst = out.0.add((b * self.o + blk * mr) * self.out_plane);
+            let w = self.packed.as_ptr().add(blk * self.k * mr);
             let args = Args {
                 x: scratch.0,
                 koff: self.koff.as_ptr(),
@@ -384,17 +410,42 @@ impl Direct {
                 rest = 4;
             }
             let p = vecs.as_ptr();
+            let run = |v: usize, p: *const PixVec| {
+                if self.avx512 {
+                    match v {
+                        1 => tile::<1>(&args, p),
+                        2 => tile::<2>(&args, p),
+                        _ => tile::<NV>(&args, p),
+                    }
+                } else {
+                    match v {
+                        1 => tile_avx2::<1>(&args, p),
+                        2 => tile_avx2::<2>(&args, p),
+                        _ => tile_avx2::<NV>(&args, p),
+                    }
+                }
+            };
+            if !self.avx512 {
+                // Six channels by two vectors: 12 accumulators, 2 pixel
+                // vectors and a broadcast in the 16 registers.
+                for t in 0..vecs.len() / 2 {
+                    run(2, p.add(t * 2));
+                }
+                if vecs.len() % 2 == 1 {
+                    run(1, p.add(vecs.len() - 1));
+                }
+                return;
+            }
             for t in 0..full {
-                tile::<NV>(&args, p.add(t * NV));
+                run(NV, p.add(t * NV));
             }
             let p = p.add(full * NV);
             match rest {
                 0 => {}
-                1 => tile::<1>(&args, p),
-                2 => tile::<2>(&args, p),
+                1 | 2 => run(rest, p),
                 4 => {
-                    tile::<2>(&args, p);
-                    tile::<2>(&args, p.add(2));
+                    run(2, p);
+                    run(2, p.add(2));
                 }
                 _ => unreachable!("NV is 3"),
             }
@@ -452,6 +503,54 @@ unsafe fn tile<const V: usize>(a: &Args, vecs: *const PixVec) {
     }
 }
 
+/// [`tile`] in eight-lane vectors for `MR_AVX2` channels; lanes stored by
+/// a plain store where all eight are the row's.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const V: usize>(a: &Args, vecs: *const PixVec) {
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); V]; MR_AVX2];
+        let mut base = [a.x; V];
+        for (v, b) in base.iter_mut().enumerate() {
+            *b = a.x.add((*vecs.add(v)).x as usize);
+        }
+        let mut w = a.w;
+        for kk in 0..a.k {
+            let off = *a.koff.add(kk) as usize;
+            let mut xv = [_mm256_setzero_ps(); V];
+            for v in 0..V {
+                xv[v] = _mm256_loadu_ps(base[v].add(off));
+            }
+            for (m, row) in acc.iter_mut().enumerate() {
+                let wb = _mm256_broadcast_ss(&*w.add(m));
+                for v in 0..V {
+                    row[v] = _mm256_fmadd_ps(wb, xv[v], row[v]);
+                }
+            }
+            w = w.add(MR_AVX2);
+        }
+        let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        for v in 0..V {
+            let pv = *vecs.add(v);
+            for &(out, mask) in pv.rows.iter().filter(|r| r.1 != 0) {
+                let o = a.out.wrapping_offset(out as isize);
+                if mask == 0xff {
+                    for (m, row) in acc.iter().enumerate().take(a.valid) {
+                        _mm256_storeu_ps(o.add(m * a.plane), row[v]);
+                    }
+                    continue;
+                }
+                // Lanes outside the mask are not written (the base may lie
+                // before the plane).
+                let sel = _mm256_and_si256(_mm256_set1_epi32(mask as i32), bits);
+                let sel = _mm256_cmpeq_epi32(sel, bits);
+                for (m, row) in acc.iter().enumerate().take(a.valid) {
+                    _mm256_maskstore_ps(o.wrapping_add(m * a.plane), sel, row[v]);
+                }
+            }
+        }
+    }
+}
+
 /// Copies `w` floats of `line` to padded columns `pl..pl + w` of a row split
 /// into two phases of length `phase` (even columns, then odd ones).
 #[target_feature(enable = "avx512f")]
@@ -479,18 +578,18 @@ unsafe fn deinterleave2(line: *const f32, w: usize, dst: *mut f32, pl: usize, ph
         }
         if ix < w {
             let r = w - ix;
-            let (ma, mb) = (lanes(r.min(16)), lanes(r.saturating_sub(16)));
+            let (ma, mb) = (first_lanes(r.min(16)), first_lanes(r.saturating_sub(16)));
             let a = _mm512_maskz_loadu_ps(ma, line.add(ix));
             let b = _mm512_maskz_loadu_ps(mb, line.add(ix + 16));
             let (ce, co) = (ix + pl, ix + pl + 1);
             _mm512_mask_storeu_ps(
                 dst.add(pe * phase + ce / 2),
-                lanes(r.div_ceil(2)),
+                first_lanes(r.div_ceil(2)),
                 _mm512_permutex2var_ps(a, ie, b),
             );
             _mm512_mask_storeu_ps(
                 dst.add(po * phase + co / 2),
-                lanes(r / 2),
+                first_lanes(r / 2),
                 _mm512_permutex2var_ps(a, io, b),
             );
         }
@@ -498,7 +597,7 @@ unsafe fn deinterleave2(line: *const f32, w: usize, dst: *mut f32, pl: usize, ph
 }
 
 /// A mask of the first `n <= 16` lanes.
-fn lanes(n: usize) -> u16 {
+fn first_lanes(n: usize) -> u16 {
     if n >= 16 {
         u16::MAX
     } else {

@@ -284,12 +284,19 @@ fn conv_shapes_match_the_reference() {
     for c in &cases[..8] {
         check(c, DType::F64, 3);
     }
-    // The grouped kernel's 8-lane (AVX2) and plain copies, forced where
-    // the host has AVX-512 by turning that off.
+    // The 8-lane (AVX2) copies of the grouped and direct kernels (and
+    // the grouped kernel's plain one), forced where the host has AVX-512
+    // by turning that off: the grouped shapes as the backend picks, then
+    // every shape on the direct kernels.
     std::env::set_var("KILN_AVX512", "0");
     for (i, c) in cases.iter().enumerate().filter(|(_, c)| c.groups > 1) {
         check(c, DType::F32, 50 + i as u64);
     }
+    std::env::set_var("KILN_CONV", "direct");
+    for (i, c) in cases.iter().enumerate() {
+        check(c, DType::F32, 90 + i as u64);
+    }
+    std::env::remove_var("KILN_CONV");
     std::env::remove_var("KILN_AVX512");
 }
 
