@@ -101,8 +101,7 @@ impl Conv {
                 dilation,
                 settings.conv,
                 crate::sgemm::isa(settings.avx512) == Some(crate::sgemm::Isa::Avx512),
-            )
-        {
+            ) {
             direct::Direct::new(
                 input,
                 weight,
@@ -301,7 +300,9 @@ impl Conv {
                     && !Self::is_direct(weight, stride, padding, dilation)
             }
             ConvPath::Measured => {
-                out_hw[1] >= 12 && taps <= 2304 && !Self::is_direct(weight, stride, padding, dilation)
+                out_hw[1] >= 12
+                    && taps <= 2304
+                    && !Self::is_direct(weight, stride, padding, dilation)
             }
         }
     }

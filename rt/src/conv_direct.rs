@@ -102,10 +102,9 @@ impl Direct {
         avx512: bool,
     ) -> Option<Direct> {
         let avx512 = avx512 && std::arch::is_x86_feature_detected!("avx512f");
-        if !avx512
-            && !(std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma"))
-        {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        if !(avx512 || avx2) {
             return None;
         }
         let lanes = if avx512 { 16 } else { 8 };
@@ -291,7 +290,11 @@ impl Direct {
 
     /// Output channels per tile.
     fn mr(&self) -> usize {
-        if self.avx512 { MR } else { MR_AVX2 }
+        if self.avx512 {
+            MR
+        } else {
+            MR_AVX2
+        }
     }
 
     fn blocks(&self) -> std::ops::Range<usize> {

@@ -1100,7 +1100,12 @@ impl<S: Simd> Simd for Two<S> {
     #[inline(always)]
     unsafe fn load_first(p: *const f32, n: usize) -> Self::V {
         let hi = n.saturating_sub(S::W);
-        unsafe { (S::load_first(p, n.min(S::W)), S::load_first(p.wrapping_add(S::W), hi)) }
+        unsafe {
+            (
+                S::load_first(p, n.min(S::W)),
+                S::load_first(p.wrapping_add(S::W), hi),
+            )
+        }
     }
     #[inline(always)]
     unsafe fn store_first(p: *mut f32, n: usize, v: Self::V) {
