@@ -276,8 +276,11 @@ impl Conv {
     /// 14x14 6.06 vs 5.99, 512 on 7x7 6.8 vs 6.8 (a block's weights, taps
     /// x 6 channels, outgrow the 32 KiB L1 and stream from L2 for every two
     /// pixel vectors), and stride 2 onto 28x28 4.4 vs 3.1, 1x1 stride 2
-    /// 1.09 vs 0.44 (rows of a few vectors, partly empty). Hence there: at
-    /// most 1152 taps, stride 1 or output rows of at least 56.
+    /// 1.09 vs 0.44 (rows of a few vectors, partly empty), MobileNet's
+    /// 3x3 stride-2 stem (27 taps, 112x112) 1.71 vs 1.02 (too few taps to
+    /// pay for the stores and the deinterleaving copy). Hence there: at
+    /// most 1152 taps; stride 1, or output rows of at least 56 and at
+    /// least 100 taps.
     /// `path` (`KILN_CONV=gemm` or `direct`) overrides the rule.
     fn direct_pays(
         weight: [usize; 4],
@@ -296,7 +299,7 @@ impl Conv {
             ConvPath::Measured if !avx512 => {
                 out_hw[1] >= 12
                     && taps <= 1152
-                    && (stride[1] == 1 || out_hw[1] >= 56)
+                    && (stride[1] == 1 || (out_hw[1] >= 56 && taps >= 100))
                     && !Self::is_direct(weight, stride, padding, dilation)
             }
             ConvPath::Measured => {
