@@ -442,6 +442,56 @@ fn every_float_unary_op_over_the_whole_f32_range() {
     }
 }
 
+/// max and min against a constant (ReLU, ReLU6, hard-swish's clamp),
+/// which the four-lane code emits as one `maxps` / `minps` where that has
+/// the same meaning: the reference's values on every path (NaN for NaN),
+/// over the sweep (NaN, both zeros, infinities, subnormals), constants
+/// of either zero, normal, infinite and subnormal, on either side. The
+/// sign of `max(-0, +0)` is not compared with the reference, which takes
+/// Rust's `f32::max` and so leaves it open (it gives -0 there); the
+/// compiled paths agree with the scalar code bit for bit (+0, as IEEE
+/// 754's `maximum`).
+/// `max(x, c)` or `min(x, c)`, the constant on the `left` or the right.
+fn clamp<'g>(t: &[Tensor<'g>], c: f64, max: bool, left: bool) -> kiln::graph::Result<Tensor<'g>> {
+    let k = t[0].builder().scalar(c, DType::F32)?;
+    let (a, b) = if left { (k, t[0]) } else { (t[0], k) };
+    if max {
+        a.maximum(b)
+    } else {
+        a.minimum(b)
+    }
+}
+
+#[test]
+fn clamps_to_constants_agree_on_every_path() {
+    let x = sweep();
+    for c in [0.0f64, -0.0, 6.0, -3.0, f64::INFINITY, 1e-40] {
+        for max in [true, false] {
+            for left in [false, true] {
+                let build = |path| {
+                    run_elementwise(path, &[&x], DType::F32, 1.0, |t| clamp(t, c, max, left))
+                };
+                let want = build(Path::Reference);
+                let scalar = build(Path::Scalar);
+                let op = if max { "max" } else { "min" };
+                for path in paths().into_iter().skip(1) {
+                    let got = build(path);
+                    for (((xi, w), g), s) in x.iter().zip(&want).zip(&got).zip(&scalar) {
+                        assert!(
+                            w == g || w.is_nan() && g.is_nan(),
+                            "{op}({xi:e}, {c:e}) on {path:?} = {g:e}, reference {w:e}"
+                        );
+                        assert!(
+                            s.to_bits() == g.to_bits() || s.is_nan() && g.is_nan(),
+                            "{op}({xi:e}, {c:e}) on {path:?} = {g:e}, scalar code {s:e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn libm_ops_agree_bit_for_bit_on_every_path() {
     // The reference, the JIT's scalar code and ahead-of-time code call the

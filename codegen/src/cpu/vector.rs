@@ -502,6 +502,39 @@ impl Emitter<'_, '_> {
         self.b.ins().fcmp(cc, a, b)
     }
 
+    /// `max(v, c)` or `min(v, c)` for a constant `c` (its splat `cv`) in
+    /// one `maxps` / `minps`, where that has the same meaning: Cranelift's
+    /// `fmax` / `fmin` (NaN wins, -0 < +0) take eight instructions, and
+    /// ReLU, ReLU6 and hard-swish are these. The hardware returns its
+    /// second operand unless the first compares greater (less), so `v`
+    /// second passes a NaN through and keeps `v` where `v == c`, the same
+    /// bits unless they are zeros of opposite signs: `max(-0, +0)` would
+    /// be -0, so `+0` is added after (changing only a -0); `min(+0, -0)`
+    /// has no such repair, so `min` with -0 keeps the general form (`None`).
+    fn vclamp(&mut self, f: BinaryOp, v: Value, cv: Value, c: f32) -> Option<Value> {
+        if c.is_nan() || (f == BinaryOp::Min && c.to_bits() == 0x8000_0000) {
+            return None;
+        }
+        let r = if f == BinaryOp::Max {
+            // maxps cv, v: cv where v < cv, else v.
+            let lt = self.b.ins().fcmp(FloatCC::LessThan, v, cv);
+            let m = self.floats_of(lt);
+            let r = self.b.ins().bitselect(m, cv, v);
+            if c.to_bits() == 0 {
+                let zero = self.splat(0.0);
+                self.b.ins().fadd(r, zero)
+            } else {
+                r
+            }
+        } else {
+            // minps cv, v: cv where cv < v, else v.
+            let lt = self.b.ins().fcmp(FloatCC::LessThan, cv, v);
+            let m = self.floats_of(lt);
+            self.b.ins().bitselect(m, cv, v)
+        };
+        Some(r)
+    }
+
     fn vload(&mut self, a: &Access, idx: &[Value], last: usize) -> Value {
         let off = self.index(&a.offset, idx);
         let addr = self.address(a.buffer, off);
@@ -527,6 +560,19 @@ impl Emitter<'_, '_> {
                 Instr::Load(a) => self.vload(&inputs[*a], idx, last),
                 Instr::Const(c) => self.splat(c.to_f64() as f32),
                 Instr::Unary(f, a) => self.vunary(*f, vals[*a]),
+                Instr::Binary(f @ (BinaryOp::Max | BinaryOp::Min), a, b) => {
+                    let konst = |i: usize| match &p.instrs[i] {
+                        Instr::Const(c) => Some(c.to_f64() as f32),
+                        _ => None,
+                    };
+                    // Both are commutative (NaN wins, -0 < +0).
+                    let clamp = match (konst(*a), konst(*b)) {
+                        (_, Some(c)) => self.vclamp(*f, vals[*a], vals[*b], c),
+                        (Some(c), _) => self.vclamp(*f, vals[*b], vals[*a], c),
+                        _ => None,
+                    };
+                    clamp.unwrap_or_else(|| self.vbinary(*f, vals[*a], vals[*b]))
+                }
                 Instr::Binary(f, a, b) => self.vbinary(*f, vals[*a], vals[*b]),
                 Instr::Select(c, a, b) => self.vselect(vals[*c], vals[*a], vals[*b]),
                 Instr::Acc => acc.expect("checked by vectorizable"),
