@@ -41,7 +41,8 @@ struct Args {
     matmul_precision: kiln::MatmulPrecision,
     /// Also compile each inference workload ahead of time, link it into a C
     /// harness with libkiln_rt.a, and time it against the JIT session
-    /// (alternating rounds; binary sizes).
+    /// (alternating rounds; binary sizes). With `--zoo`: each zoo model as
+    /// `kiln compile --exe` builds it, timed by its `--time` option.
     #[arg(long)]
     aot: bool,
     /// Print each workload's kernels by mean time (profiled runs, after timing).
@@ -71,6 +72,11 @@ struct Args {
     /// of `--threads` and print JSON (what `--zoo` runs in a process of its own).
     #[arg(long, value_name = "DIR", hide = true)]
     zoo_probe: Option<PathBuf>,
+    /// Zoo: build the standalone ahead-of-time program of this exported
+    /// model directory into DIR/aot and print JSON (what `--zoo --aot` runs
+    /// in a process of its own).
+    #[arg(long, value_name = "DIR", hide = true)]
+    zoo_aot_build: Option<PathBuf>,
 }
 
 fn peak_rss_kib() -> u64 {
@@ -314,12 +320,16 @@ fn main() -> Result<()> {
     if let Some(dir) = &args.zoo_probe {
         return zoo::probe(dir, args.threads[0], args.time);
     }
+    if let Some(dir) = &args.zoo_aot_build {
+        return zoo::aot_build(dir);
+    }
     if args.zoo {
         return zoo::run(&zoo::Options {
             only: &args.only,
             threads: &args.threads,
             batch: &args.batch,
             seconds: args.time,
+            aot: args.aot,
         });
     }
     if let Some(name) = &args.rss_probe {

@@ -5,8 +5,11 @@
 //! Runtime and tract (`bench/zoo/peer.py`) each run it in a process of their
 //! own, one after the other, and the table compares their latency (median,
 //! p90), outputs (max abs diff against ONNX Runtime), compile time plus
-//! first run and peak RSS, with geometric means of the ratios. The results
-//! go to `target/zoo/results.json` and `target/zoo/results.md`.
+//! first run and peak RSS, with geometric means of the ratios. With
+//! `--aot`, each model is also built ahead of time (`--zoo-aot-build`, the
+//! standalone program of `kiln compile --exe`) and timed by that program's
+//! own `--time` against kiln's JIT. The results go to
+//! `target/zoo/results.json` and `target/zoo/results.md`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,8 @@ pub struct Options<'a> {
     pub threads: &'a [usize],
     pub batch: &'a [usize],
     pub seconds: f64,
+    /// Also each model compiled ahead of time (`--aot`).
+    pub aot: bool,
 }
 
 /// The repository: where `bench/zoo` and `target/zoo` are.
@@ -135,6 +140,109 @@ fn probe_model(dir: &Path, threads: usize, seconds: f64) -> Result<Value> {
         "output_names": fetch,
         "nodes": graph.len(),
     }))
+}
+
+/// `--zoo-aot-build DIR`: imports DIR/model.onnx, compiles it ahead of
+/// time with its standalone program (`kiln compile --exe`'s) into DIR/aot
+/// and prints one line of JSON: the build's time and the output files in
+/// the order of the JIT's outputs (an error too, then exits 1).
+pub fn aot_build(dir: &Path) -> Result<()> {
+    let j =
+        aot_build_model(dir).unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}));
+    println!("{j}");
+    if j["ok"] != true {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn aot_build_model(dir: &Path) -> Result<Value> {
+    let cc = kiln::aot::CCompiler::find(None)?;
+    let t0 = Instant::now();
+    let graph = Graph::from_onnx(dir.join("model.onnx")).context("import")?;
+    let fetch = graph.outputs();
+    let names: Vec<String> = fetch.iter().map(|&o| graph.node(o).name.clone()).collect();
+    let opts = kiln_optimizer::CompileOptions {
+        freeze_variables: true,
+        ..Default::default()
+    };
+    let bindings = kiln::graph::Bindings::new();
+    let program = kiln_optimizer::compile(&graph, fetch, &bindings, &opts)
+        .context("compile")?
+        .program;
+    let out = dir.join("aot");
+    let target = kiln_codegen::cpu::Target::Host;
+    kiln::aot::compile_standalone(&program, "model", target, &names, &out, &cc)
+        .context("compile ahead of time")?;
+    Ok(json!({
+        "ok": true,
+        "build_ms": ms(t0.elapsed()),
+        "files": kiln_codegen::cpu::aot::output_files(&names),
+    }))
+}
+
+/// The ahead-of-time program of `dir` (built by `aot_build`) on the
+/// model's inputs with `threads` threads, timed by its `--time`: its JSON,
+/// and the max abs difference of its outputs from the JIT's
+/// (DIR/kiln_out_<k>.npy).
+fn run_aot(
+    dir: &Path,
+    meta: &Value,
+    files: &[Value],
+    threads: usize,
+    secs: &str,
+    limit: Duration,
+) -> Value {
+    let out = dir.join("aot/out");
+    let _ = std::fs::remove_dir_all(&out);
+    let mut c = Command::new(dir.join("aot/model"));
+    for i in meta["inputs"].as_array().into_iter().flatten() {
+        let (Some(name), Some(file)) = (i["name"].as_str(), i["file"].as_str()) else {
+            continue;
+        };
+        c.arg(format!("{name}={}", dir.join(file).display()));
+    }
+    c.arg("-o")
+        .arg(&out)
+        .args(["--time", secs])
+        .env("KILN_NUM_THREADS", threads.to_string());
+    let mut j = run_engine(
+        c,
+        &dir.join(format!("aot-t{threads}.out")),
+        &dir.join(format!("aot-t{threads}.log")),
+        None,
+        limit,
+    );
+    if ok(&j) {
+        let mut worst = 0.0f64;
+        for (k, f) in files.iter().enumerate() {
+            let pair = (|| -> Result<f64> {
+                let a = kiln::npy::read(out.join(f.as_str().context("a file name")?))?;
+                let b = kiln::npy::read(dir.join(format!("kiln_out_{k}.npy")))?;
+                let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+                ensure!(
+                    a.len() == b.len(),
+                    "output {k}: {} values, the JIT's {}",
+                    a.len(),
+                    b.len()
+                );
+                Ok(a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f64::max))
+            })();
+            match pair {
+                Ok(d) => worst = worst.max(d),
+                Err(e) => {
+                    j["ok"] = false.into();
+                    j["error"] = format!("outputs: {e:#}").into();
+                    return j;
+                }
+            }
+        }
+        j["max_abs_diff_jit"] = worst.into();
+    }
+    j
 }
 
 // ---- the driver ----------------------------------------------------------
@@ -306,6 +414,19 @@ pub fn run(o: &Options) -> Result<()> {
             continue;
         }
         let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)?;
+        let build = if o.aot {
+            let mut c = Command::new(&exe);
+            c.arg("--zoo-aot-build").arg(&dir);
+            run_engine(
+                c,
+                &dir.join("aot-build.json"),
+                &dir.join("aot-build.log"),
+                None,
+                limit,
+            )
+        } else {
+            Value::Null
+        };
         for &t in o.threads {
             for f in std::fs::read_dir(&dir)? {
                 let p = f?.path();
@@ -351,10 +472,22 @@ pub fn run(o: &Options) -> Result<()> {
             } else {
                 Value::Null
             };
+            // After kiln's JIT probe, whose outputs it is compared with.
+            let aot = match (&build, ok(&kiln)) {
+                (Value::Null, _) => Value::Null,
+                (b, true) if ok(b) => {
+                    let files = b["files"].as_array().cloned().unwrap_or_default();
+                    let mut a = run_aot(&dir, &meta, &files, t, &secs, limit);
+                    a["build_ms"] = b["build_ms"].clone();
+                    a
+                }
+                (b, true) => b.clone(),
+                (_, false) => json!({"ok": false, "error": "kiln's JIT run failed"}),
+            };
             let mut row = json!({
                 "model": name, "batch": batch, "threads": t,
                 "exporter": meta["exporter"], "opset": meta["opset"],
-                "kiln": kiln, "ort": ort, "tract": tract,
+                "kiln": kiln, "ort": ort, "tract": tract, "aot": aot,
                 "loadavg": [load_before, loadavg()],
             });
             if ok(&kiln) && ok(&ort) {
@@ -389,10 +522,11 @@ pub fn run(o: &Options) -> Result<()> {
                 None => "error".into(),
             };
             eprintln!(
-                "  {name}-b{batch} t{t}: kiln {}, ORT {}, tract {}{}",
+                "  {name}-b{batch} t{t}: kiln {}, ORT {}, tract {}, AOT {}{}",
                 show(&row["kiln"]),
                 show(&row["ort"]),
                 show(&row["tract"]),
+                show(&row["aot"]),
                 if row["wrong"] == true {
                     " (kiln's output differs)"
                 } else {
@@ -453,6 +587,15 @@ fn cpu_name() -> String {
 
 /// The ratio peer median / kiln median of a row where both ran and kiln's
 /// output is right.
+/// The ahead-of-time program's median over the JIT's (the goal: at most
+/// 1.1), where its outputs match the JIT's.
+fn aot_over_jit(row: &Value) -> Option<f64> {
+    if num(&row["aot"], "max_abs_diff_jit")? > 1e-4 {
+        return None;
+    }
+    Some(num(&row["aot"], "median_ms")? / num(&row["kiln"], "median_ms")?)
+}
+
 fn ratio(row: &Value, peer: &str) -> Option<f64> {
     if row["wrong"] != false {
         return None;
@@ -481,9 +624,14 @@ fn geomeans(rows: &[Value], threads: &[usize]) -> Value {
                 .collect()
         };
         let (o, tr) = (pick("ort"), pick("tract"));
+        let aot: Vec<f64> = rows
+            .iter()
+            .filter(|r| t.is_none_or(|t| r["threads"].as_u64() == Some(t as u64)))
+            .filter_map(aot_over_jit)
+            .collect();
         out.insert(
             label,
-            json!({"ort_over_kiln": geomean(&o), "n_ort": o.len(), "tract_over_kiln": geomean(&tr), "n_tract": tr.len()}),
+            json!({"ort_over_kiln": geomean(&o), "n_ort": o.len(), "tract_over_kiln": geomean(&tr), "n_tract": tr.len(), "aot_over_jit": geomean(&aot), "n_aot": aot.len()}),
         );
     }
     Value::Object(out)
@@ -497,7 +645,7 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
         notes.push(s);
         format!("[{}]", notes.len())
     };
-    let head = [
+    let mut head = vec![
         "model",
         "batch",
         "thr",
@@ -510,6 +658,9 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
         "compile+1st ms kiln / ORT",
         "peak RSS MiB kiln / ORT",
     ];
+    if o.aot {
+        head.push("AOT med ms (AOT/JIT)");
+    }
     let mut table: Vec<Vec<String>> = Vec::new();
     for r in rows {
         let name = r["model"].as_str().unwrap_or("?").to_string();
@@ -567,19 +718,44 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
                 f(num(&r["ort"], key).map(|x| x * scale), p)
             )
         };
-        table.push(vec![
-            name,
-            batch,
-            t,
-            kiln,
-            ort,
-            tract,
-            f(ratio(r, "ort"), 2),
-            f(ratio(r, "tract"), 2),
-            d,
-            both("compile_first_ms", 1.0, 0),
-            both("peak_rss_kib", 1.0 / 1024.0, 0),
-        ]);
+        let aot = if !o.aot {
+            None
+        } else if r["aot"].is_null() {
+            Some("-".into())
+        } else if ok(&r["aot"]) {
+            let ratio = match aot_over_jit(r) {
+                Some(x) => f(Some(x), 2),
+                None => note(format!(
+                    "{name}-b{batch} t{t}: the ahead-of-time program's outputs are off the JIT's by {} (over 1e-4): left out of the means",
+                    r["aot"]["max_abs_diff_jit"]
+                )),
+            };
+            Some(format!("{} ({ratio})", f(num(&r["aot"], "median_ms"), 3)))
+        } else {
+            let n = note(format!(
+                "{name}-b{batch} t{t} ahead of time: {}",
+                r["aot"]["error"].as_str().unwrap_or("")
+            ));
+            Some(format!("error {n}"))
+        };
+        table.push(
+            [
+                name,
+                batch,
+                t,
+                kiln,
+                ort,
+                tract,
+                f(ratio(r, "ort"), 2),
+                f(ratio(r, "tract"), 2),
+                d,
+                both("compile_first_ms", 1.0, 0),
+                both("peak_rss_kib", 1.0 / 1024.0, 0),
+            ]
+            .into_iter()
+            .chain(aot)
+            .collect(),
+        );
     }
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for row in &table {
@@ -596,7 +772,10 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
             .collect();
         let _ = writeln!(s, "| {} |", padded.join(" | "));
     };
-    line(&mut s, &head.map(String::from));
+    line(
+        &mut s,
+        &head.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    );
     line(
         &mut s,
         &widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>(),
@@ -651,11 +830,20 @@ fn render(rows: &[Value], o: &Options, has_tract: bool) -> String {
         for (label, v) in m {
             let _ = writeln!(
                 s,
-                "- {label}: ORT/kiln {} (n={}), tract/kiln {} (n={})",
+                "- {label}: ORT/kiln {} (n={}), tract/kiln {} (n={}){}",
                 f(num(v, "ort_over_kiln"), 3),
                 v["n_ort"],
                 f(num(v, "tract_over_kiln"), 3),
-                v["n_tract"]
+                v["n_tract"],
+                if o.aot {
+                    format!(
+                        ", AOT/JIT {} (n={})",
+                        f(num(v, "aot_over_jit"), 3),
+                        v["n_aot"]
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
     }
@@ -693,8 +881,10 @@ mod tests {
     fn wrong_rows_and_failures_stay_out_of_the_means() {
         let run = |ms: f64| json!({"ok": true, "median_ms": ms, "p90_ms": ms});
         let rows = vec![
-            json!({"model": "a", "batch": 1, "threads": 1, "kiln": run(2.0), "ort": run(4.0), "tract": run(1.0), "wrong": false}),
-            json!({"model": "b", "batch": 1, "threads": 1, "kiln": run(2.0), "ort": run(1.0), "tract": Value::Null, "wrong": false}),
+            json!({"model": "a", "batch": 1, "threads": 1, "kiln": run(2.0), "ort": run(4.0), "tract": run(1.0), "wrong": false,
+                   "aot": {"ok": true, "median_ms": 2.2, "max_abs_diff_jit": 0.0}}),
+            json!({"model": "b", "batch": 1, "threads": 1, "kiln": run(2.0), "ort": run(1.0), "tract": Value::Null, "wrong": false,
+                   "aot": {"ok": true, "median_ms": 1.0, "max_abs_diff_jit": 1.0}}),
             json!({"model": "c", "batch": 1, "threads": 1, "kiln": run(1.0), "ort": run(9.0), "tract": Value::Null, "wrong": true, "rel_diff": 0.5, "max_abs_diff": 1.0}),
             json!({"model": "d", "batch": 1, "threads": 1, "kiln": {"ok": false, "error": "import: no op Foo"}, "ort": run(1.0), "tract": Value::Null}),
         ];
@@ -702,16 +892,25 @@ mod tests {
         assert_eq!(g["1 thread"]["ort_over_kiln"], 1.0);
         assert_eq!(g["1 thread"]["n_ort"], 2);
         assert_eq!(g["all"]["tract_over_kiln"], 0.5);
+        // An ahead-of-time program whose outputs are off the JIT's is out.
+        assert!((num(&g["1 thread"], "aot_over_jit").unwrap() - 1.1).abs() < 1e-12);
+        assert_eq!(g["1 thread"]["n_aot"], 1);
         let o = Options {
             only: &[],
             threads: &[1],
             batch: &[1],
             seconds: 1.0,
+            aot: true,
         };
         let md = render(&rows, &o, true);
-        assert!(md.contains("[1] c-b1 t1: kiln's output is off"), "{md}");
+        assert!(md.contains("2.200 (1.10)"), "{md}");
         assert!(
-            md.contains("error [2]") && md.contains("[2] d-b1 t1 kiln: import: no op Foo"),
+            md.contains("1.000 ([1])") && md.contains("[1] b-b1 t1: the ahead-of-time"),
+            "{md}"
+        );
+        assert!(md.contains("[2] c-b1 t1: kiln's output is off"), "{md}");
+        assert!(
+            md.contains("error [3]") && md.contains("[3] d-b1 t1 kiln: import: no op Foo"),
             "{md}"
         );
     }

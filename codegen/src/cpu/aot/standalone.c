@@ -222,14 +222,55 @@ static void write_npy(const char *path, const struct output *out, const void *da
     if (!ok) die("output '%s': writing %s failed: %s", out->name, path, strerror(errno));
 }
 
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* --time: 5 warm runs after the first, then runs for `seconds` (10 to
+   100000), their times sorted; one line of JSON on stdout. */
+static void time_runs(const void *const *inputs, void *const *outputs, double first_ms, double seconds) {
+    enum { MIN_RUNS = 10, MAX_RUNS = 100000 };
+    for (int i = 0; i < 5; i++)
+        if (MODEL_RUN(inputs, outputs) != 0) die("%s", kiln_rt_last_error());
+    double *t = malloc(MAX_RUNS * sizeof *t);
+    if (!t) die("--time: out of memory");
+    int n = 0;
+    double start = now_ms();
+    while (n < MAX_RUNS && (n < MIN_RUNS || now_ms() - start < seconds * 1e3)) {
+        double t0 = now_ms();
+        if (MODEL_RUN(inputs, outputs) != 0) die("%s", kiln_rt_last_error());
+        t[n++] = now_ms() - t0;
+    }
+    qsort(t, (size_t)n, sizeof *t, by_value);
+    printf("{\"ok\": true, \"first_run_ms\": %.6f, \"median_ms\": %.6f, \"p90_ms\": %.6f, \"runs\": %d}\n",
+           first_ms, t[(n - 1) / 2], t[(int)((n - 1) * 0.9)], n);
+    free(t);
+}
+
 int main(int argc, char **argv) {
     const char *files[N_INPUTS + 1] = {0};
     const char *dir = NULL;
+    double seconds = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             help(argv[0]);
             return 0;
+        }
+        if (strcmp(a, "--time") == 0) {
+            char *end = NULL;
+            if (i + 1 < argc) seconds = strtod(argv[i + 1], &end);
+            if (i + 1 >= argc || end == argv[i + 1] || *end || !(seconds > 0 && seconds <= 1e6))
+                die("--time needs a number of seconds above 0: --time SECONDS");
+            i++;
+            continue;
         }
         if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) {
             if (i + 1 >= argc || argv[i + 1][0] == 0) die("%s needs a directory: -o DIR", a);
@@ -265,7 +306,10 @@ int main(int argc, char **argv) {
         outputs[o] = malloc(bytes ? bytes : 1);
         if (!outputs[o]) die("output '%s': out of memory for %zu bytes", OUTPUTS[o].name, bytes);
     }
+    double t0 = now_ms();
     if (MODEL_RUN(inputs, outputs) != 0) die("%s", kiln_rt_last_error());
+    double first_ms = now_ms() - t0;
+    if (seconds > 0) time_runs(inputs, outputs, first_ms, seconds);
     for (int o = 0; o < N_OUTPUTS; o++) {
         char path[4096];
         size_t dl = dir ? strlen(dir) : 0;
