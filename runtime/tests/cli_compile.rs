@@ -424,6 +424,48 @@ fn the_standalone_program_behaves_like_kiln_run() {
         let got = kiln::npy::read(le_out.join(format!("{name}.npy"))).unwrap();
         assert!(got.same_bits(w), "{name}: {got:?} vs {w:?}");
     }
+    // --time: one line of JSON with the run times, then the same outputs;
+    // a time that is not a positive number is refused.
+    let timed_out = tmp.join("timed");
+    let run = Command::new(&exe)
+        .arg(format!("x={}", digit.display()))
+        .args(["--time", "0.05", "-o"])
+        .arg(&timed_out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let said = stdout(&run);
+    let line = said
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let j: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(j["ok"], true, "{line}");
+    assert!(j["runs"].as_u64().unwrap() >= 10, "{line}");
+    let (med, p90) = (
+        j["median_ms"].as_f64().unwrap(),
+        j["p90_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        med > 0.0 && p90 >= med && j["first_run_ms"].as_f64().unwrap() > 0.0,
+        "{line}"
+    );
+    for f in ["probs.npy", "class.npy"] {
+        assert_eq!(
+            std::fs::read(timed_out.join(f)).unwrap(),
+            std::fs::read(le_out.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    for bad in ["0", "-1", "x", "nan"] {
+        let r = Command::new(&exe)
+            .arg(format!("x={}", digit.display()))
+            .args(["--time", bad])
+            .output()
+            .unwrap();
+        assert!(!r.status.success(), "--time {bad}");
+        assert!(stderr(&r).contains("--time needs"), "{}", stderr(&r));
+    }
     // The same digit, big-endian: what `kiln run` reads, the program reads.
     let be = tmp.join("digit_be.npy");
     std::fs::write(&be, big_endian_npy(&x)).unwrap();
