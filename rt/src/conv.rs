@@ -296,16 +296,13 @@ impl Conv {
         match path {
             ConvPath::Gemm => false,
             ConvPath::Direct => true,
-            ConvPath::Measured if !avx512 => {
-                out_hw[1] >= 12
-                    && taps <= 1152
-                    && (stride[1] == 1 || (out_hw[1] >= 56 && taps >= 100))
-                    && !Self::is_direct(weight, stride, padding, dilation)
-            }
             ConvPath::Measured => {
-                out_hw[1] >= 12
-                    && taps <= 2304
-                    && !Self::is_direct(weight, stride, padding, dilation)
+                let shape = if avx512 {
+                    taps <= 2304
+                } else {
+                    taps <= 1152 && (stride[1] == 1 || (out_hw[1] >= 56 && taps >= 100))
+                };
+                out_hw[1] >= 12 && shape && !Self::is_direct(weight, stride, padding, dilation)
             }
         }
     }

@@ -404,6 +404,18 @@ impl Direct {
                 valid,
             };
             let vecs = &self.vecs[range];
+            let p = vecs.as_ptr();
+            if !self.avx512 {
+                // Six channels by two vectors: 12 accumulators, 2 pixel
+                // vectors and a broadcast in the 16 registers.
+                for t in 0..vecs.len() / 2 {
+                    tile_avx2::<2>(&args, p.add(t * 2));
+                }
+                if vecs.len() % 2 == 1 {
+                    tile_avx2::<1>(&args, p.add(vecs.len() - 1));
+                }
+                return;
+            }
             // Tiles of NV = 3 vectors; a last single vector (half speed:
             // loads outnumber FMAs) is avoided by ending with 2 + 2.
             let mut full = vecs.len() / NV;
@@ -412,43 +424,17 @@ impl Direct {
                 full -= 1;
                 rest = 4;
             }
-            let p = vecs.as_ptr();
-            let run = |v: usize, p: *const PixVec| {
-                if self.avx512 {
-                    match v {
-                        1 => tile::<1>(&args, p),
-                        2 => tile::<2>(&args, p),
-                        _ => tile::<NV>(&args, p),
-                    }
-                } else {
-                    match v {
-                        1 => tile_avx2::<1>(&args, p),
-                        2 => tile_avx2::<2>(&args, p),
-                        _ => tile_avx2::<NV>(&args, p),
-                    }
-                }
-            };
-            if !self.avx512 {
-                // Six channels by two vectors: 12 accumulators, 2 pixel
-                // vectors and a broadcast in the 16 registers.
-                for t in 0..vecs.len() / 2 {
-                    run(2, p.add(t * 2));
-                }
-                if vecs.len() % 2 == 1 {
-                    run(1, p.add(vecs.len() - 1));
-                }
-                return;
-            }
             for t in 0..full {
-                run(NV, p.add(t * NV));
+                tile::<NV>(&args, p.add(t * NV));
             }
             let p = p.add(full * NV);
             match rest {
                 0 => {}
-                1 | 2 => run(rest, p),
+                1 => tile::<1>(&args, p),
+                2 => tile::<2>(&args, p),
                 4 => {
-                    run(2, p);
-                    run(2, p.add(2));
+                    tile::<2>(&args, p);
+                    tile::<2>(&args, p.add(2));
                 }
                 _ => unreachable!("NV is 3"),
             }
