@@ -322,6 +322,10 @@ pub unsafe fn decode(
     }
     let n = r.size()?;
     let mut steps = Vec::with_capacity(n.min(1 << 16));
+    // Constant right-hand sides packed so far: every step of an unrolled
+    // recurrent layer multiplies by the same weights, which are packed
+    // once and shared.
+    let mut packs = crate::executor::Packs::default();
     for _ in 0..n {
         let tag = r.word()?;
         steps.push(match tag {
@@ -348,7 +352,7 @@ pub unsafe fn decode(
                 });
                 // (Constants of other types need no packing.)
                 Step::MatMul(MatMul::new(
-                    dtype, out, a, b, batch, mnk, epilogue, data, avx512,
+                    dtype, out, a, b, batch, mnk, epilogue, data, avx512, &mut packs,
                 ))
             }
             CONV => {

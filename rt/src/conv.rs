@@ -336,12 +336,7 @@ impl Conv {
             let k = cg * kh * kw;
             self.packed = Some(match orient {
                 Orient::Channels => {
-                    let a = crate::sgemm::Lhs {
-                        ptr: w as *const f32,
-                        rs: k as isize,
-                        cs: 1,
-                        m: o,
-                    };
+                    let a = crate::sgemm::Lhs::new(w as *const f32, k as isize, 1, o);
                     // SAFETY: the weights `[o, k]`, as the caller promises.
                     Packed::Channels(Arc::new(unsafe { crate::sgemm::PackedA::new(a, k, isa) }))
                 }
@@ -681,12 +676,7 @@ impl Conv {
                 let prod = rows.add(pixels * k);
                 let src = self.columns(b, 0, input.0 as *const f32, col);
                 transpose_block(src, pixels, rows, k, k, pixels);
-                let a = sgemm::Lhs {
-                    ptr: rows,
-                    rs: k as isize,
-                    cs: 1,
-                    m: pixels,
-                };
+                let a = sgemm::Lhs::new(rows, k as isize, 1, pixels);
                 sgemm::matmul(a, w, prod, threads, threads > 1, None);
                 prod
             }

@@ -106,6 +106,19 @@ pub struct Operand {
     pub strides: Vec<i64>,
 }
 
+/// The constant right-hand sides a program's products packed, by buffer,
+/// offset, matrix strides, `[k, n]` and ISA: the steps of an unrolled
+/// recurrent layer share one packed copy of its weights, which stays in
+/// cache from step to step (a copy per step measured slower than the
+/// `gemm` crate, which packs as it goes, and multiplied the memory).
+#[derive(Default)]
+pub struct Packs(
+    std::collections::HashMap<
+        (usize, i64, Vec<i64>, [usize; 2], sgemm::Isa),
+        std::sync::Arc<sgemm::PackedB>,
+    >,
+);
+
 /// A matrix product step: `out[batch.., m, n] = a[batch.., m, k] @ b[batch.., k, n]`.
 pub struct MatMul {
     pub dtype: Elem,
@@ -126,8 +139,9 @@ pub struct MatMul {
 
 impl MatMul {
     /// A product step. `constant_b`: the whole right-hand buffer when it is a
-    /// constant (f32 constants are packed once here); `avx512`: the packed
-    /// GEMM may be used (where the host has it).
+    /// constant (f32 constants are packed once, into `packs`, which the
+    /// program's steps share); `avx512`: the packed GEMM may be used
+    /// (where the host has it).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         dtype: Elem,
@@ -139,18 +153,33 @@ impl MatMul {
         epilogue: Option<Launch>,
         constant_b: Option<&[f32]>,
         avx512: bool,
+        packs: &mut Packs,
     ) -> MatMul {
-        // On AVX2, products of few rows (a recurrent layer's steps at
-        // batch 8) stay on the `gemm` crate: each step packing its own copy
-        // of the same weights measured slower (LSTM b8: 0.66 of ORT
-        // against 0.76) and doubled peak memory.
-        let isa = sgemm::isa(avx512)
-            .filter(|&isa| dtype == Elem::F32 && (isa == sgemm::Isa::Avx512 || mnk[0] >= 16));
-        let packed = isa
-            .zip(constant_b)
-            .and_then(|(isa, data)| Self::pack(data, &b, &batch, mnk, isa))
-            .map(std::sync::Arc::new);
-        let packs_at_run = isa.filter(|_| constant_b.is_none() && mnk[0] >= 4);
+        let isa = sgemm::isa(avx512).filter(|_| dtype == Elem::F32);
+        let packed = isa.zip(constant_b).and_then(|(isa, data)| {
+            let (_, groups) = Self::shared_rhs(&a, &b, &batch, mnk[0])?;
+            if groups * mnk[0] < 2 {
+                return None;
+            }
+            let key = (
+                b.buffer,
+                b.offset,
+                b.strides[batch.len()..].to_vec(),
+                [mnk[2], mnk[1]],
+                isa,
+            );
+            if let Some(p) = packs.0.get(&key) {
+                return Some(p.clone());
+            }
+            let p = std::sync::Arc::new(Self::pack(data, &b, &batch, mnk, isa)?);
+            packs.0.insert(key, p.clone());
+            Some(p)
+        });
+        // Computed right-hand sides of few rows (on AVX2, under 16) stay on
+        // the `gemm` crate, which packs as it goes.
+        let packs_at_run = isa.filter(|&isa| {
+            constant_b.is_none() && mnk[0] >= 4 && (isa == sgemm::Isa::Avx512 || mnk[0] >= 16)
+        });
         MatMul {
             dtype,
             out,
@@ -164,19 +193,42 @@ impl MatMul {
         }
     }
 
-    /// The constant right-hand side packed for `sgemm`, where the product
-    /// has one batch and more than one row (one row is a matrix-vector
-    /// product) and the view lies in the data.
+    /// Where every product of the batch shares one right-hand side (its
+    /// batch strides are all 0) and the left-hand sides' batch dims walk
+    /// one stride: that stride and the batch's size, so the batch runs as
+    /// one product of `groups * m` rows (an RNN's input projection over a
+    /// time-major view of batch-major data, whose rows do not merge).
+    fn shared_rhs(a: &Operand, b: &Operand, batch: &[usize], m: usize) -> Option<(isize, usize)> {
+        let nbd = batch.len();
+        if b.strides[..nbd].iter().any(|&s| s != 0) {
+            return None;
+        }
+        let groups: usize = batch.iter().product();
+        // The dims of more than one entry, outermost first, must nest.
+        let dims: Vec<(usize, i64)> = batch
+            .iter()
+            .zip(&a.strides[..nbd])
+            .filter(|(&d, _)| d > 1)
+            .map(|(&d, &s)| (d, s))
+            .collect();
+        for w in dims.windows(2) {
+            if w[0].1 != w[1].1 * w[1].0 as i64 {
+                return None;
+            }
+        }
+        let gs = dims.last().map_or(m as i64 * a.strides[nbd], |d| d.1);
+        Some((gs as isize, groups))
+    }
+
+    /// The constant right-hand side packed for `sgemm`, where the view
+    /// lies in the data.
     fn pack(
         data: &[f32],
         b: &Operand,
         batch: &[usize],
-        [m, n, k]: [usize; 3],
+        [_, n, k]: [usize; 3],
         isa: sgemm::Isa,
     ) -> Option<sgemm::PackedB> {
-        if m < 2 || batch.iter().product::<usize>() != 1 {
-            return None;
-        }
         let nbd = batch.len();
         let (rs, cs) = (b.strides[nbd], b.strides[nbd + 1]);
         if rs < 0 || cs < 0 || b.offset < 0 {
@@ -737,18 +789,22 @@ impl Exec {
         let work = batch.iter().product::<usize>() * mnk.iter().product::<usize>();
         let nbd = batch.len();
         if let Some(pb) = packed {
-            let lhs = sgemm::Lhs {
+            let (gs, groups) = MatMul::shared_rhs(a, b, batch, mnk[0])
+                .ok_or("a packed right-hand side that the batch does not share")?;
+            let lhs = sgemm::Lhs::grouped(
                 // SAFETY: the view's offset lies inside its buffer.
-                ptr: unsafe { (buf(a.buffer) as *const f32).add(a.offset as usize) },
-                rs: a.strides[nbd] as isize,
-                cs: a.strides[nbd + 1] as isize,
-                m: mnk[0],
-            };
+                unsafe { (buf(a.buffer) as *const f32).add(a.offset as usize) },
+                a.strides[nbd] as isize,
+                a.strides[nbd + 1] as isize,
+                mnk[0],
+                gs,
+                groups,
+            );
             let out = buf(*out) as *mut f32;
             let parallel = split && work >= TEAM_WORK;
             // An epilogue over the rows runs on each part's rows as it
-            // finishes them.
-            let fused = epilogue.as_ref().filter(|l| l.extent as usize == mnk[0]);
+            // finishes them (where its loop runs over rows: one batch).
+            let fused = epilogue.as_ref().filter(|l| l.extent as usize == lhs.m);
             let t = Table(table);
             let rows = |lo: usize, hi: usize| {
                 if let Some(l) = fused {
@@ -773,12 +829,12 @@ impl Exec {
             let items: Vec<sgemm::Item> = batch_offsets(a, b, batch)
                 .enumerate()
                 .map(|(bi, (oa, ob))| sgemm::Item {
-                    a: sgemm::Lhs {
-                        ptr: pa.wrapping_offset(oa as isize),
-                        rs: a.strides[nbd] as isize,
-                        cs: a.strides[nbd + 1] as isize,
+                    a: sgemm::Lhs::new(
+                        pa.wrapping_offset(oa as isize),
+                        a.strides[nbd] as isize,
+                        a.strides[nbd + 1] as isize,
                         m,
-                    },
+                    ),
                     b: pb.wrapping_offset(ob as isize),
                     out: po.wrapping_add(bi * m * n),
                 })

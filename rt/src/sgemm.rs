@@ -23,7 +23,7 @@
 use std::arch::x86_64::*;
 
 /// The instruction set a product runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
     /// AVX-512 F and DQ: 12 x 32 tiles.
     Avx512,
@@ -243,13 +243,58 @@ enum Rows<'a> {
     Packed(&'a PackedA),
 }
 
-/// The left-hand side: `[m, k]`, element `[r, c]` at `a[r * rs + c * cs]`.
+/// The left-hand side: `[m, k]`, element `[r, c]` at `a[r * rs + c * cs]`;
+/// or, grouped, rows in groups of `group` (a batch of products sharing
+/// one right-hand side, whose batch dim does not merge into the rows),
+/// row `r` at `(r / group) * gs + (r % group) * rs`.
 #[derive(Clone, Copy)]
 pub struct Lhs {
     pub ptr: *const f32,
     pub rs: isize,
     pub cs: isize,
     pub m: usize,
+    /// Rows per group (`m`: one group).
+    pub group: usize,
+    /// Stride between groups.
+    pub gs: isize,
+}
+
+impl Lhs {
+    /// `[m, k]` with row stride `rs` and column stride `cs`.
+    pub fn new(ptr: *const f32, rs: isize, cs: isize, m: usize) -> Lhs {
+        Lhs {
+            ptr,
+            rs,
+            cs,
+            m,
+            group: m.max(1),
+            gs: 0,
+        }
+    }
+
+    /// `groups` blocks of `group` rows each, `gs` apart.
+    pub fn grouped(
+        ptr: *const f32,
+        rs: isize,
+        cs: isize,
+        group: usize,
+        gs: isize,
+        groups: usize,
+    ) -> Lhs {
+        Lhs {
+            ptr,
+            rs,
+            cs,
+            m: group * groups,
+            group: group.max(1),
+            gs,
+        }
+    }
+
+    /// Where row `r` starts (as an offset in floats from `ptr`).
+    fn row(&self, r: usize) -> isize {
+        (r / self.group) as isize * self.gs + (r % self.group) as isize * self.rs
+    }
 }
 
 /// `out[m, n] = a @ b` (`out` contiguous), over up to `threads` threads of
@@ -489,7 +534,7 @@ unsafe fn pack_rows(a: Lhs, i0: usize, mr: usize, k0: usize, kc: usize, dst: &mu
     for r in 0..mr {
         // SAFETY: the row's depth range lies in the view; `dst` holds every chunk.
         unsafe {
-            let row = a.ptr.offset((i0 + r) as isize * a.rs + k0 as isize * a.cs);
+            let row = a.ptr.offset(a.row(i0 + r) + k0 as isize * a.cs);
             for c in 0..chunks {
                 let o = d.add((c * MR + r) * KU);
                 let left = (kc - c * KU).min(KU);
@@ -788,12 +833,7 @@ mod tests {
                     .collect();
                 let want = reference(&a, &b, m, k, n);
                 let what = format!("{isa:?} m {m} k {k} n {n}");
-                let lhs = Lhs {
-                    ptr: a.as_ptr(),
-                    rs: k as isize,
-                    cs: 1,
-                    m,
-                };
+                let lhs = Lhs::new(a.as_ptr(), k as isize, 1, m);
                 let pb = PackedB::new(&b, n, 1, k, n, isa);
                 for threads in [1, 2] {
                     let mut out = vec![f32::NAN; m * n];
@@ -833,6 +873,56 @@ mod tests {
                 unsafe { batched(isa, &items, n as isize, 1, k, n, &mut scratch, 2, true) };
                 close(&outs[..m * n], &want, &format!("{what} batched 0"));
                 close(&outs[m * n..], &want, &format!("{what} batched 1"));
+            }
+        }
+    }
+
+    /// Grouped rows: a time-major view `[t, b, k]` of batch-major data
+    /// `[b, t, k]` (an RNN's input projection) as one product of `t * b`
+    /// rows: within a group (a time step) rows `t * k` apart, groups `k`
+    /// apart.
+    #[test]
+    fn grouped_rows_match_the_definition() {
+        for &isa in &isas() {
+            for (batch, steps, k, n) in [
+                (8, 32, 64, 40),
+                (3, 5, 17, 33),
+                (1, 7, 9, 5),
+                (13, 2, 300, 16),
+            ] {
+                // x[b, t, c] at (b * steps + t) * k + c.
+                let x: Vec<f32> = (0..batch * steps * k)
+                    .map(|i| ((i * 29 % 103) as f32 - 51.0) / 26.0)
+                    .collect();
+                let w: Vec<f32> = (0..k * n)
+                    .map(|i| ((i * 41 % 89) as f32 - 44.0) / 22.0)
+                    .collect();
+                // The time-major rows, gathered: row t * batch + b.
+                let mut rows = Vec::with_capacity(steps * batch * k);
+                for t in 0..steps {
+                    for b in 0..batch {
+                        rows.extend_from_slice(&x[(b * steps + t) * k..][..k]);
+                    }
+                }
+                let want = reference(&rows, &w, steps * batch, k, n);
+                let lhs = Lhs::grouped(
+                    x.as_ptr(),
+                    (steps * k) as isize,
+                    1,
+                    batch,
+                    k as isize,
+                    steps,
+                );
+                let pb = PackedB::new(&w, n, 1, k, n, isa);
+                for threads in [1, 2] {
+                    let mut out = vec![f32::NAN; steps * batch * n];
+                    unsafe { matmul(lhs, &pb, out.as_mut_ptr(), threads, threads > 1, None) };
+                    close(
+                        &out,
+                        &want,
+                        &format!("{isa:?} grouped {batch}x{steps}x{k}x{n} t{threads}"),
+                    );
+                }
             }
         }
     }
