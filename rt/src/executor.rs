@@ -112,12 +112,10 @@ pub struct Operand {
 /// cache from step to step (a copy per step measured slower than the
 /// `gemm` crate, which packs as it goes, and multiplied the memory).
 #[derive(Default)]
-pub struct Packs(
-    std::collections::HashMap<
-        (usize, i64, Vec<i64>, [usize; 2], sgemm::Isa),
-        std::sync::Arc<sgemm::PackedB>,
-    >,
-);
+pub struct Packs(std::collections::HashMap<PackKey, std::sync::Arc<sgemm::PackedB>>);
+
+/// Buffer, offset, matrix strides, `[k, n]`, ISA.
+type PackKey = (usize, i64, Vec<i64>, [usize; 2], sgemm::Isa);
 
 /// A matrix product step: `out[batch.., m, n] = a[batch.., m, k] @ b[batch.., k, n]`.
 pub struct MatMul {
