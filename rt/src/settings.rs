@@ -17,6 +17,8 @@ pub enum ConvPath {
     Gemm,
     /// The direct kernel wherever it applies.
     Direct,
+    /// Winograd F(2x2, 3x3) wherever it applies (3x3, stride 1).
+    Winograd,
 }
 
 /// The executor's settings.
@@ -58,7 +60,8 @@ fn var(name: &str) -> Result<Option<String>, String> {
 
 impl Settings {
     /// `KILN_AVX512` (`0`: off), `KILN_SPLIT` (`0`: never, else always)
-    /// and `KILN_CONV` (`gemm`, `direct`; anything else: measured).
+    /// and `KILN_CONV` (`gemm`, `direct`, `winograd`; anything else:
+    /// measured).
     pub fn from_env() -> Result<Settings, String> {
         Ok(Settings {
             avx512: var("KILN_AVX512")?.is_none_or(|v| v != "0"),
@@ -66,6 +69,7 @@ impl Settings {
             conv: match var("KILN_CONV")?.as_deref() {
                 Some("gemm") => ConvPath::Gemm,
                 Some("direct") => ConvPath::Direct,
+                Some("winograd") => ConvPath::Winograd,
                 _ => ConvPath::Measured,
             },
         })

@@ -267,11 +267,35 @@ fn conv_shapes_match_the_reference() {
         depthwise(1, 24, [56, 56], [3, 3], [1, 1], [1; 4], [1, 1]),
         depthwise(1, 16, [56, 56], [5, 5], [1, 1], [2, 1, 2, 3], [1, 1]),
     ]);
+    // 3x3 stride-1 layers for Winograd F(2x2, 3x3) (the rule takes it
+    // from 16 channels on AVX2; forced, every 3x3 stride-1 shape above
+    // too): odd and even planes (a last tile half outside), rows of tiles
+    // that fill whole vectors and that do not, no padding, asymmetric
+    // padding, a rectangular image, several blocks of tile rows, many
+    // channels (smaller blocks), several images on several threads.
+    cases.extend([
+        case(1, 64, 64, 56, 3, 1, 1),
+        case(1, 16, 24, 15, 3, 1, 1),
+        case(2, 32, 16, 14, 3, 1, 0),
+        case(1, 256, 32, 14, 3, 1, 1),
+        case(3, 16, 16, 28, 3, 1, 1),
+        Case {
+            n: 1,
+            c: 17,
+            o: 33,
+            hw: [21, 30],
+            k: [3, 3],
+            stride: [1, 1],
+            padding: [2, 0, 1, 2],
+            dilation: [1, 1],
+            groups: 1,
+        },
+    ]);
     // The backend picks the direct kernel or im2col + GEMM per shape;
     // `KILN_CONV` (read when a convolution is compiled) forces each path on
     // every shape. This is the only test in this binary, so nothing else
     // reads the variable meanwhile.
-    for mode in ["direct", "gemm", ""] {
+    for mode in ["direct", "gemm", "winograd", ""] {
         if mode.is_empty() {
             std::env::remove_var("KILN_CONV");
         } else {
