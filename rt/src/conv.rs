@@ -113,7 +113,7 @@ impl Conv {
                 Self::winograd_pays(
                     input,
                     weight,
-                    w.tiles(),
+                    w.flat(),
                     settings.conv,
                     crate::sgemm::isa(settings.avx512) == Some(crate::sgemm::Isa::Avx512),
                 )
@@ -301,7 +301,7 @@ impl Conv {
     fn winograd_pays(
         input: [usize; 4],
         weight: [usize; 4],
-        tiles: (usize, usize),
+        flat: bool,
         path: crate::settings::ConvPath,
         avx512: bool,
     ) -> bool {
@@ -310,8 +310,8 @@ impl Conv {
             ConvPath::Winograd => true,
             ConvPath::Gemm | ConvPath::Direct => false,
             ConvPath::Measured => {
-                let (tw, twp) = tiles;
-                !avx512 && input[1] >= 16 && weight[0] >= 16 && 4 * (twp - tw) <= twp
+                let (c, o) = (input[1], weight[0]);
+                !avx512 && c >= 16 && o >= 16 && (!flat || c.min(o) >= 256)
             }
         }
     }

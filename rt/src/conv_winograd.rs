@@ -24,9 +24,15 @@
 //! reaches the padding): a patch's four columns are then `even[t]`,
 //! `odd[t]`, `even[t + 1]`, `odd[t + 1]` for tile `t`, four contiguous
 //! loads for 8 tiles. Rows of tiles are padded to a multiple of 8 tiles
-//! (those past the plane are computed and never stored), which is why the
-//! measured rule (`Conv::winograd_pays`) wants rows of tiles that waste
-//! little of the last vector.
+//! (those past the plane are computed and never stored).
+//!
+//! Where that padding would waste more than a quarter of the last vector
+//! (7x7 planes: 4 tiles a row in 8 lanes) the plan is flat instead: tiles
+//! numbered across the images without padding, transformed one at a time
+//! (cheap beside products over the hundreds of channels such layers
+//! have), in blocks of up to 64 tiles whose products and output transform
+//! split by output channels across the team, so one 7x7 image still runs
+//! on every thread.
 //!
 //! Rounding: the transforms add at most four values and halve, so the
 //! result differs from a direct sum by rounding of the same order (the
@@ -43,6 +49,8 @@ const L: usize = 8;
 const XI: usize = 16;
 /// Columns of a GEMM panel (`sgemm`'s `NR`).
 const PANEL: usize = 32;
+/// Tiles per block of the flat plan.
+const FLAT_BLOCK: usize = 64;
 
 /// A Winograd F(2x2, 3x3) plan for one shape.
 pub(crate) struct Winograd {
@@ -62,6 +70,12 @@ pub(crate) struct Winograd {
     twp: usize,
     /// Tile rows per block.
     rows: usize,
+    /// Small planes (rows of tiles that would leave much of their last
+    /// vector empty, as 7x7's 4 tiles in 8 lanes): tiles numbered across
+    /// the images with no padding, blocks of up to [`FLAT_BLOCK`] of them
+    /// transformed one by one, and each block's products and output
+    /// transform split by output channels across the team.
+    flat: bool,
     isa: Isa,
     /// `U[xi]` (`[k, c]`) packed for the GEMM; shared by forks once the
     /// weights are constants.
@@ -100,7 +114,9 @@ impl Winograd {
         while rows > 1 && XI * c * rows * twp * 4 > 256 << 10 {
             rows /= 2;
         }
+        let flat = 4 * (twp - tw) > twp;
         Some(Winograd {
+            flat,
             n,
             c,
             h,
@@ -121,9 +137,9 @@ impl Winograd {
         })
     }
 
-    /// Tiles per row and that padded to whole vectors (for the rule).
-    pub(crate) fn tiles(&self) -> (usize, usize) {
-        (self.tw, self.twp)
+    /// Whether tiles go unpadded, one by one (see `flat`).
+    pub(crate) fn flat(&self) -> bool {
+        self.flat
     }
 
     /// A copy for another concurrent caller: weights transformed once are
@@ -216,6 +232,11 @@ impl Winograd {
         }
         let team = crate::team::Team::global();
         let threads = super::team_threads(par);
+        if self.flat {
+            // SAFETY: the caller's buffers.
+            unsafe { self.run_flat(out, x, threads) };
+            return false;
+        }
         let blocks = self.th.div_ceil(self.rows);
         let units = self.n * blocks;
         let parts = threads.min(units);
@@ -239,6 +260,153 @@ impl Winograd {
             }
         });
         false
+    }
+
+    /// The flat plan: per block of tiles, the input transform here, then
+    /// output channels (whole 12-row blocks of the GEMM) across the team,
+    /// each part its products and output transform.
+    ///
+    /// # Safety
+    /// As [`Winograd::run`].
+    unsafe fn run_flat(&mut self, out: *mut f32, x: *const f32, threads: usize) {
+        let tiles = self.n * self.th * self.tw;
+        let pb = FLAT_BLOCK.min(tiles);
+        let vlen = sgemm::packed_len(self.c, pb);
+        let need = XI * vlen + XI * self.k * pb;
+        if self.scratch.len() < need {
+            self.scratch = vec![0.0; need];
+        }
+        let v = SendPtr(self.scratch.as_mut_ptr());
+        // SAFETY: M follows V in the scratch.
+        let m = SendPtr(unsafe { v.0.add(XI * vlen) });
+        let this = &*self;
+        let (out, x) = (SendPtr(out), SendPtr(x as *mut f32));
+        let rows = self.k.div_ceil(sgemm::MR);
+        let parts = threads.min(rows);
+        let team = crate::team::Team::global();
+        for t0 in (0..tiles).step_by(pb) {
+            let count = pb.min(tiles - t0);
+            // SAFETY: V holds the block's panels; the input is the caller's.
+            unsafe { this.input_flat(t0, count, x.0, v.0, vlen) };
+            team.run(parts, &|t| {
+                let (v, m, out) = (v, m, out);
+                let lo = (rows * t / parts * sgemm::MR).min(this.k);
+                let hi = (rows * (t + 1) / parts * sgemm::MR).min(this.k);
+                let u = this.u.as_ref().expect("transformed weights");
+                // SAFETY: part t writes M's rows lo..hi and those output
+                // channels of the block's tiles.
+                unsafe {
+                    for (xi, a) in u.iter().enumerate() {
+                        sgemm::packed_rows(
+                            a,
+                            lo..hi,
+                            v.0.add(xi * vlen),
+                            count,
+                            m.0.add(xi * this.k * count),
+                        );
+                    }
+                    this.output_flat(t0, count, lo..hi, m.0, out.0);
+                }
+            });
+        }
+    }
+
+    /// Tile `t` (numbered across images, rows, columns): its image, tile
+    /// row and column.
+    fn tile(&self, t: usize) -> (usize, usize, usize) {
+        let per = self.th * self.tw;
+        (t / per, t % per / self.tw, t % self.tw)
+    }
+
+    /// `V` of tiles `t0 .. t0 + count` (block column `q` for tile
+    /// `t0 + q`, in 32-column panels as [`Winograd::input_transform`]
+    /// writes), one tile at a time.
+    ///
+    /// # Safety
+    /// As [`Winograd::block`]; `v` holds 16 times `vlen` floats.
+    unsafe fn input_flat(&self, t0: usize, count: usize, x: *const f32, v: *mut f32, vlen: usize) {
+        let (c, h, w) = (self.c, self.h, self.w);
+        for q in 0..count {
+            let (b, ty, tx) = self.tile(t0 + q);
+            let (y0, x0) = (
+                (2 * ty) as isize - self.top as isize,
+                (2 * tx) as isize - self.left as isize,
+            );
+            let dst = (q / PANEL) * c * PANEL + q % PANEL;
+            for i in 0..c {
+                // SAFETY: reads inside the plane (checked); the write is
+                // the block's panel slot of (i, q).
+                unsafe {
+                    let plane = x.add((b * c + i) * h * w);
+                    let mut d = [[0.0f32; 4]; 4];
+                    for (r, row) in d.iter_mut().enumerate() {
+                        let iy = y0 + r as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for (col, e) in row.iter_mut().enumerate() {
+                            let ix = x0 + col as isize;
+                            if ix >= 0 && ix < w as isize {
+                                *e = *plane.add(iy as usize * w + ix as usize);
+                            }
+                        }
+                    }
+                    let [r0, r1, r2, r3] =
+                        d.map(|[d0, d1, d2, d3]| [d0 - d2, d1 + d2, d2 - d1, d1 - d3]);
+                    for j in 0..4 {
+                        let (w0, w1, w2, w3) = (r0[j], r1[j], r2[j], r3[j]);
+                        let col = [w0 - w2, w1 + w2, w2 - w1, w1 - w3];
+                        for (r4, val) in col.into_iter().enumerate() {
+                            *v.add((r4 * 4 + j) * vlen + dst + i * PANEL) = val;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Y = A^T M A` for output channels `chans` of tiles `t0 .. t0 +
+    /// count` (M: 16 `[k, count]` matrices), pixels past the plane dropped.
+    ///
+    /// # Safety
+    /// As [`Winograd::block`].
+    unsafe fn output_flat(
+        &self,
+        t0: usize,
+        count: usize,
+        chans: std::ops::Range<usize>,
+        m: *const f32,
+        out: *mut f32,
+    ) {
+        let (k, oh, ow) = (self.k, self.oh, self.ow);
+        for q in 0..count {
+            let (b, ty, tx) = self.tile(t0 + q);
+            for o in chans.clone() {
+                // SAFETY: M's element (xi, o, q); output pixels inside the plane.
+                unsafe {
+                    let at = |xi: usize| *m.add((xi * k + o) * count + q);
+                    let mut sv = [0.0f32; 4];
+                    let mut tv = [0.0f32; 4];
+                    for j in 0..4 {
+                        let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                        sv[j] = m0 + m1 + m2;
+                        tv[j] = m1 - m2 - m3;
+                    }
+                    let plane = out.add((b * k + o) * oh * ow);
+                    for (dy, v) in [sv, tv].iter().enumerate() {
+                        let oy = 2 * ty + dy;
+                        if oy >= oh {
+                            break;
+                        }
+                        let ox = 2 * tx;
+                        *plane.add(oy * ow + ox) = v[0] + v[1] + v[2];
+                        if ox + 1 < ow {
+                            *plane.add(oy * ow + ox + 1) = v[1] - v[2] - v[3];
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Tile rows `blk * rows ..` of image `b`: transform, 16 products,

@@ -49,7 +49,7 @@ pub fn isa(avx512: bool) -> Option<Isa> {
 /// Columns per panel.
 const NR: usize = 32;
 /// Rows per register tile.
-const MR: usize = 12;
+pub(crate) const MR: usize = 12;
 /// Depth of one pass over a panel.
 const KC: usize = 256;
 

@@ -279,6 +279,23 @@ fn conv_shapes_match_the_reference() {
         case(2, 32, 16, 14, 3, 1, 0),
         case(1, 256, 32, 14, 3, 1, 1),
         case(3, 16, 16, 28, 3, 1, 1),
+        // Small planes (tiles numbered across images, unpadded): 7x7 with
+        // output channels for several 12-row parts, three 9x9 images
+        // (more than one block of tiles), an odd rectangle with
+        // asymmetric padding.
+        case(1, 40, 36, 7, 3, 1, 1),
+        case(3, 20, 30, 9, 3, 1, 1),
+        Case {
+            n: 2,
+            c: 24,
+            o: 26,
+            hw: [5, 9],
+            k: [3, 3],
+            stride: [1, 1],
+            padding: [0, 2, 1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        },
         Case {
             n: 1,
             c: 17,
