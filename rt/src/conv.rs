@@ -284,18 +284,20 @@ impl Conv {
     }
 
     /// Whether Winograd F(2x2, 3x3) beats the direct kernel and im2col +
-    /// GEMM, for a plan whose rows of `tiles.0` tiles are padded to
-    /// `tiles.1`.
+    /// GEMM, for a plan that is `flat` or not.
     ///
     /// Measured on a Zen 1 (AVX2), one thread, single layers with bias and
     /// ReLU, direct vs Winograd (ms): 56x56 64->64 6.2 vs 4.3, 28x28
     /// 128->128 6.2 vs 3.3, 14x14 256->256 6.3 vs 3.9; two threads 3.8 vs
     /// 2.4 and 3.5 vs 2.4; but 7x7 512->512 7.1 vs 23.8 (4 tiles a row in
-    /// vectors of 8: half of every product wasted, and the 16 transformed
-    /// weight matrices, 16 MiB, streamed per block). ResNet-18 b1 t1 went
-    /// 0.83 -> 1.05 of ONNX Runtime. Hence: at least 16 channels in and
-    /// out, and rows of tiles that waste at most a quarter of their last
-    /// vector. AVX-512 hosts keep their direct kernel (not measured there).
+    /// vectors of 8 on the padded plan: half of every product wasted, and
+    /// the 16 transformed weight matrices, 16 MiB, streamed per block). ResNet-18 b1 t1 went
+    /// 0.83 -> 1.05 of ONNX Runtime. The flat plan for such small planes
+    /// (`Winograd::flat`) does better: 7x7 512->512 6.6 vs 7.6 (three
+    /// runs each way). Hence: at least 16 channels in and out, and for the
+    /// flat plan at least 256 (its tile-by-tile transforms cost more
+    /// beside fewer channels). AVX-512 hosts keep their direct kernel (not
+    /// measured there).
     /// `path` overrides: `KILN_CONV=winograd` wherever it applies, `gemm`
     /// and `direct` never.
     fn winograd_pays(

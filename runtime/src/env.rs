@@ -11,7 +11,7 @@
 //! | `KILN_AVX512=0` | [`SessionOptions::avx512`] |
 //! | `KILN_WIDE_ROWS=0` | [`SessionOptions::wide_rows`] |
 //! | `KILN_SPLIT=0`/`1` | [`SessionOptions::split`] |
-//! | `KILN_CONV=gemm`/`direct` | [`SessionOptions::conv`] |
+//! | `KILN_CONV=gemm`/`direct`/`winograd` | [`SessionOptions::conv`] |
 //! | `KILN_CHECK_BOUNDS=1` | [`SessionOptions::bounds_checks`] |
 //! | `KILN_DUMP_CLIF`, `KILN_DUMP_ASM`, `KILN_DUMP_ROWS` | [`SessionOptions::dumps`] |
 //! | `KILN_MAX_ARENA_BYTES` | [`SessionOptions::max_arena_bytes`] |

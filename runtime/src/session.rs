@@ -217,8 +217,9 @@ pub struct SessionOptions {
     /// never (`false`), or as measured on a program's first runs; `None`
     /// takes `KILN_SPLIT`.
     pub split: Option<bool>,
-    /// How CPU convolutions choose between the direct AVX-512 kernel and
-    /// im2col + GEMM; `None` takes `KILN_CONV`, else by the measured rule.
+    /// How CPU convolutions choose between Winograd F(2x2, 3x3), the
+    /// direct kernels and im2col + GEMM; `None` takes `KILN_CONV`, else by
+    /// the measured rules.
     pub conv: Option<ConvPath>,
     /// Generated code printed on stderr as it is compiled; `None` takes
     /// `KILN_DUMP_CLIF`, `KILN_DUMP_ASM`, `KILN_DUMP_ROWS`.
