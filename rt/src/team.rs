@@ -15,8 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins before it sleeps.
-const SPIN: Duration = Duration::from_micros(300);
+/// How long an idle worker spins before it sleeps: long enough to span
+/// a model's unsplit kernels between two split ones. At 300 us the
+/// workers slept inside MobileNet-V2's runs and paid a wake-up (tens of
+/// microseconds on this VM) at most split kernels: its batch-1 run on two
+/// threads took 19.0-19.4 ms, against 13.6-13.9 ms at 3 ms (Zen 1,
+/// `kiln bench ... --threads 2`; LSTM b8 3.37 -> 2.68 ms).
+const SPIN: Duration = Duration::from_micros(3000);
 
 type Job = *const (dyn Fn(usize) + Sync);
 
