@@ -206,11 +206,17 @@ impl Winograd {
         sgemm::packed_len(self.c, self.rows * self.twp)
     }
 
+    /// Floats of the four staged input rows, each split into even and odd
+    /// columns (`twp + L + 1` each: a vector's reach past the last tile).
+    fn stage_len(&self) -> usize {
+        8 * (self.twp + L + 1)
+    }
+
     /// Floats of one thread's scratch: four staged rows (even and odd
     /// columns), then `V`, then `M`.
     fn per_thread(&self) -> usize {
-        let stage = 8 * (self.twp + L + 1);
-        (stage + XI * self.v_len() + XI * self.k * self.rows * self.twp).next_multiple_of(16)
+        (self.stage_len() + XI * self.v_len() + XI * self.k * self.rows * self.twp)
+            .next_multiple_of(16)
     }
 
     /// Runs the convolution (never its epilogue: blocks of rows end
@@ -418,8 +424,7 @@ impl Winograd {
         let ty0 = blk * self.rows;
         let rows = self.rows.min(self.th - ty0);
         let pb = rows * self.twp;
-        let stage_len = 8 * (self.twp + L + 1);
-        let v = unsafe { s.add(stage_len) };
+        let v = unsafe { s.add(self.stage_len()) };
         let m = unsafe { v.add(XI * self.v_len()) };
         let u = self.u.as_ref().expect("transformed weights");
         // SAFETY (whole body): offsets stay in the scratch and the
