@@ -164,6 +164,22 @@ pub enum Step {
     /// `x * sigmoid(x)` (SiLU, EfficientNet's activation): one pass over
     /// the block where the product would be a second.
     Swish(Src),
+    /// GELU of `x` in one pass, its intermediates in registers (as a chain
+    /// of steps, each of its seven or nine ops was a pass over the block,
+    /// a store and a load per vector): `T * (x * 0.5)`, or with `half_last`
+    /// `(x * T) * 0.5` (the two round apart where `x * T` overflows), where
+    /// `T` is `1 + erf(x * k1)` for `Erf` (PyTorch's exact GELU, `k1` =
+    /// 1/sqrt(2)) and `1 + tanh((x + x * x * x * k1) * k2)` for `Tanh`
+    /// (GPT-2's, `k1` = 0.044715, `k2` = sqrt(2/pi)); `k1` and `k2` are
+    /// constant slots.
+    Gelu(GeluForm, bool, Src, Src, Src),
+}
+
+/// Which GELU a [`Step::Gelu`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeluForm {
+    Erf,
+    Tanh,
 }
 
 /// A step as stored: kind, op, destination slot (`OUT`: the output row),
@@ -281,6 +297,9 @@ impl RowProgram {
                 Step::Select(c, a, b) => (3, 0, [c, a, b]),
                 Step::Copy(a) => (4, 0, [a, a, a]),
                 Step::Swish(a) => (5, 0, [a, a, a]),
+                Step::Gelu(f, half_last, x, k1, k2) => {
+                    (6, f as u8 | (half_last as u8) << 1, [x, k1, k2])
+                }
             };
             *d = RawStep {
                 kind,
@@ -1490,6 +1509,7 @@ impl RowProgram {
                     }
                     3 => select::<S>(d, a, b, c, nvec),
                     5 => swish::<S>(d, a, nvec),
+                    6 => gelu::<S>(st.op, d, a, *b, *c, nvec),
                     _ => {
                         for j in 0..nvec {
                             S::store(d.add(j * w), S::load(a.add(j * w)));
@@ -1632,6 +1652,47 @@ unsafe fn unary<S: Simd>(f: UnaryFn, d: *mut f32, a: *const f32, n: usize) {
 unsafe fn swish<S: Simd>(d: *mut f32, a: *const f32, n: usize) {
     // SAFETY: `a` and `d` hold n vectors; S's code in S's functions.
     unsafe { map1_two!(S, d, a, n, swish_of) }
+}
+
+/// [`Step::Gelu`] over `n` vectors, two at a time as [`Two`] (two
+/// independent chains), the odd one alone; `op` its form (bit 0: tanh, bit
+/// 1: the half last), `k1`, `k2` its constants.
+#[inline(always)]
+unsafe fn gelu<S: Simd>(op: u8, d: *mut f32, a: *const f32, k1: f32, k2: f32, n: usize) {
+    let w = S::W;
+    // SAFETY: `a` and `d` hold n vectors; S's code in S's functions.
+    unsafe {
+        for j in 0..n / 2 {
+            let x = <Two<S>>::load(a.add(j * 2 * w));
+            <Two<S>>::store(d.add(j * 2 * w), gelu_of::<Two<S>>(op, x, k1, k2));
+        }
+        if n % 2 == 1 {
+            let j = n - 1;
+            let x = S::load(a.add(j * w));
+            S::store(d.add(j * w), gelu_of::<S>(op, x, k1, k2));
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn gelu_of<S: Simd>(op: u8, x: S::V, k1: f32, k2: f32) -> S::V {
+    // SAFETY: S's code in S's functions.
+    unsafe {
+        let one = S::splat(1.0);
+        let half = S::splat(0.5);
+        let t = if op & 1 == GeluForm::Tanh as u8 {
+            let cube = S::mul(S::mul(x, x), x);
+            let inner = S::mul(S::add(x, S::mul(cube, S::splat(k1))), S::splat(k2));
+            S::add(one, tanh::<S>(inner))
+        } else {
+            S::add(one, erf::<S>(S::mul(x, S::splat(k1))))
+        };
+        if op & 2 != 0 {
+            S::mul(S::mul(x, t), half)
+        } else {
+            S::mul(S::mul(x, half), t)
+        }
+    }
 }
 
 #[inline(always)]

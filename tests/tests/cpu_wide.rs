@@ -72,6 +72,73 @@ fn unary_ops_over_long_rows() {
                 .sub(x.mul(3.5)?.round()?)
         });
         agree("neg abs", rows, n, |_, x, y| x.neg()?.mul(y.abs()?));
+        // GELU in one step of the row code, in the forms models export.
+        agree("gelu", rows, n, |_, x, _| x.mul(3.0)?.gelu());
+        agree("gelu tanh", rows, n, |_, x, _| x.mul(3.0)?.gelu_tanh());
+        agree("gelu as torch exports it", rows, n, |_, x, _| {
+            let x = x.mul(3.0)?;
+            let t = x.div(std::f64::consts::SQRT_2)?.erf()?.add(1.0)?;
+            x.mul(t)?.mul(0.5)
+        });
+        // A near miss (0.6, not 0.5) stays a chain of steps, and right.
+        agree("gelu near miss", rows, n, |_, x, _| {
+            let t = x.div(std::f64::consts::SQRT_2)?.erf()?.add(1.0)?;
+            x.mul(t)?.mul(0.6)
+        });
+    }
+}
+
+/// GELU's one-step forms hold over the whole f32 range: huge, tiny and
+/// subnormal inputs, infinities and NaN, on every row path.
+#[test]
+fn gelu_steps_over_extreme_values() {
+    let mut xs: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN,
+        1e30,
+        -1e30,
+        1e-30,
+        -1e-30,
+        1e-40,
+        -1e-40,
+        f32::MIN_POSITIVE,
+        -9.0,
+        9.0,
+        -5.5,
+        5.5,
+        -3.9,
+        3.9,
+    ];
+    xs.extend((0..300).map(|i| (i as f32 - 150.0) * 0.07));
+    let n = xs.len();
+    for form in ["erf", "tanh", "erf, half last"] {
+        let g = GraphBuilder::new();
+        let x = g.placeholder("x", DType::F32, shape![1, n]).unwrap();
+        let y = match form {
+            "erf" => x.gelu(),
+            "tanh" => x.gelu_tanh(),
+            _ => (|| {
+                let t = x.div(std::f64::consts::SQRT_2)?.erf()?.add(1.0)?;
+                x.mul(t)?.mul(0.5)
+            })(),
+        };
+        y.unwrap().named("out").unwrap();
+        let graph = g.into_graph();
+        let xa = Array::from_vec(vec![1, n], xs.clone()).unwrap();
+        let run = |device: Device, opts: SessionOptions| {
+            let s = Session::with_options(&graph, device, opts).unwrap();
+            s.run(&[("x", &xa)], &["out"]).unwrap().remove(0)
+        };
+        let want = run(Device::Reference, SessionOptions::default());
+        for (path, opts) in kiln_tests::row_paths() {
+            let got = run(Device::Cpu, opts);
+            compare(&want, &got).unwrap_or_else(|e| panic!("gelu ({form}) {path}: {e}"));
+        }
     }
 }
 
