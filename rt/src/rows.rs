@@ -171,7 +171,8 @@ pub enum Step {
     /// `T` is `1 + erf(x * k1)` for `Erf` (PyTorch's exact GELU, `k1` =
     /// 1/sqrt(2)) and `1 + tanh((x + x * x * x * k1) * k2)` for `Tanh`
     /// (GPT-2's, `k1` = 0.044715, `k2` = sqrt(2/pi)); `k1` and `k2` are
-    /// constant slots.
+    /// constant slots (a model's division by sqrt 2 arrives as a product
+    /// by its reciprocal).
     Gelu(GeluForm, bool, Src, Src, Src),
 }
 
