@@ -101,6 +101,10 @@ impl Placement {
             },
             (Placement::Cpu | Placement::Aot, Class::Opaque) => self.cpu_opaque(op),
             (Placement::Cuda, Class::Opaque) => match op {
+                Op::Conv2d {
+                    channels_last: true,
+                    ..
+                } => Support::Refused("channels-last convolutions are the CPU compiler's"),
                 Op::Conv2d { .. } => Support::Native("direct kernel or im2col + cuBLAS"),
                 Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => Support::Native("pooling kernel"),
                 Op::Gather { .. } => Support::Native("gather kernel"),
@@ -147,6 +151,10 @@ impl Placement {
     /// have no interpreter).
     fn cpu_opaque(self, op: &Op) -> Support {
         let native = match op {
+            Op::Conv2d {
+                channels_last: true,
+                ..
+            } => Some("pointwise GEMM, depthwise kernel, or im2col + GEMM, channels-last"),
             Op::Conv2d { .. } => Some("direct AVX-512, direct grouped, or im2col + GEMM"),
             Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => Some("pooling kernel"),
             Op::Gather { .. } => Some("row copies"),

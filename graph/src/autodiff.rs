@@ -167,7 +167,24 @@ fn input_gradients<'g>(
             padding,
             dilation,
             groups,
+            channels_last: false,
         } => ops::linalg::grad_conv2d(ins[0], ins[1], *stride, *padding, *dilation, *groups, g)?,
+        Op::Conv2d {
+            stride,
+            padding,
+            dilation,
+            groups,
+            channels_last: true,
+        } => {
+            // The NCHW gradients, moved to and from channels-last.
+            let (x, g) = (ins[0].permute(&[0, 3, 1, 2])?, g.permute(&[0, 3, 1, 2])?);
+            let mut grads =
+                ops::linalg::grad_conv2d(x, ins[1], *stride, *padding, *dilation, *groups, g)?;
+            if let Some(gx) = grads[0].take() {
+                grads[0] = Some(gx.permute(&[0, 2, 3, 1])?);
+            }
+            grads
+        }
         Op::MaxPool2d { window } => vec![Some(ops::pool::grad_max_pool(ins[0], out, window, g)?)],
         Op::AvgPool2d {
             window,

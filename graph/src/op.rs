@@ -321,6 +321,12 @@ pub enum Op {
         dilation: [usize; 2],
         /// Channel groups.
         groups: usize,
+        /// Input and output channels-last (NHWC: `[n, h, w, c]` in,
+        /// `[n, oh, ow, o]` out; the weight stays OIHW). Graphs are built
+        /// NCHW; the CPU compiler's `ChannelsLast` pass sets this where its
+        /// kernels run faster that way.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        channels_last: bool,
     },
 
     // ---- pooling ----
@@ -589,9 +595,23 @@ impl Op {
                 padding,
                 dilation,
                 groups,
+                channels_last: false,
             } => ops::linalg::infer_conv2d(
                 inputs[0], inputs[1], *stride, *padding, *dilation, *groups,
             ),
+            Op::Conv2d {
+                stride,
+                padding,
+                dilation,
+                groups,
+                channels_last: true,
+            } => {
+                let x = ops::movement::infer_permute(inputs[0], &[0, 3, 1, 2])?;
+                let y = ops::linalg::infer_conv2d(
+                    &x, inputs[1], *stride, *padding, *dilation, *groups,
+                )?;
+                ops::movement::infer_permute(&y, &[0, 2, 3, 1])
+            }
             Op::MaxPool2d { window } | Op::AvgPool2d { window, .. } => {
                 ops::pool::infer_pool(inputs[0], window)
             }
@@ -707,9 +727,24 @@ impl Op {
                 padding,
                 dilation,
                 groups,
+                channels_last: false,
             } => ops::linalg::eval_conv2d(
                 inputs[0], inputs[1], *stride, *padding, *dilation, *groups, out,
             ),
+            Op::Conv2d {
+                stride,
+                padding,
+                dilation,
+                groups,
+                channels_last: true,
+            } => {
+                let x = ops::movement::eval_permute(inputs[0], &[0, 3, 1, 2]);
+                let nchw = [out[0], out[3], out[1], out[2]];
+                let y = ops::linalg::eval_conv2d(
+                    &x, inputs[1], *stride, *padding, *dilation, *groups, &nchw,
+                )?;
+                Ok(ops::movement::eval_permute(&y, &[0, 2, 3, 1]))
+            }
             Op::MaxPool2d { window } => ops::pool::eval_max_pool(inputs[0], window, out),
             Op::AvgPool2d {
                 window,

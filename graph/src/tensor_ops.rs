@@ -734,6 +734,7 @@ impl<'g> Tensor<'g> {
                 padding,
                 dilation,
                 groups,
+                channels_last: false,
             },
             &[weight],
             SourceLoc::caller(),

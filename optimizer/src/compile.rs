@@ -21,6 +21,9 @@ pub struct CompileOptions {
     pub disabled_passes: Vec<String>,
     /// Skip the simplification passes entirely.
     pub no_simplify: bool,
+    /// Run the `channels_last` pass after simplification (the CPU
+    /// compiler, whose NHWC kernels it targets), then simplify again.
+    pub channels_last: bool,
 }
 
 /// The result of [`compile`]: the simplified graph, the program and the pass reports.
@@ -68,7 +71,22 @@ pub fn compile_observed(
         for p in &opts.disabled_passes {
             pipeline.disable(p)?;
         }
-        pipeline.run(&g)?
+        let (g, mut reports) = pipeline.run(&g)?;
+        if opts.channels_last {
+            use crate::pass::Pass;
+            let (moved, report) = crate::passes::ChannelsLast.run(&g)?;
+            let changed = report.changed();
+            reports.push(report);
+            if changed {
+                let (again, more) = pipeline.run(&moved)?;
+                reports.extend(more);
+                (again, reports)
+            } else {
+                (g, reports)
+            }
+        } else {
+            (g, reports)
+        }
     };
     observe("simplify", Stage::Graph(&g));
     let program = Lowering::new().run(&g, bindings, |step, p| {

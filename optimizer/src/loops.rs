@@ -116,6 +116,27 @@ pub fn epilogue_loop(shape: &[usize], e: &Epilogue) -> (Vec<usize>, Epilogue) {
     (shape, e)
 }
 
+/// As [`epilogue_loop`] for an output whose first `rows` dims are rows of
+/// one matrix (a channels-last convolution's `[n, oh, ow]`, whose
+/// channels are the last dim): those dims merged into dim 0 where every
+/// access walks them as one, so the executor can run the epilogue on
+/// ranges of pixels. Where they do not merge, dim 0 is shorter than the
+/// rows' count, and the executor runs the epilogue whole.
+pub fn epilogue_loop_rows(shape: &[usize], e: &Epilogue, rows: usize) -> (Vec<usize>, Epilogue) {
+    let (mut shape, mut e) = (shape.to_vec(), e.clone());
+    let before = shape.len();
+    drop_unit_dims(&mut shape, &mut e.inputs, &mut [&mut e.program], None);
+    let mut rows = rows.saturating_sub(before - shape.len());
+    while rows > 1
+        && shape.len() > 1
+        && merge_pair(&mut shape, &mut e.inputs, &mut [&mut e.program], 0)
+    {
+        rows -= 1;
+    }
+    merge_dims(&mut shape, &mut e.inputs, &mut [&mut e.program], None, 1);
+    (shape, e)
+}
+
 /// Rewrites every index expression of a kernel with `f`.
 fn rewrite(
     inputs: &mut [Access],
@@ -193,34 +214,13 @@ fn merge_dims(
 ) {
     let mut d = first;
     while d + 1 < shape.len() {
-        let inner = shape[d + 1] as i64;
         let same_kind = axes
             .as_ref()
             .is_none_or(|a| a.contains(&d) == a.contains(&(d + 1)));
-        let mut ok = same_kind;
-        for_each_index(inputs, programs, &mut |e: &Index| {
-            ok &= contiguous(e, d, inner);
-        });
-        if !ok {
+        if !(same_kind && merge_pair(shape, inputs, programs, d)) {
             d += 1;
             continue;
         }
-        let mut ext = shape.clone();
-        ext[d] *= shape[d + 1];
-        ext.remove(d + 1);
-        rewrite(inputs, programs, &|e| {
-            substitute(
-                e,
-                &|v| match v {
-                    v if v == d => Index::constant(0),
-                    v if v == d + 1 => Index::var(d),
-                    v if v > d + 1 => Index::var(v - 1),
-                    v => Index::var(v),
-                },
-                &ext,
-            )
-        });
-        *shape = ext;
         if let Some(a) = axes.as_mut() {
             a.retain(|&x| x != d + 1);
             for x in a.iter_mut() {
@@ -230,6 +230,41 @@ fn merge_dims(
             }
         }
     }
+}
+
+/// Merges dims `d` and `d + 1` into one where every index walks them as
+/// one; returns whether it did.
+fn merge_pair(
+    shape: &mut Vec<usize>,
+    inputs: &mut [Access],
+    programs: &mut [&mut ElementProgram],
+    d: usize,
+) -> bool {
+    let inner = shape[d + 1] as i64;
+    let mut ok = true;
+    for_each_index(inputs, programs, &mut |e: &Index| {
+        ok &= contiguous(e, d, inner);
+    });
+    if !ok {
+        return false;
+    }
+    let mut ext = shape.clone();
+    ext[d] *= shape[d + 1];
+    ext.remove(d + 1);
+    rewrite(inputs, programs, &|e| {
+        substitute(
+            e,
+            &|v| match v {
+                v if v == d => Index::constant(0),
+                v if v == d + 1 => Index::var(d),
+                v if v > d + 1 => Index::var(v - 1),
+                v => Index::var(v),
+            },
+            &ext,
+        )
+    });
+    *shape = ext;
+    true
 }
 
 /// Whether `e` walks dims `d` and `d + 1` (inner extent `inner`) as one.

@@ -5,7 +5,9 @@
 //! time; buffers by their index in the program's buffer table.
 
 use crate::conv::Conv;
+use crate::conv_nhwc::ConvNhwc;
 use crate::executor::{KernelFn, Launch, MatMul, Operand, Step};
+use crate::fuse::Step as FuseStep;
 use crate::pool::Pool;
 use crate::{Elem, Real};
 
@@ -18,6 +20,7 @@ const CONV: i64 = 2;
 const HOST: i64 = 3;
 const POOL: i64 = 4;
 const GATHER: i64 = 5;
+const CONV_NHWC: i64 = 6;
 
 /// A compiled loop nest named by its function index, with its loop shape
 /// and whether dim 0 may be split across threads. `slots`: where the
@@ -32,7 +35,8 @@ pub struct Nest<'a> {
     pub slots: &'a [(usize, i64)],
 }
 
-/// The geometry of a 2-D convolution of NCHW tensors.
+/// The geometry of a 2-D convolution (of NCHW tensors, or NHWC ones where
+/// `channels_last`; the dims are given NCHW either way).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConvShape {
     pub dtype: Real,
@@ -45,6 +49,18 @@ pub struct ConvShape {
     pub padding: [usize; 4],
     pub dilation: [usize; 2],
     pub groups: usize,
+    /// Input and output NHWC.
+    pub channels_last: bool,
+}
+
+/// An epilogue a channels-last convolution applies as it stores (see
+/// [`crate::fuse`]): its steps, and the bias and residual as (buffer,
+/// element offset).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FusedSteps {
+    pub steps: Vec<FuseStep>,
+    pub bias: Option<(usize, i64)>,
+    pub residual: Option<(usize, i64)>,
 }
 
 /// Writes the steps of a program, in run order.
@@ -124,7 +140,9 @@ impl Writer {
         self.words.push(constant_b.map_or(-1, |n| n as i64));
     }
 
-    /// A convolution; `constant_w`: its weights are a constant (packed once).
+    /// A convolution; `constant_w`: its weights are a constant (packed once);
+    /// `fused` (channels-last only): an epilogue its kernels apply as they
+    /// store, before `epilogue`.
     #[allow(clippy::too_many_arguments)]
     pub fn conv(
         &mut self,
@@ -134,8 +152,9 @@ impl Writer {
         w: usize,
         constant_w: bool,
         epilogue: Option<Nest<'_>>,
+        fused: Option<&FusedSteps>,
     ) {
-        self.begin(CONV);
+        self.begin(if shape.channels_last { CONV_NHWC } else { CONV });
         self.words.push(matches!(shape.dtype, Real::F64) as i64);
         self.words.extend([out, x, w].map(|x| x as i64));
         for d in [
@@ -151,6 +170,23 @@ impl Writer {
         }
         self.words.push(constant_w as i64);
         self.nest(epilogue);
+        if shape.channels_last {
+            let f = fused.cloned().unwrap_or_default();
+            self.words.push(f.steps.len() as i64);
+            for s in &f.steps {
+                let (code, k) = match *s {
+                    FuseStep::Bias => (0, 0.0),
+                    FuseStep::Residual => (1, 0.0),
+                    FuseStep::Max(k) => (2, k),
+                    FuseStep::Min(k) => (3, k),
+                };
+                self.words.extend([code, k.to_bits() as i64]);
+            }
+            for o in [f.bias, f.residual] {
+                let (b, off) = o.map_or((-1, 0), |(b, off)| (b as i64, off));
+                self.words.extend([b, off]);
+            }
+        }
     }
 
     /// A pooling.
@@ -355,7 +391,7 @@ pub unsafe fn decode(
                     dtype, out, a, b, batch, mnk, epilogue, data, avx512, &mut packs,
                 ))
             }
-            CONV => {
+            CONV | CONV_NHWC => {
                 let dtype = if r.word()? != 0 { Real::F64 } else { Real::F32 };
                 let out = r.buffer(buffers)?;
                 let x = r.buffer(buffers)?;
@@ -369,6 +405,7 @@ pub unsafe fn decode(
                     padding: r.sizes()?,
                     dilation: r.sizes()?,
                     groups: r.size()?,
+                    channels_last: tag == CONV_NHWC,
                 };
                 let constant_w = r.word()? != 0;
                 let epilogue = r.nest(fns, buffers)?;
@@ -378,20 +415,75 @@ pub unsafe fn decode(
                 {
                     return Err(format!("convolution {s:?} is inconsistent"));
                 }
-                let mut conv = Conv::new(
-                    s.dtype, s.input, s.weight, s.out_hw, s.stride, s.padding, s.dilation,
-                    s.groups, *settings,
-                );
-                if constant_w {
-                    // SAFETY: the caller's contract for constants.
-                    unsafe { conv.prepack(constant(w)) };
-                }
-                Step::Conv {
-                    conv,
-                    out,
-                    x,
-                    w,
-                    epilogue,
+                if s.channels_last {
+                    let count = r.size()?;
+                    if count > 64 {
+                        return Err(format!("{count} fused steps"));
+                    }
+                    let mut fused = FusedSteps::default();
+                    for _ in 0..count {
+                        let code = r.word()?;
+                        let k = f32::from_bits(r.word()? as u32);
+                        fused.steps.push(match code {
+                            0 => FuseStep::Bias,
+                            1 => FuseStep::Residual,
+                            2 => FuseStep::Max(k),
+                            3 => FuseStep::Min(k),
+                            c => return Err(format!("fused step {c}")),
+                        });
+                    }
+                    let operand = |r: &mut Reader<'_>| -> Result<Option<(usize, i64)>, String> {
+                        let b = r.word()?;
+                        let off = r.word()?;
+                        if b < 0 {
+                            return Ok(None);
+                        }
+                        let b = usize::try_from(b).ok().filter(|&b| b < buffers);
+                        let b = b.ok_or_else(|| format!("fused operand buffer {b:?}"))?;
+                        Ok(Some((b, off)))
+                    };
+                    fused.bias = operand(&mut r)?;
+                    fused.residual = operand(&mut r)?;
+                    let needs = |st: FuseStep| fused.steps.contains(&st);
+                    if needs(FuseStep::Bias) != fused.bias.is_some()
+                        || needs(FuseStep::Residual) != fused.residual.is_some()
+                        || (!fused.steps.is_empty()
+                            && crate::fuse::canonical(&fused.steps).is_none())
+                    {
+                        return Err(format!("fused steps {:?} out of order", fused.steps));
+                    }
+                    let mut conv = ConvNhwc::new(
+                        s.dtype, s.input, s.weight, s.out_hw, s.stride, s.padding, s.dilation,
+                        s.groups, *settings,
+                    );
+                    if constant_w {
+                        // SAFETY: the caller's contract for constants.
+                        unsafe { conv.prepack(constant(w)) };
+                    }
+                    Step::ConvNhwc {
+                        conv,
+                        out,
+                        x,
+                        w,
+                        fused: (!fused.steps.is_empty()).then_some(fused),
+                        epilogue,
+                    }
+                } else {
+                    let mut conv = Conv::new(
+                        s.dtype, s.input, s.weight, s.out_hw, s.stride, s.padding, s.dilation,
+                        s.groups, *settings,
+                    );
+                    if constant_w {
+                        // SAFETY: the caller's contract for constants.
+                        unsafe { conv.prepack(constant(w)) };
+                    }
+                    Step::Conv {
+                        conv,
+                        out,
+                        x,
+                        w,
+                        epilogue,
+                    }
                 }
             }
             POOL => {

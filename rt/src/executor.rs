@@ -278,6 +278,17 @@ pub enum Step {
         w: usize,
         epilogue: Option<Launch>,
     },
+    /// A convolution of NHWC tensors, its epilogue on ranges of pixels
+    /// (dim 0 of its loop, where that merged `[n, oh, ow]`) as they are done.
+    ConvNhwc {
+        conv: crate::conv_nhwc::ConvNhwc,
+        out: usize,
+        x: usize,
+        w: usize,
+        /// Applied as the kernels store, before the epilogue.
+        fused: Option<crate::blob::FusedSteps>,
+        epilogue: Option<Launch>,
+    },
     /// Max or average pooling, then its epilogue.
     Pool {
         pool: crate::pool::Pool,
@@ -318,6 +329,21 @@ impl Step {
                 out: *out,
                 x: *x,
                 w: *w,
+                epilogue: epilogue.clone(),
+            },
+            Step::ConvNhwc {
+                conv,
+                out,
+                x,
+                w,
+                fused,
+                epilogue,
+            } => Step::ConvNhwc {
+                conv: conv.fork(),
+                out: *out,
+                x: *x,
+                w: *w,
+                fused: fused.clone(),
                 epilogue: epilogue.clone(),
             },
             Step::Pool {
@@ -725,6 +751,68 @@ impl Exec {
                     )
                 });
                 if let Some(l) = epilogue.as_ref().filter(|_| !applied) {
+                    unsafe { self.launch(l, table, split) };
+                }
+            }
+            Step::ConvNhwc {
+                conv,
+                out,
+                x,
+                w,
+                fused,
+                epilogue,
+            } => {
+                let [o, cg, kh, kw] = conv.weight;
+                let pixels = conv.input[0] * conv.out_hw[0] * conv.out_hw[1];
+                let work = pixels * o * cg * kh * kw;
+                let threads = if split && self.threads > 1 && work >= TEAM_WORK {
+                    self.threads
+                } else {
+                    1
+                };
+                let t = Table(table);
+                // The epilogue's dim 0 is the pixels where its operands
+                // let `[n, oh, ow]` merge (see the codegen); else it runs
+                // whole, after.
+                let by_pixels = epilogue
+                    .as_ref()
+                    .is_some_and(|l| l.extent as usize == pixels);
+                let hook = |r: std::ops::Range<usize>| {
+                    if let Some(l) = epilogue.as_ref() {
+                        // SAFETY: the epilogue covers those pixels, now computed.
+                        unsafe { l.run(t.get(), r.start as i64, r.end as i64) }
+                    }
+                };
+                let hook: Option<&crate::conv_nhwc::Epilogue<'_>> = by_pixels.then_some(&hook as _);
+                let operand = |o: Option<(usize, i64)>| {
+                    // SAFETY: the codegen's offsets keep every read inside the buffer.
+                    o.map_or(std::ptr::null(), |(b, off)| unsafe {
+                        (buf(b) as *const f32).offset(off as isize)
+                    })
+                };
+                let fused = fused.as_ref().map(|f| {
+                    // The decoder checked the steps' order.
+                    let (_, _, lo, hi) = crate::fuse::canonical(&f.steps).unwrap_or_default();
+                    crate::fuse::Fused {
+                        bias: operand(f.bias),
+                        residual: operand(f.residual),
+                        lo,
+                        hi,
+                    }
+                });
+                // SAFETY: the buffers have the shapes the convolution was built for.
+                unsafe {
+                    conv.run(
+                        buf(*out),
+                        buf(*x),
+                        buf(*w),
+                        threads,
+                        fused.as_ref(),
+                        hook,
+                        &mut scratch.columns,
+                    )
+                };
+                if let Some(l) = epilogue.as_ref().filter(|_| !by_pixels) {
                     unsafe { self.launch(l, table, split) };
                 }
             }

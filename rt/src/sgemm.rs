@@ -240,6 +240,7 @@ pub unsafe fn packed_rows(
             (rows.start, rows.end),
             (0, panels),
             None,
+            None,
         )
     }
 }
@@ -322,6 +323,26 @@ pub unsafe fn matmul(
     parallel: bool,
     epilogue: Option<&(dyn Fn(usize, usize) + Sync)>,
 ) {
+    // SAFETY: the caller's contract.
+    unsafe { matmul_fused(a, b, out, threads, parallel, None, epilogue) }
+}
+
+/// [`matmul`] with `fused` applied to every element as its tile is stored
+/// (AVX2; on AVX-512 to each chunk's tiles right after them), before
+/// `epilogue` sees the rows.
+///
+/// # Safety
+/// As [`matmul`]; `fused`'s operands hold `[m, n]` (the residual) and `n`
+/// (the bias) floats.
+pub unsafe fn matmul_fused(
+    a: Lhs,
+    b: &PackedB,
+    out: *mut f32,
+    threads: usize,
+    parallel: bool,
+    fused: Option<&crate::fuse::Fused>,
+    epilogue: Option<&(dyn Fn(usize, usize) + Sync)>,
+) {
     let isa = b.isa;
     let b = &b.view();
     let blocks = a.m.div_ceil(MR);
@@ -339,6 +360,7 @@ pub unsafe fn matmul(
                 out.0,
                 (0, a.m),
                 (0, panels),
+                fused,
                 epilogue,
             )
         };
@@ -363,7 +385,7 @@ pub unsafe fn matmul(
         let o = out;
         let done = epilogue.filter(|_| by_rows);
         // SAFETY: the parts write disjoint tiles of `out`.
-        unsafe { part(isa, Rows::View(a), b, o.0, rows, cols, done) };
+        unsafe { part(isa, Rows::View(a), b, o.0, rows, cols, fused, done) };
     });
     if let Some(e) = epilogue.filter(|_| !by_rows) {
         e(0, a.m);
@@ -442,7 +464,18 @@ pub unsafe fn batched(
             };
             let rows = (bi * MR, ((bi + 1) * MR).min(m));
             // SAFETY: items and row blocks write disjoint tiles.
-            unsafe { part(isa, Rows::View(it.a), &b, it.out, rows, (0, panels), None) };
+            unsafe {
+                part(
+                    isa,
+                    Rows::View(it.a),
+                    &b,
+                    it.out,
+                    rows,
+                    (0, panels),
+                    None,
+                    None,
+                )
+            };
         }
     };
     let total = items.len() * blocks;
@@ -473,6 +506,7 @@ unsafe impl Sync for Item {}
 /// each panel's block stays in L1 while every row block of the chunk
 /// passes over it. `done(lo, hi)` is called on each chunk's rows once
 /// they are final (the epilogue, while they are in cache).
+#[allow(clippy::too_many_arguments)]
 unsafe fn part(
     isa: Isa,
     a: Rows<'_>,
@@ -480,6 +514,7 @@ unsafe fn part(
     out: *mut f32,
     rows: (usize, usize),
     cols: (usize, usize),
+    fused: Option<&crate::fuse::Fused>,
     done: Option<&(dyn Fn(usize, usize) + Sync)>,
 ) {
     thread_local! {
@@ -491,8 +526,17 @@ unsafe fn part(
     let chunk = MC_BLOCKS;
     let all = (rows.1 - rows.0).div_ceil(MR);
     let block_len = MR * KC.min(k).next_multiple_of(KU);
+    // Contiguous rows of one depth block feed the AVX2 tiles as they lie:
+    // packing them cost as much as the product where the depth is small
+    // (MobileNet's 1x1 layers of 16 to 32 channels).
+    let direct = match a {
+        Rows::View(v) if isa == Isa::Avx2 && v.cs == 1 && v.group >= v.m && k <= DIRECT_K => {
+            Some(v)
+        }
+        _ => None,
+    };
     APACK.with_borrow_mut(|apack| {
-        if let Rows::View(_) = a {
+        if let (Rows::View(_), None) = (a, direct) {
             let need = all.min(chunk) * block_len;
             if apack.len() < need {
                 apack.resize(need, 0.0);
@@ -505,7 +549,7 @@ unsafe fn part(
             let mut k0 = 0;
             while k0 < k {
                 let kc = KC.min(k - k0);
-                if let Rows::View(a) = a {
+                if let (Rows::View(a), None) = (a, direct) {
                     for bi in 0..blocks {
                         let i0 = first_row + bi * MR;
                         let mr = MR.min(rows.1 - i0);
@@ -514,29 +558,61 @@ unsafe fn part(
                         unsafe { pack_rows(a, i0, mr, k0, kc, dst) };
                     }
                 }
-                for p in cols.0..cols.1 {
+                let first = k0 == 0;
+                // In registers on AVX2, as the last depth block stores.
+                let fz = fused.filter(|_| k0 + kc == k && isa == Isa::Avx2);
+                let tile_at = |p: usize, bi: usize| {
                     let bp = b.data[p * k * NR + k0 * NR..].as_ptr();
                     let width = NR.min(n - p * NR);
-                    let first = k0 == 0;
-                    for bi in 0..blocks {
-                        let i0 = first_row + bi * MR;
-                        let mr = MR.min(rows.1 - i0);
-                        let ap = match a {
-                            Rows::View(_) => apack[bi * block_len..].as_ptr(),
-                            Rows::Packed(p) => p.block(k0, first_row / MR + bi),
-                        };
-                        // SAFETY: the tile lies inside `out` ([m, n], contiguous).
-                        let c = unsafe { out.add(i0 * n + p * NR) };
-                        // SAFETY: as above; the host has the ISA (`isa` chose it).
-                        unsafe {
-                            match isa {
-                                Isa::Avx512 => tile_avx512(mr, ap, bp, kc, c, n, first, width),
-                                Isa::Avx2 => tile_avx2(mr, ap, bp, kc, c, n, first, width),
+                    let i0 = first_row + bi * MR;
+                    let mr = MR.min(rows.1 - i0);
+                    let (ap, layout) = match (a, direct) {
+                        // SAFETY: row i0 of the view.
+                        (_, Some(v)) => (unsafe { v.ptr.offset(v.row(i0)) }, (v.rs as usize, KU)),
+                        (Rows::View(_), None) => (apack[bi * block_len..].as_ptr(), (KU, MR * KU)),
+                        (Rows::Packed(p), None) => {
+                            (p.block(k0, first_row / MR + bi), (KU, MR * KU))
+                        }
+                    };
+                    // SAFETY: the tile lies inside `out` ([m, n], contiguous).
+                    let c = unsafe { out.add(i0 * n + p * NR) };
+                    // SAFETY: as above; the host has the ISA (`isa` chose it).
+                    unsafe {
+                        match isa {
+                            Isa::Avx512 => tile_avx512(mr, ap, bp, kc, c, n, first, width),
+                            Isa::Avx2 => {
+                                let fz = fz.map(|f| (f, p * NR, i0 * n + p * NR));
+                                tile_avx2(mr, ap, layout, bp, kc, c, n, first, width, fz)
                             }
+                        }
+                    }
+                };
+                if kc * (cols.1 - cols.0) * NR <= ROWS_OUTER {
+                    // Every panel's block fits L1 with room to spare: each
+                    // row block's output is finished while it is there
+                    // (panel by panel, a chunk's rows of 96 channels, 55
+                    // KiB, left L1 between the panels' passes).
+                    for bi in 0..blocks {
+                        for p in cols.0..cols.1 {
+                            tile_at(p, bi);
+                        }
+                    }
+                } else {
+                    // Each panel's block stays in L1 while the chunk's row
+                    // blocks pass over it.
+                    for p in cols.0..cols.1 {
+                        for bi in 0..blocks {
+                            tile_at(p, bi);
                         }
                     }
                 }
                 k0 += kc;
+            }
+            if let Some(f) = fused.filter(|_| isa != Isa::Avx2) {
+                let (lo, hi) = (first_row, (first_row + blocks * MR).min(rows.1));
+                let cs = cols.0 * NR..(cols.1 * NR).min(n);
+                // SAFETY: the chunk's final rows, in the output.
+                unsafe { f.apply_rows(out, n, lo..hi, cs) };
             }
             if let Some(done) = done {
                 done(first_row, (first_row + blocks * MR).min(rows.1));
@@ -545,6 +621,17 @@ unsafe fn part(
         }
     })
 }
+
+/// The deepest product whose contiguous rows the AVX2 tiles read
+/// unpacked. Zen 1, one thread: 12544 x 32 x 16 530 -> 430 us, but 3136 x
+/// 144 x 24 890 -> 1340 (six rows 576 bytes apart, read once per 16
+/// columns, against one packed run).
+const DIRECT_K: usize = 32;
+
+/// Floats of the panels' blocks below which a chunk runs row block by row
+/// block (every panel for one row block, then the next) rather than panel
+/// by panel: 16 KiB, half of L1.
+const ROWS_OUTER: usize = 4096;
 
 /// Depth values per chunk of a packed row block.
 const KU: usize = 16;
@@ -621,12 +708,14 @@ unsafe fn tile_avx512(
 unsafe fn tile_avx2(
     mr: usize,
     ap: *const f32,
+    layout: (usize, usize),
     bp: *const f32,
     kc: usize,
     c: *mut f32,
     n: usize,
     first: bool,
     width: usize,
+    fused: Option<Fz<'_>>,
 ) {
     for r0 in (0..mr).step_by(6) {
         let rows = (mr - r0).min(6);
@@ -635,34 +724,53 @@ unsafe fn tile_avx2(
             // SAFETY: rows r0.. of the packed block, columns c0.. of the
             // panel and the tile.
             unsafe {
-                let (a, b, o) = (ap.add(r0 * KU), bp.add(c0), c.add(r0 * n + c0));
+                let (a, b, o) = (ap.add(r0 * layout.0), bp.add(c0), c.add(r0 * n + c0));
+                let f = fused.map(|(f, col, at)| (f, col + c0, at + r0 * n + c0));
                 match rows {
-                    6 => tile8::<6>(a, b, kc, o, n, first, w),
-                    5 => tile8::<5>(a, b, kc, o, n, first, w),
-                    4 => tile8::<4>(a, b, kc, o, n, first, w),
-                    3 => tile8::<3>(a, b, kc, o, n, first, w),
-                    2 => tile8::<2>(a, b, kc, o, n, first, w),
-                    _ => tile8::<1>(a, b, kc, o, n, first, w),
+                    6 => tile8::<6>(a, layout, b, kc, o, n, first, w, f),
+                    5 => tile8::<5>(a, layout, b, kc, o, n, first, w, f),
+                    4 => tile8::<4>(a, layout, b, kc, o, n, first, w, f),
+                    3 => tile8::<3>(a, layout, b, kc, o, n, first, w, f),
+                    2 => tile8::<2>(a, layout, b, kc, o, n, first, w, f),
+                    _ => tile8::<1>(a, layout, b, kc, o, n, first, w, f),
                 }
             }
         }
     }
 }
 
+/// The residual at output element `at` (null without one).
+fn residual(f: &crate::fuse::Fused, at: usize) -> *const f32 {
+    if f.residual.is_null() {
+        std::ptr::null()
+    } else {
+        f.residual.wrapping_add(at)
+    }
+}
+
+/// A fused epilogue for a tile: the epilogue, the tile's first column and
+/// its first element's position in the output (where the residual is read).
+type Fz<'a> = (&'a crate::fuse::Fused, usize, usize);
+
 /// One `R` x 16 tile in eight-lane vectors over depth `kc`: `c = (first ?
-/// 0 : c) + a @ b`, its first `width` columns stored; `a` is row 0 of the
-/// tile in a block `pack_rows` packed, `b` column 0 of the tile in a panel.
+/// 0 : c) + a @ b`, then `fused` if any, its first `width` columns stored;
+/// `a` is row 0 of the tile in a block `pack_rows` packed, `b` column 0 of
+/// the tile in a panel.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile8<const R: usize>(
     a: *const f32,
+    (ra, ca): (usize, usize),
     b: *const f32,
     kc: usize,
     c: *mut f32,
     ldc: usize,
     first: bool,
     width: usize,
+    fused: Option<Fz<'_>>,
 ) {
+    use crate::fuse::avx2 as fz;
     let mut lo = [_mm256_setzero_ps(); R];
     let mut hi = [_mm256_setzero_ps(); R];
     // SAFETY: `a` holds the packed chunks, `b` kc rows of the panel, `c`
@@ -672,29 +780,41 @@ unsafe fn tile8<const R: usize>(
             let b0 = _mm256_loadu_ps(b.add(kk * NR));
             let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
             for r in 0..R {
-                let x = _mm256_broadcast_ss(&*ar.add(r * KU));
+                let x = _mm256_broadcast_ss(&*ar.add(r * ra));
                 lo[r] = _mm256_fmadd_ps(x, b0, lo[r]);
                 hi[r] = _mm256_fmadd_ps(x, b1, hi[r]);
             }
         };
         let full = kc / KU;
         for ch in 0..full {
-            let base = a.add(ch * MR * KU);
+            let base = a.add(ch * ca);
             for j in 0..KU {
                 step(&mut lo, &mut hi, ch * KU + j, base.add(j));
             }
         }
-        let base = a.add(full * MR * KU);
+        let base = a.add(full * ca);
         for j in 0..kc % KU {
             step(&mut lo, &mut hi, full * KU + j, base.add(j));
         }
         if width == 16 {
+            let bias = fused.map(|(f, col, _)| {
+                (
+                    fz::bias(f, col, None),
+                    fz::bias(f, col + 8, None),
+                    fz::bounds(f),
+                )
+            });
             for r in 0..R {
                 let row = c.add(r * ldc);
                 let (mut x, mut y) = (lo[r], hi[r]);
                 if !first {
                     x = _mm256_add_ps(x, _mm256_loadu_ps(row));
                     y = _mm256_add_ps(y, _mm256_loadu_ps(row.add(8)));
+                }
+                if let (Some((f, _, at)), Some((b0, b1, bs))) = (fused, bias) {
+                    let at = at + r * ldc;
+                    x = fz::apply(x, b0, residual(f, at), None, bs);
+                    y = fz::apply(y, b1, residual(f, at + 8), None, bs);
                 }
                 _mm256_storeu_ps(row, x);
                 _mm256_storeu_ps(row.add(8), y);
@@ -722,12 +842,25 @@ unsafe fn tile8<const R: usize>(
                 lane(14),
                 lane(15),
             );
+            let bias = fused.map(|(f, col, _)| {
+                let b = fz::bounds(f);
+                (
+                    fz::bias(f, col, Some(m0)),
+                    fz::bias(f, col + 8, Some(m1)),
+                    b,
+                )
+            });
             for r in 0..R {
                 let row = c.add(r * ldc);
                 let (mut x, mut y) = (lo[r], hi[r]);
                 if !first {
                     x = _mm256_add_ps(x, _mm256_maskload_ps(row, m0));
                     y = _mm256_add_ps(y, _mm256_maskload_ps(row.add(8), m1));
+                }
+                if let (Some((f, _, at)), Some((b0, b1, bs))) = (fused, bias) {
+                    let at = at + r * ldc;
+                    x = fz::apply(x, b0, residual(f, at), Some(m0), bs);
+                    y = fz::apply(y, b1, residual(f, at + 8), Some(m1), bs);
                 }
                 _mm256_maskstore_ps(row, m0, x);
                 _mm256_maskstore_ps(row.add(8), m1, y);
@@ -902,6 +1035,62 @@ mod tests {
                         seen.into_inner().unwrap().iter().all(|&s| s == 1),
                         "{what} t{threads}: epilogue rows"
                     );
+                }
+                // A fused epilogue (bias, residual, clamp; each part alone
+                // too), on AVX2 in the tiles, on AVX-512 per chunk.
+                let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 - 3.0).collect();
+                let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 - 2.0).collect();
+                for (with_bias, with_res, lo, hi) in [
+                    (true, true, 0.0, 6.0),
+                    (true, false, 0.0, f32::INFINITY),
+                    (false, true, f32::NEG_INFINITY, 1.5),
+                    (true, false, f32::NEG_INFINITY, f32::INFINITY),
+                ] {
+                    let f = crate::fuse::Fused {
+                        bias: if with_bias {
+                            bias.as_ptr()
+                        } else {
+                            std::ptr::null()
+                        },
+                        residual: if with_res {
+                            res.as_ptr()
+                        } else {
+                            std::ptr::null()
+                        },
+                        lo,
+                        hi,
+                    };
+                    let fused_want: Vec<f32> = (0..m * n)
+                        .map(|i| {
+                            let mut v = want[i];
+                            if with_bias {
+                                v += bias[i % n];
+                            }
+                            if with_res {
+                                v += res[i];
+                            }
+                            v.max(lo).min(hi)
+                        })
+                        .collect();
+                    for threads in [1, 2] {
+                        let mut out = vec![f32::NAN; m * n];
+                        unsafe {
+                            matmul_fused(
+                                lhs,
+                                &pb,
+                                out.as_mut_ptr(),
+                                threads,
+                                threads > 1,
+                                Some(&f),
+                                None,
+                            )
+                        };
+                        close(
+                            &out,
+                            &fused_want,
+                            &format!("{what} fused {with_bias} {with_res} [{lo}, {hi}] t{threads}"),
+                        );
+                    }
                 }
                 // Rows packed once, run by row blocks.
                 let pa = unsafe { PackedA::new(lhs, k, isa) };

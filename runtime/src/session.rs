@@ -221,6 +221,12 @@ pub struct SessionOptions {
     /// direct kernels and im2col + GEMM; `None` takes `KILN_CONV`, else by
     /// the measured rules.
     pub conv: Option<ConvPath>,
+    /// Whether the CPU compiler moves the convolutions of depthwise
+    /// networks (MobileNet, EfficientNet) to channels-last, where its
+    /// pointwise and depthwise kernels run faster (the optimizer's
+    /// `channels_last` pass; hosts with AVX2 and FMA); `None` takes
+    /// `KILN_CHANNELS_LAST` (`0` turns it off), else yes.
+    pub channels_last: Option<bool>,
     /// Generated code printed on stderr as it is compiled; `None` takes
     /// `KILN_DUMP_CLIF`, `KILN_DUMP_ASM`, `KILN_DUMP_ROWS`.
     pub dumps: Option<Dumps>,
@@ -352,7 +358,7 @@ impl Session {
                 .iter()
                 .all(|&p| session.graph.node(p).ty.shape.symbols().is_empty());
             if fixed && !outputs.is_empty() {
-                session.compile(&(outputs, Bindings::new()))?;
+                session.compile(&(outputs, Bindings::new()), device == Device::Cpu)?;
             }
         }
         Ok(session)
@@ -408,10 +414,13 @@ impl Session {
     /// nothing in the graph assigns are compiled as constants with their
     /// current values (so batch norm folds away); `set_variable` drops the
     /// compiled programs.
-    fn compile(&self, key: &Key) -> Result<kiln_optimizer::Compiled> {
+    fn compile(&self, key: &Key, cpu: bool) -> Result<kiln_optimizer::Compiled> {
         let current = self.export_graph()?;
         let opts = CompileOptions {
             freeze_variables: true,
+            channels_last: cpu
+                && self.options.channels_last.unwrap_or(true)
+                && kiln_codegen::cpu::has_channels_last_kernels(),
             ..Default::default()
         };
         let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;
@@ -434,7 +443,7 @@ impl Session {
         if let Some(exe) = slot.as_ref() {
             return Ok(exe.clone());
         }
-        let compiled = self.compile(key)?;
+        let compiled = self.compile(key, true)?;
         let o = &self.options;
         let d = CpuBackend::default();
         let backend = CpuBackend {
@@ -523,7 +532,7 @@ impl Session {
     /// marks it the most recently run.
     fn compile_for_gpu(&self, gpu: &mut Gpu, key: &Key) -> Result<()> {
         if !gpu.compiled.map.contains_key(key) {
-            let compiled = self.compile(key)?;
+            let compiled = self.compile(key, false)?;
             let precision = self.options.matmul_precision.unwrap_or_default();
             kiln_codegen::engine::Placement::Cuda.check(&compiled.program)?;
             let backend = CudaGpu::new(&gpu.device, precision)?;

@@ -13,6 +13,7 @@
 //! stay near `1.3e-6 * M` while a wrong tap or a missed channel is off by
 //! about a whole product.
 
+use kiln::graph::Op;
 use kiln::prelude::*;
 
 struct Case {
@@ -429,4 +430,171 @@ fn convolution_epilogues_match_the_reference() {
             }
         }
     }
+}
+
+/// A small depthwise network with every kind of node the `channels_last`
+/// pass rebuilds NHWC or leaves behind: a 3x3 stride-2 stem (im2col GEMM),
+/// inverted residual blocks (pointwise expansion with ReLU6, depthwise 3x3
+/// and 5x5 at strides 1 and 2 with SiLU, a squeeze-and-excite gate from a
+/// global average pool through two 1x1 convolutions, pointwise
+/// projection, residual sum), a max pool (NCHW, so a transpose back), and
+/// a global pool, flatten and dense head.
+fn depthwise_network(n: usize, hw: usize) -> Graph {
+    let g = GraphBuilder::new();
+    let mut seed = 10;
+    let mut constant = |shape: &[usize], scale: f64| {
+        seed += 1;
+        let v = values(shape, seed, DType::F64).to_f64_vec();
+        g.constant(
+            Array::from_vec(
+                shape.to_vec(),
+                v.iter().map(|x| (x * scale) as f32).collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let x = g
+        .placeholder("x", DType::F32, shape![n, 3, hw, hw])
+        .unwrap();
+    fn conv<'g>(
+        x: Tensor<'g>,
+        w: Tensor<'g>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> Tensor<'g> {
+        let opts = Conv2dOptions::default()
+            .stride(stride)
+            .padding(pad)
+            .groups(groups);
+        x.conv2d(w, opts).unwrap()
+    }
+    fn relu6(t: Tensor<'_>) -> Tensor<'_> {
+        t.maximum(0.0).unwrap().minimum(6.0).unwrap()
+    }
+    fn silu(t: Tensor<'_>) -> Tensor<'_> {
+        t.mul(t.sigmoid().unwrap()).unwrap()
+    }
+    let c0 = 16;
+    let mut t = conv(x, constant(&[c0, 3, 3, 3], 0.5), 2, 1, 1);
+    t = relu6(t.add(constant(&[c0, 1, 1], 0.1)).unwrap());
+    let mut c = c0;
+    for (expand, k, stride, out) in [(4, 3, 1, 16), (6, 5, 2, 24), (6, 3, 1, 24)] {
+        let e = c * expand;
+        let h = relu6(
+            conv(t, constant(&[e, c, 1, 1], 0.3), 1, 0, 1)
+                .add(constant(&[1, e, 1, 1], 0.1))
+                .unwrap(),
+        );
+        let d = silu(conv(h, constant(&[e, 1, k, k], 0.3), stride, k / 2, e));
+        let s = d.mean(&[2, 3], true).unwrap();
+        let s = conv(s, constant(&[4, e, 1, 1], 0.3), 1, 0, 1)
+            .relu()
+            .unwrap();
+        let s = conv(s, constant(&[e, 4, 1, 1], 0.3), 1, 0, 1)
+            .sigmoid()
+            .unwrap();
+        let d = d.mul(s).unwrap();
+        let p = conv(d, constant(&[out, e, 1, 1], 0.3), 1, 0, 1);
+        t = if stride == 1 && out == c {
+            p.add(t).unwrap()
+        } else {
+            p
+        };
+        c = out;
+        if c == 16 {
+            t = t.max_pool2d(Window2d::square(2, 2, 0)).unwrap();
+        }
+    }
+    let pooled = t.mean(&[2, 3], false).unwrap();
+    let y = pooled
+        .matmul(constant(&[c, 10], 0.3))
+        .unwrap()
+        .named("y")
+        .unwrap();
+    g.output(y).unwrap();
+    g.into_graph()
+}
+
+#[test]
+fn channels_last_networks_match_the_reference() {
+    for (n, hw) in [(1, 32), (3, 21), (2, 9)] {
+        let graph = depthwise_network(n, hw);
+        let x = values(&[n, 3, hw, hw], 7, DType::F32);
+        let want = Session::new(&graph, Device::Reference)
+            .unwrap()
+            .run(&[("x", &x)], &["y"])
+            .unwrap()
+            .remove(0);
+        for (channels_last, threads) in [(false, 1), (true, 1), (true, 2)] {
+            let options = SessionOptions {
+                threads: Some(threads),
+                channels_last: Some(channels_last),
+                ..Default::default()
+            };
+            let s = Session::with_options(&graph, Device::Cpu, options).unwrap();
+            for run in 0..12 {
+                let got = s.run(&[("x", &x)], &["y"]).unwrap().remove(0);
+                kiln_tests::compare(&want, &got).unwrap_or_else(|e| {
+                    panic!("n {n}, {hw}x{hw}, channels last {channels_last}, {threads} threads, run {run}: {e}")
+                });
+            }
+        }
+    }
+}
+
+/// The pass moves the whole depthwise region: every convolution, with no
+/// permute left between two of them (only the input's, the max pool's
+/// way out and back, and the head's, whose reduction drops the dims).
+#[test]
+fn channels_last_moves_depthwise_regions_whole() {
+    let graph = depthwise_network(1, 32);
+    let opts = kiln_optimizer::CompileOptions {
+        freeze_variables: true,
+        channels_last: true,
+        ..Default::default()
+    };
+    let out = graph.outputs().to_vec();
+    let compiled = kiln_optimizer::compile(&graph, &out, &Default::default(), &opts).unwrap();
+    let g = &compiled.graph;
+    let mut convs = (0, 0);
+    let mut permutes = 0;
+    for id in g.topo_order() {
+        match &g.node(id).op {
+            Op::Conv2d { channels_last, .. } => {
+                if *channels_last {
+                    convs.0 += 1
+                } else {
+                    convs.1 += 1
+                }
+            }
+            Op::Permute { .. } if g.node(id).ty.rank() == 4 => permutes += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(convs, (1 + 3 * 5, 0), "{g}");
+    assert!(permutes <= 4, "{permutes} permutes: {g}");
+    // A ResNet-style region (no depthwise convolution) stays NCHW.
+    let gb = GraphBuilder::new();
+    let x = gb
+        .placeholder("x", DType::F32, shape![1, 8, 10, 10])
+        .unwrap();
+    let w = gb.constant(values(&[8, 8, 1, 1], 1, DType::F32)).unwrap();
+    let y = x
+        .conv2d(w, Conv2dOptions::default())
+        .unwrap()
+        .relu()
+        .unwrap();
+    gb.output(y).unwrap();
+    let graph = gb.into_graph();
+    let out = graph.outputs().to_vec();
+    let compiled = kiln_optimizer::compile(&graph, &out, &Default::default(), &opts).unwrap();
+    assert!(compiled.graph.topo_order().iter().all(|&id| !matches!(
+        compiled.graph.node(id).op,
+        Op::Conv2d {
+            channels_last: true,
+            ..
+        } | Op::Permute { .. }
+    )));
 }

@@ -128,6 +128,7 @@ fn every_op_kind() -> Vec<(Op, DType)> {
                 padding: [0; 4],
                 dilation: [1, 1],
                 groups: 1,
+                channels_last: false,
             },
             DType::F32,
         ),

@@ -13,6 +13,7 @@
 pub mod aot;
 mod emit;
 mod functions;
+mod fused;
 mod jit;
 mod object;
 mod scalar_ops;
@@ -21,6 +22,13 @@ pub use jit::Target;
 /// The thread count's bound and checks (`kiln run --threads`, `KILN_NUM_THREADS`).
 pub use kiln_rt::executor::{core_threads, parse_threads, MAX_THREADS};
 pub use kiln_rt::settings::{env_threads, ConvPath, Settings};
+
+/// Whether this host runs channels-last convolutions on their fast
+/// kernels (AVX2 and FMA: kiln's GEMM and the depthwise kernel), so the
+/// optimizer's `channels_last` pass pays.
+pub fn has_channels_last_kernels() -> bool {
+    kiln_rt::sgemm::isa(false).is_some()
+}
 mod support;
 mod vector;
 mod wide;
@@ -209,6 +217,29 @@ fn epilogue_shape(program: &KernelProgram, out: BufferId) -> Vec<usize> {
     s[lead..].to_vec()
 }
 
+/// The loop the epilogue `e` of kernel `k` (writing `out`) is compiled
+/// for: a channels-last convolution's merges its `[n, oh, ow]` into dim 0
+/// where it can, for the executor to run it on ranges of pixels as they
+/// are done (see `kiln_rt::conv_nhwc`).
+fn epilogue_loop(
+    program: &KernelProgram,
+    k: usize,
+    out: BufferId,
+    e: &Epilogue,
+) -> (Vec<usize>, Epilogue) {
+    let shape = &program.buffer(out).shape;
+    match &program.kernels[k] {
+        Kernel::Op {
+            op: Op::Conv2d {
+                channels_last: true,
+                ..
+            },
+            ..
+        } => kiln_optimizer::loops::epilogue_loop_rows(shape, e, 3),
+        _ => kiln_optimizer::loops::epilogue_loop(shape, e),
+    }
+}
+
 fn is_identity(e: &Epilogue) -> bool {
     e.program.instrs.len() == 1 && e.inputs.is_empty()
 }
@@ -239,8 +270,7 @@ pub(crate) fn compile_kernels<M: cranelift_module::Module>(
                 if is_identity(e) {
                     return Ok(None);
                 }
-                let (shape, e) =
-                    kiln_optimizer::loops::epilogue_loop(&program.buffer(out).shape, e);
+                let (shape, e) = epilogue_loop(program, i, out, e);
                 let body = Body::Elementwise {
                     out,
                     shape: &shape,
@@ -294,6 +324,8 @@ pub(crate) fn compile_kernels<M: cranelift_module::Module>(
             Kernel::MatMul { out, epilogue, .. } => {
                 Pending::MatMul(i, epilogue_fn(jit, *out, epilogue)?)
             }
+            // A fused epilogue is applied as the convolution stores.
+            Kernel::Op { .. } if fused::fusion(program, i).is_some() => Pending::Op(i, None),
             Kernel::Op { out, epilogue, .. } => Pending::Op(i, epilogue_fn(jit, *out, epilogue)?),
         });
     }
@@ -398,10 +430,26 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
                 );
             }
             Pending::Op(i, e) => {
-                let Kernel::Op { op, out, args, .. } = &program.kernels[*i] else {
+                let Kernel::Op {
+                    op,
+                    out,
+                    args,
+                    epilogue: kernel_epilogue,
+                } = &program.kernels[*i]
+                else {
                     unreachable!("pending op")
                 };
-                let e = epilogue(e, *out);
+                let mut e = epilogue(e, *out);
+                if let (
+                    Some(e),
+                    Op::Conv2d {
+                        channels_last: true,
+                        ..
+                    },
+                ) = (e.as_mut(), op)
+                {
+                    e.1 = epilogue_loop(program, *i, *out, kernel_epilogue).0;
+                }
                 let e = e.as_ref().map(|(f, s, slots)| Nest {
                     function: *f,
                     shape: s,
@@ -415,10 +463,16 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
                         padding,
                         dilation,
                         groups,
+                        channels_last,
                     } if matches!(dtype, DType::F32 | DType::F64) => {
+                        // NCHW dims either way (an NHWC buffer's dims moved).
                         let dims = |b: BufferId| -> [usize; 4] {
                             let s = &program.buffer(b).shape;
-                            [s[0], s[1], s[2], s[3]]
+                            if *channels_last {
+                                [s[0], s[3], s[1], s[2]]
+                            } else {
+                                [s[0], s[1], s[2], s[3]]
+                            }
                         };
                         let o = dims(*out);
                         let shape = ConvShape {
@@ -428,16 +482,33 @@ pub(crate) fn write_steps(program: &KernelProgram, pending: &[Pending]) -> Resul
                                 kiln_rt::Real::F64
                             },
                             input: dims(args[0]),
-                            weight: dims(args[1]),
+                            weight: {
+                                let s = &program.buffer(args[1]).shape;
+                                [s[0], s[1], s[2], s[3]]
+                            },
                             out_hw: [o[2], o[3]],
                             stride: *stride,
                             padding: *padding,
                             dilation: *dilation,
                             groups: *groups,
+                            channels_last: *channels_last,
                         };
                         let constant_w =
                             matches!(program.buffer(args[1]).storage, Storage::Constant { .. });
-                        w.conv(&shape, out.0, args[0].0, args[1].0, constant_w, e);
+                        let fusion = fused::fusion(program, *i).map(|f| blob::FusedSteps {
+                            steps: f.steps,
+                            bias: f.bias,
+                            residual: f.residual,
+                        });
+                        w.conv(
+                            &shape,
+                            out.0,
+                            args[0].0,
+                            args[1].0,
+                            constant_w,
+                            e,
+                            fusion.as_ref(),
+                        );
                     }
                     Op::MaxPool2d { window } | Op::AvgPool2d { window, .. }
                         if matches!(dtype, DType::F32 | DType::F64) =>

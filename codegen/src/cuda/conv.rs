@@ -33,6 +33,7 @@ pub fn im2col_gemm(program: &KernelProgram, k: usize) -> Option<(KernelSource, u
         padding,
         dilation,
         groups,
+        channels_last: false,
     } = op
     else {
         return None;

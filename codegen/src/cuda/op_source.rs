@@ -247,6 +247,7 @@ pub fn emit_op(program: &KernelProgram, k: usize) -> Option<KernelSource> {
             padding,
             dilation,
             groups,
+            channels_last: false,
         } => {
             let ws = dims(args[1]);
             if ws.len() != 4 || program.buffer(args[1]).dtype != t {

@@ -1,6 +1,7 @@
 //! The graph passes. Each file holds one pass, documented with what it does
 //! and what it deliberately does not do.
 
+mod channels_last;
 mod eliminate_common_subexpressions;
 mod eliminate_dead_code;
 mod fold_constants;
@@ -8,6 +9,7 @@ mod fold_scale_into_contraction;
 mod freeze_variables;
 mod simplify_algebra;
 
+pub use channels_last::ChannelsLast;
 pub use eliminate_common_subexpressions::EliminateCommonSubexpressions;
 pub use eliminate_dead_code::EliminateDeadCode;
 pub use fold_constants::FoldConstants;

@@ -60,6 +60,7 @@ impl CompileArgs {
             freeze_variables: self.freeze,
             disabled_passes: self.disable.clone(),
             no_simplify: false,
+            channels_last: false,
         }
     }
 
