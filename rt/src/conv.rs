@@ -1132,7 +1132,7 @@ fn team_threads(par: gemm::Parallelism) -> usize {
 
 /// A raw pointer that may cross threads (each thread touches disjoint memory).
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // SAFETY: used only to hand disjoint regions of buffers to scoped threads.
 unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above.

@@ -23,6 +23,7 @@
 //! The epilogue is called on ranges of pixels (numbered over `[n, oh,
 //! ow]`), each pixel once, after its channels are final.
 
+use crate::conv::SendPtr;
 use crate::conv_nhwc_depthwise::DepthwiseNhwc;
 use crate::fuse::Fused;
 use crate::sgemm::{self, Isa, PackedB};
@@ -143,6 +144,23 @@ impl ConvNhwc {
         PackedB::new(&t, o, 1, taps * c, o, isa)
     }
 
+    /// The packed weights: those packed once, else `w` packed for this run.
+    ///
+    /// # Safety
+    /// `w` holds the weights.
+    unsafe fn weights(
+        &self,
+        isa: Isa,
+        packed: &Option<Arc<PackedB>>,
+        w: *const f32,
+    ) -> Arc<PackedB> {
+        match packed {
+            Some(p) => p.clone(),
+            // SAFETY: the caller's contract.
+            None => Arc::new(unsafe { self.pack(isa, w) }),
+        }
+    }
+
     /// Packs constant weights once.
     ///
     /// # Safety
@@ -231,15 +249,8 @@ impl ConvNhwc {
                 unsafe { d.run(out32, x32, w as *const f32, threads, then) }
             }
             Plan::Pointwise(isa, packed) => {
-                let fresh;
-                let b = match packed {
-                    Some(p) => &**p,
-                    None => {
-                        // SAFETY: the caller's contract.
-                        fresh = unsafe { self.pack(*isa, w as *const f32) };
-                        &fresh
-                    }
-                };
+                // SAFETY: the caller's contract.
+                let b = &*unsafe { self.weights(*isa, packed, w as *const f32) };
                 let a = sgemm::Lhs::new(x32, c as isize, 1, n * pixels);
                 let e = |lo: usize, hi: usize| {
                     if let Some(e) = epilogue {
@@ -250,15 +261,8 @@ impl ConvNhwc {
                 unsafe { sgemm::matmul_fused(a, b, out32, threads, threads > 1, fused, Some(&e)) }
             }
             Plan::Columns(isa, packed) => {
-                let fresh;
-                let b = match packed {
-                    Some(p) => &**p,
-                    None => {
-                        // SAFETY: the caller's contract.
-                        fresh = unsafe { self.pack(*isa, w as *const f32) };
-                        &fresh
-                    }
-                };
+                // SAFETY: the caller's contract.
+                let b = &*unsafe { self.weights(*isa, packed, w as *const f32) };
                 let [_, cg, kh, kw] = self.weight;
                 let k = cg * kh * kw;
                 let len = (pixels * k).div_ceil(2);
@@ -455,13 +459,6 @@ impl FromF64 for f64 {
         v
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: used only to hand disjoint parts of buffers to the team.
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SendPtr<T> {}
 
 #[cfg(test)]
 mod tests {
