@@ -179,6 +179,9 @@ impl Writer {
                     FuseStep::Residual => (1, 0.0),
                     FuseStep::Max(k) => (2, k),
                     FuseStep::Min(k) => (3, k),
+                    FuseStep::Silu => (4, 0.0),
+                    FuseStep::HardSwish => (5, 0.0),
+                    FuseStep::Sigmoid => (6, 0.0),
                 };
                 self.words.extend([code, k.to_bits() as i64]);
             }
@@ -429,6 +432,9 @@ pub unsafe fn decode(
                             1 => FuseStep::Residual,
                             2 => FuseStep::Max(k),
                             3 => FuseStep::Min(k),
+                            4 => FuseStep::Silu,
+                            5 => FuseStep::HardSwish,
+                            6 => FuseStep::Sigmoid,
                             c => return Err(format!("fused step {c}")),
                         });
                     }

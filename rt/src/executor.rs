@@ -792,12 +792,13 @@ impl Exec {
                 };
                 let fused = fused.as_ref().map(|f| {
                     // The decoder checked the steps' order.
-                    let (_, _, lo, hi) = crate::fuse::canonical(&f.steps).unwrap_or_default();
+                    let form = crate::fuse::canonical(&f.steps).unwrap_or_default();
                     crate::fuse::Fused {
                         bias: operand(f.bias),
                         residual: operand(f.residual),
-                        lo,
-                        hi,
+                        lo: form.lo,
+                        hi: form.hi,
+                        act: form.act,
                     }
                 });
                 // SAFETY: the buffers have the shapes the convolution was built for.

@@ -1980,6 +1980,62 @@ unsafe fn sigmoid<S: Simd>(x: S::V) -> S::V {
     }
 }
 
+/// A fused epilogue's activation (`crate::fuse::Act`) in place over `len`
+/// floats from `p`, in AVX2: the row code's sigmoid, two vectors at a
+/// time as [`Two`] (one chain at a time, SiLU in a GEMM's tiles cost 2.3x
+/// the separate pass it replaced).
+///
+/// # Safety
+/// The host has AVX2 and FMA; `p` holds `len` floats.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn activate_avx2(act: crate::fuse::Act, p: *mut f32, len: usize) {
+    use crate::fuse::Act;
+    macro_rules! in_place {
+        ($f:ident) => {{
+            let w2 = <Two<Avx2>>::W;
+            let mut i = 0;
+            while i + w2 <= len {
+                let x = <Two<Avx2>>::load(p.add(i));
+                <Two<Avx2>>::store(p.add(i), $f::<Two<Avx2>>(x));
+                i += w2;
+            }
+            while i < len {
+                let k = (len - i).min(Avx2::W);
+                let x = Avx2::load_first(p.add(i), k);
+                Avx2::store_first(p.add(i), k, $f::<Avx2>(x));
+                i += k;
+            }
+        }};
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        match act {
+            Act::Identity => {}
+            Act::Sigmoid => in_place!(sigmoid),
+            Act::Silu => in_place!(silu),
+            Act::HardSwish => in_place!(hard_swish),
+        }
+    }
+}
+
+/// `x * sigmoid(x)`.
+#[inline(always)]
+unsafe fn silu<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: S's code in S's functions.
+    unsafe { S::mul(x, sigmoid::<S>(x)) }
+}
+
+/// `max(x, -3) * min(max((x + 3) / 6, 0), 1)`, NaN in, NaN out.
+#[inline(always)]
+unsafe fn hard_swish<S: Simd>(x: S::V) -> S::V {
+    // SAFETY: S's code in S's functions.
+    unsafe {
+        let h = S::div(S::add(x, S::splat(3.0)), S::splat(6.0));
+        let h = S::min_raw(S::splat(1.0), S::max_raw(S::splat(0.0), h));
+        S::mul(S::max_raw(S::splat(-3.0), x), h)
+    }
+}
+
 #[inline(always)]
 unsafe fn erf<S: Simd>(x: S::V) -> S::V {
     // SAFETY: S's code in S's functions.

@@ -608,11 +608,18 @@ unsafe fn part(
                 }
                 k0 += kc;
             }
-            if let Some(f) = fused.filter(|_| isa != Isa::Avx2) {
+            if let Some(f) = fused {
                 let (lo, hi) = (first_row, (first_row + blocks * MR).min(rows.1));
                 let cs = cols.0 * NR..(cols.1 * NR).min(n);
                 // SAFETY: the chunk's final rows, in the output.
-                unsafe { f.apply_rows(out, n, lo..hi, cs) };
+                unsafe {
+                    if isa == Isa::Avx2 {
+                        // The tiles applied the rest.
+                        f.activate(out, n, lo..hi, cs)
+                    } else {
+                        f.apply_rows(out, n, lo..hi, cs)
+                    }
+                }
             }
             if let Some(done) = done {
                 done(first_row, (first_row + blocks * MR).min(rows.1));
@@ -1040,11 +1047,14 @@ mod tests {
                 // too), on AVX2 in the tiles, on AVX-512 per chunk.
                 let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 - 3.0).collect();
                 let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 - 2.0).collect();
-                for (with_bias, with_res, lo, hi) in [
-                    (true, true, 0.0, 6.0),
-                    (true, false, 0.0, f32::INFINITY),
-                    (false, true, f32::NEG_INFINITY, 1.5),
-                    (true, false, f32::NEG_INFINITY, f32::INFINITY),
+                use crate::fuse::Act;
+                for (with_bias, with_res, lo, hi, act) in [
+                    (true, true, 0.0, 6.0, Act::Identity),
+                    (true, false, 0.0, f32::INFINITY, Act::Identity),
+                    (false, true, f32::NEG_INFINITY, 1.5, Act::Identity),
+                    (true, false, f32::NEG_INFINITY, f32::INFINITY, Act::Identity),
+                    (true, false, f32::NEG_INFINITY, f32::INFINITY, Act::Silu),
+                    (true, true, -2.0, f32::INFINITY, Act::HardSwish),
                 ] {
                     let f = crate::fuse::Fused {
                         bias: if with_bias {
@@ -1059,6 +1069,7 @@ mod tests {
                         },
                         lo,
                         hi,
+                        act,
                     };
                     let fused_want: Vec<f32> = (0..m * n)
                         .map(|i| {
@@ -1069,7 +1080,7 @@ mod tests {
                             if with_res {
                                 v += res[i];
                             }
-                            v.max(lo).min(hi)
+                            act.apply(v.max(lo).min(hi))
                         })
                         .collect();
                     for threads in [1, 2] {
@@ -1088,7 +1099,9 @@ mod tests {
                         close(
                             &out,
                             &fused_want,
-                            &format!("{what} fused {with_bias} {with_res} [{lo}, {hi}] t{threads}"),
+                            &format!(
+                                "{what} fused {with_bias} {with_res} [{lo}, {hi}] {act:?} t{threads}"
+                            ),
                         );
                     }
                 }

@@ -456,11 +456,12 @@ impl Build {
         if fetches.is_empty() {
             return Err(invalid("the model declares no outputs".into()));
         }
-        // The object runs kiln-rt's channels-last kernels where the host
-        // running it has AVX2 (and plain loops where it has not).
+        // Channels-last where it pays on this host (the object runs
+        // kiln-rt's channels-last kernels where the host running it has
+        // AVX2, and plain loops where it has not).
         let opts = kiln_optimizer::CompileOptions {
             freeze_variables: true,
-            channels_last: kiln_codegen::cpu::has_channels_last_kernels(),
+            channels_last: kiln_codegen::cpu::has_channels_last_kernels(true),
             ..Default::default()
         };
         let program = kiln_optimizer::compile(&graph, &fetches, &bindings, &opts)?.program;

@@ -12,7 +12,7 @@
 //! | `KILN_WIDE_ROWS=0` | [`SessionOptions::wide_rows`] |
 //! | `KILN_SPLIT=0`/`1` | [`SessionOptions::split`] |
 //! | `KILN_CONV=gemm`/`direct`/`winograd` | [`SessionOptions::conv`] |
-//! | `KILN_CHANNELS_LAST=0` | [`SessionOptions::channels_last`] |
+//! | `KILN_CHANNELS_LAST=0`/`1` | [`SessionOptions::channels_last`] |
 //! | `KILN_CHECK_BOUNDS=1` | [`SessionOptions::bounds_checks`] |
 //! | `KILN_DUMP_CLIF`, `KILN_DUMP_ASM`, `KILN_DUMP_ROWS` | [`SessionOptions::dumps`] |
 //! | `KILN_MAX_ARENA_BYTES` | [`SessionOptions::max_arena_bytes`] |

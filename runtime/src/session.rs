@@ -224,8 +224,10 @@ pub struct SessionOptions {
     /// Whether the CPU compiler moves the convolutions of depthwise
     /// networks (MobileNet, EfficientNet) to channels-last, where its
     /// pointwise and depthwise kernels run faster (the optimizer's
-    /// `channels_last` pass; hosts with AVX2 and FMA); `None` takes
-    /// `KILN_CHANNELS_LAST` (`0` turns it off), else yes.
+    /// `channels_last` pass); `None` takes `KILN_CHANNELS_LAST` (`0` off,
+    /// else on), else where it pays: hosts with AVX2 and FMA whose NCHW
+    /// kernels may not use AVX-512
+    /// (`kiln_codegen::cpu::has_channels_last_kernels`).
     pub channels_last: Option<bool>,
     /// Generated code printed on stderr as it is compiled; `None` takes
     /// `KILN_DUMP_CLIF`, `KILN_DUMP_ASM`, `KILN_DUMP_ROWS`.
@@ -419,8 +421,12 @@ impl Session {
         let opts = CompileOptions {
             freeze_variables: true,
             channels_last: cpu
-                && self.options.channels_last.unwrap_or(true)
-                && kiln_codegen::cpu::has_channels_last_kernels(),
+                && self.options.channels_last.unwrap_or_else(|| {
+                    let avx512 = self.options.avx512;
+                    kiln_codegen::cpu::has_channels_last_kernels(
+                        avx512.unwrap_or(CpuBackend::default().avx512),
+                    )
+                }),
             ..Default::default()
         };
         let compiled = kiln_optimizer::compile(&current, &key.0, &key.1, &opts)?;

@@ -433,12 +433,13 @@ fn convolution_epilogues_match_the_reference() {
 }
 
 /// A small depthwise network with every kind of node the `channels_last`
-/// pass rebuilds NHWC or leaves behind: a 3x3 stride-2 stem (im2col GEMM),
-/// inverted residual blocks (pointwise expansion with ReLU6, depthwise 3x3
-/// and 5x5 at strides 1 and 2 with SiLU, a squeeze-and-excite gate from a
-/// global average pool through two 1x1 convolutions, pointwise
-/// projection, residual sum), a max pool (NCHW, so a transpose back), and
-/// a global pool, flatten and dense head.
+/// pass rebuilds NHWC or leaves behind: a 3x3 stride-2 stem (im2col GEMM)
+/// with hard-swish, inverted residual blocks (pointwise expansion with
+/// ReLU6, depthwise 3x3 and 5x5 at strides 1 and 2 with SiLU, a
+/// squeeze-and-excite gate from a global average pool through two 1x1
+/// convolutions, pointwise projection, residual sum), a max pool (NCHW, so
+/// a transpose back), and a global pool, flatten and dense head. The
+/// activations are those the kernels fuse as they store.
 fn depthwise_network(n: usize, hw: usize) -> Graph {
     let g = GraphBuilder::new();
     let mut seed = 10;
@@ -476,9 +477,15 @@ fn depthwise_network(n: usize, hw: usize) -> Graph {
     fn silu(t: Tensor<'_>) -> Tensor<'_> {
         t.mul(t.sigmoid().unwrap()).unwrap()
     }
+    /// As kiln's ONNX import writes HardSwish.
+    fn hard_swish(t: Tensor<'_>) -> Tensor<'_> {
+        let h = t.add(3.0).unwrap().div(6.0).unwrap();
+        let h = h.maximum(0.0).unwrap().minimum(1.0).unwrap();
+        t.maximum(-3.0).unwrap().mul(h).unwrap()
+    }
     let c0 = 16;
     let mut t = conv(x, constant(&[c0, 3, 3, 3], 0.5), 2, 1, 1);
-    t = relu6(t.add(constant(&[c0, 1, 1], 0.1)).unwrap());
+    t = hard_swish(t.add(constant(&[c0, 1, 1], 0.1)).unwrap());
     let mut c = c0;
     for (expand, k, stride, out) in [(4, 3, 1, 16), (6, 5, 2, 24), (6, 3, 1, 24)] {
         let e = c * expand;

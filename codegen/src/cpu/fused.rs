@@ -1,10 +1,12 @@
 //! Epilogues of channels-last convolutions that the kernels apply in
 //! registers as they store (`kiln_rt::fuse`): a chain from the
 //! convolution's result through a per-channel bias, a residual of the
-//! output's layout and clamps by constants, each intermediate used once.
-//! Anything else compiles as an epilogue loop.
+//! output's layout and clamps by constants, each intermediate used once,
+//! ending in at most one activation (sigmoid, SiLU as `x * sigmoid(x)`,
+//! hard-swish as kiln's ONNX import writes it). Anything else compiles as
+//! an epilogue loop.
 
-use kiln_graph::{BinaryOp, DType, Op};
+use kiln_graph::{BinaryOp, DType, Op, UnaryOp};
 use kiln_optimizer::index::Atom;
 use kiln_optimizer::kernel::{Access, Epilogue, Instr, Kernel, KernelProgram};
 use kiln_rt::fuse::Step;
@@ -94,8 +96,12 @@ fn of(program: &KernelProgram, shape: &[usize], e: &Epilogue) -> Option<Fusion> 
         Instr::Const(s) => Some(s.to_f64() as f32).filter(|v| !v.is_nan()),
         _ => None,
     };
-    // From the result back to the accumulator.
+    // From the result back to the accumulator, the activation first.
     let mut at = p.result;
+    if let Some((step, x)) = activation(p, &uses, at) {
+        fusion.steps.push(step);
+        at = x;
+    }
     loop {
         match &p.instrs[at] {
             Instr::Acc => break,
@@ -155,4 +161,148 @@ fn of(program: &KernelProgram, shape: &[usize], e: &Epilogue) -> Option<Fusion> 
     fusion.steps.reverse();
     kiln_rt::fuse::canonical(&fusion.steps)?;
     (!fusion.steps.is_empty()).then_some(fusion)
+}
+
+/// The activation that instruction `at` ends, and the value it takes: the
+/// instructions between them used by the activation alone, the value by
+/// nothing else.
+fn activation(
+    p: &kiln_optimizer::kernel::ElementProgram,
+    uses: &[usize],
+    at: usize,
+) -> Option<(Step, usize)> {
+    let constant = |i: usize, k: f64| matches!(&p.instrs[i], Instr::Const(s) if s.to_f64() == k);
+    let sigmoid_of = |i: usize| match &p.instrs[i] {
+        Instr::Unary(UnaryOp::Sigmoid, x) if uses[i] == 1 => Some(*x),
+        _ => None,
+    };
+    // `op(a, b)` or `op(b, a)` where `b` is the constant `k`: `a`.
+    let with_const = |i: usize, op: BinaryOp, k: f64| match &p.instrs[i] {
+        Instr::Binary(f, a, b) if *f == op && uses[i] == 1 => {
+            if constant(*b, k) {
+                Some(*a)
+            } else if constant(*a, k) && op != BinaryOp::Div {
+                Some(*b)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    if let Instr::Unary(UnaryOp::Sigmoid, x) = &p.instrs[at] {
+        return (uses[*x] == 1).then_some((Step::Sigmoid, *x));
+    }
+    let Instr::Binary(BinaryOp::Mul, a, b) = &p.instrs[at] else {
+        return None;
+    };
+    for (l, r) in [(*a, *b), (*b, *a)] {
+        // x * sigmoid(x)
+        if sigmoid_of(r) == Some(l) && uses[l] == 2 {
+            return Some((Step::Silu, l));
+        }
+        // max(x, -3) * min(max((x + 3) / 6, 0), 1)
+        let x = with_const(l, BinaryOp::Max, -3.0);
+        let h = with_const(r, BinaryOp::Min, 1.0)
+            .and_then(|i| with_const(i, BinaryOp::Max, 0.0))
+            .and_then(|i| with_const(i, BinaryOp::Div, 6.0))
+            .and_then(|i| with_const(i, BinaryOp::Add, 3.0));
+        if let (Some(x), Some(h)) = (x, h) {
+            if x == h && uses[x] == 2 {
+                return Some((Step::HardSwish, x));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_graph::Scalar;
+    use kiln_optimizer::kernel::ElementProgram;
+    use BinaryOp::*;
+
+    /// `instrs` as a program whose result is the last, and each
+    /// instruction's number of readers.
+    fn program(instrs: Vec<Instr>) -> (ElementProgram, Vec<usize>) {
+        let mut uses = vec![0; instrs.len()];
+        for ins in &instrs {
+            for r in ins.operands() {
+                uses[r] += 1;
+            }
+        }
+        let result = instrs.len() - 1;
+        (ElementProgram { instrs, result }, uses)
+    }
+
+    fn c(v: f32) -> Instr {
+        Instr::Const(Scalar::F32(v))
+    }
+
+    /// Hard-swish of instruction 0 as kiln's ONNX import writes it, with
+    /// `six` for 6 and the product's operands swapped or not.
+    fn hard_swish(six: f32, swap: bool) -> Vec<Instr> {
+        vec![
+            Instr::Acc,
+            c(-3.0),
+            Instr::Binary(Max, 0, 1),
+            c(3.0),
+            Instr::Binary(Add, 0, 3),
+            c(six),
+            Instr::Binary(Div, 4, 5),
+            c(0.0),
+            Instr::Binary(Max, 6, 7),
+            c(1.0),
+            Instr::Binary(Min, 8, 9),
+            if swap {
+                Instr::Binary(Mul, 10, 2)
+            } else {
+                Instr::Binary(Mul, 2, 10)
+            },
+        ]
+    }
+
+    fn found(instrs: Vec<Instr>) -> Option<(Step, usize)> {
+        let (p, uses) = program(instrs);
+        activation(&p, &uses, p.result)
+    }
+
+    #[test]
+    fn activations_are_found_and_near_misses_are_not() {
+        let sig = Instr::Unary(UnaryOp::Sigmoid, 0);
+        assert_eq!(
+            found(vec![Instr::Acc, sig.clone()]),
+            Some((Step::Sigmoid, 0))
+        );
+        for mul in [Instr::Binary(Mul, 0, 1), Instr::Binary(Mul, 1, 0)] {
+            assert_eq!(
+                found(vec![Instr::Acc, sig.clone(), mul]),
+                Some((Step::Silu, 0))
+            );
+        }
+        assert_eq!(found(hard_swish(6.0, false)), Some((Step::HardSwish, 0)));
+        assert_eq!(found(hard_swish(6.0, true)), Some((Step::HardSwish, 0)));
+        // x * sigmoid(y); a value read by a third instruction; another
+        // constant; sigmoid's value read elsewhere.
+        let other = vec![
+            Instr::Acc,
+            Instr::Load(0),
+            Instr::Unary(UnaryOp::Sigmoid, 1),
+            Instr::Binary(Mul, 0, 2),
+        ];
+        assert_eq!(found(other), None);
+        let mut third = vec![Instr::Acc, sig.clone(), Instr::Binary(Mul, 0, 1)];
+        third.push(Instr::Binary(Add, 2, 0));
+        let (p, uses) = program(third);
+        assert_eq!(activation(&p, &uses, 2), None);
+        assert_eq!(found(hard_swish(5.0, false)), None);
+        let shared = vec![
+            Instr::Acc,
+            sig,
+            Instr::Binary(Mul, 0, 1),
+            Instr::Binary(Add, 2, 1),
+        ];
+        let (p, uses) = program(shared);
+        assert_eq!(activation(&p, &uses, 2), None);
+    }
 }

@@ -20,6 +20,11 @@ pub struct CompileArgs {
     /// Skip a pass by name (repeatable).
     #[arg(long = "disable-pass", value_name = "PASS")]
     pub disable: Vec<String>,
+    /// Move the regions holding depthwise convolutions to channels-last
+    /// layout, as CPU sessions do on hosts with AVX2 and FMA (the
+    /// `channels_last` pass).
+    #[arg(long)]
+    pub channels_last: bool,
 }
 
 impl CompileArgs {
@@ -60,7 +65,7 @@ impl CompileArgs {
             freeze_variables: self.freeze,
             disabled_passes: self.disable.clone(),
             no_simplify: false,
-            channels_last: false,
+            channels_last: self.channels_last,
         }
     }
 
@@ -139,6 +144,7 @@ pub fn complete_inputs(
         dims: dims.to_vec(),
         freeze: false,
         disable: Vec::new(),
+        channels_last: false,
     }
     .bindings(graph)?;
     let named: Vec<&str> = dims

@@ -84,6 +84,7 @@ fn compile_aot(a: &Args, cc: Option<&str>) -> Result<()> {
         dims: a.dims.clone(),
         freeze: true,
         disable: Vec::new(),
+        channels_last: false,
     };
     let bindings = args.bindings(&graph)?;
     for s in bindings.keys() {
