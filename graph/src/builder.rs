@@ -285,6 +285,19 @@ impl GraphBuilder {
         )
     }
 
+    /// A constant holding `value` itself: the graph shares the array, with
+    /// no copy (an importer's weights, a value folded once and used twice).
+    #[track_caller]
+    pub fn constant_shared(&self, value: std::sync::Arc<Array>) -> Result<Tensor<'_>> {
+        self.push(
+            Op::Constant {
+                value: crate::op::Weight(value),
+            },
+            &[],
+            SourceLoc::caller(),
+        )
+    }
+
     /// A rank-0 constant `v` of `dtype`.
     #[track_caller]
     pub fn scalar(&self, v: f64, dtype: DType) -> Result<Tensor<'_>> {

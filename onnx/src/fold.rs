@@ -4,7 +4,7 @@
 //! ([`build_or_fold`]).
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kiln_graph::{Array, GraphBuilder, Tensor};
 
@@ -93,22 +93,22 @@ pub(crate) fn build_or_fold<'g>(
     inputs: &[Value<'g>],
     f: Build<'_>,
 ) -> ops::R<Vec<Value<'g>>> {
-    let constants: Option<Vec<&Rc<Array>>> = inputs.iter().map(|v| v.constant.as_ref()).collect();
+    let constants: Option<Vec<&Arc<Array>>> = inputs.iter().map(|v| v.constant.as_ref()).collect();
     if let Some(arrays) = constants.filter(|a| !a.is_empty()) {
         let scratch = GraphBuilder::new();
         let ts = arrays
             .iter()
-            .map(|a| scratch.constant((***a).clone()))
+            .map(|a| scratch.constant_shared(Arc::clone(a)))
             .collect::<kiln_graph::Result<Vec<_>>>()?;
         let outs = f(&scratch, &ts)?;
         if let Some(arrays) = evaluate(&scratch, &outs)? {
             return arrays
                 .into_iter()
                 .map(|a| {
-                    let t = g.constant(a.clone())?;
+                    let t = g.constant(a)?;
                     Ok(Value {
                         t,
-                        constant: Some(Rc::new(a)),
+                        constant: t.constant_value(),
                     })
                 })
                 .collect();
@@ -120,7 +120,7 @@ pub(crate) fn build_or_fold<'g>(
         .into_iter()
         .map(|t| Value {
             t,
-            constant: t.constant_value().map(|a| Rc::new((*a).clone())),
+            constant: t.constant_value(),
         })
         .collect())
 }

@@ -19,7 +19,6 @@
 //!   present, and no output at all when none.
 
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
 
 use kiln_graph::{Dim, Graph, GraphBuilder, NodeId, Shape, SourceLoc, Tensor};
 
@@ -168,7 +167,7 @@ fn input_item<'g>(
                 scope.owned.insert(t.id());
                 return Ok(Item::Tensor(Value {
                     t,
-                    constant: Some(Rc::new(a.clone())),
+                    constant: t.constant_value(),
                 }));
             }
             let shape =
@@ -291,12 +290,26 @@ fn output_item(
 }
 
 /// Imports `model`.
-pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Result<Imported> {
+/// Drops the data of a tensor already converted (its name, type and
+/// dims stay).
+fn free_data(t: &mut crate::proto::TensorProto) {
+    t.raw_data = Vec::new();
+    t.float_data = Vec::new();
+    t.double_data = Vec::new();
+    t.int32_data = Vec::new();
+    t.int64_data = Vec::new();
+    t.uint64_data = Vec::new();
+    t.string_data = Vec::new();
+}
+
+/// Imports `model`, emptying its initializers' data as they become the
+/// graph's constants (so the weights are held about once, not twice).
+pub(crate) fn import_model(model: &mut ModelProto, options: &ImportOptions) -> Result<Imported> {
+    let (opset, warnings) = check::opset(model)?;
     let graph = model
         .graph
-        .as_ref()
+        .as_mut()
         .ok_or_else(|| Error::Invalid("the model has no graph".into()))?;
-    let (opset, warnings) = check::opset(model)?;
     check::single_writers(graph)?;
     check::options(graph, options)?;
     let _limit = FoldLimit::set(options.fold_limit_bytes);
@@ -320,22 +333,25 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
         .flat_map(|n| n.input.iter().skip(3).take(2))
         .map(String::as_str)
         .collect();
-    for init in &graph.initializer {
+    for init in graph.initializer.iter_mut() {
         let _origin = SourceLoc::set_origin(SourceLoc::origin(format!(
             "ONNX initializer '{}'",
             init.name
         )));
         let a = tensor::to_array(init)
             .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
+        free_data(init);
         let name = kiln_name(&init.name);
+        // The graph's constant is the folding's value too: one copy of
+        // the weights (GPT-2's import peaked at four).
         let t = if options.initializers_as_variables {
             if statistics.contains(init.name.as_str()) {
-                g.non_trainable_variable(&name, a.clone())
+                g.non_trainable_variable(&name, a)
             } else {
-                g.variable(&name, a.clone())
+                g.variable(&name, a)
             }
         } else {
-            g.constant(a.clone()).and_then(|t| t.named(&name))
+            g.constant(a).and_then(|t| t.named(&name))
         }
         .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
         scope.owned.insert(t.id());
@@ -343,7 +359,7 @@ pub(crate) fn import_model(model: &ModelProto, options: &ImportOptions) -> Resul
             init.name.clone(),
             Item::Tensor(Value {
                 t,
-                constant: (!options.initializers_as_variables).then(|| Rc::new(a)),
+                constant: t.constant_value(),
             }),
         );
     }
@@ -605,10 +621,10 @@ fn fold_node<'g>(
     };
     let mut values = Vec::with_capacity(arrays.len());
     for a in arrays {
-        let t = g.constant(a.clone())?;
+        let t = g.constant(a)?;
         values.push(Value {
             t,
-            constant: Some(Rc::new(a)),
+            constant: t.constant_value(),
         });
     }
     Ok(Some(values))
@@ -638,7 +654,7 @@ fn build_node<'g>(
         .into_iter()
         .map(|t| Value {
             t,
-            constant: t.constant_value().map(|a| Rc::new((*a).clone())),
+            constant: t.constant_value(),
         })
         .collect())
 }
@@ -746,7 +762,7 @@ mod tests {
             ],
             ..GraphProto::default()
         };
-        let model = ModelProto {
+        let mut model = ModelProto {
             ir_version: 8,
             opset_import: vec![OperatorSetIdProto {
                 domain: String::new(),
@@ -756,13 +772,16 @@ mod tests {
             ..ModelProto::default()
         };
         let mut options = ImportOptions::default();
-        let e = import_model(&model, &options).err().unwrap().to_string();
+        let e = import_model(&mut model.clone(), &options)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("sequence_inputs"), "{e}");
         options
             .sequence_inputs
             .insert("xs".into(), vec![Shape::fixed(&[2]); 3]);
         options.absent_inputs.insert("o".into());
-        let g = import_model(&model, &options).unwrap().graph;
+        let g = import_model(&mut model, &options).unwrap().graph;
         let names = |ids: Vec<NodeId>| -> Vec<String> {
             ids.into_iter().map(|i| g.node(i).name.clone()).collect()
         };

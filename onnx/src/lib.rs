@@ -139,8 +139,10 @@ pub fn import_with(path: impl AsRef<Path>, options: &ImportOptions) -> Result<Gr
 /// model's folder.
 pub fn import_report(path: impl AsRef<Path>, options: &ImportOptions) -> Result<Imported> {
     let path = path.as_ref();
-    let bytes = read_model(path)?;
-    import_in(&bytes, options, path.parent()).map_err(|e| e.in_file(path))
+    // The file's bytes go once decoded: a model's weights are then held
+    // once by the protobuf, once by the graph.
+    let model = decode(&read_model(path)?).map_err(|e| e.in_file(path))?;
+    import_decoded(model, options, path.parent()).map_err(|e| e.in_file(path))
 }
 
 /// The bytes of the model file at `path`: a regular file (not a device, a
@@ -198,10 +200,22 @@ pub fn import_bytes_report(bytes: &[u8], options: &ImportOptions) -> Result<Impo
 /// Imports a serialized ONNX `ModelProto`, its external data relative to
 /// `folder` (`None`: external data is an error).
 fn import_in(bytes: &[u8], options: &ImportOptions, folder: Option<&Path>) -> Result<Imported> {
+    import_decoded(decode(bytes)?, options, folder)
+}
+
+fn decode(bytes: &[u8]) -> Result<proto::ModelProto> {
     use prost::Message;
-    let model = proto::ModelProto::decode(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    proto::ModelProto::decode(bytes).map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// Imports a decoded model, its external data relative to `folder`.
+fn import_decoded(
+    mut model: proto::ModelProto,
+    options: &ImportOptions,
+    folder: Option<&Path>,
+) -> Result<Imported> {
     let _external = external::Scope::enter(folder);
-    import::import_model(&model, options)
+    import::import_model(&mut model, options)
 }
 
 /// The ONNX op types this importer converts (default domain), sorted.

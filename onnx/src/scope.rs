@@ -9,7 +9,7 @@
 //! importing, and an optional is known to hold a value or none.
 
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kiln_graph::{Array, NodeId, Tensor};
 
@@ -23,7 +23,7 @@ use crate::tensor;
 #[derive(Clone)]
 pub(crate) struct Value<'g> {
     pub t: Tensor<'g>,
-    pub constant: Option<Rc<Array>>,
+    pub constant: Option<Arc<Array>>,
 }
 
 impl<'g> Value<'g> {

@@ -2,7 +2,7 @@
 //! (or where it carries sequences, optionals or scan outputs), otherwise
 //! kiln's `while_loop`.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kiln_graph::{Array, GraphBuilder, Tensor};
 
@@ -153,7 +153,7 @@ fn unroll<'g>(
         let t = g.constant(a.clone()).map_err(|e| fail(e.into()))?;
         Ok(Item::Tensor(Value {
             t,
-            constant: Some(Rc::new(a)),
+            constant: Some(Arc::new(a)),
         }))
     };
     let mut cur = vars;

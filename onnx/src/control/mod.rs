@@ -8,7 +8,7 @@ pub(crate) mod loops;
 pub(crate) mod scan;
 
 use std::collections::HashSet;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kiln_graph::{GraphBuilder, Tensor};
 
@@ -92,7 +92,7 @@ pub(crate) fn run_subgraph<'s>(
             init.name.clone(),
             Item::Tensor(Value {
                 t,
-                constant: Some(Rc::new(a)),
+                constant: Some(Arc::new(a)),
             }),
         );
     }

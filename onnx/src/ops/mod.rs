@@ -11,7 +11,7 @@
 //! than tensors: they have converters of their own (`sequence::find`),
 //! which the importer calls; their entries here only list them.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kiln_graph::{Array, DType, GraphBuilder, Tensor};
 
@@ -118,7 +118,7 @@ pub(crate) fn knows_domain(domain: &str) -> bool {
 #[derive(Clone)]
 pub(crate) struct Input<'g> {
     pub t: Tensor<'g>,
-    pub value: Option<Rc<Array>>,
+    pub value: Option<Arc<Array>>,
 }
 
 /// A node being converted.
@@ -220,7 +220,7 @@ impl<'a, 'g> Node<'a, 'g> {
 
     /// The value of input `i` where it is known at import time (`None`:
     /// omitted; `Err`: present but computed at run time).
-    pub fn const_input(&self, i: usize) -> R<Option<Rc<Array>>> {
+    pub fn const_input(&self, i: usize) -> R<Option<Arc<Array>>> {
         match self.inputs.get(i).and_then(|v| v.as_ref()) {
             None => Ok(None),
             Some(v) => v
@@ -399,7 +399,7 @@ pub(crate) mod test_support {
             .map(|a| {
                 a.map(|a| Input {
                     t: g.constant(a.clone()).unwrap(),
-                    value: Some(std::rc::Rc::new(a)),
+                    value: Some(std::sync::Arc::new(a)),
                 })
             })
             .collect();

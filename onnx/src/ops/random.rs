@@ -125,7 +125,7 @@ mod tests {
             .map(|a| {
                 Some(Input {
                     t: g.constant(a.clone()).unwrap(),
-                    value: Some(std::rc::Rc::new(a)),
+                    value: Some(std::sync::Arc::new(a)),
                 })
             })
             .collect();

@@ -19,7 +19,7 @@
 //! - `SequenceMap` runs its body once per element (unrolled);
 //! - `OptionalHasElement` is a constant.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kiln_graph::{Array, DType, Data, GraphBuilder, Tensor};
 
@@ -172,7 +172,7 @@ impl<'a, 'g> SeqNode<'a, 'g> {
         let t = self.g.constant(a.clone()).map_err(|e| self.fail(e))?;
         Ok(Item::Tensor(Value {
             t,
-            constant: Some(Rc::new(a)),
+            constant: Some(Arc::new(a)),
         }))
     }
 }

@@ -465,7 +465,7 @@ pub(crate) fn range<'g>(n: &Node<'_, 'g>) -> R<Vec<Tensor<'g>>> {
     {
         return symbolic_range(n);
     }
-    let get = |i: usize, what: &str| -> R<std::rc::Rc<Array>> {
+    let get = |i: usize, what: &str| -> R<std::sync::Arc<Array>> {
         n.const_input(i)?
             .ok_or_else(|| format!("Range needs {what}").into())
     };
