@@ -296,8 +296,14 @@ impl Conv {
     /// (`Winograd::flat`) does better: 7x7 512->512 6.6 vs 7.6 (three
     /// runs each way). Hence: at least 16 channels in and out, and for the
     /// flat plan at least 256 (its tile-by-tile transforms cost more
-    /// beside fewer channels). AVX-512 hosts keep their direct kernel (not
-    /// measured there).
+    /// beside fewer channels).
+    ///
+    /// On AVX-512 (Zen 5, one thread, ResNet-18's layers in the model,
+    /// direct vs Winograd, us): 56x56 64->64 1100-1134 vs 944-969, 28x28
+    /// 128->128 1096-1126 vs 779-804; but 14x14 256->256 1147-1199 vs
+    /// 1776-1836 (im2col + GEMM 1280-1295) and 7x7 512->512 (GEMM 1589-1695)
+    /// 2878-2937. ResNet-18 b1 went 22.3 -> 20.7 ms, b8 184-197 -> 155-165.
+    /// Hence there: planes of at least 28x28, never the flat plan.
     /// `path` overrides: `KILN_CONV=winograd` wherever it applies, `gemm`
     /// and `direct` never.
     fn winograd_pays(
@@ -313,7 +319,12 @@ impl Conv {
             ConvPath::Gemm | ConvPath::Direct => false,
             ConvPath::Measured => {
                 let (c, o) = (input[1], weight[0]);
-                !avx512 && c >= 16 && o >= 16 && (!flat || c.min(o) >= 256)
+                let plane = input[2] * input[3];
+                if avx512 {
+                    c >= 16 && o >= 16 && !flat && plane >= 28 * 28
+                } else {
+                    c >= 16 && o >= 16 && (!flat || c.min(o) >= 256)
+                }
             }
         }
     }
