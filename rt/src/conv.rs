@@ -189,13 +189,18 @@ impl Conv {
             None
         };
         #[cfg(target_arch = "x86_64")]
-        // AVX-512 only: on AVX2 (a Zen 1) the `gemm` crate measured faster
+        // A Zen 4 only: on AVX2 (a Zen 1) the `gemm` crate measured faster
         // through convolutions than kiln's 6 x 16 tiles with the whole
         // image's columns packed first (ResNet-18's 56x56 3x3 layers 7.6
-        // vs 9.0 ms), while dense layers gain from weights packed once.
+        // vs 9.0 ms), while dense layers gain from weights packed once;
+        // and on a Zen 5, whose 512-bit units are whole, than kiln's 12 x
+        // 32 AVX-512 tiles (12 broadcasts per 24 multiply-adds, against the
+        // crate's 6): ResNet-50 b1 one thread 50-54 -> 47.7-48.5 ms, two
+        // 32.5 -> 26.6, its 7x7 layers 1.8-1.9 -> 1.5 ms each.
         let packs = crate::sgemm::isa(settings.avx512)
             .filter(|&isa| {
                 isa == crate::sgemm::Isa::Avx512
+                    && crate::zen4()
                     && dtype == Real::F32
                     && groups == 1
                     && direct.is_none()

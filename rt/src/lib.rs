@@ -95,6 +95,29 @@ pub fn avx512() -> bool {
     false
 }
 
+/// True on an AMD Zen 4 (family 19h with AVX-512), whose cores run each
+/// 512-bit operation as two 256-bit halves; Zen 5 (family 1Ah) and Intel's
+/// AVX-512 cores run them whole. Kernel choices measured to differ between
+/// the two ask this.
+pub fn zen4() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        // Leaves 0 (vendor) and 1 (family) exist on every x86-64 processor.
+        let (vendor, id) = (__cpuid(0), __cpuid(1));
+        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let base = (id.eax >> 8) & 0xf;
+        let family = if base == 0xf {
+            base + ((id.eax >> 20) & 0xff)
+        } else {
+            base
+        };
+        amd && family == 0x19 && avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// True when this host runs the AVX2 row code: AVX2 and FMA (Haswell,
 /// Zen and later).
 pub fn avx2() -> bool {

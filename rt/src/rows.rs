@@ -1821,22 +1821,29 @@ unsafe fn recip_est<S: Simd>(d: S::V) -> S::V {
     }
 }
 
-/// `max` that propagates NaN (the hardware returns its second operand).
+/// `max` that propagates NaN (the hardware returns its second operand)
+/// and, as IEEE 754's `maximum` and the scalar code, gives +0 for -0 and
+/// +0 in either order (their bits ANDed; the hardware gives the second).
 #[inline(always)]
 unsafe fn max<S: Simd>(a: S::V, b: S::V) -> S::V {
     // SAFETY: S's code in S's functions.
     unsafe {
         let nan = S::cmp::<_CMP_UNORD_Q>(a, b);
-        S::blend(nan, S::add(a, b), S::max_raw(a, b))
+        let tie = S::cmp::<_CMP_EQ_OQ>(a, b);
+        let m = S::blend(tie, S::and(a, b), S::max_raw(a, b));
+        S::blend(nan, S::add(a, b), m)
     }
 }
 
+/// `min` as [`max`]: -0 for -0 and +0 (their bits ORed).
 #[inline(always)]
 unsafe fn min<S: Simd>(a: S::V, b: S::V) -> S::V {
     // SAFETY: S's code in S's functions.
     unsafe {
         let nan = S::cmp::<_CMP_UNORD_Q>(a, b);
-        S::blend(nan, S::add(a, b), S::min_raw(a, b))
+        let tie = S::cmp::<_CMP_EQ_OQ>(a, b);
+        let m = S::blend(tie, S::or(a, b), S::min_raw(a, b));
+        S::blend(nan, S::add(a, b), m)
     }
 }
 
@@ -2296,8 +2303,8 @@ mod tests {
     }
 
     /// exp, log, sigmoid, tanh and erf agree between the ISAs to the few
-    /// ulps of their reciprocal estimates (exp and log bit for bit), over
-    /// a sweep with special values.
+    /// ulps of their reciprocal estimates (exp and log bit for bit; results
+    /// under the least normal to 2^-126), over a sweep with special values.
     #[test]
     fn the_isas_agree() {
         let isas = isas();
@@ -2328,8 +2335,13 @@ mod tests {
             for ((&xi, &a), &b) in x.iter().zip(&outs[0]).zip(&outs[1]) {
                 let ulps = (a.to_bits() as i64 - b.to_bits() as i64).abs();
                 let exact = matches!(f, UnaryFn::Exp | UnaryFn::Log);
+                // Results under the least normal are held to 2^-126
+                // absolutely: a Zen 5's 14-bit reciprocal estimate keeps a
+                // subnormal sigmoid (6e-39 at -110) that AVX2's flushes.
+                let subnormal =
+                    !exact && a.abs() < f32::MIN_POSITIVE && b.abs() < f32::MIN_POSITIVE;
                 assert!(
-                    (a.is_nan() && b.is_nan()) || ulps <= if exact { 0 } else { 4 },
+                    (a.is_nan() && b.is_nan()) || subnormal || ulps <= if exact { 0 } else { 4 },
                     "{f:?}({xi}): {a} against {b}"
                 );
             }
