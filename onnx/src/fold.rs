@@ -106,21 +106,12 @@ pub(crate) fn build_or_fold<'g>(
                 .into_iter()
                 .map(|a| {
                     let t = g.constant(a)?;
-                    Ok(Value {
-                        t,
-                        constant: t.constant_value(),
-                    })
+                    Ok(Value::of(t))
                 })
                 .collect();
         }
         // Too large to evaluate now: built like the rest.
     }
     let ts: Vec<Tensor<'g>> = inputs.iter().map(|v| v.t).collect();
-    Ok(f(g, &ts)?
-        .into_iter()
-        .map(|t| Value {
-            t,
-            constant: t.constant_value(),
-        })
-        .collect())
+    Ok(f(g, &ts)?.into_iter().map(Value::of).collect())
 }

@@ -165,10 +165,7 @@ fn input_item<'g>(
                     .and_then(|t| t.named(&kiln_name(name)))
                     .map_err(kiln)?;
                 scope.owned.insert(t.id());
-                return Ok(Item::Tensor(Value {
-                    t,
-                    constant: t.constant_value(),
-                }));
+                return Ok(Item::Tensor(Value::of(t)));
             }
             let shape =
                 shape.ok_or_else(|| bad("no shape (kiln needs each input's rank)".into()))?;
@@ -355,13 +352,9 @@ pub(crate) fn import_model(model: &mut ModelProto, options: &ImportOptions) -> R
         }
         .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
         scope.owned.insert(t.id());
-        scope.values.insert(
-            init.name.clone(),
-            Item::Tensor(Value {
-                t,
-                constant: t.constant_value(),
-            }),
-        );
+        scope
+            .values
+            .insert(init.name.clone(), Item::Tensor(Value::of(t)));
     }
     // The dim names of tensor inputs (sequence elements' dims of those
     // names stay symbolic).
@@ -622,10 +615,7 @@ fn fold_node<'g>(
     let mut values = Vec::with_capacity(arrays.len());
     for a in arrays {
         let t = g.constant(a)?;
-        values.push(Value {
-            t,
-            constant: t.constant_value(),
-        });
+        values.push(Value::of(t));
     }
     Ok(Some(values))
 }
@@ -652,10 +642,7 @@ fn build_node<'g>(
     node.declared = scope.declared_inputs(n);
     Ok(convert_tensor_node(&node)?
         .into_iter()
-        .map(|t| Value {
-            t,
-            constant: t.constant_value(),
-        })
+        .map(Value::of)
         .collect())
 }
 

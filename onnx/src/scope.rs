@@ -31,6 +31,15 @@ impl<'g> Value<'g> {
     pub(crate) fn runtime(t: Tensor<'g>) -> Value<'g> {
         Value { t, constant: None }
     }
+
+    /// `t`, known at import time where it is a constant node: the graph's
+    /// own array, shared, not a copy.
+    pub(crate) fn of(t: Tensor<'g>) -> Value<'g> {
+        Value {
+            t,
+            constant: t.constant_value(),
+        }
+    }
 }
 
 /// Any value of the ONNX graph: a tensor, a sequence of tensors (its length

@@ -2,8 +2,6 @@
 //! (or where it carries sequences, optionals or scan outputs), otherwise
 //! kiln's `while_loop`.
 
-use std::sync::Arc;
-
 use kiln_graph::{Array, GraphBuilder, Tensor};
 
 use crate::control::{
@@ -150,11 +148,8 @@ fn unroll<'g>(
     let scalar = |v: f64, dtype| -> Result<Item<'g>> {
         let a = Array::new(Vec::new(), kiln_graph::Data::filled(dtype, 1, v))
             .ok_or_else(|| fail("a scalar".into()))?;
-        let t = g.constant(a.clone()).map_err(|e| fail(e.into()))?;
-        Ok(Item::Tensor(Value {
-            t,
-            constant: Some(Arc::new(a)),
-        }))
+        let t = g.constant(a).map_err(|e| fail(e.into()))?;
+        Ok(Item::Tensor(Value::of(t)))
     };
     let mut cur = vars;
     let mut stacked: Vec<Vec<Value<'g>>> = vec![Vec::new(); scans];

@@ -8,7 +8,6 @@ pub(crate) mod loops;
 pub(crate) mod scan;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use kiln_graph::{GraphBuilder, Tensor};
 
@@ -86,15 +85,11 @@ pub(crate) fn run_subgraph<'s>(
         let a = tensor::to_array(init)
             .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
         let t = b
-            .constant(a.clone())
+            .constant(a)
             .map_err(|e| Error::Invalid(format!("initializer '{}': {e}", init.name)))?;
-        scope.values.insert(
-            init.name.clone(),
-            Item::Tensor(Value {
-                t,
-                constant: Some(Arc::new(a)),
-            }),
-        );
+        scope
+            .values
+            .insert(init.name.clone(), Item::Tensor(Value::of(t)));
     }
     if inputs.len() != sub.input.len() {
         return Err(Error::Invalid(format!(

@@ -397,9 +397,12 @@ pub(crate) mod test_support {
         let ins = inputs
             .into_iter()
             .map(|a| {
-                a.map(|a| Input {
-                    t: g.constant(a.clone()).unwrap(),
-                    value: Some(std::sync::Arc::new(a)),
+                a.map(|a| {
+                    let t = g.constant(a).unwrap();
+                    Input {
+                        t,
+                        value: t.constant_value(),
+                    }
                 })
             })
             .collect();

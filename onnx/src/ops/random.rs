@@ -123,9 +123,12 @@ mod tests {
         let ins = inputs
             .into_iter()
             .map(|a| {
-                Some(Input {
-                    t: g.constant(a.clone()).unwrap(),
-                    value: Some(std::sync::Arc::new(a)),
+                Some({
+                    let t = g.constant(a).unwrap();
+                    Input {
+                        t,
+                        value: t.constant_value(),
+                    }
                 })
             })
             .collect();

@@ -19,8 +19,6 @@
 //! - `SequenceMap` runs its body once per element (unrolled);
 //! - `OptionalHasElement` is a constant.
 
-use std::sync::Arc;
-
 use kiln_graph::{Array, DType, Data, GraphBuilder, Tensor};
 
 use super::{axis, ints_of, Converter, Node, R};
@@ -169,11 +167,8 @@ impl<'a, 'g> SeqNode<'a, 'g> {
     fn scalar(&self, v: f64, dtype: DType) -> Result<Item<'g>> {
         let a = Array::new(Vec::new(), Data::filled(dtype, 1, v))
             .ok_or_else(|| self.fail("a scalar"))?;
-        let t = self.g.constant(a.clone()).map_err(|e| self.fail(e))?;
-        Ok(Item::Tensor(Value {
-            t,
-            constant: Some(Arc::new(a)),
-        }))
+        let t = self.g.constant(a).map_err(|e| self.fail(e))?;
+        Ok(Item::Tensor(Value::of(t)))
     }
 }
 
