@@ -382,12 +382,9 @@ mod simd {
                 if sx == 1 {
                     _mm512_loadu_ps(p)
                 } else {
-                    let even = _mm512_setr_epi32(
-                        0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
-                    );
                     let lo = _mm512_loadu_ps(p);
                     let hi = _mm512_maskz_loadu_ps(0x7fff, p.add(16));
-                    _mm512_permutex2var_ps(lo, even, hi)
+                    even16(lo, hi)
                 }
             }
         }
@@ -399,9 +396,6 @@ mod simd {
                 if sx == 1 {
                     _mm512_mask_loadu_ps(fill, bits(a, b), p)
                 } else {
-                    let even = _mm512_setr_epi32(
-                        0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
-                    );
                     // Floats 2a ..= 2(b - 1) of the two vectors.
                     let (f0, f1) = (2 * a, 2 * b - 1);
                     let lo = _mm512_mask_loadu_ps(fill, bits(f0.min(16), f1.min(16)), p);
@@ -410,7 +404,7 @@ mod simd {
                         bits(f0.saturating_sub(16), f1.saturating_sub(16)),
                         p.wrapping_add(16),
                     );
-                    _mm512_permutex2var_ps(lo, even, hi)
+                    even16(lo, hi)
                 }
             }
         }
@@ -426,6 +420,15 @@ mod simd {
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m512, n: usize) {
             unsafe { _mm512_mask_storeu_ps(p, bits(0, n), v) }
+        }
+    }
+
+    /// The even floats of `lo` (floats 0..16) and `hi` (16..32).
+    #[inline(always)]
+    unsafe fn even16(lo: __m512, hi: __m512) -> __m512 {
+        unsafe {
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            _mm512_permutex2var_ps(lo, even, hi)
         }
     }
 
